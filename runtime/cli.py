@@ -1,0 +1,168 @@
+"""The `ring1` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ring1.codegen.ast import SpecError
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _parse_set(text: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects name=value, got {item!r}")
+        out[name.strip().lower()] = int(value.strip(), 0)
+    return out
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from ring1.runtime import fresh
+    from ring1.runtime.snippet import run_interp
+
+    try:
+        code = bytes.fromhex(args.hex.replace(" ", ""))
+    except ValueError:
+        print('ring1 exec: --hex must be hexadecimal bytes, e.g. "01 d8"', file=sys.stderr)
+        return 2
+    try:
+        regs = _parse_set(args.set)
+    except ValueError as err:
+        print(f"ring1 exec: {err}", file=sys.stderr)
+        return 2
+    allowed = set(fresh.GPR_NAMES) | {"eflags"}
+    bad = sorted(set(regs) - allowed)
+    if bad:
+        print(f"ring1 exec: --set can set {', '.join(sorted(allowed))}; not {', '.join(bad)}", file=sys.stderr)
+        return 2
+    spec = fresh.FreshSpec(code=code, regs=regs, cpl=args.cpl, real=args.real)
+    if args.mode == "interp":
+        result = run_interp(spec, args.max_insns)
+    else:
+        print(f"ring1 exec: mode {args.mode!r} is not available", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        r = result.regs
+        for row in (fresh.GPR_NAMES[:4], fresh.GPR_NAMES[4:]):
+            print("  ".join(f"{n}={r[n]:08x}" for n in row))
+        print(f"eip={r['eip']:08x}  eflags={r['eflags']:08x}  " + " ".join(f"{n}={r[n]:04x}" for n in fresh.SEG_NAMES))
+        exc = "none" if result.exception is None else str(result.exception)
+        print(f"stop={result.stop}  exception={exc}  instructions={result.icount}")
+        if result.diagnosis:
+            print(result.diagnosis)
+    return 0
+
+
+def cmd_spec_check(args: argparse.Namespace) -> int:
+    from ring1.codegen.generate import render_all
+    from ring1.codegen.model import load_spec
+    from ring1.codegen.xcheck import check_spec
+
+    root = repo_root()
+    spec = load_spec(root)
+    generated = root / "generated"
+    stale = [
+        name
+        for name, text in render_all(spec).items()
+        if not (generated / name).exists() or (generated / name).read_text() != text
+    ]
+    disagreements = check_spec(spec)
+    kept = [d for d in disagreements if d.accepted]
+    open_ = [d for d in disagreements if not d.accepted]
+    mnemonics = {m for f in spec.forms for m in f.base_mnemonics}
+    print(
+        f"spec: {len(spec.files)} files, {len(spec.forms)} forms, {len(mnemonics)} mnemonics, "
+        f"{sum(f.has_semantics for f in spec.forms)} forms with semantics"
+    )
+    if args.verbose:
+        for d in kept:
+            print(f"note: {d}")
+    print(f"capstone cross-check: {len(open_)} disagreement(s), {len(kept)} recorded with a reason")
+    for d in open_:
+        print(f"{d.form.source}: error: {d.form.name}: capstone {d.kind}: {d.message}")
+    if stale:
+        print(f"error: generated/ is stale ({', '.join(sorted(stale))}); run `make generate`")
+    return 1 if open_ or stale else 0
+
+
+def cmd_spec_coverage(args: argparse.Namespace) -> int:
+    from ring1.codegen.coverage import coverage
+
+    records = coverage()
+    if args.json:
+        print(json.dumps({"instructions": records}, indent=1 if args.pretty else None))
+        return 0
+    rows = [("mnemonic", "forms", "sem", "sensitive", "privilege", "translate", "source")]
+    for r in records:
+        sens = "stealth" if r["stealth"] else ("yes" if r["sensitive"] else "")
+        rows.append(
+            (
+                r["mnemonic"],
+                str(r["forms"]),
+                "yes" if r["semantics"] else "no",
+                sens,
+                r["privilege"],
+                ", ".join(r["translate"]),
+                r["source"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    with_sem = sum(r["semantics"] for r in records)
+    print(
+        f"\n{len(records)} mnemonics, {with_sem} with semantics in every form, "
+        f"{sum(r['stealth'] for r in records)} stealth (sensitive, never trapping)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ring1", description="A specification-driven x86 virtualizer.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("spec", help="check the spec or report its coverage")
+    spsub = sp.add_subparsers(dest="spec_command", required=True)
+    chk = spsub.add_parser("check", help="validate the spec and cross-check it against capstone")
+    chk.add_argument("-v", "--verbose", action="store_true", help="also list the disagreements the spec records")
+    chk.set_defaults(func=cmd_spec_check)
+    cov = spsub.add_parser("coverage", help="one line (or JSON record) per mnemonic")
+    cov.add_argument("--json", action="store_true")
+    cov.add_argument("--pretty", action="store_true", help="indent the JSON")
+    cov.set_defaults(func=cmd_spec_coverage)
+
+    ex = sub.add_parser("exec", help="run a snippet of machine code from a fresh machine")
+    ex.add_argument("--hex", required=True, help='the code bytes, e.g. "01 d8"')
+    ex.add_argument("--set", help="initial registers, e.g. eax=1,ebx=2,eflags=0x202")
+    ex.add_argument("--mode", default="interp", choices=["interp", "bt", "trap", "bare"])
+    ex.add_argument("--cpl", type=int, default=0, choices=[0, 3])
+    ex.add_argument("--real", action="store_true", help="start in real mode")
+    ex.add_argument("--max-insns", type=int, default=100_000)
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_exec)
+
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

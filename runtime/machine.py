@@ -1,0 +1,594 @@
+"""The generated interpreter's machine: CPU state, memory, paging, and the run loop.
+
+A Machine gives the generated code (generated/*.py) the names it uses, in one namespace
+per machine: the state (R, S), the memory accesses (ring1.runtime.memfast), the spec's
+builtins (the `b_*` methods below), its procs and its lazy flags. Everything about
+particular instructions is generated; this module is the machine they run on:
+
+- segmentation: every access is checked against the segment's limit and type, which
+  unicorn does not do (see ../shared/notes/unicorn-as-cpu.md);
+- paging: two-level tables with 4 KB and 4 MB (CR4.PSE) pages, U/S and R/W with CR0.WP,
+  accessed and dirty bits, #PF with the error code and CR2; translations are cached per
+  privilege in dicts (TLBR/TLBW) and dropped on CR3, CR0, CR4 writes and INVLPG;
+- code: blocks are compiled once (ring1.runtime.blocks); a page holding compiled code is
+  kept out of the write TLB, so the first store to it takes the slow path and drops the
+  blocks built from it (self-modifying code);
+- events: faults and software interrupts are delivered through the guest's IVT or IDT by
+  the spec's `deliver` proc, or, with `stop_on_event`, stop the run and are reported.
+"""
+
+from __future__ import annotations
+
+import struct
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ring1.generated import flags as gen_flags
+from ring1.generated import procs as gen_procs
+from ring1.generated.forms import FORMS
+from ring1.runtime import memfast
+from ring1.runtime.blocks import MAX_INSNS, Block, compile_block
+from ring1.runtime.decoder import MAX_LENGTH, Decoded, Truncated, decode
+from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.memory import PhysicalMemory
+from ring1.runtime.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
+
+M32 = 0xFFFFFFFF
+PARITY = tuple(1 - bin(i).count("1") % 2 for i in range(256))
+EFLAGS_FIXED_ONE = 0x2
+EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
+
+# Event kinds, as the spec's `deliver` proc takes them.
+EVENT_EXTERNAL, EVENT_EXCEPTION, EVENT_SOFT, EVENT_INT3, EVENT_INTO, EVENT_ICEBP = range(6)
+CONTRIBUTORY = {0, 10, 11, 12, 13}
+
+# The model-specific registers a Pentium-class CPU with SYSENTER has, and their reset values.
+MSR_TSC = 0x10
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
+
+_U32 = struct.Struct("<I")
+
+
+class Platform:
+    """I/O ports of the virtual platform. The base class has no devices: reads float high."""
+
+    def io_in(self, port: int, size: int) -> int:
+        return (1 << (size * 8)) - 1
+
+    def io_out(self, port: int, size: int, value: int) -> None:
+        return None
+
+
+@dataclass
+class RunResult:
+    reason: str  # "stop-address", "limit", "event", "halt", "vmstop"
+    event: GuestEvent | None = None
+    vmstop: VMStop | None = None
+
+
+class Machine:
+    def __init__(self, memory: int | PhysicalMemory = 16 << 20, platform: Platform | None = None) -> None:
+        self.mem = memory if isinstance(memory, PhysicalMemory) else PhysicalMemory(memory)
+        self.platform = platform or Platform()
+        self.state = S = CpuState()
+        self.regs = [0] * 8
+        self.lo = [0] * 6
+        self.rhi = [0xFFFF] * 6
+        self.whi = [0xFFFF] * 6
+        self.tlb = {(False, False): {}, (False, True): {}, (True, False): {}, (True, True): {}}  # (user, write)
+        self.user = False
+        self.blocks: dict[tuple[int, int, int], Block] = {}
+        self.code_pages: dict[int, set[tuple[int, int, int]]] = {}  # physical page -> block keys
+        self.running_pages: tuple[int, ...] = ()
+        self.stop_on_event = False
+        self.stop_addresses: set[int] = set()
+        self.max_block = MAX_INSNS
+        self.event_hook: Callable[[GuestEvent], bool] | None = None
+        self.ns = self._namespace()
+        for s in range(6):
+            self.recompute_segment(s)
+        S.msr.update(KNOWN_MSRS)
+
+    # ------------------------------------------------------------ namespace
+
+    def _namespace(self) -> dict:
+        S = self.state
+        ns: dict = {
+            "R": self.regs,
+            "S": S,
+            "M": self,
+            "MEM": self.mem.view,
+            "BASE": S.base,
+            "LO": self.lo,
+            "RHI": self.rhi,
+            "WHI": self.whi,
+            "TLBR": self.tlb[(False, False)],
+            "TLBW": self.tlb[(False, True)],
+            "Fault": Fault,
+            "Trap": Trap,
+            "PARITY": PARITY,
+            "NOCC": NOCC,
+            "set_eflags": self.set_eflags,
+        }
+        for module in (memfast, gen_flags, gen_procs):
+            for name, obj in vars(module).items():
+                if isinstance(obj, types.FunctionType) and obj.__module__ == module.__name__:
+                    ns[name] = types.FunctionType(obj.__code__, ns, name, obj.__defaults__, obj.__closure__)
+                elif name.isupper() and not name.startswith("_"):
+                    ns[name] = obj
+        for name in ("unpack16", "unpack32", "pack16", "pack32"):
+            ns[name] = getattr(memfast, name)
+        for attr in dir(self):
+            if attr.startswith("b_") and attr not in ns:
+                ns[attr] = getattr(self, attr)
+        ns["_init_tables"]()
+        return ns
+
+    # ------------------------------------------------------------ registers and modes
+
+    def set_eflags(self, value: int) -> None:
+        S = self.state
+        S.cc = NOCC
+        old_vm = S.eflags >> 17 & 1
+        S.eflags = (value & EFLAGS_DEFINED) | EFLAGS_FIXED_ONE
+        if (S.eflags >> 17 & 1) != old_vm:
+            self.update_mode()
+
+    def eflags(self) -> int:
+        return self.ns["flush_cc"]()
+
+    def update_mode(self) -> None:
+        """Recompute the mode, the CPL and the TLB set after CR0.PE, EFLAGS.VM or CS change."""
+        S = self.state
+        if not S.cr[0] & 1:
+            mode, cpl = MODE_REAL, 0
+        elif S.eflags >> 17 & 1:
+            mode, cpl = MODE_V86, 3
+        else:
+            mode, cpl = MODE_PROT, S.sel[CS] & 3
+        changed_mode = mode != S.mode
+        S.mode, S.cpl = mode, cpl
+        self.user = cpl == 3
+        self.ns["TLBR"] = self.tlb[(self.user, False)]
+        self.ns["TLBW"] = self.tlb[(self.user, True)]
+        if changed_mode:
+            for s in range(6):
+                self.recompute_segment(s)
+
+    def recompute_segment(self, s: int) -> None:
+        """The valid offset range of segment s for reads and writes, from its hidden part."""
+        S = self.state
+        limit, attr = S.limit[s], S.attr[s]
+        if S.mode != MODE_PROT:
+            # Real and v86 mode: no type checks; the limit still applies (#GP / #SS past it).
+            self.lo[s], self.rhi[s], self.whi[s] = 0, limit, limit
+            return
+        if s not in (CS, SS) and S.sel[s] & ~3 == 0:
+            self.lo[s], self.rhi[s], self.whi[s] = 0, -1, -1  # null selector: any access is #GP(0)
+            return
+        if not attr & 0x80:
+            self.lo[s], self.rhi[s], self.whi[s] = 0, -1, -1
+            return
+        is_code = attr & 0x8
+        if is_code:
+            readable = bool(attr & 0x2)
+            self.lo[s], self.rhi[s], self.whi[s] = 0, (limit if readable else -1), -1
+            return
+        writable = bool(attr & 0x2)
+        if attr & 0x4:  # expand-down: valid offsets are limit+1 .. 0xFFFF or 0xFFFFFFFF (B bit)
+            top = M32 if attr & 0x4000 else 0xFFFF
+            self.lo[s], self.rhi[s], self.whi[s] = limit + 1, top, (top if writable else -1)
+        else:
+            self.lo[s], self.rhi[s], self.whi[s] = 0, limit, (limit if writable else -1)
+
+    def segment_fault(self, s: int, off: int) -> None:
+        raise Fault(12 if s == SS else 13, 0)
+
+    # ------------------------------------------------------------ paging
+
+    def flush_tlb(self) -> None:
+        for t in self.tlb.values():
+            t.clear()
+
+    def translate(self, la: int, write: bool, user: bool) -> int:
+        """Linear to physical address for one access, with the checks and A/D updates the CPU makes."""
+        S = self.state
+        page = la >> 12
+        cached = self.tlb[(user, write)].get(page)
+        if cached is not None:
+            return cached | (la & 0xFFF)
+        cr0 = S.cr[0]
+        if not cr0 & 0x80000000:
+            pa = la & 0xFFFFF000
+            self._fill(page, pa, user, write, True)
+            return pa | (la & 0xFFF)
+        mem = self.mem
+        err_u = 4 if user else 0
+        err_w = 2 if write else 0
+        pde_addr = (S.cr[3] & 0xFFFFF000) | ((la >> 22) << 2)
+        pde = mem.read32(pde_addr)
+        if not pde & 1:
+            self._page_fault(la, err_u | err_w)
+        if pde & 0x80 and S.cr[4] & 0x10:
+            allowed_user = bool(pde & 4)
+            allowed_write = bool(pde & 2)
+            self._check_access(la, user, write, allowed_user, allowed_write, err_u | err_w)
+            new = pde | 0x20 | (0x40 if write else 0)
+            if new != pde:
+                mem.write32(pde_addr, new)
+            base = (pde & 0xFFC00000) | (la & 0x3FF000)
+            self._fill(page, base, user, write, bool(new & 0x40))
+            return base | (la & 0xFFF)
+        pte_addr = (pde & 0xFFFFF000) | (((la >> 12) & 0x3FF) << 2)
+        pte = mem.read32(pte_addr)
+        if not pte & 1:
+            self._page_fault(la, err_u | err_w)
+        allowed_user = bool(pde & 4) and bool(pte & 4)
+        allowed_write = bool(pde & 2) and bool(pte & 2)
+        self._check_access(la, user, write, allowed_user, allowed_write, err_u | err_w)
+        if not pde & 0x20:
+            mem.write32(pde_addr, pde | 0x20)
+        new = pte | 0x20 | (0x40 if write else 0)
+        if new != pte:
+            mem.write32(pte_addr, new)
+        base = pte & 0xFFFFF000
+        self._fill(page, base, user, write, bool(new & 0x40))
+        return base | (la & 0xFFF)
+
+    def _check_access(
+        self, la: int, user: bool, write: bool, allowed_user: bool, allowed_write: bool, err: int
+    ) -> None:
+        if user and not allowed_user:
+            self._page_fault(la, err | 1)
+        if write and not allowed_write and (user or self.state.cr[0] & 0x10000):
+            self._page_fault(la, err | 1)
+
+    def _page_fault(self, la: int, err: int) -> None:
+        self.state.cr[2] = la
+        raise Fault(14, err)
+
+    def _fill(self, page: int, base: int, user: bool, write: bool, dirty: bool) -> None:
+        if base + 0x1000 > self.mem.size:
+            return  # outside RAM: always the slow path
+        if write and dirty and (base >> 12) not in self.code_pages:
+            self.tlb[(user, True)][page] = base
+        self.tlb[(user, False)][page] = base
+
+    def read_linear(self, la: int, n: int, user: bool) -> int:
+        first = self.translate(la, False, user)
+        if (la & 0xFFF) + n <= 0x1000:
+            return int.from_bytes(self.mem.read(first, n), "little")
+        split = 0x1000 - (la & 0xFFF)
+        second = self.translate((la + split) & M32, False, user)
+        data = self.mem.read(first, split) + self.mem.read(second, n - split)
+        return int.from_bytes(data, "little")
+
+    def write_linear(self, la: int, n: int, value: int, user: bool) -> None:
+        # Translate every page first, so that a fault on the second leaves memory untouched.
+        first = self.translate(la, True, user)
+        data = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+        if (la & 0xFFF) + n <= 0x1000:
+            self._write_phys(first, data)
+            return
+        split = 0x1000 - (la & 0xFFF)
+        second = self.translate((la + split) & M32, True, user)
+        self._write_phys(first, data[:split])
+        self._write_phys(second, data[split:])
+
+    def probe_write(self, la: int, n: int, user: bool) -> None:
+        self.translate(la, True, user)
+        if (la & 0xFFF) + n > 0x1000:
+            self.translate((la + 0x1000 - (la & 0xFFF)) & M32, True, user)
+
+    def _write_phys(self, pa: int, data: bytes) -> None:
+        self.mem.write(pa, data)
+        page = pa >> 12
+        if page in self.code_pages:
+            self.invalidate_code_page(page)
+
+    # ------------------------------------------------------------ code cache
+
+    def invalidate_code_page(self, page: int) -> None:
+        for key in self.code_pages.pop(page, ()):
+            self.blocks.pop(key, None)
+        if page in self.running_pages:
+            self.state.smc = True
+        self.after_code_write(page)
+
+    def after_code_write(self, page: int) -> None:
+        """Hook for a host CPU that caches translations of guest code (the VMM's unicorn)."""
+
+    def flush_blocks(self) -> None:
+        self.blocks.clear()
+        self.code_pages.clear()
+
+    def fetch(self, eip: int) -> tuple[bytes, tuple[int, ...]]:
+        """Up to 15 instruction bytes at CS:eip, as far as they can be fetched without a fault."""
+        S = self.state
+        limit_left = S.limit[CS] - eip + 1
+        if limit_left <= 0:
+            raise Fault(13, 0)
+        la = (S.base[CS] + eip) & M32
+        want = min(MAX_LENGTH, limit_left)
+        first_len = min(want, 0x1000 - (la & 0xFFF))
+        pa = self.translate(la, False, self.user)
+        data = self.mem.read(pa, first_len)
+        pages = (pa >> 12,)
+        if first_len < want:
+            try:
+                pa2 = self.translate((la + first_len) & M32, False, self.user)
+            except Fault:
+                return data, pages
+            data += self.mem.read(pa2, want - first_len)
+            pages += (pa2 >> 12,)
+        return data, pages
+
+    def decode_at(self, eip: int) -> tuple[Decoded, tuple[int, ...]]:
+        """Decode at CS:eip, raising the fault an instruction fetch would raise."""
+        S = self.state
+        data, pages = self.fetch(eip)
+        try:
+            return decode(data, eip, bool(S.code32)), pages
+        except Truncated:
+            # The instruction runs into an unfetchable page or past the CS limit.
+            la = (S.base[CS] + eip + len(data)) & M32
+            if len(data) < MAX_LENGTH and eip + len(data) > S.limit[CS]:
+                raise Fault(13, 0) from None
+            self.translate(la, False, self.user)
+            raise Fault(13, 0) from None
+
+    def compile_at(self, eip: int) -> Block:
+        S = self.state
+        insns: list[Decoded] = []
+        pages: set[int] = set()
+        cur = eip
+        while len(insns) < self.max_block:
+            try:
+                d, ipages = self.decode_at(cur)
+            except Fault:
+                if not insns:
+                    raise
+                break  # the fetch faults when execution reaches it, not before
+            insns.append(d)
+            pages.update(ipages)
+            cur = d.next
+            info = FORMS.get(d.form) if d.form else None
+            if info is None or info.ends_block or d.lock_invalid or cur in self.stop_addresses:
+                break
+            if ((S.base[CS] + cur) & 0xFFF) == 0:
+                break
+        block = compile_block(self.ns, insns, tuple(sorted(pages)), self.describe)
+        key = (eip, S.base[CS], S.code32)
+        self.blocks[key] = block
+        for p in block.pages:
+            self.code_pages.setdefault(p, set()).add(key)
+            for (_, write), t in self.tlb.items():
+                if write:
+                    for vpage in [v for v, b in t.items() if b >> 12 == p]:
+                        del t[vpage]
+        return block
+
+    def describe(self, d: Decoded) -> str:
+        return f"{d.form or '(undefined)'} {d.raw.hex(' ')}"
+
+    # ------------------------------------------------------------ running
+
+    def run(self, max_insns: int | None = None) -> RunResult:
+        """Run until a stop address, the instruction budget, HLT with interrupts off, or (with
+        stop_on_event) the first fault or software interrupt."""
+        S = self.state
+        blocks = self.blocks
+        budget_end = None if max_insns is None else S.icount + max_insns
+        stops = self.stop_addresses
+        while True:
+            if S.eip in stops:
+                return RunResult("stop-address")
+            if budget_end is not None and S.icount >= budget_end:
+                return RunResult("limit")
+            if S.halted:
+                return RunResult("halt")
+            key = (S.eip, S.base[CS], S.code32)
+            block = blocks.get(key)
+            try:
+                if block is None:
+                    block = self.compile_at(S.eip)
+                self.running_pages = block.pages
+                block.fn()
+            except GuestEvent as ev:
+                if self.stop_on_event or (self.event_hook is not None and self.event_hook(ev)):
+                    return RunResult("event", event=ev)
+                try:
+                    self.deliver_event(ev)
+                except VMStop as stop:
+                    return RunResult("vmstop", vmstop=stop)
+            except VMStop as stop:
+                return RunResult("vmstop", vmstop=stop)
+            finally:
+                self.running_pages = ()
+
+    def deliver_event(self, ev: GuestEvent) -> None:
+        """Deliver a fault or software interrupt through the guest's IVT or IDT, as the CPU does:
+        a fault while delivering a contributory fault or a page fault becomes #DF; a fault while
+        delivering #DF shuts the machine down (triple fault)."""
+        if isinstance(ev, Trap):
+            vector, kind, err = ev.vector, ev.kind, None
+        else:
+            vector, kind, err = ev.vector, EVENT_EXCEPTION, ev.error_code
+        deliver = self.ns.get("p_deliver")
+        if deliver is None:
+            raise VMStop("no-delivery", "the spec has no `deliver` proc to deliver exceptions through the IDT")
+        first = vector
+        while True:
+            try:
+                deliver(vector, kind, int(err is not None), err or 0)
+                return
+            except Fault as f2:
+                if vector == 8:
+                    raise VMStop("triple-fault", f"triple fault: {f2} while delivering #DF") from None
+                if (first in CONTRIBUTORY or first == 14) and (
+                    f2.vector in CONTRIBUTORY or (first == 14 and f2.vector == 14)
+                ):
+                    vector, kind, err = 8, EVENT_EXCEPTION, 0
+                else:
+                    vector, kind, err = f2.vector, EVENT_EXCEPTION, f2.error_code
+                first = vector
+
+    # ------------------------------------------------------------ builtins (spec/prelude.r1)
+
+    def b_seg_base(self, s: int) -> int:
+        return self.state.base[s]
+
+    def b_seg_limit(self, s: int) -> int:
+        return self.state.limit[s]
+
+    def b_seg_attr(self, s: int) -> int:
+        return self.state.attr[s]
+
+    def b_set_seg(self, s: int, sel: int, base: int, limit: int, attr: int) -> None:
+        S = self.state
+        S.sel[s], S.base[s], S.limit[s], S.attr[s] = sel & 0xFFFF, base & M32, limit & M32, attr & 0xFFFF
+        if s == CS:
+            S.code32 = attr >> 14 & 1
+            self.update_mode()
+        elif s == SS:
+            S.stack32 = attr >> 14 & 1
+        self.recompute_segment(s)
+
+    def b_set_gdtr(self, base: int, limit: int) -> None:
+        self.state.gdtr_base, self.state.gdtr_limit = base & M32, limit & 0xFFFF
+
+    def b_set_idtr(self, base: int, limit: int) -> None:
+        self.state.idtr_base, self.state.idtr_limit = base & M32, limit & 0xFFFF
+
+    def b_set_ldtr(self, sel: int, base: int, limit: int, attr: int) -> None:
+        S = self.state
+        S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr = sel & 0xFFFF, base & M32, limit & M32, attr & 0xFFFF
+
+    def b_set_tr(self, sel: int, base: int, limit: int, attr: int) -> None:
+        S = self.state
+        S.tr, S.tr_base, S.tr_limit, S.tr_attr = sel & 0xFFFF, base & M32, limit & M32, attr & 0xFFFF
+
+    def b_write_cr(self, n: int, value: int) -> None:
+        S = self.state
+        value &= M32
+        if n == 0:
+            old = S.cr[0]
+            S.cr[0] = value | 0x10  # ET is hard-wired to 1
+            if (old ^ S.cr[0]) & 0x80010001:  # PG, WP, PE
+                self.flush_tlb()
+                self.flush_blocks()
+            if (old ^ S.cr[0]) & 1:
+                self.update_mode()
+        elif n == 2:
+            S.cr[2] = value
+        elif n == 3:
+            S.cr[3] = value
+            self.flush_tlb()
+            self.flush_blocks()
+        elif n == 4:
+            old = S.cr[4]
+            S.cr[4] = value
+            if (old ^ value) & 0xB0:  # PSE, PGE, PAE
+                self.flush_tlb()
+                self.flush_blocks()
+        else:
+            raise Fault(6, None)
+
+    def b_write_dr(self, n: int, value: int) -> None:
+        self.state.dr[n] = value & M32
+
+    def b_read_msr(self, index: int) -> int:
+        S = self.state
+        if index == MSR_TSC:
+            return self.b_read_tsc()
+        if index not in S.msr:
+            raise Fault(13, 0)
+        return S.msr[index]
+
+    def b_write_msr(self, index: int, value: int) -> None:
+        S = self.state
+        if index == MSR_TSC:
+            S.tsc = (value - S.icount) & ((1 << 64) - 1)
+            return
+        if index not in S.msr:
+            raise Fault(13, 0)
+        S.msr[index] = value & ((1 << 64) - 1)
+
+    def b_read_tsc(self) -> int:
+        """A deterministic time-stamp counter: instructions retired plus the offset WRMSR set."""
+        S = self.state
+        return (S.icount + S.tsc) & ((1 << 64) - 1)
+
+    def b_read_pmc(self, index: int) -> int:
+        if index > 1:
+            raise Fault(13, 0)
+        return 0
+
+    def b_io_in(self, port: int, bits: int) -> int:
+        return self.platform.io_in(port & 0xFFFF, bits // 8) & ((1 << bits) - 1)
+
+    def b_io_out(self, port: int, bits: int, value: int) -> None:
+        self.platform.io_out(port & 0xFFFF, bits // 8, value & ((1 << bits) - 1))
+
+    def b_io_bitmap_allows(self, port: int, bits: int) -> int:
+        """The TSS I/O permission bitmap check (a 32-bit TSS; its bitmap offset at byte 102)."""
+        S = self.state
+        if S.mode == MODE_REAL:
+            return 1
+        if (S.tr_attr & 0xF) not in (0x9, 0xB) or S.tr_limit < 103:
+            return 0
+        base = S.tr_base
+        io_base = self.read_linear((base + 102) & M32, 2, False)
+        first = io_base + (port >> 3)
+        if first + 1 > S.tr_limit:
+            return 0
+        word = self.read_linear((base + first) & M32, 2, False)
+        mask = ((1 << (bits // 8)) - 1) << (port & 7)
+        return int(word & mask == 0)
+
+    def b_invlpg(self, la: int) -> None:
+        page = (la & M32) >> 12
+        for t in self.tlb.values():
+            t.pop(page, None)
+
+    def b_halt(self) -> None:
+        self.state.halted = True
+
+    def b_soft_interrupt(self, vector: int, kind: int) -> None:
+        raise Trap(vector & 0xFF, kind)
+
+    def b_cpuid_leaf(self, leaf: int, subleaf: int, which: int) -> int:
+        from ring1.runtime.cpuid import cpuid
+
+        return cpuid(leaf & M32, subleaf & M32)[which]
+
+    def b_sdiv(self, a: int, b: int) -> int:
+        q = abs(a) // abs(b)
+        return q if (a < 0) == (b < 0) else -q
+
+    def b_srem(self, a: int, b: int) -> int:
+        return a - b * self.b_sdiv(a, b)
+
+    def b_unsupported(self, what: str) -> None:
+        raise VMStop("unsupported", f"{what} (at guest EIP {self.state.eip:#x})")
+
+    def b_unimplemented(self, form: str, source: str) -> None:
+        raise VMStop("no-semantics", f"{form} has no semantics in the spec yet ({source})")
+
+    def b_set_reg8(self, i: int, v: int) -> None:
+        r, s = i & 3, (i & 4) << 1
+        self.regs[r] = self.regs[r] & (M32 ^ (0xFF << s)) | (v & 0xFF) << s
+
+    # ------------------------------------------------------------ reports
+
+    def describe_state(self) -> str:
+        S = self.state
+        return f"eip={S.eip:#010x} mode={MODE_NAMES[S.mode]} cpl={S.cpl}"
+
+    @staticmethod
+    def event_name(ev: GuestEvent) -> str:
+        if isinstance(ev, Fault):
+            return EXCEPTION_NAMES.get(ev.vector, str(ev.vector))
+        return str(ev)

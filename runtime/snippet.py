@@ -1,0 +1,213 @@
+"""Run one snippet of guest code from the fresh machine and report the final state.
+
+This is `ring1 exec`: the quickest way to try an instruction. Every mode starts from the
+same guest-visible state (ring1.runtime.fresh) and reports the same fields, so the
+outputs of two modes can be compared field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ring1.runtime import fresh
+from ring1.runtime.events import Fault, Trap, VMStop
+from ring1.runtime.machine import Machine
+from ring1.runtime.state import CS
+
+DEFAULT_MAX_INSNS = 100_000
+
+
+@dataclass
+class SnippetResult:
+    regs: dict[str, int]  # the 8 GPRs, eip, eflags, the 6 selectors
+    exception: int | None  # vector of the fault or software interrupt that stopped the run
+    error_code: int | None
+    cr2: int | None
+    stop: str  # "end", "exception", "limit", "halt", "vmstop"
+    icount: int
+    diagnosis: str | None = None
+
+    def as_json(self) -> dict:
+        out: dict = dict(self.regs)
+        out.update(
+            exception=self.exception, error_code=self.error_code, cr2=self.cr2, stop=self.stop, instructions=self.icount
+        )
+        if self.diagnosis:
+            out["diagnosis"] = self.diagnosis
+        return out
+
+
+def _descriptor_cache(raw: bytes) -> tuple[int, int, int]:
+    lo = int.from_bytes(raw[:4], "little")
+    hi = int.from_bytes(raw[4:8], "little")
+    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+    limit = (lo & 0xFFFF) | (hi & 0xF0000)
+    attr = (hi >> 8) & 0xFFFF
+    if attr & 0x8000:
+        limit = (limit << 12) | 0xFFF
+    return base, limit, attr
+
+
+def interp_machine(spec: fresh.FreshSpec) -> Machine:
+    """The fresh machine, built directly into the interpreter's state."""
+    m = Machine(fresh.MEMORY_SIZE)
+    for addr, data in fresh.memory_image(spec):
+        m.mem.write(addr, data)
+    S = m.state
+    regs = spec.initial_regs()
+    for i, name in enumerate(fresh.GPR_NAMES):
+        m.regs[i] = regs[name] & 0xFFFFFFFF
+    gdt = fresh.gdt_bytes()
+    if spec.real:
+        S.cr[0] = 0x10
+        S.idtr_base, S.idtr_limit = fresh.IVT, 0x3FF
+        sels = fresh.selectors(spec)
+        for s, name in enumerate(fresh.SEG_NAMES):
+            m.b_set_seg(s, sels[name], sels[name] << 4, 0xFFFF, 0x9B if s == CS else 0x93)
+    else:
+        m.b_write_cr(0, 0x11)
+        S.gdtr_base, S.gdtr_limit = fresh.GDT, len(gdt) - 1
+        S.idtr_base, S.idtr_limit = fresh.IDT, 256 * 8 - 1
+        base, limit, attr = _descriptor_cache(gdt[fresh.SEL_TSS : fresh.SEL_TSS + 8])
+        m.b_set_tr(fresh.SEL_TSS, base, limit, attr)
+        sels = fresh.selectors(spec)
+        for s, name in enumerate(fresh.SEG_NAMES):
+            sel = sels[name]
+            base, limit, attr = _descriptor_cache(gdt[sel & ~7 : (sel & ~7) + 8])
+            m.b_set_seg(s, sel, base, limit, attr | 1)  # the CPU sets the accessed bit on load
+    m.set_eflags(regs["eflags"])
+    S.eip = fresh.CODE
+    m.update_mode()
+    return m
+
+
+def state_of(m: Machine) -> dict[str, int]:
+    S = m.state
+    out = {name: m.regs[i] for i, name in enumerate(fresh.GPR_NAMES)}
+    out["eip"] = S.eip
+    out["eflags"] = m.eflags()
+    for i, name in enumerate(fresh.SEG_NAMES):
+        out[name] = S.sel[i]
+    return out
+
+
+def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> SnippetResult:
+    m = interp_machine(spec)
+    m.stop_on_event = True
+    m.stop_addresses = {fresh.CODE + len(spec.code)}
+    r = m.run(max_insns)
+    vector = err = cr2 = None
+    diagnosis = None
+    stop = {"stop-address": "end", "limit": "limit", "halt": "halt", "event": "exception", "vmstop": "vmstop"}[r.reason]
+    if isinstance(r.event, Fault):
+        vector, err = r.event.vector, r.event.error_code
+        if vector == 14:
+            cr2 = m.state.cr[2]
+    elif isinstance(r.event, Trap):
+        vector = r.event.vector
+    if isinstance(r.vmstop, VMStop):
+        diagnosis = f"{r.vmstop.reason}; {m.describe_state()}"
+    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis)
+
+
+# ---------------------------------------------------------------- the same snippet on unicorn
+
+_ENTER_RING3 = 0x7E00  # a ring-0 stub (below HANDLER) that IRETs into the snippet at CPL 3
+
+
+def _ring3_stub(esp: int, eflags: int) -> bytes:
+    import struct
+
+    return (
+        b"\x6a"
+        + bytes([fresh.SEL_DATA3])
+        + b"\x68"
+        + struct.pack("<I", esp)
+        + b"\x68"
+        + struct.pack("<I", eflags)
+        + b"\x6a"
+        + bytes([fresh.SEL_CODE3])
+        + b"\x68"
+        + struct.pack("<I", fresh.CODE)
+        + b"\xcf"
+    )
+
+
+def unicorn_machine(spec: fresh.FreshSpec):
+    """The fresh machine on unicorn: a PhysicalCpu positioned at the snippet's first instruction."""
+    from ring1.runtime.machine import Platform
+    from ring1.runtime.memory import PhysicalMemory
+    from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu
+    from unicorn import x86_const as X
+
+    mem = PhysicalMemory(fresh.MEMORY_SIZE)
+    for addr, data in fresh.memory_image(spec):
+        mem.write(addr, data)
+    cpu = PhysicalCpu(mem, real_mode=spec.real, platform=Platform())
+    uc = cpu.uc
+    regs = spec.initial_regs()
+    gdt = fresh.gdt_bytes()
+    if not spec.real:
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, fresh.GDT, len(gdt) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IDT, 256 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_CR0, 0x11)
+        uc.reg_write(X.UC_X86_REG_TR, (fresh.SEL_TSS, fresh.TSS, 0x67, 0x8B))
+        uc.reg_write(X.UC_X86_REG_CS, fresh.SEL_CODE0)
+        uc.reg_write(X.UC_X86_REG_SS, fresh.SEL_DATA0)
+        for rid in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(rid, fresh.SEL_DATA0)
+        sels = fresh.selectors(spec)
+        for rid, name in (
+            (X.UC_X86_REG_DS, "ds"),
+            (X.UC_X86_REG_ES, "es"),
+            (X.UC_X86_REG_FS, "fs"),
+            (X.UC_X86_REG_GS, "gs"),
+        ):
+            uc.reg_write(rid, sels[name])
+        if spec.cpl == 3:
+            stub = _ring3_stub(regs["esp"], regs["eflags"])
+            mem.write(_ENTER_RING3, stub)
+            uc.reg_write(X.UC_X86_REG_ESP, fresh.STACK0_TOP)
+            uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+            cpu.run(_ENTER_RING3, fresh.CODE, count=6)
+    else:
+        sels = fresh.selectors(spec)
+        for rid, name in (
+            (X.UC_X86_REG_CS, "cs"),
+            (X.UC_X86_REG_SS, "ss"),
+            (X.UC_X86_REG_DS, "ds"),
+            (X.UC_X86_REG_ES, "es"),
+            (X.UC_X86_REG_FS, "fs"),
+            (X.UC_X86_REG_GS, "gs"),
+        ):
+            uc.reg_write(rid, sels[name])
+    for rid, name in zip(GPR_IDS, fresh.GPR_NAMES, strict=True):
+        uc.reg_write(rid, regs[name])
+    if spec.cpl == 0 or spec.real:
+        uc.reg_write(X.UC_X86_REG_EFLAGS, regs["eflags"])
+    return cpu
+
+
+def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> SnippetResult:
+    from ring1.runtime.physcpu import UcError
+
+    cpu = unicorn_machine(spec)
+    end = fresh.CODE + len(spec.code)
+    diagnosis = None
+    try:
+        ev = cpu.run(fresh.CODE, end, count=max_insns)
+    except UcError as err:
+        ev = None
+        diagnosis = f"unicorn stopped: {err}"
+    values = cpu.read_state()
+    names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
+    regs = dict(zip(names, values, strict=True))
+    if diagnosis:
+        stop = "vmstop"
+    elif ev is not None:
+        stop = "exception"
+    elif regs["eip"] == end:
+        stop = "end"
+    else:
+        stop = "limit"
+    return SnippetResult(regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis)

@@ -1,0 +1,93 @@
+"""The architectural state of one virtual CPU, as the generated interpreter sees it.
+
+Field names are the ones the emitted code uses (`S.eip`, `S.sel[1]`, `S.cr[0]` ...).
+The status flags are lazy: `S.cc` holds the pending flag computation and `S.eflags`
+the rest (see generated/flags.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
+ES, CS, SS, DS, FS, GS = range(6)
+MODE_REAL, MODE_PROT, MODE_V86 = 0, 1, 2
+MODE_NAMES = ("real", "protected", "v86")
+NOCC = (0,)
+
+
+class CpuState:
+    __slots__ = (
+        "attr",
+        "base",
+        "cc",
+        "code32",
+        "cpl",
+        "cr",
+        "dr",
+        "eflags",
+        "eip",
+        "gdtr_base",
+        "gdtr_limit",
+        "halted",
+        "icount",
+        "idtr_base",
+        "idtr_limit",
+        "ldtr",
+        "ldtr_attr",
+        "ldtr_base",
+        "ldtr_limit",
+        "limit",
+        "mode",
+        "msr",
+        "sel",
+        "smc",
+        "stack32",
+        "tr",
+        "tr_attr",
+        "tr_base",
+        "tr_limit",
+        "tsc",
+    )
+
+    def __init__(self) -> None:
+        self.eip = 0
+        self.eflags = 0x2
+        self.cc: tuple = NOCC
+        self.cpl = 0
+        self.mode = MODE_REAL
+        self.stack32 = 0
+        self.code32 = 0
+        self.cr = [0x10, 0, 0, 0, 0]  # CR0.ET set, as on a Pentium-class CPU after reset
+        self.dr = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]
+        self.sel = [0, 0, 0, 0, 0, 0]
+        self.base = [0, 0, 0, 0, 0, 0]
+        self.limit = [0xFFFF] * 6
+        self.attr = [0x93, 0x9B, 0x93, 0x93, 0x93, 0x93]
+        self.gdtr_base = 0
+        self.gdtr_limit = 0xFFFF
+        self.idtr_base = 0
+        self.idtr_limit = 0x3FF
+        self.ldtr = 0
+        self.ldtr_base = 0
+        self.ldtr_limit = 0xFFFF
+        self.ldtr_attr = 0x82
+        self.tr = 0
+        self.tr_base = 0
+        self.tr_limit = 0xFFFF
+        self.tr_attr = 0x8B
+        self.msr: dict[int, int] = {}
+        self.tsc = 0
+        self.icount = 0  # instructions retired
+        self.halted = False
+        self.smc = False  # a store hit code of the block now running
+
+
+@dataclass
+class SegmentView:
+    """A segment register with its hidden part, for reports."""
+
+    selector: int
+    base: int
+    limit: int
+    attr: int

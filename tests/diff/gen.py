@@ -1,0 +1,320 @@
+"""Hypothesis strategies: random instances of spec forms, as differential test cases.
+
+Everything about encodings comes from the generated tables (ENCODINGS, LAYOUT and the
+interpreter's variant keys); what this module adds is how to make an instance
+*meaningful*: memory operands land in the DATA window, branch targets land on a code page
+filled with HLT, stacks hold plausible return frames, selectors come from the fresh GDT.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
+from ring1.generated.decode import ENCODINGS, LAYOUT
+from ring1.generated.forms import FORMS
+from ring1.runtime import fresh
+from ring1.runtime.blocks import TEMPLATES
+
+from .harness import Case, window_segments
+
+HLT = 0xF4
+CODE_PAGE = fresh.CODE, fresh.CODE + 0x1000
+WINDOW_MARGIN = 0x40  # room past the effective address for operands up to 64 bytes
+STATUS_AND_DF = 0x8D5 | 0x400
+SELECTORS_PROT = (
+    0x00,
+    0x03,
+    0x08,
+    0x0B,
+    0x10,
+    0x13,
+    0x18,
+    0x1B,
+    0x20,
+    0x23,
+    0x28,
+    0x30,
+    0x38,
+    0x40,
+    0x4B,
+    0x4C,
+    0x50,
+    0xFFF8,
+)
+SEGMENT_OVERRIDES = (0x26, 0x3E, 0x64, 0x65)  # ES DS FS GS: all over the DATA window in tests
+
+
+@dataclass
+class Instance:
+    code: bytes
+    regs: dict[str, int] = field(default_factory=dict)
+    memory: dict[int, bytes] = field(default_factory=dict)  # window offset -> bytes
+    stack: dict[int, bytes] = field(default_factory=dict)  # stack offset (linear) -> bytes
+
+
+@dataclass
+class Mode:
+    cpl: int
+    real: bool
+
+    @property
+    def name(self) -> str:
+        return "real" if self.real else f"cpl{self.cpl}"
+
+    @property
+    def default_size(self) -> int:
+        return 16 if self.real else 32
+
+
+MODES = {"cpl0": Mode(0, False), "cpl3": Mode(3, False), "real": Mode(0, True)}
+
+
+def mnemonics(form: str) -> set[str]:
+    return set(FORMS[form].mnemonics.values())
+
+
+def is_string(form: str) -> bool:
+    return FORMS[form].source.startswith("spec/string.r1")
+
+
+def variants(form: str) -> list[tuple]:
+    return sorted(TEMPLATES[form].keys(), key=repr)
+
+
+@st.composite
+def instance(draw, form: str, mode: Mode) -> Instance:
+    """One encoding of `form` with operand values that make it meaningful in `mode`."""
+    opcode, low_field, modrm_kind, fixed_modrm, _mod, rm_fixed, imms, e_osize, _asize, pfx = ENCODINGS[form]
+    _, _, _, operands = LAYOUT[form]
+    osize, asize, mod, cc, rep = draw(st.sampled_from(variants(form)))
+    osize = osize or mode.default_size
+    asize = asize or mode.default_size
+    regs: dict[str, int] = {}
+    memory: dict[int, bytes] = {}
+    prefixes = bytearray()
+    if rep == "rep":
+        prefixes.append(draw(st.sampled_from((0xF3, 0xF2))))
+    elif rep == "repe":
+        prefixes.append(0xF3)
+    elif rep == "repne":
+        prefixes.append(0xF2)
+    if pfx in (0xF2, 0xF3):
+        prefixes.append(pfx)
+    if pfx == 0x66 or (osize != mode.default_size and e_osize is None) or (e_osize and e_osize != mode.default_size):
+        prefixes.append(0x66)
+    if asize != mode.default_size:
+        prefixes.append(0x67)
+    body = bytearray(opcode)
+    low = 0
+    if low_field == "r":
+        low = draw(st.integers(0, 7))
+        body[-1] |= low
+    elif low_field == "cc":
+        body[-1] |= cc
+    needs_memory = mod == "mem"
+    if fixed_modrm is not None:
+        body.append(fixed_modrm)
+    elif modrm_kind is not None:
+        reg = draw(st.integers(0, 7)) if modrm_kind == "r" else int(modrm_kind)
+        if any(kind == "sreg" for _, kind, _ in operands):
+            reg = draw(st.sampled_from((0, 1, 2, 3, 4, 5, 0, 3, 4, 5, 6)))
+        if any(kind == "creg" for _, kind, _ in operands):
+            reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
+        if needs_memory:
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode))
+        else:
+            rm = rm_fixed if rm_fixed is not None else draw(st.integers(0, 7))
+            body.append(0xC0 | reg << 3 | rm)
+    code_tail: list = []
+    imm_operands = [(n, k, w) for n, k, w in operands if k in ("imm", "simm", "rel", "far", "moffs")]
+    for (name, kind, _width), imm in zip(imm_operands, imms, strict=True):
+        size = {
+            "ib": 1,
+            "iw": 2,
+            "id": 4,
+            "cb": 1,
+            "iv": osize // 8,
+            "cv": osize // 8,
+            "cp": osize // 8 + 2,
+            "mo": asize // 8,
+        }[imm]
+        if kind == "rel":
+            code_tail.append(("rel", size))
+        elif kind == "far":
+            off = draw(code_address(osize))
+            sel = draw(st.sampled_from(SELECTORS_PROT)) if not mode.real else draw(st.integers(0, 0xFFFF))
+            code_tail.append(("raw", off.to_bytes(osize // 8, "little") + sel.to_bytes(2, "little")))
+        elif kind == "moffs":
+            target = draw(st.integers(0, fresh.DATA_SIZE - WINDOW_MARGIN))
+            code_tail.append(("raw", target.to_bytes(size, "little")))
+        elif name == "level":
+            code_tail.append(("raw", bytes([draw(st.integers(0, 4))])))
+        else:
+            code_tail.append(("raw", draw(st.binary(min_size=size, max_size=size))))
+    # Relative targets depend on the instruction's length, known once everything else is laid out.
+    fixed_len = len(prefixes) + len(body) + sum(len(p[1]) if p[0] == "raw" else p[1] for p in code_tail)
+    out = bytes(prefixes) + bytes(body)
+    for part in code_tail:
+        if part[0] == "raw":
+            out += part[1]
+        else:
+            size = part[1]
+            next_eip = fresh.CODE + fixed_len
+            lo = max(-(1 << (8 * size - 1)), CODE_PAGE[0] - next_eip)
+            hi = min((1 << (8 * size - 1)) - 1, CODE_PAGE[1] - 1 - next_eip)
+            disp = draw(st.integers(lo, hi))
+            out += (disp & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+    inst = Instance(out, regs, memory)
+    _role_registers(draw, form, inst, mode, asize, osize)
+    return inst
+
+
+@st.composite
+def code_address(draw, osize: int) -> int:
+    return draw(st.integers(CODE_PAGE[0], CODE_PAGE[1] - 1)) & ((1 << osize) - 1)
+
+
+@st.composite
+def memory_operand(draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode) -> bytes:
+    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the registers."""
+    target = draw(st.integers(0, fresh.DATA_SIZE - WINDOW_MARGIN))
+    names = fresh.GPR_NAMES
+    if asize == 16:
+        mod = draw(st.integers(0, 2))
+        rm = draw(st.integers(0, 7))
+        if mod == 0 and rm == 6:
+            return bytes([reg << 3 | 6]) + target.to_bytes(2, "little")
+        pairs = ((3, 6), (3, 7), (5, 6), (5, 7), (6, None), (7, None), (5, None), (3, None))
+        base, index = pairs[rm]
+        disp = 0 if mod == 0 else draw(st.integers(-128, 127) if mod == 1 else st.integers(0, 0xFFFF))
+        if 5 in (base, index):
+            _add_override(prefixes)  # BP addresses SS by default; point it at the window
+        index_val = draw(st.integers(0, 0xFFFF)) if index is not None else 0
+        base_val = (target - disp - index_val) & 0xFFFF
+        for r, v in ((base, base_val), (index, index_val)):
+            if r is not None:
+                regs[names[r]] = (draw(st.integers(0, 0xFFFF)) << 16) | v
+        tail = b"" if mod == 0 else (struct.pack("<b", disp) if mod == 1 else disp.to_bytes(2, "little"))
+        return bytes([mod << 6 | reg << 3 | rm]) + tail
+    kind = draw(st.sampled_from(("base", "base8", "base32", "sib", "disp32")))
+    if kind == "disp32":
+        return bytes([reg << 3 | 5]) + target.to_bytes(4, "little")
+    if kind == "sib":
+        base = draw(st.sampled_from((0, 1, 2, 3, 4, 6, 7, 5)))
+        index = draw(st.sampled_from((0, 1, 2, 3, 5, 6, 7, 4)))  # 4: no index
+        scale = draw(st.integers(0, 3))
+        mod = draw(st.sampled_from((1, 2))) if base == 5 else draw(st.integers(0, 2))
+        if base == index or (index != 4 and base == 4):
+            mod = 2
+        disp = 0 if mod == 0 else (draw(st.integers(-128, 127)) if mod == 1 else draw(st.integers(0, 0xFFFFFFFF)))
+        if base in (4, 5):
+            _add_override(prefixes)
+        if base == 4:
+            target = draw(st.integers(0x4000, 0x6F00))  # ESP stays a usable stack pointer too
+        index_val = draw(st.integers(0, 0xFFFFFFFF)) if index != 4 else 0
+        if index != 4 and index == base:
+            base_val = index_val
+            disp = (target - index_val * ((1 << scale) + 1)) & 0xFFFFFFFF
+        else:
+            base_val = (target - disp - (index_val << scale)) & 0xFFFFFFFF
+        regs[names[base]] = base_val
+        if index != 4:
+            regs[names[index]] = index_val
+        sib = scale << 6 | index << 3 | base
+        tail = b"" if mod == 0 else (struct.pack("<b", disp) if mod == 1 else (disp & 0xFFFFFFFF).to_bytes(4, "little"))
+        return bytes([mod << 6 | reg << 3 | 4, sib]) + tail
+    base = draw(st.sampled_from((0, 1, 2, 3, 6, 7, 5)))
+    mod = {"base": 0, "base8": 1, "base32": 2}[kind]
+    if base == 5 and mod == 0:
+        mod = 1
+    disp = 0 if mod == 0 else (draw(st.integers(-128, 127)) if mod == 1 else draw(st.integers(0, 0xFFFFFFFF)))
+    if base == 5:
+        _add_override(prefixes)
+    regs[names[base]] = (target - disp) & 0xFFFFFFFF
+    tail = b"" if mod == 0 else (struct.pack("<b", disp) if mod == 1 else (disp & 0xFFFFFFFF).to_bytes(4, "little"))
+    return bytes([mod << 6 | reg << 3 | base]) + tail
+
+
+def _add_override(prefixes: bytearray) -> None:
+    if not any(p in (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65) for p in prefixes):
+        prefixes.append(0x3E)
+
+
+def _role_registers(draw, form: str, inst: Instance, mode: Mode, asize: int, osize: int) -> None:
+    """Registers whose values are addresses or counts for this form (string, loop, stack...)."""
+    mn = mnemonics(form)
+    regs = inst.regs
+    amask = 0xFFFF if asize == 16 else 0xFFFFFFFF
+    if is_string(form) or mn & {"xlatb"}:
+        for r in ("esi", "edi"):
+            if r not in regs:
+                regs[r] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(
+                    st.integers(0x100, fresh.DATA_SIZE - 0x100)
+                )
+        regs["ecx"] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(st.integers(0, 9))
+        if "xlatb" in mn and "ebx" not in regs:
+            regs["ebx"] = draw(st.integers(0, fresh.DATA_SIZE - 0x100))
+    if mn & {"leave", "enter"} and "ebp" not in regs:
+        regs["ebp"] = draw(st.integers(0x4000, 0x6F00))
+
+
+@st.composite
+def registers(draw, mode: Mode) -> dict[str, int]:
+    regs = {name: draw(st.integers(0, 0xFFFFFFFF)) for name in fresh.GPR_NAMES if name != "esp"}
+    flags = draw(st.integers(0, 0xFFFFFFFF)) & STATUS_AND_DF
+    if not mode.real:
+        flags |= draw(st.sampled_from((0, 0x200))) | draw(st.sampled_from((0, 0x1000, 0x2000, 0x3000)))
+    regs["eflags"] = flags | 2
+    return regs
+
+
+@st.composite
+def stack_image(draw, mode: Mode) -> bytes:
+    """The 64 bytes at ESP: plausible return frames (code addresses, selectors, flags)."""
+    words = []
+    for _ in range(16):
+        kind = draw(st.integers(0, 3))
+        if kind == 0:
+            words.append(draw(code_address(32)))
+        elif kind == 1:
+            sels = SELECTORS_PROT if not mode.real else (0, 0x1000, 0x800)
+            words.append(draw(st.sampled_from(sels)))
+        elif kind == 2:
+            words.append((draw(st.integers(0, 0xFFFFFFFF)) & 0x3F7FD5 & ~0x20100) | 2)
+        else:
+            words.append(draw(st.integers(0, 0xFFFFFFFF)))
+    return b"".join(w.to_bytes(4, "little") for w in words)
+
+
+@st.composite
+def case_for(draw, forms: list[str], mode: Mode) -> Case:
+    """A case running `forms` in order (each one random instance) from a random state."""
+    regs = draw(registers(mode))
+    code = bytearray()
+    window: dict[int, bytes] = {}
+    for f in forms:
+        inst = draw(instance(f, mode))
+        code += inst.code
+        regs.update(inst.regs)
+        window.update(inst.memory)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rnd = random.Random(seed)
+    data = bytearray(rnd.randbytes(fresh.DATA_SIZE))
+    for off, b in window.items():
+        data[off : off + len(b)] = b
+    page = bytearray([HLT]) * (CODE_PAGE[1] - CODE_PAGE[0])
+    page[: len(code)] = code
+    stack = draw(stack_image(mode))
+    memory = {fresh.CODE: bytes(page), fresh.DATA: bytes(data), fresh.STACK_TOP: stack, fresh.STACK_TOP - 64: stack}
+    spec = fresh.FreshSpec(
+        code=bytes(code),
+        regs=regs,
+        cpl=mode.cpl,
+        real=mode.real,
+        memory=memory,
+        segs=window_segments(mode.cpl, mode.real),
+    )
+    return Case(spec, list(forms), note=f"seed={seed}")

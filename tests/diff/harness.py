@@ -1,0 +1,227 @@
+"""Run one case on unicorn and on the generated interpreter, and compare.
+
+A case is a FreshSpec (code, registers, memory, mode) plus the forms its code uses. Both
+machines start from the same guest-visible state (ring1.runtime.fresh); the comparison
+covers the general registers, EIP, EFLAGS (masking only the flags the spec declares
+undefined), the selectors, all of memory but the harness's own scratch areas, and the
+exception raised (vector; CR2 for page faults). Unicorn's error codes are not visible, so
+error codes are compared by the interpreter's own tests instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+from ring1.generated.forms import FORMS
+from ring1.runtime import fresh
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, UcError
+from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine
+from unicorn import x86_const as X
+
+FLAG_BITS = {
+    "cf": 0,
+    "pf": 2,
+    "af": 4,
+    "zf": 6,
+    "sf": 7,
+    "tf": 8,
+    "if": 9,
+    "df": 10,
+    "of": 11,
+    "iopl": 0x3000,
+    "nt": 14,
+    "rf": 16,
+    "vm": 17,
+    "ac": 18,
+    "vif": 19,
+    "vip": 20,
+    "id": 21,
+}
+
+# Memory the two runs use differently on purpose: unicorn's ring-3 entry stub and its stack.
+SCRATCH = ((0x2000, 0x3000), (0x7E00, 0x7F00))
+
+
+def flag_mask(flag: str) -> int:
+    b = FLAG_BITS[flag]
+    return b if b > 64 else 1 << b
+
+
+def undefined_flags(form_names: list[str]) -> int:
+    """Flags undefined after running these forms in order: the last writer of a flag decides."""
+    undefined = 0
+    for name in form_names:
+        for flag, actions in FORMS[name].flags.items():
+            writes = set(actions) - {"test"}
+            if not writes or flag not in FLAG_BITS:
+                continue
+            m = flag_mask(flag)
+            if "undef" in writes:
+                undefined |= m
+            else:
+                undefined &= ~m
+    return undefined
+
+
+@dataclass(repr=False)
+class Case:
+    spec: fresh.FreshSpec
+    forms: list[str]
+    note: str = ""
+    max_insns: int = 64
+    extra_undefined: int = 0  # flags a deviation says to ignore (see deviations.py), with its reason
+    ignore: set[str] = field(default_factory=set)
+
+    def _repr_pretty_(self, p, cycle) -> None:  # hypothesis prints falsifying examples with this
+        p.text(repr(self))
+
+    def __repr__(self) -> str:
+        regs = ", ".join(f"{k}={v:#x}" for k, v in self.spec.initial_regs().items())
+        mode = "real" if self.spec.real else f"cpl{self.spec.cpl}"
+        return f"Case({' '.join(self.forms)} [{mode}] code={self.spec.code.hex(' ')} {regs} {self.note})"
+
+
+class Reference:
+    """Unicorn with the fresh machine, reset from a snapshot for every case."""
+
+    def __init__(self, cpl: int, real: bool) -> None:
+        base = fresh.FreshSpec(code=b"", cpl=cpl, real=real, segs=window_segments(cpl, real))
+        self.cpu = unicorn_machine(base)
+        self.ctx = self.cpu.uc.context_save()
+        self.snapshot = bytes(self.cpu.memory.view)
+        self.cpl, self.real = cpl, real
+
+    def run(self, case: Case) -> SnippetResult:
+        cpu, uc, spec = self.cpu, self.cpu.uc, case.spec
+        uc.context_restore(self.ctx)
+        ctypes.memmove(cpu.memory.address, self.snapshot, len(self.snapshot))
+        for addr, data in fresh.memory_image(spec):
+            cpu.memory.write(addr, data)
+        cpu.forget_code(0, fresh.DATA + fresh.DATA_SIZE)
+        regs = spec.initial_regs()
+        for rid, name in zip(GPR_IDS, fresh.GPR_NAMES, strict=True):
+            uc.reg_write(rid, regs[name])
+        uc.reg_write(X.UC_X86_REG_EFLAGS, regs["eflags"])
+        end = fresh.CODE + len(spec.code)
+        diagnosis = None
+        try:
+            ev = cpu.run(fresh.CODE, end, count=case.max_insns)
+        except UcError as err:
+            ev, diagnosis = None, f"unicorn: {err}"
+        values = cpu.read_state()
+        names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
+        regs_out = dict(zip(names, values, strict=True))
+        stop = "vmstop" if diagnosis else ("exception" if ev else ("end" if regs_out["eip"] == end else "limit"))
+        return SnippetResult(regs_out, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis)
+
+    def memory(self) -> bytes:
+        return bytes(self.cpu.memory.view)
+
+
+def window_segments(cpl: int, real: bool) -> dict[str, int]:
+    """DS, ES, FS and GS over the DATA window, so memory operands of any address size land there."""
+    if real:
+        return dict.fromkeys(("ds", "es", "fs", "gs"), fresh.REAL_WINDOW)
+    sel = fresh.SEL_WINDOW3 if cpl == 3 else fresh.SEL_WINDOW0
+    return dict.fromkeys(("ds", "es", "fs", "gs"), sel)
+
+
+_REFERENCES: dict[tuple[int, bool], Reference] = {}
+
+
+def reference(cpl: int, real: bool) -> Reference:
+    key = (cpl, real)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = Reference(cpl, real)
+    return _REFERENCES[key]
+
+
+@dataclass
+class Outcome:
+    ours: SnippetResult
+    theirs: SnippetResult
+    our_memory: bytes
+    their_memory: bytes
+    undefined: int
+
+
+def run_both(case: Case) -> Outcome:
+    from ring1.runtime.snippet import interp_machine
+
+    spec = case.spec
+    ref = reference(spec.cpl, spec.real)
+    theirs = ref.run(case)
+    their_memory = ref.memory()
+    m = interp_machine(spec)
+    ours = run_interp_on(m, spec, case.max_insns)
+    return Outcome(ours, theirs, bytes(m.mem.view), their_memory, undefined_flags(case.forms) | case.extra_undefined)
+
+
+def run_interp_on(m, spec: fresh.FreshSpec, max_insns: int) -> SnippetResult:
+    from ring1.runtime.events import Fault, Trap
+    from ring1.runtime.snippet import state_of
+
+    m.stop_on_event = True
+    m.stop_addresses = {fresh.CODE + len(spec.code)}
+    r = m.run(max_insns)
+    vector = cr2 = err = None
+    if isinstance(r.event, Fault):
+        vector, err = r.event.vector, r.event.error_code
+        cr2 = m.state.cr[2] if vector == 14 else None
+    elif isinstance(r.event, Trap):
+        vector = r.event.vector
+    stop = {"stop-address": "end", "limit": "limit", "halt": "halt", "event": "exception", "vmstop": "vmstop"}[r.reason]
+    diag = r.vmstop.reason if r.vmstop else None
+    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diag)
+
+
+def differences(o: Outcome) -> list[str]:
+    """Every guest-visible difference, as readable lines; empty when the runs agree."""
+    out: list[str] = []
+    a, b = o.ours, o.theirs
+    if a.diagnosis and a.stop == "vmstop":
+        out.append(f"interpreter stopped: {a.diagnosis}")
+    if b.diagnosis:
+        out.append(f"reference stopped: {b.diagnosis}")
+    if a.exception != b.exception:
+        out.append(f"exception: ours {a.exception}, unicorn {b.exception}")
+    elif a.exception == 14 and a.cr2 != b.cr2:
+        out.append(f"cr2: ours {a.cr2:#x}, unicorn {b.cr2:#x}")
+    for name in (*fresh.GPR_NAMES, "eip", *fresh.SEG_NAMES):
+        if a.regs[name] != b.regs[name]:
+            out.append(f"{name}: ours {a.regs[name]:#x}, unicorn {b.regs[name]:#x}")
+    mask = ~o.undefined & 0x3F7FD7
+    if (a.regs["eflags"] & mask) != (b.regs["eflags"] & mask):
+        diff = (a.regs["eflags"] ^ b.regs["eflags"]) & mask
+        names = [n for n, bit in FLAG_BITS.items() if diff & flag_mask(n)]
+        out.append(f"eflags: ours {a.regs['eflags']:#x}, unicorn {b.regs['eflags']:#x} (differ in {' '.join(names)})")
+    out.extend(_memory_differences(o.our_memory, o.their_memory))
+    return out
+
+
+def _memory_differences(ours: bytes, theirs: bytes) -> list[str]:
+    if ours == theirs:
+        return []
+    out = []
+    start = 0
+    for lo, hi in (*SCRATCH, (len(ours), len(ours))):
+        if ours[start:lo] != theirs[start:lo]:
+            i = next(i for i in range(start, lo) if ours[i] != theirs[i])
+            out.append(f"memory at {i:#x}: ours {ours[i : i + 8].hex()}, unicorn {theirs[i : i + 8].hex()}")
+        start = hi
+    return out
+
+
+__all__ = [
+    "SEG_IDS",
+    "Case",
+    "Outcome",
+    "Reference",
+    "differences",
+    "reference",
+    "run_both",
+    "run_interp",
+    "undefined_flags",
+    "window_segments",
+]
