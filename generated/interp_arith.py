@@ -8,227 +8,65 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# ADD_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:3
+# ADD_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:5
 _T0 = """\
-v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:6
-v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:6
-l_r_0 = ((v_dst + v_src) & 255)  # arith.r1:1
-S.cc = (1, v_dst, v_src, l_r_0)  # arith.r1:1
-R[$dst_r] = R[$dst_r] & $dst_k | (l_r_0 & 0xff) << $dst_s  # arith.r1:12
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:8
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:8
+l_r_0 = ((v_dst + v_src) & 255)  # arith.r1:3
+S.cc = (1, v_dst, v_src, l_r_0)  # arith.r1:3
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r_0 & 0xff) << $dst_s  # arith.r1:14
 """
 
-# ADD_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:3
+# ADD_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:5
 _T1 = """\
 ea = $ea
-v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:6
-v_dst = rd8($seg, ea)  # arith.r1:6
-l_r_0 = ((v_dst + v_src) & 255)  # arith.r1:1
-S.cc = (1, v_dst, v_src, l_r_0)  # arith.r1:1
-wr8($seg, ea, l_r_0)  # arith.r1:12
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:8
+v_dst = rd8($seg, ea)  # arith.r1:8
+l_r_0 = ((v_dst + v_src) & 255)  # arith.r1:3
+S.cc = (1, v_dst, v_src, l_r_0)  # arith.r1:3
+wr8($seg, ea, l_r_0)  # arith.r1:14
 """
 
-# ADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:14
+# ADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:16
 _T2 = """\
-v_dst = (R[$dst] & 0xffff)  # arith.r1:17
-v_src = (R[$src] & 0xffff)  # arith.r1:17
-l_r_0 = ((v_dst + v_src) & 65535)  # arith.r1:1
-S.cc = (2, v_dst, v_src, l_r_0)  # arith.r1:1
-R[$dst] = R[$dst] & 0xffff0000 | l_r_0 & 0xffff  # arith.r1:23
+v_dst = (R[$dst] & 0xffff)  # arith.r1:19
+v_src = (R[$src] & 0xffff)  # arith.r1:19
+l_r_0 = ((v_dst + v_src) & 65535)  # arith.r1:3
+S.cc = (2, v_dst, v_src, l_r_0)  # arith.r1:3
+R[$dst] = R[$dst] & 0xffff0000 | l_r_0 & 0xffff  # arith.r1:25
 """
 
-# ADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:14
+# ADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:16
 _T3 = """\
 ea = $ea
-v_src = (R[$src] & 0xffff)  # arith.r1:17
-v_dst = rd16($seg, ea)  # arith.r1:17
-l_r_0 = ((v_dst + v_src) & 65535)  # arith.r1:1
-S.cc = (2, v_dst, v_src, l_r_0)  # arith.r1:1
-wr16($seg, ea, l_r_0)  # arith.r1:23
+v_src = (R[$src] & 0xffff)  # arith.r1:19
+v_dst = rd16($seg, ea)  # arith.r1:19
+l_r_0 = ((v_dst + v_src) & 65535)  # arith.r1:3
+S.cc = (2, v_dst, v_src, l_r_0)  # arith.r1:3
+wr16($seg, ea, l_r_0)  # arith.r1:25
 """
 
-# ADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:14
+# ADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:16
 _T4 = """\
-v_dst = R[$dst]  # arith.r1:17
-v_src = R[$src]  # arith.r1:17
-l_r_0 = ((v_dst + v_src) & 4294967295)  # arith.r1:1
-S.cc = (3, v_dst, v_src, l_r_0)  # arith.r1:1
-R[$dst] = l_r_0 & 0xffffffff  # arith.r1:23
+v_dst = R[$dst]  # arith.r1:19
+v_src = R[$src]  # arith.r1:19
+l_r_0 = ((v_dst + v_src) & 4294967295)  # arith.r1:3
+S.cc = (3, v_dst, v_src, l_r_0)  # arith.r1:3
+R[$dst] = l_r_0 & 0xffffffff  # arith.r1:25
 """
 
-# ADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:14
+# ADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:16
 _T5 = """\
 ea = $ea
-v_src = R[$src]  # arith.r1:17
-v_dst = rd32($seg, ea)  # arith.r1:17
-l_r_0 = ((v_dst + v_src) & 4294967295)  # arith.r1:1
-S.cc = (3, v_dst, v_src, l_r_0)  # arith.r1:1
-wr32($seg, ea, l_r_0)  # arith.r1:23
-"""
-
-# JCC_REL8 [o16 a16 cc0, o16 a32 cc0, o32 a16 cc0, o32 a32 cc0] from spec/arith.r1:25
-_T6 = """\
-S.eip = $next
-if GET_OF[S.cc[0]](S.cc):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc1, o16 a32 cc1, o32 a16 cc1, o32 a32 cc1] from spec/arith.r1:25
-_T7 = """\
-S.eip = $next
-if (not GET_OF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc2, o16 a32 cc2, o32 a16 cc2, o32 a32 cc2] from spec/arith.r1:25
-_T8 = """\
-S.eip = $next
-if GET_CF[S.cc[0]](S.cc):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc3, o16 a32 cc3, o32 a16 cc3, o32 a32 cc3] from spec/arith.r1:25
-_T9 = """\
-S.eip = $next
-if (not GET_CF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc4, o16 a32 cc4, o32 a16 cc4, o32 a32 cc4] from spec/arith.r1:25
-_T10 = """\
-S.eip = $next
-if GET_ZF[S.cc[0]](S.cc):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc5, o16 a32 cc5, o32 a16 cc5, o32 a32 cc5] from spec/arith.r1:25
-_T11 = """\
-S.eip = $next
-if (not GET_ZF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc6, o16 a32 cc6, o32 a16 cc6, o32 a32 cc6] from spec/arith.r1:25
-_T12 = """\
-S.eip = $next
-if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc7, o16 a32 cc7, o32 a16 cc7, o32 a32 cc7] from spec/arith.r1:25
-_T13 = """\
-S.eip = $next
-if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc8, o16 a32 cc8, o32 a16 cc8, o32 a32 cc8] from spec/arith.r1:25
-_T14 = """\
-S.eip = $next
-if GET_SF[S.cc[0]](S.cc):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc9, o16 a32 cc9, o32 a16 cc9, o32 a32 cc9] from spec/arith.r1:25
-_T15 = """\
-S.eip = $next
-if (not GET_SF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc10, o16 a32 cc10, o32 a16 cc10, o32 a32 cc10] from spec/arith.r1:25
-_T16 = """\
-S.eip = $next
-if GET_PF[S.cc[0]](S.cc):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc11, o16 a32 cc11, o32 a16 cc11, o32 a32 cc11] from spec/arith.r1:25
-_T17 = """\
-S.eip = $next
-if (not GET_PF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc12, o16 a32 cc12, o32 a16 cc12, o32 a32 cc12] from spec/arith.r1:25
-_T18 = """\
-S.eip = $next
-if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc13, o16 a32 cc13, o32 a16 cc13, o32 a32 cc13] from spec/arith.r1:25
-_T19 = """\
-S.eip = $next
-if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc14, o16 a32 cc14, o32 a16 cc14, o32 a32 cc14] from spec/arith.r1:25
-_T20 = """\
-S.eip = $next
-if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# JCC_REL8 [o16 a16 cc15, o16 a32 cc15, o32 a16 cc15, o32 a32 cc15] from spec/arith.r1:25
-_T21 = """\
-S.eip = $next
-if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # arith.r1:33
-    S.eip = $target  # arith.r1:33
-"""
-
-# PUSH_Ov [o16 a16, o16 a32] from spec/arith.r1:35
-_T22 = """\
-v_src = (R[$src] & 0xffff)  # arith.r1:38
-if S.stack32:  # prelude.r1:265
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
-    wr16(2, l_top_0, v_src)  # prelude.r1:267
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:268
-else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:270
-    wr16(2, l_top_1, v_src)  # prelude.r1:271
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
-"""
-
-# PUSH_Ov [o32 a16, o32 a32] from spec/arith.r1:35
-_T23 = """\
-v_src = R[$src]  # arith.r1:38
-if S.stack32:  # prelude.r1:265
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
-    wr32(2, l_top_0, v_src)  # prelude.r1:267
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:268
-else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:270
-    wr32(2, l_top_1, v_src)  # prelude.r1:271
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
-"""
-
-# POP_Ov [o16 a16, o16 a32] from spec/arith.r1:45
-_T24 = """\
-l_v_0 = 0  # prelude.r1:279
-if S.stack32:  # prelude.r1:280
-    l_v_0 = rd16(2, R[4])  # prelude.r1:281
-    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:282
-else:
-    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:284
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:285
-R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # arith.r1:53
-"""
-
-# POP_Ov [o32 a16, o32 a32] from spec/arith.r1:45
-_T25 = """\
-l_v_0 = 0  # prelude.r1:279
-if S.stack32:  # prelude.r1:280
-    l_v_0 = rd32(2, R[4])  # prelude.r1:281
-    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:282
-else:
-    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:284
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:285
-R[$dst] = l_v_0 & 0xffffffff  # arith.r1:53
+v_src = R[$src]  # arith.r1:19
+v_dst = rd32($seg, ea)  # arith.r1:19
+l_r_0 = ((v_dst + v_src) & 4294967295)  # arith.r1:3
+S.cc = (3, v_dst, v_src, l_r_0)  # arith.r1:3
+wr32($seg, ea, l_r_0)  # arith.r1:25
 """
 
 TEMPLATES = {
-    # spec/arith.r1:3
+    # spec/arith.r1:5
     'ADD_RMb_Rb': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T1,
@@ -239,7 +77,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/arith.r1:14
+    # spec/arith.r1:16
     'ADD_RMv_Rv': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T3,
@@ -249,86 +87,5 @@ TEMPLATES = {
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'reg', None, None): _T4,
         (32, 32, 'mem', None, None): _T5,
-    },
-    # spec/arith.r1:25
-    'JCC_REL8': {
-        (16, 16, None, 0, None): _T6,
-        (16, 16, None, 1, None): _T7,
-        (16, 16, None, 2, None): _T8,
-        (16, 16, None, 3, None): _T9,
-        (16, 16, None, 4, None): _T10,
-        (16, 16, None, 5, None): _T11,
-        (16, 16, None, 6, None): _T12,
-        (16, 16, None, 7, None): _T13,
-        (16, 16, None, 8, None): _T14,
-        (16, 16, None, 9, None): _T15,
-        (16, 16, None, 10, None): _T16,
-        (16, 16, None, 11, None): _T17,
-        (16, 16, None, 12, None): _T18,
-        (16, 16, None, 13, None): _T19,
-        (16, 16, None, 14, None): _T20,
-        (16, 16, None, 15, None): _T21,
-        (16, 32, None, 0, None): _T6,
-        (16, 32, None, 1, None): _T7,
-        (16, 32, None, 2, None): _T8,
-        (16, 32, None, 3, None): _T9,
-        (16, 32, None, 4, None): _T10,
-        (16, 32, None, 5, None): _T11,
-        (16, 32, None, 6, None): _T12,
-        (16, 32, None, 7, None): _T13,
-        (16, 32, None, 8, None): _T14,
-        (16, 32, None, 9, None): _T15,
-        (16, 32, None, 10, None): _T16,
-        (16, 32, None, 11, None): _T17,
-        (16, 32, None, 12, None): _T18,
-        (16, 32, None, 13, None): _T19,
-        (16, 32, None, 14, None): _T20,
-        (16, 32, None, 15, None): _T21,
-        (32, 16, None, 0, None): _T6,
-        (32, 16, None, 1, None): _T7,
-        (32, 16, None, 2, None): _T8,
-        (32, 16, None, 3, None): _T9,
-        (32, 16, None, 4, None): _T10,
-        (32, 16, None, 5, None): _T11,
-        (32, 16, None, 6, None): _T12,
-        (32, 16, None, 7, None): _T13,
-        (32, 16, None, 8, None): _T14,
-        (32, 16, None, 9, None): _T15,
-        (32, 16, None, 10, None): _T16,
-        (32, 16, None, 11, None): _T17,
-        (32, 16, None, 12, None): _T18,
-        (32, 16, None, 13, None): _T19,
-        (32, 16, None, 14, None): _T20,
-        (32, 16, None, 15, None): _T21,
-        (32, 32, None, 0, None): _T6,
-        (32, 32, None, 1, None): _T7,
-        (32, 32, None, 2, None): _T8,
-        (32, 32, None, 3, None): _T9,
-        (32, 32, None, 4, None): _T10,
-        (32, 32, None, 5, None): _T11,
-        (32, 32, None, 6, None): _T12,
-        (32, 32, None, 7, None): _T13,
-        (32, 32, None, 8, None): _T14,
-        (32, 32, None, 9, None): _T15,
-        (32, 32, None, 10, None): _T16,
-        (32, 32, None, 11, None): _T17,
-        (32, 32, None, 12, None): _T18,
-        (32, 32, None, 13, None): _T19,
-        (32, 32, None, 14, None): _T20,
-        (32, 32, None, 15, None): _T21,
-    },
-    # spec/arith.r1:35
-    'PUSH_Ov': {
-        (16, 16, None, None, None): _T22,
-        (16, 32, None, None, None): _T22,
-        (32, 16, None, None, None): _T23,
-        (32, 32, None, None, None): _T23,
-    },
-    # spec/arith.r1:45
-    'POP_Ov': {
-        (16, 16, None, None, None): _T24,
-        (16, 32, None, None, None): _T24,
-        (32, 16, None, None, None): _T25,
-        (32, 32, None, None, None): _T25,
     },
 }
