@@ -388,7 +388,7 @@ class Emitter:
             return V(f"rd{args[2].const}({args[0].code}, {args[1].code})", pure=False)
         if f == "store" and args[2].const in (8, 16, 32):
             return V(f"wr{args[2].const}({args[0].code}, {args[1].code}, {args[3].code})", pure=False)
-        pure = f in ("seg_base", "seg_limit", "seg_attr", "sdiv", "srem")
+        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem")
         return V(f"b_{f}({', '.join(a.code for a in args)})", pure=pure and all(a.pure for a in args))
 
     def inline_fn(self, e: A.Call) -> V:
@@ -504,6 +504,13 @@ class Emitter:
     def intrinsic_seg(self, e: A.Call) -> V:
         self._mem_operand(e)
         return V("$seg")
+
+    def intrinsic_in_memory(self, e: A.Call) -> V:
+        arg = e.args[0]
+        op = self._operand(arg.name) if isinstance(arg, A.Name) else None
+        if op is None:
+            raise self.err(e.loc, "in_memory() takes the name of one of the instruction's operands")
+        return V.of(int(self.op_in_memory(op) or OPTYPES[op.type].kind == "addr"))
 
     def intrinsic_uses_esp(self, e: A.Call) -> V:
         self._mem_operand(e)

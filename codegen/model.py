@@ -282,6 +282,7 @@ INTRINSICS = {  # name -> number of arguments; implemented by the generator, not
     "addr": 1,
     "seg": 1,
     "uses_esp": 1,
+    "in_memory": 1,
 }
 
 

@@ -11,50 +11,50 @@ instruction by ring1.runtime.blocks, which joins templates into one function per
 # PUSH_Ov [o16 a16, o16 a32] from spec/datamov.r1:4
 _T0 = """\
 v_src = (R[$src] & 0xffff)  # datamov.r1:7
-if S.stack32:  # prelude.r1:265
-    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
-    wr16(2, l_top_0, v_src)  # prelude.r1:267
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:268
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_0, v_src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
 else:
-    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:270
-    wr16(2, l_top_1, v_src)  # prelude.r1:271
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_1, v_src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
 """
 
 # PUSH_Ov [o32 a16, o32 a32] from spec/datamov.r1:4
 _T1 = """\
 v_src = R[$src]  # datamov.r1:7
-if S.stack32:  # prelude.r1:265
-    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
-    wr32(2, l_top_0, v_src)  # prelude.r1:267
-    R[4] = l_top_0 & 0xffffffff  # prelude.r1:268
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_0, v_src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
 else:
-    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:270
-    wr32(2, l_top_1, v_src)  # prelude.r1:271
-    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_1, v_src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
 """
 
 # POP_Ov [o16 a16, o16 a32] from spec/datamov.r1:14
 _T2 = """\
-l_v_0 = 0  # prelude.r1:279
-if S.stack32:  # prelude.r1:280
-    l_v_0 = rd16(2, R[4])  # prelude.r1:281
-    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:282
+l_v_0 = 0  # prelude.r1:280
+if S.stack32:  # prelude.r1:281
+    l_v_0 = rd16(2, R[4])  # prelude.r1:282
+    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:283
 else:
-    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:284
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:285
+    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:285
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:286
 R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:22
 """
 
 # POP_Ov [o32 a16, o32 a32] from spec/datamov.r1:14
 _T3 = """\
-l_v_0 = 0  # prelude.r1:279
-if S.stack32:  # prelude.r1:280
-    l_v_0 = rd32(2, R[4])  # prelude.r1:281
-    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:282
+l_v_0 = 0  # prelude.r1:280
+if S.stack32:  # prelude.r1:281
+    l_v_0 = rd32(2, R[4])  # prelude.r1:282
+    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:283
 else:
-    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:284
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:285
+    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:285
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:286
 R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:22
 """
 

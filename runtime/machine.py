@@ -437,6 +437,9 @@ class Machine:
 
     # ------------------------------------------------------------ builtins (spec/prelude.r1)
 
+    def b_seg_selector(self, s: int) -> int:
+        return self.state.sel[s]
+
     def b_seg_base(self, s: int) -> int:
         return self.state.base[s]
 

@@ -124,7 +124,7 @@ def instance(draw, form: str, mode: Mode) -> Instance:
         if any(kind == "creg" for _, kind, _ in operands):
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
         if needs_memory:
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode))
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
         else:
             rm = rm_fixed if rm_fixed is not None else draw(st.integers(0, 7))
             body.append(0xC0 | reg << 3 | rm)
@@ -178,10 +178,13 @@ def code_address(draw, osize: int) -> int:
 
 
 @st.composite
-def memory_operand(draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode) -> bytes:
+def memory_operand(
+    draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode, memory: dict[int, bytes]
+) -> bytes:
     """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the registers."""
     target = draw(st.integers(0, fresh.DATA_SIZE - WINDOW_MARGIN))
     names = fresh.GPR_NAMES
+    memory[target] = draw(operand_bytes(mode))
     if asize == 16:
         mod = draw(st.integers(0, 2))
         rm = draw(st.integers(0, 7))
@@ -261,9 +264,27 @@ def _role_registers(draw, form: str, inst: Instance, mode: Mode, asize: int, osi
         regs["ebp"] = draw(st.integers(0x4000, 0x6F00))
 
 
+def selectors(mode: Mode):
+    return st.sampled_from((0, 0x1000, 0x800, 0xFFFF)) if mode.real else st.sampled_from(SELECTORS_PROT)
+
+
+@st.composite
+def operand_bytes(draw, mode: Mode) -> bytes:
+    """16 bytes for a memory operand: random, or selectors and far pointers where they may be read."""
+    if draw(st.booleans()):
+        return draw(st.binary(min_size=16, max_size=16))
+    words = [draw(st.one_of(selectors(mode), st.integers(0, 0xFFFF))) for _ in range(8)]
+    return b"".join(w.to_bytes(2, "little") for w in words)
+
+
+def register_value(mode: Mode):
+    """A 32-bit register: random, or a selector (for segment loads), or a small count."""
+    return st.one_of(st.integers(0, 0xFFFFFFFF), selectors(mode), st.integers(0, 40))
+
+
 @st.composite
 def registers(draw, mode: Mode) -> dict[str, int]:
-    regs = {name: draw(st.integers(0, 0xFFFFFFFF)) for name in fresh.GPR_NAMES if name != "esp"}
+    regs = {name: draw(register_value(mode)) for name in fresh.GPR_NAMES if name != "esp"}
     flags = draw(st.integers(0, 0xFFFFFFFF)) & STATUS_AND_DF
     if not mode.real:
         flags |= draw(st.sampled_from((0, 0x200))) | draw(st.sampled_from((0, 0x1000, 0x2000, 0x3000)))
