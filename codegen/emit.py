@@ -34,6 +34,9 @@ from ring1.codegen.model import (
 )
 
 MODE_NUMBERS = {"real": 0, "prot": 1, "v86": 2}
+# Builtins that hand control to code that writes EFLAGS (event delivery), so the flags a form
+# declares cannot be checked against its own semantics alone.
+FLAG_WRITING_BUILTINS = {"soft_interrupt"}
 M32 = 0xFFFFFFFF
 
 
@@ -384,6 +387,8 @@ class Emitter:
             raise self.err(e.loc, f"{e.func} takes {n} argument{'s' if n != 1 else ''}, given {len(e.args)}")
 
     def builtin_call(self, f: str, args: list[V], loc: A.Loc) -> V:
+        if f in FLAG_WRITING_BUILTINS:
+            self.opaque_flags = True
         if f == "load" and args[2].const in (8, 16, 32):
             return V(f"rd{args[2].const}({args[0].code}, {args[1].code})", pure=False)
         if f == "store" and args[2].const in (8, 16, 32):
@@ -1020,7 +1025,7 @@ def form_variants(form: Form) -> list[Variant]:
     e = form.enc
     osizes = [e.osize] if e.osize else [16, 32]
     asizes = [e.asize] if e.asize else [16, 32]
-    has_rm = any(OPTYPES[o.type].kind == "rm" for o in form.operands)
+    has_rm = any(OPTYPES[o.type].kind == "rm" or o.type in ("mmrm", "xmmrm") for o in form.operands)
     mods = [e.mod] if (e.mod and has_rm) else (["reg", "mem"] if has_rm else [None])
     if not has_rm and form.memory_operand() is not None:
         mods = ["mem"]

@@ -152,6 +152,8 @@ def check_form(spec: Spec, form: Form) -> list[Disagreement]:
         key = (v.osize, v.mod, v.cc)
         if key in seen:
             continue
+        if v.osize == 16 and form.enc.pfx is not None:
+            continue  # a 66 prefix would be (or change) the mandatory prefix: a different instruction
         seen.add(key)
         code = sample_bytes(form, v.osize or 32, v.mod, v.cc)
         insns = list(_MD32.disasm(code, 0))

@@ -8,184 +8,1024 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# JCC_REL8 [o16 a16 cc0, o16 a32 cc0, o32 a16 cc0, o32 a32 cc0] from spec/control.r1:3
+# JMP_REL8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:20
 _T0 = """\
 S.eip = $next
-if GET_OF[S.cc[0]](S.cc):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if ($target > b_seg_limit(1)):  # control.r1:8
+    raise Fault(13, 0)  # control.r1:8
+S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc1, o16 a32 cc1, o32 a16 cc1, o32 a32 cc1] from spec/control.r1:3
+# JMP_RELv [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:30
 _T1 = """\
 S.eip = $next
-if (not GET_OF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if ($target > b_seg_limit(1)):  # control.r1:8
+    raise Fault(13, 0)  # control.r1:8
+S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc2, o16 a32 cc2, o32 a16 cc2, o32 a32 cc2] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc0, o16 a32 cc0, o32 a16 cc0, o32 a32 cc0] from spec/control.r1:40
 _T2 = """\
 S.eip = $next
-if GET_CF[S.cc[0]](S.cc):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if GET_OF[S.cc[0]](S.cc):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc3, o16 a32 cc3, o32 a16 cc3, o32 a32 cc3] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc1, o16 a32 cc1, o32 a16 cc1, o32 a32 cc1] from spec/control.r1:40
 _T3 = """\
 S.eip = $next
-if (not GET_CF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (not GET_OF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc4, o16 a32 cc4, o32 a16 cc4, o32 a32 cc4] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc2, o16 a32 cc2, o32 a16 cc2, o32 a32 cc2] from spec/control.r1:40
 _T4 = """\
 S.eip = $next
-if GET_ZF[S.cc[0]](S.cc):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if GET_CF[S.cc[0]](S.cc):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc5, o16 a32 cc5, o32 a16 cc5, o32 a32 cc5] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc3, o16 a32 cc3, o32 a16 cc3, o32 a32 cc3] from spec/control.r1:40
 _T5 = """\
 S.eip = $next
-if (not GET_ZF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (not GET_CF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc6, o16 a32 cc6, o32 a16 cc6, o32 a32 cc6] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc4, o16 a32 cc4, o32 a16 cc4, o32 a32 cc4] from spec/control.r1:40
 _T6 = """\
 S.eip = $next
-if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if GET_ZF[S.cc[0]](S.cc):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc7, o16 a32 cc7, o32 a16 cc7, o32 a32 cc7] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc5, o16 a32 cc5, o32 a16 cc5, o32 a32 cc5] from spec/control.r1:40
 _T7 = """\
 S.eip = $next
-if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (not GET_ZF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc8, o16 a32 cc8, o32 a16 cc8, o32 a32 cc8] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc6, o16 a32 cc6, o32 a16 cc6, o32 a32 cc6] from spec/control.r1:40
 _T8 = """\
 S.eip = $next
-if GET_SF[S.cc[0]](S.cc):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc9, o16 a32 cc9, o32 a16 cc9, o32 a32 cc9] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc7, o16 a32 cc7, o32 a16 cc7, o32 a32 cc7] from spec/control.r1:40
 _T9 = """\
 S.eip = $next
-if (not GET_SF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc10, o16 a32 cc10, o32 a16 cc10, o32 a32 cc10] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc8, o16 a32 cc8, o32 a16 cc8, o32 a32 cc8] from spec/control.r1:40
 _T10 = """\
 S.eip = $next
-if GET_PF[S.cc[0]](S.cc):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if GET_SF[S.cc[0]](S.cc):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc11, o16 a32 cc11, o32 a16 cc11, o32 a32 cc11] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc9, o16 a32 cc9, o32 a16 cc9, o32 a32 cc9] from spec/control.r1:40
 _T11 = """\
 S.eip = $next
-if (not GET_PF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (not GET_SF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc12, o16 a32 cc12, o32 a16 cc12, o32 a32 cc12] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc10, o16 a32 cc10, o32 a16 cc10, o32 a32 cc10] from spec/control.r1:40
 _T12 = """\
 S.eip = $next
-if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if GET_PF[S.cc[0]](S.cc):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc13, o16 a32 cc13, o32 a16 cc13, o32 a32 cc13] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc11, o16 a32 cc11, o32 a16 cc11, o32 a32 cc11] from spec/control.r1:40
 _T13 = """\
 S.eip = $next
-if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (not GET_PF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc14, o16 a32 cc14, o32 a16 cc14, o32 a32 cc14] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc12, o16 a32 cc12, o32 a16 cc12, o32 a32 cc12] from spec/control.r1:40
 _T14 = """\
 S.eip = $next
-if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
 """
 
-# JCC_REL8 [o16 a16 cc15, o16 a32 cc15, o32 a16 cc15, o32 a32 cc15] from spec/control.r1:3
+# JCC_REL8 [o16 a16 cc13, o16 a32 cc13, o32 a16 cc13, o32 a32 cc13] from spec/control.r1:40
 _T15 = """\
 S.eip = $next
-if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # control.r1:11
-    S.eip = $target  # control.r1:11
+if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_REL8 [o16 a16 cc14, o16 a32 cc14, o32 a16 cc14, o32 a32 cc14] from spec/control.r1:40
+_T16 = """\
+S.eip = $next
+if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_REL8 [o16 a16 cc15, o16 a32 cc15, o32 a16 cc15, o32 a32 cc15] from spec/control.r1:40
+_T17 = """\
+S.eip = $next
+if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # control.r1:48
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc0, o16 a32 cc0, o32 a16 cc0, o32 a32 cc0] from spec/control.r1:51
+_T18 = """\
+S.eip = $next
+if GET_OF[S.cc[0]](S.cc):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc1, o16 a32 cc1, o32 a16 cc1, o32 a32 cc1] from spec/control.r1:51
+_T19 = """\
+S.eip = $next
+if (not GET_OF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc2, o16 a32 cc2, o32 a16 cc2, o32 a32 cc2] from spec/control.r1:51
+_T20 = """\
+S.eip = $next
+if GET_CF[S.cc[0]](S.cc):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc3, o16 a32 cc3, o32 a16 cc3, o32 a32 cc3] from spec/control.r1:51
+_T21 = """\
+S.eip = $next
+if (not GET_CF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc4, o16 a32 cc4, o32 a16 cc4, o32 a32 cc4] from spec/control.r1:51
+_T22 = """\
+S.eip = $next
+if GET_ZF[S.cc[0]](S.cc):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc5, o16 a32 cc5, o32 a16 cc5, o32 a32 cc5] from spec/control.r1:51
+_T23 = """\
+S.eip = $next
+if (not GET_ZF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc6, o16 a32 cc6, o32 a16 cc6, o32 a32 cc6] from spec/control.r1:51
+_T24 = """\
+S.eip = $next
+if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc7, o16 a32 cc7, o32 a16 cc7, o32 a32 cc7] from spec/control.r1:51
+_T25 = """\
+S.eip = $next
+if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc8, o16 a32 cc8, o32 a16 cc8, o32 a32 cc8] from spec/control.r1:51
+_T26 = """\
+S.eip = $next
+if GET_SF[S.cc[0]](S.cc):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc9, o16 a32 cc9, o32 a16 cc9, o32 a32 cc9] from spec/control.r1:51
+_T27 = """\
+S.eip = $next
+if (not GET_SF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc10, o16 a32 cc10, o32 a16 cc10, o32 a32 cc10] from spec/control.r1:51
+_T28 = """\
+S.eip = $next
+if GET_PF[S.cc[0]](S.cc):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc11, o16 a32 cc11, o32 a16 cc11, o32 a32 cc11] from spec/control.r1:51
+_T29 = """\
+S.eip = $next
+if (not GET_PF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc12, o16 a32 cc12, o32 a16 cc12, o32 a32 cc12] from spec/control.r1:51
+_T30 = """\
+S.eip = $next
+if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc13, o16 a32 cc13, o32 a16 cc13, o32 a32 cc13] from spec/control.r1:51
+_T31 = """\
+S.eip = $next
+if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc14, o16 a32 cc14, o32 a16 cc14, o32 a32 cc14] from spec/control.r1:51
+_T32 = """\
+S.eip = $next
+if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCC_RELv [o16 a16 cc15, o16 a32 cc15, o32 a16 cc15, o32 a32 cc15] from spec/control.r1:51
+_T33 = """\
+S.eip = $next
+if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # control.r1:59
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# CALL_RELv [o16 a16, o16 a32] from spec/control.r1:62
+_T34 = """\
+S.eip = $next
+if ($target > b_seg_limit(1)):  # control.r1:13
+    raise Fault(13, 0)  # control.r1:13
+m_v_0 = S.eip
+if S.stack32:  # prelude.r1:266
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:268
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:273
+S.eip = $target  # control.r1:15
+"""
+
+# CALL_RELv [o32 a16, o32 a32] from spec/control.r1:62
+_T35 = """\
+S.eip = $next
+if ($target > b_seg_limit(1)):  # control.r1:13
+    raise Fault(13, 0)  # control.r1:13
+m_v_0 = S.eip
+if S.stack32:  # prelude.r1:266
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:268
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:273
+S.eip = $target  # control.r1:15
+"""
+
+# LOOP [o16 a16, o32 a16] from spec/control.r1:74
+_T36 = """\
+S.eip = $next
+l_n = (((R[1] & 0xffff) - 1) & 65535)  # control.r1:82
+R[1] = R[1] & 0xffff0000 | l_n & 0xffff  # control.r1:83
+if (l_n != 0):  # control.r1:84
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# LOOP [o16 a32, o32 a32] from spec/control.r1:74
+_T37 = """\
+S.eip = $next
+l_n = ((R[1] - 1) & 4294967295)  # control.r1:82
+R[1] = l_n & 0xffffffff  # control.r1:83
+if (l_n != 0):  # control.r1:84
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# LOOPE [o16 a16, o32 a16] from spec/control.r1:88
+_T38 = """\
+S.eip = $next
+l_n = (((R[1] & 0xffff) - 1) & 65535)  # control.r1:97
+R[1] = R[1] & 0xffff0000 | l_n & 0xffff  # control.r1:98
+if ((l_n != 0) and GET_ZF[S.cc[0]](S.cc)):  # control.r1:99
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# LOOPE [o16 a32, o32 a32] from spec/control.r1:88
+_T39 = """\
+S.eip = $next
+l_n = ((R[1] - 1) & 4294967295)  # control.r1:97
+R[1] = l_n & 0xffffffff  # control.r1:98
+if ((l_n != 0) and GET_ZF[S.cc[0]](S.cc)):  # control.r1:99
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# LOOPNE [o16 a16, o32 a16] from spec/control.r1:103
+_T40 = """\
+S.eip = $next
+l_n = (((R[1] & 0xffff) - 1) & 65535)  # control.r1:112
+R[1] = R[1] & 0xffff0000 | l_n & 0xffff  # control.r1:113
+if ((l_n != 0) and (not GET_ZF[S.cc[0]](S.cc))):  # control.r1:114
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# LOOPNE [o16 a32, o32 a32] from spec/control.r1:103
+_T41 = """\
+S.eip = $next
+l_n = ((R[1] - 1) & 4294967295)  # control.r1:112
+R[1] = l_n & 0xffffffff  # control.r1:113
+if ((l_n != 0) and (not GET_ZF[S.cc[0]](S.cc))):  # control.r1:114
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JCXZ [o16 a16, o32 a16] from spec/control.r1:118
+_T42 = """\
+S.eip = $next
+if ((R[1] & 0xffff) == 0):  # control.r1:125
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JECXZ [o16 a32, o32 a32] from spec/control.r1:128
+_T43 = """\
+S.eip = $next
+if (R[1] == 0):  # control.r1:135
+    if ($target > b_seg_limit(1)):  # control.r1:8
+        raise Fault(13, 0)  # control.r1:8
+    S.eip = $target  # control.r1:9
+"""
+
+# JMP_RMv [o16 a16 reg, o16 a32 reg] from spec/control.r1:140
+_T44 = """\
+S.eip = $next
+v_target = (R[$target] & 0xffff)  # control.r1:143
+if (v_target > b_seg_limit(1)):  # control.r1:8
+    raise Fault(13, 0)  # control.r1:8
+S.eip = v_target  # control.r1:9
+"""
+
+# JMP_RMv [o16 a16 mem, o16 a32 mem] from spec/control.r1:140
+_T45 = """\
+S.eip = $next
+ea = $ea
+v_target = rd16($seg, ea)  # control.r1:143
+if (v_target > b_seg_limit(1)):  # control.r1:8
+    raise Fault(13, 0)  # control.r1:8
+S.eip = v_target  # control.r1:9
+"""
+
+# JMP_RMv [o32 a16 reg, o32 a32 reg] from spec/control.r1:140
+_T46 = """\
+S.eip = $next
+v_target = R[$target]  # control.r1:143
+if (v_target > b_seg_limit(1)):  # control.r1:8
+    raise Fault(13, 0)  # control.r1:8
+S.eip = v_target  # control.r1:9
+"""
+
+# JMP_RMv [o32 a16 mem, o32 a32 mem] from spec/control.r1:140
+_T47 = """\
+S.eip = $next
+ea = $ea
+v_target = rd32($seg, ea)  # control.r1:143
+if (v_target > b_seg_limit(1)):  # control.r1:8
+    raise Fault(13, 0)  # control.r1:8
+S.eip = v_target  # control.r1:9
+"""
+
+# CALL_RMv [o16 a16 reg, o16 a32 reg] from spec/control.r1:150
+_T48 = """\
+S.eip = $next
+v_target = (R[$target] & 0xffff)  # control.r1:153
+if (v_target > b_seg_limit(1)):  # control.r1:13
+    raise Fault(13, 0)  # control.r1:13
+m_v_0 = S.eip
+if S.stack32:  # prelude.r1:266
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:268
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:273
+S.eip = v_target  # control.r1:15
+"""
+
+# CALL_RMv [o16 a16 mem, o16 a32 mem] from spec/control.r1:150
+_T49 = """\
+S.eip = $next
+ea = $ea
+v_target = rd16($seg, ea)  # control.r1:153
+if (v_target > b_seg_limit(1)):  # control.r1:13
+    raise Fault(13, 0)  # control.r1:13
+m_v_0 = S.eip
+if S.stack32:  # prelude.r1:266
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:268
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:273
+S.eip = v_target  # control.r1:15
+"""
+
+# CALL_RMv [o32 a16 reg, o32 a32 reg] from spec/control.r1:150
+_T50 = """\
+S.eip = $next
+v_target = R[$target]  # control.r1:153
+if (v_target > b_seg_limit(1)):  # control.r1:13
+    raise Fault(13, 0)  # control.r1:13
+m_v_0 = S.eip
+if S.stack32:  # prelude.r1:266
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:268
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:273
+S.eip = v_target  # control.r1:15
+"""
+
+# CALL_RMv [o32 a16 mem, o32 a32 mem] from spec/control.r1:150
+_T51 = """\
+S.eip = $next
+ea = $ea
+v_target = rd32($seg, ea)  # control.r1:153
+if (v_target > b_seg_limit(1)):  # control.r1:13
+    raise Fault(13, 0)  # control.r1:13
+m_v_0 = S.eip
+if S.stack32:  # prelude.r1:266
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:268
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:273
+S.eip = v_target  # control.r1:15
+"""
+
+# RET_NEAR [o16 a16, o16 a32] from spec/control.r1:169
+_T52 = """\
+S.eip = $next
+l_t_0 = rd16(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stack32 else 16)) - 1)))  # control.r1:163
+if (l_t_0 > b_seg_limit(1)):  # control.r1:164
+    raise Fault(13, 0)  # control.r1:164
+m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
+if S.stack32:  # prelude.r1:298
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:298
+else:
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:298
+S.eip = l_t_0  # control.r1:166
+"""
+
+# RET_NEAR [o32 a16, o32 a32] from spec/control.r1:169
+_T53 = """\
+S.eip = $next
+l_t_0 = rd32(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stack32 else 16)) - 1)))  # control.r1:163
+if (l_t_0 > b_seg_limit(1)):  # control.r1:164
+    raise Fault(13, 0)  # control.r1:164
+m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
+if S.stack32:  # prelude.r1:298
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:298
+else:
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:298
+S.eip = l_t_0  # control.r1:166
+"""
+
+# RET_NEAR_Iw [o16 a16, o16 a32] from spec/control.r1:178
+_T54 = """\
+S.eip = $next
+l_t_0 = rd16(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stack32 else 16)) - 1)))  # control.r1:163
+if (l_t_0 > b_seg_limit(1)):  # control.r1:164
+    raise Fault(13, 0)  # control.r1:164
+m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + 2) + $n) & ((1 << (32 if S.stack32 else 16)) - 1))
+if S.stack32:  # prelude.r1:298
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:298
+else:
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:298
+S.eip = l_t_0  # control.r1:166
+"""
+
+# RET_NEAR_Iw [o32 a16, o32 a32] from spec/control.r1:178
+_T55 = """\
+S.eip = $next
+l_t_0 = rd32(2, ((R[4] if S.stack32 else (R[4] & 0xffff)) & ((1 << (32 if S.stack32 else 16)) - 1)))  # control.r1:163
+if (l_t_0 > b_seg_limit(1)):  # control.r1:164
+    raise Fault(13, 0)  # control.r1:164
+m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + 4) + $n) & ((1 << (32 if S.stack32 else 16)) - 1))
+if S.stack32:  # prelude.r1:298
+    R[4] = m_v_1 & 0xffffffff  # prelude.r1:298
+else:
+    R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:298
+S.eip = l_t_0  # control.r1:166
+"""
+
+# JMP_FAR_PTR [o16 a16, o16 a32] from spec/control.r1:334
+_T56 = """\
+S.eip = $next
+p_far_transfer(($target >> 16), ($target & 65535), 16, 0)  # control.r1:342
+"""
+
+# JMP_FAR_PTR [o32 a16, o32 a32] from spec/control.r1:334
+_T57 = """\
+S.eip = $next
+p_far_transfer(($target >> 32), ($target & 4294967295), 32, 0)  # control.r1:342
+"""
+
+# JMP_FAR_M [o16 a16 mem, o16 a32 mem] from spec/control.r1:345
+_T58 = """\
+S.eip = $next
+ea = $ea
+v_target = rd32($seg, ea)  # control.r1:348
+p_far_transfer((v_target >> 16), (v_target & 65535), 16, 0)  # control.r1:352
+"""
+
+# JMP_FAR_M [o32 a16 mem, o32 a32 mem] from spec/control.r1:345
+_T59 = """\
+S.eip = $next
+ea = $ea
+v_target = b_load($seg, ea, 48)  # control.r1:348
+p_far_transfer((v_target >> 32), (v_target & 4294967295), 32, 0)  # control.r1:352
+"""
+
+# CALL_FAR_PTR [o16 a16, o16 a32] from spec/control.r1:355
+_T60 = """\
+S.eip = $next
+p_far_transfer(($target >> 16), ($target & 65535), 16, 1)  # control.r1:363
+"""
+
+# CALL_FAR_PTR [o32 a16, o32 a32] from spec/control.r1:355
+_T61 = """\
+S.eip = $next
+p_far_transfer(($target >> 32), ($target & 4294967295), 32, 1)  # control.r1:363
+"""
+
+# CALL_FAR_M [o16 a16 mem, o16 a32 mem] from spec/control.r1:366
+_T62 = """\
+S.eip = $next
+ea = $ea
+v_target = rd32($seg, ea)  # control.r1:369
+p_far_transfer((v_target >> 16), (v_target & 65535), 16, 1)  # control.r1:373
+"""
+
+# CALL_FAR_M [o32 a16 mem, o32 a32 mem] from spec/control.r1:366
+_T63 = """\
+S.eip = $next
+ea = $ea
+v_target = b_load($seg, ea, 48)  # control.r1:369
+p_far_transfer((v_target >> 32), (v_target & 4294967295), 32, 1)  # control.r1:373
+"""
+
+# RET_FAR [o16 a16, o16 a32] from spec/control.r1:376
+_T64 = """\
+S.eip = $next
+p_far_return(16, 0)  # control.r1:383
+"""
+
+# RET_FAR [o32 a16, o32 a32] from spec/control.r1:376
+_T65 = """\
+S.eip = $next
+p_far_return(32, 0)  # control.r1:383
+"""
+
+# RET_FAR_Iw [o16 a16, o16 a32] from spec/control.r1:386
+_T66 = """\
+S.eip = $next
+p_far_return(16, $n)  # control.r1:393
+"""
+
+# RET_FAR_Iw [o32 a16, o32 a32] from spec/control.r1:386
+_T67 = """\
+S.eip = $next
+p_far_return(32, $n)  # control.r1:393
+"""
+
+# INT_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:398
+_T68 = """\
+S.eip = $next
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:403
+b_soft_interrupt($vector, 2)  # control.r1:407
+"""
+
+# INT3 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:410
+_T69 = """\
+S.eip = $next
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:414
+b_soft_interrupt(3, 3)  # control.r1:417
+"""
+
+# INTO [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:420
+_T70 = """\
+S.eip = $next
+if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # control.r1:424
+if GET_OF[S.cc[0]](S.cc):  # control.r1:428
+    b_soft_interrupt(4, 4)  # control.r1:428
+"""
+
+# ICEBP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/control.r1:431
+_T71 = """\
+S.eip = $next
+b_soft_interrupt(1, 5)  # control.r1:439
+"""
+
+# BOUND [o16 a16 mem, o16 a32 mem] from spec/control.r1:442
+_T72 = """\
+ea = $ea
+v_index = (R[$index] & 0xffff)  # control.r1:445
+l_lower = ((rd16($seg, ea) & 0xffff ^ 0x8000) - 0x8000)  # control.r1:451
+l_upper = ((rd16($seg, (ea + 2)) & 0xffff ^ 0x8000) - 0x8000)  # control.r1:452
+l_i = ((v_index & 0xffff ^ 0x8000) - 0x8000)  # control.r1:453
+if ((l_i < l_lower) or (l_i > l_upper)):  # control.r1:454
+    raise Fault(5, None)  # control.r1:454
+"""
+
+# BOUND [o32 a16 mem, o32 a32 mem] from spec/control.r1:442
+_T73 = """\
+ea = $ea
+v_index = R[$index]  # control.r1:445
+l_lower = ((rd32($seg, ea) & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:451
+l_upper = ((rd32($seg, (ea + 4)) & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:452
+l_i = ((v_index & 0xffffffff ^ 0x80000000) - 0x80000000)  # control.r1:453
+if ((l_i < l_lower) or (l_i > l_upper)):  # control.r1:454
+    raise Fault(5, None)  # control.r1:454
 """
 
 TEMPLATES = {
-    # spec/control.r1:3
+    # spec/control.r1:20
+    'JMP_REL8': {
+        (16, 16, None, None, None): _T0,
+        (16, 32, None, None, None): _T0,
+        (32, 16, None, None, None): _T0,
+        (32, 32, None, None, None): _T0,
+    },
+    # spec/control.r1:30
+    'JMP_RELv': {
+        (16, 16, None, None, None): _T1,
+        (16, 32, None, None, None): _T1,
+        (32, 16, None, None, None): _T1,
+        (32, 32, None, None, None): _T1,
+    },
+    # spec/control.r1:40
     'JCC_REL8': {
-        (16, 16, None, 0, None): _T0,
-        (16, 16, None, 1, None): _T1,
-        (16, 16, None, 2, None): _T2,
-        (16, 16, None, 3, None): _T3,
-        (16, 16, None, 4, None): _T4,
-        (16, 16, None, 5, None): _T5,
-        (16, 16, None, 6, None): _T6,
-        (16, 16, None, 7, None): _T7,
-        (16, 16, None, 8, None): _T8,
-        (16, 16, None, 9, None): _T9,
-        (16, 16, None, 10, None): _T10,
-        (16, 16, None, 11, None): _T11,
-        (16, 16, None, 12, None): _T12,
-        (16, 16, None, 13, None): _T13,
-        (16, 16, None, 14, None): _T14,
-        (16, 16, None, 15, None): _T15,
-        (16, 32, None, 0, None): _T0,
-        (16, 32, None, 1, None): _T1,
-        (16, 32, None, 2, None): _T2,
-        (16, 32, None, 3, None): _T3,
-        (16, 32, None, 4, None): _T4,
-        (16, 32, None, 5, None): _T5,
-        (16, 32, None, 6, None): _T6,
-        (16, 32, None, 7, None): _T7,
-        (16, 32, None, 8, None): _T8,
-        (16, 32, None, 9, None): _T9,
-        (16, 32, None, 10, None): _T10,
-        (16, 32, None, 11, None): _T11,
-        (16, 32, None, 12, None): _T12,
-        (16, 32, None, 13, None): _T13,
-        (16, 32, None, 14, None): _T14,
-        (16, 32, None, 15, None): _T15,
-        (32, 16, None, 0, None): _T0,
-        (32, 16, None, 1, None): _T1,
-        (32, 16, None, 2, None): _T2,
-        (32, 16, None, 3, None): _T3,
-        (32, 16, None, 4, None): _T4,
-        (32, 16, None, 5, None): _T5,
-        (32, 16, None, 6, None): _T6,
-        (32, 16, None, 7, None): _T7,
-        (32, 16, None, 8, None): _T8,
-        (32, 16, None, 9, None): _T9,
-        (32, 16, None, 10, None): _T10,
-        (32, 16, None, 11, None): _T11,
-        (32, 16, None, 12, None): _T12,
-        (32, 16, None, 13, None): _T13,
-        (32, 16, None, 14, None): _T14,
-        (32, 16, None, 15, None): _T15,
-        (32, 32, None, 0, None): _T0,
-        (32, 32, None, 1, None): _T1,
-        (32, 32, None, 2, None): _T2,
-        (32, 32, None, 3, None): _T3,
-        (32, 32, None, 4, None): _T4,
-        (32, 32, None, 5, None): _T5,
-        (32, 32, None, 6, None): _T6,
-        (32, 32, None, 7, None): _T7,
-        (32, 32, None, 8, None): _T8,
-        (32, 32, None, 9, None): _T9,
-        (32, 32, None, 10, None): _T10,
-        (32, 32, None, 11, None): _T11,
-        (32, 32, None, 12, None): _T12,
-        (32, 32, None, 13, None): _T13,
-        (32, 32, None, 14, None): _T14,
-        (32, 32, None, 15, None): _T15,
+        (16, 16, None, 0, None): _T2,
+        (16, 16, None, 1, None): _T3,
+        (16, 16, None, 2, None): _T4,
+        (16, 16, None, 3, None): _T5,
+        (16, 16, None, 4, None): _T6,
+        (16, 16, None, 5, None): _T7,
+        (16, 16, None, 6, None): _T8,
+        (16, 16, None, 7, None): _T9,
+        (16, 16, None, 8, None): _T10,
+        (16, 16, None, 9, None): _T11,
+        (16, 16, None, 10, None): _T12,
+        (16, 16, None, 11, None): _T13,
+        (16, 16, None, 12, None): _T14,
+        (16, 16, None, 13, None): _T15,
+        (16, 16, None, 14, None): _T16,
+        (16, 16, None, 15, None): _T17,
+        (16, 32, None, 0, None): _T2,
+        (16, 32, None, 1, None): _T3,
+        (16, 32, None, 2, None): _T4,
+        (16, 32, None, 3, None): _T5,
+        (16, 32, None, 4, None): _T6,
+        (16, 32, None, 5, None): _T7,
+        (16, 32, None, 6, None): _T8,
+        (16, 32, None, 7, None): _T9,
+        (16, 32, None, 8, None): _T10,
+        (16, 32, None, 9, None): _T11,
+        (16, 32, None, 10, None): _T12,
+        (16, 32, None, 11, None): _T13,
+        (16, 32, None, 12, None): _T14,
+        (16, 32, None, 13, None): _T15,
+        (16, 32, None, 14, None): _T16,
+        (16, 32, None, 15, None): _T17,
+        (32, 16, None, 0, None): _T2,
+        (32, 16, None, 1, None): _T3,
+        (32, 16, None, 2, None): _T4,
+        (32, 16, None, 3, None): _T5,
+        (32, 16, None, 4, None): _T6,
+        (32, 16, None, 5, None): _T7,
+        (32, 16, None, 6, None): _T8,
+        (32, 16, None, 7, None): _T9,
+        (32, 16, None, 8, None): _T10,
+        (32, 16, None, 9, None): _T11,
+        (32, 16, None, 10, None): _T12,
+        (32, 16, None, 11, None): _T13,
+        (32, 16, None, 12, None): _T14,
+        (32, 16, None, 13, None): _T15,
+        (32, 16, None, 14, None): _T16,
+        (32, 16, None, 15, None): _T17,
+        (32, 32, None, 0, None): _T2,
+        (32, 32, None, 1, None): _T3,
+        (32, 32, None, 2, None): _T4,
+        (32, 32, None, 3, None): _T5,
+        (32, 32, None, 4, None): _T6,
+        (32, 32, None, 5, None): _T7,
+        (32, 32, None, 6, None): _T8,
+        (32, 32, None, 7, None): _T9,
+        (32, 32, None, 8, None): _T10,
+        (32, 32, None, 9, None): _T11,
+        (32, 32, None, 10, None): _T12,
+        (32, 32, None, 11, None): _T13,
+        (32, 32, None, 12, None): _T14,
+        (32, 32, None, 13, None): _T15,
+        (32, 32, None, 14, None): _T16,
+        (32, 32, None, 15, None): _T17,
+    },
+    # spec/control.r1:51
+    'JCC_RELv': {
+        (16, 16, None, 0, None): _T18,
+        (16, 16, None, 1, None): _T19,
+        (16, 16, None, 2, None): _T20,
+        (16, 16, None, 3, None): _T21,
+        (16, 16, None, 4, None): _T22,
+        (16, 16, None, 5, None): _T23,
+        (16, 16, None, 6, None): _T24,
+        (16, 16, None, 7, None): _T25,
+        (16, 16, None, 8, None): _T26,
+        (16, 16, None, 9, None): _T27,
+        (16, 16, None, 10, None): _T28,
+        (16, 16, None, 11, None): _T29,
+        (16, 16, None, 12, None): _T30,
+        (16, 16, None, 13, None): _T31,
+        (16, 16, None, 14, None): _T32,
+        (16, 16, None, 15, None): _T33,
+        (16, 32, None, 0, None): _T18,
+        (16, 32, None, 1, None): _T19,
+        (16, 32, None, 2, None): _T20,
+        (16, 32, None, 3, None): _T21,
+        (16, 32, None, 4, None): _T22,
+        (16, 32, None, 5, None): _T23,
+        (16, 32, None, 6, None): _T24,
+        (16, 32, None, 7, None): _T25,
+        (16, 32, None, 8, None): _T26,
+        (16, 32, None, 9, None): _T27,
+        (16, 32, None, 10, None): _T28,
+        (16, 32, None, 11, None): _T29,
+        (16, 32, None, 12, None): _T30,
+        (16, 32, None, 13, None): _T31,
+        (16, 32, None, 14, None): _T32,
+        (16, 32, None, 15, None): _T33,
+        (32, 16, None, 0, None): _T18,
+        (32, 16, None, 1, None): _T19,
+        (32, 16, None, 2, None): _T20,
+        (32, 16, None, 3, None): _T21,
+        (32, 16, None, 4, None): _T22,
+        (32, 16, None, 5, None): _T23,
+        (32, 16, None, 6, None): _T24,
+        (32, 16, None, 7, None): _T25,
+        (32, 16, None, 8, None): _T26,
+        (32, 16, None, 9, None): _T27,
+        (32, 16, None, 10, None): _T28,
+        (32, 16, None, 11, None): _T29,
+        (32, 16, None, 12, None): _T30,
+        (32, 16, None, 13, None): _T31,
+        (32, 16, None, 14, None): _T32,
+        (32, 16, None, 15, None): _T33,
+        (32, 32, None, 0, None): _T18,
+        (32, 32, None, 1, None): _T19,
+        (32, 32, None, 2, None): _T20,
+        (32, 32, None, 3, None): _T21,
+        (32, 32, None, 4, None): _T22,
+        (32, 32, None, 5, None): _T23,
+        (32, 32, None, 6, None): _T24,
+        (32, 32, None, 7, None): _T25,
+        (32, 32, None, 8, None): _T26,
+        (32, 32, None, 9, None): _T27,
+        (32, 32, None, 10, None): _T28,
+        (32, 32, None, 11, None): _T29,
+        (32, 32, None, 12, None): _T30,
+        (32, 32, None, 13, None): _T31,
+        (32, 32, None, 14, None): _T32,
+        (32, 32, None, 15, None): _T33,
+    },
+    # spec/control.r1:62
+    'CALL_RELv': {
+        (16, 16, None, None, None): _T34,
+        (16, 32, None, None, None): _T34,
+        (32, 16, None, None, None): _T35,
+        (32, 32, None, None, None): _T35,
+    },
+    # spec/control.r1:74
+    'LOOP': {
+        (16, 16, None, None, None): _T36,
+        (16, 32, None, None, None): _T37,
+        (32, 16, None, None, None): _T36,
+        (32, 32, None, None, None): _T37,
+    },
+    # spec/control.r1:88
+    'LOOPE': {
+        (16, 16, None, None, None): _T38,
+        (16, 32, None, None, None): _T39,
+        (32, 16, None, None, None): _T38,
+        (32, 32, None, None, None): _T39,
+    },
+    # spec/control.r1:103
+    'LOOPNE': {
+        (16, 16, None, None, None): _T40,
+        (16, 32, None, None, None): _T41,
+        (32, 16, None, None, None): _T40,
+        (32, 32, None, None, None): _T41,
+    },
+    # spec/control.r1:118
+    'JCXZ': {
+        (16, 16, None, None, None): _T42,
+        (32, 16, None, None, None): _T42,
+    },
+    # spec/control.r1:128
+    'JECXZ': {
+        (16, 32, None, None, None): _T43,
+        (32, 32, None, None, None): _T43,
+    },
+    # spec/control.r1:140
+    'JMP_RMv': {
+        (16, 16, 'reg', None, None): _T44,
+        (16, 16, 'mem', None, None): _T45,
+        (16, 32, 'reg', None, None): _T44,
+        (16, 32, 'mem', None, None): _T45,
+        (32, 16, 'reg', None, None): _T46,
+        (32, 16, 'mem', None, None): _T47,
+        (32, 32, 'reg', None, None): _T46,
+        (32, 32, 'mem', None, None): _T47,
+    },
+    # spec/control.r1:150
+    'CALL_RMv': {
+        (16, 16, 'reg', None, None): _T48,
+        (16, 16, 'mem', None, None): _T49,
+        (16, 32, 'reg', None, None): _T48,
+        (16, 32, 'mem', None, None): _T49,
+        (32, 16, 'reg', None, None): _T50,
+        (32, 16, 'mem', None, None): _T51,
+        (32, 32, 'reg', None, None): _T50,
+        (32, 32, 'mem', None, None): _T51,
+    },
+    # spec/control.r1:169
+    'RET_NEAR': {
+        (16, 16, None, None, None): _T52,
+        (16, 32, None, None, None): _T52,
+        (32, 16, None, None, None): _T53,
+        (32, 32, None, None, None): _T53,
+    },
+    # spec/control.r1:178
+    'RET_NEAR_Iw': {
+        (16, 16, None, None, None): _T54,
+        (16, 32, None, None, None): _T54,
+        (32, 16, None, None, None): _T55,
+        (32, 32, None, None, None): _T55,
+    },
+    # spec/control.r1:334
+    'JMP_FAR_PTR': {
+        (16, 16, None, None, None): _T56,
+        (16, 32, None, None, None): _T56,
+        (32, 16, None, None, None): _T57,
+        (32, 32, None, None, None): _T57,
+    },
+    # spec/control.r1:345
+    'JMP_FAR_M': {
+        (16, 16, 'mem', None, None): _T58,
+        (16, 32, 'mem', None, None): _T58,
+        (32, 16, 'mem', None, None): _T59,
+        (32, 32, 'mem', None, None): _T59,
+    },
+    # spec/control.r1:355
+    'CALL_FAR_PTR': {
+        (16, 16, None, None, None): _T60,
+        (16, 32, None, None, None): _T60,
+        (32, 16, None, None, None): _T61,
+        (32, 32, None, None, None): _T61,
+    },
+    # spec/control.r1:366
+    'CALL_FAR_M': {
+        (16, 16, 'mem', None, None): _T62,
+        (16, 32, 'mem', None, None): _T62,
+        (32, 16, 'mem', None, None): _T63,
+        (32, 32, 'mem', None, None): _T63,
+    },
+    # spec/control.r1:376
+    'RET_FAR': {
+        (16, 16, None, None, None): _T64,
+        (16, 32, None, None, None): _T64,
+        (32, 16, None, None, None): _T65,
+        (32, 32, None, None, None): _T65,
+    },
+    # spec/control.r1:386
+    'RET_FAR_Iw': {
+        (16, 16, None, None, None): _T66,
+        (16, 32, None, None, None): _T66,
+        (32, 16, None, None, None): _T67,
+        (32, 32, None, None, None): _T67,
+    },
+    # spec/control.r1:398
+    'INT_Ib': {
+        (16, 16, None, None, None): _T68,
+        (16, 32, None, None, None): _T68,
+        (32, 16, None, None, None): _T68,
+        (32, 32, None, None, None): _T68,
+    },
+    # spec/control.r1:410
+    'INT3': {
+        (16, 16, None, None, None): _T69,
+        (16, 32, None, None, None): _T69,
+        (32, 16, None, None, None): _T69,
+        (32, 32, None, None, None): _T69,
+    },
+    # spec/control.r1:420
+    'INTO': {
+        (16, 16, None, None, None): _T70,
+        (16, 32, None, None, None): _T70,
+        (32, 16, None, None, None): _T70,
+        (32, 32, None, None, None): _T70,
+    },
+    # spec/control.r1:431
+    'ICEBP': {
+        (16, 16, None, None, None): _T71,
+        (16, 32, None, None, None): _T71,
+        (32, 16, None, None, None): _T71,
+        (32, 32, None, None, None): _T71,
+    },
+    # spec/control.r1:442
+    'BOUND': {
+        (16, 16, 'mem', None, None): _T72,
+        (16, 32, 'mem', None, None): _T72,
+        (32, 16, 'mem', None, None): _T73,
+        (32, 32, 'mem', None, None): _T73,
     },
 }

@@ -80,6 +80,7 @@ class Machine:
         self.tlb = {(False, False): {}, (False, True): {}, (True, False): {}, (True, True): {}}  # (user, write)
         self.user = False
         self.blocks: dict[tuple[int, int, int], Block] = {}
+        self.single_blocks: dict[tuple[int, int, int], Block] = {}  # one-instruction blocks
         self.code_pages: dict[int, set[tuple[int, int, int]]] = {}  # physical page -> block keys
         self.running_pages: tuple[int, ...] = ()
         self.stop_on_event = False
@@ -293,6 +294,7 @@ class Machine:
     def invalidate_code_page(self, page: int) -> None:
         for key in self.code_pages.pop(page, ()):
             self.blocks.pop(key, None)
+            self.single_blocks.pop(key, None)
         if page in self.running_pages:
             self.state.smc = True
         self.after_code_write(page)
@@ -302,6 +304,7 @@ class Machine:
 
     def flush_blocks(self) -> None:
         self.blocks.clear()
+        self.single_blocks.clear()
         self.code_pages.clear()
 
     def fetch(self, eip: int) -> tuple[bytes, tuple[int, ...]]:
@@ -339,12 +342,13 @@ class Machine:
             self.translate(la, False, self.user)
             raise Fault(13, 0) from None
 
-    def compile_at(self, eip: int) -> Block:
+    def compile_at(self, eip: int, single: bool = False) -> Block:
         S = self.state
         insns: list[Decoded] = []
         pages: set[int] = set()
         cur = eip
-        while len(insns) < self.max_block:
+        limit = 1 if single else self.max_block
+        while len(insns) < limit:
             try:
                 d, ipages = self.decode_at(cur)
             except Fault:
@@ -361,7 +365,7 @@ class Machine:
                 break
         block = compile_block(self.ns, insns, tuple(sorted(pages)), self.describe)
         key = (eip, S.base[CS], S.code32)
-        self.blocks[key] = block
+        (self.single_blocks if single else self.blocks)[key] = block
         for p in block.pages:
             self.code_pages.setdefault(p, set()).add(key)
             for (_, write), t in self.tlb.items():
@@ -392,7 +396,10 @@ class Machine:
             key = (S.eip, S.base[CS], S.code32)
             block = blocks.get(key)
             try:
-                if block is None:
+                if budget_end is not None and budget_end - S.icount < self.max_block:
+                    # Near the end of the budget, one instruction at a time, so it ends exactly.
+                    block = self.single_blocks.get(key) or self.compile_at(S.eip, single=True)
+                elif block is None:
                     block = self.compile_at(S.eip)
                 self.running_pages = block.pages
                 block.fn()
