@@ -289,148 +289,148 @@ LAYOUT = {
     'POP_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/datamov.r1:14
     'HLT': (False, None, (), ()),  # spec/system.r1:4
     'UD2': (False, None, (), ()),  # spec/system.r1:13
-    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:28
-    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:38
-    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:48
-    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:58
-    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:68
-    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:78
-    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:88
-    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:98
-    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:108
-    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:118
-    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:128
-    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:138
-    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:148
-    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:158
-    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:168
-    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:178
-    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:188
-    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:198
-    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:208
-    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:218
-    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:228
-    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:238
-    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:248
-    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:258
-    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:270
-    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:280
-    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:290
-    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:300
-    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:310
-    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:320
-    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:330
-    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:340
-    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:350
-    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:360
-    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:370
-    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:380
-    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:390
-    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:400
-    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:410
-    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:420
-    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:430
-    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:440
-    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:452
-    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:462
-    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:472
-    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:482
-    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:492
-    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:502
-    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:512
-    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:522
-    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:532
-    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:542
-    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:552
-    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:562
-    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:572
-    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:582
-    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:592
-    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:602
-    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:612
-    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:622
-    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:632
-    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:642
-    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:652
-    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:662
-    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:674
-    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:684
-    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:694
-    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:704
-    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:714
-    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:724
-    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:734
-    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:744
-    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:756
-    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:766
-    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:776
-    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:786
-    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:796
-    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:806
-    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:816
-    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:825
-    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:835
-    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:845
-    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:854
-    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:864
-    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:874
-    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:884
-    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:894
-    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:904
-    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:916
-    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:926
-    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:936
-    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:946
-    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:958
-    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:968
-    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:978
-    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:988
-    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:998
-    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1008
-    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1018
-    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1030
-    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1040
-    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1050
-    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1060
-    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1069
-    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1079
-    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1088
-    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1098
-    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1107
-    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1116
-    'FPREM': (True, None, (), ()),  # spec/x87.r1:1125
-    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1134
-    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1143
-    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1153
-    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1163
-    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1173
-    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1182
-    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1192
-    'FNOP': (True, None, (), ()),  # spec/x87.r1:1204
-    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1213
-    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1223
-    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1232
-    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1241
-    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1251
-    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1261
-    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1271
-    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1280
-    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1290
-    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1300
-    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1310
-    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1320
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1331
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1341
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1351
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1362
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1373
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1384
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1395
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1406
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1417
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:1428
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1438
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1448
+    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:33
+    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:43
+    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:53
+    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:63
+    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:73
+    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:83
+    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:93
+    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:103
+    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:113
+    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:123
+    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:133
+    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:143
+    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:153
+    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:163
+    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:173
+    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:183
+    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:193
+    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:203
+    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:213
+    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:223
+    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:233
+    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:243
+    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:253
+    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:263
+    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:275
+    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:285
+    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:295
+    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:305
+    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:315
+    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:325
+    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:335
+    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:345
+    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:355
+    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:365
+    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:375
+    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:385
+    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:395
+    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:405
+    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:415
+    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:425
+    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:435
+    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:445
+    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:457
+    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:467
+    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:477
+    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:487
+    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:497
+    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:507
+    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:517
+    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:527
+    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:537
+    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:547
+    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:557
+    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:567
+    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:577
+    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:587
+    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:597
+    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:607
+    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:617
+    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:627
+    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:637
+    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:647
+    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:657
+    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:667
+    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:679
+    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:689
+    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:699
+    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:709
+    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:719
+    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:729
+    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:739
+    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:749
+    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:761
+    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:771
+    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:781
+    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:791
+    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:801
+    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:811
+    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:821
+    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:830
+    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:840
+    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:850
+    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:859
+    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:869
+    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:879
+    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:889
+    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:899
+    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:909
+    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:921
+    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:931
+    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:941
+    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:951
+    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:963
+    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:973
+    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:983
+    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:993
+    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1003
+    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1013
+    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1023
+    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1035
+    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1045
+    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1055
+    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1065
+    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1074
+    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1084
+    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1093
+    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1103
+    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1112
+    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1121
+    'FPREM': (True, None, (), ()),  # spec/x87.r1:1130
+    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1139
+    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1148
+    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1158
+    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1168
+    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1178
+    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1187
+    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1197
+    'FNOP': (True, None, (), ()),  # spec/x87.r1:1209
+    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1218
+    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1228
+    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1237
+    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1246
+    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1256
+    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1266
+    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1276
+    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1285
+    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1295
+    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1305
+    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1315
+    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1325
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1336
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1346
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1356
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1367
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1378
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1389
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1400
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1411
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1422
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:1433
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1443
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1453
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -443,146 +443,146 @@ ENCODINGS = {
     'POP_Ov': ((88,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:14
     'HLT': ((244,), None, None, None, None, None, (), None, None, None),  # spec/system.r1:4
     'UD2': ((15, 11), None, None, None, None, None, (), None, None, None),  # spec/system.r1:13
-    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:28
-    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:38
-    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:48
-    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:58
-    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:68
-    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:78
-    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:88
-    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:98
-    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:108
-    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:118
-    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:128
-    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:138
-    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:148
-    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:158
-    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:168
-    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:178
-    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:188
-    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:198
-    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:208
-    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:218
-    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:228
-    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:238
-    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:248
-    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:258
-    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:270
-    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:280
-    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:290
-    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:300
-    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:310
-    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:320
-    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:330
-    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:340
-    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:350
-    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:360
-    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:370
-    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:380
-    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:390
-    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:400
-    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:410
-    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:420
-    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:430
-    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:440
-    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:452
-    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:462
-    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:472
-    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:482
-    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:492
-    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:502
-    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:512
-    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:522
-    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:532
-    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:542
-    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:552
-    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:562
-    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:572
-    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:582
-    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:592
-    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:602
-    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:612
-    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:622
-    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:632
-    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:642
-    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:652
-    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:662
-    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:674
-    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:684
-    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:694
-    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:704
-    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:714
-    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:724
-    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:734
-    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:744
-    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:756
-    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:766
-    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:776
-    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:786
-    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:796
-    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:806
-    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:816
-    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:825
-    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:835
-    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:845
-    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:854
-    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:864
-    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:874
-    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:884
-    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:894
-    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:904
-    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:916
-    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:926
-    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:936
-    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:946
-    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:958
-    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:968
-    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:978
-    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:988
-    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:998
-    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1008
-    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1018
-    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1030
-    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1040
-    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1050
-    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1060
-    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1069
-    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1079
-    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1088
-    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1098
-    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1107
-    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1116
-    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1125
-    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1134
-    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1143
-    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1153
-    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1163
-    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1173
-    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1182
-    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1192
-    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1204
-    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1213
-    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1223
-    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1232
-    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1241
-    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1251
-    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1261
-    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1271
-    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1280
-    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1290
-    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1300
-    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1310
-    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1320
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1331
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1341
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1351
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1362
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1373
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1384
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1395
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1406
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1417
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1428
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1438
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1448
+    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:33
+    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:43
+    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:53
+    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:63
+    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:73
+    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:83
+    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:93
+    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:103
+    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:113
+    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:123
+    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:133
+    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:143
+    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:153
+    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:163
+    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:173
+    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:183
+    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:193
+    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:203
+    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:213
+    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:223
+    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:233
+    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:243
+    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:253
+    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:263
+    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:275
+    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:285
+    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:295
+    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:305
+    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:315
+    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:325
+    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:335
+    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:345
+    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:355
+    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:365
+    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:375
+    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:385
+    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:395
+    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:405
+    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:415
+    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:425
+    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:435
+    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:445
+    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:457
+    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:467
+    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:477
+    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:487
+    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:497
+    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:507
+    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:517
+    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:527
+    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:537
+    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:547
+    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:557
+    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:567
+    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:577
+    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:587
+    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:597
+    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:607
+    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:617
+    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:627
+    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:637
+    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:647
+    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:657
+    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:667
+    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:679
+    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:689
+    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:699
+    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:709
+    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:719
+    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:729
+    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:739
+    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:749
+    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:761
+    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:771
+    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:781
+    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:791
+    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:801
+    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:811
+    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:821
+    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:830
+    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:840
+    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:850
+    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:859
+    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:869
+    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:879
+    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:889
+    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:899
+    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:909
+    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:921
+    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:931
+    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:941
+    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:951
+    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:963
+    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:973
+    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:983
+    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:993
+    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1003
+    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1013
+    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1023
+    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1035
+    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1045
+    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1055
+    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1065
+    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1074
+    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1084
+    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1093
+    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1103
+    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1112
+    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1121
+    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1130
+    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1139
+    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1148
+    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1158
+    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1168
+    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1178
+    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1187
+    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1197
+    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1209
+    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1218
+    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1228
+    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1237
+    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1246
+    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1256
+    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1266
+    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1276
+    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1285
+    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1295
+    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1305
+    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1315
+    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1325
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1336
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1346
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1356
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1367
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1378
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1389
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1400
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1411
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1422
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1433
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1443
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1453
 }

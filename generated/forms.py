@@ -172,7 +172,7 @@ FORMS = {
     'FADD_M32': FormInfo(
         name='FADD_M32',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:28',
+        source='spec/x87.r1:33',
         encoding='D8 /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -192,7 +192,7 @@ FORMS = {
     'FADD_M64': FormInfo(
         name='FADD_M64',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:38',
+        source='spec/x87.r1:43',
         encoding='DC /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -212,7 +212,7 @@ FORMS = {
     'FIADD_M32': FormInfo(
         name='FIADD_M32',
         mnemonics={None: 'fiadd'},
-        source='spec/x87.r1:48',
+        source='spec/x87.r1:53',
         encoding='DA /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -232,7 +232,7 @@ FORMS = {
     'FIADD_M16': FormInfo(
         name='FIADD_M16',
         mnemonics={None: 'fiadd'},
-        source='spec/x87.r1:58',
+        source='spec/x87.r1:63',
         encoding='DE /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -252,7 +252,7 @@ FORMS = {
     'FMUL_M32': FormInfo(
         name='FMUL_M32',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:68',
+        source='spec/x87.r1:73',
         encoding='D8 /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -272,7 +272,7 @@ FORMS = {
     'FMUL_M64': FormInfo(
         name='FMUL_M64',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:78',
+        source='spec/x87.r1:83',
         encoding='DC /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -292,7 +292,7 @@ FORMS = {
     'FIMUL_M32': FormInfo(
         name='FIMUL_M32',
         mnemonics={None: 'fimul'},
-        source='spec/x87.r1:88',
+        source='spec/x87.r1:93',
         encoding='DA /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -312,7 +312,7 @@ FORMS = {
     'FIMUL_M16': FormInfo(
         name='FIMUL_M16',
         mnemonics={None: 'fimul'},
-        source='spec/x87.r1:98',
+        source='spec/x87.r1:103',
         encoding='DE /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -332,7 +332,7 @@ FORMS = {
     'FSUB_M32': FormInfo(
         name='FSUB_M32',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:108',
+        source='spec/x87.r1:113',
         encoding='D8 /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -352,7 +352,7 @@ FORMS = {
     'FSUB_M64': FormInfo(
         name='FSUB_M64',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:118',
+        source='spec/x87.r1:123',
         encoding='DC /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -372,7 +372,7 @@ FORMS = {
     'FISUB_M32': FormInfo(
         name='FISUB_M32',
         mnemonics={None: 'fisub'},
-        source='spec/x87.r1:128',
+        source='spec/x87.r1:133',
         encoding='DA /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -392,7 +392,7 @@ FORMS = {
     'FISUB_M16': FormInfo(
         name='FISUB_M16',
         mnemonics={None: 'fisub'},
-        source='spec/x87.r1:138',
+        source='spec/x87.r1:143',
         encoding='DE /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -412,7 +412,7 @@ FORMS = {
     'FSUBR_M32': FormInfo(
         name='FSUBR_M32',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:148',
+        source='spec/x87.r1:153',
         encoding='D8 /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -432,7 +432,7 @@ FORMS = {
     'FSUBR_M64': FormInfo(
         name='FSUBR_M64',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:158',
+        source='spec/x87.r1:163',
         encoding='DC /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -452,7 +452,7 @@ FORMS = {
     'FISUBR_M32': FormInfo(
         name='FISUBR_M32',
         mnemonics={None: 'fisubr'},
-        source='spec/x87.r1:168',
+        source='spec/x87.r1:173',
         encoding='DA /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -472,7 +472,7 @@ FORMS = {
     'FISUBR_M16': FormInfo(
         name='FISUBR_M16',
         mnemonics={None: 'fisubr'},
-        source='spec/x87.r1:178',
+        source='spec/x87.r1:183',
         encoding='DE /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -492,7 +492,7 @@ FORMS = {
     'FDIV_M32': FormInfo(
         name='FDIV_M32',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:188',
+        source='spec/x87.r1:193',
         encoding='D8 /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -512,7 +512,7 @@ FORMS = {
     'FDIV_M64': FormInfo(
         name='FDIV_M64',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:198',
+        source='spec/x87.r1:203',
         encoding='DC /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -532,7 +532,7 @@ FORMS = {
     'FIDIV_M32': FormInfo(
         name='FIDIV_M32',
         mnemonics={None: 'fidiv'},
-        source='spec/x87.r1:208',
+        source='spec/x87.r1:213',
         encoding='DA /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -552,7 +552,7 @@ FORMS = {
     'FIDIV_M16': FormInfo(
         name='FIDIV_M16',
         mnemonics={None: 'fidiv'},
-        source='spec/x87.r1:218',
+        source='spec/x87.r1:223',
         encoding='DE /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -572,7 +572,7 @@ FORMS = {
     'FDIVR_M32': FormInfo(
         name='FDIVR_M32',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:228',
+        source='spec/x87.r1:233',
         encoding='D8 /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -592,7 +592,7 @@ FORMS = {
     'FDIVR_M64': FormInfo(
         name='FDIVR_M64',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:238',
+        source='spec/x87.r1:243',
         encoding='DC /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -612,7 +612,7 @@ FORMS = {
     'FIDIVR_M32': FormInfo(
         name='FIDIVR_M32',
         mnemonics={None: 'fidivr'},
-        source='spec/x87.r1:248',
+        source='spec/x87.r1:253',
         encoding='DA /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -632,7 +632,7 @@ FORMS = {
     'FIDIVR_M16': FormInfo(
         name='FIDIVR_M16',
         mnemonics={None: 'fidivr'},
-        source='spec/x87.r1:258',
+        source='spec/x87.r1:263',
         encoding='DE /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -652,7 +652,7 @@ FORMS = {
     'FADD_ST0_STi': FormInfo(
         name='FADD_ST0_STi',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:270',
+        source='spec/x87.r1:275',
         encoding='D8 /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -672,7 +672,7 @@ FORMS = {
     'FMUL_ST0_STi': FormInfo(
         name='FMUL_ST0_STi',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:280',
+        source='spec/x87.r1:285',
         encoding='D8 /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -692,7 +692,7 @@ FORMS = {
     'FSUB_ST0_STi': FormInfo(
         name='FSUB_ST0_STi',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:290',
+        source='spec/x87.r1:295',
         encoding='D8 /4 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -712,7 +712,7 @@ FORMS = {
     'FSUBR_ST0_STi': FormInfo(
         name='FSUBR_ST0_STi',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:300',
+        source='spec/x87.r1:305',
         encoding='D8 /5 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -732,7 +732,7 @@ FORMS = {
     'FDIV_ST0_STi': FormInfo(
         name='FDIV_ST0_STi',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:310',
+        source='spec/x87.r1:315',
         encoding='D8 /6 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -752,7 +752,7 @@ FORMS = {
     'FDIVR_ST0_STi': FormInfo(
         name='FDIVR_ST0_STi',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:320',
+        source='spec/x87.r1:325',
         encoding='D8 /7 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -772,7 +772,7 @@ FORMS = {
     'FADD_STi_ST0': FormInfo(
         name='FADD_STi_ST0',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:330',
+        source='spec/x87.r1:335',
         encoding='DC /0 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -792,7 +792,7 @@ FORMS = {
     'FMUL_STi_ST0': FormInfo(
         name='FMUL_STi_ST0',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:340',
+        source='spec/x87.r1:345',
         encoding='DC /1 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -812,7 +812,7 @@ FORMS = {
     'FSUBR_STi_ST0': FormInfo(
         name='FSUBR_STi_ST0',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:350',
+        source='spec/x87.r1:355',
         encoding='DC /4 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -832,7 +832,7 @@ FORMS = {
     'FSUB_STi_ST0': FormInfo(
         name='FSUB_STi_ST0',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:360',
+        source='spec/x87.r1:365',
         encoding='DC /5 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -852,7 +852,7 @@ FORMS = {
     'FDIVR_STi_ST0': FormInfo(
         name='FDIVR_STi_ST0',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:370',
+        source='spec/x87.r1:375',
         encoding='DC /6 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -872,7 +872,7 @@ FORMS = {
     'FDIV_STi_ST0': FormInfo(
         name='FDIV_STi_ST0',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:380',
+        source='spec/x87.r1:385',
         encoding='DC /7 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -892,7 +892,7 @@ FORMS = {
     'FADDP_STi_ST0': FormInfo(
         name='FADDP_STi_ST0',
         mnemonics={None: 'faddp'},
-        source='spec/x87.r1:390',
+        source='spec/x87.r1:395',
         encoding='DE /0 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -912,7 +912,7 @@ FORMS = {
     'FMULP_STi_ST0': FormInfo(
         name='FMULP_STi_ST0',
         mnemonics={None: 'fmulp'},
-        source='spec/x87.r1:400',
+        source='spec/x87.r1:405',
         encoding='DE /1 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -932,7 +932,7 @@ FORMS = {
     'FSUBRP_STi_ST0': FormInfo(
         name='FSUBRP_STi_ST0',
         mnemonics={None: 'fsubrp'},
-        source='spec/x87.r1:410',
+        source='spec/x87.r1:415',
         encoding='DE /4 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -952,7 +952,7 @@ FORMS = {
     'FSUBP_STi_ST0': FormInfo(
         name='FSUBP_STi_ST0',
         mnemonics={None: 'fsubp'},
-        source='spec/x87.r1:420',
+        source='spec/x87.r1:425',
         encoding='DE /5 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -972,7 +972,7 @@ FORMS = {
     'FDIVRP_STi_ST0': FormInfo(
         name='FDIVRP_STi_ST0',
         mnemonics={None: 'fdivrp'},
-        source='spec/x87.r1:430',
+        source='spec/x87.r1:435',
         encoding='DE /6 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -992,7 +992,7 @@ FORMS = {
     'FDIVP_STi_ST0': FormInfo(
         name='FDIVP_STi_ST0',
         mnemonics={None: 'fdivp'},
-        source='spec/x87.r1:440',
+        source='spec/x87.r1:445',
         encoding='DE /7 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -1012,7 +1012,7 @@ FORMS = {
     'FLD_M32': FormInfo(
         name='FLD_M32',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:452',
+        source='spec/x87.r1:457',
         encoding='D9 /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -1032,7 +1032,7 @@ FORMS = {
     'FLD_M64': FormInfo(
         name='FLD_M64',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:462',
+        source='spec/x87.r1:467',
         encoding='DD /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -1052,7 +1052,7 @@ FORMS = {
     'FLD_M80': FormInfo(
         name='FLD_M80',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:472',
+        source='spec/x87.r1:477',
         encoding='DB /5 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm80', 'r')),
         width='v',
@@ -1072,7 +1072,7 @@ FORMS = {
     'FLD_STi': FormInfo(
         name='FLD_STi',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:482',
+        source='spec/x87.r1:487',
         encoding='D9 /0 reg',
         operands=(('dst', 'st0', 'w'), ('src', 'sti', 'r')),
         width='v',
@@ -1092,7 +1092,7 @@ FORMS = {
     'FST_M32': FormInfo(
         name='FST_M32',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:492',
+        source='spec/x87.r1:497',
         encoding='D9 /2 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -1112,7 +1112,7 @@ FORMS = {
     'FST_M64': FormInfo(
         name='FST_M64',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:502',
+        source='spec/x87.r1:507',
         encoding='DD /2 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1132,7 +1132,7 @@ FORMS = {
     'FST_STi': FormInfo(
         name='FST_STi',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:512',
+        source='spec/x87.r1:517',
         encoding='DD /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1152,7 +1152,7 @@ FORMS = {
     'FSTP_M32': FormInfo(
         name='FSTP_M32',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:522',
+        source='spec/x87.r1:527',
         encoding='D9 /3 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -1172,7 +1172,7 @@ FORMS = {
     'FSTP_M64': FormInfo(
         name='FSTP_M64',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:532',
+        source='spec/x87.r1:537',
         encoding='DD /3 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1192,7 +1192,7 @@ FORMS = {
     'FSTP_M80': FormInfo(
         name='FSTP_M80',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:542',
+        source='spec/x87.r1:547',
         encoding='DB /7 mem',
         operands=(('dst', 'm80', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1212,7 +1212,7 @@ FORMS = {
     'FSTP_STi': FormInfo(
         name='FSTP_STi',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:552',
+        source='spec/x87.r1:557',
         encoding='DD /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1232,7 +1232,7 @@ FORMS = {
     'FILD_M16': FormInfo(
         name='FILD_M16',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:562',
+        source='spec/x87.r1:567',
         encoding='DF /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm16', 'r')),
         width=16,
@@ -1252,7 +1252,7 @@ FORMS = {
     'FILD_M32': FormInfo(
         name='FILD_M32',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:572',
+        source='spec/x87.r1:577',
         encoding='DB /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -1272,7 +1272,7 @@ FORMS = {
     'FILD_M64': FormInfo(
         name='FILD_M64',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:582',
+        source='spec/x87.r1:587',
         encoding='DF /5 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -1292,7 +1292,7 @@ FORMS = {
     'FIST_M16': FormInfo(
         name='FIST_M16',
         mnemonics={None: 'fist'},
-        source='spec/x87.r1:592',
+        source='spec/x87.r1:597',
         encoding='DF /2 mem',
         operands=(('dst', 'm16', 'w'), ('src', 'st0', 'r')),
         width=16,
@@ -1312,7 +1312,7 @@ FORMS = {
     'FIST_M32': FormInfo(
         name='FIST_M32',
         mnemonics={None: 'fist'},
-        source='spec/x87.r1:602',
+        source='spec/x87.r1:607',
         encoding='DB /2 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -1332,7 +1332,7 @@ FORMS = {
     'FISTP_M16': FormInfo(
         name='FISTP_M16',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:612',
+        source='spec/x87.r1:617',
         encoding='DF /3 mem',
         operands=(('dst', 'm16', 'w'), ('src', 'st0', 'r')),
         width=16,
@@ -1352,7 +1352,7 @@ FORMS = {
     'FISTP_M32': FormInfo(
         name='FISTP_M32',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:622',
+        source='spec/x87.r1:627',
         encoding='DB /3 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -1372,7 +1372,7 @@ FORMS = {
     'FISTP_M64': FormInfo(
         name='FISTP_M64',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:632',
+        source='spec/x87.r1:637',
         encoding='DF /7 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1392,7 +1392,7 @@ FORMS = {
     'FBLD_M80': FormInfo(
         name='FBLD_M80',
         mnemonics={None: 'fbld'},
-        source='spec/x87.r1:642',
+        source='spec/x87.r1:647',
         encoding='DF /4 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm80', 'r')),
         width='v',
@@ -1412,7 +1412,7 @@ FORMS = {
     'FBSTP_M80': FormInfo(
         name='FBSTP_M80',
         mnemonics={None: 'fbstp'},
-        source='spec/x87.r1:652',
+        source='spec/x87.r1:657',
         encoding='DF /6 mem',
         operands=(('dst', 'm80', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -1432,7 +1432,7 @@ FORMS = {
     'FXCH_STi': FormInfo(
         name='FXCH_STi',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:662',
+        source='spec/x87.r1:667',
         encoding='D9 /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -1452,7 +1452,7 @@ FORMS = {
     'FCMOVB_ST0_STi': FormInfo(
         name='FCMOVB_ST0_STi',
         mnemonics={None: 'fcmovb'},
-        source='spec/x87.r1:674',
+        source='spec/x87.r1:679',
         encoding='DA /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1472,7 +1472,7 @@ FORMS = {
     'FCMOVE_ST0_STi': FormInfo(
         name='FCMOVE_ST0_STi',
         mnemonics={None: 'fcmove'},
-        source='spec/x87.r1:684',
+        source='spec/x87.r1:689',
         encoding='DA /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1492,7 +1492,7 @@ FORMS = {
     'FCMOVBE_ST0_STi': FormInfo(
         name='FCMOVBE_ST0_STi',
         mnemonics={None: 'fcmovbe'},
-        source='spec/x87.r1:694',
+        source='spec/x87.r1:699',
         encoding='DA /2 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1512,7 +1512,7 @@ FORMS = {
     'FCMOVU_ST0_STi': FormInfo(
         name='FCMOVU_ST0_STi',
         mnemonics={None: 'fcmovu'},
-        source='spec/x87.r1:704',
+        source='spec/x87.r1:709',
         encoding='DA /3 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1532,7 +1532,7 @@ FORMS = {
     'FCMOVNB_ST0_STi': FormInfo(
         name='FCMOVNB_ST0_STi',
         mnemonics={None: 'fcmovnb'},
-        source='spec/x87.r1:714',
+        source='spec/x87.r1:719',
         encoding='DB /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1552,7 +1552,7 @@ FORMS = {
     'FCMOVNE_ST0_STi': FormInfo(
         name='FCMOVNE_ST0_STi',
         mnemonics={None: 'fcmovne'},
-        source='spec/x87.r1:724',
+        source='spec/x87.r1:729',
         encoding='DB /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1572,7 +1572,7 @@ FORMS = {
     'FCMOVNBE_ST0_STi': FormInfo(
         name='FCMOVNBE_ST0_STi',
         mnemonics={None: 'fcmovnbe'},
-        source='spec/x87.r1:734',
+        source='spec/x87.r1:739',
         encoding='DB /2 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1592,7 +1592,7 @@ FORMS = {
     'FCMOVNU_ST0_STi': FormInfo(
         name='FCMOVNU_ST0_STi',
         mnemonics={None: 'fcmovnu'},
-        source='spec/x87.r1:744',
+        source='spec/x87.r1:749',
         encoding='DB /3 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -1612,7 +1612,7 @@ FORMS = {
     'FCOM_M32': FormInfo(
         name='FCOM_M32',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:756',
+        source='spec/x87.r1:761',
         encoding='D8 /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -1632,7 +1632,7 @@ FORMS = {
     'FCOM_M64': FormInfo(
         name='FCOM_M64',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:766',
+        source='spec/x87.r1:771',
         encoding='DC /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -1652,7 +1652,7 @@ FORMS = {
     'FCOM_STi': FormInfo(
         name='FCOM_STi',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:776',
+        source='spec/x87.r1:781',
         encoding='D8 /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1672,7 +1672,7 @@ FORMS = {
     'FCOMP_M32': FormInfo(
         name='FCOMP_M32',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:786',
+        source='spec/x87.r1:791',
         encoding='D8 /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -1692,7 +1692,7 @@ FORMS = {
     'FCOMP_M64': FormInfo(
         name='FCOMP_M64',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:796',
+        source='spec/x87.r1:801',
         encoding='DC /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -1712,7 +1712,7 @@ FORMS = {
     'FCOMP_STi': FormInfo(
         name='FCOMP_STi',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:806',
+        source='spec/x87.r1:811',
         encoding='D8 /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1732,7 +1732,7 @@ FORMS = {
     'FCOMPP': FormInfo(
         name='FCOMPP',
         mnemonics={None: 'fcompp'},
-        source='spec/x87.r1:816',
+        source='spec/x87.r1:821',
         encoding='DE D9 reg',
         operands=(),
         width='v',
@@ -1752,7 +1752,7 @@ FORMS = {
     'FUCOM_STi': FormInfo(
         name='FUCOM_STi',
         mnemonics={None: 'fucom'},
-        source='spec/x87.r1:825',
+        source='spec/x87.r1:830',
         encoding='DD /4 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1772,7 +1772,7 @@ FORMS = {
     'FUCOMP_STi': FormInfo(
         name='FUCOMP_STi',
         mnemonics={None: 'fucomp'},
-        source='spec/x87.r1:835',
+        source='spec/x87.r1:840',
         encoding='DD /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1792,7 +1792,7 @@ FORMS = {
     'FUCOMPP': FormInfo(
         name='FUCOMPP',
         mnemonics={None: 'fucompp'},
-        source='spec/x87.r1:845',
+        source='spec/x87.r1:850',
         encoding='DA E9 reg',
         operands=(),
         width='v',
@@ -1812,7 +1812,7 @@ FORMS = {
     'FICOM_M16': FormInfo(
         name='FICOM_M16',
         mnemonics={None: 'ficom'},
-        source='spec/x87.r1:854',
+        source='spec/x87.r1:859',
         encoding='DE /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm16', 'r')),
         width=16,
@@ -1832,7 +1832,7 @@ FORMS = {
     'FICOM_M32': FormInfo(
         name='FICOM_M32',
         mnemonics={None: 'ficom'},
-        source='spec/x87.r1:864',
+        source='spec/x87.r1:869',
         encoding='DA /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -1852,7 +1852,7 @@ FORMS = {
     'FICOMP_M16': FormInfo(
         name='FICOMP_M16',
         mnemonics={None: 'ficomp'},
-        source='spec/x87.r1:874',
+        source='spec/x87.r1:879',
         encoding='DE /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm16', 'r')),
         width=16,
@@ -1872,7 +1872,7 @@ FORMS = {
     'FICOMP_M32': FormInfo(
         name='FICOMP_M32',
         mnemonics={None: 'ficomp'},
-        source='spec/x87.r1:884',
+        source='spec/x87.r1:889',
         encoding='DA /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -1892,7 +1892,7 @@ FORMS = {
     'FTST': FormInfo(
         name='FTST',
         mnemonics={None: 'ftst'},
-        source='spec/x87.r1:894',
+        source='spec/x87.r1:899',
         encoding='D9 E4 reg',
         operands=(('a', 'st0', 'r'),),
         width='v',
@@ -1912,7 +1912,7 @@ FORMS = {
     'FXAM': FormInfo(
         name='FXAM',
         mnemonics={None: 'fxam'},
-        source='spec/x87.r1:904',
+        source='spec/x87.r1:909',
         encoding='D9 E5 reg',
         operands=(('a', 'st0', 'r'),),
         width='v',
@@ -1932,7 +1932,7 @@ FORMS = {
     'FCOMI_ST0_STi': FormInfo(
         name='FCOMI_ST0_STi',
         mnemonics={None: 'fcomi'},
-        source='spec/x87.r1:916',
+        source='spec/x87.r1:921',
         encoding='DB /6 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1952,7 +1952,7 @@ FORMS = {
     'FUCOMI_ST0_STi': FormInfo(
         name='FUCOMI_ST0_STi',
         mnemonics={None: 'fucomi'},
-        source='spec/x87.r1:926',
+        source='spec/x87.r1:931',
         encoding='DB /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1972,7 +1972,7 @@ FORMS = {
     'FCOMIP_ST0_STi': FormInfo(
         name='FCOMIP_ST0_STi',
         mnemonics={None: 'fcompi'},
-        source='spec/x87.r1:936',
+        source='spec/x87.r1:941',
         encoding='DF /6 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -1992,7 +1992,7 @@ FORMS = {
     'FUCOMIP_ST0_STi': FormInfo(
         name='FUCOMIP_ST0_STi',
         mnemonics={None: 'fucompi'},
-        source='spec/x87.r1:946',
+        source='spec/x87.r1:951',
         encoding='DF /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -2012,7 +2012,7 @@ FORMS = {
     'FLD1': FormInfo(
         name='FLD1',
         mnemonics={None: 'fld1'},
-        source='spec/x87.r1:958',
+        source='spec/x87.r1:963',
         encoding='D9 E8 reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2032,7 +2032,7 @@ FORMS = {
     'FLDL2T': FormInfo(
         name='FLDL2T',
         mnemonics={None: 'fldl2t'},
-        source='spec/x87.r1:968',
+        source='spec/x87.r1:973',
         encoding='D9 E9 reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2052,7 +2052,7 @@ FORMS = {
     'FLDL2E': FormInfo(
         name='FLDL2E',
         mnemonics={None: 'fldl2e'},
-        source='spec/x87.r1:978',
+        source='spec/x87.r1:983',
         encoding='D9 EA reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2072,7 +2072,7 @@ FORMS = {
     'FLDPI': FormInfo(
         name='FLDPI',
         mnemonics={None: 'fldpi'},
-        source='spec/x87.r1:988',
+        source='spec/x87.r1:993',
         encoding='D9 EB reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2092,7 +2092,7 @@ FORMS = {
     'FLDLG2': FormInfo(
         name='FLDLG2',
         mnemonics={None: 'fldlg2'},
-        source='spec/x87.r1:998',
+        source='spec/x87.r1:1003',
         encoding='D9 EC reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2112,7 +2112,7 @@ FORMS = {
     'FLDLN2': FormInfo(
         name='FLDLN2',
         mnemonics={None: 'fldln2'},
-        source='spec/x87.r1:1008',
+        source='spec/x87.r1:1013',
         encoding='D9 ED reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2132,7 +2132,7 @@ FORMS = {
     'FLDZ': FormInfo(
         name='FLDZ',
         mnemonics={None: 'fldz'},
-        source='spec/x87.r1:1018',
+        source='spec/x87.r1:1023',
         encoding='D9 EE reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -2152,7 +2152,7 @@ FORMS = {
     'FCHS': FormInfo(
         name='FCHS',
         mnemonics={None: 'fchs'},
-        source='spec/x87.r1:1030',
+        source='spec/x87.r1:1035',
         encoding='D9 E0 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2172,7 +2172,7 @@ FORMS = {
     'FABS': FormInfo(
         name='FABS',
         mnemonics={None: 'fabs'},
-        source='spec/x87.r1:1040',
+        source='spec/x87.r1:1045',
         encoding='D9 E1 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2192,7 +2192,7 @@ FORMS = {
     'F2XM1': FormInfo(
         name='F2XM1',
         mnemonics={None: 'f2xm1'},
-        source='spec/x87.r1:1050',
+        source='spec/x87.r1:1055',
         encoding='D9 F0 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2212,7 +2212,7 @@ FORMS = {
     'FYL2X': FormInfo(
         name='FYL2X',
         mnemonics={None: 'fyl2x'},
-        source='spec/x87.r1:1060',
+        source='spec/x87.r1:1065',
         encoding='D9 F1 reg',
         operands=(),
         width='v',
@@ -2232,7 +2232,7 @@ FORMS = {
     'FPTAN': FormInfo(
         name='FPTAN',
         mnemonics={None: 'fptan'},
-        source='spec/x87.r1:1069',
+        source='spec/x87.r1:1074',
         encoding='D9 F2 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2252,7 +2252,7 @@ FORMS = {
     'FPATAN': FormInfo(
         name='FPATAN',
         mnemonics={None: 'fpatan'},
-        source='spec/x87.r1:1079',
+        source='spec/x87.r1:1084',
         encoding='D9 F3 reg',
         operands=(),
         width='v',
@@ -2272,7 +2272,7 @@ FORMS = {
     'FXTRACT': FormInfo(
         name='FXTRACT',
         mnemonics={None: 'fxtract'},
-        source='spec/x87.r1:1088',
+        source='spec/x87.r1:1093',
         encoding='D9 F4 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2292,7 +2292,7 @@ FORMS = {
     'FPREM1': FormInfo(
         name='FPREM1',
         mnemonics={None: 'fprem1'},
-        source='spec/x87.r1:1098',
+        source='spec/x87.r1:1103',
         encoding='D9 F5 reg',
         operands=(),
         width='v',
@@ -2312,7 +2312,7 @@ FORMS = {
     'FDECSTP': FormInfo(
         name='FDECSTP',
         mnemonics={None: 'fdecstp'},
-        source='spec/x87.r1:1107',
+        source='spec/x87.r1:1112',
         encoding='D9 F6 reg',
         operands=(),
         width='v',
@@ -2332,7 +2332,7 @@ FORMS = {
     'FINCSTP': FormInfo(
         name='FINCSTP',
         mnemonics={None: 'fincstp'},
-        source='spec/x87.r1:1116',
+        source='spec/x87.r1:1121',
         encoding='D9 F7 reg',
         operands=(),
         width='v',
@@ -2352,7 +2352,7 @@ FORMS = {
     'FPREM': FormInfo(
         name='FPREM',
         mnemonics={None: 'fprem'},
-        source='spec/x87.r1:1125',
+        source='spec/x87.r1:1130',
         encoding='D9 F8 reg',
         operands=(),
         width='v',
@@ -2372,7 +2372,7 @@ FORMS = {
     'FYL2XP1': FormInfo(
         name='FYL2XP1',
         mnemonics={None: 'fyl2xp1'},
-        source='spec/x87.r1:1134',
+        source='spec/x87.r1:1139',
         encoding='D9 F9 reg',
         operands=(),
         width='v',
@@ -2392,7 +2392,7 @@ FORMS = {
     'FSQRT': FormInfo(
         name='FSQRT',
         mnemonics={None: 'fsqrt'},
-        source='spec/x87.r1:1143',
+        source='spec/x87.r1:1148',
         encoding='D9 FA reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2412,7 +2412,7 @@ FORMS = {
     'FSINCOS': FormInfo(
         name='FSINCOS',
         mnemonics={None: 'fsincos'},
-        source='spec/x87.r1:1153',
+        source='spec/x87.r1:1158',
         encoding='D9 FB reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2432,7 +2432,7 @@ FORMS = {
     'FRNDINT': FormInfo(
         name='FRNDINT',
         mnemonics={None: 'frndint'},
-        source='spec/x87.r1:1163',
+        source='spec/x87.r1:1168',
         encoding='D9 FC reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2452,7 +2452,7 @@ FORMS = {
     'FSCALE': FormInfo(
         name='FSCALE',
         mnemonics={None: 'fscale'},
-        source='spec/x87.r1:1173',
+        source='spec/x87.r1:1178',
         encoding='D9 FD reg',
         operands=(),
         width='v',
@@ -2472,7 +2472,7 @@ FORMS = {
     'FSIN': FormInfo(
         name='FSIN',
         mnemonics={None: 'fsin'},
-        source='spec/x87.r1:1182',
+        source='spec/x87.r1:1187',
         encoding='D9 FE reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2492,7 +2492,7 @@ FORMS = {
     'FCOS': FormInfo(
         name='FCOS',
         mnemonics={None: 'fcos'},
-        source='spec/x87.r1:1192',
+        source='spec/x87.r1:1197',
         encoding='D9 FF reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -2512,7 +2512,7 @@ FORMS = {
     'FNOP': FormInfo(
         name='FNOP',
         mnemonics={None: 'fnop'},
-        source='spec/x87.r1:1204',
+        source='spec/x87.r1:1209',
         encoding='D9 D0 reg',
         operands=(),
         width='v',
@@ -2532,7 +2532,7 @@ FORMS = {
     'FFREE_STi': FormInfo(
         name='FFREE_STi',
         mnemonics={None: 'ffree'},
-        source='spec/x87.r1:1213',
+        source='spec/x87.r1:1218',
         encoding='DD /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -2552,7 +2552,7 @@ FORMS = {
     'FNINIT': FormInfo(
         name='FNINIT',
         mnemonics={None: 'fninit'},
-        source='spec/x87.r1:1223',
+        source='spec/x87.r1:1228',
         encoding='DB E3 reg',
         operands=(),
         width='v',
@@ -2572,7 +2572,7 @@ FORMS = {
     'FNCLEX': FormInfo(
         name='FNCLEX',
         mnemonics={None: 'fnclex'},
-        source='spec/x87.r1:1232',
+        source='spec/x87.r1:1237',
         encoding='DB E2 reg',
         operands=(),
         width='v',
@@ -2592,7 +2592,7 @@ FORMS = {
     'FLDCW_M16': FormInfo(
         name='FLDCW_M16',
         mnemonics={None: 'fldcw'},
-        source='spec/x87.r1:1241',
+        source='spec/x87.r1:1246',
         encoding='D9 /5 mem',
         operands=(('src', 'm16', 'r'),),
         width=16,
@@ -2612,7 +2612,7 @@ FORMS = {
     'FNSTCW_M16': FormInfo(
         name='FNSTCW_M16',
         mnemonics={None: 'fnstcw'},
-        source='spec/x87.r1:1251',
+        source='spec/x87.r1:1256',
         encoding='D9 /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -2632,7 +2632,7 @@ FORMS = {
     'FNSTSW_M16': FormInfo(
         name='FNSTSW_M16',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1261',
+        source='spec/x87.r1:1266',
         encoding='DD /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -2652,7 +2652,7 @@ FORMS = {
     'FNSTSW_AX': FormInfo(
         name='FNSTSW_AX',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1271',
+        source='spec/x87.r1:1276',
         encoding='DF E0 reg',
         operands=(),
         width='v',
@@ -2672,7 +2672,7 @@ FORMS = {
     'FLDENV_MENV': FormInfo(
         name='FLDENV_MENV',
         mnemonics={None: 'fldenv'},
-        source='spec/x87.r1:1280',
+        source='spec/x87.r1:1285',
         encoding='D9 /4 mem',
         operands=(('src', 'm224', 'r'),),
         width='v',
@@ -2692,7 +2692,7 @@ FORMS = {
     'FNSTENV_MENV': FormInfo(
         name='FNSTENV_MENV',
         mnemonics={None: 'fnstenv'},
-        source='spec/x87.r1:1290',
+        source='spec/x87.r1:1295',
         encoding='D9 /6 mem',
         operands=(('dst', 'm224', 'w'),),
         width='v',
@@ -2701,18 +2701,18 @@ FORMS = {
         privilege_exc=None,
         modes=('real', 'prot', 'v86'),
         prefixes=(),
-        reads=(),
+        reads=('cpl',),
         writes=(),
-        rule='ident',
+        rule='callout',
         rule_arg=None,
         semantics=False,
-        ends_block=False,
+        ends_block=True,
         xchecks=(),
     ),
     'FRSTOR_MSTATE': FormInfo(
         name='FRSTOR_MSTATE',
         mnemonics={None: 'frstor'},
-        source='spec/x87.r1:1300',
+        source='spec/x87.r1:1305',
         encoding='DD /4 mem',
         operands=(('src', 'm864', 'r'),),
         width='v',
@@ -2732,7 +2732,7 @@ FORMS = {
     'FNSAVE_MSTATE': FormInfo(
         name='FNSAVE_MSTATE',
         mnemonics={None: 'fnsave'},
-        source='spec/x87.r1:1310',
+        source='spec/x87.r1:1315',
         encoding='DD /6 mem',
         operands=(('dst', 'm864', 'w'),),
         width='v',
@@ -2741,18 +2741,18 @@ FORMS = {
         privilege_exc=None,
         modes=('real', 'prot', 'v86'),
         prefixes=(),
-        reads=(),
+        reads=('cpl',),
         writes=(),
-        rule='ident',
+        rule='callout',
         rule_arg=None,
         semantics=False,
-        ends_block=False,
+        ends_block=True,
         xchecks=(),
     ),
     'FWAIT': FormInfo(
         name='FWAIT',
         mnemonics={None: 'wait'},
-        source='spec/x87.r1:1320',
+        source='spec/x87.r1:1325',
         encoding='9B',
         operands=(),
         width='v',
@@ -2772,7 +2772,7 @@ FORMS = {
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
         mnemonics={None: 'ffreep'},
-        source='spec/x87.r1:1331',
+        source='spec/x87.r1:1336',
         encoding='DF /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -2792,7 +2792,7 @@ FORMS = {
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
         mnemonics={None: 'fstpnce'},
-        source='spec/x87.r1:1341',
+        source='spec/x87.r1:1346',
         encoding='D9 /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -2812,7 +2812,7 @@ FORMS = {
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1351',
+        source='spec/x87.r1:1356',
         encoding='DC /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -2827,12 +2827,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1362',
+        source='spec/x87.r1:1367',
         encoding='DC /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -2847,12 +2847,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1373',
+        source='spec/x87.r1:1378',
         encoding='DE /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -2867,12 +2867,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1384',
+        source='spec/x87.r1:1389',
         encoding='DD /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -2887,12 +2887,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1395',
+        source='spec/x87.r1:1400',
         encoding='DF /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -2907,12 +2907,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1406',
+        source='spec/x87.r1:1411',
         encoding='DF /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -2927,12 +2927,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1417',
+        source='spec/x87.r1:1422',
         encoding='DF /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -2947,12 +2947,12 @@ FORMS = {
         rule_arg=None,
         semantics=False,
         ends_block=False,
-        xchecks=(('encoding', 'undocumented alias, executed by Intel processors since the 8087 and by the Pentium 4; capstone does not decode it'),),
+        xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
     ),
     'FNENI': FormInfo(
         name='FNENI',
         mnemonics={None: 'feni'},
-        source='spec/x87.r1:1428',
+        source='spec/x87.r1:1433',
         encoding='DB E0 reg',
         operands=(),
         width='v',
@@ -2972,7 +2972,7 @@ FORMS = {
     'FNDISI': FormInfo(
         name='FNDISI',
         mnemonics={None: 'fdisi'},
-        source='spec/x87.r1:1438',
+        source='spec/x87.r1:1443',
         encoding='DB E1 reg',
         operands=(),
         width='v',
@@ -2992,7 +2992,7 @@ FORMS = {
     'FNSETPM': FormInfo(
         name='FNSETPM',
         mnemonics={None: 'fsetpm'},
-        source='spec/x87.r1:1448',
+        source='spec/x87.r1:1453',
         encoding='DB E4 reg',
         operands=(),
         width='v',

@@ -8,1705 +8,1705 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:28
+# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:33
 _T0 = """\
-b_unimplemented('FADD_M32', 'spec/x87.r1:28')  # x87.r1:28
+b_unimplemented('FADD_M32', 'spec/x87.r1:33')  # x87.r1:33
 """
 
-# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:38
+# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:43
 _T1 = """\
-b_unimplemented('FADD_M64', 'spec/x87.r1:38')  # x87.r1:38
+b_unimplemented('FADD_M64', 'spec/x87.r1:43')  # x87.r1:43
 """
 
-# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:48
+# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:53
 _T2 = """\
-b_unimplemented('FIADD_M32', 'spec/x87.r1:48')  # x87.r1:48
+b_unimplemented('FIADD_M32', 'spec/x87.r1:53')  # x87.r1:53
 """
 
-# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:58
+# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:63
 _T3 = """\
-b_unimplemented('FIADD_M16', 'spec/x87.r1:58')  # x87.r1:58
+b_unimplemented('FIADD_M16', 'spec/x87.r1:63')  # x87.r1:63
 """
 
-# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:68
+# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:73
 _T4 = """\
-b_unimplemented('FMUL_M32', 'spec/x87.r1:68')  # x87.r1:68
+b_unimplemented('FMUL_M32', 'spec/x87.r1:73')  # x87.r1:73
 """
 
-# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:78
+# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:83
 _T5 = """\
-b_unimplemented('FMUL_M64', 'spec/x87.r1:78')  # x87.r1:78
+b_unimplemented('FMUL_M64', 'spec/x87.r1:83')  # x87.r1:83
 """
 
-# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:88
+# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:93
 _T6 = """\
-b_unimplemented('FIMUL_M32', 'spec/x87.r1:88')  # x87.r1:88
+b_unimplemented('FIMUL_M32', 'spec/x87.r1:93')  # x87.r1:93
 """
 
-# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:98
+# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:103
 _T7 = """\
-b_unimplemented('FIMUL_M16', 'spec/x87.r1:98')  # x87.r1:98
+b_unimplemented('FIMUL_M16', 'spec/x87.r1:103')  # x87.r1:103
 """
 
-# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:108
+# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:113
 _T8 = """\
-b_unimplemented('FSUB_M32', 'spec/x87.r1:108')  # x87.r1:108
+b_unimplemented('FSUB_M32', 'spec/x87.r1:113')  # x87.r1:113
 """
 
-# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:118
+# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:123
 _T9 = """\
-b_unimplemented('FSUB_M64', 'spec/x87.r1:118')  # x87.r1:118
+b_unimplemented('FSUB_M64', 'spec/x87.r1:123')  # x87.r1:123
 """
 
-# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:128
+# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:133
 _T10 = """\
-b_unimplemented('FISUB_M32', 'spec/x87.r1:128')  # x87.r1:128
+b_unimplemented('FISUB_M32', 'spec/x87.r1:133')  # x87.r1:133
 """
 
-# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:138
+# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:143
 _T11 = """\
-b_unimplemented('FISUB_M16', 'spec/x87.r1:138')  # x87.r1:138
+b_unimplemented('FISUB_M16', 'spec/x87.r1:143')  # x87.r1:143
 """
 
-# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:148
+# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:153
 _T12 = """\
-b_unimplemented('FSUBR_M32', 'spec/x87.r1:148')  # x87.r1:148
+b_unimplemented('FSUBR_M32', 'spec/x87.r1:153')  # x87.r1:153
 """
 
-# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:158
+# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:163
 _T13 = """\
-b_unimplemented('FSUBR_M64', 'spec/x87.r1:158')  # x87.r1:158
+b_unimplemented('FSUBR_M64', 'spec/x87.r1:163')  # x87.r1:163
 """
 
-# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:168
+# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:173
 _T14 = """\
-b_unimplemented('FISUBR_M32', 'spec/x87.r1:168')  # x87.r1:168
+b_unimplemented('FISUBR_M32', 'spec/x87.r1:173')  # x87.r1:173
 """
 
-# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:178
+# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:183
 _T15 = """\
-b_unimplemented('FISUBR_M16', 'spec/x87.r1:178')  # x87.r1:178
+b_unimplemented('FISUBR_M16', 'spec/x87.r1:183')  # x87.r1:183
 """
 
-# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:188
+# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:193
 _T16 = """\
-b_unimplemented('FDIV_M32', 'spec/x87.r1:188')  # x87.r1:188
+b_unimplemented('FDIV_M32', 'spec/x87.r1:193')  # x87.r1:193
 """
 
-# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:198
+# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:203
 _T17 = """\
-b_unimplemented('FDIV_M64', 'spec/x87.r1:198')  # x87.r1:198
+b_unimplemented('FDIV_M64', 'spec/x87.r1:203')  # x87.r1:203
 """
 
-# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:208
+# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:213
 _T18 = """\
-b_unimplemented('FIDIV_M32', 'spec/x87.r1:208')  # x87.r1:208
+b_unimplemented('FIDIV_M32', 'spec/x87.r1:213')  # x87.r1:213
 """
 
-# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:218
+# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:223
 _T19 = """\
-b_unimplemented('FIDIV_M16', 'spec/x87.r1:218')  # x87.r1:218
+b_unimplemented('FIDIV_M16', 'spec/x87.r1:223')  # x87.r1:223
 """
 
-# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:228
+# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:233
 _T20 = """\
-b_unimplemented('FDIVR_M32', 'spec/x87.r1:228')  # x87.r1:228
+b_unimplemented('FDIVR_M32', 'spec/x87.r1:233')  # x87.r1:233
 """
 
-# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:238
+# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:243
 _T21 = """\
-b_unimplemented('FDIVR_M64', 'spec/x87.r1:238')  # x87.r1:238
+b_unimplemented('FDIVR_M64', 'spec/x87.r1:243')  # x87.r1:243
 """
 
-# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:248
+# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:253
 _T22 = """\
-b_unimplemented('FIDIVR_M32', 'spec/x87.r1:248')  # x87.r1:248
+b_unimplemented('FIDIVR_M32', 'spec/x87.r1:253')  # x87.r1:253
 """
 
-# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:258
+# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:263
 _T23 = """\
-b_unimplemented('FIDIVR_M16', 'spec/x87.r1:258')  # x87.r1:258
+b_unimplemented('FIDIVR_M16', 'spec/x87.r1:263')  # x87.r1:263
 """
 
-# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:270
+# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:275
 _T24 = """\
-b_unimplemented('FADD_ST0_STi', 'spec/x87.r1:270')  # x87.r1:270
+b_unimplemented('FADD_ST0_STi', 'spec/x87.r1:275')  # x87.r1:275
 """
 
-# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:280
+# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:285
 _T25 = """\
-b_unimplemented('FMUL_ST0_STi', 'spec/x87.r1:280')  # x87.r1:280
+b_unimplemented('FMUL_ST0_STi', 'spec/x87.r1:285')  # x87.r1:285
 """
 
-# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:290
+# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:295
 _T26 = """\
-b_unimplemented('FSUB_ST0_STi', 'spec/x87.r1:290')  # x87.r1:290
+b_unimplemented('FSUB_ST0_STi', 'spec/x87.r1:295')  # x87.r1:295
 """
 
-# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:300
+# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:305
 _T27 = """\
-b_unimplemented('FSUBR_ST0_STi', 'spec/x87.r1:300')  # x87.r1:300
+b_unimplemented('FSUBR_ST0_STi', 'spec/x87.r1:305')  # x87.r1:305
 """
 
-# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:310
+# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:315
 _T28 = """\
-b_unimplemented('FDIV_ST0_STi', 'spec/x87.r1:310')  # x87.r1:310
+b_unimplemented('FDIV_ST0_STi', 'spec/x87.r1:315')  # x87.r1:315
 """
 
-# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:320
+# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:325
 _T29 = """\
-b_unimplemented('FDIVR_ST0_STi', 'spec/x87.r1:320')  # x87.r1:320
+b_unimplemented('FDIVR_ST0_STi', 'spec/x87.r1:325')  # x87.r1:325
 """
 
-# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:330
+# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:335
 _T30 = """\
-b_unimplemented('FADD_STi_ST0', 'spec/x87.r1:330')  # x87.r1:330
+b_unimplemented('FADD_STi_ST0', 'spec/x87.r1:335')  # x87.r1:335
 """
 
-# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:340
+# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:345
 _T31 = """\
-b_unimplemented('FMUL_STi_ST0', 'spec/x87.r1:340')  # x87.r1:340
+b_unimplemented('FMUL_STi_ST0', 'spec/x87.r1:345')  # x87.r1:345
 """
 
-# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:350
+# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:355
 _T32 = """\
-b_unimplemented('FSUBR_STi_ST0', 'spec/x87.r1:350')  # x87.r1:350
+b_unimplemented('FSUBR_STi_ST0', 'spec/x87.r1:355')  # x87.r1:355
 """
 
-# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:360
+# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:365
 _T33 = """\
-b_unimplemented('FSUB_STi_ST0', 'spec/x87.r1:360')  # x87.r1:360
+b_unimplemented('FSUB_STi_ST0', 'spec/x87.r1:365')  # x87.r1:365
 """
 
-# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:370
+# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:375
 _T34 = """\
-b_unimplemented('FDIVR_STi_ST0', 'spec/x87.r1:370')  # x87.r1:370
+b_unimplemented('FDIVR_STi_ST0', 'spec/x87.r1:375')  # x87.r1:375
 """
 
-# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:380
+# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:385
 _T35 = """\
-b_unimplemented('FDIV_STi_ST0', 'spec/x87.r1:380')  # x87.r1:380
+b_unimplemented('FDIV_STi_ST0', 'spec/x87.r1:385')  # x87.r1:385
 """
 
-# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:390
+# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:395
 _T36 = """\
-b_unimplemented('FADDP_STi_ST0', 'spec/x87.r1:390')  # x87.r1:390
+b_unimplemented('FADDP_STi_ST0', 'spec/x87.r1:395')  # x87.r1:395
 """
 
-# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:400
+# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:405
 _T37 = """\
-b_unimplemented('FMULP_STi_ST0', 'spec/x87.r1:400')  # x87.r1:400
+b_unimplemented('FMULP_STi_ST0', 'spec/x87.r1:405')  # x87.r1:405
 """
 
-# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:410
+# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:415
 _T38 = """\
-b_unimplemented('FSUBRP_STi_ST0', 'spec/x87.r1:410')  # x87.r1:410
+b_unimplemented('FSUBRP_STi_ST0', 'spec/x87.r1:415')  # x87.r1:415
 """
 
-# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:420
+# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:425
 _T39 = """\
-b_unimplemented('FSUBP_STi_ST0', 'spec/x87.r1:420')  # x87.r1:420
+b_unimplemented('FSUBP_STi_ST0', 'spec/x87.r1:425')  # x87.r1:425
 """
 
-# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:430
+# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:435
 _T40 = """\
-b_unimplemented('FDIVRP_STi_ST0', 'spec/x87.r1:430')  # x87.r1:430
+b_unimplemented('FDIVRP_STi_ST0', 'spec/x87.r1:435')  # x87.r1:435
 """
 
-# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:440
+# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:445
 _T41 = """\
-b_unimplemented('FDIVP_STi_ST0', 'spec/x87.r1:440')  # x87.r1:440
+b_unimplemented('FDIVP_STi_ST0', 'spec/x87.r1:445')  # x87.r1:445
 """
 
-# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:452
+# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:457
 _T42 = """\
-b_unimplemented('FLD_M32', 'spec/x87.r1:452')  # x87.r1:452
+b_unimplemented('FLD_M32', 'spec/x87.r1:457')  # x87.r1:457
 """
 
-# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:462
+# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:467
 _T43 = """\
-b_unimplemented('FLD_M64', 'spec/x87.r1:462')  # x87.r1:462
+b_unimplemented('FLD_M64', 'spec/x87.r1:467')  # x87.r1:467
 """
 
-# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:472
+# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:477
 _T44 = """\
-b_unimplemented('FLD_M80', 'spec/x87.r1:472')  # x87.r1:472
+b_unimplemented('FLD_M80', 'spec/x87.r1:477')  # x87.r1:477
 """
 
-# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:482
+# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:487
 _T45 = """\
-b_unimplemented('FLD_STi', 'spec/x87.r1:482')  # x87.r1:482
+b_unimplemented('FLD_STi', 'spec/x87.r1:487')  # x87.r1:487
 """
 
-# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:492
+# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:497
 _T46 = """\
-b_unimplemented('FST_M32', 'spec/x87.r1:492')  # x87.r1:492
+b_unimplemented('FST_M32', 'spec/x87.r1:497')  # x87.r1:497
 """
 
-# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:502
+# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:507
 _T47 = """\
-b_unimplemented('FST_M64', 'spec/x87.r1:502')  # x87.r1:502
+b_unimplemented('FST_M64', 'spec/x87.r1:507')  # x87.r1:507
 """
 
-# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:512
+# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:517
 _T48 = """\
-b_unimplemented('FST_STi', 'spec/x87.r1:512')  # x87.r1:512
+b_unimplemented('FST_STi', 'spec/x87.r1:517')  # x87.r1:517
 """
 
-# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:522
+# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:527
 _T49 = """\
-b_unimplemented('FSTP_M32', 'spec/x87.r1:522')  # x87.r1:522
+b_unimplemented('FSTP_M32', 'spec/x87.r1:527')  # x87.r1:527
 """
 
-# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:532
+# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:537
 _T50 = """\
-b_unimplemented('FSTP_M64', 'spec/x87.r1:532')  # x87.r1:532
+b_unimplemented('FSTP_M64', 'spec/x87.r1:537')  # x87.r1:537
 """
 
-# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:542
+# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:547
 _T51 = """\
-b_unimplemented('FSTP_M80', 'spec/x87.r1:542')  # x87.r1:542
+b_unimplemented('FSTP_M80', 'spec/x87.r1:547')  # x87.r1:547
 """
 
-# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:552
+# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:557
 _T52 = """\
-b_unimplemented('FSTP_STi', 'spec/x87.r1:552')  # x87.r1:552
+b_unimplemented('FSTP_STi', 'spec/x87.r1:557')  # x87.r1:557
 """
 
-# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:562
+# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:567
 _T53 = """\
-b_unimplemented('FILD_M16', 'spec/x87.r1:562')  # x87.r1:562
+b_unimplemented('FILD_M16', 'spec/x87.r1:567')  # x87.r1:567
 """
 
-# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:572
+# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:577
 _T54 = """\
-b_unimplemented('FILD_M32', 'spec/x87.r1:572')  # x87.r1:572
+b_unimplemented('FILD_M32', 'spec/x87.r1:577')  # x87.r1:577
 """
 
-# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:582
+# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:587
 _T55 = """\
-b_unimplemented('FILD_M64', 'spec/x87.r1:582')  # x87.r1:582
+b_unimplemented('FILD_M64', 'spec/x87.r1:587')  # x87.r1:587
 """
 
-# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:592
+# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:597
 _T56 = """\
-b_unimplemented('FIST_M16', 'spec/x87.r1:592')  # x87.r1:592
+b_unimplemented('FIST_M16', 'spec/x87.r1:597')  # x87.r1:597
 """
 
-# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:602
+# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:607
 _T57 = """\
-b_unimplemented('FIST_M32', 'spec/x87.r1:602')  # x87.r1:602
+b_unimplemented('FIST_M32', 'spec/x87.r1:607')  # x87.r1:607
 """
 
-# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:612
+# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:617
 _T58 = """\
-b_unimplemented('FISTP_M16', 'spec/x87.r1:612')  # x87.r1:612
+b_unimplemented('FISTP_M16', 'spec/x87.r1:617')  # x87.r1:617
 """
 
-# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:622
+# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:627
 _T59 = """\
-b_unimplemented('FISTP_M32', 'spec/x87.r1:622')  # x87.r1:622
+b_unimplemented('FISTP_M32', 'spec/x87.r1:627')  # x87.r1:627
 """
 
-# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:632
+# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:637
 _T60 = """\
-b_unimplemented('FISTP_M64', 'spec/x87.r1:632')  # x87.r1:632
+b_unimplemented('FISTP_M64', 'spec/x87.r1:637')  # x87.r1:637
 """
 
-# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:642
+# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:647
 _T61 = """\
-b_unimplemented('FBLD_M80', 'spec/x87.r1:642')  # x87.r1:642
+b_unimplemented('FBLD_M80', 'spec/x87.r1:647')  # x87.r1:647
 """
 
-# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:652
+# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:657
 _T62 = """\
-b_unimplemented('FBSTP_M80', 'spec/x87.r1:652')  # x87.r1:652
+b_unimplemented('FBSTP_M80', 'spec/x87.r1:657')  # x87.r1:657
 """
 
-# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:662
+# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:667
 _T63 = """\
-b_unimplemented('FXCH_STi', 'spec/x87.r1:662')  # x87.r1:662
+b_unimplemented('FXCH_STi', 'spec/x87.r1:667')  # x87.r1:667
 """
 
-# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:674
+# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:679
 _T64 = """\
-b_unimplemented('FCMOVB_ST0_STi', 'spec/x87.r1:674')  # x87.r1:674
+b_unimplemented('FCMOVB_ST0_STi', 'spec/x87.r1:679')  # x87.r1:679
 """
 
-# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:684
+# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:689
 _T65 = """\
-b_unimplemented('FCMOVE_ST0_STi', 'spec/x87.r1:684')  # x87.r1:684
+b_unimplemented('FCMOVE_ST0_STi', 'spec/x87.r1:689')  # x87.r1:689
 """
 
-# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:694
+# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:699
 _T66 = """\
-b_unimplemented('FCMOVBE_ST0_STi', 'spec/x87.r1:694')  # x87.r1:694
+b_unimplemented('FCMOVBE_ST0_STi', 'spec/x87.r1:699')  # x87.r1:699
 """
 
-# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:704
+# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:709
 _T67 = """\
-b_unimplemented('FCMOVU_ST0_STi', 'spec/x87.r1:704')  # x87.r1:704
+b_unimplemented('FCMOVU_ST0_STi', 'spec/x87.r1:709')  # x87.r1:709
 """
 
-# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:714
+# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:719
 _T68 = """\
-b_unimplemented('FCMOVNB_ST0_STi', 'spec/x87.r1:714')  # x87.r1:714
+b_unimplemented('FCMOVNB_ST0_STi', 'spec/x87.r1:719')  # x87.r1:719
 """
 
-# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:724
+# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:729
 _T69 = """\
-b_unimplemented('FCMOVNE_ST0_STi', 'spec/x87.r1:724')  # x87.r1:724
+b_unimplemented('FCMOVNE_ST0_STi', 'spec/x87.r1:729')  # x87.r1:729
 """
 
-# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:734
+# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:739
 _T70 = """\
-b_unimplemented('FCMOVNBE_ST0_STi', 'spec/x87.r1:734')  # x87.r1:734
+b_unimplemented('FCMOVNBE_ST0_STi', 'spec/x87.r1:739')  # x87.r1:739
 """
 
-# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:744
+# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:749
 _T71 = """\
-b_unimplemented('FCMOVNU_ST0_STi', 'spec/x87.r1:744')  # x87.r1:744
+b_unimplemented('FCMOVNU_ST0_STi', 'spec/x87.r1:749')  # x87.r1:749
 """
 
-# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:756
+# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:761
 _T72 = """\
-b_unimplemented('FCOM_M32', 'spec/x87.r1:756')  # x87.r1:756
+b_unimplemented('FCOM_M32', 'spec/x87.r1:761')  # x87.r1:761
 """
 
-# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:766
+# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:771
 _T73 = """\
-b_unimplemented('FCOM_M64', 'spec/x87.r1:766')  # x87.r1:766
+b_unimplemented('FCOM_M64', 'spec/x87.r1:771')  # x87.r1:771
 """
 
-# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:776
+# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:781
 _T74 = """\
-b_unimplemented('FCOM_STi', 'spec/x87.r1:776')  # x87.r1:776
+b_unimplemented('FCOM_STi', 'spec/x87.r1:781')  # x87.r1:781
 """
 
-# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:786
+# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:791
 _T75 = """\
-b_unimplemented('FCOMP_M32', 'spec/x87.r1:786')  # x87.r1:786
+b_unimplemented('FCOMP_M32', 'spec/x87.r1:791')  # x87.r1:791
 """
 
-# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:796
+# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:801
 _T76 = """\
-b_unimplemented('FCOMP_M64', 'spec/x87.r1:796')  # x87.r1:796
+b_unimplemented('FCOMP_M64', 'spec/x87.r1:801')  # x87.r1:801
 """
 
-# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:806
+# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:811
 _T77 = """\
-b_unimplemented('FCOMP_STi', 'spec/x87.r1:806')  # x87.r1:806
+b_unimplemented('FCOMP_STi', 'spec/x87.r1:811')  # x87.r1:811
 """
 
-# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:816
+# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:821
 _T78 = """\
-b_unimplemented('FCOMPP', 'spec/x87.r1:816')  # x87.r1:816
+b_unimplemented('FCOMPP', 'spec/x87.r1:821')  # x87.r1:821
 """
 
-# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:825
+# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:830
 _T79 = """\
-b_unimplemented('FUCOM_STi', 'spec/x87.r1:825')  # x87.r1:825
+b_unimplemented('FUCOM_STi', 'spec/x87.r1:830')  # x87.r1:830
 """
 
-# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:835
+# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:840
 _T80 = """\
-b_unimplemented('FUCOMP_STi', 'spec/x87.r1:835')  # x87.r1:835
+b_unimplemented('FUCOMP_STi', 'spec/x87.r1:840')  # x87.r1:840
 """
 
-# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:845
+# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:850
 _T81 = """\
-b_unimplemented('FUCOMPP', 'spec/x87.r1:845')  # x87.r1:845
+b_unimplemented('FUCOMPP', 'spec/x87.r1:850')  # x87.r1:850
 """
 
-# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:854
+# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:859
 _T82 = """\
-b_unimplemented('FICOM_M16', 'spec/x87.r1:854')  # x87.r1:854
+b_unimplemented('FICOM_M16', 'spec/x87.r1:859')  # x87.r1:859
 """
 
-# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:864
+# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:869
 _T83 = """\
-b_unimplemented('FICOM_M32', 'spec/x87.r1:864')  # x87.r1:864
+b_unimplemented('FICOM_M32', 'spec/x87.r1:869')  # x87.r1:869
 """
 
-# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:874
+# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:879
 _T84 = """\
-b_unimplemented('FICOMP_M16', 'spec/x87.r1:874')  # x87.r1:874
+b_unimplemented('FICOMP_M16', 'spec/x87.r1:879')  # x87.r1:879
 """
 
-# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:884
+# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:889
 _T85 = """\
-b_unimplemented('FICOMP_M32', 'spec/x87.r1:884')  # x87.r1:884
+b_unimplemented('FICOMP_M32', 'spec/x87.r1:889')  # x87.r1:889
 """
 
-# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:894
+# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:899
 _T86 = """\
-b_unimplemented('FTST', 'spec/x87.r1:894')  # x87.r1:894
+b_unimplemented('FTST', 'spec/x87.r1:899')  # x87.r1:899
 """
 
-# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:904
+# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:909
 _T87 = """\
-b_unimplemented('FXAM', 'spec/x87.r1:904')  # x87.r1:904
+b_unimplemented('FXAM', 'spec/x87.r1:909')  # x87.r1:909
 """
 
-# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:916
+# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:921
 _T88 = """\
-b_unimplemented('FCOMI_ST0_STi', 'spec/x87.r1:916')  # x87.r1:916
+b_unimplemented('FCOMI_ST0_STi', 'spec/x87.r1:921')  # x87.r1:921
 """
 
-# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:926
+# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:931
 _T89 = """\
-b_unimplemented('FUCOMI_ST0_STi', 'spec/x87.r1:926')  # x87.r1:926
+b_unimplemented('FUCOMI_ST0_STi', 'spec/x87.r1:931')  # x87.r1:931
 """
 
-# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:936
+# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:941
 _T90 = """\
-b_unimplemented('FCOMIP_ST0_STi', 'spec/x87.r1:936')  # x87.r1:936
+b_unimplemented('FCOMIP_ST0_STi', 'spec/x87.r1:941')  # x87.r1:941
 """
 
-# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:946
+# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:951
 _T91 = """\
-b_unimplemented('FUCOMIP_ST0_STi', 'spec/x87.r1:946')  # x87.r1:946
+b_unimplemented('FUCOMIP_ST0_STi', 'spec/x87.r1:951')  # x87.r1:951
 """
 
-# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:958
+# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:963
 _T92 = """\
-b_unimplemented('FLD1', 'spec/x87.r1:958')  # x87.r1:958
+b_unimplemented('FLD1', 'spec/x87.r1:963')  # x87.r1:963
 """
 
-# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:968
+# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:973
 _T93 = """\
-b_unimplemented('FLDL2T', 'spec/x87.r1:968')  # x87.r1:968
+b_unimplemented('FLDL2T', 'spec/x87.r1:973')  # x87.r1:973
 """
 
-# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:978
+# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:983
 _T94 = """\
-b_unimplemented('FLDL2E', 'spec/x87.r1:978')  # x87.r1:978
+b_unimplemented('FLDL2E', 'spec/x87.r1:983')  # x87.r1:983
 """
 
-# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:988
+# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:993
 _T95 = """\
-b_unimplemented('FLDPI', 'spec/x87.r1:988')  # x87.r1:988
+b_unimplemented('FLDPI', 'spec/x87.r1:993')  # x87.r1:993
 """
 
-# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:998
+# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1003
 _T96 = """\
-b_unimplemented('FLDLG2', 'spec/x87.r1:998')  # x87.r1:998
+b_unimplemented('FLDLG2', 'spec/x87.r1:1003')  # x87.r1:1003
 """
 
-# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1008
+# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1013
 _T97 = """\
-b_unimplemented('FLDLN2', 'spec/x87.r1:1008')  # x87.r1:1008
+b_unimplemented('FLDLN2', 'spec/x87.r1:1013')  # x87.r1:1013
 """
 
-# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1018
+# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1023
 _T98 = """\
-b_unimplemented('FLDZ', 'spec/x87.r1:1018')  # x87.r1:1018
+b_unimplemented('FLDZ', 'spec/x87.r1:1023')  # x87.r1:1023
 """
 
-# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1030
+# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1035
 _T99 = """\
-b_unimplemented('FCHS', 'spec/x87.r1:1030')  # x87.r1:1030
+b_unimplemented('FCHS', 'spec/x87.r1:1035')  # x87.r1:1035
 """
 
-# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1040
+# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1045
 _T100 = """\
-b_unimplemented('FABS', 'spec/x87.r1:1040')  # x87.r1:1040
+b_unimplemented('FABS', 'spec/x87.r1:1045')  # x87.r1:1045
 """
 
-# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1050
+# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1055
 _T101 = """\
-b_unimplemented('F2XM1', 'spec/x87.r1:1050')  # x87.r1:1050
+b_unimplemented('F2XM1', 'spec/x87.r1:1055')  # x87.r1:1055
 """
 
-# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1060
+# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1065
 _T102 = """\
-b_unimplemented('FYL2X', 'spec/x87.r1:1060')  # x87.r1:1060
+b_unimplemented('FYL2X', 'spec/x87.r1:1065')  # x87.r1:1065
 """
 
-# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1069
+# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1074
 _T103 = """\
-b_unimplemented('FPTAN', 'spec/x87.r1:1069')  # x87.r1:1069
+b_unimplemented('FPTAN', 'spec/x87.r1:1074')  # x87.r1:1074
 """
 
-# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1079
+# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1084
 _T104 = """\
-b_unimplemented('FPATAN', 'spec/x87.r1:1079')  # x87.r1:1079
+b_unimplemented('FPATAN', 'spec/x87.r1:1084')  # x87.r1:1084
 """
 
-# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1088
+# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1093
 _T105 = """\
-b_unimplemented('FXTRACT', 'spec/x87.r1:1088')  # x87.r1:1088
+b_unimplemented('FXTRACT', 'spec/x87.r1:1093')  # x87.r1:1093
 """
 
-# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1098
+# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1103
 _T106 = """\
-b_unimplemented('FPREM1', 'spec/x87.r1:1098')  # x87.r1:1098
+b_unimplemented('FPREM1', 'spec/x87.r1:1103')  # x87.r1:1103
 """
 
-# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1107
+# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1112
 _T107 = """\
-b_unimplemented('FDECSTP', 'spec/x87.r1:1107')  # x87.r1:1107
+b_unimplemented('FDECSTP', 'spec/x87.r1:1112')  # x87.r1:1112
 """
 
-# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1116
+# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1121
 _T108 = """\
-b_unimplemented('FINCSTP', 'spec/x87.r1:1116')  # x87.r1:1116
+b_unimplemented('FINCSTP', 'spec/x87.r1:1121')  # x87.r1:1121
 """
 
-# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1125
+# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1130
 _T109 = """\
-b_unimplemented('FPREM', 'spec/x87.r1:1125')  # x87.r1:1125
+b_unimplemented('FPREM', 'spec/x87.r1:1130')  # x87.r1:1130
 """
 
-# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1134
+# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1139
 _T110 = """\
-b_unimplemented('FYL2XP1', 'spec/x87.r1:1134')  # x87.r1:1134
+b_unimplemented('FYL2XP1', 'spec/x87.r1:1139')  # x87.r1:1139
 """
 
-# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1143
+# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1148
 _T111 = """\
-b_unimplemented('FSQRT', 'spec/x87.r1:1143')  # x87.r1:1143
+b_unimplemented('FSQRT', 'spec/x87.r1:1148')  # x87.r1:1148
 """
 
-# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1153
+# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1158
 _T112 = """\
-b_unimplemented('FSINCOS', 'spec/x87.r1:1153')  # x87.r1:1153
+b_unimplemented('FSINCOS', 'spec/x87.r1:1158')  # x87.r1:1158
 """
 
-# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1163
+# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1168
 _T113 = """\
-b_unimplemented('FRNDINT', 'spec/x87.r1:1163')  # x87.r1:1163
+b_unimplemented('FRNDINT', 'spec/x87.r1:1168')  # x87.r1:1168
 """
 
-# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1173
+# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1178
 _T114 = """\
-b_unimplemented('FSCALE', 'spec/x87.r1:1173')  # x87.r1:1173
+b_unimplemented('FSCALE', 'spec/x87.r1:1178')  # x87.r1:1178
 """
 
-# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1182
+# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1187
 _T115 = """\
-b_unimplemented('FSIN', 'spec/x87.r1:1182')  # x87.r1:1182
+b_unimplemented('FSIN', 'spec/x87.r1:1187')  # x87.r1:1187
 """
 
-# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1192
+# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1197
 _T116 = """\
-b_unimplemented('FCOS', 'spec/x87.r1:1192')  # x87.r1:1192
+b_unimplemented('FCOS', 'spec/x87.r1:1197')  # x87.r1:1197
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1204
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1209
 _T117 = """\
-b_unimplemented('FNOP', 'spec/x87.r1:1204')  # x87.r1:1204
+b_unimplemented('FNOP', 'spec/x87.r1:1209')  # x87.r1:1209
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1213
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1218
 _T118 = """\
-b_unimplemented('FFREE_STi', 'spec/x87.r1:1213')  # x87.r1:1213
+b_unimplemented('FFREE_STi', 'spec/x87.r1:1218')  # x87.r1:1218
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1223
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1228
 _T119 = """\
-b_unimplemented('FNINIT', 'spec/x87.r1:1223')  # x87.r1:1223
+b_unimplemented('FNINIT', 'spec/x87.r1:1228')  # x87.r1:1228
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1232
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1237
 _T120 = """\
-b_unimplemented('FNCLEX', 'spec/x87.r1:1232')  # x87.r1:1232
+b_unimplemented('FNCLEX', 'spec/x87.r1:1237')  # x87.r1:1237
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1241
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1246
 _T121 = """\
-b_unimplemented('FLDCW_M16', 'spec/x87.r1:1241')  # x87.r1:1241
+b_unimplemented('FLDCW_M16', 'spec/x87.r1:1246')  # x87.r1:1246
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1251
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1256
 _T122 = """\
-b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1251')  # x87.r1:1251
+b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1256')  # x87.r1:1256
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1261
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1266
 _T123 = """\
-b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1261')  # x87.r1:1261
+b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1266')  # x87.r1:1266
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1271
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1276
 _T124 = """\
-b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1271')  # x87.r1:1271
+b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1276')  # x87.r1:1276
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1280
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1285
 _T125 = """\
-b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1280')  # x87.r1:1280
+b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1285')  # x87.r1:1285
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1290
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1295
 _T126 = """\
-b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1290')  # x87.r1:1290
+b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1295')  # x87.r1:1295
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1300
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1305
 _T127 = """\
-b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1300')  # x87.r1:1300
+b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1305')  # x87.r1:1305
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1310
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1315
 _T128 = """\
-b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1310')  # x87.r1:1310
+b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1315')  # x87.r1:1315
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1320
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1325
 _T129 = """\
-b_unimplemented('FWAIT', 'spec/x87.r1:1320')  # x87.r1:1320
+b_unimplemented('FWAIT', 'spec/x87.r1:1325')  # x87.r1:1325
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1331
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1336
 _T130 = """\
-b_unimplemented('FFREEP_STi', 'spec/x87.r1:1331')  # x87.r1:1331
+b_unimplemented('FFREEP_STi', 'spec/x87.r1:1336')  # x87.r1:1336
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1341
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1346
 _T131 = """\
-b_unimplemented('FSTPNCE_STi', 'spec/x87.r1:1341')  # x87.r1:1341
+b_unimplemented('FSTPNCE_STi', 'spec/x87.r1:1346')  # x87.r1:1346
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1351
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1356
 _T132 = """\
-b_unimplemented('FCOM_STi_DCD0', 'spec/x87.r1:1351')  # x87.r1:1351
+b_unimplemented('FCOM_STi_DCD0', 'spec/x87.r1:1356')  # x87.r1:1356
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1362
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
 _T133 = """\
-b_unimplemented('FCOMP_STi_DCD8', 'spec/x87.r1:1362')  # x87.r1:1362
+b_unimplemented('FCOMP_STi_DCD8', 'spec/x87.r1:1367')  # x87.r1:1367
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1373
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1378
 _T134 = """\
-b_unimplemented('FCOMP_STi_DED0', 'spec/x87.r1:1373')  # x87.r1:1373
+b_unimplemented('FCOMP_STi_DED0', 'spec/x87.r1:1378')  # x87.r1:1378
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1384
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1389
 _T135 = """\
-b_unimplemented('FXCH_STi_DDC8', 'spec/x87.r1:1384')  # x87.r1:1384
+b_unimplemented('FXCH_STi_DDC8', 'spec/x87.r1:1389')  # x87.r1:1389
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1395
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1400
 _T136 = """\
-b_unimplemented('FXCH_STi_DFC8', 'spec/x87.r1:1395')  # x87.r1:1395
+b_unimplemented('FXCH_STi_DFC8', 'spec/x87.r1:1400')  # x87.r1:1400
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1406
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1411
 _T137 = """\
-b_unimplemented('FSTP_STi_DFD0', 'spec/x87.r1:1406')  # x87.r1:1406
+b_unimplemented('FSTP_STi_DFD0', 'spec/x87.r1:1411')  # x87.r1:1411
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1417
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1422
 _T138 = """\
-b_unimplemented('FSTP_STi_DFD8', 'spec/x87.r1:1417')  # x87.r1:1417
+b_unimplemented('FSTP_STi_DFD8', 'spec/x87.r1:1422')  # x87.r1:1422
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1428
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1433
 _T139 = """\
-b_unimplemented('FNENI', 'spec/x87.r1:1428')  # x87.r1:1428
+b_unimplemented('FNENI', 'spec/x87.r1:1433')  # x87.r1:1433
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1438
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1443
 _T140 = """\
-b_unimplemented('FNDISI', 'spec/x87.r1:1438')  # x87.r1:1438
+b_unimplemented('FNDISI', 'spec/x87.r1:1443')  # x87.r1:1443
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1448
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1453
 _T141 = """\
-b_unimplemented('FNSETPM', 'spec/x87.r1:1448')  # x87.r1:1448
+b_unimplemented('FNSETPM', 'spec/x87.r1:1453')  # x87.r1:1453
 """
 
 TEMPLATES = {
-    # spec/x87.r1:28
+    # spec/x87.r1:33
     'FADD_M32': {
         (16, 16, 'mem', None, None): _T0,
         (16, 32, 'mem', None, None): _T0,
         (32, 16, 'mem', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/x87.r1:38
+    # spec/x87.r1:43
     'FADD_M64': {
         (16, 16, 'mem', None, None): _T1,
         (16, 32, 'mem', None, None): _T1,
         (32, 16, 'mem', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/x87.r1:48
+    # spec/x87.r1:53
     'FIADD_M32': {
         (16, 16, 'mem', None, None): _T2,
         (16, 32, 'mem', None, None): _T2,
         (32, 16, 'mem', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/x87.r1:58
+    # spec/x87.r1:63
     'FIADD_M16': {
         (16, 16, 'mem', None, None): _T3,
         (16, 32, 'mem', None, None): _T3,
         (32, 16, 'mem', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/x87.r1:68
+    # spec/x87.r1:73
     'FMUL_M32': {
         (16, 16, 'mem', None, None): _T4,
         (16, 32, 'mem', None, None): _T4,
         (32, 16, 'mem', None, None): _T4,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/x87.r1:78
+    # spec/x87.r1:83
     'FMUL_M64': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/x87.r1:88
+    # spec/x87.r1:93
     'FIMUL_M32': {
         (16, 16, 'mem', None, None): _T6,
         (16, 32, 'mem', None, None): _T6,
         (32, 16, 'mem', None, None): _T6,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/x87.r1:98
+    # spec/x87.r1:103
     'FIMUL_M16': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/x87.r1:108
+    # spec/x87.r1:113
     'FSUB_M32': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/x87.r1:118
+    # spec/x87.r1:123
     'FSUB_M64': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/x87.r1:128
+    # spec/x87.r1:133
     'FISUB_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/x87.r1:138
+    # spec/x87.r1:143
     'FISUB_M16': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/x87.r1:148
+    # spec/x87.r1:153
     'FSUBR_M32': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/x87.r1:158
+    # spec/x87.r1:163
     'FSUBR_M64': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/x87.r1:168
+    # spec/x87.r1:173
     'FISUBR_M32': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/x87.r1:178
+    # spec/x87.r1:183
     'FISUBR_M16': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/x87.r1:188
+    # spec/x87.r1:193
     'FDIV_M32': {
         (16, 16, 'mem', None, None): _T16,
         (16, 32, 'mem', None, None): _T16,
         (32, 16, 'mem', None, None): _T16,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/x87.r1:198
+    # spec/x87.r1:203
     'FDIV_M64': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/x87.r1:208
+    # spec/x87.r1:213
     'FIDIV_M32': {
         (16, 16, 'mem', None, None): _T18,
         (16, 32, 'mem', None, None): _T18,
         (32, 16, 'mem', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/x87.r1:218
+    # spec/x87.r1:223
     'FIDIV_M16': {
         (16, 16, 'mem', None, None): _T19,
         (16, 32, 'mem', None, None): _T19,
         (32, 16, 'mem', None, None): _T19,
         (32, 32, 'mem', None, None): _T19,
     },
-    # spec/x87.r1:228
+    # spec/x87.r1:233
     'FDIVR_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/x87.r1:238
+    # spec/x87.r1:243
     'FDIVR_M64': {
         (16, 16, 'mem', None, None): _T21,
         (16, 32, 'mem', None, None): _T21,
         (32, 16, 'mem', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/x87.r1:248
+    # spec/x87.r1:253
     'FIDIVR_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/x87.r1:258
+    # spec/x87.r1:263
     'FIDIVR_M16': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/x87.r1:270
+    # spec/x87.r1:275
     'FADD_ST0_STi': {
         (16, 16, None, None, None): _T24,
         (16, 32, None, None, None): _T24,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/x87.r1:280
+    # spec/x87.r1:285
     'FMUL_ST0_STi': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T25,
         (32, 32, None, None, None): _T25,
     },
-    # spec/x87.r1:290
+    # spec/x87.r1:295
     'FSUB_ST0_STi': {
         (16, 16, None, None, None): _T26,
         (16, 32, None, None, None): _T26,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/x87.r1:300
+    # spec/x87.r1:305
     'FSUBR_ST0_STi': {
         (16, 16, None, None, None): _T27,
         (16, 32, None, None, None): _T27,
         (32, 16, None, None, None): _T27,
         (32, 32, None, None, None): _T27,
     },
-    # spec/x87.r1:310
+    # spec/x87.r1:315
     'FDIV_ST0_STi': {
         (16, 16, None, None, None): _T28,
         (16, 32, None, None, None): _T28,
         (32, 16, None, None, None): _T28,
         (32, 32, None, None, None): _T28,
     },
-    # spec/x87.r1:320
+    # spec/x87.r1:325
     'FDIVR_ST0_STi': {
         (16, 16, None, None, None): _T29,
         (16, 32, None, None, None): _T29,
         (32, 16, None, None, None): _T29,
         (32, 32, None, None, None): _T29,
     },
-    # spec/x87.r1:330
+    # spec/x87.r1:335
     'FADD_STi_ST0': {
         (16, 16, None, None, None): _T30,
         (16, 32, None, None, None): _T30,
         (32, 16, None, None, None): _T30,
         (32, 32, None, None, None): _T30,
     },
-    # spec/x87.r1:340
+    # spec/x87.r1:345
     'FMUL_STi_ST0': {
         (16, 16, None, None, None): _T31,
         (16, 32, None, None, None): _T31,
         (32, 16, None, None, None): _T31,
         (32, 32, None, None, None): _T31,
     },
-    # spec/x87.r1:350
+    # spec/x87.r1:355
     'FSUBR_STi_ST0': {
         (16, 16, None, None, None): _T32,
         (16, 32, None, None, None): _T32,
         (32, 16, None, None, None): _T32,
         (32, 32, None, None, None): _T32,
     },
-    # spec/x87.r1:360
+    # spec/x87.r1:365
     'FSUB_STi_ST0': {
         (16, 16, None, None, None): _T33,
         (16, 32, None, None, None): _T33,
         (32, 16, None, None, None): _T33,
         (32, 32, None, None, None): _T33,
     },
-    # spec/x87.r1:370
+    # spec/x87.r1:375
     'FDIVR_STi_ST0': {
         (16, 16, None, None, None): _T34,
         (16, 32, None, None, None): _T34,
         (32, 16, None, None, None): _T34,
         (32, 32, None, None, None): _T34,
     },
-    # spec/x87.r1:380
+    # spec/x87.r1:385
     'FDIV_STi_ST0': {
         (16, 16, None, None, None): _T35,
         (16, 32, None, None, None): _T35,
         (32, 16, None, None, None): _T35,
         (32, 32, None, None, None): _T35,
     },
-    # spec/x87.r1:390
+    # spec/x87.r1:395
     'FADDP_STi_ST0': {
         (16, 16, None, None, None): _T36,
         (16, 32, None, None, None): _T36,
         (32, 16, None, None, None): _T36,
         (32, 32, None, None, None): _T36,
     },
-    # spec/x87.r1:400
+    # spec/x87.r1:405
     'FMULP_STi_ST0': {
         (16, 16, None, None, None): _T37,
         (16, 32, None, None, None): _T37,
         (32, 16, None, None, None): _T37,
         (32, 32, None, None, None): _T37,
     },
-    # spec/x87.r1:410
+    # spec/x87.r1:415
     'FSUBRP_STi_ST0': {
         (16, 16, None, None, None): _T38,
         (16, 32, None, None, None): _T38,
         (32, 16, None, None, None): _T38,
         (32, 32, None, None, None): _T38,
     },
-    # spec/x87.r1:420
+    # spec/x87.r1:425
     'FSUBP_STi_ST0': {
         (16, 16, None, None, None): _T39,
         (16, 32, None, None, None): _T39,
         (32, 16, None, None, None): _T39,
         (32, 32, None, None, None): _T39,
     },
-    # spec/x87.r1:430
+    # spec/x87.r1:435
     'FDIVRP_STi_ST0': {
         (16, 16, None, None, None): _T40,
         (16, 32, None, None, None): _T40,
         (32, 16, None, None, None): _T40,
         (32, 32, None, None, None): _T40,
     },
-    # spec/x87.r1:440
+    # spec/x87.r1:445
     'FDIVP_STi_ST0': {
         (16, 16, None, None, None): _T41,
         (16, 32, None, None, None): _T41,
         (32, 16, None, None, None): _T41,
         (32, 32, None, None, None): _T41,
     },
-    # spec/x87.r1:452
+    # spec/x87.r1:457
     'FLD_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/x87.r1:462
+    # spec/x87.r1:467
     'FLD_M64': {
         (16, 16, 'mem', None, None): _T43,
         (16, 32, 'mem', None, None): _T43,
         (32, 16, 'mem', None, None): _T43,
         (32, 32, 'mem', None, None): _T43,
     },
-    # spec/x87.r1:472
+    # spec/x87.r1:477
     'FLD_M80': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/x87.r1:482
+    # spec/x87.r1:487
     'FLD_STi': {
         (16, 16, None, None, None): _T45,
         (16, 32, None, None, None): _T45,
         (32, 16, None, None, None): _T45,
         (32, 32, None, None, None): _T45,
     },
-    # spec/x87.r1:492
+    # spec/x87.r1:497
     'FST_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/x87.r1:502
+    # spec/x87.r1:507
     'FST_M64': {
         (16, 16, 'mem', None, None): _T47,
         (16, 32, 'mem', None, None): _T47,
         (32, 16, 'mem', None, None): _T47,
         (32, 32, 'mem', None, None): _T47,
     },
-    # spec/x87.r1:512
+    # spec/x87.r1:517
     'FST_STi': {
         (16, 16, None, None, None): _T48,
         (16, 32, None, None, None): _T48,
         (32, 16, None, None, None): _T48,
         (32, 32, None, None, None): _T48,
     },
-    # spec/x87.r1:522
+    # spec/x87.r1:527
     'FSTP_M32': {
         (16, 16, 'mem', None, None): _T49,
         (16, 32, 'mem', None, None): _T49,
         (32, 16, 'mem', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/x87.r1:532
+    # spec/x87.r1:537
     'FSTP_M64': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/x87.r1:542
+    # spec/x87.r1:547
     'FSTP_M80': {
         (16, 16, 'mem', None, None): _T51,
         (16, 32, 'mem', None, None): _T51,
         (32, 16, 'mem', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/x87.r1:552
+    # spec/x87.r1:557
     'FSTP_STi': {
         (16, 16, None, None, None): _T52,
         (16, 32, None, None, None): _T52,
         (32, 16, None, None, None): _T52,
         (32, 32, None, None, None): _T52,
     },
-    # spec/x87.r1:562
+    # spec/x87.r1:567
     'FILD_M16': {
         (16, 16, 'mem', None, None): _T53,
         (16, 32, 'mem', None, None): _T53,
         (32, 16, 'mem', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/x87.r1:572
+    # spec/x87.r1:577
     'FILD_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/x87.r1:582
+    # spec/x87.r1:587
     'FILD_M64': {
         (16, 16, 'mem', None, None): _T55,
         (16, 32, 'mem', None, None): _T55,
         (32, 16, 'mem', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/x87.r1:592
+    # spec/x87.r1:597
     'FIST_M16': {
         (16, 16, 'mem', None, None): _T56,
         (16, 32, 'mem', None, None): _T56,
         (32, 16, 'mem', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/x87.r1:602
+    # spec/x87.r1:607
     'FIST_M32': {
         (16, 16, 'mem', None, None): _T57,
         (16, 32, 'mem', None, None): _T57,
         (32, 16, 'mem', None, None): _T57,
         (32, 32, 'mem', None, None): _T57,
     },
-    # spec/x87.r1:612
+    # spec/x87.r1:617
     'FISTP_M16': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/x87.r1:622
+    # spec/x87.r1:627
     'FISTP_M32': {
         (16, 16, 'mem', None, None): _T59,
         (16, 32, 'mem', None, None): _T59,
         (32, 16, 'mem', None, None): _T59,
         (32, 32, 'mem', None, None): _T59,
     },
-    # spec/x87.r1:632
+    # spec/x87.r1:637
     'FISTP_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/x87.r1:642
+    # spec/x87.r1:647
     'FBLD_M80': {
         (16, 16, 'mem', None, None): _T61,
         (16, 32, 'mem', None, None): _T61,
         (32, 16, 'mem', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/x87.r1:652
+    # spec/x87.r1:657
     'FBSTP_M80': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/x87.r1:662
+    # spec/x87.r1:667
     'FXCH_STi': {
         (16, 16, None, None, None): _T63,
         (16, 32, None, None, None): _T63,
         (32, 16, None, None, None): _T63,
         (32, 32, None, None, None): _T63,
     },
-    # spec/x87.r1:674
+    # spec/x87.r1:679
     'FCMOVB_ST0_STi': {
         (16, 16, None, None, None): _T64,
         (16, 32, None, None, None): _T64,
         (32, 16, None, None, None): _T64,
         (32, 32, None, None, None): _T64,
     },
-    # spec/x87.r1:684
+    # spec/x87.r1:689
     'FCMOVE_ST0_STi': {
         (16, 16, None, None, None): _T65,
         (16, 32, None, None, None): _T65,
         (32, 16, None, None, None): _T65,
         (32, 32, None, None, None): _T65,
     },
-    # spec/x87.r1:694
+    # spec/x87.r1:699
     'FCMOVBE_ST0_STi': {
         (16, 16, None, None, None): _T66,
         (16, 32, None, None, None): _T66,
         (32, 16, None, None, None): _T66,
         (32, 32, None, None, None): _T66,
     },
-    # spec/x87.r1:704
+    # spec/x87.r1:709
     'FCMOVU_ST0_STi': {
         (16, 16, None, None, None): _T67,
         (16, 32, None, None, None): _T67,
         (32, 16, None, None, None): _T67,
         (32, 32, None, None, None): _T67,
     },
-    # spec/x87.r1:714
+    # spec/x87.r1:719
     'FCMOVNB_ST0_STi': {
         (16, 16, None, None, None): _T68,
         (16, 32, None, None, None): _T68,
         (32, 16, None, None, None): _T68,
         (32, 32, None, None, None): _T68,
     },
-    # spec/x87.r1:724
+    # spec/x87.r1:729
     'FCMOVNE_ST0_STi': {
         (16, 16, None, None, None): _T69,
         (16, 32, None, None, None): _T69,
         (32, 16, None, None, None): _T69,
         (32, 32, None, None, None): _T69,
     },
-    # spec/x87.r1:734
+    # spec/x87.r1:739
     'FCMOVNBE_ST0_STi': {
         (16, 16, None, None, None): _T70,
         (16, 32, None, None, None): _T70,
         (32, 16, None, None, None): _T70,
         (32, 32, None, None, None): _T70,
     },
-    # spec/x87.r1:744
+    # spec/x87.r1:749
     'FCMOVNU_ST0_STi': {
         (16, 16, None, None, None): _T71,
         (16, 32, None, None, None): _T71,
         (32, 16, None, None, None): _T71,
         (32, 32, None, None, None): _T71,
     },
-    # spec/x87.r1:756
+    # spec/x87.r1:761
     'FCOM_M32': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/x87.r1:766
+    # spec/x87.r1:771
     'FCOM_M64': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/x87.r1:776
+    # spec/x87.r1:781
     'FCOM_STi': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/x87.r1:786
+    # spec/x87.r1:791
     'FCOMP_M32': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/x87.r1:796
+    # spec/x87.r1:801
     'FCOMP_M64': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/x87.r1:806
+    # spec/x87.r1:811
     'FCOMP_STi': {
         (16, 16, None, None, None): _T77,
         (16, 32, None, None, None): _T77,
         (32, 16, None, None, None): _T77,
         (32, 32, None, None, None): _T77,
     },
-    # spec/x87.r1:816
+    # spec/x87.r1:821
     'FCOMPP': {
         (16, 16, None, None, None): _T78,
         (16, 32, None, None, None): _T78,
         (32, 16, None, None, None): _T78,
         (32, 32, None, None, None): _T78,
     },
-    # spec/x87.r1:825
+    # spec/x87.r1:830
     'FUCOM_STi': {
         (16, 16, None, None, None): _T79,
         (16, 32, None, None, None): _T79,
         (32, 16, None, None, None): _T79,
         (32, 32, None, None, None): _T79,
     },
-    # spec/x87.r1:835
+    # spec/x87.r1:840
     'FUCOMP_STi': {
         (16, 16, None, None, None): _T80,
         (16, 32, None, None, None): _T80,
         (32, 16, None, None, None): _T80,
         (32, 32, None, None, None): _T80,
     },
-    # spec/x87.r1:845
+    # spec/x87.r1:850
     'FUCOMPP': {
         (16, 16, None, None, None): _T81,
         (16, 32, None, None, None): _T81,
         (32, 16, None, None, None): _T81,
         (32, 32, None, None, None): _T81,
     },
-    # spec/x87.r1:854
+    # spec/x87.r1:859
     'FICOM_M16': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/x87.r1:864
+    # spec/x87.r1:869
     'FICOM_M32': {
         (16, 16, 'mem', None, None): _T83,
         (16, 32, 'mem', None, None): _T83,
         (32, 16, 'mem', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/x87.r1:874
+    # spec/x87.r1:879
     'FICOMP_M16': {
         (16, 16, 'mem', None, None): _T84,
         (16, 32, 'mem', None, None): _T84,
         (32, 16, 'mem', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/x87.r1:884
+    # spec/x87.r1:889
     'FICOMP_M32': {
         (16, 16, 'mem', None, None): _T85,
         (16, 32, 'mem', None, None): _T85,
         (32, 16, 'mem', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/x87.r1:894
+    # spec/x87.r1:899
     'FTST': {
         (16, 16, None, None, None): _T86,
         (16, 32, None, None, None): _T86,
         (32, 16, None, None, None): _T86,
         (32, 32, None, None, None): _T86,
     },
-    # spec/x87.r1:904
+    # spec/x87.r1:909
     'FXAM': {
         (16, 16, None, None, None): _T87,
         (16, 32, None, None, None): _T87,
         (32, 16, None, None, None): _T87,
         (32, 32, None, None, None): _T87,
     },
-    # spec/x87.r1:916
+    # spec/x87.r1:921
     'FCOMI_ST0_STi': {
         (16, 16, None, None, None): _T88,
         (16, 32, None, None, None): _T88,
         (32, 16, None, None, None): _T88,
         (32, 32, None, None, None): _T88,
     },
-    # spec/x87.r1:926
+    # spec/x87.r1:931
     'FUCOMI_ST0_STi': {
         (16, 16, None, None, None): _T89,
         (16, 32, None, None, None): _T89,
         (32, 16, None, None, None): _T89,
         (32, 32, None, None, None): _T89,
     },
-    # spec/x87.r1:936
+    # spec/x87.r1:941
     'FCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T90,
         (16, 32, None, None, None): _T90,
         (32, 16, None, None, None): _T90,
         (32, 32, None, None, None): _T90,
     },
-    # spec/x87.r1:946
+    # spec/x87.r1:951
     'FUCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T91,
         (16, 32, None, None, None): _T91,
         (32, 16, None, None, None): _T91,
         (32, 32, None, None, None): _T91,
     },
-    # spec/x87.r1:958
+    # spec/x87.r1:963
     'FLD1': {
         (16, 16, None, None, None): _T92,
         (16, 32, None, None, None): _T92,
         (32, 16, None, None, None): _T92,
         (32, 32, None, None, None): _T92,
     },
-    # spec/x87.r1:968
+    # spec/x87.r1:973
     'FLDL2T': {
         (16, 16, None, None, None): _T93,
         (16, 32, None, None, None): _T93,
         (32, 16, None, None, None): _T93,
         (32, 32, None, None, None): _T93,
     },
-    # spec/x87.r1:978
+    # spec/x87.r1:983
     'FLDL2E': {
         (16, 16, None, None, None): _T94,
         (16, 32, None, None, None): _T94,
         (32, 16, None, None, None): _T94,
         (32, 32, None, None, None): _T94,
     },
-    # spec/x87.r1:988
+    # spec/x87.r1:993
     'FLDPI': {
         (16, 16, None, None, None): _T95,
         (16, 32, None, None, None): _T95,
         (32, 16, None, None, None): _T95,
         (32, 32, None, None, None): _T95,
     },
-    # spec/x87.r1:998
+    # spec/x87.r1:1003
     'FLDLG2': {
         (16, 16, None, None, None): _T96,
         (16, 32, None, None, None): _T96,
         (32, 16, None, None, None): _T96,
         (32, 32, None, None, None): _T96,
     },
-    # spec/x87.r1:1008
+    # spec/x87.r1:1013
     'FLDLN2': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/x87.r1:1018
+    # spec/x87.r1:1023
     'FLDZ': {
         (16, 16, None, None, None): _T98,
         (16, 32, None, None, None): _T98,
         (32, 16, None, None, None): _T98,
         (32, 32, None, None, None): _T98,
     },
-    # spec/x87.r1:1030
+    # spec/x87.r1:1035
     'FCHS': {
         (16, 16, None, None, None): _T99,
         (16, 32, None, None, None): _T99,
         (32, 16, None, None, None): _T99,
         (32, 32, None, None, None): _T99,
     },
-    # spec/x87.r1:1040
+    # spec/x87.r1:1045
     'FABS': {
         (16, 16, None, None, None): _T100,
         (16, 32, None, None, None): _T100,
         (32, 16, None, None, None): _T100,
         (32, 32, None, None, None): _T100,
     },
-    # spec/x87.r1:1050
+    # spec/x87.r1:1055
     'F2XM1': {
         (16, 16, None, None, None): _T101,
         (16, 32, None, None, None): _T101,
         (32, 16, None, None, None): _T101,
         (32, 32, None, None, None): _T101,
     },
-    # spec/x87.r1:1060
+    # spec/x87.r1:1065
     'FYL2X': {
         (16, 16, None, None, None): _T102,
         (16, 32, None, None, None): _T102,
         (32, 16, None, None, None): _T102,
         (32, 32, None, None, None): _T102,
     },
-    # spec/x87.r1:1069
+    # spec/x87.r1:1074
     'FPTAN': {
         (16, 16, None, None, None): _T103,
         (16, 32, None, None, None): _T103,
         (32, 16, None, None, None): _T103,
         (32, 32, None, None, None): _T103,
     },
-    # spec/x87.r1:1079
+    # spec/x87.r1:1084
     'FPATAN': {
         (16, 16, None, None, None): _T104,
         (16, 32, None, None, None): _T104,
         (32, 16, None, None, None): _T104,
         (32, 32, None, None, None): _T104,
     },
-    # spec/x87.r1:1088
+    # spec/x87.r1:1093
     'FXTRACT': {
         (16, 16, None, None, None): _T105,
         (16, 32, None, None, None): _T105,
         (32, 16, None, None, None): _T105,
         (32, 32, None, None, None): _T105,
     },
-    # spec/x87.r1:1098
+    # spec/x87.r1:1103
     'FPREM1': {
         (16, 16, None, None, None): _T106,
         (16, 32, None, None, None): _T106,
         (32, 16, None, None, None): _T106,
         (32, 32, None, None, None): _T106,
     },
-    # spec/x87.r1:1107
+    # spec/x87.r1:1112
     'FDECSTP': {
         (16, 16, None, None, None): _T107,
         (16, 32, None, None, None): _T107,
         (32, 16, None, None, None): _T107,
         (32, 32, None, None, None): _T107,
     },
-    # spec/x87.r1:1116
+    # spec/x87.r1:1121
     'FINCSTP': {
         (16, 16, None, None, None): _T108,
         (16, 32, None, None, None): _T108,
         (32, 16, None, None, None): _T108,
         (32, 32, None, None, None): _T108,
     },
-    # spec/x87.r1:1125
+    # spec/x87.r1:1130
     'FPREM': {
         (16, 16, None, None, None): _T109,
         (16, 32, None, None, None): _T109,
         (32, 16, None, None, None): _T109,
         (32, 32, None, None, None): _T109,
     },
-    # spec/x87.r1:1134
+    # spec/x87.r1:1139
     'FYL2XP1': {
         (16, 16, None, None, None): _T110,
         (16, 32, None, None, None): _T110,
         (32, 16, None, None, None): _T110,
         (32, 32, None, None, None): _T110,
     },
-    # spec/x87.r1:1143
+    # spec/x87.r1:1148
     'FSQRT': {
         (16, 16, None, None, None): _T111,
         (16, 32, None, None, None): _T111,
         (32, 16, None, None, None): _T111,
         (32, 32, None, None, None): _T111,
     },
-    # spec/x87.r1:1153
+    # spec/x87.r1:1158
     'FSINCOS': {
         (16, 16, None, None, None): _T112,
         (16, 32, None, None, None): _T112,
         (32, 16, None, None, None): _T112,
         (32, 32, None, None, None): _T112,
     },
-    # spec/x87.r1:1163
+    # spec/x87.r1:1168
     'FRNDINT': {
         (16, 16, None, None, None): _T113,
         (16, 32, None, None, None): _T113,
         (32, 16, None, None, None): _T113,
         (32, 32, None, None, None): _T113,
     },
-    # spec/x87.r1:1173
+    # spec/x87.r1:1178
     'FSCALE': {
         (16, 16, None, None, None): _T114,
         (16, 32, None, None, None): _T114,
         (32, 16, None, None, None): _T114,
         (32, 32, None, None, None): _T114,
     },
-    # spec/x87.r1:1182
+    # spec/x87.r1:1187
     'FSIN': {
         (16, 16, None, None, None): _T115,
         (16, 32, None, None, None): _T115,
         (32, 16, None, None, None): _T115,
         (32, 32, None, None, None): _T115,
     },
-    # spec/x87.r1:1192
+    # spec/x87.r1:1197
     'FCOS': {
         (16, 16, None, None, None): _T116,
         (16, 32, None, None, None): _T116,
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1204
+    # spec/x87.r1:1209
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1213
+    # spec/x87.r1:1218
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1223
+    # spec/x87.r1:1228
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1232
+    # spec/x87.r1:1237
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1241
+    # spec/x87.r1:1246
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1251
+    # spec/x87.r1:1256
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1261
+    # spec/x87.r1:1266
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1271
+    # spec/x87.r1:1276
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1280
+    # spec/x87.r1:1285
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/x87.r1:1290
+    # spec/x87.r1:1295
     'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T126,
         (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1300
+    # spec/x87.r1:1305
     'FRSTOR_MSTATE': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/x87.r1:1310
+    # spec/x87.r1:1315
     'FNSAVE_MSTATE': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1320
+    # spec/x87.r1:1325
     'FWAIT': {
         (16, 16, None, None, None): _T129,
         (16, 32, None, None, None): _T129,
         (32, 16, None, None, None): _T129,
         (32, 32, None, None, None): _T129,
     },
-    # spec/x87.r1:1331
+    # spec/x87.r1:1336
     'FFREEP_STi': {
         (16, 16, None, None, None): _T130,
         (16, 32, None, None, None): _T130,
         (32, 16, None, None, None): _T130,
         (32, 32, None, None, None): _T130,
     },
-    # spec/x87.r1:1341
+    # spec/x87.r1:1346
     'FSTPNCE_STi': {
         (16, 16, None, None, None): _T131,
         (16, 32, None, None, None): _T131,
         (32, 16, None, None, None): _T131,
         (32, 32, None, None, None): _T131,
     },
-    # spec/x87.r1:1351
+    # spec/x87.r1:1356
     'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T132,
         (16, 32, None, None, None): _T132,
         (32, 16, None, None, None): _T132,
         (32, 32, None, None, None): _T132,
     },
-    # spec/x87.r1:1362
+    # spec/x87.r1:1367
     'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1373
+    # spec/x87.r1:1378
     'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1384
+    # spec/x87.r1:1389
     'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1395
+    # spec/x87.r1:1400
     'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1406
+    # spec/x87.r1:1411
     'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1417
+    # spec/x87.r1:1422
     'FSTP_STi_DFD8': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1428
+    # spec/x87.r1:1433
     'FNENI': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1438
+    # spec/x87.r1:1443
     'FNDISI': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1448
+    # spec/x87.r1:1453
     'FNSETPM': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,
