@@ -107,6 +107,8 @@ def instance(draw, form: str, mode: Mode) -> Instance:
         prefixes.append(0x66)
     if asize != mode.default_size:
         prefixes.append(0x67)
+    if mod == "mem" and "lock" in FORMS[form].prefixes and draw(st.integers(0, 3)) == 0:
+        prefixes.append(0xF0)
     body = bytearray(opcode)
     low = 0
     if low_field == "r":
@@ -123,11 +125,19 @@ def instance(draw, form: str, mode: Mode) -> Instance:
             reg = draw(st.sampled_from((0, 1, 2, 3, 4, 5, 0, 3, 4, 5, 6)))
         if any(kind == "creg" for _, kind, _ in operands):
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
+        target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
             body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
+            if target_op is not None:
+                # An indirect branch through memory: a code address (far: offset, then selector).
+                ea = next(iter(memory))
+                far = any(w == "far" for n, _, w in operands if n == "target")
+                memory[ea] = draw(branch_target(mode, osize, far))
         else:
             rm = rm_fixed if rm_fixed is not None else draw(st.integers(0, 7))
             body.append(0xC0 | reg << 3 | rm)
+            if target_op == "rm":
+                regs[fresh.GPR_NAMES[rm]] = draw(code_address(osize))
     code_tail: list = []
     imm_operands = [(n, k, w) for n, k, w in operands if k in ("imm", "simm", "rel", "far", "moffs")]
     for (name, kind, _width), imm in zip(imm_operands, imms, strict=True):
@@ -144,9 +154,7 @@ def instance(draw, form: str, mode: Mode) -> Instance:
         if kind == "rel":
             code_tail.append(("rel", size))
         elif kind == "far":
-            off = draw(code_address(osize))
-            sel = draw(st.sampled_from(SELECTORS_PROT)) if not mode.real else draw(st.integers(0, 0xFFFF))
-            code_tail.append(("raw", off.to_bytes(osize // 8, "little") + sel.to_bytes(2, "little")))
+            code_tail.append(("raw", draw(branch_target(mode, osize, True))))
         elif kind == "moffs":
             target = draw(st.integers(0, fresh.DATA_SIZE - WINDOW_MARGIN))
             code_tail.append(("raw", target.to_bytes(size, "little")))
@@ -173,8 +181,26 @@ def instance(draw, form: str, mode: Mode) -> Instance:
 
 
 @st.composite
+def branch_target(draw, mode: Mode, osize: int, far: bool) -> bytes:
+    """A near target (offset) or far target (offset, selector) that lands on the HLT code page."""
+    off = draw(code_address(osize))
+    if not far:
+        return off.to_bytes(osize // 8, "little") + draw(st.binary(min_size=4, max_size=4))
+    if mode.real:
+        # selector:offset must still land on the code page: shift the offset by the selector's base.
+        sel = draw(st.sampled_from((0, 0x10, 0x80, 0x7F0)))
+        off = (off - (sel << 4)) & 0xFFFF
+    else:
+        sel = draw(st.sampled_from(SELECTORS_PROT))
+    return off.to_bytes(osize // 8, "little") + sel.to_bytes(2, "little") + draw(st.binary(min_size=2, max_size=2))
+
+
+CODE_LIMIT = 0x100  # code under test stays below CODE + 0x100; code addresses land past it, on HLT
+
+
+@st.composite
 def code_address(draw, osize: int) -> int:
-    return draw(st.integers(CODE_PAGE[0], CODE_PAGE[1] - 1)) & ((1 << osize) - 1)
+    return draw(st.integers(CODE_PAGE[0] + CODE_LIMIT, CODE_PAGE[1] - 1)) & ((1 << osize) - 1)
 
 
 @st.composite
@@ -294,20 +320,22 @@ def registers(draw, mode: Mode) -> dict[str, int]:
 
 @st.composite
 def stack_image(draw, mode: Mode) -> bytes:
-    """The 64 bytes at ESP: plausible return frames (code addresses, selectors, flags)."""
-    words = []
-    for _ in range(16):
-        kind = draw(st.integers(0, 3))
-        if kind == 0:
-            words.append(draw(code_address(32)))
-        elif kind == 1:
-            sels = SELECTORS_PROT if not mode.real else (0, 0x1000, 0x800)
-            words.append(draw(st.sampled_from(sels)))
-        elif kind == 2:
-            words.append((draw(st.integers(0, 0xFFFFFFFF)) & 0x3F7FD5 & ~0x20100) | 2)
-        else:
-            words.append(draw(st.integers(0, 0xFFFFFFFF)))
-    return b"".join(w.to_bytes(4, "little") for w in words)
+    """The 64 bytes at ESP: a plausible return frame (EIP, CS, EFLAGS, ESP, SS, then segment
+    selectors), laid out for 32-bit pops or for 16-bit pops, or random words."""
+    sels = selectors(mode)
+    flags = st.integers(0, 0xFFFFFFFF).map(lambda v: (v & 0x3F7FD5 & ~0x20100) | 2)
+    layout = draw(st.sampled_from(("frame32", "frame16", "random")))
+    if layout == "random":
+        return draw(st.binary(min_size=64, max_size=64))
+    code = draw(code_address(32))
+    cs = 0 if mode.real else draw(sels)
+    words = [code, cs, draw(flags), draw(st.integers(0x4000, 0x6F00)), draw(sels)]
+    words += [draw(sels) for _ in range(4)]
+    if layout == "frame32":
+        words += [draw(st.integers(0, 0xFFFFFFFF)) for _ in range(16 - len(words))]
+        return b"".join(w.to_bytes(4, "little") for w in words)
+    words16 = [w & 0xFFFF for w in words] + [draw(st.integers(0, 0xFFFF)) for _ in range(32 - len(words))]
+    return b"".join(w.to_bytes(2, "little") for w in words16)
 
 
 @st.composite

@@ -79,7 +79,8 @@ class Case:
     def __repr__(self) -> str:
         regs = ", ".join(f"{k}={v:#x}" for k, v in self.spec.initial_regs().items())
         mode = "real" if self.spec.real else f"cpl{self.spec.cpl}"
-        return f"Case({' '.join(self.forms)} [{mode}] code={self.spec.code.hex(' ')} {regs} {self.note})"
+        stack = self.spec.memory.get(fresh.STACK_TOP, b"")[:24].hex()
+        return f"Case({' '.join(self.forms)} [{mode}] code={self.spec.code.hex(' ')} {regs} stack={stack} {self.note})"
 
 
 class Reference:
@@ -186,8 +187,8 @@ def differences(o: Outcome) -> list[str]:
         out.append(f"reference stopped: {b.diagnosis}")
     if a.exception != b.exception:
         out.append(f"exception: ours {a.exception}, unicorn {b.exception}")
-    elif a.exception == 14 and a.cr2 != b.cr2:
-        out.append(f"cr2: ours {a.cr2:#x}, unicorn {b.cr2:#x}")
+    elif a.exception == 14 and a.error_code is not None and a.cr2 != b.cr2:  # a page fault, not INT 14
+        out.append(f"cr2: ours {a.cr2}, unicorn {b.cr2}")
     for name in (*fresh.GPR_NAMES, "eip", *fresh.SEG_NAMES):
         if a.regs[name] != b.regs[name]:
             out.append(f"{name}: ours {a.regs[name]:#x}, unicorn {b.regs[name]:#x}")

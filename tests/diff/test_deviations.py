@@ -1,0 +1,47 @@
+"""Minimal cases proving each recorded unicorn deviation (tests/diff/deviations.py).
+
+Each test shows unicorn's outcome, the architected outcome, and that the interpreter gives
+the architected one. If unicorn is fixed, the test fails and the deviation must go.
+"""
+
+from __future__ import annotations
+
+from ring1.runtime import fresh
+
+from .harness import Case, run_both
+
+
+def _case(hexcode: str, cpl: int = 0, forms: list[str] | None = None, **regs: int) -> Case:
+    spec = fresh.FreshSpec(code=bytes.fromhex(hexcode), regs=regs, cpl=cpl)
+    return Case(spec, forms or [])
+
+
+def test_io_permission_not_checked_by_unicorn() -> None:
+    # IN AL, 0x80 at CPL 3, IOPL 0, with the TSS's I/O map base past its limit: SDM vol. 1
+    # 18.5.2 says every I/O instruction then faults with #GP(0) when CPL > IOPL.
+    o = run_both(_case("e4 80", cpl=3))
+    assert o.theirs.exception is None  # unicorn runs it
+    assert o.ours.exception == 13 and o.ours.error_code == 0
+
+
+def test_int6_reported_at_the_instruction() -> None:
+    # INT 6 is a software interrupt: the saved EIP is the next instruction (SDM INT n).
+    o = run_both(_case("cd 06"))
+    assert o.theirs.exception == 6 and o.theirs.regs["eip"] == fresh.CODE
+    assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh.CODE + 2
+    o = run_both(_case("cd 0d"))  # any other vector: unicorn reports the next instruction
+    assert o.theirs.regs["eip"] == o.ours.regs["eip"] == fresh.CODE + 2
+
+
+def test_icebp_is_undefined_in_unicorn() -> None:
+    # F1 (INT1/ICEBP) delivers #DB as a trap on every IA-32 processor since the 386.
+    o = run_both(_case("f1"))
+    assert o.theirs.exception == 6
+    assert o.ours.exception == 1 and o.ours.regs["eip"] == fresh.CODE + 1
+
+
+def test_invalid_lock_prefix_ignored_by_unicorn() -> None:
+    # LOCK CLC: CLC cannot be locked, so the CPU raises #UD (SDM vol. 2, LOCK).
+    o = run_both(_case("f0 f8"))
+    assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh.CODE + 2
+    assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh.CODE
