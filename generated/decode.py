@@ -64,6 +64,18 @@ OPCODES = {
     ((), 95): (
         ('POP_Ov', None, None, None, None, None, None),
     ),
+    ((), 96): (
+        ('PUSHA', None, None, None, None, None, None),
+    ),
+    ((), 97): (
+        ('POPA', None, None, None, None, None, None),
+    ),
+    ((), 104): (
+        ('PUSH_Iv', None, None, None, None, None, None),
+    ),
+    ((), 106): (
+        ('PUSH_Ib', None, None, None, None, None, None),
+    ),
     ((), 112): (
         ('JCC_REL8', None, None, None, None, None, None),
     ),
@@ -112,11 +124,247 @@ OPCODES = {
     ((), 127): (
         ('JCC_REL8', None, None, None, None, None, None),
     ),
+    ((), 134): (
+        ('XCHG_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((), 135): (
+        ('XCHG_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((), 136): (
+        ('MOV_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((), 137): (
+        ('MOV_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((), 138): (
+        ('MOV_Rb_RMb', None, None, None, None, None, None),
+    ),
+    ((), 139): (
+        ('MOV_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((), 141): (
+        ('LEA_Rv_M', None, 'mem', None, None, None, None),
+    ),
+    ((), 143): (
+        ('POP_Rv_8F', 0, 'reg', None, None, None, None),
+        ('POP_Mv', 0, 'mem', None, None, None, None),
+    ),
+    ((), 144): (
+        ('NOP', None, None, None, None, None, None),
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 145): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 146): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 147): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 148): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 149): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 150): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 151): (
+        ('XCHG_Ov_AX', None, None, None, None, None, None),
+    ),
+    ((), 152): (
+        ('CBW_CWDE', None, None, None, None, None, None),
+    ),
+    ((), 153): (
+        ('CWD_CDQ', None, None, None, None, None, None),
+    ),
+    ((), 160): (
+        ('MOV_AL_MOFFSb', None, None, None, None, None, None),
+    ),
+    ((), 161): (
+        ('MOV_AX_MOFFSv', None, None, None, None, None, None),
+    ),
+    ((), 162): (
+        ('MOV_MOFFSb_AL', None, None, None, None, None, None),
+    ),
+    ((), 163): (
+        ('MOV_MOFFSv_AX', None, None, None, None, None, None),
+    ),
+    ((), 176): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 177): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 178): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 179): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 180): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 181): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 182): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 183): (
+        ('MOV_Ob_Ib', None, None, None, None, None, None),
+    ),
+    ((), 184): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 185): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 186): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 187): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 188): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 189): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 190): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 191): (
+        ('MOV_Ov_Iv', None, None, None, None, None, None),
+    ),
+    ((), 198): (
+        ('MOV_RMb_Ib', 0, None, None, None, None, None),
+    ),
+    ((), 199): (
+        ('MOV_RMv_Iv', 0, None, None, None, None, None),
+    ),
+    ((), 200): (
+        ('ENTER', None, None, None, None, None, None),
+    ),
+    ((), 201): (
+        ('LEAVE', None, None, None, None, None, None),
+    ),
+    ((), 215): (
+        ('XLAT', None, None, None, None, None, None),
+    ),
     ((), 244): (
         ('HLT', None, None, None, None, None, None),
     ),
+    ((), 255): (
+        ('PUSH_RMv', 6, None, None, None, None, None),
+    ),
     ((15,), 11): (
         ('UD2', None, None, None, None, None, None),
+    ),
+    ((15,), 31): (
+        ('NOP_RMv', 0, None, None, None, None, None),
+    ),
+    ((15,), 64): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 65): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 66): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 67): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 68): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 69): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 70): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 71): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 72): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 73): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 74): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 75): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 76): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 77): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 78): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 79): (
+        ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((15,), 176): (
+        ('CMPXCHG_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((15,), 177): (
+        ('CMPXCHG_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((15,), 182): (
+        ('MOVZX_Rv_RMb', None, None, None, None, None, None),
+    ),
+    ((15,), 183): (
+        ('MOVZX_Rv_RMw', None, None, None, None, None, None),
+    ),
+    ((15,), 190): (
+        ('MOVSX_Rv_RMb', None, None, None, None, None, None),
+    ),
+    ((15,), 191): (
+        ('MOVSX_Rv_RMw', None, None, None, None, None, None),
+    ),
+    ((15,), 192): (
+        ('XADD_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((15,), 193): (
+        ('XADD_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((15,), 199): (
+        ('CMPXCHG8B_M64', 1, 'mem', None, None, None, None),
+    ),
+    ((15,), 200): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 201): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 202): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 203): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 204): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 205): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 206): (
+        ('BSWAP_Od', None, None, None, None, None, None),
+    ),
+    ((15,), 207): (
+        ('BSWAP_Od', None, None, None, None, None, None),
     ),
 }
 
@@ -125,8 +373,49 @@ LAYOUT = {
     'ADD_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:5
     'ADD_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:16
     'JCC_REL8': (False, 'cc', ('cb',), (('target', 'rel', 8),)),  # spec/control.r1:3
-    'PUSH_Ov': (False, 'r', (), (('src', 'opreg', 'v'),)),  # spec/datamov.r1:4
-    'POP_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/datamov.r1:14
+    'MOV_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:19
+    'MOV_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:28
+    'MOV_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/datamov.r1:37
+    'MOV_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/datamov.r1:46
+    'MOV_AL_MOFFSb': (False, None, ('mo',), (('dst', 'fixed', 8), ('src', 'moffs', 8))),  # spec/datamov.r1:55
+    'MOV_AX_MOFFSv': (False, None, ('mo',), (('dst', 'fixed', 'v'), ('src', 'moffs', 'v'))),  # spec/datamov.r1:64
+    'MOV_MOFFSb_AL': (False, None, ('mo',), (('dst', 'moffs', 8), ('src', 'fixed', 8))),  # spec/datamov.r1:73
+    'MOV_MOFFSv_AX': (False, None, ('mo',), (('dst', 'moffs', 'v'), ('src', 'fixed', 'v'))),  # spec/datamov.r1:82
+    'MOV_Ob_Ib': (False, 'r', ('ib',), (('dst', 'opreg', 8), ('src', 'imm', 8))),  # spec/datamov.r1:91
+    'MOV_Ov_Iv': (False, 'r', ('iv',), (('dst', 'opreg', 'v'), ('src', 'imm', 'v'))),  # spec/datamov.r1:100
+    'MOV_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/datamov.r1:109
+    'MOV_RMv_Iv': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/datamov.r1:118
+    'CMOVCC_Rv_RMv': (True, 'cc', (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/datamov.r1:130
+    'XCHG_RMb_Rb': (True, None, (), (('a', 'rm', 8), ('b', 'reg', 8))),  # spec/datamov.r1:146
+    'XCHG_RMv_Rv': (True, None, (), (('a', 'rm', 'v'), ('b', 'reg', 'v'))),  # spec/datamov.r1:156
+    'XCHG_Ov_AX': (False, 'r', (), (('a', 'opreg', 'v'), ('b', 'fixed', 'v'))),  # spec/datamov.r1:166
+    'BSWAP_Od': (False, 'r', (), (('dst', 'opreg', 32),)),  # spec/datamov.r1:177
+    'XADD_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:193
+    'XADD_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:204
+    'CMPXCHG_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:219
+    'CMPXCHG_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:235
+    'CMPXCHG8B_M64': (True, None, (), (('dst', 'mem', 64),)),  # spec/datamov.r1:252
+    'PUSH_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:278
+    'PUSH_Ov': (False, 'r', (), (('src', 'opreg', 'v'),)),  # spec/datamov.r1:288
+    'PUSH_Ib': (False, None, ('ib',), (('src', 'simm', 'v'),)),  # spec/datamov.r1:299
+    'PUSH_Iv': (False, None, ('iv',), (('src', 'imm', 'v'),)),  # spec/datamov.r1:308
+    'POP_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/datamov.r1:318
+    'POP_Rv_8F': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/datamov.r1:329
+    'POP_Mv': (True, None, (), (('dst', 'mem', 'v'),)),  # spec/datamov.r1:341
+    'PUSHA': (False, None, (), ()),  # spec/datamov.r1:360
+    'POPA': (False, None, (), ()),  # spec/datamov.r1:378
+    'MOVSX_Rv_RMb': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 8))),  # spec/datamov.r1:406
+    'MOVSX_Rv_RMw': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/datamov.r1:415
+    'MOVZX_Rv_RMb': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 8))),  # spec/datamov.r1:424
+    'MOVZX_Rv_RMw': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/datamov.r1:433
+    'CBW_CWDE': (False, None, (), ()),  # spec/datamov.r1:443
+    'CWD_CDQ': (False, None, (), ()),  # spec/datamov.r1:451
+    'LEA_Rv_M': (True, None, (), (('dst', 'reg', 'v'), ('src', 'addr', None))),  # spec/datamov.r1:462
+    'NOP': (False, None, (), ()),  # spec/datamov.r1:473
+    'NOP_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:482
+    'XLAT': (False, None, (), ()),  # spec/datamov.r1:493
+    'ENTER': (False, None, ('iw', 'ib'), (('alloc', 'imm', 16), ('level', 'imm', 8))),  # spec/datamov.r1:512
+    'LEAVE': (False, None, (), ()),  # spec/datamov.r1:546
     'HLT': (False, None, (), ()),  # spec/system.r1:4
     'UD2': (False, None, (), ()),  # spec/system.r1:13
 }
@@ -137,8 +426,49 @@ ENCODINGS = {
     'ADD_RMb_Rb': ((0,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:5
     'ADD_RMv_Rv': ((1,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:16
     'JCC_REL8': ((112,), 'cc', None, None, None, None, ('cb',), None, None, None),  # spec/control.r1:3
-    'PUSH_Ov': ((80,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:4
-    'POP_Ov': ((88,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:14
+    'MOV_RMb_Rb': ((136,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:19
+    'MOV_RMv_Rv': ((137,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:28
+    'MOV_Rb_RMb': ((138,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:37
+    'MOV_Rv_RMv': ((139,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:46
+    'MOV_AL_MOFFSb': ((160,), None, None, None, None, None, ('mo',), None, None, None),  # spec/datamov.r1:55
+    'MOV_AX_MOFFSv': ((161,), None, None, None, None, None, ('mo',), None, None, None),  # spec/datamov.r1:64
+    'MOV_MOFFSb_AL': ((162,), None, None, None, None, None, ('mo',), None, None, None),  # spec/datamov.r1:73
+    'MOV_MOFFSv_AX': ((163,), None, None, None, None, None, ('mo',), None, None, None),  # spec/datamov.r1:82
+    'MOV_Ob_Ib': ((176,), 'r', None, None, None, None, ('ib',), None, None, None),  # spec/datamov.r1:91
+    'MOV_Ov_Iv': ((184,), 'r', None, None, None, None, ('iv',), None, None, None),  # spec/datamov.r1:100
+    'MOV_RMb_Ib': ((198,), None, '0', None, None, None, ('ib',), None, None, None),  # spec/datamov.r1:109
+    'MOV_RMv_Iv': ((199,), None, '0', None, None, None, ('iv',), None, None, None),  # spec/datamov.r1:118
+    'CMOVCC_Rv_RMv': ((15, 64), 'cc', 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:130
+    'XCHG_RMb_Rb': ((134,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:146
+    'XCHG_RMv_Rv': ((135,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:156
+    'XCHG_Ov_AX': ((144,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:166
+    'BSWAP_Od': ((15, 200), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:177
+    'XADD_RMb_Rb': ((15, 192), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:193
+    'XADD_RMv_Rv': ((15, 193), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:204
+    'CMPXCHG_RMb_Rb': ((15, 176), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:219
+    'CMPXCHG_RMv_Rv': ((15, 177), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:235
+    'CMPXCHG8B_M64': ((15, 199), None, '1', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:252
+    'PUSH_RMv': ((255,), None, '6', None, None, None, (), None, None, None),  # spec/datamov.r1:278
+    'PUSH_Ov': ((80,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:288
+    'PUSH_Ib': ((106,), None, None, None, None, None, ('ib',), None, None, None),  # spec/datamov.r1:299
+    'PUSH_Iv': ((104,), None, None, None, None, None, ('iv',), None, None, None),  # spec/datamov.r1:308
+    'POP_Ov': ((88,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:318
+    'POP_Rv_8F': ((143,), None, '0', None, 'reg', None, (), None, None, None),  # spec/datamov.r1:329
+    'POP_Mv': ((143,), None, '0', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:341
+    'PUSHA': ((96,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:360
+    'POPA': ((97,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:378
+    'MOVSX_Rv_RMb': ((15, 190), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:406
+    'MOVSX_Rv_RMw': ((15, 191), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:415
+    'MOVZX_Rv_RMb': ((15, 182), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:424
+    'MOVZX_Rv_RMw': ((15, 183), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:433
+    'CBW_CWDE': ((152,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:443
+    'CWD_CDQ': ((153,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:451
+    'LEA_Rv_M': ((141,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:462
+    'NOP': ((144,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:473
+    'NOP_RMv': ((15, 31), None, '0', None, None, None, (), None, None, None),  # spec/datamov.r1:482
+    'XLAT': ((215,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:493
+    'ENTER': ((200,), None, None, None, None, None, ('iw', 'ib'), None, None, None),  # spec/datamov.r1:512
+    'LEAVE': ((201,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:546
     'HLT': ((244,), None, None, None, None, None, (), None, None, None),  # spec/system.r1:4
     'UD2': ((15, 11), None, None, None, None, None, (), None, None, None),  # spec/system.r1:13
 }

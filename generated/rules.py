@@ -15,8 +15,49 @@ RULES = {
     'ADD_RMb_Rb': ('ident', None, (), ()),  # spec/arith.r1:5
     'ADD_RMv_Rv': ('ident', None, (), ()),  # spec/arith.r1:16
     'JCC_REL8': ('direct', 'jcc', (), ()),  # spec/control.r1:3
-    'PUSH_Ov': ('ident', None, (), ()),  # spec/datamov.r1:4
-    'POP_Ov': ('ident', None, (), ()),  # spec/datamov.r1:14
+    'MOV_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:19
+    'MOV_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:28
+    'MOV_Rb_RMb': ('ident', None, (), ()),  # spec/datamov.r1:37
+    'MOV_Rv_RMv': ('ident', None, (), ()),  # spec/datamov.r1:46
+    'MOV_AL_MOFFSb': ('ident', None, (), ()),  # spec/datamov.r1:55
+    'MOV_AX_MOFFSv': ('ident', None, (), ()),  # spec/datamov.r1:64
+    'MOV_MOFFSb_AL': ('ident', None, (), ()),  # spec/datamov.r1:73
+    'MOV_MOFFSv_AX': ('ident', None, (), ()),  # spec/datamov.r1:82
+    'MOV_Ob_Ib': ('ident', None, (), ()),  # spec/datamov.r1:91
+    'MOV_Ov_Iv': ('ident', None, (), ()),  # spec/datamov.r1:100
+    'MOV_RMb_Ib': ('ident', None, (), ()),  # spec/datamov.r1:109
+    'MOV_RMv_Iv': ('ident', None, (), ()),  # spec/datamov.r1:118
+    'CMOVCC_Rv_RMv': ('ident', None, (), ()),  # spec/datamov.r1:130
+    'XCHG_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:146
+    'XCHG_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:156
+    'XCHG_Ov_AX': ('ident', None, (), ()),  # spec/datamov.r1:166
+    'BSWAP_Od': ('ident', None, (), ()),  # spec/datamov.r1:177
+    'XADD_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:193
+    'XADD_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:204
+    'CMPXCHG_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:219
+    'CMPXCHG_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:235
+    'CMPXCHG8B_M64': ('ident', None, (), ()),  # spec/datamov.r1:252
+    'PUSH_RMv': ('ident', None, (), ()),  # spec/datamov.r1:278
+    'PUSH_Ov': ('ident', None, (), ()),  # spec/datamov.r1:288
+    'PUSH_Ib': ('ident', None, (), ()),  # spec/datamov.r1:299
+    'PUSH_Iv': ('ident', None, (), ()),  # spec/datamov.r1:308
+    'POP_Ov': ('ident', None, (), ()),  # spec/datamov.r1:318
+    'POP_Rv_8F': ('ident', None, (), ()),  # spec/datamov.r1:329
+    'POP_Mv': ('ident', None, (), ()),  # spec/datamov.r1:341
+    'PUSHA': ('ident', None, (), ()),  # spec/datamov.r1:360
+    'POPA': ('ident', None, (), ()),  # spec/datamov.r1:378
+    'MOVSX_Rv_RMb': ('ident', None, (), ()),  # spec/datamov.r1:406
+    'MOVSX_Rv_RMw': ('ident', None, (), ()),  # spec/datamov.r1:415
+    'MOVZX_Rv_RMb': ('ident', None, (), ()),  # spec/datamov.r1:424
+    'MOVZX_Rv_RMw': ('ident', None, (), ()),  # spec/datamov.r1:433
+    'CBW_CWDE': ('ident', None, (), ()),  # spec/datamov.r1:443
+    'CWD_CDQ': ('ident', None, (), ()),  # spec/datamov.r1:451
+    'LEA_Rv_M': ('ident', None, (), ()),  # spec/datamov.r1:462
+    'NOP': ('ident', None, (), ()),  # spec/datamov.r1:473
+    'NOP_RMv': ('ident', None, (), ()),  # spec/datamov.r1:482
+    'XLAT': ('ident', None, (), ()),  # spec/datamov.r1:493
+    'ENTER': ('ident', None, (), ()),  # spec/datamov.r1:512
+    'LEAVE': ('ident', None, (), ()),  # spec/datamov.r1:546
     'HLT': ('callout', None, (), ('halt',)),  # spec/system.r1:4
     'UD2': ('trap', None, (), ()),  # spec/system.r1:13
 }
