@@ -526,14 +526,14 @@ LAYOUT = {
     'STD': (False, None, (), ()),  # spec/flags.r1:113
     'LAHF': (False, None, (), ()),  # spec/flags.r1:126
     'SAHF': (False, None, (), ()),  # spec/flags.r1:136
-    'IN_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('port', 'imm', 8))),  # spec/io.r1:11
-    'IN_AX_Ib': (False, None, ('ib',), (('dst', 'fixed', 'v'), ('port', 'imm', 8))),  # spec/io.r1:21
-    'OUT_Ib_AL': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 8))),  # spec/io.r1:31
-    'OUT_Ib_AX': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 'v'))),  # spec/io.r1:41
-    'IN_AL_DX': (False, None, (), (('dst', 'fixed', 8), ('port', 'fixed', 16))),  # spec/io.r1:52
-    'IN_AX_DX': (False, None, (), (('dst', 'fixed', 'v'), ('port', 'fixed', 16))),  # spec/io.r1:62
-    'OUT_DX_AL': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 8))),  # spec/io.r1:72
-    'OUT_DX_AX': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 'v'))),  # spec/io.r1:82
+    'IN_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('port', 'imm', 8))),  # spec/io.r1:12
+    'IN_AX_Ib': (False, None, ('ib',), (('dst', 'fixed', 'v'), ('port', 'imm', 8))),  # spec/io.r1:22
+    'OUT_Ib_AL': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 8))),  # spec/io.r1:32
+    'OUT_Ib_AX': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 'v'))),  # spec/io.r1:42
+    'IN_AL_DX': (False, None, (), (('dst', 'fixed', 8), ('port', 'fixed', 16))),  # spec/io.r1:53
+    'IN_AX_DX': (False, None, (), (('dst', 'fixed', 'v'), ('port', 'fixed', 16))),  # spec/io.r1:63
+    'OUT_DX_AL': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 8))),  # spec/io.r1:73
+    'OUT_DX_AX': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 'v'))),  # spec/io.r1:83
     'MOVSB': (False, None, (), ()),  # spec/string.r1:20
     'MOVSv': (False, None, (), ()),  # spec/string.r1:36
     'CMPSB': (False, None, (), ()),  # spec/string.r1:56
@@ -612,14 +612,14 @@ ENCODINGS = {
     'STD': ((253,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:113
     'LAHF': ((159,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:126
     'SAHF': ((158,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:136
-    'IN_AL_Ib': ((228,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:11
-    'IN_AX_Ib': ((229,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:21
-    'OUT_Ib_AL': ((230,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:31
-    'OUT_Ib_AX': ((231,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:41
-    'IN_AL_DX': ((236,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:52
-    'IN_AX_DX': ((237,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:62
-    'OUT_DX_AL': ((238,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:72
-    'OUT_DX_AX': ((239,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:82
+    'IN_AL_Ib': ((228,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:12
+    'IN_AX_Ib': ((229,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:22
+    'OUT_Ib_AL': ((230,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:32
+    'OUT_Ib_AX': ((231,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:42
+    'IN_AL_DX': ((236,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:53
+    'IN_AX_DX': ((237,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:63
+    'OUT_DX_AL': ((238,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:73
+    'OUT_DX_AX': ((239,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:83
     'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
     'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
     'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56

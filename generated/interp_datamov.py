@@ -1441,7 +1441,7 @@ if (l_lvl > 0):  # datamov.r1:526
     l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:535
     wr16(2, l_top, l_frame)  # datamov.r1:536
 l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:538
-b_check_write(2, l_top, 16)  # datamov.r1:539
+b_check_write(2, l_top, 8)  # datamov.r1:539
 R[5] = R[5] & 0xffff0000 | l_frame & 0xffff  # datamov.r1:540
 if S.stack32:  # datamov.r1:541
     R[4] = l_top & 0xffffffff  # datamov.r1:541
@@ -1468,7 +1468,7 @@ if (l_lvl > 0):  # datamov.r1:526
     l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:535
     wr32(2, l_top, l_frame)  # datamov.r1:536
 l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:538
-b_check_write(2, l_top, 32)  # datamov.r1:539
+b_check_write(2, l_top, 8)  # datamov.r1:539
 R[5] = l_frame & 0xffffffff  # datamov.r1:540
 if S.stack32:  # datamov.r1:541
     R[4] = l_top & 0xffffffff  # datamov.r1:541

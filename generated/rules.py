@@ -69,14 +69,14 @@ RULES = {
     'STD': ('ident', None, (), ()),  # spec/flags.r1:113
     'LAHF': ('ident', None, (), ()),  # spec/flags.r1:126
     'SAHF': ('ident', None, (), ()),  # spec/flags.r1:136
-    'IN_AL_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:11
-    'IN_AX_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:21
-    'OUT_Ib_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:31
-    'OUT_Ib_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:41
-    'IN_AL_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:52
-    'IN_AX_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:62
-    'OUT_DX_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:72
-    'OUT_DX_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:82
+    'IN_AL_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:12
+    'IN_AX_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:22
+    'OUT_Ib_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:32
+    'OUT_Ib_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:42
+    'IN_AL_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:53
+    'IN_AX_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:63
+    'OUT_DX_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:73
+    'OUT_DX_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:83
     'MOVSB': ('ident', None, (), ()),  # spec/string.r1:20
     'MOVSv': ('ident', None, (), ()),  # spec/string.r1:36
     'CMPSB': ('ident', None, (), ()),  # spec/string.r1:56
