@@ -514,7 +514,7 @@ LAYOUT = {
     'NOP_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:482
     'XLAT': (False, None, (), ()),  # spec/datamov.r1:493
     'ENTER': (False, None, ('iw', 'ib'), (('alloc', 'imm', 16), ('level', 'imm', 8))),  # spec/datamov.r1:512
-    'LEAVE': (False, None, (), ()),  # spec/datamov.r1:546
+    'LEAVE': (False, None, (), ()),  # spec/datamov.r1:547
     'PUSHF': (False, None, (), ()),  # spec/flags.r1:14
     'POPF': (False, None, (), ()),  # spec/flags.r1:31
     'CLI': (False, None, (), ()),  # spec/flags.r1:52
@@ -600,7 +600,7 @@ ENCODINGS = {
     'NOP_RMv': ((15, 31), None, '0', None, None, None, (), None, None, None),  # spec/datamov.r1:482
     'XLAT': ((215,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:493
     'ENTER': ((200,), None, None, None, None, None, ('iw', 'ib'), None, None, None),  # spec/datamov.r1:512
-    'LEAVE': ((201,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:546
+    'LEAVE': ((201,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:547
     'PUSHF': ((156,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:14
     'POPF': ((157,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:31
     'CLI': ((250,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:52

@@ -932,7 +932,7 @@ FORMS = {
     'LEAVE': FormInfo(
         name='LEAVE',
         mnemonics={None: 'leave'},
-        source='spec/datamov.r1:546',
+        source='spec/datamov.r1:547',
         encoding='C9',
         operands=(),
         width='v',

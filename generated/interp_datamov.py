@@ -1424,78 +1424,78 @@ R[0] = R[0] & 0xffffff00 | rd8($dseg, ((R[3] + (R[0] & 0xff)) & 4294967295)) & 0
 
 # ENTER [o16 a16, o16 a32] from spec/datamov.r1:512
 _T161 = """\
-l_bits = (32 if S.stack32 else 16)  # datamov.r1:520
-l_n = 2  # datamov.r1:521
-l_lvl = ($level % 32)  # datamov.r1:522
-l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-2)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:523
-wr16(2, l_frame, (R[5] & 0xffff))  # datamov.r1:524
-l_top = l_frame  # datamov.r1:525
-if (l_lvl > 0):  # datamov.r1:526
-    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:527
-    l_i = 1  # datamov.r1:528
-    while (l_i < l_lvl):  # datamov.r1:529
-        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:530
-        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:531
-        wr16(2, l_top, rd16(2, l_bp_))  # datamov.r1:532
-        l_i = (l_i + 1)  # datamov.r1:533
-    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:535
-    wr16(2, l_top, l_frame)  # datamov.r1:536
-l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:538
-b_check_write(2, l_top, 8)  # datamov.r1:539
-R[5] = R[5] & 0xffff0000 | l_frame & 0xffff  # datamov.r1:540
-if S.stack32:  # datamov.r1:541
-    R[4] = l_top & 0xffffffff  # datamov.r1:541
+l_bits = (32 if S.stack32 else 16)  # datamov.r1:521
+l_n = 2  # datamov.r1:522
+l_lvl = ($level % 32)  # datamov.r1:523
+l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-2)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:524
+wr16(2, l_frame, (R[5] & 0xffff))  # datamov.r1:525
+l_top = l_frame  # datamov.r1:526
+if (l_lvl > 0):  # datamov.r1:527
+    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:528
+    l_i = 1  # datamov.r1:529
+    while (l_i < l_lvl):  # datamov.r1:530
+        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:531
+        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:532
+        wr16(2, l_top, rd16(2, l_bp_))  # datamov.r1:533
+        l_i = (l_i + 1)  # datamov.r1:534
+    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:536
+    wr16(2, l_top, l_frame)  # datamov.r1:537
+l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:539
+b_check_write(2, l_top, 8)  # datamov.r1:540
+R[5] = R[5] & 0xffff0000 | l_frame & 0xffff  # datamov.r1:541
+if S.stack32:  # datamov.r1:542
+    R[4] = l_top & 0xffffffff  # datamov.r1:542
 else:
-    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:541
+    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:542
 """
 
 # ENTER [o32 a16, o32 a32] from spec/datamov.r1:512
 _T162 = """\
-l_bits = (32 if S.stack32 else 16)  # datamov.r1:520
-l_n = 4  # datamov.r1:521
-l_lvl = ($level % 32)  # datamov.r1:522
-l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-4)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:523
-wr32(2, l_frame, R[5])  # datamov.r1:524
-l_top = l_frame  # datamov.r1:525
-if (l_lvl > 0):  # datamov.r1:526
-    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:527
-    l_i = 1  # datamov.r1:528
-    while (l_i < l_lvl):  # datamov.r1:529
-        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:530
-        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:531
-        wr32(2, l_top, rd32(2, l_bp_))  # datamov.r1:532
-        l_i = (l_i + 1)  # datamov.r1:533
-    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:535
-    wr32(2, l_top, l_frame)  # datamov.r1:536
-l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:538
-b_check_write(2, l_top, 8)  # datamov.r1:539
-R[5] = l_frame & 0xffffffff  # datamov.r1:540
-if S.stack32:  # datamov.r1:541
-    R[4] = l_top & 0xffffffff  # datamov.r1:541
+l_bits = (32 if S.stack32 else 16)  # datamov.r1:521
+l_n = 4  # datamov.r1:522
+l_lvl = ($level % 32)  # datamov.r1:523
+l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-4)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:524
+wr32(2, l_frame, R[5])  # datamov.r1:525
+l_top = l_frame  # datamov.r1:526
+if (l_lvl > 0):  # datamov.r1:527
+    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:528
+    l_i = 1  # datamov.r1:529
+    while (l_i < l_lvl):  # datamov.r1:530
+        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:531
+        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:532
+        wr32(2, l_top, rd32(2, l_bp_))  # datamov.r1:533
+        l_i = (l_i + 1)  # datamov.r1:534
+    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:536
+    wr32(2, l_top, l_frame)  # datamov.r1:537
+l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:539
+b_check_write(2, l_top, 8)  # datamov.r1:540
+R[5] = l_frame & 0xffffffff  # datamov.r1:541
+if S.stack32:  # datamov.r1:542
+    R[4] = l_top & 0xffffffff  # datamov.r1:542
 else:
-    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:541
+    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:542
 """
 
-# LEAVE [o16 a16, o16 a32] from spec/datamov.r1:546
+# LEAVE [o16 a16, o16 a32] from spec/datamov.r1:547
 _T163 = """\
-l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:553
-l_v = rd16(2, l_frame)  # datamov.r1:554
-if S.stack32:  # datamov.r1:555
-    R[4] = ((l_frame + 2) & 4294967295) & 0xffffffff  # datamov.r1:555
+l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:554
+l_v = rd16(2, l_frame)  # datamov.r1:555
+if S.stack32:  # datamov.r1:556
+    R[4] = ((l_frame + 2) & 4294967295) & 0xffffffff  # datamov.r1:556
 else:
-    R[4] = R[4] & 0xffff0000 | ((l_frame + 2) & 65535) & 0xffff  # datamov.r1:555
-R[5] = R[5] & 0xffff0000 | l_v & 0xffff  # datamov.r1:556
+    R[4] = R[4] & 0xffff0000 | ((l_frame + 2) & 65535) & 0xffff  # datamov.r1:556
+R[5] = R[5] & 0xffff0000 | l_v & 0xffff  # datamov.r1:557
 """
 
-# LEAVE [o32 a16, o32 a32] from spec/datamov.r1:546
+# LEAVE [o32 a16, o32 a32] from spec/datamov.r1:547
 _T164 = """\
-l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:553
-l_v = rd32(2, l_frame)  # datamov.r1:554
-if S.stack32:  # datamov.r1:555
-    R[4] = ((l_frame + 4) & 4294967295) & 0xffffffff  # datamov.r1:555
+l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:554
+l_v = rd32(2, l_frame)  # datamov.r1:555
+if S.stack32:  # datamov.r1:556
+    R[4] = ((l_frame + 4) & 4294967295) & 0xffffffff  # datamov.r1:556
 else:
-    R[4] = R[4] & 0xffff0000 | ((l_frame + 4) & 65535) & 0xffff  # datamov.r1:555
-R[5] = l_v & 0xffffffff  # datamov.r1:556
+    R[4] = R[4] & 0xffff0000 | ((l_frame + 4) & 65535) & 0xffff  # datamov.r1:556
+R[5] = l_v & 0xffffffff  # datamov.r1:557
 """
 
 TEMPLATES = {
@@ -1989,7 +1989,7 @@ TEMPLATES = {
         (32, 16, None, None, None): _T162,
         (32, 32, None, None, None): _T162,
     },
-    # spec/datamov.r1:546
+    # spec/datamov.r1:547
     'LEAVE': {
         (16, 16, None, None, None): _T163,
         (16, 32, None, None, None): _T163,

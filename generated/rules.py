@@ -57,7 +57,7 @@ RULES = {
     'NOP_RMv': ('ident', None, (), ()),  # spec/datamov.r1:482
     'XLAT': ('ident', None, (), ()),  # spec/datamov.r1:493
     'ENTER': ('ident', None, (), ()),  # spec/datamov.r1:512
-    'LEAVE': ('ident', None, (), ()),  # spec/datamov.r1:546
+    'LEAVE': ('ident', None, (), ()),  # spec/datamov.r1:547
     'PUSHF': ('callout', None, ('if', 'iopl', 'tf', 'nt', 'ac'), ()),  # spec/flags.r1:14
     'POPF': ('callout', None, ('cpl', 'iopl'), ('if', 'iopl', 'tf', 'nt', 'rf', 'ac')),  # spec/flags.r1:31
     'CLI': ('callout', None, (), ('if',)),  # spec/flags.r1:52
