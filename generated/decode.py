@@ -490,31 +490,31 @@ LAYOUT = {
     'XCHG_Ov_AX': (False, 'r', (), (('a', 'opreg', 'v'), ('b', 'fixed', 'v'))),  # spec/datamov.r1:166
     'BSWAP_Od': (False, 'r', (), (('dst', 'opreg', 32),)),  # spec/datamov.r1:177
     'XADD_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:193
-    'XADD_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:204
-    'CMPXCHG_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:219
-    'CMPXCHG_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:235
-    'CMPXCHG8B_M64': (True, None, (), (('dst', 'mem', 64),)),  # spec/datamov.r1:252
-    'PUSH_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:278
-    'PUSH_Ov': (False, 'r', (), (('src', 'opreg', 'v'),)),  # spec/datamov.r1:288
-    'PUSH_Ib': (False, None, ('ib',), (('src', 'simm', 'v'),)),  # spec/datamov.r1:299
-    'PUSH_Iv': (False, None, ('iv',), (('src', 'imm', 'v'),)),  # spec/datamov.r1:308
-    'POP_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/datamov.r1:318
-    'POP_Rv_8F': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/datamov.r1:329
-    'POP_Mv': (True, None, (), (('dst', 'mem', 'v'),)),  # spec/datamov.r1:341
-    'PUSHA': (False, None, (), ()),  # spec/datamov.r1:360
-    'POPA': (False, None, (), ()),  # spec/datamov.r1:378
-    'MOVSX_Rv_RMb': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 8))),  # spec/datamov.r1:406
-    'MOVSX_Rv_RMw': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/datamov.r1:415
-    'MOVZX_Rv_RMb': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 8))),  # spec/datamov.r1:424
-    'MOVZX_Rv_RMw': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/datamov.r1:433
-    'CBW_CWDE': (False, None, (), ()),  # spec/datamov.r1:443
-    'CWD_CDQ': (False, None, (), ()),  # spec/datamov.r1:451
-    'LEA_Rv_M': (True, None, (), (('dst', 'reg', 'v'), ('src', 'addr', None))),  # spec/datamov.r1:462
-    'NOP': (False, None, (), ()),  # spec/datamov.r1:473
-    'NOP_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:482
-    'XLAT': (False, None, (), ()),  # spec/datamov.r1:493
-    'ENTER': (False, None, ('iw', 'ib'), (('alloc', 'imm', 16), ('level', 'imm', 8))),  # spec/datamov.r1:512
-    'LEAVE': (False, None, (), ()),  # spec/datamov.r1:547
+    'XADD_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:212
+    'CMPXCHG_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:235
+    'CMPXCHG_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:251
+    'CMPXCHG8B_M64': (True, None, (), (('dst', 'mem', 64),)),  # spec/datamov.r1:268
+    'PUSH_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:294
+    'PUSH_Ov': (False, 'r', (), (('src', 'opreg', 'v'),)),  # spec/datamov.r1:304
+    'PUSH_Ib': (False, None, ('ib',), (('src', 'simm', 'v'),)),  # spec/datamov.r1:315
+    'PUSH_Iv': (False, None, ('iv',), (('src', 'imm', 'v'),)),  # spec/datamov.r1:324
+    'POP_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/datamov.r1:334
+    'POP_Rv_8F': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/datamov.r1:345
+    'POP_Mv': (True, None, (), (('dst', 'mem', 'v'),)),  # spec/datamov.r1:357
+    'PUSHA': (False, None, (), ()),  # spec/datamov.r1:376
+    'POPA': (False, None, (), ()),  # spec/datamov.r1:394
+    'MOVSX_Rv_RMb': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 8))),  # spec/datamov.r1:422
+    'MOVSX_Rv_RMw': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/datamov.r1:431
+    'MOVZX_Rv_RMb': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 8))),  # spec/datamov.r1:440
+    'MOVZX_Rv_RMw': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/datamov.r1:449
+    'CBW_CWDE': (False, None, (), ()),  # spec/datamov.r1:459
+    'CWD_CDQ': (False, None, (), ()),  # spec/datamov.r1:467
+    'LEA_Rv_M': (True, None, (), (('dst', 'reg', 'v'), ('src', 'addr', None))),  # spec/datamov.r1:478
+    'NOP': (False, None, (), ()),  # spec/datamov.r1:489
+    'NOP_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/datamov.r1:498
+    'XLAT': (False, None, (), ()),  # spec/datamov.r1:509
+    'ENTER': (False, None, ('iw', 'ib'), (('alloc', 'imm', 16), ('level', 'imm', 8))),  # spec/datamov.r1:528
+    'LEAVE': (False, None, (), ()),  # spec/datamov.r1:563
     'PUSHF': (False, None, (), ()),  # spec/flags.r1:14
     'POPF': (False, None, (), ()),  # spec/flags.r1:31
     'CLI': (False, None, (), ()),  # spec/flags.r1:52
@@ -576,31 +576,31 @@ ENCODINGS = {
     'XCHG_Ov_AX': ((144,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:166
     'BSWAP_Od': ((15, 200), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:177
     'XADD_RMb_Rb': ((15, 192), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:193
-    'XADD_RMv_Rv': ((15, 193), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:204
-    'CMPXCHG_RMb_Rb': ((15, 176), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:219
-    'CMPXCHG_RMv_Rv': ((15, 177), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:235
-    'CMPXCHG8B_M64': ((15, 199), None, '1', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:252
-    'PUSH_RMv': ((255,), None, '6', None, None, None, (), None, None, None),  # spec/datamov.r1:278
-    'PUSH_Ov': ((80,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:288
-    'PUSH_Ib': ((106,), None, None, None, None, None, ('ib',), None, None, None),  # spec/datamov.r1:299
-    'PUSH_Iv': ((104,), None, None, None, None, None, ('iv',), None, None, None),  # spec/datamov.r1:308
-    'POP_Ov': ((88,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:318
-    'POP_Rv_8F': ((143,), None, '0', None, 'reg', None, (), None, None, None),  # spec/datamov.r1:329
-    'POP_Mv': ((143,), None, '0', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:341
-    'PUSHA': ((96,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:360
-    'POPA': ((97,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:378
-    'MOVSX_Rv_RMb': ((15, 190), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:406
-    'MOVSX_Rv_RMw': ((15, 191), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:415
-    'MOVZX_Rv_RMb': ((15, 182), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:424
-    'MOVZX_Rv_RMw': ((15, 183), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:433
-    'CBW_CWDE': ((152,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:443
-    'CWD_CDQ': ((153,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:451
-    'LEA_Rv_M': ((141,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:462
-    'NOP': ((144,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:473
-    'NOP_RMv': ((15, 31), None, '0', None, None, None, (), None, None, None),  # spec/datamov.r1:482
-    'XLAT': ((215,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:493
-    'ENTER': ((200,), None, None, None, None, None, ('iw', 'ib'), None, None, None),  # spec/datamov.r1:512
-    'LEAVE': ((201,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:547
+    'XADD_RMv_Rv': ((15, 193), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:212
+    'CMPXCHG_RMb_Rb': ((15, 176), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:235
+    'CMPXCHG_RMv_Rv': ((15, 177), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:251
+    'CMPXCHG8B_M64': ((15, 199), None, '1', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:268
+    'PUSH_RMv': ((255,), None, '6', None, None, None, (), None, None, None),  # spec/datamov.r1:294
+    'PUSH_Ov': ((80,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:304
+    'PUSH_Ib': ((106,), None, None, None, None, None, ('ib',), None, None, None),  # spec/datamov.r1:315
+    'PUSH_Iv': ((104,), None, None, None, None, None, ('iv',), None, None, None),  # spec/datamov.r1:324
+    'POP_Ov': ((88,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:334
+    'POP_Rv_8F': ((143,), None, '0', None, 'reg', None, (), None, None, None),  # spec/datamov.r1:345
+    'POP_Mv': ((143,), None, '0', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:357
+    'PUSHA': ((96,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:376
+    'POPA': ((97,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:394
+    'MOVSX_Rv_RMb': ((15, 190), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:422
+    'MOVSX_Rv_RMw': ((15, 191), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:431
+    'MOVZX_Rv_RMb': ((15, 182), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:440
+    'MOVZX_Rv_RMw': ((15, 183), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:449
+    'CBW_CWDE': ((152,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:459
+    'CWD_CDQ': ((153,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:467
+    'LEA_Rv_M': ((141,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/datamov.r1:478
+    'NOP': ((144,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:489
+    'NOP_RMv': ((15, 31), None, '0', None, None, None, (), None, None, None),  # spec/datamov.r1:498
+    'XLAT': ((215,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:509
+    'ENTER': ((200,), None, None, None, None, None, ('iw', 'ib'), None, None, None),  # spec/datamov.r1:528
+    'LEAVE': ((201,), None, None, None, None, None, (), None, None, None),  # spec/datamov.r1:563
     'PUSHF': ((156,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:14
     'POPF': ((157,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:31
     'CLI': ((250,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:52

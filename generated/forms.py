@@ -452,7 +452,7 @@ FORMS = {
     'XADD_RMv_Rv': FormInfo(
         name='XADD_RMv_Rv',
         mnemonics={None: 'xadd'},
-        source='spec/datamov.r1:204',
+        source='spec/datamov.r1:212',
         encoding='0F C1 /r',
         operands=(('dst', 'rmv', 'rw'), ('src', 'rv', 'rw')),
         width='v',
@@ -472,7 +472,7 @@ FORMS = {
     'CMPXCHG_RMb_Rb': FormInfo(
         name='CMPXCHG_RMb_Rb',
         mnemonics={None: 'cmpxchg'},
-        source='spec/datamov.r1:219',
+        source='spec/datamov.r1:235',
         encoding='0F B0 /r',
         operands=(('dst', 'rm8', 'rw'), ('src', 'r8', 'r')),
         width=8,
@@ -492,7 +492,7 @@ FORMS = {
     'CMPXCHG_RMv_Rv': FormInfo(
         name='CMPXCHG_RMv_Rv',
         mnemonics={None: 'cmpxchg'},
-        source='spec/datamov.r1:235',
+        source='spec/datamov.r1:251',
         encoding='0F B1 /r',
         operands=(('dst', 'rmv', 'rw'), ('src', 'rv', 'r')),
         width='v',
@@ -512,7 +512,7 @@ FORMS = {
     'CMPXCHG8B_M64': FormInfo(
         name='CMPXCHG8B_M64',
         mnemonics={None: 'cmpxchg8b'},
-        source='spec/datamov.r1:252',
+        source='spec/datamov.r1:268',
         encoding='0F C7 /1 mem',
         operands=(('dst', 'm64', 'rw'),),
         width='v',
@@ -532,7 +532,7 @@ FORMS = {
     'PUSH_RMv': FormInfo(
         name='PUSH_RMv',
         mnemonics={None: 'push'},
-        source='spec/datamov.r1:278',
+        source='spec/datamov.r1:294',
         encoding='FF /6',
         operands=(('src', 'rmv', 'r'),),
         width='v',
@@ -552,7 +552,7 @@ FORMS = {
     'PUSH_Ov': FormInfo(
         name='PUSH_Ov',
         mnemonics={None: 'push'},
-        source='spec/datamov.r1:288',
+        source='spec/datamov.r1:304',
         encoding='50+r',
         operands=(('src', 'ov', 'r'),),
         width='v',
@@ -572,7 +572,7 @@ FORMS = {
     'PUSH_Ib': FormInfo(
         name='PUSH_Ib',
         mnemonics={None: 'push'},
-        source='spec/datamov.r1:299',
+        source='spec/datamov.r1:315',
         encoding='6A ib',
         operands=(('src', 's8', 'r'),),
         width='v',
@@ -592,7 +592,7 @@ FORMS = {
     'PUSH_Iv': FormInfo(
         name='PUSH_Iv',
         mnemonics={None: 'push'},
-        source='spec/datamov.r1:308',
+        source='spec/datamov.r1:324',
         encoding='68 iv',
         operands=(('src', 'iv', 'r'),),
         width='v',
@@ -612,7 +612,7 @@ FORMS = {
     'POP_Ov': FormInfo(
         name='POP_Ov',
         mnemonics={None: 'pop'},
-        source='spec/datamov.r1:318',
+        source='spec/datamov.r1:334',
         encoding='58+r',
         operands=(('dst', 'ov', 'w'),),
         width='v',
@@ -632,7 +632,7 @@ FORMS = {
     'POP_Rv_8F': FormInfo(
         name='POP_Rv_8F',
         mnemonics={None: 'pop'},
-        source='spec/datamov.r1:329',
+        source='spec/datamov.r1:345',
         encoding='8F /0 reg',
         operands=(('dst', 'rmv', 'w'),),
         width='v',
@@ -652,7 +652,7 @@ FORMS = {
     'POP_Mv': FormInfo(
         name='POP_Mv',
         mnemonics={None: 'pop'},
-        source='spec/datamov.r1:341',
+        source='spec/datamov.r1:357',
         encoding='8F /0 mem',
         operands=(('dst', 'mv', 'w'),),
         width='v',
@@ -672,7 +672,7 @@ FORMS = {
     'PUSHA': FormInfo(
         name='PUSHA',
         mnemonics={'o16': 'pushaw', 'o32': 'pushal'},
-        source='spec/datamov.r1:360',
+        source='spec/datamov.r1:376',
         encoding='60',
         operands=(),
         width='v',
@@ -692,7 +692,7 @@ FORMS = {
     'POPA': FormInfo(
         name='POPA',
         mnemonics={'o16': 'popaw', 'o32': 'popal'},
-        source='spec/datamov.r1:378',
+        source='spec/datamov.r1:394',
         encoding='61',
         operands=(),
         width='v',
@@ -712,7 +712,7 @@ FORMS = {
     'MOVSX_Rv_RMb': FormInfo(
         name='MOVSX_Rv_RMb',
         mnemonics={None: 'movsx'},
-        source='spec/datamov.r1:406',
+        source='spec/datamov.r1:422',
         encoding='0F BE /r',
         operands=(('dst', 'rv', 'w'), ('src', 'rm8', 'r')),
         width='v',
@@ -732,7 +732,7 @@ FORMS = {
     'MOVSX_Rv_RMw': FormInfo(
         name='MOVSX_Rv_RMw',
         mnemonics={None: 'movsx'},
-        source='spec/datamov.r1:415',
+        source='spec/datamov.r1:431',
         encoding='0F BF /r',
         operands=(('dst', 'rv', 'w'), ('src', 'rm16', 'r')),
         width='v',
@@ -752,7 +752,7 @@ FORMS = {
     'MOVZX_Rv_RMb': FormInfo(
         name='MOVZX_Rv_RMb',
         mnemonics={None: 'movzx'},
-        source='spec/datamov.r1:424',
+        source='spec/datamov.r1:440',
         encoding='0F B6 /r',
         operands=(('dst', 'rv', 'w'), ('src', 'rm8', 'r')),
         width='v',
@@ -772,7 +772,7 @@ FORMS = {
     'MOVZX_Rv_RMw': FormInfo(
         name='MOVZX_Rv_RMw',
         mnemonics={None: 'movzx'},
-        source='spec/datamov.r1:433',
+        source='spec/datamov.r1:449',
         encoding='0F B7 /r',
         operands=(('dst', 'rv', 'w'), ('src', 'rm16', 'r')),
         width='v',
@@ -792,7 +792,7 @@ FORMS = {
     'CBW_CWDE': FormInfo(
         name='CBW_CWDE',
         mnemonics={'o16': 'cbw', 'o32': 'cwde'},
-        source='spec/datamov.r1:443',
+        source='spec/datamov.r1:459',
         encoding='98',
         operands=(),
         width='v',
@@ -812,7 +812,7 @@ FORMS = {
     'CWD_CDQ': FormInfo(
         name='CWD_CDQ',
         mnemonics={'o16': 'cwd', 'o32': 'cdq'},
-        source='spec/datamov.r1:451',
+        source='spec/datamov.r1:467',
         encoding='99',
         operands=(),
         width='v',
@@ -832,7 +832,7 @@ FORMS = {
     'LEA_Rv_M': FormInfo(
         name='LEA_Rv_M',
         mnemonics={None: 'lea'},
-        source='spec/datamov.r1:462',
+        source='spec/datamov.r1:478',
         encoding='8D /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'm', '-')),
         width='v',
@@ -852,7 +852,7 @@ FORMS = {
     'NOP': FormInfo(
         name='NOP',
         mnemonics={None: 'nop'},
-        source='spec/datamov.r1:473',
+        source='spec/datamov.r1:489',
         encoding='90',
         operands=(),
         width='v',
@@ -872,7 +872,7 @@ FORMS = {
     'NOP_RMv': FormInfo(
         name='NOP_RMv',
         mnemonics={None: 'nop'},
-        source='spec/datamov.r1:482',
+        source='spec/datamov.r1:498',
         encoding='0F 1F /0',
         operands=(('src', 'rmv', '-'),),
         width='v',
@@ -892,7 +892,7 @@ FORMS = {
     'XLAT': FormInfo(
         name='XLAT',
         mnemonics={None: 'xlatb'},
-        source='spec/datamov.r1:493',
+        source='spec/datamov.r1:509',
         encoding='D7',
         operands=(),
         width=8,
@@ -912,7 +912,7 @@ FORMS = {
     'ENTER': FormInfo(
         name='ENTER',
         mnemonics={None: 'enter'},
-        source='spec/datamov.r1:512',
+        source='spec/datamov.r1:528',
         encoding='C8 iw ib',
         operands=(('alloc', 'i16', 'r'), ('level', 'i8', 'r')),
         width=16,
@@ -932,7 +932,7 @@ FORMS = {
     'LEAVE': FormInfo(
         name='LEAVE',
         mnemonics={None: 'leave'},
-        source='spec/datamov.r1:547',
+        source='spec/datamov.r1:563',
         encoding='C9',
         operands=(),
         width='v',

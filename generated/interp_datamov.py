@@ -811,14 +811,14 @@ R[$dst] = (((((v_dst & 255) << 24) | ((v_dst & 65280) << 8)) | ((v_dst >> 8) & 6
 _T101 = """\
 v_dst = (R[$dst_r] >> $dst_s & 0xff)  # datamov.r1:196
 v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:196
-l_d = v_dst  # datamov.r1:202
-l_s = v_src  # datamov.r1:202
-l_r = ((l_d + l_s) & 255)  # datamov.r1:202
-R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # datamov.r1:202
+l_d = v_dst  # datamov.r1:203
+l_s = v_src  # datamov.r1:204
+l_r = ((l_d + l_s) & 255)  # datamov.r1:205
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # datamov.r1:206
 v_dst = l_r & 0xff
-R[$src_r] = R[$src_r] & $src_k | (l_d & 0xff) << $src_s  # datamov.r1:202
-R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # datamov.r1:202
-S.cc = (1, l_d, l_s, l_r)  # datamov.r1:202
+R[$src_r] = R[$src_r] & $src_k | (l_d & 0xff) << $src_s  # datamov.r1:207
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # datamov.r1:208
+S.cc = (1, l_d, l_s, l_r)  # datamov.r1:209
 """
 
 # XADD_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:193
@@ -826,186 +826,186 @@ _T102 = """\
 ea = $ea
 v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:196
 v_dst = rd8($seg, ea)  # datamov.r1:196
-l_d = v_dst  # datamov.r1:202
-l_s = v_src  # datamov.r1:202
-l_r = ((l_d + l_s) & 255)  # datamov.r1:202
-wr8($seg, ea, l_r)  # datamov.r1:202
+l_d = v_dst  # datamov.r1:203
+l_s = v_src  # datamov.r1:204
+l_r = ((l_d + l_s) & 255)  # datamov.r1:205
+wr8($seg, ea, l_r)  # datamov.r1:206
 v_dst = l_r & 0xff
-R[$src_r] = R[$src_r] & $src_k | (l_d & 0xff) << $src_s  # datamov.r1:202
-wr8($seg, ea, l_r)  # datamov.r1:202
-S.cc = (1, l_d, l_s, l_r)  # datamov.r1:202
+R[$src_r] = R[$src_r] & $src_k | (l_d & 0xff) << $src_s  # datamov.r1:207
+wr8($seg, ea, l_r)  # datamov.r1:208
+S.cc = (1, l_d, l_s, l_r)  # datamov.r1:209
 """
 
-# XADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:204
+# XADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:212
 _T103 = """\
-v_dst = (R[$dst] & 0xffff)  # datamov.r1:207
-v_src = (R[$src] & 0xffff)  # datamov.r1:207
-l_d = v_dst  # datamov.r1:213
-l_s = v_src  # datamov.r1:213
-l_r = ((l_d + l_s) & 65535)  # datamov.r1:213
-R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # datamov.r1:213
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:215
+v_src = (R[$src] & 0xffff)  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 65535)  # datamov.r1:224
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # datamov.r1:225
 v_dst = l_r & 0xffff
-R[$src] = R[$src] & 0xffff0000 | l_d & 0xffff  # datamov.r1:213
-R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # datamov.r1:213
-S.cc = (2, l_d, l_s, l_r)  # datamov.r1:213
+R[$src] = R[$src] & 0xffff0000 | l_d & 0xffff  # datamov.r1:226
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # datamov.r1:227
+S.cc = (2, l_d, l_s, l_r)  # datamov.r1:228
 """
 
-# XADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:204
+# XADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:212
 _T104 = """\
 ea = $ea
-v_src = (R[$src] & 0xffff)  # datamov.r1:207
-v_dst = rd16($seg, ea)  # datamov.r1:207
-l_d = v_dst  # datamov.r1:213
-l_s = v_src  # datamov.r1:213
-l_r = ((l_d + l_s) & 65535)  # datamov.r1:213
-wr16($seg, ea, l_r)  # datamov.r1:213
+v_src = (R[$src] & 0xffff)  # datamov.r1:215
+v_dst = rd16($seg, ea)  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 65535)  # datamov.r1:224
+wr16($seg, ea, l_r)  # datamov.r1:225
 v_dst = l_r & 0xffff
-R[$src] = R[$src] & 0xffff0000 | l_d & 0xffff  # datamov.r1:213
-wr16($seg, ea, l_r)  # datamov.r1:213
-S.cc = (2, l_d, l_s, l_r)  # datamov.r1:213
+R[$src] = R[$src] & 0xffff0000 | l_d & 0xffff  # datamov.r1:226
+wr16($seg, ea, l_r)  # datamov.r1:227
+S.cc = (2, l_d, l_s, l_r)  # datamov.r1:228
 """
 
-# XADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:204
+# XADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:212
 _T105 = """\
-v_dst = R[$dst]  # datamov.r1:207
-v_src = R[$src]  # datamov.r1:207
-l_d = v_dst  # datamov.r1:213
-l_s = v_src  # datamov.r1:213
-l_r = ((l_d + l_s) & 4294967295)  # datamov.r1:213
-R[$dst] = l_r & 0xffffffff  # datamov.r1:213
+v_dst = R[$dst]  # datamov.r1:215
+v_src = R[$src]  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 4294967295)  # datamov.r1:224
+R[$dst] = l_r & 0xffffffff  # datamov.r1:225
 v_dst = l_r & 0xffffffff
-R[$src] = l_d & 0xffffffff  # datamov.r1:213
-R[$dst] = l_r & 0xffffffff  # datamov.r1:213
-S.cc = (3, l_d, l_s, l_r)  # datamov.r1:213
+R[$src] = l_d & 0xffffffff  # datamov.r1:226
+R[$dst] = l_r & 0xffffffff  # datamov.r1:227
+S.cc = (3, l_d, l_s, l_r)  # datamov.r1:228
 """
 
-# XADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:204
+# XADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:212
 _T106 = """\
 ea = $ea
-v_src = R[$src]  # datamov.r1:207
-v_dst = rd32($seg, ea)  # datamov.r1:207
-l_d = v_dst  # datamov.r1:213
-l_s = v_src  # datamov.r1:213
-l_r = ((l_d + l_s) & 4294967295)  # datamov.r1:213
-wr32($seg, ea, l_r)  # datamov.r1:213
+v_src = R[$src]  # datamov.r1:215
+v_dst = rd32($seg, ea)  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 4294967295)  # datamov.r1:224
+wr32($seg, ea, l_r)  # datamov.r1:225
 v_dst = l_r & 0xffffffff
-R[$src] = l_d & 0xffffffff  # datamov.r1:213
-wr32($seg, ea, l_r)  # datamov.r1:213
-S.cc = (3, l_d, l_s, l_r)  # datamov.r1:213
+R[$src] = l_d & 0xffffffff  # datamov.r1:226
+wr32($seg, ea, l_r)  # datamov.r1:227
+S.cc = (3, l_d, l_s, l_r)  # datamov.r1:228
 """
 
-# CMPXCHG_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:219
+# CMPXCHG_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:235
 _T107 = """\
-v_dst = (R[$dst_r] >> $dst_s & 0xff)  # datamov.r1:222
-v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:222
-l_t = v_dst  # datamov.r1:229
-l_a = (R[0] & 0xff)  # datamov.r1:230
-if (l_a == l_t):  # datamov.r1:231
-    R[$dst_r] = R[$dst_r] & $dst_k | (v_src & 0xff) << $dst_s  # datamov.r1:231
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # datamov.r1:238
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:238
+l_t = v_dst  # datamov.r1:245
+l_a = (R[0] & 0xff)  # datamov.r1:246
+if (l_a == l_t):  # datamov.r1:247
+    R[$dst_r] = R[$dst_r] & $dst_k | (v_src & 0xff) << $dst_s  # datamov.r1:247
     v_dst = v_src & 0xff
 else:
-    R[$dst_r] = R[$dst_r] & $dst_k | (l_t & 0xff) << $dst_s  # datamov.r1:231
-    R[0] = R[0] & 0xffffff00 | l_t & 0xff  # datamov.r1:231
-S.cc = (7, l_a, l_t, ((l_a - l_t) & 255))  # datamov.r1:232
+    R[$dst_r] = R[$dst_r] & $dst_k | (l_t & 0xff) << $dst_s  # datamov.r1:247
+    R[0] = R[0] & 0xffffff00 | l_t & 0xff  # datamov.r1:247
+S.cc = (7, l_a, l_t, ((l_a - l_t) & 255))  # datamov.r1:248
 """
 
-# CMPXCHG_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:219
+# CMPXCHG_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:235
 _T108 = """\
 ea = $ea
-v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:222
-v_dst = rd8($seg, ea)  # datamov.r1:222
-l_t = v_dst  # datamov.r1:229
-l_a = (R[0] & 0xff)  # datamov.r1:230
-if (l_a == l_t):  # datamov.r1:231
-    wr8($seg, ea, v_src)  # datamov.r1:231
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:238
+v_dst = rd8($seg, ea)  # datamov.r1:238
+l_t = v_dst  # datamov.r1:245
+l_a = (R[0] & 0xff)  # datamov.r1:246
+if (l_a == l_t):  # datamov.r1:247
+    wr8($seg, ea, v_src)  # datamov.r1:247
     v_dst = v_src & 0xff
 else:
-    wr8($seg, ea, l_t)  # datamov.r1:231
-    R[0] = R[0] & 0xffffff00 | l_t & 0xff  # datamov.r1:231
-S.cc = (7, l_a, l_t, ((l_a - l_t) & 255))  # datamov.r1:232
+    wr8($seg, ea, l_t)  # datamov.r1:247
+    R[0] = R[0] & 0xffffff00 | l_t & 0xff  # datamov.r1:247
+S.cc = (7, l_a, l_t, ((l_a - l_t) & 255))  # datamov.r1:248
 """
 
-# CMPXCHG_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:235
+# CMPXCHG_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:251
 _T109 = """\
-v_dst = (R[$dst] & 0xffff)  # datamov.r1:238
-v_src = (R[$src] & 0xffff)  # datamov.r1:238
-l_t = v_dst  # datamov.r1:245
-l_a = (R[0] & 0xffff)  # datamov.r1:246
-if (l_a == l_t):  # datamov.r1:247
-    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:247
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:254
+v_src = (R[$src] & 0xffff)  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = (R[0] & 0xffff)  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:263
     v_dst = v_src & 0xffff
 else:
-    R[$dst] = R[$dst] & 0xffff0000 | l_t & 0xffff  # datamov.r1:247
-    R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:247
-S.cc = (8, l_a, l_t, ((l_a - l_t) & 65535))  # datamov.r1:248
+    R[$dst] = R[$dst] & 0xffff0000 | l_t & 0xffff  # datamov.r1:263
+    R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:263
+S.cc = (8, l_a, l_t, ((l_a - l_t) & 65535))  # datamov.r1:264
 """
 
-# CMPXCHG_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:235
+# CMPXCHG_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:251
 _T110 = """\
 ea = $ea
-v_src = (R[$src] & 0xffff)  # datamov.r1:238
-v_dst = rd16($seg, ea)  # datamov.r1:238
-l_t = v_dst  # datamov.r1:245
-l_a = (R[0] & 0xffff)  # datamov.r1:246
-if (l_a == l_t):  # datamov.r1:247
-    wr16($seg, ea, v_src)  # datamov.r1:247
+v_src = (R[$src] & 0xffff)  # datamov.r1:254
+v_dst = rd16($seg, ea)  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = (R[0] & 0xffff)  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    wr16($seg, ea, v_src)  # datamov.r1:263
     v_dst = v_src & 0xffff
 else:
-    wr16($seg, ea, l_t)  # datamov.r1:247
-    R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:247
-S.cc = (8, l_a, l_t, ((l_a - l_t) & 65535))  # datamov.r1:248
+    wr16($seg, ea, l_t)  # datamov.r1:263
+    R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:263
+S.cc = (8, l_a, l_t, ((l_a - l_t) & 65535))  # datamov.r1:264
 """
 
-# CMPXCHG_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:235
+# CMPXCHG_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:251
 _T111 = """\
-v_dst = R[$dst]  # datamov.r1:238
-v_src = R[$src]  # datamov.r1:238
-l_t = v_dst  # datamov.r1:245
-l_a = R[0]  # datamov.r1:246
-if (l_a == l_t):  # datamov.r1:247
-    R[$dst] = v_src & 0xffffffff  # datamov.r1:247
+v_dst = R[$dst]  # datamov.r1:254
+v_src = R[$src]  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = R[0]  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:263
     v_dst = v_src & 0xffffffff
 else:
-    R[$dst] = l_t & 0xffffffff  # datamov.r1:247
-    R[0] = l_t & 0xffffffff  # datamov.r1:247
-S.cc = (9, l_a, l_t, ((l_a - l_t) & 4294967295))  # datamov.r1:248
+    R[$dst] = l_t & 0xffffffff  # datamov.r1:263
+    R[0] = l_t & 0xffffffff  # datamov.r1:263
+S.cc = (9, l_a, l_t, ((l_a - l_t) & 4294967295))  # datamov.r1:264
 """
 
-# CMPXCHG_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:235
+# CMPXCHG_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:251
 _T112 = """\
 ea = $ea
-v_src = R[$src]  # datamov.r1:238
-v_dst = rd32($seg, ea)  # datamov.r1:238
-l_t = v_dst  # datamov.r1:245
-l_a = R[0]  # datamov.r1:246
-if (l_a == l_t):  # datamov.r1:247
-    wr32($seg, ea, v_src)  # datamov.r1:247
+v_src = R[$src]  # datamov.r1:254
+v_dst = rd32($seg, ea)  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = R[0]  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    wr32($seg, ea, v_src)  # datamov.r1:263
     v_dst = v_src & 0xffffffff
 else:
-    wr32($seg, ea, l_t)  # datamov.r1:247
-    R[0] = l_t & 0xffffffff  # datamov.r1:247
-S.cc = (9, l_a, l_t, ((l_a - l_t) & 4294967295))  # datamov.r1:248
+    wr32($seg, ea, l_t)  # datamov.r1:263
+    R[0] = l_t & 0xffffffff  # datamov.r1:263
+S.cc = (9, l_a, l_t, ((l_a - l_t) & 4294967295))  # datamov.r1:264
 """
 
-# CMPXCHG8B_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:252
+# CMPXCHG8B_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:268
 _T113 = """\
 ea = $ea
-v_dst = b_load($seg, ea, 64)  # datamov.r1:255
-l_t = v_dst  # datamov.r1:263
-if (l_t == ((R[2] << 32) | R[0])):  # datamov.r1:264
-    b_store($seg, ea, 64, ((R[1] << 32) | R[3]))  # datamov.r1:265
+v_dst = b_load($seg, ea, 64)  # datamov.r1:271
+l_t = v_dst  # datamov.r1:279
+if (l_t == ((R[2] << 32) | R[0])):  # datamov.r1:280
+    b_store($seg, ea, 64, ((R[1] << 32) | R[3]))  # datamov.r1:281
     v_dst = ((R[1] << 32) | R[3]) & 0xffffffffffffffff
-    S.eflags = flush_cc() & 0xffffffbf | 64  # datamov.r1:266
+    S.eflags = flush_cc() & 0xffffffbf | 64  # datamov.r1:282
 else:
-    b_store($seg, ea, 64, l_t)  # datamov.r1:268
-    R[0] = (l_t & 0xffffffff) & 0xffffffff  # datamov.r1:269
-    R[2] = (l_t >> 32 & 0xffffffff) & 0xffffffff  # datamov.r1:270
-    S.eflags = flush_cc() & 0xffffffbf | 0  # datamov.r1:271
+    b_store($seg, ea, 64, l_t)  # datamov.r1:284
+    R[0] = (l_t & 0xffffffff) & 0xffffffff  # datamov.r1:285
+    R[2] = (l_t >> 32 & 0xffffffff) & 0xffffffff  # datamov.r1:286
+    S.eflags = flush_cc() & 0xffffffbf | 0  # datamov.r1:287
 """
 
-# PUSH_RMv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:278
+# PUSH_RMv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:294
 _T114 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:281
+v_src = (R[$src] & 0xffff)  # datamov.r1:297
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
     wr16(2, l_top_0, v_src)  # prelude.r1:267
@@ -1016,10 +1016,10 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_RMv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:278
+# PUSH_RMv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:294
 _T115 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # datamov.r1:281
+v_src = rd16($seg, ea)  # datamov.r1:297
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
     wr16(2, l_top_0, v_src)  # prelude.r1:267
@@ -1030,9 +1030,9 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_RMv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:278
+# PUSH_RMv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:294
 _T116 = """\
-v_src = R[$src]  # datamov.r1:281
+v_src = R[$src]  # datamov.r1:297
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
     wr32(2, l_top_0, v_src)  # prelude.r1:267
@@ -1043,10 +1043,10 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_RMv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:278
+# PUSH_RMv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:294
 _T117 = """\
 ea = $ea
-v_src = rd32($seg, ea)  # datamov.r1:281
+v_src = rd32($seg, ea)  # datamov.r1:297
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
     wr32(2, l_top_0, v_src)  # prelude.r1:267
@@ -1057,9 +1057,9 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_Ov [o16 a16, o16 a32] from spec/datamov.r1:288
+# PUSH_Ov [o16 a16, o16 a32] from spec/datamov.r1:304
 _T118 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:291
+v_src = (R[$src] & 0xffff)  # datamov.r1:307
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
     wr16(2, l_top_0, v_src)  # prelude.r1:267
@@ -1070,9 +1070,9 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_Ov [o32 a16, o32 a32] from spec/datamov.r1:288
+# PUSH_Ov [o32 a16, o32 a32] from spec/datamov.r1:304
 _T119 = """\
-v_src = R[$src]  # datamov.r1:291
+v_src = R[$src]  # datamov.r1:307
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
     wr32(2, l_top_0, v_src)  # prelude.r1:267
@@ -1083,7 +1083,7 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_Ib [o16 a16, o16 a32] from spec/datamov.r1:299
+# PUSH_Ib [o16 a16, o16 a32] from spec/datamov.r1:315
 _T120 = """\
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
@@ -1095,7 +1095,7 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_Ib [o32 a16, o32 a32] from spec/datamov.r1:299
+# PUSH_Ib [o32 a16, o32 a32] from spec/datamov.r1:315
 _T121 = """\
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
@@ -1107,7 +1107,7 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_Iv [o16 a16, o16 a32] from spec/datamov.r1:308
+# PUSH_Iv [o16 a16, o16 a32] from spec/datamov.r1:324
 _T122 = """\
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:266
@@ -1119,7 +1119,7 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# PUSH_Iv [o32 a16, o32 a32] from spec/datamov.r1:308
+# PUSH_Iv [o32 a16, o32 a32] from spec/datamov.r1:324
 _T123 = """\
 if S.stack32:  # prelude.r1:265
     l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:266
@@ -1131,7 +1131,7 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:272
 """
 
-# POP_Ov [o16 a16, o16 a32] from spec/datamov.r1:318
+# POP_Ov [o16 a16, o16 a32] from spec/datamov.r1:334
 _T124 = """\
 l_v_0 = 0  # prelude.r1:279
 if S.stack32:  # prelude.r1:280
@@ -1140,10 +1140,10 @@ if S.stack32:  # prelude.r1:280
 else:
     l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:284
     R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:285
-R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:327
+R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:343
 """
 
-# POP_Ov [o32 a16, o32 a32] from spec/datamov.r1:318
+# POP_Ov [o32 a16, o32 a32] from spec/datamov.r1:334
 _T125 = """\
 l_v_0 = 0  # prelude.r1:279
 if S.stack32:  # prelude.r1:280
@@ -1152,10 +1152,10 @@ if S.stack32:  # prelude.r1:280
 else:
     l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:284
     R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:285
-R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:327
+R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:343
 """
 
-# POP_Rv_8F [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:329
+# POP_Rv_8F [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:345
 _T126 = """\
 l_v_0 = 0  # prelude.r1:279
 if S.stack32:  # prelude.r1:280
@@ -1164,10 +1164,10 @@ if S.stack32:  # prelude.r1:280
 else:
     l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:284
     R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:285
-R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:336
+R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:352
 """
 
-# POP_Rv_8F [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:329
+# POP_Rv_8F [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:345
 _T127 = """\
 l_v_0 = 0  # prelude.r1:279
 if S.stack32:  # prelude.r1:280
@@ -1176,326 +1176,326 @@ if S.stack32:  # prelude.r1:280
 else:
     l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:284
     R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:285
-R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:336
+R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:352
 """
 
-# POP_Mv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:341
+# POP_Mv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:357
 _T128 = """\
 ea = $ea
-l_v = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # datamov.r1:349
-l_new_esp = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # datamov.r1:350
-l_a = ea  # datamov.r1:351
-if $esp_base:  # datamov.r1:352
-    l_a = (((l_a + l_new_esp) - R[4]) & 4294967295)  # datamov.r1:352
-wr16($seg, l_a, l_v)  # datamov.r1:353
-R[4] = l_new_esp & 0xffffffff  # datamov.r1:354
+l_v = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # datamov.r1:365
+l_new_esp = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # datamov.r1:366
+l_a = ea  # datamov.r1:367
+if $esp_base:  # datamov.r1:368
+    l_a = (((l_a + l_new_esp) - R[4]) & 4294967295)  # datamov.r1:368
+wr16($seg, l_a, l_v)  # datamov.r1:369
+R[4] = l_new_esp & 0xffffffff  # datamov.r1:370
 """
 
-# POP_Mv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:341
+# POP_Mv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:357
 _T129 = """\
 ea = $ea
-l_v = rd32(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # datamov.r1:349
-l_new_esp = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # datamov.r1:350
-l_a = ea  # datamov.r1:351
-if $esp_base:  # datamov.r1:352
-    l_a = (((l_a + l_new_esp) - R[4]) & 4294967295)  # datamov.r1:352
-wr32($seg, l_a, l_v)  # datamov.r1:353
-R[4] = l_new_esp & 0xffffffff  # datamov.r1:354
+l_v = rd32(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # datamov.r1:365
+l_new_esp = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # datamov.r1:366
+l_a = ea  # datamov.r1:367
+if $esp_base:  # datamov.r1:368
+    l_a = (((l_a + l_new_esp) - R[4]) & 4294967295)  # datamov.r1:368
+wr32($seg, l_a, l_v)  # datamov.r1:369
+R[4] = l_new_esp & 0xffffffff  # datamov.r1:370
 """
 
-# PUSHA [o16 a16, o16 a32] from spec/datamov.r1:360
+# PUSHA [o16 a16, o16 a32] from spec/datamov.r1:376
 _T130 = """\
-l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:367
-l_i = 0  # datamov.r1:368
-while (l_i < 8):  # datamov.r1:369
-    wr16(2, ((l_top + (((-1) - l_i) * 2)) & ((1 << (32 if S.stack32 else 16)) - 1)), (R[l_i] & 0xffff))  # datamov.r1:370
-    l_i = (l_i + 1)  # datamov.r1:371
-R[4] = (((R[4] + (-16)) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + (-16)) & 65535))) & 0xffffffff  # datamov.r1:373
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:383
+l_i = 0  # datamov.r1:384
+while (l_i < 8):  # datamov.r1:385
+    wr16(2, ((l_top + (((-1) - l_i) * 2)) & ((1 << (32 if S.stack32 else 16)) - 1)), (R[l_i] & 0xffff))  # datamov.r1:386
+    l_i = (l_i + 1)  # datamov.r1:387
+R[4] = (((R[4] + (-16)) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + (-16)) & 65535))) & 0xffffffff  # datamov.r1:389
 """
 
-# PUSHA [o32 a16, o32 a32] from spec/datamov.r1:360
+# PUSHA [o32 a16, o32 a32] from spec/datamov.r1:376
 _T131 = """\
-l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:367
-l_i = 0  # datamov.r1:368
-while (l_i < 8):  # datamov.r1:369
-    wr32(2, ((l_top + (((-1) - l_i) * 4)) & ((1 << (32 if S.stack32 else 16)) - 1)), R[l_i])  # datamov.r1:370
-    l_i = (l_i + 1)  # datamov.r1:371
-R[4] = (((R[4] + (-32)) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + (-32)) & 65535))) & 0xffffffff  # datamov.r1:373
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:383
+l_i = 0  # datamov.r1:384
+while (l_i < 8):  # datamov.r1:385
+    wr32(2, ((l_top + (((-1) - l_i) * 4)) & ((1 << (32 if S.stack32 else 16)) - 1)), R[l_i])  # datamov.r1:386
+    l_i = (l_i + 1)  # datamov.r1:387
+R[4] = (((R[4] + (-32)) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + (-32)) & 65535))) & 0xffffffff  # datamov.r1:389
 """
 
-# POPA [o16 a16, o16 a32] from spec/datamov.r1:378
+# POPA [o16 a16, o16 a32] from spec/datamov.r1:394
 _T132 = """\
-l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:385
-l_v_di = rd16(2, (l_top & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:386
-l_v_si = rd16(2, ((l_top + 2) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:387
-l_v_bp = rd16(2, ((l_top + 4) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:388
-l_v_bx = rd16(2, ((l_top + 8) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:389
-l_v_dx = rd16(2, ((l_top + 10) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:390
-l_v_cx = rd16(2, ((l_top + 12) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:391
-l_v_ax = rd16(2, ((l_top + 14) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:392
-R[7] = R[7] & 0xffff0000 | l_v_di & 0xffff  # datamov.r1:393
-R[6] = R[6] & 0xffff0000 | l_v_si & 0xffff  # datamov.r1:394
-R[5] = R[5] & 0xffff0000 | l_v_bp & 0xffff  # datamov.r1:395
-R[3] = R[3] & 0xffff0000 | l_v_bx & 0xffff  # datamov.r1:396
-R[2] = R[2] & 0xffff0000 | l_v_dx & 0xffff  # datamov.r1:397
-R[1] = R[1] & 0xffff0000 | l_v_cx & 0xffff  # datamov.r1:398
-R[0] = R[0] & 0xffff0000 | l_v_ax & 0xffff  # datamov.r1:399
-R[4] = (((R[4] + 16) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 16) & 65535))) & 0xffffffff  # datamov.r1:400
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:401
+l_v_di = rd16(2, (l_top & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:402
+l_v_si = rd16(2, ((l_top + 2) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:403
+l_v_bp = rd16(2, ((l_top + 4) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:404
+l_v_bx = rd16(2, ((l_top + 8) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:405
+l_v_dx = rd16(2, ((l_top + 10) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:406
+l_v_cx = rd16(2, ((l_top + 12) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:407
+l_v_ax = rd16(2, ((l_top + 14) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:408
+R[7] = R[7] & 0xffff0000 | l_v_di & 0xffff  # datamov.r1:409
+R[6] = R[6] & 0xffff0000 | l_v_si & 0xffff  # datamov.r1:410
+R[5] = R[5] & 0xffff0000 | l_v_bp & 0xffff  # datamov.r1:411
+R[3] = R[3] & 0xffff0000 | l_v_bx & 0xffff  # datamov.r1:412
+R[2] = R[2] & 0xffff0000 | l_v_dx & 0xffff  # datamov.r1:413
+R[1] = R[1] & 0xffff0000 | l_v_cx & 0xffff  # datamov.r1:414
+R[0] = R[0] & 0xffff0000 | l_v_ax & 0xffff  # datamov.r1:415
+R[4] = (((R[4] + 16) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 16) & 65535))) & 0xffffffff  # datamov.r1:416
 """
 
-# POPA [o32 a16, o32 a32] from spec/datamov.r1:378
+# POPA [o32 a16, o32 a32] from spec/datamov.r1:394
 _T133 = """\
-l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:385
-l_v_di = rd32(2, (l_top & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:386
-l_v_si = rd32(2, ((l_top + 4) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:387
-l_v_bp = rd32(2, ((l_top + 8) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:388
-l_v_bx = rd32(2, ((l_top + 16) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:389
-l_v_dx = rd32(2, ((l_top + 20) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:390
-l_v_cx = rd32(2, ((l_top + 24) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:391
-l_v_ax = rd32(2, ((l_top + 28) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:392
-R[7] = l_v_di & 0xffffffff  # datamov.r1:393
-R[6] = l_v_si & 0xffffffff  # datamov.r1:394
-R[5] = l_v_bp & 0xffffffff  # datamov.r1:395
-R[3] = l_v_bx & 0xffffffff  # datamov.r1:396
-R[2] = l_v_dx & 0xffffffff  # datamov.r1:397
-R[1] = l_v_cx & 0xffffffff  # datamov.r1:398
-R[0] = l_v_ax & 0xffffffff  # datamov.r1:399
-R[4] = (((R[4] + 32) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 32) & 65535))) & 0xffffffff  # datamov.r1:400
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:401
+l_v_di = rd32(2, (l_top & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:402
+l_v_si = rd32(2, ((l_top + 4) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:403
+l_v_bp = rd32(2, ((l_top + 8) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:404
+l_v_bx = rd32(2, ((l_top + 16) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:405
+l_v_dx = rd32(2, ((l_top + 20) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:406
+l_v_cx = rd32(2, ((l_top + 24) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:407
+l_v_ax = rd32(2, ((l_top + 28) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:408
+R[7] = l_v_di & 0xffffffff  # datamov.r1:409
+R[6] = l_v_si & 0xffffffff  # datamov.r1:410
+R[5] = l_v_bp & 0xffffffff  # datamov.r1:411
+R[3] = l_v_bx & 0xffffffff  # datamov.r1:412
+R[2] = l_v_dx & 0xffffffff  # datamov.r1:413
+R[1] = l_v_cx & 0xffffffff  # datamov.r1:414
+R[0] = l_v_ax & 0xffffffff  # datamov.r1:415
+R[4] = (((R[4] + 32) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 32) & 65535))) & 0xffffffff  # datamov.r1:416
 """
 
-# MOVSX_Rv_RMb [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:406
+# MOVSX_Rv_RMb [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:422
 _T134 = """\
-v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:409
-R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:413
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:425
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:429
 """
 
-# MOVSX_Rv_RMb [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:406
+# MOVSX_Rv_RMb [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:422
 _T135 = """\
 ea = $ea
-v_src = rd8($seg, ea)  # datamov.r1:409
-R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:413
+v_src = rd8($seg, ea)  # datamov.r1:425
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:429
 """
 
-# MOVSX_Rv_RMb [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:406
+# MOVSX_Rv_RMb [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:422
 _T136 = """\
-v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:409
-R[$dst] = ((v_src & 0xff ^ 0x80) - 0x80) & 0xffffffff  # datamov.r1:413
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:425
+R[$dst] = ((v_src & 0xff ^ 0x80) - 0x80) & 0xffffffff  # datamov.r1:429
 """
 
-# MOVSX_Rv_RMb [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:406
+# MOVSX_Rv_RMb [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:422
 _T137 = """\
 ea = $ea
-v_src = rd8($seg, ea)  # datamov.r1:409
-R[$dst] = ((v_src & 0xff ^ 0x80) - 0x80) & 0xffffffff  # datamov.r1:413
+v_src = rd8($seg, ea)  # datamov.r1:425
+R[$dst] = ((v_src & 0xff ^ 0x80) - 0x80) & 0xffffffff  # datamov.r1:429
 """
 
-# MOVSX_Rv_RMw [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:415
+# MOVSX_Rv_RMw [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:431
 _T138 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:418
-R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffff  # datamov.r1:422
+v_src = (R[$src] & 0xffff)  # datamov.r1:434
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffff  # datamov.r1:438
 """
 
-# MOVSX_Rv_RMw [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:415
+# MOVSX_Rv_RMw [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:431
 _T139 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # datamov.r1:418
-R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffff  # datamov.r1:422
+v_src = rd16($seg, ea)  # datamov.r1:434
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffff  # datamov.r1:438
 """
 
-# MOVSX_Rv_RMw [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:415
+# MOVSX_Rv_RMw [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:431
 _T140 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:418
-R[$dst] = ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:422
+v_src = (R[$src] & 0xffff)  # datamov.r1:434
+R[$dst] = ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:438
 """
 
-# MOVSX_Rv_RMw [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:415
+# MOVSX_Rv_RMw [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:431
 _T141 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # datamov.r1:418
-R[$dst] = ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:422
+v_src = rd16($seg, ea)  # datamov.r1:434
+R[$dst] = ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:438
 """
 
-# MOVZX_Rv_RMb [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:424
+# MOVZX_Rv_RMb [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:440
 _T142 = """\
-v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:427
-R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:431
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:443
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:447
 """
 
-# MOVZX_Rv_RMb [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:424
+# MOVZX_Rv_RMb [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:440
 _T143 = """\
 ea = $ea
-v_src = rd8($seg, ea)  # datamov.r1:427
-R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:431
+v_src = rd8($seg, ea)  # datamov.r1:443
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:447
 """
 
-# MOVZX_Rv_RMb [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:424
+# MOVZX_Rv_RMb [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:440
 _T144 = """\
-v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:427
-R[$dst] = v_src & 0xffffffff  # datamov.r1:431
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:443
+R[$dst] = v_src & 0xffffffff  # datamov.r1:447
 """
 
-# MOVZX_Rv_RMb [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:424
+# MOVZX_Rv_RMb [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:440
 _T145 = """\
 ea = $ea
-v_src = rd8($seg, ea)  # datamov.r1:427
-R[$dst] = v_src & 0xffffffff  # datamov.r1:431
+v_src = rd8($seg, ea)  # datamov.r1:443
+R[$dst] = v_src & 0xffffffff  # datamov.r1:447
 """
 
-# MOVZX_Rv_RMw [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:433
+# MOVZX_Rv_RMw [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:449
 _T146 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:436
-R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:440
+v_src = (R[$src] & 0xffff)  # datamov.r1:452
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:456
 """
 
-# MOVZX_Rv_RMw [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:433
+# MOVZX_Rv_RMw [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:449
 _T147 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # datamov.r1:436
-R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:440
+v_src = rd16($seg, ea)  # datamov.r1:452
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:456
 """
 
-# MOVZX_Rv_RMw [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:433
+# MOVZX_Rv_RMw [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:449
 _T148 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:436
-R[$dst] = v_src & 0xffffffff  # datamov.r1:440
+v_src = (R[$src] & 0xffff)  # datamov.r1:452
+R[$dst] = v_src & 0xffffffff  # datamov.r1:456
 """
 
-# MOVZX_Rv_RMw [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:433
+# MOVZX_Rv_RMw [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:449
 _T149 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # datamov.r1:436
-R[$dst] = v_src & 0xffffffff  # datamov.r1:440
+v_src = rd16($seg, ea)  # datamov.r1:452
+R[$dst] = v_src & 0xffffffff  # datamov.r1:456
 """
 
-# CBW_CWDE [o16 a16, o16 a32] from spec/datamov.r1:443
+# CBW_CWDE [o16 a16, o16 a32] from spec/datamov.r1:459
 _T150 = """\
-R[0] = R[0] & 0xffff0000 | (((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:449
+R[0] = R[0] & 0xffff0000 | (((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:465
 """
 
-# CBW_CWDE [o32 a16, o32 a32] from spec/datamov.r1:443
+# CBW_CWDE [o32 a16, o32 a32] from spec/datamov.r1:459
 _T151 = """\
-R[0] = (((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:449
+R[0] = (((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:465
 """
 
-# CWD_CDQ [o16 a16, o16 a32] from spec/datamov.r1:451
+# CWD_CDQ [o16 a16, o16 a32] from spec/datamov.r1:467
 _T152 = """\
-R[2] = R[2] & 0xffff0000 | (65535 if ((R[0] & 0xffff) >> 15 & 1) else 0) & 0xffff  # datamov.r1:457
+R[2] = R[2] & 0xffff0000 | (65535 if ((R[0] & 0xffff) >> 15 & 1) else 0) & 0xffff  # datamov.r1:473
 """
 
-# CWD_CDQ [o32 a16, o32 a32] from spec/datamov.r1:451
+# CWD_CDQ [o32 a16, o32 a32] from spec/datamov.r1:467
 _T153 = """\
-R[2] = (4294967295 if (R[0] >> 31 & 1) else 0) & 0xffffffff  # datamov.r1:457
+R[2] = (4294967295 if (R[0] >> 31 & 1) else 0) & 0xffffffff  # datamov.r1:473
 """
 
-# LEA_Rv_M [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:462
+# LEA_Rv_M [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:478
 _T154 = """\
 ea = $ea
-R[$dst] = R[$dst] & 0xffff0000 | ea & 0xffff  # datamov.r1:470
+R[$dst] = R[$dst] & 0xffff0000 | ea & 0xffff  # datamov.r1:486
 """
 
-# LEA_Rv_M [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:462
+# LEA_Rv_M [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:478
 _T155 = """\
 ea = $ea
-R[$dst] = ea & 0xffffffff  # datamov.r1:470
+R[$dst] = ea & 0xffffffff  # datamov.r1:486
 """
 
-# NOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/datamov.r1:473
+# NOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/datamov.r1:489
 _T156 = """\
 """
 
-# NOP_RMv [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:482
+# NOP_RMv [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:498
 _T157 = """\
 """
 
-# NOP_RMv [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:482
+# NOP_RMv [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:498
 _T158 = """\
 ea = $ea
 """
 
-# XLAT [o16 a16, o32 a16] from spec/datamov.r1:493
+# XLAT [o16 a16, o32 a16] from spec/datamov.r1:509
 _T159 = """\
-R[0] = R[0] & 0xffffff00 | rd8($dseg, (((R[3] & 0xffff) + (R[0] & 0xff)) & 65535)) & 0xff  # datamov.r1:501
+R[0] = R[0] & 0xffffff00 | rd8($dseg, (((R[3] & 0xffff) + (R[0] & 0xff)) & 65535)) & 0xff  # datamov.r1:517
 """
 
-# XLAT [o16 a32, o32 a32] from spec/datamov.r1:493
+# XLAT [o16 a32, o32 a32] from spec/datamov.r1:509
 _T160 = """\
-R[0] = R[0] & 0xffffff00 | rd8($dseg, ((R[3] + (R[0] & 0xff)) & 4294967295)) & 0xff  # datamov.r1:501
+R[0] = R[0] & 0xffffff00 | rd8($dseg, ((R[3] + (R[0] & 0xff)) & 4294967295)) & 0xff  # datamov.r1:517
 """
 
-# ENTER [o16 a16, o16 a32] from spec/datamov.r1:512
+# ENTER [o16 a16, o16 a32] from spec/datamov.r1:528
 _T161 = """\
-l_bits = (32 if S.stack32 else 16)  # datamov.r1:521
-l_n = 2  # datamov.r1:522
-l_lvl = ($level % 32)  # datamov.r1:523
-l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-2)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:524
-wr16(2, l_frame, (R[5] & 0xffff))  # datamov.r1:525
-l_top = l_frame  # datamov.r1:526
-if (l_lvl > 0):  # datamov.r1:527
-    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:528
-    l_i = 1  # datamov.r1:529
-    while (l_i < l_lvl):  # datamov.r1:530
-        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:531
-        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:532
-        wr16(2, l_top, rd16(2, l_bp_))  # datamov.r1:533
-        l_i = (l_i + 1)  # datamov.r1:534
-    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:536
-    wr16(2, l_top, l_frame)  # datamov.r1:537
-l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:539
-b_check_write(2, l_top, 8)  # datamov.r1:540
-R[5] = R[5] & 0xffff0000 | l_frame & 0xffff  # datamov.r1:541
-if S.stack32:  # datamov.r1:542
-    R[4] = l_top & 0xffffffff  # datamov.r1:542
+l_bits = (32 if S.stack32 else 16)  # datamov.r1:537
+l_n = 2  # datamov.r1:538
+l_lvl = ($level % 32)  # datamov.r1:539
+l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-2)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:540
+wr16(2, l_frame, (R[5] & 0xffff))  # datamov.r1:541
+l_top = l_frame  # datamov.r1:542
+if (l_lvl > 0):  # datamov.r1:543
+    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:544
+    l_i = 1  # datamov.r1:545
+    while (l_i < l_lvl):  # datamov.r1:546
+        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:547
+        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:548
+        wr16(2, l_top, rd16(2, l_bp_))  # datamov.r1:549
+        l_i = (l_i + 1)  # datamov.r1:550
+    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:552
+    wr16(2, l_top, l_frame)  # datamov.r1:553
+l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:555
+b_check_write(2, l_top, 8)  # datamov.r1:556
+R[5] = R[5] & 0xffff0000 | l_frame & 0xffff  # datamov.r1:557
+if S.stack32:  # datamov.r1:558
+    R[4] = l_top & 0xffffffff  # datamov.r1:558
 else:
-    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:542
+    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:558
 """
 
-# ENTER [o32 a16, o32 a32] from spec/datamov.r1:512
+# ENTER [o32 a16, o32 a32] from spec/datamov.r1:528
 _T162 = """\
-l_bits = (32 if S.stack32 else 16)  # datamov.r1:521
-l_n = 4  # datamov.r1:522
-l_lvl = ($level % 32)  # datamov.r1:523
-l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-4)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:524
-wr32(2, l_frame, R[5])  # datamov.r1:525
-l_top = l_frame  # datamov.r1:526
-if (l_lvl > 0):  # datamov.r1:527
-    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:528
-    l_i = 1  # datamov.r1:529
-    while (l_i < l_lvl):  # datamov.r1:530
-        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:531
-        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:532
-        wr32(2, l_top, rd32(2, l_bp_))  # datamov.r1:533
-        l_i = (l_i + 1)  # datamov.r1:534
-    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:536
-    wr32(2, l_top, l_frame)  # datamov.r1:537
-l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:539
-b_check_write(2, l_top, 8)  # datamov.r1:540
-R[5] = l_frame & 0xffffffff  # datamov.r1:541
-if S.stack32:  # datamov.r1:542
-    R[4] = l_top & 0xffffffff  # datamov.r1:542
+l_bits = (32 if S.stack32 else 16)  # datamov.r1:537
+l_n = 4  # datamov.r1:538
+l_lvl = ($level % 32)  # datamov.r1:539
+l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-4)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:540
+wr32(2, l_frame, R[5])  # datamov.r1:541
+l_top = l_frame  # datamov.r1:542
+if (l_lvl > 0):  # datamov.r1:543
+    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:544
+    l_i = 1  # datamov.r1:545
+    while (l_i < l_lvl):  # datamov.r1:546
+        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:547
+        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:548
+        wr32(2, l_top, rd32(2, l_bp_))  # datamov.r1:549
+        l_i = (l_i + 1)  # datamov.r1:550
+    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:552
+    wr32(2, l_top, l_frame)  # datamov.r1:553
+l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:555
+b_check_write(2, l_top, 8)  # datamov.r1:556
+R[5] = l_frame & 0xffffffff  # datamov.r1:557
+if S.stack32:  # datamov.r1:558
+    R[4] = l_top & 0xffffffff  # datamov.r1:558
 else:
-    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:542
+    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:558
 """
 
-# LEAVE [o16 a16, o16 a32] from spec/datamov.r1:547
+# LEAVE [o16 a16, o16 a32] from spec/datamov.r1:563
 _T163 = """\
-l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:554
-l_v = rd16(2, l_frame)  # datamov.r1:555
-if S.stack32:  # datamov.r1:556
-    R[4] = ((l_frame + 2) & 4294967295) & 0xffffffff  # datamov.r1:556
+l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:570
+l_v = rd16(2, l_frame)  # datamov.r1:571
+if S.stack32:  # datamov.r1:572
+    R[4] = ((l_frame + 2) & 4294967295) & 0xffffffff  # datamov.r1:572
 else:
-    R[4] = R[4] & 0xffff0000 | ((l_frame + 2) & 65535) & 0xffff  # datamov.r1:556
-R[5] = R[5] & 0xffff0000 | l_v & 0xffff  # datamov.r1:557
+    R[4] = R[4] & 0xffff0000 | ((l_frame + 2) & 65535) & 0xffff  # datamov.r1:572
+R[5] = R[5] & 0xffff0000 | l_v & 0xffff  # datamov.r1:573
 """
 
-# LEAVE [o32 a16, o32 a32] from spec/datamov.r1:547
+# LEAVE [o32 a16, o32 a32] from spec/datamov.r1:563
 _T164 = """\
-l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:554
-l_v = rd32(2, l_frame)  # datamov.r1:555
-if S.stack32:  # datamov.r1:556
-    R[4] = ((l_frame + 4) & 4294967295) & 0xffffffff  # datamov.r1:556
+l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:570
+l_v = rd32(2, l_frame)  # datamov.r1:571
+if S.stack32:  # datamov.r1:572
+    R[4] = ((l_frame + 4) & 4294967295) & 0xffffffff  # datamov.r1:572
 else:
-    R[4] = R[4] & 0xffff0000 | ((l_frame + 4) & 65535) & 0xffff  # datamov.r1:556
-R[5] = l_v & 0xffffffff  # datamov.r1:557
+    R[4] = R[4] & 0xffff0000 | ((l_frame + 4) & 65535) & 0xffff  # datamov.r1:572
+R[5] = l_v & 0xffffffff  # datamov.r1:573
 """
 
 TEMPLATES = {
@@ -1785,7 +1785,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/datamov.r1:204
+    # spec/datamov.r1:212
     'XADD_RMv_Rv': {
         (16, 16, 'reg', None, None): _T103,
         (16, 16, 'mem', None, None): _T104,
@@ -1796,7 +1796,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T105,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/datamov.r1:219
+    # spec/datamov.r1:235
     'CMPXCHG_RMb_Rb': {
         (16, 16, 'reg', None, None): _T107,
         (16, 16, 'mem', None, None): _T108,
@@ -1807,7 +1807,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T107,
         (32, 32, 'mem', None, None): _T108,
     },
-    # spec/datamov.r1:235
+    # spec/datamov.r1:251
     'CMPXCHG_RMv_Rv': {
         (16, 16, 'reg', None, None): _T109,
         (16, 16, 'mem', None, None): _T110,
@@ -1818,14 +1818,14 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T111,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/datamov.r1:252
+    # spec/datamov.r1:268
     'CMPXCHG8B_M64': {
         (16, 16, 'mem', None, None): _T113,
         (16, 32, 'mem', None, None): _T113,
         (32, 16, 'mem', None, None): _T113,
         (32, 32, 'mem', None, None): _T113,
     },
-    # spec/datamov.r1:278
+    # spec/datamov.r1:294
     'PUSH_RMv': {
         (16, 16, 'reg', None, None): _T114,
         (16, 16, 'mem', None, None): _T115,
@@ -1836,63 +1836,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T117,
     },
-    # spec/datamov.r1:288
+    # spec/datamov.r1:304
     'PUSH_Ov': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/datamov.r1:299
+    # spec/datamov.r1:315
     'PUSH_Ib': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T121,
         (32, 32, None, None, None): _T121,
     },
-    # spec/datamov.r1:308
+    # spec/datamov.r1:324
     'PUSH_Iv': {
         (16, 16, None, None, None): _T122,
         (16, 32, None, None, None): _T122,
         (32, 16, None, None, None): _T123,
         (32, 32, None, None, None): _T123,
     },
-    # spec/datamov.r1:318
+    # spec/datamov.r1:334
     'POP_Ov': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T125,
         (32, 32, None, None, None): _T125,
     },
-    # spec/datamov.r1:329
+    # spec/datamov.r1:345
     'POP_Rv_8F': {
         (16, 16, 'reg', None, None): _T126,
         (16, 32, 'reg', None, None): _T126,
         (32, 16, 'reg', None, None): _T127,
         (32, 32, 'reg', None, None): _T127,
     },
-    # spec/datamov.r1:341
+    # spec/datamov.r1:357
     'POP_Mv': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/datamov.r1:360
+    # spec/datamov.r1:376
     'PUSHA': {
         (16, 16, None, None, None): _T130,
         (16, 32, None, None, None): _T130,
         (32, 16, None, None, None): _T131,
         (32, 32, None, None, None): _T131,
     },
-    # spec/datamov.r1:378
+    # spec/datamov.r1:394
     'POPA': {
         (16, 16, None, None, None): _T132,
         (16, 32, None, None, None): _T132,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/datamov.r1:406
+    # spec/datamov.r1:422
     'MOVSX_Rv_RMb': {
         (16, 16, 'reg', None, None): _T134,
         (16, 16, 'mem', None, None): _T135,
@@ -1903,7 +1903,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T136,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/datamov.r1:415
+    # spec/datamov.r1:431
     'MOVSX_Rv_RMw': {
         (16, 16, 'reg', None, None): _T138,
         (16, 16, 'mem', None, None): _T139,
@@ -1914,7 +1914,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T140,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/datamov.r1:424
+    # spec/datamov.r1:440
     'MOVZX_Rv_RMb': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T143,
@@ -1925,7 +1925,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T144,
         (32, 32, 'mem', None, None): _T145,
     },
-    # spec/datamov.r1:433
+    # spec/datamov.r1:449
     'MOVZX_Rv_RMw': {
         (16, 16, 'reg', None, None): _T146,
         (16, 16, 'mem', None, None): _T147,
@@ -1936,35 +1936,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T148,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/datamov.r1:443
+    # spec/datamov.r1:459
     'CBW_CWDE': {
         (16, 16, None, None, None): _T150,
         (16, 32, None, None, None): _T150,
         (32, 16, None, None, None): _T151,
         (32, 32, None, None, None): _T151,
     },
-    # spec/datamov.r1:451
+    # spec/datamov.r1:467
     'CWD_CDQ': {
         (16, 16, None, None, None): _T152,
         (16, 32, None, None, None): _T152,
         (32, 16, None, None, None): _T153,
         (32, 32, None, None, None): _T153,
     },
-    # spec/datamov.r1:462
+    # spec/datamov.r1:478
     'LEA_Rv_M': {
         (16, 16, 'mem', None, None): _T154,
         (16, 32, 'mem', None, None): _T154,
         (32, 16, 'mem', None, None): _T155,
         (32, 32, 'mem', None, None): _T155,
     },
-    # spec/datamov.r1:473
+    # spec/datamov.r1:489
     'NOP': {
         (16, 16, None, None, None): _T156,
         (16, 32, None, None, None): _T156,
         (32, 16, None, None, None): _T156,
         (32, 32, None, None, None): _T156,
     },
-    # spec/datamov.r1:482
+    # spec/datamov.r1:498
     'NOP_RMv': {
         (16, 16, 'reg', None, None): _T157,
         (16, 16, 'mem', None, None): _T158,
@@ -1975,21 +1975,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T157,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/datamov.r1:493
+    # spec/datamov.r1:509
     'XLAT': {
         (16, 16, None, None, None): _T159,
         (16, 32, None, None, None): _T160,
         (32, 16, None, None, None): _T159,
         (32, 32, None, None, None): _T160,
     },
-    # spec/datamov.r1:512
+    # spec/datamov.r1:528
     'ENTER': {
         (16, 16, None, None, None): _T161,
         (16, 32, None, None, None): _T161,
         (32, 16, None, None, None): _T162,
         (32, 32, None, None, None): _T162,
     },
-    # spec/datamov.r1:547
+    # spec/datamov.r1:563
     'LEAVE': {
         (16, 16, None, None, None): _T163,
         (16, 32, None, None, None): _T163,

@@ -33,31 +33,31 @@ RULES = {
     'XCHG_Ov_AX': ('ident', None, (), ()),  # spec/datamov.r1:166
     'BSWAP_Od': ('ident', None, (), ()),  # spec/datamov.r1:177
     'XADD_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:193
-    'XADD_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:204
-    'CMPXCHG_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:219
-    'CMPXCHG_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:235
-    'CMPXCHG8B_M64': ('ident', None, (), ()),  # spec/datamov.r1:252
-    'PUSH_RMv': ('ident', None, (), ()),  # spec/datamov.r1:278
-    'PUSH_Ov': ('ident', None, (), ()),  # spec/datamov.r1:288
-    'PUSH_Ib': ('ident', None, (), ()),  # spec/datamov.r1:299
-    'PUSH_Iv': ('ident', None, (), ()),  # spec/datamov.r1:308
-    'POP_Ov': ('ident', None, (), ()),  # spec/datamov.r1:318
-    'POP_Rv_8F': ('ident', None, (), ()),  # spec/datamov.r1:329
-    'POP_Mv': ('ident', None, (), ()),  # spec/datamov.r1:341
-    'PUSHA': ('ident', None, (), ()),  # spec/datamov.r1:360
-    'POPA': ('ident', None, (), ()),  # spec/datamov.r1:378
-    'MOVSX_Rv_RMb': ('ident', None, (), ()),  # spec/datamov.r1:406
-    'MOVSX_Rv_RMw': ('ident', None, (), ()),  # spec/datamov.r1:415
-    'MOVZX_Rv_RMb': ('ident', None, (), ()),  # spec/datamov.r1:424
-    'MOVZX_Rv_RMw': ('ident', None, (), ()),  # spec/datamov.r1:433
-    'CBW_CWDE': ('ident', None, (), ()),  # spec/datamov.r1:443
-    'CWD_CDQ': ('ident', None, (), ()),  # spec/datamov.r1:451
-    'LEA_Rv_M': ('ident', None, (), ()),  # spec/datamov.r1:462
-    'NOP': ('ident', None, (), ()),  # spec/datamov.r1:473
-    'NOP_RMv': ('ident', None, (), ()),  # spec/datamov.r1:482
-    'XLAT': ('ident', None, (), ()),  # spec/datamov.r1:493
-    'ENTER': ('ident', None, (), ()),  # spec/datamov.r1:512
-    'LEAVE': ('ident', None, (), ()),  # spec/datamov.r1:547
+    'XADD_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:212
+    'CMPXCHG_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:235
+    'CMPXCHG_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:251
+    'CMPXCHG8B_M64': ('ident', None, (), ()),  # spec/datamov.r1:268
+    'PUSH_RMv': ('ident', None, (), ()),  # spec/datamov.r1:294
+    'PUSH_Ov': ('ident', None, (), ()),  # spec/datamov.r1:304
+    'PUSH_Ib': ('ident', None, (), ()),  # spec/datamov.r1:315
+    'PUSH_Iv': ('ident', None, (), ()),  # spec/datamov.r1:324
+    'POP_Ov': ('ident', None, (), ()),  # spec/datamov.r1:334
+    'POP_Rv_8F': ('ident', None, (), ()),  # spec/datamov.r1:345
+    'POP_Mv': ('ident', None, (), ()),  # spec/datamov.r1:357
+    'PUSHA': ('ident', None, (), ()),  # spec/datamov.r1:376
+    'POPA': ('ident', None, (), ()),  # spec/datamov.r1:394
+    'MOVSX_Rv_RMb': ('ident', None, (), ()),  # spec/datamov.r1:422
+    'MOVSX_Rv_RMw': ('ident', None, (), ()),  # spec/datamov.r1:431
+    'MOVZX_Rv_RMb': ('ident', None, (), ()),  # spec/datamov.r1:440
+    'MOVZX_Rv_RMw': ('ident', None, (), ()),  # spec/datamov.r1:449
+    'CBW_CWDE': ('ident', None, (), ()),  # spec/datamov.r1:459
+    'CWD_CDQ': ('ident', None, (), ()),  # spec/datamov.r1:467
+    'LEA_Rv_M': ('ident', None, (), ()),  # spec/datamov.r1:478
+    'NOP': ('ident', None, (), ()),  # spec/datamov.r1:489
+    'NOP_RMv': ('ident', None, (), ()),  # spec/datamov.r1:498
+    'XLAT': ('ident', None, (), ()),  # spec/datamov.r1:509
+    'ENTER': ('ident', None, (), ()),  # spec/datamov.r1:528
+    'LEAVE': ('ident', None, (), ()),  # spec/datamov.r1:563
     'PUSHF': ('callout', None, ('if', 'iopl', 'tf', 'nt', 'ac'), ()),  # spec/flags.r1:14
     'POPF': ('callout', None, ('cpl', 'iopl'), ('if', 'iopl', 'tf', 'nt', 'rf', 'ac')),  # spec/flags.r1:31
     'CLI': ('callout', None, (), ('if',)),  # spec/flags.r1:52
