@@ -8,9 +8,1004 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# PUSH_Ov [o16 a16, o16 a32] from spec/datamov.r1:4
+# MOV_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:19
 _T0 = """\
-v_src = (R[$src] & 0xffff)  # datamov.r1:7
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:22
+R[$dst_r] = R[$dst_r] & $dst_k | (v_src & 0xff) << $dst_s  # datamov.r1:26
+"""
+
+# MOV_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:19
+_T1 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:22
+wr8($seg, ea, v_src)  # datamov.r1:26
+"""
+
+# MOV_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:28
+_T2 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:31
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:35
+"""
+
+# MOV_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:28
+_T3 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # datamov.r1:31
+wr16($seg, ea, v_src)  # datamov.r1:35
+"""
+
+# MOV_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:28
+_T4 = """\
+v_src = R[$src]  # datamov.r1:31
+R[$dst] = v_src & 0xffffffff  # datamov.r1:35
+"""
+
+# MOV_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:28
+_T5 = """\
+ea = $ea
+v_src = R[$src]  # datamov.r1:31
+wr32($seg, ea, v_src)  # datamov.r1:35
+"""
+
+# MOV_Rb_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:37
+_T6 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:40
+R[$dst_r] = R[$dst_r] & $dst_k | (v_src & 0xff) << $dst_s  # datamov.r1:44
+"""
+
+# MOV_Rb_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:37
+_T7 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # datamov.r1:40
+R[$dst_r] = R[$dst_r] & $dst_k | (v_src & 0xff) << $dst_s  # datamov.r1:44
+"""
+
+# MOV_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:46
+_T8 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:49
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:53
+"""
+
+# MOV_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:46
+_T9 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:49
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:53
+"""
+
+# MOV_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:46
+_T10 = """\
+v_src = R[$src]  # datamov.r1:49
+R[$dst] = v_src & 0xffffffff  # datamov.r1:53
+"""
+
+# MOV_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:46
+_T11 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # datamov.r1:49
+R[$dst] = v_src & 0xffffffff  # datamov.r1:53
+"""
+
+# MOV_AL_MOFFSb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:55
+_T12 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # datamov.r1:58
+R[0] = R[0] & 0xffffff00 | v_src & 0xff  # datamov.r1:62
+"""
+
+# MOV_AX_MOFFSv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:64
+_T13 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:67
+R[0] = R[0] & 0xffff0000 | v_src & 0xffff  # datamov.r1:71
+"""
+
+# MOV_AX_MOFFSv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:64
+_T14 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # datamov.r1:67
+R[0] = v_src & 0xffffffff  # datamov.r1:71
+"""
+
+# MOV_MOFFSb_AL [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:73
+_T15 = """\
+ea = $ea
+v_src = (R[0] & 0xff)  # datamov.r1:76
+wr8($seg, ea, v_src)  # datamov.r1:80
+"""
+
+# MOV_MOFFSv_AX [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:82
+_T16 = """\
+ea = $ea
+v_src = (R[0] & 0xffff)  # datamov.r1:85
+wr16($seg, ea, v_src)  # datamov.r1:89
+"""
+
+# MOV_MOFFSv_AX [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:82
+_T17 = """\
+ea = $ea
+v_src = R[0]  # datamov.r1:85
+wr32($seg, ea, v_src)  # datamov.r1:89
+"""
+
+# MOV_Ob_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/datamov.r1:91
+_T18 = """\
+R[$dst_r] = R[$dst_r] & $dst_k | ($src & 0xff) << $dst_s  # datamov.r1:98
+"""
+
+# MOV_Ov_Iv [o16 a16, o16 a32] from spec/datamov.r1:100
+_T19 = """\
+R[$dst] = R[$dst] & 0xffff0000 | $src & 0xffff  # datamov.r1:107
+"""
+
+# MOV_Ov_Iv [o32 a16, o32 a32] from spec/datamov.r1:100
+_T20 = """\
+R[$dst] = $src & 0xffffffff  # datamov.r1:107
+"""
+
+# MOV_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:109
+_T21 = """\
+R[$dst_r] = R[$dst_r] & $dst_k | ($src & 0xff) << $dst_s  # datamov.r1:116
+"""
+
+# MOV_RMb_Ib [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:109
+_T22 = """\
+ea = $ea
+wr8($seg, ea, $src)  # datamov.r1:116
+"""
+
+# MOV_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:118
+_T23 = """\
+R[$dst] = R[$dst] & 0xffff0000 | $src & 0xffff  # datamov.r1:125
+"""
+
+# MOV_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:118
+_T24 = """\
+ea = $ea
+wr16($seg, ea, $src)  # datamov.r1:125
+"""
+
+# MOV_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:118
+_T25 = """\
+R[$dst] = $src & 0xffffffff  # datamov.r1:125
+"""
+
+# MOV_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:118
+_T26 = """\
+ea = $ea
+wr32($seg, ea, $src)  # datamov.r1:125
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc0, o16 a32 reg cc0] from spec/datamov.r1:130
+_T27 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if GET_OF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc1, o16 a32 reg cc1] from spec/datamov.r1:130
+_T28 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (not GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc2, o16 a32 reg cc2] from spec/datamov.r1:130
+_T29 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if GET_CF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc3, o16 a32 reg cc3] from spec/datamov.r1:130
+_T30 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (not GET_CF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc4, o16 a32 reg cc4] from spec/datamov.r1:130
+_T31 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if GET_ZF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc5, o16 a32 reg cc5] from spec/datamov.r1:130
+_T32 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (not GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc6, o16 a32 reg cc6] from spec/datamov.r1:130
+_T33 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc7, o16 a32 reg cc7] from spec/datamov.r1:130
+_T34 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc8, o16 a32 reg cc8] from spec/datamov.r1:130
+_T35 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if GET_SF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc9, o16 a32 reg cc9] from spec/datamov.r1:130
+_T36 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (not GET_SF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc10, o16 a32 reg cc10] from spec/datamov.r1:130
+_T37 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if GET_PF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc11, o16 a32 reg cc11] from spec/datamov.r1:130
+_T38 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (not GET_PF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc12, o16 a32 reg cc12] from spec/datamov.r1:130
+_T39 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc13, o16 a32 reg cc13] from spec/datamov.r1:130
+_T40 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc14, o16 a32 reg cc14] from spec/datamov.r1:130
+_T41 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 reg cc15, o16 a32 reg cc15] from spec/datamov.r1:130
+_T42 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = (R[$src] & 0xffff)  # datamov.r1:133
+if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc0, o16 a32 mem cc0] from spec/datamov.r1:130
+_T43 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if GET_OF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc1, o16 a32 mem cc1] from spec/datamov.r1:130
+_T44 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (not GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc2, o16 a32 mem cc2] from spec/datamov.r1:130
+_T45 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if GET_CF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc3, o16 a32 mem cc3] from spec/datamov.r1:130
+_T46 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (not GET_CF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc4, o16 a32 mem cc4] from spec/datamov.r1:130
+_T47 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if GET_ZF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc5, o16 a32 mem cc5] from spec/datamov.r1:130
+_T48 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (not GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc6, o16 a32 mem cc6] from spec/datamov.r1:130
+_T49 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc7, o16 a32 mem cc7] from spec/datamov.r1:130
+_T50 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc8, o16 a32 mem cc8] from spec/datamov.r1:130
+_T51 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if GET_SF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc9, o16 a32 mem cc9] from spec/datamov.r1:130
+_T52 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (not GET_SF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc10, o16 a32 mem cc10] from spec/datamov.r1:130
+_T53 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if GET_PF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc11, o16 a32 mem cc11] from spec/datamov.r1:130
+_T54 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (not GET_PF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc12, o16 a32 mem cc12] from spec/datamov.r1:130
+_T55 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc13, o16 a32 mem cc13] from spec/datamov.r1:130
+_T56 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc14, o16 a32 mem cc14] from spec/datamov.r1:130
+_T57 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o16 a16 mem cc15, o16 a32 mem cc15] from spec/datamov.r1:130
+_T58 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:133
+v_src = rd16($seg, ea)  # datamov.r1:133
+if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc0, o32 a32 reg cc0] from spec/datamov.r1:130
+_T59 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if GET_OF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc1, o32 a32 reg cc1] from spec/datamov.r1:130
+_T60 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (not GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc2, o32 a32 reg cc2] from spec/datamov.r1:130
+_T61 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if GET_CF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc3, o32 a32 reg cc3] from spec/datamov.r1:130
+_T62 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (not GET_CF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc4, o32 a32 reg cc4] from spec/datamov.r1:130
+_T63 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if GET_ZF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc5, o32 a32 reg cc5] from spec/datamov.r1:130
+_T64 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (not GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc6, o32 a32 reg cc6] from spec/datamov.r1:130
+_T65 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc7, o32 a32 reg cc7] from spec/datamov.r1:130
+_T66 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc8, o32 a32 reg cc8] from spec/datamov.r1:130
+_T67 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if GET_SF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc9, o32 a32 reg cc9] from spec/datamov.r1:130
+_T68 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (not GET_SF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc10, o32 a32 reg cc10] from spec/datamov.r1:130
+_T69 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if GET_PF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc11, o32 a32 reg cc11] from spec/datamov.r1:130
+_T70 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (not GET_PF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc12, o32 a32 reg cc12] from spec/datamov.r1:130
+_T71 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc13, o32 a32 reg cc13] from spec/datamov.r1:130
+_T72 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc14, o32 a32 reg cc14] from spec/datamov.r1:130
+_T73 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 reg cc15, o32 a32 reg cc15] from spec/datamov.r1:130
+_T74 = """\
+v_dst = R[$dst]  # datamov.r1:133
+v_src = R[$src]  # datamov.r1:133
+if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc0, o32 a32 mem cc0] from spec/datamov.r1:130
+_T75 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if GET_OF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc1, o32 a32 mem cc1] from spec/datamov.r1:130
+_T76 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (not GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc2, o32 a32 mem cc2] from spec/datamov.r1:130
+_T77 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if GET_CF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc3, o32 a32 mem cc3] from spec/datamov.r1:130
+_T78 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (not GET_CF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc4, o32 a32 mem cc4] from spec/datamov.r1:130
+_T79 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if GET_ZF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc5, o32 a32 mem cc5] from spec/datamov.r1:130
+_T80 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (not GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc6, o32 a32 mem cc6] from spec/datamov.r1:130
+_T81 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc7, o32 a32 mem cc7] from spec/datamov.r1:130
+_T82 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc8, o32 a32 mem cc8] from spec/datamov.r1:130
+_T83 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if GET_SF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc9, o32 a32 mem cc9] from spec/datamov.r1:130
+_T84 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (not GET_SF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc10, o32 a32 mem cc10] from spec/datamov.r1:130
+_T85 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if GET_PF[S.cc[0]](S.cc):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc11, o32 a32 mem cc11] from spec/datamov.r1:130
+_T86 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (not GET_PF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc12, o32 a32 mem cc12] from spec/datamov.r1:130
+_T87 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc13, o32 a32 mem cc13] from spec/datamov.r1:130
+_T88 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc)):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc14, o32 a32 mem cc14] from spec/datamov.r1:130
+_T89 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if (GET_ZF[S.cc[0]](S.cc) or (GET_SF[S.cc[0]](S.cc) != GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# CMOVCC_Rv_RMv [o32 a16 mem cc15, o32 a32 mem cc15] from spec/datamov.r1:130
+_T90 = """\
+ea = $ea
+v_dst = R[$dst]  # datamov.r1:133
+v_src = rd32($seg, ea)  # datamov.r1:133
+if ((not GET_ZF[S.cc[0]](S.cc)) and (GET_SF[S.cc[0]](S.cc) == GET_OF[S.cc[0]](S.cc))):  # datamov.r1:139
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:139
+"""
+
+# XCHG_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:146
+_T91 = """\
+v_a = (R[$a_r] >> $a_s & 0xff)  # datamov.r1:149
+v_b = (R[$b_r] >> $b_s & 0xff)  # datamov.r1:149
+l_t = v_a  # datamov.r1:154
+R[$a_r] = R[$a_r] & $a_k | (v_b & 0xff) << $a_s  # datamov.r1:154
+R[$b_r] = R[$b_r] & $b_k | (l_t & 0xff) << $b_s  # datamov.r1:154
+"""
+
+# XCHG_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:146
+_T92 = """\
+ea = $ea
+v_b = (R[$b_r] >> $b_s & 0xff)  # datamov.r1:149
+v_a = rd8($seg, ea)  # datamov.r1:149
+l_t = v_a  # datamov.r1:154
+wr8($seg, ea, v_b)  # datamov.r1:154
+R[$b_r] = R[$b_r] & $b_k | (l_t & 0xff) << $b_s  # datamov.r1:154
+"""
+
+# XCHG_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:156
+_T93 = """\
+v_a = (R[$a] & 0xffff)  # datamov.r1:159
+v_b = (R[$b] & 0xffff)  # datamov.r1:159
+l_t = v_a  # datamov.r1:164
+R[$a] = R[$a] & 0xffff0000 | v_b & 0xffff  # datamov.r1:164
+R[$b] = R[$b] & 0xffff0000 | l_t & 0xffff  # datamov.r1:164
+"""
+
+# XCHG_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:156
+_T94 = """\
+ea = $ea
+v_b = (R[$b] & 0xffff)  # datamov.r1:159
+v_a = rd16($seg, ea)  # datamov.r1:159
+l_t = v_a  # datamov.r1:164
+wr16($seg, ea, v_b)  # datamov.r1:164
+R[$b] = R[$b] & 0xffff0000 | l_t & 0xffff  # datamov.r1:164
+"""
+
+# XCHG_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:156
+_T95 = """\
+v_a = R[$a]  # datamov.r1:159
+v_b = R[$b]  # datamov.r1:159
+l_t = v_a  # datamov.r1:164
+R[$a] = v_b & 0xffffffff  # datamov.r1:164
+R[$b] = l_t & 0xffffffff  # datamov.r1:164
+"""
+
+# XCHG_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:156
+_T96 = """\
+ea = $ea
+v_b = R[$b]  # datamov.r1:159
+v_a = rd32($seg, ea)  # datamov.r1:159
+l_t = v_a  # datamov.r1:164
+wr32($seg, ea, v_b)  # datamov.r1:164
+R[$b] = l_t & 0xffffffff  # datamov.r1:164
+"""
+
+# XCHG_Ov_AX [o16 a16, o16 a32] from spec/datamov.r1:166
+_T97 = """\
+v_a = (R[$a] & 0xffff)  # datamov.r1:169
+v_b = (R[0] & 0xffff)  # datamov.r1:169
+l_t = v_a  # datamov.r1:174
+R[$a] = R[$a] & 0xffff0000 | v_b & 0xffff  # datamov.r1:174
+R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:174
+"""
+
+# XCHG_Ov_AX [o32 a16, o32 a32] from spec/datamov.r1:166
+_T98 = """\
+v_a = R[$a]  # datamov.r1:169
+v_b = R[0]  # datamov.r1:169
+l_t = v_a  # datamov.r1:174
+R[$a] = v_b & 0xffffffff  # datamov.r1:174
+R[0] = l_t & 0xffffffff  # datamov.r1:174
+"""
+
+# BSWAP_Od [o16 a16, o16 a32] from spec/datamov.r1:177
+_T99 = """\
+v_dst = R[$dst]  # datamov.r1:180
+R[$dst] = (v_dst & 4294901760) & 0xffffffff  # datamov.r1:185
+"""
+
+# BSWAP_Od [o32 a16, o32 a32] from spec/datamov.r1:177
+_T100 = """\
+v_dst = R[$dst]  # datamov.r1:180
+R[$dst] = (((((v_dst & 255) << 24) | ((v_dst & 65280) << 8)) | ((v_dst >> 8) & 65280)) | ((v_dst >> 24) & 255)) & 0xffffffff  # datamov.r1:185
+"""
+
+# XADD_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:193
+_T101 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # datamov.r1:196
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:196
+l_d = v_dst  # datamov.r1:203
+l_s = v_src  # datamov.r1:204
+l_r = ((l_d + l_s) & 255)  # datamov.r1:205
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # datamov.r1:206
+v_dst = l_r & 0xff
+R[$src_r] = R[$src_r] & $src_k | (l_d & 0xff) << $src_s  # datamov.r1:207
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # datamov.r1:208
+S.cc = (1, l_d, l_s, l_r)  # datamov.r1:209
+"""
+
+# XADD_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:193
+_T102 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:196
+v_dst = rd8($seg, ea)  # datamov.r1:196
+l_d = v_dst  # datamov.r1:203
+l_s = v_src  # datamov.r1:204
+l_r = ((l_d + l_s) & 255)  # datamov.r1:205
+wr8($seg, ea, l_r)  # datamov.r1:206
+v_dst = l_r & 0xff
+R[$src_r] = R[$src_r] & $src_k | (l_d & 0xff) << $src_s  # datamov.r1:207
+wr8($seg, ea, l_r)  # datamov.r1:208
+S.cc = (1, l_d, l_s, l_r)  # datamov.r1:209
+"""
+
+# XADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:212
+_T103 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:215
+v_src = (R[$src] & 0xffff)  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 65535)  # datamov.r1:224
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # datamov.r1:225
+v_dst = l_r & 0xffff
+R[$src] = R[$src] & 0xffff0000 | l_d & 0xffff  # datamov.r1:226
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # datamov.r1:227
+S.cc = (2, l_d, l_s, l_r)  # datamov.r1:228
+"""
+
+# XADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:212
+_T104 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # datamov.r1:215
+v_dst = rd16($seg, ea)  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 65535)  # datamov.r1:224
+wr16($seg, ea, l_r)  # datamov.r1:225
+v_dst = l_r & 0xffff
+R[$src] = R[$src] & 0xffff0000 | l_d & 0xffff  # datamov.r1:226
+wr16($seg, ea, l_r)  # datamov.r1:227
+S.cc = (2, l_d, l_s, l_r)  # datamov.r1:228
+"""
+
+# XADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:212
+_T105 = """\
+v_dst = R[$dst]  # datamov.r1:215
+v_src = R[$src]  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 4294967295)  # datamov.r1:224
+R[$dst] = l_r & 0xffffffff  # datamov.r1:225
+v_dst = l_r & 0xffffffff
+R[$src] = l_d & 0xffffffff  # datamov.r1:226
+R[$dst] = l_r & 0xffffffff  # datamov.r1:227
+S.cc = (3, l_d, l_s, l_r)  # datamov.r1:228
+"""
+
+# XADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:212
+_T106 = """\
+ea = $ea
+v_src = R[$src]  # datamov.r1:215
+v_dst = rd32($seg, ea)  # datamov.r1:215
+l_d = v_dst  # datamov.r1:222
+l_s = v_src  # datamov.r1:223
+l_r = ((l_d + l_s) & 4294967295)  # datamov.r1:224
+wr32($seg, ea, l_r)  # datamov.r1:225
+v_dst = l_r & 0xffffffff
+R[$src] = l_d & 0xffffffff  # datamov.r1:226
+wr32($seg, ea, l_r)  # datamov.r1:227
+S.cc = (3, l_d, l_s, l_r)  # datamov.r1:228
+"""
+
+# CMPXCHG_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:235
+_T107 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # datamov.r1:238
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:238
+l_t = v_dst  # datamov.r1:245
+l_a = (R[0] & 0xff)  # datamov.r1:246
+if (l_a == l_t):  # datamov.r1:247
+    R[$dst_r] = R[$dst_r] & $dst_k | (v_src & 0xff) << $dst_s  # datamov.r1:247
+    v_dst = v_src & 0xff
+else:
+    R[$dst_r] = R[$dst_r] & $dst_k | (l_t & 0xff) << $dst_s  # datamov.r1:247
+    R[0] = R[0] & 0xffffff00 | l_t & 0xff  # datamov.r1:247
+S.cc = (7, l_a, l_t, ((l_a - l_t) & 255))  # datamov.r1:248
+"""
+
+# CMPXCHG_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:235
+_T108 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:238
+v_dst = rd8($seg, ea)  # datamov.r1:238
+l_t = v_dst  # datamov.r1:245
+l_a = (R[0] & 0xff)  # datamov.r1:246
+if (l_a == l_t):  # datamov.r1:247
+    wr8($seg, ea, v_src)  # datamov.r1:247
+    v_dst = v_src & 0xff
+else:
+    wr8($seg, ea, l_t)  # datamov.r1:247
+    R[0] = R[0] & 0xffffff00 | l_t & 0xff  # datamov.r1:247
+S.cc = (7, l_a, l_t, ((l_a - l_t) & 255))  # datamov.r1:248
+"""
+
+# CMPXCHG_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:251
+_T109 = """\
+v_dst = (R[$dst] & 0xffff)  # datamov.r1:254
+v_src = (R[$src] & 0xffff)  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = (R[0] & 0xffff)  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:263
+    v_dst = v_src & 0xffff
+else:
+    R[$dst] = R[$dst] & 0xffff0000 | l_t & 0xffff  # datamov.r1:263
+    R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:263
+S.cc = (8, l_a, l_t, ((l_a - l_t) & 65535))  # datamov.r1:264
+"""
+
+# CMPXCHG_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:251
+_T110 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # datamov.r1:254
+v_dst = rd16($seg, ea)  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = (R[0] & 0xffff)  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    wr16($seg, ea, v_src)  # datamov.r1:263
+    v_dst = v_src & 0xffff
+else:
+    wr16($seg, ea, l_t)  # datamov.r1:263
+    R[0] = R[0] & 0xffff0000 | l_t & 0xffff  # datamov.r1:263
+S.cc = (8, l_a, l_t, ((l_a - l_t) & 65535))  # datamov.r1:264
+"""
+
+# CMPXCHG_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:251
+_T111 = """\
+v_dst = R[$dst]  # datamov.r1:254
+v_src = R[$src]  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = R[0]  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    R[$dst] = v_src & 0xffffffff  # datamov.r1:263
+    v_dst = v_src & 0xffffffff
+else:
+    R[$dst] = l_t & 0xffffffff  # datamov.r1:263
+    R[0] = l_t & 0xffffffff  # datamov.r1:263
+S.cc = (9, l_a, l_t, ((l_a - l_t) & 4294967295))  # datamov.r1:264
+"""
+
+# CMPXCHG_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:251
+_T112 = """\
+ea = $ea
+v_src = R[$src]  # datamov.r1:254
+v_dst = rd32($seg, ea)  # datamov.r1:254
+l_t = v_dst  # datamov.r1:261
+l_a = R[0]  # datamov.r1:262
+if (l_a == l_t):  # datamov.r1:263
+    wr32($seg, ea, v_src)  # datamov.r1:263
+    v_dst = v_src & 0xffffffff
+else:
+    wr32($seg, ea, l_t)  # datamov.r1:263
+    R[0] = l_t & 0xffffffff  # datamov.r1:263
+S.cc = (9, l_a, l_t, ((l_a - l_t) & 4294967295))  # datamov.r1:264
+"""
+
+# CMPXCHG8B_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:268
+_T113 = """\
+ea = $ea
+v_dst = b_load($seg, ea, 64)  # datamov.r1:271
+l_t = v_dst  # datamov.r1:279
+if (l_t == ((R[2] << 32) | R[0])):  # datamov.r1:280
+    b_store($seg, ea, 64, ((R[1] << 32) | R[3]))  # datamov.r1:281
+    v_dst = ((R[1] << 32) | R[3]) & 0xffffffffffffffff
+    S.eflags = flush_cc() & 0xffffffbf | 64  # datamov.r1:282
+else:
+    b_store($seg, ea, 64, l_t)  # datamov.r1:284
+    R[0] = (l_t & 0xffffffff) & 0xffffffff  # datamov.r1:285
+    R[2] = (l_t >> 32 & 0xffffffff) & 0xffffffff  # datamov.r1:286
+    S.eflags = flush_cc() & 0xffffffbf | 0  # datamov.r1:287
+"""
+
+# PUSH_RMv [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:294
+_T114 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:297
 if S.stack32:  # prelude.r1:266
     l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
     wr16(2, l_top_0, v_src)  # prelude.r1:268
@@ -21,9 +1016,23 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
 """
 
-# PUSH_Ov [o32 a16, o32 a32] from spec/datamov.r1:4
-_T1 = """\
-v_src = R[$src]  # datamov.r1:7
+# PUSH_RMv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:294
+_T115 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:297
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_0, v_src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_1, v_src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_RMv [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:294
+_T116 = """\
+v_src = R[$src]  # datamov.r1:297
 if S.stack32:  # prelude.r1:266
     l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
     wr32(2, l_top_0, v_src)  # prelude.r1:268
@@ -34,8 +1043,96 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
 """
 
-# POP_Ov [o16 a16, o16 a32] from spec/datamov.r1:14
-_T2 = """\
+# PUSH_RMv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:294
+_T117 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # datamov.r1:297
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_0, v_src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_1, v_src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_Ov [o16 a16, o16 a32] from spec/datamov.r1:304
+_T118 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:307
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_0, v_src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_1, v_src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_Ov [o32 a16, o32 a32] from spec/datamov.r1:304
+_T119 = """\
+v_src = R[$src]  # datamov.r1:307
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_0, v_src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_1, v_src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_Ib [o16 a16, o16 a32] from spec/datamov.r1:315
+_T120 = """\
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_0, $src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_1, $src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_Ib [o32 a16, o32 a32] from spec/datamov.r1:315
+_T121 = """\
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_0, $src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_1, $src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_Iv [o16 a16, o16 a32] from spec/datamov.r1:324
+_T122 = """\
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:267
+    wr16(2, l_top_0, $src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:271
+    wr16(2, l_top_1, $src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# PUSH_Iv [o32 a16, o32 a32] from spec/datamov.r1:324
+_T123 = """\
+if S.stack32:  # prelude.r1:266
+    l_top_0 = ((R[4] - 4) & 4294967295)  # prelude.r1:267
+    wr32(2, l_top_0, $src)  # prelude.r1:268
+    R[4] = l_top_0 & 0xffffffff  # prelude.r1:269
+else:
+    l_top_1 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:271
+    wr32(2, l_top_1, $src)  # prelude.r1:272
+    R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:273
+"""
+
+# POP_Ov [o16 a16, o16 a32] from spec/datamov.r1:334
+_T124 = """\
 l_v_0 = 0  # prelude.r1:280
 if S.stack32:  # prelude.r1:281
     l_v_0 = rd16(2, R[4])  # prelude.r1:282
@@ -43,11 +1140,11 @@ if S.stack32:  # prelude.r1:281
 else:
     l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:285
     R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:286
-R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:22
+R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:343
 """
 
-# POP_Ov [o32 a16, o32 a32] from spec/datamov.r1:14
-_T3 = """\
+# POP_Ov [o32 a16, o32 a32] from spec/datamov.r1:334
+_T125 = """\
 l_v_0 = 0  # prelude.r1:280
 if S.stack32:  # prelude.r1:281
     l_v_0 = rd32(2, R[4])  # prelude.r1:282
@@ -55,22 +1152,848 @@ if S.stack32:  # prelude.r1:281
 else:
     l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:285
     R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:286
-R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:22
+R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:343
+"""
+
+# POP_Rv_8F [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:345
+_T126 = """\
+l_v_0 = 0  # prelude.r1:280
+if S.stack32:  # prelude.r1:281
+    l_v_0 = rd16(2, R[4])  # prelude.r1:282
+    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:283
+else:
+    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:285
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:286
+R[$dst] = R[$dst] & 0xffff0000 | l_v_0 & 0xffff  # datamov.r1:352
+"""
+
+# POP_Rv_8F [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:345
+_T127 = """\
+l_v_0 = 0  # prelude.r1:280
+if S.stack32:  # prelude.r1:281
+    l_v_0 = rd32(2, R[4])  # prelude.r1:282
+    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:283
+else:
+    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:285
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:286
+R[$dst] = l_v_0 & 0xffffffff  # datamov.r1:352
+"""
+
+# POP_Mv [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:357
+_T128 = """\
+ea = $ea
+l_v = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # datamov.r1:365
+l_new_esp = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # datamov.r1:366
+l_a = ea  # datamov.r1:367
+if $esp_base:  # datamov.r1:368
+    l_a = (((l_a + l_new_esp) - R[4]) & 4294967295)  # datamov.r1:368
+wr16($seg, l_a, l_v)  # datamov.r1:369
+R[4] = l_new_esp & 0xffffffff  # datamov.r1:370
+"""
+
+# POP_Mv [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:357
+_T129 = """\
+ea = $ea
+l_v = rd32(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # datamov.r1:365
+l_new_esp = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # datamov.r1:366
+l_a = ea  # datamov.r1:367
+if $esp_base:  # datamov.r1:368
+    l_a = (((l_a + l_new_esp) - R[4]) & 4294967295)  # datamov.r1:368
+wr32($seg, l_a, l_v)  # datamov.r1:369
+R[4] = l_new_esp & 0xffffffff  # datamov.r1:370
+"""
+
+# PUSHA [o16 a16, o16 a32] from spec/datamov.r1:376
+_T130 = """\
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:383
+l_i = 0  # datamov.r1:384
+while (l_i < 8):  # datamov.r1:385
+    wr16(2, ((l_top + (((-1) - l_i) * 2)) & ((1 << (32 if S.stack32 else 16)) - 1)), (R[l_i] & 0xffff))  # datamov.r1:386
+    l_i = (l_i + 1)  # datamov.r1:387
+R[4] = (((R[4] + (-16)) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + (-16)) & 65535))) & 0xffffffff  # datamov.r1:389
+"""
+
+# PUSHA [o32 a16, o32 a32] from spec/datamov.r1:376
+_T131 = """\
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:383
+l_i = 0  # datamov.r1:384
+while (l_i < 8):  # datamov.r1:385
+    wr32(2, ((l_top + (((-1) - l_i) * 4)) & ((1 << (32 if S.stack32 else 16)) - 1)), R[l_i])  # datamov.r1:386
+    l_i = (l_i + 1)  # datamov.r1:387
+R[4] = (((R[4] + (-32)) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + (-32)) & 65535))) & 0xffffffff  # datamov.r1:389
+"""
+
+# POPA [o16 a16, o16 a32] from spec/datamov.r1:394
+_T132 = """\
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:401
+l_v_di = rd16(2, (l_top & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:402
+l_v_si = rd16(2, ((l_top + 2) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:403
+l_v_bp = rd16(2, ((l_top + 4) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:404
+l_v_bx = rd16(2, ((l_top + 8) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:405
+l_v_dx = rd16(2, ((l_top + 10) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:406
+l_v_cx = rd16(2, ((l_top + 12) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:407
+l_v_ax = rd16(2, ((l_top + 14) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:408
+R[7] = R[7] & 0xffff0000 | l_v_di & 0xffff  # datamov.r1:409
+R[6] = R[6] & 0xffff0000 | l_v_si & 0xffff  # datamov.r1:410
+R[5] = R[5] & 0xffff0000 | l_v_bp & 0xffff  # datamov.r1:411
+R[3] = R[3] & 0xffff0000 | l_v_bx & 0xffff  # datamov.r1:412
+R[2] = R[2] & 0xffff0000 | l_v_dx & 0xffff  # datamov.r1:413
+R[1] = R[1] & 0xffff0000 | l_v_cx & 0xffff  # datamov.r1:414
+R[0] = R[0] & 0xffff0000 | l_v_ax & 0xffff  # datamov.r1:415
+R[4] = (((R[4] + 16) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 16) & 65535))) & 0xffffffff  # datamov.r1:416
+"""
+
+# POPA [o32 a16, o32 a32] from spec/datamov.r1:394
+_T133 = """\
+l_top = (R[4] if S.stack32 else (R[4] & 0xffff))  # datamov.r1:401
+l_v_di = rd32(2, (l_top & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:402
+l_v_si = rd32(2, ((l_top + 4) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:403
+l_v_bp = rd32(2, ((l_top + 8) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:404
+l_v_bx = rd32(2, ((l_top + 16) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:405
+l_v_dx = rd32(2, ((l_top + 20) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:406
+l_v_cx = rd32(2, ((l_top + 24) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:407
+l_v_ax = rd32(2, ((l_top + 28) & ((1 << (32 if S.stack32 else 16)) - 1)))  # datamov.r1:408
+R[7] = l_v_di & 0xffffffff  # datamov.r1:409
+R[6] = l_v_si & 0xffffffff  # datamov.r1:410
+R[5] = l_v_bp & 0xffffffff  # datamov.r1:411
+R[3] = l_v_bx & 0xffffffff  # datamov.r1:412
+R[2] = l_v_dx & 0xffffffff  # datamov.r1:413
+R[1] = l_v_cx & 0xffffffff  # datamov.r1:414
+R[0] = l_v_ax & 0xffffffff  # datamov.r1:415
+R[4] = (((R[4] + 32) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 32) & 65535))) & 0xffffffff  # datamov.r1:416
+"""
+
+# MOVSX_Rv_RMb [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:422
+_T134 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:425
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:429
+"""
+
+# MOVSX_Rv_RMb [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:422
+_T135 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # datamov.r1:425
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:429
+"""
+
+# MOVSX_Rv_RMb [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:422
+_T136 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:425
+R[$dst] = ((v_src & 0xff ^ 0x80) - 0x80) & 0xffffffff  # datamov.r1:429
+"""
+
+# MOVSX_Rv_RMb [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:422
+_T137 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # datamov.r1:425
+R[$dst] = ((v_src & 0xff ^ 0x80) - 0x80) & 0xffffffff  # datamov.r1:429
+"""
+
+# MOVSX_Rv_RMw [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:431
+_T138 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:434
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffff  # datamov.r1:438
+"""
+
+# MOVSX_Rv_RMw [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:431
+_T139 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:434
+R[$dst] = R[$dst] & 0xffff0000 | ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffff  # datamov.r1:438
+"""
+
+# MOVSX_Rv_RMw [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:431
+_T140 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:434
+R[$dst] = ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:438
+"""
+
+# MOVSX_Rv_RMw [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:431
+_T141 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:434
+R[$dst] = ((v_src & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:438
+"""
+
+# MOVZX_Rv_RMb [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:440
+_T142 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:443
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:447
+"""
+
+# MOVZX_Rv_RMb [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:440
+_T143 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # datamov.r1:443
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:447
+"""
+
+# MOVZX_Rv_RMb [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:440
+_T144 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # datamov.r1:443
+R[$dst] = v_src & 0xffffffff  # datamov.r1:447
+"""
+
+# MOVZX_Rv_RMb [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:440
+_T145 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # datamov.r1:443
+R[$dst] = v_src & 0xffffffff  # datamov.r1:447
+"""
+
+# MOVZX_Rv_RMw [o16 a16 reg, o16 a32 reg] from spec/datamov.r1:449
+_T146 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:452
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:456
+"""
+
+# MOVZX_Rv_RMw [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:449
+_T147 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:452
+R[$dst] = R[$dst] & 0xffff0000 | v_src & 0xffff  # datamov.r1:456
+"""
+
+# MOVZX_Rv_RMw [o32 a16 reg, o32 a32 reg] from spec/datamov.r1:449
+_T148 = """\
+v_src = (R[$src] & 0xffff)  # datamov.r1:452
+R[$dst] = v_src & 0xffffffff  # datamov.r1:456
+"""
+
+# MOVZX_Rv_RMw [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:449
+_T149 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # datamov.r1:452
+R[$dst] = v_src & 0xffffffff  # datamov.r1:456
+"""
+
+# CBW_CWDE [o16 a16, o16 a32] from spec/datamov.r1:459
+_T150 = """\
+R[0] = R[0] & 0xffff0000 | (((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) & 0xffff  # datamov.r1:465
+"""
+
+# CBW_CWDE [o32 a16, o32 a32] from spec/datamov.r1:459
+_T151 = """\
+R[0] = (((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) & 0xffffffff  # datamov.r1:465
+"""
+
+# CWD_CDQ [o16 a16, o16 a32] from spec/datamov.r1:467
+_T152 = """\
+R[2] = R[2] & 0xffff0000 | (65535 if ((R[0] & 0xffff) >> 15 & 1) else 0) & 0xffff  # datamov.r1:473
+"""
+
+# CWD_CDQ [o32 a16, o32 a32] from spec/datamov.r1:467
+_T153 = """\
+R[2] = (4294967295 if (R[0] >> 31 & 1) else 0) & 0xffffffff  # datamov.r1:473
+"""
+
+# LEA_Rv_M [o16 a16 mem, o16 a32 mem] from spec/datamov.r1:478
+_T154 = """\
+ea = $ea
+R[$dst] = R[$dst] & 0xffff0000 | ea & 0xffff  # datamov.r1:486
+"""
+
+# LEA_Rv_M [o32 a16 mem, o32 a32 mem] from spec/datamov.r1:478
+_T155 = """\
+ea = $ea
+R[$dst] = ea & 0xffffffff  # datamov.r1:486
+"""
+
+# NOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/datamov.r1:489
+_T156 = """\
+"""
+
+# NOP_RMv [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/datamov.r1:498
+_T157 = """\
+"""
+
+# NOP_RMv [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/datamov.r1:498
+_T158 = """\
+ea = $ea
+"""
+
+# XLAT [o16 a16, o32 a16] from spec/datamov.r1:509
+_T159 = """\
+R[0] = R[0] & 0xffffff00 | rd8($dseg, (((R[3] & 0xffff) + (R[0] & 0xff)) & 65535)) & 0xff  # datamov.r1:517
+"""
+
+# XLAT [o16 a32, o32 a32] from spec/datamov.r1:509
+_T160 = """\
+R[0] = R[0] & 0xffffff00 | rd8($dseg, ((R[3] + (R[0] & 0xff)) & 4294967295)) & 0xff  # datamov.r1:517
+"""
+
+# ENTER [o16 a16, o16 a32] from spec/datamov.r1:528
+_T161 = """\
+l_bits = (32 if S.stack32 else 16)  # datamov.r1:537
+l_n = 2  # datamov.r1:538
+l_lvl = ($level % 32)  # datamov.r1:539
+l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-2)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:540
+wr16(2, l_frame, (R[5] & 0xffff))  # datamov.r1:541
+l_top = l_frame  # datamov.r1:542
+if (l_lvl > 0):  # datamov.r1:543
+    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:544
+    l_i = 1  # datamov.r1:545
+    while (l_i < l_lvl):  # datamov.r1:546
+        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:547
+        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:548
+        wr16(2, l_top, rd16(2, l_bp_))  # datamov.r1:549
+        l_i = (l_i + 1)  # datamov.r1:550
+    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:552
+    wr16(2, l_top, l_frame)  # datamov.r1:553
+l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:555
+b_check_write(2, l_top, 8)  # datamov.r1:556
+R[5] = R[5] & 0xffff0000 | l_frame & 0xffff  # datamov.r1:557
+if S.stack32:  # datamov.r1:558
+    R[4] = l_top & 0xffffffff  # datamov.r1:558
+else:
+    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:558
+"""
+
+# ENTER [o32 a16, o32 a32] from spec/datamov.r1:528
+_T162 = """\
+l_bits = (32 if S.stack32 else 16)  # datamov.r1:537
+l_n = 4  # datamov.r1:538
+l_lvl = ($level % 32)  # datamov.r1:539
+l_frame = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (-4)) & ((1 << (32 if S.stack32 else 16)) - 1))  # datamov.r1:540
+wr32(2, l_frame, R[5])  # datamov.r1:541
+l_top = l_frame  # datamov.r1:542
+if (l_lvl > 0):  # datamov.r1:543
+    l_bp_ = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:544
+    l_i = 1  # datamov.r1:545
+    while (l_i < l_lvl):  # datamov.r1:546
+        l_bp_ = ((l_bp_ - l_n) & ((1 << l_bits) - 1))  # datamov.r1:547
+        l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:548
+        wr32(2, l_top, rd32(2, l_bp_))  # datamov.r1:549
+        l_i = (l_i + 1)  # datamov.r1:550
+    l_top = ((l_top - l_n) & ((1 << l_bits) - 1))  # datamov.r1:552
+    wr32(2, l_top, l_frame)  # datamov.r1:553
+l_top = ((l_top - $alloc) & ((1 << l_bits) - 1))  # datamov.r1:555
+b_check_write(2, l_top, 8)  # datamov.r1:556
+R[5] = l_frame & 0xffffffff  # datamov.r1:557
+if S.stack32:  # datamov.r1:558
+    R[4] = l_top & 0xffffffff  # datamov.r1:558
+else:
+    R[4] = R[4] & 0xffff0000 | l_top & 0xffff  # datamov.r1:558
+"""
+
+# LEAVE [o16 a16, o16 a32] from spec/datamov.r1:563
+_T163 = """\
+l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:570
+l_v = rd16(2, l_frame)  # datamov.r1:571
+if S.stack32:  # datamov.r1:572
+    R[4] = ((l_frame + 2) & 4294967295) & 0xffffffff  # datamov.r1:572
+else:
+    R[4] = R[4] & 0xffff0000 | ((l_frame + 2) & 65535) & 0xffff  # datamov.r1:572
+R[5] = R[5] & 0xffff0000 | l_v & 0xffff  # datamov.r1:573
+"""
+
+# LEAVE [o32 a16, o32 a32] from spec/datamov.r1:563
+_T164 = """\
+l_frame = (R[5] if S.stack32 else (R[5] & 0xffff))  # datamov.r1:570
+l_v = rd32(2, l_frame)  # datamov.r1:571
+if S.stack32:  # datamov.r1:572
+    R[4] = ((l_frame + 4) & 4294967295) & 0xffffffff  # datamov.r1:572
+else:
+    R[4] = R[4] & 0xffff0000 | ((l_frame + 4) & 65535) & 0xffff  # datamov.r1:572
+R[5] = l_v & 0xffffffff  # datamov.r1:573
 """
 
 TEMPLATES = {
-    # spec/datamov.r1:4
-    'PUSH_Ov': {
-        (16, 16, None, None, None): _T0,
-        (16, 32, None, None, None): _T0,
-        (32, 16, None, None, None): _T1,
-        (32, 32, None, None, None): _T1,
+    # spec/datamov.r1:19
+    'MOV_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T0,
+        (16, 16, 'mem', None, None): _T1,
+        (16, 32, 'reg', None, None): _T0,
+        (16, 32, 'mem', None, None): _T1,
+        (32, 16, 'reg', None, None): _T0,
+        (32, 16, 'mem', None, None): _T1,
+        (32, 32, 'reg', None, None): _T0,
+        (32, 32, 'mem', None, None): _T1,
     },
-    # spec/datamov.r1:14
+    # spec/datamov.r1:28
+    'MOV_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T2,
+        (16, 16, 'mem', None, None): _T3,
+        (16, 32, 'reg', None, None): _T2,
+        (16, 32, 'mem', None, None): _T3,
+        (32, 16, 'reg', None, None): _T4,
+        (32, 16, 'mem', None, None): _T5,
+        (32, 32, 'reg', None, None): _T4,
+        (32, 32, 'mem', None, None): _T5,
+    },
+    # spec/datamov.r1:37
+    'MOV_Rb_RMb': {
+        (16, 16, 'reg', None, None): _T6,
+        (16, 16, 'mem', None, None): _T7,
+        (16, 32, 'reg', None, None): _T6,
+        (16, 32, 'mem', None, None): _T7,
+        (32, 16, 'reg', None, None): _T6,
+        (32, 16, 'mem', None, None): _T7,
+        (32, 32, 'reg', None, None): _T6,
+        (32, 32, 'mem', None, None): _T7,
+    },
+    # spec/datamov.r1:46
+    'MOV_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T8,
+        (16, 16, 'mem', None, None): _T9,
+        (16, 32, 'reg', None, None): _T8,
+        (16, 32, 'mem', None, None): _T9,
+        (32, 16, 'reg', None, None): _T10,
+        (32, 16, 'mem', None, None): _T11,
+        (32, 32, 'reg', None, None): _T10,
+        (32, 32, 'mem', None, None): _T11,
+    },
+    # spec/datamov.r1:55
+    'MOV_AL_MOFFSb': {
+        (16, 16, 'mem', None, None): _T12,
+        (16, 32, 'mem', None, None): _T12,
+        (32, 16, 'mem', None, None): _T12,
+        (32, 32, 'mem', None, None): _T12,
+    },
+    # spec/datamov.r1:64
+    'MOV_AX_MOFFSv': {
+        (16, 16, 'mem', None, None): _T13,
+        (16, 32, 'mem', None, None): _T13,
+        (32, 16, 'mem', None, None): _T14,
+        (32, 32, 'mem', None, None): _T14,
+    },
+    # spec/datamov.r1:73
+    'MOV_MOFFSb_AL': {
+        (16, 16, 'mem', None, None): _T15,
+        (16, 32, 'mem', None, None): _T15,
+        (32, 16, 'mem', None, None): _T15,
+        (32, 32, 'mem', None, None): _T15,
+    },
+    # spec/datamov.r1:82
+    'MOV_MOFFSv_AX': {
+        (16, 16, 'mem', None, None): _T16,
+        (16, 32, 'mem', None, None): _T16,
+        (32, 16, 'mem', None, None): _T17,
+        (32, 32, 'mem', None, None): _T17,
+    },
+    # spec/datamov.r1:91
+    'MOV_Ob_Ib': {
+        (16, 16, None, None, None): _T18,
+        (16, 32, None, None, None): _T18,
+        (32, 16, None, None, None): _T18,
+        (32, 32, None, None, None): _T18,
+    },
+    # spec/datamov.r1:100
+    'MOV_Ov_Iv': {
+        (16, 16, None, None, None): _T19,
+        (16, 32, None, None, None): _T19,
+        (32, 16, None, None, None): _T20,
+        (32, 32, None, None, None): _T20,
+    },
+    # spec/datamov.r1:109
+    'MOV_RMb_Ib': {
+        (16, 16, 'reg', None, None): _T21,
+        (16, 16, 'mem', None, None): _T22,
+        (16, 32, 'reg', None, None): _T21,
+        (16, 32, 'mem', None, None): _T22,
+        (32, 16, 'reg', None, None): _T21,
+        (32, 16, 'mem', None, None): _T22,
+        (32, 32, 'reg', None, None): _T21,
+        (32, 32, 'mem', None, None): _T22,
+    },
+    # spec/datamov.r1:118
+    'MOV_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T23,
+        (16, 16, 'mem', None, None): _T24,
+        (16, 32, 'reg', None, None): _T23,
+        (16, 32, 'mem', None, None): _T24,
+        (32, 16, 'reg', None, None): _T25,
+        (32, 16, 'mem', None, None): _T26,
+        (32, 32, 'reg', None, None): _T25,
+        (32, 32, 'mem', None, None): _T26,
+    },
+    # spec/datamov.r1:130
+    'CMOVCC_Rv_RMv': {
+        (16, 16, 'reg', 0, None): _T27,
+        (16, 16, 'reg', 1, None): _T28,
+        (16, 16, 'reg', 2, None): _T29,
+        (16, 16, 'reg', 3, None): _T30,
+        (16, 16, 'reg', 4, None): _T31,
+        (16, 16, 'reg', 5, None): _T32,
+        (16, 16, 'reg', 6, None): _T33,
+        (16, 16, 'reg', 7, None): _T34,
+        (16, 16, 'reg', 8, None): _T35,
+        (16, 16, 'reg', 9, None): _T36,
+        (16, 16, 'reg', 10, None): _T37,
+        (16, 16, 'reg', 11, None): _T38,
+        (16, 16, 'reg', 12, None): _T39,
+        (16, 16, 'reg', 13, None): _T40,
+        (16, 16, 'reg', 14, None): _T41,
+        (16, 16, 'reg', 15, None): _T42,
+        (16, 16, 'mem', 0, None): _T43,
+        (16, 16, 'mem', 1, None): _T44,
+        (16, 16, 'mem', 2, None): _T45,
+        (16, 16, 'mem', 3, None): _T46,
+        (16, 16, 'mem', 4, None): _T47,
+        (16, 16, 'mem', 5, None): _T48,
+        (16, 16, 'mem', 6, None): _T49,
+        (16, 16, 'mem', 7, None): _T50,
+        (16, 16, 'mem', 8, None): _T51,
+        (16, 16, 'mem', 9, None): _T52,
+        (16, 16, 'mem', 10, None): _T53,
+        (16, 16, 'mem', 11, None): _T54,
+        (16, 16, 'mem', 12, None): _T55,
+        (16, 16, 'mem', 13, None): _T56,
+        (16, 16, 'mem', 14, None): _T57,
+        (16, 16, 'mem', 15, None): _T58,
+        (16, 32, 'reg', 0, None): _T27,
+        (16, 32, 'reg', 1, None): _T28,
+        (16, 32, 'reg', 2, None): _T29,
+        (16, 32, 'reg', 3, None): _T30,
+        (16, 32, 'reg', 4, None): _T31,
+        (16, 32, 'reg', 5, None): _T32,
+        (16, 32, 'reg', 6, None): _T33,
+        (16, 32, 'reg', 7, None): _T34,
+        (16, 32, 'reg', 8, None): _T35,
+        (16, 32, 'reg', 9, None): _T36,
+        (16, 32, 'reg', 10, None): _T37,
+        (16, 32, 'reg', 11, None): _T38,
+        (16, 32, 'reg', 12, None): _T39,
+        (16, 32, 'reg', 13, None): _T40,
+        (16, 32, 'reg', 14, None): _T41,
+        (16, 32, 'reg', 15, None): _T42,
+        (16, 32, 'mem', 0, None): _T43,
+        (16, 32, 'mem', 1, None): _T44,
+        (16, 32, 'mem', 2, None): _T45,
+        (16, 32, 'mem', 3, None): _T46,
+        (16, 32, 'mem', 4, None): _T47,
+        (16, 32, 'mem', 5, None): _T48,
+        (16, 32, 'mem', 6, None): _T49,
+        (16, 32, 'mem', 7, None): _T50,
+        (16, 32, 'mem', 8, None): _T51,
+        (16, 32, 'mem', 9, None): _T52,
+        (16, 32, 'mem', 10, None): _T53,
+        (16, 32, 'mem', 11, None): _T54,
+        (16, 32, 'mem', 12, None): _T55,
+        (16, 32, 'mem', 13, None): _T56,
+        (16, 32, 'mem', 14, None): _T57,
+        (16, 32, 'mem', 15, None): _T58,
+        (32, 16, 'reg', 0, None): _T59,
+        (32, 16, 'reg', 1, None): _T60,
+        (32, 16, 'reg', 2, None): _T61,
+        (32, 16, 'reg', 3, None): _T62,
+        (32, 16, 'reg', 4, None): _T63,
+        (32, 16, 'reg', 5, None): _T64,
+        (32, 16, 'reg', 6, None): _T65,
+        (32, 16, 'reg', 7, None): _T66,
+        (32, 16, 'reg', 8, None): _T67,
+        (32, 16, 'reg', 9, None): _T68,
+        (32, 16, 'reg', 10, None): _T69,
+        (32, 16, 'reg', 11, None): _T70,
+        (32, 16, 'reg', 12, None): _T71,
+        (32, 16, 'reg', 13, None): _T72,
+        (32, 16, 'reg', 14, None): _T73,
+        (32, 16, 'reg', 15, None): _T74,
+        (32, 16, 'mem', 0, None): _T75,
+        (32, 16, 'mem', 1, None): _T76,
+        (32, 16, 'mem', 2, None): _T77,
+        (32, 16, 'mem', 3, None): _T78,
+        (32, 16, 'mem', 4, None): _T79,
+        (32, 16, 'mem', 5, None): _T80,
+        (32, 16, 'mem', 6, None): _T81,
+        (32, 16, 'mem', 7, None): _T82,
+        (32, 16, 'mem', 8, None): _T83,
+        (32, 16, 'mem', 9, None): _T84,
+        (32, 16, 'mem', 10, None): _T85,
+        (32, 16, 'mem', 11, None): _T86,
+        (32, 16, 'mem', 12, None): _T87,
+        (32, 16, 'mem', 13, None): _T88,
+        (32, 16, 'mem', 14, None): _T89,
+        (32, 16, 'mem', 15, None): _T90,
+        (32, 32, 'reg', 0, None): _T59,
+        (32, 32, 'reg', 1, None): _T60,
+        (32, 32, 'reg', 2, None): _T61,
+        (32, 32, 'reg', 3, None): _T62,
+        (32, 32, 'reg', 4, None): _T63,
+        (32, 32, 'reg', 5, None): _T64,
+        (32, 32, 'reg', 6, None): _T65,
+        (32, 32, 'reg', 7, None): _T66,
+        (32, 32, 'reg', 8, None): _T67,
+        (32, 32, 'reg', 9, None): _T68,
+        (32, 32, 'reg', 10, None): _T69,
+        (32, 32, 'reg', 11, None): _T70,
+        (32, 32, 'reg', 12, None): _T71,
+        (32, 32, 'reg', 13, None): _T72,
+        (32, 32, 'reg', 14, None): _T73,
+        (32, 32, 'reg', 15, None): _T74,
+        (32, 32, 'mem', 0, None): _T75,
+        (32, 32, 'mem', 1, None): _T76,
+        (32, 32, 'mem', 2, None): _T77,
+        (32, 32, 'mem', 3, None): _T78,
+        (32, 32, 'mem', 4, None): _T79,
+        (32, 32, 'mem', 5, None): _T80,
+        (32, 32, 'mem', 6, None): _T81,
+        (32, 32, 'mem', 7, None): _T82,
+        (32, 32, 'mem', 8, None): _T83,
+        (32, 32, 'mem', 9, None): _T84,
+        (32, 32, 'mem', 10, None): _T85,
+        (32, 32, 'mem', 11, None): _T86,
+        (32, 32, 'mem', 12, None): _T87,
+        (32, 32, 'mem', 13, None): _T88,
+        (32, 32, 'mem', 14, None): _T89,
+        (32, 32, 'mem', 15, None): _T90,
+    },
+    # spec/datamov.r1:146
+    'XCHG_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T91,
+        (16, 16, 'mem', None, None): _T92,
+        (16, 32, 'reg', None, None): _T91,
+        (16, 32, 'mem', None, None): _T92,
+        (32, 16, 'reg', None, None): _T91,
+        (32, 16, 'mem', None, None): _T92,
+        (32, 32, 'reg', None, None): _T91,
+        (32, 32, 'mem', None, None): _T92,
+    },
+    # spec/datamov.r1:156
+    'XCHG_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T93,
+        (16, 16, 'mem', None, None): _T94,
+        (16, 32, 'reg', None, None): _T93,
+        (16, 32, 'mem', None, None): _T94,
+        (32, 16, 'reg', None, None): _T95,
+        (32, 16, 'mem', None, None): _T96,
+        (32, 32, 'reg', None, None): _T95,
+        (32, 32, 'mem', None, None): _T96,
+    },
+    # spec/datamov.r1:166
+    'XCHG_Ov_AX': {
+        (16, 16, None, None, None): _T97,
+        (16, 32, None, None, None): _T97,
+        (32, 16, None, None, None): _T98,
+        (32, 32, None, None, None): _T98,
+    },
+    # spec/datamov.r1:177
+    'BSWAP_Od': {
+        (16, 16, None, None, None): _T99,
+        (16, 32, None, None, None): _T99,
+        (32, 16, None, None, None): _T100,
+        (32, 32, None, None, None): _T100,
+    },
+    # spec/datamov.r1:193
+    'XADD_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T101,
+        (16, 16, 'mem', None, None): _T102,
+        (16, 32, 'reg', None, None): _T101,
+        (16, 32, 'mem', None, None): _T102,
+        (32, 16, 'reg', None, None): _T101,
+        (32, 16, 'mem', None, None): _T102,
+        (32, 32, 'reg', None, None): _T101,
+        (32, 32, 'mem', None, None): _T102,
+    },
+    # spec/datamov.r1:212
+    'XADD_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T103,
+        (16, 16, 'mem', None, None): _T104,
+        (16, 32, 'reg', None, None): _T103,
+        (16, 32, 'mem', None, None): _T104,
+        (32, 16, 'reg', None, None): _T105,
+        (32, 16, 'mem', None, None): _T106,
+        (32, 32, 'reg', None, None): _T105,
+        (32, 32, 'mem', None, None): _T106,
+    },
+    # spec/datamov.r1:235
+    'CMPXCHG_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T107,
+        (16, 16, 'mem', None, None): _T108,
+        (16, 32, 'reg', None, None): _T107,
+        (16, 32, 'mem', None, None): _T108,
+        (32, 16, 'reg', None, None): _T107,
+        (32, 16, 'mem', None, None): _T108,
+        (32, 32, 'reg', None, None): _T107,
+        (32, 32, 'mem', None, None): _T108,
+    },
+    # spec/datamov.r1:251
+    'CMPXCHG_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T109,
+        (16, 16, 'mem', None, None): _T110,
+        (16, 32, 'reg', None, None): _T109,
+        (16, 32, 'mem', None, None): _T110,
+        (32, 16, 'reg', None, None): _T111,
+        (32, 16, 'mem', None, None): _T112,
+        (32, 32, 'reg', None, None): _T111,
+        (32, 32, 'mem', None, None): _T112,
+    },
+    # spec/datamov.r1:268
+    'CMPXCHG8B_M64': {
+        (16, 16, 'mem', None, None): _T113,
+        (16, 32, 'mem', None, None): _T113,
+        (32, 16, 'mem', None, None): _T113,
+        (32, 32, 'mem', None, None): _T113,
+    },
+    # spec/datamov.r1:294
+    'PUSH_RMv': {
+        (16, 16, 'reg', None, None): _T114,
+        (16, 16, 'mem', None, None): _T115,
+        (16, 32, 'reg', None, None): _T114,
+        (16, 32, 'mem', None, None): _T115,
+        (32, 16, 'reg', None, None): _T116,
+        (32, 16, 'mem', None, None): _T117,
+        (32, 32, 'reg', None, None): _T116,
+        (32, 32, 'mem', None, None): _T117,
+    },
+    # spec/datamov.r1:304
+    'PUSH_Ov': {
+        (16, 16, None, None, None): _T118,
+        (16, 32, None, None, None): _T118,
+        (32, 16, None, None, None): _T119,
+        (32, 32, None, None, None): _T119,
+    },
+    # spec/datamov.r1:315
+    'PUSH_Ib': {
+        (16, 16, None, None, None): _T120,
+        (16, 32, None, None, None): _T120,
+        (32, 16, None, None, None): _T121,
+        (32, 32, None, None, None): _T121,
+    },
+    # spec/datamov.r1:324
+    'PUSH_Iv': {
+        (16, 16, None, None, None): _T122,
+        (16, 32, None, None, None): _T122,
+        (32, 16, None, None, None): _T123,
+        (32, 32, None, None, None): _T123,
+    },
+    # spec/datamov.r1:334
     'POP_Ov': {
-        (16, 16, None, None, None): _T2,
-        (16, 32, None, None, None): _T2,
-        (32, 16, None, None, None): _T3,
-        (32, 32, None, None, None): _T3,
+        (16, 16, None, None, None): _T124,
+        (16, 32, None, None, None): _T124,
+        (32, 16, None, None, None): _T125,
+        (32, 32, None, None, None): _T125,
+    },
+    # spec/datamov.r1:345
+    'POP_Rv_8F': {
+        (16, 16, 'reg', None, None): _T126,
+        (16, 32, 'reg', None, None): _T126,
+        (32, 16, 'reg', None, None): _T127,
+        (32, 32, 'reg', None, None): _T127,
+    },
+    # spec/datamov.r1:357
+    'POP_Mv': {
+        (16, 16, 'mem', None, None): _T128,
+        (16, 32, 'mem', None, None): _T128,
+        (32, 16, 'mem', None, None): _T129,
+        (32, 32, 'mem', None, None): _T129,
+    },
+    # spec/datamov.r1:376
+    'PUSHA': {
+        (16, 16, None, None, None): _T130,
+        (16, 32, None, None, None): _T130,
+        (32, 16, None, None, None): _T131,
+        (32, 32, None, None, None): _T131,
+    },
+    # spec/datamov.r1:394
+    'POPA': {
+        (16, 16, None, None, None): _T132,
+        (16, 32, None, None, None): _T132,
+        (32, 16, None, None, None): _T133,
+        (32, 32, None, None, None): _T133,
+    },
+    # spec/datamov.r1:422
+    'MOVSX_Rv_RMb': {
+        (16, 16, 'reg', None, None): _T134,
+        (16, 16, 'mem', None, None): _T135,
+        (16, 32, 'reg', None, None): _T134,
+        (16, 32, 'mem', None, None): _T135,
+        (32, 16, 'reg', None, None): _T136,
+        (32, 16, 'mem', None, None): _T137,
+        (32, 32, 'reg', None, None): _T136,
+        (32, 32, 'mem', None, None): _T137,
+    },
+    # spec/datamov.r1:431
+    'MOVSX_Rv_RMw': {
+        (16, 16, 'reg', None, None): _T138,
+        (16, 16, 'mem', None, None): _T139,
+        (16, 32, 'reg', None, None): _T138,
+        (16, 32, 'mem', None, None): _T139,
+        (32, 16, 'reg', None, None): _T140,
+        (32, 16, 'mem', None, None): _T141,
+        (32, 32, 'reg', None, None): _T140,
+        (32, 32, 'mem', None, None): _T141,
+    },
+    # spec/datamov.r1:440
+    'MOVZX_Rv_RMb': {
+        (16, 16, 'reg', None, None): _T142,
+        (16, 16, 'mem', None, None): _T143,
+        (16, 32, 'reg', None, None): _T142,
+        (16, 32, 'mem', None, None): _T143,
+        (32, 16, 'reg', None, None): _T144,
+        (32, 16, 'mem', None, None): _T145,
+        (32, 32, 'reg', None, None): _T144,
+        (32, 32, 'mem', None, None): _T145,
+    },
+    # spec/datamov.r1:449
+    'MOVZX_Rv_RMw': {
+        (16, 16, 'reg', None, None): _T146,
+        (16, 16, 'mem', None, None): _T147,
+        (16, 32, 'reg', None, None): _T146,
+        (16, 32, 'mem', None, None): _T147,
+        (32, 16, 'reg', None, None): _T148,
+        (32, 16, 'mem', None, None): _T149,
+        (32, 32, 'reg', None, None): _T148,
+        (32, 32, 'mem', None, None): _T149,
+    },
+    # spec/datamov.r1:459
+    'CBW_CWDE': {
+        (16, 16, None, None, None): _T150,
+        (16, 32, None, None, None): _T150,
+        (32, 16, None, None, None): _T151,
+        (32, 32, None, None, None): _T151,
+    },
+    # spec/datamov.r1:467
+    'CWD_CDQ': {
+        (16, 16, None, None, None): _T152,
+        (16, 32, None, None, None): _T152,
+        (32, 16, None, None, None): _T153,
+        (32, 32, None, None, None): _T153,
+    },
+    # spec/datamov.r1:478
+    'LEA_Rv_M': {
+        (16, 16, 'mem', None, None): _T154,
+        (16, 32, 'mem', None, None): _T154,
+        (32, 16, 'mem', None, None): _T155,
+        (32, 32, 'mem', None, None): _T155,
+    },
+    # spec/datamov.r1:489
+    'NOP': {
+        (16, 16, None, None, None): _T156,
+        (16, 32, None, None, None): _T156,
+        (32, 16, None, None, None): _T156,
+        (32, 32, None, None, None): _T156,
+    },
+    # spec/datamov.r1:498
+    'NOP_RMv': {
+        (16, 16, 'reg', None, None): _T157,
+        (16, 16, 'mem', None, None): _T158,
+        (16, 32, 'reg', None, None): _T157,
+        (16, 32, 'mem', None, None): _T158,
+        (32, 16, 'reg', None, None): _T157,
+        (32, 16, 'mem', None, None): _T158,
+        (32, 32, 'reg', None, None): _T157,
+        (32, 32, 'mem', None, None): _T158,
+    },
+    # spec/datamov.r1:509
+    'XLAT': {
+        (16, 16, None, None, None): _T159,
+        (16, 32, None, None, None): _T160,
+        (32, 16, None, None, None): _T159,
+        (32, 32, None, None, None): _T160,
+    },
+    # spec/datamov.r1:528
+    'ENTER': {
+        (16, 16, None, None, None): _T161,
+        (16, 32, None, None, None): _T161,
+        (32, 16, None, None, None): _T162,
+        (32, 32, None, None, None): _T162,
+    },
+    # spec/datamov.r1:563
+    'LEAVE': {
+        (16, 16, None, None, None): _T163,
+        (16, 32, None, None, None): _T163,
+        (32, 16, None, None, None): _T164,
+        (32, 32, None, None, None): _T164,
     },
 }

@@ -98,3 +98,40 @@ def _invalid_lock_ignored(case: Case, o: Outcome) -> bool:
 DEVIATIONS.append(
     Deviation("invalid-lock", "unicorn ignores an invalid LOCK prefix on most instructions (no #UD)", _invalid_lock_ignored)
 )
+
+
+# ------------------------------------------------------------ data transfer (spec/datamov.r1)
+# Proven by tests/diff/test_deviations_data.py.
+
+
+def _enter_o16_writes_all_of_ebp(case: Case, o: Outcome) -> bool:
+    # ENTER with a 16-bit operand size on a 32-bit stack: Intel's pseudocode ends with
+    # BP <- FrameTemp (so does Bochs), keeping EBP[31:16]; unicorn (QEMU's gen_enter) writes
+    # the whole of EBP at the stack-address size. Only that exact EBP difference is accepted.
+    from ring1.runtime import fresh
+    from ring1.runtime.decoder import decode
+
+    from .harness import differences
+
+    if case.forms != ["ENTER"] or case.spec.real or o.ours.exception is not None or o.theirs.exception is not None:
+        return False
+    d = decode(case.spec.code, fresh.CODE, True)
+    if d.form != "ENTER" or d.variant[0] != 16:
+        return False
+    regs = case.spec.initial_regs()
+    frame = (regs["esp"] - 2) & 0xFFFFFFFF
+    ours, theirs = o.ours.regs["ebp"], o.theirs.regs["ebp"]
+    return (
+        ours == (regs["ebp"] & 0xFFFF0000) | (frame & 0xFFFF)
+        and theirs == frame
+        and differences(o) == [f"ebp: ours {ours:#x}, unicorn {theirs:#x}"]
+    )
+
+
+DEVIATIONS.append(
+    Deviation(
+        "enter-o16-ebp",
+        "unicorn's 16-bit ENTER on a 32-bit stack writes all of EBP; Intel writes BP only (SDM ENTER pseudocode)",
+        _enter_o16_writes_all_of_ebp,
+    )
+)
