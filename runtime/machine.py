@@ -395,14 +395,18 @@ class Machine:
                 return RunResult("halt")
             key = (S.eip, S.base[CS], S.code32)
             block = blocks.get(key)
+            single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
             try:
-                if budget_end is not None and budget_end - S.icount < self.max_block:
+                if single_step or (budget_end is not None and budget_end - S.icount < self.max_block):
                     # Near the end of the budget, one instruction at a time, so it ends exactly.
                     block = self.single_blocks.get(key) or self.compile_at(S.eip, single=True)
                 elif block is None:
                     block = self.compile_at(S.eip)
                 self.running_pages = block.pages
                 block.fn()
+                if single_step:
+                    S.dr[6] |= 0x4000  # BS: the #DB comes from single-stepping
+                    raise Trap(1, EVENT_EXCEPTION)
             except GuestEvent as ev:
                 if self.stop_on_event or (self.event_hook is not None and self.event_hook(ev)):
                     return RunResult("event", event=ev)

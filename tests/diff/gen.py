@@ -241,9 +241,17 @@ def memory_operand(
         disp = 0 if mod == 0 else (draw(st.integers(-128, 127)) if mod == 1 else draw(st.integers(0, 0xFFFFFFFF)))
         if base in (4, 5):
             _add_override(prefixes)
-        if base == 4:
-            target = draw(st.integers(0x4000, 0x6F00))  # ESP stays a usable stack pointer too
         index_val = draw(st.integers(0, 0xFFFFFFFF)) if index != 4 else 0
+        if base == 4:
+            # ESP stays a usable stack pointer: fix it, and let the displacement reach the target.
+            esp = draw(st.integers(0x4000, 0x6F00))
+            mod = 2
+            disp = (target - esp - (index_val << scale)) & 0xFFFFFFFF
+            regs["esp"] = esp
+            if index != 4:
+                regs[names[index]] = index_val
+            sib = scale << 6 | index << 3 | base
+            return bytes([mod << 6 | reg << 3 | 4, sib]) + disp.to_bytes(4, "little")
         if index != 4 and index == base:
             base_val = index_val
             disp = (target - index_val * ((1 << scale) + 1)) & 0xFFFFFFFF

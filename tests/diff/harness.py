@@ -104,6 +104,10 @@ class Reference:
         for rid, name in zip(GPR_IDS, fresh.GPR_NAMES, strict=True):
             uc.reg_write(rid, regs[name])
         uc.reg_write(X.UC_X86_REG_EFLAGS, regs["eflags"])
+        sels = fresh.selectors(spec)
+        for rid, name in zip(SEG_IDS, fresh.SEG_NAMES, strict=True):
+            if name not in ("cs", "ss"):
+                uc.reg_write(rid, sels[name])
         end = fresh.CODE + len(spec.code)
         diagnosis = None
         try:

@@ -45,3 +45,23 @@ def test_invalid_lock_prefix_ignored_by_unicorn() -> None:
     o = run_both(_case("f0 f8"))
     assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh.CODE + 2
     assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh.CODE
+
+
+def test_ret_imm16_sign_extended_by_unicorn() -> None:
+    # RET 0x8000 on a 32-bit stack: ESP <- ESP + 4 + 0x8000 (SDM RET: the immediate is an
+    # unsigned byte count). Unicorn adds it sign-extended.
+    stack = (fresh.CODE + 0x200).to_bytes(4, "little")
+    spec = fresh.FreshSpec(code=bytes.fromhex("c2 00 80"), memory={fresh.STACK_TOP: stack})
+    o = run_both(Case(spec, ["RET_NEAR_Iw"]))
+    assert o.ours.regs["esp"] == fresh.STACK_TOP + 4 + 0x8000
+    assert o.theirs.regs["esp"] == (fresh.STACK_TOP + 4 - 0x8000) & 0xFFFFFFFF
+
+
+def test_single_step_trap_matches_unicorn() -> None:
+    # Not a deviation: TF set by IRET traps (#DB) after the instruction that follows.
+    stack = b"".join(v.to_bytes(2, "little") for v in (0x8010, 0, 0x0102))  # IP, CS, FLAGS with TF
+    spec = fresh.FreshSpec(code=bytes.fromhex("cf"), real=True,
+                           memory={fresh.STACK_TOP: stack, 0x8010: bytes.fromhex("90 90 90")})
+    o = run_both(Case(spec, ["IRET"]))
+    assert o.ours.exception == o.theirs.exception == 1
+    assert o.ours.regs["eip"] == o.theirs.regs["eip"] == 0x8011
