@@ -96,6 +96,10 @@ def block_source(name: str, insns: list[Decoded], describe) -> str:
     lines.append("        S.eip = EIPS[i]")
     lines.append("        S.icount += i")
     lines.append("        raise")
+    lines.append("    except VMStop:")  # a clean stop names the instruction that made it
+    lines.append("        S.eip = EIPS[i]")
+    lines.append("        S.icount += i")
+    lines.append("        raise")
     lines.append("    except Trap:")
     lines.append("        S.icount += i + 1")
     lines.append("        raise")

@@ -109,6 +109,7 @@ class Machine:
             "TLBW": self.tlb[(False, True)],
             "Fault": Fault,
             "Trap": Trap,
+            "VMStop": VMStop,
             "PARITY": PARITY,
             "NOCC": NOCC,
             "set_eflags": self.set_eflags,

@@ -147,6 +147,11 @@ def unicorn_machine(spec: fresh.FreshSpec):
     uc = cpu.uc
     regs = spec.initial_regs()
     gdt = fresh.gdt_bytes()
+    # The same control state the interpreter starts from (unicorn's reset values differ).
+    uc.reg_write(X.UC_X86_REG_CR4, 0)
+    if spec.real:
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IVT, 0x3FF, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
     if not spec.real:
         uc.reg_write(X.UC_X86_REG_GDTR, (0, fresh.GDT, len(gdt) - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IDT, 256 * 8 - 1, 0))

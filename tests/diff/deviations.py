@@ -153,3 +153,33 @@ def _ret_imm16_sign_extended(case: Case, o: Outcome) -> bool:
 DEVIATIONS.append(
     Deviation("ret-imm16-signed", "unicorn adds RET's imm16 to ESP sign-extended; the SDM zero-extends it", _ret_imm16_sign_extended)
 )
+
+
+def _iret_drops_rf(case: Case, o: Outcome) -> bool:
+    # IRET loads RF from the popped EFLAGS (SDM IRET pseudocode: EFLAGS <- tempEFLAGS, with RF);
+    # unicorn (QEMU's load_eflags mask has no RF) leaves it clear. Accept only an RF difference.
+    from .harness import differences
+
+    if "IRET" not in case.forms:
+        return False
+    diff = o.ours.regs["eflags"] ^ o.theirs.regs["eflags"]
+    only_flags = all(d.startswith("eflags") for d in differences(o))
+    return diff == 0x10000 and bool(o.ours.regs["eflags"] & 0x10000) and only_flags
+
+
+def _iret_to_v86_from_outer_level(case: Case, o: Outcome) -> bool:
+    # At CPL > 0 IRET ignores VM in the popped EFLAGS and returns within protected mode; unicorn
+    # (QEMU's helper_iret_protected does not check the CPL) enters virtual-8086 mode.
+    return (
+        "IRET" in case.forms
+        and case.spec.cpl == 3
+        and not case.spec.real
+        and bool(o.theirs.regs["eflags"] & 0x20000)
+        and not o.ours.regs["eflags"] & 0x20000
+    )
+
+
+DEVIATIONS += [
+    Deviation("iret-rf", "unicorn's IRET does not load RF from the popped EFLAGS", _iret_drops_rf),
+    Deviation("iret-v86-cpl3", "unicorn's IRET enters v86 mode from CPL > 0 when the popped EFLAGS has VM", _iret_to_v86_from_outer_level),
+]

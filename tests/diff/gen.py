@@ -53,6 +53,7 @@ class Instance:
     regs: dict[str, int] = field(default_factory=dict)
     memory: dict[int, bytes] = field(default_factory=dict)  # window offset -> bytes
     stack: dict[int, bytes] = field(default_factory=dict)  # stack offset (linear) -> bytes
+    osize: int = 32  # the operand size drawn, so return frames on the stack can match it
 
 
 @dataclass
@@ -175,7 +176,7 @@ def instance(draw, form: str, mode: Mode) -> Instance:
             hi = min((1 << (8 * size - 1)) - 1, CODE_PAGE[1] - 1 - next_eip)
             disp = draw(st.integers(lo, hi))
             out += (disp & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
-    inst = Instance(out, regs, memory)
+    inst = Instance(out, regs, memory, osize=osize)
     _role_registers(draw, form, inst, mode, asize, osize)
     return inst
 
@@ -327,14 +328,13 @@ def registers(draw, mode: Mode) -> dict[str, int]:
 
 
 @st.composite
-def stack_image(draw, mode: Mode) -> bytes:
+def stack_image(draw, mode: Mode, osize: int) -> bytes:
     """The 64 bytes at ESP: a plausible return frame (EIP, CS, EFLAGS, ESP, SS, then segment
-    selectors), laid out for 32-bit pops or for 16-bit pops, or random words."""
+    selectors), laid out for 32-bit pops or for 16-bit pops."""
     sels = selectors(mode)
     flags = st.integers(0, 0xFFFFFFFF).map(lambda v: (v & 0x3F7FD5 & ~0x20100) | 2)
-    layout = draw(st.sampled_from(("frame32", "frame16", "random")))
-    if layout == "random":
-        return draw(st.binary(min_size=64, max_size=64))
+    matching = "frame32" if osize == 32 else "frame16"
+    layout = draw(st.sampled_from((matching, matching, matching, "frame32", "frame16")))
     code = draw(code_address(32))
     cs = 0 if mode.real else draw(sels)
     words = [code, cs, draw(flags), draw(st.integers(0x4000, 0x6F00)), draw(sels)]
@@ -352,8 +352,10 @@ def case_for(draw, forms: list[str], mode: Mode) -> Case:
     regs = draw(registers(mode))
     code = bytearray()
     window: dict[int, bytes] = {}
+    osize = mode.default_size
     for f in forms:
         inst = draw(instance(f, mode))
+        osize = inst.osize
         code += inst.code
         regs.update(inst.regs)
         window.update(inst.memory)
@@ -364,7 +366,7 @@ def case_for(draw, forms: list[str], mode: Mode) -> Case:
         data[off : off + len(b)] = b
     page = bytearray([HLT]) * (CODE_PAGE[1] - CODE_PAGE[0])
     page[: len(code)] = code
-    stack = draw(stack_image(mode))
+    stack = draw(stack_image(mode, osize))
     memory = {fresh.CODE: bytes(page), fresh.DATA: bytes(data), fresh.STACK_TOP: stack, fresh.STACK_TOP - 64: stack}
     spec = fresh.FreshSpec(
         code=bytes(code),

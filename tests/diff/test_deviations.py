@@ -65,3 +65,24 @@ def test_single_step_trap_matches_unicorn() -> None:
     o = run_both(Case(spec, ["IRET"]))
     assert o.ours.exception == o.theirs.exception == 1
     assert o.ours.regs["eip"] == o.theirs.regs["eip"] == 0x8011
+
+
+def _iret_frame(eip: int, cs: int, eflags: int) -> dict[int, bytes]:
+    return {fresh.STACK_TOP: b"".join(v.to_bytes(4, "little") for v in (eip, cs, eflags))}
+
+
+def test_iret_does_not_load_rf_in_unicorn() -> None:
+    # Same-level IRET at CPL 0 popping EFLAGS with RF set: the SDM loads RF.
+    spec = fresh.FreshSpec(code=bytes.fromhex("cf"), memory=_iret_frame(fresh.CODE + 0x200, fresh.SEL_CODE0, 0x10002))
+    o = run_both(Case(spec, ["IRET"]))
+    assert o.ours.regs["eflags"] & 0x10000
+    assert not o.theirs.regs["eflags"] & 0x10000
+
+
+def test_iret_enters_v86_from_cpl3_in_unicorn() -> None:
+    # IRET at CPL 3 with VM in the popped EFLAGS and a null CS: the SDM does a protected-mode
+    # return, which faults on the null selector (#GP(0)); unicorn enters v86 mode.
+    spec = fresh.FreshSpec(code=bytes.fromhex("cf"), cpl=3, memory=_iret_frame(fresh.CODE + 0x200, 0x2, 0x20002))
+    o = run_both(Case(spec, ["IRET"]))
+    assert o.ours.exception == 13 and o.ours.error_code == 0
+    assert o.theirs.exception is None and o.theirs.regs["eflags"] & 0x20000
