@@ -150,6 +150,7 @@ def unicorn_machine(spec: fresh.FreshSpec):
     # The same control state the interpreter starts from (unicorn's reset values differ).
     uc.reg_write(X.UC_X86_REG_CR4, 0)
     if spec.real:
+        uc.reg_write(X.UC_X86_REG_CR0, 0x10)  # ET: hard-wired on a Pentium-class CPU
         uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IVT, 0x3FF, 0))
         uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
     if not spec.real:
