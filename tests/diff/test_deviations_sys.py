@@ -46,6 +46,13 @@ def test_rdtsc_values_differ() -> None:
     explained_by(case, o, "tsc-value")
 
 
+def test_rdmsr_microcode_revision() -> None:
+    # Model difference: the virtual CPU has no microcode, so IA32_BIOS_SIGN_ID reads 0.
+    case, o = both(b"\x0f\x32", "RDMSR", ecx=0x8B)
+    assert (o.ours.regs["edx"], o.theirs.regs["edx"]) == (0, 1)
+    explained_by(case, o, "microcode-revision")
+
+
 def test_rdmsr_wrmsr_of_a_missing_msr() -> None:
     # SDM RDMSR/WRMSR: "#GP(0) ... If the value in ECX specifies a reserved or unimplemented MSR address."
     case, o = both(b"\x0f\x32", "RDMSR", ecx=0x12345678, eax=5, edx=6)
@@ -119,6 +126,9 @@ def test_smsw_to_a_32_bit_register() -> None:
     case, o = both(b"\x0f\x01\xe0", "SMSW", cpl=3, eax=0xFFFFFFFF)
     assert o.ours.regs["eax"] == 0x11
     assert o.theirs.regs["eax"] == 0xFFFF0011
+    explained_by(case, o, "smsw-r32")
+    case, o = both(b"\x66\x0f\x01\xe0", "SMSW", real=True, eax=0xFFFFFFFF)  # with unicorn's real-mode CR0 = 0
+    assert (o.ours.regs["eax"], o.theirs.regs["eax"]) == (0x10, 0xFFFF0000)
     explained_by(case, o, "smsw-r32")
 
 
