@@ -191,9 +191,11 @@ def check_form(spec: Spec, form: Form) -> list[Disagreement]:
                 f"capstone {'marks' if cs_priv else 'does not mark'} it privileged; "
                 f"the spec says `privilege {form.privilege_text}`",
             )
-    for kind, reason, _loc in form.insn.xchecks:
+    for kind, _reason, _loc in form.insn.xchecks:
         if not any(d.kind == kind for d in out):
-            out.append(Disagreement(form, "stale", f"`xcheck {kind}` records a disagreement capstone no longer has", None))
+            out.append(
+                Disagreement(form, "stale", f"`xcheck {kind}` records a disagreement capstone no longer has", None)
+            )
     return out
 
 

@@ -94,6 +94,9 @@ OPCODES = {
     ((), 98): (
         ('BOUND', None, 'mem', None, None, None, None),
     ),
+    ((), 99): (
+        ('ARPL', None, None, None, None, None, None),
+    ),
     ((), 104): (
         ('PUSH_Iv', None, None, None, None, None, None),
     ),
@@ -616,6 +619,38 @@ OPCODES = {
         ('CALL_RMv', 2, None, None, None, None, None),
         ('PUSH_RMv', 6, None, None, None, None, None),
     ),
+    ((15,), 0): (
+        ('LLDT', 2, None, None, None, None, None),
+        ('SLDT', 0, None, None, None, None, None),
+        ('LTR', 3, None, None, None, None, None),
+        ('STR', 1, None, None, None, None, None),
+        ('VERR', 4, None, None, None, None, None),
+        ('VERW', 5, None, None, None, None, None),
+    ),
+    ((15,), 1): (
+        ('INVLPG', 7, 'mem', None, None, None, None),
+        ('LGDT', 2, 'mem', None, None, None, None),
+        ('LIDT', 3, 'mem', None, None, None, None),
+        ('SGDT', 0, 'mem', None, None, None, None),
+        ('SIDT', 1, 'mem', None, None, None, None),
+        ('LMSW', 6, None, None, None, None, None),
+        ('SMSW', 4, None, None, None, None, None),
+    ),
+    ((15,), 2): (
+        ('LAR', None, None, None, None, None, None),
+    ),
+    ((15,), 3): (
+        ('LSL', None, None, None, None, None, None),
+    ),
+    ((15,), 6): (
+        ('CLTS', None, None, None, None, None, None),
+    ),
+    ((15,), 8): (
+        ('INVD', None, None, None, None, None, None),
+    ),
+    ((15,), 9): (
+        ('WBINVD', None, None, None, None, None, None),
+    ),
     ((15,), 11): (
         ('UD2', None, None, None, None, None, None),
     ),
@@ -670,6 +705,18 @@ OPCODES = {
     ((15,), 31): (
         ('NOP_RMv', 0, None, None, None, None, None),
     ),
+    ((15,), 32): (
+        ('MOV_R32_CR', None, 'reg', None, None, None, None),
+    ),
+    ((15,), 33): (
+        ('MOV_R32_DR', None, 'reg', None, None, None, None),
+    ),
+    ((15,), 34): (
+        ('MOV_CR_R32', None, 'reg', None, None, None, None),
+    ),
+    ((15,), 35): (
+        ('MOV_DR_R32', None, 'reg', None, None, None, None),
+    ),
     ((15,), 40): (
         ('MOVAPD_XMM_XMMRM', None, None, None, None, None, 102),
         ('MOVAPS_XMM_XMMRM', None, None, None, None, None, 0),
@@ -717,6 +764,24 @@ OPCODES = {
         ('COMISD_XMM_M64', None, 'mem', None, None, None, 102),
         ('COMISS_XMM_XMM', None, 'reg', None, None, None, 0),
         ('COMISS_XMM_M32', None, 'mem', None, None, None, 0),
+    ),
+    ((15,), 48): (
+        ('WRMSR', None, None, None, None, None, None),
+    ),
+    ((15,), 49): (
+        ('RDTSC', None, None, None, None, None, None),
+    ),
+    ((15,), 50): (
+        ('RDMSR', None, None, None, None, None, None),
+    ),
+    ((15,), 51): (
+        ('RDPMC', None, None, None, None, None, None),
+    ),
+    ((15,), 52): (
+        ('SYSENTER', None, None, None, None, None, None),
+    ),
+    ((15,), 53): (
+        ('SYSEXIT', None, None, None, None, None, None),
     ),
     ((15,), 64): (
         ('CMOVCC_Rv_RMv', None, None, None, None, None, None),
@@ -1041,6 +1106,9 @@ OPCODES = {
     ),
     ((15,), 161): (
         ('POP_FS', None, None, None, None, None, None),
+    ),
+    ((15,), 162): (
+        ('CPUID', None, None, None, None, None, None),
     ),
     ((15,), 168): (
         ('PUSH_GS', None, None, None, None, None, None),
@@ -1771,8 +1839,38 @@ LAYOUT = {
     'INSv': (False, None, (), ()),  # spec/string.r1:205
     'OUTSB': (False, None, (), ()),  # spec/string.r1:222
     'OUTSv': (False, None, (), ()),  # spec/string.r1:237
-    'HLT': (False, None, (), ()),  # spec/system.r1:4
-    'UD2': (False, None, (), ()),  # spec/system.r1:13
+    'HLT': (False, None, (), ()),  # spec/system.r1:108
+    'UD2': (False, None, (), ()),  # spec/system.r1:117
+    'CPUID': (False, None, (), ()),  # spec/system.r1:127
+    'INVD': (False, None, (), ()),  # spec/system.r1:144
+    'WBINVD': (False, None, (), ()),  # spec/system.r1:154
+    'INVLPG': (True, None, (), (('target', 'addr', None),)),  # spec/system.r1:164
+    'LGDT': (True, None, (), (('src', 'mem', 48),)),  # spec/system.r1:177
+    'LIDT': (True, None, (), (('src', 'mem', 48),)),  # spec/system.r1:188
+    'SGDT': (True, None, (), (('dst', 'mem', 48),)),  # spec/system.r1:199
+    'SIDT': (True, None, (), (('dst', 'mem', 48),)),  # spec/system.r1:210
+    'LLDT': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:221
+    'SLDT': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/system.r1:243
+    'LTR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:257
+    'STR': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/system.r1:278
+    'LMSW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:295
+    'SMSW': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/system.r1:306
+    'CLTS': (False, None, (), ()),  # spec/system.r1:319
+    'MOV_R32_CR': (True, None, (), (('dst', 'rm', 32), ('src', 'creg', 32))),  # spec/system.r1:331
+    'MOV_CR_R32': (True, None, (), (('dst', 'creg', 32), ('src', 'rm', 32))),  # spec/system.r1:345
+    'MOV_R32_DR': (True, None, (), (('dst', 'rm', 32), ('src', 'dreg', 32))),  # spec/system.r1:359
+    'MOV_DR_R32': (True, None, (), (('dst', 'dreg', 32), ('src', 'rm', 32))),  # spec/system.r1:373
+    'RDMSR': (False, None, (), ()),  # spec/system.r1:395
+    'WRMSR': (False, None, (), ()),  # spec/system.r1:410
+    'RDTSC': (False, None, (), ()),  # spec/system.r1:420
+    'RDPMC': (False, None, (), ()),  # spec/system.r1:434
+    'SYSENTER': (False, None, (), ()),  # spec/system.r1:451
+    'SYSEXIT': (False, None, (), ()),  # spec/system.r1:474
+    'ARPL': (True, None, (), (('dst', 'rm', 16), ('src', 'reg', 16))),  # spec/system.r1:495
+    'LAR': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:515
+    'LSL': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:536
+    'VERR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:557
+    'VERW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:577
     'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:33
     'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:43
     'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:53
@@ -2360,8 +2458,38 @@ ENCODINGS = {
     'INSv': ((109,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:205
     'OUTSB': ((110,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:222
     'OUTSv': ((111,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:237
-    'HLT': ((244,), None, None, None, None, None, (), None, None, None),  # spec/system.r1:4
-    'UD2': ((15, 11), None, None, None, None, None, (), None, None, None),  # spec/system.r1:13
+    'HLT': ((244,), None, None, None, None, None, (), None, None, None),  # spec/system.r1:108
+    'UD2': ((15, 11), None, None, None, None, None, (), None, None, None),  # spec/system.r1:117
+    'CPUID': ((15, 162), None, None, None, None, None, (), None, None, None),  # spec/system.r1:127
+    'INVD': ((15, 8), None, None, None, None, None, (), None, None, None),  # spec/system.r1:144
+    'WBINVD': ((15, 9), None, None, None, None, None, (), None, None, None),  # spec/system.r1:154
+    'INVLPG': ((15, 1), None, '7', None, 'mem', None, (), None, None, None),  # spec/system.r1:164
+    'LGDT': ((15, 1), None, '2', None, 'mem', None, (), None, None, None),  # spec/system.r1:177
+    'LIDT': ((15, 1), None, '3', None, 'mem', None, (), None, None, None),  # spec/system.r1:188
+    'SGDT': ((15, 1), None, '0', None, 'mem', None, (), None, None, None),  # spec/system.r1:199
+    'SIDT': ((15, 1), None, '1', None, 'mem', None, (), None, None, None),  # spec/system.r1:210
+    'LLDT': ((15, 0), None, '2', None, None, None, (), None, None, None),  # spec/system.r1:221
+    'SLDT': ((15, 0), None, '0', None, None, None, (), None, None, None),  # spec/system.r1:243
+    'LTR': ((15, 0), None, '3', None, None, None, (), None, None, None),  # spec/system.r1:257
+    'STR': ((15, 0), None, '1', None, None, None, (), None, None, None),  # spec/system.r1:278
+    'LMSW': ((15, 1), None, '6', None, None, None, (), None, None, None),  # spec/system.r1:295
+    'SMSW': ((15, 1), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:306
+    'CLTS': ((15, 6), None, None, None, None, None, (), None, None, None),  # spec/system.r1:319
+    'MOV_R32_CR': ((15, 32), None, 'r', None, 'reg', None, (), None, None, None),  # spec/system.r1:331
+    'MOV_CR_R32': ((15, 34), None, 'r', None, 'reg', None, (), None, None, None),  # spec/system.r1:345
+    'MOV_R32_DR': ((15, 33), None, 'r', None, 'reg', None, (), None, None, None),  # spec/system.r1:359
+    'MOV_DR_R32': ((15, 35), None, 'r', None, 'reg', None, (), None, None, None),  # spec/system.r1:373
+    'RDMSR': ((15, 50), None, None, None, None, None, (), None, None, None),  # spec/system.r1:395
+    'WRMSR': ((15, 48), None, None, None, None, None, (), None, None, None),  # spec/system.r1:410
+    'RDTSC': ((15, 49), None, None, None, None, None, (), None, None, None),  # spec/system.r1:420
+    'RDPMC': ((15, 51), None, None, None, None, None, (), None, None, None),  # spec/system.r1:434
+    'SYSENTER': ((15, 52), None, None, None, None, None, (), None, None, None),  # spec/system.r1:451
+    'SYSEXIT': ((15, 53), None, None, None, None, None, (), None, None, None),  # spec/system.r1:474
+    'ARPL': ((99,), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:495
+    'LAR': ((15, 2), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:515
+    'LSL': ((15, 3), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:536
+    'VERR': ((15, 0), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:557
+    'VERW': ((15, 0), None, '5', None, None, None, (), None, None, None),  # spec/system.r1:577
     'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:33
     'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:43
     'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:53

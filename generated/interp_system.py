@@ -8,32 +8,832 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# HLT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:4
+# HLT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:108
 _T0 = """\
 S.eip = $next
-if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:7
-b_halt()  # system.r1:10
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:111
+b_halt()  # system.r1:114
 """
 
-# UD2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:13
+# UD2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:117
 _T1 = """\
 S.eip = $next
-raise Fault(6, None)  # system.r1:20
+raise Fault(6, None)  # system.r1:124
+"""
+
+# CPUID [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:127
+_T2 = """\
+S.eip = $next
+l_leaf = R[0]  # system.r1:135
+l_sub = R[1]  # system.r1:136
+R[0] = b_cpuid_leaf(l_leaf, l_sub, 0) & 0xffffffff  # system.r1:137
+R[3] = b_cpuid_leaf(l_leaf, l_sub, 1) & 0xffffffff  # system.r1:138
+R[1] = b_cpuid_leaf(l_leaf, l_sub, 2) & 0xffffffff  # system.r1:139
+R[2] = b_cpuid_leaf(l_leaf, l_sub, 3) & 0xffffffff  # system.r1:140
+"""
+
+# INVD [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:144
+_T3 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:147
+"""
+
+# WBINVD [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:154
+_T4 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:157
+"""
+
+# INVLPG [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:164
+_T5 = """\
+S.eip = $next
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:168
+b_invlpg(((b_seg_base($seg) + ea) & 4294967295))  # system.r1:172
+"""
+
+# LGDT [o16 a16 mem, o16 a32 mem] from spec/system.r1:177
+_T6 = """\
+S.eip = $next
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:181
+v_src = b_load($seg, ea, 48)  # system.r1:180
+b_set_gdtr((v_src >> 16 & 0xffffff), (v_src & 0xffff))  # system.r1:185
+"""
+
+# LGDT [o32 a16 mem, o32 a32 mem] from spec/system.r1:177
+_T7 = """\
+S.eip = $next
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:181
+v_src = b_load($seg, ea, 48)  # system.r1:180
+b_set_gdtr((v_src >> 16 & 0xffffffff), (v_src & 0xffff))  # system.r1:185
+"""
+
+# LIDT [o16 a16 mem, o16 a32 mem] from spec/system.r1:188
+_T8 = """\
+S.eip = $next
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:192
+v_src = b_load($seg, ea, 48)  # system.r1:191
+b_set_idtr((v_src >> 16 & 0xffffff), (v_src & 0xffff))  # system.r1:196
+"""
+
+# LIDT [o32 a16 mem, o32 a32 mem] from spec/system.r1:188
+_T9 = """\
+S.eip = $next
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:192
+v_src = b_load($seg, ea, 48)  # system.r1:191
+b_set_idtr((v_src >> 16 & 0xffffffff), (v_src & 0xffff))  # system.r1:196
+"""
+
+# SGDT [o16 a16 mem, o16 a32 mem] from spec/system.r1:199
+_T10 = """\
+S.eip = $next
+ea = $ea
+b_store($seg, ea, 48, (S.gdtr_limit | ((S.gdtr_base & 16777215) << 16)))  # system.r1:207
+"""
+
+# SGDT [o32 a16 mem, o32 a32 mem] from spec/system.r1:199
+_T11 = """\
+S.eip = $next
+ea = $ea
+b_store($seg, ea, 48, (S.gdtr_limit | (S.gdtr_base << 16)))  # system.r1:207
+"""
+
+# SIDT [o16 a16 mem, o16 a32 mem] from spec/system.r1:210
+_T12 = """\
+S.eip = $next
+ea = $ea
+b_store($seg, ea, 48, (S.idtr_limit | ((S.idtr_base & 16777215) << 16)))  # system.r1:218
+"""
+
+# SIDT [o32 a16 mem, o32 a32 mem] from spec/system.r1:210
+_T13 = """\
+S.eip = $next
+ea = $ea
+b_store($seg, ea, 48, (S.idtr_limit | (S.idtr_base << 16)))  # system.r1:218
+"""
+
+# LLDT [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:221
+_T14 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:221
+v_src = (R[$src] & 0xffff)  # system.r1:224
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:226
+if ((v_src & 65532) == 0):  # system.r1:231
+    b_set_ldtr(v_src, 0, 0, 0)  # system.r1:232
+else:
+    if (v_src >> 2 & 1):  # system.r1:234
+        raise Fault(13, (v_src & 65532))  # system.r1:234
+    l_d = p_read_descriptor(v_src)  # system.r1:235
+    if ((l_d >> 44 & 1) or ((l_d >> 40 & 0xf) != 2)):  # system.r1:236
+        raise Fault(13, (v_src & 65532))  # system.r1:236
+    if (not (l_d >> 47 & 1)):  # system.r1:237
+        raise Fault(11, (v_src & 65532))  # system.r1:237
+    b_set_ldtr(v_src, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), (l_d >> 40 & 0xffff))  # system.r1:238
+"""
+
+# LLDT [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:221
+_T15 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:221
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:226
+v_src = rd16($seg, ea)  # system.r1:224
+if ((v_src & 65532) == 0):  # system.r1:231
+    b_set_ldtr(v_src, 0, 0, 0)  # system.r1:232
+else:
+    if (v_src >> 2 & 1):  # system.r1:234
+        raise Fault(13, (v_src & 65532))  # system.r1:234
+    l_d = p_read_descriptor(v_src)  # system.r1:235
+    if ((l_d >> 44 & 1) or ((l_d >> 40 & 0xf) != 2)):  # system.r1:236
+        raise Fault(13, (v_src & 65532))  # system.r1:236
+    if (not (l_d >> 47 & 1)):  # system.r1:237
+        raise Fault(11, (v_src & 65532))  # system.r1:237
+    b_set_ldtr(v_src, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), (l_d >> 40 & 0xffff))  # system.r1:238
+"""
+
+# SLDT [o16 a16 reg, o16 a32 reg] from spec/system.r1:243
+_T16 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:243
+R[$dst] = R[$dst] & 0xffff0000 | S.ldtr & 0xffff  # system.r1:253
+"""
+
+# SLDT [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:243
+_T17 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:243
+ea = $ea
+wr16($seg, ea, S.ldtr)  # system.r1:253
+"""
+
+# SLDT [o32 a16 reg, o32 a32 reg] from spec/system.r1:243
+_T18 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:243
+R[$dst] = S.ldtr & 0xffffffff  # system.r1:253
+"""
+
+# LTR [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:257
+_T19 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:257
+v_src = (R[$src] & 0xffff)  # system.r1:260
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:262
+if ((v_src & 65532) == 0):  # system.r1:267
+    raise Fault(13, 0)  # system.r1:267
+if (v_src >> 2 & 1):  # system.r1:268
+    raise Fault(13, (v_src & 65532))  # system.r1:268
+l_d = p_read_descriptor(v_src)  # system.r1:269
+l_t = (l_d >> 40 & 0xf)  # system.r1:270
+if ((l_d >> 44 & 1) or ((l_t != 1) and (l_t != 9))):  # system.r1:271
+    raise Fault(13, (v_src & 65532))  # system.r1:271
+if (not (l_d >> 47 & 1)):  # system.r1:272
+    raise Fault(11, (v_src & 65532))  # system.r1:272
+b_store_sys((p_descriptor_address(v_src) + 5), 8, ((l_d >> 40 & 0xff) | 2))  # system.r1:273
+b_set_tr(v_src, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 2))  # system.r1:274
+"""
+
+# LTR [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:257
+_T20 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:257
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:262
+v_src = rd16($seg, ea)  # system.r1:260
+if ((v_src & 65532) == 0):  # system.r1:267
+    raise Fault(13, 0)  # system.r1:267
+if (v_src >> 2 & 1):  # system.r1:268
+    raise Fault(13, (v_src & 65532))  # system.r1:268
+l_d = p_read_descriptor(v_src)  # system.r1:269
+l_t = (l_d >> 40 & 0xf)  # system.r1:270
+if ((l_d >> 44 & 1) or ((l_t != 1) and (l_t != 9))):  # system.r1:271
+    raise Fault(13, (v_src & 65532))  # system.r1:271
+if (not (l_d >> 47 & 1)):  # system.r1:272
+    raise Fault(11, (v_src & 65532))  # system.r1:272
+b_store_sys((p_descriptor_address(v_src) + 5), 8, ((l_d >> 40 & 0xff) | 2))  # system.r1:273
+b_set_tr(v_src, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 2))  # system.r1:274
+"""
+
+# STR [o16 a16 reg, o16 a32 reg] from spec/system.r1:278
+_T21 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:278
+R[$dst] = R[$dst] & 0xffff0000 | S.tr & 0xffff  # system.r1:289
+"""
+
+# STR [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:278
+_T22 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:278
+ea = $ea
+wr16($seg, ea, S.tr)  # system.r1:289
+"""
+
+# STR [o32 a16 reg, o32 a32 reg] from spec/system.r1:278
+_T23 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:278
+R[$dst] = S.tr & 0xffffffff  # system.r1:289
+"""
+
+# LMSW [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:295
+_T24 = """\
+S.eip = $next
+v_src = (R[$src] & 0xffff)  # system.r1:298
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:299
+p_write_control(0, ((S.cr[0] & 4294967281) | (v_src & 15)))  # system.r1:303
+"""
+
+# LMSW [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:295
+_T25 = """\
+S.eip = $next
+ea = $ea
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:299
+v_src = rd16($seg, ea)  # system.r1:298
+p_write_control(0, ((S.cr[0] & 4294967281) | (v_src & 15)))  # system.r1:303
+"""
+
+# SMSW [o16 a16 reg, o16 a32 reg] from spec/system.r1:306
+_T26 = """\
+S.eip = $next
+R[$dst] = R[$dst] & 0xffff0000 | S.cr[0] & 0xffff  # system.r1:315
+"""
+
+# SMSW [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:306
+_T27 = """\
+S.eip = $next
+ea = $ea
+wr16($seg, ea, S.cr[0])  # system.r1:315
+"""
+
+# SMSW [o32 a16 reg, o32 a32 reg] from spec/system.r1:306
+_T28 = """\
+S.eip = $next
+R[$dst] = S.cr[0] & 0xffffffff  # system.r1:315
+"""
+
+# CLTS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:319
+_T29 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:322
+b_write_cr(0, (S.cr[0] & 4294967287))  # system.r1:326
+"""
+
+# MOV_R32_CR [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:331
+_T30 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:335
+if (($src == 1) or ($src > 4)):  # system.r1:340
+    raise Fault(6, None)  # system.r1:340
+R[$dst] = (S.cr[0] if ($src == 0) else (S.cr[2] if ($src == 2) else (S.cr[3] if ($src == 3) else S.cr[4]))) & 0xffffffff  # system.r1:341
+"""
+
+# MOV_CR_R32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:345
+_T31 = """\
+S.eip = $next
+v_src = R[$src]  # system.r1:348
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:349
+if (($dst == 1) or ($dst > 4)):  # system.r1:354
+    raise Fault(6, None)  # system.r1:354
+p_write_control($dst, v_src)  # system.r1:355
+"""
+
+# MOV_R32_DR [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:359
+_T32 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:363
+l_n = p_debug_register_number($src)  # system.r1:368
+R[$dst] = (S.dr[0] if (l_n == 0) else (S.dr[1] if (l_n == 1) else (S.dr[2] if (l_n == 2) else (S.dr[3] if (l_n == 3) else (S.dr[6] if (l_n == 6) else S.dr[7]))))) & 0xffffffff  # system.r1:369
+"""
+
+# MOV_DR_R32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:373
+_T33 = """\
+S.eip = $next
+v_src = R[$src]  # system.r1:376
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:377
+l_n = p_debug_register_number($dst)  # system.r1:382
+if (l_n == 6):  # system.r1:383
+    b_write_dr(6, ((v_src & 57359) | 4294905840))  # system.r1:384
+elif (l_n == 7):  # system.r1:385
+    b_write_dr(7, ((v_src & 4294910975) | 1024))  # system.r1:386
+else:
+    b_write_dr(l_n, v_src)  # system.r1:388
+"""
+
+# RDMSR [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:395
+_T34 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:398
+l_v = b_read_msr(R[1])  # system.r1:404
+R[0] = (l_v & 4294967295) & 0xffffffff  # system.r1:405
+R[2] = (l_v >> 32) & 0xffffffff  # system.r1:406
+"""
+
+# WRMSR [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:410
+_T35 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:413
+b_write_msr(R[1], ((R[2] << 32) | R[0]))  # system.r1:417
+"""
+
+# RDTSC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:420
+_T36 = """\
+S.eip = $next
+if not (((S.cr[4] >> 2 & 0x1) == 0) or (S.cpl == 0)): raise Fault(13, 0)  # system.r1:423
+l_t = b_read_tsc()  # system.r1:428
+R[0] = (l_t & 4294967295) & 0xffffffff  # system.r1:429
+R[2] = ((l_t >> 32) & 4294967295) & 0xffffffff  # system.r1:430
+"""
+
+# RDPMC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:434
+_T37 = """\
+S.eip = $next
+if not (((S.cr[4] >> 8 & 0x1) == 1) or (S.cpl == 0)): raise Fault(13, 0)  # system.r1:437
+l_v = b_read_pmc(R[1])  # system.r1:443
+R[0] = (l_v & 4294967295) & 0xffffffff  # system.r1:444
+R[2] = ((l_v >> 32) & 4294967295) & 0xffffffff  # system.r1:445
+"""
+
+# SYSENTER [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:451
+_T38 = """\
+S.eip = $next
+if (S.mode == 0):  # system.r1:461
+    raise Fault(13, 0)  # system.r1:461
+l_sel = (b_read_msr(372) & 65535)  # system.r1:462
+if ((l_sel & 65532) == 0):  # system.r1:463
+    raise Fault(13, 0)  # system.r1:463
+S.eflags = S.eflags & 0xfffdffff | 0  # system.r1:464
+S.eflags = S.eflags & 0xfffffdff | 0  # system.r1:465
+S.eflags = S.eflags & 0xfffeffff | 0  # system.r1:466
+b_set_seg(1, (l_sel & 65532), 0, 4294967295, 53147)  # system.r1:467
+b_set_seg(2, ((l_sel & 65532) + 8), 0, 4294967295, 53139)  # system.r1:468
+R[4] = b_read_msr(373) & 0xffffffff  # system.r1:469
+S.eip = (b_read_msr(374) & 4294967295)  # system.r1:470
+"""
+
+# SYSEXIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/system.r1:474
+_T39 = """\
+S.eip = $next
+if not (S.cpl == 0): raise Fault(13, 0)  # system.r1:477
+if (S.mode == 0):  # system.r1:483
+    raise Fault(13, 0)  # system.r1:483
+l_sel = (b_read_msr(372) & 65535)  # system.r1:484
+if ((l_sel & 65532) == 0):  # system.r1:485
+    raise Fault(13, 0)  # system.r1:485
+b_set_seg(1, (((l_sel + 16) & 65535) | 3), 0, 4294967295, 53243)  # system.r1:486
+b_set_seg(2, (((l_sel + 24) & 65535) | 3), 0, 4294967295, 53235)  # system.r1:487
+R[4] = R[1] & 0xffffffff  # system.r1:488
+S.eip = R[2]  # system.r1:489
+"""
+
+# ARPL [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:495
+_T40 = """\
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:495
+v_dst = (R[$dst] & 0xffff)  # system.r1:498
+v_src = (R[$src] & 0xffff)  # system.r1:498
+if ((v_dst & 3) < (v_src & 3)):  # system.r1:506
+    R[$dst] = R[$dst] & 0xffff0000 | ((v_dst & 65532) | (v_src & 3)) & 0xffff  # system.r1:507
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:508
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:510
+"""
+
+# ARPL [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:495
+_T41 = """\
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:495
+ea = $ea
+v_src = (R[$src] & 0xffff)  # system.r1:498
+v_dst = rd16($seg, ea)  # system.r1:498
+if ((v_dst & 3) < (v_src & 3)):  # system.r1:506
+    wr16($seg, ea, ((v_dst & 65532) | (v_src & 3)))  # system.r1:507
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:508
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:510
+"""
+
+# LAR [o16 a16 reg, o16 a32 reg] from spec/system.r1:515
+_T42 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
+v_src = (R[$src] & 0xffff)  # system.r1:518
+l_d = p_probe_descriptor(v_src)  # system.r1:526
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
+    R[$dst] = R[$dst] & 0xffff0000 | ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffff  # system.r1:528
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+"""
+
+# LAR [o16 a16 mem, o16 a32 mem] from spec/system.r1:515
+_T43 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
+ea = $ea
+v_src = rd16($seg, ea)  # system.r1:518
+l_d = p_probe_descriptor(v_src)  # system.r1:526
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
+    R[$dst] = R[$dst] & 0xffff0000 | ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffff  # system.r1:528
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+"""
+
+# LAR [o32 a16 reg, o32 a32 reg] from spec/system.r1:515
+_T44 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
+v_src = (R[$src] & 0xffff)  # system.r1:518
+l_d = p_probe_descriptor(v_src)  # system.r1:526
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
+    R[$dst] = ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffffffff  # system.r1:528
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+"""
+
+# LAR [o32 a16 mem, o32 a32 mem] from spec/system.r1:515
+_T45 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:515
+ea = $ea
+v_src = rd16($seg, ea)  # system.r1:518
+l_d = p_probe_descriptor(v_src)  # system.r1:526
+if (((l_d >> 44 & 1) or (6718 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:527
+    R[$dst] = ((l_d >> 32 & 0xffffffff) & 15793920) & 0xffffffff  # system.r1:528
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:529
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:531
+"""
+
+# LSL [o16 a16 reg, o16 a32 reg] from spec/system.r1:536
+_T46 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
+v_src = (R[$src] & 0xffff)  # system.r1:539
+l_d = p_probe_descriptor(v_src)  # system.r1:547
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
+    R[$dst] = R[$dst] & 0xffff0000 | (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffff  # system.r1:549
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+"""
+
+# LSL [o16 a16 mem, o16 a32 mem] from spec/system.r1:536
+_T47 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
+ea = $ea
+v_src = rd16($seg, ea)  # system.r1:539
+l_d = p_probe_descriptor(v_src)  # system.r1:547
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
+    R[$dst] = R[$dst] & 0xffff0000 | (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffff  # system.r1:549
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+"""
+
+# LSL [o32 a16 reg, o32 a32 reg] from spec/system.r1:536
+_T48 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
+v_src = (R[$src] & 0xffff)  # system.r1:539
+l_d = p_probe_descriptor(v_src)  # system.r1:547
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
+    R[$dst] = (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffffffff  # system.r1:549
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+"""
+
+# LSL [o32 a16 mem, o32 a32 mem] from spec/system.r1:536
+_T49 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:536
+ea = $ea
+v_src = rd16($seg, ea)  # system.r1:539
+l_d = p_probe_descriptor(v_src)  # system.r1:547
+if (((l_d >> 44 & 1) or (2574 >> (l_d >> 40 & 0xf) & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))):  # system.r1:548
+    R[$dst] = (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))) & 0xffffffff  # system.r1:549
+    S.eflags = flush_cc() & 0xffffffbf | 64  # system.r1:550
+else:
+    S.eflags = flush_cc() & 0xffffffbf | 0  # system.r1:552
+"""
+
+# VERR [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:557
+_T50 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:557
+v_src = (R[$src] & 0xffff)  # system.r1:560
+l_d = p_probe_descriptor(v_src)  # system.r1:568
+if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # system.r1:569
+    S.eflags = flush_cc() & 0xffffffbf | (((l_d >> 41 & 1) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:570
+else:
+    S.eflags = flush_cc() & 0xffffffbf | ((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:572
+"""
+
+# VERR [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:557
+_T51 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:557
+ea = $ea
+v_src = rd16($seg, ea)  # system.r1:560
+l_d = p_probe_descriptor(v_src)  # system.r1:568
+if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # system.r1:569
+    S.eflags = flush_cc() & 0xffffffbf | (((l_d >> 41 & 1) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:570
+else:
+    S.eflags = flush_cc() & 0xffffffbf | ((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:572
+"""
+
+# VERW [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/system.r1:577
+_T52 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:577
+v_src = (R[$src] & 0xffff)  # system.r1:580
+l_d = p_probe_descriptor(v_src)  # system.r1:588
+S.eflags = flush_cc() & 0xffffffbf | (((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and (l_d >> 41 & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:589
+"""
+
+# VERW [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/system.r1:577
+_T53 = """\
+S.eip = $next
+if S.mode not in (1,): raise Fault(6, None)  # system.r1:577
+ea = $ea
+v_src = rd16($seg, ea)  # system.r1:580
+l_d = p_probe_descriptor(v_src)  # system.r1:588
+S.eflags = flush_cc() & 0xffffffbf | (((((l_d >> 44 & 1) and (not (l_d >> 43 & 1))) and (l_d >> 41 & 1)) and ((((l_d >> 44 & 1) and (l_d >> 43 & 1)) and (l_d >> 42 & 1)) or (((l_d >> 45 & 0x3) >= S.cpl) and ((l_d >> 45 & 0x3) >= (v_src & 3))))) & 1) << 6  # system.r1:589
 """
 
 TEMPLATES = {
-    # spec/system.r1:4
+    # spec/system.r1:108
     'HLT': {
         (16, 16, None, None, None): _T0,
         (16, 32, None, None, None): _T0,
         (32, 16, None, None, None): _T0,
         (32, 32, None, None, None): _T0,
     },
-    # spec/system.r1:13
+    # spec/system.r1:117
     'UD2': {
         (16, 16, None, None, None): _T1,
         (16, 32, None, None, None): _T1,
         (32, 16, None, None, None): _T1,
         (32, 32, None, None, None): _T1,
+    },
+    # spec/system.r1:127
+    'CPUID': {
+        (16, 16, None, None, None): _T2,
+        (16, 32, None, None, None): _T2,
+        (32, 16, None, None, None): _T2,
+        (32, 32, None, None, None): _T2,
+    },
+    # spec/system.r1:144
+    'INVD': {
+        (16, 16, None, None, None): _T3,
+        (16, 32, None, None, None): _T3,
+        (32, 16, None, None, None): _T3,
+        (32, 32, None, None, None): _T3,
+    },
+    # spec/system.r1:154
+    'WBINVD': {
+        (16, 16, None, None, None): _T4,
+        (16, 32, None, None, None): _T4,
+        (32, 16, None, None, None): _T4,
+        (32, 32, None, None, None): _T4,
+    },
+    # spec/system.r1:164
+    'INVLPG': {
+        (16, 16, 'mem', None, None): _T5,
+        (16, 32, 'mem', None, None): _T5,
+        (32, 16, 'mem', None, None): _T5,
+        (32, 32, 'mem', None, None): _T5,
+    },
+    # spec/system.r1:177
+    'LGDT': {
+        (16, 16, 'mem', None, None): _T6,
+        (16, 32, 'mem', None, None): _T6,
+        (32, 16, 'mem', None, None): _T7,
+        (32, 32, 'mem', None, None): _T7,
+    },
+    # spec/system.r1:188
+    'LIDT': {
+        (16, 16, 'mem', None, None): _T8,
+        (16, 32, 'mem', None, None): _T8,
+        (32, 16, 'mem', None, None): _T9,
+        (32, 32, 'mem', None, None): _T9,
+    },
+    # spec/system.r1:199
+    'SGDT': {
+        (16, 16, 'mem', None, None): _T10,
+        (16, 32, 'mem', None, None): _T10,
+        (32, 16, 'mem', None, None): _T11,
+        (32, 32, 'mem', None, None): _T11,
+    },
+    # spec/system.r1:210
+    'SIDT': {
+        (16, 16, 'mem', None, None): _T12,
+        (16, 32, 'mem', None, None): _T12,
+        (32, 16, 'mem', None, None): _T13,
+        (32, 32, 'mem', None, None): _T13,
+    },
+    # spec/system.r1:221
+    'LLDT': {
+        (16, 16, 'reg', None, None): _T14,
+        (16, 16, 'mem', None, None): _T15,
+        (16, 32, 'reg', None, None): _T14,
+        (16, 32, 'mem', None, None): _T15,
+        (32, 16, 'reg', None, None): _T14,
+        (32, 16, 'mem', None, None): _T15,
+        (32, 32, 'reg', None, None): _T14,
+        (32, 32, 'mem', None, None): _T15,
+    },
+    # spec/system.r1:243
+    'SLDT': {
+        (16, 16, 'reg', None, None): _T16,
+        (16, 16, 'mem', None, None): _T17,
+        (16, 32, 'reg', None, None): _T16,
+        (16, 32, 'mem', None, None): _T17,
+        (32, 16, 'reg', None, None): _T18,
+        (32, 16, 'mem', None, None): _T17,
+        (32, 32, 'reg', None, None): _T18,
+        (32, 32, 'mem', None, None): _T17,
+    },
+    # spec/system.r1:257
+    'LTR': {
+        (16, 16, 'reg', None, None): _T19,
+        (16, 16, 'mem', None, None): _T20,
+        (16, 32, 'reg', None, None): _T19,
+        (16, 32, 'mem', None, None): _T20,
+        (32, 16, 'reg', None, None): _T19,
+        (32, 16, 'mem', None, None): _T20,
+        (32, 32, 'reg', None, None): _T19,
+        (32, 32, 'mem', None, None): _T20,
+    },
+    # spec/system.r1:278
+    'STR': {
+        (16, 16, 'reg', None, None): _T21,
+        (16, 16, 'mem', None, None): _T22,
+        (16, 32, 'reg', None, None): _T21,
+        (16, 32, 'mem', None, None): _T22,
+        (32, 16, 'reg', None, None): _T23,
+        (32, 16, 'mem', None, None): _T22,
+        (32, 32, 'reg', None, None): _T23,
+        (32, 32, 'mem', None, None): _T22,
+    },
+    # spec/system.r1:295
+    'LMSW': {
+        (16, 16, 'reg', None, None): _T24,
+        (16, 16, 'mem', None, None): _T25,
+        (16, 32, 'reg', None, None): _T24,
+        (16, 32, 'mem', None, None): _T25,
+        (32, 16, 'reg', None, None): _T24,
+        (32, 16, 'mem', None, None): _T25,
+        (32, 32, 'reg', None, None): _T24,
+        (32, 32, 'mem', None, None): _T25,
+    },
+    # spec/system.r1:306
+    'SMSW': {
+        (16, 16, 'reg', None, None): _T26,
+        (16, 16, 'mem', None, None): _T27,
+        (16, 32, 'reg', None, None): _T26,
+        (16, 32, 'mem', None, None): _T27,
+        (32, 16, 'reg', None, None): _T28,
+        (32, 16, 'mem', None, None): _T27,
+        (32, 32, 'reg', None, None): _T28,
+        (32, 32, 'mem', None, None): _T27,
+    },
+    # spec/system.r1:319
+    'CLTS': {
+        (16, 16, None, None, None): _T29,
+        (16, 32, None, None, None): _T29,
+        (32, 16, None, None, None): _T29,
+        (32, 32, None, None, None): _T29,
+    },
+    # spec/system.r1:331
+    'MOV_R32_CR': {
+        (16, 16, 'reg', None, None): _T30,
+        (16, 32, 'reg', None, None): _T30,
+        (32, 16, 'reg', None, None): _T30,
+        (32, 32, 'reg', None, None): _T30,
+    },
+    # spec/system.r1:345
+    'MOV_CR_R32': {
+        (16, 16, 'reg', None, None): _T31,
+        (16, 32, 'reg', None, None): _T31,
+        (32, 16, 'reg', None, None): _T31,
+        (32, 32, 'reg', None, None): _T31,
+    },
+    # spec/system.r1:359
+    'MOV_R32_DR': {
+        (16, 16, 'reg', None, None): _T32,
+        (16, 32, 'reg', None, None): _T32,
+        (32, 16, 'reg', None, None): _T32,
+        (32, 32, 'reg', None, None): _T32,
+    },
+    # spec/system.r1:373
+    'MOV_DR_R32': {
+        (16, 16, 'reg', None, None): _T33,
+        (16, 32, 'reg', None, None): _T33,
+        (32, 16, 'reg', None, None): _T33,
+        (32, 32, 'reg', None, None): _T33,
+    },
+    # spec/system.r1:395
+    'RDMSR': {
+        (16, 16, None, None, None): _T34,
+        (16, 32, None, None, None): _T34,
+        (32, 16, None, None, None): _T34,
+        (32, 32, None, None, None): _T34,
+    },
+    # spec/system.r1:410
+    'WRMSR': {
+        (16, 16, None, None, None): _T35,
+        (16, 32, None, None, None): _T35,
+        (32, 16, None, None, None): _T35,
+        (32, 32, None, None, None): _T35,
+    },
+    # spec/system.r1:420
+    'RDTSC': {
+        (16, 16, None, None, None): _T36,
+        (16, 32, None, None, None): _T36,
+        (32, 16, None, None, None): _T36,
+        (32, 32, None, None, None): _T36,
+    },
+    # spec/system.r1:434
+    'RDPMC': {
+        (16, 16, None, None, None): _T37,
+        (16, 32, None, None, None): _T37,
+        (32, 16, None, None, None): _T37,
+        (32, 32, None, None, None): _T37,
+    },
+    # spec/system.r1:451
+    'SYSENTER': {
+        (16, 16, None, None, None): _T38,
+        (16, 32, None, None, None): _T38,
+        (32, 16, None, None, None): _T38,
+        (32, 32, None, None, None): _T38,
+    },
+    # spec/system.r1:474
+    'SYSEXIT': {
+        (16, 16, None, None, None): _T39,
+        (16, 32, None, None, None): _T39,
+        (32, 16, None, None, None): _T39,
+        (32, 32, None, None, None): _T39,
+    },
+    # spec/system.r1:495
+    'ARPL': {
+        (16, 16, 'reg', None, None): _T40,
+        (16, 16, 'mem', None, None): _T41,
+        (16, 32, 'reg', None, None): _T40,
+        (16, 32, 'mem', None, None): _T41,
+        (32, 16, 'reg', None, None): _T40,
+        (32, 16, 'mem', None, None): _T41,
+        (32, 32, 'reg', None, None): _T40,
+        (32, 32, 'mem', None, None): _T41,
+    },
+    # spec/system.r1:515
+    'LAR': {
+        (16, 16, 'reg', None, None): _T42,
+        (16, 16, 'mem', None, None): _T43,
+        (16, 32, 'reg', None, None): _T42,
+        (16, 32, 'mem', None, None): _T43,
+        (32, 16, 'reg', None, None): _T44,
+        (32, 16, 'mem', None, None): _T45,
+        (32, 32, 'reg', None, None): _T44,
+        (32, 32, 'mem', None, None): _T45,
+    },
+    # spec/system.r1:536
+    'LSL': {
+        (16, 16, 'reg', None, None): _T46,
+        (16, 16, 'mem', None, None): _T47,
+        (16, 32, 'reg', None, None): _T46,
+        (16, 32, 'mem', None, None): _T47,
+        (32, 16, 'reg', None, None): _T48,
+        (32, 16, 'mem', None, None): _T49,
+        (32, 32, 'reg', None, None): _T48,
+        (32, 32, 'mem', None, None): _T49,
+    },
+    # spec/system.r1:557
+    'VERR': {
+        (16, 16, 'reg', None, None): _T50,
+        (16, 16, 'mem', None, None): _T51,
+        (16, 32, 'reg', None, None): _T50,
+        (16, 32, 'mem', None, None): _T51,
+        (32, 16, 'reg', None, None): _T50,
+        (32, 16, 'mem', None, None): _T51,
+        (32, 32, 'reg', None, None): _T50,
+        (32, 32, 'mem', None, None): _T51,
+    },
+    # spec/system.r1:577
+    'VERW': {
+        (16, 16, 'reg', None, None): _T52,
+        (16, 16, 'mem', None, None): _T53,
+        (16, 32, 'reg', None, None): _T52,
+        (16, 32, 'mem', None, None): _T53,
+        (32, 16, 'reg', None, None): _T52,
+        (32, 16, 'mem', None, None): _T53,
+        (32, 32, 'reg', None, None): _T52,
+        (32, 32, 'mem', None, None): _T53,
     },
 }

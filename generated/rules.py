@@ -452,8 +452,38 @@ RULES = {
     'INSv': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/string.r1:205
     'OUTSB': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/string.r1:222
     'OUTSv': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/string.r1:237
-    'HLT': ('callout', None, (), ('halt',)),  # spec/system.r1:4
-    'UD2': ('trap', None, (), ()),  # spec/system.r1:13
+    'HLT': ('callout', None, (), ('halt',)),  # spec/system.r1:108
+    'UD2': ('trap', None, (), ()),  # spec/system.r1:117
+    'CPUID': ('callout', None, (), ()),  # spec/system.r1:127
+    'INVD': ('callout', None, (), ()),  # spec/system.r1:144
+    'WBINVD': ('callout', None, (), ()),  # spec/system.r1:154
+    'INVLPG': ('callout', None, (), ('tlb',)),  # spec/system.r1:164
+    'LGDT': ('callout', None, (), ('gdtr',)),  # spec/system.r1:177
+    'LIDT': ('callout', None, (), ('idtr',)),  # spec/system.r1:188
+    'SGDT': ('callout', None, ('gdtr',), ()),  # spec/system.r1:199
+    'SIDT': ('callout', None, ('idtr',), ()),  # spec/system.r1:210
+    'LLDT': ('callout', None, ('gdtr', 'gdt'), ('ldtr',)),  # spec/system.r1:221
+    'SLDT': ('callout', None, ('ldtr',), ()),  # spec/system.r1:243
+    'LTR': ('callout', None, ('gdtr', 'gdt'), ('tr', 'gdt')),  # spec/system.r1:257
+    'STR': ('callout', None, ('tr',), ()),  # spec/system.r1:278
+    'LMSW': ('callout', None, ('cr0',), ('cr0',)),  # spec/system.r1:295
+    'SMSW': ('callout', None, ('cr0',), ()),  # spec/system.r1:306
+    'CLTS': ('callout', None, ('cr0',), ('cr0',)),  # spec/system.r1:319
+    'MOV_R32_CR': ('callout', None, ('cr0', 'cr2', 'cr3', 'cr4'), ()),  # spec/system.r1:331
+    'MOV_CR_R32': ('callout', None, (), ('cr0', 'cr2', 'cr3', 'cr4', 'tlb')),  # spec/system.r1:345
+    'MOV_R32_DR': ('callout', None, ('dr', 'cr4'), ('dr',)),  # spec/system.r1:359
+    'MOV_DR_R32': ('callout', None, ('dr', 'cr4'), ('dr',)),  # spec/system.r1:373
+    'RDMSR': ('callout', None, ('msr', 'tsc', 'sysenter'), ()),  # spec/system.r1:395
+    'WRMSR': ('callout', None, (), ('msr', 'tsc', 'sysenter')),  # spec/system.r1:410
+    'RDTSC': ('callout', None, ('tsc',), ()),  # spec/system.r1:420
+    'RDPMC': ('callout', None, ('pmc',), ()),  # spec/system.r1:434
+    'SYSENTER': ('callout', None, ('sysenter',), ('cpl', 'seg', 'vm', 'if', 'rf')),  # spec/system.r1:451
+    'SYSEXIT': ('callout', None, ('sysenter',), ('cpl', 'seg')),  # spec/system.r1:474
+    'ARPL': ('ident', None, (), ()),  # spec/system.r1:495
+    'LAR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:515
+    'LSL': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:536
+    'VERR': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:557
+    'VERW': ('callout', None, ('cpl', 'gdtr', 'ldtr', 'gdt'), ()),  # spec/system.r1:577
     'FADD_M32': ('ident', None, (), ()),  # spec/x87.r1:33
     'FADD_M64': ('ident', None, (), ()),  # spec/x87.r1:43
     'FIADD_M32': ('ident', None, (), ()),  # spec/x87.r1:53

@@ -60,8 +60,9 @@ def test_ret_imm16_sign_extended_by_unicorn() -> None:
 def test_single_step_trap_matches_unicorn() -> None:
     # Not a deviation: TF set by IRET traps (#DB) after the instruction that follows.
     stack = b"".join(v.to_bytes(2, "little") for v in (0x8010, 0, 0x0102))  # IP, CS, FLAGS with TF
-    spec = fresh.FreshSpec(code=bytes.fromhex("cf"), real=True,
-                           memory={fresh.STACK_TOP: stack, 0x8010: bytes.fromhex("90 90 90")})
+    spec = fresh.FreshSpec(
+        code=bytes.fromhex("cf"), real=True, memory={fresh.STACK_TOP: stack, 0x8010: bytes.fromhex("90 90 90")}
+    )
     o = run_both(Case(spec, ["IRET"]))
     assert o.ours.exception == o.theirs.exception == 1
     assert o.ours.regs["eip"] == o.theirs.regs["eip"] == 0x8011
@@ -71,12 +72,19 @@ def _iret_frame(eip: int, cs: int, eflags: int) -> dict[int, bytes]:
     return {fresh.STACK_TOP: b"".join(v.to_bytes(4, "little") for v in (eip, cs, eflags))}
 
 
-def test_iret_does_not_load_rf_in_unicorn() -> None:
-    # Same-level IRET at CPL 0 popping EFLAGS with RF set: the SDM loads RF.
-    spec = fresh.FreshSpec(code=bytes.fromhex("cf"), memory=_iret_frame(fresh.CODE + 0x200, fresh.SEL_CODE0, 0x10002))
+def test_iret_to_v86_does_not_load_rf_in_unicorn() -> None:
+    # IRET at CPL 0 into virtual-8086 mode with RF in the popped EFLAGS: the SDM loads all of
+    # EFLAGS (RF too). Unicorn loads RF on a protected-mode return, but not on this one.
+    frame = (fresh.CODE + 0x200, 0, 0x30002, 0x6000, 0, 0, 0, 0, 0)  # EIP CS EFLAGS(VM RF) ESP SS ES DS FS GS
+    spec = fresh.FreshSpec(
+        code=bytes.fromhex("cf"), memory={fresh.STACK_TOP: b"".join(v.to_bytes(4, "little") for v in frame)}
+    )
     o = run_both(Case(spec, ["IRET"]))
-    assert o.ours.regs["eflags"] & 0x10000
-    assert not o.theirs.regs["eflags"] & 0x10000
+    assert o.ours.regs["eflags"] & 0x30000 == 0x30000
+    assert o.theirs.regs["eflags"] & 0x30000 == 0x20000
+    same = fresh.FreshSpec(code=bytes.fromhex("cf"), memory=_iret_frame(fresh.CODE + 0x200, fresh.SEL_CODE0, 0x10002))
+    o = run_both(Case(same, ["IRET"]))
+    assert o.ours.regs["eflags"] & 0x10000 and o.theirs.regs["eflags"] & 0x10000
 
 
 def test_iret_enters_v86_from_cpl3_in_unicorn() -> None:
