@@ -357,7 +357,7 @@ static void test_strings(void)
     memcpy(copy, buf, n + 1);
     memmove(copy + 2, copy, 5);
     kprintf("strings: memmove overlapping \"%s\", compare %d\n", copy, kstrcmp(copy, buf) > 0 ? 1 : -1);
-    check(kstrcmp(copy, "eneniham lautriv 1gnir") == 0 && memcmp(copy, buf, 2) == 0, "memmove");
+    check(kstrcmp(copy, "enenihc lautriv 1gnir") == 0 && memcmp(copy, buf, 2) == 0, "memmove");
 }
 
 static uint32_t fib(uint32_t n)
@@ -413,9 +413,15 @@ static void test_calls(void)
 
 /* ---------------------------------------------------------------- the red pill */
 
-static int redpill_line(const char *name, int same)
+/* Each check prints one line, "redpill NAME: what it saw -> same" (or "-> DIFFERS"), so
+   the output of two runs compares line by line. */
+static int redpill_result(int same, char *which, const char *name)
 {
-    kprintf("  -> %s: %s\n", name, same ? "same as bare metal" : "DIFFERS: a VMM shows through");
+    kputs(same ? " -> same\n" : " -> DIFFERS\n");
+    if (!same) {
+        kstrcpy(which + kstrlen(which), " ");
+        kstrcpy(which + kstrlen(which), name);
+    }
     return !same;
 }
 
@@ -423,17 +429,15 @@ static void redpill(void)
 {
     int betrayed = 0;
     char which[40] = "";
-    kputs("redpill: am I virtualized? (unprivileged instructions that never trap)\n");
+    kputs("redpill: am I virtualized? five unprivileged instructions that never trap\n");
 
     struct table_register idtr;
     __asm__ volatile("sidt %0" : "=m"(idtr));
-    kprintf("redpill sidt: IDTR base %08x limit %04x; the kernel loaded base %08x limit %04x\n", idtr.base,
+    kprintf("redpill sidt: IDTR base %08x limit %04x, the kernel loaded base %08x limit %04x", idtr.base,
             idtr.limit, (uint32_t)idt, (uint32_t)sizeof(idt) - 1);
-    if (redpill_line("sidt", idtr.base == (uint32_t)idt && idtr.limit == sizeof(idt) - 1)) {
-        betrayed++;
-        kstrcpy(which + kstrlen(which), " sidt");
-    }
+    betrayed += redpill_result(idtr.base == (uint32_t)idt && idtr.limit == sizeof(idt) - 1, which, "sidt");
 
+    /* At CPL 0, POPF changes IF; at CPL 1 (trap-and-emulate) it silently leaves it set. */
     uint32_t before, after;
     __asm__ volatile("sti\n\t"
                      "pushfl\n\t"
@@ -448,39 +452,26 @@ static void redpill(void)
                      : "=&r"(before), "=&r"(after)
                      :
                      : "memory", "cc");
-    kprintf("redpill popf: IF after sti %u; after popf with IF clear %u (expected 0)\n", (before >> 9) & 1,
+    kprintf("redpill popf: IF %u after sti, %u after popf with IF clear (expected 1, 0)", (before >> 9) & 1,
             (after >> 9) & 1);
-    if (redpill_line("popf", (before & EFLAGS_IF) && !(after & EFLAGS_IF))) {
-        betrayed++;
-        kstrcpy(which + kstrlen(which), " popf");
-    }
+    betrayed += redpill_result((before & EFLAGS_IF) && !(after & EFLAGS_IF), which, "popf");
 
     uint32_t cs;
     __asm__ volatile("movl %%cs, %0" : "=r"(cs));
     cs &= 0xFFFF;
-    kprintf("redpill cs: CS %04x, RPL %u (expected %04x, RPL 0)\n", cs, cs & 3, SEL_KCODE);
-    if (redpill_line("cs", cs == SEL_KCODE)) {
-        betrayed++;
-        kstrcpy(which + kstrlen(which), " cs");
-    }
+    kprintf("redpill cs: CS %04x, RPL %u (the kernel's CS %04x, RPL 0)", cs, cs & 3, SEL_KCODE);
+    betrayed += redpill_result(cs == SEL_KCODE, which, "cs");
 
     uint32_t msw, cr0;
     __asm__ volatile("smsw %0" : "=r"(msw));
     __asm__ volatile("movl %%cr0, %0" : "=r"(cr0));
-    kprintf("redpill smsw: MSW %04x; the kernel set CR0 %08x (low bits %04x)\n", msw & 0xFFFF, cr0,
-            cr0 & 0xFFFF);
-    if (redpill_line("smsw", (msw & 0xFFFF) == (cr0 & 0xFFFF))) {
-        betrayed++;
-        kstrcpy(which + kstrlen(which), " smsw");
-    }
+    kprintf("redpill smsw: MSW %04x, the kernel set CR0 %08x (low half %04x)", msw & 0xFFFF, cr0, cr0 & 0xFFFF);
+    betrayed += redpill_result((msw & 0xFFFF) == (cr0 & 0xFFFF), which, "smsw");
 
     uint32_t tr = 0;
     __asm__ volatile("str %w0" : "+r"(tr));
-    kprintf("redpill str: TR %04x (the kernel loaded %04x)\n", tr & 0xFFFF, SEL_TSS);
-    if (redpill_line("str", (tr & 0xFFFF) == SEL_TSS)) {
-        betrayed++;
-        kstrcpy(which + kstrlen(which), " str");
-    }
+    kprintf("redpill str: TR %04x, the kernel loaded %04x", tr & 0xFFFF, SEL_TSS);
+    betrayed += redpill_result((tr & 0xFFFF) == SEL_TSS, which, "str");
 
     if (betrayed)
         kprintf("redpill verdict: virtualized (%u of 5 checks betray a VMM:%s)\n", betrayed, which);
