@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "exit port 0xF4) and exit with the status the guest writes to the exit port.",
         epilog="Exit statuses when the guest does not write the exit port: 2 bad image or usage, "
         "121 triple fault, 122 an instruction ring1 cannot run yet, 123 HLT for ever, "
-        "124 instruction budget exhausted, 125 another VM stop, 130 interrupted. "
+        "124 instruction budget exhausted, 125 another VM stop, 130 interrupted, 141 console closed. "
         "A VM stop prints one diagnosis line on stderr; --stats prints on stderr too.",
     )
     run.add_argument("image", help="the kernel: an ELF32 file with a Multiboot header")

@@ -77,6 +77,7 @@ EXIT_HALT = 123  # HLT with no interrupt that could ever wake the CPU
 EXIT_LIMIT = 124  # the instruction budget (--max-insns) ran out, as timeout(1) does
 EXIT_VMSTOP = 125  # any other clean VM stop
 EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CONSOLE_CLOSED = 141  # the console's reader went away, as a process killed by SIGPIPE
 
 
 class ImageError(Exception):
@@ -435,6 +436,7 @@ class Stop:
             "halt": EXIT_HALT,
             "limit": EXIT_LIMIT,
             "interrupted": EXIT_INTERRUPTED,
+            "console-closed": EXIT_CONSOLE_CLOSED,
         }.get(self.kind, EXIT_VMSTOP)
 
     def diagnosis(self, mode: str) -> str | None:

@@ -18,6 +18,7 @@ OUT semantics, the VMM from its callouts or unicorn's I/O hooks.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -48,22 +49,41 @@ class GuestExit(VMStop):
 
 
 class ConsoleSink:
-    """Where the serial console's bytes go: a binary stream, flushed at each line end."""
+    """Where the serial console's bytes go: a binary stream, flushed at each line end.
+
+    When the reader goes away (`ring1 run demo.elf | head`), the run stops cleanly (a
+    VMStop of kind "console-closed") and later output is dropped."""
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout.buffer
         self.pending = bytearray()
+        self.closed = False
 
     def __call__(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.pending += data
         if b"\n" in data or len(self.pending) >= 4096:
             self.flush()
+            if self.closed:
+                raise VMStop("console-closed", "the console's reader went away (broken pipe)")
 
     def flush(self) -> None:
-        if self.pending:
-            self.stream.write(bytes(self.pending))
+        if self.closed:
+            return
+        try:
+            if self.pending:
+                self.stream.write(bytes(self.pending))
+                self.pending.clear()
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed = True
             self.pending.clear()
-        self.stream.flush()
+            if self.stream is getattr(sys.stdout, "buffer", None):
+                # Keep Python's own flush at exit from complaining about the closed pipe.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
 
 
 class Serial16550:
