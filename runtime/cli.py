@@ -68,6 +68,58 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Boot a Multiboot image and run it; the exit status is the guest's (see ring1.runtime.guest)."""
+    import os
+
+    from ring1.runtime import guest
+    from ring1.runtime.platform import GuestPlatform
+
+    if args.max_insns is not None and args.max_insns <= 0:
+        print("ring1 run: --max-insns must be positive", file=sys.stderr)
+        return guest.EXIT_USAGE
+    try:
+        image = guest.load_multiboot(args.image)
+    except guest.ImageError as err:
+        print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
+        return guest.EXIT_USAGE
+    engine = guest.ENGINES.get(args.mode)
+    if engine is None:
+        available = ", ".join(guest.ENGINES)
+        print(f"ring1 run: mode {args.mode} is not available yet (available: {available})", file=sys.stderr)
+        return guest.EXIT_USAGE
+    platform = GuestPlatform()
+    stats = guest.RunStats(args.mode)
+    try:
+        stop = engine(image, platform, args.max_insns, stats)
+    except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
+        platform.flush()
+        if os.environ.get("RING1_TRACEBACK"):
+            raise
+        print(
+            f"ring1 run: internal error: {type(err).__name__}: {err}; mode {args.mode} "
+            "(RING1_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return guest.EXIT_VMSTOP
+    finally:
+        platform.flush()
+    diagnosis = stop.diagnosis(args.mode)
+    if diagnosis:
+        print(diagnosis, file=sys.stderr)
+    stats.add("stop", "stop", stop.kind)
+    stats.add("exit_status", "exit status", stop.exit_status)
+    if args.stats:
+        print(stats.format(), file=sys.stderr)
+    if args.json_stats:
+        try:
+            Path(args.json_stats).write_text(json.dumps(stats.as_json(), indent=1) + "\n")
+        except OSError as err:
+            print(f"ring1 run: cannot write {args.json_stats}: {err.strerror or err}", file=sys.stderr)
+            return guest.EXIT_USAGE
+    return stop.exit_status
+
+
 def cmd_spec_check(args: argparse.Namespace) -> int:
     from ring1.codegen.generate import render_all
     from ring1.codegen.model import load_spec
@@ -155,6 +207,23 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--max-insns", type=int, default=100_000)
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_exec)
+
+    run = sub.add_parser(
+        "run",
+        help="boot a Multiboot kernel image and run it",
+        description="Boot a Multiboot (v1) kernel image on ring1's virtual platform (COM1 console on stdout, "
+        "exit port 0xF4) and exit with the status the guest writes to the exit port.",
+        epilog="Exit statuses when the guest does not write the exit port: 2 bad image or usage, "
+        "121 triple fault, 122 an instruction ring1 cannot run yet, 123 HLT for ever, "
+        "124 instruction budget exhausted, 125 another VM stop, 130 interrupted, 141 console closed. "
+        "A VM stop prints one diagnosis line on stderr; --stats prints on stderr too.",
+    )
+    run.add_argument("image", help="the kernel: an ELF32 file with a Multiboot header")
+    run.add_argument("--mode", default="interp", choices=["bt", "trap", "interp", "bare"])
+    run.add_argument("--stats", action="store_true", help="print run statistics on stderr after the run")
+    run.add_argument("--json-stats", metavar="FILE", help="write the statistics to FILE as JSON")
+    run.add_argument("--max-insns", type=int, metavar="N", help="stop after N guest instructions")
+    run.set_defaults(func=cmd_run)
 
     args = p.parse_args(argv)
     try:

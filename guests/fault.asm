@@ -1,0 +1,29 @@
+; fault: an exception nobody handles. The guest loads an empty IDT (limit 0) and runs UD2:
+; #UD cannot be delivered (#GP), nor can the #GP, nor the double fault: a triple fault,
+; which a real PC answers with a reset and ring1 with a diagnosis and a non-zero status.
+%include "multiboot.inc"
+
+section .text
+global _start
+_start:
+    cld
+    mov esi, message
+    mov ecx, message_len
+    mov dx, COM1
+.next:
+    lodsb
+    out dx, al
+    loop .next
+    lidt [empty_idtr]
+    ud2
+    mov al, 0                       ; never reached
+    out EXIT_PORT, al
+
+section .rodata
+message:
+    db "fault: ud2 with an empty IDT", 10
+message_len equ $ - message
+align 4
+empty_idtr:
+    dw 0                            ; limit 0: no gate fits
+    dd 0

@@ -1,0 +1,190 @@
+#include "lib.h"
+
+int serial_init(void)
+{
+    outb(COM1 + 1, 0x00);       /* IER: no interrupts */
+    outb(COM1 + 3, 0x80);       /* LCR: DLAB, to set the divisor */
+    outb(COM1 + 0, 0x01);       /* divisor 1: 115200 baud */
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x03);       /* LCR: 8 data bits, no parity, one stop bit */
+    outb(COM1 + 2, 0xC7);       /* FCR: FIFOs on and cleared */
+    outb(COM1 + 4, 0x03);       /* MCR: DTR, RTS */
+    outb(COM1 + 7, 0x5A);       /* scratch register */
+    return inb(COM1 + 7) == 0x5A;
+}
+
+void console_putc(char c)
+{
+    while (!(inb(COM1 + 5) & 0x20))     /* LSR: wait for the transmitter holding register */
+        ;
+    outb(COM1, (uint8_t)c);
+}
+
+void console_write(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        console_putc(s[i]);
+}
+
+void kputs(const char *s)
+{
+    while (*s)
+        console_putc(*s++);
+}
+
+static void put_number(uint32_t v, unsigned base, int width, char pad, int negative)
+{
+    char buf[12];
+    int n = 0;
+    do {
+        buf[n++] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v);
+    if (negative)
+        buf[n++] = '-';
+    while (n < width--)
+        console_putc(pad);
+    while (n)
+        console_putc(buf[--n]);
+}
+
+/* %s %c %d %u %x %%, with an optional 0 flag and width: %08x, %4u. */
+void kvprintf(const char *fmt, va_list ap)
+{
+    for (; *fmt; fmt++) {
+        if (*fmt != '%') {
+            console_putc(*fmt);
+            continue;
+        }
+        fmt++;
+        char pad = ' ';
+        int width = 0;
+        if (*fmt == '0') {
+            pad = '0';
+            fmt++;
+        }
+        while (*fmt >= '0' && *fmt <= '9')
+            width = width * 10 + (*fmt++ - '0');
+        switch (*fmt) {
+        case 's': {
+            const char *s = va_arg(ap, const char *);
+            int len = (int)kstrlen(s);
+            while (len < width--)
+                console_putc(' ');
+            kputs(s);
+            break;
+        }
+        case 'c':
+            console_putc((char)va_arg(ap, int));
+            break;
+        case 'd': {
+            int v = va_arg(ap, int);
+            put_number(v < 0 ? -(uint32_t)v : (uint32_t)v, 10, width, pad, v < 0);
+            break;
+        }
+        case 'u':
+            put_number(va_arg(ap, uint32_t), 10, width, pad, 0);
+            break;
+        case 'x':
+            put_number(va_arg(ap, uint32_t), 16, width, pad, 0);
+            break;
+        case '%':
+            console_putc('%');
+            break;
+        default:
+            console_putc('%');
+            console_putc(*fmt);
+            break;
+        }
+    }
+}
+
+void kprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    kvprintf(fmt, ap);
+    va_end(ap);
+}
+
+void guest_exit(uint8_t status)
+{
+    outb(EXIT_PORT, status);
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+
+size_t kstrlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+int kstrcmp(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return (unsigned char)*a - (unsigned char)*b;
+}
+
+char *kstrcpy(char *dst, const char *src)
+{
+    char *d = dst;
+    while ((*d++ = *src++))
+        ;
+    return dst;
+}
+
+void kreverse(char *s)
+{
+    size_t n = kstrlen(s);
+    for (size_t i = 0; i < n / 2; i++) {
+        char t = s[i];
+        s[i] = s[n - 1 - i];
+        s[n - 1 - i] = t;
+    }
+}
+
+void *memset(void *dst, int c, size_t n)
+{
+    unsigned char *d = dst;
+    while (n--)
+        *d++ = (unsigned char)c;
+    return dst;
+}
+
+void *memcpy(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n--)
+        *d++ = *s++;
+    return dst;
+}
+
+void *memmove(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    if (d < s) {
+        while (n--)
+            *d++ = *s++;
+    } else {
+        while (n--)
+            d[n] = s[n];
+    }
+    return dst;
+}
+
+int memcmp(const void *a, const void *b, size_t n)
+{
+    const unsigned char *x = a, *y = b;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != y[i])
+            return x[i] - y[i];
+    return 0;
+}

@@ -1,0 +1,47 @@
+/* The freestanding library of the C guests: port I/O, the serial console, the exit
+   port, a small printf and the string routines the compiler may call. */
+#ifndef RING1_GUEST_LIB_H
+#define RING1_GUEST_LIB_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define COM1 0x3F8
+#define EXIT_PORT 0xF4
+#define POST_PORT 0x80
+
+static inline void outb(uint16_t port, uint8_t value)
+{
+    __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+    uint8_t value;
+    __asm__ volatile("inb %1, %0" : "=a"(value) : "Nd"(port));
+    return value;
+}
+
+/* Serial console (COM1, a 16550). serial_init returns 1 if the UART's scratch register
+   holds what was written to it. */
+int serial_init(void);
+void console_putc(char c);
+void console_write(const char *s, size_t n);
+void kputs(const char *s);
+void kprintf(const char *fmt, ...);
+void kvprintf(const char *fmt, va_list ap);
+
+/* Ends the run: ring1's exit port, then HLT with interrupts off. */
+__attribute__((noreturn)) void guest_exit(uint8_t status);
+
+size_t kstrlen(const char *s);
+int kstrcmp(const char *a, const char *b);
+char *kstrcpy(char *dst, const char *src);
+void kreverse(char *s);
+void *memset(void *dst, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+
+#endif

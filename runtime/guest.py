@@ -1,0 +1,588 @@
+"""Booting a Multiboot kernel: the loader, the boot description, and running it.
+
+`load_multiboot` reads a Multiboot (v1) image (an ELF32 file, or any file whose header
+carries load addresses, flag bit 16) and returns a BootImage: a description that does not
+depend on the engine, made of
+
+- the memory writes: the image's loadable segments (with their zero-filled tails), the
+  Multiboot information structure (memory sizes, a memory map, the command line, the boot
+  loader name "ring1"), and the loader's GDT (flat code 0x08 and data 0x10);
+- the CPU state the Multiboot specification defines at the kernel's entry: EAX=0x2BADB002,
+  EBX=the information structure, protected mode, paging off, flat 32-bit CS and
+  DS/ES/FS/GS/SS, IF=0, EIP=the entry point. Left undefined by the specification and
+  fixed here: IDTR is empty (base 0, limit 0: an exception before the kernel loads its
+  own IDT is a triple fault), TR and LDTR are null, ESP is STACK_TOP.
+
+`interp_boot` builds that state into an interpreter Machine; the VMM modes build the same
+description into their own machine. `run_image` runs a BootImage with an engine (the
+interpreter now; the VMM registers its modes in ENGINES) and turns how the run ended into an
+exit status and a one-line diagnosis.
+
+Low-memory layout the loader uses (the kernel may reclaim it all):
+
+  0x00500  loader GDT (null, code 0x08, data 0x10)
+  0x07C00  initial ESP (the stack grows down from here)
+  0x09000  Multiboot information structure
+  0x09100  memory map            0x09200  boot loader name   0x09240  command line
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ring1.runtime import fresh
+from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.machine import Machine, Platform
+from ring1.runtime.platform import GuestExit, GuestPlatform
+from ring1.runtime.snippet import _descriptor_cache
+from ring1.runtime.state import CS, SEG_NAMES
+
+MB_HEADER_MAGIC = 0x1BADB002
+MB_BOOT_MAGIC = 0x2BADB002
+MB_SEARCH = 8192
+
+# Header flags (bits 0-15 are requirements the loader must meet or refuse the image).
+MB_PAGE_ALIGN, MB_MEMORY_INFO, MB_VIDEO_MODE, MB_AOUT_KLUDGE = 1 << 0, 1 << 1, 1 << 2, 1 << 16
+MB_SUPPORTED_REQUIREMENTS = MB_PAGE_ALIGN | MB_MEMORY_INFO
+
+# Information structure flags.
+MBI_MEMORY, MBI_CMDLINE, MBI_MMAP, MBI_LOADER_NAME = 1 << 0, 1 << 2, 1 << 6, 1 << 9
+
+DEFAULT_MEMORY = 16 << 20
+LOADER_GDT = 0x500
+STACK_TOP = 0x7C00
+MBI_ADDR = 0x9000
+MMAP_ADDR = 0x9100
+LOADER_NAME_ADDR = 0x9200
+CMDLINE_ADDR = 0x9240
+CMDLINE_MAX = 0x0DBF
+LOADER_END = 0xA000  # the loader's data lies in [LOADER_GDT, LOADER_END)
+LOW_MEMORY_END = 0xA0000  # 640 KB
+LOADER_NAME = b"ring1"
+
+SEL_CODE, SEL_DATA = 0x08, 0x10
+CR0_BOOT = 0x11  # PE, and ET hard-wired to 1
+EFLAGS_BOOT = 0x2
+
+# Process exit statuses of `ring1 run` for a run that did not end at the exit port.
+EXIT_USAGE = 2  # bad command line, unreadable or unbootable image, mode not available
+EXIT_TRIPLE_FAULT = 121
+EXIT_UNIMPLEMENTED = 122  # an instruction without semantics, or an unsupported case
+EXIT_HALT = 123  # HLT with no interrupt that could ever wake the CPU
+EXIT_LIMIT = 124  # the instruction budget (--max-insns) ran out, as timeout(1) does
+EXIT_VMSTOP = 125  # any other clean VM stop
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CONSOLE_CLOSED = 141  # the console's reader went away, as a process killed by SIGPIPE
+
+
+class ImageError(Exception):
+    """The image cannot be booted; the message says why, without the file name."""
+
+
+# ---------------------------------------------------------------- the boot description
+
+
+@dataclass(frozen=True)
+class SegmentCache:
+    """A segment register as the CPU holds it: selector and descriptor cache."""
+
+    selector: int
+    base: int
+    limit: int
+    attr: int  # access byte in bits 0-7, limit 19:16 in 8-11, G/D/L/AVL in 12-15 (as in the descriptor)
+
+
+@dataclass
+class BootCpu:
+    regs: dict[str, int]  # eax ecx edx ebx esp ebp esi edi
+    eip: int
+    eflags: int
+    cr0: int
+    gdtr: tuple[int, int]  # base, limit
+    idtr: tuple[int, int]
+    segs: dict[str, SegmentCache]  # es cs ss ds fs gs
+
+
+@dataclass
+class MultibootHeader:
+    offset: int  # in the file
+    flags: int
+    addresses: tuple[int, int, int, int, int] | None = None  # header, load, load_end, bss_end, entry (bit 16)
+
+
+@dataclass
+class LoadedSegment:
+    paddr: int
+    filesz: int
+    memsz: int
+
+
+@dataclass
+class BootImage:
+    name: str
+    memory_size: int
+    entry: int
+    header: MultibootHeader
+    segments: list[LoadedSegment]
+    writes: list[tuple[int, bytes]]  # (physical address, bytes), in order
+    cpu: BootCpu
+    cmdline: str = ""
+
+
+def find_header(data: bytes) -> MultibootHeader:
+    """The first valid Multiboot header in the first 8 KB (32-bit aligned), or ImageError."""
+    bad_checksum = None
+    limit = min(len(data), MB_SEARCH) - 12
+    for off in range(0, limit + 1, 4):
+        magic, flags, checksum = struct.unpack_from("<III", data, off)
+        if magic != MB_HEADER_MAGIC:
+            continue
+        if (magic + flags + checksum) & 0xFFFFFFFF:
+            bad_checksum = bad_checksum if bad_checksum is not None else off
+            continue
+        header = MultibootHeader(off, flags)
+        if flags & MB_AOUT_KLUDGE:
+            if off + 32 > len(data):
+                raise ImageError(f"the multiboot header at offset {off:#x} sets flag bit 16; its addresses are cut off")
+            header.addresses = struct.unpack_from("<5I", data, off + 12)
+        return header
+    if bad_checksum is not None:
+        raise ImageError(f"not a multiboot image (the header at offset {bad_checksum:#x} has a bad checksum)")
+    raise ImageError("not a multiboot image (no header in the first 8 KB)")
+
+
+def _check_flags(flags: int) -> None:
+    required = flags & 0xFFFF
+    if required & MB_VIDEO_MODE:
+        raise ImageError("the multiboot header asks for a video mode (flag bit 2); ring1 has no display")
+    unknown = required & ~(MB_SUPPORTED_REQUIREMENTS | MB_VIDEO_MODE)
+    if unknown:
+        bits = ", ".join(str(b) for b in range(16) if unknown >> b & 1)
+        raise ImageError(f"the multiboot header requires features ring1 does not know (flag bit {bits})")
+
+
+def _elf_segments(data: bytes) -> tuple[int, list[tuple[int, bytes, int]]]:
+    """(entry, [(paddr, file bytes, memsz)]) of an ELF32 i386 executable."""
+    import io
+
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    if data[:4] != b"\x7fELF":
+        raise ImageError("not an ELF file, and the multiboot header has no load addresses (flag bit 16)")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        if elf.elfclass != 32:
+            raise ImageError(f"a {elf.elfclass}-bit ELF file; ring1 boots 32-bit (ELF32) kernels")
+        if elf["e_machine"] != "EM_386":
+            raise ImageError(f"an ELF file for {elf['e_machine']}, not for i386")
+        if elf["e_type"] != "ET_EXEC":
+            raise ImageError(f"an ELF file of type {elf['e_type']}; a kernel must be an executable (ET_EXEC)")
+        entry = elf["e_entry"]
+        segments = []
+        for seg in elf.iter_segments():
+            if seg["p_type"] != "PT_LOAD" or seg["p_memsz"] == 0:
+                continue
+            if seg["p_filesz"] > seg["p_memsz"]:
+                raise ImageError(f"a loadable segment at {seg['p_paddr']:#x} has more file bytes than memory")
+            body = seg.data()
+            if len(body) != seg["p_filesz"]:
+                raise ImageError(f"the loadable segment at {seg['p_paddr']:#x} runs past the end of the file")
+            segments.append((seg["p_paddr"], seg["p_vaddr"], body, seg["p_memsz"]))
+    except ELFError as err:
+        raise ImageError(f"malformed ELF file: {err}") from None
+    except (struct.error, ValueError) as err:
+        raise ImageError(f"malformed ELF file: {err}") from None
+    if not segments:
+        raise ImageError("the ELF file has no loadable segment")
+    # An entry given as a virtual address inside a segment loaded elsewhere: its physical
+    # address (paging is off at entry), as GRUB does.
+    for paddr, vaddr, _body, memsz in segments:
+        if vaddr <= entry < vaddr + memsz:
+            entry = entry - vaddr + paddr
+            break
+    return entry, [(paddr, body, memsz) for paddr, _, body, memsz in segments]
+
+
+def _aout_segments(data: bytes, header: MultibootHeader) -> tuple[int, list[tuple[int, bytes, int]]]:
+    """The load described by the header's address fields (flag bit 16)."""
+    assert header.addresses is not None
+    header_addr, load_addr, load_end, bss_end, entry = header.addresses
+    if load_addr > header_addr:
+        raise ImageError("multiboot header: load_addr lies above header_addr")
+    start = header.offset - (header_addr - load_addr)
+    if start < 0:
+        raise ImageError("multiboot header: load_addr lies before the start of the file")
+    end = len(data) if load_end == 0 else start + (load_end - load_addr)
+    if load_end and load_end < load_addr:
+        raise ImageError("multiboot header: load_end_addr lies below load_addr")
+    if end > len(data):
+        raise ImageError("multiboot header: load_end_addr lies past the end of the file")
+    body = data[start:end]
+    memsz = len(body) if bss_end == 0 else bss_end - load_addr
+    if memsz < len(body):
+        raise ImageError("multiboot header: bss_end_addr lies below load_end_addr")
+    return entry, [(load_addr, body, memsz)]
+
+
+def _loader_gdt() -> bytes:
+    return b"".join(
+        [
+            bytes(8),
+            fresh.descriptor(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 flat 32-bit code (accessed: loaded)
+            fresh.descriptor(0, 0xFFFFF, 0x93, 0xC),  # 0x10 flat 32-bit data
+        ]
+    )
+
+
+def _info_structure(memory_size: int, cmdline: bytes) -> list[tuple[int, bytes]]:
+    mem_lower = LOW_MEMORY_END // 1024
+    mem_upper = (memory_size - 0x100000) // 1024
+    regions = [
+        (0, LOW_MEMORY_END, 1),  # available
+        (LOW_MEMORY_END, 0x100000 - LOW_MEMORY_END, 2),  # reserved: the ISA hole
+        (0x100000, memory_size - 0x100000, 1),
+    ]
+    mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind) for base, length, kind in regions)
+    info = bytearray(0x58)
+    flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME
+    struct.pack_into("<III", info, 0, flags, mem_lower, mem_upper)
+    struct.pack_into("<I", info, 16, CMDLINE_ADDR)
+    struct.pack_into("<II", info, 44, len(mmap), MMAP_ADDR)
+    struct.pack_into("<I", info, 64, LOADER_NAME_ADDR)
+    return [
+        (MBI_ADDR, bytes(info)),
+        (MMAP_ADDR, mmap),
+        (LOADER_NAME_ADDR, LOADER_NAME + b"\0"),
+        (CMDLINE_ADDR, cmdline + b"\0"),
+    ]
+
+
+def boot_cpu(entry: int) -> BootCpu:
+    """The CPU state at a Multiboot kernel's entry point."""
+    gdt = _loader_gdt()
+    segs = {}
+    for name in SEG_NAMES:
+        sel = SEL_CODE if name == "cs" else SEL_DATA
+        base, limit, attr = _descriptor_cache(gdt[sel : sel + 8])
+        segs[name] = SegmentCache(sel, base, limit, attr)
+    regs = dict.fromkeys(fresh.GPR_NAMES, 0)
+    regs.update(eax=MB_BOOT_MAGIC, ebx=MBI_ADDR, esp=STACK_TOP)
+    return BootCpu(
+        regs=regs,
+        eip=entry,
+        eflags=EFLAGS_BOOT,
+        cr0=CR0_BOOT,
+        gdtr=(LOADER_GDT, len(gdt) - 1),
+        idtr=(0, 0),
+        segs=segs,
+    )
+
+
+def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline: str | None = None) -> BootImage:
+    """Read and check a Multiboot image; ImageError (a one-line reason) if it cannot boot."""
+    path = Path(path)
+    if memory_size % 0x1000 or memory_size < 2 << 20:
+        raise ImageError("the VM needs at least 2 MB of memory, in whole pages")
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except OSError as err:
+        raise ImageError(f"cannot read: {err.strerror or err}") from None
+    header = find_header(data)
+    _check_flags(header.flags)
+    if header.addresses is not None:
+        entry, raw_segments = _aout_segments(data, header)
+    else:
+        entry, raw_segments = _elf_segments(data)
+
+    writes: list[tuple[int, bytes]] = []
+    segments: list[LoadedSegment] = []
+    for paddr, body, memsz in raw_segments:
+        end = paddr + memsz
+        if end > memory_size:
+            raise ImageError(
+                f"a segment at {paddr:#x}-{end - 1:#x} does not fit in the VM's {memory_size >> 20} MB of memory"
+            )
+        if paddr < LOADER_END and end > LOADER_GDT:
+            raise ImageError(
+                f"a segment at {paddr:#x}-{end - 1:#x} overlaps the boot loader's data at "
+                f"{LOADER_GDT:#x}-{LOADER_END - 1:#x}"
+            )
+        segments.append(LoadedSegment(paddr, len(body), memsz))
+        writes.append((paddr, body + bytes(memsz - len(body))))
+    if not any(s.paddr <= entry < s.paddr + s.memsz for s in segments):
+        raise ImageError(f"the entry point {entry:#x} lies outside every loaded segment")
+
+    text = path.name if cmdline is None else cmdline
+    cmd = text.encode("utf-8", "replace")[:CMDLINE_MAX]
+    writes.append((LOADER_GDT, _loader_gdt()))
+    writes.extend(_info_structure(memory_size, cmd))
+    return BootImage(
+        name=path.name,
+        memory_size=memory_size,
+        entry=entry,
+        header=header,
+        segments=segments,
+        writes=writes,
+        cpu=boot_cpu(entry),
+        cmdline=text,
+    )
+
+
+def interp_boot(image: BootImage, platform: Platform | None = None, machine: Machine | None = None) -> Machine:
+    """The boot state built into an interpreter Machine (a new one unless `machine` is given)."""
+    m = machine if machine is not None else Machine(image.memory_size, platform)
+    if platform is not None:
+        m.platform = platform
+    for addr, data in image.writes:
+        m.mem.write(addr, data)
+    cpu = image.cpu
+    S = m.state
+    for i, name in enumerate(fresh.GPR_NAMES):
+        m.regs[i] = cpu.regs[name] & 0xFFFFFFFF
+    m.b_write_cr(0, cpu.cr0)
+    S.gdtr_base, S.gdtr_limit = cpu.gdtr
+    S.idtr_base, S.idtr_limit = cpu.idtr
+    for s, name in enumerate(SEG_NAMES):
+        seg = cpu.segs[name]
+        m.b_set_seg(s, seg.selector, seg.base, seg.limit, seg.attr)
+    m.set_eflags(cpu.eflags)
+    S.eip = cpu.eip
+    m.update_mode()
+    return m
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass
+class Figure:
+    key: str  # snake_case, the JSON key
+    label: str  # for people
+    value: object  # int, float, str, or a dict of details (JSON only)
+    unit: str = ""
+
+
+@dataclass
+class RunStats:
+    """The figures `ring1 run --stats` prints and `--json-stats` writes, in the order added.
+
+    Every engine adds its own (`add`): the interpreter its instructions and blocks, the VMM
+    its translated instructions, CCFs, TC bytes, IDENT share, chained links, callouts...
+    A figure whose value is a dict appears only in the JSON."""
+
+    mode: str
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, key: str, label: str, value: object, unit: str = "") -> None:
+        self.figures = [f for f in self.figures if f.key != key]
+        self.figures.append(Figure(key, label, value, unit))
+
+    def get(self, key: str) -> object:
+        return next((f.value for f in self.figures if f.key == key), None)
+
+    def as_json(self) -> dict:
+        return {"mode": self.mode, **{f.key: f.value for f in self.figures}}
+
+    def format(self) -> str:
+        rows = [(f.label, _format_value(f.value, f.unit)) for f in self.figures if not isinstance(f.value, dict)]
+        width = max((len(label) for label, _ in rows), default=0)
+        lines = [f"ring1 run stats (mode {self.mode}):"]
+        lines += [f"  {label.ljust(width)}  {text}" for label, text in rows]
+        return "\n".join(lines)
+
+
+def _format_value(value: object, unit: str) -> str:
+    if isinstance(value, float):
+        text = f"{value:.3f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class Stop:
+    """How a run ended, the same for every engine."""
+
+    kind: str  # "exit", "triple-fault", "no-semantics", "unsupported", "halt", "limit", "interrupted", or a VMStop kind
+    detail: str  # what happened, for people
+    guest_status: int | None = None  # the value written to the exit port
+    eip: int | None = None  # guest EIP (offset in CS) of the instruction the run stopped at
+    cs: int | None = None
+    code: bytes = b""  # the instruction bytes at cs:eip, as far as they could be read
+
+    @property
+    def exit_status(self) -> int:
+        if self.kind == "exit":
+            status = self.guest_status or 0
+            return status if status <= 0xFF else 0xFF
+        return {
+            "triple-fault": EXIT_TRIPLE_FAULT,
+            "no-semantics": EXIT_UNIMPLEMENTED,
+            "unsupported": EXIT_UNIMPLEMENTED,
+            "no-delivery": EXIT_UNIMPLEMENTED,
+            "halt": EXIT_HALT,
+            "limit": EXIT_LIMIT,
+            "interrupted": EXIT_INTERRUPTED,
+            "console-closed": EXIT_CONSOLE_CLOSED,
+        }.get(self.kind, EXIT_VMSTOP)
+
+    def diagnosis(self, mode: str) -> str | None:
+        """One line for stderr, or None after a clean exit through the exit port."""
+        if self.kind == "exit":
+            return None
+        where = ""
+        if self.eip is not None:
+            where = f"; guest eip {self.eip:#010x}"
+            if self.cs is not None:
+                where += f" (cs {self.cs:#06x})"
+            where += f", bytes {self.code.hex(' ') if self.code else '(unreadable)'}"
+        return f"ring1 run: {self.detail}{where}; mode {mode}"
+
+
+# An engine boots a BootImage on the given platform, runs it (at most max_insns guest
+# instructions if given), adds its figures to stats and says how the run ended. The VMM
+# registers its modes here: ENGINES["bt"] = run_bt.
+Engine = Callable[[BootImage, GuestPlatform, "int | None", RunStats], Stop]
+ENGINES: dict[str, Engine] = {}
+MODES = ("bt", "trap", "interp", "bare")
+
+
+def register_engine(mode: str, engine: Engine) -> None:
+    ENGINES[mode] = engine
+
+
+class CountingMachine(Machine):
+    """The interpreter's Machine, counting the blocks it compiles and the events it delivers."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.blocks_compiled = 0
+        self.events_delivered: Counter[str] = Counter()
+        self.last_event: tuple[str, int] | None = None  # (name, guest EIP) of the event being delivered
+        super().__init__(*args, **kwargs)
+
+    def compile_at(self, eip: int, single: bool = False):
+        block = super().compile_at(eip, single)
+        self.blocks_compiled += 1
+        return block
+
+    def deliver_event(self, ev: GuestEvent) -> None:
+        if isinstance(ev, Trap):
+            name = {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
+        else:
+            name = EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")
+        self.events_delivered[name] += 1
+        self.last_event = (str(ev), self.state.eip)
+        super().deliver_event(ev)
+
+
+def instruction_bytes(m: Machine, eip: int) -> bytes:
+    """Up to 15 bytes at CS:eip, or b"" if they cannot be fetched."""
+    try:
+        data, _ = m.fetch(eip)
+    except (Fault, VMStop):
+        return b""
+    try:
+        from ring1.runtime.decoder import decode
+
+        d = decode(data, eip, bool(m.state.code32))
+        return data[: d.length] if d.form is not None else data[:8]
+    except Exception:
+        return data
+
+
+def _stopped_eip(m: Machine, stop: VMStop) -> int:
+    """The EIP of the instruction a VMStop came from. The block runner leaves S.eip at the
+    start of the block when a VMStop escapes it; for an instruction without semantics the
+    block tells which of its instructions that was."""
+    S = m.state
+    eip = S.eip
+    if stop.kind != "no-semantics":
+        return eip
+    key = (eip, S.base[CS], S.code32)
+    block = m.blocks.get(key) or m.single_blocks.get(key)
+    form = stop.reason.split(" ", 1)[0]
+    if block is not None:
+        for d in block.insns:
+            if d.form == form:
+                return d.eip
+    return eip
+
+
+def run_interp(image: BootImage, platform: GuestPlatform, max_insns: int | None, stats: RunStats) -> Stop:
+    """The `interp` mode: the whole guest on the generated interpreter."""
+    m = CountingMachine(image.memory_size, platform)
+    interp_boot(image, platform, m)
+    S = m.state
+    started = time.perf_counter()
+    try:
+        result = m.run(max_insns)
+    except KeyboardInterrupt:
+        result = None
+    elapsed = time.perf_counter() - started
+
+    stats.add("instructions", "instructions executed", S.icount)
+    stats.add("blocks_compiled", "blocks compiled", m.blocks_compiled)
+    stats.add("io_operations", "I/O operations", platform.io_total())
+    stats.add("exceptions_delivered", "exceptions delivered", sum(m.events_delivered.values()))
+    stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+    if elapsed > 0:
+        stats.add("instructions_per_s", "instructions per second", int(S.icount / elapsed))
+    stats.add("io_by_port", "I/O operations by port", platform.io_by_port())
+    stats.add("exceptions_by_vector", "exceptions delivered by vector", dict(sorted(m.events_delivered.items())))
+
+    if result is None:
+        return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+    if result.reason == "vmstop":
+        vs = result.vmstop
+        assert vs is not None
+        if isinstance(vs, GuestExit):
+            return Stop("exit", vs.reason, guest_status=vs.status)
+        if vs.kind == "triple-fault" and m.last_event is not None:
+            name, eip = m.last_event
+            return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
+        return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
+    if result.reason == "halt":
+        if S.eflags & 0x200:
+            detail = "HLT with interrupts enabled, but nothing on this platform raises an interrupt"
+        else:
+            detail = "HLT with interrupts disabled"
+        # S.eip is past the HLT; report the HLT itself.
+        eip = S.eip - 1 if instruction_bytes(m, (S.eip - 1) & 0xFFFFFFFF)[:1] == b"\xf4" else S.eip
+        return _stop_at(m, "halt", detail, eip)
+    if result.reason == "limit":
+        return _stop_at(m, "limit", f"the instruction budget ran out after {S.icount:,} instructions", S.eip)
+    return _stop_at(m, result.reason, f"the interpreter stopped ({result.reason})", S.eip)
+
+
+def _stop_at(m: Machine, kind: str, detail: str, eip: int) -> Stop:
+    code = instruction_bytes(m, eip)
+    if code and _undefined(m, eip):
+        detail += " (ring1's spec has no form for the instruction there: #UD)"
+    post = getattr(m.platform, "post_code", None)
+    if post is not None:
+        detail += f"; last POST code {post:#04x}"
+    return Stop(kind, detail, eip=eip, cs=m.state.sel[CS], code=code)
+
+
+def _undefined(m: Machine, eip: int) -> bool:
+    try:
+        d, _ = m.decode_at(eip)
+    except Exception:
+        return False
+    return d.form is None
+
+
+register_engine("interp", run_interp)
