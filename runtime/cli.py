@@ -51,6 +51,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
     spec = fresh.FreshSpec(code=code, regs=regs, cpl=args.cpl, real=args.real)
     if args.mode == "interp":
         result = run_interp(spec, args.max_insns)
+    elif args.mode == "bare":
+        from ring1.runtime.snippet import run_unicorn
+
+        result = run_unicorn(spec, args.max_insns)
     else:
         print(f"ring1 exec: mode {args.mode!r} is not available", file=sys.stderr)
         return 2
@@ -83,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except guest.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return guest.EXIT_USAGE
+    import ring1.runtime.bare  # noqa: F401 -- registers the bare engine
+
     engine = guest.ENGINES.get(args.mode)
     if engine is None:
         available = ", ".join(guest.ENGINES)

@@ -157,7 +157,7 @@ def unicorn_machine(spec: fresh.FreshSpec):
         uc.reg_write(X.UC_X86_REG_GDTR, (0, fresh.GDT, len(gdt) - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IDT, 256 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_CR0, 0x11)
-        uc.reg_write(X.UC_X86_REG_TR, (fresh.SEL_TSS, fresh.TSS, 0x67, 0x8B))
+        uc.reg_write(X.UC_X86_REG_TR, (fresh.SEL_TSS, fresh.TSS, 0x67, 0x8B << 8))  # flags as QEMU keeps them
         uc.reg_write(X.UC_X86_REG_CS, fresh.SEL_CODE0)
         uc.reg_write(X.UC_X86_REG_SS, fresh.SEL_DATA0)
         for rid in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):

@@ -1,0 +1,199 @@
+"""`bare` mode: the guest on unicorn at its own CPL, the VMM out of the way.
+
+The guest runs with its own descriptor tables, page tables and privilege level. Unicorn
+never delivers an exception or interrupt through the IDT (it hands the vector to a hook),
+so this mode adds a minimal deliverer that does what the CPU would and nothing else:
+it moves the CPU state into the generated interpreter (which shares guest memory), runs the
+spec's own `deliver` proc there, and moves the result back. It is the reference for
+correctness and for the overhead ratios of the other modes.
+
+Unicorn reports neither error codes nor whether a vector came from `INT n` or from a fault.
+A software interrupt leaves EIP after an INT instruction whose vector is the one reported;
+anything else is a fault at EIP, and the interpreter re-runs that instruction: faults are
+precise, so it raises the same fault with its error code (and CR2) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from unicorn import x86_const as X
+
+from ring1.runtime.decoder import decode
+from ring1.runtime.events import Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.hostsync import read_into_machine, write_from_machine
+from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
+from ring1.runtime.memory import PhysicalMemory
+from ring1.runtime.physcpu import PhysicalCpu, UcError
+from ring1.runtime.platform import GuestExit
+
+SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}
+NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
+
+
+@dataclass
+class BareStop:
+    reason: str  # "halt", "limit", "vmstop", "stop-address"
+    vmstop: VMStop | None = None
+
+
+class BareMachine:
+    def __init__(self, memory: int | PhysicalMemory, platform: Platform | None = None) -> None:
+        self.mem = memory if isinstance(memory, PhysicalMemory) else PhysicalMemory(memory)
+        self.platform = platform or Platform()
+        self.interp = Machine(self.mem, self.platform)  # the deliverer, on the same memory
+        self.cpu = PhysicalCpu(self.mem, platform=self.platform)
+        self.events: dict[int, int] = {}
+        self.event_time = 0.0
+        self.stop_addresses: set[int] = set()
+
+    # ------------------------------------------------------------ state
+
+    def load_from_interp(self) -> None:
+        """Put the interpreter's whole CPU state (as a boot loader left it) into unicorn."""
+        uc, S = self.cpu.uc, self.interp.state
+        uc.reg_write(X.UC_X86_REG_CR0, S.cr[0])
+        uc.reg_write(X.UC_X86_REG_CR3, S.cr[3])
+        uc.reg_write(X.UC_X86_REG_CR4, S.cr[4])
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, S.gdtr_base, S.gdtr_limit, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, S.idtr_base, S.idtr_limit, 0))
+        if S.tr & ~3:
+            uc.reg_write(X.UC_X86_REG_TR, (S.tr, S.tr_base, S.tr_limit, S.tr_attr << 8))
+        if S.mode == 0:
+            for s, rid in enumerate((X.UC_X86_REG_ES, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_DS,
+                                     X.UC_X86_REG_FS, X.UC_X86_REG_GS)):
+                uc.reg_write(rid, S.sel[s])
+            write_from_machine(uc, self.interp, segments=False)
+        else:
+            write_from_machine(uc, self.interp)
+
+    def linear_eip(self) -> int:
+        uc = self.cpu.uc
+        return (self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF
+
+    # ------------------------------------------------------------ running
+
+    def run(self, max_insns: int | None = None) -> BareStop:
+        uc = self.cpu.uc
+        S = self.interp.state
+        while True:
+            eip = uc.reg_read(X.UC_X86_REG_EIP)
+            if (S.base[1] + eip) & 0xFFFFFFFF in self.stop_addresses:
+                return BareStop("stop-address")
+            begin = (S.base[1] + eip) & 0xFFFFFFFF
+            until = min(self.stop_addresses) if len(self.stop_addresses) == 1 else NOWHERE
+            try:
+                ev = self.cpu.run(begin, until, count=max_insns or 0)
+            except VMStop as stop:  # the exit port, raised inside unicorn's I/O hook
+                return BareStop("vmstop", stop)
+            except UcError as err:
+                read_into_machine(uc, self.interp)
+                return BareStop("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
+            if ev is None:
+                read_into_machine(uc, self.interp)
+                if S.eip + S.base[1] in self.stop_addresses:
+                    return BareStop("stop-address")
+                if self._after_hlt():
+                    S.halted = True
+                    return BareStop("halt")
+                return BareStop("limit")
+            try:
+                self.deliver(ev.vector)
+            except VMStop as stop:
+                return BareStop("vmstop", stop)
+
+    def _after_hlt(self) -> bool:
+        S = self.interp.state
+        try:
+            code = self.interp.mem.read(self.interp.translate((S.base[1] + S.eip - 1) & 0xFFFFFFFF, False, False), 1)
+        except Fault:
+            return False
+        return code == b"\xf4"
+
+    def classify(self, vector: int) -> GuestEvent:
+        """The event unicorn reported as `vector`, with what unicorn does not say."""
+        m, S = self.interp, self.interp.state
+        for length in (2, 1):
+            start = (S.eip - length) & 0xFFFFFFFF
+            try:
+                pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
+            except Fault:
+                continue
+            d = decode(m.mem.read(pa, length), start, bool(S.code32))
+            if d.length == length and d.form in SOFT_KINDS:
+                soft_vector = d.fields.get("vector", {"INT3": 3, "INTO": 4, "ICEBP": 1}.get(d.form))
+                if soft_vector == vector:
+                    return Trap(vector, SOFT_KINDS[d.form])
+        # A fault at EIP: the interpreter, running that instruction, raises it precisely.
+        m.stop_on_event = True
+        try:
+            r = m.run(1)
+        finally:
+            m.stop_on_event = False
+        if r.event is not None and isinstance(r.event, Fault) and r.event.vector == vector:
+            return r.event
+        if r.event is not None and isinstance(r.event, Fault) and vector == 8:
+            return Fault(8, 0)
+        what = "nothing" if r.event is None else str(r.event)
+        raise VMStop("disagreement", f"unicorn raised vector {vector} at eip {S.eip:#x}; the spec's semantics give {what}")
+
+    def deliver(self, vector: int) -> None:
+        started = time.perf_counter()
+        uc = self.cpu.uc
+        read_into_machine(uc, self.interp)
+        ev = self.classify(vector)
+        if isinstance(ev, Fault) and ev.vector == 14:
+            self.interp.state.cr[2] = uc.reg_read(X.UC_X86_REG_CR2)
+        self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
+        self.interp.deliver_event(ev)
+        self.cpu.clear_exception_latch()
+        write_from_machine(uc, self.interp)
+        self.event_time += time.perf_counter() - started
+
+
+__all__ = ["EVENT_EXCEPTION", "BareMachine", "BareStop"]
+
+
+def run_bare(image, platform, max_insns, stats):
+    """The `ring1 run --mode bare` engine."""
+    from ring1.runtime import guest
+
+    bm = BareMachine(image.memory_size, platform)
+    guest.interp_boot(image, platform, bm.interp)
+    bm.load_from_interp()
+    started = time.perf_counter()
+    try:
+        r = bm.run(max_insns)
+    except KeyboardInterrupt:
+        r = None
+    elapsed = time.perf_counter() - started
+    stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+    stats.add("events_delivered", "exceptions and interrupts delivered", sum(bm.events.values()))
+    stats.add("event_time_s", "time delivering them (in Python)", round(bm.event_time, 6), "s")
+    stats.add("io_operations", "I/O operations", platform.io_total())
+    stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
+    m = bm.interp
+    S = m.state
+    if r is None:
+        read_into_machine(bm.cpu.uc, m)
+        return guest._stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+    if r.reason == "vmstop":
+        vs = r.vmstop
+        if isinstance(vs, GuestExit):
+            return guest.Stop("exit", vs.reason, guest_status=vs.status)
+        return guest._stop_at(m, vs.kind, vs.reason, S.eip)
+    if r.reason == "halt":
+        detail = "HLT with interrupts " + ("enabled, but nothing on this platform raises an interrupt"
+                                           if S.eflags & 0x200 else "disabled")
+        return guest._stop_at(m, "halt", detail, (S.eip - 1) & 0xFFFFFFFF)
+    return guest._stop_at(m, "limit", "the instruction budget ran out", S.eip)
+
+
+def _register() -> None:
+    from ring1.runtime import guest
+
+    guest.register_engine("bare", run_bare)
+
+
+_register()

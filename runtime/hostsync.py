@@ -1,0 +1,157 @@
+"""Moving CPU state between unicorn and the generated interpreter.
+
+The interpreter (ring1.runtime.machine.Machine) and unicorn share guest memory (the same
+PhysicalMemory buffer), so handing a guest from one to the other is a matter of registers.
+Unicorn's register API is slow from Python (a `reg_read_batch` of ten registers costs about
+50 us) and does not expose the hidden part of segment registers, so state is read from
+unicorn's saved context instead: one `context_save` (about 2 us), then plain `struct`
+reads at offsets found once per process by `calibrate()` (never hard-coded: a unicorn
+release that moves a field fails calibration loudly instead of reading garbage).
+
+Writing state back goes through `reg_write`, which makes unicorn load segment registers
+from the descriptor tables with its own checks (the only way to keep its internal
+flags consistent), and is meant for a stopped CPU, not for use inside a hook.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from functools import cache
+
+from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+from unicorn import x86_const as X
+
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
+
+_Q = struct.Struct("<Q")
+_I = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Where unicorn's saved x86 context keeps each field (QEMU's CPUX86State)."""
+
+    regs: int  # 8-byte general registers EAX..EDI
+    eip: int
+    segs: int  # six segment caches (ES CS SS DS FS GS): selector u32, base u64, limit u32, flags u32
+    seg_stride: int
+    gdt: int  # a segment cache whose base and limit are GDTR
+    idt: int
+    ldt: int
+    tr: int
+    cr: int  # 8-byte CR0..CR4
+
+
+def _raw(uc: Uc) -> bytes:
+    ctx = uc.context_save()
+    return ctypes.string_at(ctx.context, ctx.size)
+
+
+def _only(raw: bytes, value: int, width: int, what: str, below: int = 2048) -> int:
+    needle = value.to_bytes(width, "little")
+    hits = []
+    i = raw.find(needle)
+    while 0 <= i < below:
+        hits.append(i)
+        i = raw.find(needle, i + 1)
+    if len(hits) != 1:
+        raise RuntimeError(f"cannot locate {what} in unicorn's saved context ({len(hits)} candidates)")
+    return hits[0]
+
+
+@cache
+def calibrate() -> ContextLayout:
+    """Find the fields by writing distinctive values through the API and looking for them."""
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    gdt = bytes(8) + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x9B, 0xCF, 0) + struct.pack("<HHBBBB", 0x1234, 0x5678, 0x9A, 0x93, 0x40, 0)
+    uc.mem_write(0x800, gdt)
+    uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x800, len(gdt) - 1, 0))
+    uc.reg_write(X.UC_X86_REG_IDTR, (0, 0x7A5B3000, 0x2F7, 0))
+    uc.reg_write(X.UC_X86_REG_CR0, 0x11)
+    uc.reg_write(X.UC_X86_REG_CR3, 0x6B5A4000)
+    uc.reg_write(X.UC_X86_REG_CS, 0x08)
+    uc.reg_write(X.UC_X86_REG_DS, 0x10)
+    for i, rid in enumerate(GPR_IDS):
+        uc.reg_write(rid, 0x5A5A0000 + i * 0x1111)
+    uc.reg_write(X.UC_X86_REG_EIP, 0x3C3C7E7E)
+    raw = _raw(uc)
+    regs = _only(raw, 0x5A5A0000, 4, "EAX")
+    if _only(raw, 0x5A5A0000 + 7 * 0x1111, 4, "EDI") != regs + 7 * 8:
+        raise RuntimeError("unicorn's general registers are not 8 bytes apart in its saved context")
+    eip = _only(raw, 0x3C3C7E7E, 4, "EIP")
+    ds_base = _only(raw, 0x9A5678, 8, "the DS base")
+    seg_stride = 24
+    segs = ds_base - 8 - 3 * seg_stride
+    if _I.unpack_from(raw, segs + 3 * seg_stride)[0] != 0x10 or _I.unpack_from(raw, segs + seg_stride)[0] != 0x08:
+        raise RuntimeError("unicorn's segment caches are not where calibration expects them")
+    idt = _only(raw, 0x7A5B3000, 8, "IDTR's base") - 8
+    cr3 = _only(raw, 0x6B5A4000, 8, "CR3")
+    gdt_off = idt - seg_stride
+    if _Q.unpack_from(raw, gdt_off + 8)[0] != 0x800:
+        raise RuntimeError("unicorn's GDTR is not where calibration expects it")
+    return ContextLayout(
+        regs=regs, eip=eip, segs=segs, seg_stride=seg_stride, gdt=gdt_off, idt=idt,
+        ldt=segs + 6 * seg_stride, tr=segs + 7 * seg_stride, cr=cr3 - 3 * 8,
+    )
+
+
+def _seg(raw: bytes, off: int) -> tuple[int, int, int, int]:
+    sel = _I.unpack_from(raw, off)[0] & 0xFFFF
+    base = _Q.unpack_from(raw, off + 8)[0] & 0xFFFFFFFF
+    limit = _I.unpack_from(raw, off + 16)[0]
+    attr = (_I.unpack_from(raw, off + 20)[0] >> 8) & 0xFFFF
+    return sel, base, limit, attr
+
+
+def read_into_machine(uc: Uc, m) -> None:
+    """Give the interpreter Machine `m` the CPU state unicorn holds now (memory is shared)."""
+    L = calibrate()
+    raw = _raw(uc)
+    S = m.state
+    for i in range(8):
+        m.regs[i] = _Q.unpack_from(raw, L.regs + 8 * i)[0] & 0xFFFFFFFF
+    for n in (0, 2, 3, 4):
+        S.cr[n] = _Q.unpack_from(raw, L.cr + 8 * n)[0] & 0xFFFFFFFF
+    S.cr[0] |= 0x10
+    _, S.gdtr_base, S.gdtr_limit, _ = _seg(raw, L.gdt)
+    _, S.idtr_base, S.idtr_limit, _ = _seg(raw, L.idt)
+    S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr = _seg(raw, L.ldt)
+    S.tr, S.tr_base, S.tr_limit, S.tr_attr = _seg(raw, L.tr)
+    # EFLAGS through the API: unicorn keeps the arithmetic flags lazily in its context.
+    m.set_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+    for s in range(6):
+        sel, base, limit, attr = _seg(raw, L.segs + s * L.seg_stride)
+        S.sel[s], S.base[s], S.limit[s], S.attr[s] = sel, base, limit, attr
+        if s == 1:
+            S.code32 = attr >> 14 & 1
+        elif s == 2:
+            S.stack32 = attr >> 14 & 1
+    S.eip = _Q.unpack_from(raw, L.eip)[0] & 0xFFFFFFFF
+    m.update_mode()
+    for s in range(6):
+        m.recompute_segment(s)
+    # Unicorn may have changed page tables and code behind the interpreter's caches.
+    m.flush_tlb()
+    m.flush_blocks()
+
+
+def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
+    """Give unicorn the interpreter's registers (a stopped CPU). Segment registers are reloaded
+    by selector, from the descriptor tables, as the CPU does at CPL 0."""
+    S = m.state
+    for rid, v in zip(GPR_IDS, m.regs, strict=True):
+        uc.reg_write(rid, v)
+    uc.reg_write(X.UC_X86_REG_CR2, S.cr[2])
+    if segments:
+        for s, rid in enumerate(SEG_IDS):
+            if s != 1:
+                uc.reg_write(rid, S.sel[s])
+        uc.reg_write(X.UC_X86_REG_CS, S.sel[1])
+    uc.reg_write(X.UC_X86_REG_EFLAGS, m.eflags())
+    uc.reg_write(X.UC_X86_REG_EIP, S.eip)
+
+
+__all__ = ["ContextLayout", "calibrate", "read_into_machine", "write_from_machine"]
