@@ -169,10 +169,32 @@ def render_rules(spec: Spec, env: jinja2.Environment) -> str:
         }
         for f in spec.forms
     ]
-    inline = [
-        {"name": t.name, "source": f"{t.loc.file}:{t.loc.line}", "lines": t.lines} for t in spec.templates.values()
-    ]
-    return env.get_template("rules.py.j2").render(sources=_all_sources(spec), rules=rules, inline_templates=inline)
+    from ring1.codegen.asm import _const_values, assemble_all
+
+    templates = []
+    for name, at in sorted(assemble_all(spec).items()):
+        variants = {k: [_chunk_literal(c) for c in chunks] for k, chunks in at.variants.items()}
+        templates.append(
+            {
+                "name": name,
+                "source": at.source,
+                "placeholders": repr(at.placeholders),
+                "when": repr(at.when),
+                "origin": repr(at.origin),
+                "labels": repr(dict(sorted(at.labels.items()))),
+                "variants": variants,
+            }
+        )
+    consts = sorted(_const_values(spec).items())
+    return env.get_template("rules.py.j2").render(
+        sources=_all_sources(spec), rules=rules, templates=templates, consts=consts
+    )
+
+
+def _chunk_literal(c) -> str:
+    if isinstance(c, bytes):
+        return f"bytes.fromhex({c.hex(' ')!r})"
+    return repr(c)
 
 
 def _all_sources(spec: Spec) -> str:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from unicorn import x86_const as X
-
 from ring1.runtime.decoder import decode
 from ring1.runtime.events import Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.hostsync import read_into_machine, write_from_machine
@@ -27,6 +25,7 @@ from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import PhysicalCpu, UcError
 from ring1.runtime.platform import GuestExit
+from unicorn import x86_const as X
 
 SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
@@ -61,8 +60,9 @@ class BareMachine:
         if S.tr & ~3:
             uc.reg_write(X.UC_X86_REG_TR, (S.tr, S.tr_base, S.tr_limit, S.tr_attr << 8))
         if S.mode == 0:
-            for s, rid in enumerate((X.UC_X86_REG_ES, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_DS,
-                                     X.UC_X86_REG_FS, X.UC_X86_REG_GS)):
+            for s, rid in enumerate(
+                (X.UC_X86_REG_ES, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_FS, X.UC_X86_REG_GS)
+            ):
                 uc.reg_write(rid, S.sel[s])
             write_from_machine(uc, self.interp, segments=False)
         else:
@@ -136,7 +136,9 @@ class BareMachine:
         if r.event is not None and isinstance(r.event, Fault) and vector == 8:
             return Fault(8, 0)
         what = "nothing" if r.event is None else str(r.event)
-        raise VMStop("disagreement", f"unicorn raised vector {vector} at eip {S.eip:#x}; the spec's semantics give {what}")
+        raise VMStop(
+            "disagreement", f"unicorn raised vector {vector} at eip {S.eip:#x}; the spec's semantics give {what}"
+        )
 
     def deliver(self, vector: int) -> None:
         started = time.perf_counter()
@@ -184,8 +186,9 @@ def run_bare(image, platform, max_insns, stats):
             return guest.Stop("exit", vs.reason, guest_status=vs.status)
         return guest._stop_at(m, vs.kind, vs.reason, S.eip)
     if r.reason == "halt":
-        detail = "HLT with interrupts " + ("enabled, but nothing on this platform raises an interrupt"
-                                           if S.eflags & 0x200 else "disabled")
+        detail = "HLT with interrupts " + (
+            "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled"
+        )
         return guest._stop_at(m, "halt", detail, (S.eip - 1) & 0xFFFFFFFF)
     return guest._stop_at(m, "limit", "the instruction budget ran out", S.eip)
 

@@ -20,10 +20,9 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
-
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
 
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")
@@ -66,7 +65,11 @@ def calibrate() -> ContextLayout:
     """Find the fields by writing distinctive values through the API and looking for them."""
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, 0x10000)
-    gdt = bytes(8) + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x9B, 0xCF, 0) + struct.pack("<HHBBBB", 0x1234, 0x5678, 0x9A, 0x93, 0x40, 0)
+    gdt = (
+        bytes(8)
+        + struct.pack("<HHBBBB", 0xFFFF, 0, 0, 0x9B, 0xCF, 0)
+        + struct.pack("<HHBBBB", 0x1234, 0x5678, 0x9A, 0x93, 0x40, 0)
+    )
     uc.mem_write(0x800, gdt)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x800, len(gdt) - 1, 0))
     uc.reg_write(X.UC_X86_REG_IDTR, (0, 0x7A5B3000, 0x2F7, 0))
@@ -93,8 +96,15 @@ def calibrate() -> ContextLayout:
     if _Q.unpack_from(raw, gdt_off + 8)[0] != 0x800:
         raise RuntimeError("unicorn's GDTR is not where calibration expects it")
     return ContextLayout(
-        regs=regs, eip=eip, segs=segs, seg_stride=seg_stride, gdt=gdt_off, idt=idt,
-        ldt=segs + 6 * seg_stride, tr=segs + 7 * seg_stride, cr=cr3 - 3 * 8,
+        regs=regs,
+        eip=eip,
+        segs=segs,
+        seg_stride=seg_stride,
+        gdt=gdt_off,
+        idt=idt,
+        ldt=segs + 6 * seg_stride,
+        tr=segs + 7 * seg_stride,
+        cr=cr3 - 3 * 8,
     )
 
 
