@@ -18,16 +18,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ring1.runtime.decoder import decode
-from ring1.runtime.events import Fault, GuestEvent, Trap, VMStop
-from ring1.runtime.hostsync import read_into_machine, write_from_machine
+from ring1.runtime.events import Fault, GuestEvent, VMStop
+from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import PhysicalCpu, UcError
 from ring1.runtime.platform import GuestExit
 from unicorn import x86_const as X
 
-SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 
 
@@ -114,17 +112,9 @@ class BareMachine:
     def classify(self, vector: int) -> GuestEvent:
         """The event unicorn reported as `vector`, with what unicorn does not say."""
         m, S = self.interp, self.interp.state
-        for length in (2, 1):
-            start = (S.eip - length) & 0xFFFFFFFF
-            try:
-                pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
-            except Fault:
-                continue
-            d = decode(m.mem.read(pa, length), start, bool(S.code32))
-            if d.length == length and d.form in SOFT_KINDS:
-                soft_vector = d.fields.get("vector", {"INT3": 3, "INTO": 4, "ICEBP": 1}.get(d.form))
-                if soft_vector == vector:
-                    return Trap(vector, SOFT_KINDS[d.form])
+        soft = soft_interrupt_before(m, vector)
+        if soft is not None:
+            return soft
         # A fault at EIP: the interpreter, running that instruction, raises it precisely.
         m.stop_on_event = True
         try:

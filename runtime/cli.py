@@ -55,6 +55,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
         from ring1.runtime.snippet import run_unicorn
 
         result = run_unicorn(spec, args.max_insns)
+    elif args.mode in ("bt", "trap"):
+        from ring1.runtime.snippet import run_vmm
+
+        result = run_vmm(spec, args.mode, args.max_insns)
     else:
         print(f"ring1 exec: mode {args.mode!r} is not available", file=sys.stderr)
         return 2

@@ -44,6 +44,8 @@ class Decoded:
     lock: bool = False
     lock_invalid: bool = False
     prefixes: tuple = ()
+    modrm_at: int = -1  # index in raw of the ModRM byte (-1: none)
+    ea_end: int = -1  # index in raw just past ModRM, SIB and displacement
 
     @property
     def next(self) -> int:
@@ -151,7 +153,9 @@ def decode(buf: bytes, eip: int, code32: bool) -> Decoded:
     mod_kind = None
     esp_base = 0
     ea_seg = 3
+    modrm_at = ea_end = -1
     if has_modrm:
+        modrm_at = r.pos
         modrm = r.u8()
         mod_bits, reg_bits, rm_bits = modrm >> 6, (modrm >> 3) & 7, modrm & 7
         if mod_bits == 3:
@@ -163,6 +167,7 @@ def decode(buf: bytes, eip: int, code32: bool) -> Decoded:
             else:
                 ea, ea_seg = _ea16(r, mod_bits, rm_bits)
             fields["ea"] = ea
+        ea_end = r.pos
     else:
         reg_bits = rm_bits = 0
     low = b & (0xF if low_field == "cc" else 0x7)
@@ -227,7 +232,9 @@ def decode(buf: bytes, eip: int, code32: bool) -> Decoded:
     cc = low if low_field == "cc" else None
     variant = (osize, asize, mod_key, cc, rep)
     lock_invalid = lock and ("lock" not in info.prefixes or mod_kind != "mem")
-    return Decoded(eip, length, form, variant, fields, bytes(buf[:length]), lock, lock_invalid, tuple(prefixes))
+    return Decoded(
+        eip, length, form, variant, fields, bytes(buf[:length]), lock, lock_invalid, tuple(prefixes), modrm_at, ea_end
+    )
 
 
 def info_has_memory(operands) -> bool:

@@ -164,4 +164,30 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
 
 
-__all__ = ["ContextLayout", "calibrate", "read_into_machine", "write_from_machine"]
+SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}
+SOFT_VECTORS = {"INT3": 3, "INTO": 4, "ICEBP": 1}
+
+
+def soft_interrupt_before(m, vector: int):
+    """Unicorn reports INT n and faults alike (a vector, no error code). A software interrupt
+    leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
+    or None when the event is a fault at EIP."""
+    from ring1.runtime.decoder import decode
+    from ring1.runtime.events import Fault, Trap
+
+    S = m.state
+    for length in (2, 1):
+        start = (S.eip - length) & 0xFFFFFFFF
+        try:
+            pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
+        except Fault:
+            continue
+        d = decode(m.mem.read(pa, length), start, bool(S.code32))
+        if d.length == length and d.form in SOFT_KINDS:
+            soft_vector = d.fields.get("vector", SOFT_VECTORS.get(d.form))
+            if soft_vector == vector:
+                return Trap(vector, SOFT_KINDS[d.form])
+    return None
+
+
+__all__ = ["ContextLayout", "calibrate", "read_into_machine", "soft_interrupt_before", "write_from_machine"]

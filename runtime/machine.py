@@ -83,6 +83,9 @@ class Machine:
         self.single_blocks: dict[tuple[int, int, int], Block] = {}  # one-instruction blocks
         self.code_pages: dict[int, set[tuple[int, int, int]]] = {}  # physical page -> block keys
         self.running_pages: tuple[int, ...] = ()
+        # Pages another component must hear about when emulated code writes them (the VMM's
+        # translated code and traced page tables): physical page -> callback(page).
+        self.watched_pages: dict[int, Callable[[int], None]] = {}
         self.stop_on_event = False
         self.stop_addresses: set[int] = set()
         self.max_block = MAX_INSNS
@@ -254,7 +257,7 @@ class Machine:
     def _fill(self, page: int, base: int, user: bool, write: bool, dirty: bool) -> None:
         if base + 0x1000 > self.mem.size:
             return  # outside RAM: always the slow path
-        if write and dirty and (base >> 12) not in self.code_pages:
+        if write and dirty and (base >> 12) not in self.code_pages and (base >> 12) not in self.watched_pages:
             self.tlb[(user, True)][page] = base
         self.tlb[(user, False)][page] = base
 
@@ -289,6 +292,19 @@ class Machine:
         page = pa >> 12
         if page in self.code_pages:
             self.invalidate_code_page(page)
+        if page in self.watched_pages:
+            self.watched_pages[page](page)
+
+    def watch_page(self, page: int, callback: Callable[[int], None]) -> None:
+        """Call `callback(page)` after every emulated write to physical page `page`."""
+        self.watched_pages[page] = callback
+        self._drop_write_translations(page)
+
+    def _drop_write_translations(self, page: int) -> None:
+        for (_, write), t in self.tlb.items():
+            if write:
+                for vpage in [v for v, b in t.items() if b >> 12 == page]:
+                    del t[vpage]
 
     # ------------------------------------------------------------ code cache
 
@@ -369,10 +385,7 @@ class Machine:
         (self.single_blocks if single else self.blocks)[key] = block
         for p in block.pages:
             self.code_pages.setdefault(p, set()).add(key)
-            for (_, write), t in self.tlb.items():
-                if write:
-                    for vpage in [v for v, b in t.items() if b >> 12 == p]:
-                        del t[vpage]
+            self._drop_write_translations(p)
         return block
 
     def describe(self, d: Decoded) -> str:

@@ -17,12 +17,19 @@ _U16 = struct.Struct("<H")
 
 
 class PhysicalMemory:
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, share: PhysicalMemory | None = None) -> None:
+        """A new zeroed buffer, or (with `share`) the first `size` bytes of another one."""
         if size <= 0 or size % PAGE:
             raise ValueError("guest memory size must be a positive multiple of 4 KB")
         self.size = size
-        self.buffer = (ctypes.c_ubyte * size)()
-        self.view = memoryview(self.buffer).cast("B")
+        if share is not None:
+            if size > share.size:
+                raise ValueError("a shared window cannot be larger than the memory it shares")
+            self.buffer = share.buffer
+            self.view = share.view[:size]
+        else:
+            self.buffer = (ctypes.c_ubyte * size)()
+            self.view = memoryview(self.buffer).cast("B")
 
     @property
     def address(self) -> int:

@@ -48,9 +48,9 @@ def _descriptor_cache(raw: bytes) -> tuple[int, int, int]:
     return base, limit, attr
 
 
-def interp_machine(spec: fresh.FreshSpec) -> Machine:
-    """The fresh machine, built directly into the interpreter's state."""
-    m = Machine(fresh.MEMORY_SIZE)
+def interp_machine(spec: fresh.FreshSpec, m: Machine | None = None) -> Machine:
+    """The fresh machine, built directly into the interpreter's state (a new Machine, or `m`)."""
+    m = m if m is not None else Machine(fresh.MEMORY_SIZE)
     for addr, data in fresh.memory_image(spec):
         m.mem.write(addr, data)
     S = m.state
@@ -217,3 +217,29 @@ def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> Sn
     else:
         stop = "limit"
     return SnippetResult(regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis)
+
+
+# ---------------------------------------------------------------- the same snippet under the VMM
+
+
+def run_vmm(spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS) -> SnippetResult:
+    """`ring1 exec --mode bt|trap`: the fresh machine as a guest of the VMM."""
+    from ring1.runtime.vmm import Vmm
+
+    vmm = Vmm(fresh.MEMORY_SIZE, mode=mode)
+    interp_machine(spec, vmm.m)
+    vmm.stop_on_event = True
+    vmm.stop_addresses = {fresh.CODE + len(spec.code)}
+    why, what = vmm.run(max_insns)
+    m = vmm.m
+    vector = err = cr2 = None
+    diagnosis = None
+    if isinstance(what, Fault):
+        vector, err = what.vector, what.error_code
+        cr2 = m.state.cr[2] if vector == 14 else None
+    elif isinstance(what, Trap):
+        vector = what.vector
+    elif isinstance(what, VMStop):
+        diagnosis = f"{what.reason}; {m.describe_state()}"
+    stop = {"stop": "end", "event": "exception", "halt": "halt", "vmstop": "vmstop"}.get(why, why)
+    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis)

@@ -1,0 +1,954 @@
+"""The VMM: the guest kernel binary-translated at CPL 1, guest user code run directly at CPL 3,
+on unicorn as the physical CPU. Modes `bt` (the 1999 design) and `trap` (naive
+trap-and-emulate, for contrast).
+
+The pieces, and where the spec comes in:
+
+- **Virtual CPU.** The guest-visible state that is not in hardware registers (segment
+  caches, CPL, IF and IOPL, control registers, descriptor-table registers) lives in an
+  interpreter `Machine` (ring1.runtime.machine) that shares guest memory with unicorn. It is
+  authoritative; the vcpu page in the VMM area holds copies that in-TC templates read.
+- **Address space** (spec/vmm.r1 has the layout and the protection decision). Host physical
+  memory is guest RAM, then the 4 MB VMM area (mapped at VMM_BASE), then a pool for the
+  hardware page tables, which are never mapped linearly. Hardware paging is always on:
+  guest pages are filled in on demand from the guest's own page tables (hidden page
+  faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
+  emulated and the shadow dropped; pages holding translated code are read-only too, and a
+  write to one drops the translations.
+- **Segments.** Each guest segment register is loaded in hardware from a fixed slot of the
+  VMM's GDT holding a copy of its (virtual) descriptor cache, with DPL raised to 1 for
+  kernel code, so guest selectors never name VMM descriptors and the guest's GDT layout
+  does not matter.
+- **Translation.** A unit of at most 12 guest instructions, or up to a control transfer,
+  becomes a CCF in the TC. Every decision comes from the generated rule table: `ident`
+  copies, `direct` continuations (chained by patching the jump once the target exists),
+  `indirect` lookups in the TC hash table, `inline` templates, `callout` to the
+  interpreter, `trap`. Instructions using GS (the VMM's) or an absolute address in the VMM
+  area become callouts.
+- **Events.** Every exception unicorn raises comes to one dispatcher (`_on_event`): hidden
+  page faults are filled and the instruction restarted; traced and protected writes are
+  emulated; guest faults are re-run by the interpreter for their error code and delivered
+  through the guest's IDT by the spec's `deliver` proc.
+- **Adaptive translation.** Traps are counted per guest instruction; one that traps
+  TRAP_THRESHOLD times is retranslated as a callout and the old CCF forwards to the new one.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ring1.generated.forms import FORMS
+from ring1.generated.rules import CONSTS, RULES, TEMPLATES
+from ring1.runtime import x86enc as enc
+from ring1.runtime.decoder import Decoded
+from ring1.runtime.events import Fault, GuestEvent, VMStop
+from ring1.runtime.hostsync import soft_interrupt_before
+from ring1.runtime.machine import Machine, Platform
+from ring1.runtime.memory import PhysicalMemory
+from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
+from ring1.runtime.state import CS, GS, MODE_PROT, SS
+from unicorn import UC_HOOK_CODE
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn import x86_const as X
+
+C = CONSTS
+VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
+STUBS = TEMPLATES["vmm_stubs"]
+L = STUBS["labels"]
+POOL_SIZE = 4 << 20  # hardware page directory and tables
+MAX_UNIT = 12
+TRAP_THRESHOLD = 8
+SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
+SEG_PREFIX = {0: 0x26, 1: 0x2E, 2: 0x36, 3: 0x3E, 4: 0x64, 5: 0x65}
+CALLOUT_FORM = "(callout)"
+M32 = 0xFFFFFFFF
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+
+_U32 = struct.Struct("<I")
+
+
+def _descriptor(base: int, limit: int, attr: int) -> bytes:
+    """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
+    raw_limit = limit >> 12 if attr & 0x8000 else limit
+    return struct.pack(
+        "<HHBBBB", raw_limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF, attr & 0xFF,
+        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0), (base >> 24) & 0xFF,
+    )
+
+
+@dataclass
+class Unit:
+    """A CCF: the translation of one unit of guest code."""
+
+    guest: int  # guest linear address of its first instruction
+    host: int  # its address in the TC
+    size: int = 0
+    insns: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # guest, host, end, rule, eax saved at
+    pages: set[int] = field(default_factory=set)  # guest physical pages its code came from
+    forwarded_to: Unit | None = None
+
+
+@dataclass
+class Site:
+    """A callout site: the guest instruction it emulates and where translated code resumes."""
+
+    guest: int
+    next_guest: int
+    resume: int  # TC address after the callout sequence
+    unit: Unit
+
+
+class Stats(Counter):
+    pass
+
+
+class Vmm:
+    def __init__(self, guest_size: int, platform: Platform | None = None, mode: str = "bt") -> None:
+        self.mode = mode
+        self.platform = platform or Platform()
+        self.G = guest_size
+        self.host = PhysicalMemory(guest_size + VMM_SIZE + POOL_SIZE)
+        self.vmm_phys = guest_size
+        self.pool_phys = guest_size + VMM_SIZE
+        self.guest_mem = PhysicalMemory(guest_size, share=self.host)
+        self.m = Machine(self.guest_mem, self.platform)  # the virtual CPU, authoritative
+        self.cpu = PhysicalCpu(self.host, platform=self.platform)
+        self.uc = self.cpu.uc
+        self.stats = Stats()
+        self.units: dict[int, Unit] = {}
+        self.unit_starts: list[int] = []  # sorted TC addresses, for mapping a host EIP back
+        self.sites: dict[int, Site] = {}
+        self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
+        self.trap_counts: Counter[int] = Counter()
+        self.tc_next = VMM_BASE + C["VMM_TC"]
+        self.pending: tuple[str, object] | None = None  # what vmm_exit was taken for
+        self.stop_addresses: set[int] = set()
+        self.stop_on_event = False
+        self.code_pages: set[int] = set()
+        self.traced_pages: set[int] = set()
+        self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
+        self.pool_next = 2
+        self.last_event: GuestEvent | None = None
+        self.direct = False
+        self._setup_vmm_area()
+        self._setup_hardware()
+        self._setup_hooks()
+
+    # ------------------------------------------------------------ host memory helpers
+
+    def vmm_write(self, offset: int, data: bytes) -> None:
+        self.host.write(self.vmm_phys + offset, data)
+
+    def vmm_read32(self, offset: int) -> int:
+        return self.host.read32(self.vmm_phys + offset)
+
+    def vmm_write32(self, offset: int, value: int) -> None:
+        self.host.write32(self.vmm_phys + offset, value)
+
+    def tc_phys(self, addr: int) -> int:
+        return self.vmm_phys + (addr - VMM_BASE)
+
+    # ------------------------------------------------------------ setup
+
+    def _setup_vmm_area(self) -> None:
+        gdt = C["VMM_GDT"]
+
+        def put(sel: int, base: int, limit: int, attr: int) -> None:
+            self.vmm_write(gdt + (sel & ~7), _descriptor(base, limit, attr))
+
+        put(C["SEL_VMM_CODE"], 0, M32, 0xC09B)
+        put(C["SEL_VMM_DATA"], 0, M32, 0xC093)
+        put(C["SEL_TC_CODE"], 0, M32, 0xC0BB)  # DPL 1
+        put(C["SEL_VMM_GS"], VMM_BASE, VMM_SIZE - 1, 0xC0B3)  # DPL 1, byte granular limit would not fit
+        put(C["SEL_VMM_TSS"], VMM_BASE + C["VMM_TSS"], 0x67, 0x89)
+        stub = STUBS["variants"][()][0]
+        self.vmm_write(C["VMM_STUBS"], stub)
+        self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+
+    def _setup_hardware(self) -> None:
+        uc = self.uc
+        pd = self.pool_phys
+        vmm_pt = self.pool_phys + 0x1000
+        self.host.write32(pd + 1023 * 4, vmm_pt | PTE_P | PTE_W)
+        writable = {C["VMM_VCPU"] >> 12, C["VMM_STACK"] >> 12}
+        for i in range(VMM_SIZE >> 12):
+            flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
+            self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
+        uc.reg_write(X.UC_X86_REG_CR3, pd)
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80010031)  # PG WP NE ET PE
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, VMM_BASE + C["VMM_GDT"], 8192 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, VMM_BASE + C["VMM_IDT"], 0x7FF, 0))
+        uc.reg_write(X.UC_X86_REG_CS, C["SEL_VMM_CODE"])
+        for rid in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS):
+            uc.reg_write(rid, C["SEL_VMM_DATA"])
+        uc.reg_write(X.UC_X86_REG_GS, C["SEL_VMM_GS"])
+        uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 20)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
+
+    def _setup_hooks(self) -> None:
+        self.uc.hook_add(UC_HOOK_CODE, self._on_translate_exit, None, L["translate_exit"], L["translate_exit"])
+        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, L["callout_hook"], L["callout_hook"])
+        self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
+
+    # ------------------------------------------------------------ the virtual CPU, seen by translated code
+
+    def can_translate(self) -> bool:
+        """Translated execution needs protected mode, the kernel's flat 32-bit CS, and no TF."""
+        S = self.m.state
+        return self.mode == "bt" and (
+            S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and not S.eflags & 0x100
+        )
+
+    def can_run_direct(self) -> bool:
+        """Direct execution: guest user code at CPL 3, or (trap mode) the kernel itself at CPL 1."""
+        S = self.m.state
+        if S.mode != MODE_PROT or S.eflags & 0x100:
+            return False
+        return S.cpl == 3 or (self.mode == "trap" and S.cpl == 0)
+
+    def publish_virtual(self) -> None:
+        """Copy the guest-visible state that in-TC templates read into the vcpu page."""
+        S = self.m.state
+        eflags = self.m.eflags()
+        self.vmm_write32(C["V_VIRT"], eflags & 0x3200)
+        self.vmm_write(C["V_SEL"], struct.pack("<6H", *S.sel))
+        self.vmm_write32(C["V_MSW"], S.cr[0])
+        self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
+
+    def hardware_selectors(self, user: bool, translated: bool = True) -> list[int]:
+        """Write the slot descriptors for the six segment registers; return the selectors.
+        Translated code keeps GS for the VMM; direct execution gets the guest's own GS."""
+        S = self.m.state
+        sels = []
+        for s in range(6):
+            if s == GS and translated and not user:
+                sels.append(C["SEL_VMM_GS"])
+                continue
+            if S.sel[s] & ~3 == 0 and s != SS and s != CS:
+                sels.append(0)
+                continue
+            attr = S.attr[s]
+            dpl = attr >> 5 & 3
+            rpl = 3 if user else 1
+            if not user and dpl == 0:
+                attr = attr & ~0x60 | 0x20  # DPL 1: usable by the deprivileged kernel
+            if user and s == CS:
+                attr |= 0x60
+            slot = SLOT_BASE + s
+            self.vmm_write(C["VMM_GDT"] + slot * 8, _descriptor(S.base[s], S.limit[s], attr | 1))
+            sels.append(slot << 3 | rpl)
+        return sels
+
+    def hardware_eflags(self, user: bool) -> int:
+        v = self.m.eflags()
+        if user:
+            return v & ~0x14000 | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
+        return (v & ~0x37300) | 0x202  # kernel: IF on, IOPL 0, no TF VM RF NT
+
+    # ------------------------------------------------------------ world switch
+
+    def enter(self, host_eip: int, direct: bool) -> None:
+        """Load the virtual CPU into the hardware and IRET into guest context at host_eip:
+        translated code (the TC, at CPL 1) or direct execution of the guest's own code."""
+        S, uc = self.m.state, self.uc
+        user = S.cpl == 3
+        sels = self.hardware_selectors(user, translated=not direct)
+        self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
+        self.vmm_write(C["V_EAX"], struct.pack("<8I", *self.m.regs))
+        cs = sels[CS] if direct else C["SEL_TC_CODE"]
+        frame = struct.pack("<5I", host_eip, cs, self.hardware_eflags(user), self.m.regs[4], sels[SS])
+        self.direct = direct
+        self.vmm_write(C["VMM_STACK_TOP"] - 20, frame)
+        self.publish_virtual()
+        uc.context_restore(self.ring0)
+        self.stats["world_switches"] += 1
+        self.cpu.event = None
+        self.pending = None
+        uc.emu_start(L["world_switch"], 0xFFFFFFFF)
+
+    def capture(self, host_eip: int | None = None) -> None:
+        """Hardware registers back into the virtual CPU (segments stay virtual)."""
+        uc = self.uc
+        for i, rid in enumerate(GPR_IDS):
+            self.m.regs[i] = uc.reg_read(rid)
+        hw = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        S = self.m.state
+        keep = S.eflags & 0x3F7200 & ~0x100  # IF IOPL NT RF VM AC VIF VIP ID: virtual
+        self.m.set_eflags((hw & 0xDD5) | (hw & 0x100 if S.cpl == 3 else 0) | keep)
+        if S.cpl == 3:
+            self.m.set_eflags(self.m.eflags() & ~0x3200 | (hw & 0x3200) | (S.eflags & 0x3000))
+
+    # ------------------------------------------------------------ translation
+
+    def unit_for(self, guest: int) -> Unit:
+        u = self.units.get(guest)
+        while u is not None and u.forwarded_to is not None:
+            u = u.forwarded_to
+        if u is None:
+            u = self.translate(guest)
+        return u
+
+    def _fetch(self, eip: int) -> tuple[Decoded, tuple[int, ...]]:
+        return self.m.decode_at(eip)
+
+    def translate(self, guest: int) -> Unit:
+        """Translate the unit at guest EIP `guest` into a new CCF."""
+        unit = Unit(guest, self.tc_next)
+        code = bytearray()
+        exits: list[tuple[int, int]] = []  # (offset of a rel32 field in code, guest target)
+        pc = guest
+        ended = False
+        for _ in range(MAX_UNIT):
+            try:
+                d, pages = self._fetch(pc)
+            except Fault:
+                if pc == guest:
+                    raise
+                break  # the fetch faults when execution gets there
+            host = unit.host + len(code)
+            rule = self._rule(d)
+            eax_at = -1
+            if pc in self.stop_addresses and pc != guest:
+                break
+            if rule == "ident":
+                code += d.raw
+            elif rule == "direct":
+                ended = True
+                kind = RULES[d.form][1]
+                target = d.fields["target"]
+                if kind == "jmp":
+                    code += b"\xe9" + bytes(4)
+                    exits.append((len(code) - 4, target))
+                elif kind == "jcc":
+                    cc = d.variant[3]
+                    code += bytes([0x0F, 0x80 | cc]) + bytes(4)
+                    exits.append((len(code) - 4, target))
+                    code += b"\xe9" + bytes(4)
+                    exits.append((len(code) - 4, d.next))
+                elif kind == "call":
+                    code += enc.push_imm32(d.next)
+                    code += b"\xe9" + bytes(4)
+                    exits.append((len(code) - 4, target))
+                else:  # loop, loope, loopne, jcxz, jecxz: rel8 only, so branch over a long jump
+                    opcode = d.raw[len(d.prefixes) :][:1]
+                    pfx = bytes(p for p in d.prefixes if p == 0x67)
+                    code += pfx + opcode + b"\x05"
+                    code += b"\xe9" + bytes(4)
+                    exits.append((len(code) - 4, d.next))
+                    code += b"\xe9" + bytes(4)
+                    exits.append((len(code) - 4, target))
+            elif rule == "indirect":
+                ended = True
+                kind = RULES[d.form][1]
+                code += enc.mov_gs_from_eax(C["V_SAVE_EAX"])
+                eax_at = len(code)
+                if kind == "ret":
+                    code += b"\x58"  # pop eax
+                    if d.fields.get("n"):
+                        code += enc.lea_esp_plus(d.fields["n"])
+                else:
+                    code += self._load_operand_into_eax(d)
+                    if kind == "call":
+                        code += enc.push_imm32(d.next)
+                code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["lookup"])
+            elif rule == "inline":
+                code += self._inline(d)
+            else:  # callout
+                ended = FORMS[d.form].ends_block if d.form else True
+                site_id = len(self.sites) + 1
+                code += enc.mov_gs_imm32(C["V_SITE"], site_id)
+                code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
+                self.sites[site_id] = Site(pc, d.next, unit.host + len(code), unit)
+                ended = True  # state may change: the unit ends, and resumes through a continuation
+            unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
+            unit.pages.update(pages)
+            self.stats["guest_instructions_translated"] += 1
+            self.stats[f"rule_{rule}"] += 1
+            pc = d.next
+            if ended:
+                break
+        if not ended or rule == "callout":
+            code += b"\xe9" + bytes(4)
+            exits.append((len(code) - 4, pc))
+        # Continuation stubs, one per exit; each jump into them is a patch site for chaining.
+        for field_off, target in exits:
+            stub = unit.host + len(code)
+            site_addr = unit.host + field_off
+            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
+            code += enc.mov_gs_imm32(C["V_NEXT"], target)
+            code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
+            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
+        unit.size = len(code)
+        if self.tc_next + len(code) > VMM_BASE + VMM_SIZE:
+            self.flush_translations()
+            return self.translate(guest)
+        self.host.write(self.tc_phys(unit.host), bytes(code))
+        self.uc.ctl_remove_cache(unit.host, unit.host + len(code))
+        self.tc_next += (len(code) + 15) & ~15
+        self.units[guest] = unit
+        self.unit_starts.append(unit.host)
+        self.set_hash(guest, unit.host)
+        self.stats["ccfs"] += 1
+        self.stats["tc_bytes"] += len(code)
+        for p in unit.pages:
+            self.protect_code_page(p)
+        return unit
+
+    def _rule(self, d: Decoded) -> str:
+        if d.form is None or d.lock_invalid:
+            return "ident"  # the hardware raises #UD, and the interpreter confirms it
+        rule = RULES[d.form][0]
+        if d.eip in self.callout_override:
+            return "callout"
+        if self.mode == "trap":
+            return rule if rule in ("ident", "trap") else "callout"
+        if 0x65 in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem"):
+            return "callout"  # GS is the VMM's: guest uses of it are emulated
+        if rule in ("ident", "trap") and self._touches_vmm_area(d):
+            return "callout"
+        if rule == "inline" and not self._inline_applies(d):
+            return "callout"
+        if rule in ("direct", "indirect") and not self._branch_translatable(d):
+            return "callout"
+        return {"trap": "ident"}.get(rule, rule)
+
+    def _touches_vmm_area(self, d: Decoded) -> bool:
+        ea = d.fields.get("ea")
+        return isinstance(ea, str) and ea.isdigit() and int(ea) >= VMM_BASE
+
+    def _branch_translatable(self, d: Decoded) -> bool:
+        osize, asize, mod = d.variant[0], d.variant[1], d.variant[2]
+        kind = RULES[d.form][1]
+        if osize != 32:
+            return False  # 16-bit targets and return addresses: the interpreter does them
+        if kind == "ret" and not self.m.state.stack32:
+            return False
+        if kind in ("jmp", "call") and RULES[d.form][0] == "indirect" and mod == "mem" and d.fields.get("seg") == GS:
+            return False
+        return asize == 32 or kind in ("loop",)
+
+    def _load_operand_into_eax(self, d: Decoded) -> bytes:
+        """`mov eax, <the instruction's r/m operand>`, with the guest's own addressing."""
+        if d.variant[2] == "reg":
+            return bytes([0x8B, 0xC0 | d.fields["target"]])
+        pfx = bytes(p for p in d.prefixes if p in (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x67))
+        modrm = d.raw[d.modrm_at] & 0xC7
+        return pfx + bytes([0x8B, modrm]) + d.raw[d.modrm_at + 1 : d.ea_end]
+
+    def _inline_applies(self, d: Decoded) -> bool:
+        t = TEMPLATES[RULES[d.form][1]]
+        when = t["when"]
+        if "osize" in when and int(when["osize"]) != d.variant[0]:
+            return False
+        if "mod" in when and when["mod"] != d.variant[2]:
+            return False
+        return all(p in d.fields for p in t["placeholders"])
+
+    def _inline(self, d: Decoded) -> bytes:
+        t = TEMPLATES[RULES[d.form][1]]
+        key = tuple(d.fields[p] & 7 for p in t["placeholders"])
+        out = bytearray()
+        for chunk in t["variants"][key]:
+            if isinstance(chunk, bytes):
+                out += chunk
+            elif chunk[0] == "ea":
+                pfx = b"\x67" if 0x67 in d.prefixes else b""
+                modrm = (d.raw[d.modrm_at] & 0xC7) | chunk[1] << 3
+                out += pfx + bytes([0x8D, modrm]) + d.raw[d.modrm_at + 1 : d.ea_end]
+            else:
+                out.append(SEG_PREFIX[d.fields["seg"]])
+        return bytes(out)
+
+    def set_hash(self, guest: int, host: int) -> None:
+        off = C["VMM_HASH"] + (guest & 0xFFFF) * 8
+        self.vmm_write(off, struct.pack("<II", guest, host))
+
+    def patch(self, site_addr: int, target_host: int) -> None:
+        rel = (target_host - (site_addr + 4)) & M32
+        self.host.write32(self.tc_phys(site_addr), rel)
+        self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
+        self.stats["chained_links"] += 1
+
+    def flush_translations(self) -> None:
+        """Drop every CCF (a write hit translated code, or the TC is full)."""
+        self.units.clear()
+        self.unit_starts.clear()
+        self.sites.clear()
+        self.tc_next = VMM_BASE + C["VMM_TC"]
+        self.vmm_write(C["VMM_HASH"], bytes(65536 * 8))
+        self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
+        for p in list(self.code_pages):
+            self.unprotect_code_page(p)
+        self.m.flush_blocks()
+        self.stats["tc_flushes"] += 1
+
+    def locate(self, host_eip: int) -> tuple[Unit, tuple] | None:
+        """The CCF and guest instruction a TC address belongs to."""
+        import bisect
+
+        i = bisect.bisect_right(self.unit_starts, host_eip) - 1
+        if i < 0:
+            return None
+        start = self.unit_starts[i]
+        for u in self.units.values():
+            if u.host == start and host_eip < u.host + u.size:
+                for ins in u.insns:
+                    if ins[1] <= host_eip < ins[2]:
+                        return u, ins
+                return u, u.insns[-1]
+        return None
+
+    # ------------------------------------------------------------ shadow paging
+
+    def _flush_hw_tlb(self) -> None:
+        """Unicorn caches translations like a TLB: after changing its page tables, drop them."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def _pool_page(self) -> int:
+        if self.pool_next >= POOL_SIZE >> 12:
+            self.flush_shadow()
+        addr = self.pool_phys + (self.pool_next << 12)
+        self.pool_next += 1
+        self.host.write(addr, bytes(4096))
+        return addr
+
+    def flush_shadow(self) -> None:
+        """Drop every hardware mapping of guest memory (CR3 written, a traced table changed)."""
+        self.host.write(self.pool_phys, bytes(1023 * 4))
+        self.pool_next = 2
+        self.shadow_ptes.clear()
+        self._flush_hw_tlb()
+        self.stats["shadow_flushes"] += 1
+
+    def guest_walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
+        """The guest's translation of `la` without side effects: (physical, user, writable, dirty,
+        [(address, value) of the PDE and PTE]); None when not present."""
+        S = self.m.state
+        if not S.cr[0] & 0x80000000:
+            return la & ~0xFFF, True, True, True, []
+        mem = self.guest_mem
+        pde_addr = (S.cr[3] & 0xFFFFF000) | ((la >> 22) << 2)
+        pde = mem.read32(pde_addr)
+        if not pde & 1:
+            return None
+        if pde & 0x80 and S.cr[4] & 0x10:
+            big = (pde & 0xFFC00000) | (la & 0x3FF000)
+            return big, bool(pde & 4), bool(pde & 2), bool(pde & 0x40), [(pde_addr, pde)]
+        pte_addr = (pde & 0xFFFFF000) | (((la >> 12) & 0x3FF) << 2)
+        pte = mem.read32(pte_addr)
+        if not pte & 1:
+            return None
+        user = bool(pde & 4) and bool(pte & 4)
+        writable = bool(pde & 2) and bool(pte & 2)
+        return pte & 0xFFFFF000, user, writable, bool(pte & 0x40), [(pde_addr, pde), (pte_addr, pte)]
+
+    def fill(self, la: int, write: bool) -> bool:
+        """Map `la` as the guest maps it, if the guest allows this access without a fault."""
+        S = self.m.state
+        walk = self.guest_walk(la)
+        if walk is None:
+            return False
+        gpa, user, writable, dirty, entries = walk
+        if S.cpl == 3 and not user:
+            return False
+        if write and not writable and (S.cpl == 3 or S.cr[0] & 0x10000):
+            return False
+        if gpa + 0x1000 > self.G:
+            return False  # not RAM: every access is emulated
+        # Set the accessed (and, for a write, dirty) bits the CPU would set.
+        for i, (addr, value) in enumerate(entries):
+            new = value | PTE_A | (PTE_D if write and i == len(entries) - 1 else 0)
+            if new != value:
+                self.guest_mem.write32(addr, new)
+            self.trace_page(addr >> 12)
+        if write:
+            dirty = True
+        page = gpa >> 12
+        hw_write = writable and (dirty or not S.cr[0] & 0x80000000)
+        if page in self.code_pages or page in self.traced_pages:
+            hw_write = False
+        pd = self.pool_phys
+        pde_addr = pd + (la >> 22) * 4
+        pde = self.host.read32(pde_addr)
+        if not pde & 1:
+            pt = self._pool_page()
+            pde = pt | PTE_P | PTE_W | PTE_U
+            self.host.write32(pde_addr, pde)
+        pte_addr = (pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4
+        flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
+        self.host.write32(pte_addr, gpa | flags)
+        self.shadow_ptes.setdefault(page, []).append(pte_addr)
+        self._flush_hw_tlb()
+        self.stats["hidden_page_faults"] += 1
+        return True
+
+    def trace_page(self, page: int) -> None:
+        if page in self.traced_pages:
+            return
+        self.traced_pages.add(page)
+        self._write_protect(page)
+        self.m.watch_page(page, self._on_traced_write)
+
+    def _on_traced_write(self, page: int) -> None:
+        self.stats["traced_writes"] += 1
+        self.traced_pages.discard(page)
+        self.m.watched_pages.pop(page, None)
+        self.flush_shadow()
+
+    def protect_code_page(self, page: int) -> None:
+        if page in self.code_pages:
+            return
+        self.code_pages.add(page)
+        self._write_protect(page)
+        self.m.watch_page(page, self._on_code_write)
+
+    def unprotect_code_page(self, page: int) -> None:
+        self.code_pages.discard(page)
+        self.m.watched_pages.pop(page, None)
+
+    def _on_code_write(self, page: int) -> None:
+        self.stats["code_writes"] += 1
+        self.flush_translations()
+        self.flush_shadow()
+
+    def _write_protect(self, page: int) -> None:
+        for pte_addr in self.shadow_ptes.get(page, []):
+            v = self.host.read32(pte_addr)
+            if (v & 0xFFFFF000) >> 12 == page:
+                self.host.write32(pte_addr, v & ~PTE_W)
+        self._flush_hw_tlb()
+
+    # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
+
+    def _on_translate_exit(self, uc, address, size, _user) -> None:
+        guest = self.vmm_read32(C["V_NEXT"])
+        site = self.vmm_read32(C["V_SITE"])
+        if guest in self.stop_addresses:
+            self._exit_to_vmm("stop", guest)
+            return
+        try:
+            unit = self.unit_for(guest)
+        except Fault as f:
+            self._exit_to_vmm("fetch-fault", (guest, f))
+            return
+        if site:
+            self.patch(site, unit.host)
+        else:
+            self.stats["indirect_misses"] += 1
+        self.set_hash(guest, unit.host)
+        self.vmm_write32(C["V_JUMP"], unit.host)
+        self.stats["translator_entries"] += 1
+
+    def _exit_to_vmm(self, why: str, what: object) -> None:
+        self.pending = (why, what)
+        self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
+        self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+
+    def _on_vmm_exit(self, uc, address, size, _user) -> None:
+        uc.emu_stop()
+
+    def _on_callout(self, uc, address, size, _user) -> None:
+        site = self.sites[self.vmm_read32(C["V_SITE"])]
+        m, S = self.m, self.m.state
+        regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
+        m.regs[:] = regs
+        hw = self.vmm_read32(C["V_EFLAGS"])
+        m.set_eflags((hw & 0xDD5) | (S.eflags & 0x3F7200 & ~0x100))
+        S.eip = site.guest
+        before = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
+        self.stats["callouts"] += 1
+        ev = None
+        m.stop_on_event = True
+        try:
+            r = m.run(1)
+            if r.event is not None:
+                ev = r.event
+            elif r.reason == "vmstop":
+                self._exit_to_vmm("vmstop", r.vmstop)
+                return
+        finally:
+            m.stop_on_event = False
+        if ev is not None:
+            if self.stop_on_event:
+                self._exit_to_vmm("event", ev)
+                return
+            try:
+                self.deliver(ev)
+            except VMStop as stop:
+                self._exit_to_vmm("vmstop", stop)
+                return
+        if S.halted:
+            self._exit_to_vmm("halt", None)
+            return
+        after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
+        if after != before:
+            if after[4:] != before[4:]:
+                self.flush_shadow()
+            if not self.can_translate():
+                self._exit_to_vmm("switch", None)
+                return
+            sels = self.hardware_selectors(False)
+            self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
+            self.vmm_write32(C["V_RESTORE"], L["restore_segs"])
+        else:
+            self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+        self.vmm_write(C["V_EAX"], struct.pack("<8I", *m.regs))
+        self.vmm_write32(C["V_EFLAGS"], self.hardware_eflags(False))
+        self.publish_virtual()
+        if S.eip in self.stop_addresses:
+            self._exit_to_vmm("stop", S.eip)
+            return
+        if S.eip == site.next_guest:
+            self.vmm_write32(C["V_JUMP"], site.resume)
+            return
+        try:
+            unit = self.unit_for(S.eip)
+        except Fault as f:
+            self._exit_to_vmm("fetch-fault", (S.eip, f))
+            return
+        self.vmm_write32(C["V_JUMP"], unit.host)
+
+    # ------------------------------------------------------------ events
+
+    def deliver(self, ev: GuestEvent) -> None:
+        self.last_event = ev
+        self.stats["events_delivered"] += 1
+        self.m.deliver_event(ev)
+
+    def _event_in_guest(self, vector: int) -> str | None:
+        """A CPU exception while in guest context. Returns a stop reason, or None to go on."""
+        uc = self.uc
+        host_eip = uc.reg_read(X.UC_X86_REG_EIP)
+        S = self.m.state
+        user = S.cpl == 3
+        if self.direct:
+            guest_eip = host_eip
+            where = None
+        else:
+            where = self.locate(host_eip)
+            if where is None:
+                return f"exception {vector} at {host_eip:#x}, outside translated code"
+            guest_eip = where[1][0]
+        self.capture()
+        if where is not None and where[1][4] >= 0 and host_eip >= where[1][4]:
+            self.m.regs[0] = self.vmm_read32(C["V_SAVE_EAX"])  # the sequence had moved EAX aside
+        S.eip = guest_eip
+        self.stats["traps"] += 1
+        if self.direct:
+            soft = soft_interrupt_before(self.m, vector)
+            if soft is not None:  # INT n run directly: EIP is past it, nothing to emulate
+                if self.stop_on_event:
+                    self.pending = ("event", soft)
+                    return "event"
+                self.deliver(soft)
+                return None
+        if vector == 14:
+            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+            if cr2 < VMM_BASE and self._hidden_fault(cr2):
+                return None
+        # Emulate the instruction with the interpreter: a guest fault is raised precisely
+        # (with its error code); anything else (a privileged instruction, a protected page,
+        # the VMM's area) is done, and execution goes on after it.
+        self.trap_counts[guest_eip] += 1
+        m = self.m
+        m.stop_on_event = True
+        try:
+            r = m.run(1)
+        finally:
+            m.stop_on_event = False
+        if r.event is not None:
+            if self.stop_on_event:
+                self.pending = ("event", r.event)
+                return "event"
+            self.deliver(r.event)
+        elif r.reason == "vmstop":
+            self.pending = ("vmstop", r.vmstop)
+            return "vmstop"
+        else:
+            self.stats["emulated_after_trap"] += 1
+            if not user and self.trap_counts[guest_eip] >= TRAP_THRESHOLD and guest_eip not in self.callout_override:
+                self.retranslate(guest_eip)
+        if S.halted:
+            self.pending = ("halt", None)
+            return "halt"
+        return None
+
+    def _hidden_fault(self, la: int) -> bool:
+        """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade."""
+        S = self.m.state
+        walk = self.guest_walk(la)
+        if walk is None:
+            return False
+        page = walk[0] >> 12
+        if page in self.code_pages or page in self.traced_pages:
+            return False  # a write to protected memory: emulate it
+        pde = self.host.read32(self.pool_phys + (la >> 22) * 4)
+        present = False
+        if pde & 1:
+            pte = self.host.read32((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4)
+            present = bool(pte & 1)
+        write = present  # mapped already: the hardware refused a write (read-only until dirty)
+        if not self.fill(la, write):
+            return False
+        _ = S
+        return True
+
+    def retranslate(self, guest_eip: int) -> None:
+        """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
+        self.callout_override.add(guest_eip)
+        for start, old in list(self.units.items()):
+            if old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
+                del self.units[start]
+                new = self.translate(start)
+                old.forwarded_to = new
+                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
+                self.uc.ctl_remove_cache(old.host, old.host + 5)
+                self.units[start] = new
+                self.stats["retranslations"] += 1
+
+    # ------------------------------------------------------------ running
+
+    def run(self, max_insns: int | None = None) -> tuple[str, object]:
+        """Run the guest until it stops. Returns (reason, detail)."""
+        S = self.m.state
+        while True:
+            if S.halted:
+                return ("halt", None)
+            if S.eip in self.stop_addresses and self.can_translate():
+                return ("stop", S.eip)
+            if self.can_translate():
+                try:
+                    unit = self.unit_for(S.eip)
+                except Fault as f:
+                    if self.stop_on_event:
+                        return ("event", f)
+                    self.deliver(f)
+                    continue
+                host, user = unit.host, False
+            elif self.can_run_direct():
+                host, user = S.eip, True
+            else:
+                reason = self._interpret_until_translatable(max_insns)
+                if reason is not None:
+                    return reason
+                continue
+            try:
+                self.enter(host, user)
+            except VMStop as stop:
+                return ("vmstop", stop)
+            except UcError as err:
+                return ("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
+            if self.cpu.event is not None:
+                vector = self.cpu.event.vector
+                why = self._event_in_guest(vector)
+                if why is not None:
+                    return self.pending or (why, None)
+                continue
+            if self.pending is None:
+                return ("vmstop", VMStop("unicorn", "the CPU stopped without a reason"))
+            why, what = self.pending
+            if why in ("stop", "halt", "event", "vmstop"):
+                self._capture_at_exit()
+                if why == "stop":
+                    S.eip = what
+                return (why, what)
+            if why == "fetch-fault":
+                self._capture_at_exit()
+                eip, f = what
+                S.eip = eip
+                if self.stop_on_event:
+                    return ("event", f)
+                self.deliver(f)
+            if why == "switch":
+                self._capture_at_exit()
+
+    def _capture_at_exit(self) -> None:
+        """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
+        self.capture()
+
+    def _interpret_until_translatable(self, max_insns: int | None) -> tuple[str, object] | None:
+        """Real mode, v86, single-stepping, a non-flat kernel CS: the interpreter runs the guest."""
+        m = self.m
+        m.stop_on_event = self.stop_on_event
+        m.stop_addresses = set(self.stop_addresses)
+        self.stats["interpreted_stretches"] += 1
+        start = m.state.icount
+        while True:
+            r = m.run(256 if max_insns is None else min(256, max_insns))
+            self.stats["interpreted_instructions"] += m.state.icount - start
+            start = m.state.icount
+            if r.reason in ("event", "vmstop", "halt", "stop-address"):
+                return ({"stop-address": "stop"}.get(r.reason, r.reason), r.event or r.vmstop)
+            if self.can_translate() or self.can_run_direct():
+                return None
+
+
+# ---------------------------------------------------------------- engines
+
+
+def figures(vmm: Vmm, stats, elapsed: float) -> None:
+    s = vmm.stats
+    translated = s["guest_instructions_translated"]
+    stats.add("guest_instructions_translated", "guest instructions translated", translated)
+    stats.add("ccfs", "CCFs (compiled code fragments)", s["ccfs"])
+    stats.add("tc_bytes", "TC bytes", s["tc_bytes"])
+    share = round(100.0 * s["rule_ident"] / translated, 1) if translated else 0.0
+    stats.add("ident_share_percent", "share of IDENT instructions", share, "%")
+    stats.add("chained_links", "chained links", s["chained_links"])
+    stats.add("translator_entries", "translator entries (continuations and lookup misses)", s["translator_entries"])
+    stats.add("indirect_misses", "indirect lookups that missed the TC", s["indirect_misses"])
+    stats.add("callouts", "callouts", s["callouts"])
+    stats.add("traps", "traps", s["traps"])
+    stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
+    stats.add("world_switches", "world switches", s["world_switches"])
+    stats.add("retranslations", "retranslations", s["retranslations"])
+    stats.add("events_delivered", "exceptions and interrupts delivered", s["events_delivered"])
+    stats.add("interpreted_instructions", "instructions run by the interpreter (real mode, v86, TF)",
+              s["interpreted_instructions"])
+    stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+
+
+def run_engine(mode: str):
+    def engine(image, platform, max_insns, stats):
+        from ring1.runtime import guest
+        from ring1.runtime.platform import GuestExit
+
+        vmm = Vmm(image.memory_size, platform, mode)
+        guest.interp_boot(image, platform, vmm.m)
+        started = time.perf_counter()
+        try:
+            why, what = vmm.run(max_insns)
+        except KeyboardInterrupt:
+            why, what = "interrupted", None
+        figures(vmm, stats, time.perf_counter() - started)
+        m, S = vmm.m, vmm.m.state
+        if why == "vmstop":
+            if isinstance(what, GuestExit):
+                return guest.Stop("exit", what.reason, guest_status=what.status)
+            return guest._stop_at(m, what.kind, what.reason, S.eip)
+        if why == "halt":
+            detail = "HLT with interrupts " + (
+                "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled")
+            return guest._stop_at(m, "halt", detail, (S.eip - 1) & M32)
+        if why == "interrupted":
+            return guest._stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+        return guest._stop_at(m, why, f"the VMM stopped ({why})", S.eip)
+
+    return engine
+
+
+def _register() -> None:
+    from ring1.runtime import guest
+
+    guest.register_engine("bt", run_engine("bt"))
+    guest.register_engine("trap", run_engine("trap"))
+
+
+_register()
+
+__all__ = ["Vmm", "run_engine"]
