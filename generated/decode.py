@@ -16,6 +16,150 @@ OPCODES = {
     ((), 1): (
         ('ADD_RMv_Rv', None, None, None, None, None, None),
     ),
+    ((), 2): (
+        ('ADD_Rb_RMb', None, None, None, None, None, None),
+    ),
+    ((), 3): (
+        ('ADD_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((), 4): (
+        ('ADD_AL_Ib', None, None, None, None, None, None),
+    ),
+    ((), 5): (
+        ('ADD_eAX_Iv', None, None, None, None, None, None),
+    ),
+    ((), 16): (
+        ('ADC_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((), 17): (
+        ('ADC_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((), 18): (
+        ('ADC_Rb_RMb', None, None, None, None, None, None),
+    ),
+    ((), 19): (
+        ('ADC_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((), 20): (
+        ('ADC_AL_Ib', None, None, None, None, None, None),
+    ),
+    ((), 21): (
+        ('ADC_eAX_Iv', None, None, None, None, None, None),
+    ),
+    ((), 24): (
+        ('SBB_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((), 25): (
+        ('SBB_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((), 26): (
+        ('SBB_Rb_RMb', None, None, None, None, None, None),
+    ),
+    ((), 27): (
+        ('SBB_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((), 28): (
+        ('SBB_AL_Ib', None, None, None, None, None, None),
+    ),
+    ((), 29): (
+        ('SBB_eAX_Iv', None, None, None, None, None, None),
+    ),
+    ((), 39): (
+        ('DAA', None, None, None, None, None, None),
+    ),
+    ((), 40): (
+        ('SUB_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((), 41): (
+        ('SUB_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((), 42): (
+        ('SUB_Rb_RMb', None, None, None, None, None, None),
+    ),
+    ((), 43): (
+        ('SUB_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((), 44): (
+        ('SUB_AL_Ib', None, None, None, None, None, None),
+    ),
+    ((), 45): (
+        ('SUB_eAX_Iv', None, None, None, None, None, None),
+    ),
+    ((), 47): (
+        ('DAS', None, None, None, None, None, None),
+    ),
+    ((), 55): (
+        ('AAA', None, None, None, None, None, None),
+    ),
+    ((), 56): (
+        ('CMP_RMb_Rb', None, None, None, None, None, None),
+    ),
+    ((), 57): (
+        ('CMP_RMv_Rv', None, None, None, None, None, None),
+    ),
+    ((), 58): (
+        ('CMP_Rb_RMb', None, None, None, None, None, None),
+    ),
+    ((), 59): (
+        ('CMP_Rv_RMv', None, None, None, None, None, None),
+    ),
+    ((), 60): (
+        ('CMP_AL_Ib', None, None, None, None, None, None),
+    ),
+    ((), 61): (
+        ('CMP_eAX_Iv', None, None, None, None, None, None),
+    ),
+    ((), 63): (
+        ('AAS', None, None, None, None, None, None),
+    ),
+    ((), 64): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 65): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 66): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 67): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 68): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 69): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 70): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 71): (
+        ('INC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 72): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 73): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 74): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 75): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 76): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 77): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 78): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
+    ((), 79): (
+        ('DEC_Ov', None, None, None, None, None, None),
+    ),
     ((), 80): (
         ('PUSH_Ov', None, None, None, None, None, None),
     ),
@@ -63,6 +207,12 @@ OPCODES = {
     ),
     ((), 95): (
         ('POP_Ov', None, None, None, None, None, None),
+    ),
+    ((), 105): (
+        ('IMUL_Rv_RMv_Iv', None, None, None, None, None, None),
+    ),
+    ((), 107): (
+        ('IMUL_Rv_RMv_Ib', None, None, None, None, None, None),
     ),
     ((), 112): (
         ('JCC_REL8', None, None, None, None, None, None),
@@ -112,18 +262,150 @@ OPCODES = {
     ((), 127): (
         ('JCC_REL8', None, None, None, None, None, None),
     ),
+    ((), 128): (
+        ('ADD_RMb_Ib', 0, None, None, None, None, None),
+        ('ADC_RMb_Ib', 2, None, None, None, None, None),
+        ('SUB_RMb_Ib', 5, None, None, None, None, None),
+        ('SBB_RMb_Ib', 3, None, None, None, None, None),
+        ('CMP_RMb_Ib', 7, None, None, None, None, None),
+    ),
+    ((), 129): (
+        ('ADD_RMv_Iv', 0, None, None, None, None, None),
+        ('ADC_RMv_Iv', 2, None, None, None, None, None),
+        ('SUB_RMv_Iv', 5, None, None, None, None, None),
+        ('SBB_RMv_Iv', 3, None, None, None, None, None),
+        ('CMP_RMv_Iv', 7, None, None, None, None, None),
+    ),
+    ((), 130): (
+        ('ADD_RMb_Ib_82', 0, None, None, None, None, None),
+        ('ADC_RMb_Ib_82', 2, None, None, None, None, None),
+        ('SUB_RMb_Ib_82', 5, None, None, None, None, None),
+        ('SBB_RMb_Ib_82', 3, None, None, None, None, None),
+        ('CMP_RMb_Ib_82', 7, None, None, None, None, None),
+    ),
+    ((), 131): (
+        ('ADD_RMv_Ib', 0, None, None, None, None, None),
+        ('ADC_RMv_Ib', 2, None, None, None, None, None),
+        ('SUB_RMv_Ib', 5, None, None, None, None, None),
+        ('SBB_RMv_Ib', 3, None, None, None, None, None),
+        ('CMP_RMv_Ib', 7, None, None, None, None, None),
+    ),
+    ((), 212): (
+        ('AAM_Ib', None, None, None, None, None, None),
+    ),
+    ((), 213): (
+        ('AAD_Ib', None, None, None, None, None, None),
+    ),
     ((), 244): (
         ('HLT', None, None, None, None, None, None),
     ),
+    ((), 246): (
+        ('NEG_RMb', 3, None, None, None, None, None),
+        ('MUL_RMb', 4, None, None, None, None, None),
+        ('IMUL_RMb', 5, None, None, None, None, None),
+        ('DIV_RMb', 6, None, None, None, None, None),
+        ('IDIV_RMb', 7, None, None, None, None, None),
+    ),
+    ((), 247): (
+        ('NEG_RMv', 3, None, None, None, None, None),
+        ('MUL_RMv', 4, None, None, None, None, None),
+        ('IMUL_RMv', 5, None, None, None, None, None),
+        ('DIV_RMv', 6, None, None, None, None, None),
+        ('IDIV_RMv', 7, None, None, None, None, None),
+    ),
+    ((), 254): (
+        ('INC_RMb', 0, None, None, None, None, None),
+        ('DEC_RMb', 1, None, None, None, None, None),
+    ),
+    ((), 255): (
+        ('INC_RMv', 0, None, None, None, None, None),
+        ('DEC_RMv', 1, None, None, None, None, None),
+    ),
     ((15,), 11): (
         ('UD2', None, None, None, None, None, None),
+    ),
+    ((15,), 175): (
+        ('IMUL_Rv_RMv', None, None, None, None, None, None),
     ),
 }
 
 # form -> (has ModRM, low opcode field "r"/"cc"/None, immediates, operands as (name, kind, width))
 LAYOUT = {
-    'ADD_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:5
-    'ADD_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:16
+    'ADD_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:19
+    'ADD_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:30
+    'ADD_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/arith.r1:41
+    'ADD_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/arith.r1:51
+    'ADD_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('src', 'imm', 8))),  # spec/arith.r1:61
+    'ADD_eAX_Iv': (False, None, ('iv',), (('dst', 'fixed', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:71
+    'ADD_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:81
+    'ADD_RMv_Iv': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:92
+    'ADD_RMb_Ib_82': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:103
+    'ADD_RMv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'simm', 'v'))),  # spec/arith.r1:115
+    'ADC_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:127
+    'ADC_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:138
+    'ADC_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/arith.r1:149
+    'ADC_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/arith.r1:159
+    'ADC_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('src', 'imm', 8))),  # spec/arith.r1:169
+    'ADC_eAX_Iv': (False, None, ('iv',), (('dst', 'fixed', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:179
+    'ADC_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:189
+    'ADC_RMv_Iv': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:200
+    'ADC_RMb_Ib_82': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:211
+    'ADC_RMv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'simm', 'v'))),  # spec/arith.r1:223
+    'SUB_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:235
+    'SUB_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:246
+    'SUB_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/arith.r1:257
+    'SUB_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/arith.r1:267
+    'SUB_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('src', 'imm', 8))),  # spec/arith.r1:277
+    'SUB_eAX_Iv': (False, None, ('iv',), (('dst', 'fixed', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:287
+    'SUB_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:297
+    'SUB_RMv_Iv': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:308
+    'SUB_RMb_Ib_82': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:319
+    'SUB_RMv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'simm', 'v'))),  # spec/arith.r1:331
+    'SBB_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:343
+    'SBB_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:354
+    'SBB_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/arith.r1:365
+    'SBB_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/arith.r1:375
+    'SBB_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('src', 'imm', 8))),  # spec/arith.r1:385
+    'SBB_eAX_Iv': (False, None, ('iv',), (('dst', 'fixed', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:395
+    'SBB_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:405
+    'SBB_RMv_Iv': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:416
+    'SBB_RMb_Ib_82': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:427
+    'SBB_RMv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'simm', 'v'))),  # spec/arith.r1:439
+    'CMP_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/arith.r1:451
+    'CMP_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/arith.r1:461
+    'CMP_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/arith.r1:471
+    'CMP_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/arith.r1:481
+    'CMP_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('src', 'imm', 8))),  # spec/arith.r1:491
+    'CMP_eAX_Iv': (False, None, ('iv',), (('dst', 'fixed', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:501
+    'CMP_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:511
+    'CMP_RMv_Iv': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/arith.r1:521
+    'CMP_RMb_Ib_82': (True, None, ('ib',), (('dst', 'rm', 8), ('src', 'imm', 8))),  # spec/arith.r1:531
+    'CMP_RMv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'simm', 'v'))),  # spec/arith.r1:542
+    'INC_RMb': (True, None, (), (('dst', 'rm', 8),)),  # spec/arith.r1:555
+    'INC_RMv': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/arith.r1:566
+    'INC_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/arith.r1:577
+    'DEC_RMb': (True, None, (), (('dst', 'rm', 8),)),  # spec/arith.r1:587
+    'DEC_RMv': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/arith.r1:598
+    'DEC_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/arith.r1:609
+    'NEG_RMb': (True, None, (), (('dst', 'rm', 8),)),  # spec/arith.r1:619
+    'NEG_RMv': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/arith.r1:630
+    'MUL_RMb': (True, None, (), (('src', 'rm', 8),)),  # spec/arith.r1:649
+    'MUL_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/arith.r1:659
+    'IMUL_RMb': (True, None, (), (('src', 'rm', 8),)),  # spec/arith.r1:675
+    'IMUL_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/arith.r1:686
+    'IMUL_Rv_RMv': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 'v'))),  # spec/arith.r1:702
+    'IMUL_Rv_RMv_Iv': (True, None, ('iv',), (('dst', 'reg', 'v'), ('src', 'rm', 'v'), ('imm', 'imm', 'v'))),  # spec/arith.r1:713
+    'IMUL_Rv_RMv_Ib': (True, None, ('ib',), (('dst', 'reg', 'v'), ('src', 'rm', 'v'), ('imm', 'simm', 'v'))),  # spec/arith.r1:724
+    'DIV_RMb': (True, None, (), (('src', 'rm', 8),)),  # spec/arith.r1:740
+    'DIV_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/arith.r1:757
+    'IDIV_RMb': (True, None, (), (('src', 'rm', 8),)),  # spec/arith.r1:775
+    'IDIV_RMv': (True, None, (), (('src', 'rm', 'v'),)),  # spec/arith.r1:793
+    'AAA': (False, None, (), ()),  # spec/arith.r1:814
+    'AAS': (False, None, (), ()),  # spec/arith.r1:837
+    'DAA': (False, None, (), ()),  # spec/arith.r1:861
+    'DAS': (False, None, (), ()),  # spec/arith.r1:885
+    'AAM_Ib': (False, None, ('ib',), (('base', 'imm', 8),)),  # spec/arith.r1:915
+    'AAD_Ib': (False, None, ('ib',), (('base', 'imm', 8),)),  # spec/arith.r1:932
     'JCC_REL8': (False, 'cc', ('cb',), (('target', 'rel', 8),)),  # spec/control.r1:3
     'PUSH_Ov': (False, 'r', (), (('src', 'opreg', 'v'),)),  # spec/datamov.r1:4
     'POP_Ov': (False, 'r', (), (('dst', 'opreg', 'v'),)),  # spec/datamov.r1:14
@@ -134,8 +416,81 @@ LAYOUT = {
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
 #          fixed rm, immediates, osize, asize, mandatory prefix): the spec's encoding, for encoders
 ENCODINGS = {
-    'ADD_RMb_Rb': ((0,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:5
-    'ADD_RMv_Rv': ((1,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:16
+    'ADD_RMb_Rb': ((0,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:19
+    'ADD_RMv_Rv': ((1,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:30
+    'ADD_Rb_RMb': ((2,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:41
+    'ADD_Rv_RMv': ((3,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:51
+    'ADD_AL_Ib': ((4,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:61
+    'ADD_eAX_Iv': ((5,), None, None, None, None, None, ('iv',), None, None, None),  # spec/arith.r1:71
+    'ADD_RMb_Ib': ((128,), None, '0', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:81
+    'ADD_RMv_Iv': ((129,), None, '0', None, None, None, ('iv',), None, None, None),  # spec/arith.r1:92
+    'ADD_RMb_Ib_82': ((130,), None, '0', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:103
+    'ADD_RMv_Ib': ((131,), None, '0', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:115
+    'ADC_RMb_Rb': ((16,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:127
+    'ADC_RMv_Rv': ((17,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:138
+    'ADC_Rb_RMb': ((18,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:149
+    'ADC_Rv_RMv': ((19,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:159
+    'ADC_AL_Ib': ((20,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:169
+    'ADC_eAX_Iv': ((21,), None, None, None, None, None, ('iv',), None, None, None),  # spec/arith.r1:179
+    'ADC_RMb_Ib': ((128,), None, '2', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:189
+    'ADC_RMv_Iv': ((129,), None, '2', None, None, None, ('iv',), None, None, None),  # spec/arith.r1:200
+    'ADC_RMb_Ib_82': ((130,), None, '2', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:211
+    'ADC_RMv_Ib': ((131,), None, '2', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:223
+    'SUB_RMb_Rb': ((40,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:235
+    'SUB_RMv_Rv': ((41,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:246
+    'SUB_Rb_RMb': ((42,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:257
+    'SUB_Rv_RMv': ((43,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:267
+    'SUB_AL_Ib': ((44,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:277
+    'SUB_eAX_Iv': ((45,), None, None, None, None, None, ('iv',), None, None, None),  # spec/arith.r1:287
+    'SUB_RMb_Ib': ((128,), None, '5', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:297
+    'SUB_RMv_Iv': ((129,), None, '5', None, None, None, ('iv',), None, None, None),  # spec/arith.r1:308
+    'SUB_RMb_Ib_82': ((130,), None, '5', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:319
+    'SUB_RMv_Ib': ((131,), None, '5', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:331
+    'SBB_RMb_Rb': ((24,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:343
+    'SBB_RMv_Rv': ((25,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:354
+    'SBB_Rb_RMb': ((26,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:365
+    'SBB_Rv_RMv': ((27,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:375
+    'SBB_AL_Ib': ((28,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:385
+    'SBB_eAX_Iv': ((29,), None, None, None, None, None, ('iv',), None, None, None),  # spec/arith.r1:395
+    'SBB_RMb_Ib': ((128,), None, '3', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:405
+    'SBB_RMv_Iv': ((129,), None, '3', None, None, None, ('iv',), None, None, None),  # spec/arith.r1:416
+    'SBB_RMb_Ib_82': ((130,), None, '3', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:427
+    'SBB_RMv_Ib': ((131,), None, '3', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:439
+    'CMP_RMb_Rb': ((56,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:451
+    'CMP_RMv_Rv': ((57,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:461
+    'CMP_Rb_RMb': ((58,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:471
+    'CMP_Rv_RMv': ((59,), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:481
+    'CMP_AL_Ib': ((60,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:491
+    'CMP_eAX_Iv': ((61,), None, None, None, None, None, ('iv',), None, None, None),  # spec/arith.r1:501
+    'CMP_RMb_Ib': ((128,), None, '7', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:511
+    'CMP_RMv_Iv': ((129,), None, '7', None, None, None, ('iv',), None, None, None),  # spec/arith.r1:521
+    'CMP_RMb_Ib_82': ((130,), None, '7', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:531
+    'CMP_RMv_Ib': ((131,), None, '7', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:542
+    'INC_RMb': ((254,), None, '0', None, None, None, (), None, None, None),  # spec/arith.r1:555
+    'INC_RMv': ((255,), None, '0', None, None, None, (), None, None, None),  # spec/arith.r1:566
+    'INC_Ov': ((64,), 'r', None, None, None, None, (), None, None, None),  # spec/arith.r1:577
+    'DEC_RMb': ((254,), None, '1', None, None, None, (), None, None, None),  # spec/arith.r1:587
+    'DEC_RMv': ((255,), None, '1', None, None, None, (), None, None, None),  # spec/arith.r1:598
+    'DEC_Ov': ((72,), 'r', None, None, None, None, (), None, None, None),  # spec/arith.r1:609
+    'NEG_RMb': ((246,), None, '3', None, None, None, (), None, None, None),  # spec/arith.r1:619
+    'NEG_RMv': ((247,), None, '3', None, None, None, (), None, None, None),  # spec/arith.r1:630
+    'MUL_RMb': ((246,), None, '4', None, None, None, (), None, None, None),  # spec/arith.r1:649
+    'MUL_RMv': ((247,), None, '4', None, None, None, (), None, None, None),  # spec/arith.r1:659
+    'IMUL_RMb': ((246,), None, '5', None, None, None, (), None, None, None),  # spec/arith.r1:675
+    'IMUL_RMv': ((247,), None, '5', None, None, None, (), None, None, None),  # spec/arith.r1:686
+    'IMUL_Rv_RMv': ((15, 175), None, 'r', None, None, None, (), None, None, None),  # spec/arith.r1:702
+    'IMUL_Rv_RMv_Iv': ((105,), None, 'r', None, None, None, ('iv',), None, None, None),  # spec/arith.r1:713
+    'IMUL_Rv_RMv_Ib': ((107,), None, 'r', None, None, None, ('ib',), None, None, None),  # spec/arith.r1:724
+    'DIV_RMb': ((246,), None, '6', None, None, None, (), None, None, None),  # spec/arith.r1:740
+    'DIV_RMv': ((247,), None, '6', None, None, None, (), None, None, None),  # spec/arith.r1:757
+    'IDIV_RMb': ((246,), None, '7', None, None, None, (), None, None, None),  # spec/arith.r1:775
+    'IDIV_RMv': ((247,), None, '7', None, None, None, (), None, None, None),  # spec/arith.r1:793
+    'AAA': ((55,), None, None, None, None, None, (), None, None, None),  # spec/arith.r1:814
+    'AAS': ((63,), None, None, None, None, None, (), None, None, None),  # spec/arith.r1:837
+    'DAA': ((39,), None, None, None, None, None, (), None, None, None),  # spec/arith.r1:861
+    'DAS': ((47,), None, None, None, None, None, (), None, None, None),  # spec/arith.r1:885
+    'AAM_Ib': ((212,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:915
+    'AAD_Ib': ((213,), None, None, None, None, None, ('ib',), None, None, None),  # spec/arith.r1:932
     'JCC_REL8': ((112,), 'cc', None, None, None, None, ('cb',), None, None, None),  # spec/control.r1:3
     'PUSH_Ov': ((80,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:4
     'POP_Ov': ((88,), 'r', None, None, None, None, (), None, None, None),  # spec/datamov.r1:14
