@@ -2,4 +2,4 @@
 """Everything generated from the spec: forms, decode tables, interpreter templates,
 procs, lazy flags and the translator's rules. Regenerate with `make generate`."""
 
-INTERP_MODULES = ('interp_arith', 'interp_control', 'interp_datamov', 'interp_logic', 'interp_shift', 'interp_system')
+INTERP_MODULES = ('interp_arith', 'interp_bit', 'interp_control', 'interp_datamov', 'interp_logic', 'interp_shift', 'interp_system')
