@@ -1596,7 +1596,7 @@ S.cc = (36, (l_p & 4294967295), ((l_p >> 32) != 0))  # arith.r1:672
 
 # IMUL_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:675
 _T163 = """\
-v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:679
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:678
 l_p = ((((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) * ((v_src & 0xff ^ 0x80) - 0x80))  # arith.r1:684
 R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:684
 l_r_0 = (l_p & 255)  # arith.r1:647
@@ -1606,7 +1606,7 @@ S.cc = (34, l_r_0, (((l_r_0 & 0xff ^ 0x80) - 0x80) != l_p))  # arith.r1:647
 # IMUL_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:675
 _T164 = """\
 ea = $ea
-v_src = rd8($seg, ea)  # arith.r1:679
+v_src = rd8($seg, ea)  # arith.r1:678
 l_p = ((((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) * ((v_src & 0xff ^ 0x80) - 0x80))  # arith.r1:684
 R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:684
 l_r_0 = (l_p & 255)  # arith.r1:647
@@ -1615,7 +1615,7 @@ S.cc = (34, l_r_0, (((l_r_0 & 0xff ^ 0x80) - 0x80) != l_p))  # arith.r1:647
 
 # IMUL_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:686
 _T165 = """\
-v_src = (R[$src] & 0xffff)  # arith.r1:690
+v_src = (R[$src] & 0xffff)  # arith.r1:689
 l_p = ((((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))  # arith.r1:696
 R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:697
 R[2] = R[2] & 0xffff0000 | ((l_p >> 16) & 65535) & 0xffff  # arith.r1:698
@@ -1626,7 +1626,7 @@ S.cc = (35, l_r_0, (((l_r_0 & 0xffff ^ 0x8000) - 0x8000) != l_p))  # arith.r1:64
 # IMUL_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:686
 _T166 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # arith.r1:690
+v_src = rd16($seg, ea)  # arith.r1:689
 l_p = ((((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))  # arith.r1:696
 R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:697
 R[2] = R[2] & 0xffff0000 | ((l_p >> 16) & 65535) & 0xffff  # arith.r1:698
@@ -1636,7 +1636,7 @@ S.cc = (35, l_r_0, (((l_r_0 & 0xffff ^ 0x8000) - 0x8000) != l_p))  # arith.r1:64
 
 # IMUL_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:686
 _T167 = """\
-v_src = R[$src]  # arith.r1:690
+v_src = R[$src]  # arith.r1:689
 l_p = (((R[0] & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))  # arith.r1:696
 R[0] = (l_p & 4294967295) & 0xffffffff  # arith.r1:697
 R[2] = ((l_p >> 32) & 4294967295) & 0xffffffff  # arith.r1:698
@@ -1647,7 +1647,7 @@ S.cc = (36, l_r_0, (((l_r_0 & 0xffffffff ^ 0x80000000) - 0x80000000) != l_p))  #
 # IMUL_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:686
 _T168 = """\
 ea = $ea
-v_src = rd32($seg, ea)  # arith.r1:690
+v_src = rd32($seg, ea)  # arith.r1:689
 l_p = (((R[0] & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))  # arith.r1:696
 R[0] = (l_p & 4294967295) & 0xffffffff  # arith.r1:697
 R[2] = ((l_p >> 32) & 4294967295) & 0xffffffff  # arith.r1:698
@@ -1657,8 +1657,8 @@ S.cc = (36, l_r_0, (((l_r_0 & 0xffffffff ^ 0x80000000) - 0x80000000) != l_p))  #
 
 # IMUL_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:702
 _T169 = """\
-v_dst = (R[$dst] & 0xffff)  # arith.r1:706
-v_src = (R[$src] & 0xffff)  # arith.r1:706
+v_dst = (R[$dst] & 0xffff)  # arith.r1:705
+v_src = (R[$src] & 0xffff)  # arith.r1:705
 m_p_0 = (((v_dst & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))
 l_r_1 = (m_p_0 & 65535)  # arith.r1:647
 S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
@@ -1668,8 +1668,8 @@ R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:711
 # IMUL_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:702
 _T170 = """\
 ea = $ea
-v_dst = (R[$dst] & 0xffff)  # arith.r1:706
-v_src = rd16($seg, ea)  # arith.r1:706
+v_dst = (R[$dst] & 0xffff)  # arith.r1:705
+v_src = rd16($seg, ea)  # arith.r1:705
 m_p_0 = (((v_dst & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))
 l_r_1 = (m_p_0 & 65535)  # arith.r1:647
 S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
@@ -1678,8 +1678,8 @@ R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:711
 
 # IMUL_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:702
 _T171 = """\
-v_dst = R[$dst]  # arith.r1:706
-v_src = R[$src]  # arith.r1:706
+v_dst = R[$dst]  # arith.r1:705
+v_src = R[$src]  # arith.r1:705
 m_p_0 = (((v_dst & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))
 l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
 S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
@@ -1689,8 +1689,8 @@ R[$dst] = l_r_1 & 0xffffffff  # arith.r1:711
 # IMUL_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:702
 _T172 = """\
 ea = $ea
-v_dst = R[$dst]  # arith.r1:706
-v_src = rd32($seg, ea)  # arith.r1:706
+v_dst = R[$dst]  # arith.r1:705
+v_src = rd32($seg, ea)  # arith.r1:705
 m_p_0 = (((v_dst & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))
 l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
 S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
@@ -1699,7 +1699,7 @@ R[$dst] = l_r_1 & 0xffffffff  # arith.r1:711
 
 # IMUL_Rv_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:713
 _T173 = """\
-v_src = (R[$src] & 0xffff)  # arith.r1:717
+v_src = (R[$src] & 0xffff)  # arith.r1:716
 m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
 l_r_1 = (m_p_0 & 65535)  # arith.r1:647
 S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
@@ -1709,7 +1709,7 @@ R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:722
 # IMUL_Rv_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:713
 _T174 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # arith.r1:717
+v_src = rd16($seg, ea)  # arith.r1:716
 m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
 l_r_1 = (m_p_0 & 65535)  # arith.r1:647
 S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
@@ -1718,7 +1718,7 @@ R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:722
 
 # IMUL_Rv_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:713
 _T175 = """\
-v_src = R[$src]  # arith.r1:717
+v_src = R[$src]  # arith.r1:716
 m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
 l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
 S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
@@ -1728,7 +1728,7 @@ R[$dst] = l_r_1 & 0xffffffff  # arith.r1:722
 # IMUL_Rv_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:713
 _T176 = """\
 ea = $ea
-v_src = rd32($seg, ea)  # arith.r1:717
+v_src = rd32($seg, ea)  # arith.r1:716
 m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
 l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
 S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
@@ -1737,7 +1737,7 @@ R[$dst] = l_r_1 & 0xffffffff  # arith.r1:722
 
 # IMUL_Rv_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:724
 _T177 = """\
-v_src = (R[$src] & 0xffff)  # arith.r1:728
+v_src = (R[$src] & 0xffff)  # arith.r1:727
 m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
 l_r_1 = (m_p_0 & 65535)  # arith.r1:647
 S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
@@ -1747,7 +1747,7 @@ R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:733
 # IMUL_Rv_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:724
 _T178 = """\
 ea = $ea
-v_src = rd16($seg, ea)  # arith.r1:728
+v_src = rd16($seg, ea)  # arith.r1:727
 m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
 l_r_1 = (m_p_0 & 65535)  # arith.r1:647
 S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
@@ -1756,7 +1756,7 @@ R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:733
 
 # IMUL_Rv_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:724
 _T179 = """\
-v_src = R[$src]  # arith.r1:728
+v_src = R[$src]  # arith.r1:727
 m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
 l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
 S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
@@ -1766,7 +1766,7 @@ R[$dst] = l_r_1 & 0xffffffff  # arith.r1:733
 # IMUL_Rv_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:724
 _T180 = """\
 ea = $ea
-v_src = rd32($seg, ea)  # arith.r1:728
+v_src = rd32($seg, ea)  # arith.r1:727
 m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
 l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
 S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647

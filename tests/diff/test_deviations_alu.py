@@ -77,3 +77,20 @@ def test_bt_negative_offset_below_the_segment() -> None:
     assert o.ours.exception == 13 and o.theirs.exception is None
     d = deviations.explain(c, o)
     assert d is not None and d.name == "bt-segment-limit"
+
+
+def test_lock_on_instructions_that_do_not_take_it() -> None:
+    # SDM LOCK: #UD when LOCK prefixes an instruction other than the listed read-modify-write
+    # ones (ADD ADC AND BTC BTR BTS CMPXCHG DEC INC NEG NOT OR SBB SUB XOR XADD XCHG with a
+    # memory destination). Unicorn raises #UD for some (LOCK CMP, LOCK ADD r, m) but runs
+    # LOCK TEST, LOCK SHL and LOCK BT. The differential generator emits no LOCK prefix, so
+    # no deviation is recorded; this pins the interpreter's behaviour.
+    for code, form in (("f0 85 03", "TEST_RMv_Rv"), ("f0 d1 23", "SHL_RMv_1"), ("f0 0f a3 03", "BT_Mv_Rv")):
+        o = run_both(case(code, form, ebx=0x100))
+        assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh.CODE
+        assert o.theirs.exception is None
+    for code, form in (("f0 39 03", "CMP_RMv_Rv"), ("f0 01 c3", "ADD_RMv_Rv")):
+        o = run_both(case(code, form, ebx=0x100))
+        assert o.ours.exception == 6 and o.theirs.exception == 6
+    o = run_both(case("f0 0f ab 03", "BTS_Mv_Rv", ebx=0x100))
+    assert o.ours.exception is None and not differences(o)
