@@ -8,65 +8,2021 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# ADD_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:5
+# ADD_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:19
 _T0 = """\
-v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:8
-v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:8
-l_r_0 = ((v_dst + v_src) & 255)  # arith.r1:3
-S.cc = (1, v_dst, v_src, l_r_0)  # arith.r1:3
-R[$dst_r] = R[$dst_r] & $dst_k | (l_r_0 & 0xff) << $dst_s  # arith.r1:14
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:22
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:22
+l_a = v_dst  # arith.r1:28
+l_r = ((l_a + v_src) & 255)  # arith.r1:28
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:28
+S.cc = (1, l_a, v_src, l_r)  # arith.r1:28
 """
 
-# ADD_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:5
+# ADD_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:19
 _T1 = """\
 ea = $ea
-v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:8
-v_dst = rd8($seg, ea)  # arith.r1:8
-l_r_0 = ((v_dst + v_src) & 255)  # arith.r1:3
-S.cc = (1, v_dst, v_src, l_r_0)  # arith.r1:3
-wr8($seg, ea, l_r_0)  # arith.r1:14
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:22
+v_dst = rd8($seg, ea)  # arith.r1:22
+l_a = v_dst  # arith.r1:28
+l_r = ((l_a + v_src) & 255)  # arith.r1:28
+wr8($seg, ea, l_r)  # arith.r1:28
+S.cc = (1, l_a, v_src, l_r)  # arith.r1:28
 """
 
-# ADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:16
+# ADD_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:30
 _T2 = """\
-v_dst = (R[$dst] & 0xffff)  # arith.r1:19
-v_src = (R[$src] & 0xffff)  # arith.r1:19
-l_r_0 = ((v_dst + v_src) & 65535)  # arith.r1:3
-S.cc = (2, v_dst, v_src, l_r_0)  # arith.r1:3
-R[$dst] = R[$dst] & 0xffff0000 | l_r_0 & 0xffff  # arith.r1:25
+v_dst = (R[$dst] & 0xffff)  # arith.r1:33
+v_src = (R[$src] & 0xffff)  # arith.r1:33
+l_a = v_dst  # arith.r1:39
+l_r = ((l_a + v_src) & 65535)  # arith.r1:39
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:39
+S.cc = (2, l_a, v_src, l_r)  # arith.r1:39
 """
 
-# ADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:16
+# ADD_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:30
 _T3 = """\
 ea = $ea
-v_src = (R[$src] & 0xffff)  # arith.r1:19
-v_dst = rd16($seg, ea)  # arith.r1:19
-l_r_0 = ((v_dst + v_src) & 65535)  # arith.r1:3
-S.cc = (2, v_dst, v_src, l_r_0)  # arith.r1:3
-wr16($seg, ea, l_r_0)  # arith.r1:25
+v_src = (R[$src] & 0xffff)  # arith.r1:33
+v_dst = rd16($seg, ea)  # arith.r1:33
+l_a = v_dst  # arith.r1:39
+l_r = ((l_a + v_src) & 65535)  # arith.r1:39
+wr16($seg, ea, l_r)  # arith.r1:39
+S.cc = (2, l_a, v_src, l_r)  # arith.r1:39
 """
 
-# ADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:16
+# ADD_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:30
 _T4 = """\
-v_dst = R[$dst]  # arith.r1:19
-v_src = R[$src]  # arith.r1:19
-l_r_0 = ((v_dst + v_src) & 4294967295)  # arith.r1:3
-S.cc = (3, v_dst, v_src, l_r_0)  # arith.r1:3
-R[$dst] = l_r_0 & 0xffffffff  # arith.r1:25
+v_dst = R[$dst]  # arith.r1:33
+v_src = R[$src]  # arith.r1:33
+l_a = v_dst  # arith.r1:39
+l_r = ((l_a + v_src) & 4294967295)  # arith.r1:39
+R[$dst] = l_r & 0xffffffff  # arith.r1:39
+S.cc = (3, l_a, v_src, l_r)  # arith.r1:39
 """
 
-# ADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:16
+# ADD_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:30
 _T5 = """\
 ea = $ea
-v_src = R[$src]  # arith.r1:19
-v_dst = rd32($seg, ea)  # arith.r1:19
-l_r_0 = ((v_dst + v_src) & 4294967295)  # arith.r1:3
-S.cc = (3, v_dst, v_src, l_r_0)  # arith.r1:3
-wr32($seg, ea, l_r_0)  # arith.r1:25
+v_src = R[$src]  # arith.r1:33
+v_dst = rd32($seg, ea)  # arith.r1:33
+l_a = v_dst  # arith.r1:39
+l_r = ((l_a + v_src) & 4294967295)  # arith.r1:39
+wr32($seg, ea, l_r)  # arith.r1:39
+S.cc = (3, l_a, v_src, l_r)  # arith.r1:39
+"""
+
+# ADD_Rb_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:41
+_T6 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:44
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:44
+l_a = v_dst  # arith.r1:49
+l_r = ((l_a + v_src) & 255)  # arith.r1:49
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:49
+S.cc = (1, l_a, v_src, l_r)  # arith.r1:49
+"""
+
+# ADD_Rb_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:41
+_T7 = """\
+ea = $ea
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:44
+v_src = rd8($seg, ea)  # arith.r1:44
+l_a = v_dst  # arith.r1:49
+l_r = ((l_a + v_src) & 255)  # arith.r1:49
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:49
+S.cc = (1, l_a, v_src, l_r)  # arith.r1:49
+"""
+
+# ADD_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:51
+_T8 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:54
+v_src = (R[$src] & 0xffff)  # arith.r1:54
+l_a = v_dst  # arith.r1:59
+l_r = ((l_a + v_src) & 65535)  # arith.r1:59
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:59
+S.cc = (2, l_a, v_src, l_r)  # arith.r1:59
+"""
+
+# ADD_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:51
+_T9 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # arith.r1:54
+v_src = rd16($seg, ea)  # arith.r1:54
+l_a = v_dst  # arith.r1:59
+l_r = ((l_a + v_src) & 65535)  # arith.r1:59
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:59
+S.cc = (2, l_a, v_src, l_r)  # arith.r1:59
+"""
+
+# ADD_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:51
+_T10 = """\
+v_dst = R[$dst]  # arith.r1:54
+v_src = R[$src]  # arith.r1:54
+l_a = v_dst  # arith.r1:59
+l_r = ((l_a + v_src) & 4294967295)  # arith.r1:59
+R[$dst] = l_r & 0xffffffff  # arith.r1:59
+S.cc = (3, l_a, v_src, l_r)  # arith.r1:59
+"""
+
+# ADD_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:51
+_T11 = """\
+ea = $ea
+v_dst = R[$dst]  # arith.r1:54
+v_src = rd32($seg, ea)  # arith.r1:54
+l_a = v_dst  # arith.r1:59
+l_r = ((l_a + v_src) & 4294967295)  # arith.r1:59
+R[$dst] = l_r & 0xffffffff  # arith.r1:59
+S.cc = (3, l_a, v_src, l_r)  # arith.r1:59
+"""
+
+# ADD_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:61
+_T12 = """\
+v_dst = (R[0] & 0xff)  # arith.r1:64
+l_a = v_dst  # arith.r1:69
+l_r = ((l_a + $src) & 255)  # arith.r1:69
+R[0] = R[0] & 0xffffff00 | l_r & 0xff  # arith.r1:69
+S.cc = (1, l_a, $src, l_r)  # arith.r1:69
+"""
+
+# ADD_eAX_Iv [o16 a16, o16 a32] from spec/arith.r1:71
+_T13 = """\
+v_dst = (R[0] & 0xffff)  # arith.r1:74
+l_a = v_dst  # arith.r1:79
+l_r = ((l_a + $src) & 65535)  # arith.r1:79
+R[0] = R[0] & 0xffff0000 | l_r & 0xffff  # arith.r1:79
+S.cc = (2, l_a, $src, l_r)  # arith.r1:79
+"""
+
+# ADD_eAX_Iv [o32 a16, o32 a32] from spec/arith.r1:71
+_T14 = """\
+v_dst = R[0]  # arith.r1:74
+l_a = v_dst  # arith.r1:79
+l_r = ((l_a + $src) & 4294967295)  # arith.r1:79
+R[0] = l_r & 0xffffffff  # arith.r1:79
+S.cc = (3, l_a, $src, l_r)  # arith.r1:79
+"""
+
+# ADD_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:81
+_T15 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:84
+l_a = v_dst  # arith.r1:90
+l_r = ((l_a + $src) & 255)  # arith.r1:90
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:90
+S.cc = (1, l_a, $src, l_r)  # arith.r1:90
+"""
+
+# ADD_RMb_Ib [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:81
+_T16 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:84
+l_a = v_dst  # arith.r1:90
+l_r = ((l_a + $src) & 255)  # arith.r1:90
+wr8($seg, ea, l_r)  # arith.r1:90
+S.cc = (1, l_a, $src, l_r)  # arith.r1:90
+"""
+
+# ADD_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:92
+_T17 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:95
+l_a = v_dst  # arith.r1:101
+l_r = ((l_a + $src) & 65535)  # arith.r1:101
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:101
+S.cc = (2, l_a, $src, l_r)  # arith.r1:101
+"""
+
+# ADD_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:92
+_T18 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:95
+l_a = v_dst  # arith.r1:101
+l_r = ((l_a + $src) & 65535)  # arith.r1:101
+wr16($seg, ea, l_r)  # arith.r1:101
+S.cc = (2, l_a, $src, l_r)  # arith.r1:101
+"""
+
+# ADD_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:92
+_T19 = """\
+v_dst = R[$dst]  # arith.r1:95
+l_a = v_dst  # arith.r1:101
+l_r = ((l_a + $src) & 4294967295)  # arith.r1:101
+R[$dst] = l_r & 0xffffffff  # arith.r1:101
+S.cc = (3, l_a, $src, l_r)  # arith.r1:101
+"""
+
+# ADD_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:92
+_T20 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:95
+l_a = v_dst  # arith.r1:101
+l_r = ((l_a + $src) & 4294967295)  # arith.r1:101
+wr32($seg, ea, l_r)  # arith.r1:101
+S.cc = (3, l_a, $src, l_r)  # arith.r1:101
+"""
+
+# ADD_RMb_Ib_82 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:103
+_T21 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:106
+l_a = v_dst  # arith.r1:113
+l_r = ((l_a + $src) & 255)  # arith.r1:113
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:113
+S.cc = (1, l_a, $src, l_r)  # arith.r1:113
+"""
+
+# ADD_RMb_Ib_82 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:103
+_T22 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:106
+l_a = v_dst  # arith.r1:113
+l_r = ((l_a + $src) & 255)  # arith.r1:113
+wr8($seg, ea, l_r)  # arith.r1:113
+S.cc = (1, l_a, $src, l_r)  # arith.r1:113
+"""
+
+# ADD_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:115
+_T23 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:118
+l_a = v_dst  # arith.r1:124
+l_r = ((l_a + $src) & 65535)  # arith.r1:124
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:124
+S.cc = (2, l_a, $src, l_r)  # arith.r1:124
+"""
+
+# ADD_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:115
+_T24 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:118
+l_a = v_dst  # arith.r1:124
+l_r = ((l_a + $src) & 65535)  # arith.r1:124
+wr16($seg, ea, l_r)  # arith.r1:124
+S.cc = (2, l_a, $src, l_r)  # arith.r1:124
+"""
+
+# ADD_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:115
+_T25 = """\
+v_dst = R[$dst]  # arith.r1:118
+l_a = v_dst  # arith.r1:124
+l_r = ((l_a + $src) & 4294967295)  # arith.r1:124
+R[$dst] = l_r & 0xffffffff  # arith.r1:124
+S.cc = (3, l_a, $src, l_r)  # arith.r1:124
+"""
+
+# ADD_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:115
+_T26 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:118
+l_a = v_dst  # arith.r1:124
+l_r = ((l_a + $src) & 4294967295)  # arith.r1:124
+wr32($seg, ea, l_r)  # arith.r1:124
+S.cc = (3, l_a, $src, l_r)  # arith.r1:124
+"""
+
+# ADC_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:127
+_T27 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:130
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:130
+l_a = v_dst  # arith.r1:136
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:136
+l_r = (((l_a + v_src) + l_c) & 255)  # arith.r1:136
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:136
+S.cc = (4, l_a, v_src, l_r, l_c)  # arith.r1:136
+"""
+
+# ADC_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:127
+_T28 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:130
+v_dst = rd8($seg, ea)  # arith.r1:130
+l_a = v_dst  # arith.r1:136
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:136
+l_r = (((l_a + v_src) + l_c) & 255)  # arith.r1:136
+wr8($seg, ea, l_r)  # arith.r1:136
+S.cc = (4, l_a, v_src, l_r, l_c)  # arith.r1:136
+"""
+
+# ADC_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:138
+_T29 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:141
+v_src = (R[$src] & 0xffff)  # arith.r1:141
+l_a = v_dst  # arith.r1:147
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:147
+l_r = (((l_a + v_src) + l_c) & 65535)  # arith.r1:147
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:147
+S.cc = (5, l_a, v_src, l_r, l_c)  # arith.r1:147
+"""
+
+# ADC_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:138
+_T30 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # arith.r1:141
+v_dst = rd16($seg, ea)  # arith.r1:141
+l_a = v_dst  # arith.r1:147
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:147
+l_r = (((l_a + v_src) + l_c) & 65535)  # arith.r1:147
+wr16($seg, ea, l_r)  # arith.r1:147
+S.cc = (5, l_a, v_src, l_r, l_c)  # arith.r1:147
+"""
+
+# ADC_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:138
+_T31 = """\
+v_dst = R[$dst]  # arith.r1:141
+v_src = R[$src]  # arith.r1:141
+l_a = v_dst  # arith.r1:147
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:147
+l_r = (((l_a + v_src) + l_c) & 4294967295)  # arith.r1:147
+R[$dst] = l_r & 0xffffffff  # arith.r1:147
+S.cc = (6, l_a, v_src, l_r, l_c)  # arith.r1:147
+"""
+
+# ADC_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:138
+_T32 = """\
+ea = $ea
+v_src = R[$src]  # arith.r1:141
+v_dst = rd32($seg, ea)  # arith.r1:141
+l_a = v_dst  # arith.r1:147
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:147
+l_r = (((l_a + v_src) + l_c) & 4294967295)  # arith.r1:147
+wr32($seg, ea, l_r)  # arith.r1:147
+S.cc = (6, l_a, v_src, l_r, l_c)  # arith.r1:147
+"""
+
+# ADC_Rb_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:149
+_T33 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:152
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:152
+l_a = v_dst  # arith.r1:157
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:157
+l_r = (((l_a + v_src) + l_c) & 255)  # arith.r1:157
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:157
+S.cc = (4, l_a, v_src, l_r, l_c)  # arith.r1:157
+"""
+
+# ADC_Rb_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:149
+_T34 = """\
+ea = $ea
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:152
+v_src = rd8($seg, ea)  # arith.r1:152
+l_a = v_dst  # arith.r1:157
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:157
+l_r = (((l_a + v_src) + l_c) & 255)  # arith.r1:157
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:157
+S.cc = (4, l_a, v_src, l_r, l_c)  # arith.r1:157
+"""
+
+# ADC_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:159
+_T35 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:162
+v_src = (R[$src] & 0xffff)  # arith.r1:162
+l_a = v_dst  # arith.r1:167
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:167
+l_r = (((l_a + v_src) + l_c) & 65535)  # arith.r1:167
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:167
+S.cc = (5, l_a, v_src, l_r, l_c)  # arith.r1:167
+"""
+
+# ADC_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:159
+_T36 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # arith.r1:162
+v_src = rd16($seg, ea)  # arith.r1:162
+l_a = v_dst  # arith.r1:167
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:167
+l_r = (((l_a + v_src) + l_c) & 65535)  # arith.r1:167
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:167
+S.cc = (5, l_a, v_src, l_r, l_c)  # arith.r1:167
+"""
+
+# ADC_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:159
+_T37 = """\
+v_dst = R[$dst]  # arith.r1:162
+v_src = R[$src]  # arith.r1:162
+l_a = v_dst  # arith.r1:167
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:167
+l_r = (((l_a + v_src) + l_c) & 4294967295)  # arith.r1:167
+R[$dst] = l_r & 0xffffffff  # arith.r1:167
+S.cc = (6, l_a, v_src, l_r, l_c)  # arith.r1:167
+"""
+
+# ADC_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:159
+_T38 = """\
+ea = $ea
+v_dst = R[$dst]  # arith.r1:162
+v_src = rd32($seg, ea)  # arith.r1:162
+l_a = v_dst  # arith.r1:167
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:167
+l_r = (((l_a + v_src) + l_c) & 4294967295)  # arith.r1:167
+R[$dst] = l_r & 0xffffffff  # arith.r1:167
+S.cc = (6, l_a, v_src, l_r, l_c)  # arith.r1:167
+"""
+
+# ADC_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:169
+_T39 = """\
+v_dst = (R[0] & 0xff)  # arith.r1:172
+l_a = v_dst  # arith.r1:177
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:177
+l_r = (((l_a + $src) + l_c) & 255)  # arith.r1:177
+R[0] = R[0] & 0xffffff00 | l_r & 0xff  # arith.r1:177
+S.cc = (4, l_a, $src, l_r, l_c)  # arith.r1:177
+"""
+
+# ADC_eAX_Iv [o16 a16, o16 a32] from spec/arith.r1:179
+_T40 = """\
+v_dst = (R[0] & 0xffff)  # arith.r1:182
+l_a = v_dst  # arith.r1:187
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:187
+l_r = (((l_a + $src) + l_c) & 65535)  # arith.r1:187
+R[0] = R[0] & 0xffff0000 | l_r & 0xffff  # arith.r1:187
+S.cc = (5, l_a, $src, l_r, l_c)  # arith.r1:187
+"""
+
+# ADC_eAX_Iv [o32 a16, o32 a32] from spec/arith.r1:179
+_T41 = """\
+v_dst = R[0]  # arith.r1:182
+l_a = v_dst  # arith.r1:187
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:187
+l_r = (((l_a + $src) + l_c) & 4294967295)  # arith.r1:187
+R[0] = l_r & 0xffffffff  # arith.r1:187
+S.cc = (6, l_a, $src, l_r, l_c)  # arith.r1:187
+"""
+
+# ADC_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:189
+_T42 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:192
+l_a = v_dst  # arith.r1:198
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:198
+l_r = (((l_a + $src) + l_c) & 255)  # arith.r1:198
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:198
+S.cc = (4, l_a, $src, l_r, l_c)  # arith.r1:198
+"""
+
+# ADC_RMb_Ib [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:189
+_T43 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:192
+l_a = v_dst  # arith.r1:198
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:198
+l_r = (((l_a + $src) + l_c) & 255)  # arith.r1:198
+wr8($seg, ea, l_r)  # arith.r1:198
+S.cc = (4, l_a, $src, l_r, l_c)  # arith.r1:198
+"""
+
+# ADC_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:200
+_T44 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:203
+l_a = v_dst  # arith.r1:209
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:209
+l_r = (((l_a + $src) + l_c) & 65535)  # arith.r1:209
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:209
+S.cc = (5, l_a, $src, l_r, l_c)  # arith.r1:209
+"""
+
+# ADC_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:200
+_T45 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:203
+l_a = v_dst  # arith.r1:209
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:209
+l_r = (((l_a + $src) + l_c) & 65535)  # arith.r1:209
+wr16($seg, ea, l_r)  # arith.r1:209
+S.cc = (5, l_a, $src, l_r, l_c)  # arith.r1:209
+"""
+
+# ADC_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:200
+_T46 = """\
+v_dst = R[$dst]  # arith.r1:203
+l_a = v_dst  # arith.r1:209
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:209
+l_r = (((l_a + $src) + l_c) & 4294967295)  # arith.r1:209
+R[$dst] = l_r & 0xffffffff  # arith.r1:209
+S.cc = (6, l_a, $src, l_r, l_c)  # arith.r1:209
+"""
+
+# ADC_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:200
+_T47 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:203
+l_a = v_dst  # arith.r1:209
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:209
+l_r = (((l_a + $src) + l_c) & 4294967295)  # arith.r1:209
+wr32($seg, ea, l_r)  # arith.r1:209
+S.cc = (6, l_a, $src, l_r, l_c)  # arith.r1:209
+"""
+
+# ADC_RMb_Ib_82 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:211
+_T48 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:214
+l_a = v_dst  # arith.r1:221
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:221
+l_r = (((l_a + $src) + l_c) & 255)  # arith.r1:221
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:221
+S.cc = (4, l_a, $src, l_r, l_c)  # arith.r1:221
+"""
+
+# ADC_RMb_Ib_82 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:211
+_T49 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:214
+l_a = v_dst  # arith.r1:221
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:221
+l_r = (((l_a + $src) + l_c) & 255)  # arith.r1:221
+wr8($seg, ea, l_r)  # arith.r1:221
+S.cc = (4, l_a, $src, l_r, l_c)  # arith.r1:221
+"""
+
+# ADC_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:223
+_T50 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:226
+l_a = v_dst  # arith.r1:232
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:232
+l_r = (((l_a + $src) + l_c) & 65535)  # arith.r1:232
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:232
+S.cc = (5, l_a, $src, l_r, l_c)  # arith.r1:232
+"""
+
+# ADC_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:223
+_T51 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:226
+l_a = v_dst  # arith.r1:232
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:232
+l_r = (((l_a + $src) + l_c) & 65535)  # arith.r1:232
+wr16($seg, ea, l_r)  # arith.r1:232
+S.cc = (5, l_a, $src, l_r, l_c)  # arith.r1:232
+"""
+
+# ADC_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:223
+_T52 = """\
+v_dst = R[$dst]  # arith.r1:226
+l_a = v_dst  # arith.r1:232
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:232
+l_r = (((l_a + $src) + l_c) & 4294967295)  # arith.r1:232
+R[$dst] = l_r & 0xffffffff  # arith.r1:232
+S.cc = (6, l_a, $src, l_r, l_c)  # arith.r1:232
+"""
+
+# ADC_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:223
+_T53 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:226
+l_a = v_dst  # arith.r1:232
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:232
+l_r = (((l_a + $src) + l_c) & 4294967295)  # arith.r1:232
+wr32($seg, ea, l_r)  # arith.r1:232
+S.cc = (6, l_a, $src, l_r, l_c)  # arith.r1:232
+"""
+
+# SUB_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:235
+_T54 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:238
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:238
+l_a = v_dst  # arith.r1:244
+l_r = ((l_a - v_src) & 255)  # arith.r1:244
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:244
+S.cc = (7, l_a, v_src, l_r)  # arith.r1:244
+"""
+
+# SUB_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:235
+_T55 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:238
+v_dst = rd8($seg, ea)  # arith.r1:238
+l_a = v_dst  # arith.r1:244
+l_r = ((l_a - v_src) & 255)  # arith.r1:244
+wr8($seg, ea, l_r)  # arith.r1:244
+S.cc = (7, l_a, v_src, l_r)  # arith.r1:244
+"""
+
+# SUB_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:246
+_T56 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:249
+v_src = (R[$src] & 0xffff)  # arith.r1:249
+l_a = v_dst  # arith.r1:255
+l_r = ((l_a - v_src) & 65535)  # arith.r1:255
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:255
+S.cc = (8, l_a, v_src, l_r)  # arith.r1:255
+"""
+
+# SUB_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:246
+_T57 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # arith.r1:249
+v_dst = rd16($seg, ea)  # arith.r1:249
+l_a = v_dst  # arith.r1:255
+l_r = ((l_a - v_src) & 65535)  # arith.r1:255
+wr16($seg, ea, l_r)  # arith.r1:255
+S.cc = (8, l_a, v_src, l_r)  # arith.r1:255
+"""
+
+# SUB_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:246
+_T58 = """\
+v_dst = R[$dst]  # arith.r1:249
+v_src = R[$src]  # arith.r1:249
+l_a = v_dst  # arith.r1:255
+l_r = ((l_a - v_src) & 4294967295)  # arith.r1:255
+R[$dst] = l_r & 0xffffffff  # arith.r1:255
+S.cc = (9, l_a, v_src, l_r)  # arith.r1:255
+"""
+
+# SUB_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:246
+_T59 = """\
+ea = $ea
+v_src = R[$src]  # arith.r1:249
+v_dst = rd32($seg, ea)  # arith.r1:249
+l_a = v_dst  # arith.r1:255
+l_r = ((l_a - v_src) & 4294967295)  # arith.r1:255
+wr32($seg, ea, l_r)  # arith.r1:255
+S.cc = (9, l_a, v_src, l_r)  # arith.r1:255
+"""
+
+# SUB_Rb_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:257
+_T60 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:260
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:260
+l_a = v_dst  # arith.r1:265
+l_r = ((l_a - v_src) & 255)  # arith.r1:265
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:265
+S.cc = (7, l_a, v_src, l_r)  # arith.r1:265
+"""
+
+# SUB_Rb_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:257
+_T61 = """\
+ea = $ea
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:260
+v_src = rd8($seg, ea)  # arith.r1:260
+l_a = v_dst  # arith.r1:265
+l_r = ((l_a - v_src) & 255)  # arith.r1:265
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:265
+S.cc = (7, l_a, v_src, l_r)  # arith.r1:265
+"""
+
+# SUB_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:267
+_T62 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:270
+v_src = (R[$src] & 0xffff)  # arith.r1:270
+l_a = v_dst  # arith.r1:275
+l_r = ((l_a - v_src) & 65535)  # arith.r1:275
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:275
+S.cc = (8, l_a, v_src, l_r)  # arith.r1:275
+"""
+
+# SUB_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:267
+_T63 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # arith.r1:270
+v_src = rd16($seg, ea)  # arith.r1:270
+l_a = v_dst  # arith.r1:275
+l_r = ((l_a - v_src) & 65535)  # arith.r1:275
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:275
+S.cc = (8, l_a, v_src, l_r)  # arith.r1:275
+"""
+
+# SUB_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:267
+_T64 = """\
+v_dst = R[$dst]  # arith.r1:270
+v_src = R[$src]  # arith.r1:270
+l_a = v_dst  # arith.r1:275
+l_r = ((l_a - v_src) & 4294967295)  # arith.r1:275
+R[$dst] = l_r & 0xffffffff  # arith.r1:275
+S.cc = (9, l_a, v_src, l_r)  # arith.r1:275
+"""
+
+# SUB_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:267
+_T65 = """\
+ea = $ea
+v_dst = R[$dst]  # arith.r1:270
+v_src = rd32($seg, ea)  # arith.r1:270
+l_a = v_dst  # arith.r1:275
+l_r = ((l_a - v_src) & 4294967295)  # arith.r1:275
+R[$dst] = l_r & 0xffffffff  # arith.r1:275
+S.cc = (9, l_a, v_src, l_r)  # arith.r1:275
+"""
+
+# SUB_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:277
+_T66 = """\
+v_dst = (R[0] & 0xff)  # arith.r1:280
+l_a = v_dst  # arith.r1:285
+l_r = ((l_a - $src) & 255)  # arith.r1:285
+R[0] = R[0] & 0xffffff00 | l_r & 0xff  # arith.r1:285
+S.cc = (7, l_a, $src, l_r)  # arith.r1:285
+"""
+
+# SUB_eAX_Iv [o16 a16, o16 a32] from spec/arith.r1:287
+_T67 = """\
+v_dst = (R[0] & 0xffff)  # arith.r1:290
+l_a = v_dst  # arith.r1:295
+l_r = ((l_a - $src) & 65535)  # arith.r1:295
+R[0] = R[0] & 0xffff0000 | l_r & 0xffff  # arith.r1:295
+S.cc = (8, l_a, $src, l_r)  # arith.r1:295
+"""
+
+# SUB_eAX_Iv [o32 a16, o32 a32] from spec/arith.r1:287
+_T68 = """\
+v_dst = R[0]  # arith.r1:290
+l_a = v_dst  # arith.r1:295
+l_r = ((l_a - $src) & 4294967295)  # arith.r1:295
+R[0] = l_r & 0xffffffff  # arith.r1:295
+S.cc = (9, l_a, $src, l_r)  # arith.r1:295
+"""
+
+# SUB_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:297
+_T69 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:300
+l_a = v_dst  # arith.r1:306
+l_r = ((l_a - $src) & 255)  # arith.r1:306
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:306
+S.cc = (7, l_a, $src, l_r)  # arith.r1:306
+"""
+
+# SUB_RMb_Ib [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:297
+_T70 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:300
+l_a = v_dst  # arith.r1:306
+l_r = ((l_a - $src) & 255)  # arith.r1:306
+wr8($seg, ea, l_r)  # arith.r1:306
+S.cc = (7, l_a, $src, l_r)  # arith.r1:306
+"""
+
+# SUB_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:308
+_T71 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:311
+l_a = v_dst  # arith.r1:317
+l_r = ((l_a - $src) & 65535)  # arith.r1:317
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:317
+S.cc = (8, l_a, $src, l_r)  # arith.r1:317
+"""
+
+# SUB_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:308
+_T72 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:311
+l_a = v_dst  # arith.r1:317
+l_r = ((l_a - $src) & 65535)  # arith.r1:317
+wr16($seg, ea, l_r)  # arith.r1:317
+S.cc = (8, l_a, $src, l_r)  # arith.r1:317
+"""
+
+# SUB_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:308
+_T73 = """\
+v_dst = R[$dst]  # arith.r1:311
+l_a = v_dst  # arith.r1:317
+l_r = ((l_a - $src) & 4294967295)  # arith.r1:317
+R[$dst] = l_r & 0xffffffff  # arith.r1:317
+S.cc = (9, l_a, $src, l_r)  # arith.r1:317
+"""
+
+# SUB_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:308
+_T74 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:311
+l_a = v_dst  # arith.r1:317
+l_r = ((l_a - $src) & 4294967295)  # arith.r1:317
+wr32($seg, ea, l_r)  # arith.r1:317
+S.cc = (9, l_a, $src, l_r)  # arith.r1:317
+"""
+
+# SUB_RMb_Ib_82 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:319
+_T75 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:322
+l_a = v_dst  # arith.r1:329
+l_r = ((l_a - $src) & 255)  # arith.r1:329
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:329
+S.cc = (7, l_a, $src, l_r)  # arith.r1:329
+"""
+
+# SUB_RMb_Ib_82 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:319
+_T76 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:322
+l_a = v_dst  # arith.r1:329
+l_r = ((l_a - $src) & 255)  # arith.r1:329
+wr8($seg, ea, l_r)  # arith.r1:329
+S.cc = (7, l_a, $src, l_r)  # arith.r1:329
+"""
+
+# SUB_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:331
+_T77 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:334
+l_a = v_dst  # arith.r1:340
+l_r = ((l_a - $src) & 65535)  # arith.r1:340
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:340
+S.cc = (8, l_a, $src, l_r)  # arith.r1:340
+"""
+
+# SUB_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:331
+_T78 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:334
+l_a = v_dst  # arith.r1:340
+l_r = ((l_a - $src) & 65535)  # arith.r1:340
+wr16($seg, ea, l_r)  # arith.r1:340
+S.cc = (8, l_a, $src, l_r)  # arith.r1:340
+"""
+
+# SUB_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:331
+_T79 = """\
+v_dst = R[$dst]  # arith.r1:334
+l_a = v_dst  # arith.r1:340
+l_r = ((l_a - $src) & 4294967295)  # arith.r1:340
+R[$dst] = l_r & 0xffffffff  # arith.r1:340
+S.cc = (9, l_a, $src, l_r)  # arith.r1:340
+"""
+
+# SUB_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:331
+_T80 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:334
+l_a = v_dst  # arith.r1:340
+l_r = ((l_a - $src) & 4294967295)  # arith.r1:340
+wr32($seg, ea, l_r)  # arith.r1:340
+S.cc = (9, l_a, $src, l_r)  # arith.r1:340
+"""
+
+# SBB_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:343
+_T81 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:346
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:346
+l_a = v_dst  # arith.r1:352
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:352
+l_r = (((l_a - v_src) - l_c) & 255)  # arith.r1:352
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:352
+S.cc = (10, l_a, v_src, l_r, l_c)  # arith.r1:352
+"""
+
+# SBB_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:343
+_T82 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:346
+v_dst = rd8($seg, ea)  # arith.r1:346
+l_a = v_dst  # arith.r1:352
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:352
+l_r = (((l_a - v_src) - l_c) & 255)  # arith.r1:352
+wr8($seg, ea, l_r)  # arith.r1:352
+S.cc = (10, l_a, v_src, l_r, l_c)  # arith.r1:352
+"""
+
+# SBB_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:354
+_T83 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:357
+v_src = (R[$src] & 0xffff)  # arith.r1:357
+l_a = v_dst  # arith.r1:363
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:363
+l_r = (((l_a - v_src) - l_c) & 65535)  # arith.r1:363
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:363
+S.cc = (11, l_a, v_src, l_r, l_c)  # arith.r1:363
+"""
+
+# SBB_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:354
+_T84 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # arith.r1:357
+v_dst = rd16($seg, ea)  # arith.r1:357
+l_a = v_dst  # arith.r1:363
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:363
+l_r = (((l_a - v_src) - l_c) & 65535)  # arith.r1:363
+wr16($seg, ea, l_r)  # arith.r1:363
+S.cc = (11, l_a, v_src, l_r, l_c)  # arith.r1:363
+"""
+
+# SBB_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:354
+_T85 = """\
+v_dst = R[$dst]  # arith.r1:357
+v_src = R[$src]  # arith.r1:357
+l_a = v_dst  # arith.r1:363
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:363
+l_r = (((l_a - v_src) - l_c) & 4294967295)  # arith.r1:363
+R[$dst] = l_r & 0xffffffff  # arith.r1:363
+S.cc = (12, l_a, v_src, l_r, l_c)  # arith.r1:363
+"""
+
+# SBB_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:354
+_T86 = """\
+ea = $ea
+v_src = R[$src]  # arith.r1:357
+v_dst = rd32($seg, ea)  # arith.r1:357
+l_a = v_dst  # arith.r1:363
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:363
+l_r = (((l_a - v_src) - l_c) & 4294967295)  # arith.r1:363
+wr32($seg, ea, l_r)  # arith.r1:363
+S.cc = (12, l_a, v_src, l_r, l_c)  # arith.r1:363
+"""
+
+# SBB_Rb_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:365
+_T87 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:368
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:368
+l_a = v_dst  # arith.r1:373
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:373
+l_r = (((l_a - v_src) - l_c) & 255)  # arith.r1:373
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:373
+S.cc = (10, l_a, v_src, l_r, l_c)  # arith.r1:373
+"""
+
+# SBB_Rb_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:365
+_T88 = """\
+ea = $ea
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:368
+v_src = rd8($seg, ea)  # arith.r1:368
+l_a = v_dst  # arith.r1:373
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:373
+l_r = (((l_a - v_src) - l_c) & 255)  # arith.r1:373
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:373
+S.cc = (10, l_a, v_src, l_r, l_c)  # arith.r1:373
+"""
+
+# SBB_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:375
+_T89 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:378
+v_src = (R[$src] & 0xffff)  # arith.r1:378
+l_a = v_dst  # arith.r1:383
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:383
+l_r = (((l_a - v_src) - l_c) & 65535)  # arith.r1:383
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:383
+S.cc = (11, l_a, v_src, l_r, l_c)  # arith.r1:383
+"""
+
+# SBB_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:375
+_T90 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # arith.r1:378
+v_src = rd16($seg, ea)  # arith.r1:378
+l_a = v_dst  # arith.r1:383
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:383
+l_r = (((l_a - v_src) - l_c) & 65535)  # arith.r1:383
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:383
+S.cc = (11, l_a, v_src, l_r, l_c)  # arith.r1:383
+"""
+
+# SBB_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:375
+_T91 = """\
+v_dst = R[$dst]  # arith.r1:378
+v_src = R[$src]  # arith.r1:378
+l_a = v_dst  # arith.r1:383
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:383
+l_r = (((l_a - v_src) - l_c) & 4294967295)  # arith.r1:383
+R[$dst] = l_r & 0xffffffff  # arith.r1:383
+S.cc = (12, l_a, v_src, l_r, l_c)  # arith.r1:383
+"""
+
+# SBB_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:375
+_T92 = """\
+ea = $ea
+v_dst = R[$dst]  # arith.r1:378
+v_src = rd32($seg, ea)  # arith.r1:378
+l_a = v_dst  # arith.r1:383
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:383
+l_r = (((l_a - v_src) - l_c) & 4294967295)  # arith.r1:383
+R[$dst] = l_r & 0xffffffff  # arith.r1:383
+S.cc = (12, l_a, v_src, l_r, l_c)  # arith.r1:383
+"""
+
+# SBB_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:385
+_T93 = """\
+v_dst = (R[0] & 0xff)  # arith.r1:388
+l_a = v_dst  # arith.r1:393
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:393
+l_r = (((l_a - $src) - l_c) & 255)  # arith.r1:393
+R[0] = R[0] & 0xffffff00 | l_r & 0xff  # arith.r1:393
+S.cc = (10, l_a, $src, l_r, l_c)  # arith.r1:393
+"""
+
+# SBB_eAX_Iv [o16 a16, o16 a32] from spec/arith.r1:395
+_T94 = """\
+v_dst = (R[0] & 0xffff)  # arith.r1:398
+l_a = v_dst  # arith.r1:403
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:403
+l_r = (((l_a - $src) - l_c) & 65535)  # arith.r1:403
+R[0] = R[0] & 0xffff0000 | l_r & 0xffff  # arith.r1:403
+S.cc = (11, l_a, $src, l_r, l_c)  # arith.r1:403
+"""
+
+# SBB_eAX_Iv [o32 a16, o32 a32] from spec/arith.r1:395
+_T95 = """\
+v_dst = R[0]  # arith.r1:398
+l_a = v_dst  # arith.r1:403
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:403
+l_r = (((l_a - $src) - l_c) & 4294967295)  # arith.r1:403
+R[0] = l_r & 0xffffffff  # arith.r1:403
+S.cc = (12, l_a, $src, l_r, l_c)  # arith.r1:403
+"""
+
+# SBB_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:405
+_T96 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:408
+l_a = v_dst  # arith.r1:414
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:414
+l_r = (((l_a - $src) - l_c) & 255)  # arith.r1:414
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:414
+S.cc = (10, l_a, $src, l_r, l_c)  # arith.r1:414
+"""
+
+# SBB_RMb_Ib [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:405
+_T97 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:408
+l_a = v_dst  # arith.r1:414
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:414
+l_r = (((l_a - $src) - l_c) & 255)  # arith.r1:414
+wr8($seg, ea, l_r)  # arith.r1:414
+S.cc = (10, l_a, $src, l_r, l_c)  # arith.r1:414
+"""
+
+# SBB_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:416
+_T98 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:419
+l_a = v_dst  # arith.r1:425
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:425
+l_r = (((l_a - $src) - l_c) & 65535)  # arith.r1:425
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:425
+S.cc = (11, l_a, $src, l_r, l_c)  # arith.r1:425
+"""
+
+# SBB_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:416
+_T99 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:419
+l_a = v_dst  # arith.r1:425
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:425
+l_r = (((l_a - $src) - l_c) & 65535)  # arith.r1:425
+wr16($seg, ea, l_r)  # arith.r1:425
+S.cc = (11, l_a, $src, l_r, l_c)  # arith.r1:425
+"""
+
+# SBB_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:416
+_T100 = """\
+v_dst = R[$dst]  # arith.r1:419
+l_a = v_dst  # arith.r1:425
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:425
+l_r = (((l_a - $src) - l_c) & 4294967295)  # arith.r1:425
+R[$dst] = l_r & 0xffffffff  # arith.r1:425
+S.cc = (12, l_a, $src, l_r, l_c)  # arith.r1:425
+"""
+
+# SBB_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:416
+_T101 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:419
+l_a = v_dst  # arith.r1:425
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:425
+l_r = (((l_a - $src) - l_c) & 4294967295)  # arith.r1:425
+wr32($seg, ea, l_r)  # arith.r1:425
+S.cc = (12, l_a, $src, l_r, l_c)  # arith.r1:425
+"""
+
+# SBB_RMb_Ib_82 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:427
+_T102 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:430
+l_a = v_dst  # arith.r1:437
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:437
+l_r = (((l_a - $src) - l_c) & 255)  # arith.r1:437
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:437
+S.cc = (10, l_a, $src, l_r, l_c)  # arith.r1:437
+"""
+
+# SBB_RMb_Ib_82 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:427
+_T103 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:430
+l_a = v_dst  # arith.r1:437
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:437
+l_r = (((l_a - $src) - l_c) & 255)  # arith.r1:437
+wr8($seg, ea, l_r)  # arith.r1:437
+S.cc = (10, l_a, $src, l_r, l_c)  # arith.r1:437
+"""
+
+# SBB_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:439
+_T104 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:442
+l_a = v_dst  # arith.r1:448
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:448
+l_r = (((l_a - $src) - l_c) & 65535)  # arith.r1:448
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:448
+S.cc = (11, l_a, $src, l_r, l_c)  # arith.r1:448
+"""
+
+# SBB_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:439
+_T105 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:442
+l_a = v_dst  # arith.r1:448
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:448
+l_r = (((l_a - $src) - l_c) & 65535)  # arith.r1:448
+wr16($seg, ea, l_r)  # arith.r1:448
+S.cc = (11, l_a, $src, l_r, l_c)  # arith.r1:448
+"""
+
+# SBB_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:439
+_T106 = """\
+v_dst = R[$dst]  # arith.r1:442
+l_a = v_dst  # arith.r1:448
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:448
+l_r = (((l_a - $src) - l_c) & 4294967295)  # arith.r1:448
+R[$dst] = l_r & 0xffffffff  # arith.r1:448
+S.cc = (12, l_a, $src, l_r, l_c)  # arith.r1:448
+"""
+
+# SBB_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:439
+_T107 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:442
+l_a = v_dst  # arith.r1:448
+l_c = GET_CF[S.cc[0]](S.cc)  # arith.r1:448
+l_r = (((l_a - $src) - l_c) & 4294967295)  # arith.r1:448
+wr32($seg, ea, l_r)  # arith.r1:448
+S.cc = (12, l_a, $src, l_r, l_c)  # arith.r1:448
+"""
+
+# CMP_RMb_Rb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:451
+_T108 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:454
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:454
+S.cc = (7, v_dst, v_src, ((v_dst - v_src) & 255))  # arith.r1:459
+"""
+
+# CMP_RMb_Rb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:451
+_T109 = """\
+ea = $ea
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:454
+v_dst = rd8($seg, ea)  # arith.r1:454
+S.cc = (7, v_dst, v_src, ((v_dst - v_src) & 255))  # arith.r1:459
+"""
+
+# CMP_RMv_Rv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:461
+_T110 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:464
+v_src = (R[$src] & 0xffff)  # arith.r1:464
+S.cc = (8, v_dst, v_src, ((v_dst - v_src) & 65535))  # arith.r1:469
+"""
+
+# CMP_RMv_Rv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:461
+_T111 = """\
+ea = $ea
+v_src = (R[$src] & 0xffff)  # arith.r1:464
+v_dst = rd16($seg, ea)  # arith.r1:464
+S.cc = (8, v_dst, v_src, ((v_dst - v_src) & 65535))  # arith.r1:469
+"""
+
+# CMP_RMv_Rv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:461
+_T112 = """\
+v_dst = R[$dst]  # arith.r1:464
+v_src = R[$src]  # arith.r1:464
+S.cc = (9, v_dst, v_src, ((v_dst - v_src) & 4294967295))  # arith.r1:469
+"""
+
+# CMP_RMv_Rv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:461
+_T113 = """\
+ea = $ea
+v_src = R[$src]  # arith.r1:464
+v_dst = rd32($seg, ea)  # arith.r1:464
+S.cc = (9, v_dst, v_src, ((v_dst - v_src) & 4294967295))  # arith.r1:469
+"""
+
+# CMP_Rb_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:471
+_T114 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:474
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:474
+S.cc = (7, v_dst, v_src, ((v_dst - v_src) & 255))  # arith.r1:479
+"""
+
+# CMP_Rb_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:471
+_T115 = """\
+ea = $ea
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:474
+v_src = rd8($seg, ea)  # arith.r1:474
+S.cc = (7, v_dst, v_src, ((v_dst - v_src) & 255))  # arith.r1:479
+"""
+
+# CMP_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:481
+_T116 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:484
+v_src = (R[$src] & 0xffff)  # arith.r1:484
+S.cc = (8, v_dst, v_src, ((v_dst - v_src) & 65535))  # arith.r1:489
+"""
+
+# CMP_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:481
+_T117 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # arith.r1:484
+v_src = rd16($seg, ea)  # arith.r1:484
+S.cc = (8, v_dst, v_src, ((v_dst - v_src) & 65535))  # arith.r1:489
+"""
+
+# CMP_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:481
+_T118 = """\
+v_dst = R[$dst]  # arith.r1:484
+v_src = R[$src]  # arith.r1:484
+S.cc = (9, v_dst, v_src, ((v_dst - v_src) & 4294967295))  # arith.r1:489
+"""
+
+# CMP_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:481
+_T119 = """\
+ea = $ea
+v_dst = R[$dst]  # arith.r1:484
+v_src = rd32($seg, ea)  # arith.r1:484
+S.cc = (9, v_dst, v_src, ((v_dst - v_src) & 4294967295))  # arith.r1:489
+"""
+
+# CMP_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:491
+_T120 = """\
+v_dst = (R[0] & 0xff)  # arith.r1:494
+S.cc = (7, v_dst, $src, ((v_dst - $src) & 255))  # arith.r1:499
+"""
+
+# CMP_eAX_Iv [o16 a16, o16 a32] from spec/arith.r1:501
+_T121 = """\
+v_dst = (R[0] & 0xffff)  # arith.r1:504
+S.cc = (8, v_dst, $src, ((v_dst - $src) & 65535))  # arith.r1:509
+"""
+
+# CMP_eAX_Iv [o32 a16, o32 a32] from spec/arith.r1:501
+_T122 = """\
+v_dst = R[0]  # arith.r1:504
+S.cc = (9, v_dst, $src, ((v_dst - $src) & 4294967295))  # arith.r1:509
+"""
+
+# CMP_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:511
+_T123 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:514
+S.cc = (7, v_dst, $src, ((v_dst - $src) & 255))  # arith.r1:519
+"""
+
+# CMP_RMb_Ib [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:511
+_T124 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:514
+S.cc = (7, v_dst, $src, ((v_dst - $src) & 255))  # arith.r1:519
+"""
+
+# CMP_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:521
+_T125 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:524
+S.cc = (8, v_dst, $src, ((v_dst - $src) & 65535))  # arith.r1:529
+"""
+
+# CMP_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:521
+_T126 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:524
+S.cc = (8, v_dst, $src, ((v_dst - $src) & 65535))  # arith.r1:529
+"""
+
+# CMP_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:521
+_T127 = """\
+v_dst = R[$dst]  # arith.r1:524
+S.cc = (9, v_dst, $src, ((v_dst - $src) & 4294967295))  # arith.r1:529
+"""
+
+# CMP_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:521
+_T128 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:524
+S.cc = (9, v_dst, $src, ((v_dst - $src) & 4294967295))  # arith.r1:529
+"""
+
+# CMP_RMb_Ib_82 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:531
+_T129 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:534
+S.cc = (7, v_dst, $src, ((v_dst - $src) & 255))  # arith.r1:540
+"""
+
+# CMP_RMb_Ib_82 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:531
+_T130 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:534
+S.cc = (7, v_dst, $src, ((v_dst - $src) & 255))  # arith.r1:540
+"""
+
+# CMP_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:542
+_T131 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:545
+S.cc = (8, v_dst, $src, ((v_dst - $src) & 65535))  # arith.r1:550
+"""
+
+# CMP_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:542
+_T132 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:545
+S.cc = (8, v_dst, $src, ((v_dst - $src) & 65535))  # arith.r1:550
+"""
+
+# CMP_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:542
+_T133 = """\
+v_dst = R[$dst]  # arith.r1:545
+S.cc = (9, v_dst, $src, ((v_dst - $src) & 4294967295))  # arith.r1:550
+"""
+
+# CMP_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:542
+_T134 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:545
+S.cc = (9, v_dst, $src, ((v_dst - $src) & 4294967295))  # arith.r1:550
+"""
+
+# INC_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:555
+_T135 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:558
+l_a = v_dst  # arith.r1:564
+l_r = ((l_a + 1) & 255)  # arith.r1:564
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:564
+flush_cc()
+S.cc = (16, l_a, l_r)  # arith.r1:564
+"""
+
+# INC_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:555
+_T136 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:558
+l_a = v_dst  # arith.r1:564
+l_r = ((l_a + 1) & 255)  # arith.r1:564
+wr8($seg, ea, l_r)  # arith.r1:564
+flush_cc()
+S.cc = (16, l_a, l_r)  # arith.r1:564
+"""
+
+# INC_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:566
+_T137 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:569
+l_a = v_dst  # arith.r1:575
+l_r = ((l_a + 1) & 65535)  # arith.r1:575
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:575
+flush_cc()
+S.cc = (17, l_a, l_r)  # arith.r1:575
+"""
+
+# INC_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:566
+_T138 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:569
+l_a = v_dst  # arith.r1:575
+l_r = ((l_a + 1) & 65535)  # arith.r1:575
+wr16($seg, ea, l_r)  # arith.r1:575
+flush_cc()
+S.cc = (17, l_a, l_r)  # arith.r1:575
+"""
+
+# INC_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:566
+_T139 = """\
+v_dst = R[$dst]  # arith.r1:569
+l_a = v_dst  # arith.r1:575
+l_r = ((l_a + 1) & 4294967295)  # arith.r1:575
+R[$dst] = l_r & 0xffffffff  # arith.r1:575
+flush_cc()
+S.cc = (18, l_a, l_r)  # arith.r1:575
+"""
+
+# INC_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:566
+_T140 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:569
+l_a = v_dst  # arith.r1:575
+l_r = ((l_a + 1) & 4294967295)  # arith.r1:575
+wr32($seg, ea, l_r)  # arith.r1:575
+flush_cc()
+S.cc = (18, l_a, l_r)  # arith.r1:575
+"""
+
+# INC_Ov [o16 a16, o16 a32] from spec/arith.r1:577
+_T141 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:580
+l_a = v_dst  # arith.r1:585
+l_r = ((l_a + 1) & 65535)  # arith.r1:585
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:585
+flush_cc()
+S.cc = (17, l_a, l_r)  # arith.r1:585
+"""
+
+# INC_Ov [o32 a16, o32 a32] from spec/arith.r1:577
+_T142 = """\
+v_dst = R[$dst]  # arith.r1:580
+l_a = v_dst  # arith.r1:585
+l_r = ((l_a + 1) & 4294967295)  # arith.r1:585
+R[$dst] = l_r & 0xffffffff  # arith.r1:585
+flush_cc()
+S.cc = (18, l_a, l_r)  # arith.r1:585
+"""
+
+# DEC_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:587
+_T143 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:590
+l_a = v_dst  # arith.r1:596
+l_r = ((l_a - 1) & 255)  # arith.r1:596
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:596
+flush_cc()
+S.cc = (19, l_a, l_r)  # arith.r1:596
+"""
+
+# DEC_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:587
+_T144 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:590
+l_a = v_dst  # arith.r1:596
+l_r = ((l_a - 1) & 255)  # arith.r1:596
+wr8($seg, ea, l_r)  # arith.r1:596
+flush_cc()
+S.cc = (19, l_a, l_r)  # arith.r1:596
+"""
+
+# DEC_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:598
+_T145 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:601
+l_a = v_dst  # arith.r1:607
+l_r = ((l_a - 1) & 65535)  # arith.r1:607
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:607
+flush_cc()
+S.cc = (20, l_a, l_r)  # arith.r1:607
+"""
+
+# DEC_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:598
+_T146 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:601
+l_a = v_dst  # arith.r1:607
+l_r = ((l_a - 1) & 65535)  # arith.r1:607
+wr16($seg, ea, l_r)  # arith.r1:607
+flush_cc()
+S.cc = (20, l_a, l_r)  # arith.r1:607
+"""
+
+# DEC_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:598
+_T147 = """\
+v_dst = R[$dst]  # arith.r1:601
+l_a = v_dst  # arith.r1:607
+l_r = ((l_a - 1) & 4294967295)  # arith.r1:607
+R[$dst] = l_r & 0xffffffff  # arith.r1:607
+flush_cc()
+S.cc = (21, l_a, l_r)  # arith.r1:607
+"""
+
+# DEC_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:598
+_T148 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:601
+l_a = v_dst  # arith.r1:607
+l_r = ((l_a - 1) & 4294967295)  # arith.r1:607
+wr32($seg, ea, l_r)  # arith.r1:607
+flush_cc()
+S.cc = (21, l_a, l_r)  # arith.r1:607
+"""
+
+# DEC_Ov [o16 a16, o16 a32] from spec/arith.r1:609
+_T149 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:612
+l_a = v_dst  # arith.r1:617
+l_r = ((l_a - 1) & 65535)  # arith.r1:617
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:617
+flush_cc()
+S.cc = (20, l_a, l_r)  # arith.r1:617
+"""
+
+# DEC_Ov [o32 a16, o32 a32] from spec/arith.r1:609
+_T150 = """\
+v_dst = R[$dst]  # arith.r1:612
+l_a = v_dst  # arith.r1:617
+l_r = ((l_a - 1) & 4294967295)  # arith.r1:617
+R[$dst] = l_r & 0xffffffff  # arith.r1:617
+flush_cc()
+S.cc = (21, l_a, l_r)  # arith.r1:617
+"""
+
+# NEG_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:619
+_T151 = """\
+v_dst = (R[$dst_r] >> $dst_s & 0xff)  # arith.r1:622
+l_a = v_dst  # arith.r1:628
+l_r = ((0 - l_a) & 255)  # arith.r1:628
+R[$dst_r] = R[$dst_r] & $dst_k | (l_r & 0xff) << $dst_s  # arith.r1:628
+S.cc = (22, l_a, l_r)  # arith.r1:628
+"""
+
+# NEG_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:619
+_T152 = """\
+ea = $ea
+v_dst = rd8($seg, ea)  # arith.r1:622
+l_a = v_dst  # arith.r1:628
+l_r = ((0 - l_a) & 255)  # arith.r1:628
+wr8($seg, ea, l_r)  # arith.r1:628
+S.cc = (22, l_a, l_r)  # arith.r1:628
+"""
+
+# NEG_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:630
+_T153 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:633
+l_a = v_dst  # arith.r1:639
+l_r = ((0 - l_a) & 65535)  # arith.r1:639
+R[$dst] = R[$dst] & 0xffff0000 | l_r & 0xffff  # arith.r1:639
+S.cc = (23, l_a, l_r)  # arith.r1:639
+"""
+
+# NEG_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:630
+_T154 = """\
+ea = $ea
+v_dst = rd16($seg, ea)  # arith.r1:633
+l_a = v_dst  # arith.r1:639
+l_r = ((0 - l_a) & 65535)  # arith.r1:639
+wr16($seg, ea, l_r)  # arith.r1:639
+S.cc = (23, l_a, l_r)  # arith.r1:639
+"""
+
+# NEG_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:630
+_T155 = """\
+v_dst = R[$dst]  # arith.r1:633
+l_a = v_dst  # arith.r1:639
+l_r = ((0 - l_a) & 4294967295)  # arith.r1:639
+R[$dst] = l_r & 0xffffffff  # arith.r1:639
+S.cc = (24, l_a, l_r)  # arith.r1:639
+"""
+
+# NEG_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:630
+_T156 = """\
+ea = $ea
+v_dst = rd32($seg, ea)  # arith.r1:633
+l_a = v_dst  # arith.r1:639
+l_r = ((0 - l_a) & 4294967295)  # arith.r1:639
+wr32($seg, ea, l_r)  # arith.r1:639
+S.cc = (24, l_a, l_r)  # arith.r1:639
+"""
+
+# MUL_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:649
+_T157 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:652
+l_p = ((R[0] & 0xff) * v_src)  # arith.r1:657
+R[0] = R[0] & 0xffff0000 | l_p & 0xffff  # arith.r1:657
+S.cc = (34, (l_p & 255), ((l_p >> 8) != 0))  # arith.r1:657
+"""
+
+# MUL_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:649
+_T158 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # arith.r1:652
+l_p = ((R[0] & 0xff) * v_src)  # arith.r1:657
+R[0] = R[0] & 0xffff0000 | l_p & 0xffff  # arith.r1:657
+S.cc = (34, (l_p & 255), ((l_p >> 8) != 0))  # arith.r1:657
+"""
+
+# MUL_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:659
+_T159 = """\
+v_src = (R[$src] & 0xffff)  # arith.r1:662
+l_p = ((R[0] & 0xffff) * v_src)  # arith.r1:669
+R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:670
+R[2] = R[2] & 0xffff0000 | (l_p >> 16) & 0xffff  # arith.r1:671
+S.cc = (35, (l_p & 65535), ((l_p >> 16) != 0))  # arith.r1:672
+"""
+
+# MUL_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:659
+_T160 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # arith.r1:662
+l_p = ((R[0] & 0xffff) * v_src)  # arith.r1:669
+R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:670
+R[2] = R[2] & 0xffff0000 | (l_p >> 16) & 0xffff  # arith.r1:671
+S.cc = (35, (l_p & 65535), ((l_p >> 16) != 0))  # arith.r1:672
+"""
+
+# MUL_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:659
+_T161 = """\
+v_src = R[$src]  # arith.r1:662
+l_p = (R[0] * v_src)  # arith.r1:669
+R[0] = (l_p & 4294967295) & 0xffffffff  # arith.r1:670
+R[2] = (l_p >> 32) & 0xffffffff  # arith.r1:671
+S.cc = (36, (l_p & 4294967295), ((l_p >> 32) != 0))  # arith.r1:672
+"""
+
+# MUL_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:659
+_T162 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # arith.r1:662
+l_p = (R[0] * v_src)  # arith.r1:669
+R[0] = (l_p & 4294967295) & 0xffffffff  # arith.r1:670
+R[2] = (l_p >> 32) & 0xffffffff  # arith.r1:671
+S.cc = (36, (l_p & 4294967295), ((l_p >> 32) != 0))  # arith.r1:672
+"""
+
+# IMUL_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:675
+_T163 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:678
+l_p = ((((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) * ((v_src & 0xff ^ 0x80) - 0x80))  # arith.r1:684
+R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:684
+l_r_0 = (l_p & 255)  # arith.r1:647
+S.cc = (34, l_r_0, (((l_r_0 & 0xff ^ 0x80) - 0x80) != l_p))  # arith.r1:647
+"""
+
+# IMUL_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:675
+_T164 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # arith.r1:678
+l_p = ((((R[0] & 0xff) & 0xff ^ 0x80) - 0x80) * ((v_src & 0xff ^ 0x80) - 0x80))  # arith.r1:684
+R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:684
+l_r_0 = (l_p & 255)  # arith.r1:647
+S.cc = (34, l_r_0, (((l_r_0 & 0xff ^ 0x80) - 0x80) != l_p))  # arith.r1:647
+"""
+
+# IMUL_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:686
+_T165 = """\
+v_src = (R[$src] & 0xffff)  # arith.r1:689
+l_p = ((((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))  # arith.r1:696
+R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:697
+R[2] = R[2] & 0xffff0000 | ((l_p >> 16) & 65535) & 0xffff  # arith.r1:698
+l_r_0 = (l_p & 65535)  # arith.r1:647
+S.cc = (35, l_r_0, (((l_r_0 & 0xffff ^ 0x8000) - 0x8000) != l_p))  # arith.r1:647
+"""
+
+# IMUL_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:686
+_T166 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # arith.r1:689
+l_p = ((((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))  # arith.r1:696
+R[0] = R[0] & 0xffff0000 | (l_p & 65535) & 0xffff  # arith.r1:697
+R[2] = R[2] & 0xffff0000 | ((l_p >> 16) & 65535) & 0xffff  # arith.r1:698
+l_r_0 = (l_p & 65535)  # arith.r1:647
+S.cc = (35, l_r_0, (((l_r_0 & 0xffff ^ 0x8000) - 0x8000) != l_p))  # arith.r1:647
+"""
+
+# IMUL_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:686
+_T167 = """\
+v_src = R[$src]  # arith.r1:689
+l_p = (((R[0] & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))  # arith.r1:696
+R[0] = (l_p & 4294967295) & 0xffffffff  # arith.r1:697
+R[2] = ((l_p >> 32) & 4294967295) & 0xffffffff  # arith.r1:698
+l_r_0 = (l_p & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_0, (((l_r_0 & 0xffffffff ^ 0x80000000) - 0x80000000) != l_p))  # arith.r1:647
+"""
+
+# IMUL_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:686
+_T168 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # arith.r1:689
+l_p = (((R[0] & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))  # arith.r1:696
+R[0] = (l_p & 4294967295) & 0xffffffff  # arith.r1:697
+R[2] = ((l_p >> 32) & 4294967295) & 0xffffffff  # arith.r1:698
+l_r_0 = (l_p & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_0, (((l_r_0 & 0xffffffff ^ 0x80000000) - 0x80000000) != l_p))  # arith.r1:647
+"""
+
+# IMUL_Rv_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:702
+_T169 = """\
+v_dst = (R[$dst] & 0xffff)  # arith.r1:705
+v_src = (R[$src] & 0xffff)  # arith.r1:705
+m_p_0 = (((v_dst & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))
+l_r_1 = (m_p_0 & 65535)  # arith.r1:647
+S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
+R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:711
+"""
+
+# IMUL_Rv_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:702
+_T170 = """\
+ea = $ea
+v_dst = (R[$dst] & 0xffff)  # arith.r1:705
+v_src = rd16($seg, ea)  # arith.r1:705
+m_p_0 = (((v_dst & 0xffff ^ 0x8000) - 0x8000) * ((v_src & 0xffff ^ 0x8000) - 0x8000))
+l_r_1 = (m_p_0 & 65535)  # arith.r1:647
+S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
+R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:711
+"""
+
+# IMUL_Rv_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:702
+_T171 = """\
+v_dst = R[$dst]  # arith.r1:705
+v_src = R[$src]  # arith.r1:705
+m_p_0 = (((v_dst & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))
+l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
+R[$dst] = l_r_1 & 0xffffffff  # arith.r1:711
+"""
+
+# IMUL_Rv_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:702
+_T172 = """\
+ea = $ea
+v_dst = R[$dst]  # arith.r1:705
+v_src = rd32($seg, ea)  # arith.r1:705
+m_p_0 = (((v_dst & 0xffffffff ^ 0x80000000) - 0x80000000) * ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000))
+l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
+R[$dst] = l_r_1 & 0xffffffff  # arith.r1:711
+"""
+
+# IMUL_Rv_RMv_Iv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:713
+_T173 = """\
+v_src = (R[$src] & 0xffff)  # arith.r1:716
+m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
+l_r_1 = (m_p_0 & 65535)  # arith.r1:647
+S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
+R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:722
+"""
+
+# IMUL_Rv_RMv_Iv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:713
+_T174 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # arith.r1:716
+m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
+l_r_1 = (m_p_0 & 65535)  # arith.r1:647
+S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
+R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:722
+"""
+
+# IMUL_Rv_RMv_Iv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:713
+_T175 = """\
+v_src = R[$src]  # arith.r1:716
+m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
+l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
+R[$dst] = l_r_1 & 0xffffffff  # arith.r1:722
+"""
+
+# IMUL_Rv_RMv_Iv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:713
+_T176 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # arith.r1:716
+m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
+l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
+R[$dst] = l_r_1 & 0xffffffff  # arith.r1:722
+"""
+
+# IMUL_Rv_RMv_Ib [o16 a16 reg, o16 a32 reg] from spec/arith.r1:724
+_T177 = """\
+v_src = (R[$src] & 0xffff)  # arith.r1:727
+m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
+l_r_1 = (m_p_0 & 65535)  # arith.r1:647
+S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
+R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:733
+"""
+
+# IMUL_Rv_RMv_Ib [o16 a16 mem, o16 a32 mem] from spec/arith.r1:724
+_T178 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # arith.r1:727
+m_p_0 = (((v_src & 0xffff ^ 0x8000) - 0x8000) * (($imm & 0xffff ^ 0x8000) - 0x8000))
+l_r_1 = (m_p_0 & 65535)  # arith.r1:647
+S.cc = (35, l_r_1, (((l_r_1 & 0xffff ^ 0x8000) - 0x8000) != m_p_0))  # arith.r1:647
+R[$dst] = R[$dst] & 0xffff0000 | l_r_1 & 0xffff  # arith.r1:733
+"""
+
+# IMUL_Rv_RMv_Ib [o32 a16 reg, o32 a32 reg] from spec/arith.r1:724
+_T179 = """\
+v_src = R[$src]  # arith.r1:727
+m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
+l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
+R[$dst] = l_r_1 & 0xffffffff  # arith.r1:733
+"""
+
+# IMUL_Rv_RMv_Ib [o32 a16 mem, o32 a32 mem] from spec/arith.r1:724
+_T180 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # arith.r1:727
+m_p_0 = (((v_src & 0xffffffff ^ 0x80000000) - 0x80000000) * (($imm & 0xffffffff ^ 0x80000000) - 0x80000000))
+l_r_1 = (m_p_0 & 4294967295)  # arith.r1:647
+S.cc = (36, l_r_1, (((l_r_1 & 0xffffffff ^ 0x80000000) - 0x80000000) != m_p_0))  # arith.r1:647
+R[$dst] = l_r_1 & 0xffffffff  # arith.r1:733
+"""
+
+# DIV_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:740
+_T181 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:743
+if (v_src == 0):  # arith.r1:750
+    raise Fault(0, None)  # arith.r1:750
+l_n = (R[0] & 0xffff)  # arith.r1:751
+l_q = (l_n // v_src)  # arith.r1:752
+if (l_q > 255):  # arith.r1:753
+    raise Fault(0, None)  # arith.r1:753
+R[0] = R[0] & 0xffff0000 | (((l_n % v_src) << 8) | l_q) & 0xffff  # arith.r1:754
+"""
+
+# DIV_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:740
+_T182 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # arith.r1:743
+if (v_src == 0):  # arith.r1:750
+    raise Fault(0, None)  # arith.r1:750
+l_n = (R[0] & 0xffff)  # arith.r1:751
+l_q = (l_n // v_src)  # arith.r1:752
+if (l_q > 255):  # arith.r1:753
+    raise Fault(0, None)  # arith.r1:753
+R[0] = R[0] & 0xffff0000 | (((l_n % v_src) << 8) | l_q) & 0xffff  # arith.r1:754
+"""
+
+# DIV_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:757
+_T183 = """\
+v_src = (R[$src] & 0xffff)  # arith.r1:760
+if (v_src == 0):  # arith.r1:767
+    raise Fault(0, None)  # arith.r1:767
+l_n = (((R[2] & 0xffff) << 16) | (R[0] & 0xffff))  # arith.r1:768
+l_q = (l_n // v_src)  # arith.r1:769
+if (l_q > 65535):  # arith.r1:770
+    raise Fault(0, None)  # arith.r1:770
+R[0] = R[0] & 0xffff0000 | l_q & 0xffff  # arith.r1:771
+R[2] = R[2] & 0xffff0000 | (l_n % v_src) & 0xffff  # arith.r1:772
+"""
+
+# DIV_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:757
+_T184 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # arith.r1:760
+if (v_src == 0):  # arith.r1:767
+    raise Fault(0, None)  # arith.r1:767
+l_n = (((R[2] & 0xffff) << 16) | (R[0] & 0xffff))  # arith.r1:768
+l_q = (l_n // v_src)  # arith.r1:769
+if (l_q > 65535):  # arith.r1:770
+    raise Fault(0, None)  # arith.r1:770
+R[0] = R[0] & 0xffff0000 | l_q & 0xffff  # arith.r1:771
+R[2] = R[2] & 0xffff0000 | (l_n % v_src) & 0xffff  # arith.r1:772
+"""
+
+# DIV_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:757
+_T185 = """\
+v_src = R[$src]  # arith.r1:760
+if (v_src == 0):  # arith.r1:767
+    raise Fault(0, None)  # arith.r1:767
+l_n = ((R[2] << 32) | R[0])  # arith.r1:768
+l_q = (l_n // v_src)  # arith.r1:769
+if (l_q > 4294967295):  # arith.r1:770
+    raise Fault(0, None)  # arith.r1:770
+R[0] = l_q & 0xffffffff  # arith.r1:771
+R[2] = (l_n % v_src) & 0xffffffff  # arith.r1:772
+"""
+
+# DIV_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:757
+_T186 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # arith.r1:760
+if (v_src == 0):  # arith.r1:767
+    raise Fault(0, None)  # arith.r1:767
+l_n = ((R[2] << 32) | R[0])  # arith.r1:768
+l_q = (l_n // v_src)  # arith.r1:769
+if (l_q > 4294967295):  # arith.r1:770
+    raise Fault(0, None)  # arith.r1:770
+R[0] = l_q & 0xffffffff  # arith.r1:771
+R[2] = (l_n % v_src) & 0xffffffff  # arith.r1:772
+"""
+
+# IDIV_RMb [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/arith.r1:775
+_T187 = """\
+v_src = (R[$src_r] >> $src_s & 0xff)  # arith.r1:778
+l_d = ((v_src & 0xff ^ 0x80) - 0x80)  # arith.r1:785
+if (l_d == 0):  # arith.r1:786
+    raise Fault(0, None)  # arith.r1:786
+l_n = (((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000)  # arith.r1:787
+l_q = b_sdiv(l_n, l_d)  # arith.r1:788
+if ((l_q < (-128)) or (l_q > 127)):  # arith.r1:789
+    raise Fault(0, None)  # arith.r1:789
+R[0] = R[0] & 0xffff0000 | (((b_srem(l_n, l_d) & 255) << 8) | (l_q & 255)) & 0xffff  # arith.r1:790
+"""
+
+# IDIV_RMb [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/arith.r1:775
+_T188 = """\
+ea = $ea
+v_src = rd8($seg, ea)  # arith.r1:778
+l_d = ((v_src & 0xff ^ 0x80) - 0x80)  # arith.r1:785
+if (l_d == 0):  # arith.r1:786
+    raise Fault(0, None)  # arith.r1:786
+l_n = (((R[0] & 0xffff) & 0xffff ^ 0x8000) - 0x8000)  # arith.r1:787
+l_q = b_sdiv(l_n, l_d)  # arith.r1:788
+if ((l_q < (-128)) or (l_q > 127)):  # arith.r1:789
+    raise Fault(0, None)  # arith.r1:789
+R[0] = R[0] & 0xffff0000 | (((b_srem(l_n, l_d) & 255) << 8) | (l_q & 255)) & 0xffff  # arith.r1:790
+"""
+
+# IDIV_RMv [o16 a16 reg, o16 a32 reg] from spec/arith.r1:793
+_T189 = """\
+v_src = (R[$src] & 0xffff)  # arith.r1:796
+l_d = ((v_src & 0xffff ^ 0x8000) - 0x8000)  # arith.r1:802
+if (l_d == 0):  # arith.r1:803
+    raise Fault(0, None)  # arith.r1:803
+l_n = (((((R[2] & 0xffff) << 16) | (R[0] & 0xffff)) & 0xffffffff ^ 0x80000000) - 0x80000000)  # arith.r1:804
+l_q = b_sdiv(l_n, l_d)  # arith.r1:805
+if ((l_q < (-32768)) or (l_q > 32767)):  # arith.r1:806
+    raise Fault(0, None)  # arith.r1:806
+R[0] = R[0] & 0xffff0000 | (l_q & 65535) & 0xffff  # arith.r1:807
+R[2] = R[2] & 0xffff0000 | (b_srem(l_n, l_d) & 65535) & 0xffff  # arith.r1:808
+"""
+
+# IDIV_RMv [o16 a16 mem, o16 a32 mem] from spec/arith.r1:793
+_T190 = """\
+ea = $ea
+v_src = rd16($seg, ea)  # arith.r1:796
+l_d = ((v_src & 0xffff ^ 0x8000) - 0x8000)  # arith.r1:802
+if (l_d == 0):  # arith.r1:803
+    raise Fault(0, None)  # arith.r1:803
+l_n = (((((R[2] & 0xffff) << 16) | (R[0] & 0xffff)) & 0xffffffff ^ 0x80000000) - 0x80000000)  # arith.r1:804
+l_q = b_sdiv(l_n, l_d)  # arith.r1:805
+if ((l_q < (-32768)) or (l_q > 32767)):  # arith.r1:806
+    raise Fault(0, None)  # arith.r1:806
+R[0] = R[0] & 0xffff0000 | (l_q & 65535) & 0xffff  # arith.r1:807
+R[2] = R[2] & 0xffff0000 | (b_srem(l_n, l_d) & 65535) & 0xffff  # arith.r1:808
+"""
+
+# IDIV_RMv [o32 a16 reg, o32 a32 reg] from spec/arith.r1:793
+_T191 = """\
+v_src = R[$src]  # arith.r1:796
+l_d = ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000)  # arith.r1:802
+if (l_d == 0):  # arith.r1:803
+    raise Fault(0, None)  # arith.r1:803
+l_n = ((((R[2] << 32) | R[0]) & 0xffffffffffffffff ^ 0x8000000000000000) - 0x8000000000000000)  # arith.r1:804
+l_q = b_sdiv(l_n, l_d)  # arith.r1:805
+if ((l_q < (-2147483648)) or (l_q > 2147483647)):  # arith.r1:806
+    raise Fault(0, None)  # arith.r1:806
+R[0] = (l_q & 4294967295) & 0xffffffff  # arith.r1:807
+R[2] = (b_srem(l_n, l_d) & 4294967295) & 0xffffffff  # arith.r1:808
+"""
+
+# IDIV_RMv [o32 a16 mem, o32 a32 mem] from spec/arith.r1:793
+_T192 = """\
+ea = $ea
+v_src = rd32($seg, ea)  # arith.r1:796
+l_d = ((v_src & 0xffffffff ^ 0x80000000) - 0x80000000)  # arith.r1:802
+if (l_d == 0):  # arith.r1:803
+    raise Fault(0, None)  # arith.r1:803
+l_n = ((((R[2] << 32) | R[0]) & 0xffffffffffffffff ^ 0x8000000000000000) - 0x8000000000000000)  # arith.r1:804
+l_q = b_sdiv(l_n, l_d)  # arith.r1:805
+if ((l_q < (-2147483648)) or (l_q > 2147483647)):  # arith.r1:806
+    raise Fault(0, None)  # arith.r1:806
+R[0] = (l_q & 4294967295) & 0xffffffff  # arith.r1:807
+R[2] = (b_srem(l_n, l_d) & 4294967295) & 0xffffffff  # arith.r1:808
+"""
+
+# AAA [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:814
+_T193 = """\
+if ((((R[0] & 0xff) & 15) > 9) or GET_AF[S.cc[0]](S.cc)):  # arith.r1:825
+    R[0] = R[0] & 0xffff0000 | (((R[0] & 0xffff) + 262) & 65535) & 0xffff  # arith.r1:826
+    R[0] = R[0] & 0xffffff00 | ((R[0] & 0xff) & 15) & 0xff  # arith.r1:827
+    S.eflags = flush_cc() & 0xffffffef | 16  # arith.r1:828
+    S.eflags = flush_cc() & 0xfffffffe | 1  # arith.r1:829
+else:
+    R[0] = R[0] & 0xffffff00 | ((R[0] & 0xff) & 15) & 0xff  # arith.r1:831
+    S.eflags = flush_cc() & 0xffffffef | 0  # arith.r1:832
+    S.eflags = flush_cc() & 0xfffffffe | 0  # arith.r1:833
+"""
+
+# AAS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:837
+_T194 = """\
+if ((((R[0] & 0xff) & 15) > 9) or GET_AF[S.cc[0]](S.cc)):  # arith.r1:848
+    R[0] = R[0] & 0xffff0000 | (((R[0] & 0xffff) - 6) & 65535) & 0xffff  # arith.r1:849
+    R[0] = R[0] & 0xffff00ff | ((((R[0] >> 8 & 0xff) - 1) & 255) & 0xff) << 8  # arith.r1:850
+    R[0] = R[0] & 0xffffff00 | ((R[0] & 0xff) & 15) & 0xff  # arith.r1:851
+    S.eflags = flush_cc() & 0xffffffef | 16  # arith.r1:852
+    S.eflags = flush_cc() & 0xfffffffe | 1  # arith.r1:853
+else:
+    R[0] = R[0] & 0xffffff00 | ((R[0] & 0xff) & 15) & 0xff  # arith.r1:855
+    S.eflags = flush_cc() & 0xffffffef | 0  # arith.r1:856
+    S.eflags = flush_cc() & 0xfffffffe | 0  # arith.r1:857
+"""
+
+# DAA [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:861
+_T195 = """\
+l_old_al = (R[0] & 0xff)  # arith.r1:872
+l_old_cf = GET_CF[S.cc[0]](S.cc)  # arith.r1:873
+l_a = l_old_al  # arith.r1:874
+l_adj_af = (((l_a & 15) > 9) or GET_AF[S.cc[0]](S.cc))  # arith.r1:875
+if l_adj_af:  # arith.r1:876
+    l_a = ((l_a + 6) & 255)  # arith.r1:876
+l_adj_cf = ((l_old_al > 153) or (l_old_cf != 0))  # arith.r1:877
+if l_adj_cf:  # arith.r1:878
+    l_a = ((l_a + 96) & 255)  # arith.r1:878
+R[0] = R[0] & 0xffffff00 | l_a & 0xff  # arith.r1:879
+S.eflags = flush_cc() & 0xffffffef | (l_adj_af & 1) << 4  # arith.r1:880
+S.eflags = flush_cc() & 0xfffffffe | (l_adj_cf & 1)  # arith.r1:881
+flush_cc()
+S.cc = (37, l_a)  # arith.r1:882
+"""
+
+# DAS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:885
+_T196 = """\
+l_old_al = (R[0] & 0xff)  # arith.r1:896
+l_old_cf = GET_CF[S.cc[0]](S.cc)  # arith.r1:897
+l_a = l_old_al  # arith.r1:898
+l_c = 0  # arith.r1:899
+l_adj_af = (((l_a & 15) > 9) or GET_AF[S.cc[0]](S.cc))  # arith.r1:900
+if l_adj_af:  # arith.r1:901
+    l_c = ((l_old_cf != 0) or (l_a < 6))  # arith.r1:902
+    l_a = ((l_a - 6) & 255)  # arith.r1:903
+if ((l_old_al > 153) or (l_old_cf != 0)):  # arith.r1:905
+    l_a = ((l_a - 96) & 255)  # arith.r1:906
+    l_c = 1  # arith.r1:907
+R[0] = R[0] & 0xffffff00 | l_a & 0xff  # arith.r1:909
+S.eflags = flush_cc() & 0xffffffef | (l_adj_af & 1) << 4  # arith.r1:910
+S.eflags = flush_cc() & 0xfffffffe | (l_c & 1)  # arith.r1:911
+flush_cc()
+S.cc = (37, l_a)  # arith.r1:912
+"""
+
+# AAM_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:915
+_T197 = """\
+if ($base == 0):  # arith.r1:925
+    raise Fault(0, None)  # arith.r1:925
+l_t = (R[0] & 0xff)  # arith.r1:926
+l_r = (l_t % $base)  # arith.r1:927
+R[0] = R[0] & 0xffff0000 | (((l_t // $base) << 8) | l_r) & 0xffff  # arith.r1:928
+flush_cc()
+S.cc = (37, l_r)  # arith.r1:929
+"""
+
+# AAD_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/arith.r1:932
+_T198 = """\
+l_r = (((R[0] & 0xff) + ((R[0] >> 8 & 0xff) * $base)) & 255)  # arith.r1:942
+R[0] = R[0] & 0xffff0000 | l_r & 0xffff  # arith.r1:943
+flush_cc()
+S.cc = (37, l_r)  # arith.r1:944
 """
 
 TEMPLATES = {
-    # spec/arith.r1:5
+    # spec/arith.r1:19
     'ADD_RMb_Rb': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T1,
@@ -77,7 +2033,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/arith.r1:16
+    # spec/arith.r1:30
     'ADD_RMv_Rv': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T3,
@@ -87,5 +2043,736 @@ TEMPLATES = {
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'reg', None, None): _T4,
         (32, 32, 'mem', None, None): _T5,
+    },
+    # spec/arith.r1:41
+    'ADD_Rb_RMb': {
+        (16, 16, 'reg', None, None): _T6,
+        (16, 16, 'mem', None, None): _T7,
+        (16, 32, 'reg', None, None): _T6,
+        (16, 32, 'mem', None, None): _T7,
+        (32, 16, 'reg', None, None): _T6,
+        (32, 16, 'mem', None, None): _T7,
+        (32, 32, 'reg', None, None): _T6,
+        (32, 32, 'mem', None, None): _T7,
+    },
+    # spec/arith.r1:51
+    'ADD_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T8,
+        (16, 16, 'mem', None, None): _T9,
+        (16, 32, 'reg', None, None): _T8,
+        (16, 32, 'mem', None, None): _T9,
+        (32, 16, 'reg', None, None): _T10,
+        (32, 16, 'mem', None, None): _T11,
+        (32, 32, 'reg', None, None): _T10,
+        (32, 32, 'mem', None, None): _T11,
+    },
+    # spec/arith.r1:61
+    'ADD_AL_Ib': {
+        (16, 16, None, None, None): _T12,
+        (16, 32, None, None, None): _T12,
+        (32, 16, None, None, None): _T12,
+        (32, 32, None, None, None): _T12,
+    },
+    # spec/arith.r1:71
+    'ADD_eAX_Iv': {
+        (16, 16, None, None, None): _T13,
+        (16, 32, None, None, None): _T13,
+        (32, 16, None, None, None): _T14,
+        (32, 32, None, None, None): _T14,
+    },
+    # spec/arith.r1:81
+    'ADD_RMb_Ib': {
+        (16, 16, 'reg', None, None): _T15,
+        (16, 16, 'mem', None, None): _T16,
+        (16, 32, 'reg', None, None): _T15,
+        (16, 32, 'mem', None, None): _T16,
+        (32, 16, 'reg', None, None): _T15,
+        (32, 16, 'mem', None, None): _T16,
+        (32, 32, 'reg', None, None): _T15,
+        (32, 32, 'mem', None, None): _T16,
+    },
+    # spec/arith.r1:92
+    'ADD_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T17,
+        (16, 16, 'mem', None, None): _T18,
+        (16, 32, 'reg', None, None): _T17,
+        (16, 32, 'mem', None, None): _T18,
+        (32, 16, 'reg', None, None): _T19,
+        (32, 16, 'mem', None, None): _T20,
+        (32, 32, 'reg', None, None): _T19,
+        (32, 32, 'mem', None, None): _T20,
+    },
+    # spec/arith.r1:103
+    'ADD_RMb_Ib_82': {
+        (16, 16, 'reg', None, None): _T21,
+        (16, 16, 'mem', None, None): _T22,
+        (16, 32, 'reg', None, None): _T21,
+        (16, 32, 'mem', None, None): _T22,
+        (32, 16, 'reg', None, None): _T21,
+        (32, 16, 'mem', None, None): _T22,
+        (32, 32, 'reg', None, None): _T21,
+        (32, 32, 'mem', None, None): _T22,
+    },
+    # spec/arith.r1:115
+    'ADD_RMv_Ib': {
+        (16, 16, 'reg', None, None): _T23,
+        (16, 16, 'mem', None, None): _T24,
+        (16, 32, 'reg', None, None): _T23,
+        (16, 32, 'mem', None, None): _T24,
+        (32, 16, 'reg', None, None): _T25,
+        (32, 16, 'mem', None, None): _T26,
+        (32, 32, 'reg', None, None): _T25,
+        (32, 32, 'mem', None, None): _T26,
+    },
+    # spec/arith.r1:127
+    'ADC_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T27,
+        (16, 16, 'mem', None, None): _T28,
+        (16, 32, 'reg', None, None): _T27,
+        (16, 32, 'mem', None, None): _T28,
+        (32, 16, 'reg', None, None): _T27,
+        (32, 16, 'mem', None, None): _T28,
+        (32, 32, 'reg', None, None): _T27,
+        (32, 32, 'mem', None, None): _T28,
+    },
+    # spec/arith.r1:138
+    'ADC_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T29,
+        (16, 16, 'mem', None, None): _T30,
+        (16, 32, 'reg', None, None): _T29,
+        (16, 32, 'mem', None, None): _T30,
+        (32, 16, 'reg', None, None): _T31,
+        (32, 16, 'mem', None, None): _T32,
+        (32, 32, 'reg', None, None): _T31,
+        (32, 32, 'mem', None, None): _T32,
+    },
+    # spec/arith.r1:149
+    'ADC_Rb_RMb': {
+        (16, 16, 'reg', None, None): _T33,
+        (16, 16, 'mem', None, None): _T34,
+        (16, 32, 'reg', None, None): _T33,
+        (16, 32, 'mem', None, None): _T34,
+        (32, 16, 'reg', None, None): _T33,
+        (32, 16, 'mem', None, None): _T34,
+        (32, 32, 'reg', None, None): _T33,
+        (32, 32, 'mem', None, None): _T34,
+    },
+    # spec/arith.r1:159
+    'ADC_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T35,
+        (16, 16, 'mem', None, None): _T36,
+        (16, 32, 'reg', None, None): _T35,
+        (16, 32, 'mem', None, None): _T36,
+        (32, 16, 'reg', None, None): _T37,
+        (32, 16, 'mem', None, None): _T38,
+        (32, 32, 'reg', None, None): _T37,
+        (32, 32, 'mem', None, None): _T38,
+    },
+    # spec/arith.r1:169
+    'ADC_AL_Ib': {
+        (16, 16, None, None, None): _T39,
+        (16, 32, None, None, None): _T39,
+        (32, 16, None, None, None): _T39,
+        (32, 32, None, None, None): _T39,
+    },
+    # spec/arith.r1:179
+    'ADC_eAX_Iv': {
+        (16, 16, None, None, None): _T40,
+        (16, 32, None, None, None): _T40,
+        (32, 16, None, None, None): _T41,
+        (32, 32, None, None, None): _T41,
+    },
+    # spec/arith.r1:189
+    'ADC_RMb_Ib': {
+        (16, 16, 'reg', None, None): _T42,
+        (16, 16, 'mem', None, None): _T43,
+        (16, 32, 'reg', None, None): _T42,
+        (16, 32, 'mem', None, None): _T43,
+        (32, 16, 'reg', None, None): _T42,
+        (32, 16, 'mem', None, None): _T43,
+        (32, 32, 'reg', None, None): _T42,
+        (32, 32, 'mem', None, None): _T43,
+    },
+    # spec/arith.r1:200
+    'ADC_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T44,
+        (16, 16, 'mem', None, None): _T45,
+        (16, 32, 'reg', None, None): _T44,
+        (16, 32, 'mem', None, None): _T45,
+        (32, 16, 'reg', None, None): _T46,
+        (32, 16, 'mem', None, None): _T47,
+        (32, 32, 'reg', None, None): _T46,
+        (32, 32, 'mem', None, None): _T47,
+    },
+    # spec/arith.r1:211
+    'ADC_RMb_Ib_82': {
+        (16, 16, 'reg', None, None): _T48,
+        (16, 16, 'mem', None, None): _T49,
+        (16, 32, 'reg', None, None): _T48,
+        (16, 32, 'mem', None, None): _T49,
+        (32, 16, 'reg', None, None): _T48,
+        (32, 16, 'mem', None, None): _T49,
+        (32, 32, 'reg', None, None): _T48,
+        (32, 32, 'mem', None, None): _T49,
+    },
+    # spec/arith.r1:223
+    'ADC_RMv_Ib': {
+        (16, 16, 'reg', None, None): _T50,
+        (16, 16, 'mem', None, None): _T51,
+        (16, 32, 'reg', None, None): _T50,
+        (16, 32, 'mem', None, None): _T51,
+        (32, 16, 'reg', None, None): _T52,
+        (32, 16, 'mem', None, None): _T53,
+        (32, 32, 'reg', None, None): _T52,
+        (32, 32, 'mem', None, None): _T53,
+    },
+    # spec/arith.r1:235
+    'SUB_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T54,
+        (16, 16, 'mem', None, None): _T55,
+        (16, 32, 'reg', None, None): _T54,
+        (16, 32, 'mem', None, None): _T55,
+        (32, 16, 'reg', None, None): _T54,
+        (32, 16, 'mem', None, None): _T55,
+        (32, 32, 'reg', None, None): _T54,
+        (32, 32, 'mem', None, None): _T55,
+    },
+    # spec/arith.r1:246
+    'SUB_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T56,
+        (16, 16, 'mem', None, None): _T57,
+        (16, 32, 'reg', None, None): _T56,
+        (16, 32, 'mem', None, None): _T57,
+        (32, 16, 'reg', None, None): _T58,
+        (32, 16, 'mem', None, None): _T59,
+        (32, 32, 'reg', None, None): _T58,
+        (32, 32, 'mem', None, None): _T59,
+    },
+    # spec/arith.r1:257
+    'SUB_Rb_RMb': {
+        (16, 16, 'reg', None, None): _T60,
+        (16, 16, 'mem', None, None): _T61,
+        (16, 32, 'reg', None, None): _T60,
+        (16, 32, 'mem', None, None): _T61,
+        (32, 16, 'reg', None, None): _T60,
+        (32, 16, 'mem', None, None): _T61,
+        (32, 32, 'reg', None, None): _T60,
+        (32, 32, 'mem', None, None): _T61,
+    },
+    # spec/arith.r1:267
+    'SUB_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T62,
+        (16, 16, 'mem', None, None): _T63,
+        (16, 32, 'reg', None, None): _T62,
+        (16, 32, 'mem', None, None): _T63,
+        (32, 16, 'reg', None, None): _T64,
+        (32, 16, 'mem', None, None): _T65,
+        (32, 32, 'reg', None, None): _T64,
+        (32, 32, 'mem', None, None): _T65,
+    },
+    # spec/arith.r1:277
+    'SUB_AL_Ib': {
+        (16, 16, None, None, None): _T66,
+        (16, 32, None, None, None): _T66,
+        (32, 16, None, None, None): _T66,
+        (32, 32, None, None, None): _T66,
+    },
+    # spec/arith.r1:287
+    'SUB_eAX_Iv': {
+        (16, 16, None, None, None): _T67,
+        (16, 32, None, None, None): _T67,
+        (32, 16, None, None, None): _T68,
+        (32, 32, None, None, None): _T68,
+    },
+    # spec/arith.r1:297
+    'SUB_RMb_Ib': {
+        (16, 16, 'reg', None, None): _T69,
+        (16, 16, 'mem', None, None): _T70,
+        (16, 32, 'reg', None, None): _T69,
+        (16, 32, 'mem', None, None): _T70,
+        (32, 16, 'reg', None, None): _T69,
+        (32, 16, 'mem', None, None): _T70,
+        (32, 32, 'reg', None, None): _T69,
+        (32, 32, 'mem', None, None): _T70,
+    },
+    # spec/arith.r1:308
+    'SUB_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T71,
+        (16, 16, 'mem', None, None): _T72,
+        (16, 32, 'reg', None, None): _T71,
+        (16, 32, 'mem', None, None): _T72,
+        (32, 16, 'reg', None, None): _T73,
+        (32, 16, 'mem', None, None): _T74,
+        (32, 32, 'reg', None, None): _T73,
+        (32, 32, 'mem', None, None): _T74,
+    },
+    # spec/arith.r1:319
+    'SUB_RMb_Ib_82': {
+        (16, 16, 'reg', None, None): _T75,
+        (16, 16, 'mem', None, None): _T76,
+        (16, 32, 'reg', None, None): _T75,
+        (16, 32, 'mem', None, None): _T76,
+        (32, 16, 'reg', None, None): _T75,
+        (32, 16, 'mem', None, None): _T76,
+        (32, 32, 'reg', None, None): _T75,
+        (32, 32, 'mem', None, None): _T76,
+    },
+    # spec/arith.r1:331
+    'SUB_RMv_Ib': {
+        (16, 16, 'reg', None, None): _T77,
+        (16, 16, 'mem', None, None): _T78,
+        (16, 32, 'reg', None, None): _T77,
+        (16, 32, 'mem', None, None): _T78,
+        (32, 16, 'reg', None, None): _T79,
+        (32, 16, 'mem', None, None): _T80,
+        (32, 32, 'reg', None, None): _T79,
+        (32, 32, 'mem', None, None): _T80,
+    },
+    # spec/arith.r1:343
+    'SBB_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T81,
+        (16, 16, 'mem', None, None): _T82,
+        (16, 32, 'reg', None, None): _T81,
+        (16, 32, 'mem', None, None): _T82,
+        (32, 16, 'reg', None, None): _T81,
+        (32, 16, 'mem', None, None): _T82,
+        (32, 32, 'reg', None, None): _T81,
+        (32, 32, 'mem', None, None): _T82,
+    },
+    # spec/arith.r1:354
+    'SBB_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T83,
+        (16, 16, 'mem', None, None): _T84,
+        (16, 32, 'reg', None, None): _T83,
+        (16, 32, 'mem', None, None): _T84,
+        (32, 16, 'reg', None, None): _T85,
+        (32, 16, 'mem', None, None): _T86,
+        (32, 32, 'reg', None, None): _T85,
+        (32, 32, 'mem', None, None): _T86,
+    },
+    # spec/arith.r1:365
+    'SBB_Rb_RMb': {
+        (16, 16, 'reg', None, None): _T87,
+        (16, 16, 'mem', None, None): _T88,
+        (16, 32, 'reg', None, None): _T87,
+        (16, 32, 'mem', None, None): _T88,
+        (32, 16, 'reg', None, None): _T87,
+        (32, 16, 'mem', None, None): _T88,
+        (32, 32, 'reg', None, None): _T87,
+        (32, 32, 'mem', None, None): _T88,
+    },
+    # spec/arith.r1:375
+    'SBB_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T89,
+        (16, 16, 'mem', None, None): _T90,
+        (16, 32, 'reg', None, None): _T89,
+        (16, 32, 'mem', None, None): _T90,
+        (32, 16, 'reg', None, None): _T91,
+        (32, 16, 'mem', None, None): _T92,
+        (32, 32, 'reg', None, None): _T91,
+        (32, 32, 'mem', None, None): _T92,
+    },
+    # spec/arith.r1:385
+    'SBB_AL_Ib': {
+        (16, 16, None, None, None): _T93,
+        (16, 32, None, None, None): _T93,
+        (32, 16, None, None, None): _T93,
+        (32, 32, None, None, None): _T93,
+    },
+    # spec/arith.r1:395
+    'SBB_eAX_Iv': {
+        (16, 16, None, None, None): _T94,
+        (16, 32, None, None, None): _T94,
+        (32, 16, None, None, None): _T95,
+        (32, 32, None, None, None): _T95,
+    },
+    # spec/arith.r1:405
+    'SBB_RMb_Ib': {
+        (16, 16, 'reg', None, None): _T96,
+        (16, 16, 'mem', None, None): _T97,
+        (16, 32, 'reg', None, None): _T96,
+        (16, 32, 'mem', None, None): _T97,
+        (32, 16, 'reg', None, None): _T96,
+        (32, 16, 'mem', None, None): _T97,
+        (32, 32, 'reg', None, None): _T96,
+        (32, 32, 'mem', None, None): _T97,
+    },
+    # spec/arith.r1:416
+    'SBB_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T98,
+        (16, 16, 'mem', None, None): _T99,
+        (16, 32, 'reg', None, None): _T98,
+        (16, 32, 'mem', None, None): _T99,
+        (32, 16, 'reg', None, None): _T100,
+        (32, 16, 'mem', None, None): _T101,
+        (32, 32, 'reg', None, None): _T100,
+        (32, 32, 'mem', None, None): _T101,
+    },
+    # spec/arith.r1:427
+    'SBB_RMb_Ib_82': {
+        (16, 16, 'reg', None, None): _T102,
+        (16, 16, 'mem', None, None): _T103,
+        (16, 32, 'reg', None, None): _T102,
+        (16, 32, 'mem', None, None): _T103,
+        (32, 16, 'reg', None, None): _T102,
+        (32, 16, 'mem', None, None): _T103,
+        (32, 32, 'reg', None, None): _T102,
+        (32, 32, 'mem', None, None): _T103,
+    },
+    # spec/arith.r1:439
+    'SBB_RMv_Ib': {
+        (16, 16, 'reg', None, None): _T104,
+        (16, 16, 'mem', None, None): _T105,
+        (16, 32, 'reg', None, None): _T104,
+        (16, 32, 'mem', None, None): _T105,
+        (32, 16, 'reg', None, None): _T106,
+        (32, 16, 'mem', None, None): _T107,
+        (32, 32, 'reg', None, None): _T106,
+        (32, 32, 'mem', None, None): _T107,
+    },
+    # spec/arith.r1:451
+    'CMP_RMb_Rb': {
+        (16, 16, 'reg', None, None): _T108,
+        (16, 16, 'mem', None, None): _T109,
+        (16, 32, 'reg', None, None): _T108,
+        (16, 32, 'mem', None, None): _T109,
+        (32, 16, 'reg', None, None): _T108,
+        (32, 16, 'mem', None, None): _T109,
+        (32, 32, 'reg', None, None): _T108,
+        (32, 32, 'mem', None, None): _T109,
+    },
+    # spec/arith.r1:461
+    'CMP_RMv_Rv': {
+        (16, 16, 'reg', None, None): _T110,
+        (16, 16, 'mem', None, None): _T111,
+        (16, 32, 'reg', None, None): _T110,
+        (16, 32, 'mem', None, None): _T111,
+        (32, 16, 'reg', None, None): _T112,
+        (32, 16, 'mem', None, None): _T113,
+        (32, 32, 'reg', None, None): _T112,
+        (32, 32, 'mem', None, None): _T113,
+    },
+    # spec/arith.r1:471
+    'CMP_Rb_RMb': {
+        (16, 16, 'reg', None, None): _T114,
+        (16, 16, 'mem', None, None): _T115,
+        (16, 32, 'reg', None, None): _T114,
+        (16, 32, 'mem', None, None): _T115,
+        (32, 16, 'reg', None, None): _T114,
+        (32, 16, 'mem', None, None): _T115,
+        (32, 32, 'reg', None, None): _T114,
+        (32, 32, 'mem', None, None): _T115,
+    },
+    # spec/arith.r1:481
+    'CMP_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T116,
+        (16, 16, 'mem', None, None): _T117,
+        (16, 32, 'reg', None, None): _T116,
+        (16, 32, 'mem', None, None): _T117,
+        (32, 16, 'reg', None, None): _T118,
+        (32, 16, 'mem', None, None): _T119,
+        (32, 32, 'reg', None, None): _T118,
+        (32, 32, 'mem', None, None): _T119,
+    },
+    # spec/arith.r1:491
+    'CMP_AL_Ib': {
+        (16, 16, None, None, None): _T120,
+        (16, 32, None, None, None): _T120,
+        (32, 16, None, None, None): _T120,
+        (32, 32, None, None, None): _T120,
+    },
+    # spec/arith.r1:501
+    'CMP_eAX_Iv': {
+        (16, 16, None, None, None): _T121,
+        (16, 32, None, None, None): _T121,
+        (32, 16, None, None, None): _T122,
+        (32, 32, None, None, None): _T122,
+    },
+    # spec/arith.r1:511
+    'CMP_RMb_Ib': {
+        (16, 16, 'reg', None, None): _T123,
+        (16, 16, 'mem', None, None): _T124,
+        (16, 32, 'reg', None, None): _T123,
+        (16, 32, 'mem', None, None): _T124,
+        (32, 16, 'reg', None, None): _T123,
+        (32, 16, 'mem', None, None): _T124,
+        (32, 32, 'reg', None, None): _T123,
+        (32, 32, 'mem', None, None): _T124,
+    },
+    # spec/arith.r1:521
+    'CMP_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T125,
+        (16, 16, 'mem', None, None): _T126,
+        (16, 32, 'reg', None, None): _T125,
+        (16, 32, 'mem', None, None): _T126,
+        (32, 16, 'reg', None, None): _T127,
+        (32, 16, 'mem', None, None): _T128,
+        (32, 32, 'reg', None, None): _T127,
+        (32, 32, 'mem', None, None): _T128,
+    },
+    # spec/arith.r1:531
+    'CMP_RMb_Ib_82': {
+        (16, 16, 'reg', None, None): _T129,
+        (16, 16, 'mem', None, None): _T130,
+        (16, 32, 'reg', None, None): _T129,
+        (16, 32, 'mem', None, None): _T130,
+        (32, 16, 'reg', None, None): _T129,
+        (32, 16, 'mem', None, None): _T130,
+        (32, 32, 'reg', None, None): _T129,
+        (32, 32, 'mem', None, None): _T130,
+    },
+    # spec/arith.r1:542
+    'CMP_RMv_Ib': {
+        (16, 16, 'reg', None, None): _T131,
+        (16, 16, 'mem', None, None): _T132,
+        (16, 32, 'reg', None, None): _T131,
+        (16, 32, 'mem', None, None): _T132,
+        (32, 16, 'reg', None, None): _T133,
+        (32, 16, 'mem', None, None): _T134,
+        (32, 32, 'reg', None, None): _T133,
+        (32, 32, 'mem', None, None): _T134,
+    },
+    # spec/arith.r1:555
+    'INC_RMb': {
+        (16, 16, 'reg', None, None): _T135,
+        (16, 16, 'mem', None, None): _T136,
+        (16, 32, 'reg', None, None): _T135,
+        (16, 32, 'mem', None, None): _T136,
+        (32, 16, 'reg', None, None): _T135,
+        (32, 16, 'mem', None, None): _T136,
+        (32, 32, 'reg', None, None): _T135,
+        (32, 32, 'mem', None, None): _T136,
+    },
+    # spec/arith.r1:566
+    'INC_RMv': {
+        (16, 16, 'reg', None, None): _T137,
+        (16, 16, 'mem', None, None): _T138,
+        (16, 32, 'reg', None, None): _T137,
+        (16, 32, 'mem', None, None): _T138,
+        (32, 16, 'reg', None, None): _T139,
+        (32, 16, 'mem', None, None): _T140,
+        (32, 32, 'reg', None, None): _T139,
+        (32, 32, 'mem', None, None): _T140,
+    },
+    # spec/arith.r1:577
+    'INC_Ov': {
+        (16, 16, None, None, None): _T141,
+        (16, 32, None, None, None): _T141,
+        (32, 16, None, None, None): _T142,
+        (32, 32, None, None, None): _T142,
+    },
+    # spec/arith.r1:587
+    'DEC_RMb': {
+        (16, 16, 'reg', None, None): _T143,
+        (16, 16, 'mem', None, None): _T144,
+        (16, 32, 'reg', None, None): _T143,
+        (16, 32, 'mem', None, None): _T144,
+        (32, 16, 'reg', None, None): _T143,
+        (32, 16, 'mem', None, None): _T144,
+        (32, 32, 'reg', None, None): _T143,
+        (32, 32, 'mem', None, None): _T144,
+    },
+    # spec/arith.r1:598
+    'DEC_RMv': {
+        (16, 16, 'reg', None, None): _T145,
+        (16, 16, 'mem', None, None): _T146,
+        (16, 32, 'reg', None, None): _T145,
+        (16, 32, 'mem', None, None): _T146,
+        (32, 16, 'reg', None, None): _T147,
+        (32, 16, 'mem', None, None): _T148,
+        (32, 32, 'reg', None, None): _T147,
+        (32, 32, 'mem', None, None): _T148,
+    },
+    # spec/arith.r1:609
+    'DEC_Ov': {
+        (16, 16, None, None, None): _T149,
+        (16, 32, None, None, None): _T149,
+        (32, 16, None, None, None): _T150,
+        (32, 32, None, None, None): _T150,
+    },
+    # spec/arith.r1:619
+    'NEG_RMb': {
+        (16, 16, 'reg', None, None): _T151,
+        (16, 16, 'mem', None, None): _T152,
+        (16, 32, 'reg', None, None): _T151,
+        (16, 32, 'mem', None, None): _T152,
+        (32, 16, 'reg', None, None): _T151,
+        (32, 16, 'mem', None, None): _T152,
+        (32, 32, 'reg', None, None): _T151,
+        (32, 32, 'mem', None, None): _T152,
+    },
+    # spec/arith.r1:630
+    'NEG_RMv': {
+        (16, 16, 'reg', None, None): _T153,
+        (16, 16, 'mem', None, None): _T154,
+        (16, 32, 'reg', None, None): _T153,
+        (16, 32, 'mem', None, None): _T154,
+        (32, 16, 'reg', None, None): _T155,
+        (32, 16, 'mem', None, None): _T156,
+        (32, 32, 'reg', None, None): _T155,
+        (32, 32, 'mem', None, None): _T156,
+    },
+    # spec/arith.r1:649
+    'MUL_RMb': {
+        (16, 16, 'reg', None, None): _T157,
+        (16, 16, 'mem', None, None): _T158,
+        (16, 32, 'reg', None, None): _T157,
+        (16, 32, 'mem', None, None): _T158,
+        (32, 16, 'reg', None, None): _T157,
+        (32, 16, 'mem', None, None): _T158,
+        (32, 32, 'reg', None, None): _T157,
+        (32, 32, 'mem', None, None): _T158,
+    },
+    # spec/arith.r1:659
+    'MUL_RMv': {
+        (16, 16, 'reg', None, None): _T159,
+        (16, 16, 'mem', None, None): _T160,
+        (16, 32, 'reg', None, None): _T159,
+        (16, 32, 'mem', None, None): _T160,
+        (32, 16, 'reg', None, None): _T161,
+        (32, 16, 'mem', None, None): _T162,
+        (32, 32, 'reg', None, None): _T161,
+        (32, 32, 'mem', None, None): _T162,
+    },
+    # spec/arith.r1:675
+    'IMUL_RMb': {
+        (16, 16, 'reg', None, None): _T163,
+        (16, 16, 'mem', None, None): _T164,
+        (16, 32, 'reg', None, None): _T163,
+        (16, 32, 'mem', None, None): _T164,
+        (32, 16, 'reg', None, None): _T163,
+        (32, 16, 'mem', None, None): _T164,
+        (32, 32, 'reg', None, None): _T163,
+        (32, 32, 'mem', None, None): _T164,
+    },
+    # spec/arith.r1:686
+    'IMUL_RMv': {
+        (16, 16, 'reg', None, None): _T165,
+        (16, 16, 'mem', None, None): _T166,
+        (16, 32, 'reg', None, None): _T165,
+        (16, 32, 'mem', None, None): _T166,
+        (32, 16, 'reg', None, None): _T167,
+        (32, 16, 'mem', None, None): _T168,
+        (32, 32, 'reg', None, None): _T167,
+        (32, 32, 'mem', None, None): _T168,
+    },
+    # spec/arith.r1:702
+    'IMUL_Rv_RMv': {
+        (16, 16, 'reg', None, None): _T169,
+        (16, 16, 'mem', None, None): _T170,
+        (16, 32, 'reg', None, None): _T169,
+        (16, 32, 'mem', None, None): _T170,
+        (32, 16, 'reg', None, None): _T171,
+        (32, 16, 'mem', None, None): _T172,
+        (32, 32, 'reg', None, None): _T171,
+        (32, 32, 'mem', None, None): _T172,
+    },
+    # spec/arith.r1:713
+    'IMUL_Rv_RMv_Iv': {
+        (16, 16, 'reg', None, None): _T173,
+        (16, 16, 'mem', None, None): _T174,
+        (16, 32, 'reg', None, None): _T173,
+        (16, 32, 'mem', None, None): _T174,
+        (32, 16, 'reg', None, None): _T175,
+        (32, 16, 'mem', None, None): _T176,
+        (32, 32, 'reg', None, None): _T175,
+        (32, 32, 'mem', None, None): _T176,
+    },
+    # spec/arith.r1:724
+    'IMUL_Rv_RMv_Ib': {
+        (16, 16, 'reg', None, None): _T177,
+        (16, 16, 'mem', None, None): _T178,
+        (16, 32, 'reg', None, None): _T177,
+        (16, 32, 'mem', None, None): _T178,
+        (32, 16, 'reg', None, None): _T179,
+        (32, 16, 'mem', None, None): _T180,
+        (32, 32, 'reg', None, None): _T179,
+        (32, 32, 'mem', None, None): _T180,
+    },
+    # spec/arith.r1:740
+    'DIV_RMb': {
+        (16, 16, 'reg', None, None): _T181,
+        (16, 16, 'mem', None, None): _T182,
+        (16, 32, 'reg', None, None): _T181,
+        (16, 32, 'mem', None, None): _T182,
+        (32, 16, 'reg', None, None): _T181,
+        (32, 16, 'mem', None, None): _T182,
+        (32, 32, 'reg', None, None): _T181,
+        (32, 32, 'mem', None, None): _T182,
+    },
+    # spec/arith.r1:757
+    'DIV_RMv': {
+        (16, 16, 'reg', None, None): _T183,
+        (16, 16, 'mem', None, None): _T184,
+        (16, 32, 'reg', None, None): _T183,
+        (16, 32, 'mem', None, None): _T184,
+        (32, 16, 'reg', None, None): _T185,
+        (32, 16, 'mem', None, None): _T186,
+        (32, 32, 'reg', None, None): _T185,
+        (32, 32, 'mem', None, None): _T186,
+    },
+    # spec/arith.r1:775
+    'IDIV_RMb': {
+        (16, 16, 'reg', None, None): _T187,
+        (16, 16, 'mem', None, None): _T188,
+        (16, 32, 'reg', None, None): _T187,
+        (16, 32, 'mem', None, None): _T188,
+        (32, 16, 'reg', None, None): _T187,
+        (32, 16, 'mem', None, None): _T188,
+        (32, 32, 'reg', None, None): _T187,
+        (32, 32, 'mem', None, None): _T188,
+    },
+    # spec/arith.r1:793
+    'IDIV_RMv': {
+        (16, 16, 'reg', None, None): _T189,
+        (16, 16, 'mem', None, None): _T190,
+        (16, 32, 'reg', None, None): _T189,
+        (16, 32, 'mem', None, None): _T190,
+        (32, 16, 'reg', None, None): _T191,
+        (32, 16, 'mem', None, None): _T192,
+        (32, 32, 'reg', None, None): _T191,
+        (32, 32, 'mem', None, None): _T192,
+    },
+    # spec/arith.r1:814
+    'AAA': {
+        (16, 16, None, None, None): _T193,
+        (16, 32, None, None, None): _T193,
+        (32, 16, None, None, None): _T193,
+        (32, 32, None, None, None): _T193,
+    },
+    # spec/arith.r1:837
+    'AAS': {
+        (16, 16, None, None, None): _T194,
+        (16, 32, None, None, None): _T194,
+        (32, 16, None, None, None): _T194,
+        (32, 32, None, None, None): _T194,
+    },
+    # spec/arith.r1:861
+    'DAA': {
+        (16, 16, None, None, None): _T195,
+        (16, 32, None, None, None): _T195,
+        (32, 16, None, None, None): _T195,
+        (32, 32, None, None, None): _T195,
+    },
+    # spec/arith.r1:885
+    'DAS': {
+        (16, 16, None, None, None): _T196,
+        (16, 32, None, None, None): _T196,
+        (32, 16, None, None, None): _T196,
+        (32, 32, None, None, None): _T196,
+    },
+    # spec/arith.r1:915
+    'AAM_Ib': {
+        (16, 16, None, None, None): _T197,
+        (16, 32, None, None, None): _T197,
+        (32, 16, None, None, None): _T197,
+        (32, 32, None, None, None): _T197,
+    },
+    # spec/arith.r1:932
+    'AAD_Ib': {
+        (16, 16, None, None, None): _T198,
+        (16, 32, None, None, None): _T198,
+        (32, 16, None, None, None): _T198,
+        (32, 32, None, None, None): _T198,
     },
 }

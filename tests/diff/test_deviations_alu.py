@@ -1,0 +1,96 @@
+"""Where unicorn is wrong for the ALU families (spec/arith.r1 logic.r1 shift.r1 bit.r1), proven.
+
+Each test runs a minimal case on both machines, asserts unicorn's wrong outcome and the
+interpreter's architectural one, and checks that the matching entry of deviations.py
+accepts exactly that outcome and not a neighbouring one.
+"""
+
+from __future__ import annotations
+
+from ring1.runtime import fresh
+
+from . import deviations
+from .harness import Case, differences, reference, run_both, window_segments
+
+ZF, PF, CF = 1 << 6, 1 << 2, 1
+
+
+def case(code: str, form: str, **regs: int) -> Case:
+    spec = fresh.FreshSpec(code=bytes.fromhex(code), regs=regs, segs=window_segments(0, False))
+    return Case(spec, [form])
+
+
+def test_test_f6_r1_is_test() -> None:
+    # F6 /1 ib is TEST r/m8, imm8 on processors: Intel's own decoder (XED) has the iforms
+    # TEST_GPR8_IMMb_F6r1 / TEST_GPRv_IMMz_F7r1, AMD's APM lists the /1 alias, and capstone
+    # decodes it as test. Unicorn (QEMU 5's decoder) raises #UD.
+    c = case("f6 c8 05", "TEST_RMb_Ib_F6r1", eax=0x0A)  # test al, 5 with AL = 0Ah: zero result
+    o = run_both(c)
+    assert o.theirs.exception == 6 and o.theirs.regs["eip"] == fresh.CODE
+    assert o.ours.exception is None and o.ours.regs["eip"] == fresh.CODE + 3
+    assert o.ours.regs["eflags"] & (ZF | PF | CF) == ZF | PF
+    # The same instruction encoded as F6 /0 runs on unicorn with the interpreter's result.
+    ref = reference(0, False)
+    r0 = ref.run(deviations.as_test_r0(c))
+    assert r0.exception is None and r0.regs["eflags"] == o.ours.regs["eflags"]
+    d = deviations.explain(c, o)
+    assert d is not None and d.name == "test-f6f7-r1"
+
+
+def test_test_f7_r1_is_test() -> None:
+    c = case("66 f7 c8 00 80", "TEST_RMv_Iv_F7r1", eax=0x8000)  # test ax, 8000h: SF set
+    o = run_both(c)
+    assert o.theirs.exception == 6
+    assert o.ours.exception is None and o.ours.regs["eflags"] & 0x80
+    d = deviations.explain(c, o)
+    assert d is not None and d.name == "test-f6f7-r1"
+
+
+def test_bt_register_offset_past_the_segment_limit() -> None:
+    # bt [0], eax with EAX = 80000h: the bit offset selects the dword at EA + 80000h / 8 =
+    # 10000h (SDM BT: "EA + (4 * (BitOffset DIV 32))"), one byte past the 64 KB window's
+    # limit, so the CPU raises #GP(0) (SDM Vol. 3A 5.3, limit checking). Unicorn does not
+    # check data segment limits and reads the memory past the segment.
+    c = case("0f a3 05 00 00 00 00", "BT_Mv_Rv", eax=0x80000)
+    o = run_both(c)
+    assert o.ours.exception == 13 and o.ours.error_code == 0 and o.ours.regs["eip"] == fresh.CODE
+    assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh.CODE + 7
+    assert deviations.bt_offset(c) == (0x10000, 4)
+    d = deviations.explain(c, o)
+    assert d is not None and d.name == "bt-segment-limit"
+
+
+def test_bt_register_offset_inside_the_segment_is_compared() -> None:
+    # The last dword of the window: both machines agree, and no deviation is involved.
+    c = case("0f ab 05 00 00 00 00", "BTS_Mv_Rv", eax=0x7FFE0 - 1)  # bit 31 of the dword at 0FFF8h
+    o = run_both(c)
+    assert deviations.bt_offset(c) == (0xFFF8, 4)
+    assert o.ours.exception is None and not differences(o)
+
+
+def test_bt_negative_offset_below_the_segment() -> None:
+    # A negative 16-bit offset: bt word [2], ax with AX = 8000h reaches 2 - 1000h, which wraps
+    # to FFFFF002h with a 32-bit address size: past the limit, #GP(0).
+    c = case("66 0f a3 05 02 00 00 00", "BT_Mv_Rv", eax=0x8000)
+    o = run_both(c)
+    assert deviations.bt_offset(c) == (0xFFFFF002, 2)
+    assert o.ours.exception == 13 and o.theirs.exception is None
+    d = deviations.explain(c, o)
+    assert d is not None and d.name == "bt-segment-limit"
+
+
+def test_lock_on_instructions_that_do_not_take_it() -> None:
+    # SDM LOCK: #UD when LOCK prefixes an instruction other than the listed read-modify-write
+    # ones (ADD ADC AND BTC BTR BTS CMPXCHG DEC INC NEG NOT OR SBB SUB XOR XADD XCHG with a
+    # memory destination). Unicorn raises #UD for some (LOCK CMP, LOCK ADD r, m) but runs
+    # LOCK TEST, LOCK SHL and LOCK BT. The differential generator emits no LOCK prefix, so
+    # no deviation is recorded; this pins the interpreter's behaviour.
+    for code, form in (("f0 85 03", "TEST_RMv_Rv"), ("f0 d1 23", "SHL_RMv_1"), ("f0 0f a3 03", "BT_Mv_Rv")):
+        o = run_both(case(code, form, ebx=0x100))
+        assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh.CODE
+        assert o.theirs.exception is None
+    for code, form in (("f0 39 03", "CMP_RMv_Rv"), ("f0 01 c3", "ADD_RMv_Rv")):
+        o = run_both(case(code, form, ebx=0x100))
+        assert o.ours.exception == 6 and o.theirs.exception == 6
+    o = run_both(case("f0 0f ab 03", "BTS_Mv_Rv", ebx=0x100))
+    assert o.ours.exception is None and not differences(o)
