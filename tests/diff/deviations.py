@@ -479,6 +479,8 @@ DEVIATIONS.extend(
             "smsw-r32",
             "unicorn's SMSW to a 32-bit register writes the low word only; P6 stores all of CR0",
             _smsw_r32_low_word,
+        ),
+        Deviation(
             "test-f6f7-r1",
             "unicorn raises #UD for TEST's F6 /1 and F7 /1 aliases, which processors run as TEST",
             _test_alias_undefined,
