@@ -2,4 +2,4 @@
 """Everything generated from the spec: forms, decode tables, interpreter templates,
 procs, lazy flags and the translator's rules. Regenerate with `make generate`."""
 
-INTERP_MODULES = ('interp_arith', 'interp_control', 'interp_datamov', 'interp_flags', 'interp_interrupts', 'interp_io', 'interp_mmx', 'interp_segment', 'interp_sse', 'interp_string', 'interp_system', 'interp_x87')
+INTERP_MODULES = ('interp_arith', 'interp_bit', 'interp_control', 'interp_datamov', 'interp_flags', 'interp_interrupts', 'interp_io', 'interp_logic', 'interp_mmx', 'interp_segment', 'interp_shift', 'interp_sse', 'interp_string', 'interp_system', 'interp_x87')
