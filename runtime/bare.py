@@ -134,9 +134,7 @@ class BareMachine:
         started = time.perf_counter()
         uc = self.cpu.uc
         read_into_machine(uc, self.interp)
-        ev = self.classify(vector)
-        if isinstance(ev, Fault) and ev.vector == 14:
-            self.interp.state.cr[2] = uc.reg_read(X.UC_X86_REG_CR2)
+        ev = self.classify(vector)  # re-running a page fault also sets CR2, precisely
         self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
         self.interp.deliver_event(ev)
         self.cpu.clear_exception_latch()

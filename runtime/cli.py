@@ -92,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return guest.EXIT_USAGE
     import ring1.runtime.bare  # noqa: F401 -- registers the bare engine
+    import ring1.runtime.vmm  # noqa: F401 -- registers the bt and trap engines
 
     engine = guest.ENGINES.get(args.mode)
     if engine is None:

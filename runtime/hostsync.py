@@ -172,7 +172,7 @@ def soft_interrupt_before(m, vector: int):
     """Unicorn reports INT n and faults alike (a vector, no error code). A software interrupt
     leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
     or None when the event is a fault at EIP."""
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.decoder import Truncated, decode
     from ring1.runtime.events import Fault, Trap
 
     S = m.state
@@ -182,7 +182,10 @@ def soft_interrupt_before(m, vector: int):
             pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
         except Fault:
             continue
-        d = decode(m.mem.read(pa, length), start, bool(S.code32))
+        try:
+            d = decode(m.mem.read(pa, length), start, bool(S.code32))
+        except Truncated:
+            continue
         if d.length == length and d.form in SOFT_KINDS:
             soft_vector = d.fields.get("vector", SOFT_VECTORS.get(d.form))
             if soft_vector == vector:

@@ -51,8 +51,8 @@ from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
 from unicorn import UC_HOOK_CODE
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -74,8 +74,13 @@ def _descriptor(base: int, limit: int, attr: int) -> bytes:
     """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
     raw_limit = limit >> 12 if attr & 0x8000 else limit
     return struct.pack(
-        "<HHBBBB", raw_limit & 0xFFFF, base & 0xFFFF, (base >> 16) & 0xFF, attr & 0xFF,
-        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0), (base >> 24) & 0xFF,
+        "<HHBBBB",
+        raw_limit & 0xFFFF,
+        base & 0xFFFF,
+        (base >> 16) & 0xFF,
+        attr & 0xFF,
+        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0),
+        (base >> 24) & 0xFF,
     )
 
 
@@ -133,6 +138,7 @@ class Vmm:
         self.pool_next = 2
         self.last_event: GuestEvent | None = None
         self.direct = False
+        self.until = 0xFFFFFFFF
         self._setup_vmm_area()
         self._setup_hardware()
         self._setup_hooks()
@@ -167,6 +173,7 @@ class Vmm:
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
         self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+        self._clear_hash()
 
     def _setup_hardware(self) -> None:
         uc = self.uc
@@ -269,19 +276,35 @@ class Vmm:
         self.stats["world_switches"] += 1
         self.cpu.event = None
         self.pending = None
-        uc.emu_start(L["world_switch"], 0xFFFFFFFF)
+        # Direct execution stops at `ring1 exec`'s end address by itself (translated code has a stub).
+        self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
+        uc.emu_start(L["world_switch"], self.until)
+
+    def resume(self) -> None:
+        """Restart the hardware where it stopped, registers untouched (after a hidden fault)."""
+        self.cpu.clear_exception_latch()
+        self.cpu.event = None
+        self.pending = None
+        self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), self.until)
 
     def capture(self, host_eip: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
         uc = self.uc
         for i, rid in enumerate(GPR_IDS):
             self.m.regs[i] = uc.reg_read(rid)
-        hw = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+
+    def _merge_eflags(self, hw: int) -> None:
+        """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
+        IF and IOPL from the hardware in direct execution (they are the guest's there), from the
+        vcpu page under translation (CLI and STI templates change them there); the rest virtual."""
         S = self.m.state
-        keep = S.eflags & 0x3F7200 & ~0x100  # IF IOPL NT RF VM AC VIF VIP ID: virtual
-        self.m.set_eflags((hw & 0xDD5) | (hw & 0x100 if S.cpl == 3 else 0) | keep)
-        if S.cpl == 3:
-            self.m.set_eflags(self.m.eflags() & ~0x3200 | (hw & 0x3200) | (S.eflags & 0x3000))
+        virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
+        if self.direct:
+            ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
+        else:
+            ifl = self.vmm_read32(C["V_VIRT"]) & 0x3200
+        self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & 0x100))
 
     # ------------------------------------------------------------ translation
 
@@ -464,6 +487,11 @@ class Vmm:
                 out.append(SEG_PREFIX[d.fields["seg"]])
         return bytes(out)
 
+    def _clear_hash(self) -> None:
+        """Empty entries hold a guest EIP whose low half differs from their index: never a hit."""
+        table = struct.pack("<131072I", *[v for i in range(65536) for v in ((~i) & 0xFFFF, 0)])
+        self.vmm_write(C["VMM_HASH"], table)
+
     def set_hash(self, guest: int, host: int) -> None:
         off = C["VMM_HASH"] + (guest & 0xFFFF) * 8
         self.vmm_write(off, struct.pack("<II", guest, host))
@@ -480,7 +508,7 @@ class Vmm:
         self.unit_starts.clear()
         self.sites.clear()
         self.tc_next = VMM_BASE + C["VMM_TC"]
-        self.vmm_write(C["VMM_HASH"], bytes(65536 * 8))
+        self._clear_hash()
         self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
         for p in list(self.code_pages):
             self.unprotect_code_page(p)
@@ -657,8 +685,7 @@ class Vmm:
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
         m.regs[:] = regs
-        hw = self.vmm_read32(C["V_EFLAGS"])
-        m.set_eflags((hw & 0xDD5) | (S.eflags & 0x3F7200 & ~0x100))
+        self._merge_eflags(self.vmm_read32(C["V_EFLAGS"]))
         S.eip = site.guest
         before = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         self.stats["callouts"] += 1
@@ -721,19 +748,29 @@ class Vmm:
         self.m.deliver_event(ev)
 
     def _event_in_guest(self, vector: int) -> str | None:
-        """A CPU exception while in guest context. Returns a stop reason, or None to go on."""
+        """A CPU exception while in guest context. Returns a stop reason, "resume" to restart
+        the hardware where it stopped, or None to re-enter the guest from the virtual state."""
         uc = self.uc
         host_eip = uc.reg_read(X.UC_X86_REG_EIP)
         S = self.m.state
         user = S.cpl == 3
+        if vector == 14:
+            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+            if cr2 < VMM_BASE and self._hidden_fault(cr2):
+                self.stats["traps"] += 1
+                return "resume"  # a page the guest maps: filled in; the instruction runs again
+        where = None
         if self.direct:
             guest_eip = host_eip
-            where = None
-        else:
+        elif L["callout_entry"] <= host_eip < L["callout_hook"]:
+            guest_eip = self.sites[self.vmm_read32(C["V_SITE"])].guest  # saving its registers faulted
+        elif host_eip >= VMM_BASE + C["VMM_TC"]:
             where = self.locate(host_eip)
             if where is None:
-                return f"exception {vector} at {host_eip:#x}, outside translated code"
+                return self._stop(f"exception {vector} at {host_eip:#x}, in no CCF")
             guest_eip = where[1][0]
+        else:
+            return self._stop(f"exception {vector} in the VMM's stubs at {host_eip:#x}")
         self.capture()
         if where is not None and where[1][4] >= 0 and host_eip >= where[1][4]:
             self.m.regs[0] = self.vmm_read32(C["V_SAVE_EAX"])  # the sequence had moved EAX aside
@@ -746,10 +783,6 @@ class Vmm:
                     self.pending = ("event", soft)
                     return "event"
                 self.deliver(soft)
-                return None
-        if vector == 14:
-            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-            if cr2 < VMM_BASE and self._hidden_fault(cr2):
                 return None
         # Emulate the instruction with the interpreter: a guest fault is raised precisely
         # (with its error code); anything else (a privileged instruction, a protected page,
@@ -777,6 +810,10 @@ class Vmm:
             self.pending = ("halt", None)
             return "halt"
         return None
+
+    def _stop(self, reason: str) -> str:
+        self.pending = ("vmstop", VMStop("vmm", reason))
+        return "vmstop"
 
     def _hidden_fault(self, la: int) -> bool:
         """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade."""
@@ -839,16 +876,25 @@ class Vmm:
                 continue
             try:
                 self.enter(host, user)
+                while self.cpu.event is not None:
+                    why = self._event_in_guest(self.cpu.event.vector)
+                    if why != "resume":
+                        break
+                    self.resume()
+                else:
+                    why = "exit"
             except VMStop as stop:
                 return ("vmstop", stop)
             except UcError as err:
                 return ("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
-            if self.cpu.event is not None:
-                vector = self.cpu.event.vector
-                why = self._event_in_guest(vector)
-                if why is not None:
-                    return self.pending or (why, None)
+            if why is None:
                 continue
+            if why != "exit":
+                return self.pending or (why, None)
+            if self.pending is None and self.direct and uc_eip(self) in self.stop_addresses:
+                self.capture()
+                S.eip = uc_eip(self)
+                return ("stop", S.eip)
             if self.pending is None:
                 return ("vmstop", VMStop("unicorn", "the CPU stopped without a reason"))
             why, what = self.pending
@@ -888,6 +934,10 @@ class Vmm:
                 return None
 
 
+def uc_eip(vmm: Vmm) -> int:
+    return vmm.uc.reg_read(X.UC_X86_REG_EIP)
+
+
 # ---------------------------------------------------------------- engines
 
 
@@ -908,8 +958,11 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("retranslations", "retranslations", s["retranslations"])
     stats.add("events_delivered", "exceptions and interrupts delivered", s["events_delivered"])
-    stats.add("interpreted_instructions", "instructions run by the interpreter (real mode, v86, TF)",
-              s["interpreted_instructions"])
+    stats.add(
+        "interpreted_instructions",
+        "instructions run by the interpreter (real mode, v86, TF)",
+        s["interpreted_instructions"],
+    )
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 
 
@@ -933,7 +986,8 @@ def run_engine(mode: str):
             return guest._stop_at(m, what.kind, what.reason, S.eip)
         if why == "halt":
             detail = "HLT with interrupts " + (
-                "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled")
+                "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled"
+            )
             return guest._stop_at(m, "halt", detail, (S.eip - 1) & M32)
         if why == "interrupted":
             return guest._stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
