@@ -179,12 +179,3 @@ def run_bare(image, platform, max_insns, stats):
         )
         return guest._stop_at(m, "halt", detail, (S.eip - 1) & 0xFFFFFFFF)
     return guest._stop_at(m, "limit", "the instruction budget ran out", S.eip)
-
-
-def _register() -> None:
-    from ring1.runtime import guest
-
-    guest.register_engine("bare", run_bare)
-
-
-_register()

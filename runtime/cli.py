@@ -91,8 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except guest.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return guest.EXIT_USAGE
-    import ring1.runtime.bare  # noqa: F401 -- registers the bare engine
-    import ring1.runtime.vmm  # noqa: F401 -- registers the bt and trap engines
+    from ring1.runtime import bare, vmm
+
+    guest.register_engine("bare", bare.run_bare)
+    guest.register_engine("bt", vmm.run_engine("bt"))
+    guest.register_engine("trap", vmm.run_engine("trap"))
 
     engine = guest.ENGINES.get(args.mode)
     if engine is None:

@@ -996,13 +996,4 @@ def run_engine(mode: str):
     return engine
 
 
-def _register() -> None:
-    from ring1.runtime import guest
-
-    guest.register_engine("bt", run_engine("bt"))
-    guest.register_engine("trap", run_engine("trap"))
-
-
-_register()
-
 __all__ = ["Vmm", "run_engine"]
