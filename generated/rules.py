@@ -891,6 +891,7 @@ CONSTS = {
     'V_EAX': 0,
     'V_EFLAGS': 32,
     'V_ESP': 16,
+    'V_HITS': 68,
     'V_HWSEL': 96,
     'V_JUMP': 40,
     'V_JUMP2': 64,
@@ -911,7 +912,7 @@ CONSTS = {
 # for its segment-override prefix. Variants are keyed by the register numbers of the
 # placeholders listed; blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:154
+    'cli_virtual': {  # spec/vmm.r1:158
         "placeholders": (),
         "when": {},
         "origin": None,
@@ -920,7 +921,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 81 25 24 00 00 00 ff fd ff ff 9d')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:183
+    'mov_from_sreg': {  # spec/vmm.r1:187
         "placeholders": ('dst', 'src'),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -992,7 +993,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 56 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:168
+    'pushf_virtual': {  # spec/vmm.r1:172
         "placeholders": (),
         "when": {'osize': '32'},
         "origin": None,
@@ -1001,7 +1002,7 @@ TEMPLATES = {
             (): [bytes.fromhex('89 44 24 fc 89 44 24 f8 9c 9c 81 64 24 04 ff cd ff ff 65 a3 38 00 00 00 65 a1 24 00 00 00 09 44 24 04 65 a1 38 00 00 00 9d')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:198
+    'sldt_virtual': {  # spec/vmm.r1:202
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1017,7 +1018,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 58 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:188
+    'smsw_virtual': {  # spec/vmm.r1:192
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1033,7 +1034,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 54 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:160
+    'sti_virtual': {  # spec/vmm.r1:164
         "placeholders": (),
         "when": {},
         "origin": None,
@@ -1042,7 +1043,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 81 0d 24 00 00 00 00 02 00 00 9d')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:193
+    'str_virtual': {  # spec/vmm.r1:197
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1058,13 +1059,13 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 5a 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:59
+    'vmm_stubs': {  # spec/vmm.r1:60
         "placeholders": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846873, 'lookup': 4290846986, 'lookup.hit': 4290847047, 'restore_regs': 4290846916, 'restore_segs': 4290846880, 'translate_exit': 4290846803, 'vmm_exit': 4290847085, 'world_switch': 4290846720},
+        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846873, 'lookup': 4290846986, 'lookup.hit': 4290847047, 'restore_regs': 4290846916, 'restore_segs': 4290846880, 'translate_exit': 4290846803, 'vmm_exit': 4290847102, 'world_switch': 4290846720},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 60 00 00 00 8e c0 65 66 a1 66 00 00 00 8e d8 65 66 a1 68 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 6a 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 60 00 00 00 8e c0 65 66 a1 66 00 00 00 8e d8 65 66 a1 68 00 00 00 8e e0 65 66 a1 64 00 00 00 8e d0 65 8b 25 10 00 00 00 65 ff 35 20 00 00 00 9d 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 0c ff ff ff 0f b7 c8 65 8b 0c cd 04 00 02 00 65 89 0d 40 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 65 ff 25 40 00 00 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 60 00 00 00 8e c0 65 66 a1 66 00 00 00 8e d8 65 66 a1 68 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 6a 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 60 00 00 00 8e c0 65 66 a1 66 00 00 00 8e d8 65 66 a1 68 00 00 00 8e e0 65 66 a1 64 00 00 00 8e d0 65 8b 25 10 00 00 00 65 ff 35 20 00 00 00 9d 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 0c ff ff ff 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 8b 0c cd 04 00 02 00 65 89 0d 40 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 65 ff 25 40 00 00 00 eb fe')],
         },
     },
 }

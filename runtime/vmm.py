@@ -951,6 +951,7 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("ident_share_percent", "share of IDENT instructions", share, "%")
     stats.add("chained_links", "chained links", s["chained_links"])
     stats.add("translator_entries", "translator entries (continuations and lookup misses)", s["translator_entries"])
+    stats.add("indirect_hits", "indirect lookups that hit in the TC", vmm.vmm_read32(C["V_HITS"]))
     stats.add("indirect_misses", "indirect lookups that missed the TC", s["indirect_misses"])
     stats.add("callouts", "callouts", s["callouts"])
     stats.add("traps", "traps", s["traps"])
