@@ -219,8 +219,11 @@ class Vmm:
         return S.cpl == 3 or (self.mode == "trap" and S.cpl == 0)
 
     def publish_virtual(self) -> None:
-        """Copy the guest-visible state that in-TC templates read into the vcpu page."""
+        """Copy the guest-visible state that in-TC templates read into the vcpu page, and the ESP
+        that reaches the VMM's scratch stack through the guest's SS (unicorn ignores SS's limit)."""
         S = self.m.state
+        scratch = VMM_BASE + C["VMM_SCRATCH_STACK"]
+        self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
         eflags = self.m.eflags()
         self.vmm_write32(C["V_VIRT"], eflags & 0x3200)
         self.vmm_write(C["V_SEL"], struct.pack("<6H", *S.sel))
