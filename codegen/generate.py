@@ -122,6 +122,16 @@ def render_flags(spec: Spec, env: jinja2.Environment) -> str:
     )
 
 
+def _privilege_code(spec: Spec, form) -> str | None:
+    """The privilege predicate as a Python expression over the CPU state S (None: `any`)."""
+    from ring1.codegen.emit import Emitter, Variant
+
+    if form.insn.privilege is None:
+        return None
+    em = Emitter(spec, form=form, variant=Variant(osize=32, asize=32, mod="reg" if form.enc.mod != "mem" else "mem"))
+    return em.expr(form.insn.privilege).code
+
+
 def _privilege_exc(form) -> str:
     exc = form.insn.privilege_exc
     if exc is None:
@@ -143,6 +153,7 @@ def render_forms(spec: Spec, env: jinja2.Environment) -> str:
                 "flags": repr({k: tuple(sorted(v)) for k, v in sorted(f.flag_actions.items())}),
                 "privilege": f.privilege_text,
                 "privilege_exc": _privilege_exc(f),
+                "privilege_code": repr(_privilege_code(spec, f)),
                 "modes": repr(f.modes),
                 "prefixes": repr(f.prefixes),
                 "reads": repr(f.reads),

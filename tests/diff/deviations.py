@@ -352,6 +352,8 @@ def _smsw_r32_low_word(case: Case, o: Outcome) -> bool:
     before = _sys_reg_value(case, d.fields["dst"])
     ours, theirs = o.ours.regs[name], o.theirs.regs[name]
     return theirs == (before & 0xFFFF0000) | (ours & 0xFFFF)
+
+
 # ------------------------------------------------------------ ALU families (arith, logic, shift, bit)
 # Proven by tests/diff/test_deviations_alu.py.
 

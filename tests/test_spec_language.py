@@ -1,0 +1,145 @@
+"""The spec compiler: what it accepts, what it rejects (with file:line:col), and what it makes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ring1.codegen.ast import SpecError
+from ring1.codegen.generate import render_all
+from ring1.codegen.model import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+PRELUDE = (ROOT / "spec" / "prelude.r1").read_text()
+
+GOOD = """
+insn ADD_RMv_Rv {
+  mnemonic  add
+  encoding  01 /r
+  operands  dst: rmv rw, src: rv r
+  prefixes  lock
+  flags     mod(of sf zf af pf cf)
+  privilege any
+  sensitive none
+  translate ident
+  semantics { let r = trunc(dst + src, w); dst = r; setflags add(dst, src, r); }
+}
+"""
+
+
+def compile_spec(tmp_path: Path, text: str):
+    """Load a spec directory holding the real prelude and one file with `text`."""
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir(exist_ok=True)
+    (spec_dir / "prelude.r1").write_text(PRELUDE)
+    (spec_dir / "t.r1").write_text(text)
+    return load_spec(tmp_path, spec_dir)
+
+
+def rejected(tmp_path: Path, text: str) -> SpecError:
+    with pytest.raises(SpecError) as info:
+        compile_spec(tmp_path, text)
+    return info.value
+
+
+def test_a_good_form_compiles(tmp_path: Path) -> None:
+    spec = compile_spec(tmp_path, GOOD)
+    form = spec.form("ADD_RMv_Rv")
+    assert form.mnemonics == {None: "add"}
+    assert form.flag_actions["cf"] == {"mod"}
+    assert form.rule == "ident"
+
+
+# Each case: a mistake, and where and what the one-line error must say.
+CASES = [
+    ("typo in a keyword", GOOD.replace("privilege any", "privilige any"), (8, 3), "unexpected"),
+    ("unknown operand type", GOOD.replace("rv r", "rq r"), (5, 26), "unknown operand type 'rq'"),
+    ("unknown name in semantics", GOOD.replace("dst + src", "dst + srcc"), (11, 35), "unknown name 'srcc'"),
+    (
+        "flag written but not declared",
+        GOOD.replace("mod(of sf zf af pf cf)", "mod(of sf zf af pf)"),
+        (11, 3),
+        "the semantics write cf but the flags line does not declare it",
+    ),
+    (
+        "flag declared but never written",
+        GOOD.replace("setflags add(dst, src, r);", ""),
+        (11, 3),
+        "declares af written, but the semantics never write it",
+    ),
+    ("missing required line", GOOD.replace("  sensitive none\n", ""), (2, 1), "has no 'sensitive' line"),
+    ("immediate without operand", GOOD.replace("01 /r", "01 /r ib"), (4, 3), "immediate field"),
+    (
+        "unknown privstate",
+        GOOD.replace("sensitive none", "sensitive reads(gdtrr)"),
+        (9, 13),
+        "'gdtrr' is not privileged state",
+    ),
+    ("unknown flagfn", GOOD.replace("setflags add(", "setflags ad("), (11, 53), "no flagfn named 'ad'"),
+    ("arity", GOOD.replace("trunc(dst + src, w)", "trunc(dst + src)"), (11, 23), "trunc takes 2 arguments"),
+    ("unknown exception", GOOD.replace("let r", "raise #XX; let r"), (11, 21), "unexpected character '#'"),
+    ("bad translate rule", GOOD.replace("translate ident", "translate direct"), (10, 3), "needs one of"),
+    ("missing brace", GOOD.rstrip().rstrip("}"), (11, 80), "unexpected end of file"),
+]
+
+
+@pytest.mark.parametrize("what,text,where,message", CASES, ids=[c[0] for c in CASES])
+def test_mistakes_are_reported_at_their_place(tmp_path: Path, what, text, where, message) -> None:
+    err = rejected(tmp_path, text)
+    line = str(err)
+    assert "\n" not in line
+    assert re.match(r"spec/t\.r1:\d+:\d+: error: ", line), line
+    assert (err.loc.line, err.loc.col) == where, line
+    assert message in line, line
+
+
+def test_colliding_encodings_name_both_forms(tmp_path: Path) -> None:
+    twin = GOOD.replace("ADD_RMv_Rv", "ADD_TWIN")
+    err = rejected(tmp_path, GOOD + twin)
+    assert "collides with ADD_RMv_Rv" in str(err)
+    assert err.loc.line == 16  # the second encoding line
+
+
+def test_duplicate_form_names(tmp_path: Path) -> None:
+    err = rejected(tmp_path, GOOD + GOOD)
+    assert "is already defined at spec/t.r1:2" in str(err)
+
+
+def test_the_command_line_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """`ring1 spec check` on a spec with a typo: one line, file:line:col, exit status 1."""
+    work = tmp_path / "repo"
+    shutil.copytree(ROOT / "spec", work / "spec")
+    (work / "spec" / "t.r1").write_text(GOOD.replace("privilege any", "privilige any"))
+    code = (
+        "import sys; from pathlib import Path; from ring1.codegen.model import load_spec;"
+        "from ring1.codegen.ast import SpecError\n"
+        "try:\n    load_spec(Path(sys.argv[1]))\n"
+        "except SpecError as e:\n    print(e, file=sys.stderr); sys.exit(1)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(work)], capture_output=True, text=True)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert re.match(r"spec/t\.r1:8:3: error: unexpected", lines[0]), lines[0]
+
+
+def test_generation_is_deterministic_and_committed() -> None:
+    """generated/ is exactly what the spec and generator make now, and making it twice agrees."""
+    spec = load_spec(ROOT)
+    first = render_all(spec)
+    second = render_all(load_spec(ROOT))
+    assert first == second
+    for name, text in first.items():
+        assert (ROOT / "generated" / name).read_text() == text, f"generated/{name} is stale: run make generate"
+
+
+def test_generated_code_names_its_spec_lines() -> None:
+    text = (ROOT / "generated" / "interp_arith.py").read_text()
+    templates = text.count('"""\\\n')
+    assert templates > 50
+    assert text.count("from spec/arith.r1:") >= templates  # every template says where it comes from
