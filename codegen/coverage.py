@@ -31,7 +31,7 @@ def never_traps_in_protected_mode(form) -> bool:
         return False  # depends on an operand or on other state (the I/O bitmap): not unconditional
     for cpl in range(4):
         for iopl in range(4):
-            if not eval(code, {"S": _State(cpl, iopl)}):  # noqa: S307 -- generated from the spec
+            if not eval(code, {"S": _State(cpl, iopl)}):  # the predicate is generated from the spec
                 return False
     return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jinja2
+
 from ring1.codegen.decodetable import build_decode_table
 from ring1.codegen.emit import (
     STATUS_FLAGS,

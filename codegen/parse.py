@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
 from ring1.codegen import ast as A
 
 GRAMMAR = Path(__file__).with_name("grammar.lark")

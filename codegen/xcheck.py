@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs
 from capstone import x86_const as X
+
 from ring1.codegen.emit import emit_form, form_variants
 from ring1.codegen.model import CC_NAMES, Form, Spec
 

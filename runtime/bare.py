@@ -18,13 +18,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from unicorn import x86_const as X
+
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import PhysicalCpu, UcError
 from ring1.runtime.platform import GuestExit
-from unicorn import x86_const as X
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 

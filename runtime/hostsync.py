@@ -20,9 +20,10 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
+
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
 
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")

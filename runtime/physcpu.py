@@ -23,7 +23,6 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 
-from ring1.runtime.memory import PhysicalMemory
 from unicorn import (
     UC_ARCH_X86,
     UC_HOOK_INSN,
@@ -36,6 +35,8 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
+
+from ring1.runtime.memory import PhysicalMemory
 
 GPR_IDS = (
     X.UC_X86_REG_EAX,

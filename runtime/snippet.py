@@ -135,10 +135,11 @@ def _ring3_stub(esp: int, eflags: int) -> bytes:
 
 def unicorn_machine(spec: fresh.FreshSpec):
     """The fresh machine on unicorn: a PhysicalCpu positioned at the snippet's first instruction."""
+    from unicorn import x86_const as X
+
     from ring1.runtime.machine import Platform
     from ring1.runtime.memory import PhysicalMemory
     from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu
-    from unicorn import x86_const as X
 
     mem = PhysicalMemory(fresh.MEMORY_SIZE)
     for addr, data in fresh.memory_image(spec):

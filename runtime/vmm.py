@@ -40,6 +40,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from unicorn import UC_HOOK_CODE
+from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES
 from ring1.runtime import x86enc as enc
@@ -50,9 +54,6 @@ from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
-from unicorn import UC_HOOK_CODE
-from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ring1.runtime import guest
 from ring1.runtime.events import VMStop
 from ring1.runtime.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform

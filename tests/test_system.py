@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+
 from ring1.runtime import fresh
 from ring1.runtime.events import Fault
 from ring1.runtime.snippet import interp_machine, run_interp

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
+
 from ring1.generated.decode import ENCODINGS, LAYOUT
 from ring1.generated.forms import FORMS
 from ring1.runtime import fresh

@@ -13,11 +13,12 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass, field
 
+from unicorn import x86_const as X
+
 from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
 from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, UcError
 from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine
-from unicorn import x86_const as X
 
 FLAG_BITS = {
     "cf": 0,

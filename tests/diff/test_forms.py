@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+
 from ring1.generated.forms import FORMS
 
 from . import deviations
