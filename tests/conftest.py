@@ -10,8 +10,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--diff-examples",
         type=int,
-        default=20,
-        help="hypothesis examples per form and mode in the differential tests (default 20)",
+        default=12,
+        help="hypothesis examples per form and mode in the differential tests (default 12)",
     )
     group.addoption(
         "--diff-random",

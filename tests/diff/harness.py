@@ -70,7 +70,7 @@ class Case:
     spec: fresh.FreshSpec
     forms: list[str]
     note: str = ""
-    max_insns: int = 64
+    max_insns: int = 4096  # a guard against runaway code (unicorn counts each REP iteration)
     extra_undefined: int = 0  # flags a deviation says to ignore (see deviations.py), with its reason
     ignore: set[str] = field(default_factory=set)
 
