@@ -19,8 +19,10 @@ check: lint
 lint:
 	$(PYTHON) -m ruff check codegen runtime tests
 
+# The interpreter's speed against unicorn, then the nanobenchmarks in every mode (a minute or two).
 bench:
 	ring1 bench interp
+	ring1 bench nano
 
 # ---------------------------------------------------------------- guests
 # Freestanding Multiboot kernels for `ring1 run`, built with the host's gcc, nasm and ld.

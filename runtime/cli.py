@@ -134,6 +134,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return stop.exit_status
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ring1.runtime import bench
+
+    if args.bench_command == "interp":
+        result = bench.run_interp_bench(quick=args.quick, repeats=args.repeats)
+        print(json.dumps(result, indent=1) if args.json else bench.format_interp(result))
+        return 0
+
+    def listed(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        if not values:
+            return default
+        return tuple(v for item in values for v in item.split(",") if v)
+
+    modes = listed(args.modes, bench.MODES)
+    names = listed(args.only, bench.NANO_NAMES)
+    bad = sorted(set(modes) - set(bench.MODES)) + sorted(set(names) - set(bench.NANO_NAMES))
+    if bad:
+        print(
+            f"ring1 bench nano: unknown {', '.join(bad)} (modes: {', '.join(bench.MODES)}; "
+            f"benchmarks: {', '.join(bench.NANO_NAMES)})",
+            file=sys.stderr,
+        )
+        return 2
+    result = bench.run_nano(modes, names, quick=args.quick, repeats=args.repeats, ladder=not args.no_ladder)
+    print(json.dumps(result, indent=1) if args.json else bench.format_nano(result))
+    return 0
+
+
 def cmd_spec_check(args: argparse.Namespace) -> int:
     from ring1.codegen.generate import render_all
     from ring1.codegen.model import load_spec
@@ -238,6 +266,29 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--json-stats", metavar="FILE", help="write the statistics to FILE as JSON")
     run.add_argument("--max-insns", type=int, metavar="N", help="stop after N guest instructions")
     run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("bench", help="benchmarks: the interpreter's speed, the nanobenchmarks")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bi = bsub.add_parser(
+        "interp",
+        help="guest instructions per second of the interpreter, and of unicorn on the same loop",
+    )
+    bn = bsub.add_parser(
+        "nano",
+        help="Adams & Agesen nanobenchmarks in every mode, and the CLI ladder",
+        description="Each benchmark is a kernel-mode loop on the fresh machine of `ring1 exec`, timed in each "
+        "mode; the loop overhead (a baseline loop) is measured and subtracted. ns per operation and the "
+        "ratio of each mode to bare. The ladder: one CLI by trap-and-emulate (trap mode), by callout (bt, "
+        "CLI forced to a callout) and emulated in the TC (bt as the spec says).",
+    )
+    for sp_ in (bi, bn):
+        sp_.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        sp_.add_argument("--quick", action="store_true", help="short measurements, one repeat (for tests)")
+        sp_.add_argument("--repeats", type=int, metavar="N", help="measurements per figure; the median is kept")
+    bn.add_argument("--modes", nargs="+", metavar="MODE", help="bare, bt, trap, interp (default: all)")
+    bn.add_argument("--only", nargs="+", metavar="NAME", help="benchmark names (default: all)")
+    bn.add_argument("--no-ladder", action="store_true", help="skip the CLI ladder")
+    bench.set_defaults(func=cmd_bench)
 
     args = p.parse_args(argv)
     try:
