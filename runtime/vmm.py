@@ -913,8 +913,9 @@ class Vmm:
                 if self.stop_on_event:
                     return ("event", f)
                 self.deliver(f)
-            if why == "switch":
-                self._capture_at_exit()
+            # "switch": a callout left the virtual CPU complete (registers, flags, EIP) and in a
+            # state translated code cannot run; the hardware went to vmm_exit through
+            # restore_regs with the registers from *before* the callout, so nothing is captured.
 
     def _capture_at_exit(self) -> None:
         """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
