@@ -825,14 +825,16 @@ class Vmm:
         if walk is None:
             return False
         page = walk[0] >> 12
-        if page in self.code_pages or page in self.traced_pages:
-            return False  # a write to protected memory: emulate it
         pde = self.host.read32(self.pool_phys + (la >> 22) * 4)
         present = False
         if pde & 1:
             pte = self.host.read32((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4)
             present = bool(pte & 1)
-        write = present  # mapped already: the hardware refused a write (read-only until dirty)
+        if present and (page in self.code_pages or page in self.traced_pages):
+            return False  # a write to protected memory: emulate it
+        # Not mapped yet: map it (a protected page read-only). Mapped already: the hardware
+        # refused a write (read-only until dirty).
+        write = present
         if not self.fill(la, write):
             return False
         _ = S
