@@ -716,7 +716,7 @@ class Vmm:
             self._exit_to_vmm("halt", None)
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
-        if after != before:
+        if after != before or not self.can_translate():  # (POPF and IRET can set TF)
             if after[4:] != before[4:]:
                 self.flush_shadow()
             if not self.can_translate():
