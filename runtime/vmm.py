@@ -300,10 +300,12 @@ class Vmm:
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
         IF and IOPL from the hardware in direct execution (they are the guest's there), from the
-        vcpu page under translation (CLI and STI templates change them there); the rest virtual."""
+        vcpu page under translation (CLI and STI templates change them there); AC and ID from the
+        hardware in direct execution too (POPF sets them at any CPL); the rest virtual."""
         S = self.m.state
         virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
         if self.direct:
+            virtual = (virtual & ~0x240000) | (hw & 0x240000)
             ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
         else:
             ifl = self.vmm_read32(C["V_VIRT"]) & 0x3200
