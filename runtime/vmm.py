@@ -428,8 +428,10 @@ class Vmm:
         return unit
 
     def _rule(self, d: Decoded) -> str:
-        if d.form is None or d.lock_invalid:
+        if d.form is None:
             return "ident"  # the hardware raises #UD, and the interpreter confirms it
+        if d.lock_invalid:
+            return "callout"  # unicorn runs most invalid LOCK prefixes (deviation invalid-lock): #UD from the spec
         rule = RULES[d.form][0]
         if d.eip in self.callout_override:
             return "callout"
