@@ -303,6 +303,81 @@ def test_exceptions_never_go_through_the_idt() -> None:
     assert ev is not None and (ev.vector, ev.eip) == (0, fresh.CODE)
 
 
+@pytest.mark.parametrize("opcode", [0xE1, 0xE0], ids=["loope", "loopne"])
+def test_loope_loopne_corrupt_lazy_flags(opcode: int) -> None:
+    # mov al, 0x38; cmp al, 0x41; mov ecx, 1; loopne/loope +0; pushfd; pop ebx.
+    # LOOPE/LOOPNE do not change the flags, so EBX holds CMP's: CF SF (0x83). Unicorn, when
+    # ECX runs out, leaves them as if the last flag-setting instruction had produced ECX's
+    # new value 0 (ZF PF, with CMP's CF: 0x43). Found by the VMM's equivalence tests (the
+    # result depends on where unicorn's blocks begin, so `bare` and `bt` disagree with each
+    # other and with the architecture); not in tests/diff/deviations.py because the
+    # differential harness starts every case from flags written with reg_write, never lazy.
+    # LOOP and JECXZ are fine. tests/vmm/programs.py uses LOOP only because of this.
+    cpu = small_machine()
+    code = b"\xb0\x38\x3c\x41\xb9\x01\x00\x00\x00" + bytes([opcode, 0]) + b"\x9c\x5b"
+    cpu.memory.write(ENTRY, code)
+    assert cpu.run(ENTRY, ENTRY + len(code)) is None
+    assert cpu.uc.reg_read(X.UC_X86_REG_EBX) & 0x8D5 == 0x41  # architected: 0x81 (CF SF)
+    loop = b"\xb0\x38\x3c\x41\xb9\x01\x00\x00\x00\xe2\x00\x9c\x5b"
+    cpu = small_machine()
+    cpu.memory.write(ENTRY, loop)
+    assert cpu.run(ENTRY, ENTRY + len(loop)) is None
+    assert cpu.uc.reg_read(X.UC_X86_REG_EBX) & 0x8D5 == 0x81  # LOOP: right
+    from ring1.runtime.snippet import run_interp
+
+    interp = run_interp(fresh.FreshSpec(code=code))
+    assert interp.regs["ebx"] & 0x8D5 == 0x81  # the architected result, from the spec
+
+
+def _paged_run_with_fault(code: bytes, fault: bool) -> tuple[int, int, int]:
+    """Run `code` at CPL 0 with paging on; page 0xC000 is not present when `fault`, and is
+    mapped (as the VMM's hidden page faults do) before the faulting instruction restarts.
+    Returns (faults, EBX, the dword at 0xC000)."""
+    from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+    cpu = small_machine()
+    mem, uc = cpu.memory, cpu.uc
+    pd, pt = 0x9000, 0xA000
+    mem.write32(pd, pt | 0x7)
+    for page in range(16):
+        mem.write32(pt + page * 4, 0 if (page == 0xC and fault) else page << 12 | 0x7)
+    uc.reg_write(X.UC_X86_REG_CR3, pd)
+    uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)
+    mem.write(ENTRY, code)
+    faults = 0
+    ev = cpu.run(ENTRY, ENTRY + len(code))
+    while ev is not None:
+        assert ev.vector == 14 and ev.cr2 == 0xC000
+        faults += 1
+        mem.write32(pt + 0xC * 4, 0xC000 | 0x7)
+        uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        cpu.clear_exception_latch()
+        ev = cpu.run(uc.reg_read(X.UC_X86_REG_EIP), ENTRY + len(code))
+    return faults, uc.reg_read(X.UC_X86_REG_EBX), mem.read32(0xC000)
+
+
+SUB_SETS_CF = b"\xb8\x01\x00\x00\x00\xb9\x02\x00\x00\x00\x29\xc8"  # mov eax, 1; mov ecx, 2; sub eax, ecx
+
+
+@pytest.mark.parametrize("modrm", [0x1D, 0x15], ids=["rcr", "rcl"])
+def test_rcl_rcr_memory_restarted_after_a_page_fault_lose_cf(modrm: int) -> None:
+    # sub (CF = 1, kept lazily); rcr/rcl byte [0xc000], 1; pushfd; pop ebx. QEMU materialises the
+    # flags for RCL/RCR before the memory access; when the access faults, the CPU state is
+    # restored to the instruction's start with the lazy-flags operation of before, but over
+    # operands already overwritten, so the restarted RCR/RCL sees CF = 0 and the flags after it
+    # are garbage. Found by the VMM's equivalence tests: under `bt` every first touch of a page
+    # is a hidden page fault and a restart. ADC on memory, SETcc and PUSHF are not affected.
+    # tests/vmm/programs.py draws RCL/RCR with register operands only because of this; the
+    # remedy belongs in the spec (`translate callout` for RCL/RCR with a memory operand).
+    code = SUB_SETS_CF + bytes([0xD0, modrm]) + struct.pack("<I", 0xC000) + b"\x9c\x5b"
+    faults, flags, value = _paged_run_with_fault(code, fault=False)
+    assert faults == 0 and flags & 1 == 0 and value == (0x80 if modrm == 0x1D else 1)  # CF 1 rotated in
+    faults, flags, value = _paged_run_with_fault(code, fault=True)
+    assert faults == 1 and value == 0 and flags & 0xC5 == 0x44  # CF lost: the old byte 0 rotated with CF 0
+    adc = SUB_SETS_CF + b"\x80\x15" + struct.pack("<I", 0xC000) + b"\x00\x9c\x5b"  # adc byte [0xc000], 0
+    assert _paged_run_with_fault(adc, fault=True)[1:] == _paged_run_with_fault(adc, fault=False)[1:]
+
+
 # ---------------------------------------------------------------- hostsync
 
 
