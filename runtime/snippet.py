@@ -26,6 +26,7 @@ class SnippetResult:
     stop: str  # "end", "exception", "limit", "halt", "vmstop"
     icount: int
     diagnosis: str | None = None
+    memory: bytes | None = None  # guest physical memory at the end, when the caller asked for it
 
     def as_json(self) -> dict:
         out: dict = dict(self.regs)
@@ -91,7 +92,7 @@ def state_of(m: Machine) -> dict[str, int]:
     return out
 
 
-def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> SnippetResult:
+def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
     m = interp_machine(spec)
     m.stop_on_event = True
     m.stop_addresses = {fresh.CODE + len(spec.code)}
@@ -107,7 +108,8 @@ def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> Sni
         vector = r.event.vector
     if isinstance(r.vmstop, VMStop):
         diagnosis = f"{r.vmstop.reason}; {m.describe_state()}"
-    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis)
+    memory = bytes(m.mem.view) if keep_memory else None
+    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis, memory)
 
 
 # ---------------------------------------------------------------- the same snippet on unicorn
@@ -195,7 +197,7 @@ def unicorn_machine(spec: fresh.FreshSpec):
     return cpu
 
 
-def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> SnippetResult:
+def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
     from ring1.runtime.physcpu import UcError
 
     cpu = unicorn_machine(spec)
@@ -217,17 +219,21 @@ def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS) -> Sn
         stop = "end"
     else:
         stop = "limit"
-    return SnippetResult(regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis)
+    memory = bytes(cpu.memory.view) if keep_memory else None
+    return SnippetResult(regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis, memory)
 
 
 # ---------------------------------------------------------------- the same snippet under the VMM
 
 
-def run_vmm(spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS) -> SnippetResult:
-    """`ring1 exec --mode bt|trap`: the fresh machine as a guest of the VMM."""
+def run_vmm(
+    spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, vmm=None
+) -> SnippetResult:
+    """`ring1 exec --mode bt|trap`: the fresh machine as a guest of the VMM. Tests may pass a new
+    `vmm` (a Vmm of fresh.MEMORY_SIZE in `mode`) to look at it afterwards."""
     from ring1.runtime.vmm import Vmm
 
-    vmm = Vmm(fresh.MEMORY_SIZE, mode=mode)
+    vmm = vmm if vmm is not None else Vmm(fresh.MEMORY_SIZE, mode=mode)
     interp_machine(spec, vmm.m)
     vmm.stop_on_event = True
     vmm.stop_addresses = {fresh.CODE + len(spec.code)}
@@ -243,4 +249,5 @@ def run_vmm(spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS
     elif isinstance(what, VMStop):
         diagnosis = f"{what.reason}; {m.describe_state()}"
     stop = {"stop": "end", "event": "exception", "halt": "halt", "vmstop": "vmstop"}.get(why, why)
-    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis)
+    memory = bytes(vmm.guest_mem.view) if keep_memory else None
+    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis, memory)

@@ -313,10 +313,12 @@ class Vmm:
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
         IF and IOPL from the hardware in direct execution (they are the guest's there), from the
-        vcpu page under translation (CLI and STI templates change them there); the rest virtual."""
+        vcpu page under translation (CLI and STI templates change them there); AC and ID from the
+        hardware in direct execution too (POPF sets them at any CPL); the rest virtual."""
         S = self.m.state
         virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
         if self.direct:
+            virtual = (virtual & ~0x240000) | (hw & 0x240000)
             ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
         else:
             ifl = self.vmm_read32(C["V_VIRT"]) & 0x3200
@@ -439,8 +441,10 @@ class Vmm:
         return unit
 
     def _rule(self, d: Decoded) -> str:
-        if d.form is None or d.lock_invalid:
+        if d.form is None:
             return "ident"  # the hardware raises #UD, and the interpreter confirms it
+        if d.lock_invalid:
+            return "callout"  # unicorn runs most invalid LOCK prefixes (deviation invalid-lock): #UD from the spec
         rule = RULES[d.form][0]
         if d.eip in self.callout_override or d.form in self.rule_overrides:
             return "callout"
@@ -729,7 +733,7 @@ class Vmm:
             self._exit_to_vmm("halt", None)
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
-        if after != before:
+        if after != before or not self.can_translate():  # (POPF and IRET can set TF)
             if after[4:] != before[4:]:
                 self.flush_shadow()
             if not self.can_translate():
@@ -838,14 +842,16 @@ class Vmm:
         if walk is None:
             return False
         page = walk[0] >> 12
-        if page in self.code_pages or page in self.traced_pages:
-            return False  # a write to protected memory: emulate it
         pde = self.host.read32(self.pool_phys + (la >> 22) * 4)
         present = False
         if pde & 1:
             pte = self.host.read32((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4)
             present = bool(pte & 1)
-        write = present  # mapped already: the hardware refused a write (read-only until dirty)
+        if present and (page in self.code_pages or page in self.traced_pages):
+            return False  # a write to protected memory: emulate it
+        # Not mapped yet: map it (a protected page read-only). Mapped already: the hardware
+        # refused a write (read-only until dirty).
+        write = present
         if not self.fill(la, write):
             return False
         _ = S
@@ -926,8 +932,9 @@ class Vmm:
                 if self.stop_on_event:
                     return ("event", f)
                 self.deliver(f)
-            if why == "switch":
-                self._capture_at_exit()
+            # "switch": a callout left the virtual CPU complete (registers, flags, EIP) and in a
+            # state translated code cannot run; the hardware went to vmm_exit through
+            # restore_regs with the registers from *before* the callout, so nothing is captured.
 
     def _capture_at_exit(self) -> None:
         """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
