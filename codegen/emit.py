@@ -28,6 +28,7 @@ from ring1.codegen.model import (
     OPTYPES,
     READONLY_STATE,
     SEGREGS,
+    SIMD_STATE,
     STATUS_FLAGS,
     Form,
     Spec,
@@ -38,6 +39,7 @@ MODE_NUMBERS = {"real": 0, "prot": 1, "v86": 2}
 # declares cannot be checked against its own semantics alone.
 FLAG_WRITING_BUILTINS = {"soft_interrupt"}
 M32 = 0xFFFFFFFF
+M128 = (1 << 128) - 1
 
 
 @dataclass
@@ -262,7 +264,7 @@ class Emitter:
         if n == "eflags":
             self.flags_read.update(STATUS_FLAGS)
             return V("flush_cc()")
-        if n in READONLY_STATE:
+        if n in READONLY_STATE or n in SIMD_STATE:
             return V(_state_read(n))
         if n in self.spec.consts:
             return self.const_value(n, e.loc)
@@ -393,7 +395,7 @@ class Emitter:
             return V(f"rd{args[2].const}({args[0].code}, {args[1].code})", pure=False)
         if f == "store" and args[2].const in (8, 16, 32):
             return V(f"wr{args[2].const}({args[0].code}, {args[1].code}, {args[3].code})", pure=False)
-        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem")
+        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation")
         return V(f"b_{f}({', '.join(a.code for a in args)})", pure=pure and all(a.pure for a in args))
 
     def inline_fn(self, e: A.Call) -> V:
@@ -496,9 +498,9 @@ class Emitter:
         op = self._operand(arg.name) if isinstance(arg, A.Name) else None
         if op is None:
             raise self.err(e.loc, f"{e.func}() takes the name of the instruction's memory operand")
-        if self.variant.mod == "reg" and OPTYPES[op.type].kind == "rm":
+        if self.variant.mod == "reg" and (OPTYPES[op.type].kind == "rm" or op.type == "xmmrm"):
             raise self.err(e.loc, f"{e.func}({op.name}) in the register variant: the operand is not in memory")
-        if OPTYPES[op.type].kind not in ("rm", "mem", "addr", "moffs"):
+        if OPTYPES[op.type].kind not in ("rm", "mem", "addr", "moffs") and op.type != "xmmrm":
             raise self.err(e.loc, f"{op.name} is not a memory operand")
         return op
 
@@ -533,7 +535,7 @@ class Emitter:
 
     def op_in_memory(self, op: A.Operand) -> bool:
         kind = OPTYPES[op.type].kind
-        return kind in ("mem", "moffs") or (kind == "rm" and self.variant.mod == "mem")
+        return kind in ("mem", "moffs") or ((kind == "rm" or op.type == "xmmrm") and self.variant.mod == "mem")
 
     def operand_read(self, op: A.Operand, loc: A.Loc) -> V:
         if op.name in self.operand_vars:
@@ -563,6 +565,10 @@ class Emitter:
                 if t.width == "v":
                     name = "eax" if self.variant.osize == 32 else "ax"
                 return V(_gpr_read(name))
+            case "xmm":
+                if self.op_in_memory(op):
+                    return V(_mem_read("$seg", "ea", n), pure=False)
+                return V(f"S.xmm[{p}]")
             case "addr":
                 raise self.err(loc, f"operand {op.name} is an address only; use addr({op.name})")
         raise self.err(loc, f"operand {op.name} ({op.type}) has no value in the interpreter yet")
@@ -584,6 +590,10 @@ class Emitter:
                 if t.width == "v":
                     name = "eax" if self.variant.osize == 32 else "ax"
                 self.line(_gpr_write(name, v.code), loc)
+            case "xmm" if self.op_in_memory(op):
+                self.line(_mem_write("$seg", "ea", n, v.code), loc)
+            case "xmm":
+                self.line(f"S.xmm[${op.name}] = {v.code} & {hex(M128)}", loc)
             case _:
                 raise self.err(loc, f"operand {op.name} ({op.type}) cannot be assigned")
         if op.name in self.operand_vars:
@@ -767,10 +777,13 @@ class Emitter:
                 return
             raise self.err(tgt.loc, f"{tgt.func}(...) cannot be assigned")
         if isinstance(tgt, A.Field):
-            if tgt.base != "eflags":
+            if tgt.base not in ("eflags", *SIMD_STATE):
                 raise self.err(tgt.loc, f"{tgt.base} is written with a builtin (write_cr, ...), not by assignment")
-            if tgt.field not in self.spec.bits["eflags"].fields:
-                raise self.err(tgt.loc, f"eflags has no field {tgt.field!r}")
+            if tgt.base not in self.spec.bits or tgt.field not in self.spec.bits[tgt.base].fields:
+                raise self.err(tgt.loc, f"{tgt.base} has no field {tgt.field!r}")
+            if tgt.base != "eflags":
+                self.field_write(tgt.base, tgt.field, value, loc)
+                return
             self.flag_write(tgt.field, value, loc)
             return
         if not isinstance(tgt, A.Name):
@@ -801,11 +814,26 @@ class Emitter:
             self.opaque_flags = True
             self.line(f"set_eflags({value.code})", loc)
             return
+        if n in SIMD_STATE:
+            self.line(f"{_state_read(n)} = {value.code} & {hex(M32)}", loc)
+            return
         if n in READONLY_STATE:
             raise self.err(loc, f"{n} is read-only in semantics; a builtin changes it (set_seg, write_cr, ...)")
         if n in FORM_CONSTANTS or n in self.spec.consts:
             raise self.err(loc, f"{n} is a constant")
         raise self.err(loc, f"unknown name {n!r} (declare locals with let)")
+
+    def field_write(self, base: str, fld: str, v: V, loc: A.Loc) -> None:
+        """Assign a bit field of a writable register other than EFLAGS (mxcsr.ie = 1)."""
+        f = self.spec.bits[base].fields[fld]
+        m = (1 << (f.hi - f.lo + 1)) - 1
+        keep = M32 ^ (m << f.lo)
+        src = _state_read(base)
+        if v.const is not None:
+            self.line(f"{src} = {src} & {hex(keep)} | {hex((v.const & m) << f.lo)}", loc)
+        else:
+            shifted = f"({v.code} & {m}) << {f.lo}" if f.lo else f"({v.code} & {m})"
+            self.line(f"{src} = {src} & {hex(keep)} | {shifted}", loc)
 
     def flag_write(self, flag: str, v: V, loc: A.Loc) -> None:
         f = self.spec.bits["eflags"].fields[flag]
@@ -1097,6 +1125,12 @@ def emit_form(spec: Spec, form: Form, variant: Variant) -> FormCode:
             em.line(f"if not {t.code}: raise Fault({vec}, {code})", insn.privilege_loc)
         elif not t.const:
             em.line(f"raise Fault({vec}, {code})", insn.privilege_loc)
+    semantics = insn.semantics
+    if reads_mem and not variant.rep:
+        # Guards first: the CPU raises #UD and #NM before it touches a memory operand.
+        n = _leading_guards(spec, form, semantics)
+        em.body(semantics[:n])
+        semantics = semantics[n:]
     for op in reads_mem:
         var = f"v_{op.name}"
         em.line(f"{var} = {em.operand_value(op, op.loc).code}", op.loc)
@@ -1117,10 +1151,40 @@ def emit_form(spec: Spec, form: Form, variant: Variant) -> FormCode:
             em.line("if GET_ZF[S.cc[0]](S.cc): break")
         em.depth -= 1
     else:
-        em.body(insn.semantics)
+        em.body(semantics)
     if em.writes_eip and not ends_block(form):
         raise A.SpecError(insn.semantics_loc, f"{form.name} writes eip, so its translate rule cannot be `ident`")
     return FormCode(variant, em.code(), em.flags_read, em.flags_written, em.opaque_flags, em.writes_eip)
+
+
+def _leading_guards(spec: Spec, form: Form, stmts: list[A.Stmt]) -> int:
+    """How many of the first statements are guards: `if` statements (or macros made of them)
+    whose tests name no operand and whose arms only raise. They change nothing, so they may
+    run before the memory operands are read."""
+
+    def names_operand(e: A.Expr) -> bool:
+        return any(_count_uses(e, op.name) for op in form.operands)
+
+    def guard(s: A.Stmt, seen: tuple[str, ...]) -> bool:
+        match s:
+            case A.Raise():
+                return s.code is None or not names_operand(s.code)
+            case A.If():
+                arms_ok = all(not names_operand(t) and all(guard(x, seen) for x in b) for t, b in s.arms)
+                return arms_ok and all(guard(x, seen) for x in s.orelse or [])
+            case A.Block():
+                return all(guard(x, seen) for x in s.body)
+            case A.ExprStmt() if s.call.func in spec.macros and s.call.func not in seen:
+                m = spec.macros[s.call.func]
+                return not any(names_operand(a) for a in s.call.args) and all(
+                    guard(x, (*seen, m.name)) for x in m.body
+                )
+        return False
+
+    n = 0
+    while n < len(stmts) and guard(stmts[n], ()):
+        n += 1
+    return n
 
 
 def emit_proc(spec: Spec, proc: A.Proc) -> str:

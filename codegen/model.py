@@ -37,6 +37,7 @@ EXCEPTIONS = {  # name -> (vector, takes an error code)
     "MF": (16, False),
     "AC": (17, True),
     "MC": (18, False),
+    "XM": (19, False),
 }
 
 TRANSLATE_RULES = {
@@ -83,11 +84,11 @@ def _optypes() -> dict[str, OpType]:
     t["cl"] = OpType("fixed", 8, "cl")
     t["dx"] = OpType("fixed", 16, "dx")
     t["sti"] = OpType("x87", 80)  # ST(i) from ModRM.rm or the opcode's low bits
-    t["st0"] = OpType("x87", 80)
+    t["st0"] = OpType("x87", 80)  # no interpreter semantics yet
     t["mm"] = OpType("mmx", 64)
-    t["mmrm"] = OpType("mmx", 64)  # an MMX register or memory
-    t["xmm"] = OpType("xmm", 128)
-    t["xmmrm"] = OpType("xmm", 128)  # an XMM register or memory
+    t["mmrm"] = OpType("mmx", 64)  # an MMX register or memory; no interpreter semantics yet
+    t["xmm"] = OpType("xmm", 128)  # an XMM register from ModRM.reg: a 128-bit value
+    t["xmmrm"] = OpType("xmm", 128)  # an XMM register or 128 bits of memory
     t["r32rm"] = OpType("rm", 32)  # a general register from ModRM.rm with mod = 11 (MOV CRn, SIMD extracts)
     return t
 
@@ -273,7 +274,8 @@ READONLY_STATE = (
     "tr_attr",
     *SEGREGS,
 )
-WRITABLE_STATE = (*GPR32, *GPR16, *GPR8, "eip", "eflags")
+SIMD_STATE = ("mxcsr",)  # SSE's control and status register; the XMM registers are operands
+WRITABLE_STATE = (*GPR32, *GPR16, *GPR8, "eip", "eflags", *SIMD_STATE)
 FORM_CONSTANTS = ("w", "osize", "asize", "cc", "dseg")
 INTRINSICS = {  # name -> number of arguments; implemented by the generator, not the machine
     "reg": 2,

@@ -7341,7 +7341,7 @@ FORMS = {
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:35',
+        source='spec/sse.r1:93',
         encoding='0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7362,7 +7362,7 @@ FORMS = {
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:45',
+        source='spec/sse.r1:103',
         encoding='0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -7383,7 +7383,7 @@ FORMS = {
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:55',
+        source='spec/sse.r1:113',
         encoding='0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7404,7 +7404,7 @@ FORMS = {
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:65',
+        source='spec/sse.r1:123',
         encoding='0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -7425,7 +7425,7 @@ FORMS = {
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:75',
+        source='spec/sse.r1:133',
         encoding='F3 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7446,7 +7446,7 @@ FORMS = {
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:85',
+        source='spec/sse.r1:143',
         encoding='F3 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -7467,7 +7467,7 @@ FORMS = {
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:95',
+        source='spec/sse.r1:153',
         encoding='F3 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -7488,7 +7488,7 @@ FORMS = {
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:105',
+        source='spec/sse.r1:163',
         encoding='F3 0F 11 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -7509,7 +7509,7 @@ FORMS = {
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:115',
+        source='spec/sse.r1:173',
         encoding='0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -7530,7 +7530,7 @@ FORMS = {
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
         mnemonics={None: 'movhlps'},
-        source='spec/sse.r1:125',
+        source='spec/sse.r1:183',
         encoding='0F 12 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7551,7 +7551,7 @@ FORMS = {
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:135',
+        source='spec/sse.r1:193',
         encoding='0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -7572,7 +7572,7 @@ FORMS = {
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:145',
+        source='spec/sse.r1:203',
         encoding='0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -7593,7 +7593,7 @@ FORMS = {
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
         mnemonics={None: 'movlhps'},
-        source='spec/sse.r1:155',
+        source='spec/sse.r1:213',
         encoding='0F 16 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7614,7 +7614,7 @@ FORMS = {
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:165',
+        source='spec/sse.r1:223',
         encoding='0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -7635,7 +7635,7 @@ FORMS = {
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
         mnemonics={None: 'movmskps'},
-        source='spec/sse.r1:175',
+        source='spec/sse.r1:233',
         encoding='0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -7656,7 +7656,7 @@ FORMS = {
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
         mnemonics={None: 'addps'},
-        source='spec/sse.r1:187',
+        source='spec/sse.r1:245',
         encoding='0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7677,7 +7677,7 @@ FORMS = {
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:197',
+        source='spec/sse.r1:255',
         encoding='F3 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7698,7 +7698,7 @@ FORMS = {
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:207',
+        source='spec/sse.r1:265',
         encoding='F3 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -7719,7 +7719,7 @@ FORMS = {
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
         mnemonics={None: 'subps'},
-        source='spec/sse.r1:217',
+        source='spec/sse.r1:275',
         encoding='0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7740,7 +7740,7 @@ FORMS = {
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:227',
+        source='spec/sse.r1:285',
         encoding='F3 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7761,7 +7761,7 @@ FORMS = {
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:237',
+        source='spec/sse.r1:295',
         encoding='F3 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -7782,7 +7782,7 @@ FORMS = {
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
         mnemonics={None: 'mulps'},
-        source='spec/sse.r1:247',
+        source='spec/sse.r1:305',
         encoding='0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7803,7 +7803,7 @@ FORMS = {
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:257',
+        source='spec/sse.r1:315',
         encoding='F3 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7824,7 +7824,7 @@ FORMS = {
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:267',
+        source='spec/sse.r1:325',
         encoding='F3 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -7845,7 +7845,7 @@ FORMS = {
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
         mnemonics={None: 'divps'},
-        source='spec/sse.r1:277',
+        source='spec/sse.r1:335',
         encoding='0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7866,7 +7866,7 @@ FORMS = {
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:287',
+        source='spec/sse.r1:345',
         encoding='F3 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7887,7 +7887,7 @@ FORMS = {
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:297',
+        source='spec/sse.r1:355',
         encoding='F3 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -7908,7 +7908,7 @@ FORMS = {
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
         mnemonics={None: 'minps'},
-        source='spec/sse.r1:307',
+        source='spec/sse.r1:365',
         encoding='0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7929,7 +7929,7 @@ FORMS = {
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:317',
+        source='spec/sse.r1:375',
         encoding='F3 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7950,7 +7950,7 @@ FORMS = {
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:327',
+        source='spec/sse.r1:385',
         encoding='F3 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -7971,7 +7971,7 @@ FORMS = {
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
         mnemonics={None: 'maxps'},
-        source='spec/sse.r1:337',
+        source='spec/sse.r1:395',
         encoding='0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -7992,7 +7992,7 @@ FORMS = {
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:347',
+        source='spec/sse.r1:405',
         encoding='F3 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8013,7 +8013,7 @@ FORMS = {
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:357',
+        source='spec/sse.r1:415',
         encoding='F3 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8034,7 +8034,7 @@ FORMS = {
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
         mnemonics={None: 'sqrtps'},
-        source='spec/sse.r1:367',
+        source='spec/sse.r1:425',
         encoding='0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8055,7 +8055,7 @@ FORMS = {
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:377',
+        source='spec/sse.r1:435',
         encoding='F3 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8076,7 +8076,7 @@ FORMS = {
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:387',
+        source='spec/sse.r1:445',
         encoding='F3 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8097,7 +8097,7 @@ FORMS = {
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
         mnemonics={None: 'rcpps'},
-        source='spec/sse.r1:397',
+        source='spec/sse.r1:455',
         encoding='0F 53 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8118,7 +8118,7 @@ FORMS = {
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:407',
+        source='spec/sse.r1:465',
         encoding='F3 0F 53 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8139,7 +8139,7 @@ FORMS = {
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:417',
+        source='spec/sse.r1:475',
         encoding='F3 0F 53 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8160,7 +8160,7 @@ FORMS = {
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
         mnemonics={None: 'rsqrtps'},
-        source='spec/sse.r1:427',
+        source='spec/sse.r1:485',
         encoding='0F 52 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8181,7 +8181,7 @@ FORMS = {
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:437',
+        source='spec/sse.r1:495',
         encoding='F3 0F 52 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8202,7 +8202,7 @@ FORMS = {
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:447',
+        source='spec/sse.r1:505',
         encoding='F3 0F 52 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8223,7 +8223,7 @@ FORMS = {
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmpps'},
-        source='spec/sse.r1:459',
+        source='spec/sse.r1:517',
         encoding='0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -8244,7 +8244,7 @@ FORMS = {
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:470',
+        source='spec/sse.r1:528',
         encoding='F3 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -8265,7 +8265,7 @@ FORMS = {
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:481',
+        source='spec/sse.r1:539',
         encoding='F3 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -8286,7 +8286,7 @@ FORMS = {
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:492',
+        source='spec/sse.r1:550',
         encoding='0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -8307,7 +8307,7 @@ FORMS = {
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:502',
+        source='spec/sse.r1:560',
         encoding='0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -8328,7 +8328,7 @@ FORMS = {
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:512',
+        source='spec/sse.r1:570',
         encoding='0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -8349,7 +8349,7 @@ FORMS = {
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:522',
+        source='spec/sse.r1:580',
         encoding='0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -8370,7 +8370,7 @@ FORMS = {
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
         mnemonics={None: 'andps'},
-        source='spec/sse.r1:534',
+        source='spec/sse.r1:592',
         encoding='0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8391,7 +8391,7 @@ FORMS = {
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
         mnemonics={None: 'andnps'},
-        source='spec/sse.r1:544',
+        source='spec/sse.r1:602',
         encoding='0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8412,7 +8412,7 @@ FORMS = {
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
         mnemonics={None: 'orps'},
-        source='spec/sse.r1:554',
+        source='spec/sse.r1:612',
         encoding='0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8433,7 +8433,7 @@ FORMS = {
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
         mnemonics={None: 'xorps'},
-        source='spec/sse.r1:564',
+        source='spec/sse.r1:622',
         encoding='0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8454,7 +8454,7 @@ FORMS = {
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufps'},
-        source='spec/sse.r1:574',
+        source='spec/sse.r1:632',
         encoding='0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -8475,7 +8475,7 @@ FORMS = {
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
         mnemonics={None: 'unpcklps'},
-        source='spec/sse.r1:584',
+        source='spec/sse.r1:642',
         encoding='0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8496,7 +8496,7 @@ FORMS = {
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
         mnemonics={None: 'unpckhps'},
-        source='spec/sse.r1:594',
+        source='spec/sse.r1:652',
         encoding='0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8517,7 +8517,7 @@ FORMS = {
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
         mnemonics={None: 'cvtpi2ps'},
-        source='spec/sse.r1:606',
+        source='spec/sse.r1:664',
         encoding='0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -8538,7 +8538,7 @@ FORMS = {
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:616',
+        source='spec/sse.r1:674',
         encoding='0F 2D /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8559,7 +8559,7 @@ FORMS = {
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:626',
+        source='spec/sse.r1:684',
         encoding='0F 2D /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -8580,7 +8580,7 @@ FORMS = {
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:636',
+        source='spec/sse.r1:694',
         encoding='0F 2C /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8601,7 +8601,7 @@ FORMS = {
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:646',
+        source='spec/sse.r1:704',
         encoding='0F 2C /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -8622,7 +8622,7 @@ FORMS = {
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
         mnemonics={None: 'cvtsi2ss'},
-        source='spec/sse.r1:656',
+        source='spec/sse.r1:714',
         encoding='F3 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -8643,7 +8643,7 @@ FORMS = {
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:666',
+        source='spec/sse.r1:724',
         encoding='F3 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -8664,7 +8664,7 @@ FORMS = {
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:676',
+        source='spec/sse.r1:734',
         encoding='F3 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -8685,7 +8685,7 @@ FORMS = {
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:686',
+        source='spec/sse.r1:744',
         encoding='F3 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -8706,7 +8706,7 @@ FORMS = {
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:696',
+        source='spec/sse.r1:754',
         encoding='F3 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -8727,7 +8727,7 @@ FORMS = {
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
         mnemonics={None: 'ldmxcsr'},
-        source='spec/sse.r1:708',
+        source='spec/sse.r1:766',
         encoding='0F AE /2 mem',
         operands=(('src', 'm32', 'r'),),
         width=32,
@@ -8748,7 +8748,7 @@ FORMS = {
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
         mnemonics={None: 'stmxcsr'},
-        source='spec/sse.r1:718',
+        source='spec/sse.r1:776',
         encoding='0F AE /3 mem',
         operands=(('dst', 'm32', 'w'),),
         width=32,
@@ -8769,7 +8769,7 @@ FORMS = {
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
         mnemonics={None: 'fxsave'},
-        source='spec/sse.r1:728',
+        source='spec/sse.r1:786',
         encoding='0F AE /0 mem',
         operands=(('dst', 'm4096', 'w'),),
         width='v',
@@ -8790,7 +8790,7 @@ FORMS = {
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
         mnemonics={None: 'fxrstor'},
-        source='spec/sse.r1:738',
+        source='spec/sse.r1:796',
         encoding='0F AE /1 mem',
         operands=(('src', 'm4096', 'r'),),
         width='v',
@@ -8811,7 +8811,7 @@ FORMS = {
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
         mnemonics={None: 'prefetchnta'},
-        source='spec/sse.r1:750',
+        source='spec/sse.r1:808',
         encoding='0F 18 /0 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -8832,7 +8832,7 @@ FORMS = {
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
         mnemonics={None: 'prefetcht0'},
-        source='spec/sse.r1:760',
+        source='spec/sse.r1:818',
         encoding='0F 18 /1 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -8853,7 +8853,7 @@ FORMS = {
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
         mnemonics={None: 'prefetcht1'},
-        source='spec/sse.r1:770',
+        source='spec/sse.r1:828',
         encoding='0F 18 /2 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -8874,7 +8874,7 @@ FORMS = {
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
         mnemonics={None: 'prefetcht2'},
-        source='spec/sse.r1:780',
+        source='spec/sse.r1:838',
         encoding='0F 18 /3 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -8895,7 +8895,7 @@ FORMS = {
     'SFENCE': FormInfo(
         name='SFENCE',
         mnemonics={None: 'sfence'},
-        source='spec/sse.r1:790',
+        source='spec/sse.r1:848',
         encoding='0F AE /7 reg',
         operands=(),
         width='v',
@@ -8916,7 +8916,7 @@ FORMS = {
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
         mnemonics={None: 'movntq'},
-        source='spec/sse.r1:800',
+        source='spec/sse.r1:858',
         encoding='0F E7 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'mm', 'r')),
         width='v',
@@ -8937,7 +8937,7 @@ FORMS = {
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
         mnemonics={None: 'movntps'},
-        source='spec/sse.r1:810',
+        source='spec/sse.r1:868',
         encoding='0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8958,7 +8958,7 @@ FORMS = {
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
         mnemonics={None: 'maskmovq'},
-        source='spec/sse.r1:820',
+        source='spec/sse.r1:878',
         encoding='0F F7 /r reg',
         operands=(('src', 'mm', 'r'), ('mask', 'mmrm', 'r')),
         width='v',
@@ -8979,7 +8979,7 @@ FORMS = {
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:832',
+        source='spec/sse.r1:890',
         encoding='0F E0 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9000,7 +9000,7 @@ FORMS = {
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:842',
+        source='spec/sse.r1:900',
         encoding='0F E3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9021,7 +9021,7 @@ FORMS = {
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:852',
+        source='spec/sse.r1:910',
         encoding='0F EE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9042,7 +9042,7 @@ FORMS = {
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:862',
+        source='spec/sse.r1:920',
         encoding='0F DE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9063,7 +9063,7 @@ FORMS = {
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:872',
+        source='spec/sse.r1:930',
         encoding='0F EA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9084,7 +9084,7 @@ FORMS = {
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:882',
+        source='spec/sse.r1:940',
         encoding='0F DA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9105,7 +9105,7 @@ FORMS = {
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:892',
+        source='spec/sse.r1:950',
         encoding='0F E4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9126,7 +9126,7 @@ FORMS = {
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:902',
+        source='spec/sse.r1:960',
         encoding='0F F6 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9147,7 +9147,7 @@ FORMS = {
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
         mnemonics={None: 'pshufw'},
-        source='spec/sse.r1:912',
+        source='spec/sse.r1:970',
         encoding='0F 70 /r ib',
         operands=(('dst', 'mm', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9168,7 +9168,7 @@ FORMS = {
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:922',
+        source='spec/sse.r1:980',
         encoding='0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -9189,7 +9189,7 @@ FORMS = {
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:932',
+        source='spec/sse.r1:990',
         encoding='0F C4 /r reg ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -9210,7 +9210,7 @@ FORMS = {
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:942',
+        source='spec/sse.r1:1000',
         encoding='0F C4 /r mem ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -9231,7 +9231,7 @@ FORMS = {
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:952',
+        source='spec/sse.r1:1010',
         encoding='0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r')),
         width=32,
@@ -9252,7 +9252,7 @@ FORMS = {
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:964',
+        source='spec/sse.r1:1022',
         encoding='66 0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9273,7 +9273,7 @@ FORMS = {
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:974',
+        source='spec/sse.r1:1032',
         encoding='66 0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -9294,7 +9294,7 @@ FORMS = {
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:984',
+        source='spec/sse.r1:1042',
         encoding='66 0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9315,7 +9315,7 @@ FORMS = {
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:994',
+        source='spec/sse.r1:1052',
         encoding='66 0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -9336,7 +9336,7 @@ FORMS = {
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1004',
+        source='spec/sse.r1:1062',
         encoding='F2 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9350,14 +9350,14 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
     ),
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1014',
+        source='spec/sse.r1:1073',
         encoding='F2 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9371,14 +9371,14 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
     ),
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1024',
+        source='spec/sse.r1:1084',
         encoding='F2 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -9392,14 +9392,14 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
     ),
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1034',
+        source='spec/sse.r1:1095',
         encoding='F2 0F 11 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -9413,14 +9413,14 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
     ),
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1044',
+        source='spec/sse.r1:1106',
         encoding='66 0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9441,7 +9441,7 @@ FORMS = {
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1054',
+        source='spec/sse.r1:1116',
         encoding='66 0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -9462,7 +9462,7 @@ FORMS = {
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1064',
+        source='spec/sse.r1:1126',
         encoding='66 0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9483,7 +9483,7 @@ FORMS = {
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1074',
+        source='spec/sse.r1:1136',
         encoding='66 0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -9504,7 +9504,7 @@ FORMS = {
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
         mnemonics={None: 'movmskpd'},
-        source='spec/sse.r1:1084',
+        source='spec/sse.r1:1146',
         encoding='66 0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9525,7 +9525,7 @@ FORMS = {
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
         mnemonics={None: 'addpd'},
-        source='spec/sse.r1:1096',
+        source='spec/sse.r1:1158',
         encoding='66 0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9546,7 +9546,7 @@ FORMS = {
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1106',
+        source='spec/sse.r1:1168',
         encoding='F2 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9567,7 +9567,7 @@ FORMS = {
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1116',
+        source='spec/sse.r1:1178',
         encoding='F2 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9588,7 +9588,7 @@ FORMS = {
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
         mnemonics={None: 'subpd'},
-        source='spec/sse.r1:1126',
+        source='spec/sse.r1:1188',
         encoding='66 0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9609,7 +9609,7 @@ FORMS = {
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1136',
+        source='spec/sse.r1:1198',
         encoding='F2 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9630,7 +9630,7 @@ FORMS = {
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1146',
+        source='spec/sse.r1:1208',
         encoding='F2 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9651,7 +9651,7 @@ FORMS = {
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
         mnemonics={None: 'mulpd'},
-        source='spec/sse.r1:1156',
+        source='spec/sse.r1:1218',
         encoding='66 0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9672,7 +9672,7 @@ FORMS = {
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1166',
+        source='spec/sse.r1:1228',
         encoding='F2 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9693,7 +9693,7 @@ FORMS = {
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1176',
+        source='spec/sse.r1:1238',
         encoding='F2 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9714,7 +9714,7 @@ FORMS = {
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
         mnemonics={None: 'divpd'},
-        source='spec/sse.r1:1186',
+        source='spec/sse.r1:1248',
         encoding='66 0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9735,7 +9735,7 @@ FORMS = {
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1196',
+        source='spec/sse.r1:1258',
         encoding='F2 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9756,7 +9756,7 @@ FORMS = {
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1206',
+        source='spec/sse.r1:1268',
         encoding='F2 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9777,7 +9777,7 @@ FORMS = {
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
         mnemonics={None: 'minpd'},
-        source='spec/sse.r1:1216',
+        source='spec/sse.r1:1278',
         encoding='66 0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9798,7 +9798,7 @@ FORMS = {
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1226',
+        source='spec/sse.r1:1288',
         encoding='F2 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9819,7 +9819,7 @@ FORMS = {
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1236',
+        source='spec/sse.r1:1298',
         encoding='F2 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9840,7 +9840,7 @@ FORMS = {
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
         mnemonics={None: 'maxpd'},
-        source='spec/sse.r1:1246',
+        source='spec/sse.r1:1308',
         encoding='66 0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9861,7 +9861,7 @@ FORMS = {
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1256',
+        source='spec/sse.r1:1318',
         encoding='F2 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9882,7 +9882,7 @@ FORMS = {
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1266',
+        source='spec/sse.r1:1328',
         encoding='F2 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9903,7 +9903,7 @@ FORMS = {
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
         mnemonics={None: 'sqrtpd'},
-        source='spec/sse.r1:1276',
+        source='spec/sse.r1:1338',
         encoding='66 0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9924,7 +9924,7 @@ FORMS = {
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1286',
+        source='spec/sse.r1:1348',
         encoding='F2 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9945,7 +9945,7 @@ FORMS = {
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1296',
+        source='spec/sse.r1:1358',
         encoding='F2 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -9966,7 +9966,7 @@ FORMS = {
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmppd'},
-        source='spec/sse.r1:1308',
+        source='spec/sse.r1:1370',
         encoding='66 0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9987,7 +9987,7 @@ FORMS = {
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1319',
+        source='spec/sse.r1:1381',
         encoding='F2 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10001,14 +10001,14 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
     ),
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1330',
+        source='spec/sse.r1:1396',
         encoding='F2 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10022,14 +10022,14 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
     ),
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1341',
+        source='spec/sse.r1:1411',
         encoding='66 0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -10050,7 +10050,7 @@ FORMS = {
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1351',
+        source='spec/sse.r1:1421',
         encoding='66 0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -10071,7 +10071,7 @@ FORMS = {
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1361',
+        source='spec/sse.r1:1431',
         encoding='66 0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -10092,7 +10092,7 @@ FORMS = {
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1371',
+        source='spec/sse.r1:1441',
         encoding='66 0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -10113,7 +10113,7 @@ FORMS = {
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
         mnemonics={None: 'andpd'},
-        source='spec/sse.r1:1383',
+        source='spec/sse.r1:1453',
         encoding='66 0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10134,7 +10134,7 @@ FORMS = {
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
         mnemonics={None: 'andnpd'},
-        source='spec/sse.r1:1393',
+        source='spec/sse.r1:1463',
         encoding='66 0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10155,7 +10155,7 @@ FORMS = {
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
         mnemonics={None: 'orpd'},
-        source='spec/sse.r1:1403',
+        source='spec/sse.r1:1473',
         encoding='66 0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10176,7 +10176,7 @@ FORMS = {
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
         mnemonics={None: 'xorpd'},
-        source='spec/sse.r1:1413',
+        source='spec/sse.r1:1483',
         encoding='66 0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10197,7 +10197,7 @@ FORMS = {
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufpd'},
-        source='spec/sse.r1:1423',
+        source='spec/sse.r1:1493',
         encoding='66 0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10218,7 +10218,7 @@ FORMS = {
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
         mnemonics={None: 'unpcklpd'},
-        source='spec/sse.r1:1433',
+        source='spec/sse.r1:1503',
         encoding='66 0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10239,7 +10239,7 @@ FORMS = {
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
         mnemonics={None: 'unpckhpd'},
-        source='spec/sse.r1:1443',
+        source='spec/sse.r1:1513',
         encoding='66 0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10260,7 +10260,7 @@ FORMS = {
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
         mnemonics={None: 'cvtpi2pd'},
-        source='spec/sse.r1:1455',
+        source='spec/sse.r1:1525',
         encoding='66 0F 2A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10281,7 +10281,7 @@ FORMS = {
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvtpd2pi'},
-        source='spec/sse.r1:1465',
+        source='spec/sse.r1:1535',
         encoding='66 0F 2D /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10302,7 +10302,7 @@ FORMS = {
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvttpd2pi'},
-        source='spec/sse.r1:1475',
+        source='spec/sse.r1:1545',
         encoding='66 0F 2C /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10323,7 +10323,7 @@ FORMS = {
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
         mnemonics={None: 'cvtsi2sd'},
-        source='spec/sse.r1:1485',
+        source='spec/sse.r1:1555',
         encoding='F2 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -10344,7 +10344,7 @@ FORMS = {
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:1495',
+        source='spec/sse.r1:1565',
         encoding='F2 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -10365,7 +10365,7 @@ FORMS = {
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:1505',
+        source='spec/sse.r1:1575',
         encoding='F2 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -10386,7 +10386,7 @@ FORMS = {
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:1515',
+        source='spec/sse.r1:1585',
         encoding='F2 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -10407,7 +10407,7 @@ FORMS = {
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:1525',
+        source='spec/sse.r1:1595',
         encoding='F2 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -10428,7 +10428,7 @@ FORMS = {
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:1535',
+        source='spec/sse.r1:1605',
         encoding='0F 5A /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10449,7 +10449,7 @@ FORMS = {
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:1545',
+        source='spec/sse.r1:1615',
         encoding='0F 5A /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10470,7 +10470,7 @@ FORMS = {
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
         mnemonics={None: 'cvtpd2ps'},
-        source='spec/sse.r1:1555',
+        source='spec/sse.r1:1625',
         encoding='66 0F 5A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10491,7 +10491,7 @@ FORMS = {
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:1565',
+        source='spec/sse.r1:1635',
         encoding='F3 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10512,7 +10512,7 @@ FORMS = {
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:1575',
+        source='spec/sse.r1:1645',
         encoding='F3 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -10533,7 +10533,7 @@ FORMS = {
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:1585',
+        source='spec/sse.r1:1655',
         encoding='F2 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10554,7 +10554,7 @@ FORMS = {
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:1595',
+        source='spec/sse.r1:1665',
         encoding='F2 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10575,7 +10575,7 @@ FORMS = {
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
         mnemonics={None: 'cvtdq2ps'},
-        source='spec/sse.r1:1605',
+        source='spec/sse.r1:1675',
         encoding='0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10596,7 +10596,7 @@ FORMS = {
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtps2dq'},
-        source='spec/sse.r1:1615',
+        source='spec/sse.r1:1685',
         encoding='66 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10617,7 +10617,7 @@ FORMS = {
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttps2dq'},
-        source='spec/sse.r1:1625',
+        source='spec/sse.r1:1695',
         encoding='F3 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10638,7 +10638,7 @@ FORMS = {
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:1635',
+        source='spec/sse.r1:1705',
         encoding='F3 0F E6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10659,7 +10659,7 @@ FORMS = {
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:1645',
+        source='spec/sse.r1:1715',
         encoding='F3 0F E6 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10680,7 +10680,7 @@ FORMS = {
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtpd2dq'},
-        source='spec/sse.r1:1655',
+        source='spec/sse.r1:1725',
         encoding='F2 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10701,7 +10701,7 @@ FORMS = {
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttpd2dq'},
-        source='spec/sse.r1:1665',
+        source='spec/sse.r1:1735',
         encoding='66 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10722,7 +10722,7 @@ FORMS = {
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:1677',
+        source='spec/sse.r1:1747',
         encoding='66 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10743,7 +10743,7 @@ FORMS = {
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:1687',
+        source='spec/sse.r1:1757',
         encoding='66 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10764,7 +10764,7 @@ FORMS = {
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:1697',
+        source='spec/sse.r1:1767',
         encoding='F3 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10785,7 +10785,7 @@ FORMS = {
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:1707',
+        source='spec/sse.r1:1777',
         encoding='F3 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10806,7 +10806,7 @@ FORMS = {
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:1717',
+        source='spec/sse.r1:1787',
         encoding='66 0F 6E /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'rm32', 'r')),
         width=32,
@@ -10827,7 +10827,7 @@ FORMS = {
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:1727',
+        source='spec/sse.r1:1797',
         encoding='66 0F 7E /r',
         operands=(('dst', 'rm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -10848,7 +10848,7 @@ FORMS = {
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1737',
+        source='spec/sse.r1:1807',
         encoding='F3 0F 7E /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10869,7 +10869,7 @@ FORMS = {
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1747',
+        source='spec/sse.r1:1817',
         encoding='F3 0F 7E /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10890,7 +10890,7 @@ FORMS = {
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1757',
+        source='spec/sse.r1:1827',
         encoding='66 0F D6 /r reg',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10911,7 +10911,7 @@ FORMS = {
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1767',
+        source='spec/sse.r1:1837',
         encoding='66 0F D6 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10932,7 +10932,7 @@ FORMS = {
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
         mnemonics={None: 'movq2dq'},
-        source='spec/sse.r1:1777',
+        source='spec/sse.r1:1847',
         encoding='F3 0F D6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10953,7 +10953,7 @@ FORMS = {
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
         mnemonics={None: 'movdq2q'},
-        source='spec/sse.r1:1787',
+        source='spec/sse.r1:1857',
         encoding='F2 0F D6 /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10974,7 +10974,7 @@ FORMS = {
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
         mnemonics={None: 'movntpd'},
-        source='spec/sse.r1:1799',
+        source='spec/sse.r1:1869',
         encoding='66 0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10995,7 +10995,7 @@ FORMS = {
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
         mnemonics={None: 'movntdq'},
-        source='spec/sse.r1:1809',
+        source='spec/sse.r1:1879',
         encoding='66 0F E7 /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -11016,7 +11016,7 @@ FORMS = {
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
         mnemonics={None: 'movnti'},
-        source='spec/sse.r1:1819',
+        source='spec/sse.r1:1889',
         encoding='0F C3 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'r32', 'r')),
         width=32,
@@ -11037,7 +11037,7 @@ FORMS = {
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
         mnemonics={None: 'maskmovdqu'},
-        source='spec/sse.r1:1829',
+        source='spec/sse.r1:1899',
         encoding='66 0F F7 /r reg',
         operands=(('src', 'xmm', 'r'), ('mask', 'xmmrm', 'r')),
         width='v',
@@ -11058,7 +11058,7 @@ FORMS = {
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
         mnemonics={None: 'clflush'},
-        source='spec/sse.r1:1839',
+        source='spec/sse.r1:1909',
         encoding='0F AE /7 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -11079,7 +11079,7 @@ FORMS = {
     'LFENCE': FormInfo(
         name='LFENCE',
         mnemonics={None: 'lfence'},
-        source='spec/sse.r1:1849',
+        source='spec/sse.r1:1919',
         encoding='0F AE /5 reg',
         operands=(),
         width='v',
@@ -11100,7 +11100,7 @@ FORMS = {
     'MFENCE': FormInfo(
         name='MFENCE',
         mnemonics={None: 'mfence'},
-        source='spec/sse.r1:1859',
+        source='spec/sse.r1:1929',
         encoding='0F AE /6 reg',
         operands=(),
         width='v',
@@ -11121,7 +11121,7 @@ FORMS = {
     'PAUSE': FormInfo(
         name='PAUSE',
         mnemonics={None: 'pause'},
-        source='spec/sse.r1:1869',
+        source='spec/sse.r1:1939',
         encoding='F3 90',
         operands=(),
         width='v',
@@ -11142,7 +11142,7 @@ FORMS = {
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1880',
+        source='spec/sse.r1:1950',
         encoding='0F D4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11163,7 +11163,7 @@ FORMS = {
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1890',
+        source='spec/sse.r1:1960',
         encoding='66 0F D4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11184,7 +11184,7 @@ FORMS = {
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:1900',
+        source='spec/sse.r1:1970',
         encoding='0F FB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11205,7 +11205,7 @@ FORMS = {
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:1910',
+        source='spec/sse.r1:1980',
         encoding='66 0F FB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11226,7 +11226,7 @@ FORMS = {
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:1920',
+        source='spec/sse.r1:1990',
         encoding='0F F4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11247,7 +11247,7 @@ FORMS = {
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:1930',
+        source='spec/sse.r1:2000',
         encoding='66 0F F4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11268,7 +11268,7 @@ FORMS = {
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufd'},
-        source='spec/sse.r1:1940',
+        source='spec/sse.r1:2010',
         encoding='66 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11289,7 +11289,7 @@ FORMS = {
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufhw'},
-        source='spec/sse.r1:1950',
+        source='spec/sse.r1:2020',
         encoding='F3 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11310,7 +11310,7 @@ FORMS = {
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshuflw'},
-        source='spec/sse.r1:1960',
+        source='spec/sse.r1:2030',
         encoding='F2 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11331,7 +11331,7 @@ FORMS = {
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
         mnemonics={None: 'pslldq'},
-        source='spec/sse.r1:1970',
+        source='spec/sse.r1:2040',
         encoding='66 0F 73 /7 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -11352,7 +11352,7 @@ FORMS = {
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
         mnemonics={None: 'psrldq'},
-        source='spec/sse.r1:1980',
+        source='spec/sse.r1:2050',
         encoding='66 0F 73 /3 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -11373,7 +11373,7 @@ FORMS = {
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
         mnemonics={None: 'punpcklqdq'},
-        source='spec/sse.r1:1990',
+        source='spec/sse.r1:2060',
         encoding='66 0F 6C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11394,7 +11394,7 @@ FORMS = {
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhqdq'},
-        source='spec/sse.r1:2000',
+        source='spec/sse.r1:2070',
         encoding='66 0F 6D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11415,7 +11415,7 @@ FORMS = {
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/sse.r1:2012',
+        source='spec/sse.r1:2082',
         encoding='66 0F 60 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11436,7 +11436,7 @@ FORMS = {
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/sse.r1:2022',
+        source='spec/sse.r1:2092',
         encoding='66 0F 61 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11457,7 +11457,7 @@ FORMS = {
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
         mnemonics={None: 'punpckldq'},
-        source='spec/sse.r1:2032',
+        source='spec/sse.r1:2102',
         encoding='66 0F 62 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11478,7 +11478,7 @@ FORMS = {
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/sse.r1:2042',
+        source='spec/sse.r1:2112',
         encoding='66 0F 68 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11499,7 +11499,7 @@ FORMS = {
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/sse.r1:2052',
+        source='spec/sse.r1:2122',
         encoding='66 0F 69 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11520,7 +11520,7 @@ FORMS = {
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/sse.r1:2062',
+        source='spec/sse.r1:2132',
         encoding='66 0F 6A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11541,7 +11541,7 @@ FORMS = {
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/sse.r1:2072',
+        source='spec/sse.r1:2142',
         encoding='66 0F 63 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11562,7 +11562,7 @@ FORMS = {
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/sse.r1:2082',
+        source='spec/sse.r1:2152',
         encoding='66 0F 67 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11583,7 +11583,7 @@ FORMS = {
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/sse.r1:2092',
+        source='spec/sse.r1:2162',
         encoding='66 0F 6B /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11604,7 +11604,7 @@ FORMS = {
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
         mnemonics={None: 'paddb'},
-        source='spec/sse.r1:2102',
+        source='spec/sse.r1:2172',
         encoding='66 0F FC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11625,7 +11625,7 @@ FORMS = {
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
         mnemonics={None: 'paddw'},
-        source='spec/sse.r1:2112',
+        source='spec/sse.r1:2182',
         encoding='66 0F FD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11646,7 +11646,7 @@ FORMS = {
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
         mnemonics={None: 'paddd'},
-        source='spec/sse.r1:2122',
+        source='spec/sse.r1:2192',
         encoding='66 0F FE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11667,7 +11667,7 @@ FORMS = {
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/sse.r1:2132',
+        source='spec/sse.r1:2202',
         encoding='66 0F EC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11688,7 +11688,7 @@ FORMS = {
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/sse.r1:2142',
+        source='spec/sse.r1:2212',
         encoding='66 0F ED /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11709,7 +11709,7 @@ FORMS = {
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/sse.r1:2152',
+        source='spec/sse.r1:2222',
         encoding='66 0F DC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11730,7 +11730,7 @@ FORMS = {
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/sse.r1:2162',
+        source='spec/sse.r1:2232',
         encoding='66 0F DD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11751,7 +11751,7 @@ FORMS = {
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
         mnemonics={None: 'psubb'},
-        source='spec/sse.r1:2172',
+        source='spec/sse.r1:2242',
         encoding='66 0F F8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11772,7 +11772,7 @@ FORMS = {
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
         mnemonics={None: 'psubw'},
-        source='spec/sse.r1:2182',
+        source='spec/sse.r1:2252',
         encoding='66 0F F9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11793,7 +11793,7 @@ FORMS = {
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
         mnemonics={None: 'psubd'},
-        source='spec/sse.r1:2192',
+        source='spec/sse.r1:2262',
         encoding='66 0F FA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11814,7 +11814,7 @@ FORMS = {
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/sse.r1:2202',
+        source='spec/sse.r1:2272',
         encoding='66 0F E8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11835,7 +11835,7 @@ FORMS = {
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/sse.r1:2212',
+        source='spec/sse.r1:2282',
         encoding='66 0F E9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11856,7 +11856,7 @@ FORMS = {
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/sse.r1:2222',
+        source='spec/sse.r1:2292',
         encoding='66 0F D8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11877,7 +11877,7 @@ FORMS = {
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/sse.r1:2232',
+        source='spec/sse.r1:2302',
         encoding='66 0F D9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11898,7 +11898,7 @@ FORMS = {
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/sse.r1:2242',
+        source='spec/sse.r1:2312',
         encoding='66 0F D5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11919,7 +11919,7 @@ FORMS = {
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/sse.r1:2252',
+        source='spec/sse.r1:2322',
         encoding='66 0F E5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11940,7 +11940,7 @@ FORMS = {
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/sse.r1:2262',
+        source='spec/sse.r1:2332',
         encoding='66 0F F5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11961,7 +11961,7 @@ FORMS = {
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/sse.r1:2272',
+        source='spec/sse.r1:2342',
         encoding='66 0F 74 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11982,7 +11982,7 @@ FORMS = {
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/sse.r1:2282',
+        source='spec/sse.r1:2352',
         encoding='66 0F 75 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12003,7 +12003,7 @@ FORMS = {
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/sse.r1:2292',
+        source='spec/sse.r1:2362',
         encoding='66 0F 76 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12024,7 +12024,7 @@ FORMS = {
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/sse.r1:2302',
+        source='spec/sse.r1:2372',
         encoding='66 0F 64 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12045,7 +12045,7 @@ FORMS = {
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/sse.r1:2312',
+        source='spec/sse.r1:2382',
         encoding='66 0F 65 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12066,7 +12066,7 @@ FORMS = {
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/sse.r1:2322',
+        source='spec/sse.r1:2392',
         encoding='66 0F 66 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12087,7 +12087,7 @@ FORMS = {
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
         mnemonics={None: 'pand'},
-        source='spec/sse.r1:2332',
+        source='spec/sse.r1:2402',
         encoding='66 0F DB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12108,7 +12108,7 @@ FORMS = {
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
         mnemonics={None: 'pandn'},
-        source='spec/sse.r1:2342',
+        source='spec/sse.r1:2412',
         encoding='66 0F DF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12129,7 +12129,7 @@ FORMS = {
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
         mnemonics={None: 'por'},
-        source='spec/sse.r1:2352',
+        source='spec/sse.r1:2422',
         encoding='66 0F EB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12150,7 +12150,7 @@ FORMS = {
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
         mnemonics={None: 'pxor'},
-        source='spec/sse.r1:2362',
+        source='spec/sse.r1:2432',
         encoding='66 0F EF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12171,7 +12171,7 @@ FORMS = {
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2372',
+        source='spec/sse.r1:2442',
         encoding='66 0F F1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12192,7 +12192,7 @@ FORMS = {
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2382',
+        source='spec/sse.r1:2452',
         encoding='66 0F F2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12213,7 +12213,7 @@ FORMS = {
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2392',
+        source='spec/sse.r1:2462',
         encoding='66 0F F3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12234,7 +12234,7 @@ FORMS = {
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2402',
+        source='spec/sse.r1:2472',
         encoding='66 0F D1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12255,7 +12255,7 @@ FORMS = {
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2412',
+        source='spec/sse.r1:2482',
         encoding='66 0F D2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12276,7 +12276,7 @@ FORMS = {
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2422',
+        source='spec/sse.r1:2492',
         encoding='66 0F D3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12297,7 +12297,7 @@ FORMS = {
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2432',
+        source='spec/sse.r1:2502',
         encoding='66 0F E1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12318,7 +12318,7 @@ FORMS = {
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2442',
+        source='spec/sse.r1:2512',
         encoding='66 0F E2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12339,7 +12339,7 @@ FORMS = {
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2452',
+        source='spec/sse.r1:2522',
         encoding='66 0F 71 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12360,7 +12360,7 @@ FORMS = {
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2462',
+        source='spec/sse.r1:2532',
         encoding='66 0F 72 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12381,7 +12381,7 @@ FORMS = {
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2472',
+        source='spec/sse.r1:2542',
         encoding='66 0F 73 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12402,7 +12402,7 @@ FORMS = {
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2482',
+        source='spec/sse.r1:2552',
         encoding='66 0F 71 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12423,7 +12423,7 @@ FORMS = {
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2492',
+        source='spec/sse.r1:2562',
         encoding='66 0F 72 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12444,7 +12444,7 @@ FORMS = {
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2502',
+        source='spec/sse.r1:2572',
         encoding='66 0F 73 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12465,7 +12465,7 @@ FORMS = {
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2512',
+        source='spec/sse.r1:2582',
         encoding='66 0F 71 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12486,7 +12486,7 @@ FORMS = {
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2522',
+        source='spec/sse.r1:2592',
         encoding='66 0F 72 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12507,7 +12507,7 @@ FORMS = {
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:2534',
+        source='spec/sse.r1:2604',
         encoding='66 0F E0 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12528,7 +12528,7 @@ FORMS = {
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:2544',
+        source='spec/sse.r1:2614',
         encoding='66 0F E3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12549,7 +12549,7 @@ FORMS = {
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:2554',
+        source='spec/sse.r1:2624',
         encoding='66 0F EE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12570,7 +12570,7 @@ FORMS = {
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:2564',
+        source='spec/sse.r1:2634',
         encoding='66 0F DE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12591,7 +12591,7 @@ FORMS = {
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:2574',
+        source='spec/sse.r1:2644',
         encoding='66 0F EA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12612,7 +12612,7 @@ FORMS = {
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:2584',
+        source='spec/sse.r1:2654',
         encoding='66 0F DA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12633,7 +12633,7 @@ FORMS = {
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:2594',
+        source='spec/sse.r1:2664',
         encoding='66 0F E4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12654,7 +12654,7 @@ FORMS = {
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:2604',
+        source='spec/sse.r1:2674',
         encoding='66 0F F6 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12675,7 +12675,7 @@ FORMS = {
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:2614',
+        source='spec/sse.r1:2684',
         encoding='66 0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -12696,7 +12696,7 @@ FORMS = {
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2624',
+        source='spec/sse.r1:2694',
         encoding='66 0F C4 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -12717,7 +12717,7 @@ FORMS = {
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2634',
+        source='spec/sse.r1:2704',
         encoding='66 0F C4 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -12738,7 +12738,7 @@ FORMS = {
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:2644',
+        source='spec/sse.r1:2714',
         encoding='66 0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,

@@ -8,1298 +8,1375 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:35
+# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:93
 _T0 = """\
-b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:35')  # sse.r1:35
+b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:93')  # sse.r1:93
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:45
+# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:103
 _T1 = """\
-b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:45')  # sse.r1:45
+b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:103')  # sse.r1:103
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:55
+# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:113
 _T2 = """\
-b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:55')  # sse.r1:55
+b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:113')  # sse.r1:113
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:65
+# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:123
 _T3 = """\
-b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:65')  # sse.r1:65
+b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:123')  # sse.r1:123
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:75
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:133
 _T4 = """\
-b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:75')  # sse.r1:75
+b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:133')  # sse.r1:133
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:85
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:143
 _T5 = """\
-b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:85')  # sse.r1:85
+b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:143')  # sse.r1:143
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:95
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:153
 _T6 = """\
-b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:95')  # sse.r1:95
+b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:153')  # sse.r1:153
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:105
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:163
 _T7 = """\
-b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:105')  # sse.r1:105
+b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:163')  # sse.r1:163
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:115
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:173
 _T8 = """\
-b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:115')  # sse.r1:115
+b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:173')  # sse.r1:173
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:125
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:183
 _T9 = """\
-b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:125')  # sse.r1:125
+b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:183')  # sse.r1:183
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:135
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:193
 _T10 = """\
-b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:135')  # sse.r1:135
+b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:193')  # sse.r1:193
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:145
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:203
 _T11 = """\
-b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:145')  # sse.r1:145
+b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:203')  # sse.r1:203
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:155
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:213
 _T12 = """\
-b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:155')  # sse.r1:155
+b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:213')  # sse.r1:213
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:165
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:223
 _T13 = """\
-b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:165')  # sse.r1:165
+b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:223')  # sse.r1:223
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:175
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:233
 _T14 = """\
-b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:175')  # sse.r1:175
+b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:233')  # sse.r1:233
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:187
+# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:245
 _T15 = """\
-b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:187')  # sse.r1:187
+b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:245')  # sse.r1:245
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:197
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:255
 _T16 = """\
-b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:197')  # sse.r1:197
+b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:255')  # sse.r1:255
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:207
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:265
 _T17 = """\
-b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:207')  # sse.r1:207
+b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:265')  # sse.r1:265
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:217
+# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:275
 _T18 = """\
-b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:217')  # sse.r1:217
+b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:275')  # sse.r1:275
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:227
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:285
 _T19 = """\
-b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:227')  # sse.r1:227
+b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:285')  # sse.r1:285
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:237
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:295
 _T20 = """\
-b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:237')  # sse.r1:237
+b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:295')  # sse.r1:295
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:247
+# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:305
 _T21 = """\
-b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:247')  # sse.r1:247
+b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:305')  # sse.r1:305
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:257
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:315
 _T22 = """\
-b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:257')  # sse.r1:257
+b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:315')  # sse.r1:315
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:267
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:325
 _T23 = """\
-b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:267')  # sse.r1:267
+b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:325')  # sse.r1:325
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:277
+# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:335
 _T24 = """\
-b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:277')  # sse.r1:277
+b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:335')  # sse.r1:335
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:287
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:345
 _T25 = """\
-b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:287')  # sse.r1:287
+b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:345')  # sse.r1:345
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:297
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:355
 _T26 = """\
-b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:297')  # sse.r1:297
+b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:355')  # sse.r1:355
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:307
+# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:365
 _T27 = """\
-b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:307')  # sse.r1:307
+b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:365')  # sse.r1:365
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:317
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:375
 _T28 = """\
-b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:317')  # sse.r1:317
+b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:375')  # sse.r1:375
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:327
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:385
 _T29 = """\
-b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:327')  # sse.r1:327
+b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:385')  # sse.r1:385
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:337
+# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:395
 _T30 = """\
-b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:337')  # sse.r1:337
+b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:395')  # sse.r1:395
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:347
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:405
 _T31 = """\
-b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:347')  # sse.r1:347
+b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:405')  # sse.r1:405
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:357
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:415
 _T32 = """\
-b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:357')  # sse.r1:357
+b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:415')  # sse.r1:415
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:367
+# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:425
 _T33 = """\
-b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:367')  # sse.r1:367
+b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:425')  # sse.r1:425
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:377
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:435
 _T34 = """\
-b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:377')  # sse.r1:377
+b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:435')  # sse.r1:435
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:387
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:445
 _T35 = """\
-b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:387')  # sse.r1:387
+b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:445')  # sse.r1:445
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:397
+# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:455
 _T36 = """\
-b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:397')  # sse.r1:397
+b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:455')  # sse.r1:455
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:407
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:465
 _T37 = """\
-b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:407')  # sse.r1:407
+b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:465')  # sse.r1:465
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:417
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:475
 _T38 = """\
-b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:417')  # sse.r1:417
+b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:475')  # sse.r1:475
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:427
+# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:485
 _T39 = """\
-b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:427')  # sse.r1:427
+b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:485')  # sse.r1:485
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:437
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:495
 _T40 = """\
-b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:437')  # sse.r1:437
+b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:495')  # sse.r1:495
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:447
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:505
 _T41 = """\
-b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:447')  # sse.r1:447
+b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:505')  # sse.r1:505
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:459
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:517
 _T42 = """\
-b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:459')  # sse.r1:459
+b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:517')  # sse.r1:517
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:470
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:528
 _T43 = """\
-b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:470')  # sse.r1:470
+b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:528')  # sse.r1:528
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:481
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:539
 _T44 = """\
-b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:481')  # sse.r1:481
+b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:539')  # sse.r1:539
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:492
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:550
 _T45 = """\
-b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:492')  # sse.r1:492
+b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:550')  # sse.r1:550
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:502
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:560
 _T46 = """\
-b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:502')  # sse.r1:502
+b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:560')  # sse.r1:560
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:512
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:570
 _T47 = """\
-b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:512')  # sse.r1:512
+b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:570')  # sse.r1:570
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:522
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:580
 _T48 = """\
-b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:522')  # sse.r1:522
+b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:580')  # sse.r1:580
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:534
+# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:592
 _T49 = """\
-b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:534')  # sse.r1:534
+b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:592')  # sse.r1:592
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:544
+# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:602
 _T50 = """\
-b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:544')  # sse.r1:544
+b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:602')  # sse.r1:602
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:554
+# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:612
 _T51 = """\
-b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:554')  # sse.r1:554
+b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:612')  # sse.r1:612
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:564
+# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:622
 _T52 = """\
-b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:564')  # sse.r1:564
+b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:622')  # sse.r1:622
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:574
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:632
 _T53 = """\
-b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:574')  # sse.r1:574
+b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:632')  # sse.r1:632
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:584
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:642
 _T54 = """\
-b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:584')  # sse.r1:584
+b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:642')  # sse.r1:642
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:594
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:652
 _T55 = """\
-b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:594')  # sse.r1:594
+b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:652')  # sse.r1:652
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:606
+# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:664
 _T56 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:606')  # sse.r1:606
+b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:664')  # sse.r1:664
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:616
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:674
 _T57 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:616')  # sse.r1:616
+b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:674')  # sse.r1:674
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:626
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:684
 _T58 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:626')  # sse.r1:626
+b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:684')  # sse.r1:684
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:636
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:694
 _T59 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:636')  # sse.r1:636
+b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:694')  # sse.r1:694
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:646
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:704
 _T60 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:646')  # sse.r1:646
+b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:704')  # sse.r1:704
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:656
+# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:714
 _T61 = """\
-b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:656')  # sse.r1:656
+b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:714')  # sse.r1:714
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:666
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:724
 _T62 = """\
-b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:666')  # sse.r1:666
+b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:724')  # sse.r1:724
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:676
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:734
 _T63 = """\
-b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:676')  # sse.r1:676
+b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:734')  # sse.r1:734
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:686
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:744
 _T64 = """\
-b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:686')  # sse.r1:686
+b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:744')  # sse.r1:744
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:696
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:754
 _T65 = """\
-b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:696')  # sse.r1:696
+b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:754')  # sse.r1:754
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:708
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
 _T66 = """\
-b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:708')  # sse.r1:708
+b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:766')  # sse.r1:766
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:718
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:776
 _T67 = """\
-b_unimplemented('STMXCSR_M32', 'spec/sse.r1:718')  # sse.r1:718
+b_unimplemented('STMXCSR_M32', 'spec/sse.r1:776')  # sse.r1:776
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:728
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:786
 _T68 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:728')  # sse.r1:728
+b_unimplemented('FXSAVE_M512', 'spec/sse.r1:786')  # sse.r1:786
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:738
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:796
 _T69 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:738')  # sse.r1:738
+b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:796')  # sse.r1:796
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:750
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:808
 _T70 = """\
-b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:750')  # sse.r1:750
+b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:808')  # sse.r1:808
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:760
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:818
 _T71 = """\
-b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:760')  # sse.r1:760
+b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:818')  # sse.r1:818
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:770
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:828
 _T72 = """\
-b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:770')  # sse.r1:770
+b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:828')  # sse.r1:828
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:780
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:838
 _T73 = """\
-b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:780')  # sse.r1:780
+b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:838')  # sse.r1:838
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:790
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:848
 _T74 = """\
-b_unimplemented('SFENCE', 'spec/sse.r1:790')  # sse.r1:790
+b_unimplemented('SFENCE', 'spec/sse.r1:848')  # sse.r1:848
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:800
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:858
 _T75 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:800')  # sse.r1:800
+b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:858')  # sse.r1:858
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:810
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:868
 _T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:810')  # sse.r1:810
+b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:868')  # sse.r1:868
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:820
+# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:878
 _T77 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:820')  # sse.r1:820
+b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:878')  # sse.r1:878
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:832
+# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:890
 _T78 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:832')  # sse.r1:832
+b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:890')  # sse.r1:890
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:842
+# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:900
 _T79 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:842')  # sse.r1:842
+b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:900')  # sse.r1:900
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:852
+# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:910
 _T80 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:852')  # sse.r1:852
+b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:910')  # sse.r1:910
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:862
+# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:920
 _T81 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:862')  # sse.r1:862
+b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:920')  # sse.r1:920
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:872
+# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:930
 _T82 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:872')  # sse.r1:872
+b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:930')  # sse.r1:930
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:882
+# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:940
 _T83 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:882')  # sse.r1:882
+b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:940')  # sse.r1:940
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:892
+# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:950
 _T84 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:892')  # sse.r1:892
+b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:950')  # sse.r1:950
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:902
+# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:960
 _T85 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:902')  # sse.r1:902
+b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:960')  # sse.r1:960
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:912
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:970
 _T86 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:912')  # sse.r1:912
+b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:970')  # sse.r1:970
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:922
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:980
 _T87 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:922')  # sse.r1:922
+b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:980')  # sse.r1:980
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:932
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:990
 _T88 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:932')  # sse.r1:932
+b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:990')  # sse.r1:990
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:942
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1000
 _T89 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:942')  # sse.r1:942
+b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1000')  # sse.r1:1000
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:952
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
 _T90 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:952')  # sse.r1:952
+b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1010')  # sse.r1:1010
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:964
+# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1022
 _T91 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:964')  # sse.r1:964
+b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1022')  # sse.r1:1022
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:974
+# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1032
 _T92 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:974')  # sse.r1:974
+b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1032')  # sse.r1:1032
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:984
+# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1042
 _T93 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:984')  # sse.r1:984
+b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1042')  # sse.r1:1042
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:994
+# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1052
 _T94 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:994')  # sse.r1:994
+b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1052')  # sse.r1:1052
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1004
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1062
 _T95 = """\
-b_unimplemented('MOVSD_XMM_XMM', 'spec/sse.r1:1004')  # sse.r1:1004
+v_dst = S.xmm[$dst]  # sse.r1:1065
+v_src = S.xmm[$src]  # sse.r1:1065
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1071
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1014
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1073
 _T96 = """\
-b_unimplemented('MOVSD_XMM_M64', 'spec/sse.r1:1014')  # sse.r1:1014
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1076
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1082
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1024
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1084
 _T97 = """\
-b_unimplemented('MOVSD_XMM_XMM_0F11', 'spec/sse.r1:1024')  # sse.r1:1024
+v_dst = S.xmm[$dst]  # sse.r1:1087
+v_src = S.xmm[$src]  # sse.r1:1087
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1093
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1034
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1095
 _T98 = """\
-b_unimplemented('MOVSD_M64_XMM', 'spec/sse.r1:1034')  # sse.r1:1034
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1098
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1104
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1044
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1106
 _T99 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1044')  # sse.r1:1044
+b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1106')  # sse.r1:1106
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1054
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1116
 _T100 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1054')  # sse.r1:1054
+b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1116')  # sse.r1:1116
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1064
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1126
 _T101 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1064')  # sse.r1:1064
+b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1126')  # sse.r1:1126
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1074
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1136
 _T102 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1074')  # sse.r1:1074
+b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1136')  # sse.r1:1136
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1084
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1146
 _T103 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1084')  # sse.r1:1084
+b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1146')  # sse.r1:1146
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1096
+# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1158
 _T104 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1096')  # sse.r1:1096
+b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1158')  # sse.r1:1158
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1106
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1168
 _T105 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1106')  # sse.r1:1106
+b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1168')  # sse.r1:1168
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1116
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1178
 _T106 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1116')  # sse.r1:1116
+b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1178')  # sse.r1:1178
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1126
+# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1188
 _T107 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1126')  # sse.r1:1126
+b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1188')  # sse.r1:1188
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1136
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1198
 _T108 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1136')  # sse.r1:1136
+b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1198')  # sse.r1:1198
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1146
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1208
 _T109 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1146')  # sse.r1:1146
+b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1208')  # sse.r1:1208
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1156
+# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1218
 _T110 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1156')  # sse.r1:1156
+b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1218')  # sse.r1:1218
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1166
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1228
 _T111 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1166')  # sse.r1:1166
+b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1228')  # sse.r1:1228
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1176
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1238
 _T112 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1176')  # sse.r1:1176
+b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1238')  # sse.r1:1238
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1186
+# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1248
 _T113 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1186')  # sse.r1:1186
+b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1248')  # sse.r1:1248
 """
 
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1196
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1258
 _T114 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1196')  # sse.r1:1196
+b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1258')  # sse.r1:1258
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1206
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1268
 _T115 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1206')  # sse.r1:1206
+b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1268')  # sse.r1:1268
 """
 
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1216
+# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1278
 _T116 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1216')  # sse.r1:1216
+b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1278')  # sse.r1:1278
 """
 
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1226
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1288
 _T117 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1226')  # sse.r1:1226
+b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1288')  # sse.r1:1288
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1236
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1298
 _T118 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1236')  # sse.r1:1236
+b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1298')  # sse.r1:1298
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1246
+# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1308
 _T119 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1246')  # sse.r1:1246
+b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1308')  # sse.r1:1308
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1256
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1318
 _T120 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1256')  # sse.r1:1256
+b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1318')  # sse.r1:1318
 """
 
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1266
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1328
 _T121 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1266')  # sse.r1:1266
+b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1328')  # sse.r1:1328
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1276
+# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1338
 _T122 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1276')  # sse.r1:1276
+b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1338')  # sse.r1:1338
 """
 
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1286
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1348
 _T123 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1286')  # sse.r1:1286
+b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1348')  # sse.r1:1348
 """
 
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1296
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1358
 _T124 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1296')  # sse.r1:1296
+b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1358')  # sse.r1:1358
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1308
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1370
 _T125 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1308')  # sse.r1:1308
+b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1370')  # sse.r1:1370
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1319
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1381
 _T126 = """\
-b_unimplemented('CMPSD_XMM_XMM_IMM8', 'spec/sse.r1:1319')  # sse.r1:1319
+v_dst = S.xmm[$dst]  # sse.r1:1384
+v_src = S.xmm[$src]  # sse.r1:1384
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_8:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1393
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1330
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1396
 _T127 = """\
-b_unimplemented('CMPSD_XMM_M64_IMM8', 'spec/sse.r1:1330')  # sse.r1:1330
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1399
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1399
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_8:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1408
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1341
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1411
 _T128 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1341')  # sse.r1:1341
+b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1411')  # sse.r1:1411
 """
 
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1351
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1421
 _T129 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1351')  # sse.r1:1351
+b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1421')  # sse.r1:1421
 """
 
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1361
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1431
 _T130 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1361')  # sse.r1:1361
+b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1431')  # sse.r1:1431
 """
 
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1371
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1441
 _T131 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1371')  # sse.r1:1371
+b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1441')  # sse.r1:1441
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1383
+# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1453
 _T132 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1383')  # sse.r1:1383
+b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1453')  # sse.r1:1453
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1393
+# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1463
 _T133 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1393')  # sse.r1:1393
+b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1463')  # sse.r1:1463
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1403
+# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1473
 _T134 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1403')  # sse.r1:1403
+b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1473')  # sse.r1:1473
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1413
+# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1483
 _T135 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1413')  # sse.r1:1413
+b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1483')  # sse.r1:1483
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1423
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1493
 _T136 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1423')  # sse.r1:1423
+b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1493')  # sse.r1:1493
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1433
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1503
 _T137 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1433')  # sse.r1:1433
+b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1503')  # sse.r1:1503
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1443
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1513
 _T138 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1443')  # sse.r1:1443
+b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1513')  # sse.r1:1513
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1455
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1525
 _T139 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1455')  # sse.r1:1455
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1525')  # sse.r1:1525
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1465
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1535
 _T140 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1465')  # sse.r1:1465
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1535')  # sse.r1:1535
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1475
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1545
 _T141 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1475')  # sse.r1:1475
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1545')  # sse.r1:1545
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1485
+# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1555
 _T142 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1485')  # sse.r1:1485
+b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1555')  # sse.r1:1555
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1495
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1565
 _T143 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1495')  # sse.r1:1495
+b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1565')  # sse.r1:1565
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1505
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
 _T144 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1505')  # sse.r1:1505
+b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1575')  # sse.r1:1575
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1515
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1585
 _T145 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1515')  # sse.r1:1515
+b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1585')  # sse.r1:1585
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1525
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1595
 _T146 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1525')  # sse.r1:1525
+b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1595')  # sse.r1:1595
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1535
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1605
 _T147 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1535')  # sse.r1:1535
+b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1605')  # sse.r1:1605
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1545
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1615
 _T148 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1545')  # sse.r1:1545
+b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1615')  # sse.r1:1615
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1555
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1625
 _T149 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1555')  # sse.r1:1555
+b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1625')  # sse.r1:1625
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1565
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1635
 _T150 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1565')  # sse.r1:1565
+b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1635')  # sse.r1:1635
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1645
 _T151 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1575')  # sse.r1:1575
+b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1645')  # sse.r1:1645
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1585
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1655
 _T152 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1585')  # sse.r1:1585
+b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1655')  # sse.r1:1655
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1595
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1665
 _T153 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1595')  # sse.r1:1595
+b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1665')  # sse.r1:1665
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1605
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1675
 _T154 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1605')  # sse.r1:1605
+b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1675')  # sse.r1:1675
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1615
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1685
 _T155 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1615')  # sse.r1:1615
+b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1685')  # sse.r1:1685
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1625
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1695
 _T156 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1625')  # sse.r1:1625
+b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1695')  # sse.r1:1695
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1635
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1705
 _T157 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1635')  # sse.r1:1635
+b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1705')  # sse.r1:1705
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1645
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1715
 _T158 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1645')  # sse.r1:1645
+b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1715')  # sse.r1:1715
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1655
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1725
 _T159 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1655')  # sse.r1:1655
+b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1725')  # sse.r1:1725
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1665
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1735
 _T160 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1665')  # sse.r1:1665
+b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1735')  # sse.r1:1735
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1677
+# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1747
 _T161 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1677')  # sse.r1:1677
+b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1747')  # sse.r1:1747
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1687
+# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1757
 _T162 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1687')  # sse.r1:1687
+b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1757')  # sse.r1:1757
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1697
+# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1767
 _T163 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1697')  # sse.r1:1697
+b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1767')  # sse.r1:1767
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1707
+# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1777
 _T164 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1707')  # sse.r1:1707
+b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1777')  # sse.r1:1777
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1717
+# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1787
 _T165 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1717')  # sse.r1:1717
+b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1787')  # sse.r1:1787
 """
 
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1727
+# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1797
 _T166 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1727')  # sse.r1:1727
+b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1797')  # sse.r1:1797
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1737
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1807
 _T167 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1737')  # sse.r1:1737
+b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1807')  # sse.r1:1807
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1747
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
 _T168 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1747')  # sse.r1:1747
+b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1817')  # sse.r1:1817
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1757
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1827
 _T169 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1757')  # sse.r1:1757
+b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1827')  # sse.r1:1827
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1767
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1837
 _T170 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1767')  # sse.r1:1767
+b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1837')  # sse.r1:1837
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1777
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1847
 _T171 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1777')  # sse.r1:1777
+b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1847')  # sse.r1:1847
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1787
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1857
 _T172 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1787')  # sse.r1:1787
+b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1857')  # sse.r1:1857
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1799
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
 _T173 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1799')  # sse.r1:1799
+b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1869')  # sse.r1:1869
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1809
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1879
 _T174 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1809')  # sse.r1:1809
+b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1879')  # sse.r1:1879
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1819
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1889
 _T175 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1819')  # sse.r1:1819
+b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1889')  # sse.r1:1889
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1829
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1899
 _T176 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1829')  # sse.r1:1829
+b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1899')  # sse.r1:1899
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1839
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1909
 _T177 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1839')  # sse.r1:1839
+b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1909')  # sse.r1:1909
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1849
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1919
 _T178 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1849')  # sse.r1:1849
+b_unimplemented('LFENCE', 'spec/sse.r1:1919')  # sse.r1:1919
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1859
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1929
 _T179 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:1859')  # sse.r1:1859
+b_unimplemented('MFENCE', 'spec/sse.r1:1929')  # sse.r1:1929
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1869
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1939
 _T180 = """\
-b_unimplemented('PAUSE', 'spec/sse.r1:1869')  # sse.r1:1869
+b_unimplemented('PAUSE', 'spec/sse.r1:1939')  # sse.r1:1939
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1880
+# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1950
 _T181 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1880')  # sse.r1:1880
+b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1950')  # sse.r1:1950
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1890
+# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1960
 _T182 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1890')  # sse.r1:1890
+b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1960')  # sse.r1:1960
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1900
+# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1970
 _T183 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1900')  # sse.r1:1900
+b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1970')  # sse.r1:1970
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1910
+# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1980
 _T184 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1910')  # sse.r1:1910
+b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1980')  # sse.r1:1980
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1920
+# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1990
 _T185 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1920')  # sse.r1:1920
+b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1990')  # sse.r1:1990
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1930
+# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2000
 _T186 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:1930')  # sse.r1:1930
+b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2000')  # sse.r1:2000
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1940
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2010
 _T187 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:1940')  # sse.r1:1940
+b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2010')  # sse.r1:2010
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1950
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2020
 _T188 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:1950')  # sse.r1:1950
+b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2020')  # sse.r1:2020
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1960
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2030
 _T189 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:1960')  # sse.r1:1960
+b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2030')  # sse.r1:2030
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1970
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2040
 _T190 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:1970')  # sse.r1:1970
+b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2040')  # sse.r1:2040
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1980
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2050
 _T191 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:1980')  # sse.r1:1980
+b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2050')  # sse.r1:2050
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1990
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2060
 _T192 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:1990')  # sse.r1:1990
+b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2060')  # sse.r1:2060
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2000
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2070
 _T193 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2000')  # sse.r1:2000
+b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2070')  # sse.r1:2070
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2012
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2082
 _T194 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2012')  # sse.r1:2012
+b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2082')  # sse.r1:2082
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2022
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2092
 _T195 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2022')  # sse.r1:2022
+b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2092')  # sse.r1:2092
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2032
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2102
 _T196 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2032')  # sse.r1:2032
+b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2102')  # sse.r1:2102
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2042
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2112
 _T197 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2042')  # sse.r1:2042
+b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2112')  # sse.r1:2112
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2052
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2122
 _T198 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2052')  # sse.r1:2052
+b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2122')  # sse.r1:2122
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2062
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2132
 _T199 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2062')  # sse.r1:2062
+b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2132')  # sse.r1:2132
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2072
+# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2142
 _T200 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2072')  # sse.r1:2072
+b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2142')  # sse.r1:2142
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2082
+# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2152
 _T201 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2082')  # sse.r1:2082
+b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2152')  # sse.r1:2152
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2092
+# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2162
 _T202 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2092')  # sse.r1:2092
+b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2162')  # sse.r1:2162
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2102
+# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2172
 _T203 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2102')  # sse.r1:2102
+b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2172')  # sse.r1:2172
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2112
+# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2182
 _T204 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2112')  # sse.r1:2112
+b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2182')  # sse.r1:2182
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2122
+# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2192
 _T205 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2122')  # sse.r1:2122
+b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2192')  # sse.r1:2192
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2132
+# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2202
 _T206 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2132')  # sse.r1:2132
+b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2202')  # sse.r1:2202
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2142
+# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2212
 _T207 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2142')  # sse.r1:2142
+b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2212')  # sse.r1:2212
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2152
+# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2222
 _T208 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2152')  # sse.r1:2152
+b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2222')  # sse.r1:2222
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2162
+# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2232
 _T209 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2162')  # sse.r1:2162
+b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2232')  # sse.r1:2232
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2172
+# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2242
 _T210 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2172')  # sse.r1:2172
+b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2242')  # sse.r1:2242
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2182
+# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2252
 _T211 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2182')  # sse.r1:2182
+b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2252')  # sse.r1:2252
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2192
+# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2262
 _T212 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2192')  # sse.r1:2192
+b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2262')  # sse.r1:2262
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2202
+# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2272
 _T213 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2202')  # sse.r1:2202
+b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2272')  # sse.r1:2272
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2212
+# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2282
 _T214 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2212')  # sse.r1:2212
+b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2282')  # sse.r1:2282
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2222
+# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2292
 _T215 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2222')  # sse.r1:2222
+b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2292')  # sse.r1:2292
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2232
+# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2302
 _T216 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2232')  # sse.r1:2232
+b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2302')  # sse.r1:2302
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2242
+# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2312
 _T217 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2242')  # sse.r1:2242
+b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2312')  # sse.r1:2312
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2252
+# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2322
 _T218 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2252')  # sse.r1:2252
+b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2322')  # sse.r1:2322
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2262
+# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2332
 _T219 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2262')  # sse.r1:2262
+b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2332')  # sse.r1:2332
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2272
+# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2342
 _T220 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2272')  # sse.r1:2272
+b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2342')  # sse.r1:2342
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2282
+# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2352
 _T221 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2282')  # sse.r1:2282
+b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2352')  # sse.r1:2352
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2292
+# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2362
 _T222 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2292')  # sse.r1:2292
+b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2362')  # sse.r1:2362
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2302
+# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2372
 _T223 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2302')  # sse.r1:2302
+b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2372')  # sse.r1:2372
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2312
+# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2382
 _T224 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2312')  # sse.r1:2312
+b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2382')  # sse.r1:2382
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2322
+# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2392
 _T225 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2322')  # sse.r1:2322
+b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2392')  # sse.r1:2392
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2332
+# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2402
 _T226 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2332')  # sse.r1:2332
+b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2402')  # sse.r1:2402
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2342
+# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2412
 _T227 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2342')  # sse.r1:2342
+b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2412')  # sse.r1:2412
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2352
+# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2422
 _T228 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2352')  # sse.r1:2352
+b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2422')  # sse.r1:2422
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2362
+# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2432
 _T229 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2362')  # sse.r1:2362
+b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2432')  # sse.r1:2432
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2372
+# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2442
 _T230 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2372')  # sse.r1:2372
+b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2442')  # sse.r1:2442
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2382
+# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2452
 _T231 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2382')  # sse.r1:2382
+b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2452')  # sse.r1:2452
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2392
+# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2462
 _T232 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2392')  # sse.r1:2392
+b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2462')  # sse.r1:2462
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2402
+# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2472
 _T233 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2402')  # sse.r1:2402
+b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2472')  # sse.r1:2472
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2412
+# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2482
 _T234 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2412')  # sse.r1:2412
+b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2482')  # sse.r1:2482
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2422
+# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2492
 _T235 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2422')  # sse.r1:2422
+b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2492')  # sse.r1:2492
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2432
+# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2502
 _T236 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2432')  # sse.r1:2432
+b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2502')  # sse.r1:2502
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2442
+# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2512
 _T237 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2442')  # sse.r1:2442
+b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2512')  # sse.r1:2512
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2452
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2522
 _T238 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2452')  # sse.r1:2452
+b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2522')  # sse.r1:2522
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2462
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2532
 _T239 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2462')  # sse.r1:2462
+b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2532')  # sse.r1:2532
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2472
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2542
 _T240 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2472')  # sse.r1:2472
+b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2542')  # sse.r1:2542
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2482
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2552
 _T241 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2482')  # sse.r1:2482
+b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2552')  # sse.r1:2552
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2492
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2562
 _T242 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2492')  # sse.r1:2492
+b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2562')  # sse.r1:2562
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2502
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2572
 _T243 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2502')  # sse.r1:2502
+b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2572')  # sse.r1:2572
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2512
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2582
 _T244 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2512')  # sse.r1:2512
+b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2582')  # sse.r1:2582
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2522
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2592
 _T245 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2522')  # sse.r1:2522
+b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2592')  # sse.r1:2592
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2534
+# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2604
 _T246 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2534')  # sse.r1:2534
+b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2604')  # sse.r1:2604
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2544
+# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2614
 _T247 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2544')  # sse.r1:2544
+b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2614')  # sse.r1:2614
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2554
+# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2624
 _T248 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2554')  # sse.r1:2554
+b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2624')  # sse.r1:2624
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2564
+# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2634
 _T249 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2564')  # sse.r1:2564
+b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2634')  # sse.r1:2634
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2574
+# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2644
 _T250 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2574')  # sse.r1:2574
+b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2644')  # sse.r1:2644
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2584
+# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2654
 _T251 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2584')  # sse.r1:2584
+b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2654')  # sse.r1:2654
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2594
+# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2664
 _T252 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2594')  # sse.r1:2594
+b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2664')  # sse.r1:2664
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2604
+# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2674
 _T253 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2604')  # sse.r1:2604
+b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2674')  # sse.r1:2674
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2614
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2684
 _T254 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2614')  # sse.r1:2614
+b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2684')  # sse.r1:2684
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2624
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2694
 _T255 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2624')  # sse.r1:2624
+b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2694')  # sse.r1:2694
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2634
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2704
 _T256 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2634')  # sse.r1:2634
+b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2704')  # sse.r1:2704
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2644
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2714
 _T257 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2644')  # sse.r1:2644
+b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2714')  # sse.r1:2714
 """
 
 TEMPLATES = {
-    # spec/sse.r1:35
+    # spec/sse.r1:93
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T0,
@@ -1310,7 +1387,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/sse.r1:45
+    # spec/sse.r1:103
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T1,
@@ -1321,7 +1398,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:55
+    # spec/sse.r1:113
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T2,
@@ -1332,7 +1409,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/sse.r1:65
+    # spec/sse.r1:123
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T3,
@@ -1343,84 +1420,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:75
+    # spec/sse.r1:133
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 32, 'reg', None, None): _T4,
         (32, 16, 'reg', None, None): _T4,
         (32, 32, 'reg', None, None): _T4,
     },
-    # spec/sse.r1:85
+    # spec/sse.r1:143
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:95
+    # spec/sse.r1:153
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T6,
         (16, 32, 'reg', None, None): _T6,
         (32, 16, 'reg', None, None): _T6,
         (32, 32, 'reg', None, None): _T6,
     },
-    # spec/sse.r1:105
+    # spec/sse.r1:163
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:115
+    # spec/sse.r1:173
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/sse.r1:125
+    # spec/sse.r1:183
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/sse.r1:135
+    # spec/sse.r1:193
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/sse.r1:145
+    # spec/sse.r1:203
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:155
+    # spec/sse.r1:213
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T12,
         (16, 32, 'reg', None, None): _T12,
         (32, 16, 'reg', None, None): _T12,
         (32, 32, 'reg', None, None): _T12,
     },
-    # spec/sse.r1:165
+    # spec/sse.r1:223
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/sse.r1:175
+    # spec/sse.r1:233
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T14,
         (16, 32, 'reg', None, None): _T14,
         (32, 16, 'reg', None, None): _T14,
         (32, 32, 'reg', None, None): _T14,
     },
-    # spec/sse.r1:187
+    # spec/sse.r1:245
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T15,
         (16, 16, 'mem', None, None): _T15,
@@ -1431,21 +1508,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:197
+    # spec/sse.r1:255
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:207
+    # spec/sse.r1:265
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:217
+    # spec/sse.r1:275
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 16, 'mem', None, None): _T18,
@@ -1456,21 +1533,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/sse.r1:227
+    # spec/sse.r1:285
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 32, 'reg', None, None): _T19,
         (32, 16, 'reg', None, None): _T19,
         (32, 32, 'reg', None, None): _T19,
     },
-    # spec/sse.r1:237
+    # spec/sse.r1:295
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:247
+    # spec/sse.r1:305
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 16, 'mem', None, None): _T21,
@@ -1481,21 +1558,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/sse.r1:257
+    # spec/sse.r1:315
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T22,
         (16, 32, 'reg', None, None): _T22,
         (32, 16, 'reg', None, None): _T22,
         (32, 32, 'reg', None, None): _T22,
     },
-    # spec/sse.r1:267
+    # spec/sse.r1:325
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/sse.r1:277
+    # spec/sse.r1:335
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T24,
         (16, 16, 'mem', None, None): _T24,
@@ -1506,21 +1583,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T24,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:287
+    # spec/sse.r1:345
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:297
+    # spec/sse.r1:355
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:307
+    # spec/sse.r1:365
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T27,
@@ -1531,21 +1608,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T27,
     },
-    # spec/sse.r1:317
+    # spec/sse.r1:375
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T28,
         (16, 32, 'reg', None, None): _T28,
         (32, 16, 'reg', None, None): _T28,
         (32, 32, 'reg', None, None): _T28,
     },
-    # spec/sse.r1:327
+    # spec/sse.r1:385
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T29,
         (32, 32, 'mem', None, None): _T29,
     },
-    # spec/sse.r1:337
+    # spec/sse.r1:395
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T30,
         (16, 16, 'mem', None, None): _T30,
@@ -1556,21 +1633,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:347
+    # spec/sse.r1:405
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 32, 'reg', None, None): _T31,
         (32, 16, 'reg', None, None): _T31,
         (32, 32, 'reg', None, None): _T31,
     },
-    # spec/sse.r1:357
+    # spec/sse.r1:415
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T32,
         (16, 32, 'mem', None, None): _T32,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:367
+    # spec/sse.r1:425
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 16, 'mem', None, None): _T33,
@@ -1581,21 +1658,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T33,
     },
-    # spec/sse.r1:377
+    # spec/sse.r1:435
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T34,
         (16, 32, 'reg', None, None): _T34,
         (32, 16, 'reg', None, None): _T34,
         (32, 32, 'reg', None, None): _T34,
     },
-    # spec/sse.r1:387
+    # spec/sse.r1:445
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,
         (32, 16, 'mem', None, None): _T35,
         (32, 32, 'mem', None, None): _T35,
     },
-    # spec/sse.r1:397
+    # spec/sse.r1:455
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T36,
         (16, 16, 'mem', None, None): _T36,
@@ -1606,21 +1683,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T36,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:407
+    # spec/sse.r1:465
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:417
+    # spec/sse.r1:475
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:427
+    # spec/sse.r1:485
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T39,
@@ -1631,21 +1708,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T39,
     },
-    # spec/sse.r1:437
+    # spec/sse.r1:495
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T40,
         (16, 32, 'reg', None, None): _T40,
         (32, 16, 'reg', None, None): _T40,
         (32, 32, 'reg', None, None): _T40,
     },
-    # spec/sse.r1:447
+    # spec/sse.r1:505
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T41,
         (16, 32, 'mem', None, None): _T41,
         (32, 16, 'mem', None, None): _T41,
         (32, 32, 'mem', None, None): _T41,
     },
-    # spec/sse.r1:459
+    # spec/sse.r1:517
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T42,
@@ -1656,49 +1733,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:470
+    # spec/sse.r1:528
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T43,
         (16, 32, 'reg', None, None): _T43,
         (32, 16, 'reg', None, None): _T43,
         (32, 32, 'reg', None, None): _T43,
     },
-    # spec/sse.r1:481
+    # spec/sse.r1:539
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:492
+    # spec/sse.r1:550
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:502
+    # spec/sse.r1:560
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:512
+    # spec/sse.r1:570
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 32, 'reg', None, None): _T47,
         (32, 16, 'reg', None, None): _T47,
         (32, 32, 'reg', None, None): _T47,
     },
-    # spec/sse.r1:522
+    # spec/sse.r1:580
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T48,
         (16, 32, 'mem', None, None): _T48,
         (32, 16, 'mem', None, None): _T48,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:534
+    # spec/sse.r1:592
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 16, 'mem', None, None): _T49,
@@ -1709,7 +1786,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/sse.r1:544
+    # spec/sse.r1:602
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T50,
@@ -1720,7 +1797,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:554
+    # spec/sse.r1:612
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T51,
@@ -1731,7 +1808,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/sse.r1:564
+    # spec/sse.r1:622
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T52,
@@ -1742,7 +1819,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T52,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:574
+    # spec/sse.r1:632
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T53,
         (16, 16, 'mem', None, None): _T53,
@@ -1753,7 +1830,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/sse.r1:584
+    # spec/sse.r1:642
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T54,
         (16, 16, 'mem', None, None): _T54,
@@ -1764,7 +1841,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:594
+    # spec/sse.r1:652
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T55,
@@ -1775,7 +1852,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/sse.r1:606
+    # spec/sse.r1:664
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T56,
         (16, 16, 'mem', None, None): _T56,
@@ -1786,35 +1863,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:616
+    # spec/sse.r1:674
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:626
+    # spec/sse.r1:684
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:636
+    # spec/sse.r1:694
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:646
+    # spec/sse.r1:704
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:656
+    # spec/sse.r1:714
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T61,
         (16, 16, 'mem', None, None): _T61,
@@ -1825,119 +1902,119 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/sse.r1:666
+    # spec/sse.r1:724
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T62,
         (16, 32, 'reg', None, None): _T62,
         (32, 16, 'reg', None, None): _T62,
         (32, 32, 'reg', None, None): _T62,
     },
-    # spec/sse.r1:676
+    # spec/sse.r1:734
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T63,
         (16, 32, 'mem', None, None): _T63,
         (32, 16, 'mem', None, None): _T63,
         (32, 32, 'mem', None, None): _T63,
     },
-    # spec/sse.r1:686
+    # spec/sse.r1:744
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T64,
         (16, 32, 'reg', None, None): _T64,
         (32, 16, 'reg', None, None): _T64,
         (32, 32, 'reg', None, None): _T64,
     },
-    # spec/sse.r1:696
+    # spec/sse.r1:754
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T65,
         (16, 32, 'mem', None, None): _T65,
         (32, 16, 'mem', None, None): _T65,
         (32, 32, 'mem', None, None): _T65,
     },
-    # spec/sse.r1:708
+    # spec/sse.r1:766
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T66,
         (16, 32, 'mem', None, None): _T66,
         (32, 16, 'mem', None, None): _T66,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:718
+    # spec/sse.r1:776
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T67,
         (16, 32, 'mem', None, None): _T67,
         (32, 16, 'mem', None, None): _T67,
         (32, 32, 'mem', None, None): _T67,
     },
-    # spec/sse.r1:728
+    # spec/sse.r1:786
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T68,
         (16, 32, 'mem', None, None): _T68,
         (32, 16, 'mem', None, None): _T68,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:738
+    # spec/sse.r1:796
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T69,
         (16, 32, 'mem', None, None): _T69,
         (32, 16, 'mem', None, None): _T69,
         (32, 32, 'mem', None, None): _T69,
     },
-    # spec/sse.r1:750
+    # spec/sse.r1:808
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T70,
         (16, 32, 'mem', None, None): _T70,
         (32, 16, 'mem', None, None): _T70,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:760
+    # spec/sse.r1:818
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T71,
         (16, 32, 'mem', None, None): _T71,
         (32, 16, 'mem', None, None): _T71,
         (32, 32, 'mem', None, None): _T71,
     },
-    # spec/sse.r1:770
+    # spec/sse.r1:828
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:780
+    # spec/sse.r1:838
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/sse.r1:790
+    # spec/sse.r1:848
     'SFENCE': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/sse.r1:800
+    # spec/sse.r1:858
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/sse.r1:810
+    # spec/sse.r1:868
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:820
+    # spec/sse.r1:878
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 32, 'reg', None, None): _T77,
         (32, 16, 'reg', None, None): _T77,
         (32, 32, 'reg', None, None): _T77,
     },
-    # spec/sse.r1:832
+    # spec/sse.r1:890
     'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T78,
         (16, 16, 'mem', None, None): _T78,
@@ -1948,7 +2025,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T78,
         (32, 32, 'mem', None, None): _T78,
     },
-    # spec/sse.r1:842
+    # spec/sse.r1:900
     'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 16, 'mem', None, None): _T79,
@@ -1959,7 +2036,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T79,
     },
-    # spec/sse.r1:852
+    # spec/sse.r1:910
     'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T80,
         (16, 16, 'mem', None, None): _T80,
@@ -1970,7 +2047,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T80,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:862
+    # spec/sse.r1:920
     'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 16, 'mem', None, None): _T81,
@@ -1981,7 +2058,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T81,
     },
-    # spec/sse.r1:872
+    # spec/sse.r1:930
     'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T82,
         (16, 16, 'mem', None, None): _T82,
@@ -1992,7 +2069,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:882
+    # spec/sse.r1:940
     'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T83,
@@ -2003,7 +2080,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/sse.r1:892
+    # spec/sse.r1:950
     'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T84,
         (16, 16, 'mem', None, None): _T84,
@@ -2014,7 +2091,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:902
+    # spec/sse.r1:960
     'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 16, 'mem', None, None): _T85,
@@ -2025,7 +2102,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/sse.r1:912
+    # spec/sse.r1:970
     'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T86,
         (16, 16, 'mem', None, None): _T86,
@@ -2036,35 +2113,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T86,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:922
+    # spec/sse.r1:980
     'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T87,
         (16, 32, 'reg', None, None): _T87,
         (32, 16, 'reg', None, None): _T87,
         (32, 32, 'reg', None, None): _T87,
     },
-    # spec/sse.r1:932
+    # spec/sse.r1:990
     'PINSRW_MM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T88,
         (16, 32, 'reg', None, None): _T88,
         (32, 16, 'reg', None, None): _T88,
         (32, 32, 'reg', None, None): _T88,
     },
-    # spec/sse.r1:942
+    # spec/sse.r1:1000
     'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T89,
         (16, 32, 'mem', None, None): _T89,
         (32, 16, 'mem', None, None): _T89,
         (32, 32, 'mem', None, None): _T89,
     },
-    # spec/sse.r1:952
+    # spec/sse.r1:1010
     'PMOVMSKB_R32_MM': {
         (16, 16, 'reg', None, None): _T90,
         (16, 32, 'reg', None, None): _T90,
         (32, 16, 'reg', None, None): _T90,
         (32, 32, 'reg', None, None): _T90,
     },
-    # spec/sse.r1:964
+    # spec/sse.r1:1022
     'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T91,
         (16, 16, 'mem', None, None): _T91,
@@ -2075,7 +2152,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T91,
     },
-    # spec/sse.r1:974
+    # spec/sse.r1:1032
     'MOVAPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T92,
         (16, 16, 'mem', None, None): _T92,
@@ -2086,7 +2163,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T92,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:984
+    # spec/sse.r1:1042
     'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T93,
         (16, 16, 'mem', None, None): _T93,
@@ -2097,7 +2174,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T93,
     },
-    # spec/sse.r1:994
+    # spec/sse.r1:1052
     'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T94,
         (16, 16, 'mem', None, None): _T94,
@@ -2108,70 +2185,70 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T94,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1004
+    # spec/sse.r1:1062
     'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T95,
         (16, 32, 'reg', None, None): _T95,
         (32, 16, 'reg', None, None): _T95,
         (32, 32, 'reg', None, None): _T95,
     },
-    # spec/sse.r1:1014
+    # spec/sse.r1:1073
     'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T96,
         (16, 32, 'mem', None, None): _T96,
         (32, 16, 'mem', None, None): _T96,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:1024
+    # spec/sse.r1:1084
     'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/sse.r1:1034
+    # spec/sse.r1:1095
     'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T98,
         (16, 32, 'mem', None, None): _T98,
         (32, 16, 'mem', None, None): _T98,
         (32, 32, 'mem', None, None): _T98,
     },
-    # spec/sse.r1:1044
+    # spec/sse.r1:1106
     'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1054
+    # spec/sse.r1:1116
     'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T100,
         (16, 32, 'mem', None, None): _T100,
         (32, 16, 'mem', None, None): _T100,
         (32, 32, 'mem', None, None): _T100,
     },
-    # spec/sse.r1:1064
+    # spec/sse.r1:1126
     'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T101,
         (16, 32, 'mem', None, None): _T101,
         (32, 16, 'mem', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1074
+    # spec/sse.r1:1136
     'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T102,
         (16, 32, 'mem', None, None): _T102,
         (32, 16, 'mem', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1084
+    # spec/sse.r1:1146
     'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
         (32, 16, 'reg', None, None): _T103,
         (32, 32, 'reg', None, None): _T103,
     },
-    # spec/sse.r1:1096
+    # spec/sse.r1:1158
     'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
@@ -2182,21 +2259,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1106
+    # spec/sse.r1:1168
     'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
     },
-    # spec/sse.r1:1116
+    # spec/sse.r1:1178
     'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1126
+    # spec/sse.r1:1188
     'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T107,
         (16, 16, 'mem', None, None): _T107,
@@ -2207,21 +2284,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T107,
         (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1136
+    # spec/sse.r1:1198
     'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T108,
         (16, 32, 'reg', None, None): _T108,
         (32, 16, 'reg', None, None): _T108,
         (32, 32, 'reg', None, None): _T108,
     },
-    # spec/sse.r1:1146
+    # spec/sse.r1:1208
     'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T109,
         (16, 32, 'mem', None, None): _T109,
         (32, 16, 'mem', None, None): _T109,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1156
+    # spec/sse.r1:1218
     'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T110,
         (16, 16, 'mem', None, None): _T110,
@@ -2232,21 +2309,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T110,
         (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1166
+    # spec/sse.r1:1228
     'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T111,
         (16, 32, 'reg', None, None): _T111,
         (32, 16, 'reg', None, None): _T111,
         (32, 32, 'reg', None, None): _T111,
     },
-    # spec/sse.r1:1176
+    # spec/sse.r1:1238
     'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T112,
         (16, 32, 'mem', None, None): _T112,
         (32, 16, 'mem', None, None): _T112,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1186
+    # spec/sse.r1:1248
     'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T113,
         (16, 16, 'mem', None, None): _T113,
@@ -2257,21 +2334,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T113,
         (32, 32, 'mem', None, None): _T113,
     },
-    # spec/sse.r1:1196
+    # spec/sse.r1:1258
     'DIVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T114,
         (16, 32, 'reg', None, None): _T114,
         (32, 16, 'reg', None, None): _T114,
         (32, 32, 'reg', None, None): _T114,
     },
-    # spec/sse.r1:1206
+    # spec/sse.r1:1268
     'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T115,
         (16, 32, 'mem', None, None): _T115,
         (32, 16, 'mem', None, None): _T115,
         (32, 32, 'mem', None, None): _T115,
     },
-    # spec/sse.r1:1216
+    # spec/sse.r1:1278
     'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T116,
         (16, 16, 'mem', None, None): _T116,
@@ -2282,21 +2359,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1226
+    # spec/sse.r1:1288
     'MINSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T117,
         (16, 32, 'reg', None, None): _T117,
         (32, 16, 'reg', None, None): _T117,
         (32, 32, 'reg', None, None): _T117,
     },
-    # spec/sse.r1:1236
+    # spec/sse.r1:1298
     'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T118,
         (16, 32, 'mem', None, None): _T118,
         (32, 16, 'mem', None, None): _T118,
         (32, 32, 'mem', None, None): _T118,
     },
-    # spec/sse.r1:1246
+    # spec/sse.r1:1308
     'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T119,
         (16, 16, 'mem', None, None): _T119,
@@ -2307,21 +2384,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T119,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1256
+    # spec/sse.r1:1318
     'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T120,
         (16, 32, 'reg', None, None): _T120,
         (32, 16, 'reg', None, None): _T120,
         (32, 32, 'reg', None, None): _T120,
     },
-    # spec/sse.r1:1266
+    # spec/sse.r1:1328
     'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/sse.r1:1276
+    # spec/sse.r1:1338
     'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T122,
         (16, 16, 'mem', None, None): _T122,
@@ -2332,21 +2409,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1286
+    # spec/sse.r1:1348
     'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T123,
         (16, 32, 'reg', None, None): _T123,
         (32, 16, 'reg', None, None): _T123,
         (32, 32, 'reg', None, None): _T123,
     },
-    # spec/sse.r1:1296
+    # spec/sse.r1:1358
     'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T124,
         (16, 32, 'mem', None, None): _T124,
         (32, 16, 'mem', None, None): _T124,
         (32, 32, 'mem', None, None): _T124,
     },
-    # spec/sse.r1:1308
+    # spec/sse.r1:1370
     'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T125,
         (16, 16, 'mem', None, None): _T125,
@@ -2357,49 +2434,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1319
+    # spec/sse.r1:1381
     'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T126,
         (16, 32, 'reg', None, None): _T126,
         (32, 16, 'reg', None, None): _T126,
         (32, 32, 'reg', None, None): _T126,
     },
-    # spec/sse.r1:1330
+    # spec/sse.r1:1396
     'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/sse.r1:1341
+    # spec/sse.r1:1411
     'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T128,
         (16, 32, 'reg', None, None): _T128,
         (32, 16, 'reg', None, None): _T128,
         (32, 32, 'reg', None, None): _T128,
     },
-    # spec/sse.r1:1351
+    # spec/sse.r1:1421
     'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T129,
         (16, 32, 'mem', None, None): _T129,
         (32, 16, 'mem', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1361
+    # spec/sse.r1:1431
     'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 32, 'reg', None, None): _T130,
         (32, 16, 'reg', None, None): _T130,
         (32, 32, 'reg', None, None): _T130,
     },
-    # spec/sse.r1:1371
+    # spec/sse.r1:1441
     'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T131,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1383
+    # spec/sse.r1:1453
     'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 16, 'mem', None, None): _T132,
@@ -2410,7 +2487,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1393
+    # spec/sse.r1:1463
     'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T133,
         (16, 16, 'mem', None, None): _T133,
@@ -2421,7 +2498,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T133,
         (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1403
+    # spec/sse.r1:1473
     'ORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T134,
         (16, 16, 'mem', None, None): _T134,
@@ -2432,7 +2509,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T134,
         (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1413
+    # spec/sse.r1:1483
     'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
@@ -2443,7 +2520,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1423
+    # spec/sse.r1:1493
     'SHUFPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T136,
         (16, 16, 'mem', None, None): _T136,
@@ -2454,7 +2531,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T136,
         (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1433
+    # spec/sse.r1:1503
     'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T137,
         (16, 16, 'mem', None, None): _T137,
@@ -2465,7 +2542,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1443
+    # spec/sse.r1:1513
     'UNPCKHPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T138,
         (16, 16, 'mem', None, None): _T138,
@@ -2476,7 +2553,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T138,
         (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1455
+    # spec/sse.r1:1525
     'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T139,
         (16, 16, 'mem', None, None): _T139,
@@ -2487,7 +2564,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1465
+    # spec/sse.r1:1535
     'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T140,
         (16, 16, 'mem', None, None): _T140,
@@ -2498,7 +2575,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T140,
         (32, 32, 'mem', None, None): _T140,
     },
-    # spec/sse.r1:1475
+    # spec/sse.r1:1545
     'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T141,
         (16, 16, 'mem', None, None): _T141,
@@ -2509,7 +2586,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1485
+    # spec/sse.r1:1555
     'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T142,
@@ -2520,49 +2597,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T142,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1495
+    # spec/sse.r1:1565
     'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T143,
         (16, 32, 'reg', None, None): _T143,
         (32, 16, 'reg', None, None): _T143,
         (32, 32, 'reg', None, None): _T143,
     },
-    # spec/sse.r1:1505
+    # spec/sse.r1:1575
     'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T144,
         (16, 32, 'mem', None, None): _T144,
         (32, 16, 'mem', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1515
+    # spec/sse.r1:1585
     'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T145,
         (16, 32, 'reg', None, None): _T145,
         (32, 16, 'reg', None, None): _T145,
         (32, 32, 'reg', None, None): _T145,
     },
-    # spec/sse.r1:1525
+    # spec/sse.r1:1595
     'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T146,
         (16, 32, 'mem', None, None): _T146,
         (32, 16, 'mem', None, None): _T146,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1535
+    # spec/sse.r1:1605
     'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T147,
         (16, 32, 'reg', None, None): _T147,
         (32, 16, 'reg', None, None): _T147,
         (32, 32, 'reg', None, None): _T147,
     },
-    # spec/sse.r1:1545
+    # spec/sse.r1:1615
     'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T148,
         (16, 32, 'mem', None, None): _T148,
         (32, 16, 'mem', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1555
+    # spec/sse.r1:1625
     'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T149,
@@ -2573,35 +2650,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1565
+    # spec/sse.r1:1635
     'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T150,
         (16, 32, 'reg', None, None): _T150,
         (32, 16, 'reg', None, None): _T150,
         (32, 32, 'reg', None, None): _T150,
     },
-    # spec/sse.r1:1575
+    # spec/sse.r1:1645
     'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T151,
         (16, 32, 'mem', None, None): _T151,
         (32, 16, 'mem', None, None): _T151,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1585
+    # spec/sse.r1:1655
     'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T152,
         (16, 32, 'reg', None, None): _T152,
         (32, 16, 'reg', None, None): _T152,
         (32, 32, 'reg', None, None): _T152,
     },
-    # spec/sse.r1:1595
+    # spec/sse.r1:1665
     'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T153,
         (16, 32, 'mem', None, None): _T153,
         (32, 16, 'mem', None, None): _T153,
         (32, 32, 'mem', None, None): _T153,
     },
-    # spec/sse.r1:1605
+    # spec/sse.r1:1675
     'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T154,
         (16, 16, 'mem', None, None): _T154,
@@ -2612,7 +2689,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T154,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1615
+    # spec/sse.r1:1685
     'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T155,
         (16, 16, 'mem', None, None): _T155,
@@ -2623,7 +2700,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T155,
         (32, 32, 'mem', None, None): _T155,
     },
-    # spec/sse.r1:1625
+    # spec/sse.r1:1695
     'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T156,
         (16, 16, 'mem', None, None): _T156,
@@ -2634,21 +2711,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1635
+    # spec/sse.r1:1705
     'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 32, 'reg', None, None): _T157,
         (32, 16, 'reg', None, None): _T157,
         (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1645
+    # spec/sse.r1:1715
     'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
         (16, 32, 'mem', None, None): _T158,
         (32, 16, 'mem', None, None): _T158,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1655
+    # spec/sse.r1:1725
     'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 16, 'mem', None, None): _T159,
@@ -2659,7 +2736,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T159,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1665
+    # spec/sse.r1:1735
     'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T160,
         (16, 16, 'mem', None, None): _T160,
@@ -2670,7 +2747,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T160,
         (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1677
+    # spec/sse.r1:1747
     'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T161,
         (16, 16, 'mem', None, None): _T161,
@@ -2681,7 +2758,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1687
+    # spec/sse.r1:1757
     'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T162,
         (16, 16, 'mem', None, None): _T162,
@@ -2692,7 +2769,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T162,
         (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1697
+    # spec/sse.r1:1767
     'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T163,
         (16, 16, 'mem', None, None): _T163,
@@ -2703,7 +2780,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1707
+    # spec/sse.r1:1777
     'MOVDQU_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T164,
         (16, 16, 'mem', None, None): _T164,
@@ -2714,7 +2791,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1717
+    # spec/sse.r1:1787
     'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T165,
@@ -2725,7 +2802,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1727
+    # spec/sse.r1:1797
     'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T166,
         (16, 16, 'mem', None, None): _T166,
@@ -2736,105 +2813,105 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T166,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1737
+    # spec/sse.r1:1807
     'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1747
+    # spec/sse.r1:1817
     'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1757
+    # spec/sse.r1:1827
     'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T169,
         (16, 32, 'reg', None, None): _T169,
         (32, 16, 'reg', None, None): _T169,
         (32, 32, 'reg', None, None): _T169,
     },
-    # spec/sse.r1:1767
+    # spec/sse.r1:1837
     'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T170,
         (16, 32, 'mem', None, None): _T170,
         (32, 16, 'mem', None, None): _T170,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1777
+    # spec/sse.r1:1847
     'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T171,
         (16, 32, 'reg', None, None): _T171,
         (32, 16, 'reg', None, None): _T171,
         (32, 32, 'reg', None, None): _T171,
     },
-    # spec/sse.r1:1787
+    # spec/sse.r1:1857
     'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T172,
         (16, 32, 'reg', None, None): _T172,
         (32, 16, 'reg', None, None): _T172,
         (32, 32, 'reg', None, None): _T172,
     },
-    # spec/sse.r1:1799
+    # spec/sse.r1:1869
     'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T173,
         (16, 32, 'mem', None, None): _T173,
         (32, 16, 'mem', None, None): _T173,
         (32, 32, 'mem', None, None): _T173,
     },
-    # spec/sse.r1:1809
+    # spec/sse.r1:1879
     'MOVNTDQ_M128_XMM': {
         (16, 16, 'mem', None, None): _T174,
         (16, 32, 'mem', None, None): _T174,
         (32, 16, 'mem', None, None): _T174,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1819
+    # spec/sse.r1:1889
     'MOVNTI_M32_R32': {
         (16, 16, 'mem', None, None): _T175,
         (16, 32, 'mem', None, None): _T175,
         (32, 16, 'mem', None, None): _T175,
         (32, 32, 'mem', None, None): _T175,
     },
-    # spec/sse.r1:1829
+    # spec/sse.r1:1899
     'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T176,
         (16, 32, 'reg', None, None): _T176,
         (32, 16, 'reg', None, None): _T176,
         (32, 32, 'reg', None, None): _T176,
     },
-    # spec/sse.r1:1839
+    # spec/sse.r1:1909
     'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T177,
         (16, 32, 'mem', None, None): _T177,
         (32, 16, 'mem', None, None): _T177,
         (32, 32, 'mem', None, None): _T177,
     },
-    # spec/sse.r1:1849
+    # spec/sse.r1:1919
     'LFENCE': {
         (16, 16, None, None, None): _T178,
         (16, 32, None, None, None): _T178,
         (32, 16, None, None, None): _T178,
         (32, 32, None, None, None): _T178,
     },
-    # spec/sse.r1:1859
+    # spec/sse.r1:1929
     'MFENCE': {
         (16, 16, None, None, None): _T179,
         (16, 32, None, None, None): _T179,
         (32, 16, None, None, None): _T179,
         (32, 32, None, None, None): _T179,
     },
-    # spec/sse.r1:1869
+    # spec/sse.r1:1939
     'PAUSE': {
         (16, 16, None, None, None): _T180,
         (16, 32, None, None, None): _T180,
         (32, 16, None, None, None): _T180,
         (32, 32, None, None, None): _T180,
     },
-    # spec/sse.r1:1880
+    # spec/sse.r1:1950
     'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T181,
@@ -2845,7 +2922,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T181,
     },
-    # spec/sse.r1:1890
+    # spec/sse.r1:1960
     'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
@@ -2856,7 +2933,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T182,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1900
+    # spec/sse.r1:1970
     'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 16, 'mem', None, None): _T183,
@@ -2867,7 +2944,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T183,
     },
-    # spec/sse.r1:1910
+    # spec/sse.r1:1980
     'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T184,
         (16, 16, 'mem', None, None): _T184,
@@ -2878,7 +2955,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1920
+    # spec/sse.r1:1990
     'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T185,
         (16, 16, 'mem', None, None): _T185,
@@ -2889,7 +2966,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T185,
         (32, 32, 'mem', None, None): _T185,
     },
-    # spec/sse.r1:1930
+    # spec/sse.r1:2000
     'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T186,
         (16, 16, 'mem', None, None): _T186,
@@ -2900,7 +2977,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:1940
+    # spec/sse.r1:2010
     'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T187,
         (16, 16, 'mem', None, None): _T187,
@@ -2911,7 +2988,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T187,
         (32, 32, 'mem', None, None): _T187,
     },
-    # spec/sse.r1:1950
+    # spec/sse.r1:2020
     'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T188,
         (16, 16, 'mem', None, None): _T188,
@@ -2922,7 +2999,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T188,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:1960
+    # spec/sse.r1:2030
     'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T189,
         (16, 16, 'mem', None, None): _T189,
@@ -2933,21 +3010,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:1970
+    # spec/sse.r1:2040
     'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T190,
         (16, 32, 'reg', None, None): _T190,
         (32, 16, 'reg', None, None): _T190,
         (32, 32, 'reg', None, None): _T190,
     },
-    # spec/sse.r1:1980
+    # spec/sse.r1:2050
     'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T191,
         (16, 32, 'reg', None, None): _T191,
         (32, 16, 'reg', None, None): _T191,
         (32, 32, 'reg', None, None): _T191,
     },
-    # spec/sse.r1:1990
+    # spec/sse.r1:2060
     'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T192,
         (16, 16, 'mem', None, None): _T192,
@@ -2958,7 +3035,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T192,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2000
+    # spec/sse.r1:2070
     'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T193,
         (16, 16, 'mem', None, None): _T193,
@@ -2969,7 +3046,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T193,
         (32, 32, 'mem', None, None): _T193,
     },
-    # spec/sse.r1:2012
+    # spec/sse.r1:2082
     'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T194,
         (16, 16, 'mem', None, None): _T194,
@@ -2980,7 +3057,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2022
+    # spec/sse.r1:2092
     'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T195,
         (16, 16, 'mem', None, None): _T195,
@@ -2991,7 +3068,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T195,
         (32, 32, 'mem', None, None): _T195,
     },
-    # spec/sse.r1:2032
+    # spec/sse.r1:2102
     'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T196,
         (16, 16, 'mem', None, None): _T196,
@@ -3002,7 +3079,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T196,
         (32, 32, 'mem', None, None): _T196,
     },
-    # spec/sse.r1:2042
+    # spec/sse.r1:2112
     'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T197,
         (16, 16, 'mem', None, None): _T197,
@@ -3013,7 +3090,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T197,
         (32, 32, 'mem', None, None): _T197,
     },
-    # spec/sse.r1:2052
+    # spec/sse.r1:2122
     'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T198,
         (16, 16, 'mem', None, None): _T198,
@@ -3024,7 +3101,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2062
+    # spec/sse.r1:2132
     'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T199,
         (16, 16, 'mem', None, None): _T199,
@@ -3035,7 +3112,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T199,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:2072
+    # spec/sse.r1:2142
     'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
         (16, 16, 'mem', None, None): _T200,
@@ -3046,7 +3123,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2082
+    # spec/sse.r1:2152
     'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T201,
         (16, 16, 'mem', None, None): _T201,
@@ -3057,7 +3134,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T201,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2092
+    # spec/sse.r1:2162
     'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T202,
         (16, 16, 'mem', None, None): _T202,
@@ -3068,7 +3145,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2102
+    # spec/sse.r1:2172
     'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T203,
         (16, 16, 'mem', None, None): _T203,
@@ -3079,7 +3156,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T203,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2112
+    # spec/sse.r1:2182
     'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
         (16, 16, 'mem', None, None): _T204,
@@ -3090,7 +3167,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2122
+    # spec/sse.r1:2192
     'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T205,
@@ -3101,7 +3178,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2132
+    # spec/sse.r1:2202
     'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T206,
         (16, 16, 'mem', None, None): _T206,
@@ -3112,7 +3189,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2142
+    # spec/sse.r1:2212
     'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T207,
         (16, 16, 'mem', None, None): _T207,
@@ -3123,7 +3200,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T207,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2152
+    # spec/sse.r1:2222
     'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
         (16, 16, 'mem', None, None): _T208,
@@ -3134,7 +3211,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2162
+    # spec/sse.r1:2232
     'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T209,
         (16, 16, 'mem', None, None): _T209,
@@ -3145,7 +3222,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T209,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2172
+    # spec/sse.r1:2242
     'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T210,
@@ -3156,7 +3233,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2182
+    # spec/sse.r1:2252
     'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T211,
@@ -3167,7 +3244,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2192
+    # spec/sse.r1:2262
     'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T212,
@@ -3178,7 +3255,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2202
+    # spec/sse.r1:2272
     'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
@@ -3189,7 +3266,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2212
+    # spec/sse.r1:2282
     'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T214,
@@ -3200,7 +3277,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2222
+    # spec/sse.r1:2292
     'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T215,
         (16, 16, 'mem', None, None): _T215,
@@ -3211,7 +3288,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T215,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2232
+    # spec/sse.r1:2302
     'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T216,
         (16, 16, 'mem', None, None): _T216,
@@ -3222,7 +3299,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T216,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2242
+    # spec/sse.r1:2312
     'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T217,
         (16, 16, 'mem', None, None): _T217,
@@ -3233,7 +3310,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T217,
         (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2252
+    # spec/sse.r1:2322
     'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
         (16, 16, 'mem', None, None): _T218,
@@ -3244,7 +3321,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2262
+    # spec/sse.r1:2332
     'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T219,
         (16, 16, 'mem', None, None): _T219,
@@ -3255,7 +3332,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T219,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2272
+    # spec/sse.r1:2342
     'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
         (16, 16, 'mem', None, None): _T220,
@@ -3266,7 +3343,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2282
+    # spec/sse.r1:2352
     'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T221,
         (16, 16, 'mem', None, None): _T221,
@@ -3277,7 +3354,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T221,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2292
+    # spec/sse.r1:2362
     'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
         (16, 16, 'mem', None, None): _T222,
@@ -3288,7 +3365,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2302
+    # spec/sse.r1:2372
     'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T223,
         (16, 16, 'mem', None, None): _T223,
@@ -3299,7 +3376,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T223,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2312
+    # spec/sse.r1:2382
     'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
         (16, 16, 'mem', None, None): _T224,
@@ -3310,7 +3387,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T224,
     },
-    # spec/sse.r1:2322
+    # spec/sse.r1:2392
     'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T225,
@@ -3321,7 +3398,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T225,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2332
+    # spec/sse.r1:2402
     'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
         (16, 16, 'mem', None, None): _T226,
@@ -3332,7 +3409,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T226,
     },
-    # spec/sse.r1:2342
+    # spec/sse.r1:2412
     'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T227,
         (16, 16, 'mem', None, None): _T227,
@@ -3343,7 +3420,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T227,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2352
+    # spec/sse.r1:2422
     'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
         (16, 16, 'mem', None, None): _T228,
@@ -3354,7 +3431,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T228,
     },
-    # spec/sse.r1:2362
+    # spec/sse.r1:2432
     'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T229,
@@ -3365,7 +3442,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T229,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2372
+    # spec/sse.r1:2442
     'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
         (16, 16, 'mem', None, None): _T230,
@@ -3376,7 +3453,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T230,
     },
-    # spec/sse.r1:2382
+    # spec/sse.r1:2452
     'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T231,
@@ -3387,7 +3464,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T231,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2392
+    # spec/sse.r1:2462
     'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
         (16, 16, 'mem', None, None): _T232,
@@ -3398,7 +3475,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T232,
     },
-    # spec/sse.r1:2402
+    # spec/sse.r1:2472
     'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
@@ -3409,7 +3486,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2412
+    # spec/sse.r1:2482
     'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T234,
@@ -3420,7 +3497,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2422
+    # spec/sse.r1:2492
     'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
@@ -3431,7 +3508,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T235,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2432
+    # spec/sse.r1:2502
     'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T236,
@@ -3442,7 +3519,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2442
+    # spec/sse.r1:2512
     'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
@@ -3453,63 +3530,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T237,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2452
+    # spec/sse.r1:2522
     'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T238,
         (16, 32, 'reg', None, None): _T238,
         (32, 16, 'reg', None, None): _T238,
         (32, 32, 'reg', None, None): _T238,
     },
-    # spec/sse.r1:2462
+    # spec/sse.r1:2532
     'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
     },
-    # spec/sse.r1:2472
+    # spec/sse.r1:2542
     'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T240,
         (16, 32, 'reg', None, None): _T240,
         (32, 16, 'reg', None, None): _T240,
         (32, 32, 'reg', None, None): _T240,
     },
-    # spec/sse.r1:2482
+    # spec/sse.r1:2552
     'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T241,
         (16, 32, 'reg', None, None): _T241,
         (32, 16, 'reg', None, None): _T241,
         (32, 32, 'reg', None, None): _T241,
     },
-    # spec/sse.r1:2492
+    # spec/sse.r1:2562
     'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T242,
         (16, 32, 'reg', None, None): _T242,
         (32, 16, 'reg', None, None): _T242,
         (32, 32, 'reg', None, None): _T242,
     },
-    # spec/sse.r1:2502
+    # spec/sse.r1:2572
     'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T243,
         (16, 32, 'reg', None, None): _T243,
         (32, 16, 'reg', None, None): _T243,
         (32, 32, 'reg', None, None): _T243,
     },
-    # spec/sse.r1:2512
+    # spec/sse.r1:2582
     'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T244,
         (16, 32, 'reg', None, None): _T244,
         (32, 16, 'reg', None, None): _T244,
         (32, 32, 'reg', None, None): _T244,
     },
-    # spec/sse.r1:2522
+    # spec/sse.r1:2592
     'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T245,
         (16, 32, 'reg', None, None): _T245,
         (32, 16, 'reg', None, None): _T245,
         (32, 32, 'reg', None, None): _T245,
     },
-    # spec/sse.r1:2534
+    # spec/sse.r1:2604
     'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T246,
@@ -3520,7 +3597,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2544
+    # spec/sse.r1:2614
     'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
@@ -3531,7 +3608,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T247,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2554
+    # spec/sse.r1:2624
     'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T248,
@@ -3542,7 +3619,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T248,
     },
-    # spec/sse.r1:2564
+    # spec/sse.r1:2634
     'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
@@ -3553,7 +3630,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T249,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2574
+    # spec/sse.r1:2644
     'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T250,
@@ -3564,7 +3641,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T250,
     },
-    # spec/sse.r1:2584
+    # spec/sse.r1:2654
     'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
@@ -3575,7 +3652,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T251,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2594
+    # spec/sse.r1:2664
     'PMULHUW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T252,
@@ -3586,7 +3663,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T252,
     },
-    # spec/sse.r1:2604
+    # spec/sse.r1:2674
     'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
@@ -3597,28 +3674,28 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T253,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2614
+    # spec/sse.r1:2684
     'PEXTRW_R32_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T254,
         (16, 32, 'reg', None, None): _T254,
         (32, 16, 'reg', None, None): _T254,
         (32, 32, 'reg', None, None): _T254,
     },
-    # spec/sse.r1:2624
+    # spec/sse.r1:2694
     'PINSRW_XMM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T255,
         (16, 32, 'reg', None, None): _T255,
         (32, 16, 'reg', None, None): _T255,
         (32, 32, 'reg', None, None): _T255,
     },
-    # spec/sse.r1:2634
+    # spec/sse.r1:2704
     'PINSRW_XMM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T256,
         (16, 32, 'mem', None, None): _T256,
         (32, 16, 'mem', None, None): _T256,
         (32, 32, 'mem', None, None): _T256,
     },
-    # spec/sse.r1:2644
+    # spec/sse.r1:2714
     'PMOVMSKB_R32_XMM': {
         (16, 16, 'reg', None, None): _T257,
         (16, 32, 'reg', None, None): _T257,

@@ -35,6 +35,7 @@ from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
 
 M32 = 0xFFFFFFFF
+M64 = (1 << 64) - 1
 PARITY = tuple(1 - bin(i).count("1") % 2 for i in range(256))
 EFLAGS_FIXED_ONE = 0x2
 EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
@@ -49,6 +50,8 @@ MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
 _U32 = struct.Struct("<I")
+_U64X2 = struct.Struct("<2Q")
+_F64X2 = struct.Struct("<2d")
 
 
 class Platform:
@@ -598,6 +601,12 @@ class Machine:
 
     def b_srem(self, a: int, b: int) -> int:
         return a - b * self.b_sdiv(a, b)
+
+    def b_f64_relation(self, a: int, b: int) -> int:
+        x, y = _F64X2.unpack(_U64X2.pack(a & M64, b & M64))
+        if x != x or y != y:
+            return 3  # unordered: a NaN
+        return 0 if x < y else (1 if x == y else 2)
 
     def b_unsupported(self, what: str) -> None:
         raise VMStop("unsupported", f"{what} (at guest EIP {self.state.eip:#x})")

@@ -40,6 +40,7 @@ class CpuState:
         "limit",
         "mode",
         "msr",
+        "mxcsr",
         "sel",
         "smc",
         "stack32",
@@ -48,6 +49,7 @@ class CpuState:
         "tr_base",
         "tr_limit",
         "tsc",
+        "xmm",
     )
 
     def __init__(self) -> None:
@@ -77,6 +79,8 @@ class CpuState:
         self.tr_limit = 0xFFFF
         self.tr_attr = 0x8B
         self.msr: dict[int, int] = {}
+        self.xmm = [0] * 8  # XMM0-XMM7, 128-bit values
+        self.mxcsr = 0x1F80  # every SIMD floating-point exception masked
         self.tsc = 0
         self.icount = 0  # instructions retired
         self.halted = False
