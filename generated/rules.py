@@ -908,7 +908,8 @@ CONSTS = {
     'V_SEL': 96,
     'V_SITE': 48,
     'V_TR': 114,
-    'V_VIRT': 36,
+    'V_VIRT_IF': 36,
+    'V_VIRT_IOPL': 72,
 }
 
 # Assembled templates (nasm, at generation time). A variant is a list of chunks: bytes to
@@ -916,16 +917,25 @@ CONSTS = {
 # for its segment-override prefix. Variants are keyed by the register numbers of the
 # placeholders listed; blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:166
+    'cli_virtual': {  # spec/vmm.r1:173
         "placeholders": (),
         "when": {},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 81 25 24 00 00 00 ff fd ff ff 9d 65 8b 25 50 00 00 00')],
+            (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:204
+    'indirect_entry': {  # spec/vmm.r1:161
+        "placeholders": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
+        },
+    },
+    'mov_from_sreg': {  # spec/vmm.r1:202
         "placeholders": ('dst', 'src'),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -997,16 +1007,16 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:185
+    'pushf_virtual': {  # spec/vmm.r1:181
         "placeholders": (),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
+            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:219
+    'sldt_virtual': {  # spec/vmm.r1:217
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1022,7 +1032,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:209
+    'smsw_virtual': {  # spec/vmm.r1:207
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1038,16 +1048,16 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:175
+    'sti_virtual': {  # spec/vmm.r1:177
         "placeholders": (),
         "when": {},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 81 0d 24 00 00 00 00 02 00 00 9d 65 8b 25 50 00 00 00')],
+            (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:214
+    'str_virtual': {  # spec/vmm.r1:212
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1063,13 +1073,13 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:63
+    'vmm_stubs': {  # spec/vmm.r1:65
         "placeholders": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847116, 'world_switch': 4290846720},
+        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847089, 'world_switch': 4290846720},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 82 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 4c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 66 a1 7c 00 00 00 8e d0 65 8b 25 4c 00 00 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 fe fe ff ff 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 8b 0c cd 04 00 02 00 65 89 0d 40 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 65 ff 25 40 00 00 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 82 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 4c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 66 a1 7c 00 00 00 8e d0 65 8b 25 4c 00 00 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 fe fe ff ff 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
         },
     },
 }

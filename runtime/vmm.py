@@ -58,6 +58,8 @@ from ring1.runtime.state import CS, GS, MODE_PROT, SS
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
 STUBS = TEMPLATES["vmm_stubs"]
+# The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
+INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
 L = STUBS["labels"]
 POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
@@ -238,7 +240,8 @@ class Vmm:
         scratch = VMM_BASE + C["VMM_SCRATCH_STACK"]
         self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
         eflags = self.m.eflags()
-        self.vmm_write32(C["V_VIRT"], eflags & 0x3200)
+        self.vmm_write32(C["V_VIRT_IF"], eflags & 0x200)
+        self.vmm_write32(C["V_VIRT_IOPL"], eflags & 0x3000)
         self.vmm_write(C["V_SEL"], struct.pack("<6H", *S.sel))
         self.vmm_write32(C["V_MSW"], S.cr[0])
         self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
@@ -321,7 +324,7 @@ class Vmm:
             virtual = (virtual & ~0x240000) | (hw & 0x240000)
             ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
         else:
-            ifl = self.vmm_read32(C["V_VIRT"]) & 0x3200
+            ifl = self.vmm_read32(C["V_VIRT_IF"]) & 0x200 | self.vmm_read32(C["V_VIRT_IOPL"]) & 0x3000
         self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & 0x100))
 
     # ------------------------------------------------------------ translation
@@ -339,7 +342,7 @@ class Vmm:
 
     def translate(self, guest: int) -> Unit:
         """Translate the unit at guest EIP `guest` into a new CCF."""
-        unit = Unit(guest, self.tc_next)
+        unit = Unit(guest, self.tc_next + len(INDIRECT_ENTRY))
         code = bytearray()
         exits: list[tuple[int, int]] = []  # (offset of a rel32 field in code, guest target)
         pc = guest
@@ -425,15 +428,15 @@ class Vmm:
             code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
             code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
         unit.size = len(code)
-        if self.tc_next + len(code) > VMM_BASE + VMM_SIZE:
+        if unit.host + len(code) > VMM_BASE + VMM_SIZE:
             self.flush_translations()
             return self.translate(guest)
-        self.host.write(self.tc_phys(unit.host), bytes(code))
-        self.uc.ctl_remove_cache(unit.host, unit.host + len(code))
-        self.tc_next += (len(code) + 15) & ~15
+        self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
+        self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
+        self.tc_next = (unit.host + len(code) + 15) & ~15
         self.units[guest] = unit
         self.unit_starts.append(unit.host)
-        self.set_hash(guest, unit.host)
+        self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
         self.stats["tc_bytes"] += len(code)
         for p in unit.pages:
@@ -688,7 +691,7 @@ class Vmm:
             self.patch(site, unit.host)
         else:
             self.stats["indirect_misses"] += 1
-        self.set_hash(guest, unit.host)
+        self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
 
