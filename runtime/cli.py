@@ -134,6 +134,85 @@ def cmd_run(args: argparse.Namespace) -> int:
     return stop.exit_status
 
 
+def _symbol_address(image_path: str, name: str) -> int | None:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
+    try:
+        with open(image_path, "rb") as f:
+            for section in ELFFile(f).iter_sections():
+                if isinstance(section, SymbolTableSection):
+                    for sym in section.get_symbol_by_name(name) or []:
+                        return int(sym["st_value"])
+    except (ELFError, OSError):
+        return None
+    return None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import io
+
+    from ring1.runtime import guest
+    from ring1.runtime.inspector import Inspector, InspectError, format_list, format_view
+    from ring1.runtime.platform import ConsoleSink, GuestExit, GuestPlatform
+    from ring1.runtime.vmm import Vmm
+
+    try:
+        image = guest.load_multiboot(args.image)
+    except guest.ImageError as err:
+        print(f"ring1 inspect: {args.image}: {err}", file=sys.stderr)
+        return guest.EXIT_USAGE
+    at = image.entry
+    if args.at:
+        try:
+            at = int(args.at, 16)
+        except ValueError:
+            found = _symbol_address(args.image, args.at)
+            if found is None:
+                print(
+                    f"ring1 inspect: --at {args.at}: neither a hex address nor a symbol of the image", file=sys.stderr
+                )
+                return guest.EXIT_USAGE
+            at = found
+    platform = GuestPlatform(ConsoleSink(io.BytesIO()))
+    vmm = Vmm(image.memory_size, platform, "bt")
+    guest.interp_boot(image, platform, vmm.m)
+    why, what = vmm.run(args.max_insns)
+    if isinstance(what, GuestExit):
+        why = f"guest exit {what.status}"
+    inspector = Inspector(vmm)
+    if args.list:
+        units = inspector.units()
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "stop": why,
+                        "units": [
+                            {"guest": u.guest, "host": u.host, "instructions": len(u.insns), "size": u.size}
+                            for u in units
+                        ],
+                    }
+                )
+            )
+        else:
+            print(f"the run ended ({why}) after making {len(units)} CCFs")
+            print(format_list(units))
+        return 0
+    try:
+        unit, now = inspector.unit_at(at)
+        view = inspector.view(unit, now)
+    except InspectError as err:
+        print(f"ring1 inspect: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"stop": why, **view.as_json()}))
+    else:
+        print(format_view(view))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ring1.runtime import bench
 
@@ -261,11 +340,25 @@ def main(argv: list[str] | None = None) -> int:
         "A VM stop prints one diagnosis line on stderr; --stats prints on stderr too.",
     )
     run.add_argument("image", help="the kernel: an ELF32 file with a Multiboot header")
-    run.add_argument("--mode", default="interp", choices=["bt", "trap", "interp", "bare"])
+    run.add_argument("--mode", default="bt", choices=["bt", "trap", "interp", "bare"], help="default: bt")
     run.add_argument("--stats", action="store_true", help="print run statistics on stderr after the run")
     run.add_argument("--json-stats", metavar="FILE", help="write the statistics to FILE as JSON")
     run.add_argument("--max-insns", type=int, metavar="N", help="stop after N guest instructions")
     run.set_defaults(func=cmd_run)
+
+    ins = sub.add_parser(
+        "inspect",
+        help="show a translation unit beside the CCF the binary translator made of it",
+        description="Boot the image and run it under bt (its console output is not shown), then print one "
+        "translation unit: each guest instruction, the rule that translated it with its spec file:line, and "
+        "the host code in the translation cache, followed by the continuation stubs and where each exit leads.",
+    )
+    ins.add_argument("image", help="the kernel: an ELF32 file with a Multiboot header")
+    ins.add_argument("--at", metavar="ADDR", help="guest address (hex) or ELF symbol of the unit (default: the entry)")
+    ins.add_argument("--list", action="store_true", help="list every CCF the run made instead")
+    ins.add_argument("--max-insns", type=int, metavar="N", help="stop the run after N guest instructions")
+    ins.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ins.set_defaults(func=cmd_inspect)
 
     bench = sub.add_parser("bench", help="benchmarks: the interpreter's speed, the nanobenchmarks")
     bsub = bench.add_subparsers(dest="bench_command", required=True)

@@ -444,24 +444,34 @@ class Vmm:
         return unit
 
     def _rule(self, d: Decoded) -> str:
+        return self.rule_for(d)[0]
+
+    def rule_for(self, d: Decoded) -> tuple[str, str]:
+        """The rule this instance is translated by, and why when it is not the spec's own."""
         if d.form is None:
-            return "ident"  # the hardware raises #UD, and the interpreter confirms it
+            return "ident", "undefined opcode: the hardware raises #UD, and the interpreter confirms it"
         if d.lock_invalid:
-            return "callout"  # unicorn runs most invalid LOCK prefixes (deviation invalid-lock): #UD from the spec
+            return "callout", "invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec"
         rule = RULES[d.form][0]
-        if d.eip in self.callout_override or d.form in self.rule_overrides:
-            return "callout"
+        if d.eip in self.callout_override:
+            return "callout", "adaptive: it trapped often, so it was retranslated as a callout"
+        if d.form in self.rule_overrides:
+            return "callout", "forced to a callout by Vmm(rule_overrides=...)"
         if self.mode == "trap":
-            return rule if rule in ("ident", "trap") else "callout"
+            if rule in ("ident", "trap"):
+                return rule, ""
+            return "callout", "trap mode: the kernel runs untranslated; this is where it exits"
         if 0x65 in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem"):
-            return "callout"  # GS is the VMM's: guest uses of it are emulated
+            return "callout", "it uses GS, which is the VMM's: emulated"
         if rule in ("ident", "trap") and self._touches_vmm_area(d):
-            return "callout"
+            return "callout", "its address lies in the VMM's area: emulated"
         if rule == "inline" and not self._inline_applies(d):
-            return "callout"
+            return "callout", "the template does not cover this operand size or form"
         if rule in ("direct", "indirect") and not self._branch_translatable(d):
-            return "callout"
-        return {"trap": "ident"}.get(rule, rule)
+            return "callout", "16-bit target or stack, or a GS operand: emulated"
+        if rule == "trap":
+            return "ident", "copied; left to trap when the hardware faults"
+        return rule, ""
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
         ea = d.fields.get("ea")

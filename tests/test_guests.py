@@ -45,13 +45,6 @@ def ring1_run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def skip_if_semantics_missing(stop: guest.Stop) -> None:
-    """The interpreter grows as instruction semantics land on main; until the guest's
-    instructions all have them, say which one is missing instead of failing."""
-    if stop.kind in ("no-semantics", "unsupported") or "has no form" in stop.detail:
-        pytest.skip(f"the interpreter cannot run this guest yet: {stop.diagnosis('interp')}")
-
-
 # ---------------------------------------------------------------- guests under interp
 
 
@@ -65,7 +58,6 @@ def test_hello(guests):
 
 def test_demo(guests):
     stop, out, stats, _ = run_image(guests / "demo.elf", max_insns=5_000_000)
-    skip_if_semantics_missing(stop)
     text = out.decode()
     assert stop.kind == "exit", f"{stop.diagnosis('interp')}\n{text}"
     lines = text.splitlines()
@@ -119,7 +111,7 @@ def test_halt_and_budget(guests):
 
 def test_cli_hello_and_stats(guests, tmp_path):
     stats_file = tmp_path / "stats.json"
-    done = ring1_run(str(guests / "hello.elf"), "--stats", "--json-stats", str(stats_file))
+    done = ring1_run(str(guests / "hello.elf"), "--mode", "interp", "--stats", "--json-stats", str(stats_file))
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello from a ring1 guest\n"
     for label in ("instructions executed", "blocks compiled", "I/O operations", "exceptions delivered", "wall time"):
@@ -131,11 +123,11 @@ def test_cli_hello_and_stats(guests, tmp_path):
 
 
 def test_cli_vm_stops(guests):
-    done = ring1_run(str(guests / "fault.elf"))
+    done = ring1_run(str(guests / "fault.elf"), "--mode", "interp")
     assert done.returncode == guest.EXIT_TRIPLE_FAULT
     assert done.stdout == "fault: ud2 with an empty IDT\n"
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "mode interp" in done.stderr
-    done = ring1_run(str(guests / "spin.elf"), "--max-insns", "500")
+    done = ring1_run(str(guests / "spin.elf"), "--mode", "interp", "--max-insns", "500")
     assert done.returncode == guest.EXIT_LIMIT and "budget" in done.stderr
 
 
@@ -149,6 +141,61 @@ def test_cli_errors(guests, tmp_path):
     assert done.returncode == 2 and "cannot read" in done.stderr and "Traceback" not in done.stderr
     done = ring1_run(str(guests / "hello.elf"), "--mode", "warp")
     assert done.returncode == 2 and "invalid choice: 'warp'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_fault_under_bt(guests):
+    done = ring1_run(str(guests / "fault.elf"))  # bt is the default mode
+    assert done.returncode == guest.EXIT_TRIPLE_FAULT
+    assert done.stdout == "fault: ud2 with an empty IDT\n"
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "mode bt" in done.stderr
+
+
+# ---------------------------------------------------------------- the demo in every mode
+
+REDPILL = ("sidt", "popf", "cs", "smsw", "str")
+
+
+@pytest.fixture(scope="module")
+def demo_runs(guests, tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, dict]]:
+    out = {}
+    for mode in ("bare", "bt", "trap", "interp"):
+        stats = tmp_path_factory.mktemp(mode) / "stats.json"
+        done = ring1_run(str(guests / "demo.elf"), "--mode", mode, "--stats", "--json-stats", str(stats))
+        out[mode] = (done, json.loads(stats.read_text()))
+    return out
+
+
+def test_demo_console_identical_under_bt_interp_bare(demo_runs):
+    bare = demo_runs["bare"][0]
+    assert bare.returncode == 0, bare.stderr
+    assert "redpill verdict: not virtualized (5 of 5 checks match bare metal)" in bare.stdout
+    for mode in ("bt", "interp"):
+        done = demo_runs[mode][0]
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == bare.stdout, mode
+
+
+def test_demo_under_trap_differs_exactly_on_the_red_pill(demo_runs):
+    bare, trap = demo_runs["bare"][0].stdout.splitlines(), demo_runs["trap"][0].stdout.splitlines()
+    assert demo_runs["trap"][0].returncode == 0
+    assert len(bare) == len(trap)
+    differing = [(b, t) for b, t in zip(bare, trap, strict=True) if b != t]
+    checks = [t for _b, t in differing if t.startswith("redpill ") and "verdict" not in t]
+    # Each stealth instruction gives the deprivileged kernel away, and nothing else differs.
+    assert [c.split(":")[0] for c in checks] == [f"redpill {n}" for n in REDPILL]
+    assert all(c.endswith(" -> DIFFERS") for c in checks)
+    assert "redpill verdict: virtualized (5 of 5 checks betray a VMM: sidt popf cs smsw str)" in trap
+    assert len(differing) == len(checks) + 1
+
+
+def test_demo_stats_under_bt(demo_runs):
+    done, figures = demo_runs["bt"]
+    for label in ("chained links", "indirect lookups that hit in the TC", "callouts", "world switches", "CCFs"):
+        assert label in done.stderr
+    assert figures["mode"] == "bt" and figures["exit_status"] == 0
+    assert figures["chained_links"] > 100 and figures["indirect_hits"] > 1000
+    assert figures["ccfs"] > 100 and 50 < figures["ident_share_percent"] <= 100
+    assert figures["guest_instructions_translated"] > figures["ccfs"]
 
 
 # ---------------------------------------------------------------- the loader
