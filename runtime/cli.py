@@ -154,7 +154,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     import io
 
     from ring1.runtime import guest
-    from ring1.runtime.inspector import Inspector, InspectError, format_list, format_view
+    from ring1.runtime.inspector import InspectError, Inspector, format_list, format_view
     from ring1.runtime.platform import ConsoleSink, GuestExit, GuestPlatform
     from ring1.runtime.vmm import Vmm
 
