@@ -121,3 +121,34 @@ def paged(
     mem = paging_memory(extra)
     mem.update(memory or {})
     return fresh.FreshSpec(code=ENABLE_PAGING + code, regs=dict(regs or {}), memory=mem)
+
+
+# ---------------------------------------------------------------- runs that deliver exceptions
+
+
+def run_delivering(spec: fresh.FreshSpec, mode: str, max_insns: int = 100_000) -> SnippetResult:
+    """Like `run`, but exceptions and interrupts are delivered through the guest's IDT (by the
+    spec's `deliver`, in every mode) instead of ending the run: it ends at the end of the code
+    or at a HLT (fresh.HANDLER is one)."""
+    from ring1.runtime.bare import BareMachine
+    from ring1.runtime.hostsync import read_into_machine
+    from ring1.runtime.snippet import interp_machine, state_of
+
+    end = fresh.CODE + len(spec.code)
+    if mode == "bare":
+        bm = BareMachine(fresh.MEMORY_SIZE)
+        interp_machine(spec, bm.interp)
+        bm.load_from_interp()
+        bm.stop_addresses = {end}
+        r = bm.run(max_insns)
+        read_into_machine(bm.cpu.uc, bm.interp)
+        m, why, diag = bm.interp, r.reason, r.vmstop and r.vmstop.reason
+    else:
+        vmm = Vmm(fresh.MEMORY_SIZE, mode=mode)
+        interp_machine(spec, vmm.m)
+        vmm.stop_on_event = False
+        vmm.stop_addresses = {end}
+        why, what = vmm.run(max_insns)
+        m, diag = vmm.m, getattr(what, "reason", None)
+    stop = {"stop": "end", "stop-address": "end"}.get(why, why)
+    return SnippetResult(state_of(m), None, None, None, stop, 0, diag, bytes(m.mem.view))
