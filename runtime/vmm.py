@@ -474,8 +474,13 @@ class Vmm:
         return rule, ""
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
+        """An absolute address in the VMM area: a ModRM disp32 (the decoder's `ea` is then an
+        expression string of digits) or a MOV moffs (`ea` is the offset itself, no ModRM)."""
         ea = d.fields.get("ea")
-        return isinstance(ea, str) and ea.isdigit() and int(ea) >= VMM_BASE
+        if isinstance(ea, str):
+            return ea.isdigit() and int(ea) >= VMM_BASE
+        moffs = d.modrm_at < 0 and d.variant[2] == "mem"
+        return moffs and isinstance(ea, int) and ea >= VMM_BASE
 
     def _branch_translatable(self, d: Decoded) -> bool:
         osize, asize, mod = d.variant[0], d.variant[1], d.variant[2]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from unicorn import x86_const as X
+
 from ring1.runtime import fresh
 from ring1.runtime.fresh import descriptor
 from ring1.runtime.hostsync import calibrate, read_into_machine
@@ -19,7 +21,6 @@ from ring1.runtime.machine import Machine
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import PhysicalCpu, UcError
 from ring1.runtime.snippet import interp_machine, unicorn_machine
-from unicorn import x86_const as X
 
 GP = 13
 DF = 8
@@ -237,6 +238,22 @@ def test_segment_limits_not_checked_on_data_accesses() -> None:
     from ring1.runtime.snippet import run_interp
 
     assert run_interp(spec).exception == GP
+
+
+def test_null_segment_data_access_not_checked() -> None:
+    # GS = 0 (a null selector, loadable into a data segment register). mov eax, [gs:0] uses it:
+    # the CPU raises #GP(0) (the interpreter does); unicorn reads linear 0 (QEMU keeps no
+    # "unusable" state for a null data segment). Found by tests/vmm/test_hostile.py, which
+    # therefore compares that case with the interpreter.
+    code = b"\x65\xa1\x00\x00\x00\x00"  # mov eax, gs:[0]
+    spec = fresh.FreshSpec(code=code, segs={"gs": 0}, memory={0: b"\x78\x56\x34\x12"})
+    cpu = unicorn_machine(spec)
+    ev = cpu.run(fresh.CODE, fresh.CODE + len(code))
+    assert ev is None and cpu.uc.reg_read(X.UC_X86_REG_EAX) == 0x12345678
+    from ring1.runtime.snippet import run_interp
+
+    r = run_interp(spec)
+    assert (r.exception, r.error_code) == (GP, 0)
 
 
 def test_segment_limits_checked_on_descriptor_loads() -> None:

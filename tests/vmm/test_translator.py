@@ -1,0 +1,245 @@
+"""The translator at work, seen through the VMM's statistics (runtime/vmm.py, Vmm.stats and the
+in-TC hit counter V_HITS), with every run also compared with `bare`.
+
+- a loop runs from chained CCFs: the translation work does not grow with the iteration count;
+- RET and indirect calls find their targets in the TC's hash table without leaving it;
+- code the guest rewrites after it was translated runs in its new form;
+- a fault in the middle of a CCF is reported at the exact guest EIP, with the registers the
+  guest had there (including EAX, which indirect-branch sequences move aside);
+- an instruction that keeps trapping is retranslated as a callout;
+- naive trap-and-emulate pays a trap and a world switch per sensitive instruction; bt none.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ring1.generated.rules import CONSTS as C
+from ring1.runtime import fresh
+from ring1.runtime.vmm import TRAP_THRESHOLD
+
+from .common import PT0, differences, new_vmm, paged, run
+
+
+def mov(reg: int, v: int) -> bytes:
+    return bytes([0xB8 + reg]) + struct.pack("<I", v & 0xFFFFFFFF)
+
+
+EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
+
+
+def bt_and_bare(spec: fresh.FreshSpec, mode: str = "bt"):
+    vmm = new_vmm(mode)
+    bare, r = run(spec, "bare"), run(spec, mode, vmm)
+    assert differences(bare, r) == []
+    return bare, vmm
+
+
+# ---------------------------------------------------------------- chaining
+
+
+def counted_loop(n: int) -> bytes:
+    # mov ecx, n; top: add eax, ecx; xor edx, eax; dec ecx; jnz top; (a second unit) inc ebx
+    return mov(ECX, n) + b"\x01\xc8\x31\xc2\x49\x75\xf9" + b"\x43"
+
+
+def test_a_loop_runs_chained_without_translating_per_iteration() -> None:
+    counts = {}
+    for n in (3, 1000):
+        bare, vmm = bt_and_bare(fresh.FreshSpec(code=counted_loop(n)))
+        assert bare.regs["eax"] == n * (n + 1) // 2
+        counts[n] = vmm.stats.copy()
+    few, many = counts[3], counts[1000]
+    for stat in ("guest_instructions_translated", "ccfs", "translator_entries", "chained_links", "world_switches"):
+        assert few[stat] == many[stat], stat
+    assert many["chained_links"] >= 2  # the loop's back edge and its exit
+    assert many["callouts"] == many["traps"] == 0
+
+
+# ---------------------------------------------------------------- indirect branches
+
+
+def _call_loop(n: int, how: str) -> fresh.FreshSpec:
+    sub = fresh.CODE + 5
+    code = b"\xe9" + struct.pack("<I", 4) + b"\x01\xd8\x43\xc3"  # jmp main; sub: add eax, ebx; inc ebx; ret
+    code += mov(ECX, n) + mov(EDI, sub)
+    top = fresh.CODE + len(code)
+    if how == "direct":
+        code += b"\xe8" + struct.pack("<I", (sub - (top + 5)) & 0xFFFFFFFF)
+    elif how == "reg":
+        code += b"\xff\xd7"  # call edi
+    else:
+        code += b"\xff\x15" + struct.pack("<I", fresh.DATA)  # call [DATA]
+    code += b"\x49\x0f\x85"  # dec ecx; jnz top
+    code += struct.pack("<I", (top - (fresh.CODE + len(code) + 4)) & 0xFFFFFFFF)
+    return fresh.FreshSpec(code=code, memory={fresh.DATA: struct.pack("<I", sub)})
+
+
+@pytest.mark.parametrize("how", ["direct", "reg", "mem"])
+def test_ret_and_indirect_calls_hit_the_tc_lookup(how: str) -> None:
+    hits = {}
+    for n in (4, 200):
+        bare, vmm = bt_and_bare(_call_loop(n, how))
+        assert bare.regs["ebx"] == n
+        hits[n] = vmm.vmm_read32(C["V_HITS"]), vmm.stats.copy()
+    (few_hits, few), (many_hits, many) = hits[4], hits[200]
+    # Every RET (and every indirect CALL) is a lookup; all but the first few hit in the TC.
+    lookups = 200 * (1 if how == "direct" else 2)
+    assert many_hits >= lookups - 4 and many_hits - few_hits >= (200 - 4) * (1 if how == "direct" else 2)
+    assert many["indirect_misses"] == few["indirect_misses"] <= 3
+    assert many["translator_entries"] == few["translator_entries"]
+    assert many["world_switches"] == few["world_switches"]
+
+
+# ---------------------------------------------------------------- self-modifying code
+
+
+def test_code_rewritten_after_translation_runs_in_its_new_form() -> None:
+    # Twice round a loop: the body loads EDX from an immediate and adds it to EAX; then it
+    # rewrites that immediate (a store into the code page it is running from, translated
+    # already). The second round must add the new value: 1 + 0x100, as on bare.
+    code = mov(ECX, 2)
+    top = len(code)
+    code += mov(EDX, 1)  # top: mov edx, 1 (its imm32 is patched)
+    imm = fresh.CODE + top + 1
+    code += b"\x01\xd0"  # add eax, edx
+    code += b"\xc7\x05" + struct.pack("<II", imm, 0x100)  # mov dword [imm], 0x100
+    code += b"\x49\x0f\x85"
+    code += struct.pack("<I", (fresh.CODE + top - (fresh.CODE + len(code) + 4)) & 0xFFFFFFFF)
+    bare, vmm = bt_and_bare(fresh.FreshSpec(code=code))
+    assert bare.regs["eax"] == 0x101
+    assert vmm.stats["code_writes"] >= 1 and vmm.stats["tc_flushes"] >= 1
+
+
+def test_code_written_through_another_mapping_and_by_a_string_instruction() -> None:
+    # The new code arrives by REP MOVSB from the DATA window over a routine that has run
+    # already (called once before, and once after the copy).
+    routine = fresh.CODE + 0x200
+    code = b"\xe8" + struct.pack("<I", routine - (fresh.CODE + 5))  # call routine (old: eax += 1)
+    code += mov(ESI, fresh.DATA) + mov(EDI, routine) + mov(ECX, 6) + b"\xfc\xf3\xa4"  # rep movsb
+    here = fresh.CODE + len(code)
+    code += b"\xe8" + struct.pack("<I", routine - (here + 5))  # call routine (new: eax += 0x50)
+    page = bytearray(b"\xf4" * 0x1000)
+    page[: len(code)] = code
+    page[0x200:0x206] = b"\x83\xc0\x01\x90\x90\xc3"  # add eax, 1; nop; nop; ret
+    spec = fresh.FreshSpec(
+        code=code,
+        memory={fresh.CODE: bytes(page), fresh.DATA: b"\x83\xc0\x50\x90\x90\xc3"},  # add eax, 0x50
+    )
+    bare, vmm = bt_and_bare(spec)
+    assert bare.regs["eax"] == 0x51
+    assert vmm.stats["code_writes"] >= 1
+
+
+# ---------------------------------------------------------------- precise faults inside a CCF
+
+PREFIX = (
+    mov(EAX, 0x11) + mov(EBX, 0x22) + b"\x01\xd8\x8d\x34\x18" + b"\x47"
+)  # ...; add eax, ebx; lea esi, [eax+ebx]; inc edi
+
+
+FAULTS = {
+    # #DE in the middle of a unit (xor ecx, ecx; div ecx), flags set by the ADD before it
+    "#DE": (fresh.FreshSpec(code=PREFIX + b"\x31\xc9\xf7\xf1" + mov(EDX, 5)), 0),
+    # #GP: a selector load in the middle of a unit
+    "#GP": (fresh.FreshSpec(code=PREFIX + b"\x66\xb9\xf8\xff\x8e\xd9" + mov(EDX, 5)), 13),
+    # #UD: UD2 after ident instructions
+    "#UD": (fresh.FreshSpec(code=PREFIX + b"\x0f\x0b" + mov(EDX, 5)), 6),
+    # #PF: a load from an unmapped page (paging on, 0x400000 not mapped)
+    "#PF load": (paged(PREFIX + b"\x8b\x0d\x00\x00\x40\x00" + mov(EDX, 5)), 14),
+    # #PF: a store to an unmapped page after a PUSH (ESP moved earlier in the unit)
+    "#PF store after push": (paged(PREFIX + b"\x53\x89\x1d\x00\x10\x40\x00" + mov(EDX, 5)), 14),
+    # #PF: CALL through a pointer in an unmapped page (EAX is moved aside by the sequence)
+    "#PF call [mem]": (paged(PREFIX + b"\xff\x15\x00\x20\x40\x00" + mov(EDX, 5)), 14),
+    # #PF: JMP to a register target in an unmapped page: the fetch there faults
+    "#PF jmp reg to unmapped": (paged(PREFIX + mov(ECX, 0x403000) + b"\xff\xe1"), 14),
+    # #PF: RET with ESP pointing into an unmapped page
+    "#PF ret": (paged(PREFIX + mov(ESP, 0x404000) + b"\xc3"), 14),
+    # #PF: PUSH with ESP at an unmapped page (the store is the instruction's own)
+    "#PF push": (paged(PREFIX + mov(ESP, 0x405004) + b"\x50"), 14),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_a_fault_inside_a_ccf_is_precise(name: str) -> None:
+    spec, vector = FAULTS[name]
+    bare = run(spec, "bare")
+    assert bare.exception == vector, (bare.stop, bare.exception, bare.diagnosis)
+    bt = run(spec, "bt")
+    assert differences(bare, bt) == []
+    if vector == 14:
+        assert bt.cr2 == bare.cr2
+
+
+# ---------------------------------------------------------------- adaptive retranslation
+
+
+def pte_update_loop(n: int) -> fresh.FreshSpec:
+    # A kernel loop that rewrites a page-table entry (of an unused page) n times: the page
+    # table is traced (write-protected in the hardware tables), so each store traps and is
+    # emulated, until the store is retranslated as a callout.
+    pte = PT0 + 0x300 * 4  # maps linear 0x300000, beyond guest RAM: never used
+    code = b"\x31\xc0" + mov(ECX, n)  # xor eax, eax (it holds CR0 after ENABLE_PAGING)
+    top = len(code)
+    code += b"\x89\x0d" + struct.pack("<I", pte) + b"\x01\xc8"  # mov [pte], ecx; add eax, ecx
+    code += b"\x49\x0f\x85"
+    code += struct.pack("<I", (top - (len(code) + 4)) & 0xFFFFFFFF)  # dec ecx; jnz top
+    return paged(code)
+
+
+def test_an_instruction_that_keeps_trapping_is_retranslated() -> None:
+    n = 60
+    bare, vmm = bt_and_bare(pte_update_loop(n))
+    assert bare.regs["eax"] == n * (n + 1) // 2
+    assert vmm.stats["retranslations"] >= 1
+    assert len(vmm.callout_override) >= 1
+    # Trapping stopped once the store became a callout: far fewer traps than iterations.
+    assert vmm.stats["emulated_after_trap"] <= TRAP_THRESHOLD + 2
+    assert vmm.stats["callouts"] >= n - TRAP_THRESHOLD - 2
+
+
+def test_an_unicorn_undefined_opcode_that_traps_in_a_loop_is_retranslated() -> None:
+    # TEST r/m8, imm8 with ModRM.reg = 1 (F6 /1): an alias of F6 /0 on P6, #UD on unicorn
+    # (deviation test-f6f7-r1). Under bt it traps, is emulated, and after TRAP_THRESHOLD traps
+    # becomes a callout. `bare` (unicorn) stops on the #UD, so the spec is the reference.
+    code = mov(ECX, 30) + b"\xf6\xc9\x01\x83\xd0\x00\x49\x75\xf7"  # test cl, 1; adc eax, 0; dec ecx; jnz
+    spec = fresh.FreshSpec(code=code)
+    vmm = new_vmm("bt")
+    ref, bt = run(spec, "interp"), run(spec, "bt", vmm)
+    assert differences(ref, bt) == [] and bt.regs["eax"] == 0  # TEST clears CF
+    assert run(spec, "bare").exception == 6
+    assert vmm.stats["retranslations"] >= 1
+    assert vmm.stats["emulated_after_trap"] == TRAP_THRESHOLD
+
+
+# ---------------------------------------------------------------- trap mode against bt
+
+
+def sensitive_loop(n: int) -> fresh.FreshSpec:
+    # cli; pushfd; sti; popfd; mov eax, ss; dec ecx; jnz: with IF on at the start
+    body = b"\xfa\x9c\xfb\x9d\x8c\xd0\x49\x75\xf7"
+    return fresh.FreshSpec(code=mov(ECX, n) + body, regs={"eflags": 0x202})
+
+
+def test_trap_mode_pays_a_trap_per_sensitive_instruction_bt_none() -> None:
+    n = 50
+    spec = sensitive_loop(n)
+    bare = run(spec, "bare")
+    bt_vmm, trap_vmm = new_vmm("bt"), new_vmm("trap")
+    bt, trap = run(spec, "bt", bt_vmm), run(spec, "trap", trap_vmm)
+    assert differences(bare, bt) == []
+    # CLI and STI trap (#GP at CPL 1, IOPL 0) and are emulated, with a world switch back each
+    # time; PUSHF, POPF and MOV from SS do not trap, so trap mode cannot see them. Under bt,
+    # CLI, STI, PUSHF and MOV from SS are in-TC templates and POPF a callout: no trap at all.
+    assert trap_vmm.stats["traps"] >= 2 * n
+    assert trap_vmm.stats["world_switches"] >= 2 * n
+    assert bt_vmm.stats["emulated_after_trap"] == 0  # (its one trap: the first touch of the stack page)
+    assert bt_vmm.stats["world_switches"] <= 3
+    assert bt_vmm.stats["callouts"] >= n  # POPF is a callout (spec/flags.r1: `translate callout`)
+    # And trap mode is wrong: the last POPF restores IF = 0 (pushed after the CLI), which POPF
+    # at CPL 1 silently ignores, so the guest's IF stays on.
+    assert not bare.regs["eflags"] & 0x200 and trap.regs["eflags"] & 0x200
+    # (and MOV from SS shows RPL 1 in EAX, PUSHF pushed the real IF onto the stack)
+    assert {d.split(":")[0].split(" ")[0] for d in differences(bare, trap)} == {"eflags", "eax", "memory"}
