@@ -103,7 +103,9 @@ class Inspector:
         try:
             return self.vmm.translate(guest), True
         except Fault as f:
-            raise InspectError(f"cannot translate at {guest:#010x}: the instruction fetch raises vector {f.vector}")
+            raise InspectError(
+                f"cannot translate at {guest:#010x}: the instruction fetch raises vector {f.vector}"
+            ) from None
 
     def tc_bytes(self, start: int, end: int) -> bytes:
         return self.vmm.host.read(self.vmm.tc_phys(start), end - start)
@@ -120,7 +122,7 @@ class Inspector:
     def view(self, unit: Unit, translated_now: bool) -> UnitView:
         vmm = self.vmm
         out = UnitView(unit.guest, unit.host, unit.size, translated_now)
-        for guest, host, end, rule, _eax_at in unit.insns:
+        for guest, host, end, _rule, _eax_at in unit.insns:
             d, _pages = vmm.m.decode_at(guest)
             used, reason = vmm.rule_for(d)
             spec_rule = RULES[d.form] if d.form else None

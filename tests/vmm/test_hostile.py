@@ -122,10 +122,10 @@ def test_vmm_area_with_the_guest_mapping_it_is_guest_memory(name: str) -> None:
 
 def test_moffs_to_the_vcpu_page_does_not_reach_the_virtual_eflags() -> None:
     # The bug this suite found: MOV moffs was not recognised as an absolute address in the VMM
-    # area (only ModRM disp32 was), so it ran on the hardware and a store to 0xFFC00024 (V_VIRT)
-    # set the guest's IF and IOPL. Without paging the address is beyond guest RAM: open bus
-    # (the interpreter; `bare` has no memory there, see below), and EFLAGS must not change.
-    spec = F(code=mov_eax(0x3200) + b"\xa3" + struct.pack("<I", VMM_LINEAR + C["V_VIRT"]))
+    # area (only ModRM disp32 was), so it ran on the hardware and a store to the vcpu page's
+    # virtual IOPL (then V_VIRT, with IF) set the guest's IOPL. Without paging the address is
+    # beyond guest RAM: open bus (the interpreter; `bare` has no memory there, see below), and EFLAGS must not change.
+    spec = F(code=mov_eax(0x3000) + b"\xa3" + struct.pack("<I", VMM_LINEAR + C["V_VIRT_IOPL"]))
     ref, bt, _ = bare_and_bt(spec, "interp")
     assert differences(ref, bt) == []
     assert bt.regs["eflags"] & 0x3200 == 0
@@ -138,7 +138,7 @@ def test_moffs_to_the_vcpu_page_does_not_reach_the_virtual_eflags() -> None:
 UNPAGED = {
     "read disp32": (b"\x8b\x05" + struct.pack("<I", VMM_LINEAR), "READ_UNMAPPED"),
     "read moffs": (b"\xa1" + struct.pack("<I", VMM_LINEAR + C["V_EAX"]), "READ_UNMAPPED"),
-    "write disp32": (b"\xc7\x05" + struct.pack("<II", VMM_LINEAR + C["V_VIRT"], 0x3200), "WRITE_UNMAPPED"),
+    "write disp32": (b"\xc7\x05" + struct.pack("<II", VMM_LINEAR + C["V_VIRT_IOPL"], 0x3000), "WRITE_UNMAPPED"),
     "read via GS": (b"\x65\xa1" + struct.pack("<I", VMM_LINEAR + C["V_EAX"]), "READ_UNMAPPED"),
     "jump into the TC": (mov_eax(TC_LINEAR) + b"\xff\xe0", "FETCH_UNMAPPED"),
     "call the world switch stub": (mov_eax(STUBS_LINEAR) + b"\xff\xd0", "FETCH_UNMAPPED"),
@@ -181,29 +181,30 @@ def test_register_addressed_read_of_the_vmm_area_sees_the_vmm() -> None:
 
 def test_register_addressed_write_to_the_vcpu_page_hurts_only_the_guest() -> None:
     # The documented decision: CPL-1 code can write the vcpu page, "whose contents are the
-    # guest's own virtual state: corrupting it hurts only the guest". A store to V_VIRT sets
-    # the guest's virtual IF and IOPL (not the real ones), and the guest's page keeps its bytes.
+    # guest's own virtual state: corrupting it hurts only the guest". A store to V_VIRT_IOPL sets
+    # the guest's virtual IOPL (not the real one), and the guest's page keeps its bytes.
     # The VMM goes on: the run ends normally, its read-only pages unchanged (bare_and_bt).
-    la = VMM_LINEAR + C["V_VIRT"]
-    spec = paged(mov_ebx(la) + b"\xc7\x03\x00\x32\x00\x00" + b"\x9c\x59")  # mov [ebx], 0x3200; pushfd; pop ecx
+    la = VMM_LINEAR + C["V_VIRT_IOPL"]
+    spec = paged(mov_ebx(la) + b"\xc7\x03\x00\x30\x00\x00" + b"\x9c\x59")  # mov [ebx], 0x3000; pushfd; pop ecx
     bare, bt, vmm = bare_and_bt(spec)
     assert bare.stop == bt.stop == "end"
-    assert bare.memory[VPAGE + C["V_VIRT"] : VPAGE + C["V_VIRT"] + 4] == b"\x00\x32\x00\x00"
-    assert bt.memory[VPAGE + C["V_VIRT"] : VPAGE + C["V_VIRT"] + 4] == vpage_pattern()[C["V_VIRT"] :][:4]
-    assert bt.regs["eflags"] & 0x3200 == 0x3200 and bare.regs["eflags"] & 0x3200 == 0
-    assert bt.regs["ecx"] & 0x3200 == 0x3200  # PUSHF shows the (corrupted) virtual flags
+    v = C["V_VIRT_IOPL"]
+    assert bare.memory[VPAGE + v : VPAGE + v + 4] == b"\x00\x30\x00\x00"
+    assert bt.memory[VPAGE + v : VPAGE + v + 4] == vpage_pattern()[v:][:4]
+    assert bt.regs["eflags"] & 0x3000 == 0x3000 and bare.regs["eflags"] & 0x3000 == 0
+    assert bt.regs["ecx"] & 0x3000 == 0x3000  # PUSHF shows the (corrupted) virtual IOPL
     assert vmm.hardware_eflags(False) & 0x3000 == 0  # no real IOPL for the guest
     assert {d.split(":")[0] for d in differences(bare, bt, memory=False)} == {"eflags", "ecx"}
     # In memory: the guest's page did not get the store, and the accessed and dirty bits of
     # the PDE and PTE that map it stay clear.
     pte = PTV + ((la >> 12) & 0x3FF) * 4
-    allowed = {*range(VPAGE + C["V_VIRT"], VPAGE + C["V_VIRT"] + 4), PD + 1023 * 4, pte, *range(0x6FFC, 0x7000)}
+    allowed = {*range(VPAGE + v, VPAGE + v + 4), PD + 1023 * 4, pte, *range(0x6FFC, 0x7000)}
     assert {i for i in range(len(bare.memory)) if bare.memory[i] != bt.memory[i]} <= allowed
 
 
 def test_corrupted_scratch_stack_pointer_faults_into_the_vmm_not_out_of_it() -> None:
     # V_SCRATCH_SP is in the vcpu page: point it at the VMM's read-only GDT page, then run a
-    # CLI (its template pushes flags there) and a callout. The pushes fault, the VMM emulates
+    # PUSHFD (its template keeps flags there) and a callout. The pushes fault, the VMM emulates
     # the instructions instead, and its pages are unchanged.
     bad = C["VMM_BASE"] + C["VMM_GDT"] + 0x100
     code = mov_ebx(VMM_LINEAR + C["V_SCRATCH_SP"]) + b"\xc7\x03" + struct.pack("<I", bad)
