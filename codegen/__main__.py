@@ -1,4 +1,4 @@
-"""`python -m ring1.codegen [generate|check]`: the generator's own entry point (used by the Makefile)."""
+"""`python -m ring1.codegen [generate | generate --check]`: the generator's own entry point (used by the Makefile)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argv[0] if argv else "generate"
     root = repo_root()
     try:
+        if cmd == "generate" and "--check" in argv[1:]:
+            from ring1.codegen.generate import stale_files
+
+            stale = stale_files(root)
+            for name in stale:
+                print(f"generated/{name} is stale: run `make generate` and commit it", file=sys.stderr)
+            return 1 if stale else 0
         if cmd == "generate":
             from ring1.codegen.generate import generate
 
@@ -24,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             for p in changed:
                 print(f"wrote {p.relative_to(root)}")
             return 0
-        print(f"unknown command {cmd!r}; use generate", file=sys.stderr)
+        print(f"unknown command {cmd!r}; use generate [--check]", file=sys.stderr)
         return 2
     except SpecError as err:
         print(err, file=sys.stderr)

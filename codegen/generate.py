@@ -300,4 +300,13 @@ def generate(root: Path) -> list[Path]:
     return write_generated(spec, root / "generated")
 
 
-__all__ = ["generate", "load_spec", "render_all", "write_generated"]
+def stale_files(root: Path) -> list[str]:
+    """The generated files that differ from what the spec and codegen make now (for CI)."""
+    files = render_all(load_spec(root))
+    out_dir = root / "generated"
+    stale = [n for n, text in files.items() if not (out_dir / n).exists() or (out_dir / n).read_text() != text]
+    stale += [p.name for p in out_dir.glob("*.py") if p.name not in files]
+    return sorted(stale)
+
+
+__all__ = ["generate", "load_spec", "render_all", "stale_files", "write_generated"]

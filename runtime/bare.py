@@ -179,4 +179,4 @@ def run_bare(image, platform, max_insns, stats):
             "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled"
         )
         return guest._stop_at(m, "halt", detail, (S.eip - 1) & 0xFFFFFFFF)
-    return guest._stop_at(m, "limit", "the instruction budget ran out", S.eip)
+    return guest._stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)

@@ -190,7 +190,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     {
                         "stop": why,
                         "units": [
-                            {"guest": u.guest, "host": u.host, "instructions": len(u.insns), "size": u.size}
+                            {
+                                "guest": u.guest,
+                                "host": u.host,
+                                "instructions": len(u.insns),
+                                "size": u.size,
+                                "rules": sorted({rule for _g, _h, _e, rule, _a in u.insns}),
+                            }
                             for u in units
                         ],
                     }

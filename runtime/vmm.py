@@ -154,6 +154,12 @@ class Vmm:
         self.last_event: GuestEvent | None = None
         self.direct = False
         self.until = 0xFFFFFFFF
+        # A guest-instruction budget (`--max-insns`): counted by a code hook only when one is
+        # asked for, at the first host instruction of each guest instruction's translation.
+        self.budget: int | None = None
+        self.guest_starts: dict[int, int] = {}  # TC address -> guest EIP it begins
+        self._budget_hook: int | None = None
+        self._last_counted: int | None = None  # the host address the budget hook counted last
         self._setup_vmm_area()
         self._setup_hardware()
         self._setup_hooks()
@@ -304,7 +310,11 @@ class Vmm:
         self.cpu.clear_exception_latch()
         self.cpu.event = None
         self.pending = None
-        self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), self.until)
+        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        if self.budget is not None and eip == self._last_counted:
+            self.budget += 1  # the instruction that faulted did not run: its restart counts instead
+        self._last_counted = None
+        self.uc.emu_start(eip, self.until)
 
     def capture(self, host_eip: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
@@ -410,6 +420,7 @@ class Vmm:
                 self.sites[site_id] = Site(pc, d.next, unit.host + len(code), unit)
                 ended = True  # state may change: the unit ends, and resumes through a continuation
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
+            self.guest_starts[host] = pc
             unit.pages.update(pages)
             self.stats["guest_instructions_translated"] += 1
             self.stats[f"rule_{rule}"] += 1
@@ -544,6 +555,7 @@ class Vmm:
         """Drop every CCF (a write hit translated code, or the TC is full)."""
         self.units.clear()
         self.unit_starts.clear()
+        self.guest_starts.clear()
         self.sites.clear()
         self.tc_next = VMM_BASE + C["VMM_TC"]
         self._clear_hash()
@@ -890,8 +902,34 @@ class Vmm:
 
     # ------------------------------------------------------------ running
 
+    def _count_guest_instruction(self, uc, address: int, _size: int, _data) -> None:
+        """The budget's code hook: every guest instruction about to run, translated or direct.
+        At its first host instruction the hardware holds exactly the guest's registers."""
+        if self.direct:
+            guest = address if address < VMM_BASE else None
+        else:
+            guest = self.guest_starts.get(address)
+        if guest is None or self.budget is None:
+            return
+        if self.budget <= 0:
+            self.pending = ("limit", guest)
+            uc.emu_stop()
+            return
+        self.budget -= 1
+        self._last_counted = address
+
     def run(self, max_insns: int | None = None) -> tuple[str, object]:
-        """Run the guest until it stops. Returns (reason, detail)."""
+        """Run the guest until it stops. Returns (reason, detail). With `max_insns`, at most that
+        many guest instructions run, and then ("limit", None)."""
+        self.budget = max_insns
+        if max_insns is not None and self._budget_hook is None:
+            self._budget_hook = self.uc.hook_add(UC_HOOK_CODE, self._count_guest_instruction)
+        elif max_insns is None and self._budget_hook is not None:
+            self.uc.hook_del(self._budget_hook)
+            self._budget_hook = None
+        return self._run()
+
+    def _run(self) -> tuple[str, object]:
         S = self.m.state
         while True:
             if S.halted:
@@ -910,7 +948,7 @@ class Vmm:
             elif self.can_run_direct():
                 host, user = S.eip, True
             else:
-                reason = self._interpret_until_translatable(max_insns)
+                reason = self._interpret_until_translatable()
                 if reason is not None:
                     return reason
                 continue
@@ -938,6 +976,10 @@ class Vmm:
             if self.pending is None:
                 return ("vmstop", VMStop("unicorn", "the CPU stopped without a reason"))
             why, what = self.pending
+            if why == "limit":
+                self.capture()
+                S.eip = what
+                return ("limit", None)
             if why in ("stop", "halt", "event", "vmstop"):
                 self._capture_at_exit()
                 if why == "stop":
@@ -958,7 +1000,7 @@ class Vmm:
         """At vmm_exit the hardware holds the guest's registers (a callout restored them first)."""
         self.capture()
 
-    def _interpret_until_translatable(self, max_insns: int | None) -> tuple[str, object] | None:
+    def _interpret_until_translatable(self) -> tuple[str, object] | None:
         """Real mode, v86, single-stepping, a non-flat kernel CS: the interpreter runs the guest."""
         m = self.m
         m.stop_on_event = self.stop_on_event
@@ -966,8 +1008,12 @@ class Vmm:
         self.stats["interpreted_stretches"] += 1
         start = m.state.icount
         while True:
-            r = m.run(256 if max_insns is None else min(256, max_insns))
+            if self.budget is not None and self.budget <= 0:
+                return ("limit", None)
+            r = m.run(256 if self.budget is None else min(256, self.budget))
             self.stats["interpreted_instructions"] += m.state.icount - start
+            if self.budget is not None:
+                self.budget -= m.state.icount - start
             start = m.state.icount
             if r.reason in ("event", "vmstop", "halt", "stop-address"):
                 return ({"stop-address": "stop"}.get(r.reason, r.reason), r.event or r.vmstop)
@@ -1033,6 +1079,8 @@ def run_engine(mode: str):
             return guest._stop_at(m, "halt", detail, (S.eip - 1) & M32)
         if why == "interrupted":
             return guest._stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+        if why == "limit":
+            return guest._stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)
         return guest._stop_at(m, why, f"the VMM stopped ({why})", S.eip)
 
     return engine

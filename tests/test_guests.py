@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -332,3 +333,67 @@ def test_stats_extensible():
         "ident_share": 93.5,
         "by_port": {"0x80": 1},
     }
+
+
+# ---------------------------------------------------------------- ring1 inspect
+
+
+def ring1_inspect(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ring1.runtime.cli", "inspect", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def elf_symbol(path: Path, name: str) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with path.open("rb") as f:
+        return int(ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)[0]["st_value"])
+
+
+def test_inspect_a_unit_beside_its_ccf(guests):
+    done = ring1_inspect(str(guests / "demo.elf"), "--at", "fib", "--json")
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert view["stop"] == "guest exit 0" and not view["translated_now"]
+    rows = view["instructions"]
+    assert rows[0]["guest"] == elf_symbol(guests / "demo.elf", "fib")
+    assert 1 <= len(rows) <= 12
+    for row in rows:
+        if row["rule"] == "ident":  # copied byte for byte
+            assert [h["bytes"] for h in row["host"]] == [row["bytes"]] and row["source"] is None
+        else:
+            assert re.fullmatch(r"spec/\w+\.r1:\d+", row["source"]), row
+    # The unit ends at its control transfer, whose exits were chained to other CCFs by the run.
+    assert rows[-1]["rule"].startswith(("direct", "indirect", "callout"))
+    assert any("(chained)" in e for e in view["exits"])
+    text = ring1_inspect(str(guests / "demo.elf"), "--at", hex(rows[0]["guest"]))
+    assert text.returncode == 0 and "IDENT" in text.stdout and "continuation stubs" in text.stdout
+
+
+def test_inspect_list_shows_every_rule_kind_of_the_demo(guests):
+    done = ring1_inspect(str(guests / "demo.elf"), "--list", "--json")
+    assert done.returncode == 0, done.stderr
+    units = json.loads(done.stdout)["units"]
+    kinds = set().union(*(u["rules"] for u in units))
+    assert {"ident", "direct", "indirect", "inline", "callout"} <= kinds
+    assert all(1 <= u["instructions"] <= 12 for u in units)
+
+
+def test_inspect_errors(guests):
+    done = ring1_inspect(str(guests / "demo.elf"), "--at", "no_such_symbol")
+    assert done.returncode == 2 and "neither a hex address nor a symbol" in done.stderr
+    done = ring1_inspect(str(guests / "demo.elf"), "--at", "0x12345678")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "raises vector 14" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("budget", [5, 3000, 20000])
+def test_instruction_budget_stops_every_mode_at_the_same_instruction(guests, budget):
+    stops = {}
+    for mode in ("bare", "bt", "trap", "interp"):
+        done = ring1_run(str(guests / "demo.elf"), "--mode", mode, "--max-insns", str(budget))
+        assert done.returncode == guest.EXIT_LIMIT, (mode, done.stderr)
+        assert f"the instruction budget ran out after {budget:,} instructions" in done.stderr
+        stops[mode] = (re.search(r"guest eip 0x[0-9a-f]+", done.stderr).group(0), done.stdout)
+    assert stops["bt"] == stops["trap"] == stops["interp"] == stops["bare"]
