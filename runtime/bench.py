@@ -523,8 +523,9 @@ def interp_loop() -> Built:
 
 
 def run_interp_bench(quick: bool = False, repeats: int | None = None) -> dict:
-    from ring1.runtime.snippet import interp_machine, unicorn_machine
     from unicorn import x86_const as X
+
+    from ring1.runtime.snippet import interp_machine, unicorn_machine
 
     s = settings(quick, repeats)
     built = interp_loop()

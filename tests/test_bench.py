@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+
 from ring1.runtime import bench
 from ring1.runtime.cli import main
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from unicorn import x86_const as X
+
 from ring1.runtime import fresh
 from ring1.runtime.fresh import descriptor
 from ring1.runtime.hostsync import calibrate, read_into_machine
@@ -19,7 +21,6 @@ from ring1.runtime.machine import Machine
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import PhysicalCpu, UcError
 from ring1.runtime.snippet import interp_machine, unicorn_machine
-from unicorn import x86_const as X
 
 GP = 13
 DF = 8
