@@ -1,7 +1,9 @@
 """The fresh machine every `ring1 exec` mode and every differential test starts from.
 
 Flat 32-bit protected mode (or real mode) with the guest's own GDT, IDT and TSS, a
-writable stack of 16 KB at ESP, IOPL 0, and the code at CODE. The same layout is built
+writable stack of 16 KB at ESP, IOPL 0, and the code at CODE. CR4 is 0 and CR0 has only PE
+and ET unless the spec asks for more (CR4.OSFXSR enables SSE; CR0.EM and TS make it fault);
+the XMM registers are zero and MXCSR has its reset value unless the spec gives them. The same layout is built
 into the interpreter and into unicorn, so two runs can be compared field by field.
 
 Physical layout (below 1 MB, so real mode reaches all of it with CS = 0):
@@ -33,6 +35,11 @@ REAL_WINDOW = DATA >> 4  # the real-mode segment of the DATA window
 GPR_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
 REG_KEYS = (*GPR_NAMES, "eip", "eflags", *SEG_NAMES)
+XMM_NAMES = tuple(f"xmm{i}" for i in range(8))
+SIMD_KEYS = (*XMM_NAMES, "mxcsr")
+MXCSR_RESET = 0x1F80
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET = 0x1, 0x2, 0x4, 0x8, 0x10
+CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
 
 
 def descriptor(base: int, limit: int, access: int, flags: int) -> bytes:
@@ -97,6 +104,14 @@ class FreshSpec:
     real: bool = False
     memory: dict[int, bytes] = field(default_factory=dict)  # extra bytes at physical addresses
     segs: dict[str, int] = field(default_factory=dict)  # selectors to use instead of the defaults
+    xmm: tuple[int, ...] = (0,) * 8  # XMM0-XMM7
+    mxcsr: int = MXCSR_RESET
+    cr0_bits: int = 0  # CR0 bits besides PE and ET: MP, EM, TS
+    cr4: int = 0  # OSFXSR and OSXMMEXCPT for SSE code
+
+    def simd(self) -> dict[str, int]:
+        """The SSE state the machine starts with, by SIMD_KEYS."""
+        return {**dict(zip(XMM_NAMES, self.xmm, strict=True)), "mxcsr": self.mxcsr}
 
     def initial_regs(self) -> dict[str, int]:
         regs = {name: 0 for name in GPR_NAMES}

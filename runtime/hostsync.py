@@ -10,7 +10,9 @@ release that moves a field fails calibration loudly instead of reading garbage).
 
 Writing state back goes through `reg_write`, which makes unicorn load segment registers
 from the descriptor tables with its own checks (the only way to keep its internal
-flags consistent), and is meant for a stopped CPU, not for use inside a hook.
+flags consistent), and is meant for a stopped CPU, not for use inside a hook. The SSE state
+(XMM0-XMM7, MXCSR) moves both ways too: unicorn derives its SSE rounding and DAZ/FZ modes
+from MXCSR on `reg_write`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from unicorn import x86_const as X
 from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
 
 _Q = struct.Struct("<Q")
+_QQ = struct.Struct("<QQ")
 _I = struct.Struct("<I")
 
 
@@ -42,11 +45,19 @@ class ContextLayout:
     ldt: int
     tr: int
     cr: int  # 8-byte CR0..CR4
+    xmm: int  # XMM0, 16 bytes (little-endian) at the start of each register's slot
+    xmm_stride: int
+    mxcsr: int  # u32
 
 
 def _raw(uc: Uc) -> bytes:
     ctx = uc.context_save()
     return ctypes.string_at(ctx.context, ctx.size)
+
+
+def _xmm_probe(i: int) -> int:
+    """A distinctive 128-bit value for XMM register i."""
+    return int.from_bytes(bytes([0xA0 + i]) * 8 + bytes([0x5B, 0xC3 + i]) * 4, "little")
 
 
 def _only(raw: bytes, value: int, width: int, what: str, below: int = 2048) -> int:
@@ -81,6 +92,11 @@ def calibrate() -> ContextLayout:
     for i, rid in enumerate(GPR_IDS):
         uc.reg_write(rid, 0x5A5A0000 + i * 0x1111)
     uc.reg_write(X.UC_X86_REG_EIP, 0x3C3C7E7E)
+    for i in range(8):
+        uc.reg_write(X.UC_X86_REG_XMM0 + i, _xmm_probe(i))
+    uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)
+    before_mxcsr = _raw(uc)
+    uc.reg_write(X.UC_X86_REG_MXCSR, 0x7FBF)
     raw = _raw(uc)
     regs = _only(raw, 0x5A5A0000, 4, "EAX")
     if _only(raw, 0x5A5A0000 + 7 * 0x1111, 4, "EDI") != regs + 7 * 8:
@@ -96,6 +112,17 @@ def calibrate() -> ContextLayout:
     gdt_off = idt - seg_stride
     if _Q.unpack_from(raw, gdt_off + 8)[0] != 0x800:
         raise RuntimeError("unicorn's GDTR is not where calibration expects it")
+    xmm = _only(raw, _xmm_probe(0), 16, "XMM0", below=len(raw))
+    xmm_stride = _only(raw, _xmm_probe(1), 16, "XMM1", below=len(raw)) - xmm
+    if _only(raw, _xmm_probe(7), 16, "XMM7", below=len(raw)) != xmm + 7 * xmm_stride:
+        raise RuntimeError("unicorn's XMM registers are not evenly spaced in its saved context")
+    mxcsr = [
+        off
+        for off in range(0, len(raw) - 3, 4)
+        if _I.unpack_from(before_mxcsr, off)[0] == 0x1F80 and _I.unpack_from(raw, off)[0] == 0x7FBF
+    ]
+    if len(mxcsr) != 1:
+        raise RuntimeError(f"cannot locate MXCSR in unicorn's saved context ({len(mxcsr)} candidates)")
     return ContextLayout(
         regs=regs,
         eip=eip,
@@ -106,6 +133,9 @@ def calibrate() -> ContextLayout:
         ldt=segs + 6 * seg_stride,
         tr=segs + 7 * seg_stride,
         cr=cr3 - 3 * 8,
+        xmm=xmm,
+        xmm_stride=xmm_stride,
+        mxcsr=mxcsr[0],
     )
 
 
@@ -141,6 +171,10 @@ def read_into_machine(uc: Uc, m) -> None:
         elif s == 2:
             S.stack32 = attr >> 14 & 1
     S.eip = _Q.unpack_from(raw, L.eip)[0] & 0xFFFFFFFF
+    for i in range(8):
+        lo, hi = _QQ.unpack_from(raw, L.xmm + i * L.xmm_stride)
+        S.xmm[i] = hi << 64 | lo
+    S.mxcsr = _I.unpack_from(raw, L.mxcsr)[0]
     m.update_mode()
     for s in range(6):
         m.recompute_segment(s)
@@ -163,6 +197,9 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
         uc.reg_write(X.UC_X86_REG_CS, S.sel[1])
     uc.reg_write(X.UC_X86_REG_EFLAGS, m.eflags())
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
+    for i, v in enumerate(S.xmm):
+        uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+    uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
 
 
 SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}

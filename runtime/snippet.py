@@ -60,13 +60,13 @@ def interp_machine(spec: fresh.FreshSpec, m: Machine | None = None) -> Machine:
         m.regs[i] = regs[name] & 0xFFFFFFFF
     gdt = fresh.gdt_bytes()
     if spec.real:
-        S.cr[0] = 0x10
+        S.cr[0] = fresh.CR0_ET | spec.cr0_bits
         S.idtr_base, S.idtr_limit = fresh.IVT, 0x3FF
         sels = fresh.selectors(spec)
         for s, name in enumerate(fresh.SEG_NAMES):
             m.b_set_seg(s, sels[name], sels[name] << 4, 0xFFFF, 0x9B if s == CS else 0x93)
     else:
-        m.b_write_cr(0, 0x11)
+        m.b_write_cr(0, fresh.CR0_ET | fresh.CR0_PE | spec.cr0_bits)
         S.gdtr_base, S.gdtr_limit = fresh.GDT, len(gdt) - 1
         S.idtr_base, S.idtr_limit = fresh.IDT, 256 * 8 - 1
         base, limit, attr = _descriptor_cache(gdt[fresh.SEL_TSS : fresh.SEL_TSS + 8])
@@ -77,6 +77,9 @@ def interp_machine(spec: fresh.FreshSpec, m: Machine | None = None) -> Machine:
             base, limit, attr = _descriptor_cache(gdt[sel & ~7 : (sel & ~7) + 8])
             m.b_set_seg(s, sel, base, limit, attr | 1)  # the CPU sets the accessed bit on load
     m.set_eflags(regs["eflags"])
+    S.cr[4] = spec.cr4
+    S.xmm[:] = spec.xmm
+    S.mxcsr = spec.mxcsr
     S.eip = fresh.CODE
     m.update_mode()
     return m
@@ -90,6 +93,12 @@ def state_of(m: Machine) -> dict[str, int]:
     for i, name in enumerate(fresh.SEG_NAMES):
         out[name] = S.sel[i]
     return out
+
+
+def simd_of(m: Machine) -> dict[str, int]:
+    """The interpreter's SSE state by fresh.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
+    S = m.state
+    return {**dict(zip(fresh.XMM_NAMES, S.xmm, strict=True)), "mxcsr": S.mxcsr}
 
 
 def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
@@ -150,16 +159,20 @@ def unicorn_machine(spec: fresh.FreshSpec):
     uc = cpu.uc
     regs = spec.initial_regs()
     gdt = fresh.gdt_bytes()
-    # The same control state the interpreter starts from (unicorn's reset values differ).
-    uc.reg_write(X.UC_X86_REG_CR4, 0)
+    # The same control state the interpreter starts from (unicorn's reset values differ:
+    # its MXCSR starts at 0).
+    uc.reg_write(X.UC_X86_REG_CR4, spec.cr4)
+    uc.reg_write(X.UC_X86_REG_MXCSR, spec.mxcsr)
+    for i, v in enumerate(spec.xmm):
+        uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
     if spec.real:
-        uc.reg_write(X.UC_X86_REG_CR0, 0x10)  # ET: hard-wired on a Pentium-class CPU
+        uc.reg_write(X.UC_X86_REG_CR0, fresh.CR0_ET | spec.cr0_bits)  # ET: hard-wired on a Pentium-class CPU
         uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IVT, 0x3FF, 0))
         uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
     if not spec.real:
         uc.reg_write(X.UC_X86_REG_GDTR, (0, fresh.GDT, len(gdt) - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IDT, 256 * 8 - 1, 0))
-        uc.reg_write(X.UC_X86_REG_CR0, 0x11)
+        uc.reg_write(X.UC_X86_REG_CR0, fresh.CR0_ET | fresh.CR0_PE | spec.cr0_bits)
         uc.reg_write(X.UC_X86_REG_TR, (fresh.SEL_TSS, fresh.TSS, 0x67, 0x8B << 8))  # flags as QEMU keeps them
         uc.reg_write(X.UC_X86_REG_CS, fresh.SEL_CODE0)
         uc.reg_write(X.UC_X86_REG_SS, fresh.SEL_DATA0)
@@ -195,6 +208,15 @@ def unicorn_machine(spec: fresh.FreshSpec):
     if spec.cpl == 0 or spec.real:
         uc.reg_write(X.UC_X86_REG_EFLAGS, regs["eflags"])
     return cpu
+
+
+def unicorn_simd(uc) -> dict[str, int]:
+    """Unicorn's SSE state by fresh.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
+    from unicorn import x86_const as X
+
+    out = {name: uc.reg_read(X.UC_X86_REG_XMM0 + i) for i, name in enumerate(fresh.XMM_NAMES)}
+    out["mxcsr"] = uc.reg_read(X.UC_X86_REG_MXCSR)
+    return out
 
 
 def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:

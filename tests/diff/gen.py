@@ -3,7 +3,9 @@
 Everything about encodings comes from the generated tables (ENCODINGS, LAYOUT and the
 interpreter's variant keys); what this module adds is how to make an instance
 *meaningful*: memory operands land in the DATA window, branch targets land on a code page
-filled with HLT, stacks hold plausible return frames, selectors come from the fresh GDT.
+filled with HLT, stacks hold plausible return frames, selectors come from the fresh GDT,
+and SSE forms get IEEE doubles (NaNs, infinities, denormals, signed zeros) in their XMM
+registers and memory operands, an MXCSR, and CR0/CR4 bits that mostly enable SSE.
 """
 
 from __future__ import annotations
@@ -82,13 +84,18 @@ def is_string(form: str) -> bool:
     return FORMS[form].source.startswith("spec/string.r1")
 
 
+def is_sse(form: str) -> bool:
+    return FORMS[form].source.startswith("spec/sse.r1")
+
+
 def variants(form: str) -> list[tuple]:
     return sorted(TEMPLATES[form].keys(), key=repr)
 
 
 @st.composite
-def instance(draw, form: str, mode: Mode) -> Instance:
-    """One encoding of `form` with operand values that make it meaningful in `mode`."""
+def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> Instance:
+    """One encoding of `form` with operand values that make it meaningful in `mode`
+    (an SSE form's memory operand holds two doubles, from `doubles` or any)."""
     opcode, low_field, modrm_kind, fixed_modrm, _mod, rm_fixed, imms, e_osize, _asize, pfx = ENCODINGS[form]
     _, _, _, operands = LAYOUT[form]
     osize, asize, mod, cc, rep = draw(st.sampled_from(variants(form)))
@@ -130,6 +137,9 @@ def instance(draw, form: str, mode: Mode) -> Instance:
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
             body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
+            if is_sse(form):
+                ea = next(iter(memory))
+                memory[ea] = b"".join(draw(double_bits(doubles)).to_bytes(8, "little") for _ in range(2))
             if target_op is not None:
                 # An indirect branch through memory: a code address (far: offset, then selector).
                 ea = next(iter(memory))
@@ -162,6 +172,11 @@ def instance(draw, form: str, mode: Mode) -> Instance:
             code_tail.append(("raw", target.to_bytes(size, "little")))
         elif name == "level":
             code_tail.append(("raw", bytes([draw(st.integers(0, 4))])))
+        elif is_sse(form) and size == 1:
+            # Mostly below 8: CMPSD's predicate is imm8[2:0] and an immediate past 7 makes
+            # unicorn raise #UD (deviation cmpsd-imm8-reserved), which only a re-encoded run
+            # can compare; uniform bytes would leave the plain encodings nearly untested.
+            code_tail.append(("raw", bytes([draw(st.one_of(st.integers(0, 7), st.integers(0, 0xFF)))])))
         else:
             code_tail.append(("raw", draw(st.binary(min_size=size, max_size=size))))
     # Relative targets depend on the instruction's length, known once everything else is laid out.
@@ -347,6 +362,64 @@ def stack_image(draw, mode: Mode, osize: int) -> bytes:
     return b"".join(w.to_bytes(2, "little") for w in words16)
 
 
+# IEEE doubles worth comparing: signed zeros, ones, infinities, quiet and signalling NaNs
+# (either sign, small and large payloads), the smallest and largest denormals and normals.
+SPECIAL_DOUBLES = (
+    0x0000000000000000,
+    0x8000000000000000,
+    0x3FF0000000000000,
+    0xBFF0000000000000,
+    0x4000000000000000,
+    0x7FF0000000000000,
+    0xFFF0000000000000,
+    0x7FF8000000000000,
+    0xFFF8000000000000,
+    0x7FFFFFFFFFFFFFFF,
+    0x7FF0000000000001,
+    0xFFF4000000000000,
+    0x7FF7FFFFFFFFFFFF,
+    0x0000000000000001,
+    0x800FFFFFFFFFFFFF,
+    0x0008000000000000,
+    0x0010000000000000,
+    0x8010000000000000,
+    0x7FEFFFFFFFFFFFFF,
+)
+
+
+@st.composite
+def double_bits(draw, pool: list[int] | None = None) -> int:
+    """A double's bit pattern: from `pool` (so operands often compare equal), special, or any."""
+    choices = [st.sampled_from(SPECIAL_DOUBLES), st.integers(0, (1 << 64) - 1)]
+    if pool:
+        choices += [st.sampled_from(pool), st.sampled_from(pool)]
+    return draw(st.one_of(choices))
+
+
+MXCSR_DEFINED = 0xFFFF  # bits 16-31 are reserved (#GP on LDMXCSR, never set by the CPU)
+
+
+@st.composite
+def sse_state(draw, pool: list[int]) -> dict:
+    """XMM registers, MXCSR, and CR0/CR4 bits for SSE forms: mostly SSE enabled (CR4.OSFXSR,
+    CR0.EM and TS clear), sometimes not; MXCSR mostly at reset, sometimes with exceptions
+    unmasked, DAZ, or anything."""
+    xmm = tuple(draw(double_bits(pool)) | draw(double_bits(pool)) << 64 for _ in range(8))
+    reset = fresh.MXCSR_RESET
+    mxcsr = draw(
+        st.one_of(
+            st.just(reset),
+            st.sampled_from((reset & ~0x80, reset & ~0x100, reset & ~0x180, reset | 0x40, reset | 0x3F, 0)),
+            st.integers(0, MXCSR_DEFINED),
+        )
+    )
+    osfxsr, osxmmexcpt = fresh.CR4_OSFXSR, fresh.CR4_OSXMMEXCPT
+    cr4 = draw(st.sampled_from((osfxsr | osxmmexcpt,) * 4 + (osfxsr,) * 3 + (osxmmexcpt, 0)))
+    em, ts, mp = fresh.CR0_EM, fresh.CR0_TS, fresh.CR0_MP
+    cr0_bits = draw(st.sampled_from((0,) * 8 + (mp, em, ts, em | ts, mp | ts)))
+    return {"xmm": xmm, "mxcsr": mxcsr, "cr4": cr4, "cr0_bits": cr0_bits}
+
+
 @st.composite
 def case_for(draw, forms: list[str], mode: Mode) -> Case:
     """A case running `forms` in order (each one random instance) from a random state."""
@@ -354,8 +427,13 @@ def case_for(draw, forms: list[str], mode: Mode) -> Case:
     code = bytearray()
     window: dict[int, bytes] = {}
     osize = mode.default_size
+    sse: dict = {}
+    pool: list[int] | None = None
+    if any(is_sse(f) for f in forms):
+        pool = draw(st.lists(double_bits(), min_size=1, max_size=3))
+        sse = draw(sse_state(pool))
     for f in forms:
-        inst = draw(instance(f, mode))
+        inst = draw(instance(f, mode, pool))
         osize = inst.osize
         code += inst.code
         regs.update(inst.regs)
@@ -376,5 +454,6 @@ def case_for(draw, forms: list[str], mode: Mode) -> Case:
         real=mode.real,
         memory=memory,
         segs=window_segments(mode.cpl, mode.real),
+        **sse,
     )
     return Case(spec, list(forms), note=f"seed={seed}")

@@ -3,8 +3,8 @@
 A case is a FreshSpec (code, registers, memory, mode) plus the forms its code uses. Both
 machines start from the same guest-visible state (ring1.runtime.fresh); the comparison
 covers the general registers, EIP, EFLAGS (masking only the flags the spec declares
-undefined), the selectors, all of memory but the harness's own scratch areas, and the
-exception raised (vector; CR2 for page faults). Unicorn's error codes are not visible, so
+undefined), the selectors, XMM0-XMM7 and MXCSR, all of memory but the harness's own scratch
+areas, and the exception raised (vector; CR2 for page faults). Unicorn's error codes are not visible, so
 error codes are compared by the interpreter's own tests instead.
 """
 
@@ -18,7 +18,7 @@ from unicorn import x86_const as X
 from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
 from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, UcError
-from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine
+from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd
 
 FLAG_BITS = {
     "cf": 0,
@@ -81,7 +81,12 @@ class Case:
         regs = ", ".join(f"{k}={v:#x}" for k, v in self.spec.initial_regs().items())
         mode = "real" if self.spec.real else f"cpl{self.spec.cpl}"
         stack = self.spec.memory.get(fresh.STACK_TOP, b"")[:24].hex()
-        return f"Case({' '.join(self.forms)} [{mode}] code={self.spec.code.hex(' ')} {regs} stack={stack} {self.note})"
+        simd = ""
+        if self.spec.simd() != fresh.FreshSpec(b"").simd() or self.spec.cr0_bits or self.spec.cr4:
+            simd = " " + ", ".join(f"{k}={v:#x}" for k, v in self.spec.simd().items())
+            simd += f", cr0_bits={self.spec.cr0_bits:#x}, cr4={self.spec.cr4:#x}"
+        code = self.spec.code.hex(" ")
+        return f"Case({' '.join(self.forms)} [{mode}] code={code} {regs}{simd} stack={stack} {self.note})"
 
 
 class Reference:
@@ -90,6 +95,7 @@ class Reference:
     def __init__(self, cpl: int, real: bool) -> None:
         base = fresh.FreshSpec(code=b"", cpl=cpl, real=real, segs=window_segments(cpl, real))
         self.cpu = unicorn_machine(base)
+        self.cr0 = self.cpu.uc.reg_read(X.UC_X86_REG_CR0)
         self.ctx = self.cpu.uc.context_save()
         self.snapshot = bytes(self.cpu.memory.view)
         self.cpl, self.real = cpl, real
@@ -109,6 +115,16 @@ class Reference:
         for rid, name in zip(SEG_IDS, fresh.SEG_NAMES, strict=True):
             if name not in ("cs", "ss"):
                 uc.reg_write(rid, sels[name])
+        # SSE state and the control bits that enable it (the snapshot has the defaults).
+        if spec.cr0_bits:
+            uc.reg_write(X.UC_X86_REG_CR0, self.cr0 | spec.cr0_bits)
+        if spec.cr4:
+            uc.reg_write(X.UC_X86_REG_CR4, spec.cr4)
+        if spec.mxcsr != fresh.MXCSR_RESET:
+            uc.reg_write(X.UC_X86_REG_MXCSR, spec.mxcsr)
+        for i, v in enumerate(spec.xmm):
+            if v:
+                uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
         end = fresh.CODE + len(spec.code)
         diagnosis = None
         try:
@@ -117,7 +133,7 @@ class Reference:
             ev, diagnosis = None, f"unicorn: {err}"
         values = cpu.read_state()
         names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
-        regs_out = dict(zip(names, values, strict=True))
+        regs_out = dict(zip(names, values, strict=True)) | unicorn_simd(uc)
         stop = "vmstop" if diagnosis else ("exception" if ev else ("end" if regs_out["eip"] == end else "limit"))
         return SnippetResult(regs_out, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis)
 
@@ -166,7 +182,7 @@ def run_both(case: Case) -> Outcome:
 
 def run_interp_on(m, spec: fresh.FreshSpec, max_insns: int) -> SnippetResult:
     from ring1.runtime.events import Fault, Trap
-    from ring1.runtime.snippet import state_of
+    from ring1.runtime.snippet import simd_of, state_of
 
     m.stop_on_event = True
     m.stop_addresses = {fresh.CODE + len(spec.code)}
@@ -179,7 +195,7 @@ def run_interp_on(m, spec: fresh.FreshSpec, max_insns: int) -> SnippetResult:
         vector = r.event.vector
     stop = {"stop-address": "end", "limit": "limit", "halt": "halt", "event": "exception", "vmstop": "vmstop"}[r.reason]
     diag = r.vmstop.reason if r.vmstop else None
-    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diag)
+    return SnippetResult(state_of(m) | simd_of(m), vector, err, cr2, stop, m.state.icount, diag)
 
 
 def differences(o: Outcome) -> list[str]:
@@ -194,7 +210,7 @@ def differences(o: Outcome) -> list[str]:
         out.append(f"exception: ours {a.exception}, unicorn {b.exception}")
     elif a.exception == 14 and a.error_code is not None and a.cr2 != b.cr2:  # a page fault, not INT 14
         out.append(f"cr2: ours {a.cr2}, unicorn {b.cr2}")
-    for name in (*fresh.GPR_NAMES, "eip", *fresh.SEG_NAMES):
+    for name in (*fresh.GPR_NAMES, "eip", *fresh.SEG_NAMES, *fresh.SIMD_KEYS):
         if a.regs[name] != b.regs[name]:
             out.append(f"{name}: ours {a.regs[name]:#x}, unicorn {b.regs[name]:#x}")
     mask = ~o.undefined & 0x3F7FD7
