@@ -353,6 +353,10 @@ def stack_image(draw, mode: Mode, osize: int) -> bytes:
     layout = draw(st.sampled_from((matching, matching, matching, "frame32", "frame16")))
     code = draw(code_address(32))
     cs = 0 if mode.real else draw(sels)
+    if layout == "frame16" and osize == 32 and not mode.real:
+        # A 32-bit pop of this frame reads CS as EIP[31:16]: keep that inside guest RAM, where
+        # unicorn has memory to fetch from (beyond it the CPU reads open bus; unicorn stops).
+        cs = draw(st.sampled_from([s for s in SELECTORS_PROT if s < fresh.MEMORY_SIZE >> 16]))
     words = [code, cs, draw(flags), draw(st.integers(0x4000, 0x6F00)), draw(sels)]
     words += [draw(sels) for _ in range(4)]
     if layout == "frame32":

@@ -82,7 +82,9 @@ def test_iret_to_v86_does_not_load_rf_in_unicorn() -> None:
     o = run_both(Case(spec, ["IRET"]))
     assert o.ours.regs["eflags"] & 0x30000 == 0x30000
     assert o.theirs.regs["eflags"] & 0x30000 == 0x20000
-    same = fresh.FreshSpec(code=bytes.fromhex("cf"), memory=_iret_frame(fresh.CODE + 0x200, fresh.SEL_CODE0, 0x10002))
+    # Back to the end of the code, so the run stops right after the IRET (the next instruction
+    # to complete would clear RF on both).
+    same = fresh.FreshSpec(code=bytes.fromhex("cf"), memory=_iret_frame(fresh.CODE + 1, fresh.SEL_CODE0, 0x10002))
     o = run_both(Case(same, ["IRET"]))
     assert o.ours.regs["eflags"] & 0x10000 and o.theirs.regs["eflags"] & 0x10000
 

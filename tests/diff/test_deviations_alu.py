@@ -94,3 +94,54 @@ def test_lock_on_instructions_that_do_not_take_it() -> None:
         assert o.ours.exception == 6 and o.theirs.exception == 6
     o = run_both(case("f0 0f ab 03", "BTS_Mv_Rv", ebx=0x100))
     assert o.ours.exception is None and not differences(o)
+
+
+def test_lock_neg_takes_sf_zf_pf_from_the_operand() -> None:
+    # NEG byte [0x10000] with 01h there: the result FFh has SF and PF set (and CF, AF). Unicorn's
+    # locked NEG reports SF = 0, PF = 0: the sign and parity of the operand 01h, not the result.
+    SF, AF = 1 << 7, 1 << 4
+    for value, locked in ((0x01, SF | PF), (0x10, SF | PF), (0x7F, SF | PF)):
+        spec = fresh.FreshSpec(
+            code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh.DATA: bytes([value])}
+        )
+        c = Case(spec, ["NEG_RMb"])
+        o = run_both(c)
+        assert o.ours.regs["eflags"] & (SF | ZF | PF) == locked
+        assert o.theirs.regs["eflags"] & (SF | ZF | PF) == 0  # operand: positive, non-zero, odd parity
+        assert (
+            o.ours.regs["eflags"] & (CF | AF) == o.theirs.regs["eflags"] & (CF | AF) == CF | (AF if value & 0xF else 0)
+        )
+        assert o.our_memory == o.their_memory
+        d = deviations.explain(c, o)
+        assert d is not None and d.name == "lock-neg-flags"
+        # Without LOCK unicorn computes them from the result, as the interpreter does.
+        r = reference(0, False).run(deviations.as_unlocked(c))
+        assert r.regs["eflags"] == o.ours.regs["eflags"]
+    # 80h negates to itself: operand and result agree, and so do the machines.
+    spec = fresh.FreshSpec(code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh.DATA: b"\x80"})
+    assert differences(run_both(Case(spec, ["NEG_RMb"]))) == []
+
+
+def test_lock_neg_deviation_accepts_nothing_else() -> None:
+    # The same wrong flags on an unlocked NEG would be a real disagreement: not accepted.
+    spec = fresh.FreshSpec(code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh.DATA: b"\x01"})
+    c = Case(spec, ["NEG_RMb"])
+    o = run_both(c)
+    from dataclasses import replace
+
+    wrong_reg = replace(o.theirs, regs={**o.theirs.regs, "ecx": 1})
+    assert (
+        deviations._lock_neg_flags_of_operand(
+            c, deviations.Outcome(o.ours, wrong_reg, o.our_memory, o.their_memory, o.undefined)
+        )
+        is False
+    )
+    wrong_cf = replace(o.theirs, regs={**o.theirs.regs, "eflags": o.theirs.regs["eflags"] ^ CF})
+    assert (
+        deviations._lock_neg_flags_of_operand(
+            c, deviations.Outcome(o.ours, wrong_cf, o.our_memory, o.their_memory, o.undefined)
+        )
+        is False
+    )
+    unlocked = deviations.as_unlocked(c)
+    assert deviations._lock_neg_flags_of_operand(unlocked, run_both(unlocked)) is False
