@@ -1,0 +1,84 @@
+"""Short random sequences of forms against unicorn: state carried from one instruction to the
+next (lazy flags, partial registers, memory) must agree too."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from ring1.generated.forms import FORMS
+from ring1.runtime import fresh
+from ring1.runtime.decoder import decode
+
+from .gen import MODES, case_for
+from .harness import FLAG_BITS, flag_mask
+from .test_forms import check_case
+
+FAMILIES = ("arith", "logic", "shift", "bit", "datamov", "flags", "string")
+# Forms with a recorded unicorn deviation (tests/diff/deviations.py) that is proven, and
+# accepted, for the form on its own; inside a sequence unicorn's wrong step would derail the
+# rest, so they are tested alone (test_forms.py), not here.
+ALONE = {
+    "TEST_RMb_Ib_F6r1": "test-f6f7-r1",
+    "TEST_RMv_Iv_F7r1": "test-f6f7-r1",
+    "BT_Mv_Rv": "bt-segment-limit",
+    "BTS_Mv_Rv": "bt-segment-limit",
+    "BTR_Mv_Rv": "bt-segment-limit",
+    "BTC_Mv_Rv": "bt-segment-limit",
+    "ENTER": "enter-o16-ebp",
+}
+POOL = sorted(
+    name
+    for name, f in FORMS.items()
+    if f.semantics
+    and name not in ALONE
+    and f.source.split(":")[0].removeprefix("spec/").removesuffix(".r1") in FAMILIES
+)
+
+
+# Instances (not forms) with a single-instruction deviation: LOCK NEG (lock-neg-flags).
+def has_locked_neg(code: bytes, code32: bool) -> bool:
+    at = 0
+    while at < len(code):
+        d = decode(code[at:] + bytes(16), fresh.CODE + at, code32)
+        if d.form in ("NEG_RMb", "NEG_RMv") and d.lock:
+            return True
+        at += len(d.raw) if d.form else 1
+    return False
+
+
+def reads_undefined_flag(forms: list[str]) -> bool:
+    """Whether some form tests a flag that an earlier form left undefined (the hardware may differ)."""
+    undefined = 0
+    for name in forms:
+        for flag, actions in FORMS[name].flags.items():
+            if flag in FLAG_BITS and "test" in actions and undefined & flag_mask(flag):
+                return True
+        for flag, actions in FORMS[name].flags.items():
+            writes = set(actions) - {"test"}
+            if flag in FLAG_BITS and writes:
+                undefined = undefined | flag_mask(flag) if "undef" in writes else undefined & ~flag_mask(flag)
+    return False
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_sequences_against_unicorn(mode: str, diff_settings: dict) -> None:
+    @settings(
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+        max_examples=diff_settings["max_examples"] * 10,
+        derandomize=diff_settings["derandomize"],
+    )
+    @given(
+        st.lists(st.sampled_from(POOL), min_size=2, max_size=5).flatmap(
+            lambda forms: case_for(forms, MODES[mode], reload=True)
+        )
+    )
+    def check(case) -> None:
+        assume(not reads_undefined_flag(case.forms))
+        assume(not has_locked_neg(case.spec.code, not case.spec.real))
+        check_case(case)
+
+    check()
