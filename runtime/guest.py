@@ -401,7 +401,7 @@ class RunStats:
 
 def _format_value(value: object, unit: str) -> str:
     if isinstance(value, float):
-        text = f"{value:.3f}"
+        text = f"{value:.1f}" if unit == "%" else f"{value:.3f}"
     elif isinstance(value, int):
         text = f"{value:,}"
     else:
