@@ -11,7 +11,10 @@ Template lines may use placeholders in braces:
   `{src16}` for 16-bit). The template is assembled once per register combination used;
 - `lea <r32>, {ea}` as a whole line: the guest instruction's own memory operand (ModRM,
   SIB, displacement), re-encoded into a LEA by the translator, so addressing is exact;
-- `{seg}` at the start of a line: the guest instruction's segment-override prefix, if any.
+- `{seg}` at the start of a line: the guest instruction's segment-override prefix, if any;
+- `j<cc> {callout}` as a whole line: a conditional exit to a callout of the guest
+  instruction itself (the slow path of an in-TC emulation); the translator places the
+  callout after the CCF and resumes after the template when it returns.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -31,6 +34,14 @@ from ring1.codegen.emit import Emitter
 
 GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 GPR16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
+CONDITION_CODES = {
+    name: cc
+    for cc, names in enumerate(
+        ("o", "no", "b c nae", "ae nb nc", "e z", "ne nz", "be na", "a nbe", "s", "ns", "p pe", "np po", "l nge",
+         "ge nl", "le ng", "g nle")
+    )
+    for name in ("j" + n for n in names.split())
+}  # fmt: skip
 _PLACE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(16|#)?\}")
 
 
@@ -38,7 +49,7 @@ _PLACE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(16|#)?\}")
 class AssembledTemplate:
     name: str
     source: str  # spec file:line
-    # Register combination -> chunks; a chunk is bytes, ("ea", reg) or ("seg",).
+    # Register combination -> chunks; a chunk is bytes, ("ea", reg), ("seg",) or ("callout", cc).
     variants: dict[tuple, list] = field(default_factory=dict)
     placeholders: tuple[str, ...] = ()  # operand names the variants are keyed by (register numbers)
     when: dict[str, str] = field(default_factory=dict)  # the variants it handles: osize=32, mod=reg...
@@ -77,7 +88,7 @@ def _operand_placeholders(lines: list[str]) -> tuple[str, ...]:
     for ln in lines:
         for m in _PLACE.finditer(ln):
             n = m.group(1)
-            if not n.isupper() and n not in ("ea", "seg") and n not in names:
+            if not n.isupper() and n not in ("ea", "seg", "callout") and n not in names:
                 names.append(n)
     return tuple(names)
 
@@ -145,6 +156,13 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                 if m:
                     flush()
                     chunks.append(("ea", GPR32.index(m.group(1))))
+                    continue
+                m = re.fullmatch(r"(j[a-z]+)\s+\{callout\}", ln)
+                if m:
+                    if m.group(1) not in CONDITION_CODES:
+                        raise AsmError(t.loc, f"template {t.name}: {m.group(1)} is not a conditional jump")
+                    flush()
+                    chunks.append(("callout", CONDITION_CODES[m.group(1)]))
                     continue
                 if ln.startswith("{seg}"):
                     flush()

@@ -171,7 +171,7 @@ RULES = {
     'ENTER': ('ident', None, (), ()),  # spec/datamov.r1:528
     'LEAVE': ('ident', None, (), ()),  # spec/datamov.r1:563
     'PUSHF': ('inline', 'pushf_virtual', ('if', 'iopl', 'tf', 'nt', 'ac'), ()),  # spec/flags.r1:14
-    'POPF': ('callout', None, ('cpl', 'iopl'), ('if', 'iopl', 'tf', 'nt', 'rf', 'ac')),  # spec/flags.r1:31
+    'POPF': ('inline', 'popf_virtual', ('cpl', 'iopl'), ('if', 'iopl', 'tf', 'nt', 'rf', 'ac')),  # spec/flags.r1:31
     'CLI': ('inline', 'cli_virtual', (), ('if',)),  # spec/flags.r1:52
     'STI': ('inline', 'sti_virtual', (), ('if',)),  # spec/flags.r1:62
     'CLC': ('ident', None, (), ()),  # spec/flags.r1:76
@@ -917,7 +917,7 @@ CONSTS = {
 # for its segment-override prefix. Variants are keyed by the register numbers of the
 # placeholders listed; blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:173
+    'cli_virtual': {  # spec/vmm.r1:174
         "placeholders": (),
         "when": {},
         "origin": None,
@@ -935,7 +935,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:202
+    'mov_from_sreg': {  # spec/vmm.r1:224
         "placeholders": ('dst', 'src'),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1007,7 +1007,16 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:181
+    'popf_virtual': {  # spec/vmm.r1:206
+        "placeholders": (),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00'), ('callout', 5), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
+        },
+    },
+    'pushf_virtual': {  # spec/vmm.r1:182
         "placeholders": (),
         "when": {'osize': '32'},
         "origin": None,
@@ -1016,7 +1025,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:217
+    'sldt_virtual': {  # spec/vmm.r1:239
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1032,7 +1041,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:207
+    'smsw_virtual': {  # spec/vmm.r1:229
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1048,7 +1057,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:177
+    'sti_virtual': {  # spec/vmm.r1:178
         "placeholders": (),
         "when": {},
         "origin": None,
@@ -1057,7 +1066,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:212
+    'str_virtual': {  # spec/vmm.r1:234
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,

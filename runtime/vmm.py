@@ -326,14 +326,16 @@ class Vmm:
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
         IF and IOPL from the hardware in direct execution (they are the guest's there), from the
-        vcpu page under translation (CLI and STI templates change them there); AC and ID from the
-        hardware in direct execution too (POPF sets them at any CPL); the rest virtual."""
+        vcpu page under translation (the CLI, STI and POPF templates change them there); AC and ID
+        from the hardware too (POPF sets them at any CPL), and NT under translation (the POPF
+        template loads it); the rest virtual."""
         S = self.m.state
         virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
         if self.direct:
             virtual = (virtual & ~0x240000) | (hw & 0x240000)
             ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
         else:
+            virtual = (virtual & ~0x244000) | (hw & 0x244000)  # the in-TC POPFD loads NT, AC, ID
             ifl = self.vmm_read32(C["V_VIRT_IF"]) & 0x200 | self.vmm_read32(C["V_VIRT_IOPL"]) & 0x3000
         self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & 0x100))
 
@@ -355,6 +357,8 @@ class Vmm:
         unit = Unit(guest, self.tc_next + len(INDIRECT_ENTRY))
         code = bytearray()
         exits: list[tuple[int, int]] = []  # (offset of a rel32 field in code, guest target)
+        # In-TC emulations' slow paths: (rel32 field, guest EIP, next guest EIP, offset to resume at)
+        slow_paths: list[tuple[int, int, int, int]] = []
         pc = guest
         ended = False
         for _ in range(MAX_UNIT):
@@ -411,7 +415,10 @@ class Vmm:
                         code += enc.push_imm32(d.next)
                 code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["lookup"])
             elif rule == "inline":
-                code += self._inline(d)
+                start = len(code)
+                body, slow_fields = self._inline(d)
+                code += body
+                slow_paths += [(start + f, pc, d.next, len(code)) for f in slow_fields]
             else:  # callout
                 ended = FORMS[d.form].ends_block if d.form else True
                 site_id = len(self.sites) + 1
@@ -438,6 +445,15 @@ class Vmm:
             code += enc.mov_gs_imm32(C["V_NEXT"], target)
             code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
             code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
+        # Slow paths: a callout of the instruction itself, resuming after its template.
+        for field_off, pc_at, next_guest, resume_off in slow_paths:
+            stub = unit.host + len(code)
+            site_addr = unit.host + field_off
+            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
+            site_id = len(self.sites) + 1
+            code += enc.mov_gs_imm32(C["V_SITE"], site_id)
+            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
+            self.sites[site_id] = Site(pc_at, next_guest, unit.host + resume_off, unit)
         unit.size = len(code)
         if unit.host + len(code) > VMM_BASE + VMM_SIZE:
             self.flush_translations()
@@ -521,10 +537,12 @@ class Vmm:
             return False
         return all(p in d.fields for p in t["placeholders"])
 
-    def _inline(self, d: Decoded) -> bytes:
+    def _inline(self, d: Decoded) -> tuple[bytes, list[int]]:
+        """The template's code for this instance, and the offsets of its slow-path rel32 fields."""
         t = TEMPLATES[RULES[d.form][1]]
         key = tuple(d.fields[p] & 7 for p in t["placeholders"])
         out = bytearray()
+        slow: list[int] = []
         for chunk in t["variants"][key]:
             if isinstance(chunk, bytes):
                 out += chunk
@@ -532,9 +550,12 @@ class Vmm:
                 pfx = b"\x67" if 0x67 in d.prefixes else b""
                 modrm = (d.raw[d.modrm_at] & 0xC7) | chunk[1] << 3
                 out += pfx + bytes([0x8D, modrm]) + d.raw[d.modrm_at + 1 : d.ea_end]
+            elif chunk[0] == "callout":
+                out += bytes([0x0F, 0x80 | chunk[1]]) + bytes(4)
+                slow.append(len(out) - 4)
             else:
                 out.append(SEG_PREFIX[d.fields["seg"]])
-        return bytes(out)
+        return bytes(out), slow
 
     def _clear_hash(self) -> None:
         """Empty entries hold a guest EIP whose low half differs from their index: never a hit."""

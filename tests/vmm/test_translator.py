@@ -232,14 +232,43 @@ def test_trap_mode_pays_a_trap_per_sensitive_instruction_bt_none() -> None:
     assert differences(bare, bt) == []
     # CLI and STI trap (#GP at CPL 1, IOPL 0) and are emulated, with a world switch back each
     # time; PUSHF, POPF and MOV from SS do not trap, so trap mode cannot see them. Under bt,
-    # CLI, STI, PUSHF and MOV from SS are in-TC templates and POPF a callout: no trap at all.
+    # CLI, STI, PUSHF, POPF and MOV from SS are in-TC templates: no trap and no callout at all.
     assert trap_vmm.stats["traps"] >= 2 * n
     assert trap_vmm.stats["world_switches"] >= 2 * n
     assert bt_vmm.stats["emulated_after_trap"] == 0  # (its one trap: the first touch of the stack page)
     assert bt_vmm.stats["world_switches"] <= 3
-    assert bt_vmm.stats["callouts"] >= n  # POPF is a callout (spec/flags.r1: `translate callout`)
+    assert bt_vmm.stats["callouts"] == 0  # spec/flags.r1: `translate inline popf_virtual`
     # And trap mode is wrong: the last POPF restores IF = 0 (pushed after the CLI), which POPF
     # at CPL 1 silently ignores, so the guest's IF stays on.
     assert not bare.regs["eflags"] & 0x200 and trap.regs["eflags"] & 0x200
     # (and MOV from SS shows RPL 1 in EAX, PUSHF pushed the real IF onto the stack)
     assert {d.split(":")[0].split(" ")[0] for d in differences(bare, trap)} == {"eflags", "eax", "memory"}
+
+
+# ---------------------------------------------------------------- in-TC POPF and its slow path
+
+
+def popf_loop(value: int, n: int) -> bytes:
+    # mov ecx, n; top: push value; popfd; dec ecx... (DEC would overwrite POPF's arithmetic
+    # flags, so the loop counts with LEA and JECXZ, which leave them alone)
+    top = b"\x68" + struct.pack("<I", value) + b"\x9d" + b"\x8d\x49\xff" + b"\xe3\x02" + b"\xeb\xf3"
+    return mov(ECX, n) + top
+
+
+@pytest.mark.parametrize("value", [0x2, 0x202, 0x3202, 0x3002, 0x2C3, 0x244ED7])
+def test_popf_is_emulated_in_the_tc(value: int) -> None:
+    # IF, IOPL, the arithmetic flags, DF, NT, AC and ID: the guest sees every one, and no
+    # POPF leaves the TC.
+    bare, vmm = bt_and_bare(fresh.FreshSpec(code=popf_loop(value, 50)))
+    assert bare.regs["eflags"] & 0x3200 == value & 0x3200
+    assert vmm.stats["callouts"] == 0
+    assert vmm.stats["traps"] == vmm.stats["hidden_page_faults"] <= 1  # the stack page's first touch
+    assert vmm.stats["rule_inline"] >= 1
+
+
+def test_popf_setting_tf_takes_the_slow_path_and_single_steps_as_on_bare() -> None:
+    # push 0x302; popfd (TF, IF); nop; nop: #DB after the first NOP, EIP at the second.
+    spec = fresh.FreshSpec(code=bytes.fromhex("68 02 03 00 00 9d 90 90"))
+    bare, vmm = bt_and_bare(spec)
+    assert bare.exception == 1 and bare.regs["eip"] == fresh.CODE + 7
+    assert vmm.stats["callouts"] == 1
