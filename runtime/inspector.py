@@ -166,7 +166,7 @@ def format_view(v: UnitView) -> str:
     if v.tail:
         lines.append("")
         lines.append(
-            "continuation stubs (each exit first jumps here; the VMM patches the jump once the target exists):"
+            "stubs: continuations (an exit jumps here until the VMM chains it to its target) and slow-path callouts:"
         )
         for address, raw, text in v.tail:
             lines.append(f"{'':12}   {address:08x}  {raw.hex(' '):<30}  {text}")
