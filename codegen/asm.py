@@ -15,6 +15,8 @@ Template lines may use placeholders in braces:
 - `j<cc> {callout}` as a whole line: a conditional exit to a callout of the guest
   instruction itself (the slow path of an in-TC emulation); the translator places the
   callout after the CCF and resumes after the template when it returns.
+A first line `when osize=32 mod=reg src#=0..5` limits the template to instances with that
+operand size, ModRM form and register number range; the translator makes the others callouts.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -130,6 +132,10 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
         used = _operand_placeholders(lines)
         if len(used) > 2:
             raise AsmError(loc, f"template {t.name}: at most two operand placeholders, not {', '.join(used)}")
+        for key, value in at.when.items():
+            ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7]", value)
+            if key not in ("osize", "mod") and not ranged:
+                raise AsmError(loc, f"template {t.name}: `when {key}={value}` is not osize=, mod= or <operand>#=lo..hi")
         at.placeholders = used
         plan[t.name] = {}
         for combo in itertools.product(range(8), repeat=len(used)):

@@ -935,9 +935,9 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:224
+    'mov_from_sreg': {  # spec/vmm.r1:225
         "placeholders": ('dst', 'src'),
-        "when": {'osize': '32', 'mod': 'reg'},
+        "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
         "origin": None,
         "labels": {},
         "variants": {
@@ -1025,7 +1025,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:239
+    'sldt_virtual': {  # spec/vmm.r1:240
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1041,7 +1041,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:229
+    'smsw_virtual': {  # spec/vmm.r1:230
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
@@ -1066,7 +1066,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:234
+    'str_virtual': {  # spec/vmm.r1:235
         "placeholders": ('dst',),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,

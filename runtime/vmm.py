@@ -535,6 +535,11 @@ class Vmm:
             return False
         if "mod" in when and when["mod"] != d.variant[2]:
             return False
+        for key, span in when.items():
+            if key.endswith("#"):
+                lo, hi = (int(v) for v in span.split(".."))
+                if not lo <= d.fields.get(key[:-1], -1) <= hi:
+                    return False
         return all(p in d.fields for p in t["placeholders"])
 
     def _inline(self, d: Decoded) -> tuple[bytes, list[int]]:

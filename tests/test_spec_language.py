@@ -143,3 +143,16 @@ def test_generated_code_names_its_spec_lines() -> None:
     templates = text.count('"""\\\n')
     assert templates > 50
     assert text.count("from spec/arith.r1:") >= templates  # every template says where it comes from
+
+
+def test_template_when_clauses_are_checked(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    good = "template t {\n  | when osize=32 mod=reg src#=0..5\n  | mov {src}, {src}\n}\n"
+    assembled = assemble_all(compile_spec(tmp_path, good))["t"]
+    assert assembled.when == {"osize": "32", "mod": "reg", "src#": "0..5"}
+    assert sorted(assembled.variants) == [(r,) for r in range(8)]
+    bad = "template t {\n  | when osize=32 dst#=0..5\n  | mov {src}, {src}\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, bad))
+    assert "spec/t.r1:1:" in str(info.value) and "dst#=0..5" in str(info.value)

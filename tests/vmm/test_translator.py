@@ -272,3 +272,11 @@ def test_popf_setting_tf_takes_the_slow_path_and_single_steps_as_on_bare() -> No
     bare, vmm = bt_and_bare(spec)
     assert bare.exception == 1 and bare.regs["eip"] == fresh.CODE + 7
     assert vmm.stats["callouts"] == 1
+
+
+@pytest.mark.parametrize("code", ["8c f0", "8c f8", "67 8c f0", "8c e3"])
+def test_mov_from_a_segment_register_that_does_not_exist_is_ud_as_on_bare(code: str) -> None:
+    # Sreg 6 and 7 do not exist: #UD. The in-TC template (spec/vmm.r1, `when ... src#=0..5`)
+    # must not read past the six selectors in the vcpu page; 8c e3 (mov ebx, fs) is the control.
+    bare, _ = bt_and_bare(fresh.FreshSpec(code=bytes.fromhex(code)))
+    assert (bare.exception == 6) == (code != "8c e3")
