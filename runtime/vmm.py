@@ -35,19 +35,20 @@ The pieces, and where the spec comes in:
 
 from __future__ import annotations
 
+import bisect
 import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from unicorn import UC_HOOK_CODE
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES
 from ring1.runtime import x86enc as enc
-from ring1.runtime.decoder import Decoded
+from ring1.runtime.decoder import Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
@@ -154,12 +155,17 @@ class Vmm:
         self.last_event: GuestEvent | None = None
         self.direct = False
         self.until = 0xFFFFFFFF
-        # A guest-instruction budget (`--max-insns`): counted by a code hook only when one is
-        # asked for, at the first host instruction of each guest instruction's translation.
+        # A guest-instruction budget (`--max-insns`), counted only when one is asked for, by a
+        # block hook: the guest instructions that begin in each block the CPU is about to run
+        # (a code hook over the TC would be exact too, but unicorn then loses AF across the
+        # restart of a faulting instruction: tests/test_physcpu.py). Where the budget ends
+        # inside a block, the block is run again up to that instruction (`until`).
         self.budget: int | None = None
         self.guest_starts: dict[int, int] = {}  # TC address -> guest EIP it begins
+        self._start_hosts: list[int] = []  # the same TC addresses, sorted
         self._budget_hook: int | None = None
-        self._last_counted: int | None = None  # the host address the budget hook counted last
+        self._last_block: list[tuple[int, int]] = []  # the starts counted in the last block
+        self._split: tuple[int, int, int] | None = None  # (block, TC address to stop at, its guest EIP)
         self._setup_vmm_area()
         self._setup_hardware()
         self._setup_hooks()
@@ -311,9 +317,6 @@ class Vmm:
         self.cpu.event = None
         self.pending = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
-        if self.budget is not None and eip == self._last_counted:
-            self.budget += 1  # the instruction that faulted did not run: its restart counts instead
-        self._last_counted = None
         self.uc.emu_start(eip, self.until)
 
     def capture(self, host_eip: int | None = None) -> None:
@@ -428,6 +431,7 @@ class Vmm:
                 ended = True  # state may change: the unit ends, and resumes through a continuation
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
+            self._start_hosts.append(host)
             unit.pages.update(pages)
             self.stats["guest_instructions_translated"] += 1
             self.stats[f"rule_{rule}"] += 1
@@ -582,6 +586,7 @@ class Vmm:
         self.units.clear()
         self.unit_starts.clear()
         self.guest_starts.clear()
+        self._start_hosts.clear()
         self.sites.clear()
         self.tc_next = VMM_BASE + C["VMM_TC"]
         self._clear_hash()
@@ -880,6 +885,8 @@ class Vmm:
             return "vmstop"
         else:
             self.stats["emulated_after_trap"] += 1
+            if self.budget is not None:
+                self.budget -= 1  # it ran, in the interpreter
             if not user and self.trap_counts[guest_eip] >= TRAP_THRESHOLD and guest_eip not in self.callout_override:
                 self.retranslate(guest_eip)
         if S.halted:
@@ -928,28 +935,72 @@ class Vmm:
 
     # ------------------------------------------------------------ running
 
-    def _count_guest_instruction(self, uc, address: int, _size: int, _data) -> None:
-        """The budget's code hook: every guest instruction about to run, translated or direct.
-        At its first host instruction the hardware holds exactly the guest's registers."""
-        if self.direct:
-            guest = address if address < VMM_BASE else None
-        else:
-            guest = self.guest_starts.get(address)
-        if guest is None or self.budget is None:
+    def _starts_in(self, address: int, size: int) -> list[tuple[int, int]]:
+        """(host address, guest EIP) of the guest instructions that begin in a block."""
+        if not self.direct:
+            lo = bisect.bisect_left(self._start_hosts, address)
+            hi = bisect.bisect_left(self._start_hosts, address + size)
+            return [(h, self.guest_starts[h]) for h in self._start_hosts[lo:hi]]
+        if address >= VMM_BASE:
+            return []  # the world switch's IRET on the way in
+        code = bytes(self.uc.mem_read(address, size)) + bytes(16)
+        out, at = [], 0
+        while at < size:
+            out.append((address + at, address + at - self.m.state.base[CS]))
+            d = decode(code[at:], address + at, bool(self.m.state.code32))
+            at += len(d.raw) if d.form else 1
+        return out
+
+    def _count_block(self, uc, address: int, size: int, _data) -> None:
+        if self.budget is None or self._split is not None:
             return
-        if self.budget <= 0:
+        starts = self._starts_in(address, size)
+        if len(starts) <= self.budget:
+            self.budget -= len(starts)
+            self._last_block = starts
+            return
+        host, guest = starts[self.budget]
+        if host == address:
             self.pending = ("limit", guest)
-            uc.emu_stop()
+        else:
+            self.pending = ("split", None)
+            self._split = (address, host, guest)
+            self._last_block = starts[: self.budget]
+            self.budget = 0
+        uc.emu_stop()
+
+    def _refund_unrun(self, host_eip: int, whole_instruction: bool) -> None:
+        """An exception at `host_eip`: the instructions of the last block counted from there on
+        did not run (nor, unless the hardware restarts it, the one the fault is in)."""
+        if self.budget is None or not self._last_block:
             return
-        self.budget -= 1
-        self._last_counted = address
+        cut = host_eip
+        if whole_instruction:
+            cut = max((h for h, _ in self._last_block if h <= host_eip), default=host_eip)
+        self.budget += sum(1 for h, _ in self._last_block if h >= cut)
+        self._last_block = []
+
+    def _run_split(self) -> None:
+        """Run the block the budget ends in again, up to the instruction it ends before."""
+        block, host, _guest = self._split
+        self.pending = None
+        self.until = host
+        self.uc.ctl_remove_cache(block, host + 1)  # unicorn honours `until` in blocks it translates
+        self.cpu.clear_exception_latch()
+        self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), host)
+
+    def _end_split(self) -> None:
+        if self._split is not None:
+            block, host, _guest = self._split
+            self.uc.ctl_remove_cache(block, host + 1)  # drop the block cut short at `until`
+            self._split = None
 
     def run(self, max_insns: int | None = None) -> tuple[str, object]:
         """Run the guest until it stops. Returns (reason, detail). With `max_insns`, at most that
         many guest instructions run, and then ("limit", None)."""
         self.budget = max_insns
         if max_insns is not None and self._budget_hook is None:
-            self._budget_hook = self.uc.hook_add(UC_HOOK_CODE, self._count_guest_instruction)
+            self._budget_hook = self.uc.hook_add(UC_HOOK_BLOCK, self._count_block)
         elif max_insns is None and self._budget_hook is not None:
             self.uc.hook_del(self._budget_hook)
             self._budget_hook = None
@@ -980,17 +1031,32 @@ class Vmm:
                 continue
             try:
                 self.enter(host, user)
-                while self.cpu.event is not None:
-                    why = self._event_in_guest(self.cpu.event.vector)
-                    if why != "resume":
+                while True:
+                    while self.cpu.event is not None:
+                        at = uc_eip(self)
+                        why = self._event_in_guest(self.cpu.event.vector)
+                        if why != "resume":
+                            self._refund_unrun(at, whole_instruction=True)
+                            break
+                        if self._split is None:  # the restarted block counts the rest again
+                            self._refund_unrun(at, whole_instruction=False)
+                        self.resume()
+                    else:
+                        why = "exit"
+                    if why != "exit" or self._split is None:
                         break
-                    self.resume()
-                else:
-                    why = "exit"
+                    if self.pending is not None and self.pending[0] == "split":
+                        self._run_split()
+                        continue
+                    if self.pending is None and uc_eip(self) == self._split[1]:
+                        self.pending = ("limit", self._split[2])
+                    break
             except VMStop as stop:
                 return ("vmstop", stop)
             except UcError as err:
                 return ("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
+            finally:
+                self._end_split()
             if why is None:
                 continue
             if why != "exit":

@@ -280,3 +280,19 @@ def test_mov_from_a_segment_register_that_does_not_exist_is_ud_as_on_bare(code: 
     # must not read past the six selectors in the vcpu page; 8c e3 (mov ebx, fs) is the control.
     bare, _ = bt_and_bare(fresh.FreshSpec(code=bytes.fromhex(code)))
     assert (bare.exception == 6) == (code != "8c e3")
+
+
+# ---------------------------------------------------------------- the instruction budget
+
+AF_THEN_FAULT = "b0 01 04 0f 89 25 00 00 01 00 9c 58"  # add al, 0Fh (AF); store: hidden #PF; pushfd
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 5, 100])
+def test_a_budget_stops_bt_where_the_interpreter_stops(budget: int) -> None:
+    from ring1.runtime.snippet import run_interp, run_vmm
+
+    spec = fresh.FreshSpec(code=bytes.fromhex(AF_THEN_FAULT))
+    ours, bt = run_interp(spec, budget), run_vmm(spec, "bt", budget)
+    assert (bt.stop, bt.regs) == (ours.stop, ours.regs)
+    if budget == 100:  # ran to the end: AF survived the restart of the faulting store
+        assert bt.stop == "end" and bt.regs["eax"] & 0x10
