@@ -282,11 +282,15 @@ class Vmm:
             sels.append(slot << 3 | rpl)
         return sels
 
-    def hardware_eflags(self, user: bool) -> int:
+    def hardware_eflags(self, user: bool, translated: bool = True) -> int:
         v = self.m.eflags()
         if user:
             return v & ~0x14000 | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
-        return (v & ~0x37300) | 0x202  # kernel: IF on, IOPL 0, no TF VM RF NT
+        if translated:
+            # Kernel under translation: IF on, IOPL 0, no TF VM RF. NT stays the guest's: only
+            # IRET reads it, which is a callout, and the POPF template loads it into the hardware.
+            return (v & ~0x33300) | 0x202
+        return (v & ~0x37300) | 0x202  # kernel run directly (trap mode): no NT either
 
     # ------------------------------------------------------------ world switch
 
@@ -299,7 +303,8 @@ class Vmm:
         self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
         self.vmm_write(C["V_EAX"], struct.pack("<8I", *self.m.regs))
         cs = sels[CS] if direct else C["SEL_TC_CODE"]
-        frame = struct.pack("<5I", host_eip, cs, self.hardware_eflags(user), self.m.regs[4], sels[SS])
+        eflags = self.hardware_eflags(user, translated=not direct)
+        frame = struct.pack("<5I", host_eip, cs, eflags, self.m.regs[4], sels[SS])
         self.direct = direct
         self.vmm_write(C["VMM_STACK_TOP"] - 20, frame)
         self.publish_virtual()

@@ -11,28 +11,17 @@ from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
 from ring1.runtime.decoder import decode
 
+from .deviations import ALONE_FORMS
 from .gen import MODES, case_for
 from .harness import FLAG_BITS, flag_mask
 from .test_forms import check_case
 
 FAMILIES = ("arith", "logic", "shift", "bit", "datamov", "flags", "string")
-# Forms with a recorded unicorn deviation (tests/diff/deviations.py) that is proven, and
-# accepted, for the form on its own; inside a sequence unicorn's wrong step would derail the
-# rest, so they are tested alone (test_forms.py), not here.
-ALONE = {
-    "TEST_RMb_Ib_F6r1": "test-f6f7-r1",
-    "TEST_RMv_Iv_F7r1": "test-f6f7-r1",
-    "BT_Mv_Rv": "bt-segment-limit",
-    "BTS_Mv_Rv": "bt-segment-limit",
-    "BTR_Mv_Rv": "bt-segment-limit",
-    "BTC_Mv_Rv": "bt-segment-limit",
-    "ENTER": "enter-o16-ebp",
-}
 POOL = sorted(
     name
     for name, f in FORMS.items()
     if f.semantics
-    and name not in ALONE
+    and name not in ALONE_FORMS
     and f.source.split(":")[0].removeprefix("spec/").removesuffix(".r1") in FAMILIES
 )
 

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
-from ring1.generated.decode import LAYOUT
 from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
 from ring1.runtime.decoder import decode
 
-from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image
+from ..diff.deviations import ALONE_FORMS
+from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
 from ..diff.harness import window_segments
 
 CPL0 = MODES["cpl0"]
@@ -53,14 +53,8 @@ EXCLUDED = {
     # Recorded unicorn deviations (tests/diff/deviations.py) that would make `bare` (unicorn)
     # differ from the architected result, which `bt` gives when it emulates the instruction:
     # tested explicitly against the interpreter in tests/vmm/test_equivalence.py instead.
-    "TEST_RMb_Ib_F6r1": "deviation test-f6f7-r1 (unicorn #UD; bt traps and the interpreter runs TEST)",
-    "TEST_RMv_Iv_F7r1": "deviation test-f6f7-r1",
-    "BT_Mv_Rv": "deviation bt-segment-limit: the bit offset reaches anywhere in 4 GB",
-    "BTS_Mv_Rv": "deviation bt-segment-limit",
-    "BTR_Mv_Rv": "deviation bt-segment-limit",
-    "BTC_Mv_Rv": "deviation bt-segment-limit",
-    # Stack frames of up to 64 KB would take ESP out of guest RAM.
-    "ENTER": "frame size up to 64 KB",
+    **{form: f"deviation {name}" for form, name in ALONE_FORMS.items()},
+    # (ENTER also: stack frames of up to 64 KB would take ESP out of guest RAM.)
     # Not guest-kernel code this suite is about (segment loads, I/O, descriptor-table and
     # control-register writes, HLT): covered by the hostile and targeted tests.
     "NOP_RMv": "multi-byte NOP: nothing to compare",
@@ -97,20 +91,6 @@ SELECTOR_TESTS = {"LAR", "LSL", "VERR", "VERW"}
 # the VMM's own (spec/vmm.r1 SEL_*, and the six slots the VMM loads guest segments from).
 PROBE_SELECTORS = (0x00, 0x03, 0x08, 0x0B, 0x10, 0x18, 0x1B, 0x20, 0x23, 0x28, 0x30, 0x38, 0x40, 0x4B, 0x50)
 VMM_SELECTORS = (0xFFF0, 0xFFE8, 0xFFE1, 0xFFD9, 0xFFD0, 0xFF00, 0xFF09, 0xFF11, 0xFF19, 0xFF29)
-
-
-def writes_esp(code: bytes) -> bool:
-    """Whether the instruction explicitly writes ESP or SP (a register operand numbered 4)."""
-    d = decode(code + bytes(16), fresh.CODE, True)
-    if d.form is None:
-        return False
-    access = {name: acc for name, _kind, acc in FORMS[d.form].operands}
-    for name, kind, width in LAYOUT[d.form][3]:
-        if "w" not in access.get(name, "") or width == 8:
-            continue
-        if (kind in ("reg", "opreg") or (kind == "rm" and d.variant[2] == "reg")) and d.fields.get(name) == 4:
-            return True
-    return False
 
 
 def locked_neg(form: str, code: bytes) -> bool:
