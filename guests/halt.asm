@@ -4,14 +4,7 @@
 section .text
 global _start
 _start:
-    cld
-    mov esi, message
-    mov ecx, message_len
-    mov dx, COM1
-.next:
-    lodsb
-    out dx, al
-    loop .next
+    print_message
     cli
     hlt
 

@@ -5,14 +5,7 @@
 section .text
 global _start
 _start:
-    cld
-    mov esi, message
-    mov ecx, message_len
-    mov dx, COM1
-.next:
-    lodsb
-    out dx, al
-    loop .next
+    print_message
     mov al, 0
     out EXIT_PORT, al
 .hang:

@@ -25,7 +25,6 @@ from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, wri
 from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import PhysicalCpu, UcError
-from ring1.runtime.platform import GuestExit
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 
@@ -165,18 +164,7 @@ def run_bare(image, platform, max_insns, stats):
     stats.add("io_operations", "I/O operations", platform.io_total())
     stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
     m = bm.interp
-    S = m.state
     if r is None:
         read_into_machine(bm.cpu.uc, m)
-        return guest._stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
-    if r.reason == "vmstop":
-        vs = r.vmstop
-        if isinstance(vs, GuestExit):
-            return guest.Stop("exit", vs.reason, guest_status=vs.status)
-        return guest._stop_at(m, vs.kind, vs.reason, S.eip)
-    if r.reason == "halt":
-        detail = "HLT with interrupts " + (
-            "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled"
-        )
-        return guest._stop_at(m, "halt", detail, (S.eip - 1) & 0xFFFFFFFF)
-    return guest._stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)
+        return guest.engine_stop(m, "interrupted", None, max_insns, "bare engine")
+    return guest.engine_stop(m, r.reason, r.vmstop, max_insns, "bare engine")

@@ -555,16 +555,36 @@ def run_interp(image: BootImage, platform: GuestPlatform, max_insns: int | None,
             return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
         return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
     if result.reason == "halt":
-        if S.eflags & 0x200:
-            detail = "HLT with interrupts enabled, but nothing on this platform raises an interrupt"
-        else:
-            detail = "HLT with interrupts disabled"
         # S.eip is past the HLT; report the HLT itself.
         eip = S.eip - 1 if instruction_bytes(m, (S.eip - 1) & 0xFFFFFFFF)[:1] == b"\xf4" else S.eip
-        return _stop_at(m, "halt", detail, eip)
+        return _stop_at(m, "halt", _halt_detail(m), eip)
     if result.reason == "limit":
         return _stop_at(m, "limit", f"the instruction budget ran out after {S.icount:,} instructions", S.eip)
     return _stop_at(m, result.reason, f"the interpreter stopped ({result.reason})", S.eip)
+
+
+def _halt_detail(m: Machine) -> str:
+    if m.state.eflags & 0x200:
+        return "HLT with interrupts enabled, but nothing on this platform raises an interrupt"
+    return "HLT with interrupts disabled"
+
+
+def engine_stop(m: Machine, why: str, what: object, max_insns: int | None, engine: str) -> Stop:
+    """How a run on the hardware ended (the bare, bt and trap engines), as `ring1 run` reports it.
+    `m` holds the guest's state at the end; `what` is the VMStop (or GuestExit) of a "vmstop"."""
+    S = m.state
+    if why == "vmstop":
+        if isinstance(what, GuestExit):
+            return Stop("exit", what.reason, guest_status=what.status)
+        assert isinstance(what, VMStop)
+        return _stop_at(m, what.kind, what.reason, S.eip)
+    if why == "halt":
+        return _stop_at(m, "halt", _halt_detail(m), (S.eip - 1) & 0xFFFFFFFF)  # EIP is past the HLT
+    if why == "interrupted":
+        return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+    if why == "limit":
+        return _stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)
+    return _stop_at(m, why, f"the {engine} stopped ({why})", S.eip)
 
 
 def _stop_at(m: Machine, kind: str, detail: str, eip: int) -> Stop:

@@ -9,7 +9,6 @@ continuation stubs at the end of the CCF show which exits are chained to which C
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_32, Cs
@@ -113,11 +112,8 @@ class Inspector:
     def name_of(self, host: int) -> str:
         if host in self.labels:
             return f"stub {self.labels[host]}"
-        starts = sorted((u.host, u) for u in self.vmm.units.values())
-        i = bisect.bisect_right([s for s, _ in starts], host) - 1
-        if i >= 0 and starts[i][0] == host:
-            return f"CCF of guest {starts[i][1].guest:#010x} (chained)"
-        return f"{host:#010x}"
+        unit = next((u for u in self.vmm.units.values() if u.host == host), None)
+        return f"CCF of guest {unit.guest:#010x} (chained)" if unit else f"{host:#010x}"
 
     def view(self, unit: Unit, translated_now: bool) -> UnitView:
         vmm = self.vmm
@@ -135,7 +131,7 @@ class Inspector:
         last = unit.insns[-1][2] if unit.insns else unit.host
         out.tail = disassemble(self.tc_bytes(last, unit.host + unit.size), last)
         for address, raw, _text in out.rows[-1].host + out.tail if out.rows else out.tail:
-            if raw[:1] == b"\xe9" or raw[:2] in (b"\x0f\x80", b"\x0f\x81") or (raw[:1] == b"\x0f" and len(raw) == 6):
+            if raw[:1] == b"\xe9" or (raw[:1] == b"\x0f" and 0x80 <= raw[1] <= 0x8F):  # JMP, Jcc rel32
                 target = (address + len(raw) + int.from_bytes(raw[-4:], "little", signed=True)) & 0xFFFFFFFF
                 if (target >= unit.host + unit.size or target < unit.host) and target != L["translate_exit"]:
                     out.exits.append(f"{address:#010x}: jump to {self.name_of(target)}")

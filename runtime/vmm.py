@@ -1154,7 +1154,6 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
 def run_engine(mode: str):
     def engine(image, platform, max_insns, stats):
         from ring1.runtime import guest
-        from ring1.runtime.platform import GuestExit
 
         vmm = Vmm(image.memory_size, platform, mode)
         guest.interp_boot(image, platform, vmm.m)
@@ -1164,21 +1163,7 @@ def run_engine(mode: str):
         except KeyboardInterrupt:
             why, what = "interrupted", None
         figures(vmm, stats, time.perf_counter() - started)
-        m, S = vmm.m, vmm.m.state
-        if why == "vmstop":
-            if isinstance(what, GuestExit):
-                return guest.Stop("exit", what.reason, guest_status=what.status)
-            return guest._stop_at(m, what.kind, what.reason, S.eip)
-        if why == "halt":
-            detail = "HLT with interrupts " + (
-                "enabled, but nothing on this platform raises an interrupt" if S.eflags & 0x200 else "disabled"
-            )
-            return guest._stop_at(m, "halt", detail, (S.eip - 1) & M32)
-        if why == "interrupted":
-            return guest._stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
-        if why == "limit":
-            return guest._stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)
-        return guest._stop_at(m, why, f"the VMM stopped ({why})", S.eip)
+        return guest.engine_stop(vmm.m, why, what, max_insns, "VMM")
 
     return engine
 

@@ -476,6 +476,15 @@ def _bt_beyond_limit(case: Case, o: Outcome) -> bool:
 
 
 NEG_FORMS = {"NEG_RMb", "NEG_RMv"}
+
+
+def is_locked_neg(code: bytes, code32: bool = True) -> bool:
+    """Whether the instruction at the start of `code` is a LOCK NEG (deviation lock-neg-flags)."""
+    from ring1.runtime import fresh
+    from ring1.runtime.decoder import decode
+
+    d = decode(code + bytes(16), fresh.CODE, code32)
+    return d.form in NEG_FORMS and d.lock
 SF_ZF_PF = (1 << 7) | (1 << 6) | (1 << 2)
 
 

@@ -11,7 +11,7 @@ from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
 from ring1.runtime.decoder import decode
 
-from .deviations import ALONE_FORMS
+from .deviations import ALONE_FORMS, is_locked_neg
 from .gen import MODES, case_for
 from .harness import FLAG_BITS, flag_mask
 from .test_forms import check_case
@@ -30,9 +30,9 @@ POOL = sorted(
 def has_locked_neg(code: bytes, code32: bool) -> bool:
     at = 0
     while at < len(code):
-        d = decode(code[at:] + bytes(16), fresh.CODE + at, code32)
-        if d.form in ("NEG_RMb", "NEG_RMv") and d.lock:
+        if is_locked_neg(code[at:], code32):
             return True
+        d = decode(code[at:] + bytes(16), fresh.CODE + at, code32)
         at += len(d.raw) if d.form else 1
     return False
 
