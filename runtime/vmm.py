@@ -377,7 +377,7 @@ class Vmm:
                     raise
                 break  # the fetch faults when execution gets there
             host = unit.host + len(code)
-            rule = self._rule(d)
+            rule = self.rule_for(d)[0]
             eax_at = -1
             if pc in self.stop_addresses and pc != guest:
                 break
@@ -478,9 +478,6 @@ class Vmm:
         for p in unit.pages:
             self.protect_code_page(p)
         return unit
-
-    def _rule(self, d: Decoded) -> str:
-        return self.rule_for(d)[0]
 
     def rule_for(self, d: Decoded) -> tuple[str, str]:
         """The rule this instance is translated by, and why when it is not the spec's own."""
