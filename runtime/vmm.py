@@ -55,6 +55,7 @@ from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
+from ring1.runtime.traces import CodeRanges, instruction_ranges
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -64,6 +65,7 @@ INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
 L = STUBS["labels"]
 POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
+WHY_TC, WHY_SHADOW = "translated code", "shadow page table"  # the VMM's reasons for page traces
 TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 SEG_PREFIX = {0: 0x26, 1: 0x2E, 2: 0x36, 3: 0x3E, 4: 0x64, 5: 0x65}
@@ -88,7 +90,7 @@ def _descriptor(base: int, limit: int, attr: int) -> bytes:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class Unit:
     """A CCF: the translation of one unit of guest code."""
 
@@ -96,8 +98,12 @@ class Unit:
     host: int  # its address in the TC
     size: int = 0
     insns: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # guest, host, end, rule, eax saved at
-    pages: set[int] = field(default_factory=set)  # guest physical pages its code came from
+    pages: set[int] = field(default_factory=set)  # every guest physical page its code came from
     forwarded_to: Unit | None = None
+    code: CodeRanges = field(default_factory=CodeRanges)  # the guest bytes, per physical page
+    maps: dict[int, int] = field(default_factory=dict)  # linear page -> physical page, as translated
+    incoming: list[int] = field(default_factory=list)  # chained jump sites patched to enter it
+    live: bool = True  # False once dropped (its code written, its mapping changed, a TC flush)
 
 
 @dataclass
@@ -136,6 +142,10 @@ class Vmm:
         self.pool_phys = guest_size + VMM_SIZE
         self.guest_mem = PhysicalMemory(guest_size, share=self.host)
         self.m = Machine(self.guest_mem, self.platform)  # the virtual CPU, authoritative
+        # The interpreter's blocks are made from guest memory the hardware also writes (without
+        # it seeing): it checks their bytes before running one.
+        self.m.verify_blocks = True
+        self.m.mapping_listeners.append(self._on_mapping_change)
         self.cpu = PhysicalCpu(self.host, platform=self.platform)
         self.uc = self.cpu.uc
         self.stats = Stats()
@@ -148,8 +158,13 @@ class Vmm:
         self.pending: tuple[str, object] | None = None  # what vmm_exit was taken for
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
-        self.code_pages: set[int] = set()
-        self.traced_pages: set[int] = set()
+        self.code_pages: set[int] = set()  # watched for "translated code"
+        self.traced_pages: set[int] = set()  # watched for "shadow page table"
+        # The TC's indexes for dropping units one by one (TC coherency).
+        self.units_on_page: dict[int, set[Unit]] = {}  # guest physical page -> units from its bytes
+        self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
+        self.by_host: dict[int, Unit] = {}  # TC address of a unit -> the unit, for every unit in the TC
+        self.exit_stubs: dict[int, int] = {}  # jump site (rel32 field) -> its continuation stub
         self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
         self.pool_next = 2
         self.last_event: GuestEvent | None = None
@@ -437,7 +452,7 @@ class Vmm:
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
             self._start_hosts.append(host)
-            unit.pages.update(pages)
+            self._record_code(unit, d, pages)
             self.stats["guest_instructions_translated"] += 1
             self.stats[f"rule_{rule}"] += 1
             pc = d.next
@@ -451,6 +466,7 @@ class Vmm:
             stub = unit.host + len(code)
             site_addr = unit.host + field_off
             code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
+            self.exit_stubs[site_addr] = stub  # where an unlinked site jumps again
             code += enc.mov_gs_imm32(C["V_NEXT"], target)
             code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
             code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
@@ -475,8 +491,7 @@ class Vmm:
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
         self.stats["tc_bytes"] += len(code)
-        for p in unit.pages:
-            self.protect_code_page(p)
+        self._index_unit(unit)
         return unit
 
     def rule_for(self, d: Decoded) -> tuple[str, str]:
@@ -584,8 +599,14 @@ class Vmm:
         self.stats["chained_links"] += 1
 
     def flush_translations(self) -> None:
-        """Drop every CCF (a write hit translated code, or the TC is full)."""
+        """Drop every CCF (the TC is full)."""
+        for u in self.by_host.values():
+            u.live = False
         self.units.clear()
+        self.by_host.clear()
+        self.units_on_page.clear()
+        self.units_on_linear.clear()
+        self.exit_stubs.clear()
         self.unit_starts.clear()
         self.guest_starts.clear()
         self._start_hosts.clear()
@@ -595,24 +616,114 @@ class Vmm:
         self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
         for p in list(self.code_pages):
             self.unprotect_code_page(p)
-        self.m.flush_blocks()
         self.stats["tc_flushes"] += 1
 
     def locate(self, host_eip: int) -> tuple[Unit, tuple] | None:
         """The CCF and guest instruction a TC address belongs to."""
-        import bisect
-
         i = bisect.bisect_right(self.unit_starts, host_eip) - 1
         if i < 0:
             return None
-        start = self.unit_starts[i]
-        for u in self.units.values():
-            if u.host == start and host_eip < u.host + u.size:
-                for ins in u.insns:
-                    if ins[1] <= host_eip < ins[2]:
-                        return u, ins
-                return u, u.insns[-1]
-        return None
+        u = self.by_host.get(self.unit_starts[i])
+        if u is None or u.forwarded_to is not None or not host_eip < u.host + u.size:
+            return None
+        for ins in u.insns:
+            if ins[1] <= host_eip < ins[2]:
+                return u, ins
+        return u, u.insns[-1]
+
+    # ------------------------------------------------------------ TC coherency
+
+    def _record_code(self, unit: Unit, d: Decoded, pages: tuple[int, ...]) -> None:
+        """Remember the guest bytes one translated instruction came from, and the linear pages
+        it was fetched through (the translation is valid only while they map there)."""
+        la = d.eip  # can_translate: CS base 0
+        ranges = instruction_ranges(la, len(d.raw), pages)
+        unit.code.add(ranges)
+        unit.pages.update(page for page, _, _ in ranges)
+        unit.maps[la >> 12] = pages[0]
+        last = (la + len(d.raw) - 1) & M32
+        if len(ranges) > 1:
+            unit.maps[last >> 12] = pages[1]
+
+    def _index_unit(self, unit: Unit) -> None:
+        self.by_host[unit.host] = unit
+        for page in unit.pages:
+            self.units_on_page.setdefault(page, set()).add(unit)
+            self.protect_code_page(page)
+        for lpage in unit.maps:
+            self.units_on_linear.setdefault(lpage, set()).add(unit)
+
+    def link(self, site_addr: int, unit: Unit) -> None:
+        """Chain a continuation's jump site to `unit`, and remember it, to unlink it when the
+        unit is dropped."""
+        self.patch(site_addr, unit.host)
+        unit.incoming.append(site_addr)
+
+    def invalidate_unit(self, unit: Unit) -> None:
+        """Drop one CCF: nothing reaches it any more. The hash table forgets it, every chained
+        jump into it goes back to its continuation stub (which translates the guest target
+        again), and its pages stop being watched for it. Its code stays in the TC, unreachable,
+        until the TC is flushed; a unit running while its own code is written leaves it at
+        once (a trap or a callout re-enters at a fresh translation of the next instruction)."""
+        if not unit.live:
+            return
+        unit.live = False
+        self.by_host.pop(unit.host, None)
+        if self.units.get(unit.guest) is unit:
+            del self.units[unit.guest]
+        entry = C["VMM_HASH"] + (unit.guest & 0xFFFF) * 8
+        if self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == unit.host - len(INDIRECT_ENTRY):
+            self.vmm_write(entry, struct.pack("<II", (~unit.guest) & 0xFFFF, 0))
+        for site_addr in unit.incoming:
+            stub = self.exit_stubs.get(site_addr)
+            if stub is not None and self.host.read32(self.tc_phys(site_addr)) == (unit.host - (site_addr + 4)) & M32:
+                self.host.write32(self.tc_phys(site_addr), (stub - (site_addr + 4)) & M32)
+                self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
+        unit.incoming.clear()
+        for page in unit.pages:
+            units = self.units_on_page.get(page)
+            if units is not None:
+                units.discard(unit)
+                if not units:
+                    del self.units_on_page[page]
+                    self.unprotect_code_page(page)
+        for lpage in unit.maps:
+            units = self.units_on_linear.get(lpage)
+            if units is not None:
+                units.discard(unit)
+                if not units:
+                    del self.units_on_linear[lpage]
+        self.stats["units_invalidated"] += 1
+
+    def _on_code_write(self, page: int, start: int, end: int) -> None:
+        """An emulated write to bytes [start, end) of a page holding translated code: drop the
+        units made from those bytes (units made from other bytes of the page stay)."""
+        self.stats["code_writes"] += 1
+        for unit in list(self.units_on_page.get(page, ())):
+            if unit.code.overlaps(page, start, end):
+                self.invalidate_unit(unit)
+
+    def _on_mapping_change(self, linear_pages: set[int] | None) -> None:
+        """Translations are keyed by the guest linear EIP and valid only for the mapping they were
+        made under. Decision: rather than key the TC by guest-physical address (the in-TC hash
+        lookup and chained jumps work on linear EIPs, and would need a mapping check on every
+        indirect branch), the units are checked where the mapping can change, as a TLB would be:
+        after a CR3 write (or a CR0/CR4 paging change) every linear page holding translated code
+        is walked again, after INVLPG that page; units fetched through a page that now maps to
+        another physical page, or to none, are dropped. A kernel mapped alike in every address
+        space keeps its translations across process switches; a PTE changed without INVLPG runs
+        the old code until one, as the stale TLB entry would on a CPU."""
+        pages = list(self.units_on_linear) if linear_pages is None else linear_pages
+        for lpage in pages:
+            units = self.units_on_linear.get(lpage)
+            if not units:
+                continue
+            walk = self.m.walk(lpage << 12)
+            now = None if walk is None else walk[0] >> 12
+            for unit in list(units):
+                if unit.maps.get(lpage) != now:
+                    self.invalidate_unit(unit)
+                    self.stats["units_remapped"] += 1
 
     # ------------------------------------------------------------ shadow paging
 
@@ -637,26 +748,8 @@ class Vmm:
         self.stats["shadow_flushes"] += 1
 
     def guest_walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
-        """The guest's translation of `la` without side effects: (physical, user, writable, dirty,
-        [(address, value) of the PDE and PTE]); None when not present."""
-        S = self.m.state
-        if not S.cr[0] & 0x80000000:
-            return la & ~0xFFF, True, True, True, []
-        mem = self.guest_mem
-        pde_addr = (S.cr[3] & 0xFFFFF000) | ((la >> 22) << 2)
-        pde = mem.read32(pde_addr)
-        if not pde & 1:
-            return None
-        if pde & 0x80 and S.cr[4] & 0x10:
-            big = (pde & 0xFFC00000) | (la & 0x3FF000)
-            return big, bool(pde & 4), bool(pde & 2), bool(pde & 0x40), [(pde_addr, pde)]
-        pte_addr = (pde & 0xFFFFF000) | (((la >> 12) & 0x3FF) << 2)
-        pte = mem.read32(pte_addr)
-        if not pte & 1:
-            return None
-        user = bool(pde & 4) and bool(pte & 4)
-        writable = bool(pde & 2) and bool(pte & 2)
-        return pte & 0xFFFFF000, user, writable, bool(pte & 0x40), [(pde_addr, pde), (pte_addr, pte)]
+        """The guest's translation of `la` without side effects (the interpreter's walker)."""
+        return self.m.walk(la)
 
     def fill(self, la: int, write: bool) -> bool:
         """Map `la` as the guest maps it, if the guest allows this access without a fault."""
@@ -703,12 +796,12 @@ class Vmm:
             return
         self.traced_pages.add(page)
         self._write_protect(page)
-        self.m.watch_page(page, self._on_traced_write)
+        self.m.traces.watch(page, WHY_SHADOW, self._on_traced_write)
 
-    def _on_traced_write(self, page: int) -> None:
+    def _on_traced_write(self, page: int, start: int, end: int) -> None:
         self.stats["traced_writes"] += 1
         self.traced_pages.discard(page)
-        self.m.watched_pages.pop(page, None)
+        self.m.traces.unwatch(page, WHY_SHADOW)
         self.flush_shadow()
 
     def protect_code_page(self, page: int) -> None:
@@ -716,16 +809,13 @@ class Vmm:
             return
         self.code_pages.add(page)
         self._write_protect(page)
-        self.m.watch_page(page, self._on_code_write)
+        self.m.traces.watch(page, WHY_TC, self._on_code_write)
 
     def unprotect_code_page(self, page: int) -> None:
+        """No translated code left on `page`: stop watching it for the TC. The hardware mapping
+        stays read-only until the next write to it, which maps it writable (a hidden fault)."""
         self.code_pages.discard(page)
-        self.m.watched_pages.pop(page, None)
-
-    def _on_code_write(self, page: int) -> None:
-        self.stats["code_writes"] += 1
-        self.flush_translations()
-        self.flush_shadow()
+        self.m.traces.unwatch(page, WHY_TC)
 
     def _write_protect(self, page: int) -> None:
         for pte_addr in self.shadow_ptes.get(page, []):
@@ -748,7 +838,7 @@ class Vmm:
             self._exit_to_vmm("fetch-fault", (guest, f))
             return
         if site:
-            self.patch(site, unit.host)
+            self.link(site, unit)
         else:
             self.stats["indirect_misses"] += 1
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
@@ -813,9 +903,11 @@ class Vmm:
         if S.eip in self.stop_addresses:
             self._exit_to_vmm("stop", S.eip)
             return
-        if S.eip == site.next_guest:
+        if S.eip == site.next_guest and site.unit.live:
             self.vmm_write32(C["V_JUMP"], site.resume)
             return
+        # Elsewhere, or its own unit was dropped by the callout (it wrote its code, or changed
+        # its mapping): the rest comes from a fresh translation.
         try:
             unit = self.unit_for(S.eip)
         except Fault as f:
