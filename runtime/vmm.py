@@ -713,6 +713,8 @@ class Vmm:
         another physical page, or to none, are dropped. A kernel mapped alike in every address
         space keeps its translations across process switches; a PTE changed without INVLPG runs
         the old code until one, as the stale TLB entry would on a CPU."""
+        if linear_pages is None:
+            self.flush_shadow()  # the hardware tables were built from the old tables
         pages = list(self.units_on_linear) if linear_pages is None else linear_pages
         for lpage in pages:
             units = self.units_on_linear.get(lpage)
