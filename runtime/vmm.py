@@ -965,6 +965,13 @@ class Vmm:
         # (with its error code); anything else (a privileged instruction, a protected page,
         # the VMM's area) is done, and execution goes on after it.
         self.trap_counts[guest_eip] += 1
+        if self.direct and vector == 14:
+            # A store the interpreter is about to make for code that runs directly: unicorn's own
+            # translations of that page must go (it does not see Python's writes). Now, while
+            # the page is still mapped: unicorn finds the page through the hardware tables, and
+            # the write may drop them (a traced page table).
+            page = cr2 & ~0xFFF
+            self.uc.ctl_remove_cache(page, min(page + 0x2000, 1 << 32))
         m = self.m
         m.stop_on_event = True
         try:

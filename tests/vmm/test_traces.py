@@ -119,40 +119,46 @@ def compare_all(spec: fresh.FreshSpec) -> dict:
 # Code on the page-table page PT0 (which maps the first 2 MB with its first half): at PT0+0x800.
 SHARED = PT0 + 0x800
 PROBE = 0x100000  # a page mapped by PT0's entry 0x100, at PT0 + 0x400
+# sub: mov bl, 0x11 (its immediate is rewritten); add esi, ebx; jmp edi (no stack: no page walk)
+SUB = b"\xb3\x11\x01\xde\xff\xe7"
 
 
-def _code_on_a_page_table_page() -> bytes:
-    code = b"\xa1" + struct.pack("<I", PROBE)  # mov eax, [PROBE]: the hardware maps it (shadow)
-    code += b"\xc7\x05" + struct.pack("<II", PT0 + 0x400, 0)  # mov dword [its PTE], 0: unmapped
-    code += b"\x0f\x01\x3d" + struct.pack("<I", PROBE)  # invlpg [PROBE]
-    patch = SHARED + len(code) + 7
-    code += b"\xc6\x05" + struct.pack("<I", patch + 1) + b"\x42"  # mov byte [patch+1], 0x42
-    code += b"\xb3\x11"  # patch: mov bl, 0x11 (the store above made it mov bl, 0x42)
-    code += b"\xa1" + struct.pack("<I", PROBE)  # mov eax, [PROBE]: #PF now
-    return code
+def _load(addr: int) -> bytes:
+    return b"\xa1" + struct.pack("<I", addr)  # mov eax, [addr]
+
+
+def _jmp_sub(at: int) -> bytes:
+    """mov edi, <after>; jmp SHARED: a call that touches no memory."""
+    return b"\xbf" + struct.pack("<I", at + 10) + jmp(at + 5, SHARED)
 
 
 @pytest.mark.parametrize("order", ["traced first", "translated first"])
 def test_translated_code_on_a_traced_page_table_page_drops_both_on_a_write(order: str) -> None:
-    """One page holds a page table and translated code; one subscriber must not hide the other.
-    The store into the PTE must drop the shadow entry (the next load faults) and the store into
-    the code must drop the CCF (the rewritten MOV runs in its new form), whichever of the two
-    subscriptions was made first."""
+    """One page holds a page table and translated code; one subscriber must not hide the other,
+    whichever subscribed first (the page is traced when the VMM first walks through it, which
+    here is either before or after the code on it is translated). A store into the code must
+    drop its CCF (the second call adds the new immediate); a later store into a PTE must drop
+    the shadow entry (the load after INVLPG faults)."""
     memory = paging_memory()
     pt0 = bytearray(memory[PT0])
-    shared = _code_on_a_page_table_page()
-    pt0[0x800 : 0x800 + len(shared)] = shared
+    pt0[0x800 : 0x800 + len(SUB)] = SUB
     memory[PT0] = bytes(pt0)
     code = ENABLE_PAGING
-    if order == "traced first":  # a load walks PT0 first: traced as a page table, then translated
-        code += b"\xa1" + struct.pack("<I", PROBE + 0x1000)
-    code += jmp(fresh.CODE + len(code), SHARED)
-    spec = fresh.FreshSpec(code=code, memory=memory)
-    runs = compare_all(spec)
+    if order == "traced first":
+        code += _load(PROBE + 0x1000)  # walks PT0: traced before the code on it is translated
+    code += _jmp_sub(fresh.CODE + len(code))  # translated (and run) before any walk through PT0
+    code += _load(PROBE)  # the hardware maps PROBE
+    code += b"\xc6\x05" + struct.pack("<I", SHARED + 1) + b"\x42"  # mov byte [sub+1], 0x42
+    code += _load(PROBE)  # mapped again after whatever the write dropped
+    code += b"\xc7\x05" + struct.pack("<II", PT0 + 0x400, 0)  # mov dword [PROBE's PTE], 0
+    code += _jmp_sub(fresh.CODE + len(code))
+    code += b"\x0f\x01\x3d" + struct.pack("<I", PROBE)  # invlpg [PROBE]
+    code += _load(PROBE)  # #PF
+    runs = compare_all(fresh.FreshSpec(code=code, memory=memory))
     bare = runs["bare"]
-    assert bare.exception == 14 and bare.cr2 == PROBE and bare.regs["ebx"] & 0xFF == 0x42
+    assert bare.exception == 14 and bare.cr2 == PROBE and bare.regs["esi"] == 0x11 + 0x42
     vmm = runs["bt"]
-    assert vmm.stats["traced_writes"] >= 1 and vmm.stats["units_invalidated"] >= 1
+    assert vmm.stats["traced_writes"] >= 2 and vmm.stats["units_invalidated"] >= 1
     assert vmm.stats["tc_flushes"] == 0
 
 
@@ -161,7 +167,7 @@ def test_the_vmm_subscribes_to_a_page_under_both_reasons() -> None:
     # (stopped before the write): both subscriptions are on it.
     memory = paging_memory()
     pt0 = bytearray(memory[PT0])
-    shared = b"\xa1" + struct.pack("<I", PROBE) + b"\xf4"  # mov eax, [PROBE]; hlt
+    shared = _load(PROBE) + b"\xf4"  # mov eax, [PROBE]; hlt
     pt0[0x800 : 0x800 + len(shared)] = shared
     memory[PT0] = bytes(pt0)
     code = ENABLE_PAGING + jmp(fresh.CODE + len(ENABLE_PAGING), SHARED)
@@ -235,7 +241,8 @@ PD_B, PT_B = 0x23000, 0x24000
 
 
 def _two_routines() -> dict[int, bytes]:
-    return {ROUTINE: b"\xbb\x01\x00\x00\x00\x01\xde\xc3", OTHER: b"\xbb\x02\x00\x00\x00\x01\xde\xc3"}  # mov ebx, n; add esi, ebx; ret
+    # mov ebx, n; add esi, ebx; ret: n is 1 at ROUTINE, 2 at OTHER
+    return {ROUTINE: b"\xbb\x01\x00\x00\x00\x01\xde\xc3", OTHER: b"\xbb\x02\x00\x00\x00\x01\xde\xc3"}
 
 
 def test_two_address_spaces_with_different_code_at_one_linear_address() -> None:
