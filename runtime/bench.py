@@ -51,6 +51,7 @@ NANO_NAMES = (
     "pgfault",
     "ptemod",
     "store_load",
+    "smc",
 )
 COUNTERS = (
     "world_switches",
@@ -61,6 +62,8 @@ COUNTERS = (
     "traced_writes",
     "translator_entries",
     "shadow_flushes",
+    "code_writes",
+    "units_invalidated",
 )
 
 
@@ -131,6 +134,15 @@ ALU_BODY = (
 )
 ALU_INSNS = 8
 STORE_LOAD = b"\x89\x07\x8b\x07"  # mov [edi], eax; mov eax, [edi]
+
+
+def smc_body(head: int) -> bytes:
+    """Self-modifying code, the body starting at `head`: it rewrites the immediate of the next
+    instruction (in the same basic block, so in the same unit under bt) with the loop counter,
+    and counts in a word on its own code page."""
+    counter = (head & ~0xFFF) + 0x800  # past the loop, on the same page
+    store = b"\x88\x0d" + imm32(head + 6 + 1)  # mov [next+1], cl
+    return store + b"\xb0\x00" + b"\xff\x05" + imm32(counter)  # next: mov al, imm8; inc dword [counter]
 
 # Paging for pgfault and ptemod: a page directory and one page table identity-mapping guest
 # memory; the loops work on the PTE of one test page.
@@ -284,6 +296,13 @@ def nano_benchmarks() -> list[Nano]:
             "store_load",
             "a store and a load of the same word (no sensitive instruction)",
             Loop(STORE_LOAD, 4, regs={"edi": fresh.DATA}),
+            None,
+        ),
+        # Issue 8's self-modifying loop: the time of 10,000 rewrites is 10,000 x this figure.
+        Nano(
+            "smc",
+            "rewrite the next instruction's immediate and count on the code page (self-modifying code)",
+            Loop(smc_body(fresh.CODE)),
             None,
         ),
     ]
