@@ -289,3 +289,47 @@ def test_a_cr3_write_keeps_the_translations_of_code_mapped_alike() -> None:
         assert differences(run(spec, "bare"), r) == []
         counts[n] = vmm.stats["ccfs"], vmm.stats["units_remapped"]
     assert counts[2] == counts[40] and counts[40][1] == 0
+
+
+# ---------------------------------------------------------------- self-modifying code under callouts
+
+SGDT_VAR = fresh.CODE + 0x100  # on the code page, past the code
+
+
+@pytest.mark.parametrize("adds", [1, 12])
+def test_a_callout_storing_into_its_own_code_page(adds: int) -> None:
+    # SGDT (a callout) into a variable on its own code page; the ADDs after it are in the unit
+    # that follows. On main this flushed the whole TC inside the callout and resumed in it:
+    # a spurious #UD with one ADD, wrong EAX with twelve.
+    code = b"\x0f\x01\x05" + struct.pack("<I", SGDT_VAR) + b"\x05\x01\x00\x00\x00" * adds
+    spec = fresh.FreshSpec(code=code)
+    bare = run(spec, "bare")
+    assert bare.regs["eax"] == adds
+    for mode in ("interp", "bt"):
+        assert differences(bare, run(spec, mode, new_vmm(mode) if mode == "bt" else None)) == [], mode
+
+
+def test_push_cs_with_the_stack_on_the_code_page() -> None:
+    code = b"\xbc" + struct.pack("<I", fresh.CODE + 0x200) + b"\x0e\x58" + b"\x05\x01\x00\x00\x00" * 3
+    spec = fresh.FreshSpec(code=code)  # mov esp, CODE+0x200; push cs; pop eax; add eax, 1 (x3)
+    bare = run(spec, "bare")
+    assert bare.regs["eax"] == fresh.SEL_CODE0 + 3
+    for mode in ("interp", "bt"):
+        assert differences(bare, run(spec, mode, new_vmm(mode) if mode == "bt" else None)) == [], mode
+
+
+def test_the_smc_loop_stops_trapping_and_never_flushes_the_tc() -> None:
+    # The `smc` benchmark's loop, 300 rewrites: after the first few traps its stores are
+    # callouts (the adaptive retranslation), and each rewrite drops one unit, not the TC.
+    from ring1.runtime.bench import Loop, build, smc_body
+
+    built = build(Loop(smc_body(fresh.CODE), regs={"ecx": 300}))
+    # The snippet ends where the loop ends (the benchmark's machine has more code after it).
+    spec = fresh.FreshSpec(code=built.spec.code[: built.end - fresh.CODE], regs=built.spec.regs)
+    bare = run(spec, "bare")
+    counter = fresh.CODE + 0x800
+    assert int.from_bytes(bare.memory[counter : counter + 4], "little") == 300
+    vmm = new_vmm("bt")
+    assert differences(bare, run(spec, "bt", vmm)) == []
+    assert vmm.stats["traps"] <= 2 * 8 + 4 and vmm.stats["tc_flushes"] == 0
+    assert 300 <= vmm.stats["units_invalidated"] <= 310
