@@ -13,8 +13,16 @@ The pieces, and where the spec comes in:
   hardware page tables, which are never mapped linearly. Hardware paging is always on:
   guest pages are filled in on demand from the guest's own page tables (hidden page
   faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
-  emulated and the shadow dropped; pages holding translated code are read-only too, and a
-  write to one drops the translations.
+  emulated and the shadow dropped; pages holding translated code are read-only too. Both
+  subscribe in the machine's page-trace registry (ring1.runtime.traces), each under its own
+  reason, so a page that is both a page table and code is heard by both.
+- **TC coherency.** A unit records the guest bytes it was made from (`Unit.code`, every page
+  it spans) and the linear->physical mapping it was fetched through (`Unit.maps`). An
+  emulated write drops only the units made from the bytes written (`invalidate_unit`:
+  `live` becomes False, the hash table forgets it, chained jumps into it go back to their
+  continuation stubs, which translate the target again); the unit running when its own code
+  is written leaves at the write (a trap or callout re-enters at a fresh translation of the
+  next instruction). CR3 writes and INVLPG re-check the mapping (`_on_mapping_change`).
 - **Segments.** Each guest segment register is loaded in hardware from a fixed slot of the
   VMM's GDT holding a copy of its (virtual) descriptor cache, with DPL raised to 1 for
   kernel code, so guest selectors never name VMM descriptors and the guest's GDT layout
@@ -31,6 +39,9 @@ The pieces, and where the spec comes in:
   through the guest's IDT by the spec's `deliver` proc.
 - **Adaptive translation.** Traps are counted per guest instruction; one that traps
   TRAP_THRESHOLD times is retranslated as a callout and the old CCF forwards to the new one.
+  Self-modifying code is the same case: a store into a code page traps (the page is
+  read-only) until it is retranslated as a callout, after which it costs a callout, not a
+  world switch, and drops only the unit it rewrites (`ring1 bench nano --only smc`).
 """
 
 from __future__ import annotations
@@ -839,9 +850,9 @@ class Vmm:
         except Fault as f:
             self._exit_to_vmm("fetch-fault", (guest, f))
             return
-        if site:
+        if site in self.exit_stubs:  # a jump site of a unit in the TC (not one a TC flush just dropped)
             self.link(site, unit)
-        else:
+        elif not site:
             self.stats["indirect_misses"] += 1
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
