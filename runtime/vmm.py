@@ -900,8 +900,8 @@ class Vmm:
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
-            if after[4:] != before[4:]:
-                self.flush_shadow()
+            # (CR0, CR3 and CR4 changes that move mappings dropped the shadow tables already:
+            # the machine's mapping listeners, `_on_mapping_change`.)
             if not self.can_translate():
                 self._exit_to_vmm("switch", None)
                 return

@@ -333,3 +333,36 @@ def test_the_smc_loop_stops_trapping_and_never_flushes_the_tc() -> None:
     assert differences(bare, run(spec, "bt", vmm)) == []
     assert vmm.stats["traps"] <= 2 * 8 + 4 and vmm.stats["tc_flushes"] == 0
     assert 300 <= vmm.stats["units_invalidated"] <= 310
+
+
+def test_a_unit_spanning_two_pages_is_dropped_by_a_write_to_its_second_page() -> None:
+    # mov eax, imm32 straddles a page boundary: its immediate's last bytes are on the next page.
+    # The loop rewrites them there (a page holding no other code), then runs the MOV again.
+    start = fresh.CODE + 0xFFD  # mov eax at 0x8ffd..0x9001: opcode and 2 bytes on page 8
+    body = b"\xb8" + struct.pack("<I", 0x01010101)  # mov eax, 0x01010101
+    body += b"\x01\xc6"  # add esi, eax
+    body += b"\xc6\x05" + struct.pack("<I", start + 4) + b"\x07"  # mov byte [imm's top byte], 7
+    body += b"\x49\x0f\x85" + struct.pack("<I", (start - (start + len(body) + 7)) & 0xFFFFFFFF)  # dec; jnz
+    code = b"\xb9" + struct.pack("<I", 2) + jmp(fresh.CODE + 5, start)
+    spec = fresh.FreshSpec(
+        code=code,
+        memory={
+            start: body + b"\xe9" + struct.pack("<I", (fresh.CODE + len(code)) - (start + len(body) + 5) & 0xFFFFFFFF)
+        },
+    )
+    runs = compare_all(spec)
+    assert runs["bare"].regs["esi"] == 0x01010101 + 0x07010101
+    assert runs["bt"].stats["units_invalidated"] >= 1
+
+
+def test_a_block_of_the_vmms_interpreter_is_checked_against_code_written_directly() -> None:
+    # Trap mode runs the kernel on the CPU, and the interpreter emulates what traps: CLI the first
+    # time round; the kernel then rewrites it into STI by a store the interpreter never sees.
+    # The second emulation must not run the CLI it compiled the first time.
+    top = fresh.CODE + 5
+    code = b"\xb9" + struct.pack("<I", 2)  # mov ecx, 2
+    code += b"\xfa"  # top: cli (sti the second time)
+    code += b"\xc6\x05" + struct.pack("<I", top) + b"\xfb"  # mov byte [top], sti
+    code += b"\x49\x0f\x85" + struct.pack("<I", (top - (fresh.CODE + len(code) + 7)) & 0xFFFFFFFF)
+    runs = compare_all(fresh.FreshSpec(code=code))
+    assert runs["bare"].regs["eflags"] & 0x200
