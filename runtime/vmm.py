@@ -157,6 +157,7 @@ class Vmm:
         # it seeing): it checks their bytes before running one.
         self.m.verify_blocks = True
         self.m.mapping_listeners.append(self._on_mapping_change)
+        self._shadow_paging: tuple[int, int, int] | None = None  # CR0, CR3, CR4 the shadow was built for
         self.cpu = PhysicalCpu(self.host, platform=self.platform)
         self.uc = self.cpu.uc
         self.stats = Stats()
@@ -725,7 +726,13 @@ class Vmm:
         space keeps its translations across process switches; a PTE changed without INVLPG runs
         the old code until one, as the stale TLB entry would on a CPU."""
         if linear_pages is None:
-            self.flush_shadow()  # the hardware tables were built from the old tables
+            S = self.m.state
+            paging = (S.cr[0] & 0x80010001, S.cr[3], S.cr[4] & 0xB0)
+            if paging != self._shadow_paging:
+                # The hardware tables were built from other guest tables. (The same CR3 again
+                # needs nothing: writes to the guest's tables are traced.)
+                self._shadow_paging = paging
+                self.flush_shadow()
         pages = list(self.units_on_linear) if linear_pages is None else linear_pages
         for lpage in pages:
             units = self.units_on_linear.get(lpage)
