@@ -1,9 +1,17 @@
-"""Assemble the spec's `template` blocks with nasm, at generation time.
+"""Assemble the spec's `template` blocks with the GNU assembler, at generation time.
 
 Everything x86 that the VMM emits is written in the spec as assembly: the in-TC emulation
 of sensitive instructions (`translate inline NAME`) and the VMM's own stubs (world switch,
-indirect-branch lookup, callout entry and exit). `make generate` assembles it once, with
-the machine's nasm, into byte strings in generated/rules.py; the translator only copies.
+indirect-branch lookup, callout entry and exit). `make generate` assembles it once into byte
+strings in generated/rules.py; the translator only copies.
+
+The assembler is the machine's own GNU `as` (with `ld` to place blobs at their address), in
+Intel syntax without register prefixes (`.intel_syntax noprefix`): binutils is on every
+machine that can build the guests, the syntax is the SDM's, and it is the same assembler the
+guest kernels are built with, so the project needs no other tool. Comments in templates start
+with `#` (`;` separates statements in GNU as). Numeric local labels (`1:`, `jne 1f`) may be
+used in any template; named labels only in blobs. An assembler error is reported at the
+template line it comes from: `spec/file:line:col: error: as: ...`.
 
 Template lines may use placeholders in braces:
 - `{NAME}` with an upper-case NAME: a spec `const` (vcpu field offsets, VMM addresses);
@@ -102,32 +110,60 @@ def _arith(expr: str, loc: A.Loc) -> int:
     return int(eval(expr, {"__builtins__": {}}))
 
 
-def _nasm() -> str:
-    exe = shutil.which("nasm")
+def _tool(name: str) -> str:
+    exe = shutil.which(name)
     if exe is None:
-        raise AsmError(None, "nasm is needed to assemble the spec's templates (install nasm)")
+        raise AsmError(None, f"GNU binutils' `{name}` is needed to assemble the spec's templates (install binutils)")
     return exe
+
+
+class _Source:
+    """A GNU as source being built, with the spec location of every line that came from one."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = [".intel_syntax noprefix", ".code32", ".text"]
+        self.locs: list[A.Loc | None] = [None, None, None]
+
+    def add(self, line: str, loc: A.Loc | None = None) -> None:
+        self.lines.append(line)
+        self.locs.append(loc)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _line_locs(t: A.Template) -> list[A.Loc]:
+    """Each template line's location (templates parsed before line locations were kept: the block's)."""
+    if len(t.line_locs) == len(t.lines):
+        return list(t.line_locs)
+    return [t.loc] * len(t.lines)
 
 
 def assemble_all(spec) -> dict[str, AssembledTemplate]:
     consts = _const_values(spec)
     out: dict[str, AssembledTemplate] = {}
-    # One nasm source for every template: each assembled piece between two labels.
-    src = ["bits 32"]
-    pieces: list[tuple[str, tuple, int, A.Loc]] = []  # (template, variant key, chunk index, loc)
+    # One source for every template: each assembled piece between two labels.
+    src = _Source()
+    pieces = 0
     plan: dict[str, dict[tuple, list]] = {}
-    blobs: list[tuple[A.Template, list[str], int]] = []
+    blobs: list[tuple[A.Template, list[tuple[str, A.Loc]], int]] = []
     for t in spec.templates.values():
         loc = t.loc
-        lines = [_substitute_consts(ln.strip(), consts, loc) for ln in t.lines if ln.strip()]
+        numbered = [
+            (_substitute_consts(ln.strip(), consts, where), where)
+            for ln, where in zip(t.lines, _line_locs(t), strict=True)
+            if ln.strip()
+        ]
+        lines = [ln for ln, _ in numbered]
         at = AssembledTemplate(t.name, f"{loc.file}:{loc.line}")
         out[t.name] = at
         if lines and lines[0].startswith("org "):
-            at.origin = _arith(lines[0].split(None, 1)[1], loc)
-            blobs.append((t, lines[1:], at.origin))
+            at.origin = _arith(lines[0].split(None, 1)[1], numbered[0][1])
+            blobs.append((t, numbered[1:], at.origin))
             continue
         if lines and lines[0].startswith("when "):
             at.when = dict(item.split("=", 1) for item in lines[0].split()[1:])
+            numbered = numbered[1:]
             lines = lines[1:]
         used = _operand_placeholders(lines)
         if len(used) > 2:
@@ -142,20 +178,21 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
             key = tuple(combo)
             regs = dict(zip(used, combo, strict=True))
             chunks: list = []
-            group: list[str] = []
+            group: list[tuple[str, A.Loc]] = []
 
-            def flush(group=group, chunks=chunks, key=key, t=t) -> None:
+            def flush(group=group, chunks=chunks) -> None:
+                nonlocal pieces
                 if group:
-                    idx = len(chunks)
-                    pieces.append((t.name, key, idx, t.loc))
-                    label = f"p_{len(pieces)}"
-                    src.append(f"{label}_start:")
-                    src.extend(group)
-                    src.append(f"{label}_end:")
+                    pieces += 1
+                    label = f"p_{pieces}"
+                    src.add(f"{label}_start:")
+                    for text, where in group:
+                        src.add(text, where)
+                    src.add(f"{label}_end:")
                     chunks.append(label)
                     group.clear()
 
-            for ln in lines:
+            for ln, where in numbered:
                 for p, r in regs.items():
                     ln = ln.replace(f"{{{p}16}}", GPR16[r]).replace(f"{{{p}#}}", str(r)).replace(f"{{{p}}}", GPR32[r])
                 m = re.fullmatch(r"lea\s+(e[a-ds][xip]|e[sd]i|e[sb]p)\s*,\s*\{ea\}", ln)
@@ -166,7 +203,7 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                 m = re.fullmatch(r"(j[a-z]+)\s+\{callout\}", ln)
                 if m:
                     if m.group(1) not in CONDITION_CODES:
-                        raise AsmError(t.loc, f"template {t.name}: {m.group(1)} is not a conditional jump")
+                        raise AsmError(where, f"template {t.name}: {m.group(1)} is not a conditional jump")
                     flush()
                     chunks.append(("callout", CONDITION_CODES[m.group(1)]))
                     continue
@@ -175,49 +212,96 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                     chunks.append(("seg",))
                     ln = ln[len("{seg}") :].strip()
                 if "{" in ln:
-                    raise AsmError(t.loc, f"template {t.name}: placeholder left in {ln!r}")
-                group.append(ln)
+                    raise AsmError(where, f"template {t.name}: placeholder left in {ln!r}")
+                if re.match(r"[A-Za-z_.][\w.]*:", ln):
+                    raise AsmError(where, f"template {t.name}: named labels only in blobs (`org`); use `1:` and `1f`")
+                group.append((ln, where))
             flush()
             plan[t.name][key] = chunks
-    binary, symbols = _run_nasm("\n".join(src) + "\n", "templates")
+    binary, symbols = _assemble(src, 0, "templates")
     for name, variants in plan.items():
         at = out[name]
         for key, chunks in variants.items():
             at.variants[key] = [
                 binary[symbols[f"{c}_start"] : symbols[f"{c}_end"]] if isinstance(c, str) else c for c in chunks
             ]
-    for t, lines, origin in blobs:
-        text = f"bits 32\norg {origin}\n" + "\n".join(lines) + "\n"
-        binary, symbols = _run_nasm(text, t.name)
+    for t, numbered, origin in blobs:
+        blob = _Source()
+        for text, where in numbered:
+            if "{" in text:
+                raise AsmError(where, f"template {t.name}: placeholder left in {text!r}")
+            blob.add(text, where)
+        binary, symbols = _assemble(blob, origin, t.name)
         at = out[t.name]
         at.variants[()] = [binary]
-        at.labels = {k: v for k, v in symbols.items() if not k.startswith("..")}
+        at.labels = {k: v + origin for k, v in symbols.items()}
     return out
 
 
-def _run_nasm(text: str, what: str) -> tuple[bytes, dict[str, int]]:
+_AS_MESSAGE = re.compile(r"^[^:]*\.s:(\d+): (?:Error|Warning): (.*)$")
+
+
+def _assemble(src: _Source, origin: int, what: str) -> tuple[bytes, dict[str, int]]:
+    """Assemble with `as`, then link at `origin` with `ld` so that absolute references to labels
+    are right; returns the code (from `origin` on) and its labels, relative to `origin`."""
     with tempfile.TemporaryDirectory() as d:
-        src, out, mp = Path(d, "t.asm"), Path(d, "t.bin"), Path(d, "t.map")
-        src.write_text(f"[map symbols {mp}]\n" + text)
-        r = subprocess.run([_nasm(), "-f", "bin", "-o", str(out), str(src)], capture_output=True, text=True)
+        asm_file, obj, elf = Path(d, "t.s"), Path(d, "t.o"), Path(d, "t.elf")
+        asm_file.write_text(src.text())
+        r = subprocess.run(
+            [_tool("as"), "--32", "--fatal-warnings", "-o", str(obj), str(asm_file)], capture_output=True, text=True
+        )
+        if r.returncode != 0:
+            for line in r.stderr.splitlines():
+                m = _AS_MESSAGE.match(line)
+                if m:
+                    n = int(m.group(1))
+                    where = src.locs[n - 1] if 0 < n <= len(src.locs) else None
+                    raise AsmError(where, f"template {what}: as: {m.group(2)}")
+            first = (r.stderr.strip().splitlines() or ["?"])[0]
+            raise AsmError(None, f"template {what}: as: {first}")
+        _check_defined(obj.read_bytes(), src, what)
+        link = [_tool("ld"), "-m", "elf_i386", "-N", f"-Ttext={origin:#x}", "-e", f"{origin:#x}"]
+        r = subprocess.run(
+            [*link, "-o", str(elf), str(obj)],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             first = (r.stderr.strip().splitlines() or ["?"])[0]
-            raise AsmError(None, f"nasm rejected template {what}: {first}")  # names the template; nasm's line
-        return out.read_bytes(), _parse_map(mp.read_text())
+            raise AsmError(None, f"template {what}: ld: {first}")
+        code, linked = _text_and_symbols(elf.read_bytes(), origin)
+        _, own = _text_and_symbols(obj.read_bytes(), 0)
+        return code, {name: linked[name] for name in own}  # the source's labels, not the linker's
 
 
-def _parse_map(text: str) -> dict[str, int]:
-    """nasm's symbol map: `Real  Virtual  Name` rows (addresses in hex) under a header line."""
+def _check_defined(image: bytes, src: _Source, what: str) -> None:
+    """A label used but never defined is the template's mistake: report it where it is used."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    symtab = ELFFile(io.BytesIO(image)).get_section_by_name(".symtab")
+    for sym in symtab.iter_symbols() if symtab is not None else ():
+        if sym.name and sym["st_shndx"] == "SHN_UNDEF":
+            used = re.compile(rf"(?<![\w.]){re.escape(sym.name)}(?![\w.])")
+            uses = (loc for line, loc in zip(src.lines, src.locs, strict=True) if loc and used.search(line))
+            where = next(uses, None)
+            raise AsmError(where, f"template {what}: label {sym.name!r} is not defined")
+
+
+def _text_and_symbols(image: bytes, origin: int) -> tuple[bytes, dict[str, int]]:
+    """The .text section of an ELF file and its labels (label -> offset from `origin`)."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    elf = ELFFile(io.BytesIO(image))
+    text = elf.get_section_by_name(".text")
+    code = text.data() if text is not None else b""
     symbols: dict[str, int] = {}
-    in_table = False
-    for line in text.splitlines():
-        if line.startswith("Real"):
-            in_table = True
-            continue
-        parts = line.split()
-        if in_table and len(parts) == 3:
-            try:
-                symbols[parts[2]] = int(parts[1], 16)
-            except ValueError:
-                continue
-    return symbols
+    symtab = elf.get_section_by_name(".symtab")
+    index = elf.get_section_index(".text") if text is not None else -1
+    for sym in symtab.iter_symbols() if symtab is not None else ():
+        if sym.name and sym["st_shndx"] == index and sym["st_info"]["type"] in ("STT_NOTYPE", "STT_FUNC"):
+            symbols[sym.name] = sym["st_value"] - origin
+    return code, symbols

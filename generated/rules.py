@@ -912,7 +912,7 @@ CONSTS = {
     'V_VIRT_IOPL': 72,
 }
 
-# Assembled templates (nasm, at generation time). A variant is a list of chunks: bytes to
+# Assembled templates (GNU as, at generation time). A variant is a list of chunks: bytes to
 # copy, ("ea", reg) for a LEA of the guest instruction's memory operand into reg, or ("seg",)
 # for its segment-override prefix. Variants are keyed by the register numbers of the
 # placeholders listed; blobs have an origin address and exported labels.

@@ -156,3 +156,32 @@ def test_template_when_clauses_are_checked(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         assemble_all(compile_spec(tmp_path, bad))
     assert "spec/t.r1:1:" in str(info.value) and "dst#=0..5" in str(info.value)
+
+
+def test_assembler_errors_point_at_the_template_line(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    bad = "template t {\n  | mov eax, 1\n  | movv eax, ebx\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, bad))
+    message = str(info.value)
+    assert message.startswith("spec/t.r1:3:") and "as:" in message and "movv" in message
+    assert "/tmp" not in message and ".s:" not in message  # no temporary file's name
+    blob = "template b {\n  | org 0x1000\n  | here:\n  |   jmp there\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, blob))
+    assert str(info.value).startswith("spec/t.r1:")
+
+
+def test_templates_assemble_with_gnu_as_at_their_origin(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    text = (
+        "template b {\n  | org 0x1000\n  | first:\n  |   jmp second\n  |   mov eax, offset second\n"
+        "  | second:\n  |   jne 1f\n  | 1:\n  |   ret\n}\n"
+        "template t {\n  | mov dword ptr gs:[0x28], 0x200\n  | 1:\n  | jne 1b\n}\n"
+    )
+    out = assemble_all(compile_spec(tmp_path, text))
+    assert out["b"].labels == {"first": 0x1000, "second": 0x1007}  # the source's labels only
+    assert out["b"].variants[()] == [bytes.fromhex("eb 05 b8 07 10 00 00 75 00 c3")]  # absolute: linked at org
+    assert out["t"].variants[()] == [bytes.fromhex("65 c7 05 28 00 00 00 00 02 00 00 75 fe")]
