@@ -16,15 +16,21 @@ template line it comes from: `spec/file:line:col: error: as: ...`.
 Template lines may use placeholders in braces:
 - `{NAME}` with an upper-case NAME: a spec `const` (vcpu field offsets, VMM addresses);
 - `{dst}`, `{src}`: the guest instruction's register operands (32-bit names; `{dst16}`,
-  `{src16}` for 16-bit). The template is assembled once per register combination used;
-- `lea <r32>, {ea}` as a whole line: the guest instruction's own memory operand (ModRM,
-  SIB, displacement), re-encoded into a LEA by the translator, so addressing is exact;
-- `{seg}` at the start of a line: the guest instruction's segment-override prefix, if any;
-- `j<cc> {callout}` as a whole line: a conditional exit to a callout of the guest
-  instruction itself (the slow path of an in-TC emulation); the translator places the
-  callout after the CCF and resumes after the template when it returns.
+  `{src16}` for 16-bit); `{cc}`: its condition (`j{cc}` is jo .. jg). The template is
+  assembled once per combination used, and the translator picks the variant;
+- `{ea}` as the memory operand of one instruction (`lea eax, {ea}`, `mov eax, {ea}`): the
+  guest instruction's own r/m operand (ModRM, SIB, displacement, address size; a register
+  when the guest's is one), so addressing is exact;
+- `{seg}` at the start of a line: a prefix for the segment the guest's operand uses;
+- `{@name}`: a value only the translator knows, 32 bits wide wherever the assembler puts it:
+  an immediate or displacement (`push offset {@next}`, `lea esp, [esp + {@n}]`) or a branch
+  target (`jmp {@target}`). The assembler leaves a relocation there, which generation turns
+  into a ("abs32" | "rel32", "@name", addend) chunk. `jnz {@callout}` is the slow path of an
+  in-TC emulation: a callout of the guest instruction itself, placed after the CCF, that
+  comes back after the template. The stubs' labels (`jmp lookup`) are filled the same way.
 A first line `when osize=32 mod=reg src#=0..5` limits the template to instances with that
-operand size, ModRM form and register number range; the translator makes the others callouts.
+operand size (`asize=` address size), ModRM form and register number range; the translator
+makes the others callouts.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -61,7 +67,8 @@ class AssembledTemplate:
     source: str  # spec file:line
     # Register combination -> chunks; a chunk is bytes, ("ea", reg), ("seg",) or ("callout", cc).
     variants: dict[tuple, list] = field(default_factory=dict)
-    placeholders: tuple[str, ...] = ()  # operand names the variants are keyed by (register numbers)
+    placeholders: tuple[str, ...] = ()  # operand names the variants are keyed by (register numbers; cc)
+    values: tuple[str, ...] = ()  # `{@name}` values the translator fills in (targets, immediates)
     when: dict[str, str] = field(default_factory=dict)  # the variants it handles: osize=32, mod=reg...
     origin: int | None = None  # blobs: the address the bytes are assembled for
     labels: dict[str, int] = field(default_factory=dict)  # blobs: label -> address
@@ -98,7 +105,7 @@ def _operand_placeholders(lines: list[str]) -> tuple[str, ...]:
     for ln in lines:
         for m in _PLACE.finditer(ln):
             n = m.group(1)
-            if not n.isupper() and n not in ("ea", "seg", "callout") and n not in names:
+            if not n.isupper() and n not in ("ea", "seg", "callout") and not n.startswith("@") and n not in names:
                 names.append(n)
     return tuple(names)
 
@@ -139,6 +146,20 @@ def _line_locs(t: A.Template) -> list[A.Loc]:
     return [t.loc] * len(t.lines)
 
 
+CC_SUFFIXES = ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")
+# A memory operand the assembler must encode with a ModRM byte and a disp32 (EBP-based, so
+# neither the moffs forms nor a SIB byte): `{ea}` is assembled as this, then the guest's own
+# ModRM, SIB and displacement take its place.
+_EA_STAND_IN = "[ebp + 0x5EA5EA5E]"
+_EA_DISP = (0x5EA5EA5E).to_bytes(4, "little")
+_VALUE = re.compile(r"\{@([a-z_][a-z0-9_]*)\}")
+_VALUE_SYMBOL = "__value_"
+
+
+def _placeholder_range(name: str) -> int:
+    return 16 if name == "cc" else 8
+
+
 def assemble_all(spec) -> dict[str, AssembledTemplate]:
     consts = _const_values(spec)
     out: dict[str, AssembledTemplate] = {}
@@ -147,8 +168,10 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
     pieces = 0
     plan: dict[str, dict[tuple, list]] = {}
     blobs: list[tuple[A.Template, list[tuple[str, A.Loc]], int]] = []
+    where_of: dict[str, A.Loc] = {}  # template -> its location, for errors found after assembling
     for t in spec.templates.values():
         loc = t.loc
+        where_of[t.name] = loc
         numbered = [
             (_substitute_consts(ln.strip(), consts, where), where)
             for ln, where in zip(t.lines, _line_locs(t), strict=True)
@@ -166,21 +189,24 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
             numbered = numbered[1:]
             lines = lines[1:]
         used = _operand_placeholders(lines)
-        if len(used) > 2:
+        if len([u for u in used if u != "cc"]) > 2:
             raise AsmError(loc, f"template {t.name}: at most two operand placeholders, not {', '.join(used)}")
         for key, value in at.when.items():
             ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7]", value)
-            if key not in ("osize", "mod") and not ranged:
-                raise AsmError(loc, f"template {t.name}: `when {key}={value}` is not osize=, mod= or <operand>#=lo..hi")
+            if key not in ("osize", "asize", "mod") and not ranged:
+                raise AsmError(
+                    loc, f"template {t.name}: `when {key}={value}` is not osize=, asize=, mod= or <operand>#=lo..hi"
+                )
         at.placeholders = used
+        at.values = tuple(dict.fromkeys(m.group(1) for ln in lines for m in _VALUE.finditer(ln)))
         plan[t.name] = {}
-        for combo in itertools.product(range(8), repeat=len(used)):
+        for combo in itertools.product(*(range(_placeholder_range(u)) for u in used)):
             key = tuple(combo)
             regs = dict(zip(used, combo, strict=True))
             chunks: list = []
             group: list[tuple[str, A.Loc]] = []
 
-            def flush(group=group, chunks=chunks) -> None:
+            def flush(group=group, chunks=chunks, kind: str = "bytes") -> None:
                 nonlocal pieces
                 if group:
                     pieces += 1
@@ -189,28 +215,25 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                     for text, where in group:
                         src.add(text, where)
                     src.add(f"{label}_end:")
-                    chunks.append(label)
+                    chunks.append((kind, label, group[0][1]))
                     group.clear()
 
             for ln, where in numbered:
                 for p, r in regs.items():
+                    if p == "cc":
+                        ln = ln.replace("{cc}", CC_SUFFIXES[r])
+                        continue
                     ln = ln.replace(f"{{{p}16}}", GPR16[r]).replace(f"{{{p}#}}", str(r)).replace(f"{{{p}}}", GPR32[r])
-                m = re.fullmatch(r"lea\s+(e[a-ds][xip]|e[sd]i|e[sb]p)\s*,\s*\{ea\}", ln)
-                if m:
-                    flush()
-                    chunks.append(("ea", GPR32.index(m.group(1))))
-                    continue
-                m = re.fullmatch(r"(j[a-z]+)\s+\{callout\}", ln)
-                if m:
-                    if m.group(1) not in CONDITION_CODES:
-                        raise AsmError(where, f"template {t.name}: {m.group(1)} is not a conditional jump")
-                    flush()
-                    chunks.append(("callout", CONDITION_CODES[m.group(1)]))
-                    continue
                 if ln.startswith("{seg}"):
                     flush()
                     chunks.append(("seg",))
                     ln = ln[len("{seg}") :].strip()
+                ln = _VALUE.sub(lambda v: _VALUE_SYMBOL + v.group(1), ln)
+                if "{ea}" in ln:
+                    flush()
+                    group.append((ln.replace("{ea}", _EA_STAND_IN), where))
+                    flush(kind="ea")
+                    continue
                 if "{" in ln:
                     raise AsmError(where, f"template {t.name}: placeholder left in {ln!r}")
                 if re.match(r"[A-Za-z_.][\w.]*:", ln):
@@ -218,32 +241,64 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                 group.append((ln, where))
             flush()
             plan[t.name][key] = chunks
-    binary, symbols = _assemble(src, 0, "templates")
-    for name, variants in plan.items():
-        at = out[name]
-        for key, chunks in variants.items():
-            at.variants[key] = [
-                binary[symbols[f"{c}_start"] : symbols[f"{c}_end"]] if isinstance(c, str) else c for c in chunks
-            ]
+    stub_labels: dict[str, int] = {}
     for t, numbered, origin in blobs:
         blob = _Source()
         for text, where in numbered:
             if "{" in text:
                 raise AsmError(where, f"template {t.name}: placeholder left in {text!r}")
             blob.add(text, where)
-        binary, symbols = _assemble(blob, origin, t.name)
+        binary, symbols, _ = _assemble(blob, origin, t.name)
         at = out[t.name]
         at.variants[()] = [binary]
         at.labels = {k: v + origin for k, v in symbols.items()}
+        stub_labels.update(at.labels)
+    binary, symbols, relocs = _assemble(src, None, "templates", allowed=set(stub_labels))
+    for name, variants in plan.items():
+        at = out[name]
+        for key, chunks in variants.items():
+            at.variants[key] = [
+                piece
+                for c in chunks
+                for piece in (_piece(c, binary, symbols, relocs, name) if c[0] in ("bytes", "ea") else [c])
+            ]
+    return out
+
+
+def _piece(chunk: tuple, binary: bytes, symbols: dict[str, int], relocs: dict[int, tuple], name: str) -> list:
+    """An assembled piece as chunks: bytes, with its relocations as ("abs32" | "rel32", symbol,
+    addend) and, for an `{ea}` line, ("ea", bytes before the ModRM, its reg field, bytes after)."""
+    kind, label, where = chunk
+    start, end = symbols[f"{label}_start"], symbols[f"{label}_end"]
+    if kind == "ea":
+        code = binary[start:end]
+        at = code.find(_EA_DISP)
+        if at < 1 or (code[at - 1] & 0xC7) != 0x85 or any(start <= r < end for r in relocs):
+            raise AsmError(where, f"template {name}: {{ea}} must be a plain memory operand of one instruction")
+        return [("ea", code[: at - 1], (code[at - 1] >> 3) & 7, code[at + 4 :])]
+    out: list = []
+    at = start
+    for r in sorted(r for r in relocs if start <= r < end):
+        if at < r:
+            out.append(binary[at:r])
+        out.append(relocs[r])
+        at = r + 4
+    if at < end:
+        out.append(binary[at:end])
     return out
 
 
 _AS_MESSAGE = re.compile(r"^[^:]*\.s:(\d+): (?:Error|Warning): (.*)$")
 
 
-def _assemble(src: _Source, origin: int, what: str) -> tuple[bytes, dict[str, int]]:
-    """Assemble with `as`, then link at `origin` with `ld` so that absolute references to labels
-    are right; returns the code (from `origin` on) and its labels, relative to `origin`."""
+def _assemble(
+    src: _Source, origin: int | None, what: str, allowed: set[str] = frozenset()
+) -> tuple[bytes, dict[str, int], dict[int, tuple]]:
+    """Assemble with `as`. A blob (`origin` given) is then linked at its address with `ld`, so
+    that absolute references to its labels are right; the other templates stay relocatable:
+    their references to values (`{@name}`) and to the stubs' labels (`allowed`) come back as
+    relocations, offset -> ("abs32" | "rel32", "@name" or label, addend). Returns the code,
+    the source's labels (relative to `origin`) and those relocations."""
     with tempfile.TemporaryDirectory() as d:
         asm_file, obj, elf = Path(d, "t.s"), Path(d, "t.o"), Path(d, "t.elf")
         asm_file.write_text(src.text())
@@ -259,30 +314,54 @@ def _assemble(src: _Source, origin: int, what: str) -> tuple[bytes, dict[str, in
                     raise AsmError(where, f"template {what}: as: {m.group(2)}")
             first = (r.stderr.strip().splitlines() or ["?"])[0]
             raise AsmError(None, f"template {what}: as: {first}")
-        _check_defined(obj.read_bytes(), src, what)
+        image = obj.read_bytes()
+        _check_defined(image, src, what, allowed)
+        if origin is None:
+            code, own = _text_and_symbols(image, 0)
+            return code, own, _relocations(image, code, src)
         link = [_tool("ld"), "-m", "elf_i386", "-N", f"-Ttext={origin:#x}", "-e", f"{origin:#x}"]
-        r = subprocess.run(
-            [*link, "-o", str(elf), str(obj)],
-            capture_output=True,
-            text=True,
-        )
+        r = subprocess.run([*link, "-o", str(elf), str(obj)], capture_output=True, text=True)
         if r.returncode != 0:
             first = (r.stderr.strip().splitlines() or ["?"])[0]
             raise AsmError(None, f"template {what}: ld: {first}")
         code, linked = _text_and_symbols(elf.read_bytes(), origin)
-        _, own = _text_and_symbols(obj.read_bytes(), 0)
-        return code, {name: linked[name] for name in own}  # the source's labels, not the linker's
+        _, own = _text_and_symbols(image, 0)
+        return code, {name: linked[name] for name in own}, {}  # the source's labels, not the linker's
 
 
-def _check_defined(image: bytes, src: _Source, what: str) -> None:
-    """A label used but never defined is the template's mistake: report it where it is used."""
+def _relocations(image: bytes, code: bytes, src: _Source) -> dict[int, tuple]:
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    elf = ELFFile(io.BytesIO(image))
+    rel = elf.get_section_by_name(".rel.text")
+    if rel is None:
+        return {}
+    symtab = elf.get_section(rel["sh_link"])
+    out: dict[int, tuple] = {}
+    for entry in rel.iter_relocations():
+        offset, kind = entry["r_offset"], entry["r_info_type"]
+        name = symtab.get_symbol(entry["r_info_sym"]).name
+        if kind not in (1, 2) or not name:  # R_386_32, R_386_PC32
+            raise AsmError(None, f"templates: a reference the translator cannot fill (type {kind} to {name!r})")
+        addend = int.from_bytes(code[offset : offset + 4], "little", signed=True)
+        symbol = "@" + name[len(_VALUE_SYMBOL) :] if name.startswith(_VALUE_SYMBOL) else name
+        out[offset] = ("abs32" if kind == 1 else "rel32", symbol, addend)
+    return out
+
+
+def _check_defined(image: bytes, src: _Source, what: str, allowed: set[str] = frozenset()) -> None:
+    """A label used but never defined is the template's mistake (but for values and the stubs'
+    labels, which the translator fills in): report it where it is used."""
     import io
 
     from elftools.elf.elffile import ELFFile
 
     symtab = ELFFile(io.BytesIO(image)).get_section_by_name(".symtab")
     for sym in symtab.iter_symbols() if symtab is not None else ():
-        if sym.name and sym["st_shndx"] == "SHN_UNDEF":
+        defined = sym.name in allowed or sym.name.startswith(_VALUE_SYMBOL)
+        if sym.name and sym["st_shndx"] == "SHN_UNDEF" and not defined:
             used = re.compile(rf"(?<![\w.]){re.escape(sym.name)}(?![\w.])")
             uses = (loc for line, loc in zip(src.lines, src.locs, strict=True) if loc and used.search(line))
             where = next(uses, None)

@@ -191,6 +191,7 @@ def render_rules(spec: Spec, env: jinja2.Environment) -> str:
                 "name": name,
                 "source": at.source,
                 "placeholders": repr(at.placeholders),
+                "values": repr(at.values),
                 "when": repr(at.when),
                 "origin": repr(at.origin),
                 "labels": repr(dict(sorted(at.labels.items()))),

@@ -913,12 +913,16 @@ CONSTS = {
 }
 
 # Assembled templates (GNU as, at generation time). A variant is a list of chunks: bytes to
-# copy, ("ea", reg) for a LEA of the guest instruction's memory operand into reg, or ("seg",)
-# for its segment-override prefix. Variants are keyed by the register numbers of the
-# placeholders listed; blobs have an origin address and exported labels.
+# copy; ("ea", head, reg, tail) for an instruction on the guest instruction's own r/m operand
+# (head and tail: the template's bytes around it; reg: its ModRM reg field); ("seg",) for a
+# prefix naming the operand's segment; ("abs32" | "rel32", symbol, addend) for a 32-bit value
+# the translator fills in: "@name" a value of the instance (listed in "values"), otherwise a
+# label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
+# cc); blobs have an origin address and exported labels.
 TEMPLATES = {
     'cli_virtual': {  # spec/vmm.r1:174
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": None,
         "labels": {},
@@ -928,6 +932,7 @@ TEMPLATES = {
     },
     'indirect_entry': {  # spec/vmm.r1:161
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": None,
         "labels": {},
@@ -937,6 +942,7 @@ TEMPLATES = {
     },
     'mov_from_sreg': {  # spec/vmm.r1:225
         "placeholders": ('dst', 'src'),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
         "origin": None,
         "labels": {},
@@ -1009,15 +1015,17 @@ TEMPLATES = {
     },
     'popf_virtual': {  # spec/vmm.r1:206
         "placeholders": (),
+        "values": ('callout',),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00'), ('callout', 5), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
+            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
     'pushf_virtual': {  # spec/vmm.r1:182
         "placeholders": (),
+        "values": (),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
@@ -1027,6 +1035,7 @@ TEMPLATES = {
     },
     'sldt_virtual': {  # spec/vmm.r1:240
         "placeholders": ('dst',),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
         "labels": {},
@@ -1043,6 +1052,7 @@ TEMPLATES = {
     },
     'smsw_virtual': {  # spec/vmm.r1:230
         "placeholders": ('dst',),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
         "labels": {},
@@ -1059,6 +1069,7 @@ TEMPLATES = {
     },
     'sti_virtual': {  # spec/vmm.r1:178
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": None,
         "labels": {},
@@ -1068,6 +1079,7 @@ TEMPLATES = {
     },
     'str_virtual': {  # spec/vmm.r1:235
         "placeholders": ('dst',),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
         "labels": {},
@@ -1084,6 +1096,7 @@ TEMPLATES = {
     },
     'vmm_stubs': {  # spec/vmm.r1:65
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": 4290846720,
         "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847089, 'world_switch': 4290846720},

@@ -74,6 +74,13 @@ PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 _U32 = struct.Struct("<I")
 
 
+def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
+    """A template's `{ea}` instruction on the guest instruction's own r/m operand: the
+    assembled bytes before the ModRM (`head`) and after the operand (`tail`), the template's
+    reg field, and the guest's ModRM, SIB, displacement and address size."""
+    return d.address_size_prefix + head + d.rm_operand(reg) + tail
+
+
 def _descriptor(base: int, limit: int, attr: int) -> bytes:
     """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
     raw_limit = limit >> 12 if attr & 0x8000 else limit
@@ -558,14 +565,14 @@ class Vmm:
             if isinstance(chunk, bytes):
                 out += chunk
             elif chunk[0] == "ea":
-                pfx = b"\x67" if 0x67 in d.prefixes else b""
-                modrm = (d.raw[d.modrm_at] & 0xC7) | chunk[1] << 3
-                out += pfx + bytes([0x8D, modrm]) + d.raw[d.modrm_at + 1 : d.ea_end]
-            elif chunk[0] == "callout":
-                out += bytes([0x0F, 0x80 | chunk[1]]) + bytes(4)
+                out += guest_operand(d, *chunk[1:])
+            elif chunk[0] == "rel32" and chunk[1] == "@callout":
+                out += bytes(4)
                 slow.append(len(out) - 4)
+            elif chunk[0] == "seg":
+                out += d.segment_prefix
             else:
-                out.append(SEG_PREFIX[d.fields["seg"]])
+                raise ValueError(f"template {RULES[d.form][1]}: chunk {chunk!r} has no value here")
         return bytes(out), slow
 
     def _clear_hash(self) -> None:

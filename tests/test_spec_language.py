@@ -185,3 +185,30 @@ def test_templates_assemble_with_gnu_as_at_their_origin(tmp_path: Path) -> None:
     assert out["b"].labels == {"first": 0x1000, "second": 0x1007}  # the source's labels only
     assert out["b"].variants[()] == [bytes.fromhex("eb 05 b8 07 10 00 00 75 00 c3")]  # absolute: linked at org
     assert out["t"].variants[()] == [bytes.fromhex("65 c7 05 28 00 00 00 00 02 00 00 75 fe")]
+
+
+def test_template_values_conditions_and_guest_operands(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    text = (
+        "template stubs {\n  | org 0x2000\n  | lookup:\n  |   ret\n}\n"
+        "template t {\n  | j{cc} {@target}\n  | push offset {@next}\n  | jmp lookup\n}\n"
+        "template u {\n  | when asize=32\n  | {seg}mov eax, {ea}\n  | mov dword ptr {ea}, 7\n}\n"
+    )
+    out = assemble_all(compile_spec(tmp_path, text))
+    t = out["t"]
+    assert t.placeholders == ("cc",) and t.values == ("target", "next")
+    assert sorted(t.variants) == [(c,) for c in range(16)]
+    assert t.variants[(5,)] == [
+        bytes.fromhex("0f 85"), ("rel32", "@target", -4),  # jne rel32: filled with target - end of field
+        bytes.fromhex("68"), ("abs32", "@next", 0),
+        bytes.fromhex("e9"), ("rel32", "lookup", -4),
+    ]  # fmt: skip
+    u = out["u"]
+    assert u.when == {"asize": "32"}
+    store7 = ("ea", bytes.fromhex("c7"), 0, (7).to_bytes(4, "little"))
+    assert u.variants[()] == [("seg",), ("ea", bytes.fromhex("8b"), 0, b""), store7]
+    bad = "template t {\n  | jmp nowhere\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, bad))
+    assert str(info.value).startswith("spec/t.r1:2:") and "'nowhere' is not defined" in str(info.value)
