@@ -22,6 +22,9 @@ Template lines may use placeholders in braces:
   guest instruction's own r/m operand (ModRM, SIB, displacement, address size; a register
   when the guest's is one), so addressing is exact;
 - `{seg}` at the start of a line: a prefix for the segment the guest's operand uses;
+  `{addr}`: the guest instruction's address-size prefix, if it has one (LOOP with CX);
+- `{@name}:` as a whole line: a mark, whose offset the translator learns (where EAX has
+  been set aside, for translating a fault back);
 - `{@name}`: a value only the translator knows, 32 bits wide wherever the assembler puts it:
   an immediate or displacement (`push offset {@next}`, `lea esp, [esp + {@n}]`) or a branch
   target (`jmp {@target}`). The assembler leaves a relocation there, which generation turns
@@ -29,8 +32,8 @@ Template lines may use placeholders in braces:
   in-TC emulation: a callout of the guest instruction itself, placed after the CCF, that
   comes back after the template. The stubs' labels (`jmp lookup`) are filled the same way.
 A first line `when osize=32 mod=reg src#=0..5` limits the template to instances with that
-operand size (`asize=` address size), ModRM form and register number range; the translator
-makes the others callouts.
+operand size (`asize=` address size, `stack=` the stack's size), ModRM form and register
+number range; the translator makes the others callouts.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -105,7 +108,7 @@ def _operand_placeholders(lines: list[str]) -> tuple[str, ...]:
     for ln in lines:
         for m in _PLACE.finditer(ln):
             n = m.group(1)
-            if not n.isupper() and n not in ("ea", "seg", "callout") and not n.startswith("@") and n not in names:
+            if not n.isupper() and n not in ("ea", "seg", "addr") and not n.startswith("@") and n not in names:
                 names.append(n)
     return tuple(names)
 
@@ -193,12 +196,15 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
             raise AsmError(loc, f"template {t.name}: at most two operand placeholders, not {', '.join(used)}")
         for key, value in at.when.items():
             ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7]", value)
-            if key not in ("osize", "asize", "mod") and not ranged:
+            if key not in ("osize", "asize", "stack", "mod") and not ranged:
                 raise AsmError(
-                    loc, f"template {t.name}: `when {key}={value}` is not osize=, asize=, mod= or <operand>#=lo..hi"
+                    loc,
+                    f"template {t.name}: `when {key}={value}` is not osize=, asize=, stack=, mod= or <operand>#=lo..hi",
                 )
         at.placeholders = used
-        at.values = tuple(dict.fromkeys(m.group(1) for ln in lines for m in _VALUE.finditer(ln)))
+        at.values = tuple(
+            dict.fromkeys(m.group(1) for ln in lines if not re.fullmatch(r"\{@\w+\}:", ln) for m in _VALUE.finditer(ln))
+        )
         plan[t.name] = {}
         for combo in itertools.product(*(range(_placeholder_range(u)) for u in used)):
             key = tuple(combo)
@@ -224,10 +230,16 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                         ln = ln.replace("{cc}", CC_SUFFIXES[r])
                         continue
                     ln = ln.replace(f"{{{p}16}}", GPR16[r]).replace(f"{{{p}#}}", str(r)).replace(f"{{{p}}}", GPR32[r])
-                if ln.startswith("{seg}"):
+                mark = re.fullmatch(r"\{@([a-z_][a-z0-9_]*)\}:", ln)
+                if mark:
                     flush()
-                    chunks.append(("seg",))
-                    ln = ln[len("{seg}") :].strip()
+                    chunks.append(("mark", mark.group(1)))
+                    continue
+                for prefix in ("seg", "addr"):
+                    if ln.startswith(f"{{{prefix}}}"):
+                        flush()
+                        chunks.append((prefix,))
+                        ln = ln[len(prefix) + 2 :].strip()
                 ln = _VALUE.sub(lambda v: _VALUE_SYMBOL + v.group(1), ln)
                 if "{ea}" in ln:
                     flush()

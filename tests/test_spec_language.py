@@ -83,7 +83,7 @@ CASES = [
     ("unknown flagfn", GOOD.replace("setflags add(", "setflags ad("), (11, 53), "no flagfn named 'ad'"),
     ("arity", GOOD.replace("trunc(dst + src, w)", "trunc(dst + src)"), (11, 23), "trunc takes 2 arguments"),
     ("unknown exception", GOOD.replace("let r", "raise #XX; let r"), (11, 21), "unexpected character '#'"),
-    ("bad translate rule", GOOD.replace("translate ident", "translate direct"), (10, 3), "needs one of"),
+    ("bad translate rule", GOOD.replace("translate ident", "translate direct"), (10, 3), "needs a kind with"),
     ("missing brace", GOOD.rstrip().rstrip("}"), (11, 80), "unexpected end of file"),
 ]
 
