@@ -88,13 +88,17 @@ ALU_INSNS = 8
 STORE_LOAD = "mov [edi], eax\nmov eax, [edi]"
 
 
-def smc_body(head: int) -> bytes:
-    """Self-modifying code, the body starting at `head`: it rewrites the immediate of the next
-    instruction (in the same basic block, so in the same unit under bt) with the loop counter,
-    and counts in a word on its own code page."""
-    counter = (head & ~0xFFF) + 0x800  # past the loop, on the same page
-    store = b"\x88\x0d" + imm32(head + 6 + 1)  # mov [next+1], cl
-    return store + b"\xb0\x00" + b"\xff\x05" + imm32(counter)  # next: mov al, imm8; inc dword [counter]
+# Self-modifying code: the body rewrites the immediate of the next instruction (in the same
+# basic block, so in the same unit under bt) with the loop counter, and counts in a word on its
+# own code page (past the loop: the loop is at fresh.CODE).
+SMC_COUNTER = fresh.CODE + 0x800
+SMC_BODY = f"""
+    mov byte ptr [smc_next + 1], cl
+smc_next:
+    mov al, 0
+    inc dword ptr [{SMC_COUNTER:#x}]
+"""
+
 
 # Paging for pgfault and ptemod: a page directory and one page table identity-mapping guest
 # memory; the loops work on the PTE of one test page.
@@ -243,7 +247,7 @@ def nano_benchmarks() -> list[Nano]:
         Nano(
             "smc",
             "rewrite the next instruction's immediate and count on the code page (self-modifying code)",
-            Loop(smc_body(fresh.CODE)),
+            Loop(SMC_BODY),
             None,
         ),
     ]

@@ -321,14 +321,13 @@ def test_push_cs_with_the_stack_on_the_code_page() -> None:
 def test_the_smc_loop_stops_trapping_and_never_flushes_the_tc() -> None:
     # The `smc` benchmark's loop, 300 rewrites: after the first few traps its stores are
     # callouts (the adaptive retranslation), and each rewrite drops one unit, not the TC.
-    from ring1.runtime.bench import Loop, build, smc_body
+    from ring1.runtime.bench import SMC_BODY, SMC_COUNTER, Loop, build
 
-    built = build(Loop(smc_body(fresh.CODE), regs={"ecx": 300}))
+    built = build(Loop(SMC_BODY, regs={"ecx": 300}))
     # The snippet ends where the loop ends (the benchmark's machine has more code after it).
     spec = fresh.FreshSpec(code=built.spec.code[: built.end - fresh.CODE], regs=built.spec.regs)
     bare = run(spec, "bare")
-    counter = fresh.CODE + 0x800
-    assert int.from_bytes(bare.memory[counter : counter + 4], "little") == 300
+    assert int.from_bytes(bare.memory[SMC_COUNTER : SMC_COUNTER + 4], "little") == 300
     vmm = new_vmm("bt")
     assert differences(bare, run(spec, "bt", vmm)) == []
     assert vmm.stats["traps"] <= 2 * 8 + 4 and vmm.stats["tc_flushes"] == 0
