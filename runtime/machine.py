@@ -468,8 +468,7 @@ class Machine:
     def _cached_block(self, cache: dict[tuple[int, int, int], Block], key: tuple[int, int, int]) -> Block | None:
         block = cache.get(key)
         if block is not None and self.verify_blocks and not block.unchanged(self.mem.view):
-            del cache[key]  # written where this machine could not see it
-            return None
+            return None  # written where this machine could not see it: compiled again
         return block
 
     def describe(self, d: Decoded) -> str:
@@ -492,16 +491,15 @@ class Machine:
             if S.halted:
                 return RunResult("halt")
             key = (S.eip, S.base[CS], S.code32)
-            block = blocks.get(key)
-            if block is not None and self.verify_blocks:
-                block = self._cached_block(blocks, key)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
             try:
                 if single_step or (budget_end is not None and budget_end - S.icount < self.max_block):
                     # Near the end of the budget, one instruction at a time, so it ends exactly.
                     block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
-                elif block is None:
-                    block = self.compile_at(S.eip)
+                else:
+                    block = blocks.get(key)
+                    if block is None or (self.verify_blocks and not block.unchanged(self.mem.view)):
+                        block = self.compile_at(S.eip)
                 self.running_block = block
                 block.fn()
                 if single_step:

@@ -1043,6 +1043,8 @@ class Vmm:
             if old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
                 new = self.translate(start)
+                if not old.live:
+                    break  # the TC filled up and was flushed: `old` is gone, and its bytes reused
                 old.forwarded_to = new
                 self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
                 self.uc.ctl_remove_cache(old.host, old.host + 5)
