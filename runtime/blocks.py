@@ -50,7 +50,7 @@ class Block:
     insns: list[Decoded]
     source: str
     code: CodeRanges  # the physical bytes the block was made from
-    maps: dict[int, int]  # linear page -> physical page, as they were fetched
+    maps: dict[int, tuple[int, bool] | None]  # linear page -> (physical page, user), as fetched
     snapshot: tuple[tuple[int, bytes], ...] = ()  # (physical address, bytes) of `code`
 
     @property
@@ -121,7 +121,9 @@ def block_source(name: str, insns: list[Decoded], describe) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_block(ns: dict, insns: list[Decoded], code: CodeRanges, maps: dict[int, int], describe) -> Block:
+def compile_block(
+    ns: dict, insns: list[Decoded], code: CodeRanges, maps: dict[int, tuple[int, bool] | None], describe
+) -> Block:
     name = f"block_{insns[0].eip:x}"
     src = block_source(name, insns, describe)
     compiled = compile(src, f"<guest block at {insns[0].eip:#x}>", "exec")

@@ -347,8 +347,7 @@ class Machine:
         drop the blocks fetched through a linear page that now maps elsewhere or nowhere."""
         pages = list(self.code_linear) if linear_pages is None else [p for p in linear_pages if p in self.code_linear]
         for lpage in pages:
-            walk = self.walk(lpage << 12)
-            now = None if walk is None else walk[0] >> 12
+            now = self._mapping(lpage)
             entries = self.code_linear[lpage]
             for entry in list(entries):
                 single, key = entry
@@ -369,6 +368,11 @@ class Machine:
         self.code_pages.clear()
         self.code_linear.clear()
         self.traces.unwatch_all(WHY_BLOCKS)
+
+    def _mapping(self, lpage: int) -> tuple[int, bool] | None:
+        """Where a linear page maps now, and whether user code may fetch from it."""
+        walk = self.walk(lpage << 12)
+        return None if walk is None else (walk[0] >> 12, walk[1])
 
     def walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
         """The guest's translation of `la` without side effects: (physical page base, user,
@@ -431,7 +435,7 @@ class Machine:
         S = self.state
         insns: list[Decoded] = []
         code = CodeRanges()
-        maps: dict[int, int] = {}  # linear page -> physical page the bytes were fetched through
+        maps: dict[int, tuple[int, bool]] = {}  # linear page -> (physical page, user) as fetched
         cur = eip
         limit = 1 if single else self.max_block
         while len(insns) < limit:
@@ -444,9 +448,8 @@ class Machine:
             insns.append(d)
             la = (S.base[CS] + d.eip) & M32
             code.add(instruction_ranges(la, len(d.raw), ipages))
-            maps[la >> 12] = ipages[0]
-            if len(ipages) > 1 and ((la + len(d.raw) - 1) & M32) >> 12 != la >> 12:
-                maps[((la + len(d.raw) - 1) & M32) >> 12] = ipages[1]
+            for lpage in {la >> 12, ((la + len(d.raw) - 1) & M32) >> 12} - maps.keys():
+                maps[lpage] = self._mapping(lpage)
             cur = d.next
             info = FORMS.get(d.form) if d.form else None
             if info is None or info.ends_block or d.lock_invalid or cur in self.stop_addresses:
