@@ -102,7 +102,7 @@ class Machine:
         self.traces.on_first_watch.append(self._drop_write_translations)
         # Called after CR3, CR0.PG/PE/WP, CR4 paging bits (None: every linear page) or INVLPG
         # (that page) may have changed where linear pages map.
-        self.mapping_listeners: list[Callable[[set[int] | None], None]] = []
+        self.mapping_listeners: list[Callable[[int | None], None]] = []
         # Check a cached block's bytes against memory before running it: for a machine whose
         # memory is also written where it cannot see (the VMM's hardware writes guest memory).
         self.verify_blocks = False
@@ -342,10 +342,13 @@ class Machine:
             del self.code_pages[page]
             self.traces.unwatch(page, WHY_BLOCKS)
 
-    def code_mapping_changed(self, linear_pages: set[int] | None) -> None:
-        """Where `linear_pages` (None: any page) map may have changed (CR3, CR0, CR4, INVLPG):
+    def code_mapping_changed(self, linear_page: int | None) -> None:
+        """Where `linear_page` (None: any page) maps may have changed (CR3, CR0, CR4, INVLPG):
         drop the blocks fetched through a linear page that now maps elsewhere or nowhere."""
-        pages = list(self.code_linear) if linear_pages is None else [p for p in linear_pages if p in self.code_linear]
+        if linear_page is None:
+            pages = list(self.code_linear)
+        else:
+            pages = [linear_page] if linear_page in self.code_linear else []
         for lpage in pages:
             now = self._mapping(lpage)
             entries = self.code_linear[lpage]
@@ -360,7 +363,7 @@ class Machine:
             if not entries:
                 del self.code_linear[lpage]
         for listener in self.mapping_listeners:
-            listener(linear_pages)
+            listener(linear_page)
 
     def flush_blocks(self) -> None:
         self.blocks.clear()
@@ -669,7 +672,8 @@ class Machine:
         page = (la & M32) >> 12
         for t in self.tlb.values():
             t.pop(page, None)
-        self.code_mapping_changed({page})
+        if page in self.code_linear or self.mapping_listeners:
+            self.code_mapping_changed(page)
 
     def b_halt(self) -> None:
         self.state.halted = True

@@ -710,7 +710,7 @@ class Vmm:
             if unit.code.overlaps(page, start, end):
                 self.invalidate_unit(unit)
 
-    def _on_mapping_change(self, linear_pages: set[int] | None) -> None:
+    def _on_mapping_change(self, linear_page: int | None) -> None:
         """Translations are keyed by the guest linear EIP and valid only for the mapping they were
         made under. Decision: rather than key the TC by guest-physical address (the in-TC hash
         lookup and chained jumps work on linear EIPs, and would need a mapping check on every
@@ -720,7 +720,7 @@ class Vmm:
         another physical page, or to none, are dropped. A kernel mapped alike in every address
         space keeps its translations across process switches; a PTE changed without INVLPG runs
         the old code until one, as the stale TLB entry would on a CPU."""
-        if linear_pages is None:
+        if linear_page is None:
             S = self.m.state
             paging = (S.cr[0] & 0x80010001, S.cr[3], S.cr[4] & 0xB0)
             if paging != self._shadow_paging:
@@ -728,7 +728,7 @@ class Vmm:
                 # needs nothing: writes to the guest's tables are traced.)
                 self._shadow_paging = paging
                 self.flush_shadow()
-        pages = list(self.units_on_linear) if linear_pages is None else linear_pages
+        pages = list(self.units_on_linear) if linear_page is None else (linear_page,)
         for lpage in pages:
             units = self.units_on_linear.get(lpage)
             if not units:
