@@ -51,7 +51,8 @@ class Block:
     source: str
     code: CodeRanges  # the physical bytes the block was made from
     maps: dict[int, tuple[int, bool] | None]  # linear page -> (physical page, user), as fetched
-    snapshot: tuple[tuple[int, bytes], ...] = ()  # (physical address, bytes) of `code`
+    # (physical address, bytes) of `code`, when they must be checked before the block runs
+    snapshot: tuple[tuple[int, bytes], ...] = ()
 
     @property
     def pages(self) -> tuple[int, ...]:

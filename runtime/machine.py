@@ -103,9 +103,10 @@ class Machine:
         # Called after CR3, CR0.PG/PE/WP, CR4 paging bits (None: every linear page) or INVLPG
         # (that page) may have changed where linear pages map.
         self.mapping_listeners: list[Callable[[int | None], None]] = []
-        # Check a cached block's bytes against memory before running it: for a machine whose
-        # memory is also written where it cannot see (the VMM's hardware writes guest memory).
-        self.verify_blocks = False
+        # For a machine whose memory is also written where it cannot see (the VMM's hardware
+        # writes guest memory): whether every write to a physical page reaches `_write_phys`.
+        # A block from a page where some do not is checked against memory before it runs.
+        self.write_visible: Callable[[int], bool] | None = None
         self.stop_on_event = False
         self.stop_addresses: set[int] = set()
         self.max_block = MAX_INSNS
@@ -342,6 +343,10 @@ class Machine:
             del self.code_pages[page]
             self.traces.unwatch(page, WHY_BLOCKS)
 
+    def forget_code_page(self, page: int) -> None:
+        """Drop the blocks made from `page`: its writes stop reaching this machine."""
+        self._on_code_page_write(page, 0, 0x1000)
+
     def code_mapping_changed(self, linear_page: int | None) -> None:
         """Where `linear_page` (None: any page) maps may have changed (CR3, CR0, CR4, INVLPG):
         drop the blocks fetched through a linear page that now maps elsewhere or nowhere."""
@@ -460,7 +465,9 @@ class Machine:
             if ((S.base[CS] + cur) & 0xFFF) == 0:
                 break
         block = compile_block(self.ns, insns, code, maps, self.describe)
-        block.snapshot = code.read(self.mem.view)
+        visible = self.write_visible
+        if visible is not None and not all(visible(p) for p in code.spans):
+            block.snapshot = code.read(self.mem.view)
         key = (eip, S.base[CS], S.code32)
         (self.single_blocks if single else self.blocks)[key] = block
         entry = (single, key)
@@ -473,7 +480,7 @@ class Machine:
 
     def _cached_block(self, cache: dict[tuple[int, int, int], Block], key: tuple[int, int, int]) -> Block | None:
         block = cache.get(key)
-        if block is not None and self.verify_blocks and not block.unchanged(self.mem.view):
+        if block is not None and block.snapshot and not block.unchanged(self.mem.view):
             return None  # written where this machine could not see it: compiled again
         return block
 
@@ -504,7 +511,7 @@ class Machine:
                     block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
                 else:
                     block = blocks.get(key)
-                    if block is None or (self.verify_blocks and not block.unchanged(self.mem.view)):
+                    if block is None or (block.snapshot and not block.unchanged(self.mem.view)):
                         block = self.compile_at(S.eip)
                 self.running_block = block
                 block.fn()

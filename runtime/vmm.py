@@ -169,9 +169,10 @@ class Vmm:
         self.pool_phys = guest_size + VMM_SIZE
         self.guest_mem = PhysicalMemory(guest_size, share=self.host)
         self.m = Machine(self.guest_mem, self.platform)  # the virtual CPU, authoritative
-        # The interpreter's blocks are made from guest memory the hardware also writes (without
-        # it seeing): it checks their bytes before running one.
-        self.m.verify_blocks = True
+        # The interpreter's blocks are made from guest memory the hardware also writes without
+        # it seeing, except on the pages the VMM keeps read-only: it checks the others' bytes
+        # before running a block made from them.
+        self.m.write_visible = self._write_protected
         self.m.mapping_listeners.append(self._on_mapping_change)
         self._shadow_paging: tuple[int, int, int] | None = None  # CR0, CR3, CR4 the shadow was built for
         self.cpu = PhysicalCpu(self.host, platform=self.platform)
@@ -817,6 +818,8 @@ class Vmm:
         self.stats["traced_writes"] += 1
         self.traced_pages.discard(page)
         self.m.traces.unwatch(page, WHY_SHADOW)
+        if not self._write_protected(page):
+            self.m.forget_code_page(page)  # the hardware may write it from now on
         self.flush_shadow()
 
     def protect_code_page(self, page: int) -> None:
@@ -831,6 +834,12 @@ class Vmm:
         stays read-only until the next write to it, which maps it writable (a hidden fault)."""
         self.code_pages.discard(page)
         self.m.traces.unwatch(page, WHY_TC)
+        if not self._write_protected(page):
+            self.m.forget_code_page(page)  # the hardware may write it from now on
+
+    def _write_protected(self, page: int) -> bool:
+        """Every write to `page` traps to the VMM and is emulated (so the interpreter sees it)."""
+        return page in self.code_pages or page in self.traced_pages
 
     def _write_protect(self, page: int) -> None:
         for pte_addr in self.shadow_ptes.get(page, []):
