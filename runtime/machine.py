@@ -278,7 +278,7 @@ class Machine:
     def _fill(self, page: int, base: int, user: bool, write: bool, dirty: bool) -> None:
         if base + 0x1000 > self.mem.size:
             return  # outside RAM: always the slow path
-        if write and dirty and (base >> 12) not in self.traces:
+        if write and dirty and (base >> 12) not in self.traces.watched:
             self.tlb[(user, True)][page] = base
         self.tlb[(user, False)][page] = base
 
@@ -311,7 +311,7 @@ class Machine:
     def _write_phys(self, pa: int, data: bytes) -> None:
         self.mem.write(pa, data)
         page = pa >> 12
-        if page in self.traces:
+        if page in self.traces.watched:
             start = pa & 0xFFF
             self.traces.notify(page, start, start + len(data))
 
@@ -679,8 +679,11 @@ class Machine:
         page = (la & M32) >> 12
         for t in self.tlb.values():
             t.pop(page, None)
-        if page in self.code_linear or self.mapping_listeners:
+        if page in self.code_linear:
             self.code_mapping_changed(page)
+        else:
+            for listener in self.mapping_listeners:
+                listener(page)
 
     def b_halt(self) -> None:
         self.state.halted = True

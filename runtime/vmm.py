@@ -721,6 +721,8 @@ class Vmm:
         another physical page, or to none, are dropped. A kernel mapped alike in every address
         space keeps its translations across process switches; a PTE changed without INVLPG runs
         the old code until one, as the stale TLB entry would on a CPU."""
+        if linear_page is not None and linear_page not in self.units_on_linear:
+            return  # no translated code there (INVLPG of a data page)
         if linear_page is None:
             S = self.m.state
             paging = (S.cr[0] & 0x80010001, S.cr[3], S.cr[4] & 0xB0)
