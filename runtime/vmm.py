@@ -820,7 +820,7 @@ class Vmm:
         self.stats["traced_writes"] += 1
         self.traced_pages.discard(page)
         self.m.traces.unwatch(page, WHY_SHADOW)
-        if not self._write_protected(page):
+        if page in self.m.code_pages and not self._write_protected(page):
             self.m.forget_code_page(page)  # the hardware may write it from now on
         self.flush_shadow()
 
@@ -836,7 +836,7 @@ class Vmm:
         stays read-only until the next write to it, which maps it writable (a hidden fault)."""
         self.code_pages.discard(page)
         self.m.traces.unwatch(page, WHY_TC)
-        if not self._write_protected(page):
+        if page in self.m.code_pages and not self._write_protected(page):
             self.m.forget_code_page(page)  # the hardware may write it from now on
 
     def _write_protected(self, page: int) -> bool:
