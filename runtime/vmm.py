@@ -49,6 +49,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
+from ring1.runtime import descriptors
 from ring1.runtime import x86enc as enc
 from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
@@ -91,20 +92,6 @@ def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
     assembled bytes before the ModRM (`head`) and after the operand (`tail`), the template's
     reg field, and the guest's ModRM, SIB, displacement and address size."""
     return d.address_size_prefix + head + d.rm_operand(reg) + tail
-
-
-def _descriptor(base: int, limit: int, attr: int) -> bytes:
-    """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
-    raw_limit = limit >> 12 if attr & 0x8000 else limit
-    return struct.pack(
-        "<HHBBBB",
-        raw_limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        attr & 0xFF,
-        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0),
-        (base >> 24) & 0xFF,
-    )
 
 
 @dataclass
@@ -209,7 +196,7 @@ class Vmm:
         gdt = C["VMM_GDT"]
 
         def put(sel: int, base: int, limit: int, attr: int) -> None:
-            self.vmm_write(gdt + (sel & ~7), _descriptor(base, limit, attr))
+            self.vmm_write(gdt + (sel & ~7), descriptors.from_cache(base, limit, attr))
 
         put(C["SEL_VMM_CODE"], 0, M32, 0xC09B)
         put(C["SEL_VMM_DATA"], 0, M32, 0xC093)
@@ -297,7 +284,7 @@ class Vmm:
             if user and s == CS:
                 attr |= 0x60
             slot = SLOT_BASE + s
-            self.vmm_write(C["VMM_GDT"] + slot * 8, _descriptor(S.base[s], S.limit[s], attr | 1))
+            self.vmm_write(C["VMM_GDT"] + slot * 8, descriptors.from_cache(S.base[s], S.limit[s], attr | 1))
             sels.append(slot << 3 | rpl)
         return sels
 

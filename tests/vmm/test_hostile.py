@@ -23,7 +23,7 @@ import struct
 import pytest
 
 from ring1.generated.rules import CONSTS as C
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.vmm import Vmm
 
 from .common import (
@@ -265,13 +265,13 @@ BIG_GDT, GDT_PTR, IDT_PTR, NEW_IDT, NEW_HANDLER = 0x40000, 0x3F000, 0x3F008, 0x5
 def big_gdt_memory() -> dict[int, bytes]:
     g = bytearray(0x10000)
     g[: len(fresh.gdt_bytes())] = fresh.gdt_bytes()
-    d = fresh.descriptor
+    d = descriptors.segment
     g[0xFFF0:0xFFF8] = d(0, 0xFFFFF, 0x9B, 0xC)  # SEL_VMM_CODE: the guest's flat ring-0 code
     g[0xFFE8:0xFFF0] = d(fresh.DATA, 0xFFFF, 0x93, 0x4)  # SEL_VMM_DATA: data over the DATA window
     g[0xFFE0:0xFFE8] = d(0, 0xFFFFF, 0xBB, 0xC)  # SEL_TC_CODE's slot: DPL-1 code
     g[0xFFD8:0xFFE0] = d(fresh.DATA + 0x100, 0xFFFF, 0xB3, 0x4)  # SEL_VMM_GS's slot: DPL-1 data
     g[0xFF18:0xFF20] = d(fresh.DATA + 0x200, 0xFF, 0x93, 0x4)  # a slot the VMM loads DS from
-    idt = b"".join(struct.pack("<HHBBH", NEW_HANDLER, 0x08, 0, 0x8E, 0) for _ in range(256))
+    idt = b"".join(descriptors.gate(NEW_HANDLER, 0x08, descriptors.GATE_INTERRUPT32) for _ in range(256))
     return {
         BIG_GDT: bytes(g),
         GDT_PTR: struct.pack("<HI", 0xFFFF, BIG_GDT),
