@@ -838,6 +838,7 @@ CONSTS = {
     'MSR_SYSENTER_CS': 372,
     'MSR_SYSENTER_EIP': 374,
     'MSR_SYSENTER_ESP': 373,
+    'PAD_SLOT': 5,
     'SEG_CS': 1,
     'SEG_DS': 3,
     'SEG_ES': 0,
@@ -879,6 +880,9 @@ CONSTS = {
     'VEC_UD': 6,
     'VEC_XM': 19,
     'VMM_BASE': 4290772992,
+    'VMM_CALLOUT_PAD': 917504,
+    'VMM_CONTROL': 81920,
+    'VMM_EXIT_PAD': 655360,
     'VMM_GDT': 4096,
     'VMM_HASH': 131072,
     'VMM_IDT': 69632,
@@ -894,19 +898,17 @@ CONSTS = {
     'V_EFLAGS': 32,
     'V_ESP': 16,
     'V_HITS': 68,
-    'V_HWSEL': 120,
-    'V_JUMP': 40,
+    'V_HWSEL': 81936,
+    'V_JUMP': 81920,
     'V_JUMP2': 64,
     'V_LDTR': 112,
     'V_MSW': 108,
-    'V_NEXT': 44,
-    'V_RESTORE': 52,
+    'V_RESTORE': 81924,
     'V_SAVE_EAX': 56,
     'V_SAVE_ECX': 60,
     'V_SAVE_ESP': 80,
-    'V_SCRATCH_SP': 76,
+    'V_SCRATCH_SP': 81928,
     'V_SEL': 96,
-    'V_SITE': 48,
     'V_TR': 114,
     'V_VIRT_IF': 36,
     'V_VIRT_IOPL': 72,
@@ -920,7 +922,17 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:174
+    'callout_exit': {  # spec/vmm.r1:367
+        "placeholders": (),
+        "values": ('callout',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@callout', -4)],
+        },
+    },
+    'cli_virtual': {  # spec/vmm.r1:194
         "placeholders": (),
         "values": (),
         "when": {},
@@ -930,7 +942,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:266
+    'direct_call': {  # spec/vmm.r1:286
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -940,7 +952,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:260
+    'direct_jcc': {  # spec/vmm.r1:280
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {'osize': '32'},
@@ -965,7 +977,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:298
+    'direct_jecxz': {  # spec/vmm.r1:318
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -975,7 +987,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:255
+    'direct_jmp': {  # spec/vmm.r1:275
         "placeholders": (),
         "values": ('target',),
         "when": {'osize': '32'},
@@ -985,7 +997,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:274
+    'direct_loop': {  # spec/vmm.r1:294
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -995,7 +1007,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:282
+    'direct_loope': {  # spec/vmm.r1:302
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1005,7 +1017,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:290
+    'direct_loopne': {  # spec/vmm.r1:310
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1015,7 +1027,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:341
+    'exit_next': {  # spec/vmm.r1:361
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1025,7 +1037,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:314
+    'indirect_call': {  # spec/vmm.r1:334
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1035,7 +1047,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:161
+    'indirect_entry': {  # spec/vmm.r1:181
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1045,7 +1057,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:306
+    'indirect_jmp': {  # spec/vmm.r1:326
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1055,7 +1067,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:323
+    'indirect_ret': {  # spec/vmm.r1:343
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1065,7 +1077,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:331
+    'indirect_ret_imm': {  # spec/vmm.r1:351
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1075,7 +1087,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:225
+    'mov_from_sreg': {  # spec/vmm.r1:245
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1148,7 +1160,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:206
+    'popf_virtual': {  # spec/vmm.r1:226
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
@@ -1158,17 +1170,17 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:182
+    'pushf_virtual': {  # spec/vmm.r1:202
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
+            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:240
+    'sldt_virtual': {  # spec/vmm.r1:260
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1185,7 +1197,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:230
+    'smsw_virtual': {  # spec/vmm.r1:250
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1202,7 +1214,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:178
+    'sti_virtual': {  # spec/vmm.r1:198
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1212,7 +1224,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:235
+    'str_virtual': {  # spec/vmm.r1:255
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1229,14 +1241,14 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:65
+    'vmm_stubs': {  # spec/vmm.r1:84
         "placeholders": (),
         "values": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847089, 'world_switch': 4290846720},
+        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847040, 'lookup_miss': 4290847033, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847068, 'world_switch': 4290846720},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 82 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 4c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 66 a1 7c 00 00 00 8e d0 65 8b 25 4c 00 00 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 fe fe ff ff 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 ff 25 00 40 01 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 65 ff 25 04 40 01 00 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 66 a1 14 40 01 00 8e d0 65 8b 25 08 40 01 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
         },
     },
 }
