@@ -170,7 +170,8 @@ def format_view(v: UnitView) -> str:
     if v.tail:
         lines.append("")
         lines.append(
-            "after the last instruction: the jump to the next unit (to its exit pad slot until the VMM chains it):"
+            "after the last instruction: the exit to the next one (to its exit pad slot until the VMM chains it)"
+            " and the in-TC emulations' slow-path callouts:"
         )
         for address, raw, text in v.tail:
             lines.append(f"{'':12}   {address:08x}  {raw.hex(' '):<30}  {text}")

@@ -25,6 +25,10 @@ The pieces, and where the spec comes in:
   `indirect` lookups in the TC hash table, `inline` templates, `callout` to the
   interpreter, `trap`. Instructions using GS (the VMM's) or an absolute address in the VMM
   area become callouts.
+- **Exits.** Each continuation and each callout jumps to its own slot of an exit pad; a code
+  hook over the pad knows the exit by the slot's address, and the VMM's record for it (Exit,
+  Site) says what to translate, patch or emulate. Nothing guest context can write decides
+  where the VMM jumps or what it patches: its control data is on a page read-only at CPL 1.
 - **Events.** Every exception unicorn raises comes to one dispatcher (`_on_event`): hidden
   page faults are filled and the instruction restarted; traced and protected writes are
   emulated; guest faults are re-run by the interpreter for their error code and delivered
@@ -219,7 +223,6 @@ class Vmm:
         self.exit_pool = SlotPool(EXIT_SLOTS)
         self.callout_pool = SlotPool(CALLOUT_SLOTS)
         self.tc_units: list[Unit] = []  # every unit in the TC, forwarded ones too
-        self._callout: Site | None = None  # the callout whose slot was entered, until callout_hook
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
         self.tc_next = VMM_BASE + C["VMM_TC"]
@@ -278,7 +281,7 @@ class Vmm:
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
         self.vmm_write(C["VMM_EXIT_PAD"], _pad_code(EXIT_PAD, EXIT_SLOTS, L["translate_exit"]))
-        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code(CALLOUT_PAD, CALLOUT_SLOTS, L["callout_entry"]))
+        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code(CALLOUT_PAD, CALLOUT_SLOTS, L["callout_return"]))
         self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
         self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
         self._clear_hash()
@@ -308,11 +311,8 @@ class Vmm:
     def _setup_hooks(self) -> None:
         # A hook over each pad runs only when an exit is taken: nothing else executes there.
         self.uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, EXIT_PAD, EXIT_PAD + EXIT_SLOTS * PAD_SLOT - 1)
-        self.uc.hook_add(
-            UC_HOOK_CODE, self._on_callout_slot, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1
-        )
+        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1)
         self.uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, L["lookup_miss"], L["lookup_miss"])
-        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, L["callout_hook"], L["callout_hook"])
         self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
@@ -398,7 +398,6 @@ class Vmm:
         self.stats["world_switches"] += 1
         self.cpu.event = None
         self.pending = None
-        self._callout = None
         # Direct execution stops at `ring1 exec`'s end address by itself (translated code has a stub).
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         uc.emu_start(L["world_switch"], self.until)
@@ -453,9 +452,12 @@ class Vmm:
         code = bytearray()
         # Jumps to pad slots, filled in once the unit is known to fit: (offset of the rel32
         # field in code, guest target) for continuations, (offset of the rel32 field, guest
-        # EIP, next guest EIP, offset to resume at) for callouts and in-TC emulations' slow paths.
+        # EIP, next guest EIP, offset to resume at) for callouts.
         exits: list[tuple[int, int]] = []
         callouts: list[tuple[int, int, int, int]] = []
+        # In-TC emulations' slow paths, callouts placed after the CCF: (offset of the rel32
+        # field of the template's conditional jump, guest EIP, next guest EIP, offset to resume at)
+        slow_paths: list[tuple[int, int, int, int]] = []
         pc = guest
         ended = False
         for _ in range(MAX_UNIT):
@@ -478,7 +480,7 @@ class Vmm:
                 code += body
                 for field_off, value in links:
                     if value == "callout":  # an in-TC emulation's slow path
-                        callouts.append((start + field_off, pc, d.next, start + len(body)))
+                        slow_paths.append((start + field_off, pc, d.next, start + len(body)))
                     else:
                         exits.append((start + field_off, self._value(d, value)))
                 if "eax_saved" in marks:
@@ -503,6 +505,12 @@ class Vmm:
             body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
             exits += [(len(code) + field_off, pc) for field_off, _ in links]
             code += body
+        for field_off, pc_at, next_guest, resume_off in slow_paths:
+            stub = len(code)
+            body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off) for link_off, _ in links]
+            code += body
+            code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
         full = unit.host + len(code) > VMM_BASE + VMM_SIZE
         if full or len(exits) > self.exit_pool.available() or len(callouts) > self.callout_pool.available():
@@ -907,15 +915,11 @@ class Vmm:
     def _on_vmm_exit(self, uc, address, size, _user) -> None:
         uc.emu_stop()
 
-    def _on_callout_slot(self, uc, address: int, size: int, _user) -> None:
-        """A callout's own slot: remember which callout this is until callout_hook."""
-        self._callout = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
-
-    def _on_callout(self, uc, address, size, _user) -> None:
-        site, self._callout = self._callout, None
-        if site is None:  # callout_entry without a callout slot first (or a slot refused)
-            if self.pending is None:
-                self._refuse(f"callout_hook at {address:#x} reached without a callout")
+    def _on_callout(self, uc, address: int, size: int, _user) -> None:
+        """A callout's own slot: the guest's registers and flags are in the vcpu page (template
+        callout_exit); emulate its instruction and choose where callout_return goes."""
+        site = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
+        if site is None:
             return
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
@@ -999,9 +1003,6 @@ class Vmm:
         where = None
         if self.direct:
             guest_eip = host_eip
-        elif L["callout_entry"] <= host_eip < L["callout_hook"] and self._callout is not None:
-            guest_eip = self._callout.guest  # saving its registers faulted
-            self._callout = None
         elif host_eip >= VMM_BASE + C["VMM_TC"]:
             where = self.locate(host_eip)
             if where is None:

@@ -218,8 +218,7 @@ def test_translated_code_storing_over_control_fields_cannot_steer_the_vmm() -> N
 VCPU_GARBAGE = b"".join(store_at_ebx(off, L["world_switch"]) for off in OLD_CONTROL_OFFSETS)
 STUB_TARGETS = {
     "translate_exit": L["translate_exit"],
-    "callout_entry": L["callout_entry"],
-    "callout_hook": L["callout_hook"],
+    "callout_return": L["callout_return"],
     "restore_regs": L["restore_regs"],
     "restore_segs": L["restore_segs"],
     "lookup": L["lookup"],
@@ -287,8 +286,7 @@ PLANTED = {
     "an exit pad slot no exit owns": lambda vmm, unit: EXIT_PAD + (vmm.exit_pool.next + 7) * PAD_SLOT,
     "inside the unit's own exit slot": lambda vmm, unit: EXIT_PAD + unit.exit_slots[0] * PAD_SLOT + 2,
     "a callout pad slot no callout owns": lambda vmm, unit: CALLOUT_PAD + 9 * PAD_SLOT,
-    "callout_entry": lambda vmm, unit: L["callout_entry"],
-    "callout_hook": lambda vmm, unit: L["callout_hook"],
+    "inside a callout pad slot": lambda vmm, unit: CALLOUT_PAD + 4,
 }
 
 
@@ -297,6 +295,16 @@ def test_a_planted_jump_into_the_vmm_is_a_vm_stop_with_a_diagnosis(name: str) ->
     vmm, digest, mirror, (why, what) = planted(PLANTED[name])
     assert why == "vmstop" and isinstance(what, VMStop) and what.reason, (why, what)
     assert vmm.stats["refused_exits"] == 1 and vmm.stats["chained_links"] == 0
+    assert_vmm_intact(vmm, digest, mirror)
+
+
+@pytest.mark.parametrize("stub", ["translate_exit", "callout_return", "restore_regs", "restore_segs"])
+def test_a_planted_jump_to_a_stub_goes_where_the_control_page_says(stub: str) -> None:
+    # These stubs jump through V_JUMP or V_RESTORE, which only the VMM writes: here (no exit
+    # taken yet) V_JUMP is vmm_exit, so the CPU stops, and the VMM says it had no reason to.
+    vmm, digest, mirror, (why, what) = planted(lambda vmm, unit: L[stub])
+    assert why == "vmstop" and "without a reason" in what.reason, (why, what)
+    assert vmm.stats["chained_links"] == vmm.stats["callouts"] == 0
     assert_vmm_intact(vmm, digest, mirror)
 
 
