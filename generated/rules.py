@@ -838,7 +838,7 @@ CONSTS = {
     'MSR_SYSENTER_CS': 372,
     'MSR_SYSENTER_EIP': 374,
     'MSR_SYSENTER_ESP': 373,
-    'PAD_SLOT': 5,
+    'PAD_SLOT': 8,
     'SEG_CS': 1,
     'SEG_DS': 3,
     'SEG_ES': 0,
@@ -880,7 +880,7 @@ CONSTS = {
     'VEC_UD': 6,
     'VEC_XM': 19,
     'VMM_BASE': 4290772992,
-    'VMM_CALLOUT_PAD': 917504,
+    'VMM_CALLOUT_PAD': 1310720,
     'VMM_CONTROL': 81920,
     'VMM_EXIT_PAD': 655360,
     'VMM_GDT': 4096,
@@ -891,7 +891,7 @@ CONSTS = {
     'VMM_STACK': 77824,
     'VMM_STACK_TOP': 81920,
     'VMM_STUBS': 73728,
-    'VMM_TC': 1048576,
+    'VMM_TC': 1572864,
     'VMM_TSS': 71680,
     'VMM_VCPU': 0,
     'V_EAX': 0,
@@ -922,7 +922,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'callout_exit': {  # spec/vmm.r1:360
+    'callout_exit': {  # spec/vmm.r1:365
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -932,7 +932,17 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:183
+    'callout_slot': {  # spec/vmm.r1:355
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 ff 25 04 40 01 00')],
+        },
+    },
+    'cli_virtual': {  # spec/vmm.r1:175
         "placeholders": (),
         "values": (),
         "when": {},
@@ -942,7 +952,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:275
+    'direct_call': {  # spec/vmm.r1:267
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -952,7 +962,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:269
+    'direct_jcc': {  # spec/vmm.r1:261
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {'osize': '32'},
@@ -977,7 +987,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:307
+    'direct_jecxz': {  # spec/vmm.r1:299
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -987,7 +997,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:264
+    'direct_jmp': {  # spec/vmm.r1:256
         "placeholders": (),
         "values": ('target',),
         "when": {'osize': '32'},
@@ -997,7 +1007,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:283
+    'direct_loop': {  # spec/vmm.r1:275
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1007,7 +1017,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:291
+    'direct_loope': {  # spec/vmm.r1:283
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1017,7 +1027,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:299
+    'direct_loopne': {  # spec/vmm.r1:291
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1027,7 +1037,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:350
+    'exit_next': {  # spec/vmm.r1:342
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1037,7 +1047,17 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:323
+    'exit_slot': {  # spec/vmm.r1:349
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 ff 25 00 40 01 00')],
+        },
+    },
+    'indirect_call': {  # spec/vmm.r1:315
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1047,7 +1067,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:170
+    'indirect_entry': {  # spec/vmm.r1:162
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1057,7 +1077,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:315
+    'indirect_jmp': {  # spec/vmm.r1:307
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1067,7 +1087,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:332
+    'indirect_ret': {  # spec/vmm.r1:324
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1077,7 +1097,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:340
+    'indirect_ret_imm': {  # spec/vmm.r1:332
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1087,7 +1107,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:234
+    'mov_from_sreg': {  # spec/vmm.r1:226
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1160,7 +1180,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:215
+    'popf_virtual': {  # spec/vmm.r1:207
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
@@ -1170,7 +1190,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:191
+    'pushf_virtual': {  # spec/vmm.r1:183
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
@@ -1180,7 +1200,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:249
+    'sldt_virtual': {  # spec/vmm.r1:241
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1197,7 +1217,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:239
+    'smsw_virtual': {  # spec/vmm.r1:231
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1214,7 +1234,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:187
+    'sti_virtual': {  # spec/vmm.r1:179
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1224,7 +1244,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:244
+    'str_virtual': {  # spec/vmm.r1:236
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1246,9 +1266,9 @@ TEMPLATES = {
         "values": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'callout_return': 4290846810, 'lookup': 4290846930, 'lookup.hit': 4290846970, 'lookup_miss': 4290846963, 'restore_regs': 4290846853, 'restore_segs': 4290846817, 'translate_exit': 4290846803, 'vmm_exit': 4290846998, 'world_switch': 4290846720},
+        "labels": {'lookup': 4290846916, 'lookup.hit': 4290846956, 'lookup_miss': 4290846949, 'restore_regs': 4290846839, 'restore_segs': 4290846803, 'vmm_exit': 4290846984, 'world_switch': 4290846720},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 ff 25 00 40 01 00 65 ff 25 04 40 01 00 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 66 a1 14 40 01 00 8e d0 65 8b 25 08 40 01 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 66 a1 14 40 01 00 8e d0 65 8b 25 08 40 01 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
         },
     },
 }

@@ -183,9 +183,12 @@ class SlotPool:
 
 
 @cache
-def _pad_code(pad: int, slots: int, target: int) -> bytes:
-    """A pad: `slots` jumps to `target`, one every PAD_SLOT bytes from `pad`."""
-    return b"".join(enc.jmp(pad + i * PAD_SLOT, target) for i in range(slots))
+def _pad_code(template: str, slots: int) -> bytes:
+    """A pad: `slots` copies of the template (position-independent), int3 up to PAD_SLOT bytes."""
+    slot = b"".join(TEMPLATES[template]["variants"][()])
+    if len(slot) > PAD_SLOT:
+        raise ValueError(f"template {template} is {len(slot)} bytes: more than PAD_SLOT ({PAD_SLOT})")
+    return slot.ljust(PAD_SLOT, b"\xcc") * slots
 
 
 class Vmm:
@@ -280,8 +283,8 @@ class Vmm:
         put(C["SEL_VMM_TSS"], VMM_BASE + C["VMM_TSS"], 0x67, 0x89)
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
-        self.vmm_write(C["VMM_EXIT_PAD"], _pad_code(EXIT_PAD, EXIT_SLOTS, L["translate_exit"]))
-        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code(CALLOUT_PAD, CALLOUT_SLOTS, L["callout_return"]))
+        self.vmm_write(C["VMM_EXIT_PAD"], _pad_code("exit_slot", EXIT_SLOTS))
+        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code("callout_slot", CALLOUT_SLOTS))
         self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
         self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
         self._clear_hash()
@@ -890,16 +893,16 @@ class Vmm:
         entered at its start, from translated code, and belong to a unit still in the TC."""
         slot, into = divmod(address - pad, PAD_SLOT)
         record = records.get(slot)
+        if not into and record is not None and record.unit.live and self.pending is None and not self.direct:
+            return record  # (the one case translated code makes: checked first, it is on every exit)
         if self.pending is not None:  # already on the way out (after a refusal): keep its reason
             pass
         elif self.direct:
             self._refuse(f"direct execution reached the VMM's {what} pad at {address:#x}")
         elif into:
             self._refuse(f"the {what} pad entered at {address:#x}, inside slot {slot}")
-        elif record is None or not record.unit.live:
-            self._refuse(f"{what} pad slot {slot} ({address:#x}) taken, but no live {what} owns it")
         else:
-            return record
+            self._refuse(f"{what} pad slot {slot} ({address:#x}) taken, but no live {what} owns it")
         return None
 
     def _refuse(self, reason: str) -> None:
@@ -917,7 +920,7 @@ class Vmm:
 
     def _on_callout(self, uc, address: int, size: int, _user) -> None:
         """A callout's own slot: the guest's registers and flags are in the vcpu page (template
-        callout_exit); emulate its instruction and choose where callout_return goes."""
+        callout_exit); emulate its instruction and choose where the slot's jump goes."""
         site = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
         if site is None:
             return

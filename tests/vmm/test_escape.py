@@ -33,7 +33,7 @@ from ring1.runtime import fresh
 from ring1.runtime import x86enc as enc
 from ring1.runtime.events import VMStop
 from ring1.runtime.snippet import interp_machine
-from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, PAD_SLOT, L, Unit, Vmm
+from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, PAD_SLOT, L, SlotPool, Unit, Vmm
 
 from .common import VMM_LINEAR, assert_clean, differences, new_vmm, run
 
@@ -164,7 +164,7 @@ def test_a_callout_writing_its_own_code_page_resumes_in_a_fresh_translation(name
 def hostile_stores() -> bytes:
     """Register-addressed stores of VMM addresses over the old control fields of the vcpu page
     and over the control page: stub addresses, the TC, the VMM's code selector."""
-    values = (L["world_switch"], TC_LINEAR, L["translate_exit"], C["SEL_VMM_CODE"] * 0x10001)
+    values = (L["world_switch"], TC_LINEAR, L["restore_regs"], C["SEL_VMM_CODE"] * 0x10001)
     code = mov_ebx(VMM_LINEAR)
     for i, off in enumerate(OLD_CONTROL_OFFSETS):
         code += store_at_ebx(off, values[i % len(values)])
@@ -217,8 +217,6 @@ def test_translated_code_storing_over_control_fields_cannot_steer_the_vmm() -> N
 
 VCPU_GARBAGE = b"".join(store_at_ebx(off, L["world_switch"]) for off in OLD_CONTROL_OFFSETS)
 STUB_TARGETS = {
-    "translate_exit": L["translate_exit"],
-    "callout_return": L["callout_return"],
     "restore_regs": L["restore_regs"],
     "restore_segs": L["restore_segs"],
     "lookup": L["lookup"],
@@ -294,11 +292,11 @@ PLANTED = {
 def test_a_planted_jump_into_the_vmm_is_a_vm_stop_with_a_diagnosis(name: str) -> None:
     vmm, digest, mirror, (why, what) = planted(PLANTED[name])
     assert why == "vmstop" and isinstance(what, VMStop) and what.reason, (why, what)
-    assert vmm.stats["refused_exits"] == 1 and vmm.stats["chained_links"] == 0
+    assert vmm.stats["refused_exits"] >= 1 and vmm.stats["chained_links"] == 0
     assert_vmm_intact(vmm, digest, mirror)
 
 
-@pytest.mark.parametrize("stub", ["translate_exit", "callout_return", "restore_regs", "restore_segs"])
+@pytest.mark.parametrize("stub", ["restore_regs", "restore_segs"])
 def test_a_planted_jump_to_a_stub_goes_where_the_control_page_says(stub: str) -> None:
     # These stubs jump through V_JUMP or V_RESTORE, which only the VMM writes: here (no exit
     # taken yet) V_JUMP is vmm_exit, so the CPU stops, and the VMM says it had no reason to.
@@ -348,3 +346,14 @@ def test_patch_refuses_any_address_but_a_live_recorded_site() -> None:
     after = vmm.host.read(vmm.vmm_phys, C["VMM_SIZE"])
     tc = C["VMM_TC"]
     assert after[tc:] == whole[tc:]  # nothing written in the TC (the flush leaves its bytes)
+
+
+def test_a_full_exit_pad_flushes_the_tc_like_a_full_tc() -> None:
+    # Slots are handed out per exit and come back when the units go: with only a few slots,
+    # a loop over many units keeps flushing and still computes what bare does.
+    spec = F(code=(ADD_EAX + b"\x75\x00") * 40)  # 40 units: add; jnz next (two exits each)
+    vmm = new_vmm("bt")
+    vmm.exit_pool = SlotPool(9)
+    bare, bt = run(spec, "bare"), run(spec, "bt", vmm)
+    assert differences(bare, bt) == []
+    assert vmm.stats["tc_flushes"] >= 40 * 2 // 9 and vmm.stats["refused_exits"] == 0
