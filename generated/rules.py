@@ -808,6 +808,46 @@ RULES = {
     'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:1453
 }
 
+# What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
+FACTS = {
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:91
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:92
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:93
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:94
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:95
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:96
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:97
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:98
+}
+
+
+def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
+    """The rule an instance is translated by: the first `choose` clause whose condition holds
+    (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
+    Returns (rule, reason, the clause's spec file:line)."""
+    if fact('undefined'):
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:101'
+    if fact('invalid_lock'):
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:102'
+    if fact('adaptive'):
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:103'
+    if fact('forced'):
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:104'
+    if (fact('trap_mode') and rule in ('ident', 'trap')):
+        return rule, '', 'spec/vmm.r1:105'
+    if fact('trap_mode'):
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:106'
+    if fact('uses_gs'):
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:107'
+    if (rule in ('ident', 'trap') and fact('vmm_address')):
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:108'
+    if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:109'
+    if rule in ('trap',):
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:110'
+    return rule, "", None
+
+
 # The spec's constants (vcpu field offsets, VMM layout, vectors...), for the runtime.
 CONSTS = {
     'CLEARED_BY_EVENT': 213248,
@@ -922,7 +962,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'callout_exit': {  # spec/vmm.r1:365
+    'callout_exit': {  # spec/vmm.r1:394
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -932,7 +972,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:355
+    'callout_slot': {  # spec/vmm.r1:384
         "placeholders": (),
         "values": (),
         "when": {},
@@ -942,7 +982,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:175
+    'cli_virtual': {  # spec/vmm.r1:204
         "placeholders": (),
         "values": (),
         "when": {},
@@ -952,7 +992,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:267
+    'direct_call': {  # spec/vmm.r1:296
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -962,7 +1002,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:261
+    'direct_jcc': {  # spec/vmm.r1:290
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {'osize': '32'},
@@ -987,7 +1027,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:299
+    'direct_jecxz': {  # spec/vmm.r1:328
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -997,7 +1037,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:256
+    'direct_jmp': {  # spec/vmm.r1:285
         "placeholders": (),
         "values": ('target',),
         "when": {'osize': '32'},
@@ -1007,7 +1047,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:275
+    'direct_loop': {  # spec/vmm.r1:304
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1017,7 +1057,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:283
+    'direct_loope': {  # spec/vmm.r1:312
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1027,7 +1067,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:291
+    'direct_loopne': {  # spec/vmm.r1:320
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1037,7 +1077,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:342
+    'exit_next': {  # spec/vmm.r1:371
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1047,7 +1087,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:349
+    'exit_slot': {  # spec/vmm.r1:378
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1057,7 +1097,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00')],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:315
+    'indirect_call': {  # spec/vmm.r1:344
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1067,7 +1107,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:162
+    'indirect_entry': {  # spec/vmm.r1:191
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1077,7 +1117,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:307
+    'indirect_jmp': {  # spec/vmm.r1:336
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1087,7 +1127,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:324
+    'indirect_ret': {  # spec/vmm.r1:353
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1097,7 +1137,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:332
+    'indirect_ret_imm': {  # spec/vmm.r1:361
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1107,7 +1147,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:226
+    'mov_from_sreg': {  # spec/vmm.r1:255
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1180,7 +1220,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:207
+    'popf_virtual': {  # spec/vmm.r1:236
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
@@ -1190,7 +1230,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:183
+    'pushf_virtual': {  # spec/vmm.r1:212
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
@@ -1200,7 +1240,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:241
+    'sldt_virtual': {  # spec/vmm.r1:270
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1217,7 +1257,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:231
+    'smsw_virtual': {  # spec/vmm.r1:260
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1234,7 +1274,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:179
+    'sti_virtual': {  # spec/vmm.r1:208
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1244,7 +1284,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:236
+    'str_virtual': {  # spec/vmm.r1:265
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1261,7 +1301,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:86
+    'vmm_stubs': {  # spec/vmm.r1:115
         "placeholders": (),
         "values": (),
         "when": {},

@@ -43,16 +43,18 @@ import bisect
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
+from typing import ClassVar
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
-from ring1.generated.rules import CONSTS, RULES, TEMPLATES
+from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime import x86enc as enc
-from ring1.runtime.decoder import Decoded, decode
+from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
@@ -80,6 +82,7 @@ TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 
 _U32 = struct.Struct("<I")
@@ -549,29 +552,26 @@ class Vmm:
         code[field_off : field_off + 4] = _U32.pack((slot_address - (host + field_off + 4)) & M32)
 
     def rule_for(self, d: Decoded) -> tuple[str, str]:
-        """The rule this instance is translated by, and why when it is not the spec's own."""
-        if d.form is None:
-            return "ident", "undefined opcode: the hardware raises #UD, and the interpreter confirms it"
-        if d.lock_invalid:
-            return "callout", "invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec"
-        rule = RULES[d.form][0]
-        if d.eip in self.callout_override:
-            return "callout", "adaptive: it trapped often, so it was retranslated as a callout"
-        if d.form in self.rule_overrides:
-            return "callout", "forced to a callout by Vmm(rule_overrides=...)"
-        if self.mode == "trap":
-            if rule in ("ident", "trap"):
-                return rule, ""
-            return "callout", "trap mode: the kernel runs untranslated; this is where it exits"
-        if 0x65 in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem"):
-            return "callout", "it uses GS, which is the VMM's: emulated"
-        if rule in ("ident", "trap") and self._touches_vmm_area(d):
-            return "callout", "its address lies in the VMM's area: emulated"
-        if rule in ("direct", "indirect", "inline") and not self._template_applies(d, rule):
-            return "callout", "its template does not cover this operand or address size, stack or form"
-        if rule == "trap":
-            return "ident", "copied; left to trap when the hardware faults"
-        return rule, ""
+        """The rule this instance is translated by, and why when it is not the spec's own: the
+        spec's `choose` clauses (spec/vmm.r1) over the facts below."""
+        own = RULES[d.form][0] if d.form is not None else "ident"
+        rule, reason, _source = choose_rule(own, lambda name: self.FACTS[name](self, d))
+        return rule, reason
+
+    def _uses_gs(self, d: Decoded) -> bool:
+        return GS_PREFIX in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem")
+
+    # The spec's facts (FACTS in generated/rules.py), each answered for an instance.
+    FACTS: ClassVar[dict[str, Callable[[Vmm, Decoded], bool]]] = {
+        "undefined": lambda vmm, d: d.form is None,
+        "invalid_lock": lambda vmm, d: d.lock_invalid,
+        "adaptive": lambda vmm, d: d.eip in vmm.callout_override,
+        "forced": lambda vmm, d: d.form in vmm.rule_overrides,
+        "trap_mode": lambda vmm, d: vmm.mode == "trap",
+        "uses_gs": lambda vmm, d: vmm._uses_gs(d),
+        "vmm_address": lambda vmm, d: vmm._touches_vmm_area(d),
+        "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
+    }
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
         """An absolute address in the VMM area: a ModRM disp32 (the decoder's `ea` is then an
