@@ -20,9 +20,10 @@ The pieces, and where the spec comes in:
   it spans) and the linear->physical mapping it was fetched through (`Unit.maps`). An
   emulated write drops only the units made from the bytes written (`invalidate_unit`:
   `live` becomes False, the hash table forgets it, chained jumps into it go back to their
-  continuation stubs, which translate the target again); the unit running when its own code
-  is written leaves at the write (a trap or callout re-enters at a fresh translation of the
-  next instruction). CR3 writes and INVLPG re-check the mapping (`_on_mapping_change`).
+  exit pad slots, which translate the target again, and its own slots are given back); the
+  unit running when its own code is written leaves at the write (a trap or callout
+  re-enters at a fresh translation of the next instruction). CR3 writes and INVLPG re-check
+  the mapping (`_on_mapping_change`).
 - **Segments.** Each guest segment register is loaded in hardware from a fixed slot of the
   VMM's GDT holding a copy of its (virtual) descriptor cache, with DPL raised to 1 for
   kernel code, so guest selectors never name VMM descriptors and the guest's GDT layout
@@ -33,6 +34,10 @@ The pieces, and where the spec comes in:
   `indirect` lookups in the TC hash table, `inline` templates, `callout` to the
   interpreter, `trap`. Instructions using GS (the VMM's) or an absolute address in the VMM
   area become callouts.
+- **Exits.** Each continuation and each callout jumps to its own slot of an exit pad; a code
+  hook over the pad knows the exit by the slot's address, and the VMM's record for it (Exit,
+  Site) says what to translate, patch or emulate. Nothing guest context can write decides
+  where the VMM jumps or what it patches: its control data is on a page read-only at CPL 1.
 - **Events.** Every exception unicorn raises comes to one dispatcher (`_on_event`): hidden
   page faults are filled and the instruction restarted; traced and protected writes are
   emulated; guest faults are re-run by the interpreter for their error code and delivered
@@ -50,16 +55,19 @@ import bisect
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from typing import ClassVar
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
-from ring1.generated.forms import FORMS
-from ring1.generated.rules import CONSTS, RULES, TEMPLATES
+from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
+from ring1.runtime import descriptors
 from ring1.runtime import x86enc as enc
-from ring1.runtime.decoder import Decoded, decode
+from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
@@ -74,6 +82,14 @@ STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
 L = STUBS["labels"]
+# The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
+# the common stub; the slot's address is the exit's identity, seen by a code hook over the pad.
+EXIT_PAD = VMM_BASE + C["VMM_EXIT_PAD"]
+CALLOUT_PAD = VMM_BASE + C["VMM_CALLOUT_PAD"]
+PAD_SLOT = C["PAD_SLOT"]
+EXIT_SLOTS = (C["VMM_CALLOUT_PAD"] - C["VMM_EXIT_PAD"]) // PAD_SLOT
+CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
+TC_START = VMM_BASE + C["VMM_TC"]
 POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
 WHY_TC, WHY_SHADOW = "translated code", "shadow page table"  # the VMM's reasons for page traces
@@ -81,6 +97,7 @@ TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 
 _U32 = struct.Struct("<I")
@@ -103,20 +120,6 @@ def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
     return d.address_size_prefix + head + d.rm_operand(reg) + tail
 
 
-def _descriptor(base: int, limit: int, attr: int) -> bytes:
-    """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
-    raw_limit = limit >> 12 if attr & 0x8000 else limit
-    return struct.pack(
-        "<HHBBBB",
-        raw_limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        attr & 0xFF,
-        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0),
-        (base >> 24) & 0xFF,
-    )
-
-
 @dataclass(eq=False)
 class Unit:
     """A CCF: the translation of one unit of guest code."""
@@ -130,7 +133,22 @@ class Unit:
     code: CodeRanges = field(default_factory=CodeRanges)  # the guest bytes, per physical page
     maps: dict[int, int] = field(default_factory=dict)  # linear page -> physical page, as translated
     incoming: list[int] = field(default_factory=list)  # chained jump sites patched to enter it
-    live: bool = True  # False once dropped (its code written, its mapping changed, a TC flush)
+    # False once dropped (its code written, its mapping changed, a TC flush): its exits and
+    # callout sites are dead
+    live: bool = True
+    exit_slots: list[int] = field(default_factory=list)  # its slots in the exit pad
+    callout_slots: list[int] = field(default_factory=list)  # and in the callout pad
+
+
+@dataclass
+class Exit:
+    """A continuation: a jump in a CCF (the patch site) to its own slot of the exit pad,
+    until the VMM chains it to the CCF of its guest target."""
+
+    site: int  # TC address of the jump's rel32 field
+    target: int  # the guest EIP it continues at
+    slot: int  # its slot in the exit pad
+    unit: Unit
 
 
 @dataclass
@@ -145,6 +163,41 @@ class Site:
 
 class Stats(Counter):
     pass
+
+
+class SlotPool:
+    """The slots of one exit pad: handed out to exits as units are translated, given back when
+    their unit is dropped."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.next = 0  # slots from here on were never handed out since the last reset
+        self.free: list[int] = []
+
+    def available(self) -> int:
+        return self.count - self.next + len(self.free)
+
+    def take(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.next += 1
+        return self.next - 1
+
+    def give_back(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def reset(self) -> None:
+        self.next = 0
+        self.free.clear()
+
+
+@cache
+def _pad_code(template: str, slots: int) -> bytes:
+    """A pad: `slots` copies of the template (position-independent), int3 up to PAD_SLOT bytes."""
+    slot = b"".join(TEMPLATES[template]["variants"][()])
+    if len(slot) > PAD_SLOT:
+        raise ValueError(f"template {template} is {len(slot)} bytes: more than PAD_SLOT ({PAD_SLOT})")
+    return slot.ljust(PAD_SLOT, b"\xcc") * slots
 
 
 class Vmm:
@@ -180,7 +233,17 @@ class Vmm:
         self.stats = Stats()
         self.units: dict[int, Unit] = {}
         self.unit_starts: list[int] = []  # sorted TC addresses, for mapping a host EIP back
-        self.sites: dict[int, Site] = {}
+        # What each exit is, by its pad slot: the VMM acts on these records only, never on
+        # anything guest context can write (spec/vmm.r1, the protection decision).
+        self.exits: dict[int, Exit] = {}  # exit pad slot -> continuation
+        self.patch_sites: dict[int, Exit] = {}  # TC address of a rel32 field -> its continuation
+        self.sites: dict[int, Site] = {}  # callout pad slot -> callout
+        self.exit_pool = SlotPool(EXIT_SLOTS)
+        self.callout_pool = SlotPool(CALLOUT_SLOTS)
+        self.by_host: dict[int, Unit] = {}  # TC address -> every live unit in the TC, forwarded ones too
+        # The TC's indexes for dropping units one by one (TC coherency).
+        self.units_on_page: dict[int, set[Unit]] = {}  # guest physical page -> units from its bytes
+        self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
         self.tc_next = VMM_BASE + C["VMM_TC"]
@@ -189,11 +252,6 @@ class Vmm:
         self.stop_on_event = False
         self.code_pages: set[int] = set()  # watched for "translated code"
         self.traced_pages: set[int] = set()  # watched for "shadow page table"
-        # The TC's indexes for dropping units one by one (TC coherency).
-        self.units_on_page: dict[int, set[Unit]] = {}  # guest physical page -> units from its bytes
-        self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
-        self.by_host: dict[int, Unit] = {}  # TC address of a unit -> the unit, for every unit in the TC
-        self.exit_stubs: dict[int, int] = {}  # jump site (rel32 field) -> its continuation stub
         self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
         self.pool_next = 2
         self.last_event: GuestEvent | None = None
@@ -234,7 +292,7 @@ class Vmm:
         gdt = C["VMM_GDT"]
 
         def put(sel: int, base: int, limit: int, attr: int) -> None:
-            self.vmm_write(gdt + (sel & ~7), _descriptor(base, limit, attr))
+            self.vmm_write(gdt + (sel & ~7), descriptors.from_cache(base, limit, attr))
 
         put(C["SEL_VMM_CODE"], 0, M32, 0xC09B)
         put(C["SEL_VMM_DATA"], 0, M32, 0xC093)
@@ -243,7 +301,10 @@ class Vmm:
         put(C["SEL_VMM_TSS"], VMM_BASE + C["VMM_TSS"], 0x67, 0x89)
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
+        self.vmm_write(C["VMM_EXIT_PAD"], _pad_code("exit_slot", EXIT_SLOTS))
+        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code("callout_slot", CALLOUT_SLOTS))
         self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+        self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
         self._clear_hash()
 
     def _setup_hardware(self) -> None:
@@ -269,8 +330,10 @@ class Vmm:
         self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
 
     def _setup_hooks(self) -> None:
-        self.uc.hook_add(UC_HOOK_CODE, self._on_translate_exit, None, L["translate_exit"], L["translate_exit"])
-        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, L["callout_hook"], L["callout_hook"])
+        # A hook over each pad runs only when an exit is taken: nothing else executes there.
+        self.uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, EXIT_PAD, EXIT_PAD + EXIT_SLOTS * PAD_SLOT - 1)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, L["lookup_miss"], L["lookup_miss"])
         self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
@@ -322,7 +385,7 @@ class Vmm:
             if user and s == CS:
                 attr |= 0x60
             slot = SLOT_BASE + s
-            self.vmm_write(C["VMM_GDT"] + slot * 8, _descriptor(S.base[s], S.limit[s], attr | 1))
+            self.vmm_write(C["VMM_GDT"] + slot * 8, descriptors.from_cache(S.base[s], S.limit[s], attr | 1))
             sels.append(slot << 3 | rpl)
         return sels
 
@@ -408,8 +471,13 @@ class Vmm:
         """Translate the unit at guest EIP `guest` into a new CCF."""
         unit = Unit(guest, self.tc_next + len(INDIRECT_ENTRY))
         code = bytearray()
-        exits: list[tuple[int, int]] = []  # (offset of a rel32 field in code, guest target)
-        # In-TC emulations' slow paths: (rel32 field, guest EIP, next guest EIP, offset to resume at)
+        # Jumps to pad slots, filled in once the unit is known to fit: (offset of the rel32
+        # field in code, guest target) for continuations, (offset of the rel32 field, guest
+        # EIP, next guest EIP, offset to resume at) for callouts.
+        exits: list[tuple[int, int]] = []
+        callouts: list[tuple[int, int, int, int]] = []
+        # In-TC emulations' slow paths, callouts placed after the CCF: (offset of the rel32
+        # field of the template's conditional jump, guest EIP, next guest EIP, offset to resume at)
         slow_paths: list[tuple[int, int, int, int]] = []
         pc = guest
         ended = False
@@ -439,13 +507,12 @@ class Vmm:
                 if "eax_saved" in marks:
                     eax_at = start + marks["eax_saved"]
                 ended = rule != "inline"
-            else:  # callout
-                ended = FORMS[d.form].ends_block if d.form else True
-                site_id = len(self.sites) + 1
-                code += enc.mov_gs_imm32(C["V_SITE"], site_id)
-                code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
-                self.sites[site_id] = Site(pc, d.next, unit.host + len(code), unit)
-                ended = True  # state may change: the unit ends, and resumes through a continuation
+            else:  # callout: state may change, so the unit ends and resumes through a continuation
+                start = len(code)
+                body, links, _ = self._instance(None, "callout_exit", unit.host + start)
+                code += body
+                callouts += [(start + field_off, pc, d.next, len(code)) for field_off, _ in links]
+                ended = True
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
             self._start_hosts.append(host)
@@ -459,28 +526,28 @@ class Vmm:
             body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
             exits += [(len(code) + field_off, pc) for field_off, _ in links]
             code += body
-        # Continuation stubs, one per exit; each jump into them is a patch site for chaining.
-        for field_off, target in exits:
-            stub = unit.host + len(code)
-            site_addr = unit.host + field_off
-            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
-            self.exit_stubs[site_addr] = stub  # where an unlinked site jumps again
-            code += enc.mov_gs_imm32(C["V_NEXT"], target)
-            code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
-            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
-        # Slow paths: a callout of the instruction itself, resuming after its template.
         for field_off, pc_at, next_guest, resume_off in slow_paths:
-            stub = unit.host + len(code)
-            site_addr = unit.host + field_off
-            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
-            site_id = len(self.sites) + 1
-            code += enc.mov_gs_imm32(C["V_SITE"], site_id)
-            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
-            self.sites[site_id] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            stub = len(code)
+            body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off) for link_off, _ in links]
+            code += body
+            code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
-        if unit.host + len(code) > VMM_BASE + VMM_SIZE:
+        full = unit.host + len(code) > VMM_BASE + VMM_SIZE
+        if full or len(exits) > self.exit_pool.available() or len(callouts) > self.callout_pool.available():
             self.flush_translations()
             return self.translate(guest)
+        # Each exit jumps to a slot of its own; each jump to an exit pad slot is a patch site.
+        for field_off, target in exits:
+            ex = Exit(unit.host + field_off, target, self.exit_pool.take(), unit)
+            self._point_at_slot(code, field_off, unit.host, EXIT_PAD + ex.slot * PAD_SLOT)
+            self.exits[ex.slot] = self.patch_sites[ex.site] = ex
+            unit.exit_slots.append(ex.slot)
+        for field_off, pc_at, next_guest, resume_off in callouts:
+            slot = self.callout_pool.take()
+            self._point_at_slot(code, field_off, unit.host, CALLOUT_PAD + slot * PAD_SLOT)
+            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
         self.tc_next = (unit.host + len(code) + 15) & ~15
@@ -492,30 +559,32 @@ class Vmm:
         self._index_unit(unit)
         return unit
 
+    @staticmethod
+    def _point_at_slot(code: bytearray, field_off: int, host: int, slot_address: int) -> None:
+        """Fill the rel32 field at `field_off` of a unit placed at `host` to reach a pad slot."""
+        code[field_off : field_off + 4] = _U32.pack((slot_address - (host + field_off + 4)) & M32)
+
     def rule_for(self, d: Decoded) -> tuple[str, str]:
-        """The rule this instance is translated by, and why when it is not the spec's own."""
-        if d.form is None:
-            return "ident", "undefined opcode: the hardware raises #UD, and the interpreter confirms it"
-        if d.lock_invalid:
-            return "callout", "invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec"
-        rule = RULES[d.form][0]
-        if d.eip in self.callout_override:
-            return "callout", "adaptive: it trapped often, so it was retranslated as a callout"
-        if d.form in self.rule_overrides:
-            return "callout", "forced to a callout by Vmm(rule_overrides=...)"
-        if self.mode == "trap":
-            if rule in ("ident", "trap"):
-                return rule, ""
-            return "callout", "trap mode: the kernel runs untranslated; this is where it exits"
-        if 0x65 in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem"):
-            return "callout", "it uses GS, which is the VMM's: emulated"
-        if rule in ("ident", "trap") and self._touches_vmm_area(d):
-            return "callout", "its address lies in the VMM's area: emulated"
-        if rule in ("direct", "indirect", "inline") and not self._template_applies(d, rule):
-            return "callout", "its template does not cover this operand or address size, stack or form"
-        if rule == "trap":
-            return "ident", "copied; left to trap when the hardware faults"
-        return rule, ""
+        """The rule this instance is translated by, and why when it is not the spec's own: the
+        spec's `choose` clauses (spec/vmm.r1) over the facts below."""
+        own = RULES[d.form][0] if d.form is not None else "ident"
+        rule, reason, _source = choose_rule(own, lambda name: self.FACTS[name](self, d))
+        return rule, reason
+
+    def _uses_gs(self, d: Decoded) -> bool:
+        return GS_PREFIX in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem")
+
+    # The spec's facts (FACTS in generated/rules.py), each answered for an instance.
+    FACTS: ClassVar[dict[str, Callable[[Vmm, Decoded], bool]]] = {
+        "undefined": lambda vmm, d: d.form is None,
+        "invalid_lock": lambda vmm, d: d.lock_invalid,
+        "adaptive": lambda vmm, d: d.eip in vmm.callout_override,
+        "forced": lambda vmm, d: d.form in vmm.rule_overrides,
+        "trap_mode": lambda vmm, d: vmm.mode == "trap",
+        "uses_gs": lambda vmm, d: vmm._uses_gs(d),
+        "vmm_address": lambda vmm, d: vmm._touches_vmm_area(d),
+        "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
+    }
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
         """An absolute address in the VMM area: a ModRM disp32 (the decoder's `ea` is then an
@@ -601,30 +670,51 @@ class Vmm:
         self.vmm_write(off, struct.pack("<II", guest, host))
 
     def patch(self, site_addr: int, target_host: int) -> None:
+        """Chain a continuation: its jump goes straight to the target's CCF from now on. Only a
+        patch site the VMM recorded, in a unit still in the TC, is ever written."""
+        ex = self.patch_sites.get(site_addr)
+        if ex is None or not ex.unit.live:
+            raise VMStop("vmm", f"refused to patch {site_addr:#x}: not a live patch site of the TC")
         rel = (target_host - (site_addr + 4)) & M32
         self.host.write32(self.tc_phys(site_addr), rel)
         self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
         self.stats["chained_links"] += 1
 
     def flush_translations(self) -> None:
-        """Drop every CCF (the TC is full)."""
-        for u in self.by_host.values():
-            u.live = False
+        """Drop every CCF (the TC or an exit pad is full)."""
         self.units.clear()
-        self.by_host.clear()
-        self.units_on_page.clear()
-        self.units_on_linear.clear()
-        self.exit_stubs.clear()
         self.unit_starts.clear()
         self.guest_starts.clear()
         self._start_hosts.clear()
-        self.sites.clear()
+        self._forget_all_exits()
         self.tc_next = VMM_BASE + C["VMM_TC"]
         self._clear_hash()
         self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
         for p in list(self.code_pages):
             self.unprotect_code_page(p)
         self.stats["tc_flushes"] += 1
+
+    def _forget_all_exits(self) -> None:
+        """Every unit leaves the TC: none of its exits, patch sites or callouts is live any more."""
+        for u in self.by_host.values():
+            u.live = False
+        self.by_host.clear()
+        self.units_on_page.clear()
+        self.units_on_linear.clear()
+        self.exits.clear()
+        self.patch_sites.clear()
+        self.sites.clear()
+        self.exit_pool.reset()
+        self.callout_pool.reset()
+
+    def _forget_patch_sites(self, unit: Unit, start: int, end: int) -> None:
+        """The unit's bytes in [start, end) were overwritten: patch sites there are gone."""
+        for slot in list(unit.exit_slots):
+            ex = self.exits[slot]
+            if start <= ex.site < end:
+                del self.exits[slot], self.patch_sites[ex.site]
+                unit.exit_slots.remove(slot)
+                self.exit_pool.give_back(slot)
 
     def locate(self, host_eip: int) -> tuple[Unit, tuple] | None:
         """The CCF and guest instruction a TC address belongs to."""
@@ -661,18 +751,13 @@ class Vmm:
         for lpage in unit.maps:
             self.units_on_linear.setdefault(lpage, set()).add(unit)
 
-    def link(self, site_addr: int, unit: Unit) -> None:
-        """Chain a continuation's jump site to `unit`, and remember it, to unlink it when the
-        unit is dropped."""
-        self.patch(site_addr, unit.host)
-        unit.incoming.append(site_addr)
-
     def invalidate_unit(self, unit: Unit) -> None:
-        """Drop one CCF: nothing reaches it any more. The hash table forgets it, every chained
-        jump into it goes back to its continuation stub (which translates the guest target
-        again), and its pages stop being watched for it. Its code stays in the TC, unreachable,
-        until the TC is flushed; a unit running while its own code is written leaves it at
-        once (a trap or a callout re-enters at a fresh translation of the next instruction)."""
+        """Drop one CCF: nothing reaches it any more. The hash table forgets it; every chained
+        jump into it goes back to its own exit pad slot (whose exit translates the guest target
+        again); its own exit and callout slots are given back; its pages stop being watched for
+        it. Its code stays in the TC, unreachable, until the TC is flushed. A unit running while
+        its own code is written leaves it at once: a trap or a callout re-enters at a fresh
+        translation of the next instruction (a callout resumes only into a live unit)."""
         if not unit.live:
             return
         unit.live = False
@@ -683,11 +768,20 @@ class Vmm:
         if self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == unit.host - len(INDIRECT_ENTRY):
             self.vmm_write(entry, struct.pack("<II", (~unit.guest) & 0xFFFF, 0))
         for site_addr in unit.incoming:
-            stub = self.exit_stubs.get(site_addr)
-            if stub is not None and self.host.read32(self.tc_phys(site_addr)) == (unit.host - (site_addr + 4)) & M32:
-                self.host.write32(self.tc_phys(site_addr), (stub - (site_addr + 4)) & M32)
+            ex = self.patch_sites.get(site_addr)
+            if ex is None or not ex.unit.live:
+                continue  # a jump in a unit dropped already
+            if self.host.read32(self.tc_phys(site_addr)) == (unit.host - (site_addr + 4)) & M32:
+                slot_address = EXIT_PAD + ex.slot * PAD_SLOT
+                self.host.write32(self.tc_phys(site_addr), (slot_address - (site_addr + 4)) & M32)
                 self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
         unit.incoming.clear()
+        self._forget_patch_sites(unit, unit.host, unit.host + unit.size)
+        for slot in unit.callout_slots:
+            if self.sites.get(slot) is not None and self.sites[slot].unit is unit:
+                del self.sites[slot]
+                self.callout_pool.give_back(slot)
+        unit.callout_slots.clear()
         for page in unit.pages:
             units = self.units_on_page.get(page)
             if units is not None:
@@ -852,24 +946,76 @@ class Vmm:
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
-    def _on_translate_exit(self, uc, address, size, _user) -> None:
-        guest = self.vmm_read32(C["V_NEXT"])
-        site = self.vmm_read32(C["V_SITE"])
+    def _on_exit_slot(self, uc, address: int, size: int, _user) -> None:
+        """A continuation was taken: translate its target, chain its jump there, go there."""
+        ex = self._recorded(self.exits, EXIT_PAD, address, "exit")
+        if ex is None:
+            return
+        if ex.target in self.stop_addresses:
+            self._exit_to_vmm("stop", ex.target)
+            return
+        unit = self._translated_for_exit(ex.target)
+        if unit is None:
+            return
+        if ex.unit.live:  # (translating the target may have flushed the TC, this exit's unit too)
+            try:
+                self.patch(ex.site, unit.host)
+            except VMStop as stop:
+                self._exit_to_vmm("vmstop", stop)
+                return
+            unit.incoming.append(ex.site)  # unlinked again if `unit` is dropped
+        self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
+        self.vmm_write32(C["V_JUMP"], unit.host)
+        self.stats["translator_entries"] += 1
+
+    def _on_lookup_miss(self, uc, address: int, size: int, _user) -> None:
+        """An indirect branch whose guest target (in EAX) has no CCF in the hash table yet."""
+        if self.pending is not None:  # already on the way out (after a refusal)
+            return
+        if self.direct:
+            self._refuse(f"direct execution reached the VMM's lookup miss at {address:#x}")
+            return
+        guest = uc.reg_read(X.UC_X86_REG_EAX)
+        uc.reg_write(X.UC_X86_REG_EAX, self.vmm_read32(C["V_SAVE_EAX"]))  # the guest's own EAX
+        self.stats["indirect_misses"] += 1
         if guest in self.stop_addresses:
             self._exit_to_vmm("stop", guest)
             return
-        try:
-            unit = self.unit_for(guest)
-        except Fault as f:
-            self._exit_to_vmm("fetch-fault", (guest, f))
+        unit = self._translated_for_exit(guest)
+        if unit is None:
             return
-        if site in self.exit_stubs:  # a jump site of a unit in the TC (not one a TC flush just dropped)
-            self.link(site, unit)
-        elif not site:
-            self.stats["indirect_misses"] += 1
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
+
+    def _translated_for_exit(self, guest: int) -> Unit | None:
+        try:
+            return self.unit_for(guest)
+        except Fault as f:
+            self._exit_to_vmm("fetch-fault", (guest, f))
+            return None
+
+    def _recorded(self, records: dict, pad: int, address: int, what: str):
+        """The record of the pad slot at `address`, or None after a VM stop: the slot must be
+        entered at its start, from translated code, and belong to a unit still in the TC."""
+        slot, into = divmod(address - pad, PAD_SLOT)
+        record = records.get(slot)
+        if not into and record is not None and record.unit.live and self.pending is None and not self.direct:
+            return record  # (the one case translated code makes: checked first, it is on every exit)
+        if self.pending is not None:  # already on the way out (after a refusal): keep its reason
+            pass
+        elif self.direct:
+            self._refuse(f"direct execution reached the VMM's {what} pad at {address:#x}")
+        elif into:
+            self._refuse(f"the {what} pad entered at {address:#x}, inside slot {slot}")
+        else:
+            self._refuse(f"{what} pad slot {slot} ({address:#x}) taken, but no live {what} owns it")
+        return None
+
+    def _refuse(self, reason: str) -> None:
+        """Something reached the VMM's stubs in a way translated code never does: stop the VM."""
+        self.stats["refused_exits"] += 1
+        self._exit_to_vmm("vmstop", VMStop("vmm", reason))
 
     def _exit_to_vmm(self, why: str, what: object) -> None:
         self.pending = (why, what)
@@ -879,8 +1025,12 @@ class Vmm:
     def _on_vmm_exit(self, uc, address, size, _user) -> None:
         uc.emu_stop()
 
-    def _on_callout(self, uc, address, size, _user) -> None:
-        site = self.sites[self.vmm_read32(C["V_SITE"])]
+    def _on_callout(self, uc, address: int, size: int, _user) -> None:
+        """A callout's own slot: the guest's registers and flags are in the vcpu page (template
+        callout_exit); emulate its instruction and choose where the slot's jump goes."""
+        site = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
+        if site is None:
+            return
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
         m.regs[:] = regs
@@ -932,8 +1082,8 @@ class Vmm:
         if S.eip == site.next_guest and site.unit.live:
             self.vmm_write32(C["V_JUMP"], site.resume)
             return
-        # Elsewhere, or its own unit was dropped by the callout (it wrote its code, or changed
-        # its mapping): the rest comes from a fresh translation.
+        # Elsewhere, or the callout flushed the TC (it wrote a page of translated code): the
+        # next guest instruction comes from a fresh translation, never from a dropped unit.
         try:
             unit = self.unit_for(S.eip)
         except Fault as f:
@@ -963,8 +1113,6 @@ class Vmm:
         where = None
         if self.direct:
             guest_eip = host_eip
-        elif L["callout_entry"] <= host_eip < L["callout_hook"]:
-            guest_eip = self.sites[self.vmm_read32(C["V_SITE"])].guest  # saving its registers faulted
         elif host_eip >= VMM_BASE + C["VMM_TC"]:
             where = self.locate(host_eip)
             if where is None:
@@ -1051,16 +1199,17 @@ class Vmm:
         """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
         self.callout_override.add(guest_eip)
         for start, old in list(self.units.items()):
-            if old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
+            if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
                 new = self.translate(start)
-                if not old.live:
-                    break  # the TC filled up and was flushed: `old` is gone, and its bytes reused
-                old.forwarded_to = new
-                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
-                self.uc.ctl_remove_cache(old.host, old.host + 5)
                 self.units[start] = new
                 self.stats["retranslations"] += 1
+                if not old.live:  # translating flushed the TC: there is nothing left to forward
+                    continue
+                old.forwarded_to = new
+                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
+                self._forget_patch_sites(old, old.host, old.host + enc.JMP_SIZE)
+                self.uc.ctl_remove_cache(old.host, old.host + enc.JMP_SIZE)
 
     # ------------------------------------------------------------ running
 
