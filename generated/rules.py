@@ -962,7 +962,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'callout_exit': {  # spec/vmm.r1:394
+    'callout_exit': {  # spec/vmm.r1:396
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -972,14 +972,14 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:384
+    'callout_slot': {  # spec/vmm.r1:385
         "placeholders": (),
         "values": (),
         "when": {},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 ff 25 04 40 01 00')],
+            (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
     'cli_virtual': {  # spec/vmm.r1:204
@@ -1094,7 +1094,17 @@ TEMPLATES = {
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 ff 25 00 40 01 00')],
+            (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
+        },
+    },
+    'forward': {  # spec/vmm.r1:413
+        "placeholders": (),
+        "values": ('to',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
     'indirect_call': {  # spec/vmm.r1:344

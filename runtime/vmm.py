@@ -54,7 +54,6 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime import descriptors
-from ring1.runtime import x86enc as enc
 from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
@@ -174,11 +173,11 @@ class SlotPool:
 
 @cache
 def _pad_code(template: str, slots: int) -> bytes:
-    """A pad: `slots` copies of the template (position-independent), int3 up to PAD_SLOT bytes."""
+    """A pad: `slots` copies of the template (position-independent, PAD_SLOT bytes each)."""
     slot = b"".join(TEMPLATES[template]["variants"][()])
-    if len(slot) > PAD_SLOT:
-        raise ValueError(f"template {template} is {len(slot)} bytes: more than PAD_SLOT ({PAD_SLOT})")
-    return slot.ljust(PAD_SLOT, b"\xcc") * slots
+    if len(slot) != PAD_SLOT:
+        raise ValueError(f"template {template} is {len(slot)} bytes, not PAD_SLOT ({PAD_SLOT})")
+    return slot * slots
 
 
 class Vmm:
@@ -625,6 +624,8 @@ class Vmm:
             else:  # abs32 / rel32: a value of the instance or a stub's label
                 symbol, addend = chunk[1], chunk[2]
                 if kind == "rel32" and symbol.startswith("@"):
+                    if addend != -4:  # the caller fills target - (end of field), as for a branch
+                        raise ValueError(f"template {name}: {symbol} is not a branch's rel32 field")
                     links.append((len(out), symbol[1:]))
                     out += bytes(4)
                     continue
@@ -1080,9 +1081,13 @@ class Vmm:
                 if not old.live:  # translating flushed the TC: there is nothing left to forward
                     continue
                 old.forwarded_to = new
-                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
-                self._forget_patch_sites(old, old.host, old.host + enc.JMP_SIZE)
-                self.uc.ctl_remove_cache(old.host, old.host + enc.JMP_SIZE)
+                jump, links, _ = self._instance(None, "forward", old.host)
+                code = bytearray(jump)
+                for field_off, _name in links:
+                    code[field_off : field_off + 4] = _U32.pack((new.host - (old.host + field_off + 4)) & M32)
+                self.host.write(self.tc_phys(old.host), bytes(code))
+                self._forget_patch_sites(old, old.host, old.host + len(code))
+                self.uc.ctl_remove_cache(old.host, old.host + len(code))
 
     # ------------------------------------------------------------ running
 
