@@ -52,6 +52,7 @@ from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
+from ring1.generated.layouts import PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime import descriptors
 from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
@@ -83,7 +84,7 @@ SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xF
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
-PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
 
 _U32 = struct.Struct("<I")
 
