@@ -582,3 +582,62 @@ def format_interp(result: dict) -> str:
             f"{result['slowdown']:,.0f}x slower)",
         ]
     )
+
+
+# ---------------------------------------------------------------- start-up
+
+STARTUP_TARGET_S = 0.3  # the rooms issue's budget for one short command, wall time
+STARTUP_GUEST = "build/guests/hello.elf"
+
+
+def startup_commands(guest: str = STARTUP_GUEST) -> dict[str, list[str]]:
+    """The commands timed by `ring1 bench startup`, and the reference: the interpreter starting
+    and exiting (`python -c pass`), which no ring1 change can make faster."""
+    import sys
+
+    ring1 = [sys.executable, "-m", "ring1.runtime.cli"]
+    return {
+        "python": [sys.executable, "-c", "pass"],
+        "exec_bt": [*ring1, "exec", "--hex", "f4", "--mode", "bt"],
+        "exec_interp": [*ring1, "exec", "--hex", "f4", "--mode", "interp"],
+        "run_hello_bt": [*ring1, "run", guest, "--mode", "bt"],
+    }
+
+
+def run_startup(repeats: int = 7, guest: str = STARTUP_GUEST) -> dict:
+    """Wall time of short commands from process start to exit, each the median of `repeats`
+    runs after one warm-up. Children run as an installed ring1 does, with Python's bytecode
+    cache on (PYTHONDONTWRITEBYTECODE removed from their environment): the warm-up writes it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if not Path(guest).is_file():
+        raise BenchError(f"{guest} is missing: build the guests first (make guests)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out: dict = {"repeats": repeats, "target_s": STARTUP_TARGET_S, "commands": {}}
+    for name, argv in startup_commands(guest).items():
+        times = []
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            dt = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise BenchError(f"{name}: exit status {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
+            if i:
+                times.append(dt)
+        out["commands"][name] = {"argv": argv[1:], "wall_s": statistics.median(times)}
+    python = out["commands"]["python"]["wall_s"]
+    for rec in out["commands"].values():
+        rec["ratio_to_python"] = rec["wall_s"] / python
+        rec["within_target"] = rec["wall_s"] <= STARTUP_TARGET_S
+    return out
+
+
+def format_startup(result: dict) -> str:
+    lines = [f"{'command':<14}  {'wall':>9}  {'x python -c pass':>16}  within {result['target_s']} s"]
+    for name, rec in result["commands"].items():
+        ok = "yes" if rec["within_target"] else "NO"
+        lines.append(f"{name:<14}  {rec['wall_s'] * 1e3:>6.0f} ms  {rec['ratio_to_python']:>15.1f}x  {ok}")
+    lines.append(f"Medians of {result['repeats']} runs after a warm-up, wall time from process start to exit.")
+    return "\n".join(lines)
