@@ -53,8 +53,8 @@ from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
-from ring1.runtime.state import CS, GS, MODE_PROT, SS
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError
+from ring1.runtime.state import CS, GS, MODE_PROT, MODE_V86, SS
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -69,6 +69,7 @@ SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xF
 SEG_PREFIX = {0: 0x26, 1: 0x2E, 2: 0x36, 3: 0x3E, 4: 0x64, 5: 0x65}
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+EFLAGS_VM = 0x20000
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 
 _U32 = struct.Struct("<I")
@@ -327,9 +328,27 @@ class Vmm:
     def capture(self, host_eip: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
         uc = self.uc
+        self._adopt_hardware_v86()
         for i, rid in enumerate(GPR_IDS):
             self.m.regs[i] = uc.reg_read(rid)
         self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+
+    def _adopt_hardware_v86(self) -> None:
+        """Unicorn's IRET enters v86 mode from CPL 1 (deviation iret-v86-cpl3; x86 does so only
+        at CPL 0, and faults on the v86 CS otherwise). A kernel run directly (trap mode) that
+        IRETs to v86 code therefore has done what its IRET at virtual CPL 0 does: the virtual
+        CPU takes that v86 state (EFLAGS as popped, selectors loaded v86-style) from the
+        hardware, so the v86 code's first event is seen, and delivered, from v86 mode."""
+        if not self.direct or self.m.state.mode == MODE_V86:
+            return
+        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if not hw & EFLAGS_VM:
+            return
+        m = self.m
+        m.set_eflags(hw)
+        for s, rid in enumerate(SEG_IDS):
+            sel = self.uc.reg_read(rid)
+            m.b_set_seg(s, sel, sel << 4, 0xFFFF, 0xF3)
 
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
@@ -835,6 +854,7 @@ class Vmm:
         the hardware where it stopped, or None to re-enter the guest from the virtual state."""
         uc = self.uc
         host_eip = uc.reg_read(X.UC_X86_REG_EIP)
+        self._adopt_hardware_v86()
         S = self.m.state
         user = S.cpl == 3
         if vector == 14:
