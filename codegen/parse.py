@@ -249,6 +249,18 @@ class _ToAst(Transformer):
         return A.BitField(str(children[0]), hi, lo, self._loc(meta))
 
     @v_args(meta=True)
+    def fact(self, meta, children):
+        return A.Fact(str(children[0]), str(children[1])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def choice(self, meta, children):
+        return A.Choice(children[0], str(children[1]), str(children[2])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def choose(self, meta, children):
+        return A.Choose(list(children), self._loc(meta))
+
+    @v_args(meta=True)
     def privstate(self, meta, children):
         return A.PrivState(str(children[0]), str(children[1])[1:-1], self._loc(meta))
 
@@ -297,8 +309,9 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def template(self, meta, children):
-        lines = [str(c.children[0])[1:] if isinstance(c, Tree) else str(c)[1:] for c in children[1:]]
-        return A.Template(str(children[0]), lines, self._loc(meta))
+        tokens = [c.children[0] if isinstance(c, Tree) else c for c in children[1:]]
+        lines = [str(tok)[1:] for tok in tokens]
+        return A.Template(str(children[0]), lines, self._loc(meta), [self._loc(tok) for tok in tokens])
 
     # ------------------------------------------------------------ instructions
 
