@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import struct
 import subprocess
@@ -99,7 +100,11 @@ def test_ctrl_c_stops_exec_of_a_spinning_snippet(mode: str) -> None:
     status, out, err, took = _ctrl_c(proc, master)
     assert "Traceback" not in out + err
     assert status == 130, (status, out, err)
-    assert err.splitlines() == [f"ring1 exec: interrupted (Ctrl-C) at eip 0x00008000; mode {mode}"]
+    # The interpreter is stopped between two Python bytecodes, possibly inside a block, where
+    # EIP may already name the next instruction (0x8002 for this `jmp $`); unicorn stops between
+    # translated blocks, at the JMP.
+    eip = "0x0000800[02]" if mode == "interp" else "0x00008000"
+    assert re.fullmatch(f"ring1 exec: interrupted \\(Ctrl-C\\) at eip {eip}; mode {mode}\n", err), err
     assert "stop=interrupted" in out  # the run itself was stopped, with the state it reached
     assert took < STOP_BOUND_S
 
