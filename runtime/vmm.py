@@ -56,7 +56,7 @@ from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError
-from ring1.runtime.state import CS, GS, MODE_PROT, MODE_V86, SS
+from ring1.runtime.state import CS, GS, MODE_PROT, SS
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -358,8 +358,8 @@ class Vmm:
         IRETs to v86 code therefore has done what its IRET at virtual CPL 0 does: the virtual
         CPU takes that v86 state (EFLAGS as popped, selectors loaded v86-style) from the
         hardware, so the v86 code's first event is seen, and delivered, from v86 mode."""
-        if not self.direct or self.m.state.mode == MODE_V86:
-            return
+        if not self.direct or self.m.state.mode != MODE_PROT or self.m.state.cpl != 0:
+            return  # only the kernel's IRET (virtual CPL 0) may enter v86 mode
         hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
         if not hw & EFLAGS_VM:
             return
