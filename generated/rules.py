@@ -810,14 +810,14 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:70
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:71
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:72
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:73
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:74
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:75
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:76
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:77
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:91
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:92
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:93
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:94
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:95
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:96
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:97
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:98
 }
 
 
@@ -826,25 +826,25 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:80'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:101'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:81'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:102'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:82'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:103'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:83'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:104'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:84'
+        return rule, '', 'spec/vmm.r1:105'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:85'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:106'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:86'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:107'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:87'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:108'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:88'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:109'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:89'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:110'
     return rule, "", None
 
 
@@ -878,6 +878,7 @@ CONSTS = {
     'MSR_SYSENTER_CS': 372,
     'MSR_SYSENTER_EIP': 374,
     'MSR_SYSENTER_ESP': 373,
+    'PAD_SLOT': 8,
     'SEG_CS': 1,
     'SEG_DS': 3,
     'SEG_ES': 0,
@@ -919,6 +920,9 @@ CONSTS = {
     'VEC_UD': 6,
     'VEC_XM': 19,
     'VMM_BASE': 4290772992,
+    'VMM_CALLOUT_PAD': 1310720,
+    'VMM_CONTROL': 81920,
+    'VMM_EXIT_PAD': 655360,
     'VMM_GDT': 4096,
     'VMM_HASH': 131072,
     'VMM_IDT': 69632,
@@ -927,26 +931,24 @@ CONSTS = {
     'VMM_STACK': 77824,
     'VMM_STACK_TOP': 81920,
     'VMM_STUBS': 73728,
-    'VMM_TC': 1048576,
+    'VMM_TC': 1572864,
     'VMM_TSS': 71680,
     'VMM_VCPU': 0,
     'V_EAX': 0,
     'V_EFLAGS': 32,
     'V_ESP': 16,
     'V_HITS': 68,
-    'V_HWSEL': 120,
-    'V_JUMP': 40,
+    'V_HWSEL': 81936,
+    'V_JUMP': 81920,
     'V_JUMP2': 64,
     'V_LDTR': 112,
     'V_MSW': 108,
-    'V_NEXT': 44,
-    'V_RESTORE': 52,
+    'V_RESTORE': 81924,
     'V_SAVE_EAX': 56,
     'V_SAVE_ECX': 60,
     'V_SAVE_ESP': 80,
-    'V_SCRATCH_SP': 76,
+    'V_SCRATCH_SP': 81928,
     'V_SEL': 96,
-    'V_SITE': 48,
     'V_TR': 114,
     'V_VIRT_IF': 36,
     'V_VIRT_IOPL': 72,
@@ -960,7 +962,27 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:203
+    'callout_exit': {  # spec/vmm.r1:394
+        "placeholders": (),
+        "values": ('callout',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
+        },
+    },
+    'callout_slot': {  # spec/vmm.r1:384
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 ff 25 04 40 01 00')],
+        },
+    },
+    'cli_virtual': {  # spec/vmm.r1:204
         "placeholders": (),
         "values": (),
         "when": {},
@@ -970,7 +992,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:295
+    'direct_call': {  # spec/vmm.r1:296
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -980,7 +1002,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:289
+    'direct_jcc': {  # spec/vmm.r1:290
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {'osize': '32'},
@@ -1005,7 +1027,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:327
+    'direct_jecxz': {  # spec/vmm.r1:328
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1015,7 +1037,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:284
+    'direct_jmp': {  # spec/vmm.r1:285
         "placeholders": (),
         "values": ('target',),
         "when": {'osize': '32'},
@@ -1025,7 +1047,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:303
+    'direct_loop': {  # spec/vmm.r1:304
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1035,7 +1057,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:311
+    'direct_loope': {  # spec/vmm.r1:312
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1045,7 +1067,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:319
+    'direct_loopne': {  # spec/vmm.r1:320
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1055,7 +1077,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:370
+    'exit_next': {  # spec/vmm.r1:371
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1065,7 +1087,17 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:343
+    'exit_slot': {  # spec/vmm.r1:378
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 ff 25 00 40 01 00')],
+        },
+    },
+    'indirect_call': {  # spec/vmm.r1:344
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1075,7 +1107,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:190
+    'indirect_entry': {  # spec/vmm.r1:191
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1085,7 +1117,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:335
+    'indirect_jmp': {  # spec/vmm.r1:336
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1095,7 +1127,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:352
+    'indirect_ret': {  # spec/vmm.r1:353
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1105,7 +1137,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:360
+    'indirect_ret_imm': {  # spec/vmm.r1:361
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1115,7 +1147,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:254
+    'mov_from_sreg': {  # spec/vmm.r1:255
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1188,7 +1220,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:235
+    'popf_virtual': {  # spec/vmm.r1:236
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
@@ -1198,17 +1230,17 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:211
+    'pushf_virtual': {  # spec/vmm.r1:212
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
+            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:269
+    'sldt_virtual': {  # spec/vmm.r1:270
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1225,7 +1257,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:259
+    'smsw_virtual': {  # spec/vmm.r1:260
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1242,7 +1274,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:207
+    'sti_virtual': {  # spec/vmm.r1:208
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1252,7 +1284,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:264
+    'str_virtual': {  # spec/vmm.r1:265
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1269,14 +1301,14 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:94
+    'vmm_stubs': {  # spec/vmm.r1:115
         "placeholders": (),
         "values": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847089, 'world_switch': 4290846720},
+        "labels": {'lookup': 4290846916, 'lookup.hit': 4290846956, 'lookup_miss': 4290846949, 'restore_regs': 4290846839, 'restore_segs': 4290846803, 'vmm_exit': 4290846984, 'world_switch': 4290846720},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 82 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 4c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 66 a1 7c 00 00 00 8e d0 65 8b 25 4c 00 00 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 fe fe ff ff 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 66 a1 14 40 01 00 8e d0 65 8b 25 08 40 01 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
         },
     },
 }

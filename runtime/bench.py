@@ -34,7 +34,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.isa.assembler import assemble
 
 MODES = ("bare", "bt", "trap", "interp")
@@ -109,9 +109,9 @@ def paging_memory() -> dict[int, bytes]:
     return {PAGE_DIR: bytes(pd), PAGE_TABLE: pt}
 
 
-def gate(handler: int, kind: int = 0xE) -> bytes:
-    """A 32-bit interrupt (0xE) or trap (0xF) gate to a ring-0 handler, DPL 3."""
-    return struct.pack("<HHBBH", handler & 0xFFFF, fresh.SEL_CODE0, 0, 0xE0 | kind, handler >> 16)
+def gate(handler: int) -> bytes:
+    """A 32-bit interrupt gate to a ring-0 handler, DPL 3."""
+    return descriptors.gate(handler, fresh.SEL_CODE0, descriptors.GATE_INTERRUPT32, dpl=3)
 
 
 # ---------------------------------------------------------------- snippets

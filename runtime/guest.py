@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.platform import GuestExit, GuestPlatform
@@ -236,8 +236,8 @@ def _loader_gdt() -> bytes:
     return b"".join(
         [
             bytes(8),
-            fresh.descriptor(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 flat 32-bit code (accessed: loaded)
-            fresh.descriptor(0, 0xFFFFF, 0x93, 0xC),  # 0x10 flat 32-bit data
+            descriptors.segment(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 flat 32-bit code (accessed: loaded)
+            descriptors.segment(0, 0xFFFFF, 0x93, 0xC),  # 0x10 flat 32-bit data
         ]
     )
 

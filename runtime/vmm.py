@@ -25,6 +25,10 @@ The pieces, and where the spec comes in:
   `indirect` lookups in the TC hash table, `inline` templates, `callout` to the
   interpreter, `trap`. Instructions using GS (the VMM's) or an absolute address in the VMM
   area become callouts.
+- **Exits.** Each continuation and each callout jumps to its own slot of an exit pad; a code
+  hook over the pad knows the exit by the slot's address, and the VMM's record for it (Exit,
+  Site) says what to translate, patch or emulate. Nothing guest context can write decides
+  where the VMM jumps or what it patches: its control data is on a page read-only at CPL 1.
 - **Events.** Every exception unicorn raises comes to one dispatcher (`_on_event`): hidden
   page faults are filled and the instruction restarted; traced and protected writes are
   emulated; guest faults are re-run by the interpreter for their error code and delivered
@@ -41,14 +45,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import ClassVar
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
-from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
+from ring1.runtime import descriptors
 from ring1.runtime import x86enc as enc
 from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
@@ -64,6 +69,14 @@ STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
 L = STUBS["labels"]
+# The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
+# the common stub; the slot's address is the exit's identity, seen by a code hook over the pad.
+EXIT_PAD = VMM_BASE + C["VMM_EXIT_PAD"]
+CALLOUT_PAD = VMM_BASE + C["VMM_CALLOUT_PAD"]
+PAD_SLOT = C["PAD_SLOT"]
+EXIT_SLOTS = (C["VMM_CALLOUT_PAD"] - C["VMM_EXIT_PAD"]) // PAD_SLOT
+CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
+TC_START = VMM_BASE + C["VMM_TC"]
 POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
 TRAP_THRESHOLD = 8
@@ -94,20 +107,6 @@ def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
     return d.address_size_prefix + head + d.rm_operand(reg) + tail
 
 
-def _descriptor(base: int, limit: int, attr: int) -> bytes:
-    """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
-    raw_limit = limit >> 12 if attr & 0x8000 else limit
-    return struct.pack(
-        "<HHBBBB",
-        raw_limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        attr & 0xFF,
-        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0),
-        (base >> 24) & 0xFF,
-    )
-
-
 @dataclass
 class Unit:
     """A CCF: the translation of one unit of guest code."""
@@ -118,6 +117,20 @@ class Unit:
     insns: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # guest, host, end, rule, eax saved at
     pages: set[int] = field(default_factory=set)  # guest physical pages its code came from
     forwarded_to: Unit | None = None
+    live: bool = True  # False once dropped from the TC: its exits and callout sites are dead
+    exit_slots: list[int] = field(default_factory=list)  # its slots in the exit pad
+    callout_slots: list[int] = field(default_factory=list)  # and in the callout pad
+
+
+@dataclass
+class Exit:
+    """A continuation: a jump in a CCF (the patch site) to its own slot of the exit pad,
+    until the VMM chains it to the CCF of its guest target."""
+
+    site: int  # TC address of the jump's rel32 field
+    target: int  # the guest EIP it continues at
+    slot: int  # its slot in the exit pad
+    unit: Unit
 
 
 @dataclass
@@ -132,6 +145,41 @@ class Site:
 
 class Stats(Counter):
     pass
+
+
+class SlotPool:
+    """The slots of one exit pad: handed out to exits as units are translated, given back when
+    their unit is dropped."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.next = 0  # slots from here on were never handed out since the last reset
+        self.free: list[int] = []
+
+    def available(self) -> int:
+        return self.count - self.next + len(self.free)
+
+    def take(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.next += 1
+        return self.next - 1
+
+    def give_back(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def reset(self) -> None:
+        self.next = 0
+        self.free.clear()
+
+
+@cache
+def _pad_code(template: str, slots: int) -> bytes:
+    """A pad: `slots` copies of the template (position-independent), int3 up to PAD_SLOT bytes."""
+    slot = b"".join(TEMPLATES[template]["variants"][()])
+    if len(slot) > PAD_SLOT:
+        raise ValueError(f"template {template} is {len(slot)} bytes: more than PAD_SLOT ({PAD_SLOT})")
+    return slot.ljust(PAD_SLOT, b"\xcc") * slots
 
 
 class Vmm:
@@ -161,7 +209,14 @@ class Vmm:
         self.stats = Stats()
         self.units: dict[int, Unit] = {}
         self.unit_starts: list[int] = []  # sorted TC addresses, for mapping a host EIP back
-        self.sites: dict[int, Site] = {}
+        # What each exit is, by its pad slot: the VMM acts on these records only, never on
+        # anything guest context can write (spec/vmm.r1, the protection decision).
+        self.exits: dict[int, Exit] = {}  # exit pad slot -> continuation
+        self.patch_sites: dict[int, Exit] = {}  # TC address of a rel32 field -> its continuation
+        self.sites: dict[int, Site] = {}  # callout pad slot -> callout
+        self.exit_pool = SlotPool(EXIT_SLOTS)
+        self.callout_pool = SlotPool(CALLOUT_SLOTS)
+        self.tc_units: list[Unit] = []  # every unit in the TC, forwarded ones too
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
         self.tc_next = VMM_BASE + C["VMM_TC"]
@@ -210,7 +265,7 @@ class Vmm:
         gdt = C["VMM_GDT"]
 
         def put(sel: int, base: int, limit: int, attr: int) -> None:
-            self.vmm_write(gdt + (sel & ~7), _descriptor(base, limit, attr))
+            self.vmm_write(gdt + (sel & ~7), descriptors.from_cache(base, limit, attr))
 
         put(C["SEL_VMM_CODE"], 0, M32, 0xC09B)
         put(C["SEL_VMM_DATA"], 0, M32, 0xC093)
@@ -219,7 +274,10 @@ class Vmm:
         put(C["SEL_VMM_TSS"], VMM_BASE + C["VMM_TSS"], 0x67, 0x89)
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
+        self.vmm_write(C["VMM_EXIT_PAD"], _pad_code("exit_slot", EXIT_SLOTS))
+        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code("callout_slot", CALLOUT_SLOTS))
         self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+        self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
         self._clear_hash()
 
     def _setup_hardware(self) -> None:
@@ -245,8 +303,10 @@ class Vmm:
         self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
 
     def _setup_hooks(self) -> None:
-        self.uc.hook_add(UC_HOOK_CODE, self._on_translate_exit, None, L["translate_exit"], L["translate_exit"])
-        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, L["callout_hook"], L["callout_hook"])
+        # A hook over each pad runs only when an exit is taken: nothing else executes there.
+        self.uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, EXIT_PAD, EXIT_PAD + EXIT_SLOTS * PAD_SLOT - 1)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, L["lookup_miss"], L["lookup_miss"])
         self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
@@ -298,7 +358,7 @@ class Vmm:
             if user and s == CS:
                 attr |= 0x60
             slot = SLOT_BASE + s
-            self.vmm_write(C["VMM_GDT"] + slot * 8, _descriptor(S.base[s], S.limit[s], attr | 1))
+            self.vmm_write(C["VMM_GDT"] + slot * 8, descriptors.from_cache(S.base[s], S.limit[s], attr | 1))
             sels.append(slot << 3 | rpl)
         return sels
 
@@ -402,8 +462,13 @@ class Vmm:
         """Translate the unit at guest EIP `guest` into a new CCF."""
         unit = Unit(guest, self.tc_next + len(INDIRECT_ENTRY))
         code = bytearray()
-        exits: list[tuple[int, int]] = []  # (offset of a rel32 field in code, guest target)
-        # In-TC emulations' slow paths: (rel32 field, guest EIP, next guest EIP, offset to resume at)
+        # Jumps to pad slots, filled in once the unit is known to fit: (offset of the rel32
+        # field in code, guest target) for continuations, (offset of the rel32 field, guest
+        # EIP, next guest EIP, offset to resume at) for callouts.
+        exits: list[tuple[int, int]] = []
+        callouts: list[tuple[int, int, int, int]] = []
+        # In-TC emulations' slow paths, callouts placed after the CCF: (offset of the rel32
+        # field of the template's conditional jump, guest EIP, next guest EIP, offset to resume at)
         slow_paths: list[tuple[int, int, int, int]] = []
         pc = guest
         ended = False
@@ -433,13 +498,12 @@ class Vmm:
                 if "eax_saved" in marks:
                     eax_at = start + marks["eax_saved"]
                 ended = rule != "inline"
-            else:  # callout
-                ended = FORMS[d.form].ends_block if d.form else True
-                site_id = len(self.sites) + 1
-                code += enc.mov_gs_imm32(C["V_SITE"], site_id)
-                code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
-                self.sites[site_id] = Site(pc, d.next, unit.host + len(code), unit)
-                ended = True  # state may change: the unit ends, and resumes through a continuation
+            else:  # callout: state may change, so the unit ends and resumes through a continuation
+                start = len(code)
+                body, links, _ = self._instance(None, "callout_exit", unit.host + start)
+                code += body
+                callouts += [(start + field_off, pc, d.next, len(code)) for field_off, _ in links]
+                ended = True
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
             self._start_hosts.append(host)
@@ -453,31 +517,33 @@ class Vmm:
             body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
             exits += [(len(code) + field_off, pc) for field_off, _ in links]
             code += body
-        # Continuation stubs, one per exit; each jump into them is a patch site for chaining.
-        for field_off, target in exits:
-            stub = unit.host + len(code)
-            site_addr = unit.host + field_off
-            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
-            code += enc.mov_gs_imm32(C["V_NEXT"], target)
-            code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
-            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
-        # Slow paths: a callout of the instruction itself, resuming after its template.
         for field_off, pc_at, next_guest, resume_off in slow_paths:
-            stub = unit.host + len(code)
-            site_addr = unit.host + field_off
-            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
-            site_id = len(self.sites) + 1
-            code += enc.mov_gs_imm32(C["V_SITE"], site_id)
-            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
-            self.sites[site_id] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            stub = len(code)
+            body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off) for link_off, _ in links]
+            code += body
+            code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
-        if unit.host + len(code) > VMM_BASE + VMM_SIZE:
+        full = unit.host + len(code) > VMM_BASE + VMM_SIZE
+        if full or len(exits) > self.exit_pool.available() or len(callouts) > self.callout_pool.available():
             self.flush_translations()
             return self.translate(guest)
+        # Each exit jumps to a slot of its own; each jump to an exit pad slot is a patch site.
+        for field_off, target in exits:
+            ex = Exit(unit.host + field_off, target, self.exit_pool.take(), unit)
+            self._point_at_slot(code, field_off, unit.host, EXIT_PAD + ex.slot * PAD_SLOT)
+            self.exits[ex.slot] = self.patch_sites[ex.site] = ex
+            unit.exit_slots.append(ex.slot)
+        for field_off, pc_at, next_guest, resume_off in callouts:
+            slot = self.callout_pool.take()
+            self._point_at_slot(code, field_off, unit.host, CALLOUT_PAD + slot * PAD_SLOT)
+            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
         self.tc_next = (unit.host + len(code) + 15) & ~15
         self.units[guest] = unit
+        self.tc_units.append(unit)
         self.unit_starts.append(unit.host)
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
@@ -485,6 +551,11 @@ class Vmm:
         for p in unit.pages:
             self.protect_code_page(p)
         return unit
+
+    @staticmethod
+    def _point_at_slot(code: bytearray, field_off: int, host: int, slot_address: int) -> None:
+        """Fill the rel32 field at `field_off` of a unit placed at `host` to reach a pad slot."""
+        code[field_off : field_off + 4] = _U32.pack((slot_address - (host + field_off + 4)) & M32)
 
     def rule_for(self, d: Decoded) -> tuple[str, str]:
         """The rule this instance is translated by, and why when it is not the spec's own: the
@@ -592,6 +663,11 @@ class Vmm:
         self.vmm_write(off, struct.pack("<II", guest, host))
 
     def patch(self, site_addr: int, target_host: int) -> None:
+        """Chain a continuation: its jump goes straight to the target's CCF from now on. Only a
+        patch site the VMM recorded, in a unit still in the TC, is ever written."""
+        ex = self.patch_sites.get(site_addr)
+        if ex is None or not ex.unit.live:
+            raise VMStop("vmm", f"refused to patch {site_addr:#x}: not a live patch site of the TC")
         rel = (target_host - (site_addr + 4)) & M32
         self.host.write32(self.tc_phys(site_addr), rel)
         self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
@@ -603,7 +679,7 @@ class Vmm:
         self.unit_starts.clear()
         self.guest_starts.clear()
         self._start_hosts.clear()
-        self.sites.clear()
+        self._forget_all_exits()
         self.tc_next = VMM_BASE + C["VMM_TC"]
         self._clear_hash()
         self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
@@ -611,6 +687,26 @@ class Vmm:
             self.unprotect_code_page(p)
         self.m.flush_blocks()
         self.stats["tc_flushes"] += 1
+
+    def _forget_all_exits(self) -> None:
+        """Every unit leaves the TC: none of its exits, patch sites or callouts is live any more."""
+        for u in self.tc_units:
+            u.live = False
+        self.tc_units.clear()
+        self.exits.clear()
+        self.patch_sites.clear()
+        self.sites.clear()
+        self.exit_pool.reset()
+        self.callout_pool.reset()
+
+    def _forget_patch_sites(self, unit: Unit, start: int, end: int) -> None:
+        """The unit's bytes in [start, end) were overwritten: patch sites there are gone."""
+        for slot in list(unit.exit_slots):
+            ex = self.exits[slot]
+            if start <= ex.site < end:
+                del self.exits[slot], self.patch_sites[ex.site]
+                unit.exit_slots.remove(slot)
+                self.exit_pool.give_back(slot)
 
     def locate(self, host_eip: int) -> tuple[Unit, tuple] | None:
         """The CCF and guest instruction a TC address belongs to."""
@@ -750,24 +846,75 @@ class Vmm:
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
-    def _on_translate_exit(self, uc, address, size, _user) -> None:
-        guest = self.vmm_read32(C["V_NEXT"])
-        site = self.vmm_read32(C["V_SITE"])
+    def _on_exit_slot(self, uc, address: int, size: int, _user) -> None:
+        """A continuation was taken: translate its target, chain its jump there, go there."""
+        ex = self._recorded(self.exits, EXIT_PAD, address, "exit")
+        if ex is None:
+            return
+        if ex.target in self.stop_addresses:
+            self._exit_to_vmm("stop", ex.target)
+            return
+        unit = self._translated_for_exit(ex.target)
+        if unit is None:
+            return
+        if ex.unit.live:  # (translating the target may have flushed the TC, this exit's unit too)
+            try:
+                self.patch(ex.site, unit.host)
+            except VMStop as stop:
+                self._exit_to_vmm("vmstop", stop)
+                return
+        self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
+        self.vmm_write32(C["V_JUMP"], unit.host)
+        self.stats["translator_entries"] += 1
+
+    def _on_lookup_miss(self, uc, address: int, size: int, _user) -> None:
+        """An indirect branch whose guest target (in EAX) has no CCF in the hash table yet."""
+        if self.pending is not None:  # already on the way out (after a refusal)
+            return
+        if self.direct:
+            self._refuse(f"direct execution reached the VMM's lookup miss at {address:#x}")
+            return
+        guest = uc.reg_read(X.UC_X86_REG_EAX)
+        uc.reg_write(X.UC_X86_REG_EAX, self.vmm_read32(C["V_SAVE_EAX"]))  # the guest's own EAX
+        self.stats["indirect_misses"] += 1
         if guest in self.stop_addresses:
             self._exit_to_vmm("stop", guest)
             return
-        try:
-            unit = self.unit_for(guest)
-        except Fault as f:
-            self._exit_to_vmm("fetch-fault", (guest, f))
+        unit = self._translated_for_exit(guest)
+        if unit is None:
             return
-        if site:
-            self.patch(site, unit.host)
-        else:
-            self.stats["indirect_misses"] += 1
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
+
+    def _translated_for_exit(self, guest: int) -> Unit | None:
+        try:
+            return self.unit_for(guest)
+        except Fault as f:
+            self._exit_to_vmm("fetch-fault", (guest, f))
+            return None
+
+    def _recorded(self, records: dict, pad: int, address: int, what: str):
+        """The record of the pad slot at `address`, or None after a VM stop: the slot must be
+        entered at its start, from translated code, and belong to a unit still in the TC."""
+        slot, into = divmod(address - pad, PAD_SLOT)
+        record = records.get(slot)
+        if not into and record is not None and record.unit.live and self.pending is None and not self.direct:
+            return record  # (the one case translated code makes: checked first, it is on every exit)
+        if self.pending is not None:  # already on the way out (after a refusal): keep its reason
+            pass
+        elif self.direct:
+            self._refuse(f"direct execution reached the VMM's {what} pad at {address:#x}")
+        elif into:
+            self._refuse(f"the {what} pad entered at {address:#x}, inside slot {slot}")
+        else:
+            self._refuse(f"{what} pad slot {slot} ({address:#x}) taken, but no live {what} owns it")
+        return None
+
+    def _refuse(self, reason: str) -> None:
+        """Something reached the VMM's stubs in a way translated code never does: stop the VM."""
+        self.stats["refused_exits"] += 1
+        self._exit_to_vmm("vmstop", VMStop("vmm", reason))
 
     def _exit_to_vmm(self, why: str, what: object) -> None:
         self.pending = (why, what)
@@ -777,8 +924,12 @@ class Vmm:
     def _on_vmm_exit(self, uc, address, size, _user) -> None:
         uc.emu_stop()
 
-    def _on_callout(self, uc, address, size, _user) -> None:
-        site = self.sites[self.vmm_read32(C["V_SITE"])]
+    def _on_callout(self, uc, address: int, size: int, _user) -> None:
+        """A callout's own slot: the guest's registers and flags are in the vcpu page (template
+        callout_exit); emulate its instruction and choose where the slot's jump goes."""
+        site = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
+        if site is None:
+            return
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
         m.regs[:] = regs
@@ -827,9 +978,11 @@ class Vmm:
         if S.eip in self.stop_addresses:
             self._exit_to_vmm("stop", S.eip)
             return
-        if S.eip == site.next_guest:
+        if S.eip == site.next_guest and site.unit.live:
             self.vmm_write32(C["V_JUMP"], site.resume)
             return
+        # Elsewhere, or the callout flushed the TC (it wrote a page of translated code): the
+        # next guest instruction comes from a fresh translation, never from a dropped unit.
         try:
             unit = self.unit_for(S.eip)
         except Fault as f:
@@ -860,8 +1013,6 @@ class Vmm:
         where = None
         if self.direct:
             guest_eip = host_eip
-        elif L["callout_entry"] <= host_eip < L["callout_hook"]:
-            guest_eip = self.sites[self.vmm_read32(C["V_SITE"])].guest  # saving its registers faulted
         elif host_eip >= VMM_BASE + C["VMM_TC"]:
             where = self.locate(host_eip)
             if where is None:
@@ -941,14 +1092,17 @@ class Vmm:
         """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
         self.callout_override.add(guest_eip)
         for start, old in list(self.units.items()):
-            if old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
+            if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
                 new = self.translate(start)
-                old.forwarded_to = new
-                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
-                self.uc.ctl_remove_cache(old.host, old.host + 5)
                 self.units[start] = new
                 self.stats["retranslations"] += 1
+                if not old.live:  # translating flushed the TC: there is nothing left to forward
+                    continue
+                old.forwarded_to = new
+                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
+                self._forget_patch_sites(old, old.host, old.host + enc.JMP_SIZE)
+                self.uc.ctl_remove_cache(old.host, old.host + enc.JMP_SIZE)
 
     # ------------------------------------------------------------ running
 

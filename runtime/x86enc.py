@@ -2,8 +2,8 @@
 
 Everything else it emits is either a copy of the guest's own bytes (IDENT) or a template
 the spec assembled with GNU as (generated/rules.py). These are the shapes whose operands are
-only known at translation time: branches to continuation stubs, stores of an immediate
-into the vcpu page, pushes of a guest return address, and loads of a guest operand.
+only known at translation time: jumps to the exit pads' slots and to forwarded CCFs, pushes
+of a guest return address, and loads of a guest operand.
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ def jmp(at: int, target: int) -> bytes:
 def jcc(at: int, cc: int, target: int) -> bytes:
     """j<cc> rel32 (0F 80+cc)."""
     return bytes([0x0F, 0x80 | cc]) + rel32(at, 6, target)
-
-
-def mov_gs_imm32(offset: int, value: int) -> bytes:
-    """mov dword [gs:offset], imm32."""
-    return bytes([GS, 0xC7, 0x05]) + struct.pack("<II", offset & 0xFFFFFFFF, value & 0xFFFFFFFF)
 
 
 def mov_gs_from_eax(offset: int) -> bytes:
