@@ -116,17 +116,17 @@ RULES = {
     'CALL_RMv': ('indirect', 'call', (), ()),  # spec/control.r1:150
     'RET_NEAR': ('indirect', 'ret', (), ()),  # spec/control.r1:169
     'RET_NEAR_Iw': ('indirect', 'ret_imm', (), ()),  # spec/control.r1:178
-    'JMP_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:334
-    'JMP_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:345
-    'CALL_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:355
-    'CALL_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:366
-    'RET_FAR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:376
-    'RET_FAR_Iw': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:386
-    'INT_Ib': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:398
-    'INT3': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:410
-    'INTO': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:420
-    'ICEBP': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:431
-    'BOUND': ('ident', None, (), ()),  # spec/control.r1:442
+    'JMP_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:340
+    'JMP_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:351
+    'CALL_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:361
+    'CALL_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:372
+    'RET_FAR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:382
+    'RET_FAR_Iw': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:392
+    'INT_Ib': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:404
+    'INT3': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:416
+    'INTO': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:426
+    'ICEBP': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:437
+    'BOUND': ('ident', None, (), ()),  # spec/control.r1:448
     'MOV_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:19
     'MOV_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:28
     'MOV_Rb_RMb': ('ident', None, (), ()),  # spec/datamov.r1:37

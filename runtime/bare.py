@@ -75,6 +75,9 @@ class BareMachine:
     def run(self, max_insns: int | None = None) -> BareStop:
         uc = self.cpu.uc
         S = self.interp.state
+        if max_insns == 0:  # unicorn's count=0 would mean "no limit"
+            read_into_machine(uc, self.interp)
+            return BareStop("limit")
         while True:
             eip = uc.reg_read(X.UC_X86_REG_EIP)
             if (S.base[1] + eip) & 0xFFFFFFFF in self.stop_addresses:

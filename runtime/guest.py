@@ -28,6 +28,8 @@ Low-memory layout the loader uses (the kernel may reclaim it all):
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import time
 from collections import Counter
@@ -290,7 +292,13 @@ def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline:
     if memory_size % 0x1000 or memory_size < 2 << 20:
         raise ImageError("the VM needs at least 2 MB of memory, in whole pages")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
+                raise ImageError("is a directory")
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                # A device or a pipe may never end (/dev/zero): a kernel image is a file.
+                raise ImageError("not a regular file")
+            data = f.read()
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except OSError as err:

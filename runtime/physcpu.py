@@ -14,12 +14,24 @@ point is covered by tests/test_physcpu.py:
   The latch lives in the saved context; `clear_exception_latch` saves the context, writes
   -1 into it and restores it. Its offset is found once per process by diffing two contexts
   taken around a known fault (`_latch_offset`), not hard-coded.
+- Ctrl-C: while unicorn runs translated code it holds the main thread in C (`emu_start`),
+  where Python's signal handlers never run, so a spinning guest would ignore SIGINT.
+  `catch_interrupts` arms a handler and a watcher thread woken by the signal (through
+  `signal.set_wakeup_fd`) that calls `emu_stop` on every CPU inside `emu_start`; the CPU's
+  `emu_start` then raises KeyboardInterrupt, which every engine turns into the "interrupted"
+  stop. The handler itself never raises inside a unicorn hook (an exception escaping a
+  ctypes callback is printed, not propagated): there it only stops the CPU.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import struct
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -66,6 +78,8 @@ class PhysicalCpu:
         self.memory = memory
         self.platform = platform
         self.uc = Uc(UC_ARCH_X86, UC_MODE_16 if real_mode else UC_MODE_32)
+        # Every emu_start (the VMM calls uc.emu_start itself) goes through the Ctrl-C guard.
+        self.uc.emu_start = _interruptible_start(self.uc)  # type: ignore[method-assign]
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
         self.event: CpuEvent | None = None
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
@@ -114,6 +128,93 @@ class PhysicalCpu:
         self.uc.context_restore(ctx)
 
 
+# ---------------------------------------------------------------- Ctrl-C
+
+
+class _Interrupts:
+    """Process-wide: whether Ctrl-C was pressed, and the CPUs now inside emu_start."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.running: list[Uc] = []  # a stack: a hook may (in principle) start another CPU
+        self.armed = False
+
+
+INTERRUPTS = _Interrupts()
+RESTOP_SECONDS = 0.02  # how often the watcher repeats emu_stop until the CPU has left emu_start
+
+
+def _interruptible_start(uc: Uc) -> Callable[..., None]:
+    plain_start = uc.emu_start
+
+    def emu_start(begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
+        state = INTERRUPTS
+        # Listed before the check: a watcher that sets `requested` after the check finds
+        # this CPU in `running` and keeps stopping it until it is out of emu_start.
+        state.running.append(uc)
+        try:
+            if state.requested:  # pressed between two runs: do not start another
+                raise KeyboardInterrupt
+            plain_start(begin, until, timeout, count)
+        finally:
+            state.running.pop()
+        if state.requested:
+            raise KeyboardInterrupt
+
+    return emu_start
+
+
+def _stop_running_cpus() -> None:
+    for uc in list(INTERRUPTS.running):
+        uc.emu_stop()
+
+
+def _on_sigint(_signum: int, _frame: object) -> None:
+    INTERRUPTS.requested = True
+    if INTERRUPTS.running:
+        # We are inside a unicorn hook (Python code under emu_start): stop the CPU; its
+        # emu_start raises KeyboardInterrupt once it returns.
+        _stop_running_cpus()
+        return
+    raise KeyboardInterrupt
+
+
+def _watch(read_fd: int) -> None:
+    """Woken by the C-level signal handler's write to the wakeup fd, even while the main
+    thread is inside emu_start. emu_stop is repeated until the CPU has left emu_start:
+    a stop that lands just before unicorn starts running is reset by uc_emu_start."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGINT not in data:
+            continue
+        INTERRUPTS.requested = True
+        while INTERRUPTS.running:
+            _stop_running_cpus()
+            time.sleep(RESTOP_SECONDS)
+
+
+def catch_interrupts() -> None:
+    """Make Ctrl-C stop a run promptly, as a KeyboardInterrupt out of the engine, whether the
+    guest runs in Python (the interpreter) or in unicorn. Main thread only; idempotent."""
+    if INTERRUPTS.armed:
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # set_wakeup_fd requires it
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(read_fd,), name="ring1-ctrl-c", daemon=True).start()
+    INTERRUPTS.armed = True
+
+
+def interrupt_requested() -> bool:
+    return INTERRUPTS.requested
+
+
 @cache
 def _latch_offset() -> int:
     """Find the latch in unicorn's saved context: the int that goes from -1 to 13 across a #GP."""
@@ -149,4 +250,4 @@ def _raw(ctx) -> bytes:
     return ctypes.string_at(ctx.context, ctx.size)
 
 
-__all__ = ["STATE_IDS", "CpuEvent", "PhysicalCpu", "UcError"]
+__all__ = ["STATE_IDS", "CpuEvent", "PhysicalCpu", "UcError", "catch_interrupts", "interrupt_requested"]

@@ -23,7 +23,7 @@ class SnippetResult:
     exception: int | None  # vector of the fault or software interrupt that stopped the run
     error_code: int | None
     cr2: int | None
-    stop: str  # "end", "exception", "limit", "halt", "vmstop"
+    stop: str  # "end", "exception", "limit", "halt", "vmstop", "interrupted" (Ctrl-C)
     icount: int
     diagnosis: str | None = None
     memory: bytes | None = None  # guest physical memory at the end, when the caller asked for it
@@ -105,7 +105,11 @@ def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_m
     m = interp_machine(spec)
     m.stop_on_event = True
     m.stop_addresses = {fresh.CODE + len(spec.code)}
-    r = m.run(max_insns)
+    try:
+        r = m.run(max_insns)
+    except KeyboardInterrupt:
+        memory = bytes(m.mem.view) if keep_memory else None
+        return SnippetResult(state_of(m), None, None, None, "interrupted", m.state.icount, None, memory)
     vector = err = cr2 = None
     diagnosis = None
     stop = {"stop-address": "end", "limit": "limit", "halt": "halt", "event": "exception", "vmstop": "vmstop"}[r.reason]
@@ -225,15 +229,26 @@ def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_
     cpu = unicorn_machine(spec)
     end = fresh.CODE + len(spec.code)
     diagnosis = None
+    interrupted = False
     try:
-        ev = cpu.run(fresh.CODE, end, count=max_insns)
+        if max_insns == 0:  # count=0 means "no limit" to unicorn; a budget of zero runs nothing
+            from unicorn import x86_const as X
+
+            cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh.CODE)  # where emu_start would have begun
+            ev = None
+        else:
+            ev = cpu.run(fresh.CODE, end, count=max_insns)
     except UcError as err:
         ev = None
         diagnosis = f"unicorn stopped: {err}"
+    except KeyboardInterrupt:
+        ev, interrupted = None, True
     values = cpu.read_state()
     names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
     regs = dict(zip(names, values, strict=True))
-    if diagnosis:
+    if interrupted:
+        stop = "interrupted"
+    elif diagnosis:
         stop = "vmstop"
     elif ev is not None:
         stop = "exception"
@@ -259,7 +274,10 @@ def run_vmm(
     interp_machine(spec, vmm.m)
     vmm.stop_on_event = True
     vmm.stop_addresses = {fresh.CODE + len(spec.code)}
-    why, what = vmm.run(max_insns)
+    try:
+        why, what = vmm.run(max_insns)
+    except KeyboardInterrupt:  # the guest state is the virtual CPU's as last captured
+        why, what = "interrupted", None
     m = vmm.m
     vector = err = cr2 = None
     diagnosis = None

@@ -60,7 +60,7 @@ from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
 
 C = CONSTS
@@ -83,6 +83,7 @@ TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+EFLAGS_VM = 0x20000
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
 
@@ -406,9 +407,27 @@ class Vmm:
     def capture(self, host_eip: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
         uc = self.uc
+        self._adopt_hardware_v86()
         for i, rid in enumerate(GPR_IDS):
             self.m.regs[i] = uc.reg_read(rid)
         self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+
+    def _adopt_hardware_v86(self) -> None:
+        """Unicorn's IRET enters v86 mode from CPL 1 (deviation iret-v86-cpl3; x86 does so only
+        at CPL 0, and faults on the v86 CS otherwise). A kernel run directly (trap mode) that
+        IRETs to v86 code therefore has done what its IRET at virtual CPL 0 does: the virtual
+        CPU takes that v86 state (EFLAGS as popped, selectors loaded v86-style) from the
+        hardware, so the v86 code's first event is seen, and delivered, from v86 mode."""
+        if not self.direct or self.m.state.mode != MODE_PROT or self.m.state.cpl != 0:
+            return  # only the kernel's IRET (virtual CPL 0) may enter v86 mode
+        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if not hw & EFLAGS_VM:
+            return
+        m = self.m
+        m.set_eflags(hw)
+        for s, rid in enumerate(SEG_IDS):
+            sel = self.uc.reg_read(rid)
+            m.b_set_seg(s, sel, sel << 4, 0xFFFF, 0xF3)
 
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
@@ -985,6 +1004,7 @@ class Vmm:
         the hardware where it stopped, or None to re-enter the guest from the virtual state."""
         uc = self.uc
         host_eip = uc.reg_read(X.UC_X86_REG_EIP)
+        self._adopt_hardware_v86()
         S = self.m.state
         user = S.cpl == 3
         if vector == 14:
