@@ -131,21 +131,20 @@ _ENTER_RING3 = 0x7E00  # a ring-0 stub (below HANDLER) that IRETs into the snipp
 
 
 def _ring3_stub(esp: int, eflags: int) -> bytes:
-    import struct
+    """Six instructions at ring 0 that IRET into the snippet at CPL 3 with its ESP and EFLAGS."""
+    from ring1.runtime.isa.assembler import assemble
 
-    return (
-        b"\x6a"
-        + bytes([fresh.SEL_DATA3])
-        + b"\x68"
-        + struct.pack("<I", esp)
-        + b"\x68"
-        + struct.pack("<I", eflags)
-        + b"\x6a"
-        + bytes([fresh.SEL_CODE3])
-        + b"\x68"
-        + struct.pack("<I", fresh.CODE)
-        + b"\xcf"
-    )
+    return assemble(
+        f"""
+        push {fresh.SEL_DATA3:#x}   # SS
+        push {esp:#x}               # ESP
+        push {eflags:#x}            # EFLAGS
+        push {fresh.SEL_CODE3:#x}   # CS
+        push {fresh.CODE:#x}        # EIP
+        iretd
+        """,
+        origin=_ENTER_RING3,
+    ).code
 
 
 def unicorn_machine(spec: fresh.FreshSpec):
