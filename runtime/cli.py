@@ -263,6 +263,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench.run_interp_bench(quick=args.quick, repeats=args.repeats)
         print(json.dumps(result, indent=1) if args.json else bench.format_interp(result))
         return 0
+    if args.bench_command == "startup":
+        if args.repeats < 1:
+            print("ring1 bench startup: --repeats must be at least 1", file=sys.stderr)
+            return 2
+        try:
+            result = bench.run_startup(args.repeats, args.guest)
+        except bench.BenchError as err:
+            print(f"ring1 bench startup: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=1) if args.json else bench.format_startup(result))
+        return 0
 
     def listed(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
         if not values:
@@ -424,6 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--modes", nargs="+", metavar="MODE", help="bare, bt, trap, interp (default: all)")
     bn.add_argument("--only", nargs="+", metavar="NAME", help="benchmark names (default: all)")
     bn.add_argument("--no-ladder", action="store_true", help="skip the CLI ladder")
+    bs = bsub.add_parser(
+        "startup",
+        help="wall time of short commands (exec of one instruction, run of the hello guest) against python -c pass",
+    )
+    bs.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    bs.add_argument("--repeats", type=int, default=7, metavar="N", help="runs per command; the median is kept")
+    bs.add_argument("--guest", default="build/guests/hello.elf", help="the image `run` boots (make guests)")
     bench.set_defaults(func=cmd_bench)
 
     args = p.parse_args(argv)
