@@ -24,15 +24,16 @@ from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import PhysicalCpu, UcError
+from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 
 
 @dataclass
 class BareStop:
-    reason: str  # "halt", "limit", "vmstop", "stop-address"
+    reason: str  # "halt", "limit", "vmstop", "stop-address", "event" (with stop_on_event)
     vmstop: VMStop | None = None
+    event: GuestEvent | None = None
 
 
 class BareMachine:
@@ -44,6 +45,7 @@ class BareMachine:
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
+        self.stop_on_event = False  # report the first guest event instead of delivering it
 
     # ------------------------------------------------------------ state
 
@@ -99,6 +101,12 @@ class BareMachine:
                     S.halted = True
                     return BareStop("halt")
                 return BareStop("limit")
+            if self.stop_on_event:
+                read_into_machine(uc, self.interp)
+                try:
+                    return BareStop("event", event=self.classify(ev.vector))
+                except VMStop as stop:
+                    return BareStop("vmstop", stop)
             try:
                 self.deliver(ev.vector)
             except VMStop as stop:
@@ -145,29 +153,65 @@ class BareMachine:
         self.event_time += time.perf_counter() - started
 
 
-__all__ = ["EVENT_EXCEPTION", "BareMachine", "BareStop"]
+__all__ = ["EVENT_EXCEPTION", "BareEngine", "BareMachine", "BareStop"]
 
 
-def run_bare(image, platform, max_insns, stats):
-    """The `ring1 run --mode bare` engine."""
-    from ring1.runtime import guest
+class BareEngine:
+    """The `bare` mode behind the engine interface (ring1.runtime.engines)."""
 
-    bm = BareMachine(image.memory_size, platform)
-    guest.interp_boot(image, platform, bm.interp)
-    bm.load_from_interp()
-    started = time.perf_counter()
-    try:
-        r = bm.run(max_insns)
-    except KeyboardInterrupt:
-        r = None
-    elapsed = time.perf_counter() - started
-    stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
-    stats.add("events_delivered", "exceptions and interrupts delivered", sum(bm.events.values()))
-    stats.add("event_time_s", "time delivering them (in Python)", round(bm.event_time, 6), "s")
-    stats.add("io_operations", "I/O operations", platform.io_total())
-    stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
-    m = bm.interp
-    if r is None:
-        read_into_machine(bm.cpu.uc, m)
-        return guest.engine_stop(m, "interrupted", None, max_insns, "bare engine")
-    return guest.engine_stop(m, r.reason, r.vmstop, max_insns, "bare engine")
+    def __init__(self, mode: str, memory_size: int, platform: Platform | None = None) -> None:
+        self.mode = mode
+        self.bare = BareMachine(memory_size, platform)
+        self.machine = self.bare.interp
+
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.bare.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.bare.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.bare.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.bare.stop_on_event = on
+
+    def start(self) -> None:
+        self.bare.load_from_interp()
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        """Only EIP and the GPRs go to unicorn (rewriting CR0 or CR3 would drop its translations)."""
+        uc = self.bare.cpu.uc
+        uc.reg_write(X.UC_X86_REG_EIP, eip)
+        for i, value in regs.items():
+            uc.reg_write(GPR_IDS[i], value)
+
+    def run(self, max_insns: int | None = None):
+        from ring1.runtime.engines import Outcome
+
+        try:
+            r = self.bare.run(max_insns)
+        except KeyboardInterrupt:
+            read_into_machine(self.bare.cpu.uc, self.machine)
+            return Outcome("interrupted")
+        return Outcome(r.reason, r.event, r.vmstop)
+
+    def counters(self) -> dict[str, int]:
+        return {"events_delivered": sum(self.bare.events.values())}
+
+    def figures(self, stats, elapsed: float) -> None:
+        bm = self.bare
+        stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+        stats.add("events_delivered", "exceptions and interrupts delivered", sum(bm.events.values()))
+        stats.add("event_time_s", "time delivering them (in Python)", round(bm.event_time, 6), "s")
+        stats.add("io_operations", "I/O operations", bm.platform.io_total())
+        stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
+
+    def stop(self, outcome, max_insns: int | None):
+        from ring1.runtime import guest
+
+        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "bare engine")

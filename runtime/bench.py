@@ -238,68 +238,32 @@ def ladder_loop() -> Loop:
 
 
 class Runner:
-    """A fresh machine in one mode with a loop in memory. `run(n)` runs n iterations and returns
-    the seconds spent; the first run starts at the prologue, later ones at the loop head."""
+    """A fresh machine in one mode (an engine of ring1.runtime.engines) with a loop in memory.
+    `run(n)` runs n iterations and returns the seconds spent; the first run starts at the
+    prologue, later ones at the loop head."""
 
     def __init__(self, mode: str, built: Built, rule_overrides: dict[str, str] | None = None) -> None:
+        from ring1.runtime import engines
+        from ring1.runtime.snippet import interp_machine
+
         self.mode = mode
         self.built = built
         self.entry = fresh.CODE
         self.runs = 0
-        spec = built.spec
-        if mode == "interp":
-            from ring1.runtime.snippet import interp_machine
-
-            self.m = interp_machine(spec)
-            self.m.stop_addresses = {built.end}
-        elif mode == "bare":
-            from ring1.runtime.bare import BareMachine
-            from ring1.runtime.snippet import interp_machine
-
-            self.bm = BareMachine(fresh.MEMORY_SIZE)
-            interp_machine(spec, self.bm.interp)
-            self.bm.load_from_interp()
-            self.bm.stop_addresses = {built.end}
-        elif mode in ("bt", "trap"):
-            from ring1.runtime.snippet import interp_machine
-            from ring1.runtime.vmm import Vmm
-
-            self.vmm = Vmm(fresh.MEMORY_SIZE, mode=mode, rule_overrides=rule_overrides)
-            interp_machine(spec, self.vmm.m)
-            self.vmm.stop_addresses = {built.end}
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
+        options = {"rule_overrides": rule_overrides} if rule_overrides else {}
+        self.engine = engines.create(mode, fresh.MEMORY_SIZE, **options)
+        interp_machine(built.spec, self.engine.machine)
+        self.engine.start()
+        self.engine.stop_addresses = {built.end}
 
     def run(self, n: int) -> float:
-        entry, end = self.entry, self.built.end
-        if self.mode == "interp":
-            m = self.m
-            m.state.eip = entry
-            m.regs[1], m.regs[4] = n, fresh.STACK_TOP
-            t0 = clock()
-            r = m.run(None)
-            dt = clock() - t0
-            ok, why = r.reason == "stop-address" and m.state.eip == end, r.reason
-        elif self.mode == "bare":
-            from unicorn import x86_const as X
-
-            uc = self.bm.cpu.uc
-            uc.reg_write(X.UC_X86_REG_EIP, entry)
-            uc.reg_write(X.UC_X86_REG_ECX, n)
-            uc.reg_write(X.UC_X86_REG_ESP, fresh.STACK_TOP)
-            t0 = clock()
-            r = self.bm.run()
-            dt = clock() - t0
-            ok, why = r.reason == "stop-address", f"{r.reason} {r.vmstop or ''}".strip()
-        else:
-            m = self.vmm.m
-            m.state.eip = entry
-            m.regs[1], m.regs[4] = n, fresh.STACK_TOP
-            t0 = clock()
-            stop, what = self.vmm.run(None)
-            dt = clock() - t0
-            ok, why = stop == "stop" and m.state.eip == end, f"{stop} {what or ''}".strip()
-        if not ok:
+        engine, end = self.engine, self.built.end
+        engine.set_registers(self.entry, {1: n, 4: fresh.STACK_TOP})  # ECX: iterations; ESP
+        t0 = clock()
+        outcome = engine.run(None)
+        dt = clock() - t0
+        if outcome.reason != "stop-address" or engine.machine.state.eip != end:
+            why = f"{outcome.reason} {outcome.vmstop or outcome.event or ''}".strip()
             raise BenchError(f"{self.mode}: the loop did not reach its end ({why})")
         self.entry = self.built.head
         self.runs += 1
@@ -307,21 +271,13 @@ class Runner:
 
     def final_state(self) -> dict[str, int]:
         """The guest's GPRs, EIP and EFLAGS after the last run."""
-        if self.mode == "interp":
-            m = self.m
-        elif self.mode == "bare":
-            m = self.bm.interp  # the run ends by reading unicorn's state into it
-        else:
-            m = self.vmm.m
+        m = self.engine.machine
         regs = dict(zip(fresh.GPR_NAMES, m.regs, strict=True))
         return {**regs, "eip": m.state.eip, "eflags": m.eflags()}
 
     def counters(self) -> dict[str, int]:
-        if self.mode in ("bt", "trap"):
-            return {k: self.vmm.stats[k] for k in COUNTERS}
-        if self.mode == "bare":
-            return {"events_delivered": sum(self.bm.events.values())}
-        return {}
+        counts = self.engine.counters()
+        return {k: counts[k] for k in COUNTERS if k in counts}
 
 
 # ---------------------------------------------------------------- measuring

@@ -53,7 +53,7 @@ def _catch_interrupts() -> None:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from ring1.runtime import fresh
-    from ring1.runtime.snippet import run_interp
+    from ring1.runtime.snippet import run_snippet
 
     if not _check_budget("exec", args.max_insns):
         return 2
@@ -74,19 +74,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return 2
     spec = fresh.FreshSpec(code=code, regs=regs, cpl=args.cpl, real=args.real)
     _catch_interrupts()
-    if args.mode == "interp":
-        result = run_interp(spec, args.max_insns)
-    elif args.mode == "bare":
-        from ring1.runtime.snippet import run_unicorn
-
-        result = run_unicorn(spec, args.max_insns)
-    elif args.mode in ("bt", "trap"):
-        from ring1.runtime.snippet import run_vmm
-
-        result = run_vmm(spec, args.mode, args.max_insns)
-    else:
-        print(f"ring1 exec: mode {args.mode!r} is not available", file=sys.stderr)
-        return 2
+    result = run_snippet(spec, args.mode, args.max_insns)
     if args.json:
         print(json.dumps(result.as_json()))
     else:
@@ -121,22 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except guest.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return guest.EXIT_USAGE
-    from ring1.runtime import bare, vmm
-
-    guest.register_engine("bare", bare.run_bare)
-    guest.register_engine("bt", vmm.run_engine("bt"))
-    guest.register_engine("trap", vmm.run_engine("trap"))
-
-    engine = guest.ENGINES.get(args.mode)
-    if engine is None:
-        available = ", ".join(guest.ENGINES)
-        print(f"ring1 run: mode {args.mode} is not available yet (available: {available})", file=sys.stderr)
-        return guest.EXIT_USAGE
     platform = GuestPlatform()
     stats = guest.RunStats(args.mode)
     _catch_interrupts()
     try:
-        stop = engine(image, platform, args.max_insns, stats)
+        stop = guest.run_image(args.mode, image, platform, args.max_insns, stats)
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
         if os.environ.get("RING1_TRACEBACK"):

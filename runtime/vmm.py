@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -1323,21 +1322,86 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 
 
-def run_engine(mode: str):
-    def engine(image, platform, max_insns, stats):
+# The VMM's counts of the events that cost an exit or more (for `ring1 bench nano`).
+EVENT_COUNTERS = (
+    "world_switches",
+    "callouts",
+    "traps",
+    "events_delivered",
+    "hidden_page_faults",
+    "traced_writes",
+    "translator_entries",
+    "shadow_flushes",
+)
+
+
+class VmmEngine:
+    """The `bt` and `trap` modes behind the engine interface (ring1.runtime.engines)."""
+
+    def __init__(
+        self, mode: str, memory_size: int, platform: Platform | None = None, rule_overrides: dict | None = None
+    ) -> None:
+        self.mode = mode
+        self.vmm = Vmm(memory_size, platform, mode, rule_overrides)
+        self.machine = self.vmm.m
+
+    @classmethod
+    def around(cls, vmm: Vmm) -> VmmEngine:
+        """An engine over an existing Vmm (tests look at it afterwards)."""
+        engine = cls.__new__(cls)
+        engine.mode, engine.vmm, engine.machine = vmm.mode, vmm, vmm.m
+        return engine
+
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.vmm.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.vmm.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.vmm.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.vmm.stop_on_event = on
+
+    def start(self) -> None:
+        pass  # the VMM enters the guest from the virtual CPU at every run
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        self.machine.state.eip = eip
+        for i, value in regs.items():
+            self.machine.regs[i] = value
+
+    def run(self, max_insns: int | None = None):
+        from ring1.runtime.engines import Outcome
+
+        try:
+            why, what = self.vmm.run(max_insns)
+        except KeyboardInterrupt:
+            return Outcome("interrupted")
+        if why == "stop":
+            return Outcome("stop-address")
+        if why == "event":
+            return Outcome("event", event=what)
+        if why == "vmstop":
+            return Outcome("vmstop", vmstop=what)
+        return Outcome(why)
+
+    def counters(self) -> dict[str, int]:
+        """Every count the VMM keeps, with the ones of events that did not happen yet at 0."""
+        return {**dict.fromkeys(EVENT_COUNTERS, 0), **self.vmm.stats}
+
+    def figures(self, stats, elapsed: float) -> None:
+        figures(self.vmm, stats, elapsed)
+
+    def stop(self, outcome, max_insns: int | None):
         from ring1.runtime import guest
 
-        vmm = Vmm(image.memory_size, platform, mode)
-        guest.interp_boot(image, platform, vmm.m)
-        started = time.perf_counter()
-        try:
-            why, what = vmm.run(max_insns)
-        except KeyboardInterrupt:
-            why, what = "interrupted", None
-        figures(vmm, stats, time.perf_counter() - started)
-        return guest.engine_stop(vmm.m, why, what, max_insns, "VMM")
-
-    return engine
+        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
-__all__ = ["Vmm", "run_engine"]
+__all__ = ["Vmm", "VmmEngine"]

@@ -125,10 +125,10 @@ def test_rule_override_forces_callout() -> None:
     built = bench.build(bench.ladder_loop())
     runner = bench.Runner("bt", built, {"CLI": "callout"})
     runner.run(3)
-    assert runner.vmm.stats["callouts"] == 3 * bench.ladder_loop().unroll
+    assert runner.engine.counters()["callouts"] == 3 * bench.ladder_loop().unroll
     plain = bench.Runner("bt", built)
     plain.run(3)
-    assert plain.vmm.stats["callouts"] == 0
+    assert plain.engine.counters()["callouts"] == 0
 
 
 def test_startup_json(capsys: pytest.CaptureFixture[str], tmp_path) -> None:

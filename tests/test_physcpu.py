@@ -14,8 +14,7 @@ import struct
 import pytest
 from unicorn import x86_const as X
 
-from ring1.runtime import fresh
-from ring1.runtime.fresh import descriptor
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.hostsync import calibrate, read_into_machine
 from ring1.runtime.machine import Machine
 from ring1.runtime.memory import PhysicalMemory
@@ -38,10 +37,10 @@ def small_machine() -> PhysicalCpu:
     uc = cpu.uc
     gdt = (
         bytes(8)
-        + descriptor(0, 0xFFFFF, 0x9B, 0xC)  # 0x08 ring-0 code
-        + descriptor(0, 0xFFFFF, 0x93, 0xC)  # 0x10 ring-0 data
-        + descriptor(0, 0xFFFFF, 0xBB, 0xC)  # 0x18 ring-1 code
-        + descriptor(0, 0xFFFFF, 0xB3, 0xC)  # 0x20 ring-1 data
+        + descriptors.segment(0, 0xFFFFF, 0x9B, 0xC)  # 0x08 ring-0 code
+        + descriptors.segment(0, 0xFFFFF, 0x93, 0xC)  # 0x10 ring-0 data
+        + descriptors.segment(0, 0xFFFFF, 0xBB, 0xC)  # 0x18 ring-1 code
+        + descriptors.segment(0, 0xFFFFF, 0xB3, 0xC)  # 0x20 ring-1 data
     )
     mem.write(SMALL_GDT, gdt)
     uc.reg_write(X.UC_X86_REG_GDTR, (0, SMALL_GDT, len(gdt) - 1, 0))
