@@ -158,6 +158,11 @@ CC_OP_ADOX, CC_OP_ADCOX, CC_OP_CLR, CC_OP_POPCNT = 47, 48, 49, 50
 
 LOST, KEPT, UNDECIDABLE = "lost", "kept", "undecidable"
 
+# Unicorn's helpers for these write the flags they produce into cc_src before the instruction's
+# store: when the store faults after the load succeeded (a page mapped read-only), the flags the
+# instruction saw are gone from the CPU altogether (tests/test_physcpu.py).
+CHANGE_FLAGS_BEFORE_STORE = frozenset({"rcl", "rcr"})
+
 
 def lazy_flags_verdict(mnemonic: str, cc: int | None, cc_op: int) -> str:
     """Whether unicorn lost the flags a faulting `mnemonic` with a memory operand saw, given the
@@ -265,4 +270,12 @@ def _raw(ctx) -> bytes:
     return ctypes.string_at(ctx.context, ctx.size)
 
 
-__all__ = ["ARITH_FLAGS", "STATE_IDS", "CpuEvent", "PhysicalCpu", "UcError", "lazy_flags_verdict"]
+__all__ = [
+    "ARITH_FLAGS",
+    "CHANGE_FLAGS_BEFORE_STORE",
+    "STATE_IDS",
+    "CpuEvent",
+    "PhysicalCpu",
+    "UcError",
+    "lazy_flags_verdict",
+]

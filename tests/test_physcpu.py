@@ -348,10 +348,15 @@ def test_loope_loopne_corrupt_lazy_flags(opcode: int) -> None:
 
 
 def _paged_run_with_fault(
-    code: bytes, fault: bool, code_hook: bool = False, at_fault: Callable[[PhysicalCpu], None] | None = None
+    code: bytes,
+    fault: bool,
+    code_hook: bool = False,
+    at_fault: Callable[[PhysicalCpu], None] | None = None,
+    read_only: bool = False,
 ) -> tuple[int, int, int]:
-    """Run `code` at CPL 0 with paging on; page 0xC000 is not present when `fault`, and is
-    mapped (as the VMM's hidden page faults do) before the faulting instruction restarts.
+    """Run `code` at CPL 0 with paging on; page 0xC000 is not present when `fault` (present
+    but read-only, with CR0.WP, if `read_only`), and is mapped writable (as the VMM's hidden
+    page faults do) before the faulting instruction restarts.
     With `code_hook`, a (do-nothing) UC_HOOK_CODE covers everything. `at_fault` is called
     after each fault, when emu_start has returned (where the VMM handles it).
     Returns (faults, EBX, the dword at 0xC000)."""
@@ -365,7 +370,10 @@ def _paged_run_with_fault(
     pd, pt = 0x9000, 0xA000
     mem.write32(pd, pt | 0x7)
     for page in range(16):
-        mem.write32(pt + page * 4, 0 if (page == 0xC and fault) else page << 12 | 0x7)
+        if page == 0xC and fault:
+            mem.write32(pt + page * 4, 0xC000 | 0x5 if read_only else 0)
+        else:
+            mem.write32(pt + page * 4, page << 12 | 0x7)
     uc.reg_write(X.UC_X86_REG_CR3, pd)
     uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)
     mem.write(ENTRY, code)
@@ -618,3 +626,21 @@ def test_lazy_flags_verdict_agrees_with_unicorn() -> None:
                 assert restored == right, (name, gap.hex(), mnemonic, cc, verdict)
                 lost_seen += verdict == physcpu.LOST and tuple(plain) != right
     assert decided > 500 and lost_seen > 50
+
+
+@pytest.mark.parametrize("modrm", [0x15, 0x1D], ids=["rcl", "rcr"])
+def test_rcl_rcr_store_fault_leaves_no_trace_of_the_flags(modrm: int) -> None:
+    # sub (CF = 1); rcl/rcr byte [0xc000], 1 on a page mapped read-only: the load succeeds,
+    # unicorn's helper writes the flags it produces (CF = the bit rotated out, 0) into cc_src,
+    # then the store faults. cc_src no longer holds the CF the instruction saw, and nothing
+    # else does: the VMM translates RCL/RCR with a memory operand as callouts
+    # (physcpu.CHANGE_FLAGS_BEFORE_STORE).
+    code = SUB_1_2 + bytes([0xD0, modrm]) + FRESH + PUSHFD_POP_EBX
+    right = _paged_run_with_fault(code, fault=False)
+    assert right[2] == (0x80 if modrm == 0x1D else 1)  # CF 1 rotated in
+    seen: list[tuple[int, ...]] = []
+    faults, *lost = _paged_run_with_fault(code, fault=True, read_only=True, at_fault=_recorder(seen, _fault_state))
+    assert faults == 1 and lost[1] == 0  # CF 0 rotated in
+    _cc_op, cc_src, _eflags, _al = seen[0]
+    assert cc_src & 1 == 0  # not the CF = 1 that SUB left
+    assert "rcl" in physcpu.CHANGE_FLAGS_BEFORE_STORE and "rcr" in physcpu.CHANGE_FLAGS_BEFORE_STORE
