@@ -5,10 +5,11 @@ of sensitive instructions (`translate inline NAME`) and the VMM's own stubs (wor
 indirect-branch lookup, callout entry and exit). `make generate` assembles it once into byte
 strings in generated/rules.py; the translator only copies.
 
-The assembler is the machine's own GNU `as` (with `ld` to place blobs at their address), in
-Intel syntax without register prefixes (`.intel_syntax noprefix`): binutils is on every
-machine that can build the guests, the syntax is the SDM's, and it is the same assembler the
-guest kernels are built with, so the project needs no other tool. Comments in templates start
+The assembler is ring1's one encoder (ring1.runtime.isa.assembler): the machine's own GNU
+`as` (with `ld` to place blobs at their address), in Intel syntax without register prefixes
+(`.intel_syntax noprefix`): binutils is on every machine that can build the guests, the
+syntax is the SDM's, and it is the same assembler the guest kernels are built with, so the
+project needs no other tool. Comments in templates start
 with `#` (`;` separates statements in GNU as). Numeric local labels (`1:`, `jne 1f`) may be
 used in any template; named labels only in blobs. An assembler error is reported at the
 template line it comes from: `spec/file:line:col: error: as: ...`.
@@ -22,6 +23,9 @@ Template lines may use placeholders in braces:
   guest instruction's own r/m operand (ModRM, SIB, displacement, address size; a register
   when the guest's is one), so addressing is exact;
 - `{seg}` at the start of a line: a prefix for the segment the guest's operand uses;
+  `{addr}`: the guest instruction's address-size prefix, if it has one (LOOP with CX);
+- `{@name}:` as a whole line: a mark, whose offset the translator learns (where EAX has
+  been set aside, for translating a fault back);
 - `{@name}`: a value only the translator knows, 32 bits wide wherever the assembler puts it:
   an immediate or displacement (`push offset {@next}`, `lea esp, [esp + {@n}]`) or a branch
   target (`jmp {@target}`). The assembler leaves a relocation there, which generation turns
@@ -29,8 +33,8 @@ Template lines may use placeholders in braces:
   in-TC emulation: a callout of the guest instruction itself, placed after the CCF, that
   comes back after the template. The stubs' labels (`jmp lookup`) are filled the same way.
 A first line `when osize=32 mod=reg src#=0..5` limits the template to instances with that
-operand size (`asize=` address size), ModRM form and register number range; the translator
-makes the others callouts.
+operand size (`asize=` address size, `stack=` the stack's size), ModRM form and register
+number range; the translator makes the others callouts.
 A template whose first line is `org {ADDRESS}` is a blob placed at that address; its labels
 (`name:` lines) are exported with their addresses.
 """
@@ -39,14 +43,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ring1.codegen import ast as A
 from ring1.codegen.emit import Emitter
+from ring1.runtime.isa.assembler import AssemblerError, assemble
 
 GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 GPR16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
@@ -105,7 +106,7 @@ def _operand_placeholders(lines: list[str]) -> tuple[str, ...]:
     for ln in lines:
         for m in _PLACE.finditer(ln):
             n = m.group(1)
-            if not n.isupper() and n not in ("ea", "seg", "callout") and not n.startswith("@") and n not in names:
+            if not n.isupper() and n not in ("ea", "seg", "addr") and not n.startswith("@") and n not in names:
                 names.append(n)
     return tuple(names)
 
@@ -117,19 +118,12 @@ def _arith(expr: str, loc: A.Loc) -> int:
     return int(eval(expr, {"__builtins__": {}}))
 
 
-def _tool(name: str) -> str:
-    exe = shutil.which(name)
-    if exe is None:
-        raise AsmError(None, f"GNU binutils' `{name}` is needed to assemble the spec's templates (install binutils)")
-    return exe
-
-
 class _Source:
     """A GNU as source being built, with the spec location of every line that came from one."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = [".intel_syntax noprefix", ".code32", ".text"]
-        self.locs: list[A.Loc | None] = [None, None, None]
+        self.lines: list[str] = []
+        self.locs: list[A.Loc | None] = []
 
     def add(self, line: str, loc: A.Loc | None = None) -> None:
         self.lines.append(line)
@@ -193,12 +187,15 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
             raise AsmError(loc, f"template {t.name}: at most two operand placeholders, not {', '.join(used)}")
         for key, value in at.when.items():
             ranged = key.endswith("#") and key[:-1] in used and re.fullmatch(r"[0-7]\.\.[0-7]", value)
-            if key not in ("osize", "asize", "mod") and not ranged:
+            if key not in ("osize", "asize", "stack", "mod") and not ranged:
                 raise AsmError(
-                    loc, f"template {t.name}: `when {key}={value}` is not osize=, asize=, mod= or <operand>#=lo..hi"
+                    loc,
+                    f"template {t.name}: `when {key}={value}` is not osize=, asize=, stack=, mod= or <operand>#=lo..hi",
                 )
         at.placeholders = used
-        at.values = tuple(dict.fromkeys(m.group(1) for ln in lines for m in _VALUE.finditer(ln)))
+        at.values = tuple(
+            dict.fromkeys(m.group(1) for ln in lines if not re.fullmatch(r"\{@\w+\}:", ln) for m in _VALUE.finditer(ln))
+        )
         plan[t.name] = {}
         for combo in itertools.product(*(range(_placeholder_range(u)) for u in used)):
             key = tuple(combo)
@@ -224,10 +221,16 @@ def assemble_all(spec) -> dict[str, AssembledTemplate]:
                         ln = ln.replace("{cc}", CC_SUFFIXES[r])
                         continue
                     ln = ln.replace(f"{{{p}16}}", GPR16[r]).replace(f"{{{p}#}}", str(r)).replace(f"{{{p}}}", GPR32[r])
-                if ln.startswith("{seg}"):
+                mark = re.fullmatch(r"\{@([a-z_][a-z0-9_]*)\}:", ln)
+                if mark:
                     flush()
-                    chunks.append(("seg",))
-                    ln = ln[len("{seg}") :].strip()
+                    chunks.append(("mark", mark.group(1)))
+                    continue
+                for prefix in ("seg", "addr"):
+                    if ln.startswith(f"{{{prefix}}}"):
+                        flush()
+                        chunks.append((prefix,))
+                        ln = ln[len(prefix) + 2 :].strip()
                 ln = _VALUE.sub(lambda v: _VALUE_SYMBOL + v.group(1), ln)
                 if "{ea}" in ln:
                     flush()
@@ -288,99 +291,28 @@ def _piece(chunk: tuple, binary: bytes, symbols: dict[str, int], relocs: dict[in
     return out
 
 
-_AS_MESSAGE = re.compile(r"^[^:]*\.s:(\d+): (?:Error|Warning): (.*)$")
-
-
 def _assemble(
     src: _Source, origin: int | None, what: str, allowed: set[str] = frozenset()
 ) -> tuple[bytes, dict[str, int], dict[int, tuple]]:
-    """Assemble with `as`. A blob (`origin` given) is then linked at its address with `ld`, so
-    that absolute references to its labels are right; the other templates stay relocatable:
-    their references to values (`{@name}`) and to the stubs' labels (`allowed`) come back as
-    relocations, offset -> ("abs32" | "rel32", "@name" or label, addend). Returns the code,
-    the source's labels (relative to `origin`) and those relocations."""
-    with tempfile.TemporaryDirectory() as d:
-        asm_file, obj, elf = Path(d, "t.s"), Path(d, "t.o"), Path(d, "t.elf")
-        asm_file.write_text(src.text())
-        r = subprocess.run(
-            [_tool("as"), "--32", "--fatal-warnings", "-o", str(obj), str(asm_file)], capture_output=True, text=True
+    """Assemble with the one encoder (ring1.runtime.isa.assembler). A blob (`origin` given) is
+    linked at its address; the other templates stay relocatable: their references to values
+    (`{@name}`) and to the stubs' labels (`allowed`) come back as relocations, offset ->
+    ("abs32" | "rel32", "@name" or label, addend). Returns the code, the source's labels
+    (relative to `origin`) and those relocations. Errors name the template line."""
+    text = src.text()
+    values = set(re.findall(rf"\b{_VALUE_SYMBOL}\w+", text))
+    try:
+        out = assemble(text, origin, external=values | set(allowed))
+    except AssemblerError as e:
+        where = src.locs[e.line - 1] if e.line and e.line <= len(src.locs) else None
+        raise AsmError(where, f"template {what}: {e.message}") from None
+    relocs = {
+        offset: (
+            r.kind,
+            "@" + r.symbol[len(_VALUE_SYMBOL) :] if r.symbol.startswith(_VALUE_SYMBOL) else r.symbol,
+            r.addend,
         )
-        if r.returncode != 0:
-            for line in r.stderr.splitlines():
-                m = _AS_MESSAGE.match(line)
-                if m:
-                    n = int(m.group(1))
-                    where = src.locs[n - 1] if 0 < n <= len(src.locs) else None
-                    raise AsmError(where, f"template {what}: as: {m.group(2)}")
-            first = (r.stderr.strip().splitlines() or ["?"])[0]
-            raise AsmError(None, f"template {what}: as: {first}")
-        image = obj.read_bytes()
-        _check_defined(image, src, what, allowed)
-        if origin is None:
-            code, own = _text_and_symbols(image, 0)
-            return code, own, _relocations(image, code, src)
-        link = [_tool("ld"), "-m", "elf_i386", "-N", f"-Ttext={origin:#x}", "-e", f"{origin:#x}"]
-        r = subprocess.run([*link, "-o", str(elf), str(obj)], capture_output=True, text=True)
-        if r.returncode != 0:
-            first = (r.stderr.strip().splitlines() or ["?"])[0]
-            raise AsmError(None, f"template {what}: ld: {first}")
-        code, linked = _text_and_symbols(elf.read_bytes(), origin)
-        _, own = _text_and_symbols(image, 0)
-        return code, {name: linked[name] for name in own}, {}  # the source's labels, not the linker's
-
-
-def _relocations(image: bytes, code: bytes, src: _Source) -> dict[int, tuple]:
-    import io
-
-    from elftools.elf.elffile import ELFFile
-
-    elf = ELFFile(io.BytesIO(image))
-    rel = elf.get_section_by_name(".rel.text")
-    if rel is None:
-        return {}
-    symtab = elf.get_section(rel["sh_link"])
-    out: dict[int, tuple] = {}
-    for entry in rel.iter_relocations():
-        offset, kind = entry["r_offset"], entry["r_info_type"]
-        name = symtab.get_symbol(entry["r_info_sym"]).name
-        if kind not in (1, 2) or not name:  # R_386_32, R_386_PC32
-            raise AsmError(None, f"templates: a reference the translator cannot fill (type {kind} to {name!r})")
-        addend = int.from_bytes(code[offset : offset + 4], "little", signed=True)
-        symbol = "@" + name[len(_VALUE_SYMBOL) :] if name.startswith(_VALUE_SYMBOL) else name
-        out[offset] = ("abs32" if kind == 1 else "rel32", symbol, addend)
-    return out
-
-
-def _check_defined(image: bytes, src: _Source, what: str, allowed: set[str] = frozenset()) -> None:
-    """A label used but never defined is the template's mistake (but for values and the stubs'
-    labels, which the translator fills in): report it where it is used."""
-    import io
-
-    from elftools.elf.elffile import ELFFile
-
-    symtab = ELFFile(io.BytesIO(image)).get_section_by_name(".symtab")
-    for sym in symtab.iter_symbols() if symtab is not None else ():
-        defined = sym.name in allowed or sym.name.startswith(_VALUE_SYMBOL)
-        if sym.name and sym["st_shndx"] == "SHN_UNDEF" and not defined:
-            used = re.compile(rf"(?<![\w.]){re.escape(sym.name)}(?![\w.])")
-            uses = (loc for line, loc in zip(src.lines, src.locs, strict=True) if loc and used.search(line))
-            where = next(uses, None)
-            raise AsmError(where, f"template {what}: label {sym.name!r} is not defined")
-
-
-def _text_and_symbols(image: bytes, origin: int) -> tuple[bytes, dict[str, int]]:
-    """The .text section of an ELF file and its labels (label -> offset from `origin`)."""
-    import io
-
-    from elftools.elf.elffile import ELFFile
-
-    elf = ELFFile(io.BytesIO(image))
-    text = elf.get_section_by_name(".text")
-    code = text.data() if text is not None else b""
-    symbols: dict[str, int] = {}
-    symtab = elf.get_section_by_name(".symtab")
-    index = elf.get_section_index(".text") if text is not None else -1
-    for sym in symtab.iter_symbols() if symtab is not None else ():
-        if sym.name and sym["st_shndx"] == index and sym["st_info"]["type"] in ("STT_NOTYPE", "STT_FUNC"):
-            symbols[sym.name] = sym["st_value"] - origin
-    return code, symbols
+        for offset, r in out.relocations.items()
+    }
+    base = origin or 0
+    return out.code, {name: addr - base for name, addr in out.labels.items()}, relocs

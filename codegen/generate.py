@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from ring1.codegen import ast as A
 from ring1.codegen.decodetable import build_decode_table
 from ring1.codegen.emit import (
     STATUS_FLAGS,
@@ -199,14 +200,43 @@ def render_rules(spec: Spec, env: jinja2.Environment) -> str:
             }
         )
     consts = sorted(_const_values(spec).items())
+    choices = [
+        {
+            "test": _choice_condition(c.condition),
+            "rule": "rule" if c.rule == "own" else repr(c.rule),
+            "reason": repr(c.reason),
+            "source": repr(f"{c.loc.file}:{c.loc.line}"),
+        }
+        for c in spec.choices
+    ]
+    facts = [{"name": f.name, "doc": f.doc, "source": f"{f.loc.file}:{f.loc.line}"} for f in spec.facts.values()]
     return env.get_template("rules.py.j2").render(
-        sources=_all_sources(spec), rules=rules, templates=templates, consts=consts
+        sources=_all_sources(spec), rules=rules, templates=templates, consts=consts, choices=choices, facts=facts
     )
+
+
+def _choice_condition(e: A.Expr) -> str:
+    """A `choose` condition as Python over `fact(name)` and the form's own `rule`."""
+    match e:
+        case A.Name(name="false"):
+            return "False"
+        case A.Name(name=name):
+            return f"fact({name!r})"
+        case A.Call(func="rule", args=args):
+            return f"rule in {tuple(a.name for a in args)!r}"
+        case A.BinOp(op=op, left=left, right=right):
+            return f"({_choice_condition(left)} {op} {_choice_condition(right)})"
+        case A.UnOp(op="not", operand=operand):
+            return f"not {_choice_condition(operand)}"
+    raise A.SpecError(e.loc, "a choice's condition is facts, rule(...), and, or, not")
 
 
 def _chunk_literal(c) -> str:
     if isinstance(c, bytes):
         return f"bytes.fromhex({c.hex(' ')!r})"
+    if isinstance(c, tuple):
+        parts = [_chunk_literal(part) for part in c]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
     return repr(c)
 
 

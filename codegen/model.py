@@ -42,8 +42,10 @@ EXCEPTIONS = {  # name -> (vector, takes an error code)
 
 TRANSLATE_RULES = {
     "ident": (None,),
-    "direct": ("jmp", "jcc", "call", "loop"),
-    "indirect": ("jmp", "call", "ret"),
+    # A control transfer, followed by the name of its kind: the translator emits the template
+    # named `<rule>_<kind>` (spec/vmm.r1), whose {@target} and {@next} branches are exits.
+    "direct": "template",
+    "indirect": "template",
     "inline": None,  # followed by a template name
     "callout": (None,),
     "trap": (None,),
@@ -218,6 +220,8 @@ class Spec:
     flagfns: dict[str, A.FlagFn]
     templates: dict[str, A.Template]
     forms: list[Form]
+    facts: dict[str, A.Fact] = field(default_factory=dict)
+    choices: list[A.Choice] = field(default_factory=list)
 
     def form(self, name: str) -> Form:
         for f in self.forms:
@@ -332,6 +336,12 @@ class Resolver:
                                 item.loc, f"flagfn {item.name!r} is already defined at {s.flagfns[item.name].loc}"
                             )
                         s.flagfns[item.name] = item
+                    case A.Fact():
+                        self._declare(s.facts, item.name, item, item.loc, "fact")
+                    case A.Choose():
+                        if s.choices:
+                            raise A.SpecError(item.loc, f"one `choose` block only (the first is at {s.choices[0].loc})")
+                        s.choices = list(item.choices) or [A.Choice(A.Name(item.loc, "false"), "ident", "", item.loc)]
                     case A.Template():
                         if item.name in s.templates:
                             raise A.SpecError(item.loc, f"template {item.name!r} is already defined")
@@ -339,6 +349,7 @@ class Resolver:
                     case A.Insn():
                         insns.append((item, f.path))
         self._check_flagfns()
+        self._check_choices()
         names: dict[str, A.Loc] = {}
         for insn, path in insns:
             if insn.name in names:
@@ -599,6 +610,38 @@ class Resolver:
                 (reads if kind == "reads" else writes).append(n)
         return tuple(reads), tuple(writes)
 
+    def _check_choices(self) -> None:
+        """A choice's condition is made of declared facts, `rule(r, ...)` (the form's own rule is
+        one of them), `and`, `or` and `not`; it picks a translate rule, or `own`."""
+        rules = set(TRANSLATE_RULES)
+
+        def check(e: A.Expr) -> None:
+            match e:
+                case A.Name(name=name) if name in self.spec.facts:
+                    return
+                case A.Name(name=name):
+                    known = ", ".join(sorted(self.spec.facts)) or "none"
+                    raise A.SpecError(e.loc, f"{name!r} is not a fact (declare it with `fact`); known: {known}")
+                case A.Call(func="rule", args=args) if args:
+                    for a in args:
+                        if not isinstance(a, A.Name) or a.name not in rules:
+                            raise A.SpecError(a.loc, f"rule(...) takes translate rules: {', '.join(sorted(rules))}")
+                    return
+                case A.BinOp(op=op) if op in ("and", "or"):
+                    check(e.left)
+                    check(e.right)
+                    return
+                case A.UnOp(op="not"):
+                    check(e.operand)
+                    return
+            raise A.SpecError(e.loc, "a choice's condition is facts, rule(...), and, or, not")
+
+        for c in self.spec.choices:
+            if c.condition != A.Name(c.loc, "false"):
+                check(c.condition)
+            if c.rule not in rules and c.rule != "own":
+                raise A.SpecError(c.loc, f"{c.rule!r} is not a translate rule or `own`")
+
     def _translate(self, insn: A.Insn) -> tuple[str, str | None]:
         rule, arg, loc = insn.translate  # type: ignore[misc]
         allowed = TRANSLATE_RULES[rule]
@@ -610,8 +653,10 @@ class Resolver:
         elif allowed == (None,):
             if arg is not None:
                 raise A.SpecError(loc, f"`translate {rule}` takes no argument")
-        elif arg not in allowed:
-            raise A.SpecError(loc, f"`translate {rule}` needs one of: {', '.join(allowed)}")
+        elif arg is None or f"{rule}_{arg}" not in self.spec.templates:
+            kinds = sorted(n.removeprefix(f"{rule}_") for n in self.spec.templates if n.startswith(f"{rule}_"))
+            known = ", ".join(kinds) or "none"
+            raise A.SpecError(loc, f"`translate {rule}` needs a kind with a template {rule}_<kind>; known: {known}")
         return rule, arg
 
 

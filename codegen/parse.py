@@ -249,6 +249,18 @@ class _ToAst(Transformer):
         return A.BitField(str(children[0]), hi, lo, self._loc(meta))
 
     @v_args(meta=True)
+    def fact(self, meta, children):
+        return A.Fact(str(children[0]), str(children[1])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def choice(self, meta, children):
+        return A.Choice(children[0], str(children[1]), str(children[2])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def choose(self, meta, children):
+        return A.Choose(list(children), self._loc(meta))
+
+    @v_args(meta=True)
     def privstate(self, meta, children):
         return A.PrivState(str(children[0]), str(children[1])[1:-1], self._loc(meta))
 

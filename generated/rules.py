@@ -108,14 +108,14 @@ RULES = {
     'JCC_RELv': ('direct', 'jcc', (), ()),  # spec/control.r1:51
     'CALL_RELv': ('direct', 'call', (), ()),  # spec/control.r1:62
     'LOOP': ('direct', 'loop', (), ()),  # spec/control.r1:74
-    'LOOPE': ('direct', 'loop', (), ()),  # spec/control.r1:88
-    'LOOPNE': ('direct', 'loop', (), ()),  # spec/control.r1:103
-    'JCXZ': ('direct', 'loop', (), ()),  # spec/control.r1:118
-    'JECXZ': ('direct', 'loop', (), ()),  # spec/control.r1:128
+    'LOOPE': ('direct', 'loope', (), ()),  # spec/control.r1:88
+    'LOOPNE': ('direct', 'loopne', (), ()),  # spec/control.r1:103
+    'JCXZ': ('direct', 'jecxz', (), ()),  # spec/control.r1:118
+    'JECXZ': ('direct', 'jecxz', (), ()),  # spec/control.r1:128
     'JMP_RMv': ('indirect', 'jmp', (), ()),  # spec/control.r1:140
     'CALL_RMv': ('indirect', 'call', (), ()),  # spec/control.r1:150
     'RET_NEAR': ('indirect', 'ret', (), ()),  # spec/control.r1:169
-    'RET_NEAR_Iw': ('indirect', 'ret', (), ()),  # spec/control.r1:178
+    'RET_NEAR_Iw': ('indirect', 'ret_imm', (), ()),  # spec/control.r1:178
     'JMP_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:334
     'JMP_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:345
     'CALL_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:355
@@ -808,6 +808,49 @@ RULES = {
     'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:1453
 }
 
+# What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
+FACTS = {
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:70
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:71
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:72
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:73
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:74
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:75
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:76
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:77
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:78
+}
+
+
+def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
+    """The rule an instance is translated by: the first `choose` clause whose condition holds
+    (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
+    Returns (rule, reason, the clause's spec file:line)."""
+    if fact('undefined'):
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:81'
+    if fact('invalid_lock'):
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:82'
+    if fact('adaptive'):
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:83'
+    if fact('forced'):
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:84'
+    if (fact('trap_mode') and rule in ('ident', 'trap')):
+        return rule, '', 'spec/vmm.r1:85'
+    if fact('trap_mode'):
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:86'
+    if fact('uses_gs'):
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:87'
+    if (rule in ('ident', 'trap') and fact('vmm_address')):
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:88'
+    if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:89'
+    if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:90'
+    if rule in ('trap',):
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:91'
+    return rule, "", None
+
+
 # The spec's constants (vcpu field offsets, VMM layout, vectors...), for the runtime.
 CONSTS = {
     'CLEARED_BY_EVENT': 213248,
@@ -920,7 +963,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:174
+    'cli_virtual': {  # spec/vmm.r1:205
         "placeholders": (),
         "values": (),
         "when": {},
@@ -930,7 +973,112 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:161
+    'direct_call': {  # spec/vmm.r1:297
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_jcc': {  # spec/vmm.r1:291
+        "placeholders": ('cc',),
+        "values": ('target', 'next'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (0,): [bytes.fromhex('0f 80'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (1,): [bytes.fromhex('0f 81'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (2,): [bytes.fromhex('0f 82'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (3,): [bytes.fromhex('0f 83'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (4,): [bytes.fromhex('0f 84'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (5,): [bytes.fromhex('0f 85'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (6,): [bytes.fromhex('0f 86'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (7,): [bytes.fromhex('0f 87'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (8,): [bytes.fromhex('0f 88'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (9,): [bytes.fromhex('0f 89'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (10,): [bytes.fromhex('0f 8a'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (11,): [bytes.fromhex('0f 8b'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (12,): [bytes.fromhex('0f 8c'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (13,): [bytes.fromhex('0f 8d'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (14,): [bytes.fromhex('0f 8e'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+        },
+    },
+    'direct_jecxz': {  # spec/vmm.r1:329
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_jmp': {  # spec/vmm.r1:286
+        "placeholders": (),
+        "values": ('target',),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_loop': {  # spec/vmm.r1:305
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_loope': {  # spec/vmm.r1:313
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_loopne': {  # spec/vmm.r1:321
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'exit_next': {  # spec/vmm.r1:372
+        "placeholders": (),
+        "values": ('next',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
+        },
+    },
+    'indirect_call': {  # spec/vmm.r1:345
+        "placeholders": (),
+        "values": ('next',),
+        "when": {'osize': '32', 'asize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
+        },
+    },
+    'indirect_entry': {  # spec/vmm.r1:192
         "placeholders": (),
         "values": (),
         "when": {},
@@ -940,7 +1088,37 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:225
+    'indirect_jmp': {  # spec/vmm.r1:337
+        "placeholders": (),
+        "values": (),
+        "when": {'osize': '32', 'asize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
+        },
+    },
+    'indirect_ret': {  # spec/vmm.r1:354
+        "placeholders": (),
+        "values": (),
+        "when": {'osize': '32', 'stack': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
+        },
+    },
+    'indirect_ret_imm': {  # spec/vmm.r1:362
+        "placeholders": (),
+        "values": ('n',),
+        "when": {'osize': '32', 'stack': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
+        },
+    },
+    'mov_from_sreg': {  # spec/vmm.r1:256
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1013,7 +1191,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:206
+    'popf_virtual': {  # spec/vmm.r1:237
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
@@ -1023,7 +1201,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:182
+    'pushf_virtual': {  # spec/vmm.r1:213
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
@@ -1033,7 +1211,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:240
+    'sldt_virtual': {  # spec/vmm.r1:271
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1050,7 +1228,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:230
+    'smsw_virtual': {  # spec/vmm.r1:261
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1067,7 +1245,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:178
+    'sti_virtual': {  # spec/vmm.r1:209
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1077,7 +1255,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:235
+    'str_virtual': {  # spec/vmm.r1:266
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1094,7 +1272,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:65
+    'vmm_stubs': {  # spec/vmm.r1:96
         "placeholders": (),
         "values": (),
         "when": {},

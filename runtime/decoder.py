@@ -54,6 +54,11 @@ class Decoded:
         return self.fields.get("next", self.eip + self.length)
 
     @property
+    def condition(self) -> int | None:
+        """The condition code (0-15) of a Jcc, SETcc or CMOVcc form."""
+        return self.variant[3] if len(self.variant) > 3 else None
+
+    @property
     def segment_prefix(self) -> bytes:
         """A prefix naming the segment the memory operand uses (by override or by default)."""
         seg = self.fields.get("seg")

@@ -296,3 +296,10 @@ def test_a_budget_stops_bt_where_the_interpreter_stops(budget: int) -> None:
     assert (bt.stop, bt.regs) == (ours.stop, ours.regs)
     if budget == 100:  # ran to the end: AF survived the restart of the faulting store
         assert bt.stop == "end" and bt.regs["eax"] & 0x10
+
+
+def test_every_fact_of_the_spec_is_answered_by_the_translator() -> None:
+    from ring1.generated.rules import FACTS
+    from ring1.runtime.vmm import Vmm
+
+    assert set(Vmm.FACTS) == set(FACTS)
