@@ -79,6 +79,9 @@ class PhysicalCpu:
         self.uc = Uc(UC_ARCH_X86, UC_MODE_16 if real_mode else UC_MODE_32)
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
         self.event: CpuEvent | None = None
+        # Whether the last run counted instructions: unicorn counts with a code hook over
+        # everything, which changes how it loses flags at a fault (lazy_flags_verdict).
+        self.counting = False
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
@@ -109,6 +112,7 @@ class PhysicalCpu:
     def run(self, begin: int, until: int, count: int = 0) -> CpuEvent | None:
         """Run from linear `begin` until linear `until`, `count` instructions or an event."""
         self.event = None
+        self.counting = count > 0
         self.uc.emu_start(begin, until, 0, count)
         return self.event
 
@@ -127,10 +131,10 @@ class PhysicalCpu:
         "set{cc}" with its condition `cc`, or "rcl"): when unicorn certainly lost the arithmetic
         flags the instruction saw, write them back into EFLAGS, so that what reads EFLAGS now and
         the restarted instruction see them. Returns whether it did."""
-        if not memory_operand:
+        if not memory_operand and not self.counting:
             return False
         cc_op, cc_src = self.lazy_flags()
-        if lazy_flags_verdict(mnemonic, cc, cc_op) != LOST:
+        if lazy_flags_verdict(mnemonic, cc, cc_op, code_hooked=self.counting) != LOST:
             return False
         hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, (hw & ~ARITH_FLAGS) | (cc_src & ARITH_FLAGS))
@@ -164,7 +168,7 @@ LOST, KEPT, UNDECIDABLE = "lost", "kept", "undecidable"
 CHANGE_FLAGS_BEFORE_STORE = frozenset({"rcl", "rcr"})
 
 
-def lazy_flags_verdict(mnemonic: str, cc: int | None, cc_op: int) -> str:
+def lazy_flags_verdict(mnemonic: str, cc: int | None, cc_op: int, code_hooked: bool = False) -> str:
     """Whether unicorn lost the flags a faulting `mnemonic` with a memory operand saw, given the
     lazy operation `cc_op` found at the fault: LOST (they are in cc_src), KEPT (EFLAGS is right)
     or UNDECIDABLE. From unicorn 2.1.4's target/i386/translate.c: gen_compute_eflags, which
@@ -176,9 +180,13 @@ def lazy_flags_verdict(mnemonic: str, cc: int | None, cc_op: int) -> str:
     translation block set the flags) or not (the block began after the last one): for
     Z and S after arithmetic, and BE, L, LE after SUB/CMP, the first computes nothing and
     the second loses the flags, and the state at the fault is the same either way
-    (tests/test_physcpu.py shows two such programs)."""
+    (tests/test_physcpu.py shows two such programs). With a code hook over the instruction
+    (`code_hooked`: emu_start's count is one), unicorn computes the flags into cc_src before
+    every instruction, so any instruction that faults has lost them."""
     if cc_op in (CC_OP_EFLAGS, CC_OP_CLR):
         return KEPT  # cc_src is the flags (EFLAGS), or the flags ignore it (CLR)
+    if code_hooked:
+        return LOST
     if mnemonic in ("rcl", "rcr"):
         return LOST
     if mnemonic != "set{cc}" or cc is None:

@@ -845,7 +845,7 @@ class Vmm:
         host_eip = uc.reg_read(X.UC_X86_REG_EIP)
         S = self.m.state
         user = S.cpl == 3
-        self._flags_as_first_seen(host_eip)
+        self._flags_as_first_seen(host_eip, vector)
         if vector == 14:
             cr2 = uc.reg_read(X.UC_X86_REG_CR2)
             if cr2 < VMM_BASE and self._hidden_fault(cr2):
@@ -905,7 +905,7 @@ class Vmm:
             return "halt"
         return None
 
-    def _flags_as_first_seen(self, host_eip: int) -> None:
+    def _flags_as_first_seen(self, host_eip: int, vector: int) -> None:
         """Before anything reads EFLAGS or the instruction restarts, give the faulting instruction
         the flags it saw the first time. Faulting again where it was just restarted, with the same
         registers (it did not complete: a store after a load that filled a page read-only), it
@@ -917,12 +917,21 @@ class Vmm:
                 self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
                 self.stats["lost_flags_restored"] += 1
         elif self.direct:
-            self._restore_flags_unicorn_lost(host_eip)
+            self._restore_flags_unicorn_lost(host_eip, vector)
 
-    def _restore_flags_unicorn_lost(self, eip: int) -> None:
+    def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> None:
         """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags):
         put them back before anything reads EFLAGS or the instruction restarts. Only for the
-        guest's own code run directly; translated code settles them before such instructions."""
+        guest's own code run directly; translated code settles them before such instructions.
+        Not after INT n, which leaves EIP at the next instruction, not at a faulting one."""
+        S = self.m.state
+        eip_before, S.eip = S.eip, eip
+        try:
+            soft = soft_interrupt_before(self.m, vector)
+        finally:
+            S.eip = eip_before
+        if soft is not None:
+            return
         try:
             d, _pages = self.m.decode_at(eip)
         except Fault:

@@ -353,10 +353,11 @@ def _paged_run_with_fault(
     code_hook: bool = False,
     at_fault: Callable[[PhysicalCpu], None] | None = None,
     read_only: bool = False,
+    count: int = 0,
 ) -> tuple[int, int, int]:
     """Run `code` at CPL 0 with paging on; page 0xC000 is not present when `fault` (present
     but read-only, with CR0.WP, if `read_only`), and is mapped writable (as the VMM's hidden
-    page faults do) before the faulting instruction restarts.
+    page faults do) before the faulting instruction restarts. `count` is emu_start's.
     With `code_hook`, a (do-nothing) UC_HOOK_CODE covers everything. `at_fault` is called
     after each fault, when emu_start has returned (where the VMM handles it).
     Returns (faults, EBX, the dword at 0xC000)."""
@@ -378,7 +379,7 @@ def _paged_run_with_fault(
     uc.reg_write(X.UC_X86_REG_CR0, 0x80010011)
     mem.write(ENTRY, code)
     faults = 0
-    ev = cpu.run(ENTRY, ENTRY + len(code))
+    ev = cpu.run(ENTRY, ENTRY + len(code), count)
     while ev is not None:
         assert ev.vector == 14 and ev.cr2 == 0xC000
         faults += 1
@@ -387,7 +388,7 @@ def _paged_run_with_fault(
         mem.write32(pt + 0xC * 4, 0xC000 | 0x7)
         uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
         cpu.clear_exception_latch()
-        ev = cpu.run(uc.reg_read(X.UC_X86_REG_EIP), ENTRY + len(code))
+        ev = cpu.run(uc.reg_read(X.UC_X86_REG_EIP), ENTRY + len(code), count)
     return faults, uc.reg_read(X.UC_X86_REG_EBX), mem.read32(0xC000)
 
 
@@ -472,6 +473,11 @@ def test_a_code_hook_makes_a_restarted_instruction_lose_af() -> None:
     assert _paged_run_with_fault(code, fault=True)[:2] == (1, 0x12)
     assert _paged_run_with_fault(code, fault=False, code_hook=True)[:2] == (0, 0x12)
     assert _paged_run_with_fault(code, fault=True, code_hook=True)[:2] == (1, 0x2)  # AF lost
+    # emu_start's count is such a hook (bare mode counts so); after it, restore_lost_flags
+    # restores the flags of any instruction that faulted.
+    assert _paged_run_with_fault(code, fault=True, count=100)[:2] == (1, 0x2)  # AF lost
+    restore = _restore_lost("mov", None)
+    assert _paged_run_with_fault(code, fault=True, count=100, at_fault=restore)[:2] == (1, 0x12)
 
 
 # ---------------------------------------------------------------- lazy flags lost at a fault

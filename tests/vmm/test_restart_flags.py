@@ -186,3 +186,28 @@ def test_bt_translates_rcl_on_memory_as_a_callout() -> None:
 @pytest.mark.xfail(strict=True, reason="unicorn 2.1.4 keeps no trace of the flags (test_physcpu)")
 def test_trap_cannot_repair_rcl_whose_store_faults() -> None:
     assert _same_as_reference(_rcl_on_a_page_read_before(), "trap") == []
+
+
+# ---------------------------------------------------------------- faults the guest sees
+
+UNMAPPED = struct.pack("<I", 0x500000)  # past the guest's identity map: a #PF for the guest
+DELIVERED = {
+    "seto": b"\xb8\x01\x00\x00\x00\x83\xe8\x02" + b"\x0f\x90\x05" + UNMAPPED,  # sub; seto [m]
+    "rcr": b"\xb8\x01\x00\x00\x00\x83\xe8\x02" + b"\xd0\x1d" + UNMAPPED,  # sub; rcr byte [m], 1
+    "mov-after-add": b"\xb0\x01\x04\x0f" + b"\x89\x25" + UNMAPPED,  # add al, 0Fh (AF); mov [m], esp
+    "div-after-add": b"\xb9\x00\x00\x00\x00\xb0\x01\x04\x0f\xf7\xf1",  # mov ecx, 0; add al, 0Fh; div ecx
+    "int-0e-then-seto": b"\xb8\x01\x00\x00\x00\x83\xe8\x02" + b"\xcd\x0e" + b"\x0f\x90\x05" + UNMAPPED,
+}
+
+
+@pytest.mark.parametrize("case", list(DELIVERED))
+@pytest.mark.parametrize("mode", ["bare", "bt", "trap"])
+def test_flags_in_the_frame_of_a_delivered_fault(mode: str, case: str) -> None:
+    # The guest's handler (a HLT) gets the fault through its IDT: the EFLAGS pushed in the frame
+    # are the ones the faulting instruction saw. `bare` counts instructions (a code hook for
+    # unicorn), so there any faulting instruction had lost them; INT n is not a fault at the
+    # next instruction, and nothing is restored there.
+    from tests.vmm.common import run_delivering
+
+    spec = paged(DELIVERED[case])
+    assert differences(run_delivering(spec, mode), run_delivering(spec, "interp")) == []
