@@ -136,14 +136,14 @@ class BareMachine:
         SETcc and RCL/RCR on memory, any instruction when the run counts): the frame the guest's
         handler gets, and the instruction it restarts, must have them. Not after INT n."""
         m = self.interp
-        if soft_interrupt_before(m, vector) is not None:
-            return False
         try:
             d, _pages = m.decode_at(m.state.eip)
         except Fault:
             return False
         mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
         memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory) or soft_interrupt_before(m, vector) is not None:
+            return False
         return self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None)
 
     def deliver(self, vector: int) -> None:

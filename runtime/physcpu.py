@@ -126,12 +126,16 @@ class PhysicalCpu:
         raw = _raw(self.uc.context_save())
         return struct.unpack_from("<i", raw, cc_op_at)[0], struct.unpack_from("<Q", raw, cc_src_at)[0]
 
+    def may_have_lost_flags(self, mnemonic: str, memory_operand: bool) -> bool:
+        """Whether a fault in this instruction can have lost its flags (a cheap first test)."""
+        return self.counting or (memory_operand and mnemonic in COMPUTE_FLAGS_BEFORE_ACCESS)
+
     def restore_lost_flags(self, mnemonic: str, memory_operand: bool, cc: int | None) -> bool:
         """After a fault (emu_start returned) in the instruction `mnemonic` (the spec's, e.g.
         "set{cc}" with its condition `cc`, or "rcl"): when unicorn certainly lost the arithmetic
         flags the instruction saw, write them back into EFLAGS, so that what reads EFLAGS now and
         the restarted instruction see them. Returns whether it did."""
-        if not memory_operand and not self.counting:
+        if not self.may_have_lost_flags(mnemonic, memory_operand):
             return False
         cc_op, cc_src = self.lazy_flags()
         if lazy_flags_verdict(mnemonic, cc, cc_op, code_hooked=self.counting) != LOST:
@@ -161,6 +165,9 @@ CC_OP_LOGIC, CC_OP_INC, CC_OP_DEC = range(22, 26), range(26, 30), range(30, 34)
 CC_OP_ADOX, CC_OP_ADCOX, CC_OP_CLR, CC_OP_POPCNT = 47, 48, 49, 50
 
 LOST, KEPT, UNDECIDABLE = "lost", "kept", "undecidable"
+
+# What unicorn computes the flags into cc_src for before its memory access (lazy_flags_verdict).
+COMPUTE_FLAGS_BEFORE_ACCESS = frozenset({"set{cc}", "rcl", "rcr"})
 
 # Unicorn's helpers for these write the flags they produce into cc_src before the instruction's
 # store: when the store faults after the load succeeded (a page mapped read-only), the flags the

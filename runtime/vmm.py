@@ -924,22 +924,22 @@ class Vmm:
         put them back before anything reads EFLAGS or the instruction restarts. Only for the
         guest's own code run directly; translated code settles them before such instructions.
         Not after INT n, which leaves EIP at the next instruction, not at a faulting one."""
+        try:
+            d, _pages = self.m.decode_at(eip)
+        except Fault:
+            return
+        mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
+        memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory):
+            return
         S = self.m.state
         eip_before, S.eip = S.eip, eip
         try:
             soft = soft_interrupt_before(self.m, vector)
         finally:
             S.eip = eip_before
-        if soft is not None:
-            return
-        try:
-            d, _pages = self.m.decode_at(eip)
-        except Fault:
-            return
-        if d.form is not None:
-            mnemonic = FORMS[d.form].mnemonics.get(None, "")
-            if self.cpu.restore_lost_flags(mnemonic, d.variant[2] == "mem", d.variant[3]):
-                self.stats["lost_flags_restored"] += 1
+        if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
+            self.stats["lost_flags_restored"] += 1
 
     def _stop(self, reason: str) -> str:
         self.pending = ("vmstop", VMStop("vmm", reason))
