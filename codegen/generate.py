@@ -141,7 +141,42 @@ def _privilege_exc(form) -> str:
     return repr(EXCEPTIONS[exc[0]])
 
 
+def _calls(node, name: str):
+    """Every call of `name` in a statement or expression tree."""
+    if isinstance(node, A.Call) and node.func == name:
+        yield node
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _calls(item, name)
+    elif isinstance(node, (A.Expr, A.Stmt)):
+        for value in vars(node).values():
+            if isinstance(value, (A.Expr, A.Stmt, list, tuple)):
+                yield from _calls(value, name)
+
+
+def _soft_interrupt(spec: Spec, form, consts: dict[str, int]) -> str:
+    """(vector, event kind) of a form whose semantics raise a software interrupt: the vector a
+    constant or the name of the operand holding it. The VMM uses it to tell INT n from a fault
+    when unicorn reports a vector (both arrive alike)."""
+    calls = list(_calls(form.insn.semantics, "soft_interrupt")) if form.insn.semantics is not None else []
+    if not calls:
+        return "None"
+    vector, kind = calls[0].args
+
+    def value(e: A.Expr) -> int | str:
+        if isinstance(e, A.Name) and e.name in consts:
+            return consts[e.name]
+        if isinstance(e, A.Name) and any(o.name == e.name for o in form.operands):
+            return e.name
+        raise A.SpecError(e.loc, "soft_interrupt takes a constant or an operand")
+
+    return repr((value(vector), value(kind)))
+
+
 def render_forms(spec: Spec, env: jinja2.Environment) -> str:
+    from ring1.codegen.asm import _const_values
+
+    consts = _const_values(spec)
     forms = []
     for f in spec.forms:
         forms.append(
@@ -165,6 +200,7 @@ def render_forms(spec: Spec, env: jinja2.Environment) -> str:
                 "semantics": repr(f.has_semantics),
                 "ends_block": repr(ends_block(f)),
                 "xchecks": repr(tuple((k, r) for k, r, _ in f.insn.xchecks)),
+                "soft_interrupt": _soft_interrupt(spec, f, consts),
             }
         )
     return env.get_template("forms.py.j2").render(sources=_all_sources(spec), forms=forms)

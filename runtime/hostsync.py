@@ -202,14 +202,11 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
     uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
 
 
-SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}
-SOFT_VECTORS = {"INT3": 3, "INTO": 4, "ICEBP": 1}
-
-
 def soft_interrupt_before(m, vector: int):
     """Unicorn reports INT n and faults alike (a vector, no error code). A software interrupt
     leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
     or None when the event is a fault at EIP."""
+    from ring1.generated.forms import FORMS
     from ring1.runtime.decoder import Truncated, decode
     from ring1.runtime.events import Fault, Trap
 
@@ -224,10 +221,11 @@ def soft_interrupt_before(m, vector: int):
             d = decode(m.mem.read(pa, length), start, bool(S.code32))
         except Truncated:
             continue
-        if d.length == length and d.form in SOFT_KINDS:
-            soft_vector = d.fields.get("vector", SOFT_VECTORS.get(d.form))
-            if soft_vector == vector:
-                return Trap(vector, SOFT_KINDS[d.form])
+        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == length else None
+        if soft is not None:
+            soft_vector, kind = soft
+            if (d.fields[soft_vector] if isinstance(soft_vector, str) else soft_vector) == vector:
+                return Trap(vector, kind)
     return None
 
 

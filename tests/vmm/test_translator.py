@@ -303,3 +303,12 @@ def test_every_fact_of_the_spec_is_answered_by_the_translator() -> None:
     from ring1.runtime.vmm import Vmm
 
     assert set(Vmm.FACTS) == set(FACTS)
+
+
+def test_software_interrupts_are_known_from_the_spec() -> None:
+    """Unicorn reports INT n and a fault alike; the VMM tells them apart by the forms whose
+    semantics raise a software interrupt (FormInfo.soft_interrupt, from spec/control.r1)."""
+    from ring1.generated.forms import FORMS
+
+    soft = {name: f.soft_interrupt for name, f in FORMS.items() if f.soft_interrupt is not None}
+    assert soft == {"INT_Ib": ("vector", 2), "INT3": (3, 3), "INTO": (4, 4), "ICEBP": (1, 5)}
