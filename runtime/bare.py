@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from unicorn import x86_const as X
 
+from ring1.generated.forms import FORMS
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
@@ -141,10 +142,27 @@ class BareMachine:
             "disagreement", f"unicorn raised vector {vector} at eip {S.eip:#x}; the spec's semantics give {what}"
         )
 
+    def _restore_lost_flags(self, vector: int) -> bool:
+        """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags:
+        SETcc and RCL/RCR on memory, any instruction when the run counts): the frame the guest's
+        handler gets, and the instruction it restarts, must have them. Not after INT n."""
+        m = self.interp
+        try:
+            d, _pages = m.decode_at(m.state.eip)
+        except Fault:
+            return False
+        mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
+        memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory) or soft_interrupt_before(m, vector) is not None:
+            return False
+        return self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None)
+
     def deliver(self, vector: int) -> None:
         started = time.perf_counter()
         uc = self.cpu.uc
         read_into_machine(uc, self.interp)
+        if self._restore_lost_flags(vector):
+            read_into_machine(uc, self.interp)
         ev = self.classify(vector)  # re-running a page fault also sets CR2, precisely
         self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
         self.interp.deliver_event(ev)

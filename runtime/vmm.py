@@ -51,6 +51,7 @@ from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
+from ring1.generated.forms import FORMS
 from ring1.generated.layouts import PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime import descriptors
@@ -59,7 +60,7 @@ from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
 
 C = CONSTS
@@ -67,6 +68,12 @@ VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
 STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
+# CMC twice: no change to any flag, but unicorn now holds them computed (QEMU's CC_OP_EFLAGS),
+# not as a lazy operation, so a fault in the next instruction cannot lose them
+# (physcpu.lazy_flags_verdict; tests/test_physcpu.py). Put before every copied instruction that
+# reads the arithmetic flags and accesses memory.
+SETTLE_FLAGS = b"\xf5\xf5"
+ARITH_FLAG_NAMES = ("cf", "pf", "af", "zf", "sf", "of")
 L = STUBS["labels"]
 # The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
 # the common stub; the slot's address is the exit's identity, seen by a code hook over the pad.
@@ -228,6 +235,7 @@ class Vmm:
         self.pool_next = 2
         self.last_event: GuestEvent | None = None
         self.direct = False
+        self._restarted: tuple[int, tuple[int, ...], int] | None = None  # see _flags_as_first_seen
         self.until = 0xFFFFFFFF
         # A guest-instruction budget (`--max-insns`), counted only when one is asked for, by a
         # block hook: the guest instructions that begin in each block the CPU is about to run
@@ -391,6 +399,7 @@ class Vmm:
         self.stats["world_switches"] += 1
         self.cpu.event = None
         self.pending = None
+        self._restarted = None
         # Direct execution stops at `ring1 exec`'s end address by itself (translated code has a stub).
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         uc.emu_start(L["world_switch"], self.until)
@@ -401,6 +410,8 @@ class Vmm:
         self.cpu.event = None
         self.pending = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        gprs = tuple(self.uc.reg_read_batch(GPR_IDS))
+        self._restarted = (eip, gprs, self.uc.reg_read(X.UC_X86_REG_EFLAGS))
         self.uc.emu_start(eip, self.until)
 
     def capture(self, host_eip: int | None = None) -> None:
@@ -484,6 +495,8 @@ class Vmm:
             if pc in self.stop_addresses and pc != guest:
                 break
             if rule == "ident":
+                if _reads_arith_flags_from_memory(d):
+                    code += SETTLE_FLAGS
                 code += d.raw
             elif rule in ("direct", "indirect", "inline"):
                 start = len(code)
@@ -576,6 +589,7 @@ class Vmm:
         "uses_gs": lambda vmm, d: vmm._uses_gs(d),
         "vmm_address": lambda vmm, d: vmm._touches_vmm_area(d),
         "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
+        "flags_lost_at_store": lambda vmm, d: _changes_flags_before_store(d),
     }
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
@@ -1006,6 +1020,7 @@ class Vmm:
         self._adopt_hardware_v86()
         S = self.m.state
         user = S.cpl == 3
+        self._flags_as_first_seen(host_eip, vector)
         if vector == 14:
             cr2 = uc.reg_read(X.UC_X86_REG_CR2)
             if cr2 < VMM_BASE and self._hidden_fault(cr2):
@@ -1062,6 +1077,42 @@ class Vmm:
             self.pending = ("halt", None)
             return "halt"
         return None
+
+    def _flags_as_first_seen(self, host_eip: int, vector: int) -> None:
+        """Before anything reads EFLAGS or the instruction restarts, give the faulting instruction
+        the flags it saw the first time. Faulting again where it was just restarted, with the same
+        registers (it did not complete: a store after a load that filled a page read-only), it
+        gets the flags it was restarted with: unicorn's RCL/RCR change them before their store.
+        Else unicorn may have lost them at this fault (physcpu.restore_lost_flags)."""
+        again, self._restarted = self._restarted, None
+        if again is not None and again[0] == host_eip and again[1] == tuple(self.uc.reg_read_batch(GPR_IDS)):
+            if self.uc.reg_read(X.UC_X86_REG_EFLAGS) != again[2]:
+                self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
+                self.stats["lost_flags_restored"] += 1
+        elif self.direct:
+            self._restore_flags_unicorn_lost(host_eip, vector)
+
+    def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> None:
+        """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags):
+        put them back before anything reads EFLAGS or the instruction restarts. Only for the
+        guest's own code run directly; translated code settles them before such instructions.
+        Not after INT n, which leaves EIP at the next instruction, not at a faulting one."""
+        try:
+            d, _pages = self.m.decode_at(eip)
+        except Fault:
+            return
+        mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
+        memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory):
+            return
+        S = self.m.state
+        eip_before, S.eip = S.eip, eip
+        try:
+            soft = soft_interrupt_before(self.m, vector)
+        finally:
+            S.eip = eip_before
+        if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
+            self.stats["lost_flags_restored"] += 1
 
     def _stop(self, reason: str) -> str:
         self.pending = ("vmstop", VMStop("vmm", reason))
@@ -1287,6 +1338,20 @@ class Vmm:
                 return ({"stop-address": "stop"}.get(r.reason, r.reason), r.event or r.vmstop)
             if self.can_translate() or self.can_run_direct():
                 return None
+
+
+def _changes_flags_before_store(d: Decoded) -> bool:
+    """An instance unicorn changes the flags of before its store can fault (physcpu)."""
+    mnemonic = FORMS[d.form].mnemonics.get(None) if d.form else None
+    return changes_flags_before_store(mnemonic, len(d.variant) > 2 and d.variant[2] == "mem")
+
+
+def _reads_arith_flags_from_memory(d: Decoded) -> bool:
+    """The instance reads an arithmetic flag (by the spec's `flags`) and has a memory operand."""
+    if d.form is None or len(d.variant) < 3 or d.variant[2] != "mem":
+        return False
+    tested = FORMS[d.form].flags
+    return any("test" in tested.get(f, ()) for f in ARITH_FLAG_NAMES)
 
 
 def uc_eip(vmm: Vmm) -> int:
