@@ -302,10 +302,22 @@ def render_all(spec: Spec) -> dict[str, str]:
         "procs.py": render_procs(spec, env),
         "flags.py": render_flags(spec, env),
         "rules.py": render_rules(spec, env),
+        "layouts.py": render_layouts(spec, env),
     }
     for spec_file in sorted({f.file for f in spec.forms}):
         out[_module_name(spec_file) + ".py"] = render_interp(spec, env, spec_file)
     return out
+
+
+def render_layouts(spec: Spec, env: jinja2.Environment) -> str:
+    layouts = []
+    for b in spec.bits.values():
+        fields = []
+        for f in b.fields.values():
+            mask = ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
+            fields.append({"name": f.name.upper(), "mask": hex(mask), "shift": f.lo if f.hi > f.lo else None})
+        layouts.append({"name": b.name.upper(), "source": f"{b.loc.file}:{b.loc.line}", "fields": fields})
+    return env.get_template("layouts.py.j2").render(sources=_all_sources(spec), layouts=layouts)
 
 
 def render_decode(spec: Spec, env: jinja2.Environment) -> str:

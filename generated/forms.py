@@ -2322,7 +2322,7 @@ FORMS = {
     'JMP_FAR_PTR': FormInfo(
         name='JMP_FAR_PTR',
         mnemonics={None: 'ljmp'},
-        source='spec/control.r1:334',
+        source='spec/control.r1:340',
         encoding='EA cp',
         operands=(('target', 'far', 'r'),),
         width='v',
@@ -2344,7 +2344,7 @@ FORMS = {
     'JMP_FAR_M': FormInfo(
         name='JMP_FAR_M',
         mnemonics={'o16': 'ljmp', 'o32': 'jmp'},
-        source='spec/control.r1:345',
+        source='spec/control.r1:351',
         encoding='FF /5 mem',
         operands=(('target', 'mfar', 'r'),),
         width='v',
@@ -2366,7 +2366,7 @@ FORMS = {
     'CALL_FAR_PTR': FormInfo(
         name='CALL_FAR_PTR',
         mnemonics={None: 'lcall'},
-        source='spec/control.r1:355',
+        source='spec/control.r1:361',
         encoding='9A cp',
         operands=(('target', 'far', 'r'),),
         width='v',
@@ -2388,7 +2388,7 @@ FORMS = {
     'CALL_FAR_M': FormInfo(
         name='CALL_FAR_M',
         mnemonics={'o16': 'lcall', 'o32': 'call'},
-        source='spec/control.r1:366',
+        source='spec/control.r1:372',
         encoding='FF /3 mem',
         operands=(('target', 'mfar', 'r'),),
         width='v',
@@ -2410,7 +2410,7 @@ FORMS = {
     'RET_FAR': FormInfo(
         name='RET_FAR',
         mnemonics={None: 'retf'},
-        source='spec/control.r1:376',
+        source='spec/control.r1:382',
         encoding='CB',
         operands=(),
         width='v',
@@ -2432,7 +2432,7 @@ FORMS = {
     'RET_FAR_Iw': FormInfo(
         name='RET_FAR_Iw',
         mnemonics={None: 'retf'},
-        source='spec/control.r1:386',
+        source='spec/control.r1:392',
         encoding='CA iw',
         operands=(('n', 'i16', 'r'),),
         width=16,
@@ -2454,7 +2454,7 @@ FORMS = {
     'INT_Ib': FormInfo(
         name='INT_Ib',
         mnemonics={None: 'int'},
-        source='spec/control.r1:398',
+        source='spec/control.r1:404',
         encoding='CD ib',
         operands=(('vector', 'i8', 'r'),),
         width=8,
@@ -2476,7 +2476,7 @@ FORMS = {
     'INT3': FormInfo(
         name='INT3',
         mnemonics={None: 'int3'},
-        source='spec/control.r1:410',
+        source='spec/control.r1:416',
         encoding='CC',
         operands=(),
         width='v',
@@ -2498,7 +2498,7 @@ FORMS = {
     'INTO': FormInfo(
         name='INTO',
         mnemonics={None: 'into'},
-        source='spec/control.r1:420',
+        source='spec/control.r1:426',
         encoding='CE',
         operands=(),
         width='v',
@@ -2520,7 +2520,7 @@ FORMS = {
     'ICEBP': FormInfo(
         name='ICEBP',
         mnemonics={None: 'int1'},
-        source='spec/control.r1:431',
+        source='spec/control.r1:437',
         encoding='F1',
         operands=(),
         width='v',
@@ -2542,7 +2542,7 @@ FORMS = {
     'BOUND': FormInfo(
         name='BOUND',
         mnemonics={None: 'bound'},
-        source='spec/control.r1:442',
+        source='spec/control.r1:448',
         encoding='62 /r mem',
         operands=(('index', 'rv', 'r'), ('bounds', 'm', '-')),
         width='v',

@@ -161,6 +161,11 @@ def read_into_machine(uc: Uc, m) -> None:
     _, S.idtr_base, S.idtr_limit, _ = _seg(raw, L.idt)
     S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr = _seg(raw, L.ldt)
     S.tr, S.tr_base, S.tr_limit, S.tr_attr = _seg(raw, L.tr)
+    if S.tr & ~3:
+        # A loaded TR's TSS is busy (LTR marks it so). QEMU's LTR fills TR's cache before it
+        # sets the busy bit in the descriptor, so unicorn's cache still says "available", and
+        # the spec's `tss_stack` would read it as a 16-bit TSS (tests/test_v86_int.py).
+        S.tr_attr |= 0x2
     # EFLAGS through the API: unicorn keeps the arithmetic flags lazily in its context.
     m.set_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
     for s in range(6):
@@ -190,16 +195,37 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
     for rid, v in zip(GPR_IDS, m.regs, strict=True):
         uc.reg_write(rid, v)
     uc.reg_write(X.UC_X86_REG_CR2, S.cr[2])
+    eflags = m.eflags()
     if segments:
+        # Unicorn checks each selector load against its current CPL (as MOV to Sreg does), and
+        # loads v86-style while its EFLAGS.VM is set: an event that took the guest from v86
+        # mode or from CPL 3 to ring 0 needs VM cleared and the CPL lowered first.
+        was_v86 = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_VM)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
+        protected = S.cr[0] & 1 and not eflags & EFLAGS_VM
+        if protected and (was_v86 or uc.reg_read(X.UC_X86_REG_SS) & 3 > S.sel[2] & 3):
+            _lower_cpl_to_0(uc)
         for s, rid in enumerate(SEG_IDS):
             if s != 1:
                 uc.reg_write(rid, S.sel[s])
         uc.reg_write(X.UC_X86_REG_CS, S.sel[1])
-    uc.reg_write(X.UC_X86_REG_EFLAGS, m.eflags())
+    uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
     for i, v in enumerate(S.xmm):
         uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
     uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
+
+
+EFLAGS_VM = 0x20000
+
+
+def _lower_cpl_to_0(uc: Uc) -> None:
+    """QEMU takes the CPL from the DPL of the last SS loaded; with PE clear for a moment, SS
+    loads real-mode style with DPL 0. The caller then reloads every segment register."""
+    cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+    uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~1)
+    uc.reg_write(X.UC_X86_REG_SS, 0)
+    uc.reg_write(X.UC_X86_REG_CR0, cr0)
 
 
 def soft_interrupt_before(m, vector: int):

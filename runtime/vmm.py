@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,15 +63,16 @@ from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
+from ring1.generated.forms import FORMS
+from ring1.generated.layouts import PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime import descriptors
-from ring1.runtime import x86enc as enc
 from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
 from ring1.runtime.traces import CodeRanges, instruction_ranges
 
@@ -81,6 +81,12 @@ VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
 STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
+# CMC twice: no change to any flag, but unicorn now holds them computed (QEMU's CC_OP_EFLAGS),
+# not as a lazy operation, so a fault in the next instruction cannot lose them
+# (physcpu.lazy_flags_verdict; tests/test_physcpu.py). Put before every copied instruction that
+# reads the arithmetic flags and accesses memory.
+SETTLE_FLAGS = b"\xf5\xf5"
+ARITH_FLAG_NAMES = ("cf", "pf", "af", "zf", "sf", "of")
 L = STUBS["labels"]
 # The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
 # the common stub; the slot's address is the exit's identity, seen by a code hook over the pad.
@@ -97,8 +103,9 @@ TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
+EFLAGS_VM = 0x20000
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
-PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
 
 _U32 = struct.Struct("<I")
 
@@ -193,11 +200,11 @@ class SlotPool:
 
 @cache
 def _pad_code(template: str, slots: int) -> bytes:
-    """A pad: `slots` copies of the template (position-independent), int3 up to PAD_SLOT bytes."""
+    """A pad: `slots` copies of the template (position-independent, PAD_SLOT bytes each)."""
     slot = b"".join(TEMPLATES[template]["variants"][()])
-    if len(slot) > PAD_SLOT:
-        raise ValueError(f"template {template} is {len(slot)} bytes: more than PAD_SLOT ({PAD_SLOT})")
-    return slot.ljust(PAD_SLOT, b"\xcc") * slots
+    if len(slot) != PAD_SLOT:
+        raise ValueError(f"template {template} is {len(slot)} bytes, not PAD_SLOT ({PAD_SLOT})")
+    return slot * slots
 
 
 class Vmm:
@@ -256,6 +263,7 @@ class Vmm:
         self.pool_next = 2
         self.last_event: GuestEvent | None = None
         self.direct = False
+        self._restarted: tuple[int, tuple[int, ...], int] | None = None  # see _flags_as_first_seen
         self.until = 0xFFFFFFFF
         # A guest-instruction budget (`--max-insns`), counted only when one is asked for, by a
         # block hook: the guest instructions that begin in each block the CPU is about to run
@@ -419,6 +427,7 @@ class Vmm:
         self.stats["world_switches"] += 1
         self.cpu.event = None
         self.pending = None
+        self._restarted = None
         # Direct execution stops at `ring1 exec`'s end address by itself (translated code has a stub).
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         uc.emu_start(L["world_switch"], self.until)
@@ -429,14 +438,34 @@ class Vmm:
         self.cpu.event = None
         self.pending = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        gprs = tuple(self.uc.reg_read_batch(GPR_IDS))
+        self._restarted = (eip, gprs, self.uc.reg_read(X.UC_X86_REG_EFLAGS))
         self.uc.emu_start(eip, self.until)
 
     def capture(self, host_eip: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
         uc = self.uc
+        self._adopt_hardware_v86()
         for i, rid in enumerate(GPR_IDS):
             self.m.regs[i] = uc.reg_read(rid)
         self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+
+    def _adopt_hardware_v86(self) -> None:
+        """Unicorn's IRET enters v86 mode from CPL 1 (deviation iret-v86-cpl3; x86 does so only
+        at CPL 0, and faults on the v86 CS otherwise). A kernel run directly (trap mode) that
+        IRETs to v86 code therefore has done what its IRET at virtual CPL 0 does: the virtual
+        CPU takes that v86 state (EFLAGS as popped, selectors loaded v86-style) from the
+        hardware, so the v86 code's first event is seen, and delivered, from v86 mode."""
+        if not self.direct or self.m.state.mode != MODE_PROT or self.m.state.cpl != 0:
+            return  # only the kernel's IRET (virtual CPL 0) may enter v86 mode
+        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if not hw & EFLAGS_VM:
+            return
+        m = self.m
+        m.set_eflags(hw)
+        for s, rid in enumerate(SEG_IDS):
+            sel = self.uc.reg_read(rid)
+            m.b_set_seg(s, sel, sel << 4, 0xFFFF, 0xF3)
 
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
@@ -494,6 +523,8 @@ class Vmm:
             if pc in self.stop_addresses and pc != guest:
                 break
             if rule == "ident":
+                if _reads_arith_flags_from_memory(d):
+                    code += SETTLE_FLAGS
                 code += d.raw
             elif rule in ("direct", "indirect", "inline"):
                 start = len(code)
@@ -584,6 +615,7 @@ class Vmm:
         "uses_gs": lambda vmm, d: vmm._uses_gs(d),
         "vmm_address": lambda vmm, d: vmm._touches_vmm_area(d),
         "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
+        "flags_lost_at_store": lambda vmm, d: _changes_flags_before_store(d),
     }
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
@@ -651,6 +683,8 @@ class Vmm:
             else:  # abs32 / rel32: a value of the instance or a stub's label
                 symbol, addend = chunk[1], chunk[2]
                 if kind == "rel32" and symbol.startswith("@"):
+                    if addend != -4:  # the caller fills target - (end of field), as for a branch
+                        raise ValueError(f"template {name}: {symbol} is not a branch's rel32 field")
                     links.append((len(out), symbol[1:]))
                     out += bytes(4)
                     continue
@@ -1103,8 +1137,10 @@ class Vmm:
         the hardware where it stopped, or None to re-enter the guest from the virtual state."""
         uc = self.uc
         host_eip = uc.reg_read(X.UC_X86_REG_EIP)
+        self._adopt_hardware_v86()
         S = self.m.state
         user = S.cpl == 3
+        self._flags_as_first_seen(host_eip, vector)
         if vector == 14:
             cr2 = uc.reg_read(X.UC_X86_REG_CR2)
             if cr2 < VMM_BASE and self._hidden_fault(cr2):
@@ -1169,6 +1205,42 @@ class Vmm:
             return "halt"
         return None
 
+    def _flags_as_first_seen(self, host_eip: int, vector: int) -> None:
+        """Before anything reads EFLAGS or the instruction restarts, give the faulting instruction
+        the flags it saw the first time. Faulting again where it was just restarted, with the same
+        registers (it did not complete: a store after a load that filled a page read-only), it
+        gets the flags it was restarted with: unicorn's RCL/RCR change them before their store.
+        Else unicorn may have lost them at this fault (physcpu.restore_lost_flags)."""
+        again, self._restarted = self._restarted, None
+        if again is not None and again[0] == host_eip and again[1] == tuple(self.uc.reg_read_batch(GPR_IDS)):
+            if self.uc.reg_read(X.UC_X86_REG_EFLAGS) != again[2]:
+                self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
+                self.stats["lost_flags_restored"] += 1
+        elif self.direct:
+            self._restore_flags_unicorn_lost(host_eip, vector)
+
+    def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> None:
+        """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags):
+        put them back before anything reads EFLAGS or the instruction restarts. Only for the
+        guest's own code run directly; translated code settles them before such instructions.
+        Not after INT n, which leaves EIP at the next instruction, not at a faulting one."""
+        try:
+            d, _pages = self.m.decode_at(eip)
+        except Fault:
+            return
+        mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
+        memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory):
+            return
+        S = self.m.state
+        eip_before, S.eip = S.eip, eip
+        try:
+            soft = soft_interrupt_before(self.m, vector)
+        finally:
+            S.eip = eip_before
+        if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
+            self.stats["lost_flags_restored"] += 1
+
     def _stop(self, reason: str) -> str:
         self.pending = ("vmstop", VMStop("vmm", reason))
         return "vmstop"
@@ -1207,9 +1279,13 @@ class Vmm:
                 if not old.live:  # translating flushed the TC: there is nothing left to forward
                     continue
                 old.forwarded_to = new
-                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
-                self._forget_patch_sites(old, old.host, old.host + enc.JMP_SIZE)
-                self.uc.ctl_remove_cache(old.host, old.host + enc.JMP_SIZE)
+                jump, links, _ = self._instance(None, "forward", old.host)
+                code = bytearray(jump)
+                for field_off, _name in links:
+                    code[field_off : field_off + 4] = _U32.pack((new.host - (old.host + field_off + 4)) & M32)
+                self.host.write(self.tc_phys(old.host), bytes(code))
+                self._forget_patch_sites(old, old.host, old.host + len(code))
+                self.uc.ctl_remove_cache(old.host, old.host + len(code))
 
     # ------------------------------------------------------------ running
 
@@ -1391,6 +1467,20 @@ class Vmm:
                 return None
 
 
+def _changes_flags_before_store(d: Decoded) -> bool:
+    """An instance unicorn changes the flags of before its store can fault (physcpu)."""
+    mnemonic = FORMS[d.form].mnemonics.get(None) if d.form else None
+    return changes_flags_before_store(mnemonic, len(d.variant) > 2 and d.variant[2] == "mem")
+
+
+def _reads_arith_flags_from_memory(d: Decoded) -> bool:
+    """The instance reads an arithmetic flag (by the spec's `flags`) and has a memory operand."""
+    if d.form is None or len(d.variant) < 3 or d.variant[2] != "mem":
+        return False
+    tested = FORMS[d.form].flags
+    return any("test" in tested.get(f, ()) for f in ARITH_FLAG_NAMES)
+
+
 def uc_eip(vmm: Vmm) -> int:
     return vmm.uc.reg_read(X.UC_X86_REG_EIP)
 
@@ -1424,21 +1514,86 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 
 
-def run_engine(mode: str):
-    def engine(image, platform, max_insns, stats):
+# The VMM's counts of the events that cost an exit or more (for `ring1 bench nano`).
+EVENT_COUNTERS = (
+    "world_switches",
+    "callouts",
+    "traps",
+    "events_delivered",
+    "hidden_page_faults",
+    "traced_writes",
+    "translator_entries",
+    "shadow_flushes",
+)
+
+
+class VmmEngine:
+    """The `bt` and `trap` modes behind the engine interface (ring1.runtime.engines)."""
+
+    def __init__(
+        self, mode: str, memory_size: int, platform: Platform | None = None, rule_overrides: dict | None = None
+    ) -> None:
+        self.mode = mode
+        self.vmm = Vmm(memory_size, platform, mode, rule_overrides)
+        self.machine = self.vmm.m
+
+    @classmethod
+    def around(cls, vmm: Vmm) -> VmmEngine:
+        """An engine over an existing Vmm (tests look at it afterwards)."""
+        engine = cls.__new__(cls)
+        engine.mode, engine.vmm, engine.machine = vmm.mode, vmm, vmm.m
+        return engine
+
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.vmm.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.vmm.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.vmm.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.vmm.stop_on_event = on
+
+    def start(self) -> None:
+        pass  # the VMM enters the guest from the virtual CPU at every run
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        self.machine.state.eip = eip
+        for i, value in regs.items():
+            self.machine.regs[i] = value
+
+    def run(self, max_insns: int | None = None):
+        from ring1.runtime.engines import Outcome
+
+        try:
+            why, what = self.vmm.run(max_insns)
+        except KeyboardInterrupt:
+            return Outcome("interrupted")
+        if why == "stop":
+            return Outcome("stop-address")
+        if why == "event":
+            return Outcome("event", event=what)
+        if why == "vmstop":
+            return Outcome("vmstop", vmstop=what)
+        return Outcome(why)
+
+    def counters(self) -> dict[str, int]:
+        """Every count the VMM keeps, with the ones of events that did not happen yet at 0."""
+        return {**dict.fromkeys(EVENT_COUNTERS, 0), **self.vmm.stats}
+
+    def figures(self, stats, elapsed: float) -> None:
+        figures(self.vmm, stats, elapsed)
+
+    def stop(self, outcome, max_insns: int | None):
         from ring1.runtime import guest
 
-        vmm = Vmm(image.memory_size, platform, mode)
-        guest.interp_boot(image, platform, vmm.m)
-        started = time.perf_counter()
-        try:
-            why, what = vmm.run(max_insns)
-        except KeyboardInterrupt:
-            why, what = "interrupted", None
-        figures(vmm, stats, time.perf_counter() - started)
-        return guest.engine_stop(vmm.m, why, what, max_insns, "VMM")
-
-    return engine
+        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
-__all__ = ["Vmm", "run_engine"]
+__all__ = ["Vmm", "VmmEngine"]

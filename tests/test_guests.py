@@ -36,7 +36,7 @@ def run_image(path: Path, max_insns: int | None = None) -> tuple[guest.Stop, byt
     out = bytearray()
     platform = GuestPlatform(console=out.extend)
     stats = guest.RunStats("interp")
-    stop = guest.run_interp(guest.load_multiboot(path), platform, max_insns, stats)
+    stop = guest.run_image("interp", guest.load_multiboot(path), platform, max_insns, stats)
     return stop, bytes(out), stats, platform
 
 

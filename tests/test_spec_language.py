@@ -236,3 +236,16 @@ def test_choose_clauses_decide_in_order(tmp_path: Path) -> None:
     (choice,) = spec.choices
     assert _choice_condition(choice.condition) == "(fact('a') and not rule in ('trap',))"
     assert choice.rule == "callout" and choice.reason == "r"
+
+
+def test_layouts_give_the_runtime_masks_of_the_spec_bits(tmp_path: Path) -> None:
+    from ring1.codegen.generate import _env, render_layouts
+
+    spec = compile_spec(tmp_path, "bits gadget { on = 0; mode = 5:4; }\n")
+    namespace: dict = {}
+    exec(render_layouts(spec, _env()), namespace)
+    gadget = namespace["GADGET"]
+    assert (gadget.ON, gadget.MODE, gadget.MODE_SHIFT) == (0x1, 0x30, 4)
+    from ring1.generated.layouts import EFLAGS, PTE
+
+    assert (EFLAGS.IF, EFLAGS.IOPL, PTE.D, PTE.FRAME) == (0x200, 0x3000, 0x40, 0xFFFFF000)

@@ -30,8 +30,8 @@ import pytest
 
 from ring1.generated.rules import CONSTS as C
 from ring1.runtime import fresh
-from ring1.runtime import x86enc as enc
 from ring1.runtime.events import VMStop
+from ring1.runtime.isa.assembler import assemble
 from ring1.runtime.snippet import interp_machine
 from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, PAD_SLOT, L, SlotPool, Unit, Vmm
 
@@ -275,8 +275,9 @@ def planted(
     vmm.stop_addresses = {fresh.CODE + len(code)}
     unit = vmm.translate(fresh.CODE)
     target = target_of(vmm, unit)
-    vmm.host.write(vmm.tc_phys(unit.host), enc.jmp(unit.host, target))
-    vmm.uc.ctl_remove_cache(unit.host, unit.host + enc.JMP_SIZE)
+    jump = assemble(f"jmp {target:#x}", origin=unit.host).code
+    vmm.host.write(vmm.tc_phys(unit.host), jump)
+    vmm.uc.ctl_remove_cache(unit.host, unit.host + len(jump))
     return vmm, digest, mirror, vmm.run(10_000)
 
 
