@@ -67,7 +67,7 @@ from ring1.generated.forms import FORMS
 from ring1.generated.layouts import PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime import descriptors
-from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, decode
+from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
@@ -1143,7 +1143,10 @@ class Vmm:
         self._flags_as_first_seen(host_eip, vector)
         if vector == 14:
             cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-            if cr2 < VMM_BASE and self._hidden_fault(cr2):
+            # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no
+            # hidden fault to fill (it would map, and mark dirty, whatever page CR2 last named).
+            int_0e = self.direct and self._after_int(host_eip, vector)
+            if cr2 < VMM_BASE and not int_0e and self._hidden_fault(cr2):
                 self.stats["traps"] += 1
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
         where = None
@@ -1240,6 +1243,24 @@ class Vmm:
             S.eip = eip_before
         if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
             self.stats["lost_flags_restored"] += 1
+
+    def _after_int(self, eip: int, vector: int) -> bool:
+        """The instruction that ends at `eip` (an offset in the guest's CS) is INT `vector`,
+        read without side effects (no accessed bits, no fault)."""
+        S = self.m.state
+        start = (S.base[CS] + eip - 2) & M32
+        raw = b""
+        for la in (start, (start + 1) & M32):
+            walk = self.m.walk(la)
+            if walk is None or walk[0] + 0x1000 > self.G:
+                return False
+            raw += self.guest_mem.read(walk[0] | (la & 0xFFF), 1)
+        try:
+            d = decode(raw, eip - 2, bool(S.code32))
+        except Truncated:
+            return False
+        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == 2 else None
+        return soft is not None and isinstance(soft[0], str) and d.fields[soft[0]] == vector
 
     def _stop(self, reason: str) -> str:
         self.pending = ("vmstop", VMStop("vmm", reason))
