@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ring1.runtime import guest
-from ring1.runtime.events import VMStop
-from ring1.runtime.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform
-from ring1.runtime.state import CS, DS, SS
+from ring1.runtime.cpu.events import VMStop
+from ring1.runtime.cpu.state import CS, DS, SS
+from ring1.runtime.devices.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform
+from ring1.runtime.engines import guest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"

@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ring1.runtime.events import GuestEvent, VMStop
-    from ring1.runtime.guest import RunStats, Stop
-    from ring1.runtime.machine import Machine, Platform
+    from ring1.runtime.cpu.events import GuestEvent, VMStop
+    from ring1.runtime.cpu.machine import Machine, Platform
+    from ring1.runtime.engines.guest import RunStats, Stop
 
 MODES = ("bt", "trap", "interp", "bare")
 
 # mode -> "module:factory", imported when the mode is first used (start-up stays short).
 _REGISTRY: dict[str, str] = {
-    "interp": "ring1.runtime.guest:InterpEngine",
-    "bare": "ring1.runtime.bare:BareEngine",
+    "interp": "ring1.runtime.engines.guest:InterpEngine",
+    "bare": "ring1.runtime.engines.bare:BareEngine",
     "bt": "ring1.runtime.vmm:VmmEngine",
     "trap": "ring1.runtime.vmm:VmmEngine",
 }

@@ -20,7 +20,7 @@ exception, with the stack and all memory accesses inside guest RAM):
 - subroutines only call subroutines placed after them (no recursion), loops run at most
   3 times and nest at most twice, so a program retires at most a few thousand instructions.
 
-Layout (at fresh.CODE):  jmp main / sub_0 ... sub_k / main: ... / end:
+Layout (at fresh_machine.CODE):  jmp main / sub_0 ... sub_k / main: ... / end:
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
-from ring1.runtime import fresh
-from ring1.runtime.decoder import decode
+from ring1.runtime.isa.decoder import decode
+from ring1.runtime.tools import fresh_machine
 
 from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
@@ -169,20 +169,22 @@ class Program:
     pointers: dict[int, str]  # bookkeeping address -> label whose address it holds
     labels: dict[str, int]
 
-    def spec(self) -> fresh.FreshSpec:
+    def spec(self) -> fresh_machine.FreshSpec:
         book = bytearray(0x1000)
         for addr, name in self.pointers.items():
             struct.pack_into("<I", book, addr - BOOK, self.labels[name])
         page = bytearray([0xF4]) * 0x1000
         page[: len(self.code)] = self.code
         memory = {
-            fresh.CODE: bytes(page),
-            fresh.DATA: self.window,
-            fresh.STACK_TOP: self.stack,
-            fresh.STACK_TOP - 64: self.stack,
+            fresh_machine.CODE: bytes(page),
+            fresh_machine.DATA: self.window,
+            fresh_machine.STACK_TOP: self.stack,
+            fresh_machine.STACK_TOP - 64: self.stack,
             BOOK: bytes(book),
         }
-        return fresh.FreshSpec(code=self.code, regs=dict(self.regs), memory=memory, segs=window_segments(0, False))
+        return fresh_machine.FreshSpec(
+            code=self.code, regs=dict(self.regs), memory=memory, segs=window_segments(0, False)
+        )
 
     def __repr__(self) -> str:
         regs = ", ".join(f"{k}={v:#x}" for k, v in self.regs.items())
@@ -223,7 +225,7 @@ class _Builder:
                 lambda i: "esp" not in i.regs and not writes_esp(i.code) and not is_locked_neg(i.code)
             )
         )
-        d = decode(inst.code + bytes(16), fresh.CODE, True)
+        d = decode(inst.code + bytes(16), fresh_machine.CODE, True)
         if form[:3] in ("RCL", "RCR") and d.variant[2] == "mem":
             # Unicorn loses CF when RCL/RCR on memory is restarted after a page fault (see
             # tests/test_physcpu.py::test_rcl_rcr_memory_restarted_after_a_page_fault_lose_cf);
@@ -233,11 +235,11 @@ class _Builder:
                     lambda i: (
                         "esp" not in i.regs
                         and not writes_esp(i.code)
-                        and decode(i.code + bytes(16), fresh.CODE, True).variant[2] == "reg"
+                        and decode(i.code + bytes(16), fresh_machine.CODE, True).variant[2] == "reg"
                     )
                 )
             )
-            d = decode(inst.code + bytes(16), fresh.CODE, True)
+            d = decode(inst.code + bytes(16), fresh_machine.CODE, True)
         pre = b"".join(mov_imm(r, v) for r, v in sorted(inst.regs.items()))
         # (any address size: a 0x67 prefix on the register form changes nothing but the variant)
         if form == "SMSW" and self.neutral and d.variant[0] == 32 and d.variant[2] == "reg" and d.fields["dst"] != 4:
@@ -394,13 +396,13 @@ class _Builder:
 
 
 def _finish(draw, b: _Builder) -> Program:
-    code = b.asm.assemble(fresh.CODE)
+    code = b.asm.assemble(fresh_machine.CODE)
     if code is None or len(code) > 0xF00:
         from hypothesis import reject
 
         reject()
     regs = draw(registers(CPL0))
-    window = bytearray(random.Random(draw(st.integers(0, 2**32 - 1))).randbytes(fresh.DATA_SIZE))
+    window = bytearray(random.Random(draw(st.integers(0, 2**32 - 1))).randbytes(fresh_machine.DATA_SIZE))
     for off, data in b.window.items():
         window[off : off + len(data)] = data
     stack = draw(stack_image(CPL0, 32))

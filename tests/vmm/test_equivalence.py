@@ -19,7 +19,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from ring1.runtime import descriptors, fresh
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.tools import fresh_machine
 
 from .common import differences, new_vmm, run
 from .programs import STEALTH, program_ending_with, programs
@@ -146,27 +147,32 @@ STEALTH_CASES = {
         bytes.fromhex("0f010500000100a102000100"),
         {},
         {},
-        lambda b, t: b.regs["eax"] == fresh.GDT and t.regs["eax"] >= 0xFFC00000,
+        lambda b, t: b.regs["eax"] == fresh_machine.GDT and t.regs["eax"] >= 0xFFC00000,
     ),
     # sidt [0x10000]; mov eax, [0x10002]
     "SIDT": (
         bytes.fromhex("0f010d00000100a102000100"),
         {},
         {},
-        lambda b, t: b.regs["eax"] == fresh.IDT and t.regs["eax"] >= 0xFFC00000,
+        lambda b, t: b.regs["eax"] == fresh_machine.IDT and t.regs["eax"] >= 0xFFC00000,
     ),
     # mov ax, 0x38; lldt ax; sldt eax: LLDT traps (#GP at CPL 1) and is emulated into the
     # virtual LDTR, the hardware's stays null, and SLDT (which does not trap) reads that
     "SLDT (after LLDT)": (
         bytes.fromhex("66b838000f00d00f00c0"),
         {},
-        {fresh.GDT + 0x38: LDT_DESCRIPTOR},
+        {fresh_machine.GDT + 0x38: LDT_DESCRIPTOR},
         lambda b, t: b.regs["eax"] == 0x38 and t.regs["eax"] == 0,
     ),
     # smsw eax: the real CR0 has NE (and PG, WP: beyond the low word) set for the VMM
     "SMSW": (bytes.fromhex("0f01e0"), {}, {}, lambda b, t: b.regs["eax"] == 0x11 and t.regs["eax"] & 0x20),
     # str eax: the hardware task register is the VMM's (none loaded), not the guest's 0x28
-    "STR": (bytes.fromhex("0f00c8"), {}, {}, lambda b, t: b.regs["eax"] == fresh.SEL_TSS and t.regs["eax"] != 0x28),
+    "STR": (
+        bytes.fromhex("0f00c8"),
+        {},
+        {},
+        lambda b, t: b.regs["eax"] == fresh_machine.SEL_TSS and t.regs["eax"] != 0x28,
+    ),
     # mov eax, 8; lar ecx, eax: looked up in the VMM's GDT, where slot 1 is empty
     "LAR": (
         bytes.fromhex("b8080000000f02c8"),
@@ -201,7 +207,7 @@ STEALTH_CASES = {
 @pytest.mark.parametrize("name", sorted(STEALTH_CASES))
 def test_trap_mode_shows_the_real_cpu_on_a_stealth_instruction(name: str) -> None:
     code, regs, memory, shows_real = STEALTH_CASES[name]
-    spec = fresh.FreshSpec(code=code, regs=regs, memory=memory)
+    spec = fresh_machine.FreshSpec(code=code, regs=regs, memory=memory)
     bare, bt, trap = run(spec, "bare"), run(spec, "bt"), run(spec, "trap")
     assert bare.stop == "end"
     assert differences(bare, bt) == []
@@ -217,7 +223,7 @@ def test_trap_mode_gets_cli_and_sti_right_because_they_trap(code: bytes, eflags:
     # CLI and STI are sensitive but not stealthy at CPL 1 with IOPL 0: they raise #GP, so
     # trap-and-emulate sees them and emulates them on the virtual IF. (They are in STEALTH for
     # bt, which must not take the trap: there they are in-TC templates on the vcpu page.)
-    spec = fresh.FreshSpec(code=code, regs={"eflags": eflags | 0x2})
+    spec = fresh_machine.FreshSpec(code=code, regs={"eflags": eflags | 0x2})
     bare = run(spec, "bare")
     trap_vmm, bt_vmm = new_vmm("trap"), new_vmm("bt")
     trap, bt = run(spec, "trap", trap_vmm), run(spec, "bt", bt_vmm)
@@ -232,7 +238,7 @@ def test_sldt_on_the_fresh_machine_does_not_show_trap_mode() -> None:
     # On the fresh machine the guest's LDTR is null and so is the hardware's under the VMM:
     # SLDT returns 0 in every mode, so it cannot tell trap mode apart here (it does after an
     # LLDT: "SLDT (after LLDT)" above).
-    spec = fresh.FreshSpec(code=bytes.fromhex("b8ffffffff0f00c0"))  # mov eax, -1; sldt eax
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("b8ffffffff0f00c0"))  # mov eax, -1; sldt eax
     bare, bt, trap = run(spec, "bare"), run(spec, "bt"), run(spec, "trap")
     assert bare.regs["eax"] == 0
     assert differences(bare, bt) == [] and differences(bare, trap) == []

@@ -36,12 +36,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ring1.runtime import descriptors, fresh
-from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
-from ring1.runtime.machine import Machine, Platform
-from ring1.runtime.platform import GuestExit, GuestPlatform
-from ring1.runtime.snippet import _descriptor_cache
-from ring1.runtime.state import CS, SEG_NAMES
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.machine import Machine, Platform
+from ring1.runtime.cpu.state import CS, SEG_NAMES
+from ring1.runtime.devices.platform import GuestExit, GuestPlatform
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import _descriptor_cache
 
 MB_HEADER_MAGIC = 0x1BADB002
 MB_BOOT_MAGIC = 0x2BADB002
@@ -272,7 +273,7 @@ def boot_cpu(entry: int) -> BootCpu:
         sel = SEL_CODE if name == "cs" else SEL_DATA
         base, limit, attr = _descriptor_cache(gdt[sel : sel + 8])
         segs[name] = SegmentCache(sel, base, limit, attr)
-    regs = dict.fromkeys(fresh.GPR_NAMES, 0)
+    regs = dict.fromkeys(fresh_machine.GPR_NAMES, 0)
     regs.update(eax=MB_BOOT_MAGIC, ebx=MBI_ADDR, esp=STACK_TOP)
     return BootCpu(
         regs=regs,
@@ -352,7 +353,7 @@ def interp_boot(image: BootImage, platform: Platform | None = None, machine: Mac
         m.mem.write(addr, data)
     cpu = image.cpu
     S = m.state
-    for i, name in enumerate(fresh.GPR_NAMES):
+    for i, name in enumerate(fresh_machine.GPR_NAMES):
         m.regs[i] = cpu.regs[name] & 0xFFFFFFFF
     m.b_write_cr(0, cpu.cr0)
     S.gdtr_base, S.gdtr_limit = cpu.gdtr
@@ -510,7 +511,7 @@ def instruction_bytes(m: Machine, eip: int) -> bytes:
     except (Fault, VMStop):
         return b""
     try:
-        from ring1.runtime.decoder import decode
+        from ring1.runtime.isa.decoder import decode
 
         d = decode(data, eip, bool(m.state.code32))
         return data[: d.length] if d.form is not None else data[:8]

@@ -1,7 +1,7 @@
 """The generated interpreter's machine: CPU state, memory, paging, and the run loop.
 
 A Machine gives the generated code (generated/*.py) the names it uses, in one namespace
-per machine: the state (R, S), the memory accesses (ring1.runtime.memfast), the spec's
+per machine: the state (R, S), the memory accesses (ring1.runtime.cpu.memfast), the spec's
 builtins (the `b_*` methods below), its procs and its lazy flags. Everything about
 particular instructions is generated; this module is the machine they run on:
 
@@ -10,8 +10,8 @@ particular instructions is generated; this module is the machine they run on:
 - paging: two-level tables with 4 KB and 4 MB (CR4.PSE) pages, U/S and R/W with CR0.WP,
   accessed and dirty bits, #PF with the error code and CR2; translations are cached per
   privilege in dicts (TLBR/TLBW) and dropped on CR3, CR0, CR4 writes and INVLPG;
-- code: blocks are compiled once (ring1.runtime.blocks) and subscribe, in the page-trace
-  registry (ring1.runtime.traces), to the physical pages their bytes came from; a watched
+- code: blocks are compiled once (ring1.runtime.cpu.blocks) and subscribe, in the page-trace
+  registry (ring1.runtime.cpu.traces), to the physical pages their bytes came from; a watched
   page is kept out of the write TLB, so every store to it takes the slow path and tells the
   subscribers which bytes it wrote; the blocks made from those bytes are dropped
   (self-modifying code), the rest of the page's blocks stay. A block is valid only for the
@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
 from ring1.generated.forms import FORMS
-from ring1.runtime import memfast
-from ring1.runtime.blocks import MAX_INSNS, Block, compile_block
-from ring1.runtime.decoder import MAX_LENGTH, Decoded, Truncated, decode
-from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
-from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
-from ring1.runtime.traces import CodeRanges, PageTraces, instruction_ranges
+from ring1.runtime.cpu import memfast
+from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.cpu.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
+from ring1.runtime.cpu.traces import CodeRanges, PageTraces, instruction_ranges
+from ring1.runtime.isa.decoder import MAX_LENGTH, Decoded, Truncated, decode
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
@@ -97,7 +97,7 @@ class Machine:
         self.code_linear: dict[int, set[tuple[bool, tuple[int, int, int]]]] = {}
         self.running_block: Block | None = None
         # Who hears about emulated writes to which physical page: this machine's block cache,
-        # and the VMM's translation cache and shadow page tables (ring1.runtime.traces).
+        # and the VMM's translation cache and shadow page tables (ring1.runtime.cpu.traces).
         self.traces = PageTraces()
         self.traces.on_first_watch.append(self._drop_write_translations)
         # Called after CR3, CR0.PG/PE/WP, CR4 paging bits (None: every linear page) or INVLPG
@@ -692,7 +692,7 @@ class Machine:
         raise Trap(vector & 0xFF, kind)
 
     def b_cpuid_leaf(self, leaf: int, subleaf: int, which: int) -> int:
-        from ring1.runtime.cpuid import cpuid
+        from ring1.runtime.cpu.cpuid import cpuid
 
         return cpuid(leaf & M32, subleaf & M32)[which]
 

@@ -6,7 +6,7 @@ The pieces, and where the spec comes in:
 
 - **Virtual CPU.** The guest-visible state that is not in hardware registers (segment
   caches, CPL, IF and IOPL, control registers, descriptor-table registers) lives in an
-  interpreter `Machine` (ring1.runtime.machine) that shares guest memory with unicorn. It is
+  interpreter `Machine` (ring1.runtime.cpu.machine) that shares guest memory with unicorn. It is
   authoritative; the vcpu page in the VMM area holds copies that in-TC templates read.
 - **Address space** (spec/vmm.r1 has the layout and the protection decision). Host physical
   memory is guest RAM, then the 4 MB VMM area (mapped at VMM_BASE), then a pool for the
@@ -14,7 +14,7 @@ The pieces, and where the spec comes in:
   guest pages are filled in on demand from the guest's own page tables (hidden page
   faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
   emulated and the shadow dropped; pages holding translated code are read-only too. Both
-  subscribe in the machine's page-trace registry (ring1.runtime.traces), each under its own
+  subscribe in the machine's page-trace registry (ring1.runtime.cpu.traces), each under its own
   reason, so a page that is both a page table and code is heard by both.
 - **TC coherency.** A unit records the guest bytes it was made from (`Unit.code`, every page
   it spans) and the linear->physical mapping it was fetched through (`Unit.maps`). An
@@ -66,26 +66,24 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from ring1.generated.forms import FORMS
 from ring1.generated.layouts import PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
-from ring1.runtime import descriptors
-from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
-from ring1.runtime.events import Fault, GuestEvent, VMStop
-from ring1.runtime.hostsync import soft_interrupt_before
-from ring1.runtime.machine import Machine, Platform
-from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
-from ring1.runtime.state import CS, GS, MODE_PROT, SS
-from ring1.runtime.traces import CodeRanges, instruction_ranges
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
+from ring1.runtime.cpu.machine import Machine, Platform
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
+from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
+from ring1.runtime.host.context import soft_interrupt_before
+from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
+from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
 STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
-# CMC twice: no change to any flag, but unicorn now holds them computed (QEMU's CC_OP_EFLAGS),
-# not as a lazy operation, so a fault in the next instruction cannot lose them
-# (physcpu.lazy_flags_verdict; tests/test_physcpu.py). Put before every copied instruction that
-# reads the arithmetic flags and accesses memory.
-SETTLE_FLAGS = b"\xf5\xf5"
+# Put before every copied instruction that reads the arithmetic flags and accesses memory, so
+# that a fault in it cannot lose them (template settle_flags in spec/vmm.r1).
+SETTLE_FLAGS = b"".join(TEMPLATES["settle_flags"]["variants"][()])
 ARITH_FLAG_NAMES = ("cf", "pf", "af", "zf", "sf", "of")
 L = STUBS["labels"]
 # The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
@@ -1612,8 +1610,7 @@ class VmmEngine:
         figures(self.vmm, stats, elapsed)
 
     def stop(self, outcome, max_insns: int | None):
-        from ring1.runtime import guest
-
+        from ring1.runtime.engines import guest
         return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
