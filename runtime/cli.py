@@ -90,7 +90,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         if result.diagnosis:
             print(result.diagnosis)
     if result.stop == "interrupted":
-        from ring1.runtime.engines.guest import EXIT_INTERRUPTED
+        from ring1.runtime.engines import EXIT_INTERRUPTED
 
         print(f"ring1 exec: interrupted (Ctrl-C) at eip {result.regs['eip']:#010x}; mode {args.mode}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -98,25 +98,25 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Boot a Multiboot image and run it; the exit status is the guest's (see ring1.runtime.engines.guest)."""
+    """Boot a Multiboot image and run it; the exit status is the guest's (see ring1.runtime.engines)."""
     import os
 
+    from ring1.runtime import engines
+    from ring1.runtime.boot import multiboot
     from ring1.runtime.devices.platform import GuestPlatform
-    from ring1.runtime.engines import guest
-
     if args.max_insns is not None and args.max_insns <= 0:
         print("ring1 run: --max-insns must be positive", file=sys.stderr)
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     try:
-        image = guest.load_multiboot(args.image)
-    except guest.ImageError as err:
+        image = multiboot.load_multiboot(args.image)
+    except multiboot.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     platform = GuestPlatform()
-    stats = guest.RunStats(args.mode)
+    stats = engines.RunStats(args.mode)
     _catch_interrupts()
     try:
-        stop = guest.run_image(args.mode, image, platform, args.max_insns, stats)
+        stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
         if os.environ.get("RING1_TRACEBACK"):
@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(RING1_TRACEBACK=1 shows the traceback)",
             file=sys.stderr,
         )
-        return guest.EXIT_VMSTOP
+        return engines.EXIT_VMSTOP
     finally:
         platform.flush()
     diagnosis = stop.diagnosis(args.mode)
@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             Path(args.json_stats).write_text(json.dumps(stats.as_json(), indent=1) + "\n")
         except OSError as err:
             print(f"ring1 run: cannot write {args.json_stats}: {err.strerror or err}", file=sys.stderr)
-            return guest.EXIT_USAGE
+            return engines.EXIT_USAGE
     return stop.exit_status
 
 
@@ -164,18 +164,19 @@ def _symbol_address(image_path: str, name: str) -> int | None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import io
 
+    from ring1.runtime import engines
+    from ring1.runtime.boot import multiboot
     from ring1.runtime.devices.platform import ConsoleSink, GuestExit, GuestPlatform
-    from ring1.runtime.engines import guest
     from ring1.runtime.tools.inspector import InspectError, Inspector, format_list, format_view
     from ring1.runtime.vmm import Vmm
 
     if not _check_budget("inspect", args.max_insns):
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     try:
-        image = guest.load_multiboot(args.image)
-    except guest.ImageError as err:
+        image = multiboot.load_multiboot(args.image)
+    except multiboot.ImageError as err:
         print(f"ring1 inspect: {args.image}: {err}", file=sys.stderr)
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     at = image.entry
     if args.at:
         try:
@@ -186,11 +187,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(
                     f"ring1 inspect: --at {args.at}: neither a hex address nor a symbol of the image", file=sys.stderr
                 )
-                return guest.EXIT_USAGE
+                return engines.EXIT_USAGE
             at = found
     platform = GuestPlatform(ConsoleSink(io.BytesIO()))
     vmm = Vmm(image.memory_size, platform, "bt")
-    guest.interp_boot(image, platform, vmm.m)
+    multiboot.interp_boot(image, platform, vmm.m)
     _catch_interrupts()
     try:
         why, what = vmm.run(args.max_insns)
@@ -431,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside a guest run (a run reports its own stop)
-        from ring1.runtime.engines.guest import EXIT_INTERRUPTED
+        from ring1.runtime.engines import EXIT_INTERRUPTED
 
         print(f"ring1 {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED

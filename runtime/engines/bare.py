@@ -230,5 +230,5 @@ class BareEngine:
         stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
 
     def stop(self, outcome, max_insns: int | None):
-        from ring1.runtime.engines import guest
-        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "bare engine")
+        from ring1.runtime import engines
+        return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "bare engine")

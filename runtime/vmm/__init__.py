@@ -1610,8 +1610,8 @@ class VmmEngine:
         figures(self.vmm, stats, elapsed)
 
     def stop(self, outcome, max_insns: int | None):
-        from ring1.runtime.engines import guest
-        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
+        from ring1.runtime import engines
+        return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
 __all__ = ["Vmm", "VmmEngine"]
