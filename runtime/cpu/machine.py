@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
 from ring1.generated.forms import FORMS
+from ring1.generated.rules import CONSTS
 from ring1.runtime.cpu import memfast
 from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
 from ring1.runtime.cpu.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
@@ -48,12 +49,15 @@ EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
 WHY_BLOCKS = "interpreter blocks"  # the block cache's reason in the page-trace registry
 
 # Event kinds, as the spec's `deliver` proc takes them.
-EVENT_EXTERNAL, EVENT_EXCEPTION, EVENT_SOFT, EVENT_INT3, EVENT_INTO, EVENT_ICEBP = range(6)
+# The event kinds the spec's `deliver` proc takes (spec/interrupts.r1).
+EVENT_EXTERNAL, EVENT_EXCEPTION, EVENT_SOFT, EVENT_INT3, EVENT_INTO, EVENT_ICEBP = (
+    CONSTS[f"EVENT_{kind}"] for kind in ("EXTERNAL", "EXCEPTION", "SOFT", "INT3", "INTO", "ICEBP")
+)
 CONTRIBUTORY = {0, 10, 11, 12, 13}
 
 # The model-specific registers a Pentium-class CPU with SYSENTER has, and their reset values.
 MSR_TSC = 0x10
-MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = (CONSTS[f"MSR_SYSENTER_{r}"] for r in ("CS", "ESP", "EIP"))
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
 _U32 = struct.Struct("<I")

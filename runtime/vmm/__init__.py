@@ -64,7 +64,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
-from ring1.generated.layouts import PTE
+from ring1.generated.layouts import CR0, CR4, EFLAGS, PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
@@ -101,7 +101,7 @@ TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
-EFLAGS_VM = 0x20000
+EFLAGS_VM = EFLAGS.VM
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
 
@@ -348,13 +348,13 @@ class Vmm:
         """Translated execution needs protected mode, the kernel's flat 32-bit CS, and no TF."""
         S = self.m.state
         return self.mode == "bt" and (
-            S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and not S.eflags & 0x100
+            S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and not S.eflags & EFLAGS.TF
         )
 
     def can_run_direct(self) -> bool:
         """Direct execution: guest user code at CPL 3, or (trap mode) the kernel itself at CPL 1."""
         S = self.m.state
-        if S.mode != MODE_PROT or S.eflags & 0x100:
+        if S.mode != MODE_PROT or S.eflags & EFLAGS.TF:
             return False
         return S.cpl == 3 or (self.mode == "trap" and S.cpl == 0)
 
@@ -365,8 +365,8 @@ class Vmm:
         scratch = VMM_BASE + C["VMM_SCRATCH_STACK"]
         self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
         eflags = self.m.eflags()
-        self.vmm_write32(C["V_VIRT_IF"], eflags & 0x200)
-        self.vmm_write32(C["V_VIRT_IOPL"], eflags & 0x3000)
+        self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
+        self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
         self.vmm_write(C["V_SEL"], struct.pack("<6H", *S.sel))
         self.vmm_write32(C["V_MSW"], S.cr[0])
         self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
@@ -398,7 +398,7 @@ class Vmm:
     def hardware_eflags(self, user: bool, translated: bool = True) -> int:
         v = self.m.eflags()
         if user:
-            return v & ~0x14000 | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
+            return v & ~(EFLAGS.NT | EFLAGS.RF) | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
         if translated:
             # Kernel under translation: IF on, IOPL 0, no TF VM RF. NT stays the guest's: only
             # IRET reads it, which is a callout, and the POPF template loads it into the hardware.
@@ -475,11 +475,11 @@ class Vmm:
         virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
         if self.direct:
             virtual = (virtual & ~0x240000) | (hw & 0x240000)
-            ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
+            ifl = hw & (EFLAGS.IOPL | EFLAGS.IF) if S.cpl == 3 else S.eflags & (EFLAGS.IOPL | EFLAGS.IF)
         else:
             virtual = (virtual & ~0x244000) | (hw & 0x244000)  # the in-TC POPFD loads NT, AC, ID
-            ifl = self.vmm_read32(C["V_VIRT_IF"]) & 0x200 | self.vmm_read32(C["V_VIRT_IOPL"]) & 0x3000
-        self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & 0x100))
+            ifl = self.vmm_read32(C["V_VIRT_IF"]) & EFLAGS.IF | self.vmm_read32(C["V_VIRT_IOPL"]) & EFLAGS.IOPL
+        self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & EFLAGS.TF))
 
     # ------------------------------------------------------------ translation
 
@@ -851,7 +851,7 @@ class Vmm:
             return  # no translated code there (INVLPG of a data page)
         if linear_page is None:
             S = self.m.state
-            paging = (S.cr[0] & 0x80010001, S.cr[3], S.cr[4] & 0xB0)
+            paging = (S.cr[0] & (CR0.PG | CR0.WP | CR0.PE), S.cr[3], S.cr[4] & (CR4.PGE | CR4.PAE | CR4.PSE))
             if paging != self._shadow_paging:
                 # The hardware tables were built from other guest tables. (The same CR3 again
                 # needs nothing: writes to the guest's tables are traced.)
@@ -904,7 +904,7 @@ class Vmm:
         gpa, user, writable, dirty, entries = walk
         if S.cpl == 3 and not user:
             return False
-        if write and not writable and (S.cpl == 3 or S.cr[0] & 0x10000):
+        if write and not writable and (S.cpl == 3 or S.cr[0] & CR0.WP):
             return False
         if gpa + 0x1000 > self.G:
             return False  # not RAM: every access is emulated
@@ -917,7 +917,7 @@ class Vmm:
         if write:
             dirty = True
         page = gpa >> 12
-        hw_write = writable and (dirty or not S.cr[0] & 0x80000000)
+        hw_write = writable and (dirty or not S.cr[0] & CR0.PG)
         if page in self.code_pages or page in self.traced_pages:
             hw_write = False
         pd = self.pool_phys
