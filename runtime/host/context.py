@@ -147,6 +147,14 @@ def _seg(raw: bytes, off: int) -> tuple[int, int, int, int]:
     return sel, base, limit, attr
 
 
+def read_gprs(uc: Uc) -> list[int]:
+    """EAX..EDI from one saved context: one context_save instead of eight reg_reads (about a
+    quarter of the time; the VMM reads them at every trap and exit)."""
+    offset = calibrate().regs
+    raw = _raw(uc)
+    return [_Q.unpack_from(raw, offset + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
+
+
 def read_into_machine(uc: Uc, m) -> None:
     """Give the interpreter Machine `m` the CPU state unicorn holds now (memory is shared)."""
     L = calibrate()

@@ -72,7 +72,7 @@ from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
-from ring1.runtime.host.context import soft_interrupt_before
+from ring1.runtime.host.context import read_gprs, soft_interrupt_before
 from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 
@@ -444,8 +444,7 @@ class Vmm:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
         uc = self.uc
         self._adopt_hardware_v86()
-        for i, rid in enumerate(GPR_IDS):
-            self.m.regs[i] = uc.reg_read(rid)
+        self.m.regs[:] = read_gprs(uc)
         self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
 
     def _adopt_hardware_v86(self) -> None:
