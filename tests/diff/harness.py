@@ -15,54 +15,14 @@ from dataclasses import dataclass, field
 
 from unicorn import x86_const as X
 
-from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
 from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, UcError
 from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd
 
-FLAG_BITS = {
-    "cf": 0,
-    "pf": 2,
-    "af": 4,
-    "zf": 6,
-    "sf": 7,
-    "tf": 8,
-    "if": 9,
-    "df": 10,
-    "of": 11,
-    "iopl": 0x3000,
-    "nt": 14,
-    "rf": 16,
-    "vm": 17,
-    "ac": 18,
-    "vif": 19,
-    "vip": 20,
-    "id": 21,
-}
+from ..undefined_flags import FLAG_BITS, executed_prefix, flag_mask, follow, straight_line
 
 # Memory the two runs use differently on purpose: unicorn's ring-3 entry stub and its stack.
 SCRATCH = ((0x2000, 0x3000), (0x7E00, 0x7F00))
-
-
-def flag_mask(flag: str) -> int:
-    b = FLAG_BITS[flag]
-    return b if b > 64 else 1 << b
-
-
-def undefined_flags(form_names: list[str]) -> int:
-    """Flags undefined after running these forms in order: the last writer of a flag decides."""
-    undefined = 0
-    for name in form_names:
-        for flag, actions in FORMS[name].flags.items():
-            writes = set(actions) - {"test"}
-            if not writes or flag not in FLAG_BITS:
-                continue
-            m = flag_mask(flag)
-            if "undef" in writes:
-                undefined |= m
-            else:
-                undefined &= ~m
-    return undefined
 
 
 @dataclass(repr=False)
@@ -165,7 +125,8 @@ class Outcome:
     theirs: SnippetResult
     our_memory: bytes
     their_memory: bytes
-    undefined: int
+    undefined: int  # flags not compared: left undefined by their last writer, or a deviation's
+    reads_undefined: str = ""  # the instructions that ran and read an undefined flag, if any
 
 
 def run_both(case: Case) -> Outcome:
@@ -177,7 +138,16 @@ def run_both(case: Case) -> Outcome:
     their_memory = ref.memory()
     m = interp_machine(spec)
     ours = run_interp_on(m, spec, case.max_insns)
-    return Outcome(ours, theirs, bytes(m.mem.view), their_memory, undefined_flags(case.forms) | case.extra_undefined)
+    ran = follow(executed_instructions(case, ours.regs["eip"]))
+    return Outcome(
+        ours, theirs, bytes(m.mem.view), their_memory, ran.undefined | case.extra_undefined, ran.describe_reads()
+    )
+
+
+def executed_instructions(case: Case, stop_eip: int) -> list:
+    """The case's instructions (straight-line code) that completed in the spec's run, which
+    stopped at `stop_eip`: the flags they left undefined are the ones not compared."""
+    return executed_prefix(straight_line(case.spec.code, fresh.CODE, not case.spec.real), stop_eip)
 
 
 def run_interp_on(m, spec: fresh.FreshSpec, max_insns: int) -> SnippetResult:
@@ -236,14 +206,16 @@ def _memory_differences(ours: bytes, theirs: bytes) -> list[str]:
 
 
 __all__ = [
+    "FLAG_BITS",
     "SEG_IDS",
     "Case",
     "Outcome",
     "Reference",
     "differences",
+    "executed_instructions",
+    "flag_mask",
     "reference",
     "run_both",
     "run_interp",
-    "undefined_flags",
     "window_segments",
 ]

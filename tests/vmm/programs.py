@@ -33,11 +33,13 @@ from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
 from ring1.runtime import fresh
-from ring1.runtime.decoder import decode
+from ring1.runtime.decoder import Decoded, decode
+from ring1.runtime.snippet import SnippetResult
 
 from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
 from ..diff.harness import window_segments
+from ..undefined_flags import Follower
 
 CPL0 = MODES["cpl0"]
 BOOK = 0x2000  # bookkeeping (SS-relative, flat): counters, saved ESPs, call pointers
@@ -427,3 +429,54 @@ def program_ending_with(draw, form: str, pool: list[str] | None = None, max_chun
     b.stealth, b.pool, b.budget = [], [form], 1
     b.chunk()
     return _finish(draw, b)
+
+
+# ---------------------------------------------------------------- flags left undefined
+
+
+def run_bare_traced(spec: fresh.FreshSpec, max_insns: int = 100_000) -> tuple[SnippetResult, Follower]:
+    """`bare` (tests/vmm/common.run) with the undefined flags followed along the path it took.
+
+    Which flags a program leaves undefined depends on the path: an `if` body runs or not as the
+    data decide. The path is what unicorn reports through a block hook (one Python call per
+    executed translation block, the cheap way to know it); along it, each instruction's effect
+    is its decoded form's flag declarations (tests/undefined_flags.py), looked up once per
+    address. A block that stopped at an exception ran up to the instruction at the final EIP."""
+    from unicorn import UC_HOOK_BLOCK
+
+    from ring1.runtime.physcpu import UcError
+    from ring1.runtime.snippet import unicorn_machine
+
+    cpu = unicorn_machine(spec)
+    blocks: list[tuple[int, int]] = []
+    cpu.uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: blocks.append((address, size)))
+    end = fresh.CODE + len(spec.code)
+    diagnosis = None
+    try:
+        ev = cpu.run(fresh.CODE, end, count=max_insns)
+    except UcError as err:
+        ev, diagnosis = None, f"unicorn stopped: {err}"
+    names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
+    regs = dict(zip(names, cpu.read_state(), strict=True))
+    stop = "vmstop" if diagnosis else "exception" if ev else "end" if regs["eip"] == end else "limit"
+    result = SnippetResult(
+        regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis, bytes(cpu.memory.view)
+    )
+    # (Decoded from memory as it is at the end: the programs do not write their code.)
+    return result, follow_blocks(result.memory, blocks, regs["eip"])
+
+
+def follow_blocks(memory: bytes, blocks: list[tuple[int, int]], stop_eip: int) -> Follower:
+    """The undefined flags along `blocks` ((linear address, size) in execution order, flat
+    segments) of the code in `memory`; the last block ran up to `stop_eip`."""
+    decoded: dict[int, Decoded] = {}
+    ran = Follower()
+    for n, (address, size) in enumerate(blocks):
+        at, block_end = address, address + size
+        while at < block_end and not (n == len(blocks) - 1 and at == stop_eip):
+            d = decoded.get(at)
+            if d is None:
+                d = decoded[at] = decode(memory[at : at + 16] + bytes(16), at, True)
+            ran.step(d)
+            at += d.length or 1  # (an undecodable byte raised #UD: the block ends there)
+    return ran

@@ -1,0 +1,35 @@
+"""The undefined-flag bookkeeping shared by the differential and the VMM equivalence tests."""
+
+from __future__ import annotations
+
+from ring1.runtime import fresh
+
+from .undefined_flags import condition_flags, executed_prefix, flag_mask, follow, form_effect, straight_line
+
+AF, CF, ZF, SF, OF, PF = (flag_mask(f) for f in ("af", "cf", "zf", "sf", "of", "pf"))
+CODE = bytes.fromhex("21d8 f7f1 37")  # and eax, ebx; div ecx; aaa
+
+
+def test_conditions_read_the_flags_of_cond_in_the_spec() -> None:
+    cc = condition_flags()
+    assert (cc[4], cc[2], cc[7], cc[12], cc[15], cc[10]) == (ZF, CF, CF | ZF, SF | OF, ZF | SF | OF, PF)
+    assert form_effect("JCC_REL8", 4).reads == ZF
+    assert form_effect("SETCC_RMb", 0).reads == OF
+
+
+def test_the_last_writer_decides() -> None:
+    insns = straight_line(CODE, fresh.CODE, True)
+    assert [d.form for d in insns] == ["AND_RMv_Rv", "DIV_RMv", "AAA"]
+    ran = follow(insns)  # DIV left AF undefined and AAA reads it
+    assert [(eip, form, flags) for eip, form, flags in ran.reads] == [(fresh.CODE + 4, "AAA", AF)]
+    assert ran.undefined == OF | SF | ZF | PF  # AAA's own (it defines AF and CF)
+    ran = follow(straight_line(bytes.fromhex("21d8 01d8 37"), fresh.CODE, True))  # and; add; aaa
+    assert ran.reads == [] and ran.undefined == OF | SF | ZF | PF
+    assert follow(straight_line(bytes.fromhex("21d8 f8"), fresh.CODE, True)).undefined == AF  # and; clc
+
+
+def test_a_run_stopped_at_a_fault_or_a_trap_ran_the_instructions_before_its_eip() -> None:
+    insns = straight_line(CODE, fresh.CODE, True)
+    assert follow(executed_prefix(insns, fresh.CODE + 2)).undefined == AF  # #DE at DIV: only AND ran
+    assert follow(executed_prefix(insns, fresh.CODE)).undefined == 0  # AND faulted: nothing ran
+    assert executed_prefix(insns, fresh.CODE + 5) == insns  # ended: all ran
