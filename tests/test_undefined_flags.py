@@ -33,3 +33,15 @@ def test_a_run_stopped_at_a_fault_or_a_trap_ran_the_instructions_before_its_eip(
     assert follow(executed_prefix(insns, fresh.CODE + 2)).undefined == AF  # #DE at DIV: only AND ran
     assert follow(executed_prefix(insns, fresh.CODE)).undefined == 0  # AND faulted: nothing ran
     assert executed_prefix(insns, fresh.CODE + 5) == insns  # ended: all ran
+
+
+def test_the_differential_harness_masks_what_the_count_left_undefined() -> None:
+    # bsf eax, ebx; shl eax, cl; rcl eax, 0: the flags the BSF left undefined stay so when CL is 0
+    # (and RCL by an immediate 0 changes none either)
+    from .diff.harness import Case, run_both, window_segments
+
+    code = bytes.fromhex("0fbcc3 d3e0 c1d000")
+    for ecx, undefined in ((0, CF | OF | SF | AF | PF), (3, AF)):
+        spec = fresh.FreshSpec(code=code, regs={"ebx": 6, "ecx": ecx}, segs=window_segments(0, False))
+        outcome = run_both(Case(spec, ["BSF_Rv_RMv", "SHL_RMv_CL", "RCL_RMv_Ib"]))
+        assert outcome.undefined == undefined and not outcome.reads_undefined

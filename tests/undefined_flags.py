@@ -15,7 +15,7 @@ path `bare` took through branches, loops and calls).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -123,11 +123,38 @@ def form_effect(form: str, cc: int | None = None) -> FlagEffect:
     return FlagEffect(reads, defines, undefines)
 
 
-def effect(d: Decoded) -> FlagEffect:
-    """The effect of one decoded instruction (an undecodable one raises #UD: no effect)."""
-    if d.form is None:
+def effect(d: Decoded, ecx: int | None = None) -> FlagEffect:
+    """The effect of one decoded instruction (an undecodable one raises #UD: no effect). With a
+    count of zero (`count`), an instruction changes no flag and reads none."""
+    if d.form is None or count(d, ecx) == 0:
         return NO_EFFECT
-    return form_effect(d.form, d.variant[3] if len(d.variant) > 3 else None)
+    return form_effect(d.form, d.variant[3])
+
+
+def count(d: Decoded, ecx: int | None = None) -> int | None:
+    """The count for instructions whose flags change only when it is not zero: shifts and
+    rotates (an operand `cnt`; "a masked count of 0 changes no flag", spec/shift.r1) and REP
+    string instructions (a count of 0 runs no iteration). None for other instructions, and when
+    the count is in ECX and `ecx` (its value as the instruction starts) is not known."""
+    if d.form is None:
+        return None
+    kind = next((k for name, k, _ in FORMS[d.form].operands if name == "cnt"), None)
+    if kind == "one":
+        return 1
+    if kind == "i8":
+        return d.fields["cnt"] & 0x1F
+    if ecx is None:
+        return None
+    if kind == "cl":
+        return ecx & 0x1F
+    if d.variant[4] is not None:  # rep, repe, repne
+        return ecx & (0xFFFF if d.variant[1] == 16 else 0xFFFFFFFF)
+    return None
+
+
+def counts_in_ecx(d: Decoded) -> bool:
+    """Whether the flags `d` changes depend on ECX as it starts (see `count`)."""
+    return d.form is not None and count(d, 0) == 0 and count(d) is None
 
 
 @dataclass
@@ -137,8 +164,9 @@ class Follower:
     undefined: int = 0
     reads: list[tuple[int, str, int]] = dataclasses.field(default_factory=list)  # (eip, form, flags)
 
-    def step(self, d: Decoded, fx: FlagEffect | None = None) -> None:
-        fx = fx or effect(d)
+    def step(self, d: Decoded, ecx: int | None = None) -> None:
+        """One instruction that completed; `ecx` as it started, for those that count in ECX."""
+        fx = effect(d, ecx)
         if fx.reads & self.undefined:
             self.reads.append((d.eip, d.form or "", fx.reads & self.undefined))
         self.undefined = fx.after(self.undefined)
@@ -168,11 +196,26 @@ def executed_prefix(insns: list[Decoded], stop_eip: int) -> list[Decoded]:
     return insns
 
 
-def follow(insns: Iterable[Decoded]) -> Follower:
+def follow(insns: Iterable[Decoded], ecx: dict[int, int] | None = None) -> Follower:
+    """Straight-line instructions in order; `ecx` maps the address of those that count in ECX
+    to its value as they started (an instruction missing there counts as non-zero)."""
     f = Follower()
     for d in insns:
-        f.step(d)
+        f.step(d, (ecx or {}).get(d.eip))
     return f
+
+
+def hook_ecx(uc, addresses: Iterable[int], record: Callable[[int, int], None]) -> list[int]:
+    """Unicorn code hooks, one per address, that `record(address, ecx)` as the instruction there
+    starts (a code hook bound to one address is a single helper call: no trace of the rest). The
+    handles are returned for `uc.hook_del`."""
+    from unicorn import UC_HOOK_CODE
+    from unicorn.x86_const import UC_X86_REG_ECX
+
+    def on_code(uc, address: int, _size: int, _user) -> None:
+        record(address, uc.reg_read(UC_X86_REG_ECX))
+
+    return [uc.hook_add(UC_HOOK_CODE, on_code, begin=a, end=a) for a in addresses]
 
 
 def code_is_32(spec: fresh.FreshSpec) -> bool:

@@ -19,7 +19,7 @@ from ring1.runtime import fresh
 from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, UcError
 from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd
 
-from ..undefined_flags import FLAG_BITS, executed_prefix, flag_mask, follow, straight_line
+from ..undefined_flags import FLAG_BITS, counts_in_ecx, executed_prefix, flag_mask, follow, hook_ecx, straight_line
 
 # Memory the two runs use differently on purpose: unicorn's ring-3 entry stub and its stack.
 SCRATCH = ((0x2000, 0x3000), (0x7E00, 0x7F00))
@@ -134,20 +134,24 @@ def run_both(case: Case) -> Outcome:
 
     spec = case.spec
     ref = reference(spec.cpl, spec.real)
-    theirs = ref.run(case)
+    insns = straight_line(spec.code, fresh.CODE, not spec.real)
+    # ECX as each instruction that counts in it starts (a count of 0 changes no flag).
+    ecx: dict[int, int] = {}
+    hooks = hook_ecx(ref.cpu.uc, [d.eip for d in insns if counts_in_ecx(d)], ecx.setdefault)
+    try:
+        theirs = ref.run(case)
+    finally:
+        for h in hooks:
+            ref.cpu.uc.hook_del(h)
     their_memory = ref.memory()
     m = interp_machine(spec)
     ours = run_interp_on(m, spec, case.max_insns)
-    ran = follow(executed_instructions(case, ours.regs["eip"]))
+    # The flags not compared: those the instructions that completed in the spec's run (it
+    # stopped at its EIP) left undefined.
+    ran = follow(executed_prefix(insns, ours.regs["eip"]), ecx)
     return Outcome(
         ours, theirs, bytes(m.mem.view), their_memory, ran.undefined | case.extra_undefined, ran.describe_reads()
     )
-
-
-def executed_instructions(case: Case, stop_eip: int) -> list:
-    """The case's instructions (straight-line code) that completed in the spec's run, which
-    stopped at `stop_eip`: the flags they left undefined are the ones not compared."""
-    return executed_prefix(straight_line(case.spec.code, fresh.CODE, not case.spec.real), stop_eip)
 
 
 def run_interp_on(m, spec: fresh.FreshSpec, max_insns: int) -> SnippetResult:
@@ -212,7 +216,6 @@ __all__ = [
     "Outcome",
     "Reference",
     "differences",
-    "executed_instructions",
     "flag_mask",
     "reference",
     "run_both",

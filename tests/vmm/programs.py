@@ -39,7 +39,7 @@ from ring1.runtime.snippet import SnippetResult
 from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
 from ..diff.harness import window_segments
-from ..undefined_flags import Follower
+from ..undefined_flags import Follower, counts_in_ecx, hook_ecx
 
 CPL0 = MODES["cpl0"]
 BOOK = 0x2000  # bookkeeping (SS-relative, flat): counters, saved ESPs, call pointers
@@ -448,8 +448,9 @@ def run_bare_traced(spec: fresh.FreshSpec, max_insns: int = 100_000) -> tuple[Sn
     from ring1.runtime.snippet import unicorn_machine
 
     cpu = unicorn_machine(spec)
-    blocks: list[tuple[int, int]] = []
-    cpu.uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: blocks.append((address, size)))
+    events: list[tuple[int, int, int]] = []  # (BLOCK, address, size), (ECX, address, value)
+    cpu.uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: events.append((BLOCK, address, size)))
+    hook_ecx(cpu.uc, counted_in_ecx(spec), lambda address, value: events.append((ECX, address, value)))
     end = fresh.CODE + len(spec.code)
     diagnosis = None
     try:
@@ -463,20 +464,43 @@ def run_bare_traced(spec: fresh.FreshSpec, max_insns: int = 100_000) -> tuple[Sn
         regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis, bytes(cpu.memory.view)
     )
     # (Decoded from memory as it is at the end: the programs do not write their code.)
-    return result, follow_blocks(result.memory, blocks, regs["eip"])
+    return result, follow_blocks(result.memory, events, regs["eip"])
 
 
-def follow_blocks(memory: bytes, blocks: list[tuple[int, int]], stop_eip: int) -> Follower:
-    """The undefined flags along `blocks` ((linear address, size) in execution order, flat
-    segments) of the code in `memory`; the last block ran up to `stop_eip`."""
+BLOCK, ECX = 0, 1
+
+
+def counted_in_ecx(spec: fresh.FreshSpec) -> list[int]:
+    """The addresses of the code's instructions whose flag effect depends on ECX (CL shifts and
+    rotates, REP string instructions), by a linear sweep from the start: a Program is a
+    sequence of whole instructions (its junk after jumps is UD2 and HLTs)."""
+    out, at = [], 0
+    while at < len(spec.code):
+        d = decode(spec.code[at : at + 16] + bytes(16), fresh.CODE + at, True)
+        if counts_in_ecx(d):
+            out.append(d.eip)
+        at += d.length if d.form else 1
+    return out
+
+
+def follow_blocks(memory: bytes, events: list[tuple[int, int, int]], stop_eip: int) -> Follower:
+    """The undefined flags along the (BLOCK, linear address, size) events in execution order
+    (flat segments) of the code in `memory`, each followed by the (ECX, address, value) events
+    of the instructions in it that count in ECX; the last block ran up to `stop_eip`."""
     decoded: dict[int, Decoded] = {}
     ran = Follower()
-    for n, (address, size) in enumerate(blocks):
+    starts = [i for i, e in enumerate(events) if e[0] == BLOCK]
+    for n, i in enumerate(starts):
+        _, address, size = events[i]
+        last = n == len(starts) - 1
+        ecx: dict[int, int] = {}
+        for _ecx, at, value in events[i + 1 : None if last else starts[n + 1]]:
+            ecx.setdefault(at, value)  # (a REP's later iterations are blocks of their own)
         at, block_end = address, address + size
-        while at < block_end and not (n == len(blocks) - 1 and at == stop_eip):
+        while at < block_end and not (last and at == stop_eip):
             d = decoded.get(at)
             if d is None:
                 d = decoded[at] = decode(memory[at : at + 16] + bytes(16), at, True)
-            ran.step(d)
+            ran.step(d, ecx.get(at))
             at += d.length or 1  # (an undecodable byte raised #UD: the block ends there)
     return ran

@@ -100,6 +100,25 @@ def test_an_instruction_that_faults_leaves_the_flags_of_the_one_before(first: by
     assert ran.undefined == undefined
 
 
+BSF_EAX_EBX, SHL_EAX_CL, REPE_CMPSB = bytes.fromhex("0fbcc3"), bytes.fromhex("d3e0"), bytes.fromhex("f3a6")
+
+
+@pytest.mark.parametrize("ecx, undefined", [(0, CF | OF | SF | AF | PF), (1, AF), (32, CF | OF | SF | AF | PF)])
+def test_a_shift_by_a_masked_count_of_zero_changes_no_flag(ecx: int, undefined: int) -> None:
+    # bsf eax, ebx leaves CF OF SF AF PF undefined; shl eax, cl defines all but AF unless CL & 31 is 0
+    spec = fresh.FreshSpec(code=BSF_EAX_EBX + SHL_EAX_CL, regs={"ebx": 6, "ecx": ecx})
+    _, ran = run_bare_traced(spec)
+    assert ran.undefined == undefined
+
+
+@pytest.mark.parametrize("ecx, undefined", [(0, AF), (2, 0), (0x10000, 0)])
+def test_a_rep_string_instruction_with_a_count_of_zero_changes_no_flag(ecx: int, undefined: int) -> None:
+    # and eax, ebx (AF undefined); repe cmpsb defines all six unless ECX is 0
+    regs = {"ecx": ecx, "esi": fresh.DATA, "edi": fresh.DATA + 0x100}
+    _, ran = run_bare_traced(fresh.FreshSpec(code=AND_EAX_EBX + REPE_CMPSB, regs=regs))
+    assert ran.undefined == undefined
+
+
 def test_the_issue_program_reads_an_undefined_flag() -> None:
     # shl eax, 1; btc eax, ebx; aaa: AAA reads the AF that BTC (and SHL) left undefined, and
     # leaves OF SF ZF PF undefined itself (the campaign's failure: OF told apart by unicorn's blocks)
