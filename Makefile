@@ -1,8 +1,8 @@
 # ring1: make demo | test | generate | check | bench | guests | setup | clean
 #
 # Every target that runs Python first makes a virtualenv in .venv with ring1 installed
-# (editable, with the dev tools): a fresh machine needs only python3, gcc, binutils, nasm
-# and make. `make PYTHON=python3 ...` uses an environment you installed yourself instead.
+# (editable, with the dev tools): a fresh machine needs only python3, gcc, binutils and
+# make. `make PYTHON=python3 ...` uses an environment you installed yourself instead.
 
 VENV ?= .venv
 ifeq ($(origin PYTHON),command line)
@@ -47,15 +47,16 @@ bench: $(SETUP)
 	$(RING1) bench nano
 
 # ---------------------------------------------------------------- guests
-# Freestanding Multiboot kernels for `ring1 run`, built with the host's gcc, nasm and ld.
+# Freestanding Multiboot kernels for `ring1 run`, built with the host's gcc and ld: C, and
+# assembler in .S files that gcc runs through the C preprocessor and GNU as.
 GUEST_DIR := guests
 GUEST_OUT := build/guests
 GUEST_CC ?= gcc
-NASM ?= nasm
 GUEST_LD ?= ld
 GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fno-pic -fno-pie -nostdlib \
 	-mgeneral-regs-only -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables \
 	-fno-tree-loop-distribute-patterns
+GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings
 GUEST_LDFLAGS := -m elf_i386 -T $(GUEST_DIR)/linker.ld -nostdlib -z max-page-size=0x1000 --build-id=none -z noexecstack
 ASM_GUESTS := hello fault halt spin
 C_GUESTS := demo
@@ -66,8 +67,8 @@ guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf)
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_CFLAGS) -c $< -o $@
 
-$(GUEST_OUT)/%.o: $(GUEST_DIR)/%.asm $(GUEST_DIR)/multiboot.inc | $(GUEST_OUT)
-	$(NASM) -f elf32 -I $(GUEST_DIR)/ $< -o $@
+$(GUEST_OUT)/%.o: $(GUEST_DIR)/%.S $(GUEST_DIR)/multiboot.inc | $(GUEST_OUT)
+	$(GUEST_CC) $(GUEST_ASFLAGS) -c $< -o $@
 
 $(GUEST_OUT)/demo.elf: $(foreach o,$(GUEST_LIB) demo,$(GUEST_OUT)/$(o).o) $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $(filter %.o,$^)

@@ -230,6 +230,7 @@ class Template:
     name: str
     lines: list[str]
     loc: Loc
+    line_locs: list[Loc] = field(default_factory=list)  # where each line stands, for assembler errors
 
 
 # ---------------------------------------------------------------- instructions

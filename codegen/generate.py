@@ -191,6 +191,7 @@ def render_rules(spec: Spec, env: jinja2.Environment) -> str:
                 "name": name,
                 "source": at.source,
                 "placeholders": repr(at.placeholders),
+                "values": repr(at.values),
                 "when": repr(at.when),
                 "origin": repr(at.origin),
                 "labels": repr(dict(sorted(at.labels.items()))),
@@ -206,6 +207,9 @@ def render_rules(spec: Spec, env: jinja2.Environment) -> str:
 def _chunk_literal(c) -> str:
     if isinstance(c, bytes):
         return f"bytes.fromhex({c.hex(' ')!r})"
+    if isinstance(c, tuple):
+        parts = [_chunk_literal(part) for part in c]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
     return repr(c)
 
 

@@ -42,8 +42,10 @@ EXCEPTIONS = {  # name -> (vector, takes an error code)
 
 TRANSLATE_RULES = {
     "ident": (None,),
-    "direct": ("jmp", "jcc", "call", "loop"),
-    "indirect": ("jmp", "call", "ret"),
+    # A control transfer, followed by the name of its kind: the translator emits the template
+    # named `<rule>_<kind>` (spec/vmm.r1), whose {@target} and {@next} branches are exits.
+    "direct": "template",
+    "indirect": "template",
     "inline": None,  # followed by a template name
     "callout": (None,),
     "trap": (None,),
@@ -610,8 +612,10 @@ class Resolver:
         elif allowed == (None,):
             if arg is not None:
                 raise A.SpecError(loc, f"`translate {rule}` takes no argument")
-        elif arg not in allowed:
-            raise A.SpecError(loc, f"`translate {rule}` needs one of: {', '.join(allowed)}")
+        elif arg is None or f"{rule}_{arg}" not in self.spec.templates:
+            kinds = sorted(n.removeprefix(f"{rule}_") for n in self.spec.templates if n.startswith(f"{rule}_"))
+            known = ", ".join(kinds) or "none"
+            raise A.SpecError(loc, f"`translate {rule}` needs a kind with a template {rule}_<kind>; known: {known}")
         return rule, arg
 
 

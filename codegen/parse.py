@@ -297,8 +297,9 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def template(self, meta, children):
-        lines = [str(c.children[0])[1:] if isinstance(c, Tree) else str(c)[1:] for c in children[1:]]
-        return A.Template(str(children[0]), lines, self._loc(meta))
+        tokens = [c.children[0] if isinstance(c, Tree) else c for c in children[1:]]
+        lines = [str(tok)[1:] for tok in tokens]
+        return A.Template(str(children[0]), lines, self._loc(meta), [self._loc(tok) for tok in tokens])
 
     # ------------------------------------------------------------ instructions
 

@@ -108,14 +108,14 @@ RULES = {
     'JCC_RELv': ('direct', 'jcc', (), ()),  # spec/control.r1:51
     'CALL_RELv': ('direct', 'call', (), ()),  # spec/control.r1:62
     'LOOP': ('direct', 'loop', (), ()),  # spec/control.r1:74
-    'LOOPE': ('direct', 'loop', (), ()),  # spec/control.r1:88
-    'LOOPNE': ('direct', 'loop', (), ()),  # spec/control.r1:103
-    'JCXZ': ('direct', 'loop', (), ()),  # spec/control.r1:118
-    'JECXZ': ('direct', 'loop', (), ()),  # spec/control.r1:128
+    'LOOPE': ('direct', 'loope', (), ()),  # spec/control.r1:88
+    'LOOPNE': ('direct', 'loopne', (), ()),  # spec/control.r1:103
+    'JCXZ': ('direct', 'jecxz', (), ()),  # spec/control.r1:118
+    'JECXZ': ('direct', 'jecxz', (), ()),  # spec/control.r1:128
     'JMP_RMv': ('indirect', 'jmp', (), ()),  # spec/control.r1:140
     'CALL_RMv': ('indirect', 'call', (), ()),  # spec/control.r1:150
     'RET_NEAR': ('indirect', 'ret', (), ()),  # spec/control.r1:169
-    'RET_NEAR_Iw': ('indirect', 'ret', (), ()),  # spec/control.r1:178
+    'RET_NEAR_Iw': ('indirect', 'ret_imm', (), ()),  # spec/control.r1:178
     'JMP_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:334
     'JMP_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:345
     'CALL_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:355
@@ -912,13 +912,17 @@ CONSTS = {
     'V_VIRT_IOPL': 72,
 }
 
-# Assembled templates (nasm, at generation time). A variant is a list of chunks: bytes to
-# copy, ("ea", reg) for a LEA of the guest instruction's memory operand into reg, or ("seg",)
-# for its segment-override prefix. Variants are keyed by the register numbers of the
-# placeholders listed; blobs have an origin address and exported labels.
+# Assembled templates (GNU as, at generation time). A variant is a list of chunks: bytes to
+# copy; ("ea", head, reg, tail) for an instruction on the guest instruction's own r/m operand
+# (head and tail: the template's bytes around it; reg: its ModRM reg field); ("seg",) for a
+# prefix naming the operand's segment; ("abs32" | "rel32", symbol, addend) for a 32-bit value
+# the translator fills in: "@name" a value of the instance (listed in "values"), otherwise a
+# label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
+# cc); blobs have an origin address and exported labels.
 TEMPLATES = {
     'cli_virtual': {  # spec/vmm.r1:174
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": None,
         "labels": {},
@@ -926,8 +930,114 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
+    'direct_call': {  # spec/vmm.r1:266
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_jcc': {  # spec/vmm.r1:260
+        "placeholders": ('cc',),
+        "values": ('target', 'next'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (0,): [bytes.fromhex('0f 80'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (1,): [bytes.fromhex('0f 81'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (2,): [bytes.fromhex('0f 82'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (3,): [bytes.fromhex('0f 83'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (4,): [bytes.fromhex('0f 84'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (5,): [bytes.fromhex('0f 85'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (6,): [bytes.fromhex('0f 86'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (7,): [bytes.fromhex('0f 87'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (8,): [bytes.fromhex('0f 88'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (9,): [bytes.fromhex('0f 89'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (10,): [bytes.fromhex('0f 8a'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (11,): [bytes.fromhex('0f 8b'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (12,): [bytes.fromhex('0f 8c'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (13,): [bytes.fromhex('0f 8d'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (14,): [bytes.fromhex('0f 8e'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+            (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
+        },
+    },
+    'direct_jecxz': {  # spec/vmm.r1:298
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_jmp': {  # spec/vmm.r1:255
+        "placeholders": (),
+        "values": ('target',),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_loop': {  # spec/vmm.r1:274
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_loope': {  # spec/vmm.r1:282
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'direct_loopne': {  # spec/vmm.r1:290
+        "placeholders": (),
+        "values": ('next', 'target'),
+        "when": {'osize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
+        },
+    },
+    'exit_next': {  # spec/vmm.r1:341
+        "placeholders": (),
+        "values": ('next',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
+        },
+    },
+    'indirect_call': {  # spec/vmm.r1:314
+        "placeholders": (),
+        "values": ('next',),
+        "when": {'osize': '32', 'asize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
+        },
+    },
     'indirect_entry': {  # spec/vmm.r1:161
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": None,
         "labels": {},
@@ -935,8 +1045,39 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
+    'indirect_jmp': {  # spec/vmm.r1:306
+        "placeholders": (),
+        "values": (),
+        "when": {'osize': '32', 'asize': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
+        },
+    },
+    'indirect_ret': {  # spec/vmm.r1:323
+        "placeholders": (),
+        "values": (),
+        "when": {'osize': '32', 'stack': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
+        },
+    },
+    'indirect_ret_imm': {  # spec/vmm.r1:331
+        "placeholders": (),
+        "values": ('n',),
+        "when": {'osize': '32', 'stack': '32'},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
+        },
+    },
     'mov_from_sreg': {  # spec/vmm.r1:225
         "placeholders": ('dst', 'src'),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
         "origin": None,
         "labels": {},
@@ -1009,15 +1150,17 @@ TEMPLATES = {
     },
     'popf_virtual': {  # spec/vmm.r1:206
         "placeholders": (),
+        "values": ('callout',),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00'), ('callout', 5), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
+            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
     'pushf_virtual': {  # spec/vmm.r1:182
         "placeholders": (),
+        "values": (),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
@@ -1027,6 +1170,7 @@ TEMPLATES = {
     },
     'sldt_virtual': {  # spec/vmm.r1:240
         "placeholders": ('dst',),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
         "labels": {},
@@ -1043,6 +1187,7 @@ TEMPLATES = {
     },
     'smsw_virtual': {  # spec/vmm.r1:230
         "placeholders": ('dst',),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
         "labels": {},
@@ -1059,6 +1204,7 @@ TEMPLATES = {
     },
     'sti_virtual': {  # spec/vmm.r1:178
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": None,
         "labels": {},
@@ -1068,6 +1214,7 @@ TEMPLATES = {
     },
     'str_virtual': {  # spec/vmm.r1:235
         "placeholders": ('dst',),
+        "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
         "origin": None,
         "labels": {},
@@ -1084,6 +1231,7 @@ TEMPLATES = {
     },
     'vmm_stubs': {  # spec/vmm.r1:65
         "placeholders": (),
+        "values": (),
         "when": {},
         "origin": 4290846720,
         "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847089, 'world_switch': 4290846720},

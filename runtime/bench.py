@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from ring1.runtime import fresh
+from ring1.runtime.isa.assembler import assemble
 
 MODES = ("bare", "bt", "trap", "interp")
 # The clock: CPU time of this process (the guest runs on this thread), so that other work on a
@@ -68,92 +69,37 @@ class BenchError(Exception):
     """A mode could not run a benchmark's loop to its end."""
 
 
-# ---------------------------------------------------------------- a tiny assembler for the loops
+# ---------------------------------------------------------------- the loops' code (assembly text)
 
-
-class Asm:
-    """Machine code at a fixed origin, with labels for the few rel32 branches the loops need."""
-
-    def __init__(self, org: int) -> None:
-        self.org = org
-        self.code = bytearray()
-        self.labels: dict[str, int] = {}
-        self.fixups: list[tuple[int, str]] = []
-
-    def here(self) -> int:
-        return self.org + len(self.code)
-
-    def label(self, name: str) -> None:
-        self.labels[name] = self.here()
-
-    def raw(self, data: bytes) -> None:
-        self.code += data
-
-    def _rel32(self, opcode: bytes, target: str) -> None:
-        self.code += opcode
-        self.fixups.append((len(self.code), target))
-        self.code += bytes(4)
-
-    def call(self, target: str) -> None:
-        self._rel32(b"\xe8", target)
-
-    def jnz(self, target: str) -> None:
-        self._rel32(b"\x0f\x85", target)
-
-    def bytes(self) -> bytes:
-        out = bytearray(self.code)
-        for at, name in self.fixups:
-            struct.pack_into("<i", out, at, self.labels[name] - (self.org + at + 4))
-        return bytes(out)
-
-
-def imm32(v: int) -> bytes:
-    return struct.pack("<I", v & 0xFFFFFFFF)
-
-
-# Encodings used below (32-bit operand and address size).
-DEC_ECX = b"\x49"
-CLI, STI, PUSHFD, POPFD, RET, IRETD = b"\xfa", b"\xfb", b"\x9c", b"\x9d", b"\xc3", b"\xcf"
-IN_AL_80 = b"\xe4\x80"  # in al, 0x80
-INT_80 = b"\xcd\x80"  # int 0x80
-DIV_EBX = b"\xf7\xf3"  # div ebx (EBX = 0: #DE)
-SKIP_DIV = b"\x83\x04\x24\x02"  # add dword [esp], 2: the #DE handler steps over `div ebx`
-ADD_ESP_4 = b"\x83\xc4\x04"  # drop the #PF error code
-ALU_BODY = (
-    b"\x01\xd8"  # add eax, ebx
-    b"\x31\xc2"  # xor edx, eax
-    b"\x29\xd6"  # sub esi, edx
-    b"\x21\xf7"  # and edi, esi
-    b"\x09\xfb"  # or ebx, edi
-    b"\x8d\x44\x58\x01"  # lea eax, [eax + ebx*2 + 1]
-    b"\xc1\xc2\x03"  # rol edx, 3
-    b"\x87\xde"  # xchg esi, ebx
-)
+ALU_BODY = """
+    add eax, ebx
+    xor edx, eax
+    sub esi, edx
+    and edi, esi
+    or ebx, edi
+    lea eax, [eax + ebx*2 + 1]
+    rol edx, 3
+    xchg esi, ebx
+"""
 ALU_INSNS = 8
-STORE_LOAD = b"\x89\x07\x8b\x07"  # mov [edi], eax; mov eax, [edi]
+STORE_LOAD = "mov [edi], eax\nmov eax, [edi]"
 
 # Paging for pgfault and ptemod: a page directory and one page table identity-mapping guest
 # memory; the loops work on the PTE of one test page.
 PAGE_DIR, PAGE_TABLE, TEST_PAGE = 0x20000, 0x21000, 0x30000
 TEST_PTE = PAGE_TABLE + (TEST_PAGE >> 12) * 4
-
-
-def mov_mem_imm32(addr: int, value: int) -> bytes:
-    return b"\xc7\x05" + imm32(addr) + imm32(value)  # mov dword [addr], value
-
-
-INVLPG_TEST = b"\x0f\x01\x3d" + imm32(TEST_PAGE)  # invlpg [TEST_PAGE]
-LOAD_TEST = b"\xa1" + imm32(TEST_PAGE)  # mov eax, [TEST_PAGE]
 PTE_PRESENT = TEST_PAGE | 0x3
-ENABLE_PAGING = (
-    b"\xb8"
-    + imm32(PAGE_DIR)  # mov eax, PAGE_DIR
-    + b"\x0f\x22\xd8"  # mov cr3, eax
-    + b"\x0f\x20\xc0"  # mov eax, cr0
-    + b"\x0d"
-    + imm32(0x80000000)  # or eax, CR0.PG
-    + b"\x0f\x22\xc0"  # mov cr0, eax
-)
+SET_TEST_PTE = f"mov dword ptr [{TEST_PTE:#x}], {PTE_PRESENT:#x}"
+CLEAR_TEST_PTE = f"mov dword ptr [{TEST_PTE:#x}], 0"
+INVLPG_TEST = f"invlpg [{TEST_PAGE:#x}]"
+LOAD_TEST = f"mov eax, [{TEST_PAGE:#x}]"
+ENABLE_PAGING = f"""
+    mov eax, {PAGE_DIR:#x}
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
 
 
 def paging_memory() -> dict[int, bytes]:
@@ -173,14 +119,15 @@ def gate(handler: int, kind: int = 0xE) -> bytes:
 
 @dataclass
 class Loop:
-    """One loop on the fresh machine: `prologue`, then `body` x unroll counted down in ECX."""
+    """One loop on the fresh machine: `prologue`, then `body` x unroll counted down in ECX.
+    Code is assembly text for the one encoder (ring1.runtime.isa.assembler)."""
 
-    body: bytes
+    body: str
     unroll: int = 1
-    prologue: bytes = b""
-    handlers: dict[int, bytes] = field(default_factory=dict)  # vector -> handler code (ends in IRETD)
-    functions: bytes = b""  # code after the end (called as "fn")
-    calls_fn: bool = False  # the body is `call fn` (the body bytes are ignored)
+    prologue: str = ""
+    handlers: dict[int, str] = field(default_factory=dict)  # vector -> handler code (ends in IRETD)
+    functions: str = ""  # code after the end (called as "fn")
+    calls_fn: bool = False  # the body is `call fn` (the body is ignored)
     paging: bool = False
     regs: dict[str, int] = field(default_factory=dict)
 
@@ -193,31 +140,20 @@ class Built:
 
 
 def build(loop: Loop) -> Built:
-    a = Asm(fresh.CODE)
-    a.raw(loop.prologue)
-    a.label("head")
-    for _ in range(loop.unroll):
-        if loop.calls_fn:
-            a.call("fn")
-        else:
-            a.raw(loop.body)
-    a.raw(DEC_ECX)
-    a.jnz("head")
-    a.label("end")
-    a.raw(b"\xf4")  # never reached: every mode stops at `end`
-    a.label("fn")
-    a.raw(loop.functions)
-    memory: dict[int, bytes] = {}
-    for vector, code in sorted(loop.handlers.items()):
-        while a.here() % 16:
-            a.raw(b"\x90")
-        memory[fresh.IDT + vector * 8] = gate(a.here())
-        a.raw(code)
+    body = "call fn" if loop.calls_fn else loop.body
+    parts = [loop.prologue, "head:", *[body] * loop.unroll, "dec ecx", "jnz head", "end:"]
+    parts += ["hlt  # never reached: every mode stops at `end`", "fn:", loop.functions]
+    for vector in sorted(loop.handlers):
+        parts += [".balign 16, 0x90", f"handler_{vector}:", loop.handlers[vector]]
+    code = assemble("\n".join(parts), origin=fresh.CODE)
+    memory: dict[int, bytes] = {
+        fresh.IDT + vector * 8: gate(code.labels[f"handler_{vector}"]) for vector in loop.handlers
+    }
     if loop.paging:
         memory.update(paging_memory())
     regs = {"ecx": 1, **loop.regs}
-    spec = fresh.FreshSpec(code=a.bytes(), regs=regs, memory=memory)
-    return Built(spec, a.labels["head"], a.labels["end"])
+    spec = fresh.FreshSpec(code=code.code, regs=regs, memory=memory)
+    return Built(spec, code.labels["head"], code.labels["end"])
 
 
 @dataclass
@@ -232,11 +168,11 @@ class Nano:
         if self.baseline is not None:
             return self.baseline
         lp = self.loop
-        return Loop(b"", 1, lp.prologue, dict(lp.handlers), lp.functions, False, lp.paging, dict(lp.regs))
+        return Loop("", 1, lp.prologue, dict(lp.handlers), lp.functions, False, lp.paging, dict(lp.regs))
 
 
 def nano_benchmarks() -> list[Nano]:
-    pf_handler = mov_mem_imm32(TEST_PTE, PTE_PRESENT) + ADD_ESP_4 + IRETD
+    pf_handler = f"{SET_TEST_PTE}\nadd esp, 4  # drop the error code\niretd"
     return [
         Nano(
             "alu",
@@ -245,15 +181,20 @@ def nano_benchmarks() -> list[Nano]:
             None,
             loop_included=True,
         ),
-        Nano("call_ret", "call to a function that returns", Loop(b"", 4, functions=RET, calls_fn=True), None),
-        Nano("cli_sti", "CLI; STI", Loop(CLI + STI, 4), None),
-        Nano("pushf_popf", "PUSHFD; POPFD", Loop(PUSHFD + POPFD, 4), None),
-        Nano("in_port", "in al, 0x80", Loop(IN_AL_80, 4), None),
-        Nano("int_syscall", "int 0x80 to the guest's handler, which IRETs", Loop(INT_80, handlers={0x80: IRETD}), None),
+        Nano("call_ret", "call to a function that returns", Loop("", 4, functions="ret", calls_fn=True), None),
+        Nano("cli_sti", "CLI; STI", Loop("cli\nsti", 4), None),
+        Nano("pushf_popf", "PUSHFD; POPFD", Loop("pushfd\npopfd", 4), None),
+        Nano("in_port", "in al, 0x80", Loop("in al, 0x80", 4), None),
+        Nano(
+            "int_syscall",
+            "int 0x80 to the guest's handler, which IRETs",
+            Loop("int 0x80", handlers={0x80: "iretd"}),
+            None,
+        ),
         Nano(
             "divzero",
             "div by zero; the guest's #DE handler skips it and IRETs",
-            Loop(DIV_EBX, handlers={0: SKIP_DIV + IRETD}, regs={"ebx": 0}),
+            Loop("div ebx", handlers={0: "add dword ptr [esp], 2  # step over div ebx\niretd"}, regs={"ebx": 0}),
             None,
         ),
         Nano(
@@ -261,13 +202,13 @@ def nano_benchmarks() -> list[Nano]:
             "a true #PF: the loop clears a PTE (and INVLPGs), touches the page; the guest's handler maps it "
             "and IRETs. Baseline: the same loop writing the PTE present, so no fault",
             Loop(
-                mov_mem_imm32(TEST_PTE, 0) + INVLPG_TEST + LOAD_TEST,
+                "\n".join((CLEAR_TEST_PTE, INVLPG_TEST, LOAD_TEST)),
                 prologue=ENABLE_PAGING,
                 handlers={14: pf_handler},
                 paging=True,
             ),
             Loop(
-                mov_mem_imm32(TEST_PTE, PTE_PRESENT) + INVLPG_TEST + LOAD_TEST,
+                "\n".join((SET_TEST_PTE, INVLPG_TEST, LOAD_TEST)),
                 prologue=ENABLE_PAGING,
                 handlers={14: pf_handler},
                 paging=True,
@@ -276,7 +217,7 @@ def nano_benchmarks() -> list[Nano]:
         Nano(
             "ptemod",
             "write a PTE of the live page tables, then INVLPG its page",
-            Loop(mov_mem_imm32(TEST_PTE, PTE_PRESENT) + INVLPG_TEST, prologue=ENABLE_PAGING, paging=True),
+            Loop(f"{SET_TEST_PTE}\n{INVLPG_TEST}", prologue=ENABLE_PAGING, paging=True),
             None,
         ),
         # Not one of Adams & Agesen's: the substrate's price of a memory access, to read the others by.
@@ -290,7 +231,7 @@ def nano_benchmarks() -> list[Nano]:
 
 
 def ladder_loop() -> Loop:
-    return Loop(CLI, 4)
+    return Loop("cli", 4)
 
 
 # ---------------------------------------------------------------- one machine per mode
@@ -502,24 +443,23 @@ def run_ladder(s: Settings) -> dict:
 
 # ---------------------------------------------------------------- the interpreter against unicorn
 
-INTERP_BODY = (
-    b"\x01\xd8"  # add eax, ebx
-    b"\x89\x07"  # mov [edi], eax
-    b"\x8b\x17"  # mov edx, [edi]
-)
+INTERP_LOOP = """
+head:
+    add eax, ebx
+    mov [edi], eax
+    mov edx, [edi]
+    dec ecx
+    jnz head
+end:
+    hlt
+"""
 INTERP_INSNS_PER_ITER = 5  # the body, dec ecx, jnz
 
 
 def interp_loop() -> Built:
-    a = Asm(fresh.CODE)
-    a.label("head")
-    a.raw(INTERP_BODY)
-    a.raw(DEC_ECX)
-    a.raw(b"\x75" + bytes([(-(len(INTERP_BODY) + 3)) & 0xFF]))  # jnz head (rel8)
-    a.label("end")
-    a.raw(b"\xf4")
-    spec = fresh.FreshSpec(code=a.bytes(), regs={"ecx": 1, "ebx": 3, "edi": fresh.DATA})
-    return Built(spec, a.labels["head"], a.labels["end"])
+    code = assemble(INTERP_LOOP, origin=fresh.CODE)
+    spec = fresh.FreshSpec(code=code.code, regs={"ecx": 1, "ebx": 3, "edi": fresh.DATA})
+    return Built(spec, code.labels["head"], code.labels["end"])
 
 
 def run_interp_bench(quick: bool = False, repeats: int | None = None) -> dict:

@@ -15,6 +15,8 @@ from ring1.generated.decode import LAYOUT, OPCODES
 from ring1.generated.forms import FORMS
 
 SEGMENT_PREFIXES = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
+SEGMENT_PREFIX_OF = {seg: prefix for prefix, seg in SEGMENT_PREFIXES.items()}
+ADDRESS_SIZE_PREFIX = 0x67
 MAX_LENGTH = 15
 
 _EA16 = (  # ModRM.rm -> (base register, index register) for 16-bit addressing
@@ -50,6 +52,27 @@ class Decoded:
     @property
     def next(self) -> int:
         return self.fields.get("next", self.eip + self.length)
+
+    @property
+    def condition(self) -> int | None:
+        """The condition code (0-15) of a Jcc, SETcc or CMOVcc form."""
+        return self.variant[3] if len(self.variant) > 3 else None
+
+    @property
+    def segment_prefix(self) -> bytes:
+        """A prefix naming the segment the memory operand uses (by override or by default)."""
+        seg = self.fields.get("seg")
+        return bytes((SEGMENT_PREFIX_OF[seg],)) if seg is not None else b""
+
+    @property
+    def address_size_prefix(self) -> bytes:
+        return bytes((ADDRESS_SIZE_PREFIX,)) if ADDRESS_SIZE_PREFIX in self.prefixes else b""
+
+    def rm_operand(self, reg: int) -> bytes:
+        """This instruction's r/m operand (ModRM with `reg` in its reg field, SIB, displacement),
+        for another instruction to use the same operand: register or memory, exactly addressed."""
+        modrm = self.raw[self.modrm_at]
+        return bytes(((modrm & 0xC7) | (reg & 7) << 3,)) + self.raw[self.modrm_at + 1 : self.ea_end]
 
 
 class _Reader:
@@ -98,7 +121,7 @@ def decode(buf: bytes, eip: int, code32: bool) -> Decoded:
         b = r.u8()
         if b == 0x66:
             has66 = True
-        elif b == 0x67:
+        elif b == ADDRESS_SIZE_PREFIX:
             asize = 48 - asize
         elif b == 0xF0:
             lock = True

@@ -1,16 +1,13 @@
-"""The virtual platform `ring1 run` gives a guest: a serial console, an exit port, POST codes.
+"""The virtual platform `ring1 run` gives a guest, assembled on the device bus
+(ring1.runtime.devices.bus):
 
-  0x3F8-0x3FF  COM1, a 16550 UART with nothing attached to its line: what the guest
-               transmits goes to the console sink (ring1's stdout by default), the
-               transmitter is always empty, nothing is ever received (except in the UART's
-               own loopback mode), and no interrupt line is wired.
-  0xF4         the exit port: a write ends the run with the value written as the guest's
-               exit status (GuestExit, a VMStop of kind "exit": a clean stop).
-  0x80         POST codes: accepted and ignored (the last one is kept for diagnoses);
-               reads float high. The `in`/`out` nanobenchmarks use it.
+  0x3F8-0x3FF  COM1, a 16550 UART (devices/serial.py): the console.
+  0xF4         the exit port (devices/ports.py): a write ends the run with that exit status.
+  0x80         POST codes (devices/ports.py): kept for diagnoses; reads float high. The
+               `in`/`out` nanobenchmarks use it.
 
-Every other port floats high on reads and ignores writes, as an empty ISA bus does. Every
-IN and OUT is counted per port and direction, for `ring1 run --stats`.
+Every other port floats high on reads and ignores writes, as an empty ISA bus does. Every IN
+and OUT is counted per port and direction, for `ring1 run --stats`.
 
 The same platform serves every engine: the interpreter calls io_in/io_out from its IN and
 OUT semantics, the VMM from its callouts or unicorn's I/O hooks.
@@ -18,199 +15,34 @@ OUT semantics, the VMM from its callouts or unicorn's I/O hooks.
 
 from __future__ import annotations
 
-import os
-import sys
-from collections import Counter
 from collections.abc import Callable
-from typing import BinaryIO
 
-from ring1.runtime.events import VMStop
-from ring1.runtime.machine import Platform
+from ring1.runtime.devices.bus import Bus
+from ring1.runtime.devices.ports import ExitPort, GuestExit, PostPort
+from ring1.runtime.devices.serial import ConsoleSink, Serial16550
 
 COM1 = 0x3F8
 EXIT_PORT = 0xF4
 POST_PORT = 0x80
 
-# 16550 register offsets and bits.
-THR, IER, IIR, LCR, MCR, LSR, MSR, SCR = 0, 1, 2, 3, 4, 5, 6, 7
-FCR = IIR
-LCR_DLAB = 0x80
-LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
-MCR_LOOP = 0x10
-IIR_NONE, IIR_THRE, IIR_RDA, IIR_FIFO = 0x01, 0x02, 0x04, 0xC0
+__all__ = ["COM1", "EXIT_PORT", "POST_PORT", "ConsoleSink", "GuestExit", "GuestPlatform"]
 
 
-class GuestExit(VMStop):
-    """The guest wrote its exit status to the exit port: the run ends cleanly."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__("exit", f"the guest wrote {status:#x} to the exit port {EXIT_PORT:#x}")
-        self.status = status
-
-
-class ConsoleSink:
-    """Where the serial console's bytes go: a binary stream, flushed at each line end.
-
-    When the reader goes away (`ring1 run demo.elf | head`), the run stops cleanly (a
-    VMStop of kind "console-closed") and later output is dropped."""
-
-    def __init__(self, stream: BinaryIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stdout.buffer
-        self.pending = bytearray()
-        self.closed = False
-
-    def __call__(self, data: bytes) -> None:
-        if self.closed:
-            return
-        self.pending += data
-        if b"\n" in data or len(self.pending) >= 4096:
-            self.flush()
-            if self.closed:
-                raise VMStop("console-closed", "the console's reader went away (broken pipe)")
-
-    def flush(self) -> None:
-        if self.closed:
-            return
-        try:
-            if self.pending:
-                self.stream.write(bytes(self.pending))
-                self.pending.clear()
-            self.stream.flush()
-        except BrokenPipeError:
-            self.closed = True
-            self.pending.clear()
-            if self.stream is getattr(sys.stdout, "buffer", None):
-                # Keep Python's own flush at exit from complaining about the closed pipe.
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
-                os.close(devnull)
-
-
-class Serial16550:
-    """One 16550 UART whose transmitter never waits and whose receiver never hears anything."""
-
-    def __init__(self, sink: Callable[[bytes], None]) -> None:
-        self.sink = sink
-        self.divisor = 0x000C  # 9600 baud, the usual power-on setting
-        self.ier = 0
-        self.lcr = 0x03
-        self.mcr = 0
-        self.scr = 0
-        self.fifo = False
-        self.rx = bytearray()  # filled only in loopback mode
-        self.thre_pending = False  # the "transmitter empty" interrupt condition (IIR 0x02)
-        self.transmitted = 0
-
-    def read(self, offset: int) -> int:
-        dlab = self.lcr & LCR_DLAB
-        if offset == THR:
-            if dlab:
-                return self.divisor & 0xFF
-            if self.rx:
-                return self.rx.pop(0)
-            return 0
-        if offset == IER:
-            return self.divisor >> 8 if dlab else self.ier
-        if offset == IIR:
-            fifo = IIR_FIFO if self.fifo else 0
-            if self.ier & 0x01 and self.rx:
-                return fifo | IIR_RDA
-            if self.ier & 0x02 and self.thre_pending:
-                self.thre_pending = False  # reading IIR acknowledges the THRE condition
-                return fifo | IIR_THRE
-            return fifo | IIR_NONE
-        if offset == LCR:
-            return self.lcr
-        if offset == MCR:
-            return self.mcr
-        if offset == LSR:
-            return LSR_THRE | LSR_TEMT | (LSR_DR if self.rx else 0)
-        if offset == MSR:
-            if self.mcr & MCR_LOOP:
-                # Loopback: CTS <- RTS, DSR <- DTR, RI <- OUT1, DCD <- OUT2.
-                m = self.mcr
-                return (m & 0x2) << 3 | (m & 0x1) << 5 | (m & 0x4) << 4 | (m & 0x8) << 4
-            return 0  # nothing attached: no CTS, DSR, RI or DCD
-        return self.scr
-
-    def write(self, offset: int, value: int) -> None:
-        value &= 0xFF
-        dlab = self.lcr & LCR_DLAB
-        if offset == THR:
-            if dlab:
-                self.divisor = (self.divisor & 0xFF00) | value
-            elif self.mcr & MCR_LOOP:
-                self.rx.append(value)
-            else:
-                self.transmitted += 1
-                self.sink(bytes((value,)))
-                self.thre_pending = True
-        elif offset == IER:
-            if dlab:
-                self.divisor = (self.divisor & 0x00FF) | value << 8
-            else:
-                if value & 0x02 and not self.ier & 0x02:
-                    self.thre_pending = True  # enabling THRE interrupts with an empty transmitter
-                self.ier = value & 0x0F
-        elif offset == FCR:
-            self.fifo = bool(value & 0x01)
-            if value & 0x02:
-                self.rx.clear()
-        elif offset == LCR:
-            self.lcr = value
-        elif offset == MCR:
-            self.mcr = value & 0x1F
-        elif offset == SCR:
-            self.scr = value
-        # LSR and MSR writes (factory test) are ignored.
-
-
-class GuestPlatform(Platform):
-    """COM1, the exit port and the POST port, with per-port I/O counts."""
+class GuestPlatform(Bus):
+    """COM1, the exit port and the POST port on the bus."""
 
     def __init__(self, console: Callable[[bytes], None] | None = None) -> None:
+        super().__init__()
         self.console = console if console is not None else ConsoleSink()
         self.com1 = Serial16550(self.console)
-        self.post_code: int | None = None
-        self.io_counts: Counter[tuple[int, str]] = Counter()  # (port, "in" | "out") -> operations
+        self.post = PostPort()
+        self.map_ports("COM1", COM1, 8, self.com1)
+        self.map_ports("exit", EXIT_PORT, 1, ExitPort(EXIT_PORT), split=False)
+        self.map_ports("POST", POST_PORT, 1, self.post)
 
-    # A 16- or 32-bit access to these 8-bit devices is that many byte accesses at
-    # consecutive ports, as on the ISA bus; the exit port takes the whole value.
-
-    def io_in(self, port: int, size: int) -> int:
-        self.io_counts[(port, "in")] += 1
-        value = 0
-        for i in range(size):
-            value |= self._in8((port + i) & 0xFFFF) << (8 * i)
-        return value
-
-    def io_out(self, port: int, size: int, value: int) -> None:
-        self.io_counts[(port, "out")] += 1
-        if port == EXIT_PORT:
-            raise GuestExit(value & ((1 << (8 * size)) - 1))
-        for i in range(size):
-            self._out8((port + i) & 0xFFFF, value >> (8 * i) & 0xFF)
-
-    def _in8(self, port: int) -> int:
-        if COM1 <= port < COM1 + 8:
-            return self.com1.read(port - COM1)
-        return 0xFF
-
-    def _out8(self, port: int, value: int) -> None:
-        if COM1 <= port < COM1 + 8:
-            self.com1.write(port - COM1, value)
-        elif port == POST_PORT:
-            self.post_code = value
-
-    def io_total(self) -> int:
-        return sum(self.io_counts.values())
-
-    def io_by_port(self) -> dict[str, dict[str, int]]:
-        """{"0x3f8": {"out": 812}, ...}, ports in order."""
-        out: dict[str, dict[str, int]] = {}
-        for (port, direction), n in sorted(self.io_counts.items()):
-            out.setdefault(f"{port:#x}", {})[direction] = n
-        return out
+    @property
+    def post_code(self) -> int | None:
+        return self.post.code
 
     def flush(self) -> None:
         flush = getattr(self.console, "flush", None)

@@ -66,12 +66,28 @@ POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
 TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
-SEG_PREFIX = {0: 0x26, 1: 0x2E, 2: 0x36, 3: 0x3E, 4: 0x64, 5: 0x65}
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 
 _U32 = struct.Struct("<I")
+
+
+def _placeholder_value(d: Decoded | None, name: str) -> int | None:
+    """The variant key of a template placeholder: the condition, or a register number."""
+    if d is None:
+        return None
+    if name == "cc":
+        return d.condition
+    reg = d.fields.get(name)
+    return reg & 7 if reg is not None else None
+
+
+def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
+    """A template's `{ea}` instruction on the guest instruction's own r/m operand: the
+    assembled bytes before the ModRM (`head`) and after the operand (`tail`), the template's
+    reg field, and the guest's ModRM, SIB, displacement and address size."""
+    return d.address_size_prefix + head + d.rm_operand(reg) + tail
 
 
 def _descriptor(base: int, limit: int, attr: int) -> bytes:
@@ -383,50 +399,18 @@ class Vmm:
                 break
             if rule == "ident":
                 code += d.raw
-            elif rule == "direct":
-                ended = True
-                kind = RULES[d.form][1]
-                target = d.fields["target"]
-                if kind == "jmp":
-                    code += b"\xe9" + bytes(4)
-                    exits.append((len(code) - 4, target))
-                elif kind == "jcc":
-                    cc = d.variant[3]
-                    code += bytes([0x0F, 0x80 | cc]) + bytes(4)
-                    exits.append((len(code) - 4, target))
-                    code += b"\xe9" + bytes(4)
-                    exits.append((len(code) - 4, d.next))
-                elif kind == "call":
-                    code += enc.push_imm32(d.next)
-                    code += b"\xe9" + bytes(4)
-                    exits.append((len(code) - 4, target))
-                else:  # loop, loope, loopne, jcxz, jecxz: rel8 only, so branch over a long jump
-                    opcode = d.raw[len(d.prefixes) :][:1]
-                    pfx = bytes(p for p in d.prefixes if p == 0x67)
-                    code += pfx + opcode + b"\x05"
-                    code += b"\xe9" + bytes(4)
-                    exits.append((len(code) - 4, d.next))
-                    code += b"\xe9" + bytes(4)
-                    exits.append((len(code) - 4, target))
-            elif rule == "indirect":
-                ended = True
-                kind = RULES[d.form][1]
-                code += enc.mov_gs_from_eax(C["V_SAVE_EAX"])
-                eax_at = len(code)
-                if kind == "ret":
-                    code += b"\x58"  # pop eax
-                    if d.fields.get("n"):
-                        code += enc.lea_esp_plus(d.fields["n"])
-                else:
-                    code += self._load_operand_into_eax(d)
-                    if kind == "call":
-                        code += enc.push_imm32(d.next)
-                code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["lookup"])
-            elif rule == "inline":
+            elif rule in ("direct", "indirect", "inline"):
                 start = len(code)
-                body, slow_fields = self._inline(d)
+                body, links, marks = self._instance(d, rule, unit.host + start)
                 code += body
-                slow_paths += [(start + f, pc, d.next, len(code)) for f in slow_fields]
+                for field_off, value in links:
+                    if value == "callout":  # an in-TC emulation's slow path
+                        slow_paths.append((start + field_off, pc, d.next, start + len(body)))
+                    else:
+                        exits.append((start + field_off, self._value(d, value)))
+                if "eax_saved" in marks:
+                    eax_at = start + marks["eax_saved"]
+                ended = rule != "inline"
             else:  # callout
                 ended = FORMS[d.form].ends_block if d.form else True
                 site_id = len(self.sites) + 1
@@ -444,8 +428,9 @@ class Vmm:
             if ended:
                 break
         if not ended or rule == "callout":
-            code += b"\xe9" + bytes(4)
-            exits.append((len(code) - 4, pc))
+            body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
+            exits += [(len(code) + field_off, pc) for field_off, _ in links]
+            code += body
         # Continuation stubs, one per exit; each jump into them is a patch site for chaining.
         for field_off, target in exits:
             stub = unit.host + len(code)
@@ -498,10 +483,8 @@ class Vmm:
             return "callout", "it uses GS, which is the VMM's: emulated"
         if rule in ("ident", "trap") and self._touches_vmm_area(d):
             return "callout", "its address lies in the VMM's area: emulated"
-        if rule == "inline" and not self._inline_applies(d):
-            return "callout", "the template does not cover this operand size or form"
-        if rule in ("direct", "indirect") and not self._branch_translatable(d):
-            return "callout", "16-bit target or stack, or a GS operand: emulated"
+        if rule in ("direct", "indirect", "inline") and not self._template_applies(d, rule):
+            return "callout", "its template does not cover this operand or address size, stack or form"
         if rule == "trap":
             return "ident", "copied; left to trap when the hardware faults"
         return rule, ""
@@ -515,58 +498,70 @@ class Vmm:
         moffs = d.modrm_at < 0 and d.variant[2] == "mem"
         return moffs and isinstance(ea, int) and ea >= VMM_BASE
 
-    def _branch_translatable(self, d: Decoded) -> bool:
+    @staticmethod
+    def template_name(d: Decoded, rule: str) -> str:
+        """The spec/vmm.r1 template a rule emits: `inline NAME` names it; `direct KIND` and
+        `indirect KIND` mean `direct_KIND` and `indirect_KIND`."""
+        arg = RULES[d.form][1]
+        return arg if rule == "inline" else f"{rule}_{arg}"
+
+    def _template_applies(self, d: Decoded, rule: str) -> bool:
+        """Whether the template's `when` clause covers this instance (else it is a callout)."""
+        t = TEMPLATES[self.template_name(d, rule)]
         osize, asize, mod = d.variant[0], d.variant[1], d.variant[2]
-        kind = RULES[d.form][1]
-        if osize != 32:
-            return False  # 16-bit targets and return addresses: the interpreter does them
-        if kind == "ret" and not self.m.state.stack32:
-            return False
-        if kind in ("jmp", "call") and RULES[d.form][0] == "indirect" and mod == "mem" and d.fields.get("seg") == GS:
-            return False
-        return asize == 32 or kind in ("loop",)
-
-    def _load_operand_into_eax(self, d: Decoded) -> bytes:
-        """`mov eax, <the instruction's r/m operand>`, with the guest's own addressing."""
-        if d.variant[2] == "reg":
-            return bytes([0x8B, 0xC0 | d.fields["target"]])
-        pfx = bytes(p for p in d.prefixes if p in (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x67))
-        modrm = d.raw[d.modrm_at] & 0xC7
-        return pfx + bytes([0x8B, modrm]) + d.raw[d.modrm_at + 1 : d.ea_end]
-
-    def _inline_applies(self, d: Decoded) -> bool:
-        t = TEMPLATES[RULES[d.form][1]]
-        when = t["when"]
-        if "osize" in when and int(when["osize"]) != d.variant[0]:
-            return False
-        if "mod" in when and when["mod"] != d.variant[2]:
-            return False
-        for key, span in when.items():
+        for key, want in t["when"].items():
             if key.endswith("#"):
-                lo, hi = (int(v) for v in span.split(".."))
+                lo, hi = (int(v) for v in want.split(".."))
                 if not lo <= d.fields.get(key[:-1], -1) <= hi:
                     return False
-        return all(p in d.fields for p in t["placeholders"])
+            elif key == "mod":
+                if want != mod:
+                    return False
+            else:
+                have = {"osize": osize, "asize": asize, "stack": 32 if self.m.state.stack32 else 16}[key]
+                if int(want) != have:
+                    return False
+        return all(_placeholder_value(d, p) is not None for p in t["placeholders"])
 
-    def _inline(self, d: Decoded) -> tuple[bytes, list[int]]:
-        """The template's code for this instance, and the offsets of its slow-path rel32 fields."""
-        t = TEMPLATES[RULES[d.form][1]]
-        key = tuple(d.fields[p] & 7 for p in t["placeholders"])
+    @staticmethod
+    def _value(d: Decoded, name: str) -> int:
+        """A template's `{@name}` for this instance: `next`, or a decoded field (target, n...)."""
+        return d.next if name == "next" else d.fields[name]
+
+    def _instance(self, d: Decoded | None, rule_or_name: str, at: int) -> tuple[bytes, list[tuple[int, str]], dict]:
+        """A template's code for instance `d` placed at TC address `at`: the bytes, the rel32
+        fields whose `{@name}` target the caller fills in (offset, name: exits and slow paths),
+        and the offsets of its marks. Values and the stubs' labels are filled in here."""
+        name = self.template_name(d, rule_or_name) if d is not None else rule_or_name
+        t = TEMPLATES[name]
+        key = tuple(_placeholder_value(d, p) for p in t["placeholders"])
         out = bytearray()
-        slow: list[int] = []
+        links: list[tuple[int, str]] = []
+        marks: dict[str, int] = {}
         for chunk in t["variants"][key]:
             if isinstance(chunk, bytes):
                 out += chunk
-            elif chunk[0] == "ea":
-                pfx = b"\x67" if 0x67 in d.prefixes else b""
-                modrm = (d.raw[d.modrm_at] & 0xC7) | chunk[1] << 3
-                out += pfx + bytes([0x8D, modrm]) + d.raw[d.modrm_at + 1 : d.ea_end]
-            elif chunk[0] == "callout":
-                out += bytes([0x0F, 0x80 | chunk[1]]) + bytes(4)
-                slow.append(len(out) - 4)
-            else:
-                out.append(SEG_PREFIX[d.fields["seg"]])
-        return bytes(out), slow
+                continue
+            kind = chunk[0]
+            if kind == "ea":
+                out += guest_operand(d, *chunk[1:])
+            elif kind == "seg":
+                out += d.segment_prefix
+            elif kind == "addr":
+                out += d.address_size_prefix
+            elif kind == "mark":
+                marks[chunk[1]] = len(out)
+            else:  # abs32 / rel32: a value of the instance or a stub's label
+                symbol, addend = chunk[1], chunk[2]
+                if kind == "rel32" and symbol.startswith("@"):
+                    links.append((len(out), symbol[1:]))
+                    out += bytes(4)
+                    continue
+                value = self._value(d, symbol[1:]) if symbol.startswith("@") else L[symbol]
+                if kind == "rel32":
+                    value -= at + len(out)
+                out += _U32.pack((value + addend) & M32)
+        return bytes(out), links, marks
 
     def _clear_hash(self) -> None:
         """Empty entries hold a guest EIP whose low half differs from their index: never a hit."""

@@ -1,7 +1,7 @@
 """The few instruction encodings the translator writes itself.
 
 Everything else it emits is either a copy of the guest's own bytes (IDENT) or a template
-the spec assembled with nasm (generated/rules.py). These are the shapes whose operands are
+the spec assembled with GNU as (generated/rules.py). These are the shapes whose operands are
 only known at translation time: branches to continuation stubs, stores of an immediate
 into the vcpu page, pushes of a guest return address, and loads of a guest operand.
 """

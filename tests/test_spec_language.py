@@ -83,7 +83,7 @@ CASES = [
     ("unknown flagfn", GOOD.replace("setflags add(", "setflags ad("), (11, 53), "no flagfn named 'ad'"),
     ("arity", GOOD.replace("trunc(dst + src, w)", "trunc(dst + src)"), (11, 23), "trunc takes 2 arguments"),
     ("unknown exception", GOOD.replace("let r", "raise #XX; let r"), (11, 21), "unexpected character '#'"),
-    ("bad translate rule", GOOD.replace("translate ident", "translate direct"), (10, 3), "needs one of"),
+    ("bad translate rule", GOOD.replace("translate ident", "translate direct"), (10, 3), "needs a kind with"),
     ("missing brace", GOOD.rstrip().rstrip("}"), (11, 80), "unexpected end of file"),
 ]
 
@@ -156,3 +156,59 @@ def test_template_when_clauses_are_checked(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         assemble_all(compile_spec(tmp_path, bad))
     assert "spec/t.r1:1:" in str(info.value) and "dst#=0..5" in str(info.value)
+
+
+def test_assembler_errors_point_at_the_template_line(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    bad = "template t {\n  | mov eax, 1\n  | movv eax, ebx\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, bad))
+    message = str(info.value)
+    assert message.startswith("spec/t.r1:3:") and "as:" in message and "movv" in message
+    assert "/tmp" not in message and ".s:" not in message  # no temporary file's name
+    blob = "template b {\n  | org 0x1000\n  | here:\n  |   jmp there\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, blob))
+    assert str(info.value).startswith("spec/t.r1:")
+
+
+def test_templates_assemble_with_gnu_as_at_their_origin(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    text = (
+        "template b {\n  | org 0x1000\n  | first:\n  |   jmp second\n  |   mov eax, offset second\n"
+        "  | second:\n  |   jne 1f\n  | 1:\n  |   ret\n}\n"
+        "template t {\n  | mov dword ptr gs:[0x28], 0x200\n  | 1:\n  | jne 1b\n}\n"
+    )
+    out = assemble_all(compile_spec(tmp_path, text))
+    assert out["b"].labels == {"first": 0x1000, "second": 0x1007}  # the source's labels only
+    assert out["b"].variants[()] == [bytes.fromhex("eb 05 b8 07 10 00 00 75 00 c3")]  # absolute: linked at org
+    assert out["t"].variants[()] == [bytes.fromhex("65 c7 05 28 00 00 00 00 02 00 00 75 fe")]
+
+
+def test_template_values_conditions_and_guest_operands(tmp_path: Path) -> None:
+    from ring1.codegen.asm import assemble_all
+
+    text = (
+        "template stubs {\n  | org 0x2000\n  | lookup:\n  |   ret\n}\n"
+        "template t {\n  | j{cc} {@target}\n  | push offset {@next}\n  | jmp lookup\n}\n"
+        "template u {\n  | when asize=32\n  | {seg}mov eax, {ea}\n  | mov dword ptr {ea}, 7\n}\n"
+    )
+    out = assemble_all(compile_spec(tmp_path, text))
+    t = out["t"]
+    assert t.placeholders == ("cc",) and t.values == ("target", "next")
+    assert sorted(t.variants) == [(c,) for c in range(16)]
+    assert t.variants[(5,)] == [
+        bytes.fromhex("0f 85"), ("rel32", "@target", -4),  # jne rel32: filled with target - end of field
+        bytes.fromhex("68"), ("abs32", "@next", 0),
+        bytes.fromhex("e9"), ("rel32", "lookup", -4),
+    ]  # fmt: skip
+    u = out["u"]
+    assert u.when == {"asize": "32"}
+    store7 = ("ea", bytes.fromhex("c7"), 0, (7).to_bytes(4, "little"))
+    assert u.variants[()] == [("seg",), ("ea", bytes.fromhex("8b"), 0, b""), store7]
+    bad = "template t {\n  | jmp nowhere\n}\n"
+    with pytest.raises(SpecError) as info:
+        assemble_all(compile_spec(tmp_path, bad))
+    assert str(info.value).startswith("spec/t.r1:2:") and "'nowhere' is not defined" in str(info.value)
