@@ -485,6 +485,8 @@ def is_locked_neg(code: bytes, code32: bool = True) -> bool:
 
     d = decode(code + bytes(16), fresh.CODE, code32)
     return d.form in NEG_FORMS and d.lock
+
+
 SF_ZF_PF = (1 << 7) | (1 << 6) | (1 << 2)
 
 

@@ -2,10 +2,11 @@
 
 A case is a FreshSpec (code, registers, memory, mode) plus the forms its code uses. Both
 machines start from the same guest-visible state (ring1.runtime.fresh); the comparison
-covers the general registers, EIP, EFLAGS (masking only the flags the spec declares
-undefined), the selectors, XMM0-XMM7 and MXCSR, all of memory but the harness's own scratch
-areas, and the exception raised (vector; CR2 for page faults). Unicorn's error codes are not visible, so
-error codes are compared by the interpreter's own tests instead.
+covers the general registers, EIP, EFLAGS (masking only the flags the spec declares left
+undefined by the instructions that completed, tests/undefined_flags.py), the selectors,
+XMM0-XMM7 and MXCSR, all of memory but the harness's own scratch areas, and the exception
+raised (vector; CR2 for page faults). Unicorn's error codes are not visible, so error codes
+are compared by the interpreter's own tests instead.
 """
 
 from __future__ import annotations

@@ -9,6 +9,14 @@ instructions that do not trap at CPL 1 (programs.STEALTH). The comparison
 (common.differences) covers the 8 GPRs, EIP, all of EFLAGS (IF and IOPL included), the six
 selectors, the exception vector, and every byte of guest memory.
 
+All of EFLAGS but the flags the spec leaves undefined at the end of the run: those whose last
+writer, on the path `bare` took (its translation blocks, reported by a block hook), is declared
+`undef` by its form (tests/undefined_flags.py). Unicorn computes them lazily, and its result
+depends on where its blocks end, which differs between `bare` and `bt`. A program in which an
+instruction read such a flag (AAA after BTC, a JC after BSF, PUSHF) is no evidence either way:
+it is skipped (hypothesis `assume`, counted among the invalid examples in
+`--hypothesis-show-statistics`).
+
 The same stealth instructions under `trap` (naive trap-and-emulate: the kernel run directly
 at CPL 1) show the real, deprivileged CPU instead of the virtual one. That is asserted per
 instruction, on a small concrete program, next to `bt` giving exactly what `bare` gives.
