@@ -21,7 +21,6 @@ from functools import cache
 from pathlib import Path
 
 from ring1.generated.forms import FORMS
-from ring1.runtime import fresh
 from ring1.runtime.decoder import Decoded, decode
 
 FLAG_BITS = {
@@ -154,7 +153,7 @@ def count(d: Decoded, ecx: int | None = None) -> int | None:
 
 def counts_in_ecx(d: Decoded) -> bool:
     """Whether the flags `d` changes depend on ECX as it starts (see `count`)."""
-    return d.form is not None and count(d, 0) == 0 and count(d) is None
+    return d.form is not None and count(d, 0) == 0 and count(d) is None and effect(d) != NO_EFFECT
 
 
 @dataclass
@@ -216,7 +215,3 @@ def hook_ecx(uc, addresses: Iterable[int], record: Callable[[int, int], None]) -
         record(address, uc.reg_read(UC_X86_REG_ECX))
 
     return [uc.hook_add(UC_HOOK_CODE, on_code, begin=a, end=a) for a in addresses]
-
-
-def code_is_32(spec: fresh.FreshSpec) -> bool:
-    return not spec.real
