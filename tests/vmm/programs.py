@@ -39,7 +39,7 @@ from ring1.runtime.snippet import SnippetResult
 from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
 from ..diff.harness import window_segments
-from ..undefined_flags import Follower, counts_in_ecx, hook_ecx
+from ..undefined_flags import Follower, counts_in_ecx, hook_ecx, straight_line
 
 CPL0 = MODES["cpl0"]
 BOOK = 0x2000  # bookkeeping (SS-relative, flat): counters, saved ESPs, call pointers
@@ -474,13 +474,7 @@ def counted_in_ecx(spec: fresh.FreshSpec) -> list[int]:
     """The addresses of the code's instructions whose flag effect depends on ECX (CL shifts and
     rotates, REP string instructions), by a linear sweep from the start: a Program is a
     sequence of whole instructions (its junk after jumps is UD2 and HLTs)."""
-    out, at = [], 0
-    while at < len(spec.code):
-        d = decode(spec.code[at : at + 16] + bytes(16), fresh.CODE + at, True)
-        if counts_in_ecx(d):
-            out.append(d.eip)
-        at += d.length if d.form else 1
-    return out
+    return [d.eip for d in straight_line(spec.code, fresh.CODE, True) if counts_in_ecx(d)]
 
 
 def follow_blocks(memory: bytes, events: list[tuple[int, int, int]], stop_eip: int) -> Follower:
