@@ -15,8 +15,8 @@ exception, with the stack and all memory accesses inside guest RAM):
   ops move ESP by bounded amounts around the fresh stack;
 - loop counters, saved ESPs and call pointers live in a bookkeeping area at linear
   0x2000-0x2FFF, addressed through SS (flat), which no random instance touches;
-- a subroutine saves ESP on entry and reloads it before its RET, so random stack ops in
-  its body cannot unbalance the return;
+- a subroutine saves ESP and its return address on entry and puts both back before its RET,
+  so random stack ops in its body can neither unbalance nor redirect the return;
 - subroutines only call subroutines placed after them (no recursion), loops run at most
   3 times and nest at most twice, so a program retires at most a few thousand instructions.
 
@@ -364,12 +364,19 @@ class _Builder:
             a.emit(b"\x36\xff\x15" + struct.pack("<I", ptr))  # call [ss:ptr]
 
     def subroutine(self, name: str, nargs: int) -> None:
+        # The body's stack ops may pop the return address and push something else over it
+        # (POPF then PUSHF rewrites it with the flags): the return address is kept in the
+        # bookkeeping area and put back before the RET, with instructions that touch no flag.
         a = self.asm
-        save = self.slot()
+        save, ret = self.slot(), self.slot()
         a.here(name)
+        a.emit(b"\x36\x8f\x05" + struct.pack("<I", ret))  # pop dword [ss:ret]
+        a.emit(b"\x36\xff\x35" + struct.pack("<I", ret))  # push dword [ss:ret]
         a.emit(b"\x36\x89\x25" + struct.pack("<I", save))  # mov [ss:save], esp
         self.block(1)
         a.emit(b"\x36\x8b\x25" + struct.pack("<I", save))  # mov esp, [ss:save]
+        a.emit(b"\x8d\x64\x24\x04")  # lea esp, [esp + 4]
+        a.emit(b"\x36\xff\x35" + struct.pack("<I", ret))  # push dword [ss:ret]
         a.emit(b"\xc2" + struct.pack("<H", 4 * nargs) if nargs else b"\xc3")  # ret n / ret
 
     def program(self) -> None:
