@@ -42,9 +42,10 @@ lint: $(SETUP)
 	$(PYTHON) -m ruff check codegen runtime tests
 
 # The interpreter's speed against unicorn, then the nanobenchmarks in every mode (a minute or two).
-bench: $(SETUP)
+bench: $(SETUP) $(GUEST_OUT)/hello.elf
 	$(RING1) bench interp
 	$(RING1) bench nano
+	$(RING1) bench startup
 
 # ---------------------------------------------------------------- guests
 # Freestanding Multiboot kernels for `ring1 run`, built with the host's gcc and ld: C, and

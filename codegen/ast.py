@@ -179,6 +179,31 @@ class Bits:
 
 
 @dataclass
+class Fact:
+    """A fact the translator knows about an instruction instance (spec/vmm.r1)."""
+
+    name: str
+    doc: str
+    loc: Loc
+
+
+@dataclass
+class Choice:
+    """`condition -> rule "reason";`: the rule an instance takes when the condition holds."""
+
+    condition: Expr
+    rule: str
+    reason: str
+    loc: Loc
+
+
+@dataclass
+class Choose:
+    choices: list[Choice]
+    loc: Loc
+
+
+@dataclass
 class PrivState:
     name: str
     doc: str

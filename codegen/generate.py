@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from ring1.codegen import ast as A
 from ring1.codegen.decodetable import build_decode_table
 from ring1.codegen.emit import (
     STATUS_FLAGS,
@@ -140,7 +141,42 @@ def _privilege_exc(form) -> str:
     return repr(EXCEPTIONS[exc[0]])
 
 
+def _calls(node, name: str):
+    """Every call of `name` in a statement or expression tree."""
+    if isinstance(node, A.Call) and node.func == name:
+        yield node
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _calls(item, name)
+    elif isinstance(node, (A.Expr, A.Stmt)):
+        for value in vars(node).values():
+            if isinstance(value, (A.Expr, A.Stmt, list, tuple)):
+                yield from _calls(value, name)
+
+
+def _soft_interrupt(spec: Spec, form, consts: dict[str, int]) -> str:
+    """(vector, event kind) of a form whose semantics raise a software interrupt: the vector a
+    constant or the name of the operand holding it. The VMM uses it to tell INT n from a fault
+    when unicorn reports a vector (both arrive alike)."""
+    calls = list(_calls(form.insn.semantics, "soft_interrupt")) if form.insn.semantics is not None else []
+    if not calls:
+        return "None"
+    vector, kind = calls[0].args
+
+    def value(e: A.Expr) -> int | str:
+        if isinstance(e, A.Name) and e.name in consts:
+            return consts[e.name]
+        if isinstance(e, A.Name) and any(o.name == e.name for o in form.operands):
+            return e.name
+        raise A.SpecError(e.loc, "soft_interrupt takes a constant or an operand")
+
+    return repr((value(vector), value(kind)))
+
+
 def render_forms(spec: Spec, env: jinja2.Environment) -> str:
+    from ring1.codegen.asm import _const_values
+
+    consts = _const_values(spec)
     forms = []
     for f in spec.forms:
         forms.append(
@@ -164,6 +200,7 @@ def render_forms(spec: Spec, env: jinja2.Environment) -> str:
                 "semantics": repr(f.has_semantics),
                 "ends_block": repr(ends_block(f)),
                 "xchecks": repr(tuple((k, r) for k, r, _ in f.insn.xchecks)),
+                "soft_interrupt": _soft_interrupt(spec, f, consts),
             }
         )
     return env.get_template("forms.py.j2").render(sources=_all_sources(spec), forms=forms)
@@ -199,9 +236,35 @@ def render_rules(spec: Spec, env: jinja2.Environment) -> str:
             }
         )
     consts = sorted(_const_values(spec).items())
+    choices = [
+        {
+            "test": _choice_condition(c.condition),
+            "rule": "rule" if c.rule == "own" else repr(c.rule),
+            "reason": repr(c.reason),
+            "source": repr(f"{c.loc.file}:{c.loc.line}"),
+        }
+        for c in spec.choices
+    ]
+    facts = [{"name": f.name, "doc": f.doc, "source": f"{f.loc.file}:{f.loc.line}"} for f in spec.facts.values()]
     return env.get_template("rules.py.j2").render(
-        sources=_all_sources(spec), rules=rules, templates=templates, consts=consts
+        sources=_all_sources(spec), rules=rules, templates=templates, consts=consts, choices=choices, facts=facts
     )
+
+
+def _choice_condition(e: A.Expr) -> str:
+    """A `choose` condition as Python over `fact(name)` and the form's own `rule`."""
+    match e:
+        case A.Name(name="false"):
+            return "False"
+        case A.Name(name=name):
+            return f"fact({name!r})"
+        case A.Call(func="rule", args=args):
+            return f"rule in {tuple(a.name for a in args)!r}"
+        case A.BinOp(op=op, left=left, right=right):
+            return f"({_choice_condition(left)} {op} {_choice_condition(right)})"
+        case A.UnOp(op="not", operand=operand):
+            return f"not {_choice_condition(operand)}"
+    raise A.SpecError(e.loc, "a choice's condition is facts, rule(...), and, or, not")
 
 
 def _chunk_literal(c) -> str:
@@ -239,10 +302,22 @@ def render_all(spec: Spec) -> dict[str, str]:
         "procs.py": render_procs(spec, env),
         "flags.py": render_flags(spec, env),
         "rules.py": render_rules(spec, env),
+        "layouts.py": render_layouts(spec, env),
     }
     for spec_file in sorted({f.file for f in spec.forms}):
         out[_module_name(spec_file) + ".py"] = render_interp(spec, env, spec_file)
     return out
+
+
+def render_layouts(spec: Spec, env: jinja2.Environment) -> str:
+    layouts = []
+    for b in spec.bits.values():
+        fields = []
+        for f in b.fields.values():
+            mask = ((1 << (f.hi - f.lo + 1)) - 1) << f.lo
+            fields.append({"name": f.name.upper(), "mask": hex(mask), "shift": f.lo if f.hi > f.lo else None})
+        layouts.append({"name": b.name.upper(), "source": f"{b.loc.file}:{b.loc.line}", "fields": fields})
+    return env.get_template("layouts.py.j2").render(sources=_all_sources(spec), layouts=layouts)
 
 
 def render_decode(spec: Spec, env: jinja2.Environment) -> str:

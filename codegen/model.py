@@ -220,6 +220,8 @@ class Spec:
     flagfns: dict[str, A.FlagFn]
     templates: dict[str, A.Template]
     forms: list[Form]
+    facts: dict[str, A.Fact] = field(default_factory=dict)
+    choices: list[A.Choice] = field(default_factory=list)
 
     def form(self, name: str) -> Form:
         for f in self.forms:
@@ -334,6 +336,12 @@ class Resolver:
                                 item.loc, f"flagfn {item.name!r} is already defined at {s.flagfns[item.name].loc}"
                             )
                         s.flagfns[item.name] = item
+                    case A.Fact():
+                        self._declare(s.facts, item.name, item, item.loc, "fact")
+                    case A.Choose():
+                        if s.choices:
+                            raise A.SpecError(item.loc, f"one `choose` block only (the first is at {s.choices[0].loc})")
+                        s.choices = list(item.choices) or [A.Choice(A.Name(item.loc, "false"), "ident", "", item.loc)]
                     case A.Template():
                         if item.name in s.templates:
                             raise A.SpecError(item.loc, f"template {item.name!r} is already defined")
@@ -341,6 +349,7 @@ class Resolver:
                     case A.Insn():
                         insns.append((item, f.path))
         self._check_flagfns()
+        self._check_choices()
         names: dict[str, A.Loc] = {}
         for insn, path in insns:
             if insn.name in names:
@@ -600,6 +609,38 @@ class Resolver:
                     raise A.SpecError(loc, f"{n!r} is not privileged state (declare it with privstate); known: {known}")
                 (reads if kind == "reads" else writes).append(n)
         return tuple(reads), tuple(writes)
+
+    def _check_choices(self) -> None:
+        """A choice's condition is made of declared facts, `rule(r, ...)` (the form's own rule is
+        one of them), `and`, `or` and `not`; it picks a translate rule, or `own`."""
+        rules = set(TRANSLATE_RULES)
+
+        def check(e: A.Expr) -> None:
+            match e:
+                case A.Name(name=name) if name in self.spec.facts:
+                    return
+                case A.Name(name=name):
+                    known = ", ".join(sorted(self.spec.facts)) or "none"
+                    raise A.SpecError(e.loc, f"{name!r} is not a fact (declare it with `fact`); known: {known}")
+                case A.Call(func="rule", args=args) if args:
+                    for a in args:
+                        if not isinstance(a, A.Name) or a.name not in rules:
+                            raise A.SpecError(a.loc, f"rule(...) takes translate rules: {', '.join(sorted(rules))}")
+                    return
+                case A.BinOp(op=op) if op in ("and", "or"):
+                    check(e.left)
+                    check(e.right)
+                    return
+                case A.UnOp(op="not"):
+                    check(e.operand)
+                    return
+            raise A.SpecError(e.loc, "a choice's condition is facts, rule(...), and, or, not")
+
+        for c in self.spec.choices:
+            if c.condition != A.Name(c.loc, "false"):
+                check(c.condition)
+            if c.rule not in rules and c.rule != "own":
+                raise A.SpecError(c.loc, f"{c.rule!r} is not a translate rule or `own`")
 
     def _translate(self, insn: A.Insn) -> tuple[str, str | None]:
         rule, arg, loc = insn.translate  # type: ignore[misc]

@@ -249,6 +249,18 @@ class _ToAst(Transformer):
         return A.BitField(str(children[0]), hi, lo, self._loc(meta))
 
     @v_args(meta=True)
+    def fact(self, meta, children):
+        return A.Fact(str(children[0]), str(children[1])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def choice(self, meta, children):
+        return A.Choice(children[0], str(children[1]), str(children[2])[1:-1], self._loc(meta))
+
+    @v_args(meta=True)
+    def choose(self, meta, children):
+        return A.Choose(list(children), self._loc(meta))
+
+    @v_args(meta=True)
     def privstate(self, meta, children):
         return A.PrivState(str(children[0]), str(children[1])[1:-1], self._loc(meta))
 
@@ -394,9 +406,38 @@ def parse_text(text: str, path: str) -> A.SpecFile:
     return A.SpecFile(path, items)
 
 
+class SpecFileError(A.SpecError):
+    """A spec file that cannot be read as text at all: `path: error: message`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(None, message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.path}: error: {self.message}"
+
+
+def read_spec_text(path: Path, rel: str) -> str:
+    """The file's text, or a SpecError naming it: a spec file is UTF-8 text in a regular file."""
+    if path.is_dir():
+        raise SpecFileError(rel, "is a directory, not a spec file (every spec/*.r1 is read as one)")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecFileError(rel, f"cannot read: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise A.SpecError(
+            A.Loc(rel, line, col), f"not UTF-8 (byte {data[err.start]:#04x}); spec files are UTF-8 text"
+        ) from None
+
+
 def parse_file(path: Path, root: Path) -> A.SpecFile:
     try:
         rel = path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         rel = str(path)
-    return parse_text(path.read_text(encoding="utf-8"), rel)
+    return parse_text(read_spec_text(path, rel), rel)

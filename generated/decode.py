@@ -1942,17 +1942,17 @@ LAYOUT = {
     'CALL_RMv': (True, None, (), (('target', 'rm', 'v'),)),  # spec/control.r1:150
     'RET_NEAR': (False, None, (), ()),  # spec/control.r1:169
     'RET_NEAR_Iw': (False, None, ('iw',), (('n', 'imm', 16),)),  # spec/control.r1:178
-    'JMP_FAR_PTR': (False, None, ('cp',), (('target', 'far', 'v'),)),  # spec/control.r1:334
-    'JMP_FAR_M': (True, None, (), (('target', 'mem', 'far'),)),  # spec/control.r1:345
-    'CALL_FAR_PTR': (False, None, ('cp',), (('target', 'far', 'v'),)),  # spec/control.r1:355
-    'CALL_FAR_M': (True, None, (), (('target', 'mem', 'far'),)),  # spec/control.r1:366
-    'RET_FAR': (False, None, (), ()),  # spec/control.r1:376
-    'RET_FAR_Iw': (False, None, ('iw',), (('n', 'imm', 16),)),  # spec/control.r1:386
-    'INT_Ib': (False, None, ('ib',), (('vector', 'imm', 8),)),  # spec/control.r1:398
-    'INT3': (False, None, (), ()),  # spec/control.r1:410
-    'INTO': (False, None, (), ()),  # spec/control.r1:420
-    'ICEBP': (False, None, (), ()),  # spec/control.r1:431
-    'BOUND': (True, None, (), (('index', 'reg', 'v'), ('bounds', 'addr', None))),  # spec/control.r1:442
+    'JMP_FAR_PTR': (False, None, ('cp',), (('target', 'far', 'v'),)),  # spec/control.r1:340
+    'JMP_FAR_M': (True, None, (), (('target', 'mem', 'far'),)),  # spec/control.r1:351
+    'CALL_FAR_PTR': (False, None, ('cp',), (('target', 'far', 'v'),)),  # spec/control.r1:361
+    'CALL_FAR_M': (True, None, (), (('target', 'mem', 'far'),)),  # spec/control.r1:372
+    'RET_FAR': (False, None, (), ()),  # spec/control.r1:382
+    'RET_FAR_Iw': (False, None, ('iw',), (('n', 'imm', 16),)),  # spec/control.r1:392
+    'INT_Ib': (False, None, ('ib',), (('vector', 'imm', 8),)),  # spec/control.r1:404
+    'INT3': (False, None, (), ()),  # spec/control.r1:416
+    'INTO': (False, None, (), ()),  # spec/control.r1:426
+    'ICEBP': (False, None, (), ()),  # spec/control.r1:437
+    'BOUND': (True, None, (), (('index', 'reg', 'v'), ('bounds', 'addr', None))),  # spec/control.r1:448
     'MOV_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/datamov.r1:19
     'MOV_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/datamov.r1:28
     'MOV_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/datamov.r1:37
@@ -2741,17 +2741,17 @@ ENCODINGS = {
     'CALL_RMv': ((255,), None, '2', None, None, None, (), None, None, None),  # spec/control.r1:150
     'RET_NEAR': ((195,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:169
     'RET_NEAR_Iw': ((194,), None, None, None, None, None, ('iw',), None, None, None),  # spec/control.r1:178
-    'JMP_FAR_PTR': ((234,), None, None, None, None, None, ('cp',), None, None, None),  # spec/control.r1:334
-    'JMP_FAR_M': ((255,), None, '5', None, 'mem', None, (), None, None, None),  # spec/control.r1:345
-    'CALL_FAR_PTR': ((154,), None, None, None, None, None, ('cp',), None, None, None),  # spec/control.r1:355
-    'CALL_FAR_M': ((255,), None, '3', None, 'mem', None, (), None, None, None),  # spec/control.r1:366
-    'RET_FAR': ((203,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:376
-    'RET_FAR_Iw': ((202,), None, None, None, None, None, ('iw',), None, None, None),  # spec/control.r1:386
-    'INT_Ib': ((205,), None, None, None, None, None, ('ib',), None, None, None),  # spec/control.r1:398
-    'INT3': ((204,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:410
-    'INTO': ((206,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:420
-    'ICEBP': ((241,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:431
-    'BOUND': ((98,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/control.r1:442
+    'JMP_FAR_PTR': ((234,), None, None, None, None, None, ('cp',), None, None, None),  # spec/control.r1:340
+    'JMP_FAR_M': ((255,), None, '5', None, 'mem', None, (), None, None, None),  # spec/control.r1:351
+    'CALL_FAR_PTR': ((154,), None, None, None, None, None, ('cp',), None, None, None),  # spec/control.r1:361
+    'CALL_FAR_M': ((255,), None, '3', None, 'mem', None, (), None, None, None),  # spec/control.r1:372
+    'RET_FAR': ((203,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:382
+    'RET_FAR_Iw': ((202,), None, None, None, None, None, ('iw',), None, None, None),  # spec/control.r1:392
+    'INT_Ib': ((205,), None, None, None, None, None, ('ib',), None, None, None),  # spec/control.r1:404
+    'INT3': ((204,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:416
+    'INTO': ((206,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:426
+    'ICEBP': ((241,), None, None, None, None, None, (), None, None, None),  # spec/control.r1:437
+    'BOUND': ((98,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/control.r1:448
     'MOV_RMb_Rb': ((136,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:19
     'MOV_RMv_Rv': ((137,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:28
     'MOV_Rb_RMb': ((138,), None, 'r', None, None, None, (), None, None, None),  # spec/datamov.r1:37

@@ -27,6 +27,7 @@ class FormInfo(NamedTuple):
     semantics: bool
     ends_block: bool
     xchecks: tuple  # (kind, reason): disagreements with capstone that the spec keeps on purpose
+    soft_interrupt: object  # (vector: a constant or the operand holding it, event kind), or None
 
 
 FORMS = {
@@ -50,6 +51,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_RMv_Rv': FormInfo(
         name='ADD_RMv_Rv',
@@ -71,6 +73,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_Rb_RMb': FormInfo(
         name='ADD_Rb_RMb',
@@ -92,6 +95,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_Rv_RMv': FormInfo(
         name='ADD_Rv_RMv',
@@ -113,6 +117,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_AL_Ib': FormInfo(
         name='ADD_AL_Ib',
@@ -134,6 +139,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_eAX_Iv': FormInfo(
         name='ADD_eAX_Iv',
@@ -155,6 +161,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_RMb_Ib': FormInfo(
         name='ADD_RMb_Ib',
@@ -176,6 +183,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_RMv_Iv': FormInfo(
         name='ADD_RMv_Iv',
@@ -197,6 +205,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_RMb_Ib_82': FormInfo(
         name='ADD_RMb_Ib_82',
@@ -218,6 +227,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADD_RMv_Ib': FormInfo(
         name='ADD_RMv_Ib',
@@ -239,6 +249,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_RMb_Rb': FormInfo(
         name='ADC_RMb_Rb',
@@ -260,6 +271,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_RMv_Rv': FormInfo(
         name='ADC_RMv_Rv',
@@ -281,6 +293,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_Rb_RMb': FormInfo(
         name='ADC_Rb_RMb',
@@ -302,6 +315,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_Rv_RMv': FormInfo(
         name='ADC_Rv_RMv',
@@ -323,6 +337,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_AL_Ib': FormInfo(
         name='ADC_AL_Ib',
@@ -344,6 +359,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_eAX_Iv': FormInfo(
         name='ADC_eAX_Iv',
@@ -365,6 +381,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_RMb_Ib': FormInfo(
         name='ADC_RMb_Ib',
@@ -386,6 +403,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_RMv_Iv': FormInfo(
         name='ADC_RMv_Iv',
@@ -407,6 +425,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_RMb_Ib_82': FormInfo(
         name='ADC_RMb_Ib_82',
@@ -428,6 +447,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADC_RMv_Ib': FormInfo(
         name='ADC_RMv_Ib',
@@ -449,6 +469,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_RMb_Rb': FormInfo(
         name='SUB_RMb_Rb',
@@ -470,6 +491,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_RMv_Rv': FormInfo(
         name='SUB_RMv_Rv',
@@ -491,6 +513,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_Rb_RMb': FormInfo(
         name='SUB_Rb_RMb',
@@ -512,6 +535,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_Rv_RMv': FormInfo(
         name='SUB_Rv_RMv',
@@ -533,6 +557,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_AL_Ib': FormInfo(
         name='SUB_AL_Ib',
@@ -554,6 +579,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_eAX_Iv': FormInfo(
         name='SUB_eAX_Iv',
@@ -575,6 +601,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_RMb_Ib': FormInfo(
         name='SUB_RMb_Ib',
@@ -596,6 +623,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_RMv_Iv': FormInfo(
         name='SUB_RMv_Iv',
@@ -617,6 +645,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_RMb_Ib_82': FormInfo(
         name='SUB_RMb_Ib_82',
@@ -638,6 +667,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUB_RMv_Ib': FormInfo(
         name='SUB_RMv_Ib',
@@ -659,6 +689,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_RMb_Rb': FormInfo(
         name='SBB_RMb_Rb',
@@ -680,6 +711,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_RMv_Rv': FormInfo(
         name='SBB_RMv_Rv',
@@ -701,6 +733,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_Rb_RMb': FormInfo(
         name='SBB_Rb_RMb',
@@ -722,6 +755,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_Rv_RMv': FormInfo(
         name='SBB_Rv_RMv',
@@ -743,6 +777,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_AL_Ib': FormInfo(
         name='SBB_AL_Ib',
@@ -764,6 +799,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_eAX_Iv': FormInfo(
         name='SBB_eAX_Iv',
@@ -785,6 +821,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_RMb_Ib': FormInfo(
         name='SBB_RMb_Ib',
@@ -806,6 +843,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_RMv_Iv': FormInfo(
         name='SBB_RMv_Iv',
@@ -827,6 +865,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_RMb_Ib_82': FormInfo(
         name='SBB_RMb_Ib_82',
@@ -848,6 +887,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SBB_RMv_Ib': FormInfo(
         name='SBB_RMv_Ib',
@@ -869,6 +909,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_RMb_Rb': FormInfo(
         name='CMP_RMb_Rb',
@@ -890,6 +931,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_RMv_Rv': FormInfo(
         name='CMP_RMv_Rv',
@@ -911,6 +953,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_Rb_RMb': FormInfo(
         name='CMP_Rb_RMb',
@@ -932,6 +975,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_Rv_RMv': FormInfo(
         name='CMP_Rv_RMv',
@@ -953,6 +997,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_AL_Ib': FormInfo(
         name='CMP_AL_Ib',
@@ -974,6 +1019,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_eAX_Iv': FormInfo(
         name='CMP_eAX_Iv',
@@ -995,6 +1041,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_RMb_Ib': FormInfo(
         name='CMP_RMb_Ib',
@@ -1016,6 +1063,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_RMv_Iv': FormInfo(
         name='CMP_RMv_Iv',
@@ -1037,6 +1085,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_RMb_Ib_82': FormInfo(
         name='CMP_RMb_Ib_82',
@@ -1058,6 +1107,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMP_RMv_Ib': FormInfo(
         name='CMP_RMv_Ib',
@@ -1079,6 +1129,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INC_RMb': FormInfo(
         name='INC_RMb',
@@ -1100,6 +1151,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INC_RMv': FormInfo(
         name='INC_RMv',
@@ -1121,6 +1173,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INC_Ov': FormInfo(
         name='INC_Ov',
@@ -1142,6 +1195,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DEC_RMb': FormInfo(
         name='DEC_RMb',
@@ -1163,6 +1217,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DEC_RMv': FormInfo(
         name='DEC_RMv',
@@ -1184,6 +1239,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DEC_Ov': FormInfo(
         name='DEC_Ov',
@@ -1205,6 +1261,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'NEG_RMb': FormInfo(
         name='NEG_RMb',
@@ -1226,6 +1283,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'NEG_RMv': FormInfo(
         name='NEG_RMv',
@@ -1247,6 +1305,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MUL_RMb': FormInfo(
         name='MUL_RMb',
@@ -1268,6 +1327,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MUL_RMv': FormInfo(
         name='MUL_RMv',
@@ -1289,6 +1349,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IMUL_RMb': FormInfo(
         name='IMUL_RMb',
@@ -1310,6 +1371,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
+        soft_interrupt=None,
     ),
     'IMUL_RMv': FormInfo(
         name='IMUL_RMv',
@@ -1331,6 +1393,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
+        soft_interrupt=None,
     ),
     'IMUL_Rv_RMv': FormInfo(
         name='IMUL_Rv_RMv',
@@ -1352,6 +1415,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
+        soft_interrupt=None,
     ),
     'IMUL_Rv_RMv_Iv': FormInfo(
         name='IMUL_Rv_RMv_Iv',
@@ -1373,6 +1437,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
+        soft_interrupt=None,
     ),
     'IMUL_Rv_RMv_Ib': FormInfo(
         name='IMUL_Rv_RMv_Ib',
@@ -1394,6 +1459,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
+        soft_interrupt=None,
     ),
     'DIV_RMb': FormInfo(
         name='DIV_RMb',
@@ -1415,6 +1481,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIV_RMv': FormInfo(
         name='DIV_RMv',
@@ -1436,6 +1503,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IDIV_RMb': FormInfo(
         name='IDIV_RMb',
@@ -1457,6 +1525,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IDIV_RMv': FormInfo(
         name='IDIV_RMv',
@@ -1478,6 +1547,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AAA': FormInfo(
         name='AAA',
@@ -1499,6 +1569,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF; capstone lists no tested flags'),),
+        soft_interrupt=None,
     ),
     'AAS': FormInfo(
         name='AAS',
@@ -1520,6 +1591,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF; capstone lists no tested flags'),),
+        soft_interrupt=None,
     ),
     'DAA': FormInfo(
         name='DAA',
@@ -1541,6 +1613,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF and CF; capstone lists no tested flags'),),
+        soft_interrupt=None,
     ),
     'DAS': FormInfo(
         name='DAS',
@@ -1562,6 +1635,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF and CF; capstone lists no tested flags'),),
+        soft_interrupt=None,
     ),
     'AAM_Ib': FormInfo(
         name='AAM_Ib',
@@ -1583,6 +1657,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AAD_Ib': FormInfo(
         name='AAD_Ib',
@@ -1604,6 +1679,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BT_Rv_Rv': FormInfo(
         name='BT_Rv_Rv',
@@ -1625,6 +1701,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BT_Mv_Rv': FormInfo(
         name='BT_Mv_Rv',
@@ -1646,6 +1723,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BT_RMv_Ib': FormInfo(
         name='BT_RMv_Ib',
@@ -1667,6 +1745,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTS_Rv_Rv': FormInfo(
         name='BTS_Rv_Rv',
@@ -1688,6 +1767,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTS_Mv_Rv': FormInfo(
         name='BTS_Mv_Rv',
@@ -1709,6 +1789,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTS_RMv_Ib': FormInfo(
         name='BTS_RMv_Ib',
@@ -1730,6 +1811,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTR_Rv_Rv': FormInfo(
         name='BTR_Rv_Rv',
@@ -1751,6 +1833,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTR_Mv_Rv': FormInfo(
         name='BTR_Mv_Rv',
@@ -1772,6 +1855,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTR_RMv_Ib': FormInfo(
         name='BTR_RMv_Ib',
@@ -1793,6 +1877,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTC_Rv_Rv': FormInfo(
         name='BTC_Rv_Rv',
@@ -1814,6 +1899,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTC_Mv_Rv': FormInfo(
         name='BTC_Mv_Rv',
@@ -1835,6 +1921,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BTC_RMv_Ib': FormInfo(
         name='BTC_RMv_Ib',
@@ -1856,6 +1943,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BSF_Rv_RMv': FormInfo(
         name='BSF_Rv_RMv',
@@ -1877,6 +1965,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BSR_Rv_RMv': FormInfo(
         name='BSR_Rv_RMv',
@@ -1898,6 +1987,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SETCC_RMb': FormInfo(
         name='SETCC_RMb',
@@ -1919,6 +2009,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JMP_REL8': FormInfo(
         name='JMP_REL8',
@@ -1940,6 +2031,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JMP_RELv': FormInfo(
         name='JMP_RELv',
@@ -1961,6 +2053,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JCC_REL8': FormInfo(
         name='JCC_REL8',
@@ -1982,6 +2075,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JCC_RELv': FormInfo(
         name='JCC_RELv',
@@ -2003,6 +2097,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CALL_RELv': FormInfo(
         name='CALL_RELv',
@@ -2024,6 +2119,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LOOP': FormInfo(
         name='LOOP',
@@ -2045,6 +2141,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LOOPE': FormInfo(
         name='LOOPE',
@@ -2066,6 +2163,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LOOPNE': FormInfo(
         name='LOOPNE',
@@ -2087,6 +2185,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JCXZ': FormInfo(
         name='JCXZ',
@@ -2108,6 +2207,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JECXZ': FormInfo(
         name='JECXZ',
@@ -2129,6 +2229,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JMP_RMv': FormInfo(
         name='JMP_RMv',
@@ -2150,6 +2251,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CALL_RMv': FormInfo(
         name='CALL_RMv',
@@ -2171,6 +2273,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RET_NEAR': FormInfo(
         name='RET_NEAR',
@@ -2192,6 +2295,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RET_NEAR_Iw': FormInfo(
         name='RET_NEAR_Iw',
@@ -2213,11 +2317,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JMP_FAR_PTR': FormInfo(
         name='JMP_FAR_PTR',
         mnemonics={None: 'ljmp'},
-        source='spec/control.r1:334',
+        source='spec/control.r1:340',
         encoding='EA cp',
         operands=(('target', 'far', 'r'),),
         width='v',
@@ -2234,11 +2339,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'JMP_FAR_M': FormInfo(
         name='JMP_FAR_M',
         mnemonics={'o16': 'ljmp', 'o32': 'jmp'},
-        source='spec/control.r1:345',
+        source='spec/control.r1:351',
         encoding='FF /5 mem',
         operands=(('target', 'mfar', 'r'),),
         width='v',
@@ -2255,11 +2361,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CALL_FAR_PTR': FormInfo(
         name='CALL_FAR_PTR',
         mnemonics={None: 'lcall'},
-        source='spec/control.r1:355',
+        source='spec/control.r1:361',
         encoding='9A cp',
         operands=(('target', 'far', 'r'),),
         width='v',
@@ -2276,11 +2383,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CALL_FAR_M': FormInfo(
         name='CALL_FAR_M',
         mnemonics={'o16': 'lcall', 'o32': 'call'},
-        source='spec/control.r1:366',
+        source='spec/control.r1:372',
         encoding='FF /3 mem',
         operands=(('target', 'mfar', 'r'),),
         width='v',
@@ -2297,11 +2405,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RET_FAR': FormInfo(
         name='RET_FAR',
         mnemonics={None: 'retf'},
-        source='spec/control.r1:376',
+        source='spec/control.r1:382',
         encoding='CB',
         operands=(),
         width='v',
@@ -2318,11 +2427,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RET_FAR_Iw': FormInfo(
         name='RET_FAR_Iw',
         mnemonics={None: 'retf'},
-        source='spec/control.r1:386',
+        source='spec/control.r1:392',
         encoding='CA iw',
         operands=(('n', 'i16', 'r'),),
         width=16,
@@ -2339,11 +2449,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INT_Ib': FormInfo(
         name='INT_Ib',
         mnemonics={None: 'int'},
-        source='spec/control.r1:398',
+        source='spec/control.r1:404',
         encoding='CD ib',
         operands=(('vector', 'i8', 'r'),),
         width=8,
@@ -2360,11 +2471,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=('vector', 2),
     ),
     'INT3': FormInfo(
         name='INT3',
         mnemonics={None: 'int3'},
-        source='spec/control.r1:410',
+        source='spec/control.r1:416',
         encoding='CC',
         operands=(),
         width='v',
@@ -2381,11 +2493,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=(3, 3),
     ),
     'INTO': FormInfo(
         name='INTO',
         mnemonics={None: 'into'},
-        source='spec/control.r1:420',
+        source='spec/control.r1:426',
         encoding='CE',
         operands=(),
         width='v',
@@ -2402,11 +2515,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', "INTO tests OF and, when it traps, delivery changes IF TF NT RF; capstone's entries for it are incomplete"),),
+        soft_interrupt=(4, 4),
     ),
     'ICEBP': FormInfo(
         name='ICEBP',
         mnemonics={None: 'int1'},
-        source='spec/control.r1:431',
+        source='spec/control.r1:437',
         encoding='F1',
         operands=(),
         width='v',
@@ -2423,11 +2537,12 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=(1, 5),
     ),
     'BOUND': FormInfo(
         name='BOUND',
         mnemonics={None: 'bound'},
-        source='spec/control.r1:442',
+        source='spec/control.r1:448',
         encoding='62 /r mem',
         operands=(('index', 'rv', 'r'), ('bounds', 'm', '-')),
         width='v',
@@ -2444,6 +2559,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_RMb_Rb': FormInfo(
         name='MOV_RMb_Rb',
@@ -2465,6 +2581,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_RMv_Rv': FormInfo(
         name='MOV_RMv_Rv',
@@ -2486,6 +2603,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_Rb_RMb': FormInfo(
         name='MOV_Rb_RMb',
@@ -2507,6 +2625,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_Rv_RMv': FormInfo(
         name='MOV_Rv_RMv',
@@ -2528,6 +2647,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_AL_MOFFSb': FormInfo(
         name='MOV_AL_MOFFSb',
@@ -2549,6 +2669,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_AX_MOFFSv': FormInfo(
         name='MOV_AX_MOFFSv',
@@ -2570,6 +2691,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_MOFFSb_AL': FormInfo(
         name='MOV_MOFFSb_AL',
@@ -2591,6 +2713,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_MOFFSv_AX': FormInfo(
         name='MOV_MOFFSv_AX',
@@ -2612,6 +2735,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_Ob_Ib': FormInfo(
         name='MOV_Ob_Ib',
@@ -2633,6 +2757,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_Ov_Iv': FormInfo(
         name='MOV_Ov_Iv',
@@ -2654,6 +2779,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_RMb_Ib': FormInfo(
         name='MOV_RMb_Ib',
@@ -2675,6 +2801,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_RMv_Iv': FormInfo(
         name='MOV_RMv_Iv',
@@ -2696,6 +2823,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMOVCC_Rv_RMv': FormInfo(
         name='CMOVCC_Rv_RMv',
@@ -2717,6 +2845,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XCHG_RMb_Rb': FormInfo(
         name='XCHG_RMb_Rb',
@@ -2738,6 +2867,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XCHG_RMv_Rv': FormInfo(
         name='XCHG_RMv_Rv',
@@ -2759,6 +2889,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XCHG_Ov_AX': FormInfo(
         name='XCHG_Ov_AX',
@@ -2780,6 +2911,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'BSWAP_Od': FormInfo(
         name='BSWAP_Od',
@@ -2801,6 +2933,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XADD_RMb_Rb': FormInfo(
         name='XADD_RMb_Rb',
@@ -2822,6 +2955,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XADD_RMv_Rv': FormInfo(
         name='XADD_RMv_Rv',
@@ -2843,6 +2977,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMPXCHG_RMb_Rb': FormInfo(
         name='CMPXCHG_RMb_Rb',
@@ -2864,6 +2999,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMPXCHG_RMv_Rv': FormInfo(
         name='CMPXCHG_RMv_Rv',
@@ -2885,6 +3021,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMPXCHG8B_M64': FormInfo(
         name='CMPXCHG8B_M64',
@@ -2906,6 +3043,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_RMv': FormInfo(
         name='PUSH_RMv',
@@ -2927,6 +3065,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_Ov': FormInfo(
         name='PUSH_Ov',
@@ -2948,6 +3087,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_Ib': FormInfo(
         name='PUSH_Ib',
@@ -2969,6 +3109,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_Iv': FormInfo(
         name='PUSH_Iv',
@@ -2990,6 +3131,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POP_Ov': FormInfo(
         name='POP_Ov',
@@ -3011,6 +3153,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POP_Rv_8F': FormInfo(
         name='POP_Rv_8F',
@@ -3032,6 +3175,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POP_Mv': FormInfo(
         name='POP_Mv',
@@ -3053,6 +3197,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSHA': FormInfo(
         name='PUSHA',
@@ -3074,6 +3219,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POPA': FormInfo(
         name='POPA',
@@ -3095,6 +3241,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSX_Rv_RMb': FormInfo(
         name='MOVSX_Rv_RMb',
@@ -3116,6 +3263,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSX_Rv_RMw': FormInfo(
         name='MOVSX_Rv_RMw',
@@ -3137,6 +3285,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVZX_Rv_RMb': FormInfo(
         name='MOVZX_Rv_RMb',
@@ -3158,6 +3307,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVZX_Rv_RMw': FormInfo(
         name='MOVZX_Rv_RMw',
@@ -3179,6 +3329,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CBW_CWDE': FormInfo(
         name='CBW_CWDE',
@@ -3200,6 +3351,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CWD_CDQ': FormInfo(
         name='CWD_CDQ',
@@ -3221,6 +3373,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LEA_Rv_M': FormInfo(
         name='LEA_Rv_M',
@@ -3242,6 +3395,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'NOP': FormInfo(
         name='NOP',
@@ -3263,6 +3417,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'NOP_RMv': FormInfo(
         name='NOP_RMv',
@@ -3284,6 +3439,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XLAT': FormInfo(
         name='XLAT',
@@ -3305,6 +3461,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ENTER': FormInfo(
         name='ENTER',
@@ -3326,6 +3483,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LEAVE': FormInfo(
         name='LEAVE',
@@ -3347,6 +3505,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSHF': FormInfo(
         name='PUSHF',
@@ -3368,6 +3527,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', 'capstone lists no flags; PUSHF reads the whole of EFLAGS'),),
+        soft_interrupt=None,
     ),
     'POPF': FormInfo(
         name='POPF',
@@ -3389,6 +3549,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', 'capstone omits AC, which a 32-bit POPF writes'),),
+        soft_interrupt=None,
     ),
     'CLI': FormInfo(
         name='CLI',
@@ -3410,6 +3571,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'IOPL-sensitive: allowed whenever CPL <= IOPL, not only at CPL 0'),),
+        soft_interrupt=None,
     ),
     'STI': FormInfo(
         name='STI',
@@ -3431,6 +3593,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'IOPL-sensitive: allowed whenever CPL <= IOPL, not only at CPL 0'),),
+        soft_interrupt=None,
     ),
     'CLC': FormInfo(
         name='CLC',
@@ -3452,6 +3615,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'STC': FormInfo(
         name='STC',
@@ -3473,6 +3637,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMC': FormInfo(
         name='CMC',
@@ -3494,6 +3659,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "capstone does not list CMC's read of CF"),),
+        soft_interrupt=None,
     ),
     'CLD': FormInfo(
         name='CLD',
@@ -3515,6 +3681,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'STD': FormInfo(
         name='STD',
@@ -3536,6 +3703,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LAHF': FormInfo(
         name='LAHF',
@@ -3557,6 +3725,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'capstone lists no flags; LAHF reads SF ZF AF PF CF'),),
+        soft_interrupt=None,
     ),
     'SAHF': FormInfo(
         name='SAHF',
@@ -3578,6 +3747,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IRET': FormInfo(
         name='IRET',
@@ -3599,6 +3769,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', "IRET loads AC (and VM at CPL 0) from the popped EFLAGS, per the SDM's IRET pseudocode; capstone's table omits them"), ('privilege', 'IRET runs at any CPL in protected mode; capstone groups it as privileged')),
+        soft_interrupt=None,
     ),
     'IN_AL_Ib': FormInfo(
         name='IN_AL_Ib',
@@ -3620,6 +3791,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IN_AX_Ib': FormInfo(
         name='IN_AX_Ib',
@@ -3641,6 +3813,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OUT_Ib_AL': FormInfo(
         name='OUT_Ib_AL',
@@ -3662,6 +3835,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OUT_Ib_AX': FormInfo(
         name='OUT_Ib_AX',
@@ -3683,6 +3857,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IN_AL_DX': FormInfo(
         name='IN_AL_DX',
@@ -3704,6 +3879,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'IN_AX_DX': FormInfo(
         name='IN_AX_DX',
@@ -3725,6 +3901,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OUT_DX_AL': FormInfo(
         name='OUT_DX_AL',
@@ -3746,6 +3923,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OUT_DX_AX': FormInfo(
         name='OUT_DX_AX',
@@ -3767,6 +3945,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_RMb_Rb': FormInfo(
         name='AND_RMb_Rb',
@@ -3788,6 +3967,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_RMv_Rv': FormInfo(
         name='AND_RMv_Rv',
@@ -3809,6 +3989,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_Rb_RMb': FormInfo(
         name='AND_Rb_RMb',
@@ -3830,6 +4011,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_Rv_RMv': FormInfo(
         name='AND_Rv_RMv',
@@ -3851,6 +4033,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_AL_Ib': FormInfo(
         name='AND_AL_Ib',
@@ -3872,6 +4055,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_eAX_Iv': FormInfo(
         name='AND_eAX_Iv',
@@ -3893,6 +4077,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_RMb_Ib': FormInfo(
         name='AND_RMb_Ib',
@@ -3914,6 +4099,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_RMv_Iv': FormInfo(
         name='AND_RMv_Iv',
@@ -3935,6 +4121,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_RMb_Ib_82': FormInfo(
         name='AND_RMb_Ib_82',
@@ -3956,6 +4143,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'AND_RMv_Ib': FormInfo(
         name='AND_RMv_Ib',
@@ -3977,6 +4165,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_RMb_Rb': FormInfo(
         name='OR_RMb_Rb',
@@ -3998,6 +4187,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_RMv_Rv': FormInfo(
         name='OR_RMv_Rv',
@@ -4019,6 +4209,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_Rb_RMb': FormInfo(
         name='OR_Rb_RMb',
@@ -4040,6 +4231,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_Rv_RMv': FormInfo(
         name='OR_Rv_RMv',
@@ -4061,6 +4253,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_AL_Ib': FormInfo(
         name='OR_AL_Ib',
@@ -4082,6 +4275,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_eAX_Iv': FormInfo(
         name='OR_eAX_Iv',
@@ -4103,6 +4297,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_RMb_Ib': FormInfo(
         name='OR_RMb_Ib',
@@ -4124,6 +4319,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_RMv_Iv': FormInfo(
         name='OR_RMv_Iv',
@@ -4145,6 +4341,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_RMb_Ib_82': FormInfo(
         name='OR_RMb_Ib_82',
@@ -4166,6 +4363,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OR_RMv_Ib': FormInfo(
         name='OR_RMv_Ib',
@@ -4187,6 +4385,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_RMb_Rb': FormInfo(
         name='XOR_RMb_Rb',
@@ -4208,6 +4407,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_RMv_Rv': FormInfo(
         name='XOR_RMv_Rv',
@@ -4229,6 +4429,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_Rb_RMb': FormInfo(
         name='XOR_Rb_RMb',
@@ -4250,6 +4451,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_Rv_RMv': FormInfo(
         name='XOR_Rv_RMv',
@@ -4271,6 +4473,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_AL_Ib': FormInfo(
         name='XOR_AL_Ib',
@@ -4292,6 +4495,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_eAX_Iv': FormInfo(
         name='XOR_eAX_Iv',
@@ -4313,6 +4517,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_RMb_Ib': FormInfo(
         name='XOR_RMb_Ib',
@@ -4334,6 +4539,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_RMv_Iv': FormInfo(
         name='XOR_RMv_Iv',
@@ -4355,6 +4561,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_RMb_Ib_82': FormInfo(
         name='XOR_RMb_Ib_82',
@@ -4376,6 +4583,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XOR_RMv_Ib': FormInfo(
         name='XOR_RMv_Ib',
@@ -4397,6 +4605,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'TEST_RMb_Rb': FormInfo(
         name='TEST_RMb_Rb',
@@ -4418,6 +4627,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
+        soft_interrupt=None,
     ),
     'TEST_RMv_Rv': FormInfo(
         name='TEST_RMv_Rv',
@@ -4439,6 +4649,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
+        soft_interrupt=None,
     ),
     'TEST_AL_Ib': FormInfo(
         name='TEST_AL_Ib',
@@ -4460,6 +4671,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'TEST_eAX_Iv': FormInfo(
         name='TEST_eAX_Iv',
@@ -4481,6 +4693,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'TEST_RMb_Ib': FormInfo(
         name='TEST_RMb_Ib',
@@ -4502,6 +4715,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'TEST_RMv_Iv': FormInfo(
         name='TEST_RMv_Iv',
@@ -4523,6 +4737,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'TEST_RMb_Ib_F6r1': FormInfo(
         name='TEST_RMb_Ib_F6r1',
@@ -4544,6 +4759,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
+        soft_interrupt=None,
     ),
     'TEST_RMv_Iv_F7r1': FormInfo(
         name='TEST_RMv_Iv_F7r1',
@@ -4565,6 +4781,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
+        soft_interrupt=None,
     ),
     'NOT_RMb': FormInfo(
         name='NOT_RMb',
@@ -4586,6 +4803,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'NOT_RMv': FormInfo(
         name='NOT_RMv',
@@ -4607,6 +4825,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'EMMS': FormInfo(
         name='EMMS',
@@ -4628,6 +4847,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVD_MM_RM32': FormInfo(
         name='MOVD_MM_RM32',
@@ -4649,6 +4869,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVD_RM32_MM': FormInfo(
         name='MOVD_RM32_MM',
@@ -4670,6 +4891,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ_MM_MMRM': FormInfo(
         name='MOVQ_MM_MMRM',
@@ -4691,6 +4913,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ_MMRM_MM': FormInfo(
         name='MOVQ_MMRM_MM',
@@ -4712,6 +4935,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLBW_MM_MM': FormInfo(
         name='PUNPCKLBW_MM_MM',
@@ -4733,6 +4957,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLBW_MM_M32': FormInfo(
         name='PUNPCKLBW_MM_M32',
@@ -4754,6 +4979,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLWD_MM_MM': FormInfo(
         name='PUNPCKLWD_MM_MM',
@@ -4775,6 +5001,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLWD_MM_M32': FormInfo(
         name='PUNPCKLWD_MM_M32',
@@ -4796,6 +5023,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLDQ_MM_MM': FormInfo(
         name='PUNPCKLDQ_MM_MM',
@@ -4817,6 +5045,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLDQ_MM_M32': FormInfo(
         name='PUNPCKLDQ_MM_M32',
@@ -4838,6 +5067,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHBW_MM_MMRM': FormInfo(
         name='PUNPCKHBW_MM_MMRM',
@@ -4859,6 +5089,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHWD_MM_MMRM': FormInfo(
         name='PUNPCKHWD_MM_MMRM',
@@ -4880,6 +5111,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHDQ_MM_MMRM': FormInfo(
         name='PUNPCKHDQ_MM_MMRM',
@@ -4901,6 +5133,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PACKSSWB_MM_MMRM': FormInfo(
         name='PACKSSWB_MM_MMRM',
@@ -4922,6 +5155,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PACKUSWB_MM_MMRM': FormInfo(
         name='PACKUSWB_MM_MMRM',
@@ -4943,6 +5177,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PACKSSDW_MM_MMRM': FormInfo(
         name='PACKSSDW_MM_MMRM',
@@ -4964,6 +5199,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDB_MM_MMRM': FormInfo(
         name='PADDB_MM_MMRM',
@@ -4985,6 +5221,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDW_MM_MMRM': FormInfo(
         name='PADDW_MM_MMRM',
@@ -5006,6 +5243,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDD_MM_MMRM': FormInfo(
         name='PADDD_MM_MMRM',
@@ -5027,6 +5265,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDSB_MM_MMRM': FormInfo(
         name='PADDSB_MM_MMRM',
@@ -5048,6 +5287,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDSW_MM_MMRM': FormInfo(
         name='PADDSW_MM_MMRM',
@@ -5069,6 +5309,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDUSB_MM_MMRM': FormInfo(
         name='PADDUSB_MM_MMRM',
@@ -5090,6 +5331,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDUSW_MM_MMRM': FormInfo(
         name='PADDUSW_MM_MMRM',
@@ -5111,6 +5353,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBB_MM_MMRM': FormInfo(
         name='PSUBB_MM_MMRM',
@@ -5132,6 +5375,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBW_MM_MMRM': FormInfo(
         name='PSUBW_MM_MMRM',
@@ -5153,6 +5397,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBD_MM_MMRM': FormInfo(
         name='PSUBD_MM_MMRM',
@@ -5174,6 +5419,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBSB_MM_MMRM': FormInfo(
         name='PSUBSB_MM_MMRM',
@@ -5195,6 +5441,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBSW_MM_MMRM': FormInfo(
         name='PSUBSW_MM_MMRM',
@@ -5216,6 +5463,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBUSB_MM_MMRM': FormInfo(
         name='PSUBUSB_MM_MMRM',
@@ -5237,6 +5485,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBUSW_MM_MMRM': FormInfo(
         name='PSUBUSW_MM_MMRM',
@@ -5258,6 +5507,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULLW_MM_MMRM': FormInfo(
         name='PMULLW_MM_MMRM',
@@ -5279,6 +5529,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULHW_MM_MMRM': FormInfo(
         name='PMULHW_MM_MMRM',
@@ -5300,6 +5551,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMADDWD_MM_MMRM': FormInfo(
         name='PMADDWD_MM_MMRM',
@@ -5321,6 +5573,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPEQB_MM_MMRM': FormInfo(
         name='PCMPEQB_MM_MMRM',
@@ -5342,6 +5595,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPEQW_MM_MMRM': FormInfo(
         name='PCMPEQW_MM_MMRM',
@@ -5363,6 +5617,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPEQD_MM_MMRM': FormInfo(
         name='PCMPEQD_MM_MMRM',
@@ -5384,6 +5639,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPGTB_MM_MMRM': FormInfo(
         name='PCMPGTB_MM_MMRM',
@@ -5405,6 +5661,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPGTW_MM_MMRM': FormInfo(
         name='PCMPGTW_MM_MMRM',
@@ -5426,6 +5683,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPGTD_MM_MMRM': FormInfo(
         name='PCMPGTD_MM_MMRM',
@@ -5447,6 +5705,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PAND_MM_MMRM': FormInfo(
         name='PAND_MM_MMRM',
@@ -5468,6 +5727,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PANDN_MM_MMRM': FormInfo(
         name='PANDN_MM_MMRM',
@@ -5489,6 +5749,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POR_MM_MMRM': FormInfo(
         name='POR_MM_MMRM',
@@ -5510,6 +5771,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PXOR_MM_MMRM': FormInfo(
         name='PXOR_MM_MMRM',
@@ -5531,6 +5793,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLW_MM_MMRM': FormInfo(
         name='PSLLW_MM_MMRM',
@@ -5552,6 +5815,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLD_MM_MMRM': FormInfo(
         name='PSLLD_MM_MMRM',
@@ -5573,6 +5837,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLQ_MM_MMRM': FormInfo(
         name='PSLLQ_MM_MMRM',
@@ -5594,6 +5859,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLW_MM_MMRM': FormInfo(
         name='PSRLW_MM_MMRM',
@@ -5615,6 +5881,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLD_MM_MMRM': FormInfo(
         name='PSRLD_MM_MMRM',
@@ -5636,6 +5903,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLQ_MM_MMRM': FormInfo(
         name='PSRLQ_MM_MMRM',
@@ -5657,6 +5925,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAW_MM_MMRM': FormInfo(
         name='PSRAW_MM_MMRM',
@@ -5678,6 +5947,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAD_MM_MMRM': FormInfo(
         name='PSRAD_MM_MMRM',
@@ -5699,6 +5969,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLW_MM_IMM8': FormInfo(
         name='PSLLW_MM_IMM8',
@@ -5720,6 +5991,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLD_MM_IMM8': FormInfo(
         name='PSLLD_MM_IMM8',
@@ -5741,6 +6013,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLQ_MM_IMM8': FormInfo(
         name='PSLLQ_MM_IMM8',
@@ -5762,6 +6035,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLW_MM_IMM8': FormInfo(
         name='PSRLW_MM_IMM8',
@@ -5783,6 +6057,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLD_MM_IMM8': FormInfo(
         name='PSRLD_MM_IMM8',
@@ -5804,6 +6079,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLQ_MM_IMM8': FormInfo(
         name='PSRLQ_MM_IMM8',
@@ -5825,6 +6101,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAW_MM_IMM8': FormInfo(
         name='PSRAW_MM_IMM8',
@@ -5846,6 +6123,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAD_MM_IMM8': FormInfo(
         name='PSRAD_MM_IMM8',
@@ -5867,6 +6145,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_RMw_Sreg': FormInfo(
         name='MOV_RMw_Sreg',
@@ -5888,6 +6167,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_Sreg_RMw': FormInfo(
         name='MOV_Sreg_RMw',
@@ -5909,6 +6189,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
+        soft_interrupt=None,
     ),
     'PUSH_ES': FormInfo(
         name='PUSH_ES',
@@ -5930,6 +6211,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_CS': FormInfo(
         name='PUSH_CS',
@@ -5951,6 +6233,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_SS': FormInfo(
         name='PUSH_SS',
@@ -5972,6 +6255,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_DS': FormInfo(
         name='PUSH_DS',
@@ -5993,6 +6277,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_FS': FormInfo(
         name='PUSH_FS',
@@ -6014,6 +6299,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUSH_GS': FormInfo(
         name='PUSH_GS',
@@ -6035,6 +6321,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POP_ES': FormInfo(
         name='POP_ES',
@@ -6056,6 +6343,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
+        soft_interrupt=None,
     ),
     'POP_SS': FormInfo(
         name='POP_SS',
@@ -6077,6 +6365,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
+        soft_interrupt=None,
     ),
     'POP_DS': FormInfo(
         name='POP_DS',
@@ -6098,6 +6387,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
+        soft_interrupt=None,
     ),
     'POP_FS': FormInfo(
         name='POP_FS',
@@ -6119,6 +6409,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
+        soft_interrupt=None,
     ),
     'POP_GS': FormInfo(
         name='POP_GS',
@@ -6140,6 +6431,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
+        soft_interrupt=None,
     ),
     'LDS': FormInfo(
         name='LDS',
@@ -6161,6 +6453,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LES': FormInfo(
         name='LES',
@@ -6182,6 +6475,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LFS': FormInfo(
         name='LFS',
@@ -6203,6 +6497,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LGS': FormInfo(
         name='LGS',
@@ -6224,6 +6519,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LSS': FormInfo(
         name='LSS',
@@ -6245,6 +6541,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ROL_RMb_Ib': FormInfo(
         name='ROL_RMb_Ib',
@@ -6266,6 +6563,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROL_RMv_Ib': FormInfo(
         name='ROL_RMv_Ib',
@@ -6287,6 +6585,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROL_RMb_1': FormInfo(
         name='ROL_RMb_1',
@@ -6308,6 +6607,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROL_RMv_1': FormInfo(
         name='ROL_RMv_1',
@@ -6329,6 +6629,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROL_RMb_CL': FormInfo(
         name='ROL_RMb_CL',
@@ -6350,6 +6651,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROL_RMv_CL': FormInfo(
         name='ROL_RMv_CL',
@@ -6371,6 +6673,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROR_RMb_Ib': FormInfo(
         name='ROR_RMb_Ib',
@@ -6392,6 +6695,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROR_RMv_Ib': FormInfo(
         name='ROR_RMv_Ib',
@@ -6413,6 +6717,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROR_RMb_1': FormInfo(
         name='ROR_RMb_1',
@@ -6434,6 +6739,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROR_RMv_1': FormInfo(
         name='ROR_RMv_1',
@@ -6455,6 +6761,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROR_RMb_CL': FormInfo(
         name='ROR_RMb_CL',
@@ -6476,6 +6783,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'ROR_RMv_CL': FormInfo(
         name='ROR_RMv_CL',
@@ -6497,6 +6805,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'RCL_RMb_Ib': FormInfo(
         name='RCL_RMb_Ib',
@@ -6518,6 +6827,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCL_RMv_Ib': FormInfo(
         name='RCL_RMv_Ib',
@@ -6539,6 +6849,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCL_RMb_1': FormInfo(
         name='RCL_RMb_1',
@@ -6560,6 +6871,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCL_RMv_1': FormInfo(
         name='RCL_RMv_1',
@@ -6581,6 +6893,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCL_RMb_CL': FormInfo(
         name='RCL_RMb_CL',
@@ -6602,6 +6915,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCL_RMv_CL': FormInfo(
         name='RCL_RMv_CL',
@@ -6623,6 +6937,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCR_RMb_Ib': FormInfo(
         name='RCR_RMb_Ib',
@@ -6644,6 +6959,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCR_RMv_Ib': FormInfo(
         name='RCR_RMv_Ib',
@@ -6665,6 +6981,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCR_RMb_1': FormInfo(
         name='RCR_RMb_1',
@@ -6686,6 +7003,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCR_RMv_1': FormInfo(
         name='RCR_RMv_1',
@@ -6707,6 +7025,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCR_RMb_CL': FormInfo(
         name='RCR_RMb_CL',
@@ -6728,6 +7047,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'RCR_RMv_CL': FormInfo(
         name='RCR_RMv_CL',
@@ -6749,6 +7069,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
+        soft_interrupt=None,
     ),
     'SHL_RMb_Ib': FormInfo(
         name='SHL_RMb_Ib',
@@ -6770,6 +7091,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHL_RMv_Ib': FormInfo(
         name='SHL_RMv_Ib',
@@ -6791,6 +7113,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHL_RMb_1': FormInfo(
         name='SHL_RMb_1',
@@ -6812,6 +7135,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHL_RMv_1': FormInfo(
         name='SHL_RMv_1',
@@ -6833,6 +7157,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHL_RMb_CL': FormInfo(
         name='SHL_RMb_CL',
@@ -6854,6 +7179,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHL_RMv_CL': FormInfo(
         name='SHL_RMv_CL',
@@ -6875,6 +7201,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHR_RMb_Ib': FormInfo(
         name='SHR_RMb_Ib',
@@ -6896,6 +7223,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHR_RMv_Ib': FormInfo(
         name='SHR_RMv_Ib',
@@ -6917,6 +7245,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHR_RMb_1': FormInfo(
         name='SHR_RMb_1',
@@ -6938,6 +7267,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHR_RMv_1': FormInfo(
         name='SHR_RMv_1',
@@ -6959,6 +7289,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHR_RMb_CL': FormInfo(
         name='SHR_RMb_CL',
@@ -6980,6 +7311,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHR_RMv_CL': FormInfo(
         name='SHR_RMv_CL',
@@ -7001,6 +7333,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAL_RMb_Ib': FormInfo(
         name='SAL_RMb_Ib',
@@ -7022,6 +7355,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAL_RMv_Ib': FormInfo(
         name='SAL_RMv_Ib',
@@ -7043,6 +7377,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAL_RMb_1': FormInfo(
         name='SAL_RMb_1',
@@ -7064,6 +7399,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAL_RMv_1': FormInfo(
         name='SAL_RMv_1',
@@ -7085,6 +7421,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAL_RMb_CL': FormInfo(
         name='SAL_RMb_CL',
@@ -7106,6 +7443,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAL_RMv_CL': FormInfo(
         name='SAL_RMv_CL',
@@ -7127,6 +7465,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAR_RMb_Ib': FormInfo(
         name='SAR_RMb_Ib',
@@ -7148,6 +7487,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAR_RMv_Ib': FormInfo(
         name='SAR_RMv_Ib',
@@ -7169,6 +7509,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAR_RMb_1': FormInfo(
         name='SAR_RMb_1',
@@ -7190,6 +7531,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAR_RMv_1': FormInfo(
         name='SAR_RMv_1',
@@ -7211,6 +7553,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAR_RMb_CL': FormInfo(
         name='SAR_RMb_CL',
@@ -7232,6 +7575,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SAR_RMv_CL': FormInfo(
         name='SAR_RMv_CL',
@@ -7253,6 +7597,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHLD_RMv_Rv_Ib': FormInfo(
         name='SHLD_RMv_Rv_Ib',
@@ -7274,6 +7619,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'SHLD_RMv_Rv_CL': FormInfo(
         name='SHLD_RMv_Rv_CL',
@@ -7295,6 +7641,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'SHRD_RMv_Rv_Ib': FormInfo(
         name='SHRD_RMv_Rv_Ib',
@@ -7316,6 +7663,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'SHRD_RMv_Rv_CL': FormInfo(
         name='SHRD_RMv_Rv_CL',
@@ -7337,6 +7685,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
+        soft_interrupt=None,
     ),
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
@@ -7358,6 +7707,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
@@ -7379,6 +7729,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
@@ -7400,6 +7751,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
@@ -7421,6 +7773,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
@@ -7442,6 +7795,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
@@ -7463,6 +7817,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
@@ -7484,6 +7839,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
@@ -7505,6 +7861,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
@@ -7526,6 +7883,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
@@ -7547,6 +7905,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
@@ -7568,6 +7927,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
@@ -7589,6 +7949,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
@@ -7610,6 +7971,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
@@ -7631,6 +7993,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
@@ -7652,6 +8015,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
@@ -7673,6 +8037,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
@@ -7694,6 +8059,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
@@ -7715,6 +8081,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
@@ -7736,6 +8103,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
@@ -7757,6 +8125,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
@@ -7778,6 +8147,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
@@ -7799,6 +8169,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
@@ -7820,6 +8191,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
@@ -7841,6 +8213,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
@@ -7862,6 +8235,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
@@ -7883,6 +8257,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
@@ -7904,6 +8279,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
@@ -7925,6 +8301,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
@@ -7946,6 +8323,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
@@ -7967,6 +8345,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
@@ -7988,6 +8367,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
@@ -8009,6 +8389,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
@@ -8030,6 +8411,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
@@ -8051,6 +8433,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
@@ -8072,6 +8455,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
@@ -8093,6 +8477,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
@@ -8114,6 +8499,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
@@ -8135,6 +8521,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
@@ -8156,6 +8543,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
@@ -8177,6 +8565,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
@@ -8198,6 +8587,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
@@ -8219,6 +8609,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
@@ -8240,6 +8631,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqps); the instruction is CMPPS with an imm8 predicate"),),
+        soft_interrupt=None,
     ),
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
@@ -8261,6 +8653,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqss); the instruction is CMPSS with an imm8 predicate"),),
+        soft_interrupt=None,
     ),
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
@@ -8282,6 +8675,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqss); the instruction is CMPSS with an imm8 predicate"),),
+        soft_interrupt=None,
     ),
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
@@ -8303,6 +8697,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
@@ -8324,6 +8719,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
@@ -8345,6 +8741,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
@@ -8366,6 +8763,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
@@ -8387,6 +8785,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
@@ -8408,6 +8807,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
@@ -8429,6 +8829,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
@@ -8450,6 +8851,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
@@ -8471,6 +8873,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
@@ -8492,6 +8895,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
@@ -8513,6 +8917,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
@@ -8534,6 +8939,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
@@ -8555,6 +8961,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
@@ -8576,6 +8983,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
@@ -8597,6 +9005,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
@@ -8618,6 +9027,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
@@ -8639,6 +9049,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
@@ -8660,6 +9071,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
@@ -8681,6 +9093,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
@@ -8702,6 +9115,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
@@ -8723,6 +9137,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
@@ -8744,6 +9159,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
@@ -8765,6 +9181,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
@@ -8786,6 +9203,7 @@ FORMS = {
         semantics=False,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
@@ -8807,6 +9225,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
@@ -8828,6 +9247,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
@@ -8849,6 +9269,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
@@ -8870,6 +9291,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
@@ -8891,6 +9313,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SFENCE': FormInfo(
         name='SFENCE',
@@ -8912,6 +9335,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE F8-FF are all SFENCE; capstone decodes only F8 (the check samples rm = 2)'),),
+        soft_interrupt=None,
     ),
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
@@ -8933,6 +9357,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
@@ -8954,6 +9379,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
@@ -8975,6 +9401,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
@@ -8996,6 +9423,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
@@ -9017,6 +9445,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
@@ -9038,6 +9467,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
@@ -9059,6 +9489,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
@@ -9080,6 +9511,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
@@ -9101,6 +9533,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
@@ -9122,6 +9555,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
@@ -9143,6 +9577,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
@@ -9164,6 +9599,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
@@ -9185,6 +9621,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
@@ -9206,6 +9643,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
@@ -9227,6 +9665,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
@@ -9248,6 +9687,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
@@ -9269,6 +9709,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
@@ -9290,6 +9731,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
@@ -9311,6 +9753,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
@@ -9332,6 +9775,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
@@ -9353,6 +9797,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
@@ -9374,6 +9819,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
@@ -9395,6 +9841,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
@@ -9416,6 +9863,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
@@ -9437,6 +9885,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
@@ -9458,6 +9907,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
@@ -9479,6 +9929,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
@@ -9500,6 +9951,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
@@ -9521,6 +9973,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
@@ -9542,6 +9995,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
@@ -9563,6 +10017,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
@@ -9584,6 +10039,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
@@ -9605,6 +10061,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
@@ -9626,6 +10083,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
@@ -9647,6 +10105,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
@@ -9668,6 +10127,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
@@ -9689,6 +10149,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
@@ -9710,6 +10171,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
@@ -9731,6 +10193,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
@@ -9752,6 +10215,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
@@ -9773,6 +10237,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
@@ -9794,6 +10259,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
@@ -9815,6 +10281,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
@@ -9836,6 +10303,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
@@ -9857,6 +10325,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
@@ -9878,6 +10347,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
@@ -9899,6 +10369,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
@@ -9920,6 +10391,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
@@ -9941,6 +10413,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
@@ -9962,6 +10435,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
@@ -9983,6 +10457,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqpd); the instruction is CMPPD with an imm8 predicate"),),
+        soft_interrupt=None,
     ),
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
@@ -10004,6 +10479,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
+        soft_interrupt=None,
     ),
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
@@ -10025,6 +10501,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
+        soft_interrupt=None,
     ),
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
@@ -10046,6 +10523,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
@@ -10067,6 +10545,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
@@ -10088,6 +10567,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
@@ -10109,6 +10589,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
@@ -10130,6 +10611,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
@@ -10151,6 +10633,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
@@ -10172,6 +10655,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
@@ -10193,6 +10677,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
@@ -10214,6 +10699,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
@@ -10235,6 +10721,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
@@ -10256,6 +10743,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
@@ -10277,6 +10765,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
@@ -10298,6 +10787,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
@@ -10319,6 +10809,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
@@ -10340,6 +10831,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
@@ -10361,6 +10853,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
@@ -10382,6 +10875,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
@@ -10403,6 +10897,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
@@ -10424,6 +10919,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
@@ -10445,6 +10941,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
@@ -10466,6 +10963,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
@@ -10487,6 +10985,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
@@ -10508,6 +11007,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
@@ -10529,6 +11029,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
@@ -10550,6 +11051,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
@@ -10571,6 +11073,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
@@ -10592,6 +11095,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
@@ -10613,6 +11117,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
@@ -10634,6 +11139,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
@@ -10655,6 +11161,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
@@ -10676,6 +11183,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
@@ -10697,6 +11205,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
@@ -10718,6 +11227,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
@@ -10739,6 +11249,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
@@ -10760,6 +11271,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
@@ -10781,6 +11293,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
@@ -10802,6 +11315,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
@@ -10823,6 +11337,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
@@ -10844,6 +11359,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
@@ -10865,6 +11381,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
@@ -10886,6 +11403,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
@@ -10907,6 +11425,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
@@ -10928,6 +11447,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
@@ -10949,6 +11469,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
@@ -10970,6 +11491,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
@@ -10991,6 +11513,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
@@ -11012,6 +11535,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
@@ -11033,6 +11557,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
@@ -11054,6 +11579,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
@@ -11075,6 +11601,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LFENCE': FormInfo(
         name='LFENCE',
@@ -11096,6 +11623,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE E8-EF are all LFENCE; capstone decodes only E8 (the check samples rm = 2)'),),
+        soft_interrupt=None,
     ),
     'MFENCE': FormInfo(
         name='MFENCE',
@@ -11117,6 +11645,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE F0-F7 are all MFENCE; capstone decodes only F0 (the check samples rm = 2)'),),
+        soft_interrupt=None,
     ),
     'PAUSE': FormInfo(
         name='PAUSE',
@@ -11138,6 +11667,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
@@ -11159,6 +11689,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
@@ -11180,6 +11711,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
@@ -11201,6 +11733,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
@@ -11222,6 +11755,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
@@ -11243,6 +11777,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
@@ -11264,6 +11799,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
@@ -11285,6 +11821,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
@@ -11306,6 +11843,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
@@ -11327,6 +11865,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
@@ -11348,6 +11887,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
@@ -11369,6 +11909,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
@@ -11390,6 +11931,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
@@ -11411,6 +11953,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
@@ -11432,6 +11975,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
@@ -11453,6 +11997,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
@@ -11474,6 +12019,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
@@ -11495,6 +12041,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
@@ -11516,6 +12063,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
@@ -11537,6 +12085,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
@@ -11558,6 +12107,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
@@ -11579,6 +12129,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
@@ -11600,6 +12151,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
@@ -11621,6 +12173,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
@@ -11642,6 +12195,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
@@ -11663,6 +12217,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
@@ -11684,6 +12239,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
@@ -11705,6 +12261,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
@@ -11726,6 +12283,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
@@ -11747,6 +12305,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
@@ -11768,6 +12327,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
@@ -11789,6 +12349,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
@@ -11810,6 +12371,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
@@ -11831,6 +12393,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
@@ -11852,6 +12415,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
@@ -11873,6 +12437,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
@@ -11894,6 +12459,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
@@ -11915,6 +12481,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
@@ -11936,6 +12503,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
@@ -11957,6 +12525,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
@@ -11978,6 +12547,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
@@ -11999,6 +12569,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
@@ -12020,6 +12591,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
@@ -12041,6 +12613,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
@@ -12062,6 +12635,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
@@ -12083,6 +12657,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
@@ -12104,6 +12679,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
@@ -12125,6 +12701,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
@@ -12146,6 +12723,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
@@ -12167,6 +12745,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
@@ -12188,6 +12767,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
@@ -12209,6 +12789,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
@@ -12230,6 +12811,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
@@ -12251,6 +12833,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
@@ -12272,6 +12855,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
@@ -12293,6 +12877,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
@@ -12314,6 +12899,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
@@ -12335,6 +12921,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
@@ -12356,6 +12943,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
@@ -12377,6 +12965,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
@@ -12398,6 +12987,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
@@ -12419,6 +13009,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
@@ -12440,6 +13031,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
@@ -12461,6 +13053,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
@@ -12482,6 +13075,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
@@ -12503,6 +13097,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
@@ -12524,6 +13119,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
@@ -12545,6 +13141,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
@@ -12566,6 +13163,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
@@ -12587,6 +13185,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
@@ -12608,6 +13207,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
@@ -12629,6 +13229,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
@@ -12650,6 +13251,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
@@ -12671,6 +13273,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
@@ -12692,6 +13295,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
@@ -12713,6 +13317,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
@@ -12734,6 +13339,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
@@ -12755,6 +13361,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSB': FormInfo(
         name='MOVSB',
@@ -12776,6 +13383,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOVSv': FormInfo(
         name='MOVSv',
@@ -12797,6 +13405,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CMPSB': FormInfo(
         name='CMPSB',
@@ -12818,6 +13427,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
+        soft_interrupt=None,
     ),
     'CMPSv': FormInfo(
         name='CMPSv',
@@ -12839,6 +13449,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
+        soft_interrupt=None,
     ),
     'SCASB': FormInfo(
         name='SCASB',
@@ -12860,6 +13471,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
+        soft_interrupt=None,
     ),
     'SCASv': FormInfo(
         name='SCASv',
@@ -12881,6 +13493,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
+        soft_interrupt=None,
     ),
     'LODSB': FormInfo(
         name='LODSB',
@@ -12902,6 +13515,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LODSv': FormInfo(
         name='LODSv',
@@ -12923,6 +13537,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'STOSB': FormInfo(
         name='STOSB',
@@ -12944,6 +13559,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'STOSv': FormInfo(
         name='STOSv',
@@ -12965,6 +13581,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INSB': FormInfo(
         name='INSB',
@@ -12986,6 +13603,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', 'capstone omits the DF test (the direction of the step)'),),
+        soft_interrupt=None,
     ),
     'INSv': FormInfo(
         name='INSv',
@@ -13007,6 +13625,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', 'capstone omits the DF test (the direction of the step)'),),
+        soft_interrupt=None,
     ),
     'OUTSB': FormInfo(
         name='OUTSB',
@@ -13028,6 +13647,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'OUTSv': FormInfo(
         name='OUTSv',
@@ -13049,6 +13669,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'HLT': FormInfo(
         name='HLT',
@@ -13070,6 +13691,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'UD2': FormInfo(
         name='UD2',
@@ -13091,6 +13713,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CPUID': FormInfo(
         name='CPUID',
@@ -13112,6 +13735,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INVD': FormInfo(
         name='INVD',
@@ -13133,6 +13757,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'WBINVD': FormInfo(
         name='WBINVD',
@@ -13154,6 +13779,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'INVLPG': FormInfo(
         name='INVLPG',
@@ -13175,6 +13801,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LGDT': FormInfo(
         name='LGDT',
@@ -13196,6 +13823,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LIDT': FormInfo(
         name='LIDT',
@@ -13217,6 +13845,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SGDT': FormInfo(
         name='SGDT',
@@ -13238,6 +13867,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SIDT': FormInfo(
         name='SIDT',
@@ -13259,6 +13889,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LLDT': FormInfo(
         name='LLDT',
@@ -13280,6 +13911,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SLDT': FormInfo(
         name='SLDT',
@@ -13301,6 +13933,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LTR': FormInfo(
         name='LTR',
@@ -13322,6 +13955,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'STR': FormInfo(
         name='STR',
@@ -13343,6 +13977,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone groups STR with LTR as privileged, but STR runs at any CPL: it is a stealth instruction'),),
+        soft_interrupt=None,
     ),
     'LMSW': FormInfo(
         name='LMSW',
@@ -13364,6 +13999,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'SMSW': FormInfo(
         name='SMSW',
@@ -13385,6 +14021,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'CLTS': FormInfo(
         name='CLTS',
@@ -13406,6 +14043,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone does not mark CLTS privileged; it is #GP(0) at CPL > 0 (SDM: CLTS is a privileged instruction)'),),
+        soft_interrupt=None,
     ),
     'MOV_R32_CR': FormInfo(
         name='MOV_R32_CR',
@@ -13427,6 +14065,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_CR_R32': FormInfo(
         name='MOV_CR_R32',
@@ -13448,6 +14087,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_R32_DR': FormInfo(
         name='MOV_R32_DR',
@@ -13469,6 +14109,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'MOV_DR_R32': FormInfo(
         name='MOV_DR_R32',
@@ -13490,6 +14131,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RDMSR': FormInfo(
         name='RDMSR',
@@ -13511,6 +14153,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone marks WRMSR but not RDMSR privileged; both are #GP(0) at CPL > 0'),),
+        soft_interrupt=None,
     ),
     'WRMSR': FormInfo(
         name='WRMSR',
@@ -13532,6 +14175,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RDTSC': FormInfo(
         name='RDTSC',
@@ -13553,6 +14197,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'RDPMC': FormInfo(
         name='RDPMC',
@@ -13574,6 +14219,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('privilege', 'capstone marks RDPMC privileged outright; CR4.PCE = 1 lets every CPL use it'),),
+        soft_interrupt=None,
     ),
     'SYSENTER': FormInfo(
         name='SYSENTER',
@@ -13595,6 +14241,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', 'capstone says SYSENTER modifies every flag; it clears VM, IF and RF and leaves the rest (SDM pseudocode)'),),
+        soft_interrupt=None,
     ),
     'SYSEXIT': FormInfo(
         name='SYSEXIT',
@@ -13616,6 +14263,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(('flags', 'capstone says SYSEXIT modifies every flag; it leaves EFLAGS unchanged (SDM pseudocode)'),),
+        soft_interrupt=None,
     ),
     'ARPL': FormInfo(
         name='ARPL',
@@ -13637,6 +14285,7 @@ FORMS = {
         semantics=True,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LAR': FormInfo(
         name='LAR',
@@ -13658,6 +14307,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'LSL': FormInfo(
         name='LSL',
@@ -13679,6 +14329,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'VERR': FormInfo(
         name='VERR',
@@ -13700,6 +14351,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'VERW': FormInfo(
         name='VERW',
@@ -13721,6 +14373,7 @@ FORMS = {
         semantics=True,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FADD_M32': FormInfo(
         name='FADD_M32',
@@ -13742,6 +14395,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FADD_M64': FormInfo(
         name='FADD_M64',
@@ -13763,6 +14417,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIADD_M32': FormInfo(
         name='FIADD_M32',
@@ -13784,6 +14439,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIADD_M16': FormInfo(
         name='FIADD_M16',
@@ -13805,6 +14461,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FMUL_M32': FormInfo(
         name='FMUL_M32',
@@ -13826,6 +14483,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FMUL_M64': FormInfo(
         name='FMUL_M64',
@@ -13847,6 +14505,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIMUL_M32': FormInfo(
         name='FIMUL_M32',
@@ -13868,6 +14527,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIMUL_M16': FormInfo(
         name='FIMUL_M16',
@@ -13889,6 +14549,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUB_M32': FormInfo(
         name='FSUB_M32',
@@ -13910,6 +14571,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUB_M64': FormInfo(
         name='FSUB_M64',
@@ -13931,6 +14593,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISUB_M32': FormInfo(
         name='FISUB_M32',
@@ -13952,6 +14615,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISUB_M16': FormInfo(
         name='FISUB_M16',
@@ -13973,6 +14637,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUBR_M32': FormInfo(
         name='FSUBR_M32',
@@ -13994,6 +14659,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUBR_M64': FormInfo(
         name='FSUBR_M64',
@@ -14015,6 +14681,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISUBR_M32': FormInfo(
         name='FISUBR_M32',
@@ -14036,6 +14703,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISUBR_M16': FormInfo(
         name='FISUBR_M16',
@@ -14057,6 +14725,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIV_M32': FormInfo(
         name='FDIV_M32',
@@ -14078,6 +14747,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIV_M64': FormInfo(
         name='FDIV_M64',
@@ -14099,6 +14769,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIDIV_M32': FormInfo(
         name='FIDIV_M32',
@@ -14120,6 +14791,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIDIV_M16': FormInfo(
         name='FIDIV_M16',
@@ -14141,6 +14813,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIVR_M32': FormInfo(
         name='FDIVR_M32',
@@ -14162,6 +14835,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIVR_M64': FormInfo(
         name='FDIVR_M64',
@@ -14183,6 +14857,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIDIVR_M32': FormInfo(
         name='FIDIVR_M32',
@@ -14204,6 +14879,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIDIVR_M16': FormInfo(
         name='FIDIVR_M16',
@@ -14225,6 +14901,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FADD_ST0_STi': FormInfo(
         name='FADD_ST0_STi',
@@ -14246,6 +14923,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FMUL_ST0_STi': FormInfo(
         name='FMUL_ST0_STi',
@@ -14267,6 +14945,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUB_ST0_STi': FormInfo(
         name='FSUB_ST0_STi',
@@ -14288,6 +14967,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUBR_ST0_STi': FormInfo(
         name='FSUBR_ST0_STi',
@@ -14309,6 +14989,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIV_ST0_STi': FormInfo(
         name='FDIV_ST0_STi',
@@ -14330,6 +15011,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIVR_ST0_STi': FormInfo(
         name='FDIVR_ST0_STi',
@@ -14351,6 +15033,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FADD_STi_ST0': FormInfo(
         name='FADD_STi_ST0',
@@ -14372,6 +15055,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FMUL_STi_ST0': FormInfo(
         name='FMUL_STi_ST0',
@@ -14393,6 +15077,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUBR_STi_ST0': FormInfo(
         name='FSUBR_STi_ST0',
@@ -14414,6 +15099,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUB_STi_ST0': FormInfo(
         name='FSUB_STi_ST0',
@@ -14435,6 +15121,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIVR_STi_ST0': FormInfo(
         name='FDIVR_STi_ST0',
@@ -14456,6 +15143,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIV_STi_ST0': FormInfo(
         name='FDIV_STi_ST0',
@@ -14477,6 +15165,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FADDP_STi_ST0': FormInfo(
         name='FADDP_STi_ST0',
@@ -14498,6 +15187,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FMULP_STi_ST0': FormInfo(
         name='FMULP_STi_ST0',
@@ -14519,6 +15209,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUBRP_STi_ST0': FormInfo(
         name='FSUBRP_STi_ST0',
@@ -14540,6 +15231,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSUBP_STi_ST0': FormInfo(
         name='FSUBP_STi_ST0',
@@ -14561,6 +15253,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIVRP_STi_ST0': FormInfo(
         name='FDIVRP_STi_ST0',
@@ -14582,6 +15275,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDIVP_STi_ST0': FormInfo(
         name='FDIVP_STi_ST0',
@@ -14603,6 +15297,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLD_M32': FormInfo(
         name='FLD_M32',
@@ -14624,6 +15319,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLD_M64': FormInfo(
         name='FLD_M64',
@@ -14645,6 +15341,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLD_M80': FormInfo(
         name='FLD_M80',
@@ -14666,6 +15363,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLD_STi': FormInfo(
         name='FLD_STi',
@@ -14687,6 +15385,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FST_M32': FormInfo(
         name='FST_M32',
@@ -14708,6 +15407,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FST_M64': FormInfo(
         name='FST_M64',
@@ -14729,6 +15429,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FST_STi': FormInfo(
         name='FST_STi',
@@ -14750,6 +15451,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSTP_M32': FormInfo(
         name='FSTP_M32',
@@ -14771,6 +15473,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSTP_M64': FormInfo(
         name='FSTP_M64',
@@ -14792,6 +15495,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSTP_M80': FormInfo(
         name='FSTP_M80',
@@ -14813,6 +15517,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSTP_STi': FormInfo(
         name='FSTP_STi',
@@ -14834,6 +15539,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FILD_M16': FormInfo(
         name='FILD_M16',
@@ -14855,6 +15561,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FILD_M32': FormInfo(
         name='FILD_M32',
@@ -14876,6 +15583,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FILD_M64': FormInfo(
         name='FILD_M64',
@@ -14897,6 +15605,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIST_M16': FormInfo(
         name='FIST_M16',
@@ -14918,6 +15627,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FIST_M32': FormInfo(
         name='FIST_M32',
@@ -14939,6 +15649,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISTP_M16': FormInfo(
         name='FISTP_M16',
@@ -14960,6 +15671,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISTP_M32': FormInfo(
         name='FISTP_M32',
@@ -14981,6 +15693,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FISTP_M64': FormInfo(
         name='FISTP_M64',
@@ -15002,6 +15715,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FBLD_M80': FormInfo(
         name='FBLD_M80',
@@ -15023,6 +15737,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FBSTP_M80': FormInfo(
         name='FBSTP_M80',
@@ -15044,6 +15759,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FXCH_STi': FormInfo(
         name='FXCH_STi',
@@ -15065,6 +15781,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVB_ST0_STi': FormInfo(
         name='FCMOVB_ST0_STi',
@@ -15086,6 +15803,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVE_ST0_STi': FormInfo(
         name='FCMOVE_ST0_STi',
@@ -15107,6 +15825,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVBE_ST0_STi': FormInfo(
         name='FCMOVBE_ST0_STi',
@@ -15128,6 +15847,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVU_ST0_STi': FormInfo(
         name='FCMOVU_ST0_STi',
@@ -15149,6 +15869,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVNB_ST0_STi': FormInfo(
         name='FCMOVNB_ST0_STi',
@@ -15170,6 +15891,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVNE_ST0_STi': FormInfo(
         name='FCMOVNE_ST0_STi',
@@ -15191,6 +15913,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVNBE_ST0_STi': FormInfo(
         name='FCMOVNBE_ST0_STi',
@@ -15212,6 +15935,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCMOVNU_ST0_STi': FormInfo(
         name='FCMOVNU_ST0_STi',
@@ -15233,6 +15957,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOM_M32': FormInfo(
         name='FCOM_M32',
@@ -15254,6 +15979,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOM_M64': FormInfo(
         name='FCOM_M64',
@@ -15275,6 +16001,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOM_STi': FormInfo(
         name='FCOM_STi',
@@ -15296,6 +16023,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOMP_M32': FormInfo(
         name='FCOMP_M32',
@@ -15317,6 +16045,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOMP_M64': FormInfo(
         name='FCOMP_M64',
@@ -15338,6 +16067,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOMP_STi': FormInfo(
         name='FCOMP_STi',
@@ -15359,6 +16089,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOMPP': FormInfo(
         name='FCOMPP',
@@ -15380,6 +16111,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FUCOM_STi': FormInfo(
         name='FUCOM_STi',
@@ -15401,6 +16133,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FUCOMP_STi': FormInfo(
         name='FUCOMP_STi',
@@ -15422,6 +16155,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FUCOMPP': FormInfo(
         name='FUCOMPP',
@@ -15443,6 +16177,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FICOM_M16': FormInfo(
         name='FICOM_M16',
@@ -15464,6 +16199,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FICOM_M32': FormInfo(
         name='FICOM_M32',
@@ -15485,6 +16221,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FICOMP_M16': FormInfo(
         name='FICOMP_M16',
@@ -15506,6 +16243,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FICOMP_M32': FormInfo(
         name='FICOMP_M32',
@@ -15527,6 +16265,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FTST': FormInfo(
         name='FTST',
@@ -15548,6 +16287,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FXAM': FormInfo(
         name='FXAM',
@@ -15569,6 +16309,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOMI_ST0_STi': FormInfo(
         name='FCOMI_ST0_STi',
@@ -15590,6 +16331,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FUCOMI_ST0_STi': FormInfo(
         name='FUCOMI_ST0_STi',
@@ -15611,6 +16353,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOMIP_ST0_STi': FormInfo(
         name='FCOMIP_ST0_STi',
@@ -15632,6 +16375,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FUCOMIP_ST0_STi': FormInfo(
         name='FUCOMIP_ST0_STi',
@@ -15653,6 +16397,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLD1': FormInfo(
         name='FLD1',
@@ -15674,6 +16419,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDL2T': FormInfo(
         name='FLDL2T',
@@ -15695,6 +16441,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDL2E': FormInfo(
         name='FLDL2E',
@@ -15716,6 +16463,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDPI': FormInfo(
         name='FLDPI',
@@ -15737,6 +16485,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDLG2': FormInfo(
         name='FLDLG2',
@@ -15758,6 +16507,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDLN2': FormInfo(
         name='FLDLN2',
@@ -15779,6 +16529,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDZ': FormInfo(
         name='FLDZ',
@@ -15800,6 +16551,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCHS': FormInfo(
         name='FCHS',
@@ -15821,6 +16573,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FABS': FormInfo(
         name='FABS',
@@ -15842,6 +16595,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'F2XM1': FormInfo(
         name='F2XM1',
@@ -15863,6 +16617,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FYL2X': FormInfo(
         name='FYL2X',
@@ -15884,6 +16639,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FPTAN': FormInfo(
         name='FPTAN',
@@ -15905,6 +16661,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FPATAN': FormInfo(
         name='FPATAN',
@@ -15926,6 +16683,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FXTRACT': FormInfo(
         name='FXTRACT',
@@ -15947,6 +16705,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FPREM1': FormInfo(
         name='FPREM1',
@@ -15968,6 +16727,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FDECSTP': FormInfo(
         name='FDECSTP',
@@ -15989,6 +16749,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FINCSTP': FormInfo(
         name='FINCSTP',
@@ -16010,6 +16771,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FPREM': FormInfo(
         name='FPREM',
@@ -16031,6 +16793,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FYL2XP1': FormInfo(
         name='FYL2XP1',
@@ -16052,6 +16815,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSQRT': FormInfo(
         name='FSQRT',
@@ -16073,6 +16837,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSINCOS': FormInfo(
         name='FSINCOS',
@@ -16094,6 +16859,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FRNDINT': FormInfo(
         name='FRNDINT',
@@ -16115,6 +16881,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSCALE': FormInfo(
         name='FSCALE',
@@ -16136,6 +16903,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSIN': FormInfo(
         name='FSIN',
@@ -16157,6 +16925,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOS': FormInfo(
         name='FCOS',
@@ -16178,6 +16947,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNOP': FormInfo(
         name='FNOP',
@@ -16199,6 +16969,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FFREE_STi': FormInfo(
         name='FFREE_STi',
@@ -16220,6 +16991,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNINIT': FormInfo(
         name='FNINIT',
@@ -16241,6 +17013,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNCLEX': FormInfo(
         name='FNCLEX',
@@ -16262,6 +17035,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDCW_M16': FormInfo(
         name='FLDCW_M16',
@@ -16283,6 +17057,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNSTCW_M16': FormInfo(
         name='FNSTCW_M16',
@@ -16304,6 +17079,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNSTSW_M16': FormInfo(
         name='FNSTSW_M16',
@@ -16325,6 +17101,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNSTSW_AX': FormInfo(
         name='FNSTSW_AX',
@@ -16346,6 +17123,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FLDENV_MENV': FormInfo(
         name='FLDENV_MENV',
@@ -16367,6 +17145,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNSTENV_MENV': FormInfo(
         name='FNSTENV_MENV',
@@ -16388,6 +17167,7 @@ FORMS = {
         semantics=False,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FRSTOR_MSTATE': FormInfo(
         name='FRSTOR_MSTATE',
@@ -16409,6 +17189,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FNSAVE_MSTATE': FormInfo(
         name='FNSAVE_MSTATE',
@@ -16430,6 +17211,7 @@ FORMS = {
         semantics=False,
         ends_block=True,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FWAIT': FormInfo(
         name='FWAIT',
@@ -16451,6 +17233,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
@@ -16472,6 +17255,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
@@ -16493,6 +17277,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
@@ -16514,6 +17299,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
@@ -16535,6 +17321,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
@@ -16556,6 +17343,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
@@ -16577,6 +17365,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
@@ -16598,6 +17387,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
@@ -16619,6 +17409,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
@@ -16640,6 +17431,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
+        soft_interrupt=None,
     ),
     'FNENI': FormInfo(
         name='FNENI',
@@ -16661,6 +17453,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('mnemonic', 'capstone spells it feni8087_nop, which the mnemonic syntax (no underscore) cannot hold'),),
+        soft_interrupt=None,
     ),
     'FNDISI': FormInfo(
         name='FNDISI',
@@ -16682,6 +17475,7 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(('mnemonic', 'capstone spells it fdisi8087_nop, which the mnemonic syntax (no underscore) cannot hold'),),
+        soft_interrupt=None,
     ),
     'FNSETPM': FormInfo(
         name='FNSETPM',
@@ -16703,5 +17497,6 @@ FORMS = {
         semantics=False,
         ends_block=False,
         xchecks=(),
+        soft_interrupt=None,
     ),
 }

@@ -59,168 +59,168 @@ p_load_segment($dst, v_src)  # segment.r1:166
 _T5 = """\
 S.eip = $next
 m_v_0 = S.sel[0]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_ES [o32 a16, o32 a32] from spec/segment.r1:170
 _T6 = """\
 S.eip = $next
 m_v_0 = S.sel[0]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:278
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:282
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_CS [o16 a16, o16 a32] from spec/segment.r1:179
 _T7 = """\
 S.eip = $next
 m_v_0 = S.sel[1]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_CS [o32 a16, o32 a32] from spec/segment.r1:179
 _T8 = """\
 S.eip = $next
 m_v_0 = S.sel[1]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:278
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:282
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_SS [o16 a16, o16 a32] from spec/segment.r1:189
 _T9 = """\
 S.eip = $next
 m_v_0 = S.sel[2]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_SS [o32 a16, o32 a32] from spec/segment.r1:189
 _T10 = """\
 S.eip = $next
 m_v_0 = S.sel[2]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:278
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:282
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_DS [o16 a16, o16 a32] from spec/segment.r1:199
 _T11 = """\
 S.eip = $next
 m_v_0 = S.sel[3]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_DS [o32 a16, o32 a32] from spec/segment.r1:199
 _T12 = """\
 S.eip = $next
 m_v_0 = S.sel[3]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:278
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:282
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_FS [o16 a16, o16 a32] from spec/segment.r1:208
 _T13 = """\
 S.eip = $next
 m_v_0 = S.sel[4]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_FS [o32 a16, o32 a32] from spec/segment.r1:208
 _T14 = """\
 S.eip = $next
 m_v_0 = S.sel[4]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:278
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:282
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_GS [o16 a16, o16 a32] from spec/segment.r1:217
 _T15 = """\
 S.eip = $next
 m_v_0 = S.sel[5]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # PUSH_GS [o32 a16, o32 a32] from spec/segment.r1:217
 _T16 = """\
 S.eip = $next
 m_v_0 = S.sel[5]
-if S.stack32:  # prelude.r1:277
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:278
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:279
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+if S.stack32:  # prelude.r1:280
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:282
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:283
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
 """
 
 # POP_ES [o16 a16, o16 a32] from spec/segment.r1:235
@@ -230,10 +230,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(0, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_ES [o32 a16, o32 a32] from spec/segment.r1:235
@@ -243,10 +243,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(0, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_SS [o16 a16, o16 a32] from spec/segment.r1:245
@@ -256,10 +256,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(2, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_SS [o32 a16, o32 a32] from spec/segment.r1:245
@@ -269,10 +269,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(2, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_DS [o16 a16, o16 a32] from spec/segment.r1:255
@@ -282,10 +282,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(3, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_DS [o32 a16, o32 a32] from spec/segment.r1:255
@@ -295,10 +295,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(3, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_FS [o16 a16, o16 a32] from spec/segment.r1:265
@@ -308,10 +308,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(4, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_FS [o32 a16, o32 a32] from spec/segment.r1:265
@@ -321,10 +321,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(4, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_GS [o16 a16, o16 a32] from spec/segment.r1:275
@@ -334,10 +334,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(5, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # POP_GS [o32 a16, o32 a32] from spec/segment.r1:275
@@ -347,10 +347,10 @@ l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
 l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
 p_load_segment(5, l_sel_1)  # segment.r1:231
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:309
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:309
+if S.stack32:  # prelude.r1:312
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:309
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
 """
 
 # LDS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:289

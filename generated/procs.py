@@ -12,203 +12,206 @@ def p_far_transfer(a_sel, a_off, a_osize, a_is_call):  # spec/control.r1:194
     l_w = (a_osize // 8)  # control.r1:195
     if (S.mode != 1):  # control.r1:196
         l_t = (a_off & ((1 << a_osize) - 1))  # control.r1:197
-        if a_is_call:  # control.r1:198
-            b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * a_osize))  # control.r1:199
+        if a_is_call:  # control.r1:201
+            b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * a_osize))  # control.r1:202
+        if (l_t > b_seg_limit(1)):  # control.r1:204
+            raise Fault(13, 0)  # control.r1:204
+        if a_is_call:  # control.r1:205
             m_v_0 = S.sel[1]
-            if S.stack32:  # prelude.r1:277
-                l_top_1 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:278
-                b_store(2, l_top_1, a_osize, m_v_0)  # prelude.r1:279
-                R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+            if S.stack32:  # prelude.r1:280
+                l_top_1 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:281
+                b_store(2, l_top_1, a_osize, m_v_0)  # prelude.r1:282
+                R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
             else:
-                l_top_2 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:282
-                b_store(2, l_top_2, a_osize, m_v_0)  # prelude.r1:283
-                R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+                l_top_2 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:285
+                b_store(2, l_top_2, a_osize, m_v_0)  # prelude.r1:286
+                R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
             m_v_3 = S.eip
-            if S.stack32:  # prelude.r1:277
-                l_top_4 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:278
-                b_store(2, l_top_4, a_osize, m_v_3)  # prelude.r1:279
-                R[4] = l_top_4 & 0xffffffff  # prelude.r1:280
+            if S.stack32:  # prelude.r1:280
+                l_top_4 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:281
+                b_store(2, l_top_4, a_osize, m_v_3)  # prelude.r1:282
+                R[4] = l_top_4 & 0xffffffff  # prelude.r1:283
             else:
-                l_top_5 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:282
-                b_store(2, l_top_5, a_osize, m_v_3)  # prelude.r1:283
-                R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:284
-        p_load_segment_cs_real(a_sel)  # control.r1:203
-        S.eip = l_t  # control.r1:204
-        return None  # control.r1:205
-    if ((a_sel & 65532) == 0):  # control.r1:207
-        raise Fault(13, 0)  # control.r1:207
-    l_d = p_read_descriptor(a_sel)  # control.r1:208
-    if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # control.r1:209
-        if (l_d >> 42 & 1):  # control.r1:210
-            if ((l_d >> 45 & 0x3) > S.cpl):  # control.r1:211
-                raise Fault(13, (a_sel & 65532))  # control.r1:211
-        elif (((a_sel & 3) > S.cpl) or ((l_d >> 45 & 0x3) != S.cpl)):  # control.r1:212
-            raise Fault(13, (a_sel & 65532))  # control.r1:213
-        if (not (l_d >> 47 & 1)):  # control.r1:215
-            raise Fault(11, (a_sel & 65532))  # control.r1:215
-        l_t2 = (a_off & ((1 << a_osize) - 1))  # control.r1:216
-        if (l_t2 > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # control.r1:217
-            raise Fault(13, 0)  # control.r1:217
-        if a_is_call:  # control.r1:218
-            b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * a_osize))  # control.r1:219
+                l_top_5 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:285
+                b_store(2, l_top_5, a_osize, m_v_3)  # prelude.r1:286
+                R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:287
+        p_load_segment_cs_real(a_sel)  # control.r1:209
+        S.eip = l_t  # control.r1:210
+        return None  # control.r1:211
+    if ((a_sel & 65532) == 0):  # control.r1:213
+        raise Fault(13, 0)  # control.r1:213
+    l_d = p_read_descriptor(a_sel)  # control.r1:214
+    if ((l_d >> 44 & 1) and (l_d >> 43 & 1)):  # control.r1:215
+        if (l_d >> 42 & 1):  # control.r1:216
+            if ((l_d >> 45 & 0x3) > S.cpl):  # control.r1:217
+                raise Fault(13, (a_sel & 65532))  # control.r1:217
+        elif (((a_sel & 3) > S.cpl) or ((l_d >> 45 & 0x3) != S.cpl)):  # control.r1:218
+            raise Fault(13, (a_sel & 65532))  # control.r1:219
+        if (not (l_d >> 47 & 1)):  # control.r1:221
+            raise Fault(11, (a_sel & 65532))  # control.r1:221
+        l_t2 = (a_off & ((1 << a_osize) - 1))  # control.r1:222
+        if (l_t2 > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # control.r1:223
+            raise Fault(13, 0)  # control.r1:223
+        if a_is_call:  # control.r1:224
+            b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * a_osize))  # control.r1:225
             m_v_6 = S.sel[1]
-            if S.stack32:  # prelude.r1:277
-                l_top_7 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:278
-                b_store(2, l_top_7, a_osize, m_v_6)  # prelude.r1:279
-                R[4] = l_top_7 & 0xffffffff  # prelude.r1:280
+            if S.stack32:  # prelude.r1:280
+                l_top_7 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:281
+                b_store(2, l_top_7, a_osize, m_v_6)  # prelude.r1:282
+                R[4] = l_top_7 & 0xffffffff  # prelude.r1:283
             else:
-                l_top_8 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:282
-                b_store(2, l_top_8, a_osize, m_v_6)  # prelude.r1:283
-                R[4] = R[4] & 0xffff0000 | l_top_8 & 0xffff  # prelude.r1:284
+                l_top_8 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:285
+                b_store(2, l_top_8, a_osize, m_v_6)  # prelude.r1:286
+                R[4] = R[4] & 0xffff0000 | l_top_8 & 0xffff  # prelude.r1:287
             m_v_9 = S.eip
-            if S.stack32:  # prelude.r1:277
-                l_top_10 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:278
-                b_store(2, l_top_10, a_osize, m_v_9)  # prelude.r1:279
-                R[4] = l_top_10 & 0xffffffff  # prelude.r1:280
+            if S.stack32:  # prelude.r1:280
+                l_top_10 = ((R[4] - (a_osize // 8)) & 4294967295)  # prelude.r1:281
+                b_store(2, l_top_10, a_osize, m_v_9)  # prelude.r1:282
+                R[4] = l_top_10 & 0xffffffff  # prelude.r1:283
             else:
-                l_top_11 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:282
-                b_store(2, l_top_11, a_osize, m_v_9)  # prelude.r1:283
-                R[4] = R[4] & 0xffff0000 | l_top_11 & 0xffff  # prelude.r1:284
-        p_set_accessed(a_sel, l_d)  # control.r1:223
-        b_set_seg(1, ((a_sel & 65532) | S.cpl), (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:224
-        S.eip = l_t2  # control.r1:225
-        return None  # control.r1:226
-    l_gtype = (l_d >> 40 & 0xf)  # control.r1:228
-    if ((l_d >> 44 & 1) or (not ((l_gtype == 4) or (l_gtype == 12)))):  # control.r1:229
-        if ((not (l_d >> 44 & 1)) and (((l_gtype == 5) or (l_gtype == 1)) or (l_gtype == 9))):  # control.r1:230
-            b_unsupported('a far JMP or CALL to a TSS or task gate (task switching is not implemented)')  # control.r1:231
-        raise Fault(13, (a_sel & 65532))  # control.r1:233
-    p_call_gate(a_sel, l_d, a_osize, a_is_call)  # control.r1:235
+                l_top_11 = (((R[4] & 0xffff) - (a_osize // 8)) & 65535)  # prelude.r1:285
+                b_store(2, l_top_11, a_osize, m_v_9)  # prelude.r1:286
+                R[4] = R[4] & 0xffff0000 | l_top_11 & 0xffff  # prelude.r1:287
+        p_set_accessed(a_sel, l_d)  # control.r1:229
+        b_set_seg(1, ((a_sel & 65532) | S.cpl), (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:230
+        S.eip = l_t2  # control.r1:231
+        return None  # control.r1:232
+    l_gtype = (l_d >> 40 & 0xf)  # control.r1:234
+    if ((l_d >> 44 & 1) or (not ((l_gtype == 4) or (l_gtype == 12)))):  # control.r1:235
+        if ((not (l_d >> 44 & 1)) and (((l_gtype == 5) or (l_gtype == 1)) or (l_gtype == 9))):  # control.r1:236
+            b_unsupported('a far JMP or CALL to a TSS or task gate (task switching is not implemented)')  # control.r1:237
+        raise Fault(13, (a_sel & 65532))  # control.r1:239
+    p_call_gate(a_sel, l_d, a_osize, a_is_call)  # control.r1:241
 
-def p_load_segment_cs_real(a_sel):  # spec/control.r1:238
-    b_set_seg(1, a_sel, (a_sel << 4), b_seg_limit(1), b_seg_attr(1))  # control.r1:239
+def p_load_segment_cs_real(a_sel):  # spec/control.r1:244
+    b_set_seg(1, a_sel, (a_sel << 4), b_seg_limit(1), b_seg_attr(1))  # control.r1:245
 
-def p_call_gate(a_sel, a_gate, a_osize, a_is_call):  # spec/control.r1:242
-    if (((a_gate >> 45 & 0x3) < S.cpl) or ((a_gate >> 45 & 0x3) < (a_sel & 3))):  # control.r1:243
-        raise Fault(13, (a_sel & 65532))  # control.r1:243
-    if (not (a_gate >> 47 & 1)):  # control.r1:244
-        raise Fault(11, (a_sel & 65532))  # control.r1:244
-    l_gbits = (32 if ((a_gate >> 40 & 0xf) == 12) else 16)  # control.r1:245
-    l_tsel = (a_gate >> 16 & 0xffff)  # control.r1:246
-    l_target = (((a_gate & 0xffff) | ((a_gate >> 48 & 0xffff) << 16)) if (l_gbits == 32) else (((a_gate & 0xffff) | ((a_gate >> 48 & 0xffff) << 16)) & 65535))  # control.r1:247
-    if ((l_tsel & 65532) == 0):  # control.r1:248
-        raise Fault(13, 0)  # control.r1:248
-    l_d = p_read_descriptor(l_tsel)  # control.r1:249
-    if ((not ((l_d >> 44 & 1) and (l_d >> 43 & 1))) or ((l_d >> 45 & 0x3) > S.cpl)):  # control.r1:250
-        raise Fault(13, (l_tsel & 65532))  # control.r1:250
-    if (((not a_is_call) and (not (l_d >> 42 & 1))) and ((l_d >> 45 & 0x3) != S.cpl)):  # control.r1:251
-        raise Fault(13, (l_tsel & 65532))  # control.r1:251
-    if (not (l_d >> 47 & 1)):  # control.r1:252
-        raise Fault(11, (l_tsel & 65532))  # control.r1:252
-    if (l_target > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # control.r1:253
-        raise Fault(13, 0)  # control.r1:253
-    l_new_cpl = (S.cpl if (l_d >> 42 & 1) else (l_d >> 45 & 0x3))  # control.r1:254
-    l_gw = (l_gbits // 8)  # control.r1:255
-    if ((a_is_call != 0) and (l_new_cpl < S.cpl)):  # control.r1:256
-        l_stack = p_tss_stack(l_new_cpl, 0)  # control.r1:257
-        l_ss_sel = (l_stack >> 32)  # control.r1:258
-        l_sd = p_inner_stack_descriptor(l_ss_sel, l_new_cpl, 0)  # control.r1:259
-        l_params = (a_gate >> 32 & 0x1f)  # control.r1:260
-        l_n = (4 + l_params)  # control.r1:261
-        l_base_off = (((l_stack & 4294967295) - (l_n * l_gw)) & ((1 << (32 if (l_sd >> 54 & 1) else 16)) - 1))  # control.r1:262
-        p_stack_store(l_sd, l_ss_sel, (l_base_off + ((l_n - 1) * l_gw)), l_gbits, S.sel[2], 0)  # control.r1:263
-        p_stack_store(l_sd, l_ss_sel, (l_base_off + ((l_n - 2) * l_gw)), l_gbits, (R[4] if S.stack32 else (R[4] & 0xffff)), 0)  # control.r1:264
-        l_i = 0  # control.r1:265
-        while (l_i < l_params):  # control.r1:266
-            l_v = b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (((l_params - 1) - l_i) * (l_gbits // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), l_gbits)  # control.r1:268
-            p_stack_store(l_sd, l_ss_sel, (l_base_off + (((l_n - 3) - l_i) * l_gw)), l_gbits, l_v, 0)  # control.r1:269
-            l_i = (l_i + 1)  # control.r1:270
-        p_stack_store(l_sd, l_ss_sel, (l_base_off + l_gw), l_gbits, S.sel[1], 0)  # control.r1:272
-        p_stack_store(l_sd, l_ss_sel, l_base_off, l_gbits, S.eip, 0)  # control.r1:273
-        p_set_accessed(l_ss_sel, l_sd)  # control.r1:274
-        b_set_seg(2, l_ss_sel, (((l_sd >> 16 & 0xffff) | ((l_sd >> 32 & 0xff) << 16)) | ((l_sd >> 56 & 0xff) << 24)), (((((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16)) << 12) | 4095) if (l_sd >> 55 & 1) else ((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16))), ((l_sd >> 40 & 0xffff) | 256))  # control.r1:275
-        if (l_sd >> 54 & 1):  # control.r1:276
-            R[4] = l_base_off & 0xffffffff  # control.r1:276
+def p_call_gate(a_sel, a_gate, a_osize, a_is_call):  # spec/control.r1:248
+    if (((a_gate >> 45 & 0x3) < S.cpl) or ((a_gate >> 45 & 0x3) < (a_sel & 3))):  # control.r1:249
+        raise Fault(13, (a_sel & 65532))  # control.r1:249
+    if (not (a_gate >> 47 & 1)):  # control.r1:250
+        raise Fault(11, (a_sel & 65532))  # control.r1:250
+    l_gbits = (32 if ((a_gate >> 40 & 0xf) == 12) else 16)  # control.r1:251
+    l_tsel = (a_gate >> 16 & 0xffff)  # control.r1:252
+    l_target = (((a_gate & 0xffff) | ((a_gate >> 48 & 0xffff) << 16)) if (l_gbits == 32) else (((a_gate & 0xffff) | ((a_gate >> 48 & 0xffff) << 16)) & 65535))  # control.r1:253
+    if ((l_tsel & 65532) == 0):  # control.r1:254
+        raise Fault(13, 0)  # control.r1:254
+    l_d = p_read_descriptor(l_tsel)  # control.r1:255
+    if ((not ((l_d >> 44 & 1) and (l_d >> 43 & 1))) or ((l_d >> 45 & 0x3) > S.cpl)):  # control.r1:256
+        raise Fault(13, (l_tsel & 65532))  # control.r1:256
+    if (((not a_is_call) and (not (l_d >> 42 & 1))) and ((l_d >> 45 & 0x3) != S.cpl)):  # control.r1:257
+        raise Fault(13, (l_tsel & 65532))  # control.r1:257
+    if (not (l_d >> 47 & 1)):  # control.r1:258
+        raise Fault(11, (l_tsel & 65532))  # control.r1:258
+    if (l_target > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # control.r1:259
+        raise Fault(13, 0)  # control.r1:259
+    l_new_cpl = (S.cpl if (l_d >> 42 & 1) else (l_d >> 45 & 0x3))  # control.r1:260
+    l_gw = (l_gbits // 8)  # control.r1:261
+    if ((a_is_call != 0) and (l_new_cpl < S.cpl)):  # control.r1:262
+        l_stack = p_tss_stack(l_new_cpl, 0)  # control.r1:263
+        l_ss_sel = (l_stack >> 32)  # control.r1:264
+        l_sd = p_inner_stack_descriptor(l_ss_sel, l_new_cpl, 0)  # control.r1:265
+        l_params = (a_gate >> 32 & 0x1f)  # control.r1:266
+        l_n = (4 + l_params)  # control.r1:267
+        l_base_off = (((l_stack & 4294967295) - (l_n * l_gw)) & ((1 << (32 if (l_sd >> 54 & 1) else 16)) - 1))  # control.r1:268
+        p_stack_store(l_sd, l_ss_sel, (l_base_off + ((l_n - 1) * l_gw)), l_gbits, S.sel[2], 0)  # control.r1:269
+        p_stack_store(l_sd, l_ss_sel, (l_base_off + ((l_n - 2) * l_gw)), l_gbits, (R[4] if S.stack32 else (R[4] & 0xffff)), 0)  # control.r1:270
+        l_i = 0  # control.r1:271
+        while (l_i < l_params):  # control.r1:272
+            l_v = b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (((l_params - 1) - l_i) * (l_gbits // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), l_gbits)  # control.r1:274
+            p_stack_store(l_sd, l_ss_sel, (l_base_off + (((l_n - 3) - l_i) * l_gw)), l_gbits, l_v, 0)  # control.r1:275
+            l_i = (l_i + 1)  # control.r1:276
+        p_stack_store(l_sd, l_ss_sel, (l_base_off + l_gw), l_gbits, S.sel[1], 0)  # control.r1:278
+        p_stack_store(l_sd, l_ss_sel, l_base_off, l_gbits, S.eip, 0)  # control.r1:279
+        p_set_accessed(l_ss_sel, l_sd)  # control.r1:280
+        b_set_seg(2, l_ss_sel, (((l_sd >> 16 & 0xffff) | ((l_sd >> 32 & 0xff) << 16)) | ((l_sd >> 56 & 0xff) << 24)), (((((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16)) << 12) | 4095) if (l_sd >> 55 & 1) else ((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16))), ((l_sd >> 40 & 0xffff) | 256))  # control.r1:281
+        if (l_sd >> 54 & 1):  # control.r1:282
+            R[4] = l_base_off & 0xffffffff  # control.r1:282
         else:
-            R[4] = R[4] & 0xffff0000 | l_base_off & 0xffff  # control.r1:276
-    elif a_is_call:  # control.r1:277
-        b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_gw)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * l_gbits))  # control.r1:278
+            R[4] = R[4] & 0xffff0000 | l_base_off & 0xffff  # control.r1:282
+    elif a_is_call:  # control.r1:283
+        b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (2 * l_gw)) & ((1 << (32 if S.stack32 else 16)) - 1)), (2 * l_gbits))  # control.r1:284
         m_v_0 = S.sel[1]
-        if S.stack32:  # prelude.r1:277
-            l_top_1 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:278
-            b_store(2, l_top_1, l_gbits, m_v_0)  # prelude.r1:279
-            R[4] = l_top_1 & 0xffffffff  # prelude.r1:280
+        if S.stack32:  # prelude.r1:280
+            l_top_1 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:281
+            b_store(2, l_top_1, l_gbits, m_v_0)  # prelude.r1:282
+            R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
         else:
-            l_top_2 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:282
-            b_store(2, l_top_2, l_gbits, m_v_0)  # prelude.r1:283
-            R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:284
+            l_top_2 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:285
+            b_store(2, l_top_2, l_gbits, m_v_0)  # prelude.r1:286
+            R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
         m_v_3 = S.eip
-        if S.stack32:  # prelude.r1:277
-            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:278
-            b_store(2, l_top_4, l_gbits, m_v_3)  # prelude.r1:279
-            R[4] = l_top_4 & 0xffffffff  # prelude.r1:280
+        if S.stack32:  # prelude.r1:280
+            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:281
+            b_store(2, l_top_4, l_gbits, m_v_3)  # prelude.r1:282
+            R[4] = l_top_4 & 0xffffffff  # prelude.r1:283
         else:
-            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:282
-            b_store(2, l_top_5, l_gbits, m_v_3)  # prelude.r1:283
-            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:284
-    p_set_accessed(l_tsel, l_d)  # control.r1:282
-    b_set_seg(1, ((l_tsel & 65532) | l_new_cpl), (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:283
-    S.eip = l_target  # control.r1:284
+            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:285
+            b_store(2, l_top_5, l_gbits, m_v_3)  # prelude.r1:286
+            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:287
+    p_set_accessed(l_tsel, l_d)  # control.r1:288
+    b_set_seg(1, ((l_tsel & 65532) | l_new_cpl), (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:289
+    S.eip = l_target  # control.r1:290
 
-def p_far_return(a_osize, a_extra):  # spec/control.r1:289
-    l_w = (a_osize // 8)  # control.r1:290
-    l_new_eip = b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (0 * (a_osize // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize)  # control.r1:291
-    l_new_sel = (b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (1 * (a_osize // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize) & 65535)  # control.r1:292
-    if (S.mode != 1):  # control.r1:293
+def p_far_return(a_osize, a_extra):  # spec/control.r1:295
+    l_w = (a_osize // 8)  # control.r1:296
+    l_new_eip = b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (0 * (a_osize // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize)  # control.r1:297
+    l_new_sel = (b_load(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) + (1 * (a_osize // 8))) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize) & 65535)  # control.r1:298
+    if (S.mode != 1):  # control.r1:299
         m_v_0 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (2 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:309
-            R[4] = m_v_0 & 0xffffffff  # prelude.r1:309
+        if S.stack32:  # prelude.r1:312
+            R[4] = m_v_0 & 0xffffffff  # prelude.r1:312
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:309
-        p_load_segment_cs_real(l_new_sel)  # control.r1:295
-        S.eip = l_new_eip  # control.r1:296
-        return None  # control.r1:297
-    if ((l_new_sel & 65532) == 0):  # control.r1:299
-        raise Fault(13, 0)  # control.r1:299
-    l_d = p_read_descriptor(l_new_sel)  # control.r1:300
-    l_rpl = (l_new_sel & 3)  # control.r1:301
-    if ((not ((l_d >> 44 & 1) and (l_d >> 43 & 1))) or (l_rpl < S.cpl)):  # control.r1:302
-        raise Fault(13, (l_new_sel & 65532))  # control.r1:302
-    if ((l_d >> 42 & 1) and ((l_d >> 45 & 0x3) > l_rpl)):  # control.r1:303
-        raise Fault(13, (l_new_sel & 65532))  # control.r1:303
-    if ((not (l_d >> 42 & 1)) and ((l_d >> 45 & 0x3) != l_rpl)):  # control.r1:304
-        raise Fault(13, (l_new_sel & 65532))  # control.r1:304
-    if (not (l_d >> 47 & 1)):  # control.r1:305
-        raise Fault(11, (l_new_sel & 65532))  # control.r1:305
-    if (l_new_eip > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # control.r1:306
-        raise Fault(13, 0)  # control.r1:306
-    if (l_rpl == S.cpl):  # control.r1:307
+            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:312
+        p_load_segment_cs_real(l_new_sel)  # control.r1:301
+        S.eip = l_new_eip  # control.r1:302
+        return None  # control.r1:303
+    if ((l_new_sel & 65532) == 0):  # control.r1:305
+        raise Fault(13, 0)  # control.r1:305
+    l_d = p_read_descriptor(l_new_sel)  # control.r1:306
+    l_rpl = (l_new_sel & 3)  # control.r1:307
+    if ((not ((l_d >> 44 & 1) and (l_d >> 43 & 1))) or (l_rpl < S.cpl)):  # control.r1:308
+        raise Fault(13, (l_new_sel & 65532))  # control.r1:308
+    if ((l_d >> 42 & 1) and ((l_d >> 45 & 0x3) > l_rpl)):  # control.r1:309
+        raise Fault(13, (l_new_sel & 65532))  # control.r1:309
+    if ((not (l_d >> 42 & 1)) and ((l_d >> 45 & 0x3) != l_rpl)):  # control.r1:310
+        raise Fault(13, (l_new_sel & 65532))  # control.r1:310
+    if (not (l_d >> 47 & 1)):  # control.r1:311
+        raise Fault(11, (l_new_sel & 65532))  # control.r1:311
+    if (l_new_eip > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # control.r1:312
+        raise Fault(13, 0)  # control.r1:312
+    if (l_rpl == S.cpl):  # control.r1:313
         m_v_1 = ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (2 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:309
-            R[4] = m_v_1 & 0xffffffff  # prelude.r1:309
+        if S.stack32:  # prelude.r1:312
+            R[4] = m_v_1 & 0xffffffff  # prelude.r1:312
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:309
-        p_set_accessed(l_new_sel, l_d)  # control.r1:309
-        b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:310
-        S.eip = l_new_eip  # control.r1:311
-        return None  # control.r1:312
-    l_new_esp = b_load(2, ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (2 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize)  # control.r1:314
-    l_new_ss = (b_load(2, ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (3 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize) & 65535)  # control.r1:315
-    if ((l_new_ss & 65532) == 0):  # control.r1:316
-        raise Fault(13, 0)  # control.r1:316
-    l_sd = p_read_descriptor(l_new_ss)  # control.r1:317
-    if (((((l_new_ss & 3) != l_rpl) or ((l_sd >> 45 & 0x3) != l_rpl)) or (not ((l_sd >> 44 & 1) and (not (l_sd >> 43 & 1))))) or (not (l_sd >> 41 & 1))):  # control.r1:318
-        raise Fault(13, (l_new_ss & 65532))  # control.r1:319
-    if (not (l_sd >> 47 & 1)):  # control.r1:321
-        raise Fault(12, (l_new_ss & 65532))  # control.r1:321
-    p_set_accessed(l_new_sel, l_d)  # control.r1:322
-    b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:323
-    p_set_accessed(l_new_ss, l_sd)  # control.r1:324
-    b_set_seg(2, l_new_ss, (((l_sd >> 16 & 0xffff) | ((l_sd >> 32 & 0xff) << 16)) | ((l_sd >> 56 & 0xff) << 24)), (((((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16)) << 12) | 4095) if (l_sd >> 55 & 1) else ((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16))), ((l_sd >> 40 & 0xffff) | 256))  # control.r1:325
-    if (l_sd >> 54 & 1):  # control.r1:326
-        R[4] = ((l_new_esp + a_extra) & 4294967295) & 0xffffffff  # control.r1:326
+            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:312
+        p_set_accessed(l_new_sel, l_d)  # control.r1:315
+        b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:316
+        S.eip = l_new_eip  # control.r1:317
+        return None  # control.r1:318
+    l_new_esp = b_load(2, ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (2 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize)  # control.r1:320
+    l_new_ss = (b_load(2, ((((R[4] if S.stack32 else (R[4] & 0xffff)) + (3 * l_w)) + a_extra) & ((1 << (32 if S.stack32 else 16)) - 1)), a_osize) & 65535)  # control.r1:321
+    if ((l_new_ss & 65532) == 0):  # control.r1:322
+        raise Fault(13, 0)  # control.r1:322
+    l_sd = p_read_descriptor(l_new_ss)  # control.r1:323
+    if (((((l_new_ss & 3) != l_rpl) or ((l_sd >> 45 & 0x3) != l_rpl)) or (not ((l_sd >> 44 & 1) and (not (l_sd >> 43 & 1))))) or (not (l_sd >> 41 & 1))):  # control.r1:324
+        raise Fault(13, (l_new_ss & 65532))  # control.r1:325
+    if (not (l_sd >> 47 & 1)):  # control.r1:327
+        raise Fault(12, (l_new_ss & 65532))  # control.r1:327
+    p_set_accessed(l_new_sel, l_d)  # control.r1:328
+    b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # control.r1:329
+    p_set_accessed(l_new_ss, l_sd)  # control.r1:330
+    b_set_seg(2, l_new_ss, (((l_sd >> 16 & 0xffff) | ((l_sd >> 32 & 0xff) << 16)) | ((l_sd >> 56 & 0xff) << 24)), (((((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16)) << 12) | 4095) if (l_sd >> 55 & 1) else ((l_sd & 0xffff) | ((l_sd >> 48 & 0xf) << 16))), ((l_sd >> 40 & 0xffff) | 256))  # control.r1:331
+    if (l_sd >> 54 & 1):  # control.r1:332
+        R[4] = ((l_new_esp + a_extra) & 4294967295) & 0xffffffff  # control.r1:332
     else:
-        R[4] = R[4] & 0xffff0000 | ((l_new_esp + a_extra) & 65535) & 0xffff  # control.r1:326
-    S.eip = l_new_eip  # control.r1:327
-    p_invalidate_for_cpl(0)  # control.r1:328
-    p_invalidate_for_cpl(3)  # control.r1:329
-    p_invalidate_for_cpl(4)  # control.r1:330
-    p_invalidate_for_cpl(5)  # control.r1:331
+        R[4] = R[4] & 0xffff0000 | ((l_new_esp + a_extra) & 65535) & 0xffff  # control.r1:332
+    S.eip = l_new_eip  # control.r1:333
+    p_invalidate_for_cpl(0)  # control.r1:334
+    p_invalidate_for_cpl(3)  # control.r1:335
+    p_invalidate_for_cpl(4)  # control.r1:336
+    p_invalidate_for_cpl(5)  # control.r1:337
 
 def p_tss_stack(a_dpl, a_ext):  # spec/interrupts.r1:23
     if ((S.tr_attr & 15) == 11):  # interrupts.r1:24
@@ -247,32 +250,32 @@ def p_deliver_real(a_vector):  # spec/interrupts.r1:56
     l_flags = flush_cc()  # interrupts.r1:60
     l_top = (((R[4] & 0xffff) - 6) & 65535)  # interrupts.r1:61
     b_check_write(2, l_top, 48)  # interrupts.r1:62
-    if S.stack32:  # prelude.r1:277
-        l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-        wr16(2, l_top_0, l_flags)  # prelude.r1:279
-        R[4] = l_top_0 & 0xffffffff  # prelude.r1:280
+    if S.stack32:  # prelude.r1:280
+        l_top_0 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+        wr16(2, l_top_0, l_flags)  # prelude.r1:282
+        R[4] = l_top_0 & 0xffffffff  # prelude.r1:283
     else:
-        l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-        wr16(2, l_top_1, l_flags)  # prelude.r1:283
-        R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:284
+        l_top_1 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+        wr16(2, l_top_1, l_flags)  # prelude.r1:286
+        R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:287
     m_v_2 = S.sel[1]
-    if S.stack32:  # prelude.r1:277
-        l_top_3 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-        wr16(2, l_top_3, m_v_2)  # prelude.r1:279
-        R[4] = l_top_3 & 0xffffffff  # prelude.r1:280
+    if S.stack32:  # prelude.r1:280
+        l_top_3 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+        wr16(2, l_top_3, m_v_2)  # prelude.r1:282
+        R[4] = l_top_3 & 0xffffffff  # prelude.r1:283
     else:
-        l_top_4 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-        wr16(2, l_top_4, m_v_2)  # prelude.r1:283
-        R[4] = R[4] & 0xffff0000 | l_top_4 & 0xffff  # prelude.r1:284
+        l_top_4 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+        wr16(2, l_top_4, m_v_2)  # prelude.r1:286
+        R[4] = R[4] & 0xffff0000 | l_top_4 & 0xffff  # prelude.r1:287
     m_v_5 = S.eip
-    if S.stack32:  # prelude.r1:277
-        l_top_6 = ((R[4] - 2) & 4294967295)  # prelude.r1:278
-        wr16(2, l_top_6, m_v_5)  # prelude.r1:279
-        R[4] = l_top_6 & 0xffffffff  # prelude.r1:280
+    if S.stack32:  # prelude.r1:280
+        l_top_6 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
+        wr16(2, l_top_6, m_v_5)  # prelude.r1:282
+        R[4] = l_top_6 & 0xffffffff  # prelude.r1:283
     else:
-        l_top_7 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:282
-        wr16(2, l_top_7, m_v_5)  # prelude.r1:283
-        R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:284
+        l_top_7 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
+        wr16(2, l_top_7, m_v_5)  # prelude.r1:286
+        R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:287
     set_eflags((l_flags & (-262913)))  # interrupts.r1:66
     b_set_seg(1, l_sel, (l_sel << 4), b_seg_limit(1), b_seg_attr(1))  # interrupts.r1:67
     S.eip = l_ip  # interrupts.r1:68
@@ -348,39 +351,39 @@ def p_deliver(a_vector, a_kind, a_has_error, a_error):  # spec/interrupts.r1:71
         l_w2 = (l_gbits // 8)  # interrupts.r1:131
         l_count = (4 if a_has_error else 3)  # interrupts.r1:132
         b_check_write(2, (((R[4] if S.stack32 else (R[4] & 0xffff)) - (l_count * l_w2)) & ((1 << (32 if S.stack32 else 16)) - 1)), (l_count * l_gbits))  # interrupts.r1:133
-        if S.stack32:  # prelude.r1:277
-            l_top_0 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:278
-            b_store(2, l_top_0, l_gbits, l_flags)  # prelude.r1:279
-            R[4] = l_top_0 & 0xffffffff  # prelude.r1:280
+        if S.stack32:  # prelude.r1:280
+            l_top_0 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:281
+            b_store(2, l_top_0, l_gbits, l_flags)  # prelude.r1:282
+            R[4] = l_top_0 & 0xffffffff  # prelude.r1:283
         else:
-            l_top_1 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:282
-            b_store(2, l_top_1, l_gbits, l_flags)  # prelude.r1:283
-            R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:284
-        if S.stack32:  # prelude.r1:277
-            l_top_2 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:278
-            b_store(2, l_top_2, l_gbits, l_frame_cs)  # prelude.r1:279
-            R[4] = l_top_2 & 0xffffffff  # prelude.r1:280
+            l_top_1 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:285
+            b_store(2, l_top_1, l_gbits, l_flags)  # prelude.r1:286
+            R[4] = R[4] & 0xffff0000 | l_top_1 & 0xffff  # prelude.r1:287
+        if S.stack32:  # prelude.r1:280
+            l_top_2 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:281
+            b_store(2, l_top_2, l_gbits, l_frame_cs)  # prelude.r1:282
+            R[4] = l_top_2 & 0xffffffff  # prelude.r1:283
         else:
-            l_top_3 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:282
-            b_store(2, l_top_3, l_gbits, l_frame_cs)  # prelude.r1:283
-            R[4] = R[4] & 0xffff0000 | l_top_3 & 0xffff  # prelude.r1:284
-        if S.stack32:  # prelude.r1:277
-            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:278
-            b_store(2, l_top_4, l_gbits, l_frame_eip)  # prelude.r1:279
-            R[4] = l_top_4 & 0xffffffff  # prelude.r1:280
+            l_top_3 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:285
+            b_store(2, l_top_3, l_gbits, l_frame_cs)  # prelude.r1:286
+            R[4] = R[4] & 0xffff0000 | l_top_3 & 0xffff  # prelude.r1:287
+        if S.stack32:  # prelude.r1:280
+            l_top_4 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:281
+            b_store(2, l_top_4, l_gbits, l_frame_eip)  # prelude.r1:282
+            R[4] = l_top_4 & 0xffffffff  # prelude.r1:283
         else:
-            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:282
-            b_store(2, l_top_5, l_gbits, l_frame_eip)  # prelude.r1:283
-            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:284
+            l_top_5 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:285
+            b_store(2, l_top_5, l_gbits, l_frame_eip)  # prelude.r1:286
+            R[4] = R[4] & 0xffff0000 | l_top_5 & 0xffff  # prelude.r1:287
         if a_has_error:  # interrupts.r1:137
-            if S.stack32:  # prelude.r1:277
-                l_top_6 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:278
-                b_store(2, l_top_6, l_gbits, a_error)  # prelude.r1:279
-                R[4] = l_top_6 & 0xffffffff  # prelude.r1:280
+            if S.stack32:  # prelude.r1:280
+                l_top_6 = ((R[4] - (l_gbits // 8)) & 4294967295)  # prelude.r1:281
+                b_store(2, l_top_6, l_gbits, a_error)  # prelude.r1:282
+                R[4] = l_top_6 & 0xffffffff  # prelude.r1:283
             else:
-                l_top_7 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:282
-                b_store(2, l_top_7, l_gbits, a_error)  # prelude.r1:283
-                R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:284
+                l_top_7 = (((R[4] & 0xffff) - (l_gbits // 8)) & 65535)  # prelude.r1:285
+                b_store(2, l_top_7, l_gbits, a_error)  # prelude.r1:286
+                R[4] = R[4] & 0xffff0000 | l_top_7 & 0xffff  # prelude.r1:287
     set_eflags(l_new_flags)  # interrupts.r1:139
     p_set_accessed(l_sel, l_cd)  # interrupts.r1:140
     b_set_seg(1, ((l_sel & 65532) | l_new_cpl), (((l_cd >> 16 & 0xffff) | ((l_cd >> 32 & 0xff) << 16)) | ((l_cd >> 56 & 0xff) << 24)), (((((l_cd & 0xffff) | ((l_cd >> 48 & 0xf) << 16)) << 12) | 4095) if (l_cd >> 55 & 1) else ((l_cd & 0xffff) | ((l_cd >> 48 & 0xf) << 16))), ((l_cd >> 40 & 0xffff) | 256))  # interrupts.r1:141
@@ -426,10 +429,10 @@ def p_iret(a_osize):  # spec/interrupts.r1:188
         if ((l_new_ip > 65535) and (S.mode == 2)):  # interrupts.r1:195
             raise Fault(13, 0)  # interrupts.r1:195
         m_v_0 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (3 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:309
-            R[4] = m_v_0 & 0xffffffff  # prelude.r1:309
+        if S.stack32:  # prelude.r1:312
+            R[4] = m_v_0 & 0xffffffff  # prelude.r1:312
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:309
+            R[4] = R[4] & 0xffff0000 | m_v_0 & 0xffff  # prelude.r1:312
         set_eflags(((flush_cc() & (~(((1 << a_osize) - 1) & ((2457557 & (~(0 if (S.cpl == 0) else 12288))) & (~(0 if (S.cpl <= (S.eflags >> 12 & 0x3)) else 512)))))) | ((l_new_flags & ((1 << a_osize) - 1)) & ((2457557 & (~(0 if (S.cpl == 0) else 12288))) & (~(0 if (S.cpl <= (S.eflags >> 12 & 0x3)) else 512))))))  # interrupts.r1:197
         p_load_segment(1, l_new_cs)  # interrupts.r1:198
         S.eip = l_new_ip  # interrupts.r1:199
@@ -459,10 +462,10 @@ def p_iret(a_osize):  # spec/interrupts.r1:188
         if (l_new_eip > (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)))):  # interrupts.r1:219
             raise Fault(13, 0)  # interrupts.r1:219
         m_v_1 = (((R[4] if S.stack32 else (R[4] & 0xffff)) + (3 * l_w)) & ((1 << (32 if S.stack32 else 16)) - 1))
-        if S.stack32:  # prelude.r1:309
-            R[4] = m_v_1 & 0xffffffff  # prelude.r1:309
+        if S.stack32:  # prelude.r1:312
+            R[4] = m_v_1 & 0xffffffff  # prelude.r1:312
         else:
-            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:309
+            R[4] = R[4] & 0xffff0000 | m_v_1 & 0xffff  # prelude.r1:312
         set_eflags(l_loaded_flags)  # interrupts.r1:221
         p_set_accessed(l_new_sel, l_d)  # interrupts.r1:222
         b_set_seg(1, l_new_sel, (((l_d >> 16 & 0xffff) | ((l_d >> 32 & 0xff) << 16)) | ((l_d >> 56 & 0xff) << 24)), (((((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16)) << 12) | 4095) if (l_d >> 55 & 1) else ((l_d & 0xffff) | ((l_d >> 48 & 0xf) << 16))), ((l_d >> 40 & 0xffff) | 256))  # interrupts.r1:223

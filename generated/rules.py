@@ -116,17 +116,17 @@ RULES = {
     'CALL_RMv': ('indirect', 'call', (), ()),  # spec/control.r1:150
     'RET_NEAR': ('indirect', 'ret', (), ()),  # spec/control.r1:169
     'RET_NEAR_Iw': ('indirect', 'ret_imm', (), ()),  # spec/control.r1:178
-    'JMP_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:334
-    'JMP_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:345
-    'CALL_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:355
-    'CALL_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:366
-    'RET_FAR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:376
-    'RET_FAR_Iw': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:386
-    'INT_Ib': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:398
-    'INT3': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:410
-    'INTO': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:420
-    'ICEBP': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:431
-    'BOUND': ('ident', None, (), ()),  # spec/control.r1:442
+    'JMP_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:340
+    'JMP_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:351
+    'CALL_FAR_PTR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:361
+    'CALL_FAR_M': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:372
+    'RET_FAR': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:382
+    'RET_FAR_Iw': ('callout', None, ('cpl', 'gdt'), ('seg', 'cpl')),  # spec/control.r1:392
+    'INT_Ib': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:404
+    'INT3': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:416
+    'INTO': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:426
+    'ICEBP': ('callout', None, ('idtr', 'gdt', 'cpl'), ('cpl', 'if', 'tf', 'seg')),  # spec/control.r1:437
+    'BOUND': ('ident', None, (), ()),  # spec/control.r1:448
     'MOV_RMb_Rb': ('ident', None, (), ()),  # spec/datamov.r1:19
     'MOV_RMv_Rv': ('ident', None, (), ()),  # spec/datamov.r1:28
     'MOV_Rb_RMb': ('ident', None, (), ()),  # spec/datamov.r1:37
@@ -808,6 +808,49 @@ RULES = {
     'FNSETPM': ('ident', None, (), ()),  # spec/x87.r1:1453
 }
 
+# What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
+FACTS = {
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:91
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:92
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:93
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:94
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:95
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:96
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:97
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:98
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:99
+}
+
+
+def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
+    """The rule an instance is translated by: the first `choose` clause whose condition holds
+    (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
+    Returns (rule, reason, the clause's spec file:line)."""
+    if fact('undefined'):
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:102'
+    if fact('invalid_lock'):
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:103'
+    if fact('adaptive'):
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:104'
+    if fact('forced'):
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:105'
+    if (fact('trap_mode') and rule in ('ident', 'trap')):
+        return rule, '', 'spec/vmm.r1:106'
+    if fact('trap_mode'):
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:107'
+    if fact('uses_gs'):
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:108'
+    if (rule in ('ident', 'trap') and fact('vmm_address')):
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:109'
+    if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:110'
+    if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:111'
+    if rule in ('trap',):
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:112'
+    return rule, "", None
+
+
 # The spec's constants (vcpu field offsets, VMM layout, vectors...), for the runtime.
 CONSTS = {
     'CLEARED_BY_EVENT': 213248,
@@ -838,6 +881,7 @@ CONSTS = {
     'MSR_SYSENTER_CS': 372,
     'MSR_SYSENTER_EIP': 374,
     'MSR_SYSENTER_ESP': 373,
+    'PAD_SLOT': 8,
     'SEG_CS': 1,
     'SEG_DS': 3,
     'SEG_ES': 0,
@@ -879,6 +923,9 @@ CONSTS = {
     'VEC_UD': 6,
     'VEC_XM': 19,
     'VMM_BASE': 4290772992,
+    'VMM_CALLOUT_PAD': 1310720,
+    'VMM_CONTROL': 81920,
+    'VMM_EXIT_PAD': 655360,
     'VMM_GDT': 4096,
     'VMM_HASH': 131072,
     'VMM_IDT': 69632,
@@ -887,26 +934,24 @@ CONSTS = {
     'VMM_STACK': 77824,
     'VMM_STACK_TOP': 81920,
     'VMM_STUBS': 73728,
-    'VMM_TC': 1048576,
+    'VMM_TC': 1572864,
     'VMM_TSS': 71680,
     'VMM_VCPU': 0,
     'V_EAX': 0,
     'V_EFLAGS': 32,
     'V_ESP': 16,
     'V_HITS': 68,
-    'V_HWSEL': 120,
-    'V_JUMP': 40,
+    'V_HWSEL': 81936,
+    'V_JUMP': 81920,
     'V_JUMP2': 64,
     'V_LDTR': 112,
     'V_MSW': 108,
-    'V_NEXT': 44,
-    'V_RESTORE': 52,
+    'V_RESTORE': 81924,
     'V_SAVE_EAX': 56,
     'V_SAVE_ECX': 60,
     'V_SAVE_ESP': 80,
-    'V_SCRATCH_SP': 76,
+    'V_SCRATCH_SP': 81928,
     'V_SEL': 96,
-    'V_SITE': 48,
     'V_TR': 114,
     'V_VIRT_IF': 36,
     'V_VIRT_IOPL': 72,
@@ -920,7 +965,27 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'cli_virtual': {  # spec/vmm.r1:174
+    'callout_exit': {  # spec/vmm.r1:398
+        "placeholders": (),
+        "values": ('callout',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
+        },
+    },
+    'callout_slot': {  # spec/vmm.r1:387
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
+        },
+    },
+    'cli_virtual': {  # spec/vmm.r1:206
         "placeholders": (),
         "values": (),
         "when": {},
@@ -930,7 +995,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:266
+    'direct_call': {  # spec/vmm.r1:298
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -940,7 +1005,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:260
+    'direct_jcc': {  # spec/vmm.r1:292
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {'osize': '32'},
@@ -965,7 +1030,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:298
+    'direct_jecxz': {  # spec/vmm.r1:330
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -975,7 +1040,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:255
+    'direct_jmp': {  # spec/vmm.r1:287
         "placeholders": (),
         "values": ('target',),
         "when": {'osize': '32'},
@@ -985,7 +1050,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:274
+    'direct_loop': {  # spec/vmm.r1:306
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -995,7 +1060,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:282
+    'direct_loope': {  # spec/vmm.r1:314
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1005,7 +1070,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:290
+    'direct_loopne': {  # spec/vmm.r1:322
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1015,7 +1080,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:341
+    'exit_next': {  # spec/vmm.r1:373
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1025,7 +1090,27 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:314
+    'exit_slot': {  # spec/vmm.r1:380
+        "placeholders": (),
+        "values": (),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
+        },
+    },
+    'forward': {  # spec/vmm.r1:415
+        "placeholders": (),
+        "values": ('to',),
+        "when": {},
+        "origin": None,
+        "labels": {},
+        "variants": {
+            (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
+        },
+    },
+    'indirect_call': {  # spec/vmm.r1:346
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1035,7 +1120,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:161
+    'indirect_entry': {  # spec/vmm.r1:193
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1045,7 +1130,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:306
+    'indirect_jmp': {  # spec/vmm.r1:338
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1055,7 +1140,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:323
+    'indirect_ret': {  # spec/vmm.r1:355
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1065,7 +1150,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:331
+    'indirect_ret_imm': {  # spec/vmm.r1:363
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1075,7 +1160,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:225
+    'mov_from_sreg': {  # spec/vmm.r1:257
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1148,7 +1233,7 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:206
+    'popf_virtual': {  # spec/vmm.r1:238
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
@@ -1158,17 +1243,17 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:182
+    'pushf_virtual': {  # spec/vmm.r1:214
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 4c 00 00 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
+            (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:240
+    'sldt_virtual': {  # spec/vmm.r1:272
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1185,7 +1270,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:230
+    'smsw_virtual': {  # spec/vmm.r1:262
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1202,7 +1287,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:178
+    'sti_virtual': {  # spec/vmm.r1:210
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1212,7 +1297,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:235
+    'str_virtual': {  # spec/vmm.r1:267
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1229,14 +1314,14 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:65
+    'vmm_stubs': {  # spec/vmm.r1:117
         "placeholders": (),
         "values": (),
         "when": {},
         "origin": 4290846720,
-        "labels": {'callout_entry': 4290846810, 'callout_hook': 4290846880, 'lookup': 4290847000, 'lookup.hit': 4290847061, 'restore_regs': 4290846923, 'restore_segs': 4290846887, 'translate_exit': 4290846803, 'vmm_exit': 4290847089, 'world_switch': 4290846720},
+        "labels": {'lookup': 4290846916, 'lookup.hit': 4290846956, 'lookup_miss': 4290846949, 'restore_regs': 4290846839, 'restore_segs': 4290846803, 'vmm_exit': 4290846984, 'world_switch': 4290846720},
         "variants": {
-            (): [bytes.fromhex('65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 82 00 00 00 cf 65 ff 25 28 00 00 00 65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 4c 00 00 00 9c 65 8f 05 20 00 00 00 65 ff 25 34 00 00 00 65 66 a1 78 00 00 00 8e c0 65 66 a1 7e 00 00 00 8e d8 65 66 a1 80 00 00 00 8e e0 65 66 a1 7c 00 00 00 8e d0 65 8b 25 4c 00 00 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 28 00 00 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 23 65 a3 2c 00 00 00 65 c7 05 30 00 00 00 00 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00 e9 fe fe ff ff 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
+            (): [bytes.fromhex('65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 8e 2d 1a 40 01 00 cf 65 66 a1 10 40 01 00 8e c0 65 66 a1 16 40 01 00 8e d8 65 66 a1 18 40 01 00 8e e0 65 66 a1 14 40 01 00 8e d0 65 8b 25 08 40 01 00 65 ff 35 20 00 00 00 9d 65 8b 25 10 00 00 00 65 a1 00 00 00 00 65 8b 0d 04 00 00 00 65 8b 15 08 00 00 00 65 8b 1d 0c 00 00 00 65 8b 2d 14 00 00 00 65 8b 35 18 00 00 00 65 8b 3d 1c 00 00 00 65 ff 25 00 40 01 00 65 89 0d 3c 00 00 00 0f b7 c8 65 8b 0c cd 00 00 02 00 f7 d1 8d 4c 01 01 e3 0e 65 8b 0d 3c 00 00 00 65 ff 25 00 40 01 00 65 8b 0d 44 00 00 00 8d 49 01 65 89 0d 44 00 00 00 0f b7 c8 65 ff 24 cd 04 00 02 00 eb fe')],
         },
     },
 }

@@ -20,19 +20,21 @@ from dataclasses import dataclass
 
 from unicorn import x86_const as X
 
+from ring1.generated.forms import FORMS
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import PhysicalCpu, UcError
+from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 
 
 @dataclass
 class BareStop:
-    reason: str  # "halt", "limit", "vmstop", "stop-address"
+    reason: str  # "halt", "limit", "vmstop", "stop-address", "event" (with stop_on_event)
     vmstop: VMStop | None = None
+    event: GuestEvent | None = None
 
 
 class BareMachine:
@@ -44,6 +46,7 @@ class BareMachine:
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
+        self.stop_on_event = False  # report the first guest event instead of delivering it
 
     # ------------------------------------------------------------ state
 
@@ -75,6 +78,9 @@ class BareMachine:
     def run(self, max_insns: int | None = None) -> BareStop:
         uc = self.cpu.uc
         S = self.interp.state
+        if max_insns == 0:  # unicorn's count=0 would mean "no limit"
+            read_into_machine(uc, self.interp)
+            return BareStop("limit")
         while True:
             eip = uc.reg_read(X.UC_X86_REG_EIP)
             if (S.base[1] + eip) & 0xFFFFFFFF in self.stop_addresses:
@@ -96,6 +102,12 @@ class BareMachine:
                     S.halted = True
                     return BareStop("halt")
                 return BareStop("limit")
+            if self.stop_on_event:
+                read_into_machine(uc, self.interp)
+                try:
+                    return BareStop("event", event=self.classify(ev.vector))
+                except VMStop as stop:
+                    return BareStop("vmstop", stop)
             try:
                 self.deliver(ev.vector)
             except VMStop as stop:
@@ -130,10 +142,27 @@ class BareMachine:
             "disagreement", f"unicorn raised vector {vector} at eip {S.eip:#x}; the spec's semantics give {what}"
         )
 
+    def _restore_lost_flags(self, vector: int) -> bool:
+        """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags:
+        SETcc and RCL/RCR on memory, any instruction when the run counts): the frame the guest's
+        handler gets, and the instruction it restarts, must have them. Not after INT n."""
+        m = self.interp
+        try:
+            d, _pages = m.decode_at(m.state.eip)
+        except Fault:
+            return False
+        mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
+        memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory) or soft_interrupt_before(m, vector) is not None:
+            return False
+        return self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None)
+
     def deliver(self, vector: int) -> None:
         started = time.perf_counter()
         uc = self.cpu.uc
         read_into_machine(uc, self.interp)
+        if self._restore_lost_flags(vector):
+            read_into_machine(uc, self.interp)
         ev = self.classify(vector)  # re-running a page fault also sets CR2, precisely
         self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
         self.interp.deliver_event(ev)
@@ -142,29 +171,65 @@ class BareMachine:
         self.event_time += time.perf_counter() - started
 
 
-__all__ = ["EVENT_EXCEPTION", "BareMachine", "BareStop"]
+__all__ = ["EVENT_EXCEPTION", "BareEngine", "BareMachine", "BareStop"]
 
 
-def run_bare(image, platform, max_insns, stats):
-    """The `ring1 run --mode bare` engine."""
-    from ring1.runtime import guest
+class BareEngine:
+    """The `bare` mode behind the engine interface (ring1.runtime.engines)."""
 
-    bm = BareMachine(image.memory_size, platform)
-    guest.interp_boot(image, platform, bm.interp)
-    bm.load_from_interp()
-    started = time.perf_counter()
-    try:
-        r = bm.run(max_insns)
-    except KeyboardInterrupt:
-        r = None
-    elapsed = time.perf_counter() - started
-    stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
-    stats.add("events_delivered", "exceptions and interrupts delivered", sum(bm.events.values()))
-    stats.add("event_time_s", "time delivering them (in Python)", round(bm.event_time, 6), "s")
-    stats.add("io_operations", "I/O operations", platform.io_total())
-    stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
-    m = bm.interp
-    if r is None:
-        read_into_machine(bm.cpu.uc, m)
-        return guest.engine_stop(m, "interrupted", None, max_insns, "bare engine")
-    return guest.engine_stop(m, r.reason, r.vmstop, max_insns, "bare engine")
+    def __init__(self, mode: str, memory_size: int, platform: Platform | None = None) -> None:
+        self.mode = mode
+        self.bare = BareMachine(memory_size, platform)
+        self.machine = self.bare.interp
+
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.bare.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.bare.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.bare.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.bare.stop_on_event = on
+
+    def start(self) -> None:
+        self.bare.load_from_interp()
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        """Only EIP and the GPRs go to unicorn (rewriting CR0 or CR3 would drop its translations)."""
+        uc = self.bare.cpu.uc
+        uc.reg_write(X.UC_X86_REG_EIP, eip)
+        for i, value in regs.items():
+            uc.reg_write(GPR_IDS[i], value)
+
+    def run(self, max_insns: int | None = None):
+        from ring1.runtime.engines import Outcome
+
+        try:
+            r = self.bare.run(max_insns)
+        except KeyboardInterrupt:
+            read_into_machine(self.bare.cpu.uc, self.machine)
+            return Outcome("interrupted")
+        return Outcome(r.reason, r.event, r.vmstop)
+
+    def counters(self) -> dict[str, int]:
+        return {"events_delivered": sum(self.bare.events.values())}
+
+    def figures(self, stats, elapsed: float) -> None:
+        bm = self.bare
+        stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+        stats.add("events_delivered", "exceptions and interrupts delivered", sum(bm.events.values()))
+        stats.add("event_time_s", "time delivering them (in Python)", round(bm.event_time, 6), "s")
+        stats.add("io_operations", "I/O operations", bm.platform.io_total())
+        stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
+
+    def stop(self, outcome, max_insns: int | None):
+        from ring1.runtime import guest
+
+        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "bare engine")

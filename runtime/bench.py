@@ -34,7 +34,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.isa.assembler import assemble
 
 MODES = ("bare", "bt", "trap", "interp")
@@ -52,6 +52,7 @@ NANO_NAMES = (
     "pgfault",
     "ptemod",
     "store_load",
+    "smc",
 )
 COUNTERS = (
     "world_switches",
@@ -62,6 +63,8 @@ COUNTERS = (
     "traced_writes",
     "translator_entries",
     "shadow_flushes",
+    "code_writes",
+    "units_invalidated",
 )
 
 
@@ -83,6 +86,19 @@ ALU_BODY = """
 """
 ALU_INSNS = 8
 STORE_LOAD = "mov [edi], eax\nmov eax, [edi]"
+
+
+# Self-modifying code: the body rewrites the immediate of the next instruction (in the same
+# basic block, so in the same unit under bt) with the loop counter, and counts in a word on its
+# own code page (past the loop: the loop is at fresh.CODE).
+SMC_COUNTER = fresh.CODE + 0x800
+SMC_BODY = f"""
+    mov byte ptr [smc_next + 1], cl
+smc_next:
+    mov al, 0
+    inc dword ptr [{SMC_COUNTER:#x}]
+"""
+
 
 # Paging for pgfault and ptemod: a page directory and one page table identity-mapping guest
 # memory; the loops work on the PTE of one test page.
@@ -109,9 +125,9 @@ def paging_memory() -> dict[int, bytes]:
     return {PAGE_DIR: bytes(pd), PAGE_TABLE: pt}
 
 
-def gate(handler: int, kind: int = 0xE) -> bytes:
-    """A 32-bit interrupt (0xE) or trap (0xF) gate to a ring-0 handler, DPL 3."""
-    return struct.pack("<HHBBH", handler & 0xFFFF, fresh.SEL_CODE0, 0, 0xE0 | kind, handler >> 16)
+def gate(handler: int) -> bytes:
+    """A 32-bit interrupt gate to a ring-0 handler, DPL 3."""
+    return descriptors.gate(handler, fresh.SEL_CODE0, descriptors.GATE_INTERRUPT32, dpl=3)
 
 
 # ---------------------------------------------------------------- snippets
@@ -227,6 +243,13 @@ def nano_benchmarks() -> list[Nano]:
             Loop(STORE_LOAD, 4, regs={"edi": fresh.DATA}),
             None,
         ),
+        # Issue 8's self-modifying loop: the time of 10,000 rewrites is 10,000 x this figure.
+        Nano(
+            "smc",
+            "rewrite the next instruction's immediate and count on the code page (self-modifying code)",
+            Loop(SMC_BODY),
+            None,
+        ),
     ]
 
 
@@ -238,68 +261,32 @@ def ladder_loop() -> Loop:
 
 
 class Runner:
-    """A fresh machine in one mode with a loop in memory. `run(n)` runs n iterations and returns
-    the seconds spent; the first run starts at the prologue, later ones at the loop head."""
+    """A fresh machine in one mode (an engine of ring1.runtime.engines) with a loop in memory.
+    `run(n)` runs n iterations and returns the seconds spent; the first run starts at the
+    prologue, later ones at the loop head."""
 
     def __init__(self, mode: str, built: Built, rule_overrides: dict[str, str] | None = None) -> None:
+        from ring1.runtime import engines
+        from ring1.runtime.snippet import interp_machine
+
         self.mode = mode
         self.built = built
         self.entry = fresh.CODE
         self.runs = 0
-        spec = built.spec
-        if mode == "interp":
-            from ring1.runtime.snippet import interp_machine
-
-            self.m = interp_machine(spec)
-            self.m.stop_addresses = {built.end}
-        elif mode == "bare":
-            from ring1.runtime.bare import BareMachine
-            from ring1.runtime.snippet import interp_machine
-
-            self.bm = BareMachine(fresh.MEMORY_SIZE)
-            interp_machine(spec, self.bm.interp)
-            self.bm.load_from_interp()
-            self.bm.stop_addresses = {built.end}
-        elif mode in ("bt", "trap"):
-            from ring1.runtime.snippet import interp_machine
-            from ring1.runtime.vmm import Vmm
-
-            self.vmm = Vmm(fresh.MEMORY_SIZE, mode=mode, rule_overrides=rule_overrides)
-            interp_machine(spec, self.vmm.m)
-            self.vmm.stop_addresses = {built.end}
-        else:
-            raise ValueError(f"unknown mode {mode!r}")
+        options = {"rule_overrides": rule_overrides} if rule_overrides else {}
+        self.engine = engines.create(mode, fresh.MEMORY_SIZE, **options)
+        interp_machine(built.spec, self.engine.machine)
+        self.engine.start()
+        self.engine.stop_addresses = {built.end}
 
     def run(self, n: int) -> float:
-        entry, end = self.entry, self.built.end
-        if self.mode == "interp":
-            m = self.m
-            m.state.eip = entry
-            m.regs[1], m.regs[4] = n, fresh.STACK_TOP
-            t0 = clock()
-            r = m.run(None)
-            dt = clock() - t0
-            ok, why = r.reason == "stop-address" and m.state.eip == end, r.reason
-        elif self.mode == "bare":
-            from unicorn import x86_const as X
-
-            uc = self.bm.cpu.uc
-            uc.reg_write(X.UC_X86_REG_EIP, entry)
-            uc.reg_write(X.UC_X86_REG_ECX, n)
-            uc.reg_write(X.UC_X86_REG_ESP, fresh.STACK_TOP)
-            t0 = clock()
-            r = self.bm.run()
-            dt = clock() - t0
-            ok, why = r.reason == "stop-address", f"{r.reason} {r.vmstop or ''}".strip()
-        else:
-            m = self.vmm.m
-            m.state.eip = entry
-            m.regs[1], m.regs[4] = n, fresh.STACK_TOP
-            t0 = clock()
-            stop, what = self.vmm.run(None)
-            dt = clock() - t0
-            ok, why = stop == "stop" and m.state.eip == end, f"{stop} {what or ''}".strip()
-        if not ok:
+        engine, end = self.engine, self.built.end
+        engine.set_registers(self.entry, {1: n, 4: fresh.STACK_TOP})  # ECX: iterations; ESP
+        t0 = clock()
+        outcome = engine.run(None)
+        dt = clock() - t0
+        if outcome.reason != "stop-address" or engine.machine.state.eip != end:
+            why = f"{outcome.reason} {outcome.vmstop or outcome.event or ''}".strip()
             raise BenchError(f"{self.mode}: the loop did not reach its end ({why})")
         self.entry = self.built.head
         self.runs += 1
@@ -307,21 +294,13 @@ class Runner:
 
     def final_state(self) -> dict[str, int]:
         """The guest's GPRs, EIP and EFLAGS after the last run."""
-        if self.mode == "interp":
-            m = self.m
-        elif self.mode == "bare":
-            m = self.bm.interp  # the run ends by reading unicorn's state into it
-        else:
-            m = self.vmm.m
+        m = self.engine.machine
         regs = dict(zip(fresh.GPR_NAMES, m.regs, strict=True))
         return {**regs, "eip": m.state.eip, "eflags": m.eflags()}
 
     def counters(self) -> dict[str, int]:
-        if self.mode in ("bt", "trap"):
-            return {k: self.vmm.stats[k] for k in COUNTERS}
-        if self.mode == "bare":
-            return {"events_delivered": sum(self.bm.events.values())}
-        return {}
+        counts = self.engine.counters()
+        return {k: counts[k] for k in COUNTERS if k in counts}
 
 
 # ---------------------------------------------------------------- measuring
@@ -582,3 +561,62 @@ def format_interp(result: dict) -> str:
             f"{result['slowdown']:,.0f}x slower)",
         ]
     )
+
+
+# ---------------------------------------------------------------- start-up
+
+STARTUP_TARGET_S = 0.3  # the rooms issue's budget for one short command, wall time
+STARTUP_GUEST = "build/guests/hello.elf"
+
+
+def startup_commands(guest: str = STARTUP_GUEST) -> dict[str, list[str]]:
+    """The commands timed by `ring1 bench startup`, and the reference: the interpreter starting
+    and exiting (`python -c pass`), which no ring1 change can make faster."""
+    import sys
+
+    ring1 = [sys.executable, "-m", "ring1.runtime.cli"]
+    return {
+        "python": [sys.executable, "-c", "pass"],
+        "exec_bt": [*ring1, "exec", "--hex", "f4", "--mode", "bt"],
+        "exec_interp": [*ring1, "exec", "--hex", "f4", "--mode", "interp"],
+        "run_hello_bt": [*ring1, "run", guest, "--mode", "bt"],
+    }
+
+
+def run_startup(repeats: int = 7, guest: str = STARTUP_GUEST) -> dict:
+    """Wall time of short commands from process start to exit, each the median of `repeats`
+    runs after one warm-up. Children run as an installed ring1 does, with Python's bytecode
+    cache on (PYTHONDONTWRITEBYTECODE removed from their environment): the warm-up writes it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if not Path(guest).is_file():
+        raise BenchError(f"{guest} is missing: build the guests first (make guests)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out: dict = {"repeats": repeats, "target_s": STARTUP_TARGET_S, "commands": {}}
+    for name, argv in startup_commands(guest).items():
+        times = []
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            dt = time.perf_counter() - t0
+            if r.returncode != 0:
+                raise BenchError(f"{name}: exit status {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
+            if i:
+                times.append(dt)
+        out["commands"][name] = {"argv": argv[1:], "wall_s": statistics.median(times)}
+    python = out["commands"]["python"]["wall_s"]
+    for rec in out["commands"].values():
+        rec["ratio_to_python"] = rec["wall_s"] / python
+        rec["within_target"] = rec["wall_s"] <= STARTUP_TARGET_S
+    return out
+
+
+def format_startup(result: dict) -> str:
+    lines = [f"{'command':<14}  {'wall':>9}  {'x python -c pass':>16}  within {result['target_s']} s"]
+    for name, rec in result["commands"].items():
+        ok = "yes" if rec["within_target"] else "NO"
+        lines.append(f"{name:<14}  {rec['wall_s'] * 1e3:>6.0f} ms  {rec['ratio_to_python']:>15.1f}x  {ok}")
+    lines.append(f"Medians of {result['repeats']} runs after a warm-up, wall time from process start to exit.")
+    return "\n".join(lines)

@@ -9,7 +9,10 @@ Its function is the concatenation of the instructions' generated templates with 
 Precise state on faults: a local `i` counts the instructions completed; on a Fault the
 handler sets the guest EIP to the faulting instruction and counts only those before it.
 A store into code of the running block sets S.smc; the block checks it after each
-instruction that can store and leaves early, so stale instructions never run.
+instruction that can store and leaves early, so stale instructions never run. A block
+records the bytes it was made from (`code`, per physical page: the page-trace registry
+drops it when they are written) and the linear->physical mapping it was fetched through
+(`maps`: a CR3 write or INVLPG that changes it drops the block).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from string import Template
 from ring1.generated import INTERP_MODULES
 from ring1.generated.forms import FORMS
 from ring1.runtime.decoder import Decoded
+from ring1.runtime.traces import CodeRanges
 
 MAX_INSNS = 32
 
@@ -39,13 +43,25 @@ TEMPLATES = _load_templates()
 UNDEFINED = "raise Fault(6, None)\n"
 
 
-@dataclass
+@dataclass(eq=False)
 class Block:
     fn: object
     eip: int  # first instruction (offset in CS)
     insns: list[Decoded]
     source: str
-    pages: tuple[int, ...]  # physical pages the block's bytes come from
+    code: CodeRanges  # the physical bytes the block was made from
+    maps: dict[int, tuple[int, bool] | None]  # linear page -> (physical page, user), as fetched
+    # (physical address, bytes) of `code`, when they must be checked before the block runs
+    snapshot: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def pages(self) -> tuple[int, ...]:
+        """The physical pages the block's bytes come from."""
+        return tuple(sorted(self.code.spans))
+
+    def unchanged(self, mem: memoryview) -> bool:
+        """Guest memory still holds the bytes the block was made from."""
+        return all(mem[pa : pa + len(raw)] == raw for pa, raw in self.snapshot)
 
 
 def _indent(code: str, n: int) -> str:
@@ -106,11 +122,13 @@ def block_source(name: str, insns: list[Decoded], describe) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compile_block(ns: dict, insns: list[Decoded], pages: tuple[int, ...], describe) -> Block:
+def compile_block(
+    ns: dict, insns: list[Decoded], code: CodeRanges, maps: dict[int, tuple[int, bool] | None], describe
+) -> Block:
     name = f"block_{insns[0].eip:x}"
     src = block_source(name, insns, describe)
-    code = compile(src, f"<guest block at {insns[0].eip:#x}>", "exec")
-    exec(code, ns)
+    compiled = compile(src, f"<guest block at {insns[0].eip:#x}>", "exec")
+    exec(compiled, ns)
     fn = ns.pop(name)
     fn.__defaults__ = (tuple(d.eip for d in insns),)
-    return Block(fn, insns[0].eip, insns, src, pages)
+    return Block(fn, insns[0].eip, insns, src, code, maps)

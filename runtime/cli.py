@@ -25,14 +25,38 @@ def _parse_set(text: str | None) -> dict[str, int]:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects name=value, got {item!r}")
-        out[name.strip().lower()] = int(value.strip(), 0)
+        try:
+            number = int(value.strip(), 0)
+        except ValueError:
+            raise ValueError(f"--set {item}: {value.strip()!r} is not a number") from None
+        if not 0 <= number <= 0xFFFFFFFF:
+            # Registers are 32 bits wide: a wider value would be silently cut, a negative one guessed at.
+            raise ValueError(f"--set {item}: out of range (a register holds 0 to 0xffffffff)")
+        out[name.strip().lower()] = number
     return out
+
+
+def _check_budget(command: str, max_insns: int | None) -> bool:
+    """--max-insns must be a count of instructions; prints the one-line error if not."""
+    if max_insns is not None and max_insns < 0:
+        print(f"ring1 {command}: --max-insns must be zero or positive, not {max_insns}", file=sys.stderr)
+        return False
+    return True
+
+
+def _catch_interrupts() -> None:
+    """Ctrl-C stops a guest even while it spins in translated code (see ring1.runtime.physcpu)."""
+    from ring1.runtime.physcpu import catch_interrupts
+
+    catch_interrupts()
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from ring1.runtime import fresh
-    from ring1.runtime.snippet import run_interp
+    from ring1.runtime.snippet import run_snippet
 
+    if not _check_budget("exec", args.max_insns):
+        return 2
     try:
         code = bytes.fromhex(args.hex.replace(" ", ""))
     except ValueError:
@@ -49,19 +73,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print(f"ring1 exec: --set can set {', '.join(sorted(allowed))}; not {', '.join(bad)}", file=sys.stderr)
         return 2
     spec = fresh.FreshSpec(code=code, regs=regs, cpl=args.cpl, real=args.real)
-    if args.mode == "interp":
-        result = run_interp(spec, args.max_insns)
-    elif args.mode == "bare":
-        from ring1.runtime.snippet import run_unicorn
-
-        result = run_unicorn(spec, args.max_insns)
-    elif args.mode in ("bt", "trap"):
-        from ring1.runtime.snippet import run_vmm
-
-        result = run_vmm(spec, args.mode, args.max_insns)
-    else:
-        print(f"ring1 exec: mode {args.mode!r} is not available", file=sys.stderr)
-        return 2
+    _catch_interrupts()
+    result = run_snippet(spec, args.mode, args.max_insns)
     if args.json:
         print(json.dumps(result.as_json()))
     else:
@@ -73,6 +86,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print(f"stop={result.stop}  exception={exc}  instructions={result.icount}")
         if result.diagnosis:
             print(result.diagnosis)
+    if result.stop == "interrupted":
+        from ring1.runtime.guest import EXIT_INTERRUPTED
+
+        print(f"ring1 exec: interrupted (Ctrl-C) at eip {result.regs['eip']:#010x}; mode {args.mode}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -91,21 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except guest.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return guest.EXIT_USAGE
-    from ring1.runtime import bare, vmm
-
-    guest.register_engine("bare", bare.run_bare)
-    guest.register_engine("bt", vmm.run_engine("bt"))
-    guest.register_engine("trap", vmm.run_engine("trap"))
-
-    engine = guest.ENGINES.get(args.mode)
-    if engine is None:
-        available = ", ".join(guest.ENGINES)
-        print(f"ring1 run: mode {args.mode} is not available yet (available: {available})", file=sys.stderr)
-        return guest.EXIT_USAGE
     platform = GuestPlatform()
     stats = guest.RunStats(args.mode)
+    _catch_interrupts()
     try:
-        stop = engine(image, platform, args.max_insns, stats)
+        stop = guest.run_image(args.mode, image, platform, args.max_insns, stats)
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
         if os.environ.get("RING1_TRACEBACK"):
@@ -158,6 +166,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ring1.runtime.platform import ConsoleSink, GuestExit, GuestPlatform
     from ring1.runtime.vmm import Vmm
 
+    if not _check_budget("inspect", args.max_insns):
+        return guest.EXIT_USAGE
     try:
         image = guest.load_multiboot(args.image)
     except guest.ImageError as err:
@@ -178,7 +188,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     platform = GuestPlatform(ConsoleSink(io.BytesIO()))
     vmm = Vmm(image.memory_size, platform, "bt")
     guest.interp_boot(image, platform, vmm.m)
-    why, what = vmm.run(args.max_insns)
+    _catch_interrupts()
+    try:
+        why, what = vmm.run(args.max_insns)
+    except KeyboardInterrupt:  # show what was translated up to the Ctrl-C
+        why, what = "interrupted (Ctrl-C)", None
     if isinstance(what, GuestExit):
         why = f"guest exit {what.status}"
     inspector = Inspector(vmm)
@@ -225,6 +239,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "interp":
         result = bench.run_interp_bench(quick=args.quick, repeats=args.repeats)
         print(json.dumps(result, indent=1) if args.json else bench.format_interp(result))
+        return 0
+    if args.bench_command == "startup":
+        if args.repeats < 1:
+            print("ring1 bench startup: --repeats must be at least 1", file=sys.stderr)
+            return 2
+        try:
+            result = bench.run_startup(args.repeats, args.guest)
+        except bench.BenchError as err:
+            print(f"ring1 bench startup: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, indent=1) if args.json else bench.format_startup(result))
         return 0
 
     def listed(values: list[str] | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -387,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--modes", nargs="+", metavar="MODE", help="bare, bt, trap, interp (default: all)")
     bn.add_argument("--only", nargs="+", metavar="NAME", help="benchmark names (default: all)")
     bn.add_argument("--no-ladder", action="store_true", help="skip the CLI ladder")
+    bs = bsub.add_parser(
+        "startup",
+        help="wall time of short commands (exec of one instruction, run of the hello guest) against python -c pass",
+    )
+    bs.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    bs.add_argument("--repeats", type=int, default=7, metavar="N", help="runs per command; the median is kept")
+    bs.add_argument("--guest", default="build/guests/hello.elf", help="the image `run` boots (make guests)")
     bench.set_defaults(func=cmd_bench)
 
     args = p.parse_args(argv)
@@ -395,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(err, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside a guest run (a run reports its own stop)
+        from ring1.runtime.guest import EXIT_INTERRUPTED
+
+        print(f"ring1 {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from ring1.runtime import descriptors
+
 IVT, GDT, IDT, TSS = 0x0, 0x500, 0x800, 0x1000
 STACK0_TOP = 0x3000
 STACK_TOP = 0x7000
@@ -42,32 +44,19 @@ CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET = 0x1, 0x2, 0x4, 0x8, 0x10
 CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
 
 
-def descriptor(base: int, limit: int, access: int, flags: int) -> bytes:
-    """A segment descriptor; `flags` is the high nibble (G, D/B, L, AVL)."""
-    return struct.pack(
-        "<HHBBBB",
-        limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        access,
-        ((limit >> 16) & 0xF) | (flags << 4),
-        (base >> 24) & 0xFF,
-    )
-
-
 def gdt_bytes() -> bytes:
     return b"".join(
         [
             bytes(8),
-            descriptor(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 ring-0 code, 32-bit, 4 GB
-            descriptor(0, 0xFFFFF, 0x93, 0xC),  # 0x10 ring-0 data
-            descriptor(0, 0xFFFFF, 0xFB, 0xC),  # 0x18 ring-3 code
-            descriptor(0, 0xFFFFF, 0xF3, 0xC),  # 0x20 ring-3 data
-            descriptor(TSS, 0x67, 0x8B, 0x0),  # 0x28 32-bit TSS, busy: TR holds it
-            descriptor(0, 0xFFFF, 0x9B, 0x0),  # 0x30 ring-0 code, 16-bit
-            descriptor(0, 0xFFFF, 0x93, 0x0),  # 0x38 ring-0 data, 16-bit
-            descriptor(DATA, DATA_SIZE - 1, 0x93, 0x4),  # 0x40 ring-0 data over the DATA window
-            descriptor(DATA, DATA_SIZE - 1, 0xF3, 0x4),  # 0x48 ring-3 data over the DATA window
+            descriptors.segment(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 ring-0 code, 32-bit, 4 GB
+            descriptors.segment(0, 0xFFFFF, 0x93, 0xC),  # 0x10 ring-0 data
+            descriptors.segment(0, 0xFFFFF, 0xFB, 0xC),  # 0x18 ring-3 code
+            descriptors.segment(0, 0xFFFFF, 0xF3, 0xC),  # 0x20 ring-3 data
+            descriptors.segment(TSS, 0x67, 0x8B, 0x0),  # 0x28 32-bit TSS, busy: TR holds it
+            descriptors.segment(0, 0xFFFF, 0x9B, 0x0),  # 0x30 ring-0 code, 16-bit
+            descriptors.segment(0, 0xFFFF, 0x93, 0x0),  # 0x38 ring-0 data, 16-bit
+            descriptors.segment(DATA, DATA_SIZE - 1, 0x93, 0x4),  # 0x40 ring-0 data over the DATA window
+            descriptors.segment(DATA, DATA_SIZE - 1, 0xF3, 0x4),  # 0x48 ring-3 data over the DATA window
         ]
     )
 
@@ -76,9 +65,9 @@ def idt_bytes() -> bytes:
     gates = []
     for vec in range(256):
         dpl = 3 if vec in (3, 4, 0x80) else 0
-        kind = 0xF if vec < 32 else 0xE  # trap gates for exceptions, interrupt gates above
-        access = 0x80 | (dpl << 5) | kind
-        gates.append(struct.pack("<HHBBH", HANDLER & 0xFFFF, SEL_CODE0, 0, access, HANDLER >> 16))
+        # Trap gates for exceptions, interrupt gates above.
+        kind = descriptors.GATE_TRAP32 if vec < 32 else descriptors.GATE_INTERRUPT32
+        gates.append(descriptors.gate(HANDLER, SEL_CODE0, kind, dpl))
     return b"".join(gates)
 
 

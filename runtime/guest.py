@@ -28,14 +28,15 @@ Low-memory layout the loader uses (the kernel may reclaim it all):
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.platform import GuestExit, GuestPlatform
@@ -234,8 +235,8 @@ def _loader_gdt() -> bytes:
     return b"".join(
         [
             bytes(8),
-            fresh.descriptor(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 flat 32-bit code (accessed: loaded)
-            fresh.descriptor(0, 0xFFFFF, 0x93, 0xC),  # 0x10 flat 32-bit data
+            descriptors.segment(0, 0xFFFFF, 0x9B, 0xC),  # 0x08 flat 32-bit code (accessed: loaded)
+            descriptors.segment(0, 0xFFFFF, 0x93, 0xC),  # 0x10 flat 32-bit data
         ]
     )
 
@@ -290,7 +291,13 @@ def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline:
     if memory_size % 0x1000 or memory_size < 2 << 20:
         raise ImageError("the VM needs at least 2 MB of memory, in whole pages")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
+                raise ImageError("is a directory")
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                # A device or a pipe may never end (/dev/zero): a kernel image is a file.
+                raise ImageError("not a regular file")
+            data = f.read()
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except OSError as err:
@@ -452,16 +459,24 @@ class Stop:
         return f"ring1 run: {self.detail}{where}; mode {mode}"
 
 
-# An engine boots a BootImage on the given platform, runs it (at most max_insns guest
-# instructions if given), adds its figures to stats and says how the run ended. The VMM
-# registers its modes here: ENGINES["bt"] = run_bt.
-Engine = Callable[[BootImage, GuestPlatform, "int | None", RunStats], Stop]
-ENGINES: dict[str, Engine] = {}
 MODES = ("bt", "trap", "interp", "bare")
 
 
-def register_engine(mode: str, engine: Engine) -> None:
-    ENGINES[mode] = engine
+def run_image(
+    mode: str, image: BootImage, platform: GuestPlatform, max_insns: int | None, stats: RunStats
+) -> Stop:
+    """`ring1 run`: boot `image` on `platform` in `mode` (an engine of ring1.runtime.engines),
+    run it (at most `max_insns` guest instructions if given), add the engine's figures to
+    `stats` and say how the run ended."""
+    from ring1.runtime import engines
+
+    engine = engines.create(mode, image.memory_size, platform)
+    interp_boot(image, platform, engine.machine)
+    engine.start()
+    started = time.perf_counter()
+    outcome = engine.run(max_insns)
+    engine.figures(stats, time.perf_counter() - started)
+    return engine.stop(outcome, max_insns)
 
 
 class CountingMachine(Machine):
@@ -521,46 +536,83 @@ def _stopped_eip(m: Machine, stop: VMStop) -> int:
     return eip
 
 
-def run_interp(image: BootImage, platform: GuestPlatform, max_insns: int | None, stats: RunStats) -> Stop:
+class InterpEngine:
     """The `interp` mode: the whole guest on the generated interpreter."""
-    m = CountingMachine(image.memory_size, platform)
-    interp_boot(image, platform, m)
-    S = m.state
-    started = time.perf_counter()
-    try:
-        result = m.run(max_insns)
-    except KeyboardInterrupt:
-        result = None
-    elapsed = time.perf_counter() - started
 
-    stats.add("instructions", "instructions executed", S.icount)
-    stats.add("blocks_compiled", "blocks compiled", m.blocks_compiled)
-    stats.add("io_operations", "I/O operations", platform.io_total())
-    stats.add("exceptions_delivered", "exceptions delivered", sum(m.events_delivered.values()))
-    stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
-    if elapsed > 0:
-        stats.add("instructions_per_s", "instructions per second", int(S.icount / elapsed))
-    stats.add("io_by_port", "I/O operations by port", platform.io_by_port())
-    stats.add("exceptions_by_vector", "exceptions delivered by vector", dict(sorted(m.events_delivered.items())))
+    def __init__(self, mode: str, memory_size: int, platform: Platform | None = None) -> None:
+        self.mode = mode
+        self.machine = CountingMachine(memory_size, platform)
 
-    if result is None:
-        return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
-    if result.reason == "vmstop":
-        vs = result.vmstop
-        assert vs is not None
-        if isinstance(vs, GuestExit):
-            return Stop("exit", vs.reason, guest_status=vs.status)
-        if vs.kind == "triple-fault" and m.last_event is not None:
-            name, eip = m.last_event
-            return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
-        return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
-    if result.reason == "halt":
-        # S.eip is past the HLT; report the HLT itself.
-        eip = S.eip - 1 if instruction_bytes(m, (S.eip - 1) & 0xFFFFFFFF)[:1] == b"\xf4" else S.eip
-        return _stop_at(m, "halt", _halt_detail(m), eip)
-    if result.reason == "limit":
-        return _stop_at(m, "limit", f"the instruction budget ran out after {S.icount:,} instructions", S.eip)
-    return _stop_at(m, result.reason, f"the interpreter stopped ({result.reason})", S.eip)
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.machine.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.machine.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.machine.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.machine.stop_on_event = on
+
+    def start(self) -> None:
+        pass  # the interpreter runs on the machine's state itself
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        self.machine.state.eip = eip
+        for i, value in regs.items():
+            self.machine.regs[i] = value
+
+    def run(self, max_insns: int | None = None):
+        from ring1.runtime.engines import Outcome
+
+        try:
+            r = self.machine.run(max_insns)
+        except KeyboardInterrupt:
+            return Outcome("interrupted")
+        return Outcome(r.reason, r.event, r.vmstop)
+
+    def counters(self) -> dict[str, int]:
+        return {"events_delivered": sum(self.machine.events_delivered.values())}
+
+    def figures(self, stats: RunStats, elapsed: float) -> None:
+        m = self.machine
+        S = m.state
+        stats.add("instructions", "instructions executed", S.icount)
+        stats.add("blocks_compiled", "blocks compiled", m.blocks_compiled)
+        stats.add("io_operations", "I/O operations", m.platform.io_total())
+        stats.add("exceptions_delivered", "exceptions delivered", sum(m.events_delivered.values()))
+        stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+        if elapsed > 0:
+            stats.add("instructions_per_s", "instructions per second", int(S.icount / elapsed))
+        stats.add("io_by_port", "I/O operations by port", m.platform.io_by_port())
+        stats.add("exceptions_by_vector", "exceptions delivered by vector", dict(sorted(m.events_delivered.items())))
+
+    def stop(self, outcome, max_insns: int | None) -> Stop:
+        m = self.machine
+        S = m.state
+        if outcome.reason == "interrupted":
+            return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+        if outcome.reason == "vmstop":
+            vs = outcome.vmstop
+            assert vs is not None
+            if isinstance(vs, GuestExit):
+                return Stop("exit", vs.reason, guest_status=vs.status)
+            if vs.kind == "triple-fault" and m.last_event is not None:
+                name, eip = m.last_event
+                return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
+            return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
+        if outcome.reason == "halt":
+            # S.eip is past the HLT; report the HLT itself.
+            eip = S.eip - 1 if instruction_bytes(m, (S.eip - 1) & 0xFFFFFFFF)[:1] == b"\xf4" else S.eip
+            return _stop_at(m, "halt", _halt_detail(m), eip)
+        if outcome.reason == "limit":
+            return _stop_at(m, "limit", f"the instruction budget ran out after {S.icount:,} instructions", S.eip)
+        return _stop_at(m, outcome.reason, f"the interpreter stopped ({outcome.reason})", S.eip)
 
 
 def _halt_detail(m: Machine) -> str:
@@ -604,5 +656,3 @@ def _undefined(m: Machine, eip: int) -> bool:
         return False
     return d.form is None
 
-
-register_engine("interp", run_interp)

@@ -161,6 +161,11 @@ def read_into_machine(uc: Uc, m) -> None:
     _, S.idtr_base, S.idtr_limit, _ = _seg(raw, L.idt)
     S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr = _seg(raw, L.ldt)
     S.tr, S.tr_base, S.tr_limit, S.tr_attr = _seg(raw, L.tr)
+    if S.tr & ~3:
+        # A loaded TR's TSS is busy (LTR marks it so). QEMU's LTR fills TR's cache before it
+        # sets the busy bit in the descriptor, so unicorn's cache still says "available", and
+        # the spec's `tss_stack` would read it as a 16-bit TSS (tests/test_v86_int.py).
+        S.tr_attr |= 0x2
     # EFLAGS through the API: unicorn keeps the arithmetic flags lazily in its context.
     m.set_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
     for s in range(6):
@@ -190,26 +195,44 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
     for rid, v in zip(GPR_IDS, m.regs, strict=True):
         uc.reg_write(rid, v)
     uc.reg_write(X.UC_X86_REG_CR2, S.cr[2])
+    eflags = m.eflags()
     if segments:
+        # Unicorn checks each selector load against its current CPL (as MOV to Sreg does), and
+        # loads v86-style while its EFLAGS.VM is set: an event that took the guest from v86
+        # mode or from CPL 3 to ring 0 needs VM cleared and the CPL lowered first.
+        was_v86 = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_VM)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
+        protected = S.cr[0] & 1 and not eflags & EFLAGS_VM
+        if protected and (was_v86 or uc.reg_read(X.UC_X86_REG_SS) & 3 > S.sel[2] & 3):
+            _lower_cpl_to_0(uc)
         for s, rid in enumerate(SEG_IDS):
             if s != 1:
                 uc.reg_write(rid, S.sel[s])
         uc.reg_write(X.UC_X86_REG_CS, S.sel[1])
-    uc.reg_write(X.UC_X86_REG_EFLAGS, m.eflags())
+    uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
     for i, v in enumerate(S.xmm):
         uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
     uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
 
 
-SOFT_KINDS = {"INT_Ib": 2, "INT3": 3, "INTO": 4, "ICEBP": 5}
-SOFT_VECTORS = {"INT3": 3, "INTO": 4, "ICEBP": 1}
+EFLAGS_VM = 0x20000
+
+
+def _lower_cpl_to_0(uc: Uc) -> None:
+    """QEMU takes the CPL from the DPL of the last SS loaded; with PE clear for a moment, SS
+    loads real-mode style with DPL 0. The caller then reloads every segment register."""
+    cr0 = uc.reg_read(X.UC_X86_REG_CR0)
+    uc.reg_write(X.UC_X86_REG_CR0, cr0 & ~1)
+    uc.reg_write(X.UC_X86_REG_SS, 0)
+    uc.reg_write(X.UC_X86_REG_CR0, cr0)
 
 
 def soft_interrupt_before(m, vector: int):
     """Unicorn reports INT n and faults alike (a vector, no error code). A software interrupt
     leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
     or None when the event is a fault at EIP."""
+    from ring1.generated.forms import FORMS
     from ring1.runtime.decoder import Truncated, decode
     from ring1.runtime.events import Fault, Trap
 
@@ -224,10 +247,11 @@ def soft_interrupt_before(m, vector: int):
             d = decode(m.mem.read(pa, length), start, bool(S.code32))
         except Truncated:
             continue
-        if d.length == length and d.form in SOFT_KINDS:
-            soft_vector = d.fields.get("vector", SOFT_VECTORS.get(d.form))
-            if soft_vector == vector:
-                return Trap(vector, SOFT_KINDS[d.form])
+        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == length else None
+        if soft is not None:
+            soft_vector, kind = soft
+            if (d.fields[soft_vector] if isinstance(soft_vector, str) else soft_vector) == vector:
+                return Trap(vector, kind)
     return None
 
 

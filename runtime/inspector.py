@@ -16,7 +16,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import RULES
 from ring1.runtime.events import Fault
-from ring1.runtime.vmm import INDIRECT_ENTRY, L, Unit, Vmm
+from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, INDIRECT_ENTRY, PAD_SLOT, TC_START, L, Unit, Vmm
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_32)
 
@@ -112,6 +112,14 @@ class Inspector:
     def name_of(self, host: int) -> str:
         if host in self.labels:
             return f"stub {self.labels[host]}"
+        if EXIT_PAD <= host < CALLOUT_PAD:
+            ex = self.vmm.exits.get((host - EXIT_PAD) // PAD_SLOT)
+            target = f" to guest {ex.target:#010x}" if ex else ""
+            return f"its continuation{target} (exit pad slot, not chained yet)"
+        if CALLOUT_PAD <= host < TC_START:
+            site = self.vmm.sites.get((host - CALLOUT_PAD) // PAD_SLOT)
+            guest = f" of guest {site.guest:#010x}" if site else ""
+            return f"a callout{guest} (callout pad slot)"
         unit = next((u for u in self.vmm.units.values() if u.host == host), None)
         return f"CCF of guest {unit.guest:#010x} (chained)" if unit else f"{host:#010x}"
 
@@ -133,7 +141,7 @@ class Inspector:
         for address, raw, _text in out.rows[-1].host + out.tail if out.rows else out.tail:
             if raw[:1] == b"\xe9" or (raw[:1] == b"\x0f" and 0x80 <= raw[1] <= 0x8F):  # JMP, Jcc rel32
                 target = (address + len(raw) + int.from_bytes(raw[-4:], "little", signed=True)) & 0xFFFFFFFF
-                if (target >= unit.host + unit.size or target < unit.host) and target != L["translate_exit"]:
+                if target >= unit.host + unit.size or target < unit.host:
                     out.exits.append(f"{address:#010x}: jump to {self.name_of(target)}")
         return out
 
@@ -162,7 +170,8 @@ def format_view(v: UnitView) -> str:
     if v.tail:
         lines.append("")
         lines.append(
-            "stubs: continuations (an exit jumps here until the VMM chains it to its target) and slow-path callouts:"
+            "after the last instruction: the exit to the next one (to its exit pad slot until the VMM chains it)"
+            " and the in-TC emulations' slow-path callouts:"
         )
         for address, raw, text in v.tail:
             lines.append(f"{'':12}   {address:08x}  {raw.hex(' '):<30}  {text}")

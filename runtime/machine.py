@@ -10,9 +10,14 @@ particular instructions is generated; this module is the machine they run on:
 - paging: two-level tables with 4 KB and 4 MB (CR4.PSE) pages, U/S and R/W with CR0.WP,
   accessed and dirty bits, #PF with the error code and CR2; translations are cached per
   privilege in dicts (TLBR/TLBW) and dropped on CR3, CR0, CR4 writes and INVLPG;
-- code: blocks are compiled once (ring1.runtime.blocks); a page holding compiled code is
-  kept out of the write TLB, so the first store to it takes the slow path and drops the
-  blocks built from it (self-modifying code);
+- code: blocks are compiled once (ring1.runtime.blocks) and subscribe, in the page-trace
+  registry (ring1.runtime.traces), to the physical pages their bytes came from; a watched
+  page is kept out of the write TLB, so every store to it takes the slow path and tells the
+  subscribers which bytes it wrote; the blocks made from those bytes are dropped
+  (self-modifying code), the rest of the page's blocks stay. A block is valid only for the
+  linear->physical mapping it was fetched through: CR3 writes and INVLPG re-walk the linear
+  pages of the cached code and drop the blocks whose mapping changed (and tell
+  `mapping_listeners`, the VMM's translation cache, the same);
 - events: faults and software interrupts are delivered through the guest's IVT or IDT by
   the spec's `deliver` proc, or, with `stop_on_event`, stop the run and are reported.
 """
@@ -33,12 +38,14 @@ from ring1.runtime.decoder import MAX_LENGTH, Decoded, Truncated, decode
 from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.memory import PhysicalMemory
 from ring1.runtime.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
+from ring1.runtime.traces import CodeRanges, PageTraces, instruction_ranges
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
 PARITY = tuple(1 - bin(i).count("1") % 2 for i in range(256))
 EFLAGS_FIXED_ONE = 0x2
 EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
+WHY_BLOCKS = "interpreter blocks"  # the block cache's reason in the page-trace registry
 
 # Event kinds, as the spec's `deliver` proc takes them.
 EVENT_EXTERNAL, EVENT_EXCEPTION, EVENT_SOFT, EVENT_INT3, EVENT_INTO, EVENT_ICEBP = range(6)
@@ -84,11 +91,22 @@ class Machine:
         self.user = False
         self.blocks: dict[tuple[int, int, int], Block] = {}
         self.single_blocks: dict[tuple[int, int, int], Block] = {}  # one-instruction blocks
-        self.code_pages: dict[int, set[tuple[int, int, int]]] = {}  # physical page -> block keys
-        self.running_pages: tuple[int, ...] = ()
-        # Pages another component must hear about when emulated code writes them (the VMM's
-        # translated code and traced page tables): physical page -> callback(page).
-        self.watched_pages: dict[int, Callable[[int], None]] = {}
+        # physical page -> (one-instruction block?, key) of the blocks made from its bytes
+        self.code_pages: dict[int, set[tuple[bool, tuple[int, int, int]]]] = {}
+        # linear page -> the same, for the blocks fetched through it (CR3 and INVLPG re-walk them)
+        self.code_linear: dict[int, set[tuple[bool, tuple[int, int, int]]]] = {}
+        self.running_block: Block | None = None
+        # Who hears about emulated writes to which physical page: this machine's block cache,
+        # and the VMM's translation cache and shadow page tables (ring1.runtime.traces).
+        self.traces = PageTraces()
+        self.traces.on_first_watch.append(self._drop_write_translations)
+        # Called after CR3, CR0.PG/PE/WP, CR4 paging bits (None: every linear page) or INVLPG
+        # (that page) may have changed where linear pages map.
+        self.mapping_listeners: list[Callable[[int | None], None]] = []
+        # For a machine whose memory is also written where it cannot see (the VMM's hardware
+        # writes guest memory): whether every write to a physical page reaches `_write_phys`.
+        # A block from a page where some do not is checked against memory before it runs.
+        self.write_visible: Callable[[int], bool] | None = None
         self.stop_on_event = False
         self.stop_addresses: set[int] = set()
         self.max_block = MAX_INSNS
@@ -260,7 +278,7 @@ class Machine:
     def _fill(self, page: int, base: int, user: bool, write: bool, dirty: bool) -> None:
         if base + 0x1000 > self.mem.size:
             return  # outside RAM: always the slow path
-        if write and dirty and (base >> 12) not in self.code_pages and (base >> 12) not in self.watched_pages:
+        if write and dirty and (base >> 12) not in self.traces.watched:
             self.tlb[(user, True)][page] = base
         self.tlb[(user, False)][page] = base
 
@@ -293,15 +311,9 @@ class Machine:
     def _write_phys(self, pa: int, data: bytes) -> None:
         self.mem.write(pa, data)
         page = pa >> 12
-        if page in self.code_pages:
-            self.invalidate_code_page(page)
-        if page in self.watched_pages:
-            self.watched_pages[page](page)
-
-    def watch_page(self, page: int, callback: Callable[[int], None]) -> None:
-        """Call `callback(page)` after every emulated write to physical page `page`."""
-        self.watched_pages[page] = callback
-        self._drop_write_translations(page)
+        if page in self.traces.watched:
+            start = pa & 0xFFF
+            self.traces.notify(page, start, start + len(data))
 
     def _drop_write_translations(self, page: int) -> None:
         for (_, write), t in self.tlb.items():
@@ -311,21 +323,86 @@ class Machine:
 
     # ------------------------------------------------------------ code cache
 
-    def invalidate_code_page(self, page: int) -> None:
-        for key in self.code_pages.pop(page, ()):
-            self.blocks.pop(key, None)
-            self.single_blocks.pop(key, None)
-        if page in self.running_pages:
-            self.state.smc = True
-        self.after_code_write(page)
+    def _on_code_page_write(self, page: int, start: int, end: int) -> None:
+        """Bytes [start, end) of `page` were written: drop the blocks made from them."""
+        entries = self.code_pages.get(page)
+        if entries is None:
+            return
+        for entry in list(entries):
+            single, key = entry
+            cache = self.single_blocks if single else self.blocks
+            block = cache.get(key)
+            if block is None or page not in block.code.spans:
+                entries.discard(entry)  # replaced or dropped already
+            elif block.code.overlaps(page, start, end):
+                entries.discard(entry)
+                del cache[key]
+                if block is self.running_block:
+                    self.state.smc = True  # the running block leaves before its stale part
+        if not entries:
+            del self.code_pages[page]
+            self.traces.unwatch(page, WHY_BLOCKS)
 
-    def after_code_write(self, page: int) -> None:
-        """Hook for a host CPU that caches translations of guest code (the VMM's unicorn)."""
+    def forget_code_page(self, page: int) -> None:
+        """Drop the blocks made from `page`: its writes stop reaching this machine."""
+        self._on_code_page_write(page, 0, 0x1000)
+
+    def code_mapping_changed(self, linear_page: int | None) -> None:
+        """Where `linear_page` (None: any page) maps may have changed (CR3, CR0, CR4, INVLPG):
+        drop the blocks fetched through a linear page that now maps elsewhere or nowhere."""
+        if linear_page is None:
+            pages = list(self.code_linear)
+        else:
+            pages = [linear_page] if linear_page in self.code_linear else []
+        for lpage in pages:
+            now = self._mapping(lpage)
+            entries = self.code_linear[lpage]
+            for entry in list(entries):
+                single, key = entry
+                cache = self.single_blocks if single else self.blocks
+                block = cache.get(key)
+                if block is None or block.maps.get(lpage, now) != now:
+                    entries.discard(entry)
+                    if block is not None:
+                        del cache[key]
+            if not entries:
+                del self.code_linear[lpage]
+        for listener in self.mapping_listeners:
+            listener(linear_page)
 
     def flush_blocks(self) -> None:
         self.blocks.clear()
         self.single_blocks.clear()
         self.code_pages.clear()
+        self.code_linear.clear()
+        self.traces.unwatch_all(WHY_BLOCKS)
+
+    def _mapping(self, lpage: int) -> tuple[int, bool] | None:
+        """Where a linear page maps now, and whether user code may fetch from it."""
+        walk = self.walk(lpage << 12)
+        return None if walk is None else (walk[0] >> 12, walk[1])
+
+    def walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
+        """The guest's translation of `la` without side effects: (physical page base, user,
+        writable, dirty, [(address, value) of the PDE and PTE]); None when not present."""
+        S = self.state
+        if not S.cr[0] & 0x80000000:
+            return la & ~0xFFF, True, True, True, []
+        mem = self.mem
+        pde_addr = (S.cr[3] & 0xFFFFF000) | ((la >> 22) << 2)
+        pde = mem.read32(pde_addr)
+        if not pde & 1:
+            return None
+        if pde & 0x80 and S.cr[4] & 0x10:
+            big = (pde & 0xFFC00000) | (la & 0x3FF000)
+            return big, bool(pde & 4), bool(pde & 2), bool(pde & 0x40), [(pde_addr, pde)]
+        pte_addr = (pde & 0xFFFFF000) | (((la >> 12) & 0x3FF) << 2)
+        pte = mem.read32(pte_addr)
+        if not pte & 1:
+            return None
+        user = bool(pde & 4) and bool(pte & 4)
+        writable = bool(pde & 2) and bool(pte & 2)
+        return pte & 0xFFFFF000, user, writable, bool(pte & 0x40), [(pde_addr, pde), (pte_addr, pte)]
 
     def fetch(self, eip: int) -> tuple[bytes, tuple[int, ...]]:
         """Up to 15 instruction bytes at CS:eip, as far as they can be fetched without a fault."""
@@ -365,7 +442,8 @@ class Machine:
     def compile_at(self, eip: int, single: bool = False) -> Block:
         S = self.state
         insns: list[Decoded] = []
-        pages: set[int] = set()
+        code = CodeRanges()
+        maps: dict[int, tuple[int, bool]] = {}  # linear page -> (physical page, user) as fetched
         cur = eip
         limit = 1 if single else self.max_block
         while len(insns) < limit:
@@ -376,19 +454,34 @@ class Machine:
                     raise
                 break  # the fetch faults when execution reaches it, not before
             insns.append(d)
-            pages.update(ipages)
+            la = (S.base[CS] + d.eip) & M32
+            code.add(instruction_ranges(la, len(d.raw), ipages))
+            for lpage in {la >> 12, ((la + len(d.raw) - 1) & M32) >> 12} - maps.keys():
+                maps[lpage] = self._mapping(lpage)
             cur = d.next
             info = FORMS.get(d.form) if d.form else None
             if info is None or info.ends_block or d.lock_invalid or cur in self.stop_addresses:
                 break
             if ((S.base[CS] + cur) & 0xFFF) == 0:
                 break
-        block = compile_block(self.ns, insns, tuple(sorted(pages)), self.describe)
+        block = compile_block(self.ns, insns, code, maps, self.describe)
+        visible = self.write_visible
+        if visible is not None and not all(visible(p) for p in code.spans):
+            block.snapshot = code.read(self.mem.view)
         key = (eip, S.base[CS], S.code32)
         (self.single_blocks if single else self.blocks)[key] = block
-        for p in block.pages:
-            self.code_pages.setdefault(p, set()).add(key)
-            self._drop_write_translations(p)
+        entry = (single, key)
+        for p in code.spans:
+            self.code_pages.setdefault(p, set()).add(entry)
+            self.traces.watch(p, WHY_BLOCKS, self._on_code_page_write)
+        for lp in maps:
+            self.code_linear.setdefault(lp, set()).add(entry)
+        return block
+
+    def _cached_block(self, cache: dict[tuple[int, int, int], Block], key: tuple[int, int, int]) -> Block | None:
+        block = cache.get(key)
+        if block is not None and block.snapshot and not block.unchanged(self.mem.view):
+            return None  # written where this machine could not see it: compiled again
         return block
 
     def describe(self, d: Decoded) -> str:
@@ -411,15 +504,16 @@ class Machine:
             if S.halted:
                 return RunResult("halt")
             key = (S.eip, S.base[CS], S.code32)
-            block = blocks.get(key)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
             try:
                 if single_step or (budget_end is not None and budget_end - S.icount < self.max_block):
                     # Near the end of the budget, one instruction at a time, so it ends exactly.
-                    block = self.single_blocks.get(key) or self.compile_at(S.eip, single=True)
-                elif block is None:
-                    block = self.compile_at(S.eip)
-                self.running_pages = block.pages
+                    block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
+                else:
+                    block = blocks.get(key)
+                    if block is None or (block.snapshot and not block.unchanged(self.mem.view)):
+                        block = self.compile_at(S.eip)
+                self.running_block = block
                 block.fn()
                 if single_step:
                     S.dr[6] |= 0x4000  # BS: the #DB comes from single-stepping
@@ -434,7 +528,7 @@ class Machine:
             except VMStop as stop:
                 return RunResult("vmstop", vmstop=stop)
             finally:
-                self.running_pages = ()
+                self.running_block = None
 
     def deliver_event(self, ev: GuestEvent) -> None:
         """Deliver a fault or software interrupt through the guest's IVT or IDT, as the CPU does:
@@ -510,6 +604,7 @@ class Machine:
             if (old ^ S.cr[0]) & 0x80010001:  # PG, WP, PE
                 self.flush_tlb()
                 self.flush_blocks()
+                self.code_mapping_changed(None)
             if (old ^ S.cr[0]) & 1:
                 self.update_mode()
         elif n == 2:
@@ -517,13 +612,14 @@ class Machine:
         elif n == 3:
             S.cr[3] = value
             self.flush_tlb()
-            self.flush_blocks()
+            self.code_mapping_changed(None)
         elif n == 4:
             old = S.cr[4]
             S.cr[4] = value
             if (old ^ value) & 0xB0:  # PSE, PGE, PAE
                 self.flush_tlb()
                 self.flush_blocks()
+                self.code_mapping_changed(None)
         else:
             raise Fault(6, None)
 
@@ -583,6 +679,11 @@ class Machine:
         page = (la & M32) >> 12
         for t in self.tlb.values():
             t.pop(page, None)
+        if page in self.code_linear:
+            self.code_mapping_changed(page)
+        else:
+            for listener in self.mapping_listeners:
+                listener(page)
 
     def b_halt(self) -> None:
         self.state.halted = True

@@ -14,12 +14,35 @@ point is covered by tests/test_physcpu.py:
   The latch lives in the saved context; `clear_exception_latch` saves the context, writes
   -1 into it and restores it. Its offset is found once per process by diffing two contexts
   taken around a known fault (`_latch_offset`), not hard-coded.
+- Ctrl-C: while unicorn runs translated code it holds the main thread in C (`emu_start`),
+  where Python's signal handlers never run, so a spinning guest would ignore SIGINT.
+  `catch_interrupts` arms a handler and a watcher thread woken by the signal (through
+  `signal.set_wakeup_fd`) that calls `emu_stop` on every CPU inside `emu_start`; the CPU's
+  `emu_start` then raises KeyboardInterrupt, which every engine turns into the "interrupted"
+  stop. The handler itself never raises inside a unicorn hook (an exception escaping a
+  ctypes callback is printed, not propagated): there it only stops the CPU.
+- Lazy flags lost at a fault (unicorn 2.1.4; upstream unicorn-engine/unicorn#2373 describes
+  half of it): QEMU keeps the arithmetic flags as an operation and its operands (cc_op,
+  cc_dst, cc_src) and computes them when something reads them. For SETcc to memory and
+  RCL/RCR on memory its translator computes them into cc_src *before* the memory access;
+  when that access faults, the CPU is rolled back to the instruction with cc_op as it was
+  but cc_src already overwritten, so EFLAGS (read in the hook, and after a restart) is
+  garbage. The flags the instruction saw are then in cc_src. Whether the translator did
+  compute them depends, for some conditions, on where unicorn's translation block began,
+  which nothing at the fault tells (`lazy_flags_verdict`). `restore_lost_flags` puts them
+  back when the verdict is certain; cc_op and cc_src are read from the saved context at
+  offsets found by calibration (`_lazy_flags_offsets`), like the latch.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import struct
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -66,8 +89,13 @@ class PhysicalCpu:
         self.memory = memory
         self.platform = platform
         self.uc = Uc(UC_ARCH_X86, UC_MODE_16 if real_mode else UC_MODE_32)
+        # Every emu_start (the VMM calls uc.emu_start itself) goes through the Ctrl-C guard.
+        self.uc.emu_start = _interruptible_start(self.uc)  # type: ignore[method-assign]
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
         self.event: CpuEvent | None = None
+        # Whether the last run counted instructions: unicorn counts with a code hook over
+        # everything, which changes how it loses flags at a fault (lazy_flags_verdict).
+        self.counting = False
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
@@ -98,12 +126,37 @@ class PhysicalCpu:
     def run(self, begin: int, until: int, count: int = 0) -> CpuEvent | None:
         """Run from linear `begin` until linear `until`, `count` instructions or an event."""
         self.event = None
+        self.counting = count > 0
         self.uc.emu_start(begin, until, 0, count)
         return self.event
 
     def forget_code(self, begin: int, end: int) -> None:
         """Drop unicorn's translations of guest code that Python rewrote."""
         self.uc.ctl_remove_cache(begin, end)
+
+    def lazy_flags(self) -> tuple[int, int]:
+        """QEMU's lazy-flags operation and its cc_src, from the saved context."""
+        cc_op_at, cc_src_at = _lazy_flags_offsets()
+        raw = _raw(self.uc.context_save())
+        return struct.unpack_from("<i", raw, cc_op_at)[0], struct.unpack_from("<Q", raw, cc_src_at)[0]
+
+    def may_have_lost_flags(self, mnemonic: str, memory_operand: bool) -> bool:
+        """Whether a fault in this instruction can have lost its flags (a cheap first test)."""
+        return self.counting or (memory_operand and mnemonic in COMPUTE_FLAGS_BEFORE_ACCESS)
+
+    def restore_lost_flags(self, mnemonic: str, memory_operand: bool, cc: int | None) -> bool:
+        """After a fault (emu_start returned) in the instruction `mnemonic` (the spec's, e.g.
+        "set{cc}" with its condition `cc`, or "rcl"): when unicorn certainly lost the arithmetic
+        flags the instruction saw, write them back into EFLAGS, so that what reads EFLAGS now and
+        the restarted instruction see them. Returns whether it did."""
+        if not self.may_have_lost_flags(mnemonic, memory_operand):
+            return False
+        cc_op, cc_src = self.lazy_flags()
+        if lazy_flags_verdict(mnemonic, cc, cc_op, code_hooked=self.counting) != LOST:
+            return False
+        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        self.uc.reg_write(X.UC_X86_REG_EFLAGS, (hw & ~ARITH_FLAGS) | (cc_src & ARITH_FLAGS))
+        return True
 
     def clear_exception_latch(self) -> None:
         """Work around unicorn#1883: reset the 'exception in flight' latch after a hooked event."""
@@ -114,9 +167,191 @@ class PhysicalCpu:
         self.uc.context_restore(ctx)
 
 
+# ---------------------------------------------------------------- Ctrl-C
+
+
+class _Interrupts:
+    """Process-wide: whether Ctrl-C was pressed, and the CPUs now inside emu_start."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.running: list[Uc] = []  # a stack: a hook may (in principle) start another CPU
+        self.armed = False
+
+
+INTERRUPTS = _Interrupts()
+RESTOP_SECONDS = 0.02  # how often the watcher repeats emu_stop until the CPU has left emu_start
+
+
+def _interruptible_start(uc: Uc) -> Callable[..., None]:
+    plain_start = uc.emu_start
+
+    def emu_start(begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
+        state = INTERRUPTS
+        # Listed before the check: a watcher that sets `requested` after the check finds
+        # this CPU in `running` and keeps stopping it until it is out of emu_start.
+        state.running.append(uc)
+        try:
+            if state.requested:  # pressed between two runs: do not start another
+                raise KeyboardInterrupt
+            plain_start(begin, until, timeout, count)
+        finally:
+            state.running.pop()
+        if state.requested:
+            raise KeyboardInterrupt
+
+    return emu_start
+
+
+def _stop_running_cpus() -> None:
+    for uc in list(INTERRUPTS.running):
+        uc.emu_stop()
+
+
+def _on_sigint(_signum: int, _frame: object) -> None:
+    INTERRUPTS.requested = True
+    if INTERRUPTS.running:
+        # We are inside a unicorn hook (Python code under emu_start): stop the CPU; its
+        # emu_start raises KeyboardInterrupt once it returns.
+        _stop_running_cpus()
+        return
+    raise KeyboardInterrupt
+
+
+def _watch(read_fd: int) -> None:
+    """Woken by the C-level signal handler's write to the wakeup fd, even while the main
+    thread is inside emu_start. emu_stop is repeated until the CPU has left emu_start:
+    a stop that lands just before unicorn starts running is reset by uc_emu_start."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not data:
+            return
+        if signal.SIGINT not in data:
+            continue
+        INTERRUPTS.requested = True
+        while INTERRUPTS.running:
+            _stop_running_cpus()
+            time.sleep(RESTOP_SECONDS)
+
+
+def catch_interrupts() -> None:
+    """Make Ctrl-C stop a run promptly, as a KeyboardInterrupt out of the engine, whether the
+    guest runs in Python (the interpreter) or in unicorn. Main thread only; idempotent."""
+    if INTERRUPTS.armed:
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # set_wakeup_fd requires it
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(read_fd,), name="ring1-ctrl-c", daemon=True).start()
+    INTERRUPTS.armed = True
+
+
+def interrupt_requested() -> bool:
+    return INTERRUPTS.requested
+
+
+# ---------------------------------------------------------------- lazy flags at a fault
+
+ARITH_FLAGS = 0x8D5  # OF SF ZF AF PF CF: the flags QEMU computes lazily
+
+# QEMU's lazy-flags operations (target/i386/cpu.h, enum CCOp), as unicorn 2.1.4 numbers them;
+# the families have a B, W, L and Q member. tests/test_physcpu.py checks the numbers.
+CC_OP_EFLAGS = 1  # cc_src holds the flags themselves
+CC_OP_SUB = range(14, 18)
+CC_OP_LOGIC, CC_OP_INC, CC_OP_DEC = range(22, 26), range(26, 30), range(30, 34)
+CC_OP_ADOX, CC_OP_ADCOX, CC_OP_CLR, CC_OP_POPCNT = 47, 48, 49, 50
+
+LOST, KEPT, UNDECIDABLE = "lost", "kept", "undecidable"
+
+# What unicorn computes the flags into cc_src for before its memory access (lazy_flags_verdict).
+COMPUTE_FLAGS_BEFORE_ACCESS = frozenset({"set{cc}", "rcl", "rcr"})
+
+# Unicorn's helpers for these write the flags they produce into cc_src before the instruction's
+# store: when the store faults after the load succeeded (a page mapped read-only), the flags the
+# instruction saw are gone from the CPU altogether (tests/test_physcpu.py).
+CHANGE_FLAGS_BEFORE_STORE = frozenset({"rcl", "rcr"})
+
+
+def changes_flags_before_store(mnemonic: str | None, memory_operand: bool) -> bool:
+    """Whether unicorn writes this instruction's new flags before its store, which can fault
+    after them (CHANGE_FLAGS_BEFORE_STORE, memory operands only)."""
+    return memory_operand and mnemonic in CHANGE_FLAGS_BEFORE_STORE
+
+
+def lazy_flags_verdict(mnemonic: str, cc: int | None, cc_op: int, code_hooked: bool = False) -> str:
+    """Whether unicorn lost the flags a faulting `mnemonic` with a memory operand saw, given the
+    lazy operation `cc_op` found at the fault: LOST (they are in cc_src), KEPT (EFLAGS is right)
+    or UNDECIDABLE. From unicorn 2.1.4's target/i386/translate.c: gen_compute_eflags, which
+    overwrites cc_src, runs before the memory access in gen_rotc_rm_T1 (RCL, RCR) and in
+    gen_prepare_cc (SETcc) for the conditions that need all the flags; ADC, SBB, CMOVcc,
+    PUSHF, the BT family and the string instructions access memory first or never compute
+    into cc_src. Which conditions need all the flags depends on whether the operation was
+    known when the instruction was translated (an earlier instruction of the same
+    translation block set the flags) or not (the block began after the last one): for
+    Z and S after arithmetic, and BE, L, LE after SUB/CMP, the first computes nothing and
+    the second loses the flags, and the state at the fault is the same either way
+    (tests/test_physcpu.py shows two such programs). With a code hook over the instruction
+    (`code_hooked`: emu_start's count is one), unicorn computes the flags into cc_src before
+    every instruction, so any instruction that faults has lost them."""
+    if cc_op in (CC_OP_EFLAGS, CC_OP_CLR):
+        return KEPT  # cc_src is the flags (EFLAGS), or the flags ignore it (CLR)
+    if code_hooked:
+        return LOST
+    if mnemonic in ("rcl", "rcr"):
+        return LOST
+    if mnemonic != "set{cc}" or cc is None:
+        return KEPT
+    test = cc >> 1  # O B Z BE S P L LE
+    if test == 1:  # B: QEMU computes CF alone, into a temporary
+        return KEPT
+    if test == 5:  # P: always computed
+        return LOST
+    if test == 0:  # O: computed, unless the operation keeps OF apart
+        return UNDECIDABLE if cc_op in (CC_OP_ADOX, CC_OP_ADCOX, CC_OP_POPCNT) else LOST
+    if test in (2, 4):  # Z, S: computed only when the operation was not known
+        if cc_op in CC_OP_LOGIC or cc_op in CC_OP_INC or cc_op in CC_OP_DEC:
+            return KEPT  # recomputing from the overwritten cc_src gives the same flags
+        return UNDECIDABLE
+    # BE, L, LE: computed, unless a known SUB (CMP) answers them from its operands
+    return UNDECIDABLE if cc_op in CC_OP_SUB else LOST
+
+
 @cache
-def _latch_offset() -> int:
-    """Find the latch in unicorn's saved context: the int that goes from -1 to 13 across a #GP."""
+def _lazy_flags_offsets() -> tuple[int, int]:
+    """Find cc_op and cc_src in unicorn's saved context: writing EFLAGS sets cc_src to its
+    arithmetic flags and cc_op to CC_OP_EFLAGS; running SUB EAX, ECX leaves cc_op CC_OP_SUBL."""
+    cpu = _flat_cpu()
+    uc = cpu.uc
+    uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2 | ARITH_FLAGS)
+    all_set = _raw(uc.context_save())
+    uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+    none_set = _raw(uc.context_save())
+    cpu.memory.write(0x1000, b"\x29\xc8")  # sub eax, ecx
+    cpu.run(0x1000, 0x1002)
+    after_sub = _raw(uc.context_save())
+    size = min(len(all_set), len(none_set), len(after_sub))
+    cc_src = [
+        off
+        for off in range(0, size - 7, 8)
+        if struct.unpack_from("<Q", all_set, off)[0] == ARITH_FLAGS and struct.unpack_from("<Q", none_set, off)[0] == 0
+    ]
+    cc_op = [
+        off
+        for off in range(0, size - 3, 4)
+        if struct.unpack_from("<i", none_set, off)[0] == CC_OP_EFLAGS
+        and struct.unpack_from("<i", after_sub, off)[0] == CC_OP_SUB[2]
+    ]
+    if len(cc_src) != 1 or len(cc_op) != 1:
+        raise RuntimeError("could not find unicorn's lazy flags (cc_op, cc_src) in its context")
+    return cc_op[0], cc_src[0]
+
+
+def _flat_cpu() -> PhysicalCpu:
+    """A CPU at CPL 0 over 64 KB, flat 32-bit segments (code 0x08, data 0x10), ESP 0x8000."""
     mem = PhysicalMemory(0x10000)
     cpu = PhysicalCpu(mem)
     uc = cpu.uc
@@ -132,6 +367,14 @@ def _latch_offset() -> int:
     uc.reg_write(X.UC_X86_REG_SS, 0x10)
     uc.reg_write(X.UC_X86_REG_DS, 0x10)
     uc.reg_write(X.UC_X86_REG_ESP, 0x8000)
+    return cpu
+
+
+@cache
+def _latch_offset() -> int:
+    """Find the latch in unicorn's saved context: the int that goes from -1 to 13 across a #GP."""
+    cpu = _flat_cpu()
+    mem, uc = cpu.memory, cpu.uc
     mem.write(0x1000, b"\x8e\xd8")  # mov ds, ax with ax = 0x7 (an LDT selector, no LDT): #GP
     uc.reg_write(X.UC_X86_REG_EAX, 0x7)
     before = _raw(uc.context_save())
@@ -149,4 +392,15 @@ def _raw(ctx) -> bytes:
     return ctypes.string_at(ctx.context, ctx.size)
 
 
-__all__ = ["STATE_IDS", "CpuEvent", "PhysicalCpu", "UcError"]
+__all__ = [
+    "ARITH_FLAGS",
+    "CHANGE_FLAGS_BEFORE_STORE",
+    "STATE_IDS",
+    "CpuEvent",
+    "PhysicalCpu",
+    "UcError",
+    "catch_interrupts",
+    "changes_flags_before_store",
+    "interrupt_requested",
+    "lazy_flags_verdict",
+]

@@ -23,7 +23,7 @@ class SnippetResult:
     exception: int | None  # vector of the fault or software interrupt that stopped the run
     error_code: int | None
     cr2: int | None
-    stop: str  # "end", "exception", "limit", "halt", "vmstop"
+    stop: str  # "end", "exception", "limit", "halt", "vmstop", "interrupted" (Ctrl-C)
     icount: int
     diagnosis: str | None = None
     memory: bytes | None = None  # guest physical memory at the end, when the caller asked for it
@@ -101,24 +101,42 @@ def simd_of(m: Machine) -> dict[str, int]:
     return {**dict(zip(fresh.XMM_NAMES, S.xmm, strict=True)), "mxcsr": S.mxcsr}
 
 
-def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
-    m = interp_machine(spec)
-    m.stop_on_event = True
-    m.stop_addresses = {fresh.CODE + len(spec.code)}
-    r = m.run(max_insns)
+def run_snippet(
+    spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, engine=None
+) -> SnippetResult:
+    """`ring1 exec`: the fresh machine in an engine of `mode` (ring1.runtime.engines), run until
+    the end of the snippet or its first exception. Tests may pass the `engine` to look at it
+    afterwards. Under `bare` the snippet runs on unicorn alone (run_unicorn): a run that stops
+    at its first event needs no deliverer, and unicorn alone is the reference the differential
+    tests compare against, including at CPL 3, which only an IRET can reach on unicorn."""
+    from ring1.runtime import engines
+
+    if engine is None:
+        if mode == "bare":
+            return run_unicorn(spec, max_insns, keep_memory)
+        engine = engines.create(mode, fresh.MEMORY_SIZE)
+    m = engine.machine
+    interp_machine(spec, m)
+    engine.stop_on_event = True
+    engine.stop_addresses = {fresh.CODE + len(spec.code)}
+    engine.start()
+    outcome = engine.run(max_insns)  # Ctrl-C: the guest state is the virtual CPU's as last captured
     vector = err = cr2 = None
     diagnosis = None
-    stop = {"stop-address": "end", "limit": "limit", "halt": "halt", "event": "exception", "vmstop": "vmstop"}[r.reason]
-    if isinstance(r.event, Fault):
-        vector, err = r.event.vector, r.event.error_code
-        if vector == 14:
-            cr2 = m.state.cr[2]
-    elif isinstance(r.event, Trap):
-        vector = r.event.vector
-    if isinstance(r.vmstop, VMStop):
-        diagnosis = f"{r.vmstop.reason}; {m.describe_state()}"
+    if isinstance(outcome.event, Fault):
+        vector, err = outcome.event.vector, outcome.event.error_code
+        cr2 = m.state.cr[2] if vector == 14 else None
+    elif isinstance(outcome.event, Trap):
+        vector = outcome.event.vector
+    if isinstance(outcome.vmstop, VMStop):
+        diagnosis = f"{outcome.vmstop.reason}; {m.describe_state()}"
+    stop = {"stop-address": "end", "event": "exception"}.get(outcome.reason, outcome.reason)
     memory = bytes(m.mem.view) if keep_memory else None
     return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis, memory)
+
+
+def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
+    return run_snippet(spec, "interp", max_insns, keep_memory)
 
 
 # ---------------------------------------------------------------- the same snippet on unicorn
@@ -127,21 +145,20 @@ _ENTER_RING3 = 0x7E00  # a ring-0 stub (below HANDLER) that IRETs into the snipp
 
 
 def _ring3_stub(esp: int, eflags: int) -> bytes:
-    import struct
+    """Six instructions at ring 0 that IRET into the snippet at CPL 3 with its ESP and EFLAGS."""
+    from ring1.runtime.isa.assembler import assemble
 
-    return (
-        b"\x6a"
-        + bytes([fresh.SEL_DATA3])
-        + b"\x68"
-        + struct.pack("<I", esp)
-        + b"\x68"
-        + struct.pack("<I", eflags)
-        + b"\x6a"
-        + bytes([fresh.SEL_CODE3])
-        + b"\x68"
-        + struct.pack("<I", fresh.CODE)
-        + b"\xcf"
-    )
+    return assemble(
+        f"""
+        push {fresh.SEL_DATA3:#x}   # SS
+        push {esp:#x}               # ESP
+        push {eflags:#x}            # EFLAGS
+        push {fresh.SEL_CODE3:#x}   # CS
+        push {fresh.CODE:#x}        # EIP
+        iretd
+        """,
+        origin=_ENTER_RING3,
+    ).code
 
 
 def unicorn_machine(spec: fresh.FreshSpec):
@@ -225,15 +242,26 @@ def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_
     cpu = unicorn_machine(spec)
     end = fresh.CODE + len(spec.code)
     diagnosis = None
+    interrupted = False
     try:
-        ev = cpu.run(fresh.CODE, end, count=max_insns)
+        if max_insns == 0:  # count=0 means "no limit" to unicorn; a budget of zero runs nothing
+            from unicorn import x86_const as X
+
+            cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh.CODE)  # where emu_start would have begun
+            ev = None
+        else:
+            ev = cpu.run(fresh.CODE, end, count=max_insns)
     except UcError as err:
         ev = None
         diagnosis = f"unicorn stopped: {err}"
+    except KeyboardInterrupt:
+        ev, interrupted = None, True
     values = cpu.read_state()
     names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
     regs = dict(zip(names, values, strict=True))
-    if diagnosis:
+    if interrupted:
+        stop = "interrupted"
+    elif diagnosis:
         stop = "vmstop"
     elif ev is not None:
         stop = "exception"
@@ -251,25 +279,9 @@ def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_
 def run_vmm(
     spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, vmm=None
 ) -> SnippetResult:
-    """`ring1 exec --mode bt|trap`: the fresh machine as a guest of the VMM. Tests may pass a new
-    `vmm` (a Vmm of fresh.MEMORY_SIZE in `mode`) to look at it afterwards."""
-    from ring1.runtime.vmm import Vmm
+    """`ring1 exec --mode bt|trap`. Tests may pass a new `vmm` (a Vmm of fresh.MEMORY_SIZE in
+    `mode`) to look at it afterwards."""
+    from ring1.runtime.vmm import VmmEngine
 
-    vmm = vmm if vmm is not None else Vmm(fresh.MEMORY_SIZE, mode=mode)
-    interp_machine(spec, vmm.m)
-    vmm.stop_on_event = True
-    vmm.stop_addresses = {fresh.CODE + len(spec.code)}
-    why, what = vmm.run(max_insns)
-    m = vmm.m
-    vector = err = cr2 = None
-    diagnosis = None
-    if isinstance(what, Fault):
-        vector, err = what.vector, what.error_code
-        cr2 = m.state.cr[2] if vector == 14 else None
-    elif isinstance(what, Trap):
-        vector = what.vector
-    elif isinstance(what, VMStop):
-        diagnosis = f"{what.reason}; {m.describe_state()}"
-    stop = {"stop": "end", "event": "exception", "halt": "halt", "vmstop": "vmstop"}.get(why, why)
-    memory = bytes(vmm.guest_mem.view) if keep_memory else None
-    return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis, memory)
+    engine = VmmEngine.around(vmm) if vmm is not None else None
+    return run_snippet(spec, mode, max_insns, keep_memory, engine)

@@ -13,8 +13,17 @@ The pieces, and where the spec comes in:
   hardware page tables, which are never mapped linearly. Hardware paging is always on:
   guest pages are filled in on demand from the guest's own page tables (hidden page
   faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
-  emulated and the shadow dropped; pages holding translated code are read-only too, and a
-  write to one drops the translations.
+  emulated and the shadow dropped; pages holding translated code are read-only too. Both
+  subscribe in the machine's page-trace registry (ring1.runtime.traces), each under its own
+  reason, so a page that is both a page table and code is heard by both.
+- **TC coherency.** A unit records the guest bytes it was made from (`Unit.code`, every page
+  it spans) and the linear->physical mapping it was fetched through (`Unit.maps`). An
+  emulated write drops only the units made from the bytes written (`invalidate_unit`:
+  `live` becomes False, the hash table forgets it, chained jumps into it go back to their
+  exit pad slots, which translate the target again, and its own slots are given back); the
+  unit running when its own code is written leaves at the write (a trap or callout
+  re-enters at a fresh translation of the next instruction). CR3 writes and INVLPG re-check
+  the mapping (`_on_mapping_change`).
 - **Segments.** Each guest segment register is loaded in hardware from a fixed slot of the
   VMM's GDT holding a copy of its (virtual) descriptor cache, with DPL raised to 1 for
   kernel code, so guest selectors never name VMM descriptors and the guest's GDT layout
@@ -25,50 +34,78 @@ The pieces, and where the spec comes in:
   `indirect` lookups in the TC hash table, `inline` templates, `callout` to the
   interpreter, `trap`. Instructions using GS (the VMM's) or an absolute address in the VMM
   area become callouts.
+- **Exits.** Each continuation and each callout jumps to its own slot of an exit pad; a code
+  hook over the pad knows the exit by the slot's address, and the VMM's record for it (Exit,
+  Site) says what to translate, patch or emulate. Nothing guest context can write decides
+  where the VMM jumps or what it patches: its control data is on a page read-only at CPL 1.
 - **Events.** Every exception unicorn raises comes to one dispatcher (`_on_event`): hidden
   page faults are filled and the instruction restarted; traced and protected writes are
   emulated; guest faults are re-run by the interpreter for their error code and delivered
   through the guest's IDT by the spec's `deliver` proc.
 - **Adaptive translation.** Traps are counted per guest instruction; one that traps
   TRAP_THRESHOLD times is retranslated as a callout and the old CCF forwards to the new one.
+  Self-modifying code is the same case: a store into a code page traps (the page is
+  read-only) until it is retranslated as a callout, after which it costs a callout, not a
+  world switch, and drops only the unit it rewrites (`ring1 bench nano --only smc`).
 """
 
 from __future__ import annotations
 
 import bisect
 import struct
-import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from typing import ClassVar
 
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
-from ring1.generated.rules import CONSTS, RULES, TEMPLATES
-from ring1.runtime import x86enc as enc
-from ring1.runtime.decoder import Decoded, decode
+from ring1.generated.layouts import PTE
+from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
+from ring1.runtime import descriptors
+from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 from ring1.runtime.events import Fault, GuestEvent, VMStop
 from ring1.runtime.hostsync import soft_interrupt_before
 from ring1.runtime.machine import Machine, Platform
 from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
+from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.state import CS, GS, MODE_PROT, SS
+from ring1.runtime.traces import CodeRanges, instruction_ranges
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
 STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
+# CMC twice: no change to any flag, but unicorn now holds them computed (QEMU's CC_OP_EFLAGS),
+# not as a lazy operation, so a fault in the next instruction cannot lose them
+# (physcpu.lazy_flags_verdict; tests/test_physcpu.py). Put before every copied instruction that
+# reads the arithmetic flags and accesses memory.
+SETTLE_FLAGS = b"\xf5\xf5"
+ARITH_FLAG_NAMES = ("cf", "pf", "af", "zf", "sf", "of")
 L = STUBS["labels"]
+# The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
+# the common stub; the slot's address is the exit's identity, seen by a code hook over the pad.
+EXIT_PAD = VMM_BASE + C["VMM_EXIT_PAD"]
+CALLOUT_PAD = VMM_BASE + C["VMM_CALLOUT_PAD"]
+PAD_SLOT = C["PAD_SLOT"]
+EXIT_SLOTS = (C["VMM_CALLOUT_PAD"] - C["VMM_EXIT_PAD"]) // PAD_SLOT
+CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
+TC_START = VMM_BASE + C["VMM_TC"]
 POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
+WHY_TC, WHY_SHADOW = "translated code", "shadow page table"  # the VMM's reasons for page traces
 TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
-PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+EFLAGS_VM = 0x20000
+GS_PREFIX = SEGMENT_PREFIX_OF[GS]
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
 
 _U32 = struct.Struct("<I")
 
@@ -90,21 +127,7 @@ def guest_operand(d: Decoded, head: bytes, reg: int, tail: bytes) -> bytes:
     return d.address_size_prefix + head + d.rm_operand(reg) + tail
 
 
-def _descriptor(base: int, limit: int, attr: int) -> bytes:
-    """A descriptor from a segment cache (limit in bytes; attr = descriptor bits 40..55)."""
-    raw_limit = limit >> 12 if attr & 0x8000 else limit
-    return struct.pack(
-        "<HHBBBB",
-        raw_limit & 0xFFFF,
-        base & 0xFFFF,
-        (base >> 16) & 0xFF,
-        attr & 0xFF,
-        ((raw_limit >> 16) & 0xF) | (attr >> 8 & 0xF0),
-        (base >> 24) & 0xFF,
-    )
-
-
-@dataclass
+@dataclass(eq=False)
 class Unit:
     """A CCF: the translation of one unit of guest code."""
 
@@ -112,8 +135,27 @@ class Unit:
     host: int  # its address in the TC
     size: int = 0
     insns: list[tuple[int, int, int, str, int]] = field(default_factory=list)  # guest, host, end, rule, eax saved at
-    pages: set[int] = field(default_factory=set)  # guest physical pages its code came from
+    pages: set[int] = field(default_factory=set)  # every guest physical page its code came from
     forwarded_to: Unit | None = None
+    code: CodeRanges = field(default_factory=CodeRanges)  # the guest bytes, per physical page
+    maps: dict[int, int] = field(default_factory=dict)  # linear page -> physical page, as translated
+    incoming: list[int] = field(default_factory=list)  # chained jump sites patched to enter it
+    # False once dropped (its code written, its mapping changed, a TC flush): its exits and
+    # callout sites are dead
+    live: bool = True
+    exit_slots: list[int] = field(default_factory=list)  # its slots in the exit pad
+    callout_slots: list[int] = field(default_factory=list)  # and in the callout pad
+
+
+@dataclass
+class Exit:
+    """A continuation: a jump in a CCF (the patch site) to its own slot of the exit pad,
+    until the VMM chains it to the CCF of its guest target."""
+
+    site: int  # TC address of the jump's rel32 field
+    target: int  # the guest EIP it continues at
+    slot: int  # its slot in the exit pad
+    unit: Unit
 
 
 @dataclass
@@ -128,6 +170,41 @@ class Site:
 
 class Stats(Counter):
     pass
+
+
+class SlotPool:
+    """The slots of one exit pad: handed out to exits as units are translated, given back when
+    their unit is dropped."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.next = 0  # slots from here on were never handed out since the last reset
+        self.free: list[int] = []
+
+    def available(self) -> int:
+        return self.count - self.next + len(self.free)
+
+    def take(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.next += 1
+        return self.next - 1
+
+    def give_back(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def reset(self) -> None:
+        self.next = 0
+        self.free.clear()
+
+
+@cache
+def _pad_code(template: str, slots: int) -> bytes:
+    """A pad: `slots` copies of the template (position-independent, PAD_SLOT bytes each)."""
+    slot = b"".join(TEMPLATES[template]["variants"][()])
+    if len(slot) != PAD_SLOT:
+        raise ValueError(f"template {template} is {len(slot)} bytes, not PAD_SLOT ({PAD_SLOT})")
+    return slot * slots
 
 
 class Vmm:
@@ -152,24 +229,41 @@ class Vmm:
         self.pool_phys = guest_size + VMM_SIZE
         self.guest_mem = PhysicalMemory(guest_size, share=self.host)
         self.m = Machine(self.guest_mem, self.platform)  # the virtual CPU, authoritative
+        # The interpreter's blocks are made from guest memory the hardware also writes without
+        # it seeing, except on the pages the VMM keeps read-only: it checks the others' bytes
+        # before running a block made from them.
+        self.m.write_visible = self._write_protected
+        self.m.mapping_listeners.append(self._on_mapping_change)
+        self._shadow_paging: tuple[int, int, int] | None = None  # CR0, CR3, CR4 the shadow was built for
         self.cpu = PhysicalCpu(self.host, platform=self.platform)
         self.uc = self.cpu.uc
         self.stats = Stats()
         self.units: dict[int, Unit] = {}
         self.unit_starts: list[int] = []  # sorted TC addresses, for mapping a host EIP back
-        self.sites: dict[int, Site] = {}
+        # What each exit is, by its pad slot: the VMM acts on these records only, never on
+        # anything guest context can write (spec/vmm.r1, the protection decision).
+        self.exits: dict[int, Exit] = {}  # exit pad slot -> continuation
+        self.patch_sites: dict[int, Exit] = {}  # TC address of a rel32 field -> its continuation
+        self.sites: dict[int, Site] = {}  # callout pad slot -> callout
+        self.exit_pool = SlotPool(EXIT_SLOTS)
+        self.callout_pool = SlotPool(CALLOUT_SLOTS)
+        self.by_host: dict[int, Unit] = {}  # TC address -> every live unit in the TC, forwarded ones too
+        # The TC's indexes for dropping units one by one (TC coherency).
+        self.units_on_page: dict[int, set[Unit]] = {}  # guest physical page -> units from its bytes
+        self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
         self.tc_next = VMM_BASE + C["VMM_TC"]
         self.pending: tuple[str, object] | None = None  # what vmm_exit was taken for
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
-        self.code_pages: set[int] = set()
-        self.traced_pages: set[int] = set()
+        self.code_pages: set[int] = set()  # watched for "translated code"
+        self.traced_pages: set[int] = set()  # watched for "shadow page table"
         self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
         self.pool_next = 2
         self.last_event: GuestEvent | None = None
         self.direct = False
+        self._restarted: tuple[int, tuple[int, ...], int] | None = None  # see _flags_as_first_seen
         self.until = 0xFFFFFFFF
         # A guest-instruction budget (`--max-insns`), counted only when one is asked for, by a
         # block hook: the guest instructions that begin in each block the CPU is about to run
@@ -206,7 +300,7 @@ class Vmm:
         gdt = C["VMM_GDT"]
 
         def put(sel: int, base: int, limit: int, attr: int) -> None:
-            self.vmm_write(gdt + (sel & ~7), _descriptor(base, limit, attr))
+            self.vmm_write(gdt + (sel & ~7), descriptors.from_cache(base, limit, attr))
 
         put(C["SEL_VMM_CODE"], 0, M32, 0xC09B)
         put(C["SEL_VMM_DATA"], 0, M32, 0xC093)
@@ -215,7 +309,10 @@ class Vmm:
         put(C["SEL_VMM_TSS"], VMM_BASE + C["VMM_TSS"], 0x67, 0x89)
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
+        self.vmm_write(C["VMM_EXIT_PAD"], _pad_code("exit_slot", EXIT_SLOTS))
+        self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code("callout_slot", CALLOUT_SLOTS))
         self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+        self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
         self._clear_hash()
 
     def _setup_hardware(self) -> None:
@@ -241,8 +338,10 @@ class Vmm:
         self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
 
     def _setup_hooks(self) -> None:
-        self.uc.hook_add(UC_HOOK_CODE, self._on_translate_exit, None, L["translate_exit"], L["translate_exit"])
-        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, L["callout_hook"], L["callout_hook"])
+        # A hook over each pad runs only when an exit is taken: nothing else executes there.
+        self.uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, EXIT_PAD, EXIT_PAD + EXIT_SLOTS * PAD_SLOT - 1)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1)
+        self.uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, L["lookup_miss"], L["lookup_miss"])
         self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
@@ -294,7 +393,7 @@ class Vmm:
             if user and s == CS:
                 attr |= 0x60
             slot = SLOT_BASE + s
-            self.vmm_write(C["VMM_GDT"] + slot * 8, _descriptor(S.base[s], S.limit[s], attr | 1))
+            self.vmm_write(C["VMM_GDT"] + slot * 8, descriptors.from_cache(S.base[s], S.limit[s], attr | 1))
             sels.append(slot << 3 | rpl)
         return sels
 
@@ -328,6 +427,7 @@ class Vmm:
         self.stats["world_switches"] += 1
         self.cpu.event = None
         self.pending = None
+        self._restarted = None
         # Direct execution stops at `ring1 exec`'s end address by itself (translated code has a stub).
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         uc.emu_start(L["world_switch"], self.until)
@@ -338,14 +438,34 @@ class Vmm:
         self.cpu.event = None
         self.pending = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
+        gprs = tuple(self.uc.reg_read_batch(GPR_IDS))
+        self._restarted = (eip, gprs, self.uc.reg_read(X.UC_X86_REG_EFLAGS))
         self.uc.emu_start(eip, self.until)
 
     def capture(self, host_eip: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual)."""
         uc = self.uc
+        self._adopt_hardware_v86()
         for i, rid in enumerate(GPR_IDS):
             self.m.regs[i] = uc.reg_read(rid)
         self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+
+    def _adopt_hardware_v86(self) -> None:
+        """Unicorn's IRET enters v86 mode from CPL 1 (deviation iret-v86-cpl3; x86 does so only
+        at CPL 0, and faults on the v86 CS otherwise). A kernel run directly (trap mode) that
+        IRETs to v86 code therefore has done what its IRET at virtual CPL 0 does: the virtual
+        CPU takes that v86 state (EFLAGS as popped, selectors loaded v86-style) from the
+        hardware, so the v86 code's first event is seen, and delivered, from v86 mode."""
+        if not self.direct or self.m.state.mode != MODE_PROT or self.m.state.cpl != 0:
+            return  # only the kernel's IRET (virtual CPL 0) may enter v86 mode
+        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if not hw & EFLAGS_VM:
+            return
+        m = self.m
+        m.set_eflags(hw)
+        for s, rid in enumerate(SEG_IDS):
+            sel = self.uc.reg_read(rid)
+            m.b_set_seg(s, sel, sel << 4, 0xFFFF, 0xF3)
 
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
@@ -380,8 +500,13 @@ class Vmm:
         """Translate the unit at guest EIP `guest` into a new CCF."""
         unit = Unit(guest, self.tc_next + len(INDIRECT_ENTRY))
         code = bytearray()
-        exits: list[tuple[int, int]] = []  # (offset of a rel32 field in code, guest target)
-        # In-TC emulations' slow paths: (rel32 field, guest EIP, next guest EIP, offset to resume at)
+        # Jumps to pad slots, filled in once the unit is known to fit: (offset of the rel32
+        # field in code, guest target) for continuations, (offset of the rel32 field, guest
+        # EIP, next guest EIP, offset to resume at) for callouts.
+        exits: list[tuple[int, int]] = []
+        callouts: list[tuple[int, int, int, int]] = []
+        # In-TC emulations' slow paths, callouts placed after the CCF: (offset of the rel32
+        # field of the template's conditional jump, guest EIP, next guest EIP, offset to resume at)
         slow_paths: list[tuple[int, int, int, int]] = []
         pc = guest
         ended = False
@@ -398,6 +523,8 @@ class Vmm:
             if pc in self.stop_addresses and pc != guest:
                 break
             if rule == "ident":
+                if _reads_arith_flags_from_memory(d):
+                    code += SETTLE_FLAGS
                 code += d.raw
             elif rule in ("direct", "indirect", "inline"):
                 start = len(code)
@@ -411,17 +538,16 @@ class Vmm:
                 if "eax_saved" in marks:
                     eax_at = start + marks["eax_saved"]
                 ended = rule != "inline"
-            else:  # callout
-                ended = FORMS[d.form].ends_block if d.form else True
-                site_id = len(self.sites) + 1
-                code += enc.mov_gs_imm32(C["V_SITE"], site_id)
-                code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
-                self.sites[site_id] = Site(pc, d.next, unit.host + len(code), unit)
-                ended = True  # state may change: the unit ends, and resumes through a continuation
+            else:  # callout: state may change, so the unit ends and resumes through a continuation
+                start = len(code)
+                body, links, _ = self._instance(None, "callout_exit", unit.host + start)
+                code += body
+                callouts += [(start + field_off, pc, d.next, len(code)) for field_off, _ in links]
+                ended = True
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
             self._start_hosts.append(host)
-            unit.pages.update(pages)
+            self._record_code(unit, d, pages)
             self.stats["guest_instructions_translated"] += 1
             self.stats[f"rule_{rule}"] += 1
             pc = d.next
@@ -431,27 +557,28 @@ class Vmm:
             body, links, _ = self._instance(None, "exit_next", unit.host + len(code))
             exits += [(len(code) + field_off, pc) for field_off, _ in links]
             code += body
-        # Continuation stubs, one per exit; each jump into them is a patch site for chaining.
-        for field_off, target in exits:
-            stub = unit.host + len(code)
-            site_addr = unit.host + field_off
-            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
-            code += enc.mov_gs_imm32(C["V_NEXT"], target)
-            code += enc.mov_gs_imm32(C["V_SITE"], site_addr)
-            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["translate_exit"])
-        # Slow paths: a callout of the instruction itself, resuming after its template.
         for field_off, pc_at, next_guest, resume_off in slow_paths:
-            stub = unit.host + len(code)
-            site_addr = unit.host + field_off
-            code[field_off : field_off + 4] = _U32.pack((stub - (site_addr + 4)) & M32)
-            site_id = len(self.sites) + 1
-            code += enc.mov_gs_imm32(C["V_SITE"], site_id)
-            code += b"\xe9" + enc.rel32(unit.host + len(code), 5, L["callout_entry"])
-            self.sites[site_id] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            stub = len(code)
+            body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off) for link_off, _ in links]
+            code += body
+            code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
-        if unit.host + len(code) > VMM_BASE + VMM_SIZE:
+        full = unit.host + len(code) > VMM_BASE + VMM_SIZE
+        if full or len(exits) > self.exit_pool.available() or len(callouts) > self.callout_pool.available():
             self.flush_translations()
             return self.translate(guest)
+        # Each exit jumps to a slot of its own; each jump to an exit pad slot is a patch site.
+        for field_off, target in exits:
+            ex = Exit(unit.host + field_off, target, self.exit_pool.take(), unit)
+            self._point_at_slot(code, field_off, unit.host, EXIT_PAD + ex.slot * PAD_SLOT)
+            self.exits[ex.slot] = self.patch_sites[ex.site] = ex
+            unit.exit_slots.append(ex.slot)
+        for field_off, pc_at, next_guest, resume_off in callouts:
+            slot = self.callout_pool.take()
+            self._point_at_slot(code, field_off, unit.host, CALLOUT_PAD + slot * PAD_SLOT)
+            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
         self.tc_next = (unit.host + len(code) + 15) & ~15
@@ -460,34 +587,36 @@ class Vmm:
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.stats["ccfs"] += 1
         self.stats["tc_bytes"] += len(code)
-        for p in unit.pages:
-            self.protect_code_page(p)
+        self._index_unit(unit)
         return unit
 
+    @staticmethod
+    def _point_at_slot(code: bytearray, field_off: int, host: int, slot_address: int) -> None:
+        """Fill the rel32 field at `field_off` of a unit placed at `host` to reach a pad slot."""
+        code[field_off : field_off + 4] = _U32.pack((slot_address - (host + field_off + 4)) & M32)
+
     def rule_for(self, d: Decoded) -> tuple[str, str]:
-        """The rule this instance is translated by, and why when it is not the spec's own."""
-        if d.form is None:
-            return "ident", "undefined opcode: the hardware raises #UD, and the interpreter confirms it"
-        if d.lock_invalid:
-            return "callout", "invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec"
-        rule = RULES[d.form][0]
-        if d.eip in self.callout_override:
-            return "callout", "adaptive: it trapped often, so it was retranslated as a callout"
-        if d.form in self.rule_overrides:
-            return "callout", "forced to a callout by Vmm(rule_overrides=...)"
-        if self.mode == "trap":
-            if rule in ("ident", "trap"):
-                return rule, ""
-            return "callout", "trap mode: the kernel runs untranslated; this is where it exits"
-        if 0x65 in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem"):
-            return "callout", "it uses GS, which is the VMM's: emulated"
-        if rule in ("ident", "trap") and self._touches_vmm_area(d):
-            return "callout", "its address lies in the VMM's area: emulated"
-        if rule in ("direct", "indirect", "inline") and not self._template_applies(d, rule):
-            return "callout", "its template does not cover this operand or address size, stack or form"
-        if rule == "trap":
-            return "ident", "copied; left to trap when the hardware faults"
-        return rule, ""
+        """The rule this instance is translated by, and why when it is not the spec's own: the
+        spec's `choose` clauses (spec/vmm.r1) over the facts below."""
+        own = RULES[d.form][0] if d.form is not None else "ident"
+        rule, reason, _source = choose_rule(own, lambda name: self.FACTS[name](self, d))
+        return rule, reason
+
+    def _uses_gs(self, d: Decoded) -> bool:
+        return GS_PREFIX in d.prefixes or (d.fields.get("seg") == GS and d.modrm_at >= 0 and d.variant[2] == "mem")
+
+    # The spec's facts (FACTS in generated/rules.py), each answered for an instance.
+    FACTS: ClassVar[dict[str, Callable[[Vmm, Decoded], bool]]] = {
+        "undefined": lambda vmm, d: d.form is None,
+        "invalid_lock": lambda vmm, d: d.lock_invalid,
+        "adaptive": lambda vmm, d: d.eip in vmm.callout_override,
+        "forced": lambda vmm, d: d.form in vmm.rule_overrides,
+        "trap_mode": lambda vmm, d: vmm.mode == "trap",
+        "uses_gs": lambda vmm, d: vmm._uses_gs(d),
+        "vmm_address": lambda vmm, d: vmm._touches_vmm_area(d),
+        "template_fits": lambda vmm, d: vmm._template_applies(d, RULES[d.form][0]),
+        "flags_lost_at_store": lambda vmm, d: _changes_flags_before_store(d),
+    }
 
     def _touches_vmm_area(self, d: Decoded) -> bool:
         """An absolute address in the VMM area: a ModRM disp32 (the decoder's `ea` is then an
@@ -554,6 +683,8 @@ class Vmm:
             else:  # abs32 / rel32: a value of the instance or a stub's label
                 symbol, addend = chunk[1], chunk[2]
                 if kind == "rel32" and symbol.startswith("@"):
+                    if addend != -4:  # the caller fills target - (end of field), as for a branch
+                        raise ValueError(f"template {name}: {symbol} is not a branch's rel32 field")
                     links.append((len(out), symbol[1:]))
                     out += bytes(4)
                     continue
@@ -573,41 +704,172 @@ class Vmm:
         self.vmm_write(off, struct.pack("<II", guest, host))
 
     def patch(self, site_addr: int, target_host: int) -> None:
+        """Chain a continuation: its jump goes straight to the target's CCF from now on. Only a
+        patch site the VMM recorded, in a unit still in the TC, is ever written."""
+        ex = self.patch_sites.get(site_addr)
+        if ex is None or not ex.unit.live:
+            raise VMStop("vmm", f"refused to patch {site_addr:#x}: not a live patch site of the TC")
         rel = (target_host - (site_addr + 4)) & M32
         self.host.write32(self.tc_phys(site_addr), rel)
         self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
         self.stats["chained_links"] += 1
 
     def flush_translations(self) -> None:
-        """Drop every CCF (a write hit translated code, or the TC is full)."""
+        """Drop every CCF (the TC or an exit pad is full)."""
         self.units.clear()
         self.unit_starts.clear()
         self.guest_starts.clear()
         self._start_hosts.clear()
-        self.sites.clear()
+        self._forget_all_exits()
         self.tc_next = VMM_BASE + C["VMM_TC"]
         self._clear_hash()
         self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
         for p in list(self.code_pages):
             self.unprotect_code_page(p)
-        self.m.flush_blocks()
         self.stats["tc_flushes"] += 1
+
+    def _forget_all_exits(self) -> None:
+        """Every unit leaves the TC: none of its exits, patch sites or callouts is live any more."""
+        for u in self.by_host.values():
+            u.live = False
+        self.by_host.clear()
+        self.units_on_page.clear()
+        self.units_on_linear.clear()
+        self.exits.clear()
+        self.patch_sites.clear()
+        self.sites.clear()
+        self.exit_pool.reset()
+        self.callout_pool.reset()
+
+    def _forget_patch_sites(self, unit: Unit, start: int, end: int) -> None:
+        """The unit's bytes in [start, end) were overwritten: patch sites there are gone."""
+        for slot in list(unit.exit_slots):
+            ex = self.exits[slot]
+            if start <= ex.site < end:
+                del self.exits[slot], self.patch_sites[ex.site]
+                unit.exit_slots.remove(slot)
+                self.exit_pool.give_back(slot)
 
     def locate(self, host_eip: int) -> tuple[Unit, tuple] | None:
         """The CCF and guest instruction a TC address belongs to."""
-        import bisect
-
         i = bisect.bisect_right(self.unit_starts, host_eip) - 1
         if i < 0:
             return None
-        start = self.unit_starts[i]
-        for u in self.units.values():
-            if u.host == start and host_eip < u.host + u.size:
-                for ins in u.insns:
-                    if ins[1] <= host_eip < ins[2]:
-                        return u, ins
-                return u, u.insns[-1]
-        return None
+        u = self.by_host.get(self.unit_starts[i])
+        if u is None or u.forwarded_to is not None or not host_eip < u.host + u.size:
+            return None
+        for ins in u.insns:
+            if ins[1] <= host_eip < ins[2]:
+                return u, ins
+        return u, u.insns[-1]
+
+    # ------------------------------------------------------------ TC coherency
+
+    def _record_code(self, unit: Unit, d: Decoded, pages: tuple[int, ...]) -> None:
+        """Remember the guest bytes one translated instruction came from, and the linear pages
+        it was fetched through (the translation is valid only while they map there)."""
+        la = d.eip  # can_translate: CS base 0
+        ranges = instruction_ranges(la, len(d.raw), pages)
+        unit.code.add(ranges)
+        unit.pages.update(page for page, _, _ in ranges)
+        unit.maps[la >> 12] = pages[0]
+        last = (la + len(d.raw) - 1) & M32
+        if len(ranges) > 1:
+            unit.maps[last >> 12] = pages[1]
+
+    def _index_unit(self, unit: Unit) -> None:
+        self.by_host[unit.host] = unit
+        for page in unit.pages:
+            self.units_on_page.setdefault(page, set()).add(unit)
+            self.protect_code_page(page)
+        for lpage in unit.maps:
+            self.units_on_linear.setdefault(lpage, set()).add(unit)
+
+    def invalidate_unit(self, unit: Unit) -> None:
+        """Drop one CCF: nothing reaches it any more. The hash table forgets it; every chained
+        jump into it goes back to its own exit pad slot (whose exit translates the guest target
+        again); its own exit and callout slots are given back; its pages stop being watched for
+        it. Its code stays in the TC, unreachable, until the TC is flushed. A unit running while
+        its own code is written leaves it at once: a trap or a callout re-enters at a fresh
+        translation of the next instruction (a callout resumes only into a live unit)."""
+        if not unit.live:
+            return
+        unit.live = False
+        self.by_host.pop(unit.host, None)
+        if self.units.get(unit.guest) is unit:
+            del self.units[unit.guest]
+        entry = C["VMM_HASH"] + (unit.guest & 0xFFFF) * 8
+        if self.vmm_read32(entry) == unit.guest and self.vmm_read32(entry + 4) == unit.host - len(INDIRECT_ENTRY):
+            self.vmm_write(entry, struct.pack("<II", (~unit.guest) & 0xFFFF, 0))
+        for site_addr in unit.incoming:
+            ex = self.patch_sites.get(site_addr)
+            if ex is None or not ex.unit.live:
+                continue  # a jump in a unit dropped already
+            if self.host.read32(self.tc_phys(site_addr)) == (unit.host - (site_addr + 4)) & M32:
+                slot_address = EXIT_PAD + ex.slot * PAD_SLOT
+                self.host.write32(self.tc_phys(site_addr), (slot_address - (site_addr + 4)) & M32)
+                self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
+        unit.incoming.clear()
+        self._forget_patch_sites(unit, unit.host, unit.host + unit.size)
+        for slot in unit.callout_slots:
+            if self.sites.get(slot) is not None and self.sites[slot].unit is unit:
+                del self.sites[slot]
+                self.callout_pool.give_back(slot)
+        unit.callout_slots.clear()
+        for page in unit.pages:
+            units = self.units_on_page.get(page)
+            if units is not None:
+                units.discard(unit)
+                if not units:
+                    del self.units_on_page[page]
+                    self.unprotect_code_page(page)
+        for lpage in unit.maps:
+            units = self.units_on_linear.get(lpage)
+            if units is not None:
+                units.discard(unit)
+                if not units:
+                    del self.units_on_linear[lpage]
+        self.stats["units_invalidated"] += 1
+
+    def _on_code_write(self, page: int, start: int, end: int) -> None:
+        """An emulated write to bytes [start, end) of a page holding translated code: drop the
+        units made from those bytes (units made from other bytes of the page stay)."""
+        self.stats["code_writes"] += 1
+        for unit in list(self.units_on_page.get(page, ())):
+            if unit.code.overlaps(page, start, end):
+                self.invalidate_unit(unit)
+
+    def _on_mapping_change(self, linear_page: int | None) -> None:
+        """Translations are keyed by the guest linear EIP and valid only for the mapping they were
+        made under. Decision: rather than key the TC by guest-physical address (the in-TC hash
+        lookup and chained jumps work on linear EIPs, and would need a mapping check on every
+        indirect branch), the units are checked where the mapping can change, as a TLB would be:
+        after a CR3 write (or a CR0/CR4 paging change) every linear page holding translated code
+        is walked again, after INVLPG that page; units fetched through a page that now maps to
+        another physical page, or to none, are dropped. A kernel mapped alike in every address
+        space keeps its translations across process switches; a PTE changed without INVLPG runs
+        the old code until one, as the stale TLB entry would on a CPU."""
+        if linear_page is not None and linear_page not in self.units_on_linear:
+            return  # no translated code there (INVLPG of a data page)
+        if linear_page is None:
+            S = self.m.state
+            paging = (S.cr[0] & 0x80010001, S.cr[3], S.cr[4] & 0xB0)
+            if paging != self._shadow_paging:
+                # The hardware tables were built from other guest tables. (The same CR3 again
+                # needs nothing: writes to the guest's tables are traced.)
+                self._shadow_paging = paging
+                self.flush_shadow()
+        pages = list(self.units_on_linear) if linear_page is None else (linear_page,)
+        for lpage in pages:
+            units = self.units_on_linear.get(lpage)
+            if not units:
+                continue
+            walk = self.m.walk(lpage << 12)
+            now = None if walk is None else walk[0] >> 12
+            for unit in list(units):
+                if unit.maps.get(lpage) != now:
+                    self.invalidate_unit(unit)
+                    self.stats["units_remapped"] += 1
 
     # ------------------------------------------------------------ shadow paging
 
@@ -632,26 +894,8 @@ class Vmm:
         self.stats["shadow_flushes"] += 1
 
     def guest_walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
-        """The guest's translation of `la` without side effects: (physical, user, writable, dirty,
-        [(address, value) of the PDE and PTE]); None when not present."""
-        S = self.m.state
-        if not S.cr[0] & 0x80000000:
-            return la & ~0xFFF, True, True, True, []
-        mem = self.guest_mem
-        pde_addr = (S.cr[3] & 0xFFFFF000) | ((la >> 22) << 2)
-        pde = mem.read32(pde_addr)
-        if not pde & 1:
-            return None
-        if pde & 0x80 and S.cr[4] & 0x10:
-            big = (pde & 0xFFC00000) | (la & 0x3FF000)
-            return big, bool(pde & 4), bool(pde & 2), bool(pde & 0x40), [(pde_addr, pde)]
-        pte_addr = (pde & 0xFFFFF000) | (((la >> 12) & 0x3FF) << 2)
-        pte = mem.read32(pte_addr)
-        if not pte & 1:
-            return None
-        user = bool(pde & 4) and bool(pte & 4)
-        writable = bool(pde & 2) and bool(pte & 2)
-        return pte & 0xFFFFF000, user, writable, bool(pte & 0x40), [(pde_addr, pde), (pte_addr, pte)]
+        """The guest's translation of `la` without side effects (the interpreter's walker)."""
+        return self.m.walk(la)
 
     def fill(self, la: int, write: bool) -> bool:
         """Map `la` as the guest maps it, if the guest allows this access without a fault."""
@@ -698,12 +942,14 @@ class Vmm:
             return
         self.traced_pages.add(page)
         self._write_protect(page)
-        self.m.watch_page(page, self._on_traced_write)
+        self.m.traces.watch(page, WHY_SHADOW, self._on_traced_write)
 
-    def _on_traced_write(self, page: int) -> None:
+    def _on_traced_write(self, page: int, start: int, end: int) -> None:
         self.stats["traced_writes"] += 1
         self.traced_pages.discard(page)
-        self.m.watched_pages.pop(page, None)
+        self.m.traces.unwatch(page, WHY_SHADOW)
+        if page in self.m.code_pages and not self._write_protected(page):
+            self.m.forget_code_page(page)  # the hardware may write it from now on
         self.flush_shadow()
 
     def protect_code_page(self, page: int) -> None:
@@ -711,16 +957,19 @@ class Vmm:
             return
         self.code_pages.add(page)
         self._write_protect(page)
-        self.m.watch_page(page, self._on_code_write)
+        self.m.traces.watch(page, WHY_TC, self._on_code_write)
 
     def unprotect_code_page(self, page: int) -> None:
+        """No translated code left on `page`: stop watching it for the TC. The hardware mapping
+        stays read-only until the next write to it, which maps it writable (a hidden fault)."""
         self.code_pages.discard(page)
-        self.m.watched_pages.pop(page, None)
+        self.m.traces.unwatch(page, WHY_TC)
+        if page in self.m.code_pages and not self._write_protected(page):
+            self.m.forget_code_page(page)  # the hardware may write it from now on
 
-    def _on_code_write(self, page: int) -> None:
-        self.stats["code_writes"] += 1
-        self.flush_translations()
-        self.flush_shadow()
+    def _write_protected(self, page: int) -> bool:
+        """Every write to `page` traps to the VMM and is emulated (so the interpreter sees it)."""
+        return page in self.code_pages or page in self.traced_pages
 
     def _write_protect(self, page: int) -> None:
         for pte_addr in self.shadow_ptes.get(page, []):
@@ -731,24 +980,76 @@ class Vmm:
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
-    def _on_translate_exit(self, uc, address, size, _user) -> None:
-        guest = self.vmm_read32(C["V_NEXT"])
-        site = self.vmm_read32(C["V_SITE"])
+    def _on_exit_slot(self, uc, address: int, size: int, _user) -> None:
+        """A continuation was taken: translate its target, chain its jump there, go there."""
+        ex = self._recorded(self.exits, EXIT_PAD, address, "exit")
+        if ex is None:
+            return
+        if ex.target in self.stop_addresses:
+            self._exit_to_vmm("stop", ex.target)
+            return
+        unit = self._translated_for_exit(ex.target)
+        if unit is None:
+            return
+        if ex.unit.live:  # (translating the target may have flushed the TC, this exit's unit too)
+            try:
+                self.patch(ex.site, unit.host)
+            except VMStop as stop:
+                self._exit_to_vmm("vmstop", stop)
+                return
+            unit.incoming.append(ex.site)  # unlinked again if `unit` is dropped
+        self.set_hash(ex.target, unit.host - len(INDIRECT_ENTRY))
+        self.vmm_write32(C["V_JUMP"], unit.host)
+        self.stats["translator_entries"] += 1
+
+    def _on_lookup_miss(self, uc, address: int, size: int, _user) -> None:
+        """An indirect branch whose guest target (in EAX) has no CCF in the hash table yet."""
+        if self.pending is not None:  # already on the way out (after a refusal)
+            return
+        if self.direct:
+            self._refuse(f"direct execution reached the VMM's lookup miss at {address:#x}")
+            return
+        guest = uc.reg_read(X.UC_X86_REG_EAX)
+        uc.reg_write(X.UC_X86_REG_EAX, self.vmm_read32(C["V_SAVE_EAX"]))  # the guest's own EAX
+        self.stats["indirect_misses"] += 1
         if guest in self.stop_addresses:
             self._exit_to_vmm("stop", guest)
             return
-        try:
-            unit = self.unit_for(guest)
-        except Fault as f:
-            self._exit_to_vmm("fetch-fault", (guest, f))
+        unit = self._translated_for_exit(guest)
+        if unit is None:
             return
-        if site:
-            self.patch(site, unit.host)
-        else:
-            self.stats["indirect_misses"] += 1
         self.set_hash(guest, unit.host - len(INDIRECT_ENTRY))
         self.vmm_write32(C["V_JUMP"], unit.host)
         self.stats["translator_entries"] += 1
+
+    def _translated_for_exit(self, guest: int) -> Unit | None:
+        try:
+            return self.unit_for(guest)
+        except Fault as f:
+            self._exit_to_vmm("fetch-fault", (guest, f))
+            return None
+
+    def _recorded(self, records: dict, pad: int, address: int, what: str):
+        """The record of the pad slot at `address`, or None after a VM stop: the slot must be
+        entered at its start, from translated code, and belong to a unit still in the TC."""
+        slot, into = divmod(address - pad, PAD_SLOT)
+        record = records.get(slot)
+        if not into and record is not None and record.unit.live and self.pending is None and not self.direct:
+            return record  # (the one case translated code makes: checked first, it is on every exit)
+        if self.pending is not None:  # already on the way out (after a refusal): keep its reason
+            pass
+        elif self.direct:
+            self._refuse(f"direct execution reached the VMM's {what} pad at {address:#x}")
+        elif into:
+            self._refuse(f"the {what} pad entered at {address:#x}, inside slot {slot}")
+        else:
+            self._refuse(f"{what} pad slot {slot} ({address:#x}) taken, but no live {what} owns it")
+        return None
+
+    def _refuse(self, reason: str) -> None:
+        """Something reached the VMM's stubs in a way translated code never does: stop the VM."""
+        self.stats["refused_exits"] += 1
+        self._exit_to_vmm("vmstop", VMStop("vmm", reason))
 
     def _exit_to_vmm(self, why: str, what: object) -> None:
         self.pending = (why, what)
@@ -758,8 +1059,12 @@ class Vmm:
     def _on_vmm_exit(self, uc, address, size, _user) -> None:
         uc.emu_stop()
 
-    def _on_callout(self, uc, address, size, _user) -> None:
-        site = self.sites[self.vmm_read32(C["V_SITE"])]
+    def _on_callout(self, uc, address: int, size: int, _user) -> None:
+        """A callout's own slot: the guest's registers and flags are in the vcpu page (template
+        callout_exit); emulate its instruction and choose where the slot's jump goes."""
+        site = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
+        if site is None:
+            return
         m, S = self.m, self.m.state
         regs = struct.unpack_from("<8I", self.host.view, self.vmm_phys + C["V_EAX"])
         m.regs[:] = regs
@@ -792,8 +1097,8 @@ class Vmm:
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
-            if after[4:] != before[4:]:
-                self.flush_shadow()
+            # (CR0, CR3 and CR4 changes that move mappings dropped the shadow tables already:
+            # the machine's mapping listeners, `_on_mapping_change`.)
             if not self.can_translate():
                 self._exit_to_vmm("switch", None)
                 return
@@ -808,9 +1113,11 @@ class Vmm:
         if S.eip in self.stop_addresses:
             self._exit_to_vmm("stop", S.eip)
             return
-        if S.eip == site.next_guest:
+        if S.eip == site.next_guest and site.unit.live:
             self.vmm_write32(C["V_JUMP"], site.resume)
             return
+        # Elsewhere, or the callout flushed the TC (it wrote a page of translated code): the
+        # next guest instruction comes from a fresh translation, never from a dropped unit.
         try:
             unit = self.unit_for(S.eip)
         except Fault as f:
@@ -830,18 +1137,21 @@ class Vmm:
         the hardware where it stopped, or None to re-enter the guest from the virtual state."""
         uc = self.uc
         host_eip = uc.reg_read(X.UC_X86_REG_EIP)
+        self._adopt_hardware_v86()
         S = self.m.state
         user = S.cpl == 3
+        self._flags_as_first_seen(host_eip, vector)
         if vector == 14:
             cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-            if cr2 < VMM_BASE and self._hidden_fault(cr2):
+            # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no
+            # hidden fault to fill (it would map, and mark dirty, whatever page CR2 last named).
+            int_0e = self.direct and self._after_int(host_eip, vector)
+            if cr2 < VMM_BASE and not int_0e and self._hidden_fault(cr2):
                 self.stats["traps"] += 1
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
         where = None
         if self.direct:
             guest_eip = host_eip
-        elif L["callout_entry"] <= host_eip < L["callout_hook"]:
-            guest_eip = self.sites[self.vmm_read32(C["V_SITE"])].guest  # saving its registers faulted
         elif host_eip >= VMM_BASE + C["VMM_TC"]:
             where = self.locate(host_eip)
             if where is None:
@@ -866,6 +1176,13 @@ class Vmm:
         # (with its error code); anything else (a privileged instruction, a protected page,
         # the VMM's area) is done, and execution goes on after it.
         self.trap_counts[guest_eip] += 1
+        if self.direct and vector == 14:
+            # A store the interpreter is about to make for code that runs directly: unicorn's own
+            # translations of that page must go (it does not see Python's writes). Now, while
+            # the page is still mapped: unicorn finds the page through the hardware tables, and
+            # the write may drop them (a traced page table).
+            page = cr2 & ~0xFFF
+            self.uc.ctl_remove_cache(page, min(page + 0x2000, 1 << 32))
         m = self.m
         m.stop_on_event = True
         try:
@@ -890,6 +1207,60 @@ class Vmm:
             self.pending = ("halt", None)
             return "halt"
         return None
+
+    def _flags_as_first_seen(self, host_eip: int, vector: int) -> None:
+        """Before anything reads EFLAGS or the instruction restarts, give the faulting instruction
+        the flags it saw the first time. Faulting again where it was just restarted, with the same
+        registers (it did not complete: a store after a load that filled a page read-only), it
+        gets the flags it was restarted with: unicorn's RCL/RCR change them before their store.
+        Else unicorn may have lost them at this fault (physcpu.restore_lost_flags)."""
+        again, self._restarted = self._restarted, None
+        if again is not None and again[0] == host_eip and again[1] == tuple(self.uc.reg_read_batch(GPR_IDS)):
+            if self.uc.reg_read(X.UC_X86_REG_EFLAGS) != again[2]:
+                self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
+                self.stats["lost_flags_restored"] += 1
+        elif self.direct:
+            self._restore_flags_unicorn_lost(host_eip, vector)
+
+    def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> None:
+        """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags):
+        put them back before anything reads EFLAGS or the instruction restarts. Only for the
+        guest's own code run directly; translated code settles them before such instructions.
+        Not after INT n, which leaves EIP at the next instruction, not at a faulting one."""
+        try:
+            d, _pages = self.m.decode_at(eip)
+        except Fault:
+            return
+        mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
+        memory = len(d.variant) > 2 and d.variant[2] == "mem"
+        if not self.cpu.may_have_lost_flags(mnemonic, memory):
+            return
+        S = self.m.state
+        eip_before, S.eip = S.eip, eip
+        try:
+            soft = soft_interrupt_before(self.m, vector)
+        finally:
+            S.eip = eip_before
+        if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
+            self.stats["lost_flags_restored"] += 1
+
+    def _after_int(self, eip: int, vector: int) -> bool:
+        """The instruction that ends at `eip` (an offset in the guest's CS) is INT `vector`,
+        read without side effects (no accessed bits, no fault)."""
+        S = self.m.state
+        start = (S.base[CS] + eip - 2) & M32
+        raw = b""
+        for la in (start, (start + 1) & M32):
+            walk = self.m.walk(la)
+            if walk is None or walk[0] + 0x1000 > self.G:
+                return False
+            raw += self.guest_mem.read(walk[0] | (la & 0xFFF), 1)
+        try:
+            d = decode(raw, eip - 2, bool(S.code32))
+        except Truncated:
+            return False
+        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == 2 else None
+        return soft is not None and isinstance(soft[0], str) and d.fields[soft[0]] == vector
 
     def _stop(self, reason: str) -> str:
         self.pending = ("vmstop", VMStop("vmm", reason))
@@ -921,14 +1292,21 @@ class Vmm:
         """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
         self.callout_override.add(guest_eip)
         for start, old in list(self.units.items()):
-            if old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
+            if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
                 new = self.translate(start)
-                old.forwarded_to = new
-                self.host.write(self.tc_phys(old.host), enc.jmp(old.host, new.host))
-                self.uc.ctl_remove_cache(old.host, old.host + 5)
                 self.units[start] = new
                 self.stats["retranslations"] += 1
+                if not old.live:  # translating flushed the TC: there is nothing left to forward
+                    continue
+                old.forwarded_to = new
+                jump, links, _ = self._instance(None, "forward", old.host)
+                code = bytearray(jump)
+                for field_off, _name in links:
+                    code[field_off : field_off + 4] = _U32.pack((new.host - (old.host + field_off + 4)) & M32)
+                self.host.write(self.tc_phys(old.host), bytes(code))
+                self._forget_patch_sites(old, old.host, old.host + len(code))
+                self.uc.ctl_remove_cache(old.host, old.host + len(code))
 
     # ------------------------------------------------------------ running
 
@@ -1110,6 +1488,20 @@ class Vmm:
                 return None
 
 
+def _changes_flags_before_store(d: Decoded) -> bool:
+    """An instance unicorn changes the flags of before its store can fault (physcpu)."""
+    mnemonic = FORMS[d.form].mnemonics.get(None) if d.form else None
+    return changes_flags_before_store(mnemonic, len(d.variant) > 2 and d.variant[2] == "mem")
+
+
+def _reads_arith_flags_from_memory(d: Decoded) -> bool:
+    """The instance reads an arithmetic flag (by the spec's `flags`) and has a memory operand."""
+    if d.form is None or len(d.variant) < 3 or d.variant[2] != "mem":
+        return False
+    tested = FORMS[d.form].flags
+    return any("test" in tested.get(f, ()) for f in ARITH_FLAG_NAMES)
+
+
 def uc_eip(vmm: Vmm) -> int:
     return vmm.uc.reg_read(X.UC_X86_REG_EIP)
 
@@ -1143,21 +1535,86 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 
 
-def run_engine(mode: str):
-    def engine(image, platform, max_insns, stats):
+# The VMM's counts of the events that cost an exit or more (for `ring1 bench nano`).
+EVENT_COUNTERS = (
+    "world_switches",
+    "callouts",
+    "traps",
+    "events_delivered",
+    "hidden_page_faults",
+    "traced_writes",
+    "translator_entries",
+    "shadow_flushes",
+)
+
+
+class VmmEngine:
+    """The `bt` and `trap` modes behind the engine interface (ring1.runtime.engines)."""
+
+    def __init__(
+        self, mode: str, memory_size: int, platform: Platform | None = None, rule_overrides: dict | None = None
+    ) -> None:
+        self.mode = mode
+        self.vmm = Vmm(memory_size, platform, mode, rule_overrides)
+        self.machine = self.vmm.m
+
+    @classmethod
+    def around(cls, vmm: Vmm) -> VmmEngine:
+        """An engine over an existing Vmm (tests look at it afterwards)."""
+        engine = cls.__new__(cls)
+        engine.mode, engine.vmm, engine.machine = vmm.mode, vmm, vmm.m
+        return engine
+
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.vmm.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.vmm.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.vmm.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.vmm.stop_on_event = on
+
+    def start(self) -> None:
+        pass  # the VMM enters the guest from the virtual CPU at every run
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        self.machine.state.eip = eip
+        for i, value in regs.items():
+            self.machine.regs[i] = value
+
+    def run(self, max_insns: int | None = None):
+        from ring1.runtime.engines import Outcome
+
+        try:
+            why, what = self.vmm.run(max_insns)
+        except KeyboardInterrupt:
+            return Outcome("interrupted")
+        if why == "stop":
+            return Outcome("stop-address")
+        if why == "event":
+            return Outcome("event", event=what)
+        if why == "vmstop":
+            return Outcome("vmstop", vmstop=what)
+        return Outcome(why)
+
+    def counters(self) -> dict[str, int]:
+        """Every count the VMM keeps, with the ones of events that did not happen yet at 0."""
+        return {**dict.fromkeys(EVENT_COUNTERS, 0), **self.vmm.stats}
+
+    def figures(self, stats, elapsed: float) -> None:
+        figures(self.vmm, stats, elapsed)
+
+    def stop(self, outcome, max_insns: int | None):
         from ring1.runtime import guest
 
-        vmm = Vmm(image.memory_size, platform, mode)
-        guest.interp_boot(image, platform, vmm.m)
-        started = time.perf_counter()
-        try:
-            why, what = vmm.run(max_insns)
-        except KeyboardInterrupt:
-            why, what = "interrupted", None
-        figures(vmm, stats, time.perf_counter() - started)
-        return guest.engine_stop(vmm.m, why, what, max_insns, "VMM")
-
-    return engine
+        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
-__all__ = ["Vmm", "run_engine"]
+__all__ = ["Vmm", "VmmEngine"]

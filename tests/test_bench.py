@@ -125,7 +125,24 @@ def test_rule_override_forces_callout() -> None:
     built = bench.build(bench.ladder_loop())
     runner = bench.Runner("bt", built, {"CLI": "callout"})
     runner.run(3)
-    assert runner.vmm.stats["callouts"] == 3 * bench.ladder_loop().unroll
+    assert runner.engine.counters()["callouts"] == 3 * bench.ladder_loop().unroll
     plain = bench.Runner("bt", built)
     plain.run(3)
-    assert plain.vmm.stats["callouts"] == 0
+    assert plain.engine.counters()["callouts"] == 0
+
+
+def test_startup_json(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from tests.test_guests import flat_kernel
+
+    kernel = tmp_path / "exit.elf"
+    kernel.write_bytes(flat_kernel(bytes.fromhex("b0 00 e6 f4")))  # mov al, 0; out 0xf4, al: exit 0
+    doc = _run_json(capsys, ["bench", "startup", "--json", "--repeats", "1", "--guest", str(kernel)])
+    assert set(doc["commands"]) == {"python", "exec_bt", "exec_interp", "run_hello_bt"}
+    for rec in doc["commands"].values():
+        assert _positive(rec["wall_s"]) and _positive(rec["ratio_to_python"])
+    assert doc["commands"]["python"]["ratio_to_python"] == 1.0
+
+
+def test_startup_needs_its_guest(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    assert main(["bench", "startup", "--guest", str(tmp_path / "absent.elf")]) == 2
+    assert "make guests" in capsys.readouterr().err

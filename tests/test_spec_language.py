@@ -212,3 +212,40 @@ def test_template_values_conditions_and_guest_operands(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         assemble_all(compile_spec(tmp_path, bad))
     assert str(info.value).startswith("spec/t.r1:2:") and "'nowhere' is not defined" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ('choose {\n  nope -> callout "x";\n}\n', "spec/t.r1:2:3", "'nope' is not a fact"),
+        ('fact f "d";\nchoose {\n  f -> teleport "x";\n}\n', "spec/t.r1:3:3", "not a translate rule"),
+        ('fact f "d";\nchoose {\n  f and rule(jump) -> own "";\n}\n', "spec/t.r1:3:14", "rule(...) takes"),
+        ('fact f "d";\nchoose {\n  f + 1 -> own "";\n}\n', "spec/t.r1:3:3", "facts, rule(...), and, or, not"),
+    ],
+)
+def test_choose_clauses_are_checked(tmp_path: Path, text: str, where: str, message: str) -> None:
+    with pytest.raises(SpecError) as info:
+        compile_spec(tmp_path, text)
+    assert str(info.value).startswith(where) and message in str(info.value)
+
+
+def test_choose_clauses_decide_in_order(tmp_path: Path) -> None:
+    from ring1.codegen.generate import _choice_condition
+
+    spec = compile_spec(tmp_path, 'fact a "";\nfact b "";\nchoose {\n  a and not rule(trap) -> callout "r";\n}\n')
+    (choice,) = spec.choices
+    assert _choice_condition(choice.condition) == "(fact('a') and not rule in ('trap',))"
+    assert choice.rule == "callout" and choice.reason == "r"
+
+
+def test_layouts_give_the_runtime_masks_of_the_spec_bits(tmp_path: Path) -> None:
+    from ring1.codegen.generate import _env, render_layouts
+
+    spec = compile_spec(tmp_path, "bits gadget { on = 0; mode = 5:4; }\n")
+    namespace: dict = {}
+    exec(render_layouts(spec, _env()), namespace)
+    gadget = namespace["GADGET"]
+    assert (gadget.ON, gadget.MODE, gadget.MODE_SHIFT) == (0x1, 0x30, 4)
+    from ring1.generated.layouts import EFLAGS, PTE
+
+    assert (EFLAGS.IF, EFLAGS.IOPL, PTE.D, PTE.FRAME) == (0x200, 0x3000, 0x40, 0xFFFFF000)

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.events import Fault
 from ring1.runtime.snippet import interp_machine, run_interp
 
@@ -98,7 +98,7 @@ def test_lgdt_register_operand_is_ud() -> None:
 
 
 def test_ltr_marks_the_tss_busy() -> None:
-    avail = fresh.descriptor(fresh.TSS, 0x67, 0x89, 0x0)  # 32-bit TSS, available
+    avail = descriptors.segment(fresh.TSS, 0x67, 0x89, 0x0)  # 32-bit TSS, available
     m, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x28}, memory={gdt_entry(0x28): avail})  # ltr ax
     assert ev is None
     assert mem(m, gdt_entry(0x28) + 5, 1) == b"\x8b"
@@ -115,7 +115,7 @@ def test_ltr_faults() -> None:
     assert (ev.vector, ev.error_code) == (GP, 0)
     _, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x2C})  # TI set: the error code keeps it
     assert (ev.vector, ev.error_code) == (GP, 0x2C)
-    not_present = fresh.descriptor(fresh.TSS, 0x67, 0x09, 0x0)
+    not_present = descriptors.segment(fresh.TSS, 0x67, 0x09, 0x0)
     _, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x28}, memory={gdt_entry(0x28): not_present})
     assert (ev.vector, ev.error_code) == (NP, 0x28)
     _, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x28}, cpl=3)
@@ -125,8 +125,8 @@ def test_ltr_faults() -> None:
 
 
 def test_lldt_then_a_segment_from_the_ldt() -> None:
-    ldt = bytes(8) + fresh.descriptor(0x30000, 0xFFF, 0x93, 0x4)  # LDT entry 1: data, base 0x30000
-    ldt_desc = fresh.descriptor(SCRATCH, len(ldt) - 1, 0x82, 0x0)  # replaces GDT entry 0x38
+    ldt = bytes(8) + descriptors.segment(0x30000, 0xFFF, 0x93, 0x4)  # LDT entry 1: data, base 0x30000
+    ldt_desc = descriptors.segment(SCRATCH, len(ldt) - 1, 0x82, 0x0)  # replaces GDT entry 0x38
     # lldt ax; sldt ecx; mov ds, bx
     code = b"\x0f\x00\xd0" + b"\x0f\x00\xc1" + b"\x8e\xdb"
     m, ev = run(
@@ -197,7 +197,7 @@ def test_lar_on_the_fresh_gdt(cpl: int, sel: int, zf: int, value: int | None) ->
 
 
 def test_lar_16_bit_keeps_the_high_word_and_conforming_code_skips_the_privilege_check() -> None:
-    conforming = fresh.descriptor(0, 0xFFFF, 0x9F, 0x0)  # DPL 0 conforming code, as GDT entry 0x30
+    conforming = descriptors.segment(0, 0xFFFF, 0x9F, 0x0)  # DPL 0 conforming code, as GDT entry 0x30
     r = run_interp(
         fresh.FreshSpec(
             code=b"\x66\x0f\x02\xc3", cpl=3, regs={"ebx": 0x33, "eax": 0x5A5A5A5A}, memory={gdt_entry(0x30): conforming}
@@ -224,7 +224,7 @@ def test_lsl_on_the_fresh_gdt(cpl: int, sel: int, zf: int, value: int | None) ->
 
 
 def test_lsl_rejects_gates_that_lar_accepts() -> None:
-    gate = struct.pack("<HHBBH", 0x1000, 0x08, 0, 0xEC, 0)  # 32-bit call gate, DPL 3
+    gate = descriptors.gate(0x1000, 0x08, descriptors.GATE_CALL32, dpl=3)
     for op, zf in ((b"\x0f\x02\xc3", 1), (b"\x0f\x03\xc3", 0)):
         r = run_interp(fresh.FreshSpec(code=op, regs={"ebx": 0x30}, memory={gdt_entry(0x30): gate}))
         assert _zf(r) == zf

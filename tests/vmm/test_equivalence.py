@@ -30,7 +30,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
-from ring1.runtime import fresh
+from ring1.runtime import descriptors, fresh
 from ring1.runtime.snippet import SnippetResult
 
 from ..diff.deviations import CF_AF_OF
@@ -239,7 +239,7 @@ def _eax_if(bare, trap) -> bool:
     return not bare.regs["eax"] & IF and trap.regs["eax"] & IF
 
 
-LDT_DESCRIPTOR = fresh.descriptor(0x11000, 0xFF, 0x82, 0x0)  # an LDT, put in the GDT's slot 0x38
+LDT_DESCRIPTOR = descriptors.segment(0x11000, 0xFF, 0x82, 0x0)  # an LDT, put in the GDT's slot 0x38
 
 # name: (code, initial registers, extra memory, what trap shows instead of the virtual CPU)
 STEALTH_CASES = {
