@@ -41,7 +41,8 @@ check: lint
 lint: $(SETUP)
 	$(PYTHON) -m ruff check codegen runtime tests
 
-# The interpreter's speed against unicorn, then the nanobenchmarks in every mode (a minute or two).
+# The interpreter's speed against unicorn, the nanobenchmarks in every mode (a minute or two),
+# then the start-up time of short commands.
 bench: $(SETUP) $(GUEST_OUT)/hello.elf
 	$(RING1) bench interp
 	$(RING1) bench nano

@@ -6,7 +6,7 @@ emitter folds constants and drops the arms that cannot run. What is known only w
 an instruction is decoded (register numbers, immediates, the effective-address
 expression, the segment) is left as `$placeholders` that the block compiler fills.
 
-The emitted code runs in a per-machine namespace (see ring1.runtime.machine):
+The emitted code runs in a per-machine namespace (see ring1.runtime.cpu.machine):
 `R` is the list of general registers, `S` the rest of the CPU state, `b_<name>` the
 builtins, `p_<name>` the procs, `rd8/rd16/rd32`, `wr8/wr16/wr32` the common memory
 accesses, `GET_<flag>` the lazy-flag getters and `flush_cc()` the materialiser.

@@ -139,7 +139,7 @@ def _is_simd(form: Form) -> bool:
 
 
 def check_form(spec: Spec, form: Form) -> list[Disagreement]:
-    from ring1.runtime.decoder import decode  # ring1's own decoder, from the generated tables
+    from ring1.runtime.isa.decoder import decode  # ring1's own decoder, from the generated tables
 
     accepted = {kind: reason for kind, reason, _ in form.insn.xchecks}
     out: list[Disagreement] = []

@@ -5,7 +5,7 @@
 
 A template is the Python body of one form variant (operand size, address size,
 register-or-memory, condition, REP). `$name` placeholders are filled from the decoded
-instruction by ring1.runtime.blocks, which joins templates into one function per block.
+instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
 # PUSHF [o16 a16, o16 a32] from spec/flags.r1:14

@@ -5,7 +5,7 @@
 
 A template is the Python body of one form variant (operand size, address size,
 register-or-memory, condition, REP). `$name` placeholders are filled from the decoded
-instruction by ring1.runtime.blocks, which joins templates into one function per block.
+instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
 # ROL_RMb_Ib [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/shift.r1:35

@@ -5,7 +5,7 @@
 
 A template is the Python body of one form variant (operand size, address size,
 register-or-memory, condition, REP). `$name` placeholders are filled from the decoded
-instruction by ring1.runtime.blocks, which joins templates into one function per block.
+instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
 # FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:33

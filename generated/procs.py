@@ -4,7 +4,7 @@
 """The spec's procs as Python functions.
 
 The names they use (R, S, Fault, b_*, rd*, wr*, GET_*, flush_cc ...) are bound per machine:
-ring1.runtime.machine rebinds these functions into each machine's namespace.
+ring1.runtime.cpu.machine rebinds these functions into each machine's namespace.
 """
 
 

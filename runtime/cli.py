@@ -45,15 +45,15 @@ def _check_budget(command: str, max_insns: int | None) -> bool:
 
 
 def _catch_interrupts() -> None:
-    """Ctrl-C stops a guest even while it spins in translated code (see ring1.runtime.physcpu)."""
-    from ring1.runtime.physcpu import catch_interrupts
+    """Ctrl-C stops a guest even while it spins in translated code (see ring1.runtime.host.physcpu)."""
+    from ring1.runtime.host.physcpu import catch_interrupts
 
     catch_interrupts()
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from ring1.runtime import fresh
-    from ring1.runtime.snippet import run_snippet
+    from ring1.runtime.tools import fresh_machine
+    from ring1.runtime.tools.snippet import run_snippet
 
     if not _check_budget("exec", args.max_insns):
         return 2
@@ -67,27 +67,30 @@ def cmd_exec(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"ring1 exec: {err}", file=sys.stderr)
         return 2
-    allowed = set(fresh.GPR_NAMES) | {"eflags"}
+    allowed = set(fresh_machine.GPR_NAMES) | {"eflags"}
     bad = sorted(set(regs) - allowed)
     if bad:
         print(f"ring1 exec: --set can set {', '.join(sorted(allowed))}; not {', '.join(bad)}", file=sys.stderr)
         return 2
-    spec = fresh.FreshSpec(code=code, regs=regs, cpl=args.cpl, real=args.real)
+    spec = fresh_machine.FreshSpec(code=code, regs=regs, cpl=args.cpl, real=args.real)
     _catch_interrupts()
     result = run_snippet(spec, args.mode, args.max_insns)
     if args.json:
         print(json.dumps(result.as_json()))
     else:
         r = result.regs
-        for row in (fresh.GPR_NAMES[:4], fresh.GPR_NAMES[4:]):
+        for row in (fresh_machine.GPR_NAMES[:4], fresh_machine.GPR_NAMES[4:]):
             print("  ".join(f"{n}={r[n]:08x}" for n in row))
-        print(f"eip={r['eip']:08x}  eflags={r['eflags']:08x}  " + " ".join(f"{n}={r[n]:04x}" for n in fresh.SEG_NAMES))
+        print(
+            f"eip={r['eip']:08x}  eflags={r['eflags']:08x}  "
+            + " ".join(f"{n}={r[n]:04x}" for n in fresh_machine.SEG_NAMES)
+        )
         exc = "none" if result.exception is None else str(result.exception)
         print(f"stop={result.stop}  exception={exc}  instructions={result.icount}")
         if result.diagnosis:
             print(result.diagnosis)
     if result.stop == "interrupted":
-        from ring1.runtime.guest import EXIT_INTERRUPTED
+        from ring1.runtime.engines import EXIT_INTERRUPTED
 
         print(f"ring1 exec: interrupted (Ctrl-C) at eip {result.regs['eip']:#010x}; mode {args.mode}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -95,25 +98,25 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Boot a Multiboot image and run it; the exit status is the guest's (see ring1.runtime.guest)."""
+    """Boot a Multiboot image and run it; the exit status is the guest's (see ring1.runtime.engines)."""
     import os
 
-    from ring1.runtime import guest
-    from ring1.runtime.platform import GuestPlatform
-
+    from ring1.runtime import engines
+    from ring1.runtime.boot import multiboot
+    from ring1.runtime.devices.platform import GuestPlatform
     if args.max_insns is not None and args.max_insns <= 0:
         print("ring1 run: --max-insns must be positive", file=sys.stderr)
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     try:
-        image = guest.load_multiboot(args.image)
-    except guest.ImageError as err:
+        image = multiboot.load_multiboot(args.image)
+    except multiboot.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     platform = GuestPlatform()
-    stats = guest.RunStats(args.mode)
+    stats = engines.RunStats(args.mode)
     _catch_interrupts()
     try:
-        stop = guest.run_image(args.mode, image, platform, args.max_insns, stats)
+        stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
         if os.environ.get("RING1_TRACEBACK"):
@@ -123,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "(RING1_TRACEBACK=1 shows the traceback)",
             file=sys.stderr,
         )
-        return guest.EXIT_VMSTOP
+        return engines.EXIT_VMSTOP
     finally:
         platform.flush()
     diagnosis = stop.diagnosis(args.mode)
@@ -138,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             Path(args.json_stats).write_text(json.dumps(stats.as_json(), indent=1) + "\n")
         except OSError as err:
             print(f"ring1 run: cannot write {args.json_stats}: {err.strerror or err}", file=sys.stderr)
-            return guest.EXIT_USAGE
+            return engines.EXIT_USAGE
     return stop.exit_status
 
 
@@ -161,18 +164,19 @@ def _symbol_address(image_path: str, name: str) -> int | None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import io
 
-    from ring1.runtime import guest
-    from ring1.runtime.inspector import InspectError, Inspector, format_list, format_view
-    from ring1.runtime.platform import ConsoleSink, GuestExit, GuestPlatform
+    from ring1.runtime import engines
+    from ring1.runtime.boot import multiboot
+    from ring1.runtime.devices.platform import ConsoleSink, GuestExit, GuestPlatform
+    from ring1.runtime.tools.inspector import InspectError, Inspector, format_list, format_view
     from ring1.runtime.vmm import Vmm
 
     if not _check_budget("inspect", args.max_insns):
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     try:
-        image = guest.load_multiboot(args.image)
-    except guest.ImageError as err:
+        image = multiboot.load_multiboot(args.image)
+    except multiboot.ImageError as err:
         print(f"ring1 inspect: {args.image}: {err}", file=sys.stderr)
-        return guest.EXIT_USAGE
+        return engines.EXIT_USAGE
     at = image.entry
     if args.at:
         try:
@@ -183,11 +187,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 print(
                     f"ring1 inspect: --at {args.at}: neither a hex address nor a symbol of the image", file=sys.stderr
                 )
-                return guest.EXIT_USAGE
+                return engines.EXIT_USAGE
             at = found
     platform = GuestPlatform(ConsoleSink(io.BytesIO()))
     vmm = Vmm(image.memory_size, platform, "bt")
-    guest.interp_boot(image, platform, vmm.m)
+    multiboot.interp_boot(image, platform, vmm.m)
     _catch_interrupts()
     try:
         why, what = vmm.run(args.max_insns)
@@ -234,7 +238,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ring1.runtime import bench
+    from ring1.runtime.tools import bench
 
     if args.bench_command == "interp":
         result = bench.run_interp_bench(quick=args.quick, repeats=args.repeats)
@@ -428,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside a guest run (a run reports its own stop)
-        from ring1.runtime.guest import EXIT_INTERRUPTED
+        from ring1.runtime.engines import EXIT_INTERRUPTED
 
         print(f"ring1 {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from ring1.runtime import bench
 from ring1.runtime.cli import main
+from ring1.runtime.tools import bench
 
 REQUIRED = ("alu", "call_ret", "cli_sti", "pushf_popf", "in_port", "int_syscall", "divzero")
 
@@ -115,13 +115,13 @@ def test_loops_agree_across_modes(nb: bench.Nano) -> None:
 
 
 def test_rule_override_forces_callout() -> None:
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
     from ring1.runtime.vmm import Vmm
 
     with pytest.raises(ValueError):
-        Vmm(fresh.MEMORY_SIZE, rule_overrides={"CLI": "inline"})
+        Vmm(fresh_machine.MEMORY_SIZE, rule_overrides={"CLI": "inline"})
     with pytest.raises(ValueError):
-        Vmm(fresh.MEMORY_SIZE, rule_overrides={"NO_SUCH_FORM": "callout"})
+        Vmm(fresh_machine.MEMORY_SIZE, rule_overrides={"NO_SUCH_FORM": "callout"})
     built = bench.build(bench.ladder_loop())
     runner = bench.Runner("bt", built, {"CLI": "callout"})
     runner.run(3)

@@ -11,8 +11,8 @@ import pytest
 
 from ring1.codegen.ast import SpecError
 from ring1.codegen.model import load_spec
-from ring1.runtime import fresh
-from ring1.runtime.snippet import run_interp, run_unicorn, run_vmm
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import run_interp, run_unicorn, run_vmm
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELUDE = (ROOT / "spec" / "prelude.r1").read_text()
@@ -90,7 +90,7 @@ def test_set_largest_value_is_accepted() -> None:
 # ---------------------------------------------------------------- a budget of zero
 
 
-SNIPPET = fresh.FreshSpec(code=bytes.fromhex("40 40 40"))  # inc eax three times
+SNIPPET = fresh_machine.FreshSpec(code=bytes.fromhex("40 40 40"))  # inc eax three times
 
 
 def _zero_budget(mode: str):
@@ -105,7 +105,7 @@ def _zero_budget(mode: str):
 def test_zero_budget_runs_nothing(mode: str) -> None:
     result = _zero_budget(mode)
     assert result.stop == "limit"
-    assert result.regs["eip"] == fresh.CODE
+    assert result.regs["eip"] == fresh_machine.CODE
     assert result.regs["eax"] == SNIPPET.initial_regs()["eax"]
 
 
@@ -121,14 +121,14 @@ def test_zero_budget_agrees_in_every_mode_on_the_command_line() -> None:
 
 def test_bare_machine_zero_budget_runs_nothing() -> None:
     # `ring1 run --mode bare` runs through BareMachine, whose unicorn count of 0 meant "no limit".
-    from ring1.runtime.bare import BareMachine
-    from ring1.runtime.snippet import interp_machine
+    from ring1.runtime.engines.bare import BareMachine
+    from ring1.runtime.tools.snippet import interp_machine
 
-    bm = BareMachine(fresh.MEMORY_SIZE)
+    bm = BareMachine(fresh_machine.MEMORY_SIZE)
     interp_machine(SNIPPET, bm.interp)
     bm.load_from_interp()
     assert bm.run(0).reason == "limit"
-    assert bm.interp.state.eip == fresh.CODE
+    assert bm.interp.state.eip == fresh_machine.CODE
     assert bm.interp.regs[0] == 0
 
 

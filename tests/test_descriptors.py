@@ -1,8 +1,8 @@
-"""Segment descriptors and gates (ring1.runtime.descriptors), against the SDM's layouts."""
+"""Segment descriptors and gates (ring1.runtime.cpu.descriptors), against the SDM's layouts."""
 
 from __future__ import annotations
 
-from ring1.runtime import descriptors
+from ring1.runtime.cpu import descriptors
 
 
 def test_flat_code_segment() -> None:

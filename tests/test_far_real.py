@@ -13,8 +13,8 @@ import struct
 
 import pytest
 
-from ring1.runtime import fresh
-from ring1.runtime.snippet import SnippetResult, run_interp, run_unicorn, run_vmm
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult, run_interp, run_unicorn, run_vmm
 
 POINTER_AT = 0x9000  # DS = 0 in the fresh real-mode machine: the m16:32 operand lives here
 SPEC_MODES = ("interp", "bt", "trap")
@@ -41,7 +41,7 @@ SETUP_INSNS = {"CALL_FAR_M": 2, "JMP_FAR_M": 2, "CALL_FAR_PTR": 0, "JMP_FAR_PTR"
 
 
 def run(mode: str, code: bytes, max_insns: int) -> SnippetResult:
-    spec = fresh.FreshSpec(code=code, real=True)
+    spec = fresh_machine.FreshSpec(code=code, real=True)
     if mode == "interp":
         return run_interp(spec, max_insns, keep_memory=True)
     if mode == "bare":
@@ -51,7 +51,7 @@ def run(mode: str, code: bytes, max_insns: int) -> SnippetResult:
 
 def stack_below(result: SnippetResult) -> bytes:
     assert result.memory is not None
-    return result.memory[fresh.STACK_TOP - 8 : fresh.STACK_TOP]
+    return result.memory[fresh_machine.STACK_TOP - 8 : fresh_machine.STACK_TOP]
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -60,8 +60,8 @@ def test_target_past_the_cs_limit_is_gp0_at_the_instruction(mode: str, form: str
     setup, transfer = FORMS[form](0x12345)  # the real-mode CS limit is 0xFFFF
     r = run(mode, setup + transfer, SETUP_INSNS[form] + 1)
     assert (r.stop, r.exception, r.error_code) == ("exception", 13, 0)
-    assert r.regs["eip"] == fresh.CODE + len(setup)  # at the CALL or JMP, not at the target
-    assert (r.regs["cs"], r.regs["esp"]) == (0, fresh.STACK_TOP)
+    assert r.regs["eip"] == fresh_machine.CODE + len(setup)  # at the CALL or JMP, not at the target
+    assert (r.regs["cs"], r.regs["esp"]) == (0, fresh_machine.STACK_TOP)
     assert stack_below(r) == bytes(8)  # nothing pushed
 
 
@@ -73,10 +73,10 @@ def test_target_at_the_cs_limit_is_taken(mode: str, form: str) -> None:
     assert r.stop == "limit" and r.exception is None
     assert r.regs["eip"] == 0xFFFF
     if form.startswith("CALL"):
-        assert r.regs["esp"] == fresh.STACK_TOP - 8
-        assert stack_below(r) == struct.pack("<II", fresh.CODE + len(setup) + len(transfer), 0)
+        assert r.regs["esp"] == fresh_machine.STACK_TOP - 8
+        assert stack_below(r) == struct.pack("<II", fresh_machine.CODE + len(setup) + len(transfer), 0)
     else:
-        assert r.regs["esp"] == fresh.STACK_TOP
+        assert r.regs["esp"] == fresh_machine.STACK_TOP
 
 
 def test_unicorn_pushes_and_goes_on_to_the_target() -> None:
@@ -84,5 +84,5 @@ def test_unicorn_pushes_and_goes_on_to_the_target() -> None:
     setup, transfer = FORMS["CALL_FAR_M"](0x12345)
     r = run("bare", setup + transfer, SETUP_INSNS["CALL_FAR_M"] + 1)
     assert r.exception is None
-    assert r.regs["esp"] == fresh.STACK_TOP - 8
+    assert r.regs["esp"] == fresh_machine.STACK_TOP - 8
     assert r.regs["eip"] == 0x12345

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from ring1.runtime import guest
-from ring1.runtime.events import VMStop
-from ring1.runtime.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform
-from ring1.runtime.state import CS, DS, SS
+from ring1.runtime import engines
+from ring1.runtime.boot import multiboot
+from ring1.runtime.cpu.events import VMStop
+from ring1.runtime.cpu.state import CS, DS, SS
+from ring1.runtime.devices.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"
@@ -32,11 +33,11 @@ def guests() -> Path:
     return GUESTS
 
 
-def run_image(path: Path, max_insns: int | None = None) -> tuple[guest.Stop, bytes, guest.RunStats, GuestPlatform]:
+def run_image(path: Path, max_insns: int | None = None) -> tuple[engines.Stop, bytes, engines.RunStats, GuestPlatform]:
     out = bytearray()
     platform = GuestPlatform(console=out.extend)
-    stats = guest.RunStats("interp")
-    stop = guest.run_image("interp", guest.load_multiboot(path), platform, max_insns, stats)
+    stats = engines.RunStats("interp")
+    stop = engines.run_image("interp", multiboot.load_multiboot(path), platform, max_insns, stats)
     return stop, bytes(out), stats, platform
 
 
@@ -92,7 +93,7 @@ def test_demo(guests):
 def test_fault_is_a_triple_fault(guests):
     stop, out, _, _ = run_image(guests / "fault.elf")
     assert out == b"fault: ud2 with an empty IDT\n"
-    assert stop.kind == "triple-fault" and stop.exit_status == guest.EXIT_TRIPLE_FAULT
+    assert stop.kind == "triple-fault" and stop.exit_status == engines.EXIT_TRIPLE_FAULT
     line = stop.diagnosis("interp")
     assert line.startswith("ring1 run: triple fault") and "guest eip 0x001" in line and line.endswith("mode interp")
     assert "\n" not in line
@@ -100,10 +101,10 @@ def test_fault_is_a_triple_fault(guests):
 
 def test_halt_and_budget(guests):
     stop, _, _, _ = run_image(guests / "halt.elf")
-    assert stop.kind == "halt" and stop.exit_status == guest.EXIT_HALT
+    assert stop.kind == "halt" and stop.exit_status == engines.EXIT_HALT
     assert stop.code == b"\xf4" and "interrupts disabled" in stop.detail
     stop, out, stats, _ = run_image(guests / "spin.elf", max_insns=1000)
-    assert out == b"." and stop.kind == "limit" and stop.exit_status == guest.EXIT_LIMIT
+    assert out == b"." and stop.kind == "limit" and stop.exit_status == engines.EXIT_LIMIT
     assert stats.get("instructions") == 1000 and stop.code == b"\xeb\xfe"
 
 
@@ -125,11 +126,11 @@ def test_cli_hello_and_stats(guests, tmp_path):
 
 def test_cli_vm_stops(guests):
     done = ring1_run(str(guests / "fault.elf"), "--mode", "interp")
-    assert done.returncode == guest.EXIT_TRIPLE_FAULT
+    assert done.returncode == engines.EXIT_TRIPLE_FAULT
     assert done.stdout == "fault: ud2 with an empty IDT\n"
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "mode interp" in done.stderr
     done = ring1_run(str(guests / "spin.elf"), "--mode", "interp", "--max-insns", "500")
-    assert done.returncode == guest.EXIT_LIMIT and "budget" in done.stderr
+    assert done.returncode == engines.EXIT_LIMIT and "budget" in done.stderr
 
 
 def test_cli_errors(guests, tmp_path):
@@ -146,7 +147,7 @@ def test_cli_errors(guests, tmp_path):
 
 def test_cli_fault_under_bt(guests):
     done = ring1_run(str(guests / "fault.elf"))  # bt is the default mode
-    assert done.returncode == guest.EXIT_TRIPLE_FAULT
+    assert done.returncode == engines.EXIT_TRIPLE_FAULT
     assert done.stdout == "fault: ud2 with an empty IDT\n"
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "mode bt" in done.stderr
 
@@ -219,8 +220,8 @@ def test_loader_errors(tmp_path):
     def error(data: bytes) -> str:
         path = tmp_path / "k.elf"
         path.write_bytes(data)
-        with pytest.raises(guest.ImageError) as exc:
-            guest.load_multiboot(path)
+        with pytest.raises(multiboot.ImageError) as exc:
+            multiboot.load_multiboot(path)
         return str(exc.value)
 
     assert error(b"") == "not a multiboot image (no header in the first 8 KB)"
@@ -235,30 +236,30 @@ def test_loader_errors(tmp_path):
     assert "does not fit" in error(too_big)
     low = flat_kernel(b"\xf4", load=0x8000)
     assert "overlaps the boot loader" in error(low)
-    with pytest.raises(guest.ImageError, match=r"is a directory|cannot read"):
-        guest.load_multiboot(tmp_path)
+    with pytest.raises(multiboot.ImageError, match=r"is a directory|cannot read"):
+        multiboot.load_multiboot(tmp_path)
 
 
 def test_boot_state(guests):
     from elftools.elf.elffile import ELFFile
 
-    image = guest.load_multiboot(guests / "hello.elf")
+    image = multiboot.load_multiboot(guests / "hello.elf")
     with open(guests / "hello.elf", "rb") as f:
         assert image.entry == ELFFile(f)["e_entry"]
     assert image.cmdline == "hello.elf" and image.segments[0].paddr == 0x100000
-    m = guest.interp_boot(image)
+    m = multiboot.interp_boot(image)
     S = m.state
-    assert m.regs[0] == 0x2BADB002 and m.regs[3] == guest.MBI_ADDR
+    assert m.regs[0] == 0x2BADB002 and m.regs[3] == multiboot.MBI_ADDR
     assert S.eip == image.entry and S.cr[0] & 0x80000001 == 1 and not m.eflags() & 0x200
     assert S.mode == 1 and S.cpl == 0 and S.code32 == 1 and S.stack32 == 1
     assert S.sel[CS] == 0x08 and S.sel[DS] == 0x10 and S.sel[SS] == 0x10
     assert S.base[CS] == 0 and S.limit[CS] == 0xFFFFFFFF and S.limit[DS] == 0xFFFFFFFF
-    assert (S.gdtr_base, S.gdtr_limit) == (guest.LOADER_GDT, 23) and S.idtr_limit == 0
-    flags, mem_lower, mem_upper = struct.unpack_from("<III", m.mem.read(guest.MBI_ADDR, 12))
+    assert (S.gdtr_base, S.gdtr_limit) == (multiboot.LOADER_GDT, 23) and S.idtr_limit == 0
+    flags, mem_lower, mem_upper = struct.unpack_from("<III", m.mem.read(multiboot.MBI_ADDR, 12))
     assert flags & 0x245 == 0x245 and (mem_lower, mem_upper) == (640, 15360)
-    name_addr = struct.unpack("<I", m.mem.read(guest.MBI_ADDR + 64, 4))[0]
+    name_addr = struct.unpack("<I", m.mem.read(multiboot.MBI_ADDR + 64, 4))[0]
     assert m.mem.read(name_addr, 6) == b"ring1\0"
-    mmap_len, mmap_addr = struct.unpack("<II", m.mem.read(guest.MBI_ADDR + 44, 8))
+    mmap_len, mmap_addr = struct.unpack("<II", m.mem.read(multiboot.MBI_ADDR + 44, 8))
     entries = [struct.unpack_from("<IQQI", m.mem.read(mmap_addr + i, 24)) for i in range(0, mmap_len, 24)]
     assert entries[-1] == (20, 0x100000, (16 << 20) - 0x100000, 1)
     assert m.mem.read(0x100000, 4) == struct.pack("<I", 0x1BADB002)
@@ -314,12 +315,12 @@ def test_exit_post_and_other_ports():
     with pytest.raises(GuestExit) as exc:
         p.io_out(EXIT_PORT, 2, 0x1FF)
     assert exc.value.status == 0x1FF
-    assert guest.Stop("exit", "", guest_status=0x1FF).exit_status == 255
+    assert engines.Stop("exit", "", guest_status=0x1FF).exit_status == 255
     assert p.io_total() == 7 and p.io_by_port()["0xf4"] == {"out": 2}
 
 
 def test_stats_extensible():
-    stats = guest.RunStats("bt")
+    stats = engines.RunStats("bt")
     stats.add("instructions", "instructions executed", 1234)
     stats.add("translated_instructions", "translated instructions", 56)
     stats.add("ident_share", "IDENT share", 93.5, "%")
@@ -393,7 +394,7 @@ def test_instruction_budget_stops_every_mode_at_the_same_instruction(guests, bud
     stops = {}
     for mode in ("bare", "bt", "trap", "interp"):
         done = ring1_run(str(guests / "demo.elf"), "--mode", mode, "--max-insns", str(budget))
-        assert done.returncode == guest.EXIT_LIMIT, (mode, done.stderr)
+        assert done.returncode == engines.EXIT_LIMIT, (mode, done.stderr)
         assert f"the instruction budget ran out after {budget:,} instructions" in done.stderr
         stops[mode] = (re.search(r"guest eip 0x[0-9a-f]+", done.stderr).group(0), done.stdout)
     assert stops["bt"] == stops["trap"] == stops["interp"] == stops["bare"]

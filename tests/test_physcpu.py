@@ -1,7 +1,7 @@
 """Unicorn as the physical CPU: the measured facts ring1's VMM and bare mode build on.
 
 Each test pins down one behaviour of unicorn (../shared/notes/unicorn-as-cpu.md) that
-runtime/physcpu.py, runtime/hostsync.py, runtime/bare.py or runtime/vmm.py depend on or work
+runtime/host/physcpu.py, runtime/host/context.py, runtime/engines/bare.py or runtime/vmm/__init__.py depend on or work
 around. They are written so that a unicorn release that changes the behaviour fails here,
 in a test named after the fact, instead of somewhere deep inside a VMM run: then the
 workaround (or the protection argument built on the fact) must be reconsidered.
@@ -15,12 +15,14 @@ from collections.abc import Callable
 import pytest
 from unicorn import x86_const as X
 
-from ring1.runtime import descriptors, fresh, physcpu
-from ring1.runtime.hostsync import calibrate, read_into_machine
-from ring1.runtime.machine import Machine
-from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import PhysicalCpu, UcError
-from ring1.runtime.snippet import interp_machine, unicorn_machine
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.cpu.machine import Machine
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.host import physcpu
+from ring1.runtime.host.context import calibrate, read_into_machine
+from ring1.runtime.host.physcpu import PhysicalCpu, UcError
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import interp_machine, unicorn_machine
 
 GP = 13
 DF = 8
@@ -98,10 +100,10 @@ def test_iret_enters_ring_1() -> None:
 
 def test_iret_enters_ring_3_fresh_machine() -> None:
     # snippet.unicorn_machine enters CPL 3 through its IRET stub; CLI then faults.
-    cpu = unicorn_machine(fresh.FreshSpec(code=b"\x8c\xc8\xfa", cpl=3))
-    ev = cpu.run(fresh.CODE, fresh.CODE + 3)
-    assert cpu.uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF == fresh.SEL_CODE3
-    assert ev is not None and (ev.vector, ev.eip) == (GP, fresh.CODE + 2)
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=b"\x8c\xc8\xfa", cpl=3))
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + 3)
+    assert cpu.uc.reg_read(X.UC_X86_REG_EAX) & 0xFFFF == fresh_machine.SEL_CODE3
+    assert ev is not None and (ev.vector, ev.eip) == (GP, fresh_machine.CODE + 2)
 
 
 # ---------------------------------------------------------------- unicorn#1883
@@ -109,14 +111,14 @@ def test_iret_enters_ring_3_fresh_machine() -> None:
 
 def _cli_three_times(fix: str | None) -> list[int | None]:
     """Three CLIs at CPL 3, each run on its own after the previous one faulted."""
-    cpu = unicorn_machine(fresh.FreshSpec(code=b"\xfa\xfa\xfa", cpl=3))
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=b"\xfa\xfa\xfa", cpl=3))
     clean = cpu.uc.context_save()
     vectors = []
     for i in range(3):
         if fix == "restore":
             cpu.uc.context_restore(clean)
             i = 0
-        ev = cpu.run(fresh.CODE + i, fresh.CODE + 3)
+        ev = cpu.run(fresh_machine.CODE + i, fresh_machine.CODE + 3)
         vectors.append(ev.vector if ev else None)
         if fix == "clear":
             cpu.clear_exception_latch()
@@ -230,12 +232,14 @@ def test_segment_limits_not_checked_on_data_accesses() -> None:
     # past the limit: the CPU raises #GP(0) (the interpreter does); unicorn reads DATA + 0x10000.
     # The VMM's protection therefore rests on paging, not on truncated segments (spec/vmm.r1).
     code = b"\xa1\x00\x00\x01\x00"  # mov eax, [0x10000]
-    beyond = fresh.DATA + 0x10000
-    spec = fresh.FreshSpec(code=code, segs={"ds": fresh.SEL_WINDOW0}, memory={beyond: b"\x78\x56\x34\x12"})
+    beyond = fresh_machine.DATA + 0x10000
+    spec = fresh_machine.FreshSpec(
+        code=code, segs={"ds": fresh_machine.SEL_WINDOW0}, memory={beyond: b"\x78\x56\x34\x12"}
+    )
     cpu = unicorn_machine(spec)
-    ev = cpu.run(fresh.CODE, fresh.CODE + len(code))
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + len(code))
     assert ev is None and cpu.uc.reg_read(X.UC_X86_REG_EAX) == 0x12345678
-    from ring1.runtime.snippet import run_interp
+    from ring1.runtime.tools.snippet import run_interp
 
     assert run_interp(spec).exception == GP
 
@@ -246,11 +250,11 @@ def test_null_segment_data_access_not_checked() -> None:
     # "unusable" state for a null data segment). Found by tests/vmm/test_hostile.py, which
     # therefore compares that case with the interpreter.
     code = b"\x65\xa1\x00\x00\x00\x00"  # mov eax, gs:[0]
-    spec = fresh.FreshSpec(code=code, segs={"gs": 0}, memory={0: b"\x78\x56\x34\x12"})
+    spec = fresh_machine.FreshSpec(code=code, segs={"gs": 0}, memory={0: b"\x78\x56\x34\x12"})
     cpu = unicorn_machine(spec)
-    ev = cpu.run(fresh.CODE, fresh.CODE + len(code))
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + len(code))
     assert ev is None and cpu.uc.reg_read(X.UC_X86_REG_EAX) == 0x12345678
-    from ring1.runtime.snippet import run_interp
+    from ring1.runtime.tools.snippet import run_interp
 
     r = run_interp(spec)
     assert (r.exception, r.error_code) == (GP, 0)
@@ -259,8 +263,8 @@ def test_null_segment_data_access_not_checked() -> None:
 def test_segment_limits_checked_on_descriptor_loads() -> None:
     # ... while loading a selector past the GDT limit is checked (#GP), as the VMM relies on.
     code = b"\x8e\xd8"  # mov ds, ax
-    cpu = unicorn_machine(fresh.FreshSpec(code=code, regs={"eax": 0xFFF8}))
-    ev = cpu.run(fresh.CODE, fresh.CODE + 2)
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=code, regs={"eax": 0xFFF8}))
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + 2)
     assert ev is not None and ev.vector == GP
 
 
@@ -274,9 +278,9 @@ def test_io_at_cpl3_above_iopl_does_not_fault() -> None:
 
     assert "io-permission" in {d.name for d in DEVIATIONS}
     code = b"\xe4\x80\xe6\x80"  # in al, 0x80; out 0x80, al
-    cpu = unicorn_machine(fresh.FreshSpec(code=code, cpl=3))
-    ev = cpu.run(fresh.CODE, fresh.CODE + len(code))
-    assert ev is None and cpu.uc.reg_read(X.UC_X86_REG_EIP) == fresh.CODE + len(code)
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=code, cpl=3))
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + len(code))
+    assert ev is None and cpu.uc.reg_read(X.UC_X86_REG_EIP) == fresh_machine.CODE + len(code)
 
 
 def test_paging_protects_supervisor_and_read_only_pages() -> None:
@@ -311,13 +315,13 @@ def test_paging_protects_supervisor_and_read_only_pages() -> None:
 
 def test_exceptions_never_go_through_the_idt() -> None:
     # Faults arrive at the hook with EIP at the instruction, INT n with EIP after it.
-    cpu = unicorn_machine(fresh.FreshSpec(code=b"\xcd\x21"))
-    ev = cpu.run(fresh.CODE, fresh.CODE + 2)
-    assert ev is not None and (ev.vector, ev.eip) == (0x21, fresh.CODE + 2)
-    assert cpu.uc.reg_read(X.UC_X86_REG_ESP) == fresh.STACK_TOP  # no frame pushed
-    cpu = unicorn_machine(fresh.FreshSpec(code=b"\xf7\xf1", regs={"ecx": 0}))  # div ecx
-    ev = cpu.run(fresh.CODE, fresh.CODE + 2)
-    assert ev is not None and (ev.vector, ev.eip) == (0, fresh.CODE)
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=b"\xcd\x21"))
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + 2)
+    assert ev is not None and (ev.vector, ev.eip) == (0x21, fresh_machine.CODE + 2)
+    assert cpu.uc.reg_read(X.UC_X86_REG_ESP) == fresh_machine.STACK_TOP  # no frame pushed
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=b"\xf7\xf1", regs={"ecx": 0}))  # div ecx
+    ev = cpu.run(fresh_machine.CODE, fresh_machine.CODE + 2)
+    assert ev is not None and (ev.vector, ev.eip) == (0, fresh_machine.CODE)
 
 
 @pytest.mark.parametrize("opcode", [0xE1, 0xE0], ids=["loope", "loopne"])
@@ -340,9 +344,9 @@ def test_loope_loopne_corrupt_lazy_flags(opcode: int) -> None:
     cpu.memory.write(ENTRY, loop)
     assert cpu.run(ENTRY, ENTRY + len(loop)) is None
     assert cpu.uc.reg_read(X.UC_X86_REG_EBX) & 0x8D5 == 0x81  # LOOP: right
-    from ring1.runtime.snippet import run_interp
+    from ring1.runtime.tools.snippet import run_interp
 
-    interp = run_interp(fresh.FreshSpec(code=code))
+    interp = run_interp(fresh_machine.FreshSpec(code=code))
     assert interp.regs["ebx"] & 0x8D5 == 0x81  # the architected result, from the spec
 
 
@@ -415,7 +419,7 @@ def test_rcl_rcr_memory_restarted_after_a_page_fault_lose_cf(modrm: int) -> None
     assert _paged_run_with_fault(adc, fault=True)[1:] == _paged_run_with_fault(adc, fault=False)[1:]
 
 
-# ---------------------------------------------------------------- hostsync
+# ---------------------------------------------------------------- host context (runtime/host/context.py)
 
 
 def test_calibrate_finds_the_context_layout() -> None:
@@ -428,16 +432,16 @@ def test_calibrate_finds_the_context_layout() -> None:
 @pytest.mark.parametrize(
     "spec",
     [
-        fresh.FreshSpec(code=b"\x90", regs={"eax": 0x11223344, "edi": 0xCAFEBABE, "eflags": 0x3ED7}),
-        fresh.FreshSpec(code=b"\x90", segs={"ds": fresh.SEL_WINDOW0, "fs": 0}),
-        fresh.FreshSpec(code=b"\x90", cpl=3, regs={"ebx": 7, "eflags": 0x8C5}),
-        fresh.FreshSpec(code=b"\x90", real=True, regs={"ecx": 0x1234}),
+        fresh_machine.FreshSpec(code=b"\x90", regs={"eax": 0x11223344, "edi": 0xCAFEBABE, "eflags": 0x3ED7}),
+        fresh_machine.FreshSpec(code=b"\x90", segs={"ds": fresh_machine.SEL_WINDOW0, "fs": 0}),
+        fresh_machine.FreshSpec(code=b"\x90", cpl=3, regs={"ebx": 7, "eflags": 0x8C5}),
+        fresh_machine.FreshSpec(code=b"\x90", real=True, regs={"ecx": 0x1234}),
     ],
     ids=["cpl0", "cpl0-window", "cpl3", "real"],
 )
-def test_read_into_machine_reproduces_the_fresh_machine(spec: fresh.FreshSpec) -> None:
+def test_read_into_machine_reproduces_the_fresh_machine(spec: fresh_machine.FreshSpec) -> None:
     cpu = unicorn_machine(spec)
-    cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh.CODE)  # where a run of the snippet begins
+    cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh_machine.CODE)  # where a run of the snippet begins
     m = Machine(cpu.memory)
     read_into_machine(cpu.uc, m)
     want = interp_machine(spec)
@@ -464,7 +468,7 @@ def test_a_code_hook_makes_a_restarted_instruction_lose_af() -> None:
     # mov al, 1; add al, 0Fh (AF = 1, kept lazily); mov [0xc000], esp; pushfd; pop ebx. When the
     # store page-faults and restarts, AF survives, unless a UC_HOOK_CODE covers the code: then
     # the restarted instruction sees AF = 0. The VMM's instruction budget therefore counts with
-    # a block hook (runtime/vmm.py, Vmm._count_block), never with a code hook over the TC.
+    # a block hook (runtime/vmm/__init__.py, Vmm._count_block), never with a code hook over the TC.
     # The cause is the one of test_setcc_store_fault_loses_lazy_flags: with a code hook,
     # unicorn computes the flags into cc_src before every instruction, and a fault leaves its
     # lazy operation stale (emu_start's `count` is such a hook too).

@@ -2,7 +2,7 @@
 
 Descriptor-table round trips, LTR's busy bit, LAR/LSL/VERR/VERW on the fresh GDT at CPL 0
 and 3, the stealth reads at CPL 3, control/debug register checks, MSRs, SYSENTER/SYSEXIT.
-The fresh machine (ring1.runtime.fresh): GDT at 0x500 (selectors 0x08 code0, 0x10 data0,
+The fresh machine (ring1.runtime.tools.fresh_machine): GDT at 0x500 (selectors 0x08 code0, 0x10 data0,
 0x1B code3, 0x23 data3, 0x28 busy TSS, 0x30/0x38 16-bit, 0x40/0x4B DATA window), IDT at 0x800.
 """
 
@@ -12,9 +12,10 @@ import struct
 
 import pytest
 
-from ring1.runtime import descriptors, fresh
-from ring1.runtime.events import Fault
-from ring1.runtime.snippet import interp_machine, run_interp
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.cpu.events import Fault
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import interp_machine, run_interp
 
 GP, UD, DB, NP = 13, 6, 1, 11
 ZF = 1 << 6
@@ -23,12 +24,12 @@ SCRATCH = 0x20000  # flat DS at CPL 0 and 3: a linear (and physical) address
 
 def run(code: bytes, *, cpl: int = 0, real: bool = False, regs=None, memory=None, setup=None, max_insns: int = 100):
     """Run `code` on the interpreter's fresh machine; return the machine and the event that stopped it."""
-    spec = fresh.FreshSpec(code=code, cpl=cpl, real=real, regs=regs or {}, memory=memory or {})
+    spec = fresh_machine.FreshSpec(code=code, cpl=cpl, real=real, regs=regs or {}, memory=memory or {})
     m = interp_machine(spec)
     if setup is not None:
         setup(m)
     m.stop_on_event = True
-    m.stop_addresses = {fresh.CODE + len(code)}
+    m.stop_addresses = {fresh_machine.CODE + len(code)}
     r = m.run(max_insns)
     return m, (r.event if isinstance(r.event, Fault) else None)
 
@@ -38,7 +39,7 @@ def mem(m, addr: int, n: int) -> bytes:
 
 
 def gdt_entry(sel: int) -> int:
-    return fresh.GDT + (sel & ~7)
+    return fresh_machine.GDT + (sel & ~7)
 
 
 # ---------------------------------------------------------------- descriptor table registers
@@ -77,7 +78,7 @@ def test_sgdt_o16_stores_high_base_byte_as_zero() -> None:
 def test_lgdt_lidt_at_cpl3_are_gp(code: bytes) -> None:
     m, ev = run(code, cpl=3)
     assert (ev.vector, ev.error_code) == (GP, 0)
-    assert m.state.gdtr_base == fresh.GDT and m.state.idtr_base == fresh.IDT
+    assert m.state.gdtr_base == fresh_machine.GDT and m.state.idtr_base == fresh_machine.IDT
 
 
 def test_sgdt_sidt_reveal_the_tables_at_cpl3() -> None:
@@ -85,8 +86,8 @@ def test_sgdt_sidt_reveal_the_tables_at_cpl3() -> None:
     code = b"\x0f\x01\x05" + struct.pack("<I", SCRATCH) + b"\x0f\x01\x0d" + struct.pack("<I", SCRATCH + 8)
     m, ev = run(code, cpl=3)
     assert ev is None
-    assert mem(m, SCRATCH, 6) == struct.pack("<HI", 0x4F, fresh.GDT)
-    assert mem(m, SCRATCH + 8, 6) == struct.pack("<HI", 0x7FF, fresh.IDT)
+    assert mem(m, SCRATCH, 6) == struct.pack("<HI", 0x4F, fresh_machine.GDT)
+    assert mem(m, SCRATCH + 8, 6) == struct.pack("<HI", 0x7FF, fresh_machine.IDT)
 
 
 def test_lgdt_register_operand_is_ud() -> None:
@@ -98,12 +99,12 @@ def test_lgdt_register_operand_is_ud() -> None:
 
 
 def test_ltr_marks_the_tss_busy() -> None:
-    avail = descriptors.segment(fresh.TSS, 0x67, 0x89, 0x0)  # 32-bit TSS, available
+    avail = descriptors.segment(fresh_machine.TSS, 0x67, 0x89, 0x0)  # 32-bit TSS, available
     m, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x28}, memory={gdt_entry(0x28): avail})  # ltr ax
     assert ev is None
     assert mem(m, gdt_entry(0x28) + 5, 1) == b"\x8b"
     S = m.state
-    assert (S.tr, S.tr_base, S.tr_limit, S.tr_attr & 0xFF) == (0x28, fresh.TSS, 0x67, 0x8B)
+    assert (S.tr, S.tr_base, S.tr_limit, S.tr_attr & 0xFF) == (0x28, fresh_machine.TSS, 0x67, 0x8B)
 
 
 def test_ltr_faults() -> None:
@@ -115,7 +116,7 @@ def test_ltr_faults() -> None:
     assert (ev.vector, ev.error_code) == (GP, 0)
     _, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x2C})  # TI set: the error code keeps it
     assert (ev.vector, ev.error_code) == (GP, 0x2C)
-    not_present = descriptors.segment(fresh.TSS, 0x67, 0x09, 0x0)
+    not_present = descriptors.segment(fresh_machine.TSS, 0x67, 0x09, 0x0)
     _, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x28}, memory={gdt_entry(0x28): not_present})
     assert (ev.vector, ev.error_code) == (NP, 0x28)
     _, ev = run(b"\x0f\x00\xd8", regs={"eax": 0x28}, cpl=3)
@@ -190,7 +191,7 @@ def _zf(r) -> int:
     ],
 )
 def test_lar_on_the_fresh_gdt(cpl: int, sel: int, zf: int, value: int | None) -> None:
-    r = run_interp(fresh.FreshSpec(code=b"\x0f\x02\xc3", cpl=cpl, regs={"ebx": sel, "eax": 0x5A5A5A5A}))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x0f\x02\xc3", cpl=cpl, regs={"ebx": sel, "eax": 0x5A5A5A5A}))
     assert r.exception is None
     assert _zf(r) == zf
     assert r.regs["eax"] == (value if zf else 0x5A5A5A5A)
@@ -199,7 +200,7 @@ def test_lar_on_the_fresh_gdt(cpl: int, sel: int, zf: int, value: int | None) ->
 def test_lar_16_bit_keeps_the_high_word_and_conforming_code_skips_the_privilege_check() -> None:
     conforming = descriptors.segment(0, 0xFFFF, 0x9F, 0x0)  # DPL 0 conforming code, as GDT entry 0x30
     r = run_interp(
-        fresh.FreshSpec(
+        fresh_machine.FreshSpec(
             code=b"\x66\x0f\x02\xc3", cpl=3, regs={"ebx": 0x33, "eax": 0x5A5A5A5A}, memory={gdt_entry(0x30): conforming}
         )
     )
@@ -218,7 +219,7 @@ def test_lar_16_bit_keeps_the_high_word_and_conforming_code_skips_the_privilege_
     ],
 )
 def test_lsl_on_the_fresh_gdt(cpl: int, sel: int, zf: int, value: int | None) -> None:
-    r = run_interp(fresh.FreshSpec(code=b"\x0f\x03\xc3", cpl=cpl, regs={"ebx": sel, "eax": 0x5A5A5A5A}))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x0f\x03\xc3", cpl=cpl, regs={"ebx": sel, "eax": 0x5A5A5A5A}))
     assert _zf(r) == zf
     assert r.regs["eax"] == (value if zf else 0x5A5A5A5A)
 
@@ -226,7 +227,7 @@ def test_lsl_on_the_fresh_gdt(cpl: int, sel: int, zf: int, value: int | None) ->
 def test_lsl_rejects_gates_that_lar_accepts() -> None:
     gate = descriptors.gate(0x1000, 0x08, descriptors.GATE_CALL32, dpl=3)
     for op, zf in ((b"\x0f\x02\xc3", 1), (b"\x0f\x03\xc3", 0)):
-        r = run_interp(fresh.FreshSpec(code=op, regs={"ebx": 0x30}, memory={gdt_entry(0x30): gate}))
+        r = run_interp(fresh_machine.FreshSpec(code=op, regs={"ebx": 0x30}, memory={gdt_entry(0x30): gate}))
         assert _zf(r) == zf
 
 
@@ -247,17 +248,21 @@ def test_lsl_rejects_gates_that_lar_accepts() -> None:
 )
 def test_verr_verw(cpl: int, op: str, sel: int, zf: int) -> None:
     code = b"\x0f\x00\xe3" if op == "verr" else b"\x0f\x00\xeb"
-    r = run_interp(fresh.FreshSpec(code=code, cpl=cpl, regs={"ebx": sel, "eflags": 0x2 | (ZF if not zf else 0)}))
+    r = run_interp(
+        fresh_machine.FreshSpec(code=code, cpl=cpl, regs={"ebx": sel, "eflags": 0x2 | (ZF if not zf else 0)})
+    )
     assert r.exception is None
     assert _zf(r) == zf
 
 
 def test_arpl() -> None:
-    r = run_interp(fresh.FreshSpec(code=b"\x63\xd8", cpl=3, regs={"eax": 0xFFFF0010, "ebx": 0x13}))  # arpl ax, bx
+    r = run_interp(
+        fresh_machine.FreshSpec(code=b"\x63\xd8", cpl=3, regs={"eax": 0xFFFF0010, "ebx": 0x13})
+    )  # arpl ax, bx
     assert (r.regs["eax"], _zf(r)) == (0xFFFF0013, 1)
-    r = run_interp(fresh.FreshSpec(code=b"\x63\xd8", regs={"eax": 0x13, "ebx": 0x10, "eflags": 0x2 | ZF}))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x63\xd8", regs={"eax": 0x13, "ebx": 0x10, "eflags": 0x2 | ZF}))
     assert (r.regs["eax"], _zf(r)) == (0x13, 0)
-    r = run_interp(fresh.FreshSpec(code=b"\x63\xd8", real=True))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x63\xd8", real=True))
     assert r.exception == UD
 
 
@@ -381,7 +386,7 @@ def test_wrmsr_rdmsr_round_trip_and_unknown_msr() -> None:
 
 
 def test_rdtsc_cr4_tsd() -> None:
-    r = run_interp(fresh.FreshSpec(code=b"\x90" * 0 + b"\x0f\x31", cpl=3))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x90" * 0 + b"\x0f\x31", cpl=3))
     assert r.exception is None
     _, ev = run(b"\x0f\x31", cpl=3, setup=lambda m: m.b_write_cr(4, 0x4))
     assert (ev.vector, ev.error_code) == (GP, 0)
@@ -405,12 +410,12 @@ def test_rdpmc() -> None:
 
 
 def test_cpuid_reports_the_virtual_cpu() -> None:
-    from ring1.runtime.cpuid import cpuid
+    from ring1.runtime.cpu.cpuid import cpuid
 
-    r = run_interp(fresh.FreshSpec(code=b"\x0f\xa2", cpl=3, regs={"eax": 0}))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x0f\xa2", cpl=3, regs={"eax": 0}))
     vendor = struct.pack("<III", r.regs["ebx"], r.regs["edx"], r.regs["ecx"])
     assert vendor == b"GenuineIntel"
-    r = run_interp(fresh.FreshSpec(code=b"\x0f\xa2", regs={"eax": 1}))
+    r = run_interp(fresh_machine.FreshSpec(code=b"\x0f\xa2", regs={"eax": 1}))
     assert (r.regs["eax"], r.regs["ebx"], r.regs["ecx"], r.regs["edx"]) == cpuid(1)
 
 
@@ -434,26 +439,26 @@ def test_invd_wbinvd_clts_privileged(code: bytes) -> None:
 # ---------------------------------------------------------------- SYSENTER and SYSEXIT
 
 
-def _sysenter_msrs(m, cs: int = fresh.SEL_CODE0) -> None:
+def _sysenter_msrs(m, cs: int = fresh_machine.SEL_CODE0) -> None:
     m.state.msr[0x174] = cs
     m.state.msr[0x175] = 0x5000
-    m.state.msr[0x176] = fresh.CODE + 4
+    m.state.msr[0x176] = fresh_machine.CODE + 4
 
 
 def test_sysexit_then_sysenter() -> None:
     code = b"\x0f\x35" + b"\x0f\x34"  # sysexit to CODE+2 (CPL 3), which does sysenter to CODE+4
-    spec = fresh.FreshSpec(code=code, regs={"ecx": 0x6000, "edx": fresh.CODE + 2, "eflags": 0x202})
+    spec = fresh_machine.FreshSpec(code=code, regs={"ecx": 0x6000, "edx": fresh_machine.CODE + 2, "eflags": 0x202})
     m = interp_machine(spec)
     _sysenter_msrs(m)
     m.stop_on_event = True
     m.run(1)
     S = m.state
-    assert (S.cpl, S.sel[1], S.sel[2], m.regs[4], S.eip) == (3, 0x1B, 0x23, 0x6000, fresh.CODE + 2)
+    assert (S.cpl, S.sel[1], S.sel[2], m.regs[4], S.eip) == (3, 0x1B, 0x23, 0x6000, fresh_machine.CODE + 2)
     assert (S.base[1], S.limit[1], S.attr[1] & 0xFF) == (0, 0xFFFFFFFF, 0xFB)
-    m.stop_addresses = {fresh.CODE + 4}
+    m.stop_addresses = {fresh_machine.CODE + 4}
     r = m.run(10)
     assert r.reason == "stop-address"
-    assert (S.cpl, S.sel[1], S.sel[2], m.regs[4], S.eip) == (0, 0x08, 0x10, 0x5000, fresh.CODE + 4)
+    assert (S.cpl, S.sel[1], S.sel[2], m.regs[4], S.eip) == (0, 0x08, 0x10, 0x5000, fresh_machine.CODE + 4)
     assert not m.eflags() & 0x200  # IF cleared
 
 

@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 
 from ring1.generated.forms import FORMS
-from ring1.runtime.decoder import Decoded, decode
+from ring1.runtime.isa.decoder import Decoded, decode
 
 FLAG_BITS = {
     "cf": 0,

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from ring1.runtime.machine import Platform
+from ring1.runtime.cpu.machine import Platform
 
 PORT_SPACE = 0x10000
 

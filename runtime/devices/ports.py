@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ring1.runtime.events import VMStop
+from ring1.runtime.cpu.events import VMStop
 
 
 class GuestExit(VMStop):

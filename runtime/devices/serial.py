@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from ring1.runtime.events import VMStop
+from ring1.runtime.cpu.events import VMStop
 
 # 16550 register offsets and bits.
 THR, IER, IIR, LCR, MCR, LSR, MSR, SCR = 0, 1, 2, 3, 4, 5, 6, 7

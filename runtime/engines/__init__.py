@@ -17,20 +17,26 @@ all make their engines here, so adding a mode is one registration.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ring1.runtime.cpu.events import Fault, VMStop
+from ring1.runtime.cpu.state import CS
+from ring1.runtime.devices.platform import GuestExit
+
 if TYPE_CHECKING:
-    from ring1.runtime.events import GuestEvent, VMStop
-    from ring1.runtime.guest import RunStats, Stop
-    from ring1.runtime.machine import Machine, Platform
+    from ring1.runtime.boot.multiboot import BootImage
+    from ring1.runtime.cpu.events import GuestEvent
+    from ring1.runtime.cpu.machine import Machine, Platform
+    from ring1.runtime.devices.platform import GuestPlatform
 
 MODES = ("bt", "trap", "interp", "bare")
 
 # mode -> "module:factory", imported when the mode is first used (start-up stays short).
 _REGISTRY: dict[str, str] = {
-    "interp": "ring1.runtime.guest:InterpEngine",
-    "bare": "ring1.runtime.bare:BareEngine",
+    "interp": "ring1.runtime.engines.interp:InterpEngine",
+    "bare": "ring1.runtime.engines.bare:BareEngine",
     "bt": "ring1.runtime.vmm:VmmEngine",
     "trap": "ring1.runtime.vmm:VmmEngine",
 }
@@ -95,3 +101,181 @@ def register(mode: str, factory: str) -> None:
 
 def modes() -> tuple[str, ...]:
     return tuple(_REGISTRY)
+
+
+# Process exit statuses of `ring1 run` for a run that did not end at the exit port.
+EXIT_USAGE = 2  # bad command line, unreadable or unbootable image, mode not available
+EXIT_TRIPLE_FAULT = 121
+EXIT_UNIMPLEMENTED = 122  # an instruction without semantics, or an unsupported case
+EXIT_HALT = 123  # HLT with no interrupt that could ever wake the CPU
+EXIT_LIMIT = 124  # the instruction budget (--max-insns) ran out, as timeout(1) does
+EXIT_VMSTOP = 125  # any other clean VM stop
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_CONSOLE_CLOSED = 141  # the console's reader went away, as a process killed by SIGPIPE
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass
+class Figure:
+    key: str  # snake_case, the JSON key
+    label: str  # for people
+    value: object  # int, float, str, or a dict of details (JSON only)
+    unit: str = ""
+
+
+@dataclass
+class RunStats:
+    """The figures `ring1 run --stats` prints and `--json-stats` writes, in the order added.
+
+    Every engine adds its own (`add`): the interpreter its instructions and blocks, the VMM
+    its translated instructions, CCFs, TC bytes, IDENT share, chained links, callouts...
+    A figure whose value is a dict appears only in the JSON."""
+
+    mode: str
+    figures: list[Figure] = field(default_factory=list)
+
+    def add(self, key: str, label: str, value: object, unit: str = "") -> None:
+        self.figures = [f for f in self.figures if f.key != key]
+        self.figures.append(Figure(key, label, value, unit))
+
+    def get(self, key: str) -> object:
+        return next((f.value for f in self.figures if f.key == key), None)
+
+    def as_json(self) -> dict:
+        return {"mode": self.mode, **{f.key: f.value for f in self.figures}}
+
+    def format(self) -> str:
+        rows = [(f.label, _format_value(f.value, f.unit)) for f in self.figures if not isinstance(f.value, dict)]
+        width = max((len(label) for label, _ in rows), default=0)
+        lines = [f"ring1 run stats (mode {self.mode}):"]
+        lines += [f"  {label.ljust(width)}  {text}" for label, text in rows]
+        return "\n".join(lines)
+
+
+def _format_value(value: object, unit: str) -> str:
+    if isinstance(value, float):
+        text = f"{value:.1f}" if unit == "%" else f"{value:.3f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class Stop:
+    """How a run ended, the same for every engine."""
+
+    kind: str  # "exit", "triple-fault", "no-semantics", "unsupported", "halt", "limit", "interrupted", or a VMStop kind
+    detail: str  # what happened, for people
+    guest_status: int | None = None  # the value written to the exit port
+    eip: int | None = None  # guest EIP (offset in CS) of the instruction the run stopped at
+    cs: int | None = None
+    code: bytes = b""  # the instruction bytes at cs:eip, as far as they could be read
+
+    @property
+    def exit_status(self) -> int:
+        if self.kind == "exit":
+            status = self.guest_status or 0
+            return status if status <= 0xFF else 0xFF
+        return {
+            "triple-fault": EXIT_TRIPLE_FAULT,
+            "no-semantics": EXIT_UNIMPLEMENTED,
+            "unsupported": EXIT_UNIMPLEMENTED,
+            "no-delivery": EXIT_UNIMPLEMENTED,
+            "halt": EXIT_HALT,
+            "limit": EXIT_LIMIT,
+            "interrupted": EXIT_INTERRUPTED,
+            "console-closed": EXIT_CONSOLE_CLOSED,
+        }.get(self.kind, EXIT_VMSTOP)
+
+    def diagnosis(self, mode: str) -> str | None:
+        """One line for stderr, or None after a clean exit through the exit port."""
+        if self.kind == "exit":
+            return None
+        where = ""
+        if self.eip is not None:
+            where = f"; guest eip {self.eip:#010x}"
+            if self.cs is not None:
+                where += f" (cs {self.cs:#06x})"
+            where += f", bytes {self.code.hex(' ') if self.code else '(unreadable)'}"
+        return f"ring1 run: {self.detail}{where}; mode {mode}"
+
+
+def run_image(
+    mode: str, image: BootImage, platform: GuestPlatform, max_insns: int | None, stats: RunStats
+) -> Stop:
+    """`ring1 run`: boot `image` on `platform` in `mode` (an engine of ring1.runtime.engines),
+    run it (at most `max_insns` guest instructions if given), add the engine's figures to
+    `stats` and say how the run ended."""
+    from ring1.runtime.boot.multiboot import interp_boot
+
+    engine = create(mode, image.memory_size, platform)
+    interp_boot(image, platform, engine.machine)
+    engine.start()
+    started = time.perf_counter()
+    outcome = engine.run(max_insns)
+    engine.figures(stats, time.perf_counter() - started)
+    return engine.stop(outcome, max_insns)
+
+
+def instruction_bytes(m: Machine, eip: int) -> bytes:
+    """Up to 15 bytes at CS:eip, or b"" if they cannot be fetched."""
+    try:
+        data, _ = m.fetch(eip)
+    except (Fault, VMStop):
+        return b""
+    try:
+        from ring1.runtime.isa.decoder import decode
+
+        d = decode(data, eip, bool(m.state.code32))
+        return data[: d.length] if d.form is not None else data[:8]
+    except Exception:
+        return data
+
+
+def _halt_detail(m: Machine) -> str:
+    if m.state.eflags & 0x200:
+        return "HLT with interrupts enabled, but nothing on this platform raises an interrupt"
+    return "HLT with interrupts disabled"
+
+
+def engine_stop(m: Machine, why: str, what: object, max_insns: int | None, engine: str) -> Stop:
+    """How a run on the hardware ended (the bare, bt and trap engines), as `ring1 run` reports it.
+    `m` holds the guest's state at the end; `what` is the VMStop (or GuestExit) of a "vmstop"."""
+    S = m.state
+    if why == "vmstop":
+        if isinstance(what, GuestExit):
+            return Stop("exit", what.reason, guest_status=what.status)
+        assert isinstance(what, VMStop)
+        return _stop_at(m, what.kind, what.reason, S.eip)
+    if why == "halt":
+        return _stop_at(m, "halt", _halt_detail(m), (S.eip - 1) & 0xFFFFFFFF)  # EIP is past the HLT
+    if why == "interrupted":
+        return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+    if why == "limit":
+        return _stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)
+    return _stop_at(m, why, f"the {engine} stopped ({why})", S.eip)
+
+
+def _stop_at(m: Machine, kind: str, detail: str, eip: int) -> Stop:
+    code = instruction_bytes(m, eip)
+    if code and _undefined(m, eip):
+        detail += " (ring1's spec has no form for the instruction there: #UD)"
+    post = getattr(m.platform, "post_code", None)
+    if post is not None:
+        detail += f"; last POST code {post:#04x}"
+    return Stop(kind, detail, eip=eip, cs=m.state.sel[CS], code=code)
+
+
+def _undefined(m: Machine, eip: int) -> bool:
+    try:
+        d, _ = m.decode_at(eip)
+    except Exception:
+        return False
+    return d.form is None

@@ -101,7 +101,7 @@ def _invalid_lock_ignored(case: Case, o: Outcome) -> bool:
     # The SDM raises #UD for LOCK on an instruction that cannot be locked (or with a register
     # destination); unicorn does so only for some instructions. Accept exactly: we raise #UD at
     # an instruction our decoder finds LOCK-invalid, and unicorn went on without #UD.
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.isa.decoder import decode
 
     if o.ours.exception != 6 or o.theirs.exception == 6:
         return False
@@ -129,14 +129,14 @@ def _enter_o16_writes_all_of_ebp(case: Case, o: Outcome) -> bool:
     # ENTER with a 16-bit operand size on a 32-bit stack: Intel's pseudocode ends with
     # BP <- FrameTemp (so does Bochs), keeping EBP[31:16]; unicorn (QEMU's gen_enter) writes
     # the whole of EBP at the stack-address size. Only that exact EBP difference is accepted.
-    from ring1.runtime import fresh
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.isa.decoder import decode
+    from ring1.runtime.tools import fresh_machine
 
     from .harness import differences
 
     if case.forms != ["ENTER"] or case.spec.real or o.ours.exception is not None or o.theirs.exception is not None:
         return False
-    d = decode(case.spec.code, fresh.CODE, True)
+    d = decode(case.spec.code, fresh_machine.CODE, True)
     if d.form != "ENTER" or d.variant[0] != 16:
         return False
     regs = case.spec.initial_regs()
@@ -162,7 +162,7 @@ def _ret_imm16_sign_extended(case: Case, o: Outcome) -> bool:
     # RET/RETF imm16: the SDM adds the immediate zero-extended to ESP; unicorn (QEMU reads it
     # with a signed load) adds it sign-extended. Accept only that: same state but ESP off by
     # 0x10000 * k in the upper half, for an immediate >= 0x8000 on a 32-bit stack.
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.isa.decoder import decode
 
     d = decode(case.spec.code, 0x8000, not case.spec.real)
     if d.form not in ("RET_NEAR_Iw", "RET_FAR_Iw") or d.fields.get("n", 0) < 0x8000:
@@ -222,28 +222,28 @@ DEVIATIONS += [
 
 
 def _sys_decoded(case: Case):
-    from ring1.runtime import fresh
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.isa.decoder import decode
+    from ring1.runtime.tools import fresh_machine
 
-    return decode(case.spec.code + bytes(16), fresh.CODE, not case.spec.real)
+    return decode(case.spec.code + bytes(16), fresh_machine.CODE, not case.spec.real)
 
 
 def _sys_reg_value(case: Case, index: int) -> int:
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
-    return case.spec.initial_regs()[fresh.GPR_NAMES[index]]
+    return case.spec.initial_regs()[fresh_machine.GPR_NAMES[index]]
 
 
 def _sys_rm16(case: Case) -> int:
     """The 16-bit r/m source operand of the case's instruction, as it was before the run."""
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     d = _sys_decoded(case)
     if d.variant[2] == "reg":
         return _sys_reg_value(case, d.fields["src"]) & 0xFFFF
     regs = [_sys_reg_value(case, i) for i in range(8)]
     ea = eval(str(d.fields["ea"]), {"R": regs})  # the decoder's own effective-address expression
-    window = case.spec.memory[fresh.DATA]  # every test segment that memory operands use is over it
+    window = case.spec.memory[fresh_machine.DATA]  # every test segment that memory operands use is over it
     return int.from_bytes(window[ea : ea + 2], "little")
 
 
@@ -263,7 +263,7 @@ def _sys_gp0_where_unicorn_runs(o: Outcome) -> bool:
 
 def _cpuid_model(case: Case, o: Outcome) -> bool:
     # ring1 reports its own virtual CPU (runtime/cpuid.py); unicorn reports QEMU's CPU model.
-    from ring1.runtime.cpuid import cpuid
+    from ring1.runtime.cpu.cpuid import cpuid
 
     if not _sys_only(case, o, "CPUID", {"eax", "ebx", "ecx", "edx"}) or o.theirs.exception is not None:
         return False
@@ -292,7 +292,7 @@ def _microcode_revision(case: Case, o: Outcome) -> bool:
 def _msr_unknown(case: Case, o: Outcome) -> bool:
     # QEMU's TCG RDMSR reads 0 (or its own value) and WRMSR ignores the write for MSRs the
     # virtual P6 does not have; ring1 raises #GP(0), as the CPU does for an unimplemented MSR.
-    from ring1.runtime.machine import KNOWN_MSRS
+    from ring1.runtime.cpu.machine import KNOWN_MSRS
 
     if case.spec.initial_regs()["ecx"] in KNOWN_MSRS or not _sys_gp0_where_unicorn_runs(o):
         return False
@@ -334,7 +334,7 @@ def _cr_write_unchecked(case: Case, o: Outcome) -> bool:
     # and reserved CR4 bits (here: every bit but TSD DE PSE PGE PCE, the virtual CPU's
     # CPUID features) all raise #GP(0). With PG but no PE unicorn turns paging on and then
     # faults fetching the next instruction (#PF).
-    from ring1.runtime.snippet import interp_machine
+    from ring1.runtime.tools.snippet import interp_machine
 
     if case.forms != ["MOV_CR_R32"] or (not case.spec.real and case.spec.cpl != 0):
         return False
@@ -355,14 +355,14 @@ def _cr_write_unchecked(case: Case, o: Outcome) -> bool:
 def _smsw_r32_low_word(case: Case, o: Outcome) -> bool:
     # QEMU's SMSW writes 16 bits even to a 32-bit register, keeping the register's high half;
     # P6-family processors store all of CR0 there (the SDM leaves the high half undefined).
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     if case.forms != ["SMSW"]:
         return False
     d = _sys_decoded(case)
     if d.variant[0] != 32 or d.variant[2] != "reg":
         return False
-    name = fresh.GPR_NAMES[d.fields["dst"]]
+    name = fresh_machine.GPR_NAMES[d.fields["dst"]]
     if _sys_diff_keys(o) != {name}:
         return False
     before = _sys_reg_value(case, d.fields["dst"])
@@ -389,13 +389,13 @@ def with_code(case: Case, code: bytes) -> Case:
     """The same case running other code (also written over the start of its code page)."""
     from dataclasses import replace
 
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     memory = dict(case.spec.memory)
-    if fresh.CODE in memory:
-        page = bytearray(memory[fresh.CODE])
+    if fresh_machine.CODE in memory:
+        page = bytearray(memory[fresh_machine.CODE])
         page[: len(code)] = code
-        memory[fresh.CODE] = bytes(page)
+        memory[fresh_machine.CODE] = bytes(page)
     return Case(replace(case.spec, code=bytes(code), memory=memory), list(case.forms), case.note)
 
 
@@ -417,14 +417,14 @@ def _test_alias_undefined(case: Case, o: Outcome) -> bool:
         return False
     if o.theirs.exception != 6 or o.ours.exception == 6:
         return False
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
-    if o.theirs.regs["eip"] != fresh.CODE:
+    if o.theirs.regs["eip"] != fresh_machine.CODE:
         return False
     ref = reference(case.spec.cpl, case.spec.real)
     theirs0 = ref.run(as_test_r0(case))
     memory0 = bytearray(ref.memory())
-    memory0[fresh.CODE : fresh.CODE + len(case.spec.code)] = case.spec.code  # the one byte re-encoded
+    memory0[fresh_machine.CODE : fresh_machine.CODE + len(case.spec.code)] = case.spec.code  # the one byte re-encoded
     return not differences(Outcome(o.ours, theirs0, o.our_memory, bytes(memory0), o.undefined))
 
 
@@ -463,16 +463,16 @@ def _bt_beyond_limit(case: Case, o: Outcome) -> bool:
     # memory operand and a register bit offset reach EA + (offset DIV w) * w/8, which a large
     # offset puts past the limit of the test window's segment (64 KB): the CPU raises #GP(0)
     # (SDM Vol. 3A 5.3, limit checking), unicorn accesses the memory. Only that outcome.
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     if len(case.forms) != 1 or case.forms[0] not in BT_MEMORY_FORMS:
         return False
-    if o.ours.exception != 13 or o.ours.error_code != 0 or o.ours.regs["eip"] != fresh.CODE:
+    if o.ours.exception != 13 or o.ours.error_code != 0 or o.ours.regs["eip"] != fresh_machine.CODE:
         return False
     if o.theirs.exception is not None:
         return False
     offset, size = bt_offset(case)
-    return offset + size - 1 > fresh.DATA_SIZE - 1
+    return offset + size - 1 > fresh_machine.DATA_SIZE - 1
 
 
 NEG_FORMS = {"NEG_RMb", "NEG_RMv"}
@@ -480,10 +480,10 @@ NEG_FORMS = {"NEG_RMb", "NEG_RMv"}
 
 def is_locked_neg(code: bytes, code32: bool = True) -> bool:
     """Whether the instruction at the start of `code` is a LOCK NEG (deviation lock-neg-flags)."""
-    from ring1.runtime import fresh
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.isa.decoder import decode
+    from ring1.runtime.tools import fresh_machine
 
-    d = decode(code + bytes(16), fresh.CODE, code32)
+    d = decode(code + bytes(16), fresh_machine.CODE, code32)
     return d.form in NEG_FORMS and d.lock
 
 
@@ -505,7 +505,7 @@ def _lock_neg_flags_of_operand(case: Case, o: Outcome) -> bool:
     # before negation instead of from the result (tests/diff/test_deviations_alu.py proves it).
     # Accepted only when the interpreter's outcome is exactly unicorn's for the same
     # instruction without LOCK, and the locked run differs from that in SF, ZF and PF alone.
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     from .harness import differences, reference
 
@@ -519,7 +519,7 @@ def _lock_neg_flags_of_operand(case: Case, o: Outcome) -> bool:
     ref = reference(case.spec.cpl, case.spec.real)
     unlocked = ref.run(as_unlocked(case))
     memory = bytearray(ref.memory())
-    memory[fresh.CODE : fresh.CODE + len(code)] = code
+    memory[fresh_machine.CODE : fresh_machine.CODE + len(code)] = code
     if differences(Outcome(o.ours, unlocked, o.our_memory, bytes(memory), o.undefined)):
         return False
     flags = (o.theirs.regs["eflags"] ^ unlocked.regs["eflags"]) & ~o.undefined
@@ -541,17 +541,17 @@ def _fault_changes_flags(case: Case, o: Outcome) -> bool:
     # block; a fault changes no flag (tests/diff/test_deviations_alu.py proves it). Accepted only
     # when unicorn, run up to the faulting instruction, has exactly the interpreter's outcome
     # there, and the fault changed nothing but CF, AF and OF.
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     from .harness import differences, reference
 
     stop = o.ours.regs["eip"]
     if o.ours.exception is None or o.theirs.exception != o.ours.exception or o.theirs.regs["eip"] != stop:
         return False
-    if not 0 < stop - fresh.CODE < len(case.spec.code):
+    if not 0 < stop - fresh_machine.CODE < len(case.spec.code):
         return False
     ref = reference(case.spec.cpl, case.spec.real)
-    before = ref.run(replace(case, spec=replace(case.spec, code=case.spec.code[: stop - fresh.CODE])))
+    before = ref.run(replace(case, spec=replace(case.spec, code=case.spec.code[: stop - fresh_machine.CODE])))
     if before.stop != "end" or (before.regs["eflags"] ^ o.theirs.regs["eflags"]) & ~CF_AF_OF:
         return False
     theirs = replace(o.theirs, regs={**o.theirs.regs, "eflags": before.regs["eflags"]})
@@ -622,10 +622,10 @@ M64 = (1 << 64) - 1
 
 
 def _sse_decoded(case: Case):
-    from ring1.runtime import fresh
-    from ring1.runtime.decoder import decode
+    from ring1.runtime.isa.decoder import decode
+    from ring1.runtime.tools import fresh_machine
 
-    return decode(case.spec.code + bytes(16), fresh.CODE, not case.spec.real)
+    return decode(case.spec.code + bytes(16), fresh_machine.CODE, not case.spec.real)
 
 
 def _sse_diff_keys(o: Outcome) -> set[str]:
@@ -639,24 +639,24 @@ def _sse_reencoded(case: Case, o: Outcome, code: bytes) -> tuple[Case, Outcome]:
     interpreter's outcome moved to the new encoding (EIP past it, its bytes on the code page)."""
     from dataclasses import replace
 
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     from .harness import reference
 
     memory = dict(case.spec.memory)
-    page = bytearray(memory.get(fresh.CODE, case.spec.code))
+    page = bytearray(memory.get(fresh_machine.CODE, case.spec.code))
     page[: len(case.spec.code)] = code + bytes([0xF4]) * (len(case.spec.code) - len(code))
-    memory[fresh.CODE] = bytes(page)
+    memory[fresh_machine.CODE] = bytes(page)
     case0 = Case(replace(case.spec, code=code, memory=memory), list(case.forms), case.note)
     ref = reference(case.spec.cpl, case.spec.real)
     theirs0 = ref.run(case0)
     their_memory0 = ref.memory()
     regs = dict(o.ours.regs)
-    if regs["eip"] == fresh.CODE + len(case.spec.code):
-        regs["eip"] = fresh.CODE + len(code)
+    if regs["eip"] == fresh_machine.CODE + len(case.spec.code):
+        regs["eip"] = fresh_machine.CODE + len(code)
     ours0 = replace(o.ours, regs=regs)
     our_memory0 = bytearray(o.our_memory)
-    our_memory0[fresh.CODE : fresh.CODE + len(page)] = page
+    our_memory0[fresh_machine.CODE : fresh_machine.CODE + len(page)] = page
     return case0, Outcome(ours0, theirs0, bytes(our_memory0), their_memory0, o.undefined)
 
 
@@ -691,14 +691,14 @@ def _cmpsd_imm8_reserved(case: Case, o: Outcome) -> bool:
     # CMPSD's legacy encoding uses imm8[2:0] and ignores bits 7:3 (SDM CMPSD: "using bits 2:0
     # of imm8 as comparison predicate"; Bochs masks with 7); QEMU 5 raises #UD for imm8 >= 8.
     # Accepted when unicorn, given the immediate's low three bits, agrees with us.
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     if len(case.forms) != 1 or case.forms[0] not in SSE_FP_FORMS:
         return False
     d = _sse_decoded(case)
     if d.form != case.forms[0] or d.fields["imm"] < 8 or len(case.spec.code) != d.length:
         return False
-    if o.theirs.exception != 6 or o.theirs.regs["eip"] != fresh.CODE:
+    if o.theirs.exception != 6 or o.theirs.regs["eip"] != fresh_machine.CODE:
         return False
     return _sse_agrees_once_reencoded(case, o, case.spec.code[:-1] + bytes([d.fields["imm"] & 7]))
 
@@ -707,16 +707,16 @@ def _cmpsd_exceptions(case: Case) -> tuple[bool, bool]:
     """The invalid and denormal exceptions the case's one CMPSD detects, recomputed here from
     its operands by the SDM's rules (CMPSD, "SIMD Floating-Point Exceptions"; vol. 1, 4.9.2:
     a NaN takes precedence over a denormal operand; DAZ reads a denormal as zero)."""
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     d = _sse_decoded(case)
     a = case.spec.xmm[d.fields["dst"]] & M64
     if d.variant[2] == "reg":
         b = case.spec.xmm[d.fields["src"]] & M64
     else:
-        regs = [case.spec.initial_regs()[name] for name in fresh.GPR_NAMES]
+        regs = [case.spec.initial_regs()[name] for name in fresh_machine.GPR_NAMES]
         ea = eval(str(d.fields["ea"]), {"R": regs})  # the decoder's own effective-address expression
-        window = case.spec.memory.get(fresh.DATA, b"")  # every test segment memory operands use is over it
+        window = case.spec.memory.get(fresh_machine.DATA, b"")  # every test segment memory operands use is over it
         b = int.from_bytes(window[ea : ea + 8].ljust(8, b"\0"), "little")
     daz = bool(case.spec.mxcsr & 0x40)
 
@@ -754,7 +754,7 @@ def _sse_unmasked_not_raised(case: Case, o: Outcome) -> bool:
     # Unicorn completes the instruction. Accepted: the operands call for an unmasked exception,
     # we fault at the instruction with nothing changed but MXCSR's flags, unicorn completed
     # it (leaving MXCSR alone), and nothing else differs.
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     if len(case.forms) != 1 or case.forms[0] not in SSE_FP_FORMS:
         return False
@@ -762,14 +762,16 @@ def _sse_unmasked_not_raised(case: Case, o: Outcome) -> bool:
     invalid, denormal = _cmpsd_exceptions(case)
     if not ((invalid and not before & MXCSR_IM) or (denormal and not before & MXCSR_DM)):
         return False
-    vector = 19 if case.spec.cr4 & fresh.CR4_OSXMMEXCPT else 6
-    if o.ours.exception != vector or o.ours.regs["eip"] != fresh.CODE or o.theirs.exception is not None:
+    vector = 19 if case.spec.cr4 & fresh_machine.CR4_OSXMMEXCPT else 6
+    if o.ours.exception != vector or o.ours.regs["eip"] != fresh_machine.CODE or o.theirs.exception is not None:
         return False
     if o.ours.regs["mxcsr"] != before | _cmpsd_flags(case) or o.theirs.regs["mxcsr"] != before:
         return False
-    if o.theirs.regs["eip"] != fresh.CODE + len(case.spec.code):
+    if o.theirs.regs["eip"] != fresh_machine.CODE + len(case.spec.code):
         return False
-    if {k: o.ours.regs[k] for k in fresh.XMM_NAMES} != dict(zip(fresh.XMM_NAMES, case.spec.xmm, strict=True)):
+    if {k: o.ours.regs[k] for k in fresh_machine.XMM_NAMES} != dict(
+        zip(fresh_machine.XMM_NAMES, case.spec.xmm, strict=True)
+    ):
         return False
     dst = f"xmm{_sse_decoded(case).fields['dst']}"
     return _sse_diff_keys(o) <= {"exception", "eip", "mxcsr", dst}
@@ -779,12 +781,14 @@ def _sse_ts_before_ud(case: Case, o: Outcome) -> bool:
     # With CR0.EM set or CR4.OSFXSR clear an SSE instruction raises #UD, even when CR0.TS is
     # set too (SDM vol. 2, Table 2-21: #UD for EM or !OSFXSR, #NM for TS; Bochs checks #UD
     # first). QEMU 5 checks TS first and raises #NM. Accepted: only the vector differs.
-    from ring1.runtime import fresh
+    from ring1.runtime.tools import fresh_machine
 
     if len(case.forms) != 1 or not FORMS[case.forms[0]].source.startswith("spec/sse.r1"):
         return False
     spec = case.spec
-    if not spec.cr0_bits & fresh.CR0_TS or not (spec.cr0_bits & fresh.CR0_EM or not spec.cr4 & fresh.CR4_OSFXSR):
+    if not spec.cr0_bits & fresh_machine.CR0_TS or not (
+        spec.cr0_bits & fresh_machine.CR0_EM or not spec.cr4 & fresh_machine.CR4_OSFXSR
+    ):
         return False
     return (o.ours.exception, o.theirs.exception) == (6, 7) and _sse_diff_keys(o) == {"exception"}
 

@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 
 from ring1.generated.decode import ENCODINGS, LAYOUT
 from ring1.generated.forms import FORMS
-from ring1.runtime import fresh
-from ring1.runtime.blocks import TEMPLATES
-from ring1.runtime.decoder import decode
+from ring1.runtime.cpu.blocks import TEMPLATES
+from ring1.runtime.isa.decoder import decode
+from ring1.runtime.tools import fresh_machine
 
 from .harness import Case, window_segments
 
 HLT = 0xF4
-CODE_PAGE = fresh.CODE, fresh.CODE + 0x1000
+CODE_PAGE = fresh_machine.CODE, fresh_machine.CODE + 0x1000
 WINDOW_MARGIN = 0x40  # room past the effective address for operands up to 64 bytes
 STATUS_AND_DF = 0x8D5 | 0x400
 SELECTORS_PROT = (
@@ -150,7 +150,7 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             rm = rm_fixed if rm_fixed is not None else draw(st.integers(0, 7))
             body.append(0xC0 | reg << 3 | rm)
             if target_op == "rm":
-                regs[fresh.GPR_NAMES[rm]] = draw(code_address(osize))
+                regs[fresh_machine.GPR_NAMES[rm]] = draw(code_address(osize))
     code_tail: list = []
     imm_operands = [(n, k, w) for n, k, w in operands if k in ("imm", "simm", "rel", "far", "moffs")]
     for (name, kind, _width), imm in zip(imm_operands, imms, strict=True):
@@ -169,7 +169,7 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
         elif kind == "far":
             code_tail.append(("raw", draw(branch_target(mode, osize, True))))
         elif kind == "moffs":
-            target = draw(st.integers(0, fresh.DATA_SIZE - WINDOW_MARGIN))
+            target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
             code_tail.append(("raw", target.to_bytes(size, "little")))
         elif name == "level":
             code_tail.append(("raw", bytes([draw(st.integers(0, 4))])))
@@ -188,7 +188,7 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             out += part[1]
         else:
             size = part[1]
-            next_eip = fresh.CODE + fixed_len
+            next_eip = fresh_machine.CODE + fixed_len
             lo = max(-(1 << (8 * size - 1)), CODE_PAGE[0] - next_eip)
             hi = min((1 << (8 * size - 1)) - 1, CODE_PAGE[1] - 1 - next_eip)
             disp = draw(st.integers(lo, hi))
@@ -226,8 +226,8 @@ def memory_operand(
     draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode, memory: dict[int, bytes]
 ) -> bytes:
     """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the registers."""
-    target = draw(st.integers(0, fresh.DATA_SIZE - WINDOW_MARGIN))
-    names = fresh.GPR_NAMES
+    target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
+    names = fresh_machine.GPR_NAMES
     memory[target] = draw(operand_bytes(mode))
     if asize == 16:
         mod = draw(st.integers(0, 2))
@@ -307,11 +307,11 @@ def _role_registers(draw, form: str, inst: Instance, mode: Mode, asize: int, osi
         for r in ("esi", "edi"):
             if r not in regs:
                 regs[r] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(
-                    st.integers(0x100, fresh.DATA_SIZE - 0x100)
+                    st.integers(0x100, fresh_machine.DATA_SIZE - 0x100)
                 )
         regs["ecx"] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(st.integers(0, 9))
         if "xlatb" in mn and "ebx" not in regs:
-            regs["ebx"] = draw(st.integers(0, fresh.DATA_SIZE - 0x100))
+            regs["ebx"] = draw(st.integers(0, fresh_machine.DATA_SIZE - 0x100))
     if mn & {"leave", "enter"} and "ebp" not in regs:
         regs["ebp"] = draw(st.integers(0x4000, 0x6F00))
 
@@ -336,7 +336,7 @@ def register_value(mode: Mode):
 
 @st.composite
 def registers(draw, mode: Mode) -> dict[str, int]:
-    regs = {name: draw(register_value(mode)) for name in fresh.GPR_NAMES if name != "esp"}
+    regs = {name: draw(register_value(mode)) for name in fresh_machine.GPR_NAMES if name != "esp"}
     flags = draw(st.integers(0, 0xFFFFFFFF)) & STATUS_AND_DF
     if not mode.real:
         flags |= draw(st.sampled_from((0, 0x200))) | draw(st.sampled_from((0, 0x1000, 0x2000, 0x3000)))
@@ -357,7 +357,7 @@ def stack_image(draw, mode: Mode, osize: int) -> bytes:
     if layout == "frame16" and osize == 32 and not mode.real:
         # A 32-bit pop of this frame reads CS as EIP[31:16]: keep that inside guest RAM, where
         # unicorn has memory to fetch from (beyond it the CPU reads open bus; unicorn stops).
-        cs = draw(st.sampled_from([s for s in SELECTORS_PROT if s < fresh.MEMORY_SIZE >> 16]))
+        cs = draw(st.sampled_from([s for s in SELECTORS_PROT if s < fresh_machine.MEMORY_SIZE >> 16]))
     flags_word = draw(flags)
     words = [code, cs, flags_word, draw(st.integers(0x4000, 0x6F00)), draw(sels)]
     words += [draw(sels) for _ in range(4)]
@@ -419,7 +419,7 @@ def sse_state(draw, pool: list[int]) -> dict:
     CR0.EM and TS clear), sometimes not; MXCSR mostly at reset, sometimes with exceptions
     unmasked, DAZ, or anything."""
     xmm = tuple(draw(double_bits(pool)) | draw(double_bits(pool)) << 64 for _ in range(8))
-    reset = fresh.MXCSR_RESET
+    reset = fresh_machine.MXCSR_RESET
     mxcsr = draw(
         st.one_of(
             st.just(reset),
@@ -427,16 +427,16 @@ def sse_state(draw, pool: list[int]) -> dict:
             st.integers(0, MXCSR_DEFINED),
         )
     )
-    osfxsr, osxmmexcpt = fresh.CR4_OSFXSR, fresh.CR4_OSXMMEXCPT
+    osfxsr, osxmmexcpt = fresh_machine.CR4_OSFXSR, fresh_machine.CR4_OSXMMEXCPT
     cr4 = draw(st.sampled_from((osfxsr | osxmmexcpt,) * 4 + (osfxsr,) * 3 + (osxmmexcpt, 0)))
-    em, ts, mp = fresh.CR0_EM, fresh.CR0_TS, fresh.CR0_MP
+    em, ts, mp = fresh_machine.CR0_EM, fresh_machine.CR0_TS, fresh_machine.CR0_MP
     cr0_bits = draw(st.sampled_from((0,) * 8 + (mp, em, ts, em | ts, mp | ts)))
     return {"xmm": xmm, "mxcsr": mxcsr, "cr4": cr4, "cr0_bits": cr0_bits}
 
 
 def writes_esp(code: bytes, code32: bool = True) -> bool:
     """Whether the instruction explicitly writes ESP or SP (a register operand numbered 4)."""
-    d = decode(code + bytes(16), fresh.CODE, code32)
+    d = decode(code + bytes(16), fresh_machine.CODE, code32)
     if d.form is None:
         return False
     access = {name: acc for name, _kind, acc in FORMS[d.form].operands}
@@ -473,7 +473,7 @@ def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
         osize = inst.osize
         if reload and ran and inst.regs:
             for name, value in sorted(inst.regs.items()):
-                code += (b"\x66" if mode.real else b"") + bytes([0xB8 + fresh.GPR_NAMES.index(name)])
+                code += (b"\x66" if mode.real else b"") + bytes([0xB8 + fresh_machine.GPR_NAMES.index(name)])
                 code += struct.pack("<I", value & 0xFFFFFFFF)
             ran.append("MOV_Ov_Iv")
         else:
@@ -483,14 +483,19 @@ def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
         window.update(inst.memory)
     seed = draw(st.integers(0, 2**32 - 1))
     rnd = random.Random(seed)
-    data = bytearray(rnd.randbytes(fresh.DATA_SIZE))
+    data = bytearray(rnd.randbytes(fresh_machine.DATA_SIZE))
     for off, b in window.items():
         data[off : off + len(b)] = b
     page = bytearray([HLT]) * (CODE_PAGE[1] - CODE_PAGE[0])
     page[: len(code)] = code
     stack = draw(stack_image(mode, osize))
-    memory = {fresh.CODE: bytes(page), fresh.DATA: bytes(data), fresh.STACK_TOP: stack, fresh.STACK_TOP - 64: stack}
-    spec = fresh.FreshSpec(
+    memory = {
+        fresh_machine.CODE: bytes(page),
+        fresh_machine.DATA: bytes(data),
+        fresh_machine.STACK_TOP: stack,
+        fresh_machine.STACK_TOP - 64: stack,
+    }
+    spec = fresh_machine.FreshSpec(
         code=bytes(code),
         regs=regs,
         cpl=mode.cpl,

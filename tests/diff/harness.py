@@ -1,7 +1,7 @@
 """Run one case on unicorn and on the generated interpreter, and compare.
 
 A case is a FreshSpec (code, registers, memory, mode) plus the forms its code uses. Both
-machines start from the same guest-visible state (ring1.runtime.fresh); the comparison
+machines start from the same guest-visible state (ring1.runtime.tools.fresh_machine); the comparison
 covers the general registers, EIP, EFLAGS (masking only the flags the spec declares left
 undefined by the instructions that completed, tests/undefined_flags.py), the selectors,
 XMM0-XMM7 and MXCSR, all of memory but the harness's own scratch areas, and the exception
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from unicorn import x86_const as X
 
-from ring1.runtime import fresh
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, UcError
-from ring1.runtime.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd
+from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, UcError
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd
 
 from ..undefined_flags import FLAG_BITS, counts_in_ecx, executed_prefix, flag_mask, follow, hook_ecx, straight_line
 
@@ -28,7 +28,7 @@ SCRATCH = ((0x2000, 0x3000), (0x7E00, 0x7F00))
 
 @dataclass(repr=False)
 class Case:
-    spec: fresh.FreshSpec
+    spec: fresh_machine.FreshSpec
     forms: list[str]
     note: str = ""
     max_insns: int = 4096  # a guard against runaway code (unicorn counts each REP iteration)
@@ -41,9 +41,9 @@ class Case:
     def __repr__(self) -> str:
         regs = ", ".join(f"{k}={v:#x}" for k, v in self.spec.initial_regs().items())
         mode = "real" if self.spec.real else f"cpl{self.spec.cpl}"
-        stack = self.spec.memory.get(fresh.STACK_TOP, b"")[:24].hex()
+        stack = self.spec.memory.get(fresh_machine.STACK_TOP, b"")[:24].hex()
         simd = ""
-        if self.spec.simd() != fresh.FreshSpec(b"").simd() or self.spec.cr0_bits or self.spec.cr4:
+        if self.spec.simd() != fresh_machine.FreshSpec(b"").simd() or self.spec.cr0_bits or self.spec.cr4:
             simd = " " + ", ".join(f"{k}={v:#x}" for k, v in self.spec.simd().items())
             simd += f", cr0_bits={self.spec.cr0_bits:#x}, cr4={self.spec.cr4:#x}"
         code = self.spec.code.hex(" ")
@@ -54,7 +54,7 @@ class Reference:
     """Unicorn with the fresh machine, reset from a snapshot for every case."""
 
     def __init__(self, cpl: int, real: bool) -> None:
-        base = fresh.FreshSpec(code=b"", cpl=cpl, real=real, segs=window_segments(cpl, real))
+        base = fresh_machine.FreshSpec(code=b"", cpl=cpl, real=real, segs=window_segments(cpl, real))
         self.cpu = unicorn_machine(base)
         self.cr0 = self.cpu.uc.reg_read(X.UC_X86_REG_CR0)
         self.ctx = self.cpu.uc.context_save()
@@ -65,15 +65,15 @@ class Reference:
         cpu, uc, spec = self.cpu, self.cpu.uc, case.spec
         uc.context_restore(self.ctx)
         ctypes.memmove(cpu.memory.address, self.snapshot, len(self.snapshot))
-        for addr, data in fresh.memory_image(spec):
+        for addr, data in fresh_machine.memory_image(spec):
             cpu.memory.write(addr, data)
-        cpu.forget_code(0, fresh.DATA + fresh.DATA_SIZE)
+        cpu.forget_code(0, fresh_machine.DATA + fresh_machine.DATA_SIZE)
         regs = spec.initial_regs()
-        for rid, name in zip(GPR_IDS, fresh.GPR_NAMES, strict=True):
+        for rid, name in zip(GPR_IDS, fresh_machine.GPR_NAMES, strict=True):
             uc.reg_write(rid, regs[name])
         uc.reg_write(X.UC_X86_REG_EFLAGS, regs["eflags"])
-        sels = fresh.selectors(spec)
-        for rid, name in zip(SEG_IDS, fresh.SEG_NAMES, strict=True):
+        sels = fresh_machine.selectors(spec)
+        for rid, name in zip(SEG_IDS, fresh_machine.SEG_NAMES, strict=True):
             if name not in ("cs", "ss"):
                 uc.reg_write(rid, sels[name])
         # SSE state and the control bits that enable it (the snapshot has the defaults).
@@ -81,19 +81,19 @@ class Reference:
             uc.reg_write(X.UC_X86_REG_CR0, self.cr0 | spec.cr0_bits)
         if spec.cr4:
             uc.reg_write(X.UC_X86_REG_CR4, spec.cr4)
-        if spec.mxcsr != fresh.MXCSR_RESET:
+        if spec.mxcsr != fresh_machine.MXCSR_RESET:
             uc.reg_write(X.UC_X86_REG_MXCSR, spec.mxcsr)
         for i, v in enumerate(spec.xmm):
             if v:
                 uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
-        end = fresh.CODE + len(spec.code)
+        end = fresh_machine.CODE + len(spec.code)
         diagnosis = None
         try:
-            ev = cpu.run(fresh.CODE, end, count=case.max_insns)
+            ev = cpu.run(fresh_machine.CODE, end, count=case.max_insns)
         except UcError as err:
             ev, diagnosis = None, f"unicorn: {err}"
         values = cpu.read_state()
-        names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
+        names = (*fresh_machine.GPR_NAMES, "eip", "eflags", *fresh_machine.SEG_NAMES)
         regs_out = dict(zip(names, values, strict=True)) | unicorn_simd(uc)
         stop = "vmstop" if diagnosis else ("exception" if ev else ("end" if regs_out["eip"] == end else "limit"))
         return SnippetResult(regs_out, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis)
@@ -105,8 +105,8 @@ class Reference:
 def window_segments(cpl: int, real: bool) -> dict[str, int]:
     """DS, ES, FS and GS over the DATA window, so memory operands of any address size land there."""
     if real:
-        return dict.fromkeys(("ds", "es", "fs", "gs"), fresh.REAL_WINDOW)
-    sel = fresh.SEL_WINDOW3 if cpl == 3 else fresh.SEL_WINDOW0
+        return dict.fromkeys(("ds", "es", "fs", "gs"), fresh_machine.REAL_WINDOW)
+    sel = fresh_machine.SEL_WINDOW3 if cpl == 3 else fresh_machine.SEL_WINDOW0
     return dict.fromkeys(("ds", "es", "fs", "gs"), sel)
 
 
@@ -131,11 +131,11 @@ class Outcome:
 
 
 def run_both(case: Case) -> Outcome:
-    from ring1.runtime.snippet import interp_machine
+    from ring1.runtime.tools.snippet import interp_machine
 
     spec = case.spec
     ref = reference(spec.cpl, spec.real)
-    insns = straight_line(spec.code, fresh.CODE, not spec.real)
+    insns = straight_line(spec.code, fresh_machine.CODE, not spec.real)
     # ECX as each instruction that counts in it starts (a count of 0 changes no flag).
     ecx: dict[int, int] = {}
     hooks = hook_ecx(ref.cpu.uc, [d.eip for d in insns if counts_in_ecx(d)], ecx.setdefault)
@@ -155,12 +155,12 @@ def run_both(case: Case) -> Outcome:
     )
 
 
-def run_interp_on(m, spec: fresh.FreshSpec, max_insns: int) -> SnippetResult:
-    from ring1.runtime.events import Fault, Trap
-    from ring1.runtime.snippet import simd_of, state_of
+def run_interp_on(m, spec: fresh_machine.FreshSpec, max_insns: int) -> SnippetResult:
+    from ring1.runtime.cpu.events import Fault, Trap
+    from ring1.runtime.tools.snippet import simd_of, state_of
 
     m.stop_on_event = True
-    m.stop_addresses = {fresh.CODE + len(spec.code)}
+    m.stop_addresses = {fresh_machine.CODE + len(spec.code)}
     r = m.run(max_insns)
     vector = cr2 = err = None
     if isinstance(r.event, Fault):
@@ -185,7 +185,7 @@ def differences(o: Outcome) -> list[str]:
         out.append(f"exception: ours {a.exception}, unicorn {b.exception}")
     elif a.exception == 14 and a.error_code is not None and a.cr2 != b.cr2:  # a page fault, not INT 14
         out.append(f"cr2: ours {a.cr2}, unicorn {b.cr2}")
-    for name in (*fresh.GPR_NAMES, "eip", *fresh.SEG_NAMES, *fresh.SIMD_KEYS):
+    for name in (*fresh_machine.GPR_NAMES, "eip", *fresh_machine.SEG_NAMES, *fresh_machine.SIMD_KEYS):
         if a.regs[name] != b.regs[name]:
             out.append(f"{name}: ours {a.regs[name]:#x}, unicorn {b.regs[name]:#x}")
     mask = ~o.undefined & 0x3F7FD7

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ring1.runtime import fresh
+from ring1.runtime.tools import fresh_machine
 
 from . import deviations
 from .harness import Case, differences, reference, run_both, window_segments
@@ -18,7 +18,7 @@ ZF, PF, CF, AF, SF = 1 << 6, 1 << 2, 1, 1 << 4, 1 << 7
 
 
 def case(code: str, form: str | list[str], **regs: int) -> Case:
-    spec = fresh.FreshSpec(code=bytes.fromhex(code), regs=regs, segs=window_segments(0, False))
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex(code), regs=regs, segs=window_segments(0, False))
     return Case(spec, [form] if isinstance(form, str) else form)
 
 
@@ -28,8 +28,8 @@ def test_test_f6_r1_is_test() -> None:
     # decodes it as test. Unicorn (QEMU 5's decoder) raises #UD.
     c = case("f6 c8 05", "TEST_RMb_Ib_F6r1", eax=0x0A)  # test al, 5 with AL = 0Ah: zero result
     o = run_both(c)
-    assert o.theirs.exception == 6 and o.theirs.regs["eip"] == fresh.CODE
-    assert o.ours.exception is None and o.ours.regs["eip"] == fresh.CODE + 3
+    assert o.theirs.exception == 6 and o.theirs.regs["eip"] == fresh_machine.CODE
+    assert o.ours.exception is None and o.ours.regs["eip"] == fresh_machine.CODE + 3
     assert o.ours.regs["eflags"] & (ZF | PF | CF) == ZF | PF
     # The same instruction encoded as F6 /0 runs on unicorn with the interpreter's result.
     ref = reference(0, False)
@@ -55,8 +55,8 @@ def test_bt_register_offset_past_the_segment_limit() -> None:
     # check data segment limits and reads the memory past the segment.
     c = case("0f a3 05 00 00 00 00", "BT_Mv_Rv", eax=0x80000)
     o = run_both(c)
-    assert o.ours.exception == 13 and o.ours.error_code == 0 and o.ours.regs["eip"] == fresh.CODE
-    assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh.CODE + 7
+    assert o.ours.exception == 13 and o.ours.error_code == 0 and o.ours.regs["eip"] == fresh_machine.CODE
+    assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh_machine.CODE + 7
     assert deviations.bt_offset(c) == (0x10000, 4)
     d = deviations.explain(c, o)
     assert d is not None and d.name == "bt-segment-limit"
@@ -89,7 +89,7 @@ def test_lock_on_instructions_that_do_not_take_it() -> None:
     # no deviation is recorded; this pins the interpreter's behaviour.
     for code, form in (("f0 85 03", "TEST_RMv_Rv"), ("f0 d1 23", "SHL_RMv_1"), ("f0 0f a3 03", "BT_Mv_Rv")):
         o = run_both(case(code, form, ebx=0x100))
-        assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh.CODE
+        assert o.ours.exception == 6 and o.ours.regs["eip"] == fresh_machine.CODE
         assert o.theirs.exception is None
     for code, form in (("f0 39 03", "CMP_RMv_Rv"), ("f0 01 c3", "ADD_RMv_Rv")):
         o = run_both(case(code, form, ebx=0x100))
@@ -103,8 +103,8 @@ def test_lock_neg_takes_sf_zf_pf_from_the_operand() -> None:
     # locked NEG reports SF = 0, PF = 0: the sign and parity of the operand 01h, not the result.
     SF, AF = 1 << 7, 1 << 4
     for value, locked in ((0x01, SF | PF), (0x10, SF | PF), (0x7F, SF | PF)):
-        spec = fresh.FreshSpec(
-            code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh.DATA: bytes([value])}
+        spec = fresh_machine.FreshSpec(
+            code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh_machine.DATA: bytes([value])}
         )
         c = Case(spec, ["NEG_RMb"])
         o = run_both(c)
@@ -120,13 +120,17 @@ def test_lock_neg_takes_sf_zf_pf_from_the_operand() -> None:
         r = reference(0, False).run(deviations.as_unlocked(c))
         assert r.regs["eflags"] == o.ours.regs["eflags"]
     # 80h negates to itself: operand and result agree, and so do the machines.
-    spec = fresh.FreshSpec(code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh.DATA: b"\x80"})
+    spec = fresh_machine.FreshSpec(
+        code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh_machine.DATA: b"\x80"}
+    )
     assert differences(run_both(Case(spec, ["NEG_RMb"]))) == []
 
 
 def test_lock_neg_deviation_accepts_nothing_else() -> None:
     # The same wrong flags on an unlocked NEG would be a real disagreement: not accepted.
-    spec = fresh.FreshSpec(code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh.DATA: b"\x01"})
+    spec = fresh_machine.FreshSpec(
+        code=bytes.fromhex("f0 f6 1d 00 00 01 00"), regs={"eflags": 2}, memory={fresh_machine.DATA: b"\x01"}
+    )
     c = Case(spec, ["NEG_RMb"])
     o = run_both(c)
     from dataclasses import replace
@@ -157,7 +161,7 @@ def test_a_fault_right_after_a_flag_writer_changes_cf_af_of_on_unicorn() -> None
     c = case("2c 02 f6 f1", ["SUB_AL_Ib", "DIV_RMb"], eax=0x100, ecx=0)
     o = run_both(c)
     assert o.ours.exception == 0 == o.theirs.exception
-    assert o.ours.regs["eip"] == fresh.CODE + 2 == o.theirs.regs["eip"]
+    assert o.ours.regs["eip"] == fresh_machine.CODE + 2 == o.theirs.regs["eip"]
     assert o.ours.regs["eflags"] & (CF | AF | SF | ZF) == CF | AF | SF
     assert o.theirs.regs["eflags"] & (CF | AF | SF | ZF) == CF | SF
     for code in ("2c 02 90 f6 f1", "2c 02"):

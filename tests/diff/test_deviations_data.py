@@ -9,14 +9,16 @@ interpreter, makes the test fail, and then the deviation should go.
 
 from __future__ import annotations
 
-from ring1.runtime import fresh
+from ring1.runtime.tools import fresh_machine
 
 from . import deviations
 from .harness import Case, differences, run_both, window_segments
 
 
 def _case(code: str, forms: list[str], regs: dict[str, int], cpl: int = 0, real: bool = False) -> Case:
-    spec = fresh.FreshSpec(code=bytes.fromhex(code), regs=regs, cpl=cpl, real=real, segs=window_segments(cpl, real))
+    spec = fresh_machine.FreshSpec(
+        code=bytes.fromhex(code), regs=regs, cpl=cpl, real=real, segs=window_segments(cpl, real)
+    )
     return Case(spec, forms)
 
 

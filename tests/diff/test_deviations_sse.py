@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ring1.runtime import fresh
+from ring1.runtime.tools import fresh_machine
 
 from . import deviations
 from .harness import Case, Outcome, differences, run_both
 
-SSE_ON = fresh.CR4_OSFXSR | fresh.CR4_OSXMMEXCPT
+SSE_ON = fresh_machine.CR4_OSFXSR | fresh_machine.CR4_OSXMMEXCPT
 HIGH = 0x0123456789ABCDEF << 64  # an upper quadword the scalar forms must keep
 ONE, TWO, QNAN, SNAN, DENORMAL = 0x3FF0000000000000, 0x4000000000000000, 0x7FF8000000000000, 0x7FF0000000000001, 0x1
 
@@ -26,7 +26,7 @@ def _case(code: str, form: str, xmm: dict[int, int], **spec) -> Case:
     for i, v in xmm.items():
         regs[i] = v
     spec.setdefault("cr4", SSE_ON)
-    return Case(fresh.FreshSpec(code=bytes.fromhex(code), xmm=tuple(regs), **spec), [form])
+    return Case(fresh_machine.FreshSpec(code=bytes.fromhex(code), xmm=tuple(regs), **spec), [form])
 
 
 def _explained(case: Case, o) -> str | None:
@@ -53,7 +53,7 @@ def test_cmpsd_ignores_imm8_bits_7_to_3() -> None:
     # 2:0 of imm8 as comparison predicate" (SDM CMPSD): 8 is EQ. Unicorn raises #UD.
     case = _case("f2 0f c2 c1 08", "CMPSD_XMM_XMM_IMM8", {0: HIGH | ONE, 1: ONE})
     o = run_both(case)
-    assert o.theirs.exception == 6 and o.theirs.regs["eip"] == fresh.CODE
+    assert o.theirs.exception == 6 and o.theirs.regs["eip"] == fresh_machine.CODE
     assert o.ours.exception is None and o.ours.regs["xmm0"] == HIGH | (1 << 64) - 1
     assert _explained(case, o) == "cmpsd-imm8-reserved"
     # With imm8 = 0 both machines agree.
@@ -100,12 +100,14 @@ def test_cmpsd_unmasked_invalid_faults() -> None:
     mxcsr = 0x1F80 & ~0x80
     case = _case("f2 0f c2 c1 00", "CMPSD_XMM_XMM_IMM8", {0: HIGH | SNAN, 1: ONE}, mxcsr=mxcsr)
     o = run_both(case)
-    assert o.ours.exception == 19 and o.ours.regs["eip"] == fresh.CODE
+    assert o.ours.exception == 19 and o.ours.regs["eip"] == fresh_machine.CODE
     assert o.ours.regs["xmm0"] == HIGH | SNAN and o.ours.regs["mxcsr"] == mxcsr | 1
     assert o.theirs.exception is None and o.theirs.regs["xmm0"] == HIGH and o.theirs.regs["mxcsr"] == mxcsr
     assert _explained(case, o) == "sse-unmasked-exception"
     # Without CR4.OSXMMEXCPT the same fault is #UD.
-    case = _case("f2 0f c2 c1 00", "CMPSD_XMM_XMM_IMM8", {0: HIGH | SNAN, 1: ONE}, mxcsr=mxcsr, cr4=fresh.CR4_OSFXSR)
+    case = _case(
+        "f2 0f c2 c1 00", "CMPSD_XMM_XMM_IMM8", {0: HIGH | SNAN, 1: ONE}, mxcsr=mxcsr, cr4=fresh_machine.CR4_OSFXSR
+    )
     o = run_both(case)
     assert o.ours.exception == 6 and o.theirs.exception is None
     assert _explained(case, o) == "sse-unmasked-exception"
@@ -114,17 +116,17 @@ def test_cmpsd_unmasked_invalid_faults() -> None:
 def test_sse_em_or_no_osfxsr_is_ud_before_ts() -> None:
     # CR0.EM and CR0.TS both set: #UD (SDM vol. 2, Table 2-21 lists #UD for CR0.EM = 1 and
     # CR4.OSFXSR = 0, #NM for CR0.TS = 1; Bochs checks #UD first). Unicorn raises #NM.
-    em_ts = fresh.CR0_EM | fresh.CR0_TS
+    em_ts = fresh_machine.CR0_EM | fresh_machine.CR0_TS
     case = _case("f2 0f 10 c1", "MOVSD_XMM_XMM", {}, cr0_bits=em_ts)
     o = run_both(case)
     assert (o.ours.exception, o.theirs.exception) == (6, 7)
     assert differences(o) == ["exception: ours 6, unicorn 7"]
     assert _explained(case, o) == "sse-ts-before-ud"
-    case = _case("f2 0f 10 c1", "MOVSD_XMM_XMM", {}, cr0_bits=fresh.CR0_TS, cr4=0)
+    case = _case("f2 0f 10 c1", "MOVSD_XMM_XMM", {}, cr0_bits=fresh_machine.CR0_TS, cr4=0)
     o = run_both(case)
     assert (o.ours.exception, o.theirs.exception) == (6, 7)
     assert _explained(case, o) == "sse-ts-before-ud"
     # TS alone: #NM on both; EM alone: #UD on both.
-    for bits, vector in ((fresh.CR0_TS, 7), (fresh.CR0_EM, 6)):
+    for bits, vector in ((fresh_machine.CR0_TS, 7), (fresh_machine.CR0_EM, 6)):
         o = run_both(_case("f2 0f 10 c1", "MOVSD_XMM_XMM", {}, cr0_bits=bits))
         assert o.ours.exception == o.theirs.exception == vector and differences(o) == []

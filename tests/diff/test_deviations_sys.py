@@ -8,8 +8,8 @@ that exactly the named deviation explains the difference.
 
 from __future__ import annotations
 
-from ring1.runtime import fresh
-from ring1.runtime.cpuid import cpuid
+from ring1.runtime.cpu.cpuid import cpuid
+from ring1.runtime.tools import fresh_machine
 
 from . import deviations
 from .harness import Case, differences, run_both, window_segments
@@ -18,7 +18,7 @@ GP, UD, PF = 13, 6, 14
 
 
 def both(code: bytes, form: str, *, cpl: int = 0, real: bool = False, **regs: int):
-    spec = fresh.FreshSpec(code=code, regs=regs, cpl=cpl, real=real, segs=window_segments(cpl, real))
+    spec = fresh_machine.FreshSpec(code=code, regs=regs, cpl=cpl, real=real, segs=window_segments(cpl, real))
     case = Case(spec, [form])
     return case, run_both(case)
 
@@ -91,7 +91,7 @@ def test_sysenter_with_sysenter_cs_zero() -> None:
     # SDM SYSENTER: "#GP(0) If IA32_SYSENTER_CS[15:2] = 0." (0 in the fresh machine).
     case, o = both(b"\x0f\x34", "SYSENTER", cpl=3)
     assert (o.ours.exception, o.ours.error_code) == (GP, 0)
-    assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh.CODE + 2
+    assert o.theirs.exception is None and o.theirs.regs["eip"] == fresh_machine.CODE + 2
     explained_by(case, o, "sysenter-noop")
 
 

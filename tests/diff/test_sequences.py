@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
-from ring1.runtime import fresh
-from ring1.runtime.decoder import decode
+from ring1.runtime.isa.decoder import decode
+from ring1.runtime.tools import fresh_machine
 
 from .deviations import ALONE_FORMS, is_locked_neg
 from .gen import MODES, case_for
@@ -32,7 +32,7 @@ def has_locked_neg(code: bytes, code32: bool) -> bool:
     while at < len(code):
         if is_locked_neg(code[at:], code32):
             return True
-        d = decode(code[at:] + bytes(16), fresh.CODE + at, code32)
+        d = decode(code[at:] + bytes(16), fresh_machine.CODE + at, code32)
         at += len(d.raw) if d.form else 1
     return False
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import struct
 
-from ring1.runtime import fresh
-from ring1.runtime.snippet import SnippetResult, run_interp, run_unicorn, run_vmm
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult, run_interp, run_unicorn, run_vmm
 from ring1.runtime.vmm import Vmm
 
-REG_KEYS = fresh.REG_KEYS  # 8 GPRs, eip, eflags (all 32 bits), 6 selectors
+REG_KEYS = fresh_machine.REG_KEYS  # 8 GPRs, eip, eflags (all 32 bits), 6 selectors
 
 
-def run(spec: fresh.FreshSpec, mode: str, vmm: Vmm | None = None, max_insns: int = 100_000) -> SnippetResult:
+def run(spec: fresh_machine.FreshSpec, mode: str, vmm: Vmm | None = None, max_insns: int = 100_000) -> SnippetResult:
     """One run with guest memory kept. Never lets an exception out of ring1 itself pass as a
     result: a Python traceback from the VMM fails the test that asked."""
     if mode == "bare":
@@ -29,7 +29,7 @@ def run(spec: fresh.FreshSpec, mode: str, vmm: Vmm | None = None, max_insns: int
 
 
 def new_vmm(mode: str = "bt") -> Vmm:
-    return Vmm(fresh.MEMORY_SIZE, mode=mode)
+    return Vmm(fresh_machine.MEMORY_SIZE, mode=mode)
 
 
 def _ranges(a: bytes, b: bytes, limit: int = 6) -> list[str]:
@@ -96,7 +96,7 @@ def paging_memory(extra: dict[int, int] | None = None) -> dict[int, bytes]:
     pd, pt0, ptv = bytearray(4096), bytearray(4096), bytearray(4096)
     struct.pack_into("<I", pd, 0, PT0 | 7)
     struct.pack_into("<I", pd, 1023 * 4, PTV | 7)
-    for i in range(fresh.MEMORY_SIZE >> 12):
+    for i in range(fresh_machine.MEMORY_SIZE >> 12):
         struct.pack_into("<I", pt0, i * 4, (i << 12) | 3)
     for i in range(1024):
         struct.pack_into("<I", ptv, i * 4, (VPAGE + ((i % 4) << 12)) | 3)
@@ -116,27 +116,27 @@ def paged(
     regs: dict[str, int] | None = None,
     extra: dict[int, int] | None = None,
     memory: dict[int, bytes] | None = None,
-) -> fresh.FreshSpec:
+) -> fresh_machine.FreshSpec:
     """The fresh machine running ENABLE_PAGING and then `code`."""
     mem = paging_memory(extra)
     mem.update(memory or {})
-    return fresh.FreshSpec(code=ENABLE_PAGING + code, regs=dict(regs or {}), memory=mem)
+    return fresh_machine.FreshSpec(code=ENABLE_PAGING + code, regs=dict(regs or {}), memory=mem)
 
 
 # ---------------------------------------------------------------- runs that deliver exceptions
 
 
-def run_delivering(spec: fresh.FreshSpec, mode: str, max_insns: int = 100_000) -> SnippetResult:
+def run_delivering(spec: fresh_machine.FreshSpec, mode: str, max_insns: int = 100_000) -> SnippetResult:
     """Like `run`, but exceptions and interrupts are delivered through the guest's IDT (by the
     spec's `deliver`, in every mode) instead of ending the run: it ends at the end of the code
-    or at a HLT (fresh.HANDLER is one)."""
-    from ring1.runtime.bare import BareMachine
-    from ring1.runtime.hostsync import read_into_machine
-    from ring1.runtime.snippet import interp_machine, state_of
+    or at a HLT (fresh_machine.HANDLER is one)."""
+    from ring1.runtime.engines.bare import BareMachine
+    from ring1.runtime.host.context import read_into_machine
+    from ring1.runtime.tools.snippet import interp_machine, state_of
 
-    end = fresh.CODE + len(spec.code)
+    end = fresh_machine.CODE + len(spec.code)
     if mode == "bare":
-        bm = BareMachine(fresh.MEMORY_SIZE)
+        bm = BareMachine(fresh_machine.MEMORY_SIZE)
         interp_machine(spec, bm.interp)
         bm.load_from_interp()
         bm.stop_addresses = {end}
@@ -144,7 +144,7 @@ def run_delivering(spec: fresh.FreshSpec, mode: str, max_insns: int = 100_000) -
         read_into_machine(bm.cpu.uc, bm.interp)
         m, why, diag = bm.interp, r.reason, r.vmstop and r.vmstop.reason
     else:
-        vmm = Vmm(fresh.MEMORY_SIZE, mode=mode)
+        vmm = Vmm(fresh_machine.MEMORY_SIZE, mode=mode)
         interp_machine(spec, vmm.m)
         vmm.stop_on_event = False
         vmm.stop_addresses = {end}

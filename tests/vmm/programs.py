@@ -20,7 +20,7 @@ exception, with the stack and all memory accesses inside guest RAM):
 - subroutines only call subroutines placed after them (no recursion), loops run at most
   3 times and nest at most twice, so a program retires at most a few thousand instructions.
 
-Layout (at fresh.CODE):  jmp main / sub_0 ... sub_k / main: ... / end:
+Layout (at fresh_machine.CODE):  jmp main / sub_0 ... sub_k / main: ... / end:
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
-from ring1.runtime import fresh
-from ring1.runtime.decoder import Decoded, decode
-from ring1.runtime.snippet import SnippetResult
+from ring1.runtime.isa.decoder import Decoded, decode
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult
 
 from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
@@ -171,20 +171,22 @@ class Program:
     pointers: dict[int, str]  # bookkeeping address -> label whose address it holds
     labels: dict[str, int]
 
-    def spec(self) -> fresh.FreshSpec:
+    def spec(self) -> fresh_machine.FreshSpec:
         book = bytearray(0x1000)
         for addr, name in self.pointers.items():
             struct.pack_into("<I", book, addr - BOOK, self.labels[name])
         page = bytearray([0xF4]) * 0x1000
         page[: len(self.code)] = self.code
         memory = {
-            fresh.CODE: bytes(page),
-            fresh.DATA: self.window,
-            fresh.STACK_TOP: self.stack,
-            fresh.STACK_TOP - 64: self.stack,
+            fresh_machine.CODE: bytes(page),
+            fresh_machine.DATA: self.window,
+            fresh_machine.STACK_TOP: self.stack,
+            fresh_machine.STACK_TOP - 64: self.stack,
             BOOK: bytes(book),
         }
-        return fresh.FreshSpec(code=self.code, regs=dict(self.regs), memory=memory, segs=window_segments(0, False))
+        return fresh_machine.FreshSpec(
+            code=self.code, regs=dict(self.regs), memory=memory, segs=window_segments(0, False)
+        )
 
     def __repr__(self) -> str:
         regs = ", ".join(f"{k}={v:#x}" for k, v in self.regs.items())
@@ -225,7 +227,7 @@ class _Builder:
                 lambda i: "esp" not in i.regs and not writes_esp(i.code) and not is_locked_neg(i.code)
             )
         )
-        d = decode(inst.code + bytes(16), fresh.CODE, True)
+        d = decode(inst.code + bytes(16), fresh_machine.CODE, True)
         if form[:3] in ("RCL", "RCR") and d.variant[2] == "mem":
             # Unicorn loses CF when RCL/RCR on memory is restarted after a page fault (see
             # tests/test_physcpu.py::test_rcl_rcr_memory_restarted_after_a_page_fault_lose_cf);
@@ -235,11 +237,11 @@ class _Builder:
                     lambda i: (
                         "esp" not in i.regs
                         and not writes_esp(i.code)
-                        and decode(i.code + bytes(16), fresh.CODE, True).variant[2] == "reg"
+                        and decode(i.code + bytes(16), fresh_machine.CODE, True).variant[2] == "reg"
                     )
                 )
             )
-            d = decode(inst.code + bytes(16), fresh.CODE, True)
+            d = decode(inst.code + bytes(16), fresh_machine.CODE, True)
         pre = b"".join(mov_imm(r, v) for r, v in sorted(inst.regs.items()))
         # (any address size: a 0x67 prefix on the register form changes nothing but the variant)
         if form == "SMSW" and self.neutral and d.variant[0] == 32 and d.variant[2] == "reg" and d.fields["dst"] != 4:
@@ -403,13 +405,13 @@ class _Builder:
 
 
 def _finish(draw, b: _Builder) -> Program:
-    code = b.asm.assemble(fresh.CODE)
+    code = b.asm.assemble(fresh_machine.CODE)
     if code is None or len(code) > 0xF00:
         from hypothesis import reject
 
         reject()
     regs = draw(registers(CPL0))
-    window = bytearray(random.Random(draw(st.integers(0, 2**32 - 1))).randbytes(fresh.DATA_SIZE))
+    window = bytearray(random.Random(draw(st.integers(0, 2**32 - 1))).randbytes(fresh_machine.DATA_SIZE))
     for off, data in b.window.items():
         window[off : off + len(data)] = data
     stack = draw(stack_image(CPL0, 32))
@@ -441,7 +443,7 @@ def program_ending_with(draw, form: str, pool: list[str] | None = None, max_chun
 # ---------------------------------------------------------------- flags left undefined
 
 
-def run_bare_traced(spec: fresh.FreshSpec, max_insns: int = 100_000) -> tuple[SnippetResult, Follower]:
+def run_bare_traced(spec: fresh_machine.FreshSpec, max_insns: int = 100_000) -> tuple[SnippetResult, Follower]:
     """`bare` (tests/vmm/common.run) with the undefined flags followed along the path it took.
 
     Which flags a program leaves undefined depends on the path: an `if` body runs or not as the
@@ -451,20 +453,20 @@ def run_bare_traced(spec: fresh.FreshSpec, max_insns: int = 100_000) -> tuple[Sn
     address. A block that stopped at an exception ran up to the instruction at the final EIP."""
     from unicorn import UC_HOOK_BLOCK
 
-    from ring1.runtime.physcpu import UcError
-    from ring1.runtime.snippet import unicorn_machine
+    from ring1.runtime.host.physcpu import UcError
+    from ring1.runtime.tools.snippet import unicorn_machine
 
     cpu = unicorn_machine(spec)
     events: list[tuple[int, int, int]] = []  # (BLOCK, address, size), (ECX, address, value)
     cpu.uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: events.append((BLOCK, address, size)))
     hook_ecx(cpu.uc, counted_in_ecx(spec), lambda address, value: events.append((ECX, address, value)))
-    end = fresh.CODE + len(spec.code)
+    end = fresh_machine.CODE + len(spec.code)
     diagnosis = None
     try:
-        ev = cpu.run(fresh.CODE, end, count=max_insns)
+        ev = cpu.run(fresh_machine.CODE, end, count=max_insns)
     except UcError as err:
         ev, diagnosis = None, f"unicorn stopped: {err}"
-    names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
+    names = (*fresh_machine.GPR_NAMES, "eip", "eflags", *fresh_machine.SEG_NAMES)
     regs = dict(zip(names, cpu.read_state(), strict=True))
     stop = "vmstop" if diagnosis else "exception" if ev else "end" if regs["eip"] == end else "limit"
     result = SnippetResult(
@@ -477,11 +479,11 @@ def run_bare_traced(spec: fresh.FreshSpec, max_insns: int = 100_000) -> tuple[Sn
 BLOCK, ECX = 0, 1
 
 
-def counted_in_ecx(spec: fresh.FreshSpec) -> list[int]:
+def counted_in_ecx(spec: fresh_machine.FreshSpec) -> list[int]:
     """The addresses of the code's instructions whose flag effect depends on ECX (CL shifts and
     rotates, REP string instructions), by a linear sweep from the start: a Program is a
     sequence of whole instructions (its junk after jumps is UD2 and HLTs)."""
-    return [d.eip for d in straight_line(spec.code, fresh.CODE, True) if counts_in_ecx(d)]
+    return [d.eip for d in straight_line(spec.code, fresh_machine.CODE, True) if counts_in_ecx(d)]
 
 
 def follow_blocks(memory: bytes, events: list[tuple[int, int, int]], stop_eip: int) -> Follower:

@@ -30,8 +30,9 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
-from ring1.runtime import descriptors, fresh
-from ring1.runtime.snippet import SnippetResult
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult
 
 from ..diff.deviations import CF_AF_OF
 from ..undefined_flags import flag_names
@@ -90,7 +91,9 @@ def assert_bt_equals_bare(program: Program, tally: Counter[str]) -> None:
     assert diffs == [], (program, f"not compared: {' '.join(flag_names(ran.undefined)) or 'nothing'}", diffs)
 
 
-def bare_lost_flags_at_a_fault(spec: fresh.FreshSpec, bare: SnippetResult, bt: SnippetResult, undefined: int) -> bool:
+def bare_lost_flags_at_a_fault(
+    spec: fresh_machine.FreshSpec, bare: SnippetResult, bt: SnippetResult, undefined: int
+) -> bool:
     """Unicorn changes CF, AF and OF when an instruction faults right after one that set them
     (deviation fault-flags, tests/diff/test_deviations_alu.py): where bare stopped at a fault
     and differs from bt in those flags alone, bt must equal the spec (the interpreter) exactly."""
@@ -121,7 +124,7 @@ AND_EAX_EBX, ADD_EAX_1, JZ_3 = bytes.fromhex("21d8"), bytes.fromhex("83c001"), b
 @pytest.mark.parametrize("eax, undefined", [(0, AF), (1, 0)], ids=["if-skipped", "if-ran"])
 def test_undefined_flags_follow_the_path_bare_took(eax: int, undefined: int) -> None:
     # and eax, ebx (AF undefined); jz over: add eax, 1 (AF defined) -- whether ADD ran is data
-    spec = fresh.FreshSpec(code=AND_EAX_EBX + JZ_3 + ADD_EAX_1, regs={"eax": eax, "ebx": 1})
+    spec = fresh_machine.FreshSpec(code=AND_EAX_EBX + JZ_3 + ADD_EAX_1, regs={"eax": eax, "ebx": 1})
     bare, ran = run_bare_traced(spec)
     assert bare.stop == "end" and bare.regs["eax"] == (2 if eax else 0)  # the ADD ran or not
     assert ran.undefined == undefined and ran.reads == []
@@ -130,9 +133,9 @@ def test_undefined_flags_follow_the_path_bare_took(eax: int, undefined: int) -> 
 @pytest.mark.parametrize("first, undefined", [(AND_EAX_EBX, AF), (bytes.fromhex("01d8"), 0)], ids=["and", "add"])
 def test_an_instruction_that_faults_leaves_the_flags_of_the_one_before(first: bytes, undefined: int) -> None:
     # ...; div ecx with ECX 0: #DE, and DIV (which would leave all six undefined) did not run
-    spec = fresh.FreshSpec(code=first + bytes.fromhex("f7f1"), regs={"ecx": 0})
+    spec = fresh_machine.FreshSpec(code=first + bytes.fromhex("f7f1"), regs={"ecx": 0})
     bare, ran = run_bare_traced(spec)
-    assert (bare.stop, bare.exception, bare.regs["eip"]) == ("exception", 0, fresh.CODE + 2)
+    assert (bare.stop, bare.exception, bare.regs["eip"]) == ("exception", 0, fresh_machine.CODE + 2)
     assert ran.undefined == undefined
 
 
@@ -142,7 +145,7 @@ BSF_EAX_EBX, SHL_EAX_CL, REPE_CMPSB = bytes.fromhex("0fbcc3"), bytes.fromhex("d3
 @pytest.mark.parametrize("ecx, undefined", [(0, CF | OF | SF | AF | PF), (1, AF), (32, CF | OF | SF | AF | PF)])
 def test_a_shift_by_a_masked_count_of_zero_changes_no_flag(ecx: int, undefined: int) -> None:
     # bsf eax, ebx leaves CF OF SF AF PF undefined; shl eax, cl defines all but AF unless CL & 31 is 0
-    spec = fresh.FreshSpec(code=BSF_EAX_EBX + SHL_EAX_CL, regs={"ebx": 6, "ecx": ecx})
+    spec = fresh_machine.FreshSpec(code=BSF_EAX_EBX + SHL_EAX_CL, regs={"ebx": 6, "ecx": ecx})
     _, ran = run_bare_traced(spec)
     assert ran.undefined == undefined
 
@@ -150,15 +153,15 @@ def test_a_shift_by_a_masked_count_of_zero_changes_no_flag(ecx: int, undefined: 
 @pytest.mark.parametrize("ecx, undefined", [(0, AF), (2, 0), (0x10000, 0)])
 def test_a_rep_string_instruction_with_a_count_of_zero_changes_no_flag(ecx: int, undefined: int) -> None:
     # and eax, ebx (AF undefined); repe cmpsb defines all six unless ECX is 0
-    regs = {"ecx": ecx, "esi": fresh.DATA, "edi": fresh.DATA + 0x100}
-    _, ran = run_bare_traced(fresh.FreshSpec(code=AND_EAX_EBX + REPE_CMPSB, regs=regs))
+    regs = {"ecx": ecx, "esi": fresh_machine.DATA, "edi": fresh_machine.DATA + 0x100}
+    _, ran = run_bare_traced(fresh_machine.FreshSpec(code=AND_EAX_EBX + REPE_CMPSB, regs=regs))
     assert ran.undefined == undefined
 
 
 def test_bt_and_bare_differ_in_a_flag_left_undefined_which_is_not_compared() -> None:
     # shl eax, 1; btc eax, ebx: BTC leaves OF undefined, and unicorn's OF differs with where its
     # blocks end (the campaigns' failure): the two runs differ there, and only there.
-    spec = fresh.FreshSpec(code=bytes.fromhex("d1e0 0fbbd8"), regs={"eax": 0xCC22_AF58, "ebx": 0x677F_6CBD})
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("d1e0 0fbbd8"), regs={"eax": 0xCC22_AF58, "ebx": 0x677F_6CBD})
     bare, ran = run_bare_traced(spec)
     bt = run(spec, "bt")
     assert (bare.regs["eflags"] ^ bt.regs["eflags"]) == OF and len(differences(bare, bt)) == 1
@@ -169,7 +172,7 @@ def test_bt_and_bare_differ_in_a_flag_left_undefined_which_is_not_compared() -> 
 def test_bare_loses_flags_at_a_fault_after_a_flag_writer_and_bt_equals_the_spec() -> None:
     # sub al, 2; div cl with CL 0: #DE right after SUB; unicorn (bare) changes AF (deviation
     # fault-flags), bt reports SUB's flags as the interpreter does
-    spec = fresh.FreshSpec(code=bytes.fromhex("2c02 f6f1"), regs={"eax": 0x100, "ecx": 0})
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("2c02 f6f1"), regs={"eax": 0x100, "ecx": 0})
     bare, ran = run_bare_traced(spec)
     bt, interp = run(spec, "bt"), run(spec, "interp")
     assert bare.exception == bt.exception == 0 and ran.undefined == 0
@@ -182,9 +185,9 @@ def test_bare_loses_flags_at_a_fault_after_a_flag_writer_and_bt_equals_the_spec(
 def test_the_issue_program_reads_an_undefined_flag() -> None:
     # shl eax, 1; btc eax, ebx; aaa: AAA reads the AF that BTC (and SHL) left undefined, and
     # leaves OF SF ZF PF undefined itself (the campaign's failure: OF told apart by unicorn's blocks)
-    spec = fresh.FreshSpec(code=bytes.fromhex("d1e0 0fbbd8 37"))
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("d1e0 0fbbd8 37"))
     _, ran = run_bare_traced(spec)
-    assert [(eip, form) for eip, form, _ in ran.reads] == [(fresh.CODE + 5, "AAA")]
+    assert [(eip, form) for eip, form, _ in ran.reads] == [(fresh_machine.CODE + 5, "AAA")]
     assert ran.reads[0][2] == AF
     assert ran.undefined == OF | SF | ZF | PF
 
@@ -192,11 +195,11 @@ def test_the_issue_program_reads_an_undefined_flag() -> None:
 def test_a_condition_reads_only_its_own_flags() -> None:
     # and eax, ebx leaves AF undefined; jz, jc, jo, jp do not read AF (cond in spec/prelude.r1)
     for jcc in ("74", "72", "70", "7a"):
-        _, ran = run_bare_traced(fresh.FreshSpec(code=AND_EAX_EBX + bytes.fromhex(jcc + "00")))
+        _, ran = run_bare_traced(fresh_machine.FreshSpec(code=AND_EAX_EBX + bytes.fromhex(jcc + "00")))
         assert ran.reads == [] and ran.undefined == AF
     # bsf leaves CF undefined: jc (CF) and ja (CF, ZF) read it, jz does not
     for jcc, reads in (("72", True), ("77", True), ("74", False)):
-        _, ran = run_bare_traced(fresh.FreshSpec(code=bytes.fromhex("0fbcc3" + jcc + "00"), regs={"ebx": 2}))
+        _, ran = run_bare_traced(fresh_machine.FreshSpec(code=bytes.fromhex("0fbcc3" + jcc + "00"), regs={"ebx": 2}))
         assert bool(ran.reads) == reads, jcc
 
 
@@ -289,27 +292,32 @@ STEALTH_CASES = {
         bytes.fromhex("0f010500000100a102000100"),
         {},
         {},
-        lambda b, t: b.regs["eax"] == fresh.GDT and t.regs["eax"] >= 0xFFC00000,
+        lambda b, t: b.regs["eax"] == fresh_machine.GDT and t.regs["eax"] >= 0xFFC00000,
     ),
     # sidt [0x10000]; mov eax, [0x10002]
     "SIDT": (
         bytes.fromhex("0f010d00000100a102000100"),
         {},
         {},
-        lambda b, t: b.regs["eax"] == fresh.IDT and t.regs["eax"] >= 0xFFC00000,
+        lambda b, t: b.regs["eax"] == fresh_machine.IDT and t.regs["eax"] >= 0xFFC00000,
     ),
     # mov ax, 0x38; lldt ax; sldt eax: LLDT traps (#GP at CPL 1) and is emulated into the
     # virtual LDTR, the hardware's stays null, and SLDT (which does not trap) reads that
     "SLDT (after LLDT)": (
         bytes.fromhex("66b838000f00d00f00c0"),
         {},
-        {fresh.GDT + 0x38: LDT_DESCRIPTOR},
+        {fresh_machine.GDT + 0x38: LDT_DESCRIPTOR},
         lambda b, t: b.regs["eax"] == 0x38 and t.regs["eax"] == 0,
     ),
     # smsw eax: the real CR0 has NE (and PG, WP: beyond the low word) set for the VMM
     "SMSW": (bytes.fromhex("0f01e0"), {}, {}, lambda b, t: b.regs["eax"] == 0x11 and t.regs["eax"] & 0x20),
     # str eax: the hardware task register is the VMM's (none loaded), not the guest's 0x28
-    "STR": (bytes.fromhex("0f00c8"), {}, {}, lambda b, t: b.regs["eax"] == fresh.SEL_TSS and t.regs["eax"] != 0x28),
+    "STR": (
+        bytes.fromhex("0f00c8"),
+        {},
+        {},
+        lambda b, t: b.regs["eax"] == fresh_machine.SEL_TSS and t.regs["eax"] != 0x28,
+    ),
     # mov eax, 8; lar ecx, eax: looked up in the VMM's GDT, where slot 1 is empty
     "LAR": (
         bytes.fromhex("b8080000000f02c8"),
@@ -344,7 +352,7 @@ STEALTH_CASES = {
 @pytest.mark.parametrize("name", sorted(STEALTH_CASES))
 def test_trap_mode_shows_the_real_cpu_on_a_stealth_instruction(name: str) -> None:
     code, regs, memory, shows_real = STEALTH_CASES[name]
-    spec = fresh.FreshSpec(code=code, regs=regs, memory=memory)
+    spec = fresh_machine.FreshSpec(code=code, regs=regs, memory=memory)
     bare, bt, trap = run(spec, "bare"), run(spec, "bt"), run(spec, "trap")
     assert bare.stop == "end"
     assert differences(bare, bt) == []
@@ -360,7 +368,7 @@ def test_trap_mode_gets_cli_and_sti_right_because_they_trap(code: bytes, eflags:
     # CLI and STI are sensitive but not stealthy at CPL 1 with IOPL 0: they raise #GP, so
     # trap-and-emulate sees them and emulates them on the virtual IF. (They are in STEALTH for
     # bt, which must not take the trap: there they are in-TC templates on the vcpu page.)
-    spec = fresh.FreshSpec(code=code, regs={"eflags": eflags | 0x2})
+    spec = fresh_machine.FreshSpec(code=code, regs={"eflags": eflags | 0x2})
     bare = run(spec, "bare")
     trap_vmm, bt_vmm = new_vmm("trap"), new_vmm("bt")
     trap, bt = run(spec, "trap", trap_vmm), run(spec, "bt", bt_vmm)
@@ -375,7 +383,7 @@ def test_sldt_on_the_fresh_machine_does_not_show_trap_mode() -> None:
     # On the fresh machine the guest's LDTR is null and so is the hardware's under the VMM:
     # SLDT returns 0 in every mode, so it cannot tell trap mode apart here (it does after an
     # LLDT: "SLDT (after LLDT)" above).
-    spec = fresh.FreshSpec(code=bytes.fromhex("b8ffffffff0f00c0"))  # mov eax, -1; sldt eax
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("b8ffffffff0f00c0"))  # mov eax, -1; sldt eax
     bare, bt, trap = run(spec, "bare"), run(spec, "bt"), run(spec, "trap")
     assert bare.regs["eax"] == 0
     assert differences(bare, bt) == [] and differences(bare, trap) == []

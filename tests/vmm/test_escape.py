@@ -29,15 +29,15 @@ from collections.abc import Callable
 import pytest
 
 from ring1.generated.rules import CONSTS as C
-from ring1.runtime import fresh
-from ring1.runtime.events import VMStop
+from ring1.runtime.cpu.events import VMStop
 from ring1.runtime.isa.assembler import assemble
-from ring1.runtime.snippet import interp_machine
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import interp_machine
 from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, PAD_SLOT, L, SlotPool, Unit, Vmm
 
 from .common import VMM_LINEAR, assert_clean, differences, new_vmm, run
 
-F = fresh.FreshSpec
+F = fresh_machine.FreshSpec
 CONTROL = C["VMM_CONTROL"]
 CONTROL_FIELDS = ("V_JUMP", "V_RESTORE", "V_SCRATCH_SP", "V_HWSEL")
 TC_LINEAR = C["VMM_BASE"] + C["VMM_TC"]
@@ -127,7 +127,7 @@ def test_control_data_is_on_a_page_guest_context_cannot_write() -> None:
 # Issue 8, item 2: a callout whose guest instruction writes the page of its own code flushed the
 # TC inside the callout, and the VMM resumed at the callout's old resume address in the flushed
 # TC. Each of these must give bare's results. VAR is on the code page, past the code.
-VAR = fresh.CODE + 0x800
+VAR = fresh_machine.CODE + 0x800
 TWELVE_ADDS = ADD_EAX * 12
 SELF_WRITING_CALLOUTS = {
     "sgdt, twelve adds": b"\x0f\x01\x05" + struct.pack("<I", VAR) + TWELVE_ADDS,
@@ -186,7 +186,7 @@ def hostile_loop() -> bytes:
     body += b"\x9c\x5a"  # pushfd; pop edx
     body += b"\x8c\xce"  # mov esi, cs
     body += b"\x49"  # dec ecx
-    head = b"\xb9\x05\x00\x00\x00" + b"\xbf" + struct.pack("<I", fresh.DATA)  # mov ecx, 5; mov edi, DATA
+    head = b"\xb9\x05\x00\x00\x00" + b"\xbf" + struct.pack("<I", fresh_machine.DATA)  # mov ecx, 5; mov edi, DATA
     loop_at = len(head)
     jnz = b"\x0f\x85" + struct.pack("<i", loop_at - (loop_at + len(body) + 6))
     skip = b"\xeb\x04"  # over the function
@@ -240,7 +240,7 @@ def test_kernel_code_run_directly_jumping_into_the_vmm_is_stopped(name: str) -> 
     # such entry ends in a VM stop that says why, or in the guest's own fault (the stubs' GS
     # operands are the guest's own GS there, so they read and jump through guest memory),
     # never in the VMM acting for it.
-    spec = F(code=jump_to(STUB_TARGETS[name]), regs={"esp": fresh.STACK_TOP - 64})
+    spec = F(code=jump_to(STUB_TARGETS[name]), regs={"esp": fresh_machine.STACK_TOP - 64})
     vmm, digest, mirror = watched_vmm("trap")
     r = run(spec, "trap", vmm)
     assert_clean(r)
@@ -272,8 +272,8 @@ def planted(
     vmm, digest, mirror = watched_vmm("bt")
     interp_machine(spec, vmm.m)
     vmm.stop_on_event = True
-    vmm.stop_addresses = {fresh.CODE + len(code)}
-    unit = vmm.translate(fresh.CODE)
+    vmm.stop_addresses = {fresh_machine.CODE + len(code)}
+    unit = vmm.translate(fresh_machine.CODE)
     target = target_of(vmm, unit)
     jump = assemble(f"jmp {target:#x}", origin=unit.host).code
     vmm.host.write(vmm.tc_phys(unit.host), jump)
@@ -312,7 +312,7 @@ def test_a_planted_jump_to_the_units_own_exit_slot_only_continues_the_guest() ->
     # translate its recorded target and chain its recorded site. Here the target is the end
     # of the snippet, where the run stops.
     vmm, digest, mirror, (why, what) = planted(lambda vmm, unit: EXIT_PAD + unit.exit_slots[0] * PAD_SLOT)
-    assert (why, what) == ("stop", fresh.CODE + 15)
+    assert (why, what) == ("stop", fresh_machine.CODE + 15)
     assert vmm.stats["refused_exits"] == 0
     assert_vmm_intact(vmm, digest, mirror)
 
@@ -321,9 +321,11 @@ def test_a_planted_jump_to_the_lookup_translates_eax_as_a_guest_eip() -> None:
     # The lookup's target is the guest's to choose anyway (an indirect branch): EAX is taken as
     # a guest EIP, translated from guest memory and entered at CPL 1, like any `jmp eax`.
     code = b"\x90" * 10 + ADD_EAX * 2
-    vmm, digest, mirror, (why, what) = planted(lambda vmm, unit: L["lookup"], code, {"eax": fresh.CODE + 10})
-    assert (why, what) == ("stop", fresh.CODE + len(code))
-    assert vmm.stats["indirect_misses"] == 1 and vmm.units[fresh.CODE + 10].insns[0][0] == fresh.CODE + 10
+    vmm, digest, mirror, (why, what) = planted(lambda vmm, unit: L["lookup"], code, {"eax": fresh_machine.CODE + 10})
+    assert (why, what) == ("stop", fresh_machine.CODE + len(code))
+    assert (
+        vmm.stats["indirect_misses"] == 1 and vmm.units[fresh_machine.CODE + 10].insns[0][0] == fresh_machine.CODE + 10
+    )
     assert_vmm_intact(vmm, digest, mirror)
 
 
@@ -334,7 +336,7 @@ def test_patch_refuses_any_address_but_a_live_recorded_site() -> None:
     spec = F(code=ADD_EAX + b"\x75\x00" + ADD_EAX)  # add; jnz next; add: two exits
     vmm = new_vmm("bt")
     interp_machine(spec, vmm.m)
-    unit = vmm.translate(fresh.CODE)
+    unit = vmm.translate(fresh_machine.CODE)
     whole = vmm.host.read(vmm.vmm_phys, C["VMM_SIZE"])
     site = vmm.exits[unit.exit_slots[0]].site
     for address in (L["world_switch"], site + 1, site - 4, TC_LINEAR + C["VMM_SIZE"] // 2, 0):
@@ -351,7 +353,7 @@ def test_patch_refuses_any_address_but_a_live_recorded_site() -> None:
 
 FILLING = {
     "exit_pool": (ADD_EAX + b"\x75\x00") * 40,  # 40 units: add; jnz next (two exits each)
-    "callout_pool": (b"\x0f\x01\x05" + struct.pack("<I", fresh.DATA) + ADD_EAX) * 40,  # sgdt [DATA]; add
+    "callout_pool": (b"\x0f\x01\x05" + struct.pack("<I", fresh_machine.DATA) + ADD_EAX) * 40,  # sgdt [DATA]; add
 }
 
 

@@ -24,7 +24,8 @@ import struct
 import pytest
 
 from ring1.generated.rules import CONSTS as C
-from ring1.runtime import descriptors, fresh
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.tools import fresh_machine
 from ring1.runtime.vmm import Vmm
 
 from .common import (
@@ -42,7 +43,7 @@ from .common import (
 )
 from .programs import VMM_SELECTORS
 
-F = fresh.FreshSpec
+F = fresh_machine.FreshSpec
 GP, UD = 13, 6
 VMM_OWN_SELECTORS = tuple(C[k] for k in ("SEL_VMM_CODE", "SEL_VMM_DATA", "SEL_TC_CODE", "SEL_VMM_GS", "SEL_VMM_TSS"))
 TC_LINEAR = C["VMM_BASE"] + C["VMM_TC"]
@@ -66,7 +67,7 @@ def vmm_read_only_pages(vmm: Vmm) -> bytes:
     return own + rest
 
 
-def bare_and_bt(spec: fresh.FreshSpec, ref: str = "bare"):
+def bare_and_bt(spec: fresh_machine.FreshSpec, ref: str = "bare"):
     vmm = new_vmm("bt")
     before = vmm_read_only_pages(vmm)
     a, b = run(spec, ref), run(spec, "bt", vmm)
@@ -75,7 +76,7 @@ def bare_and_bt(spec: fresh.FreshSpec, ref: str = "bare"):
     return a, b, vmm
 
 
-def same_as_bare(spec: fresh.FreshSpec) -> fresh.FreshSpec:
+def same_as_bare(spec: fresh_machine.FreshSpec) -> fresh_machine.FreshSpec:
     a, b, _ = bare_and_bt(spec)
     assert a.stop in ("end", "exception"), (a.stop, a.diagnosis)
     assert differences(a, b) == []
@@ -143,7 +144,10 @@ UNPAGED = {
     "read via GS": (b"\x65\xa1" + struct.pack("<I", VMM_LINEAR + C["V_EAX"]), "READ_UNMAPPED"),
     "jump into the TC": (mov_eax(TC_LINEAR) + b"\xff\xe0", "FETCH_UNMAPPED"),
     "call the world switch stub": (mov_eax(STUBS_LINEAR) + b"\xff\xd0", "FETCH_UNMAPPED"),
-    "jump to vmm_exit": (b"\xe9" + struct.pack("<I", (STUBS_LINEAR + 0x200 - (fresh.CODE + 5)) & 0xFFFFFFFF), ""),
+    "jump to vmm_exit": (
+        b"\xe9" + struct.pack("<I", (STUBS_LINEAR + 0x200 - (fresh_machine.CODE + 5)) & 0xFFFFFFFF),
+        "",
+    ),
 }
 
 
@@ -238,9 +242,9 @@ POP_AND_FAR = {
     "lds": b"\xc5\x05\x00\x00\x01\x00",
     "lgs": b"\x0f\xb5\x05\x00\x00\x01\x00",
     "lss": b"\x0f\xb2\x05\x00\x00\x01\x00",
-    "jmp far to SEL_VMM_CODE": b"\xea" + struct.pack("<IH", fresh.CODE, C["SEL_VMM_CODE"]),
-    "call far to SEL_VMM_CODE": b"\x9a" + struct.pack("<IH", fresh.CODE, C["SEL_VMM_CODE"]),
-    "jmp far to SEL_TC_CODE": b"\xea" + struct.pack("<IH", fresh.CODE, C["SEL_TC_CODE"]),
+    "jmp far to SEL_VMM_CODE": b"\xea" + struct.pack("<IH", fresh_machine.CODE, C["SEL_VMM_CODE"]),
+    "call far to SEL_VMM_CODE": b"\x9a" + struct.pack("<IH", fresh_machine.CODE, C["SEL_VMM_CODE"]),
+    "jmp far to SEL_TC_CODE": b"\xea" + struct.pack("<IH", fresh_machine.CODE, C["SEL_TC_CODE"]),
     "jmp far [mem] to SEL_TC_CODE": b"\xff\x2d\x06\x00\x01\x00",
     "call far [mem] to SEL_VMM_CODE": b"\xff\x1d\x0c\x00\x01\x00",
     "retf to SEL_TC_CODE": b"\x68" + struct.pack("<I", C["SEL_TC_CODE"]) + b"\x68\x00\x80\x00\x00\xcb",
@@ -249,12 +253,14 @@ POP_AND_FAR = {
     "ltr the VMM's TSS": b"\x66\xb8" + struct.pack("<H", C["SEL_VMM_TSS"]) + b"\x0f\x00\xd8",
     "lldt a VMM selector": b"\x66\xb8" + struct.pack("<H", C["SEL_VMM_DATA"]) + b"\x0f\x00\xd0",
 }
-FAR_POINTERS = struct.pack("<IHIHIH", 0, C["SEL_VMM_DATA"], fresh.CODE, C["SEL_TC_CODE"], fresh.CODE, C["SEL_VMM_CODE"])
+FAR_POINTERS = struct.pack(
+    "<IHIHIH", 0, C["SEL_VMM_DATA"], fresh_machine.CODE, C["SEL_TC_CODE"], fresh_machine.CODE, C["SEL_VMM_CODE"]
+)
 
 
 @pytest.mark.parametrize("name", sorted(POP_AND_FAR))
 def test_vmm_selectors_in_pops_far_pointers_and_far_transfers_fault_as_on_bare(name: str) -> None:
-    a = same_as_bare(F(code=POP_AND_FAR[name], memory={fresh.DATA: FAR_POINTERS}))
+    a = same_as_bare(F(code=POP_AND_FAR[name], memory={fresh_machine.DATA: FAR_POINTERS}))
     assert a.exception == GP
 
 
@@ -266,13 +272,13 @@ BIG_GDT, GDT_PTR, IDT_PTR, NEW_IDT, NEW_HANDLER = 0x40000, 0x3F000, 0x3F008, 0x5
 
 def big_gdt_memory() -> dict[int, bytes]:
     g = bytearray(0x10000)
-    g[: len(fresh.gdt_bytes())] = fresh.gdt_bytes()
+    g[: len(fresh_machine.gdt_bytes())] = fresh_machine.gdt_bytes()
     d = descriptors.segment
     g[0xFFF0:0xFFF8] = d(0, 0xFFFFF, 0x9B, 0xC)  # SEL_VMM_CODE: the guest's flat ring-0 code
-    g[0xFFE8:0xFFF0] = d(fresh.DATA, 0xFFFF, 0x93, 0x4)  # SEL_VMM_DATA: data over the DATA window
+    g[0xFFE8:0xFFF0] = d(fresh_machine.DATA, 0xFFFF, 0x93, 0x4)  # SEL_VMM_DATA: data over the DATA window
     g[0xFFE0:0xFFE8] = d(0, 0xFFFFF, 0xBB, 0xC)  # SEL_TC_CODE's slot: DPL-1 code
-    g[0xFFD8:0xFFE0] = d(fresh.DATA + 0x100, 0xFFFF, 0xB3, 0x4)  # SEL_VMM_GS's slot: DPL-1 data
-    g[0xFF18:0xFF20] = d(fresh.DATA + 0x200, 0xFF, 0x93, 0x4)  # a slot the VMM loads DS from
+    g[0xFFD8:0xFFE0] = d(fresh_machine.DATA + 0x100, 0xFFFF, 0xB3, 0x4)  # SEL_VMM_GS's slot: DPL-1 data
+    g[0xFF18:0xFF20] = d(fresh_machine.DATA + 0x200, 0xFF, 0x93, 0x4)  # a slot the VMM loads DS from
     idt = b"".join(descriptors.gate(NEW_HANDLER, 0x08, descriptors.GATE_INTERRUPT32) for _ in range(256))
     return {
         BIG_GDT: bytes(g),
@@ -280,7 +286,7 @@ def big_gdt_memory() -> dict[int, bytes]:
         IDT_PTR: struct.pack("<HI", 0x7FF, NEW_IDT),
         NEW_IDT: idt,
         NEW_HANDLER: mov_eax(0x77) + b"\xf4",
-        fresh.DATA: bytes(range(256)) * 4,
+        fresh_machine.DATA: bytes(range(256)) * 4,
     }
 
 
@@ -290,7 +296,7 @@ SGDT_SIDT = b"\x0f\x01\x05\x00\x08\x01\x00\x0f\x01\x0d\x08\x08\x01\x00"  # sgdt 
 
 
 def _far_jmp_next(sel: int, prefix: bytes) -> bytes:
-    return b"\xea" + struct.pack("<IH", fresh.CODE + len(prefix) + 7, sel)
+    return b"\xea" + struct.pack("<IH", fresh_machine.CODE + len(prefix) + 7, sel)
 
 
 OWN_TABLES = {
@@ -341,10 +347,10 @@ def test_code_at_the_vmms_addresses_is_the_guests(target: int, how: str) -> None
     if how == "call reg":
         code = mov_eax(target) + b"\xff\xd0"
     elif how == "call rel32":
-        start = fresh.CODE + len(paged(b"").code)
+        start = fresh_machine.CODE + len(paged(b"").code)
         code = b"\xe8" + struct.pack("<I", (target - (start + 5)) & 0xFFFFFFFF)
     else:
-        start = fresh.CODE + len(paged(b"").code)
+        start = fresh_machine.CODE + len(paged(b"").code)
         back = start + 5 + 2
         code = mov_eax(target) + b"\xff\xe0"  # jmp eax; the routine jumps back through ECX
         routine = mov_eax(0x1234) + b"\xb9" + struct.pack("<I", back) + b"\xff\xe1"
@@ -371,10 +377,10 @@ GS_USES = {
 @pytest.mark.parametrize("name", sorted(GS_USES))
 def test_guest_use_of_gs_is_rewritten_and_behaves_as_on_bare(name: str) -> None:
     memory = bytearray(range(256)) * 2
-    memory[0x40:0x44] = struct.pack("<I", fresh.CODE + len(GS_USES["jmp [gs:]"]) - 5)  # past the HLT
-    memory[0x44:0x48] = struct.pack("<I", fresh.CODE + len(GS_USES["call [gs:] and ret"]) - 6)  # the routine
-    memory[0:6] = struct.pack("<IH", 0, fresh.SEL_WINDOW0)  # (for LGS)
-    spec = F(code=GS_USES[name], regs={"eax": 5, "ebx": 8, "ecx": 9}, memory={fresh.DATA: bytes(memory)})
+    memory[0x40:0x44] = struct.pack("<I", fresh_machine.CODE + len(GS_USES["jmp [gs:]"]) - 5)  # past the HLT
+    memory[0x44:0x48] = struct.pack("<I", fresh_machine.CODE + len(GS_USES["call [gs:] and ret"]) - 6)  # the routine
+    memory[0:6] = struct.pack("<IH", 0, fresh_machine.SEL_WINDOW0)  # (for LGS)
+    spec = F(code=GS_USES[name], regs={"eax": 5, "ebx": 8, "ecx": 9}, memory={fresh_machine.DATA: bytes(memory)})
     vmm = new_vmm("bt")
     a, b = run(spec, "bare"), run(spec, "bt", vmm)
     assert differences(a, b) == []

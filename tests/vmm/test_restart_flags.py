@@ -21,12 +21,13 @@ import struct
 
 import pytest
 
-from ring1.runtime import fresh, physcpu
+from ring1.runtime.host import physcpu
+from ring1.runtime.tools import fresh_machine
 from tests.vmm.common import differences, paged, run
 
-FRESH_PAGE = fresh.DATA + 0x3000  # touched by nothing before the reader
+FRESH_PAGE = fresh_machine.DATA + 0x3000  # touched by nothing before the reader
 M = struct.pack("<I", FRESH_PAGE)
-FRESH_STACK = fresh.DATA + 0x6000  # PUSHF's stack: its first push is the first touch
+FRESH_STACK = fresh_machine.DATA + 0x6000  # PUSHF's stack: its first push is the first touch
 
 ISSUE_REPRODUCTION = bytes.fromhex("2c 14 0f 90 05 00 00 01 00 70 05 bb 01 00 00 00")
 
@@ -71,11 +72,11 @@ READERS += ["adc-mem", "sbb-mem", "adc-load", "rcl-mem", "rcr-mem-cl", "pushfd",
 READERS += ["std-rep-cmpsb"]
 
 
-def _spec(setter: str, layout: str, reader: str) -> fresh.FreshSpec:
+def _spec(setter: str, layout: str, reader: str) -> fresh_machine.FreshSpec:
     code, _mnemonic, _cc, regs = _reader(reader)
     memory = {FRESH_PAGE: bytes(range(0x40, 0x80)), FRESH_PAGE + 0x800: bytes(range(0x40, 0x60)) + b"\x01"}
     code = SETTERS[setter][0] + LAYOUTS[layout] + code  # EFLAGS after it is compared too
-    return fresh.FreshSpec(code=code, regs=regs, memory=memory)
+    return fresh_machine.FreshSpec(code=code, regs=regs, memory=memory)
 
 
 def _not_comparable(mode: str, reader: str) -> bool:
@@ -92,7 +93,7 @@ def _undecidable_under_direct_execution(setter: str, layout: str, reader: str) -
     return layout == "new-block" and verdict == physcpu.UNDECIDABLE
 
 
-def _same_as_reference(spec: fresh.FreshSpec, mode: str) -> list[str]:
+def _same_as_reference(spec: fresh_machine.FreshSpec, mode: str) -> list[str]:
     got = run(spec, mode)
     return differences(got, run(spec, "interp")) + differences(got, run(spec, "bare"))
 
@@ -100,7 +101,7 @@ def _same_as_reference(spec: fresh.FreshSpec, mode: str) -> list[str]:
 @pytest.mark.parametrize("mode", ["bt", "trap"])
 def test_issue_reproduction(mode: str) -> None:
     # sub al, 14h; seto [10000h] (its store is the page's first touch); jo +5; mov ebx, 1
-    spec = fresh.FreshSpec(code=ISSUE_REPRODUCTION)
+    spec = fresh_machine.FreshSpec(code=ISSUE_REPRODUCTION)
     got = run(spec, mode)
     assert got.regs["ebx"] == 1
     assert _same_as_reference(spec, mode) == []
@@ -148,8 +149,8 @@ def test_bt_settles_flags_before_translated_flag_readers() -> None:
     vmm = new_vmm("bt")
     spec = _spec("sub", "same-block", "set0")
     assert run(spec, "bt", vmm=vmm).stop == "end"
-    unit = vmm.units[fresh.CODE]
-    setcc = next(ins for ins in unit.insns if ins[0] == fresh.CODE + len(SETTERS["sub"][0]))
+    unit = vmm.units[fresh_machine.CODE]
+    setcc = next(ins for ins in unit.insns if ins[0] == fresh_machine.CODE + len(SETTERS["sub"][0]))
     host = bytes(vmm.host.read(vmm.tc_phys(setcc[1]), setcc[2] - setcc[1]))
     assert host == SETTLE_FLAGS + _reader("set0")[0]
     assert vmm.stats["lost_flags_restored"] == 0  # translated code needed no repair
@@ -159,7 +160,7 @@ def test_trap_restores_lost_flags() -> None:
     from tests.vmm.common import new_vmm
 
     vmm = new_vmm("trap")
-    spec = fresh.FreshSpec(code=ISSUE_REPRODUCTION)
+    spec = fresh_machine.FreshSpec(code=ISSUE_REPRODUCTION)
     assert run(spec, "trap", vmm=vmm).regs["ebx"] == 1
     assert vmm.stats["lost_flags_restored"] == 1
 
@@ -174,7 +175,7 @@ def test_trap_cannot_repair_an_undecidable_fault() -> None:
     assert _same_as_reference(_spec("shl", "new-block", "set4"), "trap") == []
 
 
-def _rcl_on_a_page_read_before() -> fresh.FreshSpec:
+def _rcl_on_a_page_read_before() -> fresh_machine.FreshSpec:
     # mov bl, [m] first: with the guest's paging the VMM maps the page read-only (until it is
     # written), so RCL's load succeeds and its store faults (test_physcpu:
     # test_rcl_rcr_store_fault_leaves_no_trace_of_the_flags).

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from ring1.runtime import fresh
-from ring1.runtime.traces import CodeRanges, PageTraces, instruction_ranges
+from ring1.runtime.cpu.traces import CodeRanges, PageTraces, instruction_ranges
+from ring1.runtime.tools import fresh_machine
 from ring1.runtime.vmm import WHY_SHADOW, WHY_TC
 
 from .common import ENABLE_PAGING, PD, PT0, differences, new_vmm, paging_memory, run
@@ -104,7 +104,7 @@ def call(at: int, target: int) -> bytes:
     return b"\xe8" + struct.pack("<I", (target - (at + 5)) & 0xFFFFFFFF)
 
 
-def compare_all(spec: fresh.FreshSpec) -> dict:
+def compare_all(spec: fresh_machine.FreshSpec) -> dict:
     """Run in bare and every mode; each must agree with bare. Returns the VMMs by mode."""
     bare = run(spec, "bare")
     vmms = {}
@@ -146,15 +146,15 @@ def test_translated_code_on_a_traced_page_table_page_drops_both_on_a_write(order
     code = ENABLE_PAGING
     if order == "traced first":
         code += _load(PROBE + 0x1000)  # walks PT0: traced before the code on it is translated
-    code += _jmp_sub(fresh.CODE + len(code))  # translated (and run) before any walk through PT0
+    code += _jmp_sub(fresh_machine.CODE + len(code))  # translated (and run) before any walk through PT0
     code += _load(PROBE)  # the hardware maps PROBE
     code += b"\xc6\x05" + struct.pack("<I", SHARED + 1) + b"\x42"  # mov byte [sub+1], 0x42
     code += _load(PROBE)  # mapped again after whatever the write dropped
     code += b"\xc7\x05" + struct.pack("<II", PT0 + 0x400, 0)  # mov dword [PROBE's PTE], 0
-    code += _jmp_sub(fresh.CODE + len(code))
+    code += _jmp_sub(fresh_machine.CODE + len(code))
     code += b"\x0f\x01\x3d" + struct.pack("<I", PROBE)  # invlpg [PROBE]
     code += _load(PROBE)  # #PF
-    runs = compare_all(fresh.FreshSpec(code=code, memory=memory))
+    runs = compare_all(fresh_machine.FreshSpec(code=code, memory=memory))
     bare = runs["bare"]
     assert bare.exception == 14 and bare.cr2 == PROBE and bare.regs["esi"] == 0x11 + 0x42
     vmm = runs["bt"]
@@ -170,9 +170,9 @@ def test_the_vmm_subscribes_to_a_page_under_both_reasons() -> None:
     shared = _load(PROBE) + b"\xf4"  # mov eax, [PROBE]; hlt
     pt0[0x800 : 0x800 + len(shared)] = shared
     memory[PT0] = bytes(pt0)
-    code = ENABLE_PAGING + jmp(fresh.CODE + len(ENABLE_PAGING), SHARED)
+    code = ENABLE_PAGING + jmp(fresh_machine.CODE + len(ENABLE_PAGING), SHARED)
     vmm = new_vmm("bt")
-    run(fresh.FreshSpec(code=code, memory=memory), "bt", vmm)
+    run(fresh_machine.FreshSpec(code=code, memory=memory), "bt", vmm)
     assert set(vmm.m.traces.whys(PT0 >> 12)) >= {WHY_TC, WHY_SHADOW}
 
 
@@ -182,17 +182,17 @@ def test_the_vmm_subscribes_to_a_page_under_both_reasons() -> None:
 def test_a_write_drops_only_the_units_made_from_the_bytes_written() -> None:
     # A routine on the code page is called in a loop; the loop also stores into a counter on the
     # same page. The counter's bytes are code of no unit: no unit is dropped, nothing retranslated.
-    routine = fresh.CODE + 0x100
-    counter = fresh.CODE + 0x200
+    routine = fresh_machine.CODE + 0x100
+    counter = fresh_machine.CODE + 0x200
     code = b"\xb9" + struct.pack("<I", 50)  # mov ecx, 50
-    top = fresh.CODE + len(code)
+    top = fresh_machine.CODE + len(code)
     code += call(top, routine)
     code += b"\xff\x05" + struct.pack("<I", counter)  # inc dword [counter]
-    code += b"\x49" + b"\x0f\x85" + struct.pack("<I", (top - (fresh.CODE + len(code) + 7)) & 0xFFFFFFFF)
+    code += b"\x49" + b"\x0f\x85" + struct.pack("<I", (top - (fresh_machine.CODE + len(code) + 7)) & 0xFFFFFFFF)
     page = bytearray(0x300)
     page[: len(code)] = code
     page[0x100:0x104] = b"\x83\xc0\x03\xc3"  # add eax, 3; ret
-    spec = fresh.FreshSpec(code=code, memory={fresh.CODE: bytes(page)})
+    spec = fresh_machine.FreshSpec(code=code, memory={fresh_machine.CODE: bytes(page)})
     runs = compare_all(spec)
     assert runs["bare"].regs["eax"] == 150
     assert int.from_bytes(runs["bare"].memory[counter : counter + 4], "little") == 50
@@ -205,7 +205,7 @@ def test_chained_jumps_into_a_dropped_unit_reach_its_new_translation() -> None:
     # A loop whose back edge is chained to the unit it rewrites: after the write, the chained
     # jump must not reach the dropped CCF (it would add the old immediate).
     code = b"\xb9" + struct.pack("<I", 6)  # mov ecx, 6
-    top = fresh.CODE + len(code)
+    top = fresh_machine.CODE + len(code)
     code += b"\x05" + struct.pack("<I", 1)  # top: add eax, imm32
     imm = top + 1
     code += b"\x49"  # dec ecx
@@ -213,8 +213,8 @@ def test_chained_jumps_into_a_dropped_unit_reach_its_new_translation() -> None:
     code += b"\x75\x0a"  # jne skip (the write happens once, half way)
     code += b"\xc7\x05" + struct.pack("<II", imm, 0x100)  # mov dword [imm], 0x100
     code += b"\x85\xc9"  # skip: test ecx, ecx
-    code += b"\x0f\x85" + struct.pack("<I", (top - (fresh.CODE + len(code) + 6)) & 0xFFFFFFFF)
-    runs = compare_all(fresh.FreshSpec(code=code))
+    code += b"\x0f\x85" + struct.pack("<I", (top - (fresh_machine.CODE + len(code) + 6)) & 0xFFFFFFFF)
+    runs = compare_all(fresh_machine.FreshSpec(code=code))
     assert runs["bare"].regs["eax"] == 3 + 3 * 0x100
     vmm = runs["bt"]
     assert vmm.stats["units_invalidated"] >= 1 and vmm.stats["chained_links"] >= 2
@@ -222,8 +222,8 @@ def test_chained_jumps_into_a_dropped_unit_reach_its_new_translation() -> None:
 
 def test_a_dropped_unit_is_not_live_and_the_flag_survives_a_full_flush() -> None:
     vmm = new_vmm("bt")
-    code = b"\xc6\x05" + struct.pack("<I", fresh.CODE + 8) + b"\x42" + b"\xb3\x11"  # rewrite the next MOV
-    r = run(fresh.FreshSpec(code=code), "bt", vmm)
+    code = b"\xc6\x05" + struct.pack("<I", fresh_machine.CODE + 8) + b"\x42" + b"\xb3\x11"  # rewrite the next MOV
+    r = run(fresh_machine.FreshSpec(code=code), "bt", vmm)
     assert r.regs["ebx"] & 0xFF == 0x42
     dropped = vmm.stats["units_invalidated"]
     assert dropped >= 1
@@ -255,8 +255,8 @@ def test_two_address_spaces_with_different_code_at_one_linear_address() -> None:
     code = ENABLE_PAGING
     for pd in (PD, PD_B, PD, PD_B):
         code += b"\xb8" + struct.pack("<I", pd) + b"\x0f\x22\xd8"  # mov eax, pd; mov cr3, eax
-        code += call(fresh.CODE + len(code), ROUTINE)
-    runs = compare_all(fresh.FreshSpec(code=code, memory=memory))
+        code += call(fresh_machine.CODE + len(code), ROUTINE)
+    runs = compare_all(fresh_machine.FreshSpec(code=code, memory=memory))
     assert runs["bare"].regs["esi"] == 1 + 2 + 1 + 2
     vmm = runs["bt"]
     assert vmm.stats["units_remapped"] >= 3 and vmm.stats["tc_flushes"] == 0
@@ -265,11 +265,11 @@ def test_two_address_spaces_with_different_code_at_one_linear_address() -> None:
 def test_a_pte_remap_and_invlpg_runs_the_new_code() -> None:
     memory = paging_memory()
     memory.update(_two_routines())
-    code = ENABLE_PAGING + call(fresh.CODE + len(ENABLE_PAGING), ROUTINE)
+    code = ENABLE_PAGING + call(fresh_machine.CODE + len(ENABLE_PAGING), ROUTINE)
     code += b"\xc7\x05" + struct.pack("<II", PT0 + (ROUTINE >> 12) * 4, OTHER | 3)  # remap the page
     code += b"\x0f\x01\x3d" + struct.pack("<I", ROUTINE)  # invlpg [ROUTINE]
-    code += call(fresh.CODE + len(code), ROUTINE)
-    runs = compare_all(fresh.FreshSpec(code=code, memory=memory))
+    code += call(fresh_machine.CODE + len(code), ROUTINE)
+    runs = compare_all(fresh_machine.FreshSpec(code=code, memory=memory))
     assert runs["bare"].regs["esi"] == 1 + 2
     assert runs["bt"].stats["units_remapped"] >= 1
 
@@ -280,11 +280,11 @@ def test_a_cr3_write_keeps_the_translations_of_code_mapped_alike() -> None:
     counts = {}
     for n in (2, 40):
         code = ENABLE_PAGING + b"\xb9" + struct.pack("<I", n)  # mov ecx, n
-        top = fresh.CODE + len(code)
+        top = fresh_machine.CODE + len(code)
         code += b"\xb8" + struct.pack("<I", PD) + b"\x0f\x22\xd8" + b"\x46"  # mov eax, PD; mov cr3, eax; inc esi
-        code += b"\x49\x0f\x85" + struct.pack("<I", (top - (fresh.CODE + len(code) + 7)) & 0xFFFFFFFF)
+        code += b"\x49\x0f\x85" + struct.pack("<I", (top - (fresh_machine.CODE + len(code) + 7)) & 0xFFFFFFFF)
         vmm = new_vmm("bt")
-        spec = fresh.FreshSpec(code=code, memory=paging_memory())
+        spec = fresh_machine.FreshSpec(code=code, memory=paging_memory())
         r = run(spec, "bt", vmm)
         assert differences(run(spec, "bare"), r) == []
         counts[n] = vmm.stats["ccfs"], vmm.stats["units_remapped"]
@@ -293,7 +293,7 @@ def test_a_cr3_write_keeps_the_translations_of_code_mapped_alike() -> None:
 
 # ---------------------------------------------------------------- self-modifying code under callouts
 
-SGDT_VAR = fresh.CODE + 0x100  # on the code page, past the code
+SGDT_VAR = fresh_machine.CODE + 0x100  # on the code page, past the code
 
 
 @pytest.mark.parametrize("adds", [1, 12])
@@ -302,7 +302,7 @@ def test_a_callout_storing_into_its_own_code_page(adds: int) -> None:
     # that follows. On main this flushed the whole TC inside the callout and resumed in it:
     # a spurious #UD with one ADD, wrong EAX with twelve.
     code = b"\x0f\x01\x05" + struct.pack("<I", SGDT_VAR) + b"\x05\x01\x00\x00\x00" * adds
-    spec = fresh.FreshSpec(code=code)
+    spec = fresh_machine.FreshSpec(code=code)
     bare = run(spec, "bare")
     assert bare.regs["eax"] == adds
     for mode in ("interp", "bt"):
@@ -310,10 +310,10 @@ def test_a_callout_storing_into_its_own_code_page(adds: int) -> None:
 
 
 def test_push_cs_with_the_stack_on_the_code_page() -> None:
-    code = b"\xbc" + struct.pack("<I", fresh.CODE + 0x200) + b"\x0e\x58" + b"\x05\x01\x00\x00\x00" * 3
-    spec = fresh.FreshSpec(code=code)  # mov esp, CODE+0x200; push cs; pop eax; add eax, 1 (x3)
+    code = b"\xbc" + struct.pack("<I", fresh_machine.CODE + 0x200) + b"\x0e\x58" + b"\x05\x01\x00\x00\x00" * 3
+    spec = fresh_machine.FreshSpec(code=code)  # mov esp, CODE+0x200; push cs; pop eax; add eax, 1 (x3)
     bare = run(spec, "bare")
-    assert bare.regs["eax"] == fresh.SEL_CODE0 + 3
+    assert bare.regs["eax"] == fresh_machine.SEL_CODE0 + 3
     for mode in ("interp", "bt"):
         assert differences(bare, run(spec, mode, new_vmm(mode) if mode == "bt" else None)) == [], mode
 
@@ -321,11 +321,11 @@ def test_push_cs_with_the_stack_on_the_code_page() -> None:
 def test_the_smc_loop_stops_trapping_and_never_flushes_the_tc() -> None:
     # The `smc` benchmark's loop, 300 rewrites: after the first few traps its stores are
     # callouts (the adaptive retranslation), and each rewrite drops one unit, not the TC.
-    from ring1.runtime.bench import SMC_BODY, SMC_COUNTER, Loop, build
+    from ring1.runtime.tools.bench import SMC_BODY, SMC_COUNTER, Loop, build
 
     built = build(Loop(SMC_BODY, regs={"ecx": 300}))
     # The snippet ends where the loop ends (the benchmark's machine has more code after it).
-    spec = fresh.FreshSpec(code=built.spec.code[: built.end - fresh.CODE], regs=built.spec.regs)
+    spec = fresh_machine.FreshSpec(code=built.spec.code[: built.end - fresh_machine.CODE], regs=built.spec.regs)
     bare = run(spec, "bare")
     assert int.from_bytes(bare.memory[SMC_COUNTER : SMC_COUNTER + 4], "little") == 300
     vmm = new_vmm("bt")
@@ -337,16 +337,18 @@ def test_the_smc_loop_stops_trapping_and_never_flushes_the_tc() -> None:
 def test_a_unit_spanning_two_pages_is_dropped_by_a_write_to_its_second_page() -> None:
     # mov eax, imm32 straddles a page boundary: its immediate's last bytes are on the next page.
     # The loop rewrites them there (a page holding no other code), then runs the MOV again.
-    start = fresh.CODE + 0xFFD  # mov eax at 0x8ffd..0x9001: opcode and 2 bytes on page 8
+    start = fresh_machine.CODE + 0xFFD  # mov eax at 0x8ffd..0x9001: opcode and 2 bytes on page 8
     body = b"\xb8" + struct.pack("<I", 0x01010101)  # mov eax, 0x01010101
     body += b"\x01\xc6"  # add esi, eax
     body += b"\xc6\x05" + struct.pack("<I", start + 4) + b"\x07"  # mov byte [imm's top byte], 7
     body += b"\x49\x0f\x85" + struct.pack("<I", (start - (start + len(body) + 7)) & 0xFFFFFFFF)  # dec; jnz
-    code = b"\xb9" + struct.pack("<I", 2) + jmp(fresh.CODE + 5, start)
-    spec = fresh.FreshSpec(
+    code = b"\xb9" + struct.pack("<I", 2) + jmp(fresh_machine.CODE + 5, start)
+    spec = fresh_machine.FreshSpec(
         code=code,
         memory={
-            start: body + b"\xe9" + struct.pack("<I", (fresh.CODE + len(code)) - (start + len(body) + 5) & 0xFFFFFFFF)
+            start: body
+            + b"\xe9"
+            + struct.pack("<I", (fresh_machine.CODE + len(code)) - (start + len(body) + 5) & 0xFFFFFFFF)
         },
     )
     runs = compare_all(spec)
@@ -358,10 +360,10 @@ def test_a_block_of_the_vmms_interpreter_is_checked_against_code_written_directl
     # Trap mode runs the kernel on the CPU, and the interpreter emulates what traps: CLI the first
     # time round; the kernel then rewrites it into STI by a store the interpreter never sees.
     # The second emulation must not run the CLI it compiled the first time.
-    top = fresh.CODE + 5
+    top = fresh_machine.CODE + 5
     code = b"\xb9" + struct.pack("<I", 2)  # mov ecx, 2
     code += b"\xfa"  # top: cli (sti the second time)
     code += b"\xc6\x05" + struct.pack("<I", top) + b"\xfb"  # mov byte [top], sti
-    code += b"\x49\x0f\x85" + struct.pack("<I", (top - (fresh.CODE + len(code) + 7)) & 0xFFFFFFFF)
-    runs = compare_all(fresh.FreshSpec(code=code))
+    code += b"\x49\x0f\x85" + struct.pack("<I", (top - (fresh_machine.CODE + len(code) + 7)) & 0xFFFFFFFF)
+    runs = compare_all(fresh_machine.FreshSpec(code=code))
     assert runs["bare"].regs["eflags"] & 0x200

@@ -1,4 +1,4 @@
-"""The translator at work, seen through the VMM's statistics (runtime/vmm.py, Vmm.stats and the
+"""The translator at work, seen through the VMM's statistics (runtime/vmm/__init__.py, Vmm.stats and the
 in-TC hit counter V_HITS), with every run also compared with `bare`.
 
 - a loop runs from chained CCFs: the translation work does not grow with the iteration count;
@@ -17,7 +17,7 @@ import struct
 import pytest
 
 from ring1.generated.rules import CONSTS as C
-from ring1.runtime import fresh
+from ring1.runtime.tools import fresh_machine
 from ring1.runtime.vmm import TRAP_THRESHOLD
 
 from .common import PT0, differences, new_vmm, paged, run
@@ -30,7 +30,7 @@ def mov(reg: int, v: int) -> bytes:
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
 
 
-def bt_and_bare(spec: fresh.FreshSpec, mode: str = "bt"):
+def bt_and_bare(spec: fresh_machine.FreshSpec, mode: str = "bt"):
     vmm = new_vmm(mode)
     bare, r = run(spec, "bare"), run(spec, mode, vmm)
     assert differences(bare, r) == []
@@ -48,7 +48,7 @@ def counted_loop(n: int) -> bytes:
 def test_a_loop_runs_chained_without_translating_per_iteration() -> None:
     counts = {}
     for n in (3, 1000):
-        bare, vmm = bt_and_bare(fresh.FreshSpec(code=counted_loop(n)))
+        bare, vmm = bt_and_bare(fresh_machine.FreshSpec(code=counted_loop(n)))
         assert bare.regs["eax"] == n * (n + 1) // 2
         counts[n] = vmm.stats.copy()
     few, many = counts[3], counts[1000]
@@ -61,20 +61,20 @@ def test_a_loop_runs_chained_without_translating_per_iteration() -> None:
 # ---------------------------------------------------------------- indirect branches
 
 
-def _call_loop(n: int, how: str) -> fresh.FreshSpec:
-    sub = fresh.CODE + 5
+def _call_loop(n: int, how: str) -> fresh_machine.FreshSpec:
+    sub = fresh_machine.CODE + 5
     code = b"\xe9" + struct.pack("<I", 4) + b"\x01\xd8\x43\xc3"  # jmp main; sub: add eax, ebx; inc ebx; ret
     code += mov(ECX, n) + mov(EDI, sub)
-    top = fresh.CODE + len(code)
+    top = fresh_machine.CODE + len(code)
     if how == "direct":
         code += b"\xe8" + struct.pack("<I", (sub - (top + 5)) & 0xFFFFFFFF)
     elif how == "reg":
         code += b"\xff\xd7"  # call edi
     else:
-        code += b"\xff\x15" + struct.pack("<I", fresh.DATA)  # call [DATA]
+        code += b"\xff\x15" + struct.pack("<I", fresh_machine.DATA)  # call [DATA]
     code += b"\x49\x0f\x85"  # dec ecx; jnz top
-    code += struct.pack("<I", (top - (fresh.CODE + len(code) + 4)) & 0xFFFFFFFF)
-    return fresh.FreshSpec(code=code, memory={fresh.DATA: struct.pack("<I", sub)})
+    code += struct.pack("<I", (top - (fresh_machine.CODE + len(code) + 4)) & 0xFFFFFFFF)
+    return fresh_machine.FreshSpec(code=code, memory={fresh_machine.DATA: struct.pack("<I", sub)})
 
 
 @pytest.mark.parametrize("how", ["direct", "reg", "mem"])
@@ -103,12 +103,12 @@ def test_code_rewritten_after_translation_runs_in_its_new_form() -> None:
     code = mov(ECX, 2)
     top = len(code)
     code += mov(EDX, 1)  # top: mov edx, 1 (its imm32 is patched)
-    imm = fresh.CODE + top + 1
+    imm = fresh_machine.CODE + top + 1
     code += b"\x01\xd0"  # add eax, edx
     code += b"\xc7\x05" + struct.pack("<II", imm, 0x100)  # mov dword [imm], 0x100
     code += b"\x49\x0f\x85"
-    code += struct.pack("<I", (fresh.CODE + top - (fresh.CODE + len(code) + 4)) & 0xFFFFFFFF)
-    bare, vmm = bt_and_bare(fresh.FreshSpec(code=code))
+    code += struct.pack("<I", (fresh_machine.CODE + top - (fresh_machine.CODE + len(code) + 4)) & 0xFFFFFFFF)
+    bare, vmm = bt_and_bare(fresh_machine.FreshSpec(code=code))
     assert bare.regs["eax"] == 0x101
     # Only the units made from the written bytes are dropped, not the whole TC.
     assert vmm.stats["code_writes"] >= 1 and vmm.stats["units_invalidated"] >= 1
@@ -118,17 +118,17 @@ def test_code_rewritten_after_translation_runs_in_its_new_form() -> None:
 def test_code_written_through_another_mapping_and_by_a_string_instruction() -> None:
     # The new code arrives by REP MOVSB from the DATA window over a routine that has run
     # already (called once before, and once after the copy).
-    routine = fresh.CODE + 0x200
-    code = b"\xe8" + struct.pack("<I", routine - (fresh.CODE + 5))  # call routine (old: eax += 1)
-    code += mov(ESI, fresh.DATA) + mov(EDI, routine) + mov(ECX, 6) + b"\xfc\xf3\xa4"  # rep movsb
-    here = fresh.CODE + len(code)
+    routine = fresh_machine.CODE + 0x200
+    code = b"\xe8" + struct.pack("<I", routine - (fresh_machine.CODE + 5))  # call routine (old: eax += 1)
+    code += mov(ESI, fresh_machine.DATA) + mov(EDI, routine) + mov(ECX, 6) + b"\xfc\xf3\xa4"  # rep movsb
+    here = fresh_machine.CODE + len(code)
     code += b"\xe8" + struct.pack("<I", routine - (here + 5))  # call routine (new: eax += 0x50)
     page = bytearray(b"\xf4" * 0x1000)
     page[: len(code)] = code
     page[0x200:0x206] = b"\x83\xc0\x01\x90\x90\xc3"  # add eax, 1; nop; nop; ret
-    spec = fresh.FreshSpec(
+    spec = fresh_machine.FreshSpec(
         code=code,
-        memory={fresh.CODE: bytes(page), fresh.DATA: b"\x83\xc0\x50\x90\x90\xc3"},  # add eax, 0x50
+        memory={fresh_machine.CODE: bytes(page), fresh_machine.DATA: b"\x83\xc0\x50\x90\x90\xc3"},  # add eax, 0x50
     )
     bare, vmm = bt_and_bare(spec)
     assert bare.regs["eax"] == 0x51
@@ -144,11 +144,11 @@ PREFIX = (
 
 FAULTS = {
     # #DE in the middle of a unit (xor ecx, ecx; div ecx), flags set by the ADD before it
-    "#DE": (fresh.FreshSpec(code=PREFIX + b"\x31\xc9\xf7\xf1" + mov(EDX, 5)), 0),
+    "#DE": (fresh_machine.FreshSpec(code=PREFIX + b"\x31\xc9\xf7\xf1" + mov(EDX, 5)), 0),
     # #GP: a selector load in the middle of a unit
-    "#GP": (fresh.FreshSpec(code=PREFIX + b"\x66\xb9\xf8\xff\x8e\xd9" + mov(EDX, 5)), 13),
+    "#GP": (fresh_machine.FreshSpec(code=PREFIX + b"\x66\xb9\xf8\xff\x8e\xd9" + mov(EDX, 5)), 13),
     # #UD: UD2 after ident instructions
-    "#UD": (fresh.FreshSpec(code=PREFIX + b"\x0f\x0b" + mov(EDX, 5)), 6),
+    "#UD": (fresh_machine.FreshSpec(code=PREFIX + b"\x0f\x0b" + mov(EDX, 5)), 6),
     # #PF: a load from an unmapped page (paging on, 0x400000 not mapped)
     "#PF load": (paged(PREFIX + b"\x8b\x0d\x00\x00\x40\x00" + mov(EDX, 5)), 14),
     # #PF: a store to an unmapped page after a PUSH (ESP moved earlier in the unit)
@@ -178,7 +178,7 @@ def test_a_fault_inside_a_ccf_is_precise(name: str) -> None:
 # ---------------------------------------------------------------- adaptive retranslation
 
 
-def pte_update_loop(n: int) -> fresh.FreshSpec:
+def pte_update_loop(n: int) -> fresh_machine.FreshSpec:
     # A kernel loop that rewrites a page-table entry (of an unused page) n times: the page
     # table is traced (write-protected in the hardware tables), so each store traps and is
     # emulated, until the store is retranslated as a callout.
@@ -207,7 +207,7 @@ def test_an_unicorn_undefined_opcode_that_traps_in_a_loop_is_retranslated() -> N
     # (deviation test-f6f7-r1). Under bt it traps, is emulated, and after TRAP_THRESHOLD traps
     # becomes a callout. `bare` (unicorn) stops on the #UD, so the spec is the reference.
     code = mov(ECX, 30) + b"\xf6\xc9\x01\x83\xd0\x00\x49\x75\xf7"  # test cl, 1; adc eax, 0; dec ecx; jnz
-    spec = fresh.FreshSpec(code=code)
+    spec = fresh_machine.FreshSpec(code=code)
     vmm = new_vmm("bt")
     ref, bt = run(spec, "interp"), run(spec, "bt", vmm)
     assert differences(ref, bt) == [] and bt.regs["eax"] == 0  # TEST clears CF
@@ -219,10 +219,10 @@ def test_an_unicorn_undefined_opcode_that_traps_in_a_loop_is_retranslated() -> N
 # ---------------------------------------------------------------- trap mode against bt
 
 
-def sensitive_loop(n: int) -> fresh.FreshSpec:
+def sensitive_loop(n: int) -> fresh_machine.FreshSpec:
     # cli; pushfd; sti; popfd; mov eax, ss; dec ecx; jnz: with IF on at the start
     body = b"\xfa\x9c\xfb\x9d\x8c\xd0\x49\x75\xf7"
-    return fresh.FreshSpec(code=mov(ECX, n) + body, regs={"eflags": 0x202})
+    return fresh_machine.FreshSpec(code=mov(ECX, n) + body, regs={"eflags": 0x202})
 
 
 def test_trap_mode_pays_a_trap_per_sensitive_instruction_bt_none() -> None:
@@ -261,7 +261,7 @@ def popf_loop(value: int, n: int) -> bytes:
 def test_popf_is_emulated_in_the_tc(value: int) -> None:
     # IF, IOPL, the arithmetic flags, DF, NT, AC and ID: the guest sees every one, and no
     # POPF leaves the TC.
-    bare, vmm = bt_and_bare(fresh.FreshSpec(code=popf_loop(value, 50)))
+    bare, vmm = bt_and_bare(fresh_machine.FreshSpec(code=popf_loop(value, 50)))
     assert bare.regs["eflags"] & 0x3200 == value & 0x3200
     assert vmm.stats["callouts"] == 0
     assert vmm.stats["traps"] == vmm.stats["hidden_page_faults"] <= 1  # the stack page's first touch
@@ -270,9 +270,9 @@ def test_popf_is_emulated_in_the_tc(value: int) -> None:
 
 def test_popf_setting_tf_takes_the_slow_path_and_single_steps_as_on_bare() -> None:
     # push 0x302; popfd (TF, IF); nop; nop: #DB after the first NOP, EIP at the second.
-    spec = fresh.FreshSpec(code=bytes.fromhex("68 02 03 00 00 9d 90 90"))
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("68 02 03 00 00 9d 90 90"))
     bare, vmm = bt_and_bare(spec)
-    assert bare.exception == 1 and bare.regs["eip"] == fresh.CODE + 7
+    assert bare.exception == 1 and bare.regs["eip"] == fresh_machine.CODE + 7
     assert vmm.stats["callouts"] == 1
 
 
@@ -280,7 +280,7 @@ def test_popf_setting_tf_takes_the_slow_path_and_single_steps_as_on_bare() -> No
 def test_mov_from_a_segment_register_that_does_not_exist_is_ud_as_on_bare(code: str) -> None:
     # Sreg 6 and 7 do not exist: #UD. The in-TC template (spec/vmm.r1, `when ... src#=0..5`)
     # must not read past the six selectors in the vcpu page; 8c e3 (mov ebx, fs) is the control.
-    bare, _ = bt_and_bare(fresh.FreshSpec(code=bytes.fromhex(code)))
+    bare, _ = bt_and_bare(fresh_machine.FreshSpec(code=bytes.fromhex(code)))
     assert (bare.exception == 6) == (code != "8c e3")
 
 
@@ -291,9 +291,9 @@ AF_THEN_FAULT = "b0 01 04 0f 89 25 00 00 01 00 9c 58"  # add al, 0Fh (AF); store
 
 @pytest.mark.parametrize("budget", [1, 2, 3, 4, 5, 100])
 def test_a_budget_stops_bt_where_the_interpreter_stops(budget: int) -> None:
-    from ring1.runtime.snippet import run_interp, run_vmm
+    from ring1.runtime.tools.snippet import run_interp, run_vmm
 
-    spec = fresh.FreshSpec(code=bytes.fromhex(AF_THEN_FAULT))
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex(AF_THEN_FAULT))
     ours, bt = run_interp(spec, budget), run_vmm(spec, "bt", budget)
     assert (bt.stop, bt.regs) == (ours.stop, ours.regs)
     if budget == 100:  # ran to the end: AF survived the restart of the faulting store

@@ -6,7 +6,7 @@ The pieces, and where the spec comes in:
 
 - **Virtual CPU.** The guest-visible state that is not in hardware registers (segment
   caches, CPL, IF and IOPL, control registers, descriptor-table registers) lives in an
-  interpreter `Machine` (ring1.runtime.machine) that shares guest memory with unicorn. It is
+  interpreter `Machine` (ring1.runtime.cpu.machine) that shares guest memory with unicorn. It is
   authoritative; the vcpu page in the VMM area holds copies that in-TC templates read.
 - **Address space** (spec/vmm.r1 has the layout and the protection decision). Host physical
   memory is guest RAM, then the 4 MB VMM area (mapped at VMM_BASE), then a pool for the
@@ -14,7 +14,7 @@ The pieces, and where the spec comes in:
   guest pages are filled in on demand from the guest's own page tables (hidden page
   faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
   emulated and the shadow dropped; pages holding translated code are read-only too. Both
-  subscribe in the machine's page-trace registry (ring1.runtime.traces), each under its own
+  subscribe in the machine's page-trace registry (ring1.runtime.cpu.traces), each under its own
   reason, so a page that is both a page table and code is heard by both.
 - **TC coherency.** A unit records the guest bytes it was made from (`Unit.code`, every page
   it spans) and the linear->physical mapping it was fetched through (`Unit.maps`). An
@@ -64,28 +64,26 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
-from ring1.generated.layouts import PTE
+from ring1.generated.layouts import CR0, CR4, EFLAGS, PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
-from ring1.runtime import descriptors
-from ring1.runtime.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
-from ring1.runtime.events import Fault, GuestEvent, VMStop
-from ring1.runtime.hostsync import soft_interrupt_before
-from ring1.runtime.machine import Machine, Platform
-from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
-from ring1.runtime.state import CS, GS, MODE_PROT, SS
-from ring1.runtime.traces import CodeRanges, instruction_ranges
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
+from ring1.runtime.cpu.machine import Machine, Platform
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
+from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
+from ring1.runtime.host.context import soft_interrupt_before
+from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
+from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
 STUBS = TEMPLATES["vmm_stubs"]
 # The few bytes before every CCF where a hit of the in-TC lookup enters (spec/vmm.r1).
 INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
-# CMC twice: no change to any flag, but unicorn now holds them computed (QEMU's CC_OP_EFLAGS),
-# not as a lazy operation, so a fault in the next instruction cannot lose them
-# (physcpu.lazy_flags_verdict; tests/test_physcpu.py). Put before every copied instruction that
-# reads the arithmetic flags and accesses memory.
-SETTLE_FLAGS = b"\xf5\xf5"
+# Put before every copied instruction that reads the arithmetic flags and accesses memory, so
+# that a fault in it cannot lose them (template settle_flags in spec/vmm.r1).
+SETTLE_FLAGS = b"".join(TEMPLATES["settle_flags"]["variants"][()])
 ARITH_FLAG_NAMES = ("cf", "pf", "af", "zf", "sf", "of")
 L = STUBS["labels"]
 # The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
@@ -103,7 +101,7 @@ TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
-EFLAGS_VM = 0x20000
+EFLAGS_VM = EFLAGS.VM
 GS_PREFIX = SEGMENT_PREFIX_OF[GS]
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D
 
@@ -350,13 +348,13 @@ class Vmm:
         """Translated execution needs protected mode, the kernel's flat 32-bit CS, and no TF."""
         S = self.m.state
         return self.mode == "bt" and (
-            S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and not S.eflags & 0x100
+            S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and not S.eflags & EFLAGS.TF
         )
 
     def can_run_direct(self) -> bool:
         """Direct execution: guest user code at CPL 3, or (trap mode) the kernel itself at CPL 1."""
         S = self.m.state
-        if S.mode != MODE_PROT or S.eflags & 0x100:
+        if S.mode != MODE_PROT or S.eflags & EFLAGS.TF:
             return False
         return S.cpl == 3 or (self.mode == "trap" and S.cpl == 0)
 
@@ -367,8 +365,8 @@ class Vmm:
         scratch = VMM_BASE + C["VMM_SCRATCH_STACK"]
         self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
         eflags = self.m.eflags()
-        self.vmm_write32(C["V_VIRT_IF"], eflags & 0x200)
-        self.vmm_write32(C["V_VIRT_IOPL"], eflags & 0x3000)
+        self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
+        self.vmm_write32(C["V_VIRT_IOPL"], eflags & EFLAGS.IOPL)
         self.vmm_write(C["V_SEL"], struct.pack("<6H", *S.sel))
         self.vmm_write32(C["V_MSW"], S.cr[0])
         self.vmm_write(C["V_LDTR"], struct.pack("<HH", S.ldtr, S.tr))
@@ -400,7 +398,7 @@ class Vmm:
     def hardware_eflags(self, user: bool, translated: bool = True) -> int:
         v = self.m.eflags()
         if user:
-            return v & ~0x14000 | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
+            return v & ~(EFLAGS.NT | EFLAGS.RF) | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
         if translated:
             # Kernel under translation: IF on, IOPL 0, no TF VM RF. NT stays the guest's: only
             # IRET reads it, which is a callout, and the POPF template loads it into the hardware.
@@ -477,11 +475,11 @@ class Vmm:
         virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
         if self.direct:
             virtual = (virtual & ~0x240000) | (hw & 0x240000)
-            ifl = hw & 0x3200 if S.cpl == 3 else S.eflags & 0x3200
+            ifl = hw & (EFLAGS.IOPL | EFLAGS.IF) if S.cpl == 3 else S.eflags & (EFLAGS.IOPL | EFLAGS.IF)
         else:
             virtual = (virtual & ~0x244000) | (hw & 0x244000)  # the in-TC POPFD loads NT, AC, ID
-            ifl = self.vmm_read32(C["V_VIRT_IF"]) & 0x200 | self.vmm_read32(C["V_VIRT_IOPL"]) & 0x3000
-        self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & 0x100))
+            ifl = self.vmm_read32(C["V_VIRT_IF"]) & EFLAGS.IF | self.vmm_read32(C["V_VIRT_IOPL"]) & EFLAGS.IOPL
+        self.m.set_eflags((hw & 0xDD5) | ifl | virtual | (S.eflags & EFLAGS.TF))
 
     # ------------------------------------------------------------ translation
 
@@ -853,7 +851,7 @@ class Vmm:
             return  # no translated code there (INVLPG of a data page)
         if linear_page is None:
             S = self.m.state
-            paging = (S.cr[0] & 0x80010001, S.cr[3], S.cr[4] & 0xB0)
+            paging = (S.cr[0] & (CR0.PG | CR0.WP | CR0.PE), S.cr[3], S.cr[4] & (CR4.PGE | CR4.PAE | CR4.PSE))
             if paging != self._shadow_paging:
                 # The hardware tables were built from other guest tables. (The same CR3 again
                 # needs nothing: writes to the guest's tables are traced.)
@@ -906,7 +904,7 @@ class Vmm:
         gpa, user, writable, dirty, entries = walk
         if S.cpl == 3 and not user:
             return False
-        if write and not writable and (S.cpl == 3 or S.cr[0] & 0x10000):
+        if write and not writable and (S.cpl == 3 or S.cr[0] & CR0.WP):
             return False
         if gpa + 0x1000 > self.G:
             return False  # not RAM: every access is emulated
@@ -919,7 +917,7 @@ class Vmm:
         if write:
             dirty = True
         page = gpa >> 12
-        hw_write = writable and (dirty or not S.cr[0] & 0x80000000)
+        hw_write = writable and (dirty or not S.cr[0] & CR0.PG)
         if page in self.code_pages or page in self.traced_pages:
             hw_write = False
         pd = self.pool_phys
@@ -1612,9 +1610,8 @@ class VmmEngine:
         figures(self.vmm, stats, elapsed)
 
     def stop(self, outcome, max_insns: int | None):
-        from ring1.runtime import guest
-
-        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
+        from ring1.runtime import engines
+        return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
 __all__ = ["Vmm", "VmmEngine"]

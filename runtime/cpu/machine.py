@@ -1,7 +1,7 @@
 """The generated interpreter's machine: CPU state, memory, paging, and the run loop.
 
 A Machine gives the generated code (generated/*.py) the names it uses, in one namespace
-per machine: the state (R, S), the memory accesses (ring1.runtime.memfast), the spec's
+per machine: the state (R, S), the memory accesses (ring1.runtime.cpu.memfast), the spec's
 builtins (the `b_*` methods below), its procs and its lazy flags. Everything about
 particular instructions is generated; this module is the machine they run on:
 
@@ -10,8 +10,8 @@ particular instructions is generated; this module is the machine they run on:
 - paging: two-level tables with 4 KB and 4 MB (CR4.PSE) pages, U/S and R/W with CR0.WP,
   accessed and dirty bits, #PF with the error code and CR2; translations are cached per
   privilege in dicts (TLBR/TLBW) and dropped on CR3, CR0, CR4 writes and INVLPG;
-- code: blocks are compiled once (ring1.runtime.blocks) and subscribe, in the page-trace
-  registry (ring1.runtime.traces), to the physical pages their bytes came from; a watched
+- code: blocks are compiled once (ring1.runtime.cpu.blocks) and subscribe, in the page-trace
+  registry (ring1.runtime.cpu.traces), to the physical pages their bytes came from; a watched
   page is kept out of the write TLB, so every store to it takes the slow path and tells the
   subscribers which bytes it wrote; the blocks made from those bytes are dropped
   (self-modifying code), the rest of the page's blocks stay. A block is valid only for the
@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
 from ring1.generated.forms import FORMS
-from ring1.runtime import memfast
-from ring1.runtime.blocks import MAX_INSNS, Block, compile_block
-from ring1.runtime.decoder import MAX_LENGTH, Decoded, Truncated, decode
-from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
-from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
-from ring1.runtime.traces import CodeRanges, PageTraces, instruction_ranges
+from ring1.generated.rules import CONSTS
+from ring1.runtime.cpu import memfast
+from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.cpu.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
+from ring1.runtime.cpu.traces import CodeRanges, PageTraces, instruction_ranges
+from ring1.runtime.isa.decoder import MAX_LENGTH, Decoded, Truncated, decode
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
@@ -48,12 +49,15 @@ EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
 WHY_BLOCKS = "interpreter blocks"  # the block cache's reason in the page-trace registry
 
 # Event kinds, as the spec's `deliver` proc takes them.
-EVENT_EXTERNAL, EVENT_EXCEPTION, EVENT_SOFT, EVENT_INT3, EVENT_INTO, EVENT_ICEBP = range(6)
+# The event kinds the spec's `deliver` proc takes (spec/interrupts.r1).
+EVENT_EXTERNAL, EVENT_EXCEPTION, EVENT_SOFT, EVENT_INT3, EVENT_INTO, EVENT_ICEBP = (
+    CONSTS[f"EVENT_{kind}"] for kind in ("EXTERNAL", "EXCEPTION", "SOFT", "INT3", "INTO", "ICEBP")
+)
 CONTRIBUTORY = {0, 10, 11, 12, 13}
 
 # The model-specific registers a Pentium-class CPU with SYSENTER has, and their reset values.
 MSR_TSC = 0x10
-MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = (CONSTS[f"MSR_SYSENTER_{r}"] for r in ("CS", "ESP", "EIP"))
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
 _U32 = struct.Struct("<I")
@@ -97,7 +101,7 @@ class Machine:
         self.code_linear: dict[int, set[tuple[bool, tuple[int, int, int]]]] = {}
         self.running_block: Block | None = None
         # Who hears about emulated writes to which physical page: this machine's block cache,
-        # and the VMM's translation cache and shadow page tables (ring1.runtime.traces).
+        # and the VMM's translation cache and shadow page tables (ring1.runtime.cpu.traces).
         self.traces = PageTraces()
         self.traces.on_first_watch.append(self._drop_write_translations)
         # Called after CR3, CR0.PG/PE/WP, CR4 paging bits (None: every linear page) or INVLPG
@@ -692,7 +696,7 @@ class Machine:
         raise Trap(vector & 0xFF, kind)
 
     def b_cpuid_leaf(self, leaf: int, subleaf: int, which: int) -> int:
-        from ring1.runtime.cpuid import cpuid
+        from ring1.runtime.cpu.cpuid import cpuid
 
         return cpuid(leaf & M32, subleaf & M32)[which]
 

@@ -23,8 +23,8 @@ from string import Template
 
 from ring1.generated import INTERP_MODULES
 from ring1.generated.forms import FORMS
-from ring1.runtime.decoder import Decoded
-from ring1.runtime.traces import CodeRanges
+from ring1.runtime.cpu.traces import CodeRanges
+from ring1.runtime.isa.decoder import Decoded
 
 MAX_INSNS = 32
 

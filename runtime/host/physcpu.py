@@ -59,7 +59,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from ring1.runtime.memory import PhysicalMemory
+from ring1.runtime.cpu.memory import PhysicalMemory
 
 GPR_IDS = (
     X.UC_X86_REG_EAX,

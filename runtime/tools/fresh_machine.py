@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from ring1.runtime import descriptors
+from ring1.runtime.cpu import descriptors
 
 IVT, GDT, IDT, TSS = 0x0, 0x500, 0x800, 0x1000
 STACK0_TOP = 0x3000

@@ -1,4 +1,4 @@
-"""Booting a Multiboot kernel: the loader, the boot description, and running it.
+"""Booting a Multiboot kernel: the loader and the boot description.
 
 `load_multiboot` reads a Multiboot (v1) image (an ELF32 file, or any file whose header
 carries load addresses, flag bit 16) and returns a BootImage: a description that does not
@@ -13,10 +13,8 @@ depend on the engine, made of
   fixed here: IDTR is empty (base 0, limit 0: an exception before the kernel loads its
   own IDT is a triple fault), TR and LDTR are null, ESP is STACK_TOP.
 
-`interp_boot` builds that state into an interpreter Machine; the VMM modes build the same
-description into their own machine. `run_image` runs a BootImage with an engine (the
-interpreter now; the VMM registers its modes in ENGINES) and turns how the run ended into an
-exit status and a one-line diagnosis.
+`interp_boot` builds that state into the interpreter Machine an engine keeps as its virtual
+CPU (ring1.runtime.engines.run_image).
 
 Low-memory layout the loader uses (the kernel may reclaim it all):
 
@@ -31,17 +29,14 @@ from __future__ import annotations
 import os
 import stat
 import struct
-import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ring1.runtime import descriptors, fresh
-from ring1.runtime.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
-from ring1.runtime.machine import Machine, Platform
-from ring1.runtime.platform import GuestExit, GuestPlatform
-from ring1.runtime.snippet import _descriptor_cache
-from ring1.runtime.state import CS, SEG_NAMES
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.cpu.machine import Machine, Platform
+from ring1.runtime.cpu.state import SEG_NAMES
+from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import _descriptor_cache
 
 MB_HEADER_MAGIC = 0x1BADB002
 MB_BOOT_MAGIC = 0x2BADB002
@@ -69,16 +64,6 @@ LOADER_NAME = b"ring1"
 SEL_CODE, SEL_DATA = 0x08, 0x10
 CR0_BOOT = 0x11  # PE, and ET hard-wired to 1
 EFLAGS_BOOT = 0x2
-
-# Process exit statuses of `ring1 run` for a run that did not end at the exit port.
-EXIT_USAGE = 2  # bad command line, unreadable or unbootable image, mode not available
-EXIT_TRIPLE_FAULT = 121
-EXIT_UNIMPLEMENTED = 122  # an instruction without semantics, or an unsupported case
-EXIT_HALT = 123  # HLT with no interrupt that could ever wake the CPU
-EXIT_LIMIT = 124  # the instruction budget (--max-insns) ran out, as timeout(1) does
-EXIT_VMSTOP = 125  # any other clean VM stop
-EXIT_INTERRUPTED = 130  # Ctrl-C
-EXIT_CONSOLE_CLOSED = 141  # the console's reader went away, as a process killed by SIGPIPE
 
 
 class ImageError(Exception):
@@ -272,7 +257,7 @@ def boot_cpu(entry: int) -> BootCpu:
         sel = SEL_CODE if name == "cs" else SEL_DATA
         base, limit, attr = _descriptor_cache(gdt[sel : sel + 8])
         segs[name] = SegmentCache(sel, base, limit, attr)
-    regs = dict.fromkeys(fresh.GPR_NAMES, 0)
+    regs = dict.fromkeys(fresh_machine.GPR_NAMES, 0)
     regs.update(eax=MB_BOOT_MAGIC, ebx=MBI_ADDR, esp=STACK_TOP)
     return BootCpu(
         regs=regs,
@@ -352,7 +337,7 @@ def interp_boot(image: BootImage, platform: Platform | None = None, machine: Mac
         m.mem.write(addr, data)
     cpu = image.cpu
     S = m.state
-    for i, name in enumerate(fresh.GPR_NAMES):
+    for i, name in enumerate(fresh_machine.GPR_NAMES):
         m.regs[i] = cpu.regs[name] & 0xFFFFFFFF
     m.b_write_cr(0, cpu.cr0)
     S.gdtr_base, S.gdtr_limit = cpu.gdtr
@@ -364,295 +349,3 @@ def interp_boot(image: BootImage, platform: Platform | None = None, machine: Mac
     S.eip = cpu.eip
     m.update_mode()
     return m
-
-
-# ---------------------------------------------------------------- statistics
-
-
-@dataclass
-class Figure:
-    key: str  # snake_case, the JSON key
-    label: str  # for people
-    value: object  # int, float, str, or a dict of details (JSON only)
-    unit: str = ""
-
-
-@dataclass
-class RunStats:
-    """The figures `ring1 run --stats` prints and `--json-stats` writes, in the order added.
-
-    Every engine adds its own (`add`): the interpreter its instructions and blocks, the VMM
-    its translated instructions, CCFs, TC bytes, IDENT share, chained links, callouts...
-    A figure whose value is a dict appears only in the JSON."""
-
-    mode: str
-    figures: list[Figure] = field(default_factory=list)
-
-    def add(self, key: str, label: str, value: object, unit: str = "") -> None:
-        self.figures = [f for f in self.figures if f.key != key]
-        self.figures.append(Figure(key, label, value, unit))
-
-    def get(self, key: str) -> object:
-        return next((f.value for f in self.figures if f.key == key), None)
-
-    def as_json(self) -> dict:
-        return {"mode": self.mode, **{f.key: f.value for f in self.figures}}
-
-    def format(self) -> str:
-        rows = [(f.label, _format_value(f.value, f.unit)) for f in self.figures if not isinstance(f.value, dict)]
-        width = max((len(label) for label, _ in rows), default=0)
-        lines = [f"ring1 run stats (mode {self.mode}):"]
-        lines += [f"  {label.ljust(width)}  {text}" for label, text in rows]
-        return "\n".join(lines)
-
-
-def _format_value(value: object, unit: str) -> str:
-    if isinstance(value, float):
-        text = f"{value:.1f}" if unit == "%" else f"{value:.3f}"
-    elif isinstance(value, int):
-        text = f"{value:,}"
-    else:
-        text = str(value)
-    return f"{text} {unit}".rstrip()
-
-
-# ---------------------------------------------------------------- running
-
-
-@dataclass
-class Stop:
-    """How a run ended, the same for every engine."""
-
-    kind: str  # "exit", "triple-fault", "no-semantics", "unsupported", "halt", "limit", "interrupted", or a VMStop kind
-    detail: str  # what happened, for people
-    guest_status: int | None = None  # the value written to the exit port
-    eip: int | None = None  # guest EIP (offset in CS) of the instruction the run stopped at
-    cs: int | None = None
-    code: bytes = b""  # the instruction bytes at cs:eip, as far as they could be read
-
-    @property
-    def exit_status(self) -> int:
-        if self.kind == "exit":
-            status = self.guest_status or 0
-            return status if status <= 0xFF else 0xFF
-        return {
-            "triple-fault": EXIT_TRIPLE_FAULT,
-            "no-semantics": EXIT_UNIMPLEMENTED,
-            "unsupported": EXIT_UNIMPLEMENTED,
-            "no-delivery": EXIT_UNIMPLEMENTED,
-            "halt": EXIT_HALT,
-            "limit": EXIT_LIMIT,
-            "interrupted": EXIT_INTERRUPTED,
-            "console-closed": EXIT_CONSOLE_CLOSED,
-        }.get(self.kind, EXIT_VMSTOP)
-
-    def diagnosis(self, mode: str) -> str | None:
-        """One line for stderr, or None after a clean exit through the exit port."""
-        if self.kind == "exit":
-            return None
-        where = ""
-        if self.eip is not None:
-            where = f"; guest eip {self.eip:#010x}"
-            if self.cs is not None:
-                where += f" (cs {self.cs:#06x})"
-            where += f", bytes {self.code.hex(' ') if self.code else '(unreadable)'}"
-        return f"ring1 run: {self.detail}{where}; mode {mode}"
-
-
-MODES = ("bt", "trap", "interp", "bare")
-
-
-def run_image(
-    mode: str, image: BootImage, platform: GuestPlatform, max_insns: int | None, stats: RunStats
-) -> Stop:
-    """`ring1 run`: boot `image` on `platform` in `mode` (an engine of ring1.runtime.engines),
-    run it (at most `max_insns` guest instructions if given), add the engine's figures to
-    `stats` and say how the run ended."""
-    from ring1.runtime import engines
-
-    engine = engines.create(mode, image.memory_size, platform)
-    interp_boot(image, platform, engine.machine)
-    engine.start()
-    started = time.perf_counter()
-    outcome = engine.run(max_insns)
-    engine.figures(stats, time.perf_counter() - started)
-    return engine.stop(outcome, max_insns)
-
-
-class CountingMachine(Machine):
-    """The interpreter's Machine, counting the blocks it compiles and the events it delivers."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.blocks_compiled = 0
-        self.events_delivered: Counter[str] = Counter()
-        self.last_event: tuple[str, int] | None = None  # (name, guest EIP) of the event being delivered
-        super().__init__(*args, **kwargs)
-
-    def compile_at(self, eip: int, single: bool = False):
-        block = super().compile_at(eip, single)
-        self.blocks_compiled += 1
-        return block
-
-    def deliver_event(self, ev: GuestEvent) -> None:
-        if isinstance(ev, Trap):
-            name = {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
-        else:
-            name = EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")
-        self.events_delivered[name] += 1
-        self.last_event = (str(ev), self.state.eip)
-        super().deliver_event(ev)
-
-
-def instruction_bytes(m: Machine, eip: int) -> bytes:
-    """Up to 15 bytes at CS:eip, or b"" if they cannot be fetched."""
-    try:
-        data, _ = m.fetch(eip)
-    except (Fault, VMStop):
-        return b""
-    try:
-        from ring1.runtime.decoder import decode
-
-        d = decode(data, eip, bool(m.state.code32))
-        return data[: d.length] if d.form is not None else data[:8]
-    except Exception:
-        return data
-
-
-def _stopped_eip(m: Machine, stop: VMStop) -> int:
-    """The EIP of the instruction a VMStop came from. The block runner leaves S.eip at the
-    start of the block when a VMStop escapes it; for an instruction without semantics the
-    block tells which of its instructions that was."""
-    S = m.state
-    eip = S.eip
-    if stop.kind != "no-semantics":
-        return eip
-    key = (eip, S.base[CS], S.code32)
-    block = m.blocks.get(key) or m.single_blocks.get(key)
-    form = stop.reason.split(" ", 1)[0]
-    if block is not None:
-        for d in block.insns:
-            if d.form == form:
-                return d.eip
-    return eip
-
-
-class InterpEngine:
-    """The `interp` mode: the whole guest on the generated interpreter."""
-
-    def __init__(self, mode: str, memory_size: int, platform: Platform | None = None) -> None:
-        self.mode = mode
-        self.machine = CountingMachine(memory_size, platform)
-
-    @property
-    def stop_addresses(self) -> set[int]:
-        return self.machine.stop_addresses
-
-    @stop_addresses.setter
-    def stop_addresses(self, addresses: set[int]) -> None:
-        self.machine.stop_addresses = addresses
-
-    @property
-    def stop_on_event(self) -> bool:
-        return self.machine.stop_on_event
-
-    @stop_on_event.setter
-    def stop_on_event(self, on: bool) -> None:
-        self.machine.stop_on_event = on
-
-    def start(self) -> None:
-        pass  # the interpreter runs on the machine's state itself
-
-    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
-        self.machine.state.eip = eip
-        for i, value in regs.items():
-            self.machine.regs[i] = value
-
-    def run(self, max_insns: int | None = None):
-        from ring1.runtime.engines import Outcome
-
-        try:
-            r = self.machine.run(max_insns)
-        except KeyboardInterrupt:
-            return Outcome("interrupted")
-        return Outcome(r.reason, r.event, r.vmstop)
-
-    def counters(self) -> dict[str, int]:
-        return {"events_delivered": sum(self.machine.events_delivered.values())}
-
-    def figures(self, stats: RunStats, elapsed: float) -> None:
-        m = self.machine
-        S = m.state
-        stats.add("instructions", "instructions executed", S.icount)
-        stats.add("blocks_compiled", "blocks compiled", m.blocks_compiled)
-        stats.add("io_operations", "I/O operations", m.platform.io_total())
-        stats.add("exceptions_delivered", "exceptions delivered", sum(m.events_delivered.values()))
-        stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
-        if elapsed > 0:
-            stats.add("instructions_per_s", "instructions per second", int(S.icount / elapsed))
-        stats.add("io_by_port", "I/O operations by port", m.platform.io_by_port())
-        stats.add("exceptions_by_vector", "exceptions delivered by vector", dict(sorted(m.events_delivered.items())))
-
-    def stop(self, outcome, max_insns: int | None) -> Stop:
-        m = self.machine
-        S = m.state
-        if outcome.reason == "interrupted":
-            return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
-        if outcome.reason == "vmstop":
-            vs = outcome.vmstop
-            assert vs is not None
-            if isinstance(vs, GuestExit):
-                return Stop("exit", vs.reason, guest_status=vs.status)
-            if vs.kind == "triple-fault" and m.last_event is not None:
-                name, eip = m.last_event
-                return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
-            return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
-        if outcome.reason == "halt":
-            # S.eip is past the HLT; report the HLT itself.
-            eip = S.eip - 1 if instruction_bytes(m, (S.eip - 1) & 0xFFFFFFFF)[:1] == b"\xf4" else S.eip
-            return _stop_at(m, "halt", _halt_detail(m), eip)
-        if outcome.reason == "limit":
-            return _stop_at(m, "limit", f"the instruction budget ran out after {S.icount:,} instructions", S.eip)
-        return _stop_at(m, outcome.reason, f"the interpreter stopped ({outcome.reason})", S.eip)
-
-
-def _halt_detail(m: Machine) -> str:
-    if m.state.eflags & 0x200:
-        return "HLT with interrupts enabled, but nothing on this platform raises an interrupt"
-    return "HLT with interrupts disabled"
-
-
-def engine_stop(m: Machine, why: str, what: object, max_insns: int | None, engine: str) -> Stop:
-    """How a run on the hardware ended (the bare, bt and trap engines), as `ring1 run` reports it.
-    `m` holds the guest's state at the end; `what` is the VMStop (or GuestExit) of a "vmstop"."""
-    S = m.state
-    if why == "vmstop":
-        if isinstance(what, GuestExit):
-            return Stop("exit", what.reason, guest_status=what.status)
-        assert isinstance(what, VMStop)
-        return _stop_at(m, what.kind, what.reason, S.eip)
-    if why == "halt":
-        return _stop_at(m, "halt", _halt_detail(m), (S.eip - 1) & 0xFFFFFFFF)  # EIP is past the HLT
-    if why == "interrupted":
-        return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
-    if why == "limit":
-        return _stop_at(m, "limit", f"the instruction budget ran out after {max_insns:,} instructions", S.eip)
-    return _stop_at(m, why, f"the {engine} stopped ({why})", S.eip)
-
-
-def _stop_at(m: Machine, kind: str, detail: str, eip: int) -> Stop:
-    code = instruction_bytes(m, eip)
-    if code and _undefined(m, eip):
-        detail += " (ring1's spec has no form for the instruction there: #UD)"
-    post = getattr(m.platform, "post_code", None)
-    if post is not None:
-        detail += f"; last POST code {post:#04x}"
-    return Stop(kind, detail, eip=eip, cs=m.state.sel[CS], code=code)
-
-
-def _undefined(m: Machine, eip: int) -> bool:
-    try:
-        d, _ = m.decode_at(eip)
-    except Exception:
-        return False
-    return d.form is None
-

@@ -15,7 +15,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import RULES
-from ring1.runtime.events import Fault
+from ring1.runtime.cpu.events import Fault
 from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, INDIRECT_ENTRY, PAD_SLOT, TC_START, L, Unit, Vmm
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_32)

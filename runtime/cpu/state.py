@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ring1.generated.rules import CONSTS
+
+# Segment register numbers and CPU modes, as the spec's prelude declares them.
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
-ES, CS, SS, DS, FS, GS = range(6)
-MODE_REAL, MODE_PROT, MODE_V86 = 0, 1, 2
+ES, CS, SS, DS, FS, GS = (CONSTS[f"SEG_{name.upper()}"] for name in SEG_NAMES)
+MODE_REAL, MODE_PROT, MODE_V86 = CONSTS["MODE_REAL"], CONSTS["MODE_PROT"], CONSTS["MODE_V86"]
 MODE_NAMES = ("real", "protected", "v86")
+assert (MODE_REAL, MODE_PROT, MODE_V86) == (0, 1, 2), "MODE_NAMES is indexed by mode"
 NOCC = (0,)
 
 

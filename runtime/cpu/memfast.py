@@ -1,6 +1,6 @@
 """The interpreter's hot memory accesses.
 
-These functions are not called from this module: ring1.runtime.machine rebinds them into
+These functions are not called from this module: ring1.runtime.cpu.machine rebinds them into
 each machine's namespace, where the names below are that machine's objects:
 
   S        the CpuState          MEM     the physical memory (memoryview)

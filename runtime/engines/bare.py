@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from unicorn import x86_const as X
 
 from ring1.generated.forms import FORMS
-from ring1.runtime.events import Fault, GuestEvent, VMStop
-from ring1.runtime.hostsync import read_into_machine, soft_interrupt_before, write_from_machine
-from ring1.runtime.machine import EVENT_EXCEPTION, Machine, Platform
-from ring1.runtime.memory import PhysicalMemory
-from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu, UcError
+from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
+from ring1.runtime.cpu.machine import EVENT_EXCEPTION, Machine, Platform
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.host.context import read_into_machine, soft_interrupt_before, write_from_machine
+from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 
@@ -230,6 +230,5 @@ class BareEngine:
         stats.add("events_by_vector", "events by vector", dict(sorted(bm.events.items())))
 
     def stop(self, outcome, max_insns: int | None):
-        from ring1.runtime import guest
-
-        return guest.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "bare engine")
+        from ring1.runtime import engines
+        return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "bare engine")

@@ -8,7 +8,7 @@ VMM (bare). Instructions are counted exactly: the interpreter's `state.icount`, 
 unicorn the loop's known instruction count times its iterations.
 
 `nano`: the Adams & Agesen (ASPLOS 2006) nanobenchmarks that apply to a 32-bit kernel, each
-a small kernel-mode loop on the fresh machine of `ring1 exec` (ring1.runtime.fresh), with
+a small kernel-mode loop on the fresh machine of `ring1 exec` (ring1.runtime.tools.fresh_machine), with
 the guest's own IDT handlers and, for `pgfault` and `ptemod`, the guest's own page tables.
 Each runs in every mode; the loop is
 
@@ -34,8 +34,9 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from ring1.runtime import descriptors, fresh
+from ring1.runtime.cpu import descriptors
 from ring1.runtime.isa.assembler import assemble
+from ring1.runtime.tools import fresh_machine
 
 MODES = ("bare", "bt", "trap", "interp")
 # The clock: CPU time of this process (the guest runs on this thread), so that other work on a
@@ -90,8 +91,8 @@ STORE_LOAD = "mov [edi], eax\nmov eax, [edi]"
 
 # Self-modifying code: the body rewrites the immediate of the next instruction (in the same
 # basic block, so in the same unit under bt) with the loop counter, and counts in a word on its
-# own code page (past the loop: the loop is at fresh.CODE).
-SMC_COUNTER = fresh.CODE + 0x800
+# own code page (past the loop: the loop is at fresh_machine.CODE).
+SMC_COUNTER = fresh_machine.CODE + 0x800
 SMC_BODY = f"""
     mov byte ptr [smc_next + 1], cl
 smc_next:
@@ -121,13 +122,13 @@ ENABLE_PAGING = f"""
 def paging_memory() -> dict[int, bytes]:
     pd = bytearray(4096)
     struct.pack_into("<I", pd, 0, PAGE_TABLE | 0x3)
-    pt = b"".join(struct.pack("<I", (i << 12) | 0x3) for i in range(fresh.MEMORY_SIZE >> 12))
+    pt = b"".join(struct.pack("<I", (i << 12) | 0x3) for i in range(fresh_machine.MEMORY_SIZE >> 12))
     return {PAGE_DIR: bytes(pd), PAGE_TABLE: pt}
 
 
 def gate(handler: int) -> bytes:
     """A 32-bit interrupt gate to a ring-0 handler, DPL 3."""
-    return descriptors.gate(handler, fresh.SEL_CODE0, descriptors.GATE_INTERRUPT32, dpl=3)
+    return descriptors.gate(handler, fresh_machine.SEL_CODE0, descriptors.GATE_INTERRUPT32, dpl=3)
 
 
 # ---------------------------------------------------------------- snippets
@@ -150,7 +151,7 @@ class Loop:
 
 @dataclass
 class Built:
-    spec: fresh.FreshSpec
+    spec: fresh_machine.FreshSpec
     head: int  # the loop head: re-runs start here
     end: int  # the stop address
 
@@ -161,14 +162,14 @@ def build(loop: Loop) -> Built:
     parts += ["hlt  # never reached: every mode stops at `end`", "fn:", loop.functions]
     for vector in sorted(loop.handlers):
         parts += [".balign 16, 0x90", f"handler_{vector}:", loop.handlers[vector]]
-    code = assemble("\n".join(parts), origin=fresh.CODE)
+    code = assemble("\n".join(parts), origin=fresh_machine.CODE)
     memory: dict[int, bytes] = {
-        fresh.IDT + vector * 8: gate(code.labels[f"handler_{vector}"]) for vector in loop.handlers
+        fresh_machine.IDT + vector * 8: gate(code.labels[f"handler_{vector}"]) for vector in loop.handlers
     }
     if loop.paging:
         memory.update(paging_memory())
     regs = {"ecx": 1, **loop.regs}
-    spec = fresh.FreshSpec(code=code.code, regs=regs, memory=memory)
+    spec = fresh_machine.FreshSpec(code=code.code, regs=regs, memory=memory)
     return Built(spec, code.labels["head"], code.labels["end"])
 
 
@@ -240,7 +241,7 @@ def nano_benchmarks() -> list[Nano]:
         Nano(
             "store_load",
             "a store and a load of the same word (no sensitive instruction)",
-            Loop(STORE_LOAD, 4, regs={"edi": fresh.DATA}),
+            Loop(STORE_LOAD, 4, regs={"edi": fresh_machine.DATA}),
             None,
         ),
         # Issue 8's self-modifying loop: the time of 10,000 rewrites is 10,000 x this figure.
@@ -267,21 +268,21 @@ class Runner:
 
     def __init__(self, mode: str, built: Built, rule_overrides: dict[str, str] | None = None) -> None:
         from ring1.runtime import engines
-        from ring1.runtime.snippet import interp_machine
+        from ring1.runtime.tools.snippet import interp_machine
 
         self.mode = mode
         self.built = built
-        self.entry = fresh.CODE
+        self.entry = fresh_machine.CODE
         self.runs = 0
         options = {"rule_overrides": rule_overrides} if rule_overrides else {}
-        self.engine = engines.create(mode, fresh.MEMORY_SIZE, **options)
+        self.engine = engines.create(mode, fresh_machine.MEMORY_SIZE, **options)
         interp_machine(built.spec, self.engine.machine)
         self.engine.start()
         self.engine.stop_addresses = {built.end}
 
     def run(self, n: int) -> float:
         engine, end = self.engine, self.built.end
-        engine.set_registers(self.entry, {1: n, 4: fresh.STACK_TOP})  # ECX: iterations; ESP
+        engine.set_registers(self.entry, {1: n, 4: fresh_machine.STACK_TOP})  # ECX: iterations; ESP
         t0 = clock()
         outcome = engine.run(None)
         dt = clock() - t0
@@ -295,7 +296,7 @@ class Runner:
     def final_state(self) -> dict[str, int]:
         """The guest's GPRs, EIP and EFLAGS after the last run."""
         m = self.engine.machine
-        regs = dict(zip(fresh.GPR_NAMES, m.regs, strict=True))
+        regs = dict(zip(fresh_machine.GPR_NAMES, m.regs, strict=True))
         return {**regs, "eip": m.state.eip, "eflags": m.eflags()}
 
     def counters(self) -> dict[str, int]:
@@ -436,15 +437,15 @@ INTERP_INSNS_PER_ITER = 5  # the body, dec ecx, jnz
 
 
 def interp_loop() -> Built:
-    code = assemble(INTERP_LOOP, origin=fresh.CODE)
-    spec = fresh.FreshSpec(code=code.code, regs={"ecx": 1, "ebx": 3, "edi": fresh.DATA})
+    code = assemble(INTERP_LOOP, origin=fresh_machine.CODE)
+    spec = fresh_machine.FreshSpec(code=code.code, regs={"ecx": 1, "ebx": 3, "edi": fresh_machine.DATA})
     return Built(spec, code.labels["head"], code.labels["end"])
 
 
 def run_interp_bench(quick: bool = False, repeats: int | None = None) -> dict:
     from unicorn import x86_const as X
 
-    from ring1.runtime.snippet import interp_machine, unicorn_machine
+    from ring1.runtime.tools.snippet import interp_machine, unicorn_machine
 
     s = settings(quick, repeats)
     built = interp_loop()
@@ -545,7 +546,9 @@ def format_nano(result: dict) -> str:
     st = result["settings"]
     lines.append("Time per operation with the loop overhead (a baseline loop) subtracted; alu is one whole iteration,")
     lines.append(f"loop included. Medians of {st['repeats']} runs of about {st['target_s']} s of CPU time each.")
-    lines.append("bare delivers exceptions and interrupts in Python (ring1.runtime.bare): its event figures are")
+    lines.append(
+        "bare delivers exceptions and interrupts in Python (ring1.runtime.engines.bare): its event figures are"
+    )
     lines.append("no hardware reference. `ring1 bench nano --json` adds VMM counts per operation (callouts, traps).")
     lines.extend(notes)
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Moving CPU state between unicorn and the generated interpreter.
 
-The interpreter (ring1.runtime.machine.Machine) and unicorn share guest memory (the same
+The interpreter (ring1.runtime.cpu.machine.Machine) and unicorn share guest memory (the same
 PhysicalMemory buffer), so handing a guest from one to the other is a matter of registers.
 Unicorn's register API is slow from Python (a `reg_read_batch` of ten registers costs about
 50 us) and does not expose the hidden part of segment registers, so state is read from
@@ -25,7 +25,7 @@ from functools import cache
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
 
-from ring1.runtime.physcpu import GPR_IDS, SEG_IDS
+from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS
 
 _Q = struct.Struct("<Q")
 _QQ = struct.Struct("<QQ")
@@ -233,8 +233,8 @@ def soft_interrupt_before(m, vector: int):
     leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
     or None when the event is a fault at EIP."""
     from ring1.generated.forms import FORMS
-    from ring1.runtime.decoder import Truncated, decode
-    from ring1.runtime.events import Fault, Trap
+    from ring1.runtime.cpu.events import Fault, Trap
+    from ring1.runtime.isa.decoder import Truncated, decode
 
     S = m.state
     for length in (2, 1):

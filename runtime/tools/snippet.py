@@ -1,7 +1,7 @@
 """Run one snippet of guest code from the fresh machine and report the final state.
 
 This is `ring1 exec`: the quickest way to try an instruction. Every mode starts from the
-same guest-visible state (ring1.runtime.fresh) and reports the same fields, so the
+same guest-visible state (ring1.runtime.tools.fresh_machine) and reports the same fields, so the
 outputs of two modes can be compared field by field.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ring1.runtime import fresh
-from ring1.runtime.events import Fault, Trap, VMStop
-from ring1.runtime.machine import Machine
-from ring1.runtime.state import CS
+from ring1.runtime.cpu.events import Fault, Trap, VMStop
+from ring1.runtime.cpu.machine import Machine
+from ring1.runtime.cpu.state import CS
+from ring1.runtime.tools import fresh_machine
 
 DEFAULT_MAX_INSNS = 100_000
 
@@ -49,30 +49,30 @@ def _descriptor_cache(raw: bytes) -> tuple[int, int, int]:
     return base, limit, attr
 
 
-def interp_machine(spec: fresh.FreshSpec, m: Machine | None = None) -> Machine:
+def interp_machine(spec: fresh_machine.FreshSpec, m: Machine | None = None) -> Machine:
     """The fresh machine, built directly into the interpreter's state (a new Machine, or `m`)."""
-    m = m if m is not None else Machine(fresh.MEMORY_SIZE)
-    for addr, data in fresh.memory_image(spec):
+    m = m if m is not None else Machine(fresh_machine.MEMORY_SIZE)
+    for addr, data in fresh_machine.memory_image(spec):
         m.mem.write(addr, data)
     S = m.state
     regs = spec.initial_regs()
-    for i, name in enumerate(fresh.GPR_NAMES):
+    for i, name in enumerate(fresh_machine.GPR_NAMES):
         m.regs[i] = regs[name] & 0xFFFFFFFF
-    gdt = fresh.gdt_bytes()
+    gdt = fresh_machine.gdt_bytes()
     if spec.real:
-        S.cr[0] = fresh.CR0_ET | spec.cr0_bits
-        S.idtr_base, S.idtr_limit = fresh.IVT, 0x3FF
-        sels = fresh.selectors(spec)
-        for s, name in enumerate(fresh.SEG_NAMES):
+        S.cr[0] = fresh_machine.CR0_ET | spec.cr0_bits
+        S.idtr_base, S.idtr_limit = fresh_machine.IVT, 0x3FF
+        sels = fresh_machine.selectors(spec)
+        for s, name in enumerate(fresh_machine.SEG_NAMES):
             m.b_set_seg(s, sels[name], sels[name] << 4, 0xFFFF, 0x9B if s == CS else 0x93)
     else:
-        m.b_write_cr(0, fresh.CR0_ET | fresh.CR0_PE | spec.cr0_bits)
-        S.gdtr_base, S.gdtr_limit = fresh.GDT, len(gdt) - 1
-        S.idtr_base, S.idtr_limit = fresh.IDT, 256 * 8 - 1
-        base, limit, attr = _descriptor_cache(gdt[fresh.SEL_TSS : fresh.SEL_TSS + 8])
-        m.b_set_tr(fresh.SEL_TSS, base, limit, attr)
-        sels = fresh.selectors(spec)
-        for s, name in enumerate(fresh.SEG_NAMES):
+        m.b_write_cr(0, fresh_machine.CR0_ET | fresh_machine.CR0_PE | spec.cr0_bits)
+        S.gdtr_base, S.gdtr_limit = fresh_machine.GDT, len(gdt) - 1
+        S.idtr_base, S.idtr_limit = fresh_machine.IDT, 256 * 8 - 1
+        base, limit, attr = _descriptor_cache(gdt[fresh_machine.SEL_TSS : fresh_machine.SEL_TSS + 8])
+        m.b_set_tr(fresh_machine.SEL_TSS, base, limit, attr)
+        sels = fresh_machine.selectors(spec)
+        for s, name in enumerate(fresh_machine.SEG_NAMES):
             sel = sels[name]
             base, limit, attr = _descriptor_cache(gdt[sel & ~7 : (sel & ~7) + 8])
             m.b_set_seg(s, sel, base, limit, attr | 1)  # the CPU sets the accessed bit on load
@@ -80,29 +80,29 @@ def interp_machine(spec: fresh.FreshSpec, m: Machine | None = None) -> Machine:
     S.cr[4] = spec.cr4
     S.xmm[:] = spec.xmm
     S.mxcsr = spec.mxcsr
-    S.eip = fresh.CODE
+    S.eip = fresh_machine.CODE
     m.update_mode()
     return m
 
 
 def state_of(m: Machine) -> dict[str, int]:
     S = m.state
-    out = {name: m.regs[i] for i, name in enumerate(fresh.GPR_NAMES)}
+    out = {name: m.regs[i] for i, name in enumerate(fresh_machine.GPR_NAMES)}
     out["eip"] = S.eip
     out["eflags"] = m.eflags()
-    for i, name in enumerate(fresh.SEG_NAMES):
+    for i, name in enumerate(fresh_machine.SEG_NAMES):
         out[name] = S.sel[i]
     return out
 
 
 def simd_of(m: Machine) -> dict[str, int]:
-    """The interpreter's SSE state by fresh.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
+    """The interpreter's SSE state by fresh_machine.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
     S = m.state
-    return {**dict(zip(fresh.XMM_NAMES, S.xmm, strict=True)), "mxcsr": S.mxcsr}
+    return {**dict(zip(fresh_machine.XMM_NAMES, S.xmm, strict=True)), "mxcsr": S.mxcsr}
 
 
 def run_snippet(
-    spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, engine=None
+    spec: fresh_machine.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, engine=None
 ) -> SnippetResult:
     """`ring1 exec`: the fresh machine in an engine of `mode` (ring1.runtime.engines), run until
     the end of the snippet or its first exception. Tests may pass the `engine` to look at it
@@ -114,11 +114,11 @@ def run_snippet(
     if engine is None:
         if mode == "bare":
             return run_unicorn(spec, max_insns, keep_memory)
-        engine = engines.create(mode, fresh.MEMORY_SIZE)
+        engine = engines.create(mode, fresh_machine.MEMORY_SIZE)
     m = engine.machine
     interp_machine(spec, m)
     engine.stop_on_event = True
-    engine.stop_addresses = {fresh.CODE + len(spec.code)}
+    engine.stop_addresses = {fresh_machine.CODE + len(spec.code)}
     engine.start()
     outcome = engine.run(max_insns)  # Ctrl-C: the guest state is the virtual CPU's as last captured
     vector = err = cr2 = None
@@ -135,7 +135,9 @@ def run_snippet(
     return SnippetResult(state_of(m), vector, err, cr2, stop, m.state.icount, diagnosis, memory)
 
 
-def run_interp(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
+def run_interp(
+    spec: fresh_machine.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False
+) -> SnippetResult:
     return run_snippet(spec, "interp", max_insns, keep_memory)
 
 
@@ -150,32 +152,32 @@ def _ring3_stub(esp: int, eflags: int) -> bytes:
 
     return assemble(
         f"""
-        push {fresh.SEL_DATA3:#x}   # SS
+        push {fresh_machine.SEL_DATA3:#x}   # SS
         push {esp:#x}               # ESP
         push {eflags:#x}            # EFLAGS
-        push {fresh.SEL_CODE3:#x}   # CS
-        push {fresh.CODE:#x}        # EIP
+        push {fresh_machine.SEL_CODE3:#x}   # CS
+        push {fresh_machine.CODE:#x}        # EIP
         iretd
         """,
         origin=_ENTER_RING3,
     ).code
 
 
-def unicorn_machine(spec: fresh.FreshSpec):
+def unicorn_machine(spec: fresh_machine.FreshSpec):
     """The fresh machine on unicorn: a PhysicalCpu positioned at the snippet's first instruction."""
     from unicorn import x86_const as X
 
-    from ring1.runtime.machine import Platform
-    from ring1.runtime.memory import PhysicalMemory
-    from ring1.runtime.physcpu import GPR_IDS, PhysicalCpu
+    from ring1.runtime.cpu.machine import Platform
+    from ring1.runtime.cpu.memory import PhysicalMemory
+    from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu
 
-    mem = PhysicalMemory(fresh.MEMORY_SIZE)
-    for addr, data in fresh.memory_image(spec):
+    mem = PhysicalMemory(fresh_machine.MEMORY_SIZE)
+    for addr, data in fresh_machine.memory_image(spec):
         mem.write(addr, data)
     cpu = PhysicalCpu(mem, real_mode=spec.real, platform=Platform())
     uc = cpu.uc
     regs = spec.initial_regs()
-    gdt = fresh.gdt_bytes()
+    gdt = fresh_machine.gdt_bytes()
     # The same control state the interpreter starts from (unicorn's reset values differ:
     # its MXCSR starts at 0).
     uc.reg_write(X.UC_X86_REG_CR4, spec.cr4)
@@ -183,19 +185,21 @@ def unicorn_machine(spec: fresh.FreshSpec):
     for i, v in enumerate(spec.xmm):
         uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
     if spec.real:
-        uc.reg_write(X.UC_X86_REG_CR0, fresh.CR0_ET | spec.cr0_bits)  # ET: hard-wired on a Pentium-class CPU
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IVT, 0x3FF, 0))
+        uc.reg_write(X.UC_X86_REG_CR0, fresh_machine.CR0_ET | spec.cr0_bits)  # ET: hard-wired on a Pentium-class CPU
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh_machine.IVT, 0x3FF, 0))
         uc.reg_write(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
     if not spec.real:
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, fresh.GDT, len(gdt) - 1, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh.IDT, 256 * 8 - 1, 0))
-        uc.reg_write(X.UC_X86_REG_CR0, fresh.CR0_ET | fresh.CR0_PE | spec.cr0_bits)
-        uc.reg_write(X.UC_X86_REG_TR, (fresh.SEL_TSS, fresh.TSS, 0x67, 0x8B << 8))  # flags as QEMU keeps them
-        uc.reg_write(X.UC_X86_REG_CS, fresh.SEL_CODE0)
-        uc.reg_write(X.UC_X86_REG_SS, fresh.SEL_DATA0)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, fresh_machine.GDT, len(gdt) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh_machine.IDT, 256 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_CR0, fresh_machine.CR0_ET | fresh_machine.CR0_PE | spec.cr0_bits)
+        uc.reg_write(
+            X.UC_X86_REG_TR, (fresh_machine.SEL_TSS, fresh_machine.TSS, 0x67, 0x8B << 8)
+        )  # flags as QEMU keeps them
+        uc.reg_write(X.UC_X86_REG_CS, fresh_machine.SEL_CODE0)
+        uc.reg_write(X.UC_X86_REG_SS, fresh_machine.SEL_DATA0)
         for rid in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
-            uc.reg_write(rid, fresh.SEL_DATA0)
-        sels = fresh.selectors(spec)
+            uc.reg_write(rid, fresh_machine.SEL_DATA0)
+        sels = fresh_machine.selectors(spec)
         for rid, name in (
             (X.UC_X86_REG_DS, "ds"),
             (X.UC_X86_REG_ES, "es"),
@@ -206,11 +210,11 @@ def unicorn_machine(spec: fresh.FreshSpec):
         if spec.cpl == 3:
             stub = _ring3_stub(regs["esp"], regs["eflags"])
             mem.write(_ENTER_RING3, stub)
-            uc.reg_write(X.UC_X86_REG_ESP, fresh.STACK0_TOP)
+            uc.reg_write(X.UC_X86_REG_ESP, fresh_machine.STACK0_TOP)
             uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
-            cpu.run(_ENTER_RING3, fresh.CODE, count=6)
+            cpu.run(_ENTER_RING3, fresh_machine.CODE, count=6)
     else:
-        sels = fresh.selectors(spec)
+        sels = fresh_machine.selectors(spec)
         for rid, name in (
             (X.UC_X86_REG_CS, "cs"),
             (X.UC_X86_REG_SS, "ss"),
@@ -220,7 +224,7 @@ def unicorn_machine(spec: fresh.FreshSpec):
             (X.UC_X86_REG_GS, "gs"),
         ):
             uc.reg_write(rid, sels[name])
-    for rid, name in zip(GPR_IDS, fresh.GPR_NAMES, strict=True):
+    for rid, name in zip(GPR_IDS, fresh_machine.GPR_NAMES, strict=True):
         uc.reg_write(rid, regs[name])
     if spec.cpl == 0 or spec.real:
         uc.reg_write(X.UC_X86_REG_EFLAGS, regs["eflags"])
@@ -228,36 +232,38 @@ def unicorn_machine(spec: fresh.FreshSpec):
 
 
 def unicorn_simd(uc) -> dict[str, int]:
-    """Unicorn's SSE state by fresh.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
+    """Unicorn's SSE state by fresh_machine.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
     from unicorn import x86_const as X
 
-    out = {name: uc.reg_read(X.UC_X86_REG_XMM0 + i) for i, name in enumerate(fresh.XMM_NAMES)}
+    out = {name: uc.reg_read(X.UC_X86_REG_XMM0 + i) for i, name in enumerate(fresh_machine.XMM_NAMES)}
     out["mxcsr"] = uc.reg_read(X.UC_X86_REG_MXCSR)
     return out
 
 
-def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False) -> SnippetResult:
-    from ring1.runtime.physcpu import UcError
+def run_unicorn(
+    spec: fresh_machine.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False
+) -> SnippetResult:
+    from ring1.runtime.host.physcpu import UcError
 
     cpu = unicorn_machine(spec)
-    end = fresh.CODE + len(spec.code)
+    end = fresh_machine.CODE + len(spec.code)
     diagnosis = None
     interrupted = False
     try:
         if max_insns == 0:  # count=0 means "no limit" to unicorn; a budget of zero runs nothing
             from unicorn import x86_const as X
 
-            cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh.CODE)  # where emu_start would have begun
+            cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh_machine.CODE)  # where emu_start would have begun
             ev = None
         else:
-            ev = cpu.run(fresh.CODE, end, count=max_insns)
+            ev = cpu.run(fresh_machine.CODE, end, count=max_insns)
     except UcError as err:
         ev = None
         diagnosis = f"unicorn stopped: {err}"
     except KeyboardInterrupt:
         ev, interrupted = None, True
     values = cpu.read_state()
-    names = (*fresh.GPR_NAMES, "eip", "eflags", *fresh.SEG_NAMES)
+    names = (*fresh_machine.GPR_NAMES, "eip", "eflags", *fresh_machine.SEG_NAMES)
     regs = dict(zip(names, values, strict=True))
     if interrupted:
         stop = "interrupted"
@@ -277,9 +283,9 @@ def run_unicorn(spec: fresh.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_
 
 
 def run_vmm(
-    spec: fresh.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, vmm=None
+    spec: fresh_machine.FreshSpec, mode: str, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False, vmm=None
 ) -> SnippetResult:
-    """`ring1 exec --mode bt|trap`. Tests may pass a new `vmm` (a Vmm of fresh.MEMORY_SIZE in
+    """`ring1 exec --mode bt|trap`. Tests may pass a new `vmm` (a Vmm of fresh_machine.MEMORY_SIZE in
     `mode`) to look at it afterwards."""
     from ring1.runtime.vmm import VmmEngine
 

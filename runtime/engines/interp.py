@@ -1,0 +1,130 @@
+"""The `interp` mode: the whole guest on the generated interpreter ("full emulation")."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.machine import Machine, Platform
+from ring1.runtime.cpu.state import CS
+from ring1.runtime.devices.platform import GuestExit
+from ring1.runtime.engines import Outcome, RunStats, Stop, _halt_detail, _stop_at, instruction_bytes
+
+
+class CountingMachine(Machine):
+    """The interpreter's Machine, counting the blocks it compiles and the events it delivers."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.blocks_compiled = 0
+        self.events_delivered: Counter[str] = Counter()
+        self.last_event: tuple[str, int] | None = None  # (name, guest EIP) of the event being delivered
+        super().__init__(*args, **kwargs)
+
+    def compile_at(self, eip: int, single: bool = False):
+        block = super().compile_at(eip, single)
+        self.blocks_compiled += 1
+        return block
+
+    def deliver_event(self, ev: GuestEvent) -> None:
+        if isinstance(ev, Trap):
+            name = {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
+        else:
+            name = EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")
+        self.events_delivered[name] += 1
+        self.last_event = (str(ev), self.state.eip)
+        super().deliver_event(ev)
+
+
+def _stopped_eip(m: Machine, stop: VMStop) -> int:
+    """The EIP of the instruction a VMStop came from. The block runner leaves S.eip at the
+    start of the block when a VMStop escapes it; for an instruction without semantics the
+    block tells which of its instructions that was."""
+    S = m.state
+    eip = S.eip
+    if stop.kind != "no-semantics":
+        return eip
+    key = (eip, S.base[CS], S.code32)
+    block = m.blocks.get(key) or m.single_blocks.get(key)
+    form = stop.reason.split(" ", 1)[0]
+    if block is not None:
+        for d in block.insns:
+            if d.form == form:
+                return d.eip
+    return eip
+
+
+class InterpEngine:
+    """The `interp` mode: the whole guest on the generated interpreter."""
+
+    def __init__(self, mode: str, memory_size: int, platform: Platform | None = None) -> None:
+        self.mode = mode
+        self.machine = CountingMachine(memory_size, platform)
+
+    @property
+    def stop_addresses(self) -> set[int]:
+        return self.machine.stop_addresses
+
+    @stop_addresses.setter
+    def stop_addresses(self, addresses: set[int]) -> None:
+        self.machine.stop_addresses = addresses
+
+    @property
+    def stop_on_event(self) -> bool:
+        return self.machine.stop_on_event
+
+    @stop_on_event.setter
+    def stop_on_event(self, on: bool) -> None:
+        self.machine.stop_on_event = on
+
+    def start(self) -> None:
+        pass  # the interpreter runs on the machine's state itself
+
+    def set_registers(self, eip: int, regs: dict[int, int]) -> None:
+        self.machine.state.eip = eip
+        for i, value in regs.items():
+            self.machine.regs[i] = value
+
+    def run(self, max_insns: int | None = None):
+        try:
+            r = self.machine.run(max_insns)
+        except KeyboardInterrupt:
+            return Outcome("interrupted")
+        return Outcome(r.reason, r.event, r.vmstop)
+
+    def counters(self) -> dict[str, int]:
+        return {"events_delivered": sum(self.machine.events_delivered.values())}
+
+    def figures(self, stats: RunStats, elapsed: float) -> None:
+        m = self.machine
+        S = m.state
+        stats.add("instructions", "instructions executed", S.icount)
+        stats.add("blocks_compiled", "blocks compiled", m.blocks_compiled)
+        stats.add("io_operations", "I/O operations", m.platform.io_total())
+        stats.add("exceptions_delivered", "exceptions delivered", sum(m.events_delivered.values()))
+        stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
+        if elapsed > 0:
+            stats.add("instructions_per_s", "instructions per second", int(S.icount / elapsed))
+        stats.add("io_by_port", "I/O operations by port", m.platform.io_by_port())
+        stats.add("exceptions_by_vector", "exceptions delivered by vector", dict(sorted(m.events_delivered.items())))
+
+    def stop(self, outcome, max_insns: int | None) -> Stop:
+        m = self.machine
+        S = m.state
+        if outcome.reason == "interrupted":
+            return _stop_at(m, "interrupted", "interrupted (Ctrl-C)", S.eip)
+        if outcome.reason == "vmstop":
+            vs = outcome.vmstop
+            assert vs is not None
+            if isinstance(vs, GuestExit):
+                return Stop("exit", vs.reason, guest_status=vs.status)
+            if vs.kind == "triple-fault" and m.last_event is not None:
+                name, eip = m.last_event
+                return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
+            return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
+        if outcome.reason == "halt":
+            # S.eip is past the HLT; report the HLT itself.
+            eip = S.eip - 1 if instruction_bytes(m, (S.eip - 1) & 0xFFFFFFFF)[:1] == b"\xf4" else S.eip
+            return _stop_at(m, "halt", _halt_detail(m), eip)
+        if outcome.reason == "limit":
+            return _stop_at(m, "limit", f"the instruction budget ran out after {S.icount:,} instructions", S.eip)
+        return _stop_at(m, outcome.reason, f"the interpreter stopped ({outcome.reason})", S.eip)
