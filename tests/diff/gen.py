@@ -358,8 +358,17 @@ def stack_image(draw, mode: Mode, osize: int) -> bytes:
         # A 32-bit pop of this frame reads CS as EIP[31:16]: keep that inside guest RAM, where
         # unicorn has memory to fetch from (beyond it the CPU reads open bus; unicorn stops).
         cs = draw(st.sampled_from([s for s in SELECTORS_PROT if s < fresh_machine.MEMORY_SIZE >> 16]))
-    words = [code, cs, draw(flags), draw(st.integers(0x4000, 0x6F00)), draw(sels)]
+    flags_word = draw(flags)
+    words = [code, cs, flags_word, draw(st.integers(0x4000, 0x6F00)), draw(sels)]
     words += [draw(sels) for _ in range(4)]
+    if layout == "frame16" and osize == 32 and mode.real:
+        # A 32-bit pop of this frame (RETF, IRETD) reads CS from the FLAGS word: there, a
+        # real-mode segment that a status-flags value can be (2, 3, 6 or 7) and that keeps CS:EIP
+        # on the HLT code page, as the frame's EIP does (elsewhere it runs whatever memory holds);
+        # IRETD's EFLAGS then comes from words 4 and 5: a flags value like the frame's (no TF).
+        words[0] = draw(st.integers(CODE_PAGE[0] + CODE_LIMIT, CODE_PAGE[1] - 0x100))
+        words[2] = (draw(st.integers(0, 0xF)) & 0xD5) | 2
+        words[4], words[5] = draw(flags) & 0xFFFF, 0
     if layout == "frame32":
         words += [draw(st.integers(0, 0xFFFFFFFF)) for _ in range(16 - len(words))]
         return b"".join(w.to_bytes(4, "little") for w in words)

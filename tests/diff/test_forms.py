@@ -13,13 +13,13 @@ from ring1.generated.forms import FORMS
 
 from . import deviations
 from .gen import MODES, case_for
-from .harness import differences, run_both
+from .harness import Outcome, differences, run_both
 
 SEMANTIC_FORMS = sorted(name for name, f in FORMS.items() if f.semantics)
 
 
-def check_case(case) -> None:
-    outcome = run_both(case)
+def check_case(case, outcome: Outcome | None = None) -> None:
+    outcome = outcome or run_both(case)
     diffs = differences(outcome)
     if diffs and deviations.explain(case, outcome) is not None:
         return

@@ -13,7 +13,7 @@ from ring1.runtime.tools import fresh_machine
 
 from .deviations import ALONE_FORMS, is_locked_neg
 from .gen import MODES, case_for
-from .harness import FLAG_BITS, flag_mask
+from .harness import run_both
 from .test_forms import check_case
 
 FAMILIES = ("arith", "logic", "shift", "bit", "datamov", "flags", "string")
@@ -37,20 +37,6 @@ def has_locked_neg(code: bytes, code32: bool) -> bool:
     return False
 
 
-def reads_undefined_flag(forms: list[str]) -> bool:
-    """Whether some form tests a flag that an earlier form left undefined (the hardware may differ)."""
-    undefined = 0
-    for name in forms:
-        for flag, actions in FORMS[name].flags.items():
-            if flag in FLAG_BITS and "test" in actions and undefined & flag_mask(flag):
-                return True
-        for flag, actions in FORMS[name].flags.items():
-            writes = set(actions) - {"test"}
-            if flag in FLAG_BITS and writes:
-                undefined = undefined | flag_mask(flag) if "undef" in writes else undefined & ~flag_mask(flag)
-    return False
-
-
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sequences_against_unicorn(mode: str, diff_settings: dict) -> None:
     @settings(
@@ -66,8 +52,11 @@ def test_sequences_against_unicorn(mode: str, diff_settings: dict) -> None:
         )
     )
     def check(case) -> None:
-        assume(not reads_undefined_flag(case.forms))
         assume(not has_locked_neg(case.spec.code, not case.spec.real))
-        check_case(case)
+        outcome = run_both(case)
+        # An instruction that ran and read a flag its last writer left undefined (the hardware
+        # may give either value): the case says nothing. Counted by hypothesis as invalid.
+        assume(not outcome.reads_undefined)
+        check_case(case, outcome)
 
     check()

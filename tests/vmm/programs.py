@@ -15,8 +15,8 @@ exception, with the stack and all memory accesses inside guest RAM):
   ops move ESP by bounded amounts around the fresh stack;
 - loop counters, saved ESPs and call pointers live in a bookkeeping area at linear
   0x2000-0x2FFF, addressed through SS (flat), which no random instance touches;
-- a subroutine saves ESP on entry and reloads it before its RET, so random stack ops in
-  its body cannot unbalance the return;
+- a subroutine saves ESP and its return address on entry and puts both back before its RET,
+  so random stack ops in its body can neither unbalance nor redirect the return;
 - subroutines only call subroutines placed after them (no recursion), loops run at most
   3 times and nest at most twice, so a program retires at most a few thousand instructions.
 
@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
-from ring1.runtime.isa.decoder import decode
+from ring1.runtime.isa.decoder import Decoded, decode
 from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult
 
 from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
 from ..diff.harness import window_segments
+from ..undefined_flags import Follower, counts_in_ecx, hook_ecx, straight_line
 
 CPL0 = MODES["cpl0"]
 BOOK = 0x2000  # bookkeeping (SS-relative, flat): counters, saved ESPs, call pointers
@@ -364,12 +366,19 @@ class _Builder:
             a.emit(b"\x36\xff\x15" + struct.pack("<I", ptr))  # call [ss:ptr]
 
     def subroutine(self, name: str, nargs: int) -> None:
+        # The body's stack ops may pop the return address and push something else over it
+        # (POPF then PUSHF rewrites it with the flags): the return address is kept in the
+        # bookkeeping area and put back before the RET, with instructions that touch no flag.
         a = self.asm
-        save = self.slot()
+        save, ret = self.slot(), self.slot()
         a.here(name)
+        a.emit(b"\x36\x8f\x05" + struct.pack("<I", ret))  # pop dword [ss:ret]
+        a.emit(b"\x36\xff\x35" + struct.pack("<I", ret))  # push dword [ss:ret]
         a.emit(b"\x36\x89\x25" + struct.pack("<I", save))  # mov [ss:save], esp
         self.block(1)
         a.emit(b"\x36\x8b\x25" + struct.pack("<I", save))  # mov esp, [ss:save]
+        a.emit(b"\x8d\x64\x24\x04")  # lea esp, [esp + 4]
+        a.emit(b"\x36\xff\x35" + struct.pack("<I", ret))  # push dword [ss:ret]
         a.emit(b"\xc2" + struct.pack("<H", 4 * nargs) if nargs else b"\xc3")  # ret n / ret
 
     def program(self) -> None:
@@ -429,3 +438,72 @@ def program_ending_with(draw, form: str, pool: list[str] | None = None, max_chun
     b.stealth, b.pool, b.budget = [], [form], 1
     b.chunk()
     return _finish(draw, b)
+
+
+# ---------------------------------------------------------------- flags left undefined
+
+
+def run_bare_traced(spec: fresh_machine.FreshSpec, max_insns: int = 100_000) -> tuple[SnippetResult, Follower]:
+    """`bare` (tests/vmm/common.run) with the undefined flags followed along the path it took.
+
+    Which flags a program leaves undefined depends on the path: an `if` body runs or not as the
+    data decide. The path is what unicorn reports through a block hook (one Python call per
+    executed translation block, the cheap way to know it); along it, each instruction's effect
+    is its decoded form's flag declarations (tests/undefined_flags.py), looked up once per
+    address. A block that stopped at an exception ran up to the instruction at the final EIP."""
+    from unicorn import UC_HOOK_BLOCK
+
+    from ring1.runtime.host.physcpu import UcError
+    from ring1.runtime.tools.snippet import unicorn_machine
+
+    cpu = unicorn_machine(spec)
+    events: list[tuple[int, int, int]] = []  # (BLOCK, address, size), (ECX, address, value)
+    cpu.uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: events.append((BLOCK, address, size)))
+    hook_ecx(cpu.uc, counted_in_ecx(spec), lambda address, value: events.append((ECX, address, value)))
+    end = fresh_machine.CODE + len(spec.code)
+    diagnosis = None
+    try:
+        ev = cpu.run(fresh_machine.CODE, end, count=max_insns)
+    except UcError as err:
+        ev, diagnosis = None, f"unicorn stopped: {err}"
+    names = (*fresh_machine.GPR_NAMES, "eip", "eflags", *fresh_machine.SEG_NAMES)
+    regs = dict(zip(names, cpu.read_state(), strict=True))
+    stop = "vmstop" if diagnosis else "exception" if ev else "end" if regs["eip"] == end else "limit"
+    result = SnippetResult(
+        regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis, bytes(cpu.memory.view)
+    )
+    # (Decoded from memory as it is at the end: the programs do not write their code.)
+    return result, follow_blocks(result.memory, events, regs["eip"])
+
+
+BLOCK, ECX = 0, 1
+
+
+def counted_in_ecx(spec: fresh_machine.FreshSpec) -> list[int]:
+    """The addresses of the code's instructions whose flag effect depends on ECX (CL shifts and
+    rotates, REP string instructions), by a linear sweep from the start: a Program is a
+    sequence of whole instructions (its junk after jumps is UD2 and HLTs)."""
+    return [d.eip for d in straight_line(spec.code, fresh_machine.CODE, True) if counts_in_ecx(d)]
+
+
+def follow_blocks(memory: bytes, events: list[tuple[int, int, int]], stop_eip: int) -> Follower:
+    """The undefined flags along the (BLOCK, linear address, size) events in execution order
+    (flat segments) of the code in `memory`, each followed by the (ECX, address, value) events
+    of the instructions in it that count in ECX; the last block ran up to `stop_eip`."""
+    decoded: dict[int, Decoded] = {}
+    ran = Follower()
+    starts = [i for i, e in enumerate(events) if e[0] == BLOCK]
+    for n, i in enumerate(starts):
+        _, address, size = events[i]
+        last = n == len(starts) - 1
+        ecx: dict[int, int] = {}
+        for _ecx, at, value in events[i + 1 : None if last else starts[n + 1]]:
+            ecx.setdefault(at, value)  # (a REP's later iterations are blocks of their own)
+        at, block_end = address, address + size
+        while at < block_end and not (last and at == stop_eip):
+            d = decoded.get(at)
+            if d is None:
+                d = decoded[at] = decode(memory[at : at + 16] + bytes(16), at, True)
+            ran.step(d, ecx.get(at))
+            at += d.length or 1  # (an undecodable byte raised #UD: the block ends there)
+    return ran

@@ -9,6 +9,14 @@ instructions that do not trap at CPL 1 (programs.STEALTH). The comparison
 (common.differences) covers the 8 GPRs, EIP, all of EFLAGS (IF and IOPL included), the six
 selectors, the exception vector, and every byte of guest memory.
 
+All of EFLAGS but the flags the spec leaves undefined at the end of the run: those whose last
+writer, on the path `bare` took (its translation blocks, reported by a block hook), is declared
+`undef` by its form (tests/undefined_flags.py). Unicorn computes them lazily, and its result
+depends on where its blocks end, which differs between `bare` and `bt`. A program in which an
+instruction read such a flag (AAA after BTC, a JC after BSF, PUSHF) is no evidence either way:
+it is skipped (hypothesis `assume`, counted among the invalid examples in
+`--hypothesis-show-statistics`).
+
 The same stealth instructions under `trap` (naive trap-and-emulate: the kernel run directly
 at CPL 1) show the real, deprivileged CPU instead of the virtual one. That is asserted per
 instruction, on a small concrete program, next to `bt` giving exactly what `bare` gives.
@@ -16,14 +24,20 @@ instruction, on a small concrete program, next to `bt` giving exactly what `bare
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.snippet import SnippetResult
 
+from ..diff.deviations import CF_AF_OF
+from ..undefined_flags import flag_names
 from .common import differences, new_vmm, run
-from .programs import STEALTH, program_ending_with, programs
+from .programs import STEALTH, Program, program_ending_with, programs, run_bare_traced
 
 IF, IOPL = 0x200, 0x3000
 ZF = 0x40
@@ -46,16 +60,147 @@ def _settings(diff_settings: dict, scale: float) -> settings:
 def test_random_kernel_code_bt_equals_bare(diff_settings: dict) -> None:
     """The issue's property: bt and bare agree on everything the guest can see."""
 
+    tally: Counter[str] = Counter()
+
     @_settings(diff_settings, 10)  # 120 programs by default (--diff-examples 12)
     @given(programs(stealth=STEALTH))
-    def check(program) -> None:
-        spec = program.spec()
-        bare = run(spec, "bare")
-        assert bare.stop in ("end", "exception"), (bare.stop, bare.diagnosis)
-        bt = run(spec, "bt")
-        assert differences(bare, bt) == [], program
+    def check(program: Program) -> None:
+        assert_bt_equals_bare(program, tally)
 
     check()
+    report(tally)
+
+
+def assert_bt_equals_bare(program: Program, tally: Counter[str]) -> None:
+    """Runs `program` under bare and bt and requires every difference the guest can see to be
+    absent, but in the flags the spec leaves undefined at the end of the run (their last writer
+    on the path bare took left them so: unicorn's value depends on where its blocks end). A run
+    in which an instruction read such a flag is no evidence either way: hypothesis counts it as
+    an invalid example, and `tally` counts it."""
+    spec = program.spec()
+    bare, ran = run_bare_traced(spec)
+    assert bare.stop in ("end", "exception"), (bare.stop, bare.diagnosis)
+    tally["read an undefined flag" if ran.reads else "compared"] += 1
+    tally["compared with flags masked"] += bool(ran.undefined and not ran.reads)
+    assume(not ran.reads)
+    bt = run(spec, "bt")
+    diffs = differences(without_flags(bare, ran.undefined), without_flags(bt, ran.undefined))
+    if diffs and bare_lost_flags_at_a_fault(spec, bare, bt, ran.undefined):
+        tally["bare wrong at a fault (deviation fault-flags), bt equal to the interpreter"] += 1
+        return
+    assert diffs == [], (program, f"not compared: {' '.join(flag_names(ran.undefined)) or 'nothing'}", diffs)
+
+
+def bare_lost_flags_at_a_fault(
+    spec: fresh_machine.FreshSpec, bare: SnippetResult, bt: SnippetResult, undefined: int
+) -> bool:
+    """Unicorn changes CF, AF and OF when an instruction faults right after one that set them
+    (deviation fault-flags, tests/diff/test_deviations_alu.py): where bare stopped at a fault
+    and differs from bt in those flags alone, bt must equal the spec (the interpreter) exactly."""
+    if bare.stop != "exception" or ((bare.regs["eflags"] ^ bt.regs["eflags"]) & ~undefined & ~CF_AF_OF):
+        return False
+    if differences(without_flags(bare, CF_AF_OF | undefined), without_flags(bt, CF_AF_OF | undefined)):
+        return False
+    interp = run(spec, "interp")
+    return not differences(without_flags(interp, undefined), without_flags(bt, undefined))
+
+
+def report(tally: Counter[str]) -> None:
+    """Prints the tally (`pytest -rP` shows it). Hypothesis draws the skipped programs on top of
+    the valid ones it was asked for, so the number compared stays `max_examples`."""
+    print(", ".join(f"{n} {what}" for what, n in sorted(tally.items())))
+
+
+def without_flags(r: SnippetResult, flags: int) -> SnippetResult:
+    return dataclasses.replace(r, regs=r.regs | {"eflags": r.regs["eflags"] & ~flags})
+
+
+# ---------------------------------------------------------------- which flags are compared
+
+AF, CF, OF, PF, SF = 0x10, 0x1, 0x800, 0x4, 0x80
+AND_EAX_EBX, ADD_EAX_1, JZ_3 = bytes.fromhex("21d8"), bytes.fromhex("83c001"), bytes.fromhex("7403")
+
+
+@pytest.mark.parametrize("eax, undefined", [(0, AF), (1, 0)], ids=["if-skipped", "if-ran"])
+def test_undefined_flags_follow_the_path_bare_took(eax: int, undefined: int) -> None:
+    # and eax, ebx (AF undefined); jz over: add eax, 1 (AF defined) -- whether ADD ran is data
+    spec = fresh_machine.FreshSpec(code=AND_EAX_EBX + JZ_3 + ADD_EAX_1, regs={"eax": eax, "ebx": 1})
+    bare, ran = run_bare_traced(spec)
+    assert bare.stop == "end" and bare.regs["eax"] == (2 if eax else 0)  # the ADD ran or not
+    assert ran.undefined == undefined and ran.reads == []
+
+
+@pytest.mark.parametrize("first, undefined", [(AND_EAX_EBX, AF), (bytes.fromhex("01d8"), 0)], ids=["and", "add"])
+def test_an_instruction_that_faults_leaves_the_flags_of_the_one_before(first: bytes, undefined: int) -> None:
+    # ...; div ecx with ECX 0: #DE, and DIV (which would leave all six undefined) did not run
+    spec = fresh_machine.FreshSpec(code=first + bytes.fromhex("f7f1"), regs={"ecx": 0})
+    bare, ran = run_bare_traced(spec)
+    assert (bare.stop, bare.exception, bare.regs["eip"]) == ("exception", 0, fresh_machine.CODE + 2)
+    assert ran.undefined == undefined
+
+
+BSF_EAX_EBX, SHL_EAX_CL, REPE_CMPSB = bytes.fromhex("0fbcc3"), bytes.fromhex("d3e0"), bytes.fromhex("f3a6")
+
+
+@pytest.mark.parametrize("ecx, undefined", [(0, CF | OF | SF | AF | PF), (1, AF), (32, CF | OF | SF | AF | PF)])
+def test_a_shift_by_a_masked_count_of_zero_changes_no_flag(ecx: int, undefined: int) -> None:
+    # bsf eax, ebx leaves CF OF SF AF PF undefined; shl eax, cl defines all but AF unless CL & 31 is 0
+    spec = fresh_machine.FreshSpec(code=BSF_EAX_EBX + SHL_EAX_CL, regs={"ebx": 6, "ecx": ecx})
+    _, ran = run_bare_traced(spec)
+    assert ran.undefined == undefined
+
+
+@pytest.mark.parametrize("ecx, undefined", [(0, AF), (2, 0), (0x10000, 0)])
+def test_a_rep_string_instruction_with_a_count_of_zero_changes_no_flag(ecx: int, undefined: int) -> None:
+    # and eax, ebx (AF undefined); repe cmpsb defines all six unless ECX is 0
+    regs = {"ecx": ecx, "esi": fresh_machine.DATA, "edi": fresh_machine.DATA + 0x100}
+    _, ran = run_bare_traced(fresh_machine.FreshSpec(code=AND_EAX_EBX + REPE_CMPSB, regs=regs))
+    assert ran.undefined == undefined
+
+
+def test_bt_and_bare_differ_in_a_flag_left_undefined_which_is_not_compared() -> None:
+    # shl eax, 1; btc eax, ebx: BTC leaves OF undefined, and unicorn's OF differs with where its
+    # blocks end (the campaigns' failure): the two runs differ there, and only there.
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("d1e0 0fbbd8"), regs={"eax": 0xCC22_AF58, "ebx": 0x677F_6CBD})
+    bare, ran = run_bare_traced(spec)
+    bt = run(spec, "bt")
+    assert (bare.regs["eflags"] ^ bt.regs["eflags"]) == OF and len(differences(bare, bt)) == 1
+    assert ran.undefined == OF | SF | AF | PF and ran.reads == []
+    assert differences(without_flags(bare, ran.undefined), without_flags(bt, ran.undefined)) == []
+
+
+def test_bare_loses_flags_at_a_fault_after_a_flag_writer_and_bt_equals_the_spec() -> None:
+    # sub al, 2; div cl with CL 0: #DE right after SUB; unicorn (bare) changes AF (deviation
+    # fault-flags), bt reports SUB's flags as the interpreter does
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("2c02 f6f1"), regs={"eax": 0x100, "ecx": 0})
+    bare, ran = run_bare_traced(spec)
+    bt, interp = run(spec, "bt"), run(spec, "interp")
+    assert bare.exception == bt.exception == 0 and ran.undefined == 0
+    assert differences(bt, interp) == [] and (bare.regs["eflags"] ^ bt.regs["eflags"]) == AF
+    assert bare_lost_flags_at_a_fault(spec, bare, bt, ran.undefined)
+    # and not when bt is off the spec in anything else
+    assert not bare_lost_flags_at_a_fault(spec, bare, dataclasses.replace(bt, regs=bt.regs | {"ecx": 1}), 0)
+
+
+def test_the_issue_program_reads_an_undefined_flag() -> None:
+    # shl eax, 1; btc eax, ebx; aaa: AAA reads the AF that BTC (and SHL) left undefined, and
+    # leaves OF SF ZF PF undefined itself (the campaign's failure: OF told apart by unicorn's blocks)
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("d1e0 0fbbd8 37"))
+    _, ran = run_bare_traced(spec)
+    assert [(eip, form) for eip, form, _ in ran.reads] == [(fresh_machine.CODE + 5, "AAA")]
+    assert ran.reads[0][2] == AF
+    assert ran.undefined == OF | SF | ZF | PF
+
+
+def test_a_condition_reads_only_its_own_flags() -> None:
+    # and eax, ebx leaves AF undefined; jz, jc, jo, jp do not read AF (cond in spec/prelude.r1)
+    for jcc in ("74", "72", "70", "7a"):
+        _, ran = run_bare_traced(fresh_machine.FreshSpec(code=AND_EAX_EBX + bytes.fromhex(jcc + "00")))
+        assert ran.reads == [] and ran.undefined == AF
+    # bsf leaves CF undefined: jc (CF) and ja (CF, ZF) read it, jz does not
+    for jcc, reads in (("72", True), ("77", True), ("74", False)):
+        _, ran = run_bare_traced(fresh_machine.FreshSpec(code=bytes.fromhex("0fbcc3" + jcc + "00"), regs={"ebx": 2}))
+        assert bool(ran.reads) == reads, jcc
 
 
 @pytest.mark.parametrize("form", STEALTH)
@@ -63,15 +208,15 @@ def test_stealth_result_is_the_last_thing_bt_equals_bare(form: str, diff_setting
     """Programs whose last instruction is the stealth instruction: nothing after it can hide
     what it returned (in a register, in memory, or in the flags)."""
 
+    tally: Counter[str] = Counter()
+
     @_settings(diff_settings, 1 / 3)
     @given(program_ending_with(form))
-    def check(program) -> None:
-        spec = program.spec()
-        bare = run(spec, "bare")
-        bt = run(spec, "bt")
-        assert differences(bare, bt) == [], program
+    def check(program: Program) -> None:
+        assert_bt_equals_bare(program, tally)
 
     check()
+    report(tally)
 
 
 # Recorded unicorn deviations (tests/diff/deviations.py) are left out of the random pool,
