@@ -120,6 +120,16 @@ def test_mov_cr0_invalid_combinations() -> None:
     assert not differences(o)
 
 
+def test_unicorn_fetches_at_its_stop_address() -> None:
+    # Real mode, MOV CR0 with PE and PG (valid in one write): paging goes on with CR3 0, over
+    # page tables that map nothing at the snippet's end. The run ends there: the interpreter
+    # fetches nothing more; unicorn translates the instruction at its stop address first.
+    case, o = both(b"\x0f\x22\xc5", "MOV_CR_R32", real=True, ebp=0x80000001)
+    assert o.ours.exception is None and o.ours.regs["eip"] == fresh_machine.CODE + 3
+    assert o.theirs.exception == PF and o.theirs.cr2 == fresh_machine.CODE + 3
+    explained_by(case, o, "fetch-at-stop")
+
+
 def test_smsw_to_a_32_bit_register() -> None:
     # P6-family processors store all of CR0 in a 32-bit register (SDM: the high half is
     # undefined); QEMU writes the low word only.
