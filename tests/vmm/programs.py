@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
+from ring1.runtime.isa.assembler import AssemblerError, assemble
 from ring1.runtime.isa.decoder import Decoded, decode
 from ring1.runtime.tools import fresh_machine
 from ring1.runtime.tools.snippet import SnippetResult
@@ -95,15 +96,20 @@ PROBE_SELECTORS = (0x00, 0x03, 0x08, 0x0B, 0x10, 0x18, 0x1B, 0x20, 0x23, 0x28, 0
 VMM_SELECTORS = (0xFFF0, 0xFFE8, 0xFFE1, 0xFFD9, 0xFFD0, 0xFF00, 0xFF09, 0xFF11, 0xFF19, 0xFF29)
 
 
-def mov_imm(reg: str, value: int) -> bytes:
-    return bytes([0xB8 + GPR.index(reg)]) + struct.pack("<I", value & 0xFFFFFFFF)
+CC_SUFFIXES = ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")
+
+
+def mov_imm(reg: str, value: int) -> str:
+    return f"mov {reg}, {value & 0xFFFFFFFF:#x}"
 
 
 @dataclass
-class Asm:
-    """A tiny two-pass assembler: byte strings, labels, and rel32/rel8/abs32 references."""
+class Source:
+    """A program as Intel-syntax text for the one encoder (ring1.runtime.isa.assembler): the
+    scaffolding (loops, calls, jumps, register loads) as instructions, the random instances
+    (drawn from the spec's encodings by tests/diff/gen) as their own bytes."""
 
-    items: list = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)
     n: int = 0
 
@@ -111,53 +117,24 @@ class Asm:
         self.n += 1
         return f"L{self.n}"
 
-    def emit(self, b: bytes) -> None:
-        self.items.append(("bytes", b))
+    def emit(self, *lines: str) -> None:
+        self.items.extend(lines)
+
+    def emit_bytes(self, code: bytes) -> None:
+        if code:
+            self.items.append(".byte " + ", ".join(f"{b:#04x}" for b in code))
 
     def here(self, name: str) -> None:
-        self.items.append(("label", name))
-
-    def rel32(self, opcode: bytes, target: str) -> None:
-        self.items.append(("rel32", opcode, target))
-
-    def rel8(self, opcode: bytes, target: str) -> None:
-        self.items.append(("rel8", opcode, target))
-
-    def abs32(self, opcode: bytes, target: str, tail: bytes = b"") -> None:
-        self.items.append(("abs32", opcode, target, tail))
-
-    @staticmethod
-    def _size(it) -> int:
-        kind = it[0]
-        if kind == "label":
-            return 0
-        if kind == "bytes":
-            return len(it[1])
-        return len(it[1]) + (1 if kind == "rel8" else 4) + (len(it[3]) if kind == "abs32" else 0)
+        self.items.append(f"{name}:")
 
     def assemble(self, origin: int) -> bytes | None:
-        """The code at `origin`; None if a rel8 does not reach."""
-        pc = origin
-        for it in self.items:
-            if it[0] == "label":
-                self.labels[it[1]] = pc
-            pc += self._size(it)
-        out = bytearray()
-        for it in self.items:
-            at = origin + len(out)
-            kind = it[0]
-            if kind == "bytes":
-                out += it[1]
-            elif kind == "rel32":
-                out += it[1] + struct.pack("<i", self.labels[it[2]] - (at + len(it[1]) + 4))
-            elif kind == "rel8":
-                disp = self.labels[it[2]] - (at + len(it[1]) + 1)
-                if not -128 <= disp <= 127:
-                    return None
-                out += it[1] + struct.pack("<b", disp)
-            elif kind == "abs32":
-                out += it[1] + struct.pack("<I", self.labels[it[2]]) + it[3]
-        return bytes(out)
+        """The code at `origin`; None if it cannot be encoded (a LOOP or JECXZ out of reach)."""
+        try:
+            out = assemble("\n".join(self.items), origin)
+        except AssemblerError:
+            return None
+        self.labels = dict(out.labels)
+        return out.code
 
 
 @dataclass
@@ -199,7 +176,7 @@ class _Builder:
         self.neutral = neutral  # keep recorded unicorn deviations from showing (see chunk)
         self.pool = pool
         self.stealth = stealth
-        self.asm = Asm()
+        self.asm = Source()
         self.forms: list[str] = []
         self.marks: list[str] = []  # a label at each random instance
         self.window: dict[int, bytes] = {}
@@ -242,18 +219,18 @@ class _Builder:
                 )
             )
             d = decode(inst.code + bytes(16), fresh_machine.CODE, True)
-        pre = b"".join(mov_imm(r, v) for r, v in sorted(inst.regs.items()))
+        pre = [mov_imm(r, v) for r, v in sorted(inst.regs.items())]
         # (any address size: a 0x67 prefix on the register form changes nothing but the variant)
         if form == "SMSW" and self.neutral and d.variant[0] == 32 and d.variant[2] == "reg" and d.fields["dst"] != 4:
             # Deviation smsw-r32: unicorn writes only the low word of a 32-bit register. With the
             # register's high half zero (CR0's is zero here) both results agree; the equivalence
             # tests check SMSW r32 with other values against the interpreter instead.
-            pre += mov_imm(GPR[d.fields["dst"]], draw(st.integers(0, 0xFFFF)))
+            pre.append(mov_imm(GPR[d.fields["dst"]], draw(st.integers(0, 0xFFFF))))
         if form in SELECTOR_TESTS:
             if d.variant[2] == "reg" and d.fields["src"] != 4:  # (SP stays the stack pointer)
                 src = d.fields["src"]
                 sel = draw(st.sampled_from(PROBE_SELECTORS + VMM_SELECTORS)) | draw(st.sampled_from((0, 0, 1, 2, 3)))
-                pre += mov_imm(GPR[src], draw(st.integers(0, 0xFFFF)) << 16 | sel)
+                pre.append(mov_imm(GPR[src], draw(st.integers(0, 0xFFFF)) << 16 | sel))
             else:
                 for off in inst.memory:
                     sel = draw(st.sampled_from(PROBE_SELECTORS + VMM_SELECTORS))
@@ -261,11 +238,11 @@ class _Builder:
         if form == "POPF" and draw(st.booleans()):
             # Something worth popping: random status flags, IF, IOPL, and the rest of EFLAGS but TF.
             value = draw(st.integers(0, 0xFFFFFFFF)) & (STATUS_AND_DF | 0x3F7200) & ~0x100
-            pre += b"\x68" + struct.pack("<I", value)
+            pre.append(f"push {value:#x}")
         mark = self.asm.label()
-        self.asm.emit(pre)
+        self.asm.emit(*pre)
         self.asm.here(mark)
-        self.asm.emit(inst.code)
+        self.asm.emit_bytes(inst.code)
         self.window.update(inst.memory)
         self.forms.append(form)
         self.marks.append(mark)
@@ -291,10 +268,8 @@ class _Builder:
         a, draw = self.asm, self.draw
         skip = a.label()
         cc = draw(st.integers(0, 15))
-        if draw(st.booleans()):
-            a.rel8(bytes([0x70 | cc]), skip)
-        else:
-            a.rel32(bytes([0x0F, 0x80 | cc]), skip)
+        width = "{disp8}" if draw(st.booleans()) else "{disp32}"  # both encodings of Jcc
+        a.emit(f"{width} j{CC_SUFFIXES[cc]} {skip}")
         self.block(depth + 1)
         a.here(skip)
 
@@ -302,11 +277,10 @@ class _Builder:
         a, draw = self.asm, self.draw
         counter = self.slot()
         top = a.label()
-        a.emit(b"\x36\xc7\x05" + struct.pack("<II", counter, draw(st.integers(1, 3))))  # mov dword [ss:c], n
+        a.emit(f"mov dword ptr ss:[{counter:#x}], {draw(st.integers(1, 3))}")
         a.here(top)
         self.block(depth + 1)
-        a.emit(b"\x36\xff\x0d" + struct.pack("<I", counter))  # dec dword [ss:c]
-        a.rel32(b"\x0f\x85", top)  # jnz top (backward)
+        a.emit(f"dec dword ptr ss:[{counter:#x}]", f"{{disp32}} jnz {top}")
 
     def stmt_loop_ecx(self, depth: int) -> None:
         # LOOP/LOOPE/LOOPNE/JECXZ are rel8 only: a short body, ECX kept in the bookkeeping area.
@@ -315,18 +289,18 @@ class _Builder:
         top, out = a.label(), a.label()
         a.emit(mov_imm("ecx", draw(st.integers(1, 3))))
         a.here(top)
-        a.emit(b"\x36\x89\x0d" + struct.pack("<I", save))  # mov [ss:save], ecx
+        a.emit(f"mov ss:[{save:#x}], ecx")
         budget = self.budget
         self.budget = min(self.budget, 2)
         self.chunk()
         self.budget = budget - 1
-        a.emit(b"\x36\x8b\x0d" + struct.pack("<I", save))  # mov ecx, [ss:save]
+        a.emit(f"mov ecx, ss:[{save:#x}]")
         # LOOP only: unicorn's LOOPE/LOOPNE corrupt lazily computed flags when ECX runs out
         # (tests/test_physcpu.py::test_loope_loopne_corrupt_lazy_flags); on `bare` and `bt` the
         # corruption depends on block boundaries, so it says nothing about the VMM.
-        a.rel8(b"\xe2", top)
+        a.emit(f"loop {top}")
         if draw(st.booleans()):
-            a.rel8(b"\xe3", out)  # jecxz out (ECX is 0 when the loop ran out)
+            a.emit(f"jecxz {out}")  # (ECX is 0 when the loop ran out)
             self.chunk()
         a.here(out)
 
@@ -336,34 +310,32 @@ class _Builder:
         over = a.label()
         how = draw(st.sampled_from(("direct", "reg", "mem")))
         if how == "direct":
-            a.rel32(b"\xe9", over)
+            a.emit(f"{{disp32}} jmp {over}")
         elif how == "reg":
             r = draw(st.sampled_from((0, 1, 2, 3, 5, 6, 7)))
-            a.abs32(bytes([0xB8 + r]), over)
-            a.emit(bytes([0xFF, 0xE0 | r]))  # jmp r32
+            a.emit(f"mov {GPR[r]}, offset {over}", f"jmp {GPR[r]}")
         else:
             ptr = self.slot()
             self.pointers[ptr] = over
-            a.emit(b"\x36\xff\x25" + struct.pack("<I", ptr))  # jmp [ss:ptr]
-        a.emit(b"\x0f\x0b" + b"\xf4" * draw(st.integers(0, 3)))  # ud2, hlt: never reached
+            a.emit(f"jmp dword ptr ss:[{ptr:#x}]")
+        a.emit("ud2", *["hlt"] * draw(st.integers(0, 3)))  # never reached
         a.here(over)
 
     def stmt_call(self, depth: int) -> None:
         a, draw = self.asm, self.draw
         name, nargs = draw(st.sampled_from(self.subs))
         for _ in range(nargs):
-            a.emit(b"\x68" + struct.pack("<I", draw(st.integers(0, 0xFFFFFFFF))))  # push imm32: arguments
+            a.emit(f"push {draw(st.integers(0, 0xFFFFFFFF)):#x}")  # arguments
         how = draw(st.sampled_from(("direct", "direct", "reg", "mem")))
         if how == "direct":
-            a.rel32(b"\xe8", name)
+            a.emit(f"call {name}")
         elif how == "reg":
             r = draw(st.sampled_from((0, 1, 2, 3, 5, 6, 7)))
-            a.abs32(bytes([0xB8 + r]), name)
-            a.emit(bytes([0xFF, 0xD0 | r]))  # call r32
+            a.emit(f"mov {GPR[r]}, offset {name}", f"call {GPR[r]}")
         else:
             ptr = self.slot()
             self.pointers[ptr] = name
-            a.emit(b"\x36\xff\x15" + struct.pack("<I", ptr))  # call [ss:ptr]
+            a.emit(f"call dword ptr ss:[{ptr:#x}]")
 
     def subroutine(self, name: str, nargs: int) -> None:
         # The body's stack ops may pop the return address and push something else over it
@@ -372,19 +344,15 @@ class _Builder:
         a = self.asm
         save, ret = self.slot(), self.slot()
         a.here(name)
-        a.emit(b"\x36\x8f\x05" + struct.pack("<I", ret))  # pop dword [ss:ret]
-        a.emit(b"\x36\xff\x35" + struct.pack("<I", ret))  # push dword [ss:ret]
-        a.emit(b"\x36\x89\x25" + struct.pack("<I", save))  # mov [ss:save], esp
+        a.emit(f"pop dword ptr ss:[{ret:#x}]", f"push dword ptr ss:[{ret:#x}]", f"mov ss:[{save:#x}], esp")
         self.block(1)
-        a.emit(b"\x36\x8b\x25" + struct.pack("<I", save))  # mov esp, [ss:save]
-        a.emit(b"\x8d\x64\x24\x04")  # lea esp, [esp + 4]
-        a.emit(b"\x36\xff\x35" + struct.pack("<I", ret))  # push dword [ss:ret]
-        a.emit(b"\xc2" + struct.pack("<H", 4 * nargs) if nargs else b"\xc3")  # ret n / ret
+        a.emit(f"mov esp, ss:[{save:#x}]", "lea esp, [esp + 4]", f"push dword ptr ss:[{ret:#x}]")
+        a.emit(f"ret {4 * nargs}" if nargs else "ret")
 
     def program(self) -> None:
         draw, a = self.draw, self.asm
         main = a.label()
-        a.rel32(b"\xe9", main)
+        a.emit(f"{{disp32}} jmp {main}")
         nsubs = draw(st.integers(0, 2))
         subs = [(f"sub{i}", draw(st.sampled_from((0, 0, 1, 2)))) for i in range(nsubs)]
         # Build from the last subroutine back, so each may call the ones after it.
