@@ -80,6 +80,32 @@ class Engine(Protocol):
         """How the run ended, as `ring1 run` reports it."""
 
 
+# The counts of events that cost an exit or more, which engines report in counters() (and
+# `ring1 bench nano` per operation).
+EVENT_COUNTERS = (
+    "world_switches",
+    "callouts",
+    "traps",
+    "events_delivered",
+    "hidden_page_faults",
+    "traced_writes",
+    "translator_entries",
+    "shadow_flushes",
+)
+
+
+def delegate(owner: str, name: str) -> property:
+    """An engine attribute that is `self.<owner>.<name>` (the machinery's own setting)."""
+
+    def get(self):
+        return getattr(getattr(self, owner), name)
+
+    def set_(self, value) -> None:
+        setattr(getattr(self, owner), name, value)
+
+    return property(get, set_, doc=f"{owner}.{name}")
+
+
 class UnknownMode(ValueError):
     pass
 

@@ -24,6 +24,7 @@ from ring1.generated.forms import FORMS
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
 from ring1.runtime.cpu.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.engines import delegate
 from ring1.runtime.host.context import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
 
@@ -182,21 +183,8 @@ class BareEngine:
         self.bare = BareMachine(memory_size, platform)
         self.machine = self.bare.interp
 
-    @property
-    def stop_addresses(self) -> set[int]:
-        return self.bare.stop_addresses
-
-    @stop_addresses.setter
-    def stop_addresses(self, addresses: set[int]) -> None:
-        self.bare.stop_addresses = addresses
-
-    @property
-    def stop_on_event(self) -> bool:
-        return self.bare.stop_on_event
-
-    @stop_on_event.setter
-    def stop_on_event(self, on: bool) -> None:
-        self.bare.stop_on_event = on
+    stop_addresses = delegate("bare", "stop_addresses")
+    stop_on_event = delegate("bare", "stop_on_event")
 
     def start(self) -> None:
         self.bare.load_from_interp()

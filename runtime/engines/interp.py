@@ -8,7 +8,7 @@ from ring1.runtime.cpu.events import EXCEPTION_NAMES, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.state import CS
 from ring1.runtime.devices.platform import GuestExit
-from ring1.runtime.engines import Outcome, RunStats, Stop, _halt_detail, _stop_at, instruction_bytes
+from ring1.runtime.engines import Outcome, RunStats, Stop, _halt_detail, _stop_at, delegate, instruction_bytes
 
 
 class CountingMachine(Machine):
@@ -60,21 +60,8 @@ class InterpEngine:
         self.mode = mode
         self.machine = CountingMachine(memory_size, platform)
 
-    @property
-    def stop_addresses(self) -> set[int]:
-        return self.machine.stop_addresses
-
-    @stop_addresses.setter
-    def stop_addresses(self, addresses: set[int]) -> None:
-        self.machine.stop_addresses = addresses
-
-    @property
-    def stop_on_event(self) -> bool:
-        return self.machine.stop_on_event
-
-    @stop_on_event.setter
-    def stop_on_event(self, on: bool) -> None:
-        self.machine.stop_on_event = on
+    stop_addresses = delegate("machine", "stop_addresses")
+    stop_on_event = delegate("machine", "stop_on_event")
 
     def start(self) -> None:
         pass  # the interpreter runs on the machine's state itself

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 
 from ring1.runtime.cpu import descriptors
+from ring1.runtime.engines import EVENT_COUNTERS
 from ring1.runtime.isa.assembler import assemble
 from ring1.runtime.tools import fresh_machine
 
@@ -55,18 +56,7 @@ NANO_NAMES = (
     "store_load",
     "smc",
 )
-COUNTERS = (
-    "world_switches",
-    "callouts",
-    "traps",
-    "events_delivered",
-    "hidden_page_faults",
-    "traced_writes",
-    "translator_entries",
-    "shadow_flushes",
-    "code_writes",
-    "units_invalidated",
-)
+COUNTERS = EVENT_COUNTERS  # the VMM's counts per operation in the JSON (ring1.runtime.engines)
 
 
 class BenchError(Exception):

@@ -72,6 +72,7 @@ from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
+from ring1.runtime.engines import EVENT_COUNTERS, delegate
 from ring1.runtime.host.context import read_gprs, soft_interrupt_before
 from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
@@ -1532,19 +1533,6 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 
 
-# The VMM's counts of the events that cost an exit or more (for `ring1 bench nano`).
-EVENT_COUNTERS = (
-    "world_switches",
-    "callouts",
-    "traps",
-    "events_delivered",
-    "hidden_page_faults",
-    "traced_writes",
-    "translator_entries",
-    "shadow_flushes",
-)
-
-
 class VmmEngine:
     """The `bt` and `trap` modes behind the engine interface (ring1.runtime.engines)."""
 
@@ -1562,21 +1550,8 @@ class VmmEngine:
         engine.mode, engine.vmm, engine.machine = vmm.mode, vmm, vmm.m
         return engine
 
-    @property
-    def stop_addresses(self) -> set[int]:
-        return self.vmm.stop_addresses
-
-    @stop_addresses.setter
-    def stop_addresses(self, addresses: set[int]) -> None:
-        self.vmm.stop_addresses = addresses
-
-    @property
-    def stop_on_event(self) -> bool:
-        return self.vmm.stop_on_event
-
-    @stop_on_event.setter
-    def stop_on_event(self, on: bool) -> None:
-        self.vmm.stop_on_event = on
+    stop_addresses = delegate("vmm", "stop_addresses")
+    stop_on_event = delegate("vmm", "stop_on_event")
 
     def start(self) -> None:
         pass  # the VMM enters the guest from the virtual CPU at every run
