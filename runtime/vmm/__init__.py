@@ -74,7 +74,7 @@ from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
 from ring1.runtime.host.context import read_gprs, soft_interrupt_before
-from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
+from ring1.runtime.host.physcpu import SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
 
 C = CONSTS
@@ -437,7 +437,7 @@ class Vmm:
         self.cpu.event = None
         self.pending = None
         eip = self.uc.reg_read(X.UC_X86_REG_EIP)
-        gprs = tuple(self.uc.reg_read_batch(GPR_IDS))
+        gprs = tuple(read_gprs(self.uc))
         self._restarted = (eip, gprs, self.uc.reg_read(X.UC_X86_REG_EFLAGS))
         self.uc.emu_start(eip, self.until)
 
@@ -1213,7 +1213,7 @@ class Vmm:
         gets the flags it was restarted with: unicorn's RCL/RCR change them before their store.
         Else unicorn may have lost them at this fault (physcpu.restore_lost_flags)."""
         again, self._restarted = self._restarted, None
-        if again is not None and again[0] == host_eip and again[1] == tuple(self.uc.reg_read_batch(GPR_IDS)):
+        if again is not None and again[0] == host_eip and again[1] == tuple(read_gprs(self.uc)):
             if self.uc.reg_read(X.UC_X86_REG_EFLAGS) != again[2]:
                 self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
                 self.stats["lost_flags_restored"] += 1
