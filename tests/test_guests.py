@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -22,15 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"
 
 
-@pytest.fixture(scope="session")
-def guests() -> Path:
-    """Build every guest (make guests) once per session."""
-    missing = [tool for tool in ("gcc", "ld", "make") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"cannot build the guests: {', '.join(missing)} not installed")
-    done = subprocess.run(["make", "-s", "guests"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, f"make guests failed:\n{done.stdout}{done.stderr}"
-    return GUESTS
 
 
 def run_image(path: Path, max_insns: int | None = None) -> tuple[engines.Stop, bytes, engines.RunStats, GuestPlatform]:

@@ -128,15 +128,11 @@ def test_ctrl_c_stops_run_of_a_spinning_kernel(mode: str, tmp_path: Path) -> Non
     assert took < STOP_BOUND_S
 
 
-SPIN_GUEST = Path(__file__).resolve().parent.parent / "build" / "guests" / "spin.elf"
-
-
-@pytest.mark.skipif(not SPIN_GUEST.exists(), reason="the guests are not built (make guests)")
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see ring1's threads")
 @pytest.mark.parametrize("mode", MODES)
-def test_ctrl_c_stops_run_of_the_spin_guest(mode: str) -> None:
+def test_ctrl_c_stops_run_of_the_spin_guest(mode: str, guests: Path) -> None:
     # guests/spin.S: one '.' on the console (no newline, so it shows only at the end), then `jmp $`.
-    proc, master = _start(["run", str(SPIN_GUEST), "--mode", mode])
+    proc, master = _start(["run", str(guests / "spin.elf"), "--mode", mode])
     _wait_for_ctrl_c_guard(proc)
     time.sleep(SPIN_BEFORE_CTRL_C_S)
     status, out, err, took = _ctrl_c(proc, master)
