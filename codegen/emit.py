@@ -1121,10 +1121,16 @@ def emit_form(spec: Spec, form: Form, variant: Variant) -> FormCode:
                 raise A.SpecError(insn.privilege_loc, f"#{name} needs an error code")
         else:
             vec, code = 13, "0"
+        # Under REP with a zero count the instruction never executes (SDM, REP: the count is
+        # tested first), so it raises nothing: the check applies only when the count is not 0.
+        guard = ""
+        if variant.rep:
+            guard = f"{_gpr_read('ecx' if variant.asize == 32 else 'cx')} != 0 and "
         if t.const is None:
-            em.line(f"if not {t.code}: raise Fault({vec}, {code})", insn.privilege_loc)
+            em.line(f"if {guard}not {t.code}: raise Fault({vec}, {code})", insn.privilege_loc)
         elif not t.const:
-            em.line(f"raise Fault({vec}, {code})", insn.privilege_loc)
+            when = f"if {guard.removesuffix(' and ')}: " if guard else ""
+            em.line(f"{when}raise Fault({vec}, {code})", insn.privilege_loc)
     semantics = insn.semantics
     if reads_mem and not variant.rep:
         # Guards first: the CPU raises #UD and #NM before it touches a memory operand.

@@ -675,7 +675,7 @@ R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else
 # INSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:188
 _T73 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
 while (R[1] & 0xffff) != 0:  # string.r1:198
     b_check_write(0, (R[7] & 0xffff), 8)  # string.r1:199
     l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:200
@@ -697,7 +697,7 @@ R[7] = ((R[7] - 1) if (S.eflags >> 10 & 0x1) else (R[7] + 1)) & 0xffffffff  # st
 # INSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:188
 _T75 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:194
 while R[1] != 0:  # string.r1:198
     b_check_write(0, R[7], 8)  # string.r1:199
     l_v = b_io_in((R[2] & 0xffff), 8)  # string.r1:200
@@ -719,7 +719,7 @@ R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else
 # INSv [o16 a16 rep] from spec/string.r1:205
 _T77 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
 while (R[1] & 0xffff) != 0:  # string.r1:214
     b_check_write(0, (R[7] & 0xffff), 16)  # string.r1:215
     l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:216
@@ -741,7 +741,7 @@ R[7] = ((R[7] - 2) if (S.eflags >> 10 & 0x1) else (R[7] + 2)) & 0xffffffff  # st
 # INSv [o16 a32 rep] from spec/string.r1:205
 _T79 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:210
 while R[1] != 0:  # string.r1:214
     b_check_write(0, R[7], 16)  # string.r1:215
     l_v = b_io_in((R[2] & 0xffff), 16)  # string.r1:216
@@ -763,7 +763,7 @@ R[7] = R[7] & 0xffff0000 | (((R[7] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else
 # INSv [o32 a16 rep] from spec/string.r1:205
 _T81 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
 while (R[1] & 0xffff) != 0:  # string.r1:214
     b_check_write(0, (R[7] & 0xffff), 32)  # string.r1:215
     l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:216
@@ -785,7 +785,7 @@ R[7] = ((R[7] - 4) if (S.eflags >> 10 & 0x1) else (R[7] + 4)) & 0xffffffff  # st
 # INSv [o32 a32 rep] from spec/string.r1:205
 _T83 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:210
 while R[1] != 0:  # string.r1:214
     b_check_write(0, R[7], 32)  # string.r1:215
     l_v = b_io_in((R[2] & 0xffff), 32)  # string.r1:216
@@ -806,7 +806,7 @@ R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 1) if (S.eflags >> 10 & 0x1) else
 # OUTSB [o16 a16 rep, o32 a16 rep] from spec/string.r1:222
 _T85 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
 while (R[1] & 0xffff) != 0:  # string.r1:231
     l_v = rd8($dseg, (R[6] & 0xffff))  # string.r1:232
     b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:233
@@ -826,7 +826,7 @@ R[6] = ((R[6] - 1) if (S.eflags >> 10 & 0x1) else (R[6] + 1)) & 0xffffffff  # st
 # OUTSB [o16 a32 rep, o32 a32 rep] from spec/string.r1:222
 _T87 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 8) != 0)): raise Fault(13, 0)  # string.r1:228
 while R[1] != 0:  # string.r1:231
     l_v = rd8($dseg, R[6])  # string.r1:232
     b_io_out((R[2] & 0xffff), 8, l_v)  # string.r1:233
@@ -846,7 +846,7 @@ R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 2) if (S.eflags >> 10 & 0x1) else
 # OUTSv [o16 a16 rep] from spec/string.r1:237
 _T89 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
 while (R[1] & 0xffff) != 0:  # string.r1:245
     l_v = rd16($dseg, (R[6] & 0xffff))  # string.r1:246
     b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:247
@@ -866,7 +866,7 @@ R[6] = ((R[6] - 2) if (S.eflags >> 10 & 0x1) else (R[6] + 2)) & 0xffffffff  # st
 # OUTSv [o16 a32 rep] from spec/string.r1:237
 _T91 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 16) != 0)): raise Fault(13, 0)  # string.r1:242
 while R[1] != 0:  # string.r1:245
     l_v = rd16($dseg, R[6])  # string.r1:246
     b_io_out((R[2] & 0xffff), 16, l_v)  # string.r1:247
@@ -886,7 +886,7 @@ R[6] = R[6] & 0xffff0000 | (((R[6] & 0xffff) - 4) if (S.eflags >> 10 & 0x1) else
 # OUTSv [o32 a16 rep] from spec/string.r1:237
 _T93 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
+if (R[1] & 0xffff) != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
 while (R[1] & 0xffff) != 0:  # string.r1:245
     l_v = rd32($dseg, (R[6] & 0xffff))  # string.r1:246
     b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:247
@@ -906,7 +906,7 @@ R[6] = ((R[6] - 4) if (S.eflags >> 10 & 0x1) else (R[6] + 4)) & 0xffffffff  # st
 # OUTSv [o32 a32 rep] from spec/string.r1:237
 _T95 = """\
 S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
+if R[1] != 0 and not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows((R[2] & 0xffff), 32) != 0)): raise Fault(13, 0)  # string.r1:242
 while R[1] != 0:  # string.r1:245
     l_v = rd32($dseg, R[6])  # string.r1:246
     b_io_out((R[2] & 0xffff), 32, l_v)  # string.r1:247

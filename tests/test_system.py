@@ -473,3 +473,13 @@ def test_sysenter_sysexit_faults() -> None:
     assert (ev.vector, ev.error_code) == (GP, 0)
     _, ev = run(b"\x0f\x35")
     assert (ev.vector, ev.error_code) == (GP, 0)
+
+
+@pytest.mark.parametrize("code", ["f3 6e", "f3 6f", "f3 6c", "f3 6d", "f3 67 6e"])
+def test_rep_string_io_with_a_zero_count_raises_nothing(code: str) -> None:
+    # SDM, REP: the count is tested before the string instruction executes; with ECX (CX under
+    # 0x67) zero it never does, so CPL 3 with IOPL 0 and a denying I/O bitmap raises no #GP.
+    r = run_interp(fresh_machine.FreshSpec(code=bytes.fromhex(code), cpl=3, regs={"ecx": 0}))
+    assert r.exception is None and r.stop == "end"
+    denied = run_interp(fresh_machine.FreshSpec(code=bytes.fromhex(code), cpl=3, regs={"ecx": 1}))
+    assert (denied.exception, denied.error_code) == (13, 0)
