@@ -11,7 +11,7 @@ from ring1.generated.forms import FORMS
 from ring1.runtime.isa.decoder import decode
 from ring1.runtime.tools import fresh_machine
 
-from .deviations import ALONE_FORMS, is_locked_neg
+from .deviations import ALONE_FORMS, IO_MNEMONICS, is_locked_neg
 from .gen import MODES, case_for
 from .harness import run_both
 from .test_forms import check_case
@@ -37,6 +37,16 @@ def has_locked_neg(code: bytes, code32: bool) -> bool:
     return False
 
 
+# At CPL 3 (IOPL 0, every port denied) unicorn runs IN/OUT/INS/OUTS where the CPU raises #GP
+# (deviation io-permission, accepted for the form alone): in a sequence its wrong step would
+# derail everything after it, so sequences at CPL 3 leave the I/O forms out.
+IO_FORMS = {name for name in POOL if set(FORMS[name].mnemonics.values()) & IO_MNEMONICS}
+
+
+def pool_for(mode: str) -> list[str]:
+    return [name for name in POOL if not (MODES[mode].cpl == 3 and name in IO_FORMS)]
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_sequences_against_unicorn(mode: str, diff_settings: dict) -> None:
     @settings(
@@ -47,7 +57,7 @@ def test_sequences_against_unicorn(mode: str, diff_settings: dict) -> None:
         derandomize=diff_settings["derandomize"],
     )
     @given(
-        st.lists(st.sampled_from(POOL), min_size=2, max_size=5).flatmap(
+        st.lists(st.sampled_from(pool_for(mode)), min_size=2, max_size=5).flatmap(
             lambda forms: case_for(forms, MODES[mode], reload=True)
         )
     )
