@@ -36,7 +36,6 @@ from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.state import SEG_NAMES
 from ring1.runtime.tools import fresh_machine
-from ring1.runtime.tools.snippet import _descriptor_cache
 
 MB_HEADER_MAGIC = 0x1BADB002
 MB_BOOT_MAGIC = 0x2BADB002
@@ -255,7 +254,7 @@ def boot_cpu(entry: int) -> BootCpu:
     segs = {}
     for name in SEG_NAMES:
         sel = SEL_CODE if name == "cs" else SEL_DATA
-        base, limit, attr = _descriptor_cache(gdt[sel : sel + 8])
+        base, limit, attr = descriptors.to_cache(gdt[sel : sel + 8])
         segs[name] = SegmentCache(sel, base, limit, attr)
     regs = dict.fromkeys(fresh_machine.GPR_NAMES, 0)
     regs.update(eax=MB_BOOT_MAGIC, ebx=MBI_ADDR, esp=STACK_TOP)

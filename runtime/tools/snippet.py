@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, Trap, VMStop
 from ring1.runtime.cpu.machine import Machine
 from ring1.runtime.cpu.state import CS
@@ -38,17 +39,6 @@ class SnippetResult:
         return out
 
 
-def _descriptor_cache(raw: bytes) -> tuple[int, int, int]:
-    lo = int.from_bytes(raw[:4], "little")
-    hi = int.from_bytes(raw[4:8], "little")
-    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
-    limit = (lo & 0xFFFF) | (hi & 0xF0000)
-    attr = (hi >> 8) & 0xFFFF
-    if attr & 0x8000:
-        limit = (limit << 12) | 0xFFF
-    return base, limit, attr
-
-
 def interp_machine(spec: fresh_machine.FreshSpec, m: Machine | None = None) -> Machine:
     """The fresh machine, built directly into the interpreter's state (a new Machine, or `m`)."""
     m = m if m is not None else Machine(fresh_machine.MEMORY_SIZE)
@@ -69,12 +59,12 @@ def interp_machine(spec: fresh_machine.FreshSpec, m: Machine | None = None) -> M
         m.b_write_cr(0, fresh_machine.CR0_ET | fresh_machine.CR0_PE | spec.cr0_bits)
         S.gdtr_base, S.gdtr_limit = fresh_machine.GDT, len(gdt) - 1
         S.idtr_base, S.idtr_limit = fresh_machine.IDT, 256 * 8 - 1
-        base, limit, attr = _descriptor_cache(gdt[fresh_machine.SEL_TSS : fresh_machine.SEL_TSS + 8])
+        base, limit, attr = descriptors.to_cache(gdt[fresh_machine.SEL_TSS : fresh_machine.SEL_TSS + 8])
         m.b_set_tr(fresh_machine.SEL_TSS, base, limit, attr)
         sels = fresh_machine.selectors(spec)
         for s, name in enumerate(fresh_machine.SEG_NAMES):
             sel = sels[name]
-            base, limit, attr = _descriptor_cache(gdt[sel & ~7 : (sel & ~7) + 8])
+            base, limit, attr = descriptors.to_cache(gdt[sel & ~7 : (sel & ~7) + 8])
             m.b_set_seg(s, sel, base, limit, attr | 1)  # the CPU sets the accessed bit on load
     m.set_eflags(regs["eflags"])
     S.cr[4] = spec.cr4
