@@ -356,6 +356,11 @@ def test_isa_irq2_pin_lands_on_irq9(linux: Machine) -> None:
     linux.pic.set_irq(2, True)
     assert linux.irr(S_CMD) == 0x02
     assert linux.pic.acknowledge() == 0x39
+    # Both bus pins drive one wire: IRQ 9 rising while IRQ 2 holds it high is no new edge.
+    linux.pic.set_irq(9, True)
+    assert linux.irr(S_CMD) == 0
+    linux.pic.set_irq(2, False)
+    assert linux.irr(S_CMD) == 0
 
 
 # ---------------------------------------------------------------- edge and level
