@@ -1,9 +1,15 @@
-"""The 16550A UART at register level, and the console sink."""
+"""The 16550A UART at register level, the console sink, and the host input side (pipe and pty)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
+import pty
+import signal
+import termios
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,6 +30,7 @@ from ring1.runtime.devices.serial import (
     ConsoleSink,
     Serial16550,
 )
+from ring1.runtime.devices.serial_input import IDLE_POLL_NS, SerialInput
 
 # IIR values with the FIFOs on (bits 6-7 set).
 NONE, RLS, RDA, TIMEOUT, THRE, MODEM = 0xC1, 0xC6, 0xC4, 0xCC, 0xC2, 0xC0
@@ -365,3 +372,176 @@ def test_console_sink_flushes_lines_and_stops_when_the_reader_goes() -> None:
             sink(b"x\n")
         assert stop.value.kind == "console-closed" and sink.closed
         sink(b"later\n")  # dropped, no second stop
+
+
+# ---------------------------------------------------------------- the host input side
+
+
+def drain(rig: Rig, steps: int, step_insns: int = 1000) -> list[tuple[int, int]]:
+    """A polling guest: every step, read whatever the UART holds, noting the virtual time."""
+    seen = []
+    for _ in range(steps):
+        rig.clock.advance(step_insns)
+        while rig.rd(LSR) & 0x01:
+            seen.append((rig.clock.now(), rig.rd(RBR)))
+    return seen
+
+
+def piped(data: bytes) -> int:
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    return read_end
+
+
+def test_pipe_input_is_delivered_in_order_one_character_time_apart() -> None:
+    runs = []
+    for _ in range(2):
+        rig = Rig()
+        rig.program(divisor=1)
+        fd = piped(b"hello, guest")
+        source = SerialInput(fd, rig.uart, rig.clock, owns_source=True)
+        assert not source.is_terminal and not source.escapes
+        source.start()
+        seen = drain(rig, 2000, step_insns=100)
+        assert bytes(b for _, b in seen) == b"hello, guest" and source.eof
+        gaps = {b - a for (a, _), (b, _) in itertools.pairwise(seen)}
+        assert min(gaps) >= rig.uart.char_time_ns() - 100 * NS_PER_INSN  # never faster than the line
+        assert not source.timer.armed  # end of file: polling stopped
+        source.close()
+        runs.append(seen)
+    assert runs[0] == runs[1]  # same guest-visible sequence, same virtual times
+
+
+def test_input_waits_for_room_and_never_overruns() -> None:
+    rig = Rig()
+    rig.program(fcr=None)  # a single holding register
+    source = SerialInput(piped(b"abc"), rig.uart, rig.clock, owns_source=True)
+    source.start()
+    rig.advance_ns(50 * rig.uart.char_time_ns())
+    assert list(rig.uart.rx) == [(ord("a"), 0)] and rig.uart.overruns == 0
+    assert rig.rd(RBR) == ord("a")
+    rig.advance_ns(IDLE_POLL_NS + rig.uart.char_time_ns())  # at most one backed-off poll away
+    assert rig.rd(RBR) == ord("b") and rig.rd(LSR) & 0x03 == 0
+    rig.advance_ns(IDLE_POLL_NS + rig.uart.char_time_ns())
+    assert rig.rd(RBR) == ord("c") and rig.uart.overruns == 0
+    source.close()
+
+
+def test_a_pipe_carries_escape_bytes_as_data() -> None:
+    rig = Rig()
+    rig.program()
+    source = SerialInput(piped(b"\x01x\x01"), rig.uart, rig.clock, owns_source=True)
+    source.start()
+    assert bytes(b for _, b in drain(rig, 100)) == b"\x01x\x01"
+    source.close()
+
+
+def test_input_from_a_file(tmp_path) -> None:
+    path = tmp_path / "typed"
+    path.write_bytes(b"ls\r")
+    rig = Rig()
+    rig.program()
+    source = SerialInput.open(str(path), rig.uart, rig.clock)
+    source.start()
+    assert bytes(b for _, b in drain(rig, 100)) == b"ls\r" and source.eof
+    source.close()
+    assert source.source.closed  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def terminal() -> Iterator[tuple[int, int]]:
+    controller, device = pty.openpty()
+    yield controller, device
+    for fd in (controller, device):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def test_terminal_raw_mode_escape_and_restore(terminal: tuple[int, int]) -> None:
+    controller, device = terminal
+    before = termios.tcgetattr(device)
+    assert before[3] & termios.ECHO and before[3] & termios.ICANON
+    rig = Rig()
+    rig.program()
+    source = SerialInput(device, rig.uart, rig.clock)
+    assert source.is_terminal and source.escapes
+    source.start()
+    raw = termios.tcgetattr(device)
+    assert not raw[3] & (termios.ECHO | termios.ICANON | termios.ISIG)
+    assert not raw[0] & (termios.ICRNL | termios.IXON) and raw[1] & termios.OPOST
+    os.write(controller, b"ab")
+    assert bytes(b for _, b in drain(rig, 100)) == b"ab"
+    os.write(controller, b"\x01\x01c\x01x never")
+    with pytest.raises(VMStop) as stop:
+        drain(rig, 100)
+    assert stop.value.kind == "user-quit" and source.escape is stop.value
+    assert termios.tcgetattr(device) == before  # restored before the stop is reported
+    assert source.closed and not source.timer.armed
+
+
+def test_terminal_escape_keys_deliver_in_order(terminal: tuple[int, int]) -> None:
+    controller, device = terminal
+    rig = Rig()
+    rig.program()
+    notices = io.StringIO()
+    with SerialInput(device, rig.uart, rig.clock, notices=notices) as source:
+        os.write(controller, b"a\x01\x01b\x01bc\x01hd\x01zq")
+        seen = []
+        for _ in range(300):
+            rig.clock.advance(1000)
+            while (lsr := rig.rd(LSR)) & 0x01:  # its BI belongs to the character at the top
+                seen.append((rig.rd(RBR), bool(lsr & 0x10)))
+        assert seen == [
+            (ord("a"), False),
+            (0x01, False),  # Ctrl-A Ctrl-A: one Ctrl-A
+            (ord("b"), False),
+            (0x00, True),  # Ctrl-A b: a break
+            (ord("c"), False),
+            (ord("d"), False),  # Ctrl-A h printed the help; Ctrl-A z was swallowed
+            (ord("q"), False),
+        ]
+        assert "C-a x" in notices.getvalue() and not source.eof
+    assert source.closed
+
+
+def test_terminal_restored_on_exception_and_on_signal(terminal: tuple[int, int]) -> None:
+    _controller, device = terminal
+    before = termios.tcgetattr(device)
+    rig = Rig()
+    with pytest.raises(RuntimeError), SerialInput(device, rig.uart, rig.clock):
+        assert termios.tcgetattr(device) != before
+        raise RuntimeError("the engine failed")
+    assert termios.tcgetattr(device) == before
+
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        source = SerialInput(device, rig.uart, rig.clock)
+        source.start()
+        assert termios.tcgetattr(device) != before
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert received == [signal.SIGTERM]  # the earlier handler still ran...
+        assert termios.tcgetattr(device) == before  # ...with the terminal given back first
+        assert signal.getsignal(signal.SIGTERM) is handler
+        source.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_terminal_hang_up_is_end_of_file(terminal: tuple[int, int]) -> None:
+    controller, device = terminal
+    rig = Rig()
+    rig.program()
+    source = SerialInput(device, rig.uart, rig.clock)
+    source.start()
+    os.write(controller, b"z")
+    drain(rig, 50)
+    os.close(controller)  # the terminal's other side goes away: reads fail with EIO
+    drain(rig, 2000)
+    assert source.eof and not source.timer.armed
+    source.close()
