@@ -206,7 +206,9 @@ class SerialInput:
         if self.closed:
             return
         room = self.uart.rx_room()
-        if room > 0 and not self.pending and not self.eof:
+        # A file or pipe is read only when its bytes can go somewhere; a terminal always, so the
+        # escape is seen even by a guest that never reads its UART.
+        if not self.eof and (self.escapes or (room > 0 and not self.pending)):
             self._read_source()
         if self.escape is not None:
             self.close()  # the terminal is itself again before the stop is reported

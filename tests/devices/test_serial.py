@@ -480,6 +480,21 @@ def test_terminal_raw_mode_escape_and_restore(terminal: tuple[int, int]) -> None
     assert source.closed and not source.timer.armed
 
 
+def test_escape_is_seen_when_the_guest_never_reads(terminal: tuple[int, int]) -> None:
+    controller, device = terminal
+    rig = Rig()
+    rig.program()
+    source = SerialInput(device, rig.uart, rig.clock)
+    source.start()
+    os.write(controller, bytes(40))
+    rig.advance_ns(100 * rig.uart.char_time_ns())
+    assert rig.uart.rx_room() == 0 and rig.uart.overruns == 0  # the FIFO is full, the rest waits
+    os.write(controller, b"\x01x")
+    with pytest.raises(VMStop, match="escape"):
+        rig.advance_ns(2 * IDLE_POLL_NS)
+    assert source.closed
+
+
 def test_terminal_escape_keys_deliver_in_order(terminal: tuple[int, int]) -> None:
     controller, device = terminal
     rig = Rig()
