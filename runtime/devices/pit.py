@@ -52,7 +52,7 @@ programmed can end the run); `program_like_bios()` gives the state a PC BIOS lea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ring1.runtime.devices.clock import VirtualClock
 from ring1.runtime.devices.irq import IrqLine
@@ -114,13 +114,20 @@ class CountState:
     null_count: bool = True  # a count was written (or the mode set) and is not yet in the element
     load_tick: int | None = None  # the edge at which the count register goes into the element
 
+    def copy(self) -> CountState:
+        return CountState(
+            self.tick, self.ce, self.out, self.running, self.armed, self.half, self.null_count, self.load_tick
+        )
+
 
 class PitChannel:
     """One counter of the 8254: its programming, its latches and flip-flops, and its count.
 
     The count is kept as the state at the last programming event (`base`); `state_at(tick)`
     computes any later edge's state from it, jumping over stretches of plain counting (and
-    over whole periods in modes 2 and 3) rather than stepping edge by edge."""
+    over whole periods in modes 2 and 3) rather than stepping edge by edge. The latest state
+    computed is kept too (`_latest`), so that a polling guest's next read starts from it:
+    until the next programming event, every state follows from either."""
 
     def __init__(self, index: int, gate: bool) -> None:
         self.index = index
@@ -137,23 +144,46 @@ class PitChannel:
         self.base = CountState(tick=0)
 
     @property
+    def base(self) -> CountState:
+        """The state at the last programming event; never changed once set."""
+        return self._base
+
+    @base.setter
+    def base(self, state: CountState) -> None:
+        self._base = self._latest = state
+
+    @property
     def modulus(self) -> int:
         return 10000 if self.bcd else 0x10000
 
     # ------------------------------------------------------------ the count over time
 
     def state_at(self, tick: int) -> CountState:
-        state = replace(self.base)
+        """The state just after edge `tick` (not before the last programming event), the
+        caller's to change."""
+        return self._peek(tick).copy()
+
+    def _peek(self, tick: int) -> CountState:
+        """The state just after edge `tick`, to be read only."""
+        latest = self._latest
+        if latest.tick == tick:
+            return latest
+        state = (latest if latest.tick < tick else self._base).copy()
         self._advance(state, tick)
+        if state.tick > latest.tick:
+            self._latest = state
         return state
+
+    def out_at(self, tick: int) -> bool:
+        return self._peek(tick).out
 
     def count_at(self, tick: int) -> int:
         """The counting element as the chip presents it: 16 bits, BCD-coded in BCD mode."""
-        value = self.state_at(tick).ce % self.modulus
+        value = self._peek(tick).ce % self.modulus
         return to_bcd(value) if self.bcd else value
 
     def status_at(self, tick: int) -> int:
-        state = self.state_at(tick)
+        state = self._peek(tick)
         return (
             (STATUS_OUT if state.out else 0)
             | (STATUS_NULL_COUNT if state.null_count else 0)
@@ -426,7 +456,7 @@ class Pit:
 
     def out(self, index: int) -> bool:
         """OUT of channel `index` now."""
-        return self.channels[index].state_at(self._now_tick()).out
+        return self.channels[index].out_at(self._now_tick())
 
     def set_gate(self, index: int, level: bool) -> None:
         tick = self._now_tick()
@@ -449,7 +479,7 @@ class Pit:
 
     def _irq0_changed(self, tick: int) -> None:
         channel = self.channels[0]
-        self.irq0.set(channel.state_at(tick).out)
+        self.irq0.set(channel.out_at(tick))
         self._irq0_edge = channel.next_out_change(tick)
         self._arm_irq0()
 
@@ -457,7 +487,7 @@ class Pit:
         channel = self.channels[0]
         while self._irq0_edge is not None and self._irq0_edge <= tick:
             edge = self._irq0_edge
-            self.irq0.set(channel.state_at(edge).out)
+            self.irq0.set(channel.out_at(edge))
             self._irq0_edge = channel.next_out_change(edge)
         self._arm_irq0()
 
