@@ -213,10 +213,16 @@ class RealTimeClock:
     # ------------------------------------------------------------------ the BIOS's side
 
     def cmos_byte(self, index: int) -> int:
-        """A CMOS byte as the guest would read it (time registers brought up to date)."""
-        if index in TIME_REGISTERS:
-            self._sync()
-        return self._ram[index & 0x7F]
+        """A CMOS byte as the guest would read it, without a read's effect (C is not cleared)."""
+        index &= 0x7F
+        self._sync()
+        if index == REG_A:
+            return self._ram[REG_A] | (A_UIP if self._update_imminent() else 0)
+        if index == REG_C:
+            return self._flags | (C_IRQF if self._irqf() else 0)
+        if index == REG_D:
+            return D_VRT
+        return self._ram[index]
 
     def set_cmos_byte(self, index: int, value: int) -> None:
         """Write a CMOS byte as a BIOS setup does: the checksum follows bytes 0x10-0x2D."""

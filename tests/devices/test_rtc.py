@@ -225,6 +225,7 @@ def test_irqf_follows_the_enables() -> None:
     assert not line.level
     wr(rtc, REG_B, B_24H | B_UIE)  # UF was already set: IRQF and the line rise at once
     assert line.level
+    assert rtc.cmos_byte(REG_C) == C_IRQF | C_PF | C_UF and line.level  # a peek clears nothing
     assert rd(rtc, REG_C) == C_IRQF | C_PF | C_UF and not line.level
 
 
@@ -344,3 +345,18 @@ def test_daylight_saving_updates_on_the_last_sundays_of_april_and_october() -> N
     rtc, clock, _ = make(dt.datetime(2024, 4, 28, 1, 59, 58))
     advance_to(clock, 2 * SECOND)  # without DSE: an ordinary update
     assert rd(rtc, REG_HOURS) == 0x02
+
+
+def test_default_start_is_the_hosts_utc_time() -> None:
+    rtc = RealTimeClock(VirtualClock(), IrqLine("irq8"), memory_size=1 << 20)
+    bcd = lambda reg: (rd(rtc, reg) >> 4) * 10 + (rd(rtc, reg) & 0x0F)  # noqa: E731
+    year = bcd(REG_CENTURY) * 100 + bcd(REG_YEAR)
+    seen = dt.datetime(year, bcd(REG_MONTH), bcd(REG_DAY_OF_MONTH), bcd(REG_HOURS), bcd(REG_MINUTES), bcd(REG_SECONDS))
+    host = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert abs((host - seen).total_seconds()) < 5
+    assert rd(rtc, REG_DAY_OF_WEEK) == seen.isoweekday() % 7 + 1  # Sunday = 1
+
+
+def test_an_aware_start_time_is_taken_in_utc() -> None:
+    rtc, _, _ = make(dt.datetime(2024, 3, 1, 1, 59, 58, tzinfo=dt.timezone(dt.timedelta(hours=2))))
+    assert time_bytes(rtc) == [0x20, 0x24, 0x02, 0x29, 5, 0x23, 0x59, 0x58]
