@@ -9,8 +9,8 @@ Modelled, as the Motorola MC146818A datasheet describes the chip on a PC board:
 - Time in BCD or binary (status B DM) and 12- or 24-hour form (status B 24/12, bit 7 of the hour
   = PM). The chip keeps the bytes as written and interprets them at each update with the
   format in force then, so changing DM without rewriting the time reads back nonsense, as on
-  the chip. Out-of-range values (the datasheet: "unpredictable") go to their field's minimum
-  at the next update; any other byte the guest writes reads back as written.
+  the chip. Every byte reads back as written until the next update, which takes a field out
+  of range (the datasheet: "unpredictable") as that field's minimum and counts on from it.
 - The divider (status A DV): 010 runs the 32.768 kHz time base; 11x holds the divider in reset
   (no updates, no periodic edges) and the first update comes 500 ms after its release; other
   values (other crystals, factory tests) stop the clock here, having no 32 kHz meaning.
