@@ -10,7 +10,8 @@ registers:
 - PIO data transfers through the 16-bit data register, 32-bit accesses being two 16-bit cycles
   (the PIIX's 32-bit PIO); an 8-bit access is one 16-bit cycle of which the host keeps the low
   byte.
-- commands: IDENTIFY DEVICE, READ/WRITE SECTORS, READ/WRITE MULTIPLE with SET MULTIPLE MODE,
+- commands: IDENTIFY DEVICE, READ/WRITE SECTORS, READ/WRITE MULTIPLE with SET MULTIPLE MODE
+  (blocks of up to 16 sectors, 16 at power-on as on QEMU's drives),
   READ VERIFY SECTORS, SEEK, RECALIBRATE, SET FEATURES (write cache, read look-ahead, PIO
   transfer modes, reverting to defaults), FLUSH CACHE, INITIALIZE DEVICE PARAMETERS (CHS
   translation), EXECUTE DEVICE DIAGNOSTIC, the power commands (IDLE/STANDBY [IMMEDIATE], CHECK
@@ -30,8 +31,13 @@ registers:
   at all every register reads 00h (the DD7 pull-down the ATA spec asks of the host, QEMU's
   value). Writes while the selected device has BSY or DRQ set are ignored (device control
   excepted), as QEMU does.
+- the write cache (on at power-on, SET FEATURES 02h/82h): with it a written block is in the
+  image file when the drive accepts it and on the host's disk after FLUSH CACHE; without it
+  each block is synced before it is accepted.
 - host I/O errors on the image: a failed read is UNC (uncorrectable data), a failed write is DF
   (device fault) with ABRT.
+- the PIIX3 IDE function's decode enable (`decoding`, driven by pci.Piix3Ide): off, the ports
+  float as an empty bus (reads all ones, writes dropped) and INTRQ is not passed on.
 
 Timing is instant: a command's data is ready before the guest's next register read, so BSY is
 never seen except during SRST. Not modelled: DMA (IDENTIFY advertises none, so drivers use PIO),
@@ -156,7 +162,9 @@ class AtaDevice:
         self.features = 0
         self.sector_count = self.lba_low = self.lba_mid = self.lba_high = 0
         self.device = DEV_OBSOLETE
-        self.multiple = 0  # READ/WRITE MULTIPLE disabled until SET MULTIPLE MODE
+        # The power-on multiple setting is vendor specific (Seagate: disabled, Fujitsu: 16);
+        # 16 is QEMU's, which guests written against QEMU use without SET MULTIPLE MODE.
+        self.multiple = MAX_MULTIPLE
         self.write_cache = True
         self.look_ahead = True
         self.revert_on_reset = False  # SET FEATURES 66h/CCh

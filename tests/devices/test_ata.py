@@ -121,7 +121,7 @@ def test_identify_describes_an_lba28_pio_disk(machine: Machine) -> None:
     assert words[47] == 0x8010  # up to 16 sectors per multiple block
     assert words[49] & 0x0200 and not words[49] & 0x0100  # LBA, no DMA
     assert words[53] & 1 and words[54:57] == [2, 16, 63] and words[57] | words[58] << 16 == 2 * 16 * 63
-    assert words[59] == 0  # multiple mode off at power-on
+    assert words[59] == 0x0110  # multiple mode on at power-on, 16 sectors (vendor specific; QEMU's)
     assert words[60] | words[61] << 16 == SECTORS
     assert words[80] & 0x0040 and words[81] == 0x0019  # ATA/ATAPI-6
     assert words[83] & 0x1000 and words[86] & 0x1000  # FLUSH CACHE
@@ -223,8 +223,10 @@ def test_data_port_reads_nothing_outside_a_data_phase(machine: Machine) -> None:
 
 
 def test_multiple_mode_transfers_blocks(machine: Machine, image: Path) -> None:
+    machine.outb(COUNT, 0)
+    machine.outb(COMMAND, 0xC6)  # SET MULTIPLE MODE 0: disabled
     machine.task(0, 10)
-    machine.outb(COMMAND, 0xC4)  # READ MULTIPLE before SET MULTIPLE MODE
+    machine.outb(COMMAND, 0xC4)
     assert machine.inb(STATUS) & ERR and machine.inb(ERROR) == ABRT
     machine.outb(COUNT, 4)
     machine.outb(COMMAND, 0xC6)
@@ -249,6 +251,16 @@ def test_multiple_mode_transfers_blocks(machine: Machine, image: Path) -> None:
     machine.write_block(data[4 * 512 :])
     assert machine.inb(STATUS) == DRDY | DSC and machine.pin.rises == rises + 2
     assert image.read_bytes()[40 * 512 : 46 * 512] == data
+
+
+def test_multiple_mode_is_on_at_power_on(machine: Machine) -> None:
+    machine.task(100, 20)
+    machine.outb(COMMAND, 0xC4)  # READ MULTIPLE without SET MULTIPLE MODE: blocks of 16
+    assert machine.pin.rises == 1
+    assert machine.inb(STATUS) & DRQ and machine.read_block(words=16 * 256)[-512:] == pattern(115)
+    assert machine.pin.rises == 2 and machine.inb(STATUS) & DRQ
+    assert machine.read_block(words=4 * 256)[:512] == pattern(116)
+    assert machine.inb(STATUS) == DRDY | DSC and machine.pin.rises == 2
 
 
 def test_set_multiple_mode_refuses_odd_sizes_and_disables(machine: Machine) -> None:
@@ -455,3 +467,43 @@ def test_decode_disabled_floats(machine: Machine) -> None:
     machine.outb(COMMAND, 0xEC)
     machine.channel.decoding = True
     assert machine.inb(STATUS) == DRDY | DSC
+
+
+# ---------------------------------------------------------------- the host's failures and flushes
+
+
+def test_host_io_errors_are_reported_to_the_guest(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = machine.channel.devices[0].image
+
+    def broken(*args: object, **kwargs: object) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(image, "read", broken)
+    monkeypatch.setattr(image, "write", broken)
+    monkeypatch.setattr(image, "flush", broken)
+    machine.task(12, 2)
+    machine.outb(COMMAND, 0x20)
+    assert machine.pin.level and machine.inb(STATUS) == DRDY | DSC | ERR and machine.inb(ERROR) == 0x40 | ABRT
+    assert machine.inb(LBA_LOW) == 12 and machine.inb(COUNT) == 2
+    machine.task(12, 1)
+    machine.outb(COMMAND, 0x30)
+    machine.write_block(bytes(512))
+    assert machine.inb(STATUS) == DRDY | DF | DSC | ERR and machine.inb(ERROR) == ABRT
+    machine.outb(COMMAND, 0xE7)
+    assert machine.inb(STATUS) & DF and machine.inb(ERROR) == ABRT
+
+
+def test_without_the_write_cache_each_block_is_synced(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = machine.channel.devices[0].image
+    syncs: list[bool] = []
+    write = image.write
+    monkeypatch.setattr(image, "write", lambda lba, data, durable=False: (syncs.append(durable), write(lba, data))[1])
+    machine.task(3, 1)
+    machine.outb(COMMAND, 0x30)
+    machine.write_block(bytes(512))
+    machine.outb(FEATURES, 0x82)
+    machine.outb(COMMAND, 0xEF)  # write cache off
+    machine.task(3, 1)
+    machine.outb(COMMAND, 0x30)
+    machine.write_block(bytes(512))
+    assert syncs == [False, True]
