@@ -389,6 +389,8 @@ def test_commands_are_ignored_during_a_data_phase(machine: Machine) -> None:
     machine.task(1, 2)
     machine.outb(COMMAND, 0x20)
     machine.outb(LBA_LOW, 0x77)  # ignored: DRQ is set
+    machine.select(1)  # ignored too: the master keeps the cable
+    assert machine.inb(DEVICE) & 0x10 == 0
     machine.outb(COMMAND, 0xEC)  # ignored too
     assert machine.read_block() == pattern(1) and machine.read_block() == pattern(2)
 
