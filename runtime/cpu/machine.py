@@ -28,6 +28,7 @@ import struct
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
@@ -35,11 +36,14 @@ from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS
 from ring1.runtime.cpu import memfast
 from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
-from ring1.runtime.cpu.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, ExternalInterrupt, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
 from ring1.runtime.cpu.traces import CodeRanges, PageTraces, instruction_ranges
 from ring1.runtime.isa.decoder import MAX_LENGTH, Decoded, Truncated, decode
+
+if TYPE_CHECKING:
+    from ring1.runtime.devices.clock import VirtualClock
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
@@ -66,7 +70,18 @@ _F64X2 = struct.Struct("<2d")
 
 
 class Platform:
-    """I/O ports of the virtual platform. The base class has no devices: reads float high."""
+    """I/O ports, time and interrupts of the virtual platform. The base class has no devices:
+    reads float high, there is no clock and no interrupt ever arrives."""
+
+    clock: VirtualClock | None = None  # devices' virtual time (ring1.runtime.devices.clock)
+
+    def interrupt_pending(self) -> bool:
+        """The CPU's INTR pin: a maskable interrupt waits (the guest's IF decides)."""
+        return False
+
+    def acknowledge_interrupt(self) -> int:
+        """The interrupt acknowledge cycle: the vector to deliver."""
+        raise VMStop("no-interrupt", "interrupt acknowledged on a platform without interrupt controller")
 
     def io_in(self, port: int, size: int) -> int:
         return (1 << (size * 8)) - 1
@@ -100,6 +115,9 @@ class Machine:
         # linear page -> the same, for the blocks fetched through it (CR3 and INVLPG re-walk them)
         self.code_linear: dict[int, set[tuple[bool, tuple[int, int, int]]]] = {}
         self.running_block: Block | None = None
+        # Whether run() takes external interrupts itself (the VMM's one-instruction emulations
+        # do not: the VMM takes them where its translated code allows).
+        self.takes_interrupts = True
         # Who hears about emulated writes to which physical page: this machine's block cache,
         # and the VMM's translation cache and shadow page tables (ring1.runtime.cpu.traces).
         self.traces = PageTraces()
@@ -494,24 +512,46 @@ class Machine:
     # ------------------------------------------------------------ running
 
     def run(self, max_insns: int | None = None) -> RunResult:
-        """Run until a stop address, the instruction budget, HLT with interrupts off, or (with
-        stop_on_event) the first fault or software interrupt."""
+        """Run until a stop address, the instruction budget, HLT that nothing can wake, or (with
+        stop_on_event) the first fault or software interrupt. External interrupts are taken at
+        block boundaries (every instruction that can change IF or raise a line ends a block) when
+        IF allows and no interrupt shadow is open; the platform's clock advances by the
+        instructions run, and blocks end at its next deadline."""
         S = self.state
         blocks = self.blocks
         budget_end = None if max_insns is None else S.icount + max_insns
         stops = self.stop_addresses
+        platform = self.platform
+        clock = platform.clock
         while True:
             if S.eip in stops:
                 return RunResult("stop-address")
             if budget_end is not None and S.icount >= budget_end:
                 return RunResult("limit")
+            if S.eflags & 0x200 and not S.irq_shadow and self.takes_interrupts and platform.interrupt_pending():
+                try:
+                    self.take_interrupt()
+                except VMStop as stop:
+                    return RunResult("vmstop", vmstop=stop)
+                continue
             if S.halted:
+                if S.eflags & 0x200 and clock is not None and clock.skip_to_deadline():
+                    continue  # time passed to the next timer; its interrupt, if any, is taken above
                 return RunResult("halt")
+            end = budget_end
+            if clock is not None:
+                left = clock.insns_until_deadline()
+                if left is not None:
+                    end = S.icount + left if end is None else min(end, S.icount + left)
             key = (S.eip, S.base[CS], S.code32)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
+            shadow = S.irq_shadow  # the instruction after STI / MOV SS runs alone, then interrupts
+            S.irq_shadow = False
+            started = S.icount
             try:
-                if single_step or (budget_end is not None and budget_end - S.icount < self.max_block):
-                    # Near the end of the budget, one instruction at a time, so it ends exactly.
+                if single_step or shadow or (end is not None and end - S.icount < self.max_block):
+                    # Near the end of the budget or a timer's deadline, one instruction at a
+                    # time, so it ends exactly.
                     block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
                 else:
                     block = blocks.get(key)
@@ -533,6 +573,19 @@ class Machine:
                 return RunResult("vmstop", vmstop=stop)
             finally:
                 self.running_block = None
+                if clock is not None:
+                    try:
+                        clock.advance(S.icount - started)
+                    except VMStop as stop:  # a device's timer stopped the machine (a reset, say)
+                        return RunResult("vmstop", vmstop=stop)
+
+    def take_interrupt(self) -> int:
+        """INTR is up and IF allows: acknowledge the controller and deliver its vector through
+        the guest's IVT or IDT as an external interrupt (which also ends a HLT)."""
+        vector = self.platform.acknowledge_interrupt()
+        self.state.halted = False
+        self.deliver_event(ExternalInterrupt(vector))
+        return vector
 
     def deliver_event(self, ev: GuestEvent) -> None:
         """Deliver a fault or software interrupt through the guest's IVT or IDT, as the CPU does:
@@ -691,6 +744,9 @@ class Machine:
 
     def b_halt(self) -> None:
         self.state.halted = True
+
+    def b_inhibit_interrupts(self) -> None:
+        self.state.irq_shadow = True
 
     def b_soft_interrupt(self, vector: int, kind: int) -> None:
         raise Trap(vector & 0xFF, kind)

@@ -60,6 +60,7 @@ from unicorn import (
 from unicorn import x86_const as X
 
 from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.host.counter import InstructionCounter
 
 GPR_IDS = (
     X.UC_X86_REG_EAX,
@@ -85,7 +86,9 @@ class CpuEvent:
 class PhysicalCpu:
     """One unicorn x86 CPU over a PhysicalMemory."""
 
-    def __init__(self, memory: PhysicalMemory, real_mode: bool = False, platform=None) -> None:
+    def __init__(
+        self, memory: PhysicalMemory, real_mode: bool = False, platform=None, count_instructions: bool = False
+    ) -> None:
         self.memory = memory
         self.platform = platform
         self.uc = Uc(UC_ARCH_X86, UC_MODE_16 if real_mode else UC_MODE_32)
@@ -96,6 +99,9 @@ class PhysicalCpu:
         # Whether the last run counted instructions: unicorn counts with a code hook over
         # everything, which changes how it loses flags at a fault (lazy_flags_verdict).
         self.counting = False
+        # With a virtual clock, every instruction is counted (host/counter.py), always: the
+        # count is guest progress, and a code hook over everything loses flags at faults.
+        self.counter = InstructionCounter(self.uc) if count_instructions else None
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
@@ -126,7 +132,7 @@ class PhysicalCpu:
     def run(self, begin: int, until: int, count: int = 0) -> CpuEvent | None:
         """Run from linear `begin` until linear `until`, `count` instructions or an event."""
         self.event = None
-        self.counting = count > 0
+        self.counting = count > 0 or self.counter is not None
         self.uc.emu_start(begin, until, 0, count)
         return self.event
 
