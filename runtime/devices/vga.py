@@ -85,7 +85,7 @@ ATTR_MODE_LGE, ATTR_MODE_BLINK, ATTR_MODE_P54S = 0x04, 0x08, 0x80
 _CRTC_MODE3 = bytes.fromhex("5f4f50825581bf1f004f0d0e000000009c8e8f281f96b9a3ff")
 _SEQ_MODE3 = bytes.fromhex("0300030002")
 _GC_MODE3 = bytes.fromhex("0000000000100e00ff")  # GR06 0x0E: text, odd/even, memory at B8000
-_ATTR_MODE3 = bytes.fromhex("000102030405143738393a3b3c3d3e3f") + bytes([0x0C, 0x00, 0x0F, 0x08, 0x00])
+_ATTR_MODE3 = bytes.fromhex("000102030405140738393a3b3c3d3e3f") + bytes([0x0C, 0x00, 0x0F, 0x08, 0x00])
 _MISC_MODE3 = 0x67  # colour I/O, RAM enabled, 28.322 MHz dot clock, negative h/v sync (400 lines)
 DOT_CLOCKS_HZ = (25_175_000, 28_322_000)
 
