@@ -33,10 +33,11 @@ in 8x16 cells, since the VGA's own ROM font is IBM's). The PNG encoder is zlib a
 Not modelled: graphics modes and the planar memory behind them (the A0000-B7FFF window, the
 write modes, latches, plane masks: a guest that switches to graphics sees its registers
 kept but nothing drawn), fonts loaded by the guest into plane 2 (the PNG always uses the
-built-in font), blinking (blinking characters are drawn in their visible phase), the
-screen blanking of attribute bit 5 (PAS) and sequencer "screen off" (a screenshot shows the
-text anyway: it is for reading what the guest printed), split screen, smooth scrolling,
-the light pen, vertical retrace interrupts (IRQ 2 on EGA, absent on most VGAs).
+built-in 16-row font, only its top rows when the character height is smaller), blinking
+(blinking characters are drawn in their visible phase), the screen blanking of attribute
+bit 5 (PAS) and sequencer "screen off" (a screenshot shows the text anyway: it is for
+reading what the guest printed), split screen, smooth scrolling, the light pen, vertical
+retrace interrupts (IRQ 2 on EGA, absent on most VGAs).
 """
 
 from __future__ import annotations

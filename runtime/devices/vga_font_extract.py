@@ -3,7 +3,7 @@
     python -m ring1.runtime.devices.vga_font_extract /usr/share/fonts/X11/misc/8x13.pcf.gz \\
         > runtime/devices/vga_font.py
 
-The source is the "-Misc-Fixed-Medium-R-SemiCondensed--13-120-75-75-C-60-ISO10646-1" font of
+The source is the "-Misc-Fixed-Medium-R-Normal--13-120-75-75-C-80-ISO10646-1" font of
 Debian's xfonts-base (X.Org font-misc-misc, whose COPYING says: "Public domain font. Share
 and enjoy."). It has a glyph for every character of code page 437. Each 13-row glyph goes
 into a 16-row VGA character cell with two blank rows above and one below; the line-drawing,

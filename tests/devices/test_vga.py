@@ -241,3 +241,13 @@ def test_screenshot_writes_text_or_png_by_the_file_name(tmp_path, name: str) -> 
         assert data.decode("utf-8").startswith("panic: ")
     else:
         assert data.startswith(b"\x89PNG") and b"IHDR" in data[:16]
+
+
+def test_font_has_a_glyph_per_byte_and_line_graphics_reach_the_cell_edges() -> None:
+    assert len(GLYPHS) == 256 * 16
+    glyph = lambda code: GLYPHS[code * 16 : code * 16 + 16]  # noqa: E731
+    assert glyph(0x20) == glyph(0x00) == bytes(16)  # blanks
+    assert glyph(0xDB) == b"\xff" * 16  # the full block
+    assert all(glyph(0xB3))  # the vertical line has a pixel on every scan line: rows join up
+    assert glyph(0xDF)[:8] == b"\xff" * 8 and glyph(0xDF)[8:] == bytes(8)  # upper half block
+    assert glyph(ord("A")) != glyph(ord("B")) and any(glyph(ord("A")))
