@@ -190,7 +190,7 @@ FACS_LENGTH = 64
 # FADT flags (ACPI 1.0b table 5-9).
 FADT_WBINVD = 1 << 0  # WBINVD flushes caches (required of ACPI 1.0 platforms)
 FADT_PROC_C1 = 1 << 2  # C1 (HLT) works on every processor
-FADT_SLP_BUTTON = 1 << 5  # no fixed-feature sleep button
+FADT_SLP_BUTTON = 1 << 5  # no fixed-feature sleep button (PWR_BUTTON, bit 4, clear: the power button is fixed)
 FADT_TMR_VAL_EXT = 1 << 8  # the PM timer is 32 bits wide
 
 # MADT entry types and flags (ACPI 1.0b 5.2.8).
