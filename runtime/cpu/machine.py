@@ -64,6 +64,9 @@ MSR_TSC = 0x10
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = (CONSTS[f"MSR_SYSENTER_{r}"] for r in ("CS", "ESP", "EIP"))
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
+# Forms that read virtual time (I/O ports, the TSC): the interpreter starts a block at each.
+TIMED_FORMS = frozenset(name for name, f in FORMS.items() if {"io", "tsc"} & {*f.reads, *f.writes})
+
 _U32 = struct.Struct("<I")
 _U64X2 = struct.Struct("<2Q")
 _F64X2 = struct.Struct("<2d")
@@ -475,6 +478,10 @@ class Machine:
                 if not insns:
                     raise
                 break  # the fetch faults when execution reaches it, not before
+            if insns and d.form in TIMED_FORMS:
+                # I/O and the TSC read the clock: such an instruction begins its own block, so
+                # the clock has been advanced to it (blocks count their instructions at the end).
+                break
             insns.append(d)
             la = (S.base[CS] + d.eip) & M32
             code.add(instruction_ranges(la, len(d.raw), ipages))
@@ -535,8 +542,11 @@ class Machine:
                     return RunResult("vmstop", vmstop=stop)
                 continue
             if S.halted:
-                if S.eflags & 0x200 and clock is not None and clock.skip_to_deadline():
-                    continue  # time passed to the next timer; its interrupt, if any, is taken above
+                try:
+                    if S.eflags & 0x200 and clock is not None and clock.skip_to_deadline():
+                        continue  # time passed to the next timer; its interrupt, if any, is taken above
+                except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x, a reset)
+                    return RunResult("vmstop", vmstop=stop)
                 return RunResult("halt")
             end = budget_end
             if clock is not None:
@@ -694,16 +704,20 @@ class Machine:
     def b_write_msr(self, index: int, value: int) -> None:
         S = self.state
         if index == MSR_TSC:
-            S.tsc = (value - S.icount) & ((1 << 64) - 1)
+            clock = self.platform.clock
+            S.tsc = (value - (clock.tsc() if clock is not None else S.icount)) & ((1 << 64) - 1)
             return
         if index not in S.msr:
             raise Fault(13, 0)
         S.msr[index] = value & ((1 << 64) - 1)
 
     def b_read_tsc(self) -> int:
-        """A deterministic time-stamp counter: instructions retired plus the offset WRMSR set."""
+        """The time-stamp counter: the platform's virtual clock (devices/clock.py: TSC_HZ), or
+        without one the instructions retired; plus the offset WRMSR set."""
         S = self.state
-        return (S.icount + S.tsc) & ((1 << 64) - 1)
+        clock = self.platform.clock
+        now = clock.tsc() if clock is not None else S.icount
+        return (now + S.tsc) & ((1 << 64) - 1)
 
     def b_read_pmc(self, index: int) -> int:
         if index > 1:

@@ -1,8 +1,21 @@
 """The virtual platform `ring1 run` gives a guest, assembled on the device bus
-(ring1.runtime.devices.bus):
+(ring1.runtime.devices.bus), with one virtual clock (devices/clock.py) and the ISA interrupt
+lines (devices/irq.py):
 
-  0x3F8-0x3FF  COM1, a 16550 UART (devices/serial.py): the console.
-  0xF4         the exit port (devices/ports.py): a write ends the run with that exit status.
+  0x20-0x21, 0xA0-0xA1  the 8259A pair (devices/pic.py), the CPU's interrupt controller;
+  0x4D0-0x4D1           the ELCR (edge/level per IRQ);
+  0x40-0x43             the 8254 PIT (devices/pit.py), channel 0 on IRQ 0;
+  0x61                  system control port B: PIT channel 2's gate and output, the speaker;
+  0x60, 0x64            the i8042 keyboard controller (devices/kbc.py), IRQ 1, reset (0xFE);
+  0x92                  system control port A: fast A20 and reset;
+  0x70-0x71             the MC146818 RTC and CMOS (devices/rtc.py), IRQ 8;
+  0x1F0-0x1F7, 0x3F6    the primary IDE/ATA channel (devices/ata.py), IRQ 14, `--disk` images;
+  0xCF8-0xCFF           PCI configuration mechanism #1 (devices/pci.py): 440FX host bridge,
+                        PIIX3 ISA bridge and IDE function; 0xCF9 reset;
+  0x510-0x511           QEMU's fw_cfg (devices/fwcfg.py): signature, RAM size, CPU count;
+  0x3F8-0x3FF  COM1, a 16550A UART on IRQ 4 (devices/serial.py): the console;
+  0x2F8-0x2FF  COM2, a 16550A UART on IRQ 3 (its output goes to the console too);
+  0xF4         the exit port (devices/ports.py): a write ends the run with that exit status;
   0x80         POST codes (devices/ports.py): kept for diagnoses; reads float high. The
                `in`/`out` nanobenchmarks use it.
 
@@ -10,35 +23,105 @@ Every other port floats high on reads and ignores writes, as an empty ISA bus do
 and OUT is counted per port and direction, for `ring1 run --stats`.
 
 The same platform serves every engine: the interpreter calls io_in/io_out from its IN and
-OUT semantics, the VMM from its callouts or unicorn's I/O hooks.
+OUT semantics, the VMM from its callouts or unicorn's I/O hooks; every engine advances the
+clock by the instructions it runs and asks `interrupt_pending` / `acknowledge_interrupt` at
+instruction boundaries (ring1.runtime.cpu.machine.Platform).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
+from ring1.runtime.devices.ata import AtaChannel
 from ring1.runtime.devices.bus import Bus
+from ring1.runtime.devices.clock import VirtualClock
+from ring1.runtime.devices.disk import DiskImage
+from ring1.runtime.devices.fwcfg import FirmwareConfig
+from ring1.runtime.devices.irq import IrqLine
+from ring1.runtime.devices.kbc import A20Gate, KeyboardController, SystemControlPortA, SystemReset
+from ring1.runtime.devices.pci import pc_pci_bus
+from ring1.runtime.devices.pic import ELCR_PORT, MASTER_PORT, SLAVE_PORT, PicPair
+from ring1.runtime.devices.pit import Pit
 from ring1.runtime.devices.ports import ExitPort, GuestExit, PostPort
-from ring1.runtime.devices.serial import ConsoleSink, Serial16550
+from ring1.runtime.devices.rtc import RealTimeClock
+from ring1.runtime.devices.serial import COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, ConsoleSink, Serial16550
 
-COM1 = 0x3F8
+COM1 = COM1_BASE
 EXIT_PORT = 0xF4
 POST_PORT = 0x80
+ISA_IRQS = 16
 
 __all__ = ["COM1", "EXIT_PORT", "POST_PORT", "ConsoleSink", "GuestExit", "GuestPlatform"]
 
 
 class GuestPlatform(Bus):
-    """COM1, the exit port and the POST port on the bus."""
+    """The PC: the interrupt controllers, the COM ports, the exit and POST ports, one clock."""
 
-    def __init__(self, console: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        console: Callable[[bytes], None] | None = None,
+        clock: VirtualClock | None = None,
+        *,
+        memory_size: int = 16 << 20,
+        disks: Sequence[DiskImage] = (),
+        rtc_start: datetime | None = None,
+    ) -> None:
+        """`disks`: the primary IDE channel's master and slave (at most two), opened by the
+        caller and closed by `close()`. `rtc_start`: the RTC's wall time at power-on (default
+        the host's UTC time)."""
         super().__init__()
+        if len(disks) > 2:
+            raise ValueError("at most two disks: the primary IDE channel's master and slave")
+        self.clock = clock if clock is not None else VirtualClock()
+        self.memory_size = memory_size
         self.console = console if console is not None else ConsoleSink()
-        self.com1 = Serial16550(self.console)
+        self.pic = PicPair()
+        self.map_ports("pic-master", MASTER_PORT, 2, self.pic.master)
+        self.map_ports("pic-slave", SLAVE_PORT, 2, self.pic.slave)
+        self.map_ports("elcr", ELCR_PORT, 2, self.pic.elcr)
+        # The ISA bus's interrupt request lines, each wired to the 8259 input of its number.
+        self.irq = [IrqLine(f"IRQ{n}") for n in range(ISA_IRQS)]
+        for n, line in enumerate(self.irq):
+            line.connect(self.pic, n)
+        self.com1 = Serial16550(self.console, irq=self.irq[COM1_IRQ], clock=self.clock, name="COM1")
+        self.com2 = Serial16550(self.console, irq=self.irq[COM2_IRQ], clock=self.clock, name="COM2")
+        self.pit = Pit(self.clock, self.irq[0])
+        self.map_ports("PIT", 0x40, 4, self.pit.ports)
+        self.map_ports("port B", 0x61, 1, self.pit.port_b)
+        self.a20 = A20Gate()
+        self.kbc = KeyboardController(self.irq[1], a20=self.a20)
+        self.map_ports("i8042 data", 0x60, 1, self.kbc.data_port)
+        self.map_ports("i8042 command", 0x64, 1, self.kbc.command_port)
+        self.map_ports("port A", 0x92, 1, SystemControlPortA(self.a20))
+        self.rtc = RealTimeClock(self.clock, self.irq[8], memory_size=memory_size, start=rtc_start)
+        self.map_ports("RTC", 0x70, 2, self.rtc)
+        self.ide = AtaChannel(self.irq[14], *disks)
+        self.ide.map_on(self)
+        self.pci = pc_pci_bus(self.ide, reset_system=self._pci_reset)
+        self.map_ports("pci-config", 0xCF8, 8, self.pci, split=False)
+        self.fw_cfg = FirmwareConfig(ram_size=memory_size)
+        self.map_ports("fw_cfg", 0x510, 2, self.fw_cfg, split=False)
         self.post = PostPort()
-        self.map_ports("COM1", COM1, 8, self.com1)
+        self.map_ports("COM1", COM1_BASE, 8, self.com1)
+        self.map_ports("COM2", COM2_BASE, 8, self.com2)
         self.map_ports("exit", EXIT_PORT, 1, ExitPort(EXIT_PORT), split=False)
         self.map_ports("POST", POST_PORT, 1, self.post)
+
+    # ------------------------------------------------------------ the CPU's interrupt controller
+
+    def interrupt_pending(self) -> bool:
+        return self.pic.interrupt_pending()
+
+    def acknowledge_interrupt(self) -> int:
+        return self.pic.acknowledge()
+
+    def _pci_reset(self, hard: bool) -> None:
+        raise SystemReset("port 0xCF9, " + ("hard" if hard else "soft") + " reset")
+
+    def close(self) -> None:
+        """At the end of a run (however it ended): disk images flushed and closed."""
+        self.ide.close()
 
     @property
     def post_code(self) -> int | None:

@@ -101,6 +101,7 @@ class BareMachine:
             if counter is not None:
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
+                clock.unaccounted = self._unaccounted
             try:
                 try:
                     ev = self.cpu.run(begin, until, count=max_insns or 0)
@@ -120,8 +121,11 @@ class BareMachine:
                     return BareStop("stop-address")
                 if self._after_hlt():
                     woken = clock is not None and S.eflags & 0x200
-                    if woken and (self.platform.interrupt_pending() or clock.skip_to_deadline()):
-                        continue  # the interrupt is taken at the top
+                    try:
+                        if woken and (self.platform.interrupt_pending() or clock.skip_to_deadline()):
+                            continue  # the interrupt is taken at the top
+                    except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
+                        return BareStop("vmstop", stop)
                     S.halted = True
                     return BareStop("halt")
                 return BareStop("limit")
@@ -144,9 +148,15 @@ class BareMachine:
     def _account_time(self) -> None:
         """After a run on unicorn: the instructions it executed advance the virtual clock."""
         counter, uc = self.cpu.counter, self.cpu.uc
+        self.clock.unaccounted = None
         counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
         self.clock.advance(counter.executed - self._counted)
         self._counted = counter.executed
+
+    def _unaccounted(self) -> int:
+        """While unicorn runs (an IN or OUT from its hook): the instructions executed before
+        the current one, not yet given to the clock."""
+        return max(0, self.cpu.counter.executed - 1 - self._counted)
 
     def _take_interrupt(self) -> None:
         """INTR is up: if the guest's IF allows and no interrupt shadow is open, deliver it.

@@ -102,6 +102,7 @@ class PhysicalCpu:
         # With a virtual clock, every instruction is counted (host/counter.py), always: the
         # count is guest progress, and a code hook over everything loses flags at faults.
         self.counter = InstructionCounter(self.uc) if count_instructions else None
+        self.counting = self.counter is not None
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:

@@ -468,6 +468,7 @@ class Vmm:
         if self._stop_next:
             self._stop_next, limit = False, 1
         self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
+        self.clock.unaccounted = self._unaccounted
 
     def _account_time(self) -> None:
         """After the hardware ran: what it executed advances the virtual clock. (Translated
@@ -478,9 +479,15 @@ class Vmm:
         linear = self.uc.reg_read(X.UC_X86_REG_EIP)
         if self.direct:
             linear = (linear + self.m.state.base[CS]) & 0xFFFFFFFF
+        self.clock.unaccounted = None
         self.counter.settle(linear)
         self.clock.advance(self.counter.executed - self._counted)
         self._counted = self.counter.executed
+
+    def _unaccounted(self) -> int:
+        """While the hardware runs (a device read from a hook or a callout): the instructions
+        executed before the current one, not yet given to the clock."""
+        return max(0, self.counter.executed - 1 - self._counted)
 
     def _interrupt_deliverable(self) -> bool:
         S = self.m.state
@@ -1492,12 +1499,18 @@ class Vmm:
         S = self.m.state
         while True:
             if self.clock is not None:
-                self._take_interrupt()
+                try:
+                    self._take_interrupt()
+                except VMStop as stop:
+                    return ("vmstop", stop)
             if S.halted:
-                if self._interrupt_deliverable() or (
-                    self.clock is not None and S.eflags & EFLAGS.IF and self.clock.skip_to_deadline()
-                ):
-                    continue  # woken (the interrupt, if still there, is taken at the top)
+                try:
+                    if self._interrupt_deliverable() or (
+                        self.clock is not None and S.eflags & EFLAGS.IF and self.clock.skip_to_deadline()
+                    ):
+                        continue  # woken (the interrupt, if still there, is taken at the top)
+                except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
+                    return ("vmstop", stop)
                 return ("halt", None)
             if S.eip in self.stop_addresses and self.can_translate():
                 return ("stop", S.eip)
