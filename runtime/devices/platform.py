@@ -13,6 +13,10 @@ lines (devices/irq.py):
   0xCF8-0xCFF           PCI configuration mechanism #1 (devices/pci.py): 440FX host bridge,
                         PIIX3 ISA bridge and IDE function; 0xCF9 reset;
   0x510-0x511           QEMU's fw_cfg (devices/fwcfg.py): signature, RAM size, CPU count;
+  0x600-0x60B           the ACPI PM1a event and control blocks and the PM timer
+                        (devices/acpi.py), SCI on IRQ 9; S5 powers the machine off;
+  0x3B0-0x3DF           the VGA's registers (devices/vga.py); its text screen is guest RAM
+                        at 0xB8000, read when shown (--display text, --screenshot);
   0x3F8-0x3FF  COM1, a 16550A UART on IRQ 4 (devices/serial.py): the console;
   0x2F8-0x2FF  COM2, a 16550A UART on IRQ 3 (its output goes to the console too);
   0xF4         the exit port (devices/ports.py): a write ends the run with that exit status;
@@ -33,6 +37,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from ring1.runtime.boot import firmware as acpi_ports
+from ring1.runtime.boot.bios_data import write_bios_data_area
+from ring1.runtime.boot.firmware import FirmwareLayout, FirmwareTables, install_tables
+from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.devices.acpi import AcpiPm
 from ring1.runtime.devices.ata import AtaChannel
 from ring1.runtime.devices.bus import Bus
 from ring1.runtime.devices.clock import VirtualClock
@@ -46,6 +55,9 @@ from ring1.runtime.devices.pit import Pit
 from ring1.runtime.devices.ports import ExitPort, GuestExit, PostPort
 from ring1.runtime.devices.rtc import RealTimeClock
 from ring1.runtime.devices.serial import COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, ConsoleSink, Serial16550
+from ring1.runtime.devices.vga import PORT_BASE as VGA_PORTS
+from ring1.runtime.devices.vga import PORT_COUNT as VGA_PORT_COUNT
+from ring1.runtime.devices.vga import VgaText
 
 COM1 = COM1_BASE
 EXIT_PORT = 0xF4
@@ -102,6 +114,11 @@ class GuestPlatform(Bus):
         self.map_ports("pci-config", 0xCF8, 8, self.pci, split=False)
         self.fw_cfg = FirmwareConfig(ram_size=memory_size)
         self.map_ports("fw_cfg", 0x510, 2, self.fw_cfg, split=False)
+        self.acpi = AcpiPm(self.clock, self.irq[acpi_ports.SCI_IRQ])
+        self.map_ports("PM1a_EVT", acpi_ports.PM1A_EVT_PORT, 4, self.acpi.event_block, split=False)
+        self.map_ports("PM1a_CNT", acpi_ports.PM1A_CNT_PORT, 2, self.acpi.control_block, split=False)
+        self.map_ports("PM_TMR", acpi_ports.PM_TMR_PORT, 4, self.acpi.timer_block, split=False)
+        self.vga: VgaText | None = None  # made when guest memory exists (install_firmware)
         self.post = PostPort()
         self.map_ports("COM1", COM1_BASE, 8, self.com1)
         self.map_ports("COM2", COM2_BASE, 8, self.com2)
@@ -115,6 +132,16 @@ class GuestPlatform(Bus):
 
     def acknowledge_interrupt(self) -> int:
         return self.pic.acknowledge()
+
+    def install_firmware(self, memory: PhysicalMemory) -> FirmwareTables:
+        """What a BIOS leaves in guest memory before a kernel boots: the BIOS data area (COM
+        ports, base memory, the EBDA), the MP and ACPI tables; and the VGA, whose text screen
+        is that memory. A boot loader then writes the kernel over it where they meet."""
+        write_bios_data_area(memory, memory_size=self.memory_size, com_ports=(COM1_BASE, COM2_BASE))
+        tables = install_tables(memory, self.memory_size, FirmwareLayout())
+        self.vga = VgaText(self.clock, memory=memory)
+        self.map_ports("VGA", VGA_PORTS, VGA_PORT_COUNT, self.vga)
+        return tables
 
     def _pci_reset(self, hard: bool) -> None:
         raise SystemReset("port 0xCF9, " + ("hard" if hard else "soft") + " reset")
