@@ -97,6 +97,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_writer(stream):
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
 SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 MAX_MEMORY = 3 << 30  # below the PCI and APIC holes of the 4 GB physical space
 DETERMINISTIC_RTC_BASE = "2025-01-01T00:00:00"
@@ -187,6 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if serial_input is not None:
             serial_input.start()
+        if args.display == "text":
+            platform.show_screen(_terminal_writer(sys.stderr))
         stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
@@ -203,6 +213,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             serial_input.close()
         platform.close()
         platform.flush()
+    if args.screenshot and platform.vga is not None:
+        try:
+            platform.vga.screenshot(args.screenshot)
+        except OSError as err:
+            print(f"ring1 run: --screenshot {args.screenshot}: {err.strerror}", file=sys.stderr)
     diagnosis = stop.diagnosis(args.mode)
     if diagnosis:
         print(diagnosis, file=sys.stderr)
@@ -471,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rtc-base",
         metavar="WHEN",
         help=f"RTC time at power-on: utc or an ISO date (default {DETERMINISTIC_RTC_BASE}; utc with --clock host)",
+    )
+    run.add_argument(
+        "--display", choices=["none", "text"], default="none", help="text: show the VGA text screen on stderr"
+    )
+    run.add_argument(
+        "--screenshot", metavar="FILE", help="save the last text screen at the end (PNG if FILE ends in .png)"
     )
     run.add_argument(
         "--serial-input",

@@ -63,6 +63,7 @@ COM1 = COM1_BASE
 EXIT_PORT = 0xF4
 POST_PORT = 0x80
 ISA_IRQS = 16
+DISPLAY_PERIOD_NS = 100_000_000  # --display text: at most ten redraws per virtual second
 
 __all__ = ["COM1", "EXIT_PORT", "POST_PORT", "ConsoleSink", "GuestExit", "GuestPlatform"]
 
@@ -142,6 +143,30 @@ class GuestPlatform(Bus):
         self.vga = VgaText(self.clock, memory=memory)
         self.map_ports("VGA", VGA_PORTS, VGA_PORT_COUNT, self.vga)
         return tables
+
+    def show_screen(self, write: Callable[[str], None], every_ns: int = DISPLAY_PERIOD_NS) -> None:
+        """`--display text`: redraw the text screen through `write` (a terminal) every
+        `every_ns` of virtual time when it changed."""
+        last = [""]
+
+        def redraw(deadline: int) -> None:
+            if self.vga is not None:
+                frame = self.vga.render_ansi()
+                if frame != last[0]:
+                    last[0] = frame
+                    write(frame)
+            timer.arm(deadline + every_ns)
+
+        timer = self.clock.timer(redraw, "display")
+        timer.arm(self.clock.now() + every_ns)
+
+    def figures(self, stats) -> None:
+        """This platform's part of `ring1 run --stats` (a RunStats)."""
+        stats.add("virtual_time_ms", "virtual time", round(self.clock.now() / 1e6, 3), "ms")
+        stats.add("interrupts_acknowledged", "interrupts acknowledged (8259)", self.pic.acknowledged_total)
+        stats.add("interrupts_by_irq", "interrupts by IRQ", {k: v for k, v in self.pic.stats().items() if v})
+        stats.add("timers_fired", "device timers fired", self.clock.timers_fired)
+        stats.add("unclaimed", "first accesses to unclaimed ports and MMIO", self.unclaimed())
 
     def _pci_reset(self, hard: bool) -> None:
         raise SystemReset("port 0xCF9, " + ("hard" if hard else "soft") + " reset")

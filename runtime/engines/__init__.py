@@ -251,6 +251,7 @@ def run_image(
     started = time.perf_counter()
     outcome = engine.run(max_insns)
     engine.figures(stats, time.perf_counter() - started)
+    platform.figures(stats)
     return engine.stop(outcome, max_insns)
 
 
