@@ -86,6 +86,17 @@ class Platform:
         """The interrupt acknowledge cycle: the vector to deliver."""
         raise VMStop("no-interrupt", "interrupt acknowledged on a platform without interrupt controller")
 
+    def mmio_read(self, address: int, size: int) -> int:
+        """A physical address outside RAM: nothing there reads as all ones."""
+        return (1 << (8 * size)) - 1
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        return None
+
+    def mmio_ranges(self) -> list[tuple[int, int]]:
+        """(base, length) of the physical ranges devices claim, for the CPUs that map them."""
+        return []
+
     def io_in(self, port: int, size: int) -> int:
         return (1 << (size * 8)) - 1
 
@@ -310,11 +321,26 @@ class Machine:
     def read_linear(self, la: int, n: int, user: bool) -> int:
         first = self.translate(la, False, user)
         if (la & 0xFFF) + n <= 0x1000:
+            if first + n > self.mem.size:
+                return self._read_outside_ram(first, n)
             return int.from_bytes(self.mem.read(first, n), "little")
         split = 0x1000 - (la & 0xFFF)
         second = self.translate((la + split) & M32, False, user)
-        data = self.mem.read(first, split) + self.mem.read(second, n - split)
-        return int.from_bytes(data, "little")
+        low = self._read_outside_ram(first, split) if first + split > self.mem.size else None
+        high = self._read_outside_ram(second, n - split) if second + n - split > self.mem.size else None
+        if low is None:
+            low = int.from_bytes(self.mem.read(first, split), "little")
+        if high is None:
+            high = int.from_bytes(self.mem.read(second, n - split), "little")
+        return low | high << (8 * split)
+
+    def _read_outside_ram(self, pa: int, n: int) -> int:
+        """Past the end of RAM: the platform's MMIO (devices), or an empty bus."""
+        if pa >= self.mem.size:
+            return self.platform.mmio_read(pa, n)
+        inside = self.mem.size - pa  # (an access straddling the end of RAM: its two parts)
+        low = int.from_bytes(self.mem.read(pa, inside), "little")
+        return low | self.platform.mmio_read(pa + inside, n - inside) << (8 * inside)
 
     def write_linear(self, la: int, n: int, value: int, user: bool) -> None:
         # Translate every page first, so that a fault on the second leaves memory untouched.
@@ -334,6 +360,13 @@ class Machine:
             self.translate((la + 0x1000 - (la & 0xFFF)) & M32, True, user)
 
     def _write_phys(self, pa: int, data: bytes) -> None:
+        if pa + len(data) > self.mem.size:
+            inside = max(0, self.mem.size - pa)
+            if inside:
+                self.mem.write(pa, data[:inside])
+            rest = data[inside:]
+            self.platform.mmio_write(pa + inside, len(rest), int.from_bytes(rest, "little"))
+            return
         self.mem.write(pa, data)
         page = pa >> 12
         if page in self.traces.watched:

@@ -165,6 +165,9 @@ class Bus(Platform):
 
     # ------------------------------------------------------------ MMIO
 
+    def mmio_ranges(self) -> list[tuple[int, int]]:
+        return [(r.base, r.length) for r in self.mmio.regions]
+
     def mmio_read(self, address: int, size: int) -> int:
         region = self.mmio.find(address)
         if region is None:

@@ -106,6 +106,10 @@ class PhysicalCpu:
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
+            # Device memory: each access is one call into the platform's MMIO (one exit).
+            for base, length in platform.mmio_ranges():
+                start, end = base & ~0xFFF, (base + length + 0xFFF) & ~0xFFF
+                self.uc.mmio_map(start, end - start, self._on_mmio_read, start, self._on_mmio_write, start)
             # Port I/O goes to the same virtual platform the interpreter uses.
             self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
             self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
@@ -115,6 +119,12 @@ class PhysicalCpu:
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _user) -> None:
         self.platform.io_out(port, size, value)
+
+    def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
+        return self.platform.mmio_read(base + offset, size)
+
+    def _on_mmio_write(self, uc: Uc, offset: int, size: int, value: int, base: int) -> None:
+        self.platform.mmio_write(base + offset, size, value)
 
     def _on_interrupt(self, uc: Uc, vector: int, _user) -> None:
         eip = uc.reg_read(X.UC_X86_REG_EIP)

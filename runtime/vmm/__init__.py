@@ -1016,8 +1016,8 @@ class Vmm:
             return False
         if write and not writable and (S.cpl == 3 or S.cr[0] & CR0.WP):
             return False
-        if gpa + 0x1000 > self.G:
-            return False  # not RAM: every access is emulated
+        if gpa + 0x1000 > self.G and not self._device_page(gpa):
+            return False  # neither RAM nor a device's: every access is emulated (an empty bus)
         # Set the accessed (and, for a write, dirty) bits the CPU would set.
         for i, (addr, value) in enumerate(entries):
             new = value | PTE_A | (PTE_D if write and i == len(entries) - 1 else 0)
@@ -1044,6 +1044,11 @@ class Vmm:
         self._flush_hw_tlb()
         self.stats["hidden_page_faults"] += 1
         return True
+
+    def _device_page(self, gpa: int) -> bool:
+        """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
+        like RAM, each access is one call into the device, with no trap."""
+        return any(base <= gpa < base + length for base, length in self.platform.mmio_ranges())
 
     def trace_page(self, page: int) -> None:
         if page in self.traced_pages:
