@@ -46,6 +46,8 @@ class BareMachine:
         self.interp = Machine(self.mem, self.platform)  # the deliverer, on the same memory
         self.clock = self.platform.clock
         self.cpu = PhysicalCpu(self.mem, platform=self.platform, count_instructions=self.clock is not None)
+        if self.clock is not None:
+            self.cpu.after_device_access = self._after_device_access
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
@@ -152,6 +154,12 @@ class BareMachine:
         counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
         self.clock.advance(counter.executed - self._counted)
         self._counted = counter.executed
+
+    def _after_device_access(self) -> None:
+        """A device access may have raised INTR (an OUT that unmasked a waiting line): stop
+        before the next instruction that runs with IF set, to take it there."""
+        if self.platform.interrupt_pending():
+            self.cpu.counter.counts.watch_if = 1
 
     def _unaccounted(self) -> int:
         """While unicorn runs (an IN or OUT from its hook): the instructions executed before
