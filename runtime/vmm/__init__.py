@@ -1690,7 +1690,8 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("retranslations", "retranslations", s["retranslations"])
-    stats.add("events_delivered", "exceptions and interrupts delivered", s["events_delivered"])
+    stats.add("events_delivered", "exceptions and software interrupts delivered", s["events_delivered"])
+    stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
     stats.add(
         "interpreted_instructions",
         "instructions run by the interpreter (real mode, v86, TF)",
