@@ -219,6 +219,17 @@ def test_apr_formula() -> None:
     assert rd(apic, L.REG_APR) == 0x80  # the IRR's class is above the TPR's
     wr(apic, L.REG_TPR, 0x9F)
     assert rd(apic, L.REG_APR) == 0x9F
+    wr(apic, L.REG_TPR, 0)
+    assert apic.acknowledge() == 0x81
+    wr(apic, L.REG_TPR, 0x35)  # class 3 below the in-service class 8: TPR[7:4] AND ISRV[7:4]
+    assert rd(apic, L.REG_APR) == 0x00
+    wr(apic, L.REG_TPR, 0xC5)
+    assert rd(apic, L.REG_APR) == 0xC5
+    wr(apic, L.REG_TPR, 0x75)  # 7 & 8 = 0
+    self_ipi(apic, 0x21)
+    assert rd(apic, L.REG_APR) == 0x20  # the IRR's class wins the max
+    wr(apic, L.REG_TPR, 0x85)  # the in-service class itself: 8 & 8 = 8, above the IRR's 2
+    assert rd(apic, L.REG_APR) == 0x80
 
 
 def test_highest_vector_first_and_nesting_by_class() -> None:
