@@ -64,6 +64,8 @@ MSR_TSC = 0x10
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = (CONSTS[f"MSR_SYSENTER_{r}"] for r in ("CS", "ESP", "EIP"))
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
+CPUID_APIC = 1 << 9  # leaf 1 EDX: an on-chip APIC
+
 # Forms that read virtual time (I/O ports, the TSC): the interpreter starts a block at each.
 TIMED_FORMS = frozenset(name for name, f in FORMS.items() if {"io", "tsc"} & {*f.reads, *f.writes})
 
@@ -96,6 +98,18 @@ class Platform:
     def mmio_ranges(self) -> list[tuple[int, int]]:
         """(base, length) of the physical ranges devices claim, for the CPUs that map them."""
         return []
+
+    def read_msr(self, index: int) -> int | None:
+        """An MSR a device owns (the local APIC's base), or None."""
+        return None
+
+    def write_msr(self, index: int, value: int) -> bool:
+        """True if a device took the write (it may raise a Fault for reserved bits)."""
+        return False
+
+    def apic_present(self) -> bool:
+        """CPUID's APIC bit: a local APIC that is globally enabled."""
+        return False
 
     def io_in(self, port: int, size: int) -> int:
         return (1 << (size * 8)) - 1
@@ -730,6 +744,9 @@ class Machine:
         S = self.state
         if index == MSR_TSC:
             return self.b_read_tsc()
+        owned = self.platform.read_msr(index)
+        if owned is not None:
+            return owned
         if index not in S.msr:
             raise Fault(13, 0)
         return S.msr[index]
@@ -739,6 +756,8 @@ class Machine:
         if index == MSR_TSC:
             clock = self.platform.clock
             S.tsc = (value - (clock.tsc() if clock is not None else S.icount)) & ((1 << 64) - 1)
+            return
+        if self.platform.write_msr(index, value):
             return
         if index not in S.msr:
             raise Fault(13, 0)
@@ -801,7 +820,10 @@ class Machine:
     def b_cpuid_leaf(self, leaf: int, subleaf: int, which: int) -> int:
         from ring1.runtime.cpu.cpuid import cpuid
 
-        return cpuid(leaf & M32, subleaf & M32)[which]
+        value = cpuid(leaf & M32, subleaf & M32)[which]
+        if which == 3 and leaf & M32 == 1 and self.platform.apic_present():
+            value |= CPUID_APIC  # the platform's local APIC, while it is globally enabled (SDM)
+        return value
 
     def b_sdiv(self, a: int, b: int) -> int:
         q = abs(a) // abs(b)

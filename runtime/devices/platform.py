@@ -2,7 +2,12 @@
 (ring1.runtime.devices.bus), with one virtual clock (devices/clock.py) and the ISA interrupt
 lines (devices/irq.py):
 
-  0x20-0x21, 0xA0-0xA1  the 8259A pair (devices/pic.py), the CPU's interrupt controller;
+  0xFEE00000            the local APIC (devices/lapic.py, MMIO; MSR 0x1B): the CPU's interrupt
+                        controller, left by the "BIOS" in virtual-wire mode (LINT0 = ExtINT
+                        from the 8259, LINT1 = NMI), with its timer;
+  0xFEC00000            the I/O APIC (devices/ioapic.py, MMIO): 24 pins, ISA IRQ n on pin n
+                        but IRQ 0 on pin 2, as the MP and ACPI tables say;
+  0x20-0x21, 0xA0-0xA1  the 8259A pair (devices/pic.py);
   0x4D0-0x4D1           the ELCR (edge/level per IRQ);
   0x40-0x43             the 8254 PIT (devices/pit.py), channel 0 on IRQ 0;
   0x61                  system control port B: PIT channel 2's gate and output, the speaker;
@@ -47,8 +52,10 @@ from ring1.runtime.devices.bus import Bus
 from ring1.runtime.devices.clock import VirtualClock
 from ring1.runtime.devices.disk import DiskImage
 from ring1.runtime.devices.fwcfg import FirmwareConfig
+from ring1.runtime.devices.ioapic import IOAPIC_DEFAULT_BASE, IOAPIC_MMIO_LENGTH, IoApic
 from ring1.runtime.devices.irq import IrqLine
 from ring1.runtime.devices.kbc import A20Gate, KeyboardController, SystemControlPortA, SystemReset
+from ring1.runtime.devices.lapic import APIC_DEFAULT_BASE, LAPIC_MMIO_LENGTH, LocalApic
 from ring1.runtime.devices.pci import pc_pci_bus
 from ring1.runtime.devices.pic import ELCR_PORT, MASTER_PORT, SLAVE_PORT, PicPair
 from ring1.runtime.devices.pit import Pit
@@ -63,6 +70,7 @@ COM1 = COM1_BASE
 EXIT_PORT = 0xF4
 POST_PORT = 0x80
 ISA_IRQS = 16
+APIC_BASE_MSR = 0x1B
 DISPLAY_PERIOD_NS = 100_000_000  # --display text: at most ten redraws per virtual second
 
 __all__ = ["COM1", "EXIT_PORT", "POST_PORT", "ConsoleSink", "GuestExit", "GuestPlatform"]
@@ -93,10 +101,19 @@ class GuestPlatform(Bus):
         self.map_ports("pic-master", MASTER_PORT, 2, self.pic.master)
         self.map_ports("pic-slave", SLAVE_PORT, 2, self.pic.slave)
         self.map_ports("elcr", ELCR_PORT, 2, self.pic.elcr)
-        # The ISA bus's interrupt request lines, each wired to the 8259 input of its number.
+        self.lapic = LocalApic(self.clock, pic=self.pic)
+        self.lapic.firmware_virtual_wire()  # as a PC BIOS leaves it (a --bios ROM does it itself)
+        self.ioapic = IoApic(self.lapic)
+        self.map_mmio("LAPIC", APIC_DEFAULT_BASE, LAPIC_MMIO_LENGTH, self.lapic)
+        self.map_mmio("IOAPIC", IOAPIC_DEFAULT_BASE, IOAPIC_MMIO_LENGTH, self.ioapic)
+        # The ISA bus's interrupt request lines, each wired to the 8259 input of its number
+        # and to the I/O APIC pin the firmware tables give (IRQ 0 on pin 2, the others on
+        # their own number; pin 0 is the 8259's INTR in virtual-wire boards, left unconnected).
         self.irq = [IrqLine(f"IRQ{n}") for n in range(ISA_IRQS)]
         for n, line in enumerate(self.irq):
             line.connect(self.pic, n)
+            if n != 2:
+                line.connect(self.ioapic, 2 if n == 0 else n)
         self.com1 = Serial16550(self.console, irq=self.irq[COM1_IRQ], clock=self.clock, name="COM1")
         self.com2 = Serial16550(self.console, irq=self.irq[COM2_IRQ], clock=self.clock, name="COM2")
         self.pit = Pit(self.clock, self.irq[0])
@@ -129,10 +146,22 @@ class GuestPlatform(Bus):
     # ------------------------------------------------------------ the CPU's interrupt controller
 
     def interrupt_pending(self) -> bool:
-        return self.pic.interrupt_pending()
+        return self.lapic.interrupt_pending()  # (the 8259 through LINT0, or with the APIC off)
 
     def acknowledge_interrupt(self) -> int:
-        return self.pic.acknowledge()
+        return self.lapic.acknowledge()
+
+    def read_msr(self, index: int) -> int | None:
+        return self.lapic.msr_read() if index == APIC_BASE_MSR else None
+
+    def write_msr(self, index: int, value: int) -> bool:
+        if index != APIC_BASE_MSR:
+            return False
+        self.lapic.msr_write(value)
+        return True
+
+    def apic_present(self) -> bool:
+        return self.lapic.globally_enabled
 
     def install_firmware(self, memory: PhysicalMemory) -> FirmwareTables:
         """What a BIOS leaves in guest memory before a kernel boots: the BIOS data area (COM
