@@ -166,7 +166,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("ring1 run: at most two --disk images (the primary IDE channel's master and slave)", file=sys.stderr)
         return engines.EXIT_USAGE
     try:
-        image = multiboot.load_multiboot(args.image, memory_size)
+        image = multiboot.load_multiboot(args.image, memory_size, args.append, args.initrd)
+    except multiboot.ModuleError as err:
+        print(f"ring1 run: --initrd: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
     except multiboot.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
@@ -474,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["guest", "host"],
         help="virtual time follows the guest's instructions (reproducible; default) or the host's clock",
     )
+    run.add_argument(
+        "--initrd",
+        action="append",
+        metavar="FILE",
+        help='a Multiboot module, "FILE" or "FILE ARGS" (repeatable, in order; QEMU\'s -initrd)',
+    )
+    run.add_argument("--append", metavar="CMDLINE", help="the kernel command line (default: the image's file name)")
     run.add_argument("-m", "--memory", default="128M", help="guest RAM: MB, or with K/M/G (default 128M)")
     run.add_argument(
         "--disk",
