@@ -143,7 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from ring1.runtime import engines
-    from ring1.runtime.boot import multiboot
+    from ring1.runtime.boot import bios, multiboot
+    from ring1.runtime.devices.bus import BusConflict
     from ring1.runtime.devices.clock import VirtualClock
     from ring1.runtime.devices.disk import DiskError, DiskImage
     from ring1.runtime.devices.platform import GuestPlatform
@@ -165,13 +166,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(args.disk or ()) > 2:
         print("ring1 run: at most two --disk images (the primary IDE channel's master and slave)", file=sys.stderr)
         return engines.EXIT_USAGE
+    if (args.image is None) == (args.bios is None):
+        print("ring1 run: give a kernel IMAGE or --bios ROM (a ROM boots the machine by itself)", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if not 0 <= args.post_port <= 0xFFFF:
+        print("ring1 run: --post-port must be an I/O port, 0 to 0xffff", file=sys.stderr)
+        return engines.EXIT_USAGE
     try:
-        image = multiboot.load_multiboot(args.image, memory_size, args.append, args.initrd)
+        if args.bios is not None:
+            image = bios.load_bios(args.bios, memory_size)
+        else:
+            image = multiboot.load_multiboot(args.image, memory_size, args.append, args.initrd)
     except multiboot.ModuleError as err:
         print(f"ring1 run: --initrd: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
     except multiboot.ImageError as err:
-        print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
+        print(f"ring1 run: {args.bios or args.image}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
     disks: list[DiskImage] = []
     try:
@@ -182,9 +192,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             disk.close()
         print(f"ring1 run: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
-    platform = GuestPlatform(
-        clock=VirtualClock(args.clock), memory_size=memory_size, disks=disks, rtc_start=rtc_start
-    )
+    try:
+        platform = GuestPlatform(
+            clock=VirtualClock(args.clock),
+            memory_size=memory_size,
+            disks=disks,
+            rtc_start=rtc_start,
+            post_port=args.post_port,
+        )
+    except BusConflict as err:
+        for disk in disks:
+            disk.close()
+        print(f"ring1 run: --post-port {args.post_port:#x}: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if image.rom is not None:
+        platform.map_rom(image.rom)
     serial_input = None
     if args.serial_input is not None:
         try:
@@ -466,7 +488,11 @@ def main(argv: list[str] | None = None) -> int:
         "124 instruction budget exhausted, 125 another VM stop, 130 interrupted, 141 console closed. "
         "A VM stop prints one diagnosis line on stderr; --stats prints on stderr too.",
     )
-    run.add_argument("image", help="the kernel: an ELF32 file with a Multiboot header")
+    run.add_argument("image", nargs="?", help="the kernel: an ELF32 file with a Multiboot header")
+    run.add_argument("--bios", metavar="ROM", help="start from reset with this system ROM instead of a kernel")
+    run.add_argument(
+        "--post-port", type=lambda t: int(t, 0), default=0x80, metavar="PORT", help="the POST-code port (default 0x80)"
+    )
     run.add_argument("--mode", default="bt", choices=["bt", "trap", "interp", "bare"], help="default: bt")
     run.add_argument("--stats", action="store_true", help="print run statistics on stderr after the run")
     run.add_argument("--json-stats", metavar="FILE", help="write the statistics to FILE as JSON")

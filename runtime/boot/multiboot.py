@@ -133,6 +133,7 @@ class BootImage:
     cmdline: str = ""
     loader_base: int = 0  # where the loader's data went (0: the addresses above)
     modules: list[LoadedModule] = field(default_factory=list)
+    rom: bytes | None = None  # a system ROM (boot/bios.py): the machine starts from reset, no tables
 
 
 @dataclass

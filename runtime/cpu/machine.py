@@ -348,6 +348,12 @@ class Machine:
             high = int.from_bytes(self.mem.read(second, n - split), "little")
         return low | high << (8 * split)
 
+    def _fetch_phys(self, pa: int, n: int) -> bytes:
+        """Instruction bytes: RAM, or past it a device's (a ROM at the top of 4 GB)."""
+        if pa + n <= self.mem.size:
+            return self.mem.read(pa, n)
+        return bytes(self._read_outside_ram(pa + i, 1) for i in range(n))
+
     def _read_outside_ram(self, pa: int, n: int) -> int:
         """Past the end of RAM: the platform's MMIO (devices), or an empty bus."""
         if pa >= self.mem.size:
@@ -486,14 +492,14 @@ class Machine:
         want = min(MAX_LENGTH, limit_left)
         first_len = min(want, 0x1000 - (la & 0xFFF))
         pa = self.translate(la, False, self.user)
-        data = self.mem.read(pa, first_len)
+        data = self._fetch_phys(pa, first_len)
         pages = (pa >> 12,)
         if first_len < want:
             try:
                 pa2 = self.translate((la + first_len) & M32, False, self.user)
             except Fault:
                 return data, pages
-            data += self.mem.read(pa2, want - first_len)
+            data += self._fetch_phys(pa2, want - first_len)
             pages += (pa2 >> 12,)
         return data, pages
 

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from ring1.runtime.boot import firmware as acpi_ports
+from ring1.runtime.boot.bios import Rom
 from ring1.runtime.boot.bios_data import write_bios_data_area
 from ring1.runtime.boot.firmware import FirmwareLayout, FirmwareTables, install_tables
 from ring1.runtime.cpu.memory import PhysicalMemory
@@ -87,6 +88,7 @@ class GuestPlatform(Bus):
         memory_size: int = 16 << 20,
         disks: Sequence[DiskImage] = (),
         rtc_start: datetime | None = None,
+        post_port: int = POST_PORT,
     ) -> None:
         """`disks`: the primary IDE channel's master and slave (at most two), opened by the
         caller and closed by `close()`. `rtc_start`: the RTC's wall time at power-on (default
@@ -141,7 +143,7 @@ class GuestPlatform(Bus):
         self.map_ports("COM1", COM1_BASE, 8, self.com1)
         self.map_ports("COM2", COM2_BASE, 8, self.com2)
         self.map_ports("exit", EXIT_PORT, 1, ExitPort(EXIT_PORT), split=False)
-        self.map_ports("POST", POST_PORT, 1, self.post)
+        self.map_ports("POST", post_port, 1, self.post)
 
     # ------------------------------------------------------------ the CPU's interrupt controller
 
@@ -195,7 +197,21 @@ class GuestPlatform(Bus):
         stats.add("interrupts_acknowledged", "interrupts acknowledged (8259)", self.pic.acknowledged_total)
         stats.add("interrupts_by_irq", "interrupts by IRQ", {k: v for k, v in self.pic.stats().items() if v})
         stats.add("timers_fired", "device timers fired", self.clock.timers_fired)
-        stats.add("unclaimed", "first accesses to unclaimed ports and MMIO", self.unclaimed())
+        unclaimed = self.unclaimed()
+        stats.add("unclaimed", "first accesses to unclaimed ports and MMIO", unclaimed)
+        if unclaimed:  # (dicts are JSON only: the text report gets one line)
+            listed = ", ".join(f"{where} ({how})" for where, how in unclaimed.items())
+            stats.add("unclaimed_text", "no device there (first access)", listed)
+        if self.post.written:
+            codes = " ".join(f"{c:02x}" for c in self.post.codes)
+            unkept = self.post.written - len(self.post.codes)
+            more = f" (+{unkept} more)" if unkept else ""
+            stats.add("post_codes", "POST codes", codes + more)
+
+    def map_rom(self, rom: bytes) -> None:
+        """A system ROM's copy at the top of the 4 GB space (boot/bios.py), before a CPU
+        maps the platform's MMIO."""
+        self.map_mmio("ROM", (1 << 32) - len(rom), len(rom), Rom(rom))
 
     def _pci_reset(self, hard: bool) -> None:
         raise SystemReset("port 0xCF9, " + ("hard" if hard else "soft") + " reset")
