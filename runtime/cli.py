@@ -97,6 +97,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_serial_input() -> str:
+    """COM1's receiver reads ring1's stdin by default when it is a pipe or a file (`echo x |
+    ring1 run ...`); a terminal only with `--serial-input -`, which puts it in raw mode (keys,
+    Ctrl-C included, go to the guest; Ctrl-A x quits), so that otherwise Ctrl-C stops the VM."""
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return "none"
+    return "-" if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) else "none"
+
+
 def _terminal_writer(stream):
     def write(text: str) -> None:
         stream.write(text)
@@ -208,9 +222,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if image.rom is not None:
         platform.map_rom(image.rom)
     serial_input = None
-    if args.serial_input is not None:
+    wanted = args.serial_input if args.serial_input is not None else _default_serial_input()
+    if wanted != "none":
         try:
-            source = None if args.serial_input == "-" else args.serial_input
+            source = None if wanted == "-" else wanted
             serial_input = SerialInput.open(source, platform.com1, platform.clock)
         except OSError as err:
             print(f"ring1 run: --serial-input {args.serial_input}: {err.strerror}", file=sys.stderr)
@@ -532,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--serial-input",
         metavar="FILE",
-        help="bytes COM1 receives: a file, or - for stdin (raw on a terminal; Ctrl-A x quits)",
+        help="what COM1 receives: a FILE, - for stdin (a terminal in raw mode; Ctrl-A x quits), or none "
+        "(default: stdin when it is a pipe or a file)",
     )
     run.set_defaults(func=cmd_run)
 
