@@ -78,7 +78,7 @@ class Platform:
     """I/O ports, time and interrupts of the virtual platform. The base class has no devices:
     reads float high, there is no clock and no interrupt ever arrives."""
 
-    clock: VirtualClock | None = None  # devices' virtual time (ring1.runtime.devices.clock)
+    clock: VirtualClock | None = None  # devices' virtual time (devices/clock.py); without one, no interrupts
 
     def interrupt_pending(self) -> bool:
         """The CPU's INTR pin: a maskable interrupt waits (the guest's IF decides)."""
@@ -582,13 +582,14 @@ class Machine:
         budget_end = None if max_insns is None else S.icount + max_insns
         stops = self.stop_addresses
         platform = self.platform
-        clock = platform.clock
+        clock = platform.clock  # (no clock: a platform without time has no interrupts either)
+        pending = platform.interrupt_pending
         while True:
             if S.eip in stops:
                 return RunResult("stop-address")
             if budget_end is not None and S.icount >= budget_end:
                 return RunResult("limit")
-            if S.eflags & 0x200 and not S.irq_shadow and self.takes_interrupts and platform.interrupt_pending():
+            if S.eflags & 0x200 and clock is not None and not S.irq_shadow and self.takes_interrupts and pending():
                 try:
                     self.take_interrupt()
                 except VMStop as stop:
@@ -609,7 +610,8 @@ class Machine:
             key = (S.eip, S.base[CS], S.code32)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
             shadow = S.irq_shadow  # the instruction after STI / MOV SS runs alone, then interrupts
-            S.irq_shadow = False
+            if shadow:
+                S.irq_shadow = False
             started = S.icount
             try:
                 if single_step or shadow or (end is not None and end - S.icount < self.max_block):
