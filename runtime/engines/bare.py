@@ -109,6 +109,7 @@ class BareMachine:
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
                 clock.unaccounted = self._unaccounted
+                clock.deadline_moved = self._deadline_moved
             try:
                 try:
                     ev = self.cpu.run(begin, until, count=max_insns or 0)
@@ -156,6 +157,7 @@ class BareMachine:
         """After a run on unicorn: the instructions it executed advance the virtual clock."""
         counter, uc = self.cpu.counter, self.cpu.uc
         self.clock.unaccounted = None
+        self.clock.deadline_moved = None
         counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
         self.clock.advance(counter.executed - self._counted)
         self._counted = counter.executed
@@ -171,6 +173,13 @@ class BareMachine:
         before the next instruction that runs with IF set, to take it there."""
         if self.platform.interrupt_pending():
             self.cpu.counter.counts.watch_if = 1
+
+    def _deadline_moved(self) -> None:
+        """A device armed an earlier timer while unicorn runs: stop at its deadline instead."""
+        left = self.clock.insns_until_deadline()
+        if left is not None:
+            c = self.cpu.counter.counts
+            c.limit = min(c.limit, c.calls + left)
 
     def _unaccounted(self) -> int:
         """While unicorn runs (an IN or OUT from its hook): the instructions executed before

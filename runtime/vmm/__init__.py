@@ -473,6 +473,7 @@ class Vmm:
             self._stop_next, limit = False, 1
         self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
         self.clock.unaccounted = self._unaccounted
+        self.clock.deadline_moved = self._deadline_moved
 
     def _account_time(self) -> None:
         """After the hardware ran: what it executed advances the virtual clock. (Translated
@@ -484,9 +485,18 @@ class Vmm:
         if self.direct:
             linear = (linear + self.m.state.base[CS]) & 0xFFFFFFFF
         self.clock.unaccounted = None
+        self.clock.deadline_moved = None
         self.counter.settle(linear)
         self.clock.advance(self.counter.executed - self._counted)
         self._counted = self.counter.executed
+
+    def _deadline_moved(self) -> None:
+        """A device armed an earlier timer while the hardware runs (from an I/O hook or a
+        callout): the stretch ends at the new deadline."""
+        left = self.clock.insns_until_deadline()
+        if left is not None:
+            c = self.counter.counts
+            c.limit = min(c.limit, c.calls + left)
 
     def _unaccounted(self) -> int:
         """While the hardware runs (a device read from a hook or a callout): the instructions
