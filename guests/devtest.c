@@ -1034,7 +1034,8 @@ static void check_irq_storm(void)
     uint32_t later = irq_count[0] - before;
     int cleared = !(pic_read_irr(PIC_MASTER) & 0x01) && !(pic_read_isr(PIC_MASTER) & 0x01);
     report(latched && delivered == 1 && later == 1 && cleared, "irq-storm",
-           "about 20 PIT edges while IF=0: IRR latched, %u interrupt delivered after STI", delivered);
+           "about 20 PIT edges while IF=0: IRR %s, %u interrupt in the STI window, %u in all, IRR and ISR %s",
+           latched ? "latched" : "EMPTY", delivered, later, cleared ? "clear" : "NOT CLEAR");
 }
 
 /* An IRQ 0 handler that never EOIs: IRQ 0 stays in service and no further one is delivered
@@ -1056,8 +1057,8 @@ static void check_no_eoi(void)
     uint32_t after_eoi = irq_count[0] - before;
     sti();
     report(withheld == 1 && in_service && requested && after_eoi == 2, "no-eoi",
-           "%u interrupt while IRQ 0 stayed in service (IRR set), %u more after the EOI", withheld,
-           after_eoi - withheld);
+           "%u interrupt while IRQ 0 stayed in service (ISR %u, IRR %u), %u more in the STI window after the EOI",
+           withheld, in_service, requested, after_eoi - withheld);
 }
 
 /* Everything masked but the RTC: one HLT that only the RTC's update interrupt may end (the PIT
