@@ -6,7 +6,7 @@
 
    In order: the 8259 pair remapped to vectors 0x20-0x2F (ICW1-4 as Linux's init_8259A); the
    8254's channel 0 at 100 Hz counted against two RTC seconds (the update-ended interrupt on
-   IRQ 8, the wait spent in HLT); the TSC calibrated against PIT channel 2 through port 0x61
+   IRQ 8, the wait spent in HLT), and its interrupts during a busy loop; the TSC calibrated against PIT channel 2 through port 0x61
    (Linux's pit_calibrate_tsc); the RTC's date and time; the ACPI RSDP, RSDT, FADT, MADT and
    DSDT and the MP floating pointer and configuration table, found where an OS scans and their
    checksums verified; the ACPI PM timer's rate against the TSC; the VGA text screen and the
@@ -397,6 +397,25 @@ static void check_timer(void)
     uint32_t ticks = irq_count[0] - ticks_before;
     report(synced && counted && ticks >= 190 && ticks <= 210, "timer",
            "about %u PIT ticks at %u Hz in 2 RTC seconds (190-210 expected), in HLT", (ticks + 5) / 10 * 10, HZ);
+}
+
+/* Linux's calibrate_delay waits for jiffies in a busy loop with IF=1: timer interrupts must
+   come on time while the CPU spins with no I/O and no HLT, also when the PIT is programmed
+   while no timer of its was due (channel 0 stopped, the next deadline the RTC's second):
+   channel 0 at 1 kHz, the control word's OUT rise the first edge. */
+static void check_busy_wait(void)
+{
+    outb(PIT_MODE, 0x30); /* channel 0 stopped: no edge to come */
+    wait_for(&rtc_updates, rtc_updates + 1, 0xFFFFFFFF); /* in HLT, to the RTC's update */
+    uint32_t before = irq_count[0];
+    pit_channel0(2, (PIT_HZ + 500) / 1000);
+    uint32_t spins = 0;
+    while (irq_count[0] - before < 4 && spins < 500000) /* 3 ms: well under 500000 spins */
+        spins++;
+    uint32_t ticks = irq_count[0] - before;
+    pit_channel0(2, PIT_LATCH);
+    report(ticks >= 4, "busy-wait", "%u PIT interrupts at 1 kHz during a spin with IF=1 (no HLT, no I/O)",
+           ticks >= 4 ? 4 : ticks);
 }
 
 /* Linux's pit_calibrate_tsc: PIT channel 2 in mode 0 for 10 ms, its OUT polled through port
@@ -1090,6 +1109,7 @@ int kmain(uint32_t magic, const void *info)
     setup_cpu_tables();
     check_pic();
     check_timer();
+    check_busy_wait();
     check_tsc();
     check_rtc();
     check_acpi();
