@@ -64,7 +64,7 @@ ASM_GUESTS := hello fault halt spin
 C_GUESTS := demo devtest
 GUEST_LIB := boot isr lib
 
-guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf)
+guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin
 
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_CFLAGS) -c $< -o $@
@@ -79,6 +79,10 @@ $(foreach g,$(C_GUESTS),$(GUEST_OUT)/$(g).elf): $(GUEST_OUT)/%.elf: $(foreach o,
 
 $(GUEST_OUT)/%.elf: $(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $<
+
+# The system ROM `ring1 run --bios` starts from: linked at its low copy, written out raw.
+$(GUEST_OUT)/rom.bin: $(GUEST_OUT)/rom.o
+	$(GUEST_LD) -m elf_i386 -Ttext 0xF0000 --oformat binary -z noexecstack -o $@ $<
 
 .PRECIOUS: $(GUEST_OUT)/%.o
 

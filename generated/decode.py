@@ -2008,14 +2008,14 @@ LAYOUT = {
     'LAHF': (False, None, (), ()),  # spec/flags.r1:129
     'SAHF': (False, None, (), ()),  # spec/flags.r1:139
     'IRET': (False, None, (), ()),  # spec/interrupts.r1:270
-    'IN_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('port', 'imm', 8))),  # spec/io.r1:12
-    'IN_AX_Ib': (False, None, ('ib',), (('dst', 'fixed', 'v'), ('port', 'imm', 8))),  # spec/io.r1:22
-    'OUT_Ib_AL': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 8))),  # spec/io.r1:32
-    'OUT_Ib_AX': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 'v'))),  # spec/io.r1:42
-    'IN_AL_DX': (False, None, (), (('dst', 'fixed', 8), ('port', 'fixed', 16))),  # spec/io.r1:53
-    'IN_AX_DX': (False, None, (), (('dst', 'fixed', 'v'), ('port', 'fixed', 16))),  # spec/io.r1:63
-    'OUT_DX_AL': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 8))),  # spec/io.r1:73
-    'OUT_DX_AX': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 'v'))),  # spec/io.r1:83
+    'IN_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('port', 'imm', 8))),  # spec/io.r1:17
+    'IN_AX_Ib': (False, None, ('ib',), (('dst', 'fixed', 'v'), ('port', 'imm', 8))),  # spec/io.r1:27
+    'OUT_Ib_AL': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 8))),  # spec/io.r1:37
+    'OUT_Ib_AX': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 'v'))),  # spec/io.r1:47
+    'IN_AL_DX': (False, None, (), (('dst', 'fixed', 8), ('port', 'fixed', 16))),  # spec/io.r1:58
+    'IN_AX_DX': (False, None, (), (('dst', 'fixed', 'v'), ('port', 'fixed', 16))),  # spec/io.r1:68
+    'OUT_DX_AL': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 8))),  # spec/io.r1:78
+    'OUT_DX_AX': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 'v'))),  # spec/io.r1:88
     'AND_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/logic.r1:7
     'AND_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/logic.r1:18
     'AND_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/logic.r1:29
@@ -2807,14 +2807,14 @@ ENCODINGS = {
     'LAHF': ((159,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:129
     'SAHF': ((158,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:139
     'IRET': ((207,), None, None, None, None, None, (), None, None, None),  # spec/interrupts.r1:270
-    'IN_AL_Ib': ((228,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:12
-    'IN_AX_Ib': ((229,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:22
-    'OUT_Ib_AL': ((230,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:32
-    'OUT_Ib_AX': ((231,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:42
-    'IN_AL_DX': ((236,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:53
-    'IN_AX_DX': ((237,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:63
-    'OUT_DX_AL': ((238,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:73
-    'OUT_DX_AX': ((239,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:83
+    'IN_AL_Ib': ((228,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:17
+    'IN_AX_Ib': ((229,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:27
+    'OUT_Ib_AL': ((230,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:37
+    'OUT_Ib_AX': ((231,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:47
+    'IN_AL_DX': ((236,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:58
+    'IN_AX_DX': ((237,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:68
+    'OUT_DX_AL': ((238,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:78
+    'OUT_DX_AX': ((239,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:88
     'AND_RMb_Rb': ((32,), None, 'r', None, None, None, (), None, None, None),  # spec/logic.r1:7
     'AND_RMv_Rv': ((33,), None, 'r', None, None, None, (), None, None, None),  # spec/logic.r1:18
     'AND_Rb_RMb': ((34,), None, 'r', None, None, None, (), None, None, None),  # spec/logic.r1:29

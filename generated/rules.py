@@ -182,14 +182,14 @@ RULES = {
     'LAHF': ('ident', None, (), ()),  # spec/flags.r1:129
     'SAHF': ('ident', None, (), ()),  # spec/flags.r1:139
     'IRET': ('callout', None, ('cpl', 'iopl', 'gdt'), ('cpl', 'if', 'iopl', 'vm', 'nt', 'rf', 'ac', 'tf', 'seg')),  # spec/interrupts.r1:270
-    'IN_AL_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:12
-    'IN_AX_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:22
-    'OUT_Ib_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:32
-    'OUT_Ib_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:42
-    'IN_AL_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:53
-    'IN_AX_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:63
-    'OUT_DX_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:73
-    'OUT_DX_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:83
+    'IN_AL_Ib': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:17
+    'IN_AX_Ib': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:27
+    'OUT_Ib_AL': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:37
+    'OUT_Ib_AX': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:47
+    'IN_AL_DX': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:58
+    'IN_AX_DX': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:68
+    'OUT_DX_AL': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:78
+    'OUT_DX_AX': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:88
     'AND_RMb_Rb': ('ident', None, (), ()),  # spec/logic.r1:7
     'AND_RMv_Rv': ('ident', None, (), ()),  # spec/logic.r1:18
     'AND_Rb_RMb': ('ident', None, (), ()),  # spec/logic.r1:29

@@ -170,3 +170,38 @@ def test_sti_shadow_delays_the_interrupt_by_one_instruction(mode: str) -> None:
     assert outcome.reason == "stop-address"
     assert _count(engine) == 1
     assert engine.machine.mem.read32(COUNT + 8) == 7
+
+
+class MaskPlatform(TickPlatform):
+    """The request latches but only reaches the CPU once the guest unmasks it (an OUT to
+    port 0x21 with bit 0 clear), as an 8259's IMR does."""
+
+    def __init__(self) -> None:
+        super().__init__(period_ns=10_000, ticks=1)
+        self.masked = True
+
+    def interrupt_pending(self) -> bool:
+        return self.requested and not self.masked
+
+    def io_out(self, port: int, size: int, value: int) -> None:
+        super().io_out(port, size, value)
+        if port == 0x21:
+            self.masked = bool(value & 1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_out_that_unmasks_a_waiting_request_takes_it_at_once(mode: str) -> None:
+    main = f"""
+    sti
+    mov ecx, 3000
+1:  loop 1b
+    xor eax, eax
+    out 0x21, al
+    mov dword ptr [{COUNT + 4:#x}], 7
+    cli
+    """
+    platform = MaskPlatform()
+    engine, outcome = _run(mode, main, platform)
+    assert outcome.reason == "stop-address"
+    assert _count(engine) == 1
+    assert engine.machine.mem.read32(COUNT + 8) == 0  # taken right after the OUT, before the store

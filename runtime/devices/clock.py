@@ -16,8 +16,9 @@ clock instead, for interactive use; the engines still bound their stretches by
 sleeps on the host until the deadline.
 
 Timers: `clock.timer(callback)` makes one; `arm(deadline_ns)` sets (or moves) it, `cancel()`
-stops it. A due timer's callback runs with the clock at the deadline it was armed for, so a
-periodic device re-arms from its previous deadline and never drifts.
+stops it. A due timer's callback gets the deadline it was armed for (the clock itself may be
+a little past it: at the end of the stretch that reached it), so a periodic device re-arms
+from its previous deadline and never drifts, and computes its state at the deadline.
 """
 
 from __future__ import annotations

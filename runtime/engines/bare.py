@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
 from ring1.generated.forms import FORMS
@@ -46,6 +47,12 @@ class BareMachine:
         self.interp = Machine(self.mem, self.platform)  # the deliverer, on the same memory
         self.clock = self.platform.clock
         self.cpu = PhysicalCpu(self.mem, platform=self.platform, count_instructions=self.clock is not None)
+        if self.clock is not None:
+            self.cpu.after_device_access = self._after_device_access
+        # CPUID answers with ring1's CPU model (cpu/cpuid.py and the platform's APIC), as in
+        # every other mode, not with unicorn's own. (RDMSR and WRMSR cannot be hooked: bare
+        # runs them on unicorn's MSRs.)
+        self.cpu.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
@@ -152,6 +159,18 @@ class BareMachine:
         counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
         self.clock.advance(counter.executed - self._counted)
         self._counted = counter.executed
+
+    def _on_cpuid(self, uc, _user) -> int:
+        leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
+        for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
+            uc.reg_write(rid, self.interp.b_cpuid_leaf(leaf, subleaf, which))
+        return 1  # the instruction's own effect is skipped
+
+    def _after_device_access(self) -> None:
+        """A device access may have raised INTR (an OUT that unmasked a waiting line): stop
+        before the next instruction that runs with IF set, to take it there."""
+        if self.platform.interrupt_pending():
+            self.cpu.counter.counts.watch_if = 1
 
     def _unaccounted(self) -> int:
         """While unicorn runs (an IN or OUT from its hook): the instructions executed before

@@ -103,18 +103,41 @@ class PhysicalCpu:
         # count is guest progress, and a code hook over everything loses flags at faults.
         self.counter = InstructionCounter(self.uc) if count_instructions else None
         self.counting = self.counter is not None
+        # Called after every device access from guest code running on unicorn (an OUT that
+        # unmasked a waiting interrupt must not wait for the next timer to be taken).
+        self.after_device_access: Callable[[], None] | None = None
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
+            # Device memory: each access is one call into the platform's MMIO (one exit).
+            for base, length in platform.mmio_ranges():
+                start, end = base & ~0xFFF, (base + length + 0xFFF) & ~0xFFF
+                self.uc.mmio_map(start, end - start, self._on_mmio_read, start, self._on_mmio_write, start)
             # Port I/O goes to the same virtual platform the interpreter uses.
             self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
             self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
 
     def _on_in(self, uc: Uc, port: int, size: int, _user) -> int:
-        return self.platform.io_in(port, size)
+        value = self.platform.io_in(port, size)
+        if self.after_device_access is not None:
+            self.after_device_access()
+        return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _user) -> None:
         self.platform.io_out(port, size, value)
+        if self.after_device_access is not None:
+            self.after_device_access()
+
+    def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
+        value = self.platform.mmio_read(base + offset, size)
+        if self.after_device_access is not None:
+            self.after_device_access()
+        return value
+
+    def _on_mmio_write(self, uc: Uc, offset: int, size: int, value: int, base: int) -> None:
+        self.platform.mmio_write(base + offset, size, value)
+        if self.after_device_access is not None:
+            self.after_device_access()
 
     def _on_interrupt(self, uc: Uc, vector: int, _user) -> None:
         eip = uc.reg_read(X.UC_X86_REG_EIP)

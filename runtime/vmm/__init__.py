@@ -239,6 +239,8 @@ class Vmm:
         self.cpu = PhysicalCpu(self.host, platform=self.platform, count_instructions=self.clock is not None)
         self.uc = self.cpu.uc
         self.counter = self.cpu.counter
+        if self.clock is not None:
+            self.cpu.after_device_access = self._after_device_access
         self._counted = 0  # hardware instructions already given to the clock
         self._boundaries_to_pass = 0  # guest instructions to let run before taking an interrupt
         self._stop_next = False  # the next hardware run stops after one instruction
@@ -407,9 +409,11 @@ class Vmm:
         if user:
             return v & ~(EFLAGS.NT | EFLAGS.RF) | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
         if translated:
-            # Kernel under translation: IF on, IOPL 0, no TF VM RF. NT stays the guest's: only
-            # IRET reads it, which is a callout, and the POPF template loads it into the hardware.
-            return (v & ~0x33300) | 0x202
+            # Kernel under translation: IF on, IOPL 1 (IN and OUT run as they are: spec/io.r1;
+            # CLI, STI and POPF are templates, which never let the hardware's IF or IOPL show),
+            # no TF VM RF. NT stays the guest's: only IRET reads it, which is a callout, and
+            # the POPF template loads it into the hardware.
+            return (v & ~0x33300) | 0x1202
         return (v & ~0x37300) | 0x202  # kernel run directly (trap mode): no NT either
 
     # ------------------------------------------------------------ world switch
@@ -520,6 +524,16 @@ class Vmm:
             self._exit_to_vmm("vmstop", stop)
             return False
         return True
+
+    def _after_device_access(self) -> None:
+        """An IN, OUT or MMIO access from guest code on the hardware may have raised INTR: if
+        the guest's IF allows, stop at the next guest instruction boundary to take it."""
+        if not self.platform.interrupt_pending():
+            return
+        if self.direct or self.vmm_read32(C["V_VIRT_IF"]) & EFLAGS.IF:
+            self._stop_soon()
+        else:
+            self.vmm_write32(C["V_IRQ_PENDING"], 1)  # the STI and POPF templates look
 
     def _stop_soon(self) -> None:
         """Make the hardware stop at its next instruction (then go on to the next guest
@@ -1016,8 +1030,8 @@ class Vmm:
             return False
         if write and not writable and (S.cpl == 3 or S.cr[0] & CR0.WP):
             return False
-        if gpa + 0x1000 > self.G:
-            return False  # not RAM: every access is emulated
+        if gpa + 0x1000 > self.G and not self._device_page(gpa):
+            return False  # neither RAM nor a device's: every access is emulated (an empty bus)
         # Set the accessed (and, for a write, dirty) bits the CPU would set.
         for i, (addr, value) in enumerate(entries):
             new = value | PTE_A | (PTE_D if write and i == len(entries) - 1 else 0)
@@ -1044,6 +1058,11 @@ class Vmm:
         self._flush_hw_tlb()
         self.stats["hidden_page_faults"] += 1
         return True
+
+    def _device_page(self, gpa: int) -> bool:
+        """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
+        like RAM, each access is one call into the device, with no trap."""
+        return any(base <= gpa < base + length for base, length in self.platform.mmio_ranges())
 
     def trace_page(self, page: int) -> None:
         if page in self.traced_pages:
@@ -1671,7 +1690,8 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("retranslations", "retranslations", s["retranslations"])
-    stats.add("events_delivered", "exceptions and interrupts delivered", s["events_delivered"])
+    stats.add("events_delivered", "exceptions and software interrupts delivered", s["events_delivered"])
+    stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
     stats.add(
         "interpreted_instructions",
         "instructions run by the interpreter (real mode, v86, TF)",
