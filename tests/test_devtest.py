@@ -50,16 +50,15 @@ CHECKS = [
 # Modes whose engine still gets a check wrong: the test stays as strict as for the others, and
 # fails loudly (XPASS, strict) once the engine is fixed so the mark comes off.
 ENGINE_BUGS = {
-    "bt": "an OUT run as a callout (to the PIT or the PIC) that raises INTR or arms a timer is not seen by "
-    "the translated code running on: V_IRQ_PENDING and the counter's deadline are set only when the hardware "
-    "starts (Vmm._start_clock), so STI; NOP; NOP; CLI misses a waiting IRQ (irq-storm, no-eoi) and a spin "
-    "with IF=1 gets no PIT interrupt before an older deadline (busy-wait)",
-    "bare": "the same for unicorn's I/O hooks (watch_if and the limit are set only by counter.start: "
-    "irq-storm, no-eoi, busy-wait); RDTSC reads unicorn's TSC, not the virtual clock (tsc, pm-timer); "
-    "HLT returns at a masked timer's deadline (masked-hlt)",
-    "trap": "RDTSC at CPL 1 reads unicorn's TSC, not the virtual clock (tsc, pm-timer, and the TSC-timed "
-    "spins of irq-storm and no-eoi); the clock's deadline is not refreshed after an emulated OUT arms a "
-    "timer (busy-wait)",
+    "bt": "a device access that arms a timer earlier than the run's deadline (an OUT programming the PIT) "
+    "does not lower the instruction limit the hardware runs to (Vmm._start_clock sets it, "
+    "Vmm._after_device_access leaves it), so a spin with IF=1 gets no PIT interrupt before the older "
+    "deadline (busy-wait)",
+    "bare": "the same deadline in BareMachine._after_device_access (busy-wait); RDTSC reads unicorn's TSC, "
+    "not the virtual clock (tsc, pm-timer, and the TSC-timed spins of irq-storm and no-eoi); HLT "
+    "returns at a masked timer's deadline without an interrupt (masked-hlt)",
+    "trap": "the same deadline (busy-wait); RDTSC at CPL 1 reads unicorn's TSC, not the virtual clock "
+    "(tsc, pm-timer, and the TSC-timed spins of irq-storm and no-eoi)",
 }
 MODES = [
     pytest.param(mode, marks=pytest.mark.xfail(strict=True, reason=ENGINE_BUGS[mode])) if mode in ENGINE_BUGS else mode
