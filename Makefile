@@ -61,7 +61,7 @@ GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fn
 GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings
 GUEST_LDFLAGS := -m elf_i386 -T $(GUEST_DIR)/linker.ld -nostdlib -z max-page-size=0x1000 --build-id=none -z noexecstack
 ASM_GUESTS := hello fault halt spin
-C_GUESTS := demo
+C_GUESTS := demo devtest
 GUEST_LIB := boot isr lib
 
 guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin
@@ -72,7 +72,9 @@ $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h | $(GUEST_OUT)
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.S $(GUEST_DIR)/multiboot.inc | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_ASFLAGS) -c $< -o $@
 
-$(GUEST_OUT)/demo.elf: $(foreach o,$(GUEST_LIB) demo,$(GUEST_OUT)/$(o).o) $(GUEST_DIR)/linker.ld
+# A C guest is its own object linked with the library's.
+$(foreach g,$(C_GUESTS),$(GUEST_OUT)/$(g).elf): $(GUEST_OUT)/%.elf: $(foreach o,$(GUEST_LIB),$(GUEST_OUT)/$(o).o) \
+		$(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $(filter %.o,$^)
 
 $(GUEST_OUT)/%.elf: $(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
