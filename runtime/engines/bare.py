@@ -128,9 +128,8 @@ class BareMachine:
                 if S.eip + S.base[1] in self.stop_addresses:
                     return BareStop("stop-address")
                 if self._after_hlt():
-                    woken = clock is not None and S.eflags & 0x200
                     try:
-                        if woken and (self.platform.interrupt_pending() or clock.skip_to_deadline()):
+                        if clock is not None and S.eflags & 0x200 and self._sleep():
                             continue  # the interrupt is taken at the top
                     except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
                         return BareStop("vmstop", stop)
@@ -147,6 +146,15 @@ class BareMachine:
                 self.deliver(ev.vector)
             except VMStop as stop:
                 return BareStop("vmstop", stop)
+
+    def _sleep(self) -> bool:
+        """HLT with IF set: time passes, timer after timer, until an interrupt is pending (True)
+        or nothing is left that could raise one (False). A timer whose line is masked does not
+        end the HLT."""
+        while not self.platform.interrupt_pending():
+            if not self.clock.skip_to_deadline():
+                return False
+        return True
 
     def _until(self) -> int:
         """The `until` of every emu_start: unicorn compiles it into the blocks it translates, so

@@ -332,7 +332,10 @@ class Vmm:
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
             self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
         uc.reg_write(X.UC_X86_REG_CR3, pd)
-        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        # With a virtual clock, CR4.TSD: RDTSC run by the hardware outside the TC (user code run
+        # directly, the kernel under `trap`) faults and is emulated, reading the virtual TSC
+        # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
+        uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD if self.clock is not None else 0)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010031)  # PG WP NE ET PE
         uc.reg_write(X.UC_X86_REG_GDTR, (0, VMM_BASE + C["VMM_GDT"], 8192 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, VMM_BASE + C["VMM_IDT"], 0x7FF, 0))
