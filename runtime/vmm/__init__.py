@@ -464,17 +464,20 @@ class Vmm:
 
     # ------------------------------------------------------------ virtual time and interrupts
 
-    def _start_clock(self, limit: int | None = None, restart: bool = False) -> None:
+    def _start_clock(self, limit: int | None = None, restart: bool = False, unbounded: bool = False) -> None:
         """Before the hardware runs: tell translated code whether an interrupt waits (the STI
         and POPF templates leave for their callouts then), and bound the run by the clock's
         next deadline (`restart`: the hardware restarts where it stopped, the bound set
-        before still holds)."""
+        before still holds; `unbounded`: no bound, the stubs run to vmm_exit)."""
         if self.clock is None:
             return
         self.vmm_write32(C["V_IRQ_PENDING"], int(self.platform.interrupt_pending()))
-        if self._stop_next:
-            self._stop_next, limit = False, 1
-        self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
+        if unbounded:
+            self.counter.start(None)
+        else:
+            if self._stop_next:
+                self._stop_next, limit = False, 1
+            self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
         self.clock.unaccounted = self._unaccounted
         self.clock.deadline_moved = self._deadline_moved
 
@@ -557,6 +560,22 @@ class Vmm:
 
     def _clock_stopped(self) -> bool:
         return self.counter is not None and self.pending is None and self.counter.hit_limit
+
+    def _cut_on_the_way_out(self) -> bool:
+        return (
+            self.counter is not None
+            and self.counter.hit_limit
+            and self.uc.reg_read(X.UC_X86_REG_EIP) != L["vmm_exit"]
+        )
+
+    def _run_to_exit(self) -> None:
+        """Let the stubs finish their way to vmm_exit, where the hook stops the hardware."""
+        self.cpu.event = None
+        self._start_clock(unbounded=True)
+        try:
+            self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), self.until)
+        finally:
+            self._account_time()
 
     def _guest_boundary(self) -> int | None:
         """The guest EIP whose instruction begins where the hardware stopped, or None (inside a
@@ -1576,6 +1595,11 @@ class Vmm:
                         self.resume()
                     else:
                         why = "exit"
+                    if why == "exit" and self.pending is not None and self._cut_on_the_way_out():
+                        # The clock cut the hardware after a callout asked for an exit but
+                        # before the stubs reached vmm_exit (restore_regs half done): run on.
+                        self._run_to_exit()
+                        continue
                     if why == "exit" and self._clock_stopped():
                         # The clock stopped the hardware (a timer is due, or an interrupt
                         # waits for the instruction after a shadow): go on to the next guest
