@@ -488,6 +488,14 @@ class Machine:
             return None  # written where this machine could not see it: compiled again
         return block
 
+    def cached_instruction(self, eip: int) -> Decoded | None:
+        """The instruction at CS:eip as the one-instruction block cache decoded it, while that
+        block is valid; None when there is none. Fetches and decodes nothing (no fault, no
+        accessed bit): for a caller that would decode what `run(1)` is about to run."""
+        S = self.state
+        block = self._cached_block(self.single_blocks, (eip, S.base[CS], S.code32))
+        return None if block is None else block.insns[0]
+
     def describe(self, d: Decoded) -> str:
         return f"{d.form or '(undefined)'} {d.raw.hex(' ')}"
 

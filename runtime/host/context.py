@@ -20,10 +20,11 @@ from __future__ import annotations
 import ctypes
 import struct
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
+from unicorn.unicorn import UcContext
 
 from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS
 
@@ -155,6 +156,15 @@ def read_gprs(uc: Uc) -> list[int]:
     return [_Q.unpack_from(raw, offset + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
 
 
+def gprs_and_eip(ctx: UcContext) -> tuple[list[int], int]:
+    """EAX..EDI and EIP from a context unicorn saved already (PhysicalCpu.clear_exception_latch
+    saves one anyway: reading it saves a context_save and a reg_read)."""
+    L = calibrate()
+    raw = ctypes.string_at(ctx.context, ctx.size)
+    gprs = [_Q.unpack_from(raw, L.regs + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
+    return gprs, _Q.unpack_from(raw, L.eip)[0] & 0xFFFFFFFF
+
+
 def read_into_machine(uc: Uc, m) -> None:
     """Give the interpreter Machine `m` the CPU state unicorn holds now (memory is shared)."""
     L = calibrate()
@@ -240,9 +250,7 @@ def soft_interrupt_before(m, vector: int):
     """Unicorn reports INT n and faults alike (a vector, no error code). A software interrupt
     leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
     or None when the event is a fault at EIP."""
-    from ring1.generated.forms import FORMS
     from ring1.runtime.cpu.events import Fault, Trap
-    from ring1.runtime.isa.decoder import Truncated, decode
 
     S = m.state
     for length in (2, 1):
@@ -251,16 +259,40 @@ def soft_interrupt_before(m, vector: int):
             pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
         except Fault:
             continue
-        try:
-            d = decode(m.mem.read(pa, length), start, bool(S.code32))
-        except Truncated:
-            continue
-        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == length else None
-        if soft is not None:
-            soft_vector, kind = soft
-            if (d.fields[soft_vector] if isinstance(soft_vector, str) else soft_vector) == vector:
-                return Trap(vector, kind)
+        soft = soft_interrupt_in(m.mem.read(pa, length), bool(S.code32))
+        if soft is not None and soft[0] == vector:
+            return Trap(vector, soft[1])
     return None
 
 
-__all__ = ["ContextLayout", "calibrate", "read_into_machine", "soft_interrupt_before", "write_from_machine"]
+@lru_cache(maxsize=1024)
+def soft_interrupt_in(raw: bytes, code32: bool) -> tuple[int, int, bool] | None:
+    """When `raw` is exactly one software-interrupt instruction (a form the spec marks with
+    `soft_interrupt`: INT n, INT3, INTO, ICEBP): (its vector, its event kind, whether the vector
+    is an operand, as INT n's); else None. Cached: the engines ask at every event that unicorn
+    reports, mostly about the same few instructions, and decoding costs more than the rest."""
+    from ring1.generated.forms import FORMS
+    from ring1.runtime.isa.decoder import Truncated, decode
+
+    try:
+        d = decode(raw, 0, code32)
+    except Truncated:
+        return None
+    soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == len(raw) else None
+    if soft is None:
+        return None
+    vector, kind = soft
+    if isinstance(vector, str):
+        return d.fields[vector], kind, True
+    return vector, kind, False
+
+
+__all__ = [
+    "ContextLayout",
+    "calibrate",
+    "gprs_and_eip",
+    "read_into_machine",
+    "soft_interrupt_before",
+    "soft_interrupt_in",
+    "write_from_machine",
+]

@@ -58,6 +58,7 @@ from unicorn import (
     UcError,
 )
 from unicorn import x86_const as X
+from unicorn.unicorn import UcContext
 
 from ring1.runtime.cpu.memory import PhysicalMemory
 
@@ -158,13 +159,15 @@ class PhysicalCpu:
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, (hw & ~ARITH_FLAGS) | (cc_src & ARITH_FLAGS))
         return True
 
-    def clear_exception_latch(self) -> None:
-        """Work around unicorn#1883: reset the 'exception in flight' latch after a hooked event."""
+    def clear_exception_latch(self) -> UcContext:
+        """Work around unicorn#1883: reset the 'exception in flight' latch after a hooked event.
+        Returns the context it saved and restored (the registers as they are now)."""
         offset = _latch_offset()
         ctx = self.uc.context_save()
         ptr = ctypes.cast(ctx.context, ctypes.POINTER(ctypes.c_ubyte * ctx.size)).contents
         struct.pack_into("<i", ptr, offset, -1)
         self.uc.context_restore(ctx)
+        return ctx
 
 
 # ---------------------------------------------------------------- Ctrl-C
