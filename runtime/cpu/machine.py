@@ -496,6 +496,14 @@ class Machine:
         block = self._cached_block(self.single_blocks, (eip, S.base[CS], S.code32))
         return None if block is None else block.insns[0]
 
+    def instruction_at(self, eip: int) -> Decoded:
+        """The instruction at CS:eip, decoded into the one-instruction block `run(1)` runs there
+        (compiled now unless cached, so that running it decodes nothing again); raises the
+        fault its fetch raises."""
+        S = self.state
+        key = (eip, S.base[CS], S.code32)
+        return (self._cached_block(self.single_blocks, key) or self.compile_at(eip, single=True)).insns[0]
+
     def describe(self, d: Decoded) -> str:
         return f"{d.form or '(undefined)'} {d.raw.hex(' ')}"
 

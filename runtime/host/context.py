@@ -206,9 +206,14 @@ def read_into_machine(uc: Uc, m) -> None:
     m.flush_blocks()
 
 
-def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
+def write_from_machine(
+    uc: Uc, m, segments: bool = True, sse: bool = True, hardware: tuple[int, int] | None = None
+) -> None:
     """Give unicorn the interpreter's registers (a stopped CPU). Segment registers are reloaded
-    by selector, from the descriptor tables, as the CPU does at CPL 0."""
+    by selector, from the descriptor tables, as the CPU does at CPL 0. A caller that changed
+    no SSE state since read_into_machine (delivering an event changes none) passes `sse=False`,
+    and one that knows the EFLAGS and SS selector unicorn holds now passes them as `hardware`:
+    each reg_read or reg_write costs microseconds."""
     S = m.state
     for rid, v in zip(GPR_IDS, m.regs, strict=True):
         uc.reg_write(rid, v)
@@ -218,10 +223,13 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
         # Unicorn checks each selector load against its current CPL (as MOV to Sreg does), and
         # loads v86-style while its EFLAGS.VM is set: an event that took the guest from v86
         # mode or from CPL 3 to ring 0 needs VM cleared and the CPL lowered first.
-        was_v86 = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_VM)
+        hw_eflags, hw_ss = hardware if hardware is not None else (uc.reg_read(X.UC_X86_REG_EFLAGS), None)
+        was_v86 = bool(hw_eflags & EFLAGS_VM)
         uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
         protected = S.cr[0] & 1 and not eflags & EFLAGS_VM
-        if protected and (was_v86 or uc.reg_read(X.UC_X86_REG_SS) & 3 > S.sel[2] & 3):
+        if protected and not was_v86 and hw_ss is None:
+            hw_ss = uc.reg_read(X.UC_X86_REG_SS)
+        if protected and (was_v86 or hw_ss & 3 > S.sel[2] & 3):
             _lower_cpl_to_0(uc)
         for s, rid in enumerate(SEG_IDS):
             if s != 1:
@@ -229,9 +237,10 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
         uc.reg_write(X.UC_X86_REG_CS, S.sel[1])
     uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
-    for i, v in enumerate(S.xmm):
-        uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
-    uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
+    if sse:
+        for i, v in enumerate(S.xmm):
+            uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+        uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
 
 
 EFLAGS_VM = 0x20000
@@ -253,12 +262,18 @@ def soft_interrupt_before(m, vector: int):
     from ring1.runtime.cpu.events import Fault, Trap
 
     S = m.state
+    page_base = None  # the physical page of the last byte translated without a fault
     for length in (2, 1):
         start = (S.eip - length) & 0xFFFFFFFF
-        try:
-            pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
-        except Fault:
-            continue
+        la = (S.base[1] + start) & 0xFFFFFFFF
+        if page_base is not None and la & 0xFFF:
+            pa = page_base | (la & 0xFFF)  # the same page: translating again gives the same
+        else:
+            try:
+                pa = m.translate(la, False, S.cpl == 3)
+            except Fault:
+                continue
+            page_base = pa & ~0xFFF
         soft = soft_interrupt_in(m.mem.read(pa, length), bool(S.code32))
         if soft is not None and soft[0] == vector:
             return Trap(vector, soft[1])

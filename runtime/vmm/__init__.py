@@ -1150,10 +1150,7 @@ class Vmm:
         hw_eflags = self._flags_as_first_seen(host_eip, vector, hw_eflags)
         if vector == 14:
             cr2 = event.cr2  # read by the hook, at the fault
-            # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no
-            # hidden fault to fill (it would map, and mark dirty, whatever page CR2 last named).
-            int_0e = self.direct and self._after_int(host_eip, vector)
-            if cr2 < VMM_BASE and not int_0e and self._hidden_fault(cr2):
+            if cr2 < VMM_BASE and self._hidden_fault(cr2, host_eip):
                 self.stats["traps"] += 1
                 self._eflags_at_resume = hw_eflags
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
@@ -1270,10 +1267,12 @@ class Vmm:
         S = self.m.state
         start = (S.base[CS] + eip - 2) & M32
         raw = b""
+        walk = None
         for la in (start, (start + 1) & M32):
-            walk = self.m.walk(la)
-            if walk is None or walk[0] + 0x1000 > self.G:
-                return False
+            if walk is None or la & 0xFFF == 0:  # the second byte is on the same page, mostly
+                walk = self.m.walk(la)
+                if walk is None or walk[0] + 0x1000 > self.G:
+                    return False
             raw += self.guest_mem.read(walk[0] | (la & 0xFFF), 1)
         soft = soft_interrupt_in(raw, bool(S.code32))
         return soft is not None and soft[2] and soft[0] == vector  # INT n: its vector an operand
@@ -1282,8 +1281,9 @@ class Vmm:
         self.pending = ("vmstop", VMStop("vmm", reason))
         return "vmstop"
 
-    def _hidden_fault(self, la: int) -> bool:
-        """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade."""
+    def _hidden_fault(self, la: int, host_eip: int) -> bool:
+        """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade:
+        filled in. `la` is CR2 at a #PF at `host_eip`."""
         S = self.m.state
         walk = self.guest_walk(la)
         if walk is None:
@@ -1296,6 +1296,11 @@ class Vmm:
             present = bool(pte & 1)
         if present and (page in self.code_pages or page in self.traced_pages):
             return False  # a write to protected memory: emulate it
+        # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no hidden
+        # fault to fill (it would map, and mark dirty, whatever page CR2 last named). Asked only
+        # here, where a fill would follow: the walks above have no side effects either.
+        if self.direct and self._after_int(host_eip, 14):
+            return False
         # Not mapped yet: map it (a protected page read-only). Mapped already: the hardware
         # refused a write (read-only until dirty).
         write = present
