@@ -24,7 +24,6 @@ from functools import cache, lru_cache
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
-from unicorn.unicorn import UcContext
 
 from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS
 
@@ -156,11 +155,10 @@ def read_gprs(uc: Uc) -> list[int]:
     return [_Q.unpack_from(raw, offset + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
 
 
-def gprs_and_eip(ctx: UcContext) -> tuple[list[int], int]:
-    """EAX..EDI and EIP from a context unicorn saved already (PhysicalCpu.clear_exception_latch
-    saves one anyway: reading it saves a context_save and a reg_read)."""
+def gprs_and_eip(raw) -> tuple[list[int], int]:
+    """EAX..EDI and EIP from the bytes of a saved context (PhysicalCpu.save_context, which costs
+    less than a context_save, and clear_exception_latch, which saves one anyway)."""
     L = calibrate()
-    raw = ctypes.string_at(ctx.context, ctx.size)
     gprs = [_Q.unpack_from(raw, L.regs + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
     return gprs, _Q.unpack_from(raw, L.eip)[0] & 0xFFFFFFFF
 

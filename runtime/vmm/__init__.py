@@ -73,7 +73,7 @@ from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
-from ring1.runtime.host.context import gprs_and_eip, read_gprs, soft_interrupt_before, soft_interrupt_in
+from ring1.runtime.host.context import gprs_and_eip, soft_interrupt_before, soft_interrupt_in
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 
@@ -437,7 +437,7 @@ class Vmm:
         saved = self.cpu.clear_exception_latch()
         self.cpu.event = None
         self.pending = None
-        gprs, eip = gprs_and_eip(saved)  # the context the latch's reset saved anyway
+        gprs, eip = gprs_and_eip(saved)  # from the context the latch's reset saved anyway
         eflags, self._eflags_at_resume = self._eflags_at_resume, None
         if eflags is None:
             eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
@@ -451,7 +451,7 @@ class Vmm:
         if hw_eflags is None:
             hw_eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
         self._adopt_hardware_v86(hw_eflags)
-        self.m.regs[:] = read_gprs(uc)
+        self.m.regs[:] = gprs_and_eip(self.cpu.save_context())[0]
         self._merge_eflags(hw_eflags)
 
     def _adopt_hardware_v86(self, hw_eflags: int | None = None) -> int | None:
@@ -1221,14 +1221,18 @@ class Vmm:
         Else unicorn may have lost them at this fault (physcpu.restore_lost_flags).
         `hw_eflags`: the hardware's EFLAGS if known; returns them as they are now (None: unknown)."""
         again, self._restarted = self._restarted, None
-        if again is not None and again[0] == host_eip and again[1] == tuple(read_gprs(self.uc)):
+        if again is not None and again[0] == host_eip:
             if hw_eflags is None:
                 hw_eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
-            if hw_eflags != again[2]:
-                self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
-                self.stats["lost_flags_restored"] += 1
-                return None  # read back as unicorn stores them
-        elif self.direct and self._restore_flags_unicorn_lost(host_eip, vector):
+            if hw_eflags == again[2] and not self.direct:
+                return hw_eflags  # as restarted, and nothing else to check: the registers do not matter
+            if tuple(gprs_and_eip(self.cpu.save_context())[0]) == again[1]:
+                if hw_eflags != again[2]:
+                    self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
+                    self.stats["lost_flags_restored"] += 1
+                    return None  # read back as unicorn stores them
+                return hw_eflags
+        if self.direct and self._restore_flags_unicorn_lost(host_eip, vector):
             return None
         return hw_eflags
 
