@@ -201,6 +201,9 @@ def render_forms(spec: Spec, env: jinja2.Environment) -> str:
                 "ends_block": repr(ends_block(f)),
                 "xchecks": repr(tuple((k, r) for k, r, _ in f.insn.xchecks)),
                 "soft_interrupt": _soft_interrupt(spec, f, consts),
+                "interrupt_shadow": repr(
+                    f.insn.semantics is not None and any(_calls(f.insn.semantics, "inhibit_interrupts"))
+                ),
             }
         )
     return env.get_template("forms.py.j2").render(sources=_all_sources(spec), forms=forms)

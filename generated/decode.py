@@ -2000,22 +2000,22 @@ LAYOUT = {
     'POPF': (False, None, (), ()),  # spec/flags.r1:31
     'CLI': (False, None, (), ()),  # spec/flags.r1:52
     'STI': (False, None, (), ()),  # spec/flags.r1:62
-    'CLC': (False, None, (), ()),  # spec/flags.r1:76
-    'STC': (False, None, (), ()),  # spec/flags.r1:85
-    'CMC': (False, None, (), ()),  # spec/flags.r1:94
-    'CLD': (False, None, (), ()),  # spec/flags.r1:104
-    'STD': (False, None, (), ()),  # spec/flags.r1:113
-    'LAHF': (False, None, (), ()),  # spec/flags.r1:126
-    'SAHF': (False, None, (), ()),  # spec/flags.r1:136
+    'CLC': (False, None, (), ()),  # spec/flags.r1:79
+    'STC': (False, None, (), ()),  # spec/flags.r1:88
+    'CMC': (False, None, (), ()),  # spec/flags.r1:97
+    'CLD': (False, None, (), ()),  # spec/flags.r1:107
+    'STD': (False, None, (), ()),  # spec/flags.r1:116
+    'LAHF': (False, None, (), ()),  # spec/flags.r1:129
+    'SAHF': (False, None, (), ()),  # spec/flags.r1:139
     'IRET': (False, None, (), ()),  # spec/interrupts.r1:270
-    'IN_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('port', 'imm', 8))),  # spec/io.r1:12
-    'IN_AX_Ib': (False, None, ('ib',), (('dst', 'fixed', 'v'), ('port', 'imm', 8))),  # spec/io.r1:22
-    'OUT_Ib_AL': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 8))),  # spec/io.r1:32
-    'OUT_Ib_AX': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 'v'))),  # spec/io.r1:42
-    'IN_AL_DX': (False, None, (), (('dst', 'fixed', 8), ('port', 'fixed', 16))),  # spec/io.r1:53
-    'IN_AX_DX': (False, None, (), (('dst', 'fixed', 'v'), ('port', 'fixed', 16))),  # spec/io.r1:63
-    'OUT_DX_AL': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 8))),  # spec/io.r1:73
-    'OUT_DX_AX': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 'v'))),  # spec/io.r1:83
+    'IN_AL_Ib': (False, None, ('ib',), (('dst', 'fixed', 8), ('port', 'imm', 8))),  # spec/io.r1:17
+    'IN_AX_Ib': (False, None, ('ib',), (('dst', 'fixed', 'v'), ('port', 'imm', 8))),  # spec/io.r1:27
+    'OUT_Ib_AL': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 8))),  # spec/io.r1:37
+    'OUT_Ib_AX': (False, None, ('ib',), (('port', 'imm', 8), ('src', 'fixed', 'v'))),  # spec/io.r1:47
+    'IN_AL_DX': (False, None, (), (('dst', 'fixed', 8), ('port', 'fixed', 16))),  # spec/io.r1:58
+    'IN_AX_DX': (False, None, (), (('dst', 'fixed', 'v'), ('port', 'fixed', 16))),  # spec/io.r1:68
+    'OUT_DX_AL': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 8))),  # spec/io.r1:78
+    'OUT_DX_AX': (False, None, (), (('port', 'fixed', 16), ('src', 'fixed', 'v'))),  # spec/io.r1:88
     'AND_RMb_Rb': (True, None, (), (('dst', 'rm', 8), ('src', 'reg', 8))),  # spec/logic.r1:7
     'AND_RMv_Rv': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'))),  # spec/logic.r1:18
     'AND_Rb_RMb': (True, None, (), (('dst', 'reg', 8), ('src', 'rm', 8))),  # spec/logic.r1:29
@@ -2118,22 +2118,22 @@ LAYOUT = {
     'PSRAD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:617
     'MOV_RMw_Sreg': (True, None, (), (('dst', 'rm', 'v'), ('src', 'sreg', 16))),  # spec/segment.r1:140
     'MOV_Sreg_RMw': (True, None, (), (('dst', 'sreg', 16), ('src', 'rm', 16))),  # spec/segment.r1:155
-    'PUSH_ES': (False, None, (), ()),  # spec/segment.r1:170
-    'PUSH_CS': (False, None, (), ()),  # spec/segment.r1:179
-    'PUSH_SS': (False, None, (), ()),  # spec/segment.r1:189
-    'PUSH_DS': (False, None, (), ()),  # spec/segment.r1:199
-    'PUSH_FS': (False, None, (), ()),  # spec/segment.r1:208
-    'PUSH_GS': (False, None, (), ()),  # spec/segment.r1:217
-    'POP_ES': (False, None, (), ()),  # spec/segment.r1:235
-    'POP_SS': (False, None, (), ()),  # spec/segment.r1:245
-    'POP_DS': (False, None, (), ()),  # spec/segment.r1:255
-    'POP_FS': (False, None, (), ()),  # spec/segment.r1:265
-    'POP_GS': (False, None, (), ()),  # spec/segment.r1:275
-    'LDS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:289
-    'LES': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:302
-    'LFS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:315
-    'LGS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:328
-    'LSS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:341
+    'PUSH_ES': (False, None, (), ()),  # spec/segment.r1:171
+    'PUSH_CS': (False, None, (), ()),  # spec/segment.r1:180
+    'PUSH_SS': (False, None, (), ()),  # spec/segment.r1:190
+    'PUSH_DS': (False, None, (), ()),  # spec/segment.r1:200
+    'PUSH_FS': (False, None, (), ()),  # spec/segment.r1:209
+    'PUSH_GS': (False, None, (), ()),  # spec/segment.r1:218
+    'POP_ES': (False, None, (), ()),  # spec/segment.r1:236
+    'POP_SS': (False, None, (), ()),  # spec/segment.r1:246
+    'POP_DS': (False, None, (), ()),  # spec/segment.r1:259
+    'POP_FS': (False, None, (), ()),  # spec/segment.r1:269
+    'POP_GS': (False, None, (), ()),  # spec/segment.r1:279
+    'LDS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:293
+    'LES': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:306
+    'LFS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:319
+    'LGS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:332
+    'LSS': (True, None, (), (('dst', 'reg', 'v'), ('src', 'mem', 'far'))),  # spec/segment.r1:345
     'ROL_RMb_Ib': (True, None, ('ib',), (('dst', 'rm', 8), ('cnt', 'imm', 8))),  # spec/shift.r1:35
     'ROL_RMv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('cnt', 'imm', 8))),  # spec/shift.r1:46
     'ROL_RMb_1': (True, None, (), (('dst', 'rm', 8), ('cnt', 'one', 8))),  # spec/shift.r1:57
@@ -2799,22 +2799,22 @@ ENCODINGS = {
     'POPF': ((157,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:31
     'CLI': ((250,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:52
     'STI': ((251,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:62
-    'CLC': ((248,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:76
-    'STC': ((249,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:85
-    'CMC': ((245,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:94
-    'CLD': ((252,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:104
-    'STD': ((253,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:113
-    'LAHF': ((159,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:126
-    'SAHF': ((158,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:136
+    'CLC': ((248,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:79
+    'STC': ((249,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:88
+    'CMC': ((245,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:97
+    'CLD': ((252,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:107
+    'STD': ((253,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:116
+    'LAHF': ((159,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:129
+    'SAHF': ((158,), None, None, None, None, None, (), None, None, None),  # spec/flags.r1:139
     'IRET': ((207,), None, None, None, None, None, (), None, None, None),  # spec/interrupts.r1:270
-    'IN_AL_Ib': ((228,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:12
-    'IN_AX_Ib': ((229,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:22
-    'OUT_Ib_AL': ((230,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:32
-    'OUT_Ib_AX': ((231,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:42
-    'IN_AL_DX': ((236,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:53
-    'IN_AX_DX': ((237,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:63
-    'OUT_DX_AL': ((238,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:73
-    'OUT_DX_AX': ((239,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:83
+    'IN_AL_Ib': ((228,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:17
+    'IN_AX_Ib': ((229,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:27
+    'OUT_Ib_AL': ((230,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:37
+    'OUT_Ib_AX': ((231,), None, None, None, None, None, ('ib',), None, None, None),  # spec/io.r1:47
+    'IN_AL_DX': ((236,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:58
+    'IN_AX_DX': ((237,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:68
+    'OUT_DX_AL': ((238,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:78
+    'OUT_DX_AX': ((239,), None, None, None, None, None, (), None, None, None),  # spec/io.r1:88
     'AND_RMb_Rb': ((32,), None, 'r', None, None, None, (), None, None, None),  # spec/logic.r1:7
     'AND_RMv_Rv': ((33,), None, 'r', None, None, None, (), None, None, None),  # spec/logic.r1:18
     'AND_Rb_RMb': ((34,), None, 'r', None, None, None, (), None, None, None),  # spec/logic.r1:29
@@ -2917,22 +2917,22 @@ ENCODINGS = {
     'PSRAD_MM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:617
     'MOV_RMw_Sreg': ((140,), None, 'r', None, None, None, (), None, None, None),  # spec/segment.r1:140
     'MOV_Sreg_RMw': ((142,), None, 'r', None, None, None, (), None, None, None),  # spec/segment.r1:155
-    'PUSH_ES': ((6,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:170
-    'PUSH_CS': ((14,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:179
-    'PUSH_SS': ((22,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:189
-    'PUSH_DS': ((30,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:199
-    'PUSH_FS': ((15, 160), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:208
-    'PUSH_GS': ((15, 168), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:217
-    'POP_ES': ((7,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:235
-    'POP_SS': ((23,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:245
-    'POP_DS': ((31,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:255
-    'POP_FS': ((15, 161), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:265
-    'POP_GS': ((15, 169), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:275
-    'LDS': ((197,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:289
-    'LES': ((196,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:302
-    'LFS': ((15, 180), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:315
-    'LGS': ((15, 181), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:328
-    'LSS': ((15, 178), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:341
+    'PUSH_ES': ((6,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:171
+    'PUSH_CS': ((14,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:180
+    'PUSH_SS': ((22,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:190
+    'PUSH_DS': ((30,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:200
+    'PUSH_FS': ((15, 160), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:209
+    'PUSH_GS': ((15, 168), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:218
+    'POP_ES': ((7,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:236
+    'POP_SS': ((23,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:246
+    'POP_DS': ((31,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:259
+    'POP_FS': ((15, 161), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:269
+    'POP_GS': ((15, 169), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:279
+    'LDS': ((197,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:293
+    'LES': ((196,), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:306
+    'LFS': ((15, 180), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:319
+    'LGS': ((15, 181), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:332
+    'LSS': ((15, 178), None, 'r', None, 'mem', None, (), None, None, None),  # spec/segment.r1:345
     'ROL_RMb_Ib': ((192,), None, '0', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:35
     'ROL_RMv_Ib': ((193,), None, '0', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:46
     'ROL_RMb_1': ((208,), None, '0', None, None, None, (), None, None, None),  # spec/shift.r1:57

@@ -28,6 +28,7 @@ class FormInfo(NamedTuple):
     ends_block: bool
     xchecks: tuple  # (kind, reason): disagreements with capstone that the spec keeps on purpose
     soft_interrupt: object  # (vector: a constant or the operand holding it, event kind), or None
+    interrupt_shadow: bool  # its semantics may open the interrupt shadow (STI, MOV SS, POP SS)
 
 
 FORMS = {
@@ -52,6 +53,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_RMv_Rv': FormInfo(
         name='ADD_RMv_Rv',
@@ -74,6 +76,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_Rb_RMb': FormInfo(
         name='ADD_Rb_RMb',
@@ -96,6 +99,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_Rv_RMv': FormInfo(
         name='ADD_Rv_RMv',
@@ -118,6 +122,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_AL_Ib': FormInfo(
         name='ADD_AL_Ib',
@@ -140,6 +145,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_eAX_Iv': FormInfo(
         name='ADD_eAX_Iv',
@@ -162,6 +168,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_RMb_Ib': FormInfo(
         name='ADD_RMb_Ib',
@@ -184,6 +191,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_RMv_Iv': FormInfo(
         name='ADD_RMv_Iv',
@@ -206,6 +214,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_RMb_Ib_82': FormInfo(
         name='ADD_RMb_Ib_82',
@@ -228,6 +237,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADD_RMv_Ib': FormInfo(
         name='ADD_RMv_Ib',
@@ -250,6 +260,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_RMb_Rb': FormInfo(
         name='ADC_RMb_Rb',
@@ -272,6 +283,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_RMv_Rv': FormInfo(
         name='ADC_RMv_Rv',
@@ -294,6 +306,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_Rb_RMb': FormInfo(
         name='ADC_Rb_RMb',
@@ -316,6 +329,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_Rv_RMv': FormInfo(
         name='ADC_Rv_RMv',
@@ -338,6 +352,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_AL_Ib': FormInfo(
         name='ADC_AL_Ib',
@@ -360,6 +375,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_eAX_Iv': FormInfo(
         name='ADC_eAX_Iv',
@@ -382,6 +398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_RMb_Ib': FormInfo(
         name='ADC_RMb_Ib',
@@ -404,6 +421,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_RMv_Iv': FormInfo(
         name='ADC_RMv_Iv',
@@ -426,6 +444,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_RMb_Ib_82': FormInfo(
         name='ADC_RMb_Ib_82',
@@ -448,6 +467,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADC_RMv_Ib': FormInfo(
         name='ADC_RMv_Ib',
@@ -470,6 +490,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_RMb_Rb': FormInfo(
         name='SUB_RMb_Rb',
@@ -492,6 +513,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_RMv_Rv': FormInfo(
         name='SUB_RMv_Rv',
@@ -514,6 +536,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_Rb_RMb': FormInfo(
         name='SUB_Rb_RMb',
@@ -536,6 +559,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_Rv_RMv': FormInfo(
         name='SUB_Rv_RMv',
@@ -558,6 +582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_AL_Ib': FormInfo(
         name='SUB_AL_Ib',
@@ -580,6 +605,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_eAX_Iv': FormInfo(
         name='SUB_eAX_Iv',
@@ -602,6 +628,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_RMb_Ib': FormInfo(
         name='SUB_RMb_Ib',
@@ -624,6 +651,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_RMv_Iv': FormInfo(
         name='SUB_RMv_Iv',
@@ -646,6 +674,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_RMb_Ib_82': FormInfo(
         name='SUB_RMb_Ib_82',
@@ -668,6 +697,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUB_RMv_Ib': FormInfo(
         name='SUB_RMv_Ib',
@@ -690,6 +720,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_RMb_Rb': FormInfo(
         name='SBB_RMb_Rb',
@@ -712,6 +743,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_RMv_Rv': FormInfo(
         name='SBB_RMv_Rv',
@@ -734,6 +766,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_Rb_RMb': FormInfo(
         name='SBB_Rb_RMb',
@@ -756,6 +789,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_Rv_RMv': FormInfo(
         name='SBB_Rv_RMv',
@@ -778,6 +812,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_AL_Ib': FormInfo(
         name='SBB_AL_Ib',
@@ -800,6 +835,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_eAX_Iv': FormInfo(
         name='SBB_eAX_Iv',
@@ -822,6 +858,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_RMb_Ib': FormInfo(
         name='SBB_RMb_Ib',
@@ -844,6 +881,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_RMv_Iv': FormInfo(
         name='SBB_RMv_Iv',
@@ -866,6 +904,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_RMb_Ib_82': FormInfo(
         name='SBB_RMb_Ib_82',
@@ -888,6 +927,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SBB_RMv_Ib': FormInfo(
         name='SBB_RMv_Ib',
@@ -910,6 +950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_RMb_Rb': FormInfo(
         name='CMP_RMb_Rb',
@@ -932,6 +973,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_RMv_Rv': FormInfo(
         name='CMP_RMv_Rv',
@@ -954,6 +996,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_Rb_RMb': FormInfo(
         name='CMP_Rb_RMb',
@@ -976,6 +1019,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_Rv_RMv': FormInfo(
         name='CMP_Rv_RMv',
@@ -998,6 +1042,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_AL_Ib': FormInfo(
         name='CMP_AL_Ib',
@@ -1020,6 +1065,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_eAX_Iv': FormInfo(
         name='CMP_eAX_Iv',
@@ -1042,6 +1088,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_RMb_Ib': FormInfo(
         name='CMP_RMb_Ib',
@@ -1064,6 +1111,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_RMv_Iv': FormInfo(
         name='CMP_RMv_Iv',
@@ -1086,6 +1134,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_RMb_Ib_82': FormInfo(
         name='CMP_RMb_Ib_82',
@@ -1108,6 +1157,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMP_RMv_Ib': FormInfo(
         name='CMP_RMv_Ib',
@@ -1130,6 +1180,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INC_RMb': FormInfo(
         name='INC_RMb',
@@ -1152,6 +1203,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INC_RMv': FormInfo(
         name='INC_RMv',
@@ -1174,6 +1226,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INC_Ov': FormInfo(
         name='INC_Ov',
@@ -1196,6 +1249,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DEC_RMb': FormInfo(
         name='DEC_RMb',
@@ -1218,6 +1272,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DEC_RMv': FormInfo(
         name='DEC_RMv',
@@ -1240,6 +1295,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DEC_Ov': FormInfo(
         name='DEC_Ov',
@@ -1262,6 +1318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'NEG_RMb': FormInfo(
         name='NEG_RMb',
@@ -1284,6 +1341,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'NEG_RMv': FormInfo(
         name='NEG_RMv',
@@ -1306,6 +1364,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MUL_RMb': FormInfo(
         name='MUL_RMb',
@@ -1328,6 +1387,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MUL_RMv': FormInfo(
         name='MUL_RMv',
@@ -1350,6 +1410,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IMUL_RMb': FormInfo(
         name='IMUL_RMb',
@@ -1372,6 +1433,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IMUL_RMv': FormInfo(
         name='IMUL_RMv',
@@ -1394,6 +1456,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IMUL_Rv_RMv': FormInfo(
         name='IMUL_Rv_RMv',
@@ -1416,6 +1479,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IMUL_Rv_RMv_Iv': FormInfo(
         name='IMUL_Rv_RMv_Iv',
@@ -1438,6 +1502,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IMUL_Rv_RMv_Ib': FormInfo(
         name='IMUL_Rv_RMv_Ib',
@@ -1460,6 +1525,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIV_RMb': FormInfo(
         name='DIV_RMb',
@@ -1482,6 +1548,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIV_RMv': FormInfo(
         name='DIV_RMv',
@@ -1504,6 +1571,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IDIV_RMb': FormInfo(
         name='IDIV_RMb',
@@ -1526,6 +1594,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IDIV_RMv': FormInfo(
         name='IDIV_RMv',
@@ -1548,6 +1617,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AAA': FormInfo(
         name='AAA',
@@ -1570,6 +1640,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AAS': FormInfo(
         name='AAS',
@@ -1592,6 +1663,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DAA': FormInfo(
         name='DAA',
@@ -1614,6 +1686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF and CF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DAS': FormInfo(
         name='DAS',
@@ -1636,6 +1709,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF and CF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AAM_Ib': FormInfo(
         name='AAM_Ib',
@@ -1658,6 +1732,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AAD_Ib': FormInfo(
         name='AAD_Ib',
@@ -1680,6 +1755,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BT_Rv_Rv': FormInfo(
         name='BT_Rv_Rv',
@@ -1702,6 +1778,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BT_Mv_Rv': FormInfo(
         name='BT_Mv_Rv',
@@ -1724,6 +1801,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BT_RMv_Ib': FormInfo(
         name='BT_RMv_Ib',
@@ -1746,6 +1824,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTS_Rv_Rv': FormInfo(
         name='BTS_Rv_Rv',
@@ -1768,6 +1847,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTS_Mv_Rv': FormInfo(
         name='BTS_Mv_Rv',
@@ -1790,6 +1870,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTS_RMv_Ib': FormInfo(
         name='BTS_RMv_Ib',
@@ -1812,6 +1893,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTR_Rv_Rv': FormInfo(
         name='BTR_Rv_Rv',
@@ -1834,6 +1916,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTR_Mv_Rv': FormInfo(
         name='BTR_Mv_Rv',
@@ -1856,6 +1939,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTR_RMv_Ib': FormInfo(
         name='BTR_RMv_Ib',
@@ -1878,6 +1962,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTC_Rv_Rv': FormInfo(
         name='BTC_Rv_Rv',
@@ -1900,6 +1985,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTC_Mv_Rv': FormInfo(
         name='BTC_Mv_Rv',
@@ -1922,6 +2008,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BTC_RMv_Ib': FormInfo(
         name='BTC_RMv_Ib',
@@ -1944,6 +2031,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BSF_Rv_RMv': FormInfo(
         name='BSF_Rv_RMv',
@@ -1966,6 +2054,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BSR_Rv_RMv': FormInfo(
         name='BSR_Rv_RMv',
@@ -1988,6 +2077,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SETCC_RMb': FormInfo(
         name='SETCC_RMb',
@@ -2010,6 +2100,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JMP_REL8': FormInfo(
         name='JMP_REL8',
@@ -2032,6 +2123,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JMP_RELv': FormInfo(
         name='JMP_RELv',
@@ -2054,6 +2146,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JCC_REL8': FormInfo(
         name='JCC_REL8',
@@ -2076,6 +2169,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JCC_RELv': FormInfo(
         name='JCC_RELv',
@@ -2098,6 +2192,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CALL_RELv': FormInfo(
         name='CALL_RELv',
@@ -2120,6 +2215,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LOOP': FormInfo(
         name='LOOP',
@@ -2142,6 +2238,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LOOPE': FormInfo(
         name='LOOPE',
@@ -2164,6 +2261,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LOOPNE': FormInfo(
         name='LOOPNE',
@@ -2186,6 +2284,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JCXZ': FormInfo(
         name='JCXZ',
@@ -2208,6 +2307,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JECXZ': FormInfo(
         name='JECXZ',
@@ -2230,6 +2330,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JMP_RMv': FormInfo(
         name='JMP_RMv',
@@ -2252,6 +2353,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CALL_RMv': FormInfo(
         name='CALL_RMv',
@@ -2274,6 +2376,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RET_NEAR': FormInfo(
         name='RET_NEAR',
@@ -2296,6 +2399,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RET_NEAR_Iw': FormInfo(
         name='RET_NEAR_Iw',
@@ -2318,6 +2422,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JMP_FAR_PTR': FormInfo(
         name='JMP_FAR_PTR',
@@ -2340,6 +2445,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'JMP_FAR_M': FormInfo(
         name='JMP_FAR_M',
@@ -2362,6 +2468,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CALL_FAR_PTR': FormInfo(
         name='CALL_FAR_PTR',
@@ -2384,6 +2491,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CALL_FAR_M': FormInfo(
         name='CALL_FAR_M',
@@ -2406,6 +2514,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RET_FAR': FormInfo(
         name='RET_FAR',
@@ -2428,6 +2537,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RET_FAR_Iw': FormInfo(
         name='RET_FAR_Iw',
@@ -2450,6 +2560,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INT_Ib': FormInfo(
         name='INT_Ib',
@@ -2472,6 +2583,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=('vector', 2),
+        interrupt_shadow=False,
     ),
     'INT3': FormInfo(
         name='INT3',
@@ -2494,6 +2606,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=(3, 3),
+        interrupt_shadow=False,
     ),
     'INTO': FormInfo(
         name='INTO',
@@ -2516,6 +2629,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', "INTO tests OF and, when it traps, delivery changes IF TF NT RF; capstone's entries for it are incomplete"),),
         soft_interrupt=(4, 4),
+        interrupt_shadow=False,
     ),
     'ICEBP': FormInfo(
         name='ICEBP',
@@ -2538,6 +2652,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=(1, 5),
+        interrupt_shadow=False,
     ),
     'BOUND': FormInfo(
         name='BOUND',
@@ -2560,6 +2675,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_RMb_Rb': FormInfo(
         name='MOV_RMb_Rb',
@@ -2582,6 +2698,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_RMv_Rv': FormInfo(
         name='MOV_RMv_Rv',
@@ -2604,6 +2721,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_Rb_RMb': FormInfo(
         name='MOV_Rb_RMb',
@@ -2626,6 +2744,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_Rv_RMv': FormInfo(
         name='MOV_Rv_RMv',
@@ -2648,6 +2767,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_AL_MOFFSb': FormInfo(
         name='MOV_AL_MOFFSb',
@@ -2670,6 +2790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_AX_MOFFSv': FormInfo(
         name='MOV_AX_MOFFSv',
@@ -2692,6 +2813,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_MOFFSb_AL': FormInfo(
         name='MOV_MOFFSb_AL',
@@ -2714,6 +2836,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_MOFFSv_AX': FormInfo(
         name='MOV_MOFFSv_AX',
@@ -2736,6 +2859,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_Ob_Ib': FormInfo(
         name='MOV_Ob_Ib',
@@ -2758,6 +2882,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_Ov_Iv': FormInfo(
         name='MOV_Ov_Iv',
@@ -2780,6 +2905,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_RMb_Ib': FormInfo(
         name='MOV_RMb_Ib',
@@ -2802,6 +2928,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_RMv_Iv': FormInfo(
         name='MOV_RMv_Iv',
@@ -2824,6 +2951,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMOVCC_Rv_RMv': FormInfo(
         name='CMOVCC_Rv_RMv',
@@ -2846,6 +2974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XCHG_RMb_Rb': FormInfo(
         name='XCHG_RMb_Rb',
@@ -2868,6 +2997,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XCHG_RMv_Rv': FormInfo(
         name='XCHG_RMv_Rv',
@@ -2890,6 +3020,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XCHG_Ov_AX': FormInfo(
         name='XCHG_Ov_AX',
@@ -2912,6 +3043,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'BSWAP_Od': FormInfo(
         name='BSWAP_Od',
@@ -2934,6 +3066,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XADD_RMb_Rb': FormInfo(
         name='XADD_RMb_Rb',
@@ -2956,6 +3089,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XADD_RMv_Rv': FormInfo(
         name='XADD_RMv_Rv',
@@ -2978,6 +3112,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPXCHG_RMb_Rb': FormInfo(
         name='CMPXCHG_RMb_Rb',
@@ -3000,6 +3135,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPXCHG_RMv_Rv': FormInfo(
         name='CMPXCHG_RMv_Rv',
@@ -3022,6 +3158,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPXCHG8B_M64': FormInfo(
         name='CMPXCHG8B_M64',
@@ -3044,6 +3181,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_RMv': FormInfo(
         name='PUSH_RMv',
@@ -3066,6 +3204,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_Ov': FormInfo(
         name='PUSH_Ov',
@@ -3088,6 +3227,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_Ib': FormInfo(
         name='PUSH_Ib',
@@ -3110,6 +3250,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_Iv': FormInfo(
         name='PUSH_Iv',
@@ -3132,6 +3273,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_Ov': FormInfo(
         name='POP_Ov',
@@ -3154,6 +3296,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_Rv_8F': FormInfo(
         name='POP_Rv_8F',
@@ -3176,6 +3319,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_Mv': FormInfo(
         name='POP_Mv',
@@ -3198,6 +3342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSHA': FormInfo(
         name='PUSHA',
@@ -3220,6 +3365,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POPA': FormInfo(
         name='POPA',
@@ -3242,6 +3388,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSX_Rv_RMb': FormInfo(
         name='MOVSX_Rv_RMb',
@@ -3264,6 +3411,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSX_Rv_RMw': FormInfo(
         name='MOVSX_Rv_RMw',
@@ -3286,6 +3434,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVZX_Rv_RMb': FormInfo(
         name='MOVZX_Rv_RMb',
@@ -3308,6 +3457,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVZX_Rv_RMw': FormInfo(
         name='MOVZX_Rv_RMw',
@@ -3330,6 +3480,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CBW_CWDE': FormInfo(
         name='CBW_CWDE',
@@ -3352,6 +3503,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CWD_CDQ': FormInfo(
         name='CWD_CDQ',
@@ -3374,6 +3526,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LEA_Rv_M': FormInfo(
         name='LEA_Rv_M',
@@ -3396,6 +3549,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'NOP': FormInfo(
         name='NOP',
@@ -3418,6 +3572,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'NOP_RMv': FormInfo(
         name='NOP_RMv',
@@ -3440,6 +3595,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XLAT': FormInfo(
         name='XLAT',
@@ -3462,6 +3618,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ENTER': FormInfo(
         name='ENTER',
@@ -3484,6 +3641,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LEAVE': FormInfo(
         name='LEAVE',
@@ -3506,6 +3664,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSHF': FormInfo(
         name='PUSHF',
@@ -3528,6 +3687,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone lists no flags; PUSHF reads the whole of EFLAGS'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POPF': FormInfo(
         name='POPF',
@@ -3550,6 +3710,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone omits AC, which a 32-bit POPF writes'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CLI': FormInfo(
         name='CLI',
@@ -3572,6 +3733,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'IOPL-sensitive: allowed whenever CPL <= IOPL, not only at CPL 0'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STI': FormInfo(
         name='STI',
@@ -3594,11 +3756,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'IOPL-sensitive: allowed whenever CPL <= IOPL, not only at CPL 0'),),
         soft_interrupt=None,
+        interrupt_shadow=True,
     ),
     'CLC': FormInfo(
         name='CLC',
         mnemonics={None: 'clc'},
-        source='spec/flags.r1:76',
+        source='spec/flags.r1:79',
         encoding='F8',
         operands=(),
         width='v',
@@ -3616,11 +3779,12 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STC': FormInfo(
         name='STC',
         mnemonics={None: 'stc'},
-        source='spec/flags.r1:85',
+        source='spec/flags.r1:88',
         encoding='F9',
         operands=(),
         width='v',
@@ -3638,11 +3802,12 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMC': FormInfo(
         name='CMC',
         mnemonics={None: 'cmc'},
-        source='spec/flags.r1:94',
+        source='spec/flags.r1:97',
         encoding='F5',
         operands=(),
         width='v',
@@ -3660,11 +3825,12 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone does not list CMC's read of CF"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CLD': FormInfo(
         name='CLD',
         mnemonics={None: 'cld'},
-        source='spec/flags.r1:104',
+        source='spec/flags.r1:107',
         encoding='FC',
         operands=(),
         width='v',
@@ -3682,11 +3848,12 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STD': FormInfo(
         name='STD',
         mnemonics={None: 'std'},
-        source='spec/flags.r1:113',
+        source='spec/flags.r1:116',
         encoding='FD',
         operands=(),
         width='v',
@@ -3704,11 +3871,12 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LAHF': FormInfo(
         name='LAHF',
         mnemonics={None: 'lahf'},
-        source='spec/flags.r1:126',
+        source='spec/flags.r1:129',
         encoding='9F',
         operands=(),
         width='v',
@@ -3726,11 +3894,12 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'capstone lists no flags; LAHF reads SF ZF AF PF CF'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAHF': FormInfo(
         name='SAHF',
         mnemonics={None: 'sahf'},
-        source='spec/flags.r1:136',
+        source='spec/flags.r1:139',
         encoding='9E',
         operands=(),
         width='v',
@@ -3748,6 +3917,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IRET': FormInfo(
         name='IRET',
@@ -3770,11 +3940,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', "IRET loads AC (and VM at CPL 0) from the popped EFLAGS, per the SDM's IRET pseudocode; capstone's table omits them"), ('privilege', 'IRET runs at any CPL in protected mode; capstone groups it as privileged')),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IN_AL_Ib': FormInfo(
         name='IN_AL_Ib',
         mnemonics={None: 'in'},
-        source='spec/io.r1:12',
+        source='spec/io.r1:17',
         encoding='E4 ib',
         operands=(('dst', 'acc8', 'w'), ('port', 'i8', 'r')),
         width=8,
@@ -3786,17 +3957,18 @@ FORMS = {
         prefixes=(),
         reads=('io', 'iopl', 'tr'),
         writes=(),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
-        ends_block=True,
+        ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IN_AX_Ib': FormInfo(
         name='IN_AX_Ib',
         mnemonics={None: 'in'},
-        source='spec/io.r1:22',
+        source='spec/io.r1:27',
         encoding='E5 ib',
         operands=(('dst', 'accv', 'w'), ('port', 'i8', 'r')),
         width='v',
@@ -3808,17 +3980,18 @@ FORMS = {
         prefixes=(),
         reads=('io', 'iopl', 'tr'),
         writes=(),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
-        ends_block=True,
+        ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OUT_Ib_AL': FormInfo(
         name='OUT_Ib_AL',
         mnemonics={None: 'out'},
-        source='spec/io.r1:32',
+        source='spec/io.r1:37',
         encoding='E6 ib',
         operands=(('port', 'i8', 'r'), ('src', 'acc8', 'r')),
         width=8,
@@ -3830,17 +4003,18 @@ FORMS = {
         prefixes=(),
         reads=('iopl', 'tr'),
         writes=('io',),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OUT_Ib_AX': FormInfo(
         name='OUT_Ib_AX',
         mnemonics={None: 'out'},
-        source='spec/io.r1:42',
+        source='spec/io.r1:47',
         encoding='E7 ib',
         operands=(('port', 'i8', 'r'), ('src', 'accv', 'r')),
         width='v',
@@ -3852,17 +4026,18 @@ FORMS = {
         prefixes=(),
         reads=('iopl', 'tr'),
         writes=('io',),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IN_AL_DX': FormInfo(
         name='IN_AL_DX',
         mnemonics={None: 'in'},
-        source='spec/io.r1:53',
+        source='spec/io.r1:58',
         encoding='EC',
         operands=(('dst', 'acc8', 'w'), ('port', 'dx', 'r')),
         width=8,
@@ -3874,17 +4049,18 @@ FORMS = {
         prefixes=(),
         reads=('io', 'iopl', 'tr'),
         writes=(),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
-        ends_block=True,
+        ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'IN_AX_DX': FormInfo(
         name='IN_AX_DX',
         mnemonics={None: 'in'},
-        source='spec/io.r1:63',
+        source='spec/io.r1:68',
         encoding='ED',
         operands=(('dst', 'accv', 'w'), ('port', 'dx', 'r')),
         width='v',
@@ -3896,17 +4072,18 @@ FORMS = {
         prefixes=(),
         reads=('io', 'iopl', 'tr'),
         writes=(),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
-        ends_block=True,
+        ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OUT_DX_AL': FormInfo(
         name='OUT_DX_AL',
         mnemonics={None: 'out'},
-        source='spec/io.r1:73',
+        source='spec/io.r1:78',
         encoding='EE',
         operands=(('port', 'dx', 'r'), ('src', 'acc8', 'r')),
         width=8,
@@ -3918,17 +4095,18 @@ FORMS = {
         prefixes=(),
         reads=('iopl', 'tr'),
         writes=('io',),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OUT_DX_AX': FormInfo(
         name='OUT_DX_AX',
         mnemonics={None: 'out'},
-        source='spec/io.r1:83',
+        source='spec/io.r1:88',
         encoding='EF',
         operands=(('port', 'dx', 'r'), ('src', 'accv', 'r')),
         width='v',
@@ -3940,12 +4118,13 @@ FORMS = {
         prefixes=(),
         reads=('iopl', 'tr'),
         writes=('io',),
-        rule='callout',
+        rule='ident',
         rule_arg=None,
         semantics=True,
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_RMb_Rb': FormInfo(
         name='AND_RMb_Rb',
@@ -3968,6 +4147,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_RMv_Rv': FormInfo(
         name='AND_RMv_Rv',
@@ -3990,6 +4170,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_Rb_RMb': FormInfo(
         name='AND_Rb_RMb',
@@ -4012,6 +4193,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_Rv_RMv': FormInfo(
         name='AND_Rv_RMv',
@@ -4034,6 +4216,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_AL_Ib': FormInfo(
         name='AND_AL_Ib',
@@ -4056,6 +4239,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_eAX_Iv': FormInfo(
         name='AND_eAX_Iv',
@@ -4078,6 +4262,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_RMb_Ib': FormInfo(
         name='AND_RMb_Ib',
@@ -4100,6 +4285,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_RMv_Iv': FormInfo(
         name='AND_RMv_Iv',
@@ -4122,6 +4308,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_RMb_Ib_82': FormInfo(
         name='AND_RMb_Ib_82',
@@ -4144,6 +4331,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'AND_RMv_Ib': FormInfo(
         name='AND_RMv_Ib',
@@ -4166,6 +4354,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_RMb_Rb': FormInfo(
         name='OR_RMb_Rb',
@@ -4188,6 +4377,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_RMv_Rv': FormInfo(
         name='OR_RMv_Rv',
@@ -4210,6 +4400,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_Rb_RMb': FormInfo(
         name='OR_Rb_RMb',
@@ -4232,6 +4423,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_Rv_RMv': FormInfo(
         name='OR_Rv_RMv',
@@ -4254,6 +4446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_AL_Ib': FormInfo(
         name='OR_AL_Ib',
@@ -4276,6 +4469,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_eAX_Iv': FormInfo(
         name='OR_eAX_Iv',
@@ -4298,6 +4492,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_RMb_Ib': FormInfo(
         name='OR_RMb_Ib',
@@ -4320,6 +4515,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_RMv_Iv': FormInfo(
         name='OR_RMv_Iv',
@@ -4342,6 +4538,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_RMb_Ib_82': FormInfo(
         name='OR_RMb_Ib_82',
@@ -4364,6 +4561,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OR_RMv_Ib': FormInfo(
         name='OR_RMv_Ib',
@@ -4386,6 +4584,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_RMb_Rb': FormInfo(
         name='XOR_RMb_Rb',
@@ -4408,6 +4607,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_RMv_Rv': FormInfo(
         name='XOR_RMv_Rv',
@@ -4430,6 +4630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_Rb_RMb': FormInfo(
         name='XOR_Rb_RMb',
@@ -4452,6 +4653,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_Rv_RMv': FormInfo(
         name='XOR_Rv_RMv',
@@ -4474,6 +4676,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_AL_Ib': FormInfo(
         name='XOR_AL_Ib',
@@ -4496,6 +4699,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_eAX_Iv': FormInfo(
         name='XOR_eAX_Iv',
@@ -4518,6 +4722,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_RMb_Ib': FormInfo(
         name='XOR_RMb_Ib',
@@ -4540,6 +4745,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_RMv_Iv': FormInfo(
         name='XOR_RMv_Iv',
@@ -4562,6 +4768,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_RMb_Ib_82': FormInfo(
         name='XOR_RMb_Ib_82',
@@ -4584,6 +4791,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XOR_RMv_Ib': FormInfo(
         name='XOR_RMv_Ib',
@@ -4606,6 +4814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_RMb_Rb': FormInfo(
         name='TEST_RMb_Rb',
@@ -4628,6 +4837,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_RMv_Rv': FormInfo(
         name='TEST_RMv_Rv',
@@ -4650,6 +4860,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_AL_Ib': FormInfo(
         name='TEST_AL_Ib',
@@ -4672,6 +4883,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_eAX_Iv': FormInfo(
         name='TEST_eAX_Iv',
@@ -4694,6 +4906,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_RMb_Ib': FormInfo(
         name='TEST_RMb_Ib',
@@ -4716,6 +4929,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_RMv_Iv': FormInfo(
         name='TEST_RMv_Iv',
@@ -4738,6 +4952,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_RMb_Ib_F6r1': FormInfo(
         name='TEST_RMb_Ib_F6r1',
@@ -4760,6 +4975,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'TEST_RMv_Iv_F7r1': FormInfo(
         name='TEST_RMv_Iv_F7r1',
@@ -4782,6 +4998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'NOT_RMb': FormInfo(
         name='NOT_RMb',
@@ -4804,6 +5021,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'NOT_RMv': FormInfo(
         name='NOT_RMv',
@@ -4826,6 +5044,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'EMMS': FormInfo(
         name='EMMS',
@@ -4848,6 +5067,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVD_MM_RM32': FormInfo(
         name='MOVD_MM_RM32',
@@ -4870,6 +5090,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVD_RM32_MM': FormInfo(
         name='MOVD_RM32_MM',
@@ -4892,6 +5113,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ_MM_MMRM': FormInfo(
         name='MOVQ_MM_MMRM',
@@ -4914,6 +5136,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ_MMRM_MM': FormInfo(
         name='MOVQ_MMRM_MM',
@@ -4936,6 +5159,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLBW_MM_MM': FormInfo(
         name='PUNPCKLBW_MM_MM',
@@ -4958,6 +5182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLBW_MM_M32': FormInfo(
         name='PUNPCKLBW_MM_M32',
@@ -4980,6 +5205,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLWD_MM_MM': FormInfo(
         name='PUNPCKLWD_MM_MM',
@@ -5002,6 +5228,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLWD_MM_M32': FormInfo(
         name='PUNPCKLWD_MM_M32',
@@ -5024,6 +5251,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLDQ_MM_MM': FormInfo(
         name='PUNPCKLDQ_MM_MM',
@@ -5046,6 +5274,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLDQ_MM_M32': FormInfo(
         name='PUNPCKLDQ_MM_M32',
@@ -5068,6 +5297,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHBW_MM_MMRM': FormInfo(
         name='PUNPCKHBW_MM_MMRM',
@@ -5090,6 +5320,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHWD_MM_MMRM': FormInfo(
         name='PUNPCKHWD_MM_MMRM',
@@ -5112,6 +5343,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHDQ_MM_MMRM': FormInfo(
         name='PUNPCKHDQ_MM_MMRM',
@@ -5134,6 +5366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PACKSSWB_MM_MMRM': FormInfo(
         name='PACKSSWB_MM_MMRM',
@@ -5156,6 +5389,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PACKUSWB_MM_MMRM': FormInfo(
         name='PACKUSWB_MM_MMRM',
@@ -5178,6 +5412,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PACKSSDW_MM_MMRM': FormInfo(
         name='PACKSSDW_MM_MMRM',
@@ -5200,6 +5435,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDB_MM_MMRM': FormInfo(
         name='PADDB_MM_MMRM',
@@ -5222,6 +5458,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDW_MM_MMRM': FormInfo(
         name='PADDW_MM_MMRM',
@@ -5244,6 +5481,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDD_MM_MMRM': FormInfo(
         name='PADDD_MM_MMRM',
@@ -5266,6 +5504,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDSB_MM_MMRM': FormInfo(
         name='PADDSB_MM_MMRM',
@@ -5288,6 +5527,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDSW_MM_MMRM': FormInfo(
         name='PADDSW_MM_MMRM',
@@ -5310,6 +5550,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDUSB_MM_MMRM': FormInfo(
         name='PADDUSB_MM_MMRM',
@@ -5332,6 +5573,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDUSW_MM_MMRM': FormInfo(
         name='PADDUSW_MM_MMRM',
@@ -5354,6 +5596,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBB_MM_MMRM': FormInfo(
         name='PSUBB_MM_MMRM',
@@ -5376,6 +5619,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBW_MM_MMRM': FormInfo(
         name='PSUBW_MM_MMRM',
@@ -5398,6 +5642,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBD_MM_MMRM': FormInfo(
         name='PSUBD_MM_MMRM',
@@ -5420,6 +5665,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBSB_MM_MMRM': FormInfo(
         name='PSUBSB_MM_MMRM',
@@ -5442,6 +5688,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBSW_MM_MMRM': FormInfo(
         name='PSUBSW_MM_MMRM',
@@ -5464,6 +5711,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBUSB_MM_MMRM': FormInfo(
         name='PSUBUSB_MM_MMRM',
@@ -5486,6 +5734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBUSW_MM_MMRM': FormInfo(
         name='PSUBUSW_MM_MMRM',
@@ -5508,6 +5757,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULLW_MM_MMRM': FormInfo(
         name='PMULLW_MM_MMRM',
@@ -5530,6 +5780,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULHW_MM_MMRM': FormInfo(
         name='PMULHW_MM_MMRM',
@@ -5552,6 +5803,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMADDWD_MM_MMRM': FormInfo(
         name='PMADDWD_MM_MMRM',
@@ -5574,6 +5826,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPEQB_MM_MMRM': FormInfo(
         name='PCMPEQB_MM_MMRM',
@@ -5596,6 +5849,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPEQW_MM_MMRM': FormInfo(
         name='PCMPEQW_MM_MMRM',
@@ -5618,6 +5872,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPEQD_MM_MMRM': FormInfo(
         name='PCMPEQD_MM_MMRM',
@@ -5640,6 +5895,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPGTB_MM_MMRM': FormInfo(
         name='PCMPGTB_MM_MMRM',
@@ -5662,6 +5918,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPGTW_MM_MMRM': FormInfo(
         name='PCMPGTW_MM_MMRM',
@@ -5684,6 +5941,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPGTD_MM_MMRM': FormInfo(
         name='PCMPGTD_MM_MMRM',
@@ -5706,6 +5964,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAND_MM_MMRM': FormInfo(
         name='PAND_MM_MMRM',
@@ -5728,6 +5987,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PANDN_MM_MMRM': FormInfo(
         name='PANDN_MM_MMRM',
@@ -5750,6 +6010,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POR_MM_MMRM': FormInfo(
         name='POR_MM_MMRM',
@@ -5772,6 +6033,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PXOR_MM_MMRM': FormInfo(
         name='PXOR_MM_MMRM',
@@ -5794,6 +6056,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLW_MM_MMRM': FormInfo(
         name='PSLLW_MM_MMRM',
@@ -5816,6 +6079,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLD_MM_MMRM': FormInfo(
         name='PSLLD_MM_MMRM',
@@ -5838,6 +6102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLQ_MM_MMRM': FormInfo(
         name='PSLLQ_MM_MMRM',
@@ -5860,6 +6125,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLW_MM_MMRM': FormInfo(
         name='PSRLW_MM_MMRM',
@@ -5882,6 +6148,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLD_MM_MMRM': FormInfo(
         name='PSRLD_MM_MMRM',
@@ -5904,6 +6171,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLQ_MM_MMRM': FormInfo(
         name='PSRLQ_MM_MMRM',
@@ -5926,6 +6194,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAW_MM_MMRM': FormInfo(
         name='PSRAW_MM_MMRM',
@@ -5948,6 +6217,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAD_MM_MMRM': FormInfo(
         name='PSRAD_MM_MMRM',
@@ -5970,6 +6240,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLW_MM_IMM8': FormInfo(
         name='PSLLW_MM_IMM8',
@@ -5992,6 +6263,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLD_MM_IMM8': FormInfo(
         name='PSLLD_MM_IMM8',
@@ -6014,6 +6286,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLQ_MM_IMM8': FormInfo(
         name='PSLLQ_MM_IMM8',
@@ -6036,6 +6309,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLW_MM_IMM8': FormInfo(
         name='PSRLW_MM_IMM8',
@@ -6058,6 +6332,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLD_MM_IMM8': FormInfo(
         name='PSRLD_MM_IMM8',
@@ -6080,6 +6355,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLQ_MM_IMM8': FormInfo(
         name='PSRLQ_MM_IMM8',
@@ -6102,6 +6378,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAW_MM_IMM8': FormInfo(
         name='PSRAW_MM_IMM8',
@@ -6124,6 +6401,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAD_MM_IMM8': FormInfo(
         name='PSRAD_MM_IMM8',
@@ -6146,6 +6424,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_RMw_Sreg': FormInfo(
         name='MOV_RMw_Sreg',
@@ -6168,6 +6447,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_Sreg_RMw': FormInfo(
         name='MOV_Sreg_RMw',
@@ -6190,11 +6470,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        interrupt_shadow=True,
     ),
     'PUSH_ES': FormInfo(
         name='PUSH_ES',
         mnemonics={None: 'push'},
-        source='spec/segment.r1:170',
+        source='spec/segment.r1:171',
         encoding='06',
         operands=(),
         width='v',
@@ -6212,11 +6493,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_CS': FormInfo(
         name='PUSH_CS',
         mnemonics={None: 'push'},
-        source='spec/segment.r1:179',
+        source='spec/segment.r1:180',
         encoding='0E',
         operands=(),
         width='v',
@@ -6234,11 +6516,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_SS': FormInfo(
         name='PUSH_SS',
         mnemonics={None: 'push'},
-        source='spec/segment.r1:189',
+        source='spec/segment.r1:190',
         encoding='16',
         operands=(),
         width='v',
@@ -6256,11 +6539,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_DS': FormInfo(
         name='PUSH_DS',
         mnemonics={None: 'push'},
-        source='spec/segment.r1:199',
+        source='spec/segment.r1:200',
         encoding='1E',
         operands=(),
         width='v',
@@ -6278,11 +6562,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_FS': FormInfo(
         name='PUSH_FS',
         mnemonics={None: 'push'},
-        source='spec/segment.r1:208',
+        source='spec/segment.r1:209',
         encoding='0F A0',
         operands=(),
         width='v',
@@ -6300,11 +6585,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUSH_GS': FormInfo(
         name='PUSH_GS',
         mnemonics={None: 'push'},
-        source='spec/segment.r1:217',
+        source='spec/segment.r1:218',
         encoding='0F A8',
         operands=(),
         width='v',
@@ -6322,11 +6608,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_ES': FormInfo(
         name='POP_ES',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:235',
+        source='spec/segment.r1:236',
         encoding='07',
         operands=(),
         width='v',
@@ -6344,11 +6631,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_SS': FormInfo(
         name='POP_SS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:245',
+        source='spec/segment.r1:246',
         encoding='17',
         operands=(),
         width='v',
@@ -6366,11 +6654,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        interrupt_shadow=True,
     ),
     'POP_DS': FormInfo(
         name='POP_DS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:255',
+        source='spec/segment.r1:259',
         encoding='1F',
         operands=(),
         width='v',
@@ -6388,11 +6677,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_FS': FormInfo(
         name='POP_FS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:265',
+        source='spec/segment.r1:269',
         encoding='0F A1',
         operands=(),
         width='v',
@@ -6410,11 +6700,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POP_GS': FormInfo(
         name='POP_GS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:275',
+        source='spec/segment.r1:279',
         encoding='0F A9',
         operands=(),
         width='v',
@@ -6432,11 +6723,12 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LDS': FormInfo(
         name='LDS',
         mnemonics={None: 'lds'},
-        source='spec/segment.r1:289',
+        source='spec/segment.r1:293',
         encoding='C5 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6454,11 +6746,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LES': FormInfo(
         name='LES',
         mnemonics={None: 'les'},
-        source='spec/segment.r1:302',
+        source='spec/segment.r1:306',
         encoding='C4 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6476,11 +6769,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LFS': FormInfo(
         name='LFS',
         mnemonics={None: 'lfs'},
-        source='spec/segment.r1:315',
+        source='spec/segment.r1:319',
         encoding='0F B4 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6498,11 +6792,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LGS': FormInfo(
         name='LGS',
         mnemonics={None: 'lgs'},
-        source='spec/segment.r1:328',
+        source='spec/segment.r1:332',
         encoding='0F B5 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6520,11 +6815,12 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LSS': FormInfo(
         name='LSS',
         mnemonics={None: 'lss'},
-        source='spec/segment.r1:341',
+        source='spec/segment.r1:345',
         encoding='0F B2 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6542,6 +6838,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROL_RMb_Ib': FormInfo(
         name='ROL_RMb_Ib',
@@ -6564,6 +6861,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROL_RMv_Ib': FormInfo(
         name='ROL_RMv_Ib',
@@ -6586,6 +6884,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROL_RMb_1': FormInfo(
         name='ROL_RMb_1',
@@ -6608,6 +6907,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROL_RMv_1': FormInfo(
         name='ROL_RMv_1',
@@ -6630,6 +6930,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROL_RMb_CL': FormInfo(
         name='ROL_RMb_CL',
@@ -6652,6 +6953,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROL_RMv_CL': FormInfo(
         name='ROL_RMv_CL',
@@ -6674,6 +6976,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROR_RMb_Ib': FormInfo(
         name='ROR_RMb_Ib',
@@ -6696,6 +6999,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROR_RMv_Ib': FormInfo(
         name='ROR_RMv_Ib',
@@ -6718,6 +7022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROR_RMb_1': FormInfo(
         name='ROR_RMb_1',
@@ -6740,6 +7045,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROR_RMv_1': FormInfo(
         name='ROR_RMv_1',
@@ -6762,6 +7068,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROR_RMb_CL': FormInfo(
         name='ROR_RMb_CL',
@@ -6784,6 +7091,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ROR_RMv_CL': FormInfo(
         name='ROR_RMv_CL',
@@ -6806,6 +7114,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCL_RMb_Ib': FormInfo(
         name='RCL_RMb_Ib',
@@ -6828,6 +7137,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCL_RMv_Ib': FormInfo(
         name='RCL_RMv_Ib',
@@ -6850,6 +7160,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCL_RMb_1': FormInfo(
         name='RCL_RMb_1',
@@ -6872,6 +7183,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCL_RMv_1': FormInfo(
         name='RCL_RMv_1',
@@ -6894,6 +7206,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCL_RMb_CL': FormInfo(
         name='RCL_RMb_CL',
@@ -6916,6 +7229,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCL_RMv_CL': FormInfo(
         name='RCL_RMv_CL',
@@ -6938,6 +7252,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCR_RMb_Ib': FormInfo(
         name='RCR_RMb_Ib',
@@ -6960,6 +7275,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCR_RMv_Ib': FormInfo(
         name='RCR_RMv_Ib',
@@ -6982,6 +7298,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCR_RMb_1': FormInfo(
         name='RCR_RMb_1',
@@ -7004,6 +7321,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCR_RMv_1': FormInfo(
         name='RCR_RMv_1',
@@ -7026,6 +7344,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCR_RMb_CL': FormInfo(
         name='RCR_RMb_CL',
@@ -7048,6 +7367,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCR_RMv_CL': FormInfo(
         name='RCR_RMv_CL',
@@ -7070,6 +7390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHL_RMb_Ib': FormInfo(
         name='SHL_RMb_Ib',
@@ -7092,6 +7413,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHL_RMv_Ib': FormInfo(
         name='SHL_RMv_Ib',
@@ -7114,6 +7436,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHL_RMb_1': FormInfo(
         name='SHL_RMb_1',
@@ -7136,6 +7459,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHL_RMv_1': FormInfo(
         name='SHL_RMv_1',
@@ -7158,6 +7482,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHL_RMb_CL': FormInfo(
         name='SHL_RMb_CL',
@@ -7180,6 +7505,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHL_RMv_CL': FormInfo(
         name='SHL_RMv_CL',
@@ -7202,6 +7528,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHR_RMb_Ib': FormInfo(
         name='SHR_RMb_Ib',
@@ -7224,6 +7551,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHR_RMv_Ib': FormInfo(
         name='SHR_RMv_Ib',
@@ -7246,6 +7574,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHR_RMb_1': FormInfo(
         name='SHR_RMb_1',
@@ -7268,6 +7597,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHR_RMv_1': FormInfo(
         name='SHR_RMv_1',
@@ -7290,6 +7620,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHR_RMb_CL': FormInfo(
         name='SHR_RMb_CL',
@@ -7312,6 +7643,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHR_RMv_CL': FormInfo(
         name='SHR_RMv_CL',
@@ -7334,6 +7666,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAL_RMb_Ib': FormInfo(
         name='SAL_RMb_Ib',
@@ -7356,6 +7689,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAL_RMv_Ib': FormInfo(
         name='SAL_RMv_Ib',
@@ -7378,6 +7712,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAL_RMb_1': FormInfo(
         name='SAL_RMb_1',
@@ -7400,6 +7735,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAL_RMv_1': FormInfo(
         name='SAL_RMv_1',
@@ -7422,6 +7758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAL_RMb_CL': FormInfo(
         name='SAL_RMb_CL',
@@ -7444,6 +7781,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAL_RMv_CL': FormInfo(
         name='SAL_RMv_CL',
@@ -7466,6 +7804,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAR_RMb_Ib': FormInfo(
         name='SAR_RMb_Ib',
@@ -7488,6 +7827,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAR_RMv_Ib': FormInfo(
         name='SAR_RMv_Ib',
@@ -7510,6 +7850,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAR_RMb_1': FormInfo(
         name='SAR_RMb_1',
@@ -7532,6 +7873,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAR_RMv_1': FormInfo(
         name='SAR_RMv_1',
@@ -7554,6 +7896,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAR_RMb_CL': FormInfo(
         name='SAR_RMb_CL',
@@ -7576,6 +7919,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SAR_RMv_CL': FormInfo(
         name='SAR_RMv_CL',
@@ -7598,6 +7942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHLD_RMv_Rv_Ib': FormInfo(
         name='SHLD_RMv_Rv_Ib',
@@ -7620,6 +7965,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHLD_RMv_Rv_CL': FormInfo(
         name='SHLD_RMv_Rv_CL',
@@ -7642,6 +7988,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHRD_RMv_Rv_Ib': FormInfo(
         name='SHRD_RMv_Rv_Ib',
@@ -7664,6 +8011,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHRD_RMv_Rv_CL': FormInfo(
         name='SHRD_RMv_Rv_CL',
@@ -7686,6 +8034,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
@@ -7708,6 +8057,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
@@ -7730,6 +8080,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
@@ -7752,6 +8103,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
@@ -7774,6 +8126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
@@ -7796,6 +8149,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
@@ -7818,6 +8172,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
@@ -7840,6 +8195,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
@@ -7862,6 +8218,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
@@ -7884,6 +8241,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
@@ -7906,6 +8264,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
@@ -7928,6 +8287,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
@@ -7950,6 +8310,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
@@ -7972,6 +8333,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
@@ -7994,6 +8356,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
@@ -8016,6 +8379,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
@@ -8038,6 +8402,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
@@ -8060,6 +8425,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
@@ -8082,6 +8448,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
@@ -8104,6 +8471,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
@@ -8126,6 +8494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
@@ -8148,6 +8517,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
@@ -8170,6 +8540,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
@@ -8192,6 +8563,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
@@ -8214,6 +8586,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
@@ -8236,6 +8609,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
@@ -8258,6 +8632,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
@@ -8280,6 +8655,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
@@ -8302,6 +8678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
@@ -8324,6 +8701,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
@@ -8346,6 +8724,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
@@ -8368,6 +8747,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
@@ -8390,6 +8770,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
@@ -8412,6 +8793,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
@@ -8434,6 +8816,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
@@ -8456,6 +8839,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
@@ -8478,6 +8862,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
@@ -8500,6 +8885,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
@@ -8522,6 +8908,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
@@ -8544,6 +8931,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
@@ -8566,6 +8954,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
@@ -8588,6 +8977,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
@@ -8610,6 +9000,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
@@ -8632,6 +9023,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqps); the instruction is CMPPS with an imm8 predicate"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
@@ -8654,6 +9046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqss); the instruction is CMPSS with an imm8 predicate"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
@@ -8676,6 +9069,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqss); the instruction is CMPSS with an imm8 predicate"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
@@ -8698,6 +9092,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
@@ -8720,6 +9115,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
@@ -8742,6 +9138,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
@@ -8764,6 +9161,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
@@ -8786,6 +9184,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
@@ -8808,6 +9207,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
@@ -8830,6 +9230,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
@@ -8852,6 +9253,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
@@ -8874,6 +9276,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
@@ -8896,6 +9299,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
@@ -8918,6 +9322,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
@@ -8940,6 +9345,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
@@ -8962,6 +9368,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
@@ -8984,6 +9391,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
@@ -9006,6 +9414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
@@ -9028,6 +9437,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
@@ -9050,6 +9460,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
@@ -9072,6 +9483,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
@@ -9094,6 +9506,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
@@ -9116,6 +9529,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
@@ -9138,6 +9552,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
@@ -9160,6 +9575,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
@@ -9182,6 +9598,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
@@ -9204,6 +9621,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
@@ -9226,6 +9644,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
@@ -9248,6 +9667,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
@@ -9270,6 +9690,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
@@ -9292,6 +9713,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
@@ -9314,6 +9736,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SFENCE': FormInfo(
         name='SFENCE',
@@ -9336,6 +9759,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE F8-FF are all SFENCE; capstone decodes only F8 (the check samples rm = 2)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
@@ -9358,6 +9782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
@@ -9380,6 +9805,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
@@ -9402,6 +9828,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
@@ -9424,6 +9851,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
@@ -9446,6 +9874,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
@@ -9468,6 +9897,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
@@ -9490,6 +9920,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
@@ -9512,6 +9943,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
@@ -9534,6 +9966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
@@ -9556,6 +9989,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
@@ -9578,6 +10012,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
@@ -9600,6 +10035,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
@@ -9622,6 +10058,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
@@ -9644,6 +10081,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
@@ -9666,6 +10104,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
@@ -9688,6 +10127,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
@@ -9710,6 +10150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
@@ -9732,6 +10173,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
@@ -9754,6 +10196,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
@@ -9776,6 +10219,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
@@ -9798,6 +10242,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
@@ -9820,6 +10265,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
@@ -9842,6 +10288,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
@@ -9864,6 +10311,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
@@ -9886,6 +10334,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
@@ -9908,6 +10357,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
@@ -9930,6 +10380,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
@@ -9952,6 +10403,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
@@ -9974,6 +10426,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
@@ -9996,6 +10449,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
@@ -10018,6 +10472,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
@@ -10040,6 +10495,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
@@ -10062,6 +10518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
@@ -10084,6 +10541,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
@@ -10106,6 +10564,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
@@ -10128,6 +10587,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
@@ -10150,6 +10610,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
@@ -10172,6 +10633,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
@@ -10194,6 +10656,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
@@ -10216,6 +10679,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
@@ -10238,6 +10702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
@@ -10260,6 +10725,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
@@ -10282,6 +10748,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
@@ -10304,6 +10771,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
@@ -10326,6 +10794,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
@@ -10348,6 +10817,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
@@ -10370,6 +10840,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
@@ -10392,6 +10863,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
@@ -10414,6 +10886,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
@@ -10436,6 +10909,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
@@ -10458,6 +10932,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqpd); the instruction is CMPPD with an imm8 predicate"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
@@ -10480,6 +10955,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
@@ -10502,6 +10978,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
@@ -10524,6 +11001,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
@@ -10546,6 +11024,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
@@ -10568,6 +11047,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
@@ -10590,6 +11070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
@@ -10612,6 +11093,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
@@ -10634,6 +11116,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
@@ -10656,6 +11139,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
@@ -10678,6 +11162,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
@@ -10700,6 +11185,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
@@ -10722,6 +11208,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
@@ -10744,6 +11231,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
@@ -10766,6 +11254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
@@ -10788,6 +11277,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
@@ -10810,6 +11300,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
@@ -10832,6 +11323,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
@@ -10854,6 +11346,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
@@ -10876,6 +11369,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
@@ -10898,6 +11392,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
@@ -10920,6 +11415,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
@@ -10942,6 +11438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
@@ -10964,6 +11461,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
@@ -10986,6 +11484,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
@@ -11008,6 +11507,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
@@ -11030,6 +11530,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
@@ -11052,6 +11553,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
@@ -11074,6 +11576,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
@@ -11096,6 +11599,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
@@ -11118,6 +11622,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
@@ -11140,6 +11645,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
@@ -11162,6 +11668,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
@@ -11184,6 +11691,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
@@ -11206,6 +11714,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
@@ -11228,6 +11737,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
@@ -11250,6 +11760,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
@@ -11272,6 +11783,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
@@ -11294,6 +11806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
@@ -11316,6 +11829,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
@@ -11338,6 +11852,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
@@ -11360,6 +11875,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
@@ -11382,6 +11898,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
@@ -11404,6 +11921,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
@@ -11426,6 +11944,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
@@ -11448,6 +11967,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
@@ -11470,6 +11990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
@@ -11492,6 +12013,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
@@ -11514,6 +12036,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
@@ -11536,6 +12059,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
@@ -11558,6 +12082,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
@@ -11580,6 +12105,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
@@ -11602,6 +12128,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LFENCE': FormInfo(
         name='LFENCE',
@@ -11624,6 +12151,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE E8-EF are all LFENCE; capstone decodes only E8 (the check samples rm = 2)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MFENCE': FormInfo(
         name='MFENCE',
@@ -11646,6 +12174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE F0-F7 are all MFENCE; capstone decodes only F0 (the check samples rm = 2)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAUSE': FormInfo(
         name='PAUSE',
@@ -11668,6 +12197,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
@@ -11690,6 +12220,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
@@ -11712,6 +12243,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
@@ -11734,6 +12266,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
@@ -11756,6 +12289,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
@@ -11778,6 +12312,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
@@ -11800,6 +12335,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
@@ -11822,6 +12358,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
@@ -11844,6 +12381,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
@@ -11866,6 +12404,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
@@ -11888,6 +12427,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
@@ -11910,6 +12450,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
@@ -11932,6 +12473,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
@@ -11954,6 +12496,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
@@ -11976,6 +12519,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
@@ -11998,6 +12542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
@@ -12020,6 +12565,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
@@ -12042,6 +12588,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
@@ -12064,6 +12611,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
@@ -12086,6 +12634,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
@@ -12108,6 +12657,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
@@ -12130,6 +12680,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
@@ -12152,6 +12703,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
@@ -12174,6 +12726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
@@ -12196,6 +12749,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
@@ -12218,6 +12772,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
@@ -12240,6 +12795,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
@@ -12262,6 +12818,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
@@ -12284,6 +12841,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
@@ -12306,6 +12864,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
@@ -12328,6 +12887,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
@@ -12350,6 +12910,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
@@ -12372,6 +12933,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
@@ -12394,6 +12956,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
@@ -12416,6 +12979,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
@@ -12438,6 +13002,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
@@ -12460,6 +13025,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
@@ -12482,6 +13048,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
@@ -12504,6 +13071,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
@@ -12526,6 +13094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
@@ -12548,6 +13117,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
@@ -12570,6 +13140,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
@@ -12592,6 +13163,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
@@ -12614,6 +13186,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
@@ -12636,6 +13209,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
@@ -12658,6 +13232,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
@@ -12680,6 +13255,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
@@ -12702,6 +13278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
@@ -12724,6 +13301,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
@@ -12746,6 +13324,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
@@ -12768,6 +13347,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
@@ -12790,6 +13370,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
@@ -12812,6 +13393,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
@@ -12834,6 +13416,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
@@ -12856,6 +13439,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
@@ -12878,6 +13462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
@@ -12900,6 +13485,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
@@ -12922,6 +13508,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
@@ -12944,6 +13531,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
@@ -12966,6 +13554,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
@@ -12988,6 +13577,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
@@ -13010,6 +13600,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
@@ -13032,6 +13623,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
@@ -13054,6 +13646,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
@@ -13076,6 +13669,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
@@ -13098,6 +13692,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
@@ -13120,6 +13715,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
@@ -13142,6 +13738,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
@@ -13164,6 +13761,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
@@ -13186,6 +13784,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
@@ -13208,6 +13807,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
@@ -13230,6 +13830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
@@ -13252,6 +13853,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
@@ -13274,6 +13876,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
@@ -13296,6 +13899,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
@@ -13318,6 +13922,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
@@ -13340,6 +13945,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
@@ -13362,6 +13968,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSB': FormInfo(
         name='MOVSB',
@@ -13384,6 +13991,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOVSv': FormInfo(
         name='MOVSv',
@@ -13406,6 +14014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPSB': FormInfo(
         name='CMPSB',
@@ -13428,6 +14037,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CMPSv': FormInfo(
         name='CMPSv',
@@ -13450,6 +14060,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SCASB': FormInfo(
         name='SCASB',
@@ -13472,6 +14083,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SCASv': FormInfo(
         name='SCASv',
@@ -13494,6 +14106,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LODSB': FormInfo(
         name='LODSB',
@@ -13516,6 +14129,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LODSv': FormInfo(
         name='LODSv',
@@ -13538,6 +14152,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STOSB': FormInfo(
         name='STOSB',
@@ -13560,6 +14175,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STOSv': FormInfo(
         name='STOSv',
@@ -13582,6 +14198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INSB': FormInfo(
         name='INSB',
@@ -13604,6 +14221,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone omits the DF test (the direction of the step)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INSv': FormInfo(
         name='INSv',
@@ -13626,6 +14244,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone omits the DF test (the direction of the step)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OUTSB': FormInfo(
         name='OUTSB',
@@ -13648,6 +14267,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'OUTSv': FormInfo(
         name='OUTSv',
@@ -13670,6 +14290,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'HLT': FormInfo(
         name='HLT',
@@ -13692,6 +14313,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'UD2': FormInfo(
         name='UD2',
@@ -13714,6 +14336,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CPUID': FormInfo(
         name='CPUID',
@@ -13736,6 +14359,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INVD': FormInfo(
         name='INVD',
@@ -13758,6 +14382,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'WBINVD': FormInfo(
         name='WBINVD',
@@ -13780,6 +14405,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'INVLPG': FormInfo(
         name='INVLPG',
@@ -13802,6 +14428,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LGDT': FormInfo(
         name='LGDT',
@@ -13824,6 +14451,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LIDT': FormInfo(
         name='LIDT',
@@ -13846,6 +14474,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SGDT': FormInfo(
         name='SGDT',
@@ -13868,6 +14497,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SIDT': FormInfo(
         name='SIDT',
@@ -13890,6 +14520,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LLDT': FormInfo(
         name='LLDT',
@@ -13912,6 +14543,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SLDT': FormInfo(
         name='SLDT',
@@ -13934,6 +14566,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LTR': FormInfo(
         name='LTR',
@@ -13956,6 +14589,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'STR': FormInfo(
         name='STR',
@@ -13978,6 +14612,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups STR with LTR as privileged, but STR runs at any CPL: it is a stealth instruction'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LMSW': FormInfo(
         name='LMSW',
@@ -14000,6 +14635,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SMSW': FormInfo(
         name='SMSW',
@@ -14022,6 +14658,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'CLTS': FormInfo(
         name='CLTS',
@@ -14044,6 +14681,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone does not mark CLTS privileged; it is #GP(0) at CPL > 0 (SDM: CLTS is a privileged instruction)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_R32_CR': FormInfo(
         name='MOV_R32_CR',
@@ -14066,6 +14704,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_CR_R32': FormInfo(
         name='MOV_CR_R32',
@@ -14088,6 +14727,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_R32_DR': FormInfo(
         name='MOV_R32_DR',
@@ -14110,6 +14750,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'MOV_DR_R32': FormInfo(
         name='MOV_DR_R32',
@@ -14132,6 +14773,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RDMSR': FormInfo(
         name='RDMSR',
@@ -14154,6 +14796,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone marks WRMSR but not RDMSR privileged; both are #GP(0) at CPL > 0'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'WRMSR': FormInfo(
         name='WRMSR',
@@ -14176,6 +14819,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RDTSC': FormInfo(
         name='RDTSC',
@@ -14198,6 +14842,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'RDPMC': FormInfo(
         name='RDPMC',
@@ -14220,6 +14865,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone marks RDPMC privileged outright; CR4.PCE = 1 lets every CPL use it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SYSENTER': FormInfo(
         name='SYSENTER',
@@ -14242,6 +14888,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone says SYSENTER modifies every flag; it clears VM, IF and RF and leaves the rest (SDM pseudocode)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'SYSEXIT': FormInfo(
         name='SYSEXIT',
@@ -14264,6 +14911,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone says SYSEXIT modifies every flag; it leaves EFLAGS unchanged (SDM pseudocode)'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'ARPL': FormInfo(
         name='ARPL',
@@ -14286,6 +14934,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LAR': FormInfo(
         name='LAR',
@@ -14308,6 +14957,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'LSL': FormInfo(
         name='LSL',
@@ -14330,6 +14980,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'VERR': FormInfo(
         name='VERR',
@@ -14352,6 +15003,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'VERW': FormInfo(
         name='VERW',
@@ -14374,6 +15026,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FADD_M32': FormInfo(
         name='FADD_M32',
@@ -14396,6 +15049,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FADD_M64': FormInfo(
         name='FADD_M64',
@@ -14418,6 +15072,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIADD_M32': FormInfo(
         name='FIADD_M32',
@@ -14440,6 +15095,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIADD_M16': FormInfo(
         name='FIADD_M16',
@@ -14462,6 +15118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FMUL_M32': FormInfo(
         name='FMUL_M32',
@@ -14484,6 +15141,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FMUL_M64': FormInfo(
         name='FMUL_M64',
@@ -14506,6 +15164,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIMUL_M32': FormInfo(
         name='FIMUL_M32',
@@ -14528,6 +15187,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIMUL_M16': FormInfo(
         name='FIMUL_M16',
@@ -14550,6 +15210,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUB_M32': FormInfo(
         name='FSUB_M32',
@@ -14572,6 +15233,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUB_M64': FormInfo(
         name='FSUB_M64',
@@ -14594,6 +15256,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISUB_M32': FormInfo(
         name='FISUB_M32',
@@ -14616,6 +15279,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISUB_M16': FormInfo(
         name='FISUB_M16',
@@ -14638,6 +15302,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUBR_M32': FormInfo(
         name='FSUBR_M32',
@@ -14660,6 +15325,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUBR_M64': FormInfo(
         name='FSUBR_M64',
@@ -14682,6 +15348,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISUBR_M32': FormInfo(
         name='FISUBR_M32',
@@ -14704,6 +15371,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISUBR_M16': FormInfo(
         name='FISUBR_M16',
@@ -14726,6 +15394,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIV_M32': FormInfo(
         name='FDIV_M32',
@@ -14748,6 +15417,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIV_M64': FormInfo(
         name='FDIV_M64',
@@ -14770,6 +15440,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIDIV_M32': FormInfo(
         name='FIDIV_M32',
@@ -14792,6 +15463,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIDIV_M16': FormInfo(
         name='FIDIV_M16',
@@ -14814,6 +15486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIVR_M32': FormInfo(
         name='FDIVR_M32',
@@ -14836,6 +15509,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIVR_M64': FormInfo(
         name='FDIVR_M64',
@@ -14858,6 +15532,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIDIVR_M32': FormInfo(
         name='FIDIVR_M32',
@@ -14880,6 +15555,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIDIVR_M16': FormInfo(
         name='FIDIVR_M16',
@@ -14902,6 +15578,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FADD_ST0_STi': FormInfo(
         name='FADD_ST0_STi',
@@ -14924,6 +15601,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FMUL_ST0_STi': FormInfo(
         name='FMUL_ST0_STi',
@@ -14946,6 +15624,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUB_ST0_STi': FormInfo(
         name='FSUB_ST0_STi',
@@ -14968,6 +15647,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUBR_ST0_STi': FormInfo(
         name='FSUBR_ST0_STi',
@@ -14990,6 +15670,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIV_ST0_STi': FormInfo(
         name='FDIV_ST0_STi',
@@ -15012,6 +15693,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIVR_ST0_STi': FormInfo(
         name='FDIVR_ST0_STi',
@@ -15034,6 +15716,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FADD_STi_ST0': FormInfo(
         name='FADD_STi_ST0',
@@ -15056,6 +15739,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FMUL_STi_ST0': FormInfo(
         name='FMUL_STi_ST0',
@@ -15078,6 +15762,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUBR_STi_ST0': FormInfo(
         name='FSUBR_STi_ST0',
@@ -15100,6 +15785,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUB_STi_ST0': FormInfo(
         name='FSUB_STi_ST0',
@@ -15122,6 +15808,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIVR_STi_ST0': FormInfo(
         name='FDIVR_STi_ST0',
@@ -15144,6 +15831,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIV_STi_ST0': FormInfo(
         name='FDIV_STi_ST0',
@@ -15166,6 +15854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FADDP_STi_ST0': FormInfo(
         name='FADDP_STi_ST0',
@@ -15188,6 +15877,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FMULP_STi_ST0': FormInfo(
         name='FMULP_STi_ST0',
@@ -15210,6 +15900,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUBRP_STi_ST0': FormInfo(
         name='FSUBRP_STi_ST0',
@@ -15232,6 +15923,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSUBP_STi_ST0': FormInfo(
         name='FSUBP_STi_ST0',
@@ -15254,6 +15946,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIVRP_STi_ST0': FormInfo(
         name='FDIVRP_STi_ST0',
@@ -15276,6 +15969,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDIVP_STi_ST0': FormInfo(
         name='FDIVP_STi_ST0',
@@ -15298,6 +15992,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLD_M32': FormInfo(
         name='FLD_M32',
@@ -15320,6 +16015,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLD_M64': FormInfo(
         name='FLD_M64',
@@ -15342,6 +16038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLD_M80': FormInfo(
         name='FLD_M80',
@@ -15364,6 +16061,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLD_STi': FormInfo(
         name='FLD_STi',
@@ -15386,6 +16084,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FST_M32': FormInfo(
         name='FST_M32',
@@ -15408,6 +16107,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FST_M64': FormInfo(
         name='FST_M64',
@@ -15430,6 +16130,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FST_STi': FormInfo(
         name='FST_STi',
@@ -15452,6 +16153,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTP_M32': FormInfo(
         name='FSTP_M32',
@@ -15474,6 +16176,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTP_M64': FormInfo(
         name='FSTP_M64',
@@ -15496,6 +16199,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTP_M80': FormInfo(
         name='FSTP_M80',
@@ -15518,6 +16222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTP_STi': FormInfo(
         name='FSTP_STi',
@@ -15540,6 +16245,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FILD_M16': FormInfo(
         name='FILD_M16',
@@ -15562,6 +16268,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FILD_M32': FormInfo(
         name='FILD_M32',
@@ -15584,6 +16291,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FILD_M64': FormInfo(
         name='FILD_M64',
@@ -15606,6 +16314,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIST_M16': FormInfo(
         name='FIST_M16',
@@ -15628,6 +16337,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FIST_M32': FormInfo(
         name='FIST_M32',
@@ -15650,6 +16360,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISTP_M16': FormInfo(
         name='FISTP_M16',
@@ -15672,6 +16383,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISTP_M32': FormInfo(
         name='FISTP_M32',
@@ -15694,6 +16406,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FISTP_M64': FormInfo(
         name='FISTP_M64',
@@ -15716,6 +16429,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FBLD_M80': FormInfo(
         name='FBLD_M80',
@@ -15738,6 +16452,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FBSTP_M80': FormInfo(
         name='FBSTP_M80',
@@ -15760,6 +16475,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXCH_STi': FormInfo(
         name='FXCH_STi',
@@ -15782,6 +16498,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVB_ST0_STi': FormInfo(
         name='FCMOVB_ST0_STi',
@@ -15804,6 +16521,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVE_ST0_STi': FormInfo(
         name='FCMOVE_ST0_STi',
@@ -15826,6 +16544,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVBE_ST0_STi': FormInfo(
         name='FCMOVBE_ST0_STi',
@@ -15848,6 +16567,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVU_ST0_STi': FormInfo(
         name='FCMOVU_ST0_STi',
@@ -15870,6 +16590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVNB_ST0_STi': FormInfo(
         name='FCMOVNB_ST0_STi',
@@ -15892,6 +16613,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVNE_ST0_STi': FormInfo(
         name='FCMOVNE_ST0_STi',
@@ -15914,6 +16636,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVNBE_ST0_STi': FormInfo(
         name='FCMOVNBE_ST0_STi',
@@ -15936,6 +16659,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCMOVNU_ST0_STi': FormInfo(
         name='FCMOVNU_ST0_STi',
@@ -15958,6 +16682,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOM_M32': FormInfo(
         name='FCOM_M32',
@@ -15980,6 +16705,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOM_M64': FormInfo(
         name='FCOM_M64',
@@ -16002,6 +16728,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOM_STi': FormInfo(
         name='FCOM_STi',
@@ -16024,6 +16751,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMP_M32': FormInfo(
         name='FCOMP_M32',
@@ -16046,6 +16774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMP_M64': FormInfo(
         name='FCOMP_M64',
@@ -16068,6 +16797,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMP_STi': FormInfo(
         name='FCOMP_STi',
@@ -16090,6 +16820,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMPP': FormInfo(
         name='FCOMPP',
@@ -16112,6 +16843,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FUCOM_STi': FormInfo(
         name='FUCOM_STi',
@@ -16134,6 +16866,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FUCOMP_STi': FormInfo(
         name='FUCOMP_STi',
@@ -16156,6 +16889,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FUCOMPP': FormInfo(
         name='FUCOMPP',
@@ -16178,6 +16912,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FICOM_M16': FormInfo(
         name='FICOM_M16',
@@ -16200,6 +16935,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FICOM_M32': FormInfo(
         name='FICOM_M32',
@@ -16222,6 +16958,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FICOMP_M16': FormInfo(
         name='FICOMP_M16',
@@ -16244,6 +16981,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FICOMP_M32': FormInfo(
         name='FICOMP_M32',
@@ -16266,6 +17004,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FTST': FormInfo(
         name='FTST',
@@ -16288,6 +17027,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXAM': FormInfo(
         name='FXAM',
@@ -16310,6 +17050,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMI_ST0_STi': FormInfo(
         name='FCOMI_ST0_STi',
@@ -16332,6 +17073,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FUCOMI_ST0_STi': FormInfo(
         name='FUCOMI_ST0_STi',
@@ -16354,6 +17096,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMIP_ST0_STi': FormInfo(
         name='FCOMIP_ST0_STi',
@@ -16376,6 +17119,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FUCOMIP_ST0_STi': FormInfo(
         name='FUCOMIP_ST0_STi',
@@ -16398,6 +17142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLD1': FormInfo(
         name='FLD1',
@@ -16420,6 +17165,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDL2T': FormInfo(
         name='FLDL2T',
@@ -16442,6 +17188,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDL2E': FormInfo(
         name='FLDL2E',
@@ -16464,6 +17211,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDPI': FormInfo(
         name='FLDPI',
@@ -16486,6 +17234,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDLG2': FormInfo(
         name='FLDLG2',
@@ -16508,6 +17257,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDLN2': FormInfo(
         name='FLDLN2',
@@ -16530,6 +17280,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDZ': FormInfo(
         name='FLDZ',
@@ -16552,6 +17303,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCHS': FormInfo(
         name='FCHS',
@@ -16574,6 +17326,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FABS': FormInfo(
         name='FABS',
@@ -16596,6 +17349,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'F2XM1': FormInfo(
         name='F2XM1',
@@ -16618,6 +17372,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FYL2X': FormInfo(
         name='FYL2X',
@@ -16640,6 +17395,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FPTAN': FormInfo(
         name='FPTAN',
@@ -16662,6 +17418,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FPATAN': FormInfo(
         name='FPATAN',
@@ -16684,6 +17441,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXTRACT': FormInfo(
         name='FXTRACT',
@@ -16706,6 +17464,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FPREM1': FormInfo(
         name='FPREM1',
@@ -16728,6 +17487,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FDECSTP': FormInfo(
         name='FDECSTP',
@@ -16750,6 +17510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FINCSTP': FormInfo(
         name='FINCSTP',
@@ -16772,6 +17533,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FPREM': FormInfo(
         name='FPREM',
@@ -16794,6 +17556,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FYL2XP1': FormInfo(
         name='FYL2XP1',
@@ -16816,6 +17579,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSQRT': FormInfo(
         name='FSQRT',
@@ -16838,6 +17602,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSINCOS': FormInfo(
         name='FSINCOS',
@@ -16860,6 +17625,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FRNDINT': FormInfo(
         name='FRNDINT',
@@ -16882,6 +17648,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSCALE': FormInfo(
         name='FSCALE',
@@ -16904,6 +17671,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSIN': FormInfo(
         name='FSIN',
@@ -16926,6 +17694,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOS': FormInfo(
         name='FCOS',
@@ -16948,6 +17717,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNOP': FormInfo(
         name='FNOP',
@@ -16970,6 +17740,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FFREE_STi': FormInfo(
         name='FFREE_STi',
@@ -16992,6 +17763,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNINIT': FormInfo(
         name='FNINIT',
@@ -17014,6 +17786,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNCLEX': FormInfo(
         name='FNCLEX',
@@ -17036,6 +17809,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDCW_M16': FormInfo(
         name='FLDCW_M16',
@@ -17058,6 +17832,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNSTCW_M16': FormInfo(
         name='FNSTCW_M16',
@@ -17080,6 +17855,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNSTSW_M16': FormInfo(
         name='FNSTSW_M16',
@@ -17102,6 +17878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNSTSW_AX': FormInfo(
         name='FNSTSW_AX',
@@ -17124,6 +17901,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FLDENV_MENV': FormInfo(
         name='FLDENV_MENV',
@@ -17146,6 +17924,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNSTENV_MENV': FormInfo(
         name='FNSTENV_MENV',
@@ -17168,6 +17947,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FRSTOR_MSTATE': FormInfo(
         name='FRSTOR_MSTATE',
@@ -17190,6 +17970,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNSAVE_MSTATE': FormInfo(
         name='FNSAVE_MSTATE',
@@ -17212,6 +17993,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FWAIT': FormInfo(
         name='FWAIT',
@@ -17234,6 +18016,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
@@ -17256,6 +18039,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
@@ -17278,6 +18062,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
@@ -17300,6 +18085,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
@@ -17322,6 +18108,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
@@ -17344,6 +18131,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
@@ -17366,6 +18154,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
@@ -17388,6 +18177,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
@@ -17410,6 +18200,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
@@ -17432,6 +18223,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNENI': FormInfo(
         name='FNENI',
@@ -17454,6 +18246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', 'capstone spells it feni8087_nop, which the mnemonic syntax (no underscore) cannot hold'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNDISI': FormInfo(
         name='FNDISI',
@@ -17476,6 +18269,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', 'capstone spells it fdisi8087_nop, which the mnemonic syntax (no underscore) cannot hold'),),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
     'FNSETPM': FormInfo(
         name='FNSETPM',
@@ -17498,5 +18292,6 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        interrupt_shadow=False,
     ),
 }

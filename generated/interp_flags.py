@@ -13,14 +13,14 @@ _T0 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:18
 m_v_0 = (flush_cc() & 16580607)
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
 # PUSHF [o32 a16, o32 a32] from spec/flags.r1:14
@@ -28,27 +28,27 @@ _T1 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:18
 m_v_0 = (flush_cc() & 16580607)
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
 # POPF [o16 a16, o16 a32] from spec/flags.r1:31
 _T2 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:35
-l_v_0 = 0  # prelude.r1:294
-if S.stack32:  # prelude.r1:295
-    l_v_0 = rd16(2, R[4])  # prelude.r1:296
-    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:297
+l_v_0 = 0  # prelude.r1:295
+if S.stack32:  # prelude.r1:296
+    l_v_0 = rd16(2, R[4])  # prelude.r1:297
+    R[4] = ((R[4] + 2) & 4294967295) & 0xffffffff  # prelude.r1:298
 else:
-    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:299
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:300
+    l_v_0 = rd16(2, (R[4] & 0xffff))  # prelude.r1:300
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 2) & 65535) & 0xffff  # prelude.r1:301
 l_v = l_v_0  # flags.r1:40
 l_m = 32725  # flags.r1:41
 if (S.cpl > 0):  # flags.r1:42
@@ -63,13 +63,13 @@ set_eflags(l_f)  # flags.r1:46
 _T3 = """\
 S.eip = $next
 if not ((S.mode != 2) or ((S.eflags >> 12 & 0x3) == 3)): raise Fault(13, 0)  # flags.r1:35
-l_v_0 = 0  # prelude.r1:294
-if S.stack32:  # prelude.r1:295
-    l_v_0 = rd32(2, R[4])  # prelude.r1:296
-    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:297
+l_v_0 = 0  # prelude.r1:295
+if S.stack32:  # prelude.r1:296
+    l_v_0 = rd32(2, R[4])  # prelude.r1:297
+    R[4] = ((R[4] + 4) & 4294967295) & 0xffffffff  # prelude.r1:298
 else:
-    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:299
-    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:300
+    l_v_0 = rd32(2, (R[4] & 0xffff))  # prelude.r1:300
+    R[4] = R[4] & 0xffff0000 | (((R[4] & 0xffff) + 4) & 65535) & 0xffff  # prelude.r1:301
 l_v = l_v_0  # flags.r1:40
 l_m = 2392021  # flags.r1:41
 if (S.cpl > 0):  # flags.r1:42
@@ -93,47 +93,49 @@ S.eflags = S.eflags & 0xfffffdff | 0  # flags.r1:60
 _T5 = """\
 S.eip = $next
 if not (S.cpl <= (S.eflags >> 12 & 0x3)): raise Fault(13, 0)  # flags.r1:66
-S.eflags = S.eflags & 0xfffffdff | 512  # flags.r1:71
+if (not (S.eflags >> 9 & 0x1)):  # flags.r1:72
+    b_inhibit_interrupts()  # flags.r1:72
+S.eflags = S.eflags & 0xfffffdff | 512  # flags.r1:73
 """
 
-# CLC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:76
+# CLC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:79
 _T6 = """\
-S.eflags = flush_cc() & 0xfffffffe | 0  # flags.r1:83
+S.eflags = flush_cc() & 0xfffffffe | 0  # flags.r1:86
 """
 
-# STC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:85
+# STC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:88
 _T7 = """\
-S.eflags = flush_cc() & 0xfffffffe | 1  # flags.r1:92
+S.eflags = flush_cc() & 0xfffffffe | 1  # flags.r1:95
 """
 
-# CMC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:94
+# CMC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:97
 _T8 = """\
-S.eflags = flush_cc() & 0xfffffffe | ((not GET_CF[S.cc[0]](S.cc)) & 1)  # flags.r1:102
+S.eflags = flush_cc() & 0xfffffffe | ((not GET_CF[S.cc[0]](S.cc)) & 1)  # flags.r1:105
 """
 
-# CLD [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:104
+# CLD [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:107
 _T9 = """\
-S.eflags = S.eflags & 0xfffffbff | 0  # flags.r1:111
+S.eflags = S.eflags & 0xfffffbff | 0  # flags.r1:114
 """
 
-# STD [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:113
+# STD [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:116
 _T10 = """\
-S.eflags = S.eflags & 0xfffffbff | 1024  # flags.r1:120
+S.eflags = S.eflags & 0xfffffbff | 1024  # flags.r1:123
 """
 
-# LAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:126
+# LAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:129
 _T11 = """\
-R[0] = R[0] & 0xffff00ff | (((((((GET_SF[S.cc[0]](S.cc) << 7) | (GET_ZF[S.cc[0]](S.cc) << 6)) | (GET_AF[S.cc[0]](S.cc) << 4)) | (GET_PF[S.cc[0]](S.cc) << 2)) | 2) | GET_CF[S.cc[0]](S.cc)) & 0xff) << 8  # flags.r1:134
+R[0] = R[0] & 0xffff00ff | (((((((GET_SF[S.cc[0]](S.cc) << 7) | (GET_ZF[S.cc[0]](S.cc) << 6)) | (GET_AF[S.cc[0]](S.cc) << 4)) | (GET_PF[S.cc[0]](S.cc) << 2)) | 2) | GET_CF[S.cc[0]](S.cc)) & 0xff) << 8  # flags.r1:137
 """
 
-# SAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:136
+# SAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:139
 _T12 = """\
-l_v = (R[0] >> 8 & 0xff)  # flags.r1:144
-S.eflags = flush_cc() & 0xffffff7f | ((l_v >> 7 & 1) & 1) << 7  # flags.r1:145
-S.eflags = flush_cc() & 0xffffffbf | ((l_v >> 6 & 1) & 1) << 6  # flags.r1:146
-S.eflags = flush_cc() & 0xffffffef | ((l_v >> 4 & 1) & 1) << 4  # flags.r1:147
-S.eflags = flush_cc() & 0xfffffffb | ((l_v >> 2 & 1) & 1) << 2  # flags.r1:148
-S.eflags = flush_cc() & 0xfffffffe | ((l_v >> 0 & 1) & 1)  # flags.r1:149
+l_v = (R[0] >> 8 & 0xff)  # flags.r1:147
+S.eflags = flush_cc() & 0xffffff7f | ((l_v >> 7 & 1) & 1) << 7  # flags.r1:148
+S.eflags = flush_cc() & 0xffffffbf | ((l_v >> 6 & 1) & 1) << 6  # flags.r1:149
+S.eflags = flush_cc() & 0xffffffef | ((l_v >> 4 & 1) & 1) << 4  # flags.r1:150
+S.eflags = flush_cc() & 0xfffffffb | ((l_v >> 2 & 1) & 1) << 2  # flags.r1:151
+S.eflags = flush_cc() & 0xfffffffe | ((l_v >> 0 & 1) & 1)  # flags.r1:152
 """
 
 TEMPLATES = {
@@ -165,49 +167,49 @@ TEMPLATES = {
         (32, 16, None, None, None): _T5,
         (32, 32, None, None, None): _T5,
     },
-    # spec/flags.r1:76
+    # spec/flags.r1:79
     'CLC': {
         (16, 16, None, None, None): _T6,
         (16, 32, None, None, None): _T6,
         (32, 16, None, None, None): _T6,
         (32, 32, None, None, None): _T6,
     },
-    # spec/flags.r1:85
+    # spec/flags.r1:88
     'STC': {
         (16, 16, None, None, None): _T7,
         (16, 32, None, None, None): _T7,
         (32, 16, None, None, None): _T7,
         (32, 32, None, None, None): _T7,
     },
-    # spec/flags.r1:94
+    # spec/flags.r1:97
     'CMC': {
         (16, 16, None, None, None): _T8,
         (16, 32, None, None, None): _T8,
         (32, 16, None, None, None): _T8,
         (32, 32, None, None, None): _T8,
     },
-    # spec/flags.r1:104
+    # spec/flags.r1:107
     'CLD': {
         (16, 16, None, None, None): _T9,
         (16, 32, None, None, None): _T9,
         (32, 16, None, None, None): _T9,
         (32, 32, None, None, None): _T9,
     },
-    # spec/flags.r1:113
+    # spec/flags.r1:116
     'STD': {
         (16, 16, None, None, None): _T10,
         (16, 32, None, None, None): _T10,
         (32, 16, None, None, None): _T10,
         (32, 32, None, None, None): _T10,
     },
-    # spec/flags.r1:126
+    # spec/flags.r1:129
     'LAHF': {
         (16, 16, None, None, None): _T11,
         (16, 32, None, None, None): _T11,
         (32, 16, None, None, None): _T11,
         (32, 32, None, None, None): _T11,
     },
-    # spec/flags.r1:136
+    # spec/flags.r1:139
     'SAHF': {
         (16, 16, None, None, None): _T12,
         (16, 32, None, None, None): _T12,

@@ -8,153 +8,147 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# IN_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:12
+# IN_AL_Ib [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:17
 _T0 = """\
-S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 8) != 0)): raise Fault(13, 0)  # io.r1:17
-R[0] = R[0] & 0xffffff00 | b_io_in($port, 8) & 0xff  # io.r1:20
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 8) != 0)): raise Fault(13, 0)  # io.r1:22
+R[0] = R[0] & 0xffffff00 | b_io_in($port, 8) & 0xff  # io.r1:25
 """
 
-# IN_AX_Ib [o16 a16, o16 a32] from spec/io.r1:22
+# IN_AX_Ib [o16 a16, o16 a32] from spec/io.r1:27
 _T1 = """\
-S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 16) != 0)): raise Fault(13, 0)  # io.r1:27
-R[0] = R[0] & 0xffff0000 | b_io_in($port, 16) & 0xffff  # io.r1:30
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 16) != 0)): raise Fault(13, 0)  # io.r1:32
+R[0] = R[0] & 0xffff0000 | b_io_in($port, 16) & 0xffff  # io.r1:35
 """
 
-# IN_AX_Ib [o32 a16, o32 a32] from spec/io.r1:22
+# IN_AX_Ib [o32 a16, o32 a32] from spec/io.r1:27
 _T2 = """\
-S.eip = $next
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 32) != 0)): raise Fault(13, 0)  # io.r1:27
-R[0] = b_io_in($port, 32) & 0xffffffff  # io.r1:30
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 32) != 0)): raise Fault(13, 0)  # io.r1:32
+R[0] = b_io_in($port, 32) & 0xffffffff  # io.r1:35
 """
 
-# OUT_Ib_AL [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:32
+# OUT_Ib_AL [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:37
 _T3 = """\
 S.eip = $next
-v_src = (R[0] & 0xff)  # io.r1:35
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 8) != 0)): raise Fault(13, 0)  # io.r1:37
-b_io_out($port, 8, v_src)  # io.r1:40
+v_src = (R[0] & 0xff)  # io.r1:40
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 8) != 0)): raise Fault(13, 0)  # io.r1:42
+b_io_out($port, 8, v_src)  # io.r1:45
 """
 
-# OUT_Ib_AX [o16 a16, o16 a32] from spec/io.r1:42
+# OUT_Ib_AX [o16 a16, o16 a32] from spec/io.r1:47
 _T4 = """\
 S.eip = $next
-v_src = (R[0] & 0xffff)  # io.r1:45
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 16) != 0)): raise Fault(13, 0)  # io.r1:47
-b_io_out($port, 16, v_src)  # io.r1:50
+v_src = (R[0] & 0xffff)  # io.r1:50
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 16) != 0)): raise Fault(13, 0)  # io.r1:52
+b_io_out($port, 16, v_src)  # io.r1:55
 """
 
-# OUT_Ib_AX [o32 a16, o32 a32] from spec/io.r1:42
+# OUT_Ib_AX [o32 a16, o32 a32] from spec/io.r1:47
 _T5 = """\
 S.eip = $next
-v_src = R[0]  # io.r1:45
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 32) != 0)): raise Fault(13, 0)  # io.r1:47
-b_io_out($port, 32, v_src)  # io.r1:50
+v_src = R[0]  # io.r1:50
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows($port, 32) != 0)): raise Fault(13, 0)  # io.r1:52
+b_io_out($port, 32, v_src)  # io.r1:55
 """
 
-# IN_AL_DX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:53
+# IN_AL_DX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:58
 _T6 = """\
-S.eip = $next
-v_port = (R[2] & 0xffff)  # io.r1:56
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 8) != 0)): raise Fault(13, 0)  # io.r1:58
-R[0] = R[0] & 0xffffff00 | b_io_in(v_port, 8) & 0xff  # io.r1:61
+v_port = (R[2] & 0xffff)  # io.r1:61
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 8) != 0)): raise Fault(13, 0)  # io.r1:63
+R[0] = R[0] & 0xffffff00 | b_io_in(v_port, 8) & 0xff  # io.r1:66
 """
 
-# IN_AX_DX [o16 a16, o16 a32] from spec/io.r1:63
+# IN_AX_DX [o16 a16, o16 a32] from spec/io.r1:68
 _T7 = """\
-S.eip = $next
-v_port = (R[2] & 0xffff)  # io.r1:66
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 16) != 0)): raise Fault(13, 0)  # io.r1:68
-R[0] = R[0] & 0xffff0000 | b_io_in(v_port, 16) & 0xffff  # io.r1:71
+v_port = (R[2] & 0xffff)  # io.r1:71
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 16) != 0)): raise Fault(13, 0)  # io.r1:73
+R[0] = R[0] & 0xffff0000 | b_io_in(v_port, 16) & 0xffff  # io.r1:76
 """
 
-# IN_AX_DX [o32 a16, o32 a32] from spec/io.r1:63
+# IN_AX_DX [o32 a16, o32 a32] from spec/io.r1:68
 _T8 = """\
-S.eip = $next
-v_port = (R[2] & 0xffff)  # io.r1:66
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 32) != 0)): raise Fault(13, 0)  # io.r1:68
-R[0] = b_io_in(v_port, 32) & 0xffffffff  # io.r1:71
+v_port = (R[2] & 0xffff)  # io.r1:71
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 32) != 0)): raise Fault(13, 0)  # io.r1:73
+R[0] = b_io_in(v_port, 32) & 0xffffffff  # io.r1:76
 """
 
-# OUT_DX_AL [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:73
+# OUT_DX_AL [o16 a16, o16 a32, o32 a16, o32 a32] from spec/io.r1:78
 _T9 = """\
 S.eip = $next
-v_port = (R[2] & 0xffff)  # io.r1:76
-v_src = (R[0] & 0xff)  # io.r1:76
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 8) != 0)): raise Fault(13, 0)  # io.r1:78
-b_io_out(v_port, 8, v_src)  # io.r1:81
+v_port = (R[2] & 0xffff)  # io.r1:81
+v_src = (R[0] & 0xff)  # io.r1:81
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 8) != 0)): raise Fault(13, 0)  # io.r1:83
+b_io_out(v_port, 8, v_src)  # io.r1:86
 """
 
-# OUT_DX_AX [o16 a16, o16 a32] from spec/io.r1:83
+# OUT_DX_AX [o16 a16, o16 a32] from spec/io.r1:88
 _T10 = """\
 S.eip = $next
-v_port = (R[2] & 0xffff)  # io.r1:86
-v_src = (R[0] & 0xffff)  # io.r1:86
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 16) != 0)): raise Fault(13, 0)  # io.r1:88
-b_io_out(v_port, 16, v_src)  # io.r1:91
+v_port = (R[2] & 0xffff)  # io.r1:91
+v_src = (R[0] & 0xffff)  # io.r1:91
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 16) != 0)): raise Fault(13, 0)  # io.r1:93
+b_io_out(v_port, 16, v_src)  # io.r1:96
 """
 
-# OUT_DX_AX [o32 a16, o32 a32] from spec/io.r1:83
+# OUT_DX_AX [o32 a16, o32 a32] from spec/io.r1:88
 _T11 = """\
 S.eip = $next
-v_port = (R[2] & 0xffff)  # io.r1:86
-v_src = R[0]  # io.r1:86
-if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 32) != 0)): raise Fault(13, 0)  # io.r1:88
-b_io_out(v_port, 32, v_src)  # io.r1:91
+v_port = (R[2] & 0xffff)  # io.r1:91
+v_src = R[0]  # io.r1:91
+if not (((S.mode != 2) and (S.cpl <= (S.eflags >> 12 & 0x3))) or (b_io_bitmap_allows(v_port, 32) != 0)): raise Fault(13, 0)  # io.r1:93
+b_io_out(v_port, 32, v_src)  # io.r1:96
 """
 
 TEMPLATES = {
-    # spec/io.r1:12
+    # spec/io.r1:17
     'IN_AL_Ib': {
         (16, 16, None, None, None): _T0,
         (16, 32, None, None, None): _T0,
         (32, 16, None, None, None): _T0,
         (32, 32, None, None, None): _T0,
     },
-    # spec/io.r1:22
+    # spec/io.r1:27
     'IN_AX_Ib': {
         (16, 16, None, None, None): _T1,
         (16, 32, None, None, None): _T1,
         (32, 16, None, None, None): _T2,
         (32, 32, None, None, None): _T2,
     },
-    # spec/io.r1:32
+    # spec/io.r1:37
     'OUT_Ib_AL': {
         (16, 16, None, None, None): _T3,
         (16, 32, None, None, None): _T3,
         (32, 16, None, None, None): _T3,
         (32, 32, None, None, None): _T3,
     },
-    # spec/io.r1:42
+    # spec/io.r1:47
     'OUT_Ib_AX': {
         (16, 16, None, None, None): _T4,
         (16, 32, None, None, None): _T4,
         (32, 16, None, None, None): _T5,
         (32, 32, None, None, None): _T5,
     },
-    # spec/io.r1:53
+    # spec/io.r1:58
     'IN_AL_DX': {
         (16, 16, None, None, None): _T6,
         (16, 32, None, None, None): _T6,
         (32, 16, None, None, None): _T6,
         (32, 32, None, None, None): _T6,
     },
-    # spec/io.r1:63
+    # spec/io.r1:68
     'IN_AX_DX': {
         (16, 16, None, None, None): _T7,
         (16, 32, None, None, None): _T7,
         (32, 16, None, None, None): _T8,
         (32, 32, None, None, None): _T8,
     },
-    # spec/io.r1:73
+    # spec/io.r1:78
     'OUT_DX_AL': {
         (16, 16, None, None, None): _T9,
         (16, 32, None, None, None): _T9,
         (32, 16, None, None, None): _T9,
         (32, 32, None, None, None): _T9,
     },
-    # spec/io.r1:83
+    # spec/io.r1:88
     'OUT_DX_AX': {
         (16, 16, None, None, None): _T10,
         (16, 32, None, None, None): _T10,

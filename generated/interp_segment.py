@@ -43,6 +43,8 @@ v_src = (R[$src] & 0xffff)  # segment.r1:158
 if (($dst == 1) or ($dst > 5)):  # segment.r1:165
     raise Fault(6, None)  # segment.r1:165
 p_load_segment($dst, v_src)  # segment.r1:166
+if ($dst == 2):  # segment.r1:167
+    b_inhibit_interrupts()  # segment.r1:167
 """
 
 # MOV_Sreg_RMw [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/segment.r1:155
@@ -53,394 +55,398 @@ v_src = rd16($seg, ea)  # segment.r1:158
 if (($dst == 1) or ($dst > 5)):  # segment.r1:165
     raise Fault(6, None)  # segment.r1:165
 p_load_segment($dst, v_src)  # segment.r1:166
+if ($dst == 2):  # segment.r1:167
+    b_inhibit_interrupts()  # segment.r1:167
 """
 
-# PUSH_ES [o16 a16, o16 a32] from spec/segment.r1:170
+# PUSH_ES [o16 a16, o16 a32] from spec/segment.r1:171
 _T5 = """\
 S.eip = $next
 m_v_0 = S.sel[0]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_ES [o32 a16, o32 a32] from spec/segment.r1:170
+# PUSH_ES [o32 a16, o32 a32] from spec/segment.r1:171
 _T6 = """\
 S.eip = $next
 m_v_0 = S.sel[0]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_CS [o16 a16, o16 a32] from spec/segment.r1:179
+# PUSH_CS [o16 a16, o16 a32] from spec/segment.r1:180
 _T7 = """\
 S.eip = $next
 m_v_0 = S.sel[1]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_CS [o32 a16, o32 a32] from spec/segment.r1:179
+# PUSH_CS [o32 a16, o32 a32] from spec/segment.r1:180
 _T8 = """\
 S.eip = $next
 m_v_0 = S.sel[1]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_SS [o16 a16, o16 a32] from spec/segment.r1:189
+# PUSH_SS [o16 a16, o16 a32] from spec/segment.r1:190
 _T9 = """\
 S.eip = $next
 m_v_0 = S.sel[2]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_SS [o32 a16, o32 a32] from spec/segment.r1:189
+# PUSH_SS [o32 a16, o32 a32] from spec/segment.r1:190
 _T10 = """\
 S.eip = $next
 m_v_0 = S.sel[2]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_DS [o16 a16, o16 a32] from spec/segment.r1:199
+# PUSH_DS [o16 a16, o16 a32] from spec/segment.r1:200
 _T11 = """\
 S.eip = $next
 m_v_0 = S.sel[3]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_DS [o32 a16, o32 a32] from spec/segment.r1:199
+# PUSH_DS [o32 a16, o32 a32] from spec/segment.r1:200
 _T12 = """\
 S.eip = $next
 m_v_0 = S.sel[3]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_FS [o16 a16, o16 a32] from spec/segment.r1:208
+# PUSH_FS [o16 a16, o16 a32] from spec/segment.r1:209
 _T13 = """\
 S.eip = $next
 m_v_0 = S.sel[4]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_FS [o32 a16, o32 a32] from spec/segment.r1:208
+# PUSH_FS [o32 a16, o32 a32] from spec/segment.r1:209
 _T14 = """\
 S.eip = $next
 m_v_0 = S.sel[4]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_GS [o16 a16, o16 a32] from spec/segment.r1:217
+# PUSH_GS [o16 a16, o16 a32] from spec/segment.r1:218
 _T15 = """\
 S.eip = $next
 m_v_0 = S.sel[5]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:281
-    wr16(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 2) & 4294967295)  # prelude.r1:282
+    wr16(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:285
-    wr16(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 2) & 65535)  # prelude.r1:286
+    wr16(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# PUSH_GS [o32 a16, o32 a32] from spec/segment.r1:217
+# PUSH_GS [o32 a16, o32 a32] from spec/segment.r1:218
 _T16 = """\
 S.eip = $next
 m_v_0 = S.sel[5]
-if S.stack32:  # prelude.r1:280
-    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:281
-    wr32(2, l_top_1, m_v_0)  # prelude.r1:282
-    R[4] = l_top_1 & 0xffffffff  # prelude.r1:283
+if S.stack32:  # prelude.r1:281
+    l_top_1 = ((R[4] - 4) & 4294967295)  # prelude.r1:282
+    wr32(2, l_top_1, m_v_0)  # prelude.r1:283
+    R[4] = l_top_1 & 0xffffffff  # prelude.r1:284
 else:
-    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:285
-    wr32(2, l_top_2, m_v_0)  # prelude.r1:286
-    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:287
+    l_top_2 = (((R[4] & 0xffff) - 4) & 65535)  # prelude.r1:286
+    wr32(2, l_top_2, m_v_0)  # prelude.r1:287
+    R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# POP_ES [o16 a16, o16 a32] from spec/segment.r1:235
+# POP_ES [o16 a16, o16 a32] from spec/segment.r1:236
 _T17 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(0, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(0, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_ES [o32 a16, o32 a32] from spec/segment.r1:235
+# POP_ES [o32 a16, o32 a32] from spec/segment.r1:236
 _T18 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(0, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(0, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_SS [o16 a16, o16 a32] from spec/segment.r1:245
+# POP_SS [o16 a16, o16 a32] from spec/segment.r1:246
 _T19 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(2, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(2, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+b_inhibit_interrupts()  # segment.r1:255
 """
 
-# POP_SS [o32 a16, o32 a32] from spec/segment.r1:245
+# POP_SS [o32 a16, o32 a32] from spec/segment.r1:246
 _T20 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(2, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(2, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+b_inhibit_interrupts()  # segment.r1:255
 """
 
-# POP_DS [o16 a16, o16 a32] from spec/segment.r1:255
+# POP_DS [o16 a16, o16 a32] from spec/segment.r1:259
 _T21 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(3, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(3, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_DS [o32 a16, o32 a32] from spec/segment.r1:255
+# POP_DS [o32 a16, o32 a32] from spec/segment.r1:259
 _T22 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(3, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(3, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_FS [o16 a16, o16 a32] from spec/segment.r1:265
+# POP_FS [o16 a16, o16 a32] from spec/segment.r1:269
 _T23 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(4, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(4, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_FS [o32 a16, o32 a32] from spec/segment.r1:265
+# POP_FS [o32 a16, o32 a32] from spec/segment.r1:269
 _T24 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(4, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(4, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_GS [o16 a16, o16 a32] from spec/segment.r1:275
+# POP_GS [o16 a16, o16 a32] from spec/segment.r1:279
 _T25 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(5, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(5, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# POP_GS [o32 a16, o32 a32] from spec/segment.r1:275
+# POP_GS [o32 a16, o32 a32] from spec/segment.r1:279
 _T26 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:229
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:230
-p_load_segment(5, l_sel_1)  # segment.r1:231
+l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
+l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
+p_load_segment(5, l_sel_1)  # segment.r1:232
 m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:312
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:312
+if S.stack32:  # prelude.r1:313
+    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
 else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:312
+    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
 """
 
-# LDS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:289
+# LDS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:293
 _T27 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:292
-p_load_segment(3, (v_src >> 16))  # segment.r1:297
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:298
+v_src = rd32($seg, ea)  # segment.r1:296
+p_load_segment(3, (v_src >> 16))  # segment.r1:301
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:302
 """
 
-# LDS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:289
+# LDS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:293
 _T28 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:292
-p_load_segment(3, (v_src >> 32))  # segment.r1:297
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:298
+v_src = b_load($seg, ea, 48)  # segment.r1:296
+p_load_segment(3, (v_src >> 32))  # segment.r1:301
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:302
 """
 
-# LES [o16 a16 mem, o16 a32 mem] from spec/segment.r1:302
+# LES [o16 a16 mem, o16 a32 mem] from spec/segment.r1:306
 _T29 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:305
-p_load_segment(0, (v_src >> 16))  # segment.r1:310
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:311
+v_src = rd32($seg, ea)  # segment.r1:309
+p_load_segment(0, (v_src >> 16))  # segment.r1:314
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:315
 """
 
-# LES [o32 a16 mem, o32 a32 mem] from spec/segment.r1:302
+# LES [o32 a16 mem, o32 a32 mem] from spec/segment.r1:306
 _T30 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:305
-p_load_segment(0, (v_src >> 32))  # segment.r1:310
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:311
+v_src = b_load($seg, ea, 48)  # segment.r1:309
+p_load_segment(0, (v_src >> 32))  # segment.r1:314
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:315
 """
 
-# LFS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:315
+# LFS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:319
 _T31 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:318
-p_load_segment(4, (v_src >> 16))  # segment.r1:323
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:324
+v_src = rd32($seg, ea)  # segment.r1:322
+p_load_segment(4, (v_src >> 16))  # segment.r1:327
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:328
 """
 
-# LFS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:315
+# LFS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:319
 _T32 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:318
-p_load_segment(4, (v_src >> 32))  # segment.r1:323
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:324
+v_src = b_load($seg, ea, 48)  # segment.r1:322
+p_load_segment(4, (v_src >> 32))  # segment.r1:327
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:328
 """
 
-# LGS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:328
+# LGS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:332
 _T33 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:331
-p_load_segment(5, (v_src >> 16))  # segment.r1:336
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:337
+v_src = rd32($seg, ea)  # segment.r1:335
+p_load_segment(5, (v_src >> 16))  # segment.r1:340
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:341
 """
 
-# LGS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:328
+# LGS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:332
 _T34 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:331
-p_load_segment(5, (v_src >> 32))  # segment.r1:336
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:337
+v_src = b_load($seg, ea, 48)  # segment.r1:335
+p_load_segment(5, (v_src >> 32))  # segment.r1:340
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:341
 """
 
-# LSS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:341
+# LSS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:345
 _T35 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:344
-p_load_segment(2, (v_src >> 16))  # segment.r1:349
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:350
+v_src = rd32($seg, ea)  # segment.r1:348
+p_load_segment(2, (v_src >> 16))  # segment.r1:353
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:354
 """
 
-# LSS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:341
+# LSS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:345
 _T36 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:344
-p_load_segment(2, (v_src >> 32))  # segment.r1:349
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:350
+v_src = b_load($seg, ea, 48)  # segment.r1:348
+p_load_segment(2, (v_src >> 32))  # segment.r1:353
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:354
 """
 
 TEMPLATES = {
@@ -466,112 +472,112 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/segment.r1:170
+    # spec/segment.r1:171
     'PUSH_ES': {
         (16, 16, None, None, None): _T5,
         (16, 32, None, None, None): _T5,
         (32, 16, None, None, None): _T6,
         (32, 32, None, None, None): _T6,
     },
-    # spec/segment.r1:179
+    # spec/segment.r1:180
     'PUSH_CS': {
         (16, 16, None, None, None): _T7,
         (16, 32, None, None, None): _T7,
         (32, 16, None, None, None): _T8,
         (32, 32, None, None, None): _T8,
     },
-    # spec/segment.r1:189
+    # spec/segment.r1:190
     'PUSH_SS': {
         (16, 16, None, None, None): _T9,
         (16, 32, None, None, None): _T9,
         (32, 16, None, None, None): _T10,
         (32, 32, None, None, None): _T10,
     },
-    # spec/segment.r1:199
+    # spec/segment.r1:200
     'PUSH_DS': {
         (16, 16, None, None, None): _T11,
         (16, 32, None, None, None): _T11,
         (32, 16, None, None, None): _T12,
         (32, 32, None, None, None): _T12,
     },
-    # spec/segment.r1:208
+    # spec/segment.r1:209
     'PUSH_FS': {
         (16, 16, None, None, None): _T13,
         (16, 32, None, None, None): _T13,
         (32, 16, None, None, None): _T14,
         (32, 32, None, None, None): _T14,
     },
-    # spec/segment.r1:217
+    # spec/segment.r1:218
     'PUSH_GS': {
         (16, 16, None, None, None): _T15,
         (16, 32, None, None, None): _T15,
         (32, 16, None, None, None): _T16,
         (32, 32, None, None, None): _T16,
     },
-    # spec/segment.r1:235
+    # spec/segment.r1:236
     'POP_ES': {
         (16, 16, None, None, None): _T17,
         (16, 32, None, None, None): _T17,
         (32, 16, None, None, None): _T18,
         (32, 32, None, None, None): _T18,
     },
-    # spec/segment.r1:245
+    # spec/segment.r1:246
     'POP_SS': {
         (16, 16, None, None, None): _T19,
         (16, 32, None, None, None): _T19,
         (32, 16, None, None, None): _T20,
         (32, 32, None, None, None): _T20,
     },
-    # spec/segment.r1:255
+    # spec/segment.r1:259
     'POP_DS': {
         (16, 16, None, None, None): _T21,
         (16, 32, None, None, None): _T21,
         (32, 16, None, None, None): _T22,
         (32, 32, None, None, None): _T22,
     },
-    # spec/segment.r1:265
+    # spec/segment.r1:269
     'POP_FS': {
         (16, 16, None, None, None): _T23,
         (16, 32, None, None, None): _T23,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/segment.r1:275
+    # spec/segment.r1:279
     'POP_GS': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/segment.r1:289
+    # spec/segment.r1:293
     'LDS': {
         (16, 16, 'mem', None, None): _T27,
         (16, 32, 'mem', None, None): _T27,
         (32, 16, 'mem', None, None): _T28,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/segment.r1:302
+    # spec/segment.r1:306
     'LES': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/segment.r1:315
+    # spec/segment.r1:319
     'LFS': {
         (16, 16, 'mem', None, None): _T31,
         (16, 32, 'mem', None, None): _T31,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/segment.r1:328
+    # spec/segment.r1:332
     'LGS': {
         (16, 16, 'mem', None, None): _T33,
         (16, 32, 'mem', None, None): _T33,
         (32, 16, 'mem', None, None): _T34,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/segment.r1:341
+    # spec/segment.r1:345
     'LSS': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,

@@ -174,22 +174,22 @@ RULES = {
     'POPF': ('inline', 'popf_virtual', ('cpl', 'iopl'), ('if', 'iopl', 'tf', 'nt', 'rf', 'ac')),  # spec/flags.r1:31
     'CLI': ('inline', 'cli_virtual', (), ('if',)),  # spec/flags.r1:52
     'STI': ('inline', 'sti_virtual', (), ('if',)),  # spec/flags.r1:62
-    'CLC': ('ident', None, (), ()),  # spec/flags.r1:76
-    'STC': ('ident', None, (), ()),  # spec/flags.r1:85
-    'CMC': ('ident', None, (), ()),  # spec/flags.r1:94
-    'CLD': ('ident', None, (), ()),  # spec/flags.r1:104
-    'STD': ('ident', None, (), ()),  # spec/flags.r1:113
-    'LAHF': ('ident', None, (), ()),  # spec/flags.r1:126
-    'SAHF': ('ident', None, (), ()),  # spec/flags.r1:136
+    'CLC': ('ident', None, (), ()),  # spec/flags.r1:79
+    'STC': ('ident', None, (), ()),  # spec/flags.r1:88
+    'CMC': ('ident', None, (), ()),  # spec/flags.r1:97
+    'CLD': ('ident', None, (), ()),  # spec/flags.r1:107
+    'STD': ('ident', None, (), ()),  # spec/flags.r1:116
+    'LAHF': ('ident', None, (), ()),  # spec/flags.r1:129
+    'SAHF': ('ident', None, (), ()),  # spec/flags.r1:139
     'IRET': ('callout', None, ('cpl', 'iopl', 'gdt'), ('cpl', 'if', 'iopl', 'vm', 'nt', 'rf', 'ac', 'tf', 'seg')),  # spec/interrupts.r1:270
-    'IN_AL_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:12
-    'IN_AX_Ib': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:22
-    'OUT_Ib_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:32
-    'OUT_Ib_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:42
-    'IN_AL_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:53
-    'IN_AX_DX': ('callout', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:63
-    'OUT_DX_AL': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:73
-    'OUT_DX_AX': ('callout', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:83
+    'IN_AL_Ib': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:17
+    'IN_AX_Ib': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:27
+    'OUT_Ib_AL': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:37
+    'OUT_Ib_AX': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:47
+    'IN_AL_DX': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:58
+    'IN_AX_DX': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:68
+    'OUT_DX_AL': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:78
+    'OUT_DX_AX': ('ident', None, ('iopl', 'tr'), ('io',)),  # spec/io.r1:88
     'AND_RMb_Rb': ('ident', None, (), ()),  # spec/logic.r1:7
     'AND_RMv_Rv': ('ident', None, (), ()),  # spec/logic.r1:18
     'AND_Rb_RMb': ('ident', None, (), ()),  # spec/logic.r1:29
@@ -292,22 +292,22 @@ RULES = {
     'PSRAD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:617
     'MOV_RMw_Sreg': ('inline', 'mov_from_sreg', ('cpl', 'seg'), ()),  # spec/segment.r1:140
     'MOV_Sreg_RMw': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:155
-    'PUSH_ES': ('callout', None, ('seg',), ()),  # spec/segment.r1:170
-    'PUSH_CS': ('callout', None, ('cpl', 'seg'), ()),  # spec/segment.r1:179
-    'PUSH_SS': ('callout', None, ('cpl', 'seg'), ()),  # spec/segment.r1:189
-    'PUSH_DS': ('callout', None, ('seg',), ()),  # spec/segment.r1:199
-    'PUSH_FS': ('callout', None, ('seg',), ()),  # spec/segment.r1:208
-    'PUSH_GS': ('callout', None, ('seg',), ()),  # spec/segment.r1:217
-    'POP_ES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:235
-    'POP_SS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:245
-    'POP_DS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:255
-    'POP_FS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:265
-    'POP_GS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:275
-    'LDS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:289
-    'LES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:302
-    'LFS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:315
-    'LGS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:328
-    'LSS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:341
+    'PUSH_ES': ('callout', None, ('seg',), ()),  # spec/segment.r1:171
+    'PUSH_CS': ('callout', None, ('cpl', 'seg'), ()),  # spec/segment.r1:180
+    'PUSH_SS': ('callout', None, ('cpl', 'seg'), ()),  # spec/segment.r1:190
+    'PUSH_DS': ('callout', None, ('seg',), ()),  # spec/segment.r1:200
+    'PUSH_FS': ('callout', None, ('seg',), ()),  # spec/segment.r1:209
+    'PUSH_GS': ('callout', None, ('seg',), ()),  # spec/segment.r1:218
+    'POP_ES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:236
+    'POP_SS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:246
+    'POP_DS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:259
+    'POP_FS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:269
+    'POP_GS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:279
+    'LDS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:293
+    'LES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:306
+    'LFS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:319
+    'LGS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:332
+    'LSS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:345
     'ROL_RMb_Ib': ('ident', None, (), ()),  # spec/shift.r1:35
     'ROL_RMv_Ib': ('ident', None, (), ()),  # spec/shift.r1:46
     'ROL_RMb_1': ('ident', None, (), ()),  # spec/shift.r1:57
@@ -810,15 +810,15 @@ RULES = {
 
 # What the translator knows about an instance, for choosing its rule (the `fact`s of the spec).
 FACTS = {
-    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:91
-    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:92
-    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:93
-    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:94
-    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:95
-    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:96
-    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:97
-    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:98
-    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:99
+    'undefined': 'no form matches the bytes (the instruction raises #UD)',  # spec/vmm.r1:92
+    'invalid_lock': 'a LOCK prefix the form does not allow (#UD)',  # spec/vmm.r1:93
+    'adaptive': 'the instruction trapped often and was retranslated (innocent until proven guilty)',  # spec/vmm.r1:94
+    'forced': 'a benchmark forced the form to a callout (Vmm(rule_overrides=...))',  # spec/vmm.r1:95
+    'trap_mode': 'the VMM runs in trap mode: the kernel untranslated at CPL 1',  # spec/vmm.r1:96
+    'uses_gs': "the instruction uses GS, which is the VMM's in translated code",  # spec/vmm.r1:97
+    'vmm_address': "an absolute address (disp32 or moffs) in the VMM's area",  # spec/vmm.r1:98
+    'template_fits': "the rule's template covers this instance (its `when` clause)",  # spec/vmm.r1:99
+    'flags_lost_at_store': "unicorn changes the flags before the instance's store, so a fault there loses them (RCL, RCR on memory: physcpu)",  # spec/vmm.r1:100
 }
 
 
@@ -827,27 +827,27 @@ def choose_rule(rule: str, fact) -> tuple[str, str, str | None]:
     (`fact(name)` answers the spec's facts for the instance), else the form's own `rule`.
     Returns (rule, reason, the clause's spec file:line)."""
     if fact('undefined'):
-        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:102'
+        return 'ident', 'undefined opcode: the hardware raises #UD, and the interpreter confirms it', 'spec/vmm.r1:103'
     if fact('invalid_lock'):
-        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:103'
+        return 'callout', 'invalid LOCK prefix: unicorn runs most (deviation invalid-lock); #UD from the spec', 'spec/vmm.r1:104'
     if fact('adaptive'):
-        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:104'
+        return 'callout', 'adaptive: it trapped often, so it was retranslated as a callout', 'spec/vmm.r1:105'
     if fact('forced'):
-        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:105'
+        return 'callout', 'forced to a callout by Vmm(rule_overrides=...)', 'spec/vmm.r1:106'
     if (fact('trap_mode') and rule in ('ident', 'trap')):
-        return rule, '', 'spec/vmm.r1:106'
+        return rule, '', 'spec/vmm.r1:107'
     if fact('trap_mode'):
-        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:107'
+        return 'callout', 'trap mode: the kernel runs untranslated; this is where it exits', 'spec/vmm.r1:108'
     if fact('uses_gs'):
-        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:108'
+        return 'callout', "it uses GS, which is the VMM's: emulated", 'spec/vmm.r1:109'
     if (rule in ('ident', 'trap') and fact('vmm_address')):
-        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:109'
+        return 'callout', "its address lies in the VMM's area: emulated", 'spec/vmm.r1:110'
     if (rule in ('direct', 'indirect', 'inline') and not fact('template_fits')):
-        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:110'
+        return 'callout', 'its template does not cover this operand or address size, stack or form', 'spec/vmm.r1:111'
     if (rule in ('ident', 'trap') and fact('flags_lost_at_store')):
-        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:111'
+        return 'callout', 'unicorn changes its flags before its store: a fault there loses them', 'spec/vmm.r1:112'
     if rule in ('trap',):
-        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:112'
+        return 'ident', 'copied; left to trap when the hardware faults', 'spec/vmm.r1:113'
     return rule, "", None
 
 
@@ -942,6 +942,7 @@ CONSTS = {
     'V_ESP': 16,
     'V_HITS': 68,
     'V_HWSEL': 81936,
+    'V_IRQ_PENDING': 81952,
     'V_JUMP': 81920,
     'V_JUMP2': 64,
     'V_LDTR': 112,
@@ -965,7 +966,7 @@ CONSTS = {
 # label of the stubs. Variants are keyed by the numbers of the placeholders listed (registers,
 # cc); blobs have an origin address and exported labels.
 TEMPLATES = {
-    'callout_exit': {  # spec/vmm.r1:398
+    'callout_exit': {  # spec/vmm.r1:413
         "placeholders": (),
         "values": ('callout',),
         "when": {},
@@ -975,7 +976,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 00 00 00 00 65 89 0d 04 00 00 00 65 89 15 08 00 00 00 65 89 1d 0c 00 00 00 65 89 25 10 00 00 00 65 89 2d 14 00 00 00 65 89 35 18 00 00 00 65 89 3d 1c 00 00 00 65 8b 25 08 40 01 00 9c 65 8f 05 20 00 00 00 e9'), ('rel32', '@callout', -4)],
         },
     },
-    'callout_slot': {  # spec/vmm.r1:387
+    'callout_slot': {  # spec/vmm.r1:402
         "placeholders": (),
         "values": (),
         "when": {},
@@ -985,7 +986,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 04 40 01 00 cc')],
         },
     },
-    'cli_virtual': {  # spec/vmm.r1:206
+    'cli_virtual': {  # spec/vmm.r1:207
         "placeholders": (),
         "values": (),
         "when": {},
@@ -995,7 +996,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 c7 05 24 00 00 00 00 00 00 00')],
         },
     },
-    'direct_call': {  # spec/vmm.r1:298
+    'direct_call': {  # spec/vmm.r1:313
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1005,7 +1006,7 @@ TEMPLATES = {
             (): [bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jcc': {  # spec/vmm.r1:292
+    'direct_jcc': {  # spec/vmm.r1:307
         "placeholders": ('cc',),
         "values": ('target', 'next'),
         "when": {'osize': '32'},
@@ -1030,7 +1031,7 @@ TEMPLATES = {
             (15,): [bytes.fromhex('0f 8f'), ('rel32', '@target', -4), bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'direct_jecxz': {  # spec/vmm.r1:330
+    'direct_jecxz': {  # spec/vmm.r1:345
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1040,7 +1041,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e3 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_jmp': {  # spec/vmm.r1:287
+    'direct_jmp': {  # spec/vmm.r1:302
         "placeholders": (),
         "values": ('target',),
         "when": {'osize': '32'},
@@ -1050,7 +1051,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loop': {  # spec/vmm.r1:306
+    'direct_loop': {  # spec/vmm.r1:321
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1060,7 +1061,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e2 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loope': {  # spec/vmm.r1:314
+    'direct_loope': {  # spec/vmm.r1:329
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1070,7 +1071,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e1 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'direct_loopne': {  # spec/vmm.r1:322
+    'direct_loopne': {  # spec/vmm.r1:337
         "placeholders": (),
         "values": ('next', 'target'),
         "when": {'osize': '32'},
@@ -1080,7 +1081,7 @@ TEMPLATES = {
             (): [('addr',), bytes.fromhex('e0 05 e9'), ('rel32', '@next', -4), bytes.fromhex('e9'), ('rel32', '@target', -4)],
         },
     },
-    'exit_next': {  # spec/vmm.r1:373
+    'exit_next': {  # spec/vmm.r1:388
         "placeholders": (),
         "values": ('next',),
         "when": {},
@@ -1090,7 +1091,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@next', -4)],
         },
     },
-    'exit_slot': {  # spec/vmm.r1:380
+    'exit_slot': {  # spec/vmm.r1:395
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1100,7 +1101,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 ff 25 00 40 01 00 cc')],
         },
     },
-    'forward': {  # spec/vmm.r1:415
+    'forward': {  # spec/vmm.r1:430
         "placeholders": (),
         "values": ('to',),
         "when": {},
@@ -1110,7 +1111,7 @@ TEMPLATES = {
             (): [bytes.fromhex('e9'), ('rel32', '@to', -4)],
         },
     },
-    'indirect_call': {  # spec/vmm.r1:346
+    'indirect_call': {  # spec/vmm.r1:361
         "placeholders": (),
         "values": ('next',),
         "when": {'osize': '32', 'asize': '32'},
@@ -1120,7 +1121,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('68'), ('abs32', '@next', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_entry': {  # spec/vmm.r1:193
+    'indirect_entry': {  # spec/vmm.r1:194
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1130,7 +1131,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'indirect_jmp': {  # spec/vmm.r1:338
+    'indirect_jmp': {  # spec/vmm.r1:353
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'asize': '32'},
@@ -1140,7 +1141,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), ('seg',), ('ea', bytes.fromhex('8b'), 0, bytes.fromhex('')), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret': {  # spec/vmm.r1:355
+    'indirect_ret': {  # spec/vmm.r1:370
         "placeholders": (),
         "values": (),
         "when": {'osize': '32', 'stack': '32'},
@@ -1150,7 +1151,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'indirect_ret_imm': {  # spec/vmm.r1:363
+    'indirect_ret_imm': {  # spec/vmm.r1:378
         "placeholders": (),
         "values": ('n',),
         "when": {'osize': '32', 'stack': '32'},
@@ -1160,7 +1161,7 @@ TEMPLATES = {
             (): [bytes.fromhex('65 a3 38 00 00 00'), ('mark', 'eax_saved'), bytes.fromhex('58 8d a4 24'), ('abs32', '@n', 0), bytes.fromhex('e9'), ('rel32', 'lookup', -4)],
         },
     },
-    'mov_from_sreg': {  # spec/vmm.r1:257
+    'mov_from_sreg': {  # spec/vmm.r1:272
         "placeholders": ('dst', 'src'),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg', 'src#': '0..5'},
@@ -1233,17 +1234,17 @@ TEMPLATES = {
             (7, 7): [bytes.fromhex('65 0f b7 3d 6e 00 00 00')],
         },
     },
-    'popf_virtual': {  # spec/vmm.r1:238
+    'popf_virtual': {  # spec/vmm.r1:249
         "placeholders": (),
         "values": ('callout',),
         "when": {'osize': '32'},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
+            (): [bytes.fromhex('65 a3 38 00 00 00 8b 04 24 a9 00 01 00 00 75 0c 65 23 05 20 40 01 00 a9 00 02 00 00 65 a1 38 00 00 00 0f 85'), ('rel32', '@callout', -4), bytes.fromhex('8b 04 24 25 00 02 00 00 65 a3 24 00 00 00 8b 04 24 25 00 30 00 00 65 a3 48 00 00 00 65 a1 38 00 00 00 9d')],
         },
     },
-    'pushf_virtual': {  # spec/vmm.r1:214
+    'pushf_virtual': {  # spec/vmm.r1:224
         "placeholders": (),
         "values": (),
         "when": {'osize': '32'},
@@ -1253,7 +1254,7 @@ TEMPLATES = {
             (): [bytes.fromhex('9c 65 a3 38 00 00 00 65 89 0d 3c 00 00 00 65 89 25 50 00 00 00 65 8b 25 08 40 01 00 9c 65 a1 50 00 00 00 36 81 20 ff cd ff ff 65 8b 0d 24 00 00 00 36 09 08 65 8b 0d 48 00 00 00 36 09 08 9d 65 8b 25 50 00 00 00 65 8b 0d 3c 00 00 00 65 a1 38 00 00 00')],
         },
     },
-    'settle_flags': {  # spec/vmm.r1:424
+    'settle_flags': {  # spec/vmm.r1:439
         "placeholders": (),
         "values": (),
         "when": {},
@@ -1263,7 +1264,7 @@ TEMPLATES = {
             (): [bytes.fromhex('f5 f5')],
         },
     },
-    'sldt_virtual': {  # spec/vmm.r1:272
+    'sldt_virtual': {  # spec/vmm.r1:287
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1280,7 +1281,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 70 00 00 00')],
         },
     },
-    'smsw_virtual': {  # spec/vmm.r1:262
+    'smsw_virtual': {  # spec/vmm.r1:277
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1297,17 +1298,17 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 8b 3d 6c 00 00 00')],
         },
     },
-    'sti_virtual': {  # spec/vmm.r1:210
+    'sti_virtual': {  # spec/vmm.r1:213
         "placeholders": (),
-        "values": (),
+        "values": ('callout',),
         "when": {},
         "origin": None,
         "labels": {},
         "variants": {
-            (): [bytes.fromhex('65 c7 05 24 00 00 00 00 02 00 00')],
+            (): [bytes.fromhex('65 89 0d 3c 00 00 00 65 8b 0d 20 40 01 00 e3 0c 65 8b 0d 3c 00 00 00 e9'), ('rel32', '@callout', -4), bytes.fromhex('65 8b 0d 3c 00 00 00 65 c7 05 24 00 00 00 00 02 00 00')],
         },
     },
-    'str_virtual': {  # spec/vmm.r1:267
+    'str_virtual': {  # spec/vmm.r1:282
         "placeholders": ('dst',),
         "values": (),
         "when": {'osize': '32', 'mod': 'reg'},
@@ -1324,7 +1325,7 @@ TEMPLATES = {
             (7,): [bytes.fromhex('65 0f b7 3d 72 00 00 00')],
         },
     },
-    'vmm_stubs': {  # spec/vmm.r1:117
+    'vmm_stubs': {  # spec/vmm.r1:118
         "placeholders": (),
         "values": (),
         "when": {},

@@ -97,25 +97,106 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_writer(stream):
+    def write(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return write
+
+
+SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MAX_MEMORY = 3 << 30  # below the PCI and APIC holes of the 4 GB physical space
+DETERMINISTIC_RTC_BASE = "2025-01-01T00:00:00"
+
+
+def parse_size(text: str) -> int:
+    """A memory size as QEMU's -m takes it: a number of MB, or with a K, M or G suffix."""
+    t = text.strip().upper().removesuffix("B")
+    unit = t[-1:] if t[-1:] in ("K", "M", "G") else ""
+    number = t[: len(t) - len(unit)]
+    if not number.isdigit():
+        raise ValueError("a size is a number of MB, or a number with K, M or G (e.g. 128M, 1G)")
+    size = int(number) * SIZE_UNITS[unit]
+    if size % 0x1000 or size < 2 << 20 or size > MAX_MEMORY:
+        raise ValueError(f"the VM's memory must be whole pages from 2 MB to {MAX_MEMORY >> 30} GB")
+    return size
+
+
+def rtc_base(text: str | None, clock: str):
+    """The RTC's time at power-on: `utc` (the host's time now), an ISO 8601 date and time, or
+    by default a fixed date under the guest clock (runs reproduce) and the host's under --clock host."""
+    from datetime import UTC, datetime
+
+    if text is None:
+        text = "utc" if clock == "host" else DETERMINISTIC_RTC_BASE
+    if text == "utc":
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError("expected utc or a date and time such as 2025-01-01T00:00:00") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Boot a Multiboot image and run it; the exit status is the guest's (see ring1.runtime.engines)."""
     import os
 
     from ring1.runtime import engines
     from ring1.runtime.boot import multiboot
+    from ring1.runtime.devices.clock import VirtualClock
+    from ring1.runtime.devices.disk import DiskError, DiskImage
     from ring1.runtime.devices.platform import GuestPlatform
+    from ring1.runtime.devices.serial_input import SerialInput
+
     if args.max_insns is not None and args.max_insns <= 0:
         print("ring1 run: --max-insns must be positive", file=sys.stderr)
         return engines.EXIT_USAGE
     try:
-        image = multiboot.load_multiboot(args.image)
+        memory_size = parse_size(args.memory)
+    except ValueError as err:
+        print(f"ring1 run: --memory {args.memory}: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
+    try:
+        rtc_start = rtc_base(args.rtc_base, args.clock)
+    except ValueError as err:
+        print(f"ring1 run: --rtc-base {args.rtc_base}: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if len(args.disk or ()) > 2:
+        print("ring1 run: at most two --disk images (the primary IDE channel's master and slave)", file=sys.stderr)
+        return engines.EXIT_USAGE
+    try:
+        image = multiboot.load_multiboot(args.image, memory_size)
     except multiboot.ImageError as err:
         print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
-    platform = GuestPlatform()
+    disks: list[DiskImage] = []
+    try:
+        for path in args.disk or ():
+            disks.append(DiskImage(path, snapshot=args.snapshot))
+    except DiskError as err:
+        for disk in disks:
+            disk.close()
+        print(f"ring1 run: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
+    platform = GuestPlatform(
+        clock=VirtualClock(args.clock), memory_size=memory_size, disks=disks, rtc_start=rtc_start
+    )
+    serial_input = None
+    if args.serial_input is not None:
+        try:
+            source = None if args.serial_input == "-" else args.serial_input
+            serial_input = SerialInput.open(source, platform.com1, platform.clock)
+        except OSError as err:
+            print(f"ring1 run: --serial-input {args.serial_input}: {err.strerror}", file=sys.stderr)
+            return engines.EXIT_USAGE
     stats = engines.RunStats(args.mode)
     _catch_interrupts()
     try:
+        if serial_input is not None:
+            serial_input.start()
+        if args.display == "text":
+            platform.show_screen(_terminal_writer(sys.stderr))
         stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
@@ -128,7 +209,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return engines.EXIT_VMSTOP
     finally:
+        if serial_input is not None:
+            serial_input.close()
+        platform.close()
         platform.flush()
+    if args.screenshot and platform.vga is not None:
+        try:
+            platform.vga.screenshot(args.screenshot)
+        except OSError as err:
+            print(f"ring1 run: --screenshot {args.screenshot}: {err.strerror}", file=sys.stderr)
     diagnosis = stop.diagnosis(args.mode)
     if diagnosis:
         print(diagnosis, file=sys.stderr)
@@ -379,6 +468,36 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--stats", action="store_true", help="print run statistics on stderr after the run")
     run.add_argument("--json-stats", metavar="FILE", help="write the statistics to FILE as JSON")
     run.add_argument("--max-insns", type=int, metavar="N", help="stop after N guest instructions")
+    run.add_argument(
+        "--clock",
+        default="guest",
+        choices=["guest", "host"],
+        help="virtual time follows the guest's instructions (reproducible; default) or the host's clock",
+    )
+    run.add_argument("-m", "--memory", default="128M", help="guest RAM: MB, or with K/M/G (default 128M)")
+    run.add_argument(
+        "--disk",
+        action="append",
+        metavar="FILE",
+        help="a raw disk image on the primary IDE channel (master, then slave; repeatable)",
+    )
+    run.add_argument("--snapshot", action="store_true", help="keep disk writes in memory; the files stay unchanged")
+    run.add_argument(
+        "--rtc-base",
+        metavar="WHEN",
+        help=f"RTC time at power-on: utc or an ISO date (default {DETERMINISTIC_RTC_BASE}; utc with --clock host)",
+    )
+    run.add_argument(
+        "--display", choices=["none", "text"], default="none", help="text: show the VGA text screen on stderr"
+    )
+    run.add_argument(
+        "--screenshot", metavar="FILE", help="save the last text screen at the end (PNG if FILE ends in .png)"
+    )
+    run.add_argument(
+        "--serial-input",
+        metavar="FILE",
+        help="bytes COM1 receives: a file, or - for stdin (raw on a terminal; Ctrl-A x quits)",
+    )
     run.set_defaults(func=cmd_run)
 
     ins = sub.add_parser(

@@ -56,7 +56,7 @@ def test_demo(guests):
     for line in [
         "ring1 demo kernel",
         "serial: 16550 at 3f8, scratch register ok",
-        "multiboot: memory 640 KB low, 15360 KB above 1 MB",
+        "multiboot: memory 639 KB low, 15360 KB above 1 MB",  # the EBDA takes the last KB below 640
         'multiboot: boot loader "ring1"',
         "primes: 669 below 5000, the largest 4999",
         'checksum: crc32("123456789") = cbf43926',
@@ -246,12 +246,17 @@ def test_boot_state(guests):
     assert S.base[CS] == 0 and S.limit[CS] == 0xFFFFFFFF and S.limit[DS] == 0xFFFFFFFF
     assert (S.gdtr_base, S.gdtr_limit) == (multiboot.LOADER_GDT, 23) and S.idtr_limit == 0
     flags, mem_lower, mem_upper = struct.unpack_from("<III", m.mem.read(multiboot.MBI_ADDR, 12))
-    assert flags & 0x245 == 0x245 and (mem_lower, mem_upper) == (640, 15360)
+    assert flags & 0x245 == 0x245 and (mem_lower, mem_upper) == (639, 15360)  # the EBDA: the KB below 640
     name_addr = struct.unpack("<I", m.mem.read(multiboot.MBI_ADDR + 64, 4))[0]
     assert m.mem.read(name_addr, 6) == b"ring1\0"
     mmap_len, mmap_addr = struct.unpack("<II", m.mem.read(multiboot.MBI_ADDR + 44, 8))
     entries = [struct.unpack_from("<IQQI", m.mem.read(mmap_addr + i, 24)) for i in range(0, mmap_len, 24)]
-    assert entries[-1] == (20, 0x100000, (16 << 20) - 0x100000, 1)
+    assert entries[:3] == [
+        (20, 0, 0x9FC00, 1),
+        (20, 0x9FC00, 0x100000 - 0x9FC00, 2),
+        (20, 0x100000, (16 << 20) - 0x100000, 1),
+    ]
+    assert (20, 0xFEE00000, 0x1000, 2) in entries  # the local APIC's page, reserved as a BIOS reports it
     assert m.mem.read(0x100000, 4) == struct.pack("<I", 0x1BADB002)
 
 
@@ -285,7 +290,7 @@ def test_serial_console():
     assert p.io_in(COM1 + 2, 1) == 0x01  # IIR: no interrupt pending
     p.io_out(COM1 + 2, 1, 0x07)
     assert p.io_in(COM1 + 2, 1) == 0xC1  # FIFOs on
-    assert p.io_in(COM1 + 6, 1) == 0x00  # MSR: nothing attached
+    assert p.io_in(COM1 + 6, 1) == 0xB0  # MSR: a ready terminal (CTS, DSR, DCD), as QEMU shows it
     p.io_out(COM1 + 4, 1, 0x1B)  # loopback, OUT2, RTS, DTR
     assert p.io_in(COM1 + 6, 1) == 0xB0
     p.io_out(COM1, 1, ord("x"))

@@ -32,6 +32,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ring1.runtime.boot.firmware import e820_map
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.state import SEG_NAMES
@@ -226,14 +227,12 @@ def _loader_gdt() -> bytes:
 
 
 def _info_structure(memory_size: int, cmdline: bytes) -> list[tuple[int, bytes]]:
-    mem_lower = LOW_MEMORY_END // 1024
+    # The platform's one memory map (boot/firmware.py: the EBDA below 640 KB, the BIOS area,
+    # the APIC pages), as INT 15h E820 would give it; mem_lower is the RAM below the EBDA.
+    regions = e820_map(memory_size)
+    mem_lower = regions[0].length // 1024
     mem_upper = (memory_size - 0x100000) // 1024
-    regions = [
-        (0, LOW_MEMORY_END, 1),  # available
-        (LOW_MEMORY_END, 0x100000 - LOW_MEMORY_END, 2),  # reserved: the ISA hole
-        (0x100000, memory_size - 0x100000, 1),
-    ]
-    mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind) for base, length, kind in regions)
+    mmap = b"".join(struct.pack("<IQQI", 20, e.base, e.length, e.type) for e in regions)
     info = bytearray(0x58)
     flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME
     struct.pack_into("<III", info, 0, flags, mem_lower, mem_upper)

@@ -2,7 +2,8 @@
 
 Fault  an exception at an instruction: the guest EIP is the faulting instruction's own
        address and no part of it has taken effect (vector, error code).
-Trap   a software interrupt (INT n, INT3, INTO): the instruction completed, EIP is the next one.
+Trap   a software interrupt (INT n, INT3, INTO): the instruction completed, EIP is the next one;
+       an ExternalInterrupt is one from the platform, taken between two instructions.
 VMStop the virtual machine cannot go on (triple fault, an unimplemented case, a bad image):
        a clean stop with a diagnosis, never a Python traceback.
 """
@@ -57,6 +58,19 @@ class Trap(GuestEvent):
 
     def __str__(self) -> str:
         return f"int {self.vector:#x}"
+
+
+class ExternalInterrupt(Trap):
+    """A maskable interrupt from the platform's controller, taken at an instruction boundary:
+    delivered like a trap (EIP at the next instruction), with no gate-DPL check."""
+
+    __slots__ = ()
+
+    def __init__(self, vector: int) -> None:
+        super().__init__(vector, 0)  # EVENT_EXTERNAL (spec/interrupts.r1)
+
+    def __str__(self) -> str:
+        return f"interrupt {self.vector:#x}"
 
 
 class VMStop(Exception):

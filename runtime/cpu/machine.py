@@ -28,6 +28,7 @@ import struct
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
@@ -35,11 +36,14 @@ from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS
 from ring1.runtime.cpu import memfast
 from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
-from ring1.runtime.cpu.events import EXCEPTION_NAMES, Fault, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, ExternalInterrupt, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, MODE_NAMES, MODE_PROT, MODE_REAL, MODE_V86, NOCC, SS, CpuState
 from ring1.runtime.cpu.traces import CodeRanges, PageTraces, instruction_ranges
 from ring1.runtime.isa.decoder import MAX_LENGTH, Decoded, Truncated, decode
+
+if TYPE_CHECKING:
+    from ring1.runtime.devices.clock import VirtualClock
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
@@ -60,13 +64,38 @@ MSR_TSC = 0x10
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = (CONSTS[f"MSR_SYSENTER_{r}"] for r in ("CS", "ESP", "EIP"))
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
+# Forms that read virtual time (I/O ports, the TSC): the interpreter starts a block at each.
+TIMED_FORMS = frozenset(name for name, f in FORMS.items() if {"io", "tsc"} & {*f.reads, *f.writes})
+
 _U32 = struct.Struct("<I")
 _U64X2 = struct.Struct("<2Q")
 _F64X2 = struct.Struct("<2d")
 
 
 class Platform:
-    """I/O ports of the virtual platform. The base class has no devices: reads float high."""
+    """I/O ports, time and interrupts of the virtual platform. The base class has no devices:
+    reads float high, there is no clock and no interrupt ever arrives."""
+
+    clock: VirtualClock | None = None  # devices' virtual time (ring1.runtime.devices.clock)
+
+    def interrupt_pending(self) -> bool:
+        """The CPU's INTR pin: a maskable interrupt waits (the guest's IF decides)."""
+        return False
+
+    def acknowledge_interrupt(self) -> int:
+        """The interrupt acknowledge cycle: the vector to deliver."""
+        raise VMStop("no-interrupt", "interrupt acknowledged on a platform without interrupt controller")
+
+    def mmio_read(self, address: int, size: int) -> int:
+        """A physical address outside RAM: nothing there reads as all ones."""
+        return (1 << (8 * size)) - 1
+
+    def mmio_write(self, address: int, size: int, value: int) -> None:
+        return None
+
+    def mmio_ranges(self) -> list[tuple[int, int]]:
+        """(base, length) of the physical ranges devices claim, for the CPUs that map them."""
+        return []
 
     def io_in(self, port: int, size: int) -> int:
         return (1 << (size * 8)) - 1
@@ -100,6 +129,9 @@ class Machine:
         # linear page -> the same, for the blocks fetched through it (CR3 and INVLPG re-walk them)
         self.code_linear: dict[int, set[tuple[bool, tuple[int, int, int]]]] = {}
         self.running_block: Block | None = None
+        # Whether run() takes external interrupts itself (the VMM's one-instruction emulations
+        # do not: the VMM takes them where its translated code allows).
+        self.takes_interrupts = True
         # Who hears about emulated writes to which physical page: this machine's block cache,
         # and the VMM's translation cache and shadow page tables (ring1.runtime.cpu.traces).
         self.traces = PageTraces()
@@ -289,11 +321,26 @@ class Machine:
     def read_linear(self, la: int, n: int, user: bool) -> int:
         first = self.translate(la, False, user)
         if (la & 0xFFF) + n <= 0x1000:
+            if first + n > self.mem.size:
+                return self._read_outside_ram(first, n)
             return int.from_bytes(self.mem.read(first, n), "little")
         split = 0x1000 - (la & 0xFFF)
         second = self.translate((la + split) & M32, False, user)
-        data = self.mem.read(first, split) + self.mem.read(second, n - split)
-        return int.from_bytes(data, "little")
+        low = self._read_outside_ram(first, split) if first + split > self.mem.size else None
+        high = self._read_outside_ram(second, n - split) if second + n - split > self.mem.size else None
+        if low is None:
+            low = int.from_bytes(self.mem.read(first, split), "little")
+        if high is None:
+            high = int.from_bytes(self.mem.read(second, n - split), "little")
+        return low | high << (8 * split)
+
+    def _read_outside_ram(self, pa: int, n: int) -> int:
+        """Past the end of RAM: the platform's MMIO (devices), or an empty bus."""
+        if pa >= self.mem.size:
+            return self.platform.mmio_read(pa, n)
+        inside = self.mem.size - pa  # (an access straddling the end of RAM: its two parts)
+        low = int.from_bytes(self.mem.read(pa, inside), "little")
+        return low | self.platform.mmio_read(pa + inside, n - inside) << (8 * inside)
 
     def write_linear(self, la: int, n: int, value: int, user: bool) -> None:
         # Translate every page first, so that a fault on the second leaves memory untouched.
@@ -313,6 +360,13 @@ class Machine:
             self.translate((la + 0x1000 - (la & 0xFFF)) & M32, True, user)
 
     def _write_phys(self, pa: int, data: bytes) -> None:
+        if pa + len(data) > self.mem.size:
+            inside = max(0, self.mem.size - pa)
+            if inside:
+                self.mem.write(pa, data[:inside])
+            rest = data[inside:]
+            self.platform.mmio_write(pa + inside, len(rest), int.from_bytes(rest, "little"))
+            return
         self.mem.write(pa, data)
         page = pa >> 12
         if page in self.traces.watched:
@@ -457,6 +511,10 @@ class Machine:
                 if not insns:
                     raise
                 break  # the fetch faults when execution reaches it, not before
+            if insns and d.form in TIMED_FORMS:
+                # I/O and the TSC read the clock: such an instruction begins its own block, so
+                # the clock has been advanced to it (blocks count their instructions at the end).
+                break
             insns.append(d)
             la = (S.base[CS] + d.eip) & M32
             code.add(instruction_ranges(la, len(d.raw), ipages))
@@ -510,24 +568,49 @@ class Machine:
     # ------------------------------------------------------------ running
 
     def run(self, max_insns: int | None = None) -> RunResult:
-        """Run until a stop address, the instruction budget, HLT with interrupts off, or (with
-        stop_on_event) the first fault or software interrupt."""
+        """Run until a stop address, the instruction budget, HLT that nothing can wake, or (with
+        stop_on_event) the first fault or software interrupt. External interrupts are taken at
+        block boundaries (every instruction that can change IF or raise a line ends a block) when
+        IF allows and no interrupt shadow is open; the platform's clock advances by the
+        instructions run, and blocks end at its next deadline."""
         S = self.state
         blocks = self.blocks
         budget_end = None if max_insns is None else S.icount + max_insns
         stops = self.stop_addresses
+        platform = self.platform
+        clock = platform.clock
         while True:
             if S.eip in stops:
                 return RunResult("stop-address")
             if budget_end is not None and S.icount >= budget_end:
                 return RunResult("limit")
+            if S.eflags & 0x200 and not S.irq_shadow and self.takes_interrupts and platform.interrupt_pending():
+                try:
+                    self.take_interrupt()
+                except VMStop as stop:
+                    return RunResult("vmstop", vmstop=stop)
+                continue
             if S.halted:
+                try:
+                    if S.eflags & 0x200 and clock is not None and clock.skip_to_deadline():
+                        continue  # time passed to the next timer; its interrupt, if any, is taken above
+                except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x, a reset)
+                    return RunResult("vmstop", vmstop=stop)
                 return RunResult("halt")
+            end = budget_end
+            if clock is not None:
+                left = clock.insns_until_deadline()
+                if left is not None:
+                    end = S.icount + left if end is None else min(end, S.icount + left)
             key = (S.eip, S.base[CS], S.code32)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
+            shadow = S.irq_shadow  # the instruction after STI / MOV SS runs alone, then interrupts
+            S.irq_shadow = False
+            started = S.icount
             try:
-                if single_step or (budget_end is not None and budget_end - S.icount < self.max_block):
-                    # Near the end of the budget, one instruction at a time, so it ends exactly.
+                if single_step or shadow or (end is not None and end - S.icount < self.max_block):
+                    # Near the end of the budget or a timer's deadline, one instruction at a
+                    # time, so it ends exactly.
                     block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
                 else:
                     block = blocks.get(key)
@@ -549,6 +632,19 @@ class Machine:
                 return RunResult("vmstop", vmstop=stop)
             finally:
                 self.running_block = None
+                if clock is not None:
+                    try:
+                        clock.advance(S.icount - started)
+                    except VMStop as stop:  # a device's timer stopped the machine (a reset, say)
+                        return RunResult("vmstop", vmstop=stop)
+
+    def take_interrupt(self) -> int:
+        """INTR is up and IF allows: acknowledge the controller and deliver its vector through
+        the guest's IVT or IDT as an external interrupt (which also ends a HLT)."""
+        vector = self.platform.acknowledge_interrupt()
+        self.state.halted = False
+        self.deliver_event(ExternalInterrupt(vector))
+        return vector
 
     def deliver_event(self, ev: GuestEvent) -> None:
         """Deliver a fault or software interrupt through the guest's IVT or IDT, as the CPU does:
@@ -657,16 +753,20 @@ class Machine:
     def b_write_msr(self, index: int, value: int) -> None:
         S = self.state
         if index == MSR_TSC:
-            S.tsc = (value - S.icount) & ((1 << 64) - 1)
+            clock = self.platform.clock
+            S.tsc = (value - (clock.tsc() if clock is not None else S.icount)) & ((1 << 64) - 1)
             return
         if index not in S.msr:
             raise Fault(13, 0)
         S.msr[index] = value & ((1 << 64) - 1)
 
     def b_read_tsc(self) -> int:
-        """A deterministic time-stamp counter: instructions retired plus the offset WRMSR set."""
+        """The time-stamp counter: the platform's virtual clock (devices/clock.py: TSC_HZ), or
+        without one the instructions retired; plus the offset WRMSR set."""
         S = self.state
-        return (S.icount + S.tsc) & ((1 << 64) - 1)
+        clock = self.platform.clock
+        now = clock.tsc() if clock is not None else S.icount
+        return (now + S.tsc) & ((1 << 64) - 1)
 
     def b_read_pmc(self, index: int) -> int:
         if index > 1:
@@ -707,6 +807,9 @@ class Machine:
 
     def b_halt(self) -> None:
         self.state.halted = True
+
+    def b_inhibit_interrupts(self) -> None:
+        self.state.irq_shadow = True
 
     def b_soft_interrupt(self, vector: int, kind: int) -> None:
         raise Trap(vector & 0xFF, kind)

@@ -37,6 +37,7 @@ class CpuState:
         "icount",
         "idtr_base",
         "idtr_limit",
+        "irq_shadow",
         "ldtr",
         "ldtr_attr",
         "ldtr_base",
@@ -88,6 +89,9 @@ class CpuState:
         self.tsc = 0
         self.icount = 0  # instructions retired
         self.halted = False
+        # STI (setting IF), MOV SS or POP SS just completed: the next instruction runs before
+        # any maskable interrupt is taken (the interrupt shadow).
+        self.irq_shadow = False
         self.smc = False  # a store hit code of the block now running
 
 

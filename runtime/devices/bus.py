@@ -95,6 +95,10 @@ class Bus(Platform):
         self.ports = _RegionMap("port", PORT_SPACE)
         self.mmio = _RegionMap("MMIO", 1 << 32)
         self.io_counts: Counter[tuple[int, str]] = Counter()  # (port, "in" | "out") -> operations
+        # Ports and MMIO addresses no device claims, by first access (a missing device shows
+        # in `ring1 run --stats` instead of failing silently): address -> "in 1" / "out 2"...
+        self.unclaimed_ports: dict[int, str] = {}
+        self.unclaimed_mmio: dict[int, str] = {}
 
     def map_ports(self, name: str, base: int, length: int, device: BusDevice, *, split: bool = True) -> Region:
         region = Region(name, base, length, device, split)
@@ -120,7 +124,11 @@ class Bus(Platform):
         for i in range(size):
             at = (port + i) & 0xFFFF
             byte_region = region if i == 0 else self.ports.find(at)
-            byte = byte_region.device.read(at - byte_region.base, 1) & 0xFF if byte_region is not None else 0xFF
+            if byte_region is None:
+                self.unclaimed_ports.setdefault(at, f"in {size}")
+                byte = 0xFF
+            else:
+                byte = byte_region.device.read(at - byte_region.base, 1) & 0xFF
             value |= byte << (8 * i)
         return value
 
@@ -136,6 +144,14 @@ class Bus(Platform):
             byte_region = region if i == 0 else self.ports.find(at)
             if byte_region is not None:
                 byte_region.device.write(at - byte_region.base, 1, value >> (8 * i) & 0xFF)
+            else:
+                self.unclaimed_ports.setdefault(at, f"out {size}")
+
+    def unclaimed(self) -> dict[str, str]:
+        """{"port 0x2e8": "in 1", "mmio 0xfed00000": "read 4"}: the first access to each."""
+        out = {f"port {p:#x}": how for p, how in sorted(self.unclaimed_ports.items())}
+        out.update({f"mmio {a:#x}": how for a, how in sorted(self.unclaimed_mmio.items())})
+        return out
 
     def io_total(self) -> int:
         return sum(self.io_counts.values())
@@ -149,9 +165,13 @@ class Bus(Platform):
 
     # ------------------------------------------------------------ MMIO
 
+    def mmio_ranges(self) -> list[tuple[int, int]]:
+        return [(r.base, r.length) for r in self.mmio.regions]
+
     def mmio_read(self, address: int, size: int) -> int:
         region = self.mmio.find(address)
         if region is None:
+            self.unclaimed_mmio.setdefault(address, f"read {size}")
             return (1 << (8 * size)) - 1
         return region.device.read(address - region.base, size) & ((1 << (8 * size)) - 1)
 
@@ -159,3 +179,5 @@ class Bus(Platform):
         region = self.mmio.find(address)
         if region is not None:
             region.device.write(address - region.base, size, value & ((1 << (8 * size)) - 1))
+        else:
+            self.unclaimed_mmio.setdefault(address, f"write {size}")

@@ -6,6 +6,8 @@ with the guest's progress: each executed guest instruction is `ns_per_insn` nano
 points, run after run. An engine reports progress with `advance(instructions)` after each
 stretch it ran, and asks `insns_until_deadline()` how far it may run before a timer is due,
 so a timer fires at the instruction boundary its deadline falls on (within one stretch).
+A device read in the middle of a stretch (an IN, an MMIO load) sees the time of its own
+instruction: the engine tells the clock how far it got (`unaccounted`).
 `HLT` with interrupts enabled jumps time to the next deadline (`skip_to_deadline`).
 
 With `source="host"` (`ring1 run --clock host`) virtual time follows the host's monotonic
@@ -68,6 +70,10 @@ class VirtualClock:
         self.ns_per_insn = ns_per_insn
         self._guest_ns = 0  # guest source: time so far
         self._host_origin = time.monotonic_ns()
+        # The engine running now: how many instructions it has executed that it has not yet
+        # given to `advance` (a device read in the middle of a stretch, an IN from a polling
+        # loop, sees the time of its own instruction). None between runs.
+        self.unaccounted: Callable[[], int] | None = None
         self._heap: list[tuple[int, int, Timer]] = []
         self._tickets = itertools.count(1)
         self.timers_fired = 0
@@ -76,6 +82,8 @@ class VirtualClock:
 
     def now(self) -> int:
         if self.source == "guest":
+            if self.unaccounted is not None:
+                return self._guest_ns + self.unaccounted() * self.ns_per_insn
             return self._guest_ns
         return time.monotonic_ns() - self._host_origin
 

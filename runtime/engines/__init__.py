@@ -218,11 +218,14 @@ class Stop:
             "limit": EXIT_LIMIT,
             "interrupted": EXIT_INTERRUPTED,
             "console-closed": EXIT_CONSOLE_CLOSED,
+            "user-quit": EXIT_INTERRUPTED,
+            "poweroff": 0,  # ACPI S5: the guest shut the machine down, a normal end
+            "reset": 0,  # the guest asked for a reset; ring1 ends the run there (QEMU's -no-reboot)
         }.get(self.kind, EXIT_VMSTOP)
 
     def diagnosis(self, mode: str) -> str | None:
         """One line for stderr, or None after a clean exit through the exit port."""
-        if self.kind == "exit":
+        if self.kind in ("exit", "poweroff"):
             return None
         where = ""
         if self.eip is not None:
@@ -242,11 +245,13 @@ def run_image(
     from ring1.runtime.boot.multiboot import interp_boot
 
     engine = create(mode, image.memory_size, platform)
+    platform.install_firmware(engine.machine.mem)  # then the kernel, which wins where they meet
     interp_boot(image, platform, engine.machine)
     engine.start()
     started = time.perf_counter()
     outcome = engine.run(max_insns)
     engine.figures(stats, time.perf_counter() - started)
+    platform.figures(stats)
     return engine.stop(outcome, max_insns)
 
 

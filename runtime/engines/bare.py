@@ -28,6 +28,7 @@ from ring1.runtime.cpu.state import SS
 from ring1.runtime.engines import delegate
 from ring1.runtime.host.context import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
+from ring1.runtime.isa.decoder import decode
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 
@@ -44,11 +45,15 @@ class BareMachine:
         self.mem = memory if isinstance(memory, PhysicalMemory) else PhysicalMemory(memory)
         self.platform = platform or Platform()
         self.interp = Machine(self.mem, self.platform)  # the deliverer, on the same memory
-        self.cpu = PhysicalCpu(self.mem, platform=self.platform)
+        self.clock = self.platform.clock
+        self.cpu = PhysicalCpu(self.mem, platform=self.platform, count_instructions=self.clock is not None)
+        if self.clock is not None:
+            self.cpu.after_device_access = self._after_device_access
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False  # report the first guest event instead of delivering it
+        self._counted = 0  # instructions already given to the clock
 
     # ------------------------------------------------------------ state
 
@@ -83,24 +88,47 @@ class BareMachine:
         if max_insns == 0:  # unicorn's count=0 would mean "no limit"
             read_into_machine(uc, self.interp)
             return BareStop("limit")
+        clock, counter = self.clock, self.cpu.counter
         while True:
             eip = uc.reg_read(X.UC_X86_REG_EIP)
             if (S.base[1] + eip) & 0xFFFFFFFF in self.stop_addresses:
                 return BareStop("stop-address")
+            if clock is not None and self.platform.interrupt_pending():
+                try:
+                    self._take_interrupt()
+                except VMStop as stop:
+                    return BareStop("vmstop", stop)
+                eip = uc.reg_read(X.UC_X86_REG_EIP)
             begin = (S.base[1] + eip) & 0xFFFFFFFF
-            until = min(self.stop_addresses) if len(self.stop_addresses) == 1 else NOWHERE
+            until = self._until()
+            if counter is not None:
+                # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
+                counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
+                clock.unaccounted = self._unaccounted
             try:
-                ev = self.cpu.run(begin, until, count=max_insns or 0)
+                try:
+                    ev = self.cpu.run(begin, until, count=max_insns or 0)
+                finally:
+                    if counter is not None:
+                        self._account_time()
             except VMStop as stop:  # the exit port, raised inside unicorn's I/O hook
                 return BareStop("vmstop", stop)
             except UcError as err:
                 read_into_machine(uc, self.interp)
                 return BareStop("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
             if ev is None:
+                if counter is not None and counter.hit_limit:
+                    continue  # a timer is due: its interrupt, if any, is taken at the top
                 read_into_machine(uc, self.interp)
                 if S.eip + S.base[1] in self.stop_addresses:
                     return BareStop("stop-address")
                 if self._after_hlt():
+                    woken = clock is not None and S.eflags & 0x200
+                    try:
+                        if woken and (self.platform.interrupt_pending() or clock.skip_to_deadline()):
+                            continue  # the interrupt is taken at the top
+                    except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
+                        return BareStop("vmstop", stop)
                     S.halted = True
                     return BareStop("halt")
                 return BareStop("limit")
@@ -114,6 +142,69 @@ class BareMachine:
                 self.deliver(ev.vector)
             except VMStop as stop:
                 return BareStop("vmstop", stop)
+
+    def _until(self) -> int:
+        """The `until` of every emu_start: unicorn compiles it into the blocks it translates, so
+        a run with another one would leave blocks that run past a stop address."""
+        return min(self.stop_addresses) if len(self.stop_addresses) == 1 else NOWHERE
+
+    def _account_time(self) -> None:
+        """After a run on unicorn: the instructions it executed advance the virtual clock."""
+        counter, uc = self.cpu.counter, self.cpu.uc
+        self.clock.unaccounted = None
+        counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
+        self.clock.advance(counter.executed - self._counted)
+        self._counted = counter.executed
+
+    def _after_device_access(self) -> None:
+        """A device access may have raised INTR (an OUT that unmasked a waiting line): stop
+        before the next instruction that runs with IF set, to take it there."""
+        if self.platform.interrupt_pending():
+            self.cpu.counter.counts.watch_if = 1
+
+    def _unaccounted(self) -> int:
+        """While unicorn runs (an IN or OUT from its hook): the instructions executed before
+        the current one, not yet given to the clock."""
+        return max(0, self.cpu.counter.executed - 1 - self._counted)
+
+    def _take_interrupt(self) -> None:
+        """INTR is up: if the guest's IF allows and no interrupt shadow is open, deliver it.
+        A run cut by the clock may have stopped right after an instruction that opens the
+        shadow (STI, MOV SS, POP SS: FormInfo.interrupt_shadow); then one more instruction runs
+        first, as on the CPU."""
+        uc = self.cpu.uc
+        if not uc.reg_read(X.UC_X86_REG_EFLAGS) & 0x200:
+            return
+        counter = self.cpu.counter
+        if counter.hit_limit and self._opens_shadow(counter.previous_address):
+            counter.start(1)
+            S = self.interp.state
+            begin = (S.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF
+            try:
+                ev = self.cpu.run(begin, self._until())
+            finally:
+                self._account_time()
+            if ev is not None:
+                self.deliver(ev.vector)  # the shadowed instruction faulted: that comes first
+                return
+            if not uc.reg_read(X.UC_X86_REG_EFLAGS) & 0x200 or not self.platform.interrupt_pending():
+                return
+        started = time.perf_counter()
+        read_into_machine(uc, self.interp)
+        vector = self.interp.take_interrupt()
+        self.events[vector] = self.events.get(vector, 0) + 1
+        self.cpu.clear_exception_latch()
+        write_from_machine(uc, self.interp)
+        self.event_time += time.perf_counter() - started
+
+    def _opens_shadow(self, linear: int) -> bool:
+        m = self.interp
+        try:
+            code = m.mem.read(m.translate(linear, False, False), 15)
+        except Fault:
+            return False
+        d = decode(code, linear, bool(m.state.code32))
+        return d.form is not None and FORMS[d.form].interrupt_shadow
 
     def _after_hlt(self) -> bool:
         S = self.interp.state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ring1.runtime.cpu.events import EXCEPTION_NAMES, GuestEvent, Trap, VMStop
+from ring1.runtime.cpu.events import EXCEPTION_NAMES, ExternalInterrupt, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.state import CS
 from ring1.runtime.devices.platform import GuestExit
@@ -26,7 +26,9 @@ class CountingMachine(Machine):
         return block
 
     def deliver_event(self, ev: GuestEvent) -> None:
-        if isinstance(ev, Trap):
+        if isinstance(ev, ExternalInterrupt):
+            name = f"interrupt {ev.vector:#x}"
+        elif isinstance(ev, Trap):
             name = {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
         else:
             name = EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")

@@ -60,6 +60,7 @@ from unicorn import (
 from unicorn import x86_const as X
 
 from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.host.counter import InstructionCounter
 
 GPR_IDS = (
     X.UC_X86_REG_EAX,
@@ -85,7 +86,9 @@ class CpuEvent:
 class PhysicalCpu:
     """One unicorn x86 CPU over a PhysicalMemory."""
 
-    def __init__(self, memory: PhysicalMemory, real_mode: bool = False, platform=None) -> None:
+    def __init__(
+        self, memory: PhysicalMemory, real_mode: bool = False, platform=None, count_instructions: bool = False
+    ) -> None:
         self.memory = memory
         self.platform = platform
         self.uc = Uc(UC_ARCH_X86, UC_MODE_16 if real_mode else UC_MODE_32)
@@ -102,18 +105,45 @@ class PhysicalCpu:
         # Whether the last run counted instructions: unicorn counts with a code hook over
         # everything, which changes how it loses flags at a fault (lazy_flags_verdict).
         self.counting = False
+        # With a virtual clock, every instruction is counted (host/counter.py), always: the
+        # count is guest progress, and a code hook over everything loses flags at faults.
+        self.counter = InstructionCounter(self.uc) if count_instructions else None
+        self.counting = self.counter is not None
+        # Called after every device access from guest code running on unicorn (an OUT that
+        # unmasked a waiting interrupt must not wait for the next timer to be taken).
+        self.after_device_access: Callable[[], None] | None = None
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
+            # Device memory: each access is one call into the platform's MMIO (one exit).
+            for base, length in platform.mmio_ranges():
+                start, end = base & ~0xFFF, (base + length + 0xFFF) & ~0xFFF
+                self.uc.mmio_map(start, end - start, self._on_mmio_read, start, self._on_mmio_write, start)
             # Port I/O goes to the same virtual platform the interpreter uses.
             self.uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
             self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
 
     def _on_in(self, uc: Uc, port: int, size: int, _user) -> int:
-        return self.platform.io_in(port, size)
+        value = self.platform.io_in(port, size)
+        if self.after_device_access is not None:
+            self.after_device_access()
+        return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _user) -> None:
         self.platform.io_out(port, size, value)
+        if self.after_device_access is not None:
+            self.after_device_access()
+
+    def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
+        value = self.platform.mmio_read(base + offset, size)
+        if self.after_device_access is not None:
+            self.after_device_access()
+        return value
+
+    def _on_mmio_write(self, uc: Uc, offset: int, size: int, value: int, base: int) -> None:
+        self.platform.mmio_write(base + offset, size, value)
+        if self.after_device_access is not None:
+            self.after_device_access()
 
     def _on_interrupt(self, uc: Uc, vector: int, _user) -> None:
         eip = uc.reg_read(X.UC_X86_REG_EIP)
@@ -132,7 +162,7 @@ class PhysicalCpu:
     def run(self, begin: int, until: int, count: int = 0) -> CpuEvent | None:
         """Run from linear `begin` until linear `until`, `count` instructions or an event."""
         self.event = None
-        self.counting = count > 0
+        self.counting = count > 0 or self.counter is not None
         self.uc.emu_start(begin, until, 0, count)
         return self.event
 

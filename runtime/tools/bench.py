@@ -29,6 +29,7 @@ median of `repeats` measurements.
 
 from __future__ import annotations
 
+import io
 import statistics
 import struct
 import time
@@ -55,6 +56,7 @@ NANO_NAMES = (
     "ptemod",
     "store_load",
     "smc",
+    "irq",
 )
 COUNTERS = EVENT_COUNTERS  # the VMM's counts per operation in the JSON (ring1.runtime.engines)
 
@@ -137,6 +139,7 @@ class Loop:
     calls_fn: bool = False  # the body is `call fn` (the body is ignored)
     paging: bool = False
     regs: dict[str, int] = field(default_factory=dict)
+    platform: bool = False  # on the PC of `ring1 run` (PIC, PIT, virtual clock), not a bare bus
 
 
 @dataclass
@@ -144,6 +147,7 @@ class Built:
     spec: fresh_machine.FreshSpec
     head: int  # the loop head: re-runs start here
     end: int  # the stop address
+    platform: bool = False
 
 
 def build(loop: Loop) -> Built:
@@ -160,7 +164,7 @@ def build(loop: Loop) -> Built:
         memory.update(paging_memory())
     regs = {"ecx": 1, **loop.regs}
     spec = fresh_machine.FreshSpec(code=code.code, regs=regs, memory=memory)
-    return Built(spec, code.labels["head"], code.labels["end"])
+    return Built(spec, code.labels["head"], code.labels["end"], loop.platform)
 
 
 @dataclass
@@ -175,7 +179,7 @@ class Nano:
         if self.baseline is not None:
             return self.baseline
         lp = self.loop
-        return Loop("", 1, lp.prologue, dict(lp.handlers), lp.functions, False, lp.paging, dict(lp.regs))
+        return Loop("", 1, lp.prologue, dict(lp.handlers), lp.functions, False, lp.paging, dict(lp.regs), lp.platform)
 
 
 def nano_benchmarks() -> list[Nano]:
@@ -241,7 +245,51 @@ def nano_benchmarks() -> list[Nano]:
             Loop(SMC_BODY),
             None,
         ),
+        # Issue 9: a timer interrupt from the PIT through the 8259, taken in HLT and acknowledged.
+        Nano(
+            "irq",
+            "a PIT interrupt taken through the 8259 in HLT, its handler's EOI and IRET (baseline: the PIT "
+            "armed the same way, IRQ 0 masked, no wait)",
+            *irq_loops(),
+        ),
     ]
+
+
+# irq: the 8259 pair at vector 0x20 with only IRQ 0 unmasked; each operation arms the PIT's
+# channel 0 for a one-shot of two ticks (mode 0), and waits in HLT for IRQ 0, whose handler
+# acknowledges it (EOI) and IRETs. The baseline arms the PIT the same way with IRQ 0 masked
+# and does not wait: the difference is the wait in HLT (virtual time, skipped) and taking,
+# acknowledging and returning from the interrupt.
+PIC_AT_0X20 = """
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x04
+    out 0x21, al
+    mov al, 0x01
+    out 0x21, al
+    mov al, 0xfe
+    out 0x21, al
+"""
+ARM_PIT_TWO_TICKS = """
+    mov al, 0x30
+    out 0x43, al
+    mov al, 2
+    out 0x40, al
+    xor al, al
+    out 0x40, al
+"""
+WAIT_FOR_IRQ0 = "sti\nhlt\ncli"
+EOI_IRET = "push eax\nmov al, 0x20\nout 0x20, al\npop eax\niretd"
+
+
+def irq_loops() -> tuple[Loop, Loop]:
+    handlers = {0x20: EOI_IRET}
+    loop = Loop(f"{ARM_PIT_TWO_TICKS}\n{WAIT_FOR_IRQ0}", prologue=PIC_AT_0X20, handlers=handlers, platform=True)
+    masked = PIC_AT_0X20.replace("mov al, 0xfe", "mov al, 0xff")
+    base = Loop(ARM_PIT_TWO_TICKS, prologue=masked, handlers=handlers, platform=True)
+    return loop, base
 
 
 def ladder_loop() -> Loop:
@@ -265,7 +313,12 @@ class Runner:
         self.entry = fresh_machine.CODE
         self.runs = 0
         options = {"rule_overrides": rule_overrides} if rule_overrides else {}
-        self.engine = engines.create(mode, fresh_machine.MEMORY_SIZE, **options)
+        platform = None
+        if built.platform:
+            from ring1.runtime.devices.platform import ConsoleSink, GuestPlatform
+
+            platform = GuestPlatform(ConsoleSink(io.BytesIO()), memory_size=fresh_machine.MEMORY_SIZE)
+        self.engine = engines.create(mode, fresh_machine.MEMORY_SIZE, platform, **options)
         interp_machine(built.spec, self.engine.machine)
         self.engine.start()
         self.engine.stop_addresses = {built.end}
@@ -381,15 +434,29 @@ def run_nano(
             rec["what"] = b.what
             by_mode[mode] = rec
         bare = by_mode.get("bare", {}).get("ns_per_op")
+        exit_ns = exit_cost(s) if b.name == "irq" else None
         for rec in by_mode.values():
             ns = rec["ns_per_op"]
             rec["ratio_to_bare"] = ns / bare if ns is not None and bare else None
+            if exit_ns is not None:
+                rec["exit_ns"] = exit_ns
+                rec["exits_per_op"] = ns / exit_ns if ns is not None and exit_ns > 0 else None
             records.append(rec)
     return {
         "benchmarks": records,
         "ladder": run_ladder(s) if ladder else None,
         "settings": {"target_s": s.target, "repeats": s.repeats, "modes": list(modes)},
     }
+
+
+def exit_cost(s: Settings) -> float | None:
+    """The price of one exit from unicorn to Python and back, measured now: `in al, 0x80`
+    under bare is exactly that (unicorn's I/O hook calls the platform in Python), less the
+    loop. The unit `irq` is judged in."""
+    try:
+        return measure("bare", Nano("exit", "in al, 0x80", Loop("in al, 0x80", 4), None), s)["ns_per_op"]
+    except BenchError:
+        return None
 
 
 def run_ladder(s: Settings) -> dict:
@@ -520,6 +587,14 @@ def format_nano(result: dict) -> str:
     for r in recs:
         if r.get("error"):
             notes.append(f"  {r['name']} in {r['mode']}: not run: {r['error']}")
+    irq = next((r for r in recs if r["name"] == "irq" and r.get("exit_ns")), None)
+    if irq is not None:
+        per_mode = ", ".join(
+            f"{r['mode']} {r['exits_per_op']:,.1f}" for r in recs if r["name"] == "irq" and r.get("exits_per_op")
+        )
+        lines.append("")
+        lines.append(f"one exit from unicorn to Python and back (bare IN): {_ns(irq['exit_ns'])}")
+        lines.append(f"  irq, in exits: {per_mode}")
     lad = result["ladder"] or {}
     lines.append("")
     lines.append(

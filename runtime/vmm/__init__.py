@@ -234,8 +234,16 @@ class Vmm:
         self.m.write_visible = self._write_protected
         self.m.mapping_listeners.append(self._on_mapping_change)
         self._shadow_paging: tuple[int, int, int] | None = None  # CR0, CR3, CR4 the shadow was built for
-        self.cpu = PhysicalCpu(self.host, platform=self.platform)
+        self.m.takes_interrupts = False  # the VMM takes them (Vmm._take_interrupt)
+        self.clock = self.platform.clock
+        self.cpu = PhysicalCpu(self.host, platform=self.platform, count_instructions=self.clock is not None)
         self.uc = self.cpu.uc
+        self.counter = self.cpu.counter
+        if self.clock is not None:
+            self.cpu.after_device_access = self._after_device_access
+        self._counted = 0  # hardware instructions already given to the clock
+        self._boundaries_to_pass = 0  # guest instructions to let run before taking an interrupt
+        self._stop_next = False  # the next hardware run stops after one instruction
         self.stats = Stats()
         self.units: dict[int, Unit] = {}
         self.unit_starts: list[int] = []  # sorted TC addresses, for mapping a host EIP back
@@ -402,9 +410,11 @@ class Vmm:
         if user:
             return v & ~(EFLAGS.NT | EFLAGS.RF) | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
         if translated:
-            # Kernel under translation: IF on, IOPL 0, no TF VM RF. NT stays the guest's: only
-            # IRET reads it, which is a callout, and the POPF template loads it into the hardware.
-            return (v & ~0x33300) | 0x202
+            # Kernel under translation: IF on, IOPL 1 (IN and OUT run as they are: spec/io.r1;
+            # CLI, STI and POPF are templates, which never let the hardware's IF or IOPL show),
+            # no TF VM RF. NT stays the guest's: only IRET reads it, which is a callout, and
+            # the POPF template loads it into the hardware.
+            return (v & ~0x33300) | 0x1202
         return (v & ~0x37300) | 0x202  # kernel run directly (trap mode): no NT either
 
     # ------------------------------------------------------------ world switch
@@ -430,7 +440,11 @@ class Vmm:
         self._restarted = None
         # Direct execution stops at `ring1 exec`'s end address by itself (translated code has a stub).
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
-        uc.emu_start(L["world_switch"], self.until)
+        self._start_clock()
+        try:
+            uc.emu_start(L["world_switch"], self.until)
+        finally:
+            self._account_time()
 
     def resume(self) -> None:
         """Restart the hardware where it stopped, registers untouched (after a hidden fault)."""
@@ -442,7 +456,117 @@ class Vmm:
         if eflags is None:
             eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
         self._restarted = (eip, tuple(gprs), eflags)
-        self.uc.emu_start(eip, self.until)
+        self._start_clock(restart=True)
+        try:
+            self.uc.emu_start(eip, self.until)
+        finally:
+            self._account_time()
+
+    # ------------------------------------------------------------ virtual time and interrupts
+
+    def _start_clock(self, limit: int | None = None, restart: bool = False) -> None:
+        """Before the hardware runs: tell translated code whether an interrupt waits (the STI
+        and POPF templates leave for their callouts then), and bound the run by the clock's
+        next deadline (`restart`: the hardware restarts where it stopped, the bound set
+        before still holds)."""
+        if self.clock is None:
+            return
+        self.vmm_write32(C["V_IRQ_PENDING"], int(self.platform.interrupt_pending()))
+        if self._stop_next:
+            self._stop_next, limit = False, 1
+        self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
+        self.clock.unaccounted = self._unaccounted
+
+    def _account_time(self) -> None:
+        """After the hardware ran: what it executed advances the virtual clock. (Translated
+        code counts its own instructions, so time in `bt` is the TC's, not the guest's, and
+        as deterministic.)"""
+        if self.clock is None:
+            return
+        linear = self.uc.reg_read(X.UC_X86_REG_EIP)
+        if self.direct:
+            linear = (linear + self.m.state.base[CS]) & 0xFFFFFFFF
+        self.clock.unaccounted = None
+        self.counter.settle(linear)
+        self.clock.advance(self.counter.executed - self._counted)
+        self._counted = self.counter.executed
+
+    def _unaccounted(self) -> int:
+        """While the hardware runs (a device read from a hook or a callout): the instructions
+        executed before the current one, not yet given to the clock."""
+        return max(0, self.counter.executed - 1 - self._counted)
+
+    def _interrupt_deliverable(self) -> bool:
+        S = self.m.state
+        return self.clock is not None and bool(S.eflags & EFLAGS.IF) and self.platform.interrupt_pending()
+
+    def _take_interrupt(self) -> None:
+        """The virtual CPU is complete, between two guest instructions: take a waiting
+        interrupt if the guest's IF allows, unless the last instruction opened the interrupt
+        shadow, in which case the next one runs first (the clock stops the hardware after it)."""
+        S = self.m.state
+        if S.irq_shadow:
+            S.irq_shadow = False
+            if self._interrupt_deliverable():
+                self._boundaries_to_pass = 1
+                self._stop_soon()
+            return
+        if not self._interrupt_deliverable():
+            return
+        self.stats["interrupts_delivered"] += 1
+        self.last_event = None
+        self.m.take_interrupt()
+
+    def _callout_interrupt(self) -> bool:
+        """After a callout's instruction (an OUT that unmasked a line, an STI or POPF that set
+        IF while an interrupt waits): take the interrupt now, through the guest's IDT, before
+        the callout chooses where translated code goes on. False after a VM stop."""
+        try:
+            self._take_interrupt()
+        except VMStop as stop:
+            self._exit_to_vmm("vmstop", stop)
+            return False
+        return True
+
+    def _after_device_access(self) -> None:
+        """An IN, OUT or MMIO access from guest code on the hardware may have raised INTR: if
+        the guest's IF allows, stop at the next guest instruction boundary to take it."""
+        if not self.platform.interrupt_pending():
+            return
+        if self.direct or self.vmm_read32(C["V_VIRT_IF"]) & EFLAGS.IF:
+            self._stop_soon()
+        else:
+            self.vmm_write32(C["V_IRQ_PENDING"], 1)  # the STI and POPF templates look
+
+    def _stop_soon(self) -> None:
+        """Make the hardware stop at its next instruction (then go on to the next guest
+        boundary): now, from a hook while it runs, or at its next start."""
+        if self.counter is not None:
+            self.counter.counts.limit = self.counter.counts.calls
+            self._stop_next = True
+
+    def _clock_stopped(self) -> bool:
+        return self.counter is not None and self.pending is None and self.counter.hit_limit
+
+    def _guest_boundary(self) -> int | None:
+        """The guest EIP whose instruction begins where the hardware stopped, or None (inside a
+        template, in the VMM's stubs)."""
+        host = self.uc.reg_read(X.UC_X86_REG_EIP)
+        if self.direct:
+            return host if host < VMM_BASE else None  # (not in the world switch's stub)
+        where = self.locate(host)
+        if where is None or where[1][1] != host:
+            return None
+        return where[1][0]
+
+    def _step_host(self) -> None:
+        """Run the hardware one more instruction (towards a guest instruction boundary)."""
+        self.cpu.event = None
+        self._start_clock(limit=1)
+        try:
+            self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), self.until)
+        finally:
+            self._account_time()
 
     def capture(self, hw_eflags: int | None = None) -> None:
         """Hardware registers back into the virtual CPU (segments stay virtual). `hw_eflags`: the
@@ -914,8 +1038,8 @@ class Vmm:
             return False
         if write and not writable and (S.cpl == 3 or S.cr[0] & CR0.WP):
             return False
-        if gpa + 0x1000 > self.G:
-            return False  # not RAM: every access is emulated
+        if gpa + 0x1000 > self.G and not self._device_page(gpa):
+            return False  # neither RAM nor a device's: every access is emulated (an empty bus)
         # Set the accessed (and, for a write, dirty) bits the CPU would set.
         for i, (addr, value) in enumerate(entries):
             new = value | PTE_A | (PTE_D if write and i == len(entries) - 1 else 0)
@@ -942,6 +1066,11 @@ class Vmm:
         self._flush_hw_tlb()
         self.stats["hidden_page_faults"] += 1
         return True
+
+    def _device_page(self, gpa: int) -> bool:
+        """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
+        like RAM, each access is one call into the device, with no trap."""
+        return any(base <= gpa < base + length for base, length in self.platform.mmio_ranges())
 
     def trace_page(self, page: int) -> None:
         if page in self.traced_pages:
@@ -1100,6 +1229,8 @@ class Vmm:
                 return
         if S.halted:
             self._exit_to_vmm("halt", None)
+            return
+        if self.clock is not None and not self._callout_interrupt():
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
@@ -1387,7 +1518,11 @@ class Vmm:
         self.until = host
         self.uc.ctl_remove_cache(block, host + 1)  # unicorn honours `until` in blocks it translates
         self.cpu.clear_exception_latch()
-        self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), host)
+        self._start_clock()
+        try:
+            self.uc.emu_start(self.uc.reg_read(X.UC_X86_REG_EIP), host)
+        finally:
+            self._account_time()
 
     def _end_split(self) -> None:
         if self._split is not None:
@@ -1409,7 +1544,19 @@ class Vmm:
     def _run(self) -> tuple[str, object]:
         S = self.m.state
         while True:
+            if self.clock is not None:
+                try:
+                    self._take_interrupt()
+                except VMStop as stop:
+                    return ("vmstop", stop)
             if S.halted:
+                try:
+                    if self._interrupt_deliverable() or (
+                        self.clock is not None and S.eflags & EFLAGS.IF and self.clock.skip_to_deadline()
+                    ):
+                        continue  # woken (the interrupt, if still there, is taken at the top)
+                except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
+                    return ("vmstop", stop)
                 return ("halt", None)
             if S.eip in self.stop_addresses and self.can_translate():
                 return ("stop", S.eip)
@@ -1443,6 +1590,21 @@ class Vmm:
                         self.resume()
                     else:
                         why = "exit"
+                    if why == "exit" and self._clock_stopped():
+                        # The clock stopped the hardware (a timer is due, or an interrupt
+                        # waits for the instruction after a shadow): go on to the next guest
+                        # instruction boundary, then let the virtual CPU take the interrupt.
+                        self._stop_next = False
+                        boundary = self._guest_boundary()
+                        if boundary is None or self._boundaries_to_pass:
+                            if boundary is not None:
+                                self._boundaries_to_pass -= 1
+                            self._step_host()
+                            continue
+                        self.capture()
+                        S.eip = boundary
+                        why = None
+                        break
                     if why != "exit" or self._split is None:
                         break
                     if self.pending is not None and self.pending[0] == "split":
@@ -1459,6 +1621,8 @@ class Vmm:
                 self._end_split()
             if why is None:
                 continue
+            if why == "halt" and S.halted:
+                continue  # HLT, emulated after a trap: the top sleeps or stops
             if why != "exit":
                 return self.pending or (why, None)
             if self.pending is None and self.direct and uc_eip(self) in self.stop_addresses:
@@ -1476,6 +1640,8 @@ class Vmm:
                 self._capture_at_exit()
                 if why == "stop":
                     S.eip = what
+                if why == "halt" and S.halted:
+                    continue  # the top sleeps until an interrupt, or stops
                 return (why, what)
             if why == "fetch-fault":
                 self._capture_at_exit()

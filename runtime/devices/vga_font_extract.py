@@ -1,0 +1,134 @@
+"""Make vga_font.py: the 256 CP437 glyphs, 8x16, from X11's public-domain misc-fixed 8x13 font.
+
+    python -m ring1.runtime.devices.vga_font_extract /usr/share/fonts/X11/misc/8x13.pcf.gz \\
+        > runtime/devices/vga_font.py
+
+The source is the "-Misc-Fixed-Medium-R-Normal--13-120-75-75-C-80-ISO10646-1" font of
+Debian's xfonts-base (X.Org font-misc-misc, whose COPYING says: "Public domain font. Share
+and enjoy."). It has a glyph for every character of code page 437. Each 13-row glyph goes
+into a 16-row VGA character cell with two blank rows above and one below; the line-drawing,
+block and shade characters (0xB0-0xDF) instead repeat their top and bottom rows, so their
+strokes reach the cell's edges and join the next row's as they do in a VGA's own font.
+
+Not used at run time: ring1 reads the generated module. The PCF reader below handles what
+that file uses (the metrics, bitmaps and BDF encodings tables, either byte and bit order).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+
+from ring1.runtime.devices.cp437 import CP437
+
+PCF_METRICS, PCF_BITMAPS, PCF_BDF_ENCODINGS = 1 << 2, 1 << 3, 1 << 5
+PCF_COMPRESSED_METRICS = 0x100
+CELL_ROWS, TOP_PAD = 16, 2
+LINE_GRAPHICS = range(0xB0, 0xE0)
+SHADES = range(0xB0, 0xB3)
+
+
+def _read_pcf(data: bytes) -> dict[int, tuple[int, list[int]]]:
+    """code point -> (left bearing, rows as integers with bit 7 the leftmost pixel), for a font
+    whose glyph cells are 8 pixels wide and 13 high (ascent 11, descent 2)."""
+    if data[:4] != b"\x01fcp":
+        raise ValueError("not a PCF font")
+    (count,) = struct.unpack_from("<I", data, 4)
+    tables = {}
+    for i in range(count):
+        kind, fmt, _size, offset = struct.unpack_from("<IIII", data, 8 + 16 * i)
+        tables[kind] = (fmt, offset)
+
+    def table(kind: int) -> tuple[int, int, str]:
+        fmt, offset = tables[kind]
+        (fmt,) = struct.unpack_from("<I", data, offset)
+        return fmt, offset + 4, ">" if fmt & 4 else "<"
+
+    fmt, at, order = table(PCF_METRICS)
+    metrics = []
+    if fmt & PCF_COMPRESSED_METRICS:
+        (n,) = struct.unpack_from(order + "H", data, at)
+        for i in range(n):
+            lsb, rsb, _width, ascent, descent = (b - 0x80 for b in data[at + 2 + 5 * i : at + 7 + 5 * i])
+            metrics.append((lsb, rsb, ascent, descent))
+    else:
+        (n,) = struct.unpack_from(order + "I", data, at)
+        for i in range(n):
+            lsb, rsb, _width, ascent, descent, _ = struct.unpack_from(order + "hhhhhH", data, at + 4 + 12 * i)
+            metrics.append((lsb, rsb, ascent, descent))
+
+    fmt, at, order = table(PCF_BITMAPS)
+    pad = 1 << (fmt & 3)
+    msbit_first = bool(fmt & 8)
+    (n,) = struct.unpack_from(order + "I", data, at)
+    offsets = struct.unpack_from(order + f"{n}I", data, at + 4)
+    bitmaps_at = at + 4 + 4 * n + 16
+
+    fmt, at, order = table(PCF_BDF_ENCODINGS)
+    min_byte2, max_byte2, min_byte1, max_byte1, _default = struct.unpack_from(order + "5H", data, at)
+    cols = max_byte2 - min_byte2 + 1
+    n = cols * (max_byte1 - min_byte1 + 1)
+    indices = struct.unpack_from(order + f"{n}H", data, at + 10)
+
+    glyphs = {}
+    for i, glyph in enumerate(indices):
+        if glyph == 0xFFFF:
+            continue
+        code = (min_byte1 + i // cols) << 8 | (min_byte2 + i % cols)
+        lsb, rsb, ascent, descent = metrics[glyph]
+        row_bytes = (rsb - lsb + 7) // 8
+        stride = (row_bytes + pad - 1) // pad * pad
+        rows = [0] * 13
+        for r in range(ascent + descent):
+            y = 11 - ascent + r  # the cell's row: ascent 11 above the baseline
+            first = data[bitmaps_at + offsets[glyph] + r * stride]
+            if not msbit_first:
+                first = int(f"{first:08b}"[::-1], 2)
+            if 0 <= y < 13:
+                rows[y] = first >> lsb if lsb >= 0 else first << -lsb & 0xFF
+        glyphs[code] = (lsb, rows)
+    return glyphs
+
+
+def cell_rows(code: int, rows13: list[int]) -> list[int]:
+    """A 13-row glyph in a 16-row cell. Line graphics reach the cell's edges: the shades
+    continue their two-row pattern, the others repeat their top and bottom rows."""
+    below = CELL_ROWS - TOP_PAD - len(rows13)
+    if code in SHADES:
+        last_pair = len(rows13) - 3  # an even offset: the same phase as rows13[0]
+        cell = []
+        for y in range(CELL_ROWS):
+            i = y - TOP_PAD
+            if not 0 <= i < len(rows13):
+                i = i % 2 + (0 if i < 0 else last_pair)
+            cell.append(rows13[i])
+        return cell
+    if code in LINE_GRAPHICS:
+        return [rows13[0]] * TOP_PAD + rows13 + [rows13[-1]] * below
+    return [0] * TOP_PAD + rows13 + [0] * below
+
+
+def main(path: str) -> None:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        glyphs = _read_pcf(f.read())
+    out = [
+        '"""The 8x16 glyphs of code page 437 for the VGA text screen\'s PNG (vga.py): generated by',
+        "vga_font_extract.py from X11's misc-fixed 8x13 ISO10646-1 font, which is in the public domain",
+        '("Public domain font. Share and enjoy."). One glyph per line: 16 rows, the top row first,',
+        'bit 7 the leftmost pixel."""',
+        "",
+        "GLYPHS = bytes.fromhex(",
+    ]
+    for code in range(256):
+        char = CP437[code]
+        rows = cell_rows(code, glyphs[ord(char)][1]) if char != " " and ord(char) in glyphs else [0] * CELL_ROWS
+        shown = f" {char}" if char.isprintable() and char != " " else ""
+        out.append(f'    "{bytes(rows).hex()}"  # {code:#04x}{shown}')
+    out.append(")")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
