@@ -611,7 +611,9 @@ class Machine:
                 if single_step or shadow or (end is not None and end - S.icount < self.max_block):
                     # Near the end of the budget or a timer's deadline, one instruction at a
                     # time, so it ends exactly.
-                    block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
+                    block = self.single_blocks.get(key)  # (_cached_block, inline: every trap and callout)
+                    if block is None or (block.snapshot and not block.unchanged(self.mem.view)):
+                        block = self.compile_at(S.eip, single=True)
                 else:
                     block = blocks.get(key)
                     if block is None or (block.snapshot and not block.unchanged(self.mem.view)):

@@ -17,7 +17,7 @@ class CountingMachine(Machine):
     def __init__(self, *args, **kwargs) -> None:
         self.blocks_compiled = 0
         self.events_delivered: Counter[str] = Counter()
-        self.last_event: tuple[str, int] | None = None  # (name, guest EIP) of the event being delivered
+        self.last_event: tuple[GuestEvent, int] | None = None  # the event being delivered, and its guest EIP
         super().__init__(*args, **kwargs)
 
     def compile_at(self, eip: int, single: bool = False):
@@ -26,15 +26,28 @@ class CountingMachine(Machine):
         return block
 
     def deliver_event(self, ev: GuestEvent) -> None:
-        if isinstance(ev, ExternalInterrupt):
-            name = f"interrupt {ev.vector:#x}"
-        elif isinstance(ev, Trap):
-            name = {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
-        else:
-            name = EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")
+        # Named once per kind of event, not at every delivery (formatting cost more than a
+        # third of delivering an INT n; the run report reads these).
+        key = (ev.__class__, ev.vector, ev.kind if isinstance(ev, Trap) else None)
+        name = _EVENT_NAMES.get(key)
+        if name is None:
+            name = _EVENT_NAMES[key] = _event_name(ev)
         self.events_delivered[name] += 1
-        self.last_event = (str(ev), self.state.eip)
+        self.last_event = (ev, self.state.eip)
         super().deliver_event(ev)
+
+
+_EVENT_NAMES: dict[tuple[type, int, int | None], str] = {}
+
+
+def _event_name(ev: GuestEvent) -> str:
+    """How the run report names an event: by vector for exceptions and interrupts, by form
+    for INT3, INTO and ICEBP."""
+    if isinstance(ev, ExternalInterrupt):
+        return f"interrupt {ev.vector:#x}"
+    if isinstance(ev, Trap):
+        return {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
+    return EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")
 
 
 def _stopped_eip(m: Machine, stop: VMStop) -> int:
@@ -107,8 +120,8 @@ class InterpEngine:
             if isinstance(vs, GuestExit):
                 return Stop("exit", vs.reason, guest_status=vs.status)
             if vs.kind == "triple-fault" and m.last_event is not None:
-                name, eip = m.last_event
-                return _stop_at(m, vs.kind, f"{vs.reason}, after {name} at eip {eip:#010x} found no handler", eip)
+                event, eip = m.last_event
+                return _stop_at(m, vs.kind, f"{vs.reason}, after {event} at eip {eip:#010x} found no handler", eip)
             return _stop_at(m, vs.kind, vs.reason, _stopped_eip(m, vs))
         if outcome.reason == "halt":
             # S.eip is past the HLT; report the HLT itself.
