@@ -16,7 +16,9 @@ class CountingMachine(Machine):
 
     def __init__(self, *args, **kwargs) -> None:
         self.blocks_compiled = 0
-        self.events_delivered: Counter[str] = Counter()
+        # (event class, vector, kind) -> deliveries: named only when the report asks
+        # (events_delivered), not at every delivery (formatting cost a third of an INT n's).
+        self._delivered: dict[tuple[type, int, int | None], int] = {}
         self.last_event: tuple[GuestEvent, int] | None = None  # the event being delivered, and its guest EIP
         super().__init__(*args, **kwargs)
 
@@ -26,28 +28,29 @@ class CountingMachine(Machine):
         return block
 
     def deliver_event(self, ev: GuestEvent) -> None:
-        # Named once per kind of event, not at every delivery (formatting cost more than a
-        # third of delivering an INT n; the run report reads these).
         key = (ev.__class__, ev.vector, ev.kind if isinstance(ev, Trap) else None)
-        name = _EVENT_NAMES.get(key)
-        if name is None:
-            name = _EVENT_NAMES[key] = _event_name(ev)
-        self.events_delivered[name] += 1
+        delivered = self._delivered
+        delivered[key] = delivered.get(key, 0) + 1
         self.last_event = (ev, self.state.eip)
-        super().deliver_event(ev)
+        Machine.deliver_event(self, ev)
+
+    @property
+    def events_delivered(self) -> Counter[str]:
+        """Deliveries by event name: "#PF", "int 0x80", "int3", "interrupt 0x20"..."""
+        names: Counter[str] = Counter()
+        for (cls, vector, kind), count in self._delivered.items():
+            names[_event_name(cls, vector, kind)] += count
+        return names
 
 
-_EVENT_NAMES: dict[tuple[type, int, int | None], str] = {}
-
-
-def _event_name(ev: GuestEvent) -> str:
+def _event_name(cls: type, vector: int, kind: int | None) -> str:
     """How the run report names an event: by vector for exceptions and interrupts, by form
     for INT3, INTO and ICEBP."""
-    if isinstance(ev, ExternalInterrupt):
-        return f"interrupt {ev.vector:#x}"
-    if isinstance(ev, Trap):
-        return {3: "int3", 4: "into", 5: "icebp"}.get(ev.kind, f"int {ev.vector:#x}")
-    return EXCEPTION_NAMES.get(ev.vector, f"vector {ev.vector}")
+    if issubclass(cls, ExternalInterrupt):
+        return f"interrupt {vector:#x}"
+    if issubclass(cls, Trap):
+        return {3: "int3", 4: "into", 5: "icebp"}.get(kind, f"int {vector:#x}")
+    return EXCEPTION_NAMES.get(vector, f"vector {vector}")
 
 
 def _stopped_eip(m: Machine, stop: VMStop) -> int:
