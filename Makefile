@@ -61,10 +61,10 @@ GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fn
 GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings
 GUEST_LDFLAGS := -m elf_i386 -T $(GUEST_DIR)/linker.ld -nostdlib -z max-page-size=0x1000 --build-id=none -z noexecstack
 ASM_GUESTS := hello fault halt spin
-C_GUESTS := demo
+C_GUESTS := demo devtest
 GUEST_LIB := boot isr lib
 
-guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf)
+guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin
 
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_CFLAGS) -c $< -o $@
@@ -72,11 +72,17 @@ $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h | $(GUEST_OUT)
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.S $(GUEST_DIR)/multiboot.inc | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_ASFLAGS) -c $< -o $@
 
-$(GUEST_OUT)/demo.elf: $(foreach o,$(GUEST_LIB) demo,$(GUEST_OUT)/$(o).o) $(GUEST_DIR)/linker.ld
+# A C guest is its own object linked with the library's.
+$(foreach g,$(C_GUESTS),$(GUEST_OUT)/$(g).elf): $(GUEST_OUT)/%.elf: $(foreach o,$(GUEST_LIB),$(GUEST_OUT)/$(o).o) \
+		$(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $(filter %.o,$^)
 
 $(GUEST_OUT)/%.elf: $(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $<
+
+# The system ROM `ring1 run --bios` starts from: linked at its low copy, written out raw.
+$(GUEST_OUT)/rom.bin: $(GUEST_OUT)/rom.o
+	$(GUEST_LD) -m elf_i386 -Ttext 0xF0000 --oformat binary -z noexecstack -o $@ $<
 
 .PRECIOUS: $(GUEST_OUT)/%.o
 

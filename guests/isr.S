@@ -7,6 +7,8 @@
 /* The 32 exceptions, then the system call (int 0x80). */
 #define VECTORS 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, \
     16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 128
+/* The 16 ISA interrupt requests at vectors 0x20-0x2F, where a kernel remaps the 8259s. */
+#define IRQ_VECTORS 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47
 
 /* isr<vector>: the exceptions for which the CPU pushes an error code (#DF, #TS, #NP, #SS,
    #GP, #PF, #AC) push only the vector; the others push a zero first. */
@@ -25,6 +27,9 @@ isr\vector:
     .irp vector, VECTORS
     stub \vector
     .endr
+    .irp vector, IRQ_VECTORS
+    stub \vector
+    .endr
 
 isr_common:
     pushad
@@ -41,5 +46,11 @@ isr_common:
     .global isr_stubs
 isr_stubs:                              // the 32 exception stubs, then int 0x80
     .irp vector, VECTORS
+    .long isr\vector
+    .endr
+
+    .global irq_stubs
+irq_stubs:                              // IRQ 0-15 at vectors 0x20-0x2F (no error code)
+    .irp vector, IRQ_VECTORS
     .long isr\vector
     .endr

@@ -97,6 +97,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_serial_input() -> str:
+    """COM1's receiver reads ring1's stdin by default when it is a pipe or a file (`echo x |
+    ring1 run ...`); a terminal only with `--serial-input -`, which puts it in raw mode (keys,
+    Ctrl-C included, go to the guest; Ctrl-A x quits), so that otherwise Ctrl-C stops the VM."""
+    import os
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return "none"
+    return "-" if stat.S_ISFIFO(mode) or stat.S_ISREG(mode) else "none"
+
+
 def _terminal_writer(stream):
     def write(text: str) -> None:
         stream.write(text)
@@ -143,7 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from ring1.runtime import engines
-    from ring1.runtime.boot import multiboot
+    from ring1.runtime.boot import bios, multiboot
+    from ring1.runtime.devices.bus import BusConflict
     from ring1.runtime.devices.clock import VirtualClock
     from ring1.runtime.devices.disk import DiskError, DiskImage
     from ring1.runtime.devices.platform import GuestPlatform
@@ -165,10 +180,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(args.disk or ()) > 2:
         print("ring1 run: at most two --disk images (the primary IDE channel's master and slave)", file=sys.stderr)
         return engines.EXIT_USAGE
+    if (args.image is None) == (args.bios is None):
+        print("ring1 run: give a kernel IMAGE or --bios ROM (a ROM boots the machine by itself)", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if not 0 <= args.post_port <= 0xFFFF:
+        print("ring1 run: --post-port must be an I/O port, 0 to 0xffff", file=sys.stderr)
+        return engines.EXIT_USAGE
     try:
-        image = multiboot.load_multiboot(args.image, memory_size)
+        if args.bios is not None:
+            image = bios.load_bios(args.bios, memory_size)
+        else:
+            image = multiboot.load_multiboot(args.image, memory_size, args.append, args.initrd)
+    except multiboot.ModuleError as err:
+        print(f"ring1 run: --initrd: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
     except multiboot.ImageError as err:
-        print(f"ring1 run: {args.image}: {err}", file=sys.stderr)
+        print(f"ring1 run: {args.bios or args.image}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
     disks: list[DiskImage] = []
     try:
@@ -179,13 +206,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             disk.close()
         print(f"ring1 run: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
-    platform = GuestPlatform(
-        clock=VirtualClock(args.clock), memory_size=memory_size, disks=disks, rtc_start=rtc_start
-    )
+    try:
+        platform = GuestPlatform(
+            clock=VirtualClock(args.clock),
+            memory_size=memory_size,
+            disks=disks,
+            rtc_start=rtc_start,
+            post_port=args.post_port,
+        )
+    except BusConflict as err:
+        for disk in disks:
+            disk.close()
+        print(f"ring1 run: --post-port {args.post_port:#x}: {err}", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if image.rom is not None:
+        platform.map_rom(image.rom)
     serial_input = None
-    if args.serial_input is not None:
+    wanted = args.serial_input if args.serial_input is not None else _default_serial_input()
+    if wanted != "none":
         try:
-            source = None if args.serial_input == "-" else args.serial_input
+            source = None if wanted == "-" else wanted
             serial_input = SerialInput.open(source, platform.com1, platform.clock)
         except OSError as err:
             print(f"ring1 run: --serial-input {args.serial_input}: {err.strerror}", file=sys.stderr)
@@ -463,7 +503,11 @@ def main(argv: list[str] | None = None) -> int:
         "124 instruction budget exhausted, 125 another VM stop, 130 interrupted, 141 console closed. "
         "A VM stop prints one diagnosis line on stderr; --stats prints on stderr too.",
     )
-    run.add_argument("image", help="the kernel: an ELF32 file with a Multiboot header")
+    run.add_argument("image", nargs="?", help="the kernel: an ELF32 file with a Multiboot header")
+    run.add_argument("--bios", metavar="ROM", help="start from reset with this system ROM instead of a kernel")
+    run.add_argument(
+        "--post-port", type=lambda t: int(t, 0), default=0x80, metavar="PORT", help="the POST-code port (default 0x80)"
+    )
     run.add_argument("--mode", default="bt", choices=["bt", "trap", "interp", "bare"], help="default: bt")
     run.add_argument("--stats", action="store_true", help="print run statistics on stderr after the run")
     run.add_argument("--json-stats", metavar="FILE", help="write the statistics to FILE as JSON")
@@ -474,6 +518,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["guest", "host"],
         help="virtual time follows the guest's instructions (reproducible; default) or the host's clock",
     )
+    run.add_argument(
+        "--initrd",
+        action="append",
+        metavar="FILE",
+        help='a Multiboot module, "FILE" or "FILE ARGS" (repeatable, in order; QEMU\'s -initrd)',
+    )
+    run.add_argument("--append", metavar="CMDLINE", help="the kernel command line (default: the image's file name)")
     run.add_argument("-m", "--memory", default="128M", help="guest RAM: MB, or with K/M/G (default 128M)")
     run.add_argument(
         "--disk",
@@ -496,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--serial-input",
         metavar="FILE",
-        help="bytes COM1 receives: a file, or - for stdin (raw on a terminal; Ctrl-A x quits)",
+        help="what COM1 receives: a FILE, - for stdin (a terminal in raw mode; Ctrl-A x quits), or none "
+        "(default: stdin when it is a pipe or a file)",
     )
     run.set_defaults(func=cmd_run)
 

@@ -16,6 +16,7 @@ from ring1.runtime.boot import multiboot
 from ring1.runtime.cpu.events import VMStop
 from ring1.runtime.cpu.state import CS, DS, SS
 from ring1.runtime.devices.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform
+from ring1.runtime.isa.assembler import assemble
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"
@@ -224,8 +225,14 @@ def test_loader_errors(tmp_path):
     assert "64-bit" in error(elf64)
     too_big = flat_kernel(b"\xf4", bss=32 << 20)
     assert "does not fit" in error(too_big)
-    low = flat_kernel(b"\xf4", load=0x8000)
-    assert "overlaps the boot loader" in error(low)
+    path = tmp_path / "k.elf"
+    path.write_bytes(flat_kernel(b"\xf4"))
+    with pytest.raises(multiboot.ModuleError, match=r"module .*missing.img: cannot read"):
+        multiboot.load_multiboot(path, modules=[str(tmp_path / "missing.img")])
+    big = tmp_path / "big.img"
+    big.write_bytes(bytes(3 << 20))
+    with pytest.raises(multiboot.ModuleError, match=r"big.img .* does not fit"):
+        multiboot.load_multiboot(path, 2 << 20, modules=[str(big)])
     with pytest.raises(multiboot.ImageError, match=r"is a directory|cannot read"):
         multiboot.load_multiboot(tmp_path)
 
@@ -258,6 +265,54 @@ def test_boot_state(guests):
     ]
     assert (20, 0xFEE00000, 0x1000, 2) in entries  # the local APIC's page, reserved as a BIOS reports it
     assert m.mem.read(0x100000, 4) == struct.pack("<I", 0x1BADB002)
+
+
+def test_a_kernel_linked_where_the_loader_keeps_its_data_loads(tmp_path):
+    # Linked at 0x8000, over the loader's own addresses: the loader's GDT, stack and
+    # information structure move to a free window, and EBX, ESP and GDTR say where.
+    code = bytes([0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x41, 0xEE, 0xB0, 0x07, 0xE6, 0xF4])  # out 'A' to COM1; exit 7
+    path = tmp_path / "low.bin"
+    path.write_bytes(flat_kernel(code, load=0x8000, bss=0x4000))
+    image = multiboot.load_multiboot(path)
+    assert image.loader_base not in range(0, 0x10000)
+    assert image.cpu.regs["ebx"] == image.loader_base + multiboot.MBI_ADDR
+    assert image.cpu.gdtr[0] == image.loader_base + multiboot.LOADER_GDT
+    stop, out, _, _ = run_image(path)
+    assert (stop.kind, stop.exit_status, out) == ("exit", 7, b"A")
+
+
+def test_multiboot_modules(tmp_path):
+    # The kernel reports the module count (exit status) and each module's first byte (COM1).
+    kernel = assemble(
+        """
+        mov esi, [ebx + 20]        # mods_count
+        mov edi, [ebx + 24]        # mods_addr
+        mov ecx, esi
+        mov dx, 0x3f8
+    1:  mov eax, [edi]             # mod_start
+        mov al, [eax]
+        out dx, al
+        add edi, 16
+        loop 1b
+        mov eax, esi
+        out 0xf4, al
+        """,
+        0x100000 + 32,
+    ).code
+    path = tmp_path / "mods.bin"
+    path.write_bytes(flat_kernel(kernel))
+    first, second = tmp_path / "first.img", tmp_path / "second.img"
+    first.write_bytes(b"X" * 5000)
+    second.write_bytes(b"Y")
+    image = multiboot.load_multiboot(path, modules=[str(first), f"{second} root=/dev/ram0"])
+    mods = image.modules
+    assert [m.string for m in mods] == ["first.img", "second.img root=/dev/ram0"]
+    assert mods[0].start % 0x1000 == 0 and mods[1].start % 0x1000 == 0 and mods[1].start >= mods[0].end
+    assert (mods[0].end - mods[0].start, mods[1].end - mods[1].start) == (5000, 1)
+    out = bytearray()
+    platform = GuestPlatform(console=out.extend)
+    stop = engines.run_image("interp", image, platform, None, engines.RunStats("interp"))
+    assert (stop.kind, stop.exit_status, bytes(out)) == ("exit", 2, b"XY")
 
 
 def test_flat_kernel_with_load_addresses(tmp_path):
@@ -302,8 +357,8 @@ def test_exit_post_and_other_ports():
     p = GuestPlatform(console=bytearray().extend)
     p.io_out(POST_PORT, 1, 0x42)
     assert p.post_code == 0x42 and p.io_in(POST_PORT, 1) == 0xFF
-    assert p.io_in(0x60, 1) == 0xFF and p.io_in(0x1F0, 2) == 0xFFFF
-    p.io_out(0x1F0, 4, 0x12345678)  # ignored
+    assert p.io_in(0x2E8, 1) == 0xFF and p.io_in(0x170, 2) == 0xFFFF  # COM4, the secondary IDE: nothing
+    p.io_out(0x170, 4, 0x12345678)  # ignored
     with pytest.raises(GuestExit) as exc:
         p.io_out(EXIT_PORT, 1, 3)
     assert isinstance(exc.value, VMStop) and exc.value.kind == "exit" and exc.value.status == 3

@@ -205,3 +205,33 @@ def test_an_out_that_unmasks_a_waiting_request_takes_it_at_once(mode: str) -> No
     assert outcome.reason == "stop-address"
     assert _count(engine) == 1
     assert engine.machine.mem.read32(COUNT + 8) == 0  # taken right after the OUT, before the store
+
+
+class ArmingPlatform(TickPlatform):
+    """A far timer armed at start; an OUT to port 0x40 arms a near one (as programming a PIT
+    does in the middle of a stretch bounded by the far deadline)."""
+
+    def __init__(self) -> None:
+        super().__init__(period_ns=1_000_000_000, ticks=1)  # 100 M instructions away
+
+    def io_out(self, port: int, size: int, value: int) -> None:
+        super().io_out(port, size, value)
+        if port == 0x40:
+            self.timer.arm(self.clock.now() + 20_000)  # 2,000 instructions from the OUT
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_timer_armed_during_a_stretch_fires_on_time(mode: str) -> None:
+    main = f"""
+    sti
+    out 0x40, al
+1:  inc dword ptr [{COUNT + 4:#x}]
+    cmp dword ptr [{COUNT:#x}], 1
+    jb 1b
+    cli
+    """
+    platform = ArmingPlatform()
+    engine, outcome = _run(mode, main, platform)
+    assert outcome.reason == "stop-address", outcome
+    assert _count(engine) == 1
+    assert 2_000 // 4 <= engine.machine.mem.read32(COUNT + 8) <= 2_000  # about four instructions an iteration

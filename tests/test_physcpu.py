@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from unicorn import UC_ARCH_X86, UC_ERR_ARG, UC_HOOK_INSN, UC_MODE_32, Uc
 from unicorn import x86_const as X
 
 from ring1.runtime.cpu import descriptors
@@ -653,3 +654,15 @@ def test_rcl_rcr_store_fault_leaves_no_trace_of_the_flags(modrm: int) -> None:
     _cc_op, cc_src, _eflags, _al = seen[0]
     assert cc_src & 1 == 0  # not the CF = 1 that SUB left
     assert "rcl" in physcpu.CHANGE_FLAGS_BEFORE_STORE and "rcr" in physcpu.CHANGE_FLAGS_BEFORE_STORE
+
+
+def test_rdtsc_cannot_be_hooked() -> None:
+    # Unicorn 2.1.4 offers instruction hooks for IN, OUT, SYSCALL, SYSENTER and CPUID only: an
+    # RDTSC hook is refused, so `bare` (the guest at its own CPL 0, where CR4.TSD does not
+    # fault) reads unicorn's host-paced TSC instead of the virtual clock (a recorded deviation:
+    # tests/test_devtest.py). The VMM sets CR4.TSD, so RDTSC outside the TC faults at CPL 1 or 3
+    # and is emulated from the virtual clock.
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    with pytest.raises(UcError) as err:
+        uc.hook_add(UC_HOOK_INSN, lambda *_: 0, None, 1, 0, X.UC_X86_INS_RDTSC)
+    assert err.value.errno == UC_ERR_ARG

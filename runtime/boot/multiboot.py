@@ -16,12 +16,19 @@ depend on the engine, made of
 `interp_boot` builds that state into the interpreter Machine an engine keeps as its virtual
 CPU (ring1.runtime.engines.run_image).
 
-Low-memory layout the loader uses (the kernel may reclaim it all):
+The loader's own data (the kernel may reclaim it all), at these addresses when the image
+leaves them free, else moved as a whole to the first 64 KB-aligned window the image does not
+touch (below the EBDA, or above the image): EBX, ESP and GDTR say where it went.
 
   0x00500  loader GDT (null, code 0x08, data 0x10)
-  0x07C00  initial ESP (the stack grows down from here)
+  0x07C00  initial ESP (the stack grows down from here, at most STACK_SIZE)
   0x09000  Multiboot information structure
   0x09100  memory map            0x09200  boot loader name   0x09240  command line
+  0x0A000  module list (16 bytes each)   0x0A400  module strings
+
+Modules (`ring1 run --initrd FILE`, repeatable, as QEMU's -initrd for Multiboot kernels) are
+loaded page-aligned after the image, in order, each with its file name (and, after a space,
+the arguments given with it) as its string; MBI flag 3 lists them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ring1.runtime.boot.firmware import e820_map
@@ -47,7 +54,7 @@ MB_PAGE_ALIGN, MB_MEMORY_INFO, MB_VIDEO_MODE, MB_AOUT_KLUDGE = 1 << 0, 1 << 1, 1
 MB_SUPPORTED_REQUIREMENTS = MB_PAGE_ALIGN | MB_MEMORY_INFO
 
 # Information structure flags.
-MBI_MEMORY, MBI_CMDLINE, MBI_MMAP, MBI_LOADER_NAME = 1 << 0, 1 << 2, 1 << 6, 1 << 9
+MBI_MEMORY, MBI_CMDLINE, MBI_MODS, MBI_MMAP, MBI_LOADER_NAME = 1 << 0, 1 << 2, 1 << 3, 1 << 6, 1 << 9
 
 DEFAULT_MEMORY = 16 << 20
 LOADER_GDT = 0x500
@@ -57,7 +64,13 @@ MMAP_ADDR = 0x9100
 LOADER_NAME_ADDR = 0x9200
 CMDLINE_ADDR = 0x9240
 CMDLINE_MAX = 0x0DBF
-LOADER_END = 0xA000  # the loader's data lies in [LOADER_GDT, LOADER_END)
+MODS_ADDR = 0xA000
+MOD_STRINGS_ADDR = 0xA400
+MOD_STRINGS_END = 0xB000
+MAX_MODULES = (MOD_STRINGS_ADDR - MODS_ADDR) // 16
+STACK_SIZE = 0x1000
+LOADER_END = MOD_STRINGS_END  # the loader's data lies in [LOADER_GDT, LOADER_END) (+ its base)
+LOADER_WINDOW = 0x10000  # the loader's area moves in steps of this
 LOW_MEMORY_END = 0xA0000  # 640 KB
 LOADER_NAME = b"ring1"
 
@@ -118,6 +131,16 @@ class BootImage:
     writes: list[tuple[int, bytes]]  # (physical address, bytes), in order
     cpu: BootCpu
     cmdline: str = ""
+    loader_base: int = 0  # where the loader's data went (0: the addresses above)
+    modules: list[LoadedModule] = field(default_factory=list)
+    rom: bytes | None = None  # a system ROM (boot/bios.py): the machine starts from reset, no tables
+
+
+@dataclass
+class LoadedModule:
+    start: int
+    end: int  # one past the last byte
+    string: str
 
 
 def find_header(data: bytes) -> MultibootHeader:
@@ -226,7 +249,9 @@ def _loader_gdt() -> bytes:
     )
 
 
-def _info_structure(memory_size: int, cmdline: bytes) -> list[tuple[int, bytes]]:
+def _info_structure(
+    memory_size: int, cmdline: bytes, base: int = 0, modules: list[LoadedModule] | None = None
+) -> list[tuple[int, bytes]]:
     # The platform's one memory map (boot/firmware.py: the EBDA below 640 KB, the BIOS area,
     # the APIC pages), as INT 15h E820 would give it; mem_lower is the RAM below the EBDA.
     regions = e820_map(memory_size)
@@ -234,45 +259,69 @@ def _info_structure(memory_size: int, cmdline: bytes) -> list[tuple[int, bytes]]
     mem_upper = (memory_size - 0x100000) // 1024
     mmap = b"".join(struct.pack("<IQQI", 20, e.base, e.length, e.type) for e in regions)
     info = bytearray(0x58)
-    flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME
+    flags = MBI_MEMORY | MBI_CMDLINE | MBI_MMAP | MBI_LOADER_NAME | (MBI_MODS if modules else 0)
     struct.pack_into("<III", info, 0, flags, mem_lower, mem_upper)
-    struct.pack_into("<I", info, 16, CMDLINE_ADDR)
-    struct.pack_into("<II", info, 44, len(mmap), MMAP_ADDR)
-    struct.pack_into("<I", info, 64, LOADER_NAME_ADDR)
-    return [
-        (MBI_ADDR, bytes(info)),
-        (MMAP_ADDR, mmap),
-        (LOADER_NAME_ADDR, LOADER_NAME + b"\0"),
-        (CMDLINE_ADDR, cmdline + b"\0"),
+    struct.pack_into("<I", info, 16, base + CMDLINE_ADDR)
+    struct.pack_into("<II", info, 44, len(mmap), base + MMAP_ADDR)
+    struct.pack_into("<I", info, 64, base + LOADER_NAME_ADDR)
+    writes = [
+        (base + MBI_ADDR, bytes(info)),
+        (base + MMAP_ADDR, mmap),
+        (base + LOADER_NAME_ADDR, LOADER_NAME + b"\0"),
+        (base + CMDLINE_ADDR, cmdline + b"\0"),
     ]
+    if modules:
+        entries, strings = bytearray(), bytearray()
+        for module in modules:
+            at = base + MOD_STRINGS_ADDR + len(strings)
+            strings += module.string.encode("utf-8", "replace") + b"\0"
+            entries += struct.pack("<IIII", module.start, module.end, at, 0)
+        if MOD_STRINGS_ADDR + len(strings) > MOD_STRINGS_END:
+            raise ImageError("the modules' names and arguments are too long for the loader's area")
+        struct.pack_into("<II", info, 20, len(modules), base + MODS_ADDR)
+        writes[0] = (base + MBI_ADDR, bytes(info))
+        writes += [(base + MODS_ADDR, bytes(entries)), (base + MOD_STRINGS_ADDR, bytes(strings))]
+    return writes
 
 
-def boot_cpu(entry: int) -> BootCpu:
-    """The CPU state at a Multiboot kernel's entry point."""
+def _loader_base(occupied: list[tuple[int, int]], memory_size: int) -> int:
+    """Where the loader's data goes: its own addresses (base 0) if the image leaves
+    [stack bottom, LOADER_END) free, else the first window that is free."""
+    low_end = e820_map(memory_size)[0].length  # the RAM below the EBDA
+    candidates = [*range(0, low_end - LOADER_END, LOADER_WINDOW)]
+    top = max((end for _, end in occupied), default=0)
+    candidates.append(-(-top // LOADER_WINDOW) * LOADER_WINDOW)
+    for base in candidates:
+        lo, hi = base + STACK_TOP - STACK_SIZE, base + LOADER_END
+        if hi <= memory_size and all(end <= lo or start >= hi for start, end in occupied):
+            if base and base + LOADER_END > low_end and base < 0x100000:
+                continue  # (the EBDA, the VGA window and the BIOS area are no RAM to use)
+            return base
+    raise ImageError("no room in the VM's memory for the boot loader's data beside the image")
+
+
+def boot_cpu(entry: int, base: int = 0) -> BootCpu:
+    """The CPU state at a Multiboot kernel's entry point (the loader's data at `base`)."""
     gdt = _loader_gdt()
     segs = {}
     for name in SEG_NAMES:
         sel = SEL_CODE if name == "cs" else SEL_DATA
-        base, limit, attr = descriptors.to_cache(gdt[sel : sel + 8])
-        segs[name] = SegmentCache(sel, base, limit, attr)
+        seg_base, limit, attr = descriptors.to_cache(gdt[sel : sel + 8])
+        segs[name] = SegmentCache(sel, seg_base, limit, attr)
     regs = dict.fromkeys(fresh_machine.GPR_NAMES, 0)
-    regs.update(eax=MB_BOOT_MAGIC, ebx=MBI_ADDR, esp=STACK_TOP)
+    regs.update(eax=MB_BOOT_MAGIC, ebx=base + MBI_ADDR, esp=base + STACK_TOP)
     return BootCpu(
         regs=regs,
         eip=entry,
         eflags=EFLAGS_BOOT,
         cr0=CR0_BOOT,
-        gdtr=(LOADER_GDT, len(gdt) - 1),
+        gdtr=(base + LOADER_GDT, len(gdt) - 1),
         idtr=(0, 0),
         segs=segs,
     )
 
 
-def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline: str | None = None) -> BootImage:
-    """Read and check a Multiboot image; ImageError (a one-line reason) if it cannot boot."""
-    path = Path(path)
-    if memory_size % 0x1000 or memory_size < 2 << 20:
-        raise ImageError("the VM needs at least 2 MB of memory, in whole pages")
+def _read_file(path: Path) -> bytes:
     try:
         with path.open("rb") as f:
             if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
@@ -280,11 +329,29 @@ def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 # A device or a pipe may never end (/dev/zero): a kernel image is a file.
                 raise ImageError("not a regular file")
-            data = f.read()
+            return f.read()
     except IsADirectoryError:
         raise ImageError("is a directory") from None
     except OSError as err:
         raise ImageError(f"cannot read: {err.strerror or err}") from None
+
+
+class ModuleError(ImageError):
+    """A module (--initrd) cannot be loaded; the message names it."""
+
+
+def load_multiboot(
+    path: str | Path,
+    memory_size: int = DEFAULT_MEMORY,
+    cmdline: str | None = None,
+    modules: list[str] | None = None,
+) -> BootImage:
+    """Read and check a Multiboot image; ImageError (a one-line reason) if it cannot boot.
+    `modules`: files to load as Multiboot modules, each "FILE" or "FILE ARGUMENTS"."""
+    path = Path(path)
+    if memory_size % 0x1000 or memory_size < 2 << 20:
+        raise ImageError("the VM needs at least 2 MB of memory, in whole pages")
+    data = _read_file(path)
     header = find_header(data)
     _check_flags(header.flags)
     if header.addresses is not None:
@@ -300,20 +367,36 @@ def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline:
             raise ImageError(
                 f"a segment at {paddr:#x}-{end - 1:#x} does not fit in the VM's {memory_size >> 20} MB of memory"
             )
-        if paddr < LOADER_END and end > LOADER_GDT:
-            raise ImageError(
-                f"a segment at {paddr:#x}-{end - 1:#x} overlaps the boot loader's data at "
-                f"{LOADER_GDT:#x}-{LOADER_END - 1:#x}"
-            )
         segments.append(LoadedSegment(paddr, len(body), memsz))
         writes.append((paddr, body + bytes(memsz - len(body))))
     if not any(s.paddr <= entry < s.paddr + s.memsz for s in segments):
         raise ImageError(f"the entry point {entry:#x} lies outside every loaded segment")
 
+    if len(modules or ()) > MAX_MODULES:
+        raise ImageError(f"at most {MAX_MODULES} modules")
+    loaded: list[LoadedModule] = []
+    at = max((s.paddr + s.memsz for s in segments), default=0x100000)
+    for spec in modules or ():
+        file, _, args = spec.partition(" ")
+        try:
+            body = _read_file(Path(file))
+        except ImageError as err:
+            raise ModuleError(f"module {file}: {err}") from None
+        at = max(-(-at // 0x1000) * 0x1000, 0x100000)  # page-aligned, above the BIOS area
+        if at + len(body) > memory_size:
+            raise ModuleError(
+                f"module {file} ({len(body):,} bytes) does not fit in the VM's {memory_size >> 20} MB after the image"
+            )
+        loaded.append(LoadedModule(at, at + len(body), f"{Path(file).name} {args}".strip()))
+        writes.append((at, body))
+        at += len(body)
+
+    occupied = [(s.paddr, s.paddr + s.memsz) for s in segments] + [(m.start, m.end) for m in loaded]
+    base = _loader_base(occupied, memory_size)
     text = path.name if cmdline is None else cmdline
     cmd = text.encode("utf-8", "replace")[:CMDLINE_MAX]
-    writes.append((LOADER_GDT, _loader_gdt()))
-    writes.extend(_info_structure(memory_size, cmd))
+    writes.append((base + LOADER_GDT, _loader_gdt()))
+    writes.extend(_info_structure(memory_size, cmd, base, loaded))
     return BootImage(
         name=path.name,
         memory_size=memory_size,
@@ -321,8 +404,10 @@ def load_multiboot(path: str | Path, memory_size: int = DEFAULT_MEMORY, cmdline:
         header=header,
         segments=segments,
         writes=writes,
-        cpu=boot_cpu(entry),
+        cpu=boot_cpu(entry, base),
         cmdline=text,
+        loader_base=base,
+        modules=loaded,
     )
 
 

@@ -64,6 +64,8 @@ MSR_TSC = 0x10
 MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = (CONSTS[f"MSR_SYSENTER_{r}"] for r in ("CS", "ESP", "EIP"))
 KNOWN_MSRS = {0x10: 0, 0x17: 0, 0x1B: 0, 0x174: 0, 0x175: 0, 0x176: 0, 0x8B: 0, 0xC1: 0, 0xC2: 0, 0x186: 0, 0x187: 0}
 
+CPUID_APIC = 1 << 9  # leaf 1 EDX: an on-chip APIC
+
 # Forms that read virtual time (I/O ports, the TSC): the interpreter starts a block at each.
 TIMED_FORMS = frozenset(name for name, f in FORMS.items() if {"io", "tsc"} & {*f.reads, *f.writes})
 
@@ -76,7 +78,7 @@ class Platform:
     """I/O ports, time and interrupts of the virtual platform. The base class has no devices:
     reads float high, there is no clock and no interrupt ever arrives."""
 
-    clock: VirtualClock | None = None  # devices' virtual time (ring1.runtime.devices.clock)
+    clock: VirtualClock | None = None  # devices' virtual time (devices/clock.py); without one, no interrupts
 
     def interrupt_pending(self) -> bool:
         """The CPU's INTR pin: a maskable interrupt waits (the guest's IF decides)."""
@@ -96,6 +98,18 @@ class Platform:
     def mmio_ranges(self) -> list[tuple[int, int]]:
         """(base, length) of the physical ranges devices claim, for the CPUs that map them."""
         return []
+
+    def read_msr(self, index: int) -> int | None:
+        """An MSR a device owns (the local APIC's base), or None."""
+        return None
+
+    def write_msr(self, index: int, value: int) -> bool:
+        """True if a device took the write (it may raise a Fault for reserved bits)."""
+        return False
+
+    def apic_present(self) -> bool:
+        """CPUID's APIC bit: a local APIC that is globally enabled."""
+        return False
 
     def io_in(self, port: int, size: int) -> int:
         return (1 << (size * 8)) - 1
@@ -334,6 +348,12 @@ class Machine:
             high = int.from_bytes(self.mem.read(second, n - split), "little")
         return low | high << (8 * split)
 
+    def _fetch_phys(self, pa: int, n: int) -> bytes:
+        """Instruction bytes: RAM, or past it a device's (a ROM at the top of 4 GB)."""
+        if pa + n <= self.mem.size:
+            return self.mem.read(pa, n)
+        return bytes(self._read_outside_ram(pa + i, 1) for i in range(n))
+
     def _read_outside_ram(self, pa: int, n: int) -> int:
         """Past the end of RAM: the platform's MMIO (devices), or an empty bus."""
         if pa >= self.mem.size:
@@ -472,14 +492,14 @@ class Machine:
         want = min(MAX_LENGTH, limit_left)
         first_len = min(want, 0x1000 - (la & 0xFFF))
         pa = self.translate(la, False, self.user)
-        data = self.mem.read(pa, first_len)
+        data = self._fetch_phys(pa, first_len)
         pages = (pa >> 12,)
         if first_len < want:
             try:
                 pa2 = self.translate((la + first_len) & M32, False, self.user)
             except Fault:
                 return data, pages
-            data += self.mem.read(pa2, want - first_len)
+            data += self._fetch_phys(pa2, want - first_len)
             pages += (pa2 >> 12,)
         return data, pages
 
@@ -578,13 +598,14 @@ class Machine:
         budget_end = None if max_insns is None else S.icount + max_insns
         stops = self.stop_addresses
         platform = self.platform
-        clock = platform.clock
+        clock = platform.clock  # (no clock: a platform without time has no interrupts either)
+        pending = platform.interrupt_pending
         while True:
             if S.eip in stops:
                 return RunResult("stop-address")
             if budget_end is not None and S.icount >= budget_end:
                 return RunResult("limit")
-            if S.eflags & 0x200 and not S.irq_shadow and self.takes_interrupts and platform.interrupt_pending():
+            if S.eflags & 0x200 and clock is not None and not S.irq_shadow and self.takes_interrupts and pending():
                 try:
                     self.take_interrupt()
                 except VMStop as stop:
@@ -605,7 +626,8 @@ class Machine:
             key = (S.eip, S.base[CS], S.code32)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
             shadow = S.irq_shadow  # the instruction after STI / MOV SS runs alone, then interrupts
-            S.irq_shadow = False
+            if shadow:
+                S.irq_shadow = False
             started = S.icount
             try:
                 if single_step or shadow or (end is not None and end - S.icount < self.max_block):
@@ -748,6 +770,9 @@ class Machine:
         S = self.state
         if index == MSR_TSC:
             return self.b_read_tsc()
+        owned = self.platform.read_msr(index)
+        if owned is not None:
+            return owned
         if index not in S.msr:
             raise Fault(13, 0)
         return S.msr[index]
@@ -757,6 +782,8 @@ class Machine:
         if index == MSR_TSC:
             clock = self.platform.clock
             S.tsc = (value - (clock.tsc() if clock is not None else S.icount)) & ((1 << 64) - 1)
+            return
+        if self.platform.write_msr(index, value):
             return
         if index not in S.msr:
             raise Fault(13, 0)
@@ -819,7 +846,10 @@ class Machine:
     def b_cpuid_leaf(self, leaf: int, subleaf: int, which: int) -> int:
         from ring1.runtime.cpu.cpuid import cpuid
 
-        return cpuid(leaf & M32, subleaf & M32)[which]
+        value = cpuid(leaf & M32, subleaf & M32)[which]
+        if which == 3 and leaf & M32 == 1 and self.platform.apic_present():
+            value |= CPUID_APIC  # the platform's local APIC, while it is globally enabled (SDM)
+        return value
 
     def b_sdiv(self, a: int, b: int) -> int:
         q = abs(a) // abs(b)

@@ -16,8 +16,9 @@ clock instead, for interactive use; the engines still bound their stretches by
 sleeps on the host until the deadline.
 
 Timers: `clock.timer(callback)` makes one; `arm(deadline_ns)` sets (or moves) it, `cancel()`
-stops it. A due timer's callback runs with the clock at the deadline it was armed for, so a
-periodic device re-arms from its previous deadline and never drifts.
+stops it. A due timer's callback gets the deadline it was armed for (the clock itself may be
+a little past it: at the end of the stretch that reached it), so a periodic device re-arms
+from its previous deadline and never drifts, and computes its state at the deadline.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class VirtualClock:
         # given to `advance` (a device read in the middle of a stretch, an IN from a polling
         # loop, sees the time of its own instruction). None between runs.
         self.unaccounted: Callable[[], int] | None = None
+        # The engine running now, told when a device arms a timer due before the deadline its
+        # stretch was bounded by (an OUT that programs the PIT, a store to the APIC's timer).
+        self.deadline_moved: Callable[[], None] | None = None
         self._heap: list[tuple[int, int, Timer]] = []
         self._tickets = itertools.count(1)
         self.timers_fired = 0
@@ -104,9 +108,12 @@ class VirtualClock:
 
     def _arm(self, timer: Timer, deadline_ns: int) -> None:
         ticket = next(self._tickets)
+        earliest = self.next_deadline()
         timer.deadline = deadline_ns
         timer._ticket = ticket
         heapq.heappush(self._heap, (deadline_ns, ticket, timer))
+        if self.deadline_moved is not None and (earliest is None or deadline_ns < earliest):
+            self.deadline_moved()  # a stretch bounded by the old deadline must end sooner
 
     def next_deadline(self) -> int | None:
         heap = self._heap

@@ -2,7 +2,12 @@
 (ring1.runtime.devices.bus), with one virtual clock (devices/clock.py) and the ISA interrupt
 lines (devices/irq.py):
 
-  0x20-0x21, 0xA0-0xA1  the 8259A pair (devices/pic.py), the CPU's interrupt controller;
+  0xFEE00000            the local APIC (devices/lapic.py, MMIO; MSR 0x1B): the CPU's interrupt
+                        controller, left by the "BIOS" in virtual-wire mode (LINT0 = ExtINT
+                        from the 8259, LINT1 = NMI), with its timer;
+  0xFEC00000            the I/O APIC (devices/ioapic.py, MMIO): 24 pins, ISA IRQ n on pin n
+                        but IRQ 0 on pin 2, as the MP and ACPI tables say;
+  0x20-0x21, 0xA0-0xA1  the 8259A pair (devices/pic.py);
   0x4D0-0x4D1           the ELCR (edge/level per IRQ);
   0x40-0x43             the 8254 PIT (devices/pit.py), channel 0 on IRQ 0;
   0x61                  system control port B: PIT channel 2's gate and output, the speaker;
@@ -38,6 +43,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from ring1.runtime.boot import firmware as acpi_ports
+from ring1.runtime.boot.bios import Rom
 from ring1.runtime.boot.bios_data import write_bios_data_area
 from ring1.runtime.boot.firmware import FirmwareLayout, FirmwareTables, install_tables
 from ring1.runtime.cpu.memory import PhysicalMemory
@@ -47,8 +53,10 @@ from ring1.runtime.devices.bus import Bus
 from ring1.runtime.devices.clock import VirtualClock
 from ring1.runtime.devices.disk import DiskImage
 from ring1.runtime.devices.fwcfg import FirmwareConfig
+from ring1.runtime.devices.ioapic import IOAPIC_DEFAULT_BASE, IOAPIC_MMIO_LENGTH, IoApic
 from ring1.runtime.devices.irq import IrqLine
 from ring1.runtime.devices.kbc import A20Gate, KeyboardController, SystemControlPortA, SystemReset
+from ring1.runtime.devices.lapic import APIC_DEFAULT_BASE, LAPIC_MMIO_LENGTH, LocalApic
 from ring1.runtime.devices.pci import pc_pci_bus
 from ring1.runtime.devices.pic import ELCR_PORT, MASTER_PORT, SLAVE_PORT, PicPair
 from ring1.runtime.devices.pit import Pit
@@ -63,6 +71,7 @@ COM1 = COM1_BASE
 EXIT_PORT = 0xF4
 POST_PORT = 0x80
 ISA_IRQS = 16
+APIC_BASE_MSR = 0x1B
 DISPLAY_PERIOD_NS = 100_000_000  # --display text: at most ten redraws per virtual second
 
 __all__ = ["COM1", "EXIT_PORT", "POST_PORT", "ConsoleSink", "GuestExit", "GuestPlatform"]
@@ -79,6 +88,7 @@ class GuestPlatform(Bus):
         memory_size: int = 16 << 20,
         disks: Sequence[DiskImage] = (),
         rtc_start: datetime | None = None,
+        post_port: int = POST_PORT,
     ) -> None:
         """`disks`: the primary IDE channel's master and slave (at most two), opened by the
         caller and closed by `close()`. `rtc_start`: the RTC's wall time at power-on (default
@@ -93,10 +103,19 @@ class GuestPlatform(Bus):
         self.map_ports("pic-master", MASTER_PORT, 2, self.pic.master)
         self.map_ports("pic-slave", SLAVE_PORT, 2, self.pic.slave)
         self.map_ports("elcr", ELCR_PORT, 2, self.pic.elcr)
-        # The ISA bus's interrupt request lines, each wired to the 8259 input of its number.
+        self.lapic = LocalApic(self.clock, pic=self.pic)
+        self.lapic.firmware_virtual_wire()  # as a PC BIOS leaves it (a --bios ROM does it itself)
+        self.ioapic = IoApic(self.lapic)
+        self.map_mmio("LAPIC", APIC_DEFAULT_BASE, LAPIC_MMIO_LENGTH, self.lapic)
+        self.map_mmio("IOAPIC", IOAPIC_DEFAULT_BASE, IOAPIC_MMIO_LENGTH, self.ioapic)
+        # The ISA bus's interrupt request lines, each wired to the 8259 input of its number
+        # and to the I/O APIC pin the firmware tables give (IRQ 0 on pin 2, the others on
+        # their own number; pin 0 is the 8259's INTR in virtual-wire boards, left unconnected).
         self.irq = [IrqLine(f"IRQ{n}") for n in range(ISA_IRQS)]
         for n, line in enumerate(self.irq):
             line.connect(self.pic, n)
+            if n != 2:
+                line.connect(self.ioapic, 2 if n == 0 else n)
         self.com1 = Serial16550(self.console, irq=self.irq[COM1_IRQ], clock=self.clock, name="COM1")
         self.com2 = Serial16550(self.console, irq=self.irq[COM2_IRQ], clock=self.clock, name="COM2")
         self.pit = Pit(self.clock, self.irq[0])
@@ -124,15 +143,27 @@ class GuestPlatform(Bus):
         self.map_ports("COM1", COM1_BASE, 8, self.com1)
         self.map_ports("COM2", COM2_BASE, 8, self.com2)
         self.map_ports("exit", EXIT_PORT, 1, ExitPort(EXIT_PORT), split=False)
-        self.map_ports("POST", POST_PORT, 1, self.post)
+        self.map_ports("POST", post_port, 1, self.post)
 
     # ------------------------------------------------------------ the CPU's interrupt controller
 
     def interrupt_pending(self) -> bool:
-        return self.pic.interrupt_pending()
+        return self.lapic.interrupt_pending()  # (the 8259 through LINT0, or with the APIC off)
 
     def acknowledge_interrupt(self) -> int:
-        return self.pic.acknowledge()
+        return self.lapic.acknowledge()
+
+    def read_msr(self, index: int) -> int | None:
+        return self.lapic.msr_read() if index == APIC_BASE_MSR else None
+
+    def write_msr(self, index: int, value: int) -> bool:
+        if index != APIC_BASE_MSR:
+            return False
+        self.lapic.msr_write(value)
+        return True
+
+    def apic_present(self) -> bool:
+        return self.lapic.globally_enabled
 
     def install_firmware(self, memory: PhysicalMemory) -> FirmwareTables:
         """What a BIOS leaves in guest memory before a kernel boots: the BIOS data area (COM
@@ -166,7 +197,21 @@ class GuestPlatform(Bus):
         stats.add("interrupts_acknowledged", "interrupts acknowledged (8259)", self.pic.acknowledged_total)
         stats.add("interrupts_by_irq", "interrupts by IRQ", {k: v for k, v in self.pic.stats().items() if v})
         stats.add("timers_fired", "device timers fired", self.clock.timers_fired)
-        stats.add("unclaimed", "first accesses to unclaimed ports and MMIO", self.unclaimed())
+        unclaimed = self.unclaimed()
+        stats.add("unclaimed", "first accesses to unclaimed ports and MMIO", unclaimed)
+        if unclaimed:  # (dicts are JSON only: the text report gets one line)
+            listed = ", ".join(f"{where} ({how})" for where, how in unclaimed.items())
+            stats.add("unclaimed_text", "no device there (first access)", listed)
+        if self.post.written:
+            codes = " ".join(f"{c:02x}" for c in self.post.codes)
+            unkept = self.post.written - len(self.post.codes)
+            more = f" (+{unkept} more)" if unkept else ""
+            stats.add("post_codes", "POST codes", codes + more)
+
+    def map_rom(self, rom: bytes) -> None:
+        """A system ROM's copy at the top of the 4 GB space (boot/bios.py), before a CPU
+        maps the platform's MMIO."""
+        self.map_mmio("ROM", (1 << 32) - len(rom), len(rom), Rom(rom))
 
     def _pci_reset(self, hard: bool) -> None:
         raise SystemReset("port 0xCF9, " + ("hard" if hard else "soft") + " reset")

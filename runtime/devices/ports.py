@@ -32,13 +32,20 @@ class ExitPort:
 
 
 class PostPort:
-    """Keeps the last POST code written; reads float high."""
+    """Keeps the POST codes written (the last one, and the first KEEP in order); reads float high."""
+
+    KEEP = 256
 
     def __init__(self) -> None:
         self.code: int | None = None
+        self.codes: list[int] = []
+        self.written = 0
 
     def read(self, offset: int, size: int) -> int:
         return 0xFF
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.code = value & 0xFF
+        self.written += 1
+        if len(self.codes) < self.KEEP:
+            self.codes.append(self.code)

@@ -245,7 +245,8 @@ def run_image(
     from ring1.runtime.boot.multiboot import interp_boot
 
     engine = create(mode, image.memory_size, platform)
-    platform.install_firmware(engine.machine.mem)  # then the kernel, which wins where they meet
+    if image.rom is None:  # (a system ROM sets the machine up itself)
+        platform.install_firmware(engine.machine.mem)  # then the kernel, which wins where they meet
     interp_boot(image, platform, engine.machine)
     engine.start()
     started = time.perf_counter()

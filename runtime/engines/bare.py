@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
 from ring1.generated.forms import FORMS
@@ -49,6 +50,10 @@ class BareMachine:
         self.cpu = PhysicalCpu(self.mem, platform=self.platform, count_instructions=self.clock is not None)
         if self.clock is not None:
             self.cpu.after_device_access = self._after_device_access
+        # CPUID answers with ring1's CPU model (cpu/cpuid.py and the platform's APIC), as in
+        # every other mode, not with unicorn's own. (RDMSR and WRMSR cannot be hooked: bare
+        # runs them on unicorn's MSRs.)
+        self.cpu.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
@@ -105,6 +110,7 @@ class BareMachine:
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
                 clock.unaccounted = self._unaccounted
+                clock.deadline_moved = self._deadline_moved
             try:
                 try:
                     ev = self.cpu.run(begin, until, count=max_insns or 0)
@@ -123,9 +129,8 @@ class BareMachine:
                 if S.eip + S.base[1] in self.stop_addresses:
                     return BareStop("stop-address")
                 if self._after_hlt():
-                    woken = clock is not None and S.eflags & 0x200
                     try:
-                        if woken and (self.platform.interrupt_pending() or clock.skip_to_deadline()):
+                        if clock is not None and S.eflags & 0x200 and self._sleep():
                             continue  # the interrupt is taken at the top
                     except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
                         return BareStop("vmstop", stop)
@@ -143,6 +148,15 @@ class BareMachine:
             except VMStop as stop:
                 return BareStop("vmstop", stop)
 
+    def _sleep(self) -> bool:
+        """HLT with IF set: time passes, timer after timer, until an interrupt is pending (True)
+        or nothing is left that could raise one (False). A timer whose line is masked does not
+        end the HLT."""
+        while not self.platform.interrupt_pending():
+            if not self.clock.skip_to_deadline():
+                return False
+        return True
+
     def _until(self) -> int:
         """The `until` of every emu_start: unicorn compiles it into the blocks it translates, so
         a run with another one would leave blocks that run past a stop address."""
@@ -152,15 +166,29 @@ class BareMachine:
         """After a run on unicorn: the instructions it executed advance the virtual clock."""
         counter, uc = self.cpu.counter, self.cpu.uc
         self.clock.unaccounted = None
+        self.clock.deadline_moved = None
         counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
         self.clock.advance(counter.executed - self._counted)
         self._counted = counter.executed
+
+    def _on_cpuid(self, uc, _user) -> int:
+        leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
+        for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
+            uc.reg_write(rid, self.interp.b_cpuid_leaf(leaf, subleaf, which))
+        return 1  # the instruction's own effect is skipped
 
     def _after_device_access(self) -> None:
         """A device access may have raised INTR (an OUT that unmasked a waiting line): stop
         before the next instruction that runs with IF set, to take it there."""
         if self.platform.interrupt_pending():
             self.cpu.counter.counts.watch_if = 1
+
+    def _deadline_moved(self) -> None:
+        """A device armed an earlier timer while unicorn runs: stop at its deadline instead."""
+        left = self.clock.insns_until_deadline()
+        if left is not None:
+            c = self.cpu.counter.counts
+            c.limit = min(c.limit, c.calls + left)
 
     def _unaccounted(self) -> int:
         """While unicorn runs (an IN or OUT from its hook): the instructions executed before

@@ -333,7 +333,10 @@ class Vmm:
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
             self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
         uc.reg_write(X.UC_X86_REG_CR3, pd)
-        uc.reg_write(X.UC_X86_REG_CR4, 0)
+        # With a virtual clock, CR4.TSD: RDTSC run by the hardware outside the TC (user code run
+        # directly, the kernel under `trap`) faults and is emulated, reading the virtual TSC
+        # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
+        uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD if self.clock is not None else 0)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010031)  # PG WP NE ET PE
         uc.reg_write(X.UC_X86_REG_GDTR, (0, VMM_BASE + C["VMM_GDT"], 8192 * 8 - 1, 0))
         uc.reg_write(X.UC_X86_REG_IDTR, (0, VMM_BASE + C["VMM_IDT"], 0x7FF, 0))
@@ -476,6 +479,7 @@ class Vmm:
             self._stop_next, limit = False, 1
         self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
         self.clock.unaccounted = self._unaccounted
+        self.clock.deadline_moved = self._deadline_moved
 
     def _account_time(self) -> None:
         """After the hardware ran: what it executed advances the virtual clock. (Translated
@@ -487,9 +491,18 @@ class Vmm:
         if self.direct:
             linear = (linear + self.m.state.base[CS]) & 0xFFFFFFFF
         self.clock.unaccounted = None
+        self.clock.deadline_moved = None
         self.counter.settle(linear)
         self.clock.advance(self.counter.executed - self._counted)
         self._counted = self.counter.executed
+
+    def _deadline_moved(self) -> None:
+        """A device armed an earlier timer while the hardware runs (from an I/O hook or a
+        callout): the stretch ends at the new deadline."""
+        left = self.clock.insns_until_deadline()
+        if left is not None:
+            c = self.counter.counts
+            c.limit = min(c.limit, c.calls + left)
 
     def _unaccounted(self) -> int:
         """While the hardware runs (a device read from a hook or a callout): the instructions
@@ -1717,7 +1730,8 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("retranslations", "retranslations", s["retranslations"])
-    stats.add("events_delivered", "exceptions and interrupts delivered", s["events_delivered"])
+    stats.add("events_delivered", "exceptions and software interrupts delivered", s["events_delivered"])
+    stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
     stats.add(
         "interpreted_instructions",
         "instructions run by the interpreter (real mode, v86, TF)",

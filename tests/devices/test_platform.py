@@ -112,3 +112,33 @@ def test_the_pit_and_pic_interrupt_a_halted_guest(mode: str) -> None:
     assert platform.pic.acknowledged_total == 1
     assert engine.machine.state.eip == fresh_machine.HANDLER + 1
     assert 3_400_000 <= platform.clock.now() < 3_500_000
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_local_apic_answers_and_its_timer_wakes_a_halted_guest(mode: str) -> None:
+    # The APIC's version through MMIO, its base MSR, CPUID's APIC bit; then a one-shot of
+    # 1,000 bus clocks (10 us) on vector 0x40 ends a HLT in the fresh machine's handler.
+    code = """
+        mov esi, [0xfee00030]
+        mov ecx, 0x1b
+        rdmsr
+        mov edi, eax
+        mov eax, 1
+        cpuid
+        mov ebp, edx
+        mov dword ptr [0xfee003e0], 0xb
+        mov dword ptr [0xfee00320], 0x40
+        mov dword ptr [0xfee00380], 1000
+        sti
+        hlt
+        hlt
+    """
+    platform = _platform()
+    engine, stop = _run(mode, code, platform)
+    regs = engine.machine.regs
+    assert regs[6] == 0x00050014  # ESI: the version register
+    if mode != "bare":  # bare runs RDMSR on unicorn's own MSRs (unicorn cannot hook it)
+        assert regs[7] == 0xFEE00900  # EDI: base 0xFEE00000, global enable, BSP
+    assert regs[5] & (1 << 9)  # EBP: CPUID.1:EDX.APIC
+    assert stop.kind == "halt" and engine.machine.state.eip == fresh_machine.HANDLER + 1
+    assert platform.clock.now() >= 10_000

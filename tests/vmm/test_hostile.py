@@ -198,7 +198,9 @@ def test_register_addressed_write_to_the_vcpu_page_hurts_only_the_guest() -> Non
     assert bt.memory[VPAGE + v : VPAGE + v + 4] == vpage_pattern()[v:][:4]
     assert bt.regs["eflags"] & 0x3000 == 0x3000 and bare.regs["eflags"] & 0x3000 == 0
     assert bt.regs["ecx"] & 0x3000 == 0x3000  # PUSHF shows the (corrupted) virtual IOPL
-    assert vmm.hardware_eflags(False) & 0x3000 == 0  # no real IOPL for the guest
+    # The guest's (corrupted) IOPL 3 never reaches the hardware: translated code runs with the
+    # VMM's own IOPL 1 (IN and OUT are IDENT: spec/io.r1), whatever the vcpu page says.
+    assert vmm.hardware_eflags(False) & 0x3000 == 0x1000
     assert {d.split(":")[0] for d in differences(bare, bt, memory=False)} == {"eflags", "ecx"}
     # In memory: the guest's page did not get the store, and the accessed and dirty bits of
     # the PDE and PTE that map it stay clear.
