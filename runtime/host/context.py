@@ -147,14 +147,6 @@ def _seg(raw: bytes, off: int) -> tuple[int, int, int, int]:
     return sel, base, limit, attr
 
 
-def read_gprs(uc: Uc) -> list[int]:
-    """EAX..EDI from one saved context: one context_save instead of eight reg_reads (about a
-    quarter of the time; the VMM reads them at every trap and exit)."""
-    offset = calibrate().regs
-    raw = _raw(uc)
-    return [_Q.unpack_from(raw, offset + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
-
-
 def gprs_and_eip(raw) -> tuple[list[int], int]:
     """EAX..EDI and EIP from the bytes of a saved context (PhysicalCpu.save_context, which costs
     less than a context_save, and clear_exception_latch, which saves one anyway)."""
