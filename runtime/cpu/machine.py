@@ -566,6 +566,22 @@ class Machine:
             return None  # written where this machine could not see it: compiled again
         return block
 
+    def cached_instruction(self, eip: int) -> Decoded | None:
+        """The instruction at CS:eip as the one-instruction block cache decoded it, while that
+        block is valid; None when there is none. Fetches and decodes nothing (no fault, no
+        accessed bit): for a caller that would decode what `run(1)` is about to run."""
+        S = self.state
+        block = self._cached_block(self.single_blocks, (eip, S.base[CS], S.code32))
+        return None if block is None else block.insns[0]
+
+    def instruction_at(self, eip: int) -> Decoded:
+        """The instruction at CS:eip, decoded into the one-instruction block `run(1)` runs there
+        (compiled now unless cached, so that running it decodes nothing again); raises the
+        fault its fetch raises."""
+        S = self.state
+        key = (eip, S.base[CS], S.code32)
+        return (self._cached_block(self.single_blocks, key) or self.compile_at(eip, single=True)).insns[0]
+
     def describe(self, d: Decoded) -> str:
         return f"{d.form or '(undefined)'} {d.raw.hex(' ')}"
 
@@ -617,7 +633,9 @@ class Machine:
                 if single_step or shadow or (end is not None and end - S.icount < self.max_block):
                     # Near the end of the budget or a timer's deadline, one instruction at a
                     # time, so it ends exactly.
-                    block = self._cached_block(self.single_blocks, key) or self.compile_at(S.eip, single=True)
+                    block = self.single_blocks.get(key)  # (_cached_block, inline: every trap and callout)
+                    if block is None or (block.snapshot and not block.unchanged(self.mem.view)):
+                        block = self.compile_at(S.eip, single=True)
                 else:
                     block = blocks.get(key)
                     if block is None or (block.snapshot and not block.unchanged(self.mem.view)):

@@ -25,6 +25,7 @@ from ring1.generated.forms import FORMS
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
 from ring1.runtime.cpu.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
+from ring1.runtime.cpu.state import SS
 from ring1.runtime.engines import delegate
 from ring1.runtime.host.context import read_into_machine, soft_interrupt_before, write_from_machine
 from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
@@ -243,11 +244,13 @@ class BareMachine:
 
     def classify(self, vector: int) -> GuestEvent:
         """The event unicorn reported as `vector`, with what unicorn does not say."""
+        soft = soft_interrupt_before(self.interp, vector)
+        return soft if soft is not None else self._fault_at_eip(vector)
+
+    def _fault_at_eip(self, vector: int) -> GuestEvent:
+        """Not a software interrupt: a fault at EIP, which the interpreter, running that
+        instruction, raises precisely."""
         m, S = self.interp, self.interp.state
-        soft = soft_interrupt_before(m, vector)
-        if soft is not None:
-            return soft
-        # A fault at EIP: the interpreter, running that instruction, raises it precisely.
         m.stop_on_event = True
         try:
             r = m.run(1)
@@ -262,32 +265,38 @@ class BareMachine:
             "disagreement", f"unicorn raised vector {vector} at eip {S.eip:#x}; the spec's semantics give {what}"
         )
 
-    def _restore_lost_flags(self, vector: int) -> bool:
+    def _restore_lost_flags(self) -> bool:
         """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags:
         SETcc and RCL/RCR on memory, any instruction when the run counts): the frame the guest's
-        handler gets, and the instruction it restarts, must have them. Not after INT n."""
+        handler gets, and the instruction it restarts, must have them. Not after INT n (the
+        caller asks only about faults)."""
         m = self.interp
         try:
-            d, _pages = m.decode_at(m.state.eip)
+            # Decoded into the one-instruction block that classifying the fault runs next.
+            d = m.instruction_at(m.state.eip)
         except Fault:
             return False
         mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
         memory = len(d.variant) > 2 and d.variant[2] == "mem"
-        if not self.cpu.may_have_lost_flags(mnemonic, memory) or soft_interrupt_before(m, vector) is not None:
+        if not self.cpu.may_have_lost_flags(mnemonic, memory):
             return False
         return self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None)
 
     def deliver(self, vector: int) -> None:
         started = time.perf_counter()
         uc = self.cpu.uc
-        read_into_machine(uc, self.interp)
-        if self._restore_lost_flags(vector):
-            read_into_machine(uc, self.interp)
-        ev = self.classify(vector)  # re-running a page fault also sets CR2, precisely
+        m = self.interp
+        read_into_machine(uc, m)
+        soft = soft_interrupt_before(m, vector)  # INT n: EIP is past it; the flags are as it left them
+        if soft is None and self._restore_lost_flags():
+            read_into_machine(uc, m)  # the same EIP and code: still not a software interrupt
+        ev = soft if soft is not None else self._fault_at_eip(vector)  # re-running a #PF sets CR2
         self.events[ev.vector] = self.events.get(ev.vector, 0) + 1
-        self.interp.deliver_event(ev)
+        S = m.state
+        hardware = (m.eflags(), S.sel[SS])  # what unicorn holds until write_from_machine
+        m.deliver_event(ev)
         self.cpu.clear_exception_latch()
-        write_from_machine(uc, self.interp)
+        write_from_machine(uc, m, sse=False, hardware=hardware)  # delivery changes no SSE state
         self.event_time += time.perf_counter() - started
 
 

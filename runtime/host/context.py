@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn import x86_const as X
@@ -147,12 +147,12 @@ def _seg(raw: bytes, off: int) -> tuple[int, int, int, int]:
     return sel, base, limit, attr
 
 
-def read_gprs(uc: Uc) -> list[int]:
-    """EAX..EDI from one saved context: one context_save instead of eight reg_reads (about a
-    quarter of the time; the VMM reads them at every trap and exit)."""
-    offset = calibrate().regs
-    raw = _raw(uc)
-    return [_Q.unpack_from(raw, offset + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
+def gprs_and_eip(raw) -> tuple[list[int], int]:
+    """EAX..EDI and EIP from the bytes of a saved context (PhysicalCpu.save_context, which costs
+    less than a context_save, and clear_exception_latch, which saves one anyway)."""
+    L = calibrate()
+    gprs = [_Q.unpack_from(raw, L.regs + 8 * i)[0] & 0xFFFFFFFF for i in range(8)]
+    return gprs, _Q.unpack_from(raw, L.eip)[0] & 0xFFFFFFFF
 
 
 def read_into_machine(uc: Uc, m) -> None:
@@ -196,9 +196,14 @@ def read_into_machine(uc: Uc, m) -> None:
     m.flush_blocks()
 
 
-def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
+def write_from_machine(
+    uc: Uc, m, segments: bool = True, sse: bool = True, hardware: tuple[int, int] | None = None
+) -> None:
     """Give unicorn the interpreter's registers (a stopped CPU). Segment registers are reloaded
-    by selector, from the descriptor tables, as the CPU does at CPL 0."""
+    by selector, from the descriptor tables, as the CPU does at CPL 0. A caller that changed
+    no SSE state since read_into_machine (delivering an event changes none) passes `sse=False`,
+    and one that knows the EFLAGS and SS selector unicorn holds now passes them as `hardware`:
+    each reg_read or reg_write costs microseconds."""
     S = m.state
     for rid, v in zip(GPR_IDS, m.regs, strict=True):
         uc.reg_write(rid, v)
@@ -208,10 +213,13 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
         # Unicorn checks each selector load against its current CPL (as MOV to Sreg does), and
         # loads v86-style while its EFLAGS.VM is set: an event that took the guest from v86
         # mode or from CPL 3 to ring 0 needs VM cleared and the CPL lowered first.
-        was_v86 = bool(uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_VM)
+        hw_eflags, hw_ss = hardware if hardware is not None else (uc.reg_read(X.UC_X86_REG_EFLAGS), None)
+        was_v86 = bool(hw_eflags & EFLAGS_VM)
         uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
         protected = S.cr[0] & 1 and not eflags & EFLAGS_VM
-        if protected and (was_v86 or uc.reg_read(X.UC_X86_REG_SS) & 3 > S.sel[2] & 3):
+        if protected and not was_v86 and hw_ss is None:
+            hw_ss = uc.reg_read(X.UC_X86_REG_SS)
+        if protected and (was_v86 or hw_ss & 3 > S.sel[2] & 3):
             _lower_cpl_to_0(uc)
         for s, rid in enumerate(SEG_IDS):
             if s != 1:
@@ -219,9 +227,10 @@ def write_from_machine(uc: Uc, m, segments: bool = True) -> None:
         uc.reg_write(X.UC_X86_REG_CS, S.sel[1])
     uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
     uc.reg_write(X.UC_X86_REG_EIP, S.eip)
-    for i, v in enumerate(S.xmm):
-        uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
-    uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
+    if sse:
+        for i, v in enumerate(S.xmm):
+            uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+        uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
 
 
 EFLAGS_VM = 0x20000
@@ -240,27 +249,55 @@ def soft_interrupt_before(m, vector: int):
     """Unicorn reports INT n and faults alike (a vector, no error code). A software interrupt
     leaves EIP after an INT instruction whose vector is the one reported: return that Trap,
     or None when the event is a fault at EIP."""
-    from ring1.generated.forms import FORMS
     from ring1.runtime.cpu.events import Fault, Trap
-    from ring1.runtime.isa.decoder import Truncated, decode
 
     S = m.state
+    page_base = None  # the physical page of the last byte translated without a fault
     for length in (2, 1):
         start = (S.eip - length) & 0xFFFFFFFF
-        try:
-            pa = m.translate((S.base[1] + start) & 0xFFFFFFFF, False, S.cpl == 3)
-        except Fault:
-            continue
-        try:
-            d = decode(m.mem.read(pa, length), start, bool(S.code32))
-        except Truncated:
-            continue
-        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == length else None
-        if soft is not None:
-            soft_vector, kind = soft
-            if (d.fields[soft_vector] if isinstance(soft_vector, str) else soft_vector) == vector:
-                return Trap(vector, kind)
+        la = (S.base[1] + start) & 0xFFFFFFFF
+        if page_base is not None and la & 0xFFF:
+            pa = page_base | (la & 0xFFF)  # the same page: translating again gives the same
+        else:
+            try:
+                pa = m.translate(la, False, S.cpl == 3)
+            except Fault:
+                continue
+            page_base = pa & ~0xFFF
+        soft = soft_interrupt_in(m.mem.read(pa, length), bool(S.code32))
+        if soft is not None and soft[0] == vector:
+            return Trap(vector, soft[1])
     return None
 
 
-__all__ = ["ContextLayout", "calibrate", "read_into_machine", "soft_interrupt_before", "write_from_machine"]
+@lru_cache(maxsize=1024)
+def soft_interrupt_in(raw: bytes, code32: bool) -> tuple[int, int, bool] | None:
+    """When `raw` is exactly one software-interrupt instruction (a form the spec marks with
+    `soft_interrupt`: INT n, INT3, INTO, ICEBP): (its vector, its event kind, whether the vector
+    is an operand, as INT n's); else None. Cached: the engines ask at every event that unicorn
+    reports, mostly about the same few instructions, and decoding costs more than the rest."""
+    from ring1.generated.forms import FORMS
+    from ring1.runtime.isa.decoder import Truncated, decode
+
+    try:
+        d = decode(raw, 0, code32)
+    except Truncated:
+        return None
+    soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == len(raw) else None
+    if soft is None:
+        return None
+    vector, kind = soft
+    if isinstance(vector, str):
+        return d.fields[vector], kind, True
+    return vector, kind, False
+
+
+__all__ = [
+    "ContextLayout",
+    "calibrate",
+    "gprs_and_eip",
+    "read_into_machine",
+    "soft_interrupt_before",
+    "soft_interrupt_in",
+    "write_from_machine",
+]

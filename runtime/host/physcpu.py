@@ -96,6 +96,12 @@ class PhysicalCpu:
         self.uc.emu_start = _interruptible_start(self.uc)  # type: ignore[method-assign]
         self.uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.address)
         self.event: CpuEvent | None = None
+        # One context kept for reading registers out of (save_context): unicorn's context_save
+        # allocates a new one each time, four times the cost of saving into this one.
+        self._context = self.uc.context_save()
+        self._context_bytes = ctypes.cast(
+            self._context.context, ctypes.POINTER(ctypes.c_ubyte * self._context.size)
+        ).contents
         # Whether the last run counted instructions: unicorn counts with a code hook over
         # everything, which changes how it loses flags at a fault (lazy_flags_verdict).
         self.counting = False
@@ -164,10 +170,17 @@ class PhysicalCpu:
         """Drop unicorn's translations of guest code that Python rewrote."""
         self.uc.ctl_remove_cache(begin, end)
 
+    def save_context(self) -> ctypes.Array:
+        """The CPU's context as it is now, saved into this CPU's one context: its bytes, to read
+        fields from (host.context.calibrate finds them) or write them before context_restore.
+        Valid until the next call."""
+        self.uc.context_update(self._context)
+        return self._context_bytes
+
     def lazy_flags(self) -> tuple[int, int]:
         """QEMU's lazy-flags operation and its cc_src, from the saved context."""
         cc_op_at, cc_src_at = _lazy_flags_offsets()
-        raw = _raw(self.uc.context_save())
+        raw = self.save_context()
         return struct.unpack_from("<i", raw, cc_op_at)[0], struct.unpack_from("<Q", raw, cc_src_at)[0]
 
     def may_have_lost_flags(self, mnemonic: str, memory_operand: bool) -> bool:
@@ -188,13 +201,15 @@ class PhysicalCpu:
         self.uc.reg_write(X.UC_X86_REG_EFLAGS, (hw & ~ARITH_FLAGS) | (cc_src & ARITH_FLAGS))
         return True
 
-    def clear_exception_latch(self) -> None:
-        """Work around unicorn#1883: reset the 'exception in flight' latch after a hooked event."""
+    def clear_exception_latch(self) -> ctypes.Array:
+        """Work around unicorn#1883: reset the 'exception in flight' latch after a hooked event.
+        Returns the bytes of the context it saved and restored (save_context: the registers as
+        they are now, until the next save)."""
         offset = _latch_offset()
-        ctx = self.uc.context_save()
-        ptr = ctypes.cast(ctx.context, ctypes.POINTER(ctypes.c_ubyte * ctx.size)).contents
-        struct.pack_into("<i", ptr, offset, -1)
-        self.uc.context_restore(ctx)
+        raw = self.save_context()
+        struct.pack_into("<i", raw, offset, -1)
+        self.uc.context_restore(self._context)
+        return raw
 
 
 # ---------------------------------------------------------------- Ctrl-C

@@ -73,9 +73,9 @@ from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
-from ring1.runtime.host.context import read_gprs, soft_interrupt_before
-from ring1.runtime.host.physcpu import SEG_IDS, PhysicalCpu, UcError, changes_flags_before_store
-from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, Truncated, decode
+from ring1.runtime.host.context import gprs_and_eip, soft_interrupt_before, soft_interrupt_in
+from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
+from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -271,6 +271,7 @@ class Vmm:
         self.last_event: GuestEvent | None = None
         self.direct = False
         self._restarted: tuple[int, tuple[int, ...], int] | None = None  # see _flags_as_first_seen
+        self._eflags_at_resume: int | None = None  # the hardware EFLAGS an event read, for resume
         self.until = 0xFFFFFFFF
         # A guest-instruction budget (`--max-insns`), counted only when one is asked for, by a
         # block hook: the guest instructions that begin in each block the CPU is about to run
@@ -450,12 +451,14 @@ class Vmm:
 
     def resume(self) -> None:
         """Restart the hardware where it stopped, registers untouched (after a hidden fault)."""
-        self.cpu.clear_exception_latch()
+        saved = self.cpu.clear_exception_latch()
         self.cpu.event = None
         self.pending = None
-        eip = self.uc.reg_read(X.UC_X86_REG_EIP)
-        gprs = tuple(read_gprs(self.uc))
-        self._restarted = (eip, gprs, self.uc.reg_read(X.UC_X86_REG_EFLAGS))
+        gprs, eip = gprs_and_eip(saved)  # from the context the latch's reset saved anyway
+        eflags, self._eflags_at_resume = self._eflags_at_resume, None
+        if eflags is None:
+            eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+        self._restarted = (eip, tuple(gprs), eflags)
         self._start_clock(restart=True)
         try:
             self.uc.emu_start(eip, self.until)
@@ -597,29 +600,34 @@ class Vmm:
         finally:
             self._account_time()
 
-    def capture(self, host_eip: int | None = None) -> None:
-        """Hardware registers back into the virtual CPU (segments stay virtual)."""
+    def capture(self, hw_eflags: int | None = None) -> None:
+        """Hardware registers back into the virtual CPU (segments stay virtual). `hw_eflags`: the
+        hardware's EFLAGS when the caller has them already (a reg_read costs microseconds)."""
         uc = self.uc
-        self._adopt_hardware_v86()
-        self.m.regs[:] = read_gprs(uc)
-        self._merge_eflags(uc.reg_read(X.UC_X86_REG_EFLAGS))
+        if hw_eflags is None:
+            hw_eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        self._adopt_hardware_v86(hw_eflags)
+        self.m.regs[:] = gprs_and_eip(self.cpu.save_context())[0]
+        self._merge_eflags(hw_eflags)
 
-    def _adopt_hardware_v86(self) -> None:
+    def _adopt_hardware_v86(self, hw_eflags: int | None = None) -> int | None:
         """Unicorn's IRET enters v86 mode from CPL 1 (deviation iret-v86-cpl3; x86 does so only
         at CPL 0, and faults on the v86 CS otherwise). A kernel run directly (trap mode) that
         IRETs to v86 code therefore has done what its IRET at virtual CPL 0 does: the virtual
         CPU takes that v86 state (EFLAGS as popped, selectors loaded v86-style) from the
-        hardware, so the v86 code's first event is seen, and delivered, from v86 mode."""
+        hardware, so the v86 code's first event is seen, and delivered, from v86 mode.
+        Returns the hardware's EFLAGS, when they were given or read (else None)."""
         if not self.direct or self.m.state.mode != MODE_PROT or self.m.state.cpl != 0:
-            return  # only the kernel's IRET (virtual CPL 0) may enter v86 mode
-        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+            return hw_eflags  # only the kernel's IRET (virtual CPL 0) may enter v86 mode
+        hw = self.uc.reg_read(X.UC_X86_REG_EFLAGS) if hw_eflags is None else hw_eflags
         if not hw & EFLAGS_VM:
-            return
+            return hw
         m = self.m
         m.set_eflags(hw)
         for s, rid in enumerate(SEG_IDS):
             sel = self.uc.reg_read(rid)
             m.b_set_seg(s, sel, sel << 4, 0xFFFF, 0xF3)
+        return hw
 
     def _merge_eflags(self, hw: int) -> None:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
@@ -1293,22 +1301,21 @@ class Vmm:
         self.stats["events_delivered"] += 1
         self.m.deliver_event(ev)
 
-    def _event_in_guest(self, vector: int) -> str | None:
-        """A CPU exception while in guest context. Returns a stop reason, "resume" to restart
-        the hardware where it stopped, or None to re-enter the guest from the virtual state."""
-        uc = self.uc
-        host_eip = uc.reg_read(X.UC_X86_REG_EIP)
-        self._adopt_hardware_v86()
+    def _event_in_guest(self, event: CpuEvent, host_eip: int) -> str | None:
+        """A CPU exception while in guest context (`host_eip`: where the hardware stopped). Returns
+        a stop reason, "resume" to restart the hardware where it stopped, or None to re-enter the
+        guest from the virtual state."""
+        vector = event.vector
+        # The hardware's EFLAGS, read at most once per event (None: not read yet, or rewritten).
+        hw_eflags = self._adopt_hardware_v86()
         S = self.m.state
         user = S.cpl == 3
-        self._flags_as_first_seen(host_eip, vector)
+        hw_eflags = self._flags_as_first_seen(host_eip, vector, hw_eflags)
         if vector == 14:
-            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
-            # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no
-            # hidden fault to fill (it would map, and mark dirty, whatever page CR2 last named).
-            int_0e = self.direct and self._after_int(host_eip, vector)
-            if cr2 < VMM_BASE and not int_0e and self._hidden_fault(cr2):
+            cr2 = event.cr2  # read by the hook, at the fault
+            if cr2 < VMM_BASE and self._hidden_fault(cr2, host_eip):
                 self.stats["traps"] += 1
+                self._eflags_at_resume = hw_eflags
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
         where = None
         if self.direct:
@@ -1320,7 +1327,7 @@ class Vmm:
             guest_eip = where[1][0]
         else:
             return self._stop(f"exception {vector} in the VMM's stubs at {host_eip:#x}")
-        self.capture()
+        self.capture(hw_eflags)
         if where is not None and where[1][4] >= 0 and host_eip >= where[1][4]:
             self.m.regs[0] = self.vmm_read32(C["V_SAVE_EAX"])  # the sequence had moved EAX aside
         S.eip = guest_eip
@@ -1369,33 +1376,47 @@ class Vmm:
             return "halt"
         return None
 
-    def _flags_as_first_seen(self, host_eip: int, vector: int) -> None:
+    def _flags_as_first_seen(self, host_eip: int, vector: int, hw_eflags: int | None) -> int | None:
         """Before anything reads EFLAGS or the instruction restarts, give the faulting instruction
         the flags it saw the first time. Faulting again where it was just restarted, with the same
         registers (it did not complete: a store after a load that filled a page read-only), it
         gets the flags it was restarted with: unicorn's RCL/RCR change them before their store.
-        Else unicorn may have lost them at this fault (physcpu.restore_lost_flags)."""
+        Else unicorn may have lost them at this fault (physcpu.restore_lost_flags).
+        `hw_eflags`: the hardware's EFLAGS if known; returns them as they are now (None: unknown)."""
         again, self._restarted = self._restarted, None
-        if again is not None and again[0] == host_eip and again[1] == tuple(read_gprs(self.uc)):
-            if self.uc.reg_read(X.UC_X86_REG_EFLAGS) != again[2]:
-                self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
-                self.stats["lost_flags_restored"] += 1
-        elif self.direct:
-            self._restore_flags_unicorn_lost(host_eip, vector)
+        if again is not None and again[0] == host_eip:
+            if hw_eflags is None:
+                hw_eflags = self.uc.reg_read(X.UC_X86_REG_EFLAGS)
+            if hw_eflags == again[2] and not self.direct:
+                return hw_eflags  # as restarted, and nothing else to check: the registers do not matter
+            if tuple(gprs_and_eip(self.cpu.save_context())[0]) == again[1]:
+                if hw_eflags != again[2]:
+                    self.uc.reg_write(X.UC_X86_REG_EFLAGS, again[2])
+                    self.stats["lost_flags_restored"] += 1
+                    return None  # read back as unicorn stores them
+                return hw_eflags
+        if self.direct and self._restore_flags_unicorn_lost(host_eip, vector):
+            return None
+        return hw_eflags
 
-    def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> None:
+    def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> bool:
         """Unicorn may have lost the flags the faulting instruction saw (physcpu.restore_lost_flags):
         put them back before anything reads EFLAGS or the instruction restarts. Only for the
         guest's own code run directly; translated code settles them before such instructions.
-        Not after INT n, which leaves EIP at the next instruction, not at a faulting one."""
-        try:
-            d, _pages = self.m.decode_at(eip)
-        except Fault:
-            return
+        Not after INT n, which leaves EIP at the next instruction, not at a faulting one.
+        Returns whether it rewrote EFLAGS."""
+        # The interpreter's one-instruction block for this EIP, when it has emulated it before
+        # (most trapping instructions trap again), holds the instruction decoded already.
+        d = self.m.cached_instruction(eip)
+        if d is None:
+            try:
+                d, _pages = self.m.decode_at(eip)
+            except Fault:
+                return False
         mnemonic = FORMS[d.form].mnemonics.get(None, "") if d.form else ""
         memory = len(d.variant) > 2 and d.variant[2] == "mem"
         if not self.cpu.may_have_lost_flags(mnemonic, memory):
-            return
+            return False
         S = self.m.state
         eip_before, S.eip = S.eip, eip
         try:
@@ -1404,6 +1425,8 @@ class Vmm:
             S.eip = eip_before
         if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
             self.stats["lost_flags_restored"] += 1
+            return True
+        return False
 
     def _after_int(self, eip: int, vector: int) -> bool:
         """The instruction that ends at `eip` (an offset in the guest's CS) is INT `vector`,
@@ -1411,24 +1434,23 @@ class Vmm:
         S = self.m.state
         start = (S.base[CS] + eip - 2) & M32
         raw = b""
+        walk = None
         for la in (start, (start + 1) & M32):
-            walk = self.m.walk(la)
-            if walk is None or walk[0] + 0x1000 > self.G:
-                return False
+            if walk is None or la & 0xFFF == 0:  # the second byte is on the same page, mostly
+                walk = self.m.walk(la)
+                if walk is None or walk[0] + 0x1000 > self.G:
+                    return False
             raw += self.guest_mem.read(walk[0] | (la & 0xFFF), 1)
-        try:
-            d = decode(raw, eip - 2, bool(S.code32))
-        except Truncated:
-            return False
-        soft = FORMS[d.form].soft_interrupt if d.form is not None and d.length == 2 else None
-        return soft is not None and isinstance(soft[0], str) and d.fields[soft[0]] == vector
+        soft = soft_interrupt_in(raw, bool(S.code32))
+        return soft is not None and soft[2] and soft[0] == vector  # INT n: its vector an operand
 
     def _stop(self, reason: str) -> str:
         self.pending = ("vmstop", VMStop("vmm", reason))
         return "vmstop"
 
-    def _hidden_fault(self, la: int) -> bool:
-        """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade."""
+    def _hidden_fault(self, la: int, host_eip: int) -> bool:
+        """A page the guest maps but the hardware tables do not (yet), or a dirty-bit upgrade:
+        filled in. `la` is CR2 at a #PF at `host_eip`."""
         S = self.m.state
         walk = self.guest_walk(la)
         if walk is None:
@@ -1441,6 +1463,11 @@ class Vmm:
             present = bool(pte & 1)
         if present and (page in self.code_pages or page in self.traced_pages):
             return False  # a write to protected memory: emulate it
+        # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no hidden
+        # fault to fill (it would map, and mark dirty, whatever page CR2 last named). Asked only
+        # here, where a fill would follow: the walks above have no side effects either.
+        if self.direct and self._after_int(host_eip, 14):
+            return False
         # Not mapped yet: map it (a protected page read-only). Mapped already: the hardware
         # refused a write (read-only until dirty).
         write = present
@@ -1586,7 +1613,7 @@ class Vmm:
                 while True:
                     while self.cpu.event is not None:
                         at = uc_eip(self)
-                        why = self._event_in_guest(self.cpu.event.vector)
+                        why = self._event_in_guest(self.cpu.event, at)
                         if why != "resume":
                             self._refund_unrun(at, whole_instruction=True)
                             break
