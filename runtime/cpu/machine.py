@@ -600,35 +600,39 @@ class Machine:
         platform = self.platform
         clock = platform.clock  # (no clock: a platform without time has no interrupts either)
         pending = platform.interrupt_pending
+        end = budget_end
+        shadow = False
         while True:
             if S.eip in stops:
                 return RunResult("stop-address")
             if budget_end is not None and S.icount >= budget_end:
                 return RunResult("limit")
-            if S.eflags & 0x200 and clock is not None and not S.irq_shadow and self.takes_interrupts and pending():
-                try:
-                    self.take_interrupt()
-                except VMStop as stop:
-                    return RunResult("vmstop", vmstop=stop)
-                continue
-            if S.halted:
-                try:
-                    if S.eflags & 0x200 and clock is not None and clock.skip_to_deadline():
-                        continue  # time passed to the next timer; its interrupt, if any, is taken above
-                except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x, a reset)
-                    return RunResult("vmstop", vmstop=stop)
-                return RunResult("halt")
-            end = budget_end
-            if clock is not None:
+            if clock is not None:  # (one test per block for a platform without time)
+                if S.eflags & 0x200 and not S.irq_shadow and self.takes_interrupts and pending():
+                    try:
+                        self.take_interrupt()
+                    except VMStop as stop:
+                        return RunResult("vmstop", vmstop=stop)
+                    continue
+                if S.halted:
+                    try:
+                        if S.eflags & 0x200 and clock.skip_to_deadline():
+                            continue  # time passed to the next timer; its interrupt is taken above
+                    except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x, a reset)
+                        return RunResult("vmstop", vmstop=stop)
+                    return RunResult("halt")
+                end = budget_end
                 left = clock.insns_until_deadline()
                 if left is not None:
                     end = S.icount + left if end is None else min(end, S.icount + left)
+                shadow = S.irq_shadow  # the instruction after STI / MOV SS runs alone, then interrupts
+                if shadow:
+                    S.irq_shadow = False
+                started = S.icount
+            elif S.halted:
+                return RunResult("halt")
             key = (S.eip, S.base[CS], S.code32)
             single_step = S.eflags & 0x100  # TF as the instruction starts: #DB after it completes
-            shadow = S.irq_shadow  # the instruction after STI / MOV SS runs alone, then interrupts
-            if shadow:
-                S.irq_shadow = False
-            started = S.icount
             try:
                 if single_step or shadow or (end is not None and end - S.icount < self.max_block):
                     # Near the end of the budget or a timer's deadline, one instruction at a
