@@ -367,7 +367,14 @@ class Machine:
         first = self.translate(la, True, user)
         data = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
         if (la & 0xFFF) + n <= 0x1000:
-            self._write_phys(first, data)
+            if first + n > self.mem.size:
+                self._write_outside_ram(first, data)
+                return
+            self.mem.write(first, data)  # (_write_phys, inlined: every guest store comes here)
+            page = first >> 12
+            if page in self.traces.watched:
+                start = first & 0xFFF
+                self.traces.notify(page, start, start + n)
             return
         split = 0x1000 - (la & 0xFFF)
         second = self.translate((la + split) & M32, True, user)
@@ -381,17 +388,21 @@ class Machine:
 
     def _write_phys(self, pa: int, data: bytes) -> None:
         if pa + len(data) > self.mem.size:
-            inside = max(0, self.mem.size - pa)
-            if inside:
-                self.mem.write(pa, data[:inside])
-            rest = data[inside:]
-            self.platform.mmio_write(pa + inside, len(rest), int.from_bytes(rest, "little"))
+            self._write_outside_ram(pa, data)
             return
         self.mem.write(pa, data)
         page = pa >> 12
         if page in self.traces.watched:
             start = pa & 0xFFF
             self.traces.notify(page, start, start + len(data))
+
+    def _write_outside_ram(self, pa: int, data: bytes) -> None:
+        """Past the end of RAM: the platform's MMIO (devices), or an empty bus."""
+        inside = max(0, self.mem.size - pa)  # (a write straddling the end of RAM: its two parts)
+        if inside:
+            self.mem.write(pa, data[:inside])
+        rest = data[inside:]
+        self.platform.mmio_write(pa + inside, len(rest), int.from_bytes(rest, "little"))
 
     def _drop_write_translations(self, page: int) -> None:
         for (_, write), t in self.tlb.items():
