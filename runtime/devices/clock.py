@@ -13,7 +13,8 @@ instruction: the engine tells the clock how far it got (`unaccounted`).
 With `source="host"` (`ring1 run --clock host`) virtual time follows the host's monotonic
 clock instead, for interactive use; the engines still bound their stretches by
 `insns_until_deadline()`, which then converts the time left at the same nominal rate, and HLT
-sleeps on the host until the deadline.
+sleeps on the host until the deadline. A stretch is then at least HOST_MIN_SLICE instructions,
+so timers fire a little late rather than starve the guest when ring1 falls behind the host.
 
 Timers: `clock.timer(callback)` makes one; `arm(deadline_ns)` sets (or moves) it, `cancel()`
 stops it. A due timer's callback gets the deadline it was armed for (the clock itself may be
@@ -31,6 +32,7 @@ from collections.abc import Callable
 NS_PER_INSN = 10  # a 100 MIPS virtual CPU
 TSC_HZ = 1_000_000_000  # the TSC counts virtual nanoseconds (a 1 GHz time-stamp counter)
 SOURCES = ("guest", "host")
+HOST_MIN_SLICE = 10_000  # --clock host: the guest runs at least this many instructions per stretch
 
 
 class Timer:
@@ -145,6 +147,10 @@ class VirtualClock:
         if deadline is None:
             return None
         left = deadline - self.now()
+        if self.source == "host":
+            # Host time runs on while ring1 works: a device whose deadlines come faster than
+            # ring1 can serve them would otherwise leave the guest one instruction per stretch.
+            return max(HOST_MIN_SLICE, -(-left // self.ns_per_insn))
         return max(1, -(-left // self.ns_per_insn))
 
     def skip_to_deadline(self) -> bool:
