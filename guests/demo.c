@@ -35,20 +35,6 @@ struct multiboot_info {
     uint32_t drives_length, drives_addr, config_table, boot_loader_name;
 };
 
-struct frame {
-    uint32_t edi, esi, ebp, esp, ebx, edx, ecx, eax;
-    uint32_t vector, error, eip, cs, eflags;
-};
-
-struct descriptor {
-    uint32_t lo, hi;
-};
-
-struct __attribute__((packed)) table_register {
-    uint16_t limit;
-    uint32_t base;
-};
-
 struct tss {
     uint32_t link, esp0, ss0, esp1, ss1, esp2, ss2, cr3, eip, eflags;
     uint32_t eax, ecx, edx, ebx, esp, ebp, esi, edi;

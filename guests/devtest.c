@@ -80,20 +80,6 @@
 #define SECTOR_WORDS 256
 #define RUN_SIGNATURE "ring1 devtest run "
 
-struct frame {
-    uint32_t edi, esi, ebp, esp, ebx, edx, ecx, eax;
-    uint32_t vector, error, eip, cs, eflags;
-};
-
-struct descriptor {
-    uint32_t lo, hi;
-};
-
-struct __attribute__((packed)) table_register {
-    uint16_t limit;
-    uint32_t base;
-};
-
 extern const uint32_t isr_stubs[33];
 extern const uint32_t irq_stubs[16];
 

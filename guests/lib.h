@@ -44,4 +44,20 @@ void *memcpy(void *dst, const void *src, size_t n);
 void *memmove(void *dst, const void *src, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 
+/* What isr.S pushes before it calls the C handler (PUSHAD, then the vector and the error
+   code, then the CPU's frame), a GDT/IDT entry, and the operand of LGDT/LIDT. */
+struct frame {
+    uint32_t edi, esi, ebp, esp, ebx, edx, ecx, eax;
+    uint32_t vector, error, eip, cs, eflags;
+};
+
+struct descriptor {
+    uint32_t lo, hi;
+};
+
+struct __attribute__((packed)) table_register {
+    uint16_t limit;
+    uint32_t base;
+};
+
 #endif

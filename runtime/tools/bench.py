@@ -260,7 +260,7 @@ def nano_benchmarks() -> list[Nano]:
 # acknowledges it (EOI) and IRETs. The baseline arms the PIT the same way with IRQ 0 masked
 # and does not wait: the difference is the wait in HLT (virtual time, skipped) and taking,
 # acknowledging and returning from the interrupt.
-PIC_AT_0X20 = """
+PIC_AT_0X20 = """  # ICW1-4: the master at vector 0x20, a slave on IR2, 8086 mode; every IRQ but 0 masked
     mov al, 0x11
     out 0x20, al
     mov al, 0x20

@@ -14,6 +14,7 @@ from ring1.runtime.devices import acpi
 from ring1.runtime.devices.platform import ConsoleSink, GuestPlatform
 from ring1.runtime.isa.assembler import assemble
 from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools.bench import PIC_AT_0X20
 from ring1.runtime.tools.fresh_machine import FreshSpec
 from ring1.runtime.tools.snippet import interp_machine
 
@@ -85,17 +86,8 @@ def test_the_pit_and_pic_interrupt_a_halted_guest(mode: str) -> None:
     # PIC at 0x20 (IRQ 0 -> vector 0x20, every other line masked), PIT channel 0 one-shot;
     # the fresh machine's IDT sends every vector to its HLT handler, so the run halts there
     # (IF clear in the handler) with the IRQ acknowledged and the virtual clock past the count.
-    code = """
-        mov al, 0x11
-        out 0x20, al
-        mov al, 0x20
-        out 0x21, al
-        mov al, 0x04
-        out 0x21, al
-        mov al, 0x01
-        out 0x21, al
-        mov al, 0xfe
-        out 0x21, al
+    code = f"""
+        {PIC_AT_0X20}
         mov al, 0x30          # channel 0, LSB then MSB, mode 0
         out 0x43, al
         mov al, 0x00
