@@ -162,6 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ring1.runtime.devices.clock import VirtualClock
     from ring1.runtime.devices.disk import DiskError, DiskImage
     from ring1.runtime.devices.platform import GuestPlatform
+    from ring1.runtime.devices.serial import ConsoleSink
     from ring1.runtime.devices.serial_input import SerialInput
 
     if args.max_insns is not None and args.max_insns <= 0:
@@ -206,38 +207,66 @@ def cmd_run(args: argparse.Namespace) -> int:
             disk.close()
         print(f"ring1 run: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
-    try:
+    console: ConsoleSink | None = None
+    if args.serial != "stdio":
+        try:
+            console = ConsoleSink(open(os.devnull if args.serial == "none" else args.serial, "wb"))  # noqa: SIM115
+        except OSError as err:
+            for disk in disks:
+                disk.close()
+            print(f"ring1 run: --serial {args.serial}: {err.strerror}", file=sys.stderr)
+            return engines.EXIT_USAGE
+    wanted = args.serial_input if args.serial_input is not None else _default_serial_input()
+
+    def power_on() -> tuple[GuestPlatform, SerialInput | None]:
+        """The machine as at power-on: a new platform (the same disks, console and clock
+        source), and COM1's input attached to it."""
         platform = GuestPlatform(
+            console,
             clock=VirtualClock(args.clock),
             memory_size=memory_size,
             disks=disks,
             rtc_start=rtc_start,
             post_port=args.post_port,
         )
+        if image.rom is not None:
+            platform.map_rom(image.rom)
+        if wanted == "none":
+            return platform, None
+        return platform, SerialInput.open(None if wanted == "-" else wanted, platform.com1, platform.clock)
+
+    try:
+        platform, serial_input = power_on()
     except BusConflict as err:
         for disk in disks:
             disk.close()
         print(f"ring1 run: --post-port {args.post_port:#x}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
-    if image.rom is not None:
-        platform.map_rom(image.rom)
-    serial_input = None
-    wanted = args.serial_input if args.serial_input is not None else _default_serial_input()
-    if wanted != "none":
-        try:
-            source = None if wanted == "-" else wanted
-            serial_input = SerialInput.open(source, platform.com1, platform.clock)
-        except OSError as err:
-            print(f"ring1 run: --serial-input {args.serial_input}: {err.strerror}", file=sys.stderr)
-            return engines.EXIT_USAGE
+    except OSError as err:
+        for disk in disks:
+            disk.close()
+        print(f"ring1 run: --serial-input {wanted}: {err.strerror}", file=sys.stderr)
+        return engines.EXIT_USAGE
     stats = engines.RunStats(args.mode)
     _catch_interrupts()
     try:
-        if serial_input is not None:
-            serial_input.start()
-        if args.display == "text":
-            platform.show_screen(_terminal_writer(sys.stderr))
-        stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
+        while True:
+            if serial_input is not None:
+                serial_input.start()
+            if args.display == "text":
+                platform.show_screen(_terminal_writer(sys.stderr))
+            stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
+            if stop.kind != "reset" or not args.reboot:
+                break
+            # --reboot: the reset line restarts the machine from power-on (RAM, chips, CPU);
+            # the disks keep what was written.
+            print(f"ring1 run: {stop.detail}: rebooting", file=sys.stderr)
+            if serial_input is not None:
+                serial_input.close()
+            platform.flush()
+            cmos = platform.rtc.nvram()
+            platform, serial_input = power_on()
+            platform.rtc.restore_nvram(cmos)  # battery-backed: it survives the reset
     except Exception as err:  # a bug in ring1, not in the guest: one line unless asked for more
         platform.flush()
         if os.environ.get("RING1_TRACEBACK"):
@@ -538,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="WHEN",
         help=f"RTC time at power-on: utc or an ISO date (default {DETERMINISTIC_RTC_BASE}; utc with --clock host)",
     )
+    run.add_argument(
+        "--serial", default="stdio", metavar="WHERE", help="COM1's output: stdio (default), none, or a FILE"
+    )
+    reboot = run.add_mutually_exclusive_group()
+    reboot.add_argument("--reboot", action="store_true", help="a guest's reset restarts the machine (disks kept)")
+    reboot.add_argument("--no-reboot", action="store_true", help="a guest's reset ends the run, status 0 (default)")
     run.add_argument(
         "--display", choices=["none", "text"], default="none", help="text: show the VGA text screen on stderr"
     )

@@ -34,7 +34,11 @@ def run_image(path: Path, max_insns: int | None = None) -> tuple[engines.Stop, b
 
 def ring1_run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ring1.runtime.cli", "run", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ring1.runtime.cli", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,  # (a pipe on stdin would be COM1's input)
     )
 
 
@@ -448,3 +452,33 @@ def test_instruction_budget_stops_every_mode_at_the_same_instruction(guests, bud
         assert f"the instruction budget ran out after {budget:,} instructions" in done.stderr
         stops[mode] = (re.search(r"guest eip 0x[0-9a-f]+", done.stderr).group(0), done.stdout)
     assert stops["bt"] == stops["trap"] == stops["interp"] == stops["bare"]
+
+
+REBOOT_ONCE = """
+        mov al, 0x0f               # CMOS 0x0F: the shutdown status byte (battery-backed)
+        out 0x70, al
+        in al, 0x71
+        cmp al, 0x5a
+        je 1f
+        mov al, 0x0f
+        out 0x70, al
+        mov al, 0x5a
+        out 0x71, al
+        mov al, 0xfe               # the i8042's reset pulse
+        out 0x64, al
+        hlt
+    1:  mov dx, 0x3f8
+        mov al, 0x42
+        out dx, al
+        mov al, 5
+        out 0xf4, al
+"""
+
+
+def test_a_reset_ends_the_run_or_reboots(tmp_path):
+    path = tmp_path / "reboot.bin"
+    path.write_bytes(flat_kernel(assemble(REBOOT_ONCE, 0x100000 + 32).code))
+    done = ring1_run(str(path), "--no-reboot")
+    assert done.returncode == 0 and done.stdout == "" and "the guest reset the system" in done.stderr
+    done = ring1_run(str(path), "--reboot")  # the second boot finds its mark in the CMOS
+    assert done.returncode == 5 and done.stdout == "B" and "rebooting" in done.stderr

@@ -52,6 +52,7 @@ from ring1.runtime.devices.irq import IrqLine
 
 INDEX_PORT, DATA_PORT = 0, 1  # offsets in the 2-port region at 0x70
 CMOS_SIZE = 128
+NVRAM_FIRST = 0x0E  # past the clock and status registers: general-purpose battery-backed RAM
 NMI_MASK = 0x80  # index port bit 7: NMI disabled (the PC's, not the chip's)
 
 REG_SECONDS, REG_SECONDS_ALARM = 0x00, 0x01
@@ -229,6 +230,14 @@ class RealTimeClock:
         self._ram[index & 0x7F] = value & 0xFF
         if CMOS_CHECKSUM_FIRST <= index <= CMOS_CHECKSUM_LAST:
             self._update_checksum()
+
+    def nvram(self) -> bytes:
+        """The battery-backed RAM (bytes 0x0E-0x7F): what survives a reset or power-off."""
+        return bytes(self._ram[NVRAM_FIRST:CMOS_SIZE])
+
+    def restore_nvram(self, data: bytes) -> None:
+        """After a reset (`ring1 run --reboot`): the battery-backed RAM as it was."""
+        self._ram[NVRAM_FIRST : NVRAM_FIRST + len(data)] = data[: CMOS_SIZE - NVRAM_FIRST]
 
     def _fill_bios_bytes(self, memory_size: int, fpu: bool) -> None:
         kb = max(0, memory_size) // 1024
