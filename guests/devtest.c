@@ -9,7 +9,11 @@
    IRQ 8, the wait spent in HLT), and its interrupts during a busy loop; the TSC calibrated against PIT channel 2 through port 0x61
    (Linux's pit_calibrate_tsc); the RTC's date and time; the ACPI RSDP, RSDT, FADT, MADT and
    DSDT and the MP floating pointer and configuration table, found where an OS scans and their
-   checksums verified; the ACPI PM timer's rate against the TSC; the VGA text screen and the
+   checksums verified; the ACPI PM timer's rate against the TSC; the local APIC as a BIOS
+   leaves it (CPUID bit, base MSR, ID, version, TPR/PPR, SVR, virtual-wire LINT0/LINT1), its
+   timer one-shot and periodic timed by the PM timer, then masked; the RTC's periodic
+   interrupt routed through the I/O APIC (pin 8, vector 0x48) with the 8259's IRQ 8 masked,
+   then the 8259's route restored; the VGA text screen and the
    CRTC's cursor; PCI bus 0; the ATA master (when there is one: reset signature, IDENTIFY on
    IRQ 14, sector 0 shown, a pattern written by PIO and read back, the run counter in sector
    0 bumped); serial input echoed by the receive interrupt; then malformed use: an unknown
@@ -80,8 +84,54 @@
 #define SECTOR_WORDS 256
 #define RUN_SIGNATURE "ring1 devtest run "
 
+/* The local APIC (a BIOS leaves it enabled in virtual-wire mode: the 8259 through LINT0) and
+   the I/O APIC, at the addresses the MP and ACPI tables give. */
+#define MSR_APIC_BASE 0x1B
+#define APIC_BASE_BSP 0x100
+#define APIC_BASE_ENABLE 0x800
+#define CPUID_1_EDX_APIC (1u << 9)
+#define LAPIC_BASE 0xFEE00000u
+#define LAPIC_ID 0x020
+#define LAPIC_VERSION 0x030
+#define LAPIC_TPR 0x080
+#define LAPIC_PPR 0x0A0
+#define LAPIC_EOI 0x0B0
+#define LAPIC_SVR 0x0F0
+#define LAPIC_ISR 0x100 /* eight registers of 32 vectors, 16 bytes apart; the IRR likewise */
+#define LAPIC_IRR 0x200
+#define LAPIC_LVT_TIMER 0x320
+#define LAPIC_LVT_LINT0 0x350
+#define LAPIC_LVT_LINT1 0x360
+#define LAPIC_TIMER_INITIAL 0x380
+#define LAPIC_TIMER_CURRENT 0x390
+#define LAPIC_TIMER_DIVIDE 0x3E0
+#define LAPIC_DIVIDE_16 0x3
+#define LVT_MASKED 0x10000
+#define LVT_TIMER_PERIODIC 0x20000
+#define LVT_DELIVERY_MODE 0x700
+#define LVT_EXTINT 0x700
+#define LVT_NMI 0x400
+#define APIC_BUS_HZ 100000000u
+#define LAPIC_TIMER_VECTOR 0x40
+#define IOAPIC_RTC_VECTOR 0x48
+#define APIC_SPURIOUS_VECTOR 0xFF
+
+#define IOAPIC_BASE 0xFEC00000u
+#define IOAPIC_REGSEL 0x00
+#define IOAPIC_WINDOW 0x10
+#define IOAPIC_REG_ID 0x00
+#define IOAPIC_REG_VERSION 0x01
+#define IOAPIC_REDIRECTION(pin) (0x10 + 2 * (pin)) /* the low half; the high half follows */
+#define IOAPIC_RTC_PIN 8
+#define RTE_REMOTE_IRR 0x4000
+#define RTE_MASKED 0x10000
+#define RTC_A_RATE_1024HZ 0x06
+#define RTC_B_PIE 0x40
+#define RTC_C_PF 0x40
+
 extern const uint32_t isr_stubs[33];
 extern const uint32_t irq_stubs[16];
+extern const uint32_t apic_stubs[3];
 
 static struct descriptor gdt[3];
 static struct descriptor idt[256];
@@ -196,6 +246,9 @@ static void setup_cpu_tables(void)
         idt[v] = interrupt_gate(isr_stubs[v]);
     for (int irq = 0; irq < 16; irq++)
         idt[IRQ_BASE + irq] = interrupt_gate(irq_stubs[irq]);
+    idt[LAPIC_TIMER_VECTOR] = interrupt_gate(apic_stubs[0]);
+    idt[IOAPIC_RTC_VECTOR] = interrupt_gate(apic_stubs[1]);
+    idt[APIC_SPURIOUS_VECTOR] = interrupt_gate(apic_stubs[2]);
     struct table_register idtr = {sizeof(idt) - 1, (uint32_t)idt};
     __asm__ volatile("lidt %0" : : "m"(idtr));
 }
@@ -306,10 +359,16 @@ static void irq_handler(unsigned irq)
     pic_eoi(irq);
 }
 
+static void apic_interrupt(unsigned vector);
+
 void trap_dispatch(struct frame *f)
 {
     if (f->vector >= IRQ_BASE && f->vector < IRQ_BASE + 16) {
         irq_handler(f->vector - IRQ_BASE);
+        return;
+    }
+    if (f->vector == LAPIC_TIMER_VECTOR || f->vector == IOAPIC_RTC_VECTOR || f->vector == APIC_SPURIOUS_VECTOR) {
+        apic_interrupt(f->vector);
         return;
     }
     kprintf("devtest: unexpected exception %u error %x at eip %08x\n", f->vector, f->error, f->eip);
@@ -625,6 +684,226 @@ static void check_pm_timer(void)
     report(hz + tolerance >= PM_TIMER_HZ && hz <= PM_TIMER_HZ + tolerance, "pm-timer",
            "port %x runs at %u.%02u MHz against the TSC (3.579545 expected)", pm_timer_port, centi_mhz / 100,
            centi_mhz % 100);
+}
+
+/* ---------------------------------------------------------------- the local APIC and the I/O APIC */
+
+static uint32_t lapic_read(uint32_t reg)
+{
+    return *(volatile uint32_t *)(LAPIC_BASE + reg);
+}
+
+static void lapic_write(uint32_t reg, uint32_t value)
+{
+    *(volatile uint32_t *)(LAPIC_BASE + reg) = value;
+}
+
+/* Whether `vector` is set in the APIC's ISR or IRR (`bank` LAPIC_ISR or LAPIC_IRR). */
+static int lapic_vector_bit(uint32_t bank, uint32_t vector)
+{
+    return (lapic_read(bank + 0x10 * (vector / 32)) >> (vector % 32)) & 1;
+}
+
+static uint32_t ioapic_read(uint32_t reg)
+{
+    *(volatile uint32_t *)(IOAPIC_BASE + IOAPIC_REGSEL) = reg;
+    return *(volatile uint32_t *)(IOAPIC_BASE + IOAPIC_WINDOW);
+}
+
+static void ioapic_write(uint32_t reg, uint32_t value)
+{
+    *(volatile uint32_t *)(IOAPIC_BASE + IOAPIC_REGSEL) = reg;
+    *(volatile uint32_t *)(IOAPIC_BASE + IOAPIC_WINDOW) = value;
+}
+
+static inline uint64_t rdmsr(uint32_t index)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(index));
+    return (uint64_t)hi << 32 | lo;
+}
+
+static uint32_t cpuid_1_edx(void)
+{
+    uint32_t a = 1, b, c = 0, d;
+    __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+    return d;
+}
+
+static uint32_t pm_now(void)
+{
+    return inl(pm_timer_port) & 0xFFFFFF;
+}
+
+/* Microseconds between two PM timer readings less than its 4.7 s wrap apart. */
+static uint32_t pm_us(uint32_t from, uint32_t to)
+{
+    return div64_32((uint64_t)((to - from) & 0xFFFFFF) * 1000000u, PM_TIMER_HZ);
+}
+
+/* Whether `us` is within 1% of `expected`. */
+static int within_1pct(uint32_t us, uint32_t expected)
+{
+    return us * 100 >= expected * 99 && us * 100 <= expected * 101;
+}
+
+/* The APIC vectors' interrupts: how many came, and the PM timer at each of the first ones. */
+#define APIC_STAMPS 64
+static volatile uint32_t lapic_timer_count, ioapic_rtc_count, apic_spurious_count;
+static volatile uint32_t apic_stamp[APIC_STAMPS];
+
+static void apic_stamp_at(volatile uint32_t *count)
+{
+    if (*count < APIC_STAMPS)
+        apic_stamp[*count] = pm_now();
+    (*count)++;
+}
+
+static void apic_interrupt(unsigned vector)
+{
+    switch (vector) {
+    case LAPIC_TIMER_VECTOR:
+        apic_stamp_at(&lapic_timer_count);
+        break;
+    case IOAPIC_RTC_VECTOR:
+        if (rtc_read(0x0C) & RTC_C_PF) /* reading C lowers the line: the next edge is a new one */
+            apic_stamp_at(&ioapic_rtc_count);
+        break;
+    default: /* the spurious vector: nothing in service, no EOI (SDM) */
+        apic_spurious_count++;
+        return;
+    }
+    lapic_write(LAPIC_EOI, 0);
+}
+
+/* What a BIOS leaves for a kernel (Linux's verify_local_APIC and the virtual-wire setup it
+   inherits): the CPUID bit, the base MSR, the registers' reset and firmware values. */
+static void check_lapic(void)
+{
+    int cpuid_apic = (cpuid_1_edx() & CPUID_1_EDX_APIC) != 0;
+    uint32_t msr = (uint32_t)rdmsr(MSR_APIC_BASE);
+    uint32_t id = lapic_read(LAPIC_ID) >> 24, version = lapic_read(LAPIC_VERSION);
+    uint32_t lvts = ((version >> 16) & 0xFF) + 1;
+    uint32_t tpr = lapic_read(LAPIC_TPR) & 0xFF, ppr = lapic_read(LAPIC_PPR) & 0xFF;
+    uint32_t svr = lapic_read(LAPIC_SVR) & 0x3FF;
+    uint32_t lint0 = lapic_read(LAPIC_LVT_LINT0), lint1 = lapic_read(LAPIC_LVT_LINT1);
+    int virtual_wire = (lint0 & (LVT_MASKED | LVT_DELIVERY_MODE)) == LVT_EXTINT &&
+                       (lint1 & (LVT_MASKED | LVT_DELIVERY_MODE)) == LVT_NMI;
+    /* The TPR is read-write; the PPR follows it (nothing in service). */
+    lapic_write(LAPIC_TPR, 0x20);
+    uint32_t tpr_set = lapic_read(LAPIC_TPR) & 0xFF, ppr_set = lapic_read(LAPIC_PPR) & 0xFF;
+    lapic_write(LAPIC_TPR, 0);
+    int priorities =
+        tpr == 0 && ppr == 0 && tpr_set == 0x20 && ppr_set == 0x20 && (lapic_read(LAPIC_TPR) & 0xFF) == 0;
+    report(cpuid_apic && msr == (LAPIC_BASE | APIC_BASE_ENABLE | APIC_BASE_BSP) && id == 0 &&
+               (version & 0xFF) == 0x14 && lvts == 6 && priorities && svr == (0x100 | APIC_SPURIOUS_VECTOR) &&
+               virtual_wire,
+           "lapic",
+           "CPUID.1:EDX.APIC %s, MSR 1b = %08x, ID %u, version %02x with %u LVT entries, TPR/PPR %02x/%02x "
+           "(%02x/%02x after a TPR write), SVR %03x, LINT0 %s, LINT1 %s",
+           cpuid_apic ? "set" : "CLEAR", msr, id, version & 0xFF, lvts, tpr, ppr, tpr_set, ppr_set, svr,
+           (lint0 & (LVT_MASKED | LVT_DELIVERY_MODE)) == LVT_EXTINT ? "ExtINT" : "NOT ExtINT",
+           (lint1 & (LVT_MASKED | LVT_DELIVERY_MODE)) == LVT_NMI ? "NMI" : "NOT NMI");
+}
+
+/* The timer at divide 16 (6.25 MHz from the 100 MHz bus): one-shot for 10 ms, then periodic
+   at 1 ms, both timed by the PM timer; then masked and stopped. The 8259's PIT interrupts come
+   through LINT0 meanwhile (the wait's timeout). */
+static void check_lapic_timer(void)
+{
+    const uint32_t hz = APIC_BUS_HZ / 16, one_shot = hz / 100, period = hz / 1000, periods = 50;
+    lapic_write(LAPIC_TIMER_DIVIDE, LAPIC_DIVIDE_16);
+    lapic_write(LAPIC_LVT_TIMER, LAPIC_TIMER_VECTOR);
+    cli();
+    lapic_timer_count = 0;
+    uint32_t start = pm_now();
+    lapic_write(LAPIC_TIMER_INITIAL, one_shot);
+    uint32_t running = lapic_read(LAPIC_TIMER_CURRENT);
+    wait_for(&lapic_timer_count, 1, 10);
+    wait_for(&irq_count[0], irq_count[0] + 3, 10); /* 30 ms more: a one-shot fires once */
+    cli();
+    uint32_t fired = lapic_timer_count, after = lapic_read(LAPIC_TIMER_CURRENT);
+    uint32_t one_shot_us = fired ? pm_us(start, apic_stamp[0]) : 0;
+    int one_shot_clear = !lapic_vector_bit(LAPIC_ISR, LAPIC_TIMER_VECTOR) &&
+                         !lapic_vector_bit(LAPIC_IRR, LAPIC_TIMER_VECTOR);
+    int one_shot_ok = fired == 1 && after == 0 && running > 0 && running <= one_shot &&
+                      within_1pct(one_shot_us, 10000) && one_shot_clear;
+
+    lapic_timer_count = 0;
+    lapic_write(LAPIC_LVT_TIMER, LVT_TIMER_PERIODIC | LAPIC_TIMER_VECTOR);
+    lapic_write(LAPIC_TIMER_INITIAL, period);
+    wait_for(&lapic_timer_count, periods + 1, 20);
+    cli();
+    uint32_t counted = lapic_timer_count, reloaded = lapic_read(LAPIC_TIMER_CURRENT);
+    uint32_t periodic_us = counted > periods ? pm_us(apic_stamp[0], apic_stamp[periods]) : 0;
+    lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | LVT_TIMER_PERIODIC | LAPIC_TIMER_VECTOR);
+    uint32_t at_mask = lapic_timer_count;
+    wait_for(&irq_count[0], irq_count[0] + 2, 10); /* 20 ms masked: no interrupt */
+    cli();
+    uint32_t while_masked = lapic_timer_count - at_mask;
+    lapic_write(LAPIC_TIMER_INITIAL, 0); /* stopped */
+    uint32_t stopped = lapic_read(LAPIC_TIMER_CURRENT);
+    int periodic_clear = !lapic_vector_bit(LAPIC_ISR, LAPIC_TIMER_VECTOR);
+    sti();
+    int periodic_ok = counted > periods && reloaded > 0 && reloaded <= period &&
+                      within_1pct(periodic_us, 1000 * periods) && while_masked == 0 && stopped == 0 && periodic_clear;
+    int divide = (lapic_read(LAPIC_TIMER_DIVIDE) & 0xB) == LAPIC_DIVIDE_16;
+    report(one_shot_ok && periodic_ok && divide, "lapic-timer",
+           "one-shot: %u counts at divide 16, %u interrupt on vector %02x after %u ms by the PM timer, current count "
+           "%u after; periodic: %u periods of %u counts in %u ms (%u expected, +-1%%), none while masked; EOIs to the "
+           "APIC left its ISR %s",
+           one_shot, fired, LAPIC_TIMER_VECTOR, (one_shot_us + 500) / 1000, after, periods, period,
+           (periodic_us + 500) / 1000, periods, one_shot_clear && periodic_clear ? "clear" : "NOT CLEAR");
+}
+
+/* The RTC's periodic interrupt (1024 Hz) routed through I/O APIC pin 8 to the local APIC at
+   vector 0x48, fixed, edge, physical destination 0, with IRQ 8 masked at the 8259; then the
+   entry masked again and the 8259's route restored. */
+static void check_ioapic(void)
+{
+    const uint32_t periods = 16, low_half = IOAPIC_REDIRECTION(IOAPIC_RTC_PIN);
+    uint32_t id = (ioapic_read(IOAPIC_REG_ID) >> 24) & 0xF, version = ioapic_read(IOAPIC_REG_VERSION);
+    uint32_t pins = ((version >> 16) & 0xFF) + 1;
+    int masked_at_boot = (ioapic_read(low_half) & RTE_MASKED) != 0;
+
+    cli();
+    uint8_t slave_imr = inb(PIC_SLAVE + 1), rtc_a = rtc_read(0x0A), rtc_b = rtc_read(0x0B);
+    outb(PIC_SLAVE + 1, slave_imr | 0x01); /* IRQ 8 masked at the 8259 */
+    rtc_write(0x0A, (rtc_a & 0xF0) | RTC_A_RATE_1024HZ);
+    rtc_write(0x0B, (rtc_b | RTC_B_PIE) & ~RTC_B_UIE);
+    (void)rtc_read(0x0C);
+    ioapic_write(low_half + 1, 0u << 24);       /* destination: APIC ID 0 */
+    ioapic_write(low_half, IOAPIC_RTC_VECTOR); /* fixed, physical, active high, edge, unmasked */
+    uint32_t programmed = ioapic_read(low_half), destination = ioapic_read(low_half + 1);
+    uint32_t via_8259 = irq_count[8];
+    ioapic_rtc_count = 0;
+    wait_for(&ioapic_rtc_count, periods + 1, 10);
+    cli();
+    ioapic_write(low_half, RTE_MASKED | IOAPIC_RTC_VECTOR);
+    uint32_t counted = ioapic_rtc_count, not_via_8259 = irq_count[8] == via_8259;
+    uint32_t rate_us = counted > periods ? pm_us(apic_stamp[0], apic_stamp[periods]) : 0;
+    rtc_write(0x0B, rtc_b);
+    (void)rtc_read(0x0C);
+    rtc_write(0x0A, rtc_a);
+    uint32_t masked = ioapic_read(low_half);
+    int clear = !lapic_vector_bit(LAPIC_ISR, IOAPIC_RTC_VECTOR) && !lapic_vector_bit(LAPIC_IRR, IOAPIC_RTC_VECTOR);
+    /* The 8259 latched the RTC's edges with IRQ 8 masked; unmasked, that request comes through
+       the 8259 at vector 0x28 again. */
+    int latched = pic_read_irr(PIC_SLAVE) & 0x01;
+    outb(PIC_SLAVE + 1, slave_imr);
+    __asm__ volatile("sti; nop; nop; cli" ::: "memory");
+    uint32_t restored = irq_count[8] - via_8259;
+    sti();
+    int ok = id == 1 && version == 0x00170011 && pins == 24 && masked_at_boot && programmed == IOAPIC_RTC_VECTOR &&
+             destination == 0 && counted > periods && not_via_8259 && within_1pct(rate_us, 15625) &&
+             (masked & (RTE_MASKED | RTE_REMOTE_IRR)) == RTE_MASKED && clear && latched && restored == 1;
+    report(ok, "ioapic",
+           "ID %u, version %08x (%u pins), pin %u masked at boot; pin %u to vector %02x (fixed, edge, APIC 0): %u RTC "
+           "periodic interrupts, %u periods in %u.%u ms (15.6 expected, +-1%%), %s IRQ 8 from the 8259; masked again, "
+           "LAPIC ISR %s; the 8259's latched IRQ 8 then came at vector %02x",
+           id, version, pins, IOAPIC_RTC_PIN, IOAPIC_RTC_PIN, IOAPIC_RTC_VECTOR, counted, periods,
+           (rate_us + 50) / 1000, (rate_us + 50) / 100 % 10, not_via_8259 ? "no" : "AN", clear ? "clear" : "NOT CLEAR",
+           IRQ_BASE + 8);
 }
 
 /* ---------------------------------------------------------------- VGA */
@@ -1101,6 +1380,9 @@ int kmain(uint32_t magic, const void *info)
     check_acpi();
     check_mp();
     check_pm_timer();
+    check_lapic();
+    check_lapic_timer();
+    check_ioapic();
     check_vga();
     check_pci();
     check_ata();

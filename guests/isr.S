@@ -9,6 +9,9 @@
     16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 128
 /* The 16 ISA interrupt requests at vectors 0x20-0x2F, where a kernel remaps the 8259s. */
 #define IRQ_VECTORS 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47
+/* Vectors the local APIC delivers: 0x40 and 0x48 (its timer and an I/O APIC route, as devtest
+   programs them) and 0xFF (the spurious-interrupt vector a BIOS leaves in the SVR). */
+#define APIC_VECTORS 64, 72, 255
 
 /* isr<vector>: the exceptions for which the CPU pushes an error code (#DF, #TS, #NP, #SS,
    #GP, #PF, #AC) push only the vector; the others push a zero first. */
@@ -28,6 +31,9 @@ isr\vector:
     stub \vector
     .endr
     .irp vector, IRQ_VECTORS
+    stub \vector
+    .endr
+    .irp vector, APIC_VECTORS
     stub \vector
     .endr
 
@@ -52,5 +58,11 @@ isr_stubs:                              // the 32 exception stubs, then int 0x80
     .global irq_stubs
 irq_stubs:                              // IRQ 0-15 at vectors 0x20-0x2F (no error code)
     .irp vector, IRQ_VECTORS
+    .long isr\vector
+    .endr
+
+    .global apic_stubs
+apic_stubs:                             // vectors 0x40, 0x48, 0xFF (no error code)
+    .irp vector, APIC_VECTORS
     .long isr\vector
     .endr

@@ -33,6 +33,9 @@ CHECKS = [
     "acpi",
     "mp",
     "pm-timer",
+    "lapic",
+    "lapic-timer",
+    "ioapic",
     "vga",
     "pci",
     "ata-reset",
@@ -59,8 +62,13 @@ RDTSC_DEVIATION = (
     "test_rdtsc_cannot_be_hooked) and the guest's own CPL 0 ignores CR4.TSD (tsc, pm-timer, and the "
     "TSC-timed spins of irq-storm and no-eoi, whose outcome then depends on the host's speed)"
 )
+RDMSR_DEVIATION = (
+    "bare runs RDMSR on unicorn, which has no local APIC: IA32_APIC_BASE (0x1B) reads 0, not the "
+    "platform's 0xFEE00900, and unicorn 2.1.4 refuses instruction hooks for RDMSR and WRMSR "
+    "(tests/test_physcpu.py::test_apic_base_msr_is_absent_and_cannot_be_hooked) (lapic)"
+)
 ENGINE_BUGS: dict[str, tuple[set[str], str]] = {
-    "bare": ({"tsc", "pm-timer", "irq-storm", "no-eoi"}, f"bare: {RDTSC_DEVIATION}"),
+    "bare": ({"tsc", "pm-timer", "irq-storm", "no-eoi", "lapic"}, f"bare: {RDTSC_DEVIATION}; {RDMSR_DEVIATION}"),
 }
 MODES = ["interp", "bt", "bare", "trap"]
 
@@ -153,6 +161,14 @@ def test_devtest_passes(run, mode):
         "devtest: timer ok: about 200 PIT ticks at 100 Hz in 2 RTC seconds (190-210 expected), in HLT",
         "devtest: tsc ok: 1000 MHz against PIT channel 2 over 10 ms (1000 +- 1%)",
         "devtest: pm-timer ok: port 608 runs at 3.58 MHz against the TSC (3.579545 expected)",
+        "devtest: lapic ok: CPUID.1:EDX.APIC set, MSR 1b = fee00900, ID 0, version 14 with 6 LVT entries, "
+        "TPR/PPR 00/00 (20/20 after a TPR write), SVR 1ff, LINT0 ExtINT, LINT1 NMI",
+        "devtest: lapic-timer ok: one-shot: 62500 counts at divide 16, 1 interrupt on vector 40 after 10 ms by the "
+        "PM timer, current count 0 after; periodic: 50 periods of 6250 counts in 50 ms (50 expected, +-1%), none "
+        "while masked; EOIs to the APIC left its ISR clear",
+        "devtest: ioapic ok: ID 1, version 00170011 (24 pins), pin 8 masked at boot; pin 8 to vector 48 (fixed, "
+        "edge, APIC 0): 17 RTC periodic interrupts, 16 periods in 15.6 ms (15.6 expected, +-1%), no IRQ 8 from the "
+        "8259; masked again, LAPIC ISR clear; the 8259's latched IRQ 8 then came at vector 28",
         "devtest: pci 00:00.0 8086:1237 class 0600",
         "devtest: pci 00:01.0 8086:7000 class 0601",
         "devtest: pci 00:01.1 8086:7010 class 0101",

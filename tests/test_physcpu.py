@@ -666,3 +666,24 @@ def test_rdtsc_cannot_be_hooked() -> None:
     with pytest.raises(UcError) as err:
         uc.hook_add(UC_HOOK_INSN, lambda *_: 0, None, 1, 0, X.UC_X86_INS_RDTSC)
     assert err.value.errno == UC_ERR_ARG
+
+
+def test_apic_base_msr_is_absent_and_cannot_be_hooked() -> None:
+    # Unicorn 2.1.4 has no local APIC: RDMSR of IA32_APIC_BASE (0x1B) at CPL 0 reads 0, a write
+    # (by msr_write, as by WRMSR) is dropped, and instruction hooks for RDMSR and WRMSR are
+    # refused. So `bare` (the guest at its own CPL 0) reads 0 there instead of the platform's
+    # 0xFEE00900 (a recorded deviation: tests/test_devtest.py, devtest's lapic check); the VMM
+    # runs the guest at CPL 1, where RDMSR faults and is emulated (Platform.read_msr).
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    code = bytes([0xB9, 0x1B, 0, 0, 0, 0x0F, 0x32])  # mov ecx, 0x1b; rdmsr
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, code)
+    uc.msr_write(0x1B, 0xFEE00900)
+    uc.reg_write(X.UC_X86_REG_EAX, 0x12345678)
+    uc.reg_write(X.UC_X86_REG_EDX, 0x12345678)
+    uc.emu_start(0x1000, 0x1000 + len(code))
+    assert (uc.reg_read(X.UC_X86_REG_EDX), uc.reg_read(X.UC_X86_REG_EAX)) == (0, 0)
+    for instruction in (X.UC_X86_INS_RDMSR, X.UC_X86_INS_WRMSR):
+        with pytest.raises(UcError) as err:
+            uc.hook_add(UC_HOOK_INSN, lambda *_: 0, None, 1, 0, instruction)
+        assert err.value.errno == UC_ERR_ARG
