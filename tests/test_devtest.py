@@ -56,20 +56,7 @@ CHECKS = [
 # mode may fail because of them, and why. Every other check must pass there as anywhere, and
 # the rest of the console must be interp's; the test then ends as an expected failure. Once
 # none of them fails, the test fails until the entry goes.
-RDTSC_DEVIATION = (
-    "bare runs RDTSC on unicorn, whose TSC follows the host's cycle counter, not the virtual clock: "
-    "unicorn 2.1.4 refuses an instruction hook for RDTSC (tests/test_physcpu.py::"
-    "test_rdtsc_cannot_be_hooked) and the guest's own CPL 0 ignores CR4.TSD (tsc, pm-timer, and the "
-    "TSC-timed spins of irq-storm and no-eoi, whose outcome then depends on the host's speed)"
-)
-RDMSR_DEVIATION = (
-    "bare runs RDMSR on unicorn, which has no local APIC: IA32_APIC_BASE (0x1B) reads 0, not the "
-    "platform's 0xFEE00900, and unicorn 2.1.4 refuses instruction hooks for RDMSR and WRMSR "
-    "(tests/test_physcpu.py::test_apic_base_msr_is_absent_and_cannot_be_hooked) (lapic)"
-)
-ENGINE_BUGS: dict[str, tuple[set[str], str]] = {
-    "bare": ({"tsc", "pm-timer", "irq-storm", "no-eoi", "lapic"}, f"bare: {RDTSC_DEVIATION}; {RDMSR_DEVIATION}"),
-}
+ENGINE_BUGS: dict[str, tuple[set[str], str]] = {}  # none known now
 MODES = ["interp", "bt", "bare", "trap"]
 
 

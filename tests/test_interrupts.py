@@ -235,3 +235,24 @@ def test_a_timer_armed_during_a_stretch_fires_on_time(mode: str) -> None:
     assert outcome.reason == "stop-address", outcome
     assert _count(engine) == 1
     assert 2_000 // 4 <= engine.machine.mem.read32(COUNT + 8) <= 2_000  # about four instructions an iteration
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rdtsc_reads_the_virtual_clock(mode: str) -> None:
+    # Two RDTSCs around a 1,000-iteration LOOP: the TSC counts virtual nanoseconds (TSC_HZ),
+    # which the guest's instructions advance, never the host's cycles (bare included: unicorn
+    # cannot hook RDTSC, so the counter stops before it and the interpreter reads the clock).
+    main = f"""
+    rdtsc
+    mov esi, eax
+    mov ecx, 1000
+1:  loop 1b
+    rdtsc
+    sub eax, esi
+    mov [{COUNT + 8:#x}], eax
+    """
+    platform = TickPlatform(period_ns=10**12)  # a clock, no interrupt in reach
+    engine, outcome = _run(mode, main, platform)
+    assert outcome.reason == "stop-address", outcome
+    delta = engine.machine.mem.read32(COUNT + 8)
+    assert delta % 10 == 0 and 1_000 * 10 <= delta <= 3 * 1_000 * 10 + 100  # 10 ns an instruction

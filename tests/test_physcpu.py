@@ -658,10 +658,10 @@ def test_rcl_rcr_store_fault_leaves_no_trace_of_the_flags(modrm: int) -> None:
 
 def test_rdtsc_cannot_be_hooked() -> None:
     # Unicorn 2.1.4 offers instruction hooks for IN, OUT, SYSCALL, SYSENTER and CPUID only: an
-    # RDTSC hook is refused, so `bare` (the guest at its own CPL 0, where CR4.TSD does not
-    # fault) reads unicorn's host-paced TSC instead of the virtual clock (a recorded deviation:
-    # tests/test_devtest.py). The VMM sets CR4.TSD, so RDTSC outside the TC faults at CPL 1 or 3
-    # and is emulated from the virtual clock.
+    # RDTSC hook is refused, and `bare` runs the guest at its own CPL 0, where CR4.TSD does not
+    # fault. So ring1's C counter stops before RDTSC (host/counter.c) and the interpreter runs
+    # it from the virtual clock (tests/test_interrupts.py::test_rdtsc_reads_the_virtual_clock).
+    # The VMM sets CR4.TSD, so RDTSC outside the TC faults at CPL 1 or 3 and is emulated.
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     with pytest.raises(UcError) as err:
         uc.hook_add(UC_HOOK_INSN, lambda *_: 0, None, 1, 0, X.UC_X86_INS_RDTSC)
@@ -671,9 +671,10 @@ def test_rdtsc_cannot_be_hooked() -> None:
 def test_apic_base_msr_is_absent_and_cannot_be_hooked() -> None:
     # Unicorn 2.1.4 has no local APIC: RDMSR of IA32_APIC_BASE (0x1B) at CPL 0 reads 0, a write
     # (by msr_write, as by WRMSR) is dropped, and instruction hooks for RDMSR and WRMSR are
-    # refused. So `bare` (the guest at its own CPL 0) reads 0 there instead of the platform's
-    # 0xFEE00900 (a recorded deviation: tests/test_devtest.py, devtest's lapic check); the VMM
-    # runs the guest at CPL 1, where RDMSR faults and is emulated (Platform.read_msr).
+    # refused. So on its own `bare` (the guest at its own CPL 0) would read 0 there instead of
+    # the platform's 0xFEE00900: ring1's C counter stops before RDMSR and WRMSR and the
+    # interpreter runs them (tests/devices/test_platform.py); the VMM runs the guest at CPL 1,
+    # where RDMSR faults and is emulated (Platform.read_msr).
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     code = bytes([0xB9, 0x1B, 0, 0, 0, 0x0F, 0x32])  # mov ecx, 0x1b; rdmsr
     uc.mem_map(0x1000, 0x1000)

@@ -32,6 +32,7 @@ from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu, UcError
 from ring1.runtime.isa.decoder import decode
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
+PAGING_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
 
 
 @dataclass
@@ -48,11 +49,15 @@ class BareMachine:
         self.interp = Machine(self.mem, self.platform)  # the deliverer, on the same memory
         self.clock = self.platform.clock
         self.cpu = PhysicalCpu(self.mem, platform=self.platform, count_instructions=self.clock is not None)
+        self.interp.takes_interrupts = False  # bare takes them itself (_take_interrupt)
         if self.clock is not None:
             self.cpu.after_device_access = self._after_device_access
+            # RDTSC, RDMSR and WRMSR cannot be hooked: the counter stops before them and the
+            # interpreter runs them (the virtual TSC, the platform's MSRs such as the APIC's).
+            self.cpu.counter.stop_before_unhookable(self.mem.address, self.mem.size)
         # CPUID answers with ring1's CPU model (cpu/cpuid.py and the platform's APIC), as in
-        # every other mode, not with unicorn's own. (RDMSR and WRMSR cannot be hooked: bare
-        # runs them on unicorn's MSRs.)
+        # every other mode, not with unicorn's own. (RDMSR and WRMSR cannot be hooked: with a
+        # clock the counter stops before them, above; without one they run on unicorn's MSRs.)
         self.cpu.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
         self.events: dict[int, int] = {}
         self.event_time = 0.0
@@ -109,6 +114,7 @@ class BareMachine:
             if counter is not None:
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
+                counter.set_paging(*uc.reg_read_batch(PAGING_IDS))
                 clock.unaccounted = self._unaccounted
                 clock.deadline_moved = self._deadline_moved
             try:
@@ -123,6 +129,12 @@ class BareMachine:
                 read_into_machine(uc, self.interp)
                 return BareStop("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
             if ev is None:
+                if counter is not None and counter.stopped_before_unhookable:
+                    try:
+                        self._emulate_one()
+                    except VMStop as stop:
+                        return BareStop("vmstop", stop)
+                    continue
                 if counter is not None and counter.hit_limit:
                     continue  # a timer is due: its interrupt, if any, is taken at the top
                 read_into_machine(uc, self.interp)
@@ -170,6 +182,24 @@ class BareMachine:
         counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
         self.clock.advance(counter.executed - self._counted)
         self._counted = counter.executed
+
+    def _emulate_one(self) -> None:
+        """The interpreter runs the instruction unicorn stopped before (RDTSC, RDMSR, WRMSR),
+        with the same state, and delivers what it raises."""
+        uc, m = self.cpu.uc, self.interp
+        read_into_machine(uc, m)
+        m.stop_on_event = True
+        try:
+            r = m.run(1)
+        finally:
+            m.stop_on_event = False
+        if r.vmstop is not None:
+            raise r.vmstop
+        if r.event is not None:
+            self.events[r.event.vector] = self.events.get(r.event.vector, 0) + 1
+            m.deliver_event(r.event)
+        self.cpu.clear_exception_latch()
+        write_from_machine(uc, m)
 
     def _on_cpuid(self, uc, _user) -> int:
         leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)

@@ -3,9 +3,12 @@
  * A UC_HOOK_CODE callback: unicorn calls it before each instruction it executes. It keeps the
  * number of calls, the addresses of the last two instructions it was called for, and stops the
  * CPU when the calls pass a limit (the instruction it is called for then does not run), or, while
- * asked to watch IF, before the first instruction that would run with IF set. No
- * unicorn header is needed: uc_emu_stop comes as a function pointer from the Python side. */
+ * asked to watch IF, before the first instruction that would run with IF set, or, with guest RAM
+ * given, before an instruction unicorn cannot be asked about (RDTSC, RDMSR, WRMSR: unicorn offers
+ * no hook for them) so that Python emulates it. No unicorn header is needed: uc_emu_stop and
+ * uc_reg_read come as function pointers from the Python side. */
 #include <stdint.h>
+#include <string.h>
 
 typedef int (*ring1_stop_fn)(void *uc);
 typedef int (*ring1_reg_read_fn)(void *uc, int regid, void *value);
@@ -20,16 +23,60 @@ typedef struct {
     int32_t eflags_id;  /* UC_X86_REG_EFLAGS */
     int32_t watch_if;   /* an interrupt waits for IF: stop before the first instruction run with IF set */
     int32_t saw_if;     /* set when watch_if stopped the CPU */
+    int32_t paging;     /* the guest's CR0.PG, CR4.PSE and CR3 as the run started (set by Python) */
+    int32_t pse;
+    uint32_t cr3;
+    const uint8_t *ram; /* guest physical memory, or NULL: no instruction is looked at */
+    uint64_t ram_size;
+    int32_t saw_unhookable; /* set when the CPU was stopped before RDTSC, RDMSR or WRMSR */
 } ring1_counter;
 
-void ring1_count(void *uc, uint64_t address, uint32_t size, void *user) {
+/* The guest-physical address of linear `la` through the guest's page tables (no checks but
+   presence: a wrong answer only costs a needless stop or misses one), or -1. */
+static int64_t physical(const ring1_counter *c, uint64_t la)
+{
+    if (!c->paging)
+        return (int64_t)(la & 0xFFFFFFFFu);
+    uint64_t pde_at = (c->cr3 & 0xFFFFF000u) + ((la >> 22) & 0x3FF) * 4;
+    if (pde_at + 4 > c->ram_size)
+        return -1;
+    uint32_t pde;
+    memcpy(&pde, c->ram + pde_at, 4);
+    if (!(pde & 1))
+        return -1;
+    if ((pde & 0x80) && c->pse)
+        return (int64_t)((pde & 0xFFC00000u) | (la & 0x3FFFFF));
+    uint64_t pte_at = (pde & 0xFFFFF000u) + ((la >> 12) & 0x3FF) * 4;
+    if (pte_at + 4 > c->ram_size)
+        return -1;
+    uint32_t pte;
+    memcpy(&pte, c->ram + pte_at, 4);
+    if (!(pte & 1))
+        return -1;
+    return (int64_t)((pte & 0xFFFFF000u) | (la & 0xFFF));
+}
+
+void ring1_count(void *uc, uint64_t address, uint32_t size, void *user)
+{
     ring1_counter *c = (ring1_counter *)user;
-    (void)size;
     c->prev = c->last;
     c->last = address;
     if (++c->calls > c->limit) {
         c->stop(uc);
-    } else if (c->watch_if) {
+        return;
+    }
+    if (size == 2 && c->ram != NULL) {
+        int64_t pa = physical(c, address);
+        if (pa >= 0 && (uint64_t)pa + 1 < c->ram_size && c->ram[pa] == 0x0F) {
+            uint8_t op = c->ram[pa + 1];
+            if (op == 0x31 || op == 0x32 || op == 0x30) { /* RDTSC, RDMSR, WRMSR */
+                c->saw_unhookable = 1;
+                c->stop(uc);
+                return;
+            }
+        }
+    }
+    if (c->watch_if) {
         uint64_t eflags = 0;
         c->reg_read(uc, c->eflags_id, &eflags);
         if (eflags & 0x200) {

@@ -4,7 +4,9 @@
 callout) does not say how many instructions ran, and a run cut at N may end inside a
 sequence that must not be interrupted. So ring1 installs its own UC_HOOK_CODE callback,
 compiled from counter.c by the machine's C compiler once and cached, which counts every
-instruction, remembers the addresses of the last two, and stops the CPU at a limit. Python
+instruction, remembers the addresses of the last two, and stops the CPU at a limit (and, for
+`bare`, before RDTSC, RDMSR and WRMSR, which unicorn cannot hook, so that Python emulates them
+from the virtual clock and the platform's MSRs). Python
 reads and writes its counters in shared memory: no Python call per instruction (about the
 cost of `count=N`, 100+ M instructions/s against several hundred M without a hook).
 
@@ -48,6 +50,12 @@ class _Counts(ctypes.Structure):
         ("eflags_id", ctypes.c_int32),
         ("watch_if", ctypes.c_int32),
         ("saw_if", ctypes.c_int32),
+        ("paging", ctypes.c_int32),
+        ("pse", ctypes.c_int32),
+        ("cr3", ctypes.c_uint32),
+        ("ram", ctypes.c_void_p),
+        ("ram_size", ctypes.c_uint64),
+        ("saw_unhookable", ctypes.c_int32),
     ]
 
 
@@ -96,6 +104,12 @@ class InstructionCounter:
             UC_X86_REG_EFLAGS,
             0,
             0,
+            0,
+            0,
+            0,
+            None,
+            0,
+            0,
         )
         self._handle = ctypes.c_size_t()
         self._callback = ctypes.cast(lib.ring1_count, ctypes.c_void_p)
@@ -128,6 +142,7 @@ class InstructionCounter:
             c.limit = NO_LIMIT if limit is None else c.calls + max(0, limit)
         c.watch_if = int(watch_if)
         c.saw_if = 0
+        c.saw_unhookable = 0
 
     def settle(self, linear_pc: int) -> None:
         """After an emu_start, with the CPU's linear PC: forget the last call if its instruction
@@ -137,6 +152,21 @@ class InstructionCounter:
             c.calls -= 1
         self._calls_at_start = c.calls
         c.watch_if = 0
+
+    def stop_before_unhookable(self, ram_address: int, ram_size: int) -> None:
+        """Also stop before RDTSC, RDMSR and WRMSR (unicorn has no hook for them), looking at
+        the instruction bytes in guest RAM (a buffer at `ram_address`); `set_paging` says how
+        linear addresses reach it."""
+        self.counts.ram = ram_address
+        self.counts.ram_size = ram_size
+
+    def set_paging(self, cr0: int, cr3: int, cr4: int) -> None:
+        c = self.counts
+        c.paging, c.pse, c.cr3 = int(bool(cr0 & 0x80000000)), int(bool(cr4 & 0x10)), cr3 & 0xFFFFFFFF
+
+    @property
+    def stopped_before_unhookable(self) -> bool:
+        return bool(self.counts.saw_unhookable)
 
     @property
     def hit_limit(self) -> bool:
