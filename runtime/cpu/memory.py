@@ -9,6 +9,7 @@ as an unpopulated bus does.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import struct
 
 PAGE = 0x1000
@@ -28,7 +29,10 @@ class PhysicalMemory:
             self.buffer = share.buffer
             self.view = share.view[:size]
         else:
-            self.buffer = (ctypes.c_ubyte * size)()
+            # Anonymous mapped memory: zero pages the host allocates when first touched, so a
+            # 1 GB guest that uses 10 MB costs about 10 MB.
+            self._mapping = mmap.mmap(-1, size)
+            self.buffer = (ctypes.c_ubyte * size).from_buffer(self._mapping)
             self.view = memoryview(self.buffer).cast("B")
 
     @property
