@@ -256,3 +256,49 @@ def test_rdtsc_reads_the_virtual_clock(mode: str) -> None:
     assert outcome.reason == "stop-address", outcome
     delta = engine.machine.mem.read32(COUNT + 8)
     assert delta % 10 == 0 and 1_000 * 10 <= delta <= 3 * 1_000 * 10 + 100  # 10 ns an instruction
+
+
+USER_HANDLER = f"""
+    mov [{COUNT + 12:#x}], esp      # where the CPU switched to: the TSS's ring-0 stack
+    mov eax, [esp + 4]
+    mov [{COUNT + 16:#x}], eax      # the interrupted CS (the user's, RPL 3)
+    inc dword ptr [{COUNT:#x}]
+    iretd
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_interrupt_in_user_mode_switches_to_the_ring_0_stack_and_back(mode: str) -> None:
+    # User code (CPL 3, IF=1) spins; the timer's interrupt gate takes it to the CPL 0 handler
+    # on the TSS's stack (ESP0) with the user's SS:ESP, EFLAGS, CS:EIP pushed, and IRETD goes
+    # back to CPL 3. Under bt the user code runs directly on the hardware.
+    main = f"""
+    push {fresh_machine.SEL_DATA3}           # the kernel IRETs to user mode, as an OS starts a process
+    push {fresh_machine.STACK_TOP}
+    push 0x202
+    push {fresh_machine.SEL_CODE3}
+    push offset user
+    iretd
+user:
+    mov ax, {fresh_machine.SEL_DATA3}
+    mov ds, ax
+1:  inc dword ptr [{COUNT + 4:#x}]
+    cmp dword ptr [{COUNT:#x}], 3
+    jb 1b
+    """
+    code = assemble(main, fresh_machine.CODE).code
+    platform = TickPlatform(period_ns=20_000)
+    engine = engines.create(mode, fresh_machine.MEMORY_SIZE, platform)
+    m = engine.machine
+    interp_machine(FreshSpec(code=code, regs={"esp": fresh_machine.STACK_TOP - 0x100}), m)
+    m.mem.write(HANDLER, assemble(USER_HANDLER, HANDLER).code)
+    gate = descriptors.gate(HANDLER, fresh_machine.SEL_CODE0, descriptors.GATE_INTERRUPT32)
+    m.mem.write(fresh_machine.IDT + VECTOR * 8, gate)
+    engine.stop_addresses = {fresh_machine.CODE + len(code)}
+    engine.start()
+    outcome = engine.run(2_000_000)
+    assert outcome.reason == "stop-address", outcome
+    assert _count(engine) == 3
+    assert m.mem.read32(COUNT + 12) == fresh_machine.STACK0_TOP - 20  # SS ESP EFLAGS CS EIP
+    assert m.mem.read32(COUNT + 16) == fresh_machine.SEL_CODE3
+    assert m.state.cpl == 3 and m.regs[4] == fresh_machine.STACK_TOP
