@@ -302,3 +302,36 @@ user:
     assert m.mem.read32(COUNT + 12) == fresh_machine.STACK0_TOP - 20  # SS ESP EFLAGS CS EIP
     assert m.mem.read32(COUNT + 16) == fresh_machine.SEL_CODE3
     assert m.state.cpl == 3 and m.regs[4] == fresh_machine.STACK_TOP
+
+
+@pytest.mark.parametrize("port_io", ["in al, 0x80", "out 0x80, al", "mov dx, 0x80\nin eax, dx"])
+def test_user_code_run_directly_gets_gp_for_a_port_it_may_not_touch(port_io: str) -> None:
+    # Unicorn runs IN and OUT at any privilege; the VMM checks the guest's IOPL and TSS bitmap
+    # for code it runs directly: user code at CPL 3 with IOPL 0 (the fresh machine's TSS has no
+    # bitmap) gets #GP(0) at the instruction, and the port sees nothing.
+    main = f"""
+    push {fresh_machine.SEL_DATA3}
+    push {fresh_machine.STACK_TOP}
+    push 0x2
+    push {fresh_machine.SEL_CODE3}
+    push offset user
+    iretd
+user:
+    mov eax, 0x11223344
+io: {port_io}
+    nop
+    """
+    assembled = assemble(main, fresh_machine.CODE)
+    platform = TickPlatform(period_ns=10**12)
+    engine = engines.create("bt", fresh_machine.MEMORY_SIZE, platform)
+    interp_machine(FreshSpec(code=assembled.code, regs={"esp": fresh_machine.STACK_TOP - 0x100}), engine.machine)
+    engine.stop_on_event = True
+    engine.stop_addresses = {fresh_machine.CODE + len(assembled.code)}
+    engine.start()
+    outcome = engine.run(1000)
+    m = engine.machine
+    at = assembled.labels["io"] + (4 if port_io.startswith("mov dx") else 0)
+    assert outcome.reason == "event" and outcome.event.vector == 13 and outcome.event.error_code == 0, outcome
+    assert m.state.eip == at and m.state.cpl == 3
+    assert m.regs[0] == 0x11223344  # IN left EAX alone
+    assert platform.io_counts == {}  # the port never saw the access

@@ -112,6 +112,11 @@ class PhysicalCpu:
         # Called after every device access from guest code running on unicorn (an OUT that
         # unmasked a waiting interrupt must not wait for the next timer to be taken).
         self.after_device_access: Callable[[], None] | None = None
+        # Whether the guest may make an I/O access (port, size) now, for engines that run code
+        # whose checks unicorn skips (the VMM's direct execution); needs the counter.
+        self.io_allowed: Callable[[int, int], bool] | None = None
+        self._rewind_to: int | None = None
+        self.uc.emu_start = self._rewinding(self.uc.emu_start)  # type: ignore[method-assign]
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         if platform is not None:
@@ -124,15 +129,31 @@ class PhysicalCpu:
             self.uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
 
     def _on_in(self, uc: Uc, port: int, size: int, _user) -> int:
+        if self.io_allowed is not None and not self.io_allowed(port, size):
+            self._refuse_io(uc)
+            return uc.reg_read(X.UC_X86_REG_EAX) & ((1 << (8 * size)) - 1)  # EAX stays as it was
         value = self.platform.io_in(port, size)
         if self.after_device_access is not None:
             self.after_device_access()
         return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _user) -> None:
+        if self.io_allowed is not None and not self.io_allowed(port, size):
+            self._refuse_io(uc)
+            return
         self.platform.io_out(port, size, value)
         if self.after_device_access is not None:
             self.after_device_access()
+
+    def _refuse_io(self, uc: Uc) -> None:
+        """Unicorn runs IN and OUT at any privilege (it checks neither IOPL nor the TSS's bitmap):
+        an access the guest may not make goes nowhere, the CPU stops before the next instruction
+        (the counter), and EIP goes back to the IN or OUT, which then raises #GP(0) as reported
+        (the interpreter re-runs it with the guest's checks)."""
+        eip = uc.reg_read(X.UC_X86_REG_EIP)  # (in an I/O hook: the instruction's own address)
+        self.event = CpuEvent(13, eip)
+        self._rewind_to = eip
+        self.counter.counts.limit = self.counter.counts.calls
 
     def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
         value = self.platform.mmio_read(base + offset, size)
@@ -144,6 +165,19 @@ class PhysicalCpu:
         self.platform.mmio_write(base + offset, size, value)
         if self.after_device_access is not None:
             self.after_device_access()
+
+    def _rewinding(self, start: Callable[..., None]) -> Callable[..., None]:
+        """emu_start, then EIP back to an I/O instruction refused in a hook (`_refuse_io`)."""
+
+        def emu_start(begin: int, until: int, timeout: int = 0, count: int = 0) -> None:
+            try:
+                start(begin, until, timeout, count)
+            finally:
+                if self._rewind_to is not None:
+                    self.uc.reg_write(X.UC_X86_REG_EIP, self._rewind_to)
+                    self._rewind_to = None
+
+        return emu_start
 
     def _on_interrupt(self, uc: Uc, vector: int, _user) -> None:
         eip = uc.reg_read(X.UC_X86_REG_EIP)

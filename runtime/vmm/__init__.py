@@ -70,7 +70,7 @@ from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
-from ring1.runtime.cpu.state import CS, GS, MODE_PROT, SS
+from ring1.runtime.cpu.state import CS, GS, MODE_PROT, MODE_V86, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
 from ring1.runtime.host.context import gprs_and_eip, soft_interrupt_before, soft_interrupt_in
@@ -241,6 +241,7 @@ class Vmm:
         self.counter = self.cpu.counter
         if self.clock is not None:
             self.cpu.after_device_access = self._after_device_access
+            self.cpu.io_allowed = self._io_allowed
         self._counted = 0  # hardware instructions already given to the clock
         self._boundaries_to_pass = 0  # guest instructions to let run before taking an interrupt
         self._stop_next = False  # the next hardware run stops after one instruction
@@ -543,6 +544,18 @@ class Vmm:
             self._exit_to_vmm("vmstop", stop)
             return False
         return True
+
+    def _io_allowed(self, port: int, size: int) -> bool:
+        """IN and OUT from code on the hardware, which unicorn never checks: translated code is
+        the guest kernel at CPL 0 (always allowed); code run directly (user code, v86, the
+        kernel under `trap`) is allowed what the guest's IOPL and TSS bitmap allow."""
+        S = self.m.state
+        if not self.direct or (S.cpl == 0 and S.mode != MODE_V86):
+            return True
+        iopl = (self.uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS.IOPL) >> EFLAGS.IOPL_SHIFT
+        if S.mode != MODE_V86 and S.cpl <= iopl:
+            return True
+        return bool(self.m.b_io_bitmap_allows(port, size * 8))
 
     def _after_device_access(self) -> None:
         """An IN, OUT or MMIO access from guest code on the hardware may have raised INTR: if
