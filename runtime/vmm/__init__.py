@@ -1410,6 +1410,12 @@ class Vmm:
                 return hw_eflags
         if self.direct and self._restore_flags_unicorn_lost(host_eip, vector):
             return None
+        if not self.direct and self.cpu.counter is not None and self.cpu.restore_lost_flags("", True, None):
+            # Counting (a platform clock) puts a code hook over the TC: then any instruction
+            # that faults has lost the lazy flags it saw (physcpu.lazy_flags_verdict), a MOV
+            # load after a CMP included, not only the forms settle_flags guards.
+            self.stats["lost_flags_restored"] += 1
+            return None
         return hw_eflags
 
     def _restore_flags_unicorn_lost(self, eip: int, vector: int) -> bool:
