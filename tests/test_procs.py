@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_procs_ring1_defects import BARE_IO, LOST_CF, TRAP_SELECTORS, USER_STEALTH
+
 CHECKS = [
     "getpid",
     "exec-missing",
@@ -50,15 +52,26 @@ class KnownRing1Defect(Exception):
     """The run shows the signature of a ring1 defect recorded in RING1_DEFECTS."""
 
 
-# mode -> (the defect, a console line fragment only that defect produces). Each has a minimal
-# reproduction in tests/vmm/test_procs_repro.py.
-RING1_DEFECTS: dict[str, tuple[str, str]] = {}
+# mode -> [(a ring1 defect, a console fragment only that defect produces there)]. Each has a
+# minimal reproduction in tests/test_procs_ring1_defects.py, a strict xfail in those modes.
+RING1_DEFECTS: dict[str, list[tuple[str, str]]] = {
+    "bare": [(BARE_IO, "gp: the privileged instruction ran at CPL 3")],
+    "bt": [
+        (LOST_CF, "kernel: pid 1 (init) killed: #PF writing 40003000 (error 6: not present)"),
+        (USER_STEALTH, "-> DIFFERS"),
+    ],
+    "trap": [
+        (TRAP_SELECTORS, "(init) killed: #GP error 0,"),
+        (USER_STEALTH, "-> DIFFERS"),
+    ],
+}
 
 
 def xfail_if_known(mode: str) -> list:
     if mode not in RING1_DEFECTS:
         return []
-    return [pytest.mark.xfail(raises=KnownRing1Defect, strict=True, reason=RING1_DEFECTS[mode][0])]
+    reason = "; ".join(defect for defect, _ in RING1_DEFECTS[mode])
+    return [pytest.mark.xfail(raises=KnownRing1Defect, strict=True, reason=reason)]
 
 
 MODE_PARAMS = [pytest.param(mode, marks=xfail_if_known(mode)) for mode in MODES]
@@ -97,10 +110,12 @@ def check_lines(out: str) -> dict[str, str]:
 
 
 def raise_if_known_defect(done: subprocess.CompletedProcess, mode: str) -> None:
-    if mode in RING1_DEFECTS:
-        reason, signature = RING1_DEFECTS[mode]
-        if signature in done.stdout and done.returncode != 0:
-            raise KnownRing1Defect(f"{reason}\n{done.stdout}")
+    """KnownRing1Defect when the run failed and shows a known defect's signature."""
+    if done.returncode == 0:
+        return
+    for defect, signature in RING1_DEFECTS.get(mode, []):
+        if signature in done.stdout:
+            raise KnownRing1Defect(f"{defect}\n{done.stdout}")
 
 
 def assert_passed(done: subprocess.CompletedProcess, mode: str) -> None:
