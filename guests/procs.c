@@ -227,12 +227,12 @@ static void setup_timer(void)
 
 /* ---------------------------------------------------------------- physical pages */
 
-static uint32_t *page_ref_slot(uint32_t pa, uint16_t **slot)
+/* The reference count of a pool page: how many page-table entries (or kernel structures) hold it. */
+static uint16_t *page_refcount(uint32_t pa)
 {
-    if (pa < POOL_START || pa >= KERNEL_MAP_END)
+    if (pa < POOL_START || pa >= KERNEL_MAP_END || pa & (PAGE - 1))
         panic("not a pool page:", pa);
-    *slot = &page_refs[(pa - POOL_START) / PAGE];
-    return (uint32_t *)pa;
+    return &page_refs[(pa - POOL_START) / PAGE];
 }
 
 /* A zeroed page of the pool, or 0 when none is left. */
@@ -241,23 +241,19 @@ static uint32_t page_alloc(void)
     if (free_count == 0)
         return 0;
     uint32_t pa = free_stack[--free_count];
-    uint16_t *refs;
-    memset(page_ref_slot(pa, &refs), 0, PAGE);
-    *refs = 1;
+    memset((void *)pa, 0, PAGE); /* identity-mapped: the physical address is the kernel's pointer */
+    *page_refcount(pa) = 1;
     return pa;
 }
 
 static void page_hold(uint32_t pa)
 {
-    uint16_t *refs;
-    page_ref_slot(pa, &refs);
-    ++*refs;
+    ++*page_refcount(pa);
 }
 
 static void page_release(uint32_t pa)
 {
-    uint16_t *refs;
-    page_ref_slot(pa, &refs);
+    uint16_t *refs = page_refcount(pa);
     if (*refs == 0)
         panic("page released twice:", pa);
     if (--*refs == 0)
@@ -389,9 +385,7 @@ static int resolve_cow(uint32_t *pd, uint32_t va)
         return 0;
     cow_faults++;
     uint32_t pa = *pte & ~0xFFFu;
-    uint16_t *refs;
-    page_ref_slot(pa, &refs);
-    if (*refs > 1) {
+    if (*page_refcount(pa) > 1) {
         uint32_t copy = page_alloc();
         if (!copy)
             return 0;
@@ -406,8 +400,8 @@ static int resolve_cow(uint32_t *pd, uint32_t va)
 }
 
 /* Whether the current process may hand the kernel [va, va + n): mapped user pages, and with
-   `write`, writable ones (a copy-on-write page is copied now, as the user's own write would:
-   the kernel writes with CR0.WP set). */
+   `write`, writable ones (a copy-on-write page is resolved now, as the user's own write would
+   be, and counted as a COW fault: the kernel writes with CR0.WP set, so it must not find one). */
 static int user_range_ok(uint32_t va, uint32_t n, int write)
 {
     if (n == 0)
