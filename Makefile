@@ -61,7 +61,7 @@ GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fn
 GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings
 GUEST_LDFLAGS := -m elf_i386 -T $(GUEST_DIR)/linker.ld -nostdlib -z max-page-size=0x1000 --build-id=none -z noexecstack
 ASM_GUESTS := hello fault halt spin
-C_GUESTS := demo devtest
+C_GUESTS := demo devtest procs
 GUEST_LIB := boot isr lib
 
 guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin
@@ -72,13 +72,30 @@ $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h | $(GUEST_OUT)
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.S $(GUEST_DIR)/multiboot.inc | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_ASFLAGS) -c $< -o $@
 
-# A C guest is its own object linked with the library's.
-$(foreach g,$(C_GUESTS),$(GUEST_OUT)/$(g).elf): $(GUEST_OUT)/%.elf: $(foreach o,$(GUEST_LIB),$(GUEST_OUT)/$(o).o) \
+# A C guest is its own object linked with the library's (procs has its own rule, below).
+$(foreach g,$(filter-out procs,$(C_GUESTS)),$(GUEST_OUT)/$(g).elf): $(GUEST_OUT)/%.elf: $(foreach o,$(GUEST_LIB),$(GUEST_OUT)/$(o).o) \
 		$(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $(filter %.o,$^)
 
 $(GUEST_OUT)/%.elf: $(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $<
+
+# procs, the multi-process kernel: its own entry stubs (procs_entry.S, not isr.S) and the user
+# programs, linked on their own at 0x40000000 (procs_user.ld), flattened to a blob that
+# procs_entry.S includes (.incbin) for exec to copy into processes.
+$(GUEST_OUT)/procs.o $(GUEST_OUT)/procs_user.o: $(GUEST_DIR)/procs.h
+
+$(GUEST_OUT)/procs_user.elf: $(GUEST_OUT)/procs_user.o $(GUEST_DIR)/procs_user.ld
+	$(GUEST_LD) -m elf_i386 -T $(GUEST_DIR)/procs_user.ld -nostdlib --build-id=none -z noexecstack --no-warn-rwx-segments -o $@ $<
+
+$(GUEST_OUT)/procs_user.bin: $(GUEST_OUT)/procs_user.elf
+	objcopy -O binary $< $@
+
+$(GUEST_OUT)/procs_entry.o: $(GUEST_DIR)/procs_entry.S $(GUEST_OUT)/procs_user.bin
+	$(GUEST_CC) $(GUEST_ASFLAGS) -Wa,-I,$(GUEST_OUT) -c $< -o $@
+
+$(GUEST_OUT)/procs.elf: $(foreach o,boot lib procs procs_entry,$(GUEST_OUT)/$(o).o) $(GUEST_DIR)/linker.ld
+	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $(filter %.o,$^)
 
 # The system ROM `ring1 run --bios` starts from: linked at its low copy, written out raw.
 $(GUEST_OUT)/rom.bin: $(GUEST_OUT)/rom.o

@@ -1,0 +1,185 @@
+"""Minimal reproductions of the ring1 defects the procs kernel (guests/procs.c) ran into, each
+a few instructions on the fresh machine, in every mode. Where a mode has the defect its test
+is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points here.
+
+1. bt, with a clock (every `ring1 run`): translated kernel code loses CF set by a CMP when the
+   next instruction, a MOV load (which sets no flags), takes a hidden page fault; the JAE
+   after it then reads the wrong CF. procs's sbrk loop (`add ebp, 0x1000; or eax, 7;
+   mov [ebx], eax; cmp ebp, edi; mov eax, ds:current; jae out`) stopped after one page, and
+   init died of a #PF on the heap page sbrk said it had mapped.
+2. trap: an interrupt taken in user mode enters the guest kernel's handler (run directly at
+   CPL 1) with DS and ES holding the VMM's shadow selectors (procs saw ff19 and ff01), not the
+   user's 0x23; the kernel saves them (PUSH DS), restores them before IRET, and the user
+   returns with null DS and ES: its next access the VMM emulates raises #GP(0).
+3. bt and trap: user code run directly sees the VMM's state through the red pill's
+   unprivileged instructions: SIDT the VMM's IDT, MOV from CS the VMM's shadow selector, SMSW
+   the VMM's CR0, STR the VMM's TR (issue 10, item 1: "with the guest's own selectors").
+4. bare: IN at CPL 3 with IOPL 0 does not fault (unicorn's recorded io-permission deviation,
+   tests/test_physcpu.py::test_io_at_cpl3_above_iopl_does_not_fault).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from ring1.runtime import engines
+from ring1.runtime.cpu import descriptors
+from ring1.runtime.isa.assembler import assemble
+from ring1.runtime.tools import fresh_machine as fm
+from ring1.runtime.tools.fresh_machine import FreshSpec
+from ring1.runtime.tools.snippet import interp_machine, run_interp, run_unicorn, run_vmm
+from tests.test_interrupts import COUNT, HANDLER, VECTOR, TickPlatform
+
+MODES = ["interp", "bare", "bt", "trap"]
+
+LOST_CF = (
+    "bt: with instruction counting on (a platform clock), translated code loses the CF of a CMP when the next "
+    "instruction, a MOV load, takes a hidden page fault (procs: sbrk mapped one page of three)"
+)
+TRAP_SELECTORS = (
+    "trap: an interrupt from user mode enters the directly run kernel with DS and ES holding the VMM's shadow "
+    "selectors instead of the user's (procs: the user came back with null DS and ES and took #GP(0))"
+)
+USER_STEALTH = (
+    "user code run directly sees the VMM's IDTR, CS selector, CR0 and TR through SIDT, MOV from CS, SMSW and STR "
+    "(issue 10, item 1)"
+)
+BARE_IO = "bare: unicorn runs IN at CPL 3 above IOPL without #GP (the recorded io-permission deviation)"
+
+
+def modes_with(defects: dict[str, str]) -> list:
+    return [
+        pytest.param(mode, marks=[pytest.mark.xfail(strict=True, reason=defects[mode])] if mode in defects else [])
+        for mode in MODES
+    ]
+
+
+def run_with_clock(mode: str, code: bytes, memory: dict[int, bytes] | None = None, handler: bytes | None = None,
+                   period_ns: int = 10**12, max_insns: int = 100_000):
+    """`code` on the fresh machine under a platform with a clock, as `ring1 run` has one, so
+    that the engines count instructions; stops at its end."""
+    platform = TickPlatform(period_ns=period_ns)
+    engine = engines.create(mode, fm.MEMORY_SIZE, platform)
+    m = engine.machine
+    interp_machine(FreshSpec(code=code, memory=memory or {}, regs={"esp": fm.STACK_TOP - 0x100}), m)
+    if handler is not None:
+        m.mem.write(HANDLER, handler)
+        m.mem.write(fm.IDT + VECTOR * 8, descriptors.gate(HANDLER, fm.SEL_CODE0, descriptors.GATE_INTERRUPT32))
+    engine.stop_addresses = {fm.CODE + len(code)}
+    engine.start()
+    outcome = engine.run(max_insns)
+    assert outcome.reason == "stop-address", outcome
+    return m
+
+
+@pytest.mark.parametrize("mode", modes_with({"bt": LOST_CF}))
+def test_cmp_flags_survive_a_hidden_fault_in_the_next_load(mode: str) -> None:
+    # The load is the first touch of its page: a hidden fault under bt, nothing on bare metal.
+    code = assemble(
+        f"""
+        mov ebp, 0x40003000
+        mov edi, 0x40005000
+        cmp ebp, edi                    # CF = 1: below
+        mov eax, [{fm.DATA + 0x2000:#x}]
+        jae 1f
+        mov esi, 1
+        jmp 2f
+    1:  mov esi, 2
+    2:  nop
+        """,
+        fm.CODE,
+    ).code
+    m = run_with_clock(mode, code)
+    assert m.regs[6] == 1  # JAE not taken
+
+
+@pytest.mark.parametrize("mode", modes_with({"trap": TRAP_SELECTORS}))
+def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(mode: str) -> None:
+    # User code with DS = ES = 0x23 spins; the timer's handler records DS and ES as it finds them
+    # (as a kernel's entry stub pushes them) and returns.
+    handler = assemble(
+        f"""
+        push eax
+        mov eax, ds
+        mov ss:[{COUNT + 12:#x}], eax
+        mov eax, es
+        mov ss:[{COUNT + 16:#x}], eax
+        inc dword ptr ss:[{COUNT:#x}]
+        pop eax
+        iretd
+        """,
+        HANDLER,
+    ).code
+    code = assemble(
+        f"""
+        push {fm.SEL_DATA3}
+        push {fm.STACK_TOP}
+        push 0x202
+        push {fm.SEL_CODE3}
+        push offset user
+        iretd
+    user:
+        mov ax, {fm.SEL_DATA3}
+        mov ds, ax
+        mov es, ax
+    1:  cmp dword ptr [{COUNT:#x}], 1
+        jb 1b
+        """,
+        fm.CODE,
+    ).code
+    m = run_with_clock(mode, code, handler=handler, period_ns=20_000)
+    assert (m.mem.read32(COUNT + 12) & 0xFFFF, m.mem.read32(COUNT + 16) & 0xFFFF) == (fm.SEL_DATA3, fm.SEL_DATA3)
+
+
+@pytest.mark.parametrize("mode", modes_with({"bt": USER_STEALTH, "trap": USER_STEALTH}))
+def test_stealth_instructions_at_cpl_3_show_the_guests_state(mode: str) -> None:
+    code = assemble(
+        f"""
+        sidt [{fm.DATA:#x}]
+        mov eax, cs
+        smsw ebx
+        str ecx
+        """,
+        fm.CODE,
+    ).code
+    spec = FreshSpec(code=code, cpl=3)
+    runs = {"interp": run_interp, "bare": run_unicorn}
+    result = runs[mode](spec, keep_memory=True) if mode in runs else run_vmm(spec, mode, keep_memory=True)
+    assert result.stop == "end", result
+    idtr = result.memory[fm.DATA : fm.DATA + 6]
+    limit, base = struct.unpack("<HI", idtr)
+    assert (base, limit) == (fm.IDT, 256 * 8 - 1)
+    assert result.regs["eax"] & 0xFFFF == fm.SEL_CODE3
+    assert result.regs["ebx"] & 0xFFFF == 0x0011  # PE and ET: the fresh machine's CR0
+    assert result.regs["ecx"] & 0xFFFF == fm.SEL_TSS
+
+
+@pytest.mark.parametrize("mode", modes_with({"bare": BARE_IO}))
+def test_in_at_cpl_3_with_iopl_0_takes_gp(mode: str) -> None:
+    # As procs's gp program does it: under a clock (the VMM checks IOPL for code it runs
+    # directly where it counts instructions).
+    code = assemble(
+        f"""
+        push {fm.SEL_DATA3}
+        push {fm.STACK_TOP}
+        push 0x2
+        push {fm.SEL_CODE3}
+        push offset user
+        iretd
+    user:
+        in al, 0x80
+        nop
+        """,
+        fm.CODE,
+    )
+    platform = TickPlatform(period_ns=10**12)
+    engine = engines.create(mode, fm.MEMORY_SIZE, platform)
+    interp_machine(FreshSpec(code=code.code, regs={"esp": fm.STACK_TOP - 0x100}), engine.machine)
+    engine.stop_on_event = True
+    engine.stop_addresses = {fm.CODE + len(code.code)}
+    engine.start()
+    outcome = engine.run(1000)
+    assert outcome.reason == "event" and outcome.event.vector == 13 and outcome.event.error_code == 0, outcome
+    assert engine.machine.state.eip == code.labels["user"]
