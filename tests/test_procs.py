@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_procs_ring1_defects import BARE_IO, LOST_CF, TRAP_SELECTORS, USER_STEALTH
+from tests.test_procs_ring1_defects import TRAP_SELECTORS, USER_STEALTH
 
 CHECKS = [
     "getpid",
@@ -55,11 +55,7 @@ class KnownRing1Defect(Exception):
 # mode -> [(a ring1 defect, a console fragment only that defect produces there)]. Each has a
 # minimal reproduction in tests/test_procs_ring1_defects.py, a strict xfail in those modes.
 RING1_DEFECTS: dict[str, list[tuple[str, str]]] = {
-    "bare": [(BARE_IO, "gp: the privileged instruction ran at CPL 3")],
-    "bt": [
-        (LOST_CF, "kernel: pid 1 (init) killed: #PF writing 40003000 (error 6: not present)"),
-        (USER_STEALTH, "-> DIFFERS"),
-    ],
+    "bt": [(USER_STEALTH, "-> DIFFERS")],
     "trap": [
         (TRAP_SELECTORS, "(init) killed: #GP error 0,"),
         (USER_STEALTH, "-> DIFFERS"),

@@ -2,11 +2,11 @@
 a few instructions on the fresh machine, in every mode. Where a mode has the defect its test
 is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points here.
 
-1. bt, with a clock (every `ring1 run`): translated kernel code loses CF set by a CMP when the
-   next instruction, a MOV load (which sets no flags), takes a hidden page fault; the JAE
-   after it then reads the wrong CF. procs's sbrk loop (`add ebp, 0x1000; or eax, 7;
-   mov [ebx], eax; cmp ebp, edi; mov eax, ds:current; jae out`) stopped after one page, and
-   init died of a #PF on the heap page sbrk said it had mapped.
+1. (fixed: Vmm._flags_as_first_seen restores them) bt, with a clock (every `ring1 run`):
+   translated kernel code lost CF set by a CMP when the next instruction, a MOV load (which
+   sets no flags), took a hidden page fault; the JAE after it then read the wrong CF. procs's
+   sbrk loop (`add ebp, 0x1000; or eax, 7; mov [ebx], eax; cmp ebp, edi; mov eax, ds:current;
+   jae out`) stopped after one page, and init died of a #PF on the heap page sbrk mapped.
 2. trap: an interrupt taken in user mode enters the guest kernel's handler (run directly at
    CPL 1) with DS and ES holding the VMM's shadow selectors (procs saw ff19 and ff01), not the
    user's 0x23; the kernel saves them (PUSH DS), restores them before IRET, and the user
@@ -14,7 +14,8 @@ is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points her
 3. bt and trap: user code run directly sees the VMM's state through the red pill's
    unprivileged instructions: SIDT the VMM's IDT, MOV from CS the VMM's shadow selector, SMSW
    the VMM's CR0, STR the VMM's TR (issue 10, item 1: "with the guest's own selectors").
-4. bare: IN at CPL 3 with IOPL 0 does not fault (unicorn's recorded io-permission deviation,
+4. (fixed with a clock: BareMachine._io_allowed and Vmm._io_allowed check what unicorn does
+   not) IN at CPL 3 with IOPL 0 did not fault (unicorn's recorded io-permission deviation,
    tests/test_physcpu.py::test_io_at_cpl3_above_iopl_does_not_fault).
 """
 
@@ -34,10 +35,6 @@ from tests.test_interrupts import COUNT, HANDLER, VECTOR, TickPlatform
 
 MODES = ["interp", "bare", "bt", "trap"]
 
-LOST_CF = (
-    "bt: with instruction counting on (a platform clock), translated code loses the CF of a CMP when the next "
-    "instruction, a MOV load, takes a hidden page fault (procs: sbrk mapped one page of three)"
-)
 TRAP_SELECTORS = (
     "trap: an interrupt from user mode enters the directly run kernel with DS and ES holding the VMM's shadow "
     "selectors instead of the user's (procs: the user came back with null DS and ES and took #GP(0))"
@@ -46,7 +43,6 @@ USER_STEALTH = (
     "user code run directly sees the VMM's IDTR, CS selector, CR0 and TR through SIDT, MOV from CS, SMSW and STR "
     "(issue 10, item 1)"
 )
-BARE_IO = "bare: unicorn runs IN at CPL 3 above IOPL without #GP (the recorded io-permission deviation)"
 
 
 def modes_with(defects: dict[str, str]) -> list:
@@ -74,7 +70,7 @@ def run_with_clock(mode: str, code: bytes, memory: dict[int, bytes] | None = Non
     return m
 
 
-@pytest.mark.parametrize("mode", modes_with({"bt": LOST_CF}))
+@pytest.mark.parametrize("mode", MODES)
 def test_cmp_flags_survive_a_hidden_fault_in_the_next_load(mode: str) -> None:
     # The load is the first touch of its page: a hidden fault under bt, nothing on bare metal.
     code = assemble(
@@ -156,7 +152,7 @@ def test_stealth_instructions_at_cpl_3_show_the_guests_state(mode: str) -> None:
     assert result.regs["ecx"] & 0xFFFF == fm.SEL_TSS
 
 
-@pytest.mark.parametrize("mode", modes_with({"bare": BARE_IO}))
+@pytest.mark.parametrize("mode", MODES)
 def test_in_at_cpl_3_with_iopl_0_takes_gp(mode: str) -> None:
     # As procs's gp program does it: under a clock (the VMM checks IOPL for code it runs
     # directly where it counts instructions).

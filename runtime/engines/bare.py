@@ -33,6 +33,7 @@ from ring1.runtime.isa.decoder import decode
 
 NOWHERE = 0xFFFFFFFF  # an `until` address guest code never reaches: runs end on events
 PAGING_IDS = (X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4)
+EFLAGS_VM = 0x20000
 
 
 @dataclass
@@ -55,6 +56,7 @@ class BareMachine:
             # RDTSC, RDMSR and WRMSR cannot be hooked: the counter stops before them and the
             # interpreter runs them (the virtual TSC, the platform's MSRs such as the APIC's).
             self.cpu.counter.stop_before_unhookable(self.mem.address, self.mem.size)
+            self.cpu.io_allowed = self._io_allowed  # unicorn checks neither IOPL nor the bitmap
         # CPUID answers with ring1's CPU model (cpu/cpuid.py and the platform's APIC), as in
         # every other mode, not with unicorn's own. (RDMSR and WRMSR cannot be hooked: with a
         # clock the counter stops before them, above; without one they run on unicorn's MSRs.)
@@ -206,6 +208,19 @@ class BareMachine:
         for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
             uc.reg_write(rid, self.interp.b_cpuid_leaf(leaf, subleaf, which))
         return 1  # the instruction's own effect is skipped
+
+    def _io_allowed(self, port: int, size: int) -> bool:
+        """IN and OUT as the CPU allows them (unicorn allows all): at CPL <= IOPL outside v86,
+        else as the TSS's I/O bitmap says (the interpreter reads it from the state now)."""
+        uc = self.cpu.uc
+        cpl = uc.reg_read(X.UC_X86_REG_CS) & 3
+        if cpl == 0:
+            return True  # (the kernel's I/O: one register read; v86 code runs at CPL 3)
+        eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        if not eflags & EFLAGS_VM and cpl <= (eflags >> 12) & 3:
+            return True
+        read_into_machine(uc, self.interp)
+        return bool(self.interp.b_io_bitmap_allows(port, size * 8))
 
     def _after_device_access(self) -> None:
         """A device access may have raised INTR (an OUT that unmasked a waiting line): stop
