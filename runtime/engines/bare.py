@@ -114,6 +114,11 @@ class BareMachine:
             begin = (S.base[1] + eip) & 0xFFFFFFFF
             until = self._until()
             if counter is not None:
+                if counter.hit_limit or counter.stopped_before_unhookable:
+                    # The counter stopped the last run: unicorn may have left its exception
+                    # latch set (unicorn#1883; seen as a #DF, then a silent shutdown, under a
+                    # timer every ~1,000 instructions with user processes).
+                    self.cpu.clear_exception_latch()
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
                 counter.set_paging(*uc.reg_read_batch(PAGING_IDS))
@@ -150,6 +155,12 @@ class BareMachine:
                         return BareStop("vmstop", stop)
                     S.halted = True
                     return BareStop("halt")
+                if max_insns is None:
+                    # Unicorn stopped with no event, no budget and no limit of ours (seen with
+                    # user processes under a timer every ~1,000 instructions: it then refuses
+                    # to run on at all): a clean stop with a diagnosis, not a budget that was
+                    # never given.
+                    return BareStop("vmstop", VMStop("unicorn", "unicorn stopped with no event and would not run on"))
                 return BareStop("limit")
             if self.stop_on_event:
                 read_into_machine(uc, self.interp)
