@@ -67,31 +67,14 @@ static void check(int ok, const char *what)
 
 /* ---------------------------------------------------------------- descriptor tables */
 
-static struct descriptor segment(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-    struct descriptor d;
-    d.lo = (limit & 0xFFFF) | (base << 16);
-    d.hi = ((base >> 16) & 0xFF) | ((uint32_t)access << 8) | (limit & 0xF0000) | ((uint32_t)flags << 20) |
-           (base & 0xFF000000);
-    return d;
-}
-
-static struct descriptor gate(uint32_t offset, uint16_t selector, uint8_t type, uint8_t dpl)
-{
-    struct descriptor d;
-    d.lo = (offset & 0xFFFF) | ((uint32_t)selector << 16);
-    d.hi = (offset & 0xFFFF0000) | ((uint32_t)(0x80 | dpl << 5 | type) << 8);
-    return d;
-}
-
 static void setup_gdt(void)
 {
-    gdt[0] = segment(0, 0, 0, 0);
-    gdt[1] = segment(0, 0xFFFFF, 0x9A, 0xC); /* 0x08 kernel code, 32-bit, 4 GB */
-    gdt[2] = segment(0, 0xFFFFF, 0x92, 0xC); /* 0x10 kernel data */
-    gdt[3] = segment(0, 0xFFFFF, 0xFA, 0xC); /* 0x18 user code (not used yet) */
-    gdt[4] = segment(0, 0xFFFFF, 0xF2, 0xC); /* 0x20 user data (not used yet) */
-    gdt[5] = segment((uint32_t)&tss, sizeof(tss) - 1, 0x89, 0x0); /* 0x28 32-bit TSS, available */
+    gdt[0] = segment_descriptor(0, 0, 0, 0);
+    gdt[1] = segment_descriptor(0, 0xFFFFF, 0x9A, 0xC); /* 0x08 kernel code, 32-bit, 4 GB */
+    gdt[2] = segment_descriptor(0, 0xFFFFF, 0x92, 0xC); /* 0x10 kernel data */
+    gdt[3] = segment_descriptor(0, 0xFFFFF, 0xFA, 0xC); /* 0x18 user code (not used yet) */
+    gdt[4] = segment_descriptor(0, 0xFFFFF, 0xF2, 0xC); /* 0x20 user data (not used yet) */
+    gdt[5] = segment_descriptor((uint32_t)&tss, sizeof(tss) - 1, 0x89, 0x0); /* 0x28 32-bit TSS, available */
 
     struct table_register gdtr = {sizeof(gdt) - 1, (uint32_t)gdt};
     __asm__ volatile("lgdt %0" : : "m"(gdtr));
@@ -119,9 +102,9 @@ static void setup_idt(void)
     for (int v = 0; v < 32; v++) {
         /* Faults that must not be interrupted use interrupt gates; the rest trap gates. */
         int interrupt_gate = v == 8 || v == 13 || v == 14;
-        idt[v] = gate(isr_stubs[v], SEL_KCODE, interrupt_gate ? 0xE : 0xF, v == 3 ? 3 : 0);
+        idt[v] = gate_descriptor(isr_stubs[v], SEL_KCODE, interrupt_gate ? 0xE : 0xF, v == 3 ? 3 : 0);
     }
-    idt[0x80] = gate(isr_stubs[32], SEL_KCODE, 0xF, 3); /* the system call: a trap gate, DPL 3 */
+    idt[0x80] = gate_descriptor(isr_stubs[32], SEL_KCODE, 0xF, 3); /* the system call: a trap gate, DPL 3 */
     struct table_register idtr = {sizeof(idt) - 1, (uint32_t)idt};
     __asm__ volatile("lidt %0" : : "m"(idtr));
 }

@@ -207,41 +207,17 @@ static void report(int ok, const char *name, const char *fmt, ...)
 
 /* ---------------------------------------------------------------- descriptor tables */
 
-static struct descriptor segment(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-    struct descriptor d;
-    d.lo = (limit & 0xFFFF) | (base << 16);
-    d.hi = ((base >> 16) & 0xFF) | ((uint32_t)access << 8) | (limit & 0xF0000) | ((uint32_t)flags << 20) |
-           (base & 0xFF000000);
-    return d;
-}
-
 static struct descriptor interrupt_gate(uint32_t offset)
 {
-    struct descriptor d;
-    d.lo = (offset & 0xFFFF) | ((uint32_t)SEL_KCODE << 16);
-    d.hi = (offset & 0xFFFF0000) | 0x8E00; /* present, DPL 0, 32-bit interrupt gate: IF cleared */
-    return d;
+    return gate_descriptor(offset, SEL_KCODE, 0xE, 0); /* a 32-bit interrupt gate: IF cleared */
 }
 
 static void setup_cpu_tables(void)
 {
-    gdt[0] = segment(0, 0, 0, 0);
-    gdt[1] = segment(0, 0xFFFFF, 0x9A, 0xC);
-    gdt[2] = segment(0, 0xFFFFF, 0x92, 0xC);
-    struct table_register gdtr = {sizeof(gdt) - 1, (uint32_t)gdt};
-    __asm__ volatile("lgdt %0\n\t"
-                     "ljmp %1, $1f\n"
-                     "1:\n\t"
-                     "movl %2, %%eax\n\t"
-                     "movl %%eax, %%ds\n\t"
-                     "movl %%eax, %%es\n\t"
-                     "movl %%eax, %%fs\n\t"
-                     "movl %%eax, %%gs\n\t"
-                     "movl %%eax, %%ss"
-                     :
-                     : "m"(gdtr), "i"(SEL_KCODE), "i"(SEL_KDATA)
-                     : "eax", "memory");
+    gdt[0] = segment_descriptor(0, 0, 0, 0);
+    gdt[1] = segment_descriptor(0, 0xFFFFF, 0x9A, 0xC);
+    gdt[2] = segment_descriptor(0, 0xFFFFF, 0x92, 0xC);
+    load_gdt(gdt, sizeof(gdt) - 1);
     for (int v = 0; v < 32; v++)
         idt[v] = interrupt_gate(isr_stubs[v]);
     for (int irq = 0; irq < 16; irq++)

@@ -149,42 +149,38 @@ void kreverse(char *s)
     }
 }
 
-void *memset(void *dst, int c, size_t n)
+/* ---------------------------------------------------------------- descriptor tables */
+
+struct descriptor segment_descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
 {
-    unsigned char *d = dst;
-    while (n--)
-        *d++ = (unsigned char)c;
-    return dst;
+    struct descriptor d;
+    d.lo = (limit & 0xFFFF) | (base << 16);
+    d.hi = ((base >> 16) & 0xFF) | ((uint32_t)access << 8) | (limit & 0xF0000) | ((uint32_t)flags << 20) |
+           (base & 0xFF000000);
+    return d;
 }
 
-void *memcpy(void *dst, const void *src, size_t n)
+struct descriptor gate_descriptor(uint32_t offset, uint16_t selector, uint8_t type, uint8_t dpl)
 {
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    while (n--)
-        *d++ = *s++;
-    return dst;
+    struct descriptor d;
+    d.lo = (offset & 0xFFFF) | ((uint32_t)selector << 16);
+    d.hi = (offset & 0xFFFF0000) | ((uint32_t)(0x80 | dpl << 5 | type) << 8);
+    return d;
 }
 
-void *memmove(void *dst, const void *src, size_t n)
+void load_gdt(const struct descriptor *gdt, uint16_t limit)
 {
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    if (d < s) {
-        while (n--)
-            *d++ = *s++;
-    } else {
-        while (n--)
-            d[n] = s[n];
-    }
-    return dst;
-}
-
-int memcmp(const void *a, const void *b, size_t n)
-{
-    const unsigned char *x = a, *y = b;
-    for (size_t i = 0; i < n; i++)
-        if (x[i] != y[i])
-            return x[i] - y[i];
-    return 0;
+    struct table_register gdtr = {limit, (uint32_t)gdt};
+    __asm__ volatile("lgdt %0\n\t"
+                     "ljmp %1, $1f\n"
+                     "1:\n\t"
+                     "movl %2, %%eax\n\t"
+                     "movl %%eax, %%ds\n\t"
+                     "movl %%eax, %%es\n\t"
+                     "movl %%eax, %%fs\n\t"
+                     "movl %%eax, %%gs\n\t"
+                     "movl %%eax, %%ss"
+                     :
+                     : "m"(gdtr), "i"(KERNEL_CODE_SELECTOR), "i"(KERNEL_DATA_SELECTOR)
+                     : "eax", "memory");
 }

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mem.h"
+
 #define COM1 0x3F8
 #define EXIT_PORT 0xF4
 #define POST_PORT 0x80
@@ -39,10 +41,6 @@ size_t kstrlen(const char *s);
 int kstrcmp(const char *a, const char *b);
 char *kstrcpy(char *dst, const char *src);
 void kreverse(char *s);
-void *memset(void *dst, int c, size_t n);
-void *memcpy(void *dst, const void *src, size_t n);
-void *memmove(void *dst, const void *src, size_t n);
-int memcmp(const void *a, const void *b, size_t n);
 
 /* What isr.S pushes before it calls the C handler (PUSHAD, then the vector and the error
    code, then the CPU's frame), a GDT/IDT entry, and the operand of LGDT/LIDT. */
@@ -59,5 +57,14 @@ struct __attribute__((packed)) table_register {
     uint16_t limit;
     uint32_t base;
 };
+
+/* Descriptors as the CPU reads them: a code/data/system segment (access byte, G/D flags
+   nibble) and a gate (type 0xE interrupt, 0xF trap). load_gdt loads a GDT and reloads CS with
+   KERNEL_CODE_SELECTOR and the data segments with KERNEL_DATA_SELECTOR, which it must hold. */
+#define KERNEL_CODE_SELECTOR 0x08
+#define KERNEL_DATA_SELECTOR 0x10
+struct descriptor segment_descriptor(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags);
+struct descriptor gate_descriptor(uint32_t offset, uint16_t selector, uint8_t type, uint8_t dpl);
+void load_gdt(const struct descriptor *gdt, uint16_t limit);
 
 #endif

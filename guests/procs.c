@@ -151,45 +151,21 @@ static inline uint32_t read_cr0(void)
 
 /* ---------------------------------------------------------------- descriptor tables */
 
-static struct descriptor segment(uint32_t base, uint32_t limit, uint8_t access, uint8_t flags)
-{
-    struct descriptor d;
-    d.lo = (limit & 0xFFFF) | (base << 16);
-    d.hi = ((base >> 16) & 0xFF) | ((uint32_t)access << 8) | (limit & 0xF0000) | ((uint32_t)flags << 20) |
-           (base & 0xFF000000);
-    return d;
-}
-
 /* An interrupt gate (IF cleared on entry): the kernel always runs with interrupts off. */
 static struct descriptor interrupt_gate(uint32_t offset, uint8_t dpl)
 {
-    struct descriptor d;
-    d.lo = (offset & 0xFFFF) | ((uint32_t)SEL_KCODE << 16);
-    d.hi = (offset & 0xFFFF0000) | ((uint32_t)(0x80 | dpl << 5 | 0xE) << 8);
-    return d;
+    return gate_descriptor(offset, SEL_KCODE, 0xE, dpl);
 }
 
 static void setup_cpu_tables(void)
 {
-    gdt[0] = segment(0, 0, 0, 0);
-    gdt[1] = segment(0, 0xFFFFF, 0x9A, 0xC); /* 0x08 kernel code */
-    gdt[2] = segment(0, 0xFFFFF, 0x92, 0xC); /* 0x10 kernel data */
-    gdt[3] = segment(0, 0xFFFFF, 0xFA, 0xC); /* 0x18 user code, DPL 3 */
-    gdt[4] = segment(0, 0xFFFFF, 0xF2, 0xC); /* 0x20 user data, DPL 3 */
-    gdt[5] = segment((uint32_t)&tss, sizeof(tss) - 1, 0x89, 0x0); /* 0x28 the TSS */
-    struct table_register gdtr = {sizeof(gdt) - 1, (uint32_t)gdt};
-    __asm__ volatile("lgdt %0\n\t"
-                     "ljmp %1, $1f\n"
-                     "1:\n\t"
-                     "movl %2, %%eax\n\t"
-                     "movl %%eax, %%ds\n\t"
-                     "movl %%eax, %%es\n\t"
-                     "movl %%eax, %%fs\n\t"
-                     "movl %%eax, %%gs\n\t"
-                     "movl %%eax, %%ss"
-                     :
-                     : "m"(gdtr), "i"(SEL_KCODE), "i"(SEL_KDATA)
-                     : "eax", "memory");
+    gdt[0] = segment_descriptor(0, 0, 0, 0);
+    gdt[1] = segment_descriptor(0, 0xFFFFF, 0x9A, 0xC); /* 0x08 kernel code */
+    gdt[2] = segment_descriptor(0, 0xFFFFF, 0x92, 0xC); /* 0x10 kernel data */
+    gdt[3] = segment_descriptor(0, 0xFFFFF, 0xFA, 0xC); /* 0x18 user code, DPL 3 */
+    gdt[4] = segment_descriptor(0, 0xFFFFF, 0xF2, 0xC); /* 0x20 user data, DPL 3 */
+    gdt[5] = segment_descriptor((uint32_t)&tss, sizeof(tss) - 1, 0x89, 0x0); /* 0x28 the TSS */
+    load_gdt(gdt, sizeof(gdt) - 1);
     tss.ss0 = SEL_KDATA;
     tss.iomap = sizeof(tss); /* no I/O bitmap: IOPL 0 refuses every port to user code */
     __asm__ volatile("ltr %w0" : : "r"(SEL_TSS));

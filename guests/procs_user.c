@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mem.h"
+
 #include "procs.h"
 
 /* ---------------------------------------------------------------- system calls */
@@ -50,24 +52,7 @@ static int32_t sys_yield(void) { return syscall3(SYS_YIELD, 0, 0, 0); }
 static uint32_t sys_kstat(uint32_t which) { return (uint32_t)syscall3(SYS_KSTAT, which, 0, 0); }
 static uint32_t sys_vminfo(const volatile void *addr) { return (uint32_t)syscall3(SYS_VMINFO, (uint32_t)addr, 0, 0); }
 
-/* ---------------------------------------------------------------- a small libc */
-
-void *memset(void *dst, int c, size_t n)
-{
-    unsigned char *d = dst;
-    while (n--)
-        *d++ = (unsigned char)c;
-    return dst;
-}
-
-void *memcpy(void *dst, const void *src, size_t n)
-{
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    while (n--)
-        *d++ = *s++;
-    return dst;
-}
+/* ---------------------------------------------------------------- a small libc (and mem.c) */
 
 /* Everything a pipe takes, in as many writes as it needs (a full pipe takes fewer bytes). */
 static int write_all(int fd, const void *buf, uint32_t n)
