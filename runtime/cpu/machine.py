@@ -367,14 +367,7 @@ class Machine:
         first = self.translate(la, True, user)
         data = (value & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
         if (la & 0xFFF) + n <= 0x1000:
-            if first + n > self.mem.size:
-                self._write_outside_ram(first, data)
-                return
-            self.mem.write(first, data)  # (_write_phys, inlined: every guest store comes here)
-            page = first >> 12
-            if page in self.traces.watched:
-                start = first & 0xFFF
-                self.traces.notify(page, start, start + n)
+            self._write_phys(first, data)
             return
         split = 0x1000 - (la & 0xFFF)
         second = self.translate((la + split) & M32, True, user)
@@ -676,6 +669,16 @@ class Machine:
                         clock.advance(S.icount - started)
                     except VMStop as stop:  # a device's timer stopped the machine (a reset, say)
                         return RunResult("vmstop", vmstop=stop)
+
+    def step(self) -> RunResult:
+        """Run one instruction, reporting a fault or software interrupt it raises ("event")
+        instead of delivering it: the engines' emulation of one guest instruction (callouts,
+        traps, what unicorn cannot run or cannot say)."""
+        self.stop_on_event = True
+        try:
+            return self.run(1)
+        finally:
+            self.stop_on_event = False
 
     def take_interrupt(self) -> int:
         """INTR is up and IF allows: acknowledge the controller and deliver its vector through

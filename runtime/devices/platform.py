@@ -43,7 +43,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from ring1.runtime.boot import firmware as acpi_ports
-from ring1.runtime.boot.bios import Rom
 from ring1.runtime.boot.bios_data import write_bios_data_area
 from ring1.runtime.boot.firmware import FirmwareLayout, FirmwareTables, install_tables
 from ring1.runtime.cpu.memory import PhysicalMemory
@@ -61,6 +60,7 @@ from ring1.runtime.devices.pci import pc_pci_bus
 from ring1.runtime.devices.pic import ELCR_PORT, MASTER_PORT, SLAVE_PORT, PicPair
 from ring1.runtime.devices.pit import Pit
 from ring1.runtime.devices.ports import ExitPort, GuestExit, PostPort
+from ring1.runtime.devices.rom import Rom
 from ring1.runtime.devices.rtc import RealTimeClock
 from ring1.runtime.devices.serial import COM1_BASE, COM1_IRQ, COM2_BASE, COM2_IRQ, ConsoleSink, Serial16550
 from ring1.runtime.devices.vga import PORT_BASE as VGA_PORTS

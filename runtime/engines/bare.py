@@ -65,7 +65,6 @@ class BareMachine:
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False  # report the first guest event instead of delivering it
-        self._counted = 0  # instructions already given to the clock
 
     # ------------------------------------------------------------ state
 
@@ -122,8 +121,7 @@ class BareMachine:
                 # An interrupt waiting while IF is clear: stop as soon as the guest sets IF.
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
                 counter.set_paging(*uc.reg_read_batch(PAGING_IDS))
-                clock.unaccounted = self._unaccounted
-                clock.deadline_moved = self._deadline_moved
+                counter.bind(clock)
             try:
                 try:
                     ev = self.cpu.run(begin, until, count=max_insns or 0)
@@ -189,23 +187,15 @@ class BareMachine:
 
     def _account_time(self) -> None:
         """After a run on unicorn: the instructions it executed advance the virtual clock."""
-        counter, uc = self.cpu.counter, self.cpu.uc
-        self.clock.unaccounted = None
-        self.clock.deadline_moved = None
-        counter.settle((self.interp.state.base[1] + uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF)
-        self.clock.advance(counter.executed - self._counted)
-        self._counted = counter.executed
+        linear = (self.interp.state.base[1] + self.cpu.uc.reg_read(X.UC_X86_REG_EIP)) & 0xFFFFFFFF
+        self.cpu.counter.account(self.clock, linear)
 
     def _emulate_one(self) -> None:
         """The interpreter runs the instruction unicorn stopped before (RDTSC, RDMSR, WRMSR),
         with the same state, and delivers what it raises."""
         uc, m = self.cpu.uc, self.interp
         read_into_machine(uc, m)
-        m.stop_on_event = True
-        try:
-            r = m.run(1)
-        finally:
-            m.stop_on_event = False
+        r = m.step()
         if r.vmstop is not None:
             raise r.vmstop
         if r.event is not None:
@@ -238,18 +228,6 @@ class BareMachine:
         before the next instruction that runs with IF set, to take it there."""
         if self.platform.interrupt_pending():
             self.cpu.counter.counts.watch_if = 1
-
-    def _deadline_moved(self) -> None:
-        """A device armed an earlier timer while unicorn runs: stop at its deadline instead."""
-        left = self.clock.insns_until_deadline()
-        if left is not None:
-            c = self.cpu.counter.counts
-            c.limit = min(c.limit, c.calls + left)
-
-    def _unaccounted(self) -> int:
-        """While unicorn runs (an IN or OUT from its hook): the instructions executed before
-        the current one, not yet given to the clock."""
-        return max(0, self.cpu.counter.executed - 1 - self._counted)
 
     def _take_interrupt(self) -> None:
         """INTR is up: if the guest's IF allows and no interrupt shadow is open, deliver it.
@@ -307,11 +285,7 @@ class BareMachine:
         """Not a software interrupt: a fault at EIP, which the interpreter, running that
         instruction, raises precisely."""
         m, S = self.interp, self.interp.state
-        m.stop_on_event = True
-        try:
-            r = m.run(1)
-        finally:
-            m.stop_on_event = False
+        r = m.step()
         if r.event is not None and isinstance(r.event, Fault) and r.event.vector == vector:
             return r.event
         if r.event is not None and isinstance(r.event, Fault) and vector == 8:

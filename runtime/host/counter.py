@@ -26,10 +26,14 @@ import subprocess
 import tempfile
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unicorn import UC_HOOK_CODE, Uc
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import UC_X86_REG_EFLAGS
+
+if TYPE_CHECKING:
+    from ring1.runtime.devices.clock import VirtualClock
 
 SOURCE = Path(__file__).with_name("counter.c")
 NO_LIMIT = (1 << 63) - 1
@@ -125,6 +129,7 @@ class InstructionCounter:
         if status != 0:
             raise CounterUnavailable(f"unicorn refused the counting hook (error {status})")
         self._calls_at_start = 0
+        self._given_to_clock = 0  # instructions already given to the clock (`account`)
 
     @property
     def executed(self) -> int:
@@ -152,6 +157,33 @@ class InstructionCounter:
             c.calls -= 1
         self._calls_at_start = c.calls
         c.watch_if = 0
+
+    # ------------------------------------------------------------ the clock it drives
+
+    def bind(self, clock: VirtualClock) -> None:
+        """While the CPU runs: the clock asks how far it got (a device read in the middle of a
+        run sees the time of its own instruction), and a timer armed earlier than the run's
+        bound (an OUT that programs the PIT) shortens the run."""
+        clock.unaccounted = self._unaccounted
+        clock.deadline_moved = lambda: self._shorten_to(clock)
+
+    def account(self, clock: VirtualClock, linear_pc: int) -> None:
+        """After the run (the CPU's linear PC now): its instructions advance the clock."""
+        clock.unaccounted = None
+        clock.deadline_moved = None
+        self.settle(linear_pc)
+        clock.advance(self.counts.calls - self._given_to_clock)
+        self._given_to_clock = self.counts.calls
+
+    def _unaccounted(self) -> int:
+        # From a hook: the current instruction's call is counted but the instruction has not run.
+        return max(0, self.counts.calls - 1 - self._given_to_clock)
+
+    def _shorten_to(self, clock: VirtualClock) -> None:
+        left = clock.insns_until_deadline()
+        if left is not None:
+            c = self.counts
+            c.limit = min(c.limit, c.calls + left)
 
     def stop_before_unhookable(self, ram_address: int, ram_size: int) -> None:
         """Also stop before RDTSC, RDMSR and WRMSR (unicorn has no hook for them), looking at

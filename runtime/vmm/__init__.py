@@ -242,7 +242,6 @@ class Vmm:
         if self.clock is not None:
             self.cpu.after_device_access = self._after_device_access
             self.cpu.io_allowed = self._io_allowed
-        self._counted = 0  # hardware instructions already given to the clock
         self._boundaries_to_pass = 0  # guest instructions to let run before taking an interrupt
         self._stop_next = False  # the next hardware run stops after one instruction
         self.stats = Stats()
@@ -482,8 +481,7 @@ class Vmm:
             if self._stop_next:
                 self._stop_next, limit = False, 1
             self.counter.start(self.clock.insns_until_deadline() if limit is None else limit, keep_limit=restart)
-        self.clock.unaccounted = self._unaccounted
-        self.clock.deadline_moved = self._deadline_moved
+        self.counter.bind(self.clock)
 
     def _account_time(self) -> None:
         """After the hardware ran: what it executed advances the virtual clock. (Translated
@@ -494,24 +492,7 @@ class Vmm:
         linear = self.uc.reg_read(X.UC_X86_REG_EIP)
         if self.direct:
             linear = (linear + self.m.state.base[CS]) & 0xFFFFFFFF
-        self.clock.unaccounted = None
-        self.clock.deadline_moved = None
-        self.counter.settle(linear)
-        self.clock.advance(self.counter.executed - self._counted)
-        self._counted = self.counter.executed
-
-    def _deadline_moved(self) -> None:
-        """A device armed an earlier timer while the hardware runs (from an I/O hook or a
-        callout): the stretch ends at the new deadline."""
-        left = self.clock.insns_until_deadline()
-        if left is not None:
-            c = self.counter.counts
-            c.limit = min(c.limit, c.calls + left)
-
-    def _unaccounted(self) -> int:
-        """While the hardware runs (a device read from a hook or a callout): the instructions
-        executed before the current one, not yet given to the clock."""
-        return max(0, self.counter.executed - 1 - self._counted)
+        self.counter.account(self.clock, linear)
 
     def _interrupt_deliverable(self) -> bool:
         S = self.m.state
@@ -1252,17 +1233,11 @@ class Vmm:
         S.eip = site.guest
         before = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         self.stats["callouts"] += 1
-        ev = None
-        m.stop_on_event = True
-        try:
-            r = m.run(1)
-            if r.event is not None:
-                ev = r.event
-            elif r.reason == "vmstop":
-                self._exit_to_vmm("vmstop", r.vmstop)
-                return
-        finally:
-            m.stop_on_event = False
+        r = m.step()
+        ev = r.event
+        if ev is None and r.reason == "vmstop":
+            self._exit_to_vmm("vmstop", r.vmstop)
+            return
         if ev is not None:
             if self.stop_on_event:
                 self._exit_to_vmm("event", ev)
@@ -1365,11 +1340,7 @@ class Vmm:
             page = cr2 & ~0xFFF
             self.uc.ctl_remove_cache(page, min(page + 0x2000, 1 << 32))
         m = self.m
-        m.stop_on_event = True
-        try:
-            r = m.run(1)
-        finally:
-            m.stop_on_event = False
+        r = m.step()
         if r.event is not None:
             if self.stop_on_event:
                 self.pending = ("event", r.event)
