@@ -70,7 +70,7 @@ from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
-from ring1.runtime.cpu.state import CS, GS, MODE_PROT, MODE_V86, SS
+from ring1.runtime.cpu.state import CS, GS, MODE_PROT, MODE_REAL, MODE_V86, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
 from ring1.runtime.host.context import gprs_and_eip, segment_caches, soft_interrupt_before, soft_interrupt_in
@@ -399,8 +399,10 @@ class Vmm:
     def can_run_direct(self) -> bool:
         """Direct execution: guest user code at CPL 3, or (trap mode) the kernel itself at CPL 1."""
         S = self.m.state
-        if S.mode != MODE_PROT or S.eflags & EFLAGS.TF:
+        if S.eflags & EFLAGS.TF or S.mode == MODE_REAL:
             return False
+        if S.mode == MODE_V86:
+            return True  # the 1999 design's "v8086 -> DE"
         if S.cpl == 3:
             # With the guest's own tables, or not at all: the VMM's slot descriptors would show
             # through MOV from a segment register. A nonreversible segment or tables hostile to
@@ -548,12 +550,14 @@ class Vmm:
             self.stats["descriptor_table_writes"] += 1
             self._forget_tables()
 
-    def _hardware_context(self, user_direct: bool) -> object:
+    def _hardware_context(self, user_direct: bool, v86: bool = False) -> object:
         """The hardware state a world switch starts from: the VMM's (ring 0, exception latch clear),
         with the guest's CR0 FPU bits, and for user code run directly the guest's IDTR and TR
         (SIDT and STR show them; unicorn delivers nothing through an IDT, and reads the I/O
         bitmap from TR's TSS as the guest's CPU would), and its GDTR and LDTR when they are
-        usable. Built once per distinct state and kept: a context_restore costs what one does."""
+        usable (v86 code loads no descriptor: always). `v86`: the IRET frame on the ring-0
+        stack is the nine-dword one. Built once per distinct state and kept: a
+        context_restore costs what one does."""
         S = self.m.state
         cr0 = HW_CR0 | (S.cr[0] & GUEST_CR0_IN_HARDWARE)
         if not user_direct:
@@ -562,6 +566,7 @@ class Vmm:
             key = (cr0, S.idtr_base, S.idtr_limit, S.tr, S.tr_base, S.tr_limit, S.tr_attr)
             if self.own_tables:
                 key += (S.gdtr_base, S.gdtr_limit, S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr)
+            key += (v86,)
         self._hw_cr0 = cr0
         ctx = self._contexts.get(key)
         if ctx is not None:
@@ -571,6 +576,8 @@ class Vmm:
         uc = self.uc
         uc.context_restore(self.ring0)
         uc.reg_write(X.UC_X86_REG_CR0, cr0)
+        if v86:
+            uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 36)
         if user_direct:
             uc.reg_write(X.UC_X86_REG_IDTR, (0, S.idtr_base, S.idtr_limit, 0))
             # QEMU keeps a loaded TSS's type as "available" in TR's cache (host/context.py).
@@ -604,17 +611,21 @@ class Vmm:
         translated code (the TC, at CPL 1) or direct execution of the guest's own code."""
         S, uc = self.m.state, self.uc
         user = S.cpl == 3
-        self.own_tables = direct and user and self._own_tables_usable()
-        sels = self.hardware_selectors(user, translated=not direct)
+        v86 = S.mode == MODE_V86
+        # v86 code loads no descriptor: its segments are paragraphs, from the IRET frame.
+        self.own_tables = direct and user and (v86 or self._own_tables_usable())
+        sels = list(S.sel) if v86 else self.hardware_selectors(user, translated=not direct)
         self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
         self.vmm_write(C["V_EAX"], struct.pack("<8I", *self.m.regs))
         cs = sels[CS] if direct else C["SEL_TC_CODE"]
         eflags = self.hardware_eflags(user, translated=not direct)
         frame = struct.pack("<5I", host_eip, cs, eflags, self.m.regs[4], sels[SS])
+        if v86:
+            frame += struct.pack("<4I", sels[0], sels[3], sels[4], sels[5])  # ES DS FS GS
         self.direct = direct
-        self.vmm_write(C["VMM_STACK_TOP"] - 20, frame)
+        self.vmm_write(C["VMM_STACK_TOP"] - len(frame), frame)
         self.publish_virtual()
-        uc.context_restore(self._hardware_context(direct and user))
+        uc.context_restore(self._hardware_context(direct and user, v86))
         self.stats["world_switches"] += 1
         if self.own_tables:
             self.stats["direct_own_tables"] += 1
@@ -625,7 +636,7 @@ class Vmm:
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         self._start_clock()
         try:
-            uc.emu_start(L["world_switch"], self.until)
+            uc.emu_start(L["world_switch_v86" if v86 else "world_switch"], self.until)
         finally:
             self._account_time()
 
