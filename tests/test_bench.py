@@ -180,7 +180,9 @@ def test_process_rows_in_exits(nano: dict) -> None:
             assert rec["exits_per_op"] == pytest.approx(rec["ns_per_op"] / exit_ns), where
             assert rec["target_exits"] == TARGETS[name], where
             if TARGETS[name] is not None:
-                assert rec["within_target"] == (rec["exits_per_op"] <= TARGETS[name]), where
+                noise = rec["noise_ns"]
+                lost = noise is not None and abs(rec["ns_per_op"]) < noise  # (not with --quick's one repeat)
+                assert rec["within_target"] == (None if lost else rec["exits_per_op"] <= TARGETS[name]), where
             assert rec["guest_per_op"] == pytest.approx(GUEST_PER_OP[name]), where
             if mode == "interp":
                 assert rec["exits_counted_per_op"] is None, where

@@ -942,10 +942,15 @@ def measure(mode: str, nano: Nano, s: Settings, rule_overrides: dict[str, str] |
     per_iter_ops = 1 if nano.loop_included else nano.loop.unroll
     ns = (med_op - med_base) / (n * per_iter_ops) * 1e9
     per_op = {k: round((c_op[k] - c_base.get(k, 0)) / ops, 3) for k in c_op}
+    # How far apart the repeats put the operation (half the range of their differences): a
+    # figure smaller than this is lost in the noise of what the baseline shares with the loop.
+    diffs = [(a - (t_base[i] if t_base else 0.0)) / (n * per_iter_ops) * 1e9 for i, a in enumerate(t_op)]
+    noise = (max(diffs) - min(diffs)) / 2 if len(diffs) >= 3 else None
     rec = {
         "name": nano.name,
         "mode": mode,
         "ns_per_op": ns,
+        "noise_ns": noise,
         "iterations": n,
         "unroll": per_iter_ops,
         "repeats": s.repeats,
@@ -1008,7 +1013,9 @@ def run_nano(
                 rec["exits_counted_per_op"] = exits_counted(rec)
                 rec["target_exits"] = b.target_exits
                 if b.target_exits is not None and rec["exits_per_op"] is not None:
-                    rec["within_target"] = rec["exits_per_op"] <= b.target_exits
+                    noise = rec.get("noise_ns")
+                    lost = noise is not None and abs(ns) < noise  # neither met nor missed: unknown
+                    rec["within_target"] = None if lost else rec["exits_per_op"] <= b.target_exits
             records.append(rec)
     return {
         "benchmarks": records,
@@ -1219,22 +1226,25 @@ def format_in_exits(result: dict) -> list[str]:
         "",
         f"In exits: one exit from unicorn to Python and back (bare IN, this run) = {_ns(result.get('exit_ns'))}.",
         "Counted per operation by the engine, less the baseline's (bare: events it delivers in Python; the VMM:",
-        "traps + callouts + translator entries, each one entry into Python).",
+        "traps + callouts + translator entries, each one entry into Python). 0 +- x: less than the repeats' spread.",
     ]
     table = [["row", "mode", "time per op", "in exits", "target", "counted", "what the engine counted per op"]]
     for r in recs:
         target = r.get("target_exits")
-        verdict = "" if target is None else f"<= {target:g}: " + ("met" if r.get("within_target") else "missed")
+        within = r.get("within_target")
+        verdict = "" if target is None else f"<= {target:g}: " + {True: "met", False: "missed", None: "?"}[within]
         if r.get("error"):
             table.append([r["name"], r["mode"], "error", "", verdict, "", r["error"]])
             continue
         ratio, counted = r["exits_per_op"], r["exits_counted_per_op"]
+        noise = r.get("noise_ns")
+        lost = noise is not None and abs(r["ns_per_op"]) < noise
         table.append(
             [
                 r["name"],
                 r["mode"],
-                _ns(r["ns_per_op"]),
-                "n/a" if ratio is None else f"{ratio:,.1f}",
+                f"0 +- {_ns(noise)}" if lost else _ns(r["ns_per_op"]),
+                "~0" if lost else "n/a" if ratio is None else f"{ratio:,.1f}",
                 verdict,
                 "" if counted is None else _count(counted),
                 counted_cell(r),
