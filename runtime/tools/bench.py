@@ -178,7 +178,6 @@ class Built:
     end: int  # the stop address
     platform: bool = False
     stack: int = fresh_machine.STACK_TOP  # ESP of the re-runs (the prologue's is STACK_TOP)
-    labels: dict[str, int] = field(default_factory=dict)
 
 
 def build(loop: Loop) -> Built:
@@ -197,7 +196,7 @@ def build(loop: Loop) -> Built:
     regs = {"ecx": 1, **loop.regs}
     spec = fresh_machine.FreshSpec(code=code.code, regs=regs, memory=memory)
     stack = fresh_machine.STACK_TOP if loop.user_stack is None else loop.user_stack
-    return Built(spec, code.labels["head"], code.labels["end"], loop.platform, stack, code.labels)
+    return Built(spec, code.labels["head"], code.labels["end"], loop.platform, stack)
 
 
 @dataclass
@@ -208,7 +207,7 @@ class Nano:
     baseline: Loop | None  # None: the empty loop with the same prologue, handlers and paging
     loop_included: bool = False
     # The guest kernel's own counts of the work it did (name -> physical address of a dword it
-    # increments): the JSON gives each per operation (`guest_per_op`), which must be whole.
+    # increments): the JSON gives each per operation of the measured runs (`guest_per_op`).
     guest_counts: dict[str, int] = field(default_factory=dict)
     # Issue 10's rows (user processes): their time is also given in exits (`exit_ns`, measured
     # in the same run), and the issue's target in exits, where it has one.
@@ -496,7 +495,7 @@ class ForkWait:
 
     Guest memory: the kernel's page table (KERNEL_TABLE, identity, supervisor, but the code
     pages which user code runs read-only) is shared by every directory (PDE 0); each process's
-    user pages are at USER_BASE (PDE 1, a table of its own): a data page and a stack."""
+    user pages are at USER_BASE (PDE 1, a table of its own): a data page, then the stack."""
 
     SYS_FORK, SYS_WAIT, SYS_EXIT = 1, 2, 3
     KERNEL_TABLE = PAGE_TABLE
@@ -527,6 +526,7 @@ class ForkWait:
         free = range(cls.FIRST_FREE, cls.FRAME_POOL[1], PAGE_BYTES)
         code = {i: (i << 12) | U | P for i in range(cls.CODE_PAGES[0] >> 12, cls.CODE_PAGES[1] >> 12)}
         data = bytearray(PAGE_BYTES)
+        # CURRENT (pid 1's slot), NEXT_PID, FORKS, EXITS, REAPED, FREE_TOP
         struct.pack_into("<6I", data, 0, cls.PROCS, 2, 0, 0, 0, cls.free_top())
         first = (cls.RUNNABLE, 1, 0, cls.FIRST_DIRECTORY, cls.FIRST_TABLE, 0)
         struct.pack_into("<6I", data, cls.PROCS - KERNEL_DATA, *first)
