@@ -1201,6 +1201,7 @@ COUNT_LABELS = (
 
 
 def _count(v: float) -> str:
+    v = round(v, 2) + 0.0  # (no "-0")
     return f"{v:,.0f}" if v == int(v) else f"{v:,.2f}"
 
 
@@ -1212,7 +1213,7 @@ def counted_cell(rec: dict) -> str:
         return "everything runs in Python"
     if rec["mode"] == "bare":
         return f"events delivered {_count(per_op.get('events_delivered', 0.0))}"
-    parts = [f"{label} {_count(per_op[k])}" for k, label in COUNT_LABELS if per_op.get(k)]
+    parts = [f"{label} {_count(per_op[k])}" for k, label in COUNT_LABELS if round(per_op.get(k, 0.0), 2)]
     return ", ".join(parts) or "nothing"
 
 
