@@ -16,7 +16,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import RULES
 from ring1.runtime.cpu.events import Fault
-from ring1.runtime.vmm import CALLOUT_PAD, EXIT_PAD, INDIRECT_ENTRY, PAD_SLOT, TC_START, L, Unit, Vmm
+from ring1.runtime.vmm import INDIRECT_ENTRY, PAD_SLOT, Unit, Vmm
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_32)
 
@@ -89,7 +89,6 @@ def disassemble(code: bytes, address: int) -> list[tuple[int, bytes, str]]:
 class Inspector:
     def __init__(self, vmm: Vmm) -> None:
         self.vmm = vmm
-        self.labels = {addr: name for name, addr in L.items()}
 
     def units(self) -> list[Unit]:
         return sorted(self.vmm.units.values(), key=lambda u: u.guest)
@@ -110,17 +109,19 @@ class Inspector:
         return self.vmm.host.read(self.vmm.tc_phys(start), end - start)
 
     def name_of(self, host: int) -> str:
-        if host in self.labels:
-            return f"stub {self.labels[host]}"
-        if EXIT_PAD <= host < CALLOUT_PAD:
-            ex = self.vmm.exits.get((host - EXIT_PAD) // PAD_SLOT)
+        vmm = self.vmm
+        labels = {addr: name for name, addr in vmm.L.items()}  # where the VMM is now
+        if host in labels:
+            return f"stub {labels[host]}"
+        if vmm.exit_pad <= host < vmm.callout_pad:
+            ex = vmm.exits.get((host - vmm.exit_pad) // PAD_SLOT)
             target = f" to guest {ex.target:#010x}" if ex else ""
             return f"its continuation{target} (exit pad slot, not chained yet)"
-        if CALLOUT_PAD <= host < TC_START:
-            site = self.vmm.sites.get((host - CALLOUT_PAD) // PAD_SLOT)
+        if vmm.callout_pad <= host < vmm.tc_start:
+            site = vmm.sites.get((host - vmm.callout_pad) // PAD_SLOT)
             guest = f" of guest {site.guest:#010x}" if site else ""
             return f"a callout{guest} (callout pad slot)"
-        unit = next((u for u in self.vmm.units.values() if u.host == host), None)
+        unit = next((u for u in vmm.units.values() if u.host == host), None)
         return f"CCF of guest {unit.guest:#010x} (chained)" if unit else f"{host:#010x}"
 
     def view(self, unit: Unit, translated_now: bool) -> UnitView:

@@ -100,6 +100,7 @@ POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
 WHY_TC, WHY_SHADOW = "translated code", "shadow page table"  # the VMM's reasons for page traces
 WHY_TABLES = "descriptor table run directly"
+WHY_WINDOW = "the guest's page directory, where the VMM is"
 # The hardware's CR0: paging, protection, and CR0.WP so that a store of translated code (CPL 1,
 # a supervisor) to a page the VMM keeps read-only traps. The guest's MP, EM, TS, ET, NE and AM
 # hold in the hardware too: its FPU instructions fault with #NM where the guest's would, and
@@ -271,7 +272,8 @@ class Vmm:
         self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
-        self.tc_next = VMM_BASE + C["VMM_TC"]
+        self._place(VMM_BASE)
+        self.tc_next = self.tc_start
         self.pending: tuple[str, object] | None = None  # what vmm_exit was taken for
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
@@ -305,6 +307,10 @@ class Vmm:
         self.own_tables = False  # the hardware runs the guest's own tables now
         self._contexts: dict[tuple, object] = {}  # hardware state for a world switch, by its key
         self._hw_cr0 = 0  # the CR0 the hardware runs guest context with now
+        # The VMM moves when the guest claims its 4 MB (Vmm._relocate): the guest page directory
+        # page watched for a write to the VMM's entry, and whether a move waits for a safe point.
+        self._window_pd: int | None = None
+        self.relocation_pending = False
         self._setup_vmm_area()
         self._setup_hardware()
         self._setup_hooks()
@@ -321,7 +327,21 @@ class Vmm:
         self.host.write32(self.vmm_phys + offset, value)
 
     def tc_phys(self, addr: int) -> int:
-        return self.vmm_phys + (addr - VMM_BASE)
+        return self.vmm_phys + (addr - self.base)
+
+    def _place(self, base: int) -> None:
+        """Where the VMM's 4 MB are in the linear space (spec/vmm.r1: its place moves away from
+        what the guest's page tables map): every address of the VMM follows from it."""
+        self.base = base
+        self.slot = base >> 22  # its page directory entry
+        self.exit_pad = base + C["VMM_EXIT_PAD"]
+        self.callout_pad = base + C["VMM_CALLOUT_PAD"]
+        self.tc_start = base + C["VMM_TC"]
+        self.L = {name: address - VMM_BASE + base for name, address in L.items()}  # the stubs' labels
+
+    def in_vmm(self, la: int) -> bool:
+        """The linear address is one of the VMM's own (the hardware maps the VMM there)."""
+        return self.base <= la < self.base + VMM_SIZE
 
     # ------------------------------------------------------------ setup
 
@@ -334,21 +354,21 @@ class Vmm:
         put(C["SEL_VMM_CODE"], 0, M32, 0xC09B)
         put(C["SEL_VMM_DATA"], 0, M32, 0xC093)
         put(C["SEL_TC_CODE"], 0, M32, 0xC0BB)  # DPL 1
-        put(C["SEL_VMM_GS"], VMM_BASE, VMM_SIZE - 1, 0xC0B3)  # DPL 1, byte granular limit would not fit
-        put(C["SEL_VMM_TSS"], VMM_BASE + C["VMM_TSS"], 0x67, 0x89)
+        put(C["SEL_VMM_GS"], self.base, VMM_SIZE - 1, 0xC0B3)  # DPL 1, byte granular limit would not fit
+        put(C["SEL_VMM_TSS"], self.base + C["VMM_TSS"], 0x67, 0x89)
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
         self.vmm_write(C["VMM_EXIT_PAD"], _pad_code("exit_slot", EXIT_SLOTS))
         self.vmm_write(C["VMM_CALLOUT_PAD"], _pad_code("callout_slot", CALLOUT_SLOTS))
-        self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
-        self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
+        self.vmm_write32(C["V_RESTORE"], self.L["restore_regs"])
+        self.vmm_write32(C["V_JUMP"], self.L["vmm_exit"])
         self._clear_hash()
 
     def _setup_hardware(self) -> None:
         uc = self.uc
         pd = self.pool_phys
         vmm_pt = self.pool_phys + 0x1000
-        self.host.write32(pd + 1023 * 4, vmm_pt | PTE_P | PTE_W)
+        self.host.write32(pd + self.slot * 4, vmm_pt | PTE_P | PTE_W)
         writable = {C["VMM_VCPU"] >> 12, C["VMM_STACK"] >> 12}
         for i in range(VMM_SIZE >> 12):
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
@@ -359,23 +379,19 @@ class Vmm:
         # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
         uc.reg_write(X.UC_X86_REG_CR4, CR4.TSD if self.clock is not None else 0)
         uc.reg_write(X.UC_X86_REG_CR0, 0x80010031)  # PG WP NE ET PE
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, VMM_BASE + C["VMM_GDT"], 8192 * 8 - 1, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, VMM_BASE + C["VMM_IDT"], 0x7FF, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, self.base + C["VMM_GDT"], 8192 * 8 - 1, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, self.base + C["VMM_IDT"], 0x7FF, 0))
         uc.reg_write(X.UC_X86_REG_CS, C["SEL_VMM_CODE"])
         for rid in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS):
             uc.reg_write(rid, C["SEL_VMM_DATA"])
         uc.reg_write(X.UC_X86_REG_GS, C["SEL_VMM_GS"])
-        uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 20)
+        uc.reg_write(X.UC_X86_REG_ESP, self.base + C["VMM_STACK_TOP"] - 20)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
         self._hw_cr0 = uc.reg_read(X.UC_X86_REG_CR0)
 
     def _setup_hooks(self) -> None:
-        # A hook over each pad runs only when an exit is taken: nothing else executes there.
-        self.uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, EXIT_PAD, EXIT_PAD + EXIT_SLOTS * PAD_SLOT - 1)
-        self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1)
-        self.uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, L["lookup_miss"], L["lookup_miss"])
-        self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
+        self._hook_vmm_code()
         # CPUID run by the hardware (user code run directly, the kernel under `trap`) answers with
         # ring1's CPU model, as the interpreter does for translated code's callout: kernel and
         # user code see the same CPU.
@@ -390,6 +406,21 @@ class Vmm:
         # block, doing nothing else: the event keeps the instruction's address.
         self.cpu.event = CpuEvent(SYSENTER_EVENT, uc.reg_read(X.UC_X86_REG_EIP))
         uc.emu_stop()
+
+    def _hook_vmm_code(self) -> None:
+        """The code hooks on the VMM's own code, where it is now (they move with it)."""
+        uc, at = self.uc, self.L
+        for handle in getattr(self, "_vmm_code_hooks", ()):
+            uc.hook_del(handle)
+        exit_end = self.exit_pad + EXIT_SLOTS * PAD_SLOT - 1
+        callout_end = self.callout_pad + CALLOUT_SLOTS * PAD_SLOT - 1
+        self._vmm_code_hooks = [
+            # A hook over each pad runs only when an exit is taken: nothing else executes there.
+            uc.hook_add(UC_HOOK_CODE, self._on_exit_slot, None, self.exit_pad, exit_end),
+            uc.hook_add(UC_HOOK_CODE, self._on_callout, None, self.callout_pad, callout_end),
+            uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, at["lookup_miss"], at["lookup_miss"]),
+            uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, at["vmm_exit"], at["vmm_exit"]),
+        ]
 
     def _on_cpuid(self, uc, _user) -> int:
         leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
@@ -426,7 +457,7 @@ class Vmm:
         """Copy the guest-visible state that in-TC templates read into the vcpu page, and the ESP
         that reaches the VMM's scratch stack through the guest's SS (unicorn ignores SS's limit)."""
         S = self.m.state
-        scratch = VMM_BASE + C["VMM_SCRATCH_STACK"]
+        scratch = self.base + C["VMM_SCRATCH_STACK"]
         self.vmm_write32(C["V_SCRATCH_SP"], (scratch - S.base[SS]) & M32)
         eflags = self.m.eflags()
         self.vmm_write32(C["V_VIRT_IF"], eflags & EFLAGS.IF)
@@ -517,8 +548,8 @@ class Vmm:
 
     def _table_page(self, la: int) -> int | None:
         """The guest physical page (address) RAM of a descriptor table's linear page, or None."""
-        if la >= VMM_BASE:
-            return None  # the VMM's own pages are there in the hardware (issue 10, item 4)
+        if self.in_vmm(la) or self.in_vmm(la | 0xFFF):
+            return None  # the VMM's own pages are there in the hardware
         walk = self.m.walk(la)
         if walk is None or walk[0] + 0x1000 > self.G:
             return None
@@ -588,7 +619,7 @@ class Vmm:
         uc.context_restore(self.ring0)
         uc.reg_write(X.UC_X86_REG_CR0, cr0)
         if v86:
-            uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 36)
+            uc.reg_write(X.UC_X86_REG_ESP, self.base + C["VMM_STACK_TOP"] - 36)
         if user_direct:
             uc.reg_write(X.UC_X86_REG_IDTR, (0, S.idtr_base, S.idtr_limit, 0))
             # QEMU keeps a loaded TSS's type as "available" in TR's cache (host/context.py).
@@ -614,6 +645,66 @@ class Vmm:
             if (sel, base, limit) != (S.sel[s], S.base[s], S.limit[s]) or (attr ^ S.attr[s]) & ATTR_COMPARED:
                 m.b_set_seg(s, sel, base, limit, attr)
                 self.stats["user_segment_loads"] += 1
+
+    # ------------------------------------------------------------ the VMM's place in the linear space
+
+    def _window_claimed(self, base: int) -> bool:
+        """The guest's own view needs the 4 MB at `base`: its page directory maps something there
+        (paging), or RAM or a device is there (no paging: linear is physical)."""
+        S = self.m.state
+        if S.cr[0] & CR0.PG:
+            pde_at = (S.cr[3] & ~0xFFF) + (base >> 22) * 4
+            return pde_at + 4 <= self.G and bool(self.guest_mem.read32(pde_at) & PTE_P)
+        end = base + VMM_SIZE
+        if base < self.G:
+            return True
+        return any(start < end and base < start + length for start, length in self.platform.mmio_ranges())
+
+    def _check_window(self) -> None:
+        """After a change of the guest's mappings: if they claim the VMM's 4 MB, the VMM moves at
+        the next safe point (`_relocate`); while paging is on, the guest's page directory page is
+        watched for a write to the VMM's entry."""
+        S = self.m.state
+        pd = S.cr[3] >> 12 if S.cr[0] & CR0.PG else None
+        if pd != self._window_pd:
+            if self._window_pd is not None:
+                self.m.traces.unwatch(self._window_pd, WHY_WINDOW)
+            self._window_pd = pd
+            if pd is not None and (pd + 1) << 12 <= self.G:
+                self.m.traces.watch(pd, WHY_WINDOW, self._on_window_pd_write)
+                self._write_protect(pd)
+        if self._window_claimed(self.base):
+            self.relocation_pending = True
+
+    def _on_window_pd_write(self, page: int, start: int, end: int) -> None:
+        if start < self.slot * 4 + 4 and self.slot * 4 < end and self._window_claimed(self.base):
+            self.relocation_pending = True
+
+    def _relocate(self) -> None:
+        """Move the VMM to 4 MB the guest's tables leave empty (spec/vmm.r1): the TC and the
+        shadow tables are dropped, the VMM's descriptors, stubs, pads, hardware context and
+        hooks are put at the new place. Only between runs of the hardware (never from a hook:
+        the hardware would go on in the stubs at the old place)."""
+        self.relocation_pending = False
+        if not self._window_claimed(self.base):
+            return
+        free = next((slot << 22 for slot in range(1023, -1, -1) if not self._window_claimed(slot << 22)), None)
+        if free is None:
+            raise VMStop("vmm", "the guest maps all 4 GB of its linear space: no 4 MB is left for the VMM")
+        old = self.base
+        self.flush_translations(counted=False)
+        self.uc.ctl_remove_cache(old, old + VMM_SIZE)  # the stubs and pads, run at the old place
+        self.host.write32(self.pool_phys + self.slot * 4, 0)
+        self._place(free)
+        self.tc_next = self.tc_start
+        self._setup_vmm_area()
+        self.uc.context_restore(self.ring0)  # (at ring 0: the segment loads below must be allowed)
+        self._setup_hardware()
+        self._contexts.clear()
+        self._forget_tables()
+        self.flush_shadow()
+        self._hook_vmm_code()
+        self.stats["vmm_relocations"] += 1
 
     # ------------------------------------------------------------ world switch
 
@@ -647,7 +738,7 @@ class Vmm:
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         self._start_clock()
         try:
-            uc.emu_start(L["world_switch_v86" if v86 else "world_switch"], self.until)
+            uc.emu_start(self.L["world_switch_v86" if v86 else "world_switch"], self.until)
         finally:
             self._account_time()
 
@@ -763,9 +854,9 @@ class Vmm:
         return self.counter is not None and self.pending is None and self.counter.hit_limit
 
     def _cut_on_the_way_out(self) -> bool:
-        return (
-            self.counter is not None and self.counter.hit_limit and self.uc.reg_read(X.UC_X86_REG_EIP) != L["vmm_exit"]
-        )
+        if self.counter is None or not self.counter.hit_limit:
+            return False
+        return self.uc.reg_read(X.UC_X86_REG_EIP) != self.L["vmm_exit"]
 
     def _run_to_exit(self) -> None:
         """Let the stubs finish their way to vmm_exit, where the hook stops the hardware."""
@@ -781,7 +872,7 @@ class Vmm:
         template, in the VMM's stubs)."""
         host = self.uc.reg_read(X.UC_X86_REG_EIP)
         if self.direct:
-            return host if host < VMM_BASE else None  # (not in the world switch's stub)
+            return None if self.in_vmm(host) else host  # (not in the world switch's stub)
         where = self.locate(host)
         if where is None or where[1][1] != host:
             return None
@@ -925,19 +1016,19 @@ class Vmm:
             code += body
             code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
-        full = unit.host + len(code) > VMM_BASE + VMM_SIZE
+        full = unit.host + len(code) > self.base + VMM_SIZE
         if full or len(exits) > self.exit_pool.available() or len(callouts) > self.callout_pool.available():
             self.flush_translations()
             return self.translate(guest)
         # Each exit jumps to a slot of its own; each jump to an exit pad slot is a patch site.
         for field_off, target in exits:
             ex = Exit(unit.host + field_off, target, self.exit_pool.take(), unit)
-            self._point_at_slot(code, field_off, unit.host, EXIT_PAD + ex.slot * PAD_SLOT)
+            self._point_at_slot(code, field_off, unit.host, self.exit_pad + ex.slot * PAD_SLOT)
             self.exits[ex.slot] = self.patch_sites[ex.site] = ex
             unit.exit_slots.append(ex.slot)
         for field_off, pc_at, next_guest, resume_off in callouts:
             slot = self.callout_pool.take()
-            self._point_at_slot(code, field_off, unit.host, CALLOUT_PAD + slot * PAD_SLOT)
+            self._point_at_slot(code, field_off, unit.host, self.callout_pad + slot * PAD_SLOT)
             self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit)
             unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
@@ -984,9 +1075,9 @@ class Vmm:
         expression string of digits) or a MOV moffs (`ea` is the offset itself, no ModRM)."""
         ea = d.fields.get("ea")
         if isinstance(ea, str):
-            return ea.isdigit() and int(ea) >= VMM_BASE
+            return ea.isdigit() and self.in_vmm(int(ea))
         moffs = d.modrm_at < 0 and d.variant[2] == "mem"
-        return moffs and isinstance(ea, int) and ea >= VMM_BASE
+        return moffs and isinstance(ea, int) and self.in_vmm(ea)
 
     @staticmethod
     def template_name(d: Decoded, rule: str) -> str:
@@ -1049,7 +1140,7 @@ class Vmm:
                     links.append((len(out), symbol[1:]))
                     out += bytes(4)
                     continue
-                value = self._value(d, symbol[1:]) if symbol.startswith("@") else L[symbol]
+                value = self._value(d, symbol[1:]) if symbol.startswith("@") else self.L[symbol]
                 if kind == "rel32":
                     value -= at + len(out)
                 out += _U32.pack((value + addend) & M32)
@@ -1075,19 +1166,20 @@ class Vmm:
         self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
         self.stats["chained_links"] += 1
 
-    def flush_translations(self) -> None:
+    def flush_translations(self, counted: bool = True) -> None:
         """Drop every CCF (the TC or an exit pad is full)."""
         self.units.clear()
         self.unit_starts.clear()
         self.guest_starts.clear()
         self._start_hosts.clear()
         self._forget_all_exits()
-        self.tc_next = VMM_BASE + C["VMM_TC"]
+        self.tc_next = self.tc_start
         self._clear_hash()
-        self.uc.ctl_remove_cache(VMM_BASE + C["VMM_TC"], VMM_BASE + VMM_SIZE)
+        self.uc.ctl_remove_cache(self.tc_start, self.base + VMM_SIZE)
         for p in list(self.code_pages):
             self.unprotect_code_page(p)
-        self.stats["tc_flushes"] += 1
+        if counted:  # (a move of the VMM is counted as one)
+            self.stats["tc_flushes"] += 1
 
     def _forget_all_exits(self) -> None:
         """Every unit leaves the TC: none of its exits, patch sites or callouts is live any more."""
@@ -1167,7 +1259,7 @@ class Vmm:
             if ex is None or not ex.unit.live:
                 continue  # a jump in a unit dropped already
             if self.host.read32(self.tc_phys(site_addr)) == (unit.host - (site_addr + 4)) & M32:
-                slot_address = EXIT_PAD + ex.slot * PAD_SLOT
+                slot_address = self.exit_pad + ex.slot * PAD_SLOT
                 self.host.write32(self.tc_phys(site_addr), (slot_address - (site_addr + 4)) & M32)
                 self.uc.ctl_remove_cache(site_addr - 1, site_addr + 4)
         unit.incoming.clear()
@@ -1212,6 +1304,8 @@ class Vmm:
         the old code until one, as the stale TLB entry would on a CPU."""
         if self._tables is not None:
             self._forget_tables()  # the tables' linear pages may map elsewhere now
+        if linear_page is None:
+            self._check_window()
         if linear_page is not None and linear_page not in self.units_on_linear:
             return  # no translated code there (INVLPG of a data page)
         if linear_page is None:
@@ -1250,7 +1344,9 @@ class Vmm:
 
     def flush_shadow(self) -> None:
         """Drop every hardware mapping of guest memory (CR3 written, a traced table changed)."""
-        self.host.write(self.pool_phys, bytes(1023 * 4))
+        vmm_pde = self.host.read32(self.pool_phys + self.slot * 4)
+        self.host.write(self.pool_phys, bytes(4096))
+        self.host.write32(self.pool_phys + self.slot * 4, vmm_pde)
         self.pool_next = 2
         self.shadow_ptes.clear()
         self._flush_hw_tlb()
@@ -1343,7 +1439,12 @@ class Vmm:
 
     def _write_protected(self, page: int) -> bool:
         """Every write to `page` traps to the VMM and is emulated (so the interpreter sees it)."""
-        return page in self.code_pages or page in self.traced_pages or page in self._table_ranges
+        return (
+            page in self.code_pages
+            or page in self.traced_pages
+            or page in self._table_ranges
+            or page == self._window_pd
+        )
 
     def _write_protect(self, page: int) -> None:
         for pte_addr in self.shadow_ptes.get(page, []):
@@ -1356,7 +1457,7 @@ class Vmm:
 
     def _on_exit_slot(self, uc, address: int, size: int, _user) -> None:
         """A continuation was taken: translate its target, chain its jump there, go there."""
-        ex = self._recorded(self.exits, EXIT_PAD, address, "exit")
+        ex = self._recorded(self.exits, self.exit_pad, address, "exit")
         if ex is None:
             return
         if ex.target in self.stop_addresses:
@@ -1427,8 +1528,8 @@ class Vmm:
 
     def _exit_to_vmm(self, why: str, what: object) -> None:
         self.pending = (why, what)
-        self.vmm_write32(C["V_JUMP"], L["vmm_exit"])
-        self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+        self.vmm_write32(C["V_JUMP"], self.L["vmm_exit"])
+        self.vmm_write32(C["V_RESTORE"], self.L["restore_regs"])
 
     def _on_vmm_exit(self, uc, address, size, _user) -> None:
         uc.emu_stop()
@@ -1436,7 +1537,7 @@ class Vmm:
     def _on_callout(self, uc, address: int, size: int, _user) -> None:
         """A callout's own slot: the guest's registers and flags are in the vcpu page (template
         callout_exit); emulate its instruction and choose where the slot's jump goes."""
-        site = self._recorded(self.sites, CALLOUT_PAD, address, "callout")
+        site = self._recorded(self.sites, self.callout_pad, address, "callout")
         if site is None:
             return
         m, S = self.m, self.m.state
@@ -1466,7 +1567,7 @@ class Vmm:
         if self.clock is not None and not self._callout_interrupt():
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
-        if HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0:
+        if self.relocation_pending or HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0:
             self._exit_to_vmm("switch", None)  # CR0's FPU bits change in the hardware at the world switch
             return
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
@@ -1477,9 +1578,9 @@ class Vmm:
                 return
             sels = self.hardware_selectors(False)
             self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
-            self.vmm_write32(C["V_RESTORE"], L["restore_segs"])
+            self.vmm_write32(C["V_RESTORE"], self.L["restore_segs"])
         else:
-            self.vmm_write32(C["V_RESTORE"], L["restore_regs"])
+            self.vmm_write32(C["V_RESTORE"], self.L["restore_regs"])
         self.vmm_write(C["V_EAX"], struct.pack("<8I", *m.regs))
         self.vmm_write32(C["V_EFLAGS"], self.hardware_eflags(False))
         self.publish_virtual()
@@ -1519,14 +1620,14 @@ class Vmm:
         hw_eflags = self._flags_as_first_seen(host_eip, vector, hw_eflags)
         if vector == 14:
             cr2 = event.cr2  # read by the hook, at the fault
-            if cr2 < VMM_BASE and self._hidden_fault(cr2, host_eip):
+            if not self.in_vmm(cr2) and self._hidden_fault(cr2, host_eip):
                 self.stats["traps"] += 1
                 self._eflags_at_resume = hw_eflags
                 return "resume"  # a page the guest maps: filled in; the instruction runs again
         where = None
         if self.direct:
             guest_eip = host_eip
-        elif host_eip >= VMM_BASE + C["VMM_TC"]:
+        elif self.tc_start <= host_eip < self.base + VMM_SIZE:
             where = self.locate(host_eip)
             if where is None:
                 return self._stop(f"exception {vector} at {host_eip:#x}, in no CCF")
@@ -1728,7 +1829,7 @@ class Vmm:
             lo = bisect.bisect_left(self._start_hosts, address)
             hi = bisect.bisect_left(self._start_hosts, address + size)
             return [(h, self.guest_starts[h]) for h in self._start_hosts[lo:hi]]
-        if address >= VMM_BASE:
+        if self.in_vmm(address):
             return []  # the world switch's IRET on the way in
         code = bytes(self.uc.mem_read(address, size)) + bytes(16)
         out, at = [], 0
@@ -1795,11 +1896,17 @@ class Vmm:
         elif max_insns is None and self._budget_hook is not None:
             self.uc.hook_del(self._budget_hook)
             self._budget_hook = None
+        self._check_window()  # (the guest may have been given paging, and its tables, from outside)
         return self._run()
 
     def _run(self) -> tuple[str, object]:
         S = self.m.state
         while True:
+            if self.relocation_pending:
+                try:
+                    self._relocate()
+                except VMStop as stop:
+                    return ("vmstop", stop)
             if self.clock is not None:
                 try:
                     self._take_interrupt()
@@ -1978,6 +2085,8 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
     stats.add("traced_writes", "traced writes (guest page tables)", s["traced_writes"])
     stats.add("world_switches", "world switches", s["world_switches"])
+    stats.add("vmm_relocations", "VMM moves (the guest's tables claimed its 4 MB)", s["vmm_relocations"])
+    stats.add("vmm_base", "where the VMM is in the linear space", f"{vmm.base:#010x}")
     stats.add("retranslations", "retranslations", s["retranslations"])
     stats.add("events_delivered", "exceptions and software interrupts delivered", s["events_delivered"])
     stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
