@@ -779,21 +779,29 @@ def run_bare_delivering_traced(
     spec: fresh_machine.FreshSpec, max_insns: int = 100_000
 ) -> tuple[SnippetResult, Follower]:
     """`bare` with events delivered (run_delivering), and the undefined flags followed along the
-    path it took (as run_bare_traced): its translation blocks, cut where an event came (an
-    interrupt hook reports where: a fault's EIP is the faulting instruction, a software
-    interrupt's the one after it). Delivering an event pushes EFLAGS: a status flag undefined
-    there is read (into the frame in memory, and back by the handler's IRET)."""
-    from unicorn import UC_HOOK_BLOCK, UC_HOOK_INTR
+    path it took (as run_bare_traced): its translation blocks, cut where an event came (its
+    deliverer tells where: a fault's EIP is the faulting instruction, a software interrupt's
+    the one after it; unicorn's interrupt hook would miss #UD, which comes as an invalid
+    instruction). Delivering an event pushes EFLAGS: a status flag undefined there is read
+    (into the frame in memory, and back by the handler's IRET)."""
+    from unicorn import UC_HOOK_BLOCK
     from unicorn import x86_const as X
 
     from ring1.runtime import engines
 
     engine = engines.create("bare", fresh_machine.MEMORY_SIZE)
-    uc = engine.bare.cpu.uc
+    bare = engine.bare
+    uc = bare.cpu.uc
     events: list[tuple[int, int, int]] = []
     uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: events.append((BLOCK, address, size)))
-    uc.hook_add(UC_HOOK_INTR, lambda _uc, vector, _user: events.append((INTR, _uc.reg_read(X.UC_X86_REG_EIP), vector)))
     hook_ecx(uc, counted_in_ecx(spec), lambda address, value: events.append((ECX, address, value)))
+    deliver = bare.deliver
+
+    def deliver_and_record(vector: int) -> None:
+        events.append((INTR, uc.reg_read(X.UC_X86_REG_EIP), vector))  # (flat CS: EIP is linear)
+        deliver(vector)
+
+    bare.deliver = deliver_and_record
     result = run_delivering(spec, "bare", max_insns=max_insns, engine=engine)
     return result, follow_blocks(result.memory or b"", events, result.regs["eip"])
 

@@ -25,6 +25,8 @@ instruction, on a small concrete program, next to `bt` giving exactly what `bare
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import struct
 from collections import Counter
 
@@ -398,6 +400,26 @@ def test_a_condition_reads_only_its_own_flags() -> None:
     for jcc, reads in (("72", True), ("77", True), ("74", False)):
         _, ran = run_bare_traced(fresh_machine.FreshSpec(code=bytes.fromhex("0fbcc3" + jcc + "00"), regs={"ebx": 2}))
         assert bool(ran.reads) == reads, jcc
+
+
+@pytest.mark.parametrize(
+    "statements, reads",
+    [
+        (["and eax, ebx", "syscall"], AF),  # AND leaves AF undefined; INT 0x80 pushes it
+        (["add eax, 1", "syscall"], 0),
+        (["and eax, ebx", "ud2"], AF),  # a fault's frame too
+        (["add eax, 1", "divide by zero"], 0),  # DIV (all six undefined) faulted: it did not run
+        (["and eax, ebx", "syscall", "add eax, 1", "syscall"], AF),  # (the first system call)
+        (["and eax, ebx", "add eax, 1", "syscall", "and eax, ebx"], 0),  # AF undefined at the end only
+    ],
+)
+def test_undefined_flags_are_followed_through_event_delivery(statements: list[str], reads: int) -> None:
+    program = fixed_user_program(statements, paging=False)
+    bare, ran = run_bare_delivering_traced(program.spec())
+    assert bare.stop == "end"
+    assert functools.reduce(operator.or_, (m for _eip, _what, m in ran.reads), 0) == reads
+    assert all(what.startswith("(delivery of vector") for _eip, what, _m in ran.reads)
+    assert ran.undefined == (AF if statements[-1] == "and eax, ebx" else 0)
 
 
 @pytest.mark.parametrize("form", STEALTH)
