@@ -538,9 +538,12 @@ def test_user_sysenter_never_runs_guest_code_at_hardware_cpl0() -> None:
 
 
 # Seen today (the VMM hooks no SYSENTER): user code's SYSENTER runs on unicorn, whose SYSENTER
-# is a no-op, and direct execution goes on at a wrong EIP (in sysenter_guest(): 2 bytes into
-# the first user instruction, `mov eax, 5` then `00 00` as ADD [EAX], AL) instead of entering
-# the guest's handler. Reproduce: `sysenter_guest()` under run_delivering, bt against interp.
+# without a hook is a no-op that, run uncounted as direct execution runs, continues at its
+# translation block's start + 2 (tests/test_physcpu.py::
+# test_sysenter_without_a_hook_is_a_no_op_that_may_continue_at_a_stale_eip): in sysenter_guest()
+# 2 bytes into the first user instruction, `mov eax, 5`, then `00 00` as ADD [EAX], AL,
+# instead of the guest's handler. Reproduce: `sysenter_guest()` under run_delivering, bt
+# against interp; or F(code=mov eax, 5; sysenter; mov ecx, 7, cpl=3) under `run`.
 SYSENTER_NOT_VIRTUALIZED = (
     "runtime/vmm: a SYSENTER in user code run directly is unicorn's no-op (no UC_X86_INS_SYSENTER "
     "hook in the VMM), not the guest's virtual SYSENTER: the handler never runs and EIP goes wrong"
