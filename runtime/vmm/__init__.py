@@ -107,6 +107,7 @@ WHY_TABLES = "descriptor table run directly"
 HW_CR0 = CR0.PG | CR0.WP | CR0.PE
 GUEST_CR0_IN_HARDWARE = CR0.MP | CR0.EM | CR0.TS | CR0.ET | CR0.NE | CR0.AM
 NM_VECTOR = 7  # #NM, device not available
+SYSENTER_EVENT = -1  # CpuEvent.vector of a SYSENTER the hardware stopped at (Vmm._on_sysenter)
 CONTEXTS_KEPT = 64  # hardware contexts kept for world switches (bounded: the guest chooses the keys)
 TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
@@ -379,6 +380,16 @@ class Vmm:
         # ring1's CPU model, as the interpreter does for translated code's callout: kernel and
         # user code see the same CPU.
         self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        # SYSENTER run by the hardware (user code run directly): the hardware's SYSENTER MSRs are
+        # the VMM's, and unicorn without a hook skips the instruction. It stops, and the
+        # interpreter runs it with the guest's MSRs: the guest kernel's handler runs translated.
+        self.uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
+
+    def _on_sysenter(self, uc, _user) -> None:
+        # Unicorn calls this with EIP at the SYSENTER, then moves EIP past it and ends the
+        # block, doing nothing else: the event keeps the instruction's address.
+        self.cpu.event = CpuEvent(SYSENTER_EVENT, uc.reg_read(X.UC_X86_REG_EIP))
+        uc.emu_stop()
 
     def _on_cpuid(self, uc, _user) -> int:
         leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
@@ -1499,6 +1510,8 @@ class Vmm:
         a stop reason, "resume" to restart the hardware where it stopped, or None to re-enter the
         guest from the virtual state."""
         vector = event.vector
+        if vector == SYSENTER_EVENT:
+            host_eip = event.eip  # the hardware went on past it, having done nothing
         # The hardware's EFLAGS, read at most once per event (None: not read yet, or rewritten).
         hw_eflags = self._adopt_hardware_v86()
         S = self.m.state
