@@ -530,12 +530,11 @@ SYSCALL_VECTOR, KERNEL_ONLY_VECTOR = 0x80, 0x81  # the second has a DPL-0 gate: 
 SEL_USER_WINDOW = fresh_machine.SEL_WINDOW3
 USER_POPF_NEVER_SETS = 0x4100  # TF and NT (see _UserBuilder)
 
-# The sensitive instructions that matter at CPL 3 with the guest's IOPL: PUSHF shows the
-# guest's IF and IOPL, POPF changes IF only with IOPL 3, CLI and STI are #GP below IOPL 3.
-# (SGDT, SIDT, SLDT, SMSW, STR, LAR/LSL/VERR/VERW and the selector reads at CPL 3 show the
-# VMM under direct execution until shadow descriptor tables land: issue 10, item 3; see
-# test_equivalence.test_user_mode_stealth_instructions_show_the_guests_tables.)
-USER_STEALTH = ["PUSHF", "POPF", "CLI", "STI"]
+# The sensitive instructions that do not trap at CPL 3 either, where user code runs directly on
+# the hardware: PUSHF shows IF and IOPL, POPF changes IF only with IOPL 3 (CLI and STI are #GP
+# below it), SGDT, SIDT, SLDT, SMSW, STR, the selector reads, LAR, LSL, VERR and VERW show the
+# descriptor tables, selectors and CR0 the hardware holds (the guest's, issue 10 items 1 and 3).
+USER_STEALTH = STEALTH
 
 # name -> the instructions of a fault a user program raises on purpose (some only sometimes:
 # CLI and STI run with IOPL 3, INTO traps only with OF set).

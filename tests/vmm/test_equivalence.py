@@ -261,10 +261,9 @@ def test_user_popf_of_nt_is_kept() -> None:
     assert differences(interp, bt) == []
 
 
-# The stealth instructions at CPL 3. Today user code runs directly with the VMM's descriptor
-# tables, selectors (slot selectors like 0xFF0B), task register and CR0, so each shows the VMM;
-# the lead is moving user code to the guest's own GDT, selectors, IDTR and TR selector (issue
-# 10, items 1 and 3). name: code (on the fresh machine at CPL 3, flat DS)
+# The stealth instructions at CPL 3, which user code runs directly (they do not trap): with the
+# guest's own GDT, LDT, IDTR, TR, selectors and CR0 bits on the hardware they show the guest's
+# (issue 10, items 1 and 3). name: code (on the fresh machine at CPL 3, flat DS)
 USER_STEALTH_CASES = {
     "SGDT": bytes.fromhex("0f010500000100a102000100"),  # sgdt [0x10000]; mov eax, [0x10002]
     "SIDT": bytes.fromhex("0f010d00000100a102000100"),  # sidt [0x10000]; mov eax, [0x10002]
@@ -278,24 +277,11 @@ USER_STEALTH_CASES = {
     "LSL": bytes.fromhex("b8230000000f03c8"),  # mov eax, 0x23; lsl ecx, eax
     "VERR": bytes.fromhex("b81b0000000f00e0"),
     "VERW": bytes.fromhex("b8230000000f00e8"),
-    "SMSW": bytes.fromhex("0f01e0"),  # smsw eax: the hardware's CR0 has NE
+    "SMSW": bytes.fromhex("0f01e0"),  # smsw eax
 }
-GUEST_TABLES_AT_CPL3 = (
-    "runtime/vmm: user code runs directly with the VMM's GDT, IDTR, TR and slot selectors "
-    "(0xFF0B...), which the unprivileged stealth instructions show at CPL 3 (issue 10, items 1 and 3)"
-)
-SMSW_AT_CPL3 = "runtime/vmm: SMSW at CPL 3 (not trapped) shows the hardware's CR0, whose NE bit is the VMM's"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            n, marks=pytest.mark.xfail(strict=True, reason=SMSW_AT_CPL3 if n == "SMSW" else GUEST_TABLES_AT_CPL3)
-        )
-        for n in sorted(USER_STEALTH_CASES)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(USER_STEALTH_CASES))
 def test_user_mode_stealth_instructions_show_the_guests_tables(name: str) -> None:
     spec = fresh_machine.FreshSpec(code=USER_STEALTH_CASES[name], cpl=3)
     bare, interp, bt = run(spec, "bare"), run(spec, "interp"), run(spec, "bt")

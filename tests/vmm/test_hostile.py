@@ -561,20 +561,12 @@ def test_user_sysenter_never_runs_guest_code_at_hardware_cpl0() -> None:
     assert (handler, 0) not in seen
 
 
-# Seen today (the VMM hooks no SYSENTER): user code's SYSENTER runs on unicorn, whose SYSENTER
-# without a hook is a no-op that, run uncounted as direct execution runs, continues at its
-# translation block's start + 2 (tests/test_physcpu.py::
-# test_sysenter_without_a_hook_is_a_no_op_that_may_continue_at_a_stale_eip): in sysenter_guest()
-# 2 bytes into the first user instruction, `mov eax, 5`, then `00 00` as ADD [EAX], AL,
-# instead of the guest's handler. Reproduce: `sysenter_guest()` under run_delivering, bt
-# against interp; or F(code=mov eax, 5; sysenter; mov ecx, 7, cpl=3) under `run`.
-SYSENTER_NOT_VIRTUALIZED = (
-    "runtime/vmm: a SYSENTER in user code run directly is unicorn's no-op (no UC_X86_INS_SYSENTER "
-    "hook in the VMM), not the guest's virtual SYSENTER: the handler never runs and EIP goes wrong"
-)
+# Unicorn's own SYSENTER, without a hook, is a no-op that, run uncounted as direct execution
+# runs, continues at its translation block's start + 2 (tests/test_physcpu.py::
+# test_sysenter_without_a_hook_is_a_no_op_that_may_continue_at_a_stale_eip): before the VMM
+# stopped the hardware at SYSENTER, user code went on 2 bytes into `mov eax, 5` here.
 
 
-@pytest.mark.xfail(strict=True, reason=SYSENTER_NOT_VIRTUALIZED)
 def test_user_sysenter_enters_the_guest_handler_translated_and_sysexit_returns_to_cpl3() -> None:
     spec, handler = sysenter_guest()
     vmm = new_vmm("bt")
@@ -589,7 +581,6 @@ def test_user_sysenter_enters_the_guest_handler_translated_and_sysexit_returns_t
     assert vmm.m.state.cpl == 3  # SYSEXIT went back to user mode
 
 
-@pytest.mark.xfail(strict=True, reason=SYSENTER_NOT_VIRTUALIZED)
 def test_user_sysenter_with_sysenter_cs_zero_is_gp() -> None:
     # SDM SYSENTER: "#GP(0) If IA32_SYSENTER_CS[15:2] = 0." At CPL 3 on the fresh machine
     # (SYSENTER_CS 0): the fault, not the instruction after it.
