@@ -690,6 +690,27 @@ def test_apic_base_msr_is_absent_and_cannot_be_hooked() -> None:
         assert err.value.errno == UC_ERR_ARG
 
 
+@pytest.mark.parametrize("count", [0, 100], ids=["no count", "counted"])
+def test_sysenter_without_a_hook_is_a_no_op_that_may_continue_at_a_stale_eip(count: int) -> None:
+    # Unicorn 2.1.4's SYSENTER calls the UC_X86_INS_SYSENTER hooks and adds its own length to
+    # EIP, which its translated code has not written back: run without a count (and without a
+    # code hook over it) EIP becomes the start of its translation block + 2, here 2 bytes into
+    # `mov eax, 5`, and the bytes there run (00 00: ADD [EAX], AL). Counted, EIP is written
+    # back per instruction and the no-op lands on the next instruction. `bare` counts; the
+    # VMM's direct execution of user code does not (tests/vmm/test_hostile.py, SYSENTER).
+    from unicorn import UC_HOOK_BLOCK
+
+    code = bytes.fromhex("b8050000000f34b907000000f4")  # mov eax, 5; sysenter; mov ecx, 7; hlt
+    cpu = unicorn_machine(fresh_machine.FreshSpec(code=code))
+    blocks: list[int] = []
+    cpu.uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, _size, _user: blocks.append(address))
+    cpu.run(fresh_machine.CODE, fresh_machine.CODE + len(code), count=count)
+    if count:
+        assert blocks[:2] == [fresh_machine.CODE, fresh_machine.CODE + 7] and cpu.uc.reg_read(X.UC_X86_REG_ECX) == 7
+    else:
+        assert blocks[:2] == [fresh_machine.CODE, fresh_machine.CODE + 2] and cpu.uc.reg_read(X.UC_X86_REG_ECX) == 0
+
+
 # ---------------------------------------------------------------- what page protection can close
 
 

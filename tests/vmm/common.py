@@ -126,29 +126,26 @@ def paged(
 # ---------------------------------------------------------------- runs that deliver exceptions
 
 
-def run_delivering(spec: fresh_machine.FreshSpec, mode: str, max_insns: int = 100_000) -> SnippetResult:
+def run_delivering(
+    spec: fresh_machine.FreshSpec, mode: str, vmm: Vmm | None = None, max_insns: int = 100_000, engine=None
+) -> SnippetResult:
     """Like `run`, but exceptions and interrupts are delivered through the guest's IDT (by the
-    spec's `deliver`, in every mode) instead of ending the run: it ends at the end of the code
-    or at a HLT (fresh_machine.HANDLER is one)."""
-    from ring1.runtime.engines.bare import BareMachine
-    from ring1.runtime.host.context import read_into_machine
+    spec's `deliver`, in every mode: `bare`, `bt`, `trap`, `interp`) instead of ending the run:
+    it ends at the end of the code (stop "end"), at a HLT (fresh_machine.HANDLER is one), at the
+    budget or at a VM stop. Tests may pass a new `vmm` (or `engine`, of `mode`) to look at it
+    afterwards."""
+    from ring1.runtime import engines
     from ring1.runtime.tools.snippet import interp_machine, state_of
+    from ring1.runtime.vmm import VmmEngine
 
-    end = fresh_machine.CODE + len(spec.code)
-    if mode == "bare":
-        bm = BareMachine(fresh_machine.MEMORY_SIZE)
-        interp_machine(spec, bm.interp)
-        bm.load_from_interp()
-        bm.stop_addresses = {end}
-        r = bm.run(max_insns)
-        read_into_machine(bm.cpu.uc, bm.interp)
-        m, why, diag = bm.interp, r.reason, r.vmstop and r.vmstop.reason
-    else:
-        vmm = Vmm(fresh_machine.MEMORY_SIZE, mode=mode)
-        interp_machine(spec, vmm.m)
-        vmm.stop_on_event = False
-        vmm.stop_addresses = {end}
-        why, what = vmm.run(max_insns)
-        m, diag = vmm.m, getattr(what, "reason", None)
-    stop = {"stop": "end", "stop-address": "end"}.get(why, why)
-    return SnippetResult(state_of(m), None, None, None, stop, 0, diag, bytes(m.mem.view))
+    if engine is None:
+        engine = VmmEngine.around(vmm) if vmm is not None else engines.create(mode, fresh_machine.MEMORY_SIZE)
+    m = engine.machine
+    interp_machine(spec, m)
+    engine.stop_on_event = False
+    engine.stop_addresses = {fresh_machine.CODE + len(spec.code)}
+    engine.start()
+    outcome = engine.run(max_insns)
+    diagnosis = f"{outcome.vmstop.reason}; {m.describe_state()}" if outcome.vmstop is not None else None
+    stop = "end" if outcome.reason == "stop-address" else outcome.reason
+    return SnippetResult(state_of(m), None, None, None, stop, m.state.icount, diagnosis, bytes(m.mem.view))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 
 from ring1.generated.forms import FORMS
+from ring1.runtime.cpu import descriptors
 from ring1.runtime.isa.assembler import AssemblerError, assemble
 from ring1.runtime.isa.decoder import Decoded, decode
 from ring1.runtime.tools import fresh_machine
@@ -41,6 +42,7 @@ from ..diff.deviations import ALONE_FORMS, is_locked_neg
 from ..diff.gen import MODES, STATUS_AND_DF, instance, registers, stack_image, writes_esp
 from ..diff.harness import window_segments
 from ..undefined_flags import Follower, counts_in_ecx, hook_ecx, straight_line
+from .common import run_delivering
 
 CPL0 = MODES["cpl0"]
 BOOK = 0x2000  # bookkeeping (SS-relative, flat): counters, saved ESPs, call pointers
@@ -184,6 +186,10 @@ class _Builder:
         self.next_slot = BOOK
         self.budget = max_chunks
         self.subs: list[str] = []
+        self.extra_kinds: list[str] = []  # statements of a subclass (user programs: syscall, fault)
+        self.popf_pushes = False  # always push what POPF pops (never TF), not only sometimes
+        self.popf_never_sets = 0x100  # flags a pushed POPF value never has (TF: no single-stepping)
+        self.cr0_high = 0  # CR0's high half as the program runs (0x8000 once it turns paging on)
 
     def slot(self) -> int:
         a = self.next_slot
@@ -223,9 +229,9 @@ class _Builder:
         # (any address size: a 0x67 prefix on the register form changes nothing but the variant)
         if form == "SMSW" and self.neutral and d.variant[0] == 32 and d.variant[2] == "reg" and d.fields["dst"] != 4:
             # Deviation smsw-r32: unicorn writes only the low word of a 32-bit register. With the
-            # register's high half zero (CR0's is zero here) both results agree; the equivalence
+            # register's high half CR0's (zero, or PG with paging) both results agree; the equivalence
             # tests check SMSW r32 with other values against the interpreter instead.
-            pre.append(mov_imm(GPR[d.fields["dst"]], draw(st.integers(0, 0xFFFF))))
+            pre.append(mov_imm(GPR[d.fields["dst"]], self.cr0_high << 16 | draw(st.integers(0, 0xFFFF))))
         if form in SELECTOR_TESTS:
             if d.variant[2] == "reg" and d.fields["src"] != 4:  # (SP stays the stack pointer)
                 src = d.fields["src"]
@@ -235,9 +241,9 @@ class _Builder:
                 for off in inst.memory:
                     sel = draw(st.sampled_from(PROBE_SELECTORS + VMM_SELECTORS))
                     inst.memory[off] = sel.to_bytes(2, "little") + inst.memory[off][2:]
-        if form == "POPF" and draw(st.booleans()):
+        if form == "POPF" and (self.popf_pushes or draw(st.booleans())):
             # Something worth popping: random status flags, IF, IOPL, and the rest of EFLAGS but TF.
-            value = draw(st.integers(0, 0xFFFFFFFF)) & (STATUS_AND_DF | 0x3F7200) & ~0x100
+            value = draw(st.integers(0, 0xFFFFFFFF)) & (STATUS_AND_DF | 0x3F7200) & ~self.popf_never_sets
             pre.append(f"push {value:#x}")
         mark = self.asm.label()
         self.asm.emit(*pre)
@@ -259,6 +265,7 @@ class _Builder:
                 kinds += ["if", "loop", "loop_ecx", "jump"]
             if allow_calls and self.subs:
                 kinds += ["call", "call"]
+            kinds += self.extra_kinds
             getattr(self, "stmt_" + draw(st.sampled_from(kinds)))(depth)
 
     def stmt_chunk(self, depth: int) -> None:
@@ -372,9 +379,9 @@ class _Builder:
             self.chunk()
 
 
-def _finish(draw, b: _Builder) -> Program:
+def _finish(draw, b: _Builder, max_size: int = 0xF00) -> Program:
     code = b.asm.assemble(fresh_machine.CODE)
-    if code is None or len(code) > 0xF00:
+    if code is None or len(code) > max_size:
         from hypothesis import reject
 
         reject()
@@ -444,7 +451,7 @@ def run_bare_traced(spec: fresh_machine.FreshSpec, max_insns: int = 100_000) -> 
     return result, follow_blocks(result.memory, events, regs["eip"])
 
 
-BLOCK, ECX = 0, 1
+BLOCK, ECX, INTR = 0, 1, 2  # the kinds of events a traced run records
 
 
 def counted_in_ecx(spec: fresh_machine.FreshSpec) -> list[int]:
@@ -456,8 +463,10 @@ def counted_in_ecx(spec: fresh_machine.FreshSpec) -> list[int]:
 
 def follow_blocks(memory: bytes, events: list[tuple[int, int, int]], stop_eip: int) -> Follower:
     """The undefined flags along the (BLOCK, linear address, size) events in execution order
-    (flat segments) of the code in `memory`, each followed by the (ECX, address, value) events
-    of the instructions in it that count in ECX; the last block ran up to `stop_eip`."""
+    (flat segments, and linear addresses that are physical) of the code in `memory`, each
+    followed by the (ECX, address, value) events of the instructions in it that count in ECX,
+    and by an (INTR, EIP, vector) event if an exception or interrupt cut it there; the last
+    block ran up to `stop_eip`."""
     decoded: dict[int, Decoded] = {}
     ran = Follower()
     starts = [i for i, e in enumerate(events) if e[0] == BLOCK]
@@ -465,13 +474,354 @@ def follow_blocks(memory: bytes, events: list[tuple[int, int, int]], stop_eip: i
         _, address, size = events[i]
         last = n == len(starts) - 1
         ecx: dict[int, int] = {}
-        for _ecx, at, value in events[i + 1 : None if last else starts[n + 1]]:
-            ecx.setdefault(at, value)  # (a REP's later iterations are blocks of their own)
+        cut = None
+        for kind, at, value in events[i + 1 : None if last else starts[n + 1]]:
+            if kind == ECX:
+                ecx.setdefault(at, value)  # (a REP's later iterations are blocks of their own)
+            elif kind == INTR and cut is None:
+                cut = (at, value)
+        stop = cut[0] if cut else stop_eip if last else None
         at, block_end = address, address + size
-        while at < block_end and not (last and at == stop_eip):
+        while at < block_end and at != stop:
             d = decoded.get(at)
             if d is None:
                 d = decoded[at] = decode(memory[at : at + 16] + bytes(16), at, True)
             ran.step(d, ecx.get(at))
             at += d.length or 1  # (an undecodable byte raised #UD: the block ends there)
+        if cut and ran.undefined & STATUS_FLAGS:
+            ran.reads.append((cut[0], f"(delivery of vector {cut[1]})", ran.undefined & STATUS_FLAGS))
     return ran
+
+
+# ---------------------------------------------------------------- user-mode programs and system calls
+
+# A user program is a guest kernel that drops to CPL 3 and a random user program run there,
+# which makes system calls and takes exceptions that the kernel handles:
+#
+#   CODE:  kernel entry (CPL 0): [paging on]; IRET to user_main at CPL 3 (CS 0x1B, SS 0x23,
+#          a random EFLAGS: status flags, DF, IF, IOPL) through the fresh TSS (ESP0 0x3000)
+#          k_syscall: INT 0x80 (DPL-3 gate) lands here: random kernel code (the kernel pool
+#          with the stealth instructions) on the kernel stack, then IRET back to CPL 3
+#          f_<vector>: one stub per exception (a dummy error code where the CPU pushes none)
+#          k_fault: logs vector, error code, EIP, CS and CR2 in the fault log, then IRETs to
+#          the resume point, the end of the chunk or statement that faulted
+#          user code: jmp main / sub_0 ... / main: ... / end: (the run ends at `end`, at CPL 3)
+#
+# Every user and kernel chunk first stores its resume point (the address after it) in RESUME,
+# so a fault anywhere resumes after the chunk that raised it. The user statements besides the
+# kernel programs' ones: `int 0x80`, and a deliberate fault (a privileged instruction, a
+# selector it may not load, #DE, INT3, INTO, UD2, INT to a DPL-0 gate, and with paging a user
+# access to a supervisor page or a page not present).
+#
+# DS, ES, FS and GS are the DPL-3 DATA window (0x4B) in both rings; SS is flat in both, so the
+# bookkeeping area (0x2000-0x2FFF, with the fault log and RESUME) is user-accessible. The
+# kernel stack grows down from 0x3000 in the same page, far above the bookkeeping slots.
+# With paging, guest RAM is identity-mapped user-accessible, but for SUPERVISOR_PAGE (U/S = 0)
+# and ABSENT_PAGE (not present).
+
+USER_CODE_SIZE = 0x3000  # CODE .. CODE + 0x3000: below the DATA window
+RESUME, SYSCALLS, KSAVE, LOG_INDEX = 0x2700, 0x2704, 0x2708, 0x270C
+FAULT_LOG, FAULT_LOG_ENTRY, FAULT_LOG_ENTRIES = 0x2800, 32, 32
+KERNEL_STACK_ROOM = 128  # the syscall handler's random stack ops run this far below its frame
+USER_PD, USER_PT0 = 0x20000, 0x21000
+SUPERVISOR_PAGE, ABSENT_PAGE = 0x30000, 0x31000
+ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
+SYSCALL_VECTOR, KERNEL_ONLY_VECTOR = 0x80, 0x81  # the second has a DPL-0 gate: INT from CPL 3 is #GP
+SEL_USER_WINDOW = fresh_machine.SEL_WINDOW3
+USER_POPF_NEVER_SETS = 0x4100  # TF and NT (see _UserBuilder)
+
+# The sensitive instructions that do not trap at CPL 3 either, where user code runs directly on
+# the hardware: PUSHF shows IF and IOPL, POPF changes IF only with IOPL 3 (CLI and STI are #GP
+# below it), SGDT, SIDT, SLDT, SMSW, STR, the selector reads, LAR, LSL, VERR and VERW show the
+# descriptor tables, selectors and CR0 the hardware holds (the guest's, issue 10 items 1 and 3).
+USER_STEALTH = STEALTH
+
+# name -> the instructions of a fault a user program raises on purpose (some only sometimes:
+# CLI and STI run with IOPL 3, INTO traps only with OF set).
+USER_FAULTS: dict[str, tuple[str, ...]] = {
+    "cli": ("cli",),
+    "sti": ("sti",),
+    "hlt": ("hlt",),
+    "mov from cr0": ("mov eax, cr0",),
+    "mov to cr3": ("mov cr3, eax",),
+    "lgdt": (f"lgdt ss:[{RESUME:#x}]",),
+    "invlpg": (f"invlpg ss:[{fresh_machine.DATA:#x}]",),
+    "clts": ("clts",),
+    "wrmsr": ("mov ecx, 0x174", "wrmsr"),
+    "rdmsr": ("mov ecx, 0x176", "rdmsr"),
+    "ud2": ("ud2",),
+    "int3": ("int3",),
+    "int 3": ("int 3",),
+    "into": ("into",),
+    "int to a DPL-0 gate": (f"int {KERNEL_ONLY_VECTOR:#x}",),
+    "divide by zero": ("mov ecx, 0", "div ecx"),
+    "idiv byte by zero": ("mov bl, 0", "idiv bl"),
+    "load the kernel's data selector": (f"mov ax, {fresh_machine.SEL_DATA0:#x}", "mov ds, ax"),
+    "load the kernel's code selector": (f"mov ax, {fresh_machine.SEL_CODE0:#x}", "mov es, ax"),
+}
+PAGING_FAULTS: dict[str, tuple[str, ...]] = {
+    "read a supervisor page": (f"mov eax, ss:[{SUPERVISOR_PAGE + 0x124:#x}]",),
+    "write a supervisor page": (f"mov ss:[{SUPERVISOR_PAGE + 0x800:#x}], ebx",),
+    "add to a supervisor page": (f"add dword ptr ss:[{SUPERVISOR_PAGE + 0xFFC:#x}], 7",),
+    "read a page not present": (f"mov eax, ss:[{ABSENT_PAGE + 0x10:#x}]",),
+    "write a page not present": (f"mov byte ptr ss:[{ABSENT_PAGE + 0x3:#x}], 1",),
+}
+
+
+@dataclass
+class UserProgram(Program):
+    paging: bool = False
+    gates: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # vector -> (label, kind, dpl)
+
+    def spec(self) -> fresh_machine.FreshSpec:
+        spec = super().spec()
+        code = bytearray([0xF4]) * USER_CODE_SIZE
+        code[: len(self.code)] = self.code
+        spec.memory[fresh_machine.CODE] = bytes(code)
+        idt = bytearray()
+        for vector in range(256):
+            label, kind, dpl = self.gates.get(vector, self.gates[-1])
+            idt += descriptors.gate(self.labels[label], fresh_machine.SEL_CODE0, kind, dpl)
+        spec.memory[fresh_machine.IDT] = bytes(idt)
+        if self.paging:
+            spec.memory.update(user_page_tables())
+        spec.segs = dict.fromkeys(("ds", "es", "fs", "gs"), SEL_USER_WINDOW)
+        return spec
+
+    def __repr__(self) -> str:
+        return "User" + super().__repr__().removesuffix(")") + f"; paging={self.paging})"
+
+
+def user_page_tables() -> dict[int, bytes]:
+    pd, pt0 = bytearray(4096), bytearray(4096)
+    struct.pack_into("<I", pd, 0, USER_PT0 | 7)
+    for i in range(fresh_machine.MEMORY_SIZE >> 12):
+        flags = 7  # P RW US
+        if i << 12 == SUPERVISOR_PAGE:
+            flags = 3
+        elif i << 12 == ABSENT_PAGE:
+            flags = 0
+        struct.pack_into("<I", pt0, i * 4, (i << 12) | flags)
+    return {USER_PD: bytes(pd), USER_PT0: bytes(pt0)}
+
+
+class _UserBuilder(_Builder):
+    def __init__(self, draw, paging: bool, max_chunks: int, kernel_chunks: int) -> None:
+        super().__init__(draw, ARITH_POOL + FLAG_POOL, USER_STEALTH, max_chunks)
+        self.paging = paging
+        self.cr0_high = 0x8000 if paging else 0  # PG: the kernel turns paging on first
+        self.kernel_chunks = kernel_chunks
+        self.faults = sorted({**USER_FAULTS, **(PAGING_FAULTS if paging else {})})
+        self.gates: dict[int, tuple[str, int, int]] = {}
+        # What the stack holds may have TF set (an IRET frame's EIP, a pushed immediate): a POPF
+        # of it would single-step, and `bare` cannot be the reference there (it takes the #DB
+        # trap for a fault). Every POPF pops a value pushed for it, without TF.
+        self.popf_pushes = True
+        # Nor NT in user code: bt loses the NT a user POPF sets (direct execution runs user code
+        # with the hardware's NT clear and does not take it back), shown by the strict xfail
+        # test_equivalence.test_user_popf_of_nt_is_kept. The kernel's POPF sets NT freely.
+        self.popf_never_sets = USER_POPF_NEVER_SETS
+
+    def chunk(self) -> None:
+        # The resume point first: an exception in the chunk resumes after it (k_fault).
+        after = self.asm.label()
+        self.asm.emit(f"mov dword ptr ss:[{RESUME:#x}], offset {after}")
+        super().chunk()
+        self.asm.here(after)
+
+    def define_flags(self) -> None:
+        """Sometimes a CMP that defines all six status flags before an event: the frame an
+        event pushes holds EFLAGS, and a flag left undefined there makes the run no evidence."""
+        if self.draw(st.booleans()):
+            self.asm.emit(f"cmp dword ptr ss:[{RESUME:#x}], {self.draw(st.integers(0, 0xFFFFFFFF)):#x}")
+
+    def stmt_syscall(self, depth: int) -> None:
+        self.budget -= 1
+        self.define_flags()
+        mark = self.asm.label()
+        self.asm.here(mark)
+        self.asm.emit(f"int {SYSCALL_VECTOR:#x}")
+        self.forms.append("(int 0x80)")
+        self.marks.append(mark)
+
+    def stmt_fault(self, depth: int) -> None:
+        self.budget -= 1
+        name = self.draw(st.sampled_from(self.faults))
+        self.fault(name, define_flags=True)
+
+    def fault(self, name: str, define_flags: bool = False) -> None:
+        """The fault `name` (USER_FAULTS, PAGING_FAULTS), resumed after."""
+        after, mark = self.asm.label(), self.asm.label()
+        self.asm.emit(f"mov dword ptr ss:[{RESUME:#x}], offset {after}")
+        if define_flags:
+            self.define_flags()
+        *setup, faulting = USER_FAULTS.get(name) or PAGING_FAULTS[name]
+        self.asm.emit(*setup)
+        self.asm.here(mark)
+        self.asm.emit(faulting)
+        self.asm.here(after)
+        self.forms.append(f"({name})")
+        self.marks.append(mark)
+
+    def kernel(self, eflags: int | None = None, syscall_code: list[str] | None = None) -> None:
+        """The kernel; with `eflags` for user mode and the system call's `syscall_code` given,
+        nothing is drawn (fixed_user_program): an interrupt gate for INT 0x80."""
+        a, draw = self.asm, self.draw
+        user_main = a.label()
+        if self.paging:
+            a.emit(
+                "push eax",
+                f"mov eax, {USER_PD:#x}",
+                "mov cr3, eax",
+                "mov eax, cr0",
+                "or eax, 0x80000000",
+                "mov cr0, eax",
+                "pop eax",
+            )
+        eflags = draw(registers(CPL0))["eflags"] if eflags is None else eflags
+        a.emit(
+            f"push {fresh_machine.SEL_DATA3:#x}",
+            f"push {fresh_machine.STACK_TOP:#x}",
+            f"push {eflags:#x}",
+            f"push {fresh_machine.SEL_CODE3:#x}",
+            f"push offset {user_main}",
+            "iretd",
+        )
+        # The system call: random kernel code on the kernel stack, below its frame.
+        kind = descriptors.GATE_INTERRUPT32
+        if syscall_code is None:
+            kind = draw(st.sampled_from((descriptors.GATE_INTERRUPT32, descriptors.GATE_TRAP32)))
+        self.gates[SYSCALL_VECTOR] = ("k_syscall", kind, 3)
+        self.gates[KERNEL_ONLY_VECTOR] = ("k_syscall", kind, 0)
+        a.here("k_syscall")
+        a.emit(f"mov ss:[{KSAVE:#x}], esp", f"lea esp, [esp - {KERNEL_STACK_ROOM}]")
+        if syscall_code is None:
+            user = (self.pool, self.stealth, self.budget, self.extra_kinds, self.popf_never_sets)
+            self.pool = ARITH_POOL + FLAG_POOL
+            self.stealth, self.budget, self.extra_kinds, self.popf_never_sets = STEALTH, self.kernel_chunks, [], 0x100
+            self.block(1, allow_calls=False)
+            self.pool, self.stealth, self.budget, self.extra_kinds, self.popf_never_sets = user
+        else:
+            a.emit(*syscall_code)
+        a.emit(
+            f"inc dword ptr ss:[{SYSCALLS:#x}]",
+            f"mov esp, ss:[{KSAVE:#x}]",
+            # NT and TF off for the IRET (a random POPF may have set them): a return, not a task switch.
+            "pushfd",
+            "and dword ptr [esp], 0xFFFFBEFF",
+            "popfd",
+            "iretd",
+        )
+        # The exceptions: stubs, and the handler that logs them and resumes.
+        for vector in (*range(32), -1):
+            stub = f"f_{vector}" if vector >= 0 else "f_other"
+            self.gates[vector] = (stub, descriptors.GATE_TRAP32, 3 if vector in (3, 4) else 0)
+            a.here(stub)
+            if vector not in ERROR_CODE_VECTORS:
+                a.emit("push 0")
+            a.emit(f"push {vector & 0xFF:#x}", "jmp k_fault")
+        log = [f"mov ss:[{FAULT_LOG + 4 * i:#x} + ebx], eax" for i in range(5)]
+        a.here("k_fault")
+        a.emit(
+            "push eax",
+            "push ebx",
+            f"mov ebx, ss:[{LOG_INDEX:#x}]",
+            f"and ebx, {(FAULT_LOG_ENTRIES - 1) * FAULT_LOG_ENTRY:#x}",
+            "mov eax, [esp + 8]",  # vector
+            log[0],
+            "mov eax, [esp + 12]",  # error code
+            log[1],
+            "mov eax, [esp + 16]",  # EIP
+            log[2],
+            "mov eax, [esp + 20]",  # CS
+            log[3],
+            "mov eax, cr2",
+            log[4],
+            f"add dword ptr ss:[{LOG_INDEX:#x}], {FAULT_LOG_ENTRY}",
+            f"mov eax, ss:[{RESUME:#x}]",
+            "mov [esp + 16], eax",
+            "pop ebx",
+            "pop eax",
+            "add esp, 8",
+            "iretd",
+        )
+        a.here(user_main)
+
+    def user_program(self) -> None:
+        self.kernel()
+        kernel_forms = len(self.forms)
+        self.extra_kinds = ["syscall", "syscall", "fault", "fault"]
+        self.program()
+        if len(self.forms) == kernel_forms:
+            self.chunk()  # (at the end of main: a user program does something)
+        self.asm.here("end")
+
+
+@st.composite
+def user_programs(draw, paging: bool | None = None, max_chunks: int = 10, kernel_chunks: int = 4) -> UserProgram:
+    """A random guest kernel that drops to CPL 3 and runs a random user program there, with
+    system calls into random kernel code and exceptions handled by the kernel (see above)."""
+    paging = draw(st.booleans()) if paging is None else paging
+    b = _UserBuilder(draw, paging, max_chunks, kernel_chunks)
+    b.user_program()
+    p = _finish(draw, b, USER_CODE_SIZE - 0x100)
+    assert b.next_slot < RESUME, "bookkeeping slots run into the fixed ones"
+    return UserProgram(**vars(p), paging=paging, gates=b.gates)
+
+
+# ---------------------------------------------------------------- runs that deliver events
+
+STATUS_FLAGS = 0x8D5  # CF PF AF ZF SF OF: what an event's frame holds that an instruction may leave undefined
+
+
+def run_bare_delivering_traced(
+    spec: fresh_machine.FreshSpec, max_insns: int = 100_000
+) -> tuple[SnippetResult, Follower]:
+    """`bare` with events delivered (run_delivering), and the undefined flags followed along the
+    path it took (as run_bare_traced): its translation blocks, cut where an event came (its
+    deliverer tells where: a fault's EIP is the faulting instruction, a software interrupt's
+    the one after it; unicorn's interrupt hook would miss #UD, which comes as an invalid
+    instruction). Delivering an event pushes EFLAGS: a status flag undefined there is read
+    (into the frame in memory, and back by the handler's IRET)."""
+    from unicorn import UC_HOOK_BLOCK
+    from unicorn import x86_const as X
+
+    from ring1.runtime import engines
+
+    engine = engines.create("bare", fresh_machine.MEMORY_SIZE)
+    bare = engine.bare
+    uc = bare.cpu.uc
+    events: list[tuple[int, int, int]] = []
+    uc.hook_add(UC_HOOK_BLOCK, lambda _uc, address, size, _user: events.append((BLOCK, address, size)))
+    hook_ecx(uc, counted_in_ecx(spec), lambda address, value: events.append((ECX, address, value)))
+    deliver = bare.deliver
+
+    def deliver_and_record(vector: int) -> None:
+        events.append((INTR, uc.reg_read(X.UC_X86_REG_EIP), vector))  # (flat CS: EIP is linear)
+        deliver(vector)
+
+    bare.deliver = deliver_and_record
+    result = run_delivering(spec, "bare", max_insns=max_insns, engine=engine)
+    return result, follow_blocks(result.memory or b"", events, result.regs["eip"])
+
+
+def fixed_user_program(
+    statements: list[str], paging: bool = True, eflags: int = 0x202, syscall_code: tuple[str, ...] = ("add eax, 0x100",)
+) -> UserProgram:
+    """A user program with nothing drawn: the kernel of user_programs with `syscall_code` as its
+    system call, user mode entered with `eflags`, and user code made of `statements`, each a
+    fault of USER_FAULTS or PAGING_FAULTS, "syscall" (INT 0x80), or an instruction."""
+    b = _UserBuilder(None, paging, 0, 0)
+    b.kernel(eflags, list(syscall_code))
+    for statement in statements:
+        if statement in USER_FAULTS or statement in PAGING_FAULTS:
+            b.fault(statement)
+        else:
+            b.asm.emit(f"int {SYSCALL_VECTOR:#x}" if statement == "syscall" else statement)
+    b.asm.here("end")
+    code = b.asm.assemble(fresh_machine.CODE)
+    assert code is not None
+    window, stack = bytes(fresh_machine.DATA_SIZE), bytes(64)
+    labels = dict(b.asm.labels)
+    marks = [labels[m] for m in b.marks]  # where each fault statement's faulting instruction is
+    return UserProgram(code, {}, window, stack, statements, marks, {}, labels, paging=paging, gates=b.gates)

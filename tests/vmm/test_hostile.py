@@ -1,4 +1,4 @@
-"""Hostile guest kernel code under `bt`: the VMM's area, selectors, TC and GS.
+"""Hostile guest code under `bt`: the VMM's area, selectors, TC and GS; SYSENTER from user code.
 
 The decision (spec/vmm.r1, header): the VMM lives in the top 4 MB of the linear address
 space (VMM_BASE = 0xFFC00000), translated code reaches it through a reserved GS, and guest
@@ -15,6 +15,9 @@ exception is a load or store whose address is computed at run time (through a re
 it reaches the VMM's page, and that is asserted as documented below. In every case the run
 ends cleanly (never a Python traceback; a VM stop would have to carry a diagnosis) and the
 VMM's own read-only pages are unchanged.
+
+SYSENTER (at the end): the hardware's SYSENTER MSRs are the VMM's, the guest's are virtual,
+and a SYSENTER in user code run directly must never take the hardware to guest code at CPL 0.
 """
 
 from __future__ import annotations
@@ -482,3 +485,200 @@ def test_guest_gs_null_faults_as_the_spec_says() -> None:
     ref, bt, _ = bare_and_bt(spec, "interp")
     assert (bt.exception, bt.error_code) == (GP, 0)
     assert differences(ref, bt) == []
+
+
+# ---------------------------------------------------------------- SYSENTER from user code
+
+# The hardware's SYSENTER MSRs belong to the VMM (issue 10): guest user code runs directly at
+# CPL 3, and a SYSENTER there must never take the hardware to guest kernel code at CPL 0. The
+# guest kernel below points its (virtual) SYSENTER MSRs at its handler, drops to CPL 3, and its
+# user code makes a fast system call: the handler changes a register and memory, records what
+# it sees, and SYSEXITs back. The reference is the interpreter: under `bare` unicorn's SYSENTER
+# is a no-op (deviation sysenter-noop, tests/diff/deviations.py).
+SYSENTER_STACK, SYSENTER_LOG = 0x2F00, 0x2400
+USER_SEGS = dict.fromkeys(("ds", "es", "fs", "gs"), fresh_machine.SEL_DATA3)
+MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
+
+
+def wrmsr(msr: int, value: str) -> str:
+    return f"mov ecx, {msr:#x}\nxor edx, edx\nmov eax, {value}\nwrmsr\n"
+
+
+def to_user(eflags: int = 0x202) -> str:
+    """IRET to `user` at CPL 3 with the fresh machine's ring-3 selectors and ESP STACK_TOP."""
+    return (
+        f"push {fresh_machine.SEL_DATA3:#x}\npush {fresh_machine.STACK_TOP:#x}\npush {eflags:#x}\n"
+        f"push {fresh_machine.SEL_CODE3:#x}\npush offset user\niretd\n"
+    )
+
+
+SYSENTER_HANDLER = f"""
+handler:
+    add eax, 0x1000
+    mov ss:[{SYSENTER_LOG:#x}], esp
+    mov ss:[{SYSENTER_LOG + 4:#x}], ebx
+    pushfd
+    pop dword ptr ss:[{SYSENTER_LOG + 8:#x}]
+    mov ss:[{SYSENTER_LOG + 12:#x}], cs
+    mov ss:[{SYSENTER_LOG + 16:#x}], ss
+    inc dword ptr ss:[{SYSENTER_LOG + 20:#x}]
+    sysexit
+"""
+SYSENTER_USER = """
+user:
+    mov eax, 5
+    mov ebx, 0x1234
+    mov ecx, esp
+    mov edx, offset back
+    sysenter
+    ud2
+back:
+    mov esi, esp
+    pushfd
+    pop edi
+"""
+
+
+def sysenter_guest(sysenter_cs: int = fresh_machine.SEL_CODE0, user: str = SYSENTER_USER) -> tuple[F, int]:
+    """The guest kernel that sets the SYSENTER MSRs (and reads SYSENTER_CS back into memory),
+    drops to `user` at CPL 3; and the address of its SYSENTER handler."""
+    from ring1.runtime.isa.assembler import assemble
+
+    source = (
+        wrmsr(MSR_SYSENTER_CS, f"{sysenter_cs:#x}")
+        + wrmsr(MSR_SYSENTER_ESP, f"{SYSENTER_STACK:#x}")
+        + wrmsr(MSR_SYSENTER_EIP, "offset handler")
+        + f"mov ecx, {MSR_SYSENTER_CS:#x}\nrdmsr\nmov ss:[{SYSENTER_LOG + 24:#x}], eax\n"
+        + to_user()
+        + SYSENTER_HANDLER
+        + user
+    )
+    out = assemble(source, fresh_machine.CODE)
+    return F(code=out.code, segs=USER_SEGS), out.labels["handler"]
+
+
+def hardware_cpl_by_address(vmm: Vmm) -> list[tuple[int, int]]:
+    """Installs a code hook over everything unicorn runs: (address, the hardware's CPL, from
+    CS's RPL) per instruction, filled as the VMM runs."""
+    from unicorn import UC_HOOK_CODE
+    from unicorn import x86_const as X
+
+    seen: list[tuple[int, int]] = []
+    vmm.uc.hook_add(
+        UC_HOOK_CODE, lambda uc, address, _size, _u: seen.append((address, uc.reg_read(X.UC_X86_REG_CS) & 3))
+    )
+    return seen
+
+
+def assert_no_guest_code_at_hardware_cpl0(seen: list[tuple[int, int]]) -> None:
+    """Guest code runs at CPL 3 where it runs directly (its own linear addresses, below the
+    VMM's area) and at CPL 1 in the TC; only the VMM's own stubs run at the real CPL 0."""
+    assert seen, "the hook saw nothing"
+    tc = C["VMM_BASE"] + C["VMM_TC"]
+    direct = {cpl for address, cpl in seen if address < C["VMM_BASE"]}
+    translated = {cpl for address, cpl in seen if address >= tc}
+    ring0 = sorted({address for address, cpl in seen if cpl == 0})
+    assert direct <= {3}, f"guest code run directly at CPL {direct}"
+    assert translated <= {1}, f"translated code at CPL {translated}"
+    assert all(C["VMM_BASE"] <= a < tc for a in ring0), [hex(a) for a in ring0 if not C["VMM_BASE"] <= a < tc]
+
+
+def hardware_sysenter_msrs(vmm: Vmm) -> tuple[int, int, int]:
+    from unicorn import x86_const as X
+
+    return tuple(
+        vmm.uc.reg_read(X.UC_X86_REG_MSR, msr) for msr in (MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP)
+    )
+
+
+def test_guest_sysenter_msrs_are_virtual_and_the_hardwares_stay_the_vmms() -> None:
+    # The kernel's WRMSRs (callouts) set the virtual CPU's MSRs, which its RDMSR reads back;
+    # the hardware's SYSENTER MSRs are what the VMM left there, before and after.
+    spec, handler = sysenter_guest(user="user:\nnop\n")
+    vmm = new_vmm("bt")
+    before = hardware_sysenter_msrs(vmm)
+    interp, bt = run_delivering(spec, "interp"), run_delivering(spec, "bt", vmm)
+    assert interp.stop == "end" and differences(interp, bt) == []
+    assert bt.memory[SYSENTER_LOG + 24 : SYSENTER_LOG + 28] == struct.pack("<I", fresh_machine.SEL_CODE0)
+    assert [vmm.m.b_read_msr(m) for m in (MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP)] == [
+        fresh_machine.SEL_CODE0,
+        SYSENTER_STACK,
+        handler,
+    ]
+    assert hardware_sysenter_msrs(vmm) == before != (fresh_machine.SEL_CODE0, SYSENTER_STACK, handler)
+
+
+def test_user_sysenter_never_runs_guest_code_at_hardware_cpl0() -> None:
+    # Every instruction unicorn runs, with its CPL: the user code's SYSENTER must not take the
+    # hardware to the guest's handler (or anywhere in guest memory) at CPL 0.
+    spec, handler = sysenter_guest()
+    vmm = new_vmm("bt")
+    seen = hardware_cpl_by_address(vmm)
+    run_delivering(spec, "bt", vmm, max_insns=10_000)
+    assert_no_guest_code_at_hardware_cpl0(seen)
+    assert (handler, 0) not in seen
+
+
+# Unicorn's own SYSENTER, without a hook, is a no-op that, run uncounted as direct execution
+# runs, continues at its translation block's start + 2 (tests/test_physcpu.py::
+# test_sysenter_without_a_hook_is_a_no_op_that_may_continue_at_a_stale_eip): before the VMM
+# stopped the hardware at SYSENTER, user code went on 2 bytes into `mov eax, 5` here.
+
+
+def test_user_sysenter_enters_the_guest_handler_translated_and_sysexit_returns_to_cpl3() -> None:
+    spec, handler = sysenter_guest()
+    vmm = new_vmm("bt")
+    interp, bt = run_delivering(spec, "interp"), run_delivering(spec, "bt", vmm)
+    assert interp.stop == "end" and interp.regs["eax"] == 0x1005  # the handler ran
+    esp, ebx, eflags, cs, ss, calls = struct.unpack_from("<6I", interp.memory, SYSENTER_LOG)
+    assert (esp, ebx, cs, ss, calls) == (SYSENTER_STACK, 0x1234, fresh_machine.SEL_CODE0, fresh_machine.SEL_DATA0, 1)
+    assert not eflags & 0x200  # SYSENTER cleared IF
+    assert (interp.regs["cs"], interp.regs["ss"]) == (fresh_machine.SEL_CODE3, fresh_machine.SEL_DATA3)
+    assert differences(interp, bt) == []
+    assert handler in vmm.units  # the handler ran translated
+    assert vmm.m.state.cpl == 3  # SYSEXIT went back to user mode
+
+
+def test_user_sysenter_with_sysenter_cs_zero_is_gp() -> None:
+    # SDM SYSENTER: "#GP(0) If IA32_SYSENTER_CS[15:2] = 0." At CPL 3 on the fresh machine
+    # (SYSENTER_CS 0): the fault, not the instruction after it.
+    spec = F(code=b"\xb8\x05\x00\x00\x00\x0f\x34\xb9\x07\x00\x00\x00", cpl=3)  # mov eax, 5; sysenter; mov ecx, 7
+    interp, bt = run(spec, "interp"), run(spec, "bt")
+    assert (interp.exception, interp.error_code, interp.regs["eip"]) == (GP, 0, fresh_machine.CODE + 5)
+    assert differences(interp, bt) == []
+
+
+@pytest.mark.parametrize("name, code", [("wrmsr", b"\x0f\x30"), ("rdmsr", b"\x0f\x32")])
+@pytest.mark.parametrize("msr", [MSR_SYSENTER_CS, MSR_SYSENTER_EIP, 0x10])
+def test_user_wrmsr_and_rdmsr_are_gp(name: str, code: bytes, msr: int) -> None:
+    # At CPL 3 both are #GP(0) before anything is read or written; the hardware's MSRs stay the VMM's.
+    spec = F(code=b"\xb9" + struct.pack("<I", msr) + b"\xb8\x00\x10\x00\x00\x31\xd2" + code, cpl=3)
+    vmm = new_vmm("bt")
+    before = hardware_sysenter_msrs(vmm)
+    bare, interp, bt = run(spec, "bare"), run(spec, "interp"), run(spec, "bt", vmm)
+    assert (interp.exception, interp.error_code) == (GP, 0)
+    # (bare's memory differs below ESP0: its snippet reached CPL 3 by an IRET from ring 0)
+    assert differences(bare, bt, memory=False) == [] and differences(interp, bt) == []
+    assert hardware_sysenter_msrs(vmm) == before
+
+
+def test_kernel_sysexit_to_user_code_returns_to_cpl3() -> None:
+    # The kernel leaves for user mode by SYSEXIT (no SYSENTER first): a callout under bt, and
+    # user code then runs directly at CPL 3 with the selectors SYSENTER_CS + 16 and + 24.
+    from ring1.runtime.isa.assembler import assemble
+
+    source = (
+        wrmsr(MSR_SYSENTER_CS, f"{fresh_machine.SEL_CODE0:#x}")
+        + f"mov ecx, {fresh_machine.STACK_TOP - 0x20:#x}\nmov edx, offset user\nsysexit\n"
+        + "user:\nmov eax, esp\npush 0x77\npop ebx\nmov esi, 9\n"
+    )
+    spec = F(code=assemble(source, fresh_machine.CODE).code, segs=USER_SEGS)
+    vmm = new_vmm("bt")
+    seen = hardware_cpl_by_address(vmm)
+    bare, interp, bt = run_delivering(spec, "bare"), run_delivering(spec, "interp"), run_delivering(spec, "bt", vmm)
+    assert interp.stop == "end" and (interp.regs["cs"], interp.regs["ss"]) == (0x1B, 0x23)
+    assert interp.regs["eax"] == fresh_machine.STACK_TOP - 0x20 and interp.regs["ebx"] == 0x77
+    assert differences(bare, bt) == [] and differences(interp, bt) == []
+    assert vmm.m.state.cpl == 3
+    assert_no_guest_code_at_hardware_cpl0(seen)
+    assert any(address < C["VMM_BASE"] and cpl == 3 for address, cpl in seen)  # the user code ran directly
