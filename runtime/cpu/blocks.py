@@ -116,7 +116,8 @@ def block_source(name: str, insns: list[Decoded], describe) -> str:
     lines.append("        S.eip = EIPS[i]")
     lines.append("        S.icount += i")
     lines.append("        raise")
-    lines.append("    except Trap:")
+    lines.append("    except Trap as trap:")
+    lines.append("        trap.start = EIPS[i]")
     lines.append("        S.icount += i + 1")
     lines.append("        raise")
     return "\n".join(lines) + "\n"

@@ -48,13 +48,16 @@ class Fault(GuestEvent):
 
 
 class Trap(GuestEvent):
-    """INT n (kind 2), INT3 (3), INTO (4), ICEBP (5): delivered with EIP at the next instruction."""
+    """INT n (kind 2), INT3 (3), INTO (4), ICEBP (5): delivered with EIP at the next instruction.
+    `start`: the EIP of the instruction that raised it, when known: a fault while delivering it
+    (a gate's DPL, a stack that faults) is that instruction's, reported at its address."""
 
-    __slots__ = ("kind", "vector")
+    __slots__ = ("kind", "start", "vector")
 
-    def __init__(self, vector: int, kind: int) -> None:
+    def __init__(self, vector: int, kind: int, start: int | None = None) -> None:
         self.vector = vector
         self.kind = kind
+        self.start = start
 
     def __str__(self) -> str:
         return f"int {self.vector:#x}"

@@ -700,11 +700,16 @@ class Machine:
         if deliver is None:
             raise VMStop("no-delivery", "the spec has no `deliver` proc to deliver exceptions through the IDT")
         first = vector
+        start = ev.start if isinstance(ev, Trap) and kind != EVENT_EXCEPTION else None
         while True:
             try:
                 deliver(vector, kind, int(err is not None), err or 0)
                 return
             except Fault as f2:
+                if start is not None:
+                    # The software interrupt did not happen: its fault is reported at it.
+                    self.state.eip, start = start, None
+                    self.state.icount -= 1
                 if vector == 8:
                     raise VMStop("triple-fault", f"triple fault: {f2} while delivering #DF") from None
                 if (first in CONTRIBUTORY or first == 14) and (

@@ -22,7 +22,7 @@ from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
 from ring1.generated.forms import FORMS
-from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
+from ring1.runtime.cpu.events import Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.machine import EVENT_EXCEPTION, Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import SS
@@ -278,8 +278,18 @@ class BareMachine:
 
     def classify(self, vector: int) -> GuestEvent:
         """The event unicorn reported as `vector`, with what unicorn does not say."""
-        soft = soft_interrupt_before(self.interp, vector)
+        soft = soft_interrupt_before(self.interp, vector) or self._single_step(vector)
         return soft if soft is not None else self._fault_at_eip(vector)
+
+    def _single_step(self, vector: int) -> GuestEvent | None:
+        """A #DB unicorn raised after an instruction run with TF set: a trap, EIP already past
+        it (unicorn sets DR6.BS). Told apart from a breakpoint's #DB by DR7: with no breakpoint
+        and no general detect enabled, a #DB that is not ICEBP (a software interrupt, found
+        before this) is a single step. Else None."""
+        if vector != 1 or self.cpu.uc.reg_read(X.UC_X86_REG_DR7) & 0x20FF:
+            return None
+        self.interp.state.dr[6] |= 0x4000  # BS, as the hardware's DR6 has it
+        return Trap(1, EVENT_EXCEPTION)
 
     def _fault_at_eip(self, vector: int) -> GuestEvent:
         """Not a software interrupt: a fault at EIP, which the interpreter, running that
@@ -317,7 +327,8 @@ class BareMachine:
         uc = self.cpu.uc
         m = self.interp
         read_into_machine(uc, m)
-        soft = soft_interrupt_before(m, vector)  # INT n: EIP is past it; the flags are as it left them
+        # INT n or a single-step trap: EIP is past the instruction; the flags are as it left them.
+        soft = soft_interrupt_before(m, vector) or self._single_step(vector)
         if soft is None and self._restore_lost_flags():
             read_into_machine(uc, m)  # the same EIP and code: still not a software interrupt
         ev = soft if soft is not None else self._fault_at_eip(vector)  # re-running a #PF sets CR2

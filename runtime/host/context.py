@@ -273,7 +273,7 @@ def soft_interrupt_before(m, vector: int):
             page_base = pa & ~0xFFF
         soft = soft_interrupt_in(m.mem.read(pa, length), bool(S.code32))
         if soft is not None and soft[0] == vector:
-            return Trap(vector, soft[1])
+            return Trap(vector, soft[1], start)
     return None
 
 

@@ -356,6 +356,12 @@ class Vmm:
         put(C["SEL_TC_CODE"], 0, M32, 0xC0BB)  # DPL 1
         put(C["SEL_VMM_GS"], self.base, VMM_SIZE - 1, 0xC0B3)  # DPL 1, byte granular limit would not fit
         put(C["SEL_VMM_TSS"], self.base + C["VMM_TSS"], 0x67, 0x89)
+        # The VMM's TSS, which TR's cache points at while guest code runs: no back link (an IRET
+        # with NT set is #TS(0), emulated: the guest's task return, never the hardware's) and no
+        # I/O bitmap (I/O above IOPL is #GP, emulated with the guest's own bitmap).
+        tss = bytearray(0x68)
+        struct.pack_into("<H", tss, 102, 0x68)
+        self.vmm_write(C["VMM_TSS"], bytes(tss))
         stub = STUBS["variants"][()][0]
         self.vmm_write(C["VMM_STUBS"], stub)
         self.vmm_write(C["VMM_EXIT_PAD"], _pad_code("exit_slot", EXIT_SLOTS))
@@ -495,7 +501,9 @@ class Vmm:
     def hardware_eflags(self, user: bool, translated: bool = True) -> int:
         v = self.m.eflags()
         if user:
-            return v & ~(EFLAGS.NT | EFLAGS.RF) | 0x2  # the guest's IF and IOPL hold at CPL 3; no NT, RF
+            # The guest's IF, IOPL and NT hold at CPL 3 (an IRET with NT set finds no back link
+            # in the VMM's TSS: #TS, emulated); no RF.
+            return v & ~EFLAGS.RF | 0x2
         if translated:
             # Kernel under translation: IF on, IOPL 1 (IN and OUT run as they are: spec/io.r1;
             # CLI, STI and POPF are templates, which never let the hardware's IF or IOPL show),
@@ -622,8 +630,10 @@ class Vmm:
             uc.reg_write(X.UC_X86_REG_ESP, self.base + C["VMM_STACK_TOP"] - 36)
         if user_direct:
             uc.reg_write(X.UC_X86_REG_IDTR, (0, S.idtr_base, S.idtr_limit, 0))
-            # QEMU keeps a loaded TSS's type as "available" in TR's cache (host/context.py).
-            uc.reg_write(X.UC_X86_REG_TR, (S.tr, S.tr_base, S.tr_limit, (S.tr_attr & ~0x2) << 8))
+            # STR shows the guest's selector; the cache is the VMM's TSS (_setup_vmm_area): a
+            # hardware task switch through the guest's (user code's IRET with NT set) would load
+            # guest kernel state at the real CPL 0. (QEMU keeps a loaded TSS "available", 9.)
+            uc.reg_write(X.UC_X86_REG_TR, (S.tr, self.base + C["VMM_TSS"], 0x67, 0x89 << 8))
             if self.own_tables:
                 uc.reg_write(X.UC_X86_REG_GDTR, (0, S.gdtr_base, S.gdtr_limit, 0))
                 if S.ldtr & ~3:
@@ -923,13 +933,16 @@ class Vmm:
         """The guest's EFLAGS from the hardware's: the arithmetic flags and DF from the hardware;
         IF and IOPL from the hardware in direct execution (they are the guest's there), from the
         vcpu page under translation (the CLI, STI and POPF templates change them there); AC and ID
-        from the hardware too (POPF sets them at any CPL), and NT under translation (the POPF
-        template loads it); the rest virtual."""
+        from the hardware too (POPF sets them at any CPL), and NT under translation and in user
+        code (the POPF template loads it, a user POPF sets it); the rest virtual."""
         S = self.m.state
         virtual = S.eflags & 0x3F4000  # NT RF VM AC VIF VIP ID
-        if self.direct:
+        if self.direct and S.cpl == 3:
+            virtual = (virtual & ~0x244000) | (hw & 0x244000)
+            ifl = hw & (EFLAGS.IOPL | EFLAGS.IF)
+        elif self.direct:  # the kernel under `trap`: the hardware's NT is kept clear
             virtual = (virtual & ~0x240000) | (hw & 0x240000)
-            ifl = hw & (EFLAGS.IOPL | EFLAGS.IF) if S.cpl == 3 else S.eflags & (EFLAGS.IOPL | EFLAGS.IF)
+            ifl = S.eflags & (EFLAGS.IOPL | EFLAGS.IF)
         else:
             virtual = (virtual & ~0x244000) | (hw & 0x244000)  # the in-TC POPFD loads NT, AC, ID
             ifl = self.vmm_read32(C["V_VIRT_IF"]) & EFLAGS.IF | self.vmm_read32(C["V_VIRT_IOPL"]) & EFLAGS.IOPL

@@ -7,8 +7,11 @@ VERR, VERW, the descriptors its own segment loads read) is what bare metal shows
 loads in user code cost nothing. That is safe only when nothing in those tables lets CPL 3 code
 reach more privilege without an exception the VMM sees: unicorn delivers no exception through an
 IDT (every one reaches the VMM's hook), so the IDT cannot; a call gate, a task gate or a TSS
-descriptor with DPL 3 can (a far CALL or JMP through it runs guest code at the real CPL 0, or
-switches tasks in the hardware). Tables with one of those are "hostile for direct execution":
+descriptor with DPL 3 could (a far CALL or JMP through it would run guest code at the real
+CPL 0, or switch tasks in the hardware). Two layers stop that: TR's cache is the VMM's own TSS
+(no ring-0 stack for a gate, read-only for a task switch's save, no back link for an IRET
+with NT: each faults, and the VMM emulates the instruction), and tables with one of those
+descriptors are "hostile for direct execution":
 user code then runs with the VMM's slot descriptors instead, the cached descriptors of the
 virtual CPU (Vmm.hardware_selectors), as it does while a loaded segment is nonreversible (its
 table entry no longer says what the segment register holds).

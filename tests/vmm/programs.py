@@ -528,7 +528,7 @@ SUPERVISOR_PAGE, ABSENT_PAGE = 0x30000, 0x31000
 ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 SYSCALL_VECTOR, KERNEL_ONLY_VECTOR = 0x80, 0x81  # the second has a DPL-0 gate: INT from CPL 3 is #GP
 SEL_USER_WINDOW = fresh_machine.SEL_WINDOW3
-USER_POPF_NEVER_SETS = 0x4100  # TF and NT (see _UserBuilder)
+USER_POPF_NEVER_SETS = 0x100  # TF (see _UserBuilder)
 
 # The sensitive instructions that do not trap at CPL 3 either, where user code runs directly on
 # the hardware: PUSHF shows IF and IOPL, POPF changes IF only with IOPL 3 (CLI and STI are #GP
@@ -617,9 +617,6 @@ class _UserBuilder(_Builder):
         # of it would single-step, and `bare` cannot be the reference there (it takes the #DB
         # trap for a fault). Every POPF pops a value pushed for it, without TF.
         self.popf_pushes = True
-        # Nor NT in user code: bt loses the NT a user POPF sets (direct execution runs user code
-        # with the hardware's NT clear and does not take it back), shown by the strict xfail
-        # test_equivalence.test_user_popf_of_nt_is_kept. The kernel's POPF sets NT freely.
         self.popf_never_sets = USER_POPF_NEVER_SETS
 
     def chunk(self) -> None:

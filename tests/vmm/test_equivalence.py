@@ -219,19 +219,9 @@ USER_FAULT_EXPECTED = {
 # EIP after the INT: the machine delivers INT n with EIP past it, and a fault raised by the
 # spec's `deliver` keeps that EIP (runtime/cpu/machine.py deliver_event; `bare` hands INT n to
 # the same deliverer, unicorn reporting the INT itself, vector 0x81, with EIP after it).
-INT_FAULT_EIP = (
-    "runtime/cpu: a fault raised while delivering INT n (here #GP for a DPL-0 gate) is delivered "
-    "with EIP after the INT, not at it (Machine.deliver_event keeps the Trap's EIP)"
-)
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=INT_FAULT_EIP)) if f == "int to a DPL-0 gate" else f
-        for f in sorted(USER_FAULT_EXPECTED)
-    ],
-)
+@pytest.mark.parametrize("fault", sorted(USER_FAULT_EXPECTED))
 def test_each_user_fault_is_delivered_to_the_kernel_and_resumed_as_on_bare(fault: str) -> None:
     # The user program: mov eax, 1; [OF set for INTO]; the fault; int 0x80 (the kernel adds
     # 0x100 to EAX); mov ebx, 2. The kernel's handler logs the fault and resumes after it.
@@ -252,12 +242,6 @@ def test_each_user_fault_is_delivered_to_the_kernel_and_resumed_as_on_bare(fault
     assert int.from_bytes(bt.memory[SYSCALLS : SYSCALLS + 4], "little") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/vmm: direct execution runs user code with the hardware's NT clear "
-    "(Vmm.hardware_eflags) and takes AC and ID back from the hardware but not NT (Vmm._merge_eflags): "
-    "the NT a user POPF sets is lost at the next exit",
-)
 def test_user_popf_of_nt_is_kept() -> None:
     # POPF sets NT at any CPL. Minimal: at CPL 3 (the fresh machine's), push 0x4202; popfd.
     # The user programs' POPF never sets NT for this reason (programs.USER_POPF_NEVER_SETS).
@@ -437,8 +421,7 @@ def single_step_guest() -> tuple[fresh_machine.FreshSpec, int]:
 
 
 def test_single_stepped_user_code_bt_equals_interp() -> None:
-    # A #DB trap after each user instruction until the POPF that clears TF (the reference is
-    # the interpreter: bare cannot deliver the trap, below).
+    # A #DB trap after each user instruction until the POPF that clears TF.
     spec, user = single_step_guest()
     interp, bt = run_delivering(spec, "interp"), run_delivering(spec, "bt")
     n = int.from_bytes(interp.memory[0x2400:0x2404], "little")
@@ -448,12 +431,6 @@ def test_single_stepped_user_code_bt_equals_interp() -> None:
     assert interp.stop == "end" and differences(interp, bt) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/engines/bare.py: the deliverer takes every vector but INT n for a fault at EIP and "
-    "re-runs that instruction in the interpreter, which raises the single-step trap after it: "
-    "a VM stop ('unicorn raised vector 1 ...; the spec's semantics give int 0x1')",
-)
 def test_bare_delivers_single_step_traps_in_user_code() -> None:
     spec, _user = single_step_guest()
     bare, interp = run_delivering(spec, "bare"), run_delivering(spec, "interp")
