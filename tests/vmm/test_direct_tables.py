@@ -322,3 +322,21 @@ def test_clts_in_translated_code_reaches_the_hardware() -> None:
     bare, bt = run_unicorn(spec), run_vmm(spec, "bt")
     assert bare.stop == bt.stop == "end"
     assert bt.regs == bare.regs
+
+
+@pytest.mark.parametrize("leaf", [0, 1, 0x80000000])
+def test_cpuid_answers_user_code_as_it_answers_the_kernel(leaf: int) -> None:
+    """User code runs CPUID on the hardware: the VMM's hook answers with ring1's CPU model, the
+    same the kernel's callout (and the interpreter, and bare) give, not unicorn's own."""
+    code = assemble("cpuid", fm.CODE).code
+    answers = {}
+    for cpl in (0, 3):
+        spec = FreshSpec(code=code, cpl=cpl, regs={"eax": leaf})
+        vmm = Vmm(fm.MEMORY_SIZE, mode="bt")
+        bt, interp = run_vmm(spec, "bt", vmm=vmm), run_interp(spec)
+        assert bt.stop == interp.stop == "end"
+        answers[cpl] = [bt.regs[r] for r in ("eax", "ebx", "ecx", "edx")]
+        assert answers[cpl] == [interp.regs[r] for r in ("eax", "ebx", "ecx", "edx")]
+        if cpl == 3:
+            assert vmm.stats["cpuid_direct"] == 1  # it ran on the hardware, and the hook answered
+    assert answers[0] == answers[3]
