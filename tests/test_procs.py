@@ -70,8 +70,8 @@ MODE_PARAMS = [pytest.param(mode, marks=xfail_if_known(mode)) for mode in MODES]
 
 
 @cache
-def ring1_run(guests: Path, mode: str, repeat: int = 0) -> subprocess.CompletedProcess:
-    """procs in `mode`, once per (mode, repeat)."""
+def ring1_run(guests: Path, mode: str, repeat: int = 0, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """procs in `mode`, once per (mode, repeat, extra options)."""
     return subprocess.run(
         [
             sys.executable,
@@ -83,6 +83,7 @@ def ring1_run(guests: Path, mode: str, repeat: int = 0) -> subprocess.CompletedP
             mode,
             "--serial-input",
             "none",
+            *extra,
         ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -175,26 +176,7 @@ def test_procs_stats_under_bt_show_direct_execution(guests, tmp_path):
     import json
 
     stats = tmp_path / "stats.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ring1.runtime.cli",
-            "run",
-            str(guests / "procs.elf"),
-            "--mode",
-            "bt",
-            "--serial-input",
-            "none",
-            "--stats",
-            "--json-stats",
-            str(stats),
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = ring1_run(guests, "bt", extra=("--stats", "--json-stats", str(stats)))
     assert_passed(done, "bt")
     figures = json.loads(stats.read_text())
     assert figures["user_instructions_direct"] > 100_000  # the spinners, the pipe, the programs
