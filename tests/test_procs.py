@@ -24,8 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_procs_ring1_defects import TRAP_SELECTORS
-
 CHECKS = [
     "getpid",
     "exec-missing",
@@ -54,9 +52,7 @@ class KnownRing1Defect(Exception):
 
 # mode -> [(a ring1 defect, a console fragment only that defect produces there)]. Each has a
 # minimal reproduction in tests/test_procs_ring1_defects.py, a strict xfail in those modes.
-RING1_DEFECTS: dict[str, list[tuple[str, str]]] = {
-    "trap": [(TRAP_SELECTORS, "(init) killed: #GP error 0,")],
-}
+RING1_DEFECTS: dict[str, list[tuple[str, str]]] = {}
 
 
 def xfail_if_known(mode: str) -> list:

@@ -7,10 +7,11 @@ is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points her
    sets no flags), took a hidden page fault; the JAE after it then read the wrong CF. procs's
    sbrk loop (`add ebp, 0x1000; or eax, 7; mov [ebx], eax; cmp ebp, edi; mov eax, ds:current;
    jae out`) stopped after one page, and init died of a #PF on the heap page sbrk mapped.
-2. trap: an interrupt taken in user mode enters the guest kernel's handler (run directly at
-   CPL 1) with DS and ES holding the VMM's shadow selectors (procs saw ff19 and ff01), not the
-   user's 0x23; the kernel saves them (PUSH DS), restores them before IRET, and the user
-   returns with null DS and ES: its next access the VMM emulates raises #GP(0).
+2. (fixed: the kernel run directly loads the guest's own selectors from a shadow GDT,
+   Vmm._kernel_shadow_gdt) trap: an interrupt taken in user mode entered the guest kernel's
+   handler (run directly at CPL 1) with DS and ES holding the VMM's slot selectors (procs saw
+   ff19 and ff01), not the user's 0x23; the kernel saved them (PUSH DS), restored them before
+   IRET, and the user returned with null DS and ES: its next access raised #GP(0).
 3. (fixed: user code runs with the guest's own GDT, LDT, IDTR, TR and CR0 FPU bits,
    runtime/vmm/descriptor_tables.py) bt and trap: user code run directly saw the VMM's state
    through the red pill's unprivileged instructions: SIDT the VMM's IDT, MOV from CS the VMM's
@@ -37,17 +38,6 @@ from tests.vmm.common import iret_to_user
 
 MODES = ["interp", "bare", "bt", "trap"]
 
-TRAP_SELECTORS = (
-    "trap: an interrupt from user mode enters the directly run kernel with DS and ES holding the VMM's shadow "
-    "selectors instead of the user's (procs: the user came back with null DS and ES and took #GP(0))"
-)
-
-
-def modes_with(defects: dict[str, str]) -> list:
-    return [
-        pytest.param(mode, marks=[pytest.mark.xfail(strict=True, reason=defects[mode])] if mode in defects else [])
-        for mode in MODES
-    ]
 
 
 def run_fresh(
@@ -98,7 +88,7 @@ def test_cmp_flags_survive_a_hidden_fault_in_the_next_load(mode: str) -> None:
     assert m.regs[6] == 1  # JAE not taken
 
 
-@pytest.mark.parametrize("mode", modes_with({"trap": TRAP_SELECTORS}))
+@pytest.mark.parametrize("mode", MODES)
 def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(mode: str) -> None:
     # User code with DS = ES = 0x23 spins; the timer's handler records DS and ES as it finds them
     # (as a kernel's entry stub pushes them) and returns.
