@@ -745,3 +745,38 @@ def test_an_execute_only_page_is_readable_once_code_was_fetched_from_it() -> Non
     assert read() == "read"  # now open to reads
     uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
     assert "UC_ERR_READ_PROT" in read()  # closed again, until the next fetch
+
+
+def test_emu_stop_with_paging_writes_until_minus_one_into_cr2() -> None:
+    """Unicorn 2.1: a run stopped by uc_emu_stop (from a hook: the instruction counter's stop at
+    a clock deadline, an interrupt hook) with paging on and `until - 1` not mapped leaves CR2 =
+    `until - 1`, with no page fault reported: bare puts the guest's CR2 back after such a run
+    (BareMachine.run; procs's fork children died of it under a fast timer)."""
+    from unicorn import UC_HOOK_CODE
+
+    from ring1.runtime.isa.assembler import assemble
+
+    def cr2_after_stop(until: int) -> int:
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 0x400000)
+        pd, pt = 0x1000, 0x2000  # the low 4 MB identity-mapped, nothing else
+        uc.mem_write(pd, struct.pack("<I", pt | 3))
+        uc.mem_write(pt, b"".join(struct.pack("<I", (i << 12) | 3) for i in range(1024)))
+        uc.reg_write(X.UC_X86_REG_CR3, pd)
+        uc.reg_write(X.UC_X86_REG_CR0, 0x80000011)
+        uc.mem_write(0x10000, assemble("1: inc eax\n jmp 1b", 0x10000).code)
+        seen = [0]
+
+        def stop_after_50(uc_, _address, _size, _data) -> None:
+            seen[0] += 1
+            if seen[0] == 50:
+                uc_.emu_stop()
+
+        uc.hook_add(UC_HOOK_CODE, stop_after_50)
+        uc.reg_write(X.UC_X86_REG_CR2, 0x1234)
+        uc.emu_start(0x10000, until)
+        return uc.reg_read(X.UC_X86_REG_CR2)
+
+    assert cr2_after_stop(0xFFFFFFFF) == 0xFFFFFFFE
+    assert cr2_after_stop(0x7FFFFFFF) == 0x7FFFFFFE
+    assert cr2_after_stop(0x20000) == 0x1234  # `until - 1` mapped: CR2 untouched

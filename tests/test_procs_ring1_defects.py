@@ -19,6 +19,10 @@ is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points her
 4. (fixed with a clock: BareMachine._io_allowed and Vmm._io_allowed check what unicorn does
    not) IN at CPL 3 with IOPL 0 did not fault (unicorn's recorded io-permission deviation,
    tests/test_physcpu.py::test_io_at_cpl3_above_iopl_does_not_fault).
+5. (fixed: BareMachine.run puts the guest's CR2 back) bare, under a timer every ~1,000
+   instructions: procs's fork children died of a #PF "writing fffffffe". Unicorn's emu_stop
+   with paging on writes `until - 1` into CR2 (tests/test_physcpu.py), and a clock stop between
+   a copy-on-write fault's delivery and the kernel's MOV from CR2 gave the kernel 0xfffffffe.
 """
 
 from __future__ import annotations
@@ -166,3 +170,42 @@ def test_in_at_cpl_3_with_iopl_0_takes_gp(mode: str) -> None:
     outcome = engine.run(1000)
     assert outcome.reason == "event" and outcome.event.vector == 13 and outcome.event.error_code == 0, outcome
     assert engine.machine.state.eip == code.labels["user"]
+
+
+PF_HANDLER = 0x9800
+RESULT = fm.DATA + 0x100
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cr2_survives_a_clock_stop_in_the_page_fault_handler(mode: str) -> None:
+    # A #PF whose handler spins (the clock stops the run every 200 instructions) before it
+    # reads CR2: the fault's address, as on bare metal, in every mode.
+    from tests.vmm.common import ENABLE_PAGING, PD, paging_memory
+
+    handler = assemble(
+        f"""
+        mov ecx, 3000
+    1:  loop 1b
+        mov eax, cr2
+        mov ss:[{RESULT:#x}], eax
+        add dword ptr [esp + 4], 6      # past the faulting MOV (6 bytes)
+        add esp, 4                      # the error code
+        iretd
+        """,
+        PF_HANDLER,
+    ).code
+    code = ENABLE_PAGING + assemble("mov ebx, [0x300000]\nhlt", 0).code
+    memory = {**paging_memory(), PF_HANDLER: handler}
+    pd = bytearray(memory[PD])
+    pd[1023 * 4 : 1024 * 4] = bytes(4)  # the top 4 MB unmapped, as procs has it (unicorn's probe faults there)
+    memory[PD] = bytes(pd)
+    memory[fm.IDT + 14 * 8] = descriptors.gate(PF_HANDLER, fm.SEL_CODE0, descriptors.GATE_INTERRUPT32)
+    # No stop address: the run ends at the HLT (IF clear), and `bare` runs to no address of the
+    # guest's, as in `ring1 run` (unicorn's probe at that `until - 1` faults on the unmapped top).
+    engine = engines.create(mode, fm.MEMORY_SIZE, TickPlatform(period_ns=2_000))
+    m = engine.machine
+    interp_machine(FreshSpec(code=code, memory=memory, regs={"esp": fm.STACK_TOP - 0x100}), m)
+    engine.start()
+    outcome = engine.run(100_000)
+    assert outcome.reason == "halt", outcome
+    assert m.mem.read32(RESULT) == 0x300000
