@@ -64,7 +64,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
-from ring1.generated.layouts import CR0, CR4, EFLAGS, PTE
+from ring1.generated.layouts import CR4, EFLAGS, PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
@@ -76,6 +76,7 @@ from ring1.runtime.engines import EVENT_COUNTERS, delegate
 from ring1.runtime.host.context import gprs_and_eip, soft_interrupt_before, soft_interrupt_in
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
+from ring1.runtime.vmm.shadow import POOL_SIZE, VMM_TABLE_PAGE, WHY_SHADOW, ShadowMmu
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -95,9 +96,8 @@ PAD_SLOT = C["PAD_SLOT"]
 EXIT_SLOTS = (C["VMM_CALLOUT_PAD"] - C["VMM_EXIT_PAD"]) // PAD_SLOT
 CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
 TC_START = VMM_BASE + C["VMM_TC"]
-POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
-WHY_TC, WHY_SHADOW = "translated code", "shadow page table"  # the VMM's reasons for page traces
+WHY_TC = "translated code"  # the VMM's reason for its code-page traces (WHY_SHADOW: shadow.py's)
 TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
@@ -233,7 +233,6 @@ class Vmm:
         # before running a block made from them.
         self.m.write_visible = self._write_protected
         self.m.mapping_listeners.append(self._on_mapping_change)
-        self._shadow_paging: tuple[int, int, int] | None = None  # CR0, CR3, CR4 the shadow was built for
         self.m.takes_interrupts = False  # the VMM takes them (Vmm._take_interrupt)
         self.clock = self.platform.clock
         self.cpu = PhysicalCpu(self.host, platform=self.platform, count_instructions=self.clock is not None)
@@ -265,9 +264,21 @@ class Vmm:
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
         self.code_pages: set[int] = set()  # watched for "translated code"
-        self.traced_pages: set[int] = set()  # watched for "shadow page table"
-        self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
-        self.pool_next = 2
+        # The shadow page tables, one set per guest address space (shadow.py). The hardware's
+        # CR3 is the current shadow's; `enter` loads it after restoring the ring-0 context.
+        self.shadow = ShadowMmu(
+            self.host,
+            self.m,
+            self.pool_phys,
+            guest_size,
+            self.stats,
+            flush_hw_tlb=self._flush_hw_tlb,
+            load_hw_cr3=self._load_hw_cr3,
+            protected=self.code_pages.__contains__,
+            device_page=self._device_page,
+            on_untrace=self._on_shadow_untrace,
+        )
+        self.traced_pages = self.shadow.traced_pages  # watched for "shadow page table" (the same set)
         self.last_event: GuestEvent | None = None
         self.direct = False
         self._restarted: tuple[int, tuple[int, ...], int] | None = None  # see _flags_as_first_seen
@@ -325,14 +336,12 @@ class Vmm:
 
     def _setup_hardware(self) -> None:
         uc = self.uc
-        pd = self.pool_phys
-        vmm_pt = self.pool_phys + 0x1000
-        self.host.write32(pd + 1023 * 4, vmm_pt | PTE_P | PTE_W)
+        vmm_pt = self.pool_phys + (VMM_TABLE_PAGE << 12)  # PDE 1023 of every shadow directory
         writable = {C["VMM_VCPU"] >> 12, C["VMM_STACK"] >> 12}
         for i in range(VMM_SIZE >> 12):
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
             self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
-        uc.reg_write(X.UC_X86_REG_CR3, pd)
+        uc.reg_write(X.UC_X86_REG_CR3, self.shadow.current.pd)
         # With a virtual clock, CR4.TSD: RDTSC run by the hardware outside the TC (user code run
         # directly, the kernel under `trap`) faults and is emulated, reading the virtual TSC
         # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
@@ -347,6 +356,7 @@ class Vmm:
         uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 20)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
+        self._ring0_cr3 = self.shadow.current.pd  # the hardware CR3 in that context
 
     def _setup_hooks(self) -> None:
         # A hook over each pad runs only when an exit is taken: nothing else executes there.
@@ -437,6 +447,7 @@ class Vmm:
         self.vmm_write(C["VMM_STACK_TOP"] - 20, frame)
         self.publish_virtual()
         uc.context_restore(self.ring0)
+        self._ring0_with_current_shadow()
         self.stats["world_switches"] += 1
         self.cpu.event = None
         self.pending = None
@@ -448,6 +459,15 @@ class Vmm:
             uc.emu_start(L["world_switch"], self.until)
         finally:
             self._account_time()
+
+    def _ring0_with_current_shadow(self) -> None:
+        """The ring-0 context just restored holds the CR3 it was saved with: point it at the
+        current shadow (saved again, so that the next entry into the same shadow costs nothing)."""
+        pd = self.shadow.current.pd
+        if pd != self._ring0_cr3:
+            self.uc.reg_write(X.UC_X86_REG_CR3, pd)
+            self.ring0 = self.uc.context_save()
+            self._ring0_cr3 = pd
 
     def resume(self) -> None:
         """Restart the hardware where it stopped, registers untouched (after a hidden fault)."""
@@ -1004,17 +1024,16 @@ class Vmm:
         is walked again, after INVLPG that page; units fetched through a page that now maps to
         another physical page, or to none, are dropped. A kernel mapped alike in every address
         space keeps its translations across process switches; a PTE changed without INVLPG runs
-        the old code until one, as the stale TLB entry would on a CPU."""
-        if linear_page is not None and linear_page not in self.units_on_linear:
-            return  # no translated code there (INVLPG of a data page)
+        the old code until one, as the stale TLB entry would on a CPU.
+        The shadow page tables: INVLPG drops the page's shadow entry; a CR3 (CR0, CR4) write
+        selects the shadow of the new address space (shadow.py)."""
         if linear_page is None:
             S = self.m.state
-            paging = (S.cr[0] & (CR0.PG | CR0.WP | CR0.PE), S.cr[3], S.cr[4] & (CR4.PGE | CR4.PAE | CR4.PSE))
-            if paging != self._shadow_paging:
-                # The hardware tables were built from other guest tables. (The same CR3 again
-                # needs nothing: writes to the guest's tables are traced.)
-                self._shadow_paging = paging
-                self.flush_shadow()
+            self.shadow.select(S.cr[0], S.cr[3], S.cr[4])
+        else:
+            self.shadow.invalidate_page(linear_page)
+            if linear_page not in self.units_on_linear:
+                return  # no translated code there (INVLPG of a data page)
         pages = list(self.units_on_linear) if linear_page is None else (linear_page,)
         for lpage in pages:
             units = self.units_on_linear.get(lpage)
@@ -1033,65 +1052,19 @@ class Vmm:
         """Unicorn caches translations like a TLB: after changing its page tables, drop them."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
-    def _pool_page(self) -> int:
-        if self.pool_next >= POOL_SIZE >> 12:
-            self.flush_shadow()
-        addr = self.pool_phys + (self.pool_next << 12)
-        self.pool_next += 1
-        self.host.write(addr, bytes(4096))
-        return addr
-
-    def flush_shadow(self) -> None:
-        """Drop every hardware mapping of guest memory (CR3 written, a traced table changed)."""
-        self.host.write(self.pool_phys, bytes(1023 * 4))
-        self.pool_next = 2
-        self.shadow_ptes.clear()
-        self._flush_hw_tlb()
-        self.stats["shadow_flushes"] += 1
+    def _load_hw_cr3(self, pd: int) -> None:
+        """Point the hardware at a shadow directory (also from inside a callout's hook: the VMM
+        area every shadow maps alike is where execution goes on)."""
+        self.uc.reg_write(X.UC_X86_REG_CR3, pd)
 
     def guest_walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
         """The guest's translation of `la` without side effects (the interpreter's walker)."""
         return self.m.walk(la)
 
     def fill(self, la: int, write: bool) -> bool:
-        """Map `la` as the guest maps it, if the guest allows this access without a fault."""
-        S = self.m.state
-        walk = self.guest_walk(la)
-        if walk is None:
-            return False
-        gpa, user, writable, dirty, entries = walk
-        if S.cpl == 3 and not user:
-            return False
-        if write and not writable and (S.cpl == 3 or S.cr[0] & CR0.WP):
-            return False
-        if gpa + 0x1000 > self.G and not self._device_page(gpa):
-            return False  # neither RAM nor a device's: every access is emulated (an empty bus)
-        # Set the accessed (and, for a write, dirty) bits the CPU would set.
-        for i, (addr, value) in enumerate(entries):
-            new = value | PTE_A | (PTE_D if write and i == len(entries) - 1 else 0)
-            if new != value:
-                self.guest_mem.write32(addr, new)
-            self.trace_page(addr >> 12)
-        if write:
-            dirty = True
-        page = gpa >> 12
-        hw_write = writable and (dirty or not S.cr[0] & CR0.PG)
-        if page in self.code_pages or page in self.traced_pages:
-            hw_write = False
-        pd = self.pool_phys
-        pde_addr = pd + (la >> 22) * 4
-        pde = self.host.read32(pde_addr)
-        if not pde & 1:
-            pt = self._pool_page()
-            pde = pt | PTE_P | PTE_W | PTE_U
-            self.host.write32(pde_addr, pde)
-        pte_addr = (pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4
-        flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
-        self.host.write32(pte_addr, gpa | flags)
-        self.shadow_ptes.setdefault(page, []).append(pte_addr)
-        self._flush_hw_tlb()
-        self.stats["hidden_page_faults"] += 1
-        return True
+        """Map `la` in the current shadow as the guest maps it, if the guest allows this access
+        without a fault (ShadowMmu.fill)."""
+        return self.shadow.fill(la, write, self.m.state.cpl)
 
     def _device_page(self, gpa: int) -> bool:
         """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
@@ -1099,19 +1072,12 @@ class Vmm:
         return any(base <= gpa < base + length for base, length in self.platform.mmio_ranges())
 
     def trace_page(self, page: int) -> None:
-        if page in self.traced_pages:
-            return
-        self.traced_pages.add(page)
-        self._write_protect(page)
-        self.m.traces.watch(page, WHY_SHADOW, self._on_traced_write)
+        """Trace a page as holding guest page-table entries (its mappings become read-only)."""
+        self.shadow.trace(page)
 
-    def _on_traced_write(self, page: int, start: int, end: int) -> None:
-        self.stats["traced_writes"] += 1
-        self.traced_pages.discard(page)
-        self.m.traces.unwatch(page, WHY_SHADOW)
+    def _on_shadow_untrace(self, page: int) -> None:
         if page in self.m.code_pages and not self._write_protected(page):
             self.m.forget_code_page(page)  # the hardware may write it from now on
-        self.flush_shadow()
 
     def protect_code_page(self, page: int) -> None:
         if page in self.code_pages:
@@ -1133,11 +1099,7 @@ class Vmm:
         return page in self.code_pages or page in self.traced_pages
 
     def _write_protect(self, page: int) -> None:
-        for pte_addr in self.shadow_ptes.get(page, []):
-            v = self.host.read32(pte_addr)
-            if (v & 0xFFFFF000) >> 12 == page:
-                self.host.write32(pte_addr, v & ~PTE_W)
-        self._flush_hw_tlb()
+        self.shadow.write_protect(page)
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
@@ -1446,11 +1408,7 @@ class Vmm:
         if walk is None:
             return False
         page = walk[0] >> 12
-        pde = self.host.read32(self.pool_phys + (la >> 22) * 4)
-        present = False
-        if pde & 1:
-            pte = self.host.read32((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4)
-            present = bool(pte & 1)
+        present = bool(self.shadow.hardware_pte(la) & PTE_P)
         if present and (page in self.code_pages or page in self.traced_pages):
             return False  # a write to protected memory: emulate it
         # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no hidden
@@ -1742,6 +1700,14 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("callouts", "callouts", s["callouts"])
     stats.add("traps", "traps", s["traps"])
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
+    stats.add("traced_writes", "traced writes to guest page tables", s["traced_writes"])
+    stats.add(
+        "shadow_entries_dropped", "shadow entries dropped by traced writes", s["shadow_entries_dropped"]
+    )
+    stats.add("cr3_switches_warm", "CR3 switches that found their shadow warm", s["cr3_switches_warm"])
+    stats.add("cr3_switches_cold", "CR3 switches to a new (cold) shadow", s["cr3_switches_cold"])
+    stats.add("shadows_evicted", "shadows evicted (LRU)", s["shadows_evicted"])
+    stats.add("shadow_flushes", "shadow flushes (every shadow dropped)", s["shadow_flushes"])
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("retranslations", "retranslations", s["retranslations"])
     stats.add("events_delivered", "exceptions and software interrupts delivered", s["events_delivered"])
@@ -1809,4 +1775,4 @@ class VmmEngine:
         return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
-__all__ = ["Vmm", "VmmEngine"]
+__all__ = ["WHY_SHADOW", "WHY_TC", "Vmm", "VmmEngine"]
