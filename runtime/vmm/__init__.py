@@ -12,8 +12,10 @@ The pieces, and where the spec comes in:
   memory is guest RAM, then the 4 MB VMM area (mapped at VMM_BASE), then a pool for the
   hardware page tables, which are never mapped linearly. Hardware paging is always on:
   guest pages are filled in on demand from the guest's own page tables (hidden page
-  faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
-  emulated and the shadow dropped; pages holding translated code are read-only too. Both
+  faults) into shadow page tables kept per guest address space (shadow.py, the shadow
+  MMU); the guest's page-table pages are traced (mapped read-only) so writes to them are
+  emulated and the shadow entries made from the bytes written dropped; pages holding
+  translated code are read-only too. Both
   subscribe in the machine's page-trace registry (ring1.runtime.cpu.traces), each under its own
   reason, so a page that is both a page table and code is heard by both.
 - **TC coherency.** A unit records the guest bytes it was made from (`Unit.code`, every page

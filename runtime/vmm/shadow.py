@@ -277,6 +277,7 @@ class ShadowMmu:
             else:
                 record.value = pde  # as written above: only A (and D of a 4 MB page) can differ
         pte_addr = table + ((la >> 12) & 0x3FF) * 4
+        old = self.host.read32(pte_addr)
         self._forget_pte(pte_addr)
         global_ = False
         if entries:
@@ -287,7 +288,10 @@ class ShadowMmu:
             self._record_pte(pte_addr, Derived(-1, 0, page, la >> 12))
         flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
         self.host.write32(pte_addr, gpa | flags)
-        self.flush_hw_tlb()
+        if old & PTE_P and (old ^ gpa) & FRAME:
+            # The hardware's TLB may hold the old frame. (An entry that was not present is in no
+            # TLB, and one that was read-only for the same frame gets a write walked again.)
+            self.flush_hw_tlb()
         self.stats["hidden_page_faults"] += 1
         return True
 
