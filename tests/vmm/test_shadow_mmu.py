@@ -2,7 +2,8 @@
 kept coherent by traces and a backmap, with accessed and dirty bits set as the hardware sets
 them, INVLPG, global pages, 4 MB pages, CR0.WP, and U/S and R/W for user code.
 
-Every guest here is compared with `bare` (unicorn's own MMU, QEMU's) and the interpreter,
+Every guest here runs under `bare` (unicorn's own MMU, QEMU's), the interpreter, `bt` and
+`trap` (the kernel translated, or run directly at CPL 1), and the runs are compared:
 registers and every byte of guest memory, the page tables' accessed and dirty bits included.
 Where the architecture leaves a choice (a TLB may keep a stale or a global translation, or
 drop it), the guest is written so that every allowed behaviour gives the same answer, and
@@ -73,11 +74,11 @@ def spec(text: str, memory: dict[int, bytes]) -> fresh_machine.FreshSpec:
 
 
 def compare_all(s: fresh_machine.FreshSpec, vmm: Vmm | None = None) -> tuple[SnippetResult, Vmm]:
-    """bare, the interpreter and bt on one guest; every difference fails. Returns bare's run
-    and the Vmm that ran bt (its statistics)."""
+    """bare, the interpreter, bt and trap on one guest; every difference fails. Returns bare's
+    run and the Vmm that ran bt (its statistics)."""
     vmm = vmm or new_vmm("bt")
-    runs = {"bare": run(s, "bare"), "interp": run(s, "interp"), "bt": run(s, "bt", vmm)}
-    for mode in ("interp", "bt"):
+    runs = {"bare": run(s, "bare"), "interp": run(s, "interp"), "bt": run(s, "bt", vmm), "trap": run(s, "trap")}
+    for mode in ("interp", "bt", "trap"):
         diff = differences(runs["bare"], runs[mode])
         assert not diff, f"{mode} differs from bare:\n" + "\n".join(diff)
     return runs["bare"], vmm
