@@ -1709,6 +1709,7 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("cr3_switches_warm", "CR3 switches that found their shadow warm", s["cr3_switches_warm"])
     stats.add("cr3_switches_cold", "CR3 switches to a new (cold) shadow", s["cr3_switches_cold"])
     stats.add("shadows_evicted", "shadows evicted (LRU)", s["shadows_evicted"])
+    stats.add("pages_unshadowed", "guest page tables unshadowed (written as data)", s["pages_unshadowed"])
     stats.add("shadow_flushes", "shadow flushes (every shadow dropped)", s["shadow_flushes"])
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("retranslations", "retranslations", s["retranslations"])
