@@ -20,6 +20,7 @@ from ring1.runtime.isa.assembler import assemble
 from ring1.runtime.tools import fresh_machine
 from ring1.runtime.tools.snippet import SnippetResult
 from ring1.runtime.vmm import Vmm
+from ring1.runtime.vmm.shadow import UNSHADOW_AFTER
 
 from .common import differences, new_vmm, run
 
@@ -477,3 +478,32 @@ def test_user_code_never_writes_a_read_only_page_nor_touches_a_supervisor_one(
     assert bare.exception == 14 and bare.cr2 == cr2
     assert pte(bare.memory, PT0 + (READ_ONLY >> 12) * 4) & D == 0
     assert struct.unpack_from("<I", bare.memory, READ_ONLY)[0] == 1  # never written
+
+
+# ---------------------------------------------------------------- a page table reused as data
+
+
+def test_a_page_table_written_as_data_is_unshadowed_after_a_few_writes() -> None:
+    """B's table is zeroed by A (a kernel reusing a freed page table): after UNSHADOW_AFTER
+    traced writes with no walk through it, every shadow entry made from it goes, its trace
+    too, and the rest of the stores run without a trap. B then faults at its next access."""
+    memory = window_space()
+    memory[PD_B] = table({0: PT0 | P | RW, 1: PT_B | P | RW})
+    memory[PT_B] = table({i: PAGES[i] | P | RW for i in range(4)})
+    text = paging_on(PD_B) + touch_all() + f"""
+        mov eax, {PD_A:#x}
+        mov cr3, eax
+        mov edi, {PT_B:#x}
+        mov ecx, 64
+    zero:
+        mov dword ptr [edi], 0
+        add edi, 4
+        loop zero
+        mov eax, {PD_B:#x}
+        mov cr3, eax
+        mov ebx, [{WINDOW + 0x2000:#x}]
+    """
+    bare, vmm = compare_all(spec(text, memory))
+    assert bare.exception == 14 and bare.cr2 == WINDOW + 0x2000
+    assert vmm.stats["pages_unshadowed"] == 1 and vmm.stats["traced_writes"] == UNSHADOW_AFTER
+    assert vmm.stats["shadow_entries_dropped"] == 4 and PT_B >> 12 not in vmm.shadow.traced_pages
