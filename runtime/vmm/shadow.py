@@ -179,8 +179,8 @@ class ShadowMmu:
         self.load_hw_cr3(shadow.pd)
 
     def _new_shadow(self, key: tuple) -> Shadow:
-        while len(self.shadows) >= self.max_shadows:
-            self._evict_oldest()
+        while len(self.shadows) >= self.max_shadows and self._evict_oldest():
+            pass
         pd = self._take_page()
         self.host.write32(pd + VMM_PDE_INDEX * 4, self.vmm_pde)
         shadow = Shadow(key, pd)
