@@ -30,7 +30,10 @@ could change it:
   derived from back (`_on_traced_write`). A guest page also knows every shadow PTE mapping
   it, so that tracing a page (or putting translated code on it) downgrades the existing
   hardware mappings to read-only (`write_protect`). A page holding no entry any shadow uses
-  any more is untraced.
+  any more is untraced. A page written UNSHADOW_AFTER times with no fill through it in
+  between is taken to be data now (a freed page table the kernel reuses and zeroes): every
+  entry made from it is dropped at once and its trace removed, so its other stores run
+  without a trap (the 1999 design's answer to the same cost).
 - **Accessed and dirty bits** are set in the guest's tables when the hardware would set them:
   A in the PDE and PTE on the first access through them (the fill), D on the first write.
   A shadow entry of a page whose guest PTE is clean stays read-only; the first write faults
@@ -72,7 +75,7 @@ WHY_SHADOW = "shadow page table"  # the reason of the shadow's page traces
 # per store while traced). A page the guest keeps using as a page table is traced again by
 # the next fill through it.
 UNSHADOW_AFTER = 4
-PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_PS, PTE_G = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, 0x80, 0x100
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_PS, PTE_G = PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.PS, PTE.G
 FRAME = 0xFFFFF000
 
 # The key of the identity shadow used while the guest's paging is off.
