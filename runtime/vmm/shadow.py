@@ -241,6 +241,8 @@ class ShadowMmu:
         without a fault, setting the accessed (and for a write the dirty) bits the CPU would.
         False: the access must be emulated (the interpreter raises the guest's fault, or does
         what the hardware cannot: a kernel write to a read-only page with CR0.WP clear)."""
+        if la >> 22 == VMM_PDE_INDEX:
+            return False  # the VMM's own 4 MB: never the guest's mapping (issue 10, item 4)
         m = self.m
         walk = m.walk(la)
         if walk is None:
