@@ -610,10 +610,13 @@ def main(argv: list[str] | None = None) -> int:
     bn = bsub.add_parser(
         "nano",
         help="Adams & Agesen nanobenchmarks in every mode, and the CLI ladder",
-        description="Each benchmark is a kernel-mode loop on the fresh machine of `ring1 exec`, timed in each "
+        description="Each benchmark is a loop on the fresh machine of `ring1 exec` (kernel mode, or user "
+        "processes on a small guest kernel: syscall, pgfault_user, ptemod_user, forkwait), timed in each "
         "mode; the loop overhead (a baseline loop) is measured and subtracted. ns per operation and the "
-        "ratio of each mode to bare. The ladder: one CLI by trap-and-emulate (trap mode), by callout (bt, "
-        "CLI forced to a callout) and emulated in the TC (bt as the spec says).",
+        "ratio of each mode to bare; irq and the process rows also in exits (one unicorn-to-Python exit, "
+        "measured in the same run) with the exits the engine counted. The ladder: one CLI by "
+        "trap-and-emulate (trap mode), by callout (bt, CLI forced to a callout) and emulated in the TC "
+        "(bt as the spec says).",
     )
     for sp_ in (bi, bn):
         sp_.add_argument("--json", action="store_true", help="one JSON document on stdout")

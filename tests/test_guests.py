@@ -178,10 +178,13 @@ def test_demo_under_trap_differs_exactly_on_the_red_pill(demo_runs):
     assert len(bare) == len(trap)
     differing = [(b, t) for b, t in zip(bare, trap, strict=True) if b != t]
     checks = [t for _b, t in differing if t.startswith("redpill ") and "verdict" not in t]
-    # Each stealth instruction gives the deprivileged kernel away, and nothing else differs.
-    assert [c.split(":")[0] for c in checks] == [f"redpill {n}" for n in REDPILL]
+    # Each stealth instruction gives the deprivileged kernel away, and nothing else differs;
+    # but SMSW: the hardware's CR0 holds the guest's FPU bits in guest context, so the machine
+    # status word it shows is the guest's (PE is set in both).
+    betraying = [n for n in REDPILL if n != "smsw"]
+    assert [c.split(":")[0] for c in checks] == [f"redpill {n}" for n in betraying]
     assert all(c.endswith(" -> DIFFERS") for c in checks)
-    assert "redpill verdict: virtualized (5 of 5 checks betray a VMM: sidt popf cs smsw str)" in trap
+    assert "redpill verdict: virtualized (4 of 5 checks betray a VMM: sidt popf cs str)" in trap
     assert len(differing) == len(checks) + 1
 
 

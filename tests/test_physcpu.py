@@ -688,3 +688,39 @@ def test_apic_base_msr_is_absent_and_cannot_be_hooked() -> None:
         with pytest.raises(UcError) as err:
             uc.hook_add(UC_HOOK_INSN, lambda *_: 0, None, 1, 0, instruction)
         assert err.value.errno == UC_ERR_ARG
+
+
+# ---------------------------------------------------------------- what page protection can close
+
+
+def test_an_execute_only_page_is_readable_once_code_was_fetched_from_it() -> None:
+    """Issue 10, item 4 (the VMM's place in the linear space) looked at closing the VMM's code
+    pages (the TC, the pads, the stubs) to data access with unicorn's memory permissions, so that
+    a register-computed read of them would fault and be emulated through the guest's own tables.
+    It cannot: a data read of an execute-only page faults, but once code was fetched from the
+    page, reads go through (unicorn's TLB entry filled for the fetch grants them) until the TLB
+    is flushed. Measured here so that a release that changes it shows."""
+    from unicorn import UC_PROT_EXEC
+    from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+    from ring1.runtime.isa.assembler import assemble
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x20000)
+    uc.mem_protect(0x10000, 0x1000, UC_PROT_EXEC)  # code at 0x10000..0x10FFF, never data
+    uc.mem_write(0x10000, assemble("mov ecx, 5", 0x10000).code)
+    reader = assemble("mov eax, [0x10000]", 0x1000).code
+    uc.mem_write(0x1000, reader)
+
+    def read() -> str:
+        try:
+            uc.emu_start(0x1000, 0x1000 + len(reader))
+        except UcError as err:
+            return str(err)
+        return "read"
+
+    assert "UC_ERR_READ_PROT" in read()  # closed to reads
+    uc.emu_start(0x10000, 0x10005)  # run the page's code
+    assert read() == "read"  # now open to reads
+    uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+    assert "UC_ERR_READ_PROT" in read()  # closed again, until the next fetch

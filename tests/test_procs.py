@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_procs_ring1_defects import TRAP_SELECTORS, USER_STEALTH
+from tests.test_procs_ring1_defects import TRAP_SELECTORS
 
 CHECKS = [
     "getpid",
@@ -55,11 +55,7 @@ class KnownRing1Defect(Exception):
 # mode -> [(a ring1 defect, a console fragment only that defect produces there)]. Each has a
 # minimal reproduction in tests/test_procs_ring1_defects.py, a strict xfail in those modes.
 RING1_DEFECTS: dict[str, list[tuple[str, str]]] = {
-    "bt": [(USER_STEALTH, "-> DIFFERS")],
-    "trap": [
-        (TRAP_SELECTORS, "(init) killed: #GP error 0,"),
-        (USER_STEALTH, "-> DIFFERS"),
-    ],
+    "trap": [(TRAP_SELECTORS, "(init) killed: #GP error 0,")],
 }
 
 

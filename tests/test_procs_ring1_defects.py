@@ -11,9 +11,10 @@ is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points her
    CPL 1) with DS and ES holding the VMM's shadow selectors (procs saw ff19 and ff01), not the
    user's 0x23; the kernel saves them (PUSH DS), restores them before IRET, and the user
    returns with null DS and ES: its next access the VMM emulates raises #GP(0).
-3. bt and trap: user code run directly sees the VMM's state through the red pill's
-   unprivileged instructions: SIDT the VMM's IDT, MOV from CS the VMM's shadow selector, SMSW
-   the VMM's CR0, STR the VMM's TR (issue 10, item 1: "with the guest's own selectors").
+3. (fixed: user code runs with the guest's own GDT, LDT, IDTR, TR and CR0 FPU bits,
+   runtime/vmm/descriptor_tables.py) bt and trap: user code run directly saw the VMM's state
+   through the red pill's unprivileged instructions: SIDT the VMM's IDT, MOV from CS the VMM's
+   shadow selector, SMSW the VMM's CR0, STR the VMM's TR.
 4. (fixed with a clock: BareMachine._io_allowed and Vmm._io_allowed check what unicorn does
    not) IN at CPL 3 with IOPL 0 did not fault (unicorn's recorded io-permission deviation,
    tests/test_physcpu.py::test_io_at_cpl3_above_iopl_does_not_fault).
@@ -39,10 +40,6 @@ TRAP_SELECTORS = (
     "trap: an interrupt from user mode enters the directly run kernel with DS and ES holding the VMM's shadow "
     "selectors instead of the user's (procs: the user came back with null DS and ES and took #GP(0))"
 )
-USER_STEALTH = (
-    "user code run directly sees the VMM's IDTR, CS selector, CR0 and TR through SIDT, MOV from CS, SMSW and STR "
-    "(issue 10, item 1)"
-)
 
 
 def modes_with(defects: dict[str, str]) -> list:
@@ -56,18 +53,26 @@ def run_with_clock(mode: str, code: bytes, memory: dict[int, bytes] | None = Non
                    period_ns: int = 10**12, max_insns: int = 100_000):
     """`code` on the fresh machine under a platform with a clock, as `ring1 run` has one, so
     that the engines count instructions; stops at its end."""
+    return run_fresh(mode, code, memory, handler, period_ns=period_ns, max_insns=max_insns).machine
+
+
+def run_fresh(mode: str, code: bytes, memory: dict[int, bytes] | None = None, handler: bytes | None = None,
+              period_ns: int = 10**12, max_insns: int = 100_000, user_gate: bool = False):
+    """`run_with_clock`, returning the engine; `user_gate`: VECTOR's gate has DPL 3 (a system
+    call from user code)."""
     platform = TickPlatform(period_ns=period_ns)
     engine = engines.create(mode, fm.MEMORY_SIZE, platform)
     m = engine.machine
     interp_machine(FreshSpec(code=code, memory=memory or {}, regs={"esp": fm.STACK_TOP - 0x100}), m)
     if handler is not None:
         m.mem.write(HANDLER, handler)
-        m.mem.write(fm.IDT + VECTOR * 8, descriptors.gate(HANDLER, fm.SEL_CODE0, descriptors.GATE_INTERRUPT32))
+        gate = descriptors.gate(HANDLER, fm.SEL_CODE0, descriptors.GATE_INTERRUPT32, dpl=3 if user_gate else 0)
+        m.mem.write(fm.IDT + VECTOR * 8, gate)
     engine.stop_addresses = {fm.CODE + len(code)}
     engine.start()
     outcome = engine.run(max_insns)
     assert outcome.reason == "stop-address", outcome
-    return m
+    return engine
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -129,7 +134,7 @@ def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(m
     assert (m.mem.read32(COUNT + 12) & 0xFFFF, m.mem.read32(COUNT + 16) & 0xFFFF) == (fm.SEL_DATA3, fm.SEL_DATA3)
 
 
-@pytest.mark.parametrize("mode", modes_with({"bt": USER_STEALTH, "trap": USER_STEALTH}))
+@pytest.mark.parametrize("mode", MODES)
 def test_stealth_instructions_at_cpl_3_show_the_guests_state(mode: str) -> None:
     code = assemble(
         f"""

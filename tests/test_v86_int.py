@@ -278,3 +278,31 @@ def test_int_to_a_ring0_handler(mode: str, kernel: str, kernels: dict[str, Path]
         timeout=300,
     )
     assert (done.returncode, done.stderr) == (ALL_CHECKS_HELD, ""), done.stderr
+
+
+def test_v86_code_runs_directly_under_bt(kernels: dict[str, Path], tmp_path: Path) -> None:
+    """The 1999 design's "v8086 -> DE": the v86 code runs on the hardware (IRET to v86 from
+    the world switch), not in the interpreter, and its INT reaches the kernel from there."""
+    import json
+
+    stats = tmp_path / "stats.json"
+    command = [
+        "run",
+        str(kernels["v86"]),
+        "--mode",
+        "bt",
+        "--max-insns",
+        "100000",
+        "--stats",
+        "--json-stats",
+        str(stats),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "ring1.runtime.cli", *command], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == ALL_CHECKS_HELD, done.stderr
+    figures = json.loads(stats.read_text())
+    assert figures["interpreted_instructions"] == 0
+    assert figures["user_instructions_direct"] > 0
+    assert figures["user_soft_interrupts_reflected"] >= 1  # the INT with IOPL 3
+    assert figures["user_events_reflected"] >= 1  # the INT with IOPL 0: #GP(0)

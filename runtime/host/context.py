@@ -147,6 +147,13 @@ def _seg(raw: bytes, off: int) -> tuple[int, int, int, int]:
     return sel, base, limit, attr
 
 
+def segment_caches(raw) -> list[tuple[int, int, int, int]]:
+    """The six segment registers (ES CS SS DS FS GS) with their hidden parts, as (selector,
+    base, limit, attr), from the bytes of a saved context."""
+    L = calibrate()
+    return [_seg(raw, L.segs + s * L.seg_stride) for s in range(6)]
+
+
 def gprs_and_eip(raw) -> tuple[list[int], int]:
     """EAX..EDI and EIP from the bytes of a saved context (PhysicalCpu.save_context, which costs
     less than a context_save, and clear_exception_latch, which saves one anyway)."""

@@ -167,13 +167,16 @@ class InstructionCounter:
         clock.unaccounted = self._unaccounted
         clock.deadline_moved = lambda: self._shorten_to(clock)
 
-    def account(self, clock: VirtualClock, linear_pc: int) -> None:
-        """After the run (the CPU's linear PC now): its instructions advance the clock."""
+    def account(self, clock: VirtualClock, linear_pc: int) -> int:
+        """After the run (the CPU's linear PC now): its instructions advance the clock. Returns
+        how many it gave the clock (run since the last account)."""
         clock.unaccounted = None
         clock.deadline_moved = None
         self.settle(linear_pc)
-        clock.advance(self.counts.calls - self._given_to_clock)
+        ran = self.counts.calls - self._given_to_clock
+        clock.advance(ran)
         self._given_to_clock = self.counts.calls
+        return ran
 
     def _unaccounted(self) -> int:
         # From a hook: the current instruction's call is counted but the instruction has not run.

@@ -61,23 +61,24 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import ClassVar
 
-from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from ring1.generated.forms import FORMS
-from ring1.generated.layouts import CR4, EFLAGS, PTE
+from ring1.generated.layouts import CR0, CR4, EFLAGS, PTE
 from ring1.generated.rules import CONSTS, RULES, TEMPLATES, choose_rule
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, GuestEvent, VMStop
 from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.memory import PhysicalMemory
-from ring1.runtime.cpu.state import CS, GS, MODE_PROT, MODE_V86, SS
+from ring1.runtime.cpu.state import CS, GS, MODE_PROT, MODE_REAL, MODE_V86, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
-from ring1.runtime.host.context import gprs_and_eip, soft_interrupt_before, soft_interrupt_in
+from ring1.runtime.host.context import gprs_and_eip, segment_caches, soft_interrupt_before, soft_interrupt_in
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
+from ring1.runtime.vmm.descriptor_tables import ACCESSED, ATTR_COMPARED, TablesVerdict, read_tables
 from ring1.runtime.vmm.shadow import POOL_SIZE, VMM_TABLE_PAGE, WHY_SHADOW, ShadowMmu
 
 C = CONSTS
@@ -100,6 +101,16 @@ CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
 TC_START = VMM_BASE + C["VMM_TC"]
 MAX_UNIT = 12
 WHY_TC = "translated code"  # the VMM's reason for its code-page traces (WHY_SHADOW: shadow.py's)
+WHY_TABLES = "descriptor table run directly"
+# The hardware's CR0: paging, protection, and CR0.WP so that a store of translated code (CPL 1,
+# a supervisor) to a page the VMM keeps read-only traps. The guest's MP, EM, TS, ET, NE and AM
+# hold in the hardware too: its FPU instructions fault with #NM where the guest's would, and
+# SMSW run directly shows the guest's machine status word.
+HW_CR0 = CR0.PG | CR0.WP | CR0.PE
+GUEST_CR0_IN_HARDWARE = CR0.MP | CR0.EM | CR0.TS | CR0.ET | CR0.NE | CR0.AM
+NM_VECTOR = 7  # #NM, device not available
+SYSENTER_EVENT = -1  # CpuEvent.vector of a SYSENTER the hardware stopped at (Vmm._on_sysenter)
+CONTEXTS_KEPT = 64  # hardware contexts kept for world switches (bounded: the guest chooses the keys)
 TRAP_THRESHOLD = 8
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
@@ -267,7 +278,8 @@ class Vmm:
         self.stop_on_event = False
         self.code_pages: set[int] = set()  # watched for "translated code"
         # The shadow page tables, one set per guest address space (shadow.py). The hardware's
-        # CR3 is the current shadow's; `enter` loads it after restoring the ring-0 context.
+        # CR3 is the current shadow's: loaded when the guest's changes, and part of the key of
+        # the hardware contexts a world switch restores (`_hardware_context`).
         self.shadow = ShadowMmu(
             self.host,
             self.m,
@@ -276,9 +288,10 @@ class Vmm:
             self.stats,
             flush_hw_tlb=self._flush_hw_tlb,
             load_hw_cr3=self._load_hw_cr3,
-            protected=self.code_pages.__contains__,
+            protected=self._protected_by_vmm,
             device_page=self._device_page,
             on_untrace=self._on_shadow_untrace,
+            on_unmap=self._on_shadow_unmap,
         )
         self.traced_pages = self.shadow.traced_pages  # watched for "shadow page table" (the same set)
         self.last_event: GuestEvent | None = None
@@ -297,6 +310,16 @@ class Vmm:
         self._budget_hook: int | None = None
         self._last_block: list[tuple[int, int]] = []  # the starts counted in the last block
         self._split: tuple[int, int, int] | None = None  # (block, TC address to stop at, its guest EIP)
+        # User code run directly with the guest's own descriptor tables (descriptor_tables.py):
+        # the verdict on them while it holds, the byte ranges of their pages (traced), and the
+        # selector state last found reversible.
+        self._tables: TablesVerdict | None = None
+        self._tables_key: tuple | None = None
+        self._table_ranges: dict[int, list[tuple[int, int]]] = {}  # guest physical page -> table bytes
+        self._reversible: tuple | None = None
+        self.own_tables = False  # the hardware runs the guest's own tables now
+        self._contexts: dict[tuple, object] = {}  # hardware state for a world switch, by its key
+        self._hw_cr0 = 0  # the CR0 the hardware runs guest context with now
         self._setup_vmm_area()
         self._setup_hardware()
         self._setup_hooks()
@@ -358,7 +381,7 @@ class Vmm:
         uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 20)
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
         self.ring0 = uc.context_save()  # the world switch starts from here (exception latch clear)
-        self._ring0_cr3 = self.shadow.current.pd  # the hardware CR3 in that context
+        self._hw_cr0 = uc.reg_read(X.UC_X86_REG_CR0)
 
     def _setup_hooks(self) -> None:
         # A hook over each pad runs only when an exit is taken: nothing else executes there.
@@ -366,6 +389,27 @@ class Vmm:
         self.uc.hook_add(UC_HOOK_CODE, self._on_callout, None, CALLOUT_PAD, CALLOUT_PAD + CALLOUT_SLOTS * PAD_SLOT - 1)
         self.uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, L["lookup_miss"], L["lookup_miss"])
         self.uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, L["vmm_exit"], L["vmm_exit"])
+        # CPUID run by the hardware (user code run directly, the kernel under `trap`) answers with
+        # ring1's CPU model, as the interpreter does for translated code's callout: kernel and
+        # user code see the same CPU.
+        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        # SYSENTER run by the hardware (user code run directly): the hardware's SYSENTER MSRs are
+        # the VMM's, and unicorn without a hook skips the instruction. It stops, and the
+        # interpreter runs it with the guest's MSRs: the guest kernel's handler runs translated.
+        self.uc.hook_add(UC_HOOK_INSN, self._on_sysenter, None, 1, 0, X.UC_X86_INS_SYSENTER)
+
+    def _on_sysenter(self, uc, _user) -> None:
+        # Unicorn calls this with EIP at the SYSENTER, then moves EIP past it and ends the
+        # block, doing nothing else: the event keeps the instruction's address.
+        self.cpu.event = CpuEvent(SYSENTER_EVENT, uc.reg_read(X.UC_X86_REG_EIP))
+        uc.emu_stop()
+
+    def _on_cpuid(self, uc, _user) -> int:
+        leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
+        for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
+            uc.reg_write(rid, self.m.b_cpuid_leaf(leaf, subleaf, which))
+        self.stats["cpuid_direct"] += 1
+        return 1  # the instruction's own effect is skipped
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
 
@@ -379,9 +423,17 @@ class Vmm:
     def can_run_direct(self) -> bool:
         """Direct execution: guest user code at CPL 3, or (trap mode) the kernel itself at CPL 1."""
         S = self.m.state
-        if S.mode != MODE_PROT or S.eflags & EFLAGS.TF:
+        if S.eflags & EFLAGS.TF or S.mode == MODE_REAL:
             return False
-        return S.cpl == 3 or (self.mode == "trap" and S.cpl == 0)
+        if S.mode == MODE_V86:
+            return True  # the 1999 design's "v8086 -> DE"
+        if S.cpl == 3:
+            # With the guest's own tables, or not at all: the VMM's slot descriptors would show
+            # through MOV from a segment register. A nonreversible segment or tables hostile to
+            # direct execution: the interpreter runs user code, with the cached descriptors
+            # (the 1999 design's "unshadowed segments -> BT").
+            return self._own_tables_usable()
+        return self.mode == "trap" and S.cpl == 0
 
     def publish_virtual(self) -> None:
         """Copy the guest-visible state that in-TC templates read into the vcpu page, and the ESP
@@ -400,6 +452,8 @@ class Vmm:
         """Write the slot descriptors for the six segment registers; return the selectors.
         Translated code keeps GS for the VMM; direct execution gets the guest's own GS."""
         S = self.m.state
+        if user and not translated and self.own_tables:
+            return list(S.sel)  # the guest's own, loaded from its own tables
         sels = []
         for s in range(6):
             if s == GS and translated and not user:
@@ -432,6 +486,151 @@ class Vmm:
             return (v & ~0x33300) | 0x1202
         return (v & ~0x37300) | 0x202  # kernel run directly (trap mode): no NT either
 
+    # ------------------------------------------------------------ the guest's own tables, for user code
+
+    def _own_tables_usable(self) -> bool:
+        """User code may run with the guest's own GDT and LDT in the hardware: they hold no gate
+        or TSS CPL 3 could use (descriptor_tables.py), their pages are mapped for the hardware's
+        implicit reads, and every loaded segment register is what its table entry says."""
+        S = self.m.state
+        verdict = self._guest_tables()
+        if not verdict.usable:
+            return False
+        state = (verdict, *S.sel, *S.base, *S.limit, *S.attr)
+        if state == self._reversible:
+            return True
+        if not verdict.reversible(S.sel, S.base, S.limit, S.attr):
+            self.stats["direct_nonreversible"] += 1
+            return False
+        self._reversible = state
+        return True
+
+    def _guest_tables(self) -> TablesVerdict:
+        """The verdict on the guest's GDT and LDT as they are now, read again only after a write
+        to them or a change of the mappings they are read through."""
+        S = self.m.state
+        ldt = (S.ldtr_base, S.ldtr_limit) if S.ldtr & ~3 else None
+        key = (S.gdtr_base, S.gdtr_limit, ldt)
+        if self._tables is not None and self._tables_key == key:
+            return self._tables
+        self._forget_tables()
+        self.stats["descriptor_table_checks"] += 1
+        verdict = read_tables((S.gdtr_base, S.gdtr_limit), ldt, self._table_page, self.guest_mem.read)
+        if verdict.usable:
+            mapped = all([self._map_for_hardware(la) for la in verdict.linear_pages])
+            # (A fill may find the pool full and flush it: the pages mapped before it are checked.)
+            if not mapped or not all(self._hw_mapped(la) for la in verdict.linear_pages):
+                verdict = TablesVerdict(False, "a descriptor table page cannot be mapped", {}, (), ())
+        if verdict.usable:
+            self._trace_tables(verdict, (S.gdtr_base, S.gdtr_limit), ldt)
+        else:
+            self.stats["direct_tables_refused"] += 1
+        self._tables, self._tables_key = verdict, key
+        return verdict
+
+    def _table_page(self, la: int) -> int | None:
+        """The guest physical page (address) RAM of a descriptor table's linear page, or None."""
+        if la >= VMM_BASE:
+            return None  # the VMM's own pages are there in the hardware (issue 10, item 4)
+        walk = self.m.walk(la)
+        if walk is None or walk[0] + 0x1000 > self.G:
+            return None
+        return walk[0] & ~0xFFF
+
+    def _map_for_hardware(self, la: int) -> bool:
+        """Map a descriptor table's page in the hardware tables for the CPU's own reads (supervisor
+        accesses, even from CPL 3), read-only: the table is traced."""
+        return self._hw_mapped(la) or self.fill(la, write=False, implicit=True)
+
+    def _hw_mapped(self, la: int) -> bool:
+        return bool(self.shadow.hardware_pte(la) & PTE_P)
+
+    def _trace_tables(self, verdict: TablesVerdict, gdt: tuple[int, int], ldt: tuple[int, int] | None) -> None:
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for base, limit in (gdt, ldt) if ldt is not None else (gdt,):
+            end = base + ((limit + 1) // 8) * 8
+            la = base
+            while la < end:
+                stop = min(end, (la & ~0xFFF) + 0x1000)
+                page = self._table_page(la & ~0xFFF)
+                if page is not None:
+                    ranges.setdefault(page >> 12, []).append((la & 0xFFF, (stop - 1 & 0xFFF) + 1))
+                la = stop
+        self._table_ranges = ranges
+        for page in ranges:
+            self.m.traces.watch(page, WHY_TABLES, self._on_table_write)
+            self._write_protect(page)
+
+    def _forget_tables(self) -> None:
+        for page in self._table_ranges:
+            self.m.traces.unwatch(page, WHY_TABLES)
+        self._table_ranges = {}
+        self._tables = self._tables_key = self._reversible = None
+
+    def _on_table_write(self, page: int, start: int, end: int) -> None:
+        """A write to a page holding the guest's GDT or LDT: the verdict goes if it touched them."""
+        if any(start < hi and lo < end for lo, hi in self._table_ranges.get(page, ())):
+            self.stats["descriptor_table_writes"] += 1
+            self._forget_tables()
+
+    def _hardware_context(self, user_direct: bool, v86: bool = False) -> object:
+        """The hardware state a world switch starts from: the VMM's (ring 0, exception latch clear),
+        with the guest's CR0 FPU bits, and for user code run directly the guest's IDTR and TR
+        (SIDT and STR show them; unicorn delivers nothing through an IDT, and reads the I/O
+        bitmap from TR's TSS as the guest's CPU would), and its GDTR and LDTR when they are
+        usable (v86 code loads no descriptor: always). `v86`: the IRET frame on the ring-0
+        stack is the nine-dword one. Built once per distinct state and kept: a
+        context_restore costs what one does. The current shadow's directory is in the key: a
+        context_restore sets CR3 without flushing unicorn's TLB, which holds that shadow's
+        translations (the hardware's CR3 follows the current shadow, `_load_hw_cr3`)."""
+        S = self.m.state
+        cr0 = HW_CR0 | (S.cr[0] & GUEST_CR0_IN_HARDWARE)
+        shadow_pd = self.shadow.current.pd
+        if not user_direct:
+            key: tuple = (cr0, shadow_pd)
+        else:
+            key = (cr0, shadow_pd, S.idtr_base, S.idtr_limit, S.tr, S.tr_base, S.tr_limit, S.tr_attr)
+            if self.own_tables:
+                key += (S.gdtr_base, S.gdtr_limit, S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr)
+            key += (v86,)
+        self._hw_cr0 = cr0
+        ctx = self._contexts.get(key)
+        if ctx is not None:
+            return ctx
+        if len(self._contexts) >= CONTEXTS_KEPT:
+            self._contexts.clear()
+        uc = self.uc
+        uc.context_restore(self.ring0)
+        uc.reg_write(X.UC_X86_REG_CR3, shadow_pd)
+        uc.reg_write(X.UC_X86_REG_CR0, cr0)
+        if v86:
+            uc.reg_write(X.UC_X86_REG_ESP, VMM_BASE + C["VMM_STACK_TOP"] - 36)
+        if user_direct:
+            uc.reg_write(X.UC_X86_REG_IDTR, (0, S.idtr_base, S.idtr_limit, 0))
+            # QEMU keeps a loaded TSS's type as "available" in TR's cache (host/context.py).
+            uc.reg_write(X.UC_X86_REG_TR, (S.tr, S.tr_base, S.tr_limit, (S.tr_attr & ~0x2) << 8))
+            if self.own_tables:
+                uc.reg_write(X.UC_X86_REG_GDTR, (0, S.gdtr_base, S.gdtr_limit, 0))
+                if S.ldtr & ~3:
+                    uc.reg_write(X.UC_X86_REG_LDTR, (S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr << 8))
+                else:  # a null LDTR: every LDT selector faults (limit 0)
+                    uc.reg_write(X.UC_X86_REG_LDTR, (S.ldtr, 0, 0, 0))
+        ctx = uc.context_save()
+        self._contexts[key] = ctx
+        self.stats["hardware_contexts_built"] += 1
+        return ctx
+
+    def _adopt_user_segments(self, raw) -> None:
+        """Segment registers user code loaded itself (MOV, POP, LDS..., IRET, far transfers), from
+        its own tables: the virtual CPU takes them from the hardware."""
+        S, m = self.m.state, self.m
+        for s, (sel, base, limit, attr) in enumerate(segment_caches(raw)):
+            if sel & ~3:
+                attr |= ACCESSED
+            if (sel, base, limit) != (S.sel[s], S.base[s], S.limit[s]) or (attr ^ S.attr[s]) & ATTR_COMPARED:
+                m.b_set_seg(s, sel, base, limit, attr)
+                self.stats["user_segment_loads"] += 1
+
     # ------------------------------------------------------------ world switch
 
     def enter(self, host_eip: int, direct: bool) -> None:
@@ -439,18 +638,24 @@ class Vmm:
         translated code (the TC, at CPL 1) or direct execution of the guest's own code."""
         S, uc = self.m.state, self.uc
         user = S.cpl == 3
-        sels = self.hardware_selectors(user, translated=not direct)
+        v86 = S.mode == MODE_V86
+        # v86 code loads no descriptor: its segments are paragraphs, from the IRET frame.
+        self.own_tables = direct and user and (v86 or self._own_tables_usable())
+        sels = list(S.sel) if v86 else self.hardware_selectors(user, translated=not direct)
         self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
         self.vmm_write(C["V_EAX"], struct.pack("<8I", *self.m.regs))
         cs = sels[CS] if direct else C["SEL_TC_CODE"]
         eflags = self.hardware_eflags(user, translated=not direct)
         frame = struct.pack("<5I", host_eip, cs, eflags, self.m.regs[4], sels[SS])
+        if v86:
+            frame += struct.pack("<4I", sels[0], sels[3], sels[4], sels[5])  # ES DS FS GS
         self.direct = direct
-        self.vmm_write(C["VMM_STACK_TOP"] - 20, frame)
+        self.vmm_write(C["VMM_STACK_TOP"] - len(frame), frame)
         self.publish_virtual()
-        uc.context_restore(self.ring0)
-        self._ring0_with_current_shadow()
+        uc.context_restore(self._hardware_context(direct and user, v86))
         self.stats["world_switches"] += 1
+        if self.own_tables:
+            self.stats["direct_own_tables"] += 1
         self.cpu.event = None
         self.pending = None
         self._restarted = None
@@ -458,18 +663,9 @@ class Vmm:
         self.until = next(iter(self.stop_addresses)) if direct and len(self.stop_addresses) == 1 else 0xFFFFFFFF
         self._start_clock()
         try:
-            uc.emu_start(L["world_switch"], self.until)
+            uc.emu_start(L["world_switch_v86" if v86 else "world_switch"], self.until)
         finally:
             self._account_time()
-
-    def _ring0_with_current_shadow(self) -> None:
-        """The ring-0 context just restored holds the CR3 it was saved with: point it at the
-        current shadow (saved again, so that the next entry into the same shadow costs nothing)."""
-        pd = self.shadow.current.pd
-        if pd != self._ring0_cr3:
-            self.uc.reg_write(X.UC_X86_REG_CR3, pd)
-            self.ring0 = self.uc.context_save()
-            self._ring0_cr3 = pd
 
     def resume(self) -> None:
         """Restart the hardware where it stopped, registers untouched (after a hidden fault)."""
@@ -514,7 +710,9 @@ class Vmm:
         linear = self.uc.reg_read(X.UC_X86_REG_EIP)
         if self.direct:
             linear = (linear + self.m.state.base[CS]) & 0xFFFFFFFF
-        self.counter.account(self.clock, linear)
+        ran = self.counter.account(self.clock, linear)
+        if self.direct and self.m.state.cpl == 3:
+            self.stats["user_instructions_direct"] += ran
 
     def _interrupt_deliverable(self) -> bool:
         S = self.m.state
@@ -582,9 +780,7 @@ class Vmm:
 
     def _cut_on_the_way_out(self) -> bool:
         return (
-            self.counter is not None
-            and self.counter.hit_limit
-            and self.uc.reg_read(X.UC_X86_REG_EIP) != L["vmm_exit"]
+            self.counter is not None and self.counter.hit_limit and self.uc.reg_read(X.UC_X86_REG_EIP) != L["vmm_exit"]
         )
 
     def _run_to_exit(self) -> None:
@@ -623,7 +819,10 @@ class Vmm:
         if hw_eflags is None:
             hw_eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
         self._adopt_hardware_v86(hw_eflags)
-        self.m.regs[:] = gprs_and_eip(self.cpu.save_context())[0]
+        raw = self.cpu.save_context()
+        self.m.regs[:] = gprs_and_eip(raw)[0]
+        if self.direct and self.own_tables:
+            self._adopt_user_segments(raw)
         self._merge_eflags(hw_eflags)
 
     def _adopt_hardware_v86(self, hw_eflags: int | None = None) -> int | None:
@@ -1029,6 +1228,8 @@ class Vmm:
         the old code until one, as the stale TLB entry would on a CPU.
         The shadow page tables: INVLPG drops the page's shadow entry; a CR3 (CR0, CR4) write
         selects the shadow of the new address space (shadow.py)."""
+        if self._tables is not None:
+            self._forget_tables()  # the tables' linear pages may map elsewhere now
         if linear_page is None:
             S = self.m.state
             self.shadow.select(S.cr[0], S.cr[3], S.cr[4])
@@ -1063,10 +1264,11 @@ class Vmm:
         """The guest's translation of `la` without side effects (the interpreter's walker)."""
         return self.m.walk(la)
 
-    def fill(self, la: int, write: bool) -> bool:
+    def fill(self, la: int, write: bool, implicit: bool = False) -> bool:
         """Map `la` in the current shadow as the guest maps it, if the guest allows this access
-        without a fault (ShadowMmu.fill)."""
-        return self.shadow.fill(la, write, self.m.state.cpl)
+        without a fault (ShadowMmu.fill). `implicit`: an access the CPU makes itself (a
+        descriptor table), a supervisor's at any CPL."""
+        return self.shadow.fill(la, write, supervisor=implicit or self.m.state.cpl != 3)
 
     def _device_page(self, gpa: int) -> bool:
         """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
@@ -1076,6 +1278,14 @@ class Vmm:
     def trace_page(self, page: int) -> None:
         """Trace a page as holding guest page-table entries (its mappings become read-only)."""
         self.shadow.trace(page)
+
+    def _protected_by_vmm(self, page: int) -> bool:
+        """Pages the VMM keeps read-only for reasons of its own besides page tables."""
+        return page in self.code_pages or page in self._table_ranges
+
+    def _on_shadow_unmap(self) -> None:
+        if self._tables is not None:
+            self._forget_tables()  # their pages may no longer be mapped for the hardware
 
     def _on_shadow_untrace(self, page: int) -> None:
         if page in self.m.code_pages and not self._write_protected(page):
@@ -1098,7 +1308,7 @@ class Vmm:
 
     def _write_protected(self, page: int) -> bool:
         """Every write to `page` traps to the VMM and is emulated (so the interpreter sees it)."""
-        return page in self.code_pages or page in self.traced_pages
+        return page in self.code_pages or page in self.traced_pages or page in self._table_ranges
 
     def _write_protect(self, page: int) -> None:
         self.shadow.write_protect(page)
@@ -1217,6 +1427,9 @@ class Vmm:
         if self.clock is not None and not self._callout_interrupt():
             return
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
+        if HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0:
+            self._exit_to_vmm("switch", None)  # CR0's FPU bits change in the hardware at the world switch
+            return
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
             # (CR0, CR3 and CR4 changes that move mappings dropped the shadow tables already:
             # the machine's mapping listeners, `_on_mapping_change`.)
@@ -1258,6 +1471,8 @@ class Vmm:
         a stop reason, "resume" to restart the hardware where it stopped, or None to re-enter the
         guest from the virtual state."""
         vector = event.vector
+        if vector == SYSENTER_EVENT:
+            host_eip = event.eip  # the hardware went on past it, having done nothing
         # The hardware's EFLAGS, read at most once per event (None: not read yet, or rewritten).
         hw_eflags = self._adopt_hardware_v86()
         S = self.m.state
@@ -1290,8 +1505,22 @@ class Vmm:
                 if self.stop_on_event:
                     self.pending = ("event", soft)
                     return "event"
+                if user:
+                    self.stats["user_soft_interrupts_reflected"] += 1
                 self.deliver(soft)
                 return None
+        if vector == NM_VECTOR:
+            # The hardware holds the guest's CR0 FPU bits in guest context (HW_CR0): a #NM is the
+            # guest's own (lazy FPU switching, an emulated FPU), as spec/x87.r1 says a VMM that
+            # keeps them sees it. Reflected as it is, with nothing to emulate.
+            if self.stop_on_event:
+                self.pending = ("event", Fault(NM_VECTOR))
+                return "event"
+            if user:
+                self.stats["user_events_reflected"] += 1
+            self.stats["nm_reflected"] += 1
+            self.deliver(Fault(NM_VECTOR))
+            return None
         # Emulate the instruction with the interpreter: a guest fault is raised precisely
         # (with its error code); anything else (a privileged instruction, a protected page,
         # the VMM's area) is done, and execution goes on after it.
@@ -1309,6 +1538,8 @@ class Vmm:
             if self.stop_on_event:
                 self.pending = ("event", r.event)
                 return "event"
+            if user:
+                self.stats["user_events_reflected"] += 1  # a fault, or SYSENTER, INT3, INTO emulated
             self.deliver(r.event)
         elif r.reason == "vmstop":
             self.pending = ("vmstop", r.vmstop)
@@ -1411,7 +1642,7 @@ class Vmm:
             return False
         page = walk[0] >> 12
         present = bool(self.shadow.hardware_pte(la) & PTE_P)
-        if present and (page in self.code_pages or page in self.traced_pages):
+        if present and self._write_protected(page):
             return False  # a write to protected memory: emulate it
         # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no hidden
         # fault to fill (it would map, and mark dirty, whatever page CR2 last named). Asked only
@@ -1717,8 +1948,24 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
     stats.add(
         "interpreted_instructions",
-        "instructions run by the interpreter (real mode, v86, TF)",
+        "instructions run by the interpreter (real mode, v86, TF, unshadowed user segments)",
         s["interpreted_instructions"],
+    )
+    if vmm.clock is not None:
+        stats.add("user_instructions_direct", "user instructions run directly", s["user_instructions_direct"])
+    stats.add("user_world_switches", "world switches into user code with its own tables", s["direct_own_tables"])
+    stats.add(
+        "user_soft_interrupts_reflected",
+        "system calls from user code reflected (INT n run directly)",
+        s["user_soft_interrupts_reflected"],
+    )
+    stats.add(
+        "user_events_reflected", "other user-mode events reflected (faults, emulated INTs)", s["user_events_reflected"]
+    )
+    stats.add(
+        "user_code_interpreted",
+        "user code interpreted: tables refused, segments nonreversible",
+        s["direct_tables_refused"] + s["direct_nonreversible"],
     )
     stats.add("wall_time_s", "wall time", round(elapsed, 6), "s")
 
@@ -1775,6 +2022,7 @@ class VmmEngine:
 
     def stop(self, outcome, max_insns: int | None):
         from ring1.runtime import engines
+
         return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 

@@ -126,6 +126,7 @@ class ShadowMmu:
         protected: Callable[[int], bool],
         device_page: Callable[[int], bool],
         on_untrace: Callable[[int], None],
+        on_unmap: Callable[[], None],
         max_shadows: int = MAX_SHADOWS,
         pool_size: int = POOL_SIZE,
     ) -> None:
@@ -135,6 +136,7 @@ class ShadowMmu:
         self.protected = protected  # pages the VMM keeps read-only for its own reasons (code)
         self.device_page = device_page
         self.on_untrace = on_untrace
+        self.on_unmap = on_unmap  # entries of the current shadow were dropped (not by a CR3 write)
         self.max_shadows = max_shadows
         self.vmm_pde = (pool_phys + (VMM_TABLE_PAGE << 12)) | PTE_P | PTE_W
         self.free_pages = [pool_phys + (i << 12) for i in reversed(range(pool_size >> 12)) if i != VMM_TABLE_PAGE]
@@ -218,6 +220,7 @@ class ShadowMmu:
         self._empty(self.current)
         self.flush_hw_tlb()
         self.stats["shadow_flushes"] += 1
+        self.on_unmap()
 
     def _take_page(self) -> int:
         if not self.free_pages and not self._evict_oldest():
@@ -225,6 +228,7 @@ class ShadowMmu:
             self._empty(self.current)
             self.flush_hw_tlb()
             self.stats["shadow_flushes"] += 1
+            self.on_unmap()
         page = self.free_pages.pop()
         self.host.write(page, bytes(4096))
         return page
@@ -236,7 +240,7 @@ class ShadowMmu:
         table = self.current.tables.get(la >> 22)
         return 0 if table is None else self.host.read32(table + ((la >> 12) & 0x3FF) * 4)
 
-    def fill(self, la: int, write: bool, cpl: int) -> bool:
+    def fill(self, la: int, write: bool, supervisor: bool) -> bool:
         """Map `la` in the current shadow as the guest maps it, if the guest allows this access
         without a fault, setting the accessed (and for a write the dirty) bits the CPU would.
         False: the access must be emulated (the interpreter raises the guest's fault, or does
@@ -248,10 +252,10 @@ class ShadowMmu:
         if walk is None:
             return False
         gpa, user, writable, dirty, entries = walk
-        if cpl == 3 and not user:
+        if not supervisor and not user:
             return False
         if write and not writable:
-            return False  # a fault, or (CPL < 3, WP clear) a write the interpreter makes
+            return False  # a fault, or (a supervisor's, WP clear) a write the interpreter makes
         if gpa + 0x1000 > self.G and not self.device_page(gpa):
             return False  # neither RAM nor a device's: every access is emulated (an empty bus)
         # The accessed bit in every entry of the walk, dirty in the last one for a write.
@@ -379,6 +383,7 @@ class ShadowMmu:
             dropped |= self._forget_pte(table + (linear_page & 0x3FF) * 4)
         if dropped:
             self.flush_hw_tlb()
+            self.on_unmap()
 
     def _on_traced_write(self, page: int, start: int, end: int) -> None:
         """The guest wrote bytes [start, end) of a page holding entries a shadow was made from:
@@ -412,6 +417,7 @@ class ShadowMmu:
         if dropped:
             self.stats["shadow_entries_dropped"] += dropped
             self.flush_hw_tlb()
+            self.on_unmap()
 
     # ------------------------------------------------------------ traces
 

@@ -310,7 +310,6 @@ STEALTH_CASES = {
         lambda b, t: b.regs["eax"] == 0x38 and t.regs["eax"] == 0,
     ),
     # smsw eax: the real CR0 has NE (and PG, WP: beyond the low word) set for the VMM
-    "SMSW": (bytes.fromhex("0f01e0"), {}, {}, lambda b, t: b.regs["eax"] == 0x11 and t.regs["eax"] & 0x20),
     # str eax: the hardware task register is the VMM's (none loaded), not the guest's 0x28
     "STR": (
         bytes.fromhex("0f00c8"),
@@ -377,6 +376,16 @@ def test_trap_mode_gets_cli_and_sti_right_because_they_trap(code: bytes, eflags:
     assert differences(bare, bt) == []
     assert trap_vmm.stats["emulated_after_trap"] == 1  # it trapped, and was emulated
     assert bt_vmm.stats["traps"] == 0 and bt_vmm.stats["rule_inline"] >= 1
+
+
+def test_trap_mode_gets_smsw_right_because_the_hardware_has_the_guests_cr0_bits() -> None:
+    # SMSW is unprivileged and stealthy, but what it shows (PE MP EM TS ET NE) is what the
+    # hardware's CR0 holds in guest context: the guest's FPU bits (the VMM keeps them there so
+    # that FPU instructions fault with #NM where the guest's would) and PE, set in both.
+    spec = fresh_machine.FreshSpec(code=bytes.fromhex("0f01e0"), cr0_bits=fresh_machine.CR0_MP)  # smsw eax
+    bare, bt, trap = run(spec, "bare"), run(spec, "bt"), run(spec, "trap")
+    assert bare.regs["eax"] & 0xFFFF == 0x13  # PE MP ET
+    assert differences(bare, bt) == [] and differences(bare, trap) == []
 
 
 def test_sldt_on_the_fresh_machine_does_not_show_trap_mode() -> None:

@@ -161,6 +161,30 @@ def test_vmm_area_beyond_guest_ram_is_open_bus(name: str) -> None:
     assert differences(ref, bt) == []
 
 
+# Stores whose address is computed at run time (the translator cannot see them) to the VMM's
+# pages other than the vcpu page and the world switch's stack: those are read-only in the
+# hardware's tables, so the store faults before it runs and the interpreter runs it through
+# the guest's own page tables (its accessed and dirty bits included).
+EXIT_PAD_LINEAR = C["VMM_BASE"] + C["VMM_EXIT_PAD"]
+REGISTER_ADDRESSED_STORES = {
+    "rep stosb down over the exit pad": mov_eax(0x5A)
+    + b"\xbf"
+    + struct.pack("<I", EXIT_PAD_LINEAR + 0x10)
+    + b"\xb9\x40\x00\x00\x00\xfd\xf3\xaa\xfc",
+    "a push with the stack in the TC": b"\x89\xe5"  # mov ebp, esp
+    + b"\xbc"
+    + struct.pack("<I", TC_LINEAR + 0x2000)
+    + b"\x68\x44\x33\x22\x11"  # push 0x11223344
+    + b"\x89\xec",  # mov esp, ebp
+    "xchg with a TC word": mov_ebx(TC_LINEAR + 0x800) + mov_eax(0x77) + b"\x87\x03",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REGISTER_ADDRESSED_STORES))
+def test_register_addressed_store_to_a_read_only_vmm_page_is_guest_memory(name: str) -> None:
+    same_as_bare(paged(REGISTER_ADDRESSED_STORES[name]))
+
+
 def test_register_addressed_read_of_the_vmm_area_sees_the_vmm() -> None:
     # The documented limitation (spec/vmm.r1: "Guest kernel code (CPL 1) can read the VMM's
     # pages"): an address computed at run time is not seen by the translator, the instruction
