@@ -1284,6 +1284,11 @@ class Vmm:
         return page in self.code_pages or page in self._table_ranges
 
     def _on_shadow_unmap(self) -> None:
+        """Shadow entries of the current address space were dropped (a guest PTE or PDE changed,
+        or the pool ran out): the interpreter, which emulates instructions of the same guest,
+        forgets its translations too, so that an emulated access sees what the hardware's next
+        one will (the new mapping, and accessed and dirty bits set again), not an older one."""
+        self.m.flush_tlb()
         if self._tables is not None:
             self._forget_tables()  # their pages may no longer be mapped for the hardware
 

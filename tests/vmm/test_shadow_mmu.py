@@ -210,6 +210,22 @@ def test_a_pte_write_without_invlpg_is_seen_at_once_under_bt() -> None:
     assert vmm.stats["shadow_entries_dropped"] == 1
 
 
+def test_an_emulated_access_after_a_pte_write_without_invlpg_sees_what_the_hardware_sees() -> None:
+    """The hardware maps a page (MOV), the interpreter reads it too (ADD, forced to a callout),
+    the guest remaps it without INVLPG: the interpreter forgets its translations with the
+    shadow entry, so an emulated access sees the page the hardware's next one would."""
+    text = paging_on(PD_A) + f"""
+        mov eax, [{WINDOW + 0x1000:#x}]
+        add edi, [{WINDOW + 0x1000:#x}]
+        mov dword ptr [{PT_A + 4:#x}], {PAGES[4] | P | RW:#x}
+        add edi, [{WINDOW + 0x1000:#x}]
+    """
+    vmm = Vmm(fresh_machine.MEMORY_SIZE, mode="bt", rule_overrides={"ADD_Rv_RMv": "callout"})
+    r = run(spec(text, window_space()), "bt", vmm)
+    assert r.stop != "vmstop" and vmm.stats["callouts"] >= 2
+    assert r.regs["edi"] == 2 + 5 and vmm.stats["shadow_entries_dropped"] == 1
+
+
 def test_a_pde_write_drops_the_shadow_table_made_from_it_in_every_address_space() -> None:
     """B's directory points at A's table too; A's PDE is made not present: A faults at its
     next access through it, B keeps its mapping (its own PDE did not change)."""
