@@ -12,8 +12,10 @@ The pieces, and where the spec comes in:
   memory is guest RAM, then the 4 MB VMM area (mapped at VMM_BASE), then a pool for the
   hardware page tables, which are never mapped linearly. Hardware paging is always on:
   guest pages are filled in on demand from the guest's own page tables (hidden page
-  faults); the guest's page-table pages are traced (mapped read-only) so writes to them are
-  emulated and the shadow dropped; pages holding translated code are read-only too. Both
+  faults) into shadow page tables kept per guest address space (shadow.py, the shadow
+  MMU); the guest's page-table pages are traced (mapped read-only) so writes to them are
+  emulated and the shadow entries made from the bytes written dropped; pages holding
+  translated code are read-only too. Both
   subscribe in the machine's page-trace registry (ring1.runtime.cpu.traces), each under its own
   reason, so a page that is both a page table and code is heard by both.
 - **TC coherency.** A unit records the guest bytes it was made from (`Unit.code`, every page
@@ -83,6 +85,7 @@ from ring1.runtime.vmm.descriptor_tables import (
     read_tables,
     shadow_descriptor,
 )
+from ring1.runtime.vmm.shadow import POOL_SIZE, VMM_TABLE_PAGE, WHY_SHADOW, ShadowMmu
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -102,9 +105,8 @@ PAD_SLOT = C["PAD_SLOT"]
 EXIT_SLOTS = (C["VMM_CALLOUT_PAD"] - C["VMM_EXIT_PAD"]) // PAD_SLOT
 CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
 TC_START = VMM_BASE + C["VMM_TC"]
-POOL_SIZE = 4 << 20  # hardware page directory and tables
 MAX_UNIT = 12
-WHY_TC, WHY_SHADOW = "translated code", "shadow page table"  # the VMM's reasons for page traces
+WHY_TC = "translated code"  # the VMM's reason for its code-page traces (WHY_SHADOW: shadow.py's)
 WHY_TABLES = "descriptor table run directly"
 WHY_WINDOW = "the guest's page directory, where the VMM is"
 # The hardware's CR0: paging, protection, and CR0.WP so that a store of translated code (CPL 1,
@@ -251,7 +253,6 @@ class Vmm:
         # before running a block made from them.
         self.m.write_visible = self._write_protected
         self.m.mapping_listeners.append(self._on_mapping_change)
-        self._shadow_paging: tuple[int, int, int] | None = None  # CR0, CR3, CR4 the shadow was built for
         self.m.takes_interrupts = False  # the VMM takes them (Vmm._take_interrupt)
         self.clock = self.platform.clock
         self.cpu = PhysicalCpu(self.host, platform=self.platform, count_instructions=self.clock is not None)
@@ -284,9 +285,23 @@ class Vmm:
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
         self.code_pages: set[int] = set()  # watched for "translated code"
-        self.traced_pages: set[int] = set()  # watched for "shadow page table"
-        self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
-        self.pool_next = 2
+        # The shadow page tables, one set per guest address space (shadow.py). The hardware's
+        # CR3 is the current shadow's: loaded when the guest's changes, and part of the key of
+        # the hardware contexts a world switch restores (`_hardware_context`).
+        self.shadow = ShadowMmu(
+            self.host,
+            self.m,
+            self.pool_phys,
+            guest_size,
+            self.stats,
+            flush_hw_tlb=self._flush_hw_tlb,
+            load_hw_cr3=self._load_hw_cr3,
+            protected=self._protected_by_vmm,
+            device_page=self._device_page,
+            on_untrace=self._on_shadow_untrace,
+            on_unmap=self._on_shadow_unmap,
+        )
+        self.traced_pages = self.shadow.traced_pages  # watched for "shadow page table" (the same set)
         self.last_event: GuestEvent | None = None
         self.direct = False
         self._restarted: tuple[int, tuple[int, ...], int] | None = None  # see _flags_as_first_seen
@@ -384,14 +399,12 @@ class Vmm:
 
     def _setup_hardware(self) -> None:
         uc = self.uc
-        pd = self.pool_phys
-        vmm_pt = self.pool_phys + 0x1000
-        self.host.write32(pd + self.slot * 4, vmm_pt | PTE_P | PTE_W)
+        vmm_pt = self.pool_phys + (VMM_TABLE_PAGE << 12)  # the VMM's entry in every shadow directory
         writable = {C["VMM_VCPU"] >> 12, C["VMM_STACK"] >> 12}
         for i in range(VMM_SIZE >> 12):
             flags = PTE_P | PTE_A | PTE_D | (PTE_W if i in writable else 0)
             self.host.write32(vmm_pt + i * 4, (self.vmm_phys + (i << 12)) | flags)
-        uc.reg_write(X.UC_X86_REG_CR3, pd)
+        uc.reg_write(X.UC_X86_REG_CR3, self.shadow.current.pd)
         # With a virtual clock, CR4.TSD: RDTSC run by the hardware outside the TC (user code run
         # directly, the kernel under `trap`) faults and is emulated, reading the virtual TSC
         # (in the TC it is a callout already). Unicorn's own TSC follows the host's.
@@ -592,8 +605,7 @@ class Vmm:
         return self._hw_mapped(la) or self.fill(la, write=False, implicit=True)
 
     def _hw_mapped(self, la: int) -> bool:
-        pde = self.host.read32(self.pool_phys + (la >> 22) * 4)
-        return bool(pde & 1 and self.host.read32((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4) & 1)
+        return bool(self.shadow.hardware_pte(la) & PTE_P)
 
     def _trace_tables(self, verdict: TablesVerdict, gdt: tuple[int, int], ldt: tuple[int, int] | None) -> None:
         ranges: dict[int, list[tuple[int, int]]] = {}
@@ -632,13 +644,16 @@ class Vmm:
         bitmap from TR's TSS as the guest's CPU would), and its GDTR and LDTR when they are
         usable (v86 code loads no descriptor: always). `v86`: the IRET frame on the ring-0
         stack is the nine-dword one. Built once per distinct state and kept: a
-        context_restore costs what one does."""
+        context_restore costs what one does. The current shadow's directory is in the key: a
+        context_restore sets CR3 without flushing unicorn's TLB, which holds that shadow's
+        translations (the hardware's CR3 follows the current shadow, `_load_hw_cr3`)."""
         S = self.m.state
         cr0 = HW_CR0 | (S.cr[0] & GUEST_CR0_IN_HARDWARE)
+        shadow_pd = self.shadow.current.pd
         if not user_direct:
-            key: tuple = (cr0,)
+            key: tuple = (cr0, shadow_pd)
         else:
-            key = (cr0, S.idtr_base, S.idtr_limit, S.tr, S.tr_base, S.tr_limit, S.tr_attr)
+            key = (cr0, shadow_pd, S.idtr_base, S.idtr_limit, S.tr, S.tr_base, S.tr_limit, S.tr_attr)
             if self.own_tables:
                 key += (S.gdtr_base, S.gdtr_limit, S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr)
             key += (v86,)
@@ -650,6 +665,7 @@ class Vmm:
             self._contexts.clear()
         uc = self.uc
         uc.context_restore(self.ring0)
+        uc.reg_write(X.UC_X86_REG_CR3, shadow_pd)
         uc.reg_write(X.UC_X86_REG_CR0, cr0)
         if v86:
             uc.reg_write(X.UC_X86_REG_ESP, self.base + C["VMM_STACK_TOP"] - 36)
@@ -729,15 +745,14 @@ class Vmm:
         old = self.base
         self.flush_translations(counted=False)
         self.uc.ctl_remove_cache(old, old + VMM_SIZE)  # the stubs and pads, run at the old place
-        self.host.write32(self.pool_phys + self.slot * 4, 0)
         self._place(free)
+        self.shadow.move_vmm(self.slot)
         self.tc_next = self.tc_start
         self._setup_vmm_area()
         self.uc.context_restore(self.ring0)  # (at ring 0: the segment loads below must be allowed)
         self._setup_hardware()
         self._contexts.clear()
         self._forget_tables()
-        self.flush_shadow()
         self._hook_vmm_code()
         self.stats["vmm_relocations"] += 1
 
@@ -1398,21 +1413,19 @@ class Vmm:
         is walked again, after INVLPG that page; units fetched through a page that now maps to
         another physical page, or to none, are dropped. A kernel mapped alike in every address
         space keeps its translations across process switches; a PTE changed without INVLPG runs
-        the old code until one, as the stale TLB entry would on a CPU."""
+        the old code until one, as the stale TLB entry would on a CPU.
+        The shadow page tables: INVLPG drops the page's shadow entry; a CR3 (CR0, CR4) write
+        selects the shadow of the new address space (shadow.py)."""
         if self._tables is not None:
             self._forget_tables()  # the tables' linear pages may map elsewhere now
         if linear_page is None:
-            self._check_window()
-        if linear_page is not None and linear_page not in self.units_on_linear:
-            return  # no translated code there (INVLPG of a data page)
-        if linear_page is None:
             S = self.m.state
-            paging = (S.cr[0] & (CR0.PG | CR0.WP | CR0.PE), S.cr[3], S.cr[4] & (CR4.PGE | CR4.PAE | CR4.PSE))
-            if paging != self._shadow_paging:
-                # The hardware tables were built from other guest tables. (The same CR3 again
-                # needs nothing: writes to the guest's tables are traced.)
-                self._shadow_paging = paging
-                self.flush_shadow()
+            self._check_window()
+            self.shadow.select(S.cr[0], S.cr[3], S.cr[4])
+        else:
+            self.shadow.invalidate_page(linear_page)
+            if linear_page not in self.units_on_linear:
+                return  # no translated code there (INVLPG of a data page)
         pages = list(self.units_on_linear) if linear_page is None else (linear_page,)
         for lpage in pages:
             units = self.units_on_linear.get(lpage)
@@ -1431,71 +1444,20 @@ class Vmm:
         """Unicorn caches translations like a TLB: after changing its page tables, drop them."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
-    def _pool_page(self) -> int:
-        if self.pool_next >= POOL_SIZE >> 12:
-            self.flush_shadow()
-        addr = self.pool_phys + (self.pool_next << 12)
-        self.pool_next += 1
-        self.host.write(addr, bytes(4096))
-        return addr
-
-    def flush_shadow(self) -> None:
-        """Drop every hardware mapping of guest memory (CR3 written, a traced table changed)."""
-        vmm_pde = self.host.read32(self.pool_phys + self.slot * 4)
-        self.host.write(self.pool_phys, bytes(4096))
-        self.host.write32(self.pool_phys + self.slot * 4, vmm_pde)
-        self.pool_next = 2
-        self.shadow_ptes.clear()
-        self._flush_hw_tlb()
-        self.stats["shadow_flushes"] += 1
-        if self._tables is not None:
-            self._forget_tables()  # their pages are no longer mapped for the hardware
+    def _load_hw_cr3(self, pd: int) -> None:
+        """Point the hardware at a shadow directory (also from inside a callout's hook: the VMM
+        area every shadow maps alike is where execution goes on)."""
+        self.uc.reg_write(X.UC_X86_REG_CR3, pd)
 
     def guest_walk(self, la: int) -> tuple[int, bool, bool, bool, list[tuple[int, int]]] | None:
         """The guest's translation of `la` without side effects (the interpreter's walker)."""
         return self.m.walk(la)
 
     def fill(self, la: int, write: bool, implicit: bool = False) -> bool:
-        """Map `la` as the guest maps it, if the guest allows this access without a fault.
-        `implicit`: an access the CPU makes itself (a descriptor table), a supervisor's at any CPL."""
-        S = self.m.state
-        walk = self.guest_walk(la)
-        if walk is None:
-            return False
-        gpa, user, writable, dirty, entries = walk
-        supervisor = implicit or S.cpl != 3
-        if not supervisor and not user:
-            return False
-        if write and not writable and (not supervisor or S.cr[0] & CR0.WP):
-            return False
-        if gpa + 0x1000 > self.G and not self._device_page(gpa):
-            return False  # neither RAM nor a device's: every access is emulated (an empty bus)
-        # Set the accessed (and, for a write, dirty) bits the CPU would set.
-        for i, (addr, value) in enumerate(entries):
-            new = value | PTE_A | (PTE_D if write and i == len(entries) - 1 else 0)
-            if new != value:
-                self.guest_mem.write32(addr, new)
-            self.trace_page(addr >> 12)
-        if write:
-            dirty = True
-        page = gpa >> 12
-        hw_write = writable and (dirty or not S.cr[0] & CR0.PG)
-        if self._write_protected(page):
-            hw_write = False
-        pd = self.pool_phys
-        pde_addr = pd + (la >> 22) * 4
-        pde = self.host.read32(pde_addr)
-        if not pde & 1:
-            pt = self._pool_page()
-            pde = pt | PTE_P | PTE_W | PTE_U
-            self.host.write32(pde_addr, pde)
-        pte_addr = (pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4
-        flags = PTE_P | PTE_A | PTE_D | (PTE_U if user else 0) | (PTE_W if hw_write else 0)
-        self.host.write32(pte_addr, gpa | flags)
-        self.shadow_ptes.setdefault(page, []).append(pte_addr)
-        self._flush_hw_tlb()
-        self.stats["hidden_page_faults"] += 1
-        return True
+        """Map `la` in the current shadow as the guest maps it, if the guest allows this access
+        without a fault (ShadowMmu.fill). `implicit`: an access the CPU makes itself (a
+        descriptor table), a supervisor's at any CPL."""
+        return self.shadow.fill(la, write, supervisor=implicit or self.m.state.cpl != 3)
 
     def _device_page(self, gpa: int) -> bool:
         """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
@@ -1503,21 +1465,25 @@ class Vmm:
         return any(base <= gpa < base + length for base, length in self.platform.mmio_ranges())
 
     def trace_page(self, page: int) -> None:
-        if page in self.traced_pages:
-            return
-        self.traced_pages.add(page)
-        self._write_protect(page)
-        self.m.traces.watch(page, WHY_SHADOW, self._on_traced_write)
+        """Trace a page as holding guest page-table entries (its mappings become read-only)."""
+        self.shadow.trace(page)
 
-    def _on_traced_write(self, page: int, start: int, end: int) -> None:
-        self.stats["traced_writes"] += 1
+    def _protected_by_vmm(self, page: int) -> bool:
+        """Pages the VMM keeps read-only for reasons of its own besides page tables."""
+        return page in self.code_pages or page in self._table_ranges or page == self._window_pd
+
+    def _on_shadow_unmap(self) -> None:
+        """Shadow entries of the current address space were dropped (a guest PTE or PDE changed,
+        or the pool ran out): the interpreter, which emulates instructions of the same guest,
+        forgets its translations too, so that an emulated access sees what the hardware's next
+        one will (the new mapping, and accessed and dirty bits set again), not an older one."""
+        self.m.flush_tlb()
         if self._tables is not None:
-            self._forget_tables()  # a page-table write may map the descriptor tables elsewhere
-        self.traced_pages.discard(page)
-        self.m.traces.unwatch(page, WHY_SHADOW)
+            self._forget_tables()  # their pages may no longer be mapped for the hardware
+
+    def _on_shadow_untrace(self, page: int) -> None:
         if page in self.m.code_pages and not self._write_protected(page):
             self.m.forget_code_page(page)  # the hardware may write it from now on
-        self.flush_shadow()
 
     def protect_code_page(self, page: int) -> None:
         if page in self.code_pages:
@@ -1544,11 +1510,7 @@ class Vmm:
         )
 
     def _write_protect(self, page: int) -> None:
-        for pte_addr in self.shadow_ptes.get(page, []):
-            v = self.host.read32(pte_addr)
-            if (v & 0xFFFFF000) >> 12 == page:
-                self.host.write32(pte_addr, v & ~PTE_W)
-        self._flush_hw_tlb()
+        self.shadow.write_protect(page)
 
     # ------------------------------------------------------------ hooks (inside emulation: memory writes only)
 
@@ -1878,11 +1840,7 @@ class Vmm:
         if walk is None:
             return False
         page = walk[0] >> 12
-        pde = self.host.read32(self.pool_phys + (la >> 22) * 4)
-        present = False
-        if pde & 1:
-            pte = self.host.read32((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4)
-            present = bool(pte & 1)
+        present = bool(self.shadow.hardware_pte(la) & PTE_P)
         if present and self._write_protected(page):
             return False  # a write to protected memory: emulate it
         # Unicorn reports INT 0Eh run directly as vector 14 too, and then CR2 is stale: no hidden
@@ -2180,7 +2138,15 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("callouts", "callouts", s["callouts"])
     stats.add("traps", "traps", s["traps"])
     stats.add("hidden_page_faults", "hidden page faults filled", s["hidden_page_faults"])
-    stats.add("traced_writes", "traced writes (guest page tables)", s["traced_writes"])
+    stats.add("traced_writes", "traced writes to guest page tables", s["traced_writes"])
+    stats.add(
+        "shadow_entries_dropped", "shadow entries dropped by traced writes", s["shadow_entries_dropped"]
+    )
+    stats.add("cr3_switches_warm", "CR3 switches that found their shadow warm", s["cr3_switches_warm"])
+    stats.add("cr3_switches_cold", "CR3 switches to a new (cold) shadow", s["cr3_switches_cold"])
+    stats.add("shadows_evicted", "shadows evicted (LRU)", s["shadows_evicted"])
+    stats.add("pages_unshadowed", "guest page tables unshadowed (written as data)", s["pages_unshadowed"])
+    stats.add("shadow_flushes", "shadow flushes (every shadow dropped)", s["shadow_flushes"])
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("vmm_relocations", "VMM moves (the guest's tables claimed its 4 MB)", s["vmm_relocations"])
     stats.add("vmm_base", "where the VMM is in the linear space", f"{vmm.base:#010x}")
@@ -2264,4 +2230,4 @@ class VmmEngine:
         return engines.engine_stop(self.machine, outcome.reason, outcome.vmstop, max_insns, "VMM")
 
 
-__all__ = ["Vmm", "VmmEngine"]
+__all__ = ["WHY_SHADOW", "WHY_TC", "Vmm", "VmmEngine"]
