@@ -41,6 +41,7 @@ class PageTraces:
         self.watched: dict[int, dict[str, Watch]] = {}
         # Called with the page when it gets its first subscriber (to stop fast writes to it).
         self.on_first_watch: list[Callable[[int], None]] = []
+        self.told = 0  # writes told to subscribers so far (a caller compares before and after)
 
     def watch(self, page: int, why: str, callback: WriteCallback) -> Watch:
         """Subscribe `callback` to writes to `page`. Watching again for the same reason with the
@@ -89,6 +90,7 @@ class PageTraces:
         subs = self.watched.get(page)
         if not subs:
             return
+        self.told += 1
         if len(subs) == 1:  # the common case, without the copy
             next(iter(subs.values())).callback(page, start, end)
             return

@@ -119,6 +119,12 @@ NM_VECTOR = 7  # #NM, device not available
 SYSENTER_EVENT = -1  # CpuEvent.vector of a SYSENTER the hardware stopped at (Vmm._on_sysenter)
 CONTEXTS_KEPT = 64  # hardware contexts kept for world switches (bounded: the guest chooses the keys)
 TRAP_THRESHOLD = 8
+# "Innocent until proven guilty", both ways: an instruction retranslated as a callout because it
+# kept trapping gets its own rule back after this many callouts in a row that wrote no page the
+# VMM watches (twice as many each time it is convicted again), so that a store which trapped
+# while its page was a page table (a kernel zeroing pages it later gives out as data) does not
+# stay a callout for good, while one that keeps writing code or page tables stays one.
+ACQUIT_AFTER = 32
 SLOT_BASE = 8160  # GDT slots for the six guest segment registers (selectors 0xFF00..0xFF28)
 CALLOUT_FORM = "(callout)"
 M32 = 0xFFFFFFFF
@@ -279,6 +285,8 @@ class Vmm:
         self.units_on_linear: dict[int, set[Unit]] = {}  # guest linear page -> units fetched through it
         self.callout_override: set[int] = set()  # guest EIPs retranslated as callouts
         self.trap_counts: Counter[int] = Counter()
+        self.innocent_callouts: Counter[int] = Counter()  # callouts of each in a row that would not have trapped
+        self.convictions: Counter[int] = Counter()  # how often each was retranslated as a callout
         self._place(VMM_BASE)
         self.tc_next = self.tc_start
         self.pending: tuple[str, object] | None = None  # what vmm_exit was taken for
@@ -1606,6 +1614,7 @@ class Vmm:
         S.eip = site.guest
         before = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         self.stats["callouts"] += 1
+        told = m.traces.told
         r = m.step()
         ev = r.event
         if ev is None and r.reason == "vmstop":
@@ -1625,6 +1634,13 @@ class Vmm:
             return
         if self.clock is not None and not self._callout_interrupt():
             return
+        if site.guest in self.callout_override:
+            if m.traces.told != told:
+                self.innocent_callouts[site.guest] = 0  # it wrote a watched page: it would have trapped
+            else:
+                self.innocent_callouts[site.guest] += 1
+                if self.innocent_callouts[site.guest] >= ACQUIT_AFTER << min(self.convictions[site.guest] - 1, 10):
+                    self._acquit(site.guest)
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         if self.relocation_pending or HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0:
             self._exit_to_vmm("switch", None)  # CR0's FPU bits change in the hardware at the world switch
@@ -1859,6 +1875,8 @@ class Vmm:
     def retranslate(self, guest_eip: int) -> None:
         """An instruction that keeps trapping: emulate it by callout, and forward its old CCF."""
         self.callout_override.add(guest_eip)
+        self.innocent_callouts[guest_eip] = 0
+        self.convictions[guest_eip] += 1
         for start, old in list(self.units.items()):
             if old.live and old.forwarded_to is None and any(ins[0] == guest_eip for ins in old.insns):
                 del self.units[start]
@@ -1875,6 +1893,17 @@ class Vmm:
                 self.host.write(self.tc_phys(old.host), bytes(code))
                 self._forget_patch_sites(old, old.host, old.host + len(code))
                 self.uc.ctl_remove_cache(old.host, old.host + len(code))
+
+    def _acquit(self, guest_eip: int) -> None:
+        """A callout that ran ACQUIT_AFTER times in a row (doubled per conviction) without writing a
+        page the VMM watches (what made it trap): the instruction
+        goes back to its own rule (the units holding it are dropped and translated again when
+        next reached); trapping TRAP_THRESHOLD times again convicts it again."""
+        self.callout_override.discard(guest_eip)
+        self.trap_counts[guest_eip] = 0
+        for unit in {u for u in self.by_host.values() if u.live and any(ins[0] == guest_eip for ins in u.insns)}:
+            self.invalidate_unit(unit)
+        self.stats["acquittals"] += 1
 
     # ------------------------------------------------------------ running
 
@@ -2150,7 +2179,8 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     stats.add("world_switches", "world switches", s["world_switches"])
     stats.add("vmm_relocations", "VMM moves (the guest's tables claimed its 4 MB)", s["vmm_relocations"])
     stats.add("vmm_base", "where the VMM is in the linear space", f"{vmm.base:#010x}")
-    stats.add("retranslations", "retranslations", s["retranslations"])
+    stats.add("retranslations", "retranslations (as callouts, after traps)", s["retranslations"])
+    stats.add("acquittals", "callouts given back their own rule (innocent until proven guilty)", s["acquittals"])
     stats.add("events_delivered", "exceptions and software interrupts delivered", s["events_delivered"])
     stats.add("interrupts_delivered", "external interrupts delivered", s["interrupts_delivered"])
     stats.add(

@@ -197,9 +197,13 @@ def test_an_instruction_that_keeps_trapping_is_retranslated() -> None:
     assert bare.regs["eax"] == n * (n + 1) // 2
     assert vmm.stats["retranslations"] >= 1
     assert len(vmm.callout_override) >= 1
-    # Trapping stopped once the store became a callout: far fewer traps than iterations.
-    assert vmm.stats["emulated_after_trap"] <= TRAP_THRESHOLD + 2
-    assert vmm.stats["callouts"] >= n - TRAP_THRESHOLD - 2
+    # Trapping stopped once the store became a callout: far fewer traps than iterations. (The
+    # shadow MMU stops tracing a page table written as data, and then the callout writes no
+    # watched page: it is acquitted, tried again with its own rule, and convicted again when
+    # the page is traced again: one more round of TRAP_THRESHOLD traps, then a longer wait.)
+    assert vmm.stats["emulated_after_trap"] <= (vmm.stats["acquittals"] + 1) * TRAP_THRESHOLD + 2
+    assert vmm.stats["acquittals"] <= 1
+    assert vmm.stats["callouts"] >= n - 2 * TRAP_THRESHOLD - 2
 
 
 def test_an_unicorn_undefined_opcode_that_traps_in_a_loop_is_retranslated() -> None:
