@@ -278,6 +278,7 @@ class Vmm:
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
         self.code_pages: set[int] = set()  # watched for "translated code"
+        self.debugger_pages: set[int] = set()  # a debugger's write watchpoints (protect_for_debugger)
         self.traced_pages: set[int] = set()  # watched for "shadow page table"
         self.shadow_ptes: dict[int, list[int]] = {}  # guest physical page -> PTE addresses mapping it
         self.pool_next = 2
@@ -1457,7 +1458,19 @@ class Vmm:
             or page in self.traced_pages
             or page in self._table_ranges
             or page == self._window_pd
+            or page in self.debugger_pages
         )
+
+    def protect_for_debugger(self, page: int, watched: bool) -> None:
+        """A debugger's write watchpoint on guest physical `page` (`ring1 run --gdb`): while
+        `watched`, the hardware maps it read-only, so every write to it, from translated or
+        direct code, is emulated and its page-trace subscribers hear of it. Unwatched, it stays
+        read-only until its next write maps it writable (a hidden fault), like a code page."""
+        if watched and page not in self.debugger_pages:
+            self.debugger_pages.add(page)
+            self._write_protect(page)
+        elif not watched:
+            self.debugger_pages.discard(page)
 
     def _write_protect(self, page: int) -> None:
         for pte_addr in self.shadow_ptes.get(page, []):
