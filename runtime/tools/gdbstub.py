@@ -294,6 +294,8 @@ class GdbSession:
         self._covered: set[int] | None = None  # the stop addresses translations made so far honour
         self.ended: tuple[int, Stop] | None = None  # the guest's run is over: (signal, how)
         self.internal_errors: list[str] = []
+        self.packets_handled = 0
+        self.rejected = 0  # packets refused for their checksum or length
         self.slice = 20_000  # instructions per continue slice, adapted to SLICE_SECONDS
         self.stop_signal = SIGTRAP
         self._send_lock = threading.Lock()
@@ -362,6 +364,7 @@ class GdbSession:
                 if item.kind == "ack":
                     continue
                 if item.kind in ("bad-checksum", "too-long"):
+                    self.rejected += 1
                     if self.ack:
                         self._send_raw(b"-")
                     continue
@@ -384,6 +387,7 @@ class GdbSession:
 
     def handle(self, payload: bytes) -> SessionEnd | None:
         """Answer one packet; never raises. Returns how the session ends, when it does."""
+        self.packets_handled += 1
         try:
             return self._dispatch(payload)
         except ProtocolError as err:
