@@ -438,3 +438,30 @@ def test_gdb_batch_session(guests: Path, tmp_path: Path, mode: str) -> None:
     assert "[Inferior 1 (Remote target) killed]" in out
     assert proc.returncode == engines.EXIT_INTERRUPTED and "killed by the debugger" in err, err
     assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("mode", ["bt", "bare"])
+def test_several_breakpoints_in_user_code_run_directly(guests: Path, mode: str) -> None:
+    """User processes of the procs guest run directly on unicorn (bt) or all of it does
+    (bare): a run's `until` holds one stop address, the stub's breakpoints are several."""
+    session = Session(booted(guests, mode, "procs.elf"))
+    c, engine = session.client, session.stub.engine
+    user = guests / "procs_user.elf"
+    wanted = {_symbol(user, name) for name in ("prog_init", "prog_hello", "uvprintf")}
+    for address in wanted:
+        assert c.ask(b"Z0,%x,1" % address) == b"OK"
+    hits = []
+    for _ in range(3):
+        assert c.ask(b"c").startswith(b"T05")
+        hits.append(engine.machine.state.eip)
+        assert engine.machine.state.sel[1] & 3 == 3  # stopped in user code
+    assert set(hits) <= wanted and len(set(hits)) >= 2, [hex(h) for h in hits]
+    # a step in user code is one instruction there (the budget reads user code through the
+    # guest's page tables: unicorn's mem_read, physical, once failed there under bt)
+    at = engine.machine.state.eip
+    assert c.ask(b"s").startswith(b"T05")
+    assert engine.machine.state.eip != at and engine.machine.state.sel[1] & 3 == 3
+    if mode == "bt":
+        mode_text = bytes.fromhex(c.ask(b"qRcmd," + b"mode".hex().encode())[1:].decode()).decode()
+        assert "direct execution (DE): user code at CPL 3" in mode_text, mode_text
+    session.finish()

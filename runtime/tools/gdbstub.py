@@ -661,6 +661,9 @@ class GdbSession:
         if address > 0xFFFFFFFF:
             raise ProtocolError("E01")
         if kind == b"2":
+            if getattr(self.engine, "vmm", None) is None and self.engine.mode != "interp":
+                self.send("")  # bare: unicorn's stores reach no trace (gdb then watches by steps)
+                return
             self._watchpoint(insert, address, length)
         elif kind not in (b"0", b"1"):
             self.send("")  # read and access watchpoints: writes are all the trace registry sees

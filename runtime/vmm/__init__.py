@@ -1857,13 +1857,28 @@ class Vmm:
             return [(h, self.guest_starts[h]) for h in self._start_hosts[lo:hi]]
         if self.in_vmm(address):
             return []  # the world switch's IRET on the way in
-        code = bytes(self.uc.mem_read(address, size)) + bytes(16)
+        code = self._guest_code(address, size) + bytes(16)
         out, at = [], 0
         while at < size:
             out.append((address + at, address + at - self.m.state.base[CS]))
             d = decode(code[at:], address + at, bool(self.m.state.code32))
             at += len(d.raw) if d.form else 1
         return out
+
+    def _guest_code(self, la: int, n: int) -> bytes:
+        """The bytes at guest-linear `la` as the guest's page tables map them (zeros where
+        they map nothing, or no RAM): unicorn's mem_read takes physical addresses, and code
+        run directly lives at the guest's linear ones (user code at 0x40000000, say)."""
+        out = bytearray()
+        while len(out) < n:
+            at = (la + len(out)) & M32
+            take = min(n - len(out), 0x1000 - (at & 0xFFF))
+            walk = self.m.walk(at)
+            if walk is None or walk[0] + 0x1000 > self.G:
+                out += bytes(take)
+            else:
+                out += self.guest_mem.read(walk[0] | (at & 0xFFF), take)
+        return bytes(out)
 
     def _count_block(self, uc, address: int, size: int, _data) -> None:
         if self.budget is None or self._split is not None:
@@ -1923,6 +1938,8 @@ class Vmm:
             self.uc.hook_del(self._budget_hook)
             self._budget_hook = None
         self._check_window()  # (the guest may have been given paging, and its tables, from outside)
+        # Code run directly stops at one stop address by `until`; at several, by code hooks.
+        self.cpu.stop_before(set(self.stop_addresses) if len(self.stop_addresses) > 1 else set())
         return self._run()
 
     def _run(self) -> tuple[str, object]:
@@ -1947,7 +1964,7 @@ class Vmm:
                 except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
                     return ("vmstop", stop)
                 return ("halt", None)
-            if S.eip in self.stop_addresses and self.can_translate():
+            if S.eip in self.stop_addresses:  # (translated, direct or interpreted alike)
                 return ("stop", S.eip)
             if self.can_translate():
                 try:
