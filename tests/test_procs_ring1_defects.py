@@ -33,6 +33,7 @@ from ring1.runtime.tools import fresh_machine as fm
 from ring1.runtime.tools.fresh_machine import FreshSpec
 from ring1.runtime.tools.snippet import interp_machine, run_interp, run_unicorn, run_vmm
 from tests.test_interrupts import COUNT, HANDLER, VECTOR, TickPlatform
+from tests.vmm.common import iret_to_user
 
 MODES = ["interp", "bare", "bt", "trap"]
 
@@ -49,17 +50,18 @@ def modes_with(defects: dict[str, str]) -> list:
     ]
 
 
-def run_with_clock(mode: str, code: bytes, memory: dict[int, bytes] | None = None, handler: bytes | None = None,
-                   period_ns: int = 10**12, max_insns: int = 100_000):
+def run_fresh(
+    mode: str,
+    code: bytes,
+    memory: dict[int, bytes] | None = None,
+    handler: bytes | None = None,
+    period_ns: int = 10**12,
+    max_insns: int = 100_000,
+    user_gate: bool = False,
+):
     """`code` on the fresh machine under a platform with a clock, as `ring1 run` has one, so
-    that the engines count instructions; stops at its end."""
-    return run_fresh(mode, code, memory, handler, period_ns=period_ns, max_insns=max_insns).machine
-
-
-def run_fresh(mode: str, code: bytes, memory: dict[int, bytes] | None = None, handler: bytes | None = None,
-              period_ns: int = 10**12, max_insns: int = 100_000, user_gate: bool = False):
-    """`run_with_clock`, returning the engine; `user_gate`: VECTOR's gate has DPL 3 (a system
-    call from user code)."""
+    that the engines count instructions; stops at its end. Returns the engine (its `machine`
+    holds the state). `user_gate`: VECTOR's gate has DPL 3 (a system call from user code)."""
     platform = TickPlatform(period_ns=period_ns)
     engine = engines.create(mode, fm.MEMORY_SIZE, platform)
     m = engine.machine
@@ -92,7 +94,7 @@ def test_cmp_flags_survive_a_hidden_fault_in_the_next_load(mode: str) -> None:
         """,
         fm.CODE,
     ).code
-    m = run_with_clock(mode, code)
+    m = run_fresh(mode, code).machine
     assert m.regs[6] == 1  # JAE not taken
 
 
@@ -115,12 +117,7 @@ def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(m
     ).code
     code = assemble(
         f"""
-        push {fm.SEL_DATA3}
-        push {fm.STACK_TOP}
-        push 0x202
-        push {fm.SEL_CODE3}
-        push offset user
-        iretd
+        {iret_to_user(eflags=0x202)}
     user:
         mov ax, {fm.SEL_DATA3}
         mov ds, ax
@@ -130,7 +127,7 @@ def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(m
         """,
         fm.CODE,
     ).code
-    m = run_with_clock(mode, code, handler=handler, period_ns=20_000)
+    m = run_fresh(mode, code, handler=handler, period_ns=20_000).machine
     assert (m.mem.read32(COUNT + 12) & 0xFFFF, m.mem.read32(COUNT + 16) & 0xFFFF) == (fm.SEL_DATA3, fm.SEL_DATA3)
 
 
@@ -163,12 +160,7 @@ def test_in_at_cpl_3_with_iopl_0_takes_gp(mode: str) -> None:
     # directly where it counts instructions).
     code = assemble(
         f"""
-        push {fm.SEL_DATA3}
-        push {fm.STACK_TOP}
-        push 0x2
-        push {fm.SEL_CODE3}
-        push offset user
-        iretd
+        {iret_to_user(eflags=0x2)}
     user:
         in al, 0x80
         nop

@@ -2140,15 +2140,12 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     )
     if vmm.clock is not None:
         stats.add("user_instructions_direct", "user instructions run directly", s["user_instructions_direct"])
-    stats.add("user_world_switches", "world switches into user code with its own tables", s["direct_own_tables"])
-    stats.add(
-        "user_soft_interrupts_reflected",
-        "system calls from user code reflected (INT n run directly)",
-        s["user_soft_interrupts_reflected"],
-    )
-    stats.add(
-        "user_events_reflected", "other user-mode events reflected (faults, emulated INTs)", s["user_events_reflected"]
-    )
+    for key, label, counter in (
+        ("user_world_switches", "world switches into user code with its own tables", "direct_own_tables"),
+        ("user_soft_interrupts_reflected", "system calls from user code reflected (INT n run directly)", None),
+        ("user_events_reflected", "other user-mode events reflected (faults, emulated INTs)", None),
+    ):
+        stats.add(key, label, s[counter or key])
     stats.add(
         "user_code_interpreted",
         "user code interpreted: tables refused, segments nonreversible",
