@@ -465,3 +465,41 @@ def test_several_breakpoints_in_user_code_run_directly(guests: Path, mode: str) 
         mode_text = bytes.fromhex(c.ask(b"qRcmd," + b"mode".hex().encode())[1:].decode()).decode()
         assert "direct execution (DE): user code at CPL 3" in mode_text, mode_text
     session.finish()
+
+
+def test_detach_lets_the_guest_run_to_its_end(guests: Path) -> None:
+    proc = subprocess.Popen(
+        [*RING1, "run", str(guests / "demo.elf"), "--gdb", "0", "--wait"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    port = _wait_for_port(proc)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client = Client(sock)
+        assert client.ask(b"?").startswith(b"T05")
+        assert client.ask(b"D") == b"OK"
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "demo: all self-checks passed" in out and "debugger detached; the guest runs on" in err
+
+
+def test_without_wait_the_guest_runs_until_gdb_attaches(guests: Path) -> None:
+    proc = subprocess.Popen(
+        [*RING1, "run", str(guests / "spin.elf"), "--gdb", "0", "--serial", "none"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    port = int(re.search(r":(\d+)", proc.stderr.readline()).group(1))  # "listening on ..."
+    time.sleep(0.3)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        client = Client(sock)
+        regs = bytes.fromhex(client.ask(b"g").decode())
+        eip = int.from_bytes(regs[EIP * 4 : EIP * 4 + 4], "little")
+        assert eip != _symbol(guests / "spin.elf", "_start")  # it ran before gdb came
+        sock.sendall(frame(b"k"))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == engines.EXIT_INTERRUPTED and "killed by the debugger" in err, err

@@ -355,7 +355,7 @@ class GdbSession:
         try:
             while True:
                 item = self.events.get()
-                if item is None or self.gone.is_set():
+                if item is None:  # (packets that came before the close are answered first: a k)
                     return self._end_gone()
                 if item.kind == "nack":
                     if self.ack and self.last_sent:
@@ -916,6 +916,8 @@ class GdbServer:
 
         if self.wait:
             self.log(f"waiting for gdb on 127.0.0.1:{self.port} (target remote :{self.port})")
+        else:
+            self.log(f"listening on 127.0.0.1:{self.port} (target remote :{self.port}); the guest runs")
         conn = self._accept(None) if self.wait else None
         slice_ = 100_000
         while True:
