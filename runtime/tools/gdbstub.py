@@ -389,6 +389,10 @@ class GdbSession:
         """Answer one packet; never raises. Returns how the session ends, when it does."""
         self.packets_handled += 1
         try:
+            try:
+                payload = unescape(payload)  # (only binary data is escaped; other packets never hold '}')
+            except ValueError:
+                raise ProtocolError("E01") from None
             return self._dispatch(payload)
         except ProtocolError as err:
             self.send(err.code)
