@@ -55,7 +55,7 @@ GUEST_DIR := guests
 GUEST_OUT := build/guests
 GUEST_CC ?= gcc
 GUEST_LD ?= ld
-GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -Wall -Wextra -ffreestanding -fno-pic -fno-pie -nostdlib \
+GUEST_CFLAGS := -m32 -march=i686 -std=gnu11 -O2 -g -Wall -Wextra -ffreestanding -fno-pic -fno-pie -nostdlib \
 	-mgeneral-regs-only -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables \
 	-fno-tree-loop-distribute-patterns
 GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings

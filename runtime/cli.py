@@ -178,6 +178,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"ring1 run: --rtc-base {args.rtc_base}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
+    if args.wait and args.gdb is None:
+        print("ring1 run: --wait waits for a debugger: it needs --gdb PORT", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if args.gdb is not None and not 0 <= args.gdb <= 0xFFFF:
+        print("ring1 run: --gdb must be a TCP port, 0 to 65535", file=sys.stderr)
+        return engines.EXIT_USAGE
+    if args.gdb is not None and args.max_insns is not None:
+        print(
+            "ring1 run: --max-insns and --gdb do not combine (the debugger decides how far the guest runs)",
+            file=sys.stderr,
+        )
+        return engines.EXIT_USAGE
     if len(args.disk or ()) > 2:
         print("ring1 run: at most two --disk images (the primary IDE channel's master and slave)", file=sys.stderr)
         return engines.EXIT_USAGE
@@ -248,6 +260,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"ring1 run: --serial-input {wanted}: {err.strerror}", file=sys.stderr)
         return engines.EXIT_USAGE
     stats = engines.RunStats(args.mode)
+    gdb = None
+    if args.gdb is not None:
+        from ring1.runtime.tools.gdbstub import GdbServer, describe_figures
+
+        try:
+            gdb = GdbServer(args.gdb, args.wait)
+        except OSError as err:
+            for disk in disks:
+                disk.close()
+            platform.close()
+            print(f"ring1 run: --gdb {args.gdb}: {err.strerror or err}", file=sys.stderr)
+            return engines.EXIT_USAGE
+        gdb.figures = lambda engine: describe_figures(engine, platform, args.mode)
     _catch_interrupts()
     try:
         while True:
@@ -255,7 +280,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 serial_input.start()
             if args.display == "text":
                 platform.show_screen(_terminal_writer(sys.stderr))
-            stop = engines.run_image(args.mode, image, platform, args.max_insns, stats)
+            stop = engines.run_image(
+                args.mode, image, platform, args.max_insns, stats, gdb.drive if gdb is not None else None
+            )
             if stop.kind != "reset" or not args.reboot:
                 break
             # --reboot: the reset line restarts the machine from power-on (RAM, chips, CPU);
@@ -280,6 +307,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if serial_input is not None:
             serial_input.close()
+        if gdb is not None:
+            gdb.close()
         platform.close()
         platform.flush()
     if args.screenshot and platform.vga is not None:
@@ -585,6 +614,13 @@ def main(argv: list[str] | None = None) -> int:
         help="what COM1 receives: a FILE, - for stdin (a terminal in raw mode; Ctrl-A x quits), or none "
         "(default: stdin when it is a pipe or a file)",
     )
+    run.add_argument(
+        "--gdb",
+        type=int,
+        metavar="PORT",
+        help="serve the GDB remote protocol on 127.0.0.1:PORT (gdb: target remote :PORT)",
+    )
+    run.add_argument("--wait", action="store_true", help="with --gdb: the guest starts only once gdb connects")
     run.set_defaults(func=cmd_run)
 
     ins = sub.add_parser(

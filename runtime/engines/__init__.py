@@ -26,6 +26,8 @@ from ring1.runtime.cpu.state import CS
 from ring1.runtime.devices.platform import GuestExit
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ring1.runtime.boot.multiboot import BootImage
     from ring1.runtime.cpu.events import GuestEvent
     from ring1.runtime.cpu.machine import Machine, Platform
@@ -237,11 +239,17 @@ class Stop:
 
 
 def run_image(
-    mode: str, image: BootImage, platform: GuestPlatform, max_insns: int | None, stats: RunStats
+    mode: str,
+    image: BootImage,
+    platform: GuestPlatform,
+    max_insns: int | None,
+    stats: RunStats,
+    driver: Callable[[Engine], Stop] | None = None,
 ) -> Stop:
     """`ring1 run`: boot `image` on `platform` in `mode` (an engine of ring1.runtime.engines),
     run it (at most `max_insns` guest instructions if given), add the engine's figures to
-    `stats` and say how the run ended."""
+    `stats` and say how the run ended. A `driver` runs the booted engine instead (the GDB
+    stub: ring1.runtime.tools.gdbstub) and says how the run ended."""
     from ring1.runtime.boot.multiboot import interp_boot
 
     engine = create(mode, image.memory_size, platform)
@@ -250,10 +258,13 @@ def run_image(
     interp_boot(image, platform, engine.machine)
     engine.start()
     started = time.perf_counter()
-    outcome = engine.run(max_insns)
+    if driver is not None:
+        stop = driver(engine)
+    else:
+        stop = engine.stop(engine.run(max_insns), max_insns)
     engine.figures(stats, time.perf_counter() - started)
     platform.figures(stats)
-    return engine.stop(outcome, max_insns)
+    return stop
 
 
 def instruction_bytes(m: Machine, eip: int) -> bytes:

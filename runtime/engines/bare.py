@@ -100,9 +100,12 @@ class BareMachine:
             read_into_machine(uc, self.interp)
             return BareStop("limit")
         clock, counter = self.clock, self.cpu.counter
+        # One stop address is the runs' `until`; several stop by code hooks (a debugger's).
+        self.cpu.stop_before(set(self.stop_addresses) if len(self.stop_addresses) > 1 else set())
         while True:
             eip = uc.reg_read(X.UC_X86_REG_EIP)
             if (S.base[1] + eip) & 0xFFFFFFFF in self.stop_addresses:
+                read_into_machine(uc, self.interp)  # (the loop may have come round after unicorn ran)
                 return BareStop("stop-address")
             if clock is not None and self.platform.interrupt_pending():
                 try:

@@ -48,6 +48,7 @@ from functools import cache
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
@@ -116,6 +117,7 @@ class PhysicalCpu:
         # whose checks unicorn skips (the VMM's direct execution); needs the counter.
         self.io_allowed: Callable[[int, int], bool] | None = None
         self._rewind_to: int | None = None
+        self._stop_hooks: dict[int, int] = {}  # address -> the code hook that stops there (stop_before)
         self.uc.emu_start = self._rewinding(self.uc.emu_start)  # type: ignore[method-assign]
         self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         self.uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
@@ -200,6 +202,18 @@ class PhysicalCpu:
         self.uc.emu_start(begin, until, 0, count)
         return self.event
 
+    def stop_before(self, addresses: set[int]) -> None:
+        """Stop the CPU before it runs an instruction at any of `addresses` (EIPs), as a run's
+        `until` does for one address: a code hook over each that stops the CPU there (the
+        engines' stop addresses when there are several, e.g. a debugger's breakpoints).
+        Unicorn looks for hooks when it translates, so its blocks at a new address are dropped."""
+        hooks = self._stop_hooks
+        for address in set(hooks) - addresses:
+            self.uc.hook_del(hooks.pop(address))
+        for address in addresses - set(hooks):
+            hooks[address] = self.uc.hook_add(UC_HOOK_CODE, _stop_here, None, address, address)
+            self.uc.ctl_remove_cache(address, address + 1)
+
     def forget_code(self, begin: int, end: int) -> None:
         """Drop unicorn's translations of guest code that Python rewrote."""
         self.uc.ctl_remove_cache(begin, end)
@@ -244,6 +258,10 @@ class PhysicalCpu:
         struct.pack_into("<i", raw, offset, -1)
         self.uc.context_restore(self._context)
         return raw
+
+
+def _stop_here(uc: Uc, _address: int, _size: int, _user: object) -> None:
+    uc.emu_stop()  # (from a code hook: before the instruction runs)
 
 
 # ---------------------------------------------------------------- Ctrl-C

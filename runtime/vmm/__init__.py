@@ -293,6 +293,7 @@ class Vmm:
         self.stop_addresses: set[int] = set()
         self.stop_on_event = False
         self.code_pages: set[int] = set()  # watched for "translated code"
+        self.debugger_pages: set[int] = set()  # a debugger's write watchpoints (protect_for_debugger)
         # The shadow page tables, one set per guest address space (shadow.py). The hardware's
         # CR3 is the current shadow's: loaded when the guest's changes, and part of the key of
         # the hardware contexts a world switch restores (`_hardware_context`).
@@ -1478,7 +1479,12 @@ class Vmm:
 
     def _protected_by_vmm(self, page: int) -> bool:
         """Pages the VMM keeps read-only for reasons of its own besides page tables."""
-        return page in self.code_pages or page in self._table_ranges or page == self._window_pd
+        return (
+            page in self.code_pages
+            or page in self._table_ranges
+            or page == self._window_pd
+            or page in self.debugger_pages
+        )
 
     def _on_shadow_unmap(self) -> None:
         """Shadow entries of the current address space were dropped (a guest PTE or PDE changed,
@@ -1515,7 +1521,19 @@ class Vmm:
             or page in self.traced_pages
             or page in self._table_ranges
             or page == self._window_pd
+            or page in self.debugger_pages
         )
+
+    def protect_for_debugger(self, page: int, watched: bool) -> None:
+        """A debugger's write watchpoint on guest physical `page` (`ring1 run --gdb`): while
+        `watched`, the hardware maps it read-only, so every write to it, from translated or
+        direct code, is emulated and its page-trace subscribers hear of it. Unwatched, it stays
+        read-only until its next write maps it writable (a hidden fault), like a code page."""
+        if watched and page not in self.debugger_pages:
+            self.debugger_pages.add(page)
+            self._write_protect(page)
+        elif not watched:
+            self.debugger_pages.discard(page)
 
     def _write_protect(self, page: int) -> None:
         self.shadow.write_protect(page)
@@ -1915,13 +1933,28 @@ class Vmm:
             return [(h, self.guest_starts[h]) for h in self._start_hosts[lo:hi]]
         if self.in_vmm(address):
             return []  # the world switch's IRET on the way in
-        code = bytes(self.uc.mem_read(address, size)) + bytes(16)
+        code = self._guest_code(address, size) + bytes(16)
         out, at = [], 0
         while at < size:
             out.append((address + at, address + at - self.m.state.base[CS]))
             d = decode(code[at:], address + at, bool(self.m.state.code32))
             at += len(d.raw) if d.form else 1
         return out
+
+    def _guest_code(self, la: int, n: int) -> bytes:
+        """The bytes at guest-linear `la` as the guest's page tables map them (zeros where
+        they map nothing, or no RAM): unicorn's mem_read takes physical addresses, and code
+        run directly lives at the guest's linear ones (user code at 0x40000000, say)."""
+        out = bytearray()
+        while len(out) < n:
+            at = (la + len(out)) & M32
+            take = min(n - len(out), 0x1000 - (at & 0xFFF))
+            walk = self.m.walk(at)
+            if walk is None or walk[0] + 0x1000 > self.G:
+                out += bytes(take)
+            else:
+                out += self.guest_mem.read(walk[0] | (at & 0xFFF), take)
+        return bytes(out)
 
     def _count_block(self, uc, address: int, size: int, _data) -> None:
         if self.budget is None or self._split is not None:
@@ -1981,6 +2014,8 @@ class Vmm:
             self.uc.hook_del(self._budget_hook)
             self._budget_hook = None
         self._check_window()  # (the guest may have been given paging, and its tables, from outside)
+        # Code run directly stops at one stop address by `until`; at several, by code hooks.
+        self.cpu.stop_before(set(self.stop_addresses) if len(self.stop_addresses) > 1 else set())
         return self._run()
 
     def _run(self) -> tuple[str, object]:
@@ -2005,7 +2040,7 @@ class Vmm:
                 except VMStop as stop:  # a device's timer stopped the machine (Ctrl-A x)
                     return ("vmstop", stop)
                 return ("halt", None)
-            if S.eip in self.stop_addresses and self.can_translate():
+            if S.eip in self.stop_addresses:  # (translated, direct or interpreted alike)
                 return ("stop", S.eip)
             if self.can_translate():
                 try:
