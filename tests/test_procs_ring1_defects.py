@@ -7,10 +7,11 @@ is a strict expected failure naming it; test_procs.py's RING1_DEFECTS points her
    sets no flags), took a hidden page fault; the JAE after it then read the wrong CF. procs's
    sbrk loop (`add ebp, 0x1000; or eax, 7; mov [ebx], eax; cmp ebp, edi; mov eax, ds:current;
    jae out`) stopped after one page, and init died of a #PF on the heap page sbrk mapped.
-2. trap: an interrupt taken in user mode enters the guest kernel's handler (run directly at
-   CPL 1) with DS and ES holding the VMM's shadow selectors (procs saw ff19 and ff01), not the
-   user's 0x23; the kernel saves them (PUSH DS), restores them before IRET, and the user
-   returns with null DS and ES: its next access the VMM emulates raises #GP(0).
+2. (fixed: the kernel run directly loads the guest's own selectors from a shadow GDT,
+   Vmm._kernel_shadow_gdt) trap: an interrupt taken in user mode entered the guest kernel's
+   handler (run directly at CPL 1) with DS and ES holding the VMM's slot selectors (procs saw
+   ff19 and ff01), not the user's 0x23; the kernel saved them (PUSH DS), restored them before
+   IRET, and the user returned with null DS and ES: its next access raised #GP(0).
 3. (fixed: user code runs with the guest's own GDT, LDT, IDTR, TR and CR0 FPU bits,
    runtime/vmm/descriptor_tables.py) bt and trap: user code run directly saw the VMM's state
    through the red pill's unprivileged instructions: SIDT the VMM's IDT, MOV from CS the VMM's
@@ -33,33 +34,24 @@ from ring1.runtime.tools import fresh_machine as fm
 from ring1.runtime.tools.fresh_machine import FreshSpec
 from ring1.runtime.tools.snippet import interp_machine, run_interp, run_unicorn, run_vmm
 from tests.test_interrupts import COUNT, HANDLER, VECTOR, TickPlatform
+from tests.vmm.common import iret_to_user
 
 MODES = ["interp", "bare", "bt", "trap"]
 
-TRAP_SELECTORS = (
-    "trap: an interrupt from user mode enters the directly run kernel with DS and ES holding the VMM's shadow "
-    "selectors instead of the user's (procs: the user came back with null DS and ES and took #GP(0))"
-)
 
 
-def modes_with(defects: dict[str, str]) -> list:
-    return [
-        pytest.param(mode, marks=[pytest.mark.xfail(strict=True, reason=defects[mode])] if mode in defects else [])
-        for mode in MODES
-    ]
-
-
-def run_with_clock(mode: str, code: bytes, memory: dict[int, bytes] | None = None, handler: bytes | None = None,
-                   period_ns: int = 10**12, max_insns: int = 100_000):
+def run_fresh(
+    mode: str,
+    code: bytes,
+    memory: dict[int, bytes] | None = None,
+    handler: bytes | None = None,
+    period_ns: int = 10**12,
+    max_insns: int = 100_000,
+    user_gate: bool = False,
+):
     """`code` on the fresh machine under a platform with a clock, as `ring1 run` has one, so
-    that the engines count instructions; stops at its end."""
-    return run_fresh(mode, code, memory, handler, period_ns=period_ns, max_insns=max_insns).machine
-
-
-def run_fresh(mode: str, code: bytes, memory: dict[int, bytes] | None = None, handler: bytes | None = None,
-              period_ns: int = 10**12, max_insns: int = 100_000, user_gate: bool = False):
-    """`run_with_clock`, returning the engine; `user_gate`: VECTOR's gate has DPL 3 (a system
-    call from user code)."""
+    that the engines count instructions; stops at its end. Returns the engine (its `machine`
+    holds the state). `user_gate`: VECTOR's gate has DPL 3 (a system call from user code)."""
     platform = TickPlatform(period_ns=period_ns)
     engine = engines.create(mode, fm.MEMORY_SIZE, platform)
     m = engine.machine
@@ -92,11 +84,11 @@ def test_cmp_flags_survive_a_hidden_fault_in_the_next_load(mode: str) -> None:
         """,
         fm.CODE,
     ).code
-    m = run_with_clock(mode, code)
+    m = run_fresh(mode, code).machine
     assert m.regs[6] == 1  # JAE not taken
 
 
-@pytest.mark.parametrize("mode", modes_with({"trap": TRAP_SELECTORS}))
+@pytest.mark.parametrize("mode", MODES)
 def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(mode: str) -> None:
     # User code with DS = ES = 0x23 spins; the timer's handler records DS and ES as it finds them
     # (as a kernel's entry stub pushes them) and returns.
@@ -115,12 +107,7 @@ def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(m
     ).code
     code = assemble(
         f"""
-        push {fm.SEL_DATA3}
-        push {fm.STACK_TOP}
-        push 0x202
-        push {fm.SEL_CODE3}
-        push offset user
-        iretd
+        {iret_to_user(eflags=0x202)}
     user:
         mov ax, {fm.SEL_DATA3}
         mov ds, ax
@@ -130,7 +117,7 @@ def test_an_interrupt_from_user_mode_shows_the_kernel_the_users_data_selectors(m
         """,
         fm.CODE,
     ).code
-    m = run_with_clock(mode, code, handler=handler, period_ns=20_000)
+    m = run_fresh(mode, code, handler=handler, period_ns=20_000).machine
     assert (m.mem.read32(COUNT + 12) & 0xFFFF, m.mem.read32(COUNT + 16) & 0xFFFF) == (fm.SEL_DATA3, fm.SEL_DATA3)
 
 
@@ -163,12 +150,7 @@ def test_in_at_cpl_3_with_iopl_0_takes_gp(mode: str) -> None:
     # directly where it counts instructions).
     code = assemble(
         f"""
-        push {fm.SEL_DATA3}
-        push {fm.STACK_TOP}
-        push 0x2
-        push {fm.SEL_CODE3}
-        push offset user
-        iretd
+        {iret_to_user(eflags=0x2)}
     user:
         in al, 0x80
         nop

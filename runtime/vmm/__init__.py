@@ -76,7 +76,13 @@ from ring1.runtime.engines import EVENT_COUNTERS, delegate
 from ring1.runtime.host.context import gprs_and_eip, segment_caches, soft_interrupt_before, soft_interrupt_in
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
-from ring1.runtime.vmm.descriptor_tables import ACCESSED, ATTR_COMPARED, TablesVerdict, read_tables
+from ring1.runtime.vmm.descriptor_tables import (
+    ACCESSED,
+    ATTR_COMPARED,
+    TablesVerdict,
+    read_tables,
+    shadow_descriptor,
+)
 
 C = CONSTS
 VMM_BASE, VMM_SIZE = C["VMM_BASE"], C["VMM_SIZE"]
@@ -304,6 +310,12 @@ class Vmm:
         self._tables_key: tuple | None = None
         self._table_ranges: dict[int, list[tuple[int, int]]] = {}  # guest physical page -> table bytes
         self._reversible: tuple | None = None
+        # Trap mode: the shadow GDT of the kernel run directly (the VMM's GDT at the guest's
+        # indices), the reading it was written from, and the indices it holds.
+        self._shadow_gdt_of: TablesVerdict | None = None
+        self._tables_mapped = False  # the hardware tables map the guest's tables' pages
+        self._shadow_gdt_indices: set[int] = set()
+        self._hw_sels: list[int] = [0] * 6  # the selectors the last world switch loaded
         self.own_tables = False  # the hardware runs the guest's own tables now
         self._contexts: dict[tuple, object] = {}  # hardware state for a world switch, by its key
         self._hw_cr0 = 0  # the CR0 the hardware runs guest context with now
@@ -478,10 +490,16 @@ class Vmm:
         S = self.m.state
         if user and not translated and self.own_tables:
             return list(S.sel)  # the guest's own, loaded from its own tables
+        shadow = self._kernel_shadow_gdt() if not user and not translated else None
         sels = []
         for s in range(6):
             if s == GS and translated and not user:
                 sels.append(C["SEL_VMM_GS"])
+                continue
+            sel = S.sel[s]
+            if self._in_shadow_gdt(shadow, s):
+                # The guest's own selector, from the shadow GDT (CS and SS with RPL 1: CPL 1).
+                sels.append((sel & ~3) | 1 if s in (CS, SS) else sel)
                 continue
             if S.sel[s] & ~3 == 0 and s != SS and s != CS:
                 sels.append(0)
@@ -522,6 +540,16 @@ class Vmm:
         verdict = self._guest_tables()
         if not verdict.usable:
             return False
+        if not self._tables_mapped:
+            # The hardware reads them through the shadow tables, as a supervisor: map their pages
+            # now (the CPU's accesses set the guest's accessed bits, as on bare metal when user
+            # code loads a selector). (A fill may find the pool full and flush it: the pages
+            # mapped before it are checked.)
+            mapped = all([self._map_for_hardware(la) for la in verdict.linear_pages])
+            if not mapped or not all(self._hw_mapped(la) for la in verdict.linear_pages):
+                self.stats["direct_tables_unmappable"] += 1
+                return False
+            self._tables_mapped = True
         state = (verdict, *S.sel, *S.base, *S.limit, *S.attr)
         if state == self._reversible:
             return True
@@ -542,14 +570,9 @@ class Vmm:
         self._forget_tables()
         self.stats["descriptor_table_checks"] += 1
         verdict = read_tables((S.gdtr_base, S.gdtr_limit), ldt, self._table_page, self.guest_mem.read)
-        if verdict.usable:
-            mapped = all([self._map_for_hardware(la) for la in verdict.linear_pages])
-            # (A fill may find the pool full and flush it: the pages mapped before it are checked.)
-            if not mapped or not all(self._hw_mapped(la) for la in verdict.linear_pages):
-                verdict = TablesVerdict(False, "a descriptor table page cannot be mapped", {}, (), ())
-        if verdict.usable:
+        if verdict.entries:
             self._trace_tables(verdict, (S.gdtr_base, S.gdtr_limit), ldt)
-        else:
+        if not verdict.usable:
             self.stats["direct_tables_refused"] += 1
         self._tables, self._tables_key = verdict, key
         return verdict
@@ -593,6 +616,8 @@ class Vmm:
             self.m.traces.unwatch(page, WHY_TABLES)
         self._table_ranges = {}
         self._tables = self._tables_key = self._reversible = None
+        self._tables_mapped = False
+        self._shadow_gdt_of = None  # the shadow GDT is written again from the next reading
 
     def _on_table_write(self, page: int, start: int, end: int) -> None:
         """A write to a page holding the guest's GDT or LDT: the verdict goes if it touched them."""
@@ -716,6 +741,62 @@ class Vmm:
         self._hook_vmm_code()
         self.stats["vmm_relocations"] += 1
 
+    # ------------------------------------------------------------ trap mode's shadow GDT
+
+    def _kernel_shadow_gdt(self) -> TablesVerdict | None:
+        """The shadow GDT a kernel run directly (trap mode) loads its own selectors from: the
+        guest's GDT entries at their own indices in the VMM's GDT, privilege-adjusted
+        (descriptor_tables.shadow_descriptor), kept coherent by the traces on the guest's GDT
+        (a write drops the reading, and the next world switch writes the shadow again). Its
+        segment registers are the guest's selectors then, so the kernel's PUSH DS, MOV r, Sreg
+        and segment loads see and keep the guest's values. None: no readable GDT (the six
+        cached descriptors, slots, serve alone)."""
+        verdict = self._guest_tables()
+        if not verdict.entries:
+            return None
+        if self._shadow_gdt_of is not verdict:
+            gdt = C["VMM_GDT"]
+            for index in self._shadow_gdt_indices:
+                self.vmm_write(gdt + index * 8, bytes(8))
+            self._shadow_gdt_indices = set()
+            for key, raw in verdict.entries.items():
+                index = key >> 3
+                if key & 4 or index >= SLOT_BASE:
+                    continue  # LDT entries; the slots and the VMM's own descriptors lie above
+                self.vmm_write(gdt + index * 8, shadow_descriptor(raw).to_bytes(8, "little"))
+                self._shadow_gdt_indices.add(index)
+            self._shadow_gdt_of = verdict
+            self.stats["shadow_gdt_writes"] += 1
+        return verdict
+
+    def _in_shadow_gdt(self, shadow: TablesVerdict | None, s: int) -> bool:
+        """Segment register `s` can be loaded from the shadow GDT: its selector is a GDT entry
+        the shadow holds and the entry still says what the register caches."""
+        S = self.m.state
+        sel = S.sel[s]
+        if shadow is None or not sel & ~3 or sel & 4 or sel >> 3 not in self._shadow_gdt_indices:
+            return False
+        return shadow.holds(sel, S.base[s], S.limit[s], S.attr[s])
+
+    def _adopt_kernel_segments(self, raw) -> None:
+        """Segment registers the kernel run directly (trap mode) loaded itself from the shadow
+        GDT: the virtual CPU takes them, with the guest's descriptor (not the shadow's DPL)."""
+        S, m = self.m.state, self.m
+        verdict = self._shadow_gdt_of
+        for s, (sel, base, limit, _attr) in enumerate(segment_caches(raw)):
+            if sel == self._hw_sels[s]:
+                continue  # as the world switch loaded it
+            if s in (CS, SS):
+                sel = sel & ~3 | S.cpl  # (the hardware's RPL 1 is the deprivileged CPL)
+            if sel & ~3 == 0:
+                m.b_set_seg(s, sel, 0, 0, 0)
+            elif verdict is not None and sel & ~3 in verdict.entries:
+                guest = descriptors.to_cache(verdict.entries[sel & ~3].to_bytes(8, "little"))[2]
+                m.b_set_seg(s, sel, base, limit, guest | ACCESSED)
+            else:
+                continue
+            self.stats["kernel_segment_loads"] += 1
+
     # ------------------------------------------------------------ world switch
 
     def enter(self, host_eip: int, direct: bool) -> None:
@@ -727,6 +808,7 @@ class Vmm:
         # v86 code loads no descriptor: its segments are paragraphs, from the IRET frame.
         self.own_tables = direct and user and (v86 or self._own_tables_usable())
         sels = list(S.sel) if v86 else self.hardware_selectors(user, translated=not direct)
+        self._hw_sels = sels
         self.vmm_write(C["V_HWSEL"], struct.pack("<6H", *sels))
         self.vmm_write(C["V_EAX"], struct.pack("<8I", *self.m.regs))
         cs = sels[CS] if direct else C["SEL_TC_CODE"]
@@ -908,6 +990,8 @@ class Vmm:
         self.m.regs[:] = gprs_and_eip(raw)[0]
         if self.direct and self.own_tables:
             self._adopt_user_segments(raw)
+        elif self.direct and self.m.state.cpl != 3 and self._shadow_gdt_of is not None:
+            self._adopt_kernel_segments(raw)
         self._merge_eflags(hw_eflags)
 
     def _adopt_hardware_v86(self, hw_eflags: int | None = None) -> int | None:
@@ -2110,15 +2194,12 @@ def figures(vmm: Vmm, stats, elapsed: float) -> None:
     )
     if vmm.clock is not None:
         stats.add("user_instructions_direct", "user instructions run directly", s["user_instructions_direct"])
-    stats.add("user_world_switches", "world switches into user code with its own tables", s["direct_own_tables"])
-    stats.add(
-        "user_soft_interrupts_reflected",
-        "system calls from user code reflected (INT n run directly)",
-        s["user_soft_interrupts_reflected"],
-    )
-    stats.add(
-        "user_events_reflected", "other user-mode events reflected (faults, emulated INTs)", s["user_events_reflected"]
-    )
+    for key, label, counter in (
+        ("user_world_switches", "world switches into user code with its own tables", "direct_own_tables"),
+        ("user_soft_interrupts_reflected", "system calls from user code reflected (INT n run directly)", None),
+        ("user_events_reflected", "other user-mode events reflected (faults, emulated INTs)", None),
+    ):
+        stats.add(key, label, s[counter or key])
     stats.add(
         "user_code_interpreted",
         "user code interpreted: tables refused, segments nonreversible",

@@ -56,19 +56,35 @@ class TablesVerdict:
     def reversible(self, sels: list[int], bases: list[int], limits: list[int], attrs: list[int]) -> bool:
         """Every loaded segment register holds what its table entry says now, accessed bit set
         (so the hardware's reload writes nothing), and no entry is missing."""
-        for s in range(6):
-            sel = sels[s]
-            if sel & ~3 == 0:
-                continue  # a null selector loads as null
-            raw = self.entries.get(sel & ~3)
-            if raw is None:
-                return False
-            base, limit, attr = descriptors.to_cache(raw.to_bytes(8, "little"))
-            if not attr & ACCESSED:
-                return False
-            if (base, limit, attr & ATTR_COMPARED) != (bases[s], limits[s], (attrs[s] | ACCESSED) & ATTR_COMPARED):
-                return False
-        return True
+        return all(sels[s] & ~3 == 0 or self.holds(sels[s], bases[s], limits[s], attrs[s]) for s in range(6))
+
+    def holds(self, sel: int, base: int, limit: int, attr: int) -> bool:
+        """The table entry of non-null `sel` is the descriptor cached as (base, limit, attr),
+        its accessed bit set."""
+        raw = self.entries.get(sel & ~3)
+        if raw is None:
+            return False
+        d_base, d_limit, d_attr = descriptors.to_cache(raw.to_bytes(8, "little"))
+        if not d_attr & ACCESSED:
+            return False
+        return (d_base, d_limit, d_attr & ATTR_COMPARED) == (base, limit, (attr | ACCESSED) & ATTR_COMPARED)
+
+
+def shadow_descriptor(raw: int) -> int:
+    """A guest GDT entry as the shadow GDT of a kernel run directly at CPL 1 holds it (trap mode):
+    code and data with DPL 0 get DPL 1 (the deprivileged kernel can load them; its selectors'
+    values stay the guest's), and are accessed already (a load writes nothing); DPL-3 code is
+    absent (an IRET or far return to user code faults, and the VMM, which must see the switch
+    to CPL 3, emulates it); system descriptors (TSS, LDT, gates) are absent (no task switch or
+    gate in the hardware: the instruction faults and is emulated)."""
+    access = raw >> 40 & 0xFF
+    if not access & 0x80:
+        return raw
+    if not access & 0x10 or (access & 0x08 and access >> 5 & 3 == 3):
+        return raw & ~(0x80 << 40)
+    if access >> 5 & 3 == 0:
+        access |= 0x20
+    return raw & ~(0xFF << 40) | (access | ACCESSED) << 40
 
 
 def read_tables(
@@ -81,6 +97,7 @@ def read_tables(
     `translate(linear page address)` gives the guest physical page address the guest's tables
     map it to (None: not mapped, or not RAM); `read(physical address, length)` reads RAM."""
     entries: dict[int, int] = {}
+    hostile = ""
     linear: list[int] = []
     physical: list[int] = []
     for ti, table in ((0, gdt), (4, ldt)):
@@ -106,9 +123,10 @@ def read_tables(
             page += 0x1000
         for i in range(count):
             value = int.from_bytes(raw[i * 8 : i * 8 + 8], "little")
-            if reachable_from_cpl3(value):
-                kind = "LDT" if ti else "GDT"
-                return TablesVerdict(False, f"a gate or TSS with DPL 3 in the {kind}", {}, (), ())
+            if reachable_from_cpl3(value) and not hostile:
+                hostile = f"a gate or TSS with DPL 3 in the {'LDT' if ti else 'GDT'}"
             if i or ti:  # GDT entry 0 is never loaded: selector 0 is null
                 entries[i * 8 | ti] = value
-    return TablesVerdict(True, "", entries, tuple(linear), tuple(sorted(set(physical))))
+    # (Hostile tables are read all the same: a shadow of them, with their gates absent, serves
+    # a kernel run directly.)
+    return TablesVerdict(not hostile, hostile, entries, tuple(linear), tuple(sorted(set(physical))))

@@ -149,3 +149,16 @@ def run_delivering(
     diagnosis = f"{outcome.vmstop.reason}; {m.describe_state()}" if outcome.vmstop is not None else None
     stop = "end" if outcome.reason == "stop-address" else outcome.reason
     return SnippetResult(state_of(m), None, None, None, stop, m.state.icount, diagnosis, bytes(m.mem.view))
+
+
+def iret_to_user(label: str = "user", eflags: int = 0x2) -> str:
+    """Assembly for the fresh machine's kernel: IRET to `label` at CPL 3 with the user selectors,
+    the fresh stack and `eflags`."""
+    return f"""
+        push {fresh_machine.SEL_DATA3}
+        push {fresh_machine.STACK_TOP}
+        push {eflags:#x}
+        push {fresh_machine.SEL_CODE3}
+        push offset {label}
+        iretd
+    """

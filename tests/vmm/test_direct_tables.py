@@ -26,6 +26,7 @@ from ring1.runtime.tools.snippet import run_interp, run_unicorn, run_vmm
 from ring1.runtime.vmm import Vmm
 from tests.test_interrupts import HANDLER, VECTOR
 from tests.test_procs_ring1_defects import run_fresh
+from tests.vmm.common import iret_to_user
 
 
 def _three_ways(spec: FreshSpec):
@@ -73,6 +74,16 @@ def test_user_segment_loads_and_descriptor_queries_run_directly() -> None:
     assert vmm.stats["user_segment_loads"] >= 1  # and the virtual CPU took what they loaded
 
 
+# The ring-0 code the hostile user programs below try to reach (CS shows where it ran).
+KERNEL_SIDE = """
+    kernel_side:
+        mov ebx, cs
+        mov ecx, 0x1234
+    done:
+        nop
+"""
+
+
 def _gate_program() -> tuple[bytes, dict[int, bytes], int, int]:
     """User code far-calls through a DPL-3 call gate (in the fresh GDT's slot of the 16-bit code
     segment, selector 0x33) to ring-0 code."""
@@ -80,12 +91,7 @@ def _gate_program() -> tuple[bytes, dict[int, bytes], int, int]:
     text = f"""
         call 0x{gate_index * 8 | 3:x}:0
         jmp done
-    kernel_side:
-        mov ebx, cs
-        mov ecx, 0x1234
-    done:
-        nop
-    """
+    {KERNEL_SIDE}"""
     code = assemble(text, fm.CODE)
     target = code.labels["kernel_side"]
     gate = descriptors.gate(target, fm.SEL_CODE0, descriptors.GATE_CALL32, dpl=3)
@@ -103,12 +109,7 @@ def _task_program() -> tuple[bytes, dict[int, bytes], int, int]:
     tss_index = fm.SEL_DATA16 // 8
     text = f"""
         jmp 0x{tss_index * 8 | 3:x}:0
-    kernel_side:
-        mov ebx, cs
-        mov ecx, 0x1234
-    done:
-        nop
-    """
+    {KERNEL_SIDE}"""
     code = assemble(text, fm.CODE)
     target = code.labels["kernel_side"]
     tss = bytearray(0x68)
@@ -205,12 +206,7 @@ def test_a_segment_whose_descriptor_changed_keeps_its_cached_base() -> None:
         mov ax, {fm.SEL_DATA3}
         mov es, ax
         mov byte ptr [{fm.GDT + fm.SEL_DATA3 - 3 + 4:#x}], 0x01
-        push {fm.SEL_DATA3}
-        push {fm.STACK_TOP}
-        push 0x2
-        push {fm.SEL_CODE3}
-        push offset user
-        iretd
+        {iret_to_user(eflags=0x2)}
     user:
         mov eax, es:[{fm.DATA:#x}]
         mov bx, {fm.SEL_DATA3}
@@ -233,12 +229,7 @@ def test_a_kernel_write_to_the_gdt_is_seen_by_the_next_user_load() -> None:
     tables drops the verdict, and user code's next load gets the new descriptor."""
     code = assemble(
         f"""
-        push {fm.SEL_DATA3}
-        push {fm.STACK_TOP}
-        push 0x2
-        push {fm.SEL_CODE3}
-        push offset user
-        iretd
+        {iret_to_user(eflags=0x2)}
     user:
         mov bx, {fm.SEL_WINDOW3}
         mov ds, bx
