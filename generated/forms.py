@@ -3873,10 +3873,33 @@ FORMS = {
         soft_interrupt=None,
         interrupt_shadow=False,
     ),
+    'SALC': FormInfo(
+        name='SALC',
+        mnemonics={None: 'salc'},
+        source='spec/flags.r1:130',
+        encoding='D6',
+        operands=(),
+        width='v',
+        flags={'cf': ('test',)},
+        privilege='any',
+        privilege_exc=None,
+        privilege_code=None,
+        modes=('real', 'prot', 'v86'),
+        prefixes=(),
+        reads=(),
+        writes=(),
+        rule='ident',
+        rule_arg=None,
+        semantics=True,
+        ends_block=False,
+        xchecks=(('flags', 'capstone lists no flags; SALC reads CF'),),
+        soft_interrupt=None,
+        interrupt_shadow=False,
+    ),
     'LAHF': FormInfo(
         name='LAHF',
         mnemonics={None: 'lahf'},
-        source='spec/flags.r1:129',
+        source='spec/flags.r1:144',
         encoding='9F',
         operands=(),
         width='v',
@@ -3899,7 +3922,7 @@ FORMS = {
     'SAHF': FormInfo(
         name='SAHF',
         mnemonics={None: 'sahf'},
-        source='spec/flags.r1:139',
+        source='spec/flags.r1:154',
         encoding='9E',
         operands=(),
         width='v',
@@ -6613,7 +6636,7 @@ FORMS = {
     'POP_ES': FormInfo(
         name='POP_ES',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:236',
+        source='spec/segment.r1:238',
         encoding='07',
         operands=(),
         width='v',
@@ -6636,7 +6659,7 @@ FORMS = {
     'POP_SS': FormInfo(
         name='POP_SS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:246',
+        source='spec/segment.r1:248',
         encoding='17',
         operands=(),
         width='v',
@@ -6659,7 +6682,7 @@ FORMS = {
     'POP_DS': FormInfo(
         name='POP_DS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:259',
+        source='spec/segment.r1:261',
         encoding='1F',
         operands=(),
         width='v',
@@ -6682,7 +6705,7 @@ FORMS = {
     'POP_FS': FormInfo(
         name='POP_FS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:269',
+        source='spec/segment.r1:271',
         encoding='0F A1',
         operands=(),
         width='v',
@@ -6705,7 +6728,7 @@ FORMS = {
     'POP_GS': FormInfo(
         name='POP_GS',
         mnemonics={None: 'pop'},
-        source='spec/segment.r1:279',
+        source='spec/segment.r1:281',
         encoding='0F A9',
         operands=(),
         width='v',
@@ -6728,7 +6751,7 @@ FORMS = {
     'LDS': FormInfo(
         name='LDS',
         mnemonics={None: 'lds'},
-        source='spec/segment.r1:293',
+        source='spec/segment.r1:295',
         encoding='C5 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6751,7 +6774,7 @@ FORMS = {
     'LES': FormInfo(
         name='LES',
         mnemonics={None: 'les'},
-        source='spec/segment.r1:306',
+        source='spec/segment.r1:308',
         encoding='C4 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6774,7 +6797,7 @@ FORMS = {
     'LFS': FormInfo(
         name='LFS',
         mnemonics={None: 'lfs'},
-        source='spec/segment.r1:319',
+        source='spec/segment.r1:321',
         encoding='0F B4 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6797,7 +6820,7 @@ FORMS = {
     'LGS': FormInfo(
         name='LGS',
         mnemonics={None: 'lgs'},
-        source='spec/segment.r1:332',
+        source='spec/segment.r1:334',
         encoding='0F B5 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -6820,7 +6843,7 @@ FORMS = {
     'LSS': FormInfo(
         name='LSS',
         mnemonics={None: 'lss'},
-        source='spec/segment.r1:345',
+        source='spec/segment.r1:347',
         encoding='0F B2 /r mem',
         operands=(('dst', 'rv', 'w'), ('src', 'mfar', 'r')),
         width='v',
@@ -12193,7 +12216,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -12202,7 +12225,7 @@ FORMS = {
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1950',
+        source='spec/sse.r1:1951',
         encoding='0F D4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12225,7 +12248,7 @@ FORMS = {
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1960',
+        source='spec/sse.r1:1961',
         encoding='66 0F D4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12248,7 +12271,7 @@ FORMS = {
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:1970',
+        source='spec/sse.r1:1971',
         encoding='0F FB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12271,7 +12294,7 @@ FORMS = {
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:1980',
+        source='spec/sse.r1:1981',
         encoding='66 0F FB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12294,7 +12317,7 @@ FORMS = {
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:1990',
+        source='spec/sse.r1:1991',
         encoding='0F F4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12317,7 +12340,7 @@ FORMS = {
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2000',
+        source='spec/sse.r1:2001',
         encoding='66 0F F4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12340,7 +12363,7 @@ FORMS = {
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufd'},
-        source='spec/sse.r1:2010',
+        source='spec/sse.r1:2011',
         encoding='66 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12363,7 +12386,7 @@ FORMS = {
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufhw'},
-        source='spec/sse.r1:2020',
+        source='spec/sse.r1:2021',
         encoding='F3 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12386,7 +12409,7 @@ FORMS = {
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshuflw'},
-        source='spec/sse.r1:2030',
+        source='spec/sse.r1:2031',
         encoding='F2 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12409,7 +12432,7 @@ FORMS = {
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
         mnemonics={None: 'pslldq'},
-        source='spec/sse.r1:2040',
+        source='spec/sse.r1:2041',
         encoding='66 0F 73 /7 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12432,7 +12455,7 @@ FORMS = {
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
         mnemonics={None: 'psrldq'},
-        source='spec/sse.r1:2050',
+        source='spec/sse.r1:2051',
         encoding='66 0F 73 /3 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12455,7 +12478,7 @@ FORMS = {
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
         mnemonics={None: 'punpcklqdq'},
-        source='spec/sse.r1:2060',
+        source='spec/sse.r1:2061',
         encoding='66 0F 6C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12478,7 +12501,7 @@ FORMS = {
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhqdq'},
-        source='spec/sse.r1:2070',
+        source='spec/sse.r1:2071',
         encoding='66 0F 6D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12501,7 +12524,7 @@ FORMS = {
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/sse.r1:2082',
+        source='spec/sse.r1:2083',
         encoding='66 0F 60 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12524,7 +12547,7 @@ FORMS = {
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/sse.r1:2092',
+        source='spec/sse.r1:2093',
         encoding='66 0F 61 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12547,7 +12570,7 @@ FORMS = {
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
         mnemonics={None: 'punpckldq'},
-        source='spec/sse.r1:2102',
+        source='spec/sse.r1:2103',
         encoding='66 0F 62 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12570,7 +12593,7 @@ FORMS = {
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/sse.r1:2112',
+        source='spec/sse.r1:2113',
         encoding='66 0F 68 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12593,7 +12616,7 @@ FORMS = {
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/sse.r1:2122',
+        source='spec/sse.r1:2123',
         encoding='66 0F 69 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12616,7 +12639,7 @@ FORMS = {
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/sse.r1:2132',
+        source='spec/sse.r1:2133',
         encoding='66 0F 6A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12639,7 +12662,7 @@ FORMS = {
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/sse.r1:2142',
+        source='spec/sse.r1:2143',
         encoding='66 0F 63 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12662,7 +12685,7 @@ FORMS = {
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/sse.r1:2152',
+        source='spec/sse.r1:2153',
         encoding='66 0F 67 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12685,7 +12708,7 @@ FORMS = {
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/sse.r1:2162',
+        source='spec/sse.r1:2163',
         encoding='66 0F 6B /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12708,7 +12731,7 @@ FORMS = {
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
         mnemonics={None: 'paddb'},
-        source='spec/sse.r1:2172',
+        source='spec/sse.r1:2173',
         encoding='66 0F FC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12731,7 +12754,7 @@ FORMS = {
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
         mnemonics={None: 'paddw'},
-        source='spec/sse.r1:2182',
+        source='spec/sse.r1:2183',
         encoding='66 0F FD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12754,7 +12777,7 @@ FORMS = {
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
         mnemonics={None: 'paddd'},
-        source='spec/sse.r1:2192',
+        source='spec/sse.r1:2193',
         encoding='66 0F FE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12777,7 +12800,7 @@ FORMS = {
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/sse.r1:2202',
+        source='spec/sse.r1:2203',
         encoding='66 0F EC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12800,7 +12823,7 @@ FORMS = {
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/sse.r1:2212',
+        source='spec/sse.r1:2213',
         encoding='66 0F ED /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12823,7 +12846,7 @@ FORMS = {
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/sse.r1:2222',
+        source='spec/sse.r1:2223',
         encoding='66 0F DC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12846,7 +12869,7 @@ FORMS = {
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/sse.r1:2232',
+        source='spec/sse.r1:2233',
         encoding='66 0F DD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12869,7 +12892,7 @@ FORMS = {
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
         mnemonics={None: 'psubb'},
-        source='spec/sse.r1:2242',
+        source='spec/sse.r1:2243',
         encoding='66 0F F8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12892,7 +12915,7 @@ FORMS = {
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
         mnemonics={None: 'psubw'},
-        source='spec/sse.r1:2252',
+        source='spec/sse.r1:2253',
         encoding='66 0F F9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12915,7 +12938,7 @@ FORMS = {
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
         mnemonics={None: 'psubd'},
-        source='spec/sse.r1:2262',
+        source='spec/sse.r1:2263',
         encoding='66 0F FA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12938,7 +12961,7 @@ FORMS = {
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/sse.r1:2272',
+        source='spec/sse.r1:2273',
         encoding='66 0F E8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12961,7 +12984,7 @@ FORMS = {
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/sse.r1:2282',
+        source='spec/sse.r1:2283',
         encoding='66 0F E9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12984,7 +13007,7 @@ FORMS = {
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/sse.r1:2292',
+        source='spec/sse.r1:2293',
         encoding='66 0F D8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13007,7 +13030,7 @@ FORMS = {
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/sse.r1:2302',
+        source='spec/sse.r1:2303',
         encoding='66 0F D9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13030,7 +13053,7 @@ FORMS = {
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/sse.r1:2312',
+        source='spec/sse.r1:2313',
         encoding='66 0F D5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13053,7 +13076,7 @@ FORMS = {
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/sse.r1:2322',
+        source='spec/sse.r1:2323',
         encoding='66 0F E5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13076,7 +13099,7 @@ FORMS = {
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/sse.r1:2332',
+        source='spec/sse.r1:2333',
         encoding='66 0F F5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13099,7 +13122,7 @@ FORMS = {
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/sse.r1:2342',
+        source='spec/sse.r1:2343',
         encoding='66 0F 74 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13122,7 +13145,7 @@ FORMS = {
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/sse.r1:2352',
+        source='spec/sse.r1:2353',
         encoding='66 0F 75 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13145,7 +13168,7 @@ FORMS = {
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/sse.r1:2362',
+        source='spec/sse.r1:2363',
         encoding='66 0F 76 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13168,7 +13191,7 @@ FORMS = {
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/sse.r1:2372',
+        source='spec/sse.r1:2373',
         encoding='66 0F 64 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13191,7 +13214,7 @@ FORMS = {
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/sse.r1:2382',
+        source='spec/sse.r1:2383',
         encoding='66 0F 65 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13214,7 +13237,7 @@ FORMS = {
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/sse.r1:2392',
+        source='spec/sse.r1:2393',
         encoding='66 0F 66 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13237,7 +13260,7 @@ FORMS = {
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
         mnemonics={None: 'pand'},
-        source='spec/sse.r1:2402',
+        source='spec/sse.r1:2403',
         encoding='66 0F DB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13260,7 +13283,7 @@ FORMS = {
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
         mnemonics={None: 'pandn'},
-        source='spec/sse.r1:2412',
+        source='spec/sse.r1:2413',
         encoding='66 0F DF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13283,7 +13306,7 @@ FORMS = {
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
         mnemonics={None: 'por'},
-        source='spec/sse.r1:2422',
+        source='spec/sse.r1:2423',
         encoding='66 0F EB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13306,7 +13329,7 @@ FORMS = {
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
         mnemonics={None: 'pxor'},
-        source='spec/sse.r1:2432',
+        source='spec/sse.r1:2433',
         encoding='66 0F EF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13329,7 +13352,7 @@ FORMS = {
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2442',
+        source='spec/sse.r1:2443',
         encoding='66 0F F1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13352,7 +13375,7 @@ FORMS = {
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2452',
+        source='spec/sse.r1:2453',
         encoding='66 0F F2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13375,7 +13398,7 @@ FORMS = {
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2462',
+        source='spec/sse.r1:2463',
         encoding='66 0F F3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13398,7 +13421,7 @@ FORMS = {
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2472',
+        source='spec/sse.r1:2473',
         encoding='66 0F D1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13421,7 +13444,7 @@ FORMS = {
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2482',
+        source='spec/sse.r1:2483',
         encoding='66 0F D2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13444,7 +13467,7 @@ FORMS = {
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2492',
+        source='spec/sse.r1:2493',
         encoding='66 0F D3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13467,7 +13490,7 @@ FORMS = {
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2502',
+        source='spec/sse.r1:2503',
         encoding='66 0F E1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13490,7 +13513,7 @@ FORMS = {
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2512',
+        source='spec/sse.r1:2513',
         encoding='66 0F E2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13513,7 +13536,7 @@ FORMS = {
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2522',
+        source='spec/sse.r1:2523',
         encoding='66 0F 71 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13536,7 +13559,7 @@ FORMS = {
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2532',
+        source='spec/sse.r1:2533',
         encoding='66 0F 72 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13559,7 +13582,7 @@ FORMS = {
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2542',
+        source='spec/sse.r1:2543',
         encoding='66 0F 73 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13582,7 +13605,7 @@ FORMS = {
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2552',
+        source='spec/sse.r1:2553',
         encoding='66 0F 71 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13605,7 +13628,7 @@ FORMS = {
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2562',
+        source='spec/sse.r1:2563',
         encoding='66 0F 72 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13628,7 +13651,7 @@ FORMS = {
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2572',
+        source='spec/sse.r1:2573',
         encoding='66 0F 73 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13651,7 +13674,7 @@ FORMS = {
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2582',
+        source='spec/sse.r1:2583',
         encoding='66 0F 71 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13674,7 +13697,7 @@ FORMS = {
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2592',
+        source='spec/sse.r1:2593',
         encoding='66 0F 72 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13697,7 +13720,7 @@ FORMS = {
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:2604',
+        source='spec/sse.r1:2605',
         encoding='66 0F E0 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13720,7 +13743,7 @@ FORMS = {
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:2614',
+        source='spec/sse.r1:2615',
         encoding='66 0F E3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13743,7 +13766,7 @@ FORMS = {
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:2624',
+        source='spec/sse.r1:2625',
         encoding='66 0F EE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13766,7 +13789,7 @@ FORMS = {
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:2634',
+        source='spec/sse.r1:2635',
         encoding='66 0F DE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13789,7 +13812,7 @@ FORMS = {
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:2644',
+        source='spec/sse.r1:2645',
         encoding='66 0F EA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13812,7 +13835,7 @@ FORMS = {
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:2654',
+        source='spec/sse.r1:2655',
         encoding='66 0F DA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13835,7 +13858,7 @@ FORMS = {
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:2664',
+        source='spec/sse.r1:2665',
         encoding='66 0F E4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13858,7 +13881,7 @@ FORMS = {
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:2674',
+        source='spec/sse.r1:2675',
         encoding='66 0F F6 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13881,7 +13904,7 @@ FORMS = {
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:2684',
+        source='spec/sse.r1:2685',
         encoding='66 0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -13904,7 +13927,7 @@ FORMS = {
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2694',
+        source='spec/sse.r1:2695',
         encoding='66 0F C4 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -13927,7 +13950,7 @@ FORMS = {
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2704',
+        source='spec/sse.r1:2705',
         encoding='66 0F C4 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -13950,7 +13973,7 @@ FORMS = {
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:2714',
+        source='spec/sse.r1:2715',
         encoding='66 0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,

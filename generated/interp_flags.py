@@ -123,19 +123,24 @@ _T10 = """\
 S.eflags = S.eflags & 0xfffffbff | 1024  # flags.r1:123
 """
 
-# LAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:129
+# SALC [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:130
 _T11 = """\
-R[0] = R[0] & 0xffff00ff | (((((((GET_SF[S.cc[0]](S.cc) << 7) | (GET_ZF[S.cc[0]](S.cc) << 6)) | (GET_AF[S.cc[0]](S.cc) << 4)) | (GET_PF[S.cc[0]](S.cc) << 2)) | 2) | GET_CF[S.cc[0]](S.cc)) & 0xff) << 8  # flags.r1:137
+R[0] = R[0] & 0xffffff00 | (255 if GET_CF[S.cc[0]](S.cc) else 0) & 0xff  # flags.r1:138
 """
 
-# SAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:139
+# LAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:144
 _T12 = """\
-l_v = (R[0] >> 8 & 0xff)  # flags.r1:147
-S.eflags = flush_cc() & 0xffffff7f | ((l_v >> 7 & 1) & 1) << 7  # flags.r1:148
-S.eflags = flush_cc() & 0xffffffbf | ((l_v >> 6 & 1) & 1) << 6  # flags.r1:149
-S.eflags = flush_cc() & 0xffffffef | ((l_v >> 4 & 1) & 1) << 4  # flags.r1:150
-S.eflags = flush_cc() & 0xfffffffb | ((l_v >> 2 & 1) & 1) << 2  # flags.r1:151
-S.eflags = flush_cc() & 0xfffffffe | ((l_v >> 0 & 1) & 1)  # flags.r1:152
+R[0] = R[0] & 0xffff00ff | (((((((GET_SF[S.cc[0]](S.cc) << 7) | (GET_ZF[S.cc[0]](S.cc) << 6)) | (GET_AF[S.cc[0]](S.cc) << 4)) | (GET_PF[S.cc[0]](S.cc) << 2)) | 2) | GET_CF[S.cc[0]](S.cc)) & 0xff) << 8  # flags.r1:152
+"""
+
+# SAHF [o16 a16, o16 a32, o32 a16, o32 a32] from spec/flags.r1:154
+_T13 = """\
+l_v = (R[0] >> 8 & 0xff)  # flags.r1:162
+S.eflags = flush_cc() & 0xffffff7f | ((l_v >> 7 & 1) & 1) << 7  # flags.r1:163
+S.eflags = flush_cc() & 0xffffffbf | ((l_v >> 6 & 1) & 1) << 6  # flags.r1:164
+S.eflags = flush_cc() & 0xffffffef | ((l_v >> 4 & 1) & 1) << 4  # flags.r1:165
+S.eflags = flush_cc() & 0xfffffffb | ((l_v >> 2 & 1) & 1) << 2  # flags.r1:166
+S.eflags = flush_cc() & 0xfffffffe | ((l_v >> 0 & 1) & 1)  # flags.r1:167
 """
 
 TEMPLATES = {
@@ -202,18 +207,25 @@ TEMPLATES = {
         (32, 16, None, None, None): _T10,
         (32, 32, None, None, None): _T10,
     },
-    # spec/flags.r1:129
-    'LAHF': {
+    # spec/flags.r1:130
+    'SALC': {
         (16, 16, None, None, None): _T11,
         (16, 32, None, None, None): _T11,
         (32, 16, None, None, None): _T11,
         (32, 32, None, None, None): _T11,
     },
-    # spec/flags.r1:139
-    'SAHF': {
+    # spec/flags.r1:144
+    'LAHF': {
         (16, 16, None, None, None): _T12,
         (16, 32, None, None, None): _T12,
         (32, 16, None, None, None): _T12,
         (32, 32, None, None, None): _T12,
+    },
+    # spec/flags.r1:154
+    'SAHF': {
+        (16, 16, None, None, None): _T13,
+        (16, 32, None, None, None): _T13,
+        (32, 16, None, None, None): _T13,
+        (32, 32, None, None, None): _T13,
     },
 }

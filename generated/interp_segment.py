@@ -227,226 +227,186 @@ else:
     R[4] = R[4] & 0xffff0000 | l_top_2 & 0xffff  # prelude.r1:288
 """
 
-# POP_ES [o16 a16, o16 a32] from spec/segment.r1:236
+# POP_ES [o16 a16, o16 a32] from spec/segment.r1:238
 _T17 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(0, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # segment.r1:233
+p_load_segment(0, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_ES [o32 a16, o32 a32] from spec/segment.r1:236
+# POP_ES [o32 a16, o32 a32] from spec/segment.r1:238
 _T18 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(0, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # segment.r1:233
+p_load_segment(0, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_SS [o16 a16, o16 a32] from spec/segment.r1:246
+# POP_SS [o16 a16, o16 a32] from spec/segment.r1:248
 _T19 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(2, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
-b_inhibit_interrupts()  # segment.r1:255
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # segment.r1:233
+p_load_segment(2, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
+b_inhibit_interrupts()  # segment.r1:257
 """
 
-# POP_SS [o32 a16, o32 a32] from spec/segment.r1:246
+# POP_SS [o32 a16, o32 a32] from spec/segment.r1:248
 _T20 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(2, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
-b_inhibit_interrupts()  # segment.r1:255
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # segment.r1:233
+p_load_segment(2, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
+b_inhibit_interrupts()  # segment.r1:257
 """
 
-# POP_DS [o16 a16, o16 a32] from spec/segment.r1:259
+# POP_DS [o16 a16, o16 a32] from spec/segment.r1:261
 _T21 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(3, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # segment.r1:233
+p_load_segment(3, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_DS [o32 a16, o32 a32] from spec/segment.r1:259
+# POP_DS [o32 a16, o32 a32] from spec/segment.r1:261
 _T22 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(3, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # segment.r1:233
+p_load_segment(3, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_FS [o16 a16, o16 a32] from spec/segment.r1:269
+# POP_FS [o16 a16, o16 a32] from spec/segment.r1:271
 _T23 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(4, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # segment.r1:233
+p_load_segment(4, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_FS [o32 a16, o32 a32] from spec/segment.r1:269
+# POP_FS [o32 a16, o32 a32] from spec/segment.r1:271
 _T24 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(4, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # segment.r1:233
+p_load_segment(4, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_GS [o16 a16, o16 a32] from spec/segment.r1:279
+# POP_GS [o16 a16, o16 a32] from spec/segment.r1:281
 _T25 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(5, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 2) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 2) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 2) & 65535)))  # segment.r1:233
+p_load_segment(5, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# POP_GS [o32 a16, o32 a32] from spec/segment.r1:279
+# POP_GS [o32 a16, o32 a32] from spec/segment.r1:281
 _T26 = """\
 S.eip = $next
-l_top_0 = (R[4] if S.stack32 else (R[4] & 0xffff))  # segment.r1:230
-l_sel_1 = rd16(2, l_top_0)  # segment.r1:231
-p_load_segment(5, l_sel_1)  # segment.r1:232
-m_v_2 = ((l_top_0 + 4) & ((1 << (32 if S.stack32 else 16)) - 1))
-if S.stack32:  # prelude.r1:313
-    R[4] = m_v_2 & 0xffffffff  # prelude.r1:313
-else:
-    R[4] = R[4] & 0xffff0000 | m_v_2 & 0xffff  # prelude.r1:313
+l_sel_0 = rd16(2, (R[4] if S.stack32 else (R[4] & 0xffff)))  # segment.r1:232
+l_popped_1 = (((R[4] + 4) & 4294967295) if S.stack32 else ((R[4] & 4294901760) | (((R[4] & 0xffff) + 4) & 65535)))  # segment.r1:233
+p_load_segment(5, l_sel_0)  # segment.r1:234
+R[4] = l_popped_1 & 0xffffffff  # segment.r1:235
 """
 
-# LDS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:293
+# LDS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:295
 _T27 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:296
-p_load_segment(3, (v_src >> 16))  # segment.r1:301
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:302
+v_src = rd32($seg, ea)  # segment.r1:298
+p_load_segment(3, (v_src >> 16))  # segment.r1:303
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:304
 """
 
-# LDS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:293
+# LDS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:295
 _T28 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:296
-p_load_segment(3, (v_src >> 32))  # segment.r1:301
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:302
+v_src = b_load($seg, ea, 48)  # segment.r1:298
+p_load_segment(3, (v_src >> 32))  # segment.r1:303
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:304
 """
 
-# LES [o16 a16 mem, o16 a32 mem] from spec/segment.r1:306
+# LES [o16 a16 mem, o16 a32 mem] from spec/segment.r1:308
 _T29 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:309
-p_load_segment(0, (v_src >> 16))  # segment.r1:314
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:315
+v_src = rd32($seg, ea)  # segment.r1:311
+p_load_segment(0, (v_src >> 16))  # segment.r1:316
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:317
 """
 
-# LES [o32 a16 mem, o32 a32 mem] from spec/segment.r1:306
+# LES [o32 a16 mem, o32 a32 mem] from spec/segment.r1:308
 _T30 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:309
-p_load_segment(0, (v_src >> 32))  # segment.r1:314
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:315
+v_src = b_load($seg, ea, 48)  # segment.r1:311
+p_load_segment(0, (v_src >> 32))  # segment.r1:316
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:317
 """
 
-# LFS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:319
+# LFS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:321
 _T31 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:322
-p_load_segment(4, (v_src >> 16))  # segment.r1:327
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:328
+v_src = rd32($seg, ea)  # segment.r1:324
+p_load_segment(4, (v_src >> 16))  # segment.r1:329
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:330
 """
 
-# LFS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:319
+# LFS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:321
 _T32 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:322
-p_load_segment(4, (v_src >> 32))  # segment.r1:327
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:328
+v_src = b_load($seg, ea, 48)  # segment.r1:324
+p_load_segment(4, (v_src >> 32))  # segment.r1:329
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:330
 """
 
-# LGS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:332
+# LGS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:334
 _T33 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:335
-p_load_segment(5, (v_src >> 16))  # segment.r1:340
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:341
+v_src = rd32($seg, ea)  # segment.r1:337
+p_load_segment(5, (v_src >> 16))  # segment.r1:342
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:343
 """
 
-# LGS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:332
+# LGS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:334
 _T34 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:335
-p_load_segment(5, (v_src >> 32))  # segment.r1:340
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:341
+v_src = b_load($seg, ea, 48)  # segment.r1:337
+p_load_segment(5, (v_src >> 32))  # segment.r1:342
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:343
 """
 
-# LSS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:345
+# LSS [o16 a16 mem, o16 a32 mem] from spec/segment.r1:347
 _T35 = """\
 S.eip = $next
 ea = $ea
-v_src = rd32($seg, ea)  # segment.r1:348
-p_load_segment(2, (v_src >> 16))  # segment.r1:353
-R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:354
+v_src = rd32($seg, ea)  # segment.r1:350
+p_load_segment(2, (v_src >> 16))  # segment.r1:355
+R[$dst] = R[$dst] & 0xffff0000 | (v_src & 65535) & 0xffff  # segment.r1:356
 """
 
-# LSS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:345
+# LSS [o32 a16 mem, o32 a32 mem] from spec/segment.r1:347
 _T36 = """\
 S.eip = $next
 ea = $ea
-v_src = b_load($seg, ea, 48)  # segment.r1:348
-p_load_segment(2, (v_src >> 32))  # segment.r1:353
-R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:354
+v_src = b_load($seg, ea, 48)  # segment.r1:350
+p_load_segment(2, (v_src >> 32))  # segment.r1:355
+R[$dst] = (v_src & 4294967295) & 0xffffffff  # segment.r1:356
 """
 
 TEMPLATES = {
@@ -514,70 +474,70 @@ TEMPLATES = {
         (32, 16, None, None, None): _T16,
         (32, 32, None, None, None): _T16,
     },
-    # spec/segment.r1:236
+    # spec/segment.r1:238
     'POP_ES': {
         (16, 16, None, None, None): _T17,
         (16, 32, None, None, None): _T17,
         (32, 16, None, None, None): _T18,
         (32, 32, None, None, None): _T18,
     },
-    # spec/segment.r1:246
+    # spec/segment.r1:248
     'POP_SS': {
         (16, 16, None, None, None): _T19,
         (16, 32, None, None, None): _T19,
         (32, 16, None, None, None): _T20,
         (32, 32, None, None, None): _T20,
     },
-    # spec/segment.r1:259
+    # spec/segment.r1:261
     'POP_DS': {
         (16, 16, None, None, None): _T21,
         (16, 32, None, None, None): _T21,
         (32, 16, None, None, None): _T22,
         (32, 32, None, None, None): _T22,
     },
-    # spec/segment.r1:269
+    # spec/segment.r1:271
     'POP_FS': {
         (16, 16, None, None, None): _T23,
         (16, 32, None, None, None): _T23,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/segment.r1:279
+    # spec/segment.r1:281
     'POP_GS': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/segment.r1:293
+    # spec/segment.r1:295
     'LDS': {
         (16, 16, 'mem', None, None): _T27,
         (16, 32, 'mem', None, None): _T27,
         (32, 16, 'mem', None, None): _T28,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/segment.r1:306
+    # spec/segment.r1:308
     'LES': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/segment.r1:319
+    # spec/segment.r1:321
     'LFS': {
         (16, 16, 'mem', None, None): _T31,
         (16, 32, 'mem', None, None): _T31,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/segment.r1:332
+    # spec/segment.r1:334
     'LGS': {
         (16, 16, 'mem', None, None): _T33,
         (16, 32, 'mem', None, None): _T33,
         (32, 16, 'mem', None, None): _T34,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/segment.r1:345
+    # spec/segment.r1:347
     'LSS': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,

@@ -987,392 +987,391 @@ b_unimplemented('MFENCE', 'spec/sse.r1:1929')  # sse.r1:1929
 
 # PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1939
 _T180 = """\
-b_unimplemented('PAUSE', 'spec/sse.r1:1939')  # sse.r1:1939
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1950
+# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1951
 _T181 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1950')  # sse.r1:1950
+b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1951')  # sse.r1:1951
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1960
+# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1961
 _T182 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1960')  # sse.r1:1960
+b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1961')  # sse.r1:1961
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1970
+# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1971
 _T183 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1970')  # sse.r1:1970
+b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1971')  # sse.r1:1971
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1980
+# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1981
 _T184 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1980')  # sse.r1:1980
+b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1981')  # sse.r1:1981
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1990
+# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1991
 _T185 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1990')  # sse.r1:1990
+b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1991')  # sse.r1:1991
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2000
+# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2001
 _T186 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2000')  # sse.r1:2000
+b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2001')  # sse.r1:2001
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2010
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2011
 _T187 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2010')  # sse.r1:2010
+b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2011')  # sse.r1:2011
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2020
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2021
 _T188 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2020')  # sse.r1:2020
+b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2021')  # sse.r1:2021
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2030
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2031
 _T189 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2030')  # sse.r1:2030
+b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2031')  # sse.r1:2031
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2040
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2041
 _T190 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2040')  # sse.r1:2040
+b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2041')  # sse.r1:2041
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2050
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2051
 _T191 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2050')  # sse.r1:2050
+b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2051')  # sse.r1:2051
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2060
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2061
 _T192 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2060')  # sse.r1:2060
+b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2061')  # sse.r1:2061
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2070
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2071
 _T193 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2070')  # sse.r1:2070
+b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2071')  # sse.r1:2071
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2082
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2083
 _T194 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2082')  # sse.r1:2082
+b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2083')  # sse.r1:2083
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2092
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2093
 _T195 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2092')  # sse.r1:2092
+b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2093')  # sse.r1:2093
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2102
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2103
 _T196 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2102')  # sse.r1:2102
+b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2103')  # sse.r1:2103
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2112
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2113
 _T197 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2112')  # sse.r1:2112
+b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2113')  # sse.r1:2113
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2122
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2123
 _T198 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2122')  # sse.r1:2122
+b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2123')  # sse.r1:2123
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2132
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2133
 _T199 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2132')  # sse.r1:2132
+b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2133')  # sse.r1:2133
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2142
+# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2143
 _T200 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2142')  # sse.r1:2142
+b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2143')  # sse.r1:2143
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2152
+# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2153
 _T201 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2152')  # sse.r1:2152
+b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2153')  # sse.r1:2153
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2162
+# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2163
 _T202 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2162')  # sse.r1:2162
+b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2163')  # sse.r1:2163
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2172
+# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2173
 _T203 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2172')  # sse.r1:2172
+b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2173')  # sse.r1:2173
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2182
+# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2183
 _T204 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2182')  # sse.r1:2182
+b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2183')  # sse.r1:2183
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2192
+# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2193
 _T205 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2192')  # sse.r1:2192
+b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2193')  # sse.r1:2193
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2202
+# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2203
 _T206 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2202')  # sse.r1:2202
+b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2203')  # sse.r1:2203
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2212
+# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2213
 _T207 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2212')  # sse.r1:2212
+b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2213')  # sse.r1:2213
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2222
+# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2223
 _T208 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2222')  # sse.r1:2222
+b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2223')  # sse.r1:2223
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2232
+# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2233
 _T209 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2232')  # sse.r1:2232
+b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2233')  # sse.r1:2233
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2242
+# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2243
 _T210 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2242')  # sse.r1:2242
+b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2243')  # sse.r1:2243
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2252
+# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2253
 _T211 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2252')  # sse.r1:2252
+b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2253')  # sse.r1:2253
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2262
+# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2263
 _T212 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2262')  # sse.r1:2262
+b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2263')  # sse.r1:2263
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2272
+# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2273
 _T213 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2272')  # sse.r1:2272
+b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2273')  # sse.r1:2273
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2282
+# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2283
 _T214 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2282')  # sse.r1:2282
+b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2283')  # sse.r1:2283
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2292
+# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2293
 _T215 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2292')  # sse.r1:2292
+b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2293')  # sse.r1:2293
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2302
+# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2303
 _T216 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2302')  # sse.r1:2302
+b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2303')  # sse.r1:2303
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2312
+# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2313
 _T217 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2312')  # sse.r1:2312
+b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2313')  # sse.r1:2313
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2322
+# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2323
 _T218 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2322')  # sse.r1:2322
+b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2323')  # sse.r1:2323
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2332
+# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2333
 _T219 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2332')  # sse.r1:2332
+b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2333')  # sse.r1:2333
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2342
+# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2343
 _T220 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2342')  # sse.r1:2342
+b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2343')  # sse.r1:2343
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2352
+# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2353
 _T221 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2352')  # sse.r1:2352
+b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2353')  # sse.r1:2353
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2362
+# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2363
 _T222 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2362')  # sse.r1:2362
+b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2363')  # sse.r1:2363
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2372
+# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2373
 _T223 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2372')  # sse.r1:2372
+b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2373')  # sse.r1:2373
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2382
+# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2383
 _T224 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2382')  # sse.r1:2382
+b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2383')  # sse.r1:2383
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2392
+# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2393
 _T225 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2392')  # sse.r1:2392
+b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2393')  # sse.r1:2393
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2402
+# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2403
 _T226 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2402')  # sse.r1:2402
+b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2403')  # sse.r1:2403
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2412
+# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2413
 _T227 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2412')  # sse.r1:2412
+b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2413')  # sse.r1:2413
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2422
+# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2423
 _T228 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2422')  # sse.r1:2422
+b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2423')  # sse.r1:2423
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2432
+# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2433
 _T229 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2432')  # sse.r1:2432
+b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2433')  # sse.r1:2433
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2442
+# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2443
 _T230 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2442')  # sse.r1:2442
+b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2443')  # sse.r1:2443
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2452
+# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2453
 _T231 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2452')  # sse.r1:2452
+b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2453')  # sse.r1:2453
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2462
+# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2463
 _T232 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2462')  # sse.r1:2462
+b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2463')  # sse.r1:2463
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2472
+# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2473
 _T233 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2472')  # sse.r1:2472
+b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2473')  # sse.r1:2473
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2482
+# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2483
 _T234 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2482')  # sse.r1:2482
+b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2483')  # sse.r1:2483
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2492
+# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2493
 _T235 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2492')  # sse.r1:2492
+b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2493')  # sse.r1:2493
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2502
+# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2503
 _T236 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2502')  # sse.r1:2502
+b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2503')  # sse.r1:2503
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2512
+# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2513
 _T237 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2512')  # sse.r1:2512
+b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2513')  # sse.r1:2513
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2522
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2523
 _T238 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2522')  # sse.r1:2522
+b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2523')  # sse.r1:2523
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2532
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2533
 _T239 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2532')  # sse.r1:2532
+b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2533')  # sse.r1:2533
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2542
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2543
 _T240 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2542')  # sse.r1:2542
+b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2543')  # sse.r1:2543
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2552
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2553
 _T241 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2552')  # sse.r1:2552
+b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2553')  # sse.r1:2553
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2562
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2563
 _T242 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2562')  # sse.r1:2562
+b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2563')  # sse.r1:2563
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2572
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2573
 _T243 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2572')  # sse.r1:2572
+b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2573')  # sse.r1:2573
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2582
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2583
 _T244 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2582')  # sse.r1:2582
+b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2583')  # sse.r1:2583
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2592
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2593
 _T245 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2592')  # sse.r1:2592
+b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2593')  # sse.r1:2593
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2604
+# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2605
 _T246 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2604')  # sse.r1:2604
+b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2605')  # sse.r1:2605
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2614
+# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2615
 _T247 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2614')  # sse.r1:2614
+b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2615')  # sse.r1:2615
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2624
+# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2625
 _T248 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2624')  # sse.r1:2624
+b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2625')  # sse.r1:2625
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2634
+# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2635
 _T249 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2634')  # sse.r1:2634
+b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2635')  # sse.r1:2635
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2644
+# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2645
 _T250 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2644')  # sse.r1:2644
+b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2645')  # sse.r1:2645
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2654
+# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2655
 _T251 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2654')  # sse.r1:2654
+b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2655')  # sse.r1:2655
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2664
+# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2665
 _T252 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2664')  # sse.r1:2664
+b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2665')  # sse.r1:2665
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2674
+# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2675
 _T253 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2674')  # sse.r1:2674
+b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2675')  # sse.r1:2675
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2684
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2685
 _T254 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2684')  # sse.r1:2684
+b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2685')  # sse.r1:2685
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2694
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2695
 _T255 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2694')  # sse.r1:2694
+b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2695')  # sse.r1:2695
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2704
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2705
 _T256 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2704')  # sse.r1:2704
+b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2705')  # sse.r1:2705
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2714
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2715
 _T257 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2714')  # sse.r1:2714
+b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2715')  # sse.r1:2715
 """
 
 TEMPLATES = {
@@ -2911,7 +2910,7 @@ TEMPLATES = {
         (32, 16, None, None, None): _T180,
         (32, 32, None, None, None): _T180,
     },
-    # spec/sse.r1:1950
+    # spec/sse.r1:1951
     'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T181,
@@ -2922,7 +2921,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T181,
     },
-    # spec/sse.r1:1960
+    # spec/sse.r1:1961
     'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
@@ -2933,7 +2932,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T182,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1970
+    # spec/sse.r1:1971
     'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 16, 'mem', None, None): _T183,
@@ -2944,7 +2943,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T183,
     },
-    # spec/sse.r1:1980
+    # spec/sse.r1:1981
     'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T184,
         (16, 16, 'mem', None, None): _T184,
@@ -2955,7 +2954,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1990
+    # spec/sse.r1:1991
     'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T185,
         (16, 16, 'mem', None, None): _T185,
@@ -2966,7 +2965,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T185,
         (32, 32, 'mem', None, None): _T185,
     },
-    # spec/sse.r1:2000
+    # spec/sse.r1:2001
     'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T186,
         (16, 16, 'mem', None, None): _T186,
@@ -2977,7 +2976,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2010
+    # spec/sse.r1:2011
     'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T187,
         (16, 16, 'mem', None, None): _T187,
@@ -2988,7 +2987,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T187,
         (32, 32, 'mem', None, None): _T187,
     },
-    # spec/sse.r1:2020
+    # spec/sse.r1:2021
     'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T188,
         (16, 16, 'mem', None, None): _T188,
@@ -2999,7 +2998,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T188,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2030
+    # spec/sse.r1:2031
     'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T189,
         (16, 16, 'mem', None, None): _T189,
@@ -3010,21 +3009,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:2040
+    # spec/sse.r1:2041
     'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T190,
         (16, 32, 'reg', None, None): _T190,
         (32, 16, 'reg', None, None): _T190,
         (32, 32, 'reg', None, None): _T190,
     },
-    # spec/sse.r1:2050
+    # spec/sse.r1:2051
     'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T191,
         (16, 32, 'reg', None, None): _T191,
         (32, 16, 'reg', None, None): _T191,
         (32, 32, 'reg', None, None): _T191,
     },
-    # spec/sse.r1:2060
+    # spec/sse.r1:2061
     'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T192,
         (16, 16, 'mem', None, None): _T192,
@@ -3035,7 +3034,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T192,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2070
+    # spec/sse.r1:2071
     'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T193,
         (16, 16, 'mem', None, None): _T193,
@@ -3046,7 +3045,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T193,
         (32, 32, 'mem', None, None): _T193,
     },
-    # spec/sse.r1:2082
+    # spec/sse.r1:2083
     'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T194,
         (16, 16, 'mem', None, None): _T194,
@@ -3057,7 +3056,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2092
+    # spec/sse.r1:2093
     'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T195,
         (16, 16, 'mem', None, None): _T195,
@@ -3068,7 +3067,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T195,
         (32, 32, 'mem', None, None): _T195,
     },
-    # spec/sse.r1:2102
+    # spec/sse.r1:2103
     'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T196,
         (16, 16, 'mem', None, None): _T196,
@@ -3079,7 +3078,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T196,
         (32, 32, 'mem', None, None): _T196,
     },
-    # spec/sse.r1:2112
+    # spec/sse.r1:2113
     'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T197,
         (16, 16, 'mem', None, None): _T197,
@@ -3090,7 +3089,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T197,
         (32, 32, 'mem', None, None): _T197,
     },
-    # spec/sse.r1:2122
+    # spec/sse.r1:2123
     'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T198,
         (16, 16, 'mem', None, None): _T198,
@@ -3101,7 +3100,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2132
+    # spec/sse.r1:2133
     'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T199,
         (16, 16, 'mem', None, None): _T199,
@@ -3112,7 +3111,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T199,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:2142
+    # spec/sse.r1:2143
     'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
         (16, 16, 'mem', None, None): _T200,
@@ -3123,7 +3122,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2152
+    # spec/sse.r1:2153
     'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T201,
         (16, 16, 'mem', None, None): _T201,
@@ -3134,7 +3133,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T201,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2162
+    # spec/sse.r1:2163
     'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T202,
         (16, 16, 'mem', None, None): _T202,
@@ -3145,7 +3144,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2172
+    # spec/sse.r1:2173
     'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T203,
         (16, 16, 'mem', None, None): _T203,
@@ -3156,7 +3155,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T203,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2182
+    # spec/sse.r1:2183
     'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
         (16, 16, 'mem', None, None): _T204,
@@ -3167,7 +3166,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2192
+    # spec/sse.r1:2193
     'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T205,
@@ -3178,7 +3177,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2202
+    # spec/sse.r1:2203
     'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T206,
         (16, 16, 'mem', None, None): _T206,
@@ -3189,7 +3188,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2212
+    # spec/sse.r1:2213
     'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T207,
         (16, 16, 'mem', None, None): _T207,
@@ -3200,7 +3199,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T207,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2222
+    # spec/sse.r1:2223
     'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
         (16, 16, 'mem', None, None): _T208,
@@ -3211,7 +3210,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2232
+    # spec/sse.r1:2233
     'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T209,
         (16, 16, 'mem', None, None): _T209,
@@ -3222,7 +3221,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T209,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2242
+    # spec/sse.r1:2243
     'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T210,
@@ -3233,7 +3232,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2252
+    # spec/sse.r1:2253
     'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T211,
@@ -3244,7 +3243,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2262
+    # spec/sse.r1:2263
     'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T212,
@@ -3255,7 +3254,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2272
+    # spec/sse.r1:2273
     'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
@@ -3266,7 +3265,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2282
+    # spec/sse.r1:2283
     'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T214,
@@ -3277,7 +3276,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2292
+    # spec/sse.r1:2293
     'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T215,
         (16, 16, 'mem', None, None): _T215,
@@ -3288,7 +3287,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T215,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2302
+    # spec/sse.r1:2303
     'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T216,
         (16, 16, 'mem', None, None): _T216,
@@ -3299,7 +3298,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T216,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2312
+    # spec/sse.r1:2313
     'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T217,
         (16, 16, 'mem', None, None): _T217,
@@ -3310,7 +3309,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T217,
         (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2322
+    # spec/sse.r1:2323
     'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
         (16, 16, 'mem', None, None): _T218,
@@ -3321,7 +3320,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2332
+    # spec/sse.r1:2333
     'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T219,
         (16, 16, 'mem', None, None): _T219,
@@ -3332,7 +3331,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T219,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2342
+    # spec/sse.r1:2343
     'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
         (16, 16, 'mem', None, None): _T220,
@@ -3343,7 +3342,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2352
+    # spec/sse.r1:2353
     'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T221,
         (16, 16, 'mem', None, None): _T221,
@@ -3354,7 +3353,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T221,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2362
+    # spec/sse.r1:2363
     'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
         (16, 16, 'mem', None, None): _T222,
@@ -3365,7 +3364,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2372
+    # spec/sse.r1:2373
     'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T223,
         (16, 16, 'mem', None, None): _T223,
@@ -3376,7 +3375,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T223,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2382
+    # spec/sse.r1:2383
     'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
         (16, 16, 'mem', None, None): _T224,
@@ -3387,7 +3386,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T224,
     },
-    # spec/sse.r1:2392
+    # spec/sse.r1:2393
     'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T225,
@@ -3398,7 +3397,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T225,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2402
+    # spec/sse.r1:2403
     'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
         (16, 16, 'mem', None, None): _T226,
@@ -3409,7 +3408,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T226,
     },
-    # spec/sse.r1:2412
+    # spec/sse.r1:2413
     'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T227,
         (16, 16, 'mem', None, None): _T227,
@@ -3420,7 +3419,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T227,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2422
+    # spec/sse.r1:2423
     'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
         (16, 16, 'mem', None, None): _T228,
@@ -3431,7 +3430,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T228,
     },
-    # spec/sse.r1:2432
+    # spec/sse.r1:2433
     'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T229,
@@ -3442,7 +3441,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T229,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2442
+    # spec/sse.r1:2443
     'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
         (16, 16, 'mem', None, None): _T230,
@@ -3453,7 +3452,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T230,
     },
-    # spec/sse.r1:2452
+    # spec/sse.r1:2453
     'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T231,
@@ -3464,7 +3463,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T231,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2462
+    # spec/sse.r1:2463
     'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
         (16, 16, 'mem', None, None): _T232,
@@ -3475,7 +3474,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T232,
     },
-    # spec/sse.r1:2472
+    # spec/sse.r1:2473
     'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
@@ -3486,7 +3485,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2482
+    # spec/sse.r1:2483
     'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T234,
@@ -3497,7 +3496,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2492
+    # spec/sse.r1:2493
     'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
@@ -3508,7 +3507,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T235,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2502
+    # spec/sse.r1:2503
     'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T236,
@@ -3519,7 +3518,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2512
+    # spec/sse.r1:2513
     'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
@@ -3530,63 +3529,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T237,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2522
+    # spec/sse.r1:2523
     'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T238,
         (16, 32, 'reg', None, None): _T238,
         (32, 16, 'reg', None, None): _T238,
         (32, 32, 'reg', None, None): _T238,
     },
-    # spec/sse.r1:2532
+    # spec/sse.r1:2533
     'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
     },
-    # spec/sse.r1:2542
+    # spec/sse.r1:2543
     'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T240,
         (16, 32, 'reg', None, None): _T240,
         (32, 16, 'reg', None, None): _T240,
         (32, 32, 'reg', None, None): _T240,
     },
-    # spec/sse.r1:2552
+    # spec/sse.r1:2553
     'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T241,
         (16, 32, 'reg', None, None): _T241,
         (32, 16, 'reg', None, None): _T241,
         (32, 32, 'reg', None, None): _T241,
     },
-    # spec/sse.r1:2562
+    # spec/sse.r1:2563
     'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T242,
         (16, 32, 'reg', None, None): _T242,
         (32, 16, 'reg', None, None): _T242,
         (32, 32, 'reg', None, None): _T242,
     },
-    # spec/sse.r1:2572
+    # spec/sse.r1:2573
     'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T243,
         (16, 32, 'reg', None, None): _T243,
         (32, 16, 'reg', None, None): _T243,
         (32, 32, 'reg', None, None): _T243,
     },
-    # spec/sse.r1:2582
+    # spec/sse.r1:2583
     'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T244,
         (16, 32, 'reg', None, None): _T244,
         (32, 16, 'reg', None, None): _T244,
         (32, 32, 'reg', None, None): _T244,
     },
-    # spec/sse.r1:2592
+    # spec/sse.r1:2593
     'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T245,
         (16, 32, 'reg', None, None): _T245,
         (32, 16, 'reg', None, None): _T245,
         (32, 32, 'reg', None, None): _T245,
     },
-    # spec/sse.r1:2604
+    # spec/sse.r1:2605
     'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T246,
@@ -3597,7 +3596,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2614
+    # spec/sse.r1:2615
     'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
@@ -3608,7 +3607,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T247,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2624
+    # spec/sse.r1:2625
     'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T248,
@@ -3619,7 +3618,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T248,
     },
-    # spec/sse.r1:2634
+    # spec/sse.r1:2635
     'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
@@ -3630,7 +3629,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T249,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2644
+    # spec/sse.r1:2645
     'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T250,
@@ -3641,7 +3640,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T250,
     },
-    # spec/sse.r1:2654
+    # spec/sse.r1:2655
     'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
@@ -3652,7 +3651,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T251,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2664
+    # spec/sse.r1:2665
     'PMULHUW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T252,
@@ -3663,7 +3662,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T252,
     },
-    # spec/sse.r1:2674
+    # spec/sse.r1:2675
     'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
@@ -3674,28 +3673,28 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T253,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2684
+    # spec/sse.r1:2685
     'PEXTRW_R32_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T254,
         (16, 32, 'reg', None, None): _T254,
         (32, 16, 'reg', None, None): _T254,
         (32, 32, 'reg', None, None): _T254,
     },
-    # spec/sse.r1:2694
+    # spec/sse.r1:2695
     'PINSRW_XMM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T255,
         (16, 32, 'reg', None, None): _T255,
         (32, 16, 'reg', None, None): _T255,
         (32, 32, 'reg', None, None): _T255,
     },
-    # spec/sse.r1:2704
+    # spec/sse.r1:2705
     'PINSRW_XMM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T256,
         (16, 32, 'mem', None, None): _T256,
         (32, 16, 'mem', None, None): _T256,
         (32, 32, 'mem', None, None): _T256,
     },
-    # spec/sse.r1:2714
+    # spec/sse.r1:2715
     'PMOVMSKB_R32_XMM': {
         (16, 16, 'reg', None, None): _T257,
         (16, 32, 'reg', None, None): _T257,

@@ -179,8 +179,9 @@ RULES = {
     'CMC': ('ident', None, (), ()),  # spec/flags.r1:97
     'CLD': ('ident', None, (), ()),  # spec/flags.r1:107
     'STD': ('ident', None, (), ()),  # spec/flags.r1:116
-    'LAHF': ('ident', None, (), ()),  # spec/flags.r1:129
-    'SAHF': ('ident', None, (), ()),  # spec/flags.r1:139
+    'SALC': ('ident', None, (), ()),  # spec/flags.r1:130
+    'LAHF': ('ident', None, (), ()),  # spec/flags.r1:144
+    'SAHF': ('ident', None, (), ()),  # spec/flags.r1:154
     'IRET': ('callout', None, ('cpl', 'iopl', 'gdt'), ('cpl', 'if', 'iopl', 'vm', 'nt', 'rf', 'ac', 'tf', 'seg')),  # spec/interrupts.r1:270
     'IN_AL_Ib': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:17
     'IN_AX_Ib': ('ident', None, ('io', 'iopl', 'tr'), ()),  # spec/io.r1:27
@@ -298,16 +299,16 @@ RULES = {
     'PUSH_DS': ('callout', None, ('seg',), ()),  # spec/segment.r1:200
     'PUSH_FS': ('callout', None, ('seg',), ()),  # spec/segment.r1:209
     'PUSH_GS': ('callout', None, ('seg',), ()),  # spec/segment.r1:218
-    'POP_ES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:236
-    'POP_SS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:246
-    'POP_DS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:259
-    'POP_FS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:269
-    'POP_GS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:279
-    'LDS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:293
-    'LES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:306
-    'LFS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:319
-    'LGS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:332
-    'LSS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:345
+    'POP_ES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:238
+    'POP_SS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:248
+    'POP_DS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:261
+    'POP_FS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:271
+    'POP_GS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:281
+    'LDS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:295
+    'LES': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:308
+    'LFS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:321
+    'LGS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:334
+    'LSS': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:347
     'ROL_RMb_Ib': ('ident', None, (), ()),  # spec/shift.r1:35
     'ROL_RMv_Ib': ('ident', None, (), ()),  # spec/shift.r1:46
     'ROL_RMb_1': ('ident', None, (), ()),  # spec/shift.r1:57
@@ -541,83 +542,83 @@ RULES = {
     'LFENCE': ('ident', None, (), ()),  # spec/sse.r1:1919
     'MFENCE': ('ident', None, (), ()),  # spec/sse.r1:1929
     'PAUSE': ('ident', None, (), ()),  # spec/sse.r1:1939
-    'PADDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1950
-    'PADDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1960
-    'PSUBQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1970
-    'PSUBQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1980
-    'PMULUDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1990
-    'PMULUDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2000
-    'PSHUFD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2010
-    'PSHUFHW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2020
-    'PSHUFLW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2030
-    'PSLLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2040
-    'PSRLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2050
-    'PUNPCKLQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2060
-    'PUNPCKHQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2070
-    'PUNPCKLBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2082
-    'PUNPCKLWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2092
-    'PUNPCKLDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2102
-    'PUNPCKHBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2112
-    'PUNPCKHWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2122
-    'PUNPCKHDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2132
-    'PACKSSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2142
-    'PACKUSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2152
-    'PACKSSDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2162
-    'PADDB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2172
-    'PADDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2182
-    'PADDD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2192
-    'PADDSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2202
-    'PADDSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2212
-    'PADDUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2222
-    'PADDUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2232
-    'PSUBB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2242
-    'PSUBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2252
-    'PSUBD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2262
-    'PSUBSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2272
-    'PSUBSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2282
-    'PSUBUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2292
-    'PSUBUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2302
-    'PMULLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2312
-    'PMULHW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2322
-    'PMADDWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2332
-    'PCMPEQB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2342
-    'PCMPEQW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2352
-    'PCMPEQD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2362
-    'PCMPGTB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2372
-    'PCMPGTW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2382
-    'PCMPGTD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2392
-    'PAND_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2402
-    'PANDN_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2412
-    'POR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2422
-    'PXOR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2432
-    'PSLLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2442
-    'PSLLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2452
-    'PSLLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2462
-    'PSRLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2472
-    'PSRLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2482
-    'PSRLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2492
-    'PSRAW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2502
-    'PSRAD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2512
-    'PSLLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2522
-    'PSLLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2532
-    'PSLLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2542
-    'PSRLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2552
-    'PSRLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2562
-    'PSRLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2572
-    'PSRAW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2582
-    'PSRAD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2592
-    'PAVGB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2604
-    'PAVGW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2614
-    'PMAXSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2624
-    'PMAXUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2634
-    'PMINSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2644
-    'PMINUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2654
-    'PMULHUW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2664
-    'PSADBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2674
-    'PEXTRW_R32_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2684
-    'PINSRW_XMM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2694
-    'PINSRW_XMM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2704
-    'PMOVMSKB_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:2714
+    'PADDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1951
+    'PADDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1961
+    'PSUBQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1971
+    'PSUBQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1981
+    'PMULUDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1991
+    'PMULUDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2001
+    'PSHUFD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2011
+    'PSHUFHW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2021
+    'PSHUFLW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2031
+    'PSLLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2041
+    'PSRLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2051
+    'PUNPCKLQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2061
+    'PUNPCKHQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2071
+    'PUNPCKLBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2083
+    'PUNPCKLWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2093
+    'PUNPCKLDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2103
+    'PUNPCKHBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2113
+    'PUNPCKHWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2123
+    'PUNPCKHDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2133
+    'PACKSSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2143
+    'PACKUSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2153
+    'PACKSSDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2163
+    'PADDB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2173
+    'PADDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2183
+    'PADDD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2193
+    'PADDSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2203
+    'PADDSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2213
+    'PADDUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2223
+    'PADDUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2233
+    'PSUBB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2243
+    'PSUBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2253
+    'PSUBD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2263
+    'PSUBSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2273
+    'PSUBSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2283
+    'PSUBUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2293
+    'PSUBUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2303
+    'PMULLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2313
+    'PMULHW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2323
+    'PMADDWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2333
+    'PCMPEQB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2343
+    'PCMPEQW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2353
+    'PCMPEQD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2363
+    'PCMPGTB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2373
+    'PCMPGTW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2383
+    'PCMPGTD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2393
+    'PAND_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2403
+    'PANDN_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2413
+    'POR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2423
+    'PXOR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2433
+    'PSLLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2443
+    'PSLLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2453
+    'PSLLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2463
+    'PSRLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2473
+    'PSRLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2483
+    'PSRLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2493
+    'PSRAW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2503
+    'PSRAD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2513
+    'PSLLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2523
+    'PSLLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2533
+    'PSLLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2543
+    'PSRLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2553
+    'PSRLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2563
+    'PSRLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2573
+    'PSRAW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2583
+    'PSRAD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2593
+    'PAVGB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2605
+    'PAVGW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2615
+    'PMAXSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2625
+    'PMAXUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2635
+    'PMINSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2645
+    'PMINUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2655
+    'PMULHUW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2665
+    'PSADBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2675
+    'PEXTRW_R32_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2685
+    'PINSRW_XMM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2695
+    'PINSRW_XMM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2705
+    'PMOVMSKB_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:2715
     'MOVSB': ('ident', None, (), ()),  # spec/string.r1:20
     'MOVSv': ('ident', None, (), ()),  # spec/string.r1:36
     'CMPSB': ('ident', None, (), ()),  # spec/string.r1:56

@@ -21,7 +21,7 @@ GENERAL_AND_SYSTEM = (
         "jmp call ret retf ljmp lcall loop loope loopne jcxz jecxz int int3 into iret iretd enter leave bound "
         "movsb movsw movsd cmpsb cmpsw cmpsd scasb scasw scasd lodsb lodsw lodsd stosb stosw stosd "
         "insb insw insd outsb outsw outsd in out pushf pushfd popf popfd cli sti lahf sahf clc stc cmc cld std "
-        "lds les lfs lgs lss lea nop ud2 xlatb cpuid "
+        "lds les lfs lgs lss lea nop pause salc ud2 xlatb cpuid "
         "lgdt sgdt lidt sidt lldt sldt ltr str lmsw smsw clts arpl lar lsl verr verw invd wbinvd invlpg hlt "
         "rdmsr wrmsr rdtsc rdpmc sysenter sysexit"
     ).split()

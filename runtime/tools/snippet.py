@@ -2,7 +2,9 @@
 
 This is `ring1 exec`: the quickest way to try an instruction. Every mode starts from the
 same guest-visible state (ring1.runtime.tools.fresh_machine) and reports the same fields, so the
-outputs of two modes can be compared field by field.
+outputs of two modes can be compared field by field. Every mode also keeps the same time: a
+virtual clock (devices/clock.py) that the guest's instructions advance, as under `ring1 run`,
+so RDTSC reads virtual nanoseconds (NS_PER_INSN an instruction) from 0 in every mode.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.cpu.events import Fault, Trap, VMStop
-from ring1.runtime.cpu.machine import Machine
+from ring1.runtime.cpu.machine import Machine, Platform
 from ring1.runtime.cpu.state import CS
+from ring1.runtime.devices.clock import VirtualClock
 from ring1.runtime.tools import fresh_machine
 
 DEFAULT_MAX_INSNS = 100_000
@@ -37,6 +40,17 @@ class SnippetResult:
         if self.diagnosis:
             out["diagnosis"] = self.diagnosis
         return out
+
+
+class ClockedPlatform(Platform):
+    """The fresh machine's platform: no device (ports float high, no interrupt ever arrives),
+    but a virtual clock, as every `ring1 run` has one. The engines then count what they run
+    (unicorn included, host/counter.py) and RDTSC reads the clock in every mode; without one
+    the TSC would be whatever each mode counts (the interpreter's instructions, the VMM's
+    callouts, the host's cycles)."""
+
+    def __init__(self, clock: VirtualClock | None = None) -> None:
+        self.clock = clock if clock is not None else VirtualClock()
 
 
 def interp_machine(spec: fresh_machine.FreshSpec, m: Machine | None = None) -> Machine:
@@ -103,8 +117,8 @@ def run_snippet(
 
     if engine is None:
         if mode == "bare":
-            return run_unicorn(spec, max_insns, keep_memory)
-        engine = engines.create(mode, fresh_machine.MEMORY_SIZE)
+            return run_unicorn(spec, max_insns, keep_memory, clock=VirtualClock())
+        engine = engines.create(mode, fresh_machine.MEMORY_SIZE, ClockedPlatform())
     m = engine.machine
     interp_machine(spec, m)
     engine.stop_on_event = True
@@ -153,18 +167,22 @@ def _ring3_stub(esp: int, eflags: int) -> bytes:
     ).code
 
 
-def unicorn_machine(spec: fresh_machine.FreshSpec):
-    """The fresh machine on unicorn: a PhysicalCpu positioned at the snippet's first instruction."""
+def unicorn_machine(spec: fresh_machine.FreshSpec, clock: VirtualClock | None = None):
+    """The fresh machine on unicorn: a PhysicalCpu positioned at the snippet's first instruction.
+    With a `clock`, the CPU counts what it executes and stops before RDTSC, RDMSR and WRMSR
+    (host/counter.py: unicorn cannot hook them), for run_unicorn to emulate them on the clock."""
     from unicorn import x86_const as X
 
-    from ring1.runtime.cpu.machine import Platform
     from ring1.runtime.cpu.memory import PhysicalMemory
     from ring1.runtime.host.physcpu import GPR_IDS, PhysicalCpu
 
     mem = PhysicalMemory(fresh_machine.MEMORY_SIZE)
     for addr, data in fresh_machine.memory_image(spec):
         mem.write(addr, data)
-    cpu = PhysicalCpu(mem, real_mode=spec.real, platform=Platform())
+    platform = Platform() if clock is None else ClockedPlatform(clock)
+    cpu = PhysicalCpu(mem, real_mode=spec.real, platform=platform, count_instructions=clock is not None)
+    if cpu.counter is not None:
+        cpu.counter.stop_before_unhookable(mem.address, mem.size)
     uc = cpu.uc
     regs = spec.initial_regs()
     gdt = fresh_machine.gdt_bytes()
@@ -203,6 +221,10 @@ def unicorn_machine(spec: fresh_machine.FreshSpec):
             uc.reg_write(X.UC_X86_REG_ESP, fresh_machine.STACK0_TOP)
             uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
             cpu.run(_ENTER_RING3, fresh_machine.CODE, count=6)
+            if cpu.counter is not None:
+                # The stub is the harness's, not the snippet's: its instructions go to a clock
+                # nobody reads, so the snippet's time starts at 0 as in the other modes.
+                cpu.counter.account(VirtualClock(), fresh_machine.CODE)
     else:
         sels = fresh_machine.selectors(spec)
         for rid, name in (
@@ -231,11 +253,18 @@ def unicorn_simd(uc) -> dict[str, int]:
 
 
 def run_unicorn(
-    spec: fresh_machine.FreshSpec, max_insns: int = DEFAULT_MAX_INSNS, keep_memory: bool = False
+    spec: fresh_machine.FreshSpec,
+    max_insns: int = DEFAULT_MAX_INSNS,
+    keep_memory: bool = False,
+    clock: VirtualClock | None = None,
 ) -> SnippetResult:
+    """The snippet on unicorn alone: the differential tests' reference. With a `clock` (`ring1
+    exec --mode bare`), the instructions unicorn cannot hook (RDTSC, RDMSR, WRMSR) are run by
+    the interpreter on that clock, as the `bare` engine of `ring1 run` runs them, and
+    everything else by unicorn."""
     from ring1.runtime.host.physcpu import UcError
 
-    cpu = unicorn_machine(spec)
+    cpu = unicorn_machine(spec, clock)
     end = fresh_machine.CODE + len(spec.code)
     diagnosis = None
     interrupted = False
@@ -245,11 +274,16 @@ def run_unicorn(
 
             cpu.uc.reg_write(X.UC_X86_REG_EIP, fresh_machine.CODE)  # where emu_start would have begun
             ev = None
-        else:
+        elif clock is None:
             ev = cpu.run(fresh_machine.CODE, end, count=max_insns)
+        else:
+            ev = _run_on_clock(cpu, clock, fresh_machine.CODE, end, max_insns)
     except UcError as err:
         ev = None
         diagnosis = f"unicorn stopped: {err}"
+    except VMStop as vmstop:  # the interpreter, running an instruction unicorn cannot hook
+        ev = None
+        diagnosis = vmstop.reason
     except KeyboardInterrupt:
         ev, interrupted = None, True
     values = cpu.read_state()
@@ -267,6 +301,44 @@ def run_unicorn(
         stop = "limit"
     memory = bytes(cpu.memory.view) if keep_memory else None
     return SnippetResult(regs, ev.vector if ev else None, None, ev.cr2 if ev else None, stop, 0, diagnosis, memory)
+
+
+def _run_on_clock(cpu, clock: VirtualClock, begin: int, end: int, max_insns: int):
+    """Run the counting CPU from linear `begin` to `end` (or an event, or `max_insns`). Where it
+    stops before an instruction it cannot hook, the interpreter runs that one instruction on
+    the clock (a fault it raises is the run's event, reported at the instruction as unicorn
+    reports one) and unicorn goes on. The clock gets every instruction either ran; returns the
+    event that ended the run, if any."""
+    from ring1.runtime.engines.bare import PAGING_IDS
+    from ring1.runtime.host.context import read_into_machine, write_from_machine
+    from ring1.runtime.host.physcpu import CpuEvent
+
+    uc, counter = cpu.uc, cpu.counter
+    interp = Machine(cpu.memory, cpu.platform)
+    S = interp.state
+    executed = 0
+    while True:
+        counter.start()
+        counter.set_paging(*uc.reg_read_batch(PAGING_IDS))
+        counter.bind(clock)
+        try:
+            ev = cpu.run(begin, end, count=max_insns - executed)
+        finally:
+            read_into_machine(uc, interp)  # (the CS base, for the linear EIP)
+            executed += counter.account(clock, (S.base[CS] + S.eip) & 0xFFFFFFFF)
+        if ev is not None or not counter.stopped_before_unhookable or executed >= max_insns:
+            return ev
+        r = interp.step()  # which advances the clock by the instruction it runs
+        if r.vmstop is not None:
+            raise r.vmstop
+        if r.event is not None:
+            return CpuEvent(r.event.vector, S.eip, S.cr[2] if r.event.vector == 14 else None)
+        executed += 1
+        cpu.clear_exception_latch()
+        write_from_machine(uc, interp)
+        begin = (S.base[CS] + S.eip) & 0xFFFFFFFF
+        if begin == end or executed >= max_insns:
+            return None
 
 
 # ---------------------------------------------------------------- the same snippet under the VMM

@@ -1841,7 +1841,7 @@ class Vmm:
             soft = soft_interrupt_before(self.m, vector)
         finally:
             S.eip = eip_before
-        if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3]):
+        if soft is None and self.cpu.restore_lost_flags(mnemonic, memory, d.variant[3] if len(d.variant) > 3 else None):
             self.stats["lost_flags_restored"] += 1
             return True
         return False

@@ -318,6 +318,14 @@ def _role_registers(draw, form: str, inst: Instance, mode: Mode, asize: int, osi
             regs["ebx"] = draw(st.integers(0, fresh_machine.DATA_SIZE - 0x100))
     if mn & {"leave", "enter"} and "ebp" not in regs:
         regs["ebp"] = draw(st.integers(0x4000, 0x6F00))
+    if mn & {"cmpxchg", "cmpxchg8b"} and inst.memory and draw(st.booleans()):
+        # Half the time the accumulator (EAX, or EDX:EAX) equals the memory operand: drawn
+        # apart they almost never match (never, 64 bits wide), and the exchange itself (ZF = 1,
+        # the source or ECX:EBX stored) would go untested. Not when they address the operand.
+        operand = next(iter(inst.memory.values()))
+        for name, offset in (("eax", 0), ("edx", 4)) if "cmpxchg8b" in mn else (("eax", 0),):
+            if name not in regs:
+                regs[name] = int.from_bytes(operand[offset : offset + 4], "little")
 
 
 def selectors(mode: Mode):

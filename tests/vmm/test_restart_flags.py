@@ -23,7 +23,7 @@ import pytest
 
 from ring1.runtime.host import physcpu
 from ring1.runtime.tools import fresh_machine
-from tests.vmm.common import differences, paged, run
+from tests.vmm.common import differences, new_vmm, paged, run
 
 FRESH_PAGE = fresh_machine.DATA + 0x3000  # touched by nothing before the reader
 M = struct.pack("<I", FRESH_PAGE)
@@ -93,8 +93,8 @@ def _undecidable_under_direct_execution(setter: str, layout: str, reader: str) -
     return layout == "new-block" and verdict == physcpu.UNDECIDABLE
 
 
-def _same_as_reference(spec: fresh_machine.FreshSpec, mode: str) -> list[str]:
-    got = run(spec, mode)
+def _same_as_reference(spec: fresh_machine.FreshSpec, mode: str, vmm=None) -> list[str]:
+    got = run(spec, mode, vmm=vmm)
     return differences(got, run(spec, "interp")) + differences(got, run(spec, "bare"))
 
 
@@ -144,7 +144,6 @@ def test_flag_reader_under_guest_paging(mode: str) -> None:
 def test_bt_settles_flags_before_translated_flag_readers() -> None:
     # The translated SETcc, RCL/RCR, ADC... with a memory operand follow vmm.SETTLE_FLAGS.
     from ring1.runtime.vmm import SETTLE_FLAGS
-    from tests.vmm.common import new_vmm
 
     vmm = new_vmm("bt")
     spec = _spec("sub", "same-block", "set0")
@@ -157,7 +156,6 @@ def test_bt_settles_flags_before_translated_flag_readers() -> None:
 
 
 def test_trap_restores_lost_flags() -> None:
-    from tests.vmm.common import new_vmm
 
     vmm = new_vmm("trap")
     spec = fresh_machine.FreshSpec(code=ISSUE_REPRODUCTION)
@@ -170,8 +168,17 @@ def test_trap_cannot_repair_an_undecidable_fault() -> None:
     # shl eax, 1; jmp $+2; setz [fresh]: SETZ begins a translation block, so unicorn computed
     # the flags into cc_src and lost them; after a SHL in the same block it would not have,
     # and the two leave the same state. The kernel's own code under `trap` (and user code
-    # under `bt`) is run as it is, so the VMM cannot settle the flags first.
+    # under `bt`) is run as it is, so the VMM cannot settle the flags first. A VMM without a
+    # clock: test_trap_with_a_clock_repairs_the_undecidable_fault.
     assert _undecidable_under_direct_execution("shl", "new-block", "set4")
+    assert _same_as_reference(_spec("shl", "new-block", "set4"), "trap", vmm=new_vmm("trap")) == []
+
+
+def test_trap_with_a_clock_repairs_the_undecidable_fault() -> None:
+    # With a clock (every `ring1 run`, and `ring1 exec`) unicorn counts every instruction with a
+    # code hook, and under a code hook it has always lost the flags at a fault
+    # (physcpu.lazy_flags_verdict, code_hooked): the case above is decided, and repaired.
+    assert physcpu.lazy_flags_verdict("set{cc}", 4, SETTERS["shl"][1], code_hooked=True) == physcpu.LOST
     assert _same_as_reference(_spec("shl", "new-block", "set4"), "trap") == []
 
 
