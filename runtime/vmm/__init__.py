@@ -472,10 +472,17 @@ class Vmm:
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
 
     def can_translate(self) -> bool:
-        """Translated execution needs protected mode, the kernel's flat 32-bit CS, and no TF."""
+        """Translated execution needs protected mode, the kernel's flat 32-bit CS, a 32-bit stack
+        segment (the stubs and templates keep the guest's flags on a scratch stack through the
+        guest's SS: with a 16-bit one, SP would wrap into guest memory), and no TF."""
         S = self.m.state
         return self.mode == "bt" and (
-            S.mode == MODE_PROT and S.cpl == 0 and S.base[CS] == 0 and S.code32 == 1 and not S.eflags & EFLAGS.TF
+            S.mode == MODE_PROT
+            and S.cpl == 0
+            and S.base[CS] == 0
+            and S.code32 == 1
+            and S.stack32 == 1
+            and not S.eflags & EFLAGS.TF
         )
 
     def can_run_direct(self) -> bool:
