@@ -460,6 +460,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     result = bench.run_nano(modes, names, quick=args.quick, repeats=args.repeats, ladder=not args.no_ladder)
     print(json.dumps(result, indent=1) if args.json else bench.format_nano(result))
+    if args.plot:
+        from ring1.runtime.tools import nano_plot
+
+        try:
+            nano_plot.plot_nano(result, args.plot)
+        except OSError as err:
+            print(f"ring1 bench nano: cannot write {args.plot}: {err.strerror or err}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -661,6 +669,12 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--modes", nargs="+", metavar="MODE", help="bare, bt, trap, interp (default: all)")
     bn.add_argument("--only", nargs="+", metavar="NAME", help="benchmark names (default: all)")
     bn.add_argument("--no-ladder", action="store_true", help="skip the CLI ladder")
+    bn.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the table as a PNG: time per op per mode (log scale), and bt/bare beside VMware's "
+        "published BT/native ratios (ASPLOS 2006)",
+    )
     bs = bsub.add_parser(
         "startup",
         help="wall time of short commands (exec of one instruction, run of the hello guest) against python -c pass",
