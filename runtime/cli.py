@@ -510,7 +510,9 @@ def cmd_spec_coverage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"instructions": records}, indent=1 if args.pretty else None))
         return 0
-    rows = [("mnemonic", "forms", "sem", "sensitive", "privilege", "translate", "source")]
+    from ring1.runtime.tools import tables
+
+    rows = []
     for r in records:
         sens = "stealth" if r["stealth"] else ("yes" if r["sensitive"] else "")
         rows.append(
@@ -524,9 +526,8 @@ def cmd_spec_coverage(args: argparse.Namespace) -> int:
                 r["source"],
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    header = ("mnemonic", "forms", "sem", "sensitive", "privilege", "translate", "source")
+    print("\n".join(tables.render(header, rows, "lllllll")))
     with_sem = sum(r["semantics"] for r in records)
     print(
         f"\n{len(records)} mnemonics, {with_sem} with semantics in every form, "

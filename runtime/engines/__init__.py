@@ -175,11 +175,10 @@ class RunStats:
         return {"mode": self.mode, **{f.key: f.value for f in self.figures}}
 
     def format(self) -> str:
+        from ring1.runtime.tools import tables
+
         rows = [(f.label, _format_value(f.value, f.unit)) for f in self.figures if not isinstance(f.value, dict)]
-        width = max((len(label) for label, _ in rows), default=0)
-        lines = [f"ring1 run stats (mode {self.mode}):"]
-        lines += [f"  {label.ljust(width)}  {text}" for label, text in rows]
-        return "\n".join(lines)
+        return "\n".join([f"ring1 run stats (mode {self.mode}):", *tables.render(None, rows, "ll", indent="  ")])
 
 
 def _format_value(value: object, unit: str) -> str:

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from ring1.runtime.cpu import descriptors
 from ring1.runtime.engines import EVENT_COUNTERS
 from ring1.runtime.isa.assembler import assemble
-from ring1.runtime.tools import fresh_machine
+from ring1.runtime.tools import fresh_machine, tables
 
 MODES = ("bare", "bt", "trap", "interp")
 # The clock: CPU time of this process (the guest runs on this thread), so that other work on a
@@ -1145,7 +1145,7 @@ def format_nano(result: dict) -> str:
     names = list(dict.fromkeys(r["name"] for r in recs))
     by = {(r["name"], r["mode"]): r for r in recs}
     header = ["time per op", *modes, *[f"{m}/bare" for m in modes if m != "bare"]]
-    rows = [header]
+    rows: list[list[str]] = []
     for name in names:
         row = [name]
         for m in modes:
@@ -1156,9 +1156,7 @@ def format_nano(result: dict) -> str:
             ratio = by[(name, m)].get("ratio_to_bare")
             row.append("n/a" if ratio is None else f"{ratio:,.2f}x")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = tables.render(header, rows, "l" + "r" * (len(header) - 1), rule=True)
     notes = []
     for r in recs:
         if r.get("error"):
@@ -1229,7 +1227,8 @@ def format_in_exits(result: dict) -> list[str]:
         "Counted per operation by the engine, less the baseline's (bare: events it delivers in Python; the VMM:",
         "traps + callouts + translator entries, each one entry into Python). 0 +- x: less than the repeats' spread.",
     ]
-    table = [["row", "mode", "time per op", "in exits", "target", "counted", "what the engine counted per op"]]
+    header = ["row", "mode", "time per op", "in exits", "target", "counted", "what the engine counted per op"]
+    table: list[list[str]] = []
     for r in recs:
         target = r.get("target_exits")
         within = r.get("within_target")
@@ -1251,26 +1250,20 @@ def format_in_exits(result: dict) -> list[str]:
                 counted_cell(r),
             ]
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    right = {2, 3, 5}
-    rows = []
-    for row in table:
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
-        rows.append("  ".join(cells).rstrip())
-    rows.insert(1, "  ".join("-" * w for w in widths))
-    return lines + rows
+    return lines + tables.render(header, table, "llrrlrl", rule=True)
 
 
 def format_interp(result: dict) -> str:
-    return "\n".join(
-        [
-            f"loop: {result['loop']}",
-            f"interp_ips        {result['interp_ips']:>14,.0f}  guest instructions/s (generated interpreter)",
-            f"unicorn_ips       {result['unicorn_ips']:>14,.0f}  guest instructions/s (unicorn, bare)",
-            f"ratio_to_unicorn  {result['ratio_to_unicorn']:>14.6f}  (the interpreter is "
-            f"{result['slowdown']:,.0f}x slower)",
-        ]
-    )
+    rows = [
+        ("interp_ips", f"{result['interp_ips']:,.0f}", "guest instructions/s (generated interpreter)"),
+        ("unicorn_ips", f"{result['unicorn_ips']:,.0f}", "guest instructions/s (unicorn, bare)"),
+        (
+            "ratio_to_unicorn",
+            f"{result['ratio_to_unicorn']:.6f}",
+            f"(the interpreter is {result['slowdown']:,.0f}x slower)",
+        ),
+    ]
+    return "\n".join([f"loop: {result['loop']}", *tables.render(None, rows, "lrl")])
 
 
 # ---------------------------------------------------------------- start-up
@@ -1324,9 +1317,15 @@ def run_startup(repeats: int = 7, guest: str = STARTUP_GUEST) -> dict:
 
 
 def format_startup(result: dict) -> str:
-    lines = [f"{'command':<14}  {'wall':>9}  {'x python -c pass':>16}  within {result['target_s']} s"]
-    for name, rec in result["commands"].items():
-        ok = "yes" if rec["within_target"] else "NO"
-        lines.append(f"{name:<14}  {rec['wall_s'] * 1e3:>6.0f} ms  {rec['ratio_to_python']:>15.1f}x  {ok}")
+    rows = [
+        (
+            name,
+            f"{rec['wall_s'] * 1e3:.0f} ms",
+            f"{rec['ratio_to_python']:.1f}x",
+            "yes" if rec["within_target"] else "NO",
+        )
+        for name, rec in result["commands"].items()
+    ]
+    lines = tables.render(("command", "wall", "x python -c pass", f"within {result['target_s']} s"), rows, "lrrl")
     lines.append(f"Medians of {result['repeats']} runs after a warm-up, wall time from process start to exit.")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from capstone import CS_ARCH_X86, CS_MODE_32, Cs
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import RULES
 from ring1.runtime.cpu.events import Fault
+from ring1.runtime.tools import tables
 from ring1.runtime.vmm import INDIRECT_ENTRY, PAD_SLOT, Unit, Vmm
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_32)
@@ -184,8 +185,8 @@ def format_view(v: UnitView) -> str:
 
 
 def format_list(units: list[Unit]) -> str:
-    lines = [f"{'guest':>10}  {'CCF':>10}  {'insns':>5}  {'bytes':>5}  non-IDENT rules"]
+    rows: list[tuple[str, ...]] = []
     for u in units:
         rules = sorted({rule for _guest, _host, _end, rule, _eax in u.insns if rule != "ident"})
-        lines.append(f"{u.guest:#010x}  {u.host:#010x}  {len(u.insns):>5}  {u.size:>5}  {', '.join(rules) or '-'}")
-    return "\n".join(lines)
+        rows.append((f"{u.guest:#010x}", f"{u.host:#010x}", str(len(u.insns)), str(u.size), ", ".join(rules) or "-"))
+    return "\n".join(tables.render(("guest", "CCF", "insns", "bytes", "non-IDENT rules"), rows, "rrrrl"))
