@@ -53,6 +53,7 @@ from ring1.runtime.cpu import descriptors
 from ring1.runtime.engines import EVENT_COUNTERS
 from ring1.runtime.isa.assembler import assemble
 from ring1.runtime.tools import fresh_machine, tables
+from ring1.runtime.tools.progress import Progress
 
 MODES = ("bare", "bt", "trap", "interp")
 # The clock: CPU time of this process (the guest runs on this thread), so that other work on a
@@ -991,12 +992,24 @@ def run_nano(
 ) -> dict:
     s = settings(quick, repeats)
     benches = [b for b in nano_benchmarks() if b.name in names]
+    with_exits = any(b.in_exits for b in benches)
+    steps = len(benches) * len(modes) + with_exits + (len(LADDER_RUNGS) if ladder else 0)
+    with Progress("nano", steps) as progress:
+        return _run_nano(benches, modes, s, ladder, with_exits, progress)
+
+
+def _run_nano(
+    benches: list[Nano], modes: tuple[str, ...], s: Settings, ladder: bool, with_exits: bool, progress: Progress
+) -> dict:
     # One exit's price, measured once in this run: the unit the in_exits rows are given in.
-    exit_ns = exit_cost(s) if any(b.in_exits for b in benches) else None
+    if with_exits:
+        progress.step("exit price")
+    exit_ns = exit_cost(s) if with_exits else None
     records = []
     for b in benches:
         by_mode = {}
         for mode in modes:
+            progress.step(f"{b.name} {mode}")
             try:
                 rec = measure(mode, b, s)
             except BenchError as err:
@@ -1020,7 +1033,7 @@ def run_nano(
     return {
         "benchmarks": records,
         "exit_ns": exit_ns,
-        "ladder": run_ladder(s) if ladder else None,
+        "ladder": run_ladder(s, progress) if ladder else None,
         "settings": {"target_s": s.target, "repeats": s.repeats, "modes": list(modes)},
     }
 
@@ -1035,15 +1048,20 @@ def exit_cost(s: Settings) -> float | None:
         return None
 
 
-def run_ladder(s: Settings) -> dict:
+LADDER_RUNGS = (
+    ("trap_ns", "trap", None),
+    ("callout_ns", "bt", {"CLI": "callout"}),
+    ("in_tc_ns", "bt", None),
+)
+
+
+def run_ladder(s: Settings, progress: Progress | None = None) -> dict:
     """CLI three ways: trap-and-emulate, callout-and-emulate, in-TC emulation."""
     nano = Nano("cli", "cli", ladder_loop(), None)
     out: dict = {}
-    for key, mode, overrides in (
-        ("trap_ns", "trap", None),
-        ("callout_ns", "bt", {"CLI": "callout"}),
-        ("in_tc_ns", "bt", None),
-    ):
+    for key, mode, overrides in LADDER_RUNGS:
+        if progress is not None:
+            progress.step(f"ladder {key.removesuffix('_ns')}")
         try:
             rec = measure(mode, nano, s, overrides)
             out[key] = rec["ns_per_op"]
@@ -1109,12 +1127,14 @@ def run_interp_bench(quick: bool = False, repeats: int | None = None) -> dict:
         return dt, n * INTERP_INSNS_PER_ITER
 
     results = {}
-    for name, fn in (("interp", interp_run), ("unicorn", unicorn_run)):
-        fn(2)  # warm-up: compiled blocks, translated blocks
-        n = calibrate(lambda k, fn=fn: fn(k)[0], s.target)
-        runs = [fn(n) for _ in range(s.repeats)]
-        ips = statistics.median(count / dt for dt, count in runs)
-        results[name] = {"ips": ips, "iterations": n, "instructions": runs[0][1], "repeats": len(runs)}
+    with Progress("interp", 2) as progress:
+        for name, fn in (("interp", interp_run), ("unicorn", unicorn_run)):
+            progress.step(name)
+            fn(2)  # warm-up: compiled blocks, translated blocks
+            n = calibrate(lambda k, fn=fn: fn(k)[0], s.target)
+            runs = [fn(n) for _ in range(s.repeats)]
+            ips = statistics.median(count / dt for dt, count in runs)
+            results[name] = {"ips": ips, "iterations": n, "instructions": runs[0][1], "repeats": len(runs)}
     return {
         "loop": "add eax, ebx; mov [edi], eax; mov edx, [edi]; dec ecx; jnz (5 instructions per iteration)",
         "interp_ips": results["interp"]["ips"],
@@ -1298,17 +1318,21 @@ def run_startup(repeats: int = 7, guest: str = STARTUP_GUEST) -> dict:
         raise BenchError(f"{guest} is missing: build the guests first (make guests)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     out: dict = {"repeats": repeats, "target_s": STARTUP_TARGET_S, "commands": {}}
-    for name, argv in startup_commands(guest).items():
-        times = []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            dt = time.perf_counter() - t0
-            if r.returncode != 0:
-                raise BenchError(f"{name}: exit status {r.returncode}: {r.stderr.decode(errors='replace').strip()}")
-            if i:
-                times.append(dt)
-        out["commands"][name] = {"argv": argv[1:], "wall_s": statistics.median(times)}
+    commands = startup_commands(guest)
+    with Progress("startup", len(commands) * (repeats + 1)) as progress:
+        for name, argv in commands.items():
+            times = []
+            for i in range(repeats + 1):
+                progress.step(f"{name} {'warm-up' if i == 0 else f'run {i}'}")
+                t0 = time.perf_counter()
+                r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                dt = time.perf_counter() - t0
+                if r.returncode != 0:
+                    err = r.stderr.decode(errors="replace").strip()
+                    raise BenchError(f"{name}: exit status {r.returncode}: {err}")
+                if i:
+                    times.append(dt)
+            out["commands"][name] = {"argv": argv[1:], "wall_s": statistics.median(times)}
     python = out["commands"]["python"]["wall_s"]
     for rec in out["commands"].values():
         rec["ratio_to_python"] = rec["wall_s"] / python
