@@ -536,7 +536,7 @@ def cmd_spec_coverage(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ring1", description="A specification-driven x86 virtualizer.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -684,8 +684,11 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--repeats", type=int, default=7, metavar="N", help="runs per command; the median is kept")
     bs.add_argument("--guest", default="build/guests/hello.elf", help="the image `run` boots (make guests)")
     bench.set_defaults(func=cmd_bench)
+    return p
 
-    args = p.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SpecError as err:
