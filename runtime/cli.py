@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import os
 
     from ring1.runtime import engines
-    from ring1.runtime.boot import bios, multiboot
+    from ring1.runtime.boot import bios, linux, multiboot
     from ring1.runtime.devices.bus import BusConflict
     from ring1.runtime.devices.clock import VirtualClock
     from ring1.runtime.devices.disk import DiskError, DiskImage
@@ -193,8 +193,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(args.disk or ()) > 2:
         print("ring1 run: at most two --disk images (the primary IDE channel's master and slave)", file=sys.stderr)
         return engines.EXIT_USAGE
-    if (args.image is None) == (args.bios is None):
-        print("ring1 run: give a kernel IMAGE or --bios ROM (a ROM boots the machine by itself)", file=sys.stderr)
+    if sum(x is not None for x in (args.image, args.bios, args.kernel)) != 1:
+        print(
+            "ring1 run: give one of a kernel IMAGE, --kernel BZIMAGE (Linux) or --bios ROM (a ROM boots the "
+            "machine by itself)",
+            file=sys.stderr,
+        )
+        return engines.EXIT_USAGE
+    if args.kernel is not None and len(args.initrd or ()) > 1:
+        print("ring1 run: a Linux kernel takes one --initrd", file=sys.stderr)
         return engines.EXIT_USAGE
     if not 0 <= args.post_port <= 0xFFFF:
         print("ring1 run: --post-port must be an I/O port, 0 to 0xffff", file=sys.stderr)
@@ -202,13 +209,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if args.bios is not None:
             image = bios.load_bios(args.bios, memory_size)
+        elif args.kernel is not None:
+            image = linux.load_bzimage(args.kernel, memory_size, args.append, (args.initrd or [None])[0])
         else:
             image = multiboot.load_multiboot(args.image, memory_size, args.append, args.initrd)
     except multiboot.ModuleError as err:
         print(f"ring1 run: --initrd: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
     except multiboot.ImageError as err:
-        print(f"ring1 run: {args.bios or args.image}: {err}", file=sys.stderr)
+        print(f"ring1 run: {args.bios or args.kernel or args.image}: {err}", file=sys.stderr)
         return engines.EXIT_USAGE
     disks: list[DiskImage] = []
     try:
@@ -572,6 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("image", nargs="?", help="the kernel: an ELF32 file with a Multiboot header")
     run.add_argument("--bios", metavar="ROM", help="start from reset with this system ROM instead of a kernel")
+    run.add_argument(
+        "--kernel",
+        metavar="BZIMAGE",
+        help="a Linux kernel (bzImage), booted by the Linux boot protocol's 32-bit entry, with --initrd and --append",
+    )
     run.add_argument(
         "--post-port", type=lambda t: int(t, 0), default=0x80, metavar="PORT", help="the POST-code port (default 0x80)"
     )

@@ -1830,6 +1830,8 @@ class Vmm:
         guest's own code run directly; translated code settles them before such instructions.
         Not after INT n, which leaves EIP at the next instruction, not at a faulting one.
         Returns whether it rewrote EFLAGS."""
+        if vector >= 32:
+            return False  # no exception has a vector above 31: INT n, EIP past it (a system call)
         # The interpreter's one-instruction block for this EIP, when it has emulated it before
         # (most trapping instructions trap again), holds the instruction decoded already.
         d = self.m.cached_instruction(eip)
