@@ -14,7 +14,7 @@ endif
 RING1 := $(PYTHON) -m ring1.runtime.cli
 PYTEST_ARGS ?= -n auto
 
-.PHONY: all setup generate test check lint bench clean guests demo
+.PHONY: all setup generate test check lint bench clean guests demo linux-guest
 
 all: generate
 
@@ -109,6 +109,12 @@ $(GUEST_OUT):
 # The README's main job: boot the demo kernel under the binary translator and show what it did.
 demo: $(SETUP) $(GUEST_OUT)/demo.elf
 	$(RING1) run $(GUEST_OUT)/demo.elf --mode bt --stats
+
+# Debian's i386 kernel and busybox, fetched with the machine's package tools (nothing of them
+# is committed), and an initrd of ring1's own: build/guests/linux/{vmlinuz,initrd.gz}. Boot it:
+#   ring1 run --kernel build/guests/linux/vmlinuz --initrd build/guests/linux/initrd.gz --append console=ttyS0
+linux-guest: $(SETUP)
+	$(PYTHON) -m ring1.runtime.tools.linux_guest $(GUEST_OUT)/linux
 
 clean:
 	rm -rf build .pytest_cache .hypothesis
