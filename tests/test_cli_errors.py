@@ -157,3 +157,20 @@ def test_directory_named_like_a_spec_file(tmp_path: Path) -> None:
         load_spec(tmp_path, spec_dir)
     assert str(info.value).startswith("spec/extra.r1: error: is a directory")
     assert "\n" not in str(info.value)
+
+
+def test_a_reader_that_goes_away_is_no_traceback() -> None:
+    """`ring1 spec coverage | head -1`: the pipe closes after one line; ring1 ends quietly."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        f"{sys.executable} -m ring1.runtime.cli spec coverage | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        executable="/bin/bash",
+    )
+    assert done.stdout.startswith("mnemonic") and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
