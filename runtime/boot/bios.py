@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ring1.runtime.boot.multiboot import BootCpu, BootImage, ImageError, MultibootHeader, SegmentCache, _read_file
+from ring1.runtime.boot.multiboot import BootCpu, BootImage, ImageError, MultibootHeader, SegmentCache, read_file
 from ring1.runtime.cpu.cpuid import cpuid
 from ring1.runtime.cpu.state import SEG_NAMES
 from ring1.runtime.tools import fresh_machine
@@ -38,7 +38,7 @@ RESET_CS_BASE = 0xFFFF0000
 def load_bios(path: str | Path, memory_size: int) -> BootImage:
     """Read and check a ROM image; ImageError (a one-line reason) if it cannot be one."""
     path = Path(path)
-    rom = _read_file(path)
+    rom = read_file(path)
     if not rom:
         raise ImageError("an empty file is no ROM")
     if len(rom) % 0x1000 or len(rom) > MAX_ROM:

@@ -28,12 +28,10 @@ from ring1.runtime.boot.multiboot import (
     LoadedModule,
     LoadedSegment,
     MultibootHeader,
-    SegmentCache,
-    _read_file,
+    flat_boot_cpu,
+    read_file,
 )
 from ring1.runtime.cpu import descriptors
-from ring1.runtime.cpu.state import SEG_NAMES
-from ring1.runtime.tools import fresh_machine
 
 SETUP_HEADER = 0x1F1  # where the setup header starts, in the file and in the zero page
 BOOT_FLAG, HEADER_MAGIC = 0xAA55, b"HdrS"
@@ -107,7 +105,7 @@ def load_bzimage(
     """Read a bzImage and build the machine's state at its 32-bit entry; ImageError (a one-line
     reason) if it cannot boot as given."""
     path = Path(path)
-    data = _read_file(path)
+    data = read_file(path)
     hdr = read_setup_header(data)
     kernel = data[(hdr.setup_sects + 1) * 512 :]
     # The kernel decompresses itself within init_size bytes of where it runs (at least where it
@@ -138,7 +136,7 @@ def load_bzimage(
     writes = [(BOOT_GDT, boot_gdt()), (CMDLINE_ADDR, cmd + b"\0"), (KERNEL_ADDR, kernel)]
     modules: list[LoadedModule] = []
     if initrd is not None:
-        body = _read_file(Path(initrd))
+        body = read_file(Path(initrd))
         limit = min(hdr.initrd_addr_max + 1, memory_size)
         at = (limit - len(body)) & ~0xFFF
         if at < kernel_end:
@@ -164,13 +162,5 @@ def load_bzimage(
 
 
 def boot_cpu(entry: int) -> BootCpu:
-    """The CPU state the protocol's 32-bit entry asks for."""
-    gdt = boot_gdt()
-    segs = {}
-    for name in SEG_NAMES:
-        sel = BOOT_CS if name == "cs" else BOOT_DS
-        base, limit, attr = descriptors.to_cache(gdt[sel : sel + 8])
-        segs[name] = SegmentCache(sel, base, limit, attr)
-    regs = dict.fromkeys(fresh_machine.GPR_NAMES, 0)
-    regs["esi"] = ZERO_PAGE
-    return BootCpu(regs=regs, eip=entry, eflags=0x2, cr0=0x11, gdtr=(BOOT_GDT, len(gdt) - 1), idtr=(0, 0), segs=segs)
+    """The CPU state the protocol's 32-bit entry asks for (ESI at the zero page)."""
+    return flat_boot_cpu(entry, boot_gdt(), BOOT_GDT, BOOT_CS, BOOT_DS, {"esi": ZERO_PAGE})

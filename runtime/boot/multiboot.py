@@ -302,26 +302,31 @@ def _loader_base(occupied: list[tuple[int, int]], memory_size: int) -> int:
 
 def boot_cpu(entry: int, base: int = 0) -> BootCpu:
     """The CPU state at a Multiboot kernel's entry point (the loader's data at `base`)."""
-    gdt = _loader_gdt()
+    regs = {"eax": MB_BOOT_MAGIC, "ebx": base + MBI_ADDR, "esp": base + STACK_TOP}
+    return flat_boot_cpu(entry, _loader_gdt(), base + LOADER_GDT, SEL_CODE, SEL_DATA, regs)
+
+
+def flat_boot_cpu(entry: int, gdt: bytes, gdt_base: int, code_sel: int, data_sel: int, regs: dict[str, int]) -> BootCpu:
+    """A boot protocol's entry state: flat 32-bit protected mode from a loader's `gdt` (at
+    `gdt_base`), CS `code_sel`, the other segment registers `data_sel`, interrupts off, no
+    paging, the registers in `regs` and the rest zero."""
     segs = {}
     for name in SEG_NAMES:
-        sel = SEL_CODE if name == "cs" else SEL_DATA
+        sel = code_sel if name == "cs" else data_sel
         seg_base, limit, attr = descriptors.to_cache(gdt[sel : sel + 8])
         segs[name] = SegmentCache(sel, seg_base, limit, attr)
-    regs = dict.fromkeys(fresh_machine.GPR_NAMES, 0)
-    regs.update(eax=MB_BOOT_MAGIC, ebx=base + MBI_ADDR, esp=base + STACK_TOP)
     return BootCpu(
-        regs=regs,
+        regs={**dict.fromkeys(fresh_machine.GPR_NAMES, 0), **regs},
         eip=entry,
         eflags=EFLAGS_BOOT,
         cr0=CR0_BOOT,
-        gdtr=(base + LOADER_GDT, len(gdt) - 1),
+        gdtr=(gdt_base, len(gdt) - 1),
         idtr=(0, 0),
         segs=segs,
     )
 
 
-def _read_file(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
     try:
         with path.open("rb") as f:
             if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
@@ -351,7 +356,7 @@ def load_multiboot(
     path = Path(path)
     if memory_size % 0x1000 or memory_size < 2 << 20:
         raise ImageError("the VM needs at least 2 MB of memory, in whole pages")
-    data = _read_file(path)
+    data = read_file(path)
     header = find_header(data)
     _check_flags(header.flags)
     if header.addresses is not None:
@@ -379,7 +384,7 @@ def load_multiboot(
     for spec in modules or ():
         file, _, args = spec.partition(" ")
         try:
-            body = _read_file(Path(file))
+            body = read_file(Path(file))
         except ImageError as err:
             raise ModuleError(f"module {file}: {err}") from None
         at = max(-(-at // 0x1000) * 0x1000, 0x100000)  # page-aligned, above the BIOS area

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from unicorn import UC_HOOK_INSN
 from unicorn import x86_const as X
 
 from ring1.generated.forms import FORMS
@@ -60,7 +59,7 @@ class BareMachine:
         # CPUID answers with ring1's CPU model (cpu/cpuid.py and the platform's APIC), as in
         # every other mode, not with unicorn's own. (RDMSR and WRMSR cannot be hooked: with a
         # clock the counter stops before them, above; without one they run on unicorn's MSRs.)
-        self.cpu.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.cpu.answer_cpuid(self.interp.b_cpuid_leaf)
         self.events: dict[int, int] = {}
         self.event_time = 0.0
         self.stop_addresses: set[int] = set()
@@ -212,12 +211,6 @@ class BareMachine:
             m.deliver_event(r.event)
         self.cpu.clear_exception_latch()
         write_from_machine(uc, m)
-
-    def _on_cpuid(self, uc, _user) -> int:
-        leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
-        for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
-            uc.reg_write(rid, self.interp.b_cpuid_leaf(leaf, subleaf, which))
-        return 1  # the instruction's own effect is skipped
 
     def _io_allowed(self, port: int, size: int) -> bool:
         """IN and OUT as the CPU allows them (unicorn allows all): at CPL <= IOPL outside v86,

@@ -181,6 +181,21 @@ class PhysicalCpu:
 
         return emu_start
 
+    def answer_cpuid(self, leaf: Callable[[int, int, int], int], counted: Callable[[], None] | None = None) -> None:
+        """CPUID run by unicorn answers with `leaf(leaf, subleaf, register index)` (ring1's CPU
+        model: Machine.b_cpuid_leaf), as the interpreter's CPUID does, not with unicorn's own;
+        `counted` is called for each (a statistic)."""
+
+        def on_cpuid(uc: Uc, _user) -> int:
+            eax, ecx = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
+            for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
+                uc.reg_write(rid, leaf(eax, ecx, which))
+            if counted is not None:
+                counted()
+            return 1  # the instruction's own effect is skipped
+
+        self.uc.hook_add(UC_HOOK_INSN, on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+
     def _on_interrupt(self, uc: Uc, vector: int, _user) -> None:
         eip = uc.reg_read(X.UC_X86_REG_EIP)
         cr2 = uc.reg_read(X.UC_X86_REG_CR2) if vector == 14 else None

@@ -435,7 +435,7 @@ class Vmm:
         # CPUID run by the hardware (user code run directly, the kernel under `trap`) answers with
         # ring1's CPU model, as the interpreter does for translated code's callout: kernel and
         # user code see the same CPU.
-        self.uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        self.cpu.answer_cpuid(self.m.b_cpuid_leaf, counted=lambda: self.stats.update(("cpuid_direct",)))
         # SYSENTER run by the hardware (user code run directly): the hardware's SYSENTER MSRs are
         # the VMM's, and unicorn without a hook skips the instruction. It stops, and the
         # interpreter runs it with the guest's MSRs: the guest kernel's handler runs translated.
@@ -461,13 +461,6 @@ class Vmm:
             uc.hook_add(UC_HOOK_CODE, self._on_lookup_miss, None, at["lookup_miss"], at["lookup_miss"]),
             uc.hook_add(UC_HOOK_CODE, self._on_vmm_exit, None, at["vmm_exit"], at["vmm_exit"]),
         ]
-
-    def _on_cpuid(self, uc, _user) -> int:
-        leaf, subleaf = uc.reg_read(X.UC_X86_REG_EAX), uc.reg_read(X.UC_X86_REG_ECX)
-        for which, rid in enumerate((X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX)):
-            uc.reg_write(rid, self.m.b_cpuid_leaf(leaf, subleaf, which))
-        self.stats["cpuid_direct"] += 1
-        return 1  # the instruction's own effect is skipped
 
     # ------------------------------------------------------------ the virtual CPU, seen by translated code
 
@@ -600,7 +593,7 @@ class Vmm:
         self.stats["descriptor_table_checks"] += 1
         verdict = read_tables((S.gdtr_base, S.gdtr_limit), ldt, self._table_page, self.guest_mem.read)
         if verdict.entries:
-            self._trace_tables(verdict, (S.gdtr_base, S.gdtr_limit), ldt)
+            self._trace_tables(verdict)
         if not verdict.usable:
             self.stats["direct_tables_refused"] += 1
         self._tables, self._tables_key = verdict, key
@@ -623,19 +616,9 @@ class Vmm:
     def _hw_mapped(self, la: int) -> bool:
         return bool(self.shadow.hardware_pte(la) & PTE_P)
 
-    def _trace_tables(self, verdict: TablesVerdict, gdt: tuple[int, int], ldt: tuple[int, int] | None) -> None:
-        ranges: dict[int, list[tuple[int, int]]] = {}
-        for base, limit in (gdt, ldt) if ldt is not None else (gdt,):
-            end = base + ((limit + 1) // 8) * 8
-            la = base
-            while la < end:
-                stop = min(end, (la & ~0xFFF) + 0x1000)
-                page = self._table_page(la & ~0xFFF)
-                if page is not None:
-                    ranges.setdefault(page >> 12, []).append((la & 0xFFF, (stop - 1 & 0xFFF) + 1))
-                la = stop
-        self._table_ranges = ranges
-        for page in ranges:
+    def _trace_tables(self, verdict: TablesVerdict) -> None:
+        self._table_ranges = verdict.ranges
+        for page in verdict.ranges:
             self.m.traces.watch(page, WHY_TABLES, self._on_table_write)
             self._write_protect(page)
 

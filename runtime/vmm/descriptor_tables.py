@@ -51,7 +51,7 @@ class TablesVerdict:
     reason: str  # why not, for the stats and `ring1 run --stats`
     entries: dict[int, int]  # selector with RPL 0 (TI set for the LDT) -> the 8-byte descriptor
     linear_pages: tuple[int, ...]  # the tables' linear pages (to map before entering)
-    physical_pages: tuple[int, ...]  # the guest physical pages they live in (traced)
+    ranges: dict[int, list[tuple[int, int]]]  # guest physical page -> the table bytes on it (traced)
 
     def reversible(self, sels: list[int], bases: list[int], limits: list[int], attrs: list[int]) -> bool:
         """Every loaded segment register holds what its table entry says now, accessed bit set
@@ -99,7 +99,7 @@ def read_tables(
     entries: dict[int, int] = {}
     hostile = ""
     linear: list[int] = []
-    physical: list[int] = []
+    ranges: dict[int, list[tuple[int, int]]] = {}
     for ti, table in ((0, gdt), (4, ldt)):
         if table is None:
             continue
@@ -109,17 +109,17 @@ def read_tables(
             continue
         end = base + count * 8
         if end > 1 << 32:
-            return TablesVerdict(False, "a descriptor table wraps at 4 GB", {}, (), ())
+            return TablesVerdict(False, "a descriptor table wraps at 4 GB", {}, (), {})
         raw = bytearray()
         page = base & ~0xFFF
         while page < end:
             gpa = translate(page)
             if gpa is None:
-                return TablesVerdict(False, "a descriptor table page is not mapped to RAM", {}, (), ())
+                return TablesVerdict(False, "a descriptor table page is not mapped to RAM", {}, (), {})
             start, stop = max(base, page), min(end, page + 0x1000)
             raw += read(gpa + (start - page), stop - start)
             linear.append(page)
-            physical.append(gpa >> 12)
+            ranges.setdefault(gpa >> 12, []).append((start - page, stop - page))
             page += 0x1000
         for i in range(count):
             value = int.from_bytes(raw[i * 8 : i * 8 + 8], "little")
@@ -129,4 +129,4 @@ def read_tables(
                 entries[i * 8 | ti] = value
     # (Hostile tables are read all the same: a shadow of them, with their gates absent, serves
     # a kernel run directly.)
-    return TablesVerdict(not hostile, hostile, entries, tuple(linear), tuple(sorted(set(physical))))
+    return TablesVerdict(not hostile, hostile, entries, tuple(linear), ranges)
