@@ -62,11 +62,11 @@ GUEST_ASFLAGS := -m32 -Wa,--fatal-warnings
 GUEST_LDFLAGS := -m elf_i386 -T $(GUEST_DIR)/linker.ld -nostdlib -z max-page-size=0x1000 --build-id=none -z noexecstack
 ASM_GUESTS := hello fault halt spin
 C_GUESTS := demo devtest procs
-GUEST_LIB := boot isr lib mem
+GUEST_LIB := boot isr lib mem format
 
 guests: $(foreach g,$(C_GUESTS) $(ASM_GUESTS),$(GUEST_OUT)/$(g).elf) $(GUEST_OUT)/rom.bin
 
-$(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h $(GUEST_DIR)/mem.h | $(GUEST_OUT)
+$(GUEST_OUT)/%.o: $(GUEST_DIR)/%.c $(GUEST_DIR)/lib.h $(GUEST_DIR)/mem.h $(GUEST_DIR)/format.h | $(GUEST_OUT)
 	$(GUEST_CC) $(GUEST_CFLAGS) -c $< -o $@
 
 $(GUEST_OUT)/%.o: $(GUEST_DIR)/%.S $(GUEST_DIR)/multiboot.inc | $(GUEST_OUT)
@@ -85,7 +85,7 @@ $(GUEST_OUT)/%.elf: $(GUEST_OUT)/%.o $(GUEST_DIR)/linker.ld
 # procs_entry.S includes (.incbin) for exec to copy into processes.
 $(GUEST_OUT)/procs.o $(GUEST_OUT)/procs_user.o: $(GUEST_DIR)/procs.h
 
-$(GUEST_OUT)/procs_user.elf: $(GUEST_OUT)/procs_user.o $(GUEST_OUT)/mem.o $(GUEST_DIR)/procs_user.ld
+$(GUEST_OUT)/procs_user.elf: $(GUEST_OUT)/procs_user.o $(GUEST_OUT)/mem.o $(GUEST_OUT)/format.o $(GUEST_DIR)/procs_user.ld
 	$(GUEST_LD) -m elf_i386 -T $(GUEST_DIR)/procs_user.ld -nostdlib --build-id=none -z noexecstack --no-warn-rwx-segments -o $@ $(filter %.o,$^)
 
 $(GUEST_OUT)/procs_user.bin: $(GUEST_OUT)/procs_user.elf
@@ -94,7 +94,7 @@ $(GUEST_OUT)/procs_user.bin: $(GUEST_OUT)/procs_user.elf
 $(GUEST_OUT)/procs_entry.o: $(GUEST_DIR)/procs_entry.S $(GUEST_OUT)/procs_user.bin
 	$(GUEST_CC) $(GUEST_ASFLAGS) -Wa,-I,$(GUEST_OUT) -c $< -o $@
 
-$(GUEST_OUT)/procs.elf: $(foreach o,boot lib mem procs procs_entry,$(GUEST_OUT)/$(o).o) $(GUEST_DIR)/linker.ld
+$(GUEST_OUT)/procs.elf: $(foreach o,boot lib mem format procs procs_entry,$(GUEST_OUT)/$(o).o) $(GUEST_DIR)/linker.ld
 	$(GUEST_LD) $(GUEST_LDFLAGS) -o $@ $(filter %.o,$^)
 
 # The system ROM `ring1 run --bios` starts from: linked at its low copy, written out raw.

@@ -1,5 +1,7 @@
 #include "lib.h"
 
+#include "format.h"
+
 int serial_init(void)
 {
     outb(COM1 + 1, 0x00);       /* IER: no interrupts */
@@ -32,71 +34,16 @@ void kputs(const char *s)
         console_putc(*s++);
 }
 
-static void put_number(uint32_t v, unsigned base, int width, char pad, int negative)
+static void console_put(void *ctx, char c)
 {
-    char buf[12];
-    int n = 0;
-    do {
-        buf[n++] = "0123456789abcdef"[v % base];
-        v /= base;
-    } while (v);
-    if (negative)
-        buf[n++] = '-';
-    while (n < width--)
-        console_putc(pad);
-    while (n)
-        console_putc(buf[--n]);
+    (void)ctx;
+    console_putc(c);
 }
 
-/* %s %c %d %u %x %%, with an optional 0 flag and width: %08x, %4u. */
+/* %s %c %d %u %x %%, with an optional 0 flag and width: %08x, %4u (guests/format.c). */
 void kvprintf(const char *fmt, va_list ap)
 {
-    for (; *fmt; fmt++) {
-        if (*fmt != '%') {
-            console_putc(*fmt);
-            continue;
-        }
-        fmt++;
-        char pad = ' ';
-        int width = 0;
-        if (*fmt == '0') {
-            pad = '0';
-            fmt++;
-        }
-        while (*fmt >= '0' && *fmt <= '9')
-            width = width * 10 + (*fmt++ - '0');
-        switch (*fmt) {
-        case 's': {
-            const char *s = va_arg(ap, const char *);
-            int len = (int)kstrlen(s);
-            while (len < width--)
-                console_putc(' ');
-            kputs(s);
-            break;
-        }
-        case 'c':
-            console_putc((char)va_arg(ap, int));
-            break;
-        case 'd': {
-            int v = va_arg(ap, int);
-            put_number(v < 0 ? -(uint32_t)v : (uint32_t)v, 10, width, pad, v < 0);
-            break;
-        }
-        case 'u':
-            put_number(va_arg(ap, uint32_t), 10, width, pad, 0);
-            break;
-        case 'x':
-            put_number(va_arg(ap, uint32_t), 16, width, pad, 0);
-            break;
-        case '%':
-            console_putc('%');
-            break;
-        default:
-            console_putc('%');
-            console_putc(*fmt);
-            break;
-        }
-    }
+    vformat(console_put, 0, fmt, ap);
 }
 
 void kprintf(const char *fmt, ...)

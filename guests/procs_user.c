@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "format.h"
 #include "mem.h"
 
 #include "procs.h"
@@ -79,67 +80,18 @@ static void out_char(struct out *o, char c)
         o->buf[o->n++] = c;
 }
 
-static void out_number(struct out *o, uint32_t v, unsigned base, int width, char pad, int negative)
+static void out_put(void *ctx, char c)
 {
-    char digits[12];
-    int n = 0;
-    do {
-        digits[n++] = "0123456789abcdef"[v % base];
-        v /= base;
-    } while (v);
-    if (negative)
-        digits[n++] = '-';
-    while (n < width--)
-        out_char(o, pad);
-    while (n)
-        out_char(o, digits[--n]);
+    out_char((struct out *)ctx, c);
 }
 
-/* %s %c %d %u %x with an optional 0 flag and width; one write per call, so a line is never
-   split between processes. */
+/* printf (guests/format.c) into one buffer, written with one system call, so that a line is
+   never split between processes. */
 static void uvprintf(const char *fmt, va_list ap)
 {
     struct out o;
     o.n = 0;
-    for (; *fmt; fmt++) {
-        if (*fmt != '%') {
-            out_char(&o, *fmt);
-            continue;
-        }
-        fmt++;
-        char pad = ' ';
-        int width = 0;
-        if (*fmt == '0') {
-            pad = '0';
-            fmt++;
-        }
-        while (*fmt >= '0' && *fmt <= '9')
-            width = width * 10 + (*fmt++ - '0');
-        switch (*fmt) {
-        case 's':
-            for (const char *s = va_arg(ap, const char *); *s; s++)
-                out_char(&o, *s);
-            break;
-        case 'c':
-            out_char(&o, (char)va_arg(ap, int));
-            break;
-        case 'd': {
-            int v = va_arg(ap, int);
-            out_number(&o, v < 0 ? -(uint32_t)v : (uint32_t)v, 10, width, pad, v < 0);
-            break;
-        }
-        case 'u':
-            out_number(&o, va_arg(ap, uint32_t), 10, width, pad, 0);
-            break;
-        case 'x':
-            out_number(&o, va_arg(ap, uint32_t), 16, width, pad, 0);
-            break;
-        default:
-            out_char(&o, '%');
-            out_char(&o, *fmt);
-            break;
-        }
-    }
+    vformat(out_put, &o, fmt, ap);
     write_all(1, o.buf, o.n);
 }
 
