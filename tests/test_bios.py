@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 
@@ -12,6 +11,7 @@ from ring1.runtime.boot import bios
 from ring1.runtime.boot.multiboot import ImageError
 from ring1.runtime.cpu.state import CS
 from ring1.runtime.devices.platform import GuestPlatform
+from tests.runs import ring1
 
 MODES = ("interp", "bare", "bt", "trap")
 MESSAGE = b"rom: reset vector, real mode, protected mode\n"
@@ -62,13 +62,7 @@ def test_bad_roms_are_one_line_errors(tmp_path) -> None:
 
 
 def _ring1_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ring1.runtime.cli", "run", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    return ring1("run", *args)
 
 
 def test_the_command_line(guests, tmp_path) -> None:

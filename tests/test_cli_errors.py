@@ -13,16 +13,11 @@ from ring1.codegen.ast import SpecError
 from ring1.codegen.model import load_spec
 from ring1.runtime.tools import fresh_machine
 from ring1.runtime.tools.snippet import run_interp, run_unicorn, run_vmm
+from tests.runs import ring1
 
 ROOT = Path(__file__).resolve().parent.parent
 PRELUDE = (ROOT / "spec" / "prelude.r1").read_text()
 MODES = ("interp", "bare", "bt", "trap")
-
-
-def ring1(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ring1.runtime.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def one_line_error(done: subprocess.CompletedProcess, status: int, *words: str) -> str:
@@ -162,7 +157,6 @@ def test_directory_named_like_a_spec_file(tmp_path: Path) -> None:
 def test_a_reader_that_goes_away_is_no_traceback() -> None:
     """`ring1 spec coverage | head -1`: the pipe closes after one line; ring1 ends quietly."""
     import subprocess
-    import sys
 
     done = subprocess.run(
         f"{sys.executable} -m ring1.runtime.cli spec coverage | head -1",

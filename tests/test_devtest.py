@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+
+from tests.runs import ring1
 
 DISK_SIZE = 1 << 20
 SERIAL_LINE = b"hello ring1\n"
@@ -77,13 +78,7 @@ def known_engine_bugs(done: subprocess.CompletedProcess, mode: str) -> str | Non
 
 
 def ring1_run(guests: Path, mode: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ring1.runtime.cli", "run", str(guests / "devtest.elf"), "--mode", mode, *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return ring1("run", str(guests / "devtest.elf"), "--mode", mode, *args)
 
 
 def fresh_disk(path: Path) -> Path:

@@ -17,6 +17,7 @@ from ring1.runtime.cpu.events import VMStop
 from ring1.runtime.cpu.state import CS, DS, SS
 from ring1.runtime.devices.platform import COM1, EXIT_PORT, POST_PORT, GuestExit, GuestPlatform
 from ring1.runtime.isa.assembler import assemble
+from tests.runs import ring1
 
 ROOT = Path(__file__).resolve().parent.parent
 GUESTS = ROOT / "build" / "guests"
@@ -33,13 +34,7 @@ def run_image(path: Path, max_insns: int | None = None) -> tuple[engines.Stop, b
 
 
 def ring1_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ring1.runtime.cli", "run", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,  # (a pipe on stdin would be COM1's input)
-    )
+    return ring1("run", *args)
 
 
 # ---------------------------------------------------------------- guests under interp

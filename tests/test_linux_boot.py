@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from ring1.runtime.boot import linux
 from ring1.runtime.boot.firmware import e820_map
 from ring1.runtime.isa.assembler import assemble
+from tests.runs import ring1
 
 CMDLINE = "console=ttyS0 quiet"
 INITRD_MAGIC = 0x44524E49  # "INRD"
@@ -97,13 +97,7 @@ def bzimage(version: int = 0x020F, loadflags: int = 0x01, cmdline_size: int = 20
 
 
 def ring1_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ring1.runtime.cli", "run", *args, "--serial-input", "none"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return ring1("run", *args, "--serial-input", "none", timeout=120)
 
 
 @pytest.fixture()

@@ -18,11 +18,12 @@ once the defect is fixed.
 from __future__ import annotations
 
 import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
+
+from tests.runs import ring1
 
 CHECKS = [
     "getpid",
@@ -68,24 +69,7 @@ MODE_PARAMS = [pytest.param(mode, marks=xfail_if_known(mode)) for mode in MODES]
 @cache
 def ring1_run(guests: Path, mode: str, repeat: int = 0, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """procs in `mode`, once per (mode, repeat, extra options)."""
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ring1.runtime.cli",
-            "run",
-            str(guests / "procs.elf"),
-            "--mode",
-            mode,
-            "--serial-input",
-            "none",
-            *extra,
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return ring1("run", str(guests / "procs.elf"), "--mode", mode, "--serial-input", "none", *extra)
 
 
 def check_lines(out: str) -> dict[str, str]:
