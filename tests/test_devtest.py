@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import runs
 from tests.runs import ring1
 
 DISK_SIZE = 1 << 20
@@ -111,23 +112,11 @@ def run(guests: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def check_lines(out: str) -> dict[str, str]:
-    """{check name: "ok" or "FAILED"} from the console."""
-    found = {}
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0] == "devtest:" and words[2].rstrip(":") in ("ok", "FAILED"):
-            found[words[1]] = words[2].rstrip(":")
-    return found
+    return runs.check_lines(out, "devtest")
 
 
 def assert_passed(done: subprocess.CompletedProcess, mode: str) -> None:
-    out = done.stdout
-    results = check_lines(out)
-    failed = [name for name, verdict in results.items() if verdict != "ok"]
-    assert not failed, f"{mode}: checks failed: {failed}\n{out}{done.stderr}"
-    assert list(results) == CHECKS, f"{mode}: the checks run were {list(results)}\n{out}"
-    assert out.endswith(f"devtest: all {len(CHECKS)} checks passed\n"), out
-    assert done.returncode == 0, f"{mode}: exit {done.returncode}\n{out}{done.stderr}"
+    runs.assert_all_checks_passed(done, mode, "devtest", CHECKS, f"devtest: all {len(CHECKS)} checks passed\n")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import runs
 from tests.runs import ring1
 
 CHECKS = [
@@ -73,13 +74,7 @@ def ring1_run(guests: Path, mode: str, repeat: int = 0, extra: tuple[str, ...] =
 
 
 def check_lines(out: str) -> dict[str, str]:
-    """{check name: "ok" or "FAILED"} from the console, in the order printed."""
-    found = {}
-    for line in out.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[0] == "procs:" and words[2] in ("ok:", "FAILED:"):
-            found[words[1]] = words[2].rstrip(":")
-    return found
+    return runs.check_lines(out, "procs")
 
 
 def raise_if_known_defect(done: subprocess.CompletedProcess, mode: str) -> None:
@@ -92,13 +87,9 @@ def raise_if_known_defect(done: subprocess.CompletedProcess, mode: str) -> None:
 
 
 def assert_passed(done: subprocess.CompletedProcess, mode: str) -> None:
-    out = done.stdout
-    results = check_lines(out)
-    failed = [name for name, verdict in results.items() if verdict != "ok"]
-    assert not failed, f"{mode}: checks failed: {failed}\n{out}{done.stderr}"
-    assert list(results) == CHECKS, f"{mode}: the checks run were {list(results)}\n{out}{done.stderr}"
-    assert out.endswith(f"procs: all {len(CHECKS)} checks passed\nkernel: init exited with status 0\n"), out
-    assert done.returncode == 0, f"{mode}: exit {done.returncode}\n{out}{done.stderr}"
+    runs.assert_all_checks_passed(
+        done, mode, "procs", CHECKS, f"procs: all {len(CHECKS)} checks passed\nkernel: init exited with status 0\n"
+    )
 
 
 @pytest.mark.parametrize("mode", MODE_PARAMS)
