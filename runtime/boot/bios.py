@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ring1.runtime.boot.multiboot import BootCpu, BootImage, ImageError, MultibootHeader, SegmentCache, read_file
+from ring1.runtime.boot.multiboot import BootCpu, BootImage, ImageError, SegmentCache, read_file
 from ring1.runtime.cpu.cpuid import cpuid
 from ring1.runtime.cpu.state import SEG_NAMES
 from ring1.runtime.tools import fresh_machine
@@ -56,7 +56,6 @@ def load_bios(path: str | Path, memory_size: int) -> BootImage:
         name=path.name,
         memory_size=memory_size,
         entry=RESET_CS_BASE + RESET_EIP,
-        header=MultibootHeader(offset=-1, flags=0),
         segments=[],
         writes=[(LOW_END - len(rom), rom)],
         cpu=cpu,

@@ -27,7 +27,6 @@ from ring1.runtime.boot.multiboot import (
     ImageError,
     LoadedModule,
     LoadedSegment,
-    MultibootHeader,
     flat_boot_cpu,
     read_file,
 )
@@ -152,7 +151,6 @@ def load_bzimage(
         name=path.name,
         memory_size=memory_size,
         entry=hdr.code32_start,
-        header=MultibootHeader(offset=-1, flags=0),  # (not a Multiboot image: no header)
         segments=[LoadedSegment(KERNEL_ADDR, len(kernel), len(kernel))],
         writes=writes,
         cpu=boot_cpu(hdr.code32_start),

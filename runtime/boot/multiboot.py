@@ -126,10 +126,10 @@ class BootImage:
     name: str
     memory_size: int
     entry: int
-    header: MultibootHeader
     segments: list[LoadedSegment]
     writes: list[tuple[int, bytes]]  # (physical address, bytes), in order
     cpu: BootCpu
+    header: MultibootHeader | None = None  # a Multiboot image's (None: a ROM, a Linux bzImage)
     cmdline: str = ""
     loader_base: int = 0  # where the loader's data went (0: the addresses above)
     modules: list[LoadedModule] = field(default_factory=list)
