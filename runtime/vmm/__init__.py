@@ -96,15 +96,15 @@ INDIRECT_ENTRY = b"".join(TEMPLATES["indirect_entry"]["variants"][()])
 # that a fault in it cannot lose them (template settle_flags in spec/vmm.r1).
 SETTLE_FLAGS = b"".join(TEMPLATES["settle_flags"]["variants"][()])
 ARITH_FLAG_NAMES = ("cf", "pf", "af", "zf", "sf", "of")
-L = STUBS["labels"]
+L = STUBS["labels"]  # where the stubs are while the VMM is at VMM_BASE (a Vmm's own: Vmm.L)
 # The exit pads (spec/vmm.r1): one slot per continuation exit and per callout, each a jump to
 # the common stub; the slot's address is the exit's identity, seen by a code hook over the pad.
+# Their addresses while the VMM is at VMM_BASE, where it starts (a Vmm's own: Vmm.exit_pad...).
 EXIT_PAD = VMM_BASE + C["VMM_EXIT_PAD"]
 CALLOUT_PAD = VMM_BASE + C["VMM_CALLOUT_PAD"]
 PAD_SLOT = C["PAD_SLOT"]
 EXIT_SLOTS = (C["VMM_CALLOUT_PAD"] - C["VMM_EXIT_PAD"]) // PAD_SLOT
 CALLOUT_SLOTS = (C["VMM_TC"] - C["VMM_CALLOUT_PAD"]) // PAD_SLOT
-TC_START = VMM_BASE + C["VMM_TC"]
 MAX_UNIT = 12
 WHY_TC = "translated code"  # the VMM's reason for its code-page traces (WHY_SHADOW: shadow.py's)
 WHY_TABLES = "descriptor table run directly"
@@ -1462,10 +1462,6 @@ class Vmm:
         """A page of device memory (MMIO) the hardware maps (physcpu): mapped in the shadow
         like RAM, each access is one call into the device, with no trap."""
         return any(base <= gpa < base + length for base, length in self.platform.mmio_ranges())
-
-    def trace_page(self, page: int) -> None:
-        """Trace a page as holding guest page-table entries (its mappings become read-only)."""
-        self.shadow.trace(page)
 
     def _protected_by_vmm(self, page: int) -> bool:
         """Pages the VMM keeps read-only for reasons of its own besides page tables."""
