@@ -124,18 +124,12 @@ class BareMachine:
                 counter.start(clock.insns_until_deadline(), watch_if=self.platform.interrupt_pending())
                 counter.set_paging(*uc.reg_read_batch(PAGING_IDS))
                 counter.bind(clock)
-            # Unicorn's emu_stop (every stop but the run's end) with paging on writes `until - 1`
-            # into CR2 (tests/test_physcpu.py): the guest's CR2 is put back after such a run,
-            # unless the run ended in a page fault, which set it.
-            cr2 = uc.reg_read(X.UC_X86_REG_CR2)
             try:
                 try:
-                    ev = self.cpu.run(begin, until, count=max_insns or 0)
+                    ev = self.cpu.run(begin, until, count=max_insns or 0)  # (CR2 kept: PhysicalCpu.run)
                 finally:
                     if counter is not None:
                         self._account_time()
-                    if (self.cpu.event is None or self.cpu.event.vector != 14) and uc.reg_read(X.UC_X86_REG_CR2) != cr2:
-                        uc.reg_write(X.UC_X86_REG_CR2, cr2)
             except VMStop as stop:  # the exit port, raised inside unicorn's I/O hook
                 return BareStop("vmstop", stop)
             except UcError as err:

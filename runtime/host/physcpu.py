@@ -211,10 +211,18 @@ class PhysicalCpu:
         return list(self.uc.reg_read_batch(STATE_IDS))
 
     def run(self, begin: int, until: int, count: int = 0) -> CpuEvent | None:
-        """Run from linear `begin` until linear `until`, `count` instructions or an event."""
+        """Run from linear `begin` until linear `until`, `count` instructions or an event.
+        Unicorn's emu_stop (every stop but the run's end) with paging on writes `until - 1` into
+        CR2 (tests/test_physcpu.py): the guest's CR2 is put back after such a run, unless the
+        run ended in a page fault, which set it."""
         self.event = None
         self.counting = count > 0 or self.counter is not None
-        self.uc.emu_start(begin, until, 0, count)
+        cr2 = self.uc.reg_read(X.UC_X86_REG_CR2)
+        try:
+            self.uc.emu_start(begin, until, 0, count)
+        finally:
+            if (self.event is None or self.event.vector != 14) and self.uc.reg_read(X.UC_X86_REG_CR2) != cr2:
+                self.uc.reg_write(X.UC_X86_REG_CR2, cr2)
         return self.event
 
     def stop_before(self, addresses: set[int]) -> None:
