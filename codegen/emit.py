@@ -29,6 +29,7 @@ from ring1.codegen.model import (
     READONLY_STATE,
     SEGREGS,
     SIMD_STATE,
+    SIMD_STATE_WIDTHS,
     STATUS_FLAGS,
     Form,
     Spec,
@@ -40,6 +41,9 @@ MODE_NUMBERS = {"real": 0, "prot": 1, "v86": 2}
 FLAG_WRITING_BUILTINS = {"soft_interrupt"}
 M32 = 0xFFFFFFFF
 M128 = (1 << 128) - 1
+M80 = (1 << 80) - 1
+M64 = (1 << 64) - 1
+MMX_EXPONENT = 0xFFFF << 64  # an MMX write sets the aliased x87 register's exponent and sign bits
 
 
 @dataclass
@@ -395,7 +399,7 @@ class Emitter:
             return V(f"rd{args[2].const}({args[0].code}, {args[1].code})", pure=False)
         if f == "store" and args[2].const in (8, 16, 32):
             return V(f"wr{args[2].const}({args[0].code}, {args[1].code}, {args[3].code})", pure=False)
-        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation")
+        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation", "fpr")
         return V(f"b_{f}({', '.join(a.code for a in args)})", pure=pure and all(a.pure for a in args))
 
     def inline_fn(self, e: A.Call) -> V:
@@ -498,9 +502,9 @@ class Emitter:
         op = self._operand(arg.name) if isinstance(arg, A.Name) else None
         if op is None:
             raise self.err(e.loc, f"{e.func}() takes the name of the instruction's memory operand")
-        if self.variant.mod == "reg" and (OPTYPES[op.type].kind == "rm" or op.type == "xmmrm"):
+        if self.variant.mod == "reg" and (OPTYPES[op.type].kind == "rm" or op.type in ("mmrm", "xmmrm")):
             raise self.err(e.loc, f"{e.func}({op.name}) in the register variant: the operand is not in memory")
-        if OPTYPES[op.type].kind not in ("rm", "mem", "addr", "moffs") and op.type != "xmmrm":
+        if OPTYPES[op.type].kind not in ("rm", "mem", "addr", "moffs") and op.type not in ("mmrm", "xmmrm"):
             raise self.err(e.loc, f"{op.name} is not a memory operand")
         return op
 
@@ -535,7 +539,8 @@ class Emitter:
 
     def op_in_memory(self, op: A.Operand) -> bool:
         kind = OPTYPES[op.type].kind
-        return kind in ("mem", "moffs") or ((kind == "rm" or op.type == "xmmrm") and self.variant.mod == "mem")
+        in_rm = kind == "rm" or op.type in ("mmrm", "xmmrm")
+        return kind in ("mem", "moffs") or (in_rm and self.variant.mod == "mem")
 
     def operand_read(self, op: A.Operand, loc: A.Loc) -> V:
         if op.name in self.operand_vars:
@@ -569,6 +574,12 @@ class Emitter:
                 if self.op_in_memory(op):
                     return V(_mem_read("$seg", "ea", n), pure=False)
                 return V(f"S.xmm[{p}]")
+            case "x87":
+                return V(f"S.fpr[{_st_index(op)}]")
+            case "mmx" if self.op_in_memory(op):
+                return V(_mem_read("$seg", "ea", n), pure=False)
+            case "mmx":
+                return V(f"(S.fpr[{p}] & {hex(M64)})")
             case "addr":
                 raise self.err(loc, f"operand {op.name} is an address only; use addr({op.name})")
         raise self.err(loc, f"operand {op.name} ({op.type}) has no value in the interpreter yet")
@@ -594,6 +605,12 @@ class Emitter:
                 self.line(_mem_write("$seg", "ea", n, v.code), loc)
             case "xmm":
                 self.line(f"S.xmm[${op.name}] = {v.code} & {hex(M128)}", loc)
+            case "x87":
+                self.line(f"S.fpr[{_st_index(op)}] = {v.code} & {hex(M80)}", loc)
+            case "mmx" if self.op_in_memory(op):
+                self.line(_mem_write("$seg", "ea", n, v.code), loc)
+            case "mmx":
+                self.line(f"S.fpr[${op.name}] = {v.code} & {hex(M64)} | {hex(MMX_EXPONENT)}", loc)
             case _:
                 raise self.err(loc, f"operand {op.name} ({op.type}) cannot be assigned")
         if op.name in self.operand_vars:
@@ -815,7 +832,7 @@ class Emitter:
             self.line(f"set_eflags({value.code})", loc)
             return
         if n in SIMD_STATE:
-            self.line(f"{_state_read(n)} = {value.code} & {hex(M32)}", loc)
+            self.line(f"{_state_read(n)} = {value.code} & {hex((1 << SIMD_STATE_WIDTHS[n]) - 1)}", loc)
             return
         if n in READONLY_STATE:
             raise self.err(loc, f"{n} is read-only in semantics; a builtin changes it (set_seg, write_cr, ...)")
@@ -927,6 +944,13 @@ def _mem_write(seg: str, ea: str, n: int | None, v: str) -> str:
     if n in (8, 16, 32):
         return f"wr{n}({seg}, {ea}, {v})"
     return f"b_store({seg}, {ea}, {n}, {v})"
+
+
+def _st_index(op: A.Operand) -> str:
+    """The physical register that is ST(0) (operand type st0) or ST(i) (sti, i in $name)."""
+    if op.type == "st0":
+        return "S.fsw >> 11 & 7"
+    return f"(S.fsw >> 11) + ${op.name} & 7"
 
 
 def _state_read(n: str) -> str:

@@ -22,7 +22,7 @@ from ring1.codegen.emit import (
     flagfn_ids,
     form_variants,
 )
-from ring1.codegen.model import EXCEPTIONS, OPTYPES, Spec, load_spec
+from ring1.codegen.model import EXCEPTIONS, OPTYPES, SIMD_STATE, Spec, load_spec
 
 TEMPLATES = Path(__file__).with_name("templates")
 FLAG_BITS = {"cf": 0, "pf": 2, "af": 4, "zf": 6, "sf": 7, "of": 11}
@@ -154,6 +154,45 @@ def _calls(node, name: str):
                 yield from _calls(value, name)
 
 
+SIMD_OPERAND_TYPES = ("st0", "sti", "mm", "mmrm", "xmm", "xmmrm")
+SIMD_BUILTINS = ("fpr", "set_fpr")
+
+
+def _uses_simd_state(spec: Spec, node, seen: set[str] | None = None) -> bool:
+    """Whether a statement or expression tree, with the macros, fns and procs it calls, names the
+    x87, MMX or SSE state (SIMD_STATE, or the builtins fpr and set_fpr)."""
+    seen = set() if seen is None else seen
+    if isinstance(node, A.Name) and node.name in SIMD_STATE:
+        return True
+    if isinstance(node, A.Field) and node.base in SIMD_STATE:
+        return True
+    if isinstance(node, A.Call):
+        if node.func in SIMD_BUILTINS:
+            return True
+        callee = spec.macros.get(node.func) or spec.fns.get(node.func) or spec.procs.get(node.func)
+        if callee is not None and node.func not in seen:
+            seen.add(node.func)
+            if _uses_simd_state(spec, callee.body, seen):
+                return True
+    if isinstance(node, (list, tuple)):
+        return any(_uses_simd_state(spec, item, seen) for item in node)
+    if isinstance(node, (A.Expr, A.Stmt)):
+        return any(
+            _uses_simd_state(spec, value, seen)
+            for value in vars(node).values()
+            if isinstance(value, (A.Expr, A.Stmt, list, tuple))
+        )
+    return False
+
+
+def simd_state(spec: Spec, form) -> bool:
+    """A form that reads or writes the x87, MMX or SSE state: the VMM hands that state to the
+    interpreter (and back) when it emulates one, and only then (reading it costs microseconds)."""
+    if any(o.type in SIMD_OPERAND_TYPES for o in form.operands):
+        return True
+    return form.insn.semantics is not None and _uses_simd_state(spec, form.insn.semantics)
+
+
 def _soft_interrupt(spec: Spec, form, consts: dict[str, int]) -> str:
     """(vector, event kind) of a form whose semantics raise a software interrupt: the vector a
     constant or the name of the operand holding it. The VMM uses it to tell INT n from a fault
@@ -201,6 +240,7 @@ def render_forms(spec: Spec, env: jinja2.Environment) -> str:
                 "ends_block": repr(ends_block(f)),
                 "xchecks": repr(tuple((k, r) for k, r, _ in f.insn.xchecks)),
                 "soft_interrupt": _soft_interrupt(spec, f, consts),
+                "simd_state": repr(simd_state(spec, f)),
                 "interrupt_shadow": repr(
                     f.insn.semantics is not None and any(_calls(f.insn.semantics, "inhibit_interrupts"))
                 ),

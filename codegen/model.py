@@ -85,10 +85,10 @@ def _optypes() -> dict[str, OpType]:
     t["accv"] = OpType("fixed", "v", "eax")
     t["cl"] = OpType("fixed", 8, "cl")
     t["dx"] = OpType("fixed", 16, "dx")
-    t["sti"] = OpType("x87", 80)  # ST(i) from ModRM.rm or the opcode's low bits
-    t["st0"] = OpType("x87", 80)  # no interpreter semantics yet
-    t["mm"] = OpType("mmx", 64)
-    t["mmrm"] = OpType("mmx", 64)  # an MMX register or memory; no interpreter semantics yet
+    t["sti"] = OpType("x87", 80)  # ST(i), i from ModRM.rm: an 80-bit value
+    t["st0"] = OpType("x87", 80)  # ST(0)
+    t["mm"] = OpType("mmx", 64)  # an MMX register from ModRM.reg: a 64-bit value
+    t["mmrm"] = OpType("mmx", 64)  # an MMX register or 64 bits of memory
     t["xmm"] = OpType("xmm", 128)  # an XMM register from ModRM.reg: a 128-bit value
     t["xmmrm"] = OpType("xmm", 128)  # an XMM register or 128 bits of memory
     t["r32rm"] = OpType("rm", 32)  # a general register from ModRM.rm with mod = 11 (MOV CRn, SIMD extracts)
@@ -278,7 +278,21 @@ READONLY_STATE = (
     "tr_attr",
     *SEGREGS,
 )
-SIMD_STATE = ("mxcsr",)  # SSE's control and status register; the XMM registers are operands
+# Registers of the x87 unit and SSE that semantics name directly, with their widths: SSE's
+# control and status register, the x87 status, control and abridged tag words and its last
+# instruction and operand pointers. The XMM, MMX and x87 data registers are operands (and fpr).
+SIMD_STATE_WIDTHS = {
+    "mxcsr": 32,
+    "fsw": 16,
+    "fcw": 16,
+    "ftw": 8,
+    "fip": 32,
+    "fcs": 16,
+    "fdp": 32,
+    "fds": 16,
+    "fop": 11,
+}
+SIMD_STATE = tuple(SIMD_STATE_WIDTHS)
 WRITABLE_STATE = (*GPR32, *GPR16, *GPR8, "eip", "eflags", *SIMD_STATE)
 FORM_CONSTANTS = ("w", "osize", "asize", "cc", "dseg")
 INTRINSICS = {  # name -> number of arguments; implemented by the generator, not the machine

@@ -28,6 +28,7 @@ class FormInfo(NamedTuple):
     ends_block: bool
     xchecks: tuple  # (kind, reason): disagreements with capstone that the spec keeps on purpose
     soft_interrupt: object  # (vector: a constant or the operand holding it, event kind), or None
+    simd_state: bool  # it reads or writes x87, MMX or SSE state (the VMM syncs that state for it)
     interrupt_shadow: bool  # its semantics may open the interrupt shadow (STI, MOV SS, POP SS)
 
 
@@ -53,6 +54,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_RMv_Rv': FormInfo(
@@ -76,6 +78,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_Rb_RMb': FormInfo(
@@ -99,6 +102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_Rv_RMv': FormInfo(
@@ -122,6 +126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_AL_Ib': FormInfo(
@@ -145,6 +150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_eAX_Iv': FormInfo(
@@ -168,6 +174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_RMb_Ib': FormInfo(
@@ -191,6 +198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_RMv_Iv': FormInfo(
@@ -214,6 +222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_RMb_Ib_82': FormInfo(
@@ -237,6 +246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADD_RMv_Ib': FormInfo(
@@ -260,6 +270,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_RMb_Rb': FormInfo(
@@ -283,6 +294,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_RMv_Rv': FormInfo(
@@ -306,6 +318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_Rb_RMb': FormInfo(
@@ -329,6 +342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_Rv_RMv': FormInfo(
@@ -352,6 +366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_AL_Ib': FormInfo(
@@ -375,6 +390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_eAX_Iv': FormInfo(
@@ -398,6 +414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_RMb_Ib': FormInfo(
@@ -421,6 +438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_RMv_Iv': FormInfo(
@@ -444,6 +462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_RMb_Ib_82': FormInfo(
@@ -467,6 +486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ADC_RMv_Ib': FormInfo(
@@ -490,6 +510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_RMb_Rb': FormInfo(
@@ -513,6 +534,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_RMv_Rv': FormInfo(
@@ -536,6 +558,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_Rb_RMb': FormInfo(
@@ -559,6 +582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_Rv_RMv': FormInfo(
@@ -582,6 +606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_AL_Ib': FormInfo(
@@ -605,6 +630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_eAX_Iv': FormInfo(
@@ -628,6 +654,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_RMb_Ib': FormInfo(
@@ -651,6 +678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_RMv_Iv': FormInfo(
@@ -674,6 +702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_RMb_Ib_82': FormInfo(
@@ -697,6 +726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SUB_RMv_Ib': FormInfo(
@@ -720,6 +750,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_RMb_Rb': FormInfo(
@@ -743,6 +774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_RMv_Rv': FormInfo(
@@ -766,6 +798,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_Rb_RMb': FormInfo(
@@ -789,6 +822,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_Rv_RMv': FormInfo(
@@ -812,6 +846,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_AL_Ib': FormInfo(
@@ -835,6 +870,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_eAX_Iv': FormInfo(
@@ -858,6 +894,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_RMb_Ib': FormInfo(
@@ -881,6 +918,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_RMv_Iv': FormInfo(
@@ -904,6 +942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_RMb_Ib_82': FormInfo(
@@ -927,6 +966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SBB_RMv_Ib': FormInfo(
@@ -950,6 +990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_RMb_Rb': FormInfo(
@@ -973,6 +1014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_RMv_Rv': FormInfo(
@@ -996,6 +1038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_Rb_RMb': FormInfo(
@@ -1019,6 +1062,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_Rv_RMv': FormInfo(
@@ -1042,6 +1086,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_AL_Ib': FormInfo(
@@ -1065,6 +1110,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_eAX_Iv': FormInfo(
@@ -1088,6 +1134,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_RMb_Ib': FormInfo(
@@ -1111,6 +1158,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_RMv_Iv': FormInfo(
@@ -1134,6 +1182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_RMb_Ib_82': FormInfo(
@@ -1157,6 +1206,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMP_RMv_Ib': FormInfo(
@@ -1180,6 +1230,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INC_RMb': FormInfo(
@@ -1203,6 +1254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INC_RMv': FormInfo(
@@ -1226,6 +1278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INC_Ov': FormInfo(
@@ -1249,6 +1302,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DEC_RMb': FormInfo(
@@ -1272,6 +1326,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DEC_RMv': FormInfo(
@@ -1295,6 +1350,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DEC_Ov': FormInfo(
@@ -1318,6 +1374,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'NEG_RMb': FormInfo(
@@ -1341,6 +1398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'NEG_RMv': FormInfo(
@@ -1364,6 +1422,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MUL_RMb': FormInfo(
@@ -1387,6 +1446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MUL_RMv': FormInfo(
@@ -1410,6 +1470,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IMUL_RMb': FormInfo(
@@ -1433,6 +1494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IMUL_RMv': FormInfo(
@@ -1456,6 +1518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IMUL_Rv_RMv': FormInfo(
@@ -1479,6 +1542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IMUL_Rv_RMv_Iv': FormInfo(
@@ -1502,6 +1566,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IMUL_Rv_RMv_Ib': FormInfo(
@@ -1525,6 +1590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM IMUL: SF ZF AF PF are undefined; capstone lists SF as modified'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DIV_RMb': FormInfo(
@@ -1548,6 +1614,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DIV_RMv': FormInfo(
@@ -1571,6 +1638,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IDIV_RMb': FormInfo(
@@ -1594,6 +1662,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IDIV_RMv': FormInfo(
@@ -1617,6 +1686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AAA': FormInfo(
@@ -1640,6 +1710,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AAS': FormInfo(
@@ -1663,6 +1734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DAA': FormInfo(
@@ -1686,6 +1758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF and CF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'DAS': FormInfo(
@@ -1709,6 +1782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM pseudocode reads AF and CF; capstone lists no tested flags'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AAM_Ib': FormInfo(
@@ -1732,6 +1806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AAD_Ib': FormInfo(
@@ -1755,6 +1830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BT_Rv_Rv': FormInfo(
@@ -1778,6 +1854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BT_Mv_Rv': FormInfo(
@@ -1801,6 +1878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BT_RMv_Ib': FormInfo(
@@ -1824,6 +1902,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTS_Rv_Rv': FormInfo(
@@ -1847,6 +1926,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTS_Mv_Rv': FormInfo(
@@ -1870,6 +1950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTS_RMv_Ib': FormInfo(
@@ -1893,6 +1974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTR_Rv_Rv': FormInfo(
@@ -1916,6 +1998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTR_Mv_Rv': FormInfo(
@@ -1939,6 +2022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTR_RMv_Ib': FormInfo(
@@ -1962,6 +2046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTC_Rv_Rv': FormInfo(
@@ -1985,6 +2070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTC_Mv_Rv': FormInfo(
@@ -2008,6 +2094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BTC_RMv_Ib': FormInfo(
@@ -2031,6 +2118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BSF_Rv_RMv': FormInfo(
@@ -2054,6 +2142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BSR_Rv_RMv': FormInfo(
@@ -2077,6 +2166,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SETCC_RMb': FormInfo(
@@ -2100,6 +2190,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JMP_REL8': FormInfo(
@@ -2123,6 +2214,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JMP_RELv': FormInfo(
@@ -2146,6 +2238,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JCC_REL8': FormInfo(
@@ -2169,6 +2262,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JCC_RELv': FormInfo(
@@ -2192,6 +2286,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CALL_RELv': FormInfo(
@@ -2215,6 +2310,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LOOP': FormInfo(
@@ -2238,6 +2334,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LOOPE': FormInfo(
@@ -2261,6 +2358,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LOOPNE': FormInfo(
@@ -2284,6 +2382,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JCXZ': FormInfo(
@@ -2307,6 +2406,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JECXZ': FormInfo(
@@ -2330,6 +2430,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JMP_RMv': FormInfo(
@@ -2353,6 +2454,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CALL_RMv': FormInfo(
@@ -2376,6 +2478,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RET_NEAR': FormInfo(
@@ -2399,6 +2502,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RET_NEAR_Iw': FormInfo(
@@ -2422,6 +2526,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JMP_FAR_PTR': FormInfo(
@@ -2445,6 +2550,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'JMP_FAR_M': FormInfo(
@@ -2468,6 +2574,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CALL_FAR_PTR': FormInfo(
@@ -2491,6 +2598,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CALL_FAR_M': FormInfo(
@@ -2514,6 +2622,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RET_FAR': FormInfo(
@@ -2537,6 +2646,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RET_FAR_Iw': FormInfo(
@@ -2560,6 +2670,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INT_Ib': FormInfo(
@@ -2583,6 +2694,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=('vector', 2),
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INT3': FormInfo(
@@ -2606,6 +2718,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=(3, 3),
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INTO': FormInfo(
@@ -2629,6 +2742,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', "INTO tests OF and, when it traps, delivery changes IF TF NT RF; capstone's entries for it are incomplete"),),
         soft_interrupt=(4, 4),
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ICEBP': FormInfo(
@@ -2652,6 +2766,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=(1, 5),
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BOUND': FormInfo(
@@ -2675,6 +2790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_RMb_Rb': FormInfo(
@@ -2698,6 +2814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_RMv_Rv': FormInfo(
@@ -2721,6 +2838,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_Rb_RMb': FormInfo(
@@ -2744,6 +2862,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_Rv_RMv': FormInfo(
@@ -2767,6 +2886,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_AL_MOFFSb': FormInfo(
@@ -2790,6 +2910,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_AX_MOFFSv': FormInfo(
@@ -2813,6 +2934,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_MOFFSb_AL': FormInfo(
@@ -2836,6 +2958,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_MOFFSv_AX': FormInfo(
@@ -2859,6 +2982,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_Ob_Ib': FormInfo(
@@ -2882,6 +3006,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_Ov_Iv': FormInfo(
@@ -2905,6 +3030,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_RMb_Ib': FormInfo(
@@ -2928,6 +3054,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_RMv_Iv': FormInfo(
@@ -2951,6 +3078,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMOVCC_Rv_RMv': FormInfo(
@@ -2974,6 +3102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XCHG_RMb_Rb': FormInfo(
@@ -2997,6 +3126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XCHG_RMv_Rv': FormInfo(
@@ -3020,6 +3150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XCHG_Ov_AX': FormInfo(
@@ -3043,6 +3174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'BSWAP_Od': FormInfo(
@@ -3066,6 +3198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XADD_RMb_Rb': FormInfo(
@@ -3089,6 +3222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XADD_RMv_Rv': FormInfo(
@@ -3112,6 +3246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMPXCHG_RMb_Rb': FormInfo(
@@ -3135,6 +3270,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMPXCHG_RMv_Rv': FormInfo(
@@ -3158,6 +3294,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMPXCHG8B_M64': FormInfo(
@@ -3181,6 +3318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_RMv': FormInfo(
@@ -3204,6 +3342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_Ov': FormInfo(
@@ -3227,6 +3366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_Ib': FormInfo(
@@ -3250,6 +3390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_Iv': FormInfo(
@@ -3273,6 +3414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_Ov': FormInfo(
@@ -3296,6 +3438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_Rv_8F': FormInfo(
@@ -3319,6 +3462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_Mv': FormInfo(
@@ -3342,6 +3486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSHA': FormInfo(
@@ -3365,6 +3510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POPA': FormInfo(
@@ -3388,6 +3534,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVSX_Rv_RMb': FormInfo(
@@ -3411,6 +3558,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVSX_Rv_RMw': FormInfo(
@@ -3434,6 +3582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVZX_Rv_RMb': FormInfo(
@@ -3457,6 +3606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVZX_Rv_RMw': FormInfo(
@@ -3480,6 +3630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CBW_CWDE': FormInfo(
@@ -3503,6 +3654,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CWD_CDQ': FormInfo(
@@ -3526,6 +3678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LEA_Rv_M': FormInfo(
@@ -3549,6 +3702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'NOP': FormInfo(
@@ -3572,6 +3726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'NOP_RMv': FormInfo(
@@ -3595,6 +3750,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XLAT': FormInfo(
@@ -3618,6 +3774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ENTER': FormInfo(
@@ -3641,6 +3798,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LEAVE': FormInfo(
@@ -3664,6 +3822,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSHF': FormInfo(
@@ -3687,6 +3846,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone lists no flags; PUSHF reads the whole of EFLAGS'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POPF': FormInfo(
@@ -3710,6 +3870,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone omits AC, which a 32-bit POPF writes'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CLI': FormInfo(
@@ -3733,6 +3894,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'IOPL-sensitive: allowed whenever CPL <= IOPL, not only at CPL 0'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STI': FormInfo(
@@ -3756,6 +3918,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'IOPL-sensitive: allowed whenever CPL <= IOPL, not only at CPL 0'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=True,
     ),
     'CLC': FormInfo(
@@ -3779,6 +3942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STC': FormInfo(
@@ -3802,6 +3966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMC': FormInfo(
@@ -3825,6 +3990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone does not list CMC's read of CF"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CLD': FormInfo(
@@ -3848,6 +4014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STD': FormInfo(
@@ -3871,6 +4038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SALC': FormInfo(
@@ -3894,6 +4062,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'capstone lists no flags; SALC reads CF'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LAHF': FormInfo(
@@ -3917,6 +4086,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'capstone lists no flags; LAHF reads SF ZF AF PF CF'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAHF': FormInfo(
@@ -3940,6 +4110,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IRET': FormInfo(
@@ -3963,6 +4134,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', "IRET loads AC (and VM at CPL 0) from the popped EFLAGS, per the SDM's IRET pseudocode; capstone's table omits them"), ('privilege', 'IRET runs at any CPL in protected mode; capstone groups it as privileged')),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IN_AL_Ib': FormInfo(
@@ -3986,6 +4158,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IN_AX_Ib': FormInfo(
@@ -4009,6 +4182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OUT_Ib_AL': FormInfo(
@@ -4032,6 +4206,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OUT_Ib_AX': FormInfo(
@@ -4055,6 +4230,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IN_AL_DX': FormInfo(
@@ -4078,6 +4254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'IN_AX_DX': FormInfo(
@@ -4101,6 +4278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OUT_DX_AL': FormInfo(
@@ -4124,6 +4302,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OUT_DX_AX': FormInfo(
@@ -4147,6 +4326,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_RMb_Rb': FormInfo(
@@ -4170,6 +4350,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_RMv_Rv': FormInfo(
@@ -4193,6 +4374,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_Rb_RMb': FormInfo(
@@ -4216,6 +4398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_Rv_RMv': FormInfo(
@@ -4239,6 +4422,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_AL_Ib': FormInfo(
@@ -4262,6 +4446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_eAX_Iv': FormInfo(
@@ -4285,6 +4470,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_RMb_Ib': FormInfo(
@@ -4308,6 +4494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_RMv_Iv': FormInfo(
@@ -4331,6 +4518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_RMb_Ib_82': FormInfo(
@@ -4354,6 +4542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'AND_RMv_Ib': FormInfo(
@@ -4377,6 +4566,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_RMb_Rb': FormInfo(
@@ -4400,6 +4590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_RMv_Rv': FormInfo(
@@ -4423,6 +4614,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_Rb_RMb': FormInfo(
@@ -4446,6 +4638,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_Rv_RMv': FormInfo(
@@ -4469,6 +4662,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_AL_Ib': FormInfo(
@@ -4492,6 +4686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_eAX_Iv': FormInfo(
@@ -4515,6 +4710,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_RMb_Ib': FormInfo(
@@ -4538,6 +4734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_RMv_Iv': FormInfo(
@@ -4561,6 +4758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_RMb_Ib_82': FormInfo(
@@ -4584,6 +4782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OR_RMv_Ib': FormInfo(
@@ -4607,6 +4806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_RMb_Rb': FormInfo(
@@ -4630,6 +4830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_RMv_Rv': FormInfo(
@@ -4653,6 +4854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_Rb_RMb': FormInfo(
@@ -4676,6 +4878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_Rv_RMv': FormInfo(
@@ -4699,6 +4902,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_AL_Ib': FormInfo(
@@ -4722,6 +4926,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_eAX_Iv': FormInfo(
@@ -4745,6 +4950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_RMb_Ib': FormInfo(
@@ -4768,6 +4974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_RMv_Iv': FormInfo(
@@ -4791,6 +4998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_RMb_Ib_82': FormInfo(
@@ -4814,6 +5022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'XOR_RMv_Ib': FormInfo(
@@ -4837,6 +5046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_RMb_Rb': FormInfo(
@@ -4860,6 +5070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_RMv_Rv': FormInfo(
@@ -4883,6 +5094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_AL_Ib': FormInfo(
@@ -4906,6 +5118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_eAX_Iv': FormInfo(
@@ -4929,6 +5142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_RMb_Ib': FormInfo(
@@ -4952,6 +5166,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_RMv_Iv': FormInfo(
@@ -4975,6 +5190,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_RMb_Ib_F6r1': FormInfo(
@@ -4998,6 +5214,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'TEST_RMv_Iv_F7r1': FormInfo(
@@ -5021,6 +5238,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'SDM TEST: OF CF cleared, SF ZF PF set, AF undefined; capstone lists no flags for this encoding'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'NOT_RMb': FormInfo(
@@ -5044,6 +5262,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'NOT_RMv': FormInfo(
@@ -5067,6 +5286,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'EMMS': FormInfo(
@@ -5090,6 +5310,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVD_MM_RM32': FormInfo(
@@ -5113,6 +5334,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVD_RM32_MM': FormInfo(
@@ -5136,6 +5358,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ_MM_MMRM': FormInfo(
@@ -5159,6 +5382,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ_MMRM_MM': FormInfo(
@@ -5182,6 +5406,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLBW_MM_MM': FormInfo(
@@ -5205,6 +5430,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLBW_MM_M32': FormInfo(
@@ -5228,6 +5454,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLWD_MM_MM': FormInfo(
@@ -5251,6 +5478,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLWD_MM_M32': FormInfo(
@@ -5274,6 +5502,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLDQ_MM_MM': FormInfo(
@@ -5297,6 +5526,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLDQ_MM_M32': FormInfo(
@@ -5320,6 +5550,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHBW_MM_MMRM': FormInfo(
@@ -5343,6 +5574,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHWD_MM_MMRM': FormInfo(
@@ -5366,6 +5598,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHDQ_MM_MMRM': FormInfo(
@@ -5389,6 +5622,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PACKSSWB_MM_MMRM': FormInfo(
@@ -5412,6 +5646,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PACKUSWB_MM_MMRM': FormInfo(
@@ -5435,6 +5670,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PACKSSDW_MM_MMRM': FormInfo(
@@ -5458,6 +5694,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDB_MM_MMRM': FormInfo(
@@ -5481,6 +5718,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDW_MM_MMRM': FormInfo(
@@ -5504,6 +5742,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDD_MM_MMRM': FormInfo(
@@ -5527,6 +5766,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDSB_MM_MMRM': FormInfo(
@@ -5550,6 +5790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDSW_MM_MMRM': FormInfo(
@@ -5573,6 +5814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDUSB_MM_MMRM': FormInfo(
@@ -5596,6 +5838,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDUSW_MM_MMRM': FormInfo(
@@ -5619,6 +5862,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBB_MM_MMRM': FormInfo(
@@ -5642,6 +5886,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBW_MM_MMRM': FormInfo(
@@ -5665,6 +5910,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBD_MM_MMRM': FormInfo(
@@ -5688,6 +5934,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBSB_MM_MMRM': FormInfo(
@@ -5711,6 +5958,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBSW_MM_MMRM': FormInfo(
@@ -5734,6 +5982,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBUSB_MM_MMRM': FormInfo(
@@ -5757,6 +6006,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBUSW_MM_MMRM': FormInfo(
@@ -5780,6 +6030,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULLW_MM_MMRM': FormInfo(
@@ -5803,6 +6054,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULHW_MM_MMRM': FormInfo(
@@ -5826,6 +6078,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMADDWD_MM_MMRM': FormInfo(
@@ -5849,6 +6102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPEQB_MM_MMRM': FormInfo(
@@ -5872,6 +6126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPEQW_MM_MMRM': FormInfo(
@@ -5895,6 +6150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPEQD_MM_MMRM': FormInfo(
@@ -5918,6 +6174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPGTB_MM_MMRM': FormInfo(
@@ -5941,6 +6198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPGTW_MM_MMRM': FormInfo(
@@ -5964,6 +6222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPGTD_MM_MMRM': FormInfo(
@@ -5987,6 +6246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PAND_MM_MMRM': FormInfo(
@@ -6010,6 +6270,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PANDN_MM_MMRM': FormInfo(
@@ -6033,6 +6294,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'POR_MM_MMRM': FormInfo(
@@ -6056,6 +6318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PXOR_MM_MMRM': FormInfo(
@@ -6079,6 +6342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLW_MM_MMRM': FormInfo(
@@ -6102,6 +6366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLD_MM_MMRM': FormInfo(
@@ -6125,6 +6390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLQ_MM_MMRM': FormInfo(
@@ -6148,6 +6414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLW_MM_MMRM': FormInfo(
@@ -6171,6 +6438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLD_MM_MMRM': FormInfo(
@@ -6194,6 +6462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLQ_MM_MMRM': FormInfo(
@@ -6217,6 +6486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAW_MM_MMRM': FormInfo(
@@ -6240,6 +6510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAD_MM_MMRM': FormInfo(
@@ -6263,6 +6534,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLW_MM_IMM8': FormInfo(
@@ -6286,6 +6558,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLD_MM_IMM8': FormInfo(
@@ -6309,6 +6582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLQ_MM_IMM8': FormInfo(
@@ -6332,6 +6606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLW_MM_IMM8': FormInfo(
@@ -6355,6 +6630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLD_MM_IMM8': FormInfo(
@@ -6378,6 +6654,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLQ_MM_IMM8': FormInfo(
@@ -6401,6 +6678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAW_MM_IMM8': FormInfo(
@@ -6424,6 +6702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAD_MM_IMM8': FormInfo(
@@ -6447,6 +6726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOV_RMw_Sreg': FormInfo(
@@ -6470,6 +6750,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_Sreg_RMw': FormInfo(
@@ -6493,6 +6774,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=True,
     ),
     'PUSH_ES': FormInfo(
@@ -6516,6 +6798,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_CS': FormInfo(
@@ -6539,6 +6822,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_SS': FormInfo(
@@ -6562,6 +6846,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_DS': FormInfo(
@@ -6585,6 +6870,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_FS': FormInfo(
@@ -6608,6 +6894,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PUSH_GS': FormInfo(
@@ -6631,6 +6918,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_ES': FormInfo(
@@ -6654,6 +6942,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_SS': FormInfo(
@@ -6677,6 +6966,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=True,
     ),
     'POP_DS': FormInfo(
@@ -6700,6 +6990,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_FS': FormInfo(
@@ -6723,6 +7014,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'POP_GS': FormInfo(
@@ -6746,6 +7038,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups segment loads as privileged, but they run at any CPL; only their descriptor checks depend on it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LDS': FormInfo(
@@ -6769,6 +7062,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LES': FormInfo(
@@ -6792,6 +7086,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LFS': FormInfo(
@@ -6815,6 +7110,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LGS': FormInfo(
@@ -6838,6 +7134,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LSS': FormInfo(
@@ -6861,6 +7158,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROL_RMb_Ib': FormInfo(
@@ -6884,6 +7182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROL_RMv_Ib': FormInfo(
@@ -6907,6 +7206,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROL_RMb_1': FormInfo(
@@ -6930,6 +7230,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROL_RMv_1': FormInfo(
@@ -6953,6 +7254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROL_RMb_CL': FormInfo(
@@ -6976,6 +7278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROL_RMv_CL': FormInfo(
@@ -6999,6 +7302,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROR_RMb_Ib': FormInfo(
@@ -7022,6 +7326,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROR_RMv_Ib': FormInfo(
@@ -7045,6 +7350,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROR_RMb_1': FormInfo(
@@ -7068,6 +7374,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROR_RMv_1': FormInfo(
@@ -7091,6 +7398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROR_RMb_CL': FormInfo(
@@ -7114,6 +7422,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ROR_RMv_CL': FormInfo(
@@ -7137,6 +7446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCL_RMb_Ib': FormInfo(
@@ -7160,6 +7470,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCL_RMv_Ib': FormInfo(
@@ -7183,6 +7494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCL_RMb_1': FormInfo(
@@ -7206,6 +7518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCL_RMv_1': FormInfo(
@@ -7229,6 +7542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCL_RMb_CL': FormInfo(
@@ -7252,6 +7566,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCL_RMv_CL': FormInfo(
@@ -7275,6 +7590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCR_RMb_Ib': FormInfo(
@@ -7298,6 +7614,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCR_RMv_Ib': FormInfo(
@@ -7321,6 +7638,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCR_RMb_1': FormInfo(
@@ -7344,6 +7662,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCR_RMv_1': FormInfo(
@@ -7367,6 +7686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCR_RMb_CL': FormInfo(
@@ -7390,6 +7710,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RCR_RMv_CL': FormInfo(
@@ -7413,6 +7734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', 'rotates through CF, so it tests CF; OF is defined for count 1 and declared mod (capstone: undef, no test)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHL_RMb_Ib': FormInfo(
@@ -7436,6 +7758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHL_RMv_Ib': FormInfo(
@@ -7459,6 +7782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHL_RMb_1': FormInfo(
@@ -7482,6 +7806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHL_RMv_1': FormInfo(
@@ -7505,6 +7830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHL_RMb_CL': FormInfo(
@@ -7528,6 +7854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHL_RMv_CL': FormInfo(
@@ -7551,6 +7878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHR_RMb_Ib': FormInfo(
@@ -7574,6 +7902,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHR_RMv_Ib': FormInfo(
@@ -7597,6 +7926,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHR_RMb_1': FormInfo(
@@ -7620,6 +7950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHR_RMv_1': FormInfo(
@@ -7643,6 +7974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHR_RMb_CL': FormInfo(
@@ -7666,6 +7998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHR_RMv_CL': FormInfo(
@@ -7689,6 +8022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAL_RMb_Ib': FormInfo(
@@ -7712,6 +8046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAL_RMv_Ib': FormInfo(
@@ -7735,6 +8070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAL_RMb_1': FormInfo(
@@ -7758,6 +8094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAL_RMv_1': FormInfo(
@@ -7781,6 +8118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAL_RMb_CL': FormInfo(
@@ -7804,6 +8142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAL_RMv_CL': FormInfo(
@@ -7827,6 +8166,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAR_RMb_Ib': FormInfo(
@@ -7850,6 +8190,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAR_RMv_Ib': FormInfo(
@@ -7873,6 +8214,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAR_RMb_1': FormInfo(
@@ -7896,6 +8238,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAR_RMv_1': FormInfo(
@@ -7919,6 +8262,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAR_RMb_CL': FormInfo(
@@ -7942,6 +8286,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SAR_RMv_CL': FormInfo(
@@ -7965,6 +8310,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHLD_RMv_Rv_Ib': FormInfo(
@@ -7988,6 +8334,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHLD_RMv_Rv_CL': FormInfo(
@@ -8011,6 +8358,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHRD_RMv_Rv_Ib': FormInfo(
@@ -8034,6 +8382,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SHRD_RMv_Rv_CL': FormInfo(
@@ -8057,6 +8406,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "OF is defined for count 1 and undefined otherwise; declared mod so the tests compare the hardware's value"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVAPS_XMM_XMMRM': FormInfo(
@@ -8080,6 +8430,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVAPS_XMMRM_XMM': FormInfo(
@@ -8103,6 +8454,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVUPS_XMM_XMMRM': FormInfo(
@@ -8126,6 +8478,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVUPS_XMMRM_XMM': FormInfo(
@@ -8149,6 +8502,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSS_XMM_XMM': FormInfo(
@@ -8172,6 +8526,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSS_XMM_M32': FormInfo(
@@ -8195,6 +8550,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSS_XMM_XMM_0F11': FormInfo(
@@ -8218,6 +8574,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSS_M32_XMM': FormInfo(
@@ -8241,6 +8598,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVLPS_XMM_M64': FormInfo(
@@ -8264,6 +8622,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVHLPS_XMM_XMM': FormInfo(
@@ -8287,6 +8646,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVLPS_M64_XMM': FormInfo(
@@ -8310,6 +8670,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVHPS_XMM_M64': FormInfo(
@@ -8333,6 +8694,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVLHPS_XMM_XMM': FormInfo(
@@ -8356,6 +8718,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVHPS_M64_XMM': FormInfo(
@@ -8379,6 +8742,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVMSKPS_R32_XMM': FormInfo(
@@ -8402,6 +8766,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ADDPS_XMM_XMMRM': FormInfo(
@@ -8425,6 +8790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ADDSS_XMM_XMM': FormInfo(
@@ -8448,6 +8814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ADDSS_XMM_M32': FormInfo(
@@ -8471,6 +8838,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SUBPS_XMM_XMMRM': FormInfo(
@@ -8494,6 +8862,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SUBSS_XMM_XMM': FormInfo(
@@ -8517,6 +8886,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SUBSS_XMM_M32': FormInfo(
@@ -8540,6 +8910,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MULPS_XMM_XMMRM': FormInfo(
@@ -8563,6 +8934,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MULSS_XMM_XMM': FormInfo(
@@ -8586,6 +8958,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MULSS_XMM_M32': FormInfo(
@@ -8609,6 +8982,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'DIVPS_XMM_XMMRM': FormInfo(
@@ -8632,6 +9006,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'DIVSS_XMM_XMM': FormInfo(
@@ -8655,6 +9030,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'DIVSS_XMM_M32': FormInfo(
@@ -8678,6 +9054,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MINPS_XMM_XMMRM': FormInfo(
@@ -8701,6 +9078,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MINSS_XMM_XMM': FormInfo(
@@ -8724,6 +9102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MINSS_XMM_M32': FormInfo(
@@ -8747,6 +9126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MAXPS_XMM_XMMRM': FormInfo(
@@ -8770,6 +9150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MAXSS_XMM_XMM': FormInfo(
@@ -8793,6 +9174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MAXSS_XMM_M32': FormInfo(
@@ -8816,6 +9198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SQRTPS_XMM_XMMRM': FormInfo(
@@ -8839,6 +9222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SQRTSS_XMM_XMM': FormInfo(
@@ -8862,6 +9246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SQRTSS_XMM_M32': FormInfo(
@@ -8885,6 +9270,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'RCPPS_XMM_XMMRM': FormInfo(
@@ -8908,6 +9294,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'RCPSS_XMM_XMM': FormInfo(
@@ -8931,6 +9318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'RCPSS_XMM_M32': FormInfo(
@@ -8954,6 +9342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'RSQRTPS_XMM_XMMRM': FormInfo(
@@ -8977,6 +9366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'RSQRTSS_XMM_XMM': FormInfo(
@@ -9000,6 +9390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'RSQRTSS_XMM_M32': FormInfo(
@@ -9023,6 +9414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
@@ -9046,6 +9438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqps); the instruction is CMPPS with an imm8 predicate"),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CMPSS_XMM_XMM_IMM8': FormInfo(
@@ -9069,6 +9462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqss); the instruction is CMPSS with an imm8 predicate"),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CMPSS_XMM_M32_IMM8': FormInfo(
@@ -9092,6 +9486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqss); the instruction is CMPSS with an imm8 predicate"),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'COMISS_XMM_XMM': FormInfo(
@@ -9115,6 +9510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'COMISS_XMM_M32': FormInfo(
@@ -9138,6 +9534,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UCOMISS_XMM_XMM': FormInfo(
@@ -9161,6 +9558,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UCOMISS_XMM_M32': FormInfo(
@@ -9184,6 +9582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ANDPS_XMM_XMMRM': FormInfo(
@@ -9207,6 +9606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ANDNPS_XMM_XMMRM': FormInfo(
@@ -9230,6 +9630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ORPS_XMM_XMMRM': FormInfo(
@@ -9253,6 +9654,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'XORPS_XMM_XMMRM': FormInfo(
@@ -9276,6 +9678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
@@ -9299,6 +9702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UNPCKLPS_XMM_XMMRM': FormInfo(
@@ -9322,6 +9726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UNPCKHPS_XMM_XMMRM': FormInfo(
@@ -9345,6 +9750,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPI2PS_XMM_MMRM': FormInfo(
@@ -9368,6 +9774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPS2PI_MM_XMM': FormInfo(
@@ -9391,6 +9798,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPS2PI_MM_M64': FormInfo(
@@ -9414,6 +9822,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTPS2PI_MM_XMM': FormInfo(
@@ -9437,6 +9846,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTPS2PI_MM_M64': FormInfo(
@@ -9460,6 +9870,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSI2SS_XMM_RM32': FormInfo(
@@ -9483,6 +9894,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSS2SI_R32_XMM': FormInfo(
@@ -9506,6 +9918,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSS2SI_R32_M32': FormInfo(
@@ -9529,6 +9942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CVTTSS2SI_R32_XMM': FormInfo(
@@ -9552,6 +9966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTSS2SI_R32_M32': FormInfo(
@@ -9575,6 +9990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LDMXCSR_M32': FormInfo(
@@ -9598,6 +10014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STMXCSR_M32': FormInfo(
@@ -9621,6 +10038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FXSAVE_M512': FormInfo(
@@ -9644,6 +10062,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FXRSTOR_M512': FormInfo(
@@ -9667,6 +10086,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PREFETCHNTA_M8': FormInfo(
@@ -9690,6 +10110,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PREFETCHT0_M8': FormInfo(
@@ -9713,6 +10134,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PREFETCHT1_M8': FormInfo(
@@ -9736,6 +10158,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PREFETCHT2_M8': FormInfo(
@@ -9759,6 +10182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SFENCE': FormInfo(
@@ -9782,6 +10206,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE F8-FF are all SFENCE; capstone decodes only F8 (the check samples rm = 2)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVNTQ_M64_MM': FormInfo(
@@ -9805,6 +10230,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVNTPS_M128_XMM': FormInfo(
@@ -9828,6 +10254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MASKMOVQ_MM_MM': FormInfo(
@@ -9851,6 +10278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PAVGB_MM_MMRM': FormInfo(
@@ -9874,6 +10302,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PAVGW_MM_MMRM': FormInfo(
@@ -9897,6 +10326,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMAXSW_MM_MMRM': FormInfo(
@@ -9920,6 +10350,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMAXUB_MM_MMRM': FormInfo(
@@ -9943,6 +10374,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMINSW_MM_MMRM': FormInfo(
@@ -9966,6 +10398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMINUB_MM_MMRM': FormInfo(
@@ -9989,6 +10422,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULHUW_MM_MMRM': FormInfo(
@@ -10012,6 +10446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSADBW_MM_MMRM': FormInfo(
@@ -10035,6 +10470,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
@@ -10058,6 +10494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PEXTRW_R32_MM_IMM8': FormInfo(
@@ -10081,6 +10518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PINSRW_MM_R32_IMM8': FormInfo(
@@ -10104,6 +10542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PINSRW_MM_M16_IMM8': FormInfo(
@@ -10127,6 +10566,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMOVMSKB_R32_MM': FormInfo(
@@ -10150,6 +10590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVAPD_XMM_XMMRM': FormInfo(
@@ -10173,6 +10614,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVAPD_XMMRM_XMM': FormInfo(
@@ -10196,6 +10638,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVUPD_XMM_XMMRM': FormInfo(
@@ -10219,6 +10662,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVUPD_XMMRM_XMM': FormInfo(
@@ -10242,6 +10686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSD_XMM_XMM': FormInfo(
@@ -10265,6 +10710,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSD_XMM_M64': FormInfo(
@@ -10288,6 +10734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSD_XMM_XMM_0F11': FormInfo(
@@ -10311,6 +10758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSD_M64_XMM': FormInfo(
@@ -10334,6 +10782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVLPD_XMM_M64': FormInfo(
@@ -10357,6 +10806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVLPD_M64_XMM': FormInfo(
@@ -10380,6 +10830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVHPD_XMM_M64': FormInfo(
@@ -10403,6 +10854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVHPD_M64_XMM': FormInfo(
@@ -10426,6 +10878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVMSKPD_R32_XMM': FormInfo(
@@ -10449,6 +10902,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ADDPD_XMM_XMMRM': FormInfo(
@@ -10472,6 +10926,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ADDSD_XMM_XMM': FormInfo(
@@ -10495,6 +10950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ADDSD_XMM_M64': FormInfo(
@@ -10518,6 +10974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SUBPD_XMM_XMMRM': FormInfo(
@@ -10541,6 +10998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SUBSD_XMM_XMM': FormInfo(
@@ -10564,6 +11022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SUBSD_XMM_M64': FormInfo(
@@ -10587,6 +11046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MULPD_XMM_XMMRM': FormInfo(
@@ -10610,6 +11070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MULSD_XMM_XMM': FormInfo(
@@ -10633,6 +11094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MULSD_XMM_M64': FormInfo(
@@ -10656,6 +11118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'DIVPD_XMM_XMMRM': FormInfo(
@@ -10679,6 +11142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'DIVSD_XMM_XMM': FormInfo(
@@ -10702,6 +11166,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'DIVSD_XMM_M64': FormInfo(
@@ -10725,6 +11190,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MINPD_XMM_XMMRM': FormInfo(
@@ -10748,6 +11214,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MINSD_XMM_XMM': FormInfo(
@@ -10771,6 +11238,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MINSD_XMM_M64': FormInfo(
@@ -10794,6 +11262,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MAXPD_XMM_XMMRM': FormInfo(
@@ -10817,6 +11286,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MAXSD_XMM_XMM': FormInfo(
@@ -10840,6 +11310,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MAXSD_XMM_M64': FormInfo(
@@ -10863,6 +11334,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SQRTPD_XMM_XMMRM': FormInfo(
@@ -10886,6 +11358,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SQRTSD_XMM_XMM': FormInfo(
@@ -10909,6 +11382,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SQRTSD_XMM_M64': FormInfo(
@@ -10932,6 +11406,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
@@ -10955,6 +11430,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqpd); the instruction is CMPPD with an imm8 predicate"),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CMPSD_XMM_XMM_IMM8': FormInfo(
@@ -10978,6 +11454,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CMPSD_XMM_M64_IMM8': FormInfo(
@@ -11001,6 +11478,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', "capstone prints the predicate as part of the mnemonic for immediates 0-7 (the check's sample has 0: cmpeqsd); the instruction is CMPSD with an imm8 predicate"),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'COMISD_XMM_XMM': FormInfo(
@@ -11024,6 +11502,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'COMISD_XMM_M64': FormInfo(
@@ -11047,6 +11526,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UCOMISD_XMM_XMM': FormInfo(
@@ -11070,6 +11550,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UCOMISD_XMM_M64': FormInfo(
@@ -11093,6 +11574,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ANDPD_XMM_XMMRM': FormInfo(
@@ -11116,6 +11598,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ANDNPD_XMM_XMMRM': FormInfo(
@@ -11139,6 +11622,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'ORPD_XMM_XMMRM': FormInfo(
@@ -11162,6 +11646,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'XORPD_XMM_XMMRM': FormInfo(
@@ -11185,6 +11670,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
@@ -11208,6 +11694,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UNPCKLPD_XMM_XMMRM': FormInfo(
@@ -11231,6 +11718,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'UNPCKHPD_XMM_XMMRM': FormInfo(
@@ -11254,6 +11742,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPI2PD_XMM_MMRM': FormInfo(
@@ -11277,6 +11766,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPD2PI_MM_XMMRM': FormInfo(
@@ -11300,6 +11790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTPD2PI_MM_XMMRM': FormInfo(
@@ -11323,6 +11814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSI2SD_XMM_RM32': FormInfo(
@@ -11346,6 +11838,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSD2SI_R32_XMM': FormInfo(
@@ -11369,6 +11862,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSD2SI_R32_M64': FormInfo(
@@ -11392,6 +11886,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CVTTSD2SI_R32_XMM': FormInfo(
@@ -11415,6 +11910,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTSD2SI_R32_M64': FormInfo(
@@ -11438,6 +11934,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CVTPS2PD_XMM_XMM': FormInfo(
@@ -11461,6 +11958,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPS2PD_XMM_M64': FormInfo(
@@ -11484,6 +11982,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPD2PS_XMM_XMMRM': FormInfo(
@@ -11507,6 +12006,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSS2SD_XMM_XMM': FormInfo(
@@ -11530,6 +12030,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSS2SD_XMM_M32': FormInfo(
@@ -11553,6 +12054,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSD2SS_XMM_XMM': FormInfo(
@@ -11576,6 +12078,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTSD2SS_XMM_M64': FormInfo(
@@ -11599,6 +12102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
@@ -11622,6 +12126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
@@ -11645,6 +12150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
@@ -11668,6 +12174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTDQ2PD_XMM_XMM': FormInfo(
@@ -11691,6 +12198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTDQ2PD_XMM_M64': FormInfo(
@@ -11714,6 +12222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
@@ -11737,6 +12246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
@@ -11760,6 +12270,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVDQA_XMM_XMMRM': FormInfo(
@@ -11783,6 +12294,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVDQA_XMMRM_XMM': FormInfo(
@@ -11806,6 +12318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVDQU_XMM_XMMRM': FormInfo(
@@ -11829,6 +12342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVDQU_XMMRM_XMM': FormInfo(
@@ -11852,6 +12366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVD_XMM_RM32': FormInfo(
@@ -11875,6 +12390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVD_RM32_XMM': FormInfo(
@@ -11898,6 +12414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ_XMM_XMM': FormInfo(
@@ -11921,6 +12438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ_XMM_M64': FormInfo(
@@ -11944,6 +12462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ_XMM_XMM_0FD6': FormInfo(
@@ -11967,6 +12486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ_M64_XMM': FormInfo(
@@ -11990,6 +12510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVQ2DQ_XMM_MM': FormInfo(
@@ -12013,6 +12534,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVDQ2Q_MM_XMM': FormInfo(
@@ -12036,6 +12558,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVNTPD_M128_XMM': FormInfo(
@@ -12059,6 +12582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVNTDQ_M128_XMM': FormInfo(
@@ -12082,6 +12606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVNTI_M32_R32': FormInfo(
@@ -12105,6 +12630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MASKMOVDQU_XMM_XMM': FormInfo(
@@ -12128,6 +12654,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'CLFLUSH_M8': FormInfo(
@@ -12151,6 +12678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LFENCE': FormInfo(
@@ -12174,6 +12702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE E8-EF are all LFENCE; capstone decodes only E8 (the check samples rm = 2)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MFENCE': FormInfo(
@@ -12197,6 +12726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'the SDM says the processor ignores ModRM.rm, so 0F AE F0-F7 are all MFENCE; capstone decodes only F0 (the check samples rm = 2)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PAUSE': FormInfo(
@@ -12220,6 +12750,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'PADDQ_MM_MMRM': FormInfo(
@@ -12243,6 +12774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDQ_XMM_XMMRM': FormInfo(
@@ -12266,6 +12798,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBQ_MM_MMRM': FormInfo(
@@ -12289,6 +12822,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBQ_XMM_XMMRM': FormInfo(
@@ -12312,6 +12846,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULUDQ_MM_MMRM': FormInfo(
@@ -12335,6 +12870,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULUDQ_XMM_XMMRM': FormInfo(
@@ -12358,6 +12894,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
@@ -12381,6 +12918,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
@@ -12404,6 +12942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
@@ -12427,6 +12966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLDQ_XMM_IMM8': FormInfo(
@@ -12450,6 +12990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLDQ_XMM_IMM8': FormInfo(
@@ -12473,6 +13014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
@@ -12496,6 +13038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
@@ -12519,6 +13062,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
@@ -12542,6 +13086,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
@@ -12565,6 +13110,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
@@ -12588,6 +13134,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
@@ -12611,6 +13158,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
@@ -12634,6 +13182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
@@ -12657,6 +13206,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PACKSSWB_XMM_XMMRM': FormInfo(
@@ -12680,6 +13230,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PACKUSWB_XMM_XMMRM': FormInfo(
@@ -12703,6 +13254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PACKSSDW_XMM_XMMRM': FormInfo(
@@ -12726,6 +13278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDB_XMM_XMMRM': FormInfo(
@@ -12749,6 +13302,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDW_XMM_XMMRM': FormInfo(
@@ -12772,6 +13326,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDD_XMM_XMMRM': FormInfo(
@@ -12795,6 +13350,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDSB_XMM_XMMRM': FormInfo(
@@ -12818,6 +13374,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDSW_XMM_XMMRM': FormInfo(
@@ -12841,6 +13398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDUSB_XMM_XMMRM': FormInfo(
@@ -12864,6 +13422,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PADDUSW_XMM_XMMRM': FormInfo(
@@ -12887,6 +13446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBB_XMM_XMMRM': FormInfo(
@@ -12910,6 +13470,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBW_XMM_XMMRM': FormInfo(
@@ -12933,6 +13494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBD_XMM_XMMRM': FormInfo(
@@ -12956,6 +13518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBSB_XMM_XMMRM': FormInfo(
@@ -12979,6 +13542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBSW_XMM_XMMRM': FormInfo(
@@ -13002,6 +13566,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBUSB_XMM_XMMRM': FormInfo(
@@ -13025,6 +13590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSUBUSW_XMM_XMMRM': FormInfo(
@@ -13048,6 +13614,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULLW_XMM_XMMRM': FormInfo(
@@ -13071,6 +13638,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULHW_XMM_XMMRM': FormInfo(
@@ -13094,6 +13662,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMADDWD_XMM_XMMRM': FormInfo(
@@ -13117,6 +13686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPEQB_XMM_XMMRM': FormInfo(
@@ -13140,6 +13710,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPEQW_XMM_XMMRM': FormInfo(
@@ -13163,6 +13734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPEQD_XMM_XMMRM': FormInfo(
@@ -13186,6 +13758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPGTB_XMM_XMMRM': FormInfo(
@@ -13209,6 +13782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPGTW_XMM_XMMRM': FormInfo(
@@ -13232,6 +13806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PCMPGTD_XMM_XMMRM': FormInfo(
@@ -13255,6 +13830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PAND_XMM_XMMRM': FormInfo(
@@ -13278,6 +13854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PANDN_XMM_XMMRM': FormInfo(
@@ -13301,6 +13878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'POR_XMM_XMMRM': FormInfo(
@@ -13324,6 +13902,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PXOR_XMM_XMMRM': FormInfo(
@@ -13347,6 +13926,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLW_XMM_XMMRM': FormInfo(
@@ -13370,6 +13950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLD_XMM_XMMRM': FormInfo(
@@ -13393,6 +13974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLQ_XMM_XMMRM': FormInfo(
@@ -13416,6 +13998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLW_XMM_XMMRM': FormInfo(
@@ -13439,6 +14022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLD_XMM_XMMRM': FormInfo(
@@ -13462,6 +14046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLQ_XMM_XMMRM': FormInfo(
@@ -13485,6 +14070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAW_XMM_XMMRM': FormInfo(
@@ -13508,6 +14094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAD_XMM_XMMRM': FormInfo(
@@ -13531,6 +14118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLW_XMM_IMM8': FormInfo(
@@ -13554,6 +14142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLD_XMM_IMM8': FormInfo(
@@ -13577,6 +14166,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSLLQ_XMM_IMM8': FormInfo(
@@ -13600,6 +14190,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLW_XMM_IMM8': FormInfo(
@@ -13623,6 +14214,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLD_XMM_IMM8': FormInfo(
@@ -13646,6 +14238,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRLQ_XMM_IMM8': FormInfo(
@@ -13669,6 +14262,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAW_XMM_IMM8': FormInfo(
@@ -13692,6 +14286,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSRAD_XMM_IMM8': FormInfo(
@@ -13715,6 +14310,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PAVGB_XMM_XMMRM': FormInfo(
@@ -13738,6 +14334,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PAVGW_XMM_XMMRM': FormInfo(
@@ -13761,6 +14358,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMAXSW_XMM_XMMRM': FormInfo(
@@ -13784,6 +14382,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMAXUB_XMM_XMMRM': FormInfo(
@@ -13807,6 +14406,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMINSW_XMM_XMMRM': FormInfo(
@@ -13830,6 +14430,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMINUB_XMM_XMMRM': FormInfo(
@@ -13853,6 +14454,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMULHUW_XMM_XMMRM': FormInfo(
@@ -13876,6 +14478,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PSADBW_XMM_XMMRM': FormInfo(
@@ -13899,6 +14502,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PEXTRW_R32_XMM_IMM8': FormInfo(
@@ -13922,6 +14526,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PINSRW_XMM_R32_IMM8': FormInfo(
@@ -13945,6 +14550,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PINSRW_XMM_M16_IMM8': FormInfo(
@@ -13968,6 +14574,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'PMOVMSKB_R32_XMM': FormInfo(
@@ -13991,6 +14598,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'MOVSB': FormInfo(
@@ -14014,6 +14622,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOVSv': FormInfo(
@@ -14037,6 +14646,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMPSB': FormInfo(
@@ -14060,6 +14670,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CMPSv': FormInfo(
@@ -14083,6 +14694,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SCASB': FormInfo(
@@ -14106,6 +14718,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SCASv': FormInfo(
@@ -14129,6 +14742,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('flags', "capstone omits the DF test (the direction of the step) and REPE/REPNE's ZF test"),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LODSB': FormInfo(
@@ -14152,6 +14766,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LODSv': FormInfo(
@@ -14175,6 +14790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STOSB': FormInfo(
@@ -14198,6 +14814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STOSv': FormInfo(
@@ -14221,6 +14838,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INSB': FormInfo(
@@ -14244,6 +14862,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone omits the DF test (the direction of the step)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INSv': FormInfo(
@@ -14267,6 +14886,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone omits the DF test (the direction of the step)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OUTSB': FormInfo(
@@ -14290,6 +14910,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'OUTSv': FormInfo(
@@ -14313,6 +14934,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'HLT': FormInfo(
@@ -14336,6 +14958,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'UD2': FormInfo(
@@ -14359,6 +14982,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CPUID': FormInfo(
@@ -14382,6 +15006,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INVD': FormInfo(
@@ -14405,6 +15030,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'WBINVD': FormInfo(
@@ -14428,6 +15054,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'INVLPG': FormInfo(
@@ -14451,6 +15078,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LGDT': FormInfo(
@@ -14474,6 +15102,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LIDT': FormInfo(
@@ -14497,6 +15126,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SGDT': FormInfo(
@@ -14520,6 +15150,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SIDT': FormInfo(
@@ -14543,6 +15174,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LLDT': FormInfo(
@@ -14566,6 +15198,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SLDT': FormInfo(
@@ -14589,6 +15222,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LTR': FormInfo(
@@ -14612,6 +15246,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'STR': FormInfo(
@@ -14635,6 +15270,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone groups STR with LTR as privileged, but STR runs at any CPL: it is a stealth instruction'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LMSW': FormInfo(
@@ -14658,6 +15294,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SMSW': FormInfo(
@@ -14681,6 +15318,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'CLTS': FormInfo(
@@ -14704,6 +15342,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone does not mark CLTS privileged; it is #GP(0) at CPL > 0 (SDM: CLTS is a privileged instruction)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_R32_CR': FormInfo(
@@ -14727,6 +15366,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_CR_R32': FormInfo(
@@ -14750,6 +15390,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_R32_DR': FormInfo(
@@ -14773,6 +15414,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'MOV_DR_R32': FormInfo(
@@ -14796,6 +15438,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RDMSR': FormInfo(
@@ -14819,6 +15462,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone marks WRMSR but not RDMSR privileged; both are #GP(0) at CPL > 0'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'WRMSR': FormInfo(
@@ -14842,6 +15486,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RDTSC': FormInfo(
@@ -14865,6 +15510,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'RDPMC': FormInfo(
@@ -14888,6 +15534,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('privilege', 'capstone marks RDPMC privileged outright; CR4.PCE = 1 lets every CPL use it'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SYSENTER': FormInfo(
@@ -14911,6 +15558,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone says SYSENTER modifies every flag; it clears VM, IF and RF and leaves the rest (SDM pseudocode)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'SYSEXIT': FormInfo(
@@ -14934,6 +15582,7 @@ FORMS = {
         ends_block=True,
         xchecks=(('flags', 'capstone says SYSEXIT modifies every flag; it leaves EFLAGS unchanged (SDM pseudocode)'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'ARPL': FormInfo(
@@ -14957,6 +15606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LAR': FormInfo(
@@ -14980,6 +15630,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'LSL': FormInfo(
@@ -15003,6 +15654,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'VERR': FormInfo(
@@ -15026,6 +15678,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'VERW': FormInfo(
@@ -15049,6 +15702,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FADD_M32': FormInfo(
@@ -15072,6 +15726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FADD_M64': FormInfo(
@@ -15095,6 +15750,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIADD_M32': FormInfo(
@@ -15118,6 +15774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIADD_M16': FormInfo(
@@ -15141,6 +15798,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FMUL_M32': FormInfo(
@@ -15164,6 +15822,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FMUL_M64': FormInfo(
@@ -15187,6 +15846,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIMUL_M32': FormInfo(
@@ -15210,6 +15870,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIMUL_M16': FormInfo(
@@ -15233,6 +15894,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUB_M32': FormInfo(
@@ -15256,6 +15918,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUB_M64': FormInfo(
@@ -15279,6 +15942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISUB_M32': FormInfo(
@@ -15302,6 +15966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISUB_M16': FormInfo(
@@ -15325,6 +15990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUBR_M32': FormInfo(
@@ -15348,6 +16014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUBR_M64': FormInfo(
@@ -15371,6 +16038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISUBR_M32': FormInfo(
@@ -15394,6 +16062,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISUBR_M16': FormInfo(
@@ -15417,6 +16086,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIV_M32': FormInfo(
@@ -15440,6 +16110,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIV_M64': FormInfo(
@@ -15463,6 +16134,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIDIV_M32': FormInfo(
@@ -15486,6 +16158,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIDIV_M16': FormInfo(
@@ -15509,6 +16182,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIVR_M32': FormInfo(
@@ -15532,6 +16206,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIVR_M64': FormInfo(
@@ -15555,6 +16230,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIDIVR_M32': FormInfo(
@@ -15578,6 +16254,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIDIVR_M16': FormInfo(
@@ -15601,6 +16278,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FADD_ST0_STi': FormInfo(
@@ -15624,6 +16302,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FMUL_ST0_STi': FormInfo(
@@ -15647,6 +16326,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUB_ST0_STi': FormInfo(
@@ -15670,6 +16350,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUBR_ST0_STi': FormInfo(
@@ -15693,6 +16374,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIV_ST0_STi': FormInfo(
@@ -15716,6 +16398,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIVR_ST0_STi': FormInfo(
@@ -15739,6 +16422,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FADD_STi_ST0': FormInfo(
@@ -15762,6 +16446,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FMUL_STi_ST0': FormInfo(
@@ -15785,6 +16470,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUBR_STi_ST0': FormInfo(
@@ -15808,6 +16494,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUB_STi_ST0': FormInfo(
@@ -15831,6 +16518,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIVR_STi_ST0': FormInfo(
@@ -15854,6 +16542,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIV_STi_ST0': FormInfo(
@@ -15877,6 +16566,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FADDP_STi_ST0': FormInfo(
@@ -15900,6 +16590,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FMULP_STi_ST0': FormInfo(
@@ -15923,6 +16614,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUBRP_STi_ST0': FormInfo(
@@ -15946,6 +16638,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSUBP_STi_ST0': FormInfo(
@@ -15969,6 +16662,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIVRP_STi_ST0': FormInfo(
@@ -15992,6 +16686,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FDIVP_STi_ST0': FormInfo(
@@ -16015,6 +16710,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLD_M32': FormInfo(
@@ -16038,6 +16734,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLD_M64': FormInfo(
@@ -16061,6 +16758,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLD_M80': FormInfo(
@@ -16084,6 +16782,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLD_STi': FormInfo(
@@ -16107,6 +16806,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FST_M32': FormInfo(
@@ -16130,6 +16830,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FST_M64': FormInfo(
@@ -16153,6 +16854,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FST_STi': FormInfo(
@@ -16176,6 +16878,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTP_M32': FormInfo(
@@ -16199,6 +16902,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTP_M64': FormInfo(
@@ -16222,6 +16926,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTP_M80': FormInfo(
@@ -16245,6 +16950,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTP_STi': FormInfo(
@@ -16268,6 +16974,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FILD_M16': FormInfo(
@@ -16291,6 +16998,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FILD_M32': FormInfo(
@@ -16314,6 +17022,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FILD_M64': FormInfo(
@@ -16337,6 +17046,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIST_M16': FormInfo(
@@ -16360,6 +17070,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FIST_M32': FormInfo(
@@ -16383,6 +17094,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISTP_M16': FormInfo(
@@ -16406,6 +17118,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISTP_M32': FormInfo(
@@ -16429,6 +17142,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FISTP_M64': FormInfo(
@@ -16452,6 +17166,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FBLD_M80': FormInfo(
@@ -16475,6 +17190,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FBSTP_M80': FormInfo(
@@ -16498,6 +17214,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FXCH_STi': FormInfo(
@@ -16521,6 +17238,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVB_ST0_STi': FormInfo(
@@ -16544,6 +17262,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVE_ST0_STi': FormInfo(
@@ -16567,6 +17286,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVBE_ST0_STi': FormInfo(
@@ -16590,6 +17310,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVU_ST0_STi': FormInfo(
@@ -16613,6 +17334,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVNB_ST0_STi': FormInfo(
@@ -16636,6 +17358,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVNE_ST0_STi': FormInfo(
@@ -16659,6 +17382,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVNBE_ST0_STi': FormInfo(
@@ -16682,6 +17406,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCMOVNU_ST0_STi': FormInfo(
@@ -16705,6 +17430,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOM_M32': FormInfo(
@@ -16728,6 +17454,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOM_M64': FormInfo(
@@ -16751,6 +17478,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOM_STi': FormInfo(
@@ -16774,6 +17502,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMP_M32': FormInfo(
@@ -16797,6 +17526,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMP_M64': FormInfo(
@@ -16820,6 +17550,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMP_STi': FormInfo(
@@ -16843,6 +17574,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMPP': FormInfo(
@@ -16866,6 +17598,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FUCOM_STi': FormInfo(
@@ -16889,6 +17622,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FUCOMP_STi': FormInfo(
@@ -16912,6 +17646,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FUCOMPP': FormInfo(
@@ -16935,6 +17670,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FICOM_M16': FormInfo(
@@ -16958,6 +17694,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FICOM_M32': FormInfo(
@@ -16981,6 +17718,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FICOMP_M16': FormInfo(
@@ -17004,6 +17742,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FICOMP_M32': FormInfo(
@@ -17027,6 +17766,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FTST': FormInfo(
@@ -17050,6 +17790,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FXAM': FormInfo(
@@ -17073,6 +17814,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMI_ST0_STi': FormInfo(
@@ -17096,6 +17838,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FUCOMI_ST0_STi': FormInfo(
@@ -17119,6 +17862,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMIP_ST0_STi': FormInfo(
@@ -17142,6 +17886,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FUCOMIP_ST0_STi': FormInfo(
@@ -17165,6 +17910,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLD1': FormInfo(
@@ -17188,6 +17934,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDL2T': FormInfo(
@@ -17211,6 +17958,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDL2E': FormInfo(
@@ -17234,6 +17982,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDPI': FormInfo(
@@ -17257,6 +18006,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDLG2': FormInfo(
@@ -17280,6 +18030,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDLN2': FormInfo(
@@ -17303,6 +18054,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FLDZ': FormInfo(
@@ -17326,6 +18078,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCHS': FormInfo(
@@ -17349,6 +18102,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FABS': FormInfo(
@@ -17372,6 +18126,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'F2XM1': FormInfo(
@@ -17395,6 +18150,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FYL2X': FormInfo(
@@ -17418,6 +18174,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FPTAN': FormInfo(
@@ -17441,6 +18198,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FPATAN': FormInfo(
@@ -17464,6 +18222,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FXTRACT': FormInfo(
@@ -17487,6 +18246,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FPREM1': FormInfo(
@@ -17510,6 +18270,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FDECSTP': FormInfo(
@@ -17533,6 +18294,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FINCSTP': FormInfo(
@@ -17556,6 +18318,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FPREM': FormInfo(
@@ -17579,6 +18342,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FYL2XP1': FormInfo(
@@ -17602,6 +18366,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FSQRT': FormInfo(
@@ -17625,6 +18390,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSINCOS': FormInfo(
@@ -17648,6 +18414,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FRNDINT': FormInfo(
@@ -17671,6 +18438,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSCALE': FormInfo(
@@ -17694,6 +18462,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FSIN': FormInfo(
@@ -17717,6 +18486,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOS': FormInfo(
@@ -17740,6 +18510,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNOP': FormInfo(
@@ -17763,6 +18534,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FFREE_STi': FormInfo(
@@ -17786,6 +18558,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNINIT': FormInfo(
@@ -17809,6 +18582,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNCLEX': FormInfo(
@@ -17832,6 +18606,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FLDCW_M16': FormInfo(
@@ -17855,6 +18630,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNSTCW_M16': FormInfo(
@@ -17878,6 +18654,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNSTSW_M16': FormInfo(
@@ -17901,6 +18678,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNSTSW_AX': FormInfo(
@@ -17924,6 +18702,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FLDENV_MENV': FormInfo(
@@ -17947,6 +18726,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNSTENV_MENV': FormInfo(
@@ -17970,6 +18750,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FRSTOR_MSTATE': FormInfo(
@@ -17993,6 +18774,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNSAVE_MSTATE': FormInfo(
@@ -18016,6 +18798,7 @@ FORMS = {
         ends_block=True,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FWAIT': FormInfo(
@@ -18039,6 +18822,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FFREEP_STi': FormInfo(
@@ -18062,6 +18846,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTPNCE_STi': FormInfo(
@@ -18085,6 +18870,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOM_STi_DCD0': FormInfo(
@@ -18108,6 +18894,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMP_STi_DCD8': FormInfo(
@@ -18131,6 +18918,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FCOMP_STi_DED0': FormInfo(
@@ -18154,6 +18942,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FXCH_STi_DDC8': FormInfo(
@@ -18177,6 +18966,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FXCH_STi_DFC8': FormInfo(
@@ -18200,6 +18990,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTP_STi_DFD0': FormInfo(
@@ -18223,6 +19014,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSTP_STi_DFD8': FormInfo(
@@ -18246,6 +19038,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('encoding', 'undocumented alias that Intel x87 units execute, the Pentium 4 included; capstone does not decode it'),),
         soft_interrupt=None,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FNENI': FormInfo(
@@ -18269,6 +19062,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', 'capstone spells it feni8087_nop, which the mnemonic syntax (no underscore) cannot hold'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNDISI': FormInfo(
@@ -18292,6 +19086,7 @@ FORMS = {
         ends_block=False,
         xchecks=(('mnemonic', 'capstone spells it fdisi8087_nop, which the mnemonic syntax (no underscore) cannot hold'),),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
     'FNSETPM': FormInfo(
@@ -18315,6 +19110,7 @@ FORMS = {
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
+        simd_state=False,
         interrupt_shadow=False,
     ),
 }

@@ -99,3 +99,35 @@ class MXCSR:  # spec/prelude.r1:24
     RC = 0x6000
     RC_SHIFT = 13
     FZ = 0x8000
+
+
+class FSW:  # spec/prelude.r1:41
+    IE = 0x1
+    DE = 0x2
+    ZE = 0x4
+    OE = 0x8
+    UE = 0x10
+    PE = 0x20
+    SF = 0x40
+    ES = 0x80
+    C0 = 0x100
+    C1 = 0x200
+    C2 = 0x400
+    TOP = 0x3800
+    TOP_SHIFT = 11
+    C3 = 0x4000
+    B = 0x8000
+
+
+class FCW:  # spec/prelude.r1:46
+    IM = 0x1
+    DM = 0x2
+    ZM = 0x4
+    OM = 0x8
+    UM = 0x10
+    PM = 0x20
+    PC = 0x300
+    PC_SHIFT = 8
+    RC = 0xc00
+    RC_SHIFT = 10
+    X = 0x1000

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
+M80 = (1 << 80) - 1
 PARITY = tuple(1 - bin(i).count("1") % 2 for i in range(256))
 EFLAGS_FIXED_ONE = 0x2
 EFLAGS_DEFINED = 0x3F7FD5  # every bit a Pentium-class CPU implements
@@ -886,6 +887,12 @@ class Machine:
         if x != x or y != y:
             return 3  # unordered: a NaN
         return 0 if x < y else (1 if x == y else 2)
+
+    def b_fpr(self, p: int) -> int:
+        return self.state.fpr[p & 7]
+
+    def b_set_fpr(self, p: int, v: int) -> None:
+        self.state.fpr[p & 7] = v & M80
 
     def b_unsupported(self, what: str) -> None:
         raise VMStop("unsupported", f"{what} (at guest EIP {self.state.eip:#x})")

@@ -31,6 +31,15 @@ class CpuState:
         "dr",
         "eflags",
         "eip",
+        "fcs",
+        "fcw",
+        "fdp",
+        "fds",
+        "fip",
+        "fop",
+        "fpr",
+        "fsw",
+        "ftw",
         "gdtr_base",
         "gdtr_limit",
         "halted",
@@ -86,6 +95,20 @@ class CpuState:
         self.msr: dict[int, int] = {}
         self.xmm = [0] * 8  # XMM0-XMM7, 128-bit values
         self.mxcsr = 0x1F80  # every SIMD floating-point exception masked
+        # The x87 unit (also the MMX registers), as after RESET (SDM Vol. 3, 9.1.1). `fpr` holds
+        # the eight 80-bit registers in physical order R0-R7 (ST(i) is R((TOP + i) mod 8), TOP
+        # being FSW bits 13:11; MMX register i is the low 64 bits of R(i)). `ftw` is the
+        # abridged tag word FXSAVE stores: bit i set when R(i) holds a value (not empty); the
+        # full two-bit tags are derived from the contents when FNSTENV and FNSAVE store them.
+        self.fpr = [0] * 8
+        self.fcw = 0x0040
+        self.fsw = 0
+        self.ftw = 0xFF
+        self.fip = 0  # the last non-control x87 instruction: its offset and CS selector,
+        self.fcs = 0
+        self.fdp = 0  # its memory operand's offset and segment selector,
+        self.fds = 0
+        self.fop = 0  # and its opcode's low 11 bits (first byte's low 3 bits, then the ModRM)
         self.tsc = 0
         self.icount = 0  # instructions retired
         self.halted = False

@@ -82,9 +82,9 @@ class BareMachine:
                 (X.UC_X86_REG_ES, X.UC_X86_REG_CS, X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_FS, X.UC_X86_REG_GS)
             ):
                 uc.reg_write(rid, S.sel[s])
-            write_from_machine(uc, self.interp, segments=False)
+            write_from_machine(uc, self.interp, segments=False, fpu=True)
         else:
-            write_from_machine(uc, self.interp)
+            write_from_machine(uc, self.interp, fpu=True)
 
     def linear_eip(self) -> int:
         uc = self.cpu.uc
@@ -96,7 +96,7 @@ class BareMachine:
         uc = self.cpu.uc
         S = self.interp.state
         if max_insns == 0:  # unicorn's count=0 would mean "no limit"
-            read_into_machine(uc, self.interp)
+            read_into_machine(uc, self.interp, fpu=True)
             return BareStop("limit")
         clock, counter = self.clock, self.cpu.counter
         # One stop address is the runs' `until`; several stop by code hooks (a debugger's).
@@ -104,7 +104,7 @@ class BareMachine:
         while True:
             eip = uc.reg_read(X.UC_X86_REG_EIP)
             if (S.base[1] + eip) & 0xFFFFFFFF in self.stop_addresses:
-                read_into_machine(uc, self.interp)  # (the loop may have come round after unicorn ran)
+                read_into_machine(uc, self.interp, fpu=True)  # (the loop may have come round after unicorn ran)
                 return BareStop("stop-address")
             if clock is not None and self.platform.interrupt_pending():
                 try:
@@ -133,7 +133,7 @@ class BareMachine:
             except VMStop as stop:  # the exit port, raised inside unicorn's I/O hook
                 return BareStop("vmstop", stop)
             except UcError as err:
-                read_into_machine(uc, self.interp)
+                read_into_machine(uc, self.interp, fpu=True)
                 return BareStop("vmstop", VMStop("unicorn", f"unicorn stopped: {err}"))
             if ev is None:
                 if counter is not None and counter.stopped_before_unhookable:
@@ -144,7 +144,7 @@ class BareMachine:
                     continue
                 if counter is not None and counter.hit_limit:
                     continue  # a timer is due: its interrupt, if any, is taken at the top
-                read_into_machine(uc, self.interp)
+                read_into_machine(uc, self.interp, fpu=True)
                 if S.eip + S.base[1] in self.stop_addresses:
                     return BareStop("stop-address")
                 if self._after_hlt():
@@ -163,7 +163,7 @@ class BareMachine:
                     return BareStop("vmstop", VMStop("unicorn", "unicorn stopped with no event and would not run on"))
                 return BareStop("limit")
             if self.stop_on_event:
-                read_into_machine(uc, self.interp)
+                read_into_machine(uc, self.interp, fpu=True)
                 try:
                     return BareStop("event", event=self.classify(ev.vector))
                 except VMStop as stop:
@@ -367,7 +367,7 @@ class BareEngine:
         try:
             r = self.bare.run(max_insns)
         except KeyboardInterrupt:
-            read_into_machine(self.bare.cpu.uc, self.machine)
+            read_into_machine(self.bare.cpu.uc, self.machine, fpu=True)
             return Outcome("interrupted")
         return Outcome(r.reason, r.event, r.vmstop)
 

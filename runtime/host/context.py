@@ -48,6 +48,11 @@ class ContextLayout:
     xmm: int  # XMM0, 16 bytes (little-endian) at the start of each register's slot
     xmm_stride: int
     mxcsr: int  # u32
+    # The x87, MMX and SSE state, one span from the x87 top-of-stack index to the end of XMM7
+    # (QEMU keeps it together: fpstt fpus fpuc fptags fpregs ... fp_status ... mxcsr xmm_regs),
+    # which a context_restore of a context saved earlier would roll back.
+    fpu_start: int
+    fpu_end: int
 
 
 def _raw(uc: Uc) -> bytes:
@@ -95,8 +100,11 @@ def calibrate() -> ContextLayout:
     for i in range(8):
         uc.reg_write(X.UC_X86_REG_XMM0 + i, _xmm_probe(i))
     uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)
+    uc.reg_write(X.UC_X86_REG_FPCW, 0x037F)
+    uc.reg_write(X.UC_X86_REG_FPSW, 5 << 11)
     before_mxcsr = _raw(uc)
     uc.reg_write(X.UC_X86_REG_MXCSR, 0x7FBF)
+    uc.reg_write(X.UC_X86_REG_FPCW, 0x0C7A)
     raw = _raw(uc)
     regs = _only(raw, 0x5A5A0000, 4, "EAX")
     if _only(raw, 0x5A5A0000 + 7 * 0x1111, 4, "EDI") != regs + 7 * 8:
@@ -123,6 +131,16 @@ def calibrate() -> ContextLayout:
     ]
     if len(mxcsr) != 1:
         raise RuntimeError(f"cannot locate MXCSR in unicorn's saved context ({len(mxcsr)} candidates)")
+    fpuc = [
+        off
+        for off in range(0, len(raw) - 1, 2)
+        if before_mxcsr[off : off + 2] == b"\x7f\x03" and raw[off : off + 2] == b"\x7a\x0c"
+    ]
+    if len(fpuc) != 1:
+        raise RuntimeError(f"cannot locate the x87 control word in unicorn's saved context ({len(fpuc)} candidates)")
+    fpu_start = fpuc[0] - 6  # fpstt (u32), fpus (u16), fpuc (u16)
+    if _I.unpack_from(raw, fpu_start)[0] != 5 or not fpu_start < mxcsr[0] < xmm:
+        raise RuntimeError("unicorn's x87 state is not where calibration expects it")
     return ContextLayout(
         regs=regs,
         eip=eip,
@@ -136,6 +154,8 @@ def calibrate() -> ContextLayout:
         xmm=xmm,
         xmm_stride=xmm_stride,
         mxcsr=mxcsr[0],
+        fpu_start=fpu_start,
+        fpu_end=xmm + 7 * xmm_stride + 16,
     )
 
 
@@ -162,8 +182,10 @@ def gprs_and_eip(raw) -> tuple[list[int], int]:
     return gprs, _Q.unpack_from(raw, L.eip)[0] & 0xFFFFFFFF
 
 
-def read_into_machine(uc: Uc, m) -> None:
-    """Give the interpreter Machine `m` the CPU state unicorn holds now (memory is shared)."""
+def read_into_machine(uc: Uc, m, fpu: bool = False) -> None:
+    """Give the interpreter Machine `m` the CPU state unicorn holds now (memory is shared). The
+    x87 state comes too with `fpu` (a handoff of the whole CPU): it costs about twenty register
+    reads, which delivering an event or emulating RDTSC does not need."""
     L = calibrate()
     raw = _raw(uc)
     S = m.state
@@ -195,6 +217,8 @@ def read_into_machine(uc: Uc, m) -> None:
         lo, hi = _QQ.unpack_from(raw, L.xmm + i * L.xmm_stride)
         S.xmm[i] = hi << 64 | lo
     S.mxcsr = _I.unpack_from(raw, L.mxcsr)[0]
+    if fpu:
+        read_x87(uc, S)
     m.update_mode()
     for s in range(6):
         m.recompute_segment(s)
@@ -203,14 +227,73 @@ def read_into_machine(uc: Uc, m) -> None:
     m.flush_blocks()
 
 
+_FPU_WORDS = (
+    ("fcw", X.UC_X86_REG_FPCW),
+    ("fip", X.UC_X86_REG_FIP),
+    ("fcs", X.UC_X86_REG_FCS),
+    ("fdp", X.UC_X86_REG_FDP),
+    ("fds", X.UC_X86_REG_FDS),
+    ("fop", X.UC_X86_REG_FOP),
+)
+
+
+def read_fpu(uc: Uc, S) -> None:
+    """The x87 and SSE state unicorn holds into CpuState `S` (through the register API, which
+    works inside a hook too: unicorn's x87 and SSE instructions keep their state in memory, not
+    in translated code's host registers)."""
+    read_x87(uc, S)
+    for i in range(8):
+        S.xmm[i] = uc.reg_read(X.UC_X86_REG_XMM0 + i)
+    S.mxcsr = uc.reg_read(X.UC_X86_REG_MXCSR)
+
+
+def read_x87(uc: Uc, S) -> None:
+    """The x87 state (and so the MMX registers) unicorn holds into CpuState `S`. Unicorn keeps
+    no FOP (deviation x87-fop: it stores 0)."""
+    S.fsw = uc.reg_read(X.UC_X86_REG_FPSW)
+    for name, rid in _FPU_WORDS:
+        setattr(S, name, uc.reg_read(rid))
+    tags = uc.reg_read(X.UC_X86_REG_FPTAG)
+    S.ftw = sum(1 << i for i in range(8) if tags >> 2 * i & 3 != 3)
+    for i in range(8):
+        significand, exponent = uc.reg_read(X.UC_X86_REG_FP0 + i)
+        S.fpr[i] = (exponent & 0xFFFF) << 64 | significand
+
+
+def write_fpu(uc: Uc, S) -> None:
+    """CpuState `S`'s x87 and SSE state into unicorn (a stopped CPU or a hook). Unicorn keeps one
+    bit per register (empty or not) and derives the other tags from the contents, as FXRSTOR
+    does."""
+    write_x87(uc, S)
+    for i, v in enumerate(S.xmm):
+        uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+    uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
+
+
+def write_x87(uc: Uc, S) -> None:
+    """CpuState `S`'s x87 state into unicorn."""
+    uc.reg_write(X.UC_X86_REG_FPSW, S.fsw)
+    for name, rid in _FPU_WORDS:
+        uc.reg_write(rid, getattr(S, name))
+    uc.reg_write(X.UC_X86_REG_FPTAG, sum(3 << 2 * i for i in range(8) if not S.ftw >> i & 1))
+    for i, v in enumerate(S.fpr):
+        uc.reg_write(X.UC_X86_REG_FP0 + i, (v & (1 << 64) - 1, v >> 64 & 0xFFFF))
+
+
 def write_from_machine(
-    uc: Uc, m, segments: bool = True, sse: bool = True, hardware: tuple[int, int] | None = None
+    uc: Uc,
+    m,
+    segments: bool = True,
+    sse: bool = True,
+    hardware: tuple[int, int] | None = None,
+    fpu: bool = False,
 ) -> None:
     """Give unicorn the interpreter's registers (a stopped CPU). Segment registers are reloaded
     by selector, from the descriptor tables, as the CPU does at CPL 0. A caller that changed
     no SSE state since read_into_machine (delivering an event changes none) passes `sse=False`,
     and one that knows the EFLAGS and SS selector unicorn holds now passes them as `hardware`:
-    each reg_read or reg_write costs microseconds."""
+    each reg_read or reg_write costs microseconds. The x87 state goes too with `fpu`, for a
+    machine that read it (read_into_machine with `fpu`)."""
     S = m.state
     for rid, v in zip(GPR_IDS, m.regs, strict=True):
         uc.reg_write(rid, v)
@@ -238,6 +321,8 @@ def write_from_machine(
         for i, v in enumerate(S.xmm):
             uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
         uc.reg_write(X.UC_X86_REG_MXCSR, S.mxcsr)
+    if fpu:
+        write_x87(uc, S)
 
 
 EFLAGS_VM = 0x20000

@@ -248,6 +248,19 @@ class PhysicalCpu:
         self.uc.context_update(self._context)
         return self._context_bytes
 
+    def restore_keeping_fpu(self, ctx, saved: ctypes.Array | None = None) -> None:
+        """context_restore a context saved earlier (the world switch's ring-0 start), keeping the
+        x87, MMX and SSE state the CPU holds now, or held when `saved` (save_context's bytes)
+        was taken: that state is the guest's, and nothing the VMM does between guest runs
+        changes it."""
+        from ring1.runtime.host.context import calibrate
+
+        L = calibrate()
+        raw = self.save_context() if saved is None else saved
+        into = ctx.context if isinstance(ctx.context, int) else ctx.context.value
+        ctypes.memmove(into + L.fpu_start, ctypes.addressof(raw) + L.fpu_start, L.fpu_end - L.fpu_start)
+        self.uc.context_restore(ctx)
+
     def lazy_flags(self) -> tuple[int, int]:
         """QEMU's lazy-flags operation and its cc_src, from the saved context."""
         cc_op_at, cc_src_at = _lazy_flags_offsets()

@@ -38,8 +38,11 @@ GPR_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
 REG_KEYS = (*GPR_NAMES, "eip", "eflags", *SEG_NAMES)
 XMM_NAMES = tuple(f"xmm{i}" for i in range(8))
-SIMD_KEYS = (*XMM_NAMES, "mxcsr")
+FPR_NAMES = tuple(f"fpr{i}" for i in range(8))  # x87 physical registers R0-R7 (80 bits; MMX in the low 64)
+X87_KEYS = (*FPR_NAMES, "fcw", "fsw", "ftw")  # ftw: abridged, bit i set when R(i) is not empty
+SIMD_KEYS = (*XMM_NAMES, "mxcsr", *X87_KEYS)
 MXCSR_RESET = 0x1F80
+FCW_INIT = 0x037F  # the x87 control word after FNINIT, which a fresh machine starts from
 CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET = 0x1, 0x2, 0x4, 0x8, 0x10
 CR4_OSFXSR, CR4_OSXMMEXCPT = 0x200, 0x400
 
@@ -95,12 +98,23 @@ class FreshSpec:
     segs: dict[str, int] = field(default_factory=dict)  # selectors to use instead of the defaults
     xmm: tuple[int, ...] = (0,) * 8  # XMM0-XMM7
     mxcsr: int = MXCSR_RESET
+    fpr: tuple[int, ...] = (0,) * 8  # x87 R0-R7, 80-bit patterns
+    fcw: int = FCW_INIT
+    fsw: int = 0  # with TOP in bits 13:11
+    ftw: int = 0  # abridged tag word: every register empty, as after FNINIT
     cr0_bits: int = 0  # CR0 bits besides PE and ET: MP, EM, TS
     cr4: int = 0  # OSFXSR and OSXMMEXCPT for SSE code
 
     def simd(self) -> dict[str, int]:
-        """The SSE state the machine starts with, by SIMD_KEYS."""
-        return {**dict(zip(XMM_NAMES, self.xmm, strict=True)), "mxcsr": self.mxcsr}
+        """The SSE and x87 state the machine starts with, by SIMD_KEYS."""
+        return {
+            **dict(zip(XMM_NAMES, self.xmm, strict=True)),
+            "mxcsr": self.mxcsr,
+            **dict(zip(FPR_NAMES, self.fpr, strict=True)),
+            "fcw": self.fcw,
+            "fsw": self.fsw,
+            "ftw": self.ftw,
+        }
 
     def initial_regs(self) -> dict[str, int]:
         regs = {name: 0 for name in GPR_NAMES}

@@ -84,6 +84,8 @@ def interp_machine(spec: fresh_machine.FreshSpec, m: Machine | None = None) -> M
     S.cr[4] = spec.cr4
     S.xmm[:] = spec.xmm
     S.mxcsr = spec.mxcsr
+    S.fpr[:] = spec.fpr
+    S.fcw, S.fsw, S.ftw = spec.fcw, spec.fsw, spec.ftw
     S.eip = fresh_machine.CODE
     m.update_mode()
     return m
@@ -100,9 +102,16 @@ def state_of(m: Machine) -> dict[str, int]:
 
 
 def simd_of(m: Machine) -> dict[str, int]:
-    """The interpreter's SSE state by fresh_machine.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
+    """The interpreter's SSE and x87 state by fresh_machine.SIMD_KEYS."""
     S = m.state
-    return {**dict(zip(fresh_machine.XMM_NAMES, S.xmm, strict=True)), "mxcsr": S.mxcsr}
+    return {
+        **dict(zip(fresh_machine.XMM_NAMES, S.xmm, strict=True)),
+        "mxcsr": S.mxcsr,
+        **dict(zip(fresh_machine.FPR_NAMES, S.fpr, strict=True)),
+        "fcw": S.fcw,
+        "fsw": S.fsw,
+        "ftw": S.ftw,
+    }
 
 
 def run_snippet(
@@ -192,6 +201,7 @@ def unicorn_machine(spec: fresh_machine.FreshSpec, clock: VirtualClock | None = 
     uc.reg_write(X.UC_X86_REG_MXCSR, spec.mxcsr)
     for i, v in enumerate(spec.xmm):
         uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+    write_x87_of(uc, spec)
     if spec.real:
         uc.reg_write(X.UC_X86_REG_CR0, fresh_machine.CR0_ET | spec.cr0_bits)  # ET: hard-wired on a Pentium-class CPU
         uc.reg_write(X.UC_X86_REG_IDTR, (0, fresh_machine.IVT, 0x3FF, 0))
@@ -243,12 +253,30 @@ def unicorn_machine(spec: fresh_machine.FreshSpec, clock: VirtualClock | None = 
     return cpu
 
 
+def write_x87_of(uc, spec: fresh_machine.FreshSpec) -> None:
+    """A FreshSpec's x87 state into unicorn."""
+    from ring1.runtime.cpu.state import CpuState
+    from ring1.runtime.host.context import write_x87
+
+    S = CpuState()
+    S.fpr[:] = spec.fpr
+    S.fcw, S.fsw, S.ftw = spec.fcw, spec.fsw, spec.ftw
+    write_x87(uc, S)
+
+
 def unicorn_simd(uc) -> dict[str, int]:
-    """Unicorn's SSE state by fresh_machine.SIMD_KEYS: XMM0-XMM7 and MXCSR."""
+    """Unicorn's SSE and x87 state by fresh_machine.SIMD_KEYS."""
     from unicorn import x86_const as X
+
+    from ring1.runtime.cpu.state import CpuState
+    from ring1.runtime.host.context import read_x87
 
     out = {name: uc.reg_read(X.UC_X86_REG_XMM0 + i) for i, name in enumerate(fresh_machine.XMM_NAMES)}
     out["mxcsr"] = uc.reg_read(X.UC_X86_REG_MXCSR)
+    S = CpuState()
+    read_x87(uc, S)
+    out.update(zip(fresh_machine.FPR_NAMES, S.fpr, strict=True))
+    out.update(fcw=S.fcw, fsw=S.fsw, ftw=S.ftw)
     return out
 
 
@@ -324,7 +352,7 @@ def _run_on_clock(cpu, clock: VirtualClock, begin: int, end: int, max_insns: int
         try:
             ev = cpu.run(begin, end, count=max_insns - executed)
         finally:
-            read_into_machine(uc, interp)  # (the CS base, for the linear EIP)
+            read_into_machine(uc, interp, fpu=True)  # (the CS base, for the linear EIP; the x87 state for the report)
             executed += counter.account(clock, (S.base[CS] + S.eip) & 0xFFFFFFFF)
         if ev is not None or not counter.stopped_before_unhookable or executed >= max_insns:
             return ev
@@ -335,7 +363,7 @@ def _run_on_clock(cpu, clock: VirtualClock, begin: int, end: int, max_insns: int
             return CpuEvent(r.event.vector, S.eip, S.cr[2] if r.event.vector == 14 else None)
         executed += 1
         cpu.clear_exception_latch()
-        write_from_machine(uc, interp)
+        write_from_machine(uc, interp, fpu=True)
         begin = (S.base[CS] + S.eip) & 0xFFFFFFFF
         if begin == end or executed >= max_insns:
             return None

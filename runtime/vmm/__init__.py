@@ -75,7 +75,14 @@ from ring1.runtime.cpu.memory import PhysicalMemory
 from ring1.runtime.cpu.state import CS, GS, MODE_PROT, MODE_REAL, MODE_V86, SS
 from ring1.runtime.cpu.traces import CodeRanges, instruction_ranges
 from ring1.runtime.engines import EVENT_COUNTERS, delegate
-from ring1.runtime.host.context import gprs_and_eip, segment_caches, soft_interrupt_before, soft_interrupt_in
+from ring1.runtime.host.context import (
+    gprs_and_eip,
+    read_fpu,
+    segment_caches,
+    soft_interrupt_before,
+    soft_interrupt_in,
+    write_fpu,
+)
 from ring1.runtime.host.physcpu import SEG_IDS, CpuEvent, PhysicalCpu, UcError, changes_flags_before_store
 from ring1.runtime.isa.decoder import SEGMENT_PREFIX_OF, Decoded, decode
 from ring1.runtime.vmm.descriptor_tables import (
@@ -115,6 +122,9 @@ WHY_WINDOW = "the guest's page directory, where the VMM is"
 # SMSW run directly shows the guest's machine status word.
 HW_CR0 = CR0.PG | CR0.WP | CR0.PE
 GUEST_CR0_IN_HARDWARE = CR0.MP | CR0.EM | CR0.TS | CR0.ET | CR0.NE | CR0.AM
+# The guest's CR4 bits the hardware runs its code with: whether the OS enabled SSE and its
+# exceptions (SSE instructions raise #UD without them, as the guest's own CPU would).
+GUEST_CR4_IN_HARDWARE = CR4.OSFXSR | CR4.OSXMMEXCPT
 NM_VECTOR = 7  # #NM, device not available
 SYSENTER_EVENT = -1  # CpuEvent.vector of a SYSENTER the hardware stopped at (Vmm._on_sysenter)
 CONTEXTS_KEPT = 64  # hardware contexts kept for world switches (bounded: the guest chooses the keys)
@@ -191,6 +201,7 @@ class Site:
     next_guest: int
     resume: int  # TC address after the callout sequence
     unit: Unit
+    simd_state: bool = False  # the instruction reads or writes x87, MMX or SSE state (FormInfo)
 
 
 class Stats(Counter):
@@ -343,6 +354,7 @@ class Vmm:
         self.own_tables = False  # the hardware runs the guest's own tables now
         self._contexts: dict[tuple, object] = {}  # hardware state for a world switch, by its key
         self._hw_cr0 = 0  # the CR0 the hardware runs guest context with now
+        self._hw_cr4_guest = 0  # the guest's CR4 bits in the hardware's CR4 now
         # The VMM moves when the guest claims its 4 MB (Vmm._relocate): the guest page directory
         # page watched for a write to the VMM's entry, and whether a move waits for a safe point.
         self._window_pd: int | None = None
@@ -648,15 +660,17 @@ class Vmm:
         translations (the hardware's CR3 follows the current shadow, `_load_hw_cr3`)."""
         S = self.m.state
         cr0 = HW_CR0 | (S.cr[0] & GUEST_CR0_IN_HARDWARE)
+        cr4_guest = S.cr[4] & GUEST_CR4_IN_HARDWARE
         shadow_pd = self.shadow.current.pd
         if not user_direct:
-            key: tuple = (cr0, shadow_pd)
+            key: tuple = (cr0, cr4_guest, shadow_pd)
         else:
-            key = (cr0, shadow_pd, S.idtr_base, S.idtr_limit, S.tr, S.tr_base, S.tr_limit, S.tr_attr)
+            key = (cr0, cr4_guest, shadow_pd, S.idtr_base, S.idtr_limit, S.tr, S.tr_base, S.tr_limit, S.tr_attr)
             if self.own_tables:
                 key += (S.gdtr_base, S.gdtr_limit, S.ldtr, S.ldtr_base, S.ldtr_limit, S.ldtr_attr)
             key += (v86,)
         self._hw_cr0 = cr0
+        self._hw_cr4_guest = cr4_guest
         ctx = self._contexts.get(key)
         if ctx is not None:
             return ctx
@@ -666,6 +680,8 @@ class Vmm:
         uc.context_restore(self.ring0)
         uc.reg_write(X.UC_X86_REG_CR3, shadow_pd)
         uc.reg_write(X.UC_X86_REG_CR0, cr0)
+        if cr4_guest:
+            uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | cr4_guest)
         if v86:
             uc.reg_write(X.UC_X86_REG_ESP, self.base + C["VMM_STACK_TOP"] - 36)
         if user_direct:
@@ -748,7 +764,7 @@ class Vmm:
         self.shadow.move_vmm(self.slot)
         self.tc_next = self.tc_start
         self._setup_vmm_area()
-        self.uc.context_restore(self.ring0)  # (at ring 0: the segment loads below must be allowed)
+        self.cpu.restore_keeping_fpu(self.ring0)  # (at ring 0: the segment loads below must be allowed)
         self._setup_hardware()
         self._contexts.clear()
         self._forget_tables()
@@ -833,7 +849,9 @@ class Vmm:
         self.direct = direct
         self.vmm_write(C["VMM_STACK_TOP"] - len(frame), frame)
         self.publish_virtual()
-        uc.context_restore(self._hardware_context(direct and user, v86))
+        guest_fpu = self.cpu.save_context()  # (its x87 and SSE state: building a context restores ring0)
+        ctx = self._hardware_context(direct and user, v86)
+        self.cpu.restore_keeping_fpu(ctx, guest_fpu)
         self.stats["world_switches"] += 1
         if self.own_tables:
             self.stats["direct_own_tables"] += 1
@@ -1105,7 +1123,8 @@ class Vmm:
                 start = len(code)
                 body, links, _ = self._instance(None, "callout_exit", unit.host + start)
                 code += body
-                callouts += [(start + field_off, pc, d.next, len(code)) for field_off, _ in links]
+                simd = d.form is not None and FORMS[d.form].simd_state
+                callouts += [(start + field_off, pc, d.next, len(code), simd) for field_off, _ in links]
                 ended = True
             unit.insns.append((pc, host, unit.host + len(code), rule, unit.host + eax_at if eax_at >= 0 else -1))
             self.guest_starts[host] = pc
@@ -1123,7 +1142,7 @@ class Vmm:
         for field_off, pc_at, next_guest, resume_off in slow_paths:
             stub = len(code)
             body, links, _ = self._instance(None, "callout_exit", unit.host + stub)
-            callouts += [(stub + link_off, pc_at, next_guest, resume_off) for link_off, _ in links]
+            callouts += [(stub + link_off, pc_at, next_guest, resume_off, False) for link_off, _ in links]
             code += body
             code[field_off : field_off + 4] = _U32.pack((stub - (field_off + 4)) & M32)
         unit.size = len(code)
@@ -1137,10 +1156,10 @@ class Vmm:
             self._point_at_slot(code, field_off, unit.host, self.exit_pad + ex.slot * PAD_SLOT)
             self.exits[ex.slot] = self.patch_sites[ex.site] = ex
             unit.exit_slots.append(ex.slot)
-        for field_off, pc_at, next_guest, resume_off in callouts:
+        for field_off, pc_at, next_guest, resume_off, simd in callouts:
             slot = self.callout_pool.take()
             self._point_at_slot(code, field_off, unit.host, self.callout_pad + slot * PAD_SLOT)
-            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit)
+            self.sites[slot] = Site(pc_at, next_guest, unit.host + resume_off, unit, simd)
             unit.callout_slots.append(slot)
         self.host.write(self.tc_phys(self.tc_next), INDIRECT_ENTRY + bytes(code))
         self.uc.ctl_remove_cache(self.tc_next, unit.host + len(code))
@@ -1619,7 +1638,12 @@ class Vmm:
         before = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
         self.stats["callouts"] += 1
         told = m.traces.told
+        simd = site.simd_state
+        if simd:
+            self._fpu_to_interpreter()
         r = m.step()
+        if simd:
+            write_fpu(self.uc, S)
         ev = r.event
         if ev is None and r.reason == "vmstop":
             self._exit_to_vmm("vmstop", r.vmstop)
@@ -1646,8 +1670,12 @@ class Vmm:
                 if self.innocent_callouts[site.guest] >= ACQUIT_AFTER << min(self.convictions[site.guest] - 1, 10):
                     self._acquit(site.guest)
         after = (tuple(S.sel), tuple(S.base), tuple(S.attr), S.cpl, S.cr[0], S.cr[3], S.cr[4])
-        if self.relocation_pending or HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0:
-            self._exit_to_vmm("switch", None)  # CR0's FPU bits change in the hardware at the world switch
+        if (
+            self.relocation_pending
+            or HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0
+            or S.cr[4] & GUEST_CR4_IN_HARDWARE != self._hw_cr4_guest
+        ):
+            self._exit_to_vmm("switch", None)  # CR0's FPU bits, CR4's SSE bits change in the hardware at the world switch
             return
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
             # (CR0, CR3 and CR4 changes that move mappings dropped the shadow tables already:
@@ -1677,6 +1705,21 @@ class Vmm:
             self._exit_to_vmm("fetch-fault", (S.eip, f))
             return
         self.vmm_write32(C["V_JUMP"], unit.host)
+
+    def _fpu_to_interpreter(self) -> None:
+        """The hardware's x87 and SSE state into the virtual CPU, for an instruction the
+        interpreter emulates. The last x87 instruction's pointer, when translated code ran it, is
+        a TC address with the TC's code selector: the guest's instruction and CS stand for them
+        (FNSTENV, FNSAVE and FXSAVE store them; the guest must never see the TC). A data pointer's
+        selector is the hardware's selector for one of the guest's segment registers."""
+        S = self.m.state
+        read_fpu(self.uc, S)
+        if self.in_vmm(S.fip):
+            where = self.locate(S.fip)
+            S.fip = where[1][0] if where is not None else 0
+            S.fcs = S.sel[CS]
+        if not self.direct and S.fds in self._hw_sels:
+            S.fds = S.sel[self._hw_sels.index(S.fds)]
 
     # ------------------------------------------------------------ events
 
@@ -2004,7 +2047,13 @@ class Vmm:
         self._check_window()  # (the guest may have been given paging, and its tables, from outside)
         # Code run directly stops at one stop address by `until`; at several, by code hooks.
         self.cpu.stop_before(set(self.stop_addresses) if len(self.stop_addresses) > 1 else set())
-        return self._run()
+        # While the guest runs, the hardware holds its x87 and SSE state (the interpreter gets it
+        # for what it emulates); between runs the virtual CPU does, whole, for whoever looks.
+        write_fpu(self.uc, self.m.state)
+        try:
+            return self._run()
+        finally:
+            self._fpu_to_interpreter()
 
     def _run(self) -> tuple[str, object]:
         S = self.m.state
@@ -2139,6 +2188,14 @@ class Vmm:
         m.stop_on_event = self.stop_on_event
         m.stop_addresses = set(self.stop_addresses)
         self.stats["interpreted_stretches"] += 1
+        self._fpu_to_interpreter()
+        try:
+            return self._interpret()
+        finally:
+            write_fpu(self.uc, m.state)
+
+    def _interpret(self) -> tuple[str, object] | None:
+        m = self.m
         start = m.state.icount
         while True:
             if self.budget is not None and self.budget <= 0:

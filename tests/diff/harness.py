@@ -18,7 +18,7 @@ from unicorn import x86_const as X
 
 from ring1.runtime.host.physcpu import GPR_IDS, SEG_IDS, UcError
 from ring1.runtime.tools import fresh_machine
-from ring1.runtime.tools.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd
+from ring1.runtime.tools.snippet import SnippetResult, run_interp, unicorn_machine, unicorn_simd, write_x87_of
 
 from ..undefined_flags import FLAG_BITS, counts_in_ecx, executed_prefix, flag_mask, follow, hook_ecx, straight_line
 
@@ -86,6 +86,7 @@ class Reference:
         for i, v in enumerate(spec.xmm):
             if v:
                 uc.reg_write(X.UC_X86_REG_XMM0 + i, v)
+        write_x87_of(uc, spec)
         end = fresh_machine.CODE + len(spec.code)
         diagnosis = None
         try:
