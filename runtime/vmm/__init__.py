@@ -1675,7 +1675,7 @@ class Vmm:
             or HW_CR0 | S.cr[0] & GUEST_CR0_IN_HARDWARE != self._hw_cr0
             or S.cr[4] & GUEST_CR4_IN_HARDWARE != self._hw_cr4_guest
         ):
-            self._exit_to_vmm("switch", None)  # CR0's FPU bits, CR4's SSE bits change in the hardware at the world switch
+            self._exit_to_vmm("switch", None)  # (CR0 FPU, CR4 SSE bits: at a world switch)
             return
         if after != before or not self.can_translate():  # (POPF and IRET can set TF)
             # (CR0, CR3 and CR4 changes that move mappings dropped the shadow tables already:
