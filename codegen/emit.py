@@ -46,6 +46,14 @@ M64 = (1 << 64) - 1
 MMX_EXPONENT = 0xFFFF << 64  # an MMX write sets the aliased x87 register's exponent and sign bits
 
 
+# Builtins whose value depends on their arguments alone (and the state they name), so a
+# repeated evaluation is harmless.
+PURE_BUILTINS = frozenset(
+    {"seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation", "fpr"}
+    | {"f32_relation", "sse_arith", "sse_convert", "sse_reciprocal"}
+)
+
+
 @dataclass
 class V:
     """An emitted expression: Python code, its value when known now, and whether it is 0/1."""
@@ -399,7 +407,7 @@ class Emitter:
             return V(f"rd{args[2].const}({args[0].code}, {args[1].code})", pure=False)
         if f == "store" and args[2].const in (8, 16, 32):
             return V(f"wr{args[2].const}({args[0].code}, {args[1].code}, {args[3].code})", pure=False)
-        pure = f in ("seg_selector", "seg_base", "seg_limit", "seg_attr", "sdiv", "srem", "f64_relation", "fpr")
+        pure = f in PURE_BUILTINS
         return V(f"b_{f}({', '.join(a.code for a in args)})", pure=pure and all(a.pure for a in args))
 
     def inline_fn(self, e: A.Call) -> V:
@@ -1193,6 +1201,12 @@ def _leading_guards(spec: Spec, form: Form, stmts: list[A.Stmt]) -> int:
     run before the memory operands are read."""
 
     def names_operand(e: A.Expr) -> bool:
+        # An operand's address (addr, seg) and whether it is in memory are known before it is
+        # read: a guard may test them (the alignment checks of SSE's 128-bit operands).
+        if isinstance(e, A.Call) and e.func in ("addr", "seg", "in_memory"):
+            return False
+        if isinstance(e, A.Call):
+            return any(names_operand(a) for a in e.args)
         return any(_count_uses(e, op.name) for op in form.operands)
 
     def guard(s: A.Stmt, seen: tuple[str, ...]) -> bool:

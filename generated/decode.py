@@ -2190,264 +2190,264 @@ LAYOUT = {
     'SHLD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'imm', 8))),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:93
-    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:103
-    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:113
-    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:123
-    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:133
-    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:143
-    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:153
-    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:163
-    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:173
-    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:183
-    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:193
-    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:203
-    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:213
-    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:223
-    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:233
-    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:245
-    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:255
-    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:265
-    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:275
-    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:285
-    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:295
-    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:305
-    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:315
-    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:325
-    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:335
-    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:345
-    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:355
-    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:365
-    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:375
-    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:385
-    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:395
-    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:405
-    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:415
-    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:425
-    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:435
-    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:445
-    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:455
-    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:465
-    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:475
-    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:485
-    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:495
-    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:505
-    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:517
-    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:528
-    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:539
-    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:550
-    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:560
-    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:570
-    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:580
-    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:592
-    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:602
-    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:612
-    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:622
-    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:632
-    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:642
-    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:652
-    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:664
-    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:674
-    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:684
-    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:694
-    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:704
-    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:714
-    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:724
-    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:734
-    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:744
-    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:754
-    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:766
-    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:776
-    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:786
-    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:796
-    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:808
-    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:818
-    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:828
-    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:838
-    'SFENCE': (True, None, (), ()),  # spec/sse.r1:848
-    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:868
-    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:878
-    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:890
-    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:900
-    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:910
-    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:920
-    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:930
-    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:940
-    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:950
-    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:960
-    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:970
-    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:980
-    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:990
-    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1000
-    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1010
-    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1022
-    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1032
-    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1042
-    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1052
-    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1062
-    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1073
-    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1084
-    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1095
-    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1106
-    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1116
-    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1126
-    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1136
-    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1146
-    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1158
-    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1168
-    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1178
-    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1188
-    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1198
-    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1208
-    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1218
-    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1228
-    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1238
-    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1248
-    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1258
-    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1268
-    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1278
-    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1288
-    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1298
-    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1308
-    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1318
-    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1328
-    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1338
-    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1348
-    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1358
-    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1370
-    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1381
-    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1396
-    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1411
-    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1421
-    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1431
-    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1441
-    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1453
-    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1463
-    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1473
-    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1483
-    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1493
-    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1503
-    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1513
-    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1525
-    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1535
-    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1545
-    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1555
-    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1565
-    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1575
-    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1585
-    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1595
-    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1605
-    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1615
-    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1625
-    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1635
-    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1645
-    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1655
-    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1665
-    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1675
-    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1685
-    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1695
-    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1715
-    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1725
-    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1735
-    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1747
-    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1757
-    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1767
-    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1777
-    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1787
-    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1797
-    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1807
-    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1827
-    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1837
-    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1847
-    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1857
-    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1869
-    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1879
-    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1889
-    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:1899
-    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1909
-    'LFENCE': (True, None, (), ()),  # spec/sse.r1:1919
-    'MFENCE': (True, None, (), ()),  # spec/sse.r1:1929
-    'PAUSE': (False, None, (), ()),  # spec/sse.r1:1939
-    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1951
-    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1961
-    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1971
-    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1981
-    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1991
-    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2001
-    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2011
-    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2021
-    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2031
-    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2041
-    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2051
-    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2061
-    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2071
-    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2083
-    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2093
-    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2103
-    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2113
-    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2123
-    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2133
-    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2143
-    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2153
-    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2163
-    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2173
-    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2183
-    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2193
-    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2203
-    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2213
-    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2223
-    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2233
-    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2243
-    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2253
-    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2263
-    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2273
-    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2283
-    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2293
-    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2303
-    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2313
-    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2323
-    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2333
-    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2343
-    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2353
-    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2363
-    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2373
-    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2383
-    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2393
-    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2403
-    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2413
-    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2423
-    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2433
-    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2443
-    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2453
-    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2463
-    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2473
-    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2483
-    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2493
-    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2503
-    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2513
-    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2523
-    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2533
-    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2543
-    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2553
-    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2563
-    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2573
-    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2583
-    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2593
-    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2605
-    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2615
-    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2625
-    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2635
-    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2645
-    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2655
-    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2665
-    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2675
-    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2685
-    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2695
-    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2705
-    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2715
+    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:283
+    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:298
+    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:313
+    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:324
+    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:335
+    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:346
+    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:357
+    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:368
+    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:379
+    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:390
+    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:401
+    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:412
+    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:423
+    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:434
+    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:445
+    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:458
+    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:473
+    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:484
+    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:495
+    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:510
+    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:521
+    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:532
+    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:547
+    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:558
+    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:569
+    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:584
+    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:595
+    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:606
+    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:621
+    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:632
+    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:643
+    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:658
+    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:669
+    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:680
+    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:695
+    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:706
+    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:717
+    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:732
+    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:743
+    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:754
+    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:769
+    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:780
+    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:793
+    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:809
+    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:824
+    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:839
+    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:850
+    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:861
+    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:872
+    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:885
+    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:900
+    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:915
+    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:930
+    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:945
+    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:960
+    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:975
+    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:992
+    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1002
+    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:1012
+    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1022
+    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:1032
+    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1042
+    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1053
+    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:1064
+    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1075
+    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:1086
+    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:1099
+    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:1114
+    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:1125
+    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:1135
+    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1147
+    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1158
+    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1169
+    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1180
+    'SFENCE': (True, None, (), ()),  # spec/sse.r1:1191
+    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:1202
+    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1212
+    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:1223
+    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1235
+    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1245
+    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1255
+    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1265
+    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1275
+    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1285
+    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1295
+    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1305
+    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1315
+    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1325
+    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1335
+    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1345
+    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1355
+    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1367
+    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1382
+    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1397
+    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1408
+    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1419
+    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1430
+    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1441
+    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1452
+    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1463
+    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1474
+    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1485
+    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1496
+    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1507
+    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1520
+    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1535
+    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1546
+    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1557
+    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1572
+    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1583
+    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1594
+    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1609
+    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1620
+    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1631
+    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1646
+    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1657
+    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1668
+    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1683
+    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1694
+    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1705
+    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1720
+    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1731
+    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1742
+    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1757
+    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1768
+    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1781
+    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1797
+    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1812
+    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1827
+    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1838
+    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1849
+    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1860
+    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1873
+    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1888
+    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1903
+    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1918
+    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1933
+    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1948
+    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1963
+    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1980
+    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1990
+    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2000
+    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:2010
+    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2021
+    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:2032
+    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2043
+    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:2054
+    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2065
+    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2076
+    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2087
+    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2102
+    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:2113
+    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2124
+    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2135
+    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2146
+    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2161
+    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2176
+    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2191
+    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2202
+    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2213
+    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2228
+    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2245
+    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2255
+    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2265
+    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2275
+    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:2285
+    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:2295
+    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2305
+    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2315
+    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2325
+    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:2335
+    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:2345
+    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2355
+    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2367
+    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2378
+    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:2388
+    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:2398
+    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:2408
+    'LFENCE': (True, None, (), ()),  # spec/sse.r1:2419
+    'MFENCE': (True, None, (), ()),  # spec/sse.r1:2430
+    'PAUSE': (False, None, (), ()),  # spec/sse.r1:2441
+    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2453
+    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2463
+    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2473
+    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2483
+    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2493
+    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2503
+    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2513
+    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2523
+    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2533
+    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2543
+    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2553
+    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2563
+    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2573
+    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2585
+    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2595
+    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2605
+    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2615
+    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2625
+    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2635
+    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2645
+    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2655
+    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2665
+    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2675
+    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2685
+    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2695
+    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2705
+    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2715
+    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2725
+    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2735
+    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2745
+    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2755
+    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2765
+    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2775
+    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2785
+    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2795
+    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2805
+    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2815
+    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2825
+    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2835
+    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2845
+    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2855
+    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2865
+    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2875
+    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2885
+    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2895
+    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2905
+    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2915
+    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2925
+    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2935
+    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2945
+    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2955
+    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2965
+    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2975
+    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2985
+    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2995
+    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3005
+    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3015
+    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3025
+    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3035
+    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3045
+    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3055
+    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3065
+    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3075
+    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3085
+    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3095
+    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3107
+    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3117
+    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3127
+    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3137
+    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3147
+    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3157
+    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3167
+    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3177
+    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3187
+    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:3197
+    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:3207
+    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:3217
     'MOVSB': (False, None, (), ()),  # spec/string.r1:20
     'MOVSv': (False, None, (), ()),  # spec/string.r1:36
     'CMPSB': (False, None, (), ()),  # spec/string.r1:56
@@ -2990,264 +2990,264 @@ ENCODINGS = {
     'SHLD_RMv_Rv_CL': ((15, 165), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': ((15, 172), None, 'r', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': ((15, 173), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:93
-    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:103
-    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:113
-    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:123
-    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:133
-    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:143
-    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:153
-    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:163
-    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:173
-    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:183
-    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:193
-    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:203
-    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:213
-    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:223
-    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:233
-    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:245
-    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:255
-    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:265
-    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:275
-    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:285
-    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:295
-    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:305
-    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:315
-    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:325
-    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:335
-    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:345
-    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:355
-    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:365
-    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:375
-    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:385
-    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:395
-    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:405
-    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:415
-    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:425
-    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:435
-    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:445
-    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:455
-    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:465
-    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:475
-    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:485
-    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:495
-    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:505
-    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:517
-    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:528
-    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:539
-    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:550
-    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:560
-    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:570
-    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:580
-    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:592
-    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:602
-    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:612
-    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:622
-    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:632
-    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:642
-    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:652
-    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:664
-    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:674
-    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:684
-    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:694
-    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:704
-    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:714
-    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:724
-    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:734
-    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:744
-    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:754
-    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:766
-    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:776
-    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:786
-    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:796
-    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:808
-    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:818
-    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:828
-    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:838
-    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:848
-    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:868
-    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:878
-    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:890
-    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:900
-    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:910
-    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:920
-    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:930
-    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:940
-    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:950
-    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:960
-    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:970
-    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:980
-    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:990
-    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1000
-    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1010
-    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1022
-    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1032
-    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1042
-    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1052
-    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1062
-    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1073
-    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1084
-    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1095
-    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1106
-    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1116
-    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1126
-    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1136
-    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1146
-    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1158
-    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1168
-    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1178
-    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1188
-    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1198
-    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1208
-    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1218
-    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1228
-    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1238
-    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1248
-    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1258
-    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1268
-    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1278
-    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1288
-    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1298
-    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1308
-    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1318
-    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1328
-    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1338
-    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1348
-    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1358
-    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1370
-    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1381
-    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1396
-    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1411
-    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1421
-    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1431
-    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1441
-    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1453
-    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1463
-    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1473
-    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1483
-    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1493
-    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1503
-    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1513
-    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1525
-    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1535
-    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1545
-    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1555
-    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1565
-    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1575
-    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1585
-    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1595
-    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1605
-    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1615
-    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1625
-    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1635
-    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1645
-    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1655
-    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1665
-    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1675
-    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1685
-    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1695
-    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1715
-    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1725
-    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1735
-    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1747
-    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1757
-    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1767
-    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1777
-    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1787
-    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1797
-    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1807
-    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1827
-    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1837
-    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1847
-    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1857
-    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1869
-    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1879
-    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1889
-    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1899
-    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1909
-    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1919
-    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1929
-    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:1939
-    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1951
-    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1961
-    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1971
-    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1981
-    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1991
-    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2001
-    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2011
-    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2021
-    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2031
-    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2041
-    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2051
-    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2061
-    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2071
-    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2083
-    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2093
-    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2103
-    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2113
-    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2123
-    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2133
-    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2143
-    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2153
-    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2163
-    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2173
-    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2183
-    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2193
-    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2203
-    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2213
-    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2223
-    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2233
-    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2243
-    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2253
-    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2263
-    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2273
-    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2283
-    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2293
-    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2303
-    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2313
-    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2323
-    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2333
-    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2343
-    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2353
-    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2363
-    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2373
-    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2383
-    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2393
-    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2403
-    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2413
-    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2423
-    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2433
-    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2443
-    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2453
-    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2463
-    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2473
-    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2483
-    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2493
-    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2503
-    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2513
-    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2523
-    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2533
-    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2543
-    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2553
-    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2563
-    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2573
-    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2583
-    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2593
-    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2605
-    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2615
-    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2625
-    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2635
-    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2645
-    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2655
-    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2665
-    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2675
-    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2685
-    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2695
-    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2705
-    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2715
+    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:283
+    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:298
+    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:313
+    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:324
+    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:335
+    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:346
+    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:357
+    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:368
+    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:379
+    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:390
+    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:401
+    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:412
+    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:423
+    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:434
+    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:445
+    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:458
+    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:473
+    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:484
+    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:495
+    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:510
+    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:521
+    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:532
+    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:547
+    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:558
+    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:569
+    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:584
+    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:595
+    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:606
+    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:621
+    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:632
+    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:643
+    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:658
+    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:669
+    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:680
+    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:695
+    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:706
+    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:717
+    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:732
+    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:743
+    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:754
+    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:769
+    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:780
+    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:793
+    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:809
+    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:824
+    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:839
+    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:850
+    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:861
+    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:872
+    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:885
+    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:900
+    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:915
+    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:930
+    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:945
+    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:960
+    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:975
+    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:992
+    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1002
+    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1012
+    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1022
+    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1032
+    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1042
+    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1053
+    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1064
+    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1075
+    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1086
+    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1099
+    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1114
+    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1125
+    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1135
+    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1147
+    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1158
+    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1169
+    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1180
+    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1191
+    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1202
+    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1212
+    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1223
+    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1235
+    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1245
+    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1255
+    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1265
+    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1275
+    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1285
+    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1295
+    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1305
+    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:1315
+    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1325
+    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1335
+    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1345
+    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1355
+    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1367
+    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1382
+    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1397
+    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1408
+    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1419
+    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1430
+    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1441
+    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1452
+    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1463
+    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1474
+    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1485
+    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1496
+    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1507
+    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1520
+    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1535
+    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1546
+    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1557
+    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1572
+    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1583
+    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1594
+    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1609
+    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1620
+    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1631
+    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1646
+    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1657
+    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1668
+    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1683
+    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1694
+    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1705
+    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1720
+    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1731
+    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1742
+    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1757
+    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1768
+    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1781
+    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1797
+    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1812
+    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1827
+    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1838
+    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1849
+    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1860
+    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1873
+    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1888
+    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1903
+    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1918
+    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1933
+    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1948
+    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1963
+    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1980
+    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1990
+    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2000
+    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:2010
+    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2021
+    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2032
+    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2043
+    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2054
+    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2065
+    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2076
+    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2087
+    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2102
+    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2113
+    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2124
+    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2135
+    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2146
+    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2161
+    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2176
+    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2191
+    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2202
+    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:2213
+    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2228
+    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2245
+    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2255
+    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2265
+    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2275
+    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2285
+    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2295
+    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2305
+    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2315
+    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2325
+    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2335
+    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2345
+    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2355
+    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2367
+    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2378
+    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2388
+    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2398
+    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2408
+    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2419
+    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2430
+    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:2441
+    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2453
+    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2463
+    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2473
+    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2483
+    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2493
+    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2503
+    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2513
+    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2523
+    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2533
+    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2543
+    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2553
+    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2563
+    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2573
+    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2585
+    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2595
+    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2605
+    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2615
+    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2625
+    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2635
+    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2645
+    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2655
+    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2665
+    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2675
+    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2685
+    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2695
+    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2705
+    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2715
+    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2725
+    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2735
+    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2745
+    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2755
+    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2765
+    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2775
+    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2785
+    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2795
+    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2805
+    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2815
+    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2825
+    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2835
+    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2845
+    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2855
+    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2865
+    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2875
+    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2885
+    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2895
+    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2905
+    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2915
+    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2925
+    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2935
+    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2945
+    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2955
+    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2965
+    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2975
+    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2985
+    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2995
+    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3005
+    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3015
+    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3025
+    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3035
+    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3045
+    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3055
+    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3065
+    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3075
+    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3085
+    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3095
+    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3107
+    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3117
+    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3127
+    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3137
+    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3147
+    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3157
+    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3167
+    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3177
+    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3187
+    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3197
+    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:3207
+    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:3217
     'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
     'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
     'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56

@@ -8,700 +8,3295 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:93
+# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:283
 _T0 = """\
-b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:93')  # sse.r1:93
-"""
-
-# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:103
-_T1 = """\
-b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:103')  # sse.r1:103
-"""
-
-# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:113
-_T2 = """\
-b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:113')  # sse.r1:113
-"""
-
-# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:123
-_T3 = """\
-b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:123')  # sse.r1:123
-"""
-
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:133
-_T4 = """\
-b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:133')  # sse.r1:133
-"""
-
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:143
-_T5 = """\
-b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:143')  # sse.r1:143
-"""
-
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:153
-_T6 = """\
-b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:153')  # sse.r1:153
-"""
-
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:163
-_T7 = """\
-b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:163')  # sse.r1:163
-"""
-
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:173
-_T8 = """\
-b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:173')  # sse.r1:173
-"""
-
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:183
-_T9 = """\
-b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:183')  # sse.r1:183
-"""
-
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:193
-_T10 = """\
-b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:193')  # sse.r1:193
-"""
-
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:203
-_T11 = """\
-b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:203')  # sse.r1:203
-"""
-
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:213
-_T12 = """\
-b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:213')  # sse.r1:213
-"""
-
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:223
-_T13 = """\
-b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:223')  # sse.r1:223
-"""
-
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:233
-_T14 = """\
-b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:233')  # sse.r1:233
-"""
-
-# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:245
-_T15 = """\
-b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:245')  # sse.r1:245
-"""
-
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:255
-_T16 = """\
-b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:255')  # sse.r1:255
-"""
-
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:265
-_T17 = """\
-b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:265')  # sse.r1:265
-"""
-
-# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:275
-_T18 = """\
-b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:275')  # sse.r1:275
-"""
-
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:285
-_T19 = """\
-b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:285')  # sse.r1:285
-"""
-
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:295
-_T20 = """\
-b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:295')  # sse.r1:295
-"""
-
-# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:305
-_T21 = """\
-b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:305')  # sse.r1:305
-"""
-
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:315
-_T22 = """\
-b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:315')  # sse.r1:315
-"""
-
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:325
-_T23 = """\
-b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:325')  # sse.r1:325
-"""
-
-# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:335
-_T24 = """\
-b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:335')  # sse.r1:335
-"""
-
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:345
-_T25 = """\
-b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:345')  # sse.r1:345
-"""
-
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:355
-_T26 = """\
-b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:355')  # sse.r1:355
-"""
-
-# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:365
-_T27 = """\
-b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:365')  # sse.r1:365
-"""
-
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:375
-_T28 = """\
-b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:375')  # sse.r1:375
-"""
-
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:385
-_T29 = """\
-b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:385')  # sse.r1:385
-"""
-
-# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:395
-_T30 = """\
-b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:395')  # sse.r1:395
-"""
-
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:405
-_T31 = """\
-b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:405')  # sse.r1:405
-"""
-
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:415
-_T32 = """\
-b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:415')  # sse.r1:415
-"""
-
-# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:425
-_T33 = """\
-b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:425')  # sse.r1:425
-"""
-
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:435
-_T34 = """\
-b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:435')  # sse.r1:435
-"""
-
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:445
-_T35 = """\
-b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:445')  # sse.r1:445
-"""
-
-# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:455
-_T36 = """\
-b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:455')  # sse.r1:455
-"""
-
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:465
-_T37 = """\
-b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:465')  # sse.r1:465
-"""
-
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:475
-_T38 = """\
-b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:475')  # sse.r1:475
-"""
-
-# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:485
-_T39 = """\
-b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:485')  # sse.r1:485
-"""
-
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:495
-_T40 = """\
-b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:495')  # sse.r1:495
-"""
-
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:505
-_T41 = """\
-b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:505')  # sse.r1:505
-"""
-
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:517
-_T42 = """\
-b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:517')  # sse.r1:517
-"""
-
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:528
-_T43 = """\
-b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:528')  # sse.r1:528
-"""
-
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:539
-_T44 = """\
-b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:539')  # sse.r1:539
-"""
-
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:550
-_T45 = """\
-b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:550')  # sse.r1:550
-"""
-
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:560
-_T46 = """\
-b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:560')  # sse.r1:560
-"""
-
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:570
-_T47 = """\
-b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:570')  # sse.r1:570
-"""
-
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:580
-_T48 = """\
-b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:580')  # sse.r1:580
-"""
-
-# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:592
-_T49 = """\
-b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:592')  # sse.r1:592
-"""
-
-# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:602
-_T50 = """\
-b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:602')  # sse.r1:602
-"""
-
-# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:612
-_T51 = """\
-b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:612')  # sse.r1:612
-"""
-
-# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:622
-_T52 = """\
-b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:622')  # sse.r1:622
-"""
-
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:632
-_T53 = """\
-b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:632')  # sse.r1:632
-"""
-
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:642
-_T54 = """\
-b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:642')  # sse.r1:642
-"""
-
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:652
-_T55 = """\
-b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:652')  # sse.r1:652
-"""
-
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:664
-_T56 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:664')  # sse.r1:664
-"""
-
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:674
-_T57 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:674')  # sse.r1:674
-"""
-
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:684
-_T58 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:684')  # sse.r1:684
-"""
-
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:694
-_T59 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:694')  # sse.r1:694
-"""
-
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:704
-_T60 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:704')  # sse.r1:704
-"""
-
-# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:714
-_T61 = """\
-b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:714')  # sse.r1:714
-"""
-
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:724
-_T62 = """\
-b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:724')  # sse.r1:724
-"""
-
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:734
-_T63 = """\
-b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:734')  # sse.r1:734
-"""
-
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:744
-_T64 = """\
-b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:744')  # sse.r1:744
-"""
-
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:754
-_T65 = """\
-b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:754')  # sse.r1:754
-"""
-
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
-_T66 = """\
-b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:766')  # sse.r1:766
-"""
-
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:776
-_T67 = """\
-b_unimplemented('STMXCSR_M32', 'spec/sse.r1:776')  # sse.r1:776
-"""
-
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:786
-_T68 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:786')  # sse.r1:786
-"""
-
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:796
-_T69 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:796')  # sse.r1:796
-"""
-
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:808
-_T70 = """\
-b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:808')  # sse.r1:808
-"""
-
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:818
-_T71 = """\
-b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:818')  # sse.r1:818
-"""
-
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:828
-_T72 = """\
-b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:828')  # sse.r1:828
-"""
-
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:838
-_T73 = """\
-b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:838')  # sse.r1:838
-"""
-
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:848
-_T74 = """\
-b_unimplemented('SFENCE', 'spec/sse.r1:848')  # sse.r1:848
-"""
-
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:858
-_T75 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:858')  # sse.r1:858
-"""
-
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:868
-_T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:868')  # sse.r1:868
-"""
-
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:878
-_T77 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:878')  # sse.r1:878
-"""
-
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:890
-_T78 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:890')  # sse.r1:890
-"""
-
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:900
-_T79 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:900')  # sse.r1:900
-"""
-
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:910
-_T80 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:910')  # sse.r1:910
-"""
-
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:920
-_T81 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:920')  # sse.r1:920
-"""
-
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:930
-_T82 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:930')  # sse.r1:930
-"""
-
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:940
-_T83 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:940')  # sse.r1:940
-"""
-
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:950
-_T84 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:950')  # sse.r1:950
-"""
-
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:960
-_T85 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:960')  # sse.r1:960
-"""
-
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:970
-_T86 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:970')  # sse.r1:970
-"""
-
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:980
-_T87 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:980')  # sse.r1:980
-"""
-
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:990
-_T88 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:990')  # sse.r1:990
-"""
-
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1000
-_T89 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1000')  # sse.r1:1000
-"""
-
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
-_T90 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1010')  # sse.r1:1010
-"""
-
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1022
-_T91 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1022')  # sse.r1:1022
-"""
-
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1032
-_T92 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1032')  # sse.r1:1032
-"""
-
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1042
-_T93 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1042')  # sse.r1:1042
-"""
-
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1052
-_T94 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1052')  # sse.r1:1052
-"""
-
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1062
-_T95 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1065
-v_src = S.xmm[$src]  # sse.r1:1065
+v_src = S.xmm[$src]  # sse.r1:286
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1071
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:295
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1073
-_T96 = """\
+# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:283
+_T1 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1076
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1082
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:286
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:295
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1084
-_T97 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1087
-v_src = S.xmm[$src]  # sse.r1:1087
+# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:298
+_T2 = """\
+v_src = S.xmm[$src]  # sse.r1:301
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1093
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:310
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1095
+# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:298
+_T3 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:301
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:310
+"""
+
+# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:313
+_T4 = """\
+v_src = S.xmm[$src]  # sse.r1:316
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:322
+"""
+
+# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:313
+_T5 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:316
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:322
+"""
+
+# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:324
+_T6 = """\
+v_src = S.xmm[$src]  # sse.r1:327
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:333
+"""
+
+# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:324
+_T7 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:327
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 128, v_src)  # sse.r1:333
+"""
+
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:335
+_T8 = """\
+v_dst = S.xmm[$dst]  # sse.r1:338
+v_src = S.xmm[$src]  # sse.r1:338
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:344
+"""
+
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:346
+_T9 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:349
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:355
+"""
+
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:357
+_T10 = """\
+v_dst = S.xmm[$dst]  # sse.r1:360
+v_src = S.xmm[$src]  # sse.r1:360
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:366
+"""
+
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:368
+_T11 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:371
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:377
+"""
+
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:379
+_T12 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:382
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:382
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:388
+"""
+
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:390
+_T13 = """\
+v_dst = S.xmm[$dst]  # sse.r1:393
+v_src = S.xmm[$src]  # sse.r1:393
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:399
+"""
+
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:401
+_T14 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:404
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:410
+"""
+
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:412
+_T15 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:415
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:415
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:421
+"""
+
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:423
+_T16 = """\
+v_dst = S.xmm[$dst]  # sse.r1:426
+v_src = S.xmm[$src]  # sse.r1:426
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:432
+"""
+
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:434
+_T17 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:437
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:443
+"""
+
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:445
+_T18 = """\
+v_src = S.xmm[$src]  # sse.r1:448
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:454
+"""
+
+# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:458
+_T19 = """\
+v_dst = S.xmm[$dst]  # sse.r1:461
+v_src = S.xmm[$src]  # sse.r1:461
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:470
+"""
+
+# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:458
+_T20 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:461
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:461
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:470
+"""
+
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:473
+_T21 = """\
+v_dst = S.xmm[$dst]  # sse.r1:476
+v_src = S.xmm[$src]  # sse.r1:476
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:482
+"""
+
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:484
+_T22 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:487
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:487
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:493
+"""
+
+# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:495
+_T23 = """\
+v_dst = S.xmm[$dst]  # sse.r1:498
+v_src = S.xmm[$src]  # sse.r1:498
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:507
+"""
+
+# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:495
+_T24 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:498
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:498
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:507
+"""
+
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:510
+_T25 = """\
+v_dst = S.xmm[$dst]  # sse.r1:513
+v_src = S.xmm[$src]  # sse.r1:513
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:519
+"""
+
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:521
+_T26 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:524
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:524
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:530
+"""
+
+# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:532
+_T27 = """\
+v_dst = S.xmm[$dst]  # sse.r1:535
+v_src = S.xmm[$src]  # sse.r1:535
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:544
+"""
+
+# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:532
+_T28 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:535
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:535
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:544
+"""
+
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:547
+_T29 = """\
+v_dst = S.xmm[$dst]  # sse.r1:550
+v_src = S.xmm[$src]  # sse.r1:550
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:556
+"""
+
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:558
+_T30 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:561
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:561
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:567
+"""
+
+# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:569
+_T31 = """\
+v_dst = S.xmm[$dst]  # sse.r1:572
+v_src = S.xmm[$src]  # sse.r1:572
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:581
+"""
+
+# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:569
+_T32 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:572
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:572
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_dst >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_dst >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_dst >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:581
+"""
+
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:584
+_T33 = """\
+v_dst = S.xmm[$dst]  # sse.r1:587
+v_src = S.xmm[$src]  # sse.r1:587
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:593
+"""
+
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:595
+_T34 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:598
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:598
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:604
+"""
+
+# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:606
+_T35 = """\
+v_dst = S.xmm[$dst]  # sse.r1:609
+v_src = S.xmm[$src]  # sse.r1:609
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+a_x_5 = ((v_dst >> 32) & 4294967295)
+a_y_6 = ((v_src >> 32) & 4294967295)
+a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+a_x_10 = ((v_dst >> 64) & 4294967295)
+a_y_11 = ((v_src >> 64) & 4294967295)
+a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
+a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+a_x_15 = ((v_dst >> 96) & 4294967295)
+a_y_16 = ((v_src >> 96) & 4294967295)
+a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
+a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:618
+"""
+
+# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:606
+_T36 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:609
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:609
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+a_x_5 = ((v_dst >> 32) & 4294967295)
+a_y_6 = ((v_src >> 32) & 4294967295)
+a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+a_x_10 = ((v_dst >> 64) & 4294967295)
+a_y_11 = ((v_src >> 64) & 4294967295)
+a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
+a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+a_x_15 = ((v_dst >> 96) & 4294967295)
+a_y_16 = ((v_src >> 96) & 4294967295)
+a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
+a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:618
+"""
+
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:621
+_T37 = """\
+v_dst = S.xmm[$dst]  # sse.r1:624
+v_src = S.xmm[$src]  # sse.r1:624
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:630
+"""
+
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:632
+_T38 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:635
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:635
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:641
+"""
+
+# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:643
+_T39 = """\
+v_dst = S.xmm[$dst]  # sse.r1:646
+v_src = S.xmm[$src]  # sse.r1:646
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+a_x_5 = ((v_dst >> 32) & 4294967295)
+a_y_6 = ((v_src >> 32) & 4294967295)
+a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+a_x_10 = ((v_dst >> 64) & 4294967295)
+a_y_11 = ((v_src >> 64) & 4294967295)
+a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
+a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+a_x_15 = ((v_dst >> 96) & 4294967295)
+a_y_16 = ((v_src >> 96) & 4294967295)
+a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
+a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:655
+"""
+
+# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:643
+_T40 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:646
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:646
+a_x_0 = (v_dst & 4294967295)
+a_y_1 = (v_src & 4294967295)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+a_x_5 = ((v_dst >> 32) & 4294967295)
+a_y_6 = ((v_src >> 32) & 4294967295)
+a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+a_x_10 = ((v_dst >> 64) & 4294967295)
+a_y_11 = ((v_src >> 64) & 4294967295)
+a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
+a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+a_x_15 = ((v_dst >> 96) & 4294967295)
+a_y_16 = ((v_src >> 96) & 4294967295)
+a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
+a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:655
+"""
+
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:658
+_T41 = """\
+v_dst = S.xmm[$dst]  # sse.r1:661
+v_src = S.xmm[$src]  # sse.r1:661
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:667
+"""
+
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:669
+_T42 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:672
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:672
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:678
+"""
+
+# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:680
+_T43 = """\
+v_src = S.xmm[$src]  # sse.r1:683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_src & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_src >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_src >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_src >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:692
+"""
+
+# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:680
+_T44 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:683
+a_x_0 = (v_src & 4294967295)
+a_y_1 = (v_src & 4294967295)
+l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+a_x_3 = ((v_src >> 32) & 4294967295)
+a_y_4 = ((v_src >> 32) & 4294967295)
+l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+a_x_6 = ((v_src >> 64) & 4294967295)
+a_y_7 = ((v_src >> 64) & 4294967295)
+l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+a_x_9 = ((v_src >> 96) & 4294967295)
+a_y_10 = ((v_src >> 96) & 4294967295)
+l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:692
+"""
+
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:695
+_T45 = """\
+v_dst = S.xmm[$dst]  # sse.r1:698
+v_src = S.xmm[$src]  # sse.r1:698
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:704
+"""
+
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:706
+_T46 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:709
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:709
+a_x_0 = (v_dst & 0xffffffff)
+a_y_1 = (v_src & 0xffffffff)
+l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:715
+"""
+
+# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:717
+_T47 = """\
+v_src = S.xmm[$src]  # sse.r1:720
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:729
+"""
+
+# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:717
+_T48 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:720
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:729
+"""
+
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:732
+_T49 = """\
+v_dst = S.xmm[$dst]  # sse.r1:735
+v_src = S.xmm[$src]  # sse.r1:735
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:741
+"""
+
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:743
+_T50 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:746
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:746
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:752
+"""
+
+# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:754
+_T51 = """\
+v_src = S.xmm[$src]  # sse.r1:757
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:766
+"""
+
+# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:754
+_T52 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:757
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:766
+"""
+
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:769
+_T53 = """\
+v_dst = S.xmm[$dst]  # sse.r1:772
+v_src = S.xmm[$src]  # sse.r1:772
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:778
+"""
+
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:780
+_T54 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:783
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:783
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:789
+"""
+
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:793
+_T55 = """\
+v_dst = S.xmm[$dst]  # sse.r1:796
+v_src = S.xmm[$src]  # sse.r1:796
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_p_0 = ($imm & 7)
+a_x_1 = (v_dst & 4294967295)
+l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:132
+a_x_3 = ((v_dst >> 32) & 4294967295)
+l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:133
+a_x_5 = ((v_dst >> 64) & 4294967295)
+l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:134
+a_x_7 = ((v_dst >> 96) & 4294967295)
+l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:135
+a_x_9 = (v_src & 4294967295)
+l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:136
+a_x_11 = ((v_src >> 32) & 4294967295)
+l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:137
+a_x_13 = ((v_src >> 64) & 4294967295)
+l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:138
+a_x_15 = ((v_src >> 96) & 4294967295)
+l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:139
+m_ie_17 = (((((((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) and (not (l_x0_2 >> 22 & 1))) or ((((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)) and (not (l_y0_10 >> 22 & 1)))) or (((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) and (not (l_x1_4 >> 22 & 1))) or ((((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)) and (not (l_y1_12 >> 22 & 1)))) or (((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) and (not (l_x2_6 >> 22 & 1))) or ((((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)) and (not (l_y2_14 >> 22 & 1)))) or (((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) and (not (l_x3_8 >> 22 & 1))) or ((((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)) and (not (l_y3_16 >> 22 & 1)))) or (((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
+m_de_18 = (((((not ((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)))) and ((((l_x0_2 >> 23 & 0xff) == 0) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 0) and ((l_y0_10 & 0x7fffff) != 0)))) or ((not ((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)))) and ((((l_x1_4 >> 23 & 0xff) == 0) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 0) and ((l_y1_12 & 0x7fffff) != 0))))) or ((not ((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)))) and ((((l_x2_6 >> 23 & 0xff) == 0) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 0) and ((l_y2_14 & 0x7fffff) != 0))))) or ((not ((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)))) and ((((l_x3_8 >> 23 & 0xff) == 0) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 0) and ((l_y3_16 & 0x7fffff) != 0)))))
+if m_ie_17:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_18:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_19 = b_f32_relation(l_x0_2, l_y0_10)
+a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
+a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
+a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
+r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:806
+"""
+
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:793
+_T56 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:796
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:796
+m_p_0 = ($imm & 7)
+a_x_1 = (v_dst & 4294967295)
+l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:132
+a_x_3 = ((v_dst >> 32) & 4294967295)
+l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:133
+a_x_5 = ((v_dst >> 64) & 4294967295)
+l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:134
+a_x_7 = ((v_dst >> 96) & 4294967295)
+l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:135
+a_x_9 = (v_src & 4294967295)
+l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:136
+a_x_11 = ((v_src >> 32) & 4294967295)
+l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:137
+a_x_13 = ((v_src >> 64) & 4294967295)
+l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:138
+a_x_15 = ((v_src >> 96) & 4294967295)
+l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:139
+m_ie_17 = (((((((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) and (not (l_x0_2 >> 22 & 1))) or ((((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)) and (not (l_y0_10 >> 22 & 1)))) or (((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) and (not (l_x1_4 >> 22 & 1))) or ((((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)) and (not (l_y1_12 >> 22 & 1)))) or (((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) and (not (l_x2_6 >> 22 & 1))) or ((((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)) and (not (l_y2_14 >> 22 & 1)))) or (((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) and (not (l_x3_8 >> 22 & 1))) or ((((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)) and (not (l_y3_16 >> 22 & 1)))) or (((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
+m_de_18 = (((((not ((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)))) and ((((l_x0_2 >> 23 & 0xff) == 0) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 0) and ((l_y0_10 & 0x7fffff) != 0)))) or ((not ((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)))) and ((((l_x1_4 >> 23 & 0xff) == 0) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 0) and ((l_y1_12 & 0x7fffff) != 0))))) or ((not ((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)))) and ((((l_x2_6 >> 23 & 0xff) == 0) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 0) and ((l_y2_14 & 0x7fffff) != 0))))) or ((not ((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)))) and ((((l_x3_8 >> 23 & 0xff) == 0) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 0) and ((l_y3_16 & 0x7fffff) != 0)))))
+if m_ie_17:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_18:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_19 = b_f32_relation(l_x0_2, l_y0_10)
+a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
+a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
+a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
+r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:806
+"""
+
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:809
+_T57 = """\
+v_dst = S.xmm[$dst]  # sse.r1:812
+v_src = S.xmm[$src]  # sse.r1:812
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst & 0xffffffff)
+m_b_1 = (v_src & 0xffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:124
+l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:125
+m_ie_5 = ((((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) and (not (l_x_3 >> 22 & 1))) or ((((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)) and (not (l_y_4 >> 22 & 1)))) or (((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0))) and ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))))
+m_de_6 = ((not ((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)))) and ((((l_x_3 >> 23 & 0xff) == 0) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 0) and ((l_y_4 & 0x7fffff) != 0))))
+if m_ie_5:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_6:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_7 = b_f32_relation(l_x_3, l_y_4)
+r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:821
+"""
+
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:824
+_T58 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:827
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:827
+m_a_0 = (v_dst & 0xffffffff)
+m_b_1 = (v_src & 0xffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:124
+l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:125
+m_ie_5 = ((((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) and (not (l_x_3 >> 22 & 1))) or ((((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)) and (not (l_y_4 >> 22 & 1)))) or (((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0))) and ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))))
+m_de_6 = ((not ((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)))) and ((((l_x_3 >> 23 & 0xff) == 0) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 0) and ((l_y_4 & 0x7fffff) != 0))))
+if m_ie_5:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_6:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_7 = b_f32_relation(l_x_3, l_y_4)
+r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:836
+"""
+
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:839
+_T59 = """\
+v_a = S.xmm[$a]  # sse.r1:842
+v_b = S.xmm[$b]  # sse.r1:842
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_a & 0xffffffff)
+m_b_1 = (v_b & 0xffffffff)
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+m_rel_5 = b_f32_relation(l_x_2, l_y_3)
+m_invalid_6 = ((((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1)))) or (l_nan_4 != 0))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+"""
+
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:850
+_T60 = """\
+ea = $ea
+v_a = S.xmm[$a]  # sse.r1:853
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_b = rd32($seg, ea)  # sse.r1:853
+m_a_0 = (v_a & 0xffffffff)
+m_b_1 = (v_b & 0xffffffff)
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+m_rel_5 = b_f32_relation(l_x_2, l_y_3)
+m_invalid_6 = ((((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1)))) or (l_nan_4 != 0))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+"""
+
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:861
+_T61 = """\
+v_a = S.xmm[$a]  # sse.r1:864
+v_b = S.xmm[$b]  # sse.r1:864
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_a & 0xffffffff)
+m_b_1 = (v_b & 0xffffffff)
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+m_rel_5 = b_f32_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+"""
+
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:872
+_T62 = """\
+ea = $ea
+v_a = S.xmm[$a]  # sse.r1:875
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_b = rd32($seg, ea)  # sse.r1:875
+m_a_0 = (v_a & 0xffffffff)
+m_b_1 = (v_b & 0xffffffff)
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+m_rel_5 = b_f32_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+"""
+
+# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:885
+_T63 = """\
+v_dst = S.xmm[$dst]  # sse.r1:888
+v_src = S.xmm[$src]  # sse.r1:888
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:897
+"""
+
+# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:885
+_T64 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:888
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:888
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:897
+"""
+
+# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:900
+_T65 = """\
+v_dst = S.xmm[$dst]  # sse.r1:903
+v_src = S.xmm[$src]  # sse.r1:903
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:912
+"""
+
+# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:900
+_T66 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:903
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:903
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:912
+"""
+
+# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:915
+_T67 = """\
+v_dst = S.xmm[$dst]  # sse.r1:918
+v_src = S.xmm[$src]  # sse.r1:918
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:927
+"""
+
+# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:915
+_T68 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:918
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:918
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:927
+"""
+
+# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:930
+_T69 = """\
+v_dst = S.xmm[$dst]  # sse.r1:933
+v_src = S.xmm[$src]  # sse.r1:933
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:942
+"""
+
+# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:930
+_T70 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:933
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:933
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:942
+"""
+
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:945
+_T71 = """\
+v_dst = S.xmm[$dst]  # sse.r1:948
+v_src = S.xmm[$src]  # sse.r1:948
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:957
+"""
+
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:945
+_T72 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:948
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:948
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:957
+"""
+
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:960
+_T73 = """\
+v_dst = S.xmm[$dst]  # sse.r1:963
+v_src = S.xmm[$src]  # sse.r1:963
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:972
+"""
+
+# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:960
+_T74 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:963
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:963
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:972
+"""
+
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:975
+_T75 = """\
+v_dst = S.xmm[$dst]  # sse.r1:978
+v_src = S.xmm[$src]  # sse.r1:978
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:987
+"""
+
+# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:975
+_T76 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:978
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:978
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:987
+"""
+
+# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:992
+_T77 = """\
+b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:992')  # sse.r1:992
+"""
+
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1002
+_T78 = """\
+b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:1002')  # sse.r1:1002
+"""
+
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1012
+_T79 = """\
+b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:1012')  # sse.r1:1012
+"""
+
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1022
+_T80 = """\
+b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:1022')  # sse.r1:1022
+"""
+
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1032
+_T81 = """\
+b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:1032')  # sse.r1:1032
+"""
+
+# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1042
+_T82 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1045
+v_src = R[$src]  # sse.r1:1045
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1051
+"""
+
+# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1042
+_T83 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1045
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:1045
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1051
+"""
+
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1053
+_T84 = """\
+v_src = S.xmm[$src]  # sse.r1:1056
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1062
+"""
+
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1064
+_T85 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:1067
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1073
+"""
+
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1075
+_T86 = """\
+v_src = S.xmm[$src]  # sse.r1:1078
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1084
+"""
+
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1086
+_T87 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:1089
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1095
+"""
+
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1099
+_T88 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:1102
+if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1110
+    raise Fault(13, 0)  # sse.r1:1110
+S.mxcsr = v_src & 0xffffffff  # sse.r1:1111
+"""
+
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1114
+_T89 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+wr32($seg, ea, S.mxcsr)  # sse.r1:1123
+"""
+
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1125
+_T90 = """\
+b_unimplemented('FXSAVE_M512', 'spec/sse.r1:1125')  # sse.r1:1125
+"""
+
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1135
+_T91 = """\
+b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:1135')  # sse.r1:1135
+"""
+
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1147
+_T92 = """\
+ea = $ea
+"""
+
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1158
+_T93 = """\
+ea = $ea
+"""
+
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1169
+_T94 = """\
+ea = $ea
+"""
+
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1180
+_T95 = """\
+ea = $ea
+"""
+
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1191
+_T96 = """\
+"""
+
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1202
+_T97 = """\
+b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:1202')  # sse.r1:1202
+"""
+
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1212
 _T98 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1098
+v_src = S.xmm[$src]  # sse.r1:1215
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1104
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:1221
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1106
+# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1223
 _T99 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1106')  # sse.r1:1106
+b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:1223')  # sse.r1:1223
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1116
+# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1235
 _T100 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1116')  # sse.r1:1116
+b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:1235')  # sse.r1:1235
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1126
+# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1245
 _T101 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1126')  # sse.r1:1126
+b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:1245')  # sse.r1:1245
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1136
+# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1255
 _T102 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1136')  # sse.r1:1136
+b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:1255')  # sse.r1:1255
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1146
+# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1265
 _T103 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1146')  # sse.r1:1146
+b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:1265')  # sse.r1:1265
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1158
+# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1275
 _T104 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1158')  # sse.r1:1158
+b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:1275')  # sse.r1:1275
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1168
+# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1285
 _T105 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1168')  # sse.r1:1168
+b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:1285')  # sse.r1:1285
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1178
+# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1295
 _T106 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1178')  # sse.r1:1178
+b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:1295')  # sse.r1:1295
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1188
+# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1305
 _T107 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1188')  # sse.r1:1188
+b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:1305')  # sse.r1:1305
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1198
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1315
 _T108 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1198')  # sse.r1:1198
+b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:1315')  # sse.r1:1315
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1208
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1325
 _T109 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1208')  # sse.r1:1208
+b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:1325')  # sse.r1:1325
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1218
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1335
 _T110 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1218')  # sse.r1:1218
+b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:1335')  # sse.r1:1335
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1228
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1345
 _T111 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1228')  # sse.r1:1228
+b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1345')  # sse.r1:1345
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1238
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1355
 _T112 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1238')  # sse.r1:1238
+b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1355')  # sse.r1:1355
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1248
+# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1367
 _T113 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1248')  # sse.r1:1248
-"""
-
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1258
-_T114 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1258')  # sse.r1:1258
-"""
-
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1268
-_T115 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1268')  # sse.r1:1268
-"""
-
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1278
-_T116 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1278')  # sse.r1:1278
-"""
-
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1288
-_T117 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1288')  # sse.r1:1288
-"""
-
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1298
-_T118 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1298')  # sse.r1:1298
-"""
-
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1308
-_T119 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1308')  # sse.r1:1308
-"""
-
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1318
-_T120 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1318')  # sse.r1:1318
-"""
-
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1328
-_T121 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1328')  # sse.r1:1328
-"""
-
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1338
-_T122 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1338')  # sse.r1:1338
-"""
-
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1348
-_T123 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1348')  # sse.r1:1348
-"""
-
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1358
-_T124 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1358')  # sse.r1:1358
-"""
-
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1370
-_T125 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1370')  # sse.r1:1370
-"""
-
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1381
-_T126 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1384
-v_src = S.xmm[$src]  # sse.r1:1384
+v_src = S.xmm[$src]  # sse.r1:1370
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_dst & 0xffffffffffffffff)
-m_b_1 = (v_src & 0xffffffffffffffff)
-m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
-m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-a_rel_9 = b_f64_relation(l_x_3, l_y_4)
-r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1393
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1379
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1396
+# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1367
+_T114 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1370
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1379
+"""
+
+# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1382
+_T115 = """\
+v_src = S.xmm[$src]  # sse.r1:1385
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1394
+"""
+
+# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1382
+_T116 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1385
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:1394
+"""
+
+# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1397
+_T117 = """\
+v_src = S.xmm[$src]  # sse.r1:1400
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1406
+"""
+
+# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1397
+_T118 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:1400
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1406
+"""
+
+# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1408
+_T119 = """\
+v_src = S.xmm[$src]  # sse.r1:1411
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1417
+"""
+
+# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1408
+_T120 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1411
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 128, v_src)  # sse.r1:1417
+"""
+
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1419
+_T121 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1422
+v_src = S.xmm[$src]  # sse.r1:1422
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1428
+"""
+
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1430
+_T122 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1433
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1439
+"""
+
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1441
+_T123 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1444
+v_src = S.xmm[$src]  # sse.r1:1444
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1450
+"""
+
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1452
+_T124 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1455
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1461
+"""
+
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1463
+_T125 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1466
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1466
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1472
+"""
+
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1474
+_T126 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1477
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1483
+"""
+
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1485
 _T127 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1399
+v_dst = S.xmm[$dst]  # sse.r1:1488
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1399
+v_src = b_load($seg, ea, 64)  # sse.r1:1488
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1494
+"""
+
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1496
+_T128 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1499
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1505
+"""
+
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1507
+_T129 = """\
+v_src = S.xmm[$src]  # sse.r1:1510
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1516
+"""
+
+# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1520
+_T130 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1523
+v_src = S.xmm[$src]  # sse.r1:1523
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1532
+"""
+
+# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1520
+_T131 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1523
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1523
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1532
+"""
+
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1535
+_T132 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1538
+v_src = S.xmm[$src]  # sse.r1:1538
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1544
+"""
+
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1546
+_T133 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1549
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1549
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1555
+"""
+
+# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1557
+_T134 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1560
+v_src = S.xmm[$src]  # sse.r1:1560
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1569
+"""
+
+# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1557
+_T135 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1560
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1560
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1569
+"""
+
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1572
+_T136 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1575
+v_src = S.xmm[$src]  # sse.r1:1575
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1581
+"""
+
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1583
+_T137 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1586
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1586
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1592
+"""
+
+# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1594
+_T138 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1597
+v_src = S.xmm[$src]  # sse.r1:1597
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1606
+"""
+
+# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1594
+_T139 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1597
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1597
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1606
+"""
+
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1609
+_T140 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1612
+v_src = S.xmm[$src]  # sse.r1:1612
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1618
+"""
+
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1620
+_T141 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1623
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1623
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1629
+"""
+
+# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1631
+_T142 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1634
+v_src = S.xmm[$src]  # sse.r1:1634
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1643
+"""
+
+# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1631
+_T143 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1634
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1634
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1643
+"""
+
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1646
+_T144 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1649
+v_src = S.xmm[$src]  # sse.r1:1649
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1655
+"""
+
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1657
+_T145 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1660
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1660
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1666
+"""
+
+# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1668
+_T146 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1671
+v_src = S.xmm[$src]  # sse.r1:1671
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1680
+"""
+
+# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1668
+_T147 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1671
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1671
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1680
+"""
+
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1683
+_T148 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1686
+v_src = S.xmm[$src]  # sse.r1:1686
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1692
+"""
+
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1694
+_T149 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1697
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1697
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1703
+"""
+
+# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1705
+_T150 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1708
+v_src = S.xmm[$src]  # sse.r1:1708
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1717
+"""
+
+# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1705
+_T151 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1708
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1708
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1717
+"""
+
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1720
+_T152 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1723
+v_src = S.xmm[$src]  # sse.r1:1723
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1729
+"""
+
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1731
+_T153 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1734
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1734
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1740
+"""
+
+# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1742
+_T154 = """\
+v_src = S.xmm[$src]  # sse.r1:1745
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_src & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_src >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1754
+"""
+
+# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1742
+_T155 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1745
+a_x_0 = (v_src & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_src >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1754
+"""
+
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1757
+_T156 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1760
+v_src = S.xmm[$src]  # sse.r1:1760
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1766
+"""
+
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1768
+_T157 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1771
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1771
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1777
+"""
+
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1781
+_T158 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1784
+v_src = S.xmm[$src]  # sse.r1:1784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_p_0 = ($imm & 7)
+a_x_1 = (v_dst & 18446744073709551615)
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:149
+a_x_5 = (v_src & 18446744073709551615)
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:150
+a_x_7 = ((v_src >> 64) & 18446744073709551615)
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:151
+m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
+m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
+if m_ie_9:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_10:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
+a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
+r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1794
+"""
+
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1781
+_T159 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1784
+m_p_0 = ($imm & 7)
+a_x_1 = (v_dst & 18446744073709551615)
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:149
+a_x_5 = (v_src & 18446744073709551615)
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:150
+a_x_7 = ((v_src >> 64) & 18446744073709551615)
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:151
+m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
+m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
+if m_ie_9:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_10:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
+a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
+r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1794
+"""
+
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1797
+_T160 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1800
+v_src = S.xmm[$src]  # sse.r1:1800
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
@@ -722,1533 +3317,2338 @@ if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.m
         raise Fault(6, None)  # sse.r1:54
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1408
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1809
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1411
-_T128 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1411')  # sse.r1:1411
-"""
-
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1421
-_T129 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1421')  # sse.r1:1421
-"""
-
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1431
-_T130 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1431')  # sse.r1:1431
-"""
-
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1441
-_T131 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1441')  # sse.r1:1441
-"""
-
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1453
-_T132 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1453')  # sse.r1:1453
-"""
-
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1463
-_T133 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1463')  # sse.r1:1463
-"""
-
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1473
-_T134 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1473')  # sse.r1:1473
-"""
-
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1483
-_T135 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1483')  # sse.r1:1483
-"""
-
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1493
-_T136 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1493')  # sse.r1:1493
-"""
-
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1503
-_T137 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1503')  # sse.r1:1503
-"""
-
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1513
-_T138 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1513')  # sse.r1:1513
-"""
-
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1525
-_T139 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1525')  # sse.r1:1525
-"""
-
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1535
-_T140 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1535')  # sse.r1:1535
-"""
-
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1545
-_T141 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1545')  # sse.r1:1545
-"""
-
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1555
-_T142 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1555')  # sse.r1:1555
-"""
-
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1565
-_T143 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1565')  # sse.r1:1565
-"""
-
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
-_T144 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1575')  # sse.r1:1575
-"""
-
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1585
-_T145 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1585')  # sse.r1:1585
-"""
-
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1595
-_T146 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1595')  # sse.r1:1595
-"""
-
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1605
-_T147 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1605')  # sse.r1:1605
-"""
-
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1615
-_T148 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1615')  # sse.r1:1615
-"""
-
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1625
-_T149 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1625')  # sse.r1:1625
-"""
-
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1635
-_T150 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1635')  # sse.r1:1635
-"""
-
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1645
-_T151 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1645')  # sse.r1:1645
-"""
-
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1655
-_T152 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1655')  # sse.r1:1655
-"""
-
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1665
-_T153 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1665')  # sse.r1:1665
-"""
-
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1675
-_T154 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1675')  # sse.r1:1675
-"""
-
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1685
-_T155 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1685')  # sse.r1:1685
-"""
-
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1695
-_T156 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1695')  # sse.r1:1695
-"""
-
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1705
-_T157 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1705')  # sse.r1:1705
-"""
-
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1715
-_T158 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1715')  # sse.r1:1715
-"""
-
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1725
-_T159 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1725')  # sse.r1:1725
-"""
-
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1735
-_T160 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1735')  # sse.r1:1735
-"""
-
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1747
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1812
 _T161 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1747')  # sse.r1:1747
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1815
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1815
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_8:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1824
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1757
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1827
 _T162 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1757')  # sse.r1:1757
+v_a = S.xmm[$a]  # sse.r1:1830
+v_b = S.xmm[$b]  # sse.r1:1830
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1767
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1838
 _T163 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1767')  # sse.r1:1767
+ea = $ea
+v_a = S.xmm[$a]  # sse.r1:1841
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_b = b_load($seg, ea, 64)  # sse.r1:1841
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1777
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1849
 _T164 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1777')  # sse.r1:1777
+v_a = S.xmm[$a]  # sse.r1:1852
+v_b = S.xmm[$b]  # sse.r1:1852
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1787
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1860
 _T165 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1787')  # sse.r1:1787
+ea = $ea
+v_a = S.xmm[$a]  # sse.r1:1863
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_b = b_load($seg, ea, 64)  # sse.r1:1863
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1797
+# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1873
 _T166 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1797')  # sse.r1:1797
+v_dst = S.xmm[$dst]  # sse.r1:1876
+v_src = S.xmm[$src]  # sse.r1:1876
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1885
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1807
+# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1873
 _T167 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1807')  # sse.r1:1807
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1876
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1876
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1885
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
+# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1888
 _T168 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1817')  # sse.r1:1817
+v_dst = S.xmm[$dst]  # sse.r1:1891
+v_src = S.xmm[$src]  # sse.r1:1891
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1900
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1827
+# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1888
 _T169 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1827')  # sse.r1:1827
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1891
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1891
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1900
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1837
+# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1903
 _T170 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1837')  # sse.r1:1837
+v_dst = S.xmm[$dst]  # sse.r1:1906
+v_src = S.xmm[$src]  # sse.r1:1906
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1915
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1847
+# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1903
 _T171 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1847')  # sse.r1:1847
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1906
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1906
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1915
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1857
+# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1918
 _T172 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1857')  # sse.r1:1857
+v_dst = S.xmm[$dst]  # sse.r1:1921
+v_src = S.xmm[$src]  # sse.r1:1921
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1930
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
+# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1918
 _T173 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1869')  # sse.r1:1869
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1921
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1921
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1930
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1879
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1933
 _T174 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1879')  # sse.r1:1879
+v_dst = S.xmm[$dst]  # sse.r1:1936
+v_src = S.xmm[$src]  # sse.r1:1936
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1945
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1889
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1933
 _T175 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1889')  # sse.r1:1889
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1936
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1936
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1945
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1899
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1948
 _T176 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1899')  # sse.r1:1899
+v_dst = S.xmm[$dst]  # sse.r1:1951
+v_src = S.xmm[$src]  # sse.r1:1951
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1960
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1909
+# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1948
 _T177 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1909')  # sse.r1:1909
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1951
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1951
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1960
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1919
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1963
 _T178 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1919')  # sse.r1:1919
+v_dst = S.xmm[$dst]  # sse.r1:1966
+v_src = S.xmm[$src]  # sse.r1:1966
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1975
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1929
+# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1963
 _T179 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:1929')  # sse.r1:1929
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1966
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1966
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1975
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1939
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1980
 _T180 = """\
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1980')  # sse.r1:1980
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1951
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1990
 _T181 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1951')  # sse.r1:1951
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1990')  # sse.r1:1990
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1961
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2000
 _T182 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1961')  # sse.r1:1961
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:2000')  # sse.r1:2000
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1971
+# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2010
 _T183 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1971')  # sse.r1:1971
+v_dst = S.xmm[$dst]  # sse.r1:2013
+v_src = R[$src]  # sse.r1:2013
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2019
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1981
+# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2010
 _T184 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1981')  # sse.r1:1981
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2013
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:2013
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2019
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1991
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2021
 _T185 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1991')  # sse.r1:1991
+v_src = S.xmm[$src]  # sse.r1:2024
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2030
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2001
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2032
 _T186 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2001')  # sse.r1:2001
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2035
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2041
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2011
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2043
 _T187 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2011')  # sse.r1:2011
+v_src = S.xmm[$src]  # sse.r1:2046
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2052
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2021
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2054
 _T188 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2021')  # sse.r1:2021
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2057
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2063
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2031
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2065
 _T189 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2031')  # sse.r1:2031
+v_src = S.xmm[$src]  # sse.r1:2068
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2074
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2041
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2076
 _T190 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2041')  # sse.r1:2041
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2079
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2085
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2051
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2087
 _T191 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2051')  # sse.r1:2051
+v_src = S.xmm[$src]  # sse.r1:2090
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2099
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2061
+# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2087
 _T192 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2061')  # sse.r1:2061
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2090
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2099
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2071
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2102
 _T193 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2071')  # sse.r1:2071
+v_dst = S.xmm[$dst]  # sse.r1:2105
+v_src = S.xmm[$src]  # sse.r1:2105
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2111
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2083
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2113
 _T194 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2083')  # sse.r1:2083
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2116
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:2116
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2122
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2093
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2124
 _T195 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2093')  # sse.r1:2093
+v_dst = S.xmm[$dst]  # sse.r1:2127
+v_src = S.xmm[$src]  # sse.r1:2127
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2133
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2103
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2135
 _T196 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2103')  # sse.r1:2103
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2138
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2138
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2144
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2113
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2146
 _T197 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2113')  # sse.r1:2113
+v_src = S.xmm[$src]  # sse.r1:2149
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2158
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2123
+# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2146
 _T198 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2123')  # sse.r1:2123
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2149
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2158
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2133
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2161
 _T199 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2133')  # sse.r1:2133
+v_src = S.xmm[$src]  # sse.r1:2164
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2173
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2143
+# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2161
 _T200 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2143')  # sse.r1:2143
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2164
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2173
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2153
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2176
 _T201 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2153')  # sse.r1:2153
+v_src = S.xmm[$src]  # sse.r1:2179
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2188
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2163
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2176
 _T202 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2163')  # sse.r1:2163
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2179
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2188
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2173
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2191
 _T203 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2173')  # sse.r1:2173
+v_src = S.xmm[$src]  # sse.r1:2194
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2200
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2183
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2202
 _T204 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2183')  # sse.r1:2183
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2205
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2211
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2193
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2213
 _T205 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2193')  # sse.r1:2193
+v_src = S.xmm[$src]  # sse.r1:2216
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2225
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2203
+# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2213
 _T206 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2203')  # sse.r1:2203
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2216
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2225
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2213
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2228
 _T207 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2213')  # sse.r1:2213
+v_src = S.xmm[$src]  # sse.r1:2231
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2240
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2223
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2228
 _T208 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2223')  # sse.r1:2223
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2231
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2240
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2233
+# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2245
 _T209 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2233')  # sse.r1:2233
+b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:2245')  # sse.r1:2245
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2243
+# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2255
 _T210 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2243')  # sse.r1:2243
+b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:2255')  # sse.r1:2255
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2253
+# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2265
 _T211 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2253')  # sse.r1:2253
+b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:2265')  # sse.r1:2265
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2263
+# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2275
 _T212 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2263')  # sse.r1:2263
+b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:2275')  # sse.r1:2275
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2273
+# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:2285
 _T213 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2273')  # sse.r1:2273
+b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:2285')  # sse.r1:2285
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2283
+# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2295
 _T214 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2283')  # sse.r1:2283
+b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:2295')  # sse.r1:2295
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2293
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2305
 _T215 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2293')  # sse.r1:2293
+b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:2305')  # sse.r1:2305
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2303
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2315
 _T216 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2303')  # sse.r1:2303
+b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:2315')  # sse.r1:2315
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2313
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2325
 _T217 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2313')  # sse.r1:2313
+b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:2325')  # sse.r1:2325
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2323
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2335
 _T218 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2323')  # sse.r1:2323
+b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:2335')  # sse.r1:2335
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2333
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2345
 _T219 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2333')  # sse.r1:2333
+b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:2345')  # sse.r1:2345
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2343
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2355
 _T220 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2343')  # sse.r1:2343
+b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:2355')  # sse.r1:2355
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2353
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2367
 _T221 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2353')  # sse.r1:2353
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:2370
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:2376
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2363
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2378
 _T222 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2363')  # sse.r1:2363
+b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:2378')  # sse.r1:2378
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2373
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2388
 _T223 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2373')  # sse.r1:2373
+b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:2388')  # sse.r1:2388
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2383
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2398
 _T224 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2383')  # sse.r1:2383
+b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:2398')  # sse.r1:2398
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2393
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2408
 _T225 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2393')  # sse.r1:2393
+ea = $ea
+b_check_read($seg, ea, 8)  # sse.r1:2417
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2403
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2419
 _T226 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2403')  # sse.r1:2403
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2413
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2430
 _T227 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2413')  # sse.r1:2413
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2423
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2441
 _T228 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2423')  # sse.r1:2423
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2433
+# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2453
 _T229 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2433')  # sse.r1:2433
+b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:2453')  # sse.r1:2453
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2443
+# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2463
 _T230 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2443')  # sse.r1:2443
+b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:2463')  # sse.r1:2463
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2453
+# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2473
 _T231 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2453')  # sse.r1:2453
+b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:2473')  # sse.r1:2473
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2463
+# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2483
 _T232 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2463')  # sse.r1:2463
+b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:2483')  # sse.r1:2483
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2473
+# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2493
 _T233 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2473')  # sse.r1:2473
+b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:2493')  # sse.r1:2493
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2483
+# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2503
 _T234 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2483')  # sse.r1:2483
+b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2503')  # sse.r1:2503
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2493
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2513
 _T235 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2493')  # sse.r1:2493
+b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2513')  # sse.r1:2513
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2503
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2523
 _T236 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2503')  # sse.r1:2503
+b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2523')  # sse.r1:2523
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2513
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2533
 _T237 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2513')  # sse.r1:2513
+b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2533')  # sse.r1:2533
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2523
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2543
 _T238 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2523')  # sse.r1:2523
+b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2543')  # sse.r1:2543
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2533
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2553
 _T239 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2533')  # sse.r1:2533
+b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2553')  # sse.r1:2553
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2543
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2563
 _T240 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2543')  # sse.r1:2543
+b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2563')  # sse.r1:2563
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2553
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2573
 _T241 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2553')  # sse.r1:2553
+b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2573')  # sse.r1:2573
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2563
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2585
 _T242 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2563')  # sse.r1:2563
+b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2585')  # sse.r1:2585
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2573
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2595
 _T243 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2573')  # sse.r1:2573
+b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2595')  # sse.r1:2595
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2583
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2605
 _T244 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2583')  # sse.r1:2583
+b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2605')  # sse.r1:2605
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2593
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2615
 _T245 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2593')  # sse.r1:2593
+b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2615')  # sse.r1:2615
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2605
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2625
 _T246 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2605')  # sse.r1:2605
+b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2625')  # sse.r1:2625
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2615
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2635
 _T247 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2615')  # sse.r1:2615
+b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2635')  # sse.r1:2635
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2625
+# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2645
 _T248 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2625')  # sse.r1:2625
+b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2645')  # sse.r1:2645
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2635
+# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2655
 _T249 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2635')  # sse.r1:2635
+b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2655')  # sse.r1:2655
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2645
+# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2665
 _T250 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2645')  # sse.r1:2645
+b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2665')  # sse.r1:2665
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2655
+# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2675
 _T251 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2655')  # sse.r1:2655
+b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2675')  # sse.r1:2675
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2665
+# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2685
 _T252 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2665')  # sse.r1:2665
+b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2685')  # sse.r1:2685
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2675
+# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2695
 _T253 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2675')  # sse.r1:2675
+b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2695')  # sse.r1:2695
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2685
+# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2705
 _T254 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2685')  # sse.r1:2685
+b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2705')  # sse.r1:2705
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2695
+# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2715
 _T255 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2695')  # sse.r1:2695
+b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2715')  # sse.r1:2715
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2705
+# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2725
 _T256 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2705')  # sse.r1:2705
+b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2725')  # sse.r1:2725
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2715
+# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2735
 _T257 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2715')  # sse.r1:2715
+b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2735')  # sse.r1:2735
+"""
+
+# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2745
+_T258 = """\
+b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2745')  # sse.r1:2745
+"""
+
+# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2755
+_T259 = """\
+b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2755')  # sse.r1:2755
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2765
+_T260 = """\
+b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2765')  # sse.r1:2765
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2775
+_T261 = """\
+b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2775')  # sse.r1:2775
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2785
+_T262 = """\
+b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2785')  # sse.r1:2785
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2795
+_T263 = """\
+b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2795')  # sse.r1:2795
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2805
+_T264 = """\
+b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2805')  # sse.r1:2805
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2815
+_T265 = """\
+b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2815')  # sse.r1:2815
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2825
+_T266 = """\
+b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2825')  # sse.r1:2825
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2835
+_T267 = """\
+b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2835')  # sse.r1:2835
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2845
+_T268 = """\
+b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2845')  # sse.r1:2845
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2855
+_T269 = """\
+b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2855')  # sse.r1:2855
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2865
+_T270 = """\
+b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2865')  # sse.r1:2865
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2875
+_T271 = """\
+b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2875')  # sse.r1:2875
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2885
+_T272 = """\
+b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2885')  # sse.r1:2885
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2895
+_T273 = """\
+b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2895')  # sse.r1:2895
+"""
+
+# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2905
+_T274 = """\
+b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2905')  # sse.r1:2905
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2915
+_T275 = """\
+b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2915')  # sse.r1:2915
+"""
+
+# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2925
+_T276 = """\
+b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2925')  # sse.r1:2925
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2935
+_T277 = """\
+b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2935')  # sse.r1:2935
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2945
+_T278 = """\
+b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2945')  # sse.r1:2945
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2955
+_T279 = """\
+b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2955')  # sse.r1:2955
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2965
+_T280 = """\
+b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2965')  # sse.r1:2965
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2975
+_T281 = """\
+b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2975')  # sse.r1:2975
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2985
+_T282 = """\
+b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2985')  # sse.r1:2985
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2995
+_T283 = """\
+b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2995')  # sse.r1:2995
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3005
+_T284 = """\
+b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:3005')  # sse.r1:3005
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3015
+_T285 = """\
+b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:3015')  # sse.r1:3015
+"""
+
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3025
+_T286 = """\
+b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:3025')  # sse.r1:3025
+"""
+
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3035
+_T287 = """\
+b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:3035')  # sse.r1:3035
+"""
+
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3045
+_T288 = """\
+b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:3045')  # sse.r1:3045
+"""
+
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3055
+_T289 = """\
+b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:3055')  # sse.r1:3055
+"""
+
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3065
+_T290 = """\
+b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:3065')  # sse.r1:3065
+"""
+
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3075
+_T291 = """\
+b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:3075')  # sse.r1:3075
+"""
+
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3085
+_T292 = """\
+b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:3085')  # sse.r1:3085
+"""
+
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3095
+_T293 = """\
+b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:3095')  # sse.r1:3095
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3107
+_T294 = """\
+b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:3107')  # sse.r1:3107
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3117
+_T295 = """\
+b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:3117')  # sse.r1:3117
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3127
+_T296 = """\
+b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:3127')  # sse.r1:3127
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3137
+_T297 = """\
+b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:3137')  # sse.r1:3137
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3147
+_T298 = """\
+b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:3147')  # sse.r1:3147
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3157
+_T299 = """\
+b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:3157')  # sse.r1:3157
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3167
+_T300 = """\
+b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:3167')  # sse.r1:3167
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3177
+_T301 = """\
+b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:3177')  # sse.r1:3177
+"""
+
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3187
+_T302 = """\
+b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:3187')  # sse.r1:3187
+"""
+
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3197
+_T303 = """\
+b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:3197')  # sse.r1:3197
+"""
+
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3207
+_T304 = """\
+b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:3207')  # sse.r1:3207
+"""
+
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3217
+_T305 = """\
+b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:3217')  # sse.r1:3217
 """
 
 TEMPLATES = {
-    # spec/sse.r1:93
+    # spec/sse.r1:283
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
-        (16, 16, 'mem', None, None): _T0,
-        (16, 32, 'reg', None, None): _T0,
-        (16, 32, 'mem', None, None): _T0,
-        (32, 16, 'reg', None, None): _T0,
-        (32, 16, 'mem', None, None): _T0,
-        (32, 32, 'reg', None, None): _T0,
-        (32, 32, 'mem', None, None): _T0,
-    },
-    # spec/sse.r1:103
-    'MOVAPS_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T1,
-        (16, 32, 'reg', None, None): _T1,
+        (16, 32, 'reg', None, None): _T0,
         (16, 32, 'mem', None, None): _T1,
-        (32, 16, 'reg', None, None): _T1,
+        (32, 16, 'reg', None, None): _T0,
         (32, 16, 'mem', None, None): _T1,
-        (32, 32, 'reg', None, None): _T1,
+        (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:113
-    'MOVUPS_XMM_XMMRM': {
+    # spec/sse.r1:298
+    'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T2,
-        (16, 16, 'mem', None, None): _T2,
-        (16, 32, 'reg', None, None): _T2,
-        (16, 32, 'mem', None, None): _T2,
-        (32, 16, 'reg', None, None): _T2,
-        (32, 16, 'mem', None, None): _T2,
-        (32, 32, 'reg', None, None): _T2,
-        (32, 32, 'mem', None, None): _T2,
-    },
-    # spec/sse.r1:123
-    'MOVUPS_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T3,
-        (16, 32, 'reg', None, None): _T3,
+        (16, 32, 'reg', None, None): _T2,
         (16, 32, 'mem', None, None): _T3,
-        (32, 16, 'reg', None, None): _T3,
+        (32, 16, 'reg', None, None): _T2,
         (32, 16, 'mem', None, None): _T3,
-        (32, 32, 'reg', None, None): _T3,
+        (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:133
-    'MOVSS_XMM_XMM': {
+    # spec/sse.r1:313
+    'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T4,
-        (16, 32, 'reg', None, None): _T4,
-        (32, 16, 'reg', None, None): _T4,
-        (32, 32, 'reg', None, None): _T4,
-    },
-    # spec/sse.r1:143
-    'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T5,
+        (16, 32, 'reg', None, None): _T4,
         (16, 32, 'mem', None, None): _T5,
+        (32, 16, 'reg', None, None): _T4,
         (32, 16, 'mem', None, None): _T5,
+        (32, 32, 'reg', None, None): _T4,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:153
-    'MOVSS_XMM_XMM_0F11': {
+    # spec/sse.r1:324
+    'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T6,
-        (16, 32, 'reg', None, None): _T6,
-        (32, 16, 'reg', None, None): _T6,
-        (32, 32, 'reg', None, None): _T6,
-    },
-    # spec/sse.r1:163
-    'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T7,
+        (16, 32, 'reg', None, None): _T6,
         (16, 32, 'mem', None, None): _T7,
+        (32, 16, 'reg', None, None): _T6,
         (32, 16, 'mem', None, None): _T7,
+        (32, 32, 'reg', None, None): _T6,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:173
-    'MOVLPS_XMM_M64': {
-        (16, 16, 'mem', None, None): _T8,
-        (16, 32, 'mem', None, None): _T8,
-        (32, 16, 'mem', None, None): _T8,
-        (32, 32, 'mem', None, None): _T8,
+    # spec/sse.r1:335
+    'MOVSS_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T8,
+        (16, 32, 'reg', None, None): _T8,
+        (32, 16, 'reg', None, None): _T8,
+        (32, 32, 'reg', None, None): _T8,
     },
-    # spec/sse.r1:183
-    'MOVHLPS_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T9,
-        (16, 32, 'reg', None, None): _T9,
-        (32, 16, 'reg', None, None): _T9,
-        (32, 32, 'reg', None, None): _T9,
+    # spec/sse.r1:346
+    'MOVSS_XMM_M32': {
+        (16, 16, 'mem', None, None): _T9,
+        (16, 32, 'mem', None, None): _T9,
+        (32, 16, 'mem', None, None): _T9,
+        (32, 32, 'mem', None, None): _T9,
     },
-    # spec/sse.r1:193
-    'MOVLPS_M64_XMM': {
-        (16, 16, 'mem', None, None): _T10,
-        (16, 32, 'mem', None, None): _T10,
-        (32, 16, 'mem', None, None): _T10,
-        (32, 32, 'mem', None, None): _T10,
+    # spec/sse.r1:357
+    'MOVSS_XMM_XMM_0F11': {
+        (16, 16, 'reg', None, None): _T10,
+        (16, 32, 'reg', None, None): _T10,
+        (32, 16, 'reg', None, None): _T10,
+        (32, 32, 'reg', None, None): _T10,
     },
-    # spec/sse.r1:203
-    'MOVHPS_XMM_M64': {
+    # spec/sse.r1:368
+    'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:213
-    'MOVLHPS_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T12,
-        (16, 32, 'reg', None, None): _T12,
-        (32, 16, 'reg', None, None): _T12,
-        (32, 32, 'reg', None, None): _T12,
+    # spec/sse.r1:379
+    'MOVLPS_XMM_M64': {
+        (16, 16, 'mem', None, None): _T12,
+        (16, 32, 'mem', None, None): _T12,
+        (32, 16, 'mem', None, None): _T12,
+        (32, 32, 'mem', None, None): _T12,
     },
-    # spec/sse.r1:223
-    'MOVHPS_M64_XMM': {
-        (16, 16, 'mem', None, None): _T13,
-        (16, 32, 'mem', None, None): _T13,
-        (32, 16, 'mem', None, None): _T13,
-        (32, 32, 'mem', None, None): _T13,
+    # spec/sse.r1:390
+    'MOVHLPS_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T13,
+        (16, 32, 'reg', None, None): _T13,
+        (32, 16, 'reg', None, None): _T13,
+        (32, 32, 'reg', None, None): _T13,
     },
-    # spec/sse.r1:233
-    'MOVMSKPS_R32_XMM': {
-        (16, 16, 'reg', None, None): _T14,
-        (16, 32, 'reg', None, None): _T14,
-        (32, 16, 'reg', None, None): _T14,
-        (32, 32, 'reg', None, None): _T14,
+    # spec/sse.r1:401
+    'MOVLPS_M64_XMM': {
+        (16, 16, 'mem', None, None): _T14,
+        (16, 32, 'mem', None, None): _T14,
+        (32, 16, 'mem', None, None): _T14,
+        (32, 32, 'mem', None, None): _T14,
     },
-    # spec/sse.r1:245
-    'ADDPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T15,
+    # spec/sse.r1:412
+    'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T15,
-        (16, 32, 'reg', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
-        (32, 16, 'reg', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
-        (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:255
-    'ADDSS_XMM_XMM': {
+    # spec/sse.r1:423
+    'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:265
-    'ADDSS_XMM_M32': {
+    # spec/sse.r1:434
+    'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:275
-    'SUBPS_XMM_XMMRM': {
+    # spec/sse.r1:445
+    'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T18,
-        (16, 16, 'mem', None, None): _T18,
         (16, 32, 'reg', None, None): _T18,
-        (16, 32, 'mem', None, None): _T18,
         (32, 16, 'reg', None, None): _T18,
-        (32, 16, 'mem', None, None): _T18,
         (32, 32, 'reg', None, None): _T18,
-        (32, 32, 'mem', None, None): _T18,
     },
-    # spec/sse.r1:285
-    'SUBSS_XMM_XMM': {
+    # spec/sse.r1:458
+    'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T19,
-        (16, 32, 'reg', None, None): _T19,
-        (32, 16, 'reg', None, None): _T19,
-        (32, 32, 'reg', None, None): _T19,
-    },
-    # spec/sse.r1:295
-    'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T20,
+        (16, 32, 'reg', None, None): _T19,
         (16, 32, 'mem', None, None): _T20,
+        (32, 16, 'reg', None, None): _T19,
         (32, 16, 'mem', None, None): _T20,
+        (32, 32, 'reg', None, None): _T19,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:305
-    'MULPS_XMM_XMMRM': {
+    # spec/sse.r1:473
+    'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T21,
-        (16, 16, 'mem', None, None): _T21,
         (16, 32, 'reg', None, None): _T21,
-        (16, 32, 'mem', None, None): _T21,
         (32, 16, 'reg', None, None): _T21,
-        (32, 16, 'mem', None, None): _T21,
         (32, 32, 'reg', None, None): _T21,
-        (32, 32, 'mem', None, None): _T21,
     },
-    # spec/sse.r1:315
-    'MULSS_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T22,
-        (16, 32, 'reg', None, None): _T22,
-        (32, 16, 'reg', None, None): _T22,
-        (32, 32, 'reg', None, None): _T22,
+    # spec/sse.r1:484
+    'ADDSS_XMM_M32': {
+        (16, 16, 'mem', None, None): _T22,
+        (16, 32, 'mem', None, None): _T22,
+        (32, 16, 'mem', None, None): _T22,
+        (32, 32, 'mem', None, None): _T22,
     },
-    # spec/sse.r1:325
-    'MULSS_XMM_M32': {
-        (16, 16, 'mem', None, None): _T23,
-        (16, 32, 'mem', None, None): _T23,
-        (32, 16, 'mem', None, None): _T23,
-        (32, 32, 'mem', None, None): _T23,
-    },
-    # spec/sse.r1:335
-    'DIVPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T24,
+    # spec/sse.r1:495
+    'SUBPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T23,
         (16, 16, 'mem', None, None): _T24,
-        (16, 32, 'reg', None, None): _T24,
+        (16, 32, 'reg', None, None): _T23,
         (16, 32, 'mem', None, None): _T24,
-        (32, 16, 'reg', None, None): _T24,
+        (32, 16, 'reg', None, None): _T23,
         (32, 16, 'mem', None, None): _T24,
-        (32, 32, 'reg', None, None): _T24,
+        (32, 32, 'reg', None, None): _T23,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:345
-    'DIVSS_XMM_XMM': {
+    # spec/sse.r1:510
+    'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:355
-    'DIVSS_XMM_M32': {
+    # spec/sse.r1:521
+    'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:365
-    'MINPS_XMM_XMMRM': {
+    # spec/sse.r1:532
+    'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
-        (16, 16, 'mem', None, None): _T27,
+        (16, 16, 'mem', None, None): _T28,
         (16, 32, 'reg', None, None): _T27,
-        (16, 32, 'mem', None, None): _T27,
+        (16, 32, 'mem', None, None): _T28,
         (32, 16, 'reg', None, None): _T27,
-        (32, 16, 'mem', None, None): _T27,
+        (32, 16, 'mem', None, None): _T28,
         (32, 32, 'reg', None, None): _T27,
-        (32, 32, 'mem', None, None): _T27,
+        (32, 32, 'mem', None, None): _T28,
     },
-    # spec/sse.r1:375
-    'MINSS_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T28,
-        (16, 32, 'reg', None, None): _T28,
-        (32, 16, 'reg', None, None): _T28,
-        (32, 32, 'reg', None, None): _T28,
+    # spec/sse.r1:547
+    'MULSS_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T29,
+        (16, 32, 'reg', None, None): _T29,
+        (32, 16, 'reg', None, None): _T29,
+        (32, 32, 'reg', None, None): _T29,
     },
-    # spec/sse.r1:385
-    'MINSS_XMM_M32': {
-        (16, 16, 'mem', None, None): _T29,
-        (16, 32, 'mem', None, None): _T29,
-        (32, 16, 'mem', None, None): _T29,
-        (32, 32, 'mem', None, None): _T29,
-    },
-    # spec/sse.r1:395
-    'MAXPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T30,
+    # spec/sse.r1:558
+    'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T30,
-        (16, 32, 'reg', None, None): _T30,
         (16, 32, 'mem', None, None): _T30,
-        (32, 16, 'reg', None, None): _T30,
         (32, 16, 'mem', None, None): _T30,
-        (32, 32, 'reg', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:405
-    'MAXSS_XMM_XMM': {
+    # spec/sse.r1:569
+    'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T31,
-        (16, 32, 'reg', None, None): _T31,
-        (32, 16, 'reg', None, None): _T31,
-        (32, 32, 'reg', None, None): _T31,
-    },
-    # spec/sse.r1:415
-    'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T32,
+        (16, 32, 'reg', None, None): _T31,
         (16, 32, 'mem', None, None): _T32,
+        (32, 16, 'reg', None, None): _T31,
         (32, 16, 'mem', None, None): _T32,
+        (32, 32, 'reg', None, None): _T31,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:425
-    'SQRTPS_XMM_XMMRM': {
+    # spec/sse.r1:584
+    'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T33,
-        (16, 16, 'mem', None, None): _T33,
         (16, 32, 'reg', None, None): _T33,
-        (16, 32, 'mem', None, None): _T33,
         (32, 16, 'reg', None, None): _T33,
-        (32, 16, 'mem', None, None): _T33,
         (32, 32, 'reg', None, None): _T33,
-        (32, 32, 'mem', None, None): _T33,
     },
-    # spec/sse.r1:435
-    'SQRTSS_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T34,
-        (16, 32, 'reg', None, None): _T34,
-        (32, 16, 'reg', None, None): _T34,
-        (32, 32, 'reg', None, None): _T34,
+    # spec/sse.r1:595
+    'DIVSS_XMM_M32': {
+        (16, 16, 'mem', None, None): _T34,
+        (16, 32, 'mem', None, None): _T34,
+        (32, 16, 'mem', None, None): _T34,
+        (32, 32, 'mem', None, None): _T34,
     },
-    # spec/sse.r1:445
-    'SQRTSS_XMM_M32': {
-        (16, 16, 'mem', None, None): _T35,
-        (16, 32, 'mem', None, None): _T35,
-        (32, 16, 'mem', None, None): _T35,
-        (32, 32, 'mem', None, None): _T35,
-    },
-    # spec/sse.r1:455
-    'RCPPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T36,
+    # spec/sse.r1:606
+    'MINPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T35,
         (16, 16, 'mem', None, None): _T36,
-        (16, 32, 'reg', None, None): _T36,
+        (16, 32, 'reg', None, None): _T35,
         (16, 32, 'mem', None, None): _T36,
-        (32, 16, 'reg', None, None): _T36,
+        (32, 16, 'reg', None, None): _T35,
         (32, 16, 'mem', None, None): _T36,
-        (32, 32, 'reg', None, None): _T36,
+        (32, 32, 'reg', None, None): _T35,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:465
-    'RCPSS_XMM_XMM': {
+    # spec/sse.r1:621
+    'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:475
-    'RCPSS_XMM_M32': {
+    # spec/sse.r1:632
+    'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:485
-    'RSQRTPS_XMM_XMMRM': {
+    # spec/sse.r1:643
+    'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
-        (16, 16, 'mem', None, None): _T39,
+        (16, 16, 'mem', None, None): _T40,
         (16, 32, 'reg', None, None): _T39,
-        (16, 32, 'mem', None, None): _T39,
+        (16, 32, 'mem', None, None): _T40,
         (32, 16, 'reg', None, None): _T39,
-        (32, 16, 'mem', None, None): _T39,
+        (32, 16, 'mem', None, None): _T40,
         (32, 32, 'reg', None, None): _T39,
-        (32, 32, 'mem', None, None): _T39,
+        (32, 32, 'mem', None, None): _T40,
     },
-    # spec/sse.r1:495
-    'RSQRTSS_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T40,
-        (16, 32, 'reg', None, None): _T40,
-        (32, 16, 'reg', None, None): _T40,
-        (32, 32, 'reg', None, None): _T40,
+    # spec/sse.r1:658
+    'MAXSS_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T41,
+        (16, 32, 'reg', None, None): _T41,
+        (32, 16, 'reg', None, None): _T41,
+        (32, 32, 'reg', None, None): _T41,
     },
-    # spec/sse.r1:505
-    'RSQRTSS_XMM_M32': {
-        (16, 16, 'mem', None, None): _T41,
-        (16, 32, 'mem', None, None): _T41,
-        (32, 16, 'mem', None, None): _T41,
-        (32, 32, 'mem', None, None): _T41,
-    },
-    # spec/sse.r1:517
-    'CMPPS_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T42,
+    # spec/sse.r1:669
+    'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T42,
-        (16, 32, 'reg', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
-        (32, 16, 'reg', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
-        (32, 32, 'reg', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:528
-    'CMPSS_XMM_XMM_IMM8': {
+    # spec/sse.r1:680
+    'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T43,
-        (16, 32, 'reg', None, None): _T43,
-        (32, 16, 'reg', None, None): _T43,
-        (32, 32, 'reg', None, None): _T43,
-    },
-    # spec/sse.r1:539
-    'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T44,
+        (16, 32, 'reg', None, None): _T43,
         (16, 32, 'mem', None, None): _T44,
+        (32, 16, 'reg', None, None): _T43,
         (32, 16, 'mem', None, None): _T44,
+        (32, 32, 'reg', None, None): _T43,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:550
-    'COMISS_XMM_XMM': {
+    # spec/sse.r1:695
+    'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:560
-    'COMISS_XMM_M32': {
+    # spec/sse.r1:706
+    'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:570
-    'UCOMISS_XMM_XMM': {
+    # spec/sse.r1:717
+    'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T47,
-        (16, 32, 'reg', None, None): _T47,
-        (32, 16, 'reg', None, None): _T47,
-        (32, 32, 'reg', None, None): _T47,
-    },
-    # spec/sse.r1:580
-    'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T48,
+        (16, 32, 'reg', None, None): _T47,
         (16, 32, 'mem', None, None): _T48,
+        (32, 16, 'reg', None, None): _T47,
         (32, 16, 'mem', None, None): _T48,
+        (32, 32, 'reg', None, None): _T47,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:592
-    'ANDPS_XMM_XMMRM': {
+    # spec/sse.r1:732
+    'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T49,
-        (16, 16, 'mem', None, None): _T49,
         (16, 32, 'reg', None, None): _T49,
-        (16, 32, 'mem', None, None): _T49,
         (32, 16, 'reg', None, None): _T49,
-        (32, 16, 'mem', None, None): _T49,
         (32, 32, 'reg', None, None): _T49,
-        (32, 32, 'mem', None, None): _T49,
     },
-    # spec/sse.r1:602
-    'ANDNPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T50,
+    # spec/sse.r1:743
+    'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T50,
-        (16, 32, 'reg', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
-        (32, 16, 'reg', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
-        (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:612
-    'ORPS_XMM_XMMRM': {
+    # spec/sse.r1:754
+    'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
-        (16, 16, 'mem', None, None): _T51,
-        (16, 32, 'reg', None, None): _T51,
-        (16, 32, 'mem', None, None): _T51,
-        (32, 16, 'reg', None, None): _T51,
-        (32, 16, 'mem', None, None): _T51,
-        (32, 32, 'reg', None, None): _T51,
-        (32, 32, 'mem', None, None): _T51,
-    },
-    # spec/sse.r1:622
-    'XORPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T52,
-        (16, 32, 'reg', None, None): _T52,
+        (16, 32, 'reg', None, None): _T51,
         (16, 32, 'mem', None, None): _T52,
-        (32, 16, 'reg', None, None): _T52,
+        (32, 16, 'reg', None, None): _T51,
         (32, 16, 'mem', None, None): _T52,
-        (32, 32, 'reg', None, None): _T52,
+        (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:632
-    'SHUFPS_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:769
+    'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T53,
-        (16, 16, 'mem', None, None): _T53,
         (16, 32, 'reg', None, None): _T53,
-        (16, 32, 'mem', None, None): _T53,
         (32, 16, 'reg', None, None): _T53,
-        (32, 16, 'mem', None, None): _T53,
         (32, 32, 'reg', None, None): _T53,
-        (32, 32, 'mem', None, None): _T53,
     },
-    # spec/sse.r1:642
-    'UNPCKLPS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T54,
+    # spec/sse.r1:780
+    'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T54,
-        (16, 32, 'reg', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
-        (32, 16, 'reg', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
-        (32, 32, 'reg', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:652
-    'UNPCKHPS_XMM_XMMRM': {
+    # spec/sse.r1:793
+    'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T55,
-        (16, 16, 'mem', None, None): _T55,
-        (16, 32, 'reg', None, None): _T55,
-        (16, 32, 'mem', None, None): _T55,
-        (32, 16, 'reg', None, None): _T55,
-        (32, 16, 'mem', None, None): _T55,
-        (32, 32, 'reg', None, None): _T55,
-        (32, 32, 'mem', None, None): _T55,
-    },
-    # spec/sse.r1:664
-    'CVTPI2PS_XMM_MMRM': {
-        (16, 16, 'reg', None, None): _T56,
         (16, 16, 'mem', None, None): _T56,
-        (16, 32, 'reg', None, None): _T56,
+        (16, 32, 'reg', None, None): _T55,
         (16, 32, 'mem', None, None): _T56,
-        (32, 16, 'reg', None, None): _T56,
+        (32, 16, 'reg', None, None): _T55,
         (32, 16, 'mem', None, None): _T56,
-        (32, 32, 'reg', None, None): _T56,
+        (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:674
-    'CVTPS2PI_MM_XMM': {
+    # spec/sse.r1:809
+    'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:684
-    'CVTPS2PI_MM_M64': {
+    # spec/sse.r1:824
+    'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:694
-    'CVTTPS2PI_MM_XMM': {
+    # spec/sse.r1:839
+    'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:704
-    'CVTTPS2PI_MM_M64': {
+    # spec/sse.r1:850
+    'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:714
-    'CVTSI2SS_XMM_RM32': {
+    # spec/sse.r1:861
+    'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T61,
-        (16, 16, 'mem', None, None): _T61,
         (16, 32, 'reg', None, None): _T61,
-        (16, 32, 'mem', None, None): _T61,
         (32, 16, 'reg', None, None): _T61,
-        (32, 16, 'mem', None, None): _T61,
         (32, 32, 'reg', None, None): _T61,
-        (32, 32, 'mem', None, None): _T61,
     },
-    # spec/sse.r1:724
-    'CVTSS2SI_R32_XMM': {
-        (16, 16, 'reg', None, None): _T62,
-        (16, 32, 'reg', None, None): _T62,
-        (32, 16, 'reg', None, None): _T62,
-        (32, 32, 'reg', None, None): _T62,
+    # spec/sse.r1:872
+    'UCOMISS_XMM_M32': {
+        (16, 16, 'mem', None, None): _T62,
+        (16, 32, 'mem', None, None): _T62,
+        (32, 16, 'mem', None, None): _T62,
+        (32, 32, 'mem', None, None): _T62,
     },
-    # spec/sse.r1:734
-    'CVTSS2SI_R32_M32': {
-        (16, 16, 'mem', None, None): _T63,
-        (16, 32, 'mem', None, None): _T63,
-        (32, 16, 'mem', None, None): _T63,
-        (32, 32, 'mem', None, None): _T63,
-    },
-    # spec/sse.r1:744
-    'CVTTSS2SI_R32_XMM': {
-        (16, 16, 'reg', None, None): _T64,
-        (16, 32, 'reg', None, None): _T64,
-        (32, 16, 'reg', None, None): _T64,
-        (32, 32, 'reg', None, None): _T64,
-    },
-    # spec/sse.r1:754
-    'CVTTSS2SI_R32_M32': {
-        (16, 16, 'mem', None, None): _T65,
-        (16, 32, 'mem', None, None): _T65,
-        (32, 16, 'mem', None, None): _T65,
-        (32, 32, 'mem', None, None): _T65,
-    },
-    # spec/sse.r1:766
-    'LDMXCSR_M32': {
-        (16, 16, 'mem', None, None): _T66,
-        (16, 32, 'mem', None, None): _T66,
-        (32, 16, 'mem', None, None): _T66,
-        (32, 32, 'mem', None, None): _T66,
-    },
-    # spec/sse.r1:776
-    'STMXCSR_M32': {
-        (16, 16, 'mem', None, None): _T67,
-        (16, 32, 'mem', None, None): _T67,
-        (32, 16, 'mem', None, None): _T67,
-        (32, 32, 'mem', None, None): _T67,
-    },
-    # spec/sse.r1:786
-    'FXSAVE_M512': {
-        (16, 16, 'mem', None, None): _T68,
-        (16, 32, 'mem', None, None): _T68,
-        (32, 16, 'mem', None, None): _T68,
-        (32, 32, 'mem', None, None): _T68,
-    },
-    # spec/sse.r1:796
-    'FXRSTOR_M512': {
-        (16, 16, 'mem', None, None): _T69,
-        (16, 32, 'mem', None, None): _T69,
-        (32, 16, 'mem', None, None): _T69,
-        (32, 32, 'mem', None, None): _T69,
-    },
-    # spec/sse.r1:808
-    'PREFETCHNTA_M8': {
-        (16, 16, 'mem', None, None): _T70,
-        (16, 32, 'mem', None, None): _T70,
-        (32, 16, 'mem', None, None): _T70,
-        (32, 32, 'mem', None, None): _T70,
-    },
-    # spec/sse.r1:818
-    'PREFETCHT0_M8': {
-        (16, 16, 'mem', None, None): _T71,
-        (16, 32, 'mem', None, None): _T71,
-        (32, 16, 'mem', None, None): _T71,
-        (32, 32, 'mem', None, None): _T71,
-    },
-    # spec/sse.r1:828
-    'PREFETCHT1_M8': {
-        (16, 16, 'mem', None, None): _T72,
-        (16, 32, 'mem', None, None): _T72,
-        (32, 16, 'mem', None, None): _T72,
-        (32, 32, 'mem', None, None): _T72,
-    },
-    # spec/sse.r1:838
-    'PREFETCHT2_M8': {
-        (16, 16, 'mem', None, None): _T73,
-        (16, 32, 'mem', None, None): _T73,
-        (32, 16, 'mem', None, None): _T73,
-        (32, 32, 'mem', None, None): _T73,
-    },
-    # spec/sse.r1:848
-    'SFENCE': {
-        (16, 16, None, None, None): _T74,
-        (16, 32, None, None, None): _T74,
-        (32, 16, None, None, None): _T74,
-        (32, 32, None, None, None): _T74,
-    },
-    # spec/sse.r1:858
-    'MOVNTQ_M64_MM': {
-        (16, 16, 'mem', None, None): _T75,
-        (16, 32, 'mem', None, None): _T75,
-        (32, 16, 'mem', None, None): _T75,
-        (32, 32, 'mem', None, None): _T75,
-    },
-    # spec/sse.r1:868
-    'MOVNTPS_M128_XMM': {
-        (16, 16, 'mem', None, None): _T76,
-        (16, 32, 'mem', None, None): _T76,
-        (32, 16, 'mem', None, None): _T76,
-        (32, 32, 'mem', None, None): _T76,
-    },
-    # spec/sse.r1:878
-    'MASKMOVQ_MM_MM': {
-        (16, 16, 'reg', None, None): _T77,
-        (16, 32, 'reg', None, None): _T77,
-        (32, 16, 'reg', None, None): _T77,
-        (32, 32, 'reg', None, None): _T77,
-    },
-    # spec/sse.r1:890
-    'PAVGB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T78,
-        (16, 16, 'mem', None, None): _T78,
-        (16, 32, 'reg', None, None): _T78,
-        (16, 32, 'mem', None, None): _T78,
-        (32, 16, 'reg', None, None): _T78,
-        (32, 16, 'mem', None, None): _T78,
-        (32, 32, 'reg', None, None): _T78,
-        (32, 32, 'mem', None, None): _T78,
+    # spec/sse.r1:885
+    'ANDPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T63,
+        (16, 16, 'mem', None, None): _T64,
+        (16, 32, 'reg', None, None): _T63,
+        (16, 32, 'mem', None, None): _T64,
+        (32, 16, 'reg', None, None): _T63,
+        (32, 16, 'mem', None, None): _T64,
+        (32, 32, 'reg', None, None): _T63,
+        (32, 32, 'mem', None, None): _T64,
     },
     # spec/sse.r1:900
-    'PAVGW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T79,
-        (16, 16, 'mem', None, None): _T79,
-        (16, 32, 'reg', None, None): _T79,
-        (16, 32, 'mem', None, None): _T79,
-        (32, 16, 'reg', None, None): _T79,
-        (32, 16, 'mem', None, None): _T79,
-        (32, 32, 'reg', None, None): _T79,
-        (32, 32, 'mem', None, None): _T79,
+    'ANDNPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T65,
+        (16, 16, 'mem', None, None): _T66,
+        (16, 32, 'reg', None, None): _T65,
+        (16, 32, 'mem', None, None): _T66,
+        (32, 16, 'reg', None, None): _T65,
+        (32, 16, 'mem', None, None): _T66,
+        (32, 32, 'reg', None, None): _T65,
+        (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:910
-    'PMAXSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T80,
-        (16, 16, 'mem', None, None): _T80,
-        (16, 32, 'reg', None, None): _T80,
-        (16, 32, 'mem', None, None): _T80,
-        (32, 16, 'reg', None, None): _T80,
-        (32, 16, 'mem', None, None): _T80,
-        (32, 32, 'reg', None, None): _T80,
-        (32, 32, 'mem', None, None): _T80,
-    },
-    # spec/sse.r1:920
-    'PMAXUB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T81,
-        (16, 16, 'mem', None, None): _T81,
-        (16, 32, 'reg', None, None): _T81,
-        (16, 32, 'mem', None, None): _T81,
-        (32, 16, 'reg', None, None): _T81,
-        (32, 16, 'mem', None, None): _T81,
-        (32, 32, 'reg', None, None): _T81,
-        (32, 32, 'mem', None, None): _T81,
+    # spec/sse.r1:915
+    'ORPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T67,
+        (16, 16, 'mem', None, None): _T68,
+        (16, 32, 'reg', None, None): _T67,
+        (16, 32, 'mem', None, None): _T68,
+        (32, 16, 'reg', None, None): _T67,
+        (32, 16, 'mem', None, None): _T68,
+        (32, 32, 'reg', None, None): _T67,
+        (32, 32, 'mem', None, None): _T68,
     },
     # spec/sse.r1:930
-    'PMINSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T82,
-        (16, 16, 'mem', None, None): _T82,
-        (16, 32, 'reg', None, None): _T82,
-        (16, 32, 'mem', None, None): _T82,
-        (32, 16, 'reg', None, None): _T82,
-        (32, 16, 'mem', None, None): _T82,
-        (32, 32, 'reg', None, None): _T82,
-        (32, 32, 'mem', None, None): _T82,
+    'XORPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T69,
+        (16, 16, 'mem', None, None): _T70,
+        (16, 32, 'reg', None, None): _T69,
+        (16, 32, 'mem', None, None): _T70,
+        (32, 16, 'reg', None, None): _T69,
+        (32, 16, 'mem', None, None): _T70,
+        (32, 32, 'reg', None, None): _T69,
+        (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:940
-    'PMINUB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T83,
-        (16, 16, 'mem', None, None): _T83,
-        (16, 32, 'reg', None, None): _T83,
-        (16, 32, 'mem', None, None): _T83,
-        (32, 16, 'reg', None, None): _T83,
-        (32, 16, 'mem', None, None): _T83,
-        (32, 32, 'reg', None, None): _T83,
-        (32, 32, 'mem', None, None): _T83,
-    },
-    # spec/sse.r1:950
-    'PMULHUW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T84,
-        (16, 16, 'mem', None, None): _T84,
-        (16, 32, 'reg', None, None): _T84,
-        (16, 32, 'mem', None, None): _T84,
-        (32, 16, 'reg', None, None): _T84,
-        (32, 16, 'mem', None, None): _T84,
-        (32, 32, 'reg', None, None): _T84,
-        (32, 32, 'mem', None, None): _T84,
+    # spec/sse.r1:945
+    'SHUFPS_XMM_XMMRM_IMM8': {
+        (16, 16, 'reg', None, None): _T71,
+        (16, 16, 'mem', None, None): _T72,
+        (16, 32, 'reg', None, None): _T71,
+        (16, 32, 'mem', None, None): _T72,
+        (32, 16, 'reg', None, None): _T71,
+        (32, 16, 'mem', None, None): _T72,
+        (32, 32, 'reg', None, None): _T71,
+        (32, 32, 'mem', None, None): _T72,
     },
     # spec/sse.r1:960
-    'PSADBW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T85,
+    'UNPCKLPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T73,
+        (16, 16, 'mem', None, None): _T74,
+        (16, 32, 'reg', None, None): _T73,
+        (16, 32, 'mem', None, None): _T74,
+        (32, 16, 'reg', None, None): _T73,
+        (32, 16, 'mem', None, None): _T74,
+        (32, 32, 'reg', None, None): _T73,
+        (32, 32, 'mem', None, None): _T74,
+    },
+    # spec/sse.r1:975
+    'UNPCKHPS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T75,
+        (16, 16, 'mem', None, None): _T76,
+        (16, 32, 'reg', None, None): _T75,
+        (16, 32, 'mem', None, None): _T76,
+        (32, 16, 'reg', None, None): _T75,
+        (32, 16, 'mem', None, None): _T76,
+        (32, 32, 'reg', None, None): _T75,
+        (32, 32, 'mem', None, None): _T76,
+    },
+    # spec/sse.r1:992
+    'CVTPI2PS_XMM_MMRM': {
+        (16, 16, 'reg', None, None): _T77,
+        (16, 16, 'mem', None, None): _T77,
+        (16, 32, 'reg', None, None): _T77,
+        (16, 32, 'mem', None, None): _T77,
+        (32, 16, 'reg', None, None): _T77,
+        (32, 16, 'mem', None, None): _T77,
+        (32, 32, 'reg', None, None): _T77,
+        (32, 32, 'mem', None, None): _T77,
+    },
+    # spec/sse.r1:1002
+    'CVTPS2PI_MM_XMM': {
+        (16, 16, 'reg', None, None): _T78,
+        (16, 32, 'reg', None, None): _T78,
+        (32, 16, 'reg', None, None): _T78,
+        (32, 32, 'reg', None, None): _T78,
+    },
+    # spec/sse.r1:1012
+    'CVTPS2PI_MM_M64': {
+        (16, 16, 'mem', None, None): _T79,
+        (16, 32, 'mem', None, None): _T79,
+        (32, 16, 'mem', None, None): _T79,
+        (32, 32, 'mem', None, None): _T79,
+    },
+    # spec/sse.r1:1022
+    'CVTTPS2PI_MM_XMM': {
+        (16, 16, 'reg', None, None): _T80,
+        (16, 32, 'reg', None, None): _T80,
+        (32, 16, 'reg', None, None): _T80,
+        (32, 32, 'reg', None, None): _T80,
+    },
+    # spec/sse.r1:1032
+    'CVTTPS2PI_MM_M64': {
+        (16, 16, 'mem', None, None): _T81,
+        (16, 32, 'mem', None, None): _T81,
+        (32, 16, 'mem', None, None): _T81,
+        (32, 32, 'mem', None, None): _T81,
+    },
+    # spec/sse.r1:1042
+    'CVTSI2SS_XMM_RM32': {
+        (16, 16, 'reg', None, None): _T82,
+        (16, 16, 'mem', None, None): _T83,
+        (16, 32, 'reg', None, None): _T82,
+        (16, 32, 'mem', None, None): _T83,
+        (32, 16, 'reg', None, None): _T82,
+        (32, 16, 'mem', None, None): _T83,
+        (32, 32, 'reg', None, None): _T82,
+        (32, 32, 'mem', None, None): _T83,
+    },
+    # spec/sse.r1:1053
+    'CVTSS2SI_R32_XMM': {
+        (16, 16, 'reg', None, None): _T84,
+        (16, 32, 'reg', None, None): _T84,
+        (32, 16, 'reg', None, None): _T84,
+        (32, 32, 'reg', None, None): _T84,
+    },
+    # spec/sse.r1:1064
+    'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T85,
-        (16, 32, 'reg', None, None): _T85,
         (16, 32, 'mem', None, None): _T85,
-        (32, 16, 'reg', None, None): _T85,
         (32, 16, 'mem', None, None): _T85,
-        (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/sse.r1:970
-    'PSHUFW_MM_MMRM_IMM8': {
+    # spec/sse.r1:1075
+    'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T86,
-        (16, 16, 'mem', None, None): _T86,
         (16, 32, 'reg', None, None): _T86,
-        (16, 32, 'mem', None, None): _T86,
         (32, 16, 'reg', None, None): _T86,
-        (32, 16, 'mem', None, None): _T86,
         (32, 32, 'reg', None, None): _T86,
-        (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:980
-    'PEXTRW_R32_MM_IMM8': {
-        (16, 16, 'reg', None, None): _T87,
-        (16, 32, 'reg', None, None): _T87,
-        (32, 16, 'reg', None, None): _T87,
-        (32, 32, 'reg', None, None): _T87,
+    # spec/sse.r1:1086
+    'CVTTSS2SI_R32_M32': {
+        (16, 16, 'mem', None, None): _T87,
+        (16, 32, 'mem', None, None): _T87,
+        (32, 16, 'mem', None, None): _T87,
+        (32, 32, 'mem', None, None): _T87,
     },
-    # spec/sse.r1:990
-    'PINSRW_MM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T88,
-        (16, 32, 'reg', None, None): _T88,
-        (32, 16, 'reg', None, None): _T88,
-        (32, 32, 'reg', None, None): _T88,
+    # spec/sse.r1:1099
+    'LDMXCSR_M32': {
+        (16, 16, 'mem', None, None): _T88,
+        (16, 32, 'mem', None, None): _T88,
+        (32, 16, 'mem', None, None): _T88,
+        (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:1000
-    'PINSRW_MM_M16_IMM8': {
+    # spec/sse.r1:1114
+    'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T89,
         (16, 32, 'mem', None, None): _T89,
         (32, 16, 'mem', None, None): _T89,
         (32, 32, 'mem', None, None): _T89,
     },
-    # spec/sse.r1:1010
-    'PMOVMSKB_R32_MM': {
-        (16, 16, 'reg', None, None): _T90,
-        (16, 32, 'reg', None, None): _T90,
-        (32, 16, 'reg', None, None): _T90,
-        (32, 32, 'reg', None, None): _T90,
+    # spec/sse.r1:1125
+    'FXSAVE_M512': {
+        (16, 16, 'mem', None, None): _T90,
+        (16, 32, 'mem', None, None): _T90,
+        (32, 16, 'mem', None, None): _T90,
+        (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:1022
-    'MOVAPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T91,
+    # spec/sse.r1:1135
+    'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T91,
-        (16, 32, 'reg', None, None): _T91,
         (16, 32, 'mem', None, None): _T91,
-        (32, 16, 'reg', None, None): _T91,
         (32, 16, 'mem', None, None): _T91,
-        (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T91,
     },
-    # spec/sse.r1:1032
-    'MOVAPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T92,
+    # spec/sse.r1:1147
+    'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T92,
-        (16, 32, 'reg', None, None): _T92,
         (16, 32, 'mem', None, None): _T92,
-        (32, 16, 'reg', None, None): _T92,
         (32, 16, 'mem', None, None): _T92,
-        (32, 32, 'reg', None, None): _T92,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1042
-    'MOVUPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T93,
+    # spec/sse.r1:1158
+    'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T93,
-        (16, 32, 'reg', None, None): _T93,
         (16, 32, 'mem', None, None): _T93,
-        (32, 16, 'reg', None, None): _T93,
         (32, 16, 'mem', None, None): _T93,
-        (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T93,
     },
-    # spec/sse.r1:1052
-    'MOVUPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T94,
+    # spec/sse.r1:1169
+    'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T94,
-        (16, 32, 'reg', None, None): _T94,
         (16, 32, 'mem', None, None): _T94,
-        (32, 16, 'reg', None, None): _T94,
         (32, 16, 'mem', None, None): _T94,
-        (32, 32, 'reg', None, None): _T94,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1062
-    'MOVSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T95,
-        (16, 32, 'reg', None, None): _T95,
-        (32, 16, 'reg', None, None): _T95,
-        (32, 32, 'reg', None, None): _T95,
+    # spec/sse.r1:1180
+    'PREFETCHT2_M8': {
+        (16, 16, 'mem', None, None): _T95,
+        (16, 32, 'mem', None, None): _T95,
+        (32, 16, 'mem', None, None): _T95,
+        (32, 32, 'mem', None, None): _T95,
     },
-    # spec/sse.r1:1073
-    'MOVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T96,
-        (16, 32, 'mem', None, None): _T96,
-        (32, 16, 'mem', None, None): _T96,
-        (32, 32, 'mem', None, None): _T96,
+    # spec/sse.r1:1191
+    'SFENCE': {
+        (16, 16, None, None, None): _T96,
+        (16, 32, None, None, None): _T96,
+        (32, 16, None, None, None): _T96,
+        (32, 32, None, None, None): _T96,
     },
-    # spec/sse.r1:1084
-    'MOVSD_XMM_XMM_0F11': {
-        (16, 16, 'reg', None, None): _T97,
-        (16, 32, 'reg', None, None): _T97,
-        (32, 16, 'reg', None, None): _T97,
-        (32, 32, 'reg', None, None): _T97,
+    # spec/sse.r1:1202
+    'MOVNTQ_M64_MM': {
+        (16, 16, 'mem', None, None): _T97,
+        (16, 32, 'mem', None, None): _T97,
+        (32, 16, 'mem', None, None): _T97,
+        (32, 32, 'mem', None, None): _T97,
     },
-    # spec/sse.r1:1095
-    'MOVSD_M64_XMM': {
+    # spec/sse.r1:1212
+    'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T98,
         (16, 32, 'mem', None, None): _T98,
         (32, 16, 'mem', None, None): _T98,
         (32, 32, 'mem', None, None): _T98,
     },
-    # spec/sse.r1:1106
-    'MOVLPD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T99,
-        (16, 32, 'mem', None, None): _T99,
-        (32, 16, 'mem', None, None): _T99,
-        (32, 32, 'mem', None, None): _T99,
+    # spec/sse.r1:1223
+    'MASKMOVQ_MM_MM': {
+        (16, 16, 'reg', None, None): _T99,
+        (16, 32, 'reg', None, None): _T99,
+        (32, 16, 'reg', None, None): _T99,
+        (32, 32, 'reg', None, None): _T99,
     },
-    # spec/sse.r1:1116
-    'MOVLPD_M64_XMM': {
+    # spec/sse.r1:1235
+    'PAVGB_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T100,
         (16, 16, 'mem', None, None): _T100,
+        (16, 32, 'reg', None, None): _T100,
         (16, 32, 'mem', None, None): _T100,
+        (32, 16, 'reg', None, None): _T100,
         (32, 16, 'mem', None, None): _T100,
+        (32, 32, 'reg', None, None): _T100,
         (32, 32, 'mem', None, None): _T100,
     },
-    # spec/sse.r1:1126
-    'MOVHPD_XMM_M64': {
+    # spec/sse.r1:1245
+    'PAVGW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T101,
         (16, 16, 'mem', None, None): _T101,
+        (16, 32, 'reg', None, None): _T101,
         (16, 32, 'mem', None, None): _T101,
+        (32, 16, 'reg', None, None): _T101,
         (32, 16, 'mem', None, None): _T101,
+        (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1136
-    'MOVHPD_M64_XMM': {
+    # spec/sse.r1:1255
+    'PMAXSW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T102,
+        (16, 32, 'reg', None, None): _T102,
         (16, 32, 'mem', None, None): _T102,
+        (32, 16, 'reg', None, None): _T102,
         (32, 16, 'mem', None, None): _T102,
+        (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1146
-    'MOVMSKPD_R32_XMM': {
+    # spec/sse.r1:1265
+    'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T103,
+        (16, 16, 'mem', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
+        (16, 32, 'mem', None, None): _T103,
         (32, 16, 'reg', None, None): _T103,
+        (32, 16, 'mem', None, None): _T103,
         (32, 32, 'reg', None, None): _T103,
+        (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1158
-    'ADDPD_XMM_XMMRM': {
+    # spec/sse.r1:1275
+    'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
         (16, 32, 'reg', None, None): _T104,
@@ -2258,22 +5658,30 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1168
-    'ADDSD_XMM_XMM': {
+    # spec/sse.r1:1285
+    'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T105,
+        (16, 16, 'mem', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
+        (16, 32, 'mem', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
+        (32, 16, 'mem', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
+        (32, 32, 'mem', None, None): _T105,
     },
-    # spec/sse.r1:1178
-    'ADDSD_XMM_M64': {
+    # spec/sse.r1:1295
+    'PMULHUW_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T106,
         (16, 16, 'mem', None, None): _T106,
+        (16, 32, 'reg', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
+        (32, 16, 'reg', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
+        (32, 32, 'reg', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1188
-    'SUBPD_XMM_XMMRM': {
+    # spec/sse.r1:1305
+    'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T107,
         (16, 16, 'mem', None, None): _T107,
         (16, 32, 'reg', None, None): _T107,
@@ -2283,635 +5691,470 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T107,
         (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1198
-    'SUBSD_XMM_XMM': {
+    # spec/sse.r1:1315
+    'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T108,
+        (16, 16, 'mem', None, None): _T108,
         (16, 32, 'reg', None, None): _T108,
+        (16, 32, 'mem', None, None): _T108,
         (32, 16, 'reg', None, None): _T108,
+        (32, 16, 'mem', None, None): _T108,
         (32, 32, 'reg', None, None): _T108,
+        (32, 32, 'mem', None, None): _T108,
     },
-    # spec/sse.r1:1208
-    'SUBSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T109,
-        (16, 32, 'mem', None, None): _T109,
-        (32, 16, 'mem', None, None): _T109,
-        (32, 32, 'mem', None, None): _T109,
+    # spec/sse.r1:1325
+    'PEXTRW_R32_MM_IMM8': {
+        (16, 16, 'reg', None, None): _T109,
+        (16, 32, 'reg', None, None): _T109,
+        (32, 16, 'reg', None, None): _T109,
+        (32, 32, 'reg', None, None): _T109,
     },
-    # spec/sse.r1:1218
-    'MULPD_XMM_XMMRM': {
+    # spec/sse.r1:1335
+    'PINSRW_MM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T110,
-        (16, 16, 'mem', None, None): _T110,
         (16, 32, 'reg', None, None): _T110,
-        (16, 32, 'mem', None, None): _T110,
         (32, 16, 'reg', None, None): _T110,
-        (32, 16, 'mem', None, None): _T110,
         (32, 32, 'reg', None, None): _T110,
-        (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1228
-    'MULSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T111,
-        (16, 32, 'reg', None, None): _T111,
-        (32, 16, 'reg', None, None): _T111,
-        (32, 32, 'reg', None, None): _T111,
+    # spec/sse.r1:1345
+    'PINSRW_MM_M16_IMM8': {
+        (16, 16, 'mem', None, None): _T111,
+        (16, 32, 'mem', None, None): _T111,
+        (32, 16, 'mem', None, None): _T111,
+        (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1238
-    'MULSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T112,
-        (16, 32, 'mem', None, None): _T112,
-        (32, 16, 'mem', None, None): _T112,
-        (32, 32, 'mem', None, None): _T112,
+    # spec/sse.r1:1355
+    'PMOVMSKB_R32_MM': {
+        (16, 16, 'reg', None, None): _T112,
+        (16, 32, 'reg', None, None): _T112,
+        (32, 16, 'reg', None, None): _T112,
+        (32, 32, 'reg', None, None): _T112,
     },
-    # spec/sse.r1:1248
-    'DIVPD_XMM_XMMRM': {
+    # spec/sse.r1:1367
+    'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T113,
-        (16, 16, 'mem', None, None): _T113,
+        (16, 16, 'mem', None, None): _T114,
         (16, 32, 'reg', None, None): _T113,
-        (16, 32, 'mem', None, None): _T113,
+        (16, 32, 'mem', None, None): _T114,
         (32, 16, 'reg', None, None): _T113,
-        (32, 16, 'mem', None, None): _T113,
+        (32, 16, 'mem', None, None): _T114,
         (32, 32, 'reg', None, None): _T113,
-        (32, 32, 'mem', None, None): _T113,
+        (32, 32, 'mem', None, None): _T114,
     },
-    # spec/sse.r1:1258
-    'DIVSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T114,
-        (16, 32, 'reg', None, None): _T114,
-        (32, 16, 'reg', None, None): _T114,
-        (32, 32, 'reg', None, None): _T114,
-    },
-    # spec/sse.r1:1268
-    'DIVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T115,
-        (16, 32, 'mem', None, None): _T115,
-        (32, 16, 'mem', None, None): _T115,
-        (32, 32, 'mem', None, None): _T115,
-    },
-    # spec/sse.r1:1278
-    'MINPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T116,
+    # spec/sse.r1:1382
+    'MOVAPD_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T115,
         (16, 16, 'mem', None, None): _T116,
-        (16, 32, 'reg', None, None): _T116,
+        (16, 32, 'reg', None, None): _T115,
         (16, 32, 'mem', None, None): _T116,
-        (32, 16, 'reg', None, None): _T116,
+        (32, 16, 'reg', None, None): _T115,
         (32, 16, 'mem', None, None): _T116,
-        (32, 32, 'reg', None, None): _T116,
+        (32, 32, 'reg', None, None): _T115,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1288
-    'MINSD_XMM_XMM': {
+    # spec/sse.r1:1397
+    'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T117,
-        (16, 32, 'reg', None, None): _T117,
-        (32, 16, 'reg', None, None): _T117,
-        (32, 32, 'reg', None, None): _T117,
-    },
-    # spec/sse.r1:1298
-    'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T118,
+        (16, 32, 'reg', None, None): _T117,
         (16, 32, 'mem', None, None): _T118,
+        (32, 16, 'reg', None, None): _T117,
         (32, 16, 'mem', None, None): _T118,
+        (32, 32, 'reg', None, None): _T117,
         (32, 32, 'mem', None, None): _T118,
     },
-    # spec/sse.r1:1308
-    'MAXPD_XMM_XMMRM': {
+    # spec/sse.r1:1408
+    'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T119,
-        (16, 16, 'mem', None, None): _T119,
+        (16, 16, 'mem', None, None): _T120,
         (16, 32, 'reg', None, None): _T119,
-        (16, 32, 'mem', None, None): _T119,
+        (16, 32, 'mem', None, None): _T120,
         (32, 16, 'reg', None, None): _T119,
-        (32, 16, 'mem', None, None): _T119,
+        (32, 16, 'mem', None, None): _T120,
         (32, 32, 'reg', None, None): _T119,
-        (32, 32, 'mem', None, None): _T119,
+        (32, 32, 'mem', None, None): _T120,
     },
-    # spec/sse.r1:1318
-    'MAXSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T120,
-        (16, 32, 'reg', None, None): _T120,
-        (32, 16, 'reg', None, None): _T120,
-        (32, 32, 'reg', None, None): _T120,
+    # spec/sse.r1:1419
+    'MOVSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T121,
+        (16, 32, 'reg', None, None): _T121,
+        (32, 16, 'reg', None, None): _T121,
+        (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1328
-    'MAXSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T121,
-        (16, 32, 'mem', None, None): _T121,
-        (32, 16, 'mem', None, None): _T121,
-        (32, 32, 'mem', None, None): _T121,
-    },
-    # spec/sse.r1:1338
-    'SQRTPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T122,
+    # spec/sse.r1:1430
+    'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T122,
-        (16, 32, 'reg', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
-        (32, 16, 'reg', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
-        (32, 32, 'reg', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1348
-    'SQRTSD_XMM_XMM': {
+    # spec/sse.r1:1441
+    'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T123,
         (16, 32, 'reg', None, None): _T123,
         (32, 16, 'reg', None, None): _T123,
         (32, 32, 'reg', None, None): _T123,
     },
-    # spec/sse.r1:1358
-    'SQRTSD_XMM_M64': {
+    # spec/sse.r1:1452
+    'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T124,
         (16, 32, 'mem', None, None): _T124,
         (32, 16, 'mem', None, None): _T124,
         (32, 32, 'mem', None, None): _T124,
     },
-    # spec/sse.r1:1370
-    'CMPPD_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T125,
+    # spec/sse.r1:1463
+    'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T125,
-        (16, 32, 'reg', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
-        (32, 16, 'reg', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
-        (32, 32, 'reg', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1381
-    'CMPSD_XMM_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T126,
-        (16, 32, 'reg', None, None): _T126,
-        (32, 16, 'reg', None, None): _T126,
-        (32, 32, 'reg', None, None): _T126,
+    # spec/sse.r1:1474
+    'MOVLPD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T126,
+        (16, 32, 'mem', None, None): _T126,
+        (32, 16, 'mem', None, None): _T126,
+        (32, 32, 'mem', None, None): _T126,
     },
-    # spec/sse.r1:1396
-    'CMPSD_XMM_M64_IMM8': {
+    # spec/sse.r1:1485
+    'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/sse.r1:1411
-    'COMISD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T128,
-        (16, 32, 'reg', None, None): _T128,
-        (32, 16, 'reg', None, None): _T128,
-        (32, 32, 'reg', None, None): _T128,
+    # spec/sse.r1:1496
+    'MOVHPD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T128,
+        (16, 32, 'mem', None, None): _T128,
+        (32, 16, 'mem', None, None): _T128,
+        (32, 32, 'mem', None, None): _T128,
     },
-    # spec/sse.r1:1421
-    'COMISD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T129,
-        (16, 32, 'mem', None, None): _T129,
-        (32, 16, 'mem', None, None): _T129,
-        (32, 32, 'mem', None, None): _T129,
+    # spec/sse.r1:1507
+    'MOVMSKPD_R32_XMM': {
+        (16, 16, 'reg', None, None): _T129,
+        (16, 32, 'reg', None, None): _T129,
+        (32, 16, 'reg', None, None): _T129,
+        (32, 32, 'reg', None, None): _T129,
     },
-    # spec/sse.r1:1431
-    'UCOMISD_XMM_XMM': {
+    # spec/sse.r1:1520
+    'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T130,
-        (16, 32, 'reg', None, None): _T130,
-        (32, 16, 'reg', None, None): _T130,
-        (32, 32, 'reg', None, None): _T130,
-    },
-    # spec/sse.r1:1441
-    'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
+        (16, 32, 'reg', None, None): _T130,
         (16, 32, 'mem', None, None): _T131,
+        (32, 16, 'reg', None, None): _T130,
         (32, 16, 'mem', None, None): _T131,
+        (32, 32, 'reg', None, None): _T130,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1453
-    'ANDPD_XMM_XMMRM': {
+    # spec/sse.r1:1535
+    'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T132,
-        (16, 16, 'mem', None, None): _T132,
         (16, 32, 'reg', None, None): _T132,
-        (16, 32, 'mem', None, None): _T132,
         (32, 16, 'reg', None, None): _T132,
-        (32, 16, 'mem', None, None): _T132,
         (32, 32, 'reg', None, None): _T132,
-        (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1463
-    'ANDNPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T133,
+    # spec/sse.r1:1546
+    'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T133,
-        (16, 32, 'reg', None, None): _T133,
         (16, 32, 'mem', None, None): _T133,
-        (32, 16, 'reg', None, None): _T133,
         (32, 16, 'mem', None, None): _T133,
-        (32, 32, 'reg', None, None): _T133,
         (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1473
-    'ORPD_XMM_XMMRM': {
+    # spec/sse.r1:1557
+    'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T134,
-        (16, 16, 'mem', None, None): _T134,
-        (16, 32, 'reg', None, None): _T134,
-        (16, 32, 'mem', None, None): _T134,
-        (32, 16, 'reg', None, None): _T134,
-        (32, 16, 'mem', None, None): _T134,
-        (32, 32, 'reg', None, None): _T134,
-        (32, 32, 'mem', None, None): _T134,
-    },
-    # spec/sse.r1:1483
-    'XORPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
-        (16, 32, 'reg', None, None): _T135,
+        (16, 32, 'reg', None, None): _T134,
         (16, 32, 'mem', None, None): _T135,
-        (32, 16, 'reg', None, None): _T135,
+        (32, 16, 'reg', None, None): _T134,
         (32, 16, 'mem', None, None): _T135,
-        (32, 32, 'reg', None, None): _T135,
+        (32, 32, 'reg', None, None): _T134,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1493
-    'SHUFPD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1572
+    'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T136,
-        (16, 16, 'mem', None, None): _T136,
         (16, 32, 'reg', None, None): _T136,
-        (16, 32, 'mem', None, None): _T136,
         (32, 16, 'reg', None, None): _T136,
-        (32, 16, 'mem', None, None): _T136,
         (32, 32, 'reg', None, None): _T136,
-        (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1503
-    'UNPCKLPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T137,
+    # spec/sse.r1:1583
+    'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T137,
-        (16, 32, 'reg', None, None): _T137,
         (16, 32, 'mem', None, None): _T137,
-        (32, 16, 'reg', None, None): _T137,
         (32, 16, 'mem', None, None): _T137,
-        (32, 32, 'reg', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1513
-    'UNPCKHPD_XMM_XMMRM': {
+    # spec/sse.r1:1594
+    'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T138,
-        (16, 16, 'mem', None, None): _T138,
-        (16, 32, 'reg', None, None): _T138,
-        (16, 32, 'mem', None, None): _T138,
-        (32, 16, 'reg', None, None): _T138,
-        (32, 16, 'mem', None, None): _T138,
-        (32, 32, 'reg', None, None): _T138,
-        (32, 32, 'mem', None, None): _T138,
-    },
-    # spec/sse.r1:1525
-    'CVTPI2PD_XMM_MMRM': {
-        (16, 16, 'reg', None, None): _T139,
         (16, 16, 'mem', None, None): _T139,
-        (16, 32, 'reg', None, None): _T139,
+        (16, 32, 'reg', None, None): _T138,
         (16, 32, 'mem', None, None): _T139,
-        (32, 16, 'reg', None, None): _T139,
+        (32, 16, 'reg', None, None): _T138,
         (32, 16, 'mem', None, None): _T139,
-        (32, 32, 'reg', None, None): _T139,
+        (32, 32, 'reg', None, None): _T138,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1535
-    'CVTPD2PI_MM_XMMRM': {
+    # spec/sse.r1:1609
+    'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T140,
-        (16, 16, 'mem', None, None): _T140,
         (16, 32, 'reg', None, None): _T140,
-        (16, 32, 'mem', None, None): _T140,
         (32, 16, 'reg', None, None): _T140,
-        (32, 16, 'mem', None, None): _T140,
         (32, 32, 'reg', None, None): _T140,
-        (32, 32, 'mem', None, None): _T140,
     },
-    # spec/sse.r1:1545
-    'CVTTPD2PI_MM_XMMRM': {
-        (16, 16, 'reg', None, None): _T141,
+    # spec/sse.r1:1620
+    'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T141,
-        (16, 32, 'reg', None, None): _T141,
         (16, 32, 'mem', None, None): _T141,
-        (32, 16, 'reg', None, None): _T141,
         (32, 16, 'mem', None, None): _T141,
-        (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1555
-    'CVTSI2SD_XMM_RM32': {
+    # spec/sse.r1:1631
+    'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T142,
-        (16, 16, 'mem', None, None): _T142,
+        (16, 16, 'mem', None, None): _T143,
         (16, 32, 'reg', None, None): _T142,
-        (16, 32, 'mem', None, None): _T142,
+        (16, 32, 'mem', None, None): _T143,
         (32, 16, 'reg', None, None): _T142,
-        (32, 16, 'mem', None, None): _T142,
+        (32, 16, 'mem', None, None): _T143,
         (32, 32, 'reg', None, None): _T142,
-        (32, 32, 'mem', None, None): _T142,
+        (32, 32, 'mem', None, None): _T143,
     },
-    # spec/sse.r1:1565
-    'CVTSD2SI_R32_XMM': {
-        (16, 16, 'reg', None, None): _T143,
-        (16, 32, 'reg', None, None): _T143,
-        (32, 16, 'reg', None, None): _T143,
-        (32, 32, 'reg', None, None): _T143,
+    # spec/sse.r1:1646
+    'DIVSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T144,
+        (16, 32, 'reg', None, None): _T144,
+        (32, 16, 'reg', None, None): _T144,
+        (32, 32, 'reg', None, None): _T144,
     },
-    # spec/sse.r1:1575
-    'CVTSD2SI_R32_M64': {
-        (16, 16, 'mem', None, None): _T144,
-        (16, 32, 'mem', None, None): _T144,
-        (32, 16, 'mem', None, None): _T144,
-        (32, 32, 'mem', None, None): _T144,
+    # spec/sse.r1:1657
+    'DIVSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T145,
+        (16, 32, 'mem', None, None): _T145,
+        (32, 16, 'mem', None, None): _T145,
+        (32, 32, 'mem', None, None): _T145,
     },
-    # spec/sse.r1:1585
-    'CVTTSD2SI_R32_XMM': {
-        (16, 16, 'reg', None, None): _T145,
-        (16, 32, 'reg', None, None): _T145,
-        (32, 16, 'reg', None, None): _T145,
-        (32, 32, 'reg', None, None): _T145,
+    # spec/sse.r1:1668
+    'MINPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T146,
+        (16, 16, 'mem', None, None): _T147,
+        (16, 32, 'reg', None, None): _T146,
+        (16, 32, 'mem', None, None): _T147,
+        (32, 16, 'reg', None, None): _T146,
+        (32, 16, 'mem', None, None): _T147,
+        (32, 32, 'reg', None, None): _T146,
+        (32, 32, 'mem', None, None): _T147,
     },
-    # spec/sse.r1:1595
-    'CVTTSD2SI_R32_M64': {
-        (16, 16, 'mem', None, None): _T146,
-        (16, 32, 'mem', None, None): _T146,
-        (32, 16, 'mem', None, None): _T146,
-        (32, 32, 'mem', None, None): _T146,
+    # spec/sse.r1:1683
+    'MINSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T148,
+        (16, 32, 'reg', None, None): _T148,
+        (32, 16, 'reg', None, None): _T148,
+        (32, 32, 'reg', None, None): _T148,
     },
-    # spec/sse.r1:1605
-    'CVTPS2PD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T147,
-        (16, 32, 'reg', None, None): _T147,
-        (32, 16, 'reg', None, None): _T147,
-        (32, 32, 'reg', None, None): _T147,
-    },
-    # spec/sse.r1:1615
-    'CVTPS2PD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T148,
-        (16, 32, 'mem', None, None): _T148,
-        (32, 16, 'mem', None, None): _T148,
-        (32, 32, 'mem', None, None): _T148,
-    },
-    # spec/sse.r1:1625
-    'CVTPD2PS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T149,
+    # spec/sse.r1:1694
+    'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T149,
-        (16, 32, 'reg', None, None): _T149,
         (16, 32, 'mem', None, None): _T149,
-        (32, 16, 'reg', None, None): _T149,
         (32, 16, 'mem', None, None): _T149,
-        (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1635
-    'CVTSS2SD_XMM_XMM': {
+    # spec/sse.r1:1705
+    'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T150,
-        (16, 32, 'reg', None, None): _T150,
-        (32, 16, 'reg', None, None): _T150,
-        (32, 32, 'reg', None, None): _T150,
-    },
-    # spec/sse.r1:1645
-    'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T151,
+        (16, 32, 'reg', None, None): _T150,
         (16, 32, 'mem', None, None): _T151,
+        (32, 16, 'reg', None, None): _T150,
         (32, 16, 'mem', None, None): _T151,
+        (32, 32, 'reg', None, None): _T150,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1655
-    'CVTSD2SS_XMM_XMM': {
+    # spec/sse.r1:1720
+    'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T152,
         (16, 32, 'reg', None, None): _T152,
         (32, 16, 'reg', None, None): _T152,
         (32, 32, 'reg', None, None): _T152,
     },
-    # spec/sse.r1:1665
-    'CVTSD2SS_XMM_M64': {
+    # spec/sse.r1:1731
+    'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T153,
         (16, 32, 'mem', None, None): _T153,
         (32, 16, 'mem', None, None): _T153,
         (32, 32, 'mem', None, None): _T153,
     },
-    # spec/sse.r1:1675
-    'CVTDQ2PS_XMM_XMMRM': {
+    # spec/sse.r1:1742
+    'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T154,
-        (16, 16, 'mem', None, None): _T154,
-        (16, 32, 'reg', None, None): _T154,
-        (16, 32, 'mem', None, None): _T154,
-        (32, 16, 'reg', None, None): _T154,
-        (32, 16, 'mem', None, None): _T154,
-        (32, 32, 'reg', None, None): _T154,
-        (32, 32, 'mem', None, None): _T154,
-    },
-    # spec/sse.r1:1685
-    'CVTPS2DQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T155,
         (16, 16, 'mem', None, None): _T155,
-        (16, 32, 'reg', None, None): _T155,
+        (16, 32, 'reg', None, None): _T154,
         (16, 32, 'mem', None, None): _T155,
-        (32, 16, 'reg', None, None): _T155,
+        (32, 16, 'reg', None, None): _T154,
         (32, 16, 'mem', None, None): _T155,
-        (32, 32, 'reg', None, None): _T155,
+        (32, 32, 'reg', None, None): _T154,
         (32, 32, 'mem', None, None): _T155,
     },
-    # spec/sse.r1:1695
-    'CVTTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1757
+    'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T156,
-        (16, 16, 'mem', None, None): _T156,
         (16, 32, 'reg', None, None): _T156,
-        (16, 32, 'mem', None, None): _T156,
         (32, 16, 'reg', None, None): _T156,
-        (32, 16, 'mem', None, None): _T156,
         (32, 32, 'reg', None, None): _T156,
-        (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T157,
-        (16, 32, 'reg', None, None): _T157,
-        (32, 16, 'reg', None, None): _T157,
-        (32, 32, 'reg', None, None): _T157,
+    # spec/sse.r1:1768
+    'SQRTSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T157,
+        (16, 32, 'mem', None, None): _T157,
+        (32, 16, 'mem', None, None): _T157,
+        (32, 32, 'mem', None, None): _T157,
     },
-    # spec/sse.r1:1715
-    'CVTDQ2PD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T158,
-        (16, 32, 'mem', None, None): _T158,
-        (32, 16, 'mem', None, None): _T158,
-        (32, 32, 'mem', None, None): _T158,
-    },
-    # spec/sse.r1:1725
-    'CVTPD2DQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T159,
+    # spec/sse.r1:1781
+    'CMPPD_XMM_XMMRM_IMM8': {
+        (16, 16, 'reg', None, None): _T158,
         (16, 16, 'mem', None, None): _T159,
-        (16, 32, 'reg', None, None): _T159,
+        (16, 32, 'reg', None, None): _T158,
         (16, 32, 'mem', None, None): _T159,
-        (32, 16, 'reg', None, None): _T159,
+        (32, 16, 'reg', None, None): _T158,
         (32, 16, 'mem', None, None): _T159,
-        (32, 32, 'reg', None, None): _T159,
+        (32, 32, 'reg', None, None): _T158,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1735
-    'CVTTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1797
+    'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T160,
-        (16, 16, 'mem', None, None): _T160,
         (16, 32, 'reg', None, None): _T160,
-        (16, 32, 'mem', None, None): _T160,
         (32, 16, 'reg', None, None): _T160,
-        (32, 16, 'mem', None, None): _T160,
         (32, 32, 'reg', None, None): _T160,
-        (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1747
-    'MOVDQA_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T161,
+    # spec/sse.r1:1812
+    'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T161,
-        (16, 32, 'reg', None, None): _T161,
         (16, 32, 'mem', None, None): _T161,
-        (32, 16, 'reg', None, None): _T161,
         (32, 16, 'mem', None, None): _T161,
-        (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1757
-    'MOVDQA_XMMRM_XMM': {
+    # spec/sse.r1:1827
+    'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T162,
-        (16, 16, 'mem', None, None): _T162,
         (16, 32, 'reg', None, None): _T162,
-        (16, 32, 'mem', None, None): _T162,
         (32, 16, 'reg', None, None): _T162,
-        (32, 16, 'mem', None, None): _T162,
         (32, 32, 'reg', None, None): _T162,
-        (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1767
-    'MOVDQU_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T163,
+    # spec/sse.r1:1838
+    'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T163,
-        (16, 32, 'reg', None, None): _T163,
         (16, 32, 'mem', None, None): _T163,
-        (32, 16, 'reg', None, None): _T163,
         (32, 16, 'mem', None, None): _T163,
-        (32, 32, 'reg', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1777
-    'MOVDQU_XMMRM_XMM': {
+    # spec/sse.r1:1849
+    'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T164,
-        (16, 16, 'mem', None, None): _T164,
         (16, 32, 'reg', None, None): _T164,
-        (16, 32, 'mem', None, None): _T164,
         (32, 16, 'reg', None, None): _T164,
-        (32, 16, 'mem', None, None): _T164,
         (32, 32, 'reg', None, None): _T164,
-        (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1787
-    'MOVD_XMM_RM32': {
-        (16, 16, 'reg', None, None): _T165,
+    # spec/sse.r1:1860
+    'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T165,
-        (16, 32, 'reg', None, None): _T165,
         (16, 32, 'mem', None, None): _T165,
-        (32, 16, 'reg', None, None): _T165,
         (32, 16, 'mem', None, None): _T165,
-        (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1797
-    'MOVD_RM32_XMM': {
+    # spec/sse.r1:1873
+    'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T166,
-        (16, 16, 'mem', None, None): _T166,
+        (16, 16, 'mem', None, None): _T167,
         (16, 32, 'reg', None, None): _T166,
-        (16, 32, 'mem', None, None): _T166,
+        (16, 32, 'mem', None, None): _T167,
         (32, 16, 'reg', None, None): _T166,
-        (32, 16, 'mem', None, None): _T166,
+        (32, 16, 'mem', None, None): _T167,
         (32, 32, 'reg', None, None): _T166,
-        (32, 32, 'mem', None, None): _T166,
+        (32, 32, 'mem', None, None): _T167,
     },
-    # spec/sse.r1:1807
-    'MOVQ_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T167,
-        (16, 32, 'reg', None, None): _T167,
-        (32, 16, 'reg', None, None): _T167,
-        (32, 32, 'reg', None, None): _T167,
+    # spec/sse.r1:1888
+    'ANDNPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T168,
+        (16, 16, 'mem', None, None): _T169,
+        (16, 32, 'reg', None, None): _T168,
+        (16, 32, 'mem', None, None): _T169,
+        (32, 16, 'reg', None, None): _T168,
+        (32, 16, 'mem', None, None): _T169,
+        (32, 32, 'reg', None, None): _T168,
+        (32, 32, 'mem', None, None): _T169,
     },
-    # spec/sse.r1:1817
-    'MOVQ_XMM_M64': {
-        (16, 16, 'mem', None, None): _T168,
-        (16, 32, 'mem', None, None): _T168,
-        (32, 16, 'mem', None, None): _T168,
-        (32, 32, 'mem', None, None): _T168,
+    # spec/sse.r1:1903
+    'ORPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T170,
+        (16, 16, 'mem', None, None): _T171,
+        (16, 32, 'reg', None, None): _T170,
+        (16, 32, 'mem', None, None): _T171,
+        (32, 16, 'reg', None, None): _T170,
+        (32, 16, 'mem', None, None): _T171,
+        (32, 32, 'reg', None, None): _T170,
+        (32, 32, 'mem', None, None): _T171,
     },
-    # spec/sse.r1:1827
-    'MOVQ_XMM_XMM_0FD6': {
-        (16, 16, 'reg', None, None): _T169,
-        (16, 32, 'reg', None, None): _T169,
-        (32, 16, 'reg', None, None): _T169,
-        (32, 32, 'reg', None, None): _T169,
-    },
-    # spec/sse.r1:1837
-    'MOVQ_M64_XMM': {
-        (16, 16, 'mem', None, None): _T170,
-        (16, 32, 'mem', None, None): _T170,
-        (32, 16, 'mem', None, None): _T170,
-        (32, 32, 'mem', None, None): _T170,
-    },
-    # spec/sse.r1:1847
-    'MOVQ2DQ_XMM_MM': {
-        (16, 16, 'reg', None, None): _T171,
-        (16, 32, 'reg', None, None): _T171,
-        (32, 16, 'reg', None, None): _T171,
-        (32, 32, 'reg', None, None): _T171,
-    },
-    # spec/sse.r1:1857
-    'MOVDQ2Q_MM_XMM': {
+    # spec/sse.r1:1918
+    'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T172,
-        (16, 32, 'reg', None, None): _T172,
-        (32, 16, 'reg', None, None): _T172,
-        (32, 32, 'reg', None, None): _T172,
-    },
-    # spec/sse.r1:1869
-    'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T173,
+        (16, 32, 'reg', None, None): _T172,
         (16, 32, 'mem', None, None): _T173,
+        (32, 16, 'reg', None, None): _T172,
         (32, 16, 'mem', None, None): _T173,
+        (32, 32, 'reg', None, None): _T172,
         (32, 32, 'mem', None, None): _T173,
     },
-    # spec/sse.r1:1879
-    'MOVNTDQ_M128_XMM': {
-        (16, 16, 'mem', None, None): _T174,
-        (16, 32, 'mem', None, None): _T174,
-        (32, 16, 'mem', None, None): _T174,
-        (32, 32, 'mem', None, None): _T174,
-    },
-    # spec/sse.r1:1889
-    'MOVNTI_M32_R32': {
+    # spec/sse.r1:1933
+    'SHUFPD_XMM_XMMRM_IMM8': {
+        (16, 16, 'reg', None, None): _T174,
         (16, 16, 'mem', None, None): _T175,
+        (16, 32, 'reg', None, None): _T174,
         (16, 32, 'mem', None, None): _T175,
+        (32, 16, 'reg', None, None): _T174,
         (32, 16, 'mem', None, None): _T175,
+        (32, 32, 'reg', None, None): _T174,
         (32, 32, 'mem', None, None): _T175,
     },
-    # spec/sse.r1:1899
-    'MASKMOVDQU_XMM_XMM': {
+    # spec/sse.r1:1948
+    'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T176,
-        (16, 32, 'reg', None, None): _T176,
-        (32, 16, 'reg', None, None): _T176,
-        (32, 32, 'reg', None, None): _T176,
-    },
-    # spec/sse.r1:1909
-    'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T177,
+        (16, 32, 'reg', None, None): _T176,
         (16, 32, 'mem', None, None): _T177,
+        (32, 16, 'reg', None, None): _T176,
         (32, 16, 'mem', None, None): _T177,
+        (32, 32, 'reg', None, None): _T176,
         (32, 32, 'mem', None, None): _T177,
     },
-    # spec/sse.r1:1919
-    'LFENCE': {
-        (16, 16, None, None, None): _T178,
-        (16, 32, None, None, None): _T178,
-        (32, 16, None, None, None): _T178,
-        (32, 32, None, None, None): _T178,
+    # spec/sse.r1:1963
+    'UNPCKHPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T178,
+        (16, 16, 'mem', None, None): _T179,
+        (16, 32, 'reg', None, None): _T178,
+        (16, 32, 'mem', None, None): _T179,
+        (32, 16, 'reg', None, None): _T178,
+        (32, 16, 'mem', None, None): _T179,
+        (32, 32, 'reg', None, None): _T178,
+        (32, 32, 'mem', None, None): _T179,
     },
-    # spec/sse.r1:1929
-    'MFENCE': {
-        (16, 16, None, None, None): _T179,
-        (16, 32, None, None, None): _T179,
-        (32, 16, None, None, None): _T179,
-        (32, 32, None, None, None): _T179,
+    # spec/sse.r1:1980
+    'CVTPI2PD_XMM_MMRM': {
+        (16, 16, 'reg', None, None): _T180,
+        (16, 16, 'mem', None, None): _T180,
+        (16, 32, 'reg', None, None): _T180,
+        (16, 32, 'mem', None, None): _T180,
+        (32, 16, 'reg', None, None): _T180,
+        (32, 16, 'mem', None, None): _T180,
+        (32, 32, 'reg', None, None): _T180,
+        (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:1939
-    'PAUSE': {
-        (16, 16, None, None, None): _T180,
-        (16, 32, None, None, None): _T180,
-        (32, 16, None, None, None): _T180,
-        (32, 32, None, None, None): _T180,
-    },
-    # spec/sse.r1:1951
-    'PADDQ_MM_MMRM': {
+    # spec/sse.r1:1990
+    'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T181,
         (16, 32, 'reg', None, None): _T181,
@@ -2921,8 +6164,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T181,
     },
-    # spec/sse.r1:1961
-    'PADDQ_XMM_XMMRM': {
+    # spec/sse.r1:2000
+    'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
         (16, 32, 'reg', None, None): _T182,
@@ -2932,286 +6175,169 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T182,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1971
-    'PSUBQ_MM_MMRM': {
+    # spec/sse.r1:2010
+    'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T183,
-        (16, 16, 'mem', None, None): _T183,
-        (16, 32, 'reg', None, None): _T183,
-        (16, 32, 'mem', None, None): _T183,
-        (32, 16, 'reg', None, None): _T183,
-        (32, 16, 'mem', None, None): _T183,
-        (32, 32, 'reg', None, None): _T183,
-        (32, 32, 'mem', None, None): _T183,
-    },
-    # spec/sse.r1:1981
-    'PSUBQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T184,
         (16, 16, 'mem', None, None): _T184,
-        (16, 32, 'reg', None, None): _T184,
+        (16, 32, 'reg', None, None): _T183,
         (16, 32, 'mem', None, None): _T184,
-        (32, 16, 'reg', None, None): _T184,
+        (32, 16, 'reg', None, None): _T183,
         (32, 16, 'mem', None, None): _T184,
-        (32, 32, 'reg', None, None): _T184,
+        (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1991
-    'PMULUDQ_MM_MMRM': {
+    # spec/sse.r1:2021
+    'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T185,
-        (16, 16, 'mem', None, None): _T185,
         (16, 32, 'reg', None, None): _T185,
-        (16, 32, 'mem', None, None): _T185,
         (32, 16, 'reg', None, None): _T185,
-        (32, 16, 'mem', None, None): _T185,
         (32, 32, 'reg', None, None): _T185,
-        (32, 32, 'mem', None, None): _T185,
     },
-    # spec/sse.r1:2001
-    'PMULUDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T186,
+    # spec/sse.r1:2032
+    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T186,
-        (16, 32, 'reg', None, None): _T186,
         (16, 32, 'mem', None, None): _T186,
-        (32, 16, 'reg', None, None): _T186,
         (32, 16, 'mem', None, None): _T186,
-        (32, 32, 'reg', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2011
-    'PSHUFD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2043
+    'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T187,
-        (16, 16, 'mem', None, None): _T187,
         (16, 32, 'reg', None, None): _T187,
-        (16, 32, 'mem', None, None): _T187,
         (32, 16, 'reg', None, None): _T187,
-        (32, 16, 'mem', None, None): _T187,
         (32, 32, 'reg', None, None): _T187,
-        (32, 32, 'mem', None, None): _T187,
     },
-    # spec/sse.r1:2021
-    'PSHUFHW_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T188,
+    # spec/sse.r1:2054
+    'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T188,
-        (16, 32, 'reg', None, None): _T188,
         (16, 32, 'mem', None, None): _T188,
-        (32, 16, 'reg', None, None): _T188,
         (32, 16, 'mem', None, None): _T188,
-        (32, 32, 'reg', None, None): _T188,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2031
-    'PSHUFLW_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2065
+    'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T189,
-        (16, 16, 'mem', None, None): _T189,
         (16, 32, 'reg', None, None): _T189,
-        (16, 32, 'mem', None, None): _T189,
         (32, 16, 'reg', None, None): _T189,
-        (32, 16, 'mem', None, None): _T189,
         (32, 32, 'reg', None, None): _T189,
-        (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:2041
-    'PSLLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T190,
-        (16, 32, 'reg', None, None): _T190,
-        (32, 16, 'reg', None, None): _T190,
-        (32, 32, 'reg', None, None): _T190,
+    # spec/sse.r1:2076
+    'CVTPS2PD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T190,
+        (16, 32, 'mem', None, None): _T190,
+        (32, 16, 'mem', None, None): _T190,
+        (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:2051
-    'PSRLDQ_XMM_IMM8': {
+    # spec/sse.r1:2087
+    'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T191,
-        (16, 32, 'reg', None, None): _T191,
-        (32, 16, 'reg', None, None): _T191,
-        (32, 32, 'reg', None, None): _T191,
-    },
-    # spec/sse.r1:2061
-    'PUNPCKLQDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T192,
         (16, 16, 'mem', None, None): _T192,
-        (16, 32, 'reg', None, None): _T192,
+        (16, 32, 'reg', None, None): _T191,
         (16, 32, 'mem', None, None): _T192,
-        (32, 16, 'reg', None, None): _T192,
+        (32, 16, 'reg', None, None): _T191,
         (32, 16, 'mem', None, None): _T192,
-        (32, 32, 'reg', None, None): _T192,
+        (32, 32, 'reg', None, None): _T191,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2071
-    'PUNPCKHQDQ_XMM_XMMRM': {
+    # spec/sse.r1:2102
+    'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T193,
-        (16, 16, 'mem', None, None): _T193,
         (16, 32, 'reg', None, None): _T193,
-        (16, 32, 'mem', None, None): _T193,
         (32, 16, 'reg', None, None): _T193,
-        (32, 16, 'mem', None, None): _T193,
         (32, 32, 'reg', None, None): _T193,
-        (32, 32, 'mem', None, None): _T193,
-    },
-    # spec/sse.r1:2083
-    'PUNPCKLBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T194,
-        (16, 16, 'mem', None, None): _T194,
-        (16, 32, 'reg', None, None): _T194,
-        (16, 32, 'mem', None, None): _T194,
-        (32, 16, 'reg', None, None): _T194,
-        (32, 16, 'mem', None, None): _T194,
-        (32, 32, 'reg', None, None): _T194,
-        (32, 32, 'mem', None, None): _T194,
-    },
-    # spec/sse.r1:2093
-    'PUNPCKLWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T195,
-        (16, 16, 'mem', None, None): _T195,
-        (16, 32, 'reg', None, None): _T195,
-        (16, 32, 'mem', None, None): _T195,
-        (32, 16, 'reg', None, None): _T195,
-        (32, 16, 'mem', None, None): _T195,
-        (32, 32, 'reg', None, None): _T195,
-        (32, 32, 'mem', None, None): _T195,
-    },
-    # spec/sse.r1:2103
-    'PUNPCKLDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T196,
-        (16, 16, 'mem', None, None): _T196,
-        (16, 32, 'reg', None, None): _T196,
-        (16, 32, 'mem', None, None): _T196,
-        (32, 16, 'reg', None, None): _T196,
-        (32, 16, 'mem', None, None): _T196,
-        (32, 32, 'reg', None, None): _T196,
-        (32, 32, 'mem', None, None): _T196,
     },
     # spec/sse.r1:2113
-    'PUNPCKHBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T197,
-        (16, 16, 'mem', None, None): _T197,
-        (16, 32, 'reg', None, None): _T197,
-        (16, 32, 'mem', None, None): _T197,
-        (32, 16, 'reg', None, None): _T197,
-        (32, 16, 'mem', None, None): _T197,
-        (32, 32, 'reg', None, None): _T197,
-        (32, 32, 'mem', None, None): _T197,
+    'CVTSS2SD_XMM_M32': {
+        (16, 16, 'mem', None, None): _T194,
+        (16, 32, 'mem', None, None): _T194,
+        (32, 16, 'mem', None, None): _T194,
+        (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2123
-    'PUNPCKHWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T198,
+    # spec/sse.r1:2124
+    'CVTSD2SS_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T195,
+        (16, 32, 'reg', None, None): _T195,
+        (32, 16, 'reg', None, None): _T195,
+        (32, 32, 'reg', None, None): _T195,
+    },
+    # spec/sse.r1:2135
+    'CVTSD2SS_XMM_M64': {
+        (16, 16, 'mem', None, None): _T196,
+        (16, 32, 'mem', None, None): _T196,
+        (32, 16, 'mem', None, None): _T196,
+        (32, 32, 'mem', None, None): _T196,
+    },
+    # spec/sse.r1:2146
+    'CVTDQ2PS_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T197,
         (16, 16, 'mem', None, None): _T198,
-        (16, 32, 'reg', None, None): _T198,
+        (16, 32, 'reg', None, None): _T197,
         (16, 32, 'mem', None, None): _T198,
-        (32, 16, 'reg', None, None): _T198,
+        (32, 16, 'reg', None, None): _T197,
         (32, 16, 'mem', None, None): _T198,
-        (32, 32, 'reg', None, None): _T198,
+        (32, 32, 'reg', None, None): _T197,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2133
-    'PUNPCKHDQ_XMM_XMMRM': {
+    # spec/sse.r1:2161
+    'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T199,
-        (16, 16, 'mem', None, None): _T199,
-        (16, 32, 'reg', None, None): _T199,
-        (16, 32, 'mem', None, None): _T199,
-        (32, 16, 'reg', None, None): _T199,
-        (32, 16, 'mem', None, None): _T199,
-        (32, 32, 'reg', None, None): _T199,
-        (32, 32, 'mem', None, None): _T199,
-    },
-    # spec/sse.r1:2143
-    'PACKSSWB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T200,
         (16, 16, 'mem', None, None): _T200,
-        (16, 32, 'reg', None, None): _T200,
+        (16, 32, 'reg', None, None): _T199,
         (16, 32, 'mem', None, None): _T200,
-        (32, 16, 'reg', None, None): _T200,
+        (32, 16, 'reg', None, None): _T199,
         (32, 16, 'mem', None, None): _T200,
-        (32, 32, 'reg', None, None): _T200,
+        (32, 32, 'reg', None, None): _T199,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2153
-    'PACKUSWB_XMM_XMMRM': {
+    # spec/sse.r1:2176
+    'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T201,
-        (16, 16, 'mem', None, None): _T201,
-        (16, 32, 'reg', None, None): _T201,
-        (16, 32, 'mem', None, None): _T201,
-        (32, 16, 'reg', None, None): _T201,
-        (32, 16, 'mem', None, None): _T201,
-        (32, 32, 'reg', None, None): _T201,
-        (32, 32, 'mem', None, None): _T201,
-    },
-    # spec/sse.r1:2163
-    'PACKSSDW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T202,
         (16, 16, 'mem', None, None): _T202,
-        (16, 32, 'reg', None, None): _T202,
+        (16, 32, 'reg', None, None): _T201,
         (16, 32, 'mem', None, None): _T202,
-        (32, 16, 'reg', None, None): _T202,
+        (32, 16, 'reg', None, None): _T201,
         (32, 16, 'mem', None, None): _T202,
-        (32, 32, 'reg', None, None): _T202,
+        (32, 32, 'reg', None, None): _T201,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2173
-    'PADDB_XMM_XMMRM': {
+    # spec/sse.r1:2191
+    'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T203,
-        (16, 16, 'mem', None, None): _T203,
         (16, 32, 'reg', None, None): _T203,
-        (16, 32, 'mem', None, None): _T203,
         (32, 16, 'reg', None, None): _T203,
-        (32, 16, 'mem', None, None): _T203,
         (32, 32, 'reg', None, None): _T203,
-        (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2183
-    'PADDW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T204,
+    # spec/sse.r1:2202
+    'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T204,
-        (16, 32, 'reg', None, None): _T204,
         (16, 32, 'mem', None, None): _T204,
-        (32, 16, 'reg', None, None): _T204,
         (32, 16, 'mem', None, None): _T204,
-        (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2193
-    'PADDD_XMM_XMMRM': {
+    # spec/sse.r1:2213
+    'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
-        (16, 16, 'mem', None, None): _T205,
-        (16, 32, 'reg', None, None): _T205,
-        (16, 32, 'mem', None, None): _T205,
-        (32, 16, 'reg', None, None): _T205,
-        (32, 16, 'mem', None, None): _T205,
-        (32, 32, 'reg', None, None): _T205,
-        (32, 32, 'mem', None, None): _T205,
-    },
-    # spec/sse.r1:2203
-    'PADDSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T206,
         (16, 16, 'mem', None, None): _T206,
-        (16, 32, 'reg', None, None): _T206,
+        (16, 32, 'reg', None, None): _T205,
         (16, 32, 'mem', None, None): _T206,
-        (32, 16, 'reg', None, None): _T206,
+        (32, 16, 'reg', None, None): _T205,
         (32, 16, 'mem', None, None): _T206,
-        (32, 32, 'reg', None, None): _T206,
+        (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2213
-    'PADDSW_XMM_XMMRM': {
+    # spec/sse.r1:2228
+    'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T207,
-        (16, 16, 'mem', None, None): _T207,
-        (16, 32, 'reg', None, None): _T207,
-        (16, 32, 'mem', None, None): _T207,
-        (32, 16, 'reg', None, None): _T207,
-        (32, 16, 'mem', None, None): _T207,
-        (32, 32, 'reg', None, None): _T207,
-        (32, 32, 'mem', None, None): _T207,
-    },
-    # spec/sse.r1:2223
-    'PADDUSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T208,
         (16, 16, 'mem', None, None): _T208,
-        (16, 32, 'reg', None, None): _T208,
+        (16, 32, 'reg', None, None): _T207,
         (16, 32, 'mem', None, None): _T208,
-        (32, 16, 'reg', None, None): _T208,
+        (32, 16, 'reg', None, None): _T207,
         (32, 16, 'mem', None, None): _T208,
-        (32, 32, 'reg', None, None): _T208,
+        (32, 32, 'reg', None, None): _T207,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2233
-    'PADDUSW_XMM_XMMRM': {
+    # spec/sse.r1:2245
+    'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T209,
         (16, 16, 'mem', None, None): _T209,
         (16, 32, 'reg', None, None): _T209,
@@ -3221,8 +6347,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T209,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2243
-    'PSUBB_XMM_XMMRM': {
+    # spec/sse.r1:2255
+    'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T210,
         (16, 32, 'reg', None, None): _T210,
@@ -3232,8 +6358,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2253
-    'PSUBW_XMM_XMMRM': {
+    # spec/sse.r1:2265
+    'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T211,
         (16, 32, 'reg', None, None): _T211,
@@ -3243,8 +6369,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2263
-    'PSUBD_XMM_XMMRM': {
+    # spec/sse.r1:2275
+    'MOVDQU_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T212,
         (16, 32, 'reg', None, None): _T212,
@@ -3254,8 +6380,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2273
-    'PSUBSB_XMM_XMMRM': {
+    # spec/sse.r1:2285
+    'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
         (16, 32, 'reg', None, None): _T213,
@@ -3265,8 +6391,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2283
-    'PSUBSW_XMM_XMMRM': {
+    # spec/sse.r1:2295
+    'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T214,
         (16, 32, 'reg', None, None): _T214,
@@ -3276,162 +6402,106 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2293
-    'PSUBUSB_XMM_XMMRM': {
+    # spec/sse.r1:2305
+    'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T215,
-        (16, 16, 'mem', None, None): _T215,
         (16, 32, 'reg', None, None): _T215,
-        (16, 32, 'mem', None, None): _T215,
         (32, 16, 'reg', None, None): _T215,
-        (32, 16, 'mem', None, None): _T215,
         (32, 32, 'reg', None, None): _T215,
-        (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2303
-    'PSUBUSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T216,
+    # spec/sse.r1:2315
+    'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T216,
-        (16, 32, 'reg', None, None): _T216,
         (16, 32, 'mem', None, None): _T216,
-        (32, 16, 'reg', None, None): _T216,
         (32, 16, 'mem', None, None): _T216,
-        (32, 32, 'reg', None, None): _T216,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2313
-    'PMULLW_XMM_XMMRM': {
+    # spec/sse.r1:2325
+    'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T217,
-        (16, 16, 'mem', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
-        (16, 32, 'mem', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
-        (32, 16, 'mem', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
-        (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2323
-    'PMULHW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T218,
+    # spec/sse.r1:2335
+    'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T218,
-        (16, 32, 'reg', None, None): _T218,
         (16, 32, 'mem', None, None): _T218,
-        (32, 16, 'reg', None, None): _T218,
         (32, 16, 'mem', None, None): _T218,
-        (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2333
-    'PMADDWD_XMM_XMMRM': {
+    # spec/sse.r1:2345
+    'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T219,
-        (16, 16, 'mem', None, None): _T219,
         (16, 32, 'reg', None, None): _T219,
-        (16, 32, 'mem', None, None): _T219,
         (32, 16, 'reg', None, None): _T219,
-        (32, 16, 'mem', None, None): _T219,
         (32, 32, 'reg', None, None): _T219,
-        (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2343
-    'PCMPEQB_XMM_XMMRM': {
+    # spec/sse.r1:2355
+    'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T220,
-        (16, 16, 'mem', None, None): _T220,
         (16, 32, 'reg', None, None): _T220,
-        (16, 32, 'mem', None, None): _T220,
         (32, 16, 'reg', None, None): _T220,
-        (32, 16, 'mem', None, None): _T220,
         (32, 32, 'reg', None, None): _T220,
-        (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2353
-    'PCMPEQW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T221,
+    # spec/sse.r1:2367
+    'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T221,
-        (16, 32, 'reg', None, None): _T221,
         (16, 32, 'mem', None, None): _T221,
-        (32, 16, 'reg', None, None): _T221,
         (32, 16, 'mem', None, None): _T221,
-        (32, 32, 'reg', None, None): _T221,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2363
-    'PCMPEQD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T222,
+    # spec/sse.r1:2378
+    'MOVNTDQ_M128_XMM': {
         (16, 16, 'mem', None, None): _T222,
-        (16, 32, 'reg', None, None): _T222,
         (16, 32, 'mem', None, None): _T222,
-        (32, 16, 'reg', None, None): _T222,
         (32, 16, 'mem', None, None): _T222,
-        (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2373
-    'PCMPGTB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T223,
+    # spec/sse.r1:2388
+    'MOVNTI_M32_R32': {
         (16, 16, 'mem', None, None): _T223,
-        (16, 32, 'reg', None, None): _T223,
         (16, 32, 'mem', None, None): _T223,
-        (32, 16, 'reg', None, None): _T223,
         (32, 16, 'mem', None, None): _T223,
-        (32, 32, 'reg', None, None): _T223,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2383
-    'PCMPGTW_XMM_XMMRM': {
+    # spec/sse.r1:2398
+    'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T224,
-        (16, 16, 'mem', None, None): _T224,
         (16, 32, 'reg', None, None): _T224,
-        (16, 32, 'mem', None, None): _T224,
         (32, 16, 'reg', None, None): _T224,
-        (32, 16, 'mem', None, None): _T224,
         (32, 32, 'reg', None, None): _T224,
-        (32, 32, 'mem', None, None): _T224,
     },
-    # spec/sse.r1:2393
-    'PCMPGTD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T225,
+    # spec/sse.r1:2408
+    'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T225,
-        (16, 32, 'reg', None, None): _T225,
         (16, 32, 'mem', None, None): _T225,
-        (32, 16, 'reg', None, None): _T225,
         (32, 16, 'mem', None, None): _T225,
-        (32, 32, 'reg', None, None): _T225,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2403
-    'PAND_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T226,
-        (16, 16, 'mem', None, None): _T226,
-        (16, 32, 'reg', None, None): _T226,
-        (16, 32, 'mem', None, None): _T226,
-        (32, 16, 'reg', None, None): _T226,
-        (32, 16, 'mem', None, None): _T226,
-        (32, 32, 'reg', None, None): _T226,
-        (32, 32, 'mem', None, None): _T226,
+    # spec/sse.r1:2419
+    'LFENCE': {
+        (16, 16, None, None, None): _T226,
+        (16, 32, None, None, None): _T226,
+        (32, 16, None, None, None): _T226,
+        (32, 32, None, None, None): _T226,
     },
-    # spec/sse.r1:2413
-    'PANDN_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T227,
-        (16, 16, 'mem', None, None): _T227,
-        (16, 32, 'reg', None, None): _T227,
-        (16, 32, 'mem', None, None): _T227,
-        (32, 16, 'reg', None, None): _T227,
-        (32, 16, 'mem', None, None): _T227,
-        (32, 32, 'reg', None, None): _T227,
-        (32, 32, 'mem', None, None): _T227,
+    # spec/sse.r1:2430
+    'MFENCE': {
+        (16, 16, None, None, None): _T227,
+        (16, 32, None, None, None): _T227,
+        (32, 16, None, None, None): _T227,
+        (32, 32, None, None, None): _T227,
     },
-    # spec/sse.r1:2423
-    'POR_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T228,
-        (16, 16, 'mem', None, None): _T228,
-        (16, 32, 'reg', None, None): _T228,
-        (16, 32, 'mem', None, None): _T228,
-        (32, 16, 'reg', None, None): _T228,
-        (32, 16, 'mem', None, None): _T228,
-        (32, 32, 'reg', None, None): _T228,
-        (32, 32, 'mem', None, None): _T228,
+    # spec/sse.r1:2441
+    'PAUSE': {
+        (16, 16, None, None, None): _T228,
+        (16, 32, None, None, None): _T228,
+        (32, 16, None, None, None): _T228,
+        (32, 32, None, None, None): _T228,
     },
-    # spec/sse.r1:2433
-    'PXOR_XMM_XMMRM': {
+    # spec/sse.r1:2453
+    'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T229,
         (16, 32, 'reg', None, None): _T229,
@@ -3441,8 +6511,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T229,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2443
-    'PSLLW_XMM_XMMRM': {
+    # spec/sse.r1:2463
+    'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
         (16, 16, 'mem', None, None): _T230,
         (16, 32, 'reg', None, None): _T230,
@@ -3452,8 +6522,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T230,
     },
-    # spec/sse.r1:2453
-    'PSLLD_XMM_XMMRM': {
+    # spec/sse.r1:2473
+    'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T231,
         (16, 32, 'reg', None, None): _T231,
@@ -3463,8 +6533,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T231,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2463
-    'PSLLQ_XMM_XMMRM': {
+    # spec/sse.r1:2483
+    'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
         (16, 16, 'mem', None, None): _T232,
         (16, 32, 'reg', None, None): _T232,
@@ -3474,8 +6544,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T232,
     },
-    # spec/sse.r1:2473
-    'PSRLW_XMM_XMMRM': {
+    # spec/sse.r1:2493
+    'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
         (16, 32, 'reg', None, None): _T233,
@@ -3485,8 +6555,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2483
-    'PSRLD_XMM_XMMRM': {
+    # spec/sse.r1:2503
+    'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T234,
         (16, 32, 'reg', None, None): _T234,
@@ -3496,8 +6566,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2493
-    'PSRLQ_XMM_XMMRM': {
+    # spec/sse.r1:2513
+    'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
         (16, 32, 'reg', None, None): _T235,
@@ -3507,8 +6577,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T235,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2503
-    'PSRAW_XMM_XMMRM': {
+    # spec/sse.r1:2523
+    'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T236,
         (16, 32, 'reg', None, None): _T236,
@@ -3518,8 +6588,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2513
-    'PSRAD_XMM_XMMRM': {
+    # spec/sse.r1:2533
+    'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
         (16, 32, 'reg', None, None): _T237,
@@ -3529,64 +6599,88 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T237,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2523
-    'PSLLW_XMM_IMM8': {
+    # spec/sse.r1:2543
+    'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T238,
         (16, 32, 'reg', None, None): _T238,
         (32, 16, 'reg', None, None): _T238,
         (32, 32, 'reg', None, None): _T238,
     },
-    # spec/sse.r1:2533
-    'PSLLD_XMM_IMM8': {
+    # spec/sse.r1:2553
+    'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
     },
-    # spec/sse.r1:2543
-    'PSLLQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T240,
-        (16, 32, 'reg', None, None): _T240,
-        (32, 16, 'reg', None, None): _T240,
-        (32, 32, 'reg', None, None): _T240,
-    },
-    # spec/sse.r1:2553
-    'PSRLW_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T241,
-        (16, 32, 'reg', None, None): _T241,
-        (32, 16, 'reg', None, None): _T241,
-        (32, 32, 'reg', None, None): _T241,
-    },
     # spec/sse.r1:2563
-    'PSRLD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T242,
-        (16, 32, 'reg', None, None): _T242,
-        (32, 16, 'reg', None, None): _T242,
-        (32, 32, 'reg', None, None): _T242,
+    'PUNPCKLQDQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T240,
+        (16, 16, 'mem', None, None): _T240,
+        (16, 32, 'reg', None, None): _T240,
+        (16, 32, 'mem', None, None): _T240,
+        (32, 16, 'reg', None, None): _T240,
+        (32, 16, 'mem', None, None): _T240,
+        (32, 32, 'reg', None, None): _T240,
+        (32, 32, 'mem', None, None): _T240,
     },
     # spec/sse.r1:2573
-    'PSRLQ_XMM_IMM8': {
+    'PUNPCKHQDQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T241,
+        (16, 16, 'mem', None, None): _T241,
+        (16, 32, 'reg', None, None): _T241,
+        (16, 32, 'mem', None, None): _T241,
+        (32, 16, 'reg', None, None): _T241,
+        (32, 16, 'mem', None, None): _T241,
+        (32, 32, 'reg', None, None): _T241,
+        (32, 32, 'mem', None, None): _T241,
+    },
+    # spec/sse.r1:2585
+    'PUNPCKLBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T242,
+        (16, 16, 'mem', None, None): _T242,
+        (16, 32, 'reg', None, None): _T242,
+        (16, 32, 'mem', None, None): _T242,
+        (32, 16, 'reg', None, None): _T242,
+        (32, 16, 'mem', None, None): _T242,
+        (32, 32, 'reg', None, None): _T242,
+        (32, 32, 'mem', None, None): _T242,
+    },
+    # spec/sse.r1:2595
+    'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T243,
+        (16, 16, 'mem', None, None): _T243,
         (16, 32, 'reg', None, None): _T243,
+        (16, 32, 'mem', None, None): _T243,
         (32, 16, 'reg', None, None): _T243,
+        (32, 16, 'mem', None, None): _T243,
         (32, 32, 'reg', None, None): _T243,
-    },
-    # spec/sse.r1:2583
-    'PSRAW_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T244,
-        (16, 32, 'reg', None, None): _T244,
-        (32, 16, 'reg', None, None): _T244,
-        (32, 32, 'reg', None, None): _T244,
-    },
-    # spec/sse.r1:2593
-    'PSRAD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T245,
-        (16, 32, 'reg', None, None): _T245,
-        (32, 16, 'reg', None, None): _T245,
-        (32, 32, 'reg', None, None): _T245,
+        (32, 32, 'mem', None, None): _T243,
     },
     # spec/sse.r1:2605
-    'PAVGB_XMM_XMMRM': {
+    'PUNPCKLDQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T244,
+        (16, 16, 'mem', None, None): _T244,
+        (16, 32, 'reg', None, None): _T244,
+        (16, 32, 'mem', None, None): _T244,
+        (32, 16, 'reg', None, None): _T244,
+        (32, 16, 'mem', None, None): _T244,
+        (32, 32, 'reg', None, None): _T244,
+        (32, 32, 'mem', None, None): _T244,
+    },
+    # spec/sse.r1:2615
+    'PUNPCKHBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T245,
+        (16, 16, 'mem', None, None): _T245,
+        (16, 32, 'reg', None, None): _T245,
+        (16, 32, 'mem', None, None): _T245,
+        (32, 16, 'reg', None, None): _T245,
+        (32, 16, 'mem', None, None): _T245,
+        (32, 32, 'reg', None, None): _T245,
+        (32, 32, 'mem', None, None): _T245,
+    },
+    # spec/sse.r1:2625
+    'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T246,
         (16, 32, 'reg', None, None): _T246,
@@ -3596,8 +6690,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2615
-    'PAVGW_XMM_XMMRM': {
+    # spec/sse.r1:2635
+    'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
         (16, 32, 'reg', None, None): _T247,
@@ -3607,8 +6701,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T247,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2625
-    'PMAXSW_XMM_XMMRM': {
+    # spec/sse.r1:2645
+    'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T248,
         (16, 32, 'reg', None, None): _T248,
@@ -3618,8 +6712,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T248,
     },
-    # spec/sse.r1:2635
-    'PMAXUB_XMM_XMMRM': {
+    # spec/sse.r1:2655
+    'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
         (16, 32, 'reg', None, None): _T249,
@@ -3629,8 +6723,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T249,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2645
-    'PMINSW_XMM_XMMRM': {
+    # spec/sse.r1:2665
+    'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T250,
         (16, 32, 'reg', None, None): _T250,
@@ -3640,8 +6734,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T250,
     },
-    # spec/sse.r1:2655
-    'PMINUB_XMM_XMMRM': {
+    # spec/sse.r1:2675
+    'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
         (16, 32, 'reg', None, None): _T251,
@@ -3651,8 +6745,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T251,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2665
-    'PMULHUW_XMM_XMMRM': {
+    # spec/sse.r1:2685
+    'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T252,
         (16, 32, 'reg', None, None): _T252,
@@ -3662,8 +6756,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T252,
     },
-    # spec/sse.r1:2675
-    'PSADBW_XMM_XMMRM': {
+    # spec/sse.r1:2695
+    'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
         (16, 32, 'reg', None, None): _T253,
@@ -3673,32 +6767,528 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T253,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2685
-    'PEXTRW_R32_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T254,
-        (16, 32, 'reg', None, None): _T254,
-        (32, 16, 'reg', None, None): _T254,
-        (32, 32, 'reg', None, None): _T254,
-    },
-    # spec/sse.r1:2695
-    'PINSRW_XMM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T255,
-        (16, 32, 'reg', None, None): _T255,
-        (32, 16, 'reg', None, None): _T255,
-        (32, 32, 'reg', None, None): _T255,
-    },
     # spec/sse.r1:2705
-    'PINSRW_XMM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T256,
-        (16, 32, 'mem', None, None): _T256,
-        (32, 16, 'mem', None, None): _T256,
-        (32, 32, 'mem', None, None): _T256,
+    'PADDSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T254,
+        (16, 16, 'mem', None, None): _T254,
+        (16, 32, 'reg', None, None): _T254,
+        (16, 32, 'mem', None, None): _T254,
+        (32, 16, 'reg', None, None): _T254,
+        (32, 16, 'mem', None, None): _T254,
+        (32, 32, 'reg', None, None): _T254,
+        (32, 32, 'mem', None, None): _T254,
     },
     # spec/sse.r1:2715
-    'PMOVMSKB_R32_XMM': {
+    'PADDSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T255,
+        (16, 16, 'mem', None, None): _T255,
+        (16, 32, 'reg', None, None): _T255,
+        (16, 32, 'mem', None, None): _T255,
+        (32, 16, 'reg', None, None): _T255,
+        (32, 16, 'mem', None, None): _T255,
+        (32, 32, 'reg', None, None): _T255,
+        (32, 32, 'mem', None, None): _T255,
+    },
+    # spec/sse.r1:2725
+    'PADDUSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T256,
+        (16, 16, 'mem', None, None): _T256,
+        (16, 32, 'reg', None, None): _T256,
+        (16, 32, 'mem', None, None): _T256,
+        (32, 16, 'reg', None, None): _T256,
+        (32, 16, 'mem', None, None): _T256,
+        (32, 32, 'reg', None, None): _T256,
+        (32, 32, 'mem', None, None): _T256,
+    },
+    # spec/sse.r1:2735
+    'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T257,
+        (16, 16, 'mem', None, None): _T257,
         (16, 32, 'reg', None, None): _T257,
+        (16, 32, 'mem', None, None): _T257,
         (32, 16, 'reg', None, None): _T257,
+        (32, 16, 'mem', None, None): _T257,
         (32, 32, 'reg', None, None): _T257,
+        (32, 32, 'mem', None, None): _T257,
+    },
+    # spec/sse.r1:2745
+    'PSUBB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T258,
+        (16, 16, 'mem', None, None): _T258,
+        (16, 32, 'reg', None, None): _T258,
+        (16, 32, 'mem', None, None): _T258,
+        (32, 16, 'reg', None, None): _T258,
+        (32, 16, 'mem', None, None): _T258,
+        (32, 32, 'reg', None, None): _T258,
+        (32, 32, 'mem', None, None): _T258,
+    },
+    # spec/sse.r1:2755
+    'PSUBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T259,
+        (16, 16, 'mem', None, None): _T259,
+        (16, 32, 'reg', None, None): _T259,
+        (16, 32, 'mem', None, None): _T259,
+        (32, 16, 'reg', None, None): _T259,
+        (32, 16, 'mem', None, None): _T259,
+        (32, 32, 'reg', None, None): _T259,
+        (32, 32, 'mem', None, None): _T259,
+    },
+    # spec/sse.r1:2765
+    'PSUBD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T260,
+        (16, 16, 'mem', None, None): _T260,
+        (16, 32, 'reg', None, None): _T260,
+        (16, 32, 'mem', None, None): _T260,
+        (32, 16, 'reg', None, None): _T260,
+        (32, 16, 'mem', None, None): _T260,
+        (32, 32, 'reg', None, None): _T260,
+        (32, 32, 'mem', None, None): _T260,
+    },
+    # spec/sse.r1:2775
+    'PSUBSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T261,
+        (16, 16, 'mem', None, None): _T261,
+        (16, 32, 'reg', None, None): _T261,
+        (16, 32, 'mem', None, None): _T261,
+        (32, 16, 'reg', None, None): _T261,
+        (32, 16, 'mem', None, None): _T261,
+        (32, 32, 'reg', None, None): _T261,
+        (32, 32, 'mem', None, None): _T261,
+    },
+    # spec/sse.r1:2785
+    'PSUBSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T262,
+        (16, 16, 'mem', None, None): _T262,
+        (16, 32, 'reg', None, None): _T262,
+        (16, 32, 'mem', None, None): _T262,
+        (32, 16, 'reg', None, None): _T262,
+        (32, 16, 'mem', None, None): _T262,
+        (32, 32, 'reg', None, None): _T262,
+        (32, 32, 'mem', None, None): _T262,
+    },
+    # spec/sse.r1:2795
+    'PSUBUSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T263,
+        (16, 16, 'mem', None, None): _T263,
+        (16, 32, 'reg', None, None): _T263,
+        (16, 32, 'mem', None, None): _T263,
+        (32, 16, 'reg', None, None): _T263,
+        (32, 16, 'mem', None, None): _T263,
+        (32, 32, 'reg', None, None): _T263,
+        (32, 32, 'mem', None, None): _T263,
+    },
+    # spec/sse.r1:2805
+    'PSUBUSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T264,
+        (16, 16, 'mem', None, None): _T264,
+        (16, 32, 'reg', None, None): _T264,
+        (16, 32, 'mem', None, None): _T264,
+        (32, 16, 'reg', None, None): _T264,
+        (32, 16, 'mem', None, None): _T264,
+        (32, 32, 'reg', None, None): _T264,
+        (32, 32, 'mem', None, None): _T264,
+    },
+    # spec/sse.r1:2815
+    'PMULLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T265,
+        (16, 16, 'mem', None, None): _T265,
+        (16, 32, 'reg', None, None): _T265,
+        (16, 32, 'mem', None, None): _T265,
+        (32, 16, 'reg', None, None): _T265,
+        (32, 16, 'mem', None, None): _T265,
+        (32, 32, 'reg', None, None): _T265,
+        (32, 32, 'mem', None, None): _T265,
+    },
+    # spec/sse.r1:2825
+    'PMULHW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T266,
+        (16, 16, 'mem', None, None): _T266,
+        (16, 32, 'reg', None, None): _T266,
+        (16, 32, 'mem', None, None): _T266,
+        (32, 16, 'reg', None, None): _T266,
+        (32, 16, 'mem', None, None): _T266,
+        (32, 32, 'reg', None, None): _T266,
+        (32, 32, 'mem', None, None): _T266,
+    },
+    # spec/sse.r1:2835
+    'PMADDWD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T267,
+        (16, 16, 'mem', None, None): _T267,
+        (16, 32, 'reg', None, None): _T267,
+        (16, 32, 'mem', None, None): _T267,
+        (32, 16, 'reg', None, None): _T267,
+        (32, 16, 'mem', None, None): _T267,
+        (32, 32, 'reg', None, None): _T267,
+        (32, 32, 'mem', None, None): _T267,
+    },
+    # spec/sse.r1:2845
+    'PCMPEQB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T268,
+        (16, 16, 'mem', None, None): _T268,
+        (16, 32, 'reg', None, None): _T268,
+        (16, 32, 'mem', None, None): _T268,
+        (32, 16, 'reg', None, None): _T268,
+        (32, 16, 'mem', None, None): _T268,
+        (32, 32, 'reg', None, None): _T268,
+        (32, 32, 'mem', None, None): _T268,
+    },
+    # spec/sse.r1:2855
+    'PCMPEQW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T269,
+        (16, 16, 'mem', None, None): _T269,
+        (16, 32, 'reg', None, None): _T269,
+        (16, 32, 'mem', None, None): _T269,
+        (32, 16, 'reg', None, None): _T269,
+        (32, 16, 'mem', None, None): _T269,
+        (32, 32, 'reg', None, None): _T269,
+        (32, 32, 'mem', None, None): _T269,
+    },
+    # spec/sse.r1:2865
+    'PCMPEQD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T270,
+        (16, 16, 'mem', None, None): _T270,
+        (16, 32, 'reg', None, None): _T270,
+        (16, 32, 'mem', None, None): _T270,
+        (32, 16, 'reg', None, None): _T270,
+        (32, 16, 'mem', None, None): _T270,
+        (32, 32, 'reg', None, None): _T270,
+        (32, 32, 'mem', None, None): _T270,
+    },
+    # spec/sse.r1:2875
+    'PCMPGTB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T271,
+        (16, 16, 'mem', None, None): _T271,
+        (16, 32, 'reg', None, None): _T271,
+        (16, 32, 'mem', None, None): _T271,
+        (32, 16, 'reg', None, None): _T271,
+        (32, 16, 'mem', None, None): _T271,
+        (32, 32, 'reg', None, None): _T271,
+        (32, 32, 'mem', None, None): _T271,
+    },
+    # spec/sse.r1:2885
+    'PCMPGTW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T272,
+        (16, 16, 'mem', None, None): _T272,
+        (16, 32, 'reg', None, None): _T272,
+        (16, 32, 'mem', None, None): _T272,
+        (32, 16, 'reg', None, None): _T272,
+        (32, 16, 'mem', None, None): _T272,
+        (32, 32, 'reg', None, None): _T272,
+        (32, 32, 'mem', None, None): _T272,
+    },
+    # spec/sse.r1:2895
+    'PCMPGTD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T273,
+        (16, 16, 'mem', None, None): _T273,
+        (16, 32, 'reg', None, None): _T273,
+        (16, 32, 'mem', None, None): _T273,
+        (32, 16, 'reg', None, None): _T273,
+        (32, 16, 'mem', None, None): _T273,
+        (32, 32, 'reg', None, None): _T273,
+        (32, 32, 'mem', None, None): _T273,
+    },
+    # spec/sse.r1:2905
+    'PAND_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T274,
+        (16, 16, 'mem', None, None): _T274,
+        (16, 32, 'reg', None, None): _T274,
+        (16, 32, 'mem', None, None): _T274,
+        (32, 16, 'reg', None, None): _T274,
+        (32, 16, 'mem', None, None): _T274,
+        (32, 32, 'reg', None, None): _T274,
+        (32, 32, 'mem', None, None): _T274,
+    },
+    # spec/sse.r1:2915
+    'PANDN_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T275,
+        (16, 16, 'mem', None, None): _T275,
+        (16, 32, 'reg', None, None): _T275,
+        (16, 32, 'mem', None, None): _T275,
+        (32, 16, 'reg', None, None): _T275,
+        (32, 16, 'mem', None, None): _T275,
+        (32, 32, 'reg', None, None): _T275,
+        (32, 32, 'mem', None, None): _T275,
+    },
+    # spec/sse.r1:2925
+    'POR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T276,
+        (16, 16, 'mem', None, None): _T276,
+        (16, 32, 'reg', None, None): _T276,
+        (16, 32, 'mem', None, None): _T276,
+        (32, 16, 'reg', None, None): _T276,
+        (32, 16, 'mem', None, None): _T276,
+        (32, 32, 'reg', None, None): _T276,
+        (32, 32, 'mem', None, None): _T276,
+    },
+    # spec/sse.r1:2935
+    'PXOR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T277,
+        (16, 16, 'mem', None, None): _T277,
+        (16, 32, 'reg', None, None): _T277,
+        (16, 32, 'mem', None, None): _T277,
+        (32, 16, 'reg', None, None): _T277,
+        (32, 16, 'mem', None, None): _T277,
+        (32, 32, 'reg', None, None): _T277,
+        (32, 32, 'mem', None, None): _T277,
+    },
+    # spec/sse.r1:2945
+    'PSLLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T278,
+        (16, 16, 'mem', None, None): _T278,
+        (16, 32, 'reg', None, None): _T278,
+        (16, 32, 'mem', None, None): _T278,
+        (32, 16, 'reg', None, None): _T278,
+        (32, 16, 'mem', None, None): _T278,
+        (32, 32, 'reg', None, None): _T278,
+        (32, 32, 'mem', None, None): _T278,
+    },
+    # spec/sse.r1:2955
+    'PSLLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T279,
+        (16, 16, 'mem', None, None): _T279,
+        (16, 32, 'reg', None, None): _T279,
+        (16, 32, 'mem', None, None): _T279,
+        (32, 16, 'reg', None, None): _T279,
+        (32, 16, 'mem', None, None): _T279,
+        (32, 32, 'reg', None, None): _T279,
+        (32, 32, 'mem', None, None): _T279,
+    },
+    # spec/sse.r1:2965
+    'PSLLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T280,
+        (16, 16, 'mem', None, None): _T280,
+        (16, 32, 'reg', None, None): _T280,
+        (16, 32, 'mem', None, None): _T280,
+        (32, 16, 'reg', None, None): _T280,
+        (32, 16, 'mem', None, None): _T280,
+        (32, 32, 'reg', None, None): _T280,
+        (32, 32, 'mem', None, None): _T280,
+    },
+    # spec/sse.r1:2975
+    'PSRLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T281,
+        (16, 16, 'mem', None, None): _T281,
+        (16, 32, 'reg', None, None): _T281,
+        (16, 32, 'mem', None, None): _T281,
+        (32, 16, 'reg', None, None): _T281,
+        (32, 16, 'mem', None, None): _T281,
+        (32, 32, 'reg', None, None): _T281,
+        (32, 32, 'mem', None, None): _T281,
+    },
+    # spec/sse.r1:2985
+    'PSRLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T282,
+        (16, 16, 'mem', None, None): _T282,
+        (16, 32, 'reg', None, None): _T282,
+        (16, 32, 'mem', None, None): _T282,
+        (32, 16, 'reg', None, None): _T282,
+        (32, 16, 'mem', None, None): _T282,
+        (32, 32, 'reg', None, None): _T282,
+        (32, 32, 'mem', None, None): _T282,
+    },
+    # spec/sse.r1:2995
+    'PSRLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T283,
+        (16, 16, 'mem', None, None): _T283,
+        (16, 32, 'reg', None, None): _T283,
+        (16, 32, 'mem', None, None): _T283,
+        (32, 16, 'reg', None, None): _T283,
+        (32, 16, 'mem', None, None): _T283,
+        (32, 32, 'reg', None, None): _T283,
+        (32, 32, 'mem', None, None): _T283,
+    },
+    # spec/sse.r1:3005
+    'PSRAW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T284,
+        (16, 16, 'mem', None, None): _T284,
+        (16, 32, 'reg', None, None): _T284,
+        (16, 32, 'mem', None, None): _T284,
+        (32, 16, 'reg', None, None): _T284,
+        (32, 16, 'mem', None, None): _T284,
+        (32, 32, 'reg', None, None): _T284,
+        (32, 32, 'mem', None, None): _T284,
+    },
+    # spec/sse.r1:3015
+    'PSRAD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T285,
+        (16, 16, 'mem', None, None): _T285,
+        (16, 32, 'reg', None, None): _T285,
+        (16, 32, 'mem', None, None): _T285,
+        (32, 16, 'reg', None, None): _T285,
+        (32, 16, 'mem', None, None): _T285,
+        (32, 32, 'reg', None, None): _T285,
+        (32, 32, 'mem', None, None): _T285,
+    },
+    # spec/sse.r1:3025
+    'PSLLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T286,
+        (16, 32, 'reg', None, None): _T286,
+        (32, 16, 'reg', None, None): _T286,
+        (32, 32, 'reg', None, None): _T286,
+    },
+    # spec/sse.r1:3035
+    'PSLLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T287,
+        (16, 32, 'reg', None, None): _T287,
+        (32, 16, 'reg', None, None): _T287,
+        (32, 32, 'reg', None, None): _T287,
+    },
+    # spec/sse.r1:3045
+    'PSLLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T288,
+        (16, 32, 'reg', None, None): _T288,
+        (32, 16, 'reg', None, None): _T288,
+        (32, 32, 'reg', None, None): _T288,
+    },
+    # spec/sse.r1:3055
+    'PSRLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T289,
+        (16, 32, 'reg', None, None): _T289,
+        (32, 16, 'reg', None, None): _T289,
+        (32, 32, 'reg', None, None): _T289,
+    },
+    # spec/sse.r1:3065
+    'PSRLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T290,
+        (16, 32, 'reg', None, None): _T290,
+        (32, 16, 'reg', None, None): _T290,
+        (32, 32, 'reg', None, None): _T290,
+    },
+    # spec/sse.r1:3075
+    'PSRLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T291,
+        (16, 32, 'reg', None, None): _T291,
+        (32, 16, 'reg', None, None): _T291,
+        (32, 32, 'reg', None, None): _T291,
+    },
+    # spec/sse.r1:3085
+    'PSRAW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T292,
+        (16, 32, 'reg', None, None): _T292,
+        (32, 16, 'reg', None, None): _T292,
+        (32, 32, 'reg', None, None): _T292,
+    },
+    # spec/sse.r1:3095
+    'PSRAD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T293,
+        (16, 32, 'reg', None, None): _T293,
+        (32, 16, 'reg', None, None): _T293,
+        (32, 32, 'reg', None, None): _T293,
+    },
+    # spec/sse.r1:3107
+    'PAVGB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T294,
+        (16, 16, 'mem', None, None): _T294,
+        (16, 32, 'reg', None, None): _T294,
+        (16, 32, 'mem', None, None): _T294,
+        (32, 16, 'reg', None, None): _T294,
+        (32, 16, 'mem', None, None): _T294,
+        (32, 32, 'reg', None, None): _T294,
+        (32, 32, 'mem', None, None): _T294,
+    },
+    # spec/sse.r1:3117
+    'PAVGW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T295,
+        (16, 16, 'mem', None, None): _T295,
+        (16, 32, 'reg', None, None): _T295,
+        (16, 32, 'mem', None, None): _T295,
+        (32, 16, 'reg', None, None): _T295,
+        (32, 16, 'mem', None, None): _T295,
+        (32, 32, 'reg', None, None): _T295,
+        (32, 32, 'mem', None, None): _T295,
+    },
+    # spec/sse.r1:3127
+    'PMAXSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T296,
+        (16, 16, 'mem', None, None): _T296,
+        (16, 32, 'reg', None, None): _T296,
+        (16, 32, 'mem', None, None): _T296,
+        (32, 16, 'reg', None, None): _T296,
+        (32, 16, 'mem', None, None): _T296,
+        (32, 32, 'reg', None, None): _T296,
+        (32, 32, 'mem', None, None): _T296,
+    },
+    # spec/sse.r1:3137
+    'PMAXUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T297,
+        (16, 16, 'mem', None, None): _T297,
+        (16, 32, 'reg', None, None): _T297,
+        (16, 32, 'mem', None, None): _T297,
+        (32, 16, 'reg', None, None): _T297,
+        (32, 16, 'mem', None, None): _T297,
+        (32, 32, 'reg', None, None): _T297,
+        (32, 32, 'mem', None, None): _T297,
+    },
+    # spec/sse.r1:3147
+    'PMINSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T298,
+        (16, 16, 'mem', None, None): _T298,
+        (16, 32, 'reg', None, None): _T298,
+        (16, 32, 'mem', None, None): _T298,
+        (32, 16, 'reg', None, None): _T298,
+        (32, 16, 'mem', None, None): _T298,
+        (32, 32, 'reg', None, None): _T298,
+        (32, 32, 'mem', None, None): _T298,
+    },
+    # spec/sse.r1:3157
+    'PMINUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T299,
+        (16, 16, 'mem', None, None): _T299,
+        (16, 32, 'reg', None, None): _T299,
+        (16, 32, 'mem', None, None): _T299,
+        (32, 16, 'reg', None, None): _T299,
+        (32, 16, 'mem', None, None): _T299,
+        (32, 32, 'reg', None, None): _T299,
+        (32, 32, 'mem', None, None): _T299,
+    },
+    # spec/sse.r1:3167
+    'PMULHUW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T300,
+        (16, 16, 'mem', None, None): _T300,
+        (16, 32, 'reg', None, None): _T300,
+        (16, 32, 'mem', None, None): _T300,
+        (32, 16, 'reg', None, None): _T300,
+        (32, 16, 'mem', None, None): _T300,
+        (32, 32, 'reg', None, None): _T300,
+        (32, 32, 'mem', None, None): _T300,
+    },
+    # spec/sse.r1:3177
+    'PSADBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T301,
+        (16, 16, 'mem', None, None): _T301,
+        (16, 32, 'reg', None, None): _T301,
+        (16, 32, 'mem', None, None): _T301,
+        (32, 16, 'reg', None, None): _T301,
+        (32, 16, 'mem', None, None): _T301,
+        (32, 32, 'reg', None, None): _T301,
+        (32, 32, 'mem', None, None): _T301,
+    },
+    # spec/sse.r1:3187
+    'PEXTRW_R32_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T302,
+        (16, 32, 'reg', None, None): _T302,
+        (32, 16, 'reg', None, None): _T302,
+        (32, 32, 'reg', None, None): _T302,
+    },
+    # spec/sse.r1:3197
+    'PINSRW_XMM_R32_IMM8': {
+        (16, 16, 'reg', None, None): _T303,
+        (16, 32, 'reg', None, None): _T303,
+        (32, 16, 'reg', None, None): _T303,
+        (32, 32, 'reg', None, None): _T303,
+    },
+    # spec/sse.r1:3207
+    'PINSRW_XMM_M16_IMM8': {
+        (16, 16, 'mem', None, None): _T304,
+        (16, 32, 'mem', None, None): _T304,
+        (32, 16, 'mem', None, None): _T304,
+        (32, 32, 'mem', None, None): _T304,
+    },
+    # spec/sse.r1:3217
+    'PMOVMSKB_R32_XMM': {
+        (16, 16, 'reg', None, None): _T305,
+        (16, 32, 'reg', None, None): _T305,
+        (32, 16, 'reg', None, None): _T305,
+        (32, 32, 'reg', None, None): _T305,
     },
 }

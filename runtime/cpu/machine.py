@@ -34,7 +34,7 @@ from ring1.generated import flags as gen_flags
 from ring1.generated import procs as gen_procs
 from ring1.generated.forms import FORMS
 from ring1.generated.rules import CONSTS
-from ring1.runtime.cpu import memfast
+from ring1.runtime.cpu import memfast, ssefloat
 from ring1.runtime.cpu.blocks import MAX_INSNS, Block, compile_block
 from ring1.runtime.cpu.events import EXCEPTION_NAMES, ExternalInterrupt, Fault, GuestEvent, Trap, VMStop
 from ring1.runtime.cpu.memory import PhysicalMemory
@@ -73,6 +73,8 @@ TIMED_FORMS = frozenset(name for name, f in FORMS.items() if {"io", "tsc"} & {*f
 _U32 = struct.Struct("<I")
 _U64X2 = struct.Struct("<2Q")
 _F64X2 = struct.Struct("<2d")
+_U32X2 = struct.Struct("<2I")
+_F32X2 = struct.Struct("<2f")
 
 
 class Platform:
@@ -903,6 +905,30 @@ class Machine:
     def b_set_reg8(self, i: int, v: int) -> None:
         r, s = i & 3, (i & 4) << 1
         self.regs[r] = self.regs[r] & (M32 ^ (0xFF << s)) | (v & 0xFF) << s
+
+    def b_f32_relation(self, a: int, b: int) -> int:
+        x, y = _F32X2.unpack(_U32X2.pack(a & M32, b & M32))
+        if x != x or y != y:
+            return 3  # unordered: a NaN
+        return 0 if x < y else (1 if x == y else 2)
+
+    def b_check_read(self, s: int, off: int, bits: int) -> None:
+        n = bits >> 3
+        if off < self.lo[s] or off + n - 1 > self.rhi[s]:
+            self.segment_fault(s, off)
+        la = (self.state.base[s] + off) & M32
+        self.translate(la, False, self.user)
+        if (la & 0xFFF) + n > 0x1000:
+            self.translate((la + 0x1000 - (la & 0xFFF)) & M32, False, self.user)
+
+    def b_sse_arith(self, op: int, width: int, a: int, b: int, mxcsr: int) -> int:
+        return ssefloat.arith(op, width, a, b, mxcsr)
+
+    def b_sse_convert(self, kind: int, a: int, mxcsr: int) -> int:
+        return ssefloat.convert(kind, a, mxcsr)
+
+    def b_sse_reciprocal(self, op: int, a: int) -> int:
+        return ssefloat.reciprocal(op, a)
 
     # ------------------------------------------------------------ reports
 

@@ -4,8 +4,8 @@ Everything about encodings comes from the generated tables (ENCODINGS, LAYOUT an
 interpreter's variant keys); what this module adds is how to make an instance
 *meaningful*: memory operands land in the DATA window, branch targets land on a code page
 filled with HLT, stacks hold plausible return frames, selectors come from the fresh GDT,
-and SSE forms get IEEE doubles (NaNs, infinities, denormals, signed zeros) in their XMM
-registers and memory operands, an MXCSR, and CR0/CR4 bits that mostly enable SSE.
+and SSE forms get IEEE doubles and singles (NaNs, infinities, denormals, signed zeros) in
+their XMM registers and (mostly 16-byte aligned) memory operands, an MXCSR, and CR0/CR4 bits that mostly enable SSE.
 """
 
 from __future__ import annotations
@@ -96,12 +96,16 @@ def variants(form: str) -> list[tuple]:
 @st.composite
 def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> Instance:
     """One encoding of `form` with operand values that make it meaningful in `mode`
-    (an SSE form's memory operand holds two doubles, from `doubles` or any)."""
+    (an SSE form's memory operand holds doubles or singles, from `doubles` or any)."""
     opcode, low_field, modrm_kind, fixed_modrm, _mod, rm_fixed, imms, e_osize, _asize, pfx = ENCODINGS[form]
     _, _, _, operands = LAYOUT[form]
     osize, asize, mod, cc, rep = draw(st.sampled_from(variants(form)))
     osize = osize or mode.default_size
     asize = asize or mode.default_size
+    if pfx == 0:
+        # A mandatory "no prefix" opcode (ADDPS): a 66 would make it another instruction
+        # (ADDPD), so its operand size is the mode's own.
+        osize = mode.default_size
     regs: dict[str, int] = {}
     memory: dict[int, bytes] = {}
     prefixes = bytearray()
@@ -137,10 +141,13 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
+            # SSE's 128-bit operands must be 16-byte aligned (#GP otherwise): mostly aligned, so
+            # that the computation is what gets tested, sometimes not.
+            align = 16 if is_sse(form) and draw(st.integers(0, 3)) else 1
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, align))
             if is_sse(form):
                 ea = next(iter(memory))
-                memory[ea] = b"".join(draw(double_bits(doubles)).to_bytes(8, "little") for _ in range(2))
+                memory[ea] = b"".join(draw(sse_quad(doubles)).to_bytes(8, "little") for _ in range(2))
             if target_op is not None:
                 # An indirect branch through memory: a code address (far: offset, then selector).
                 ea = next(iter(memory))
@@ -227,10 +234,18 @@ def code_address(draw, osize: int) -> int:
 
 @st.composite
 def memory_operand(
-    draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode, memory: dict[int, bytes]
+    draw,
+    reg: int,
+    asize: int,
+    regs: dict[str, int],
+    prefixes: bytearray,
+    mode: Mode,
+    memory: dict[int, bytes],
+    align: int = 1,
 ) -> bytes:
-    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the registers."""
-    target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
+    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window (a multiple
+    of `align`: the window's base is page-aligned); sets the registers."""
+    target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN)) & -align
     names = fresh_machine.GPR_NAMES
     memory[target] = draw(operand_bytes(mode))
     if asize == 16:
@@ -424,6 +439,50 @@ def double_bits(draw, pool: list[int] | None = None) -> int:
     return draw(st.one_of(choices))
 
 
+# IEEE singles worth comparing, as double_bits's doubles: signed zeros, ones, infinities,
+# quiet and signalling NaNs, the smallest and largest denormals and normals.
+SPECIAL_FLOATS = (
+    0x00000000,
+    0x80000000,
+    0x3F800000,
+    0xBF800000,
+    0x40000000,
+    0x7F800000,
+    0xFF800000,
+    0x7FC00000,
+    0xFFC00000,
+    0x7FFFFFFF,
+    0x7F800001,
+    0xFFA00000,
+    0x7FBFFFFF,
+    0x00000001,
+    0x807FFFFF,
+    0x00400000,
+    0x00800000,
+    0x80800000,
+    0x7F7FFFFF,
+    0x4F000000,  # 2^31 and -2^31: the edges of a conversion to a 32-bit integer
+    0xCF000000,
+)
+
+
+@st.composite
+def float_bits(draw) -> int:
+    """A single's bit pattern: special, near 1 (sums and products that round), or any."""
+    near_one = st.integers(0x3F000000, 0x40800000)
+    return draw(st.one_of(st.sampled_from(SPECIAL_FLOATS), near_one, st.integers(0, (1 << 32) - 1)))
+
+
+@st.composite
+def sse_quad(draw, pool: list[int] | None = None) -> int:
+    """64 bits of an XMM register or SSE memory operand: a double or two singles (each from
+    `pool`, so operands often compare equal, or drawn anew)."""
+    choices = [double_bits(pool), st.tuples(float_bits(), float_bits()).map(lambda p: p[0] | p[1] << 32)]
+    if pool:
+        choices.append(st.sampled_from(pool))
+    return draw(st.one_of(choices))
+
+
 MXCSR_DEFINED = 0xFFFF  # bits 16-31 are reserved (#GP on LDMXCSR, never set by the CPU)
 
 
@@ -432,7 +491,7 @@ def sse_state(draw, pool: list[int]) -> dict:
     """XMM registers, MXCSR, and CR0/CR4 bits for SSE forms: mostly SSE enabled (CR4.OSFXSR,
     CR0.EM and TS clear), sometimes not; MXCSR mostly at reset, sometimes with exceptions
     unmasked, DAZ, or anything."""
-    xmm = tuple(draw(double_bits(pool)) | draw(double_bits(pool)) << 64 for _ in range(8))
+    xmm = tuple(draw(sse_quad(pool)) | draw(sse_quad(pool)) << 64 for _ in range(8))
     reset = fresh_machine.MXCSR_RESET
     mxcsr = draw(
         st.one_of(
@@ -476,7 +535,7 @@ def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
     sse: dict = {}
     pool: list[int] | None = None
     if any(is_sse(f) for f in forms):
-        pool = draw(st.lists(double_bits(), min_size=1, max_size=3))
+        pool = draw(st.lists(sse_quad(), min_size=1, max_size=3))
         sse = draw(sse_state(pool))
     ran: list[str] = []
     for n, f in enumerate(forms):
