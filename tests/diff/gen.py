@@ -148,6 +148,9 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             if is_sse(form):
                 ea = next(iter(memory))
                 memory[ea] = b"".join(draw(sse_quad(doubles)).to_bytes(8, "little") for _ in range(2))
+                if "ldmxcsr" in mnemonics(form) and draw(st.integers(0, 3)):
+                    # Mostly an MXCSR without reserved bits (16-31: #GP), so loads get tested.
+                    memory[ea] = draw(st.integers(0, MXCSR_DEFINED)).to_bytes(4, "little") + memory[ea][4:]
             if target_op is not None:
                 # An indirect branch through memory: a code address (far: offset, then selector).
                 ea = next(iter(memory))

@@ -20,10 +20,14 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 
-# ldmxcsr [rdi]; movups xmm0, [rsi]; movups xmm1, [rsi+16]; mov eax, [rsi+32]; mov ecx, eax
-_PROLOGUE = bytes.fromhex("0fae17 0f1006 0f104e10 8b4620 89c1")
-# movups [rsi], xmm0; mov [rsi+32], eax; pushfq; pop rax; mov [rsi+36], eax; stmxcsr [rdi]; ret
-_EPILOGUE = bytes.fromhex("0f1106 894620 9c 58 894624 0fae1f c3")
+# stmxcsr [rdi+4] (this process's own MXCSR, put back at the end: QEMU's softfloat uses the
+# host's floating point for some operations, so a rounding mode left behind would change
+# unicorn's results); ldmxcsr [rdi]; movups xmm0, [rsi]; movups xmm1, [rsi+16];
+# mov eax, [rsi+32]; mov ecx, eax
+_PROLOGUE = bytes.fromhex("0fae5f04 0fae17 0f1006 0f104e10 8b4620 89c1")
+# movups [rsi], xmm0; mov [rsi+32], eax; pushfq; pop rax; mov [rsi+36], eax; stmxcsr [rdi];
+# ldmxcsr [rdi+4]; ret
+_EPILOGUE = bytes.fromhex("0f1106 894620 9c 58 894624 0fae1f 0fae5704 c3")
 MASK_ALL = 0x1F80
 FLAGS = 0x3F
 
@@ -49,7 +53,7 @@ class _Runner:
     def run(self, insn: bytes, dst: int, src: int, gpr: int, mxcsr: int) -> HostResult:
         self.page.seek(0)
         self.page.write(_PROLOGUE + insn + _EPILOGUE)
-        control = ctypes.c_uint32(mxcsr)
+        control = (ctypes.c_uint32 * 2)(mxcsr, 0)
         data = (ctypes.c_ubyte * 48)(*(dst.to_bytes(16, "little") + src.to_bytes(16, "little")))
         data[32:36] = list((gpr & 0xFFFFFFFF).to_bytes(4, "little"))
         self.call(ctypes.addressof(control), ctypes.addressof(data))
@@ -58,7 +62,7 @@ class _Runner:
             int.from_bytes(raw[0:16], "little"),
             int.from_bytes(raw[32:36], "little"),
             int.from_bytes(raw[36:40], "little"),
-            control.value,
+            control[0],
         )
 
 
