@@ -130,3 +130,96 @@ def test_sse_em_or_no_osfxsr_is_ud_before_ts() -> None:
     for bits, vector in ((fresh_machine.CR0_TS, 7), (fresh_machine.CR0_EM, 6)):
         o = run_both(_case("f2 0f 10 c1", "MOVSD_XMM_XMM", {}, cr0_bits=bits))
         assert o.ours.exception == o.theirs.exception == vector and differences(o) == []
+
+
+# ------------------------------------------------------------ the floating-point forms
+ONE32, TWO32, QNAN32, DENORMAL32 = 0x3F800000, 0x40000000, 0x7FC00000, 0x00000001
+
+
+def test_misaligned_128_bit_operand_faults() -> None:
+    # ADDPS xmm0, [eax] with EAX = 4: a 128-bit operand not 16-byte aligned is #GP(0) (SDM
+    # Vol. 1, 11.6.8). Unicorn adds. MOVUPS, the unaligned load, does not fault on either.
+    window = {fresh_machine.DATA: bytes(64)}
+    case = _case("0f 58 00", "ADDPS_XMM_XMMRM", {0: ONE32}, regs={"eax": 4}, memory=window, segs=_window())
+    o = run_both(case)
+    assert o.ours.exception == 13 and o.ours.regs["eip"] == fresh_machine.CODE and o.theirs.exception is None
+    assert _explained(case, o) == "sse-misaligned-operand"
+    aligned = _case("0f 58 00", "ADDPS_XMM_XMMRM", {0: ONE32}, regs={"eax": 16}, memory=window, segs=_window())
+    assert differences(run_both(aligned)) == []
+    unaligned = _case("0f 10 00", "MOVUPS_XMM_XMMRM", {}, regs={"eax": 4}, memory=window, segs=_window())
+    assert differences(run_both(unaligned)) == []
+
+
+def _window() -> dict[str, int]:
+    from .harness import window_segments
+
+    return window_segments(0, False)
+
+
+def test_ldmxcsr_reserved_bits_fault() -> None:
+    # LDMXCSR of 0x11F80 (bit 16 set): #GP(0). Unicorn loads it.
+    window = {fresh_machine.DATA: (0x11F80).to_bytes(4, "little") + bytes(60)}
+    case = _case("0f ae 10", "LDMXCSR_M32", {}, regs={"eax": 0}, memory=window, segs=_window())
+    o = run_both(case)
+    assert o.ours.exception == 13 and o.theirs.regs["mxcsr"] == 0x11F80
+    assert _explained(case, o) == "ldmxcsr-reserved-bits"
+
+
+def test_addss_sets_precision_flag() -> None:
+    # ADDSS 1 + 2^-100: inexact, so MXCSR.PE (the host CPU agrees). Unicorn leaves MXCSR.
+    case = _case("f3 0f 58 c1", "ADDSS_XMM_XMM", {0: ONE32, 1: 0x0D800000})
+    o = run_both(case)
+    assert o.ours.regs["xmm0"] == o.theirs.regs["xmm0"] == ONE32
+    assert differences(o) == ["mxcsr: ours 0x1fa0, unicorn 0x1f80"]
+    assert _explained(case, o) == "sse-mxcsr-flags-host"
+    # A flag the host CPU does not raise is not explained.
+    fake = Outcome(replace(o.ours, regs={**o.ours.regs, "mxcsr": 0x1FA1}), o.theirs, o.our_memory, o.their_memory, 0)
+    assert deviations.explain(case, fake) is None
+
+
+def test_divss_by_zero_unmasked_faults() -> None:
+    # DIVSS 1 / 0 with ZM clear: #XM with ZE set, XMM0 unchanged. Unicorn divides.
+    mxcsr = 0x1F80 & ~0x200
+    case = _case("f3 0f 5e c1", "DIVSS_XMM_XMM", {0: ONE32, 1: 0}, mxcsr=mxcsr)
+    o = run_both(case)
+    assert o.ours.exception == 19 and o.ours.regs["xmm0"] == ONE32 and o.ours.regs["mxcsr"] == mxcsr | 4
+    assert o.theirs.exception is None and o.theirs.regs["xmm0"] == 0x7F800000
+    assert _explained(case, o) == "sse-unmasked-exception-host"
+
+
+def test_flush_to_zero() -> None:
+    # MULSS 2^-126 * 0.5 with FZ: the tiny result is +0, with UE and PE. Unicorn gives the
+    # denormal 2^-127.
+    mxcsr = 0x1F80 | 0x8000
+    case = _case("f3 0f 59 c1", "MULSS_XMM_XMM", {0: 0x00800000, 1: 0x3F000000}, mxcsr=mxcsr)
+    o = run_both(case)
+    assert o.ours.regs["xmm0"] == 0 and o.ours.regs["mxcsr"] == mxcsr | 0x30
+    assert o.theirs.regs["xmm0"] == 0x00400000
+    assert _explained(case, o) == "sse-ftz-ignored"
+
+
+def test_two_nans_give_the_first() -> None:
+    # ADDSS QNaN(payload 0) + QNaN(payload 0x300000): the first operand's NaN. Unicorn picks
+    # the larger significand.
+    case = _case("f3 0f 58 c1", "ADDSS_XMM_XMM", {0: QNAN32, 1: 0x7FF00000})
+    o = run_both(case)
+    assert o.ours.regs["xmm0"] == QNAN32 and o.theirs.regs["xmm0"] == 0x7FF00000
+    assert _explained(case, o) == "sse-nan-operands"
+
+
+def test_min_with_daz_returns_the_zero_read() -> None:
+    # MINSS 1.0, denormal with DAZ: the denormal reads as +0 and +0 is returned. Unicorn
+    # returns the denormal's bits.
+    case = _case("f3 0f 5d c1", "MINSS_XMM_XMM", {0: ONE32, 1: DENORMAL32}, mxcsr=0x1F80 | 0x40)
+    o = run_both(case)
+    assert o.ours.regs["xmm0"] == 0 and o.theirs.regs["xmm0"] == DENORMAL32
+    assert _explained(case, o) == "sse-daz-min-max"
+
+
+def test_rcpss_of_a_denormal_is_infinite() -> None:
+    # RCPSS of the largest denormal reads it as +0: +infinity (SDM RCPSS). Unicorn divides:
+    # about 2^126, finite.
+    case = _case("f3 0f 53 c1", "RCPSS_XMM_XMM", {1: 0x007FFFFF})
+    o = run_both(case)
+    assert o.ours.regs["xmm0"] == 0x7F800000 and o.theirs.regs["xmm0"] & 0x7F800000 != 0x7F800000
+    assert _explained(case, o) == "rcp-rsqrt-special-cases"
