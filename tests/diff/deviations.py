@@ -1065,7 +1065,10 @@ def _minmax_denormal_not_zeroed(case: Case, o: Outcome) -> bool:
     lanes = _nan_lanes_differ(case, o, _host_answer(case))
     if not lanes:
         return False
-    return all(theirs in (d, s) and _is_denormal_bits(theirs, w) and ours == theirs & 1 << (w - 1) for w, ours, theirs, d, s in lanes)
+    return all(
+        theirs in (d, s) and _is_denormal_bits(theirs, w) and ours == theirs & 1 << (w - 1)
+        for w, ours, theirs, d, s in lanes
+    )
 
 
 def _is_denormal_bits(x: int, width: int) -> bool:
