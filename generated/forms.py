@@ -8412,7 +8412,7 @@ FORMS = {
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:283',
+        source='spec/sse.r1:295',
         encoding='0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8436,7 +8436,7 @@ FORMS = {
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:298',
+        source='spec/sse.r1:310',
         encoding='0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8460,7 +8460,7 @@ FORMS = {
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:313',
+        source='spec/sse.r1:325',
         encoding='0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8484,7 +8484,7 @@ FORMS = {
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:324',
+        source='spec/sse.r1:336',
         encoding='0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8508,7 +8508,7 @@ FORMS = {
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:335',
+        source='spec/sse.r1:347',
         encoding='F3 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8532,7 +8532,7 @@ FORMS = {
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:346',
+        source='spec/sse.r1:358',
         encoding='F3 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -8556,7 +8556,7 @@ FORMS = {
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:357',
+        source='spec/sse.r1:369',
         encoding='F3 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -8580,7 +8580,7 @@ FORMS = {
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:368',
+        source='spec/sse.r1:380',
         encoding='F3 0F 11 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -8604,7 +8604,7 @@ FORMS = {
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:379',
+        source='spec/sse.r1:391',
         encoding='0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8628,7 +8628,7 @@ FORMS = {
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
         mnemonics={None: 'movhlps'},
-        source='spec/sse.r1:390',
+        source='spec/sse.r1:402',
         encoding='0F 12 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8652,7 +8652,7 @@ FORMS = {
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:401',
+        source='spec/sse.r1:413',
         encoding='0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8676,7 +8676,7 @@ FORMS = {
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:412',
+        source='spec/sse.r1:424',
         encoding='0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8700,7 +8700,7 @@ FORMS = {
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
         mnemonics={None: 'movlhps'},
-        source='spec/sse.r1:423',
+        source='spec/sse.r1:435',
         encoding='0F 16 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8724,7 +8724,7 @@ FORMS = {
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:434',
+        source='spec/sse.r1:446',
         encoding='0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8748,7 +8748,7 @@ FORMS = {
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
         mnemonics={None: 'movmskps'},
-        source='spec/sse.r1:445',
+        source='spec/sse.r1:457',
         encoding='0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -8772,7 +8772,7 @@ FORMS = {
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
         mnemonics={None: 'addps'},
-        source='spec/sse.r1:458',
+        source='spec/sse.r1:470',
         encoding='0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8796,7 +8796,7 @@ FORMS = {
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:473',
+        source='spec/sse.r1:485',
         encoding='F3 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8820,7 +8820,7 @@ FORMS = {
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:484',
+        source='spec/sse.r1:496',
         encoding='F3 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8844,7 +8844,7 @@ FORMS = {
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
         mnemonics={None: 'subps'},
-        source='spec/sse.r1:495',
+        source='spec/sse.r1:507',
         encoding='0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8868,7 +8868,7 @@ FORMS = {
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:510',
+        source='spec/sse.r1:522',
         encoding='F3 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8892,7 +8892,7 @@ FORMS = {
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:521',
+        source='spec/sse.r1:533',
         encoding='F3 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8916,7 +8916,7 @@ FORMS = {
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
         mnemonics={None: 'mulps'},
-        source='spec/sse.r1:532',
+        source='spec/sse.r1:544',
         encoding='0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8940,7 +8940,7 @@ FORMS = {
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:547',
+        source='spec/sse.r1:559',
         encoding='F3 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8964,7 +8964,7 @@ FORMS = {
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:558',
+        source='spec/sse.r1:570',
         encoding='F3 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8988,7 +8988,7 @@ FORMS = {
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
         mnemonics={None: 'divps'},
-        source='spec/sse.r1:569',
+        source='spec/sse.r1:581',
         encoding='0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9012,7 +9012,7 @@ FORMS = {
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:584',
+        source='spec/sse.r1:596',
         encoding='F3 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9036,7 +9036,7 @@ FORMS = {
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:595',
+        source='spec/sse.r1:607',
         encoding='F3 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9060,7 +9060,7 @@ FORMS = {
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
         mnemonics={None: 'minps'},
-        source='spec/sse.r1:606',
+        source='spec/sse.r1:618',
         encoding='0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9084,7 +9084,7 @@ FORMS = {
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:621',
+        source='spec/sse.r1:633',
         encoding='F3 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9108,7 +9108,7 @@ FORMS = {
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:632',
+        source='spec/sse.r1:644',
         encoding='F3 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9132,7 +9132,7 @@ FORMS = {
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
         mnemonics={None: 'maxps'},
-        source='spec/sse.r1:643',
+        source='spec/sse.r1:655',
         encoding='0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9156,7 +9156,7 @@ FORMS = {
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:658',
+        source='spec/sse.r1:670',
         encoding='F3 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9180,7 +9180,7 @@ FORMS = {
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:669',
+        source='spec/sse.r1:681',
         encoding='F3 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9204,7 +9204,7 @@ FORMS = {
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
         mnemonics={None: 'sqrtps'},
-        source='spec/sse.r1:680',
+        source='spec/sse.r1:692',
         encoding='0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9228,7 +9228,7 @@ FORMS = {
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:695',
+        source='spec/sse.r1:707',
         encoding='F3 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9252,7 +9252,7 @@ FORMS = {
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:706',
+        source='spec/sse.r1:718',
         encoding='F3 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9276,7 +9276,7 @@ FORMS = {
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
         mnemonics={None: 'rcpps'},
-        source='spec/sse.r1:717',
+        source='spec/sse.r1:729',
         encoding='0F 53 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9300,7 +9300,7 @@ FORMS = {
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:732',
+        source='spec/sse.r1:744',
         encoding='F3 0F 53 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9324,7 +9324,7 @@ FORMS = {
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:743',
+        source='spec/sse.r1:755',
         encoding='F3 0F 53 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9348,7 +9348,7 @@ FORMS = {
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
         mnemonics={None: 'rsqrtps'},
-        source='spec/sse.r1:754',
+        source='spec/sse.r1:766',
         encoding='0F 52 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9372,7 +9372,7 @@ FORMS = {
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:769',
+        source='spec/sse.r1:781',
         encoding='F3 0F 52 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9396,7 +9396,7 @@ FORMS = {
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:780',
+        source='spec/sse.r1:792',
         encoding='F3 0F 52 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9420,7 +9420,7 @@ FORMS = {
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmpps'},
-        source='spec/sse.r1:793',
+        source='spec/sse.r1:805',
         encoding='0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9444,7 +9444,7 @@ FORMS = {
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:809',
+        source='spec/sse.r1:821',
         encoding='F3 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9468,7 +9468,7 @@ FORMS = {
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:824',
+        source='spec/sse.r1:836',
         encoding='F3 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -9492,7 +9492,7 @@ FORMS = {
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:839',
+        source='spec/sse.r1:851',
         encoding='0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9516,7 +9516,7 @@ FORMS = {
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:850',
+        source='spec/sse.r1:862',
         encoding='0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9540,7 +9540,7 @@ FORMS = {
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:861',
+        source='spec/sse.r1:873',
         encoding='0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9564,7 +9564,7 @@ FORMS = {
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:872',
+        source='spec/sse.r1:884',
         encoding='0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9588,7 +9588,7 @@ FORMS = {
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
         mnemonics={None: 'andps'},
-        source='spec/sse.r1:885',
+        source='spec/sse.r1:897',
         encoding='0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9612,7 +9612,7 @@ FORMS = {
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
         mnemonics={None: 'andnps'},
-        source='spec/sse.r1:900',
+        source='spec/sse.r1:912',
         encoding='0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9636,7 +9636,7 @@ FORMS = {
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
         mnemonics={None: 'orps'},
-        source='spec/sse.r1:915',
+        source='spec/sse.r1:927',
         encoding='0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9660,7 +9660,7 @@ FORMS = {
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
         mnemonics={None: 'xorps'},
-        source='spec/sse.r1:930',
+        source='spec/sse.r1:942',
         encoding='0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9684,7 +9684,7 @@ FORMS = {
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufps'},
-        source='spec/sse.r1:945',
+        source='spec/sse.r1:957',
         encoding='0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9708,7 +9708,7 @@ FORMS = {
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
         mnemonics={None: 'unpcklps'},
-        source='spec/sse.r1:960',
+        source='spec/sse.r1:972',
         encoding='0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9732,7 +9732,7 @@ FORMS = {
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
         mnemonics={None: 'unpckhps'},
-        source='spec/sse.r1:975',
+        source='spec/sse.r1:987',
         encoding='0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9756,7 +9756,7 @@ FORMS = {
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
         mnemonics={None: 'cvtpi2ps'},
-        source='spec/sse.r1:992',
+        source='spec/sse.r1:1004',
         encoding='0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9770,7 +9770,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -9780,7 +9780,7 @@ FORMS = {
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:1002',
+        source='spec/sse.r1:1021',
         encoding='0F 2D /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9794,7 +9794,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -9804,7 +9804,7 @@ FORMS = {
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:1012',
+        source='spec/sse.r1:1037',
         encoding='0F 2D /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9818,7 +9818,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -9828,7 +9828,7 @@ FORMS = {
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:1022',
+        source='spec/sse.r1:1053',
         encoding='0F 2C /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9842,7 +9842,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -9852,7 +9852,7 @@ FORMS = {
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:1032',
+        source='spec/sse.r1:1069',
         encoding='0F 2C /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9866,7 +9866,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -9876,7 +9876,7 @@ FORMS = {
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
         mnemonics={None: 'cvtsi2ss'},
-        source='spec/sse.r1:1042',
+        source='spec/sse.r1:1085',
         encoding='F3 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -9900,7 +9900,7 @@ FORMS = {
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:1053',
+        source='spec/sse.r1:1096',
         encoding='F3 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9924,7 +9924,7 @@ FORMS = {
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:1064',
+        source='spec/sse.r1:1107',
         encoding='F3 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9948,7 +9948,7 @@ FORMS = {
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:1075',
+        source='spec/sse.r1:1118',
         encoding='F3 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9972,7 +9972,7 @@ FORMS = {
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:1086',
+        source='spec/sse.r1:1129',
         encoding='F3 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9996,7 +9996,7 @@ FORMS = {
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
         mnemonics={None: 'ldmxcsr'},
-        source='spec/sse.r1:1099',
+        source='spec/sse.r1:1142',
         encoding='0F AE /2 mem',
         operands=(('src', 'm32', 'r'),),
         width=32,
@@ -10020,7 +10020,7 @@ FORMS = {
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
         mnemonics={None: 'stmxcsr'},
-        source='spec/sse.r1:1114',
+        source='spec/sse.r1:1157',
         encoding='0F AE /3 mem',
         operands=(('dst', 'm32', 'w'),),
         width=32,
@@ -10044,7 +10044,7 @@ FORMS = {
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
         mnemonics={None: 'fxsave'},
-        source='spec/sse.r1:1125',
+        source='spec/sse.r1:1168',
         encoding='0F AE /0 mem',
         operands=(('dst', 'm4096', 'w'),),
         width='v',
@@ -10068,7 +10068,7 @@ FORMS = {
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
         mnemonics={None: 'fxrstor'},
-        source='spec/sse.r1:1135',
+        source='spec/sse.r1:1178',
         encoding='0F AE /1 mem',
         operands=(('src', 'm4096', 'r'),),
         width='v',
@@ -10092,7 +10092,7 @@ FORMS = {
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
         mnemonics={None: 'prefetchnta'},
-        source='spec/sse.r1:1147',
+        source='spec/sse.r1:1190',
         encoding='0F 18 /0 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10116,7 +10116,7 @@ FORMS = {
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
         mnemonics={None: 'prefetcht0'},
-        source='spec/sse.r1:1158',
+        source='spec/sse.r1:1201',
         encoding='0F 18 /1 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10140,7 +10140,7 @@ FORMS = {
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
         mnemonics={None: 'prefetcht1'},
-        source='spec/sse.r1:1169',
+        source='spec/sse.r1:1212',
         encoding='0F 18 /2 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10164,7 +10164,7 @@ FORMS = {
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
         mnemonics={None: 'prefetcht2'},
-        source='spec/sse.r1:1180',
+        source='spec/sse.r1:1223',
         encoding='0F 18 /3 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10188,7 +10188,7 @@ FORMS = {
     'SFENCE': FormInfo(
         name='SFENCE',
         mnemonics={None: 'sfence'},
-        source='spec/sse.r1:1191',
+        source='spec/sse.r1:1234',
         encoding='0F AE /7 reg',
         operands=(),
         width='v',
@@ -10212,7 +10212,7 @@ FORMS = {
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
         mnemonics={None: 'movntq'},
-        source='spec/sse.r1:1202',
+        source='spec/sse.r1:1245',
         encoding='0F E7 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'mm', 'r')),
         width='v',
@@ -10236,7 +10236,7 @@ FORMS = {
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
         mnemonics={None: 'movntps'},
-        source='spec/sse.r1:1212',
+        source='spec/sse.r1:1255',
         encoding='0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10260,7 +10260,7 @@ FORMS = {
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
         mnemonics={None: 'maskmovq'},
-        source='spec/sse.r1:1223',
+        source='spec/sse.r1:1266',
         encoding='0F F7 /r reg',
         operands=(('src', 'mm', 'r'), ('mask', 'mmrm', 'r')),
         width='v',
@@ -10284,7 +10284,7 @@ FORMS = {
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:1235',
+        source='spec/sse.r1:1278',
         encoding='0F E0 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10308,7 +10308,7 @@ FORMS = {
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:1245',
+        source='spec/sse.r1:1288',
         encoding='0F E3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10332,7 +10332,7 @@ FORMS = {
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:1255',
+        source='spec/sse.r1:1298',
         encoding='0F EE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10356,7 +10356,7 @@ FORMS = {
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:1265',
+        source='spec/sse.r1:1308',
         encoding='0F DE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10380,7 +10380,7 @@ FORMS = {
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:1275',
+        source='spec/sse.r1:1318',
         encoding='0F EA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10404,7 +10404,7 @@ FORMS = {
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:1285',
+        source='spec/sse.r1:1328',
         encoding='0F DA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10428,7 +10428,7 @@ FORMS = {
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:1295',
+        source='spec/sse.r1:1338',
         encoding='0F E4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10452,7 +10452,7 @@ FORMS = {
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:1305',
+        source='spec/sse.r1:1348',
         encoding='0F F6 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10476,7 +10476,7 @@ FORMS = {
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
         mnemonics={None: 'pshufw'},
-        source='spec/sse.r1:1315',
+        source='spec/sse.r1:1358',
         encoding='0F 70 /r ib',
         operands=(('dst', 'mm', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10500,7 +10500,7 @@ FORMS = {
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:1325',
+        source='spec/sse.r1:1368',
         encoding='0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10524,7 +10524,7 @@ FORMS = {
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1335',
+        source='spec/sse.r1:1378',
         encoding='0F C4 /r reg ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10548,7 +10548,7 @@ FORMS = {
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1345',
+        source='spec/sse.r1:1388',
         encoding='0F C4 /r mem ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -10572,7 +10572,7 @@ FORMS = {
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:1355',
+        source='spec/sse.r1:1398',
         encoding='0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r')),
         width=32,
@@ -10596,7 +10596,7 @@ FORMS = {
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1367',
+        source='spec/sse.r1:1410',
         encoding='66 0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10620,7 +10620,7 @@ FORMS = {
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1382',
+        source='spec/sse.r1:1425',
         encoding='66 0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10644,7 +10644,7 @@ FORMS = {
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1397',
+        source='spec/sse.r1:1440',
         encoding='66 0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10668,7 +10668,7 @@ FORMS = {
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1408',
+        source='spec/sse.r1:1451',
         encoding='66 0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10692,7 +10692,7 @@ FORMS = {
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1419',
+        source='spec/sse.r1:1462',
         encoding='F2 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10716,7 +10716,7 @@ FORMS = {
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1430',
+        source='spec/sse.r1:1473',
         encoding='F2 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10740,7 +10740,7 @@ FORMS = {
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1441',
+        source='spec/sse.r1:1484',
         encoding='F2 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -10764,7 +10764,7 @@ FORMS = {
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1452',
+        source='spec/sse.r1:1495',
         encoding='F2 0F 11 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10788,7 +10788,7 @@ FORMS = {
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1463',
+        source='spec/sse.r1:1506',
         encoding='66 0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10812,7 +10812,7 @@ FORMS = {
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1474',
+        source='spec/sse.r1:1517',
         encoding='66 0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10836,7 +10836,7 @@ FORMS = {
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1485',
+        source='spec/sse.r1:1528',
         encoding='66 0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10860,7 +10860,7 @@ FORMS = {
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1496',
+        source='spec/sse.r1:1539',
         encoding='66 0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10884,7 +10884,7 @@ FORMS = {
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
         mnemonics={None: 'movmskpd'},
-        source='spec/sse.r1:1507',
+        source='spec/sse.r1:1550',
         encoding='66 0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -10908,7 +10908,7 @@ FORMS = {
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
         mnemonics={None: 'addpd'},
-        source='spec/sse.r1:1520',
+        source='spec/sse.r1:1563',
         encoding='66 0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10932,7 +10932,7 @@ FORMS = {
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1535',
+        source='spec/sse.r1:1578',
         encoding='F2 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10956,7 +10956,7 @@ FORMS = {
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1546',
+        source='spec/sse.r1:1589',
         encoding='F2 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10980,7 +10980,7 @@ FORMS = {
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
         mnemonics={None: 'subpd'},
-        source='spec/sse.r1:1557',
+        source='spec/sse.r1:1600',
         encoding='66 0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11004,7 +11004,7 @@ FORMS = {
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1572',
+        source='spec/sse.r1:1615',
         encoding='F2 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11028,7 +11028,7 @@ FORMS = {
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1583',
+        source='spec/sse.r1:1626',
         encoding='F2 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11052,7 +11052,7 @@ FORMS = {
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
         mnemonics={None: 'mulpd'},
-        source='spec/sse.r1:1594',
+        source='spec/sse.r1:1637',
         encoding='66 0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11076,7 +11076,7 @@ FORMS = {
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1609',
+        source='spec/sse.r1:1652',
         encoding='F2 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11100,7 +11100,7 @@ FORMS = {
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1620',
+        source='spec/sse.r1:1663',
         encoding='F2 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11124,7 +11124,7 @@ FORMS = {
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
         mnemonics={None: 'divpd'},
-        source='spec/sse.r1:1631',
+        source='spec/sse.r1:1674',
         encoding='66 0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11148,7 +11148,7 @@ FORMS = {
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1646',
+        source='spec/sse.r1:1689',
         encoding='F2 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11172,7 +11172,7 @@ FORMS = {
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1657',
+        source='spec/sse.r1:1700',
         encoding='F2 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11196,7 +11196,7 @@ FORMS = {
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
         mnemonics={None: 'minpd'},
-        source='spec/sse.r1:1668',
+        source='spec/sse.r1:1711',
         encoding='66 0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11220,7 +11220,7 @@ FORMS = {
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1683',
+        source='spec/sse.r1:1726',
         encoding='F2 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11244,7 +11244,7 @@ FORMS = {
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1694',
+        source='spec/sse.r1:1737',
         encoding='F2 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11268,7 +11268,7 @@ FORMS = {
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
         mnemonics={None: 'maxpd'},
-        source='spec/sse.r1:1705',
+        source='spec/sse.r1:1748',
         encoding='66 0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11292,7 +11292,7 @@ FORMS = {
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1720',
+        source='spec/sse.r1:1763',
         encoding='F2 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11316,7 +11316,7 @@ FORMS = {
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1731',
+        source='spec/sse.r1:1774',
         encoding='F2 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11340,7 +11340,7 @@ FORMS = {
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
         mnemonics={None: 'sqrtpd'},
-        source='spec/sse.r1:1742',
+        source='spec/sse.r1:1785',
         encoding='66 0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11364,7 +11364,7 @@ FORMS = {
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1757',
+        source='spec/sse.r1:1800',
         encoding='F2 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11388,7 +11388,7 @@ FORMS = {
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1768',
+        source='spec/sse.r1:1811',
         encoding='F2 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11412,7 +11412,7 @@ FORMS = {
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmppd'},
-        source='spec/sse.r1:1781',
+        source='spec/sse.r1:1824',
         encoding='66 0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11436,7 +11436,7 @@ FORMS = {
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1797',
+        source='spec/sse.r1:1840',
         encoding='F2 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11460,7 +11460,7 @@ FORMS = {
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1812',
+        source='spec/sse.r1:1855',
         encoding='F2 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11484,7 +11484,7 @@ FORMS = {
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1827',
+        source='spec/sse.r1:1870',
         encoding='66 0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11508,7 +11508,7 @@ FORMS = {
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1838',
+        source='spec/sse.r1:1881',
         encoding='66 0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11532,7 +11532,7 @@ FORMS = {
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1849',
+        source='spec/sse.r1:1892',
         encoding='66 0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11556,7 +11556,7 @@ FORMS = {
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1860',
+        source='spec/sse.r1:1903',
         encoding='66 0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11580,7 +11580,7 @@ FORMS = {
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
         mnemonics={None: 'andpd'},
-        source='spec/sse.r1:1873',
+        source='spec/sse.r1:1916',
         encoding='66 0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11604,7 +11604,7 @@ FORMS = {
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
         mnemonics={None: 'andnpd'},
-        source='spec/sse.r1:1888',
+        source='spec/sse.r1:1931',
         encoding='66 0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11628,7 +11628,7 @@ FORMS = {
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
         mnemonics={None: 'orpd'},
-        source='spec/sse.r1:1903',
+        source='spec/sse.r1:1946',
         encoding='66 0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11652,7 +11652,7 @@ FORMS = {
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
         mnemonics={None: 'xorpd'},
-        source='spec/sse.r1:1918',
+        source='spec/sse.r1:1961',
         encoding='66 0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11676,7 +11676,7 @@ FORMS = {
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufpd'},
-        source='spec/sse.r1:1933',
+        source='spec/sse.r1:1976',
         encoding='66 0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11700,7 +11700,7 @@ FORMS = {
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
         mnemonics={None: 'unpcklpd'},
-        source='spec/sse.r1:1948',
+        source='spec/sse.r1:1991',
         encoding='66 0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11724,7 +11724,7 @@ FORMS = {
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
         mnemonics={None: 'unpckhpd'},
-        source='spec/sse.r1:1963',
+        source='spec/sse.r1:2006',
         encoding='66 0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11748,7 +11748,7 @@ FORMS = {
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
         mnemonics={None: 'cvtpi2pd'},
-        source='spec/sse.r1:1980',
+        source='spec/sse.r1:2023',
         encoding='66 0F 2A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11762,7 +11762,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -11772,7 +11772,7 @@ FORMS = {
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvtpd2pi'},
-        source='spec/sse.r1:1990',
+        source='spec/sse.r1:2040',
         encoding='66 0F 2D /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11786,7 +11786,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -11796,7 +11796,7 @@ FORMS = {
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvttpd2pi'},
-        source='spec/sse.r1:2000',
+        source='spec/sse.r1:2057',
         encoding='66 0F 2C /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11810,7 +11810,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -11820,7 +11820,7 @@ FORMS = {
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
         mnemonics={None: 'cvtsi2sd'},
-        source='spec/sse.r1:2010',
+        source='spec/sse.r1:2074',
         encoding='F2 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -11844,7 +11844,7 @@ FORMS = {
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:2021',
+        source='spec/sse.r1:2085',
         encoding='F2 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11868,7 +11868,7 @@ FORMS = {
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:2032',
+        source='spec/sse.r1:2096',
         encoding='F2 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11892,7 +11892,7 @@ FORMS = {
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:2043',
+        source='spec/sse.r1:2107',
         encoding='F2 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11916,7 +11916,7 @@ FORMS = {
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:2054',
+        source='spec/sse.r1:2118',
         encoding='F2 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11940,7 +11940,7 @@ FORMS = {
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:2065',
+        source='spec/sse.r1:2129',
         encoding='0F 5A /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11964,7 +11964,7 @@ FORMS = {
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:2076',
+        source='spec/sse.r1:2140',
         encoding='0F 5A /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -11988,7 +11988,7 @@ FORMS = {
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
         mnemonics={None: 'cvtpd2ps'},
-        source='spec/sse.r1:2087',
+        source='spec/sse.r1:2151',
         encoding='66 0F 5A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12012,7 +12012,7 @@ FORMS = {
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:2102',
+        source='spec/sse.r1:2166',
         encoding='F3 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12036,7 +12036,7 @@ FORMS = {
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:2113',
+        source='spec/sse.r1:2177',
         encoding='F3 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -12060,7 +12060,7 @@ FORMS = {
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:2124',
+        source='spec/sse.r1:2188',
         encoding='F2 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12084,7 +12084,7 @@ FORMS = {
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:2135',
+        source='spec/sse.r1:2199',
         encoding='F2 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -12108,7 +12108,7 @@ FORMS = {
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
         mnemonics={None: 'cvtdq2ps'},
-        source='spec/sse.r1:2146',
+        source='spec/sse.r1:2210',
         encoding='0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12132,7 +12132,7 @@ FORMS = {
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtps2dq'},
-        source='spec/sse.r1:2161',
+        source='spec/sse.r1:2225',
         encoding='66 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12156,7 +12156,7 @@ FORMS = {
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttps2dq'},
-        source='spec/sse.r1:2176',
+        source='spec/sse.r1:2240',
         encoding='F3 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12180,7 +12180,7 @@ FORMS = {
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:2191',
+        source='spec/sse.r1:2255',
         encoding='F3 0F E6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12204,7 +12204,7 @@ FORMS = {
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:2202',
+        source='spec/sse.r1:2266',
         encoding='F3 0F E6 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12228,7 +12228,7 @@ FORMS = {
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtpd2dq'},
-        source='spec/sse.r1:2213',
+        source='spec/sse.r1:2277',
         encoding='F2 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12252,7 +12252,7 @@ FORMS = {
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttpd2dq'},
-        source='spec/sse.r1:2228',
+        source='spec/sse.r1:2292',
         encoding='66 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12276,7 +12276,7 @@ FORMS = {
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:2245',
+        source='spec/sse.r1:2309',
         encoding='66 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12300,7 +12300,7 @@ FORMS = {
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:2255',
+        source='spec/sse.r1:2319',
         encoding='66 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12324,7 +12324,7 @@ FORMS = {
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:2265',
+        source='spec/sse.r1:2329',
         encoding='F3 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12348,7 +12348,7 @@ FORMS = {
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:2275',
+        source='spec/sse.r1:2339',
         encoding='F3 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12372,7 +12372,7 @@ FORMS = {
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:2285',
+        source='spec/sse.r1:2349',
         encoding='66 0F 6E /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'rm32', 'r')),
         width=32,
@@ -12396,7 +12396,7 @@ FORMS = {
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:2295',
+        source='spec/sse.r1:2359',
         encoding='66 0F 7E /r',
         operands=(('dst', 'rm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -12420,7 +12420,7 @@ FORMS = {
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2305',
+        source='spec/sse.r1:2369',
         encoding='F3 0F 7E /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12444,7 +12444,7 @@ FORMS = {
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2315',
+        source='spec/sse.r1:2379',
         encoding='F3 0F 7E /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12468,7 +12468,7 @@ FORMS = {
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2325',
+        source='spec/sse.r1:2389',
         encoding='66 0F D6 /r reg',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12492,7 +12492,7 @@ FORMS = {
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2335',
+        source='spec/sse.r1:2399',
         encoding='66 0F D6 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12516,7 +12516,7 @@ FORMS = {
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
         mnemonics={None: 'movq2dq'},
-        source='spec/sse.r1:2345',
+        source='spec/sse.r1:2409',
         encoding='F3 0F D6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12540,7 +12540,7 @@ FORMS = {
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
         mnemonics={None: 'movdq2q'},
-        source='spec/sse.r1:2355',
+        source='spec/sse.r1:2419',
         encoding='F2 0F D6 /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12564,7 +12564,7 @@ FORMS = {
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
         mnemonics={None: 'movntpd'},
-        source='spec/sse.r1:2367',
+        source='spec/sse.r1:2431',
         encoding='66 0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12588,7 +12588,7 @@ FORMS = {
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
         mnemonics={None: 'movntdq'},
-        source='spec/sse.r1:2378',
+        source='spec/sse.r1:2442',
         encoding='66 0F E7 /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12612,7 +12612,7 @@ FORMS = {
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
         mnemonics={None: 'movnti'},
-        source='spec/sse.r1:2388',
+        source='spec/sse.r1:2452',
         encoding='0F C3 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'r32', 'r')),
         width=32,
@@ -12636,7 +12636,7 @@ FORMS = {
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
         mnemonics={None: 'maskmovdqu'},
-        source='spec/sse.r1:2398',
+        source='spec/sse.r1:2462',
         encoding='66 0F F7 /r reg',
         operands=(('src', 'xmm', 'r'), ('mask', 'xmmrm', 'r')),
         width='v',
@@ -12660,7 +12660,7 @@ FORMS = {
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
         mnemonics={None: 'clflush'},
-        source='spec/sse.r1:2408',
+        source='spec/sse.r1:2472',
         encoding='0F AE /7 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -12684,7 +12684,7 @@ FORMS = {
     'LFENCE': FormInfo(
         name='LFENCE',
         mnemonics={None: 'lfence'},
-        source='spec/sse.r1:2419',
+        source='spec/sse.r1:2483',
         encoding='0F AE /5 reg',
         operands=(),
         width='v',
@@ -12708,7 +12708,7 @@ FORMS = {
     'MFENCE': FormInfo(
         name='MFENCE',
         mnemonics={None: 'mfence'},
-        source='spec/sse.r1:2430',
+        source='spec/sse.r1:2494',
         encoding='0F AE /6 reg',
         operands=(),
         width='v',
@@ -12732,7 +12732,7 @@ FORMS = {
     'PAUSE': FormInfo(
         name='PAUSE',
         mnemonics={None: 'pause'},
-        source='spec/sse.r1:2441',
+        source='spec/sse.r1:2505',
         encoding='F3 90',
         operands=(),
         width='v',
@@ -12756,7 +12756,7 @@ FORMS = {
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:2453',
+        source='spec/sse.r1:2517',
         encoding='0F D4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12780,7 +12780,7 @@ FORMS = {
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:2463',
+        source='spec/sse.r1:2527',
         encoding='66 0F D4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12804,7 +12804,7 @@ FORMS = {
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:2473',
+        source='spec/sse.r1:2537',
         encoding='0F FB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12828,7 +12828,7 @@ FORMS = {
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:2483',
+        source='spec/sse.r1:2547',
         encoding='66 0F FB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12852,7 +12852,7 @@ FORMS = {
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2493',
+        source='spec/sse.r1:2557',
         encoding='0F F4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12876,7 +12876,7 @@ FORMS = {
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2503',
+        source='spec/sse.r1:2567',
         encoding='66 0F F4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12900,7 +12900,7 @@ FORMS = {
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufd'},
-        source='spec/sse.r1:2513',
+        source='spec/sse.r1:2577',
         encoding='66 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12924,7 +12924,7 @@ FORMS = {
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufhw'},
-        source='spec/sse.r1:2523',
+        source='spec/sse.r1:2587',
         encoding='F3 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12948,7 +12948,7 @@ FORMS = {
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshuflw'},
-        source='spec/sse.r1:2533',
+        source='spec/sse.r1:2597',
         encoding='F2 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12972,7 +12972,7 @@ FORMS = {
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
         mnemonics={None: 'pslldq'},
-        source='spec/sse.r1:2543',
+        source='spec/sse.r1:2607',
         encoding='66 0F 73 /7 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12996,7 +12996,7 @@ FORMS = {
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
         mnemonics={None: 'psrldq'},
-        source='spec/sse.r1:2553',
+        source='spec/sse.r1:2617',
         encoding='66 0F 73 /3 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13020,7 +13020,7 @@ FORMS = {
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
         mnemonics={None: 'punpcklqdq'},
-        source='spec/sse.r1:2563',
+        source='spec/sse.r1:2627',
         encoding='66 0F 6C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13044,7 +13044,7 @@ FORMS = {
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhqdq'},
-        source='spec/sse.r1:2573',
+        source='spec/sse.r1:2637',
         encoding='66 0F 6D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13068,7 +13068,7 @@ FORMS = {
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/sse.r1:2585',
+        source='spec/sse.r1:2649',
         encoding='66 0F 60 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13092,7 +13092,7 @@ FORMS = {
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/sse.r1:2595',
+        source='spec/sse.r1:2659',
         encoding='66 0F 61 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13116,7 +13116,7 @@ FORMS = {
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
         mnemonics={None: 'punpckldq'},
-        source='spec/sse.r1:2605',
+        source='spec/sse.r1:2669',
         encoding='66 0F 62 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13140,7 +13140,7 @@ FORMS = {
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/sse.r1:2615',
+        source='spec/sse.r1:2679',
         encoding='66 0F 68 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13164,7 +13164,7 @@ FORMS = {
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/sse.r1:2625',
+        source='spec/sse.r1:2689',
         encoding='66 0F 69 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13188,7 +13188,7 @@ FORMS = {
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/sse.r1:2635',
+        source='spec/sse.r1:2699',
         encoding='66 0F 6A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13212,7 +13212,7 @@ FORMS = {
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/sse.r1:2645',
+        source='spec/sse.r1:2709',
         encoding='66 0F 63 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13236,7 +13236,7 @@ FORMS = {
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/sse.r1:2655',
+        source='spec/sse.r1:2719',
         encoding='66 0F 67 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13260,7 +13260,7 @@ FORMS = {
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/sse.r1:2665',
+        source='spec/sse.r1:2729',
         encoding='66 0F 6B /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13284,7 +13284,7 @@ FORMS = {
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
         mnemonics={None: 'paddb'},
-        source='spec/sse.r1:2675',
+        source='spec/sse.r1:2739',
         encoding='66 0F FC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13308,7 +13308,7 @@ FORMS = {
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
         mnemonics={None: 'paddw'},
-        source='spec/sse.r1:2685',
+        source='spec/sse.r1:2749',
         encoding='66 0F FD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13332,7 +13332,7 @@ FORMS = {
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
         mnemonics={None: 'paddd'},
-        source='spec/sse.r1:2695',
+        source='spec/sse.r1:2759',
         encoding='66 0F FE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13356,7 +13356,7 @@ FORMS = {
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/sse.r1:2705',
+        source='spec/sse.r1:2769',
         encoding='66 0F EC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13380,7 +13380,7 @@ FORMS = {
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/sse.r1:2715',
+        source='spec/sse.r1:2779',
         encoding='66 0F ED /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13404,7 +13404,7 @@ FORMS = {
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/sse.r1:2725',
+        source='spec/sse.r1:2789',
         encoding='66 0F DC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13428,7 +13428,7 @@ FORMS = {
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/sse.r1:2735',
+        source='spec/sse.r1:2799',
         encoding='66 0F DD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13452,7 +13452,7 @@ FORMS = {
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
         mnemonics={None: 'psubb'},
-        source='spec/sse.r1:2745',
+        source='spec/sse.r1:2809',
         encoding='66 0F F8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13476,7 +13476,7 @@ FORMS = {
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
         mnemonics={None: 'psubw'},
-        source='spec/sse.r1:2755',
+        source='spec/sse.r1:2819',
         encoding='66 0F F9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13500,7 +13500,7 @@ FORMS = {
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
         mnemonics={None: 'psubd'},
-        source='spec/sse.r1:2765',
+        source='spec/sse.r1:2829',
         encoding='66 0F FA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13524,7 +13524,7 @@ FORMS = {
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/sse.r1:2775',
+        source='spec/sse.r1:2839',
         encoding='66 0F E8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13548,7 +13548,7 @@ FORMS = {
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/sse.r1:2785',
+        source='spec/sse.r1:2849',
         encoding='66 0F E9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13572,7 +13572,7 @@ FORMS = {
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/sse.r1:2795',
+        source='spec/sse.r1:2859',
         encoding='66 0F D8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13596,7 +13596,7 @@ FORMS = {
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/sse.r1:2805',
+        source='spec/sse.r1:2869',
         encoding='66 0F D9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13620,7 +13620,7 @@ FORMS = {
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/sse.r1:2815',
+        source='spec/sse.r1:2879',
         encoding='66 0F D5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13644,7 +13644,7 @@ FORMS = {
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/sse.r1:2825',
+        source='spec/sse.r1:2889',
         encoding='66 0F E5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13668,7 +13668,7 @@ FORMS = {
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/sse.r1:2835',
+        source='spec/sse.r1:2899',
         encoding='66 0F F5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13692,7 +13692,7 @@ FORMS = {
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/sse.r1:2845',
+        source='spec/sse.r1:2909',
         encoding='66 0F 74 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13716,7 +13716,7 @@ FORMS = {
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/sse.r1:2855',
+        source='spec/sse.r1:2919',
         encoding='66 0F 75 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13740,7 +13740,7 @@ FORMS = {
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/sse.r1:2865',
+        source='spec/sse.r1:2929',
         encoding='66 0F 76 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13764,7 +13764,7 @@ FORMS = {
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/sse.r1:2875',
+        source='spec/sse.r1:2939',
         encoding='66 0F 64 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13788,7 +13788,7 @@ FORMS = {
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/sse.r1:2885',
+        source='spec/sse.r1:2949',
         encoding='66 0F 65 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13812,7 +13812,7 @@ FORMS = {
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/sse.r1:2895',
+        source='spec/sse.r1:2959',
         encoding='66 0F 66 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13836,7 +13836,7 @@ FORMS = {
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
         mnemonics={None: 'pand'},
-        source='spec/sse.r1:2905',
+        source='spec/sse.r1:2969',
         encoding='66 0F DB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13860,7 +13860,7 @@ FORMS = {
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
         mnemonics={None: 'pandn'},
-        source='spec/sse.r1:2915',
+        source='spec/sse.r1:2979',
         encoding='66 0F DF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13884,7 +13884,7 @@ FORMS = {
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
         mnemonics={None: 'por'},
-        source='spec/sse.r1:2925',
+        source='spec/sse.r1:2989',
         encoding='66 0F EB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13908,7 +13908,7 @@ FORMS = {
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
         mnemonics={None: 'pxor'},
-        source='spec/sse.r1:2935',
+        source='spec/sse.r1:2999',
         encoding='66 0F EF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13932,7 +13932,7 @@ FORMS = {
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2945',
+        source='spec/sse.r1:3009',
         encoding='66 0F F1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13956,7 +13956,7 @@ FORMS = {
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2955',
+        source='spec/sse.r1:3019',
         encoding='66 0F F2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13980,7 +13980,7 @@ FORMS = {
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2965',
+        source='spec/sse.r1:3029',
         encoding='66 0F F3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14004,7 +14004,7 @@ FORMS = {
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2975',
+        source='spec/sse.r1:3039',
         encoding='66 0F D1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14028,7 +14028,7 @@ FORMS = {
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2985',
+        source='spec/sse.r1:3049',
         encoding='66 0F D2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14052,7 +14052,7 @@ FORMS = {
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2995',
+        source='spec/sse.r1:3059',
         encoding='66 0F D3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14076,7 +14076,7 @@ FORMS = {
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:3005',
+        source='spec/sse.r1:3069',
         encoding='66 0F E1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14100,7 +14100,7 @@ FORMS = {
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:3015',
+        source='spec/sse.r1:3079',
         encoding='66 0F E2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14124,7 +14124,7 @@ FORMS = {
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:3025',
+        source='spec/sse.r1:3089',
         encoding='66 0F 71 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14148,7 +14148,7 @@ FORMS = {
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:3035',
+        source='spec/sse.r1:3099',
         encoding='66 0F 72 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14172,7 +14172,7 @@ FORMS = {
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:3045',
+        source='spec/sse.r1:3109',
         encoding='66 0F 73 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14196,7 +14196,7 @@ FORMS = {
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:3055',
+        source='spec/sse.r1:3119',
         encoding='66 0F 71 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14220,7 +14220,7 @@ FORMS = {
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:3065',
+        source='spec/sse.r1:3129',
         encoding='66 0F 72 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14244,7 +14244,7 @@ FORMS = {
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:3075',
+        source='spec/sse.r1:3139',
         encoding='66 0F 73 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14268,7 +14268,7 @@ FORMS = {
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:3085',
+        source='spec/sse.r1:3149',
         encoding='66 0F 71 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14292,7 +14292,7 @@ FORMS = {
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:3095',
+        source='spec/sse.r1:3159',
         encoding='66 0F 72 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14316,7 +14316,7 @@ FORMS = {
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:3107',
+        source='spec/sse.r1:3171',
         encoding='66 0F E0 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14340,7 +14340,7 @@ FORMS = {
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:3117',
+        source='spec/sse.r1:3181',
         encoding='66 0F E3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14364,7 +14364,7 @@ FORMS = {
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:3127',
+        source='spec/sse.r1:3191',
         encoding='66 0F EE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14388,7 +14388,7 @@ FORMS = {
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:3137',
+        source='spec/sse.r1:3201',
         encoding='66 0F DE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14412,7 +14412,7 @@ FORMS = {
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:3147',
+        source='spec/sse.r1:3211',
         encoding='66 0F EA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14436,7 +14436,7 @@ FORMS = {
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:3157',
+        source='spec/sse.r1:3221',
         encoding='66 0F DA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14460,7 +14460,7 @@ FORMS = {
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:3167',
+        source='spec/sse.r1:3231',
         encoding='66 0F E4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14484,7 +14484,7 @@ FORMS = {
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:3177',
+        source='spec/sse.r1:3241',
         encoding='66 0F F6 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14508,7 +14508,7 @@ FORMS = {
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:3187',
+        source='spec/sse.r1:3251',
         encoding='66 0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14532,7 +14532,7 @@ FORMS = {
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:3197',
+        source='spec/sse.r1:3261',
         encoding='66 0F C4 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14556,7 +14556,7 @@ FORMS = {
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:3207',
+        source='spec/sse.r1:3271',
         encoding='66 0F C4 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -14580,7 +14580,7 @@ FORMS = {
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:3217',
+        source='spec/sse.r1:3281',
         encoding='66 0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,

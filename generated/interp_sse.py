@@ -8,17 +8,17 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:283
+# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:295
 _T0 = """\
-v_src = S.xmm[$src]  # sse.r1:286
+v_src = S.xmm[$src]  # sse.r1:298
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:295
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:307
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:283
+# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:295
 _T1 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
@@ -27,36 +27,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:286
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:295
+v_src = b_load($seg, ea, 128)  # sse.r1:298
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:307
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:298
+# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:310
 _T2 = """\
-v_src = S.xmm[$src]  # sse.r1:301
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:310
-"""
-
-# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:298
-_T3 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:301
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:310
-"""
-
-# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:313
-_T4 = """\
-v_src = S.xmm[$src]  # sse.r1:316
+v_src = S.xmm[$src]  # sse.r1:313
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -64,164 +41,187 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
 S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:322
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:313
+# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:310
+_T3 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:313
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:322
+"""
+
+# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:325
+_T4 = """\
+v_src = S.xmm[$src]  # sse.r1:328
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:334
+"""
+
+# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:325
 _T5 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:316
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:322
+v_src = b_load($seg, ea, 128)  # sse.r1:328
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:334
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:324
+# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:336
 _T6 = """\
-v_src = S.xmm[$src]  # sse.r1:327
+v_src = S.xmm[$src]  # sse.r1:339
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:333
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:345
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:324
+# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:336
 _T7 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:327
+v_src = S.xmm[$src]  # sse.r1:339
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:333
+b_store($seg, ea, 128, v_src)  # sse.r1:345
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:335
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:347
 _T8 = """\
-v_dst = S.xmm[$dst]  # sse.r1:338
-v_src = S.xmm[$src]  # sse.r1:338
+v_dst = S.xmm[$dst]  # sse.r1:350
+v_src = S.xmm[$src]  # sse.r1:350
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:344
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:356
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:346
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:358
 _T9 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:349
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:355
+v_src = rd32($seg, ea)  # sse.r1:361
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:367
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:357
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:369
 _T10 = """\
-v_dst = S.xmm[$dst]  # sse.r1:360
-v_src = S.xmm[$src]  # sse.r1:360
+v_dst = S.xmm[$dst]  # sse.r1:372
+v_src = S.xmm[$src]  # sse.r1:372
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:366
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:378
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:368
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:380
 _T11 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:371
+v_src = S.xmm[$src]  # sse.r1:383
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:377
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:389
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:379
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:391
 _T12 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:382
+v_dst = S.xmm[$dst]  # sse.r1:394
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:382
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:388
+v_src = b_load($seg, ea, 64)  # sse.r1:394
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:400
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:390
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:402
 _T13 = """\
-v_dst = S.xmm[$dst]  # sse.r1:393
-v_src = S.xmm[$src]  # sse.r1:393
+v_dst = S.xmm[$dst]  # sse.r1:405
+v_src = S.xmm[$src]  # sse.r1:405
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:399
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:411
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:401
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:413
 _T14 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:404
+v_src = S.xmm[$src]  # sse.r1:416
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:410
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:422
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:412
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:424
 _T15 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:415
+v_dst = S.xmm[$dst]  # sse.r1:427
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:415
-S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:421
+v_src = b_load($seg, ea, 64)  # sse.r1:427
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:433
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:423
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:435
 _T16 = """\
-v_dst = S.xmm[$dst]  # sse.r1:426
-v_src = S.xmm[$src]  # sse.r1:426
+v_dst = S.xmm[$dst]  # sse.r1:438
+v_src = S.xmm[$src]  # sse.r1:438
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:432
+S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:444
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:434
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:446
 _T17 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:437
+v_src = S.xmm[$src]  # sse.r1:449
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:443
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:455
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:445
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:457
 _T18 = """\
-v_src = S.xmm[$src]  # sse.r1:448
+v_src = S.xmm[$src]  # sse.r1:460
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:454
+R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:466
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:458
+# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:470
 _T19 = """\
-v_dst = S.xmm[$dst]  # sse.r1:461
-v_src = S.xmm[$src]  # sse.r1:461
+v_dst = S.xmm[$dst]  # sse.r1:473
+v_src = S.xmm[$src]  # sse.r1:473
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -253,20 +253,20 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:470
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:482
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:458
+# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:470
 _T20 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:461
+v_dst = S.xmm[$dst]  # sse.r1:473
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:461
+v_src = b_load($seg, ea, 128)  # sse.r1:473
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
@@ -294,13 +294,13 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:470
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:482
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:473
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:485
 _T21 = """\
-v_dst = S.xmm[$dst]  # sse.r1:476
-v_src = S.xmm[$src]  # sse.r1:476
+v_dst = S.xmm[$dst]  # sse.r1:488
+v_src = S.xmm[$src]  # sse.r1:488
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -323,18 +323,18 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:482
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:494
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:484
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:496
 _T22 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:487
+v_dst = S.xmm[$dst]  # sse.r1:499
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:487
+v_src = rd32($seg, ea)  # sse.r1:499
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
@@ -353,13 +353,13 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:493
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:505
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:495
+# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:507
 _T23 = """\
-v_dst = S.xmm[$dst]  # sse.r1:498
-v_src = S.xmm[$src]  # sse.r1:498
+v_dst = S.xmm[$dst]  # sse.r1:510
+v_src = S.xmm[$src]  # sse.r1:510
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -391,20 +391,20 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:507
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:519
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:495
+# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:507
 _T24 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:498
+v_dst = S.xmm[$dst]  # sse.r1:510
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:498
+v_src = b_load($seg, ea, 128)  # sse.r1:510
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
@@ -432,13 +432,13 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:507
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:519
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:510
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:522
 _T25 = """\
-v_dst = S.xmm[$dst]  # sse.r1:513
-v_src = S.xmm[$src]  # sse.r1:513
+v_dst = S.xmm[$dst]  # sse.r1:525
+v_src = S.xmm[$src]  # sse.r1:525
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -461,18 +461,18 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:519
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:531
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:521
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:533
 _T26 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:524
+v_dst = S.xmm[$dst]  # sse.r1:536
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:524
+v_src = rd32($seg, ea)  # sse.r1:536
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
@@ -491,13 +491,13 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:530
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:542
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:532
+# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:544
 _T27 = """\
-v_dst = S.xmm[$dst]  # sse.r1:535
-v_src = S.xmm[$src]  # sse.r1:535
+v_dst = S.xmm[$dst]  # sse.r1:547
+v_src = S.xmm[$src]  # sse.r1:547
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -529,20 +529,20 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:544
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:556
 """
 
-# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:532
+# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:544
 _T28 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:535
+v_dst = S.xmm[$dst]  # sse.r1:547
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:535
+v_src = b_load($seg, ea, 128)  # sse.r1:547
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
@@ -570,13 +570,13 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:544
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:556
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:547
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:559
 _T29 = """\
-v_dst = S.xmm[$dst]  # sse.r1:550
-v_src = S.xmm[$src]  # sse.r1:550
+v_dst = S.xmm[$dst]  # sse.r1:562
+v_src = S.xmm[$src]  # sse.r1:562
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -599,18 +599,18 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:556
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:568
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:558
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:570
 _T30 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:561
+v_dst = S.xmm[$dst]  # sse.r1:573
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:561
+v_src = rd32($seg, ea)  # sse.r1:573
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
@@ -629,13 +629,13 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:567
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:579
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:569
+# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:581
 _T31 = """\
-v_dst = S.xmm[$dst]  # sse.r1:572
-v_src = S.xmm[$src]  # sse.r1:572
+v_dst = S.xmm[$dst]  # sse.r1:584
+v_src = S.xmm[$src]  # sse.r1:584
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -667,20 +667,20 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:581
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:593
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:569
+# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:581
 _T32 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:572
+v_dst = S.xmm[$dst]  # sse.r1:584
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:572
+v_src = b_load($seg, ea, 128)  # sse.r1:584
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
@@ -708,13 +708,13 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:581
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:593
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:584
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:596
 _T33 = """\
-v_dst = S.xmm[$dst]  # sse.r1:587
-v_src = S.xmm[$src]  # sse.r1:587
+v_dst = S.xmm[$dst]  # sse.r1:599
+v_src = S.xmm[$src]  # sse.r1:599
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -737,18 +737,18 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:593
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:605
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:595
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:607
 _T34 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:598
+v_dst = S.xmm[$dst]  # sse.r1:610
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:598
+v_src = rd32($seg, ea)  # sse.r1:610
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
@@ -767,13 +767,13 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:604
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:616
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:606
+# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:618
 _T35 = """\
-v_dst = S.xmm[$dst]  # sse.r1:609
-v_src = S.xmm[$src]  # sse.r1:609
+v_dst = S.xmm[$dst]  # sse.r1:621
+v_src = S.xmm[$src]  # sse.r1:621
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -813,20 +813,20 @@ if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:618
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:630
 """
 
-# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:606
+# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:618
 _T36 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:609
+v_dst = S.xmm[$dst]  # sse.r1:621
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:609
+v_src = b_load($seg, ea, 128)  # sse.r1:621
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
@@ -862,13 +862,13 @@ if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:618
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:630
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:621
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:633
 _T37 = """\
-v_dst = S.xmm[$dst]  # sse.r1:624
-v_src = S.xmm[$src]  # sse.r1:624
+v_dst = S.xmm[$dst]  # sse.r1:636
+v_src = S.xmm[$src]  # sse.r1:636
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -893,18 +893,18 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:630
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:642
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:632
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:644
 _T38 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:635
+v_dst = S.xmm[$dst]  # sse.r1:647
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:635
+v_src = rd32($seg, ea)  # sse.r1:647
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
@@ -925,13 +925,13 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:641
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:653
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:643
+# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:655
 _T39 = """\
-v_dst = S.xmm[$dst]  # sse.r1:646
-v_src = S.xmm[$src]  # sse.r1:646
+v_dst = S.xmm[$dst]  # sse.r1:658
+v_src = S.xmm[$src]  # sse.r1:658
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -971,20 +971,20 @@ if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:655
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:667
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:643
+# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:655
 _T40 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:646
+v_dst = S.xmm[$dst]  # sse.r1:658
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:646
+v_src = b_load($seg, ea, 128)  # sse.r1:658
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
@@ -1020,13 +1020,13 @@ if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:655
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:667
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:658
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:670
 _T41 = """\
-v_dst = S.xmm[$dst]  # sse.r1:661
-v_src = S.xmm[$src]  # sse.r1:661
+v_dst = S.xmm[$dst]  # sse.r1:673
+v_src = S.xmm[$src]  # sse.r1:673
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1051,18 +1051,18 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:667
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:679
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:669
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:681
 _T42 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:672
+v_dst = S.xmm[$dst]  # sse.r1:684
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:672
+v_src = rd32($seg, ea)  # sse.r1:684
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
@@ -1083,12 +1083,12 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:678
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:690
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:680
+# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:692
 _T43 = """\
-v_src = S.xmm[$src]  # sse.r1:683
+v_src = S.xmm[$src]  # sse.r1:695
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1120,10 +1120,10 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:692
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:704
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:680
+# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:692
 _T44 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
@@ -1132,7 +1132,7 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:683
+v_src = b_load($seg, ea, 128)  # sse.r1:695
 a_x_0 = (v_src & 4294967295)
 a_y_1 = (v_src & 4294967295)
 l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
@@ -1160,13 +1160,13 @@ if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:692
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:704
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:695
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:707
 _T45 = """\
-v_dst = S.xmm[$dst]  # sse.r1:698
-v_src = S.xmm[$src]  # sse.r1:698
+v_dst = S.xmm[$dst]  # sse.r1:710
+v_src = S.xmm[$src]  # sse.r1:710
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1189,18 +1189,18 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:704
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:716
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:706
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:718
 _T46 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:709
+v_dst = S.xmm[$dst]  # sse.r1:721
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:709
+v_src = rd32($seg, ea)  # sse.r1:721
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
@@ -1219,20 +1219,20 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:715
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:727
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:717
+# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:729
 _T47 = """\
-v_src = S.xmm[$src]  # sse.r1:720
+v_src = S.xmm[$src]  # sse.r1:732
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:729
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:741
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:717
+# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:729
 _T48 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
@@ -1241,44 +1241,44 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:720
-S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:729
+v_src = b_load($seg, ea, 128)  # sse.r1:732
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:741
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:732
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:744
 _T49 = """\
-v_dst = S.xmm[$dst]  # sse.r1:735
-v_src = S.xmm[$src]  # sse.r1:735
+v_dst = S.xmm[$dst]  # sse.r1:747
+v_src = S.xmm[$src]  # sse.r1:747
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:741
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:753
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:743
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:755
 _T50 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:746
+v_dst = S.xmm[$dst]  # sse.r1:758
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:746
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:752
+v_src = rd32($seg, ea)  # sse.r1:758
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:764
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:754
+# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:766
 _T51 = """\
-v_src = S.xmm[$src]  # sse.r1:757
+v_src = S.xmm[$src]  # sse.r1:769
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:766
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:778
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:754
+# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
 _T52 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
@@ -1287,37 +1287,37 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:757
-S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:766
+v_src = b_load($seg, ea, 128)  # sse.r1:769
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:778
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:769
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:781
 _T53 = """\
-v_dst = S.xmm[$dst]  # sse.r1:772
-v_src = S.xmm[$src]  # sse.r1:772
+v_dst = S.xmm[$dst]  # sse.r1:784
+v_src = S.xmm[$src]  # sse.r1:784
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:778
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:790
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:780
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:792
 _T54 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:783
+v_dst = S.xmm[$dst]  # sse.r1:795
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:783
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:789
+v_src = rd32($seg, ea)  # sse.r1:795
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:801
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:793
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:805
 _T55 = """\
-v_dst = S.xmm[$dst]  # sse.r1:796
-v_src = S.xmm[$src]  # sse.r1:796
+v_dst = S.xmm[$dst]  # sse.r1:808
+v_src = S.xmm[$src]  # sse.r1:808
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1355,20 +1355,20 @@ a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
 a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
 a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
 r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
-S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:806
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:818
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:793
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:805
 _T56 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:796
+v_dst = S.xmm[$dst]  # sse.r1:808
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:796
+v_src = b_load($seg, ea, 128)  # sse.r1:808
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 4294967295)
 l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:132
@@ -1402,13 +1402,13 @@ a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
 a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
 a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
 r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
-S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:806
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:818
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:809
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:821
 _T57 = """\
-v_dst = S.xmm[$dst]  # sse.r1:812
-v_src = S.xmm[$src]  # sse.r1:812
+v_dst = S.xmm[$dst]  # sse.r1:824
+v_src = S.xmm[$src]  # sse.r1:824
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1431,18 +1431,18 @@ if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 
         raise Fault(6, None)  # sse.r1:54
 a_rel_7 = b_f32_relation(l_x_3, l_y_4)
 r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:821
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:833
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:824
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:836
 _T58 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:827
+v_dst = S.xmm[$dst]  # sse.r1:839
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:827
+v_src = rd32($seg, ea)  # sse.r1:839
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
 m_p_2 = ($imm & 7)
@@ -1461,13 +1461,13 @@ if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 
         raise Fault(6, None)  # sse.r1:54
 a_rel_7 = b_f32_relation(l_x_3, l_y_4)
 r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:836
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:848
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:839
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:851
 _T59 = """\
-v_a = S.xmm[$a]  # sse.r1:842
-v_b = S.xmm[$b]  # sse.r1:842
+v_a = S.xmm[$a]  # sse.r1:854
+v_b = S.xmm[$b]  # sse.r1:854
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1497,15 +1497,15 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:850
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:862
 _T60 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:853
+v_a = S.xmm[$a]  # sse.r1:865
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_b = rd32($seg, ea)  # sse.r1:853
+v_b = rd32($seg, ea)  # sse.r1:865
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
 l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
@@ -1531,10 +1531,10 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:861
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:873
 _T61 = """\
-v_a = S.xmm[$a]  # sse.r1:864
-v_b = S.xmm[$b]  # sse.r1:864
+v_a = S.xmm[$a]  # sse.r1:876
+v_b = S.xmm[$b]  # sse.r1:876
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
@@ -1564,15 +1564,15 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:872
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:884
 _T62 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:875
+v_a = S.xmm[$a]  # sse.r1:887
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_b = rd32($seg, ea)  # sse.r1:875
+v_b = rd32($seg, ea)  # sse.r1:887
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
 l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
@@ -1598,247 +1598,227 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:885
+# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:897
 _T63 = """\
-v_dst = S.xmm[$dst]  # sse.r1:888
-v_src = S.xmm[$src]  # sse.r1:888
+v_dst = S.xmm[$dst]  # sse.r1:900
+v_src = S.xmm[$src]  # sse.r1:900
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:897
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:909
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:885
+# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:897
 _T64 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:888
+v_dst = S.xmm[$dst]  # sse.r1:900
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:888
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:897
+v_src = b_load($seg, ea, 128)  # sse.r1:900
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:909
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:900
+# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:912
 _T65 = """\
-v_dst = S.xmm[$dst]  # sse.r1:903
-v_src = S.xmm[$src]  # sse.r1:903
+v_dst = S.xmm[$dst]  # sse.r1:915
+v_src = S.xmm[$src]  # sse.r1:915
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:912
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:924
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:900
+# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:912
 _T66 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:903
+v_dst = S.xmm[$dst]  # sse.r1:915
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:903
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:912
+v_src = b_load($seg, ea, 128)  # sse.r1:915
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:924
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:915
+# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:927
 _T67 = """\
-v_dst = S.xmm[$dst]  # sse.r1:918
-v_src = S.xmm[$src]  # sse.r1:918
+v_dst = S.xmm[$dst]  # sse.r1:930
+v_src = S.xmm[$src]  # sse.r1:930
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:927
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:939
 """
 
-# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:915
+# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:927
 _T68 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:918
+v_dst = S.xmm[$dst]  # sse.r1:930
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:918
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:927
+v_src = b_load($seg, ea, 128)  # sse.r1:930
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:939
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:930
+# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:942
 _T69 = """\
-v_dst = S.xmm[$dst]  # sse.r1:933
-v_src = S.xmm[$src]  # sse.r1:933
+v_dst = S.xmm[$dst]  # sse.r1:945
+v_src = S.xmm[$src]  # sse.r1:945
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:942
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:954
 """
 
-# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:930
+# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:942
 _T70 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:933
+v_dst = S.xmm[$dst]  # sse.r1:945
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:933
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:942
+v_src = b_load($seg, ea, 128)  # sse.r1:945
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:954
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:945
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:957
 _T71 = """\
-v_dst = S.xmm[$dst]  # sse.r1:948
-v_src = S.xmm[$src]  # sse.r1:948
+v_dst = S.xmm[$dst]  # sse.r1:960
+v_src = S.xmm[$src]  # sse.r1:960
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:957
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:969
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:945
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:957
 _T72 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:948
+v_dst = S.xmm[$dst]  # sse.r1:960
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:948
-S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:957
+v_src = b_load($seg, ea, 128)  # sse.r1:960
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:969
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:960
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:972
 _T73 = """\
-v_dst = S.xmm[$dst]  # sse.r1:963
-v_src = S.xmm[$src]  # sse.r1:963
+v_dst = S.xmm[$dst]  # sse.r1:975
+v_src = S.xmm[$src]  # sse.r1:975
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:972
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:984
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:960
+# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:972
 _T74 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:963
+v_dst = S.xmm[$dst]  # sse.r1:975
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:963
-S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:972
+v_src = b_load($seg, ea, 128)  # sse.r1:975
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:984
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:975
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:987
 _T75 = """\
-v_dst = S.xmm[$dst]  # sse.r1:978
-v_src = S.xmm[$src]  # sse.r1:978
+v_dst = S.xmm[$dst]  # sse.r1:990
+v_src = S.xmm[$src]  # sse.r1:990
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:987
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:999
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:975
+# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:987
 _T76 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:978
+v_dst = S.xmm[$dst]  # sse.r1:990
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:978
-S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:987
+v_src = b_load($seg, ea, 128)  # sse.r1:990
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:999
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:992
+# CVTPI2PS_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1004
 _T77 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:992')  # sse.r1:992
+v_dst = S.xmm[$dst]  # sse.r1:1007
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1007
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:1016
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1018
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1002
+# CVTPI2PS_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1004
 _T78 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:1002')  # sse.r1:1002
-"""
-
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1012
-_T79 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:1012')  # sse.r1:1012
-"""
-
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1022
-_T80 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:1022')  # sse.r1:1022
-"""
-
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1032
-_T81 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:1032')  # sse.r1:1032
-"""
-
-# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1042
-_T82 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1045
-v_src = R[$src]  # sse.r1:1045
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1051
-"""
-
-# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1042
-_T83 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1045
+v_dst = S.xmm[$dst]  # sse.r1:1007
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1045
+v_src = b_load($seg, ea, 64)  # sse.r1:1007
 l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
 l_r2_2 = 0  # sse.r1:269
 l_r3_3 = 0  # sse.r1:270
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
@@ -1856,19 +1836,93 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1051
+l_r = r_6  # sse.r1:1016
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1018
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1053
-_T84 = """\
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1021
+_T79 = """\
+v_src = S.xmm[$src]  # sse.r1:1024
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+l_r = r_7  # sse.r1:1032
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1034
+"""
+
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1037
+_T80 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+v_src = b_load($seg, ea, 64)  # sse.r1:1040
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+l_r = r_7  # sse.r1:1048
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1050
+"""
+
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1053
+_T81 = """\
 v_src = S.xmm[$src]  # sse.r1:1056
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
 l_r2_3 = 0  # sse.r1:269
 l_r3_4 = 0  # sse.r1:270
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
@@ -1886,17 +1940,116 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1062
+l_r = r_7  # sse.r1:1064
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1066
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1064
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1069
+_T82 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+v_src = b_load($seg, ea, 64)  # sse.r1:1072
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+l_r = r_7  # sse.r1:1080
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1082
+"""
+
+# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1085
+_T83 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1088
+v_src = R[$src]  # sse.r1:1088
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1094
+"""
+
+# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1085
+_T84 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1088
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:1088
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1094
+"""
+
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1096
 _T85 = """\
-ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1099
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1067
 m_x_0 = (v_src & 0xffffffff)
 l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
 l_r1_2 = 0  # sse.r1:268
@@ -1917,47 +2070,47 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1073
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1105
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1075
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1107
 _T86 = """\
-v_src = S.xmm[$src]  # sse.r1:1078
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1084
-"""
-
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1086
-_T87 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1089
+v_src = rd32($seg, ea)  # sse.r1:1110
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1116
+"""
+
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1118
+_T87 = """\
+v_src = S.xmm[$src]  # sse.r1:1121
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 m_x_0 = (v_src & 0xffffffff)
 l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
 l_r1_2 = 0  # sse.r1:268
@@ -1978,385 +2131,381 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1095
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1127
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1099
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1129
 _T88 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1102
-if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1110
-    raise Fault(13, 0)  # sse.r1:1110
-S.mxcsr = v_src & 0xffffffff  # sse.r1:1111
+v_src = rd32($seg, ea)  # sse.r1:1132
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1138
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1114
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1142
 _T89 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-wr32($seg, ea, S.mxcsr)  # sse.r1:1123
+v_src = rd32($seg, ea)  # sse.r1:1145
+if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1153
+    raise Fault(13, 0)  # sse.r1:1153
+S.mxcsr = v_src & 0xffffffff  # sse.r1:1154
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1125
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1157
 _T90 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:1125')  # sse.r1:1125
-"""
-
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1135
-_T91 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:1135')  # sse.r1:1135
-"""
-
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1147
-_T92 = """\
 ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+wr32($seg, ea, S.mxcsr)  # sse.r1:1166
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1158
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1168
+_T91 = """\
+b_unimplemented('FXSAVE_M512', 'spec/sse.r1:1168')  # sse.r1:1168
+"""
+
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1178
+_T92 = """\
+b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:1178')  # sse.r1:1178
+"""
+
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1190
 _T93 = """\
 ea = $ea
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1169
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1201
 _T94 = """\
 ea = $ea
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1180
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1212
 _T95 = """\
 ea = $ea
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1191
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1223
 _T96 = """\
+ea = $ea
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1202
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1234
 _T97 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:1202')  # sse.r1:1202
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1212
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1245
 _T98 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1215
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:1221
+b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:1245')  # sse.r1:1245
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1223
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1255
 _T99 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:1223')  # sse.r1:1223
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1258
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:1264
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1235
+# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1266
 _T100 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:1235')  # sse.r1:1235
+b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:1266')  # sse.r1:1266
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1245
+# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1278
 _T101 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:1245')  # sse.r1:1245
+b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:1278')  # sse.r1:1278
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1255
+# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1288
 _T102 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:1255')  # sse.r1:1255
+b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:1288')  # sse.r1:1288
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1265
+# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1298
 _T103 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:1265')  # sse.r1:1265
+b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:1298')  # sse.r1:1298
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1275
+# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1308
 _T104 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:1275')  # sse.r1:1275
+b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:1308')  # sse.r1:1308
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1285
+# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1318
 _T105 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:1285')  # sse.r1:1285
+b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:1318')  # sse.r1:1318
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1295
+# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1328
 _T106 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:1295')  # sse.r1:1295
+b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:1328')  # sse.r1:1328
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1305
+# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1338
 _T107 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:1305')  # sse.r1:1305
+b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:1338')  # sse.r1:1338
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1315
+# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1348
 _T108 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:1315')  # sse.r1:1315
+b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:1348')  # sse.r1:1348
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1325
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1358
 _T109 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:1325')  # sse.r1:1325
+b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:1358')  # sse.r1:1358
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1335
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1368
 _T110 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:1335')  # sse.r1:1335
+b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:1368')  # sse.r1:1368
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1345
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1378
 _T111 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1345')  # sse.r1:1345
+b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:1378')  # sse.r1:1378
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1355
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1388
 _T112 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1355')  # sse.r1:1355
+b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1388')  # sse.r1:1388
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1367
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1398
 _T113 = """\
-v_src = S.xmm[$src]  # sse.r1:1370
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1379
+b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1398')  # sse.r1:1398
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1367
+# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1410
 _T114 = """\
-ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1413
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1370
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1379
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1422
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1382
+# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1410
 _T115 = """\
-v_src = S.xmm[$src]  # sse.r1:1385
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1394
-"""
-
-# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1382
-_T116 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1385
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:1394
+v_src = b_load($seg, ea, 128)  # sse.r1:1413
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1422
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1397
+# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1425
+_T116 = """\
+v_src = S.xmm[$src]  # sse.r1:1428
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1437
+"""
+
+# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1425
 _T117 = """\
-v_src = S.xmm[$src]  # sse.r1:1400
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1428
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1406
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:1437
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1397
+# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1440
 _T118 = """\
-ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1443
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:1400
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1406
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1449
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1408
+# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1440
 _T119 = """\
-v_src = S.xmm[$src]  # sse.r1:1411
+ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1417
+v_src = b_load($seg, ea, 128)  # sse.r1:1443
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1449
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1408
+# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1451
 _T120 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1411
+v_src = S.xmm[$src]  # sse.r1:1454
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:1417
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1460
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1419
+# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1451
 _T121 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1422
-v_src = S.xmm[$src]  # sse.r1:1422
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1454
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1428
+b_store($seg, ea, 128, v_src)  # sse.r1:1460
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1430
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1462
 _T122 = """\
-ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1465
+v_src = S.xmm[$src]  # sse.r1:1465
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1433
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1439
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1471
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1441
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1473
 _T123 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1444
-v_src = S.xmm[$src]  # sse.r1:1444
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1450
-"""
-
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1452
-_T124 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1455
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1461
+v_src = b_load($seg, ea, 64)  # sse.r1:1476
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1482
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1463
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1484
+_T124 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1487
+v_src = S.xmm[$src]  # sse.r1:1487
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1493
+"""
+
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1495
 _T125 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1466
+v_src = S.xmm[$src]  # sse.r1:1498
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1466
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1472
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1504
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1474
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1506
 _T126 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1477
+v_dst = S.xmm[$dst]  # sse.r1:1509
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1483
+v_src = b_load($seg, ea, 64)  # sse.r1:1509
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1515
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1485
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1517
 _T127 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1488
+v_src = S.xmm[$src]  # sse.r1:1520
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1488
-S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1494
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1526
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1496
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1528
 _T128 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1499
+v_dst = S.xmm[$dst]  # sse.r1:1531
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1505
+v_src = b_load($seg, ea, 64)  # sse.r1:1531
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1537
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1507
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1539
 _T129 = """\
-v_src = S.xmm[$src]  # sse.r1:1510
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1542
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1516
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1548
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1520
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1550
 _T130 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1523
-v_src = S.xmm[$src]  # sse.r1:1523
+v_src = S.xmm[$src]  # sse.r1:1553
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1532
+R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1559
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1520
+# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1563
 _T131 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1523
+v_dst = S.xmm[$dst]  # sse.r1:1566
+v_src = S.xmm[$src]  # sse.r1:1566
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1523
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
@@ -2378,47 +2527,52 @@ if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1532
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1575
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1535
+# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1563
 _T132 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1538
-v_src = S.xmm[$src]  # sse.r1:1538
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1566
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1566
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1544
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1575
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1546
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1578
 _T133 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1549
+v_dst = S.xmm[$dst]  # sse.r1:1581
+v_src = S.xmm[$src]  # sse.r1:1581
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1549
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
@@ -2437,52 +2591,47 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1555
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1587
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1557
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1589
 _T134 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1560
-v_src = S.xmm[$src]  # sse.r1:1560
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1592
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+v_src = b_load($seg, ea, 64)  # sse.r1:1592
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1569
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1598
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1557
+# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1600
 _T135 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1560
+v_dst = S.xmm[$dst]  # sse.r1:1603
+v_src = S.xmm[$src]  # sse.r1:1603
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1560
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
@@ -2504,47 +2653,52 @@ if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1569
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1612
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1572
+# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1600
 _T136 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1575
-v_src = S.xmm[$src]  # sse.r1:1575
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1603
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1603
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1581
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1612
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1583
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1615
 _T137 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1586
+v_dst = S.xmm[$dst]  # sse.r1:1618
+v_src = S.xmm[$src]  # sse.r1:1618
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1586
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
@@ -2563,52 +2717,47 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1592
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1624
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1594
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1626
 _T138 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1597
-v_src = S.xmm[$src]  # sse.r1:1597
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1629
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+v_src = b_load($seg, ea, 64)  # sse.r1:1629
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1606
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1635
 """
 
-# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1594
+# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1637
 _T139 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1597
+v_dst = S.xmm[$dst]  # sse.r1:1640
+v_src = S.xmm[$src]  # sse.r1:1640
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1597
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
@@ -2630,47 +2779,52 @@ if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1606
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1649
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1609
+# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1637
 _T140 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1612
-v_src = S.xmm[$src]  # sse.r1:1612
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1640
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1640
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1618
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1649
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1620
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1652
 _T141 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1623
+v_dst = S.xmm[$dst]  # sse.r1:1655
+v_src = S.xmm[$src]  # sse.r1:1655
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1623
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
@@ -2689,52 +2843,47 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1629
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1661
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1631
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1663
 _T142 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1634
-v_src = S.xmm[$src]  # sse.r1:1634
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1666
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+v_src = b_load($seg, ea, 64)  # sse.r1:1666
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1643
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1672
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1631
+# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1674
 _T143 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1634
+v_dst = S.xmm[$dst]  # sse.r1:1677
+v_src = S.xmm[$src]  # sse.r1:1677
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1634
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
@@ -2756,47 +2905,52 @@ if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1643
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1686
 """
 
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1646
+# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1674
 _T144 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1649
-v_src = S.xmm[$src]  # sse.r1:1649
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1677
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1677
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1655
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1686
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1657
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1689
 _T145 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1660
+v_dst = S.xmm[$dst]  # sse.r1:1692
+v_src = S.xmm[$src]  # sse.r1:1692
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1660
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
@@ -2815,56 +2969,47 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1666
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1698
 """
 
-# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1668
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1700
 _T146 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1671
-v_src = S.xmm[$src]  # sse.r1:1671
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1703
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
-a_x_5 = ((v_dst >> 64) & 18446744073709551615)
-a_y_6 = ((v_src >> 64) & 18446744073709551615)
-a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
-a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
-m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
+v_src = b_load($seg, ea, 64)  # sse.r1:1703
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1680
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1709
 """
 
-# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1668
+# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1711
 _T147 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1671
+v_dst = S.xmm[$dst]  # sse.r1:1714
+v_src = S.xmm[$src]  # sse.r1:1714
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1671
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
@@ -2890,49 +3035,56 @@ if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1680
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1723
 """
 
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1683
+# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1711
 _T148 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1686
-v_src = S.xmm[$src]  # sse.r1:1686
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1714
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1714
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
-m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1692
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1723
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1694
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1726
 _T149 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1697
+v_dst = S.xmm[$dst]  # sse.r1:1729
+v_src = S.xmm[$src]  # sse.r1:1729
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1697
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
@@ -2953,56 +3105,49 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1703
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1735
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1705
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1737
 _T150 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1708
-v_src = S.xmm[$src]  # sse.r1:1708
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1740
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
+v_src = b_load($seg, ea, 64)  # sse.r1:1740
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
-a_x_5 = ((v_dst >> 64) & 18446744073709551615)
-a_y_6 = ((v_src >> 64) & 18446744073709551615)
-a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
-a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
-m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1717
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1746
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1705
+# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1748
 _T151 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1708
+v_dst = S.xmm[$dst]  # sse.r1:1751
+v_src = S.xmm[$src]  # sse.r1:1751
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1708
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
@@ -3028,49 +3173,56 @@ if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1717
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1760
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1720
+# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1748
 _T152 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1723
-v_src = S.xmm[$src]  # sse.r1:1723
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1751
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1751
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
-m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1729
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1760
 """
 
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1731
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1763
 _T153 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1734
+v_dst = S.xmm[$dst]  # sse.r1:1766
+v_src = S.xmm[$src]  # sse.r1:1766
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1734
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
@@ -3091,50 +3243,48 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1740
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1772
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1742
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1774
 _T154 = """\
-v_src = S.xmm[$src]  # sse.r1:1745
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1777
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_src & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_src >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
+v_src = b_load($seg, ea, 64)  # sse.r1:1777
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1754
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1783
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1742
+# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1785
 _T155 = """\
-ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1788
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1745
 a_x_0 = (v_src & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
@@ -3156,47 +3306,51 @@ if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1754
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1797
 """
 
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1757
+# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1785
 _T156 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1760
-v_src = S.xmm[$src]  # sse.r1:1760
+ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1788
+a_x_0 = (v_src & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+a_x_3 = ((v_src >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1766
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1797
 """
 
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1768
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1800
 _T157 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1771
+v_dst = S.xmm[$dst]  # sse.r1:1803
+v_src = S.xmm[$src]  # sse.r1:1803
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1771
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
@@ -3215,54 +3369,47 @@ if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1777
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1809
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1781
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1811
 _T158 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1784
-v_src = S.xmm[$src]  # sse.r1:1784
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1814
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-m_p_0 = ($imm & 7)
-a_x_1 = (v_dst & 18446744073709551615)
-l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:149
-a_x_5 = (v_src & 18446744073709551615)
-l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:150
-a_x_7 = ((v_src >> 64) & 18446744073709551615)
-l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:151
-m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
-m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
-if m_ie_9:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_10:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+v_src = b_load($seg, ea, 64)  # sse.r1:1814
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
     else:
-        raise Fault(6, None)  # sse.r1:54
-a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
-a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
-r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
-S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1794
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1820
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1781
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1824
 _T159 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1784
+v_dst = S.xmm[$dst]  # sse.r1:1827
+v_src = S.xmm[$src]  # sse.r1:1827
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1784
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 18446744073709551615)
 l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
@@ -3286,49 +3433,54 @@ if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 &
 a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
 a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
 r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
-S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1794
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1837
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1797
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1824
 _T160 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1800
-v_src = S.xmm[$src]  # sse.r1:1800
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1827
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_dst & 0xffffffffffffffff)
-m_b_1 = (v_src & 0xffffffffffffffff)
-m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
-m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1827
+m_p_0 = ($imm & 7)
+a_x_1 = (v_dst & 18446744073709551615)
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:149
+a_x_5 = (v_src & 18446744073709551615)
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:150
+a_x_7 = ((v_src >> 64) & 18446744073709551615)
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:151
+m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
+m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
+if m_ie_9:  # sse.r1:51
     S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
+if m_de_10:  # sse.r1:52
     S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
         raise Fault(19, None)  # sse.r1:54
     else:
         raise Fault(6, None)  # sse.r1:54
-a_rel_9 = b_f64_relation(l_x_3, l_y_4)
-r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1809
+a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
+a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
+r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1837
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1812
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1840
 _T161 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1815
+v_dst = S.xmm[$dst]  # sse.r1:1843
+v_src = S.xmm[$src]  # sse.r1:1843
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1815
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
@@ -3349,51 +3501,49 @@ if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.m
         raise Fault(6, None)  # sse.r1:54
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1824
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1827
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1855
 _T162 = """\
-v_a = S.xmm[$a]  # sse.r1:1830
-v_b = S.xmm[$b]  # sse.r1:1830
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1858
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_a & 0xffffffffffffffff)
-m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
-m_rel_5 = b_f64_relation(l_x_2, l_y_3)
-m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
-m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:51
+v_src = b_load($seg, ea, 64)  # sse.r1:1858
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:51
     S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
+if m_de_8:  # sse.r1:52
     S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
         raise Fault(19, None)  # sse.r1:54
     else:
         raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1867
 """
 
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1838
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1870
 _T163 = """\
-ea = $ea
-v_a = S.xmm[$a]  # sse.r1:1841
+v_a = S.xmm[$a]  # sse.r1:1873
+v_b = S.xmm[$b]  # sse.r1:1873
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_b = b_load($seg, ea, 64)  # sse.r1:1841
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
 l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
@@ -3419,21 +3569,22 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1849
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1881
 _T164 = """\
-v_a = S.xmm[$a]  # sse.r1:1852
-v_b = S.xmm[$b]  # sse.r1:1852
+ea = $ea
+v_a = S.xmm[$a]  # sse.r1:1884
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
+v_b = b_load($seg, ea, 64)  # sse.r1:1884
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
 l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
 l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
 l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
 m_rel_5 = b_f64_relation(l_x_2, l_y_3)
-m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
+m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
 if m_invalid_6:  # sse.r1:51
     S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
@@ -3452,15 +3603,14 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1860
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1892
 _T165 = """\
-ea = $ea
-v_a = S.xmm[$a]  # sse.r1:1863
+v_a = S.xmm[$a]  # sse.r1:1895
+v_b = S.xmm[$b]  # sse.r1:1895
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_b = b_load($seg, ea, 64)  # sse.r1:1863
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
 l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
@@ -3486,206 +3636,226 @@ S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
 S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1873
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1903
 _T166 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1876
-v_src = S.xmm[$src]  # sse.r1:1876
+ea = $ea
+v_a = S.xmm[$a]  # sse.r1:1906
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1885
+v_b = b_load($seg, ea, 64)  # sse.r1:1906
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_denormal_7:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1873
+# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1916
 _T167 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1876
+v_dst = S.xmm[$dst]  # sse.r1:1919
+v_src = S.xmm[$src]  # sse.r1:1919
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1876
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1885
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1928
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1888
+# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1916
 _T168 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1891
-v_src = S.xmm[$src]  # sse.r1:1891
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1919
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1900
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1919
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1928
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1888
+# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1931
 _T169 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1891
+v_dst = S.xmm[$dst]  # sse.r1:1934
+v_src = S.xmm[$src]  # sse.r1:1934
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1891
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1900
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1943
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1903
+# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1931
 _T170 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1906
-v_src = S.xmm[$src]  # sse.r1:1906
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1934
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1915
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1934
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1943
 """
 
-# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1903
+# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1946
 _T171 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1906
+v_dst = S.xmm[$dst]  # sse.r1:1949
+v_src = S.xmm[$src]  # sse.r1:1949
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1906
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1915
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1958
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1918
+# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1946
 _T172 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1921
-v_src = S.xmm[$src]  # sse.r1:1921
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1949
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1930
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1949
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1958
 """
 
-# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1918
+# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1961
 _T173 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1921
+v_dst = S.xmm[$dst]  # sse.r1:1964
+v_src = S.xmm[$src]  # sse.r1:1964
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1921
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1930
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1973
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1933
+# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1961
 _T174 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1936
-v_src = S.xmm[$src]  # sse.r1:1936
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1964
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1945
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1964
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1973
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1933
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1976
 _T175 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1936
+v_dst = S.xmm[$dst]  # sse.r1:1979
+v_src = S.xmm[$src]  # sse.r1:1979
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1936
-S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1945
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1988
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1948
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1976
 _T176 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1951
-v_src = S.xmm[$src]  # sse.r1:1951
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1979
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1960
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:1979
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1988
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1948
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1991
 _T177 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1951
+v_dst = S.xmm[$dst]  # sse.r1:1994
+v_src = S.xmm[$src]  # sse.r1:1994
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1951
-S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1960
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2003
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1963
+# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1991
 _T178 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1966
-v_src = S.xmm[$src]  # sse.r1:1966
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1975
-"""
-
-# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1963
-_T179 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1966
+v_dst = S.xmm[$dst]  # sse.r1:1994
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1966
-S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1975
+v_src = b_load($seg, ea, 128)  # sse.r1:1994
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2003
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1980
-_T180 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1980')  # sse.r1:1980
-"""
-
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1990
-_T181 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1990')  # sse.r1:1990
-"""
-
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2000
-_T182 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:2000')  # sse.r1:2000
-"""
-
-# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2010
-_T183 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2013
-v_src = R[$src]  # sse.r1:2013
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2006
+_T179 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2009
+v_src = S.xmm[$src]  # sse.r1:2009
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2018
+"""
+
+# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2006
+_T180 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2009
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2009
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2018
+"""
+
+# CVTPI2PD_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2023
+_T181 = """\
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2026
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
 l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
+l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
 l_r2_2 = 0  # sse.r1:269
 l_r3_3 = 0  # sse.r1:270
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
@@ -3703,20 +3873,91 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2019
+l_r = r_6  # sse.r1:2035
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2037
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2010
+# CVTPI2PD_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2023
+_T182 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2026
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+l_r = r_6  # sse.r1:2035
+S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2037
+"""
+
+# CVTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2040
+_T183 = """\
+v_src = S.xmm[$src]  # sse.r1:2043
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:2052
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2054
+"""
+
+# CVTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2040
 _T184 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2013
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:2013
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2043
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
 l_r2_2 = 0  # sse.r1:269
 l_r3_3 = 0  # sse.r1:270
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
@@ -3733,48 +3974,152 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2019
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:2052
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2054
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2021
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2057
 _T185 = """\
-v_src = S.xmm[$src]  # sse.r1:2024
+v_src = S.xmm[$src]  # sse.r1:2060
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
         raise Fault(19, None)  # sse.r1:212
     else:
         raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2030
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:2069
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2032
+# CVTTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2057
 _T186 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2035
+if (S.fsw >> 7 & 0x1):  # sse.r1:280
+    raise Fault(16, None)  # sse.r1:280
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2060
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:2069
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
+S.ftw = 255 & 0xff  # sse.r1:284
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
+"""
+
+# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2074
+_T187 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2077
+v_src = R[$src]  # sse.r1:2077
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
+"""
+
+# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2074
+_T188 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2077
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:2077
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = 0  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
+"""
+
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2085
+_T189 = """\
+v_src = S.xmm[$src]  # sse.r1:2088
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
 l_r1_2 = 0  # sse.r1:268
@@ -3795,108 +4140,108 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2041
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2094
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2043
-_T187 = """\
-v_src = S.xmm[$src]  # sse.r1:2046
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2052
-"""
-
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2054
-_T188 = """\
-ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2057
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2063
-"""
-
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2065
-_T189 = """\
-v_src = S.xmm[$src]  # sse.r1:2068
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2074
-"""
-
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2076
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2096
 _T190 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2079
+v_src = b_load($seg, ea, 64)  # sse.r1:2099
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2105
+"""
+
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2107
+_T191 = """\
+v_src = S.xmm[$src]  # sse.r1:2110
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2116
+"""
+
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2118
+_T192 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2121
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2127
+"""
+
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2129
+_T193 = """\
+v_src = S.xmm[$src]  # sse.r1:2132
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
 l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
@@ -3917,110 +4262,109 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2085
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2138
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2087
-_T191 = """\
-v_src = S.xmm[$src]  # sse.r1:2090
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2099
-"""
-
-# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2087
-_T192 = """\
-ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2090
-l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2099
-"""
-
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2102
-_T193 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2105
-v_src = S.xmm[$src]  # sse.r1:2105
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2111
-"""
-
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2113
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2140
 _T194 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2116
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:2116
+v_src = b_load($seg, ea, 64)  # sse.r1:2143
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2149
+"""
+
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2151
+_T195 = """\
+v_src = S.xmm[$src]  # sse.r1:2154
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
+"""
+
+# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2151
+_T196 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2154
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
+"""
+
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2166
+_T197 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2169
+v_src = S.xmm[$src]  # sse.r1:2169
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 m_x_0 = (v_src & 0xffffffff)
 l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
 l_r1_2 = 0  # sse.r1:268
@@ -4041,111 +4385,111 @@ if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2122
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2175
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2124
-_T195 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2127
-v_src = S.xmm[$src]  # sse.r1:2127
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2133
-"""
-
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2135
-_T196 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2138
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2138
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2144
-"""
-
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2146
-_T197 = """\
-v_src = S.xmm[$src]  # sse.r1:2149
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2158
-"""
-
-# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2146
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2177
 _T198 = """\
 ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2180
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2149
+v_src = rd32($seg, ea)  # sse.r1:2180
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2186
+"""
+
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2188
+_T199 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2191
+v_src = S.xmm[$src]  # sse.r1:2191
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2197
+"""
+
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2199
+_T200 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2202
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2202
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_2 = 0  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2208
+"""
+
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2210
+_T201 = """\
+v_src = S.xmm[$src]  # sse.r1:2213
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
 l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
 l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
@@ -4165,100 +4509,10 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2158
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2222
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2161
-_T199 = """\
-v_src = S.xmm[$src]  # sse.r1:2164
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2173
-"""
-
-# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2161
-_T200 = """\
-ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2164
-l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2173
-"""
-
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2176
-_T201 = """\
-v_src = S.xmm[$src]  # sse.r1:2179
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2188
-"""
-
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2176
+# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2210
 _T202 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
@@ -4267,7 +4521,97 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2179
+v_src = b_load($seg, ea, 128)  # sse.r1:2213
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2222
+"""
+
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2225
+_T203 = """\
+v_src = S.xmm[$src]  # sse.r1:2228
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2237
+"""
+
+# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2225
+_T204 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2228
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2237
+"""
+
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2240
+_T205 = """\
+v_src = S.xmm[$src]  # sse.r1:2243
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
 l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
 l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
@@ -4287,100 +4631,10 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2188
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2252
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2191
-_T203 = """\
-v_src = S.xmm[$src]  # sse.r1:2194
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2200
-"""
-
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2202
-_T204 = """\
-ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2205
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2211
-"""
-
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2213
-_T205 = """\
-v_src = S.xmm[$src]  # sse.r1:2216
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2225
-"""
-
-# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2213
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2240
 _T206 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
@@ -4389,7 +4643,97 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2216
+v_src = b_load($seg, ea, 128)  # sse.r1:2243
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2252
+"""
+
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2255
+_T207 = """\
+v_src = S.xmm[$src]  # sse.r1:2258
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
+"""
+
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2266
+_T208 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:2269
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
+l_r2_3 = 0  # sse.r1:269
+l_r3_4 = 0  # sse.r1:270
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
+"""
+
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2277
+_T209 = """\
+v_src = S.xmm[$src]  # sse.r1:2280
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
 l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
 l_r2_2 = 0  # sse.r1:269
@@ -4409,563 +4753,595 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
     else:
         raise Fault(6, None)  # sse.r1:212
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2225
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2228
-_T207 = """\
-v_src = S.xmm[$src]  # sse.r1:2231
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2240
-"""
-
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2228
-_T208 = """\
-ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2231
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2240
-"""
-
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2245
-_T209 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:2245')  # sse.r1:2245
-"""
-
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2255
+# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2277
 _T210 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:2255')  # sse.r1:2255
-"""
-
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2265
-_T211 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:2265')  # sse.r1:2265
-"""
-
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2275
-_T212 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:2275')  # sse.r1:2275
-"""
-
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:2285
-_T213 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:2285')  # sse.r1:2285
-"""
-
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2295
-_T214 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:2295')  # sse.r1:2295
-"""
-
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2305
-_T215 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:2305')  # sse.r1:2305
-"""
-
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2315
-_T216 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:2315')  # sse.r1:2315
-"""
-
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2325
-_T217 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:2325')  # sse.r1:2325
-"""
-
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2335
-_T218 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:2335')  # sse.r1:2335
-"""
-
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2345
-_T219 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:2345')  # sse.r1:2345
-"""
-
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2355
-_T220 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:2355')  # sse.r1:2355
-"""
-
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2367
-_T221 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2370
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
 if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
     raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:2376
+v_src = b_load($seg, ea, 128)  # sse.r1:2280
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2378
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2292
+_T211 = """\
+v_src = S.xmm[$src]  # sse.r1:2295
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
+"""
+
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2292
+_T212 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+v_src = b_load($seg, ea, 128)  # sse.r1:2295
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
+l_r2_2 = 0  # sse.r1:269
+l_r3_3 = 0  # sse.r1:270
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
+        raise Fault(19, None)  # sse.r1:212
+    else:
+        raise Fault(6, None)  # sse.r1:212
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
+"""
+
+# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2309
+_T213 = """\
+b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:2309')  # sse.r1:2309
+"""
+
+# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2319
+_T214 = """\
+b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:2319')  # sse.r1:2319
+"""
+
+# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2329
+_T215 = """\
+b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:2329')  # sse.r1:2329
+"""
+
+# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2339
+_T216 = """\
+b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:2339')  # sse.r1:2339
+"""
+
+# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:2349
+_T217 = """\
+b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:2349')  # sse.r1:2349
+"""
+
+# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2359
+_T218 = """\
+b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:2359')  # sse.r1:2359
+"""
+
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2369
+_T219 = """\
+b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:2369')  # sse.r1:2369
+"""
+
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2379
+_T220 = """\
+b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:2379')  # sse.r1:2379
+"""
+
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2389
+_T221 = """\
+b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:2389')  # sse.r1:2389
+"""
+
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2399
 _T222 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:2378')  # sse.r1:2378
+b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:2399')  # sse.r1:2399
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2388
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2409
 _T223 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:2388')  # sse.r1:2388
+b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:2409')  # sse.r1:2409
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2398
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2419
 _T224 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:2398')  # sse.r1:2398
+b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:2419')  # sse.r1:2419
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2408
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2431
 _T225 = """\
 ea = $ea
-b_check_read($seg, ea, 8)  # sse.r1:2417
+v_src = S.xmm[$src]  # sse.r1:2434
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
+    raise Fault(13, 0)  # sse.r1:97
+b_store($seg, ea, 128, v_src)  # sse.r1:2440
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2419
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2442
 _T226 = """\
+b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:2442')  # sse.r1:2442
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2430
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2452
 _T227 = """\
+b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:2452')  # sse.r1:2452
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2441
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2462
 _T228 = """\
+b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:2462')  # sse.r1:2462
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2453
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2472
 _T229 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:2453')  # sse.r1:2453
+ea = $ea
+b_check_read($seg, ea, 8)  # sse.r1:2481
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2463
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2483
 _T230 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:2463')  # sse.r1:2463
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2473
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2494
 _T231 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:2473')  # sse.r1:2473
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2483
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2505
 _T232 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:2483')  # sse.r1:2483
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2493
+# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2517
 _T233 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:2493')  # sse.r1:2493
+b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:2517')  # sse.r1:2517
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2503
+# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2527
 _T234 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2503')  # sse.r1:2503
+b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:2527')  # sse.r1:2527
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2513
+# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2537
 _T235 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2513')  # sse.r1:2513
+b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:2537')  # sse.r1:2537
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2523
+# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2547
 _T236 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2523')  # sse.r1:2523
+b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:2547')  # sse.r1:2547
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2533
+# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2557
 _T237 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2533')  # sse.r1:2533
+b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:2557')  # sse.r1:2557
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2543
+# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2567
 _T238 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2543')  # sse.r1:2543
+b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2567')  # sse.r1:2567
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2553
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2577
 _T239 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2553')  # sse.r1:2553
+b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2577')  # sse.r1:2577
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2563
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2587
 _T240 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2563')  # sse.r1:2563
+b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2587')  # sse.r1:2587
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2573
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2597
 _T241 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2573')  # sse.r1:2573
+b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2597')  # sse.r1:2597
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2585
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2607
 _T242 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2585')  # sse.r1:2585
+b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2607')  # sse.r1:2607
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2595
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2617
 _T243 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2595')  # sse.r1:2595
+b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2617')  # sse.r1:2617
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2605
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2627
 _T244 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2605')  # sse.r1:2605
+b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2627')  # sse.r1:2627
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2615
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2637
 _T245 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2615')  # sse.r1:2615
+b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2637')  # sse.r1:2637
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2625
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2649
 _T246 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2625')  # sse.r1:2625
+b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2649')  # sse.r1:2649
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2635
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2659
 _T247 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2635')  # sse.r1:2635
+b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2659')  # sse.r1:2659
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2645
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2669
 _T248 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2645')  # sse.r1:2645
+b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2669')  # sse.r1:2669
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2655
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2679
 _T249 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2655')  # sse.r1:2655
+b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2679')  # sse.r1:2679
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2665
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2689
 _T250 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2665')  # sse.r1:2665
+b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2689')  # sse.r1:2689
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2675
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2699
 _T251 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2675')  # sse.r1:2675
+b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2699')  # sse.r1:2699
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2685
+# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2709
 _T252 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2685')  # sse.r1:2685
+b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2709')  # sse.r1:2709
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2695
+# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2719
 _T253 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2695')  # sse.r1:2695
+b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2719')  # sse.r1:2719
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2705
+# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2729
 _T254 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2705')  # sse.r1:2705
+b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2729')  # sse.r1:2729
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2715
+# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2739
 _T255 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2715')  # sse.r1:2715
+b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2739')  # sse.r1:2739
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2725
+# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2749
 _T256 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2725')  # sse.r1:2725
+b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2749')  # sse.r1:2749
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2735
+# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2759
 _T257 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2735')  # sse.r1:2735
+b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2759')  # sse.r1:2759
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2745
+# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2769
 _T258 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2745')  # sse.r1:2745
+b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2769')  # sse.r1:2769
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2755
+# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2779
 _T259 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2755')  # sse.r1:2755
+b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2779')  # sse.r1:2779
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2765
+# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2789
 _T260 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2765')  # sse.r1:2765
+b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2789')  # sse.r1:2789
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2775
+# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2799
 _T261 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2775')  # sse.r1:2775
+b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2799')  # sse.r1:2799
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2785
+# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2809
 _T262 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2785')  # sse.r1:2785
+b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2809')  # sse.r1:2809
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2795
+# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2819
 _T263 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2795')  # sse.r1:2795
+b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2819')  # sse.r1:2819
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2805
+# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2829
 _T264 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2805')  # sse.r1:2805
+b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2829')  # sse.r1:2829
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2815
+# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2839
 _T265 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2815')  # sse.r1:2815
+b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2839')  # sse.r1:2839
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2825
+# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2849
 _T266 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2825')  # sse.r1:2825
+b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2849')  # sse.r1:2849
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2835
+# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2859
 _T267 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2835')  # sse.r1:2835
+b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2859')  # sse.r1:2859
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2845
+# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2869
 _T268 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2845')  # sse.r1:2845
+b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2869')  # sse.r1:2869
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2855
+# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2879
 _T269 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2855')  # sse.r1:2855
+b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2879')  # sse.r1:2879
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2865
+# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2889
 _T270 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2865')  # sse.r1:2865
+b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2889')  # sse.r1:2889
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2875
+# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2899
 _T271 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2875')  # sse.r1:2875
+b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2899')  # sse.r1:2899
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2885
+# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2909
 _T272 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2885')  # sse.r1:2885
+b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2909')  # sse.r1:2909
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2895
+# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2919
 _T273 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2895')  # sse.r1:2895
+b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2919')  # sse.r1:2919
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2905
+# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2929
 _T274 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2905')  # sse.r1:2905
+b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2929')  # sse.r1:2929
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2915
+# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2939
 _T275 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2915')  # sse.r1:2915
+b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2939')  # sse.r1:2939
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2925
+# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2949
 _T276 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2925')  # sse.r1:2925
+b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2949')  # sse.r1:2949
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2935
+# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2959
 _T277 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2935')  # sse.r1:2935
+b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2959')  # sse.r1:2959
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2945
+# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2969
 _T278 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2945')  # sse.r1:2945
+b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2969')  # sse.r1:2969
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2955
+# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2979
 _T279 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2955')  # sse.r1:2955
+b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2979')  # sse.r1:2979
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2965
+# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2989
 _T280 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2965')  # sse.r1:2965
+b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2989')  # sse.r1:2989
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2975
+# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2999
 _T281 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2975')  # sse.r1:2975
+b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2999')  # sse.r1:2999
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2985
+# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3009
 _T282 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2985')  # sse.r1:2985
+b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:3009')  # sse.r1:3009
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2995
+# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3019
 _T283 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2995')  # sse.r1:2995
+b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:3019')  # sse.r1:3019
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3005
+# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3029
 _T284 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:3005')  # sse.r1:3005
+b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:3029')  # sse.r1:3029
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3015
+# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3039
 _T285 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:3015')  # sse.r1:3015
+b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:3039')  # sse.r1:3039
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3025
+# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3049
 _T286 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:3025')  # sse.r1:3025
+b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:3049')  # sse.r1:3049
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3035
+# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3059
 _T287 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:3035')  # sse.r1:3035
+b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:3059')  # sse.r1:3059
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3045
+# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3069
 _T288 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:3045')  # sse.r1:3045
+b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:3069')  # sse.r1:3069
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3055
+# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3079
 _T289 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:3055')  # sse.r1:3055
+b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:3079')  # sse.r1:3079
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3065
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3089
 _T290 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:3065')  # sse.r1:3065
+b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:3089')  # sse.r1:3089
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3075
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3099
 _T291 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:3075')  # sse.r1:3075
+b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:3099')  # sse.r1:3099
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3085
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3109
 _T292 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:3085')  # sse.r1:3085
+b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:3109')  # sse.r1:3109
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3095
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3119
 _T293 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:3095')  # sse.r1:3095
+b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:3119')  # sse.r1:3119
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3107
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3129
 _T294 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:3107')  # sse.r1:3107
+b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:3129')  # sse.r1:3129
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3117
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3139
 _T295 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:3117')  # sse.r1:3117
+b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:3139')  # sse.r1:3139
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3127
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3149
 _T296 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:3127')  # sse.r1:3127
+b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:3149')  # sse.r1:3149
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3137
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3159
 _T297 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:3137')  # sse.r1:3137
+b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:3159')  # sse.r1:3159
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3147
+# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3171
 _T298 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:3147')  # sse.r1:3147
+b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:3171')  # sse.r1:3171
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3157
+# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3181
 _T299 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:3157')  # sse.r1:3157
+b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:3181')  # sse.r1:3181
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3167
+# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3191
 _T300 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:3167')  # sse.r1:3167
+b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:3191')  # sse.r1:3191
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3177
+# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3201
 _T301 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:3177')  # sse.r1:3177
+b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:3201')  # sse.r1:3201
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3187
+# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3211
 _T302 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:3187')  # sse.r1:3187
+b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:3211')  # sse.r1:3211
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3197
+# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3221
 _T303 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:3197')  # sse.r1:3197
+b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:3221')  # sse.r1:3221
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3207
+# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3231
 _T304 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:3207')  # sse.r1:3207
+b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:3231')  # sse.r1:3231
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3217
+# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3241
 _T305 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:3217')  # sse.r1:3217
+b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:3241')  # sse.r1:3241
+"""
+
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3251
+_T306 = """\
+b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:3251')  # sse.r1:3251
+"""
+
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3261
+_T307 = """\
+b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:3261')  # sse.r1:3261
+"""
+
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3271
+_T308 = """\
+b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:3271')  # sse.r1:3271
+"""
+
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3281
+_T309 = """\
+b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:3281')  # sse.r1:3281
 """
 
 TEMPLATES = {
-    # spec/sse.r1:283
+    # spec/sse.r1:295
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T1,
@@ -4976,7 +5352,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:298
+    # spec/sse.r1:310
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T3,
@@ -4987,7 +5363,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:313
+    # spec/sse.r1:325
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 16, 'mem', None, None): _T5,
@@ -4998,7 +5374,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T4,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:324
+    # spec/sse.r1:336
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T6,
         (16, 16, 'mem', None, None): _T7,
@@ -5009,84 +5385,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T6,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:335
+    # spec/sse.r1:347
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T8,
         (16, 32, 'reg', None, None): _T8,
         (32, 16, 'reg', None, None): _T8,
         (32, 32, 'reg', None, None): _T8,
     },
-    # spec/sse.r1:346
+    # spec/sse.r1:358
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/sse.r1:357
+    # spec/sse.r1:369
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T10,
         (16, 32, 'reg', None, None): _T10,
         (32, 16, 'reg', None, None): _T10,
         (32, 32, 'reg', None, None): _T10,
     },
-    # spec/sse.r1:368
+    # spec/sse.r1:380
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:379
+    # spec/sse.r1:391
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/sse.r1:390
+    # spec/sse.r1:402
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T13,
         (16, 32, 'reg', None, None): _T13,
         (32, 16, 'reg', None, None): _T13,
         (32, 32, 'reg', None, None): _T13,
     },
-    # spec/sse.r1:401
+    # spec/sse.r1:413
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/sse.r1:412
+    # spec/sse.r1:424
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:423
+    # spec/sse.r1:435
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:434
+    # spec/sse.r1:446
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:445
+    # spec/sse.r1:457
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 32, 'reg', None, None): _T18,
         (32, 16, 'reg', None, None): _T18,
         (32, 32, 'reg', None, None): _T18,
     },
-    # spec/sse.r1:458
+    # spec/sse.r1:470
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 16, 'mem', None, None): _T20,
@@ -5097,21 +5473,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T19,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:473
+    # spec/sse.r1:485
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 32, 'reg', None, None): _T21,
         (32, 16, 'reg', None, None): _T21,
         (32, 32, 'reg', None, None): _T21,
     },
-    # spec/sse.r1:484
+    # spec/sse.r1:496
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/sse.r1:495
+    # spec/sse.r1:507
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T23,
         (16, 16, 'mem', None, None): _T24,
@@ -5122,21 +5498,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T23,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:510
+    # spec/sse.r1:522
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:521
+    # spec/sse.r1:533
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:532
+    # spec/sse.r1:544
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T28,
@@ -5147,21 +5523,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/sse.r1:547
+    # spec/sse.r1:559
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T29,
         (16, 32, 'reg', None, None): _T29,
         (32, 16, 'reg', None, None): _T29,
         (32, 32, 'reg', None, None): _T29,
     },
-    # spec/sse.r1:558
+    # spec/sse.r1:570
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T30,
         (16, 32, 'mem', None, None): _T30,
         (32, 16, 'mem', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:569
+    # spec/sse.r1:581
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 16, 'mem', None, None): _T32,
@@ -5172,21 +5548,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T31,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:584
+    # spec/sse.r1:596
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 32, 'reg', None, None): _T33,
         (32, 16, 'reg', None, None): _T33,
         (32, 32, 'reg', None, None): _T33,
     },
-    # spec/sse.r1:595
+    # spec/sse.r1:607
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T34,
         (16, 32, 'mem', None, None): _T34,
         (32, 16, 'mem', None, None): _T34,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/sse.r1:606
+    # spec/sse.r1:618
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T35,
         (16, 16, 'mem', None, None): _T36,
@@ -5197,21 +5573,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T35,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:621
+    # spec/sse.r1:633
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:632
+    # spec/sse.r1:644
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:643
+    # spec/sse.r1:655
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T40,
@@ -5222,21 +5598,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T40,
     },
-    # spec/sse.r1:658
+    # spec/sse.r1:670
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T41,
         (16, 32, 'reg', None, None): _T41,
         (32, 16, 'reg', None, None): _T41,
         (32, 32, 'reg', None, None): _T41,
     },
-    # spec/sse.r1:669
+    # spec/sse.r1:681
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:680
+    # spec/sse.r1:692
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T43,
         (16, 16, 'mem', None, None): _T44,
@@ -5247,21 +5623,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T43,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:695
+    # spec/sse.r1:707
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:706
+    # spec/sse.r1:718
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:717
+    # spec/sse.r1:729
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 16, 'mem', None, None): _T48,
@@ -5272,21 +5648,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T47,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:732
+    # spec/sse.r1:744
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 32, 'reg', None, None): _T49,
         (32, 16, 'reg', None, None): _T49,
         (32, 32, 'reg', None, None): _T49,
     },
-    # spec/sse.r1:743
+    # spec/sse.r1:755
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:754
+    # spec/sse.r1:766
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T52,
@@ -5297,21 +5673,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:769
+    # spec/sse.r1:781
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T53,
         (16, 32, 'reg', None, None): _T53,
         (32, 16, 'reg', None, None): _T53,
         (32, 32, 'reg', None, None): _T53,
     },
-    # spec/sse.r1:780
+    # spec/sse.r1:792
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:793
+    # spec/sse.r1:805
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T56,
@@ -5322,49 +5698,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:809
+    # spec/sse.r1:821
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:824
+    # spec/sse.r1:836
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:839
+    # spec/sse.r1:851
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:850
+    # spec/sse.r1:862
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:861
+    # spec/sse.r1:873
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T61,
         (16, 32, 'reg', None, None): _T61,
         (32, 16, 'reg', None, None): _T61,
         (32, 32, 'reg', None, None): _T61,
     },
-    # spec/sse.r1:872
+    # spec/sse.r1:884
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/sse.r1:885
+    # spec/sse.r1:897
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T63,
         (16, 16, 'mem', None, None): _T64,
@@ -5375,7 +5751,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T63,
         (32, 32, 'mem', None, None): _T64,
     },
-    # spec/sse.r1:900
+    # spec/sse.r1:912
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T65,
         (16, 16, 'mem', None, None): _T66,
@@ -5386,7 +5762,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T65,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:915
+    # spec/sse.r1:927
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T67,
         (16, 16, 'mem', None, None): _T68,
@@ -5397,7 +5773,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T67,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:930
+    # spec/sse.r1:942
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T69,
         (16, 16, 'mem', None, None): _T70,
@@ -5408,7 +5784,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T69,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:945
+    # spec/sse.r1:957
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T71,
         (16, 16, 'mem', None, None): _T72,
@@ -5419,7 +5795,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T71,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:960
+    # spec/sse.r1:972
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T73,
         (16, 16, 'mem', None, None): _T74,
@@ -5430,7 +5806,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T73,
         (32, 32, 'mem', None, None): _T74,
     },
-    # spec/sse.r1:975
+    # spec/sse.r1:987
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T75,
         (16, 16, 'mem', None, None): _T76,
@@ -5441,181 +5817,170 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T75,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:992
+    # spec/sse.r1:1004
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T77,
-        (16, 16, 'mem', None, None): _T77,
+        (16, 16, 'mem', None, None): _T78,
         (16, 32, 'reg', None, None): _T77,
-        (16, 32, 'mem', None, None): _T77,
+        (16, 32, 'mem', None, None): _T78,
         (32, 16, 'reg', None, None): _T77,
-        (32, 16, 'mem', None, None): _T77,
+        (32, 16, 'mem', None, None): _T78,
         (32, 32, 'reg', None, None): _T77,
-        (32, 32, 'mem', None, None): _T77,
+        (32, 32, 'mem', None, None): _T78,
     },
-    # spec/sse.r1:1002
+    # spec/sse.r1:1021
     'CVTPS2PI_MM_XMM': {
-        (16, 16, 'reg', None, None): _T78,
-        (16, 32, 'reg', None, None): _T78,
-        (32, 16, 'reg', None, None): _T78,
-        (32, 32, 'reg', None, None): _T78,
+        (16, 16, 'reg', None, None): _T79,
+        (16, 32, 'reg', None, None): _T79,
+        (32, 16, 'reg', None, None): _T79,
+        (32, 32, 'reg', None, None): _T79,
     },
-    # spec/sse.r1:1012
+    # spec/sse.r1:1037
     'CVTPS2PI_MM_M64': {
-        (16, 16, 'mem', None, None): _T79,
-        (16, 32, 'mem', None, None): _T79,
-        (32, 16, 'mem', None, None): _T79,
-        (32, 32, 'mem', None, None): _T79,
-    },
-    # spec/sse.r1:1022
-    'CVTTPS2PI_MM_XMM': {
-        (16, 16, 'reg', None, None): _T80,
-        (16, 32, 'reg', None, None): _T80,
-        (32, 16, 'reg', None, None): _T80,
-        (32, 32, 'reg', None, None): _T80,
-    },
-    # spec/sse.r1:1032
-    'CVTTPS2PI_MM_M64': {
-        (16, 16, 'mem', None, None): _T81,
-        (16, 32, 'mem', None, None): _T81,
-        (32, 16, 'mem', None, None): _T81,
-        (32, 32, 'mem', None, None): _T81,
-    },
-    # spec/sse.r1:1042
-    'CVTSI2SS_XMM_RM32': {
-        (16, 16, 'reg', None, None): _T82,
-        (16, 16, 'mem', None, None): _T83,
-        (16, 32, 'reg', None, None): _T82,
-        (16, 32, 'mem', None, None): _T83,
-        (32, 16, 'reg', None, None): _T82,
-        (32, 16, 'mem', None, None): _T83,
-        (32, 32, 'reg', None, None): _T82,
-        (32, 32, 'mem', None, None): _T83,
+        (16, 16, 'mem', None, None): _T80,
+        (16, 32, 'mem', None, None): _T80,
+        (32, 16, 'mem', None, None): _T80,
+        (32, 32, 'mem', None, None): _T80,
     },
     # spec/sse.r1:1053
+    'CVTTPS2PI_MM_XMM': {
+        (16, 16, 'reg', None, None): _T81,
+        (16, 32, 'reg', None, None): _T81,
+        (32, 16, 'reg', None, None): _T81,
+        (32, 32, 'reg', None, None): _T81,
+    },
+    # spec/sse.r1:1069
+    'CVTTPS2PI_MM_M64': {
+        (16, 16, 'mem', None, None): _T82,
+        (16, 32, 'mem', None, None): _T82,
+        (32, 16, 'mem', None, None): _T82,
+        (32, 32, 'mem', None, None): _T82,
+    },
+    # spec/sse.r1:1085
+    'CVTSI2SS_XMM_RM32': {
+        (16, 16, 'reg', None, None): _T83,
+        (16, 16, 'mem', None, None): _T84,
+        (16, 32, 'reg', None, None): _T83,
+        (16, 32, 'mem', None, None): _T84,
+        (32, 16, 'reg', None, None): _T83,
+        (32, 16, 'mem', None, None): _T84,
+        (32, 32, 'reg', None, None): _T83,
+        (32, 32, 'mem', None, None): _T84,
+    },
+    # spec/sse.r1:1096
     'CVTSS2SI_R32_XMM': {
-        (16, 16, 'reg', None, None): _T84,
-        (16, 32, 'reg', None, None): _T84,
-        (32, 16, 'reg', None, None): _T84,
-        (32, 32, 'reg', None, None): _T84,
+        (16, 16, 'reg', None, None): _T85,
+        (16, 32, 'reg', None, None): _T85,
+        (32, 16, 'reg', None, None): _T85,
+        (32, 32, 'reg', None, None): _T85,
     },
-    # spec/sse.r1:1064
+    # spec/sse.r1:1107
     'CVTSS2SI_R32_M32': {
-        (16, 16, 'mem', None, None): _T85,
-        (16, 32, 'mem', None, None): _T85,
-        (32, 16, 'mem', None, None): _T85,
-        (32, 32, 'mem', None, None): _T85,
+        (16, 16, 'mem', None, None): _T86,
+        (16, 32, 'mem', None, None): _T86,
+        (32, 16, 'mem', None, None): _T86,
+        (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:1075
+    # spec/sse.r1:1118
     'CVTTSS2SI_R32_XMM': {
-        (16, 16, 'reg', None, None): _T86,
-        (16, 32, 'reg', None, None): _T86,
-        (32, 16, 'reg', None, None): _T86,
-        (32, 32, 'reg', None, None): _T86,
+        (16, 16, 'reg', None, None): _T87,
+        (16, 32, 'reg', None, None): _T87,
+        (32, 16, 'reg', None, None): _T87,
+        (32, 32, 'reg', None, None): _T87,
     },
-    # spec/sse.r1:1086
+    # spec/sse.r1:1129
     'CVTTSS2SI_R32_M32': {
-        (16, 16, 'mem', None, None): _T87,
-        (16, 32, 'mem', None, None): _T87,
-        (32, 16, 'mem', None, None): _T87,
-        (32, 32, 'mem', None, None): _T87,
-    },
-    # spec/sse.r1:1099
-    'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T88,
         (16, 32, 'mem', None, None): _T88,
         (32, 16, 'mem', None, None): _T88,
         (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:1114
-    'STMXCSR_M32': {
+    # spec/sse.r1:1142
+    'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T89,
         (16, 32, 'mem', None, None): _T89,
         (32, 16, 'mem', None, None): _T89,
         (32, 32, 'mem', None, None): _T89,
     },
-    # spec/sse.r1:1125
-    'FXSAVE_M512': {
+    # spec/sse.r1:1157
+    'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T90,
         (16, 32, 'mem', None, None): _T90,
         (32, 16, 'mem', None, None): _T90,
         (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:1135
-    'FXRSTOR_M512': {
+    # spec/sse.r1:1168
+    'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T91,
         (16, 32, 'mem', None, None): _T91,
         (32, 16, 'mem', None, None): _T91,
         (32, 32, 'mem', None, None): _T91,
     },
-    # spec/sse.r1:1147
-    'PREFETCHNTA_M8': {
+    # spec/sse.r1:1178
+    'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T92,
         (16, 32, 'mem', None, None): _T92,
         (32, 16, 'mem', None, None): _T92,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1158
-    'PREFETCHT0_M8': {
+    # spec/sse.r1:1190
+    'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T93,
         (16, 32, 'mem', None, None): _T93,
         (32, 16, 'mem', None, None): _T93,
         (32, 32, 'mem', None, None): _T93,
     },
-    # spec/sse.r1:1169
-    'PREFETCHT1_M8': {
+    # spec/sse.r1:1201
+    'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T94,
         (16, 32, 'mem', None, None): _T94,
         (32, 16, 'mem', None, None): _T94,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1180
-    'PREFETCHT2_M8': {
+    # spec/sse.r1:1212
+    'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T95,
         (16, 32, 'mem', None, None): _T95,
         (32, 16, 'mem', None, None): _T95,
         (32, 32, 'mem', None, None): _T95,
     },
-    # spec/sse.r1:1191
+    # spec/sse.r1:1223
+    'PREFETCHT2_M8': {
+        (16, 16, 'mem', None, None): _T96,
+        (16, 32, 'mem', None, None): _T96,
+        (32, 16, 'mem', None, None): _T96,
+        (32, 32, 'mem', None, None): _T96,
+    },
+    # spec/sse.r1:1234
     'SFENCE': {
-        (16, 16, None, None, None): _T96,
-        (16, 32, None, None, None): _T96,
-        (32, 16, None, None, None): _T96,
-        (32, 32, None, None, None): _T96,
+        (16, 16, None, None, None): _T97,
+        (16, 32, None, None, None): _T97,
+        (32, 16, None, None, None): _T97,
+        (32, 32, None, None, None): _T97,
     },
-    # spec/sse.r1:1202
+    # spec/sse.r1:1245
     'MOVNTQ_M64_MM': {
-        (16, 16, 'mem', None, None): _T97,
-        (16, 32, 'mem', None, None): _T97,
-        (32, 16, 'mem', None, None): _T97,
-        (32, 32, 'mem', None, None): _T97,
-    },
-    # spec/sse.r1:1212
-    'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T98,
         (16, 32, 'mem', None, None): _T98,
         (32, 16, 'mem', None, None): _T98,
         (32, 32, 'mem', None, None): _T98,
     },
-    # spec/sse.r1:1223
+    # spec/sse.r1:1255
+    'MOVNTPS_M128_XMM': {
+        (16, 16, 'mem', None, None): _T99,
+        (16, 32, 'mem', None, None): _T99,
+        (32, 16, 'mem', None, None): _T99,
+        (32, 32, 'mem', None, None): _T99,
+    },
+    # spec/sse.r1:1266
     'MASKMOVQ_MM_MM': {
-        (16, 16, 'reg', None, None): _T99,
-        (16, 32, 'reg', None, None): _T99,
-        (32, 16, 'reg', None, None): _T99,
-        (32, 32, 'reg', None, None): _T99,
-    },
-    # spec/sse.r1:1235
-    'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T100,
-        (16, 16, 'mem', None, None): _T100,
         (16, 32, 'reg', None, None): _T100,
-        (16, 32, 'mem', None, None): _T100,
         (32, 16, 'reg', None, None): _T100,
-        (32, 16, 'mem', None, None): _T100,
         (32, 32, 'reg', None, None): _T100,
-        (32, 32, 'mem', None, None): _T100,
     },
-    # spec/sse.r1:1245
-    'PAVGW_MM_MMRM': {
+    # spec/sse.r1:1278
+    'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T101,
         (16, 16, 'mem', None, None): _T101,
         (16, 32, 'reg', None, None): _T101,
@@ -5625,8 +5990,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1255
-    'PMAXSW_MM_MMRM': {
+    # spec/sse.r1:1288
+    'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T102,
         (16, 32, 'reg', None, None): _T102,
@@ -5636,8 +6001,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1265
-    'PMAXUB_MM_MMRM': {
+    # spec/sse.r1:1298
+    'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T103,
         (16, 16, 'mem', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
@@ -5647,8 +6012,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T103,
         (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1275
-    'PMINSW_MM_MMRM': {
+    # spec/sse.r1:1308
+    'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
         (16, 32, 'reg', None, None): _T104,
@@ -5658,8 +6023,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1285
-    'PMINUB_MM_MMRM': {
+    # spec/sse.r1:1318
+    'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 16, 'mem', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
@@ -5669,8 +6034,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T105,
         (32, 32, 'mem', None, None): _T105,
     },
-    # spec/sse.r1:1295
-    'PMULHUW_MM_MMRM': {
+    # spec/sse.r1:1328
+    'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T106,
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'reg', None, None): _T106,
@@ -5680,8 +6045,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1305
-    'PSADBW_MM_MMRM': {
+    # spec/sse.r1:1338
+    'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T107,
         (16, 16, 'mem', None, None): _T107,
         (16, 32, 'reg', None, None): _T107,
@@ -5691,8 +6056,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T107,
         (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1315
-    'PSHUFW_MM_MMRM_IMM8': {
+    # spec/sse.r1:1348
+    'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T108,
         (16, 16, 'mem', None, None): _T108,
         (16, 32, 'reg', None, None): _T108,
@@ -5702,481 +6067,470 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T108,
         (32, 32, 'mem', None, None): _T108,
     },
-    # spec/sse.r1:1325
-    'PEXTRW_R32_MM_IMM8': {
+    # spec/sse.r1:1358
+    'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T109,
+        (16, 16, 'mem', None, None): _T109,
         (16, 32, 'reg', None, None): _T109,
+        (16, 32, 'mem', None, None): _T109,
         (32, 16, 'reg', None, None): _T109,
+        (32, 16, 'mem', None, None): _T109,
         (32, 32, 'reg', None, None): _T109,
+        (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1335
-    'PINSRW_MM_R32_IMM8': {
+    # spec/sse.r1:1368
+    'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T110,
         (16, 32, 'reg', None, None): _T110,
         (32, 16, 'reg', None, None): _T110,
         (32, 32, 'reg', None, None): _T110,
     },
-    # spec/sse.r1:1345
+    # spec/sse.r1:1378
+    'PINSRW_MM_R32_IMM8': {
+        (16, 16, 'reg', None, None): _T111,
+        (16, 32, 'reg', None, None): _T111,
+        (32, 16, 'reg', None, None): _T111,
+        (32, 32, 'reg', None, None): _T111,
+    },
+    # spec/sse.r1:1388
     'PINSRW_MM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T111,
-        (16, 32, 'mem', None, None): _T111,
-        (32, 16, 'mem', None, None): _T111,
-        (32, 32, 'mem', None, None): _T111,
+        (16, 16, 'mem', None, None): _T112,
+        (16, 32, 'mem', None, None): _T112,
+        (32, 16, 'mem', None, None): _T112,
+        (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1355
+    # spec/sse.r1:1398
     'PMOVMSKB_R32_MM': {
-        (16, 16, 'reg', None, None): _T112,
-        (16, 32, 'reg', None, None): _T112,
-        (32, 16, 'reg', None, None): _T112,
-        (32, 32, 'reg', None, None): _T112,
-    },
-    # spec/sse.r1:1367
-    'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T113,
-        (16, 16, 'mem', None, None): _T114,
         (16, 32, 'reg', None, None): _T113,
-        (16, 32, 'mem', None, None): _T114,
         (32, 16, 'reg', None, None): _T113,
-        (32, 16, 'mem', None, None): _T114,
         (32, 32, 'reg', None, None): _T113,
-        (32, 32, 'mem', None, None): _T114,
     },
-    # spec/sse.r1:1382
+    # spec/sse.r1:1410
+    'MOVAPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T114,
+        (16, 16, 'mem', None, None): _T115,
+        (16, 32, 'reg', None, None): _T114,
+        (16, 32, 'mem', None, None): _T115,
+        (32, 16, 'reg', None, None): _T114,
+        (32, 16, 'mem', None, None): _T115,
+        (32, 32, 'reg', None, None): _T114,
+        (32, 32, 'mem', None, None): _T115,
+    },
+    # spec/sse.r1:1425
     'MOVAPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T115,
-        (16, 16, 'mem', None, None): _T116,
-        (16, 32, 'reg', None, None): _T115,
-        (16, 32, 'mem', None, None): _T116,
-        (32, 16, 'reg', None, None): _T115,
-        (32, 16, 'mem', None, None): _T116,
-        (32, 32, 'reg', None, None): _T115,
-        (32, 32, 'mem', None, None): _T116,
+        (16, 16, 'reg', None, None): _T116,
+        (16, 16, 'mem', None, None): _T117,
+        (16, 32, 'reg', None, None): _T116,
+        (16, 32, 'mem', None, None): _T117,
+        (32, 16, 'reg', None, None): _T116,
+        (32, 16, 'mem', None, None): _T117,
+        (32, 32, 'reg', None, None): _T116,
+        (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1397
+    # spec/sse.r1:1440
     'MOVUPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T117,
-        (16, 16, 'mem', None, None): _T118,
-        (16, 32, 'reg', None, None): _T117,
-        (16, 32, 'mem', None, None): _T118,
-        (32, 16, 'reg', None, None): _T117,
-        (32, 16, 'mem', None, None): _T118,
-        (32, 32, 'reg', None, None): _T117,
-        (32, 32, 'mem', None, None): _T118,
+        (16, 16, 'reg', None, None): _T118,
+        (16, 16, 'mem', None, None): _T119,
+        (16, 32, 'reg', None, None): _T118,
+        (16, 32, 'mem', None, None): _T119,
+        (32, 16, 'reg', None, None): _T118,
+        (32, 16, 'mem', None, None): _T119,
+        (32, 32, 'reg', None, None): _T118,
+        (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1408
+    # spec/sse.r1:1451
     'MOVUPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T119,
-        (16, 16, 'mem', None, None): _T120,
-        (16, 32, 'reg', None, None): _T119,
-        (16, 32, 'mem', None, None): _T120,
-        (32, 16, 'reg', None, None): _T119,
-        (32, 16, 'mem', None, None): _T120,
-        (32, 32, 'reg', None, None): _T119,
-        (32, 32, 'mem', None, None): _T120,
+        (16, 16, 'reg', None, None): _T120,
+        (16, 16, 'mem', None, None): _T121,
+        (16, 32, 'reg', None, None): _T120,
+        (16, 32, 'mem', None, None): _T121,
+        (32, 16, 'reg', None, None): _T120,
+        (32, 16, 'mem', None, None): _T121,
+        (32, 32, 'reg', None, None): _T120,
+        (32, 32, 'mem', None, None): _T121,
     },
-    # spec/sse.r1:1419
+    # spec/sse.r1:1462
     'MOVSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T121,
-        (16, 32, 'reg', None, None): _T121,
-        (32, 16, 'reg', None, None): _T121,
-        (32, 32, 'reg', None, None): _T121,
+        (16, 16, 'reg', None, None): _T122,
+        (16, 32, 'reg', None, None): _T122,
+        (32, 16, 'reg', None, None): _T122,
+        (32, 32, 'reg', None, None): _T122,
     },
-    # spec/sse.r1:1430
+    # spec/sse.r1:1473
     'MOVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T122,
-        (16, 32, 'mem', None, None): _T122,
-        (32, 16, 'mem', None, None): _T122,
-        (32, 32, 'mem', None, None): _T122,
+        (16, 16, 'mem', None, None): _T123,
+        (16, 32, 'mem', None, None): _T123,
+        (32, 16, 'mem', None, None): _T123,
+        (32, 32, 'mem', None, None): _T123,
     },
-    # spec/sse.r1:1441
+    # spec/sse.r1:1484
     'MOVSD_XMM_XMM_0F11': {
-        (16, 16, 'reg', None, None): _T123,
-        (16, 32, 'reg', None, None): _T123,
-        (32, 16, 'reg', None, None): _T123,
-        (32, 32, 'reg', None, None): _T123,
+        (16, 16, 'reg', None, None): _T124,
+        (16, 32, 'reg', None, None): _T124,
+        (32, 16, 'reg', None, None): _T124,
+        (32, 32, 'reg', None, None): _T124,
     },
-    # spec/sse.r1:1452
+    # spec/sse.r1:1495
     'MOVSD_M64_XMM': {
-        (16, 16, 'mem', None, None): _T124,
-        (16, 32, 'mem', None, None): _T124,
-        (32, 16, 'mem', None, None): _T124,
-        (32, 32, 'mem', None, None): _T124,
-    },
-    # spec/sse.r1:1463
-    'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1474
-    'MOVLPD_M64_XMM': {
+    # spec/sse.r1:1506
+    'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T126,
         (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/sse.r1:1485
-    'MOVHPD_XMM_M64': {
+    # spec/sse.r1:1517
+    'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/sse.r1:1496
-    'MOVHPD_M64_XMM': {
+    # spec/sse.r1:1528
+    'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/sse.r1:1507
+    # spec/sse.r1:1539
+    'MOVHPD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T129,
+        (16, 32, 'mem', None, None): _T129,
+        (32, 16, 'mem', None, None): _T129,
+        (32, 32, 'mem', None, None): _T129,
+    },
+    # spec/sse.r1:1550
     'MOVMSKPD_R32_XMM': {
-        (16, 16, 'reg', None, None): _T129,
-        (16, 32, 'reg', None, None): _T129,
-        (32, 16, 'reg', None, None): _T129,
-        (32, 32, 'reg', None, None): _T129,
-    },
-    # spec/sse.r1:1520
-    'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T130,
-        (16, 16, 'mem', None, None): _T131,
         (16, 32, 'reg', None, None): _T130,
-        (16, 32, 'mem', None, None): _T131,
         (32, 16, 'reg', None, None): _T130,
-        (32, 16, 'mem', None, None): _T131,
         (32, 32, 'reg', None, None): _T130,
-        (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1535
+    # spec/sse.r1:1563
+    'ADDPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T131,
+        (16, 16, 'mem', None, None): _T132,
+        (16, 32, 'reg', None, None): _T131,
+        (16, 32, 'mem', None, None): _T132,
+        (32, 16, 'reg', None, None): _T131,
+        (32, 16, 'mem', None, None): _T132,
+        (32, 32, 'reg', None, None): _T131,
+        (32, 32, 'mem', None, None): _T132,
+    },
+    # spec/sse.r1:1578
     'ADDSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T132,
-        (16, 32, 'reg', None, None): _T132,
-        (32, 16, 'reg', None, None): _T132,
-        (32, 32, 'reg', None, None): _T132,
+        (16, 16, 'reg', None, None): _T133,
+        (16, 32, 'reg', None, None): _T133,
+        (32, 16, 'reg', None, None): _T133,
+        (32, 32, 'reg', None, None): _T133,
     },
-    # spec/sse.r1:1546
+    # spec/sse.r1:1589
     'ADDSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T133,
-        (16, 32, 'mem', None, None): _T133,
-        (32, 16, 'mem', None, None): _T133,
-        (32, 32, 'mem', None, None): _T133,
+        (16, 16, 'mem', None, None): _T134,
+        (16, 32, 'mem', None, None): _T134,
+        (32, 16, 'mem', None, None): _T134,
+        (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1557
+    # spec/sse.r1:1600
     'SUBPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T134,
-        (16, 16, 'mem', None, None): _T135,
-        (16, 32, 'reg', None, None): _T134,
-        (16, 32, 'mem', None, None): _T135,
-        (32, 16, 'reg', None, None): _T134,
-        (32, 16, 'mem', None, None): _T135,
-        (32, 32, 'reg', None, None): _T134,
-        (32, 32, 'mem', None, None): _T135,
+        (16, 16, 'reg', None, None): _T135,
+        (16, 16, 'mem', None, None): _T136,
+        (16, 32, 'reg', None, None): _T135,
+        (16, 32, 'mem', None, None): _T136,
+        (32, 16, 'reg', None, None): _T135,
+        (32, 16, 'mem', None, None): _T136,
+        (32, 32, 'reg', None, None): _T135,
+        (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1572
+    # spec/sse.r1:1615
     'SUBSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T136,
-        (16, 32, 'reg', None, None): _T136,
-        (32, 16, 'reg', None, None): _T136,
-        (32, 32, 'reg', None, None): _T136,
+        (16, 16, 'reg', None, None): _T137,
+        (16, 32, 'reg', None, None): _T137,
+        (32, 16, 'reg', None, None): _T137,
+        (32, 32, 'reg', None, None): _T137,
     },
-    # spec/sse.r1:1583
+    # spec/sse.r1:1626
     'SUBSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T137,
-        (16, 32, 'mem', None, None): _T137,
-        (32, 16, 'mem', None, None): _T137,
-        (32, 32, 'mem', None, None): _T137,
+        (16, 16, 'mem', None, None): _T138,
+        (16, 32, 'mem', None, None): _T138,
+        (32, 16, 'mem', None, None): _T138,
+        (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1594
+    # spec/sse.r1:1637
     'MULPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T138,
-        (16, 16, 'mem', None, None): _T139,
-        (16, 32, 'reg', None, None): _T138,
-        (16, 32, 'mem', None, None): _T139,
-        (32, 16, 'reg', None, None): _T138,
-        (32, 16, 'mem', None, None): _T139,
-        (32, 32, 'reg', None, None): _T138,
-        (32, 32, 'mem', None, None): _T139,
+        (16, 16, 'reg', None, None): _T139,
+        (16, 16, 'mem', None, None): _T140,
+        (16, 32, 'reg', None, None): _T139,
+        (16, 32, 'mem', None, None): _T140,
+        (32, 16, 'reg', None, None): _T139,
+        (32, 16, 'mem', None, None): _T140,
+        (32, 32, 'reg', None, None): _T139,
+        (32, 32, 'mem', None, None): _T140,
     },
-    # spec/sse.r1:1609
+    # spec/sse.r1:1652
     'MULSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T140,
-        (16, 32, 'reg', None, None): _T140,
-        (32, 16, 'reg', None, None): _T140,
-        (32, 32, 'reg', None, None): _T140,
+        (16, 16, 'reg', None, None): _T141,
+        (16, 32, 'reg', None, None): _T141,
+        (32, 16, 'reg', None, None): _T141,
+        (32, 32, 'reg', None, None): _T141,
     },
-    # spec/sse.r1:1620
+    # spec/sse.r1:1663
     'MULSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T141,
-        (16, 32, 'mem', None, None): _T141,
-        (32, 16, 'mem', None, None): _T141,
-        (32, 32, 'mem', None, None): _T141,
+        (16, 16, 'mem', None, None): _T142,
+        (16, 32, 'mem', None, None): _T142,
+        (32, 16, 'mem', None, None): _T142,
+        (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1631
+    # spec/sse.r1:1674
     'DIVPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T142,
-        (16, 16, 'mem', None, None): _T143,
-        (16, 32, 'reg', None, None): _T142,
-        (16, 32, 'mem', None, None): _T143,
-        (32, 16, 'reg', None, None): _T142,
-        (32, 16, 'mem', None, None): _T143,
-        (32, 32, 'reg', None, None): _T142,
-        (32, 32, 'mem', None, None): _T143,
+        (16, 16, 'reg', None, None): _T143,
+        (16, 16, 'mem', None, None): _T144,
+        (16, 32, 'reg', None, None): _T143,
+        (16, 32, 'mem', None, None): _T144,
+        (32, 16, 'reg', None, None): _T143,
+        (32, 16, 'mem', None, None): _T144,
+        (32, 32, 'reg', None, None): _T143,
+        (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1646
+    # spec/sse.r1:1689
     'DIVSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T144,
-        (16, 32, 'reg', None, None): _T144,
-        (32, 16, 'reg', None, None): _T144,
-        (32, 32, 'reg', None, None): _T144,
+        (16, 16, 'reg', None, None): _T145,
+        (16, 32, 'reg', None, None): _T145,
+        (32, 16, 'reg', None, None): _T145,
+        (32, 32, 'reg', None, None): _T145,
     },
-    # spec/sse.r1:1657
+    # spec/sse.r1:1700
     'DIVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T145,
-        (16, 32, 'mem', None, None): _T145,
-        (32, 16, 'mem', None, None): _T145,
-        (32, 32, 'mem', None, None): _T145,
+        (16, 16, 'mem', None, None): _T146,
+        (16, 32, 'mem', None, None): _T146,
+        (32, 16, 'mem', None, None): _T146,
+        (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1668
+    # spec/sse.r1:1711
     'MINPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T146,
-        (16, 16, 'mem', None, None): _T147,
-        (16, 32, 'reg', None, None): _T146,
-        (16, 32, 'mem', None, None): _T147,
-        (32, 16, 'reg', None, None): _T146,
-        (32, 16, 'mem', None, None): _T147,
-        (32, 32, 'reg', None, None): _T146,
-        (32, 32, 'mem', None, None): _T147,
+        (16, 16, 'reg', None, None): _T147,
+        (16, 16, 'mem', None, None): _T148,
+        (16, 32, 'reg', None, None): _T147,
+        (16, 32, 'mem', None, None): _T148,
+        (32, 16, 'reg', None, None): _T147,
+        (32, 16, 'mem', None, None): _T148,
+        (32, 32, 'reg', None, None): _T147,
+        (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1683
+    # spec/sse.r1:1726
     'MINSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T148,
-        (16, 32, 'reg', None, None): _T148,
-        (32, 16, 'reg', None, None): _T148,
-        (32, 32, 'reg', None, None): _T148,
+        (16, 16, 'reg', None, None): _T149,
+        (16, 32, 'reg', None, None): _T149,
+        (32, 16, 'reg', None, None): _T149,
+        (32, 32, 'reg', None, None): _T149,
     },
-    # spec/sse.r1:1694
+    # spec/sse.r1:1737
     'MINSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T149,
-        (16, 32, 'mem', None, None): _T149,
-        (32, 16, 'mem', None, None): _T149,
-        (32, 32, 'mem', None, None): _T149,
+        (16, 16, 'mem', None, None): _T150,
+        (16, 32, 'mem', None, None): _T150,
+        (32, 16, 'mem', None, None): _T150,
+        (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1705
+    # spec/sse.r1:1748
     'MAXPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T150,
-        (16, 16, 'mem', None, None): _T151,
-        (16, 32, 'reg', None, None): _T150,
-        (16, 32, 'mem', None, None): _T151,
-        (32, 16, 'reg', None, None): _T150,
-        (32, 16, 'mem', None, None): _T151,
-        (32, 32, 'reg', None, None): _T150,
-        (32, 32, 'mem', None, None): _T151,
+        (16, 16, 'reg', None, None): _T151,
+        (16, 16, 'mem', None, None): _T152,
+        (16, 32, 'reg', None, None): _T151,
+        (16, 32, 'mem', None, None): _T152,
+        (32, 16, 'reg', None, None): _T151,
+        (32, 16, 'mem', None, None): _T152,
+        (32, 32, 'reg', None, None): _T151,
+        (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1720
+    # spec/sse.r1:1763
     'MAXSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T152,
-        (16, 32, 'reg', None, None): _T152,
-        (32, 16, 'reg', None, None): _T152,
-        (32, 32, 'reg', None, None): _T152,
+        (16, 16, 'reg', None, None): _T153,
+        (16, 32, 'reg', None, None): _T153,
+        (32, 16, 'reg', None, None): _T153,
+        (32, 32, 'reg', None, None): _T153,
     },
-    # spec/sse.r1:1731
+    # spec/sse.r1:1774
     'MAXSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T153,
-        (16, 32, 'mem', None, None): _T153,
-        (32, 16, 'mem', None, None): _T153,
-        (32, 32, 'mem', None, None): _T153,
+        (16, 16, 'mem', None, None): _T154,
+        (16, 32, 'mem', None, None): _T154,
+        (32, 16, 'mem', None, None): _T154,
+        (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1742
+    # spec/sse.r1:1785
     'SQRTPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T154,
-        (16, 16, 'mem', None, None): _T155,
-        (16, 32, 'reg', None, None): _T154,
-        (16, 32, 'mem', None, None): _T155,
-        (32, 16, 'reg', None, None): _T154,
-        (32, 16, 'mem', None, None): _T155,
-        (32, 32, 'reg', None, None): _T154,
-        (32, 32, 'mem', None, None): _T155,
+        (16, 16, 'reg', None, None): _T155,
+        (16, 16, 'mem', None, None): _T156,
+        (16, 32, 'reg', None, None): _T155,
+        (16, 32, 'mem', None, None): _T156,
+        (32, 16, 'reg', None, None): _T155,
+        (32, 16, 'mem', None, None): _T156,
+        (32, 32, 'reg', None, None): _T155,
+        (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1757
+    # spec/sse.r1:1800
     'SQRTSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T156,
-        (16, 32, 'reg', None, None): _T156,
-        (32, 16, 'reg', None, None): _T156,
-        (32, 32, 'reg', None, None): _T156,
+        (16, 16, 'reg', None, None): _T157,
+        (16, 32, 'reg', None, None): _T157,
+        (32, 16, 'reg', None, None): _T157,
+        (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1768
+    # spec/sse.r1:1811
     'SQRTSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T157,
-        (16, 32, 'mem', None, None): _T157,
-        (32, 16, 'mem', None, None): _T157,
-        (32, 32, 'mem', None, None): _T157,
+        (16, 16, 'mem', None, None): _T158,
+        (16, 32, 'mem', None, None): _T158,
+        (32, 16, 'mem', None, None): _T158,
+        (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1781
+    # spec/sse.r1:1824
     'CMPPD_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T158,
-        (16, 16, 'mem', None, None): _T159,
-        (16, 32, 'reg', None, None): _T158,
-        (16, 32, 'mem', None, None): _T159,
-        (32, 16, 'reg', None, None): _T158,
-        (32, 16, 'mem', None, None): _T159,
-        (32, 32, 'reg', None, None): _T158,
-        (32, 32, 'mem', None, None): _T159,
+        (16, 16, 'reg', None, None): _T159,
+        (16, 16, 'mem', None, None): _T160,
+        (16, 32, 'reg', None, None): _T159,
+        (16, 32, 'mem', None, None): _T160,
+        (32, 16, 'reg', None, None): _T159,
+        (32, 16, 'mem', None, None): _T160,
+        (32, 32, 'reg', None, None): _T159,
+        (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1797
+    # spec/sse.r1:1840
     'CMPSD_XMM_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T160,
-        (16, 32, 'reg', None, None): _T160,
-        (32, 16, 'reg', None, None): _T160,
-        (32, 32, 'reg', None, None): _T160,
+        (16, 16, 'reg', None, None): _T161,
+        (16, 32, 'reg', None, None): _T161,
+        (32, 16, 'reg', None, None): _T161,
+        (32, 32, 'reg', None, None): _T161,
     },
-    # spec/sse.r1:1812
+    # spec/sse.r1:1855
     'CMPSD_XMM_M64_IMM8': {
-        (16, 16, 'mem', None, None): _T161,
-        (16, 32, 'mem', None, None): _T161,
-        (32, 16, 'mem', None, None): _T161,
-        (32, 32, 'mem', None, None): _T161,
+        (16, 16, 'mem', None, None): _T162,
+        (16, 32, 'mem', None, None): _T162,
+        (32, 16, 'mem', None, None): _T162,
+        (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1827
+    # spec/sse.r1:1870
     'COMISD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T162,
-        (16, 32, 'reg', None, None): _T162,
-        (32, 16, 'reg', None, None): _T162,
-        (32, 32, 'reg', None, None): _T162,
+        (16, 16, 'reg', None, None): _T163,
+        (16, 32, 'reg', None, None): _T163,
+        (32, 16, 'reg', None, None): _T163,
+        (32, 32, 'reg', None, None): _T163,
     },
-    # spec/sse.r1:1838
+    # spec/sse.r1:1881
     'COMISD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T163,
-        (16, 32, 'mem', None, None): _T163,
-        (32, 16, 'mem', None, None): _T163,
-        (32, 32, 'mem', None, None): _T163,
+        (16, 16, 'mem', None, None): _T164,
+        (16, 32, 'mem', None, None): _T164,
+        (32, 16, 'mem', None, None): _T164,
+        (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1849
+    # spec/sse.r1:1892
     'UCOMISD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T164,
-        (16, 32, 'reg', None, None): _T164,
-        (32, 16, 'reg', None, None): _T164,
-        (32, 32, 'reg', None, None): _T164,
-    },
-    # spec/sse.r1:1860
-    'UCOMISD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T165,
-        (16, 32, 'mem', None, None): _T165,
-        (32, 16, 'mem', None, None): _T165,
-        (32, 32, 'mem', None, None): _T165,
-    },
-    # spec/sse.r1:1873
-    'ANDPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T166,
-        (16, 16, 'mem', None, None): _T167,
-        (16, 32, 'reg', None, None): _T166,
-        (16, 32, 'mem', None, None): _T167,
-        (32, 16, 'reg', None, None): _T166,
-        (32, 16, 'mem', None, None): _T167,
-        (32, 32, 'reg', None, None): _T166,
-        (32, 32, 'mem', None, None): _T167,
-    },
-    # spec/sse.r1:1888
-    'ANDNPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T168,
-        (16, 16, 'mem', None, None): _T169,
-        (16, 32, 'reg', None, None): _T168,
-        (16, 32, 'mem', None, None): _T169,
-        (32, 16, 'reg', None, None): _T168,
-        (32, 16, 'mem', None, None): _T169,
-        (32, 32, 'reg', None, None): _T168,
-        (32, 32, 'mem', None, None): _T169,
+        (16, 16, 'reg', None, None): _T165,
+        (16, 32, 'reg', None, None): _T165,
+        (32, 16, 'reg', None, None): _T165,
+        (32, 32, 'reg', None, None): _T165,
     },
     # spec/sse.r1:1903
+    'UCOMISD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T166,
+        (16, 32, 'mem', None, None): _T166,
+        (32, 16, 'mem', None, None): _T166,
+        (32, 32, 'mem', None, None): _T166,
+    },
+    # spec/sse.r1:1916
+    'ANDPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T167,
+        (16, 16, 'mem', None, None): _T168,
+        (16, 32, 'reg', None, None): _T167,
+        (16, 32, 'mem', None, None): _T168,
+        (32, 16, 'reg', None, None): _T167,
+        (32, 16, 'mem', None, None): _T168,
+        (32, 32, 'reg', None, None): _T167,
+        (32, 32, 'mem', None, None): _T168,
+    },
+    # spec/sse.r1:1931
+    'ANDNPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T169,
+        (16, 16, 'mem', None, None): _T170,
+        (16, 32, 'reg', None, None): _T169,
+        (16, 32, 'mem', None, None): _T170,
+        (32, 16, 'reg', None, None): _T169,
+        (32, 16, 'mem', None, None): _T170,
+        (32, 32, 'reg', None, None): _T169,
+        (32, 32, 'mem', None, None): _T170,
+    },
+    # spec/sse.r1:1946
     'ORPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T170,
-        (16, 16, 'mem', None, None): _T171,
-        (16, 32, 'reg', None, None): _T170,
-        (16, 32, 'mem', None, None): _T171,
-        (32, 16, 'reg', None, None): _T170,
-        (32, 16, 'mem', None, None): _T171,
-        (32, 32, 'reg', None, None): _T170,
-        (32, 32, 'mem', None, None): _T171,
+        (16, 16, 'reg', None, None): _T171,
+        (16, 16, 'mem', None, None): _T172,
+        (16, 32, 'reg', None, None): _T171,
+        (16, 32, 'mem', None, None): _T172,
+        (32, 16, 'reg', None, None): _T171,
+        (32, 16, 'mem', None, None): _T172,
+        (32, 32, 'reg', None, None): _T171,
+        (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1918
+    # spec/sse.r1:1961
     'XORPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T172,
-        (16, 16, 'mem', None, None): _T173,
-        (16, 32, 'reg', None, None): _T172,
-        (16, 32, 'mem', None, None): _T173,
-        (32, 16, 'reg', None, None): _T172,
-        (32, 16, 'mem', None, None): _T173,
-        (32, 32, 'reg', None, None): _T172,
-        (32, 32, 'mem', None, None): _T173,
+        (16, 16, 'reg', None, None): _T173,
+        (16, 16, 'mem', None, None): _T174,
+        (16, 32, 'reg', None, None): _T173,
+        (16, 32, 'mem', None, None): _T174,
+        (32, 16, 'reg', None, None): _T173,
+        (32, 16, 'mem', None, None): _T174,
+        (32, 32, 'reg', None, None): _T173,
+        (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1933
+    # spec/sse.r1:1976
     'SHUFPD_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T174,
-        (16, 16, 'mem', None, None): _T175,
-        (16, 32, 'reg', None, None): _T174,
-        (16, 32, 'mem', None, None): _T175,
-        (32, 16, 'reg', None, None): _T174,
-        (32, 16, 'mem', None, None): _T175,
-        (32, 32, 'reg', None, None): _T174,
-        (32, 32, 'mem', None, None): _T175,
+        (16, 16, 'reg', None, None): _T175,
+        (16, 16, 'mem', None, None): _T176,
+        (16, 32, 'reg', None, None): _T175,
+        (16, 32, 'mem', None, None): _T176,
+        (32, 16, 'reg', None, None): _T175,
+        (32, 16, 'mem', None, None): _T176,
+        (32, 32, 'reg', None, None): _T175,
+        (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1948
+    # spec/sse.r1:1991
     'UNPCKLPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T176,
-        (16, 16, 'mem', None, None): _T177,
-        (16, 32, 'reg', None, None): _T176,
-        (16, 32, 'mem', None, None): _T177,
-        (32, 16, 'reg', None, None): _T176,
-        (32, 16, 'mem', None, None): _T177,
-        (32, 32, 'reg', None, None): _T176,
-        (32, 32, 'mem', None, None): _T177,
+        (16, 16, 'reg', None, None): _T177,
+        (16, 16, 'mem', None, None): _T178,
+        (16, 32, 'reg', None, None): _T177,
+        (16, 32, 'mem', None, None): _T178,
+        (32, 16, 'reg', None, None): _T177,
+        (32, 16, 'mem', None, None): _T178,
+        (32, 32, 'reg', None, None): _T177,
+        (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:1963
+    # spec/sse.r1:2006
     'UNPCKHPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T178,
-        (16, 16, 'mem', None, None): _T179,
-        (16, 32, 'reg', None, None): _T178,
-        (16, 32, 'mem', None, None): _T179,
-        (32, 16, 'reg', None, None): _T178,
-        (32, 16, 'mem', None, None): _T179,
-        (32, 32, 'reg', None, None): _T178,
-        (32, 32, 'mem', None, None): _T179,
-    },
-    # spec/sse.r1:1980
-    'CVTPI2PD_XMM_MMRM': {
-        (16, 16, 'reg', None, None): _T180,
+        (16, 16, 'reg', None, None): _T179,
         (16, 16, 'mem', None, None): _T180,
-        (16, 32, 'reg', None, None): _T180,
+        (16, 32, 'reg', None, None): _T179,
         (16, 32, 'mem', None, None): _T180,
-        (32, 16, 'reg', None, None): _T180,
+        (32, 16, 'reg', None, None): _T179,
         (32, 16, 'mem', None, None): _T180,
-        (32, 32, 'reg', None, None): _T180,
+        (32, 32, 'reg', None, None): _T179,
         (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:1990
-    'CVTPD2PI_MM_XMMRM': {
+    # spec/sse.r1:2023
+    'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T181,
-        (16, 16, 'mem', None, None): _T181,
-        (16, 32, 'reg', None, None): _T181,
-        (16, 32, 'mem', None, None): _T181,
-        (32, 16, 'reg', None, None): _T181,
-        (32, 16, 'mem', None, None): _T181,
-        (32, 32, 'reg', None, None): _T181,
-        (32, 32, 'mem', None, None): _T181,
-    },
-    # spec/sse.r1:2000
-    'CVTTPD2PI_MM_XMMRM': {
-        (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
-        (16, 32, 'reg', None, None): _T182,
+        (16, 32, 'reg', None, None): _T181,
         (16, 32, 'mem', None, None): _T182,
-        (32, 16, 'reg', None, None): _T182,
+        (32, 16, 'reg', None, None): _T181,
         (32, 16, 'mem', None, None): _T182,
-        (32, 32, 'reg', None, None): _T182,
+        (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:2010
-    'CVTSI2SD_XMM_RM32': {
+    # spec/sse.r1:2040
+    'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 16, 'mem', None, None): _T184,
         (16, 32, 'reg', None, None): _T183,
@@ -6186,111 +6540,111 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:2021
-    'CVTSD2SI_R32_XMM': {
+    # spec/sse.r1:2057
+    'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T185,
-        (16, 32, 'reg', None, None): _T185,
-        (32, 16, 'reg', None, None): _T185,
-        (32, 32, 'reg', None, None): _T185,
-    },
-    # spec/sse.r1:2032
-    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T186,
+        (16, 32, 'reg', None, None): _T185,
         (16, 32, 'mem', None, None): _T186,
+        (32, 16, 'reg', None, None): _T185,
         (32, 16, 'mem', None, None): _T186,
+        (32, 32, 'reg', None, None): _T185,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2043
-    'CVTTSD2SI_R32_XMM': {
+    # spec/sse.r1:2074
+    'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T187,
-        (16, 32, 'reg', None, None): _T187,
-        (32, 16, 'reg', None, None): _T187,
-        (32, 32, 'reg', None, None): _T187,
-    },
-    # spec/sse.r1:2054
-    'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T188,
+        (16, 32, 'reg', None, None): _T187,
         (16, 32, 'mem', None, None): _T188,
+        (32, 16, 'reg', None, None): _T187,
         (32, 16, 'mem', None, None): _T188,
+        (32, 32, 'reg', None, None): _T187,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2065
-    'CVTPS2PD_XMM_XMM': {
+    # spec/sse.r1:2085
+    'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T189,
         (16, 32, 'reg', None, None): _T189,
         (32, 16, 'reg', None, None): _T189,
         (32, 32, 'reg', None, None): _T189,
     },
-    # spec/sse.r1:2076
-    'CVTPS2PD_XMM_M64': {
+    # spec/sse.r1:2096
+    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T190,
         (16, 32, 'mem', None, None): _T190,
         (32, 16, 'mem', None, None): _T190,
         (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:2087
-    'CVTPD2PS_XMM_XMMRM': {
+    # spec/sse.r1:2107
+    'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T191,
-        (16, 16, 'mem', None, None): _T192,
         (16, 32, 'reg', None, None): _T191,
-        (16, 32, 'mem', None, None): _T192,
         (32, 16, 'reg', None, None): _T191,
-        (32, 16, 'mem', None, None): _T192,
         (32, 32, 'reg', None, None): _T191,
+    },
+    # spec/sse.r1:2118
+    'CVTTSD2SI_R32_M64': {
+        (16, 16, 'mem', None, None): _T192,
+        (16, 32, 'mem', None, None): _T192,
+        (32, 16, 'mem', None, None): _T192,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2102
-    'CVTSS2SD_XMM_XMM': {
+    # spec/sse.r1:2129
+    'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T193,
         (16, 32, 'reg', None, None): _T193,
         (32, 16, 'reg', None, None): _T193,
         (32, 32, 'reg', None, None): _T193,
     },
-    # spec/sse.r1:2113
-    'CVTSS2SD_XMM_M32': {
+    # spec/sse.r1:2140
+    'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T194,
         (16, 32, 'mem', None, None): _T194,
         (32, 16, 'mem', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2124
-    'CVTSD2SS_XMM_XMM': {
+    # spec/sse.r1:2151
+    'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T195,
-        (16, 32, 'reg', None, None): _T195,
-        (32, 16, 'reg', None, None): _T195,
-        (32, 32, 'reg', None, None): _T195,
-    },
-    # spec/sse.r1:2135
-    'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T196,
+        (16, 32, 'reg', None, None): _T195,
         (16, 32, 'mem', None, None): _T196,
+        (32, 16, 'reg', None, None): _T195,
         (32, 16, 'mem', None, None): _T196,
+        (32, 32, 'reg', None, None): _T195,
         (32, 32, 'mem', None, None): _T196,
     },
-    # spec/sse.r1:2146
-    'CVTDQ2PS_XMM_XMMRM': {
+    # spec/sse.r1:2166
+    'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T197,
-        (16, 16, 'mem', None, None): _T198,
         (16, 32, 'reg', None, None): _T197,
-        (16, 32, 'mem', None, None): _T198,
         (32, 16, 'reg', None, None): _T197,
-        (32, 16, 'mem', None, None): _T198,
         (32, 32, 'reg', None, None): _T197,
+    },
+    # spec/sse.r1:2177
+    'CVTSS2SD_XMM_M32': {
+        (16, 16, 'mem', None, None): _T198,
+        (16, 32, 'mem', None, None): _T198,
+        (32, 16, 'mem', None, None): _T198,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2161
-    'CVTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2188
+    'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T199,
-        (16, 16, 'mem', None, None): _T200,
         (16, 32, 'reg', None, None): _T199,
-        (16, 32, 'mem', None, None): _T200,
         (32, 16, 'reg', None, None): _T199,
-        (32, 16, 'mem', None, None): _T200,
         (32, 32, 'reg', None, None): _T199,
+    },
+    # spec/sse.r1:2199
+    'CVTSD2SS_XMM_M64': {
+        (16, 16, 'mem', None, None): _T200,
+        (16, 32, 'mem', None, None): _T200,
+        (32, 16, 'mem', None, None): _T200,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2176
-    'CVTTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2210
+    'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T201,
         (16, 16, 'mem', None, None): _T202,
         (16, 32, 'reg', None, None): _T201,
@@ -6300,22 +6654,19 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T201,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2191
-    'CVTDQ2PD_XMM_XMM': {
+    # spec/sse.r1:2225
+    'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T203,
-        (16, 32, 'reg', None, None): _T203,
-        (32, 16, 'reg', None, None): _T203,
-        (32, 32, 'reg', None, None): _T203,
-    },
-    # spec/sse.r1:2202
-    'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T204,
+        (16, 32, 'reg', None, None): _T203,
         (16, 32, 'mem', None, None): _T204,
+        (32, 16, 'reg', None, None): _T203,
         (32, 16, 'mem', None, None): _T204,
+        (32, 32, 'reg', None, None): _T203,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2213
-    'CVTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2240
+    'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T206,
         (16, 32, 'reg', None, None): _T205,
@@ -6325,63 +6676,44 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2228
-    'CVTTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2255
+    'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T207,
-        (16, 16, 'mem', None, None): _T208,
         (16, 32, 'reg', None, None): _T207,
-        (16, 32, 'mem', None, None): _T208,
         (32, 16, 'reg', None, None): _T207,
-        (32, 16, 'mem', None, None): _T208,
         (32, 32, 'reg', None, None): _T207,
+    },
+    # spec/sse.r1:2266
+    'CVTDQ2PD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T208,
+        (16, 32, 'mem', None, None): _T208,
+        (32, 16, 'mem', None, None): _T208,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2245
-    'MOVDQA_XMM_XMMRM': {
+    # spec/sse.r1:2277
+    'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T209,
-        (16, 16, 'mem', None, None): _T209,
-        (16, 32, 'reg', None, None): _T209,
-        (16, 32, 'mem', None, None): _T209,
-        (32, 16, 'reg', None, None): _T209,
-        (32, 16, 'mem', None, None): _T209,
-        (32, 32, 'reg', None, None): _T209,
-        (32, 32, 'mem', None, None): _T209,
-    },
-    # spec/sse.r1:2255
-    'MOVDQA_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T210,
-        (16, 32, 'reg', None, None): _T210,
+        (16, 32, 'reg', None, None): _T209,
         (16, 32, 'mem', None, None): _T210,
-        (32, 16, 'reg', None, None): _T210,
+        (32, 16, 'reg', None, None): _T209,
         (32, 16, 'mem', None, None): _T210,
-        (32, 32, 'reg', None, None): _T210,
+        (32, 32, 'reg', None, None): _T209,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2265
-    'MOVDQU_XMM_XMMRM': {
+    # spec/sse.r1:2292
+    'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
-        (16, 16, 'mem', None, None): _T211,
-        (16, 32, 'reg', None, None): _T211,
-        (16, 32, 'mem', None, None): _T211,
-        (32, 16, 'reg', None, None): _T211,
-        (32, 16, 'mem', None, None): _T211,
-        (32, 32, 'reg', None, None): _T211,
-        (32, 32, 'mem', None, None): _T211,
-    },
-    # spec/sse.r1:2275
-    'MOVDQU_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T212,
-        (16, 32, 'reg', None, None): _T212,
+        (16, 32, 'reg', None, None): _T211,
         (16, 32, 'mem', None, None): _T212,
-        (32, 16, 'reg', None, None): _T212,
+        (32, 16, 'reg', None, None): _T211,
         (32, 16, 'mem', None, None): _T212,
-        (32, 32, 'reg', None, None): _T212,
+        (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2285
-    'MOVD_XMM_RM32': {
+    # spec/sse.r1:2309
+    'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
         (16, 32, 'reg', None, None): _T213,
@@ -6391,8 +6723,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2295
-    'MOVD_RM32_XMM': {
+    # spec/sse.r1:2319
+    'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T214,
         (16, 32, 'reg', None, None): _T214,
@@ -6402,150 +6734,150 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2305
-    'MOVQ_XMM_XMM': {
+    # spec/sse.r1:2329
+    'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T215,
+        (16, 16, 'mem', None, None): _T215,
         (16, 32, 'reg', None, None): _T215,
+        (16, 32, 'mem', None, None): _T215,
         (32, 16, 'reg', None, None): _T215,
+        (32, 16, 'mem', None, None): _T215,
         (32, 32, 'reg', None, None): _T215,
+        (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2315
-    'MOVQ_XMM_M64': {
+    # spec/sse.r1:2339
+    'MOVDQU_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T216,
         (16, 16, 'mem', None, None): _T216,
+        (16, 32, 'reg', None, None): _T216,
         (16, 32, 'mem', None, None): _T216,
+        (32, 16, 'reg', None, None): _T216,
         (32, 16, 'mem', None, None): _T216,
+        (32, 32, 'reg', None, None): _T216,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2325
-    'MOVQ_XMM_XMM_0FD6': {
+    # spec/sse.r1:2349
+    'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T217,
+        (16, 16, 'mem', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
+        (16, 32, 'mem', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
+        (32, 16, 'mem', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
+        (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2335
-    'MOVQ_M64_XMM': {
+    # spec/sse.r1:2359
+    'MOVD_RM32_XMM': {
+        (16, 16, 'reg', None, None): _T218,
         (16, 16, 'mem', None, None): _T218,
+        (16, 32, 'reg', None, None): _T218,
         (16, 32, 'mem', None, None): _T218,
+        (32, 16, 'reg', None, None): _T218,
         (32, 16, 'mem', None, None): _T218,
+        (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2345
-    'MOVQ2DQ_XMM_MM': {
+    # spec/sse.r1:2369
+    'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T219,
         (16, 32, 'reg', None, None): _T219,
         (32, 16, 'reg', None, None): _T219,
         (32, 32, 'reg', None, None): _T219,
     },
-    # spec/sse.r1:2355
-    'MOVDQ2Q_MM_XMM': {
-        (16, 16, 'reg', None, None): _T220,
-        (16, 32, 'reg', None, None): _T220,
-        (32, 16, 'reg', None, None): _T220,
-        (32, 32, 'reg', None, None): _T220,
+    # spec/sse.r1:2379
+    'MOVQ_XMM_M64': {
+        (16, 16, 'mem', None, None): _T220,
+        (16, 32, 'mem', None, None): _T220,
+        (32, 16, 'mem', None, None): _T220,
+        (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2367
-    'MOVNTPD_M128_XMM': {
-        (16, 16, 'mem', None, None): _T221,
-        (16, 32, 'mem', None, None): _T221,
-        (32, 16, 'mem', None, None): _T221,
-        (32, 32, 'mem', None, None): _T221,
+    # spec/sse.r1:2389
+    'MOVQ_XMM_XMM_0FD6': {
+        (16, 16, 'reg', None, None): _T221,
+        (16, 32, 'reg', None, None): _T221,
+        (32, 16, 'reg', None, None): _T221,
+        (32, 32, 'reg', None, None): _T221,
     },
-    # spec/sse.r1:2378
-    'MOVNTDQ_M128_XMM': {
+    # spec/sse.r1:2399
+    'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T222,
         (16, 32, 'mem', None, None): _T222,
         (32, 16, 'mem', None, None): _T222,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2388
-    'MOVNTI_M32_R32': {
-        (16, 16, 'mem', None, None): _T223,
-        (16, 32, 'mem', None, None): _T223,
-        (32, 16, 'mem', None, None): _T223,
-        (32, 32, 'mem', None, None): _T223,
+    # spec/sse.r1:2409
+    'MOVQ2DQ_XMM_MM': {
+        (16, 16, 'reg', None, None): _T223,
+        (16, 32, 'reg', None, None): _T223,
+        (32, 16, 'reg', None, None): _T223,
+        (32, 32, 'reg', None, None): _T223,
     },
-    # spec/sse.r1:2398
-    'MASKMOVDQU_XMM_XMM': {
+    # spec/sse.r1:2419
+    'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T224,
         (16, 32, 'reg', None, None): _T224,
         (32, 16, 'reg', None, None): _T224,
         (32, 32, 'reg', None, None): _T224,
     },
-    # spec/sse.r1:2408
-    'CLFLUSH_M8': {
+    # spec/sse.r1:2431
+    'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T225,
         (16, 32, 'mem', None, None): _T225,
         (32, 16, 'mem', None, None): _T225,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2419
-    'LFENCE': {
-        (16, 16, None, None, None): _T226,
-        (16, 32, None, None, None): _T226,
-        (32, 16, None, None, None): _T226,
-        (32, 32, None, None, None): _T226,
+    # spec/sse.r1:2442
+    'MOVNTDQ_M128_XMM': {
+        (16, 16, 'mem', None, None): _T226,
+        (16, 32, 'mem', None, None): _T226,
+        (32, 16, 'mem', None, None): _T226,
+        (32, 32, 'mem', None, None): _T226,
     },
-    # spec/sse.r1:2430
-    'MFENCE': {
-        (16, 16, None, None, None): _T227,
-        (16, 32, None, None, None): _T227,
-        (32, 16, None, None, None): _T227,
-        (32, 32, None, None, None): _T227,
+    # spec/sse.r1:2452
+    'MOVNTI_M32_R32': {
+        (16, 16, 'mem', None, None): _T227,
+        (16, 32, 'mem', None, None): _T227,
+        (32, 16, 'mem', None, None): _T227,
+        (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2441
-    'PAUSE': {
-        (16, 16, None, None, None): _T228,
-        (16, 32, None, None, None): _T228,
-        (32, 16, None, None, None): _T228,
-        (32, 32, None, None, None): _T228,
+    # spec/sse.r1:2462
+    'MASKMOVDQU_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T228,
+        (16, 32, 'reg', None, None): _T228,
+        (32, 16, 'reg', None, None): _T228,
+        (32, 32, 'reg', None, None): _T228,
     },
-    # spec/sse.r1:2453
-    'PADDQ_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T229,
+    # spec/sse.r1:2472
+    'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T229,
-        (16, 32, 'reg', None, None): _T229,
         (16, 32, 'mem', None, None): _T229,
-        (32, 16, 'reg', None, None): _T229,
         (32, 16, 'mem', None, None): _T229,
-        (32, 32, 'reg', None, None): _T229,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2463
-    'PADDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T230,
-        (16, 16, 'mem', None, None): _T230,
-        (16, 32, 'reg', None, None): _T230,
-        (16, 32, 'mem', None, None): _T230,
-        (32, 16, 'reg', None, None): _T230,
-        (32, 16, 'mem', None, None): _T230,
-        (32, 32, 'reg', None, None): _T230,
-        (32, 32, 'mem', None, None): _T230,
-    },
-    # spec/sse.r1:2473
-    'PSUBQ_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T231,
-        (16, 16, 'mem', None, None): _T231,
-        (16, 32, 'reg', None, None): _T231,
-        (16, 32, 'mem', None, None): _T231,
-        (32, 16, 'reg', None, None): _T231,
-        (32, 16, 'mem', None, None): _T231,
-        (32, 32, 'reg', None, None): _T231,
-        (32, 32, 'mem', None, None): _T231,
-    },
     # spec/sse.r1:2483
-    'PSUBQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T232,
-        (16, 16, 'mem', None, None): _T232,
-        (16, 32, 'reg', None, None): _T232,
-        (16, 32, 'mem', None, None): _T232,
-        (32, 16, 'reg', None, None): _T232,
-        (32, 16, 'mem', None, None): _T232,
-        (32, 32, 'reg', None, None): _T232,
-        (32, 32, 'mem', None, None): _T232,
+    'LFENCE': {
+        (16, 16, None, None, None): _T230,
+        (16, 32, None, None, None): _T230,
+        (32, 16, None, None, None): _T230,
+        (32, 32, None, None, None): _T230,
     },
-    # spec/sse.r1:2493
-    'PMULUDQ_MM_MMRM': {
+    # spec/sse.r1:2494
+    'MFENCE': {
+        (16, 16, None, None, None): _T231,
+        (16, 32, None, None, None): _T231,
+        (32, 16, None, None, None): _T231,
+        (32, 32, None, None, None): _T231,
+    },
+    # spec/sse.r1:2505
+    'PAUSE': {
+        (16, 16, None, None, None): _T232,
+        (16, 32, None, None, None): _T232,
+        (32, 16, None, None, None): _T232,
+        (32, 32, None, None, None): _T232,
+    },
+    # spec/sse.r1:2517
+    'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
         (16, 32, 'reg', None, None): _T233,
@@ -6555,8 +6887,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2503
-    'PMULUDQ_XMM_XMMRM': {
+    # spec/sse.r1:2527
+    'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T234,
         (16, 32, 'reg', None, None): _T234,
@@ -6566,8 +6898,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2513
-    'PSHUFD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2537
+    'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
         (16, 32, 'reg', None, None): _T235,
@@ -6577,8 +6909,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T235,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2523
-    'PSHUFHW_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2547
+    'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T236,
         (16, 32, 'reg', None, None): _T236,
@@ -6588,8 +6920,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2533
-    'PSHUFLW_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2557
+    'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
         (16, 32, 'reg', None, None): _T237,
@@ -6599,22 +6931,30 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T237,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2543
-    'PSLLDQ_XMM_IMM8': {
+    # spec/sse.r1:2567
+    'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T238,
+        (16, 16, 'mem', None, None): _T238,
         (16, 32, 'reg', None, None): _T238,
+        (16, 32, 'mem', None, None): _T238,
         (32, 16, 'reg', None, None): _T238,
+        (32, 16, 'mem', None, None): _T238,
         (32, 32, 'reg', None, None): _T238,
+        (32, 32, 'mem', None, None): _T238,
     },
-    # spec/sse.r1:2553
-    'PSRLDQ_XMM_IMM8': {
+    # spec/sse.r1:2577
+    'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T239,
+        (16, 16, 'mem', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
+        (16, 32, 'mem', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
+        (32, 16, 'mem', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
+        (32, 32, 'mem', None, None): _T239,
     },
-    # spec/sse.r1:2563
-    'PUNPCKLQDQ_XMM_XMMRM': {
+    # spec/sse.r1:2587
+    'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T240,
         (16, 16, 'mem', None, None): _T240,
         (16, 32, 'reg', None, None): _T240,
@@ -6624,8 +6964,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T240,
         (32, 32, 'mem', None, None): _T240,
     },
-    # spec/sse.r1:2573
-    'PUNPCKHQDQ_XMM_XMMRM': {
+    # spec/sse.r1:2597
+    'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T241,
         (16, 16, 'mem', None, None): _T241,
         (16, 32, 'reg', None, None): _T241,
@@ -6635,30 +6975,22 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T241,
         (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2585
-    'PUNPCKLBW_XMM_XMMRM': {
+    # spec/sse.r1:2607
+    'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T242,
-        (16, 16, 'mem', None, None): _T242,
         (16, 32, 'reg', None, None): _T242,
-        (16, 32, 'mem', None, None): _T242,
         (32, 16, 'reg', None, None): _T242,
-        (32, 16, 'mem', None, None): _T242,
         (32, 32, 'reg', None, None): _T242,
-        (32, 32, 'mem', None, None): _T242,
     },
-    # spec/sse.r1:2595
-    'PUNPCKLWD_XMM_XMMRM': {
+    # spec/sse.r1:2617
+    'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T243,
-        (16, 16, 'mem', None, None): _T243,
         (16, 32, 'reg', None, None): _T243,
-        (16, 32, 'mem', None, None): _T243,
         (32, 16, 'reg', None, None): _T243,
-        (32, 16, 'mem', None, None): _T243,
         (32, 32, 'reg', None, None): _T243,
-        (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2605
-    'PUNPCKLDQ_XMM_XMMRM': {
+    # spec/sse.r1:2627
+    'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T244,
         (16, 16, 'mem', None, None): _T244,
         (16, 32, 'reg', None, None): _T244,
@@ -6668,8 +7000,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T244,
         (32, 32, 'mem', None, None): _T244,
     },
-    # spec/sse.r1:2615
-    'PUNPCKHBW_XMM_XMMRM': {
+    # spec/sse.r1:2637
+    'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T245,
         (16, 16, 'mem', None, None): _T245,
         (16, 32, 'reg', None, None): _T245,
@@ -6679,8 +7011,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T245,
         (32, 32, 'mem', None, None): _T245,
     },
-    # spec/sse.r1:2625
-    'PUNPCKHWD_XMM_XMMRM': {
+    # spec/sse.r1:2649
+    'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T246,
         (16, 32, 'reg', None, None): _T246,
@@ -6690,8 +7022,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2635
-    'PUNPCKHDQ_XMM_XMMRM': {
+    # spec/sse.r1:2659
+    'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
         (16, 32, 'reg', None, None): _T247,
@@ -6701,8 +7033,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T247,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2645
-    'PACKSSWB_XMM_XMMRM': {
+    # spec/sse.r1:2669
+    'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T248,
         (16, 32, 'reg', None, None): _T248,
@@ -6712,8 +7044,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T248,
     },
-    # spec/sse.r1:2655
-    'PACKUSWB_XMM_XMMRM': {
+    # spec/sse.r1:2679
+    'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
         (16, 32, 'reg', None, None): _T249,
@@ -6723,8 +7055,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T249,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2665
-    'PACKSSDW_XMM_XMMRM': {
+    # spec/sse.r1:2689
+    'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T250,
         (16, 32, 'reg', None, None): _T250,
@@ -6734,8 +7066,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T250,
     },
-    # spec/sse.r1:2675
-    'PADDB_XMM_XMMRM': {
+    # spec/sse.r1:2699
+    'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
         (16, 32, 'reg', None, None): _T251,
@@ -6745,8 +7077,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T251,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2685
-    'PADDW_XMM_XMMRM': {
+    # spec/sse.r1:2709
+    'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T252,
         (16, 32, 'reg', None, None): _T252,
@@ -6756,8 +7088,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T252,
     },
-    # spec/sse.r1:2695
-    'PADDD_XMM_XMMRM': {
+    # spec/sse.r1:2719
+    'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
         (16, 32, 'reg', None, None): _T253,
@@ -6767,8 +7099,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T253,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2705
-    'PADDSB_XMM_XMMRM': {
+    # spec/sse.r1:2729
+    'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T254,
         (16, 16, 'mem', None, None): _T254,
         (16, 32, 'reg', None, None): _T254,
@@ -6778,8 +7110,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T254,
         (32, 32, 'mem', None, None): _T254,
     },
-    # spec/sse.r1:2715
-    'PADDSW_XMM_XMMRM': {
+    # spec/sse.r1:2739
+    'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T255,
         (16, 16, 'mem', None, None): _T255,
         (16, 32, 'reg', None, None): _T255,
@@ -6789,8 +7121,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T255,
         (32, 32, 'mem', None, None): _T255,
     },
-    # spec/sse.r1:2725
-    'PADDUSB_XMM_XMMRM': {
+    # spec/sse.r1:2749
+    'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T256,
         (16, 16, 'mem', None, None): _T256,
         (16, 32, 'reg', None, None): _T256,
@@ -6800,8 +7132,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T256,
         (32, 32, 'mem', None, None): _T256,
     },
-    # spec/sse.r1:2735
-    'PADDUSW_XMM_XMMRM': {
+    # spec/sse.r1:2759
+    'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T257,
         (16, 16, 'mem', None, None): _T257,
         (16, 32, 'reg', None, None): _T257,
@@ -6811,8 +7143,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T257,
         (32, 32, 'mem', None, None): _T257,
     },
-    # spec/sse.r1:2745
-    'PSUBB_XMM_XMMRM': {
+    # spec/sse.r1:2769
+    'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T258,
         (16, 16, 'mem', None, None): _T258,
         (16, 32, 'reg', None, None): _T258,
@@ -6822,8 +7154,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T258,
         (32, 32, 'mem', None, None): _T258,
     },
-    # spec/sse.r1:2755
-    'PSUBW_XMM_XMMRM': {
+    # spec/sse.r1:2779
+    'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T259,
         (16, 16, 'mem', None, None): _T259,
         (16, 32, 'reg', None, None): _T259,
@@ -6833,8 +7165,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T259,
         (32, 32, 'mem', None, None): _T259,
     },
-    # spec/sse.r1:2765
-    'PSUBD_XMM_XMMRM': {
+    # spec/sse.r1:2789
+    'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T260,
         (16, 16, 'mem', None, None): _T260,
         (16, 32, 'reg', None, None): _T260,
@@ -6844,8 +7176,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T260,
         (32, 32, 'mem', None, None): _T260,
     },
-    # spec/sse.r1:2775
-    'PSUBSB_XMM_XMMRM': {
+    # spec/sse.r1:2799
+    'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T261,
         (16, 16, 'mem', None, None): _T261,
         (16, 32, 'reg', None, None): _T261,
@@ -6855,8 +7187,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T261,
         (32, 32, 'mem', None, None): _T261,
     },
-    # spec/sse.r1:2785
-    'PSUBSW_XMM_XMMRM': {
+    # spec/sse.r1:2809
+    'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T262,
         (16, 16, 'mem', None, None): _T262,
         (16, 32, 'reg', None, None): _T262,
@@ -6866,8 +7198,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T262,
         (32, 32, 'mem', None, None): _T262,
     },
-    # spec/sse.r1:2795
-    'PSUBUSB_XMM_XMMRM': {
+    # spec/sse.r1:2819
+    'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T263,
         (16, 16, 'mem', None, None): _T263,
         (16, 32, 'reg', None, None): _T263,
@@ -6877,8 +7209,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T263,
         (32, 32, 'mem', None, None): _T263,
     },
-    # spec/sse.r1:2805
-    'PSUBUSW_XMM_XMMRM': {
+    # spec/sse.r1:2829
+    'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T264,
         (16, 16, 'mem', None, None): _T264,
         (16, 32, 'reg', None, None): _T264,
@@ -6888,8 +7220,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T264,
         (32, 32, 'mem', None, None): _T264,
     },
-    # spec/sse.r1:2815
-    'PMULLW_XMM_XMMRM': {
+    # spec/sse.r1:2839
+    'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T265,
         (16, 16, 'mem', None, None): _T265,
         (16, 32, 'reg', None, None): _T265,
@@ -6899,8 +7231,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T265,
         (32, 32, 'mem', None, None): _T265,
     },
-    # spec/sse.r1:2825
-    'PMULHW_XMM_XMMRM': {
+    # spec/sse.r1:2849
+    'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T266,
         (16, 16, 'mem', None, None): _T266,
         (16, 32, 'reg', None, None): _T266,
@@ -6910,8 +7242,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T266,
         (32, 32, 'mem', None, None): _T266,
     },
-    # spec/sse.r1:2835
-    'PMADDWD_XMM_XMMRM': {
+    # spec/sse.r1:2859
+    'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T267,
         (16, 16, 'mem', None, None): _T267,
         (16, 32, 'reg', None, None): _T267,
@@ -6921,8 +7253,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T267,
         (32, 32, 'mem', None, None): _T267,
     },
-    # spec/sse.r1:2845
-    'PCMPEQB_XMM_XMMRM': {
+    # spec/sse.r1:2869
+    'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T268,
         (16, 16, 'mem', None, None): _T268,
         (16, 32, 'reg', None, None): _T268,
@@ -6932,8 +7264,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T268,
         (32, 32, 'mem', None, None): _T268,
     },
-    # spec/sse.r1:2855
-    'PCMPEQW_XMM_XMMRM': {
+    # spec/sse.r1:2879
+    'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T269,
         (16, 16, 'mem', None, None): _T269,
         (16, 32, 'reg', None, None): _T269,
@@ -6943,8 +7275,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T269,
         (32, 32, 'mem', None, None): _T269,
     },
-    # spec/sse.r1:2865
-    'PCMPEQD_XMM_XMMRM': {
+    # spec/sse.r1:2889
+    'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T270,
         (16, 16, 'mem', None, None): _T270,
         (16, 32, 'reg', None, None): _T270,
@@ -6954,8 +7286,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T270,
         (32, 32, 'mem', None, None): _T270,
     },
-    # spec/sse.r1:2875
-    'PCMPGTB_XMM_XMMRM': {
+    # spec/sse.r1:2899
+    'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T271,
         (16, 16, 'mem', None, None): _T271,
         (16, 32, 'reg', None, None): _T271,
@@ -6965,8 +7297,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T271,
         (32, 32, 'mem', None, None): _T271,
     },
-    # spec/sse.r1:2885
-    'PCMPGTW_XMM_XMMRM': {
+    # spec/sse.r1:2909
+    'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T272,
         (16, 16, 'mem', None, None): _T272,
         (16, 32, 'reg', None, None): _T272,
@@ -6976,8 +7308,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T272,
         (32, 32, 'mem', None, None): _T272,
     },
-    # spec/sse.r1:2895
-    'PCMPGTD_XMM_XMMRM': {
+    # spec/sse.r1:2919
+    'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T273,
         (16, 16, 'mem', None, None): _T273,
         (16, 32, 'reg', None, None): _T273,
@@ -6987,8 +7319,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T273,
         (32, 32, 'mem', None, None): _T273,
     },
-    # spec/sse.r1:2905
-    'PAND_XMM_XMMRM': {
+    # spec/sse.r1:2929
+    'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T274,
         (16, 16, 'mem', None, None): _T274,
         (16, 32, 'reg', None, None): _T274,
@@ -6998,8 +7330,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T274,
         (32, 32, 'mem', None, None): _T274,
     },
-    # spec/sse.r1:2915
-    'PANDN_XMM_XMMRM': {
+    # spec/sse.r1:2939
+    'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T275,
         (16, 16, 'mem', None, None): _T275,
         (16, 32, 'reg', None, None): _T275,
@@ -7009,8 +7341,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T275,
         (32, 32, 'mem', None, None): _T275,
     },
-    # spec/sse.r1:2925
-    'POR_XMM_XMMRM': {
+    # spec/sse.r1:2949
+    'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T276,
         (16, 16, 'mem', None, None): _T276,
         (16, 32, 'reg', None, None): _T276,
@@ -7020,8 +7352,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T276,
         (32, 32, 'mem', None, None): _T276,
     },
-    # spec/sse.r1:2935
-    'PXOR_XMM_XMMRM': {
+    # spec/sse.r1:2959
+    'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T277,
         (16, 16, 'mem', None, None): _T277,
         (16, 32, 'reg', None, None): _T277,
@@ -7031,8 +7363,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T277,
         (32, 32, 'mem', None, None): _T277,
     },
-    # spec/sse.r1:2945
-    'PSLLW_XMM_XMMRM': {
+    # spec/sse.r1:2969
+    'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T278,
         (16, 16, 'mem', None, None): _T278,
         (16, 32, 'reg', None, None): _T278,
@@ -7042,8 +7374,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T278,
         (32, 32, 'mem', None, None): _T278,
     },
-    # spec/sse.r1:2955
-    'PSLLD_XMM_XMMRM': {
+    # spec/sse.r1:2979
+    'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T279,
         (16, 16, 'mem', None, None): _T279,
         (16, 32, 'reg', None, None): _T279,
@@ -7053,8 +7385,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T279,
         (32, 32, 'mem', None, None): _T279,
     },
-    # spec/sse.r1:2965
-    'PSLLQ_XMM_XMMRM': {
+    # spec/sse.r1:2989
+    'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T280,
         (16, 16, 'mem', None, None): _T280,
         (16, 32, 'reg', None, None): _T280,
@@ -7064,8 +7396,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T280,
         (32, 32, 'mem', None, None): _T280,
     },
-    # spec/sse.r1:2975
-    'PSRLW_XMM_XMMRM': {
+    # spec/sse.r1:2999
+    'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T281,
         (16, 16, 'mem', None, None): _T281,
         (16, 32, 'reg', None, None): _T281,
@@ -7075,8 +7407,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T281,
         (32, 32, 'mem', None, None): _T281,
     },
-    # spec/sse.r1:2985
-    'PSRLD_XMM_XMMRM': {
+    # spec/sse.r1:3009
+    'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T282,
         (16, 16, 'mem', None, None): _T282,
         (16, 32, 'reg', None, None): _T282,
@@ -7086,8 +7418,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T282,
         (32, 32, 'mem', None, None): _T282,
     },
-    # spec/sse.r1:2995
-    'PSRLQ_XMM_XMMRM': {
+    # spec/sse.r1:3019
+    'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T283,
         (16, 16, 'mem', None, None): _T283,
         (16, 32, 'reg', None, None): _T283,
@@ -7097,8 +7429,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T283,
         (32, 32, 'mem', None, None): _T283,
     },
-    # spec/sse.r1:3005
-    'PSRAW_XMM_XMMRM': {
+    # spec/sse.r1:3029
+    'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T284,
         (16, 16, 'mem', None, None): _T284,
         (16, 32, 'reg', None, None): _T284,
@@ -7108,8 +7440,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T284,
         (32, 32, 'mem', None, None): _T284,
     },
-    # spec/sse.r1:3015
-    'PSRAD_XMM_XMMRM': {
+    # spec/sse.r1:3039
+    'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T285,
         (16, 16, 'mem', None, None): _T285,
         (16, 32, 'reg', None, None): _T285,
@@ -7119,108 +7451,108 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T285,
         (32, 32, 'mem', None, None): _T285,
     },
-    # spec/sse.r1:3025
-    'PSLLW_XMM_IMM8': {
+    # spec/sse.r1:3049
+    'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T286,
+        (16, 16, 'mem', None, None): _T286,
         (16, 32, 'reg', None, None): _T286,
+        (16, 32, 'mem', None, None): _T286,
         (32, 16, 'reg', None, None): _T286,
+        (32, 16, 'mem', None, None): _T286,
         (32, 32, 'reg', None, None): _T286,
+        (32, 32, 'mem', None, None): _T286,
     },
-    # spec/sse.r1:3035
-    'PSLLD_XMM_IMM8': {
+    # spec/sse.r1:3059
+    'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T287,
+        (16, 16, 'mem', None, None): _T287,
         (16, 32, 'reg', None, None): _T287,
+        (16, 32, 'mem', None, None): _T287,
         (32, 16, 'reg', None, None): _T287,
+        (32, 16, 'mem', None, None): _T287,
         (32, 32, 'reg', None, None): _T287,
+        (32, 32, 'mem', None, None): _T287,
     },
-    # spec/sse.r1:3045
-    'PSLLQ_XMM_IMM8': {
+    # spec/sse.r1:3069
+    'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T288,
+        (16, 16, 'mem', None, None): _T288,
         (16, 32, 'reg', None, None): _T288,
+        (16, 32, 'mem', None, None): _T288,
         (32, 16, 'reg', None, None): _T288,
+        (32, 16, 'mem', None, None): _T288,
         (32, 32, 'reg', None, None): _T288,
+        (32, 32, 'mem', None, None): _T288,
     },
-    # spec/sse.r1:3055
-    'PSRLW_XMM_IMM8': {
+    # spec/sse.r1:3079
+    'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T289,
+        (16, 16, 'mem', None, None): _T289,
         (16, 32, 'reg', None, None): _T289,
+        (16, 32, 'mem', None, None): _T289,
         (32, 16, 'reg', None, None): _T289,
+        (32, 16, 'mem', None, None): _T289,
         (32, 32, 'reg', None, None): _T289,
+        (32, 32, 'mem', None, None): _T289,
     },
-    # spec/sse.r1:3065
-    'PSRLD_XMM_IMM8': {
+    # spec/sse.r1:3089
+    'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T290,
         (16, 32, 'reg', None, None): _T290,
         (32, 16, 'reg', None, None): _T290,
         (32, 32, 'reg', None, None): _T290,
     },
-    # spec/sse.r1:3075
-    'PSRLQ_XMM_IMM8': {
+    # spec/sse.r1:3099
+    'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T291,
         (16, 32, 'reg', None, None): _T291,
         (32, 16, 'reg', None, None): _T291,
         (32, 32, 'reg', None, None): _T291,
     },
-    # spec/sse.r1:3085
-    'PSRAW_XMM_IMM8': {
+    # spec/sse.r1:3109
+    'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T292,
         (16, 32, 'reg', None, None): _T292,
         (32, 16, 'reg', None, None): _T292,
         (32, 32, 'reg', None, None): _T292,
     },
-    # spec/sse.r1:3095
-    'PSRAD_XMM_IMM8': {
+    # spec/sse.r1:3119
+    'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T293,
         (16, 32, 'reg', None, None): _T293,
         (32, 16, 'reg', None, None): _T293,
         (32, 32, 'reg', None, None): _T293,
     },
-    # spec/sse.r1:3107
-    'PAVGB_XMM_XMMRM': {
+    # spec/sse.r1:3129
+    'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T294,
-        (16, 16, 'mem', None, None): _T294,
         (16, 32, 'reg', None, None): _T294,
-        (16, 32, 'mem', None, None): _T294,
         (32, 16, 'reg', None, None): _T294,
-        (32, 16, 'mem', None, None): _T294,
         (32, 32, 'reg', None, None): _T294,
-        (32, 32, 'mem', None, None): _T294,
     },
-    # spec/sse.r1:3117
-    'PAVGW_XMM_XMMRM': {
+    # spec/sse.r1:3139
+    'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T295,
-        (16, 16, 'mem', None, None): _T295,
         (16, 32, 'reg', None, None): _T295,
-        (16, 32, 'mem', None, None): _T295,
         (32, 16, 'reg', None, None): _T295,
-        (32, 16, 'mem', None, None): _T295,
         (32, 32, 'reg', None, None): _T295,
-        (32, 32, 'mem', None, None): _T295,
     },
-    # spec/sse.r1:3127
-    'PMAXSW_XMM_XMMRM': {
+    # spec/sse.r1:3149
+    'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T296,
-        (16, 16, 'mem', None, None): _T296,
         (16, 32, 'reg', None, None): _T296,
-        (16, 32, 'mem', None, None): _T296,
         (32, 16, 'reg', None, None): _T296,
-        (32, 16, 'mem', None, None): _T296,
         (32, 32, 'reg', None, None): _T296,
-        (32, 32, 'mem', None, None): _T296,
     },
-    # spec/sse.r1:3137
-    'PMAXUB_XMM_XMMRM': {
+    # spec/sse.r1:3159
+    'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T297,
-        (16, 16, 'mem', None, None): _T297,
         (16, 32, 'reg', None, None): _T297,
-        (16, 32, 'mem', None, None): _T297,
         (32, 16, 'reg', None, None): _T297,
-        (32, 16, 'mem', None, None): _T297,
         (32, 32, 'reg', None, None): _T297,
-        (32, 32, 'mem', None, None): _T297,
     },
-    # spec/sse.r1:3147
-    'PMINSW_XMM_XMMRM': {
+    # spec/sse.r1:3171
+    'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T298,
         (16, 16, 'mem', None, None): _T298,
         (16, 32, 'reg', None, None): _T298,
@@ -7230,8 +7562,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T298,
         (32, 32, 'mem', None, None): _T298,
     },
-    # spec/sse.r1:3157
-    'PMINUB_XMM_XMMRM': {
+    # spec/sse.r1:3181
+    'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T299,
         (16, 16, 'mem', None, None): _T299,
         (16, 32, 'reg', None, None): _T299,
@@ -7241,8 +7573,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T299,
         (32, 32, 'mem', None, None): _T299,
     },
-    # spec/sse.r1:3167
-    'PMULHUW_XMM_XMMRM': {
+    # spec/sse.r1:3191
+    'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T300,
         (16, 16, 'mem', None, None): _T300,
         (16, 32, 'reg', None, None): _T300,
@@ -7252,8 +7584,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T300,
         (32, 32, 'mem', None, None): _T300,
     },
-    # spec/sse.r1:3177
-    'PSADBW_XMM_XMMRM': {
+    # spec/sse.r1:3201
+    'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T301,
         (16, 16, 'mem', None, None): _T301,
         (16, 32, 'reg', None, None): _T301,
@@ -7263,32 +7595,76 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T301,
         (32, 32, 'mem', None, None): _T301,
     },
-    # spec/sse.r1:3187
-    'PEXTRW_R32_XMM_IMM8': {
+    # spec/sse.r1:3211
+    'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T302,
+        (16, 16, 'mem', None, None): _T302,
         (16, 32, 'reg', None, None): _T302,
+        (16, 32, 'mem', None, None): _T302,
         (32, 16, 'reg', None, None): _T302,
+        (32, 16, 'mem', None, None): _T302,
         (32, 32, 'reg', None, None): _T302,
+        (32, 32, 'mem', None, None): _T302,
     },
-    # spec/sse.r1:3197
-    'PINSRW_XMM_R32_IMM8': {
+    # spec/sse.r1:3221
+    'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T303,
+        (16, 16, 'mem', None, None): _T303,
         (16, 32, 'reg', None, None): _T303,
+        (16, 32, 'mem', None, None): _T303,
         (32, 16, 'reg', None, None): _T303,
+        (32, 16, 'mem', None, None): _T303,
         (32, 32, 'reg', None, None): _T303,
+        (32, 32, 'mem', None, None): _T303,
     },
-    # spec/sse.r1:3207
-    'PINSRW_XMM_M16_IMM8': {
+    # spec/sse.r1:3231
+    'PMULHUW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T304,
         (16, 16, 'mem', None, None): _T304,
+        (16, 32, 'reg', None, None): _T304,
         (16, 32, 'mem', None, None): _T304,
+        (32, 16, 'reg', None, None): _T304,
         (32, 16, 'mem', None, None): _T304,
+        (32, 32, 'reg', None, None): _T304,
         (32, 32, 'mem', None, None): _T304,
     },
-    # spec/sse.r1:3217
-    'PMOVMSKB_R32_XMM': {
+    # spec/sse.r1:3241
+    'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T305,
+        (16, 16, 'mem', None, None): _T305,
         (16, 32, 'reg', None, None): _T305,
+        (16, 32, 'mem', None, None): _T305,
         (32, 16, 'reg', None, None): _T305,
+        (32, 16, 'mem', None, None): _T305,
         (32, 32, 'reg', None, None): _T305,
+        (32, 32, 'mem', None, None): _T305,
+    },
+    # spec/sse.r1:3251
+    'PEXTRW_R32_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T306,
+        (16, 32, 'reg', None, None): _T306,
+        (32, 16, 'reg', None, None): _T306,
+        (32, 32, 'reg', None, None): _T306,
+    },
+    # spec/sse.r1:3261
+    'PINSRW_XMM_R32_IMM8': {
+        (16, 16, 'reg', None, None): _T307,
+        (16, 32, 'reg', None, None): _T307,
+        (32, 16, 'reg', None, None): _T307,
+        (32, 32, 'reg', None, None): _T307,
+    },
+    # spec/sse.r1:3271
+    'PINSRW_XMM_M16_IMM8': {
+        (16, 16, 'mem', None, None): _T308,
+        (16, 32, 'mem', None, None): _T308,
+        (32, 16, 'mem', None, None): _T308,
+        (32, 32, 'mem', None, None): _T308,
+    },
+    # spec/sse.r1:3281
+    'PMOVMSKB_R32_XMM': {
+        (16, 16, 'reg', None, None): _T309,
+        (16, 32, 'reg', None, None): _T309,
+        (32, 16, 'reg', None, None): _T309,
+        (32, 32, 'reg', None, None): _T309,
     },
 }
