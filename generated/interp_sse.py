@@ -385,323 +385,744 @@ b_unimplemented('SFENCE', 'spec/sse.r1:848')  # sse.r1:848
 
 # MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:858
 _T75 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:858')  # sse.r1:858
+ea = $ea
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:861
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+b_store($seg, ea, 64, v_src)  # sse.r1:867
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:868
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:869
 _T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:868')  # sse.r1:868
+b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:869')  # sse.r1:869
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:878
+# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:879
 _T77 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:878')  # sse.r1:878
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:882
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:882
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_i_0 = 0  # mmx.r1:195
+while (l_i_0 < 8):  # mmx.r1:196
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:890
+# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:879
 _T78 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:890')  # sse.r1:890
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:882
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:882
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_i_0 = 0  # mmx.r1:195
+while (l_i_0 < 8):  # mmx.r1:196
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:900
+# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:892
 _T79 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:900')  # sse.r1:900
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:895
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:895
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:901
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:910
+# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:892
 _T80 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:910')  # sse.r1:910
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:895
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:895
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:901
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:920
+# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:903
 _T81 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:920')  # sse.r1:920
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:906
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:906
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:912
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:930
+# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:903
 _T82 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:930')  # sse.r1:930
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:906
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:906
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:912
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:940
+# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:914
 _T83 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:940')  # sse.r1:940
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:917
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:917
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:923
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:950
+# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:914
 _T84 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:950')  # sse.r1:950
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:917
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:917
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:923
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:960
+# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:925
 _T85 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:960')  # sse.r1:960
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:928
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:928
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:934
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:970
+# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:925
 _T86 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:970')  # sse.r1:970
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:928
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:928
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:934
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:980
+# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:936
 _T87 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:980')  # sse.r1:980
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:939
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:939
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:945
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:990
+# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:936
 _T88 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:990')  # sse.r1:990
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:939
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:939
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:945
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1000
+# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:947
 _T89 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1000')  # sse.r1:1000
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:950
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:950
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:956
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
+# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:947
 _T90 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1010')  # sse.r1:1010
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:950
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:950
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:956
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1022
+# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:958
 _T91 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1022')  # sse.r1:1022
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:961
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:961
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:967
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1032
+# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:958
 _T92 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1032')  # sse.r1:1032
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:961
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:961
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:967
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1042
+# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:969
 _T93 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1042')  # sse.r1:1042
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:972
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:972
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:161
+l_i_1 = 0  # mmx.r1:162
+while (l_i_1 < 64):  # mmx.r1:163
+    l_s_2 = 0  # mmx.r1:164
+    l_j_3 = l_i_1  # mmx.r1:165
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:978
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1052
+# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:969
 _T94 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1052')  # sse.r1:1052
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:972
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:972
+l_r_0 = 0  # mmx.r1:161
+l_i_1 = 0  # mmx.r1:162
+while (l_i_1 < 64):  # mmx.r1:163
+    l_s_2 = 0  # mmx.r1:164
+    l_j_3 = l_i_1  # mmx.r1:165
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:978
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1062
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:980
 _T95 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1065
-v_src = S.xmm[$src]  # sse.r1:1065
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1071
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:983
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:149
+l_i_1 = 0  # mmx.r1:150
+while (l_i_1 < 4):  # mmx.r1:151
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:152
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:989
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1073
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:980
 _T96 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1076
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1082
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:983
+l_r_0 = 0  # mmx.r1:149
+l_i_1 = 0  # mmx.r1:150
+while (l_i_1 < 4):  # mmx.r1:151
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:152
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:989
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1084
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:991
 _T97 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1087
-v_src = S.xmm[$src]  # sse.r1:1087
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1093
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:994
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1000
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1095
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1002
 _T98 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1098
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1104
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1005
+v_src = R[$src]  # sse.r1:1005
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+a_sel_0 = ($imm & 3)
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1011
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1106
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1013
 _T99 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1106')  # sse.r1:1106
-"""
-
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1116
-_T100 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1116')  # sse.r1:1116
-"""
-
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1126
-_T101 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1126')  # sse.r1:1126
-"""
-
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1136
-_T102 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1136')  # sse.r1:1136
-"""
-
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1146
-_T103 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1146')  # sse.r1:1146
-"""
-
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1158
-_T104 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1158')  # sse.r1:1158
-"""
-
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1168
-_T105 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1168')  # sse.r1:1168
-"""
-
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1178
-_T106 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1178')  # sse.r1:1178
-"""
-
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1188
-_T107 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1188')  # sse.r1:1188
-"""
-
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1198
-_T108 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1198')  # sse.r1:1198
-"""
-
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1208
-_T109 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1208')  # sse.r1:1208
-"""
-
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1218
-_T110 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1218')  # sse.r1:1218
-"""
-
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1228
-_T111 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1228')  # sse.r1:1228
-"""
-
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1238
-_T112 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1238')  # sse.r1:1238
-"""
-
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1248
-_T113 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1248')  # sse.r1:1248
-"""
-
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1258
-_T114 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1258')  # sse.r1:1258
-"""
-
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1268
-_T115 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1268')  # sse.r1:1268
-"""
-
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1278
-_T116 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1278')  # sse.r1:1278
-"""
-
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1288
-_T117 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1288')  # sse.r1:1288
-"""
-
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1298
-_T118 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1298')  # sse.r1:1298
-"""
-
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1308
-_T119 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1308')  # sse.r1:1308
-"""
-
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1318
-_T120 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1318')  # sse.r1:1318
-"""
-
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1328
-_T121 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1328')  # sse.r1:1328
-"""
-
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1338
-_T122 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1338')  # sse.r1:1338
-"""
-
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1348
-_T123 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1348')  # sse.r1:1348
-"""
-
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1358
-_T124 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1358')  # sse.r1:1358
-"""
-
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1370
-_T125 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1370')  # sse.r1:1370
-"""
-
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1381
-_T126 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1384
-v_src = S.xmm[$src]  # sse.r1:1384
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_dst & 0xffffffffffffffff)
-m_b_1 = (v_src & 0xffffffffffffffff)
-m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
-m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-a_rel_9 = b_f64_relation(l_x_3, l_y_4)
-r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1393
-"""
-
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1396
-_T127 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1399
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1016
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = rd16($seg, ea)  # sse.r1:1016
+a_sel_0 = ($imm & 3)
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1022
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
+"""
+
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1024
+_T100 = """\
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1027
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:180
+l_i_1 = 0  # mmx.r1:181
+while (l_i_1 < 8):  # mmx.r1:182
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:183
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:184
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1033
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
+"""
+
+# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1037
+_T101 = """\
+b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1037')  # sse.r1:1037
+"""
+
+# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1047
+_T102 = """\
+b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1047')  # sse.r1:1047
+"""
+
+# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1057
+_T103 = """\
+b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1057')  # sse.r1:1057
+"""
+
+# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1067
+_T104 = """\
+b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1067')  # sse.r1:1067
+"""
+
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1077
+_T105 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1080
+v_src = S.xmm[$src]  # sse.r1:1080
 if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
     raise Fault(6, None)  # sse.r1:42
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
     raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1399
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1086
+"""
+
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1088
+_T106 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1091
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1097
+"""
+
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1099
+_T107 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1102
+v_src = S.xmm[$src]  # sse.r1:1102
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1108
+"""
+
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1110
+_T108 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1113
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1119
+"""
+
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1121
+_T109 = """\
+b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1121')  # sse.r1:1121
+"""
+
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1131
+_T110 = """\
+b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1131')  # sse.r1:1131
+"""
+
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1141
+_T111 = """\
+b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1141')  # sse.r1:1141
+"""
+
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1151
+_T112 = """\
+b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1151')  # sse.r1:1151
+"""
+
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1161
+_T113 = """\
+b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1161')  # sse.r1:1161
+"""
+
+# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1173
+_T114 = """\
+b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1173')  # sse.r1:1173
+"""
+
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1183
+_T115 = """\
+b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1183')  # sse.r1:1183
+"""
+
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1193
+_T116 = """\
+b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1193')  # sse.r1:1193
+"""
+
+# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1203
+_T117 = """\
+b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1203')  # sse.r1:1203
+"""
+
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1213
+_T118 = """\
+b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1213')  # sse.r1:1213
+"""
+
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1223
+_T119 = """\
+b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1223')  # sse.r1:1223
+"""
+
+# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1233
+_T120 = """\
+b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1233')  # sse.r1:1233
+"""
+
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1243
+_T121 = """\
+b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1243')  # sse.r1:1243
+"""
+
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1253
+_T122 = """\
+b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1253')  # sse.r1:1253
+"""
+
+# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1263
+_T123 = """\
+b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1263')  # sse.r1:1263
+"""
+
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1273
+_T124 = """\
+b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1273')  # sse.r1:1273
+"""
+
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1283
+_T125 = """\
+b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1283')  # sse.r1:1283
+"""
+
+# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1293
+_T126 = """\
+b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1293')  # sse.r1:1293
+"""
+
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1303
+_T127 = """\
+b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1303')  # sse.r1:1303
+"""
+
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1313
+_T128 = """\
+b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1313')  # sse.r1:1313
+"""
+
+# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1323
+_T129 = """\
+b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1323')  # sse.r1:1323
+"""
+
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1333
+_T130 = """\
+b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1333')  # sse.r1:1333
+"""
+
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1343
+_T131 = """\
+b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1343')  # sse.r1:1343
+"""
+
+# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1353
+_T132 = """\
+b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1353')  # sse.r1:1353
+"""
+
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1363
+_T133 = """\
+b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1363')  # sse.r1:1363
+"""
+
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1373
+_T134 = """\
+b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1373')  # sse.r1:1373
+"""
+
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1385
+_T135 = """\
+b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1385')  # sse.r1:1385
+"""
+
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1396
+_T136 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1399
+v_src = S.xmm[$src]  # sse.r1:1399
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
@@ -725,653 +1146,3016 @@ r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 =
 S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1408
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1411
-_T128 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1411')  # sse.r1:1411
-"""
-
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1421
-_T129 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1421')  # sse.r1:1421
-"""
-
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1431
-_T130 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1431')  # sse.r1:1431
-"""
-
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1441
-_T131 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1441')  # sse.r1:1441
-"""
-
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1453
-_T132 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1453')  # sse.r1:1453
-"""
-
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1463
-_T133 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1463')  # sse.r1:1463
-"""
-
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1473
-_T134 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1473')  # sse.r1:1473
-"""
-
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1483
-_T135 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1483')  # sse.r1:1483
-"""
-
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1493
-_T136 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1493')  # sse.r1:1493
-"""
-
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1503
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1411
 _T137 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1503')  # sse.r1:1503
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1414
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1414
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:51
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
+if m_de_8:  # sse.r1:52
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
+        raise Fault(19, None)  # sse.r1:54
+    else:
+        raise Fault(6, None)  # sse.r1:54
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1423
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1513
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1426
 _T138 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1513')  # sse.r1:1513
+b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1426')  # sse.r1:1426
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1525
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1436
 _T139 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1525')  # sse.r1:1525
+b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1436')  # sse.r1:1436
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1535
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1446
 _T140 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1535')  # sse.r1:1535
+b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1446')  # sse.r1:1446
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1545
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1456
 _T141 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1545')  # sse.r1:1545
+b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1456')  # sse.r1:1456
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1555
+# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1468
 _T142 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1555')  # sse.r1:1555
+b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1468')  # sse.r1:1468
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1565
+# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1478
 _T143 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1565')  # sse.r1:1565
+b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1478')  # sse.r1:1478
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
+# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1488
 _T144 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1575')  # sse.r1:1575
+b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1488')  # sse.r1:1488
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1585
+# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1498
 _T145 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1585')  # sse.r1:1585
+b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1498')  # sse.r1:1498
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1595
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1508
 _T146 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1595')  # sse.r1:1595
+b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1508')  # sse.r1:1508
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1605
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1518
 _T147 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1605')  # sse.r1:1605
+b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1518')  # sse.r1:1518
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1615
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1528
 _T148 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1615')  # sse.r1:1615
+b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1528')  # sse.r1:1528
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1625
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1540
 _T149 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1625')  # sse.r1:1625
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1540')  # sse.r1:1540
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1635
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1550
 _T150 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1635')  # sse.r1:1635
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1550')  # sse.r1:1550
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1645
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1560
 _T151 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1645')  # sse.r1:1645
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1560')  # sse.r1:1560
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1655
+# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1570
 _T152 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1655')  # sse.r1:1655
+b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1570')  # sse.r1:1570
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1665
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1580
 _T153 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1665')  # sse.r1:1665
+b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1580')  # sse.r1:1580
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1675
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1590
 _T154 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1675')  # sse.r1:1675
+b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1590')  # sse.r1:1590
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1685
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1600
 _T155 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1685')  # sse.r1:1685
+b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1600')  # sse.r1:1600
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1695
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1610
 _T156 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1695')  # sse.r1:1695
+b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1610')  # sse.r1:1610
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1705
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1620
 _T157 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1705')  # sse.r1:1705
+b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1620')  # sse.r1:1620
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1715
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1630
 _T158 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1715')  # sse.r1:1715
+b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1630')  # sse.r1:1630
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1725
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1640
 _T159 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1725')  # sse.r1:1725
+b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1640')  # sse.r1:1640
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1735
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1650
 _T160 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1735')  # sse.r1:1735
+b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1650')  # sse.r1:1650
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1747
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1660
 _T161 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:1747')  # sse.r1:1747
+b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1660')  # sse.r1:1660
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1757
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1670
 _T162 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:1757')  # sse.r1:1757
+b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1670')  # sse.r1:1670
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1767
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1680
 _T163 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:1767')  # sse.r1:1767
+b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1680')  # sse.r1:1680
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1777
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1690
 _T164 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:1777')  # sse.r1:1777
+b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1690')  # sse.r1:1690
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1787
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1700
 _T165 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:1787')  # sse.r1:1787
+b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1700')  # sse.r1:1700
 """
 
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1797
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1710
 _T166 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:1797')  # sse.r1:1797
+b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1710')  # sse.r1:1710
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1807
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1720
 _T167 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:1807')  # sse.r1:1807
+b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1720')  # sse.r1:1720
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1730
 _T168 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:1817')  # sse.r1:1817
+b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1730')  # sse.r1:1730
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1827
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1740
 _T169 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:1827')  # sse.r1:1827
+b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1740')  # sse.r1:1740
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1837
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1750
 _T170 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:1837')  # sse.r1:1837
+b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1750')  # sse.r1:1750
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1847
+# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1762
 _T171 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:1847')  # sse.r1:1847
+v_src = S.xmm[$src]  # sse.r1:1765
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1771
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1857
+# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1762
 _T172 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:1857')  # sse.r1:1857
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:1765
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1771
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
+# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1773
 _T173 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1869')  # sse.r1:1869
+v_src = S.xmm[$src]  # sse.r1:1776
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1782
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1879
+# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1773
 _T174 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:1879')  # sse.r1:1879
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1776
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 128, v_src)  # sse.r1:1782
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1889
+# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1784
 _T175 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:1889')  # sse.r1:1889
+v_src = S.xmm[$src]  # sse.r1:1787
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1793
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1899
+# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1784
 _T176 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:1899')  # sse.r1:1899
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:1787
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1793
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1909
+# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1795
 _T177 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1909')  # sse.r1:1909
+v_src = S.xmm[$src]  # sse.r1:1798
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1804
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1919
+# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1795
 _T178 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1919')  # sse.r1:1919
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1798
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 128, v_src)  # sse.r1:1804
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1929
+# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1806
 _T179 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:1929')  # sse.r1:1929
+v_src = R[$src]  # sse.r1:1809
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1815
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1939
+# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1806
 _T180 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd32($seg, ea)  # sse.r1:1809
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1815
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1951
+# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1817
 _T181 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:1951')  # sse.r1:1951
+v_src = S.xmm[$src]  # sse.r1:1820
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:1826
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1961
+# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
 _T182 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:1961')  # sse.r1:1961
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1820
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:1826
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1971
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1828
 _T183 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:1971')  # sse.r1:1971
+v_src = S.xmm[$src]  # sse.r1:1831
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1837
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1981
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1839
 _T184 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:1981')  # sse.r1:1981
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 64)  # sse.r1:1842
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1848
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1991
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1850
 _T185 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:1991')  # sse.r1:1991
+v_src = S.xmm[$src]  # sse.r1:1853
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1859
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2001
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1861
 _T186 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2001')  # sse.r1:2001
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1864
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1870
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2011
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1872
 _T187 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2011')  # sse.r1:2011
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1875
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1881
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2021
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1883
 _T188 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2021')  # sse.r1:2021
+v_src = S.xmm[$src]  # sse.r1:1886
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1892
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2031
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1896
 _T189 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2031')  # sse.r1:2031
+b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1896')  # sse.r1:1896
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2041
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1906
 _T190 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2041')  # sse.r1:2041
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1909
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+b_store($seg, ea, 128, v_src)  # sse.r1:1915
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2051
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1917
 _T191 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2051')  # sse.r1:2051
+ea = $ea
+v_src = R[$src]  # sse.r1:1920
+wr32($seg, ea, v_src)  # sse.r1:1926
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2061
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1928
 _T192 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2061')  # sse.r1:2061
+v_src = S.xmm[$src]  # sse.r1:1931
+v_mask = S.xmm[$mask]  # sse.r1:1931
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_i_0 = 0  # mmx.r1:195
+while (l_i_0 < 16):  # mmx.r1:196
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2071
+# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1928
 _T193 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2071')  # sse.r1:2071
+v_src = S.xmm[$src]  # sse.r1:1931
+v_mask = S.xmm[$mask]  # sse.r1:1931
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_i_0 = 0  # mmx.r1:195
+while (l_i_0 < 16):  # mmx.r1:196
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2083
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1939
 _T194 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2083')  # sse.r1:2083
+b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1939')  # sse.r1:1939
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2093
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1949
 _T195 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2093')  # sse.r1:2093
+b_unimplemented('LFENCE', 'spec/sse.r1:1949')  # sse.r1:1949
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2103
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1959
 _T196 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2103')  # sse.r1:2103
+b_unimplemented('MFENCE', 'spec/sse.r1:1959')  # sse.r1:1959
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2113
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1969
 _T197 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2113')  # sse.r1:2113
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2123
+# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1981
 _T198 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2123')  # sse.r1:2123
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1984
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1984
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1990
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2133
+# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1981
 _T199 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2133')  # sse.r1:2133
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1984
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:1984
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1990
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2143
+# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1992
 _T200 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2143')  # sse.r1:2143
+v_dst = S.xmm[$dst]  # sse.r1:1995
+v_src = S.xmm[$src]  # sse.r1:1995
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2001
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2153
+# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1992
 _T201 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2153')  # sse.r1:2153
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1995
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:1995
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2001
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2163
+# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2003
 _T202 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2163')  # sse.r1:2163
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2006
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2006
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2012
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2173
+# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2003
 _T203 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2173')  # sse.r1:2173
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2006
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:2006
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2012
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2183
+# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2014
 _T204 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2183')  # sse.r1:2183
+v_dst = S.xmm[$dst]  # sse.r1:2017
+v_src = S.xmm[$src]  # sse.r1:2017
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2193
+# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2014
 _T205 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2193')  # sse.r1:2193
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2017
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2017
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2203
+# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2025
 _T206 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2203')  # sse.r1:2203
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2028
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2028
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2034
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2213
+# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2025
 _T207 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2213')  # sse.r1:2213
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2028
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
+    raise Fault(6, None)  # mmx.r1:28
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
+    raise Fault(7, None)  # mmx.r1:29
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
+    raise Fault(16, None)  # mmx.r1:30
+v_src = b_load($seg, ea, 64)  # sse.r1:2028
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 64):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2034
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
+S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2223
+# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2036
 _T208 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2223')  # sse.r1:2223
+v_dst = S.xmm[$dst]  # sse.r1:2039
+v_src = S.xmm[$src]  # sse.r1:2039
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2045
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2233
+# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2036
 _T209 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2233')  # sse.r1:2233
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2039
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2039
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2045
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2243
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2047
 _T210 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2243')  # sse.r1:2243
+v_src = S.xmm[$src]  # sse.r1:2050
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:149
+l_i_1 = 0  # mmx.r1:150
+while (l_i_1 < 4):  # mmx.r1:151
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:152
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2056
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2253
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2047
 _T211 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2253')  # sse.r1:2253
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2050
+l_r_0 = 0  # mmx.r1:149
+l_i_1 = 0  # mmx.r1:150
+while (l_i_1 < 4):  # mmx.r1:151
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:152
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2056
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2263
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2058
 _T212 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2263')  # sse.r1:2263
+v_src = S.xmm[$src]  # sse.r1:2061
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:149
+l_i_2 = 0  # mmx.r1:150
+while (l_i_2 < 4):  # mmx.r1:151
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2067
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2273
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2058
 _T213 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2273')  # sse.r1:2273
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2061
+m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:149
+l_i_2 = 0  # mmx.r1:150
+while (l_i_2 < 4):  # mmx.r1:151
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2067
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2283
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2069
 _T214 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2283')  # sse.r1:2283
+v_src = S.xmm[$src]  # sse.r1:2072
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:149
+l_i_2 = 0  # mmx.r1:150
+while (l_i_2 < 4):  # mmx.r1:151
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2078
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2293
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2069
 _T215 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2293')  # sse.r1:2293
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2072
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:149
+l_i_2 = 0  # mmx.r1:150
+while (l_i_2 < 4):  # mmx.r1:151
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2078
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2303
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2080
 _T216 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2303')  # sse.r1:2303
+v_dst = S.xmm[$dst]  # sse.r1:2083
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2089
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2313
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2091
 _T217 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2313')  # sse.r1:2313
+v_dst = S.xmm[$dst]  # sse.r1:2094
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2100
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2323
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2102
 _T218 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2323')  # sse.r1:2323
+v_dst = S.xmm[$dst]  # sse.r1:2105
+v_src = S.xmm[$src]  # sse.r1:2105
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2111
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2333
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2102
 _T219 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2333')  # sse.r1:2333
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2105
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2105
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2111
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2343
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2113
 _T220 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2343')  # sse.r1:2343
+v_dst = S.xmm[$dst]  # sse.r1:2116
+v_src = S.xmm[$src]  # sse.r1:2116
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2122
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2353
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2113
 _T221 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2353')  # sse.r1:2353
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2116
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2116
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2122
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2363
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2126
 _T222 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2363')  # sse.r1:2363
+v_dst = S.xmm[$dst]  # sse.r1:2129
+v_src = S.xmm[$src]  # sse.r1:2129
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2135
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2373
+# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2126
 _T223 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2373')  # sse.r1:2373
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2129
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2129
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2135
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2383
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2137
 _T224 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2383')  # sse.r1:2383
+v_dst = S.xmm[$dst]  # sse.r1:2140
+v_src = S.xmm[$src]  # sse.r1:2140
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2146
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2393
+# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2137
 _T225 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2393')  # sse.r1:2393
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2140
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2140
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2146
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2403
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2148
 _T226 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2403')  # sse.r1:2403
+v_dst = S.xmm[$dst]  # sse.r1:2151
+v_src = S.xmm[$src]  # sse.r1:2151
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2157
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2413
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2148
 _T227 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2413')  # sse.r1:2413
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2151
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2151
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2157
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2423
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2159
 _T228 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2423')  # sse.r1:2423
+v_dst = S.xmm[$dst]  # sse.r1:2162
+v_src = S.xmm[$src]  # sse.r1:2162
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2168
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2433
+# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2159
 _T229 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2433')  # sse.r1:2433
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2162
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2162
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2168
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2443
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2170
 _T230 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:2443')  # sse.r1:2443
+v_dst = S.xmm[$dst]  # sse.r1:2173
+v_src = S.xmm[$src]  # sse.r1:2173
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2179
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2453
+# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2170
 _T231 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:2453')  # sse.r1:2453
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2173
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2173
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2179
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2463
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2181
 _T232 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:2463')  # sse.r1:2463
+v_dst = S.xmm[$dst]  # sse.r1:2184
+v_src = S.xmm[$src]  # sse.r1:2184
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2190
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2473
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2181
 _T233 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:2473')  # sse.r1:2473
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2184
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2184
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:120
+l_i_3 = 0  # mmx.r1:121
+while (l_i_3 < 64):  # mmx.r1:122
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2190
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2483
+# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2192
 _T234 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:2483')  # sse.r1:2483
+v_dst = S.xmm[$dst]  # sse.r1:2195
+v_src = S.xmm[$src]  # sse.r1:2195
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:134
+l_i_1 = 0  # mmx.r1:135
+while (l_i_1 < 128):  # mmx.r1:136
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2201
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2493
+# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2192
 _T235 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:2493')  # sse.r1:2493
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2195
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2195
+l_r_0 = 0  # mmx.r1:134
+l_i_1 = 0  # mmx.r1:135
+while (l_i_1 < 128):  # mmx.r1:136
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2201
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2503
+# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2203
 _T236 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:2503')  # sse.r1:2503
+v_dst = S.xmm[$dst]  # sse.r1:2206
+v_src = S.xmm[$src]  # sse.r1:2206
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:134
+l_i_1 = 0  # mmx.r1:135
+while (l_i_1 < 128):  # mmx.r1:136
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:140
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2212
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2513
+# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2203
 _T237 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:2513')  # sse.r1:2513
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2206
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2206
+l_r_0 = 0  # mmx.r1:134
+l_i_1 = 0  # mmx.r1:135
+while (l_i_1 < 128):  # mmx.r1:136
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:140
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2212
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2523
+# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2214
 _T238 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:2523')  # sse.r1:2523
+v_dst = S.xmm[$dst]  # sse.r1:2217
+v_src = S.xmm[$src]  # sse.r1:2217
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:134
+l_i_1 = 0  # mmx.r1:135
+while (l_i_1 < 128):  # mmx.r1:136
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:137
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:141
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2223
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2533
+# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2214
 _T239 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:2533')  # sse.r1:2533
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2217
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2217
+l_r_0 = 0  # mmx.r1:134
+l_i_1 = 0  # mmx.r1:135
+while (l_i_1 < 128):  # mmx.r1:136
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:137
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:141
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2223
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2543
+# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2225
 _T240 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:2543')  # sse.r1:2543
+v_dst = S.xmm[$dst]  # sse.r1:2228
+v_src = S.xmm[$src]  # sse.r1:2228
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2234
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2553
+# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2225
 _T241 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:2553')  # sse.r1:2553
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2228
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2228
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2234
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2563
+# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2236
 _T242 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:2563')  # sse.r1:2563
+v_dst = S.xmm[$dst]  # sse.r1:2239
+v_src = S.xmm[$src]  # sse.r1:2239
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2245
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2573
+# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2236
 _T243 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:2573')  # sse.r1:2573
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2239
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2239
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2245
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2583
+# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2247
 _T244 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:2583')  # sse.r1:2583
+v_dst = S.xmm[$dst]  # sse.r1:2250
+v_src = S.xmm[$src]  # sse.r1:2250
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2256
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2593
+# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2247
 _T245 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:2593')  # sse.r1:2593
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2250
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2250
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2256
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2605
+# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2258
 _T246 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:2605')  # sse.r1:2605
+v_dst = S.xmm[$dst]  # sse.r1:2261
+v_src = S.xmm[$src]  # sse.r1:2261
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2267
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2615
+# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2258
 _T247 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:2615')  # sse.r1:2615
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2261
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2261
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2267
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2625
+# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2269
 _T248 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:2625')  # sse.r1:2625
+v_dst = S.xmm[$dst]  # sse.r1:2272
+v_src = S.xmm[$src]  # sse.r1:2272
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2278
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2635
+# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2269
 _T249 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:2635')  # sse.r1:2635
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2272
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2272
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2278
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2645
+# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2280
 _T250 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:2645')  # sse.r1:2645
+v_dst = S.xmm[$dst]  # sse.r1:2283
+v_src = S.xmm[$src]  # sse.r1:2283
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2655
+# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2280
 _T251 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:2655')  # sse.r1:2655
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2283
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2283
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2665
+# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2291
 _T252 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:2665')  # sse.r1:2665
+v_dst = S.xmm[$dst]  # sse.r1:2294
+v_src = S.xmm[$src]  # sse.r1:2294
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2300
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2675
+# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2291
 _T253 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:2675')  # sse.r1:2675
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2294
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2294
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2300
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2685
+# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2302
 _T254 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:2685')  # sse.r1:2685
+v_dst = S.xmm[$dst]  # sse.r1:2305
+v_src = S.xmm[$src]  # sse.r1:2305
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2311
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2695
+# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2302
 _T255 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:2695')  # sse.r1:2695
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2305
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2305
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2311
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2705
+# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2313
 _T256 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:2705')  # sse.r1:2705
+v_dst = S.xmm[$dst]  # sse.r1:2316
+v_src = S.xmm[$src]  # sse.r1:2316
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2322
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2715
+# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2313
 _T257 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:2715')  # sse.r1:2715
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2316
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2316
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2322
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2324
+_T258 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2327
+v_src = S.xmm[$src]  # sse.r1:2327
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2333
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2324
+_T259 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2327
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2327
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2333
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2335
+_T260 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2338
+v_src = S.xmm[$src]  # sse.r1:2338
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2344
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2335
+_T261 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2338
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2338
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2344
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2346
+_T262 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2349
+v_src = S.xmm[$src]  # sse.r1:2349
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2355
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2346
+_T263 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2349
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2349
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2355
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2357
+_T264 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2360
+v_src = S.xmm[$src]  # sse.r1:2360
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2366
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2357
+_T265 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2360
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2360
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2366
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2368
+_T266 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2371
+v_src = S.xmm[$src]  # sse.r1:2371
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2377
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2368
+_T267 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2371
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2371
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2377
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2379
+_T268 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2382
+v_src = S.xmm[$src]  # sse.r1:2382
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2388
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2379
+_T269 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2382
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2382
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2388
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2390
+_T270 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2393
+v_src = S.xmm[$src]  # sse.r1:2393
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2399
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2390
+_T271 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2393
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2393
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2399
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2401
+_T272 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2404
+v_src = S.xmm[$src]  # sse.r1:2404
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2410
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2401
+_T273 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2404
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2404
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2410
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2412
+_T274 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2415
+v_src = S.xmm[$src]  # sse.r1:2415
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2421
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2412
+_T275 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2415
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2415
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2421
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2423
+_T276 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2426
+v_src = S.xmm[$src]  # sse.r1:2426
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2432
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2423
+_T277 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2426
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2426
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2432
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2434
+_T278 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2437
+v_src = S.xmm[$src]  # sse.r1:2437
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2443
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2434
+_T279 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2437
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2437
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2443
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2445
+_T280 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2448
+v_src = S.xmm[$src]  # sse.r1:2448
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2454
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2445
+_T281 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2448
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2448
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2454
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2456
+_T282 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2459
+v_src = S.xmm[$src]  # sse.r1:2459
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2465
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2456
+_T283 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2459
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2459
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2465
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2467
+_T284 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2470
+v_src = S.xmm[$src]  # sse.r1:2470
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2476
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2467
+_T285 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2470
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2470
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2476
+"""
+
+# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2478
+_T286 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2481
+v_src = S.xmm[$src]  # sse.r1:2481
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2487
+"""
+
+# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2478
+_T287 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2481
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2481
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2487
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2489
+_T288 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2492
+v_src = S.xmm[$src]  # sse.r1:2492
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2498
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2489
+_T289 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2492
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2492
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2498
+"""
+
+# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2500
+_T290 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2503
+v_src = S.xmm[$src]  # sse.r1:2503
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2509
+"""
+
+# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2500
+_T291 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2503
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2503
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2509
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2511
+_T292 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2514
+v_src = S.xmm[$src]  # sse.r1:2514
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2520
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2511
+_T293 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2514
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2514
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2520
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2522
+_T294 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2525
+v_src = S.xmm[$src]  # sse.r1:2525
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2531
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2522
+_T295 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2525
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2525
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2531
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2533
+_T296 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2536
+v_src = S.xmm[$src]  # sse.r1:2536
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2542
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2533
+_T297 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2536
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2536
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2542
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2544
+_T298 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2547
+v_src = S.xmm[$src]  # sse.r1:2547
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2553
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2544
+_T299 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2547
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2547
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2553
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2555
+_T300 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2558
+v_src = S.xmm[$src]  # sse.r1:2558
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2564
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2555
+_T301 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2558
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2558
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2564
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2566
+_T302 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2569
+v_src = S.xmm[$src]  # sse.r1:2569
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2575
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2566
+_T303 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2569
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2569
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2575
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2577
+_T304 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2580
+v_src = S.xmm[$src]  # sse.r1:2580
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2586
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2577
+_T305 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2580
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2580
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2586
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2588
+_T306 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2591
+v_src = S.xmm[$src]  # sse.r1:2591
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2597
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2588
+_T307 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2591
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2591
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2597
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2599
+_T308 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2602
+v_src = S.xmm[$src]  # sse.r1:2602
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2608
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2599
+_T309 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2602
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2602
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
+l_r_2 = 0  # mmx.r1:107
+l_i_3 = 0  # mmx.r1:108
+while (l_i_3 < 128):  # mmx.r1:109
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2608
+"""
+
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2610
+_T310 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2613
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2619
+"""
+
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2621
+_T311 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2624
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2630
+"""
+
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2632
+_T312 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2635
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2641
+"""
+
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2643
+_T313 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2646
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2652
+"""
+
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2654
+_T314 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2657
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2663
+"""
+
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2665
+_T315 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2668
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2674
+"""
+
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2676
+_T316 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2679
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2685
+"""
+
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2687
+_T317 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2690
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
+l_r_1 = 0  # mmx.r1:107
+l_i_2 = 0  # mmx.r1:108
+while (l_i_2 < 128):  # mmx.r1:109
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2696
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2700
+_T318 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2703
+v_src = S.xmm[$src]  # sse.r1:2703
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2700
+_T319 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2703
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2703
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2711
+_T320 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2714
+v_src = S.xmm[$src]  # sse.r1:2714
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2720
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2711
+_T321 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2714
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2714
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2720
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2722
+_T322 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2725
+v_src = S.xmm[$src]  # sse.r1:2725
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2731
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2722
+_T323 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2725
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2725
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2731
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2733
+_T324 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2736
+v_src = S.xmm[$src]  # sse.r1:2736
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2733
+_T325 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2736
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2736
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2744
+_T326 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2747
+v_src = S.xmm[$src]  # sse.r1:2747
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2744
+_T327 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2747
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2747
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2755
+_T328 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2758
+v_src = S.xmm[$src]  # sse.r1:2758
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2764
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2755
+_T329 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2758
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2758
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2764
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2766
+_T330 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2769
+v_src = S.xmm[$src]  # sse.r1:2769
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2775
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2766
+_T331 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2769
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2769
+l_r_0 = 0  # mmx.r1:91
+l_i_1 = 0  # mmx.r1:92
+while (l_i_1 < 128):  # mmx.r1:93
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2775
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2777
+_T332 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2780
+v_src = S.xmm[$src]  # sse.r1:2780
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:161
+l_i_1 = 0  # mmx.r1:162
+while (l_i_1 < 128):  # mmx.r1:163
+    l_s_2 = 0  # mmx.r1:164
+    l_j_3 = l_i_1  # mmx.r1:165
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2786
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2777
+_T333 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2780
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = b_load($seg, ea, 128)  # sse.r1:2780
+l_r_0 = 0  # mmx.r1:161
+l_i_1 = 0  # mmx.r1:162
+while (l_i_1 < 128):  # mmx.r1:163
+    l_s_2 = 0  # mmx.r1:164
+    l_j_3 = l_i_1  # mmx.r1:165
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2786
+"""
+
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2788
+_T334 = """\
+v_src = S.xmm[$src]  # sse.r1:2791
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:2797
+"""
+
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2799
+_T335 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2802
+v_src = R[$src]  # sse.r1:2802
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+a_sel_0 = ($imm & 7)
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2808
+"""
+
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2810
+_T336 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2813
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+v_src = rd16($seg, ea)  # sse.r1:2813
+a_sel_0 = ($imm & 7)
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2819
+"""
+
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2821
+_T337 = """\
+v_src = S.xmm[$src]  # sse.r1:2824
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
+    raise Fault(6, None)  # sse.r1:42
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
+    raise Fault(7, None)  # sse.r1:43
+l_r_0 = 0  # mmx.r1:180
+l_i_1 = 0  # mmx.r1:181
+while (l_i_1 < 16):  # mmx.r1:182
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:183
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:184
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2830
 """
 
 TEMPLATES = {
@@ -1999,256 +4783,182 @@ TEMPLATES = {
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/sse.r1:868
+    # spec/sse.r1:869
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:878
+    # spec/sse.r1:879
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T77,
-        (16, 32, 'reg', None, None): _T77,
-        (32, 16, 'reg', None, None): _T77,
-        (32, 32, 'reg', None, None): _T77,
-    },
-    # spec/sse.r1:890
-    'PAVGB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T78,
-        (16, 16, 'mem', None, None): _T78,
         (16, 32, 'reg', None, None): _T78,
-        (16, 32, 'mem', None, None): _T78,
-        (32, 16, 'reg', None, None): _T78,
-        (32, 16, 'mem', None, None): _T78,
+        (32, 16, 'reg', None, None): _T77,
         (32, 32, 'reg', None, None): _T78,
-        (32, 32, 'mem', None, None): _T78,
     },
-    # spec/sse.r1:900
-    'PAVGW_MM_MMRM': {
+    # spec/sse.r1:892
+    'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
-        (16, 16, 'mem', None, None): _T79,
-        (16, 32, 'reg', None, None): _T79,
-        (16, 32, 'mem', None, None): _T79,
-        (32, 16, 'reg', None, None): _T79,
-        (32, 16, 'mem', None, None): _T79,
-        (32, 32, 'reg', None, None): _T79,
-        (32, 32, 'mem', None, None): _T79,
-    },
-    # spec/sse.r1:910
-    'PMAXSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T80,
         (16, 16, 'mem', None, None): _T80,
-        (16, 32, 'reg', None, None): _T80,
+        (16, 32, 'reg', None, None): _T79,
         (16, 32, 'mem', None, None): _T80,
-        (32, 16, 'reg', None, None): _T80,
+        (32, 16, 'reg', None, None): _T79,
         (32, 16, 'mem', None, None): _T80,
-        (32, 32, 'reg', None, None): _T80,
+        (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:920
-    'PMAXUB_MM_MMRM': {
+    # spec/sse.r1:903
+    'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
-        (16, 16, 'mem', None, None): _T81,
-        (16, 32, 'reg', None, None): _T81,
-        (16, 32, 'mem', None, None): _T81,
-        (32, 16, 'reg', None, None): _T81,
-        (32, 16, 'mem', None, None): _T81,
-        (32, 32, 'reg', None, None): _T81,
-        (32, 32, 'mem', None, None): _T81,
-    },
-    # spec/sse.r1:930
-    'PMINSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T82,
         (16, 16, 'mem', None, None): _T82,
-        (16, 32, 'reg', None, None): _T82,
+        (16, 32, 'reg', None, None): _T81,
         (16, 32, 'mem', None, None): _T82,
-        (32, 16, 'reg', None, None): _T82,
+        (32, 16, 'reg', None, None): _T81,
         (32, 16, 'mem', None, None): _T82,
-        (32, 32, 'reg', None, None): _T82,
+        (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:940
-    'PMINUB_MM_MMRM': {
+    # spec/sse.r1:914
+    'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
-        (16, 16, 'mem', None, None): _T83,
-        (16, 32, 'reg', None, None): _T83,
-        (16, 32, 'mem', None, None): _T83,
-        (32, 16, 'reg', None, None): _T83,
-        (32, 16, 'mem', None, None): _T83,
-        (32, 32, 'reg', None, None): _T83,
-        (32, 32, 'mem', None, None): _T83,
-    },
-    # spec/sse.r1:950
-    'PMULHUW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T84,
         (16, 16, 'mem', None, None): _T84,
-        (16, 32, 'reg', None, None): _T84,
+        (16, 32, 'reg', None, None): _T83,
         (16, 32, 'mem', None, None): _T84,
-        (32, 16, 'reg', None, None): _T84,
+        (32, 16, 'reg', None, None): _T83,
         (32, 16, 'mem', None, None): _T84,
-        (32, 32, 'reg', None, None): _T84,
+        (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:960
-    'PSADBW_MM_MMRM': {
+    # spec/sse.r1:925
+    'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
-        (16, 16, 'mem', None, None): _T85,
-        (16, 32, 'reg', None, None): _T85,
-        (16, 32, 'mem', None, None): _T85,
-        (32, 16, 'reg', None, None): _T85,
-        (32, 16, 'mem', None, None): _T85,
-        (32, 32, 'reg', None, None): _T85,
-        (32, 32, 'mem', None, None): _T85,
-    },
-    # spec/sse.r1:970
-    'PSHUFW_MM_MMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T86,
         (16, 16, 'mem', None, None): _T86,
-        (16, 32, 'reg', None, None): _T86,
+        (16, 32, 'reg', None, None): _T85,
         (16, 32, 'mem', None, None): _T86,
-        (32, 16, 'reg', None, None): _T86,
+        (32, 16, 'reg', None, None): _T85,
         (32, 16, 'mem', None, None): _T86,
-        (32, 32, 'reg', None, None): _T86,
+        (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:980
-    'PEXTRW_R32_MM_IMM8': {
+    # spec/sse.r1:936
+    'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T87,
+        (16, 16, 'mem', None, None): _T88,
         (16, 32, 'reg', None, None): _T87,
+        (16, 32, 'mem', None, None): _T88,
         (32, 16, 'reg', None, None): _T87,
+        (32, 16, 'mem', None, None): _T88,
         (32, 32, 'reg', None, None): _T87,
+        (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:990
-    'PINSRW_MM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T88,
-        (16, 32, 'reg', None, None): _T88,
-        (32, 16, 'reg', None, None): _T88,
-        (32, 32, 'reg', None, None): _T88,
+    # spec/sse.r1:947
+    'PMINUB_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T89,
+        (16, 16, 'mem', None, None): _T90,
+        (16, 32, 'reg', None, None): _T89,
+        (16, 32, 'mem', None, None): _T90,
+        (32, 16, 'reg', None, None): _T89,
+        (32, 16, 'mem', None, None): _T90,
+        (32, 32, 'reg', None, None): _T89,
+        (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:1000
-    'PINSRW_MM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T89,
-        (16, 32, 'mem', None, None): _T89,
-        (32, 16, 'mem', None, None): _T89,
-        (32, 32, 'mem', None, None): _T89,
-    },
-    # spec/sse.r1:1010
-    'PMOVMSKB_R32_MM': {
-        (16, 16, 'reg', None, None): _T90,
-        (16, 32, 'reg', None, None): _T90,
-        (32, 16, 'reg', None, None): _T90,
-        (32, 32, 'reg', None, None): _T90,
-    },
-    # spec/sse.r1:1022
-    'MOVAPD_XMM_XMMRM': {
+    # spec/sse.r1:958
+    'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T91,
-        (16, 16, 'mem', None, None): _T91,
-        (16, 32, 'reg', None, None): _T91,
-        (16, 32, 'mem', None, None): _T91,
-        (32, 16, 'reg', None, None): _T91,
-        (32, 16, 'mem', None, None): _T91,
-        (32, 32, 'reg', None, None): _T91,
-        (32, 32, 'mem', None, None): _T91,
-    },
-    # spec/sse.r1:1032
-    'MOVAPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T92,
         (16, 16, 'mem', None, None): _T92,
-        (16, 32, 'reg', None, None): _T92,
+        (16, 32, 'reg', None, None): _T91,
         (16, 32, 'mem', None, None): _T92,
-        (32, 16, 'reg', None, None): _T92,
+        (32, 16, 'reg', None, None): _T91,
         (32, 16, 'mem', None, None): _T92,
-        (32, 32, 'reg', None, None): _T92,
+        (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1042
-    'MOVUPD_XMM_XMMRM': {
+    # spec/sse.r1:969
+    'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T93,
-        (16, 16, 'mem', None, None): _T93,
-        (16, 32, 'reg', None, None): _T93,
-        (16, 32, 'mem', None, None): _T93,
-        (32, 16, 'reg', None, None): _T93,
-        (32, 16, 'mem', None, None): _T93,
-        (32, 32, 'reg', None, None): _T93,
-        (32, 32, 'mem', None, None): _T93,
-    },
-    # spec/sse.r1:1052
-    'MOVUPD_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T94,
         (16, 16, 'mem', None, None): _T94,
-        (16, 32, 'reg', None, None): _T94,
+        (16, 32, 'reg', None, None): _T93,
         (16, 32, 'mem', None, None): _T94,
-        (32, 16, 'reg', None, None): _T94,
+        (32, 16, 'reg', None, None): _T93,
         (32, 16, 'mem', None, None): _T94,
-        (32, 32, 'reg', None, None): _T94,
+        (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1062
-    'MOVSD_XMM_XMM': {
+    # spec/sse.r1:980
+    'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T95,
-        (16, 32, 'reg', None, None): _T95,
-        (32, 16, 'reg', None, None): _T95,
-        (32, 32, 'reg', None, None): _T95,
-    },
-    # spec/sse.r1:1073
-    'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T96,
+        (16, 32, 'reg', None, None): _T95,
         (16, 32, 'mem', None, None): _T96,
+        (32, 16, 'reg', None, None): _T95,
         (32, 16, 'mem', None, None): _T96,
+        (32, 32, 'reg', None, None): _T95,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:1084
-    'MOVSD_XMM_XMM_0F11': {
+    # spec/sse.r1:991
+    'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/sse.r1:1095
-    'MOVSD_M64_XMM': {
-        (16, 16, 'mem', None, None): _T98,
-        (16, 32, 'mem', None, None): _T98,
-        (32, 16, 'mem', None, None): _T98,
-        (32, 32, 'mem', None, None): _T98,
+    # spec/sse.r1:1002
+    'PINSRW_MM_R32_IMM8': {
+        (16, 16, 'reg', None, None): _T98,
+        (16, 32, 'reg', None, None): _T98,
+        (32, 16, 'reg', None, None): _T98,
+        (32, 32, 'reg', None, None): _T98,
     },
-    # spec/sse.r1:1106
-    'MOVLPD_XMM_M64': {
+    # spec/sse.r1:1013
+    'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1116
-    'MOVLPD_M64_XMM': {
-        (16, 16, 'mem', None, None): _T100,
-        (16, 32, 'mem', None, None): _T100,
-        (32, 16, 'mem', None, None): _T100,
-        (32, 32, 'mem', None, None): _T100,
+    # spec/sse.r1:1024
+    'PMOVMSKB_R32_MM': {
+        (16, 16, 'reg', None, None): _T100,
+        (16, 32, 'reg', None, None): _T100,
+        (32, 16, 'reg', None, None): _T100,
+        (32, 32, 'reg', None, None): _T100,
     },
-    # spec/sse.r1:1126
-    'MOVHPD_XMM_M64': {
+    # spec/sse.r1:1037
+    'MOVAPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T101,
         (16, 16, 'mem', None, None): _T101,
+        (16, 32, 'reg', None, None): _T101,
         (16, 32, 'mem', None, None): _T101,
+        (32, 16, 'reg', None, None): _T101,
         (32, 16, 'mem', None, None): _T101,
+        (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1136
-    'MOVHPD_M64_XMM': {
+    # spec/sse.r1:1047
+    'MOVAPD_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T102,
+        (16, 32, 'reg', None, None): _T102,
         (16, 32, 'mem', None, None): _T102,
+        (32, 16, 'reg', None, None): _T102,
         (32, 16, 'mem', None, None): _T102,
+        (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1146
-    'MOVMSKPD_R32_XMM': {
+    # spec/sse.r1:1057
+    'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T103,
+        (16, 16, 'mem', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
+        (16, 32, 'mem', None, None): _T103,
         (32, 16, 'reg', None, None): _T103,
+        (32, 16, 'mem', None, None): _T103,
         (32, 32, 'reg', None, None): _T103,
+        (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1158
-    'ADDPD_XMM_XMMRM': {
+    # spec/sse.r1:1067
+    'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
         (16, 32, 'reg', None, None): _T104,
@@ -2258,225 +4968,221 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1168
-    'ADDSD_XMM_XMM': {
+    # spec/sse.r1:1077
+    'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
     },
-    # spec/sse.r1:1178
-    'ADDSD_XMM_M64': {
+    # spec/sse.r1:1088
+    'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1188
-    'SUBPD_XMM_XMMRM': {
+    # spec/sse.r1:1099
+    'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T107,
-        (16, 16, 'mem', None, None): _T107,
         (16, 32, 'reg', None, None): _T107,
-        (16, 32, 'mem', None, None): _T107,
         (32, 16, 'reg', None, None): _T107,
-        (32, 16, 'mem', None, None): _T107,
         (32, 32, 'reg', None, None): _T107,
-        (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1198
-    'SUBSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T108,
-        (16, 32, 'reg', None, None): _T108,
-        (32, 16, 'reg', None, None): _T108,
-        (32, 32, 'reg', None, None): _T108,
+    # spec/sse.r1:1110
+    'MOVSD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T108,
+        (16, 32, 'mem', None, None): _T108,
+        (32, 16, 'mem', None, None): _T108,
+        (32, 32, 'mem', None, None): _T108,
     },
-    # spec/sse.r1:1208
-    'SUBSD_XMM_M64': {
+    # spec/sse.r1:1121
+    'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T109,
         (16, 32, 'mem', None, None): _T109,
         (32, 16, 'mem', None, None): _T109,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1218
-    'MULPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T110,
+    # spec/sse.r1:1131
+    'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T110,
-        (16, 32, 'reg', None, None): _T110,
         (16, 32, 'mem', None, None): _T110,
-        (32, 16, 'reg', None, None): _T110,
         (32, 16, 'mem', None, None): _T110,
-        (32, 32, 'reg', None, None): _T110,
         (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1228
-    'MULSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T111,
-        (16, 32, 'reg', None, None): _T111,
-        (32, 16, 'reg', None, None): _T111,
-        (32, 32, 'reg', None, None): _T111,
+    # spec/sse.r1:1141
+    'MOVHPD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T111,
+        (16, 32, 'mem', None, None): _T111,
+        (32, 16, 'mem', None, None): _T111,
+        (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1238
-    'MULSD_XMM_M64': {
+    # spec/sse.r1:1151
+    'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T112,
         (16, 32, 'mem', None, None): _T112,
         (32, 16, 'mem', None, None): _T112,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1248
-    'DIVPD_XMM_XMMRM': {
+    # spec/sse.r1:1161
+    'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T113,
-        (16, 16, 'mem', None, None): _T113,
         (16, 32, 'reg', None, None): _T113,
-        (16, 32, 'mem', None, None): _T113,
         (32, 16, 'reg', None, None): _T113,
-        (32, 16, 'mem', None, None): _T113,
         (32, 32, 'reg', None, None): _T113,
-        (32, 32, 'mem', None, None): _T113,
     },
-    # spec/sse.r1:1258
-    'DIVSD_XMM_XMM': {
+    # spec/sse.r1:1173
+    'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T114,
+        (16, 16, 'mem', None, None): _T114,
         (16, 32, 'reg', None, None): _T114,
+        (16, 32, 'mem', None, None): _T114,
         (32, 16, 'reg', None, None): _T114,
+        (32, 16, 'mem', None, None): _T114,
         (32, 32, 'reg', None, None): _T114,
+        (32, 32, 'mem', None, None): _T114,
     },
-    # spec/sse.r1:1268
-    'DIVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T115,
-        (16, 32, 'mem', None, None): _T115,
-        (32, 16, 'mem', None, None): _T115,
-        (32, 32, 'mem', None, None): _T115,
+    # spec/sse.r1:1183
+    'ADDSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T115,
+        (16, 32, 'reg', None, None): _T115,
+        (32, 16, 'reg', None, None): _T115,
+        (32, 32, 'reg', None, None): _T115,
     },
-    # spec/sse.r1:1278
-    'MINPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T116,
+    # spec/sse.r1:1193
+    'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T116,
-        (16, 32, 'reg', None, None): _T116,
         (16, 32, 'mem', None, None): _T116,
-        (32, 16, 'reg', None, None): _T116,
         (32, 16, 'mem', None, None): _T116,
-        (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1288
-    'MINSD_XMM_XMM': {
+    # spec/sse.r1:1203
+    'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T117,
+        (16, 16, 'mem', None, None): _T117,
         (16, 32, 'reg', None, None): _T117,
+        (16, 32, 'mem', None, None): _T117,
         (32, 16, 'reg', None, None): _T117,
+        (32, 16, 'mem', None, None): _T117,
         (32, 32, 'reg', None, None): _T117,
+        (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1298
-    'MINSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T118,
-        (16, 32, 'mem', None, None): _T118,
-        (32, 16, 'mem', None, None): _T118,
-        (32, 32, 'mem', None, None): _T118,
+    # spec/sse.r1:1213
+    'SUBSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T118,
+        (16, 32, 'reg', None, None): _T118,
+        (32, 16, 'reg', None, None): _T118,
+        (32, 32, 'reg', None, None): _T118,
     },
-    # spec/sse.r1:1308
-    'MAXPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T119,
+    # spec/sse.r1:1223
+    'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T119,
-        (16, 32, 'reg', None, None): _T119,
         (16, 32, 'mem', None, None): _T119,
-        (32, 16, 'reg', None, None): _T119,
         (32, 16, 'mem', None, None): _T119,
-        (32, 32, 'reg', None, None): _T119,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1318
-    'MAXSD_XMM_XMM': {
+    # spec/sse.r1:1233
+    'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T120,
+        (16, 16, 'mem', None, None): _T120,
         (16, 32, 'reg', None, None): _T120,
+        (16, 32, 'mem', None, None): _T120,
         (32, 16, 'reg', None, None): _T120,
+        (32, 16, 'mem', None, None): _T120,
         (32, 32, 'reg', None, None): _T120,
+        (32, 32, 'mem', None, None): _T120,
     },
-    # spec/sse.r1:1328
-    'MAXSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T121,
-        (16, 32, 'mem', None, None): _T121,
-        (32, 16, 'mem', None, None): _T121,
-        (32, 32, 'mem', None, None): _T121,
+    # spec/sse.r1:1243
+    'MULSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T121,
+        (16, 32, 'reg', None, None): _T121,
+        (32, 16, 'reg', None, None): _T121,
+        (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1338
-    'SQRTPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T122,
+    # spec/sse.r1:1253
+    'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T122,
-        (16, 32, 'reg', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
-        (32, 16, 'reg', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
-        (32, 32, 'reg', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1348
-    'SQRTSD_XMM_XMM': {
+    # spec/sse.r1:1263
+    'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T123,
+        (16, 16, 'mem', None, None): _T123,
         (16, 32, 'reg', None, None): _T123,
+        (16, 32, 'mem', None, None): _T123,
         (32, 16, 'reg', None, None): _T123,
+        (32, 16, 'mem', None, None): _T123,
         (32, 32, 'reg', None, None): _T123,
+        (32, 32, 'mem', None, None): _T123,
     },
-    # spec/sse.r1:1358
-    'SQRTSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T124,
-        (16, 32, 'mem', None, None): _T124,
-        (32, 16, 'mem', None, None): _T124,
-        (32, 32, 'mem', None, None): _T124,
+    # spec/sse.r1:1273
+    'DIVSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T124,
+        (16, 32, 'reg', None, None): _T124,
+        (32, 16, 'reg', None, None): _T124,
+        (32, 32, 'reg', None, None): _T124,
     },
-    # spec/sse.r1:1370
-    'CMPPD_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T125,
+    # spec/sse.r1:1283
+    'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T125,
-        (16, 32, 'reg', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
-        (32, 16, 'reg', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
-        (32, 32, 'reg', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1381
-    'CMPSD_XMM_XMM_IMM8': {
+    # spec/sse.r1:1293
+    'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T126,
+        (16, 16, 'mem', None, None): _T126,
         (16, 32, 'reg', None, None): _T126,
+        (16, 32, 'mem', None, None): _T126,
         (32, 16, 'reg', None, None): _T126,
+        (32, 16, 'mem', None, None): _T126,
         (32, 32, 'reg', None, None): _T126,
+        (32, 32, 'mem', None, None): _T126,
     },
-    # spec/sse.r1:1396
-    'CMPSD_XMM_M64_IMM8': {
-        (16, 16, 'mem', None, None): _T127,
-        (16, 32, 'mem', None, None): _T127,
-        (32, 16, 'mem', None, None): _T127,
-        (32, 32, 'mem', None, None): _T127,
+    # spec/sse.r1:1303
+    'MINSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T127,
+        (16, 32, 'reg', None, None): _T127,
+        (32, 16, 'reg', None, None): _T127,
+        (32, 32, 'reg', None, None): _T127,
     },
-    # spec/sse.r1:1411
-    'COMISD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T128,
-        (16, 32, 'reg', None, None): _T128,
-        (32, 16, 'reg', None, None): _T128,
-        (32, 32, 'reg', None, None): _T128,
+    # spec/sse.r1:1313
+    'MINSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T128,
+        (16, 32, 'mem', None, None): _T128,
+        (32, 16, 'mem', None, None): _T128,
+        (32, 32, 'mem', None, None): _T128,
     },
-    # spec/sse.r1:1421
-    'COMISD_XMM_M64': {
+    # spec/sse.r1:1323
+    'MAXPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T129,
         (16, 16, 'mem', None, None): _T129,
+        (16, 32, 'reg', None, None): _T129,
         (16, 32, 'mem', None, None): _T129,
+        (32, 16, 'reg', None, None): _T129,
         (32, 16, 'mem', None, None): _T129,
+        (32, 32, 'reg', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1431
-    'UCOMISD_XMM_XMM': {
+    # spec/sse.r1:1333
+    'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 32, 'reg', None, None): _T130,
         (32, 16, 'reg', None, None): _T130,
         (32, 32, 'reg', None, None): _T130,
     },
-    # spec/sse.r1:1441
-    'UCOMISD_XMM_M64': {
+    # spec/sse.r1:1343
+    'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T131,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1453
-    'ANDPD_XMM_XMMRM': {
+    # spec/sse.r1:1353
+    'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 16, 'mem', None, None): _T132,
         (16, 32, 'reg', None, None): _T132,
@@ -2486,30 +5192,22 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1463
-    'ANDNPD_XMM_XMMRM': {
+    # spec/sse.r1:1363
+    'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T133,
-        (16, 16, 'mem', None, None): _T133,
         (16, 32, 'reg', None, None): _T133,
-        (16, 32, 'mem', None, None): _T133,
         (32, 16, 'reg', None, None): _T133,
-        (32, 16, 'mem', None, None): _T133,
         (32, 32, 'reg', None, None): _T133,
-        (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1473
-    'ORPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T134,
+    # spec/sse.r1:1373
+    'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T134,
-        (16, 32, 'reg', None, None): _T134,
         (16, 32, 'mem', None, None): _T134,
-        (32, 16, 'reg', None, None): _T134,
         (32, 16, 'mem', None, None): _T134,
-        (32, 32, 'reg', None, None): _T134,
         (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1483
-    'XORPD_XMM_XMMRM': {
+    # spec/sse.r1:1385
+    'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
         (16, 32, 'reg', None, None): _T135,
@@ -2519,74 +5217,50 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1493
-    'SHUFPD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1396
+    'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T136,
-        (16, 16, 'mem', None, None): _T136,
         (16, 32, 'reg', None, None): _T136,
-        (16, 32, 'mem', None, None): _T136,
         (32, 16, 'reg', None, None): _T136,
-        (32, 16, 'mem', None, None): _T136,
         (32, 32, 'reg', None, None): _T136,
-        (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1503
-    'UNPCKLPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T137,
+    # spec/sse.r1:1411
+    'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T137,
-        (16, 32, 'reg', None, None): _T137,
         (16, 32, 'mem', None, None): _T137,
-        (32, 16, 'reg', None, None): _T137,
         (32, 16, 'mem', None, None): _T137,
-        (32, 32, 'reg', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1513
-    'UNPCKHPD_XMM_XMMRM': {
+    # spec/sse.r1:1426
+    'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T138,
-        (16, 16, 'mem', None, None): _T138,
         (16, 32, 'reg', None, None): _T138,
-        (16, 32, 'mem', None, None): _T138,
         (32, 16, 'reg', None, None): _T138,
-        (32, 16, 'mem', None, None): _T138,
         (32, 32, 'reg', None, None): _T138,
-        (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1525
-    'CVTPI2PD_XMM_MMRM': {
-        (16, 16, 'reg', None, None): _T139,
+    # spec/sse.r1:1436
+    'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T139,
-        (16, 32, 'reg', None, None): _T139,
         (16, 32, 'mem', None, None): _T139,
-        (32, 16, 'reg', None, None): _T139,
         (32, 16, 'mem', None, None): _T139,
-        (32, 32, 'reg', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1535
-    'CVTPD2PI_MM_XMMRM': {
+    # spec/sse.r1:1446
+    'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T140,
-        (16, 16, 'mem', None, None): _T140,
         (16, 32, 'reg', None, None): _T140,
-        (16, 32, 'mem', None, None): _T140,
         (32, 16, 'reg', None, None): _T140,
-        (32, 16, 'mem', None, None): _T140,
         (32, 32, 'reg', None, None): _T140,
-        (32, 32, 'mem', None, None): _T140,
     },
-    # spec/sse.r1:1545
-    'CVTTPD2PI_MM_XMMRM': {
-        (16, 16, 'reg', None, None): _T141,
+    # spec/sse.r1:1456
+    'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T141,
-        (16, 32, 'reg', None, None): _T141,
         (16, 32, 'mem', None, None): _T141,
-        (32, 16, 'reg', None, None): _T141,
         (32, 16, 'mem', None, None): _T141,
-        (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1555
-    'CVTSI2SD_XMM_RM32': {
+    # spec/sse.r1:1468
+    'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T142,
         (16, 32, 'reg', None, None): _T142,
@@ -2596,50 +5270,74 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T142,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1565
-    'CVTSD2SI_R32_XMM': {
+    # spec/sse.r1:1478
+    'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T143,
+        (16, 16, 'mem', None, None): _T143,
         (16, 32, 'reg', None, None): _T143,
+        (16, 32, 'mem', None, None): _T143,
         (32, 16, 'reg', None, None): _T143,
+        (32, 16, 'mem', None, None): _T143,
         (32, 32, 'reg', None, None): _T143,
+        (32, 32, 'mem', None, None): _T143,
     },
-    # spec/sse.r1:1575
-    'CVTSD2SI_R32_M64': {
+    # spec/sse.r1:1488
+    'ORPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T144,
         (16, 16, 'mem', None, None): _T144,
+        (16, 32, 'reg', None, None): _T144,
         (16, 32, 'mem', None, None): _T144,
+        (32, 16, 'reg', None, None): _T144,
         (32, 16, 'mem', None, None): _T144,
+        (32, 32, 'reg', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1585
-    'CVTTSD2SI_R32_XMM': {
+    # spec/sse.r1:1498
+    'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T145,
+        (16, 16, 'mem', None, None): _T145,
         (16, 32, 'reg', None, None): _T145,
+        (16, 32, 'mem', None, None): _T145,
         (32, 16, 'reg', None, None): _T145,
+        (32, 16, 'mem', None, None): _T145,
         (32, 32, 'reg', None, None): _T145,
+        (32, 32, 'mem', None, None): _T145,
     },
-    # spec/sse.r1:1595
-    'CVTTSD2SI_R32_M64': {
+    # spec/sse.r1:1508
+    'SHUFPD_XMM_XMMRM_IMM8': {
+        (16, 16, 'reg', None, None): _T146,
         (16, 16, 'mem', None, None): _T146,
+        (16, 32, 'reg', None, None): _T146,
         (16, 32, 'mem', None, None): _T146,
+        (32, 16, 'reg', None, None): _T146,
         (32, 16, 'mem', None, None): _T146,
+        (32, 32, 'reg', None, None): _T146,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1605
-    'CVTPS2PD_XMM_XMM': {
+    # spec/sse.r1:1518
+    'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T147,
+        (16, 16, 'mem', None, None): _T147,
         (16, 32, 'reg', None, None): _T147,
+        (16, 32, 'mem', None, None): _T147,
         (32, 16, 'reg', None, None): _T147,
+        (32, 16, 'mem', None, None): _T147,
         (32, 32, 'reg', None, None): _T147,
+        (32, 32, 'mem', None, None): _T147,
     },
-    # spec/sse.r1:1615
-    'CVTPS2PD_XMM_M64': {
+    # spec/sse.r1:1528
+    'UNPCKHPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T148,
         (16, 16, 'mem', None, None): _T148,
+        (16, 32, 'reg', None, None): _T148,
         (16, 32, 'mem', None, None): _T148,
+        (32, 16, 'reg', None, None): _T148,
         (32, 16, 'mem', None, None): _T148,
+        (32, 32, 'reg', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1625
-    'CVTPD2PS_XMM_XMMRM': {
+    # spec/sse.r1:1540
+    'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T149,
         (16, 32, 'reg', None, None): _T149,
@@ -2649,83 +5347,83 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1635
-    'CVTSS2SD_XMM_XMM': {
+    # spec/sse.r1:1550
+    'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T150,
+        (16, 16, 'mem', None, None): _T150,
         (16, 32, 'reg', None, None): _T150,
+        (16, 32, 'mem', None, None): _T150,
         (32, 16, 'reg', None, None): _T150,
+        (32, 16, 'mem', None, None): _T150,
         (32, 32, 'reg', None, None): _T150,
+        (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1645
-    'CVTSS2SD_XMM_M32': {
+    # spec/sse.r1:1560
+    'CVTTPD2PI_MM_XMMRM': {
+        (16, 16, 'reg', None, None): _T151,
         (16, 16, 'mem', None, None): _T151,
+        (16, 32, 'reg', None, None): _T151,
         (16, 32, 'mem', None, None): _T151,
+        (32, 16, 'reg', None, None): _T151,
         (32, 16, 'mem', None, None): _T151,
+        (32, 32, 'reg', None, None): _T151,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1655
-    'CVTSD2SS_XMM_XMM': {
+    # spec/sse.r1:1570
+    'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T152,
+        (16, 16, 'mem', None, None): _T152,
         (16, 32, 'reg', None, None): _T152,
+        (16, 32, 'mem', None, None): _T152,
         (32, 16, 'reg', None, None): _T152,
+        (32, 16, 'mem', None, None): _T152,
         (32, 32, 'reg', None, None): _T152,
+        (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1665
-    'CVTSD2SS_XMM_M64': {
-        (16, 16, 'mem', None, None): _T153,
-        (16, 32, 'mem', None, None): _T153,
-        (32, 16, 'mem', None, None): _T153,
-        (32, 32, 'mem', None, None): _T153,
+    # spec/sse.r1:1580
+    'CVTSD2SI_R32_XMM': {
+        (16, 16, 'reg', None, None): _T153,
+        (16, 32, 'reg', None, None): _T153,
+        (32, 16, 'reg', None, None): _T153,
+        (32, 32, 'reg', None, None): _T153,
     },
-    # spec/sse.r1:1675
-    'CVTDQ2PS_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T154,
+    # spec/sse.r1:1590
+    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T154,
-        (16, 32, 'reg', None, None): _T154,
         (16, 32, 'mem', None, None): _T154,
-        (32, 16, 'reg', None, None): _T154,
         (32, 16, 'mem', None, None): _T154,
-        (32, 32, 'reg', None, None): _T154,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1685
-    'CVTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1600
+    'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T155,
-        (16, 16, 'mem', None, None): _T155,
         (16, 32, 'reg', None, None): _T155,
-        (16, 32, 'mem', None, None): _T155,
         (32, 16, 'reg', None, None): _T155,
-        (32, 16, 'mem', None, None): _T155,
         (32, 32, 'reg', None, None): _T155,
-        (32, 32, 'mem', None, None): _T155,
     },
-    # spec/sse.r1:1695
-    'CVTTPS2DQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T156,
+    # spec/sse.r1:1610
+    'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T156,
-        (16, 32, 'reg', None, None): _T156,
         (16, 32, 'mem', None, None): _T156,
-        (32, 16, 'reg', None, None): _T156,
         (32, 16, 'mem', None, None): _T156,
-        (32, 32, 'reg', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_XMM': {
+    # spec/sse.r1:1620
+    'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 32, 'reg', None, None): _T157,
         (32, 16, 'reg', None, None): _T157,
         (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1715
-    'CVTDQ2PD_XMM_M64': {
+    # spec/sse.r1:1630
+    'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
         (16, 32, 'mem', None, None): _T158,
         (32, 16, 'mem', None, None): _T158,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1725
-    'CVTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1640
+    'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 16, 'mem', None, None): _T159,
         (16, 32, 'reg', None, None): _T159,
@@ -2735,52 +5433,36 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T159,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1735
-    'CVTTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:1650
+    'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T160,
-        (16, 16, 'mem', None, None): _T160,
         (16, 32, 'reg', None, None): _T160,
-        (16, 32, 'mem', None, None): _T160,
         (32, 16, 'reg', None, None): _T160,
-        (32, 16, 'mem', None, None): _T160,
         (32, 32, 'reg', None, None): _T160,
-        (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1747
-    'MOVDQA_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T161,
+    # spec/sse.r1:1660
+    'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T161,
-        (16, 32, 'reg', None, None): _T161,
         (16, 32, 'mem', None, None): _T161,
-        (32, 16, 'reg', None, None): _T161,
         (32, 16, 'mem', None, None): _T161,
-        (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1757
-    'MOVDQA_XMMRM_XMM': {
+    # spec/sse.r1:1670
+    'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T162,
-        (16, 16, 'mem', None, None): _T162,
         (16, 32, 'reg', None, None): _T162,
-        (16, 32, 'mem', None, None): _T162,
         (32, 16, 'reg', None, None): _T162,
-        (32, 16, 'mem', None, None): _T162,
         (32, 32, 'reg', None, None): _T162,
-        (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1767
-    'MOVDQU_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T163,
+    # spec/sse.r1:1680
+    'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T163,
-        (16, 32, 'reg', None, None): _T163,
         (16, 32, 'mem', None, None): _T163,
-        (32, 16, 'reg', None, None): _T163,
         (32, 16, 'mem', None, None): _T163,
-        (32, 32, 'reg', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1777
-    'MOVDQU_XMMRM_XMM': {
+    # spec/sse.r1:1690
+    'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T164,
         (16, 16, 'mem', None, None): _T164,
         (16, 32, 'reg', None, None): _T164,
@@ -2790,8 +5472,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1787
-    'MOVD_XMM_RM32': {
+    # spec/sse.r1:1700
+    'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T165,
         (16, 32, 'reg', None, None): _T165,
@@ -2801,8 +5483,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1797
-    'MOVD_RM32_XMM': {
+    # spec/sse.r1:1710
+    'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T166,
         (16, 16, 'mem', None, None): _T166,
         (16, 32, 'reg', None, None): _T166,
@@ -2812,893 +5494,995 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T166,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1807
-    'MOVQ_XMM_XMM': {
+    # spec/sse.r1:1720
+    'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1817
-    'MOVQ_XMM_M64': {
+    # spec/sse.r1:1730
+    'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1827
-    'MOVQ_XMM_XMM_0FD6': {
+    # spec/sse.r1:1740
+    'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T169,
+        (16, 16, 'mem', None, None): _T169,
         (16, 32, 'reg', None, None): _T169,
+        (16, 32, 'mem', None, None): _T169,
         (32, 16, 'reg', None, None): _T169,
+        (32, 16, 'mem', None, None): _T169,
         (32, 32, 'reg', None, None): _T169,
+        (32, 32, 'mem', None, None): _T169,
     },
-    # spec/sse.r1:1837
-    'MOVQ_M64_XMM': {
+    # spec/sse.r1:1750
+    'CVTTPD2DQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T170,
         (16, 16, 'mem', None, None): _T170,
+        (16, 32, 'reg', None, None): _T170,
         (16, 32, 'mem', None, None): _T170,
+        (32, 16, 'reg', None, None): _T170,
         (32, 16, 'mem', None, None): _T170,
+        (32, 32, 'reg', None, None): _T170,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1847
-    'MOVQ2DQ_XMM_MM': {
+    # spec/sse.r1:1762
+    'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T171,
+        (16, 16, 'mem', None, None): _T172,
         (16, 32, 'reg', None, None): _T171,
+        (16, 32, 'mem', None, None): _T172,
         (32, 16, 'reg', None, None): _T171,
+        (32, 16, 'mem', None, None): _T172,
         (32, 32, 'reg', None, None): _T171,
+        (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1857
-    'MOVDQ2Q_MM_XMM': {
-        (16, 16, 'reg', None, None): _T172,
-        (16, 32, 'reg', None, None): _T172,
-        (32, 16, 'reg', None, None): _T172,
-        (32, 32, 'reg', None, None): _T172,
-    },
-    # spec/sse.r1:1869
-    'MOVNTPD_M128_XMM': {
-        (16, 16, 'mem', None, None): _T173,
-        (16, 32, 'mem', None, None): _T173,
-        (32, 16, 'mem', None, None): _T173,
-        (32, 32, 'mem', None, None): _T173,
-    },
-    # spec/sse.r1:1879
-    'MOVNTDQ_M128_XMM': {
+    # spec/sse.r1:1773
+    'MOVDQA_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T173,
         (16, 16, 'mem', None, None): _T174,
+        (16, 32, 'reg', None, None): _T173,
         (16, 32, 'mem', None, None): _T174,
+        (32, 16, 'reg', None, None): _T173,
         (32, 16, 'mem', None, None): _T174,
+        (32, 32, 'reg', None, None): _T173,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1889
-    'MOVNTI_M32_R32': {
-        (16, 16, 'mem', None, None): _T175,
-        (16, 32, 'mem', None, None): _T175,
-        (32, 16, 'mem', None, None): _T175,
-        (32, 32, 'mem', None, None): _T175,
+    # spec/sse.r1:1784
+    'MOVDQU_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T175,
+        (16, 16, 'mem', None, None): _T176,
+        (16, 32, 'reg', None, None): _T175,
+        (16, 32, 'mem', None, None): _T176,
+        (32, 16, 'reg', None, None): _T175,
+        (32, 16, 'mem', None, None): _T176,
+        (32, 32, 'reg', None, None): _T175,
+        (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1899
-    'MASKMOVDQU_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T176,
-        (16, 32, 'reg', None, None): _T176,
-        (32, 16, 'reg', None, None): _T176,
-        (32, 32, 'reg', None, None): _T176,
+    # spec/sse.r1:1795
+    'MOVDQU_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T177,
+        (16, 16, 'mem', None, None): _T178,
+        (16, 32, 'reg', None, None): _T177,
+        (16, 32, 'mem', None, None): _T178,
+        (32, 16, 'reg', None, None): _T177,
+        (32, 16, 'mem', None, None): _T178,
+        (32, 32, 'reg', None, None): _T177,
+        (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:1909
-    'CLFLUSH_M8': {
-        (16, 16, 'mem', None, None): _T177,
-        (16, 32, 'mem', None, None): _T177,
-        (32, 16, 'mem', None, None): _T177,
-        (32, 32, 'mem', None, None): _T177,
+    # spec/sse.r1:1806
+    'MOVD_XMM_RM32': {
+        (16, 16, 'reg', None, None): _T179,
+        (16, 16, 'mem', None, None): _T180,
+        (16, 32, 'reg', None, None): _T179,
+        (16, 32, 'mem', None, None): _T180,
+        (32, 16, 'reg', None, None): _T179,
+        (32, 16, 'mem', None, None): _T180,
+        (32, 32, 'reg', None, None): _T179,
+        (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:1919
-    'LFENCE': {
-        (16, 16, None, None, None): _T178,
-        (16, 32, None, None, None): _T178,
-        (32, 16, None, None, None): _T178,
-        (32, 32, None, None, None): _T178,
-    },
-    # spec/sse.r1:1929
-    'MFENCE': {
-        (16, 16, None, None, None): _T179,
-        (16, 32, None, None, None): _T179,
-        (32, 16, None, None, None): _T179,
-        (32, 32, None, None, None): _T179,
-    },
-    # spec/sse.r1:1939
-    'PAUSE': {
-        (16, 16, None, None, None): _T180,
-        (16, 32, None, None, None): _T180,
-        (32, 16, None, None, None): _T180,
-        (32, 32, None, None, None): _T180,
-    },
-    # spec/sse.r1:1951
-    'PADDQ_MM_MMRM': {
+    # spec/sse.r1:1817
+    'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T181,
-        (16, 16, 'mem', None, None): _T181,
-        (16, 32, 'reg', None, None): _T181,
-        (16, 32, 'mem', None, None): _T181,
-        (32, 16, 'reg', None, None): _T181,
-        (32, 16, 'mem', None, None): _T181,
-        (32, 32, 'reg', None, None): _T181,
-        (32, 32, 'mem', None, None): _T181,
-    },
-    # spec/sse.r1:1961
-    'PADDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T182,
         (16, 16, 'mem', None, None): _T182,
-        (16, 32, 'reg', None, None): _T182,
+        (16, 32, 'reg', None, None): _T181,
         (16, 32, 'mem', None, None): _T182,
-        (32, 16, 'reg', None, None): _T182,
+        (32, 16, 'reg', None, None): _T181,
         (32, 16, 'mem', None, None): _T182,
-        (32, 32, 'reg', None, None): _T182,
+        (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1971
-    'PSUBQ_MM_MMRM': {
+    # spec/sse.r1:1828
+    'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T183,
-        (16, 16, 'mem', None, None): _T183,
         (16, 32, 'reg', None, None): _T183,
-        (16, 32, 'mem', None, None): _T183,
         (32, 16, 'reg', None, None): _T183,
-        (32, 16, 'mem', None, None): _T183,
         (32, 32, 'reg', None, None): _T183,
-        (32, 32, 'mem', None, None): _T183,
     },
-    # spec/sse.r1:1981
-    'PSUBQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T184,
+    # spec/sse.r1:1839
+    'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T184,
-        (16, 32, 'reg', None, None): _T184,
         (16, 32, 'mem', None, None): _T184,
-        (32, 16, 'reg', None, None): _T184,
         (32, 16, 'mem', None, None): _T184,
-        (32, 32, 'reg', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1991
-    'PMULUDQ_MM_MMRM': {
+    # spec/sse.r1:1850
+    'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T185,
-        (16, 16, 'mem', None, None): _T185,
         (16, 32, 'reg', None, None): _T185,
-        (16, 32, 'mem', None, None): _T185,
         (32, 16, 'reg', None, None): _T185,
-        (32, 16, 'mem', None, None): _T185,
         (32, 32, 'reg', None, None): _T185,
-        (32, 32, 'mem', None, None): _T185,
     },
-    # spec/sse.r1:2001
-    'PMULUDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T186,
+    # spec/sse.r1:1861
+    'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T186,
-        (16, 32, 'reg', None, None): _T186,
         (16, 32, 'mem', None, None): _T186,
-        (32, 16, 'reg', None, None): _T186,
         (32, 16, 'mem', None, None): _T186,
-        (32, 32, 'reg', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2011
-    'PSHUFD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1872
+    'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T187,
-        (16, 16, 'mem', None, None): _T187,
         (16, 32, 'reg', None, None): _T187,
-        (16, 32, 'mem', None, None): _T187,
         (32, 16, 'reg', None, None): _T187,
-        (32, 16, 'mem', None, None): _T187,
         (32, 32, 'reg', None, None): _T187,
-        (32, 32, 'mem', None, None): _T187,
     },
-    # spec/sse.r1:2021
-    'PSHUFHW_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1883
+    'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T188,
-        (16, 16, 'mem', None, None): _T188,
         (16, 32, 'reg', None, None): _T188,
-        (16, 32, 'mem', None, None): _T188,
         (32, 16, 'reg', None, None): _T188,
-        (32, 16, 'mem', None, None): _T188,
         (32, 32, 'reg', None, None): _T188,
-        (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2031
-    'PSHUFLW_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T189,
+    # spec/sse.r1:1896
+    'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T189,
-        (16, 32, 'reg', None, None): _T189,
         (16, 32, 'mem', None, None): _T189,
-        (32, 16, 'reg', None, None): _T189,
         (32, 16, 'mem', None, None): _T189,
-        (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:2041
-    'PSLLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T190,
-        (16, 32, 'reg', None, None): _T190,
-        (32, 16, 'reg', None, None): _T190,
-        (32, 32, 'reg', None, None): _T190,
+    # spec/sse.r1:1906
+    'MOVNTDQ_M128_XMM': {
+        (16, 16, 'mem', None, None): _T190,
+        (16, 32, 'mem', None, None): _T190,
+        (32, 16, 'mem', None, None): _T190,
+        (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:2051
-    'PSRLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T191,
-        (16, 32, 'reg', None, None): _T191,
-        (32, 16, 'reg', None, None): _T191,
-        (32, 32, 'reg', None, None): _T191,
+    # spec/sse.r1:1917
+    'MOVNTI_M32_R32': {
+        (16, 16, 'mem', None, None): _T191,
+        (16, 32, 'mem', None, None): _T191,
+        (32, 16, 'mem', None, None): _T191,
+        (32, 32, 'mem', None, None): _T191,
     },
-    # spec/sse.r1:2061
-    'PUNPCKLQDQ_XMM_XMMRM': {
+    # spec/sse.r1:1928
+    'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T192,
-        (16, 16, 'mem', None, None): _T192,
-        (16, 32, 'reg', None, None): _T192,
-        (16, 32, 'mem', None, None): _T192,
-        (32, 16, 'reg', None, None): _T192,
-        (32, 16, 'mem', None, None): _T192,
-        (32, 32, 'reg', None, None): _T192,
-        (32, 32, 'mem', None, None): _T192,
-    },
-    # spec/sse.r1:2071
-    'PUNPCKHQDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T193,
-        (16, 16, 'mem', None, None): _T193,
         (16, 32, 'reg', None, None): _T193,
-        (16, 32, 'mem', None, None): _T193,
-        (32, 16, 'reg', None, None): _T193,
-        (32, 16, 'mem', None, None): _T193,
+        (32, 16, 'reg', None, None): _T192,
         (32, 32, 'reg', None, None): _T193,
-        (32, 32, 'mem', None, None): _T193,
     },
-    # spec/sse.r1:2083
-    'PUNPCKLBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T194,
+    # spec/sse.r1:1939
+    'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T194,
-        (16, 32, 'reg', None, None): _T194,
         (16, 32, 'mem', None, None): _T194,
-        (32, 16, 'reg', None, None): _T194,
         (32, 16, 'mem', None, None): _T194,
-        (32, 32, 'reg', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2093
-    'PUNPCKLWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T195,
-        (16, 16, 'mem', None, None): _T195,
-        (16, 32, 'reg', None, None): _T195,
-        (16, 32, 'mem', None, None): _T195,
-        (32, 16, 'reg', None, None): _T195,
-        (32, 16, 'mem', None, None): _T195,
-        (32, 32, 'reg', None, None): _T195,
-        (32, 32, 'mem', None, None): _T195,
+    # spec/sse.r1:1949
+    'LFENCE': {
+        (16, 16, None, None, None): _T195,
+        (16, 32, None, None, None): _T195,
+        (32, 16, None, None, None): _T195,
+        (32, 32, None, None, None): _T195,
     },
-    # spec/sse.r1:2103
-    'PUNPCKLDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T196,
-        (16, 16, 'mem', None, None): _T196,
-        (16, 32, 'reg', None, None): _T196,
-        (16, 32, 'mem', None, None): _T196,
-        (32, 16, 'reg', None, None): _T196,
-        (32, 16, 'mem', None, None): _T196,
-        (32, 32, 'reg', None, None): _T196,
-        (32, 32, 'mem', None, None): _T196,
+    # spec/sse.r1:1959
+    'MFENCE': {
+        (16, 16, None, None, None): _T196,
+        (16, 32, None, None, None): _T196,
+        (32, 16, None, None, None): _T196,
+        (32, 32, None, None, None): _T196,
     },
-    # spec/sse.r1:2113
-    'PUNPCKHBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T197,
-        (16, 16, 'mem', None, None): _T197,
-        (16, 32, 'reg', None, None): _T197,
-        (16, 32, 'mem', None, None): _T197,
-        (32, 16, 'reg', None, None): _T197,
-        (32, 16, 'mem', None, None): _T197,
-        (32, 32, 'reg', None, None): _T197,
-        (32, 32, 'mem', None, None): _T197,
+    # spec/sse.r1:1969
+    'PAUSE': {
+        (16, 16, None, None, None): _T197,
+        (16, 32, None, None, None): _T197,
+        (32, 16, None, None, None): _T197,
+        (32, 32, None, None, None): _T197,
     },
-    # spec/sse.r1:2123
-    'PUNPCKHWD_XMM_XMMRM': {
+    # spec/sse.r1:1981
+    'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T198,
-        (16, 16, 'mem', None, None): _T198,
-        (16, 32, 'reg', None, None): _T198,
-        (16, 32, 'mem', None, None): _T198,
-        (32, 16, 'reg', None, None): _T198,
-        (32, 16, 'mem', None, None): _T198,
-        (32, 32, 'reg', None, None): _T198,
-        (32, 32, 'mem', None, None): _T198,
-    },
-    # spec/sse.r1:2133
-    'PUNPCKHDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T199,
         (16, 16, 'mem', None, None): _T199,
-        (16, 32, 'reg', None, None): _T199,
+        (16, 32, 'reg', None, None): _T198,
         (16, 32, 'mem', None, None): _T199,
-        (32, 16, 'reg', None, None): _T199,
+        (32, 16, 'reg', None, None): _T198,
         (32, 16, 'mem', None, None): _T199,
-        (32, 32, 'reg', None, None): _T199,
+        (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:2143
-    'PACKSSWB_XMM_XMMRM': {
+    # spec/sse.r1:1992
+    'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
-        (16, 16, 'mem', None, None): _T200,
-        (16, 32, 'reg', None, None): _T200,
-        (16, 32, 'mem', None, None): _T200,
-        (32, 16, 'reg', None, None): _T200,
-        (32, 16, 'mem', None, None): _T200,
-        (32, 32, 'reg', None, None): _T200,
-        (32, 32, 'mem', None, None): _T200,
-    },
-    # spec/sse.r1:2153
-    'PACKUSWB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T201,
         (16, 16, 'mem', None, None): _T201,
-        (16, 32, 'reg', None, None): _T201,
+        (16, 32, 'reg', None, None): _T200,
         (16, 32, 'mem', None, None): _T201,
-        (32, 16, 'reg', None, None): _T201,
+        (32, 16, 'reg', None, None): _T200,
         (32, 16, 'mem', None, None): _T201,
-        (32, 32, 'reg', None, None): _T201,
+        (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2163
-    'PACKSSDW_XMM_XMMRM': {
+    # spec/sse.r1:2003
+    'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T202,
-        (16, 16, 'mem', None, None): _T202,
-        (16, 32, 'reg', None, None): _T202,
-        (16, 32, 'mem', None, None): _T202,
-        (32, 16, 'reg', None, None): _T202,
-        (32, 16, 'mem', None, None): _T202,
-        (32, 32, 'reg', None, None): _T202,
-        (32, 32, 'mem', None, None): _T202,
-    },
-    # spec/sse.r1:2173
-    'PADDB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T203,
         (16, 16, 'mem', None, None): _T203,
-        (16, 32, 'reg', None, None): _T203,
+        (16, 32, 'reg', None, None): _T202,
         (16, 32, 'mem', None, None): _T203,
-        (32, 16, 'reg', None, None): _T203,
+        (32, 16, 'reg', None, None): _T202,
         (32, 16, 'mem', None, None): _T203,
-        (32, 32, 'reg', None, None): _T203,
+        (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2183
-    'PADDW_XMM_XMMRM': {
+    # spec/sse.r1:2014
+    'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
-        (16, 16, 'mem', None, None): _T204,
-        (16, 32, 'reg', None, None): _T204,
-        (16, 32, 'mem', None, None): _T204,
-        (32, 16, 'reg', None, None): _T204,
-        (32, 16, 'mem', None, None): _T204,
-        (32, 32, 'reg', None, None): _T204,
-        (32, 32, 'mem', None, None): _T204,
-    },
-    # spec/sse.r1:2193
-    'PADDD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T205,
-        (16, 32, 'reg', None, None): _T205,
+        (16, 32, 'reg', None, None): _T204,
         (16, 32, 'mem', None, None): _T205,
-        (32, 16, 'reg', None, None): _T205,
+        (32, 16, 'reg', None, None): _T204,
         (32, 16, 'mem', None, None): _T205,
-        (32, 32, 'reg', None, None): _T205,
+        (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2203
-    'PADDSB_XMM_XMMRM': {
+    # spec/sse.r1:2025
+    'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T206,
-        (16, 16, 'mem', None, None): _T206,
-        (16, 32, 'reg', None, None): _T206,
-        (16, 32, 'mem', None, None): _T206,
-        (32, 16, 'reg', None, None): _T206,
-        (32, 16, 'mem', None, None): _T206,
-        (32, 32, 'reg', None, None): _T206,
-        (32, 32, 'mem', None, None): _T206,
-    },
-    # spec/sse.r1:2213
-    'PADDSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T207,
         (16, 16, 'mem', None, None): _T207,
-        (16, 32, 'reg', None, None): _T207,
+        (16, 32, 'reg', None, None): _T206,
         (16, 32, 'mem', None, None): _T207,
-        (32, 16, 'reg', None, None): _T207,
+        (32, 16, 'reg', None, None): _T206,
         (32, 16, 'mem', None, None): _T207,
-        (32, 32, 'reg', None, None): _T207,
+        (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2223
-    'PADDUSB_XMM_XMMRM': {
+    # spec/sse.r1:2036
+    'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
-        (16, 16, 'mem', None, None): _T208,
-        (16, 32, 'reg', None, None): _T208,
-        (16, 32, 'mem', None, None): _T208,
-        (32, 16, 'reg', None, None): _T208,
-        (32, 16, 'mem', None, None): _T208,
-        (32, 32, 'reg', None, None): _T208,
-        (32, 32, 'mem', None, None): _T208,
-    },
-    # spec/sse.r1:2233
-    'PADDUSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T209,
         (16, 16, 'mem', None, None): _T209,
-        (16, 32, 'reg', None, None): _T209,
+        (16, 32, 'reg', None, None): _T208,
         (16, 32, 'mem', None, None): _T209,
-        (32, 16, 'reg', None, None): _T209,
+        (32, 16, 'reg', None, None): _T208,
         (32, 16, 'mem', None, None): _T209,
-        (32, 32, 'reg', None, None): _T209,
+        (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2243
-    'PSUBB_XMM_XMMRM': {
+    # spec/sse.r1:2047
+    'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T210,
-        (16, 16, 'mem', None, None): _T210,
-        (16, 32, 'reg', None, None): _T210,
-        (16, 32, 'mem', None, None): _T210,
-        (32, 16, 'reg', None, None): _T210,
-        (32, 16, 'mem', None, None): _T210,
-        (32, 32, 'reg', None, None): _T210,
-        (32, 32, 'mem', None, None): _T210,
-    },
-    # spec/sse.r1:2253
-    'PSUBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T211,
-        (16, 32, 'reg', None, None): _T211,
+        (16, 32, 'reg', None, None): _T210,
         (16, 32, 'mem', None, None): _T211,
-        (32, 16, 'reg', None, None): _T211,
+        (32, 16, 'reg', None, None): _T210,
         (32, 16, 'mem', None, None): _T211,
-        (32, 32, 'reg', None, None): _T211,
+        (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2263
-    'PSUBD_XMM_XMMRM': {
+    # spec/sse.r1:2058
+    'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T212,
-        (16, 16, 'mem', None, None): _T212,
-        (16, 32, 'reg', None, None): _T212,
-        (16, 32, 'mem', None, None): _T212,
-        (32, 16, 'reg', None, None): _T212,
-        (32, 16, 'mem', None, None): _T212,
-        (32, 32, 'reg', None, None): _T212,
-        (32, 32, 'mem', None, None): _T212,
-    },
-    # spec/sse.r1:2273
-    'PSUBSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T213,
-        (16, 32, 'reg', None, None): _T213,
+        (16, 32, 'reg', None, None): _T212,
         (16, 32, 'mem', None, None): _T213,
-        (32, 16, 'reg', None, None): _T213,
+        (32, 16, 'reg', None, None): _T212,
         (32, 16, 'mem', None, None): _T213,
-        (32, 32, 'reg', None, None): _T213,
+        (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2283
-    'PSUBSW_XMM_XMMRM': {
+    # spec/sse.r1:2069
+    'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T214,
-        (16, 16, 'mem', None, None): _T214,
-        (16, 32, 'reg', None, None): _T214,
-        (16, 32, 'mem', None, None): _T214,
-        (32, 16, 'reg', None, None): _T214,
-        (32, 16, 'mem', None, None): _T214,
-        (32, 32, 'reg', None, None): _T214,
-        (32, 32, 'mem', None, None): _T214,
-    },
-    # spec/sse.r1:2293
-    'PSUBUSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T215,
         (16, 16, 'mem', None, None): _T215,
-        (16, 32, 'reg', None, None): _T215,
+        (16, 32, 'reg', None, None): _T214,
         (16, 32, 'mem', None, None): _T215,
-        (32, 16, 'reg', None, None): _T215,
+        (32, 16, 'reg', None, None): _T214,
         (32, 16, 'mem', None, None): _T215,
-        (32, 32, 'reg', None, None): _T215,
+        (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2303
-    'PSUBUSW_XMM_XMMRM': {
+    # spec/sse.r1:2080
+    'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T216,
-        (16, 16, 'mem', None, None): _T216,
         (16, 32, 'reg', None, None): _T216,
-        (16, 32, 'mem', None, None): _T216,
         (32, 16, 'reg', None, None): _T216,
-        (32, 16, 'mem', None, None): _T216,
         (32, 32, 'reg', None, None): _T216,
-        (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2313
-    'PMULLW_XMM_XMMRM': {
+    # spec/sse.r1:2091
+    'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T217,
-        (16, 16, 'mem', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
-        (16, 32, 'mem', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
-        (32, 16, 'mem', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
-        (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2323
-    'PMULHW_XMM_XMMRM': {
+    # spec/sse.r1:2102
+    'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
-        (16, 16, 'mem', None, None): _T218,
-        (16, 32, 'reg', None, None): _T218,
-        (16, 32, 'mem', None, None): _T218,
-        (32, 16, 'reg', None, None): _T218,
-        (32, 16, 'mem', None, None): _T218,
-        (32, 32, 'reg', None, None): _T218,
-        (32, 32, 'mem', None, None): _T218,
-    },
-    # spec/sse.r1:2333
-    'PMADDWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T219,
         (16, 16, 'mem', None, None): _T219,
-        (16, 32, 'reg', None, None): _T219,
+        (16, 32, 'reg', None, None): _T218,
         (16, 32, 'mem', None, None): _T219,
-        (32, 16, 'reg', None, None): _T219,
+        (32, 16, 'reg', None, None): _T218,
         (32, 16, 'mem', None, None): _T219,
-        (32, 32, 'reg', None, None): _T219,
+        (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2343
-    'PCMPEQB_XMM_XMMRM': {
+    # spec/sse.r1:2113
+    'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
-        (16, 16, 'mem', None, None): _T220,
-        (16, 32, 'reg', None, None): _T220,
-        (16, 32, 'mem', None, None): _T220,
-        (32, 16, 'reg', None, None): _T220,
-        (32, 16, 'mem', None, None): _T220,
-        (32, 32, 'reg', None, None): _T220,
-        (32, 32, 'mem', None, None): _T220,
-    },
-    # spec/sse.r1:2353
-    'PCMPEQW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T221,
         (16, 16, 'mem', None, None): _T221,
-        (16, 32, 'reg', None, None): _T221,
+        (16, 32, 'reg', None, None): _T220,
         (16, 32, 'mem', None, None): _T221,
-        (32, 16, 'reg', None, None): _T221,
+        (32, 16, 'reg', None, None): _T220,
         (32, 16, 'mem', None, None): _T221,
-        (32, 32, 'reg', None, None): _T221,
+        (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2363
-    'PCMPEQD_XMM_XMMRM': {
+    # spec/sse.r1:2126
+    'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
-        (16, 16, 'mem', None, None): _T222,
-        (16, 32, 'reg', None, None): _T222,
-        (16, 32, 'mem', None, None): _T222,
-        (32, 16, 'reg', None, None): _T222,
-        (32, 16, 'mem', None, None): _T222,
-        (32, 32, 'reg', None, None): _T222,
-        (32, 32, 'mem', None, None): _T222,
-    },
-    # spec/sse.r1:2373
-    'PCMPGTB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T223,
         (16, 16, 'mem', None, None): _T223,
-        (16, 32, 'reg', None, None): _T223,
+        (16, 32, 'reg', None, None): _T222,
         (16, 32, 'mem', None, None): _T223,
-        (32, 16, 'reg', None, None): _T223,
+        (32, 16, 'reg', None, None): _T222,
         (32, 16, 'mem', None, None): _T223,
-        (32, 32, 'reg', None, None): _T223,
+        (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2383
-    'PCMPGTW_XMM_XMMRM': {
+    # spec/sse.r1:2137
+    'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
-        (16, 16, 'mem', None, None): _T224,
-        (16, 32, 'reg', None, None): _T224,
-        (16, 32, 'mem', None, None): _T224,
-        (32, 16, 'reg', None, None): _T224,
-        (32, 16, 'mem', None, None): _T224,
-        (32, 32, 'reg', None, None): _T224,
-        (32, 32, 'mem', None, None): _T224,
-    },
-    # spec/sse.r1:2393
-    'PCMPGTD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T225,
-        (16, 32, 'reg', None, None): _T225,
+        (16, 32, 'reg', None, None): _T224,
         (16, 32, 'mem', None, None): _T225,
-        (32, 16, 'reg', None, None): _T225,
+        (32, 16, 'reg', None, None): _T224,
         (32, 16, 'mem', None, None): _T225,
-        (32, 32, 'reg', None, None): _T225,
+        (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2403
-    'PAND_XMM_XMMRM': {
+    # spec/sse.r1:2148
+    'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
-        (16, 16, 'mem', None, None): _T226,
-        (16, 32, 'reg', None, None): _T226,
-        (16, 32, 'mem', None, None): _T226,
-        (32, 16, 'reg', None, None): _T226,
-        (32, 16, 'mem', None, None): _T226,
-        (32, 32, 'reg', None, None): _T226,
-        (32, 32, 'mem', None, None): _T226,
-    },
-    # spec/sse.r1:2413
-    'PANDN_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T227,
         (16, 16, 'mem', None, None): _T227,
-        (16, 32, 'reg', None, None): _T227,
+        (16, 32, 'reg', None, None): _T226,
         (16, 32, 'mem', None, None): _T227,
-        (32, 16, 'reg', None, None): _T227,
+        (32, 16, 'reg', None, None): _T226,
         (32, 16, 'mem', None, None): _T227,
-        (32, 32, 'reg', None, None): _T227,
+        (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2423
-    'POR_XMM_XMMRM': {
+    # spec/sse.r1:2159
+    'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
-        (16, 16, 'mem', None, None): _T228,
-        (16, 32, 'reg', None, None): _T228,
-        (16, 32, 'mem', None, None): _T228,
-        (32, 16, 'reg', None, None): _T228,
-        (32, 16, 'mem', None, None): _T228,
-        (32, 32, 'reg', None, None): _T228,
-        (32, 32, 'mem', None, None): _T228,
-    },
-    # spec/sse.r1:2433
-    'PXOR_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T229,
-        (16, 32, 'reg', None, None): _T229,
+        (16, 32, 'reg', None, None): _T228,
         (16, 32, 'mem', None, None): _T229,
-        (32, 16, 'reg', None, None): _T229,
+        (32, 16, 'reg', None, None): _T228,
         (32, 16, 'mem', None, None): _T229,
-        (32, 32, 'reg', None, None): _T229,
+        (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2443
-    'PSLLW_XMM_XMMRM': {
+    # spec/sse.r1:2170
+    'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
-        (16, 16, 'mem', None, None): _T230,
-        (16, 32, 'reg', None, None): _T230,
-        (16, 32, 'mem', None, None): _T230,
-        (32, 16, 'reg', None, None): _T230,
-        (32, 16, 'mem', None, None): _T230,
-        (32, 32, 'reg', None, None): _T230,
-        (32, 32, 'mem', None, None): _T230,
-    },
-    # spec/sse.r1:2453
-    'PSLLD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T231,
-        (16, 32, 'reg', None, None): _T231,
+        (16, 32, 'reg', None, None): _T230,
         (16, 32, 'mem', None, None): _T231,
-        (32, 16, 'reg', None, None): _T231,
+        (32, 16, 'reg', None, None): _T230,
         (32, 16, 'mem', None, None): _T231,
-        (32, 32, 'reg', None, None): _T231,
+        (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2463
-    'PSLLQ_XMM_XMMRM': {
+    # spec/sse.r1:2181
+    'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
-        (16, 16, 'mem', None, None): _T232,
-        (16, 32, 'reg', None, None): _T232,
-        (16, 32, 'mem', None, None): _T232,
-        (32, 16, 'reg', None, None): _T232,
-        (32, 16, 'mem', None, None): _T232,
-        (32, 32, 'reg', None, None): _T232,
-        (32, 32, 'mem', None, None): _T232,
-    },
-    # spec/sse.r1:2473
-    'PSRLW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T233,
-        (16, 32, 'reg', None, None): _T233,
+        (16, 32, 'reg', None, None): _T232,
         (16, 32, 'mem', None, None): _T233,
-        (32, 16, 'reg', None, None): _T233,
+        (32, 16, 'reg', None, None): _T232,
         (32, 16, 'mem', None, None): _T233,
-        (32, 32, 'reg', None, None): _T233,
+        (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2483
-    'PSRLD_XMM_XMMRM': {
+    # spec/sse.r1:2192
+    'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
-        (16, 16, 'mem', None, None): _T234,
-        (16, 32, 'reg', None, None): _T234,
-        (16, 32, 'mem', None, None): _T234,
-        (32, 16, 'reg', None, None): _T234,
-        (32, 16, 'mem', None, None): _T234,
-        (32, 32, 'reg', None, None): _T234,
-        (32, 32, 'mem', None, None): _T234,
-    },
-    # spec/sse.r1:2493
-    'PSRLQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T235,
         (16, 16, 'mem', None, None): _T235,
-        (16, 32, 'reg', None, None): _T235,
+        (16, 32, 'reg', None, None): _T234,
         (16, 32, 'mem', None, None): _T235,
-        (32, 16, 'reg', None, None): _T235,
+        (32, 16, 'reg', None, None): _T234,
         (32, 16, 'mem', None, None): _T235,
-        (32, 32, 'reg', None, None): _T235,
+        (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2503
-    'PSRAW_XMM_XMMRM': {
+    # spec/sse.r1:2203
+    'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
-        (16, 16, 'mem', None, None): _T236,
-        (16, 32, 'reg', None, None): _T236,
-        (16, 32, 'mem', None, None): _T236,
-        (32, 16, 'reg', None, None): _T236,
-        (32, 16, 'mem', None, None): _T236,
-        (32, 32, 'reg', None, None): _T236,
-        (32, 32, 'mem', None, None): _T236,
-    },
-    # spec/sse.r1:2513
-    'PSRAD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T237,
         (16, 16, 'mem', None, None): _T237,
-        (16, 32, 'reg', None, None): _T237,
+        (16, 32, 'reg', None, None): _T236,
         (16, 32, 'mem', None, None): _T237,
-        (32, 16, 'reg', None, None): _T237,
+        (32, 16, 'reg', None, None): _T236,
         (32, 16, 'mem', None, None): _T237,
-        (32, 32, 'reg', None, None): _T237,
+        (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2523
-    'PSLLW_XMM_IMM8': {
+    # spec/sse.r1:2214
+    'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T238,
+        (16, 16, 'mem', None, None): _T239,
         (16, 32, 'reg', None, None): _T238,
+        (16, 32, 'mem', None, None): _T239,
         (32, 16, 'reg', None, None): _T238,
+        (32, 16, 'mem', None, None): _T239,
         (32, 32, 'reg', None, None): _T238,
+        (32, 32, 'mem', None, None): _T239,
     },
-    # spec/sse.r1:2533
-    'PSLLD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T239,
-        (16, 32, 'reg', None, None): _T239,
-        (32, 16, 'reg', None, None): _T239,
-        (32, 32, 'reg', None, None): _T239,
-    },
-    # spec/sse.r1:2543
-    'PSLLQ_XMM_IMM8': {
+    # spec/sse.r1:2225
+    'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T240,
+        (16, 16, 'mem', None, None): _T241,
         (16, 32, 'reg', None, None): _T240,
+        (16, 32, 'mem', None, None): _T241,
         (32, 16, 'reg', None, None): _T240,
+        (32, 16, 'mem', None, None): _T241,
         (32, 32, 'reg', None, None): _T240,
+        (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2553
-    'PSRLW_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T241,
-        (16, 32, 'reg', None, None): _T241,
-        (32, 16, 'reg', None, None): _T241,
-        (32, 32, 'reg', None, None): _T241,
-    },
-    # spec/sse.r1:2563
-    'PSRLD_XMM_IMM8': {
+    # spec/sse.r1:2236
+    'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T242,
+        (16, 16, 'mem', None, None): _T243,
         (16, 32, 'reg', None, None): _T242,
+        (16, 32, 'mem', None, None): _T243,
         (32, 16, 'reg', None, None): _T242,
+        (32, 16, 'mem', None, None): _T243,
         (32, 32, 'reg', None, None): _T242,
+        (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2573
-    'PSRLQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T243,
-        (16, 32, 'reg', None, None): _T243,
-        (32, 16, 'reg', None, None): _T243,
-        (32, 32, 'reg', None, None): _T243,
-    },
-    # spec/sse.r1:2583
-    'PSRAW_XMM_IMM8': {
+    # spec/sse.r1:2247
+    'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T244,
+        (16, 16, 'mem', None, None): _T245,
         (16, 32, 'reg', None, None): _T244,
+        (16, 32, 'mem', None, None): _T245,
         (32, 16, 'reg', None, None): _T244,
+        (32, 16, 'mem', None, None): _T245,
         (32, 32, 'reg', None, None): _T244,
+        (32, 32, 'mem', None, None): _T245,
     },
-    # spec/sse.r1:2593
-    'PSRAD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T245,
-        (16, 32, 'reg', None, None): _T245,
-        (32, 16, 'reg', None, None): _T245,
-        (32, 32, 'reg', None, None): _T245,
-    },
-    # spec/sse.r1:2605
-    'PAVGB_XMM_XMMRM': {
+    # spec/sse.r1:2258
+    'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
-        (16, 16, 'mem', None, None): _T246,
-        (16, 32, 'reg', None, None): _T246,
-        (16, 32, 'mem', None, None): _T246,
-        (32, 16, 'reg', None, None): _T246,
-        (32, 16, 'mem', None, None): _T246,
-        (32, 32, 'reg', None, None): _T246,
-        (32, 32, 'mem', None, None): _T246,
-    },
-    # spec/sse.r1:2615
-    'PAVGW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T247,
         (16, 16, 'mem', None, None): _T247,
-        (16, 32, 'reg', None, None): _T247,
+        (16, 32, 'reg', None, None): _T246,
         (16, 32, 'mem', None, None): _T247,
-        (32, 16, 'reg', None, None): _T247,
+        (32, 16, 'reg', None, None): _T246,
         (32, 16, 'mem', None, None): _T247,
-        (32, 32, 'reg', None, None): _T247,
+        (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2625
-    'PMAXSW_XMM_XMMRM': {
+    # spec/sse.r1:2269
+    'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
-        (16, 16, 'mem', None, None): _T248,
-        (16, 32, 'reg', None, None): _T248,
-        (16, 32, 'mem', None, None): _T248,
-        (32, 16, 'reg', None, None): _T248,
-        (32, 16, 'mem', None, None): _T248,
-        (32, 32, 'reg', None, None): _T248,
-        (32, 32, 'mem', None, None): _T248,
-    },
-    # spec/sse.r1:2635
-    'PMAXUB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T249,
         (16, 16, 'mem', None, None): _T249,
-        (16, 32, 'reg', None, None): _T249,
+        (16, 32, 'reg', None, None): _T248,
         (16, 32, 'mem', None, None): _T249,
-        (32, 16, 'reg', None, None): _T249,
+        (32, 16, 'reg', None, None): _T248,
         (32, 16, 'mem', None, None): _T249,
-        (32, 32, 'reg', None, None): _T249,
+        (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2645
-    'PMINSW_XMM_XMMRM': {
+    # spec/sse.r1:2280
+    'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
-        (16, 16, 'mem', None, None): _T250,
-        (16, 32, 'reg', None, None): _T250,
-        (16, 32, 'mem', None, None): _T250,
-        (32, 16, 'reg', None, None): _T250,
-        (32, 16, 'mem', None, None): _T250,
-        (32, 32, 'reg', None, None): _T250,
-        (32, 32, 'mem', None, None): _T250,
-    },
-    # spec/sse.r1:2655
-    'PMINUB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
-        (16, 32, 'reg', None, None): _T251,
+        (16, 32, 'reg', None, None): _T250,
         (16, 32, 'mem', None, None): _T251,
-        (32, 16, 'reg', None, None): _T251,
+        (32, 16, 'reg', None, None): _T250,
         (32, 16, 'mem', None, None): _T251,
-        (32, 32, 'reg', None, None): _T251,
+        (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2665
-    'PMULHUW_XMM_XMMRM': {
+    # spec/sse.r1:2291
+    'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
-        (16, 16, 'mem', None, None): _T252,
-        (16, 32, 'reg', None, None): _T252,
-        (16, 32, 'mem', None, None): _T252,
-        (32, 16, 'reg', None, None): _T252,
-        (32, 16, 'mem', None, None): _T252,
-        (32, 32, 'reg', None, None): _T252,
-        (32, 32, 'mem', None, None): _T252,
-    },
-    # spec/sse.r1:2675
-    'PSADBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
-        (16, 32, 'reg', None, None): _T253,
+        (16, 32, 'reg', None, None): _T252,
         (16, 32, 'mem', None, None): _T253,
-        (32, 16, 'reg', None, None): _T253,
+        (32, 16, 'reg', None, None): _T252,
         (32, 16, 'mem', None, None): _T253,
-        (32, 32, 'reg', None, None): _T253,
+        (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2685
-    'PEXTRW_R32_XMM_IMM8': {
+    # spec/sse.r1:2302
+    'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T254,
+        (16, 16, 'mem', None, None): _T255,
         (16, 32, 'reg', None, None): _T254,
+        (16, 32, 'mem', None, None): _T255,
         (32, 16, 'reg', None, None): _T254,
+        (32, 16, 'mem', None, None): _T255,
         (32, 32, 'reg', None, None): _T254,
+        (32, 32, 'mem', None, None): _T255,
     },
-    # spec/sse.r1:2695
+    # spec/sse.r1:2313
+    'PSUBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T256,
+        (16, 16, 'mem', None, None): _T257,
+        (16, 32, 'reg', None, None): _T256,
+        (16, 32, 'mem', None, None): _T257,
+        (32, 16, 'reg', None, None): _T256,
+        (32, 16, 'mem', None, None): _T257,
+        (32, 32, 'reg', None, None): _T256,
+        (32, 32, 'mem', None, None): _T257,
+    },
+    # spec/sse.r1:2324
+    'PSUBD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T258,
+        (16, 16, 'mem', None, None): _T259,
+        (16, 32, 'reg', None, None): _T258,
+        (16, 32, 'mem', None, None): _T259,
+        (32, 16, 'reg', None, None): _T258,
+        (32, 16, 'mem', None, None): _T259,
+        (32, 32, 'reg', None, None): _T258,
+        (32, 32, 'mem', None, None): _T259,
+    },
+    # spec/sse.r1:2335
+    'PSUBSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T260,
+        (16, 16, 'mem', None, None): _T261,
+        (16, 32, 'reg', None, None): _T260,
+        (16, 32, 'mem', None, None): _T261,
+        (32, 16, 'reg', None, None): _T260,
+        (32, 16, 'mem', None, None): _T261,
+        (32, 32, 'reg', None, None): _T260,
+        (32, 32, 'mem', None, None): _T261,
+    },
+    # spec/sse.r1:2346
+    'PSUBSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T262,
+        (16, 16, 'mem', None, None): _T263,
+        (16, 32, 'reg', None, None): _T262,
+        (16, 32, 'mem', None, None): _T263,
+        (32, 16, 'reg', None, None): _T262,
+        (32, 16, 'mem', None, None): _T263,
+        (32, 32, 'reg', None, None): _T262,
+        (32, 32, 'mem', None, None): _T263,
+    },
+    # spec/sse.r1:2357
+    'PSUBUSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T264,
+        (16, 16, 'mem', None, None): _T265,
+        (16, 32, 'reg', None, None): _T264,
+        (16, 32, 'mem', None, None): _T265,
+        (32, 16, 'reg', None, None): _T264,
+        (32, 16, 'mem', None, None): _T265,
+        (32, 32, 'reg', None, None): _T264,
+        (32, 32, 'mem', None, None): _T265,
+    },
+    # spec/sse.r1:2368
+    'PSUBUSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T266,
+        (16, 16, 'mem', None, None): _T267,
+        (16, 32, 'reg', None, None): _T266,
+        (16, 32, 'mem', None, None): _T267,
+        (32, 16, 'reg', None, None): _T266,
+        (32, 16, 'mem', None, None): _T267,
+        (32, 32, 'reg', None, None): _T266,
+        (32, 32, 'mem', None, None): _T267,
+    },
+    # spec/sse.r1:2379
+    'PMULLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T268,
+        (16, 16, 'mem', None, None): _T269,
+        (16, 32, 'reg', None, None): _T268,
+        (16, 32, 'mem', None, None): _T269,
+        (32, 16, 'reg', None, None): _T268,
+        (32, 16, 'mem', None, None): _T269,
+        (32, 32, 'reg', None, None): _T268,
+        (32, 32, 'mem', None, None): _T269,
+    },
+    # spec/sse.r1:2390
+    'PMULHW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T270,
+        (16, 16, 'mem', None, None): _T271,
+        (16, 32, 'reg', None, None): _T270,
+        (16, 32, 'mem', None, None): _T271,
+        (32, 16, 'reg', None, None): _T270,
+        (32, 16, 'mem', None, None): _T271,
+        (32, 32, 'reg', None, None): _T270,
+        (32, 32, 'mem', None, None): _T271,
+    },
+    # spec/sse.r1:2401
+    'PMADDWD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T272,
+        (16, 16, 'mem', None, None): _T273,
+        (16, 32, 'reg', None, None): _T272,
+        (16, 32, 'mem', None, None): _T273,
+        (32, 16, 'reg', None, None): _T272,
+        (32, 16, 'mem', None, None): _T273,
+        (32, 32, 'reg', None, None): _T272,
+        (32, 32, 'mem', None, None): _T273,
+    },
+    # spec/sse.r1:2412
+    'PCMPEQB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T274,
+        (16, 16, 'mem', None, None): _T275,
+        (16, 32, 'reg', None, None): _T274,
+        (16, 32, 'mem', None, None): _T275,
+        (32, 16, 'reg', None, None): _T274,
+        (32, 16, 'mem', None, None): _T275,
+        (32, 32, 'reg', None, None): _T274,
+        (32, 32, 'mem', None, None): _T275,
+    },
+    # spec/sse.r1:2423
+    'PCMPEQW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T276,
+        (16, 16, 'mem', None, None): _T277,
+        (16, 32, 'reg', None, None): _T276,
+        (16, 32, 'mem', None, None): _T277,
+        (32, 16, 'reg', None, None): _T276,
+        (32, 16, 'mem', None, None): _T277,
+        (32, 32, 'reg', None, None): _T276,
+        (32, 32, 'mem', None, None): _T277,
+    },
+    # spec/sse.r1:2434
+    'PCMPEQD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T278,
+        (16, 16, 'mem', None, None): _T279,
+        (16, 32, 'reg', None, None): _T278,
+        (16, 32, 'mem', None, None): _T279,
+        (32, 16, 'reg', None, None): _T278,
+        (32, 16, 'mem', None, None): _T279,
+        (32, 32, 'reg', None, None): _T278,
+        (32, 32, 'mem', None, None): _T279,
+    },
+    # spec/sse.r1:2445
+    'PCMPGTB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T280,
+        (16, 16, 'mem', None, None): _T281,
+        (16, 32, 'reg', None, None): _T280,
+        (16, 32, 'mem', None, None): _T281,
+        (32, 16, 'reg', None, None): _T280,
+        (32, 16, 'mem', None, None): _T281,
+        (32, 32, 'reg', None, None): _T280,
+        (32, 32, 'mem', None, None): _T281,
+    },
+    # spec/sse.r1:2456
+    'PCMPGTW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T282,
+        (16, 16, 'mem', None, None): _T283,
+        (16, 32, 'reg', None, None): _T282,
+        (16, 32, 'mem', None, None): _T283,
+        (32, 16, 'reg', None, None): _T282,
+        (32, 16, 'mem', None, None): _T283,
+        (32, 32, 'reg', None, None): _T282,
+        (32, 32, 'mem', None, None): _T283,
+    },
+    # spec/sse.r1:2467
+    'PCMPGTD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T284,
+        (16, 16, 'mem', None, None): _T285,
+        (16, 32, 'reg', None, None): _T284,
+        (16, 32, 'mem', None, None): _T285,
+        (32, 16, 'reg', None, None): _T284,
+        (32, 16, 'mem', None, None): _T285,
+        (32, 32, 'reg', None, None): _T284,
+        (32, 32, 'mem', None, None): _T285,
+    },
+    # spec/sse.r1:2478
+    'PAND_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T286,
+        (16, 16, 'mem', None, None): _T287,
+        (16, 32, 'reg', None, None): _T286,
+        (16, 32, 'mem', None, None): _T287,
+        (32, 16, 'reg', None, None): _T286,
+        (32, 16, 'mem', None, None): _T287,
+        (32, 32, 'reg', None, None): _T286,
+        (32, 32, 'mem', None, None): _T287,
+    },
+    # spec/sse.r1:2489
+    'PANDN_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T288,
+        (16, 16, 'mem', None, None): _T289,
+        (16, 32, 'reg', None, None): _T288,
+        (16, 32, 'mem', None, None): _T289,
+        (32, 16, 'reg', None, None): _T288,
+        (32, 16, 'mem', None, None): _T289,
+        (32, 32, 'reg', None, None): _T288,
+        (32, 32, 'mem', None, None): _T289,
+    },
+    # spec/sse.r1:2500
+    'POR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T290,
+        (16, 16, 'mem', None, None): _T291,
+        (16, 32, 'reg', None, None): _T290,
+        (16, 32, 'mem', None, None): _T291,
+        (32, 16, 'reg', None, None): _T290,
+        (32, 16, 'mem', None, None): _T291,
+        (32, 32, 'reg', None, None): _T290,
+        (32, 32, 'mem', None, None): _T291,
+    },
+    # spec/sse.r1:2511
+    'PXOR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T292,
+        (16, 16, 'mem', None, None): _T293,
+        (16, 32, 'reg', None, None): _T292,
+        (16, 32, 'mem', None, None): _T293,
+        (32, 16, 'reg', None, None): _T292,
+        (32, 16, 'mem', None, None): _T293,
+        (32, 32, 'reg', None, None): _T292,
+        (32, 32, 'mem', None, None): _T293,
+    },
+    # spec/sse.r1:2522
+    'PSLLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T294,
+        (16, 16, 'mem', None, None): _T295,
+        (16, 32, 'reg', None, None): _T294,
+        (16, 32, 'mem', None, None): _T295,
+        (32, 16, 'reg', None, None): _T294,
+        (32, 16, 'mem', None, None): _T295,
+        (32, 32, 'reg', None, None): _T294,
+        (32, 32, 'mem', None, None): _T295,
+    },
+    # spec/sse.r1:2533
+    'PSLLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T296,
+        (16, 16, 'mem', None, None): _T297,
+        (16, 32, 'reg', None, None): _T296,
+        (16, 32, 'mem', None, None): _T297,
+        (32, 16, 'reg', None, None): _T296,
+        (32, 16, 'mem', None, None): _T297,
+        (32, 32, 'reg', None, None): _T296,
+        (32, 32, 'mem', None, None): _T297,
+    },
+    # spec/sse.r1:2544
+    'PSLLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T298,
+        (16, 16, 'mem', None, None): _T299,
+        (16, 32, 'reg', None, None): _T298,
+        (16, 32, 'mem', None, None): _T299,
+        (32, 16, 'reg', None, None): _T298,
+        (32, 16, 'mem', None, None): _T299,
+        (32, 32, 'reg', None, None): _T298,
+        (32, 32, 'mem', None, None): _T299,
+    },
+    # spec/sse.r1:2555
+    'PSRLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T300,
+        (16, 16, 'mem', None, None): _T301,
+        (16, 32, 'reg', None, None): _T300,
+        (16, 32, 'mem', None, None): _T301,
+        (32, 16, 'reg', None, None): _T300,
+        (32, 16, 'mem', None, None): _T301,
+        (32, 32, 'reg', None, None): _T300,
+        (32, 32, 'mem', None, None): _T301,
+    },
+    # spec/sse.r1:2566
+    'PSRLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T302,
+        (16, 16, 'mem', None, None): _T303,
+        (16, 32, 'reg', None, None): _T302,
+        (16, 32, 'mem', None, None): _T303,
+        (32, 16, 'reg', None, None): _T302,
+        (32, 16, 'mem', None, None): _T303,
+        (32, 32, 'reg', None, None): _T302,
+        (32, 32, 'mem', None, None): _T303,
+    },
+    # spec/sse.r1:2577
+    'PSRLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T304,
+        (16, 16, 'mem', None, None): _T305,
+        (16, 32, 'reg', None, None): _T304,
+        (16, 32, 'mem', None, None): _T305,
+        (32, 16, 'reg', None, None): _T304,
+        (32, 16, 'mem', None, None): _T305,
+        (32, 32, 'reg', None, None): _T304,
+        (32, 32, 'mem', None, None): _T305,
+    },
+    # spec/sse.r1:2588
+    'PSRAW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T306,
+        (16, 16, 'mem', None, None): _T307,
+        (16, 32, 'reg', None, None): _T306,
+        (16, 32, 'mem', None, None): _T307,
+        (32, 16, 'reg', None, None): _T306,
+        (32, 16, 'mem', None, None): _T307,
+        (32, 32, 'reg', None, None): _T306,
+        (32, 32, 'mem', None, None): _T307,
+    },
+    # spec/sse.r1:2599
+    'PSRAD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T308,
+        (16, 16, 'mem', None, None): _T309,
+        (16, 32, 'reg', None, None): _T308,
+        (16, 32, 'mem', None, None): _T309,
+        (32, 16, 'reg', None, None): _T308,
+        (32, 16, 'mem', None, None): _T309,
+        (32, 32, 'reg', None, None): _T308,
+        (32, 32, 'mem', None, None): _T309,
+    },
+    # spec/sse.r1:2610
+    'PSLLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T310,
+        (16, 32, 'reg', None, None): _T310,
+        (32, 16, 'reg', None, None): _T310,
+        (32, 32, 'reg', None, None): _T310,
+    },
+    # spec/sse.r1:2621
+    'PSLLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T311,
+        (16, 32, 'reg', None, None): _T311,
+        (32, 16, 'reg', None, None): _T311,
+        (32, 32, 'reg', None, None): _T311,
+    },
+    # spec/sse.r1:2632
+    'PSLLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T312,
+        (16, 32, 'reg', None, None): _T312,
+        (32, 16, 'reg', None, None): _T312,
+        (32, 32, 'reg', None, None): _T312,
+    },
+    # spec/sse.r1:2643
+    'PSRLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T313,
+        (16, 32, 'reg', None, None): _T313,
+        (32, 16, 'reg', None, None): _T313,
+        (32, 32, 'reg', None, None): _T313,
+    },
+    # spec/sse.r1:2654
+    'PSRLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T314,
+        (16, 32, 'reg', None, None): _T314,
+        (32, 16, 'reg', None, None): _T314,
+        (32, 32, 'reg', None, None): _T314,
+    },
+    # spec/sse.r1:2665
+    'PSRLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T315,
+        (16, 32, 'reg', None, None): _T315,
+        (32, 16, 'reg', None, None): _T315,
+        (32, 32, 'reg', None, None): _T315,
+    },
+    # spec/sse.r1:2676
+    'PSRAW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T316,
+        (16, 32, 'reg', None, None): _T316,
+        (32, 16, 'reg', None, None): _T316,
+        (32, 32, 'reg', None, None): _T316,
+    },
+    # spec/sse.r1:2687
+    'PSRAD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T317,
+        (16, 32, 'reg', None, None): _T317,
+        (32, 16, 'reg', None, None): _T317,
+        (32, 32, 'reg', None, None): _T317,
+    },
+    # spec/sse.r1:2700
+    'PAVGB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T318,
+        (16, 16, 'mem', None, None): _T319,
+        (16, 32, 'reg', None, None): _T318,
+        (16, 32, 'mem', None, None): _T319,
+        (32, 16, 'reg', None, None): _T318,
+        (32, 16, 'mem', None, None): _T319,
+        (32, 32, 'reg', None, None): _T318,
+        (32, 32, 'mem', None, None): _T319,
+    },
+    # spec/sse.r1:2711
+    'PAVGW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T320,
+        (16, 16, 'mem', None, None): _T321,
+        (16, 32, 'reg', None, None): _T320,
+        (16, 32, 'mem', None, None): _T321,
+        (32, 16, 'reg', None, None): _T320,
+        (32, 16, 'mem', None, None): _T321,
+        (32, 32, 'reg', None, None): _T320,
+        (32, 32, 'mem', None, None): _T321,
+    },
+    # spec/sse.r1:2722
+    'PMAXSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T322,
+        (16, 16, 'mem', None, None): _T323,
+        (16, 32, 'reg', None, None): _T322,
+        (16, 32, 'mem', None, None): _T323,
+        (32, 16, 'reg', None, None): _T322,
+        (32, 16, 'mem', None, None): _T323,
+        (32, 32, 'reg', None, None): _T322,
+        (32, 32, 'mem', None, None): _T323,
+    },
+    # spec/sse.r1:2733
+    'PMAXUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T324,
+        (16, 16, 'mem', None, None): _T325,
+        (16, 32, 'reg', None, None): _T324,
+        (16, 32, 'mem', None, None): _T325,
+        (32, 16, 'reg', None, None): _T324,
+        (32, 16, 'mem', None, None): _T325,
+        (32, 32, 'reg', None, None): _T324,
+        (32, 32, 'mem', None, None): _T325,
+    },
+    # spec/sse.r1:2744
+    'PMINSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T326,
+        (16, 16, 'mem', None, None): _T327,
+        (16, 32, 'reg', None, None): _T326,
+        (16, 32, 'mem', None, None): _T327,
+        (32, 16, 'reg', None, None): _T326,
+        (32, 16, 'mem', None, None): _T327,
+        (32, 32, 'reg', None, None): _T326,
+        (32, 32, 'mem', None, None): _T327,
+    },
+    # spec/sse.r1:2755
+    'PMINUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T328,
+        (16, 16, 'mem', None, None): _T329,
+        (16, 32, 'reg', None, None): _T328,
+        (16, 32, 'mem', None, None): _T329,
+        (32, 16, 'reg', None, None): _T328,
+        (32, 16, 'mem', None, None): _T329,
+        (32, 32, 'reg', None, None): _T328,
+        (32, 32, 'mem', None, None): _T329,
+    },
+    # spec/sse.r1:2766
+    'PMULHUW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T330,
+        (16, 16, 'mem', None, None): _T331,
+        (16, 32, 'reg', None, None): _T330,
+        (16, 32, 'mem', None, None): _T331,
+        (32, 16, 'reg', None, None): _T330,
+        (32, 16, 'mem', None, None): _T331,
+        (32, 32, 'reg', None, None): _T330,
+        (32, 32, 'mem', None, None): _T331,
+    },
+    # spec/sse.r1:2777
+    'PSADBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T332,
+        (16, 16, 'mem', None, None): _T333,
+        (16, 32, 'reg', None, None): _T332,
+        (16, 32, 'mem', None, None): _T333,
+        (32, 16, 'reg', None, None): _T332,
+        (32, 16, 'mem', None, None): _T333,
+        (32, 32, 'reg', None, None): _T332,
+        (32, 32, 'mem', None, None): _T333,
+    },
+    # spec/sse.r1:2788
+    'PEXTRW_R32_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T334,
+        (16, 32, 'reg', None, None): _T334,
+        (32, 16, 'reg', None, None): _T334,
+        (32, 32, 'reg', None, None): _T334,
+    },
+    # spec/sse.r1:2799
     'PINSRW_XMM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T255,
-        (16, 32, 'reg', None, None): _T255,
-        (32, 16, 'reg', None, None): _T255,
-        (32, 32, 'reg', None, None): _T255,
+        (16, 16, 'reg', None, None): _T335,
+        (16, 32, 'reg', None, None): _T335,
+        (32, 16, 'reg', None, None): _T335,
+        (32, 32, 'reg', None, None): _T335,
     },
-    # spec/sse.r1:2705
+    # spec/sse.r1:2810
     'PINSRW_XMM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T256,
-        (16, 32, 'mem', None, None): _T256,
-        (32, 16, 'mem', None, None): _T256,
-        (32, 32, 'mem', None, None): _T256,
+        (16, 16, 'mem', None, None): _T336,
+        (16, 32, 'mem', None, None): _T336,
+        (32, 16, 'mem', None, None): _T336,
+        (32, 32, 'mem', None, None): _T336,
     },
-    # spec/sse.r1:2715
+    # spec/sse.r1:2821
     'PMOVMSKB_R32_XMM': {
-        (16, 16, 'reg', None, None): _T257,
-        (16, 32, 'reg', None, None): _T257,
-        (32, 16, 'reg', None, None): _T257,
-        (32, 32, 'reg', None, None): _T257,
+        (16, 16, 'reg', None, None): _T337,
+        (16, 32, 'reg', None, None): _T337,
+        (32, 16, 'reg', None, None): _T337,
+        (32, 32, 'reg', None, None): _T337,
     },
 }

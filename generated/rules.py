@@ -231,66 +231,66 @@ RULES = {
     'TEST_RMv_Iv_F7r1': ('ident', None, (), ()),  # spec/logic.r1:407
     'NOT_RMb': ('ident', None, (), ()),  # spec/logic.r1:422
     'NOT_RMv': ('ident', None, (), ()),  # spec/logic.r1:433
-    'EMMS': ('ident', None, (), ()),  # spec/mmx.r1:22
-    'MOVD_MM_RM32': ('ident', None, (), ()),  # spec/mmx.r1:31
-    'MOVD_RM32_MM': ('ident', None, (), ()),  # spec/mmx.r1:41
-    'MOVQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:51
-    'MOVQ_MMRM_MM': ('ident', None, (), ()),  # spec/mmx.r1:61
-    'PUNPCKLBW_MM_MM': ('ident', None, (), ()),  # spec/mmx.r1:73
-    'PUNPCKLBW_MM_M32': ('ident', None, (), ()),  # spec/mmx.r1:83
-    'PUNPCKLWD_MM_MM': ('ident', None, (), ()),  # spec/mmx.r1:93
-    'PUNPCKLWD_MM_M32': ('ident', None, (), ()),  # spec/mmx.r1:103
-    'PUNPCKLDQ_MM_MM': ('ident', None, (), ()),  # spec/mmx.r1:113
-    'PUNPCKLDQ_MM_M32': ('ident', None, (), ()),  # spec/mmx.r1:123
-    'PUNPCKHBW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:133
-    'PUNPCKHWD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:143
-    'PUNPCKHDQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:153
-    'PACKSSWB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:163
-    'PACKUSWB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:173
-    'PACKSSDW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:183
-    'PADDB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:195
-    'PADDW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:205
-    'PADDD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:215
-    'PADDSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:225
-    'PADDSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:235
-    'PADDUSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:245
-    'PADDUSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:255
-    'PSUBB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:265
-    'PSUBW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:275
-    'PSUBD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:285
-    'PSUBSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:295
-    'PSUBSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:305
-    'PSUBUSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:315
-    'PSUBUSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:325
-    'PMULLW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:335
-    'PMULHW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:345
-    'PMADDWD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:355
-    'PCMPEQB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:365
-    'PCMPEQW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:375
-    'PCMPEQD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:385
-    'PCMPGTB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:395
-    'PCMPGTW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:405
-    'PCMPGTD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:415
-    'PAND_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:425
-    'PANDN_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:435
-    'POR_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:445
-    'PXOR_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:455
-    'PSLLW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:467
-    'PSLLD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:477
-    'PSLLQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:487
-    'PSRLW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:497
-    'PSRLD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:507
-    'PSRLQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:517
-    'PSRAW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:527
-    'PSRAD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:537
-    'PSLLW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:547
-    'PSLLD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:557
-    'PSLLQ_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:567
-    'PSRLW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:577
-    'PSRLD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:587
-    'PSRLQ_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:597
-    'PSRAW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:607
-    'PSRAD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:617
+    'EMMS': ('ident', None, (), ()),  # spec/mmx.r1:204
+    'MOVD_MM_RM32': ('ident', None, (), ()),  # spec/mmx.r1:214
+    'MOVD_RM32_MM': ('ident', None, (), ()),  # spec/mmx.r1:225
+    'MOVQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:236
+    'MOVQ_MMRM_MM': ('ident', None, (), ()),  # spec/mmx.r1:247
+    'PUNPCKLBW_MM_MM': ('ident', None, (), ()),  # spec/mmx.r1:260
+    'PUNPCKLBW_MM_M32': ('ident', None, (), ()),  # spec/mmx.r1:271
+    'PUNPCKLWD_MM_MM': ('ident', None, (), ()),  # spec/mmx.r1:282
+    'PUNPCKLWD_MM_M32': ('ident', None, (), ()),  # spec/mmx.r1:293
+    'PUNPCKLDQ_MM_MM': ('ident', None, (), ()),  # spec/mmx.r1:304
+    'PUNPCKLDQ_MM_M32': ('ident', None, (), ()),  # spec/mmx.r1:315
+    'PUNPCKHBW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:326
+    'PUNPCKHWD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:337
+    'PUNPCKHDQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:348
+    'PACKSSWB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:359
+    'PACKUSWB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:370
+    'PACKSSDW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:381
+    'PADDB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:394
+    'PADDW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:405
+    'PADDD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:416
+    'PADDSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:427
+    'PADDSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:438
+    'PADDUSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:449
+    'PADDUSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:460
+    'PSUBB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:471
+    'PSUBW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:482
+    'PSUBD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:493
+    'PSUBSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:504
+    'PSUBSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:515
+    'PSUBUSB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:526
+    'PSUBUSW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:537
+    'PMULLW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:548
+    'PMULHW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:559
+    'PMADDWD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:570
+    'PCMPEQB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:581
+    'PCMPEQW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:592
+    'PCMPEQD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:603
+    'PCMPGTB_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:614
+    'PCMPGTW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:625
+    'PCMPGTD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:636
+    'PAND_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:647
+    'PANDN_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:658
+    'POR_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:669
+    'PXOR_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:680
+    'PSLLW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:693
+    'PSLLD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:704
+    'PSLLQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:715
+    'PSRLW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:726
+    'PSRLD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:737
+    'PSRLQ_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:748
+    'PSRAW_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:759
+    'PSRAD_MM_MMRM': ('ident', None, (), ()),  # spec/mmx.r1:770
+    'PSLLW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:781
+    'PSLLD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:792
+    'PSLLQ_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:803
+    'PSRLW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:814
+    'PSRLD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:825
+    'PSRLQ_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:836
+    'PSRAW_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:847
+    'PSRAD_MM_IMM8': ('ident', None, (), ()),  # spec/mmx.r1:858
     'MOV_RMw_Sreg': ('inline', 'mov_from_sreg', ('cpl', 'seg'), ()),  # spec/segment.r1:140
     'MOV_Sreg_RMw': ('callout', None, ('cpl', 'gdt'), ('seg',)),  # spec/segment.r1:155
     'PUSH_ES': ('callout', None, ('seg',), ()),  # spec/segment.r1:171
@@ -437,188 +437,188 @@ RULES = {
     'PREFETCHT2_M8': ('ident', None, (), ()),  # spec/sse.r1:838
     'SFENCE': ('ident', None, (), ()),  # spec/sse.r1:848
     'MOVNTQ_M64_MM': ('ident', None, (), ()),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': ('ident', None, (), ()),  # spec/sse.r1:868
-    'MASKMOVQ_MM_MM': ('ident', None, (), ()),  # spec/sse.r1:878
-    'PAVGB_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:890
-    'PAVGW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:900
-    'PMAXSW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:910
-    'PMAXUB_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:920
-    'PMINSW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:930
-    'PMINUB_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:940
-    'PMULHUW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:950
-    'PSADBW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:960
-    'PSHUFW_MM_MMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:970
-    'PEXTRW_R32_MM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:980
-    'PINSRW_MM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:990
-    'PINSRW_MM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1000
-    'PMOVMSKB_R32_MM': ('ident', None, (), ()),  # spec/sse.r1:1010
-    'MOVAPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1022
-    'MOVAPD_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1032
-    'MOVUPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1042
-    'MOVUPD_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1052
-    'MOVSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1062
-    'MOVSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1073
-    'MOVSD_XMM_XMM_0F11': ('ident', None, (), ()),  # spec/sse.r1:1084
-    'MOVSD_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1095
-    'MOVLPD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1106
-    'MOVLPD_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1116
-    'MOVHPD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1126
-    'MOVHPD_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1136
-    'MOVMSKPD_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1146
-    'ADDPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1158
-    'ADDSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1168
-    'ADDSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1178
-    'SUBPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1188
-    'SUBSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1198
-    'SUBSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1208
-    'MULPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1218
-    'MULSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1228
-    'MULSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1238
-    'DIVPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1248
-    'DIVSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1258
-    'DIVSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1268
-    'MINPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1278
-    'MINSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1288
-    'MINSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1298
-    'MAXPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1308
-    'MAXSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1318
-    'MAXSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1328
-    'SQRTPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1338
-    'SQRTSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1348
-    'SQRTSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1358
-    'CMPPD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1370
-    'CMPSD_XMM_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1381
-    'CMPSD_XMM_M64_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1396
-    'COMISD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1411
-    'COMISD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1421
-    'UCOMISD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1431
-    'UCOMISD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1441
-    'ANDPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1453
-    'ANDNPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1463
-    'ORPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1473
-    'XORPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1483
-    'SHUFPD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1493
-    'UNPCKLPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1503
-    'UNPCKHPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1513
-    'CVTPI2PD_XMM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1525
-    'CVTPD2PI_MM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1535
-    'CVTTPD2PI_MM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1545
-    'CVTSI2SD_XMM_RM32': ('ident', None, (), ()),  # spec/sse.r1:1555
-    'CVTSD2SI_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1565
-    'CVTSD2SI_R32_M64': ('ident', None, (), ()),  # spec/sse.r1:1575
-    'CVTTSD2SI_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1585
-    'CVTTSD2SI_R32_M64': ('ident', None, (), ()),  # spec/sse.r1:1595
-    'CVTPS2PD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1605
-    'CVTPS2PD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1615
-    'CVTPD2PS_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1625
-    'CVTSS2SD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1635
-    'CVTSS2SD_XMM_M32': ('ident', None, (), ()),  # spec/sse.r1:1645
-    'CVTSD2SS_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1655
-    'CVTSD2SS_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1665
-    'CVTDQ2PS_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1675
-    'CVTPS2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1685
-    'CVTTPS2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1695
-    'CVTDQ2PD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1705
-    'CVTDQ2PD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1715
-    'CVTPD2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1725
-    'CVTTPD2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1735
-    'MOVDQA_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1747
-    'MOVDQA_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1757
-    'MOVDQU_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1767
-    'MOVDQU_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1777
-    'MOVD_XMM_RM32': ('ident', None, (), ()),  # spec/sse.r1:1787
-    'MOVD_RM32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1797
-    'MOVQ_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1807
-    'MOVQ_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM_0FD6': ('ident', None, (), ()),  # spec/sse.r1:1827
-    'MOVQ_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1837
-    'MOVQ2DQ_XMM_MM': ('ident', None, (), ()),  # spec/sse.r1:1847
-    'MOVDQ2Q_MM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1857
-    'MOVNTPD_M128_XMM': ('ident', None, (), ()),  # spec/sse.r1:1869
-    'MOVNTDQ_M128_XMM': ('ident', None, (), ()),  # spec/sse.r1:1879
-    'MOVNTI_M32_R32': ('ident', None, (), ()),  # spec/sse.r1:1889
-    'MASKMOVDQU_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1899
-    'CLFLUSH_M8': ('ident', None, (), ()),  # spec/sse.r1:1909
-    'LFENCE': ('ident', None, (), ()),  # spec/sse.r1:1919
-    'MFENCE': ('ident', None, (), ()),  # spec/sse.r1:1929
-    'PAUSE': ('ident', None, (), ()),  # spec/sse.r1:1939
-    'PADDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1951
-    'PADDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1961
-    'PSUBQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1971
-    'PSUBQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1981
-    'PMULUDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1991
-    'PMULUDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2001
-    'PSHUFD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2011
-    'PSHUFHW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2021
-    'PSHUFLW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2031
-    'PSLLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2041
-    'PSRLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2051
-    'PUNPCKLQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2061
-    'PUNPCKHQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2071
-    'PUNPCKLBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2083
-    'PUNPCKLWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2093
-    'PUNPCKLDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2103
-    'PUNPCKHBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2113
-    'PUNPCKHWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2123
-    'PUNPCKHDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2133
-    'PACKSSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2143
-    'PACKUSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2153
-    'PACKSSDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2163
-    'PADDB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2173
-    'PADDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2183
-    'PADDD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2193
-    'PADDSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2203
-    'PADDSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2213
-    'PADDUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2223
-    'PADDUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2233
-    'PSUBB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2243
-    'PSUBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2253
-    'PSUBD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2263
-    'PSUBSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2273
-    'PSUBSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2283
-    'PSUBUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2293
-    'PSUBUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2303
-    'PMULLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2313
-    'PMULHW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2323
-    'PMADDWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2333
-    'PCMPEQB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2343
-    'PCMPEQW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2353
-    'PCMPEQD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2363
-    'PCMPGTB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2373
-    'PCMPGTW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2383
-    'PCMPGTD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2393
-    'PAND_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2403
-    'PANDN_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2413
-    'POR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2423
-    'PXOR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2433
-    'PSLLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2443
-    'PSLLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2453
-    'PSLLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2463
-    'PSRLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2473
-    'PSRLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2483
-    'PSRLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2493
-    'PSRAW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2503
-    'PSRAD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2513
-    'PSLLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2523
-    'PSLLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2533
-    'PSLLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2543
-    'PSRLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2553
-    'PSRLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2563
-    'PSRLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2573
-    'PSRAW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2583
-    'PSRAD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2593
-    'PAVGB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2605
-    'PAVGW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2615
-    'PMAXSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2625
-    'PMAXUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2635
-    'PMINSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2645
-    'PMINUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2655
-    'PMULHUW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2665
-    'PSADBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2675
-    'PEXTRW_R32_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2685
-    'PINSRW_XMM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2695
-    'PINSRW_XMM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2705
-    'PMOVMSKB_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:2715
+    'MOVNTPS_M128_XMM': ('ident', None, (), ()),  # spec/sse.r1:869
+    'MASKMOVQ_MM_MM': ('ident', None, (), ()),  # spec/sse.r1:879
+    'PAVGB_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:892
+    'PAVGW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:903
+    'PMAXSW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:914
+    'PMAXUB_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:925
+    'PMINSW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:936
+    'PMINUB_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:947
+    'PMULHUW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:958
+    'PSADBW_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:969
+    'PSHUFW_MM_MMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:980
+    'PEXTRW_R32_MM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:991
+    'PINSRW_MM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1002
+    'PINSRW_MM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1013
+    'PMOVMSKB_R32_MM': ('ident', None, (), ()),  # spec/sse.r1:1024
+    'MOVAPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1037
+    'MOVAPD_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1047
+    'MOVUPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1057
+    'MOVUPD_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1067
+    'MOVSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1077
+    'MOVSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1088
+    'MOVSD_XMM_XMM_0F11': ('ident', None, (), ()),  # spec/sse.r1:1099
+    'MOVSD_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1110
+    'MOVLPD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1121
+    'MOVLPD_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1131
+    'MOVHPD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1141
+    'MOVHPD_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1151
+    'MOVMSKPD_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1161
+    'ADDPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1173
+    'ADDSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1183
+    'ADDSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1193
+    'SUBPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1203
+    'SUBSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1213
+    'SUBSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1223
+    'MULPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1233
+    'MULSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1243
+    'MULSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1253
+    'DIVPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1263
+    'DIVSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1273
+    'DIVSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1283
+    'MINPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1293
+    'MINSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1303
+    'MINSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1313
+    'MAXPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1323
+    'MAXSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1333
+    'MAXSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1343
+    'SQRTPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1353
+    'SQRTSD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1363
+    'SQRTSD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1373
+    'CMPPD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1385
+    'CMPSD_XMM_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1396
+    'CMPSD_XMM_M64_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1411
+    'COMISD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1426
+    'COMISD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1436
+    'UCOMISD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1446
+    'UCOMISD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1456
+    'ANDPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1468
+    'ANDNPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1478
+    'ORPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1488
+    'XORPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1498
+    'SHUFPD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:1508
+    'UNPCKLPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1518
+    'UNPCKHPD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1528
+    'CVTPI2PD_XMM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1540
+    'CVTPD2PI_MM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1550
+    'CVTTPD2PI_MM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1560
+    'CVTSI2SD_XMM_RM32': ('ident', None, (), ()),  # spec/sse.r1:1570
+    'CVTSD2SI_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1580
+    'CVTSD2SI_R32_M64': ('ident', None, (), ()),  # spec/sse.r1:1590
+    'CVTTSD2SI_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1600
+    'CVTTSD2SI_R32_M64': ('ident', None, (), ()),  # spec/sse.r1:1610
+    'CVTPS2PD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1620
+    'CVTPS2PD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1630
+    'CVTPD2PS_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1640
+    'CVTSS2SD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1650
+    'CVTSS2SD_XMM_M32': ('ident', None, (), ()),  # spec/sse.r1:1660
+    'CVTSD2SS_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1670
+    'CVTSD2SS_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1680
+    'CVTDQ2PS_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1690
+    'CVTPS2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1700
+    'CVTTPS2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1710
+    'CVTDQ2PD_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1720
+    'CVTDQ2PD_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1730
+    'CVTPD2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1740
+    'CVTTPD2DQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1750
+    'MOVDQA_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1762
+    'MOVDQA_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1773
+    'MOVDQU_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1784
+    'MOVDQU_XMMRM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1795
+    'MOVD_XMM_RM32': ('ident', None, (), ()),  # spec/sse.r1:1806
+    'MOVD_RM32_XMM': ('ident', None, (), ()),  # spec/sse.r1:1817
+    'MOVQ_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1828
+    'MOVQ_XMM_M64': ('ident', None, (), ()),  # spec/sse.r1:1839
+    'MOVQ_XMM_XMM_0FD6': ('ident', None, (), ()),  # spec/sse.r1:1850
+    'MOVQ_M64_XMM': ('ident', None, (), ()),  # spec/sse.r1:1861
+    'MOVQ2DQ_XMM_MM': ('ident', None, (), ()),  # spec/sse.r1:1872
+    'MOVDQ2Q_MM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1883
+    'MOVNTPD_M128_XMM': ('ident', None, (), ()),  # spec/sse.r1:1896
+    'MOVNTDQ_M128_XMM': ('ident', None, (), ()),  # spec/sse.r1:1906
+    'MOVNTI_M32_R32': ('ident', None, (), ()),  # spec/sse.r1:1917
+    'MASKMOVDQU_XMM_XMM': ('ident', None, (), ()),  # spec/sse.r1:1928
+    'CLFLUSH_M8': ('ident', None, (), ()),  # spec/sse.r1:1939
+    'LFENCE': ('ident', None, (), ()),  # spec/sse.r1:1949
+    'MFENCE': ('ident', None, (), ()),  # spec/sse.r1:1959
+    'PAUSE': ('ident', None, (), ()),  # spec/sse.r1:1969
+    'PADDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:1981
+    'PADDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:1992
+    'PSUBQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:2003
+    'PSUBQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2014
+    'PMULUDQ_MM_MMRM': ('ident', None, (), ()),  # spec/sse.r1:2025
+    'PMULUDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2036
+    'PSHUFD_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2047
+    'PSHUFHW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2058
+    'PSHUFLW_XMM_XMMRM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2069
+    'PSLLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2080
+    'PSRLDQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2091
+    'PUNPCKLQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2102
+    'PUNPCKHQDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2113
+    'PUNPCKLBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2126
+    'PUNPCKLWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2137
+    'PUNPCKLDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2148
+    'PUNPCKHBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2159
+    'PUNPCKHWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2170
+    'PUNPCKHDQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2181
+    'PACKSSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2192
+    'PACKUSWB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2203
+    'PACKSSDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2214
+    'PADDB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2225
+    'PADDW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2236
+    'PADDD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2247
+    'PADDSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2258
+    'PADDSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2269
+    'PADDUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2280
+    'PADDUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2291
+    'PSUBB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2302
+    'PSUBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2313
+    'PSUBD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2324
+    'PSUBSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2335
+    'PSUBSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2346
+    'PSUBUSB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2357
+    'PSUBUSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2368
+    'PMULLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2379
+    'PMULHW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2390
+    'PMADDWD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2401
+    'PCMPEQB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2412
+    'PCMPEQW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2423
+    'PCMPEQD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2434
+    'PCMPGTB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2445
+    'PCMPGTW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2456
+    'PCMPGTD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2467
+    'PAND_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2478
+    'PANDN_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2489
+    'POR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2500
+    'PXOR_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2511
+    'PSLLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2522
+    'PSLLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2533
+    'PSLLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2544
+    'PSRLW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2555
+    'PSRLD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2566
+    'PSRLQ_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2577
+    'PSRAW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2588
+    'PSRAD_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2599
+    'PSLLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2610
+    'PSLLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2621
+    'PSLLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2632
+    'PSRLW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2643
+    'PSRLD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2654
+    'PSRLQ_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2665
+    'PSRAW_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2676
+    'PSRAD_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2687
+    'PAVGB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2700
+    'PAVGW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2711
+    'PMAXSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2722
+    'PMAXUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2733
+    'PMINSW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2744
+    'PMINUB_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2755
+    'PMULHUW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2766
+    'PSADBW_XMM_XMMRM': ('ident', None, (), ()),  # spec/sse.r1:2777
+    'PEXTRW_R32_XMM_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2788
+    'PINSRW_XMM_R32_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2799
+    'PINSRW_XMM_M16_IMM8': ('ident', None, (), ()),  # spec/sse.r1:2810
+    'PMOVMSKB_R32_XMM': ('ident', None, (), ()),  # spec/sse.r1:2821
     'MOVSB': ('ident', None, (), ()),  # spec/string.r1:20
     'MOVSv': ('ident', None, (), ()),  # spec/string.r1:36
     'CMPSB': ('ident', None, (), ()),  # spec/string.r1:56
@@ -874,6 +874,24 @@ CONSTS = {
     'EVENT_INTO': 4,
     'EVENT_SOFT': 2,
     'GUEST_SELECTOR_LIMIT': 65479,
+    'LANE_ADD': 0,
+    'LANE_ADDS': 2,
+    'LANE_ADDUS': 4,
+    'LANE_AVG': 13,
+    'LANE_CMPEQ': 6,
+    'LANE_CMPGT': 7,
+    'LANE_MADD': 11,
+    'LANE_MAXS': 14,
+    'LANE_MAXU': 15,
+    'LANE_MINS': 16,
+    'LANE_MINU': 17,
+    'LANE_MULHI': 9,
+    'LANE_MULHU': 10,
+    'LANE_MULLO': 8,
+    'LANE_MULUDQ': 12,
+    'LANE_SUB': 1,
+    'LANE_SUBS': 3,
+    'LANE_SUBUS': 5,
     'LAR_SYSTEM_TYPES': 6718,
     'LSL_SYSTEM_TYPES': 2574,
     'MODE_PROT': 1,
@@ -882,6 +900,8 @@ CONSTS = {
     'MSR_SYSENTER_CS': 372,
     'MSR_SYSENTER_EIP': 374,
     'MSR_SYSENTER_ESP': 373,
+    'PACK_SIGNED': 0,
+    'PACK_UNSIGNED': 1,
     'PAD_SLOT': 8,
     'SEG_CS': 1,
     'SEG_DS': 3,
@@ -894,6 +914,9 @@ CONSTS = {
     'SEL_VMM_DATA': 65512,
     'SEL_VMM_GS': 65497,
     'SEL_VMM_TSS': 65488,
+    'SHIFT_ARITH': 2,
+    'SHIFT_LEFT': 0,
+    'SHIFT_RIGHT': 1,
     'TYPE_CALL_GATE16': 4,
     'TYPE_CALL_GATE32': 12,
     'TYPE_INT_GATE16': 6,

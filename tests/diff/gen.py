@@ -89,6 +89,23 @@ def is_sse(form: str) -> bool:
     return FORMS[form].source.startswith("spec/sse.r1")
 
 
+# The integer SSE and SSE2 forms (on MMX or XMM registers) by mnemonic; the others in sse.r1
+# work on floating-point values. PREFETCHh and PAUSE start with a P but move no data.
+SIMD_INTEGER_MOVES = {"movd", "movq", "movdqa", "movdqu", "movq2dq", "movdq2q", "movntq", "movntdq", "movnti"}
+SIMD_INTEGER_MOVES |= {"maskmovq", "maskmovdqu"}
+
+
+def is_simd_integer(form: str) -> bool:
+    """An MMX form, or an SSE/SSE2 integer form: its registers and memory operands get packed
+    integers with edge lanes rather than doubles."""
+    if FORMS[form].source.startswith("spec/mmx.r1"):
+        return True
+    mn = mnemonics(form)
+    return is_sse(form) and bool(
+        mn & SIMD_INTEGER_MOVES or any(m.startswith("p") and not m.startswith(("prefetch", "pause")) for m in mn)
+    )
+
+
 def variants(form: str) -> list[tuple]:
     return sorted(TEMPLATES[form].keys(), key=repr)
 
@@ -113,7 +130,10 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
         prefixes.append(0xF2)
     if pfx in (0xF2, 0xF3):
         prefixes.append(pfx)
-    if pfx == 0x66 or (osize != mode.default_size and e_osize is None) or (e_osize and e_osize != mode.default_size):
+    # An NP form (pfx 0) takes no 66: it would select another instruction (PADDB xmm for PADDB
+    # mm) or none; its operand size is the mode's.
+    resized = (osize != mode.default_size and e_osize is None) or (e_osize and e_osize != mode.default_size)
+    if pfx == 0x66 or (resized and pfx != 0):
         prefixes.append(0x66)
     if asize != mode.default_size:
         prefixes.append(0x67)
@@ -138,7 +158,10 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
             body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
-            if is_sse(form):
+            if is_simd_integer(form):
+                ea = next(iter(memory))
+                memory[ea] = draw(packed_integer(128)).to_bytes(16, "little")
+            elif is_sse(form):
                 ea = next(iter(memory))
                 memory[ea] = b"".join(draw(double_bits(doubles)).to_bytes(8, "little") for _ in range(2))
             if target_op is not None:
@@ -173,6 +196,12 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             code_tail.append(("raw", target.to_bytes(size, "little")))
         elif name == "level":
             code_tail.append(("raw", bytes([draw(st.integers(0, 4))])))
+        elif is_simd_integer(form) and size == 1:
+            # Shift counts around the lane widths (past them a lane empties), lane selectors and
+            # shuffle orders: small numbers, and any byte.
+            code_tail.append(
+                ("raw", bytes([draw(st.one_of(st.integers(0, 17), st.integers(0, 0x41), st.integers(0, 0xFF)))]))
+            )
         elif is_sse(form) and size == 1:
             # Mostly below 8: CMPSD's predicate is imm8[2:0] and an immediate past 7 makes
             # unicorn raise #UD (deviation cmpsd-imm8-reserved), which only a re-encoded run
@@ -316,6 +345,9 @@ def _role_registers(draw, form: str, inst: Instance, mode: Mode, asize: int, osi
         regs["ecx"] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(st.integers(0, 9))
         if "xlatb" in mn and "ebx" not in regs:
             regs["ebx"] = draw(st.integers(0, fresh_machine.DATA_SIZE - 0x100))
+    if mn & {"maskmovq", "maskmovdqu"}:
+        # The implicit destination DS:EDI (DS:DI): in the DATA window, 16 bytes from its end.
+        regs["edi"] = (draw(st.integers(0, 0xFFFFFFFF)) & ~amask) | draw(st.integers(0, fresh_machine.DATA_SIZE - 0x10))
     if mn & {"leave", "enter"} and "ebp" not in regs:
         regs["ebp"] = draw(st.integers(0x4000, 0x6F00))
     if mn & {"cmpxchg", "cmpxchg8b"} and inst.memory and draw(st.booleans()):
@@ -448,6 +480,46 @@ def sse_state(draw, pool: list[int]) -> dict:
     return {"xmm": xmm, "mxcsr": mxcsr, "cr4": cr4, "cr0_bits": cr0_bits}
 
 
+# Lanes worth packing: zero, one, the signed extremes, all ones (8, 16, 32 and 64 bits).
+EDGE_LANES = {n: (0, 1, (1 << (n - 1)) - 1, 1 << (n - 1), (1 << (n - 1)) + 1, (1 << n) - 1) for n in (8, 16, 32, 64)}
+
+
+@st.composite
+def packed_integer(draw, size: int) -> int:
+    """A packed-integer register or memory value of `size` bits: lanes of one width, each an
+    edge value or random, or a small number (a shift count), or anything."""
+    kind = draw(st.sampled_from(("lanes", "lanes", "lanes", "count", "any")))
+    if kind == "count":
+        return draw(st.integers(0, 70)) | (draw(st.sampled_from((0, 0, 1 << 63, 1 << 40))) if size > 32 else 0)
+    if kind == "any":
+        return draw(st.integers(0, (1 << size) - 1))
+    n = draw(st.sampled_from((8, 16, 32, 64)))
+    lane = st.one_of(st.sampled_from(EDGE_LANES[n]), st.integers(0, (1 << n) - 1))
+    return sum(draw(lane) << i for i in range(0, size, n))
+
+
+@st.composite
+def simd_integer_state(draw) -> dict:
+    """The MMX registers (the low 64 bits of x87 R0-R7, any exponent above them), the rest of
+    the x87 state an MMX instruction reads or resets (FSW with TOP and, rarely, a pending
+    exception; the tag word; CR0.NE, EM, TS), and XMM registers with packed integers; CR4
+    mostly enabling SSE."""
+    fpr = tuple(
+        draw(packed_integer(64)) | draw(st.sampled_from((0, 0xFFFF, 0x3FFF, 0x8000, 0x1234))) << 64 for _ in range(8)
+    )
+    xmm = tuple(draw(packed_integer(128)) for _ in range(8))
+    top = draw(st.integers(0, 7)) << 11
+    pending = draw(st.sampled_from((0,) * 6 + (0x81,)))  # ES with IE: an unmasked invalid operation
+    fsw = top | pending | draw(st.sampled_from((0, 0x4700, 0x20)))  # condition codes, a masked precision flag
+    ftw = draw(st.sampled_from((0, 0xFF, draw(st.integers(0, 0xFF)))))
+    fcw = fresh_machine.FCW_INIT & ~(1 if pending else 0)
+    osfxsr, osxmmexcpt = fresh_machine.CR4_OSFXSR, fresh_machine.CR4_OSXMMEXCPT
+    cr4 = draw(st.sampled_from((osfxsr | osxmmexcpt,) * 4 + (osfxsr,) * 3 + (osxmmexcpt, 0)))
+    em, ts, mp, ne = fresh_machine.CR0_EM, fresh_machine.CR0_TS, fresh_machine.CR0_MP, fresh_machine.CR0_NE
+    cr0_bits = draw(st.sampled_from((0,) * 6 + (ne, ne, mp, em, ts, em | ts, mp | ts | ne)))
+    return {"fpr": fpr, "xmm": xmm, "fsw": fsw, "ftw": ftw, "fcw": fcw, "cr4": cr4, "cr0_bits": cr0_bits}
+
+
 def writes_esp(code: bytes, code32: bool = True) -> bool:
     """Whether the instruction explicitly writes ESP or SP (a register operand numbered 4)."""
     d = decode(code + bytes(16), fresh_machine.CODE, code32)
@@ -475,7 +547,9 @@ def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
     osize = mode.default_size
     sse: dict = {}
     pool: list[int] | None = None
-    if any(is_sse(f) for f in forms):
+    if any(is_simd_integer(f) for f in forms):
+        sse = draw(simd_integer_state())
+    elif any(is_sse(f) for f in forms):
         pool = draw(st.lists(double_bits(), min_size=1, max_size=3))
         sse = draw(sse_state(pool))
     ran: list[str] = []
