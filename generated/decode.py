@@ -2190,264 +2190,264 @@ LAYOUT = {
     'SHLD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'imm', 8))),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:93
-    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:103
-    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:113
-    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:123
-    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:133
-    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:143
-    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:153
-    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:163
-    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:173
-    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:183
-    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:193
-    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:203
-    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:213
-    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:223
-    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:233
-    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:245
-    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:255
-    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:265
-    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:275
-    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:285
-    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:295
-    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:305
-    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:315
-    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:325
-    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:335
-    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:345
-    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:355
-    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:365
-    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:375
-    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:385
-    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:395
-    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:405
-    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:415
-    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:425
-    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:435
-    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:445
-    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:455
-    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:465
-    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:475
-    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:485
-    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:495
-    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:505
-    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:517
-    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:528
-    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:539
-    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:550
-    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:560
-    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:570
-    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:580
-    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:592
-    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:602
-    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:612
-    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:622
-    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:632
-    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:642
-    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:652
-    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:664
-    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:674
-    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:684
-    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:694
-    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:704
-    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:714
-    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:724
-    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:734
-    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:744
-    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:754
-    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:766
-    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:776
-    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:786
-    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:796
-    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:808
-    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:818
-    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:828
-    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:838
-    'SFENCE': (True, None, (), ()),  # spec/sse.r1:848
-    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:869
-    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:879
-    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:892
-    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:903
-    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:914
-    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:925
-    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:936
-    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:947
-    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:958
-    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:969
-    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:980
-    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:991
-    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1002
-    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1013
-    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1024
-    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1037
-    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1047
-    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1057
-    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1067
-    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1077
-    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1088
-    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1099
-    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1110
-    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1121
-    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1131
-    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1141
-    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1151
-    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1161
-    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1173
-    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1183
-    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1193
-    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1203
-    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1213
-    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1223
-    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1233
-    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1243
-    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1253
-    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1263
-    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1273
-    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1283
-    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1293
-    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1303
-    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1313
-    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1323
-    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1333
-    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1343
-    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1353
-    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1363
-    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1373
-    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1385
-    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1396
-    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1411
-    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1426
-    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1436
-    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1446
-    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1456
-    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1468
-    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1478
-    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1488
-    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1498
-    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1508
-    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1518
-    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1528
-    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1540
-    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1550
-    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1560
-    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1570
-    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1580
-    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1590
-    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1600
-    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1610
-    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1620
-    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1630
-    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1640
-    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1650
-    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1660
-    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1670
-    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1680
-    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1690
-    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1700
-    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1710
-    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1720
-    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1730
-    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1740
-    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1750
-    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1762
-    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1773
-    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1784
-    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1795
-    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1806
-    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1828
-    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1839
-    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1850
-    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1861
-    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1872
-    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1883
-    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1896
-    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1906
-    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1917
-    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:1928
-    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1939
-    'LFENCE': (True, None, (), ()),  # spec/sse.r1:1949
-    'MFENCE': (True, None, (), ()),  # spec/sse.r1:1959
-    'PAUSE': (False, None, (), ()),  # spec/sse.r1:1969
-    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1981
-    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1992
-    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2003
-    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2014
-    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2025
-    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2036
-    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2047
-    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2058
-    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2069
-    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2080
-    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2091
-    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2102
-    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2113
-    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2126
-    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2137
-    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2148
-    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2159
-    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2170
-    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2181
-    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2192
-    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2203
-    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2214
-    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2225
-    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2236
-    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2247
-    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2258
-    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2269
-    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2280
-    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2291
-    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2302
-    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2313
-    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2324
-    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2335
-    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2346
-    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2357
-    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2368
-    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2379
-    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2390
-    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2401
-    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2412
-    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2423
-    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2434
-    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2445
-    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2456
-    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2467
-    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2478
-    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2489
-    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2500
-    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2511
-    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2522
-    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2533
-    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2544
-    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2555
-    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2566
-    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2577
-    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2588
-    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2599
-    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2610
-    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2621
-    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2632
-    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2643
-    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2654
-    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2665
-    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2676
-    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2687
-    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2700
-    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2711
-    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2722
-    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2733
-    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2744
-    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2755
-    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2766
-    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2777
-    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2788
-    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2799
-    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2810
-    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2821
+    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:101
+    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:111
+    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:121
+    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:131
+    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:141
+    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:151
+    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:161
+    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:171
+    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:181
+    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:191
+    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:201
+    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:211
+    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:221
+    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:231
+    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:241
+    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:253
+    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:263
+    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:273
+    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:283
+    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:293
+    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:303
+    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:313
+    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:323
+    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:333
+    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:343
+    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:353
+    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:363
+    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:373
+    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:383
+    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:393
+    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:403
+    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:413
+    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:423
+    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:433
+    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:443
+    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:453
+    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:463
+    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:473
+    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:483
+    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:493
+    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:503
+    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:513
+    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:525
+    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:536
+    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:547
+    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:558
+    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:568
+    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:578
+    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:588
+    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:600
+    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:610
+    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:620
+    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:630
+    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:640
+    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:650
+    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:660
+    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:672
+    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:682
+    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:692
+    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:702
+    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:712
+    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:722
+    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:732
+    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:742
+    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:752
+    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:762
+    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:774
+    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:784
+    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:794
+    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:804
+    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:816
+    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:826
+    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:836
+    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:846
+    'SFENCE': (True, None, (), ()),  # spec/sse.r1:856
+    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:866
+    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:877
+    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:887
+    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:900
+    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:911
+    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:922
+    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:933
+    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:944
+    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:955
+    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:966
+    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:977
+    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:988
+    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:999
+    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1010
+    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1021
+    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1032
+    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1045
+    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1055
+    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1065
+    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1075
+    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1085
+    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1096
+    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1107
+    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1118
+    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1129
+    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1139
+    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1149
+    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1159
+    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1169
+    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1181
+    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1191
+    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1201
+    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1211
+    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1221
+    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1231
+    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1241
+    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1251
+    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1261
+    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1271
+    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1281
+    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1291
+    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1301
+    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1311
+    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1321
+    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1331
+    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1341
+    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1351
+    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1361
+    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1371
+    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1381
+    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1393
+    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1404
+    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1419
+    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1434
+    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1444
+    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1454
+    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1464
+    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1476
+    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1486
+    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1496
+    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1506
+    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1516
+    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1526
+    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1536
+    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1548
+    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1558
+    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1568
+    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1578
+    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1588
+    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1598
+    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1608
+    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1618
+    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1628
+    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1638
+    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1648
+    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1658
+    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1668
+    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1678
+    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1688
+    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1698
+    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1708
+    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1718
+    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1728
+    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1738
+    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1748
+    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1758
+    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1770
+    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1781
+    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1792
+    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1803
+    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1814
+    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1825
+    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1836
+    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1847
+    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1858
+    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1869
+    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1880
+    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1891
+    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1904
+    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1914
+    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1925
+    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:1936
+    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1947
+    'LFENCE': (True, None, (), ()),  # spec/sse.r1:1957
+    'MFENCE': (True, None, (), ()),  # spec/sse.r1:1967
+    'PAUSE': (False, None, (), ()),  # spec/sse.r1:1977
+    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1989
+    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2000
+    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2011
+    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2022
+    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2033
+    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2044
+    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2055
+    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2066
+    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2077
+    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2088
+    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2099
+    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2110
+    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2121
+    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2134
+    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2145
+    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2156
+    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2167
+    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2178
+    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2189
+    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2200
+    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2211
+    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2222
+    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2233
+    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2244
+    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2255
+    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2266
+    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2277
+    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2288
+    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2299
+    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2310
+    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2321
+    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2332
+    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2343
+    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2354
+    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2365
+    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2376
+    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2387
+    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2398
+    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2409
+    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2420
+    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2431
+    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2442
+    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2453
+    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2464
+    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2475
+    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2486
+    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2497
+    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2508
+    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2519
+    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2530
+    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2541
+    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2552
+    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2563
+    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2574
+    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2585
+    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2596
+    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2607
+    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2618
+    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2629
+    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2640
+    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2651
+    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2662
+    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2673
+    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2684
+    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2695
+    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2708
+    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2719
+    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2730
+    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2741
+    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2752
+    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2763
+    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2774
+    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2785
+    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2796
+    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2807
+    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2818
+    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2829
     'MOVSB': (False, None, (), ()),  # spec/string.r1:20
     'MOVSv': (False, None, (), ()),  # spec/string.r1:36
     'CMPSB': (False, None, (), ()),  # spec/string.r1:56
@@ -2990,264 +2990,264 @@ ENCODINGS = {
     'SHLD_RMv_Rv_CL': ((15, 165), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': ((15, 172), None, 'r', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': ((15, 173), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:93
-    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:103
-    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:113
-    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:123
-    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:133
-    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:143
-    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:153
-    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:163
-    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:173
-    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:183
-    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:193
-    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:203
-    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:213
-    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:223
-    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:233
-    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:245
-    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:255
-    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:265
-    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:275
-    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:285
-    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:295
-    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:305
-    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:315
-    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:325
-    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:335
-    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:345
-    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:355
-    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:365
-    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:375
-    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:385
-    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:395
-    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:405
-    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:415
-    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:425
-    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:435
-    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:445
-    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:455
-    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:465
-    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:475
-    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:485
-    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:495
-    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:505
-    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:517
-    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:528
-    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:539
-    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:550
-    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:560
-    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:570
-    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:580
-    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:592
-    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:602
-    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:612
-    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:622
-    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:632
-    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:642
-    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:652
-    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:664
-    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:674
-    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:684
-    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:694
-    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:704
-    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:714
-    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:724
-    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:734
-    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:744
-    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:754
-    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:766
-    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:776
-    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:786
-    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:796
-    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:808
-    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:818
-    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:828
-    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:838
-    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:848
-    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:858
-    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:869
-    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:879
-    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:892
-    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:903
-    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:914
-    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:925
-    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:936
-    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:947
-    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:958
-    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:969
-    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:980
-    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:991
-    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1002
-    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1013
-    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1024
-    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1037
-    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1047
-    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1057
-    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1067
-    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1077
-    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1088
-    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1099
-    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1110
-    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1121
-    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1131
-    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1141
-    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1151
-    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1161
-    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1173
-    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1183
-    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1193
-    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1203
-    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1213
-    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1223
-    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1233
-    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1243
-    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1253
-    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1263
-    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1273
-    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1283
-    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1293
-    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1303
-    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1313
-    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1323
-    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1333
-    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1343
-    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1353
-    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1363
-    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1373
-    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1385
-    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1396
-    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1411
-    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1426
-    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1436
-    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1446
-    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1456
-    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1468
-    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1478
-    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1488
-    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1498
-    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1508
-    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1518
-    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1528
-    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1540
-    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1550
-    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1560
-    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1570
-    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1580
-    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1590
-    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1600
-    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1610
-    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1620
-    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1630
-    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1640
-    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1650
-    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1660
-    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1670
-    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1680
-    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1690
-    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1700
-    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1710
-    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1720
-    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1730
-    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1740
-    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1750
-    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1762
-    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1773
-    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1784
-    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1795
-    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1806
-    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1817
-    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1828
-    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1839
-    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1850
-    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1861
-    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1872
-    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1883
-    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1896
-    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1906
-    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1917
-    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1928
-    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1939
-    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1949
-    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1959
-    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:1969
-    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1981
-    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1992
-    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2003
-    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2014
-    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2025
-    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2036
-    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2047
-    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2058
-    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2069
-    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2080
-    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2091
-    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2102
-    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2113
-    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2126
-    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2137
-    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2148
-    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2159
-    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2170
-    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2181
-    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2192
-    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2203
-    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2214
-    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2225
-    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2236
-    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2247
-    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2258
-    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2269
-    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2280
-    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2291
-    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2302
-    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2313
-    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2324
-    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2335
-    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2346
-    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2357
-    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2368
-    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2379
-    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2390
-    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2401
-    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2412
-    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2423
-    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2434
-    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2445
-    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2456
-    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2467
-    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2478
-    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2489
-    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2500
-    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2511
-    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2522
-    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2533
-    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2544
-    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2555
-    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2566
-    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2577
-    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2588
-    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2599
-    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2610
-    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2621
-    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2632
-    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2643
-    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2654
-    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2665
-    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2676
-    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2687
-    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2700
-    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2711
-    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2722
-    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2733
-    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2744
-    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2755
-    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2766
-    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2777
-    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2788
-    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2799
-    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2810
-    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2821
+    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:101
+    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:111
+    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:121
+    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:131
+    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:141
+    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:151
+    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:161
+    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:171
+    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:181
+    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:191
+    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:201
+    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:211
+    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:221
+    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:231
+    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:241
+    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:253
+    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:263
+    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:273
+    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:283
+    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:293
+    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:303
+    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:313
+    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:323
+    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:333
+    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:343
+    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:353
+    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:363
+    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:373
+    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:383
+    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:393
+    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:403
+    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:413
+    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:423
+    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:433
+    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:443
+    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:453
+    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:463
+    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:473
+    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:483
+    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:493
+    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:503
+    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:513
+    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:525
+    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:536
+    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:547
+    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:558
+    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:568
+    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:578
+    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:588
+    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:600
+    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:610
+    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:620
+    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:630
+    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:640
+    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:650
+    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:660
+    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:672
+    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:682
+    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:692
+    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:702
+    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:712
+    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:722
+    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:732
+    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:742
+    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:752
+    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:762
+    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:774
+    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:784
+    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:794
+    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:804
+    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:816
+    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:826
+    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:836
+    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:846
+    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:856
+    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:866
+    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:877
+    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:887
+    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:900
+    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:911
+    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:922
+    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:933
+    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:944
+    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:955
+    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:966
+    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:977
+    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:988
+    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:999
+    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1010
+    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1021
+    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1032
+    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1045
+    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1055
+    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1065
+    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1075
+    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1085
+    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1096
+    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1107
+    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1118
+    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1129
+    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1139
+    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1149
+    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1159
+    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1169
+    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1181
+    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1191
+    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1201
+    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1211
+    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1221
+    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1231
+    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1241
+    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1251
+    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1261
+    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1271
+    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1281
+    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1291
+    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1301
+    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1311
+    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1321
+    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1331
+    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1341
+    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1351
+    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1361
+    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1371
+    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1381
+    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1393
+    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1404
+    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1419
+    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1434
+    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1444
+    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1454
+    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1464
+    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1476
+    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1486
+    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1496
+    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1506
+    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1516
+    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1526
+    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1536
+    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1548
+    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1558
+    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1568
+    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1578
+    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1588
+    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1598
+    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1608
+    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1618
+    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1628
+    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1638
+    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1648
+    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1658
+    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1668
+    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1678
+    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1688
+    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1698
+    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1708
+    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1718
+    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1728
+    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1738
+    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1748
+    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1758
+    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1770
+    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1781
+    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1792
+    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1803
+    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1814
+    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1825
+    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1836
+    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1847
+    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1858
+    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1869
+    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1880
+    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1891
+    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1904
+    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1914
+    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1925
+    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1936
+    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1947
+    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1957
+    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1967
+    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:1977
+    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1989
+    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2000
+    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2011
+    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2022
+    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2033
+    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2044
+    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2055
+    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2066
+    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2077
+    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2088
+    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2099
+    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2110
+    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2121
+    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2134
+    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2145
+    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2156
+    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2167
+    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2178
+    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2189
+    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2200
+    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2211
+    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2222
+    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2233
+    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2244
+    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2255
+    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2266
+    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2277
+    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2288
+    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2299
+    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2310
+    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2321
+    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2332
+    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2343
+    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2354
+    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2365
+    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2376
+    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2387
+    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2398
+    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2409
+    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2420
+    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2431
+    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2442
+    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2453
+    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2464
+    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2475
+    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2486
+    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2497
+    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2508
+    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2519
+    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2530
+    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2541
+    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2552
+    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2563
+    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2574
+    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2585
+    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2596
+    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2607
+    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2618
+    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2629
+    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2640
+    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2651
+    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2662
+    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2673
+    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2684
+    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2695
+    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2708
+    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2719
+    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2730
+    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2741
+    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2752
+    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2763
+    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2774
+    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2785
+    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2796
+    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2807
+    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2818
+    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2829
     'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
     'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
     'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56

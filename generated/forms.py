@@ -8412,7 +8412,7 @@ FORMS = {
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:93',
+        source='spec/sse.r1:101',
         encoding='0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8436,7 +8436,7 @@ FORMS = {
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:103',
+        source='spec/sse.r1:111',
         encoding='0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8460,7 +8460,7 @@ FORMS = {
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:113',
+        source='spec/sse.r1:121',
         encoding='0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8484,7 +8484,7 @@ FORMS = {
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:123',
+        source='spec/sse.r1:131',
         encoding='0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8508,7 +8508,7 @@ FORMS = {
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:133',
+        source='spec/sse.r1:141',
         encoding='F3 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8532,7 +8532,7 @@ FORMS = {
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:143',
+        source='spec/sse.r1:151',
         encoding='F3 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -8556,7 +8556,7 @@ FORMS = {
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:153',
+        source='spec/sse.r1:161',
         encoding='F3 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -8580,7 +8580,7 @@ FORMS = {
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:163',
+        source='spec/sse.r1:171',
         encoding='F3 0F 11 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -8604,7 +8604,7 @@ FORMS = {
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:173',
+        source='spec/sse.r1:181',
         encoding='0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8628,7 +8628,7 @@ FORMS = {
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
         mnemonics={None: 'movhlps'},
-        source='spec/sse.r1:183',
+        source='spec/sse.r1:191',
         encoding='0F 12 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8652,7 +8652,7 @@ FORMS = {
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:193',
+        source='spec/sse.r1:201',
         encoding='0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8676,7 +8676,7 @@ FORMS = {
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:203',
+        source='spec/sse.r1:211',
         encoding='0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8700,7 +8700,7 @@ FORMS = {
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
         mnemonics={None: 'movlhps'},
-        source='spec/sse.r1:213',
+        source='spec/sse.r1:221',
         encoding='0F 16 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8724,7 +8724,7 @@ FORMS = {
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:223',
+        source='spec/sse.r1:231',
         encoding='0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8748,7 +8748,7 @@ FORMS = {
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
         mnemonics={None: 'movmskps'},
-        source='spec/sse.r1:233',
+        source='spec/sse.r1:241',
         encoding='0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -8772,7 +8772,7 @@ FORMS = {
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
         mnemonics={None: 'addps'},
-        source='spec/sse.r1:245',
+        source='spec/sse.r1:253',
         encoding='0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8796,7 +8796,7 @@ FORMS = {
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:255',
+        source='spec/sse.r1:263',
         encoding='F3 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8820,7 +8820,7 @@ FORMS = {
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:265',
+        source='spec/sse.r1:273',
         encoding='F3 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8844,7 +8844,7 @@ FORMS = {
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
         mnemonics={None: 'subps'},
-        source='spec/sse.r1:275',
+        source='spec/sse.r1:283',
         encoding='0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8868,7 +8868,7 @@ FORMS = {
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:285',
+        source='spec/sse.r1:293',
         encoding='F3 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8892,7 +8892,7 @@ FORMS = {
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:295',
+        source='spec/sse.r1:303',
         encoding='F3 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8916,7 +8916,7 @@ FORMS = {
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
         mnemonics={None: 'mulps'},
-        source='spec/sse.r1:305',
+        source='spec/sse.r1:313',
         encoding='0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8940,7 +8940,7 @@ FORMS = {
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:315',
+        source='spec/sse.r1:323',
         encoding='F3 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8964,7 +8964,7 @@ FORMS = {
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:325',
+        source='spec/sse.r1:333',
         encoding='F3 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8988,7 +8988,7 @@ FORMS = {
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
         mnemonics={None: 'divps'},
-        source='spec/sse.r1:335',
+        source='spec/sse.r1:343',
         encoding='0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9012,7 +9012,7 @@ FORMS = {
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:345',
+        source='spec/sse.r1:353',
         encoding='F3 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9036,7 +9036,7 @@ FORMS = {
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:355',
+        source='spec/sse.r1:363',
         encoding='F3 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9060,7 +9060,7 @@ FORMS = {
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
         mnemonics={None: 'minps'},
-        source='spec/sse.r1:365',
+        source='spec/sse.r1:373',
         encoding='0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9084,7 +9084,7 @@ FORMS = {
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:375',
+        source='spec/sse.r1:383',
         encoding='F3 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9108,7 +9108,7 @@ FORMS = {
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:385',
+        source='spec/sse.r1:393',
         encoding='F3 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9132,7 +9132,7 @@ FORMS = {
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
         mnemonics={None: 'maxps'},
-        source='spec/sse.r1:395',
+        source='spec/sse.r1:403',
         encoding='0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9156,7 +9156,7 @@ FORMS = {
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:405',
+        source='spec/sse.r1:413',
         encoding='F3 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9180,7 +9180,7 @@ FORMS = {
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:415',
+        source='spec/sse.r1:423',
         encoding='F3 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9204,7 +9204,7 @@ FORMS = {
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
         mnemonics={None: 'sqrtps'},
-        source='spec/sse.r1:425',
+        source='spec/sse.r1:433',
         encoding='0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9228,7 +9228,7 @@ FORMS = {
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:435',
+        source='spec/sse.r1:443',
         encoding='F3 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9252,7 +9252,7 @@ FORMS = {
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:445',
+        source='spec/sse.r1:453',
         encoding='F3 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9276,7 +9276,7 @@ FORMS = {
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
         mnemonics={None: 'rcpps'},
-        source='spec/sse.r1:455',
+        source='spec/sse.r1:463',
         encoding='0F 53 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9300,7 +9300,7 @@ FORMS = {
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:465',
+        source='spec/sse.r1:473',
         encoding='F3 0F 53 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9324,7 +9324,7 @@ FORMS = {
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:475',
+        source='spec/sse.r1:483',
         encoding='F3 0F 53 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9348,7 +9348,7 @@ FORMS = {
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
         mnemonics={None: 'rsqrtps'},
-        source='spec/sse.r1:485',
+        source='spec/sse.r1:493',
         encoding='0F 52 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9372,7 +9372,7 @@ FORMS = {
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:495',
+        source='spec/sse.r1:503',
         encoding='F3 0F 52 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9396,7 +9396,7 @@ FORMS = {
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:505',
+        source='spec/sse.r1:513',
         encoding='F3 0F 52 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9420,7 +9420,7 @@ FORMS = {
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmpps'},
-        source='spec/sse.r1:517',
+        source='spec/sse.r1:525',
         encoding='0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9444,7 +9444,7 @@ FORMS = {
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:528',
+        source='spec/sse.r1:536',
         encoding='F3 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9468,7 +9468,7 @@ FORMS = {
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:539',
+        source='spec/sse.r1:547',
         encoding='F3 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -9492,7 +9492,7 @@ FORMS = {
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:550',
+        source='spec/sse.r1:558',
         encoding='0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9516,7 +9516,7 @@ FORMS = {
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:560',
+        source='spec/sse.r1:568',
         encoding='0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9540,7 +9540,7 @@ FORMS = {
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:570',
+        source='spec/sse.r1:578',
         encoding='0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9564,7 +9564,7 @@ FORMS = {
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:580',
+        source='spec/sse.r1:588',
         encoding='0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9588,7 +9588,7 @@ FORMS = {
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
         mnemonics={None: 'andps'},
-        source='spec/sse.r1:592',
+        source='spec/sse.r1:600',
         encoding='0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9612,7 +9612,7 @@ FORMS = {
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
         mnemonics={None: 'andnps'},
-        source='spec/sse.r1:602',
+        source='spec/sse.r1:610',
         encoding='0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9636,7 +9636,7 @@ FORMS = {
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
         mnemonics={None: 'orps'},
-        source='spec/sse.r1:612',
+        source='spec/sse.r1:620',
         encoding='0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9660,7 +9660,7 @@ FORMS = {
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
         mnemonics={None: 'xorps'},
-        source='spec/sse.r1:622',
+        source='spec/sse.r1:630',
         encoding='0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9684,7 +9684,7 @@ FORMS = {
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufps'},
-        source='spec/sse.r1:632',
+        source='spec/sse.r1:640',
         encoding='0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9708,7 +9708,7 @@ FORMS = {
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
         mnemonics={None: 'unpcklps'},
-        source='spec/sse.r1:642',
+        source='spec/sse.r1:650',
         encoding='0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9732,7 +9732,7 @@ FORMS = {
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
         mnemonics={None: 'unpckhps'},
-        source='spec/sse.r1:652',
+        source='spec/sse.r1:660',
         encoding='0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9756,7 +9756,7 @@ FORMS = {
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
         mnemonics={None: 'cvtpi2ps'},
-        source='spec/sse.r1:664',
+        source='spec/sse.r1:672',
         encoding='0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9780,7 +9780,7 @@ FORMS = {
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:674',
+        source='spec/sse.r1:682',
         encoding='0F 2D /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9804,7 +9804,7 @@ FORMS = {
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:684',
+        source='spec/sse.r1:692',
         encoding='0F 2D /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9828,7 +9828,7 @@ FORMS = {
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:694',
+        source='spec/sse.r1:702',
         encoding='0F 2C /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9852,7 +9852,7 @@ FORMS = {
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:704',
+        source='spec/sse.r1:712',
         encoding='0F 2C /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9876,7 +9876,7 @@ FORMS = {
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
         mnemonics={None: 'cvtsi2ss'},
-        source='spec/sse.r1:714',
+        source='spec/sse.r1:722',
         encoding='F3 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -9900,7 +9900,7 @@ FORMS = {
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:724',
+        source='spec/sse.r1:732',
         encoding='F3 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9924,7 +9924,7 @@ FORMS = {
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:734',
+        source='spec/sse.r1:742',
         encoding='F3 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9948,7 +9948,7 @@ FORMS = {
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:744',
+        source='spec/sse.r1:752',
         encoding='F3 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9972,7 +9972,7 @@ FORMS = {
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:754',
+        source='spec/sse.r1:762',
         encoding='F3 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9996,7 +9996,7 @@ FORMS = {
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
         mnemonics={None: 'ldmxcsr'},
-        source='spec/sse.r1:766',
+        source='spec/sse.r1:774',
         encoding='0F AE /2 mem',
         operands=(('src', 'm32', 'r'),),
         width=32,
@@ -10020,7 +10020,7 @@ FORMS = {
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
         mnemonics={None: 'stmxcsr'},
-        source='spec/sse.r1:776',
+        source='spec/sse.r1:784',
         encoding='0F AE /3 mem',
         operands=(('dst', 'm32', 'w'),),
         width=32,
@@ -10044,7 +10044,7 @@ FORMS = {
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
         mnemonics={None: 'fxsave'},
-        source='spec/sse.r1:786',
+        source='spec/sse.r1:794',
         encoding='0F AE /0 mem',
         operands=(('dst', 'm4096', 'w'),),
         width='v',
@@ -10068,7 +10068,7 @@ FORMS = {
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
         mnemonics={None: 'fxrstor'},
-        source='spec/sse.r1:796',
+        source='spec/sse.r1:804',
         encoding='0F AE /1 mem',
         operands=(('src', 'm4096', 'r'),),
         width='v',
@@ -10092,7 +10092,7 @@ FORMS = {
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
         mnemonics={None: 'prefetchnta'},
-        source='spec/sse.r1:808',
+        source='spec/sse.r1:816',
         encoding='0F 18 /0 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10116,7 +10116,7 @@ FORMS = {
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
         mnemonics={None: 'prefetcht0'},
-        source='spec/sse.r1:818',
+        source='spec/sse.r1:826',
         encoding='0F 18 /1 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10140,7 +10140,7 @@ FORMS = {
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
         mnemonics={None: 'prefetcht1'},
-        source='spec/sse.r1:828',
+        source='spec/sse.r1:836',
         encoding='0F 18 /2 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10164,7 +10164,7 @@ FORMS = {
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
         mnemonics={None: 'prefetcht2'},
-        source='spec/sse.r1:838',
+        source='spec/sse.r1:846',
         encoding='0F 18 /3 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10188,7 +10188,7 @@ FORMS = {
     'SFENCE': FormInfo(
         name='SFENCE',
         mnemonics={None: 'sfence'},
-        source='spec/sse.r1:848',
+        source='spec/sse.r1:856',
         encoding='0F AE /7 reg',
         operands=(),
         width='v',
@@ -10212,7 +10212,7 @@ FORMS = {
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
         mnemonics={None: 'movntq'},
-        source='spec/sse.r1:858',
+        source='spec/sse.r1:866',
         encoding='0F E7 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'mm', 'r')),
         width='v',
@@ -10236,7 +10236,7 @@ FORMS = {
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
         mnemonics={None: 'movntps'},
-        source='spec/sse.r1:869',
+        source='spec/sse.r1:877',
         encoding='0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10260,7 +10260,7 @@ FORMS = {
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
         mnemonics={None: 'maskmovq'},
-        source='spec/sse.r1:879',
+        source='spec/sse.r1:887',
         encoding='0F F7 /r reg',
         operands=(('src', 'mm', 'r'), ('mask', 'mmrm', 'r')),
         width='v',
@@ -10284,7 +10284,7 @@ FORMS = {
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:892',
+        source='spec/sse.r1:900',
         encoding='0F E0 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10308,7 +10308,7 @@ FORMS = {
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:903',
+        source='spec/sse.r1:911',
         encoding='0F E3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10332,7 +10332,7 @@ FORMS = {
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:914',
+        source='spec/sse.r1:922',
         encoding='0F EE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10356,7 +10356,7 @@ FORMS = {
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:925',
+        source='spec/sse.r1:933',
         encoding='0F DE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10380,7 +10380,7 @@ FORMS = {
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:936',
+        source='spec/sse.r1:944',
         encoding='0F EA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10404,7 +10404,7 @@ FORMS = {
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:947',
+        source='spec/sse.r1:955',
         encoding='0F DA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10428,7 +10428,7 @@ FORMS = {
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:958',
+        source='spec/sse.r1:966',
         encoding='0F E4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10452,7 +10452,7 @@ FORMS = {
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:969',
+        source='spec/sse.r1:977',
         encoding='0F F6 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10476,7 +10476,7 @@ FORMS = {
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
         mnemonics={None: 'pshufw'},
-        source='spec/sse.r1:980',
+        source='spec/sse.r1:988',
         encoding='0F 70 /r ib',
         operands=(('dst', 'mm', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10500,7 +10500,7 @@ FORMS = {
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:991',
+        source='spec/sse.r1:999',
         encoding='0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10524,7 +10524,7 @@ FORMS = {
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1002',
+        source='spec/sse.r1:1010',
         encoding='0F C4 /r reg ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10548,7 +10548,7 @@ FORMS = {
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1013',
+        source='spec/sse.r1:1021',
         encoding='0F C4 /r mem ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -10572,7 +10572,7 @@ FORMS = {
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:1024',
+        source='spec/sse.r1:1032',
         encoding='0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r')),
         width=32,
@@ -10596,7 +10596,7 @@ FORMS = {
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1037',
+        source='spec/sse.r1:1045',
         encoding='66 0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10620,7 +10620,7 @@ FORMS = {
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1047',
+        source='spec/sse.r1:1055',
         encoding='66 0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10644,7 +10644,7 @@ FORMS = {
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1057',
+        source='spec/sse.r1:1065',
         encoding='66 0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10668,7 +10668,7 @@ FORMS = {
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1067',
+        source='spec/sse.r1:1075',
         encoding='66 0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10692,7 +10692,7 @@ FORMS = {
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1077',
+        source='spec/sse.r1:1085',
         encoding='F2 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10716,7 +10716,7 @@ FORMS = {
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1088',
+        source='spec/sse.r1:1096',
         encoding='F2 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10740,7 +10740,7 @@ FORMS = {
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1099',
+        source='spec/sse.r1:1107',
         encoding='F2 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -10764,7 +10764,7 @@ FORMS = {
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1110',
+        source='spec/sse.r1:1118',
         encoding='F2 0F 11 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10788,7 +10788,7 @@ FORMS = {
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1121',
+        source='spec/sse.r1:1129',
         encoding='66 0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10812,7 +10812,7 @@ FORMS = {
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1131',
+        source='spec/sse.r1:1139',
         encoding='66 0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10836,7 +10836,7 @@ FORMS = {
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1141',
+        source='spec/sse.r1:1149',
         encoding='66 0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10860,7 +10860,7 @@ FORMS = {
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1151',
+        source='spec/sse.r1:1159',
         encoding='66 0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10884,7 +10884,7 @@ FORMS = {
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
         mnemonics={None: 'movmskpd'},
-        source='spec/sse.r1:1161',
+        source='spec/sse.r1:1169',
         encoding='66 0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -10908,7 +10908,7 @@ FORMS = {
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
         mnemonics={None: 'addpd'},
-        source='spec/sse.r1:1173',
+        source='spec/sse.r1:1181',
         encoding='66 0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10932,7 +10932,7 @@ FORMS = {
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1183',
+        source='spec/sse.r1:1191',
         encoding='F2 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10956,7 +10956,7 @@ FORMS = {
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1193',
+        source='spec/sse.r1:1201',
         encoding='F2 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10980,7 +10980,7 @@ FORMS = {
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
         mnemonics={None: 'subpd'},
-        source='spec/sse.r1:1203',
+        source='spec/sse.r1:1211',
         encoding='66 0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11004,7 +11004,7 @@ FORMS = {
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1213',
+        source='spec/sse.r1:1221',
         encoding='F2 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11028,7 +11028,7 @@ FORMS = {
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1223',
+        source='spec/sse.r1:1231',
         encoding='F2 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11052,7 +11052,7 @@ FORMS = {
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
         mnemonics={None: 'mulpd'},
-        source='spec/sse.r1:1233',
+        source='spec/sse.r1:1241',
         encoding='66 0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11076,7 +11076,7 @@ FORMS = {
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1243',
+        source='spec/sse.r1:1251',
         encoding='F2 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11100,7 +11100,7 @@ FORMS = {
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1253',
+        source='spec/sse.r1:1261',
         encoding='F2 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11124,7 +11124,7 @@ FORMS = {
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
         mnemonics={None: 'divpd'},
-        source='spec/sse.r1:1263',
+        source='spec/sse.r1:1271',
         encoding='66 0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11148,7 +11148,7 @@ FORMS = {
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1273',
+        source='spec/sse.r1:1281',
         encoding='F2 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11172,7 +11172,7 @@ FORMS = {
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1283',
+        source='spec/sse.r1:1291',
         encoding='F2 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11196,7 +11196,7 @@ FORMS = {
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
         mnemonics={None: 'minpd'},
-        source='spec/sse.r1:1293',
+        source='spec/sse.r1:1301',
         encoding='66 0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11220,7 +11220,7 @@ FORMS = {
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1303',
+        source='spec/sse.r1:1311',
         encoding='F2 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11244,7 +11244,7 @@ FORMS = {
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1313',
+        source='spec/sse.r1:1321',
         encoding='F2 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11268,7 +11268,7 @@ FORMS = {
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
         mnemonics={None: 'maxpd'},
-        source='spec/sse.r1:1323',
+        source='spec/sse.r1:1331',
         encoding='66 0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11292,7 +11292,7 @@ FORMS = {
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1333',
+        source='spec/sse.r1:1341',
         encoding='F2 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11316,7 +11316,7 @@ FORMS = {
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1343',
+        source='spec/sse.r1:1351',
         encoding='F2 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11340,7 +11340,7 @@ FORMS = {
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
         mnemonics={None: 'sqrtpd'},
-        source='spec/sse.r1:1353',
+        source='spec/sse.r1:1361',
         encoding='66 0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11364,7 +11364,7 @@ FORMS = {
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1363',
+        source='spec/sse.r1:1371',
         encoding='F2 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11388,7 +11388,7 @@ FORMS = {
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1373',
+        source='spec/sse.r1:1381',
         encoding='F2 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11412,7 +11412,7 @@ FORMS = {
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmppd'},
-        source='spec/sse.r1:1385',
+        source='spec/sse.r1:1393',
         encoding='66 0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11436,7 +11436,7 @@ FORMS = {
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1396',
+        source='spec/sse.r1:1404',
         encoding='F2 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11460,7 +11460,7 @@ FORMS = {
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1411',
+        source='spec/sse.r1:1419',
         encoding='F2 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11484,7 +11484,7 @@ FORMS = {
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1426',
+        source='spec/sse.r1:1434',
         encoding='66 0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11508,7 +11508,7 @@ FORMS = {
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1436',
+        source='spec/sse.r1:1444',
         encoding='66 0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11532,7 +11532,7 @@ FORMS = {
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1446',
+        source='spec/sse.r1:1454',
         encoding='66 0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11556,7 +11556,7 @@ FORMS = {
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1456',
+        source='spec/sse.r1:1464',
         encoding='66 0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11580,7 +11580,7 @@ FORMS = {
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
         mnemonics={None: 'andpd'},
-        source='spec/sse.r1:1468',
+        source='spec/sse.r1:1476',
         encoding='66 0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11604,7 +11604,7 @@ FORMS = {
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
         mnemonics={None: 'andnpd'},
-        source='spec/sse.r1:1478',
+        source='spec/sse.r1:1486',
         encoding='66 0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11628,7 +11628,7 @@ FORMS = {
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
         mnemonics={None: 'orpd'},
-        source='spec/sse.r1:1488',
+        source='spec/sse.r1:1496',
         encoding='66 0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11652,7 +11652,7 @@ FORMS = {
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
         mnemonics={None: 'xorpd'},
-        source='spec/sse.r1:1498',
+        source='spec/sse.r1:1506',
         encoding='66 0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11676,7 +11676,7 @@ FORMS = {
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufpd'},
-        source='spec/sse.r1:1508',
+        source='spec/sse.r1:1516',
         encoding='66 0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11700,7 +11700,7 @@ FORMS = {
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
         mnemonics={None: 'unpcklpd'},
-        source='spec/sse.r1:1518',
+        source='spec/sse.r1:1526',
         encoding='66 0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11724,7 +11724,7 @@ FORMS = {
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
         mnemonics={None: 'unpckhpd'},
-        source='spec/sse.r1:1528',
+        source='spec/sse.r1:1536',
         encoding='66 0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11748,7 +11748,7 @@ FORMS = {
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
         mnemonics={None: 'cvtpi2pd'},
-        source='spec/sse.r1:1540',
+        source='spec/sse.r1:1548',
         encoding='66 0F 2A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11772,7 +11772,7 @@ FORMS = {
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvtpd2pi'},
-        source='spec/sse.r1:1550',
+        source='spec/sse.r1:1558',
         encoding='66 0F 2D /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11796,7 +11796,7 @@ FORMS = {
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvttpd2pi'},
-        source='spec/sse.r1:1560',
+        source='spec/sse.r1:1568',
         encoding='66 0F 2C /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11820,7 +11820,7 @@ FORMS = {
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
         mnemonics={None: 'cvtsi2sd'},
-        source='spec/sse.r1:1570',
+        source='spec/sse.r1:1578',
         encoding='F2 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -11844,7 +11844,7 @@ FORMS = {
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:1580',
+        source='spec/sse.r1:1588',
         encoding='F2 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11868,7 +11868,7 @@ FORMS = {
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:1590',
+        source='spec/sse.r1:1598',
         encoding='F2 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11892,7 +11892,7 @@ FORMS = {
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:1600',
+        source='spec/sse.r1:1608',
         encoding='F2 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11916,7 +11916,7 @@ FORMS = {
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:1610',
+        source='spec/sse.r1:1618',
         encoding='F2 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11940,7 +11940,7 @@ FORMS = {
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:1620',
+        source='spec/sse.r1:1628',
         encoding='0F 5A /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11964,7 +11964,7 @@ FORMS = {
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:1630',
+        source='spec/sse.r1:1638',
         encoding='0F 5A /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -11988,7 +11988,7 @@ FORMS = {
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
         mnemonics={None: 'cvtpd2ps'},
-        source='spec/sse.r1:1640',
+        source='spec/sse.r1:1648',
         encoding='66 0F 5A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12012,7 +12012,7 @@ FORMS = {
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:1650',
+        source='spec/sse.r1:1658',
         encoding='F3 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12036,7 +12036,7 @@ FORMS = {
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:1660',
+        source='spec/sse.r1:1668',
         encoding='F3 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -12060,7 +12060,7 @@ FORMS = {
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:1670',
+        source='spec/sse.r1:1678',
         encoding='F2 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12084,7 +12084,7 @@ FORMS = {
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:1680',
+        source='spec/sse.r1:1688',
         encoding='F2 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -12108,7 +12108,7 @@ FORMS = {
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
         mnemonics={None: 'cvtdq2ps'},
-        source='spec/sse.r1:1690',
+        source='spec/sse.r1:1698',
         encoding='0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12132,7 +12132,7 @@ FORMS = {
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtps2dq'},
-        source='spec/sse.r1:1700',
+        source='spec/sse.r1:1708',
         encoding='66 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12156,7 +12156,7 @@ FORMS = {
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttps2dq'},
-        source='spec/sse.r1:1710',
+        source='spec/sse.r1:1718',
         encoding='F3 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12180,7 +12180,7 @@ FORMS = {
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:1720',
+        source='spec/sse.r1:1728',
         encoding='F3 0F E6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12204,7 +12204,7 @@ FORMS = {
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:1730',
+        source='spec/sse.r1:1738',
         encoding='F3 0F E6 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12228,7 +12228,7 @@ FORMS = {
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtpd2dq'},
-        source='spec/sse.r1:1740',
+        source='spec/sse.r1:1748',
         encoding='F2 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12252,7 +12252,7 @@ FORMS = {
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttpd2dq'},
-        source='spec/sse.r1:1750',
+        source='spec/sse.r1:1758',
         encoding='66 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12276,7 +12276,7 @@ FORMS = {
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:1762',
+        source='spec/sse.r1:1770',
         encoding='66 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12300,7 +12300,7 @@ FORMS = {
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:1773',
+        source='spec/sse.r1:1781',
         encoding='66 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12324,7 +12324,7 @@ FORMS = {
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:1784',
+        source='spec/sse.r1:1792',
         encoding='F3 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12348,7 +12348,7 @@ FORMS = {
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:1795',
+        source='spec/sse.r1:1803',
         encoding='F3 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12372,7 +12372,7 @@ FORMS = {
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:1806',
+        source='spec/sse.r1:1814',
         encoding='66 0F 6E /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'rm32', 'r')),
         width=32,
@@ -12396,7 +12396,7 @@ FORMS = {
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:1817',
+        source='spec/sse.r1:1825',
         encoding='66 0F 7E /r',
         operands=(('dst', 'rm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -12420,7 +12420,7 @@ FORMS = {
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1828',
+        source='spec/sse.r1:1836',
         encoding='F3 0F 7E /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12444,7 +12444,7 @@ FORMS = {
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1839',
+        source='spec/sse.r1:1847',
         encoding='F3 0F 7E /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12468,7 +12468,7 @@ FORMS = {
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1850',
+        source='spec/sse.r1:1858',
         encoding='66 0F D6 /r reg',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12492,7 +12492,7 @@ FORMS = {
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:1861',
+        source='spec/sse.r1:1869',
         encoding='66 0F D6 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12516,7 +12516,7 @@ FORMS = {
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
         mnemonics={None: 'movq2dq'},
-        source='spec/sse.r1:1872',
+        source='spec/sse.r1:1880',
         encoding='F3 0F D6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12540,7 +12540,7 @@ FORMS = {
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
         mnemonics={None: 'movdq2q'},
-        source='spec/sse.r1:1883',
+        source='spec/sse.r1:1891',
         encoding='F2 0F D6 /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12564,7 +12564,7 @@ FORMS = {
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
         mnemonics={None: 'movntpd'},
-        source='spec/sse.r1:1896',
+        source='spec/sse.r1:1904',
         encoding='66 0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12588,7 +12588,7 @@ FORMS = {
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
         mnemonics={None: 'movntdq'},
-        source='spec/sse.r1:1906',
+        source='spec/sse.r1:1914',
         encoding='66 0F E7 /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12612,7 +12612,7 @@ FORMS = {
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
         mnemonics={None: 'movnti'},
-        source='spec/sse.r1:1917',
+        source='spec/sse.r1:1925',
         encoding='0F C3 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'r32', 'r')),
         width=32,
@@ -12636,7 +12636,7 @@ FORMS = {
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
         mnemonics={None: 'maskmovdqu'},
-        source='spec/sse.r1:1928',
+        source='spec/sse.r1:1936',
         encoding='66 0F F7 /r reg',
         operands=(('src', 'xmm', 'r'), ('mask', 'xmmrm', 'r')),
         width='v',
@@ -12660,7 +12660,7 @@ FORMS = {
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
         mnemonics={None: 'clflush'},
-        source='spec/sse.r1:1939',
+        source='spec/sse.r1:1947',
         encoding='0F AE /7 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -12684,7 +12684,7 @@ FORMS = {
     'LFENCE': FormInfo(
         name='LFENCE',
         mnemonics={None: 'lfence'},
-        source='spec/sse.r1:1949',
+        source='spec/sse.r1:1957',
         encoding='0F AE /5 reg',
         operands=(),
         width='v',
@@ -12708,7 +12708,7 @@ FORMS = {
     'MFENCE': FormInfo(
         name='MFENCE',
         mnemonics={None: 'mfence'},
-        source='spec/sse.r1:1959',
+        source='spec/sse.r1:1967',
         encoding='0F AE /6 reg',
         operands=(),
         width='v',
@@ -12732,7 +12732,7 @@ FORMS = {
     'PAUSE': FormInfo(
         name='PAUSE',
         mnemonics={None: 'pause'},
-        source='spec/sse.r1:1969',
+        source='spec/sse.r1:1977',
         encoding='F3 90',
         operands=(),
         width='v',
@@ -12756,7 +12756,7 @@ FORMS = {
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1981',
+        source='spec/sse.r1:1989',
         encoding='0F D4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12780,7 +12780,7 @@ FORMS = {
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:1992',
+        source='spec/sse.r1:2000',
         encoding='66 0F D4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12804,7 +12804,7 @@ FORMS = {
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:2003',
+        source='spec/sse.r1:2011',
         encoding='0F FB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12828,7 +12828,7 @@ FORMS = {
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:2014',
+        source='spec/sse.r1:2022',
         encoding='66 0F FB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12852,7 +12852,7 @@ FORMS = {
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2025',
+        source='spec/sse.r1:2033',
         encoding='0F F4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12876,7 +12876,7 @@ FORMS = {
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2036',
+        source='spec/sse.r1:2044',
         encoding='66 0F F4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12900,7 +12900,7 @@ FORMS = {
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufd'},
-        source='spec/sse.r1:2047',
+        source='spec/sse.r1:2055',
         encoding='66 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12924,7 +12924,7 @@ FORMS = {
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufhw'},
-        source='spec/sse.r1:2058',
+        source='spec/sse.r1:2066',
         encoding='F3 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12948,7 +12948,7 @@ FORMS = {
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshuflw'},
-        source='spec/sse.r1:2069',
+        source='spec/sse.r1:2077',
         encoding='F2 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12972,7 +12972,7 @@ FORMS = {
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
         mnemonics={None: 'pslldq'},
-        source='spec/sse.r1:2080',
+        source='spec/sse.r1:2088',
         encoding='66 0F 73 /7 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12996,7 +12996,7 @@ FORMS = {
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
         mnemonics={None: 'psrldq'},
-        source='spec/sse.r1:2091',
+        source='spec/sse.r1:2099',
         encoding='66 0F 73 /3 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13020,7 +13020,7 @@ FORMS = {
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
         mnemonics={None: 'punpcklqdq'},
-        source='spec/sse.r1:2102',
+        source='spec/sse.r1:2110',
         encoding='66 0F 6C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13044,7 +13044,7 @@ FORMS = {
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhqdq'},
-        source='spec/sse.r1:2113',
+        source='spec/sse.r1:2121',
         encoding='66 0F 6D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13068,7 +13068,7 @@ FORMS = {
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/sse.r1:2126',
+        source='spec/sse.r1:2134',
         encoding='66 0F 60 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13092,7 +13092,7 @@ FORMS = {
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/sse.r1:2137',
+        source='spec/sse.r1:2145',
         encoding='66 0F 61 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13116,7 +13116,7 @@ FORMS = {
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
         mnemonics={None: 'punpckldq'},
-        source='spec/sse.r1:2148',
+        source='spec/sse.r1:2156',
         encoding='66 0F 62 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13140,7 +13140,7 @@ FORMS = {
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/sse.r1:2159',
+        source='spec/sse.r1:2167',
         encoding='66 0F 68 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13164,7 +13164,7 @@ FORMS = {
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/sse.r1:2170',
+        source='spec/sse.r1:2178',
         encoding='66 0F 69 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13188,7 +13188,7 @@ FORMS = {
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/sse.r1:2181',
+        source='spec/sse.r1:2189',
         encoding='66 0F 6A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13212,7 +13212,7 @@ FORMS = {
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/sse.r1:2192',
+        source='spec/sse.r1:2200',
         encoding='66 0F 63 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13236,7 +13236,7 @@ FORMS = {
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/sse.r1:2203',
+        source='spec/sse.r1:2211',
         encoding='66 0F 67 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13260,7 +13260,7 @@ FORMS = {
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/sse.r1:2214',
+        source='spec/sse.r1:2222',
         encoding='66 0F 6B /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13284,7 +13284,7 @@ FORMS = {
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
         mnemonics={None: 'paddb'},
-        source='spec/sse.r1:2225',
+        source='spec/sse.r1:2233',
         encoding='66 0F FC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13308,7 +13308,7 @@ FORMS = {
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
         mnemonics={None: 'paddw'},
-        source='spec/sse.r1:2236',
+        source='spec/sse.r1:2244',
         encoding='66 0F FD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13332,7 +13332,7 @@ FORMS = {
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
         mnemonics={None: 'paddd'},
-        source='spec/sse.r1:2247',
+        source='spec/sse.r1:2255',
         encoding='66 0F FE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13356,7 +13356,7 @@ FORMS = {
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/sse.r1:2258',
+        source='spec/sse.r1:2266',
         encoding='66 0F EC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13380,7 +13380,7 @@ FORMS = {
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/sse.r1:2269',
+        source='spec/sse.r1:2277',
         encoding='66 0F ED /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13404,7 +13404,7 @@ FORMS = {
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/sse.r1:2280',
+        source='spec/sse.r1:2288',
         encoding='66 0F DC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13428,7 +13428,7 @@ FORMS = {
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/sse.r1:2291',
+        source='spec/sse.r1:2299',
         encoding='66 0F DD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13452,7 +13452,7 @@ FORMS = {
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
         mnemonics={None: 'psubb'},
-        source='spec/sse.r1:2302',
+        source='spec/sse.r1:2310',
         encoding='66 0F F8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13476,7 +13476,7 @@ FORMS = {
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
         mnemonics={None: 'psubw'},
-        source='spec/sse.r1:2313',
+        source='spec/sse.r1:2321',
         encoding='66 0F F9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13500,7 +13500,7 @@ FORMS = {
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
         mnemonics={None: 'psubd'},
-        source='spec/sse.r1:2324',
+        source='spec/sse.r1:2332',
         encoding='66 0F FA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13524,7 +13524,7 @@ FORMS = {
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/sse.r1:2335',
+        source='spec/sse.r1:2343',
         encoding='66 0F E8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13548,7 +13548,7 @@ FORMS = {
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/sse.r1:2346',
+        source='spec/sse.r1:2354',
         encoding='66 0F E9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13572,7 +13572,7 @@ FORMS = {
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/sse.r1:2357',
+        source='spec/sse.r1:2365',
         encoding='66 0F D8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13596,7 +13596,7 @@ FORMS = {
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/sse.r1:2368',
+        source='spec/sse.r1:2376',
         encoding='66 0F D9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13620,7 +13620,7 @@ FORMS = {
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/sse.r1:2379',
+        source='spec/sse.r1:2387',
         encoding='66 0F D5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13644,7 +13644,7 @@ FORMS = {
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/sse.r1:2390',
+        source='spec/sse.r1:2398',
         encoding='66 0F E5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13668,7 +13668,7 @@ FORMS = {
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/sse.r1:2401',
+        source='spec/sse.r1:2409',
         encoding='66 0F F5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13692,7 +13692,7 @@ FORMS = {
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/sse.r1:2412',
+        source='spec/sse.r1:2420',
         encoding='66 0F 74 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13716,7 +13716,7 @@ FORMS = {
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/sse.r1:2423',
+        source='spec/sse.r1:2431',
         encoding='66 0F 75 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13740,7 +13740,7 @@ FORMS = {
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/sse.r1:2434',
+        source='spec/sse.r1:2442',
         encoding='66 0F 76 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13764,7 +13764,7 @@ FORMS = {
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/sse.r1:2445',
+        source='spec/sse.r1:2453',
         encoding='66 0F 64 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13788,7 +13788,7 @@ FORMS = {
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/sse.r1:2456',
+        source='spec/sse.r1:2464',
         encoding='66 0F 65 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13812,7 +13812,7 @@ FORMS = {
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/sse.r1:2467',
+        source='spec/sse.r1:2475',
         encoding='66 0F 66 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13836,7 +13836,7 @@ FORMS = {
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
         mnemonics={None: 'pand'},
-        source='spec/sse.r1:2478',
+        source='spec/sse.r1:2486',
         encoding='66 0F DB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13860,7 +13860,7 @@ FORMS = {
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
         mnemonics={None: 'pandn'},
-        source='spec/sse.r1:2489',
+        source='spec/sse.r1:2497',
         encoding='66 0F DF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13884,7 +13884,7 @@ FORMS = {
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
         mnemonics={None: 'por'},
-        source='spec/sse.r1:2500',
+        source='spec/sse.r1:2508',
         encoding='66 0F EB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13908,7 +13908,7 @@ FORMS = {
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
         mnemonics={None: 'pxor'},
-        source='spec/sse.r1:2511',
+        source='spec/sse.r1:2519',
         encoding='66 0F EF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13932,7 +13932,7 @@ FORMS = {
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2522',
+        source='spec/sse.r1:2530',
         encoding='66 0F F1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13956,7 +13956,7 @@ FORMS = {
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2533',
+        source='spec/sse.r1:2541',
         encoding='66 0F F2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13980,7 +13980,7 @@ FORMS = {
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2544',
+        source='spec/sse.r1:2552',
         encoding='66 0F F3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14004,7 +14004,7 @@ FORMS = {
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2555',
+        source='spec/sse.r1:2563',
         encoding='66 0F D1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14028,7 +14028,7 @@ FORMS = {
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2566',
+        source='spec/sse.r1:2574',
         encoding='66 0F D2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14052,7 +14052,7 @@ FORMS = {
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2577',
+        source='spec/sse.r1:2585',
         encoding='66 0F D3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14076,7 +14076,7 @@ FORMS = {
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2588',
+        source='spec/sse.r1:2596',
         encoding='66 0F E1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14100,7 +14100,7 @@ FORMS = {
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2599',
+        source='spec/sse.r1:2607',
         encoding='66 0F E2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14124,7 +14124,7 @@ FORMS = {
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:2610',
+        source='spec/sse.r1:2618',
         encoding='66 0F 71 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14148,7 +14148,7 @@ FORMS = {
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:2621',
+        source='spec/sse.r1:2629',
         encoding='66 0F 72 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14172,7 +14172,7 @@ FORMS = {
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:2632',
+        source='spec/sse.r1:2640',
         encoding='66 0F 73 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14196,7 +14196,7 @@ FORMS = {
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:2643',
+        source='spec/sse.r1:2651',
         encoding='66 0F 71 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14220,7 +14220,7 @@ FORMS = {
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:2654',
+        source='spec/sse.r1:2662',
         encoding='66 0F 72 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14244,7 +14244,7 @@ FORMS = {
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:2665',
+        source='spec/sse.r1:2673',
         encoding='66 0F 73 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14268,7 +14268,7 @@ FORMS = {
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:2676',
+        source='spec/sse.r1:2684',
         encoding='66 0F 71 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14292,7 +14292,7 @@ FORMS = {
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:2687',
+        source='spec/sse.r1:2695',
         encoding='66 0F 72 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14316,7 +14316,7 @@ FORMS = {
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:2700',
+        source='spec/sse.r1:2708',
         encoding='66 0F E0 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14340,7 +14340,7 @@ FORMS = {
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:2711',
+        source='spec/sse.r1:2719',
         encoding='66 0F E3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14364,7 +14364,7 @@ FORMS = {
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:2722',
+        source='spec/sse.r1:2730',
         encoding='66 0F EE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14388,7 +14388,7 @@ FORMS = {
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:2733',
+        source='spec/sse.r1:2741',
         encoding='66 0F DE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14412,7 +14412,7 @@ FORMS = {
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:2744',
+        source='spec/sse.r1:2752',
         encoding='66 0F EA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14436,7 +14436,7 @@ FORMS = {
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:2755',
+        source='spec/sse.r1:2763',
         encoding='66 0F DA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14460,7 +14460,7 @@ FORMS = {
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:2766',
+        source='spec/sse.r1:2774',
         encoding='66 0F E4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14484,7 +14484,7 @@ FORMS = {
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:2777',
+        source='spec/sse.r1:2785',
         encoding='66 0F F6 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14508,7 +14508,7 @@ FORMS = {
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:2788',
+        source='spec/sse.r1:2796',
         encoding='66 0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14532,7 +14532,7 @@ FORMS = {
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2799',
+        source='spec/sse.r1:2807',
         encoding='66 0F C4 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14556,7 +14556,7 @@ FORMS = {
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:2810',
+        source='spec/sse.r1:2818',
         encoding='66 0F C4 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -14580,7 +14580,7 @@ FORMS = {
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:2821',
+        source='spec/sse.r1:2829',
         encoding='66 0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,

@@ -8,405 +8,405 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:93
+# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:101
 _T0 = """\
-b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:93')  # sse.r1:93
+b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:101')  # sse.r1:101
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:103
+# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:111
 _T1 = """\
-b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:103')  # sse.r1:103
+b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:111')  # sse.r1:111
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:113
+# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:121
 _T2 = """\
-b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:113')  # sse.r1:113
+b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:121')  # sse.r1:121
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:123
+# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:131
 _T3 = """\
-b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:123')  # sse.r1:123
+b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:131')  # sse.r1:131
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:133
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:141
 _T4 = """\
-b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:133')  # sse.r1:133
+b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:141')  # sse.r1:141
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:143
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:151
 _T5 = """\
-b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:143')  # sse.r1:143
+b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:151')  # sse.r1:151
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:153
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:161
 _T6 = """\
-b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:153')  # sse.r1:153
+b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:161')  # sse.r1:161
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:163
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:171
 _T7 = """\
-b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:163')  # sse.r1:163
+b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:171')  # sse.r1:171
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:173
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:181
 _T8 = """\
-b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:173')  # sse.r1:173
+b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:181')  # sse.r1:181
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:183
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:191
 _T9 = """\
-b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:183')  # sse.r1:183
+b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:191')  # sse.r1:191
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:193
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:201
 _T10 = """\
-b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:193')  # sse.r1:193
+b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:201')  # sse.r1:201
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:203
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:211
 _T11 = """\
-b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:203')  # sse.r1:203
+b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:211')  # sse.r1:211
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:213
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:221
 _T12 = """\
-b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:213')  # sse.r1:213
+b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:221')  # sse.r1:221
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:223
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:231
 _T13 = """\
-b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:223')  # sse.r1:223
+b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:231')  # sse.r1:231
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:233
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:241
 _T14 = """\
-b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:233')  # sse.r1:233
+b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:241')  # sse.r1:241
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:245
+# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:253
 _T15 = """\
-b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:245')  # sse.r1:245
+b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:253')  # sse.r1:253
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:255
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:263
 _T16 = """\
-b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:255')  # sse.r1:255
+b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:263')  # sse.r1:263
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:265
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:273
 _T17 = """\
-b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:265')  # sse.r1:265
+b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:273')  # sse.r1:273
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:275
+# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:283
 _T18 = """\
-b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:275')  # sse.r1:275
+b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:283')  # sse.r1:283
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:285
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:293
 _T19 = """\
-b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:285')  # sse.r1:285
+b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:293')  # sse.r1:293
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:295
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:303
 _T20 = """\
-b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:295')  # sse.r1:295
+b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:303')  # sse.r1:303
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:305
+# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:313
 _T21 = """\
-b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:305')  # sse.r1:305
+b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:313')  # sse.r1:313
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:315
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:323
 _T22 = """\
-b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:315')  # sse.r1:315
+b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:323')  # sse.r1:323
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:325
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:333
 _T23 = """\
-b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:325')  # sse.r1:325
+b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:333')  # sse.r1:333
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:335
+# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:343
 _T24 = """\
-b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:335')  # sse.r1:335
+b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:343')  # sse.r1:343
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:345
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:353
 _T25 = """\
-b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:345')  # sse.r1:345
+b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:353')  # sse.r1:353
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:355
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:363
 _T26 = """\
-b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:355')  # sse.r1:355
+b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:363')  # sse.r1:363
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:365
+# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:373
 _T27 = """\
-b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:365')  # sse.r1:365
+b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:373')  # sse.r1:373
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:375
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:383
 _T28 = """\
-b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:375')  # sse.r1:375
+b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:383')  # sse.r1:383
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:385
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:393
 _T29 = """\
-b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:385')  # sse.r1:385
+b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:393')  # sse.r1:393
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:395
+# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:403
 _T30 = """\
-b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:395')  # sse.r1:395
+b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:403')  # sse.r1:403
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:405
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:413
 _T31 = """\
-b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:405')  # sse.r1:405
+b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:413')  # sse.r1:413
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:415
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:423
 _T32 = """\
-b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:415')  # sse.r1:415
+b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:423')  # sse.r1:423
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:425
+# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:433
 _T33 = """\
-b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:425')  # sse.r1:425
+b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:433')  # sse.r1:433
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:435
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:443
 _T34 = """\
-b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:435')  # sse.r1:435
+b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:443')  # sse.r1:443
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:445
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:453
 _T35 = """\
-b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:445')  # sse.r1:445
+b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:453')  # sse.r1:453
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:455
+# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:463
 _T36 = """\
-b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:455')  # sse.r1:455
+b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:463')  # sse.r1:463
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:465
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:473
 _T37 = """\
-b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:465')  # sse.r1:465
+b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:473')  # sse.r1:473
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:475
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:483
 _T38 = """\
-b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:475')  # sse.r1:475
+b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:483')  # sse.r1:483
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:485
+# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:493
 _T39 = """\
-b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:485')  # sse.r1:485
+b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:493')  # sse.r1:493
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:495
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:503
 _T40 = """\
-b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:495')  # sse.r1:495
+b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:503')  # sse.r1:503
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:505
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:513
 _T41 = """\
-b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:505')  # sse.r1:505
+b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:513')  # sse.r1:513
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:517
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:525
 _T42 = """\
-b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:517')  # sse.r1:517
+b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:525')  # sse.r1:525
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:528
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:536
 _T43 = """\
-b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:528')  # sse.r1:528
+b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:536')  # sse.r1:536
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:539
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:547
 _T44 = """\
-b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:539')  # sse.r1:539
+b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:547')  # sse.r1:547
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:550
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:558
 _T45 = """\
-b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:550')  # sse.r1:550
+b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:558')  # sse.r1:558
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:560
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:568
 _T46 = """\
-b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:560')  # sse.r1:560
+b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:568')  # sse.r1:568
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:570
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:578
 _T47 = """\
-b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:570')  # sse.r1:570
+b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:578')  # sse.r1:578
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:580
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:588
 _T48 = """\
-b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:580')  # sse.r1:580
+b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:588')  # sse.r1:588
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:592
+# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:600
 _T49 = """\
-b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:592')  # sse.r1:592
+b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:600')  # sse.r1:600
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:602
+# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:610
 _T50 = """\
-b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:602')  # sse.r1:602
+b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:610')  # sse.r1:610
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:612
+# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:620
 _T51 = """\
-b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:612')  # sse.r1:612
+b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:620')  # sse.r1:620
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:622
+# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:630
 _T52 = """\
-b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:622')  # sse.r1:622
+b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:630')  # sse.r1:630
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:632
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:640
 _T53 = """\
-b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:632')  # sse.r1:632
+b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:640')  # sse.r1:640
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:642
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:650
 _T54 = """\
-b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:642')  # sse.r1:642
+b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:650')  # sse.r1:650
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:652
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:660
 _T55 = """\
-b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:652')  # sse.r1:652
+b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:660')  # sse.r1:660
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:664
+# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:672
 _T56 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:664')  # sse.r1:664
+b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:672')  # sse.r1:672
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:674
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:682
 _T57 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:674')  # sse.r1:674
+b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:682')  # sse.r1:682
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:684
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:692
 _T58 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:684')  # sse.r1:684
+b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:692')  # sse.r1:692
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:694
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:702
 _T59 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:694')  # sse.r1:694
+b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:702')  # sse.r1:702
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:704
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:712
 _T60 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:704')  # sse.r1:704
+b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:712')  # sse.r1:712
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:714
+# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:722
 _T61 = """\
-b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:714')  # sse.r1:714
+b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:722')  # sse.r1:722
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:724
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:732
 _T62 = """\
-b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:724')  # sse.r1:724
+b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:732')  # sse.r1:732
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:734
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:742
 _T63 = """\
-b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:734')  # sse.r1:734
+b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:742')  # sse.r1:742
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:744
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:752
 _T64 = """\
-b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:744')  # sse.r1:744
+b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:752')  # sse.r1:752
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:754
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:762
 _T65 = """\
-b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:754')  # sse.r1:754
+b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:762')  # sse.r1:762
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:774
 _T66 = """\
-b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:766')  # sse.r1:766
+b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:774')  # sse.r1:774
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:776
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:784
 _T67 = """\
-b_unimplemented('STMXCSR_M32', 'spec/sse.r1:776')  # sse.r1:776
+b_unimplemented('STMXCSR_M32', 'spec/sse.r1:784')  # sse.r1:784
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:786
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:794
 _T68 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:786')  # sse.r1:786
+b_unimplemented('FXSAVE_M512', 'spec/sse.r1:794')  # sse.r1:794
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:796
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:804
 _T69 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:796')  # sse.r1:796
+b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:804')  # sse.r1:804
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:808
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:816
 _T70 = """\
-b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:808')  # sse.r1:808
+b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:816')  # sse.r1:816
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:818
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:826
 _T71 = """\
-b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:818')  # sse.r1:818
+b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:826')  # sse.r1:826
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:828
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:836
 _T72 = """\
-b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:828')  # sse.r1:828
+b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:836')  # sse.r1:836
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:838
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:846
 _T73 = """\
-b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:838')  # sse.r1:838
+b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:846')  # sse.r1:846
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:848
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:856
 _T74 = """\
-b_unimplemented('SFENCE', 'spec/sse.r1:848')  # sse.r1:848
+b_unimplemented('SFENCE', 'spec/sse.r1:856')  # sse.r1:856
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:858
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:866
 _T75 = """\
 ea = $ea
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:861
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:869
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-b_store($seg, ea, 64, v_src)  # sse.r1:867
+b_store($seg, ea, 64, v_src)  # sse.r1:875
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:869
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:877
 _T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:869')  # sse.r1:869
+b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:877')  # sse.r1:877
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:879
+# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:887
 _T77 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:882
-v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:882
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:890
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:890
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -422,10 +422,10 @@ S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:879
+# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:887
 _T78 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:882
-v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:882
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:890
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:890
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -441,10 +441,10 @@ S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:892
+# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:900
 _T79 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:895
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:895
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:903
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:903
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -458,22 +458,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:901
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:909
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:892
+# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:900
 _T80 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:895
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:903
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:895
+v_src = b_load($seg, ea, 64)  # sse.r1:903
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -481,15 +481,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:901
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:909
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:903
+# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:911
 _T81 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:906
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:906
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:914
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:914
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -503,22 +503,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:912
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:920
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:903
+# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:911
 _T82 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:906
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:914
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:906
+v_src = b_load($seg, ea, 64)  # sse.r1:914
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -526,15 +526,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:912
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:920
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:914
+# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:922
 _T83 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:917
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:917
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:925
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:925
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -548,22 +548,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:923
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:931
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:914
+# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:922
 _T84 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:917
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:925
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:917
+v_src = b_load($seg, ea, 64)  # sse.r1:925
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -571,15 +571,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:923
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:931
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:925
+# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:933
 _T85 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:928
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:928
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:936
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:936
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -593,22 +593,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:934
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:942
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:925
+# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:933
 _T86 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:928
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:936
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:928
+v_src = b_load($seg, ea, 64)  # sse.r1:936
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -616,15 +616,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:934
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:942
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:936
+# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:944
 _T87 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:939
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:939
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:947
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:947
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -638,22 +638,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:945
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:953
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:936
+# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:944
 _T88 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:939
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:947
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:939
+v_src = b_load($seg, ea, 64)  # sse.r1:947
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -661,15 +661,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:945
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:953
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:947
+# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:955
 _T89 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:950
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:950
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:958
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:958
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -683,22 +683,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:956
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:964
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:947
+# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:955
 _T90 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:950
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:958
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:950
+v_src = b_load($seg, ea, 64)  # sse.r1:958
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -706,15 +706,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:956
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:964
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:958
+# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:966
 _T91 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:961
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:961
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:969
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:969
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -728,22 +728,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:967
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:975
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:958
+# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:966
 _T92 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:961
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:969
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:961
+v_src = b_load($seg, ea, 64)  # sse.r1:969
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -751,15 +751,15 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:967
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:975
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:969
+# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:977
 _T93 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:972
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:972
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:980
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:980
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -778,22 +778,22 @@ while (l_i_1 < 64):  # mmx.r1:163
         l_j_3 = (l_j_3 + 8)  # mmx.r1:170
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
     l_i_1 = (l_i_1 + 64)  # mmx.r1:173
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:978
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:986
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:969
+# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:977
 _T94 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:972
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:980
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:972
+v_src = b_load($seg, ea, 64)  # sse.r1:980
 l_r_0 = 0  # mmx.r1:161
 l_i_1 = 0  # mmx.r1:162
 while (l_i_1 < 64):  # mmx.r1:163
@@ -806,14 +806,14 @@ while (l_i_1 < 64):  # mmx.r1:163
         l_j_3 = (l_j_3 + 8)  # mmx.r1:170
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
     l_i_1 = (l_i_1 + 64)  # mmx.r1:173
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:978
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:986
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:980
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:988
 _T95 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:983
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:991
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -825,12 +825,12 @@ l_i_1 = 0  # mmx.r1:150
 while (l_i_1 < 4):  # mmx.r1:151
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:152
     l_i_1 = (l_i_1 + 1)  # mmx.r1:153
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:989
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:997
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:980
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:988
 _T96 = """\
 ea = $ea
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
@@ -839,35 +839,35 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:983
+v_src = b_load($seg, ea, 64)  # sse.r1:991
 l_r_0 = 0  # mmx.r1:149
 l_i_1 = 0  # mmx.r1:150
 while (l_i_1 < 4):  # mmx.r1:151
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:152
     l_i_1 = (l_i_1 + 1)  # mmx.r1:153
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:989
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:997
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:991
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:999
 _T97 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:994
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1002
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1000
+R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1008
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1002
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
 _T98 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1005
-v_src = R[$src]  # sse.r1:1005
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1013
+v_src = R[$src]  # sse.r1:1013
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -875,31 +875,31 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
 a_sel_0 = ($imm & 3)
-S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1011
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1019
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1013
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1021
 _T99 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1016
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1024
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = rd16($seg, ea)  # sse.r1:1016
+v_src = rd16($seg, ea)  # sse.r1:1024
 a_sel_0 = ($imm & 3)
-S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1022
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1030
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1024
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1032
 _T100 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1027
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1035
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -911,673 +911,679 @@ l_i_1 = 0  # mmx.r1:181
 while (l_i_1 < 8):  # mmx.r1:182
     l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:183
     l_i_1 = (l_i_1 + 1)  # mmx.r1:184
-R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1033
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1041
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1037
+# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1045
 _T101 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1037')  # sse.r1:1037
+b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1045')  # sse.r1:1045
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1047
+# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1055
 _T102 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1047')  # sse.r1:1047
+b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1055')  # sse.r1:1055
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1057
+# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1065
 _T103 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1057')  # sse.r1:1057
+b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1065')  # sse.r1:1065
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1067
+# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1075
 _T104 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1067')  # sse.r1:1067
+b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1075')  # sse.r1:1075
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1077
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1085
 _T105 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1080
-v_src = S.xmm[$src]  # sse.r1:1080
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1086
+v_dst = S.xmm[$dst]  # sse.r1:1088
+v_src = S.xmm[$src]  # sse.r1:1088
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1094
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1088
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1096
 _T106 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1091
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1097
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+v_src = b_load($seg, ea, 64)  # sse.r1:1099
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1105
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1099
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1107
 _T107 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1102
-v_src = S.xmm[$src]  # sse.r1:1102
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1108
+v_dst = S.xmm[$dst]  # sse.r1:1110
+v_src = S.xmm[$src]  # sse.r1:1110
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1116
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1110
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1118
 _T108 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1113
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1119
+v_src = S.xmm[$src]  # sse.r1:1121
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1127
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1121
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1129
 _T109 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1121')  # sse.r1:1121
+b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1129')  # sse.r1:1129
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1131
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1139
 _T110 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1131')  # sse.r1:1131
+b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1139')  # sse.r1:1139
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1141
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1149
 _T111 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1141')  # sse.r1:1141
+b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1149')  # sse.r1:1149
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1151
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1159
 _T112 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1151')  # sse.r1:1151
+b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1159')  # sse.r1:1159
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1161
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1169
 _T113 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1161')  # sse.r1:1161
+b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1169')  # sse.r1:1169
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1173
+# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1181
 _T114 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1173')  # sse.r1:1173
+b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1181')  # sse.r1:1181
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1183
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1191
 _T115 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1183')  # sse.r1:1183
+b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1191')  # sse.r1:1191
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1193
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1201
 _T116 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1193')  # sse.r1:1193
+b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1201')  # sse.r1:1201
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1203
+# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1211
 _T117 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1203')  # sse.r1:1203
+b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1211')  # sse.r1:1211
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1213
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1221
 _T118 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1213')  # sse.r1:1213
+b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1221')  # sse.r1:1221
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1223
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1231
 _T119 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1223')  # sse.r1:1223
+b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1231')  # sse.r1:1231
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1233
+# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1241
 _T120 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1233')  # sse.r1:1233
+b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1241')  # sse.r1:1241
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1243
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1251
 _T121 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1243')  # sse.r1:1243
+b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1251')  # sse.r1:1251
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1253
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1261
 _T122 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1253')  # sse.r1:1253
+b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1261')  # sse.r1:1261
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1263
+# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1271
 _T123 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1263')  # sse.r1:1263
+b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1271')  # sse.r1:1271
 """
 
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1273
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1281
 _T124 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1273')  # sse.r1:1273
+b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1281')  # sse.r1:1281
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1283
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1291
 _T125 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1283')  # sse.r1:1283
+b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1291')  # sse.r1:1291
 """
 
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1293
+# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1301
 _T126 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1293')  # sse.r1:1293
+b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1301')  # sse.r1:1301
 """
 
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1303
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1311
 _T127 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1303')  # sse.r1:1303
+b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1311')  # sse.r1:1311
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1313
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1321
 _T128 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1313')  # sse.r1:1313
+b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1321')  # sse.r1:1321
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1323
+# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1331
 _T129 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1323')  # sse.r1:1323
+b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1331')  # sse.r1:1331
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1333
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1341
 _T130 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1333')  # sse.r1:1333
+b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1341')  # sse.r1:1341
 """
 
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1343
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1351
 _T131 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1343')  # sse.r1:1343
+b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1351')  # sse.r1:1351
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1353
+# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1361
 _T132 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1353')  # sse.r1:1353
+b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1361')  # sse.r1:1361
 """
 
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1363
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1371
 _T133 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1363')  # sse.r1:1363
+b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1371')  # sse.r1:1371
 """
 
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1373
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1381
 _T134 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1373')  # sse.r1:1373
+b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1381')  # sse.r1:1381
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1385
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1393
 _T135 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1385')  # sse.r1:1385
+b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1393')  # sse.r1:1393
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1396
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1404
 _T136 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1399
-v_src = S.xmm[$src]  # sse.r1:1399
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1407
+v_src = S.xmm[$src]  # sse.r1:1407
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:90
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:91
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:92
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:93
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:94
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if l_invalid_7:  # sse.r1:59
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:59
+if m_de_8:  # sse.r1:60
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:60
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:61
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:62
+        raise Fault(19, None)  # sse.r1:62
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:62
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1408
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1416
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1411
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1419
 _T137 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1414
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1414
+v_dst = S.xmm[$dst]  # sse.r1:1422
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+v_src = b_load($seg, ea, 64)  # sse.r1:1422
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:90
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:91
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:92
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:93
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:94
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if l_invalid_7:  # sse.r1:59
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:59
+if m_de_8:  # sse.r1:60
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:60
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:61
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:62
+        raise Fault(19, None)  # sse.r1:62
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:62
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1423
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1431
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1426
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1434
 _T138 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1426')  # sse.r1:1426
+b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1434')  # sse.r1:1434
 """
 
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1436
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1444
 _T139 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1436')  # sse.r1:1436
+b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1444')  # sse.r1:1444
 """
 
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1446
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1454
 _T140 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1446')  # sse.r1:1446
+b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1454')  # sse.r1:1454
 """
 
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1456
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1464
 _T141 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1456')  # sse.r1:1456
+b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1464')  # sse.r1:1464
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1468
+# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1476
 _T142 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1468')  # sse.r1:1468
+b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1476')  # sse.r1:1476
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1478
+# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1486
 _T143 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1478')  # sse.r1:1478
+b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1486')  # sse.r1:1486
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1488
+# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1496
 _T144 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1488')  # sse.r1:1488
+b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1496')  # sse.r1:1496
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1498
+# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1506
 _T145 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1498')  # sse.r1:1498
+b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1506')  # sse.r1:1506
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1508
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1516
 _T146 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1508')  # sse.r1:1508
+b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1516')  # sse.r1:1516
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1518
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1526
 _T147 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1518')  # sse.r1:1518
+b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1526')  # sse.r1:1526
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1528
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1536
 _T148 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1528')  # sse.r1:1528
+b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1536')  # sse.r1:1536
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1540
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1548
 _T149 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1540')  # sse.r1:1540
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1548')  # sse.r1:1548
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1550
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1558
 _T150 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1550')  # sse.r1:1550
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1558')  # sse.r1:1558
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1560
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1568
 _T151 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1560')  # sse.r1:1560
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1568')  # sse.r1:1568
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1570
+# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1578
 _T152 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1570')  # sse.r1:1570
+b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1578')  # sse.r1:1578
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1580
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1588
 _T153 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1580')  # sse.r1:1580
+b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1588')  # sse.r1:1588
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1590
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1598
 _T154 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1590')  # sse.r1:1590
+b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1598')  # sse.r1:1598
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1600
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1608
 _T155 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1600')  # sse.r1:1600
+b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1608')  # sse.r1:1608
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1610
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1618
 _T156 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1610')  # sse.r1:1610
+b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1618')  # sse.r1:1618
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1620
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1628
 _T157 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1620')  # sse.r1:1620
+b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1628')  # sse.r1:1628
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1630
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1638
 _T158 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1630')  # sse.r1:1630
+b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1638')  # sse.r1:1638
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1640
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1648
 _T159 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1640')  # sse.r1:1640
+b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1648')  # sse.r1:1648
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1650
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1658
 _T160 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1650')  # sse.r1:1650
+b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1658')  # sse.r1:1658
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1660
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1668
 _T161 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1660')  # sse.r1:1660
+b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1668')  # sse.r1:1668
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1670
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1678
 _T162 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1670')  # sse.r1:1670
+b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1678')  # sse.r1:1678
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1680
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1688
 _T163 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1680')  # sse.r1:1680
+b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1688')  # sse.r1:1688
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1690
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1698
 _T164 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1690')  # sse.r1:1690
+b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1698')  # sse.r1:1698
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1700
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1708
 _T165 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1700')  # sse.r1:1700
+b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1708')  # sse.r1:1708
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1710
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1718
 _T166 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1710')  # sse.r1:1710
+b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1718')  # sse.r1:1718
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1720
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1728
 _T167 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1720')  # sse.r1:1720
+b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1728')  # sse.r1:1728
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1730
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1738
 _T168 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1730')  # sse.r1:1730
+b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1738')  # sse.r1:1738
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1740
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1748
 _T169 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1740')  # sse.r1:1740
+b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1748')  # sse.r1:1748
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1750
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1758
 _T170 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1750')  # sse.r1:1750
+b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1758')  # sse.r1:1758
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1762
+# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1770
 _T171 = """\
-v_src = S.xmm[$src]  # sse.r1:1765
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1771
+v_src = S.xmm[$src]  # sse.r1:1773
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1779
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1762
+# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1770
 _T172 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:1765
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1771
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:1773
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1779
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1773
+# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1781
 _T173 = """\
-v_src = S.xmm[$src]  # sse.r1:1776
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1782
+v_src = S.xmm[$src]  # sse.r1:1784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1790
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1773
+# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1781
 _T174 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1776
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:1782
+v_src = S.xmm[$src]  # sse.r1:1784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+b_store($seg, ea, 128, v_src)  # sse.r1:1790
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1784
+# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1792
 _T175 = """\
-v_src = S.xmm[$src]  # sse.r1:1787
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1793
+v_src = S.xmm[$src]  # sse.r1:1795
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1801
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1784
+# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1792
 _T176 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:1787
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1793
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+v_src = b_load($seg, ea, 128)  # sse.r1:1795
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1801
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1795
+# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1803
 _T177 = """\
-v_src = S.xmm[$src]  # sse.r1:1798
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1804
+v_src = S.xmm[$src]  # sse.r1:1806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1812
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1795
+# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1803
 _T178 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1798
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:1804
+v_src = S.xmm[$src]  # sse.r1:1806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+b_store($seg, ea, 128, v_src)  # sse.r1:1812
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1806
+# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1814
 _T179 = """\
-v_src = R[$src]  # sse.r1:1809
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1815
+v_src = R[$src]  # sse.r1:1817
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1823
 """
 
-# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1806
+# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1814
 _T180 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1809
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1815
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+v_src = rd32($seg, ea)  # sse.r1:1817
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1823
 """
 
-# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1817
+# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1825
 _T181 = """\
-v_src = S.xmm[$src]  # sse.r1:1820
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:1826
+v_src = S.xmm[$src]  # sse.r1:1828
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:1834
 """
 
-# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
+# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1825
 _T182 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1820
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:1826
+v_src = S.xmm[$src]  # sse.r1:1828
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:1834
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1828
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1836
 _T183 = """\
-v_src = S.xmm[$src]  # sse.r1:1831
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1837
+v_src = S.xmm[$src]  # sse.r1:1839
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1845
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1839
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1847
 _T184 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1842
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1848
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+v_src = b_load($seg, ea, 64)  # sse.r1:1850
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1856
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1850
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1858
 _T185 = """\
-v_src = S.xmm[$src]  # sse.r1:1853
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1859
+v_src = S.xmm[$src]  # sse.r1:1861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1867
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1861
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
 _T186 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1864
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1870
+v_src = S.xmm[$src]  # sse.r1:1872
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1878
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1872
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1880
 _T187 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1875
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1883
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1881
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1889
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1883
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1891
 _T188 = """\
-v_src = S.xmm[$src]  # sse.r1:1886
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:1894
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1892
+S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1900
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1896
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1904
 _T189 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1896')  # sse.r1:1896
+b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1904')  # sse.r1:1904
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1906
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1914
 _T190 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1909
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:1915
+v_src = S.xmm[$src]  # sse.r1:1917
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+b_store($seg, ea, 128, v_src)  # sse.r1:1923
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1917
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1925
 _T191 = """\
 ea = $ea
-v_src = R[$src]  # sse.r1:1920
-wr32($seg, ea, v_src)  # sse.r1:1926
+v_src = R[$src]  # sse.r1:1928
+wr32($seg, ea, v_src)  # sse.r1:1934
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1928
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1936
 _T192 = """\
-v_src = S.xmm[$src]  # sse.r1:1931
-v_mask = S.xmm[$mask]  # sse.r1:1931
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:1939
+v_mask = S.xmm[$mask]  # sse.r1:1939
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_i_0 = 0  # mmx.r1:195
 while (l_i_0 < 16):  # mmx.r1:196
     if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
@@ -1585,14 +1591,14 @@ while (l_i_0 < 16):  # mmx.r1:196
     l_i_0 = (l_i_0 + 1)  # mmx.r1:198
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1928
+# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1936
 _T193 = """\
-v_src = S.xmm[$src]  # sse.r1:1931
-v_mask = S.xmm[$mask]  # sse.r1:1931
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:1939
+v_mask = S.xmm[$mask]  # sse.r1:1939
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_i_0 = 0  # mmx.r1:195
 while (l_i_0 < 16):  # mmx.r1:196
     if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
@@ -1600,29 +1606,29 @@ while (l_i_0 < 16):  # mmx.r1:196
     l_i_0 = (l_i_0 + 1)  # mmx.r1:198
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1939
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1947
 _T194 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1939')  # sse.r1:1939
+b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1947')  # sse.r1:1947
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1949
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1957
 _T195 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1949')  # sse.r1:1949
+b_unimplemented('LFENCE', 'spec/sse.r1:1957')  # sse.r1:1957
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1959
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1967
 _T196 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:1959')  # sse.r1:1959
+b_unimplemented('MFENCE', 'spec/sse.r1:1967')  # sse.r1:1967
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1969
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1977
 _T197 = """\
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1981
+# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1989
 _T198 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1984
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1984
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1992
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1992
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -1636,22 +1642,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1990
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1998
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1981
+# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1989
 _T199 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1984
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1992
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:1984
+v_src = b_load($seg, ea, 64)  # sse.r1:1992
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -1659,19 +1665,19 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1990
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1998
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1992
+# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2000
 _T200 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1995
-v_src = S.xmm[$src]  # sse.r1:1995
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2003
+v_src = S.xmm[$src]  # sse.r1:2003
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -1679,18 +1685,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2001
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1992
+# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2000
 _T201 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1995
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:1995
+v_dst = S.xmm[$dst]  # sse.r1:2003
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2003
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -1698,13 +1706,13 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2001
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2003
+# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2011
 _T202 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2006
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2006
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2014
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2014
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -1718,22 +1726,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2012
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2020
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2003
+# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2011
 _T203 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2006
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2014
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:2006
+v_src = b_load($seg, ea, 64)  # sse.r1:2014
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -1741,19 +1749,19 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2012
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2020
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2014
+# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2022
 _T204 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2017
-v_src = S.xmm[$src]  # sse.r1:2017
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2025
+v_src = S.xmm[$src]  # sse.r1:2025
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -1761,18 +1769,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2014
+# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2022
 _T205 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2017
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2017
+v_dst = S.xmm[$dst]  # sse.r1:2025
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2025
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -1780,13 +1790,13 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2025
+# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2033
 _T206 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2028
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2028
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2036
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2036
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
@@ -1800,22 +1810,22 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2034
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2042
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2025
+# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2033
 _T207 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2028
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2036
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
     raise Fault(6, None)  # mmx.r1:28
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
     raise Fault(7, None)  # mmx.r1:29
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
     raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # sse.r1:2028
+v_src = b_load($seg, ea, 64)  # sse.r1:2036
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 64):  # mmx.r1:93
@@ -1823,19 +1833,19 @@ while (l_i_1 < 64):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2034
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2042
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
 S.ftw = 255 & 0xff  # mmx.r1:38
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2036
+# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2044
 _T208 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2039
-v_src = S.xmm[$src]  # sse.r1:2039
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2047
+v_src = S.xmm[$src]  # sse.r1:2047
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -1843,18 +1853,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2045
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2036
+# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2044
 _T209 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2039
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2039
+v_dst = S.xmm[$dst]  # sse.r1:2047
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2047
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -1862,134 +1874,140 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 64)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2045
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2047
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2055
 _T210 = """\
-v_src = S.xmm[$src]  # sse.r1:2050
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:2058
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:149
 l_i_1 = 0  # mmx.r1:150
 while (l_i_1 < 4):  # mmx.r1:151
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:152
     l_i_1 = (l_i_1 + 1)  # mmx.r1:153
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2056
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2064
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2047
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2055
 _T211 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2050
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2058
 l_r_0 = 0  # mmx.r1:149
 l_i_1 = 0  # mmx.r1:150
 while (l_i_1 < 4):  # mmx.r1:151
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:152
     l_i_1 = (l_i_1 + 1)  # mmx.r1:153
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2056
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2064
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2058
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2066
 _T212 = """\
-v_src = S.xmm[$src]  # sse.r1:2061
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:2069
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:149
 l_i_2 = 0  # mmx.r1:150
 while (l_i_2 < 4):  # mmx.r1:151
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
     l_i_2 = (l_i_2 + 1)  # mmx.r1:153
-S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2067
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2075
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2058
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2066
 _T213 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2061
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2069
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:149
 l_i_2 = 0  # mmx.r1:150
 while (l_i_2 < 4):  # mmx.r1:151
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
     l_i_2 = (l_i_2 + 1)  # mmx.r1:153
-S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2067
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2075
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2069
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2077
 _T214 = """\
-v_src = S.xmm[$src]  # sse.r1:2072
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:2080
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:149
 l_i_2 = 0  # mmx.r1:150
 while (l_i_2 < 4):  # mmx.r1:151
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
     l_i_2 = (l_i_2 + 1)  # mmx.r1:153
-S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2078
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2086
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2069
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2077
 _T215 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2072
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2080
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:149
 l_i_2 = 0  # mmx.r1:150
 while (l_i_2 < 4):  # mmx.r1:151
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
     l_i_2 = (l_i_2 + 1)  # mmx.r1:153
-S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2078
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2086
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2080
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2088
 _T216 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2083
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2089
+v_dst = S.xmm[$dst]  # sse.r1:2091
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2097
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2091
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2099
 _T217 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2094
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2100
+v_dst = S.xmm[$dst]  # sse.r1:2102
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2108
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2102
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2110
 _T218 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2105
-v_src = S.xmm[$src]  # sse.r1:2105
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2113
+v_src = S.xmm[$src]  # sse.r1:2113
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -1997,18 +2015,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 64)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2111
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2119
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2102
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2110
 _T219 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2105
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2105
+v_dst = S.xmm[$dst]  # sse.r1:2113
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2113
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2016,17 +2036,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 64)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2111
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2119
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2113
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2121
 _T220 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2116
-v_src = S.xmm[$src]  # sse.r1:2116
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2124
+v_src = S.xmm[$src]  # sse.r1:2124
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2034,18 +2054,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 64)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2122
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2130
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2113
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2121
 _T221 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2116
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2116
+v_dst = S.xmm[$dst]  # sse.r1:2124
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2124
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2053,17 +2075,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 64)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2122
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2130
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2126
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2134
 _T222 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2129
-v_src = S.xmm[$src]  # sse.r1:2129
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2137
+v_src = S.xmm[$src]  # sse.r1:2137
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2071,18 +2093,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2135
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2143
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2126
+# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2134
 _T223 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2129
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2129
+v_dst = S.xmm[$dst]  # sse.r1:2137
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2137
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2090,17 +2114,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2135
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2143
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2137
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2145
 _T224 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2140
-v_src = S.xmm[$src]  # sse.r1:2140
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2148
+v_src = S.xmm[$src]  # sse.r1:2148
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2108,18 +2132,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2146
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2154
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2137
+# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2145
 _T225 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2140
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2140
+v_dst = S.xmm[$dst]  # sse.r1:2148
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2148
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2127,17 +2153,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2146
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2154
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2148
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2156
 _T226 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2151
-v_src = S.xmm[$src]  # sse.r1:2151
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2159
+v_src = S.xmm[$src]  # sse.r1:2159
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2145,18 +2171,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2157
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2165
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2148
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2156
 _T227 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2151
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2151
+v_dst = S.xmm[$dst]  # sse.r1:2159
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2159
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2164,17 +2192,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2157
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2165
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2159
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2167
 _T228 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2162
-v_src = S.xmm[$src]  # sse.r1:2162
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2170
+v_src = S.xmm[$src]  # sse.r1:2170
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2182,18 +2210,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2168
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2176
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2159
+# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2167
 _T229 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2162
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2162
+v_dst = S.xmm[$dst]  # sse.r1:2170
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2170
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2201,17 +2231,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2168
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2176
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2170
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2178
 _T230 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2173
-v_src = S.xmm[$src]  # sse.r1:2173
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2181
+v_src = S.xmm[$src]  # sse.r1:2181
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2219,18 +2249,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2179
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2187
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2170
+# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2178
 _T231 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2173
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2173
+v_dst = S.xmm[$dst]  # sse.r1:2181
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2181
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2238,17 +2270,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2179
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2187
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2181
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2189
 _T232 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2184
-v_src = S.xmm[$src]  # sse.r1:2184
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2192
+v_src = S.xmm[$src]  # sse.r1:2192
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2256,18 +2288,20 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2190
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2198
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2181
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2189
 _T233 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2184
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2184
+v_dst = S.xmm[$dst]  # sse.r1:2192
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2192
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:120
@@ -2275,17 +2309,17 @@ l_i_3 = 0  # mmx.r1:121
 while (l_i_3 < 64):  # mmx.r1:122
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
     l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2190
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2198
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2192
+# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2200
 _T234 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2195
-v_src = S.xmm[$src]  # sse.r1:2195
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2203
+v_src = S.xmm[$src]  # sse.r1:2203
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:134
 l_i_1 = 0  # mmx.r1:135
 while (l_i_1 < 128):  # mmx.r1:136
@@ -2294,18 +2328,20 @@ while (l_i_1 < 128):  # mmx.r1:136
     l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
     l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
     l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2201
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2209
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2192
+# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2200
 _T235 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2195
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2195
+v_dst = S.xmm[$dst]  # sse.r1:2203
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2203
 l_r_0 = 0  # mmx.r1:134
 l_i_1 = 0  # mmx.r1:135
 while (l_i_1 < 128):  # mmx.r1:136
@@ -2314,17 +2350,17 @@ while (l_i_1 < 128):  # mmx.r1:136
     l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
     l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
     l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2201
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2209
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2203
+# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2211
 _T236 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2206
-v_src = S.xmm[$src]  # sse.r1:2206
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2214
+v_src = S.xmm[$src]  # sse.r1:2214
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:134
 l_i_1 = 0  # mmx.r1:135
 while (l_i_1 < 128):  # mmx.r1:136
@@ -2333,18 +2369,20 @@ while (l_i_1 < 128):  # mmx.r1:136
     l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
     l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:140
     l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2212
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2220
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2203
+# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2211
 _T237 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2206
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2206
+v_dst = S.xmm[$dst]  # sse.r1:2214
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2214
 l_r_0 = 0  # mmx.r1:134
 l_i_1 = 0  # mmx.r1:135
 while (l_i_1 < 128):  # mmx.r1:136
@@ -2353,17 +2391,17 @@ while (l_i_1 < 128):  # mmx.r1:136
     l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
     l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:140
     l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2212
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2220
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2214
+# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2222
 _T238 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2217
-v_src = S.xmm[$src]  # sse.r1:2217
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2225
+v_src = S.xmm[$src]  # sse.r1:2225
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:134
 l_i_1 = 0  # mmx.r1:135
 while (l_i_1 < 128):  # mmx.r1:136
@@ -2372,18 +2410,20 @@ while (l_i_1 < 128):  # mmx.r1:136
     l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
     l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
     l_i_1 = (l_i_1 + 32)  # mmx.r1:141
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2223
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2231
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2214
+# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2222
 _T239 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2217
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2217
+v_dst = S.xmm[$dst]  # sse.r1:2225
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2225
 l_r_0 = 0  # mmx.r1:134
 l_i_1 = 0  # mmx.r1:135
 while (l_i_1 < 128):  # mmx.r1:136
@@ -2392,17 +2432,17 @@ while (l_i_1 < 128):  # mmx.r1:136
     l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
     l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
     l_i_1 = (l_i_1 + 32)  # mmx.r1:141
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2223
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2231
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2225
+# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2233
 _T240 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2228
-v_src = S.xmm[$src]  # sse.r1:2228
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2236
+v_src = S.xmm[$src]  # sse.r1:2236
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2410,18 +2450,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2234
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2242
 """
 
-# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2225
+# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2233
 _T241 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2228
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2228
+v_dst = S.xmm[$dst]  # sse.r1:2236
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2236
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2429,17 +2471,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2234
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2242
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2236
+# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2244
 _T242 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2239
-v_src = S.xmm[$src]  # sse.r1:2239
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2247
+v_src = S.xmm[$src]  # sse.r1:2247
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2447,18 +2489,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2245
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2253
 """
 
-# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2236
+# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2244
 _T243 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2239
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2239
+v_dst = S.xmm[$dst]  # sse.r1:2247
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2247
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2466,17 +2510,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2245
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2253
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2247
+# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2255
 _T244 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2250
-v_src = S.xmm[$src]  # sse.r1:2250
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2258
+v_src = S.xmm[$src]  # sse.r1:2258
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2484,18 +2528,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2256
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
 """
 
-# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2247
+# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2255
 _T245 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2250
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2250
+v_dst = S.xmm[$dst]  # sse.r1:2258
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2258
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2503,17 +2549,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2256
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2258
+# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2266
 _T246 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2261
-v_src = S.xmm[$src]  # sse.r1:2261
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2269
+v_src = S.xmm[$src]  # sse.r1:2269
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2522,18 +2568,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2267
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2258
+# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2266
 _T247 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2261
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2261
+v_dst = S.xmm[$dst]  # sse.r1:2269
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2269
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2542,17 +2590,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2267
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2269
+# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2277
 _T248 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2272
-v_src = S.xmm[$src]  # sse.r1:2272
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2280
+v_src = S.xmm[$src]  # sse.r1:2280
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2561,18 +2609,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2278
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2286
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2269
+# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2277
 _T249 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2272
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2272
+v_dst = S.xmm[$dst]  # sse.r1:2280
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2280
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2581,17 +2631,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2278
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2286
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2280
+# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2288
 _T250 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2283
-v_src = S.xmm[$src]  # sse.r1:2283
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2291
+v_src = S.xmm[$src]  # sse.r1:2291
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2600,18 +2650,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2297
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2280
+# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2288
 _T251 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2283
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2283
+v_dst = S.xmm[$dst]  # sse.r1:2291
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2291
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2620,17 +2672,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2297
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2291
+# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2299
 _T252 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2294
-v_src = S.xmm[$src]  # sse.r1:2294
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2302
+v_src = S.xmm[$src]  # sse.r1:2302
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2639,18 +2691,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2300
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2308
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2291
+# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2299
 _T253 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2294
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2294
+v_dst = S.xmm[$dst]  # sse.r1:2302
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2302
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2659,17 +2713,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2300
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2308
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2302
+# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2310
 _T254 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2305
-v_src = S.xmm[$src]  # sse.r1:2305
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2313
+v_src = S.xmm[$src]  # sse.r1:2313
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2677,18 +2731,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2311
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2319
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2302
+# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2310
 _T255 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2305
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2305
+v_dst = S.xmm[$dst]  # sse.r1:2313
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2313
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2696,17 +2752,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2311
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2319
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2313
+# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2321
 _T256 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2316
-v_src = S.xmm[$src]  # sse.r1:2316
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2324
+v_src = S.xmm[$src]  # sse.r1:2324
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2714,18 +2770,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2322
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2330
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2313
+# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2321
 _T257 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2316
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2316
+v_dst = S.xmm[$dst]  # sse.r1:2324
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2324
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2733,17 +2791,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2322
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2330
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2324
+# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2332
 _T258 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2327
-v_src = S.xmm[$src]  # sse.r1:2327
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2335
+v_src = S.xmm[$src]  # sse.r1:2335
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2751,18 +2809,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2333
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2341
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2324
+# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2332
 _T259 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2327
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2327
+v_dst = S.xmm[$dst]  # sse.r1:2335
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2335
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2770,17 +2830,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2333
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2341
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2335
+# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2343
 _T260 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2338
-v_src = S.xmm[$src]  # sse.r1:2338
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2346
+v_src = S.xmm[$src]  # sse.r1:2346
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2789,18 +2849,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2344
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2352
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2335
+# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2343
 _T261 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2338
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2338
+v_dst = S.xmm[$dst]  # sse.r1:2346
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2346
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2809,17 +2871,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2344
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2352
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2346
+# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2354
 _T262 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2349
-v_src = S.xmm[$src]  # sse.r1:2349
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2357
+v_src = S.xmm[$src]  # sse.r1:2357
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2828,18 +2890,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2355
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2363
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2346
+# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2354
 _T263 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2349
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2349
+v_dst = S.xmm[$dst]  # sse.r1:2357
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2357
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2848,17 +2912,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2355
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2363
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2357
+# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2365
 _T264 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2360
-v_src = S.xmm[$src]  # sse.r1:2360
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2368
+v_src = S.xmm[$src]  # sse.r1:2368
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2867,18 +2931,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2366
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2374
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2357
+# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2365
 _T265 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2360
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2360
+v_dst = S.xmm[$dst]  # sse.r1:2368
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2368
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2887,17 +2953,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2366
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2374
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2368
+# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2376
 _T266 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2371
-v_src = S.xmm[$src]  # sse.r1:2371
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2379
+v_src = S.xmm[$src]  # sse.r1:2379
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2906,18 +2972,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2377
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2385
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2368
+# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2376
 _T267 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2371
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2371
+v_dst = S.xmm[$dst]  # sse.r1:2379
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2379
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2926,17 +2994,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2377
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2385
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2379
+# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2387
 _T268 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2382
-v_src = S.xmm[$src]  # sse.r1:2382
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2390
+v_src = S.xmm[$src]  # sse.r1:2390
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2944,18 +3012,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2388
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2396
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2379
+# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2387
 _T269 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2382
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2382
+v_dst = S.xmm[$dst]  # sse.r1:2390
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2390
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2963,17 +3033,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2388
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2396
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2390
+# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2398
 _T270 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2393
-v_src = S.xmm[$src]  # sse.r1:2393
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2401
+v_src = S.xmm[$src]  # sse.r1:2401
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -2981,18 +3051,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2399
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2407
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2390
+# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2398
 _T271 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2393
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2393
+v_dst = S.xmm[$dst]  # sse.r1:2401
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2401
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3000,17 +3072,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2399
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2407
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2401
+# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2409
 _T272 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2404
-v_src = S.xmm[$src]  # sse.r1:2404
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2412
+v_src = S.xmm[$src]  # sse.r1:2412
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3018,18 +3090,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2410
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2418
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2401
+# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2409
 _T273 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2404
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2404
+v_dst = S.xmm[$dst]  # sse.r1:2412
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2412
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3037,17 +3111,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2410
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2418
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2412
+# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2420
 _T274 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2415
-v_src = S.xmm[$src]  # sse.r1:2415
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2423
+v_src = S.xmm[$src]  # sse.r1:2423
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3055,18 +3129,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2421
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2429
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2412
+# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2420
 _T275 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2415
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2415
+v_dst = S.xmm[$dst]  # sse.r1:2423
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2423
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3074,17 +3150,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2421
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2429
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2423
+# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2431
 _T276 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2426
-v_src = S.xmm[$src]  # sse.r1:2426
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2434
+v_src = S.xmm[$src]  # sse.r1:2434
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3092,18 +3168,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2432
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2440
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2423
+# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2431
 _T277 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2426
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2426
+v_dst = S.xmm[$dst]  # sse.r1:2434
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2434
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3111,17 +3189,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2432
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2440
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2434
+# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2442
 _T278 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2437
-v_src = S.xmm[$src]  # sse.r1:2437
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2445
+v_src = S.xmm[$src]  # sse.r1:2445
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3129,18 +3207,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2443
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2451
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2434
+# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2442
 _T279 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2437
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2437
+v_dst = S.xmm[$dst]  # sse.r1:2445
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2445
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3148,17 +3228,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2443
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2451
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2445
+# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2453
 _T280 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2448
-v_src = S.xmm[$src]  # sse.r1:2448
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2456
+v_src = S.xmm[$src]  # sse.r1:2456
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3166,18 +3246,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2454
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2462
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2445
+# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2453
 _T281 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2448
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2448
+v_dst = S.xmm[$dst]  # sse.r1:2456
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2456
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3185,17 +3267,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2454
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2462
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2456
+# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2464
 _T282 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2459
-v_src = S.xmm[$src]  # sse.r1:2459
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2467
+v_src = S.xmm[$src]  # sse.r1:2467
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3203,18 +3285,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2465
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2473
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2456
+# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2464
 _T283 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2459
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2459
+v_dst = S.xmm[$dst]  # sse.r1:2467
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2467
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3222,17 +3306,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2465
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2473
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2467
+# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2475
 _T284 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2470
-v_src = S.xmm[$src]  # sse.r1:2470
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2478
+v_src = S.xmm[$src]  # sse.r1:2478
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3240,18 +3324,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2476
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2484
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2467
+# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2475
 _T285 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2470
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2470
+v_dst = S.xmm[$dst]  # sse.r1:2478
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2478
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3259,109 +3345,117 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2476
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2484
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2478
+# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2486
 _T286 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2481
-v_src = S.xmm[$src]  # sse.r1:2481
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2487
+v_dst = S.xmm[$dst]  # sse.r1:2489
+v_src = S.xmm[$src]  # sse.r1:2489
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2495
 """
 
-# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2478
+# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2486
 _T287 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2481
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2481
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2487
+v_dst = S.xmm[$dst]  # sse.r1:2489
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2489
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2495
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2489
+# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2497
 _T288 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2492
-v_src = S.xmm[$src]  # sse.r1:2492
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2498
+v_dst = S.xmm[$dst]  # sse.r1:2500
+v_src = S.xmm[$src]  # sse.r1:2500
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2506
 """
 
-# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2489
+# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2497
 _T289 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2492
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2492
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2498
+v_dst = S.xmm[$dst]  # sse.r1:2500
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2500
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2506
 """
 
-# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2500
+# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2508
 _T290 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2503
-v_src = S.xmm[$src]  # sse.r1:2503
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2509
+v_dst = S.xmm[$dst]  # sse.r1:2511
+v_src = S.xmm[$src]  # sse.r1:2511
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2517
 """
 
-# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2500
+# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2508
 _T291 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2503
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2503
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2509
+v_dst = S.xmm[$dst]  # sse.r1:2511
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2511
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2517
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2511
+# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2519
 _T292 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2514
-v_src = S.xmm[$src]  # sse.r1:2514
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2520
+v_dst = S.xmm[$dst]  # sse.r1:2522
+v_src = S.xmm[$src]  # sse.r1:2522
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2528
 """
 
-# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2511
+# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2519
 _T293 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2514
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2514
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2520
+v_dst = S.xmm[$dst]  # sse.r1:2522
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2522
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2528
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2522
+# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2530
 _T294 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2525
-v_src = S.xmm[$src]  # sse.r1:2525
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2533
+v_src = S.xmm[$src]  # sse.r1:2533
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3370,18 +3464,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2531
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2539
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2522
+# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2530
 _T295 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2525
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2525
+v_dst = S.xmm[$dst]  # sse.r1:2533
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2533
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3390,17 +3486,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2531
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2539
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2533
+# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2541
 _T296 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2536
-v_src = S.xmm[$src]  # sse.r1:2536
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2544
+v_src = S.xmm[$src]  # sse.r1:2544
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3409,18 +3505,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2542
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2550
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2533
+# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2541
 _T297 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2536
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2536
+v_dst = S.xmm[$dst]  # sse.r1:2544
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2544
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3429,17 +3527,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2542
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2550
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2544
+# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2552
 _T298 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2547
-v_src = S.xmm[$src]  # sse.r1:2547
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2555
+v_src = S.xmm[$src]  # sse.r1:2555
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3448,18 +3546,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 64)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2553
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2561
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2544
+# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2552
 _T299 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2547
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2547
+v_dst = S.xmm[$dst]  # sse.r1:2555
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2555
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3468,17 +3568,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 64)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2553
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2561
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2555
+# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2563
 _T300 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2558
-v_src = S.xmm[$src]  # sse.r1:2558
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2566
+v_src = S.xmm[$src]  # sse.r1:2566
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3487,18 +3587,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2564
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2572
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2555
+# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2563
 _T301 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2558
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2558
+v_dst = S.xmm[$dst]  # sse.r1:2566
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2566
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3507,17 +3609,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2564
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2572
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2566
+# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2574
 _T302 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2569
-v_src = S.xmm[$src]  # sse.r1:2569
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2577
+v_src = S.xmm[$src]  # sse.r1:2577
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3526,18 +3628,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2575
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2583
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2566
+# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2574
 _T303 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2569
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2569
+v_dst = S.xmm[$dst]  # sse.r1:2577
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2577
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3546,17 +3650,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2575
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2583
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2577
+# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2585
 _T304 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2580
-v_src = S.xmm[$src]  # sse.r1:2580
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2588
+v_src = S.xmm[$src]  # sse.r1:2588
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3565,18 +3669,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 64)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2586
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2594
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2577
+# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2585
 _T305 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2580
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2580
+v_dst = S.xmm[$dst]  # sse.r1:2588
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2588
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3585,17 +3691,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 64)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2586
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2594
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2588
+# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2596
 _T306 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2591
-v_src = S.xmm[$src]  # sse.r1:2591
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2599
+v_src = S.xmm[$src]  # sse.r1:2599
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3604,18 +3710,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2597
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2605
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2588
+# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2596
 _T307 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2591
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2591
+v_dst = S.xmm[$dst]  # sse.r1:2599
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2599
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3624,17 +3732,17 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2597
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2605
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2599
+# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2607
 _T308 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2602
-v_src = S.xmm[$src]  # sse.r1:2602
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2610
+v_src = S.xmm[$src]  # sse.r1:2610
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3643,18 +3751,20 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2608
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2616
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2599
+# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2607
 _T309 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2602
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2602
+v_dst = S.xmm[$dst]  # sse.r1:2610
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2610
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
 l_r_2 = 0  # mmx.r1:107
@@ -3663,16 +3773,16 @@ while (l_i_3 < 128):  # mmx.r1:109
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
     l_i_3 = (l_i_3 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2608
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2616
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2610
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2618
 _T310 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2613
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2621
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3680,16 +3790,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2619
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2627
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2621
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2629
 _T311 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2624
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2632
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3697,16 +3807,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2630
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2638
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2632
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2640
 _T312 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2635
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2643
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3714,16 +3824,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2641
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2649
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2643
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2651
 _T313 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2646
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2654
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3731,16 +3841,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2652
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2660
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2654
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2662
 _T314 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2657
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2665
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3748,16 +3858,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2663
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2671
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2665
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2673
 _T315 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2668
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2676
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3765,16 +3875,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2674
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2682
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2676
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2684
 _T316 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2679
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2687
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3782,16 +3892,16 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2685
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2693
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2687
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2695
 _T317 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2690
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2698
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
 l_r_1 = 0  # mmx.r1:107
 l_i_2 = 0  # mmx.r1:108
@@ -3799,17 +3909,17 @@ while (l_i_2 < 128):  # mmx.r1:109
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
     l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
     l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2696
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2704
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2700
+# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2708
 _T318 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2703
-v_src = S.xmm[$src]  # sse.r1:2703
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2711
+v_src = S.xmm[$src]  # sse.r1:2711
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3817,18 +3927,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2717
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2700
+# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2708
 _T319 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2703
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2703
+v_dst = S.xmm[$dst]  # sse.r1:2711
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2711
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3836,17 +3948,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2717
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2711
+# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2719
 _T320 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2714
-v_src = S.xmm[$src]  # sse.r1:2714
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2722
+v_src = S.xmm[$src]  # sse.r1:2722
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3854,18 +3966,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2720
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2728
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2711
+# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2719
 _T321 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2714
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2714
+v_dst = S.xmm[$dst]  # sse.r1:2722
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2722
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3873,17 +3987,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2720
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2728
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2722
+# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2730
 _T322 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2725
-v_src = S.xmm[$src]  # sse.r1:2725
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2733
+v_src = S.xmm[$src]  # sse.r1:2733
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3891,18 +4005,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2731
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2739
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2722
+# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2730
 _T323 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2725
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2725
+v_dst = S.xmm[$dst]  # sse.r1:2733
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2733
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3910,17 +4026,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2731
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2739
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2733
+# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2741
 _T324 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2736
-v_src = S.xmm[$src]  # sse.r1:2736
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2744
+v_src = S.xmm[$src]  # sse.r1:2744
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3928,18 +4044,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2750
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2733
+# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2741
 _T325 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2736
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2736
+v_dst = S.xmm[$dst]  # sse.r1:2744
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2744
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3947,17 +4065,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2750
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2744
+# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2752
 _T326 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2747
-v_src = S.xmm[$src]  # sse.r1:2747
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2755
+v_src = S.xmm[$src]  # sse.r1:2755
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3965,18 +4083,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2761
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2744
+# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2752
 _T327 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2747
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2747
+v_dst = S.xmm[$dst]  # sse.r1:2755
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2755
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -3984,17 +4104,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2761
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2755
+# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2763
 _T328 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2758
-v_src = S.xmm[$src]  # sse.r1:2758
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2766
+v_src = S.xmm[$src]  # sse.r1:2766
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -4002,18 +4122,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2764
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2772
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2755
+# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2763
 _T329 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2758
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2758
+v_dst = S.xmm[$dst]  # sse.r1:2766
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2766
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -4021,17 +4143,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2764
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2772
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2766
+# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2774
 _T330 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2769
-v_src = S.xmm[$src]  # sse.r1:2769
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2777
+v_src = S.xmm[$src]  # sse.r1:2777
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -4039,18 +4161,20 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2775
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2783
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2766
+# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2774
 _T331 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2769
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2769
+v_dst = S.xmm[$dst]  # sse.r1:2777
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2777
 l_r_0 = 0  # mmx.r1:91
 l_i_1 = 0  # mmx.r1:92
 while (l_i_1 < 128):  # mmx.r1:93
@@ -4058,17 +4182,17 @@ while (l_i_1 < 128):  # mmx.r1:93
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
     l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2775
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2783
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2777
+# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2785
 _T332 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2780
-v_src = S.xmm[$src]  # sse.r1:2780
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2788
+v_src = S.xmm[$src]  # sse.r1:2788
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:161
 l_i_1 = 0  # mmx.r1:162
 while (l_i_1 < 128):  # mmx.r1:163
@@ -4081,18 +4205,20 @@ while (l_i_1 < 128):  # mmx.r1:163
         l_j_3 = (l_j_3 + 8)  # mmx.r1:170
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
     l_i_1 = (l_i_1 + 64)  # mmx.r1:173
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2786
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2794
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2777
+# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2785
 _T333 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2780
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:2780
+v_dst = S.xmm[$dst]  # sse.r1:2788
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 128)  # sse.r1:2788
 l_r_0 = 0  # mmx.r1:161
 l_i_1 = 0  # mmx.r1:162
 while (l_i_1 < 128):  # mmx.r1:163
@@ -4105,61 +4231,61 @@ while (l_i_1 < 128):  # mmx.r1:163
         l_j_3 = (l_j_3 + 8)  # mmx.r1:170
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
     l_i_1 = (l_i_1 + 64)  # mmx.r1:173
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2786
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2794
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2788
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2796
 _T334 = """\
-v_src = S.xmm[$src]  # sse.r1:2791
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:2797
+v_src = S.xmm[$src]  # sse.r1:2799
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:2805
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2799
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2807
 _T335 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2802
-v_src = R[$src]  # sse.r1:2802
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:2810
+v_src = R[$src]  # sse.r1:2810
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 a_sel_0 = ($imm & 7)
-S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2808
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2816
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2810
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2818
 _T336 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2813
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd16($seg, ea)  # sse.r1:2813
+v_dst = S.xmm[$dst]  # sse.r1:2821
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
+v_src = rd16($seg, ea)  # sse.r1:2821
 a_sel_0 = ($imm & 7)
-S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2819
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2827
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2821
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2829
 _T337 = """\
-v_src = S.xmm[$src]  # sse.r1:2824
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:2832
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
+    raise Fault(6, None)  # sse.r1:43
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
+    raise Fault(7, None)  # sse.r1:44
 l_r_0 = 0  # mmx.r1:180
 l_i_1 = 0  # mmx.r1:181
 while (l_i_1 < 16):  # mmx.r1:182
     l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:183
     l_i_1 = (l_i_1 + 1)  # mmx.r1:184
-R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2830
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2838
 """
 
 TEMPLATES = {
-    # spec/sse.r1:93
+    # spec/sse.r1:101
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T0,
@@ -4170,7 +4296,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/sse.r1:103
+    # spec/sse.r1:111
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T1,
@@ -4181,7 +4307,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:113
+    # spec/sse.r1:121
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T2,
@@ -4192,7 +4318,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/sse.r1:123
+    # spec/sse.r1:131
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T3,
@@ -4203,84 +4329,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:133
+    # spec/sse.r1:141
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 32, 'reg', None, None): _T4,
         (32, 16, 'reg', None, None): _T4,
         (32, 32, 'reg', None, None): _T4,
     },
-    # spec/sse.r1:143
+    # spec/sse.r1:151
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:153
+    # spec/sse.r1:161
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T6,
         (16, 32, 'reg', None, None): _T6,
         (32, 16, 'reg', None, None): _T6,
         (32, 32, 'reg', None, None): _T6,
     },
-    # spec/sse.r1:163
+    # spec/sse.r1:171
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:173
+    # spec/sse.r1:181
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/sse.r1:183
+    # spec/sse.r1:191
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/sse.r1:193
+    # spec/sse.r1:201
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/sse.r1:203
+    # spec/sse.r1:211
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:213
+    # spec/sse.r1:221
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T12,
         (16, 32, 'reg', None, None): _T12,
         (32, 16, 'reg', None, None): _T12,
         (32, 32, 'reg', None, None): _T12,
     },
-    # spec/sse.r1:223
+    # spec/sse.r1:231
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/sse.r1:233
+    # spec/sse.r1:241
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T14,
         (16, 32, 'reg', None, None): _T14,
         (32, 16, 'reg', None, None): _T14,
         (32, 32, 'reg', None, None): _T14,
     },
-    # spec/sse.r1:245
+    # spec/sse.r1:253
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T15,
         (16, 16, 'mem', None, None): _T15,
@@ -4291,21 +4417,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:255
+    # spec/sse.r1:263
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:265
+    # spec/sse.r1:273
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:275
+    # spec/sse.r1:283
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 16, 'mem', None, None): _T18,
@@ -4316,21 +4442,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/sse.r1:285
+    # spec/sse.r1:293
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 32, 'reg', None, None): _T19,
         (32, 16, 'reg', None, None): _T19,
         (32, 32, 'reg', None, None): _T19,
     },
-    # spec/sse.r1:295
+    # spec/sse.r1:303
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:305
+    # spec/sse.r1:313
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 16, 'mem', None, None): _T21,
@@ -4341,21 +4467,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/sse.r1:315
+    # spec/sse.r1:323
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T22,
         (16, 32, 'reg', None, None): _T22,
         (32, 16, 'reg', None, None): _T22,
         (32, 32, 'reg', None, None): _T22,
     },
-    # spec/sse.r1:325
+    # spec/sse.r1:333
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/sse.r1:335
+    # spec/sse.r1:343
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T24,
         (16, 16, 'mem', None, None): _T24,
@@ -4366,21 +4492,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T24,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:345
+    # spec/sse.r1:353
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:355
+    # spec/sse.r1:363
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:365
+    # spec/sse.r1:373
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T27,
@@ -4391,21 +4517,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T27,
     },
-    # spec/sse.r1:375
+    # spec/sse.r1:383
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T28,
         (16, 32, 'reg', None, None): _T28,
         (32, 16, 'reg', None, None): _T28,
         (32, 32, 'reg', None, None): _T28,
     },
-    # spec/sse.r1:385
+    # spec/sse.r1:393
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T29,
         (32, 32, 'mem', None, None): _T29,
     },
-    # spec/sse.r1:395
+    # spec/sse.r1:403
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T30,
         (16, 16, 'mem', None, None): _T30,
@@ -4416,21 +4542,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:405
+    # spec/sse.r1:413
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 32, 'reg', None, None): _T31,
         (32, 16, 'reg', None, None): _T31,
         (32, 32, 'reg', None, None): _T31,
     },
-    # spec/sse.r1:415
+    # spec/sse.r1:423
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T32,
         (16, 32, 'mem', None, None): _T32,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:425
+    # spec/sse.r1:433
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 16, 'mem', None, None): _T33,
@@ -4441,21 +4567,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T33,
     },
-    # spec/sse.r1:435
+    # spec/sse.r1:443
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T34,
         (16, 32, 'reg', None, None): _T34,
         (32, 16, 'reg', None, None): _T34,
         (32, 32, 'reg', None, None): _T34,
     },
-    # spec/sse.r1:445
+    # spec/sse.r1:453
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,
         (32, 16, 'mem', None, None): _T35,
         (32, 32, 'mem', None, None): _T35,
     },
-    # spec/sse.r1:455
+    # spec/sse.r1:463
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T36,
         (16, 16, 'mem', None, None): _T36,
@@ -4466,21 +4592,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T36,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:465
+    # spec/sse.r1:473
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:475
+    # spec/sse.r1:483
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:485
+    # spec/sse.r1:493
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T39,
@@ -4491,21 +4617,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T39,
     },
-    # spec/sse.r1:495
+    # spec/sse.r1:503
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T40,
         (16, 32, 'reg', None, None): _T40,
         (32, 16, 'reg', None, None): _T40,
         (32, 32, 'reg', None, None): _T40,
     },
-    # spec/sse.r1:505
+    # spec/sse.r1:513
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T41,
         (16, 32, 'mem', None, None): _T41,
         (32, 16, 'mem', None, None): _T41,
         (32, 32, 'mem', None, None): _T41,
     },
-    # spec/sse.r1:517
+    # spec/sse.r1:525
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T42,
@@ -4516,49 +4642,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:528
+    # spec/sse.r1:536
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T43,
         (16, 32, 'reg', None, None): _T43,
         (32, 16, 'reg', None, None): _T43,
         (32, 32, 'reg', None, None): _T43,
     },
-    # spec/sse.r1:539
+    # spec/sse.r1:547
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:550
+    # spec/sse.r1:558
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:560
+    # spec/sse.r1:568
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:570
+    # spec/sse.r1:578
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 32, 'reg', None, None): _T47,
         (32, 16, 'reg', None, None): _T47,
         (32, 32, 'reg', None, None): _T47,
     },
-    # spec/sse.r1:580
+    # spec/sse.r1:588
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T48,
         (16, 32, 'mem', None, None): _T48,
         (32, 16, 'mem', None, None): _T48,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:592
+    # spec/sse.r1:600
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 16, 'mem', None, None): _T49,
@@ -4569,7 +4695,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/sse.r1:602
+    # spec/sse.r1:610
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T50,
@@ -4580,7 +4706,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:612
+    # spec/sse.r1:620
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T51,
@@ -4591,7 +4717,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/sse.r1:622
+    # spec/sse.r1:630
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T52,
@@ -4602,7 +4728,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T52,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:632
+    # spec/sse.r1:640
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T53,
         (16, 16, 'mem', None, None): _T53,
@@ -4613,7 +4739,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/sse.r1:642
+    # spec/sse.r1:650
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T54,
         (16, 16, 'mem', None, None): _T54,
@@ -4624,7 +4750,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:652
+    # spec/sse.r1:660
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T55,
@@ -4635,7 +4761,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/sse.r1:664
+    # spec/sse.r1:672
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T56,
         (16, 16, 'mem', None, None): _T56,
@@ -4646,35 +4772,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:674
+    # spec/sse.r1:682
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:684
+    # spec/sse.r1:692
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:694
+    # spec/sse.r1:702
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:704
+    # spec/sse.r1:712
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:714
+    # spec/sse.r1:722
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T61,
         (16, 16, 'mem', None, None): _T61,
@@ -4685,119 +4811,119 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/sse.r1:724
+    # spec/sse.r1:732
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T62,
         (16, 32, 'reg', None, None): _T62,
         (32, 16, 'reg', None, None): _T62,
         (32, 32, 'reg', None, None): _T62,
     },
-    # spec/sse.r1:734
+    # spec/sse.r1:742
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T63,
         (16, 32, 'mem', None, None): _T63,
         (32, 16, 'mem', None, None): _T63,
         (32, 32, 'mem', None, None): _T63,
     },
-    # spec/sse.r1:744
+    # spec/sse.r1:752
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T64,
         (16, 32, 'reg', None, None): _T64,
         (32, 16, 'reg', None, None): _T64,
         (32, 32, 'reg', None, None): _T64,
     },
-    # spec/sse.r1:754
+    # spec/sse.r1:762
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T65,
         (16, 32, 'mem', None, None): _T65,
         (32, 16, 'mem', None, None): _T65,
         (32, 32, 'mem', None, None): _T65,
     },
-    # spec/sse.r1:766
+    # spec/sse.r1:774
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T66,
         (16, 32, 'mem', None, None): _T66,
         (32, 16, 'mem', None, None): _T66,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:776
+    # spec/sse.r1:784
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T67,
         (16, 32, 'mem', None, None): _T67,
         (32, 16, 'mem', None, None): _T67,
         (32, 32, 'mem', None, None): _T67,
     },
-    # spec/sse.r1:786
+    # spec/sse.r1:794
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T68,
         (16, 32, 'mem', None, None): _T68,
         (32, 16, 'mem', None, None): _T68,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:796
+    # spec/sse.r1:804
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T69,
         (16, 32, 'mem', None, None): _T69,
         (32, 16, 'mem', None, None): _T69,
         (32, 32, 'mem', None, None): _T69,
     },
-    # spec/sse.r1:808
+    # spec/sse.r1:816
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T70,
         (16, 32, 'mem', None, None): _T70,
         (32, 16, 'mem', None, None): _T70,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:818
+    # spec/sse.r1:826
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T71,
         (16, 32, 'mem', None, None): _T71,
         (32, 16, 'mem', None, None): _T71,
         (32, 32, 'mem', None, None): _T71,
     },
-    # spec/sse.r1:828
+    # spec/sse.r1:836
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:838
+    # spec/sse.r1:846
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/sse.r1:848
+    # spec/sse.r1:856
     'SFENCE': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/sse.r1:858
+    # spec/sse.r1:866
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/sse.r1:869
+    # spec/sse.r1:877
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:879
+    # spec/sse.r1:887
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 32, 'reg', None, None): _T78,
         (32, 16, 'reg', None, None): _T77,
         (32, 32, 'reg', None, None): _T78,
     },
-    # spec/sse.r1:892
+    # spec/sse.r1:900
     'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 16, 'mem', None, None): _T80,
@@ -4808,7 +4934,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:903
+    # spec/sse.r1:911
     'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 16, 'mem', None, None): _T82,
@@ -4819,7 +4945,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:914
+    # spec/sse.r1:922
     'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T84,
@@ -4830,7 +4956,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:925
+    # spec/sse.r1:933
     'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 16, 'mem', None, None): _T86,
@@ -4841,7 +4967,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:936
+    # spec/sse.r1:944
     'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T87,
         (16, 16, 'mem', None, None): _T88,
@@ -4852,7 +4978,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T87,
         (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:947
+    # spec/sse.r1:955
     'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T89,
         (16, 16, 'mem', None, None): _T90,
@@ -4863,7 +4989,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T89,
         (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:958
+    # spec/sse.r1:966
     'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T91,
         (16, 16, 'mem', None, None): _T92,
@@ -4874,7 +5000,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:969
+    # spec/sse.r1:977
     'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T93,
         (16, 16, 'mem', None, None): _T94,
@@ -4885,7 +5011,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:980
+    # spec/sse.r1:988
     'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T95,
         (16, 16, 'mem', None, None): _T96,
@@ -4896,35 +5022,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T95,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:991
+    # spec/sse.r1:999
     'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/sse.r1:1002
+    # spec/sse.r1:1010
     'PINSRW_MM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T98,
         (16, 32, 'reg', None, None): _T98,
         (32, 16, 'reg', None, None): _T98,
         (32, 32, 'reg', None, None): _T98,
     },
-    # spec/sse.r1:1013
+    # spec/sse.r1:1021
     'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1024
+    # spec/sse.r1:1032
     'PMOVMSKB_R32_MM': {
         (16, 16, 'reg', None, None): _T100,
         (16, 32, 'reg', None, None): _T100,
         (32, 16, 'reg', None, None): _T100,
         (32, 32, 'reg', None, None): _T100,
     },
-    # spec/sse.r1:1037
+    # spec/sse.r1:1045
     'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T101,
         (16, 16, 'mem', None, None): _T101,
@@ -4935,7 +5061,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1047
+    # spec/sse.r1:1055
     'MOVAPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T102,
@@ -4946,7 +5072,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1057
+    # spec/sse.r1:1065
     'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T103,
         (16, 16, 'mem', None, None): _T103,
@@ -4957,7 +5083,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T103,
         (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1067
+    # spec/sse.r1:1075
     'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
@@ -4968,70 +5094,70 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1077
+    # spec/sse.r1:1085
     'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
     },
-    # spec/sse.r1:1088
+    # spec/sse.r1:1096
     'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1099
+    # spec/sse.r1:1107
     'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T107,
         (16, 32, 'reg', None, None): _T107,
         (32, 16, 'reg', None, None): _T107,
         (32, 32, 'reg', None, None): _T107,
     },
-    # spec/sse.r1:1110
+    # spec/sse.r1:1118
     'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T108,
         (16, 32, 'mem', None, None): _T108,
         (32, 16, 'mem', None, None): _T108,
         (32, 32, 'mem', None, None): _T108,
     },
-    # spec/sse.r1:1121
+    # spec/sse.r1:1129
     'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T109,
         (16, 32, 'mem', None, None): _T109,
         (32, 16, 'mem', None, None): _T109,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1131
+    # spec/sse.r1:1139
     'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T110,
         (16, 32, 'mem', None, None): _T110,
         (32, 16, 'mem', None, None): _T110,
         (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1141
+    # spec/sse.r1:1149
     'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T111,
         (16, 32, 'mem', None, None): _T111,
         (32, 16, 'mem', None, None): _T111,
         (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1151
+    # spec/sse.r1:1159
     'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T112,
         (16, 32, 'mem', None, None): _T112,
         (32, 16, 'mem', None, None): _T112,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1161
+    # spec/sse.r1:1169
     'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T113,
         (16, 32, 'reg', None, None): _T113,
         (32, 16, 'reg', None, None): _T113,
         (32, 32, 'reg', None, None): _T113,
     },
-    # spec/sse.r1:1173
+    # spec/sse.r1:1181
     'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T114,
         (16, 16, 'mem', None, None): _T114,
@@ -5042,21 +5168,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T114,
         (32, 32, 'mem', None, None): _T114,
     },
-    # spec/sse.r1:1183
+    # spec/sse.r1:1191
     'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T115,
         (16, 32, 'reg', None, None): _T115,
         (32, 16, 'reg', None, None): _T115,
         (32, 32, 'reg', None, None): _T115,
     },
-    # spec/sse.r1:1193
+    # spec/sse.r1:1201
     'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T116,
         (16, 32, 'mem', None, None): _T116,
         (32, 16, 'mem', None, None): _T116,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1203
+    # spec/sse.r1:1211
     'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T117,
         (16, 16, 'mem', None, None): _T117,
@@ -5067,21 +5193,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T117,
         (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1213
+    # spec/sse.r1:1221
     'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T118,
         (16, 32, 'reg', None, None): _T118,
         (32, 16, 'reg', None, None): _T118,
         (32, 32, 'reg', None, None): _T118,
     },
-    # spec/sse.r1:1223
+    # spec/sse.r1:1231
     'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T119,
         (16, 32, 'mem', None, None): _T119,
         (32, 16, 'mem', None, None): _T119,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1233
+    # spec/sse.r1:1241
     'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T120,
         (16, 16, 'mem', None, None): _T120,
@@ -5092,21 +5218,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T120,
         (32, 32, 'mem', None, None): _T120,
     },
-    # spec/sse.r1:1243
+    # spec/sse.r1:1251
     'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T121,
         (16, 32, 'reg', None, None): _T121,
         (32, 16, 'reg', None, None): _T121,
         (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1253
+    # spec/sse.r1:1261
     'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1263
+    # spec/sse.r1:1271
     'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T123,
         (16, 16, 'mem', None, None): _T123,
@@ -5117,21 +5243,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/sse.r1:1273
+    # spec/sse.r1:1281
     'DIVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T124,
         (16, 32, 'reg', None, None): _T124,
         (32, 16, 'reg', None, None): _T124,
         (32, 32, 'reg', None, None): _T124,
     },
-    # spec/sse.r1:1283
+    # spec/sse.r1:1291
     'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1293
+    # spec/sse.r1:1301
     'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T126,
         (16, 16, 'mem', None, None): _T126,
@@ -5142,21 +5268,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/sse.r1:1303
+    # spec/sse.r1:1311
     'MINSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T127,
         (16, 32, 'reg', None, None): _T127,
         (32, 16, 'reg', None, None): _T127,
         (32, 32, 'reg', None, None): _T127,
     },
-    # spec/sse.r1:1313
+    # spec/sse.r1:1321
     'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/sse.r1:1323
+    # spec/sse.r1:1331
     'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T129,
         (16, 16, 'mem', None, None): _T129,
@@ -5167,21 +5293,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1333
+    # spec/sse.r1:1341
     'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 32, 'reg', None, None): _T130,
         (32, 16, 'reg', None, None): _T130,
         (32, 32, 'reg', None, None): _T130,
     },
-    # spec/sse.r1:1343
+    # spec/sse.r1:1351
     'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T131,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1353
+    # spec/sse.r1:1361
     'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 16, 'mem', None, None): _T132,
@@ -5192,21 +5318,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1363
+    # spec/sse.r1:1371
     'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T133,
         (16, 32, 'reg', None, None): _T133,
         (32, 16, 'reg', None, None): _T133,
         (32, 32, 'reg', None, None): _T133,
     },
-    # spec/sse.r1:1373
+    # spec/sse.r1:1381
     'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T134,
         (16, 32, 'mem', None, None): _T134,
         (32, 16, 'mem', None, None): _T134,
         (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1385
+    # spec/sse.r1:1393
     'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
@@ -5217,49 +5343,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1396
+    # spec/sse.r1:1404
     'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T136,
         (16, 32, 'reg', None, None): _T136,
         (32, 16, 'reg', None, None): _T136,
         (32, 32, 'reg', None, None): _T136,
     },
-    # spec/sse.r1:1411
+    # spec/sse.r1:1419
     'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T137,
         (16, 32, 'mem', None, None): _T137,
         (32, 16, 'mem', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1426
+    # spec/sse.r1:1434
     'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T138,
         (16, 32, 'reg', None, None): _T138,
         (32, 16, 'reg', None, None): _T138,
         (32, 32, 'reg', None, None): _T138,
     },
-    # spec/sse.r1:1436
+    # spec/sse.r1:1444
     'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T139,
         (16, 32, 'mem', None, None): _T139,
         (32, 16, 'mem', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1446
+    # spec/sse.r1:1454
     'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T140,
         (16, 32, 'reg', None, None): _T140,
         (32, 16, 'reg', None, None): _T140,
         (32, 32, 'reg', None, None): _T140,
     },
-    # spec/sse.r1:1456
+    # spec/sse.r1:1464
     'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T141,
         (16, 32, 'mem', None, None): _T141,
         (32, 16, 'mem', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1468
+    # spec/sse.r1:1476
     'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T142,
@@ -5270,7 +5396,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T142,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1478
+    # spec/sse.r1:1486
     'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T143,
         (16, 16, 'mem', None, None): _T143,
@@ -5281,7 +5407,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T143,
         (32, 32, 'mem', None, None): _T143,
     },
-    # spec/sse.r1:1488
+    # spec/sse.r1:1496
     'ORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T144,
         (16, 16, 'mem', None, None): _T144,
@@ -5292,7 +5418,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1498
+    # spec/sse.r1:1506
     'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T145,
         (16, 16, 'mem', None, None): _T145,
@@ -5303,7 +5429,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T145,
         (32, 32, 'mem', None, None): _T145,
     },
-    # spec/sse.r1:1508
+    # spec/sse.r1:1516
     'SHUFPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T146,
         (16, 16, 'mem', None, None): _T146,
@@ -5314,7 +5440,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T146,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1518
+    # spec/sse.r1:1526
     'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T147,
         (16, 16, 'mem', None, None): _T147,
@@ -5325,7 +5451,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T147,
         (32, 32, 'mem', None, None): _T147,
     },
-    # spec/sse.r1:1528
+    # spec/sse.r1:1536
     'UNPCKHPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T148,
         (16, 16, 'mem', None, None): _T148,
@@ -5336,7 +5462,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1540
+    # spec/sse.r1:1548
     'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T149,
@@ -5347,7 +5473,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1550
+    # spec/sse.r1:1558
     'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T150,
         (16, 16, 'mem', None, None): _T150,
@@ -5358,7 +5484,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T150,
         (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1560
+    # spec/sse.r1:1568
     'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T151,
         (16, 16, 'mem', None, None): _T151,
@@ -5369,7 +5495,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T151,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1570
+    # spec/sse.r1:1578
     'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T152,
         (16, 16, 'mem', None, None): _T152,
@@ -5380,49 +5506,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T152,
         (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1580
+    # spec/sse.r1:1588
     'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T153,
         (16, 32, 'reg', None, None): _T153,
         (32, 16, 'reg', None, None): _T153,
         (32, 32, 'reg', None, None): _T153,
     },
-    # spec/sse.r1:1590
+    # spec/sse.r1:1598
     'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T154,
         (16, 32, 'mem', None, None): _T154,
         (32, 16, 'mem', None, None): _T154,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1600
+    # spec/sse.r1:1608
     'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T155,
         (16, 32, 'reg', None, None): _T155,
         (32, 16, 'reg', None, None): _T155,
         (32, 32, 'reg', None, None): _T155,
     },
-    # spec/sse.r1:1610
+    # spec/sse.r1:1618
     'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T156,
         (16, 32, 'mem', None, None): _T156,
         (32, 16, 'mem', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1620
+    # spec/sse.r1:1628
     'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 32, 'reg', None, None): _T157,
         (32, 16, 'reg', None, None): _T157,
         (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1630
+    # spec/sse.r1:1638
     'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
         (16, 32, 'mem', None, None): _T158,
         (32, 16, 'mem', None, None): _T158,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1640
+    # spec/sse.r1:1648
     'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 16, 'mem', None, None): _T159,
@@ -5433,35 +5559,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T159,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1650
+    # spec/sse.r1:1658
     'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T160,
         (16, 32, 'reg', None, None): _T160,
         (32, 16, 'reg', None, None): _T160,
         (32, 32, 'reg', None, None): _T160,
     },
-    # spec/sse.r1:1660
+    # spec/sse.r1:1668
     'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T161,
         (16, 32, 'mem', None, None): _T161,
         (32, 16, 'mem', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1670
+    # spec/sse.r1:1678
     'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T162,
         (16, 32, 'reg', None, None): _T162,
         (32, 16, 'reg', None, None): _T162,
         (32, 32, 'reg', None, None): _T162,
     },
-    # spec/sse.r1:1680
+    # spec/sse.r1:1688
     'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T163,
         (16, 32, 'mem', None, None): _T163,
         (32, 16, 'mem', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1690
+    # spec/sse.r1:1698
     'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T164,
         (16, 16, 'mem', None, None): _T164,
@@ -5472,7 +5598,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1700
+    # spec/sse.r1:1708
     'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T165,
@@ -5483,7 +5609,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1710
+    # spec/sse.r1:1718
     'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T166,
         (16, 16, 'mem', None, None): _T166,
@@ -5494,21 +5620,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T166,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1720
+    # spec/sse.r1:1728
     'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1730
+    # spec/sse.r1:1738
     'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1740
+    # spec/sse.r1:1748
     'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T169,
         (16, 16, 'mem', None, None): _T169,
@@ -5519,7 +5645,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T169,
         (32, 32, 'mem', None, None): _T169,
     },
-    # spec/sse.r1:1750
+    # spec/sse.r1:1758
     'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T170,
         (16, 16, 'mem', None, None): _T170,
@@ -5530,7 +5656,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T170,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1762
+    # spec/sse.r1:1770
     'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T171,
         (16, 16, 'mem', None, None): _T172,
@@ -5541,7 +5667,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T171,
         (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1773
+    # spec/sse.r1:1781
     'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T173,
         (16, 16, 'mem', None, None): _T174,
@@ -5552,7 +5678,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T173,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1784
+    # spec/sse.r1:1792
     'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T175,
         (16, 16, 'mem', None, None): _T176,
@@ -5563,7 +5689,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T175,
         (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1795
+    # spec/sse.r1:1803
     'MOVDQU_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T177,
         (16, 16, 'mem', None, None): _T178,
@@ -5574,7 +5700,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T177,
         (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:1806
+    # spec/sse.r1:1814
     'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T179,
         (16, 16, 'mem', None, None): _T180,
@@ -5585,7 +5711,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T179,
         (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:1817
+    # spec/sse.r1:1825
     'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T182,
@@ -5596,105 +5722,105 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1828
+    # spec/sse.r1:1836
     'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 32, 'reg', None, None): _T183,
         (32, 16, 'reg', None, None): _T183,
         (32, 32, 'reg', None, None): _T183,
     },
-    # spec/sse.r1:1839
+    # spec/sse.r1:1847
     'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T184,
         (16, 32, 'mem', None, None): _T184,
         (32, 16, 'mem', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1850
+    # spec/sse.r1:1858
     'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T185,
         (16, 32, 'reg', None, None): _T185,
         (32, 16, 'reg', None, None): _T185,
         (32, 32, 'reg', None, None): _T185,
     },
-    # spec/sse.r1:1861
+    # spec/sse.r1:1869
     'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T186,
         (16, 32, 'mem', None, None): _T186,
         (32, 16, 'mem', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:1872
+    # spec/sse.r1:1880
     'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T187,
         (16, 32, 'reg', None, None): _T187,
         (32, 16, 'reg', None, None): _T187,
         (32, 32, 'reg', None, None): _T187,
     },
-    # spec/sse.r1:1883
+    # spec/sse.r1:1891
     'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T188,
         (16, 32, 'reg', None, None): _T188,
         (32, 16, 'reg', None, None): _T188,
         (32, 32, 'reg', None, None): _T188,
     },
-    # spec/sse.r1:1896
+    # spec/sse.r1:1904
     'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T189,
         (16, 32, 'mem', None, None): _T189,
         (32, 16, 'mem', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:1906
+    # spec/sse.r1:1914
     'MOVNTDQ_M128_XMM': {
         (16, 16, 'mem', None, None): _T190,
         (16, 32, 'mem', None, None): _T190,
         (32, 16, 'mem', None, None): _T190,
         (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:1917
+    # spec/sse.r1:1925
     'MOVNTI_M32_R32': {
         (16, 16, 'mem', None, None): _T191,
         (16, 32, 'mem', None, None): _T191,
         (32, 16, 'mem', None, None): _T191,
         (32, 32, 'mem', None, None): _T191,
     },
-    # spec/sse.r1:1928
+    # spec/sse.r1:1936
     'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T192,
         (16, 32, 'reg', None, None): _T193,
         (32, 16, 'reg', None, None): _T192,
         (32, 32, 'reg', None, None): _T193,
     },
-    # spec/sse.r1:1939
+    # spec/sse.r1:1947
     'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T194,
         (16, 32, 'mem', None, None): _T194,
         (32, 16, 'mem', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:1949
+    # spec/sse.r1:1957
     'LFENCE': {
         (16, 16, None, None, None): _T195,
         (16, 32, None, None, None): _T195,
         (32, 16, None, None, None): _T195,
         (32, 32, None, None, None): _T195,
     },
-    # spec/sse.r1:1959
+    # spec/sse.r1:1967
     'MFENCE': {
         (16, 16, None, None, None): _T196,
         (16, 32, None, None, None): _T196,
         (32, 16, None, None, None): _T196,
         (32, 32, None, None, None): _T196,
     },
-    # spec/sse.r1:1969
+    # spec/sse.r1:1977
     'PAUSE': {
         (16, 16, None, None, None): _T197,
         (16, 32, None, None, None): _T197,
         (32, 16, None, None, None): _T197,
         (32, 32, None, None, None): _T197,
     },
-    # spec/sse.r1:1981
+    # spec/sse.r1:1989
     'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T198,
         (16, 16, 'mem', None, None): _T199,
@@ -5705,7 +5831,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:1992
+    # spec/sse.r1:2000
     'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
         (16, 16, 'mem', None, None): _T201,
@@ -5716,7 +5842,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2003
+    # spec/sse.r1:2011
     'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T202,
         (16, 16, 'mem', None, None): _T203,
@@ -5727,7 +5853,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2014
+    # spec/sse.r1:2022
     'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
         (16, 16, 'mem', None, None): _T205,
@@ -5738,7 +5864,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2025
+    # spec/sse.r1:2033
     'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T206,
         (16, 16, 'mem', None, None): _T207,
@@ -5749,7 +5875,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2036
+    # spec/sse.r1:2044
     'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
         (16, 16, 'mem', None, None): _T209,
@@ -5760,7 +5886,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2047
+    # spec/sse.r1:2055
     'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T211,
@@ -5771,7 +5897,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2058
+    # spec/sse.r1:2066
     'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T213,
@@ -5782,7 +5908,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2069
+    # spec/sse.r1:2077
     'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T215,
@@ -5793,21 +5919,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2080
+    # spec/sse.r1:2088
     'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T216,
         (16, 32, 'reg', None, None): _T216,
         (32, 16, 'reg', None, None): _T216,
         (32, 32, 'reg', None, None): _T216,
     },
-    # spec/sse.r1:2091
+    # spec/sse.r1:2099
     'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
     },
-    # spec/sse.r1:2102
+    # spec/sse.r1:2110
     'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
         (16, 16, 'mem', None, None): _T219,
@@ -5818,7 +5944,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2113
+    # spec/sse.r1:2121
     'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
         (16, 16, 'mem', None, None): _T221,
@@ -5829,7 +5955,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2126
+    # spec/sse.r1:2134
     'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
         (16, 16, 'mem', None, None): _T223,
@@ -5840,7 +5966,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2137
+    # spec/sse.r1:2145
     'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
         (16, 16, 'mem', None, None): _T225,
@@ -5851,7 +5977,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2148
+    # spec/sse.r1:2156
     'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
         (16, 16, 'mem', None, None): _T227,
@@ -5862,7 +5988,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2159
+    # spec/sse.r1:2167
     'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
         (16, 16, 'mem', None, None): _T229,
@@ -5873,7 +5999,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2170
+    # spec/sse.r1:2178
     'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
         (16, 16, 'mem', None, None): _T231,
@@ -5884,7 +6010,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2181
+    # spec/sse.r1:2189
     'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
         (16, 16, 'mem', None, None): _T233,
@@ -5895,7 +6021,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2192
+    # spec/sse.r1:2200
     'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T235,
@@ -5906,7 +6032,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2203
+    # spec/sse.r1:2211
     'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T237,
@@ -5917,7 +6043,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2214
+    # spec/sse.r1:2222
     'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T238,
         (16, 16, 'mem', None, None): _T239,
@@ -5928,7 +6054,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T238,
         (32, 32, 'mem', None, None): _T239,
     },
-    # spec/sse.r1:2225
+    # spec/sse.r1:2233
     'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T240,
         (16, 16, 'mem', None, None): _T241,
@@ -5939,7 +6065,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T240,
         (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2236
+    # spec/sse.r1:2244
     'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T242,
         (16, 16, 'mem', None, None): _T243,
@@ -5950,7 +6076,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T242,
         (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2247
+    # spec/sse.r1:2255
     'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T244,
         (16, 16, 'mem', None, None): _T245,
@@ -5961,7 +6087,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T244,
         (32, 32, 'mem', None, None): _T245,
     },
-    # spec/sse.r1:2258
+    # spec/sse.r1:2266
     'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T247,
@@ -5972,7 +6098,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2269
+    # spec/sse.r1:2277
     'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T249,
@@ -5983,7 +6109,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2280
+    # spec/sse.r1:2288
     'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T251,
@@ -5994,7 +6120,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2291
+    # spec/sse.r1:2299
     'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T253,
@@ -6005,7 +6131,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2302
+    # spec/sse.r1:2310
     'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T254,
         (16, 16, 'mem', None, None): _T255,
@@ -6016,7 +6142,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T254,
         (32, 32, 'mem', None, None): _T255,
     },
-    # spec/sse.r1:2313
+    # spec/sse.r1:2321
     'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T256,
         (16, 16, 'mem', None, None): _T257,
@@ -6027,7 +6153,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T256,
         (32, 32, 'mem', None, None): _T257,
     },
-    # spec/sse.r1:2324
+    # spec/sse.r1:2332
     'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T258,
         (16, 16, 'mem', None, None): _T259,
@@ -6038,7 +6164,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T258,
         (32, 32, 'mem', None, None): _T259,
     },
-    # spec/sse.r1:2335
+    # spec/sse.r1:2343
     'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T260,
         (16, 16, 'mem', None, None): _T261,
@@ -6049,7 +6175,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T260,
         (32, 32, 'mem', None, None): _T261,
     },
-    # spec/sse.r1:2346
+    # spec/sse.r1:2354
     'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T262,
         (16, 16, 'mem', None, None): _T263,
@@ -6060,7 +6186,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T262,
         (32, 32, 'mem', None, None): _T263,
     },
-    # spec/sse.r1:2357
+    # spec/sse.r1:2365
     'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T264,
         (16, 16, 'mem', None, None): _T265,
@@ -6071,7 +6197,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T264,
         (32, 32, 'mem', None, None): _T265,
     },
-    # spec/sse.r1:2368
+    # spec/sse.r1:2376
     'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T266,
         (16, 16, 'mem', None, None): _T267,
@@ -6082,7 +6208,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T266,
         (32, 32, 'mem', None, None): _T267,
     },
-    # spec/sse.r1:2379
+    # spec/sse.r1:2387
     'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T268,
         (16, 16, 'mem', None, None): _T269,
@@ -6093,7 +6219,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T268,
         (32, 32, 'mem', None, None): _T269,
     },
-    # spec/sse.r1:2390
+    # spec/sse.r1:2398
     'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T270,
         (16, 16, 'mem', None, None): _T271,
@@ -6104,7 +6230,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T270,
         (32, 32, 'mem', None, None): _T271,
     },
-    # spec/sse.r1:2401
+    # spec/sse.r1:2409
     'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T272,
         (16, 16, 'mem', None, None): _T273,
@@ -6115,7 +6241,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T272,
         (32, 32, 'mem', None, None): _T273,
     },
-    # spec/sse.r1:2412
+    # spec/sse.r1:2420
     'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T274,
         (16, 16, 'mem', None, None): _T275,
@@ -6126,7 +6252,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T274,
         (32, 32, 'mem', None, None): _T275,
     },
-    # spec/sse.r1:2423
+    # spec/sse.r1:2431
     'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T276,
         (16, 16, 'mem', None, None): _T277,
@@ -6137,7 +6263,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T276,
         (32, 32, 'mem', None, None): _T277,
     },
-    # spec/sse.r1:2434
+    # spec/sse.r1:2442
     'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T278,
         (16, 16, 'mem', None, None): _T279,
@@ -6148,7 +6274,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T278,
         (32, 32, 'mem', None, None): _T279,
     },
-    # spec/sse.r1:2445
+    # spec/sse.r1:2453
     'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T280,
         (16, 16, 'mem', None, None): _T281,
@@ -6159,7 +6285,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T280,
         (32, 32, 'mem', None, None): _T281,
     },
-    # spec/sse.r1:2456
+    # spec/sse.r1:2464
     'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T282,
         (16, 16, 'mem', None, None): _T283,
@@ -6170,7 +6296,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T282,
         (32, 32, 'mem', None, None): _T283,
     },
-    # spec/sse.r1:2467
+    # spec/sse.r1:2475
     'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T284,
         (16, 16, 'mem', None, None): _T285,
@@ -6181,7 +6307,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T284,
         (32, 32, 'mem', None, None): _T285,
     },
-    # spec/sse.r1:2478
+    # spec/sse.r1:2486
     'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T286,
         (16, 16, 'mem', None, None): _T287,
@@ -6192,7 +6318,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T286,
         (32, 32, 'mem', None, None): _T287,
     },
-    # spec/sse.r1:2489
+    # spec/sse.r1:2497
     'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T288,
         (16, 16, 'mem', None, None): _T289,
@@ -6203,7 +6329,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T288,
         (32, 32, 'mem', None, None): _T289,
     },
-    # spec/sse.r1:2500
+    # spec/sse.r1:2508
     'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T290,
         (16, 16, 'mem', None, None): _T291,
@@ -6214,7 +6340,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T290,
         (32, 32, 'mem', None, None): _T291,
     },
-    # spec/sse.r1:2511
+    # spec/sse.r1:2519
     'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T292,
         (16, 16, 'mem', None, None): _T293,
@@ -6225,7 +6351,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T292,
         (32, 32, 'mem', None, None): _T293,
     },
-    # spec/sse.r1:2522
+    # spec/sse.r1:2530
     'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T294,
         (16, 16, 'mem', None, None): _T295,
@@ -6236,7 +6362,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T294,
         (32, 32, 'mem', None, None): _T295,
     },
-    # spec/sse.r1:2533
+    # spec/sse.r1:2541
     'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T296,
         (16, 16, 'mem', None, None): _T297,
@@ -6247,7 +6373,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T296,
         (32, 32, 'mem', None, None): _T297,
     },
-    # spec/sse.r1:2544
+    # spec/sse.r1:2552
     'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T298,
         (16, 16, 'mem', None, None): _T299,
@@ -6258,7 +6384,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T298,
         (32, 32, 'mem', None, None): _T299,
     },
-    # spec/sse.r1:2555
+    # spec/sse.r1:2563
     'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T300,
         (16, 16, 'mem', None, None): _T301,
@@ -6269,7 +6395,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T300,
         (32, 32, 'mem', None, None): _T301,
     },
-    # spec/sse.r1:2566
+    # spec/sse.r1:2574
     'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T302,
         (16, 16, 'mem', None, None): _T303,
@@ -6280,7 +6406,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T302,
         (32, 32, 'mem', None, None): _T303,
     },
-    # spec/sse.r1:2577
+    # spec/sse.r1:2585
     'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T304,
         (16, 16, 'mem', None, None): _T305,
@@ -6291,7 +6417,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T304,
         (32, 32, 'mem', None, None): _T305,
     },
-    # spec/sse.r1:2588
+    # spec/sse.r1:2596
     'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T306,
         (16, 16, 'mem', None, None): _T307,
@@ -6302,7 +6428,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T306,
         (32, 32, 'mem', None, None): _T307,
     },
-    # spec/sse.r1:2599
+    # spec/sse.r1:2607
     'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T308,
         (16, 16, 'mem', None, None): _T309,
@@ -6313,63 +6439,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T308,
         (32, 32, 'mem', None, None): _T309,
     },
-    # spec/sse.r1:2610
+    # spec/sse.r1:2618
     'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T310,
         (16, 32, 'reg', None, None): _T310,
         (32, 16, 'reg', None, None): _T310,
         (32, 32, 'reg', None, None): _T310,
     },
-    # spec/sse.r1:2621
+    # spec/sse.r1:2629
     'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T311,
         (16, 32, 'reg', None, None): _T311,
         (32, 16, 'reg', None, None): _T311,
         (32, 32, 'reg', None, None): _T311,
     },
-    # spec/sse.r1:2632
+    # spec/sse.r1:2640
     'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T312,
         (16, 32, 'reg', None, None): _T312,
         (32, 16, 'reg', None, None): _T312,
         (32, 32, 'reg', None, None): _T312,
     },
-    # spec/sse.r1:2643
+    # spec/sse.r1:2651
     'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T313,
         (16, 32, 'reg', None, None): _T313,
         (32, 16, 'reg', None, None): _T313,
         (32, 32, 'reg', None, None): _T313,
     },
-    # spec/sse.r1:2654
+    # spec/sse.r1:2662
     'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T314,
         (16, 32, 'reg', None, None): _T314,
         (32, 16, 'reg', None, None): _T314,
         (32, 32, 'reg', None, None): _T314,
     },
-    # spec/sse.r1:2665
+    # spec/sse.r1:2673
     'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T315,
         (16, 32, 'reg', None, None): _T315,
         (32, 16, 'reg', None, None): _T315,
         (32, 32, 'reg', None, None): _T315,
     },
-    # spec/sse.r1:2676
+    # spec/sse.r1:2684
     'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T316,
         (16, 32, 'reg', None, None): _T316,
         (32, 16, 'reg', None, None): _T316,
         (32, 32, 'reg', None, None): _T316,
     },
-    # spec/sse.r1:2687
+    # spec/sse.r1:2695
     'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T317,
         (16, 32, 'reg', None, None): _T317,
         (32, 16, 'reg', None, None): _T317,
         (32, 32, 'reg', None, None): _T317,
     },
-    # spec/sse.r1:2700
+    # spec/sse.r1:2708
     'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T318,
         (16, 16, 'mem', None, None): _T319,
@@ -6380,7 +6506,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T318,
         (32, 32, 'mem', None, None): _T319,
     },
-    # spec/sse.r1:2711
+    # spec/sse.r1:2719
     'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T320,
         (16, 16, 'mem', None, None): _T321,
@@ -6391,7 +6517,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T320,
         (32, 32, 'mem', None, None): _T321,
     },
-    # spec/sse.r1:2722
+    # spec/sse.r1:2730
     'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T322,
         (16, 16, 'mem', None, None): _T323,
@@ -6402,7 +6528,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T322,
         (32, 32, 'mem', None, None): _T323,
     },
-    # spec/sse.r1:2733
+    # spec/sse.r1:2741
     'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T324,
         (16, 16, 'mem', None, None): _T325,
@@ -6413,7 +6539,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T324,
         (32, 32, 'mem', None, None): _T325,
     },
-    # spec/sse.r1:2744
+    # spec/sse.r1:2752
     'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T326,
         (16, 16, 'mem', None, None): _T327,
@@ -6424,7 +6550,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T326,
         (32, 32, 'mem', None, None): _T327,
     },
-    # spec/sse.r1:2755
+    # spec/sse.r1:2763
     'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T328,
         (16, 16, 'mem', None, None): _T329,
@@ -6435,7 +6561,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T328,
         (32, 32, 'mem', None, None): _T329,
     },
-    # spec/sse.r1:2766
+    # spec/sse.r1:2774
     'PMULHUW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T330,
         (16, 16, 'mem', None, None): _T331,
@@ -6446,7 +6572,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T330,
         (32, 32, 'mem', None, None): _T331,
     },
-    # spec/sse.r1:2777
+    # spec/sse.r1:2785
     'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T332,
         (16, 16, 'mem', None, None): _T333,
@@ -6457,28 +6583,28 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T332,
         (32, 32, 'mem', None, None): _T333,
     },
-    # spec/sse.r1:2788
+    # spec/sse.r1:2796
     'PEXTRW_R32_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T334,
         (16, 32, 'reg', None, None): _T334,
         (32, 16, 'reg', None, None): _T334,
         (32, 32, 'reg', None, None): _T334,
     },
-    # spec/sse.r1:2799
+    # spec/sse.r1:2807
     'PINSRW_XMM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T335,
         (16, 32, 'reg', None, None): _T335,
         (32, 16, 'reg', None, None): _T335,
         (32, 32, 'reg', None, None): _T335,
     },
-    # spec/sse.r1:2810
+    # spec/sse.r1:2818
     'PINSRW_XMM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T336,
         (16, 32, 'mem', None, None): _T336,
         (32, 16, 'mem', None, None): _T336,
         (32, 32, 'mem', None, None): _T336,
     },
-    # spec/sse.r1:2821
+    # spec/sse.r1:2829
     'PMOVMSKB_R32_XMM': {
         (16, 16, 'reg', None, None): _T337,
         (16, 32, 'reg', None, None): _T337,

@@ -95,6 +95,16 @@ SIMD_INTEGER_MOVES = {"movd", "movq", "movdqa", "movdqu", "movq2dq", "movdq2q", 
 SIMD_INTEGER_MOVES |= {"maskmovq", "maskmovdqu"}
 
 
+def aligned_m128(form: str) -> bool:
+    """An SSE/SSE2 integer form whose 128-bit memory operand must be 16-byte aligned (SDM vol. 1,
+    11.6.7): all of them but MOVDQU."""
+    return (
+        is_simd_integer(form)
+        and "movdqu" not in mnemonics(form)
+        and any(width == 128 and kind in ("rm", "mem") for _, kind, width in LAYOUT[form][3])
+    )
+
+
 def is_simd_integer(form: str) -> bool:
     """An MMX form, or an SSE/SSE2 integer form: its registers and memory operands get packed
     integers with edge lanes rather than doubles."""
@@ -157,7 +167,7 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory))
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, aligned_m128(form)))
             if is_simd_integer(form):
                 ea = next(iter(memory))
                 memory[ea] = draw(packed_integer(128)).to_bytes(16, "little")
@@ -256,10 +266,21 @@ def code_address(draw, osize: int) -> int:
 
 @st.composite
 def memory_operand(
-    draw, reg: int, asize: int, regs: dict[str, int], prefixes: bytearray, mode: Mode, memory: dict[int, bytes]
+    draw,
+    reg: int,
+    asize: int,
+    regs: dict[str, int],
+    prefixes: bytearray,
+    mode: Mode,
+    memory: dict[int, bytes],
+    align16: bool = False,
 ) -> bytes:
-    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the registers."""
+    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the
+    registers. With `align16` the offset is mostly a multiple of 16 (every segment over the
+    window has a base that is one too), as an SSE form's 128-bit operand must be."""
     target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
+    if align16 and draw(st.integers(0, 3)):
+        target &= ~15
     names = fresh_machine.GPR_NAMES
     memory[target] = draw(operand_bytes(mode))
     if asize == 16:
