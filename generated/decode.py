@@ -2060,66 +2060,66 @@ LAYOUT = {
     'TEST_RMv_Iv_F7r1': (True, None, ('iv',), (('dst', 'rm', 'v'), ('src', 'imm', 'v'))),  # spec/logic.r1:407
     'NOT_RMb': (True, None, (), (('dst', 'rm', 8),)),  # spec/logic.r1:422
     'NOT_RMv': (True, None, (), (('dst', 'rm', 'v'),)),  # spec/logic.r1:433
-    'EMMS': (False, None, (), ()),  # spec/mmx.r1:204
-    'MOVD_MM_RM32': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 32))),  # spec/mmx.r1:214
-    'MOVD_RM32_MM': (True, None, (), (('dst', 'rm', 32), ('src', 'mmx', 64))),  # spec/mmx.r1:225
-    'MOVQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:236
-    'MOVQ_MMRM_MM': (True, None, (), (('dst', 'rm', 64), ('src', 'mmx', 64))),  # spec/mmx.r1:247
-    'PUNPCKLBW_MM_MM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:260
-    'PUNPCKLBW_MM_M32': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 32))),  # spec/mmx.r1:271
-    'PUNPCKLWD_MM_MM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:282
-    'PUNPCKLWD_MM_M32': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 32))),  # spec/mmx.r1:293
-    'PUNPCKLDQ_MM_MM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:304
-    'PUNPCKLDQ_MM_M32': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 32))),  # spec/mmx.r1:315
-    'PUNPCKHBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:326
-    'PUNPCKHWD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:337
-    'PUNPCKHDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:348
-    'PACKSSWB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:359
-    'PACKUSWB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:370
-    'PACKSSDW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:381
-    'PADDB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:394
-    'PADDW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:405
-    'PADDD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:416
-    'PADDSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:427
-    'PADDSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:438
-    'PADDUSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:449
-    'PADDUSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:460
-    'PSUBB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:471
-    'PSUBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:482
-    'PSUBD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:493
-    'PSUBSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:504
-    'PSUBSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:515
-    'PSUBUSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:526
-    'PSUBUSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:537
-    'PMULLW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:548
-    'PMULHW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:559
-    'PMADDWD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:570
-    'PCMPEQB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:581
-    'PCMPEQW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:592
-    'PCMPEQD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:603
-    'PCMPGTB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:614
-    'PCMPGTW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:625
-    'PCMPGTD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:636
-    'PAND_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:647
-    'PANDN_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:658
-    'POR_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:669
-    'PXOR_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:680
-    'PSLLW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:693
-    'PSLLD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:704
-    'PSLLQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:715
-    'PSRLW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:726
-    'PSRLD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:737
-    'PSRLQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:748
-    'PSRAW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:759
-    'PSRAD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:770
-    'PSLLW_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:781
-    'PSLLD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:792
-    'PSLLQ_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:803
-    'PSRLW_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:814
-    'PSRLD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:825
-    'PSRLQ_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:836
-    'PSRAW_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:847
-    'PSRAD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:858
+    'EMMS': (False, None, (), ()),  # spec/mmx.r1:205
+    'MOVD_MM_RM32': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 32))),  # spec/mmx.r1:215
+    'MOVD_RM32_MM': (True, None, (), (('dst', 'rm', 32), ('src', 'mmx', 64))),  # spec/mmx.r1:226
+    'MOVQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:237
+    'MOVQ_MMRM_MM': (True, None, (), (('dst', 'rm', 64), ('src', 'mmx', 64))),  # spec/mmx.r1:248
+    'PUNPCKLBW_MM_MM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:261
+    'PUNPCKLBW_MM_M32': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 32))),  # spec/mmx.r1:272
+    'PUNPCKLWD_MM_MM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:283
+    'PUNPCKLWD_MM_M32': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 32))),  # spec/mmx.r1:294
+    'PUNPCKLDQ_MM_MM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:305
+    'PUNPCKLDQ_MM_M32': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 32))),  # spec/mmx.r1:316
+    'PUNPCKHBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:327
+    'PUNPCKHWD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:338
+    'PUNPCKHDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:349
+    'PACKSSWB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:360
+    'PACKUSWB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:371
+    'PACKSSDW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:382
+    'PADDB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:395
+    'PADDW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:406
+    'PADDD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:417
+    'PADDSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:428
+    'PADDSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:439
+    'PADDUSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:450
+    'PADDUSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:461
+    'PSUBB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:472
+    'PSUBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:483
+    'PSUBD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:494
+    'PSUBSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:505
+    'PSUBSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:516
+    'PSUBUSB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:527
+    'PSUBUSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:538
+    'PMULLW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:549
+    'PMULHW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:560
+    'PMADDWD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:571
+    'PCMPEQB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:582
+    'PCMPEQW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:593
+    'PCMPEQD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:604
+    'PCMPGTB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:615
+    'PCMPGTW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:626
+    'PCMPGTD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:637
+    'PAND_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:648
+    'PANDN_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:659
+    'POR_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:670
+    'PXOR_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:681
+    'PSLLW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:694
+    'PSLLD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:705
+    'PSLLQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:716
+    'PSRLW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:727
+    'PSRLD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:738
+    'PSRLQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:749
+    'PSRAW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:760
+    'PSRAD_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/mmx.r1:771
+    'PSLLW_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:782
+    'PSLLD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:793
+    'PSLLQ_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:804
+    'PSRLW_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:815
+    'PSRLD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:826
+    'PSRLQ_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:837
+    'PSRAW_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:848
+    'PSRAD_MM_IMM8': (True, None, ('ib',), (('dst', 'rm', 64), ('imm', 'imm', 8))),  # spec/mmx.r1:859
     'MOV_RMw_Sreg': (True, None, (), (('dst', 'rm', 'v'), ('src', 'sreg', 16))),  # spec/segment.r1:140
     'MOV_Sreg_RMw': (True, None, (), (('dst', 'sreg', 16), ('src', 'rm', 16))),  # spec/segment.r1:155
     'PUSH_ES': (False, None, (), ()),  # spec/segment.r1:171
@@ -2860,66 +2860,66 @@ ENCODINGS = {
     'TEST_RMv_Iv_F7r1': ((247,), None, '1', None, None, None, ('iv',), None, None, None),  # spec/logic.r1:407
     'NOT_RMb': ((246,), None, '2', None, None, None, (), None, None, None),  # spec/logic.r1:422
     'NOT_RMv': ((247,), None, '2', None, None, None, (), None, None, None),  # spec/logic.r1:433
-    'EMMS': ((15, 119), None, None, None, None, None, (), None, None, 0),  # spec/mmx.r1:204
-    'MOVD_MM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:214
-    'MOVD_RM32_MM': ((15, 126), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:225
-    'MOVQ_MM_MMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:236
-    'MOVQ_MMRM_MM': ((15, 127), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:247
-    'PUNPCKLBW_MM_MM': ((15, 96), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/mmx.r1:260
-    'PUNPCKLBW_MM_M32': ((15, 96), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/mmx.r1:271
-    'PUNPCKLWD_MM_MM': ((15, 97), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/mmx.r1:282
-    'PUNPCKLWD_MM_M32': ((15, 97), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/mmx.r1:293
-    'PUNPCKLDQ_MM_MM': ((15, 98), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/mmx.r1:304
-    'PUNPCKLDQ_MM_M32': ((15, 98), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/mmx.r1:315
-    'PUNPCKHBW_MM_MMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:326
-    'PUNPCKHWD_MM_MMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:337
-    'PUNPCKHDQ_MM_MMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:348
-    'PACKSSWB_MM_MMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:359
-    'PACKUSWB_MM_MMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:370
-    'PACKSSDW_MM_MMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:381
-    'PADDB_MM_MMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:394
-    'PADDW_MM_MMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:405
-    'PADDD_MM_MMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:416
-    'PADDSB_MM_MMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:427
-    'PADDSW_MM_MMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:438
-    'PADDUSB_MM_MMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:449
-    'PADDUSW_MM_MMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:460
-    'PSUBB_MM_MMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:471
-    'PSUBW_MM_MMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:482
-    'PSUBD_MM_MMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:493
-    'PSUBSB_MM_MMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:504
-    'PSUBSW_MM_MMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:515
-    'PSUBUSB_MM_MMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:526
-    'PSUBUSW_MM_MMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:537
-    'PMULLW_MM_MMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:548
-    'PMULHW_MM_MMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:559
-    'PMADDWD_MM_MMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:570
-    'PCMPEQB_MM_MMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:581
-    'PCMPEQW_MM_MMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:592
-    'PCMPEQD_MM_MMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:603
-    'PCMPGTB_MM_MMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:614
-    'PCMPGTW_MM_MMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:625
-    'PCMPGTD_MM_MMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:636
-    'PAND_MM_MMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:647
-    'PANDN_MM_MMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:658
-    'POR_MM_MMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:669
-    'PXOR_MM_MMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:680
-    'PSLLW_MM_MMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:693
-    'PSLLD_MM_MMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:704
-    'PSLLQ_MM_MMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:715
-    'PSRLW_MM_MMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:726
-    'PSRLD_MM_MMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:737
-    'PSRLQ_MM_MMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:748
-    'PSRAW_MM_MMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:759
-    'PSRAD_MM_MMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:770
-    'PSLLW_MM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:781
-    'PSLLD_MM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:792
-    'PSLLQ_MM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:803
-    'PSRLW_MM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:814
-    'PSRLD_MM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:825
-    'PSRLQ_MM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:836
-    'PSRAW_MM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:847
-    'PSRAD_MM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:858
+    'EMMS': ((15, 119), None, None, None, None, None, (), None, None, 0),  # spec/mmx.r1:205
+    'MOVD_MM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:215
+    'MOVD_RM32_MM': ((15, 126), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:226
+    'MOVQ_MM_MMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:237
+    'MOVQ_MMRM_MM': ((15, 127), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:248
+    'PUNPCKLBW_MM_MM': ((15, 96), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/mmx.r1:261
+    'PUNPCKLBW_MM_M32': ((15, 96), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/mmx.r1:272
+    'PUNPCKLWD_MM_MM': ((15, 97), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/mmx.r1:283
+    'PUNPCKLWD_MM_M32': ((15, 97), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/mmx.r1:294
+    'PUNPCKLDQ_MM_MM': ((15, 98), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/mmx.r1:305
+    'PUNPCKLDQ_MM_M32': ((15, 98), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/mmx.r1:316
+    'PUNPCKHBW_MM_MMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:327
+    'PUNPCKHWD_MM_MMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:338
+    'PUNPCKHDQ_MM_MMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:349
+    'PACKSSWB_MM_MMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:360
+    'PACKUSWB_MM_MMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:371
+    'PACKSSDW_MM_MMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:382
+    'PADDB_MM_MMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:395
+    'PADDW_MM_MMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:406
+    'PADDD_MM_MMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:417
+    'PADDSB_MM_MMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:428
+    'PADDSW_MM_MMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:439
+    'PADDUSB_MM_MMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:450
+    'PADDUSW_MM_MMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:461
+    'PSUBB_MM_MMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:472
+    'PSUBW_MM_MMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:483
+    'PSUBD_MM_MMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:494
+    'PSUBSB_MM_MMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:505
+    'PSUBSW_MM_MMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:516
+    'PSUBUSB_MM_MMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:527
+    'PSUBUSW_MM_MMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:538
+    'PMULLW_MM_MMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:549
+    'PMULHW_MM_MMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:560
+    'PMADDWD_MM_MMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:571
+    'PCMPEQB_MM_MMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:582
+    'PCMPEQW_MM_MMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:593
+    'PCMPEQD_MM_MMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:604
+    'PCMPGTB_MM_MMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:615
+    'PCMPGTW_MM_MMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:626
+    'PCMPGTD_MM_MMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:637
+    'PAND_MM_MMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:648
+    'PANDN_MM_MMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:659
+    'POR_MM_MMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:670
+    'PXOR_MM_MMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:681
+    'PSLLW_MM_MMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:694
+    'PSLLD_MM_MMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:705
+    'PSLLQ_MM_MMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:716
+    'PSRLW_MM_MMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:727
+    'PSRLD_MM_MMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:738
+    'PSRLQ_MM_MMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:749
+    'PSRAW_MM_MMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:760
+    'PSRAD_MM_MMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 0),  # spec/mmx.r1:771
+    'PSLLW_MM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:782
+    'PSLLD_MM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:793
+    'PSLLQ_MM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:804
+    'PSRLW_MM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:815
+    'PSRLD_MM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:826
+    'PSRLQ_MM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:837
+    'PSRAW_MM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:848
+    'PSRAD_MM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 0),  # spec/mmx.r1:859
     'MOV_RMw_Sreg': ((140,), None, 'r', None, None, None, (), None, None, None),  # spec/segment.r1:140
     'MOV_Sreg_RMw': ((142,), None, 'r', None, None, None, (), None, None, None),  # spec/segment.r1:155
     'PUSH_ES': ((6,), None, None, None, None, None, (), None, None, None),  # spec/segment.r1:171

@@ -5292,7 +5292,7 @@ FORMS = {
     'EMMS': FormInfo(
         name='EMMS',
         mnemonics={None: 'emms'},
-        source='spec/mmx.r1:204',
+        source='spec/mmx.r1:205',
         encoding='0F 77',
         operands=(),
         width='v',
@@ -5316,7 +5316,7 @@ FORMS = {
     'MOVD_MM_RM32': FormInfo(
         name='MOVD_MM_RM32',
         mnemonics={None: 'movd'},
-        source='spec/mmx.r1:214',
+        source='spec/mmx.r1:215',
         encoding='0F 6E /r',
         operands=(('dst', 'mm', 'w'), ('src', 'rm32', 'r')),
         width=32,
@@ -5340,7 +5340,7 @@ FORMS = {
     'MOVD_RM32_MM': FormInfo(
         name='MOVD_RM32_MM',
         mnemonics={None: 'movd'},
-        source='spec/mmx.r1:225',
+        source='spec/mmx.r1:226',
         encoding='0F 7E /r',
         operands=(('dst', 'rm32', 'w'), ('src', 'mm', 'r')),
         width=32,
@@ -5364,7 +5364,7 @@ FORMS = {
     'MOVQ_MM_MMRM': FormInfo(
         name='MOVQ_MM_MMRM',
         mnemonics={None: 'movq'},
-        source='spec/mmx.r1:236',
+        source='spec/mmx.r1:237',
         encoding='0F 6F /r',
         operands=(('dst', 'mm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5388,7 +5388,7 @@ FORMS = {
     'MOVQ_MMRM_MM': FormInfo(
         name='MOVQ_MMRM_MM',
         mnemonics={None: 'movq'},
-        source='spec/mmx.r1:247',
+        source='spec/mmx.r1:248',
         encoding='0F 7F /r',
         operands=(('dst', 'mmrm', 'w'), ('src', 'mm', 'r')),
         width='v',
@@ -5412,7 +5412,7 @@ FORMS = {
     'PUNPCKLBW_MM_MM': FormInfo(
         name='PUNPCKLBW_MM_MM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/mmx.r1:260',
+        source='spec/mmx.r1:261',
         encoding='0F 60 /r reg',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5436,7 +5436,7 @@ FORMS = {
     'PUNPCKLBW_MM_M32': FormInfo(
         name='PUNPCKLBW_MM_M32',
         mnemonics={None: 'punpcklbw'},
-        source='spec/mmx.r1:271',
+        source='spec/mmx.r1:272',
         encoding='0F 60 /r mem',
         operands=(('dst', 'mm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -5460,7 +5460,7 @@ FORMS = {
     'PUNPCKLWD_MM_MM': FormInfo(
         name='PUNPCKLWD_MM_MM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/mmx.r1:282',
+        source='spec/mmx.r1:283',
         encoding='0F 61 /r reg',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5484,7 +5484,7 @@ FORMS = {
     'PUNPCKLWD_MM_M32': FormInfo(
         name='PUNPCKLWD_MM_M32',
         mnemonics={None: 'punpcklwd'},
-        source='spec/mmx.r1:293',
+        source='spec/mmx.r1:294',
         encoding='0F 61 /r mem',
         operands=(('dst', 'mm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -5508,7 +5508,7 @@ FORMS = {
     'PUNPCKLDQ_MM_MM': FormInfo(
         name='PUNPCKLDQ_MM_MM',
         mnemonics={None: 'punpckldq'},
-        source='spec/mmx.r1:304',
+        source='spec/mmx.r1:305',
         encoding='0F 62 /r reg',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5532,7 +5532,7 @@ FORMS = {
     'PUNPCKLDQ_MM_M32': FormInfo(
         name='PUNPCKLDQ_MM_M32',
         mnemonics={None: 'punpckldq'},
-        source='spec/mmx.r1:315',
+        source='spec/mmx.r1:316',
         encoding='0F 62 /r mem',
         operands=(('dst', 'mm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -5556,7 +5556,7 @@ FORMS = {
     'PUNPCKHBW_MM_MMRM': FormInfo(
         name='PUNPCKHBW_MM_MMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/mmx.r1:326',
+        source='spec/mmx.r1:327',
         encoding='0F 68 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5580,7 +5580,7 @@ FORMS = {
     'PUNPCKHWD_MM_MMRM': FormInfo(
         name='PUNPCKHWD_MM_MMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/mmx.r1:337',
+        source='spec/mmx.r1:338',
         encoding='0F 69 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5604,7 +5604,7 @@ FORMS = {
     'PUNPCKHDQ_MM_MMRM': FormInfo(
         name='PUNPCKHDQ_MM_MMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/mmx.r1:348',
+        source='spec/mmx.r1:349',
         encoding='0F 6A /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5628,7 +5628,7 @@ FORMS = {
     'PACKSSWB_MM_MMRM': FormInfo(
         name='PACKSSWB_MM_MMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/mmx.r1:359',
+        source='spec/mmx.r1:360',
         encoding='0F 63 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5652,7 +5652,7 @@ FORMS = {
     'PACKUSWB_MM_MMRM': FormInfo(
         name='PACKUSWB_MM_MMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/mmx.r1:370',
+        source='spec/mmx.r1:371',
         encoding='0F 67 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5676,7 +5676,7 @@ FORMS = {
     'PACKSSDW_MM_MMRM': FormInfo(
         name='PACKSSDW_MM_MMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/mmx.r1:381',
+        source='spec/mmx.r1:382',
         encoding='0F 6B /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5700,7 +5700,7 @@ FORMS = {
     'PADDB_MM_MMRM': FormInfo(
         name='PADDB_MM_MMRM',
         mnemonics={None: 'paddb'},
-        source='spec/mmx.r1:394',
+        source='spec/mmx.r1:395',
         encoding='0F FC /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5724,7 +5724,7 @@ FORMS = {
     'PADDW_MM_MMRM': FormInfo(
         name='PADDW_MM_MMRM',
         mnemonics={None: 'paddw'},
-        source='spec/mmx.r1:405',
+        source='spec/mmx.r1:406',
         encoding='0F FD /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5748,7 +5748,7 @@ FORMS = {
     'PADDD_MM_MMRM': FormInfo(
         name='PADDD_MM_MMRM',
         mnemonics={None: 'paddd'},
-        source='spec/mmx.r1:416',
+        source='spec/mmx.r1:417',
         encoding='0F FE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5772,7 +5772,7 @@ FORMS = {
     'PADDSB_MM_MMRM': FormInfo(
         name='PADDSB_MM_MMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/mmx.r1:427',
+        source='spec/mmx.r1:428',
         encoding='0F EC /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5796,7 +5796,7 @@ FORMS = {
     'PADDSW_MM_MMRM': FormInfo(
         name='PADDSW_MM_MMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/mmx.r1:438',
+        source='spec/mmx.r1:439',
         encoding='0F ED /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5820,7 +5820,7 @@ FORMS = {
     'PADDUSB_MM_MMRM': FormInfo(
         name='PADDUSB_MM_MMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/mmx.r1:449',
+        source='spec/mmx.r1:450',
         encoding='0F DC /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5844,7 +5844,7 @@ FORMS = {
     'PADDUSW_MM_MMRM': FormInfo(
         name='PADDUSW_MM_MMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/mmx.r1:460',
+        source='spec/mmx.r1:461',
         encoding='0F DD /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5868,7 +5868,7 @@ FORMS = {
     'PSUBB_MM_MMRM': FormInfo(
         name='PSUBB_MM_MMRM',
         mnemonics={None: 'psubb'},
-        source='spec/mmx.r1:471',
+        source='spec/mmx.r1:472',
         encoding='0F F8 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5892,7 +5892,7 @@ FORMS = {
     'PSUBW_MM_MMRM': FormInfo(
         name='PSUBW_MM_MMRM',
         mnemonics={None: 'psubw'},
-        source='spec/mmx.r1:482',
+        source='spec/mmx.r1:483',
         encoding='0F F9 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5916,7 +5916,7 @@ FORMS = {
     'PSUBD_MM_MMRM': FormInfo(
         name='PSUBD_MM_MMRM',
         mnemonics={None: 'psubd'},
-        source='spec/mmx.r1:493',
+        source='spec/mmx.r1:494',
         encoding='0F FA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5940,7 +5940,7 @@ FORMS = {
     'PSUBSB_MM_MMRM': FormInfo(
         name='PSUBSB_MM_MMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/mmx.r1:504',
+        source='spec/mmx.r1:505',
         encoding='0F E8 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5964,7 +5964,7 @@ FORMS = {
     'PSUBSW_MM_MMRM': FormInfo(
         name='PSUBSW_MM_MMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/mmx.r1:515',
+        source='spec/mmx.r1:516',
         encoding='0F E9 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -5988,7 +5988,7 @@ FORMS = {
     'PSUBUSB_MM_MMRM': FormInfo(
         name='PSUBUSB_MM_MMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/mmx.r1:526',
+        source='spec/mmx.r1:527',
         encoding='0F D8 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6012,7 +6012,7 @@ FORMS = {
     'PSUBUSW_MM_MMRM': FormInfo(
         name='PSUBUSW_MM_MMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/mmx.r1:537',
+        source='spec/mmx.r1:538',
         encoding='0F D9 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6036,7 +6036,7 @@ FORMS = {
     'PMULLW_MM_MMRM': FormInfo(
         name='PMULLW_MM_MMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/mmx.r1:548',
+        source='spec/mmx.r1:549',
         encoding='0F D5 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6060,7 +6060,7 @@ FORMS = {
     'PMULHW_MM_MMRM': FormInfo(
         name='PMULHW_MM_MMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/mmx.r1:559',
+        source='spec/mmx.r1:560',
         encoding='0F E5 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6084,7 +6084,7 @@ FORMS = {
     'PMADDWD_MM_MMRM': FormInfo(
         name='PMADDWD_MM_MMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/mmx.r1:570',
+        source='spec/mmx.r1:571',
         encoding='0F F5 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6108,7 +6108,7 @@ FORMS = {
     'PCMPEQB_MM_MMRM': FormInfo(
         name='PCMPEQB_MM_MMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/mmx.r1:581',
+        source='spec/mmx.r1:582',
         encoding='0F 74 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6132,7 +6132,7 @@ FORMS = {
     'PCMPEQW_MM_MMRM': FormInfo(
         name='PCMPEQW_MM_MMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/mmx.r1:592',
+        source='spec/mmx.r1:593',
         encoding='0F 75 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6156,7 +6156,7 @@ FORMS = {
     'PCMPEQD_MM_MMRM': FormInfo(
         name='PCMPEQD_MM_MMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/mmx.r1:603',
+        source='spec/mmx.r1:604',
         encoding='0F 76 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6180,7 +6180,7 @@ FORMS = {
     'PCMPGTB_MM_MMRM': FormInfo(
         name='PCMPGTB_MM_MMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/mmx.r1:614',
+        source='spec/mmx.r1:615',
         encoding='0F 64 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6204,7 +6204,7 @@ FORMS = {
     'PCMPGTW_MM_MMRM': FormInfo(
         name='PCMPGTW_MM_MMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/mmx.r1:625',
+        source='spec/mmx.r1:626',
         encoding='0F 65 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6228,7 +6228,7 @@ FORMS = {
     'PCMPGTD_MM_MMRM': FormInfo(
         name='PCMPGTD_MM_MMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/mmx.r1:636',
+        source='spec/mmx.r1:637',
         encoding='0F 66 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6252,7 +6252,7 @@ FORMS = {
     'PAND_MM_MMRM': FormInfo(
         name='PAND_MM_MMRM',
         mnemonics={None: 'pand'},
-        source='spec/mmx.r1:647',
+        source='spec/mmx.r1:648',
         encoding='0F DB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6276,7 +6276,7 @@ FORMS = {
     'PANDN_MM_MMRM': FormInfo(
         name='PANDN_MM_MMRM',
         mnemonics={None: 'pandn'},
-        source='spec/mmx.r1:658',
+        source='spec/mmx.r1:659',
         encoding='0F DF /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6300,7 +6300,7 @@ FORMS = {
     'POR_MM_MMRM': FormInfo(
         name='POR_MM_MMRM',
         mnemonics={None: 'por'},
-        source='spec/mmx.r1:669',
+        source='spec/mmx.r1:670',
         encoding='0F EB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6324,7 +6324,7 @@ FORMS = {
     'PXOR_MM_MMRM': FormInfo(
         name='PXOR_MM_MMRM',
         mnemonics={None: 'pxor'},
-        source='spec/mmx.r1:680',
+        source='spec/mmx.r1:681',
         encoding='0F EF /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6348,7 +6348,7 @@ FORMS = {
     'PSLLW_MM_MMRM': FormInfo(
         name='PSLLW_MM_MMRM',
         mnemonics={None: 'psllw'},
-        source='spec/mmx.r1:693',
+        source='spec/mmx.r1:694',
         encoding='0F F1 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6372,7 +6372,7 @@ FORMS = {
     'PSLLD_MM_MMRM': FormInfo(
         name='PSLLD_MM_MMRM',
         mnemonics={None: 'pslld'},
-        source='spec/mmx.r1:704',
+        source='spec/mmx.r1:705',
         encoding='0F F2 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6396,7 +6396,7 @@ FORMS = {
     'PSLLQ_MM_MMRM': FormInfo(
         name='PSLLQ_MM_MMRM',
         mnemonics={None: 'psllq'},
-        source='spec/mmx.r1:715',
+        source='spec/mmx.r1:716',
         encoding='0F F3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6420,7 +6420,7 @@ FORMS = {
     'PSRLW_MM_MMRM': FormInfo(
         name='PSRLW_MM_MMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/mmx.r1:726',
+        source='spec/mmx.r1:727',
         encoding='0F D1 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6444,7 +6444,7 @@ FORMS = {
     'PSRLD_MM_MMRM': FormInfo(
         name='PSRLD_MM_MMRM',
         mnemonics={None: 'psrld'},
-        source='spec/mmx.r1:737',
+        source='spec/mmx.r1:738',
         encoding='0F D2 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6468,7 +6468,7 @@ FORMS = {
     'PSRLQ_MM_MMRM': FormInfo(
         name='PSRLQ_MM_MMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/mmx.r1:748',
+        source='spec/mmx.r1:749',
         encoding='0F D3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6492,7 +6492,7 @@ FORMS = {
     'PSRAW_MM_MMRM': FormInfo(
         name='PSRAW_MM_MMRM',
         mnemonics={None: 'psraw'},
-        source='spec/mmx.r1:759',
+        source='spec/mmx.r1:760',
         encoding='0F E1 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6516,7 +6516,7 @@ FORMS = {
     'PSRAD_MM_MMRM': FormInfo(
         name='PSRAD_MM_MMRM',
         mnemonics={None: 'psrad'},
-        source='spec/mmx.r1:770',
+        source='spec/mmx.r1:771',
         encoding='0F E2 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -6540,7 +6540,7 @@ FORMS = {
     'PSLLW_MM_IMM8': FormInfo(
         name='PSLLW_MM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/mmx.r1:781',
+        source='spec/mmx.r1:782',
         encoding='0F 71 /6 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6564,7 +6564,7 @@ FORMS = {
     'PSLLD_MM_IMM8': FormInfo(
         name='PSLLD_MM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/mmx.r1:792',
+        source='spec/mmx.r1:793',
         encoding='0F 72 /6 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6588,7 +6588,7 @@ FORMS = {
     'PSLLQ_MM_IMM8': FormInfo(
         name='PSLLQ_MM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/mmx.r1:803',
+        source='spec/mmx.r1:804',
         encoding='0F 73 /6 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6612,7 +6612,7 @@ FORMS = {
     'PSRLW_MM_IMM8': FormInfo(
         name='PSRLW_MM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/mmx.r1:814',
+        source='spec/mmx.r1:815',
         encoding='0F 71 /2 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6636,7 +6636,7 @@ FORMS = {
     'PSRLD_MM_IMM8': FormInfo(
         name='PSRLD_MM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/mmx.r1:825',
+        source='spec/mmx.r1:826',
         encoding='0F 72 /2 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6660,7 +6660,7 @@ FORMS = {
     'PSRLQ_MM_IMM8': FormInfo(
         name='PSRLQ_MM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/mmx.r1:836',
+        source='spec/mmx.r1:837',
         encoding='0F 73 /2 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6684,7 +6684,7 @@ FORMS = {
     'PSRAW_MM_IMM8': FormInfo(
         name='PSRAW_MM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/mmx.r1:847',
+        source='spec/mmx.r1:848',
         encoding='0F 71 /4 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -6708,7 +6708,7 @@ FORMS = {
     'PSRAD_MM_IMM8': FormInfo(
         name='PSRAD_MM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/mmx.r1:858',
+        source='spec/mmx.r1:859',
         encoding='0F 72 /4 reg ib',
         operands=(('dst', 'mmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,

@@ -8,2253 +8,2253 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# EMMS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/mmx.r1:204
+# EMMS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/mmx.r1:205
 _T0 = """\
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.ftw = 0 & 0xff  # mmx.r1:212
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.ftw = 0 & 0xff  # mmx.r1:213
 """
 
-# MOVD_MM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:214
+# MOVD_MM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:215
 _T1 = """\
-v_src = R[$src]  # mmx.r1:217
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:223
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_src = R[$src]  # mmx.r1:218
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:224
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVD_MM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:214
+# MOVD_MM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:215
 _T2 = """\
 ea = $ea
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = rd32($seg, ea)  # mmx.r1:217
-S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:223
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:218
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:224
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVD_RM32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:225
+# MOVD_RM32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:226
 _T3 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:228
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # mmx.r1:234
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:229
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # mmx.r1:235
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVD_RM32_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:225
+# MOVD_RM32_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:226
 _T4 = """\
 ea = $ea
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:228
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-wr32($seg, ea, (v_src & 0xffffffff))  # mmx.r1:234
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:229
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+wr32($seg, ea, (v_src & 0xffffffff))  # mmx.r1:235
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:236
+# MOVQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:237
 _T5 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:239
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:245
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:240
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:246
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:236
+# MOVQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:237
 _T6 = """\
 ea = $ea
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:239
-S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:245
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:240
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:246
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVQ_MMRM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:247
+# MOVQ_MMRM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:248
 _T7 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:250
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:256
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:251
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = v_src & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:257
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVQ_MMRM_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:247
+# MOVQ_MMRM_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:248
 _T8 = """\
 ea = $ea
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:250
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-b_store($seg, ea, 64, v_src)  # mmx.r1:256
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:251
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+b_store($seg, ea, 64, v_src)  # mmx.r1:257
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLBW_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:260
+# PUNPCKLBW_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:261
 _T9 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:263
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:263
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:264
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:264
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:269
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:270
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLBW_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:271
+# PUNPCKLBW_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:272
 _T10 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:274
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = rd32($seg, ea)  # mmx.r1:274
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:275
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:275
 m_a_0 = (v_dst & 0xffffffff)
-l_r_1 = 0  # mmx.r1:120
-l_i_2 = 0  # mmx.r1:121
-while (l_i_2 < 32):  # mmx.r1:122
-    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 255) << (2 * l_i_2)) | (((v_src >> l_i_2) & 255) << ((2 * l_i_2) + 8))))  # mmx.r1:123
-    l_i_2 = (l_i_2 + 8)  # mmx.r1:124
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:280
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_1 = 0  # mmx.r1:121
+l_i_2 = 0  # mmx.r1:122
+while (l_i_2 < 32):  # mmx.r1:123
+    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 255) << (2 * l_i_2)) | (((v_src >> l_i_2) & 255) << ((2 * l_i_2) + 8))))  # mmx.r1:124
+    l_i_2 = (l_i_2 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:281
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLWD_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:282
+# PUNPCKLWD_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:283
 _T11 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:285
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:285
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:286
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:286
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:291
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:292
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLWD_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:293
+# PUNPCKLWD_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:294
 _T12 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:296
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = rd32($seg, ea)  # mmx.r1:296
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:297
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:297
 m_a_0 = (v_dst & 0xffffffff)
-l_r_1 = 0  # mmx.r1:120
-l_i_2 = 0  # mmx.r1:121
-while (l_i_2 < 32):  # mmx.r1:122
-    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 65535) << (2 * l_i_2)) | (((v_src >> l_i_2) & 65535) << ((2 * l_i_2) + 16))))  # mmx.r1:123
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:124
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:302
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_1 = 0  # mmx.r1:121
+l_i_2 = 0  # mmx.r1:122
+while (l_i_2 < 32):  # mmx.r1:123
+    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 65535) << (2 * l_i_2)) | (((v_src >> l_i_2) & 65535) << ((2 * l_i_2) + 16))))  # mmx.r1:124
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:303
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLDQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:304
+# PUNPCKLDQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:305
 _T13 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:307
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:307
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:308
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:308
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:313
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:314
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKLDQ_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:315
+# PUNPCKLDQ_MM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:316
 _T14 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:318
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = rd32($seg, ea)  # mmx.r1:318
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:319
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd32($seg, ea)  # mmx.r1:319
 m_a_0 = (v_dst & 0xffffffff)
-l_r_1 = 0  # mmx.r1:120
-l_i_2 = 0  # mmx.r1:121
-while (l_i_2 < 32):  # mmx.r1:122
-    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 4294967295) << (2 * l_i_2)) | (((v_src >> l_i_2) & 4294967295) << ((2 * l_i_2) + 32))))  # mmx.r1:123
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:124
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:324
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_1 = 0  # mmx.r1:121
+l_i_2 = 0  # mmx.r1:122
+while (l_i_2 < 32):  # mmx.r1:123
+    l_r_1 = (l_r_1 | ((((m_a_0 >> l_i_2) & 4294967295) << (2 * l_i_2)) | (((v_src >> l_i_2) & 4294967295) << ((2 * l_i_2) + 32))))  # mmx.r1:124
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:325
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:326
+# PUNPCKHBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:327
 _T15 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:329
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:329
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:330
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:330
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_a_0 = (v_dst >> 32 & 0xffffffff)
 m_b_1 = (v_src >> 32 & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:335
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:336
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:326
+# PUNPCKHBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:327
 _T16 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:329
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:329
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:330
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:330
 m_a_0 = (v_dst >> 32 & 0xffffffff)
 m_b_1 = (v_src >> 32 & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:335
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:336
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHWD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:337
+# PUNPCKHWD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:338
 _T17 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:340
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:340
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:341
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:341
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_a_0 = (v_dst >> 32 & 0xffffffff)
 m_b_1 = (v_src >> 32 & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:346
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:347
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHWD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:337
+# PUNPCKHWD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:338
 _T18 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:340
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:340
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:341
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:341
 m_a_0 = (v_dst >> 32 & 0xffffffff)
 m_b_1 = (v_src >> 32 & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:346
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:347
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:348
+# PUNPCKHDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:349
 _T19 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:351
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:351
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:352
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:352
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_a_0 = (v_dst >> 32 & 0xffffffff)
 m_b_1 = (v_src >> 32 & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:357
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:358
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:348
+# PUNPCKHDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:349
 _T20 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:351
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:351
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:352
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:352
 m_a_0 = (v_dst >> 32 & 0xffffffff)
 m_b_1 = (v_src >> 32 & 0xffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 32):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
-S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:357
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 32):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.fpr[$dst] = l_r_2 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:358
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSWB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:359
+# PACKSSWB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:360
 _T21 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:362
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:362
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 64):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((64 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:368
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:363
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:363
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:369
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSWB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:359
+# PACKSSWB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:360
 _T22 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:362
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:362
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 64):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((64 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:368
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:363
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:363
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:369
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKUSWB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:370
+# PACKUSWB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:371
 _T23 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:373
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:373
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 64):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((64 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:379
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:374
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:374
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:380
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKUSWB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:370
+# PACKUSWB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:371
 _T24 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:373
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:373
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 64):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((64 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:379
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:374
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:374
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:380
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSDW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:381
+# PACKSSDW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:382
 _T25 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:384
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:384
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 64):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((64 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:141
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:390
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:385
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:385
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:391
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSDW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:381
+# PACKSSDW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:382
 _T26 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:384
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:384
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 64):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((64 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:141
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:390
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:385
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:385
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 64):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((64 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:391
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:394
+# PADDB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:395
 _T27 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:397
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:397
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:398
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:398
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:403
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:404
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:394
+# PADDB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:395
 _T28 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:397
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:397
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:398
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:398
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:403
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:404
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:405
+# PADDW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:406
 _T29 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:408
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:408
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:409
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:409
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:414
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:415
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:405
+# PADDW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:406
 _T30 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:408
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:408
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:409
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:409
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:414
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:415
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:416
+# PADDD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:417
 _T31 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:419
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:419
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:420
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:420
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:425
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:426
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:416
+# PADDD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:417
 _T32 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:419
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:419
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:420
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:420
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:425
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:426
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:427
+# PADDSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:428
 _T33 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:430
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:430
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:431
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:431
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:436
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:437
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:427
+# PADDSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:428
 _T34 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:430
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:430
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:431
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:431
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:436
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:437
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:438
+# PADDSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:439
 _T35 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:441
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:441
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:442
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:442
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:447
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:448
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:438
+# PADDSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:439
 _T36 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:441
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:441
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:442
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:442
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:447
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:448
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:449
+# PADDUSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:450
 _T37 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:452
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:452
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:453
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:453
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:458
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:459
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:449
+# PADDUSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:450
 _T38 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:452
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:452
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:453
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:453
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:458
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:459
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:460
+# PADDUSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:461
 _T39 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:463
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:463
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:464
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:464
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:469
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:470
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:460
+# PADDUSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:461
 _T40 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:463
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:463
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:464
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:464
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:469
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:470
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:471
+# PSUBB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:472
 _T41 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:474
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:474
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:475
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:475
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:480
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:481
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:471
+# PSUBB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:472
 _T42 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:474
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:474
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:475
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:475
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:480
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:481
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:482
+# PSUBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:483
 _T43 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:485
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:485
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:486
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:486
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:491
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:492
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:482
+# PSUBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:483
 _T44 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:485
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:485
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:486
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:486
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:491
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:492
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:493
+# PSUBD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:494
 _T45 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:496
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:496
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:497
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:497
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:502
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:503
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:493
+# PSUBD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:494
 _T46 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:496
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:496
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:497
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:497
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:502
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:503
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:504
+# PSUBSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:505
 _T47 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:507
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:507
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:508
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:508
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:513
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:514
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:504
+# PSUBSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:505
 _T48 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:507
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:507
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:508
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:508
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:513
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:514
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:515
+# PSUBSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:516
 _T49 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:518
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:518
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:519
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:519
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:524
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:525
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:515
+# PSUBSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:516
 _T50 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:518
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:518
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:519
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:519
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:524
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:525
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBUSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:526
+# PSUBUSB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:527
 _T51 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:529
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:529
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:530
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:530
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:535
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:536
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBUSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:526
+# PSUBUSB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:527
 _T52 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:529
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:529
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:530
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:530
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:535
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:536
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBUSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:537
+# PSUBUSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:538
 _T53 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:540
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:540
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:541
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:541
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:546
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:547
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBUSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:537
+# PSUBUSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:538
 _T54 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:540
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:540
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:541
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:541
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:546
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:547
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:548
+# PMULLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:549
 _T55 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:551
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:551
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:552
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:552
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:557
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:558
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:548
+# PMULLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:549
 _T56 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:551
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:551
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:552
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:552
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:557
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:558
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:559
+# PMULHW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:560
 _T57 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:562
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:562
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:563
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:563
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:568
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:569
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:559
+# PMULHW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:560
 _T58 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:562
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:562
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:563
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:563
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:568
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:569
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMADDWD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:570
+# PMADDWD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:571
 _T59 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:573
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:573
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:574
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:574
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:579
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:580
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMADDWD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:570
+# PMADDWD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:571
 _T60 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:573
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:573
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:574
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:574
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:579
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:580
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:581
+# PCMPEQB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:582
 _T61 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:584
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:584
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:585
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:585
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:590
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:591
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:581
+# PCMPEQB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:582
 _T62 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:584
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:584
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:585
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:585
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:590
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:591
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:592
+# PCMPEQW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:593
 _T63 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:595
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:595
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:596
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:596
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:601
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:602
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:592
+# PCMPEQW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:593
 _T64 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:595
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:595
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:596
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:596
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:601
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:602
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:603
+# PCMPEQD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:604
 _T65 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:606
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:606
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:607
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:607
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:612
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:613
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPEQD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:603
+# PCMPEQD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:604
 _T66 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:606
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:606
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:607
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:607
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:612
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:613
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:614
+# PCMPGTB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:615
 _T67 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:617
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:617
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:618
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:618
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:623
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:624
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:614
+# PCMPGTB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:615
 _T68 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:617
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:617
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:618
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:618
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:623
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:624
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:625
+# PCMPGTW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:626
 _T69 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:628
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:628
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:629
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:629
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:634
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:635
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:625
+# PCMPGTW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:626
 _T70 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:628
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:628
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:629
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:629
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:634
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:635
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:636
+# PCMPGTD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:637
 _T71 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:639
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:639
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:640
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:640
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:645
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:646
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PCMPGTD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:636
+# PCMPGTD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:637
 _T72 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:639
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:639
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:640
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:640
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:645
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:646
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAND_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:647
+# PAND_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:648
 _T73 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:650
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:650
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = (v_dst & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:656
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:651
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:651
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_dst & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:657
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAND_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:647
+# PAND_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:648
 _T74 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:650
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:650
-S.fpr[$dst] = (v_dst & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:656
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:651
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:651
+S.fpr[$dst] = (v_dst & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:657
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PANDN_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:658
+# PANDN_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:659
 _T75 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:661
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:661
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:667
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:662
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:662
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:668
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PANDN_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:658
+# PANDN_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:659
 _T76 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:661
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:661
-S.fpr[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:667
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:662
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:662
+S.fpr[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:668
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# POR_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:669
+# POR_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:670
 _T77 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:672
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:672
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = (v_dst | v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:678
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:673
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:673
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_dst | v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:679
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# POR_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:669
+# POR_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:670
 _T78 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:672
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:672
-S.fpr[$dst] = (v_dst | v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:678
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:673
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:673
+S.fpr[$dst] = (v_dst | v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:679
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PXOR_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:680
+# PXOR_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:681
 _T79 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:683
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:683
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-S.fpr[$dst] = (v_dst ^ v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:689
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:684
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:684
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_dst ^ v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:690
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PXOR_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:680
+# PXOR_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:681
 _T80 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:683
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:683
-S.fpr[$dst] = (v_dst ^ v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:689
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:684
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:684
+S.fpr[$dst] = (v_dst ^ v_src) & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:690
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:693
+# PSLLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:694
 _T81 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:696
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:696
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:702
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:697
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:697
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:703
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:693
+# PSLLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:694
 _T82 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:696
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:696
-l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:702
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:697
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:697
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:703
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:704
+# PSLLD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:705
 _T83 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:707
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:707
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:713
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:708
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:708
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:714
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:704
+# PSLLD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:705
 _T84 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:707
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:707
-l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:713
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:708
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:708
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:714
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:715
+# PSLLQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:716
 _T85 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:718
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:718
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:724
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:719
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:719
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:725
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:715
+# PSLLQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:716
 _T86 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:718
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:718
-l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:724
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:719
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:719
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:725
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:726
+# PSRLW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:727
 _T87 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:729
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:729
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:735
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:730
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:730
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:736
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:726
+# PSRLW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:727
 _T88 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:729
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:729
-l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:735
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:730
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:730
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:736
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:737
+# PSRLD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:738
 _T89 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:740
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:740
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:746
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:741
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:741
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:747
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:737
+# PSRLD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:738
 _T90 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:740
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:740
-l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:746
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:741
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:741
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:747
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:748
+# PSRLQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:749
 _T91 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:751
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:751
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:757
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:752
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:752
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:758
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:748
+# PSRLQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:749
 _T92 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:751
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:751
-l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:757
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:752
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:752
+l_c_0 = (64 if (v_src > 63) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:758
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:759
+# PSRAW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:760
 _T93 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:762
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:762
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:768
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:763
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:763
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:769
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:759
+# PSRAW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:760
 _T94 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:762
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:762
-l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:768
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:763
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:763
+l_c_0 = (16 if (v_src > 15) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:769
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:770
+# PSRAD_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:771
 _T95 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:773
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:773
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:779
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:774
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # mmx.r1:774
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:780
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:770
+# PSRAD_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/mmx.r1:771
 _T96 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:773
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-v_src = b_load($seg, ea, 64)  # mmx.r1:773
-l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:779
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:774
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # mmx.r1:774
+l_c_0 = (32 if (v_src > 31) else v_src)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:780
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:781
+# PSLLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:782
 _T97 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:784
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:790
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:785
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:791
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:792
+# PSLLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:793
 _T98 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:795
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:801
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:796
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:802
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSLLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:803
+# PSLLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:804
 _T99 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:806
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:812
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:807
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:813
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:814
+# PSRLW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:815
 _T100 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:817
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:823
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:818
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:824
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:825
+# PSRLD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:826
 _T101 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:828
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:834
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:829
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:835
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:836
+# PSRLQ_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:837
 _T102 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:839
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:845
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:840
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:846
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:847
+# PSRAW_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:848
 _T103 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:850
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:856
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:851
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:857
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSRAD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:858
+# PSRAD_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/mmx.r1:859
 _T104 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:861
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 64):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
-S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:867
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # mmx.r1:862
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 64):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.fpr[$dst] = l_r_1 & 0xffffffffffffffff | 0xffff0000000000000000  # mmx.r1:868
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 TEMPLATES = {
-    # spec/mmx.r1:204
+    # spec/mmx.r1:205
     'EMMS': {
         (16, 16, None, None, None): _T0,
         (16, 32, None, None, None): _T0,
         (32, 16, None, None, None): _T0,
         (32, 32, None, None, None): _T0,
     },
-    # spec/mmx.r1:214
+    # spec/mmx.r1:215
     'MOVD_MM_RM32': {
         (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T2,
@@ -2265,7 +2265,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/mmx.r1:225
+    # spec/mmx.r1:226
     'MOVD_RM32_MM': {
         (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T4,
@@ -2276,7 +2276,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/mmx.r1:236
+    # spec/mmx.r1:237
     'MOVQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T5,
         (16, 16, 'mem', None, None): _T6,
@@ -2287,7 +2287,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T5,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/mmx.r1:247
+    # spec/mmx.r1:248
     'MOVQ_MMRM_MM': {
         (16, 16, 'reg', None, None): _T7,
         (16, 16, 'mem', None, None): _T8,
@@ -2298,49 +2298,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T7,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/mmx.r1:260
+    # spec/mmx.r1:261
     'PUNPCKLBW_MM_MM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/mmx.r1:271
+    # spec/mmx.r1:272
     'PUNPCKLBW_MM_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/mmx.r1:282
+    # spec/mmx.r1:283
     'PUNPCKLWD_MM_MM': {
         (16, 16, 'reg', None, None): _T11,
         (16, 32, 'reg', None, None): _T11,
         (32, 16, 'reg', None, None): _T11,
         (32, 32, 'reg', None, None): _T11,
     },
-    # spec/mmx.r1:293
+    # spec/mmx.r1:294
     'PUNPCKLWD_MM_M32': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/mmx.r1:304
+    # spec/mmx.r1:305
     'PUNPCKLDQ_MM_MM': {
         (16, 16, 'reg', None, None): _T13,
         (16, 32, 'reg', None, None): _T13,
         (32, 16, 'reg', None, None): _T13,
         (32, 32, 'reg', None, None): _T13,
     },
-    # spec/mmx.r1:315
+    # spec/mmx.r1:316
     'PUNPCKLDQ_MM_M32': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/mmx.r1:326
+    # spec/mmx.r1:327
     'PUNPCKHBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T15,
         (16, 16, 'mem', None, None): _T16,
@@ -2351,7 +2351,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/mmx.r1:337
+    # spec/mmx.r1:338
     'PUNPCKHWD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T17,
         (16, 16, 'mem', None, None): _T18,
@@ -2362,7 +2362,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T17,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/mmx.r1:348
+    # spec/mmx.r1:349
     'PUNPCKHDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 16, 'mem', None, None): _T20,
@@ -2373,7 +2373,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T19,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/mmx.r1:359
+    # spec/mmx.r1:360
     'PACKSSWB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 16, 'mem', None, None): _T22,
@@ -2384,7 +2384,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/mmx.r1:370
+    # spec/mmx.r1:371
     'PACKUSWB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T23,
         (16, 16, 'mem', None, None): _T24,
@@ -2395,7 +2395,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T23,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/mmx.r1:381
+    # spec/mmx.r1:382
     'PACKSSDW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 16, 'mem', None, None): _T26,
@@ -2406,7 +2406,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T25,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/mmx.r1:394
+    # spec/mmx.r1:395
     'PADDB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T28,
@@ -2417,7 +2417,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/mmx.r1:405
+    # spec/mmx.r1:406
     'PADDW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T29,
         (16, 16, 'mem', None, None): _T30,
@@ -2428,7 +2428,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T29,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/mmx.r1:416
+    # spec/mmx.r1:417
     'PADDD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 16, 'mem', None, None): _T32,
@@ -2439,7 +2439,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T31,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/mmx.r1:427
+    # spec/mmx.r1:428
     'PADDSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 16, 'mem', None, None): _T34,
@@ -2450,7 +2450,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/mmx.r1:438
+    # spec/mmx.r1:439
     'PADDSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T35,
         (16, 16, 'mem', None, None): _T36,
@@ -2461,7 +2461,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T35,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/mmx.r1:449
+    # spec/mmx.r1:450
     'PADDUSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 16, 'mem', None, None): _T38,
@@ -2472,7 +2472,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T37,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/mmx.r1:460
+    # spec/mmx.r1:461
     'PADDUSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T40,
@@ -2483,7 +2483,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T40,
     },
-    # spec/mmx.r1:471
+    # spec/mmx.r1:472
     'PSUBB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T41,
         (16, 16, 'mem', None, None): _T42,
@@ -2494,7 +2494,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T41,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/mmx.r1:482
+    # spec/mmx.r1:483
     'PSUBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T43,
         (16, 16, 'mem', None, None): _T44,
@@ -2505,7 +2505,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T43,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/mmx.r1:493
+    # spec/mmx.r1:494
     'PSUBD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 16, 'mem', None, None): _T46,
@@ -2516,7 +2516,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T45,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/mmx.r1:504
+    # spec/mmx.r1:505
     'PSUBSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 16, 'mem', None, None): _T48,
@@ -2527,7 +2527,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T47,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/mmx.r1:515
+    # spec/mmx.r1:516
     'PSUBSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 16, 'mem', None, None): _T50,
@@ -2538,7 +2538,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/mmx.r1:526
+    # spec/mmx.r1:527
     'PSUBUSB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T52,
@@ -2549,7 +2549,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/mmx.r1:537
+    # spec/mmx.r1:538
     'PSUBUSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T53,
         (16, 16, 'mem', None, None): _T54,
@@ -2560,7 +2560,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T53,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/mmx.r1:548
+    # spec/mmx.r1:549
     'PMULLW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T56,
@@ -2571,7 +2571,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/mmx.r1:559
+    # spec/mmx.r1:560
     'PMULHW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T57,
         (16, 16, 'mem', None, None): _T58,
@@ -2582,7 +2582,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T57,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/mmx.r1:570
+    # spec/mmx.r1:571
     'PMADDWD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 16, 'mem', None, None): _T60,
@@ -2593,7 +2593,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T59,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/mmx.r1:581
+    # spec/mmx.r1:582
     'PCMPEQB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T61,
         (16, 16, 'mem', None, None): _T62,
@@ -2604,7 +2604,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T61,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/mmx.r1:592
+    # spec/mmx.r1:593
     'PCMPEQW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T63,
         (16, 16, 'mem', None, None): _T64,
@@ -2615,7 +2615,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T63,
         (32, 32, 'mem', None, None): _T64,
     },
-    # spec/mmx.r1:603
+    # spec/mmx.r1:604
     'PCMPEQD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T65,
         (16, 16, 'mem', None, None): _T66,
@@ -2626,7 +2626,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T65,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/mmx.r1:614
+    # spec/mmx.r1:615
     'PCMPGTB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T67,
         (16, 16, 'mem', None, None): _T68,
@@ -2637,7 +2637,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T67,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/mmx.r1:625
+    # spec/mmx.r1:626
     'PCMPGTW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T69,
         (16, 16, 'mem', None, None): _T70,
@@ -2648,7 +2648,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T69,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/mmx.r1:636
+    # spec/mmx.r1:637
     'PCMPGTD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T71,
         (16, 16, 'mem', None, None): _T72,
@@ -2659,7 +2659,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T71,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/mmx.r1:647
+    # spec/mmx.r1:648
     'PAND_MM_MMRM': {
         (16, 16, 'reg', None, None): _T73,
         (16, 16, 'mem', None, None): _T74,
@@ -2670,7 +2670,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T73,
         (32, 32, 'mem', None, None): _T74,
     },
-    # spec/mmx.r1:658
+    # spec/mmx.r1:659
     'PANDN_MM_MMRM': {
         (16, 16, 'reg', None, None): _T75,
         (16, 16, 'mem', None, None): _T76,
@@ -2681,7 +2681,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T75,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/mmx.r1:669
+    # spec/mmx.r1:670
     'POR_MM_MMRM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 16, 'mem', None, None): _T78,
@@ -2692,7 +2692,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T77,
         (32, 32, 'mem', None, None): _T78,
     },
-    # spec/mmx.r1:680
+    # spec/mmx.r1:681
     'PXOR_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 16, 'mem', None, None): _T80,
@@ -2703,7 +2703,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/mmx.r1:693
+    # spec/mmx.r1:694
     'PSLLW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 16, 'mem', None, None): _T82,
@@ -2714,7 +2714,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/mmx.r1:704
+    # spec/mmx.r1:705
     'PSLLD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T84,
@@ -2725,7 +2725,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/mmx.r1:715
+    # spec/mmx.r1:716
     'PSLLQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 16, 'mem', None, None): _T86,
@@ -2736,7 +2736,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/mmx.r1:726
+    # spec/mmx.r1:727
     'PSRLW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T87,
         (16, 16, 'mem', None, None): _T88,
@@ -2747,7 +2747,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T87,
         (32, 32, 'mem', None, None): _T88,
     },
-    # spec/mmx.r1:737
+    # spec/mmx.r1:738
     'PSRLD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T89,
         (16, 16, 'mem', None, None): _T90,
@@ -2758,7 +2758,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T89,
         (32, 32, 'mem', None, None): _T90,
     },
-    # spec/mmx.r1:748
+    # spec/mmx.r1:749
     'PSRLQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T91,
         (16, 16, 'mem', None, None): _T92,
@@ -2769,7 +2769,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/mmx.r1:759
+    # spec/mmx.r1:760
     'PSRAW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T93,
         (16, 16, 'mem', None, None): _T94,
@@ -2780,7 +2780,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/mmx.r1:770
+    # spec/mmx.r1:771
     'PSRAD_MM_MMRM': {
         (16, 16, 'reg', None, None): _T95,
         (16, 16, 'mem', None, None): _T96,
@@ -2791,56 +2791,56 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T95,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/mmx.r1:781
+    # spec/mmx.r1:782
     'PSLLW_MM_IMM8': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/mmx.r1:792
+    # spec/mmx.r1:793
     'PSLLD_MM_IMM8': {
         (16, 16, 'reg', None, None): _T98,
         (16, 32, 'reg', None, None): _T98,
         (32, 16, 'reg', None, None): _T98,
         (32, 32, 'reg', None, None): _T98,
     },
-    # spec/mmx.r1:803
+    # spec/mmx.r1:804
     'PSLLQ_MM_IMM8': {
         (16, 16, 'reg', None, None): _T99,
         (16, 32, 'reg', None, None): _T99,
         (32, 16, 'reg', None, None): _T99,
         (32, 32, 'reg', None, None): _T99,
     },
-    # spec/mmx.r1:814
+    # spec/mmx.r1:815
     'PSRLW_MM_IMM8': {
         (16, 16, 'reg', None, None): _T100,
         (16, 32, 'reg', None, None): _T100,
         (32, 16, 'reg', None, None): _T100,
         (32, 32, 'reg', None, None): _T100,
     },
-    # spec/mmx.r1:825
+    # spec/mmx.r1:826
     'PSRLD_MM_IMM8': {
         (16, 16, 'reg', None, None): _T101,
         (16, 32, 'reg', None, None): _T101,
         (32, 16, 'reg', None, None): _T101,
         (32, 32, 'reg', None, None): _T101,
     },
-    # spec/mmx.r1:836
+    # spec/mmx.r1:837
     'PSRLQ_MM_IMM8': {
         (16, 16, 'reg', None, None): _T102,
         (16, 32, 'reg', None, None): _T102,
         (32, 16, 'reg', None, None): _T102,
         (32, 32, 'reg', None, None): _T102,
     },
-    # spec/mmx.r1:847
+    # spec/mmx.r1:848
     'PSRAW_MM_IMM8': {
         (16, 16, 'reg', None, None): _T103,
         (16, 32, 'reg', None, None): _T103,
         (32, 16, 'reg', None, None): _T103,
         (32, 32, 'reg', None, None): _T103,
     },
-    # spec/mmx.r1:858
+    # spec/mmx.r1:859
     'PSRAD_MM_IMM8': {
         (16, 16, 'reg', None, None): _T104,
         (16, 32, 'reg', None, None): _T104,

@@ -387,15 +387,15 @@ b_unimplemented('SFENCE', 'spec/sse.r1:856')  # sse.r1:856
 _T75 = """\
 ea = $ea
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:869
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 b_store($seg, ea, 64, v_src)  # sse.r1:875
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:877
@@ -407,513 +407,513 @@ b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:877')  # sse.r1:877
 _T77 = """\
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:890
 v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:890
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_i_0 = 0  # mmx.r1:195
-while (l_i_0 < 8):  # mmx.r1:196
-    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
-        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
-    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 8):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:887
 _T78 = """\
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:890
 v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:890
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_i_0 = 0  # mmx.r1:195
-while (l_i_0 < 8):  # mmx.r1:196
-    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
-        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
-    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 8):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:900
 _T79 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:903
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:903
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:909
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:900
 _T80 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:903
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:903
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:909
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:911
 _T81 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:914
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:914
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:920
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:911
 _T82 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:914
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:914
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:920
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:922
 _T83 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:925
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:925
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:931
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:922
 _T84 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:925
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:925
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:931
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:933
 _T85 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:936
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:936
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:942
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:933
 _T86 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:936
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:936
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:942
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:944
 _T87 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:947
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:947
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:953
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:944
 _T88 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:947
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:947
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:953
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:955
 _T89 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:958
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:958
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:964
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:955
 _T90 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:958
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:958
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:964
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:966
 _T91 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:969
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:969
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:975
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:966
 _T92 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:969
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:969
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:975
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:977
 _T93 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:980
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:980
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:161
-l_i_1 = 0  # mmx.r1:162
-while (l_i_1 < 64):  # mmx.r1:163
-    l_s_2 = 0  # mmx.r1:164
-    l_j_3 = l_i_1  # mmx.r1:165
-    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
-        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
-        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
-        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
-        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
-    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 64):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:986
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:977
 _T94 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:980
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:980
-l_r_0 = 0  # mmx.r1:161
-l_i_1 = 0  # mmx.r1:162
-while (l_i_1 < 64):  # mmx.r1:163
-    l_s_2 = 0  # mmx.r1:164
-    l_j_3 = l_i_1  # mmx.r1:165
-    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
-        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
-        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
-        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
-        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
-    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 64):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:986
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:988
 _T95 = """\
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:991
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:149
-l_i_1 = 0  # mmx.r1:150
-while (l_i_1 < 4):  # mmx.r1:151
-    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:152
-    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:997
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:988
 _T96 = """\
 ea = $ea
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:991
-l_r_0 = 0  # mmx.r1:149
-l_i_1 = 0  # mmx.r1:150
-while (l_i_1 < 4):  # mmx.r1:151
-    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:152
-    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:997
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:999
 _T97 = """\
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1002
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1008
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
 _T98 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1013
 v_src = R[$src]  # sse.r1:1013
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 a_sel_0 = ($imm & 3)
 S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1019
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1021
 _T99 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1024
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = rd16($seg, ea)  # sse.r1:1024
 a_sel_0 = ($imm & 3)
 S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1030
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1032
 _T100 = """\
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1035
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:180
-l_i_1 = 0  # mmx.r1:181
-while (l_i_1 < 8):  # mmx.r1:182
-    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:183
-    l_i_1 = (l_i_1 + 1)  # mmx.r1:184
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:181
+l_i_1 = 0  # mmx.r1:182
+while (l_i_1 < 8):  # mmx.r1:183
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:185
 R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1041
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1045
@@ -1522,15 +1522,15 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1889
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1891
@@ -1540,15 +1540,15 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1900
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1904
@@ -1584,11 +1584,11 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_i_0 = 0  # mmx.r1:195
-while (l_i_0 < 16):  # mmx.r1:196
-    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
-        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
-    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 16):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
 # MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1936
@@ -1599,11 +1599,11 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_i_0 = 0  # mmx.r1:195
-while (l_i_0 < 16):  # mmx.r1:196
-    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:197
-        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:197
-    l_i_0 = (l_i_0 + 1)  # mmx.r1:198
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 16):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
 # CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1947
@@ -1629,45 +1629,45 @@ _T197 = """\
 _T198 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1992
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1992
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1998
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1989
 _T199 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1992
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:1992
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1998
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2000
@@ -1678,13 +1678,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
 """
 
@@ -1699,13 +1699,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2003
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
 """
 
@@ -1713,45 +1713,45 @@ S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
 _T202 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2014
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2014
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2020
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2011
 _T203 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2014
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:2014
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2020
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2022
@@ -1762,13 +1762,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
 """
 
@@ -1783,13 +1783,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2025
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
 """
 
@@ -1797,45 +1797,45 @@ S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
 _T206 = """\
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2036
 v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2036
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2042
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2033
 _T207 = """\
 ea = $ea
 v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2036
-if (S.cr[0] >> 2 & 0x1):  # mmx.r1:28
-    raise Fault(6, None)  # mmx.r1:28
-if (S.cr[0] >> 3 & 0x1):  # mmx.r1:29
-    raise Fault(7, None)  # mmx.r1:29
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:30
-    raise Fault(16, None)  # mmx.r1:30
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:2036
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 64):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2042
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:37
-S.ftw = 255 & 0xff  # mmx.r1:38
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
 # PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2044
@@ -1846,13 +1846,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
 """
 
@@ -1867,13 +1867,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2047
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
-    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
 """
 
@@ -1884,11 +1884,11 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:149
-l_i_1 = 0  # mmx.r1:150
-while (l_i_1 < 4):  # mmx.r1:151
-    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:152
-    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2064
 """
 
@@ -1902,11 +1902,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2058
-l_r_0 = 0  # mmx.r1:149
-l_i_1 = 0  # mmx.r1:150
-while (l_i_1 < 4):  # mmx.r1:151
-    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:152
-    l_i_1 = (l_i_1 + 1)  # mmx.r1:153
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2064
 """
 
@@ -1918,11 +1918,11 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_1 = 0  # mmx.r1:149
-l_i_2 = 0  # mmx.r1:150
-while (l_i_2 < 4):  # mmx.r1:151
-    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
-    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
 S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2075
 """
 
@@ -1937,11 +1937,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2069
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_1 = 0  # mmx.r1:149
-l_i_2 = 0  # mmx.r1:150
-while (l_i_2 < 4):  # mmx.r1:151
-    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
-    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
 S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2075
 """
 
@@ -1953,11 +1953,11 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r_1 = 0  # mmx.r1:149
-l_i_2 = 0  # mmx.r1:150
-while (l_i_2 < 4):  # mmx.r1:151
-    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
-    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
 S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2086
 """
 
@@ -1972,11 +1972,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2080
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r_1 = 0  # mmx.r1:149
-l_i_2 = 0  # mmx.r1:150
-while (l_i_2 < 4):  # mmx.r1:151
-    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:152
-    l_i_2 = (l_i_2 + 1)  # mmx.r1:153
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
 S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2086
 """
 
@@ -2010,11 +2010,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2119
 """
 
@@ -2031,11 +2031,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2113
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2119
 """
 
@@ -2049,11 +2049,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2130
 """
 
@@ -2070,11 +2070,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2124
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2130
 """
 
@@ -2088,11 +2088,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2143
 """
 
@@ -2109,11 +2109,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2137
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2143
 """
 
@@ -2127,11 +2127,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2154
 """
 
@@ -2148,11 +2148,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2148
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2154
 """
 
@@ -2166,11 +2166,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2165
 """
 
@@ -2187,11 +2187,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2159
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2165
 """
 
@@ -2205,11 +2205,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2176
 """
 
@@ -2226,11 +2226,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2170
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 8)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2176
 """
 
@@ -2244,11 +2244,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2187
 """
 
@@ -2265,11 +2265,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2181
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2187
 """
 
@@ -2283,11 +2283,11 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2198
 """
 
@@ -2304,11 +2304,11 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2192
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
-l_r_2 = 0  # mmx.r1:120
-l_i_3 = 0  # mmx.r1:121
-while (l_i_3 < 64):  # mmx.r1:122
-    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:123
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:124
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2198
 """
 
@@ -2320,14 +2320,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 128):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2209
 """
 
@@ -2342,14 +2342,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2203
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 128):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2209
 """
 
@@ -2361,14 +2361,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 128):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2220
 """
 
@@ -2383,14 +2383,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2214
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 128):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:141
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2220
 """
 
@@ -2402,14 +2402,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 128):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:141
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2231
 """
 
@@ -2424,14 +2424,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2225
-l_r_0 = 0  # mmx.r1:134
-l_i_1 = 0  # mmx.r1:135
-while (l_i_1 < 128):  # mmx.r1:136
-    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:137
-    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
-    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:139
-    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:140
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:141
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2231
 """
 
@@ -2443,13 +2443,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2242
 """
 
@@ -2464,13 +2464,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2236
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2242
 """
 
@@ -2482,13 +2482,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2253
 """
 
@@ -2503,13 +2503,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2247
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2253
 """
 
@@ -2521,13 +2521,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
 """
 
@@ -2542,13 +2542,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2258
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
 """
 
@@ -2560,14 +2560,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
 """
 
@@ -2582,14 +2582,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2269
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
 """
 
@@ -2601,14 +2601,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2286
 """
 
@@ -2623,14 +2623,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2280
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2286
 """
 
@@ -2642,14 +2642,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2297
 """
 
@@ -2664,14 +2664,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2291
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2297
 """
 
@@ -2683,14 +2683,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2308
 """
 
@@ -2705,14 +2705,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2302
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 + a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2308
 """
 
@@ -2724,13 +2724,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2319
 """
 
@@ -2745,13 +2745,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2313
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2319
 """
 
@@ -2763,13 +2763,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2330
 """
 
@@ -2784,13 +2784,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2324
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2330
 """
 
@@ -2802,13 +2802,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2341
 """
 
@@ -2823,13 +2823,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2335
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2341
 """
 
@@ -2841,14 +2841,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2352
 """
 
@@ -2863,14 +2863,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2346
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
-    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2352
 """
 
@@ -2882,14 +2882,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2363
 """
 
@@ -2904,14 +2904,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2357
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
-    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2363
 """
 
@@ -2923,14 +2923,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2374
 """
 
@@ -2945,14 +2945,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2368
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2374
 """
 
@@ -2964,14 +2964,14 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2385
 """
 
@@ -2986,14 +2986,14 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2379
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
     a_v_4 = (a_x_2 - a_y_3)
-    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2385
 """
 
@@ -3005,13 +3005,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2396
 """
 
@@ -3026,13 +3026,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2390
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2396
 """
 
@@ -3044,13 +3044,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2407
 """
 
@@ -3065,13 +3065,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2401
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2407
 """
 
@@ -3083,13 +3083,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2418
 """
 
@@ -3104,13 +3104,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2412
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2418
 """
 
@@ -3122,13 +3122,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2429
 """
 
@@ -3143,13 +3143,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2423
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2429
 """
 
@@ -3161,13 +3161,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2440
 """
 
@@ -3182,13 +3182,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2434
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2440
 """
 
@@ -3200,13 +3200,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2451
 """
 
@@ -3221,13 +3221,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2445
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2451
 """
 
@@ -3239,13 +3239,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2462
 """
 
@@ -3260,13 +3260,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2456
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2462
 """
 
@@ -3278,13 +3278,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2473
 """
 
@@ -3299,13 +3299,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2467
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2473
 """
 
@@ -3317,13 +3317,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2484
 """
 
@@ -3338,13 +3338,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2478
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 4294967295)
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
-    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 32)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2484
 """
 
@@ -3457,13 +3457,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2539
 """
 
@@ -3479,13 +3479,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2533
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2539
 """
 
@@ -3498,13 +3498,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2550
 """
 
@@ -3520,13 +3520,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2544
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2550
 """
 
@@ -3539,13 +3539,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2561
 """
 
@@ -3561,13 +3561,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2555
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2561
 """
 
@@ -3580,13 +3580,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2572
 """
 
@@ -3602,13 +3602,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2566
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2572
 """
 
@@ -3621,13 +3621,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2583
 """
 
@@ -3643,13 +3643,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2577
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2583
 """
 
@@ -3662,13 +3662,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2594
 """
 
@@ -3684,13 +3684,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2588
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 64)  # mmx.r1:112
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2594
 """
 
@@ -3703,13 +3703,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2605
 """
 
@@ -3725,13 +3725,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2599
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 16)  # mmx.r1:112
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2605
 """
 
@@ -3744,13 +3744,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2616
 """
 
@@ -3766,13 +3766,13 @@ if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2610
 m_count_0 = (v_src & 0xffffffffffffffff)
-l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:106
-l_r_2 = 0  # mmx.r1:107
-l_i_3 = 0  # mmx.r1:108
-while (l_i_3 < 128):  # mmx.r1:109
-    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:110
-    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:111
-    l_i_3 = (l_i_3 + 32)  # mmx.r1:112
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2616
 """
 
@@ -3783,13 +3783,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2627
 """
 
@@ -3800,13 +3800,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2638
 """
 
@@ -3817,13 +3817,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2649
 """
 
@@ -3834,13 +3834,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2660
 """
 
@@ -3851,13 +3851,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2671
 """
 
@@ -3868,13 +3868,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 64)  # mmx.r1:112
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2682
 """
 
@@ -3885,13 +3885,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 16)  # mmx.r1:112
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2693
 """
 
@@ -3902,13 +3902,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:106
-l_r_1 = 0  # mmx.r1:107
-l_i_2 = 0  # mmx.r1:108
-while (l_i_2 < 128):  # mmx.r1:109
-    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:110
-    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:111
-    l_i_2 = (l_i_2 + 32)  # mmx.r1:112
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
 S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2704
 """
 
@@ -3920,13 +3920,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2717
 """
 
@@ -3941,13 +3941,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2711
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2717
 """
 
@@ -3959,13 +3959,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2728
 """
 
@@ -3980,13 +3980,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2722
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2728
 """
 
@@ -3998,13 +3998,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2739
 """
 
@@ -4019,13 +4019,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2733
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2739
 """
 
@@ -4037,13 +4037,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2750
 """
 
@@ -4058,13 +4058,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2744
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2750
 """
 
@@ -4076,13 +4076,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2761
 """
 
@@ -4097,13 +4097,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2755
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2761
 """
 
@@ -4115,13 +4115,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2772
 """
 
@@ -4136,13 +4136,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2766
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 255)
     a_y_3 = ((v_src >> l_i_1) & 255)
-    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 8)  # mmx.r1:95
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2772
 """
 
@@ -4154,13 +4154,13 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2783
 """
 
@@ -4175,13 +4175,13 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2777
-l_r_0 = 0  # mmx.r1:91
-l_i_1 = 0  # mmx.r1:92
-while (l_i_1 < 128):  # mmx.r1:93
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
     a_x_2 = ((v_dst >> l_i_1) & 65535)
     a_y_3 = ((v_src >> l_i_1) & 65535)
-    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:94
-    l_i_1 = (l_i_1 + 16)  # mmx.r1:95
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2783
 """
 
@@ -4193,18 +4193,18 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:161
-l_i_1 = 0  # mmx.r1:162
-while (l_i_1 < 128):  # mmx.r1:163
-    l_s_2 = 0  # mmx.r1:164
-    l_j_3 = l_i_1  # mmx.r1:165
-    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
-        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
-        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
-        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
-        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
-    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 128):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2794
 """
 
@@ -4219,18 +4219,18 @@ if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
 if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
     raise Fault(13, 0)  # sse.r1:51
 v_src = b_load($seg, ea, 128)  # sse.r1:2788
-l_r_0 = 0  # mmx.r1:161
-l_i_1 = 0  # mmx.r1:162
-while (l_i_1 < 128):  # mmx.r1:163
-    l_s_2 = 0  # mmx.r1:164
-    l_j_3 = l_i_1  # mmx.r1:165
-    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:166
-        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:167
-        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:168
-        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:169
-        l_j_3 = (l_j_3 + 8)  # mmx.r1:170
-    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:172
-    l_i_1 = (l_i_1 + 64)  # mmx.r1:173
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 128):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
 S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2794
 """
 
@@ -4276,11 +4276,11 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
     raise Fault(6, None)  # sse.r1:43
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
     raise Fault(7, None)  # sse.r1:44
-l_r_0 = 0  # mmx.r1:180
-l_i_1 = 0  # mmx.r1:181
-while (l_i_1 < 16):  # mmx.r1:182
-    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:183
-    l_i_1 = (l_i_1 + 1)  # mmx.r1:184
+l_r_0 = 0  # mmx.r1:181
+l_i_1 = 0  # mmx.r1:182
+while (l_i_1 < 16):  # mmx.r1:183
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:185
 R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2838
 """
 

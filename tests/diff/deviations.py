@@ -879,10 +879,10 @@ def _mmx_exponent_not_set(case: Case, o: Outcome) -> bool:
 
 
 def _mmx_ts_before_ud(case: Case, o: Outcome) -> bool:
-    # With CR0.EM set an MMX instruction raises #UD, even when CR0.TS is set too (SDM vol. 2:
-    # each MMX instruction lists #UD for EM and #NM for TS; vol. 3, 6.9, "Priority among
-    # simultaneous exceptions": an invalid opcode comes before device-not-available).
-    # QEMU 5 checks TS first and raises #NM. Accepted: only the vector differs.
+    # With CR0.EM set an MMX instruction raises #UD, even when CR0.TS is set too (SDM vol. 3,
+    # chapter 12, "Action taken by MMX instructions for different combinations of EM, MP and
+    # TS": EM = 1, TS = 1 gives #UD). QEMU 5 checks TS first and raises #NM. Accepted: only the
+    # vector differs.
     from ring1.runtime.tools import fresh_machine
 
     if len(case.forms) != 1 or not FORMS[case.forms[0]].source.startswith("spec/mmx.r1"):

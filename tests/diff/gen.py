@@ -514,9 +514,23 @@ def packed_integer(draw, size: int) -> int:
         return draw(st.integers(0, 70)) | (draw(st.sampled_from((0, 0, 1 << 63, 1 << 40))) if size > 32 else 0)
     if kind == "any":
         return draw(st.integers(0, (1 << size) - 1))
+    # Few draws (hypothesis draws cost more than the run): random lanes, and four bits a lane
+    # that pick an edge value for it (6 of 16) or keep the random one.
     n = draw(st.sampled_from((8, 16, 32, 64)))
-    lane = st.one_of(st.sampled_from(EDGE_LANES[n]), st.integers(0, (1 << n) - 1))
-    return sum(draw(lane) << i for i in range(0, size, n))
+    lanes = size // n
+    randoms = draw(st.integers(0, (1 << size) - 1))
+    picks = draw(st.integers(0, (1 << 4 * lanes) - 1))
+    value = 0
+    for i in range(lanes):
+        pick = picks >> 4 * i & 15
+        lane = EDGE_LANES[n][pick] if pick < len(EDGE_LANES[n]) else randoms >> i * n & (1 << n) - 1
+        value |= lane << i * n
+    return value
+
+
+# Bits 79:64 of an x87 register holding an MMX value: all ones (as an MMX write leaves them), zero,
+# or what a floating-point value has there.
+EXPONENTS = (0xFFFF, 0xFFFF, 0, 0, 0x3FFF, 0x8000, 0x1234, 0x7FFF)
 
 
 @st.composite
@@ -525,9 +539,8 @@ def simd_integer_state(draw) -> dict:
     the x87 state an MMX instruction reads or resets (FSW with TOP and, rarely, a pending
     exception; the tag word; CR0.NE, EM, TS), and XMM registers with packed integers; CR4
     mostly enabling SSE."""
-    fpr = tuple(
-        draw(packed_integer(64)) | draw(st.sampled_from((0, 0xFFFF, 0x3FFF, 0x8000, 0x1234))) << 64 for _ in range(8)
-    )
+    exponents = draw(st.integers(0, (1 << 24) - 1))  # three bits a register: one of EXPONENTS
+    fpr = tuple(draw(packed_integer(64)) | EXPONENTS[exponents >> 3 * i & 7] << 64 for i in range(8))
     xmm = tuple(draw(packed_integer(128)) for _ in range(8))
     top = draw(st.integers(0, 7)) << 11
     pending = draw(st.sampled_from((0,) * 6 + (0x81,)))  # ES with IE: an unmasked invalid operation

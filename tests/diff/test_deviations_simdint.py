@@ -50,8 +50,8 @@ def test_mmx_write_sets_the_exponent() -> None:
 
 
 def test_mmx_em_before_ts() -> None:
-    # CR0.EM and CR0.TS both set: #UD (an invalid opcode has priority over device-not-available,
-    # SDM vol. 3, 6.9). Unicorn raises #NM.
+    # CR0.EM and CR0.TS both set: #UD (SDM vol. 3, chapter 12, the table of the actions MMX
+    # instructions take for EM, MP and TS). Unicorn raises #NM.
     both = fresh_machine.CR0_EM | fresh_machine.CR0_TS
     case = _case(PADDB_MM0_MM1, "PADDB_MM_MMRM", {0: ONES, 1: TWOS}, cr0_bits=both)
     o = run_both(case)
