@@ -121,7 +121,7 @@ def variants(form: str) -> list[tuple]:
 
 
 @st.composite
-def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> Instance:
+def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None, aligned: bool = False) -> Instance:
     """One encoding of `form` with operand values that make it meaningful in `mode`
     (an SSE form's memory operand holds two doubles, from `doubles` or any)."""
     opcode, low_field, modrm_kind, fixed_modrm, _mod, rm_fixed, imms, e_osize, _asize, pfx = ENCODINGS[form]
@@ -167,7 +167,8 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None) -> I
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, aligned_m128(form)))
+            align = 2 if aligned and aligned_m128(form) else int(aligned_m128(form))
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, align))
             if is_simd_integer(form):
                 ea = next(iter(memory))
                 memory[ea] = draw(packed_integer(128)).to_bytes(16, "little")
@@ -273,13 +274,13 @@ def memory_operand(
     prefixes: bytearray,
     mode: Mode,
     memory: dict[int, bytes],
-    align16: bool = False,
+    align16: int = 0,
 ) -> bytes:
     """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the
-    registers. With `align16` the offset is mostly a multiple of 16 (every segment over the
-    window has a base that is one too), as an SSE form's 128-bit operand must be."""
+    registers. With `align16` 1 the offset is mostly a multiple of 16 (every segment over the
+    window has a base that is one too), as an SSE form's 128-bit operand must be; with 2, always."""
     target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
-    if align16 and draw(st.integers(0, 3)):
+    if align16 == 2 or (align16 and draw(st.integers(0, 3))):
         target &= ~15
     names = fresh_machine.GPR_NAMES
     memory[target] = draw(operand_bytes(mode))
@@ -569,12 +570,13 @@ def writes_esp(code: bytes, code32: bool = True) -> bool:
 
 
 @st.composite
-def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
+def case_for(draw, forms: list[str], mode: Mode, reload: bool = False, aligned: bool = False) -> Case:
     """A case running `forms` in order (each one random instance) from a random state. With
     `reload`, every instance after the first is preceded by `mov r32, imm32` (MOV_Ov_Iv) of the
     registers it was drawn with, so its memory operands stay in the test window whatever the
     instructions before it did (unicorn does not check segment limits: tests/test_physcpu.py),
-    and no instance but the last writes ESP (a stack outside guest RAM is no comparison)."""
+    and no instance but the last writes ESP (a stack outside guest RAM is no comparison). With
+    `aligned`, every 128-bit SSE operand that must be 16-byte aligned is."""
     regs = draw(registers(mode))
     code = bytearray()
     window: dict[int, bytes] = {}
@@ -588,7 +590,7 @@ def case_for(draw, forms: list[str], mode: Mode, reload: bool = False) -> Case:
         sse = draw(sse_state(pool))
     ran: list[str] = []
     for n, f in enumerate(forms):
-        inst = instance(f, mode, pool)
+        inst = instance(f, mode, pool, aligned)
         if reload and n < len(forms) - 1:
             inst = inst.filter(lambda i: not writes_esp(i.code, not mode.real))
         inst = draw(inst)
