@@ -2190,264 +2190,264 @@ LAYOUT = {
     'SHLD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'imm', 8))),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:101
-    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:111
-    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:121
-    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:131
-    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:141
-    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:151
-    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:161
-    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:171
-    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:181
-    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:191
-    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:201
-    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:211
-    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:221
-    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:231
-    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:241
-    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:253
-    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:263
-    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:273
-    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:283
-    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:293
-    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:303
-    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:313
-    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:323
-    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:333
-    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:343
-    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:353
-    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:363
-    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:373
-    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:383
-    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:393
-    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:403
-    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:413
-    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:423
-    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:433
-    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:443
-    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:453
-    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:463
-    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:473
-    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:483
-    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:493
-    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:503
-    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:513
-    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:525
-    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:536
-    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:547
-    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:558
-    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:568
-    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:578
-    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:588
-    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:600
-    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:610
-    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:620
-    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:630
-    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:640
-    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:650
-    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:660
-    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:672
-    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:682
-    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:692
-    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:702
-    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:712
-    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:722
-    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:732
-    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:742
-    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:752
-    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:762
-    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:774
-    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:784
-    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:794
-    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:804
-    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:816
-    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:826
-    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:836
-    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:846
-    'SFENCE': (True, None, (), ()),  # spec/sse.r1:856
-    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:866
-    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:877
-    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:887
-    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:900
-    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:911
-    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:922
-    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:933
-    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:944
-    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:955
-    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:966
-    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:977
-    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:988
-    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:999
-    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1010
-    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1021
-    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1032
-    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1045
-    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1055
-    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1065
-    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1075
-    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1085
-    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1096
-    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1107
-    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1118
-    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1129
-    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1139
-    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1149
-    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1159
-    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1169
-    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1181
-    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1191
-    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1201
-    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1211
-    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1221
-    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1231
-    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1241
-    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1251
-    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1261
-    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1271
-    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1281
-    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1291
-    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1301
-    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1311
-    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1321
-    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1331
-    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1341
-    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1351
-    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1361
-    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1371
-    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1381
-    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1393
-    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1404
-    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1419
-    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1434
-    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1444
-    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1454
-    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1464
-    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1476
-    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1486
-    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1496
-    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1506
-    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1516
-    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1526
-    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1536
-    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1548
-    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1558
-    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1568
-    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1578
-    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1588
-    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1598
-    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1608
-    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1618
-    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1628
-    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1638
-    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1648
-    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1658
-    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1668
-    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1678
-    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1688
-    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1698
-    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1708
-    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1718
-    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1728
-    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1738
-    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1748
-    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1758
-    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1770
-    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1781
-    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1792
-    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1803
-    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1814
-    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1825
-    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1836
-    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1847
-    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1858
-    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1869
-    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1880
-    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1891
-    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1904
-    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1914
-    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1925
-    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:1936
-    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1947
-    'LFENCE': (True, None, (), ()),  # spec/sse.r1:1957
-    'MFENCE': (True, None, (), ()),  # spec/sse.r1:1967
-    'PAUSE': (False, None, (), ()),  # spec/sse.r1:1977
-    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1989
-    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2000
-    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2011
-    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2022
-    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2033
-    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2044
-    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2055
-    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2066
-    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2077
-    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2088
-    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2099
-    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2110
-    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2121
-    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2134
-    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2145
-    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2156
-    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2167
-    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2178
-    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2189
-    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2200
-    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2211
-    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2222
-    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2233
-    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2244
-    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2255
-    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2266
-    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2277
-    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2288
-    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2299
-    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2310
-    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2321
-    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2332
-    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2343
-    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2354
-    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2365
-    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2376
-    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2387
-    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2398
-    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2409
-    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2420
-    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2431
-    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2442
-    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2453
-    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2464
-    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2475
-    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2486
-    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2497
-    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2508
-    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2519
-    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2530
-    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2541
-    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2552
-    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2563
-    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2574
-    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2585
-    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2596
-    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2607
-    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2618
-    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2629
-    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2640
-    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2651
-    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2662
-    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2673
-    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2684
-    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2695
-    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2708
-    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2719
-    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2730
-    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2741
-    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2752
-    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2763
-    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2774
-    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2785
-    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2796
-    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2807
-    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2818
-    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2829
+    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:116
+    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:126
+    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:136
+    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:146
+    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:156
+    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:166
+    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:176
+    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:186
+    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:196
+    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:206
+    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:216
+    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:226
+    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:236
+    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:246
+    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:256
+    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:268
+    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:278
+    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:288
+    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:298
+    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:308
+    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:318
+    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:328
+    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:338
+    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:348
+    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:358
+    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:368
+    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:378
+    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:388
+    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:398
+    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:408
+    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:418
+    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:428
+    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:438
+    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:448
+    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:458
+    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:468
+    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:478
+    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:488
+    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:498
+    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:508
+    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:518
+    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:528
+    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:540
+    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:551
+    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:562
+    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:573
+    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:583
+    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:593
+    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:603
+    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:615
+    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:625
+    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:635
+    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:645
+    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:655
+    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:665
+    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:675
+    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:687
+    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:697
+    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:707
+    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:717
+    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:727
+    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:737
+    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:747
+    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:757
+    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:767
+    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:777
+    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:789
+    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:799
+    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:809
+    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:849
+    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:889
+    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:899
+    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:909
+    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:919
+    'SFENCE': (True, None, (), ()),  # spec/sse.r1:929
+    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:939
+    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:950
+    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:960
+    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:973
+    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:984
+    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:995
+    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1006
+    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1017
+    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1028
+    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1039
+    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1050
+    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1061
+    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1072
+    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1083
+    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1094
+    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1105
+    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1118
+    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1128
+    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1138
+    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1148
+    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1158
+    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1169
+    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1180
+    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1191
+    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1202
+    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1212
+    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1222
+    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1232
+    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1242
+    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1254
+    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1264
+    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1274
+    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1284
+    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1294
+    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1304
+    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1314
+    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1324
+    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1334
+    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1344
+    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1354
+    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1364
+    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1374
+    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1384
+    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1394
+    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1404
+    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1414
+    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1424
+    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1434
+    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1444
+    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1454
+    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1466
+    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1477
+    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1492
+    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1507
+    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1517
+    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1527
+    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1537
+    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1549
+    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1559
+    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1569
+    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1579
+    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1589
+    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1599
+    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1609
+    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1621
+    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1631
+    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1641
+    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1651
+    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1661
+    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1671
+    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1681
+    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:1691
+    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1701
+    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1711
+    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1721
+    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1731
+    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:1741
+    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1751
+    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1761
+    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1771
+    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1781
+    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1791
+    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1801
+    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1811
+    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1821
+    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1831
+    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1843
+    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1854
+    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1865
+    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1876
+    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1887
+    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:1898
+    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1909
+    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1920
+    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1931
+    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1942
+    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1953
+    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1964
+    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1977
+    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1987
+    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:1998
+    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:2009
+    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:2020
+    'LFENCE': (True, None, (), ()),  # spec/sse.r1:2030
+    'MFENCE': (True, None, (), ()),  # spec/sse.r1:2040
+    'PAUSE': (False, None, (), ()),  # spec/sse.r1:2050
+    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2062
+    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2073
+    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2084
+    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2095
+    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2106
+    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2117
+    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2128
+    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2139
+    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2150
+    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2161
+    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2172
+    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2183
+    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2194
+    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2207
+    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2218
+    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2229
+    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2240
+    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2251
+    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2262
+    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2273
+    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2284
+    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2295
+    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2306
+    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2317
+    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2328
+    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2339
+    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2350
+    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2361
+    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2372
+    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2383
+    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2394
+    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2405
+    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2416
+    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2427
+    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2438
+    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2449
+    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2460
+    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2471
+    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2482
+    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2493
+    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2504
+    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2515
+    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2526
+    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2537
+    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2548
+    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2559
+    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2570
+    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2581
+    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2592
+    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2603
+    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2614
+    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2625
+    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2636
+    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2647
+    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2658
+    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2669
+    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2680
+    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2691
+    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2702
+    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2713
+    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2724
+    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2735
+    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2746
+    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2757
+    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2768
+    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2781
+    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2792
+    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2803
+    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2814
+    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2825
+    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2836
+    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2847
+    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2858
+    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2869
+    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:2880
+    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:2891
+    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2902
     'MOVSB': (False, None, (), ()),  # spec/string.r1:20
     'MOVSv': (False, None, (), ()),  # spec/string.r1:36
     'CMPSB': (False, None, (), ()),  # spec/string.r1:56
@@ -2611,31 +2611,31 @@ LAYOUT = {
     'FSCALE': (True, None, (), ()),  # spec/x87.r1:1178
     'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1187
     'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1197
-    'FNOP': (True, None, (), ()),  # spec/x87.r1:1209
-    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1218
-    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1228
-    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1237
-    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1246
-    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1256
-    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1266
-    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1276
-    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1285
-    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1295
-    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1305
-    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1315
-    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1325
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1336
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1346
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1356
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1367
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1378
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1389
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1400
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1411
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1422
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:1433
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1443
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1453
+    'FNOP': (True, None, (), ()),  # spec/x87.r1:1348
+    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1357
+    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1367
+    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1377
+    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1387
+    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1398
+    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1409
+    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1420
+    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1430
+    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1441
+    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1457
+    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1477
+    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1499
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1517
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1527
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1537
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1548
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1559
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1570
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1581
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1592
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1603
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:1614
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1624
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1634
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -2990,264 +2990,264 @@ ENCODINGS = {
     'SHLD_RMv_Rv_CL': ((15, 165), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': ((15, 172), None, 'r', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': ((15, 173), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:101
-    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:111
-    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:121
-    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:131
-    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:141
-    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:151
-    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:161
-    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:171
-    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:181
-    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:191
-    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:201
-    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:211
-    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:221
-    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:231
-    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:241
-    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:253
-    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:263
-    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:273
-    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:283
-    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:293
-    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:303
-    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:313
-    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:323
-    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:333
-    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:343
-    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:353
-    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:363
-    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:373
-    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:383
-    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:393
-    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:403
-    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:413
-    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:423
-    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:433
-    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:443
-    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:453
-    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:463
-    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:473
-    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:483
-    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:493
-    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:503
-    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:513
-    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:525
-    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:536
-    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:547
-    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:558
-    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:568
-    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:578
-    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:588
-    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:600
-    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:610
-    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:620
-    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:630
-    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:640
-    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:650
-    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:660
-    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:672
-    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:682
-    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:692
-    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:702
-    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:712
-    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:722
-    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:732
-    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:742
-    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:752
-    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:762
-    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:774
-    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:784
-    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:794
-    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:804
-    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:816
-    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:826
-    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:836
-    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:846
-    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:856
-    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:866
-    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:877
-    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:887
-    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:900
-    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:911
-    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:922
-    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:933
-    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:944
-    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:955
-    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:966
-    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:977
-    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:988
-    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:999
-    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1010
-    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1021
-    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1032
-    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1045
-    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1055
-    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1065
-    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1075
-    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1085
-    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1096
-    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1107
-    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1118
-    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1129
-    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1139
-    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1149
-    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1159
-    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1169
-    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1181
-    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1191
-    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1201
-    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1211
-    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1221
-    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1231
-    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1241
-    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1251
-    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1261
-    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1271
-    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1281
-    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1291
-    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1301
-    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1311
-    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1321
-    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1331
-    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1341
-    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1351
-    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1361
-    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1371
-    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1381
-    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1393
-    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1404
-    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1419
-    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1434
-    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1444
-    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1454
-    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1464
-    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1476
-    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1486
-    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1496
-    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1506
-    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1516
-    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1526
-    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1536
-    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1548
-    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1558
-    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1568
-    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1578
-    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1588
-    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1598
-    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1608
-    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1618
-    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1628
-    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1638
-    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1648
-    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1658
-    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1668
-    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1678
-    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1688
-    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1698
-    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1708
-    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1718
-    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1728
-    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1738
-    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1748
-    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1758
-    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1770
-    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1781
-    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1792
-    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1803
-    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1814
-    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1825
-    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1836
-    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1847
-    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1858
-    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1869
-    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1880
-    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1891
-    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1904
-    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1914
-    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1925
-    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1936
-    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1947
-    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1957
-    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1967
-    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:1977
-    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1989
-    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2000
-    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2011
-    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2022
-    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2033
-    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2044
-    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2055
-    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2066
-    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2077
-    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2088
-    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2099
-    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2110
-    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2121
-    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2134
-    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2145
-    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2156
-    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2167
-    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2178
-    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2189
-    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2200
-    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2211
-    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2222
-    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2233
-    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2244
-    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2255
-    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2266
-    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2277
-    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2288
-    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2299
-    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2310
-    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2321
-    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2332
-    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2343
-    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2354
-    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2365
-    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2376
-    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2387
-    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2398
-    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2409
-    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2420
-    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2431
-    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2442
-    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2453
-    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2464
-    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2475
-    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2486
-    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2497
-    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2508
-    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2519
-    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2530
-    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2541
-    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2552
-    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2563
-    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2574
-    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2585
-    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2596
-    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2607
-    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2618
-    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2629
-    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2640
-    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2651
-    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2662
-    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2673
-    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2684
-    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2695
-    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2708
-    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2719
-    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2730
-    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2741
-    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2752
-    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2763
-    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2774
-    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2785
-    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2796
-    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2807
-    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2818
-    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2829
+    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:116
+    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:126
+    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:136
+    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:146
+    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:156
+    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:166
+    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:176
+    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:186
+    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:196
+    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:206
+    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:216
+    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:226
+    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:236
+    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:246
+    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:256
+    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:268
+    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:278
+    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:288
+    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:298
+    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:308
+    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:318
+    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:328
+    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:338
+    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:348
+    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:358
+    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:368
+    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:378
+    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:388
+    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:398
+    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:408
+    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:418
+    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:428
+    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:438
+    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:448
+    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:458
+    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:468
+    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:478
+    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:488
+    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:498
+    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:508
+    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:518
+    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:528
+    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:540
+    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:551
+    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:562
+    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:573
+    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:583
+    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:593
+    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:603
+    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:615
+    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:625
+    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:635
+    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:645
+    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:655
+    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:665
+    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:675
+    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:687
+    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:697
+    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:707
+    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:717
+    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:727
+    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:737
+    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:747
+    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:757
+    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:767
+    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:777
+    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:789
+    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:799
+    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:809
+    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:849
+    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:889
+    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:899
+    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:909
+    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:919
+    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:929
+    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:939
+    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:950
+    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:960
+    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:973
+    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:984
+    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:995
+    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1006
+    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1017
+    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1028
+    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1039
+    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1050
+    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:1061
+    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1072
+    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1083
+    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1094
+    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1105
+    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1118
+    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1128
+    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1138
+    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1148
+    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1158
+    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1169
+    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1180
+    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1191
+    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1202
+    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1212
+    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1222
+    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1232
+    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1242
+    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1254
+    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1264
+    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1274
+    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1284
+    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1294
+    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1304
+    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1314
+    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1324
+    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1334
+    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1344
+    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1354
+    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1364
+    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1374
+    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1384
+    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1394
+    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1404
+    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1414
+    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1424
+    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1434
+    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1444
+    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1454
+    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1466
+    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1477
+    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1492
+    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1507
+    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1517
+    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1527
+    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1537
+    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1549
+    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1559
+    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1569
+    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1579
+    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1589
+    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1599
+    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1609
+    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1621
+    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1631
+    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1641
+    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1651
+    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1661
+    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1671
+    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1681
+    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1691
+    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1701
+    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1711
+    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1721
+    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1731
+    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1741
+    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1751
+    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1761
+    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1771
+    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1781
+    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1791
+    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1801
+    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1811
+    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:1821
+    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1831
+    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1843
+    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1854
+    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1865
+    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1876
+    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1887
+    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1898
+    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1909
+    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1920
+    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1931
+    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1942
+    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1953
+    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1964
+    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1977
+    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1987
+    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1998
+    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2009
+    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2020
+    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2030
+    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2040
+    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:2050
+    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2062
+    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2073
+    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2084
+    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2095
+    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2106
+    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2117
+    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2128
+    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2139
+    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2150
+    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2161
+    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2172
+    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2183
+    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2194
+    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2207
+    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2218
+    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2229
+    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2240
+    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2251
+    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2262
+    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2273
+    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2284
+    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2295
+    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2306
+    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2317
+    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2328
+    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2339
+    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2350
+    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2361
+    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2372
+    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2383
+    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2394
+    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2405
+    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2416
+    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2427
+    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2438
+    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2449
+    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2460
+    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2471
+    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2482
+    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2493
+    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2504
+    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2515
+    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2526
+    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2537
+    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2548
+    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2559
+    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2570
+    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2581
+    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2592
+    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2603
+    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2614
+    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2625
+    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2636
+    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2647
+    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2658
+    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2669
+    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2680
+    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2691
+    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2702
+    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2713
+    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2724
+    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2735
+    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2746
+    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2757
+    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2768
+    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2781
+    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2792
+    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2803
+    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2814
+    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2825
+    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2836
+    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2847
+    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2858
+    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2869
+    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2880
+    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:2891
+    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2902
     'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
     'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
     'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56
@@ -3411,29 +3411,29 @@ ENCODINGS = {
     'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1178
     'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1187
     'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1197
-    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1209
-    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1218
-    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1228
-    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1237
-    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1246
-    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1256
-    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1266
-    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1276
-    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1285
-    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1295
-    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1305
-    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1315
-    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1325
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1336
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1346
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1356
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1367
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1378
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1389
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1400
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1411
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1422
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1433
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1443
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1453
+    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1348
+    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1357
+    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1367
+    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1377
+    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1387
+    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1398
+    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1409
+    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1420
+    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1430
+    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1441
+    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1457
+    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1477
+    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1499
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1517
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1527
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1537
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1548
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1559
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1570
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1581
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1592
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1603
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1614
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1624
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1634
 }

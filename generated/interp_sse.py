@@ -8,405 +8,462 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:101
+# MOVAPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:116
 _T0 = """\
-b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:101')  # sse.r1:101
+b_unimplemented('MOVAPS_XMM_XMMRM', 'spec/sse.r1:116')  # sse.r1:116
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:111
+# MOVAPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:126
 _T1 = """\
-b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:111')  # sse.r1:111
+b_unimplemented('MOVAPS_XMMRM_XMM', 'spec/sse.r1:126')  # sse.r1:126
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:121
+# MOVUPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:136
 _T2 = """\
-b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:121')  # sse.r1:121
+b_unimplemented('MOVUPS_XMM_XMMRM', 'spec/sse.r1:136')  # sse.r1:136
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:131
+# MOVUPS_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:146
 _T3 = """\
-b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:131')  # sse.r1:131
+b_unimplemented('MOVUPS_XMMRM_XMM', 'spec/sse.r1:146')  # sse.r1:146
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:141
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:156
 _T4 = """\
-b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:141')  # sse.r1:141
+b_unimplemented('MOVSS_XMM_XMM', 'spec/sse.r1:156')  # sse.r1:156
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:151
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:166
 _T5 = """\
-b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:151')  # sse.r1:151
+b_unimplemented('MOVSS_XMM_M32', 'spec/sse.r1:166')  # sse.r1:166
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:161
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:176
 _T6 = """\
-b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:161')  # sse.r1:161
+b_unimplemented('MOVSS_XMM_XMM_0F11', 'spec/sse.r1:176')  # sse.r1:176
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:171
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:186
 _T7 = """\
-b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:171')  # sse.r1:171
+b_unimplemented('MOVSS_M32_XMM', 'spec/sse.r1:186')  # sse.r1:186
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:181
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:196
 _T8 = """\
-b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:181')  # sse.r1:181
+b_unimplemented('MOVLPS_XMM_M64', 'spec/sse.r1:196')  # sse.r1:196
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:191
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:206
 _T9 = """\
-b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:191')  # sse.r1:191
+b_unimplemented('MOVHLPS_XMM_XMM', 'spec/sse.r1:206')  # sse.r1:206
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:201
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:216
 _T10 = """\
-b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:201')  # sse.r1:201
+b_unimplemented('MOVLPS_M64_XMM', 'spec/sse.r1:216')  # sse.r1:216
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:211
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:226
 _T11 = """\
-b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:211')  # sse.r1:211
+b_unimplemented('MOVHPS_XMM_M64', 'spec/sse.r1:226')  # sse.r1:226
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:221
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:236
 _T12 = """\
-b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:221')  # sse.r1:221
+b_unimplemented('MOVLHPS_XMM_XMM', 'spec/sse.r1:236')  # sse.r1:236
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:231
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:246
 _T13 = """\
-b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:231')  # sse.r1:231
+b_unimplemented('MOVHPS_M64_XMM', 'spec/sse.r1:246')  # sse.r1:246
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:241
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:256
 _T14 = """\
-b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:241')  # sse.r1:241
+b_unimplemented('MOVMSKPS_R32_XMM', 'spec/sse.r1:256')  # sse.r1:256
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:253
+# ADDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:268
 _T15 = """\
-b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:253')  # sse.r1:253
+b_unimplemented('ADDPS_XMM_XMMRM', 'spec/sse.r1:268')  # sse.r1:268
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:263
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:278
 _T16 = """\
-b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:263')  # sse.r1:263
+b_unimplemented('ADDSS_XMM_XMM', 'spec/sse.r1:278')  # sse.r1:278
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:273
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:288
 _T17 = """\
-b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:273')  # sse.r1:273
+b_unimplemented('ADDSS_XMM_M32', 'spec/sse.r1:288')  # sse.r1:288
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:283
+# SUBPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:298
 _T18 = """\
-b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:283')  # sse.r1:283
+b_unimplemented('SUBPS_XMM_XMMRM', 'spec/sse.r1:298')  # sse.r1:298
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:293
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:308
 _T19 = """\
-b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:293')  # sse.r1:293
+b_unimplemented('SUBSS_XMM_XMM', 'spec/sse.r1:308')  # sse.r1:308
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:303
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:318
 _T20 = """\
-b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:303')  # sse.r1:303
+b_unimplemented('SUBSS_XMM_M32', 'spec/sse.r1:318')  # sse.r1:318
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:313
+# MULPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:328
 _T21 = """\
-b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:313')  # sse.r1:313
+b_unimplemented('MULPS_XMM_XMMRM', 'spec/sse.r1:328')  # sse.r1:328
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:323
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:338
 _T22 = """\
-b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:323')  # sse.r1:323
+b_unimplemented('MULSS_XMM_XMM', 'spec/sse.r1:338')  # sse.r1:338
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:333
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:348
 _T23 = """\
-b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:333')  # sse.r1:333
+b_unimplemented('MULSS_XMM_M32', 'spec/sse.r1:348')  # sse.r1:348
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:343
+# DIVPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:358
 _T24 = """\
-b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:343')  # sse.r1:343
+b_unimplemented('DIVPS_XMM_XMMRM', 'spec/sse.r1:358')  # sse.r1:358
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:353
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:368
 _T25 = """\
-b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:353')  # sse.r1:353
+b_unimplemented('DIVSS_XMM_XMM', 'spec/sse.r1:368')  # sse.r1:368
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:363
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:378
 _T26 = """\
-b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:363')  # sse.r1:363
+b_unimplemented('DIVSS_XMM_M32', 'spec/sse.r1:378')  # sse.r1:378
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:373
+# MINPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:388
 _T27 = """\
-b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:373')  # sse.r1:373
+b_unimplemented('MINPS_XMM_XMMRM', 'spec/sse.r1:388')  # sse.r1:388
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:383
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:398
 _T28 = """\
-b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:383')  # sse.r1:383
+b_unimplemented('MINSS_XMM_XMM', 'spec/sse.r1:398')  # sse.r1:398
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:393
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:408
 _T29 = """\
-b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:393')  # sse.r1:393
+b_unimplemented('MINSS_XMM_M32', 'spec/sse.r1:408')  # sse.r1:408
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:403
+# MAXPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:418
 _T30 = """\
-b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:403')  # sse.r1:403
+b_unimplemented('MAXPS_XMM_XMMRM', 'spec/sse.r1:418')  # sse.r1:418
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:413
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:428
 _T31 = """\
-b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:413')  # sse.r1:413
+b_unimplemented('MAXSS_XMM_XMM', 'spec/sse.r1:428')  # sse.r1:428
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:423
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:438
 _T32 = """\
-b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:423')  # sse.r1:423
+b_unimplemented('MAXSS_XMM_M32', 'spec/sse.r1:438')  # sse.r1:438
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:433
+# SQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:448
 _T33 = """\
-b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:433')  # sse.r1:433
+b_unimplemented('SQRTPS_XMM_XMMRM', 'spec/sse.r1:448')  # sse.r1:448
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:443
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:458
 _T34 = """\
-b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:443')  # sse.r1:443
+b_unimplemented('SQRTSS_XMM_XMM', 'spec/sse.r1:458')  # sse.r1:458
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:453
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:468
 _T35 = """\
-b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:453')  # sse.r1:453
+b_unimplemented('SQRTSS_XMM_M32', 'spec/sse.r1:468')  # sse.r1:468
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:463
+# RCPPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:478
 _T36 = """\
-b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:463')  # sse.r1:463
+b_unimplemented('RCPPS_XMM_XMMRM', 'spec/sse.r1:478')  # sse.r1:478
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:473
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:488
 _T37 = """\
-b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:473')  # sse.r1:473
+b_unimplemented('RCPSS_XMM_XMM', 'spec/sse.r1:488')  # sse.r1:488
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:483
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:498
 _T38 = """\
-b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:483')  # sse.r1:483
+b_unimplemented('RCPSS_XMM_M32', 'spec/sse.r1:498')  # sse.r1:498
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:493
+# RSQRTPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:508
 _T39 = """\
-b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:493')  # sse.r1:493
+b_unimplemented('RSQRTPS_XMM_XMMRM', 'spec/sse.r1:508')  # sse.r1:508
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:503
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:518
 _T40 = """\
-b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:503')  # sse.r1:503
+b_unimplemented('RSQRTSS_XMM_XMM', 'spec/sse.r1:518')  # sse.r1:518
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:513
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:528
 _T41 = """\
-b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:513')  # sse.r1:513
+b_unimplemented('RSQRTSS_XMM_M32', 'spec/sse.r1:528')  # sse.r1:528
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:525
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:540
 _T42 = """\
-b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:525')  # sse.r1:525
+b_unimplemented('CMPPS_XMM_XMMRM_IMM8', 'spec/sse.r1:540')  # sse.r1:540
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:536
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:551
 _T43 = """\
-b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:536')  # sse.r1:536
+b_unimplemented('CMPSS_XMM_XMM_IMM8', 'spec/sse.r1:551')  # sse.r1:551
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:547
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:562
 _T44 = """\
-b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:547')  # sse.r1:547
+b_unimplemented('CMPSS_XMM_M32_IMM8', 'spec/sse.r1:562')  # sse.r1:562
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:558
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:573
 _T45 = """\
-b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:558')  # sse.r1:558
+b_unimplemented('COMISS_XMM_XMM', 'spec/sse.r1:573')  # sse.r1:573
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:568
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:583
 _T46 = """\
-b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:568')  # sse.r1:568
+b_unimplemented('COMISS_XMM_M32', 'spec/sse.r1:583')  # sse.r1:583
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:578
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:593
 _T47 = """\
-b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:578')  # sse.r1:578
+b_unimplemented('UCOMISS_XMM_XMM', 'spec/sse.r1:593')  # sse.r1:593
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:588
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:603
 _T48 = """\
-b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:588')  # sse.r1:588
+b_unimplemented('UCOMISS_XMM_M32', 'spec/sse.r1:603')  # sse.r1:603
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:600
+# ANDPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:615
 _T49 = """\
-b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:600')  # sse.r1:600
+b_unimplemented('ANDPS_XMM_XMMRM', 'spec/sse.r1:615')  # sse.r1:615
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:610
+# ANDNPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:625
 _T50 = """\
-b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:610')  # sse.r1:610
+b_unimplemented('ANDNPS_XMM_XMMRM', 'spec/sse.r1:625')  # sse.r1:625
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:620
+# ORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:635
 _T51 = """\
-b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:620')  # sse.r1:620
+b_unimplemented('ORPS_XMM_XMMRM', 'spec/sse.r1:635')  # sse.r1:635
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:630
+# XORPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:645
 _T52 = """\
-b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:630')  # sse.r1:630
+b_unimplemented('XORPS_XMM_XMMRM', 'spec/sse.r1:645')  # sse.r1:645
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:640
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:655
 _T53 = """\
-b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:640')  # sse.r1:640
+b_unimplemented('SHUFPS_XMM_XMMRM_IMM8', 'spec/sse.r1:655')  # sse.r1:655
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:650
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:665
 _T54 = """\
-b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:650')  # sse.r1:650
+b_unimplemented('UNPCKLPS_XMM_XMMRM', 'spec/sse.r1:665')  # sse.r1:665
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:660
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:675
 _T55 = """\
-b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:660')  # sse.r1:660
+b_unimplemented('UNPCKHPS_XMM_XMMRM', 'spec/sse.r1:675')  # sse.r1:675
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:672
+# CVTPI2PS_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:687
 _T56 = """\
-b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:672')  # sse.r1:672
+b_unimplemented('CVTPI2PS_XMM_MMRM', 'spec/sse.r1:687')  # sse.r1:687
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:682
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:697
 _T57 = """\
-b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:682')  # sse.r1:682
+b_unimplemented('CVTPS2PI_MM_XMM', 'spec/sse.r1:697')  # sse.r1:697
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:692
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:707
 _T58 = """\
-b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:692')  # sse.r1:692
+b_unimplemented('CVTPS2PI_MM_M64', 'spec/sse.r1:707')  # sse.r1:707
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:702
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:717
 _T59 = """\
-b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:702')  # sse.r1:702
+b_unimplemented('CVTTPS2PI_MM_XMM', 'spec/sse.r1:717')  # sse.r1:717
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:712
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:727
 _T60 = """\
-b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:712')  # sse.r1:712
+b_unimplemented('CVTTPS2PI_MM_M64', 'spec/sse.r1:727')  # sse.r1:727
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:722
+# CVTSI2SS_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:737
 _T61 = """\
-b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:722')  # sse.r1:722
+b_unimplemented('CVTSI2SS_XMM_RM32', 'spec/sse.r1:737')  # sse.r1:737
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:732
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:747
 _T62 = """\
-b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:732')  # sse.r1:732
+b_unimplemented('CVTSS2SI_R32_XMM', 'spec/sse.r1:747')  # sse.r1:747
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:742
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:757
 _T63 = """\
-b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:742')  # sse.r1:742
+b_unimplemented('CVTSS2SI_R32_M32', 'spec/sse.r1:757')  # sse.r1:757
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:752
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:767
 _T64 = """\
-b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:752')  # sse.r1:752
+b_unimplemented('CVTTSS2SI_R32_XMM', 'spec/sse.r1:767')  # sse.r1:767
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:762
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:777
 _T65 = """\
-b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:762')  # sse.r1:762
+b_unimplemented('CVTTSS2SI_R32_M32', 'spec/sse.r1:777')  # sse.r1:777
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:774
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:789
 _T66 = """\
-b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:774')  # sse.r1:774
+b_unimplemented('LDMXCSR_M32', 'spec/sse.r1:789')  # sse.r1:789
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:784
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:799
 _T67 = """\
-b_unimplemented('STMXCSR_M32', 'spec/sse.r1:784')  # sse.r1:784
+b_unimplemented('STMXCSR_M32', 'spec/sse.r1:799')  # sse.r1:799
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:794
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:809
 _T68 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:794')  # sse.r1:794
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
+    raise Fault(7, None)  # sse.r1:46
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
+    raise Fault(13, 0)  # sse.r1:47
+b_check_write($seg, ea, 4096)  # sse.r1:820
+l_s = $seg  # sse.r1:821
+l_off = ea  # sse.r1:822
+wr16(l_s, l_off, S.fcw)  # sse.r1:823
+wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:824
+wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:825
+wr16(l_s, (l_off + 6), S.fop)  # sse.r1:826
+wr32(l_s, (l_off + 8), S.fip)  # sse.r1:827
+wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:828
+wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:829
+wr32(l_s, (l_off + 20), S.fds)  # sse.r1:830
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:831
+    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:832
+    wr32(l_s, (l_off + 28), 65535)  # sse.r1:833
+l_i = 0  # sse.r1:835
+while (l_i < 8):  # sse.r1:836
+    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:837
+    l_i = (l_i + 1)  # sse.r1:838
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:840
+    l_i = 0  # sse.r1:841
+    while (l_i < 8):  # sse.r1:842
+        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:843
+        l_i = (l_i + 1)  # sse.r1:844
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:804
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:849
 _T69 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:804')  # sse.r1:804
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
+    raise Fault(7, None)  # sse.r1:46
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
+    raise Fault(13, 0)  # sse.r1:47
+v_src = b_load($seg, ea, 4096)  # sse.r1:852
+l_s = $seg  # sse.r1:860
+l_off = ea  # sse.r1:861
+l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:862
+if (l_new_mxcsr & (-65536)):  # sse.r1:863
+    raise Fault(13, 0)  # sse.r1:863
+S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:864
+a_sw_0 = rd16(l_s, (l_off + 2))
+S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:865
+S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:866
+S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:867
+S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:868
+S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:869
+S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:870
+S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:871
+l_i = 0  # sse.r1:872
+while (l_i < 8):  # sse.r1:873
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:874
+    l_i = (l_i + 1)  # sse.r1:875
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:877
+    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:878
+    l_i = 0  # sse.r1:879
+    while (l_i < 8):  # sse.r1:880
+        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:881
+        l_i = (l_i + 1)  # sse.r1:882
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:816
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:889
 _T70 = """\
-b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:816')  # sse.r1:816
+b_unimplemented('PREFETCHNTA_M8', 'spec/sse.r1:889')  # sse.r1:889
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:826
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:899
 _T71 = """\
-b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:826')  # sse.r1:826
+b_unimplemented('PREFETCHT0_M8', 'spec/sse.r1:899')  # sse.r1:899
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:836
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:909
 _T72 = """\
-b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:836')  # sse.r1:836
+b_unimplemented('PREFETCHT1_M8', 'spec/sse.r1:909')  # sse.r1:909
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:846
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:919
 _T73 = """\
-b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:846')  # sse.r1:846
+b_unimplemented('PREFETCHT2_M8', 'spec/sse.r1:919')  # sse.r1:919
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:856
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:929
 _T74 = """\
-b_unimplemented('SFENCE', 'spec/sse.r1:856')  # sse.r1:856
+b_unimplemented('SFENCE', 'spec/sse.r1:929')  # sse.r1:929
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:866
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:939
 _T75 = """\
 ea = $ea
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:869
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:942
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-b_store($seg, ea, 64, v_src)  # sse.r1:875
+b_store($seg, ea, 64, v_src)  # sse.r1:948
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:877
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:950
 _T76 = """\
-b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:877')  # sse.r1:877
+b_unimplemented('MOVNTPS_M128_XMM', 'spec/sse.r1:950')  # sse.r1:950
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:887
+# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:960
 _T77 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:890
-v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:890
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:963
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:963
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -422,10 +479,10 @@ S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:887
+# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:960
 _T78 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:890
-v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:890
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:963
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:963
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -441,10 +498,10 @@ S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:900
+# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:973
 _T79 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:903
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:903
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:976
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:976
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -458,22 +515,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:909
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:982
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:900
+# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:973
 _T80 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:903
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:976
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:903
+v_src = b_load($seg, ea, 64)  # sse.r1:976
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -481,15 +538,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:909
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:982
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:911
+# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:984
 _T81 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:914
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:914
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:987
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:987
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -503,22 +560,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:920
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:993
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:911
+# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:984
 _T82 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:914
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:987
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:914
+v_src = b_load($seg, ea, 64)  # sse.r1:987
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -526,15 +583,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:920
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:993
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:922
+# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:995
 _T83 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:925
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:925
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:998
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:998
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -548,22 +605,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:931
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1004
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:922
+# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:995
 _T84 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:925
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:998
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:925
+v_src = b_load($seg, ea, 64)  # sse.r1:998
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -571,15 +628,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:931
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1004
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:933
+# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1006
 _T85 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:936
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:936
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1009
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1009
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -593,22 +650,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:942
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1015
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:933
+# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1006
 _T86 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:936
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1009
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:936
+v_src = b_load($seg, ea, 64)  # sse.r1:1009
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -616,15 +673,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:942
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1015
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:944
+# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1017
 _T87 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:947
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:947
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1020
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1020
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -638,22 +695,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:953
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1026
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:944
+# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1017
 _T88 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:947
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1020
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:947
+v_src = b_load($seg, ea, 64)  # sse.r1:1020
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -661,15 +718,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:953
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1026
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:955
+# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1028
 _T89 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:958
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:958
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1031
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1031
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -683,22 +740,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:964
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1037
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:955
+# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1028
 _T90 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:958
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1031
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:958
+v_src = b_load($seg, ea, 64)  # sse.r1:1031
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -706,15 +763,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:964
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1037
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:966
+# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1039
 _T91 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:969
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:969
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1042
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1042
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -728,22 +785,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:975
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1048
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:966
+# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1039
 _T92 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:969
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1042
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:969
+v_src = b_load($seg, ea, 64)  # sse.r1:1042
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -751,15 +808,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:975
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1048
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:977
+# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1050
 _T93 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:980
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:980
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1053
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1053
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -778,22 +835,22 @@ while (l_i_1 < 64):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:986
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1059
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:977
+# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1050
 _T94 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:980
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1053
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:980
+v_src = b_load($seg, ea, 64)  # sse.r1:1053
 l_r_0 = 0  # mmx.r1:162
 l_i_1 = 0  # mmx.r1:163
 while (l_i_1 < 64):  # mmx.r1:164
@@ -806,14 +863,14 @@ while (l_i_1 < 64):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:986
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1059
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:988
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1061
 _T95 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:991
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1064
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -825,12 +882,12 @@ l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:997
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1070
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:988
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1061
 _T96 = """\
 ea = $ea
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
@@ -839,35 +896,35 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:991
+v_src = b_load($seg, ea, 64)  # sse.r1:1064
 l_r_0 = 0  # mmx.r1:150
 l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:997
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1070
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:999
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1072
 _T97 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1002
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1075
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1008
+R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1081
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1010
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1083
 _T98 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1013
-v_src = R[$src]  # sse.r1:1013
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1086
+v_src = R[$src]  # sse.r1:1086
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -875,31 +932,31 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
 a_sel_0 = ($imm & 3)
-S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1019
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1092
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1021
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1094
 _T99 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1024
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1097
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = rd16($seg, ea)  # sse.r1:1024
+v_src = rd16($seg, ea)  # sse.r1:1097
 a_sel_0 = ($imm & 3)
-S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1030
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1103
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1032
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1105
 _T100 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1035
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1108
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -911,679 +968,679 @@ l_i_1 = 0  # mmx.r1:182
 while (l_i_1 < 8):  # mmx.r1:183
     l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
     l_i_1 = (l_i_1 + 1)  # mmx.r1:185
-R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1041
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1114
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1045
+# MOVAPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1118
 _T101 = """\
-b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1045')  # sse.r1:1045
+b_unimplemented('MOVAPD_XMM_XMMRM', 'spec/sse.r1:1118')  # sse.r1:1118
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1055
+# MOVAPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1128
 _T102 = """\
-b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1055')  # sse.r1:1055
+b_unimplemented('MOVAPD_XMMRM_XMM', 'spec/sse.r1:1128')  # sse.r1:1128
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1065
+# MOVUPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1138
 _T103 = """\
-b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1065')  # sse.r1:1065
+b_unimplemented('MOVUPD_XMM_XMMRM', 'spec/sse.r1:1138')  # sse.r1:1138
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1075
+# MOVUPD_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:1148
 _T104 = """\
-b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1075')  # sse.r1:1075
+b_unimplemented('MOVUPD_XMMRM_XMM', 'spec/sse.r1:1148')  # sse.r1:1148
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1085
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1158
 _T105 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1088
-v_src = S.xmm[$src]  # sse.r1:1088
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1094
+v_dst = S.xmm[$dst]  # sse.r1:1161
+v_src = S.xmm[$src]  # sse.r1:1161
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1167
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1096
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1169
 _T106 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-v_src = b_load($seg, ea, 64)  # sse.r1:1099
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1105
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1172
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1178
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1107
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1180
 _T107 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1110
-v_src = S.xmm[$src]  # sse.r1:1110
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1116
+v_dst = S.xmm[$dst]  # sse.r1:1183
+v_src = S.xmm[$src]  # sse.r1:1183
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1189
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1118
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1191
 _T108 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1121
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1127
+v_src = S.xmm[$src]  # sse.r1:1194
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1200
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1129
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1202
 _T109 = """\
-b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1129')  # sse.r1:1129
+b_unimplemented('MOVLPD_XMM_M64', 'spec/sse.r1:1202')  # sse.r1:1202
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1139
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1212
 _T110 = """\
-b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1139')  # sse.r1:1139
+b_unimplemented('MOVLPD_M64_XMM', 'spec/sse.r1:1212')  # sse.r1:1212
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1149
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1222
 _T111 = """\
-b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1149')  # sse.r1:1149
+b_unimplemented('MOVHPD_XMM_M64', 'spec/sse.r1:1222')  # sse.r1:1222
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1159
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1232
 _T112 = """\
-b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1159')  # sse.r1:1159
+b_unimplemented('MOVHPD_M64_XMM', 'spec/sse.r1:1232')  # sse.r1:1232
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1169
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1242
 _T113 = """\
-b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1169')  # sse.r1:1169
+b_unimplemented('MOVMSKPD_R32_XMM', 'spec/sse.r1:1242')  # sse.r1:1242
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1181
+# ADDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1254
 _T114 = """\
-b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1181')  # sse.r1:1181
+b_unimplemented('ADDPD_XMM_XMMRM', 'spec/sse.r1:1254')  # sse.r1:1254
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1191
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1264
 _T115 = """\
-b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1191')  # sse.r1:1191
+b_unimplemented('ADDSD_XMM_XMM', 'spec/sse.r1:1264')  # sse.r1:1264
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1201
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1274
 _T116 = """\
-b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1201')  # sse.r1:1201
+b_unimplemented('ADDSD_XMM_M64', 'spec/sse.r1:1274')  # sse.r1:1274
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1211
+# SUBPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1284
 _T117 = """\
-b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1211')  # sse.r1:1211
+b_unimplemented('SUBPD_XMM_XMMRM', 'spec/sse.r1:1284')  # sse.r1:1284
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1221
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1294
 _T118 = """\
-b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1221')  # sse.r1:1221
+b_unimplemented('SUBSD_XMM_XMM', 'spec/sse.r1:1294')  # sse.r1:1294
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1231
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1304
 _T119 = """\
-b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1231')  # sse.r1:1231
+b_unimplemented('SUBSD_XMM_M64', 'spec/sse.r1:1304')  # sse.r1:1304
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1241
+# MULPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1314
 _T120 = """\
-b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1241')  # sse.r1:1241
+b_unimplemented('MULPD_XMM_XMMRM', 'spec/sse.r1:1314')  # sse.r1:1314
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1251
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1324
 _T121 = """\
-b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1251')  # sse.r1:1251
+b_unimplemented('MULSD_XMM_XMM', 'spec/sse.r1:1324')  # sse.r1:1324
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1261
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1334
 _T122 = """\
-b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1261')  # sse.r1:1261
+b_unimplemented('MULSD_XMM_M64', 'spec/sse.r1:1334')  # sse.r1:1334
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1271
+# DIVPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1344
 _T123 = """\
-b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1271')  # sse.r1:1271
+b_unimplemented('DIVPD_XMM_XMMRM', 'spec/sse.r1:1344')  # sse.r1:1344
 """
 
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1281
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1354
 _T124 = """\
-b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1281')  # sse.r1:1281
+b_unimplemented('DIVSD_XMM_XMM', 'spec/sse.r1:1354')  # sse.r1:1354
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1291
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1364
 _T125 = """\
-b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1291')  # sse.r1:1291
+b_unimplemented('DIVSD_XMM_M64', 'spec/sse.r1:1364')  # sse.r1:1364
 """
 
-# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1301
+# MINPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1374
 _T126 = """\
-b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1301')  # sse.r1:1301
+b_unimplemented('MINPD_XMM_XMMRM', 'spec/sse.r1:1374')  # sse.r1:1374
 """
 
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1311
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1384
 _T127 = """\
-b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1311')  # sse.r1:1311
+b_unimplemented('MINSD_XMM_XMM', 'spec/sse.r1:1384')  # sse.r1:1384
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1321
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1394
 _T128 = """\
-b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1321')  # sse.r1:1321
+b_unimplemented('MINSD_XMM_M64', 'spec/sse.r1:1394')  # sse.r1:1394
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1331
+# MAXPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1404
 _T129 = """\
-b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1331')  # sse.r1:1331
+b_unimplemented('MAXPD_XMM_XMMRM', 'spec/sse.r1:1404')  # sse.r1:1404
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1341
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1414
 _T130 = """\
-b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1341')  # sse.r1:1341
+b_unimplemented('MAXSD_XMM_XMM', 'spec/sse.r1:1414')  # sse.r1:1414
 """
 
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1351
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1424
 _T131 = """\
-b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1351')  # sse.r1:1351
+b_unimplemented('MAXSD_XMM_M64', 'spec/sse.r1:1424')  # sse.r1:1424
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1361
+# SQRTPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1434
 _T132 = """\
-b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1361')  # sse.r1:1361
+b_unimplemented('SQRTPD_XMM_XMMRM', 'spec/sse.r1:1434')  # sse.r1:1434
 """
 
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1371
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1444
 _T133 = """\
-b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1371')  # sse.r1:1371
+b_unimplemented('SQRTSD_XMM_XMM', 'spec/sse.r1:1444')  # sse.r1:1444
 """
 
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1381
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1454
 _T134 = """\
-b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1381')  # sse.r1:1381
+b_unimplemented('SQRTSD_XMM_M64', 'spec/sse.r1:1454')  # sse.r1:1454
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1393
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1466
 _T135 = """\
-b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1393')  # sse.r1:1393
+b_unimplemented('CMPPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1466')  # sse.r1:1466
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1404
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1477
 _T136 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1407
-v_src = S.xmm[$src]  # sse.r1:1407
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:1480
+v_src = S.xmm[$src]  # sse.r1:1480
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:90
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:91
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:92
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:93
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:94
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:59
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:59
-if m_de_8:  # sse.r1:60
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:60
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:61
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:62
-        raise Fault(19, None)  # sse.r1:62
+if l_invalid_7:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_8:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:62
+        raise Fault(6, None)  # sse.r1:77
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1416
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1489
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1419
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1492
 _T137 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1422
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-v_src = b_load($seg, ea, 64)  # sse.r1:1422
+v_dst = S.xmm[$dst]  # sse.r1:1495
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1495
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:90
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:91
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:92
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:93
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:94
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:59
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:59
-if m_de_8:  # sse.r1:60
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:60
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:61
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:62
-        raise Fault(19, None)  # sse.r1:62
+if l_invalid_7:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_8:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:62
+        raise Fault(6, None)  # sse.r1:77
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1431
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1504
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1434
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1507
 _T138 = """\
-b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1434')  # sse.r1:1434
+b_unimplemented('COMISD_XMM_XMM', 'spec/sse.r1:1507')  # sse.r1:1507
 """
 
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1444
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1517
 _T139 = """\
-b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1444')  # sse.r1:1444
+b_unimplemented('COMISD_XMM_M64', 'spec/sse.r1:1517')  # sse.r1:1517
 """
 
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1454
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1527
 _T140 = """\
-b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1454')  # sse.r1:1454
+b_unimplemented('UCOMISD_XMM_XMM', 'spec/sse.r1:1527')  # sse.r1:1527
 """
 
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1464
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1537
 _T141 = """\
-b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1464')  # sse.r1:1464
+b_unimplemented('UCOMISD_XMM_M64', 'spec/sse.r1:1537')  # sse.r1:1537
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1476
+# ANDPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1549
 _T142 = """\
-b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1476')  # sse.r1:1476
+b_unimplemented('ANDPD_XMM_XMMRM', 'spec/sse.r1:1549')  # sse.r1:1549
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1486
+# ANDNPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1559
 _T143 = """\
-b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1486')  # sse.r1:1486
+b_unimplemented('ANDNPD_XMM_XMMRM', 'spec/sse.r1:1559')  # sse.r1:1559
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1496
+# ORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1569
 _T144 = """\
-b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1496')  # sse.r1:1496
+b_unimplemented('ORPD_XMM_XMMRM', 'spec/sse.r1:1569')  # sse.r1:1569
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1506
+# XORPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1579
 _T145 = """\
-b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1506')  # sse.r1:1506
+b_unimplemented('XORPD_XMM_XMMRM', 'spec/sse.r1:1579')  # sse.r1:1579
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1516
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1589
 _T146 = """\
-b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1516')  # sse.r1:1516
+b_unimplemented('SHUFPD_XMM_XMMRM_IMM8', 'spec/sse.r1:1589')  # sse.r1:1589
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1526
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1599
 _T147 = """\
-b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1526')  # sse.r1:1526
+b_unimplemented('UNPCKLPD_XMM_XMMRM', 'spec/sse.r1:1599')  # sse.r1:1599
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1536
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1609
 _T148 = """\
-b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1536')  # sse.r1:1536
+b_unimplemented('UNPCKHPD_XMM_XMMRM', 'spec/sse.r1:1609')  # sse.r1:1609
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1548
+# CVTPI2PD_XMM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1621
 _T149 = """\
-b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1548')  # sse.r1:1548
+b_unimplemented('CVTPI2PD_XMM_MMRM', 'spec/sse.r1:1621')  # sse.r1:1621
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1558
+# CVTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1631
 _T150 = """\
-b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1558')  # sse.r1:1558
+b_unimplemented('CVTPD2PI_MM_XMMRM', 'spec/sse.r1:1631')  # sse.r1:1631
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1568
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1641
 _T151 = """\
-b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1568')  # sse.r1:1568
+b_unimplemented('CVTTPD2PI_MM_XMMRM', 'spec/sse.r1:1641')  # sse.r1:1641
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1578
+# CVTSI2SD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:1651
 _T152 = """\
-b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1578')  # sse.r1:1578
+b_unimplemented('CVTSI2SD_XMM_RM32', 'spec/sse.r1:1651')  # sse.r1:1651
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1588
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1661
 _T153 = """\
-b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1588')  # sse.r1:1588
+b_unimplemented('CVTSD2SI_R32_XMM', 'spec/sse.r1:1661')  # sse.r1:1661
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1598
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1671
 _T154 = """\
-b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1598')  # sse.r1:1598
+b_unimplemented('CVTSD2SI_R32_M64', 'spec/sse.r1:1671')  # sse.r1:1671
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1608
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1681
 _T155 = """\
-b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1608')  # sse.r1:1608
+b_unimplemented('CVTTSD2SI_R32_XMM', 'spec/sse.r1:1681')  # sse.r1:1681
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1618
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1691
 _T156 = """\
-b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1618')  # sse.r1:1618
+b_unimplemented('CVTTSD2SI_R32_M64', 'spec/sse.r1:1691')  # sse.r1:1691
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1628
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1701
 _T157 = """\
-b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1628')  # sse.r1:1628
+b_unimplemented('CVTPS2PD_XMM_XMM', 'spec/sse.r1:1701')  # sse.r1:1701
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1638
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1711
 _T158 = """\
-b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1638')  # sse.r1:1638
+b_unimplemented('CVTPS2PD_XMM_M64', 'spec/sse.r1:1711')  # sse.r1:1711
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1648
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1721
 _T159 = """\
-b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1648')  # sse.r1:1648
+b_unimplemented('CVTPD2PS_XMM_XMMRM', 'spec/sse.r1:1721')  # sse.r1:1721
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1658
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1731
 _T160 = """\
-b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1658')  # sse.r1:1658
+b_unimplemented('CVTSS2SD_XMM_XMM', 'spec/sse.r1:1731')  # sse.r1:1731
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1668
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1741
 _T161 = """\
-b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1668')  # sse.r1:1668
+b_unimplemented('CVTSS2SD_XMM_M32', 'spec/sse.r1:1741')  # sse.r1:1741
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1678
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1751
 _T162 = """\
-b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1678')  # sse.r1:1678
+b_unimplemented('CVTSD2SS_XMM_XMM', 'spec/sse.r1:1751')  # sse.r1:1751
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1688
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1761
 _T163 = """\
-b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1688')  # sse.r1:1688
+b_unimplemented('CVTSD2SS_XMM_M64', 'spec/sse.r1:1761')  # sse.r1:1761
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1698
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1771
 _T164 = """\
-b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1698')  # sse.r1:1698
+b_unimplemented('CVTDQ2PS_XMM_XMMRM', 'spec/sse.r1:1771')  # sse.r1:1771
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1708
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1781
 _T165 = """\
-b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1708')  # sse.r1:1708
+b_unimplemented('CVTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1781')  # sse.r1:1781
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1718
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1791
 _T166 = """\
-b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1718')  # sse.r1:1718
+b_unimplemented('CVTTPS2DQ_XMM_XMMRM', 'spec/sse.r1:1791')  # sse.r1:1791
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1728
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1801
 _T167 = """\
-b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1728')  # sse.r1:1728
+b_unimplemented('CVTDQ2PD_XMM_XMM', 'spec/sse.r1:1801')  # sse.r1:1801
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1738
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1811
 _T168 = """\
-b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1738')  # sse.r1:1738
+b_unimplemented('CVTDQ2PD_XMM_M64', 'spec/sse.r1:1811')  # sse.r1:1811
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1748
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1821
 _T169 = """\
-b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1748')  # sse.r1:1748
+b_unimplemented('CVTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1821')  # sse.r1:1821
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1758
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:1831
 _T170 = """\
-b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1758')  # sse.r1:1758
+b_unimplemented('CVTTPD2DQ_XMM_XMMRM', 'spec/sse.r1:1831')  # sse.r1:1831
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1770
+# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1843
 _T171 = """\
-v_src = S.xmm[$src]  # sse.r1:1773
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1779
+v_src = S.xmm[$src]  # sse.r1:1846
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1770
+# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1843
 _T172 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:1773
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1779
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1846
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1781
+# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1854
 _T173 = """\
-v_src = S.xmm[$src]  # sse.r1:1784
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1790
+v_src = S.xmm[$src]  # sse.r1:1857
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1863
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1781
+# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1854
 _T174 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1784
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-b_store($seg, ea, 128, v_src)  # sse.r1:1790
+v_src = S.xmm[$src]  # sse.r1:1857
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:1863
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1792
+# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1865
 _T175 = """\
-v_src = S.xmm[$src]  # sse.r1:1795
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1801
+v_src = S.xmm[$src]  # sse.r1:1868
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1874
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1792
+# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1865
 _T176 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-v_src = b_load($seg, ea, 128)  # sse.r1:1795
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1801
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 128)  # sse.r1:1868
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1874
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1803
+# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1876
 _T177 = """\
-v_src = S.xmm[$src]  # sse.r1:1806
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1812
+v_src = S.xmm[$src]  # sse.r1:1879
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1885
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1803
+# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1876
 _T178 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1806
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-b_store($seg, ea, 128, v_src)  # sse.r1:1812
+v_src = S.xmm[$src]  # sse.r1:1879
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 128, v_src)  # sse.r1:1885
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1814
+# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1887
 _T179 = """\
-v_src = R[$src]  # sse.r1:1817
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1823
+v_src = R[$src]  # sse.r1:1890
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1896
 """
 
-# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1814
+# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1887
 _T180 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-v_src = rd32($seg, ea)  # sse.r1:1817
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1823
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:1890
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1896
 """
 
-# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1825
+# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1898
 _T181 = """\
-v_src = S.xmm[$src]  # sse.r1:1828
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:1834
+v_src = S.xmm[$src]  # sse.r1:1901
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:1907
 """
 
-# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1825
+# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1898
 _T182 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1828
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:1834
+v_src = S.xmm[$src]  # sse.r1:1901
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:1907
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1836
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1909
 _T183 = """\
-v_src = S.xmm[$src]  # sse.r1:1839
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1845
+v_src = S.xmm[$src]  # sse.r1:1912
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1918
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1847
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1920
 _T184 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-v_src = b_load($seg, ea, 64)  # sse.r1:1850
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1856
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1923
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1929
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1858
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1931
 _T185 = """\
-v_src = S.xmm[$src]  # sse.r1:1861
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1867
+v_src = S.xmm[$src]  # sse.r1:1934
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1940
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1942
 _T186 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1872
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1878
+v_src = S.xmm[$src]  # sse.r1:1945
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1951
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1880
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1953
 _T187 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1883
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1956
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1889
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1962
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1891
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1964
 _T188 = """\
-v_src = S.xmm[$src]  # sse.r1:1894
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:1967
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1900
+S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1973
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1904
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1977
 _T189 = """\
-b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1904')  # sse.r1:1904
+b_unimplemented('MOVNTPD_M128_XMM', 'spec/sse.r1:1977')  # sse.r1:1977
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1914
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1987
 _T190 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1917
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-b_store($seg, ea, 128, v_src)  # sse.r1:1923
+v_src = S.xmm[$src]  # sse.r1:1990
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:1996
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1925
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1998
 _T191 = """\
 ea = $ea
-v_src = R[$src]  # sse.r1:1928
-wr32($seg, ea, v_src)  # sse.r1:1934
+v_src = R[$src]  # sse.r1:2001
+wr32($seg, ea, v_src)  # sse.r1:2007
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1936
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:2009
 _T192 = """\
-v_src = S.xmm[$src]  # sse.r1:1939
-v_mask = S.xmm[$mask]  # sse.r1:1939
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:2012
+v_mask = S.xmm[$mask]  # sse.r1:2012
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_i_0 = 0  # mmx.r1:196
 while (l_i_0 < 16):  # mmx.r1:197
     if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
@@ -1591,14 +1648,14 @@ while (l_i_0 < 16):  # mmx.r1:197
     l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1936
+# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:2009
 _T193 = """\
-v_src = S.xmm[$src]  # sse.r1:1939
-v_mask = S.xmm[$mask]  # sse.r1:1939
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:2012
+v_mask = S.xmm[$mask]  # sse.r1:2012
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_i_0 = 0  # mmx.r1:196
 while (l_i_0 < 16):  # mmx.r1:197
     if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
@@ -1606,29 +1663,29 @@ while (l_i_0 < 16):  # mmx.r1:197
     l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1947
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2020
 _T194 = """\
-b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:1947')  # sse.r1:1947
+b_unimplemented('CLFLUSH_M8', 'spec/sse.r1:2020')  # sse.r1:2020
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1957
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2030
 _T195 = """\
-b_unimplemented('LFENCE', 'spec/sse.r1:1957')  # sse.r1:1957
+b_unimplemented('LFENCE', 'spec/sse.r1:2030')  # sse.r1:2030
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1967
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2040
 _T196 = """\
-b_unimplemented('MFENCE', 'spec/sse.r1:1967')  # sse.r1:1967
+b_unimplemented('MFENCE', 'spec/sse.r1:2040')  # sse.r1:2040
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1977
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2050
 _T197 = """\
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1989
+# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2062
 _T198 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1992
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1992
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2065
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2065
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -1642,22 +1699,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1998
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1989
+# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2062
 _T199 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1992
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2065
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1992
+v_src = b_load($seg, ea, 64)  # sse.r1:2065
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -1665,19 +1722,19 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1998
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2000
+# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2073
 _T200 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2003
-v_src = S.xmm[$src]  # sse.r1:2003
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2076
+v_src = S.xmm[$src]  # sse.r1:2076
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -1685,20 +1742,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2082
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2000
+# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2073
 _T201 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2003
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2003
+v_dst = S.xmm[$dst]  # sse.r1:2076
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2076
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -1706,13 +1763,13 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2009
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2082
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2011
+# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2084
 _T202 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2014
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2014
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2087
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2087
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -1726,22 +1783,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2020
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2093
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2011
+# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2084
 _T203 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2014
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2087
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:2014
+v_src = b_load($seg, ea, 64)  # sse.r1:2087
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -1749,19 +1806,19 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2020
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2093
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2022
+# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2095
 _T204 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2025
-v_src = S.xmm[$src]  # sse.r1:2025
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2098
+v_src = S.xmm[$src]  # sse.r1:2098
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -1769,20 +1826,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2104
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2022
+# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2095
 _T205 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2025
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2025
+v_dst = S.xmm[$dst]  # sse.r1:2098
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2098
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -1790,13 +1847,13 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2031
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2104
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2033
+# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2106
 _T206 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2036
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2036
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2109
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2109
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -1810,22 +1867,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2042
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2115
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2033
+# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2106
 _T207 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2036
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2109
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:2036
+v_src = b_load($seg, ea, 64)  # sse.r1:2109
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -1833,19 +1890,19 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2042
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2115
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2044
+# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2117
 _T208 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2047
-v_src = S.xmm[$src]  # sse.r1:2047
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2120
+v_src = S.xmm[$src]  # sse.r1:2120
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -1853,20 +1910,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2126
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2044
+# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2117
 _T209 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2047
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2047
+v_dst = S.xmm[$dst]  # sse.r1:2120
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2120
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -1874,140 +1931,140 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2126
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2055
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2128
 _T210 = """\
-v_src = S.xmm[$src]  # sse.r1:2058
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:2131
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:150
 l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2064
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2137
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2055
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2128
 _T211 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2058
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2131
 l_r_0 = 0  # mmx.r1:150
 l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2064
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2137
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2066
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2139
 _T212 = """\
-v_src = S.xmm[$src]  # sse.r1:2069
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:2142
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2075
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2148
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2066
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2139
 _T213 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2069
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2142
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2075
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2148
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2077
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2150
 _T214 = """\
-v_src = S.xmm[$src]  # sse.r1:2080
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:2153
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2086
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2159
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2077
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2150
 _T215 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2080
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2153
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2086
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2159
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2088
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2161
 _T216 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2091
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2097
+v_dst = S.xmm[$dst]  # sse.r1:2164
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2170
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2099
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2172
 _T217 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2102
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2108
+v_dst = S.xmm[$dst]  # sse.r1:2175
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2181
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2110
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2183
 _T218 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2113
-v_src = S.xmm[$src]  # sse.r1:2113
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2186
+v_src = S.xmm[$src]  # sse.r1:2186
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2015,20 +2072,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2119
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2192
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2110
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2183
 _T219 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2113
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2113
+v_dst = S.xmm[$dst]  # sse.r1:2186
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2186
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2036,17 +2093,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2119
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2192
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2121
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2194
 _T220 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2124
-v_src = S.xmm[$src]  # sse.r1:2124
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2197
+v_src = S.xmm[$src]  # sse.r1:2197
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2054,20 +2111,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2130
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2203
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2121
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2194
 _T221 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2124
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2124
+v_dst = S.xmm[$dst]  # sse.r1:2197
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2197
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2075,17 +2132,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2130
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2203
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2134
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2207
 _T222 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2137
-v_src = S.xmm[$src]  # sse.r1:2137
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2210
+v_src = S.xmm[$src]  # sse.r1:2210
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2093,20 +2150,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2143
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2216
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2134
+# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2207
 _T223 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2137
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2137
+v_dst = S.xmm[$dst]  # sse.r1:2210
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2210
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2114,17 +2171,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2143
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2216
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2145
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2218
 _T224 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2148
-v_src = S.xmm[$src]  # sse.r1:2148
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2221
+v_src = S.xmm[$src]  # sse.r1:2221
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2132,20 +2189,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2154
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2227
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2145
+# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2218
 _T225 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2148
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2148
+v_dst = S.xmm[$dst]  # sse.r1:2221
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2221
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2153,17 +2210,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2154
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2227
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2156
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2229
 _T226 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2159
-v_src = S.xmm[$src]  # sse.r1:2159
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2232
+v_src = S.xmm[$src]  # sse.r1:2232
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2171,20 +2228,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2165
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2238
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2156
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2229
 _T227 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2159
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2159
+v_dst = S.xmm[$dst]  # sse.r1:2232
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2232
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2192,17 +2249,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2165
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2238
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2167
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2240
 _T228 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2170
-v_src = S.xmm[$src]  # sse.r1:2170
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2243
+v_src = S.xmm[$src]  # sse.r1:2243
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2210,20 +2267,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2176
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2249
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2167
+# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2240
 _T229 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2170
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2170
+v_dst = S.xmm[$dst]  # sse.r1:2243
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2243
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2231,17 +2288,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2176
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2249
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2178
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2251
 _T230 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2181
-v_src = S.xmm[$src]  # sse.r1:2181
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2254
+v_src = S.xmm[$src]  # sse.r1:2254
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2249,20 +2306,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2187
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2260
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2178
+# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2251
 _T231 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2181
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2181
+v_dst = S.xmm[$dst]  # sse.r1:2254
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2254
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2270,17 +2327,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2187
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2260
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2189
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2262
 _T232 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2192
-v_src = S.xmm[$src]  # sse.r1:2192
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2265
+v_src = S.xmm[$src]  # sse.r1:2265
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2288,20 +2345,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2198
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2271
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2189
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2262
 _T233 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2192
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2192
+v_dst = S.xmm[$dst]  # sse.r1:2265
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2265
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -2309,17 +2366,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2198
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2271
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2200
+# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2273
 _T234 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2203
-v_src = S.xmm[$src]  # sse.r1:2203
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2276
+v_src = S.xmm[$src]  # sse.r1:2276
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -2328,20 +2385,20 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2209
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2282
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2200
+# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2273
 _T235 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2203
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2203
+v_dst = S.xmm[$dst]  # sse.r1:2276
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2276
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -2350,17 +2407,17 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2209
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2282
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2211
+# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2284
 _T236 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2214
-v_src = S.xmm[$src]  # sse.r1:2214
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2287
+v_src = S.xmm[$src]  # sse.r1:2287
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -2369,20 +2426,20 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2220
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2293
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2211
+# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2284
 _T237 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2214
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2214
+v_dst = S.xmm[$dst]  # sse.r1:2287
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2287
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -2391,17 +2448,17 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2220
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2293
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2222
+# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2295
 _T238 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2225
-v_src = S.xmm[$src]  # sse.r1:2225
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2298
+v_src = S.xmm[$src]  # sse.r1:2298
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -2410,20 +2467,20 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 32)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2231
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2222
+# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2295
 _T239 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2225
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2225
+v_dst = S.xmm[$dst]  # sse.r1:2298
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2298
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -2432,17 +2489,17 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 32)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2231
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2233
+# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2306
 _T240 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2236
-v_src = S.xmm[$src]  # sse.r1:2236
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2309
+v_src = S.xmm[$src]  # sse.r1:2309
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2450,20 +2507,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2242
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2315
 """
 
-# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2233
+# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2306
 _T241 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2236
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2236
+v_dst = S.xmm[$dst]  # sse.r1:2309
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2309
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2471,17 +2528,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2242
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2315
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2244
+# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2317
 _T242 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2247
-v_src = S.xmm[$src]  # sse.r1:2247
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2320
+v_src = S.xmm[$src]  # sse.r1:2320
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2489,20 +2546,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2253
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2326
 """
 
-# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2244
+# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2317
 _T243 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2247
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2247
+v_dst = S.xmm[$dst]  # sse.r1:2320
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2320
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2510,17 +2567,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2253
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2326
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2255
+# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2328
 _T244 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2258
-v_src = S.xmm[$src]  # sse.r1:2258
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2331
+v_src = S.xmm[$src]  # sse.r1:2331
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2528,20 +2585,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2337
 """
 
-# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2255
+# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2328
 _T245 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2258
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2258
+v_dst = S.xmm[$dst]  # sse.r1:2331
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2331
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2549,17 +2606,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2337
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2266
+# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2339
 _T246 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2269
-v_src = S.xmm[$src]  # sse.r1:2269
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2342
+v_src = S.xmm[$src]  # sse.r1:2342
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2568,20 +2625,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2348
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2266
+# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2339
 _T247 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2269
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2269
+v_dst = S.xmm[$dst]  # sse.r1:2342
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2342
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2590,17 +2647,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2348
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2277
+# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2350
 _T248 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2280
-v_src = S.xmm[$src]  # sse.r1:2280
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2353
+v_src = S.xmm[$src]  # sse.r1:2353
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2609,20 +2666,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2286
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2359
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2277
+# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2350
 _T249 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2280
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2280
+v_dst = S.xmm[$dst]  # sse.r1:2353
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2353
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2631,17 +2688,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2286
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2359
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2288
+# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2361
 _T250 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2291
-v_src = S.xmm[$src]  # sse.r1:2291
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2364
+v_src = S.xmm[$src]  # sse.r1:2364
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2650,20 +2707,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2297
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2370
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2288
+# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2361
 _T251 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2291
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2291
+v_dst = S.xmm[$dst]  # sse.r1:2364
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2364
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2672,17 +2729,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2297
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2370
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2299
+# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2372
 _T252 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2302
-v_src = S.xmm[$src]  # sse.r1:2302
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2375
+v_src = S.xmm[$src]  # sse.r1:2375
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2691,20 +2748,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2308
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2381
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2299
+# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2372
 _T253 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2302
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2302
+v_dst = S.xmm[$dst]  # sse.r1:2375
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2375
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2713,17 +2770,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2308
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2381
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2310
+# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2383
 _T254 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2313
-v_src = S.xmm[$src]  # sse.r1:2313
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2386
+v_src = S.xmm[$src]  # sse.r1:2386
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2731,20 +2788,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2319
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2392
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2310
+# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2383
 _T255 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2313
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2313
+v_dst = S.xmm[$dst]  # sse.r1:2386
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2386
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2752,17 +2809,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2319
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2392
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2321
+# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2394
 _T256 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2324
-v_src = S.xmm[$src]  # sse.r1:2324
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2397
+v_src = S.xmm[$src]  # sse.r1:2397
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2770,20 +2827,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2330
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2403
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2321
+# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2394
 _T257 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2324
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2324
+v_dst = S.xmm[$dst]  # sse.r1:2397
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2397
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2791,17 +2848,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2330
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2403
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2332
+# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2405
 _T258 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2335
-v_src = S.xmm[$src]  # sse.r1:2335
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2408
+v_src = S.xmm[$src]  # sse.r1:2408
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2809,20 +2866,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2341
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2414
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2332
+# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2405
 _T259 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2335
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2335
+v_dst = S.xmm[$dst]  # sse.r1:2408
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2408
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2830,17 +2887,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2341
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2414
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2343
+# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2416
 _T260 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2346
-v_src = S.xmm[$src]  # sse.r1:2346
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2419
+v_src = S.xmm[$src]  # sse.r1:2419
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2849,20 +2906,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2352
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2425
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2343
+# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2416
 _T261 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2346
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2346
+v_dst = S.xmm[$dst]  # sse.r1:2419
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2419
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2871,17 +2928,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2352
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2425
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2354
+# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2427
 _T262 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2357
-v_src = S.xmm[$src]  # sse.r1:2357
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2430
+v_src = S.xmm[$src]  # sse.r1:2430
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2890,20 +2947,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2363
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2436
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2354
+# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2427
 _T263 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2357
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2357
+v_dst = S.xmm[$dst]  # sse.r1:2430
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2430
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2912,17 +2969,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2363
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2436
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2365
+# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2438
 _T264 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2368
-v_src = S.xmm[$src]  # sse.r1:2368
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2441
+v_src = S.xmm[$src]  # sse.r1:2441
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2931,20 +2988,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2374
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2447
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2365
+# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2438
 _T265 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2368
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2368
+v_dst = S.xmm[$dst]  # sse.r1:2441
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2441
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2953,17 +3010,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2374
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2447
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2376
+# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2449
 _T266 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2379
-v_src = S.xmm[$src]  # sse.r1:2379
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2452
+v_src = S.xmm[$src]  # sse.r1:2452
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2972,20 +3029,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2385
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2458
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2376
+# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2449
 _T267 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2379
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2379
+v_dst = S.xmm[$dst]  # sse.r1:2452
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2452
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -2994,17 +3051,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2385
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2458
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2387
+# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2460
 _T268 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2390
-v_src = S.xmm[$src]  # sse.r1:2390
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2463
+v_src = S.xmm[$src]  # sse.r1:2463
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3012,20 +3069,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2396
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2469
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2387
+# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2460
 _T269 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2390
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2390
+v_dst = S.xmm[$dst]  # sse.r1:2463
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2463
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3033,17 +3090,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2396
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2469
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2398
+# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2471
 _T270 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2401
-v_src = S.xmm[$src]  # sse.r1:2401
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2474
+v_src = S.xmm[$src]  # sse.r1:2474
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3051,20 +3108,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2407
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2480
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2398
+# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2471
 _T271 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2401
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2401
+v_dst = S.xmm[$dst]  # sse.r1:2474
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2474
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3072,17 +3129,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2407
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2480
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2409
+# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2482
 _T272 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2412
-v_src = S.xmm[$src]  # sse.r1:2412
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2485
+v_src = S.xmm[$src]  # sse.r1:2485
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3090,20 +3147,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2418
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2491
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2409
+# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2482
 _T273 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2412
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2412
+v_dst = S.xmm[$dst]  # sse.r1:2485
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2485
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3111,17 +3168,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2418
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2491
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2420
+# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2493
 _T274 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2423
-v_src = S.xmm[$src]  # sse.r1:2423
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2496
+v_src = S.xmm[$src]  # sse.r1:2496
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3129,20 +3186,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2429
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2502
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2420
+# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2493
 _T275 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2423
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2423
+v_dst = S.xmm[$dst]  # sse.r1:2496
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2496
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3150,17 +3207,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2429
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2502
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2431
+# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2504
 _T276 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2434
-v_src = S.xmm[$src]  # sse.r1:2434
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2507
+v_src = S.xmm[$src]  # sse.r1:2507
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3168,20 +3225,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2440
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2513
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2431
+# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2504
 _T277 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2434
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2434
+v_dst = S.xmm[$dst]  # sse.r1:2507
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2507
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3189,17 +3246,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2440
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2513
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2442
+# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2515
 _T278 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2445
-v_src = S.xmm[$src]  # sse.r1:2445
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2518
+v_src = S.xmm[$src]  # sse.r1:2518
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3207,20 +3264,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2451
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2524
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2442
+# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2515
 _T279 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2445
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2445
+v_dst = S.xmm[$dst]  # sse.r1:2518
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2518
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3228,17 +3285,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2451
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2524
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2453
+# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2526
 _T280 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2456
-v_src = S.xmm[$src]  # sse.r1:2456
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2529
+v_src = S.xmm[$src]  # sse.r1:2529
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3246,20 +3303,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2462
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2535
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2453
+# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2526
 _T281 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2456
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2456
+v_dst = S.xmm[$dst]  # sse.r1:2529
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2529
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3267,17 +3324,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2462
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2535
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2464
+# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2537
 _T282 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2467
-v_src = S.xmm[$src]  # sse.r1:2467
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2540
+v_src = S.xmm[$src]  # sse.r1:2540
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3285,20 +3342,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2473
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2546
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2464
+# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2537
 _T283 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2467
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2467
+v_dst = S.xmm[$dst]  # sse.r1:2540
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2540
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3306,17 +3363,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2473
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2546
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2475
+# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2548
 _T284 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2478
-v_src = S.xmm[$src]  # sse.r1:2478
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2551
+v_src = S.xmm[$src]  # sse.r1:2551
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3324,20 +3381,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2484
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2557
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2475
+# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2548
 _T285 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2478
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2478
+v_dst = S.xmm[$dst]  # sse.r1:2551
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2551
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3345,117 +3402,117 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2484
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2557
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2486
+# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2559
 _T286 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2489
-v_src = S.xmm[$src]  # sse.r1:2489
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2495
+v_dst = S.xmm[$dst]  # sse.r1:2562
+v_src = S.xmm[$src]  # sse.r1:2562
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2568
 """
 
-# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2486
+# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2559
 _T287 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2489
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2489
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2495
+v_dst = S.xmm[$dst]  # sse.r1:2562
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2562
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2568
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2497
+# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2570
 _T288 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2500
-v_src = S.xmm[$src]  # sse.r1:2500
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2506
+v_dst = S.xmm[$dst]  # sse.r1:2573
+v_src = S.xmm[$src]  # sse.r1:2573
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2579
 """
 
-# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2497
+# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2570
 _T289 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2500
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2500
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2506
+v_dst = S.xmm[$dst]  # sse.r1:2573
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2573
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2579
 """
 
-# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2508
+# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2581
 _T290 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2511
-v_src = S.xmm[$src]  # sse.r1:2511
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2517
+v_dst = S.xmm[$dst]  # sse.r1:2584
+v_src = S.xmm[$src]  # sse.r1:2584
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2590
 """
 
-# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2508
+# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2581
 _T291 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2511
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2511
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2517
+v_dst = S.xmm[$dst]  # sse.r1:2584
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2584
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2590
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2519
+# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2592
 _T292 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2522
-v_src = S.xmm[$src]  # sse.r1:2522
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2528
+v_dst = S.xmm[$dst]  # sse.r1:2595
+v_src = S.xmm[$src]  # sse.r1:2595
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2601
 """
 
-# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2519
+# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2592
 _T293 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2522
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2522
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2528
+v_dst = S.xmm[$dst]  # sse.r1:2595
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2595
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2601
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2530
+# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2603
 _T294 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2533
-v_src = S.xmm[$src]  # sse.r1:2533
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2606
+v_src = S.xmm[$src]  # sse.r1:2606
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3464,20 +3521,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2539
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2612
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2530
+# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2603
 _T295 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2533
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2533
+v_dst = S.xmm[$dst]  # sse.r1:2606
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2606
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3486,17 +3543,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2539
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2612
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2541
+# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2614
 _T296 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2544
-v_src = S.xmm[$src]  # sse.r1:2544
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2617
+v_src = S.xmm[$src]  # sse.r1:2617
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3505,20 +3562,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2550
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2623
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2541
+# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2614
 _T297 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2544
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2544
+v_dst = S.xmm[$dst]  # sse.r1:2617
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2617
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3527,17 +3584,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2550
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2623
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2552
+# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2625
 _T298 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2555
-v_src = S.xmm[$src]  # sse.r1:2555
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2628
+v_src = S.xmm[$src]  # sse.r1:2628
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3546,20 +3603,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2561
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2634
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2552
+# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2625
 _T299 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2555
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2555
+v_dst = S.xmm[$dst]  # sse.r1:2628
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2628
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3568,17 +3625,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2561
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2634
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2563
+# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2636
 _T300 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2566
-v_src = S.xmm[$src]  # sse.r1:2566
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2639
+v_src = S.xmm[$src]  # sse.r1:2639
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3587,20 +3644,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2572
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2645
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2563
+# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2636
 _T301 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2566
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2566
+v_dst = S.xmm[$dst]  # sse.r1:2639
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2639
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3609,17 +3666,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2572
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2645
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2574
+# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2647
 _T302 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2577
-v_src = S.xmm[$src]  # sse.r1:2577
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2650
+v_src = S.xmm[$src]  # sse.r1:2650
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3628,20 +3685,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2583
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2656
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2574
+# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2647
 _T303 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2577
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2577
+v_dst = S.xmm[$dst]  # sse.r1:2650
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2650
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3650,17 +3707,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2583
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2656
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2585
+# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2658
 _T304 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2588
-v_src = S.xmm[$src]  # sse.r1:2588
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2661
+v_src = S.xmm[$src]  # sse.r1:2661
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3669,20 +3726,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2594
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2667
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2585
+# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2658
 _T305 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2588
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2588
+v_dst = S.xmm[$dst]  # sse.r1:2661
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2661
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3691,17 +3748,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2594
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2667
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2596
+# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2669
 _T306 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2599
-v_src = S.xmm[$src]  # sse.r1:2599
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2672
+v_src = S.xmm[$src]  # sse.r1:2672
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3710,20 +3767,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2605
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2678
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2596
+# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2669
 _T307 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2599
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2599
+v_dst = S.xmm[$dst]  # sse.r1:2672
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2672
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3732,17 +3789,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2605
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2678
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2607
+# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2680
 _T308 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2610
-v_src = S.xmm[$src]  # sse.r1:2610
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2683
+v_src = S.xmm[$src]  # sse.r1:2683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3751,20 +3808,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2616
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2689
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2607
+# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2680
 _T309 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2610
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2610
+v_dst = S.xmm[$dst]  # sse.r1:2683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2683
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -3773,16 +3830,16 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2616
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2689
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2618
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2691
 _T310 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2621
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2694
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3790,16 +3847,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2627
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2700
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2629
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2702
 _T311 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2632
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2705
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3807,16 +3864,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2638
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2711
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2640
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2713
 _T312 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2643
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2716
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3824,16 +3881,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2649
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2722
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2651
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2724
 _T313 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2654
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2727
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3841,16 +3898,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2660
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2733
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2662
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2735
 _T314 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2665
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2738
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3858,16 +3915,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2671
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2744
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2673
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2746
 _T315 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2676
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2749
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3875,16 +3932,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2682
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2755
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2684
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2757
 _T316 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2687
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2760
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3892,16 +3949,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2693
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2766
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2695
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2768
 _T317 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2698
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2771
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -3909,17 +3966,17 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2704
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2777
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2708
+# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2781
 _T318 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2711
-v_src = S.xmm[$src]  # sse.r1:2711
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2784
+v_src = S.xmm[$src]  # sse.r1:2784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3927,20 +3984,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2717
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2790
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2708
+# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2781
 _T319 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2711
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2711
+v_dst = S.xmm[$dst]  # sse.r1:2784
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2784
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3948,17 +4005,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2717
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2790
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2719
+# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2792
 _T320 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2722
-v_src = S.xmm[$src]  # sse.r1:2722
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2795
+v_src = S.xmm[$src]  # sse.r1:2795
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3966,20 +4023,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2728
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2801
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2719
+# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2792
 _T321 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2722
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2722
+v_dst = S.xmm[$dst]  # sse.r1:2795
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2795
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -3987,17 +4044,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2728
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2801
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2730
+# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2803
 _T322 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2733
-v_src = S.xmm[$src]  # sse.r1:2733
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2806
+v_src = S.xmm[$src]  # sse.r1:2806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4005,20 +4062,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2739
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2812
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2730
+# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2803
 _T323 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2733
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2733
+v_dst = S.xmm[$dst]  # sse.r1:2806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2806
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4026,17 +4083,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2739
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2812
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2741
+# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2814
 _T324 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2744
-v_src = S.xmm[$src]  # sse.r1:2744
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2817
+v_src = S.xmm[$src]  # sse.r1:2817
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4044,20 +4101,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2750
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2823
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2741
+# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2814
 _T325 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2744
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2744
+v_dst = S.xmm[$dst]  # sse.r1:2817
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2817
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4065,17 +4122,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2750
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2823
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2752
+# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2825
 _T326 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2755
-v_src = S.xmm[$src]  # sse.r1:2755
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2828
+v_src = S.xmm[$src]  # sse.r1:2828
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4083,20 +4140,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2761
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2834
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2752
+# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2825
 _T327 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2755
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2755
+v_dst = S.xmm[$dst]  # sse.r1:2828
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2828
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4104,17 +4161,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2761
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2834
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2763
+# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2836
 _T328 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2766
-v_src = S.xmm[$src]  # sse.r1:2766
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2839
+v_src = S.xmm[$src]  # sse.r1:2839
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4122,20 +4179,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2772
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2845
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2763
+# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2836
 _T329 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2766
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2766
+v_dst = S.xmm[$dst]  # sse.r1:2839
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2839
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4143,17 +4200,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2772
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2845
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2774
+# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2847
 _T330 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2777
-v_src = S.xmm[$src]  # sse.r1:2777
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2850
+v_src = S.xmm[$src]  # sse.r1:2850
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4161,20 +4218,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2783
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2856
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2774
+# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2847
 _T331 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2777
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2777
+v_dst = S.xmm[$dst]  # sse.r1:2850
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2850
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -4182,17 +4239,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2783
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2856
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2785
+# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2858
 _T332 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2788
-v_src = S.xmm[$src]  # sse.r1:2788
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2861
+v_src = S.xmm[$src]  # sse.r1:2861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:162
 l_i_1 = 0  # mmx.r1:163
 while (l_i_1 < 128):  # mmx.r1:164
@@ -4205,20 +4262,20 @@ while (l_i_1 < 128):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2794
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2867
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2785
+# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2858
 _T333 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2788
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
-    raise Fault(13, 0)  # sse.r1:51
-v_src = b_load($seg, ea, 128)  # sse.r1:2788
+v_dst = S.xmm[$dst]  # sse.r1:2861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2861
 l_r_0 = 0  # mmx.r1:162
 l_i_1 = 0  # mmx.r1:163
 while (l_i_1 < 128):  # mmx.r1:164
@@ -4231,61 +4288,61 @@ while (l_i_1 < 128):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2794
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2867
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2796
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2869
 _T334 = """\
-v_src = S.xmm[$src]  # sse.r1:2799
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:2805
+v_src = S.xmm[$src]  # sse.r1:2872
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:2878
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2807
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2880
 _T335 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2810
-v_src = R[$src]  # sse.r1:2810
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_dst = S.xmm[$dst]  # sse.r1:2883
+v_src = R[$src]  # sse.r1:2883
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_sel_0 = ($imm & 7)
-S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2816
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2889
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2818
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2891
 _T336 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2821
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
-v_src = rd16($seg, ea)  # sse.r1:2821
+v_dst = S.xmm[$dst]  # sse.r1:2894
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd16($seg, ea)  # sse.r1:2894
 a_sel_0 = ($imm & 7)
-S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2827
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2900
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2829
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2902
 _T337 = """\
-v_src = S.xmm[$src]  # sse.r1:2832
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:43
-    raise Fault(6, None)  # sse.r1:43
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:44
-    raise Fault(7, None)  # sse.r1:44
+v_src = S.xmm[$src]  # sse.r1:2905
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 l_r_0 = 0  # mmx.r1:181
 l_i_1 = 0  # mmx.r1:182
 while (l_i_1 < 16):  # mmx.r1:183
     l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
     l_i_1 = (l_i_1 + 1)  # mmx.r1:185
-R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2838
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:2911
 """
 
 TEMPLATES = {
-    # spec/sse.r1:101
+    # spec/sse.r1:116
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T0,
@@ -4296,7 +4353,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/sse.r1:111
+    # spec/sse.r1:126
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T1,
         (16, 16, 'mem', None, None): _T1,
@@ -4307,7 +4364,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:121
+    # spec/sse.r1:136
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T2,
@@ -4318,7 +4375,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/sse.r1:131
+    # spec/sse.r1:146
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T3,
         (16, 16, 'mem', None, None): _T3,
@@ -4329,84 +4386,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:141
+    # spec/sse.r1:156
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 32, 'reg', None, None): _T4,
         (32, 16, 'reg', None, None): _T4,
         (32, 32, 'reg', None, None): _T4,
     },
-    # spec/sse.r1:151
+    # spec/sse.r1:166
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:161
+    # spec/sse.r1:176
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T6,
         (16, 32, 'reg', None, None): _T6,
         (32, 16, 'reg', None, None): _T6,
         (32, 32, 'reg', None, None): _T6,
     },
-    # spec/sse.r1:171
+    # spec/sse.r1:186
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:181
+    # spec/sse.r1:196
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/sse.r1:191
+    # spec/sse.r1:206
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T9,
         (16, 32, 'reg', None, None): _T9,
         (32, 16, 'reg', None, None): _T9,
         (32, 32, 'reg', None, None): _T9,
     },
-    # spec/sse.r1:201
+    # spec/sse.r1:216
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/sse.r1:211
+    # spec/sse.r1:226
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:221
+    # spec/sse.r1:236
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T12,
         (16, 32, 'reg', None, None): _T12,
         (32, 16, 'reg', None, None): _T12,
         (32, 32, 'reg', None, None): _T12,
     },
-    # spec/sse.r1:231
+    # spec/sse.r1:246
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/sse.r1:241
+    # spec/sse.r1:256
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T14,
         (16, 32, 'reg', None, None): _T14,
         (32, 16, 'reg', None, None): _T14,
         (32, 32, 'reg', None, None): _T14,
     },
-    # spec/sse.r1:253
+    # spec/sse.r1:268
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T15,
         (16, 16, 'mem', None, None): _T15,
@@ -4417,21 +4474,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:263
+    # spec/sse.r1:278
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:273
+    # spec/sse.r1:288
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:283
+    # spec/sse.r1:298
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 16, 'mem', None, None): _T18,
@@ -4442,21 +4499,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/sse.r1:293
+    # spec/sse.r1:308
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 32, 'reg', None, None): _T19,
         (32, 16, 'reg', None, None): _T19,
         (32, 32, 'reg', None, None): _T19,
     },
-    # spec/sse.r1:303
+    # spec/sse.r1:318
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:313
+    # spec/sse.r1:328
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 16, 'mem', None, None): _T21,
@@ -4467,21 +4524,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/sse.r1:323
+    # spec/sse.r1:338
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T22,
         (16, 32, 'reg', None, None): _T22,
         (32, 16, 'reg', None, None): _T22,
         (32, 32, 'reg', None, None): _T22,
     },
-    # spec/sse.r1:333
+    # spec/sse.r1:348
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/sse.r1:343
+    # spec/sse.r1:358
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T24,
         (16, 16, 'mem', None, None): _T24,
@@ -4492,21 +4549,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T24,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:353
+    # spec/sse.r1:368
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:363
+    # spec/sse.r1:378
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:373
+    # spec/sse.r1:388
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T27,
@@ -4517,21 +4574,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T27,
     },
-    # spec/sse.r1:383
+    # spec/sse.r1:398
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T28,
         (16, 32, 'reg', None, None): _T28,
         (32, 16, 'reg', None, None): _T28,
         (32, 32, 'reg', None, None): _T28,
     },
-    # spec/sse.r1:393
+    # spec/sse.r1:408
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T29,
         (16, 32, 'mem', None, None): _T29,
         (32, 16, 'mem', None, None): _T29,
         (32, 32, 'mem', None, None): _T29,
     },
-    # spec/sse.r1:403
+    # spec/sse.r1:418
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T30,
         (16, 16, 'mem', None, None): _T30,
@@ -4542,21 +4599,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:413
+    # spec/sse.r1:428
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 32, 'reg', None, None): _T31,
         (32, 16, 'reg', None, None): _T31,
         (32, 32, 'reg', None, None): _T31,
     },
-    # spec/sse.r1:423
+    # spec/sse.r1:438
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T32,
         (16, 32, 'mem', None, None): _T32,
         (32, 16, 'mem', None, None): _T32,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:433
+    # spec/sse.r1:448
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 16, 'mem', None, None): _T33,
@@ -4567,21 +4624,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T33,
         (32, 32, 'mem', None, None): _T33,
     },
-    # spec/sse.r1:443
+    # spec/sse.r1:458
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T34,
         (16, 32, 'reg', None, None): _T34,
         (32, 16, 'reg', None, None): _T34,
         (32, 32, 'reg', None, None): _T34,
     },
-    # spec/sse.r1:453
+    # spec/sse.r1:468
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T35,
         (16, 32, 'mem', None, None): _T35,
         (32, 16, 'mem', None, None): _T35,
         (32, 32, 'mem', None, None): _T35,
     },
-    # spec/sse.r1:463
+    # spec/sse.r1:478
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T36,
         (16, 16, 'mem', None, None): _T36,
@@ -4592,21 +4649,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T36,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:473
+    # spec/sse.r1:488
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:483
+    # spec/sse.r1:498
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:493
+    # spec/sse.r1:508
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T39,
@@ -4617,21 +4674,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T39,
     },
-    # spec/sse.r1:503
+    # spec/sse.r1:518
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T40,
         (16, 32, 'reg', None, None): _T40,
         (32, 16, 'reg', None, None): _T40,
         (32, 32, 'reg', None, None): _T40,
     },
-    # spec/sse.r1:513
+    # spec/sse.r1:528
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T41,
         (16, 32, 'mem', None, None): _T41,
         (32, 16, 'mem', None, None): _T41,
         (32, 32, 'mem', None, None): _T41,
     },
-    # spec/sse.r1:525
+    # spec/sse.r1:540
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T42,
         (16, 16, 'mem', None, None): _T42,
@@ -4642,49 +4699,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:536
+    # spec/sse.r1:551
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T43,
         (16, 32, 'reg', None, None): _T43,
         (32, 16, 'reg', None, None): _T43,
         (32, 32, 'reg', None, None): _T43,
     },
-    # spec/sse.r1:547
+    # spec/sse.r1:562
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:558
+    # spec/sse.r1:573
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:568
+    # spec/sse.r1:583
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:578
+    # spec/sse.r1:593
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 32, 'reg', None, None): _T47,
         (32, 16, 'reg', None, None): _T47,
         (32, 32, 'reg', None, None): _T47,
     },
-    # spec/sse.r1:588
+    # spec/sse.r1:603
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T48,
         (16, 32, 'mem', None, None): _T48,
         (32, 16, 'mem', None, None): _T48,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:600
+    # spec/sse.r1:615
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 16, 'mem', None, None): _T49,
@@ -4695,7 +4752,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/sse.r1:610
+    # spec/sse.r1:625
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T50,
         (16, 16, 'mem', None, None): _T50,
@@ -4706,7 +4763,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:620
+    # spec/sse.r1:635
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T51,
@@ -4717,7 +4774,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/sse.r1:630
+    # spec/sse.r1:645
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T52,
         (16, 16, 'mem', None, None): _T52,
@@ -4728,7 +4785,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T52,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:640
+    # spec/sse.r1:655
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T53,
         (16, 16, 'mem', None, None): _T53,
@@ -4739,7 +4796,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/sse.r1:650
+    # spec/sse.r1:665
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T54,
         (16, 16, 'mem', None, None): _T54,
@@ -4750,7 +4807,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:660
+    # spec/sse.r1:675
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T55,
@@ -4761,7 +4818,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/sse.r1:672
+    # spec/sse.r1:687
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T56,
         (16, 16, 'mem', None, None): _T56,
@@ -4772,35 +4829,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:682
+    # spec/sse.r1:697
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:692
+    # spec/sse.r1:707
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:702
+    # spec/sse.r1:717
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:712
+    # spec/sse.r1:727
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:722
+    # spec/sse.r1:737
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T61,
         (16, 16, 'mem', None, None): _T61,
@@ -4811,119 +4868,119 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/sse.r1:732
+    # spec/sse.r1:747
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T62,
         (16, 32, 'reg', None, None): _T62,
         (32, 16, 'reg', None, None): _T62,
         (32, 32, 'reg', None, None): _T62,
     },
-    # spec/sse.r1:742
+    # spec/sse.r1:757
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T63,
         (16, 32, 'mem', None, None): _T63,
         (32, 16, 'mem', None, None): _T63,
         (32, 32, 'mem', None, None): _T63,
     },
-    # spec/sse.r1:752
+    # spec/sse.r1:767
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T64,
         (16, 32, 'reg', None, None): _T64,
         (32, 16, 'reg', None, None): _T64,
         (32, 32, 'reg', None, None): _T64,
     },
-    # spec/sse.r1:762
+    # spec/sse.r1:777
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T65,
         (16, 32, 'mem', None, None): _T65,
         (32, 16, 'mem', None, None): _T65,
         (32, 32, 'mem', None, None): _T65,
     },
-    # spec/sse.r1:774
+    # spec/sse.r1:789
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T66,
         (16, 32, 'mem', None, None): _T66,
         (32, 16, 'mem', None, None): _T66,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:784
+    # spec/sse.r1:799
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T67,
         (16, 32, 'mem', None, None): _T67,
         (32, 16, 'mem', None, None): _T67,
         (32, 32, 'mem', None, None): _T67,
     },
-    # spec/sse.r1:794
+    # spec/sse.r1:809
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T68,
         (16, 32, 'mem', None, None): _T68,
         (32, 16, 'mem', None, None): _T68,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:804
+    # spec/sse.r1:849
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T69,
         (16, 32, 'mem', None, None): _T69,
         (32, 16, 'mem', None, None): _T69,
         (32, 32, 'mem', None, None): _T69,
     },
-    # spec/sse.r1:816
+    # spec/sse.r1:889
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T70,
         (16, 32, 'mem', None, None): _T70,
         (32, 16, 'mem', None, None): _T70,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:826
+    # spec/sse.r1:899
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T71,
         (16, 32, 'mem', None, None): _T71,
         (32, 16, 'mem', None, None): _T71,
         (32, 32, 'mem', None, None): _T71,
     },
-    # spec/sse.r1:836
+    # spec/sse.r1:909
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:846
+    # spec/sse.r1:919
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/sse.r1:856
+    # spec/sse.r1:929
     'SFENCE': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/sse.r1:866
+    # spec/sse.r1:939
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/sse.r1:877
+    # spec/sse.r1:950
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:887
+    # spec/sse.r1:960
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 32, 'reg', None, None): _T78,
         (32, 16, 'reg', None, None): _T77,
         (32, 32, 'reg', None, None): _T78,
     },
-    # spec/sse.r1:900
+    # spec/sse.r1:973
     'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 16, 'mem', None, None): _T80,
@@ -4934,7 +4991,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T79,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:911
+    # spec/sse.r1:984
     'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 16, 'mem', None, None): _T82,
@@ -4945,7 +5002,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T81,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:922
+    # spec/sse.r1:995
     'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T84,
@@ -4956,7 +5013,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:933
+    # spec/sse.r1:1006
     'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 16, 'mem', None, None): _T86,
@@ -4967,7 +5024,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T85,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:944
+    # spec/sse.r1:1017
     'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T87,
         (16, 16, 'mem', None, None): _T88,
@@ -4978,7 +5035,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T87,
         (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:955
+    # spec/sse.r1:1028
     'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T89,
         (16, 16, 'mem', None, None): _T90,
@@ -4989,7 +5046,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T89,
         (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:966
+    # spec/sse.r1:1039
     'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T91,
         (16, 16, 'mem', None, None): _T92,
@@ -5000,7 +5057,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T91,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:977
+    # spec/sse.r1:1050
     'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T93,
         (16, 16, 'mem', None, None): _T94,
@@ -5011,7 +5068,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T93,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:988
+    # spec/sse.r1:1061
     'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T95,
         (16, 16, 'mem', None, None): _T96,
@@ -5022,35 +5079,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T95,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:999
+    # spec/sse.r1:1072
     'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T97,
         (16, 32, 'reg', None, None): _T97,
         (32, 16, 'reg', None, None): _T97,
         (32, 32, 'reg', None, None): _T97,
     },
-    # spec/sse.r1:1010
+    # spec/sse.r1:1083
     'PINSRW_MM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T98,
         (16, 32, 'reg', None, None): _T98,
         (32, 16, 'reg', None, None): _T98,
         (32, 32, 'reg', None, None): _T98,
     },
-    # spec/sse.r1:1021
+    # spec/sse.r1:1094
     'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1032
+    # spec/sse.r1:1105
     'PMOVMSKB_R32_MM': {
         (16, 16, 'reg', None, None): _T100,
         (16, 32, 'reg', None, None): _T100,
         (32, 16, 'reg', None, None): _T100,
         (32, 32, 'reg', None, None): _T100,
     },
-    # spec/sse.r1:1045
+    # spec/sse.r1:1118
     'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T101,
         (16, 16, 'mem', None, None): _T101,
@@ -5061,7 +5118,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T101,
         (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1055
+    # spec/sse.r1:1128
     'MOVAPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T102,
@@ -5072,7 +5129,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T102,
     },
-    # spec/sse.r1:1065
+    # spec/sse.r1:1138
     'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T103,
         (16, 16, 'mem', None, None): _T103,
@@ -5083,7 +5140,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T103,
         (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1075
+    # spec/sse.r1:1148
     'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T104,
@@ -5094,70 +5151,70 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T104,
     },
-    # spec/sse.r1:1085
+    # spec/sse.r1:1158
     'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T105,
         (16, 32, 'reg', None, None): _T105,
         (32, 16, 'reg', None, None): _T105,
         (32, 32, 'reg', None, None): _T105,
     },
-    # spec/sse.r1:1096
+    # spec/sse.r1:1169
     'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T106,
         (16, 32, 'mem', None, None): _T106,
         (32, 16, 'mem', None, None): _T106,
         (32, 32, 'mem', None, None): _T106,
     },
-    # spec/sse.r1:1107
+    # spec/sse.r1:1180
     'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T107,
         (16, 32, 'reg', None, None): _T107,
         (32, 16, 'reg', None, None): _T107,
         (32, 32, 'reg', None, None): _T107,
     },
-    # spec/sse.r1:1118
+    # spec/sse.r1:1191
     'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T108,
         (16, 32, 'mem', None, None): _T108,
         (32, 16, 'mem', None, None): _T108,
         (32, 32, 'mem', None, None): _T108,
     },
-    # spec/sse.r1:1129
+    # spec/sse.r1:1202
     'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T109,
         (16, 32, 'mem', None, None): _T109,
         (32, 16, 'mem', None, None): _T109,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1139
+    # spec/sse.r1:1212
     'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T110,
         (16, 32, 'mem', None, None): _T110,
         (32, 16, 'mem', None, None): _T110,
         (32, 32, 'mem', None, None): _T110,
     },
-    # spec/sse.r1:1149
+    # spec/sse.r1:1222
     'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T111,
         (16, 32, 'mem', None, None): _T111,
         (32, 16, 'mem', None, None): _T111,
         (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1159
+    # spec/sse.r1:1232
     'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T112,
         (16, 32, 'mem', None, None): _T112,
         (32, 16, 'mem', None, None): _T112,
         (32, 32, 'mem', None, None): _T112,
     },
-    # spec/sse.r1:1169
+    # spec/sse.r1:1242
     'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T113,
         (16, 32, 'reg', None, None): _T113,
         (32, 16, 'reg', None, None): _T113,
         (32, 32, 'reg', None, None): _T113,
     },
-    # spec/sse.r1:1181
+    # spec/sse.r1:1254
     'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T114,
         (16, 16, 'mem', None, None): _T114,
@@ -5168,21 +5225,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T114,
         (32, 32, 'mem', None, None): _T114,
     },
-    # spec/sse.r1:1191
+    # spec/sse.r1:1264
     'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T115,
         (16, 32, 'reg', None, None): _T115,
         (32, 16, 'reg', None, None): _T115,
         (32, 32, 'reg', None, None): _T115,
     },
-    # spec/sse.r1:1201
+    # spec/sse.r1:1274
     'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T116,
         (16, 32, 'mem', None, None): _T116,
         (32, 16, 'mem', None, None): _T116,
         (32, 32, 'mem', None, None): _T116,
     },
-    # spec/sse.r1:1211
+    # spec/sse.r1:1284
     'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T117,
         (16, 16, 'mem', None, None): _T117,
@@ -5193,21 +5250,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T117,
         (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1221
+    # spec/sse.r1:1294
     'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T118,
         (16, 32, 'reg', None, None): _T118,
         (32, 16, 'reg', None, None): _T118,
         (32, 32, 'reg', None, None): _T118,
     },
-    # spec/sse.r1:1231
+    # spec/sse.r1:1304
     'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T119,
         (16, 32, 'mem', None, None): _T119,
         (32, 16, 'mem', None, None): _T119,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1241
+    # spec/sse.r1:1314
     'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T120,
         (16, 16, 'mem', None, None): _T120,
@@ -5218,21 +5275,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T120,
         (32, 32, 'mem', None, None): _T120,
     },
-    # spec/sse.r1:1251
+    # spec/sse.r1:1324
     'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T121,
         (16, 32, 'reg', None, None): _T121,
         (32, 16, 'reg', None, None): _T121,
         (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1261
+    # spec/sse.r1:1334
     'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1271
+    # spec/sse.r1:1344
     'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T123,
         (16, 16, 'mem', None, None): _T123,
@@ -5243,21 +5300,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/sse.r1:1281
+    # spec/sse.r1:1354
     'DIVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T124,
         (16, 32, 'reg', None, None): _T124,
         (32, 16, 'reg', None, None): _T124,
         (32, 32, 'reg', None, None): _T124,
     },
-    # spec/sse.r1:1291
+    # spec/sse.r1:1364
     'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1301
+    # spec/sse.r1:1374
     'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T126,
         (16, 16, 'mem', None, None): _T126,
@@ -5268,21 +5325,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/sse.r1:1311
+    # spec/sse.r1:1384
     'MINSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T127,
         (16, 32, 'reg', None, None): _T127,
         (32, 16, 'reg', None, None): _T127,
         (32, 32, 'reg', None, None): _T127,
     },
-    # spec/sse.r1:1321
+    # spec/sse.r1:1394
     'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/sse.r1:1331
+    # spec/sse.r1:1404
     'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T129,
         (16, 16, 'mem', None, None): _T129,
@@ -5293,21 +5350,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T129,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1341
+    # spec/sse.r1:1414
     'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 32, 'reg', None, None): _T130,
         (32, 16, 'reg', None, None): _T130,
         (32, 32, 'reg', None, None): _T130,
     },
-    # spec/sse.r1:1351
+    # spec/sse.r1:1424
     'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T131,
         (16, 32, 'mem', None, None): _T131,
         (32, 16, 'mem', None, None): _T131,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1361
+    # spec/sse.r1:1434
     'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 16, 'mem', None, None): _T132,
@@ -5318,21 +5375,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T132,
         (32, 32, 'mem', None, None): _T132,
     },
-    # spec/sse.r1:1371
+    # spec/sse.r1:1444
     'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T133,
         (16, 32, 'reg', None, None): _T133,
         (32, 16, 'reg', None, None): _T133,
         (32, 32, 'reg', None, None): _T133,
     },
-    # spec/sse.r1:1381
+    # spec/sse.r1:1454
     'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T134,
         (16, 32, 'mem', None, None): _T134,
         (32, 16, 'mem', None, None): _T134,
         (32, 32, 'mem', None, None): _T134,
     },
-    # spec/sse.r1:1393
+    # spec/sse.r1:1466
     'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T135,
         (16, 16, 'mem', None, None): _T135,
@@ -5343,49 +5400,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1404
+    # spec/sse.r1:1477
     'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T136,
         (16, 32, 'reg', None, None): _T136,
         (32, 16, 'reg', None, None): _T136,
         (32, 32, 'reg', None, None): _T136,
     },
-    # spec/sse.r1:1419
+    # spec/sse.r1:1492
     'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T137,
         (16, 32, 'mem', None, None): _T137,
         (32, 16, 'mem', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1434
+    # spec/sse.r1:1507
     'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T138,
         (16, 32, 'reg', None, None): _T138,
         (32, 16, 'reg', None, None): _T138,
         (32, 32, 'reg', None, None): _T138,
     },
-    # spec/sse.r1:1444
+    # spec/sse.r1:1517
     'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T139,
         (16, 32, 'mem', None, None): _T139,
         (32, 16, 'mem', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1454
+    # spec/sse.r1:1527
     'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T140,
         (16, 32, 'reg', None, None): _T140,
         (32, 16, 'reg', None, None): _T140,
         (32, 32, 'reg', None, None): _T140,
     },
-    # spec/sse.r1:1464
+    # spec/sse.r1:1537
     'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T141,
         (16, 32, 'mem', None, None): _T141,
         (32, 16, 'mem', None, None): _T141,
         (32, 32, 'mem', None, None): _T141,
     },
-    # spec/sse.r1:1476
+    # spec/sse.r1:1549
     'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T142,
         (16, 16, 'mem', None, None): _T142,
@@ -5396,7 +5453,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T142,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1486
+    # spec/sse.r1:1559
     'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T143,
         (16, 16, 'mem', None, None): _T143,
@@ -5407,7 +5464,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T143,
         (32, 32, 'mem', None, None): _T143,
     },
-    # spec/sse.r1:1496
+    # spec/sse.r1:1569
     'ORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T144,
         (16, 16, 'mem', None, None): _T144,
@@ -5418,7 +5475,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1506
+    # spec/sse.r1:1579
     'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T145,
         (16, 16, 'mem', None, None): _T145,
@@ -5429,7 +5486,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T145,
         (32, 32, 'mem', None, None): _T145,
     },
-    # spec/sse.r1:1516
+    # spec/sse.r1:1589
     'SHUFPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T146,
         (16, 16, 'mem', None, None): _T146,
@@ -5440,7 +5497,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T146,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1526
+    # spec/sse.r1:1599
     'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T147,
         (16, 16, 'mem', None, None): _T147,
@@ -5451,7 +5508,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T147,
         (32, 32, 'mem', None, None): _T147,
     },
-    # spec/sse.r1:1536
+    # spec/sse.r1:1609
     'UNPCKHPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T148,
         (16, 16, 'mem', None, None): _T148,
@@ -5462,7 +5519,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1548
+    # spec/sse.r1:1621
     'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T149,
@@ -5473,7 +5530,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T149,
     },
-    # spec/sse.r1:1558
+    # spec/sse.r1:1631
     'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T150,
         (16, 16, 'mem', None, None): _T150,
@@ -5484,7 +5541,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T150,
         (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1568
+    # spec/sse.r1:1641
     'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T151,
         (16, 16, 'mem', None, None): _T151,
@@ -5495,7 +5552,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T151,
         (32, 32, 'mem', None, None): _T151,
     },
-    # spec/sse.r1:1578
+    # spec/sse.r1:1651
     'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T152,
         (16, 16, 'mem', None, None): _T152,
@@ -5506,49 +5563,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T152,
         (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1588
+    # spec/sse.r1:1661
     'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T153,
         (16, 32, 'reg', None, None): _T153,
         (32, 16, 'reg', None, None): _T153,
         (32, 32, 'reg', None, None): _T153,
     },
-    # spec/sse.r1:1598
+    # spec/sse.r1:1671
     'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T154,
         (16, 32, 'mem', None, None): _T154,
         (32, 16, 'mem', None, None): _T154,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1608
+    # spec/sse.r1:1681
     'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T155,
         (16, 32, 'reg', None, None): _T155,
         (32, 16, 'reg', None, None): _T155,
         (32, 32, 'reg', None, None): _T155,
     },
-    # spec/sse.r1:1618
+    # spec/sse.r1:1691
     'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T156,
         (16, 32, 'mem', None, None): _T156,
         (32, 16, 'mem', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1628
+    # spec/sse.r1:1701
     'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 32, 'reg', None, None): _T157,
         (32, 16, 'reg', None, None): _T157,
         (32, 32, 'reg', None, None): _T157,
     },
-    # spec/sse.r1:1638
+    # spec/sse.r1:1711
     'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
         (16, 32, 'mem', None, None): _T158,
         (32, 16, 'mem', None, None): _T158,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1648
+    # spec/sse.r1:1721
     'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 16, 'mem', None, None): _T159,
@@ -5559,35 +5616,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T159,
         (32, 32, 'mem', None, None): _T159,
     },
-    # spec/sse.r1:1658
+    # spec/sse.r1:1731
     'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T160,
         (16, 32, 'reg', None, None): _T160,
         (32, 16, 'reg', None, None): _T160,
         (32, 32, 'reg', None, None): _T160,
     },
-    # spec/sse.r1:1668
+    # spec/sse.r1:1741
     'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T161,
         (16, 32, 'mem', None, None): _T161,
         (32, 16, 'mem', None, None): _T161,
         (32, 32, 'mem', None, None): _T161,
     },
-    # spec/sse.r1:1678
+    # spec/sse.r1:1751
     'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T162,
         (16, 32, 'reg', None, None): _T162,
         (32, 16, 'reg', None, None): _T162,
         (32, 32, 'reg', None, None): _T162,
     },
-    # spec/sse.r1:1688
+    # spec/sse.r1:1761
     'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T163,
         (16, 32, 'mem', None, None): _T163,
         (32, 16, 'mem', None, None): _T163,
         (32, 32, 'mem', None, None): _T163,
     },
-    # spec/sse.r1:1698
+    # spec/sse.r1:1771
     'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T164,
         (16, 16, 'mem', None, None): _T164,
@@ -5598,7 +5655,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1708
+    # spec/sse.r1:1781
     'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T165,
@@ -5609,7 +5666,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T165,
     },
-    # spec/sse.r1:1718
+    # spec/sse.r1:1791
     'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T166,
         (16, 16, 'mem', None, None): _T166,
@@ -5620,21 +5677,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T166,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1728
+    # spec/sse.r1:1801
     'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1738
+    # spec/sse.r1:1811
     'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1748
+    # spec/sse.r1:1821
     'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T169,
         (16, 16, 'mem', None, None): _T169,
@@ -5645,7 +5702,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T169,
         (32, 32, 'mem', None, None): _T169,
     },
-    # spec/sse.r1:1758
+    # spec/sse.r1:1831
     'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T170,
         (16, 16, 'mem', None, None): _T170,
@@ -5656,7 +5713,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T170,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1770
+    # spec/sse.r1:1843
     'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T171,
         (16, 16, 'mem', None, None): _T172,
@@ -5667,7 +5724,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T171,
         (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1781
+    # spec/sse.r1:1854
     'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T173,
         (16, 16, 'mem', None, None): _T174,
@@ -5678,7 +5735,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T173,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1792
+    # spec/sse.r1:1865
     'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T175,
         (16, 16, 'mem', None, None): _T176,
@@ -5689,7 +5746,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T175,
         (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1803
+    # spec/sse.r1:1876
     'MOVDQU_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T177,
         (16, 16, 'mem', None, None): _T178,
@@ -5700,7 +5757,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T177,
         (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:1814
+    # spec/sse.r1:1887
     'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T179,
         (16, 16, 'mem', None, None): _T180,
@@ -5711,7 +5768,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T179,
         (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:1825
+    # spec/sse.r1:1898
     'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T182,
@@ -5722,105 +5779,105 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:1836
+    # spec/sse.r1:1909
     'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 32, 'reg', None, None): _T183,
         (32, 16, 'reg', None, None): _T183,
         (32, 32, 'reg', None, None): _T183,
     },
-    # spec/sse.r1:1847
+    # spec/sse.r1:1920
     'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T184,
         (16, 32, 'mem', None, None): _T184,
         (32, 16, 'mem', None, None): _T184,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:1858
+    # spec/sse.r1:1931
     'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T185,
         (16, 32, 'reg', None, None): _T185,
         (32, 16, 'reg', None, None): _T185,
         (32, 32, 'reg', None, None): _T185,
     },
-    # spec/sse.r1:1869
+    # spec/sse.r1:1942
     'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T186,
         (16, 32, 'mem', None, None): _T186,
         (32, 16, 'mem', None, None): _T186,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:1880
+    # spec/sse.r1:1953
     'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T187,
         (16, 32, 'reg', None, None): _T187,
         (32, 16, 'reg', None, None): _T187,
         (32, 32, 'reg', None, None): _T187,
     },
-    # spec/sse.r1:1891
+    # spec/sse.r1:1964
     'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T188,
         (16, 32, 'reg', None, None): _T188,
         (32, 16, 'reg', None, None): _T188,
         (32, 32, 'reg', None, None): _T188,
     },
-    # spec/sse.r1:1904
+    # spec/sse.r1:1977
     'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T189,
         (16, 32, 'mem', None, None): _T189,
         (32, 16, 'mem', None, None): _T189,
         (32, 32, 'mem', None, None): _T189,
     },
-    # spec/sse.r1:1914
+    # spec/sse.r1:1987
     'MOVNTDQ_M128_XMM': {
         (16, 16, 'mem', None, None): _T190,
         (16, 32, 'mem', None, None): _T190,
         (32, 16, 'mem', None, None): _T190,
         (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:1925
+    # spec/sse.r1:1998
     'MOVNTI_M32_R32': {
         (16, 16, 'mem', None, None): _T191,
         (16, 32, 'mem', None, None): _T191,
         (32, 16, 'mem', None, None): _T191,
         (32, 32, 'mem', None, None): _T191,
     },
-    # spec/sse.r1:1936
+    # spec/sse.r1:2009
     'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T192,
         (16, 32, 'reg', None, None): _T193,
         (32, 16, 'reg', None, None): _T192,
         (32, 32, 'reg', None, None): _T193,
     },
-    # spec/sse.r1:1947
+    # spec/sse.r1:2020
     'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T194,
         (16, 32, 'mem', None, None): _T194,
         (32, 16, 'mem', None, None): _T194,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:1957
+    # spec/sse.r1:2030
     'LFENCE': {
         (16, 16, None, None, None): _T195,
         (16, 32, None, None, None): _T195,
         (32, 16, None, None, None): _T195,
         (32, 32, None, None, None): _T195,
     },
-    # spec/sse.r1:1967
+    # spec/sse.r1:2040
     'MFENCE': {
         (16, 16, None, None, None): _T196,
         (16, 32, None, None, None): _T196,
         (32, 16, None, None, None): _T196,
         (32, 32, None, None, None): _T196,
     },
-    # spec/sse.r1:1977
+    # spec/sse.r1:2050
     'PAUSE': {
         (16, 16, None, None, None): _T197,
         (16, 32, None, None, None): _T197,
         (32, 16, None, None, None): _T197,
         (32, 32, None, None, None): _T197,
     },
-    # spec/sse.r1:1989
+    # spec/sse.r1:2062
     'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T198,
         (16, 16, 'mem', None, None): _T199,
@@ -5831,7 +5888,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T198,
         (32, 32, 'mem', None, None): _T199,
     },
-    # spec/sse.r1:2000
+    # spec/sse.r1:2073
     'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T200,
         (16, 16, 'mem', None, None): _T201,
@@ -5842,7 +5899,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T200,
         (32, 32, 'mem', None, None): _T201,
     },
-    # spec/sse.r1:2011
+    # spec/sse.r1:2084
     'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T202,
         (16, 16, 'mem', None, None): _T203,
@@ -5853,7 +5910,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T202,
         (32, 32, 'mem', None, None): _T203,
     },
-    # spec/sse.r1:2022
+    # spec/sse.r1:2095
     'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T204,
         (16, 16, 'mem', None, None): _T205,
@@ -5864,7 +5921,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T204,
         (32, 32, 'mem', None, None): _T205,
     },
-    # spec/sse.r1:2033
+    # spec/sse.r1:2106
     'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T206,
         (16, 16, 'mem', None, None): _T207,
@@ -5875,7 +5932,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T206,
         (32, 32, 'mem', None, None): _T207,
     },
-    # spec/sse.r1:2044
+    # spec/sse.r1:2117
     'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T208,
         (16, 16, 'mem', None, None): _T209,
@@ -5886,7 +5943,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T208,
         (32, 32, 'mem', None, None): _T209,
     },
-    # spec/sse.r1:2055
+    # spec/sse.r1:2128
     'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T210,
         (16, 16, 'mem', None, None): _T211,
@@ -5897,7 +5954,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T210,
         (32, 32, 'mem', None, None): _T211,
     },
-    # spec/sse.r1:2066
+    # spec/sse.r1:2139
     'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T212,
         (16, 16, 'mem', None, None): _T213,
@@ -5908,7 +5965,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T212,
         (32, 32, 'mem', None, None): _T213,
     },
-    # spec/sse.r1:2077
+    # spec/sse.r1:2150
     'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T215,
@@ -5919,21 +5976,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T214,
         (32, 32, 'mem', None, None): _T215,
     },
-    # spec/sse.r1:2088
+    # spec/sse.r1:2161
     'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T216,
         (16, 32, 'reg', None, None): _T216,
         (32, 16, 'reg', None, None): _T216,
         (32, 32, 'reg', None, None): _T216,
     },
-    # spec/sse.r1:2099
+    # spec/sse.r1:2172
     'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
     },
-    # spec/sse.r1:2110
+    # spec/sse.r1:2183
     'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T218,
         (16, 16, 'mem', None, None): _T219,
@@ -5944,7 +6001,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T219,
     },
-    # spec/sse.r1:2121
+    # spec/sse.r1:2194
     'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T220,
         (16, 16, 'mem', None, None): _T221,
@@ -5955,7 +6012,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T220,
         (32, 32, 'mem', None, None): _T221,
     },
-    # spec/sse.r1:2134
+    # spec/sse.r1:2207
     'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T222,
         (16, 16, 'mem', None, None): _T223,
@@ -5966,7 +6023,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T222,
         (32, 32, 'mem', None, None): _T223,
     },
-    # spec/sse.r1:2145
+    # spec/sse.r1:2218
     'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T224,
         (16, 16, 'mem', None, None): _T225,
@@ -5977,7 +6034,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T224,
         (32, 32, 'mem', None, None): _T225,
     },
-    # spec/sse.r1:2156
+    # spec/sse.r1:2229
     'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T226,
         (16, 16, 'mem', None, None): _T227,
@@ -5988,7 +6045,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T226,
         (32, 32, 'mem', None, None): _T227,
     },
-    # spec/sse.r1:2167
+    # spec/sse.r1:2240
     'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T228,
         (16, 16, 'mem', None, None): _T229,
@@ -5999,7 +6056,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T228,
         (32, 32, 'mem', None, None): _T229,
     },
-    # spec/sse.r1:2178
+    # spec/sse.r1:2251
     'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T230,
         (16, 16, 'mem', None, None): _T231,
@@ -6010,7 +6067,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T230,
         (32, 32, 'mem', None, None): _T231,
     },
-    # spec/sse.r1:2189
+    # spec/sse.r1:2262
     'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T232,
         (16, 16, 'mem', None, None): _T233,
@@ -6021,7 +6078,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T232,
         (32, 32, 'mem', None, None): _T233,
     },
-    # spec/sse.r1:2200
+    # spec/sse.r1:2273
     'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T235,
@@ -6032,7 +6089,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T234,
         (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2211
+    # spec/sse.r1:2284
     'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T236,
         (16, 16, 'mem', None, None): _T237,
@@ -6043,7 +6100,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2222
+    # spec/sse.r1:2295
     'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T238,
         (16, 16, 'mem', None, None): _T239,
@@ -6054,7 +6111,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T238,
         (32, 32, 'mem', None, None): _T239,
     },
-    # spec/sse.r1:2233
+    # spec/sse.r1:2306
     'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T240,
         (16, 16, 'mem', None, None): _T241,
@@ -6065,7 +6122,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T240,
         (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2244
+    # spec/sse.r1:2317
     'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T242,
         (16, 16, 'mem', None, None): _T243,
@@ -6076,7 +6133,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T242,
         (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2255
+    # spec/sse.r1:2328
     'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T244,
         (16, 16, 'mem', None, None): _T245,
@@ -6087,7 +6144,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T244,
         (32, 32, 'mem', None, None): _T245,
     },
-    # spec/sse.r1:2266
+    # spec/sse.r1:2339
     'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T246,
         (16, 16, 'mem', None, None): _T247,
@@ -6098,7 +6155,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T247,
     },
-    # spec/sse.r1:2277
+    # spec/sse.r1:2350
     'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T248,
         (16, 16, 'mem', None, None): _T249,
@@ -6109,7 +6166,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T248,
         (32, 32, 'mem', None, None): _T249,
     },
-    # spec/sse.r1:2288
+    # spec/sse.r1:2361
     'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T251,
@@ -6120,7 +6177,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2299
+    # spec/sse.r1:2372
     'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T253,
@@ -6131,7 +6188,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2310
+    # spec/sse.r1:2383
     'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T254,
         (16, 16, 'mem', None, None): _T255,
@@ -6142,7 +6199,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T254,
         (32, 32, 'mem', None, None): _T255,
     },
-    # spec/sse.r1:2321
+    # spec/sse.r1:2394
     'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T256,
         (16, 16, 'mem', None, None): _T257,
@@ -6153,7 +6210,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T256,
         (32, 32, 'mem', None, None): _T257,
     },
-    # spec/sse.r1:2332
+    # spec/sse.r1:2405
     'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T258,
         (16, 16, 'mem', None, None): _T259,
@@ -6164,7 +6221,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T258,
         (32, 32, 'mem', None, None): _T259,
     },
-    # spec/sse.r1:2343
+    # spec/sse.r1:2416
     'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T260,
         (16, 16, 'mem', None, None): _T261,
@@ -6175,7 +6232,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T260,
         (32, 32, 'mem', None, None): _T261,
     },
-    # spec/sse.r1:2354
+    # spec/sse.r1:2427
     'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T262,
         (16, 16, 'mem', None, None): _T263,
@@ -6186,7 +6243,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T262,
         (32, 32, 'mem', None, None): _T263,
     },
-    # spec/sse.r1:2365
+    # spec/sse.r1:2438
     'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T264,
         (16, 16, 'mem', None, None): _T265,
@@ -6197,7 +6254,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T264,
         (32, 32, 'mem', None, None): _T265,
     },
-    # spec/sse.r1:2376
+    # spec/sse.r1:2449
     'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T266,
         (16, 16, 'mem', None, None): _T267,
@@ -6208,7 +6265,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T266,
         (32, 32, 'mem', None, None): _T267,
     },
-    # spec/sse.r1:2387
+    # spec/sse.r1:2460
     'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T268,
         (16, 16, 'mem', None, None): _T269,
@@ -6219,7 +6276,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T268,
         (32, 32, 'mem', None, None): _T269,
     },
-    # spec/sse.r1:2398
+    # spec/sse.r1:2471
     'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T270,
         (16, 16, 'mem', None, None): _T271,
@@ -6230,7 +6287,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T270,
         (32, 32, 'mem', None, None): _T271,
     },
-    # spec/sse.r1:2409
+    # spec/sse.r1:2482
     'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T272,
         (16, 16, 'mem', None, None): _T273,
@@ -6241,7 +6298,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T272,
         (32, 32, 'mem', None, None): _T273,
     },
-    # spec/sse.r1:2420
+    # spec/sse.r1:2493
     'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T274,
         (16, 16, 'mem', None, None): _T275,
@@ -6252,7 +6309,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T274,
         (32, 32, 'mem', None, None): _T275,
     },
-    # spec/sse.r1:2431
+    # spec/sse.r1:2504
     'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T276,
         (16, 16, 'mem', None, None): _T277,
@@ -6263,7 +6320,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T276,
         (32, 32, 'mem', None, None): _T277,
     },
-    # spec/sse.r1:2442
+    # spec/sse.r1:2515
     'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T278,
         (16, 16, 'mem', None, None): _T279,
@@ -6274,7 +6331,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T278,
         (32, 32, 'mem', None, None): _T279,
     },
-    # spec/sse.r1:2453
+    # spec/sse.r1:2526
     'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T280,
         (16, 16, 'mem', None, None): _T281,
@@ -6285,7 +6342,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T280,
         (32, 32, 'mem', None, None): _T281,
     },
-    # spec/sse.r1:2464
+    # spec/sse.r1:2537
     'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T282,
         (16, 16, 'mem', None, None): _T283,
@@ -6296,7 +6353,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T282,
         (32, 32, 'mem', None, None): _T283,
     },
-    # spec/sse.r1:2475
+    # spec/sse.r1:2548
     'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T284,
         (16, 16, 'mem', None, None): _T285,
@@ -6307,7 +6364,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T284,
         (32, 32, 'mem', None, None): _T285,
     },
-    # spec/sse.r1:2486
+    # spec/sse.r1:2559
     'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T286,
         (16, 16, 'mem', None, None): _T287,
@@ -6318,7 +6375,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T286,
         (32, 32, 'mem', None, None): _T287,
     },
-    # spec/sse.r1:2497
+    # spec/sse.r1:2570
     'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T288,
         (16, 16, 'mem', None, None): _T289,
@@ -6329,7 +6386,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T288,
         (32, 32, 'mem', None, None): _T289,
     },
-    # spec/sse.r1:2508
+    # spec/sse.r1:2581
     'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T290,
         (16, 16, 'mem', None, None): _T291,
@@ -6340,7 +6397,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T290,
         (32, 32, 'mem', None, None): _T291,
     },
-    # spec/sse.r1:2519
+    # spec/sse.r1:2592
     'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T292,
         (16, 16, 'mem', None, None): _T293,
@@ -6351,7 +6408,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T292,
         (32, 32, 'mem', None, None): _T293,
     },
-    # spec/sse.r1:2530
+    # spec/sse.r1:2603
     'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T294,
         (16, 16, 'mem', None, None): _T295,
@@ -6362,7 +6419,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T294,
         (32, 32, 'mem', None, None): _T295,
     },
-    # spec/sse.r1:2541
+    # spec/sse.r1:2614
     'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T296,
         (16, 16, 'mem', None, None): _T297,
@@ -6373,7 +6430,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T296,
         (32, 32, 'mem', None, None): _T297,
     },
-    # spec/sse.r1:2552
+    # spec/sse.r1:2625
     'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T298,
         (16, 16, 'mem', None, None): _T299,
@@ -6384,7 +6441,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T298,
         (32, 32, 'mem', None, None): _T299,
     },
-    # spec/sse.r1:2563
+    # spec/sse.r1:2636
     'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T300,
         (16, 16, 'mem', None, None): _T301,
@@ -6395,7 +6452,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T300,
         (32, 32, 'mem', None, None): _T301,
     },
-    # spec/sse.r1:2574
+    # spec/sse.r1:2647
     'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T302,
         (16, 16, 'mem', None, None): _T303,
@@ -6406,7 +6463,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T302,
         (32, 32, 'mem', None, None): _T303,
     },
-    # spec/sse.r1:2585
+    # spec/sse.r1:2658
     'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T304,
         (16, 16, 'mem', None, None): _T305,
@@ -6417,7 +6474,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T304,
         (32, 32, 'mem', None, None): _T305,
     },
-    # spec/sse.r1:2596
+    # spec/sse.r1:2669
     'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T306,
         (16, 16, 'mem', None, None): _T307,
@@ -6428,7 +6485,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T306,
         (32, 32, 'mem', None, None): _T307,
     },
-    # spec/sse.r1:2607
+    # spec/sse.r1:2680
     'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T308,
         (16, 16, 'mem', None, None): _T309,
@@ -6439,63 +6496,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T308,
         (32, 32, 'mem', None, None): _T309,
     },
-    # spec/sse.r1:2618
+    # spec/sse.r1:2691
     'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T310,
         (16, 32, 'reg', None, None): _T310,
         (32, 16, 'reg', None, None): _T310,
         (32, 32, 'reg', None, None): _T310,
     },
-    # spec/sse.r1:2629
+    # spec/sse.r1:2702
     'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T311,
         (16, 32, 'reg', None, None): _T311,
         (32, 16, 'reg', None, None): _T311,
         (32, 32, 'reg', None, None): _T311,
     },
-    # spec/sse.r1:2640
+    # spec/sse.r1:2713
     'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T312,
         (16, 32, 'reg', None, None): _T312,
         (32, 16, 'reg', None, None): _T312,
         (32, 32, 'reg', None, None): _T312,
     },
-    # spec/sse.r1:2651
+    # spec/sse.r1:2724
     'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T313,
         (16, 32, 'reg', None, None): _T313,
         (32, 16, 'reg', None, None): _T313,
         (32, 32, 'reg', None, None): _T313,
     },
-    # spec/sse.r1:2662
+    # spec/sse.r1:2735
     'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T314,
         (16, 32, 'reg', None, None): _T314,
         (32, 16, 'reg', None, None): _T314,
         (32, 32, 'reg', None, None): _T314,
     },
-    # spec/sse.r1:2673
+    # spec/sse.r1:2746
     'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T315,
         (16, 32, 'reg', None, None): _T315,
         (32, 16, 'reg', None, None): _T315,
         (32, 32, 'reg', None, None): _T315,
     },
-    # spec/sse.r1:2684
+    # spec/sse.r1:2757
     'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T316,
         (16, 32, 'reg', None, None): _T316,
         (32, 16, 'reg', None, None): _T316,
         (32, 32, 'reg', None, None): _T316,
     },
-    # spec/sse.r1:2695
+    # spec/sse.r1:2768
     'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T317,
         (16, 32, 'reg', None, None): _T317,
         (32, 16, 'reg', None, None): _T317,
         (32, 32, 'reg', None, None): _T317,
     },
-    # spec/sse.r1:2708
+    # spec/sse.r1:2781
     'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T318,
         (16, 16, 'mem', None, None): _T319,
@@ -6506,7 +6563,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T318,
         (32, 32, 'mem', None, None): _T319,
     },
-    # spec/sse.r1:2719
+    # spec/sse.r1:2792
     'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T320,
         (16, 16, 'mem', None, None): _T321,
@@ -6517,7 +6574,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T320,
         (32, 32, 'mem', None, None): _T321,
     },
-    # spec/sse.r1:2730
+    # spec/sse.r1:2803
     'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T322,
         (16, 16, 'mem', None, None): _T323,
@@ -6528,7 +6585,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T322,
         (32, 32, 'mem', None, None): _T323,
     },
-    # spec/sse.r1:2741
+    # spec/sse.r1:2814
     'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T324,
         (16, 16, 'mem', None, None): _T325,
@@ -6539,7 +6596,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T324,
         (32, 32, 'mem', None, None): _T325,
     },
-    # spec/sse.r1:2752
+    # spec/sse.r1:2825
     'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T326,
         (16, 16, 'mem', None, None): _T327,
@@ -6550,7 +6607,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T326,
         (32, 32, 'mem', None, None): _T327,
     },
-    # spec/sse.r1:2763
+    # spec/sse.r1:2836
     'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T328,
         (16, 16, 'mem', None, None): _T329,
@@ -6561,7 +6618,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T328,
         (32, 32, 'mem', None, None): _T329,
     },
-    # spec/sse.r1:2774
+    # spec/sse.r1:2847
     'PMULHUW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T330,
         (16, 16, 'mem', None, None): _T331,
@@ -6572,7 +6629,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T330,
         (32, 32, 'mem', None, None): _T331,
     },
-    # spec/sse.r1:2785
+    # spec/sse.r1:2858
     'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T332,
         (16, 16, 'mem', None, None): _T333,
@@ -6583,28 +6640,28 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T332,
         (32, 32, 'mem', None, None): _T333,
     },
-    # spec/sse.r1:2796
+    # spec/sse.r1:2869
     'PEXTRW_R32_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T334,
         (16, 32, 'reg', None, None): _T334,
         (32, 16, 'reg', None, None): _T334,
         (32, 32, 'reg', None, None): _T334,
     },
-    # spec/sse.r1:2807
+    # spec/sse.r1:2880
     'PINSRW_XMM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T335,
         (16, 32, 'reg', None, None): _T335,
         (32, 16, 'reg', None, None): _T335,
         (32, 32, 'reg', None, None): _T335,
     },
-    # spec/sse.r1:2818
+    # spec/sse.r1:2891
     'PINSRW_XMM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T336,
         (16, 32, 'mem', None, None): _T336,
         (32, 16, 'mem', None, None): _T336,
         (32, 32, 'mem', None, None): _T336,
     },
-    # spec/sse.r1:2829
+    # spec/sse.r1:2902
     'PMOVMSKB_R32_XMM': {
         (16, 16, 'reg', None, None): _T337,
         (16, 32, 'reg', None, None): _T337,

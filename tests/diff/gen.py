@@ -167,8 +167,10 @@ def instance(draw, form: str, mode: Mode, doubles: list[int] | None = None, alig
             reg = draw(st.sampled_from((0, 2, 3, 4, 0, 3, 1)))
         target_op = next((k for n, k, _ in operands if n == "target"), None)
         if needs_memory:
+            widest = max((w for _, _, w in operands if isinstance(w, int)), default=0) // 8
+            margin = max(WINDOW_MARGIN, widest)  # (FNSAVE's and FXSAVE's images: 108 and 512 bytes)
             align = 2 if aligned and aligned_m128(form) else int(aligned_m128(form))
-            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, align))
+            body += draw(memory_operand(reg, asize, regs, prefixes, mode, memory, margin, align))
             if is_simd_integer(form):
                 ea = next(iter(memory))
                 memory[ea] = draw(packed_integer(128)).to_bytes(16, "little")
@@ -274,12 +276,14 @@ def memory_operand(
     prefixes: bytearray,
     mode: Mode,
     memory: dict[int, bytes],
+    margin: int = WINDOW_MARGIN,
     align16: int = 0,
 ) -> bytes:
-    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window; sets the
-    registers. With `align16` 1 the offset is mostly a multiple of 16 (every segment over the
-    window has a base that is one too), as an SSE form's 128-bit operand must be; with 2, always."""
-    target = draw(st.integers(0, fresh_machine.DATA_SIZE - WINDOW_MARGIN))
+    """ModRM (+SIB, +displacement) addressing a random offset of the DATA window, at least
+    `margin` bytes before its end; sets the registers. With `align16` 1 the offset is mostly a
+    multiple of 16 (every segment over the window has a base that is one too), as an SSE
+    form's 128-bit operand must be; with 2, always."""
+    target = draw(st.integers(0, fresh_machine.DATA_SIZE - margin))
     if align16 == 2 or (align16 and draw(st.integers(0, 3))):
         target &= ~15
     names = fresh_machine.GPR_NAMES
