@@ -8,5340 +8,8347 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:295
+# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:302
 _T0 = """\
-v_src = S.xmm[$src]  # sse.r1:298
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:307
+v_src = S.xmm[$src]  # sse.r1:305
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:314
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:295
+# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:302
 _T1 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:298
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:307
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:305
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:314
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:310
+# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:317
 _T2 = """\
-v_src = S.xmm[$src]  # sse.r1:313
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:322
+v_src = S.xmm[$src]  # sse.r1:320
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:329
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:310
+# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:317
 _T3 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:313
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:322
+v_src = S.xmm[$src]  # sse.r1:320
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:329
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:325
+# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:332
 _T4 = """\
-v_src = S.xmm[$src]  # sse.r1:328
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:334
+v_src = S.xmm[$src]  # sse.r1:335
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:341
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:325
+# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:332
 _T5 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:328
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:334
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 128)  # sse.r1:335
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:341
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:336
+# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:343
 _T6 = """\
-v_src = S.xmm[$src]  # sse.r1:339
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:345
+v_src = S.xmm[$src]  # sse.r1:346
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:352
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:336
+# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:343
 _T7 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:339
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:345
+v_src = S.xmm[$src]  # sse.r1:346
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 128, v_src)  # sse.r1:352
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:347
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:354
 _T8 = """\
-v_dst = S.xmm[$dst]  # sse.r1:350
-v_src = S.xmm[$src]  # sse.r1:350
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:356
+v_dst = S.xmm[$dst]  # sse.r1:357
+v_src = S.xmm[$src]  # sse.r1:357
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:363
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:358
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:365
 _T9 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:361
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:367
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:368
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:374
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:369
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:376
 _T10 = """\
-v_dst = S.xmm[$dst]  # sse.r1:372
-v_src = S.xmm[$src]  # sse.r1:372
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:378
+v_dst = S.xmm[$dst]  # sse.r1:379
+v_src = S.xmm[$src]  # sse.r1:379
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:385
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:380
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:387
 _T11 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:383
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:389
+v_src = S.xmm[$src]  # sse.r1:390
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:396
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:391
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:398
 _T12 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:394
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:394
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:400
+v_dst = S.xmm[$dst]  # sse.r1:401
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:401
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:407
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:402
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:409
 _T13 = """\
-v_dst = S.xmm[$dst]  # sse.r1:405
-v_src = S.xmm[$src]  # sse.r1:405
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:411
+v_dst = S.xmm[$dst]  # sse.r1:412
+v_src = S.xmm[$src]  # sse.r1:412
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:418
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:413
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:420
 _T14 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:416
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:422
+v_src = S.xmm[$src]  # sse.r1:423
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:429
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:424
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:431
 _T15 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:427
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:427
-S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:433
+v_dst = S.xmm[$dst]  # sse.r1:434
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:434
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:440
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:435
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:442
 _T16 = """\
-v_dst = S.xmm[$dst]  # sse.r1:438
-v_src = S.xmm[$src]  # sse.r1:438
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:444
+v_dst = S.xmm[$dst]  # sse.r1:445
+v_src = S.xmm[$src]  # sse.r1:445
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:451
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:446
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:453
 _T17 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:449
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:455
+v_src = S.xmm[$src]  # sse.r1:456
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:462
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:457
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:464
 _T18 = """\
-v_src = S.xmm[$src]  # sse.r1:460
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:466
+v_src = S.xmm[$src]  # sse.r1:467
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:473
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:470
+# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:477
 _T19 = """\
-v_dst = S.xmm[$dst]  # sse.r1:473
-v_src = S.xmm[$src]  # sse.r1:473
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:480
+v_src = S.xmm[$src]  # sse.r1:480
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:482
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:489
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:470
+# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:477
 _T20 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:473
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:473
+v_dst = S.xmm[$dst]  # sse.r1:480
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:480
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:482
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:489
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:485
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:492
 _T21 = """\
-v_dst = S.xmm[$dst]  # sse.r1:488
-v_src = S.xmm[$src]  # sse.r1:488
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:495
+v_src = S.xmm[$src]  # sse.r1:495
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:494
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:501
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:496
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:503
 _T22 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:499
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:499
+v_dst = S.xmm[$dst]  # sse.r1:506
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:506
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:505
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:512
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:507
+# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:514
 _T23 = """\
-v_dst = S.xmm[$dst]  # sse.r1:510
-v_src = S.xmm[$src]  # sse.r1:510
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:517
+v_src = S.xmm[$src]  # sse.r1:517
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:519
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:526
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:507
+# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:514
 _T24 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:510
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:510
+v_dst = S.xmm[$dst]  # sse.r1:517
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:517
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:519
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:526
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:522
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:529
 _T25 = """\
-v_dst = S.xmm[$dst]  # sse.r1:525
-v_src = S.xmm[$src]  # sse.r1:525
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:532
+v_src = S.xmm[$src]  # sse.r1:532
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:531
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:538
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:533
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:540
 _T26 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:536
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:536
+v_dst = S.xmm[$dst]  # sse.r1:543
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:543
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:542
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:549
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:544
+# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:551
 _T27 = """\
-v_dst = S.xmm[$dst]  # sse.r1:547
-v_src = S.xmm[$src]  # sse.r1:547
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:554
+v_src = S.xmm[$src]  # sse.r1:554
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:556
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:563
 """
 
-# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:544
+# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:551
 _T28 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:547
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:547
+v_dst = S.xmm[$dst]  # sse.r1:554
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:554
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:556
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:563
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:559
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:566
 _T29 = """\
-v_dst = S.xmm[$dst]  # sse.r1:562
-v_src = S.xmm[$src]  # sse.r1:562
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:569
+v_src = S.xmm[$src]  # sse.r1:569
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:568
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:575
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:570
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:577
 _T30 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:573
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:573
+v_dst = S.xmm[$dst]  # sse.r1:580
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:580
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:579
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:586
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:581
+# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:588
 _T31 = """\
-v_dst = S.xmm[$dst]  # sse.r1:584
-v_src = S.xmm[$src]  # sse.r1:584
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:591
+v_src = S.xmm[$src]  # sse.r1:591
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:593
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:600
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:581
+# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:588
 _T32 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:584
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:584
+v_dst = S.xmm[$dst]  # sse.r1:591
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:591
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:593
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:600
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:596
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:603
 _T33 = """\
-v_dst = S.xmm[$dst]  # sse.r1:599
-v_src = S.xmm[$src]  # sse.r1:599
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:606
+v_src = S.xmm[$src]  # sse.r1:606
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:605
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:612
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:607
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:614
 _T34 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:610
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:610
+v_dst = S.xmm[$dst]  # sse.r1:617
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:617
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:616
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:623
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:618
+# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:625
 _T35 = """\
-v_dst = S.xmm[$dst]  # sse.r1:621
-v_src = S.xmm[$src]  # sse.r1:621
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:628
+v_src = S.xmm[$src]  # sse.r1:628
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:630
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:637
 """
 
-# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:618
+# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:625
 _T36 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:621
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:621
+v_dst = S.xmm[$dst]  # sse.r1:628
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:628
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:630
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:637
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:633
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:640
 _T37 = """\
-v_dst = S.xmm[$dst]  # sse.r1:636
-v_src = S.xmm[$src]  # sse.r1:636
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:643
+v_src = S.xmm[$src]  # sse.r1:643
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:642
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:649
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:644
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:651
 _T38 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:647
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:647
+v_dst = S.xmm[$dst]  # sse.r1:654
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:654
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:653
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:660
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:655
+# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:662
 _T39 = """\
-v_dst = S.xmm[$dst]  # sse.r1:658
-v_src = S.xmm[$src]  # sse.r1:658
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:665
+v_src = S.xmm[$src]  # sse.r1:665
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:667
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:674
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:655
+# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:662
 _T40 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:658
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:658
+v_dst = S.xmm[$dst]  # sse.r1:665
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:665
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:240
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:241
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:242
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:243
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:216
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:667
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:674
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:670
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:677
 _T41 = """\
-v_dst = S.xmm[$dst]  # sse.r1:673
-v_src = S.xmm[$src]  # sse.r1:673
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:680
+v_src = S.xmm[$src]  # sse.r1:680
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:679
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:686
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:681
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:688
 _T42 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:684
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:684
+v_dst = S.xmm[$dst]  # sse.r1:691
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:691
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:690
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:697
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:692
+# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:699
 _T43 = """\
-v_src = S.xmm[$src]  # sse.r1:695
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:702
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_src & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_src >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_src >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_src >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:704
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:711
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:692
+# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:699
 _T44 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:695
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:702
 a_x_0 = (v_src & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:240
+l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
 a_x_3 = ((v_src >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:241
+l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
 a_x_6 = ((v_src >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:242
+l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
 a_x_9 = ((v_src >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:243
+l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:216
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:704
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:711
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:707
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:714
 _T45 = """\
-v_dst = S.xmm[$dst]  # sse.r1:710
-v_src = S.xmm[$src]  # sse.r1:710
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:717
+v_src = S.xmm[$src]  # sse.r1:717
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:716
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:723
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:718
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:725
 _T46 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:721
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:721
+v_dst = S.xmm[$dst]  # sse.r1:728
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:728
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:727
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:734
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:729
+# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:736
 _T47 = """\
-v_src = S.xmm[$src]  # sse.r1:732
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:741
+v_src = S.xmm[$src]  # sse.r1:739
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:748
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:729
+# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:736
 _T48 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:732
-S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:741
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:739
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:748
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:744
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:751
 _T49 = """\
-v_dst = S.xmm[$dst]  # sse.r1:747
-v_src = S.xmm[$src]  # sse.r1:747
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:753
+v_dst = S.xmm[$dst]  # sse.r1:754
+v_src = S.xmm[$src]  # sse.r1:754
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:760
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:755
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:762
 _T50 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:758
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:758
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:764
+v_dst = S.xmm[$dst]  # sse.r1:765
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:765
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:771
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:766
+# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:773
 _T51 = """\
-v_src = S.xmm[$src]  # sse.r1:769
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:778
+v_src = S.xmm[$src]  # sse.r1:776
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:785
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
+# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:773
 _T52 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:769
-S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:778
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:776
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:785
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:781
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:788
 _T53 = """\
-v_dst = S.xmm[$dst]  # sse.r1:784
-v_src = S.xmm[$src]  # sse.r1:784
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:790
+v_dst = S.xmm[$dst]  # sse.r1:791
+v_src = S.xmm[$src]  # sse.r1:791
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:797
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:792
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:799
 _T54 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:795
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:795
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:801
+v_dst = S.xmm[$dst]  # sse.r1:802
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:802
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:808
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:805
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:812
 _T55 = """\
-v_dst = S.xmm[$dst]  # sse.r1:808
-v_src = S.xmm[$src]  # sse.r1:808
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:815
+v_src = S.xmm[$src]  # sse.r1:815
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 4294967295)
-l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:132
+l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:146
 a_x_3 = ((v_dst >> 32) & 4294967295)
-l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:133
+l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:147
 a_x_5 = ((v_dst >> 64) & 4294967295)
-l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:134
+l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:148
 a_x_7 = ((v_dst >> 96) & 4294967295)
-l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:135
+l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:149
 a_x_9 = (v_src & 4294967295)
-l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:136
+l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:150
 a_x_11 = ((v_src >> 32) & 4294967295)
-l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:137
+l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:151
 a_x_13 = ((v_src >> 64) & 4294967295)
-l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:138
+l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:152
 a_x_15 = ((v_src >> 96) & 4294967295)
-l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:139
+l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:153
 m_ie_17 = (((((((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) and (not (l_x0_2 >> 22 & 1))) or ((((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)) and (not (l_y0_10 >> 22 & 1)))) or (((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) and (not (l_x1_4 >> 22 & 1))) or ((((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)) and (not (l_y1_12 >> 22 & 1)))) or (((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) and (not (l_x2_6 >> 22 & 1))) or ((((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)) and (not (l_y2_14 >> 22 & 1)))) or (((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) and (not (l_x3_8 >> 22 & 1))) or ((((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)) and (not (l_y3_16 >> 22 & 1)))) or (((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_18 = (((((not ((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)))) and ((((l_x0_2 >> 23 & 0xff) == 0) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 0) and ((l_y0_10 & 0x7fffff) != 0)))) or ((not ((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)))) and ((((l_x1_4 >> 23 & 0xff) == 0) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 0) and ((l_y1_12 & 0x7fffff) != 0))))) or ((not ((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)))) and ((((l_x2_6 >> 23 & 0xff) == 0) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 0) and ((l_y2_14 & 0x7fffff) != 0))))) or ((not ((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)))) and ((((l_x3_8 >> 23 & 0xff) == 0) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 0) and ((l_y3_16 & 0x7fffff) != 0)))))
-if m_ie_17:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_18:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_ie_17:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_18:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:77
 a_rel_19 = b_f32_relation(l_x0_2, l_y0_10)
 a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
 a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
 a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
 r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
-S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:818
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:825
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:805
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:812
 _T56 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:808
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:808
+v_dst = S.xmm[$dst]  # sse.r1:815
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:815
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 4294967295)
-l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:132
+l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:146
 a_x_3 = ((v_dst >> 32) & 4294967295)
-l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:133
+l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:147
 a_x_5 = ((v_dst >> 64) & 4294967295)
-l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:134
+l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:148
 a_x_7 = ((v_dst >> 96) & 4294967295)
-l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:135
+l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:149
 a_x_9 = (v_src & 4294967295)
-l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:136
+l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:150
 a_x_11 = ((v_src >> 32) & 4294967295)
-l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:137
+l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:151
 a_x_13 = ((v_src >> 64) & 4294967295)
-l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:138
+l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:152
 a_x_15 = ((v_src >> 96) & 4294967295)
-l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:139
+l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:153
 m_ie_17 = (((((((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) and (not (l_x0_2 >> 22 & 1))) or ((((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)) and (not (l_y0_10 >> 22 & 1)))) or (((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) and (not (l_x1_4 >> 22 & 1))) or ((((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)) and (not (l_y1_12 >> 22 & 1)))) or (((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) and (not (l_x2_6 >> 22 & 1))) or ((((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)) and (not (l_y2_14 >> 22 & 1)))) or (((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) and (not (l_x3_8 >> 22 & 1))) or ((((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)) and (not (l_y3_16 >> 22 & 1)))) or (((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_18 = (((((not ((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)))) and ((((l_x0_2 >> 23 & 0xff) == 0) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 0) and ((l_y0_10 & 0x7fffff) != 0)))) or ((not ((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)))) and ((((l_x1_4 >> 23 & 0xff) == 0) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 0) and ((l_y1_12 & 0x7fffff) != 0))))) or ((not ((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)))) and ((((l_x2_6 >> 23 & 0xff) == 0) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 0) and ((l_y2_14 & 0x7fffff) != 0))))) or ((not ((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)))) and ((((l_x3_8 >> 23 & 0xff) == 0) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 0) and ((l_y3_16 & 0x7fffff) != 0)))))
-if m_ie_17:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_18:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_ie_17:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_18:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:77
 a_rel_19 = b_f32_relation(l_x0_2, l_y0_10)
 a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
 a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
 a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
 r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
-S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:818
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:825
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:821
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:828
 _T57 = """\
-v_dst = S.xmm[$dst]  # sse.r1:824
-v_src = S.xmm[$src]  # sse.r1:824
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:831
+v_src = S.xmm[$src]  # sse.r1:831
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:124
-l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:125
+l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:138
+l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:139
 m_ie_5 = ((((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) and (not (l_x_3 >> 22 & 1))) or ((((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)) and (not (l_y_4 >> 22 & 1)))) or (((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0))) and ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))))
 m_de_6 = ((not ((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)))) and ((((l_x_3 >> 23 & 0xff) == 0) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 0) and ((l_y_4 & 0x7fffff) != 0))))
-if m_ie_5:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_6:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_ie_5:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_6:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:77
 a_rel_7 = b_f32_relation(l_x_3, l_y_4)
 r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:833
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:840
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:836
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:843
 _T58 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:839
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:839
+v_dst = S.xmm[$dst]  # sse.r1:846
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:846
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:124
-l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:125
+l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:138
+l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:139
 m_ie_5 = ((((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) and (not (l_x_3 >> 22 & 1))) or ((((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)) and (not (l_y_4 >> 22 & 1)))) or (((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0))) and ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))))
 m_de_6 = ((not ((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)))) and ((((l_x_3 >> 23 & 0xff) == 0) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 0) and ((l_y_4 & 0x7fffff) != 0))))
-if m_ie_5:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_6:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_ie_5:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_6:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:77
 a_rel_7 = b_f32_relation(l_x_3, l_y_4)
 r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:848
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:855
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:851
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:858
 _T59 = """\
-v_a = S.xmm[$a]  # sse.r1:854
-v_b = S.xmm[$b]  # sse.r1:854
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_a = S.xmm[$a]  # sse.r1:861
+v_b = S.xmm[$b]  # sse.r1:861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = ((((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:862
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:869
 _T60 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:865
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_b = rd32($seg, ea)  # sse.r1:865
+v_a = S.xmm[$a]  # sse.r1:872
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_b = rd32($seg, ea)  # sse.r1:872
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = ((((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:873
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:880
 _T61 = """\
-v_a = S.xmm[$a]  # sse.r1:876
-v_b = S.xmm[$b]  # sse.r1:876
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_a = S.xmm[$a]  # sse.r1:883
+v_b = S.xmm[$b]  # sse.r1:883
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = (((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1))))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:884
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:891
 _T62 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:887
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_b = rd32($seg, ea)  # sse.r1:887
+v_a = S.xmm[$a]  # sse.r1:894
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_b = rd32($seg, ea)  # sse.r1:894
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:171
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:172
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:173
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = (((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1))))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:897
+# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:904
 _T63 = """\
-v_dst = S.xmm[$dst]  # sse.r1:900
-v_src = S.xmm[$src]  # sse.r1:900
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:909
+v_dst = S.xmm[$dst]  # sse.r1:907
+v_src = S.xmm[$src]  # sse.r1:907
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:916
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:897
+# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:904
 _T64 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:900
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:900
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:909
+v_dst = S.xmm[$dst]  # sse.r1:907
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:907
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:916
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:912
+# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:919
 _T65 = """\
-v_dst = S.xmm[$dst]  # sse.r1:915
-v_src = S.xmm[$src]  # sse.r1:915
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:924
+v_dst = S.xmm[$dst]  # sse.r1:922
+v_src = S.xmm[$src]  # sse.r1:922
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:931
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:912
+# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:919
 _T66 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:915
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:915
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:924
+v_dst = S.xmm[$dst]  # sse.r1:922
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:922
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:931
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:927
+# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:934
 _T67 = """\
-v_dst = S.xmm[$dst]  # sse.r1:930
-v_src = S.xmm[$src]  # sse.r1:930
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:939
+v_dst = S.xmm[$dst]  # sse.r1:937
+v_src = S.xmm[$src]  # sse.r1:937
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:946
 """
 
-# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:927
+# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:934
 _T68 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:930
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:930
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:939
+v_dst = S.xmm[$dst]  # sse.r1:937
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:937
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:946
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:942
+# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:949
 _T69 = """\
-v_dst = S.xmm[$dst]  # sse.r1:945
-v_src = S.xmm[$src]  # sse.r1:945
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:954
+v_dst = S.xmm[$dst]  # sse.r1:952
+v_src = S.xmm[$src]  # sse.r1:952
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:961
 """
 
-# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:942
+# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:949
 _T70 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:945
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:945
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:954
+v_dst = S.xmm[$dst]  # sse.r1:952
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:952
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:961
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:957
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:964
 _T71 = """\
-v_dst = S.xmm[$dst]  # sse.r1:960
-v_src = S.xmm[$src]  # sse.r1:960
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:969
+v_dst = S.xmm[$dst]  # sse.r1:967
+v_src = S.xmm[$src]  # sse.r1:967
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:976
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:957
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:964
 _T72 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:960
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:960
-S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:969
+v_dst = S.xmm[$dst]  # sse.r1:967
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:967
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:976
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:972
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:979
 _T73 = """\
-v_dst = S.xmm[$dst]  # sse.r1:975
-v_src = S.xmm[$src]  # sse.r1:975
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:984
+v_dst = S.xmm[$dst]  # sse.r1:982
+v_src = S.xmm[$src]  # sse.r1:982
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:991
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:972
+# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:979
 _T74 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:975
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:975
-S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:984
+v_dst = S.xmm[$dst]  # sse.r1:982
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:982
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:991
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:987
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:994
 _T75 = """\
-v_dst = S.xmm[$dst]  # sse.r1:990
-v_src = S.xmm[$src]  # sse.r1:990
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:999
+v_dst = S.xmm[$dst]  # sse.r1:997
+v_src = S.xmm[$src]  # sse.r1:997
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1006
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:987
+# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:994
 _T76 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:990
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:990
-S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:999
+v_dst = S.xmm[$dst]  # sse.r1:997
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:997
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1006
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1004
+# CVTPI2PS_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1011
 _T77 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1007
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1007
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+v_dst = S.xmm[$dst]  # sse.r1:1014
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1014
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:1016
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1018
+l_r = r_6  # sse.r1:1023
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1025
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1004
+# CVTPI2PS_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1011
 _T78 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1007
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1007
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+v_dst = S.xmm[$dst]  # sse.r1:1014
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1014
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:1016
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1018
+l_r = r_6  # sse.r1:1023
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1025
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1021
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1028
 _T79 = """\
-v_src = S.xmm[$src]  # sse.r1:1024
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
+v_src = S.xmm[$src]  # sse.r1:1031
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1032
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1034
+l_r = r_7  # sse.r1:1039
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1041
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1037
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1044
 _T80 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-v_src = b_load($seg, ea, 64)  # sse.r1:1040
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1047
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1048
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1050
+l_r = r_7  # sse.r1:1055
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1057
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1053
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1060
 _T81 = """\
-v_src = S.xmm[$src]  # sse.r1:1056
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
+v_src = S.xmm[$src]  # sse.r1:1063
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1064
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1066
+l_r = r_7  # sse.r1:1071
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1073
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1069
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1076
 _T82 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-v_src = b_load($seg, ea, 64)  # sse.r1:1072
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1079
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1080
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1082
+l_r = r_7  # sse.r1:1087
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1089
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1085
+# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1092
 _T83 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1088
-v_src = R[$src]  # sse.r1:1088
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+v_dst = S.xmm[$dst]  # sse.r1:1095
+v_src = R[$src]  # sse.r1:1095
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = 0  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1094
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1101
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1085
+# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1092
 _T84 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1088
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1088
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+v_dst = S.xmm[$dst]  # sse.r1:1095
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:1095
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = 0  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1094
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1101
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1096
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1103
 _T85 = """\
-v_src = S.xmm[$src]  # sse.r1:1099
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:1106
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1105
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1112
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1107
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1114
 _T86 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1110
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:1117
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1116
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1123
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1118
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1125
 _T87 = """\
-v_src = S.xmm[$src]  # sse.r1:1121
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:1128
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1127
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1134
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1129
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1136
 _T88 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1132
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:1139
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1138
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1145
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1142
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1149
 _T89 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:1145
-if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1153
-    raise Fault(13, 0)  # sse.r1:1153
-S.mxcsr = v_src & 0xffffffff  # sse.r1:1154
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:1152
+if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1160
+    raise Fault(13, 0)  # sse.r1:1160
+S.mxcsr = v_src & 0xffffffff  # sse.r1:1161
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1157
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1164
 _T90 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-wr32($seg, ea, S.mxcsr)  # sse.r1:1166
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+wr32($seg, ea, S.mxcsr)  # sse.r1:1173
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1168
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1175
 _T91 = """\
-b_unimplemented('FXSAVE_M512', 'spec/sse.r1:1168')  # sse.r1:1168
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
+    raise Fault(7, None)  # sse.r1:46
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
+    raise Fault(13, 0)  # sse.r1:47
+b_check_write($seg, ea, 4096)  # sse.r1:1186
+l_s = $seg  # sse.r1:1187
+l_off = ea  # sse.r1:1188
+wr16(l_s, l_off, S.fcw)  # sse.r1:1189
+wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:1190
+wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:1191
+wr16(l_s, (l_off + 6), S.fop)  # sse.r1:1192
+wr32(l_s, (l_off + 8), S.fip)  # sse.r1:1193
+wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:1194
+wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:1195
+wr32(l_s, (l_off + 20), S.fds)  # sse.r1:1196
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:1197
+    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:1198
+    wr32(l_s, (l_off + 28), 65535)  # sse.r1:1199
+l_i = 0  # sse.r1:1201
+while (l_i < 8):  # sse.r1:1202
+    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:1203
+    l_i = (l_i + 1)  # sse.r1:1204
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:1206
+    l_i = 0  # sse.r1:1207
+    while (l_i < 8):  # sse.r1:1208
+        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:1209
+        l_i = (l_i + 1)  # sse.r1:1210
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1178
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1215
 _T92 = """\
-b_unimplemented('FXRSTOR_M512', 'spec/sse.r1:1178')  # sse.r1:1178
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
+    raise Fault(7, None)  # sse.r1:46
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
+    raise Fault(13, 0)  # sse.r1:47
+v_src = b_load($seg, ea, 4096)  # sse.r1:1218
+l_s = $seg  # sse.r1:1226
+l_off = ea  # sse.r1:1227
+l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:1228
+if (l_new_mxcsr & (-65536)):  # sse.r1:1229
+    raise Fault(13, 0)  # sse.r1:1229
+S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:1230
+a_sw_0 = rd16(l_s, (l_off + 2))
+S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:1231
+S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:1232
+S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:1233
+S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:1234
+S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:1235
+S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:1236
+S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:1237
+l_i = 0  # sse.r1:1238
+while (l_i < 8):  # sse.r1:1239
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:1240
+    l_i = (l_i + 1)  # sse.r1:1241
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:1243
+    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:1244
+    l_i = 0  # sse.r1:1245
+    while (l_i < 8):  # sse.r1:1246
+        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:1247
+        l_i = (l_i + 1)  # sse.r1:1248
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1190
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1255
 _T93 = """\
 ea = $ea
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1201
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1266
 _T94 = """\
 ea = $ea
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1212
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1277
 _T95 = """\
 ea = $ea
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1223
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1288
 _T96 = """\
 ea = $ea
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1234
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1299
 _T97 = """\
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1245
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1310
 _T98 = """\
-b_unimplemented('MOVNTQ_M64_MM', 'spec/sse.r1:1245')  # sse.r1:1245
+ea = $ea
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1313
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+b_store($seg, ea, 64, v_src)  # sse.r1:1319
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1255
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1321
 _T99 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1258
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:1264
+v_src = S.xmm[$src]  # sse.r1:1324
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:1330
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1266
+# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1332
 _T100 = """\
-b_unimplemented('MASKMOVQ_MM_MM', 'spec/sse.r1:1266')  # sse.r1:1266
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1335
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:1335
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 8):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1278
+# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1332
 _T101 = """\
-b_unimplemented('PAVGB_MM_MMRM', 'spec/sse.r1:1278')  # sse.r1:1278
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1335
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:1335
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 8):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1288
+# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1345
 _T102 = """\
-b_unimplemented('PAVGW_MM_MMRM', 'spec/sse.r1:1288')  # sse.r1:1288
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1348
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1348
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1354
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1298
+# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1345
 _T103 = """\
-b_unimplemented('PMAXSW_MM_MMRM', 'spec/sse.r1:1298')  # sse.r1:1298
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1348
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1348
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1354
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1308
+# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1356
 _T104 = """\
-b_unimplemented('PMAXUB_MM_MMRM', 'spec/sse.r1:1308')  # sse.r1:1308
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1359
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1359
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1365
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1318
+# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1356
 _T105 = """\
-b_unimplemented('PMINSW_MM_MMRM', 'spec/sse.r1:1318')  # sse.r1:1318
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1359
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1359
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1365
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1328
+# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1367
 _T106 = """\
-b_unimplemented('PMINUB_MM_MMRM', 'spec/sse.r1:1328')  # sse.r1:1328
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1370
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1370
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1376
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1338
+# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1367
 _T107 = """\
-b_unimplemented('PMULHUW_MM_MMRM', 'spec/sse.r1:1338')  # sse.r1:1338
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1370
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1370
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1376
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:1348
+# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1378
 _T108 = """\
-b_unimplemented('PSADBW_MM_MMRM', 'spec/sse.r1:1348')  # sse.r1:1348
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1381
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1381
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1387
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:1358
+# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1378
 _T109 = """\
-b_unimplemented('PSHUFW_MM_MMRM_IMM8', 'spec/sse.r1:1358')  # sse.r1:1358
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1381
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1381
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1387
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1368
+# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1389
 _T110 = """\
-b_unimplemented('PEXTRW_R32_MM_IMM8', 'spec/sse.r1:1368')  # sse.r1:1368
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1392
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1392
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1398
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1378
+# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1389
 _T111 = """\
-b_unimplemented('PINSRW_MM_R32_IMM8', 'spec/sse.r1:1378')  # sse.r1:1378
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1392
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1392
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1398
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1388
+# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1400
 _T112 = """\
-b_unimplemented('PINSRW_MM_M16_IMM8', 'spec/sse.r1:1388')  # sse.r1:1388
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1403
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1403
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1409
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1398
+# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1400
 _T113 = """\
-b_unimplemented('PMOVMSKB_R32_MM', 'spec/sse.r1:1398')  # sse.r1:1398
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1403
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1403
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1409
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1410
+# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1411
 _T114 = """\
-v_src = S.xmm[$src]  # sse.r1:1413
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1422
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1414
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1414
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1420
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1410
+# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1411
 _T115 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1413
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1422
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1414
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1414
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1420
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1425
+# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1422
 _T116 = """\
-v_src = S.xmm[$src]  # sse.r1:1428
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1437
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1425
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1425
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 64):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1431
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1425
+# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1422
 _T117 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1428
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:1437
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1425
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1425
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 64):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1431
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1440
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1433
 _T118 = """\
-v_src = S.xmm[$src]  # sse.r1:1443
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1449
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1436
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1442
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1440
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1433
 _T119 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 128)  # sse.r1:1443
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1449
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:1436
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1442
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1451
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1444
 _T120 = """\
-v_src = S.xmm[$src]  # sse.r1:1454
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1460
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1447
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1453
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1451
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1455
 _T121 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1454
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 128, v_src)  # sse.r1:1460
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1458
+v_src = R[$src]  # sse.r1:1458
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+a_sel_0 = ($imm & 3)
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1464
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1462
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1466
 _T122 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1465
-v_src = S.xmm[$src]  # sse.r1:1465
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1471
-"""
-
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1473
-_T123 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1476
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1482
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1469
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = rd16($seg, ea)  # sse.r1:1469
+a_sel_0 = ($imm & 3)
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1475
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1484
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1477
+_T123 = """\
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1480
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:181
+l_i_1 = 0  # mmx.r1:182
+while (l_i_1 < 8):  # mmx.r1:183
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:185
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1486
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+"""
+
+# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1490
 _T124 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1487
-v_src = S.xmm[$src]  # sse.r1:1487
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1493
+v_src = S.xmm[$src]  # sse.r1:1493
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1502
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1495
+# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1490
 _T125 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1498
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1504
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1493
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1502
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1506
+# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1505
 _T126 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1509
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1509
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1515
+v_src = S.xmm[$src]  # sse.r1:1508
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1517
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1517
+# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1505
 _T127 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1520
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1526
+v_src = S.xmm[$src]  # sse.r1:1508
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:1517
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1528
+# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1520
 _T128 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1531
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1531
-S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1537
+v_src = S.xmm[$src]  # sse.r1:1523
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1529
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1539
+# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1520
 _T129 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1542
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1548
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 128)  # sse.r1:1523
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1529
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1550
+# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1531
 _T130 = """\
-v_src = S.xmm[$src]  # sse.r1:1553
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1559
+v_src = S.xmm[$src]  # sse.r1:1534
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1540
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1563
+# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1531
 _T131 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1566
-v_src = S.xmm[$src]  # sse.r1:1566
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1575
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1534
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 128, v_src)  # sse.r1:1540
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1563
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1542
 _T132 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1566
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1566
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1575
+v_dst = S.xmm[$dst]  # sse.r1:1545
+v_src = S.xmm[$src]  # sse.r1:1545
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1551
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1578
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1553
 _T133 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1581
-v_src = S.xmm[$src]  # sse.r1:1581
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1587
-"""
-
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1589
-_T134 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1592
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1592
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1598
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1556
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1562
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1600
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1564
+_T134 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1567
+v_src = S.xmm[$src]  # sse.r1:1567
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1573
+"""
+
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
 _T135 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1603
-v_src = S.xmm[$src]  # sse.r1:1603
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1612
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1578
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1584
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1600
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1586
 _T136 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1603
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1603
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1612
+v_dst = S.xmm[$dst]  # sse.r1:1589
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1589
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1595
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1615
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1597
 _T137 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1618
-v_src = S.xmm[$src]  # sse.r1:1618
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1624
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:1600
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1606
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1626
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1608
 _T138 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1629
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1629
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1635
+v_dst = S.xmm[$dst]  # sse.r1:1611
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1611
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1617
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1637
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1619
 _T139 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1640
-v_src = S.xmm[$src]  # sse.r1:1640
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1649
-"""
-
-# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1637
-_T140 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1640
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1640
+v_src = S.xmm[$src]  # sse.r1:1622
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1628
+"""
+
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1630
+_T140 = """\
+v_src = S.xmm[$src]  # sse.r1:1633
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1639
+"""
+
+# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1643
+_T141 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1646
+v_src = S.xmm[$src]  # sse.r1:1646
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1649
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1655
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1652
-_T141 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1655
-v_src = S.xmm[$src]  # sse.r1:1655
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1661
-"""
-
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1663
+# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1643
 _T142 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1666
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1666
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1672
-"""
-
-# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1674
-_T143 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1677
-v_src = S.xmm[$src]  # sse.r1:1677
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1646
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1646
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1686
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1655
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1674
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1658
+_T143 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1661
+v_src = S.xmm[$src]  # sse.r1:1661
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1667
+"""
+
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1669
 _T144 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1677
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1677
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1686
-"""
-
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1689
-_T145 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1692
-v_src = S.xmm[$src]  # sse.r1:1692
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1672
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1672
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1698
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1678
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1700
+# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1680
+_T145 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1683
+v_src = S.xmm[$src]  # sse.r1:1683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1692
+"""
+
+# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1680
 _T146 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1703
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1703
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1709
-"""
-
-# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1711
-_T147 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1714
-v_src = S.xmm[$src]  # sse.r1:1714
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1683
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1683
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
-a_x_5 = ((v_dst >> 64) & 18446744073709551615)
-a_y_6 = ((v_src >> 64) & 18446744073709551615)
-a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
-a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
-m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1723
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1692
 """
 
-# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1711
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1695
+_T147 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1698
+v_src = S.xmm[$src]  # sse.r1:1698
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1704
+"""
+
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1706
 _T148 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1714
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1714
-a_x_0 = (v_dst & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
-a_x_5 = ((v_dst >> 64) & 18446744073709551615)
-a_y_6 = ((v_src >> 64) & 18446744073709551615)
-a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
-a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
-m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1723
-"""
-
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1726
-_T149 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1729
-v_src = S.xmm[$src]  # sse.r1:1729
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1709
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1709
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
-m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1735
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1715
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1737
+# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1717
+_T149 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1720
+v_src = S.xmm[$src]  # sse.r1:1720
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1729
+"""
+
+# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1717
 _T150 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1740
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1740
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
-m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1746
-"""
-
-# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1748
-_T151 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1751
-v_src = S.xmm[$src]  # sse.r1:1751
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_dst = S.xmm[$dst]  # sse.r1:1720
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1720
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
-a_x_5 = ((v_dst >> 64) & 18446744073709551615)
-a_y_6 = ((v_src >> 64) & 18446744073709551615)
-a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
-a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
-m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1760
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1729
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1748
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1732
+_T151 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1735
+v_src = S.xmm[$src]  # sse.r1:1735
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1741
+"""
+
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1743
 _T152 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1751
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1751
+v_dst = S.xmm[$dst]  # sse.r1:1746
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1746
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1752
+"""
+
+# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1754
+_T153 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1757
+v_src = S.xmm[$src]  # sse.r1:1757
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1766
+"""
+
+# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1754
+_T154 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1757
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1757
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1766
+"""
+
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1769
+_T155 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1772
+v_src = S.xmm[$src]  # sse.r1:1772
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1778
+"""
+
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1780
+_T156 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1783
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1783
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1789
+"""
+
+# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1791
+_T157 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1794
+v_src = S.xmm[$src]  # sse.r1:1794
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:248
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
 a_x_5 = ((v_dst >> 64) & 18446744073709551615)
 a_y_6 = ((v_src >> 64) & 18446744073709551615)
 a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:249
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
 m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:216
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1760
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1803
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1763
-_T153 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1766
-v_src = S.xmm[$src]  # sse.r1:1766
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
-m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1772
-"""
-
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1774
-_T154 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1777
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1777
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
-a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:259
-m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1783
-"""
-
-# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1785
-_T155 = """\
-v_src = S.xmm[$src]  # sse.r1:1788
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_src & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_src >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1797
-"""
-
-# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1785
-_T156 = """\
-ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1788
-a_x_0 = (v_src & 18446744073709551615)
-a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:248
-a_x_3 = ((v_src >> 64) & 18446744073709551615)
-a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:249
-m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:216
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1797
-"""
-
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1800
-_T157 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1803
-v_src = S.xmm[$src]  # sse.r1:1803
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-a_x_0 = (v_dst & 0xffffffffffffffff)
-a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1809
-"""
-
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1811
+# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1791
 _T158 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1814
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1814
+v_dst = S.xmm[$dst]  # sse.r1:1794
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1794
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1803
+"""
+
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1806
+_T159 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1809
+v_src = S.xmm[$src]  # sse.r1:1809
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:259
-m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:216
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1820
+        raise Fault(6, None)  # sse.r1:226
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1815
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1824
-_T159 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1827
-v_src = S.xmm[$src]  # sse.r1:1827
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_p_0 = ($imm & 7)
-a_x_1 = (v_dst & 18446744073709551615)
-l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
-a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:149
-a_x_5 = (v_src & 18446744073709551615)
-l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:150
-a_x_7 = ((v_src >> 64) & 18446744073709551615)
-l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:151
-m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
-m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
-if m_ie_9:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_10:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
-a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
-r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
-S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1837
-"""
-
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1824
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
 _T160 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1827
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1827
+v_dst = S.xmm[$dst]  # sse.r1:1820
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1820
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1826
+"""
+
+# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1828
+_T161 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1831
+v_src = S.xmm[$src]  # sse.r1:1831
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1840
+"""
+
+# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1828
+_T162 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1831
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1831
+a_x_0 = (v_dst & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+a_x_5 = ((v_dst >> 64) & 18446744073709551615)
+a_y_6 = ((v_src >> 64) & 18446744073709551615)
+a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
+a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1840
+"""
+
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1843
+_T163 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1846
+v_src = S.xmm[$src]  # sse.r1:1846
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
+"""
+
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1854
+_T164 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1857
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1857
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
+a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+m_flags_5 = (l_r_4 >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1863
+"""
+
+# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1865
+_T165 = """\
+v_src = S.xmm[$src]  # sse.r1:1868
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_src & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_src >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1877
+"""
+
+# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1865
+_T166 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1868
+a_x_0 = (v_src & 18446744073709551615)
+a_y_1 = (v_src & 18446744073709551615)
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+a_x_3 = ((v_src >> 64) & 18446744073709551615)
+a_y_4 = ((v_src >> 64) & 18446744073709551615)
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1877
+"""
+
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1880
+_T167 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1883
+v_src = S.xmm[$src]  # sse.r1:1883
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1889
+"""
+
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1891
+_T168 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:1894
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1894
+a_x_0 = (v_dst & 0xffffffffffffffff)
+a_y_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+m_flags_3 = (l_r_2 >> 64)
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1900
+"""
+
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1904
+_T169 = """\
+v_dst = S.xmm[$dst]  # sse.r1:1907
+v_src = S.xmm[$src]  # sse.r1:1907
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 18446744073709551615)
-l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:148
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:162
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:149
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:163
 a_x_5 = (v_src & 18446744073709551615)
-l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:150
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:164
 a_x_7 = ((v_src >> 64) & 18446744073709551615)
-l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:151
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:165
 m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
-if m_ie_9:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_10:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
+if m_ie_9:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_10:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
     else:
-        raise Fault(6, None)  # sse.r1:54
+        raise Fault(6, None)  # sse.r1:77
 a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
 a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
 r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
-S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1837
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1917
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1840
-_T161 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1843
-v_src = S.xmm[$src]  # sse.r1:1843
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_dst & 0xffffffffffffffff)
-m_b_1 = (v_src & 0xffffffffffffffff)
-m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
-m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-a_rel_9 = b_f64_relation(l_x_3, l_y_4)
-r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
-"""
-
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1855
-_T162 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1858
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:1858
-m_a_0 = (v_dst & 0xffffffffffffffff)
-m_b_1 = (v_src & 0xffffffffffffffff)
-m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:82
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:83
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:84
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:85
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:86
-m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_de_8:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-a_rel_9 = b_f64_relation(l_x_3, l_y_4)
-r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1867
-"""
-
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1870
-_T163 = """\
-v_a = S.xmm[$a]  # sse.r1:1873
-v_b = S.xmm[$b]  # sse.r1:1873
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_a & 0xffffffffffffffff)
-m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
-m_rel_5 = b_f64_relation(l_x_2, l_y_3)
-m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
-m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
-"""
-
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1881
-_T164 = """\
-ea = $ea
-v_a = S.xmm[$a]  # sse.r1:1884
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_b = b_load($seg, ea, 64)  # sse.r1:1884
-m_a_0 = (v_a & 0xffffffffffffffff)
-m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
-m_rel_5 = b_f64_relation(l_x_2, l_y_3)
-m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
-m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
-"""
-
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1892
-_T165 = """\
-v_a = S.xmm[$a]  # sse.r1:1895
-v_b = S.xmm[$b]  # sse.r1:1895
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_a_0 = (v_a & 0xffffffffffffffff)
-m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
-m_rel_5 = b_f64_relation(l_x_2, l_y_3)
-m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
-m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
-"""
-
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1903
-_T166 = """\
-ea = $ea
-v_a = S.xmm[$a]  # sse.r1:1906
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_b = b_load($seg, ea, 64)  # sse.r1:1906
-m_a_0 = (v_a & 0xffffffffffffffff)
-m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:178
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:179
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:180
-m_rel_5 = b_f64_relation(l_x_2, l_y_3)
-m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
-m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:51
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:51
-if m_denormal_7:  # sse.r1:52
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:52
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:53
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:54
-        raise Fault(19, None)  # sse.r1:54
-    else:
-        raise Fault(6, None)  # sse.r1:54
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:163
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:164
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:165
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:166
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:167
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:168
-"""
-
-# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1916
-_T167 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1919
-v_src = S.xmm[$src]  # sse.r1:1919
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1928
-"""
-
-# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1916
-_T168 = """\
-ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1919
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1919
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1928
-"""
-
-# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1931
-_T169 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1934
-v_src = S.xmm[$src]  # sse.r1:1934
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1943
-"""
-
-# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1931
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1904
 _T170 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1934
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1934
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1943
+v_dst = S.xmm[$dst]  # sse.r1:1907
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1907
+m_p_0 = ($imm & 7)
+a_x_1 = (v_dst & 18446744073709551615)
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:162
+a_x_3 = ((v_dst >> 64) & 18446744073709551615)
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:163
+a_x_5 = (v_src & 18446744073709551615)
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:164
+a_x_7 = ((v_src >> 64) & 18446744073709551615)
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:165
+m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
+m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
+if m_ie_9:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_10:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
+a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
+r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1917
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1946
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1920
 _T171 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1949
-v_src = S.xmm[$src]  # sse.r1:1949
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1958
+v_dst = S.xmm[$dst]  # sse.r1:1923
+v_src = S.xmm[$src]  # sse.r1:1923
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_8:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1932
 """
 
-# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1946
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1935
 _T172 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1949
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1949
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1958
+v_dst = S.xmm[$dst]  # sse.r1:1938
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:1938
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+m_p_2 = ($imm & 7)
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
+m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
+if l_invalid_7:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_de_8:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+a_rel_9 = b_f64_relation(l_x_3, l_y_4)
+r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1947
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1961
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1950
 _T173 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1964
-v_src = S.xmm[$src]  # sse.r1:1964
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1973
+v_a = S.xmm[$a]  # sse.r1:1953
+v_b = S.xmm[$b]  # sse.r1:1953
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1961
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1961
 _T174 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1964
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1964
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1973
+v_a = S.xmm[$a]  # sse.r1:1964
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_b = b_load($seg, ea, 64)  # sse.r1:1964
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1976
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1972
 _T175 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1979
-v_src = S.xmm[$src]  # sse.r1:1979
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1988
+v_a = S.xmm[$a]  # sse.r1:1975
+v_b = S.xmm[$b]  # sse.r1:1975
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1976
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1983
 _T176 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1979
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1979
-S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1988
+v_a = S.xmm[$a]  # sse.r1:1986
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_b = b_load($seg, ea, 64)  # sse.r1:1986
+m_a_0 = (v_a & 0xffffffffffffffff)
+m_b_1 = (v_b & 0xffffffffffffffff)
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+m_rel_5 = b_f64_relation(l_x_2, l_y_3)
+m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
+m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
+if m_invalid_6:  # sse.r1:74
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
+if m_denormal_7:  # sse.r1:75
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
+        raise Fault(19, None)  # sse.r1:77
+    else:
+        raise Fault(6, None)  # sse.r1:77
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1991
+# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1996
 _T177 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1994
-v_src = S.xmm[$src]  # sse.r1:1994
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2003
+v_dst = S.xmm[$dst]  # sse.r1:1999
+v_src = S.xmm[$src]  # sse.r1:1999
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2008
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1991
+# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1996
 _T178 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1994
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:1994
-S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2003
+v_dst = S.xmm[$dst]  # sse.r1:1999
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:1999
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2008
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2006
+# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2011
 _T179 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2009
-v_src = S.xmm[$src]  # sse.r1:2009
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2018
+v_dst = S.xmm[$dst]  # sse.r1:2014
+v_src = S.xmm[$src]  # sse.r1:2014
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2006
+# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2011
 _T180 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2009
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2009
-S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2018
+v_dst = S.xmm[$dst]  # sse.r1:2014
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2014
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2023
+# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2026
 _T181 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2026
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-l_r = r_6  # sse.r1:2035
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2037
+v_dst = S.xmm[$dst]  # sse.r1:2029
+v_src = S.xmm[$src]  # sse.r1:2029
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2038
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2023
+# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2026
 _T182 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2026
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-l_r = r_6  # sse.r1:2035
-S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2037
+v_dst = S.xmm[$dst]  # sse.r1:2029
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2029
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2038
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2040
+# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2041
 _T183 = """\
-v_src = S.xmm[$src]  # sse.r1:2043
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2052
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2054
+v_dst = S.xmm[$dst]  # sse.r1:2044
+v_src = S.xmm[$src]  # sse.r1:2044
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2040
+# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2041
 _T184 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2043
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2052
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2054
+v_dst = S.xmm[$dst]  # sse.r1:2044
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2044
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2057
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2056
 _T185 = """\
-v_src = S.xmm[$src]  # sse.r1:2060
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2069
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
+v_dst = S.xmm[$dst]  # sse.r1:2059
+v_src = S.xmm[$src]  # sse.r1:2059
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2068
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2057
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2056
 _T186 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if (S.fsw >> 7 & 0x1):  # sse.r1:280
-    raise Fault(16, None)  # sse.r1:280
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2060
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2069
-S.fsw = S.fsw & 0xffffc7ff | 0x0  # sse.r1:283
-S.ftw = 255 & 0xff  # sse.r1:284
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2071
+v_dst = S.xmm[$dst]  # sse.r1:2059
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2059
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2068
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2074
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2071
 _T187 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2077
-v_src = R[$src]  # sse.r1:2077
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
+v_dst = S.xmm[$dst]  # sse.r1:2074
+v_src = S.xmm[$src]  # sse.r1:2074
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2074
+# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2071
 _T188 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2077
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:2077
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = 0  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
+v_dst = S.xmm[$dst]  # sse.r1:2074
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2074
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2085
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2086
 _T189 = """\
-v_src = S.xmm[$src]  # sse.r1:2088
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2094
+v_dst = S.xmm[$dst]  # sse.r1:2089
+v_src = S.xmm[$src]  # sse.r1:2089
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2098
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2096
+# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2086
 _T190 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2099
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2105
+v_dst = S.xmm[$dst]  # sse.r1:2089
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2089
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2098
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2107
+# CVTPI2PD_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2103
 _T191 = """\
-v_src = S.xmm[$src]  # sse.r1:2110
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2106
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2116
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+l_r = r_6  # sse.r1:2115
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2117
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2118
+# CVTPI2PD_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2103
 _T192 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2121
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2106
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2127
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+l_r = r_6  # sse.r1:2115
+S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2117
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2129
+# CVTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2120
 _T193 = """\
-v_src = S.xmm[$src]  # sse.r1:2132
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_src = S.xmm[$src]  # sse.r1:2123
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2138
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:2132
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2134
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2140
+# CVTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2120
 _T194 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2143
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
-    else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2149
-"""
-
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2151
-_T195 = """\
-v_src = S.xmm[$src]  # sse.r1:2154
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2123
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
+l_r = r_6  # sse.r1:2132
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2134
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2151
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2137
+_T195 = """\
+v_src = S.xmm[$src]  # sse.r1:2140
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+l_r = r_6  # sse.r1:2149
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2151
+"""
+
+# CVTTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2137
 _T196 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2154
-l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2140
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
+l_r = r_6  # sse.r1:2149
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2151
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2166
+# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2154
 _T197 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2169
-v_src = S.xmm[$src]  # sse.r1:2169
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_dst = S.xmm[$dst]  # sse.r1:2157
+v_src = R[$src]  # sse.r1:2157
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = 0  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2175
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2177
+# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2154
 _T198 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2180
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = rd32($seg, ea)  # sse.r1:2180
-m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
-m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_dst = S.xmm[$dst]  # sse.r1:2157
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:2157
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = 0  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2186
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2188
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2165
 _T199 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2191
-v_src = S.xmm[$src]  # sse.r1:2191
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
+v_src = S.xmm[$src]  # sse.r1:2168
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2197
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2174
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2199
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2176
 _T200 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2202
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2202
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2179
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_2 = 0  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2208
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2185
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2210
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2187
 _T201 = """\
-v_src = S.xmm[$src]  # sse.r1:2213
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_src = S.xmm[$src]  # sse.r1:2190
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2222
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2196
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2210
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2198
 _T202 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2213
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2201
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2222
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2207
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2225
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2209
 _T203 = """\
-v_src = S.xmm[$src]  # sse.r1:2228
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_src = S.xmm[$src]  # sse.r1:2212
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2237
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2218
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2225
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2220
 _T204 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2228
-l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2223
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2237
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2229
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2240
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2231
 _T205 = """\
-v_src = S.xmm[$src]  # sse.r1:2243
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+v_src = S.xmm[$src]  # sse.r1:2234
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2252
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2243
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2240
+# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2231
 _T206 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2243
-l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:269
-l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:270
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2234
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2252
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2243
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2255
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2246
 _T207 = """\
-v_src = S.xmm[$src]  # sse.r1:2258
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+v_dst = S.xmm[$dst]  # sse.r1:2249
+v_src = S.xmm[$src]  # sse.r1:2249
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2264
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2255
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2266
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2257
 _T208 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-v_src = b_load($seg, ea, 64)  # sse.r1:2269
-m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:267
-l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:268
-l_r2_3 = 0  # sse.r1:269
-l_r3_4 = 0  # sse.r1:270
+v_dst = S.xmm[$dst]  # sse.r1:2260
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:2260
+m_x_0 = (v_src & 0xffffffff)
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:216
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2275
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2266
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2277
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2268
 _T209 = """\
-v_src = S.xmm[$src]  # sse.r1:2280
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_dst = S.xmm[$dst]  # sse.r1:2271
+v_src = S.xmm[$src]  # sse.r1:2271
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2277
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2277
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2279
 _T210 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2280
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
-m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+v_dst = S.xmm[$dst]  # sse.r1:2282
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2282
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_2 = 0  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2289
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2288
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2292
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2290
 _T211 = """\
-v_src = S.xmm[$src]  # sse.r1:2295
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+v_src = S.xmm[$src]  # sse.r1:2293
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2302
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2292
+# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2290
 _T212 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-v_src = b_load($seg, ea, 128)  # sse.r1:2295
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:267
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:268
-l_r2_2 = 0  # sse.r1:269
-l_r3_3 = 0  # sse.r1:270
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2293
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:216
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:217
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:218
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:221
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:222
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:212
-        raise Fault(19, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
     else:
-        raise Fault(6, None)  # sse.r1:212
+        raise Fault(6, None)  # sse.r1:226
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2304
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2302
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2309
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2305
 _T213 = """\
-b_unimplemented('MOVDQA_XMM_XMMRM', 'spec/sse.r1:2309')  # sse.r1:2309
+v_src = S.xmm[$src]  # sse.r1:2308
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2317
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2319
+# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2305
 _T214 = """\
-b_unimplemented('MOVDQA_XMMRM_XMM', 'spec/sse.r1:2319')  # sse.r1:2319
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2308
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2317
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2329
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2320
 _T215 = """\
-b_unimplemented('MOVDQU_XMM_XMMRM', 'spec/sse.r1:2329')  # sse.r1:2329
+v_src = S.xmm[$src]  # sse.r1:2323
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2332
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2339
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2320
 _T216 = """\
-b_unimplemented('MOVDQU_XMMRM_XMM', 'spec/sse.r1:2339')  # sse.r1:2339
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2323
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2332
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg and 7 more] from spec/sse.r1:2349
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2335
 _T217 = """\
-b_unimplemented('MOVD_XMM_RM32', 'spec/sse.r1:2349')  # sse.r1:2349
+v_src = S.xmm[$src]  # sse.r1:2338
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2344
 """
 
-# MOVD_RM32_XMM [o16 a16 reg and 7 more] from spec/sse.r1:2359
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2346
 _T218 = """\
-b_unimplemented('MOVD_RM32_XMM', 'spec/sse.r1:2359')  # sse.r1:2359
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2349
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
+l_r2_3 = 0  # sse.r1:283
+l_r3_4 = 0  # sse.r1:284
+m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2355
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2369
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2357
 _T219 = """\
-b_unimplemented('MOVQ_XMM_XMM', 'spec/sse.r1:2369')  # sse.r1:2369
+v_src = S.xmm[$src]  # sse.r1:2360
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2369
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2379
+# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2357
 _T220 = """\
-b_unimplemented('MOVQ_XMM_M64', 'spec/sse.r1:2379')  # sse.r1:2379
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2360
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2369
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2389
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2372
 _T221 = """\
-b_unimplemented('MOVQ_XMM_XMM_0FD6', 'spec/sse.r1:2389')  # sse.r1:2389
+v_src = S.xmm[$src]  # sse.r1:2375
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2384
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2399
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2372
 _T222 = """\
-b_unimplemented('MOVQ_M64_XMM', 'spec/sse.r1:2399')  # sse.r1:2399
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2375
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
+l_r2_2 = 0  # sse.r1:283
+l_r3_3 = 0  # sse.r1:284
+m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
+        raise Fault(19, None)  # sse.r1:226
+    else:
+        raise Fault(6, None)  # sse.r1:226
+r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2384
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2409
+# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2389
 _T223 = """\
-b_unimplemented('MOVQ2DQ_XMM_MM', 'spec/sse.r1:2409')  # sse.r1:2409
+v_src = S.xmm[$src]  # sse.r1:2392
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2398
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2419
+# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2389
 _T224 = """\
-b_unimplemented('MOVDQ2Q_MM_XMM', 'spec/sse.r1:2419')  # sse.r1:2419
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2392
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2398
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2431
+# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2400
 _T225 = """\
-ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2434
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:42
-    raise Fault(6, None)  # sse.r1:42
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:43
-    raise Fault(7, None)  # sse.r1:43
-if ((((b_seg_base($seg) + ea) & 4294967295) & 15) != 0):  # sse.r1:97
-    raise Fault(13, 0)  # sse.r1:97
-b_store($seg, ea, 128, v_src)  # sse.r1:2440
+v_src = S.xmm[$src]  # sse.r1:2403
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2409
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2442
+# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2400
 _T226 = """\
-b_unimplemented('MOVNTDQ_M128_XMM', 'spec/sse.r1:2442')  # sse.r1:2442
-"""
-
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2452
-_T227 = """\
-b_unimplemented('MOVNTI_M32_R32', 'spec/sse.r1:2452')  # sse.r1:2452
-"""
-
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2462
-_T228 = """\
-b_unimplemented('MASKMOVDQU_XMM_XMM', 'spec/sse.r1:2462')  # sse.r1:2462
-"""
-
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2472
-_T229 = """\
 ea = $ea
-b_check_read($seg, ea, 8)  # sse.r1:2481
+v_src = S.xmm[$src]  # sse.r1:2403
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:2409
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2483
+# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2411
+_T227 = """\
+v_src = S.xmm[$src]  # sse.r1:2414
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2420
+"""
+
+# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2411
+_T228 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 128)  # sse.r1:2414
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2420
+"""
+
+# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2422
+_T229 = """\
+v_src = S.xmm[$src]  # sse.r1:2425
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2431
+"""
+
+# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2422
 _T230 = """\
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:2425
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 128, v_src)  # sse.r1:2431
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2494
+# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2433
 _T231 = """\
+v_src = R[$src]  # sse.r1:2436
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2442
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2505
+# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2433
 _T232 = """\
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd32($seg, ea)  # sse.r1:2436
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2442
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2517
+# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2444
 _T233 = """\
-b_unimplemented('PADDQ_MM_MMRM', 'spec/sse.r1:2517')  # sse.r1:2517
+v_src = S.xmm[$src]  # sse.r1:2447
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:2453
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2527
+# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2444
 _T234 = """\
-b_unimplemented('PADDQ_XMM_XMMRM', 'spec/sse.r1:2527')  # sse.r1:2527
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:2447
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:2453
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2537
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2455
 _T235 = """\
-b_unimplemented('PSUBQ_MM_MMRM', 'spec/sse.r1:2537')  # sse.r1:2537
+v_src = S.xmm[$src]  # sse.r1:2458
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2464
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2547
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2466
 _T236 = """\
-b_unimplemented('PSUBQ_XMM_XMMRM', 'spec/sse.r1:2547')  # sse.r1:2547
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = b_load($seg, ea, 64)  # sse.r1:2469
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2475
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg and 7 more] from spec/sse.r1:2557
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2477
 _T237 = """\
-b_unimplemented('PMULUDQ_MM_MMRM', 'spec/sse.r1:2557')  # sse.r1:2557
+v_src = S.xmm[$src]  # sse.r1:2480
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2486
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2567
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2488
 _T238 = """\
-b_unimplemented('PMULUDQ_XMM_XMMRM', 'spec/sse.r1:2567')  # sse.r1:2567
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:2491
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:2497
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2577
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2499
 _T239 = """\
-b_unimplemented('PSHUFD_XMM_XMMRM_IMM8', 'spec/sse.r1:2577')  # sse.r1:2577
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2502
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2508
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2587
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2510
 _T240 = """\
-b_unimplemented('PSHUFHW_XMM_XMMRM_IMM8', 'spec/sse.r1:2587')  # sse.r1:2587
+v_src = S.xmm[$src]  # sse.r1:2513
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2519
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg and 7 more] from spec/sse.r1:2597
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2523
 _T241 = """\
-b_unimplemented('PSHUFLW_XMM_XMMRM_IMM8', 'spec/sse.r1:2597')  # sse.r1:2597
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:2526
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:2532
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2607
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2534
 _T242 = """\
-b_unimplemented('PSLLDQ_XMM_IMM8', 'spec/sse.r1:2607')  # sse.r1:2607
+ea = $ea
+v_src = S.xmm[$src]  # sse.r1:2537
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+b_store($seg, ea, 128, v_src)  # sse.r1:2543
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2617
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2545
 _T243 = """\
-b_unimplemented('PSRLDQ_XMM_IMM8', 'spec/sse.r1:2617')  # sse.r1:2617
+ea = $ea
+v_src = R[$src]  # sse.r1:2548
+wr32($seg, ea, v_src)  # sse.r1:2554
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2627
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:2556
 _T244 = """\
-b_unimplemented('PUNPCKLQDQ_XMM_XMMRM', 'spec/sse.r1:2627')  # sse.r1:2627
+v_src = S.xmm[$src]  # sse.r1:2559
+v_mask = S.xmm[$mask]  # sse.r1:2559
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 16):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, ((R[7] & 0xffff) + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2637
+# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:2556
 _T245 = """\
-b_unimplemented('PUNPCKHQDQ_XMM_XMMRM', 'spec/sse.r1:2637')  # sse.r1:2637
+v_src = S.xmm[$src]  # sse.r1:2559
+v_mask = S.xmm[$mask]  # sse.r1:2559
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_i_0 = 0  # mmx.r1:196
+while (l_i_0 < 16):  # mmx.r1:197
+    if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
+        wr8($dseg, (R[7] + l_i_0), ((v_src >> (8 * l_i_0)) & 255))  # mmx.r1:198
+    l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2649
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2567
 _T246 = """\
-b_unimplemented('PUNPCKLBW_XMM_XMMRM', 'spec/sse.r1:2649')  # sse.r1:2649
+ea = $ea
+b_check_read($seg, ea, 8)  # sse.r1:2576
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2659
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2578
 _T247 = """\
-b_unimplemented('PUNPCKLWD_XMM_XMMRM', 'spec/sse.r1:2659')  # sse.r1:2659
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2669
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2589
 _T248 = """\
-b_unimplemented('PUNPCKLDQ_XMM_XMMRM', 'spec/sse.r1:2669')  # sse.r1:2669
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2679
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2600
 _T249 = """\
-b_unimplemented('PUNPCKHBW_XMM_XMMRM', 'spec/sse.r1:2679')  # sse.r1:2679
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2689
+# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2612
 _T250 = """\
-b_unimplemented('PUNPCKHWD_XMM_XMMRM', 'spec/sse.r1:2689')  # sse.r1:2689
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2615
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2615
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2621
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2699
+# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2612
 _T251 = """\
-b_unimplemented('PUNPCKHDQ_XMM_XMMRM', 'spec/sse.r1:2699')  # sse.r1:2699
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2615
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:2615
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2621
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2709
+# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2623
 _T252 = """\
-b_unimplemented('PACKSSWB_XMM_XMMRM', 'spec/sse.r1:2709')  # sse.r1:2709
+v_dst = S.xmm[$dst]  # sse.r1:2626
+v_src = S.xmm[$src]  # sse.r1:2626
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2632
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2719
+# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2623
 _T253 = """\
-b_unimplemented('PACKUSWB_XMM_XMMRM', 'spec/sse.r1:2719')  # sse.r1:2719
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2626
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2626
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2632
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2729
+# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2634
 _T254 = """\
-b_unimplemented('PACKSSDW_XMM_XMMRM', 'spec/sse.r1:2729')  # sse.r1:2729
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2637
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2637
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2643
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2739
+# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2634
 _T255 = """\
-b_unimplemented('PADDB_XMM_XMMRM', 'spec/sse.r1:2739')  # sse.r1:2739
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2637
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:2637
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2643
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2749
+# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2645
 _T256 = """\
-b_unimplemented('PADDW_XMM_XMMRM', 'spec/sse.r1:2749')  # sse.r1:2749
+v_dst = S.xmm[$dst]  # sse.r1:2648
+v_src = S.xmm[$src]  # sse.r1:2648
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2654
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2759
+# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2645
 _T257 = """\
-b_unimplemented('PADDD_XMM_XMMRM', 'spec/sse.r1:2759')  # sse.r1:2759
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2648
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2648
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2654
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2769
+# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2656
 _T258 = """\
-b_unimplemented('PADDSB_XMM_XMMRM', 'spec/sse.r1:2769')  # sse.r1:2769
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2659
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2659
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2665
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2779
+# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2656
 _T259 = """\
-b_unimplemented('PADDSW_XMM_XMMRM', 'spec/sse.r1:2779')  # sse.r1:2779
+ea = $ea
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2659
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
+v_src = b_load($seg, ea, 64)  # sse.r1:2659
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 64):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2665
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2789
+# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2667
 _T260 = """\
-b_unimplemented('PADDUSB_XMM_XMMRM', 'spec/sse.r1:2789')  # sse.r1:2789
+v_dst = S.xmm[$dst]  # sse.r1:2670
+v_src = S.xmm[$src]  # sse.r1:2670
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2676
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2799
+# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2667
 _T261 = """\
-b_unimplemented('PADDUSW_XMM_XMMRM', 'spec/sse.r1:2799')  # sse.r1:2799
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2670
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2670
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 18446744073709551615)
+    a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
+    l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2676
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2809
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2678
 _T262 = """\
-b_unimplemented('PSUBB_XMM_XMMRM', 'spec/sse.r1:2809')  # sse.r1:2809
+v_src = S.xmm[$src]  # sse.r1:2681
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2687
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2819
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2678
 _T263 = """\
-b_unimplemented('PSUBW_XMM_XMMRM', 'spec/sse.r1:2819')  # sse.r1:2819
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2681
+l_r_0 = 0  # mmx.r1:150
+l_i_1 = 0  # mmx.r1:151
+while (l_i_1 < 4):  # mmx.r1:152
+    l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:154
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2687
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2829
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2689
 _T264 = """\
-b_unimplemented('PSUBD_XMM_XMMRM', 'spec/sse.r1:2829')  # sse.r1:2829
+v_src = S.xmm[$src]  # sse.r1:2692
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2698
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2839
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2689
 _T265 = """\
-b_unimplemented('PSUBSB_XMM_XMMRM', 'spec/sse.r1:2839')  # sse.r1:2839
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2692
+m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2698
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2849
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2700
 _T266 = """\
-b_unimplemented('PSUBSW_XMM_XMMRM', 'spec/sse.r1:2849')  # sse.r1:2849
+v_src = S.xmm[$src]  # sse.r1:2703
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2859
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2700
 _T267 = """\
-b_unimplemented('PSUBUSB_XMM_XMMRM', 'spec/sse.r1:2859')  # sse.r1:2859
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2703
+m_x_0 = (v_src & 0xffffffffffffffff)
+l_r_1 = 0  # mmx.r1:150
+l_i_2 = 0  # mmx.r1:151
+while (l_i_2 < 4):  # mmx.r1:152
+    l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
+    l_i_2 = (l_i_2 + 1)  # mmx.r1:154
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2869
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2711
 _T268 = """\
-b_unimplemented('PSUBUSW_XMM_XMMRM', 'spec/sse.r1:2869')  # sse.r1:2869
+v_dst = S.xmm[$dst]  # sse.r1:2714
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2720
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2879
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2722
 _T269 = """\
-b_unimplemented('PMULLW_XMM_XMMRM', 'spec/sse.r1:2879')  # sse.r1:2879
+v_dst = S.xmm[$dst]  # sse.r1:2725
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2731
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2889
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2733
 _T270 = """\
-b_unimplemented('PMULHW_XMM_XMMRM', 'spec/sse.r1:2889')  # sse.r1:2889
+v_dst = S.xmm[$dst]  # sse.r1:2736
+v_src = S.xmm[$src]  # sse.r1:2736
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2899
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2733
 _T271 = """\
-b_unimplemented('PMADDWD_XMM_XMMRM', 'spec/sse.r1:2899')  # sse.r1:2899
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2736
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2736
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2909
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2744
 _T272 = """\
-b_unimplemented('PCMPEQB_XMM_XMMRM', 'spec/sse.r1:2909')  # sse.r1:2909
+v_dst = S.xmm[$dst]  # sse.r1:2747
+v_src = S.xmm[$src]  # sse.r1:2747
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2919
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2744
 _T273 = """\
-b_unimplemented('PCMPEQW_XMM_XMMRM', 'spec/sse.r1:2919')  # sse.r1:2919
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2747
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2747
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2929
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2757
 _T274 = """\
-b_unimplemented('PCMPEQD_XMM_XMMRM', 'spec/sse.r1:2929')  # sse.r1:2929
+v_dst = S.xmm[$dst]  # sse.r1:2760
+v_src = S.xmm[$src]  # sse.r1:2760
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2766
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2939
+# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2757
 _T275 = """\
-b_unimplemented('PCMPGTB_XMM_XMMRM', 'spec/sse.r1:2939')  # sse.r1:2939
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2760
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2760
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2766
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2949
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2768
 _T276 = """\
-b_unimplemented('PCMPGTW_XMM_XMMRM', 'spec/sse.r1:2949')  # sse.r1:2949
+v_dst = S.xmm[$dst]  # sse.r1:2771
+v_src = S.xmm[$src]  # sse.r1:2771
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2777
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2959
+# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2768
 _T277 = """\
-b_unimplemented('PCMPGTD_XMM_XMMRM', 'spec/sse.r1:2959')  # sse.r1:2959
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2771
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2771
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2777
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2969
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2779
 _T278 = """\
-b_unimplemented('PAND_XMM_XMMRM', 'spec/sse.r1:2969')  # sse.r1:2969
+v_dst = S.xmm[$dst]  # sse.r1:2782
+v_src = S.xmm[$src]  # sse.r1:2782
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2788
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2979
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2779
 _T279 = """\
-b_unimplemented('PANDN_XMM_XMMRM', 'spec/sse.r1:2979')  # sse.r1:2979
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2782
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2782
+m_a_0 = (v_dst & 0xffffffffffffffff)
+m_b_1 = (v_src & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2788
 """
 
-# POR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2989
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2790
 _T280 = """\
-b_unimplemented('POR_XMM_XMMRM', 'spec/sse.r1:2989')  # sse.r1:2989
+v_dst = S.xmm[$dst]  # sse.r1:2793
+v_src = S.xmm[$src]  # sse.r1:2793
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2799
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:2999
+# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2790
 _T281 = """\
-b_unimplemented('PXOR_XMM_XMMRM', 'spec/sse.r1:2999')  # sse.r1:2999
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2793
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2793
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 8)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2799
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3009
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2801
 _T282 = """\
-b_unimplemented('PSLLW_XMM_XMMRM', 'spec/sse.r1:3009')  # sse.r1:3009
+v_dst = S.xmm[$dst]  # sse.r1:2804
+v_src = S.xmm[$src]  # sse.r1:2804
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2810
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3019
+# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2801
 _T283 = """\
-b_unimplemented('PSLLD_XMM_XMMRM', 'spec/sse.r1:3019')  # sse.r1:3019
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2804
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2804
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2810
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3029
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2812
 _T284 = """\
-b_unimplemented('PSLLQ_XMM_XMMRM', 'spec/sse.r1:3029')  # sse.r1:3029
+v_dst = S.xmm[$dst]  # sse.r1:2815
+v_src = S.xmm[$src]  # sse.r1:2815
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2821
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3039
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2812
 _T285 = """\
-b_unimplemented('PSRLW_XMM_XMMRM', 'spec/sse.r1:3039')  # sse.r1:3039
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2815
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2815
+m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
+m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
+l_r_2 = 0  # mmx.r1:121
+l_i_3 = 0  # mmx.r1:122
+while (l_i_3 < 64):  # mmx.r1:123
+    l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:125
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2821
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3049
+# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2823
 _T286 = """\
-b_unimplemented('PSRLD_XMM_XMMRM', 'spec/sse.r1:3049')  # sse.r1:3049
+v_dst = S.xmm[$dst]  # sse.r1:2826
+v_src = S.xmm[$src]  # sse.r1:2826
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2832
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3059
+# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2823
 _T287 = """\
-b_unimplemented('PSRLQ_XMM_XMMRM', 'spec/sse.r1:3059')  # sse.r1:3059
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2826
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2826
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2832
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3069
+# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2834
 _T288 = """\
-b_unimplemented('PSRAW_XMM_XMMRM', 'spec/sse.r1:3069')  # sse.r1:3069
+v_dst = S.xmm[$dst]  # sse.r1:2837
+v_src = S.xmm[$src]  # sse.r1:2837
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2843
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3079
+# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2834
 _T289 = """\
-b_unimplemented('PSRAD_XMM_XMMRM', 'spec/sse.r1:3079')  # sse.r1:3079
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2837
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2837
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 65535) & 0xffff ^ 0x8000) - 0x8000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2843
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3089
+# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2845
 _T290 = """\
-b_unimplemented('PSLLW_XMM_IMM8', 'spec/sse.r1:3089')  # sse.r1:3089
+v_dst = S.xmm[$dst]  # sse.r1:2848
+v_src = S.xmm[$src]  # sse.r1:2848
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2854
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3099
+# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2845
 _T291 = """\
-b_unimplemented('PSLLD_XMM_IMM8', 'spec/sse.r1:3099')  # sse.r1:3099
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2848
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2848
+l_r_0 = 0  # mmx.r1:135
+l_i_1 = 0  # mmx.r1:136
+while (l_i_1 < 128):  # mmx.r1:137
+    l_x_2 = ((((v_dst >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:138
+    l_y_3 = ((((v_src >> l_i_1) & 4294967295) & 0xffffffff ^ 0x80000000) - 0x80000000)  # mmx.r1:139
+    l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
+    l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:142
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2854
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3109
+# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2856
 _T292 = """\
-b_unimplemented('PSLLQ_XMM_IMM8', 'spec/sse.r1:3109')  # sse.r1:3109
+v_dst = S.xmm[$dst]  # sse.r1:2859
+v_src = S.xmm[$src]  # sse.r1:2859
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2865
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3119
+# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2856
 _T293 = """\
-b_unimplemented('PSRLW_XMM_IMM8', 'spec/sse.r1:3119')  # sse.r1:3119
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2859
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2859
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2865
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3129
+# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2867
 _T294 = """\
-b_unimplemented('PSRLD_XMM_IMM8', 'spec/sse.r1:3129')  # sse.r1:3129
+v_dst = S.xmm[$dst]  # sse.r1:2870
+v_src = S.xmm[$src]  # sse.r1:2870
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2876
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3139
+# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2867
 _T295 = """\
-b_unimplemented('PSRLQ_XMM_IMM8', 'spec/sse.r1:3139')  # sse.r1:3139
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2870
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2870
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2876
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3149
+# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2878
 _T296 = """\
-b_unimplemented('PSRAW_XMM_IMM8', 'spec/sse.r1:3149')  # sse.r1:3149
+v_dst = S.xmm[$dst]  # sse.r1:2881
+v_src = S.xmm[$src]  # sse.r1:2881
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2887
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3159
+# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2878
 _T297 = """\
-b_unimplemented('PSRAD_XMM_IMM8', 'spec/sse.r1:3159')  # sse.r1:3159
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2881
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2881
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2887
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3171
+# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2889
 _T298 = """\
-b_unimplemented('PAVGB_XMM_XMMRM', 'spec/sse.r1:3171')  # sse.r1:3171
+v_dst = S.xmm[$dst]  # sse.r1:2892
+v_src = S.xmm[$src]  # sse.r1:2892
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2898
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3181
+# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2889
 _T299 = """\
-b_unimplemented('PAVGW_XMM_XMMRM', 'spec/sse.r1:3181')  # sse.r1:3181
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2892
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2892
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2898
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3191
+# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2900
 _T300 = """\
-b_unimplemented('PMAXSW_XMM_XMMRM', 'spec/sse.r1:3191')  # sse.r1:3191
+v_dst = S.xmm[$dst]  # sse.r1:2903
+v_src = S.xmm[$src]  # sse.r1:2903
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2909
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3201
+# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2900
 _T301 = """\
-b_unimplemented('PMAXUB_XMM_XMMRM', 'spec/sse.r1:3201')  # sse.r1:3201
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2903
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2903
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2909
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3211
+# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2911
 _T302 = """\
-b_unimplemented('PMINSW_XMM_XMMRM', 'spec/sse.r1:3211')  # sse.r1:3211
+v_dst = S.xmm[$dst]  # sse.r1:2914
+v_src = S.xmm[$src]  # sse.r1:2914
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2920
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3221
+# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2911
 _T303 = """\
-b_unimplemented('PMINUB_XMM_XMMRM', 'spec/sse.r1:3221')  # sse.r1:3221
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2914
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2914
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2920
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3231
+# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2922
 _T304 = """\
-b_unimplemented('PMULHUW_XMM_XMMRM', 'spec/sse.r1:3231')  # sse.r1:3231
+v_dst = S.xmm[$dst]  # sse.r1:2925
+v_src = S.xmm[$src]  # sse.r1:2925
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2931
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg and 7 more] from spec/sse.r1:3241
+# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2922
 _T305 = """\
-b_unimplemented('PSADBW_XMM_XMMRM', 'spec/sse.r1:3241')  # sse.r1:3241
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2925
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2925
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 + a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2931
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3251
+# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2933
 _T306 = """\
-b_unimplemented('PEXTRW_R32_XMM_IMM8', 'spec/sse.r1:3251')  # sse.r1:3251
+v_dst = S.xmm[$dst]  # sse.r1:2936
+v_src = S.xmm[$src]  # sse.r1:2936
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2942
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3261
+# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2933
 _T307 = """\
-b_unimplemented('PINSRW_XMM_R32_IMM8', 'spec/sse.r1:3261')  # sse.r1:3261
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2936
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2936
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2942
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3271
+# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2944
 _T308 = """\
-b_unimplemented('PINSRW_XMM_M16_IMM8', 'spec/sse.r1:3271')  # sse.r1:3271
+v_dst = S.xmm[$dst]  # sse.r1:2947
+v_src = S.xmm[$src]  # sse.r1:2947
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2953
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3281
+# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2944
 _T309 = """\
-b_unimplemented('PMOVMSKB_R32_XMM', 'spec/sse.r1:3281')  # sse.r1:3281
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2947
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2947
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2953
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2955
+_T310 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2958
+v_src = S.xmm[$src]  # sse.r1:2958
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2964
+"""
+
+# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2955
+_T311 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2958
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2958
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2964
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2966
+_T312 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2969
+v_src = S.xmm[$src]  # sse.r1:2969
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2975
+"""
+
+# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2966
+_T313 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2969
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2969
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
+    l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2975
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2977
+_T314 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2980
+v_src = S.xmm[$src]  # sse.r1:2980
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2986
+"""
+
+# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2977
+_T315 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2980
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2980
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
+    l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2986
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2988
+_T316 = """\
+v_dst = S.xmm[$dst]  # sse.r1:2991
+v_src = S.xmm[$src]  # sse.r1:2991
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2997
+"""
+
+# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2988
+_T317 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:2991
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:2991
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2997
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2999
+_T318 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3002
+v_src = S.xmm[$src]  # sse.r1:3002
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3008
+"""
+
+# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2999
+_T319 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3002
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3002
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    a_v_4 = (a_x_2 - a_y_3)
+    l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3008
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3010
+_T320 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3013
+v_src = S.xmm[$src]  # sse.r1:3013
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3019
+"""
+
+# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3010
+_T321 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3013
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3013
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3019
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3021
+_T322 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3024
+v_src = S.xmm[$src]  # sse.r1:3024
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3030
+"""
+
+# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3021
+_T323 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3024
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3024
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3030
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3032
+_T324 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3035
+v_src = S.xmm[$src]  # sse.r1:3035
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3041
+"""
+
+# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3032
+_T325 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3035
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3035
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3041
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3043
+_T326 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3046
+v_src = S.xmm[$src]  # sse.r1:3046
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3052
+"""
+
+# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3043
+_T327 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3046
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3046
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3052
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3054
+_T328 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3057
+v_src = S.xmm[$src]  # sse.r1:3057
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3063
+"""
+
+# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3054
+_T329 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3057
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3057
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3063
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3065
+_T330 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3068
+v_src = S.xmm[$src]  # sse.r1:3068
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3074
+"""
+
+# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3065
+_T331 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3068
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3068
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3074
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3076
+_T332 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3079
+v_src = S.xmm[$src]  # sse.r1:3079
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3085
+"""
+
+# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3076
+_T333 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3079
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3079
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3085
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3087
+_T334 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3090
+v_src = S.xmm[$src]  # sse.r1:3090
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3096
+"""
+
+# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3087
+_T335 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3090
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3090
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3096
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3098
+_T336 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3101
+v_src = S.xmm[$src]  # sse.r1:3101
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3107
+"""
+
+# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3098
+_T337 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3101
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3101
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 4294967295)
+    a_y_3 = ((v_src >> l_i_1) & 4294967295)
+    l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 32)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3107
+"""
+
+# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3109
+_T338 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3112
+v_src = S.xmm[$src]  # sse.r1:3112
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3118
+"""
+
+# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3109
+_T339 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3112
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3112
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3118
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3120
+_T340 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3123
+v_src = S.xmm[$src]  # sse.r1:3123
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3129
+"""
+
+# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3120
+_T341 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3123
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3123
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3129
+"""
+
+# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3131
+_T342 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3134
+v_src = S.xmm[$src]  # sse.r1:3134
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3140
+"""
+
+# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3131
+_T343 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3134
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3134
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3140
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3142
+_T344 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3145
+v_src = S.xmm[$src]  # sse.r1:3145
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3151
+"""
+
+# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3142
+_T345 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3145
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3145
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3151
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3153
+_T346 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3156
+v_src = S.xmm[$src]  # sse.r1:3156
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3162
+"""
+
+# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3153
+_T347 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3156
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3156
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3162
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3164
+_T348 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3167
+v_src = S.xmm[$src]  # sse.r1:3167
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3173
+"""
+
+# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3164
+_T349 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3167
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3167
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3173
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3175
+_T350 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3178
+v_src = S.xmm[$src]  # sse.r1:3178
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3184
+"""
+
+# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3175
+_T351 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3178
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3178
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3184
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3186
+_T352 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3189
+v_src = S.xmm[$src]  # sse.r1:3189
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3195
+"""
+
+# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3186
+_T353 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3189
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3189
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3195
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3197
+_T354 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3200
+v_src = S.xmm[$src]  # sse.r1:3200
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3206
+"""
+
+# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3197
+_T355 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3200
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3200
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3206
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3208
+_T356 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3211
+v_src = S.xmm[$src]  # sse.r1:3211
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3217
+"""
+
+# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3208
+_T357 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3211
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3211
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3217
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3219
+_T358 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3222
+v_src = S.xmm[$src]  # sse.r1:3222
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3228
+"""
+
+# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3219
+_T359 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3222
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3222
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3228
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3230
+_T360 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3233
+v_src = S.xmm[$src]  # sse.r1:3233
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3239
+"""
+
+# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3230
+_T361 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3233
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3233
+m_count_0 = (v_src & 0xffffffffffffffff)
+l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
+l_r_2 = 0  # mmx.r1:108
+l_i_3 = 0  # mmx.r1:109
+while (l_i_3 < 128):  # mmx.r1:110
+    l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
+    l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
+    l_i_3 = (l_i_3 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3239
+"""
+
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3241
+_T362 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3244
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3250
+"""
+
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3252
+_T363 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3255
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3261
+"""
+
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3263
+_T364 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3266
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3272
+"""
+
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3274
+_T365 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3277
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3283
+"""
+
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3285
+_T366 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3288
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3294
+"""
+
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3296
+_T367 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3299
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 64)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3305
+"""
+
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3307
+_T368 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3310
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 16)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3316
+"""
+
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3318
+_T369 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3321
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
+l_r_1 = 0  # mmx.r1:108
+l_i_2 = 0  # mmx.r1:109
+while (l_i_2 < 128):  # mmx.r1:110
+    l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
+    l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
+    l_i_2 = (l_i_2 + 32)  # mmx.r1:113
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3327
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3331
+_T370 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3334
+v_src = S.xmm[$src]  # sse.r1:3334
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3340
+"""
+
+# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3331
+_T371 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3334
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3334
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3340
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3342
+_T372 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3345
+v_src = S.xmm[$src]  # sse.r1:3345
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3351
+"""
+
+# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3342
+_T373 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3345
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3345
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3351
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3353
+_T374 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3356
+v_src = S.xmm[$src]  # sse.r1:3356
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3362
+"""
+
+# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3353
+_T375 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3356
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3356
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3362
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3364
+_T376 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3367
+v_src = S.xmm[$src]  # sse.r1:3367
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3373
+"""
+
+# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3364
+_T377 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3367
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3367
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3373
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3375
+_T378 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3378
+v_src = S.xmm[$src]  # sse.r1:3378
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3384
+"""
+
+# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3375
+_T379 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3378
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3378
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3384
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3386
+_T380 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3389
+v_src = S.xmm[$src]  # sse.r1:3389
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3395
+"""
+
+# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3386
+_T381 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3389
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3389
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 255)
+    a_y_3 = ((v_src >> l_i_1) & 255)
+    l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 8)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3395
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3397
+_T382 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3400
+v_src = S.xmm[$src]  # sse.r1:3400
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3406
+"""
+
+# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3397
+_T383 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3400
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3400
+l_r_0 = 0  # mmx.r1:92
+l_i_1 = 0  # mmx.r1:93
+while (l_i_1 < 128):  # mmx.r1:94
+    a_x_2 = ((v_dst >> l_i_1) & 65535)
+    a_y_3 = ((v_src >> l_i_1) & 65535)
+    l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
+    l_i_1 = (l_i_1 + 16)  # mmx.r1:96
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3406
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3408
+_T384 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3411
+v_src = S.xmm[$src]  # sse.r1:3411
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 128):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3417
+"""
+
+# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3408
+_T385 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3411
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
+    raise Fault(13, 0)  # sse.r1:66
+v_src = b_load($seg, ea, 128)  # sse.r1:3411
+l_r_0 = 0  # mmx.r1:162
+l_i_1 = 0  # mmx.r1:163
+while (l_i_1 < 128):  # mmx.r1:164
+    l_s_2 = 0  # mmx.r1:165
+    l_j_3 = l_i_1  # mmx.r1:166
+    while (l_j_3 < (l_i_1 + 64)):  # mmx.r1:167
+        l_x_4 = ((v_dst >> l_j_3) & 255)  # mmx.r1:168
+        l_y_5 = ((v_src >> l_j_3) & 255)  # mmx.r1:169
+        l_s_2 = (l_s_2 + ((l_x_4 - l_y_5) if (l_x_4 > l_y_5) else (l_y_5 - l_x_4)))  # mmx.r1:170
+        l_j_3 = (l_j_3 + 8)  # mmx.r1:171
+    l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
+    l_i_1 = (l_i_1 + 64)  # mmx.r1:174
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3417
+"""
+
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3419
+_T386 = """\
+v_src = S.xmm[$src]  # sse.r1:3422
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:3428
+"""
+
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3430
+_T387 = """\
+v_dst = S.xmm[$dst]  # sse.r1:3433
+v_src = R[$src]  # sse.r1:3433
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+a_sel_0 = ($imm & 7)
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3439
+"""
+
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3441
+_T388 = """\
+ea = $ea
+v_dst = S.xmm[$dst]  # sse.r1:3444
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+v_src = rd16($seg, ea)  # sse.r1:3444
+a_sel_0 = ($imm & 7)
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3450
+"""
+
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3452
+_T389 = """\
+v_src = S.xmm[$src]  # sse.r1:3455
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
+    raise Fault(6, None)  # sse.r1:58
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
+    raise Fault(7, None)  # sse.r1:59
+l_r_0 = 0  # mmx.r1:181
+l_i_1 = 0  # mmx.r1:182
+while (l_i_1 < 16):  # mmx.r1:183
+    l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
+    l_i_1 = (l_i_1 + 1)  # mmx.r1:185
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:3461
 """
 
 TEMPLATES = {
-    # spec/sse.r1:295
+    # spec/sse.r1:302
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T1,
@@ -5352,7 +8359,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:310
+    # spec/sse.r1:317
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T3,
@@ -5363,7 +8370,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:325
+    # spec/sse.r1:332
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 16, 'mem', None, None): _T5,
@@ -5374,7 +8381,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T4,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:336
+    # spec/sse.r1:343
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T6,
         (16, 16, 'mem', None, None): _T7,
@@ -5385,84 +8392,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T6,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:347
+    # spec/sse.r1:354
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T8,
         (16, 32, 'reg', None, None): _T8,
         (32, 16, 'reg', None, None): _T8,
         (32, 32, 'reg', None, None): _T8,
     },
-    # spec/sse.r1:358
+    # spec/sse.r1:365
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/sse.r1:369
+    # spec/sse.r1:376
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T10,
         (16, 32, 'reg', None, None): _T10,
         (32, 16, 'reg', None, None): _T10,
         (32, 32, 'reg', None, None): _T10,
     },
-    # spec/sse.r1:380
+    # spec/sse.r1:387
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:391
+    # spec/sse.r1:398
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/sse.r1:402
+    # spec/sse.r1:409
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T13,
         (16, 32, 'reg', None, None): _T13,
         (32, 16, 'reg', None, None): _T13,
         (32, 32, 'reg', None, None): _T13,
     },
-    # spec/sse.r1:413
+    # spec/sse.r1:420
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/sse.r1:424
+    # spec/sse.r1:431
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:435
+    # spec/sse.r1:442
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:446
+    # spec/sse.r1:453
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:457
+    # spec/sse.r1:464
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 32, 'reg', None, None): _T18,
         (32, 16, 'reg', None, None): _T18,
         (32, 32, 'reg', None, None): _T18,
     },
-    # spec/sse.r1:470
+    # spec/sse.r1:477
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 16, 'mem', None, None): _T20,
@@ -5473,21 +8480,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T19,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:485
+    # spec/sse.r1:492
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 32, 'reg', None, None): _T21,
         (32, 16, 'reg', None, None): _T21,
         (32, 32, 'reg', None, None): _T21,
     },
-    # spec/sse.r1:496
+    # spec/sse.r1:503
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/sse.r1:507
+    # spec/sse.r1:514
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T23,
         (16, 16, 'mem', None, None): _T24,
@@ -5498,21 +8505,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T23,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:522
+    # spec/sse.r1:529
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:533
+    # spec/sse.r1:540
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:544
+    # spec/sse.r1:551
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T28,
@@ -5523,21 +8530,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/sse.r1:559
+    # spec/sse.r1:566
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T29,
         (16, 32, 'reg', None, None): _T29,
         (32, 16, 'reg', None, None): _T29,
         (32, 32, 'reg', None, None): _T29,
     },
-    # spec/sse.r1:570
+    # spec/sse.r1:577
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T30,
         (16, 32, 'mem', None, None): _T30,
         (32, 16, 'mem', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:581
+    # spec/sse.r1:588
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 16, 'mem', None, None): _T32,
@@ -5548,21 +8555,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T31,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:596
+    # spec/sse.r1:603
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 32, 'reg', None, None): _T33,
         (32, 16, 'reg', None, None): _T33,
         (32, 32, 'reg', None, None): _T33,
     },
-    # spec/sse.r1:607
+    # spec/sse.r1:614
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T34,
         (16, 32, 'mem', None, None): _T34,
         (32, 16, 'mem', None, None): _T34,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/sse.r1:618
+    # spec/sse.r1:625
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T35,
         (16, 16, 'mem', None, None): _T36,
@@ -5573,21 +8580,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T35,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:633
+    # spec/sse.r1:640
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:644
+    # spec/sse.r1:651
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:655
+    # spec/sse.r1:662
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T40,
@@ -5598,21 +8605,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T40,
     },
-    # spec/sse.r1:670
+    # spec/sse.r1:677
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T41,
         (16, 32, 'reg', None, None): _T41,
         (32, 16, 'reg', None, None): _T41,
         (32, 32, 'reg', None, None): _T41,
     },
-    # spec/sse.r1:681
+    # spec/sse.r1:688
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:692
+    # spec/sse.r1:699
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T43,
         (16, 16, 'mem', None, None): _T44,
@@ -5623,21 +8630,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T43,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:707
+    # spec/sse.r1:714
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:718
+    # spec/sse.r1:725
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:729
+    # spec/sse.r1:736
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 16, 'mem', None, None): _T48,
@@ -5648,21 +8655,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T47,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:744
+    # spec/sse.r1:751
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 32, 'reg', None, None): _T49,
         (32, 16, 'reg', None, None): _T49,
         (32, 32, 'reg', None, None): _T49,
     },
-    # spec/sse.r1:755
+    # spec/sse.r1:762
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:766
+    # spec/sse.r1:773
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T52,
@@ -5673,21 +8680,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:781
+    # spec/sse.r1:788
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T53,
         (16, 32, 'reg', None, None): _T53,
         (32, 16, 'reg', None, None): _T53,
         (32, 32, 'reg', None, None): _T53,
     },
-    # spec/sse.r1:792
+    # spec/sse.r1:799
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:805
+    # spec/sse.r1:812
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T56,
@@ -5698,49 +8705,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:821
+    # spec/sse.r1:828
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:836
+    # spec/sse.r1:843
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:851
+    # spec/sse.r1:858
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:862
+    # spec/sse.r1:869
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:873
+    # spec/sse.r1:880
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T61,
         (16, 32, 'reg', None, None): _T61,
         (32, 16, 'reg', None, None): _T61,
         (32, 32, 'reg', None, None): _T61,
     },
-    # spec/sse.r1:884
+    # spec/sse.r1:891
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/sse.r1:897
+    # spec/sse.r1:904
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T63,
         (16, 16, 'mem', None, None): _T64,
@@ -5751,7 +8758,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T63,
         (32, 32, 'mem', None, None): _T64,
     },
-    # spec/sse.r1:912
+    # spec/sse.r1:919
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T65,
         (16, 16, 'mem', None, None): _T66,
@@ -5762,7 +8769,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T65,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:927
+    # spec/sse.r1:934
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T67,
         (16, 16, 'mem', None, None): _T68,
@@ -5773,7 +8780,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T67,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:942
+    # spec/sse.r1:949
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T69,
         (16, 16, 'mem', None, None): _T70,
@@ -5784,7 +8791,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T69,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:957
+    # spec/sse.r1:964
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T71,
         (16, 16, 'mem', None, None): _T72,
@@ -5795,7 +8802,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T71,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:972
+    # spec/sse.r1:979
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T73,
         (16, 16, 'mem', None, None): _T74,
@@ -5806,7 +8813,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T73,
         (32, 32, 'mem', None, None): _T74,
     },
-    # spec/sse.r1:987
+    # spec/sse.r1:994
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T75,
         (16, 16, 'mem', None, None): _T76,
@@ -5817,7 +8824,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T75,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:1004
+    # spec/sse.r1:1011
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 16, 'mem', None, None): _T78,
@@ -5828,35 +8835,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T77,
         (32, 32, 'mem', None, None): _T78,
     },
-    # spec/sse.r1:1021
+    # spec/sse.r1:1028
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 32, 'reg', None, None): _T79,
         (32, 16, 'reg', None, None): _T79,
         (32, 32, 'reg', None, None): _T79,
     },
-    # spec/sse.r1:1037
+    # spec/sse.r1:1044
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T80,
         (16, 32, 'mem', None, None): _T80,
         (32, 16, 'mem', None, None): _T80,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:1053
+    # spec/sse.r1:1060
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 32, 'reg', None, None): _T81,
         (32, 16, 'reg', None, None): _T81,
         (32, 32, 'reg', None, None): _T81,
     },
-    # spec/sse.r1:1069
+    # spec/sse.r1:1076
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:1085
+    # spec/sse.r1:1092
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T84,
@@ -5867,247 +8874,186 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:1096
+    # spec/sse.r1:1103
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 32, 'reg', None, None): _T85,
         (32, 16, 'reg', None, None): _T85,
         (32, 32, 'reg', None, None): _T85,
     },
-    # spec/sse.r1:1107
+    # spec/sse.r1:1114
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T86,
         (16, 32, 'mem', None, None): _T86,
         (32, 16, 'mem', None, None): _T86,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:1118
+    # spec/sse.r1:1125
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T87,
         (16, 32, 'reg', None, None): _T87,
         (32, 16, 'reg', None, None): _T87,
         (32, 32, 'reg', None, None): _T87,
     },
-    # spec/sse.r1:1129
+    # spec/sse.r1:1136
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T88,
         (16, 32, 'mem', None, None): _T88,
         (32, 16, 'mem', None, None): _T88,
         (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:1142
+    # spec/sse.r1:1149
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T89,
         (16, 32, 'mem', None, None): _T89,
         (32, 16, 'mem', None, None): _T89,
         (32, 32, 'mem', None, None): _T89,
     },
-    # spec/sse.r1:1157
+    # spec/sse.r1:1164
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T90,
         (16, 32, 'mem', None, None): _T90,
         (32, 16, 'mem', None, None): _T90,
         (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:1168
+    # spec/sse.r1:1175
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T91,
         (16, 32, 'mem', None, None): _T91,
         (32, 16, 'mem', None, None): _T91,
         (32, 32, 'mem', None, None): _T91,
     },
-    # spec/sse.r1:1178
+    # spec/sse.r1:1215
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T92,
         (16, 32, 'mem', None, None): _T92,
         (32, 16, 'mem', None, None): _T92,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1190
+    # spec/sse.r1:1255
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T93,
         (16, 32, 'mem', None, None): _T93,
         (32, 16, 'mem', None, None): _T93,
         (32, 32, 'mem', None, None): _T93,
     },
-    # spec/sse.r1:1201
+    # spec/sse.r1:1266
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T94,
         (16, 32, 'mem', None, None): _T94,
         (32, 16, 'mem', None, None): _T94,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1212
+    # spec/sse.r1:1277
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T95,
         (16, 32, 'mem', None, None): _T95,
         (32, 16, 'mem', None, None): _T95,
         (32, 32, 'mem', None, None): _T95,
     },
-    # spec/sse.r1:1223
+    # spec/sse.r1:1288
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T96,
         (16, 32, 'mem', None, None): _T96,
         (32, 16, 'mem', None, None): _T96,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:1234
+    # spec/sse.r1:1299
     'SFENCE': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/sse.r1:1245
+    # spec/sse.r1:1310
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T98,
         (16, 32, 'mem', None, None): _T98,
         (32, 16, 'mem', None, None): _T98,
         (32, 32, 'mem', None, None): _T98,
     },
-    # spec/sse.r1:1255
+    # spec/sse.r1:1321
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1266
+    # spec/sse.r1:1332
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T100,
-        (16, 32, 'reg', None, None): _T100,
-        (32, 16, 'reg', None, None): _T100,
-        (32, 32, 'reg', None, None): _T100,
-    },
-    # spec/sse.r1:1278
-    'PAVGB_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T101,
-        (16, 16, 'mem', None, None): _T101,
         (16, 32, 'reg', None, None): _T101,
-        (16, 32, 'mem', None, None): _T101,
-        (32, 16, 'reg', None, None): _T101,
-        (32, 16, 'mem', None, None): _T101,
+        (32, 16, 'reg', None, None): _T100,
         (32, 32, 'reg', None, None): _T101,
-        (32, 32, 'mem', None, None): _T101,
     },
-    # spec/sse.r1:1288
-    'PAVGW_MM_MMRM': {
+    # spec/sse.r1:1345
+    'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T102,
-        (16, 16, 'mem', None, None): _T102,
-        (16, 32, 'reg', None, None): _T102,
-        (16, 32, 'mem', None, None): _T102,
-        (32, 16, 'reg', None, None): _T102,
-        (32, 16, 'mem', None, None): _T102,
-        (32, 32, 'reg', None, None): _T102,
-        (32, 32, 'mem', None, None): _T102,
-    },
-    # spec/sse.r1:1298
-    'PMAXSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T103,
         (16, 16, 'mem', None, None): _T103,
-        (16, 32, 'reg', None, None): _T103,
+        (16, 32, 'reg', None, None): _T102,
         (16, 32, 'mem', None, None): _T103,
-        (32, 16, 'reg', None, None): _T103,
+        (32, 16, 'reg', None, None): _T102,
         (32, 16, 'mem', None, None): _T103,
-        (32, 32, 'reg', None, None): _T103,
+        (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1308
-    'PMAXUB_MM_MMRM': {
+    # spec/sse.r1:1356
+    'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T104,
-        (16, 16, 'mem', None, None): _T104,
-        (16, 32, 'reg', None, None): _T104,
-        (16, 32, 'mem', None, None): _T104,
-        (32, 16, 'reg', None, None): _T104,
-        (32, 16, 'mem', None, None): _T104,
-        (32, 32, 'reg', None, None): _T104,
-        (32, 32, 'mem', None, None): _T104,
-    },
-    # spec/sse.r1:1318
-    'PMINSW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T105,
         (16, 16, 'mem', None, None): _T105,
-        (16, 32, 'reg', None, None): _T105,
+        (16, 32, 'reg', None, None): _T104,
         (16, 32, 'mem', None, None): _T105,
-        (32, 16, 'reg', None, None): _T105,
+        (32, 16, 'reg', None, None): _T104,
         (32, 16, 'mem', None, None): _T105,
-        (32, 32, 'reg', None, None): _T105,
+        (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T105,
     },
-    # spec/sse.r1:1328
-    'PMINUB_MM_MMRM': {
+    # spec/sse.r1:1367
+    'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T106,
-        (16, 16, 'mem', None, None): _T106,
-        (16, 32, 'reg', None, None): _T106,
-        (16, 32, 'mem', None, None): _T106,
-        (32, 16, 'reg', None, None): _T106,
-        (32, 16, 'mem', None, None): _T106,
-        (32, 32, 'reg', None, None): _T106,
-        (32, 32, 'mem', None, None): _T106,
-    },
-    # spec/sse.r1:1338
-    'PMULHUW_MM_MMRM': {
-        (16, 16, 'reg', None, None): _T107,
         (16, 16, 'mem', None, None): _T107,
-        (16, 32, 'reg', None, None): _T107,
+        (16, 32, 'reg', None, None): _T106,
         (16, 32, 'mem', None, None): _T107,
-        (32, 16, 'reg', None, None): _T107,
+        (32, 16, 'reg', None, None): _T106,
         (32, 16, 'mem', None, None): _T107,
-        (32, 32, 'reg', None, None): _T107,
+        (32, 32, 'reg', None, None): _T106,
         (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1348
-    'PSADBW_MM_MMRM': {
+    # spec/sse.r1:1378
+    'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T108,
-        (16, 16, 'mem', None, None): _T108,
-        (16, 32, 'reg', None, None): _T108,
-        (16, 32, 'mem', None, None): _T108,
-        (32, 16, 'reg', None, None): _T108,
-        (32, 16, 'mem', None, None): _T108,
-        (32, 32, 'reg', None, None): _T108,
-        (32, 32, 'mem', None, None): _T108,
-    },
-    # spec/sse.r1:1358
-    'PSHUFW_MM_MMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T109,
         (16, 16, 'mem', None, None): _T109,
-        (16, 32, 'reg', None, None): _T109,
+        (16, 32, 'reg', None, None): _T108,
         (16, 32, 'mem', None, None): _T109,
-        (32, 16, 'reg', None, None): _T109,
+        (32, 16, 'reg', None, None): _T108,
         (32, 16, 'mem', None, None): _T109,
-        (32, 32, 'reg', None, None): _T109,
+        (32, 32, 'reg', None, None): _T108,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1368
-    'PEXTRW_R32_MM_IMM8': {
+    # spec/sse.r1:1389
+    'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T110,
+        (16, 16, 'mem', None, None): _T111,
         (16, 32, 'reg', None, None): _T110,
+        (16, 32, 'mem', None, None): _T111,
         (32, 16, 'reg', None, None): _T110,
+        (32, 16, 'mem', None, None): _T111,
         (32, 32, 'reg', None, None): _T110,
+        (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1378
-    'PINSRW_MM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T111,
-        (16, 32, 'reg', None, None): _T111,
-        (32, 16, 'reg', None, None): _T111,
-        (32, 32, 'reg', None, None): _T111,
+    # spec/sse.r1:1400
+    'PMINUB_MM_MMRM': {
+        (16, 16, 'reg', None, None): _T112,
+        (16, 16, 'mem', None, None): _T113,
+        (16, 32, 'reg', None, None): _T112,
+        (16, 32, 'mem', None, None): _T113,
+        (32, 16, 'reg', None, None): _T112,
+        (32, 16, 'mem', None, None): _T113,
+        (32, 32, 'reg', None, None): _T112,
+        (32, 32, 'mem', None, None): _T113,
     },
-    # spec/sse.r1:1388
-    'PINSRW_MM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T112,
-        (16, 32, 'mem', None, None): _T112,
-        (32, 16, 'mem', None, None): _T112,
-        (32, 32, 'mem', None, None): _T112,
-    },
-    # spec/sse.r1:1398
-    'PMOVMSKB_R32_MM': {
-        (16, 16, 'reg', None, None): _T113,
-        (16, 32, 'reg', None, None): _T113,
-        (32, 16, 'reg', None, None): _T113,
-        (32, 32, 'reg', None, None): _T113,
-    },
-    # spec/sse.r1:1410
-    'MOVAPD_XMM_XMMRM': {
+    # spec/sse.r1:1411
+    'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T114,
         (16, 16, 'mem', None, None): _T115,
         (16, 32, 'reg', None, None): _T114,
@@ -6117,8 +9063,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T114,
         (32, 32, 'mem', None, None): _T115,
     },
-    # spec/sse.r1:1425
-    'MOVAPD_XMMRM_XMM': {
+    # spec/sse.r1:1422
+    'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T116,
         (16, 16, 'mem', None, None): _T117,
         (16, 32, 'reg', None, None): _T116,
@@ -6128,8 +9074,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1440
-    'MOVUPD_XMM_XMMRM': {
+    # spec/sse.r1:1433
+    'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T118,
         (16, 16, 'mem', None, None): _T119,
         (16, 32, 'reg', None, None): _T118,
@@ -6139,321 +9085,318 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T118,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1451
-    'MOVUPD_XMMRM_XMM': {
+    # spec/sse.r1:1444
+    'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T120,
-        (16, 16, 'mem', None, None): _T121,
         (16, 32, 'reg', None, None): _T120,
-        (16, 32, 'mem', None, None): _T121,
         (32, 16, 'reg', None, None): _T120,
-        (32, 16, 'mem', None, None): _T121,
         (32, 32, 'reg', None, None): _T120,
-        (32, 32, 'mem', None, None): _T121,
     },
-    # spec/sse.r1:1462
-    'MOVSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T122,
-        (16, 32, 'reg', None, None): _T122,
-        (32, 16, 'reg', None, None): _T122,
-        (32, 32, 'reg', None, None): _T122,
+    # spec/sse.r1:1455
+    'PINSRW_MM_R32_IMM8': {
+        (16, 16, 'reg', None, None): _T121,
+        (16, 32, 'reg', None, None): _T121,
+        (32, 16, 'reg', None, None): _T121,
+        (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1473
-    'MOVSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T123,
-        (16, 32, 'mem', None, None): _T123,
-        (32, 16, 'mem', None, None): _T123,
-        (32, 32, 'mem', None, None): _T123,
+    # spec/sse.r1:1466
+    'PINSRW_MM_M16_IMM8': {
+        (16, 16, 'mem', None, None): _T122,
+        (16, 32, 'mem', None, None): _T122,
+        (32, 16, 'mem', None, None): _T122,
+        (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1484
-    'MOVSD_XMM_XMM_0F11': {
+    # spec/sse.r1:1477
+    'PMOVMSKB_R32_MM': {
+        (16, 16, 'reg', None, None): _T123,
+        (16, 32, 'reg', None, None): _T123,
+        (32, 16, 'reg', None, None): _T123,
+        (32, 32, 'reg', None, None): _T123,
+    },
+    # spec/sse.r1:1490
+    'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T124,
-        (16, 32, 'reg', None, None): _T124,
-        (32, 16, 'reg', None, None): _T124,
-        (32, 32, 'reg', None, None): _T124,
-    },
-    # spec/sse.r1:1495
-    'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T125,
+        (16, 32, 'reg', None, None): _T124,
         (16, 32, 'mem', None, None): _T125,
+        (32, 16, 'reg', None, None): _T124,
         (32, 16, 'mem', None, None): _T125,
+        (32, 32, 'reg', None, None): _T124,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1506
-    'MOVLPD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T126,
-        (16, 32, 'mem', None, None): _T126,
-        (32, 16, 'mem', None, None): _T126,
-        (32, 32, 'mem', None, None): _T126,
-    },
-    # spec/sse.r1:1517
-    'MOVLPD_M64_XMM': {
+    # spec/sse.r1:1505
+    'MOVAPD_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T126,
         (16, 16, 'mem', None, None): _T127,
+        (16, 32, 'reg', None, None): _T126,
         (16, 32, 'mem', None, None): _T127,
+        (32, 16, 'reg', None, None): _T126,
         (32, 16, 'mem', None, None): _T127,
+        (32, 32, 'reg', None, None): _T126,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/sse.r1:1528
-    'MOVHPD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T128,
-        (16, 32, 'mem', None, None): _T128,
-        (32, 16, 'mem', None, None): _T128,
-        (32, 32, 'mem', None, None): _T128,
-    },
-    # spec/sse.r1:1539
-    'MOVHPD_M64_XMM': {
+    # spec/sse.r1:1520
+    'MOVUPD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T128,
         (16, 16, 'mem', None, None): _T129,
+        (16, 32, 'reg', None, None): _T128,
         (16, 32, 'mem', None, None): _T129,
+        (32, 16, 'reg', None, None): _T128,
         (32, 16, 'mem', None, None): _T129,
+        (32, 32, 'reg', None, None): _T128,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1550
-    'MOVMSKPD_R32_XMM': {
+    # spec/sse.r1:1531
+    'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T130,
+        (16, 16, 'mem', None, None): _T131,
         (16, 32, 'reg', None, None): _T130,
+        (16, 32, 'mem', None, None): _T131,
         (32, 16, 'reg', None, None): _T130,
+        (32, 16, 'mem', None, None): _T131,
         (32, 32, 'reg', None, None): _T130,
+        (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1563
-    'ADDPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T131,
-        (16, 16, 'mem', None, None): _T132,
-        (16, 32, 'reg', None, None): _T131,
-        (16, 32, 'mem', None, None): _T132,
-        (32, 16, 'reg', None, None): _T131,
-        (32, 16, 'mem', None, None): _T132,
-        (32, 32, 'reg', None, None): _T131,
-        (32, 32, 'mem', None, None): _T132,
+    # spec/sse.r1:1542
+    'MOVSD_XMM_XMM': {
+        (16, 16, 'reg', None, None): _T132,
+        (16, 32, 'reg', None, None): _T132,
+        (32, 16, 'reg', None, None): _T132,
+        (32, 32, 'reg', None, None): _T132,
     },
-    # spec/sse.r1:1578
-    'ADDSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T133,
-        (16, 32, 'reg', None, None): _T133,
-        (32, 16, 'reg', None, None): _T133,
-        (32, 32, 'reg', None, None): _T133,
+    # spec/sse.r1:1553
+    'MOVSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T133,
+        (16, 32, 'mem', None, None): _T133,
+        (32, 16, 'mem', None, None): _T133,
+        (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1589
-    'ADDSD_XMM_M64': {
-        (16, 16, 'mem', None, None): _T134,
-        (16, 32, 'mem', None, None): _T134,
-        (32, 16, 'mem', None, None): _T134,
-        (32, 32, 'mem', None, None): _T134,
+    # spec/sse.r1:1564
+    'MOVSD_XMM_XMM_0F11': {
+        (16, 16, 'reg', None, None): _T134,
+        (16, 32, 'reg', None, None): _T134,
+        (32, 16, 'reg', None, None): _T134,
+        (32, 32, 'reg', None, None): _T134,
     },
-    # spec/sse.r1:1600
-    'SUBPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T135,
+    # spec/sse.r1:1575
+    'MOVSD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T135,
+        (16, 32, 'mem', None, None): _T135,
+        (32, 16, 'mem', None, None): _T135,
+        (32, 32, 'mem', None, None): _T135,
+    },
+    # spec/sse.r1:1586
+    'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T136,
-        (16, 32, 'reg', None, None): _T135,
         (16, 32, 'mem', None, None): _T136,
-        (32, 16, 'reg', None, None): _T135,
         (32, 16, 'mem', None, None): _T136,
-        (32, 32, 'reg', None, None): _T135,
         (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1615
-    'SUBSD_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T137,
-        (16, 32, 'reg', None, None): _T137,
-        (32, 16, 'reg', None, None): _T137,
-        (32, 32, 'reg', None, None): _T137,
+    # spec/sse.r1:1597
+    'MOVLPD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T137,
+        (16, 32, 'mem', None, None): _T137,
+        (32, 16, 'mem', None, None): _T137,
+        (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1626
-    'SUBSD_XMM_M64': {
+    # spec/sse.r1:1608
+    'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T138,
         (16, 32, 'mem', None, None): _T138,
         (32, 16, 'mem', None, None): _T138,
         (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1637
-    'MULPD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T139,
-        (16, 16, 'mem', None, None): _T140,
-        (16, 32, 'reg', None, None): _T139,
-        (16, 32, 'mem', None, None): _T140,
-        (32, 16, 'reg', None, None): _T139,
-        (32, 16, 'mem', None, None): _T140,
-        (32, 32, 'reg', None, None): _T139,
-        (32, 32, 'mem', None, None): _T140,
+    # spec/sse.r1:1619
+    'MOVHPD_M64_XMM': {
+        (16, 16, 'mem', None, None): _T139,
+        (16, 32, 'mem', None, None): _T139,
+        (32, 16, 'mem', None, None): _T139,
+        (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1652
-    'MULSD_XMM_XMM': {
+    # spec/sse.r1:1630
+    'MOVMSKPD_R32_XMM': {
+        (16, 16, 'reg', None, None): _T140,
+        (16, 32, 'reg', None, None): _T140,
+        (32, 16, 'reg', None, None): _T140,
+        (32, 32, 'reg', None, None): _T140,
+    },
+    # spec/sse.r1:1643
+    'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T141,
-        (16, 32, 'reg', None, None): _T141,
-        (32, 16, 'reg', None, None): _T141,
-        (32, 32, 'reg', None, None): _T141,
-    },
-    # spec/sse.r1:1663
-    'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T142,
+        (16, 32, 'reg', None, None): _T141,
         (16, 32, 'mem', None, None): _T142,
+        (32, 16, 'reg', None, None): _T141,
         (32, 16, 'mem', None, None): _T142,
+        (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1674
-    'DIVPD_XMM_XMMRM': {
+    # spec/sse.r1:1658
+    'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T143,
-        (16, 16, 'mem', None, None): _T144,
         (16, 32, 'reg', None, None): _T143,
-        (16, 32, 'mem', None, None): _T144,
         (32, 16, 'reg', None, None): _T143,
-        (32, 16, 'mem', None, None): _T144,
         (32, 32, 'reg', None, None): _T143,
+    },
+    # spec/sse.r1:1669
+    'ADDSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T144,
+        (16, 32, 'mem', None, None): _T144,
+        (32, 16, 'mem', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1689
-    'DIVSD_XMM_XMM': {
+    # spec/sse.r1:1680
+    'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T145,
-        (16, 32, 'reg', None, None): _T145,
-        (32, 16, 'reg', None, None): _T145,
-        (32, 32, 'reg', None, None): _T145,
-    },
-    # spec/sse.r1:1700
-    'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T146,
+        (16, 32, 'reg', None, None): _T145,
         (16, 32, 'mem', None, None): _T146,
+        (32, 16, 'reg', None, None): _T145,
         (32, 16, 'mem', None, None): _T146,
+        (32, 32, 'reg', None, None): _T145,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1711
-    'MINPD_XMM_XMMRM': {
+    # spec/sse.r1:1695
+    'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T147,
-        (16, 16, 'mem', None, None): _T148,
         (16, 32, 'reg', None, None): _T147,
-        (16, 32, 'mem', None, None): _T148,
         (32, 16, 'reg', None, None): _T147,
-        (32, 16, 'mem', None, None): _T148,
         (32, 32, 'reg', None, None): _T147,
+    },
+    # spec/sse.r1:1706
+    'SUBSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T148,
+        (16, 32, 'mem', None, None): _T148,
+        (32, 16, 'mem', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1726
-    'MINSD_XMM_XMM': {
+    # spec/sse.r1:1717
+    'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T149,
-        (16, 32, 'reg', None, None): _T149,
-        (32, 16, 'reg', None, None): _T149,
-        (32, 32, 'reg', None, None): _T149,
-    },
-    # spec/sse.r1:1737
-    'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T150,
+        (16, 32, 'reg', None, None): _T149,
         (16, 32, 'mem', None, None): _T150,
+        (32, 16, 'reg', None, None): _T149,
         (32, 16, 'mem', None, None): _T150,
+        (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1748
-    'MAXPD_XMM_XMMRM': {
+    # spec/sse.r1:1732
+    'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T151,
-        (16, 16, 'mem', None, None): _T152,
         (16, 32, 'reg', None, None): _T151,
-        (16, 32, 'mem', None, None): _T152,
         (32, 16, 'reg', None, None): _T151,
-        (32, 16, 'mem', None, None): _T152,
         (32, 32, 'reg', None, None): _T151,
+    },
+    # spec/sse.r1:1743
+    'MULSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T152,
+        (16, 32, 'mem', None, None): _T152,
+        (32, 16, 'mem', None, None): _T152,
         (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1763
-    'MAXSD_XMM_XMM': {
+    # spec/sse.r1:1754
+    'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T153,
-        (16, 32, 'reg', None, None): _T153,
-        (32, 16, 'reg', None, None): _T153,
-        (32, 32, 'reg', None, None): _T153,
-    },
-    # spec/sse.r1:1774
-    'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T154,
+        (16, 32, 'reg', None, None): _T153,
         (16, 32, 'mem', None, None): _T154,
+        (32, 16, 'reg', None, None): _T153,
         (32, 16, 'mem', None, None): _T154,
+        (32, 32, 'reg', None, None): _T153,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1785
-    'SQRTPD_XMM_XMMRM': {
+    # spec/sse.r1:1769
+    'DIVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T155,
-        (16, 16, 'mem', None, None): _T156,
         (16, 32, 'reg', None, None): _T155,
-        (16, 32, 'mem', None, None): _T156,
         (32, 16, 'reg', None, None): _T155,
-        (32, 16, 'mem', None, None): _T156,
         (32, 32, 'reg', None, None): _T155,
+    },
+    # spec/sse.r1:1780
+    'DIVSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T156,
+        (16, 32, 'mem', None, None): _T156,
+        (32, 16, 'mem', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1800
-    'SQRTSD_XMM_XMM': {
+    # spec/sse.r1:1791
+    'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T157,
-        (16, 32, 'reg', None, None): _T157,
-        (32, 16, 'reg', None, None): _T157,
-        (32, 32, 'reg', None, None): _T157,
-    },
-    # spec/sse.r1:1811
-    'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T158,
+        (16, 32, 'reg', None, None): _T157,
         (16, 32, 'mem', None, None): _T158,
+        (32, 16, 'reg', None, None): _T157,
         (32, 16, 'mem', None, None): _T158,
+        (32, 32, 'reg', None, None): _T157,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1824
-    'CMPPD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1806
+    'MINSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T159,
-        (16, 16, 'mem', None, None): _T160,
         (16, 32, 'reg', None, None): _T159,
-        (16, 32, 'mem', None, None): _T160,
         (32, 16, 'reg', None, None): _T159,
-        (32, 16, 'mem', None, None): _T160,
         (32, 32, 'reg', None, None): _T159,
+    },
+    # spec/sse.r1:1817
+    'MINSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T160,
+        (16, 32, 'mem', None, None): _T160,
+        (32, 16, 'mem', None, None): _T160,
         (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1840
-    'CMPSD_XMM_XMM_IMM8': {
+    # spec/sse.r1:1828
+    'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T161,
-        (16, 32, 'reg', None, None): _T161,
-        (32, 16, 'reg', None, None): _T161,
-        (32, 32, 'reg', None, None): _T161,
-    },
-    # spec/sse.r1:1855
-    'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T162,
+        (16, 32, 'reg', None, None): _T161,
         (16, 32, 'mem', None, None): _T162,
+        (32, 16, 'reg', None, None): _T161,
         (32, 16, 'mem', None, None): _T162,
+        (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1870
-    'COMISD_XMM_XMM': {
+    # spec/sse.r1:1843
+    'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T163,
         (16, 32, 'reg', None, None): _T163,
         (32, 16, 'reg', None, None): _T163,
         (32, 32, 'reg', None, None): _T163,
     },
-    # spec/sse.r1:1881
-    'COMISD_XMM_M64': {
+    # spec/sse.r1:1854
+    'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T164,
         (16, 32, 'mem', None, None): _T164,
         (32, 16, 'mem', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1892
-    'UCOMISD_XMM_XMM': {
+    # spec/sse.r1:1865
+    'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T165,
-        (16, 32, 'reg', None, None): _T165,
-        (32, 16, 'reg', None, None): _T165,
-        (32, 32, 'reg', None, None): _T165,
-    },
-    # spec/sse.r1:1903
-    'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T166,
+        (16, 32, 'reg', None, None): _T165,
         (16, 32, 'mem', None, None): _T166,
+        (32, 16, 'reg', None, None): _T165,
         (32, 16, 'mem', None, None): _T166,
+        (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1916
-    'ANDPD_XMM_XMMRM': {
+    # spec/sse.r1:1880
+    'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
-        (16, 16, 'mem', None, None): _T168,
         (16, 32, 'reg', None, None): _T167,
-        (16, 32, 'mem', None, None): _T168,
         (32, 16, 'reg', None, None): _T167,
-        (32, 16, 'mem', None, None): _T168,
         (32, 32, 'reg', None, None): _T167,
+    },
+    # spec/sse.r1:1891
+    'SQRTSD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T168,
+        (16, 32, 'mem', None, None): _T168,
+        (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1931
-    'ANDNPD_XMM_XMMRM': {
+    # spec/sse.r1:1904
+    'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T169,
         (16, 16, 'mem', None, None): _T170,
         (16, 32, 'reg', None, None): _T169,
@@ -6463,41 +9406,50 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T169,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1946
-    'ORPD_XMM_XMMRM': {
+    # spec/sse.r1:1920
+    'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T171,
-        (16, 16, 'mem', None, None): _T172,
         (16, 32, 'reg', None, None): _T171,
-        (16, 32, 'mem', None, None): _T172,
         (32, 16, 'reg', None, None): _T171,
-        (32, 16, 'mem', None, None): _T172,
         (32, 32, 'reg', None, None): _T171,
+    },
+    # spec/sse.r1:1935
+    'CMPSD_XMM_M64_IMM8': {
+        (16, 16, 'mem', None, None): _T172,
+        (16, 32, 'mem', None, None): _T172,
+        (32, 16, 'mem', None, None): _T172,
         (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1961
-    'XORPD_XMM_XMMRM': {
+    # spec/sse.r1:1950
+    'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T173,
-        (16, 16, 'mem', None, None): _T174,
         (16, 32, 'reg', None, None): _T173,
-        (16, 32, 'mem', None, None): _T174,
         (32, 16, 'reg', None, None): _T173,
-        (32, 16, 'mem', None, None): _T174,
         (32, 32, 'reg', None, None): _T173,
+    },
+    # spec/sse.r1:1961
+    'COMISD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T174,
+        (16, 32, 'mem', None, None): _T174,
+        (32, 16, 'mem', None, None): _T174,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1976
-    'SHUFPD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:1972
+    'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T175,
-        (16, 16, 'mem', None, None): _T176,
         (16, 32, 'reg', None, None): _T175,
-        (16, 32, 'mem', None, None): _T176,
         (32, 16, 'reg', None, None): _T175,
-        (32, 16, 'mem', None, None): _T176,
         (32, 32, 'reg', None, None): _T175,
+    },
+    # spec/sse.r1:1983
+    'UCOMISD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T176,
+        (16, 32, 'mem', None, None): _T176,
+        (32, 16, 'mem', None, None): _T176,
         (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1991
-    'UNPCKLPD_XMM_XMMRM': {
+    # spec/sse.r1:1996
+    'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T177,
         (16, 16, 'mem', None, None): _T178,
         (16, 32, 'reg', None, None): _T177,
@@ -6507,8 +9459,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T177,
         (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:2006
-    'UNPCKHPD_XMM_XMMRM': {
+    # spec/sse.r1:2011
+    'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T179,
         (16, 16, 'mem', None, None): _T180,
         (16, 32, 'reg', None, None): _T179,
@@ -6518,8 +9470,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T179,
         (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:2023
-    'CVTPI2PD_XMM_MMRM': {
+    # spec/sse.r1:2026
+    'ORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T182,
         (16, 32, 'reg', None, None): _T181,
@@ -6529,8 +9481,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:2040
-    'CVTPD2PI_MM_XMMRM': {
+    # spec/sse.r1:2041
+    'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 16, 'mem', None, None): _T184,
         (16, 32, 'reg', None, None): _T183,
@@ -6540,8 +9492,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:2057
-    'CVTTPD2PI_MM_XMMRM': {
+    # spec/sse.r1:2056
+    'SHUFPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T185,
         (16, 16, 'mem', None, None): _T186,
         (16, 32, 'reg', None, None): _T185,
@@ -6551,8 +9503,8 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T185,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2074
-    'CVTSI2SD_XMM_RM32': {
+    # spec/sse.r1:2071
+    'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T187,
         (16, 16, 'mem', None, None): _T188,
         (16, 32, 'reg', None, None): _T187,
@@ -6562,50 +9514,41 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T187,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2085
-    'CVTSD2SI_R32_XMM': {
+    # spec/sse.r1:2086
+    'UNPCKHPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T189,
-        (16, 32, 'reg', None, None): _T189,
-        (32, 16, 'reg', None, None): _T189,
-        (32, 32, 'reg', None, None): _T189,
-    },
-    # spec/sse.r1:2096
-    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T190,
+        (16, 32, 'reg', None, None): _T189,
         (16, 32, 'mem', None, None): _T190,
+        (32, 16, 'reg', None, None): _T189,
         (32, 16, 'mem', None, None): _T190,
+        (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:2107
-    'CVTTSD2SI_R32_XMM': {
+    # spec/sse.r1:2103
+    'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T191,
-        (16, 32, 'reg', None, None): _T191,
-        (32, 16, 'reg', None, None): _T191,
-        (32, 32, 'reg', None, None): _T191,
-    },
-    # spec/sse.r1:2118
-    'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T192,
+        (16, 32, 'reg', None, None): _T191,
         (16, 32, 'mem', None, None): _T192,
+        (32, 16, 'reg', None, None): _T191,
         (32, 16, 'mem', None, None): _T192,
+        (32, 32, 'reg', None, None): _T191,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2129
-    'CVTPS2PD_XMM_XMM': {
+    # spec/sse.r1:2120
+    'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T193,
-        (16, 32, 'reg', None, None): _T193,
-        (32, 16, 'reg', None, None): _T193,
-        (32, 32, 'reg', None, None): _T193,
-    },
-    # spec/sse.r1:2140
-    'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T194,
+        (16, 32, 'reg', None, None): _T193,
         (16, 32, 'mem', None, None): _T194,
+        (32, 16, 'reg', None, None): _T193,
         (32, 16, 'mem', None, None): _T194,
+        (32, 32, 'reg', None, None): _T193,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2151
-    'CVTPD2PS_XMM_XMMRM': {
+    # spec/sse.r1:2137
+    'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T195,
         (16, 16, 'mem', None, None): _T196,
         (16, 32, 'reg', None, None): _T195,
@@ -6615,58 +9558,61 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T195,
         (32, 32, 'mem', None, None): _T196,
     },
-    # spec/sse.r1:2166
-    'CVTSS2SD_XMM_XMM': {
+    # spec/sse.r1:2154
+    'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T197,
-        (16, 32, 'reg', None, None): _T197,
-        (32, 16, 'reg', None, None): _T197,
-        (32, 32, 'reg', None, None): _T197,
-    },
-    # spec/sse.r1:2177
-    'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T198,
+        (16, 32, 'reg', None, None): _T197,
         (16, 32, 'mem', None, None): _T198,
+        (32, 16, 'reg', None, None): _T197,
         (32, 16, 'mem', None, None): _T198,
+        (32, 32, 'reg', None, None): _T197,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2188
-    'CVTSD2SS_XMM_XMM': {
+    # spec/sse.r1:2165
+    'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T199,
         (16, 32, 'reg', None, None): _T199,
         (32, 16, 'reg', None, None): _T199,
         (32, 32, 'reg', None, None): _T199,
     },
-    # spec/sse.r1:2199
-    'CVTSD2SS_XMM_M64': {
+    # spec/sse.r1:2176
+    'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T200,
         (16, 32, 'mem', None, None): _T200,
         (32, 16, 'mem', None, None): _T200,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2210
-    'CVTDQ2PS_XMM_XMMRM': {
+    # spec/sse.r1:2187
+    'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T201,
-        (16, 16, 'mem', None, None): _T202,
         (16, 32, 'reg', None, None): _T201,
-        (16, 32, 'mem', None, None): _T202,
         (32, 16, 'reg', None, None): _T201,
-        (32, 16, 'mem', None, None): _T202,
         (32, 32, 'reg', None, None): _T201,
+    },
+    # spec/sse.r1:2198
+    'CVTTSD2SI_R32_M64': {
+        (16, 16, 'mem', None, None): _T202,
+        (16, 32, 'mem', None, None): _T202,
+        (32, 16, 'mem', None, None): _T202,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2225
-    'CVTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2209
+    'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T203,
-        (16, 16, 'mem', None, None): _T204,
         (16, 32, 'reg', None, None): _T203,
-        (16, 32, 'mem', None, None): _T204,
         (32, 16, 'reg', None, None): _T203,
-        (32, 16, 'mem', None, None): _T204,
         (32, 32, 'reg', None, None): _T203,
+    },
+    # spec/sse.r1:2220
+    'CVTPS2PD_XMM_M64': {
+        (16, 16, 'mem', None, None): _T204,
+        (16, 32, 'mem', None, None): _T204,
+        (32, 16, 'mem', None, None): _T204,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2240
-    'CVTTPS2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2231
+    'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T206,
         (16, 32, 'reg', None, None): _T205,
@@ -6676,33 +9622,36 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2255
-    'CVTDQ2PD_XMM_XMM': {
+    # spec/sse.r1:2246
+    'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T207,
         (16, 32, 'reg', None, None): _T207,
         (32, 16, 'reg', None, None): _T207,
         (32, 32, 'reg', None, None): _T207,
     },
-    # spec/sse.r1:2266
-    'CVTDQ2PD_XMM_M64': {
+    # spec/sse.r1:2257
+    'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T208,
         (16, 32, 'mem', None, None): _T208,
         (32, 16, 'mem', None, None): _T208,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2277
-    'CVTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2268
+    'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T209,
-        (16, 16, 'mem', None, None): _T210,
         (16, 32, 'reg', None, None): _T209,
-        (16, 32, 'mem', None, None): _T210,
         (32, 16, 'reg', None, None): _T209,
-        (32, 16, 'mem', None, None): _T210,
         (32, 32, 'reg', None, None): _T209,
+    },
+    # spec/sse.r1:2279
+    'CVTSD2SS_XMM_M64': {
+        (16, 16, 'mem', None, None): _T210,
+        (16, 32, 'mem', None, None): _T210,
+        (32, 16, 'mem', None, None): _T210,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2292
-    'CVTTPD2DQ_XMM_XMMRM': {
+    # spec/sse.r1:2290
+    'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T212,
         (16, 32, 'reg', None, None): _T211,
@@ -6712,959 +9661,1017 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2309
-    'MOVDQA_XMM_XMMRM': {
+    # spec/sse.r1:2305
+    'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T213,
-        (16, 16, 'mem', None, None): _T213,
-        (16, 32, 'reg', None, None): _T213,
-        (16, 32, 'mem', None, None): _T213,
-        (32, 16, 'reg', None, None): _T213,
-        (32, 16, 'mem', None, None): _T213,
-        (32, 32, 'reg', None, None): _T213,
-        (32, 32, 'mem', None, None): _T213,
-    },
-    # spec/sse.r1:2319
-    'MOVDQA_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T214,
         (16, 16, 'mem', None, None): _T214,
-        (16, 32, 'reg', None, None): _T214,
+        (16, 32, 'reg', None, None): _T213,
         (16, 32, 'mem', None, None): _T214,
-        (32, 16, 'reg', None, None): _T214,
+        (32, 16, 'reg', None, None): _T213,
         (32, 16, 'mem', None, None): _T214,
-        (32, 32, 'reg', None, None): _T214,
+        (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2329
-    'MOVDQU_XMM_XMMRM': {
+    # spec/sse.r1:2320
+    'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T215,
-        (16, 16, 'mem', None, None): _T215,
-        (16, 32, 'reg', None, None): _T215,
-        (16, 32, 'mem', None, None): _T215,
-        (32, 16, 'reg', None, None): _T215,
-        (32, 16, 'mem', None, None): _T215,
-        (32, 32, 'reg', None, None): _T215,
-        (32, 32, 'mem', None, None): _T215,
-    },
-    # spec/sse.r1:2339
-    'MOVDQU_XMMRM_XMM': {
-        (16, 16, 'reg', None, None): _T216,
         (16, 16, 'mem', None, None): _T216,
-        (16, 32, 'reg', None, None): _T216,
+        (16, 32, 'reg', None, None): _T215,
         (16, 32, 'mem', None, None): _T216,
-        (32, 16, 'reg', None, None): _T216,
+        (32, 16, 'reg', None, None): _T215,
         (32, 16, 'mem', None, None): _T216,
-        (32, 32, 'reg', None, None): _T216,
+        (32, 32, 'reg', None, None): _T215,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2349
-    'MOVD_XMM_RM32': {
+    # spec/sse.r1:2335
+    'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T217,
-        (16, 16, 'mem', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
-        (16, 32, 'mem', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
-        (32, 16, 'mem', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
-        (32, 32, 'mem', None, None): _T217,
     },
-    # spec/sse.r1:2359
-    'MOVD_RM32_XMM': {
-        (16, 16, 'reg', None, None): _T218,
+    # spec/sse.r1:2346
+    'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T218,
-        (16, 32, 'reg', None, None): _T218,
         (16, 32, 'mem', None, None): _T218,
-        (32, 16, 'reg', None, None): _T218,
         (32, 16, 'mem', None, None): _T218,
-        (32, 32, 'reg', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2369
-    'MOVQ_XMM_XMM': {
+    # spec/sse.r1:2357
+    'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T219,
-        (16, 32, 'reg', None, None): _T219,
-        (32, 16, 'reg', None, None): _T219,
-        (32, 32, 'reg', None, None): _T219,
-    },
-    # spec/sse.r1:2379
-    'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T220,
+        (16, 32, 'reg', None, None): _T219,
         (16, 32, 'mem', None, None): _T220,
+        (32, 16, 'reg', None, None): _T219,
         (32, 16, 'mem', None, None): _T220,
+        (32, 32, 'reg', None, None): _T219,
         (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2389
-    'MOVQ_XMM_XMM_0FD6': {
+    # spec/sse.r1:2372
+    'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T221,
-        (16, 32, 'reg', None, None): _T221,
-        (32, 16, 'reg', None, None): _T221,
-        (32, 32, 'reg', None, None): _T221,
-    },
-    # spec/sse.r1:2399
-    'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T222,
+        (16, 32, 'reg', None, None): _T221,
         (16, 32, 'mem', None, None): _T222,
+        (32, 16, 'reg', None, None): _T221,
         (32, 16, 'mem', None, None): _T222,
+        (32, 32, 'reg', None, None): _T221,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2409
-    'MOVQ2DQ_XMM_MM': {
+    # spec/sse.r1:2389
+    'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T223,
+        (16, 16, 'mem', None, None): _T224,
         (16, 32, 'reg', None, None): _T223,
+        (16, 32, 'mem', None, None): _T224,
         (32, 16, 'reg', None, None): _T223,
+        (32, 16, 'mem', None, None): _T224,
         (32, 32, 'reg', None, None): _T223,
+        (32, 32, 'mem', None, None): _T224,
     },
-    # spec/sse.r1:2419
-    'MOVDQ2Q_MM_XMM': {
-        (16, 16, 'reg', None, None): _T224,
-        (16, 32, 'reg', None, None): _T224,
-        (32, 16, 'reg', None, None): _T224,
-        (32, 32, 'reg', None, None): _T224,
-    },
-    # spec/sse.r1:2431
-    'MOVNTPD_M128_XMM': {
-        (16, 16, 'mem', None, None): _T225,
-        (16, 32, 'mem', None, None): _T225,
-        (32, 16, 'mem', None, None): _T225,
-        (32, 32, 'mem', None, None): _T225,
-    },
-    # spec/sse.r1:2442
-    'MOVNTDQ_M128_XMM': {
+    # spec/sse.r1:2400
+    'MOVDQA_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T226,
+        (16, 32, 'reg', None, None): _T225,
         (16, 32, 'mem', None, None): _T226,
+        (32, 16, 'reg', None, None): _T225,
         (32, 16, 'mem', None, None): _T226,
+        (32, 32, 'reg', None, None): _T225,
         (32, 32, 'mem', None, None): _T226,
     },
-    # spec/sse.r1:2452
-    'MOVNTI_M32_R32': {
-        (16, 16, 'mem', None, None): _T227,
-        (16, 32, 'mem', None, None): _T227,
-        (32, 16, 'mem', None, None): _T227,
-        (32, 32, 'mem', None, None): _T227,
+    # spec/sse.r1:2411
+    'MOVDQU_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T227,
+        (16, 16, 'mem', None, None): _T228,
+        (16, 32, 'reg', None, None): _T227,
+        (16, 32, 'mem', None, None): _T228,
+        (32, 16, 'reg', None, None): _T227,
+        (32, 16, 'mem', None, None): _T228,
+        (32, 32, 'reg', None, None): _T227,
+        (32, 32, 'mem', None, None): _T228,
     },
-    # spec/sse.r1:2462
-    'MASKMOVDQU_XMM_XMM': {
-        (16, 16, 'reg', None, None): _T228,
-        (16, 32, 'reg', None, None): _T228,
-        (32, 16, 'reg', None, None): _T228,
-        (32, 32, 'reg', None, None): _T228,
+    # spec/sse.r1:2422
+    'MOVDQU_XMMRM_XMM': {
+        (16, 16, 'reg', None, None): _T229,
+        (16, 16, 'mem', None, None): _T230,
+        (16, 32, 'reg', None, None): _T229,
+        (16, 32, 'mem', None, None): _T230,
+        (32, 16, 'reg', None, None): _T229,
+        (32, 16, 'mem', None, None): _T230,
+        (32, 32, 'reg', None, None): _T229,
+        (32, 32, 'mem', None, None): _T230,
     },
-    # spec/sse.r1:2472
-    'CLFLUSH_M8': {
-        (16, 16, 'mem', None, None): _T229,
-        (16, 32, 'mem', None, None): _T229,
-        (32, 16, 'mem', None, None): _T229,
-        (32, 32, 'mem', None, None): _T229,
+    # spec/sse.r1:2433
+    'MOVD_XMM_RM32': {
+        (16, 16, 'reg', None, None): _T231,
+        (16, 16, 'mem', None, None): _T232,
+        (16, 32, 'reg', None, None): _T231,
+        (16, 32, 'mem', None, None): _T232,
+        (32, 16, 'reg', None, None): _T231,
+        (32, 16, 'mem', None, None): _T232,
+        (32, 32, 'reg', None, None): _T231,
+        (32, 32, 'mem', None, None): _T232,
     },
-    # spec/sse.r1:2483
-    'LFENCE': {
-        (16, 16, None, None, None): _T230,
-        (16, 32, None, None, None): _T230,
-        (32, 16, None, None, None): _T230,
-        (32, 32, None, None, None): _T230,
-    },
-    # spec/sse.r1:2494
-    'MFENCE': {
-        (16, 16, None, None, None): _T231,
-        (16, 32, None, None, None): _T231,
-        (32, 16, None, None, None): _T231,
-        (32, 32, None, None, None): _T231,
-    },
-    # spec/sse.r1:2505
-    'PAUSE': {
-        (16, 16, None, None, None): _T232,
-        (16, 32, None, None, None): _T232,
-        (32, 16, None, None, None): _T232,
-        (32, 32, None, None, None): _T232,
-    },
-    # spec/sse.r1:2517
-    'PADDQ_MM_MMRM': {
+    # spec/sse.r1:2444
+    'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T233,
-        (16, 16, 'mem', None, None): _T233,
-        (16, 32, 'reg', None, None): _T233,
-        (16, 32, 'mem', None, None): _T233,
-        (32, 16, 'reg', None, None): _T233,
-        (32, 16, 'mem', None, None): _T233,
-        (32, 32, 'reg', None, None): _T233,
-        (32, 32, 'mem', None, None): _T233,
-    },
-    # spec/sse.r1:2527
-    'PADDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T234,
         (16, 16, 'mem', None, None): _T234,
-        (16, 32, 'reg', None, None): _T234,
+        (16, 32, 'reg', None, None): _T233,
         (16, 32, 'mem', None, None): _T234,
-        (32, 16, 'reg', None, None): _T234,
+        (32, 16, 'reg', None, None): _T233,
         (32, 16, 'mem', None, None): _T234,
-        (32, 32, 'reg', None, None): _T234,
+        (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2537
-    'PSUBQ_MM_MMRM': {
+    # spec/sse.r1:2455
+    'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T235,
-        (16, 16, 'mem', None, None): _T235,
         (16, 32, 'reg', None, None): _T235,
-        (16, 32, 'mem', None, None): _T235,
         (32, 16, 'reg', None, None): _T235,
-        (32, 16, 'mem', None, None): _T235,
         (32, 32, 'reg', None, None): _T235,
-        (32, 32, 'mem', None, None): _T235,
     },
-    # spec/sse.r1:2547
-    'PSUBQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T236,
+    # spec/sse.r1:2466
+    'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T236,
-        (16, 32, 'reg', None, None): _T236,
         (16, 32, 'mem', None, None): _T236,
-        (32, 16, 'reg', None, None): _T236,
         (32, 16, 'mem', None, None): _T236,
-        (32, 32, 'reg', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2557
-    'PMULUDQ_MM_MMRM': {
+    # spec/sse.r1:2477
+    'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T237,
-        (16, 16, 'mem', None, None): _T237,
         (16, 32, 'reg', None, None): _T237,
-        (16, 32, 'mem', None, None): _T237,
         (32, 16, 'reg', None, None): _T237,
-        (32, 16, 'mem', None, None): _T237,
         (32, 32, 'reg', None, None): _T237,
-        (32, 32, 'mem', None, None): _T237,
     },
-    # spec/sse.r1:2567
-    'PMULUDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T238,
+    # spec/sse.r1:2488
+    'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T238,
-        (16, 32, 'reg', None, None): _T238,
         (16, 32, 'mem', None, None): _T238,
-        (32, 16, 'reg', None, None): _T238,
         (32, 16, 'mem', None, None): _T238,
-        (32, 32, 'reg', None, None): _T238,
         (32, 32, 'mem', None, None): _T238,
     },
-    # spec/sse.r1:2577
-    'PSHUFD_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2499
+    'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T239,
-        (16, 16, 'mem', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
-        (16, 32, 'mem', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
-        (32, 16, 'mem', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
-        (32, 32, 'mem', None, None): _T239,
     },
-    # spec/sse.r1:2587
-    'PSHUFHW_XMM_XMMRM_IMM8': {
+    # spec/sse.r1:2510
+    'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T240,
-        (16, 16, 'mem', None, None): _T240,
         (16, 32, 'reg', None, None): _T240,
-        (16, 32, 'mem', None, None): _T240,
         (32, 16, 'reg', None, None): _T240,
-        (32, 16, 'mem', None, None): _T240,
         (32, 32, 'reg', None, None): _T240,
-        (32, 32, 'mem', None, None): _T240,
     },
-    # spec/sse.r1:2597
-    'PSHUFLW_XMM_XMMRM_IMM8': {
-        (16, 16, 'reg', None, None): _T241,
+    # spec/sse.r1:2523
+    'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T241,
-        (16, 32, 'reg', None, None): _T241,
         (16, 32, 'mem', None, None): _T241,
-        (32, 16, 'reg', None, None): _T241,
         (32, 16, 'mem', None, None): _T241,
-        (32, 32, 'reg', None, None): _T241,
         (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2607
-    'PSLLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T242,
-        (16, 32, 'reg', None, None): _T242,
-        (32, 16, 'reg', None, None): _T242,
-        (32, 32, 'reg', None, None): _T242,
+    # spec/sse.r1:2534
+    'MOVNTDQ_M128_XMM': {
+        (16, 16, 'mem', None, None): _T242,
+        (16, 32, 'mem', None, None): _T242,
+        (32, 16, 'mem', None, None): _T242,
+        (32, 32, 'mem', None, None): _T242,
     },
-    # spec/sse.r1:2617
-    'PSRLDQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T243,
-        (16, 32, 'reg', None, None): _T243,
-        (32, 16, 'reg', None, None): _T243,
-        (32, 32, 'reg', None, None): _T243,
+    # spec/sse.r1:2545
+    'MOVNTI_M32_R32': {
+        (16, 16, 'mem', None, None): _T243,
+        (16, 32, 'mem', None, None): _T243,
+        (32, 16, 'mem', None, None): _T243,
+        (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2627
-    'PUNPCKLQDQ_XMM_XMMRM': {
+    # spec/sse.r1:2556
+    'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T244,
-        (16, 16, 'mem', None, None): _T244,
-        (16, 32, 'reg', None, None): _T244,
-        (16, 32, 'mem', None, None): _T244,
-        (32, 16, 'reg', None, None): _T244,
-        (32, 16, 'mem', None, None): _T244,
-        (32, 32, 'reg', None, None): _T244,
-        (32, 32, 'mem', None, None): _T244,
-    },
-    # spec/sse.r1:2637
-    'PUNPCKHQDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T245,
-        (16, 16, 'mem', None, None): _T245,
         (16, 32, 'reg', None, None): _T245,
-        (16, 32, 'mem', None, None): _T245,
-        (32, 16, 'reg', None, None): _T245,
-        (32, 16, 'mem', None, None): _T245,
+        (32, 16, 'reg', None, None): _T244,
         (32, 32, 'reg', None, None): _T245,
-        (32, 32, 'mem', None, None): _T245,
     },
-    # spec/sse.r1:2649
-    'PUNPCKLBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T246,
+    # spec/sse.r1:2567
+    'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T246,
-        (16, 32, 'reg', None, None): _T246,
         (16, 32, 'mem', None, None): _T246,
-        (32, 16, 'reg', None, None): _T246,
         (32, 16, 'mem', None, None): _T246,
-        (32, 32, 'reg', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2659
-    'PUNPCKLWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T247,
-        (16, 16, 'mem', None, None): _T247,
-        (16, 32, 'reg', None, None): _T247,
-        (16, 32, 'mem', None, None): _T247,
-        (32, 16, 'reg', None, None): _T247,
-        (32, 16, 'mem', None, None): _T247,
-        (32, 32, 'reg', None, None): _T247,
-        (32, 32, 'mem', None, None): _T247,
+    # spec/sse.r1:2578
+    'LFENCE': {
+        (16, 16, None, None, None): _T247,
+        (16, 32, None, None, None): _T247,
+        (32, 16, None, None, None): _T247,
+        (32, 32, None, None, None): _T247,
     },
-    # spec/sse.r1:2669
-    'PUNPCKLDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T248,
-        (16, 16, 'mem', None, None): _T248,
-        (16, 32, 'reg', None, None): _T248,
-        (16, 32, 'mem', None, None): _T248,
-        (32, 16, 'reg', None, None): _T248,
-        (32, 16, 'mem', None, None): _T248,
-        (32, 32, 'reg', None, None): _T248,
-        (32, 32, 'mem', None, None): _T248,
+    # spec/sse.r1:2589
+    'MFENCE': {
+        (16, 16, None, None, None): _T248,
+        (16, 32, None, None, None): _T248,
+        (32, 16, None, None, None): _T248,
+        (32, 32, None, None, None): _T248,
     },
-    # spec/sse.r1:2679
-    'PUNPCKHBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T249,
-        (16, 16, 'mem', None, None): _T249,
-        (16, 32, 'reg', None, None): _T249,
-        (16, 32, 'mem', None, None): _T249,
-        (32, 16, 'reg', None, None): _T249,
-        (32, 16, 'mem', None, None): _T249,
-        (32, 32, 'reg', None, None): _T249,
-        (32, 32, 'mem', None, None): _T249,
+    # spec/sse.r1:2600
+    'PAUSE': {
+        (16, 16, None, None, None): _T249,
+        (16, 32, None, None, None): _T249,
+        (32, 16, None, None, None): _T249,
+        (32, 32, None, None, None): _T249,
     },
-    # spec/sse.r1:2689
-    'PUNPCKHWD_XMM_XMMRM': {
+    # spec/sse.r1:2612
+    'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T250,
-        (16, 16, 'mem', None, None): _T250,
-        (16, 32, 'reg', None, None): _T250,
-        (16, 32, 'mem', None, None): _T250,
-        (32, 16, 'reg', None, None): _T250,
-        (32, 16, 'mem', None, None): _T250,
-        (32, 32, 'reg', None, None): _T250,
-        (32, 32, 'mem', None, None): _T250,
-    },
-    # spec/sse.r1:2699
-    'PUNPCKHDQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T251,
         (16, 16, 'mem', None, None): _T251,
-        (16, 32, 'reg', None, None): _T251,
+        (16, 32, 'reg', None, None): _T250,
         (16, 32, 'mem', None, None): _T251,
-        (32, 16, 'reg', None, None): _T251,
+        (32, 16, 'reg', None, None): _T250,
         (32, 16, 'mem', None, None): _T251,
-        (32, 32, 'reg', None, None): _T251,
+        (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2709
-    'PACKSSWB_XMM_XMMRM': {
+    # spec/sse.r1:2623
+    'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
-        (16, 16, 'mem', None, None): _T252,
-        (16, 32, 'reg', None, None): _T252,
-        (16, 32, 'mem', None, None): _T252,
-        (32, 16, 'reg', None, None): _T252,
-        (32, 16, 'mem', None, None): _T252,
-        (32, 32, 'reg', None, None): _T252,
-        (32, 32, 'mem', None, None): _T252,
-    },
-    # spec/sse.r1:2719
-    'PACKUSWB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T253,
         (16, 16, 'mem', None, None): _T253,
-        (16, 32, 'reg', None, None): _T253,
+        (16, 32, 'reg', None, None): _T252,
         (16, 32, 'mem', None, None): _T253,
-        (32, 16, 'reg', None, None): _T253,
+        (32, 16, 'reg', None, None): _T252,
         (32, 16, 'mem', None, None): _T253,
-        (32, 32, 'reg', None, None): _T253,
+        (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2729
-    'PACKSSDW_XMM_XMMRM': {
+    # spec/sse.r1:2634
+    'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T254,
-        (16, 16, 'mem', None, None): _T254,
-        (16, 32, 'reg', None, None): _T254,
-        (16, 32, 'mem', None, None): _T254,
-        (32, 16, 'reg', None, None): _T254,
-        (32, 16, 'mem', None, None): _T254,
-        (32, 32, 'reg', None, None): _T254,
-        (32, 32, 'mem', None, None): _T254,
-    },
-    # spec/sse.r1:2739
-    'PADDB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T255,
         (16, 16, 'mem', None, None): _T255,
-        (16, 32, 'reg', None, None): _T255,
+        (16, 32, 'reg', None, None): _T254,
         (16, 32, 'mem', None, None): _T255,
-        (32, 16, 'reg', None, None): _T255,
+        (32, 16, 'reg', None, None): _T254,
         (32, 16, 'mem', None, None): _T255,
-        (32, 32, 'reg', None, None): _T255,
+        (32, 32, 'reg', None, None): _T254,
         (32, 32, 'mem', None, None): _T255,
     },
-    # spec/sse.r1:2749
-    'PADDW_XMM_XMMRM': {
+    # spec/sse.r1:2645
+    'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T256,
-        (16, 16, 'mem', None, None): _T256,
-        (16, 32, 'reg', None, None): _T256,
-        (16, 32, 'mem', None, None): _T256,
-        (32, 16, 'reg', None, None): _T256,
-        (32, 16, 'mem', None, None): _T256,
-        (32, 32, 'reg', None, None): _T256,
-        (32, 32, 'mem', None, None): _T256,
-    },
-    # spec/sse.r1:2759
-    'PADDD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T257,
         (16, 16, 'mem', None, None): _T257,
-        (16, 32, 'reg', None, None): _T257,
+        (16, 32, 'reg', None, None): _T256,
         (16, 32, 'mem', None, None): _T257,
-        (32, 16, 'reg', None, None): _T257,
+        (32, 16, 'reg', None, None): _T256,
         (32, 16, 'mem', None, None): _T257,
-        (32, 32, 'reg', None, None): _T257,
+        (32, 32, 'reg', None, None): _T256,
         (32, 32, 'mem', None, None): _T257,
     },
-    # spec/sse.r1:2769
-    'PADDSB_XMM_XMMRM': {
+    # spec/sse.r1:2656
+    'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T258,
-        (16, 16, 'mem', None, None): _T258,
-        (16, 32, 'reg', None, None): _T258,
-        (16, 32, 'mem', None, None): _T258,
-        (32, 16, 'reg', None, None): _T258,
-        (32, 16, 'mem', None, None): _T258,
-        (32, 32, 'reg', None, None): _T258,
-        (32, 32, 'mem', None, None): _T258,
-    },
-    # spec/sse.r1:2779
-    'PADDSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T259,
         (16, 16, 'mem', None, None): _T259,
-        (16, 32, 'reg', None, None): _T259,
+        (16, 32, 'reg', None, None): _T258,
         (16, 32, 'mem', None, None): _T259,
-        (32, 16, 'reg', None, None): _T259,
+        (32, 16, 'reg', None, None): _T258,
         (32, 16, 'mem', None, None): _T259,
-        (32, 32, 'reg', None, None): _T259,
+        (32, 32, 'reg', None, None): _T258,
         (32, 32, 'mem', None, None): _T259,
     },
-    # spec/sse.r1:2789
-    'PADDUSB_XMM_XMMRM': {
+    # spec/sse.r1:2667
+    'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T260,
-        (16, 16, 'mem', None, None): _T260,
-        (16, 32, 'reg', None, None): _T260,
-        (16, 32, 'mem', None, None): _T260,
-        (32, 16, 'reg', None, None): _T260,
-        (32, 16, 'mem', None, None): _T260,
-        (32, 32, 'reg', None, None): _T260,
-        (32, 32, 'mem', None, None): _T260,
-    },
-    # spec/sse.r1:2799
-    'PADDUSW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T261,
         (16, 16, 'mem', None, None): _T261,
-        (16, 32, 'reg', None, None): _T261,
+        (16, 32, 'reg', None, None): _T260,
         (16, 32, 'mem', None, None): _T261,
-        (32, 16, 'reg', None, None): _T261,
+        (32, 16, 'reg', None, None): _T260,
         (32, 16, 'mem', None, None): _T261,
-        (32, 32, 'reg', None, None): _T261,
+        (32, 32, 'reg', None, None): _T260,
         (32, 32, 'mem', None, None): _T261,
     },
-    # spec/sse.r1:2809
-    'PSUBB_XMM_XMMRM': {
+    # spec/sse.r1:2678
+    'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T262,
-        (16, 16, 'mem', None, None): _T262,
-        (16, 32, 'reg', None, None): _T262,
-        (16, 32, 'mem', None, None): _T262,
-        (32, 16, 'reg', None, None): _T262,
-        (32, 16, 'mem', None, None): _T262,
-        (32, 32, 'reg', None, None): _T262,
-        (32, 32, 'mem', None, None): _T262,
-    },
-    # spec/sse.r1:2819
-    'PSUBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T263,
         (16, 16, 'mem', None, None): _T263,
-        (16, 32, 'reg', None, None): _T263,
+        (16, 32, 'reg', None, None): _T262,
         (16, 32, 'mem', None, None): _T263,
-        (32, 16, 'reg', None, None): _T263,
+        (32, 16, 'reg', None, None): _T262,
         (32, 16, 'mem', None, None): _T263,
-        (32, 32, 'reg', None, None): _T263,
+        (32, 32, 'reg', None, None): _T262,
         (32, 32, 'mem', None, None): _T263,
     },
-    # spec/sse.r1:2829
-    'PSUBD_XMM_XMMRM': {
+    # spec/sse.r1:2689
+    'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T264,
-        (16, 16, 'mem', None, None): _T264,
-        (16, 32, 'reg', None, None): _T264,
-        (16, 32, 'mem', None, None): _T264,
-        (32, 16, 'reg', None, None): _T264,
-        (32, 16, 'mem', None, None): _T264,
-        (32, 32, 'reg', None, None): _T264,
-        (32, 32, 'mem', None, None): _T264,
-    },
-    # spec/sse.r1:2839
-    'PSUBSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T265,
         (16, 16, 'mem', None, None): _T265,
-        (16, 32, 'reg', None, None): _T265,
+        (16, 32, 'reg', None, None): _T264,
         (16, 32, 'mem', None, None): _T265,
-        (32, 16, 'reg', None, None): _T265,
+        (32, 16, 'reg', None, None): _T264,
         (32, 16, 'mem', None, None): _T265,
-        (32, 32, 'reg', None, None): _T265,
+        (32, 32, 'reg', None, None): _T264,
         (32, 32, 'mem', None, None): _T265,
     },
-    # spec/sse.r1:2849
-    'PSUBSW_XMM_XMMRM': {
+    # spec/sse.r1:2700
+    'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T266,
-        (16, 16, 'mem', None, None): _T266,
-        (16, 32, 'reg', None, None): _T266,
-        (16, 32, 'mem', None, None): _T266,
-        (32, 16, 'reg', None, None): _T266,
-        (32, 16, 'mem', None, None): _T266,
-        (32, 32, 'reg', None, None): _T266,
-        (32, 32, 'mem', None, None): _T266,
-    },
-    # spec/sse.r1:2859
-    'PSUBUSB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T267,
         (16, 16, 'mem', None, None): _T267,
-        (16, 32, 'reg', None, None): _T267,
+        (16, 32, 'reg', None, None): _T266,
         (16, 32, 'mem', None, None): _T267,
-        (32, 16, 'reg', None, None): _T267,
+        (32, 16, 'reg', None, None): _T266,
         (32, 16, 'mem', None, None): _T267,
-        (32, 32, 'reg', None, None): _T267,
+        (32, 32, 'reg', None, None): _T266,
         (32, 32, 'mem', None, None): _T267,
     },
-    # spec/sse.r1:2869
-    'PSUBUSW_XMM_XMMRM': {
+    # spec/sse.r1:2711
+    'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T268,
-        (16, 16, 'mem', None, None): _T268,
         (16, 32, 'reg', None, None): _T268,
-        (16, 32, 'mem', None, None): _T268,
         (32, 16, 'reg', None, None): _T268,
-        (32, 16, 'mem', None, None): _T268,
         (32, 32, 'reg', None, None): _T268,
-        (32, 32, 'mem', None, None): _T268,
     },
-    # spec/sse.r1:2879
-    'PMULLW_XMM_XMMRM': {
+    # spec/sse.r1:2722
+    'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T269,
-        (16, 16, 'mem', None, None): _T269,
         (16, 32, 'reg', None, None): _T269,
-        (16, 32, 'mem', None, None): _T269,
         (32, 16, 'reg', None, None): _T269,
-        (32, 16, 'mem', None, None): _T269,
         (32, 32, 'reg', None, None): _T269,
-        (32, 32, 'mem', None, None): _T269,
     },
-    # spec/sse.r1:2889
-    'PMULHW_XMM_XMMRM': {
+    # spec/sse.r1:2733
+    'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T270,
-        (16, 16, 'mem', None, None): _T270,
-        (16, 32, 'reg', None, None): _T270,
-        (16, 32, 'mem', None, None): _T270,
-        (32, 16, 'reg', None, None): _T270,
-        (32, 16, 'mem', None, None): _T270,
-        (32, 32, 'reg', None, None): _T270,
-        (32, 32, 'mem', None, None): _T270,
-    },
-    # spec/sse.r1:2899
-    'PMADDWD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T271,
         (16, 16, 'mem', None, None): _T271,
-        (16, 32, 'reg', None, None): _T271,
+        (16, 32, 'reg', None, None): _T270,
         (16, 32, 'mem', None, None): _T271,
-        (32, 16, 'reg', None, None): _T271,
+        (32, 16, 'reg', None, None): _T270,
         (32, 16, 'mem', None, None): _T271,
-        (32, 32, 'reg', None, None): _T271,
+        (32, 32, 'reg', None, None): _T270,
         (32, 32, 'mem', None, None): _T271,
     },
-    # spec/sse.r1:2909
-    'PCMPEQB_XMM_XMMRM': {
+    # spec/sse.r1:2744
+    'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T272,
-        (16, 16, 'mem', None, None): _T272,
-        (16, 32, 'reg', None, None): _T272,
-        (16, 32, 'mem', None, None): _T272,
-        (32, 16, 'reg', None, None): _T272,
-        (32, 16, 'mem', None, None): _T272,
-        (32, 32, 'reg', None, None): _T272,
-        (32, 32, 'mem', None, None): _T272,
-    },
-    # spec/sse.r1:2919
-    'PCMPEQW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T273,
         (16, 16, 'mem', None, None): _T273,
-        (16, 32, 'reg', None, None): _T273,
+        (16, 32, 'reg', None, None): _T272,
         (16, 32, 'mem', None, None): _T273,
-        (32, 16, 'reg', None, None): _T273,
+        (32, 16, 'reg', None, None): _T272,
         (32, 16, 'mem', None, None): _T273,
-        (32, 32, 'reg', None, None): _T273,
+        (32, 32, 'reg', None, None): _T272,
         (32, 32, 'mem', None, None): _T273,
     },
-    # spec/sse.r1:2929
-    'PCMPEQD_XMM_XMMRM': {
+    # spec/sse.r1:2757
+    'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T274,
-        (16, 16, 'mem', None, None): _T274,
-        (16, 32, 'reg', None, None): _T274,
-        (16, 32, 'mem', None, None): _T274,
-        (32, 16, 'reg', None, None): _T274,
-        (32, 16, 'mem', None, None): _T274,
-        (32, 32, 'reg', None, None): _T274,
-        (32, 32, 'mem', None, None): _T274,
-    },
-    # spec/sse.r1:2939
-    'PCMPGTB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T275,
         (16, 16, 'mem', None, None): _T275,
-        (16, 32, 'reg', None, None): _T275,
+        (16, 32, 'reg', None, None): _T274,
         (16, 32, 'mem', None, None): _T275,
-        (32, 16, 'reg', None, None): _T275,
+        (32, 16, 'reg', None, None): _T274,
         (32, 16, 'mem', None, None): _T275,
-        (32, 32, 'reg', None, None): _T275,
+        (32, 32, 'reg', None, None): _T274,
         (32, 32, 'mem', None, None): _T275,
     },
-    # spec/sse.r1:2949
-    'PCMPGTW_XMM_XMMRM': {
+    # spec/sse.r1:2768
+    'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T276,
-        (16, 16, 'mem', None, None): _T276,
-        (16, 32, 'reg', None, None): _T276,
-        (16, 32, 'mem', None, None): _T276,
-        (32, 16, 'reg', None, None): _T276,
-        (32, 16, 'mem', None, None): _T276,
-        (32, 32, 'reg', None, None): _T276,
-        (32, 32, 'mem', None, None): _T276,
-    },
-    # spec/sse.r1:2959
-    'PCMPGTD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T277,
         (16, 16, 'mem', None, None): _T277,
-        (16, 32, 'reg', None, None): _T277,
+        (16, 32, 'reg', None, None): _T276,
         (16, 32, 'mem', None, None): _T277,
-        (32, 16, 'reg', None, None): _T277,
+        (32, 16, 'reg', None, None): _T276,
         (32, 16, 'mem', None, None): _T277,
-        (32, 32, 'reg', None, None): _T277,
+        (32, 32, 'reg', None, None): _T276,
         (32, 32, 'mem', None, None): _T277,
     },
-    # spec/sse.r1:2969
-    'PAND_XMM_XMMRM': {
+    # spec/sse.r1:2779
+    'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T278,
-        (16, 16, 'mem', None, None): _T278,
-        (16, 32, 'reg', None, None): _T278,
-        (16, 32, 'mem', None, None): _T278,
-        (32, 16, 'reg', None, None): _T278,
-        (32, 16, 'mem', None, None): _T278,
-        (32, 32, 'reg', None, None): _T278,
-        (32, 32, 'mem', None, None): _T278,
-    },
-    # spec/sse.r1:2979
-    'PANDN_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T279,
         (16, 16, 'mem', None, None): _T279,
-        (16, 32, 'reg', None, None): _T279,
+        (16, 32, 'reg', None, None): _T278,
         (16, 32, 'mem', None, None): _T279,
-        (32, 16, 'reg', None, None): _T279,
+        (32, 16, 'reg', None, None): _T278,
         (32, 16, 'mem', None, None): _T279,
-        (32, 32, 'reg', None, None): _T279,
+        (32, 32, 'reg', None, None): _T278,
         (32, 32, 'mem', None, None): _T279,
     },
-    # spec/sse.r1:2989
-    'POR_XMM_XMMRM': {
+    # spec/sse.r1:2790
+    'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T280,
-        (16, 16, 'mem', None, None): _T280,
-        (16, 32, 'reg', None, None): _T280,
-        (16, 32, 'mem', None, None): _T280,
-        (32, 16, 'reg', None, None): _T280,
-        (32, 16, 'mem', None, None): _T280,
-        (32, 32, 'reg', None, None): _T280,
-        (32, 32, 'mem', None, None): _T280,
-    },
-    # spec/sse.r1:2999
-    'PXOR_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T281,
         (16, 16, 'mem', None, None): _T281,
-        (16, 32, 'reg', None, None): _T281,
+        (16, 32, 'reg', None, None): _T280,
         (16, 32, 'mem', None, None): _T281,
-        (32, 16, 'reg', None, None): _T281,
+        (32, 16, 'reg', None, None): _T280,
         (32, 16, 'mem', None, None): _T281,
-        (32, 32, 'reg', None, None): _T281,
+        (32, 32, 'reg', None, None): _T280,
         (32, 32, 'mem', None, None): _T281,
     },
-    # spec/sse.r1:3009
-    'PSLLW_XMM_XMMRM': {
+    # spec/sse.r1:2801
+    'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T282,
-        (16, 16, 'mem', None, None): _T282,
-        (16, 32, 'reg', None, None): _T282,
-        (16, 32, 'mem', None, None): _T282,
-        (32, 16, 'reg', None, None): _T282,
-        (32, 16, 'mem', None, None): _T282,
-        (32, 32, 'reg', None, None): _T282,
-        (32, 32, 'mem', None, None): _T282,
-    },
-    # spec/sse.r1:3019
-    'PSLLD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T283,
         (16, 16, 'mem', None, None): _T283,
-        (16, 32, 'reg', None, None): _T283,
+        (16, 32, 'reg', None, None): _T282,
         (16, 32, 'mem', None, None): _T283,
-        (32, 16, 'reg', None, None): _T283,
+        (32, 16, 'reg', None, None): _T282,
         (32, 16, 'mem', None, None): _T283,
-        (32, 32, 'reg', None, None): _T283,
+        (32, 32, 'reg', None, None): _T282,
         (32, 32, 'mem', None, None): _T283,
     },
-    # spec/sse.r1:3029
-    'PSLLQ_XMM_XMMRM': {
+    # spec/sse.r1:2812
+    'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T284,
-        (16, 16, 'mem', None, None): _T284,
-        (16, 32, 'reg', None, None): _T284,
-        (16, 32, 'mem', None, None): _T284,
-        (32, 16, 'reg', None, None): _T284,
-        (32, 16, 'mem', None, None): _T284,
-        (32, 32, 'reg', None, None): _T284,
-        (32, 32, 'mem', None, None): _T284,
-    },
-    # spec/sse.r1:3039
-    'PSRLW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T285,
         (16, 16, 'mem', None, None): _T285,
-        (16, 32, 'reg', None, None): _T285,
+        (16, 32, 'reg', None, None): _T284,
         (16, 32, 'mem', None, None): _T285,
-        (32, 16, 'reg', None, None): _T285,
+        (32, 16, 'reg', None, None): _T284,
         (32, 16, 'mem', None, None): _T285,
-        (32, 32, 'reg', None, None): _T285,
+        (32, 32, 'reg', None, None): _T284,
         (32, 32, 'mem', None, None): _T285,
     },
-    # spec/sse.r1:3049
-    'PSRLD_XMM_XMMRM': {
+    # spec/sse.r1:2823
+    'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T286,
-        (16, 16, 'mem', None, None): _T286,
-        (16, 32, 'reg', None, None): _T286,
-        (16, 32, 'mem', None, None): _T286,
-        (32, 16, 'reg', None, None): _T286,
-        (32, 16, 'mem', None, None): _T286,
-        (32, 32, 'reg', None, None): _T286,
-        (32, 32, 'mem', None, None): _T286,
-    },
-    # spec/sse.r1:3059
-    'PSRLQ_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T287,
         (16, 16, 'mem', None, None): _T287,
-        (16, 32, 'reg', None, None): _T287,
+        (16, 32, 'reg', None, None): _T286,
         (16, 32, 'mem', None, None): _T287,
-        (32, 16, 'reg', None, None): _T287,
+        (32, 16, 'reg', None, None): _T286,
         (32, 16, 'mem', None, None): _T287,
-        (32, 32, 'reg', None, None): _T287,
+        (32, 32, 'reg', None, None): _T286,
         (32, 32, 'mem', None, None): _T287,
     },
-    # spec/sse.r1:3069
-    'PSRAW_XMM_XMMRM': {
+    # spec/sse.r1:2834
+    'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T288,
-        (16, 16, 'mem', None, None): _T288,
-        (16, 32, 'reg', None, None): _T288,
-        (16, 32, 'mem', None, None): _T288,
-        (32, 16, 'reg', None, None): _T288,
-        (32, 16, 'mem', None, None): _T288,
-        (32, 32, 'reg', None, None): _T288,
-        (32, 32, 'mem', None, None): _T288,
-    },
-    # spec/sse.r1:3079
-    'PSRAD_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T289,
         (16, 16, 'mem', None, None): _T289,
-        (16, 32, 'reg', None, None): _T289,
+        (16, 32, 'reg', None, None): _T288,
         (16, 32, 'mem', None, None): _T289,
-        (32, 16, 'reg', None, None): _T289,
+        (32, 16, 'reg', None, None): _T288,
         (32, 16, 'mem', None, None): _T289,
-        (32, 32, 'reg', None, None): _T289,
+        (32, 32, 'reg', None, None): _T288,
         (32, 32, 'mem', None, None): _T289,
     },
-    # spec/sse.r1:3089
-    'PSLLW_XMM_IMM8': {
+    # spec/sse.r1:2845
+    'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T290,
+        (16, 16, 'mem', None, None): _T291,
         (16, 32, 'reg', None, None): _T290,
+        (16, 32, 'mem', None, None): _T291,
         (32, 16, 'reg', None, None): _T290,
+        (32, 16, 'mem', None, None): _T291,
         (32, 32, 'reg', None, None): _T290,
+        (32, 32, 'mem', None, None): _T291,
     },
-    # spec/sse.r1:3099
-    'PSLLD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T291,
-        (16, 32, 'reg', None, None): _T291,
-        (32, 16, 'reg', None, None): _T291,
-        (32, 32, 'reg', None, None): _T291,
-    },
-    # spec/sse.r1:3109
-    'PSLLQ_XMM_IMM8': {
+    # spec/sse.r1:2856
+    'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T292,
+        (16, 16, 'mem', None, None): _T293,
         (16, 32, 'reg', None, None): _T292,
+        (16, 32, 'mem', None, None): _T293,
         (32, 16, 'reg', None, None): _T292,
+        (32, 16, 'mem', None, None): _T293,
         (32, 32, 'reg', None, None): _T292,
+        (32, 32, 'mem', None, None): _T293,
     },
-    # spec/sse.r1:3119
-    'PSRLW_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T293,
-        (16, 32, 'reg', None, None): _T293,
-        (32, 16, 'reg', None, None): _T293,
-        (32, 32, 'reg', None, None): _T293,
-    },
-    # spec/sse.r1:3129
-    'PSRLD_XMM_IMM8': {
+    # spec/sse.r1:2867
+    'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T294,
+        (16, 16, 'mem', None, None): _T295,
         (16, 32, 'reg', None, None): _T294,
+        (16, 32, 'mem', None, None): _T295,
         (32, 16, 'reg', None, None): _T294,
+        (32, 16, 'mem', None, None): _T295,
         (32, 32, 'reg', None, None): _T294,
+        (32, 32, 'mem', None, None): _T295,
     },
-    # spec/sse.r1:3139
-    'PSRLQ_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T295,
-        (16, 32, 'reg', None, None): _T295,
-        (32, 16, 'reg', None, None): _T295,
-        (32, 32, 'reg', None, None): _T295,
-    },
-    # spec/sse.r1:3149
-    'PSRAW_XMM_IMM8': {
+    # spec/sse.r1:2878
+    'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T296,
+        (16, 16, 'mem', None, None): _T297,
         (16, 32, 'reg', None, None): _T296,
+        (16, 32, 'mem', None, None): _T297,
         (32, 16, 'reg', None, None): _T296,
+        (32, 16, 'mem', None, None): _T297,
         (32, 32, 'reg', None, None): _T296,
+        (32, 32, 'mem', None, None): _T297,
     },
-    # spec/sse.r1:3159
-    'PSRAD_XMM_IMM8': {
-        (16, 16, 'reg', None, None): _T297,
-        (16, 32, 'reg', None, None): _T297,
-        (32, 16, 'reg', None, None): _T297,
-        (32, 32, 'reg', None, None): _T297,
-    },
-    # spec/sse.r1:3171
-    'PAVGB_XMM_XMMRM': {
+    # spec/sse.r1:2889
+    'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T298,
-        (16, 16, 'mem', None, None): _T298,
-        (16, 32, 'reg', None, None): _T298,
-        (16, 32, 'mem', None, None): _T298,
-        (32, 16, 'reg', None, None): _T298,
-        (32, 16, 'mem', None, None): _T298,
-        (32, 32, 'reg', None, None): _T298,
-        (32, 32, 'mem', None, None): _T298,
-    },
-    # spec/sse.r1:3181
-    'PAVGW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T299,
         (16, 16, 'mem', None, None): _T299,
-        (16, 32, 'reg', None, None): _T299,
+        (16, 32, 'reg', None, None): _T298,
         (16, 32, 'mem', None, None): _T299,
-        (32, 16, 'reg', None, None): _T299,
+        (32, 16, 'reg', None, None): _T298,
         (32, 16, 'mem', None, None): _T299,
-        (32, 32, 'reg', None, None): _T299,
+        (32, 32, 'reg', None, None): _T298,
         (32, 32, 'mem', None, None): _T299,
     },
-    # spec/sse.r1:3191
-    'PMAXSW_XMM_XMMRM': {
+    # spec/sse.r1:2900
+    'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T300,
-        (16, 16, 'mem', None, None): _T300,
-        (16, 32, 'reg', None, None): _T300,
-        (16, 32, 'mem', None, None): _T300,
-        (32, 16, 'reg', None, None): _T300,
-        (32, 16, 'mem', None, None): _T300,
-        (32, 32, 'reg', None, None): _T300,
-        (32, 32, 'mem', None, None): _T300,
-    },
-    # spec/sse.r1:3201
-    'PMAXUB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T301,
         (16, 16, 'mem', None, None): _T301,
-        (16, 32, 'reg', None, None): _T301,
+        (16, 32, 'reg', None, None): _T300,
         (16, 32, 'mem', None, None): _T301,
-        (32, 16, 'reg', None, None): _T301,
+        (32, 16, 'reg', None, None): _T300,
         (32, 16, 'mem', None, None): _T301,
-        (32, 32, 'reg', None, None): _T301,
+        (32, 32, 'reg', None, None): _T300,
         (32, 32, 'mem', None, None): _T301,
     },
-    # spec/sse.r1:3211
-    'PMINSW_XMM_XMMRM': {
+    # spec/sse.r1:2911
+    'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T302,
-        (16, 16, 'mem', None, None): _T302,
-        (16, 32, 'reg', None, None): _T302,
-        (16, 32, 'mem', None, None): _T302,
-        (32, 16, 'reg', None, None): _T302,
-        (32, 16, 'mem', None, None): _T302,
-        (32, 32, 'reg', None, None): _T302,
-        (32, 32, 'mem', None, None): _T302,
-    },
-    # spec/sse.r1:3221
-    'PMINUB_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T303,
         (16, 16, 'mem', None, None): _T303,
-        (16, 32, 'reg', None, None): _T303,
+        (16, 32, 'reg', None, None): _T302,
         (16, 32, 'mem', None, None): _T303,
-        (32, 16, 'reg', None, None): _T303,
+        (32, 16, 'reg', None, None): _T302,
         (32, 16, 'mem', None, None): _T303,
-        (32, 32, 'reg', None, None): _T303,
+        (32, 32, 'reg', None, None): _T302,
         (32, 32, 'mem', None, None): _T303,
     },
-    # spec/sse.r1:3231
-    'PMULHUW_XMM_XMMRM': {
+    # spec/sse.r1:2922
+    'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T304,
-        (16, 16, 'mem', None, None): _T304,
-        (16, 32, 'reg', None, None): _T304,
-        (16, 32, 'mem', None, None): _T304,
-        (32, 16, 'reg', None, None): _T304,
-        (32, 16, 'mem', None, None): _T304,
-        (32, 32, 'reg', None, None): _T304,
-        (32, 32, 'mem', None, None): _T304,
-    },
-    # spec/sse.r1:3241
-    'PSADBW_XMM_XMMRM': {
-        (16, 16, 'reg', None, None): _T305,
         (16, 16, 'mem', None, None): _T305,
-        (16, 32, 'reg', None, None): _T305,
+        (16, 32, 'reg', None, None): _T304,
         (16, 32, 'mem', None, None): _T305,
-        (32, 16, 'reg', None, None): _T305,
+        (32, 16, 'reg', None, None): _T304,
         (32, 16, 'mem', None, None): _T305,
-        (32, 32, 'reg', None, None): _T305,
+        (32, 32, 'reg', None, None): _T304,
         (32, 32, 'mem', None, None): _T305,
     },
-    # spec/sse.r1:3251
-    'PEXTRW_R32_XMM_IMM8': {
+    # spec/sse.r1:2933
+    'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T306,
+        (16, 16, 'mem', None, None): _T307,
         (16, 32, 'reg', None, None): _T306,
+        (16, 32, 'mem', None, None): _T307,
         (32, 16, 'reg', None, None): _T306,
+        (32, 16, 'mem', None, None): _T307,
         (32, 32, 'reg', None, None): _T306,
+        (32, 32, 'mem', None, None): _T307,
     },
-    # spec/sse.r1:3261
+    # spec/sse.r1:2944
+    'PSUBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T308,
+        (16, 16, 'mem', None, None): _T309,
+        (16, 32, 'reg', None, None): _T308,
+        (16, 32, 'mem', None, None): _T309,
+        (32, 16, 'reg', None, None): _T308,
+        (32, 16, 'mem', None, None): _T309,
+        (32, 32, 'reg', None, None): _T308,
+        (32, 32, 'mem', None, None): _T309,
+    },
+    # spec/sse.r1:2955
+    'PSUBD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T310,
+        (16, 16, 'mem', None, None): _T311,
+        (16, 32, 'reg', None, None): _T310,
+        (16, 32, 'mem', None, None): _T311,
+        (32, 16, 'reg', None, None): _T310,
+        (32, 16, 'mem', None, None): _T311,
+        (32, 32, 'reg', None, None): _T310,
+        (32, 32, 'mem', None, None): _T311,
+    },
+    # spec/sse.r1:2966
+    'PSUBSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T312,
+        (16, 16, 'mem', None, None): _T313,
+        (16, 32, 'reg', None, None): _T312,
+        (16, 32, 'mem', None, None): _T313,
+        (32, 16, 'reg', None, None): _T312,
+        (32, 16, 'mem', None, None): _T313,
+        (32, 32, 'reg', None, None): _T312,
+        (32, 32, 'mem', None, None): _T313,
+    },
+    # spec/sse.r1:2977
+    'PSUBSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T314,
+        (16, 16, 'mem', None, None): _T315,
+        (16, 32, 'reg', None, None): _T314,
+        (16, 32, 'mem', None, None): _T315,
+        (32, 16, 'reg', None, None): _T314,
+        (32, 16, 'mem', None, None): _T315,
+        (32, 32, 'reg', None, None): _T314,
+        (32, 32, 'mem', None, None): _T315,
+    },
+    # spec/sse.r1:2988
+    'PSUBUSB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T316,
+        (16, 16, 'mem', None, None): _T317,
+        (16, 32, 'reg', None, None): _T316,
+        (16, 32, 'mem', None, None): _T317,
+        (32, 16, 'reg', None, None): _T316,
+        (32, 16, 'mem', None, None): _T317,
+        (32, 32, 'reg', None, None): _T316,
+        (32, 32, 'mem', None, None): _T317,
+    },
+    # spec/sse.r1:2999
+    'PSUBUSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T318,
+        (16, 16, 'mem', None, None): _T319,
+        (16, 32, 'reg', None, None): _T318,
+        (16, 32, 'mem', None, None): _T319,
+        (32, 16, 'reg', None, None): _T318,
+        (32, 16, 'mem', None, None): _T319,
+        (32, 32, 'reg', None, None): _T318,
+        (32, 32, 'mem', None, None): _T319,
+    },
+    # spec/sse.r1:3010
+    'PMULLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T320,
+        (16, 16, 'mem', None, None): _T321,
+        (16, 32, 'reg', None, None): _T320,
+        (16, 32, 'mem', None, None): _T321,
+        (32, 16, 'reg', None, None): _T320,
+        (32, 16, 'mem', None, None): _T321,
+        (32, 32, 'reg', None, None): _T320,
+        (32, 32, 'mem', None, None): _T321,
+    },
+    # spec/sse.r1:3021
+    'PMULHW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T322,
+        (16, 16, 'mem', None, None): _T323,
+        (16, 32, 'reg', None, None): _T322,
+        (16, 32, 'mem', None, None): _T323,
+        (32, 16, 'reg', None, None): _T322,
+        (32, 16, 'mem', None, None): _T323,
+        (32, 32, 'reg', None, None): _T322,
+        (32, 32, 'mem', None, None): _T323,
+    },
+    # spec/sse.r1:3032
+    'PMADDWD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T324,
+        (16, 16, 'mem', None, None): _T325,
+        (16, 32, 'reg', None, None): _T324,
+        (16, 32, 'mem', None, None): _T325,
+        (32, 16, 'reg', None, None): _T324,
+        (32, 16, 'mem', None, None): _T325,
+        (32, 32, 'reg', None, None): _T324,
+        (32, 32, 'mem', None, None): _T325,
+    },
+    # spec/sse.r1:3043
+    'PCMPEQB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T326,
+        (16, 16, 'mem', None, None): _T327,
+        (16, 32, 'reg', None, None): _T326,
+        (16, 32, 'mem', None, None): _T327,
+        (32, 16, 'reg', None, None): _T326,
+        (32, 16, 'mem', None, None): _T327,
+        (32, 32, 'reg', None, None): _T326,
+        (32, 32, 'mem', None, None): _T327,
+    },
+    # spec/sse.r1:3054
+    'PCMPEQW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T328,
+        (16, 16, 'mem', None, None): _T329,
+        (16, 32, 'reg', None, None): _T328,
+        (16, 32, 'mem', None, None): _T329,
+        (32, 16, 'reg', None, None): _T328,
+        (32, 16, 'mem', None, None): _T329,
+        (32, 32, 'reg', None, None): _T328,
+        (32, 32, 'mem', None, None): _T329,
+    },
+    # spec/sse.r1:3065
+    'PCMPEQD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T330,
+        (16, 16, 'mem', None, None): _T331,
+        (16, 32, 'reg', None, None): _T330,
+        (16, 32, 'mem', None, None): _T331,
+        (32, 16, 'reg', None, None): _T330,
+        (32, 16, 'mem', None, None): _T331,
+        (32, 32, 'reg', None, None): _T330,
+        (32, 32, 'mem', None, None): _T331,
+    },
+    # spec/sse.r1:3076
+    'PCMPGTB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T332,
+        (16, 16, 'mem', None, None): _T333,
+        (16, 32, 'reg', None, None): _T332,
+        (16, 32, 'mem', None, None): _T333,
+        (32, 16, 'reg', None, None): _T332,
+        (32, 16, 'mem', None, None): _T333,
+        (32, 32, 'reg', None, None): _T332,
+        (32, 32, 'mem', None, None): _T333,
+    },
+    # spec/sse.r1:3087
+    'PCMPGTW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T334,
+        (16, 16, 'mem', None, None): _T335,
+        (16, 32, 'reg', None, None): _T334,
+        (16, 32, 'mem', None, None): _T335,
+        (32, 16, 'reg', None, None): _T334,
+        (32, 16, 'mem', None, None): _T335,
+        (32, 32, 'reg', None, None): _T334,
+        (32, 32, 'mem', None, None): _T335,
+    },
+    # spec/sse.r1:3098
+    'PCMPGTD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T336,
+        (16, 16, 'mem', None, None): _T337,
+        (16, 32, 'reg', None, None): _T336,
+        (16, 32, 'mem', None, None): _T337,
+        (32, 16, 'reg', None, None): _T336,
+        (32, 16, 'mem', None, None): _T337,
+        (32, 32, 'reg', None, None): _T336,
+        (32, 32, 'mem', None, None): _T337,
+    },
+    # spec/sse.r1:3109
+    'PAND_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T338,
+        (16, 16, 'mem', None, None): _T339,
+        (16, 32, 'reg', None, None): _T338,
+        (16, 32, 'mem', None, None): _T339,
+        (32, 16, 'reg', None, None): _T338,
+        (32, 16, 'mem', None, None): _T339,
+        (32, 32, 'reg', None, None): _T338,
+        (32, 32, 'mem', None, None): _T339,
+    },
+    # spec/sse.r1:3120
+    'PANDN_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T340,
+        (16, 16, 'mem', None, None): _T341,
+        (16, 32, 'reg', None, None): _T340,
+        (16, 32, 'mem', None, None): _T341,
+        (32, 16, 'reg', None, None): _T340,
+        (32, 16, 'mem', None, None): _T341,
+        (32, 32, 'reg', None, None): _T340,
+        (32, 32, 'mem', None, None): _T341,
+    },
+    # spec/sse.r1:3131
+    'POR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T342,
+        (16, 16, 'mem', None, None): _T343,
+        (16, 32, 'reg', None, None): _T342,
+        (16, 32, 'mem', None, None): _T343,
+        (32, 16, 'reg', None, None): _T342,
+        (32, 16, 'mem', None, None): _T343,
+        (32, 32, 'reg', None, None): _T342,
+        (32, 32, 'mem', None, None): _T343,
+    },
+    # spec/sse.r1:3142
+    'PXOR_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T344,
+        (16, 16, 'mem', None, None): _T345,
+        (16, 32, 'reg', None, None): _T344,
+        (16, 32, 'mem', None, None): _T345,
+        (32, 16, 'reg', None, None): _T344,
+        (32, 16, 'mem', None, None): _T345,
+        (32, 32, 'reg', None, None): _T344,
+        (32, 32, 'mem', None, None): _T345,
+    },
+    # spec/sse.r1:3153
+    'PSLLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T346,
+        (16, 16, 'mem', None, None): _T347,
+        (16, 32, 'reg', None, None): _T346,
+        (16, 32, 'mem', None, None): _T347,
+        (32, 16, 'reg', None, None): _T346,
+        (32, 16, 'mem', None, None): _T347,
+        (32, 32, 'reg', None, None): _T346,
+        (32, 32, 'mem', None, None): _T347,
+    },
+    # spec/sse.r1:3164
+    'PSLLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T348,
+        (16, 16, 'mem', None, None): _T349,
+        (16, 32, 'reg', None, None): _T348,
+        (16, 32, 'mem', None, None): _T349,
+        (32, 16, 'reg', None, None): _T348,
+        (32, 16, 'mem', None, None): _T349,
+        (32, 32, 'reg', None, None): _T348,
+        (32, 32, 'mem', None, None): _T349,
+    },
+    # spec/sse.r1:3175
+    'PSLLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T350,
+        (16, 16, 'mem', None, None): _T351,
+        (16, 32, 'reg', None, None): _T350,
+        (16, 32, 'mem', None, None): _T351,
+        (32, 16, 'reg', None, None): _T350,
+        (32, 16, 'mem', None, None): _T351,
+        (32, 32, 'reg', None, None): _T350,
+        (32, 32, 'mem', None, None): _T351,
+    },
+    # spec/sse.r1:3186
+    'PSRLW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T352,
+        (16, 16, 'mem', None, None): _T353,
+        (16, 32, 'reg', None, None): _T352,
+        (16, 32, 'mem', None, None): _T353,
+        (32, 16, 'reg', None, None): _T352,
+        (32, 16, 'mem', None, None): _T353,
+        (32, 32, 'reg', None, None): _T352,
+        (32, 32, 'mem', None, None): _T353,
+    },
+    # spec/sse.r1:3197
+    'PSRLD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T354,
+        (16, 16, 'mem', None, None): _T355,
+        (16, 32, 'reg', None, None): _T354,
+        (16, 32, 'mem', None, None): _T355,
+        (32, 16, 'reg', None, None): _T354,
+        (32, 16, 'mem', None, None): _T355,
+        (32, 32, 'reg', None, None): _T354,
+        (32, 32, 'mem', None, None): _T355,
+    },
+    # spec/sse.r1:3208
+    'PSRLQ_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T356,
+        (16, 16, 'mem', None, None): _T357,
+        (16, 32, 'reg', None, None): _T356,
+        (16, 32, 'mem', None, None): _T357,
+        (32, 16, 'reg', None, None): _T356,
+        (32, 16, 'mem', None, None): _T357,
+        (32, 32, 'reg', None, None): _T356,
+        (32, 32, 'mem', None, None): _T357,
+    },
+    # spec/sse.r1:3219
+    'PSRAW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T358,
+        (16, 16, 'mem', None, None): _T359,
+        (16, 32, 'reg', None, None): _T358,
+        (16, 32, 'mem', None, None): _T359,
+        (32, 16, 'reg', None, None): _T358,
+        (32, 16, 'mem', None, None): _T359,
+        (32, 32, 'reg', None, None): _T358,
+        (32, 32, 'mem', None, None): _T359,
+    },
+    # spec/sse.r1:3230
+    'PSRAD_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T360,
+        (16, 16, 'mem', None, None): _T361,
+        (16, 32, 'reg', None, None): _T360,
+        (16, 32, 'mem', None, None): _T361,
+        (32, 16, 'reg', None, None): _T360,
+        (32, 16, 'mem', None, None): _T361,
+        (32, 32, 'reg', None, None): _T360,
+        (32, 32, 'mem', None, None): _T361,
+    },
+    # spec/sse.r1:3241
+    'PSLLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T362,
+        (16, 32, 'reg', None, None): _T362,
+        (32, 16, 'reg', None, None): _T362,
+        (32, 32, 'reg', None, None): _T362,
+    },
+    # spec/sse.r1:3252
+    'PSLLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T363,
+        (16, 32, 'reg', None, None): _T363,
+        (32, 16, 'reg', None, None): _T363,
+        (32, 32, 'reg', None, None): _T363,
+    },
+    # spec/sse.r1:3263
+    'PSLLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T364,
+        (16, 32, 'reg', None, None): _T364,
+        (32, 16, 'reg', None, None): _T364,
+        (32, 32, 'reg', None, None): _T364,
+    },
+    # spec/sse.r1:3274
+    'PSRLW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T365,
+        (16, 32, 'reg', None, None): _T365,
+        (32, 16, 'reg', None, None): _T365,
+        (32, 32, 'reg', None, None): _T365,
+    },
+    # spec/sse.r1:3285
+    'PSRLD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T366,
+        (16, 32, 'reg', None, None): _T366,
+        (32, 16, 'reg', None, None): _T366,
+        (32, 32, 'reg', None, None): _T366,
+    },
+    # spec/sse.r1:3296
+    'PSRLQ_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T367,
+        (16, 32, 'reg', None, None): _T367,
+        (32, 16, 'reg', None, None): _T367,
+        (32, 32, 'reg', None, None): _T367,
+    },
+    # spec/sse.r1:3307
+    'PSRAW_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T368,
+        (16, 32, 'reg', None, None): _T368,
+        (32, 16, 'reg', None, None): _T368,
+        (32, 32, 'reg', None, None): _T368,
+    },
+    # spec/sse.r1:3318
+    'PSRAD_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T369,
+        (16, 32, 'reg', None, None): _T369,
+        (32, 16, 'reg', None, None): _T369,
+        (32, 32, 'reg', None, None): _T369,
+    },
+    # spec/sse.r1:3331
+    'PAVGB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T370,
+        (16, 16, 'mem', None, None): _T371,
+        (16, 32, 'reg', None, None): _T370,
+        (16, 32, 'mem', None, None): _T371,
+        (32, 16, 'reg', None, None): _T370,
+        (32, 16, 'mem', None, None): _T371,
+        (32, 32, 'reg', None, None): _T370,
+        (32, 32, 'mem', None, None): _T371,
+    },
+    # spec/sse.r1:3342
+    'PAVGW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T372,
+        (16, 16, 'mem', None, None): _T373,
+        (16, 32, 'reg', None, None): _T372,
+        (16, 32, 'mem', None, None): _T373,
+        (32, 16, 'reg', None, None): _T372,
+        (32, 16, 'mem', None, None): _T373,
+        (32, 32, 'reg', None, None): _T372,
+        (32, 32, 'mem', None, None): _T373,
+    },
+    # spec/sse.r1:3353
+    'PMAXSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T374,
+        (16, 16, 'mem', None, None): _T375,
+        (16, 32, 'reg', None, None): _T374,
+        (16, 32, 'mem', None, None): _T375,
+        (32, 16, 'reg', None, None): _T374,
+        (32, 16, 'mem', None, None): _T375,
+        (32, 32, 'reg', None, None): _T374,
+        (32, 32, 'mem', None, None): _T375,
+    },
+    # spec/sse.r1:3364
+    'PMAXUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T376,
+        (16, 16, 'mem', None, None): _T377,
+        (16, 32, 'reg', None, None): _T376,
+        (16, 32, 'mem', None, None): _T377,
+        (32, 16, 'reg', None, None): _T376,
+        (32, 16, 'mem', None, None): _T377,
+        (32, 32, 'reg', None, None): _T376,
+        (32, 32, 'mem', None, None): _T377,
+    },
+    # spec/sse.r1:3375
+    'PMINSW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T378,
+        (16, 16, 'mem', None, None): _T379,
+        (16, 32, 'reg', None, None): _T378,
+        (16, 32, 'mem', None, None): _T379,
+        (32, 16, 'reg', None, None): _T378,
+        (32, 16, 'mem', None, None): _T379,
+        (32, 32, 'reg', None, None): _T378,
+        (32, 32, 'mem', None, None): _T379,
+    },
+    # spec/sse.r1:3386
+    'PMINUB_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T380,
+        (16, 16, 'mem', None, None): _T381,
+        (16, 32, 'reg', None, None): _T380,
+        (16, 32, 'mem', None, None): _T381,
+        (32, 16, 'reg', None, None): _T380,
+        (32, 16, 'mem', None, None): _T381,
+        (32, 32, 'reg', None, None): _T380,
+        (32, 32, 'mem', None, None): _T381,
+    },
+    # spec/sse.r1:3397
+    'PMULHUW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T382,
+        (16, 16, 'mem', None, None): _T383,
+        (16, 32, 'reg', None, None): _T382,
+        (16, 32, 'mem', None, None): _T383,
+        (32, 16, 'reg', None, None): _T382,
+        (32, 16, 'mem', None, None): _T383,
+        (32, 32, 'reg', None, None): _T382,
+        (32, 32, 'mem', None, None): _T383,
+    },
+    # spec/sse.r1:3408
+    'PSADBW_XMM_XMMRM': {
+        (16, 16, 'reg', None, None): _T384,
+        (16, 16, 'mem', None, None): _T385,
+        (16, 32, 'reg', None, None): _T384,
+        (16, 32, 'mem', None, None): _T385,
+        (32, 16, 'reg', None, None): _T384,
+        (32, 16, 'mem', None, None): _T385,
+        (32, 32, 'reg', None, None): _T384,
+        (32, 32, 'mem', None, None): _T385,
+    },
+    # spec/sse.r1:3419
+    'PEXTRW_R32_XMM_IMM8': {
+        (16, 16, 'reg', None, None): _T386,
+        (16, 32, 'reg', None, None): _T386,
+        (32, 16, 'reg', None, None): _T386,
+        (32, 32, 'reg', None, None): _T386,
+    },
+    # spec/sse.r1:3430
     'PINSRW_XMM_R32_IMM8': {
-        (16, 16, 'reg', None, None): _T307,
-        (16, 32, 'reg', None, None): _T307,
-        (32, 16, 'reg', None, None): _T307,
-        (32, 32, 'reg', None, None): _T307,
+        (16, 16, 'reg', None, None): _T387,
+        (16, 32, 'reg', None, None): _T387,
+        (32, 16, 'reg', None, None): _T387,
+        (32, 32, 'reg', None, None): _T387,
     },
-    # spec/sse.r1:3271
+    # spec/sse.r1:3441
     'PINSRW_XMM_M16_IMM8': {
-        (16, 16, 'mem', None, None): _T308,
-        (16, 32, 'mem', None, None): _T308,
-        (32, 16, 'mem', None, None): _T308,
-        (32, 32, 'mem', None, None): _T308,
+        (16, 16, 'mem', None, None): _T388,
+        (16, 32, 'mem', None, None): _T388,
+        (32, 16, 'mem', None, None): _T388,
+        (32, 32, 'mem', None, None): _T388,
     },
-    # spec/sse.r1:3281
+    # spec/sse.r1:3452
     'PMOVMSKB_R32_XMM': {
-        (16, 16, 'reg', None, None): _T309,
-        (16, 32, 'reg', None, None): _T309,
-        (32, 16, 'reg', None, None): _T309,
-        (32, 32, 'reg', None, None): _T309,
+        (16, 16, 'reg', None, None): _T389,
+        (16, 32, 'reg', None, None): _T389,
+        (32, 16, 'reg', None, None): _T389,
+        (32, 32, 'reg', None, None): _T389,
     },
 }

@@ -593,129 +593,451 @@ _T116 = """\
 b_unimplemented('FCOS', 'spec/x87.r1:1197')  # x87.r1:1197
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1209
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1348
 _T117 = """\
-b_unimplemented('FNOP', 'spec/x87.r1:1209')  # x87.r1:1209
+b_unimplemented('FNOP', 'spec/x87.r1:1348')  # x87.r1:1348
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1218
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1357
 _T118 = """\
-b_unimplemented('FFREE_STi', 'spec/x87.r1:1218')  # x87.r1:1218
+b_unimplemented('FFREE_STi', 'spec/x87.r1:1357')  # x87.r1:1357
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1228
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
 _T119 = """\
-b_unimplemented('FNINIT', 'spec/x87.r1:1228')  # x87.r1:1228
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+S.fcw = 895 & 0xffff  # x87.r1:1257
+S.fsw = 0 & 0xffff  # x87.r1:1258
+S.ftw = 0 & 0xff  # x87.r1:1259
+S.fip = 0 & 0xffffffff  # x87.r1:1260
+S.fcs = 0 & 0xffff  # x87.r1:1261
+S.fdp = 0 & 0xffffffff  # x87.r1:1262
+S.fds = 0 & 0xffff  # x87.r1:1263
+S.fop = 0 & 0x7ff  # x87.r1:1264
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1237
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1377
 _T120 = """\
-b_unimplemented('FNCLEX', 'spec/x87.r1:1237')  # x87.r1:1237
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+S.fsw = (S.fsw & 32512) & 0xffff  # x87.r1:1385
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1246
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1387
 _T121 = """\
-b_unimplemented('FLDCW_M16', 'spec/x87.r1:1246')  # x87.r1:1246
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+v_src = rd16($seg, ea)  # x87.r1:1390
+S.fcw = v_src & 0xffff  # x87.r1:1396
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1256
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1398
 _T122 = """\
-b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1256')  # x87.r1:1256
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+wr16($seg, ea, S.fcw)  # x87.r1:1407
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1266
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1409
 _T123 = """\
-b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1266')  # x87.r1:1266
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+wr16($seg, ea, S.fsw)  # x87.r1:1418
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1276
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1420
 _T124 = """\
-b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1276')  # x87.r1:1276
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+R[0] = R[0] & 0xffff0000 | S.fsw & 0xffff  # x87.r1:1428
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1285
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1430
 _T125 = """\
-b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1285')  # x87.r1:1285
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+v_src = b_load($seg, ea, 224)  # x87.r1:1433
+l_step_0 = 2  # x87.r1:1315
+l_w_1 = 16  # x87.r1:1316
+l_cw_2 = rd16($seg, ea)  # x87.r1:1317
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
+if (S.mode == 1):  # x87.r1:1324
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
+    S.fop = S.fop & 0x7ff  # x87.r1:1327
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1337
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1338
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1339
+    S.fcs = 0 & 0xffff  # x87.r1:1340
+    S.fds = 0 & 0xffff  # x87.r1:1341
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
+l_a_9 = 0  # x87.r1:1247
+l_i_10 = 0  # x87.r1:1248
+while (l_i_10 < 8):  # x87.r1:1249
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
+S.ftw = l_a_9 & 0xff  # x87.r1:1345
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1295
+# FLDENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1430
 _T126 = """\
-b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1295')  # x87.r1:1295
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+v_src = b_load($seg, ea, 224)  # x87.r1:1433
+l_step_0 = 4  # x87.r1:1315
+l_w_1 = 32  # x87.r1:1316
+l_cw_2 = rd16($seg, ea)  # x87.r1:1317
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
+if (S.mode == 1):  # x87.r1:1324
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
+    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1327
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1331
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1332
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1333
+    S.fcs = 0 & 0xffff  # x87.r1:1334
+    S.fds = 0 & 0xffff  # x87.r1:1335
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
+l_a_9 = 0  # x87.r1:1247
+l_i_10 = 0  # x87.r1:1248
+while (l_i_10 < 8):  # x87.r1:1249
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
+S.ftw = l_a_9 & 0xff  # x87.r1:1345
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1305
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1441
 _T127 = """\
-b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1305')  # x87.r1:1305
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+b_check_write($seg, ea, 112)  # x87.r1:1452
+l_t_0 = 0  # x87.r1:1236
+l_i_1 = 0  # x87.r1:1237
+while (l_i_1 < 8):  # x87.r1:1238
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
+l_tags_2 = l_t_0  # x87.r1:1271
+l_prot_3 = (S.mode == 1)  # x87.r1:1272
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
+wr16($seg, ea, S.fcw)  # x87.r1:1296
+wr16($seg, (ea + 2), S.fsw)  # x87.r1:1297
+wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1298
+if l_prot_3:  # x87.r1:1299
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1300
+    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1301
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1302
+    wr16($seg, (ea + 12), S.fds)  # x87.r1:1303
+else:
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1305
+    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1306
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1307
+    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1308
+S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1454
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1315
+# FNSTENV_MENV [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1441
 _T128 = """\
-b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1315')  # x87.r1:1315
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+b_check_write($seg, ea, 224)  # x87.r1:1452
+l_t_0 = 0  # x87.r1:1236
+l_i_1 = 0  # x87.r1:1237
+while (l_i_1 < 8):  # x87.r1:1238
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
+l_tags_2 = l_t_0  # x87.r1:1271
+l_prot_3 = (S.mode == 1)  # x87.r1:1272
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
+wr32($seg, ea, S.fcw)  # x87.r1:1276
+wr32($seg, (ea + 4), S.fsw)  # x87.r1:1277
+wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1278
+if l_prot_3:  # x87.r1:1279
+    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1280
+    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1281
+    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1282
+    wr32($seg, (ea + 24), S.fds)  # x87.r1:1283
+else:
+    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1285
+    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1286
+    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1287
+    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1288
+S.fcw = (S.fcw | 63) & 0xffff  # x87.r1:1454
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1325
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1457
 _T129 = """\
-b_unimplemented('FWAIT', 'spec/x87.r1:1325')  # x87.r1:1325
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+v_src = b_load($seg, ea, 864)  # x87.r1:1460
+l_step_0 = 2  # x87.r1:1315
+l_w_1 = 16  # x87.r1:1316
+l_cw_2 = rd16($seg, ea)  # x87.r1:1317
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
+if (S.mode == 1):  # x87.r1:1324
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
+    S.fop = S.fop & 0x7ff  # x87.r1:1327
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1337
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1338
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xf) << 16)) & 0xffffffff  # x87.r1:1339
+    S.fcs = 0 & 0xffff  # x87.r1:1340
+    S.fds = 0 & 0xffff  # x87.r1:1341
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
+l_a_9 = 0  # x87.r1:1247
+l_i_10 = 0  # x87.r1:1248
+while (l_i_10 < 8):  # x87.r1:1249
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
+S.ftw = l_a_9 & 0xff  # x87.r1:1345
+l_regs = (ea + 14)  # x87.r1:1469
+l_i = 0  # x87.r1:1470
+while (l_i < 8):  # x87.r1:1471
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1472
+    l_i = (l_i + 1)  # x87.r1:1473
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1336
+# FRSTOR_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1457
 _T130 = """\
-b_unimplemented('FFREEP_STi', 'spec/x87.r1:1336')  # x87.r1:1336
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+v_src = b_load($seg, ea, 864)  # x87.r1:1460
+l_step_0 = 4  # x87.r1:1315
+l_w_1 = 32  # x87.r1:1316
+l_cw_2 = rd16($seg, ea)  # x87.r1:1317
+l_sw_3 = rd16($seg, (ea + l_step_0))  # x87.r1:1318
+l_tags_4 = rd16($seg, (ea + (2 * l_step_0)))  # x87.r1:1319
+l_ip_5 = b_load($seg, (ea + (3 * l_step_0)), l_w_1)  # x87.r1:1320
+l_cs_op_6 = b_load($seg, (ea + (4 * l_step_0)), l_w_1)  # x87.r1:1321
+l_dp_7 = b_load($seg, (ea + (5 * l_step_0)), l_w_1)  # x87.r1:1322
+l_ds_hi_8 = b_load($seg, (ea + (6 * l_step_0)), l_w_1)  # x87.r1:1323
+if (S.mode == 1):  # x87.r1:1324
+    S.fip = l_ip_5 & 0xffffffff  # x87.r1:1325
+    S.fcs = (l_cs_op_6 & 0xffff) & 0xffff  # x87.r1:1326
+    S.fop = (l_cs_op_6 >> 16 & 0x7ff) & 0x7ff  # x87.r1:1327
+    S.fdp = l_dp_7 & 0xffffffff  # x87.r1:1328
+    S.fds = (l_ds_hi_8 & 0xffff) & 0xffff  # x87.r1:1329
+else:
+    S.fip = ((l_ip_5 & 0xffff) | ((l_cs_op_6 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1331
+    S.fop = (l_cs_op_6 & 0x7ff) & 0x7ff  # x87.r1:1332
+    S.fdp = ((l_dp_7 & 0xffff) | ((l_ds_hi_8 >> 12 & 0xffff) << 16)) & 0xffffffff  # x87.r1:1333
+    S.fcs = 0 & 0xffff  # x87.r1:1334
+    S.fds = 0 & 0xffff  # x87.r1:1335
+S.fcw = l_cw_2 & 0xffff  # x87.r1:1343
+S.fsw = ((l_sw_3 & 32767) | ((l_sw_3 >> 7 & 1) << 15)) & 0xffff  # x87.r1:1344
+l_a_9 = 0  # x87.r1:1247
+l_i_10 = 0  # x87.r1:1248
+while (l_i_10 < 8):  # x87.r1:1249
+    if (((l_tags_4 >> (2 * l_i_10)) & 3) != 3):  # x87.r1:1250
+        l_a_9 = (l_a_9 | (1 << l_i_10))  # x87.r1:1250
+    l_i_10 = (l_i_10 + 1)  # x87.r1:1251
+S.ftw = l_a_9 & 0xff  # x87.r1:1345
+l_regs = (ea + 28)  # x87.r1:1469
+l_i = 0  # x87.r1:1470
+while (l_i < 8):  # x87.r1:1471
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load($seg, (l_regs + (10 * l_i)), 80))  # x87.r1:1472
+    l_i = (l_i + 1)  # x87.r1:1473
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1346
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem] from spec/x87.r1:1477
 _T131 = """\
-b_unimplemented('FSTPNCE_STi', 'spec/x87.r1:1346')  # x87.r1:1346
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+b_check_write($seg, ea, 752)  # x87.r1:1488
+l_t_0 = 0  # x87.r1:1236
+l_i_1 = 0  # x87.r1:1237
+while (l_i_1 < 8):  # x87.r1:1238
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
+l_tags_2 = l_t_0  # x87.r1:1271
+l_prot_3 = (S.mode == 1)  # x87.r1:1272
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
+wr16($seg, ea, S.fcw)  # x87.r1:1296
+wr16($seg, (ea + 2), S.fsw)  # x87.r1:1297
+wr16($seg, (ea + 4), l_tags_2)  # x87.r1:1298
+if l_prot_3:  # x87.r1:1299
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1300
+    wr16($seg, (ea + 8), S.fcs)  # x87.r1:1301
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1302
+    wr16($seg, (ea + 12), S.fds)  # x87.r1:1303
+else:
+    wr16($seg, (ea + 6), l_ip_4)  # x87.r1:1305
+    wr16($seg, (ea + 8), ((((l_ip_4 >> 16) & 15) << 12) | S.fop))  # x87.r1:1306
+    wr16($seg, (ea + 10), l_dp_5)  # x87.r1:1307
+    wr16($seg, (ea + 12), (((l_dp_5 >> 16) & 15) << 12))  # x87.r1:1308
+l_regs = (ea + 14)  # x87.r1:1490
+l_i = 0  # x87.r1:1491
+while (l_i < 8):  # x87.r1:1492
+    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1493
+    l_i = (l_i + 1)  # x87.r1:1494
+S.fcw = 895 & 0xffff  # x87.r1:1257
+S.fsw = 0 & 0xffff  # x87.r1:1258
+S.ftw = 0 & 0xff  # x87.r1:1259
+S.fip = 0 & 0xffffffff  # x87.r1:1260
+S.fcs = 0 & 0xffff  # x87.r1:1261
+S.fdp = 0 & 0xffffffff  # x87.r1:1262
+S.fds = 0 & 0xffff  # x87.r1:1263
+S.fop = 0 & 0x7ff  # x87.r1:1264
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1356
+# FNSAVE_MSTATE [o32 a16 mem, o32 a32 mem] from spec/x87.r1:1477
 _T132 = """\
-b_unimplemented('FCOM_STi_DCD0', 'spec/x87.r1:1356')  # x87.r1:1356
+S.eip = $next
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1225
+    raise Fault(7, None)  # x87.r1:1225
+b_check_write($seg, ea, 864)  # x87.r1:1488
+l_t_0 = 0  # x87.r1:1236
+l_i_1 = 0  # x87.r1:1237
+while (l_i_1 < 8):  # x87.r1:1238
+    l_t_0 = (l_t_0 | ((((1 if ((b_fpr(l_i_1) & 0xffffffffffffffff) == 0) else 2) if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 0) else (2 if ((b_fpr(l_i_1) >> 64 & 0x7fff) == 32767) else (0 if (b_fpr(l_i_1) >> 63 & 1) else 2))) if (S.ftw >> l_i_1 & 1) else 3) << (2 * l_i_1)))  # x87.r1:1239
+    l_i_1 = (l_i_1 + 1)  # x87.r1:1240
+l_tags_2 = l_t_0  # x87.r1:1271
+l_prot_3 = (S.mode == 1)  # x87.r1:1272
+l_ip_4 = (S.fip if l_prot_3 else ((S.fcs << 4) + S.fip))  # x87.r1:1273
+l_dp_5 = (S.fdp if l_prot_3 else ((S.fds << 4) + S.fdp))  # x87.r1:1274
+wr32($seg, ea, S.fcw)  # x87.r1:1276
+wr32($seg, (ea + 4), S.fsw)  # x87.r1:1277
+wr32($seg, (ea + 8), l_tags_2)  # x87.r1:1278
+if l_prot_3:  # x87.r1:1279
+    wr32($seg, (ea + 12), l_ip_4)  # x87.r1:1280
+    wr32($seg, (ea + 16), ((S.fop << 16) | S.fcs))  # x87.r1:1281
+    wr32($seg, (ea + 20), l_dp_5)  # x87.r1:1282
+    wr32($seg, (ea + 24), S.fds)  # x87.r1:1283
+else:
+    wr32($seg, (ea + 12), (l_ip_4 & 65535))  # x87.r1:1285
+    wr32($seg, (ea + 16), ((((l_ip_4 >> 16) & 65535) << 12) | S.fop))  # x87.r1:1286
+    wr32($seg, (ea + 20), (l_dp_5 & 65535))  # x87.r1:1287
+    wr32($seg, (ea + 24), (((l_dp_5 >> 16) & 65535) << 12))  # x87.r1:1288
+l_regs = (ea + 28)  # x87.r1:1490
+l_i = 0  # x87.r1:1491
+while (l_i < 8):  # x87.r1:1492
+    b_store($seg, (l_regs + (10 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # x87.r1:1493
+    l_i = (l_i + 1)  # x87.r1:1494
+S.fcw = 895 & 0xffff  # x87.r1:1257
+S.fsw = 0 & 0xffff  # x87.r1:1258
+S.ftw = 0 & 0xff  # x87.r1:1259
+S.fip = 0 & 0xffffffff  # x87.r1:1260
+S.fcs = 0 & 0xffff  # x87.r1:1261
+S.fdp = 0 & 0xffffffff  # x87.r1:1262
+S.fds = 0 & 0xffff  # x87.r1:1263
+S.fop = 0 & 0x7ff  # x87.r1:1264
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1499
 _T133 = """\
-b_unimplemented('FCOMP_STi_DCD8', 'spec/x87.r1:1367')  # x87.r1:1367
+if ((S.cr[0] >> 1 & 0x1) and (S.cr[0] >> 3 & 0x1)):  # x87.r1:1508
+    raise Fault(7, None)  # x87.r1:1508
+if (S.fsw >> 7 & 0x1):  # x87.r1:1509
+    if (not (S.cr[0] >> 5 & 0x1)):  # x87.r1:1510
+        b_unsupported('an unmasked x87 exception reported through FERR# (CR0.NE clear: IRQ 13)')  # x87.r1:1510
+    raise Fault(16, None)  # x87.r1:1511
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1378
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1517
 _T134 = """\
-b_unimplemented('FCOMP_STi_DED0', 'spec/x87.r1:1378')  # x87.r1:1378
+b_unimplemented('FFREEP_STi', 'spec/x87.r1:1517')  # x87.r1:1517
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1389
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1527
 _T135 = """\
-b_unimplemented('FXCH_STi_DDC8', 'spec/x87.r1:1389')  # x87.r1:1389
+b_unimplemented('FSTPNCE_STi', 'spec/x87.r1:1527')  # x87.r1:1527
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1400
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1537
 _T136 = """\
-b_unimplemented('FXCH_STi_DFC8', 'spec/x87.r1:1400')  # x87.r1:1400
+b_unimplemented('FCOM_STi_DCD0', 'spec/x87.r1:1537')  # x87.r1:1537
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1411
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1548
 _T137 = """\
-b_unimplemented('FSTP_STi_DFD0', 'spec/x87.r1:1411')  # x87.r1:1411
+b_unimplemented('FCOMP_STi_DCD8', 'spec/x87.r1:1548')  # x87.r1:1548
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1422
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1559
 _T138 = """\
-b_unimplemented('FSTP_STi_DFD8', 'spec/x87.r1:1422')  # x87.r1:1422
+b_unimplemented('FCOMP_STi_DED0', 'spec/x87.r1:1559')  # x87.r1:1559
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1433
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1570
 _T139 = """\
-b_unimplemented('FNENI', 'spec/x87.r1:1433')  # x87.r1:1433
+b_unimplemented('FXCH_STi_DDC8', 'spec/x87.r1:1570')  # x87.r1:1570
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1443
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1581
 _T140 = """\
-b_unimplemented('FNDISI', 'spec/x87.r1:1443')  # x87.r1:1443
+b_unimplemented('FXCH_STi_DFC8', 'spec/x87.r1:1581')  # x87.r1:1581
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1453
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1592
 _T141 = """\
-b_unimplemented('FNSETPM', 'spec/x87.r1:1453')  # x87.r1:1453
+b_unimplemented('FSTP_STi_DFD0', 'spec/x87.r1:1592')  # x87.r1:1592
+"""
+
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1603
+_T142 = """\
+b_unimplemented('FSTP_STi_DFD8', 'spec/x87.r1:1603')  # x87.r1:1603
+"""
+
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1614
+_T143 = """\
+b_unimplemented('FNENI', 'spec/x87.r1:1614')  # x87.r1:1614
+"""
+
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1624
+_T144 = """\
+b_unimplemented('FNDISI', 'spec/x87.r1:1624')  # x87.r1:1624
+"""
+
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1634
+_T145 = """\
+b_unimplemented('FNSETPM', 'spec/x87.r1:1634')  # x87.r1:1634
 """
 
 TEMPLATES = {
@@ -1538,179 +1860,179 @@ TEMPLATES = {
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1209
+    # spec/x87.r1:1348
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1218
+    # spec/x87.r1:1357
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1228
+    # spec/x87.r1:1367
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1237
+    # spec/x87.r1:1377
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1246
+    # spec/x87.r1:1387
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1256
+    # spec/x87.r1:1398
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1266
+    # spec/x87.r1:1409
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1276
+    # spec/x87.r1:1420
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1285
+    # spec/x87.r1:1430
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
-        (32, 16, 'mem', None, None): _T125,
-        (32, 32, 'mem', None, None): _T125,
-    },
-    # spec/x87.r1:1295
-    'FNSTENV_MENV': {
-        (16, 16, 'mem', None, None): _T126,
-        (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1305
-    'FRSTOR_MSTATE': {
+    # spec/x87.r1:1441
+    'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
-        (32, 16, 'mem', None, None): _T127,
-        (32, 32, 'mem', None, None): _T127,
-    },
-    # spec/x87.r1:1315
-    'FNSAVE_MSTATE': {
-        (16, 16, 'mem', None, None): _T128,
-        (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1325
+    # spec/x87.r1:1457
+    'FRSTOR_MSTATE': {
+        (16, 16, 'mem', None, None): _T129,
+        (16, 32, 'mem', None, None): _T129,
+        (32, 16, 'mem', None, None): _T130,
+        (32, 32, 'mem', None, None): _T130,
+    },
+    # spec/x87.r1:1477
+    'FNSAVE_MSTATE': {
+        (16, 16, 'mem', None, None): _T131,
+        (16, 32, 'mem', None, None): _T131,
+        (32, 16, 'mem', None, None): _T132,
+        (32, 32, 'mem', None, None): _T132,
+    },
+    # spec/x87.r1:1499
     'FWAIT': {
-        (16, 16, None, None, None): _T129,
-        (16, 32, None, None, None): _T129,
-        (32, 16, None, None, None): _T129,
-        (32, 32, None, None, None): _T129,
-    },
-    # spec/x87.r1:1336
-    'FFREEP_STi': {
-        (16, 16, None, None, None): _T130,
-        (16, 32, None, None, None): _T130,
-        (32, 16, None, None, None): _T130,
-        (32, 32, None, None, None): _T130,
-    },
-    # spec/x87.r1:1346
-    'FSTPNCE_STi': {
-        (16, 16, None, None, None): _T131,
-        (16, 32, None, None, None): _T131,
-        (32, 16, None, None, None): _T131,
-        (32, 32, None, None, None): _T131,
-    },
-    # spec/x87.r1:1356
-    'FCOM_STi_DCD0': {
-        (16, 16, None, None, None): _T132,
-        (16, 32, None, None, None): _T132,
-        (32, 16, None, None, None): _T132,
-        (32, 32, None, None, None): _T132,
-    },
-    # spec/x87.r1:1367
-    'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1378
-    'FCOMP_STi_DED0': {
+    # spec/x87.r1:1517
+    'FFREEP_STi': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1389
-    'FXCH_STi_DDC8': {
+    # spec/x87.r1:1527
+    'FSTPNCE_STi': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1400
-    'FXCH_STi_DFC8': {
+    # spec/x87.r1:1537
+    'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1411
-    'FSTP_STi_DFD0': {
+    # spec/x87.r1:1548
+    'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1422
-    'FSTP_STi_DFD8': {
+    # spec/x87.r1:1559
+    'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1433
-    'FNENI': {
+    # spec/x87.r1:1570
+    'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1443
-    'FNDISI': {
+    # spec/x87.r1:1581
+    'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1453
-    'FNSETPM': {
+    # spec/x87.r1:1592
+    'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,
         (32, 16, None, None, None): _T141,
         (32, 32, None, None, None): _T141,
+    },
+    # spec/x87.r1:1603
+    'FSTP_STi_DFD8': {
+        (16, 16, None, None, None): _T142,
+        (16, 32, None, None, None): _T142,
+        (32, 16, None, None, None): _T142,
+        (32, 32, None, None, None): _T142,
+    },
+    # spec/x87.r1:1614
+    'FNENI': {
+        (16, 16, None, None, None): _T143,
+        (16, 32, None, None, None): _T143,
+        (32, 16, None, None, None): _T143,
+        (32, 32, None, None, None): _T143,
+    },
+    # spec/x87.r1:1624
+    'FNDISI': {
+        (16, 16, None, None, None): _T144,
+        (16, 32, None, None, None): _T144,
+        (32, 16, None, None, None): _T144,
+        (32, 32, None, None, None): _T144,
+    },
+    # spec/x87.r1:1634
+    'FNSETPM': {
+        (16, 16, None, None, None): _T145,
+        (16, 32, None, None, None): _T145,
+        (32, 16, None, None, None): _T145,
+        (32, 32, None, None, None): _T145,
     },
 }
