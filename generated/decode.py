@@ -2190,264 +2190,264 @@ LAYOUT = {
     'SHLD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': (True, None, ('ib',), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'imm', 8))),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': (True, None, (), (('dst', 'rm', 'v'), ('src', 'reg', 'v'), ('cnt', 'fixed', 8))),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:302
-    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:317
-    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:332
-    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:343
-    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:354
-    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:365
-    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:376
-    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:387
-    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:398
-    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:409
-    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:420
-    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:431
-    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:442
-    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:453
-    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:464
-    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:477
-    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:492
-    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:503
-    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:514
-    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:529
-    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:540
-    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:551
-    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:566
-    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:577
-    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:588
-    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:603
-    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:614
-    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:625
-    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:640
-    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:651
-    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:662
-    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:677
-    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:688
-    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:699
-    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:714
-    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:725
-    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:736
-    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:751
-    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:762
-    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:773
-    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:788
-    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:799
-    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:812
-    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:828
-    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:843
-    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:858
-    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:869
-    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:880
-    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:891
-    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:904
-    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:919
-    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:934
-    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:949
-    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:964
-    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:979
-    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:994
-    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1011
-    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1028
-    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:1044
-    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1060
-    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:1076
-    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1092
-    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1103
-    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:1114
-    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1125
-    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:1136
-    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:1149
-    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:1164
-    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:1175
-    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:1215
-    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1255
-    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1266
-    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1277
-    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1288
-    'SFENCE': (True, None, (), ()),  # spec/sse.r1:1299
-    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:1310
-    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1321
-    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:1332
-    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1345
-    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1356
-    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1367
-    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1378
-    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1389
-    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1400
-    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1411
-    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1422
-    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1433
-    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1444
-    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1455
-    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1466
-    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1477
-    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1490
-    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1505
-    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1520
-    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1531
-    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1542
-    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1553
-    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1564
-    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1575
-    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1586
-    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1597
-    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1608
-    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1619
-    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1630
-    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1643
-    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1658
-    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1669
-    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1680
-    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1695
-    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1706
-    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1717
-    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1732
-    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1743
-    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1754
-    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1769
-    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1780
-    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1791
-    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1806
-    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1817
-    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1828
-    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1843
-    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1854
-    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1865
-    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1880
-    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1891
-    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1904
-    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1920
-    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1935
-    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1950
-    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1961
-    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1972
-    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1983
-    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1996
-    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2011
-    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2026
-    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2041
-    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2056
-    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2071
-    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2086
-    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:2103
-    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2120
-    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2137
-    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:2154
-    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2165
-    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:2176
-    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2187
-    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:2198
-    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2209
-    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2220
-    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2231
-    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2246
-    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:2257
-    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2268
-    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2279
-    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2290
-    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2305
-    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2320
-    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2335
-    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2346
-    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2357
-    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2372
-    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2389
-    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2400
-    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2411
-    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2422
-    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:2433
-    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:2444
-    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2455
-    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2466
-    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2477
-    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:2488
-    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:2499
-    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2510
-    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2523
-    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2534
-    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:2545
-    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:2556
-    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:2567
-    'LFENCE': (True, None, (), ()),  # spec/sse.r1:2578
-    'MFENCE': (True, None, (), ()),  # spec/sse.r1:2589
-    'PAUSE': (False, None, (), ()),  # spec/sse.r1:2600
-    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2612
-    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2623
-    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2634
-    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2645
-    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2656
-    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2667
-    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2678
-    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2689
-    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2700
-    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2711
-    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2722
-    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2733
-    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2744
-    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2757
-    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2768
-    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2779
-    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2790
-    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2801
-    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2812
-    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2823
-    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2834
-    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2845
-    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2856
-    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2867
-    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2878
-    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2889
-    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2900
-    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2911
-    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2922
-    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2933
-    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2944
-    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2955
-    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2966
-    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2977
-    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2988
-    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2999
-    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3010
-    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3021
-    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3032
-    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3043
-    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3054
-    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3065
-    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3076
-    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3087
-    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3098
-    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3109
-    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3120
-    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3131
-    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3142
-    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3153
-    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3164
-    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3175
-    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3186
-    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3197
-    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3208
-    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3219
-    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3230
-    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3241
-    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3252
-    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3263
-    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3274
-    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3285
-    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3296
-    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3307
-    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3318
-    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3331
-    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3342
-    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3353
-    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3364
-    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3375
-    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3386
-    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3397
-    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3408
-    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3419
-    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:3430
-    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:3441
-    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:3452
+    'MOVAPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:306
+    'MOVAPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:321
+    'MOVUPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:336
+    'MOVUPS_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:347
+    'MOVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:358
+    'MOVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:369
+    'MOVSS_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:380
+    'MOVSS_M32_XMM': (True, None, (), (('dst', 'mem', 32), ('src', 'xmm', 128))),  # spec/sse.r1:391
+    'MOVLPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:402
+    'MOVHLPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:413
+    'MOVLPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:424
+    'MOVHPS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:435
+    'MOVLHPS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:446
+    'MOVHPS_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:457
+    'MOVMSKPS_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:468
+    'ADDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:481
+    'ADDSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:496
+    'ADDSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:507
+    'SUBPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:518
+    'SUBSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:533
+    'SUBSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:544
+    'MULPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:555
+    'MULSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:570
+    'MULSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:581
+    'DIVPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:592
+    'DIVSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:607
+    'DIVSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:618
+    'MINPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:629
+    'MINSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:644
+    'MINSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:655
+    'MAXPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:666
+    'MAXSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:681
+    'MAXSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:692
+    'SQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:703
+    'SQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:718
+    'SQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:729
+    'RCPPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:740
+    'RCPSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:755
+    'RCPSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:766
+    'RSQRTPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:777
+    'RSQRTSS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:792
+    'RSQRTSS_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:803
+    'CMPPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:816
+    'CMPSS_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:832
+    'CMPSS_XMM_M32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 32), ('imm', 'imm', 8))),  # spec/sse.r1:847
+    'COMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:862
+    'COMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:873
+    'UCOMISS_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:884
+    'UCOMISS_XMM_M32': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 32))),  # spec/sse.r1:895
+    'ANDPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:908
+    'ANDNPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:923
+    'ORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:938
+    'XORPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:953
+    'SHUFPS_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:968
+    'UNPCKLPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:983
+    'UNPCKHPS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:998
+    'CVTPI2PS_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:1015
+    'CVTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1032
+    'CVTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:1048
+    'CVTTPS2PI_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:1064
+    'CVTTPS2PI_MM_M64': (True, None, (), (('dst', 'mmx', 64), ('src', 'mem', 64))),  # spec/sse.r1:1080
+    'CVTSI2SS_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:1096
+    'CVTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1107
+    'CVTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:1118
+    'CVTTSS2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1129
+    'CVTTSS2SI_R32_M32': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 32))),  # spec/sse.r1:1140
+    'LDMXCSR_M32': (True, None, (), (('src', 'mem', 32),)),  # spec/sse.r1:1153
+    'STMXCSR_M32': (True, None, (), (('dst', 'mem', 32),)),  # spec/sse.r1:1168
+    'FXSAVE_M512': (True, None, (), (('dst', 'mem', 4096),)),  # spec/sse.r1:1179
+    'FXRSTOR_M512': (True, None, (), (('src', 'mem', 4096),)),  # spec/sse.r1:1219
+    'PREFETCHNTA_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1259
+    'PREFETCHT0_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1270
+    'PREFETCHT1_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1281
+    'PREFETCHT2_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:1292
+    'SFENCE': (True, None, (), ()),  # spec/sse.r1:1303
+    'MOVNTQ_M64_MM': (True, None, (), (('dst', 'mem', 64), ('src', 'mmx', 64))),  # spec/sse.r1:1314
+    'MOVNTPS_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1325
+    'MASKMOVQ_MM_MM': (True, None, (), (('src', 'mmx', 64), ('mask', 'rm', 64))),  # spec/sse.r1:1336
+    'PAVGB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1349
+    'PAVGW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1360
+    'PMAXSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1371
+    'PMAXUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1382
+    'PMINSW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1393
+    'PMINUB_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1404
+    'PMULHUW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1415
+    'PSADBW_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:1426
+    'PSHUFW_MM_MMRM_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1437
+    'PEXTRW_R32_MM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1448
+    'PINSRW_MM_R32_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:1459
+    'PINSRW_MM_M16_IMM8': (True, None, ('ib',), (('dst', 'mmx', 64), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:1470
+    'PMOVMSKB_R32_MM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 64))),  # spec/sse.r1:1481
+    'MOVAPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1494
+    'MOVAPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1509
+    'MOVUPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1524
+    'MOVUPD_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1535
+    'MOVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1546
+    'MOVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1557
+    'MOVSD_XMM_XMM_0F11': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:1568
+    'MOVSD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1579
+    'MOVLPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1590
+    'MOVLPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1601
+    'MOVHPD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1612
+    'MOVHPD_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:1623
+    'MOVMSKPD_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:1634
+    'ADDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1647
+    'ADDSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1662
+    'ADDSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1673
+    'SUBPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1684
+    'SUBSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1699
+    'SUBSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1710
+    'MULPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1721
+    'MULSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1736
+    'MULSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1747
+    'DIVPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1758
+    'DIVSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1773
+    'DIVSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1784
+    'MINPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1795
+    'MINSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1810
+    'MINSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1821
+    'MAXPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1832
+    'MAXSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1847
+    'MAXSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1858
+    'SQRTPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1869
+    'SQRTSD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:1884
+    'SQRTSD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:1895
+    'CMPPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1908
+    'CMPSD_XMM_XMM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:1924
+    'CMPSD_XMM_M64_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 64), ('imm', 'imm', 8))),  # spec/sse.r1:1939
+    'COMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1954
+    'COMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1965
+    'UCOMISD_XMM_XMM': (True, None, (), (('a', 'xmm', 128), ('b', 'rm', 128))),  # spec/sse.r1:1976
+    'UCOMISD_XMM_M64': (True, None, (), (('a', 'xmm', 128), ('b', 'mem', 64))),  # spec/sse.r1:1987
+    'ANDPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2000
+    'ANDNPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2015
+    'ORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2030
+    'XORPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2045
+    'SHUFPD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2060
+    'UNPCKLPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2075
+    'UNPCKHPD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2090
+    'CVTPI2PD_XMM_MMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:2107
+    'CVTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2124
+    'CVTTPD2PI_MM_XMMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2141
+    'CVTSI2SD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:2158
+    'CVTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2169
+    'CVTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:2180
+    'CVTTSD2SI_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:2191
+    'CVTTSD2SI_R32_M64': (True, None, (), (('dst', 'reg', 32), ('src', 'mem', 64))),  # spec/sse.r1:2202
+    'CVTPS2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2213
+    'CVTPS2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2224
+    'CVTPD2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2235
+    'CVTSS2SD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2250
+    'CVTSS2SD_XMM_M32': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 32))),  # spec/sse.r1:2261
+    'CVTSD2SS_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2272
+    'CVTSD2SS_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2283
+    'CVTDQ2PS_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2294
+    'CVTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2309
+    'CVTTPS2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2324
+    'CVTDQ2PD_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2339
+    'CVTDQ2PD_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2350
+    'CVTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2361
+    'CVTTPD2DQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2376
+    'MOVDQA_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2393
+    'MOVDQA_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2404
+    'MOVDQU_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2415
+    'MOVDQU_XMMRM_XMM': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2426
+    'MOVD_XMM_RM32': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 32))),  # spec/sse.r1:2437
+    'MOVD_RM32_XMM': (True, None, (), (('dst', 'rm', 32), ('src', 'xmm', 128))),  # spec/sse.r1:2448
+    'MOVQ_XMM_XMM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2459
+    'MOVQ_XMM_M64': (True, None, (), (('dst', 'xmm', 128), ('src', 'mem', 64))),  # spec/sse.r1:2470
+    'MOVQ_XMM_XMM_0FD6': (True, None, (), (('dst', 'rm', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2481
+    'MOVQ_M64_XMM': (True, None, (), (('dst', 'mem', 64), ('src', 'xmm', 128))),  # spec/sse.r1:2492
+    'MOVQ2DQ_XMM_MM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 64))),  # spec/sse.r1:2503
+    'MOVDQ2Q_MM_XMM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 128))),  # spec/sse.r1:2514
+    'MOVNTPD_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2527
+    'MOVNTDQ_M128_XMM': (True, None, (), (('dst', 'mem', 128), ('src', 'xmm', 128))),  # spec/sse.r1:2538
+    'MOVNTI_M32_R32': (True, None, (), (('dst', 'mem', 32), ('src', 'reg', 32))),  # spec/sse.r1:2549
+    'MASKMOVDQU_XMM_XMM': (True, None, (), (('src', 'xmm', 128), ('mask', 'rm', 128))),  # spec/sse.r1:2560
+    'CLFLUSH_M8': (True, None, (), (('src', 'addr', None),)),  # spec/sse.r1:2571
+    'LFENCE': (True, None, (), ()),  # spec/sse.r1:2582
+    'MFENCE': (True, None, (), ()),  # spec/sse.r1:2593
+    'PAUSE': (False, None, (), ()),  # spec/sse.r1:2604
+    'PADDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2616
+    'PADDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2627
+    'PSUBQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2638
+    'PSUBQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2649
+    'PMULUDQ_MM_MMRM': (True, None, (), (('dst', 'mmx', 64), ('src', 'rm', 64))),  # spec/sse.r1:2660
+    'PMULUDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2671
+    'PSHUFD_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2682
+    'PSHUFHW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2693
+    'PSHUFLW_XMM_XMMRM_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2704
+    'PSLLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2715
+    'PSRLDQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:2726
+    'PUNPCKLQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2737
+    'PUNPCKHQDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2748
+    'PUNPCKLBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2761
+    'PUNPCKLWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2772
+    'PUNPCKLDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2783
+    'PUNPCKHBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2794
+    'PUNPCKHWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2805
+    'PUNPCKHDQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2816
+    'PACKSSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2827
+    'PACKUSWB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2838
+    'PACKSSDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2849
+    'PADDB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2860
+    'PADDW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2871
+    'PADDD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2882
+    'PADDSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2893
+    'PADDSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2904
+    'PADDUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2915
+    'PADDUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2926
+    'PSUBB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2937
+    'PSUBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2948
+    'PSUBD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2959
+    'PSUBSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2970
+    'PSUBSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2981
+    'PSUBUSB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:2992
+    'PSUBUSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3003
+    'PMULLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3014
+    'PMULHW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3025
+    'PMADDWD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3036
+    'PCMPEQB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3047
+    'PCMPEQW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3058
+    'PCMPEQD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3069
+    'PCMPGTB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3080
+    'PCMPGTW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3091
+    'PCMPGTD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3102
+    'PAND_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3113
+    'PANDN_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3124
+    'POR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3135
+    'PXOR_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3146
+    'PSLLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3157
+    'PSLLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3168
+    'PSLLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3179
+    'PSRLW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3190
+    'PSRLD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3201
+    'PSRLQ_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3212
+    'PSRAW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3223
+    'PSRAD_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3234
+    'PSLLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3245
+    'PSLLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3256
+    'PSLLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3267
+    'PSRLW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3278
+    'PSRLD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3289
+    'PSRLQ_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3300
+    'PSRAW_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3311
+    'PSRAD_XMM_IMM8': (True, None, ('ib',), (('dst', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3322
+    'PAVGB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3335
+    'PAVGW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3346
+    'PMAXSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3357
+    'PMAXUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3368
+    'PMINSW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3379
+    'PMINUB_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3390
+    'PMULHUW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3401
+    'PSADBW_XMM_XMMRM': (True, None, (), (('dst', 'xmm', 128), ('src', 'rm', 128))),  # spec/sse.r1:3412
+    'PEXTRW_R32_XMM_IMM8': (True, None, ('ib',), (('dst', 'reg', 32), ('src', 'rm', 128), ('imm', 'imm', 8))),  # spec/sse.r1:3423
+    'PINSRW_XMM_R32_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'rm', 32), ('imm', 'imm', 8))),  # spec/sse.r1:3434
+    'PINSRW_XMM_M16_IMM8': (True, None, ('ib',), (('dst', 'xmm', 128), ('src', 'mem', 16), ('imm', 'imm', 8))),  # spec/sse.r1:3445
+    'PMOVMSKB_R32_XMM': (True, None, (), (('dst', 'reg', 32), ('src', 'rm', 128))),  # spec/sse.r1:3456
     'MOVSB': (False, None, (), ()),  # spec/string.r1:20
     'MOVSv': (False, None, (), ()),  # spec/string.r1:36
     'CMPSB': (False, None, (), ()),  # spec/string.r1:56
@@ -2990,264 +2990,264 @@ ENCODINGS = {
     'SHLD_RMv_Rv_CL': ((15, 165), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:590
     'SHRD_RMv_Rv_Ib': ((15, 172), None, 'r', None, None, None, ('ib',), None, None, None),  # spec/shift.r1:605
     'SHRD_RMv_Rv_CL': ((15, 173), None, 'r', None, None, None, (), None, None, None),  # spec/shift.r1:620
-    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:302
-    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:317
-    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:332
-    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:343
-    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:354
-    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:365
-    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:376
-    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:387
-    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:398
-    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:409
-    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:420
-    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:431
-    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:442
-    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:453
-    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:464
-    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:477
-    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:492
-    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:503
-    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:514
-    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:529
-    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:540
-    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:551
-    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:566
-    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:577
-    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:588
-    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:603
-    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:614
-    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:625
-    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:640
-    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:651
-    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:662
-    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:677
-    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:688
-    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:699
-    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:714
-    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:725
-    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:736
-    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:751
-    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:762
-    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:773
-    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:788
-    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:799
-    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:812
-    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:828
-    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:843
-    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:858
-    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:869
-    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:880
-    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:891
-    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:904
-    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:919
-    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:934
-    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:949
-    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:964
-    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:979
-    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:994
-    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1011
-    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1028
-    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1044
-    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1060
-    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1076
-    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1092
-    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1103
-    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1114
-    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1125
-    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1136
-    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1149
-    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1164
-    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1175
-    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1215
-    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1255
-    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1266
-    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1277
-    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1288
-    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1299
-    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1310
-    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1321
-    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1332
-    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1345
-    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1356
-    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1367
-    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1378
-    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1389
-    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1400
-    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1411
-    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1422
-    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:1433
-    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1444
-    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1455
-    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1466
-    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1477
-    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1490
-    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1505
-    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1520
-    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1531
-    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1542
-    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1553
-    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1564
-    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1575
-    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1586
-    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1597
-    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1608
-    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1619
-    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1630
-    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1643
-    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1658
-    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1669
-    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1680
-    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1695
-    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1706
-    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1717
-    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1732
-    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1743
-    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1754
-    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1769
-    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1780
-    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1791
-    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1806
-    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1817
-    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1828
-    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1843
-    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1854
-    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1865
-    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1880
-    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1891
-    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1904
-    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1920
-    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1935
-    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1950
-    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1961
-    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1972
-    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1983
-    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1996
-    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2011
-    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2026
-    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2041
-    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2056
-    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2071
-    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2086
-    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2103
-    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2120
-    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2137
-    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:2154
-    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2165
-    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2176
-    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2187
-    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2198
-    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2209
-    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2220
-    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2231
-    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2246
-    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2257
-    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2268
-    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2279
-    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2290
-    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2305
-    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2320
-    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2335
-    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2346
-    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:2357
-    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2372
-    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2389
-    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2400
-    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2411
-    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2422
-    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2433
-    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2444
-    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2455
-    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2466
-    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2477
-    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2488
-    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2499
-    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2510
-    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2523
-    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2534
-    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2545
-    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2556
-    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2567
-    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2578
-    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2589
-    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:2600
-    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2612
-    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2623
-    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2634
-    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2645
-    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2656
-    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2667
-    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2678
-    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2689
-    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2700
-    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2711
-    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2722
-    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2733
-    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2744
-    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2757
-    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2768
-    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2779
-    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2790
-    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2801
-    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2812
-    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2823
-    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2834
-    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2845
-    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2856
-    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2867
-    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2878
-    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2889
-    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2900
-    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2911
-    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2922
-    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2933
-    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2944
-    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2955
-    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2966
-    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2977
-    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2988
-    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2999
-    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3010
-    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3021
-    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3032
-    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3043
-    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3054
-    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3065
-    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3076
-    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3087
-    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3098
-    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3109
-    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3120
-    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3131
-    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3142
-    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3153
-    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3164
-    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3175
-    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3186
-    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3197
-    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3208
-    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3219
-    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3230
-    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3241
-    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3252
-    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3263
-    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3274
-    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3285
-    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3296
-    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3307
-    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3318
-    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3331
-    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3342
-    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3353
-    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3364
-    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3375
-    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3386
-    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3397
-    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3408
-    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3419
-    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3430
-    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:3441
-    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:3452
+    'MOVAPS_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:306
+    'MOVAPS_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:321
+    'MOVUPS_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:336
+    'MOVUPS_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:347
+    'MOVSS_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:358
+    'MOVSS_XMM_M32': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:369
+    'MOVSS_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:380
+    'MOVSS_M32_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:391
+    'MOVLPS_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:402
+    'MOVHLPS_XMM_XMM': ((15, 18), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:413
+    'MOVLPS_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:424
+    'MOVHPS_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:435
+    'MOVLHPS_XMM_XMM': ((15, 22), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:446
+    'MOVHPS_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:457
+    'MOVMSKPS_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:468
+    'ADDPS_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:481
+    'ADDSS_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:496
+    'ADDSS_XMM_M32': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:507
+    'SUBPS_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:518
+    'SUBSS_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:533
+    'SUBSS_XMM_M32': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:544
+    'MULPS_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:555
+    'MULSS_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:570
+    'MULSS_XMM_M32': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:581
+    'DIVPS_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:592
+    'DIVSS_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:607
+    'DIVSS_XMM_M32': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:618
+    'MINPS_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:629
+    'MINSS_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:644
+    'MINSS_XMM_M32': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:655
+    'MAXPS_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:666
+    'MAXSS_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:681
+    'MAXSS_XMM_M32': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:692
+    'SQRTPS_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:703
+    'SQRTSS_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:718
+    'SQRTSS_XMM_M32': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:729
+    'RCPPS_XMM_XMMRM': ((15, 83), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:740
+    'RCPSS_XMM_XMM': ((15, 83), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:755
+    'RCPSS_XMM_M32': ((15, 83), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:766
+    'RSQRTPS_XMM_XMMRM': ((15, 82), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:777
+    'RSQRTSS_XMM_XMM': ((15, 82), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:792
+    'RSQRTSS_XMM_M32': ((15, 82), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:803
+    'CMPPS_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:816
+    'CMPSS_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 243),  # spec/sse.r1:832
+    'CMPSS_XMM_M32_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 243),  # spec/sse.r1:847
+    'COMISS_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:862
+    'COMISS_XMM_M32': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:873
+    'UCOMISS_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:884
+    'UCOMISS_XMM_M32': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:895
+    'ANDPS_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:908
+    'ANDNPS_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:923
+    'ORPS_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:938
+    'XORPS_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:953
+    'SHUFPS_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:968
+    'UNPCKLPS_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:983
+    'UNPCKHPS_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:998
+    'CVTPI2PS_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1015
+    'CVTPS2PI_MM_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1032
+    'CVTPS2PI_MM_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1048
+    'CVTTPS2PI_MM_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1064
+    'CVTTPS2PI_MM_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1080
+    'CVTSI2SS_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:1096
+    'CVTSS2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1107
+    'CVTSS2SI_R32_M32': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1118
+    'CVTTSS2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:1129
+    'CVTTSS2SI_R32_M32': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:1140
+    'LDMXCSR_M32': ((15, 174), None, '2', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1153
+    'STMXCSR_M32': ((15, 174), None, '3', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1168
+    'FXSAVE_M512': ((15, 174), None, '0', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1179
+    'FXRSTOR_M512': ((15, 174), None, '1', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1219
+    'PREFETCHNTA_M8': ((15, 24), None, '0', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1259
+    'PREFETCHT0_M8': ((15, 24), None, '1', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1270
+    'PREFETCHT1_M8': ((15, 24), None, '2', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1281
+    'PREFETCHT2_M8': ((15, 24), None, '3', None, 'mem', None, (), None, None, None),  # spec/sse.r1:1292
+    'SFENCE': ((15, 174), None, '7', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1303
+    'MOVNTQ_M64_MM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1314
+    'MOVNTPS_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:1325
+    'MASKMOVQ_MM_MM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1336
+    'PAVGB_MM_MMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1349
+    'PAVGW_MM_MMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1360
+    'PMAXSW_MM_MMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1371
+    'PMAXUB_MM_MMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1382
+    'PMINSW_MM_MMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1393
+    'PMINUB_MM_MMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1404
+    'PMULHUW_MM_MMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1415
+    'PSADBW_MM_MMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:1426
+    'PSHUFW_MM_MMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 0),  # spec/sse.r1:1437
+    'PEXTRW_R32_MM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1448
+    'PINSRW_MM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 0),  # spec/sse.r1:1459
+    'PINSRW_MM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 0),  # spec/sse.r1:1470
+    'PMOVMSKB_R32_MM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:1481
+    'MOVAPD_XMM_XMMRM': ((15, 40), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1494
+    'MOVAPD_XMMRM_XMM': ((15, 41), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1509
+    'MOVUPD_XMM_XMMRM': ((15, 16), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1524
+    'MOVUPD_XMMRM_XMM': ((15, 17), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1535
+    'MOVSD_XMM_XMM': ((15, 16), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1546
+    'MOVSD_XMM_M64': ((15, 16), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1557
+    'MOVSD_XMM_XMM_0F11': ((15, 17), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1568
+    'MOVSD_M64_XMM': ((15, 17), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1579
+    'MOVLPD_XMM_M64': ((15, 18), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1590
+    'MOVLPD_M64_XMM': ((15, 19), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1601
+    'MOVHPD_XMM_M64': ((15, 22), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1612
+    'MOVHPD_M64_XMM': ((15, 23), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1623
+    'MOVMSKPD_R32_XMM': ((15, 80), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1634
+    'ADDPD_XMM_XMMRM': ((15, 88), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1647
+    'ADDSD_XMM_XMM': ((15, 88), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1662
+    'ADDSD_XMM_M64': ((15, 88), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1673
+    'SUBPD_XMM_XMMRM': ((15, 92), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1684
+    'SUBSD_XMM_XMM': ((15, 92), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1699
+    'SUBSD_XMM_M64': ((15, 92), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1710
+    'MULPD_XMM_XMMRM': ((15, 89), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1721
+    'MULSD_XMM_XMM': ((15, 89), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1736
+    'MULSD_XMM_M64': ((15, 89), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1747
+    'DIVPD_XMM_XMMRM': ((15, 94), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1758
+    'DIVSD_XMM_XMM': ((15, 94), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1773
+    'DIVSD_XMM_M64': ((15, 94), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1784
+    'MINPD_XMM_XMMRM': ((15, 93), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1795
+    'MINSD_XMM_XMM': ((15, 93), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1810
+    'MINSD_XMM_M64': ((15, 93), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1821
+    'MAXPD_XMM_XMMRM': ((15, 95), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1832
+    'MAXSD_XMM_XMM': ((15, 95), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1847
+    'MAXSD_XMM_M64': ((15, 95), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1858
+    'SQRTPD_XMM_XMMRM': ((15, 81), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:1869
+    'SQRTSD_XMM_XMM': ((15, 81), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:1884
+    'SQRTSD_XMM_M64': ((15, 81), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:1895
+    'CMPPD_XMM_XMMRM_IMM8': ((15, 194), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:1908
+    'CMPSD_XMM_XMM_IMM8': ((15, 194), None, 'r', None, 'reg', None, ('ib',), None, None, 242),  # spec/sse.r1:1924
+    'CMPSD_XMM_M64_IMM8': ((15, 194), None, 'r', None, 'mem', None, ('ib',), None, None, 242),  # spec/sse.r1:1939
+    'COMISD_XMM_XMM': ((15, 47), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1954
+    'COMISD_XMM_M64': ((15, 47), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1965
+    'UCOMISD_XMM_XMM': ((15, 46), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:1976
+    'UCOMISD_XMM_M64': ((15, 46), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:1987
+    'ANDPD_XMM_XMMRM': ((15, 84), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2000
+    'ANDNPD_XMM_XMMRM': ((15, 85), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2015
+    'ORPD_XMM_XMMRM': ((15, 86), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2030
+    'XORPD_XMM_XMMRM': ((15, 87), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2045
+    'SHUFPD_XMM_XMMRM_IMM8': ((15, 198), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2060
+    'UNPCKLPD_XMM_XMMRM': ((15, 20), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2075
+    'UNPCKHPD_XMM_XMMRM': ((15, 21), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2090
+    'CVTPI2PD_XMM_MMRM': ((15, 42), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2107
+    'CVTPD2PI_MM_XMMRM': ((15, 45), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2124
+    'CVTTPD2PI_MM_XMMRM': ((15, 44), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2141
+    'CVTSI2SD_XMM_RM32': ((15, 42), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:2158
+    'CVTSD2SI_R32_XMM': ((15, 45), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2169
+    'CVTSD2SI_R32_M64': ((15, 45), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2180
+    'CVTTSD2SI_R32_XMM': ((15, 44), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2191
+    'CVTTSD2SI_R32_M64': ((15, 44), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2202
+    'CVTPS2PD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2213
+    'CVTPS2PD_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2224
+    'CVTPD2PS_XMM_XMMRM': ((15, 90), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2235
+    'CVTSS2SD_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2250
+    'CVTSS2SD_XMM_M32': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2261
+    'CVTSD2SS_XMM_XMM': ((15, 90), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2272
+    'CVTSD2SS_XMM_M64': ((15, 90), None, 'r', None, 'mem', None, (), None, None, 242),  # spec/sse.r1:2283
+    'CVTDQ2PS_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2294
+    'CVTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2309
+    'CVTTPS2DQ_XMM_XMMRM': ((15, 91), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2324
+    'CVTDQ2PD_XMM_XMM': ((15, 230), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2339
+    'CVTDQ2PD_XMM_M64': ((15, 230), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2350
+    'CVTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 242),  # spec/sse.r1:2361
+    'CVTTPD2DQ_XMM_XMMRM': ((15, 230), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2376
+    'MOVDQA_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2393
+    'MOVDQA_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2404
+    'MOVDQU_XMM_XMMRM': ((15, 111), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2415
+    'MOVDQU_XMMRM_XMM': ((15, 127), None, 'r', None, None, None, (), None, None, 243),  # spec/sse.r1:2426
+    'MOVD_XMM_RM32': ((15, 110), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2437
+    'MOVD_RM32_XMM': ((15, 126), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2448
+    'MOVQ_XMM_XMM': ((15, 126), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2459
+    'MOVQ_XMM_M64': ((15, 126), None, 'r', None, 'mem', None, (), None, None, 243),  # spec/sse.r1:2470
+    'MOVQ_XMM_XMM_0FD6': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2481
+    'MOVQ_M64_XMM': ((15, 214), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2492
+    'MOVQ2DQ_XMM_MM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 243),  # spec/sse.r1:2503
+    'MOVDQ2Q_MM_XMM': ((15, 214), None, 'r', None, 'reg', None, (), None, None, 242),  # spec/sse.r1:2514
+    'MOVNTPD_M128_XMM': ((15, 43), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2527
+    'MOVNTDQ_M128_XMM': ((15, 231), None, 'r', None, 'mem', None, (), None, None, 102),  # spec/sse.r1:2538
+    'MOVNTI_M32_R32': ((15, 195), None, 'r', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2549
+    'MASKMOVDQU_XMM_XMM': ((15, 247), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:2560
+    'CLFLUSH_M8': ((15, 174), None, '7', None, 'mem', None, (), None, None, 0),  # spec/sse.r1:2571
+    'LFENCE': ((15, 174), None, '5', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2582
+    'MFENCE': ((15, 174), None, '6', None, 'reg', None, (), None, None, 0),  # spec/sse.r1:2593
+    'PAUSE': ((144,), None, None, None, None, None, (), None, None, 243),  # spec/sse.r1:2604
+    'PADDQ_MM_MMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2616
+    'PADDQ_XMM_XMMRM': ((15, 212), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2627
+    'PSUBQ_MM_MMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2638
+    'PSUBQ_XMM_XMMRM': ((15, 251), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2649
+    'PMULUDQ_MM_MMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 0),  # spec/sse.r1:2660
+    'PMULUDQ_XMM_XMMRM': ((15, 244), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2671
+    'PSHUFD_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 102),  # spec/sse.r1:2682
+    'PSHUFHW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 243),  # spec/sse.r1:2693
+    'PSHUFLW_XMM_XMMRM_IMM8': ((15, 112), None, 'r', None, None, None, ('ib',), None, None, 242),  # spec/sse.r1:2704
+    'PSLLDQ_XMM_IMM8': ((15, 115), None, '7', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2715
+    'PSRLDQ_XMM_IMM8': ((15, 115), None, '3', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:2726
+    'PUNPCKLQDQ_XMM_XMMRM': ((15, 108), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2737
+    'PUNPCKHQDQ_XMM_XMMRM': ((15, 109), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2748
+    'PUNPCKLBW_XMM_XMMRM': ((15, 96), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2761
+    'PUNPCKLWD_XMM_XMMRM': ((15, 97), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2772
+    'PUNPCKLDQ_XMM_XMMRM': ((15, 98), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2783
+    'PUNPCKHBW_XMM_XMMRM': ((15, 104), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2794
+    'PUNPCKHWD_XMM_XMMRM': ((15, 105), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2805
+    'PUNPCKHDQ_XMM_XMMRM': ((15, 106), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2816
+    'PACKSSWB_XMM_XMMRM': ((15, 99), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2827
+    'PACKUSWB_XMM_XMMRM': ((15, 103), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2838
+    'PACKSSDW_XMM_XMMRM': ((15, 107), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2849
+    'PADDB_XMM_XMMRM': ((15, 252), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2860
+    'PADDW_XMM_XMMRM': ((15, 253), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2871
+    'PADDD_XMM_XMMRM': ((15, 254), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2882
+    'PADDSB_XMM_XMMRM': ((15, 236), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2893
+    'PADDSW_XMM_XMMRM': ((15, 237), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2904
+    'PADDUSB_XMM_XMMRM': ((15, 220), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2915
+    'PADDUSW_XMM_XMMRM': ((15, 221), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2926
+    'PSUBB_XMM_XMMRM': ((15, 248), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2937
+    'PSUBW_XMM_XMMRM': ((15, 249), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2948
+    'PSUBD_XMM_XMMRM': ((15, 250), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2959
+    'PSUBSB_XMM_XMMRM': ((15, 232), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2970
+    'PSUBSW_XMM_XMMRM': ((15, 233), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2981
+    'PSUBUSB_XMM_XMMRM': ((15, 216), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:2992
+    'PSUBUSW_XMM_XMMRM': ((15, 217), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3003
+    'PMULLW_XMM_XMMRM': ((15, 213), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3014
+    'PMULHW_XMM_XMMRM': ((15, 229), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3025
+    'PMADDWD_XMM_XMMRM': ((15, 245), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3036
+    'PCMPEQB_XMM_XMMRM': ((15, 116), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3047
+    'PCMPEQW_XMM_XMMRM': ((15, 117), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3058
+    'PCMPEQD_XMM_XMMRM': ((15, 118), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3069
+    'PCMPGTB_XMM_XMMRM': ((15, 100), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3080
+    'PCMPGTW_XMM_XMMRM': ((15, 101), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3091
+    'PCMPGTD_XMM_XMMRM': ((15, 102), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3102
+    'PAND_XMM_XMMRM': ((15, 219), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3113
+    'PANDN_XMM_XMMRM': ((15, 223), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3124
+    'POR_XMM_XMMRM': ((15, 235), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3135
+    'PXOR_XMM_XMMRM': ((15, 239), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3146
+    'PSLLW_XMM_XMMRM': ((15, 241), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3157
+    'PSLLD_XMM_XMMRM': ((15, 242), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3168
+    'PSLLQ_XMM_XMMRM': ((15, 243), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3179
+    'PSRLW_XMM_XMMRM': ((15, 209), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3190
+    'PSRLD_XMM_XMMRM': ((15, 210), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3201
+    'PSRLQ_XMM_XMMRM': ((15, 211), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3212
+    'PSRAW_XMM_XMMRM': ((15, 225), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3223
+    'PSRAD_XMM_XMMRM': ((15, 226), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3234
+    'PSLLW_XMM_IMM8': ((15, 113), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3245
+    'PSLLD_XMM_IMM8': ((15, 114), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3256
+    'PSLLQ_XMM_IMM8': ((15, 115), None, '6', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3267
+    'PSRLW_XMM_IMM8': ((15, 113), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3278
+    'PSRLD_XMM_IMM8': ((15, 114), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3289
+    'PSRLQ_XMM_IMM8': ((15, 115), None, '2', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3300
+    'PSRAW_XMM_IMM8': ((15, 113), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3311
+    'PSRAD_XMM_IMM8': ((15, 114), None, '4', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3322
+    'PAVGB_XMM_XMMRM': ((15, 224), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3335
+    'PAVGW_XMM_XMMRM': ((15, 227), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3346
+    'PMAXSW_XMM_XMMRM': ((15, 238), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3357
+    'PMAXUB_XMM_XMMRM': ((15, 222), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3368
+    'PMINSW_XMM_XMMRM': ((15, 234), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3379
+    'PMINUB_XMM_XMMRM': ((15, 218), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3390
+    'PMULHUW_XMM_XMMRM': ((15, 228), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3401
+    'PSADBW_XMM_XMMRM': ((15, 246), None, 'r', None, None, None, (), None, None, 102),  # spec/sse.r1:3412
+    'PEXTRW_R32_XMM_IMM8': ((15, 197), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3423
+    'PINSRW_XMM_R32_IMM8': ((15, 196), None, 'r', None, 'reg', None, ('ib',), None, None, 102),  # spec/sse.r1:3434
+    'PINSRW_XMM_M16_IMM8': ((15, 196), None, 'r', None, 'mem', None, ('ib',), None, None, 102),  # spec/sse.r1:3445
+    'PMOVMSKB_R32_XMM': ((15, 215), None, 'r', None, 'reg', None, (), None, None, 102),  # spec/sse.r1:3456
     'MOVSB': ((164,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:20
     'MOVSv': ((165,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:36
     'CMPSB': ((166,), None, None, None, None, None, (), None, None, None),  # spec/string.r1:56

@@ -8412,7 +8412,7 @@ FORMS = {
     'MOVAPS_XMM_XMMRM': FormInfo(
         name='MOVAPS_XMM_XMMRM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:302',
+        source='spec/sse.r1:306',
         encoding='0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8436,7 +8436,7 @@ FORMS = {
     'MOVAPS_XMMRM_XMM': FormInfo(
         name='MOVAPS_XMMRM_XMM',
         mnemonics={None: 'movaps'},
-        source='spec/sse.r1:317',
+        source='spec/sse.r1:321',
         encoding='0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8460,7 +8460,7 @@ FORMS = {
     'MOVUPS_XMM_XMMRM': FormInfo(
         name='MOVUPS_XMM_XMMRM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:332',
+        source='spec/sse.r1:336',
         encoding='0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8484,7 +8484,7 @@ FORMS = {
     'MOVUPS_XMMRM_XMM': FormInfo(
         name='MOVUPS_XMMRM_XMM',
         mnemonics={None: 'movups'},
-        source='spec/sse.r1:343',
+        source='spec/sse.r1:347',
         encoding='0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8508,7 +8508,7 @@ FORMS = {
     'MOVSS_XMM_XMM': FormInfo(
         name='MOVSS_XMM_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:354',
+        source='spec/sse.r1:358',
         encoding='F3 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8532,7 +8532,7 @@ FORMS = {
     'MOVSS_XMM_M32': FormInfo(
         name='MOVSS_XMM_M32',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:365',
+        source='spec/sse.r1:369',
         encoding='F3 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -8556,7 +8556,7 @@ FORMS = {
     'MOVSS_XMM_XMM_0F11': FormInfo(
         name='MOVSS_XMM_XMM_0F11',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:376',
+        source='spec/sse.r1:380',
         encoding='F3 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -8580,7 +8580,7 @@ FORMS = {
     'MOVSS_M32_XMM': FormInfo(
         name='MOVSS_M32_XMM',
         mnemonics={None: 'movss'},
-        source='spec/sse.r1:387',
+        source='spec/sse.r1:391',
         encoding='F3 0F 11 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -8604,7 +8604,7 @@ FORMS = {
     'MOVLPS_XMM_M64': FormInfo(
         name='MOVLPS_XMM_M64',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:398',
+        source='spec/sse.r1:402',
         encoding='0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8628,7 +8628,7 @@ FORMS = {
     'MOVHLPS_XMM_XMM': FormInfo(
         name='MOVHLPS_XMM_XMM',
         mnemonics={None: 'movhlps'},
-        source='spec/sse.r1:409',
+        source='spec/sse.r1:413',
         encoding='0F 12 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8652,7 +8652,7 @@ FORMS = {
     'MOVLPS_M64_XMM': FormInfo(
         name='MOVLPS_M64_XMM',
         mnemonics={None: 'movlps'},
-        source='spec/sse.r1:420',
+        source='spec/sse.r1:424',
         encoding='0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8676,7 +8676,7 @@ FORMS = {
     'MOVHPS_XMM_M64': FormInfo(
         name='MOVHPS_XMM_M64',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:431',
+        source='spec/sse.r1:435',
         encoding='0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -8700,7 +8700,7 @@ FORMS = {
     'MOVLHPS_XMM_XMM': FormInfo(
         name='MOVLHPS_XMM_XMM',
         mnemonics={None: 'movlhps'},
-        source='spec/sse.r1:442',
+        source='spec/sse.r1:446',
         encoding='0F 16 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8724,7 +8724,7 @@ FORMS = {
     'MOVHPS_M64_XMM': FormInfo(
         name='MOVHPS_M64_XMM',
         mnemonics={None: 'movhps'},
-        source='spec/sse.r1:453',
+        source='spec/sse.r1:457',
         encoding='0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -8748,7 +8748,7 @@ FORMS = {
     'MOVMSKPS_R32_XMM': FormInfo(
         name='MOVMSKPS_R32_XMM',
         mnemonics={None: 'movmskps'},
-        source='spec/sse.r1:464',
+        source='spec/sse.r1:468',
         encoding='0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -8772,7 +8772,7 @@ FORMS = {
     'ADDPS_XMM_XMMRM': FormInfo(
         name='ADDPS_XMM_XMMRM',
         mnemonics={None: 'addps'},
-        source='spec/sse.r1:477',
+        source='spec/sse.r1:481',
         encoding='0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8796,7 +8796,7 @@ FORMS = {
     'ADDSS_XMM_XMM': FormInfo(
         name='ADDSS_XMM_XMM',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:492',
+        source='spec/sse.r1:496',
         encoding='F3 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8820,7 +8820,7 @@ FORMS = {
     'ADDSS_XMM_M32': FormInfo(
         name='ADDSS_XMM_M32',
         mnemonics={None: 'addss'},
-        source='spec/sse.r1:503',
+        source='spec/sse.r1:507',
         encoding='F3 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8844,7 +8844,7 @@ FORMS = {
     'SUBPS_XMM_XMMRM': FormInfo(
         name='SUBPS_XMM_XMMRM',
         mnemonics={None: 'subps'},
-        source='spec/sse.r1:514',
+        source='spec/sse.r1:518',
         encoding='0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8868,7 +8868,7 @@ FORMS = {
     'SUBSS_XMM_XMM': FormInfo(
         name='SUBSS_XMM_XMM',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:529',
+        source='spec/sse.r1:533',
         encoding='F3 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8892,7 +8892,7 @@ FORMS = {
     'SUBSS_XMM_M32': FormInfo(
         name='SUBSS_XMM_M32',
         mnemonics={None: 'subss'},
-        source='spec/sse.r1:540',
+        source='spec/sse.r1:544',
         encoding='F3 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8916,7 +8916,7 @@ FORMS = {
     'MULPS_XMM_XMMRM': FormInfo(
         name='MULPS_XMM_XMMRM',
         mnemonics={None: 'mulps'},
-        source='spec/sse.r1:551',
+        source='spec/sse.r1:555',
         encoding='0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8940,7 +8940,7 @@ FORMS = {
     'MULSS_XMM_XMM': FormInfo(
         name='MULSS_XMM_XMM',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:566',
+        source='spec/sse.r1:570',
         encoding='F3 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -8964,7 +8964,7 @@ FORMS = {
     'MULSS_XMM_M32': FormInfo(
         name='MULSS_XMM_M32',
         mnemonics={None: 'mulss'},
-        source='spec/sse.r1:577',
+        source='spec/sse.r1:581',
         encoding='F3 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -8988,7 +8988,7 @@ FORMS = {
     'DIVPS_XMM_XMMRM': FormInfo(
         name='DIVPS_XMM_XMMRM',
         mnemonics={None: 'divps'},
-        source='spec/sse.r1:588',
+        source='spec/sse.r1:592',
         encoding='0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9012,7 +9012,7 @@ FORMS = {
     'DIVSS_XMM_XMM': FormInfo(
         name='DIVSS_XMM_XMM',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:603',
+        source='spec/sse.r1:607',
         encoding='F3 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9036,7 +9036,7 @@ FORMS = {
     'DIVSS_XMM_M32': FormInfo(
         name='DIVSS_XMM_M32',
         mnemonics={None: 'divss'},
-        source='spec/sse.r1:614',
+        source='spec/sse.r1:618',
         encoding='F3 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9060,7 +9060,7 @@ FORMS = {
     'MINPS_XMM_XMMRM': FormInfo(
         name='MINPS_XMM_XMMRM',
         mnemonics={None: 'minps'},
-        source='spec/sse.r1:625',
+        source='spec/sse.r1:629',
         encoding='0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9084,7 +9084,7 @@ FORMS = {
     'MINSS_XMM_XMM': FormInfo(
         name='MINSS_XMM_XMM',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:640',
+        source='spec/sse.r1:644',
         encoding='F3 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9108,7 +9108,7 @@ FORMS = {
     'MINSS_XMM_M32': FormInfo(
         name='MINSS_XMM_M32',
         mnemonics={None: 'minss'},
-        source='spec/sse.r1:651',
+        source='spec/sse.r1:655',
         encoding='F3 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9132,7 +9132,7 @@ FORMS = {
     'MAXPS_XMM_XMMRM': FormInfo(
         name='MAXPS_XMM_XMMRM',
         mnemonics={None: 'maxps'},
-        source='spec/sse.r1:662',
+        source='spec/sse.r1:666',
         encoding='0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9156,7 +9156,7 @@ FORMS = {
     'MAXSS_XMM_XMM': FormInfo(
         name='MAXSS_XMM_XMM',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:677',
+        source='spec/sse.r1:681',
         encoding='F3 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9180,7 +9180,7 @@ FORMS = {
     'MAXSS_XMM_M32': FormInfo(
         name='MAXSS_XMM_M32',
         mnemonics={None: 'maxss'},
-        source='spec/sse.r1:688',
+        source='spec/sse.r1:692',
         encoding='F3 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9204,7 +9204,7 @@ FORMS = {
     'SQRTPS_XMM_XMMRM': FormInfo(
         name='SQRTPS_XMM_XMMRM',
         mnemonics={None: 'sqrtps'},
-        source='spec/sse.r1:699',
+        source='spec/sse.r1:703',
         encoding='0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9228,7 +9228,7 @@ FORMS = {
     'SQRTSS_XMM_XMM': FormInfo(
         name='SQRTSS_XMM_XMM',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:714',
+        source='spec/sse.r1:718',
         encoding='F3 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9252,7 +9252,7 @@ FORMS = {
     'SQRTSS_XMM_M32': FormInfo(
         name='SQRTSS_XMM_M32',
         mnemonics={None: 'sqrtss'},
-        source='spec/sse.r1:725',
+        source='spec/sse.r1:729',
         encoding='F3 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9276,7 +9276,7 @@ FORMS = {
     'RCPPS_XMM_XMMRM': FormInfo(
         name='RCPPS_XMM_XMMRM',
         mnemonics={None: 'rcpps'},
-        source='spec/sse.r1:736',
+        source='spec/sse.r1:740',
         encoding='0F 53 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9300,7 +9300,7 @@ FORMS = {
     'RCPSS_XMM_XMM': FormInfo(
         name='RCPSS_XMM_XMM',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:751',
+        source='spec/sse.r1:755',
         encoding='F3 0F 53 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9324,7 +9324,7 @@ FORMS = {
     'RCPSS_XMM_M32': FormInfo(
         name='RCPSS_XMM_M32',
         mnemonics={None: 'rcpss'},
-        source='spec/sse.r1:762',
+        source='spec/sse.r1:766',
         encoding='F3 0F 53 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9348,7 +9348,7 @@ FORMS = {
     'RSQRTPS_XMM_XMMRM': FormInfo(
         name='RSQRTPS_XMM_XMMRM',
         mnemonics={None: 'rsqrtps'},
-        source='spec/sse.r1:773',
+        source='spec/sse.r1:777',
         encoding='0F 52 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9372,7 +9372,7 @@ FORMS = {
     'RSQRTSS_XMM_XMM': FormInfo(
         name='RSQRTSS_XMM_XMM',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:788',
+        source='spec/sse.r1:792',
         encoding='F3 0F 52 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9396,7 +9396,7 @@ FORMS = {
     'RSQRTSS_XMM_M32': FormInfo(
         name='RSQRTSS_XMM_M32',
         mnemonics={None: 'rsqrtss'},
-        source='spec/sse.r1:799',
+        source='spec/sse.r1:803',
         encoding='F3 0F 52 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -9420,7 +9420,7 @@ FORMS = {
     'CMPPS_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmpps'},
-        source='spec/sse.r1:812',
+        source='spec/sse.r1:816',
         encoding='0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9444,7 +9444,7 @@ FORMS = {
     'CMPSS_XMM_XMM_IMM8': FormInfo(
         name='CMPSS_XMM_XMM_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:828',
+        source='spec/sse.r1:832',
         encoding='F3 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9468,7 +9468,7 @@ FORMS = {
     'CMPSS_XMM_M32_IMM8': FormInfo(
         name='CMPSS_XMM_M32_IMM8',
         mnemonics={None: 'cmpss'},
-        source='spec/sse.r1:843',
+        source='spec/sse.r1:847',
         encoding='F3 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -9492,7 +9492,7 @@ FORMS = {
     'COMISS_XMM_XMM': FormInfo(
         name='COMISS_XMM_XMM',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:858',
+        source='spec/sse.r1:862',
         encoding='0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9516,7 +9516,7 @@ FORMS = {
     'COMISS_XMM_M32': FormInfo(
         name='COMISS_XMM_M32',
         mnemonics={None: 'comiss'},
-        source='spec/sse.r1:869',
+        source='spec/sse.r1:873',
         encoding='0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9540,7 +9540,7 @@ FORMS = {
     'UCOMISS_XMM_XMM': FormInfo(
         name='UCOMISS_XMM_XMM',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:880',
+        source='spec/sse.r1:884',
         encoding='0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -9564,7 +9564,7 @@ FORMS = {
     'UCOMISS_XMM_M32': FormInfo(
         name='UCOMISS_XMM_M32',
         mnemonics={None: 'ucomiss'},
-        source='spec/sse.r1:891',
+        source='spec/sse.r1:895',
         encoding='0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -9588,7 +9588,7 @@ FORMS = {
     'ANDPS_XMM_XMMRM': FormInfo(
         name='ANDPS_XMM_XMMRM',
         mnemonics={None: 'andps'},
-        source='spec/sse.r1:904',
+        source='spec/sse.r1:908',
         encoding='0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9612,7 +9612,7 @@ FORMS = {
     'ANDNPS_XMM_XMMRM': FormInfo(
         name='ANDNPS_XMM_XMMRM',
         mnemonics={None: 'andnps'},
-        source='spec/sse.r1:919',
+        source='spec/sse.r1:923',
         encoding='0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9636,7 +9636,7 @@ FORMS = {
     'ORPS_XMM_XMMRM': FormInfo(
         name='ORPS_XMM_XMMRM',
         mnemonics={None: 'orps'},
-        source='spec/sse.r1:934',
+        source='spec/sse.r1:938',
         encoding='0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9660,7 +9660,7 @@ FORMS = {
     'XORPS_XMM_XMMRM': FormInfo(
         name='XORPS_XMM_XMMRM',
         mnemonics={None: 'xorps'},
-        source='spec/sse.r1:949',
+        source='spec/sse.r1:953',
         encoding='0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9684,7 +9684,7 @@ FORMS = {
     'SHUFPS_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPS_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufps'},
-        source='spec/sse.r1:964',
+        source='spec/sse.r1:968',
         encoding='0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -9708,7 +9708,7 @@ FORMS = {
     'UNPCKLPS_XMM_XMMRM': FormInfo(
         name='UNPCKLPS_XMM_XMMRM',
         mnemonics={None: 'unpcklps'},
-        source='spec/sse.r1:979',
+        source='spec/sse.r1:983',
         encoding='0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9732,7 +9732,7 @@ FORMS = {
     'UNPCKHPS_XMM_XMMRM': FormInfo(
         name='UNPCKHPS_XMM_XMMRM',
         mnemonics={None: 'unpckhps'},
-        source='spec/sse.r1:994',
+        source='spec/sse.r1:998',
         encoding='0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9756,7 +9756,7 @@ FORMS = {
     'CVTPI2PS_XMM_MMRM': FormInfo(
         name='CVTPI2PS_XMM_MMRM',
         mnemonics={None: 'cvtpi2ps'},
-        source='spec/sse.r1:1011',
+        source='spec/sse.r1:1015',
         encoding='0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -9780,7 +9780,7 @@ FORMS = {
     'CVTPS2PI_MM_XMM': FormInfo(
         name='CVTPS2PI_MM_XMM',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:1028',
+        source='spec/sse.r1:1032',
         encoding='0F 2D /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9804,7 +9804,7 @@ FORMS = {
     'CVTPS2PI_MM_M64': FormInfo(
         name='CVTPS2PI_MM_M64',
         mnemonics={None: 'cvtps2pi'},
-        source='spec/sse.r1:1044',
+        source='spec/sse.r1:1048',
         encoding='0F 2D /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9828,7 +9828,7 @@ FORMS = {
     'CVTTPS2PI_MM_XMM': FormInfo(
         name='CVTTPS2PI_MM_XMM',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:1060',
+        source='spec/sse.r1:1064',
         encoding='0F 2C /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -9852,7 +9852,7 @@ FORMS = {
     'CVTTPS2PI_MM_M64': FormInfo(
         name='CVTTPS2PI_MM_M64',
         mnemonics={None: 'cvttps2pi'},
-        source='spec/sse.r1:1076',
+        source='spec/sse.r1:1080',
         encoding='0F 2C /r mem',
         operands=(('dst', 'mm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -9876,7 +9876,7 @@ FORMS = {
     'CVTSI2SS_XMM_RM32': FormInfo(
         name='CVTSI2SS_XMM_RM32',
         mnemonics={None: 'cvtsi2ss'},
-        source='spec/sse.r1:1092',
+        source='spec/sse.r1:1096',
         encoding='F3 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -9900,7 +9900,7 @@ FORMS = {
     'CVTSS2SI_R32_XMM': FormInfo(
         name='CVTSS2SI_R32_XMM',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:1103',
+        source='spec/sse.r1:1107',
         encoding='F3 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9924,7 +9924,7 @@ FORMS = {
     'CVTSS2SI_R32_M32': FormInfo(
         name='CVTSS2SI_R32_M32',
         mnemonics={None: 'cvtss2si'},
-        source='spec/sse.r1:1114',
+        source='spec/sse.r1:1118',
         encoding='F3 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9948,7 +9948,7 @@ FORMS = {
     'CVTTSS2SI_R32_XMM': FormInfo(
         name='CVTTSS2SI_R32_XMM',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:1125',
+        source='spec/sse.r1:1129',
         encoding='F3 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -9972,7 +9972,7 @@ FORMS = {
     'CVTTSS2SI_R32_M32': FormInfo(
         name='CVTTSS2SI_R32_M32',
         mnemonics={None: 'cvttss2si'},
-        source='spec/sse.r1:1136',
+        source='spec/sse.r1:1140',
         encoding='F3 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -9996,7 +9996,7 @@ FORMS = {
     'LDMXCSR_M32': FormInfo(
         name='LDMXCSR_M32',
         mnemonics={None: 'ldmxcsr'},
-        source='spec/sse.r1:1149',
+        source='spec/sse.r1:1153',
         encoding='0F AE /2 mem',
         operands=(('src', 'm32', 'r'),),
         width=32,
@@ -10020,7 +10020,7 @@ FORMS = {
     'STMXCSR_M32': FormInfo(
         name='STMXCSR_M32',
         mnemonics={None: 'stmxcsr'},
-        source='spec/sse.r1:1164',
+        source='spec/sse.r1:1168',
         encoding='0F AE /3 mem',
         operands=(('dst', 'm32', 'w'),),
         width=32,
@@ -10044,7 +10044,7 @@ FORMS = {
     'FXSAVE_M512': FormInfo(
         name='FXSAVE_M512',
         mnemonics={None: 'fxsave'},
-        source='spec/sse.r1:1175',
+        source='spec/sse.r1:1179',
         encoding='0F AE /0 mem',
         operands=(('dst', 'm4096', 'w'),),
         width='v',
@@ -10068,7 +10068,7 @@ FORMS = {
     'FXRSTOR_M512': FormInfo(
         name='FXRSTOR_M512',
         mnemonics={None: 'fxrstor'},
-        source='spec/sse.r1:1215',
+        source='spec/sse.r1:1219',
         encoding='0F AE /1 mem',
         operands=(('src', 'm4096', 'r'),),
         width='v',
@@ -10092,7 +10092,7 @@ FORMS = {
     'PREFETCHNTA_M8': FormInfo(
         name='PREFETCHNTA_M8',
         mnemonics={None: 'prefetchnta'},
-        source='spec/sse.r1:1255',
+        source='spec/sse.r1:1259',
         encoding='0F 18 /0 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10116,7 +10116,7 @@ FORMS = {
     'PREFETCHT0_M8': FormInfo(
         name='PREFETCHT0_M8',
         mnemonics={None: 'prefetcht0'},
-        source='spec/sse.r1:1266',
+        source='spec/sse.r1:1270',
         encoding='0F 18 /1 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10140,7 +10140,7 @@ FORMS = {
     'PREFETCHT1_M8': FormInfo(
         name='PREFETCHT1_M8',
         mnemonics={None: 'prefetcht1'},
-        source='spec/sse.r1:1277',
+        source='spec/sse.r1:1281',
         encoding='0F 18 /2 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10164,7 +10164,7 @@ FORMS = {
     'PREFETCHT2_M8': FormInfo(
         name='PREFETCHT2_M8',
         mnemonics={None: 'prefetcht2'},
-        source='spec/sse.r1:1288',
+        source='spec/sse.r1:1292',
         encoding='0F 18 /3 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -10188,7 +10188,7 @@ FORMS = {
     'SFENCE': FormInfo(
         name='SFENCE',
         mnemonics={None: 'sfence'},
-        source='spec/sse.r1:1299',
+        source='spec/sse.r1:1303',
         encoding='0F AE /7 reg',
         operands=(),
         width='v',
@@ -10212,7 +10212,7 @@ FORMS = {
     'MOVNTQ_M64_MM': FormInfo(
         name='MOVNTQ_M64_MM',
         mnemonics={None: 'movntq'},
-        source='spec/sse.r1:1310',
+        source='spec/sse.r1:1314',
         encoding='0F E7 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'mm', 'r')),
         width='v',
@@ -10236,7 +10236,7 @@ FORMS = {
     'MOVNTPS_M128_XMM': FormInfo(
         name='MOVNTPS_M128_XMM',
         mnemonics={None: 'movntps'},
-        source='spec/sse.r1:1321',
+        source='spec/sse.r1:1325',
         encoding='0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10260,7 +10260,7 @@ FORMS = {
     'MASKMOVQ_MM_MM': FormInfo(
         name='MASKMOVQ_MM_MM',
         mnemonics={None: 'maskmovq'},
-        source='spec/sse.r1:1332',
+        source='spec/sse.r1:1336',
         encoding='0F F7 /r reg',
         operands=(('src', 'mm', 'r'), ('mask', 'mmrm', 'r')),
         width='v',
@@ -10284,7 +10284,7 @@ FORMS = {
     'PAVGB_MM_MMRM': FormInfo(
         name='PAVGB_MM_MMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:1345',
+        source='spec/sse.r1:1349',
         encoding='0F E0 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10308,7 +10308,7 @@ FORMS = {
     'PAVGW_MM_MMRM': FormInfo(
         name='PAVGW_MM_MMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:1356',
+        source='spec/sse.r1:1360',
         encoding='0F E3 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10332,7 +10332,7 @@ FORMS = {
     'PMAXSW_MM_MMRM': FormInfo(
         name='PMAXSW_MM_MMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:1367',
+        source='spec/sse.r1:1371',
         encoding='0F EE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10356,7 +10356,7 @@ FORMS = {
     'PMAXUB_MM_MMRM': FormInfo(
         name='PMAXUB_MM_MMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:1378',
+        source='spec/sse.r1:1382',
         encoding='0F DE /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10380,7 +10380,7 @@ FORMS = {
     'PMINSW_MM_MMRM': FormInfo(
         name='PMINSW_MM_MMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:1389',
+        source='spec/sse.r1:1393',
         encoding='0F EA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10404,7 +10404,7 @@ FORMS = {
     'PMINUB_MM_MMRM': FormInfo(
         name='PMINUB_MM_MMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:1400',
+        source='spec/sse.r1:1404',
         encoding='0F DA /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10428,7 +10428,7 @@ FORMS = {
     'PMULHUW_MM_MMRM': FormInfo(
         name='PMULHUW_MM_MMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:1411',
+        source='spec/sse.r1:1415',
         encoding='0F E4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10452,7 +10452,7 @@ FORMS = {
     'PSADBW_MM_MMRM': FormInfo(
         name='PSADBW_MM_MMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:1422',
+        source='spec/sse.r1:1426',
         encoding='0F F6 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -10476,7 +10476,7 @@ FORMS = {
     'PSHUFW_MM_MMRM_IMM8': FormInfo(
         name='PSHUFW_MM_MMRM_IMM8',
         mnemonics={None: 'pshufw'},
-        source='spec/sse.r1:1433',
+        source='spec/sse.r1:1437',
         encoding='0F 70 /r ib',
         operands=(('dst', 'mm', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -10500,7 +10500,7 @@ FORMS = {
     'PEXTRW_R32_MM_IMM8': FormInfo(
         name='PEXTRW_R32_MM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:1444',
+        source='spec/sse.r1:1448',
         encoding='0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10524,7 +10524,7 @@ FORMS = {
     'PINSRW_MM_R32_IMM8': FormInfo(
         name='PINSRW_MM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1455',
+        source='spec/sse.r1:1459',
         encoding='0F C4 /r reg ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -10548,7 +10548,7 @@ FORMS = {
     'PINSRW_MM_M16_IMM8': FormInfo(
         name='PINSRW_MM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:1466',
+        source='spec/sse.r1:1470',
         encoding='0F C4 /r mem ib',
         operands=(('dst', 'mm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -10572,7 +10572,7 @@ FORMS = {
     'PMOVMSKB_R32_MM': FormInfo(
         name='PMOVMSKB_R32_MM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:1477',
+        source='spec/sse.r1:1481',
         encoding='0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'mmrm', 'r')),
         width=32,
@@ -10596,7 +10596,7 @@ FORMS = {
     'MOVAPD_XMM_XMMRM': FormInfo(
         name='MOVAPD_XMM_XMMRM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1490',
+        source='spec/sse.r1:1494',
         encoding='66 0F 28 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10620,7 +10620,7 @@ FORMS = {
     'MOVAPD_XMMRM_XMM': FormInfo(
         name='MOVAPD_XMMRM_XMM',
         mnemonics={None: 'movapd'},
-        source='spec/sse.r1:1505',
+        source='spec/sse.r1:1509',
         encoding='66 0F 29 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10644,7 +10644,7 @@ FORMS = {
     'MOVUPD_XMM_XMMRM': FormInfo(
         name='MOVUPD_XMM_XMMRM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1520',
+        source='spec/sse.r1:1524',
         encoding='66 0F 10 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10668,7 +10668,7 @@ FORMS = {
     'MOVUPD_XMMRM_XMM': FormInfo(
         name='MOVUPD_XMMRM_XMM',
         mnemonics={None: 'movupd'},
-        source='spec/sse.r1:1531',
+        source='spec/sse.r1:1535',
         encoding='66 0F 11 /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10692,7 +10692,7 @@ FORMS = {
     'MOVSD_XMM_XMM': FormInfo(
         name='MOVSD_XMM_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1542',
+        source='spec/sse.r1:1546',
         encoding='F2 0F 10 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10716,7 +10716,7 @@ FORMS = {
     'MOVSD_XMM_M64': FormInfo(
         name='MOVSD_XMM_M64',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1553',
+        source='spec/sse.r1:1557',
         encoding='F2 0F 10 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -10740,7 +10740,7 @@ FORMS = {
     'MOVSD_XMM_XMM_0F11': FormInfo(
         name='MOVSD_XMM_XMM_0F11',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1564',
+        source='spec/sse.r1:1568',
         encoding='F2 0F 11 /r reg',
         operands=(('dst', 'xmmrm', 'rw'), ('src', 'xmm', 'r')),
         width='v',
@@ -10764,7 +10764,7 @@ FORMS = {
     'MOVSD_M64_XMM': FormInfo(
         name='MOVSD_M64_XMM',
         mnemonics={None: 'movsd'},
-        source='spec/sse.r1:1575',
+        source='spec/sse.r1:1579',
         encoding='F2 0F 11 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10788,7 +10788,7 @@ FORMS = {
     'MOVLPD_XMM_M64': FormInfo(
         name='MOVLPD_XMM_M64',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1586',
+        source='spec/sse.r1:1590',
         encoding='66 0F 12 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10812,7 +10812,7 @@ FORMS = {
     'MOVLPD_M64_XMM': FormInfo(
         name='MOVLPD_M64_XMM',
         mnemonics={None: 'movlpd'},
-        source='spec/sse.r1:1597',
+        source='spec/sse.r1:1601',
         encoding='66 0F 13 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10836,7 +10836,7 @@ FORMS = {
     'MOVHPD_XMM_M64': FormInfo(
         name='MOVHPD_XMM_M64',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1608',
+        source='spec/sse.r1:1612',
         encoding='66 0F 16 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10860,7 +10860,7 @@ FORMS = {
     'MOVHPD_M64_XMM': FormInfo(
         name='MOVHPD_M64_XMM',
         mnemonics={None: 'movhpd'},
-        source='spec/sse.r1:1619',
+        source='spec/sse.r1:1623',
         encoding='66 0F 17 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -10884,7 +10884,7 @@ FORMS = {
     'MOVMSKPD_R32_XMM': FormInfo(
         name='MOVMSKPD_R32_XMM',
         mnemonics={None: 'movmskpd'},
-        source='spec/sse.r1:1630',
+        source='spec/sse.r1:1634',
         encoding='66 0F 50 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -10908,7 +10908,7 @@ FORMS = {
     'ADDPD_XMM_XMMRM': FormInfo(
         name='ADDPD_XMM_XMMRM',
         mnemonics={None: 'addpd'},
-        source='spec/sse.r1:1643',
+        source='spec/sse.r1:1647',
         encoding='66 0F 58 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10932,7 +10932,7 @@ FORMS = {
     'ADDSD_XMM_XMM': FormInfo(
         name='ADDSD_XMM_XMM',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1658',
+        source='spec/sse.r1:1662',
         encoding='F2 0F 58 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -10956,7 +10956,7 @@ FORMS = {
     'ADDSD_XMM_M64': FormInfo(
         name='ADDSD_XMM_M64',
         mnemonics={None: 'addsd'},
-        source='spec/sse.r1:1669',
+        source='spec/sse.r1:1673',
         encoding='F2 0F 58 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -10980,7 +10980,7 @@ FORMS = {
     'SUBPD_XMM_XMMRM': FormInfo(
         name='SUBPD_XMM_XMMRM',
         mnemonics={None: 'subpd'},
-        source='spec/sse.r1:1680',
+        source='spec/sse.r1:1684',
         encoding='66 0F 5C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11004,7 +11004,7 @@ FORMS = {
     'SUBSD_XMM_XMM': FormInfo(
         name='SUBSD_XMM_XMM',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1695',
+        source='spec/sse.r1:1699',
         encoding='F2 0F 5C /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11028,7 +11028,7 @@ FORMS = {
     'SUBSD_XMM_M64': FormInfo(
         name='SUBSD_XMM_M64',
         mnemonics={None: 'subsd'},
-        source='spec/sse.r1:1706',
+        source='spec/sse.r1:1710',
         encoding='F2 0F 5C /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11052,7 +11052,7 @@ FORMS = {
     'MULPD_XMM_XMMRM': FormInfo(
         name='MULPD_XMM_XMMRM',
         mnemonics={None: 'mulpd'},
-        source='spec/sse.r1:1717',
+        source='spec/sse.r1:1721',
         encoding='66 0F 59 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11076,7 +11076,7 @@ FORMS = {
     'MULSD_XMM_XMM': FormInfo(
         name='MULSD_XMM_XMM',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1732',
+        source='spec/sse.r1:1736',
         encoding='F2 0F 59 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11100,7 +11100,7 @@ FORMS = {
     'MULSD_XMM_M64': FormInfo(
         name='MULSD_XMM_M64',
         mnemonics={None: 'mulsd'},
-        source='spec/sse.r1:1743',
+        source='spec/sse.r1:1747',
         encoding='F2 0F 59 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11124,7 +11124,7 @@ FORMS = {
     'DIVPD_XMM_XMMRM': FormInfo(
         name='DIVPD_XMM_XMMRM',
         mnemonics={None: 'divpd'},
-        source='spec/sse.r1:1754',
+        source='spec/sse.r1:1758',
         encoding='66 0F 5E /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11148,7 +11148,7 @@ FORMS = {
     'DIVSD_XMM_XMM': FormInfo(
         name='DIVSD_XMM_XMM',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1769',
+        source='spec/sse.r1:1773',
         encoding='F2 0F 5E /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11172,7 +11172,7 @@ FORMS = {
     'DIVSD_XMM_M64': FormInfo(
         name='DIVSD_XMM_M64',
         mnemonics={None: 'divsd'},
-        source='spec/sse.r1:1780',
+        source='spec/sse.r1:1784',
         encoding='F2 0F 5E /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11196,7 +11196,7 @@ FORMS = {
     'MINPD_XMM_XMMRM': FormInfo(
         name='MINPD_XMM_XMMRM',
         mnemonics={None: 'minpd'},
-        source='spec/sse.r1:1791',
+        source='spec/sse.r1:1795',
         encoding='66 0F 5D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11220,7 +11220,7 @@ FORMS = {
     'MINSD_XMM_XMM': FormInfo(
         name='MINSD_XMM_XMM',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1806',
+        source='spec/sse.r1:1810',
         encoding='F2 0F 5D /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11244,7 +11244,7 @@ FORMS = {
     'MINSD_XMM_M64': FormInfo(
         name='MINSD_XMM_M64',
         mnemonics={None: 'minsd'},
-        source='spec/sse.r1:1817',
+        source='spec/sse.r1:1821',
         encoding='F2 0F 5D /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11268,7 +11268,7 @@ FORMS = {
     'MAXPD_XMM_XMMRM': FormInfo(
         name='MAXPD_XMM_XMMRM',
         mnemonics={None: 'maxpd'},
-        source='spec/sse.r1:1828',
+        source='spec/sse.r1:1832',
         encoding='66 0F 5F /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11292,7 +11292,7 @@ FORMS = {
     'MAXSD_XMM_XMM': FormInfo(
         name='MAXSD_XMM_XMM',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1843',
+        source='spec/sse.r1:1847',
         encoding='F2 0F 5F /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11316,7 +11316,7 @@ FORMS = {
     'MAXSD_XMM_M64': FormInfo(
         name='MAXSD_XMM_M64',
         mnemonics={None: 'maxsd'},
-        source='spec/sse.r1:1854',
+        source='spec/sse.r1:1858',
         encoding='F2 0F 5F /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11340,7 +11340,7 @@ FORMS = {
     'SQRTPD_XMM_XMMRM': FormInfo(
         name='SQRTPD_XMM_XMMRM',
         mnemonics={None: 'sqrtpd'},
-        source='spec/sse.r1:1865',
+        source='spec/sse.r1:1869',
         encoding='66 0F 51 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11364,7 +11364,7 @@ FORMS = {
     'SQRTSD_XMM_XMM': FormInfo(
         name='SQRTSD_XMM_XMM',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1880',
+        source='spec/sse.r1:1884',
         encoding='F2 0F 51 /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11388,7 +11388,7 @@ FORMS = {
     'SQRTSD_XMM_M64': FormInfo(
         name='SQRTSD_XMM_M64',
         mnemonics={None: 'sqrtsd'},
-        source='spec/sse.r1:1891',
+        source='spec/sse.r1:1895',
         encoding='F2 0F 51 /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -11412,7 +11412,7 @@ FORMS = {
     'CMPPD_XMM_XMMRM_IMM8': FormInfo(
         name='CMPPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'cmppd'},
-        source='spec/sse.r1:1904',
+        source='spec/sse.r1:1908',
         encoding='66 0F C2 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11436,7 +11436,7 @@ FORMS = {
     'CMPSD_XMM_XMM_IMM8': FormInfo(
         name='CMPSD_XMM_XMM_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1920',
+        source='spec/sse.r1:1924',
         encoding='F2 0F C2 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11460,7 +11460,7 @@ FORMS = {
     'CMPSD_XMM_M64_IMM8': FormInfo(
         name='CMPSD_XMM_M64_IMM8',
         mnemonics={None: 'cmpsd'},
-        source='spec/sse.r1:1935',
+        source='spec/sse.r1:1939',
         encoding='F2 0F C2 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11484,7 +11484,7 @@ FORMS = {
     'COMISD_XMM_XMM': FormInfo(
         name='COMISD_XMM_XMM',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1950',
+        source='spec/sse.r1:1954',
         encoding='66 0F 2F /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11508,7 +11508,7 @@ FORMS = {
     'COMISD_XMM_M64': FormInfo(
         name='COMISD_XMM_M64',
         mnemonics={None: 'comisd'},
-        source='spec/sse.r1:1961',
+        source='spec/sse.r1:1965',
         encoding='66 0F 2F /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11532,7 +11532,7 @@ FORMS = {
     'UCOMISD_XMM_XMM': FormInfo(
         name='UCOMISD_XMM_XMM',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1972',
+        source='spec/sse.r1:1976',
         encoding='66 0F 2E /r reg',
         operands=(('a', 'xmm', 'r'), ('b', 'xmmrm', 'r')),
         width='v',
@@ -11556,7 +11556,7 @@ FORMS = {
     'UCOMISD_XMM_M64': FormInfo(
         name='UCOMISD_XMM_M64',
         mnemonics={None: 'ucomisd'},
-        source='spec/sse.r1:1983',
+        source='spec/sse.r1:1987',
         encoding='66 0F 2E /r mem',
         operands=(('a', 'xmm', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -11580,7 +11580,7 @@ FORMS = {
     'ANDPD_XMM_XMMRM': FormInfo(
         name='ANDPD_XMM_XMMRM',
         mnemonics={None: 'andpd'},
-        source='spec/sse.r1:1996',
+        source='spec/sse.r1:2000',
         encoding='66 0F 54 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11604,7 +11604,7 @@ FORMS = {
     'ANDNPD_XMM_XMMRM': FormInfo(
         name='ANDNPD_XMM_XMMRM',
         mnemonics={None: 'andnpd'},
-        source='spec/sse.r1:2011',
+        source='spec/sse.r1:2015',
         encoding='66 0F 55 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11628,7 +11628,7 @@ FORMS = {
     'ORPD_XMM_XMMRM': FormInfo(
         name='ORPD_XMM_XMMRM',
         mnemonics={None: 'orpd'},
-        source='spec/sse.r1:2026',
+        source='spec/sse.r1:2030',
         encoding='66 0F 56 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11652,7 +11652,7 @@ FORMS = {
     'XORPD_XMM_XMMRM': FormInfo(
         name='XORPD_XMM_XMMRM',
         mnemonics={None: 'xorpd'},
-        source='spec/sse.r1:2041',
+        source='spec/sse.r1:2045',
         encoding='66 0F 57 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11676,7 +11676,7 @@ FORMS = {
     'SHUFPD_XMM_XMMRM_IMM8': FormInfo(
         name='SHUFPD_XMM_XMMRM_IMM8',
         mnemonics={None: 'shufpd'},
-        source='spec/sse.r1:2056',
+        source='spec/sse.r1:2060',
         encoding='66 0F C6 /r ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -11700,7 +11700,7 @@ FORMS = {
     'UNPCKLPD_XMM_XMMRM': FormInfo(
         name='UNPCKLPD_XMM_XMMRM',
         mnemonics={None: 'unpcklpd'},
-        source='spec/sse.r1:2071',
+        source='spec/sse.r1:2075',
         encoding='66 0F 14 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11724,7 +11724,7 @@ FORMS = {
     'UNPCKHPD_XMM_XMMRM': FormInfo(
         name='UNPCKHPD_XMM_XMMRM',
         mnemonics={None: 'unpckhpd'},
-        source='spec/sse.r1:2086',
+        source='spec/sse.r1:2090',
         encoding='66 0F 15 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11748,7 +11748,7 @@ FORMS = {
     'CVTPI2PD_XMM_MMRM': FormInfo(
         name='CVTPI2PD_XMM_MMRM',
         mnemonics={None: 'cvtpi2pd'},
-        source='spec/sse.r1:2103',
+        source='spec/sse.r1:2107',
         encoding='66 0F 2A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -11772,7 +11772,7 @@ FORMS = {
     'CVTPD2PI_MM_XMMRM': FormInfo(
         name='CVTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvtpd2pi'},
-        source='spec/sse.r1:2120',
+        source='spec/sse.r1:2124',
         encoding='66 0F 2D /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11796,7 +11796,7 @@ FORMS = {
     'CVTTPD2PI_MM_XMMRM': FormInfo(
         name='CVTTPD2PI_MM_XMMRM',
         mnemonics={None: 'cvttpd2pi'},
-        source='spec/sse.r1:2137',
+        source='spec/sse.r1:2141',
         encoding='66 0F 2C /r',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11820,7 +11820,7 @@ FORMS = {
     'CVTSI2SD_XMM_RM32': FormInfo(
         name='CVTSI2SD_XMM_RM32',
         mnemonics={None: 'cvtsi2sd'},
-        source='spec/sse.r1:2154',
+        source='spec/sse.r1:2158',
         encoding='F2 0F 2A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'rm32', 'r')),
         width=32,
@@ -11844,7 +11844,7 @@ FORMS = {
     'CVTSD2SI_R32_XMM': FormInfo(
         name='CVTSD2SI_R32_XMM',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:2165',
+        source='spec/sse.r1:2169',
         encoding='F2 0F 2D /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11868,7 +11868,7 @@ FORMS = {
     'CVTSD2SI_R32_M64': FormInfo(
         name='CVTSD2SI_R32_M64',
         mnemonics={None: 'cvtsd2si'},
-        source='spec/sse.r1:2176',
+        source='spec/sse.r1:2180',
         encoding='F2 0F 2D /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11892,7 +11892,7 @@ FORMS = {
     'CVTTSD2SI_R32_XMM': FormInfo(
         name='CVTTSD2SI_R32_XMM',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:2187',
+        source='spec/sse.r1:2191',
         encoding='F2 0F 2C /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,
@@ -11916,7 +11916,7 @@ FORMS = {
     'CVTTSD2SI_R32_M64': FormInfo(
         name='CVTTSD2SI_R32_M64',
         mnemonics={None: 'cvttsd2si'},
-        source='spec/sse.r1:2198',
+        source='spec/sse.r1:2202',
         encoding='F2 0F 2C /r mem',
         operands=(('dst', 'r32', 'w'), ('src', 'm64', 'r')),
         width=32,
@@ -11940,7 +11940,7 @@ FORMS = {
     'CVTPS2PD_XMM_XMM': FormInfo(
         name='CVTPS2PD_XMM_XMM',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:2209',
+        source='spec/sse.r1:2213',
         encoding='0F 5A /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -11964,7 +11964,7 @@ FORMS = {
     'CVTPS2PD_XMM_M64': FormInfo(
         name='CVTPS2PD_XMM_M64',
         mnemonics={None: 'cvtps2pd'},
-        source='spec/sse.r1:2220',
+        source='spec/sse.r1:2224',
         encoding='0F 5A /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -11988,7 +11988,7 @@ FORMS = {
     'CVTPD2PS_XMM_XMMRM': FormInfo(
         name='CVTPD2PS_XMM_XMMRM',
         mnemonics={None: 'cvtpd2ps'},
-        source='spec/sse.r1:2231',
+        source='spec/sse.r1:2235',
         encoding='66 0F 5A /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12012,7 +12012,7 @@ FORMS = {
     'CVTSS2SD_XMM_XMM': FormInfo(
         name='CVTSS2SD_XMM_XMM',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:2246',
+        source='spec/sse.r1:2250',
         encoding='F3 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12036,7 +12036,7 @@ FORMS = {
     'CVTSS2SD_XMM_M32': FormInfo(
         name='CVTSS2SD_XMM_M32',
         mnemonics={None: 'cvtss2sd'},
-        source='spec/sse.r1:2257',
+        source='spec/sse.r1:2261',
         encoding='F3 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -12060,7 +12060,7 @@ FORMS = {
     'CVTSD2SS_XMM_XMM': FormInfo(
         name='CVTSD2SS_XMM_XMM',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:2268',
+        source='spec/sse.r1:2272',
         encoding='F2 0F 5A /r reg',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12084,7 +12084,7 @@ FORMS = {
     'CVTSD2SS_XMM_M64': FormInfo(
         name='CVTSD2SS_XMM_M64',
         mnemonics={None: 'cvtsd2ss'},
-        source='spec/sse.r1:2279',
+        source='spec/sse.r1:2283',
         encoding='F2 0F 5A /r mem',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -12108,7 +12108,7 @@ FORMS = {
     'CVTDQ2PS_XMM_XMMRM': FormInfo(
         name='CVTDQ2PS_XMM_XMMRM',
         mnemonics={None: 'cvtdq2ps'},
-        source='spec/sse.r1:2290',
+        source='spec/sse.r1:2294',
         encoding='0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12132,7 +12132,7 @@ FORMS = {
     'CVTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtps2dq'},
-        source='spec/sse.r1:2305',
+        source='spec/sse.r1:2309',
         encoding='66 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12156,7 +12156,7 @@ FORMS = {
     'CVTTPS2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPS2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttps2dq'},
-        source='spec/sse.r1:2320',
+        source='spec/sse.r1:2324',
         encoding='F3 0F 5B /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12180,7 +12180,7 @@ FORMS = {
     'CVTDQ2PD_XMM_XMM': FormInfo(
         name='CVTDQ2PD_XMM_XMM',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:2335',
+        source='spec/sse.r1:2339',
         encoding='F3 0F E6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12204,7 +12204,7 @@ FORMS = {
     'CVTDQ2PD_XMM_M64': FormInfo(
         name='CVTDQ2PD_XMM_M64',
         mnemonics={None: 'cvtdq2pd'},
-        source='spec/sse.r1:2346',
+        source='spec/sse.r1:2350',
         encoding='F3 0F E6 /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12228,7 +12228,7 @@ FORMS = {
     'CVTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvtpd2dq'},
-        source='spec/sse.r1:2357',
+        source='spec/sse.r1:2361',
         encoding='F2 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12252,7 +12252,7 @@ FORMS = {
     'CVTTPD2DQ_XMM_XMMRM': FormInfo(
         name='CVTTPD2DQ_XMM_XMMRM',
         mnemonics={None: 'cvttpd2dq'},
-        source='spec/sse.r1:2372',
+        source='spec/sse.r1:2376',
         encoding='66 0F E6 /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12276,7 +12276,7 @@ FORMS = {
     'MOVDQA_XMM_XMMRM': FormInfo(
         name='MOVDQA_XMM_XMMRM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:2389',
+        source='spec/sse.r1:2393',
         encoding='66 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12300,7 +12300,7 @@ FORMS = {
     'MOVDQA_XMMRM_XMM': FormInfo(
         name='MOVDQA_XMMRM_XMM',
         mnemonics={None: 'movdqa'},
-        source='spec/sse.r1:2400',
+        source='spec/sse.r1:2404',
         encoding='66 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12324,7 +12324,7 @@ FORMS = {
     'MOVDQU_XMM_XMMRM': FormInfo(
         name='MOVDQU_XMM_XMMRM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:2411',
+        source='spec/sse.r1:2415',
         encoding='F3 0F 6F /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12348,7 +12348,7 @@ FORMS = {
     'MOVDQU_XMMRM_XMM': FormInfo(
         name='MOVDQU_XMMRM_XMM',
         mnemonics={None: 'movdqu'},
-        source='spec/sse.r1:2422',
+        source='spec/sse.r1:2426',
         encoding='F3 0F 7F /r',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12372,7 +12372,7 @@ FORMS = {
     'MOVD_XMM_RM32': FormInfo(
         name='MOVD_XMM_RM32',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:2433',
+        source='spec/sse.r1:2437',
         encoding='66 0F 6E /r',
         operands=(('dst', 'xmm', 'w'), ('src', 'rm32', 'r')),
         width=32,
@@ -12396,7 +12396,7 @@ FORMS = {
     'MOVD_RM32_XMM': FormInfo(
         name='MOVD_RM32_XMM',
         mnemonics={None: 'movd'},
-        source='spec/sse.r1:2444',
+        source='spec/sse.r1:2448',
         encoding='66 0F 7E /r',
         operands=(('dst', 'rm32', 'w'), ('src', 'xmm', 'r')),
         width=32,
@@ -12420,7 +12420,7 @@ FORMS = {
     'MOVQ_XMM_XMM': FormInfo(
         name='MOVQ_XMM_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2455',
+        source='spec/sse.r1:2459',
         encoding='F3 0F 7E /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12444,7 +12444,7 @@ FORMS = {
     'MOVQ_XMM_M64': FormInfo(
         name='MOVQ_XMM_M64',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2466',
+        source='spec/sse.r1:2470',
         encoding='F3 0F 7E /r mem',
         operands=(('dst', 'xmm', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -12468,7 +12468,7 @@ FORMS = {
     'MOVQ_XMM_XMM_0FD6': FormInfo(
         name='MOVQ_XMM_XMM_0FD6',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2477',
+        source='spec/sse.r1:2481',
         encoding='66 0F D6 /r reg',
         operands=(('dst', 'xmmrm', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12492,7 +12492,7 @@ FORMS = {
     'MOVQ_M64_XMM': FormInfo(
         name='MOVQ_M64_XMM',
         mnemonics={None: 'movq'},
-        source='spec/sse.r1:2488',
+        source='spec/sse.r1:2492',
         encoding='66 0F D6 /r mem',
         operands=(('dst', 'm64', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12516,7 +12516,7 @@ FORMS = {
     'MOVQ2DQ_XMM_MM': FormInfo(
         name='MOVQ2DQ_XMM_MM',
         mnemonics={None: 'movq2dq'},
-        source='spec/sse.r1:2499',
+        source='spec/sse.r1:2503',
         encoding='F3 0F D6 /r reg',
         operands=(('dst', 'xmm', 'w'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12540,7 +12540,7 @@ FORMS = {
     'MOVDQ2Q_MM_XMM': FormInfo(
         name='MOVDQ2Q_MM_XMM',
         mnemonics={None: 'movdq2q'},
-        source='spec/sse.r1:2510',
+        source='spec/sse.r1:2514',
         encoding='F2 0F D6 /r reg',
         operands=(('dst', 'mm', 'w'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12564,7 +12564,7 @@ FORMS = {
     'MOVNTPD_M128_XMM': FormInfo(
         name='MOVNTPD_M128_XMM',
         mnemonics={None: 'movntpd'},
-        source='spec/sse.r1:2523',
+        source='spec/sse.r1:2527',
         encoding='66 0F 2B /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12588,7 +12588,7 @@ FORMS = {
     'MOVNTDQ_M128_XMM': FormInfo(
         name='MOVNTDQ_M128_XMM',
         mnemonics={None: 'movntdq'},
-        source='spec/sse.r1:2534',
+        source='spec/sse.r1:2538',
         encoding='66 0F E7 /r mem',
         operands=(('dst', 'm128', 'w'), ('src', 'xmm', 'r')),
         width='v',
@@ -12612,7 +12612,7 @@ FORMS = {
     'MOVNTI_M32_R32': FormInfo(
         name='MOVNTI_M32_R32',
         mnemonics={None: 'movnti'},
-        source='spec/sse.r1:2545',
+        source='spec/sse.r1:2549',
         encoding='0F C3 /r mem',
         operands=(('dst', 'm32', 'w'), ('src', 'r32', 'r')),
         width=32,
@@ -12636,7 +12636,7 @@ FORMS = {
     'MASKMOVDQU_XMM_XMM': FormInfo(
         name='MASKMOVDQU_XMM_XMM',
         mnemonics={None: 'maskmovdqu'},
-        source='spec/sse.r1:2556',
+        source='spec/sse.r1:2560',
         encoding='66 0F F7 /r reg',
         operands=(('src', 'xmm', 'r'), ('mask', 'xmmrm', 'r')),
         width='v',
@@ -12660,7 +12660,7 @@ FORMS = {
     'CLFLUSH_M8': FormInfo(
         name='CLFLUSH_M8',
         mnemonics={None: 'clflush'},
-        source='spec/sse.r1:2567',
+        source='spec/sse.r1:2571',
         encoding='0F AE /7 mem',
         operands=(('src', 'm', '-'),),
         width='v',
@@ -12684,7 +12684,7 @@ FORMS = {
     'LFENCE': FormInfo(
         name='LFENCE',
         mnemonics={None: 'lfence'},
-        source='spec/sse.r1:2578',
+        source='spec/sse.r1:2582',
         encoding='0F AE /5 reg',
         operands=(),
         width='v',
@@ -12708,7 +12708,7 @@ FORMS = {
     'MFENCE': FormInfo(
         name='MFENCE',
         mnemonics={None: 'mfence'},
-        source='spec/sse.r1:2589',
+        source='spec/sse.r1:2593',
         encoding='0F AE /6 reg',
         operands=(),
         width='v',
@@ -12732,7 +12732,7 @@ FORMS = {
     'PAUSE': FormInfo(
         name='PAUSE',
         mnemonics={None: 'pause'},
-        source='spec/sse.r1:2600',
+        source='spec/sse.r1:2604',
         encoding='F3 90',
         operands=(),
         width='v',
@@ -12756,7 +12756,7 @@ FORMS = {
     'PADDQ_MM_MMRM': FormInfo(
         name='PADDQ_MM_MMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:2612',
+        source='spec/sse.r1:2616',
         encoding='0F D4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12780,7 +12780,7 @@ FORMS = {
     'PADDQ_XMM_XMMRM': FormInfo(
         name='PADDQ_XMM_XMMRM',
         mnemonics={None: 'paddq'},
-        source='spec/sse.r1:2623',
+        source='spec/sse.r1:2627',
         encoding='66 0F D4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12804,7 +12804,7 @@ FORMS = {
     'PSUBQ_MM_MMRM': FormInfo(
         name='PSUBQ_MM_MMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:2634',
+        source='spec/sse.r1:2638',
         encoding='0F FB /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12828,7 +12828,7 @@ FORMS = {
     'PSUBQ_XMM_XMMRM': FormInfo(
         name='PSUBQ_XMM_XMMRM',
         mnemonics={None: 'psubq'},
-        source='spec/sse.r1:2645',
+        source='spec/sse.r1:2649',
         encoding='66 0F FB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12852,7 +12852,7 @@ FORMS = {
     'PMULUDQ_MM_MMRM': FormInfo(
         name='PMULUDQ_MM_MMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2656',
+        source='spec/sse.r1:2660',
         encoding='0F F4 /r',
         operands=(('dst', 'mm', 'rw'), ('src', 'mmrm', 'r')),
         width='v',
@@ -12876,7 +12876,7 @@ FORMS = {
     'PMULUDQ_XMM_XMMRM': FormInfo(
         name='PMULUDQ_XMM_XMMRM',
         mnemonics={None: 'pmuludq'},
-        source='spec/sse.r1:2667',
+        source='spec/sse.r1:2671',
         encoding='66 0F F4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -12900,7 +12900,7 @@ FORMS = {
     'PSHUFD_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFD_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufd'},
-        source='spec/sse.r1:2678',
+        source='spec/sse.r1:2682',
         encoding='66 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12924,7 +12924,7 @@ FORMS = {
     'PSHUFHW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFHW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshufhw'},
-        source='spec/sse.r1:2689',
+        source='spec/sse.r1:2693',
         encoding='F3 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12948,7 +12948,7 @@ FORMS = {
     'PSHUFLW_XMM_XMMRM_IMM8': FormInfo(
         name='PSHUFLW_XMM_XMMRM_IMM8',
         mnemonics={None: 'pshuflw'},
-        source='spec/sse.r1:2700',
+        source='spec/sse.r1:2704',
         encoding='F2 0F 70 /r ib',
         operands=(('dst', 'xmm', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=8,
@@ -12972,7 +12972,7 @@ FORMS = {
     'PSLLDQ_XMM_IMM8': FormInfo(
         name='PSLLDQ_XMM_IMM8',
         mnemonics={None: 'pslldq'},
-        source='spec/sse.r1:2711',
+        source='spec/sse.r1:2715',
         encoding='66 0F 73 /7 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -12996,7 +12996,7 @@ FORMS = {
     'PSRLDQ_XMM_IMM8': FormInfo(
         name='PSRLDQ_XMM_IMM8',
         mnemonics={None: 'psrldq'},
-        source='spec/sse.r1:2722',
+        source='spec/sse.r1:2726',
         encoding='66 0F 73 /3 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -13020,7 +13020,7 @@ FORMS = {
     'PUNPCKLQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLQDQ_XMM_XMMRM',
         mnemonics={None: 'punpcklqdq'},
-        source='spec/sse.r1:2733',
+        source='spec/sse.r1:2737',
         encoding='66 0F 6C /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13044,7 +13044,7 @@ FORMS = {
     'PUNPCKHQDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHQDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhqdq'},
-        source='spec/sse.r1:2744',
+        source='spec/sse.r1:2748',
         encoding='66 0F 6D /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13068,7 +13068,7 @@ FORMS = {
     'PUNPCKLBW_XMM_XMMRM': FormInfo(
         name='PUNPCKLBW_XMM_XMMRM',
         mnemonics={None: 'punpcklbw'},
-        source='spec/sse.r1:2757',
+        source='spec/sse.r1:2761',
         encoding='66 0F 60 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13092,7 +13092,7 @@ FORMS = {
     'PUNPCKLWD_XMM_XMMRM': FormInfo(
         name='PUNPCKLWD_XMM_XMMRM',
         mnemonics={None: 'punpcklwd'},
-        source='spec/sse.r1:2768',
+        source='spec/sse.r1:2772',
         encoding='66 0F 61 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13116,7 +13116,7 @@ FORMS = {
     'PUNPCKLDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKLDQ_XMM_XMMRM',
         mnemonics={None: 'punpckldq'},
-        source='spec/sse.r1:2779',
+        source='spec/sse.r1:2783',
         encoding='66 0F 62 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13140,7 +13140,7 @@ FORMS = {
     'PUNPCKHBW_XMM_XMMRM': FormInfo(
         name='PUNPCKHBW_XMM_XMMRM',
         mnemonics={None: 'punpckhbw'},
-        source='spec/sse.r1:2790',
+        source='spec/sse.r1:2794',
         encoding='66 0F 68 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13164,7 +13164,7 @@ FORMS = {
     'PUNPCKHWD_XMM_XMMRM': FormInfo(
         name='PUNPCKHWD_XMM_XMMRM',
         mnemonics={None: 'punpckhwd'},
-        source='spec/sse.r1:2801',
+        source='spec/sse.r1:2805',
         encoding='66 0F 69 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13188,7 +13188,7 @@ FORMS = {
     'PUNPCKHDQ_XMM_XMMRM': FormInfo(
         name='PUNPCKHDQ_XMM_XMMRM',
         mnemonics={None: 'punpckhdq'},
-        source='spec/sse.r1:2812',
+        source='spec/sse.r1:2816',
         encoding='66 0F 6A /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13212,7 +13212,7 @@ FORMS = {
     'PACKSSWB_XMM_XMMRM': FormInfo(
         name='PACKSSWB_XMM_XMMRM',
         mnemonics={None: 'packsswb'},
-        source='spec/sse.r1:2823',
+        source='spec/sse.r1:2827',
         encoding='66 0F 63 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13236,7 +13236,7 @@ FORMS = {
     'PACKUSWB_XMM_XMMRM': FormInfo(
         name='PACKUSWB_XMM_XMMRM',
         mnemonics={None: 'packuswb'},
-        source='spec/sse.r1:2834',
+        source='spec/sse.r1:2838',
         encoding='66 0F 67 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13260,7 +13260,7 @@ FORMS = {
     'PACKSSDW_XMM_XMMRM': FormInfo(
         name='PACKSSDW_XMM_XMMRM',
         mnemonics={None: 'packssdw'},
-        source='spec/sse.r1:2845',
+        source='spec/sse.r1:2849',
         encoding='66 0F 6B /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13284,7 +13284,7 @@ FORMS = {
     'PADDB_XMM_XMMRM': FormInfo(
         name='PADDB_XMM_XMMRM',
         mnemonics={None: 'paddb'},
-        source='spec/sse.r1:2856',
+        source='spec/sse.r1:2860',
         encoding='66 0F FC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13308,7 +13308,7 @@ FORMS = {
     'PADDW_XMM_XMMRM': FormInfo(
         name='PADDW_XMM_XMMRM',
         mnemonics={None: 'paddw'},
-        source='spec/sse.r1:2867',
+        source='spec/sse.r1:2871',
         encoding='66 0F FD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13332,7 +13332,7 @@ FORMS = {
     'PADDD_XMM_XMMRM': FormInfo(
         name='PADDD_XMM_XMMRM',
         mnemonics={None: 'paddd'},
-        source='spec/sse.r1:2878',
+        source='spec/sse.r1:2882',
         encoding='66 0F FE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13356,7 +13356,7 @@ FORMS = {
     'PADDSB_XMM_XMMRM': FormInfo(
         name='PADDSB_XMM_XMMRM',
         mnemonics={None: 'paddsb'},
-        source='spec/sse.r1:2889',
+        source='spec/sse.r1:2893',
         encoding='66 0F EC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13380,7 +13380,7 @@ FORMS = {
     'PADDSW_XMM_XMMRM': FormInfo(
         name='PADDSW_XMM_XMMRM',
         mnemonics={None: 'paddsw'},
-        source='spec/sse.r1:2900',
+        source='spec/sse.r1:2904',
         encoding='66 0F ED /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13404,7 +13404,7 @@ FORMS = {
     'PADDUSB_XMM_XMMRM': FormInfo(
         name='PADDUSB_XMM_XMMRM',
         mnemonics={None: 'paddusb'},
-        source='spec/sse.r1:2911',
+        source='spec/sse.r1:2915',
         encoding='66 0F DC /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13428,7 +13428,7 @@ FORMS = {
     'PADDUSW_XMM_XMMRM': FormInfo(
         name='PADDUSW_XMM_XMMRM',
         mnemonics={None: 'paddusw'},
-        source='spec/sse.r1:2922',
+        source='spec/sse.r1:2926',
         encoding='66 0F DD /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13452,7 +13452,7 @@ FORMS = {
     'PSUBB_XMM_XMMRM': FormInfo(
         name='PSUBB_XMM_XMMRM',
         mnemonics={None: 'psubb'},
-        source='spec/sse.r1:2933',
+        source='spec/sse.r1:2937',
         encoding='66 0F F8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13476,7 +13476,7 @@ FORMS = {
     'PSUBW_XMM_XMMRM': FormInfo(
         name='PSUBW_XMM_XMMRM',
         mnemonics={None: 'psubw'},
-        source='spec/sse.r1:2944',
+        source='spec/sse.r1:2948',
         encoding='66 0F F9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13500,7 +13500,7 @@ FORMS = {
     'PSUBD_XMM_XMMRM': FormInfo(
         name='PSUBD_XMM_XMMRM',
         mnemonics={None: 'psubd'},
-        source='spec/sse.r1:2955',
+        source='spec/sse.r1:2959',
         encoding='66 0F FA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13524,7 +13524,7 @@ FORMS = {
     'PSUBSB_XMM_XMMRM': FormInfo(
         name='PSUBSB_XMM_XMMRM',
         mnemonics={None: 'psubsb'},
-        source='spec/sse.r1:2966',
+        source='spec/sse.r1:2970',
         encoding='66 0F E8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13548,7 +13548,7 @@ FORMS = {
     'PSUBSW_XMM_XMMRM': FormInfo(
         name='PSUBSW_XMM_XMMRM',
         mnemonics={None: 'psubsw'},
-        source='spec/sse.r1:2977',
+        source='spec/sse.r1:2981',
         encoding='66 0F E9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13572,7 +13572,7 @@ FORMS = {
     'PSUBUSB_XMM_XMMRM': FormInfo(
         name='PSUBUSB_XMM_XMMRM',
         mnemonics={None: 'psubusb'},
-        source='spec/sse.r1:2988',
+        source='spec/sse.r1:2992',
         encoding='66 0F D8 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13596,7 +13596,7 @@ FORMS = {
     'PSUBUSW_XMM_XMMRM': FormInfo(
         name='PSUBUSW_XMM_XMMRM',
         mnemonics={None: 'psubusw'},
-        source='spec/sse.r1:2999',
+        source='spec/sse.r1:3003',
         encoding='66 0F D9 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13620,7 +13620,7 @@ FORMS = {
     'PMULLW_XMM_XMMRM': FormInfo(
         name='PMULLW_XMM_XMMRM',
         mnemonics={None: 'pmullw'},
-        source='spec/sse.r1:3010',
+        source='spec/sse.r1:3014',
         encoding='66 0F D5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13644,7 +13644,7 @@ FORMS = {
     'PMULHW_XMM_XMMRM': FormInfo(
         name='PMULHW_XMM_XMMRM',
         mnemonics={None: 'pmulhw'},
-        source='spec/sse.r1:3021',
+        source='spec/sse.r1:3025',
         encoding='66 0F E5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13668,7 +13668,7 @@ FORMS = {
     'PMADDWD_XMM_XMMRM': FormInfo(
         name='PMADDWD_XMM_XMMRM',
         mnemonics={None: 'pmaddwd'},
-        source='spec/sse.r1:3032',
+        source='spec/sse.r1:3036',
         encoding='66 0F F5 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13692,7 +13692,7 @@ FORMS = {
     'PCMPEQB_XMM_XMMRM': FormInfo(
         name='PCMPEQB_XMM_XMMRM',
         mnemonics={None: 'pcmpeqb'},
-        source='spec/sse.r1:3043',
+        source='spec/sse.r1:3047',
         encoding='66 0F 74 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13716,7 +13716,7 @@ FORMS = {
     'PCMPEQW_XMM_XMMRM': FormInfo(
         name='PCMPEQW_XMM_XMMRM',
         mnemonics={None: 'pcmpeqw'},
-        source='spec/sse.r1:3054',
+        source='spec/sse.r1:3058',
         encoding='66 0F 75 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13740,7 +13740,7 @@ FORMS = {
     'PCMPEQD_XMM_XMMRM': FormInfo(
         name='PCMPEQD_XMM_XMMRM',
         mnemonics={None: 'pcmpeqd'},
-        source='spec/sse.r1:3065',
+        source='spec/sse.r1:3069',
         encoding='66 0F 76 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13764,7 +13764,7 @@ FORMS = {
     'PCMPGTB_XMM_XMMRM': FormInfo(
         name='PCMPGTB_XMM_XMMRM',
         mnemonics={None: 'pcmpgtb'},
-        source='spec/sse.r1:3076',
+        source='spec/sse.r1:3080',
         encoding='66 0F 64 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13788,7 +13788,7 @@ FORMS = {
     'PCMPGTW_XMM_XMMRM': FormInfo(
         name='PCMPGTW_XMM_XMMRM',
         mnemonics={None: 'pcmpgtw'},
-        source='spec/sse.r1:3087',
+        source='spec/sse.r1:3091',
         encoding='66 0F 65 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13812,7 +13812,7 @@ FORMS = {
     'PCMPGTD_XMM_XMMRM': FormInfo(
         name='PCMPGTD_XMM_XMMRM',
         mnemonics={None: 'pcmpgtd'},
-        source='spec/sse.r1:3098',
+        source='spec/sse.r1:3102',
         encoding='66 0F 66 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13836,7 +13836,7 @@ FORMS = {
     'PAND_XMM_XMMRM': FormInfo(
         name='PAND_XMM_XMMRM',
         mnemonics={None: 'pand'},
-        source='spec/sse.r1:3109',
+        source='spec/sse.r1:3113',
         encoding='66 0F DB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13860,7 +13860,7 @@ FORMS = {
     'PANDN_XMM_XMMRM': FormInfo(
         name='PANDN_XMM_XMMRM',
         mnemonics={None: 'pandn'},
-        source='spec/sse.r1:3120',
+        source='spec/sse.r1:3124',
         encoding='66 0F DF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13884,7 +13884,7 @@ FORMS = {
     'POR_XMM_XMMRM': FormInfo(
         name='POR_XMM_XMMRM',
         mnemonics={None: 'por'},
-        source='spec/sse.r1:3131',
+        source='spec/sse.r1:3135',
         encoding='66 0F EB /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13908,7 +13908,7 @@ FORMS = {
     'PXOR_XMM_XMMRM': FormInfo(
         name='PXOR_XMM_XMMRM',
         mnemonics={None: 'pxor'},
-        source='spec/sse.r1:3142',
+        source='spec/sse.r1:3146',
         encoding='66 0F EF /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13932,7 +13932,7 @@ FORMS = {
     'PSLLW_XMM_XMMRM': FormInfo(
         name='PSLLW_XMM_XMMRM',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:3153',
+        source='spec/sse.r1:3157',
         encoding='66 0F F1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13956,7 +13956,7 @@ FORMS = {
     'PSLLD_XMM_XMMRM': FormInfo(
         name='PSLLD_XMM_XMMRM',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:3164',
+        source='spec/sse.r1:3168',
         encoding='66 0F F2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -13980,7 +13980,7 @@ FORMS = {
     'PSLLQ_XMM_XMMRM': FormInfo(
         name='PSLLQ_XMM_XMMRM',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:3175',
+        source='spec/sse.r1:3179',
         encoding='66 0F F3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14004,7 +14004,7 @@ FORMS = {
     'PSRLW_XMM_XMMRM': FormInfo(
         name='PSRLW_XMM_XMMRM',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:3186',
+        source='spec/sse.r1:3190',
         encoding='66 0F D1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14028,7 +14028,7 @@ FORMS = {
     'PSRLD_XMM_XMMRM': FormInfo(
         name='PSRLD_XMM_XMMRM',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:3197',
+        source='spec/sse.r1:3201',
         encoding='66 0F D2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14052,7 +14052,7 @@ FORMS = {
     'PSRLQ_XMM_XMMRM': FormInfo(
         name='PSRLQ_XMM_XMMRM',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:3208',
+        source='spec/sse.r1:3212',
         encoding='66 0F D3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14076,7 +14076,7 @@ FORMS = {
     'PSRAW_XMM_XMMRM': FormInfo(
         name='PSRAW_XMM_XMMRM',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:3219',
+        source='spec/sse.r1:3223',
         encoding='66 0F E1 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14100,7 +14100,7 @@ FORMS = {
     'PSRAD_XMM_XMMRM': FormInfo(
         name='PSRAD_XMM_XMMRM',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:3230',
+        source='spec/sse.r1:3234',
         encoding='66 0F E2 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14124,7 +14124,7 @@ FORMS = {
     'PSLLW_XMM_IMM8': FormInfo(
         name='PSLLW_XMM_IMM8',
         mnemonics={None: 'psllw'},
-        source='spec/sse.r1:3241',
+        source='spec/sse.r1:3245',
         encoding='66 0F 71 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14148,7 +14148,7 @@ FORMS = {
     'PSLLD_XMM_IMM8': FormInfo(
         name='PSLLD_XMM_IMM8',
         mnemonics={None: 'pslld'},
-        source='spec/sse.r1:3252',
+        source='spec/sse.r1:3256',
         encoding='66 0F 72 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14172,7 +14172,7 @@ FORMS = {
     'PSLLQ_XMM_IMM8': FormInfo(
         name='PSLLQ_XMM_IMM8',
         mnemonics={None: 'psllq'},
-        source='spec/sse.r1:3263',
+        source='spec/sse.r1:3267',
         encoding='66 0F 73 /6 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14196,7 +14196,7 @@ FORMS = {
     'PSRLW_XMM_IMM8': FormInfo(
         name='PSRLW_XMM_IMM8',
         mnemonics={None: 'psrlw'},
-        source='spec/sse.r1:3274',
+        source='spec/sse.r1:3278',
         encoding='66 0F 71 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14220,7 +14220,7 @@ FORMS = {
     'PSRLD_XMM_IMM8': FormInfo(
         name='PSRLD_XMM_IMM8',
         mnemonics={None: 'psrld'},
-        source='spec/sse.r1:3285',
+        source='spec/sse.r1:3289',
         encoding='66 0F 72 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14244,7 +14244,7 @@ FORMS = {
     'PSRLQ_XMM_IMM8': FormInfo(
         name='PSRLQ_XMM_IMM8',
         mnemonics={None: 'psrlq'},
-        source='spec/sse.r1:3296',
+        source='spec/sse.r1:3300',
         encoding='66 0F 73 /2 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14268,7 +14268,7 @@ FORMS = {
     'PSRAW_XMM_IMM8': FormInfo(
         name='PSRAW_XMM_IMM8',
         mnemonics={None: 'psraw'},
-        source='spec/sse.r1:3307',
+        source='spec/sse.r1:3311',
         encoding='66 0F 71 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14292,7 +14292,7 @@ FORMS = {
     'PSRAD_XMM_IMM8': FormInfo(
         name='PSRAD_XMM_IMM8',
         mnemonics={None: 'psrad'},
-        source='spec/sse.r1:3318',
+        source='spec/sse.r1:3322',
         encoding='66 0F 72 /4 reg ib',
         operands=(('dst', 'xmmrm', 'rw'), ('imm', 'i8', 'r')),
         width=8,
@@ -14316,7 +14316,7 @@ FORMS = {
     'PAVGB_XMM_XMMRM': FormInfo(
         name='PAVGB_XMM_XMMRM',
         mnemonics={None: 'pavgb'},
-        source='spec/sse.r1:3331',
+        source='spec/sse.r1:3335',
         encoding='66 0F E0 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14340,7 +14340,7 @@ FORMS = {
     'PAVGW_XMM_XMMRM': FormInfo(
         name='PAVGW_XMM_XMMRM',
         mnemonics={None: 'pavgw'},
-        source='spec/sse.r1:3342',
+        source='spec/sse.r1:3346',
         encoding='66 0F E3 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14364,7 +14364,7 @@ FORMS = {
     'PMAXSW_XMM_XMMRM': FormInfo(
         name='PMAXSW_XMM_XMMRM',
         mnemonics={None: 'pmaxsw'},
-        source='spec/sse.r1:3353',
+        source='spec/sse.r1:3357',
         encoding='66 0F EE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14388,7 +14388,7 @@ FORMS = {
     'PMAXUB_XMM_XMMRM': FormInfo(
         name='PMAXUB_XMM_XMMRM',
         mnemonics={None: 'pmaxub'},
-        source='spec/sse.r1:3364',
+        source='spec/sse.r1:3368',
         encoding='66 0F DE /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14412,7 +14412,7 @@ FORMS = {
     'PMINSW_XMM_XMMRM': FormInfo(
         name='PMINSW_XMM_XMMRM',
         mnemonics={None: 'pminsw'},
-        source='spec/sse.r1:3375',
+        source='spec/sse.r1:3379',
         encoding='66 0F EA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14436,7 +14436,7 @@ FORMS = {
     'PMINUB_XMM_XMMRM': FormInfo(
         name='PMINUB_XMM_XMMRM',
         mnemonics={None: 'pminub'},
-        source='spec/sse.r1:3386',
+        source='spec/sse.r1:3390',
         encoding='66 0F DA /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14460,7 +14460,7 @@ FORMS = {
     'PMULHUW_XMM_XMMRM': FormInfo(
         name='PMULHUW_XMM_XMMRM',
         mnemonics={None: 'pmulhuw'},
-        source='spec/sse.r1:3397',
+        source='spec/sse.r1:3401',
         encoding='66 0F E4 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14484,7 +14484,7 @@ FORMS = {
     'PSADBW_XMM_XMMRM': FormInfo(
         name='PSADBW_XMM_XMMRM',
         mnemonics={None: 'psadbw'},
-        source='spec/sse.r1:3408',
+        source='spec/sse.r1:3412',
         encoding='66 0F F6 /r',
         operands=(('dst', 'xmm', 'rw'), ('src', 'xmmrm', 'r')),
         width='v',
@@ -14508,7 +14508,7 @@ FORMS = {
     'PEXTRW_R32_XMM_IMM8': FormInfo(
         name='PEXTRW_R32_XMM_IMM8',
         mnemonics={None: 'pextrw'},
-        source='spec/sse.r1:3419',
+        source='spec/sse.r1:3423',
         encoding='66 0F C5 /r reg ib',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14532,7 +14532,7 @@ FORMS = {
     'PINSRW_XMM_R32_IMM8': FormInfo(
         name='PINSRW_XMM_R32_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:3430',
+        source='spec/sse.r1:3434',
         encoding='66 0F C4 /r reg ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'r32rm', 'r'), ('imm', 'i8', 'r')),
         width=32,
@@ -14556,7 +14556,7 @@ FORMS = {
     'PINSRW_XMM_M16_IMM8': FormInfo(
         name='PINSRW_XMM_M16_IMM8',
         mnemonics={None: 'pinsrw'},
-        source='spec/sse.r1:3441',
+        source='spec/sse.r1:3445',
         encoding='66 0F C4 /r mem ib',
         operands=(('dst', 'xmm', 'rw'), ('src', 'm16', 'r'), ('imm', 'i8', 'r')),
         width=16,
@@ -14580,7 +14580,7 @@ FORMS = {
     'PMOVMSKB_R32_XMM': FormInfo(
         name='PMOVMSKB_R32_XMM',
         mnemonics={None: 'pmovmskb'},
-        source='spec/sse.r1:3452',
+        source='spec/sse.r1:3456',
         encoding='66 0F D7 /r reg',
         operands=(('dst', 'r32', 'w'), ('src', 'xmmrm', 'r')),
         width=32,

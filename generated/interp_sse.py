@@ -8,1849 +8,1849 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:302
+# MOVAPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:306
 _T0 = """\
-v_src = S.xmm[$src]  # sse.r1:305
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:314
+v_src = S.xmm[$src]  # sse.r1:309
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:318
 """
 
-# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:302
+# MOVAPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:306
 _T1 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:305
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:314
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:309
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:318
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:317
+# MOVAPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:321
 _T2 = """\
-v_src = S.xmm[$src]  # sse.r1:320
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:329
+v_src = S.xmm[$src]  # sse.r1:324
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:333
 """
 
-# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:317
+# MOVAPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:321
 _T3 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:320
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-b_store($seg, ea, 128, v_src)  # sse.r1:329
+v_src = S.xmm[$src]  # sse.r1:324
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+b_store($seg, ea, 128, v_src)  # sse.r1:333
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:332
+# MOVUPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:336
 _T4 = """\
-v_src = S.xmm[$src]  # sse.r1:335
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:341
+v_src = S.xmm[$src]  # sse.r1:339
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:345
 """
 
-# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:332
+# MOVUPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:336
 _T5 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 128)  # sse.r1:335
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:341
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 128)  # sse.r1:339
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:345
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:343
+# MOVUPS_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:347
 _T6 = """\
-v_src = S.xmm[$src]  # sse.r1:346
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:352
+v_src = S.xmm[$src]  # sse.r1:350
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:356
 """
 
-# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:343
+# MOVUPS_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:347
 _T7 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:346
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 128, v_src)  # sse.r1:352
+v_src = S.xmm[$src]  # sse.r1:350
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 128, v_src)  # sse.r1:356
 """
 
-# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:354
+# MOVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:358
 _T8 = """\
-v_dst = S.xmm[$dst]  # sse.r1:357
-v_src = S.xmm[$src]  # sse.r1:357
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:363
+v_dst = S.xmm[$dst]  # sse.r1:361
+v_src = S.xmm[$src]  # sse.r1:361
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:367
 """
 
-# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:365
+# MOVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:369
 _T9 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:368
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:374
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:372
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:378
 """
 
-# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:376
+# MOVSS_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:380
 _T10 = """\
-v_dst = S.xmm[$dst]  # sse.r1:379
-v_src = S.xmm[$src]  # sse.r1:379
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:385
+v_dst = S.xmm[$dst]  # sse.r1:383
+v_src = S.xmm[$src]  # sse.r1:383
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (v_src & 0xffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:389
 """
 
-# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:387
+# MOVSS_M32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:391
 _T11 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:390
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:396
+v_src = S.xmm[$src]  # sse.r1:394
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:400
 """
 
-# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:398
+# MOVLPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:402
 _T12 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:401
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:401
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:407
+v_dst = S.xmm[$dst]  # sse.r1:405
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:405
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:411
 """
 
-# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:409
+# MOVHLPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:413
 _T13 = """\
-v_dst = S.xmm[$dst]  # sse.r1:412
-v_src = S.xmm[$src]  # sse.r1:412
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:418
+v_dst = S.xmm[$dst]  # sse.r1:416
+v_src = S.xmm[$src]  # sse.r1:416
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src >> 64 & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:422
 """
 
-# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:420
+# MOVLPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:424
 _T14 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:423
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:429
+v_src = S.xmm[$src]  # sse.r1:427
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:433
 """
 
-# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:431
+# MOVHPS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:435
 _T15 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:434
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:434
-S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:440
+v_dst = S.xmm[$dst]  # sse.r1:438
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:438
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:444
 """
 
-# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:442
+# MOVLHPS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:446
 _T16 = """\
-v_dst = S.xmm[$dst]  # sse.r1:445
-v_src = S.xmm[$src]  # sse.r1:445
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:451
+v_dst = S.xmm[$dst]  # sse.r1:449
+v_src = S.xmm[$src]  # sse.r1:449
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_src & 0xffffffffffffffff) << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:455
 """
 
-# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:453
+# MOVHPS_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:457
 _T17 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:456
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:462
+v_src = S.xmm[$src]  # sse.r1:460
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:466
 """
 
-# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:464
+# MOVMSKPS_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:468
 _T18 = """\
-v_src = S.xmm[$src]  # sse.r1:467
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:473
+v_src = S.xmm[$src]  # sse.r1:471
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+R[$dst] = ((((v_src >> 31 & 1) | ((v_src >> 63 & 1) << 1)) | ((v_src >> 95 & 1) << 2)) | ((v_src >> 127 & 1) << 3)) & 0xffffffff  # sse.r1:477
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:477
+# ADDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:481
 _T19 = """\
-v_dst = S.xmm[$dst]  # sse.r1:480
-v_src = S.xmm[$src]  # sse.r1:480
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:484
+v_src = S.xmm[$src]  # sse.r1:484
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:489
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:493
 """
 
-# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:477
+# ADDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:481
 _T20 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:480
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:480
+v_dst = S.xmm[$dst]  # sse.r1:484
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:484
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(0, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(0, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(0, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:489
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:493
 """
 
-# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:492
+# ADDSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:496
 _T21 = """\
-v_dst = S.xmm[$dst]  # sse.r1:495
-v_src = S.xmm[$src]  # sse.r1:495
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:499
+v_src = S.xmm[$src]  # sse.r1:499
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:501
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:505
 """
 
-# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:503
+# ADDSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:507
 _T22 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:506
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:506
+v_dst = S.xmm[$dst]  # sse.r1:510
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:510
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(0, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:512
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:516
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:514
+# SUBPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:518
 _T23 = """\
-v_dst = S.xmm[$dst]  # sse.r1:517
-v_src = S.xmm[$src]  # sse.r1:517
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:521
+v_src = S.xmm[$src]  # sse.r1:521
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:526
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:530
 """
 
-# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:514
+# SUBPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:518
 _T24 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:517
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:517
+v_dst = S.xmm[$dst]  # sse.r1:521
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:521
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(1, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(1, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(1, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:526
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:530
 """
 
-# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:529
+# SUBSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:533
 _T25 = """\
-v_dst = S.xmm[$dst]  # sse.r1:532
-v_src = S.xmm[$src]  # sse.r1:532
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:536
+v_src = S.xmm[$src]  # sse.r1:536
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:538
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:542
 """
 
-# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:540
+# SUBSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:544
 _T26 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:543
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:543
+v_dst = S.xmm[$dst]  # sse.r1:547
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:547
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(1, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:549
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:553
 """
 
-# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:551
+# MULPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:555
 _T27 = """\
-v_dst = S.xmm[$dst]  # sse.r1:554
-v_src = S.xmm[$src]  # sse.r1:554
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:558
+v_src = S.xmm[$src]  # sse.r1:558
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:563
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:567
 """
 
-# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:551
+# MULPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:555
 _T28 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:554
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:554
+v_dst = S.xmm[$dst]  # sse.r1:558
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:558
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(2, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(2, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(2, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:563
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:567
 """
 
-# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:566
+# MULSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:570
 _T29 = """\
-v_dst = S.xmm[$dst]  # sse.r1:569
-v_src = S.xmm[$src]  # sse.r1:569
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:573
+v_src = S.xmm[$src]  # sse.r1:573
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:575
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:579
 """
 
-# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:577
+# MULSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:581
 _T30 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:580
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:580
+v_dst = S.xmm[$dst]  # sse.r1:584
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:584
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(2, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:586
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:590
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:588
+# DIVPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:592
 _T31 = """\
-v_dst = S.xmm[$dst]  # sse.r1:591
-v_src = S.xmm[$src]  # sse.r1:591
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:595
+v_src = S.xmm[$src]  # sse.r1:595
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:600
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:604
 """
 
-# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:588
+# DIVPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:592
 _T32 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:591
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:591
+v_dst = S.xmm[$dst]  # sse.r1:595
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:595
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_dst >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(3, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_dst >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(3, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_dst >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(3, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:600
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:604
 """
 
-# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:603
+# DIVSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:607
 _T33 = """\
-v_dst = S.xmm[$dst]  # sse.r1:606
-v_src = S.xmm[$src]  # sse.r1:606
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:610
+v_src = S.xmm[$src]  # sse.r1:610
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:612
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:616
 """
 
-# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:614
+# DIVSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:618
 _T34 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:617
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:617
+v_dst = S.xmm[$dst]  # sse.r1:621
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:621
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(3, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:623
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:627
 """
 
-# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:625
+# MINPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:629
 _T35 = """\
-v_dst = S.xmm[$dst]  # sse.r1:628
-v_src = S.xmm[$src]  # sse.r1:628
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:632
+v_src = S.xmm[$src]  # sse.r1:632
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:258
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:259
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:260
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:261
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:234
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:637
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:641
 """
 
-# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:625
+# MINPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:629
 _T36 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:628
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:628
+v_dst = S.xmm[$dst]  # sse.r1:632
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:632
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:258
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:259
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 0) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:260
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 0) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:261
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:234
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:637
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:641
 """
 
-# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:640
+# MINSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:644
 _T37 = """\
-v_dst = S.xmm[$dst]  # sse.r1:643
-v_src = S.xmm[$src]  # sse.r1:643
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:647
+v_src = S.xmm[$src]  # sse.r1:647
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:272
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:649
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:653
 """
 
-# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:651
+# MINSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:655
 _T38 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:654
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:654
+v_dst = S.xmm[$dst]  # sse.r1:658
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:658
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:272
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:660
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:664
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:662
+# MAXPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:666
 _T39 = """\
-v_dst = S.xmm[$dst]  # sse.r1:665
-v_src = S.xmm[$src]  # sse.r1:665
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:669
+v_src = S.xmm[$src]  # sse.r1:669
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:258
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:259
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:260
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:261
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:234
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:674
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:678
 """
 
-# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:662
+# MAXPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:666
 _T40 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:665
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:665
+v_dst = S.xmm[$dst]  # sse.r1:669
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:669
 a_x_0 = (v_dst & 4294967295)
 a_y_1 = (v_src & 4294967295)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:254
+l_r0_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:258
 a_x_5 = ((v_dst >> 32) & 4294967295)
 a_y_6 = ((v_src >> 32) & 4294967295)
 a_x_7 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 23 & 0xff) == 0) and ((a_y_6 & 0x7fffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:255
+l_r1_9 = ((a_x_7 if (b_f32_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 23 & 0xff) == 255) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 255) and ((a_y_8 & 0x7fffff) != 0))) else (2 if ((((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0)) or (((a_y_8 >> 23 & 0xff) == 0) and ((a_y_8 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:259
 a_x_10 = ((v_dst >> 64) & 4294967295)
 a_y_11 = ((v_src >> 64) & 4294967295)
 a_x_12 = ((a_x_10 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_10 >> 23 & 0xff) == 0) and ((a_x_10 & 0x7fffff) != 0))) else a_x_10)
 a_y_13 = ((a_y_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_11 >> 23 & 0xff) == 0) and ((a_y_11 & 0x7fffff) != 0))) else a_y_11)
-l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:256
+l_r2_14 = ((a_x_12 if (b_f32_relation(a_x_12, a_y_13) == 2) else a_y_13) | ((1 if ((((a_x_12 >> 23 & 0xff) == 255) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 255) and ((a_y_13 & 0x7fffff) != 0))) else (2 if ((((a_x_12 >> 23 & 0xff) == 0) and ((a_x_12 & 0x7fffff) != 0)) or (((a_y_13 >> 23 & 0xff) == 0) and ((a_y_13 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:260
 a_x_15 = ((v_dst >> 96) & 4294967295)
 a_y_16 = ((v_src >> 96) & 4294967295)
 a_x_17 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)
 a_y_18 = ((a_y_16 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_16 >> 23 & 0xff) == 0) and ((a_y_16 & 0x7fffff) != 0))) else a_y_16)
-l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:257
+l_r3_19 = ((a_x_17 if (b_f32_relation(a_x_17, a_y_18) == 2) else a_y_18) | ((1 if ((((a_x_17 >> 23 & 0xff) == 255) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 255) and ((a_y_18 & 0x7fffff) != 0))) else (2 if ((((a_x_17 >> 23 & 0xff) == 0) and ((a_x_17 & 0x7fffff) != 0)) or (((a_y_18 >> 23 & 0xff) == 0) and ((a_y_18 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:261
 m_flags_20 = ((((l_r0_4 | l_r1_9) | l_r2_14) | l_r3_19) >> 64)
-l_pre_21 = (m_flags_20 & 7)  # sse.r1:230
-if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_21 = (m_flags_20 & 7)  # sse.r1:234
+if (((l_pre_21 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_21) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_20 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_20 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_22 = ((((l_r0_4 & 4294967295) | ((l_r1_9 & 4294967295) << 32)) | ((l_r2_14 & 4294967295) << 64)) | ((l_r3_19 & 4294967295) << 96))
-S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:674
+S.xmm[$dst] = r_22 & 0xffffffffffffffffffffffffffffffff  # sse.r1:678
 """
 
-# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:677
+# MAXSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:681
 _T41 = """\
-v_dst = S.xmm[$dst]  # sse.r1:680
-v_src = S.xmm[$src]  # sse.r1:680
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:684
+v_src = S.xmm[$src]  # sse.r1:684
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:272
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:686
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:690
 """
 
-# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:688
+# MAXSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:692
 _T42 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:691
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:691
+v_dst = S.xmm[$dst]  # sse.r1:695
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:695
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
 a_x_2 = ((a_x_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 23 & 0xff) == 0) and ((a_x_0 & 0x7fffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 23 & 0xff) == 0) and ((a_y_1 & 0x7fffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:268
+l_r_4 = ((a_x_2 if (b_f32_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 23 & 0xff) == 255) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 255) and ((a_y_3 & 0x7fffff) != 0))) else (2 if ((((a_x_2 >> 23 & 0xff) == 0) and ((a_x_2 & 0x7fffff) != 0)) or (((a_y_3 >> 23 & 0xff) == 0) and ((a_y_3 & 0x7fffff) != 0))) else 0)) << 64))  # sse.r1:272
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_4 & 0xffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:697
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:701
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:699
+# SQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:703
 _T43 = """\
-v_src = S.xmm[$src]  # sse.r1:702
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:706
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_src & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_src >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_src >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_src >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:711
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:715
 """
 
-# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:699
+# SQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:703
 _T44 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:702
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:706
 a_x_0 = (v_src & 4294967295)
 a_y_1 = (v_src & 4294967295)
-l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:254
+l_r0_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:258
 a_x_3 = ((v_src >> 32) & 4294967295)
 a_y_4 = ((v_src >> 32) & 4294967295)
-l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:255
+l_r1_5 = b_sse_arith(4, 32, a_x_3, a_y_4, S.mxcsr)  # sse.r1:259
 a_x_6 = ((v_src >> 64) & 4294967295)
 a_y_7 = ((v_src >> 64) & 4294967295)
-l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:256
+l_r2_8 = b_sse_arith(4, 32, a_x_6, a_y_7, S.mxcsr)  # sse.r1:260
 a_x_9 = ((v_src >> 96) & 4294967295)
 a_y_10 = ((v_src >> 96) & 4294967295)
-l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:257
+l_r3_11 = b_sse_arith(4, 32, a_x_9, a_y_10, S.mxcsr)  # sse.r1:261
 m_flags_12 = ((((l_r0_2 | l_r1_5) | l_r2_8) | l_r3_11) >> 64)
-l_pre_13 = (m_flags_12 & 7)  # sse.r1:230
-if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_13 = (m_flags_12 & 7)  # sse.r1:234
+if (((l_pre_13 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_13) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_12 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_12 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_14 = ((((l_r0_2 & 4294967295) | ((l_r1_5 & 4294967295) << 32)) | ((l_r2_8 & 4294967295) << 64)) | ((l_r3_11 & 4294967295) << 96))
-S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:711
+S.xmm[$dst] = r_14 & 0xffffffffffffffffffffffffffffffff  # sse.r1:715
 """
 
-# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:714
+# SQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:718
 _T45 = """\
-v_dst = S.xmm[$dst]  # sse.r1:717
-v_src = S.xmm[$src]  # sse.r1:717
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:721
+v_src = S.xmm[$src]  # sse.r1:721
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:723
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:727
 """
 
-# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:725
+# SQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:729
 _T46 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:728
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:728
+v_dst = S.xmm[$dst]  # sse.r1:732
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:732
 a_x_0 = (v_dst & 0xffffffff)
 a_y_1 = (v_src & 0xffffffff)
-l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:268
+l_r_2 = b_sse_arith(4, 32, a_x_0, a_y_1, S.mxcsr)  # sse.r1:272
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | (l_r_2 & 0xffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:734
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:738
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:736
+# RCPPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:740
 _T47 = """\
-v_src = S.xmm[$src]  # sse.r1:739
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:748
+v_src = S.xmm[$src]  # sse.r1:743
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:752
 """
 
-# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:736
+# RCPPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:740
 _T48 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:739
-S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:748
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:743
+S.xmm[$dst] = (((b_sse_reciprocal(0, (v_src & 4294967295)) | (b_sse_reciprocal(0, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(0, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(0, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:752
 """
 
-# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:751
+# RCPSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:755
 _T49 = """\
-v_dst = S.xmm[$dst]  # sse.r1:754
-v_src = S.xmm[$src]  # sse.r1:754
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:760
+v_dst = S.xmm[$dst]  # sse.r1:758
+v_src = S.xmm[$src]  # sse.r1:758
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:764
 """
 
-# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:762
+# RCPSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:766
 _T50 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:765
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:765
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:771
+v_dst = S.xmm[$dst]  # sse.r1:769
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:769
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(0, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:775
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:773
+# RSQRTPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:777
 _T51 = """\
-v_src = S.xmm[$src]  # sse.r1:776
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:785
+v_src = S.xmm[$src]  # sse.r1:780
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:789
 """
 
-# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:773
+# RSQRTPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:777
 _T52 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:776
-S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:785
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:780
+S.xmm[$dst] = (((b_sse_reciprocal(1, (v_src & 4294967295)) | (b_sse_reciprocal(1, ((v_src >> 32) & 4294967295)) << 32)) | (b_sse_reciprocal(1, ((v_src >> 64) & 4294967295)) << 64)) | (b_sse_reciprocal(1, ((v_src >> 96) & 4294967295)) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:789
 """
 
-# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:788
+# RSQRTSS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:792
 _T53 = """\
-v_dst = S.xmm[$dst]  # sse.r1:791
-v_src = S.xmm[$src]  # sse.r1:791
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:797
+v_dst = S.xmm[$dst]  # sse.r1:795
+v_src = S.xmm[$src]  # sse.r1:795
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:801
 """
 
-# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:799
+# RSQRTSS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:803
 _T54 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:802
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:802
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:808
+v_dst = S.xmm[$dst]  # sse.r1:806
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:806
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | b_sse_reciprocal(1, (v_src & 0xffffffff))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:812
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:812
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:816
 _T55 = """\
-v_dst = S.xmm[$dst]  # sse.r1:815
-v_src = S.xmm[$src]  # sse.r1:815
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:819
+v_src = S.xmm[$src]  # sse.r1:819
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 4294967295)
-l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:146
+l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:150
 a_x_3 = ((v_dst >> 32) & 4294967295)
-l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:147
+l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:151
 a_x_5 = ((v_dst >> 64) & 4294967295)
-l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:148
+l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:152
 a_x_7 = ((v_dst >> 96) & 4294967295)
-l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:149
+l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:153
 a_x_9 = (v_src & 4294967295)
-l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:150
+l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:154
 a_x_11 = ((v_src >> 32) & 4294967295)
-l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:151
+l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:155
 a_x_13 = ((v_src >> 64) & 4294967295)
-l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:152
+l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:156
 a_x_15 = ((v_src >> 96) & 4294967295)
-l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:153
+l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:157
 m_ie_17 = (((((((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) and (not (l_x0_2 >> 22 & 1))) or ((((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)) and (not (l_y0_10 >> 22 & 1)))) or (((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) and (not (l_x1_4 >> 22 & 1))) or ((((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)) and (not (l_y1_12 >> 22 & 1)))) or (((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) and (not (l_x2_6 >> 22 & 1))) or ((((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)) and (not (l_y2_14 >> 22 & 1)))) or (((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) and (not (l_x3_8 >> 22 & 1))) or ((((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)) and (not (l_y3_16 >> 22 & 1)))) or (((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_18 = (((((not ((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)))) and ((((l_x0_2 >> 23 & 0xff) == 0) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 0) and ((l_y0_10 & 0x7fffff) != 0)))) or ((not ((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)))) and ((((l_x1_4 >> 23 & 0xff) == 0) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 0) and ((l_y1_12 & 0x7fffff) != 0))))) or ((not ((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)))) and ((((l_x2_6 >> 23 & 0xff) == 0) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 0) and ((l_y2_14 & 0x7fffff) != 0))))) or ((not ((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)))) and ((((l_x3_8 >> 23 & 0xff) == 0) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 0) and ((l_y3_16 & 0x7fffff) != 0)))))
-if m_ie_17:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_18:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_ie_17:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_18:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_19 = b_f32_relation(l_x0_2, l_y0_10)
 a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
 a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
 a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
 r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
-S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:825
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:829
 """
 
-# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:812
+# CMPPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:816
 _T56 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:815
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:815
+v_dst = S.xmm[$dst]  # sse.r1:819
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:819
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 4294967295)
-l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:146
+l_x0_2 = ((a_x_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 23 & 0xff) == 0) and ((a_x_1 & 0x7fffff) != 0))) else a_x_1)  # sse.r1:150
 a_x_3 = ((v_dst >> 32) & 4294967295)
-l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:147
+l_x1_4 = ((a_x_3 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 23 & 0xff) == 0) and ((a_x_3 & 0x7fffff) != 0))) else a_x_3)  # sse.r1:151
 a_x_5 = ((v_dst >> 64) & 4294967295)
-l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:148
+l_x2_6 = ((a_x_5 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 23 & 0xff) == 0) and ((a_x_5 & 0x7fffff) != 0))) else a_x_5)  # sse.r1:152
 a_x_7 = ((v_dst >> 96) & 4294967295)
-l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:149
+l_x3_8 = ((a_x_7 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 23 & 0xff) == 0) and ((a_x_7 & 0x7fffff) != 0))) else a_x_7)  # sse.r1:153
 a_x_9 = (v_src & 4294967295)
-l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:150
+l_y0_10 = ((a_x_9 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_9 >> 23 & 0xff) == 0) and ((a_x_9 & 0x7fffff) != 0))) else a_x_9)  # sse.r1:154
 a_x_11 = ((v_src >> 32) & 4294967295)
-l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:151
+l_y1_12 = ((a_x_11 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_11 >> 23 & 0xff) == 0) and ((a_x_11 & 0x7fffff) != 0))) else a_x_11)  # sse.r1:155
 a_x_13 = ((v_src >> 64) & 4294967295)
-l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:152
+l_y2_14 = ((a_x_13 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_13 >> 23 & 0xff) == 0) and ((a_x_13 & 0x7fffff) != 0))) else a_x_13)  # sse.r1:156
 a_x_15 = ((v_src >> 96) & 4294967295)
-l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:153
+l_y3_16 = ((a_x_15 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((a_x_15 >> 23 & 0xff) == 0) and ((a_x_15 & 0x7fffff) != 0))) else a_x_15)  # sse.r1:157
 m_ie_17 = (((((((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) and (not (l_x0_2 >> 22 & 1))) or ((((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)) and (not (l_y0_10 >> 22 & 1)))) or (((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) and (not (l_x1_4 >> 22 & 1))) or ((((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)) and (not (l_y1_12 >> 22 & 1)))) or (((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) and (not (l_x2_6 >> 22 & 1))) or ((((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)) and (not (l_y2_14 >> 22 & 1)))) or (((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6))))) or ((((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) and (not (l_x3_8 >> 22 & 1))) or ((((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)) and (not (l_y3_16 >> 22 & 1)))) or (((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_18 = (((((not ((((l_x0_2 >> 23 & 0xff) == 255) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 255) and ((l_y0_10 & 0x7fffff) != 0)))) and ((((l_x0_2 >> 23 & 0xff) == 0) and ((l_x0_2 & 0x7fffff) != 0)) or (((l_y0_10 >> 23 & 0xff) == 0) and ((l_y0_10 & 0x7fffff) != 0)))) or ((not ((((l_x1_4 >> 23 & 0xff) == 255) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 255) and ((l_y1_12 & 0x7fffff) != 0)))) and ((((l_x1_4 >> 23 & 0xff) == 0) and ((l_x1_4 & 0x7fffff) != 0)) or (((l_y1_12 >> 23 & 0xff) == 0) and ((l_y1_12 & 0x7fffff) != 0))))) or ((not ((((l_x2_6 >> 23 & 0xff) == 255) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 255) and ((l_y2_14 & 0x7fffff) != 0)))) and ((((l_x2_6 >> 23 & 0xff) == 0) and ((l_x2_6 & 0x7fffff) != 0)) or (((l_y2_14 >> 23 & 0xff) == 0) and ((l_y2_14 & 0x7fffff) != 0))))) or ((not ((((l_x3_8 >> 23 & 0xff) == 255) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 255) and ((l_y3_16 & 0x7fffff) != 0)))) and ((((l_x3_8 >> 23 & 0xff) == 0) and ((l_x3_8 & 0x7fffff) != 0)) or (((l_y3_16 >> 23 & 0xff) == 0) and ((l_y3_16 & 0x7fffff) != 0)))))
-if m_ie_17:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_18:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_ie_17:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_18:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_ie_17 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_18 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_19 = b_f32_relation(l_x0_2, l_y0_10)
 a_rel_20 = b_f32_relation(l_x1_4, l_y1_12)
 a_rel_21 = b_f32_relation(l_x2_6, l_y2_14)
 a_rel_22 = b_f32_relation(l_x3_8, l_y3_16)
 r_23 = ((((4294967295 if ((a_rel_19 == 1) if (m_p_0 == 0) else ((a_rel_19 == 0) if (m_p_0 == 1) else ((a_rel_19 <= 1) if (m_p_0 == 2) else ((a_rel_19 == 3) if (m_p_0 == 3) else ((a_rel_19 != 1) if (m_p_0 == 4) else ((a_rel_19 != 0) if (m_p_0 == 5) else ((a_rel_19 >= 2) if (m_p_0 == 6) else (a_rel_19 != 3)))))))) else 0) | ((4294967295 if ((a_rel_20 == 1) if (m_p_0 == 0) else ((a_rel_20 == 0) if (m_p_0 == 1) else ((a_rel_20 <= 1) if (m_p_0 == 2) else ((a_rel_20 == 3) if (m_p_0 == 3) else ((a_rel_20 != 1) if (m_p_0 == 4) else ((a_rel_20 != 0) if (m_p_0 == 5) else ((a_rel_20 >= 2) if (m_p_0 == 6) else (a_rel_20 != 3)))))))) else 0) << 32)) | ((4294967295 if ((a_rel_21 == 1) if (m_p_0 == 0) else ((a_rel_21 == 0) if (m_p_0 == 1) else ((a_rel_21 <= 1) if (m_p_0 == 2) else ((a_rel_21 == 3) if (m_p_0 == 3) else ((a_rel_21 != 1) if (m_p_0 == 4) else ((a_rel_21 != 0) if (m_p_0 == 5) else ((a_rel_21 >= 2) if (m_p_0 == 6) else (a_rel_21 != 3)))))))) else 0) << 64)) | ((4294967295 if ((a_rel_22 == 1) if (m_p_0 == 0) else ((a_rel_22 == 0) if (m_p_0 == 1) else ((a_rel_22 <= 1) if (m_p_0 == 2) else ((a_rel_22 == 3) if (m_p_0 == 3) else ((a_rel_22 != 1) if (m_p_0 == 4) else ((a_rel_22 != 0) if (m_p_0 == 5) else ((a_rel_22 >= 2) if (m_p_0 == 6) else (a_rel_22 != 3)))))))) else 0) << 96))
-S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:825
+S.xmm[$dst] = r_23 & 0xffffffffffffffffffffffffffffffff  # sse.r1:829
 """
 
-# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:828
+# CMPSS_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:832
 _T57 = """\
-v_dst = S.xmm[$dst]  # sse.r1:831
-v_src = S.xmm[$src]  # sse.r1:831
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:835
+v_src = S.xmm[$src]  # sse.r1:835
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:138
-l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:139
+l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:142
+l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:143
 m_ie_5 = ((((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) and (not (l_x_3 >> 22 & 1))) or ((((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)) and (not (l_y_4 >> 22 & 1)))) or (((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0))) and ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))))
 m_de_6 = ((not ((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)))) and ((((l_x_3 >> 23 & 0xff) == 0) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 0) and ((l_y_4 & 0x7fffff) != 0))))
-if m_ie_5:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_6:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_ie_5:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_6:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_7 = b_f32_relation(l_x_3, l_y_4)
 r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:840
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:844
 """
 
-# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:843
+# CMPSS_XMM_M32_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:847
 _T58 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:846
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:846
+v_dst = S.xmm[$dst]  # sse.r1:850
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:850
 m_a_0 = (v_dst & 0xffffffff)
 m_b_1 = (v_src & 0xffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:138
-l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:139
+l_x_3 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:142
+l_y_4 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:143
 m_ie_5 = ((((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) and (not (l_x_3 >> 22 & 1))) or ((((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)) and (not (l_y_4 >> 22 & 1)))) or (((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0))) and ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))))
 m_de_6 = ((not ((((l_x_3 >> 23 & 0xff) == 255) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 255) and ((l_y_4 & 0x7fffff) != 0)))) and ((((l_x_3 >> 23 & 0xff) == 0) and ((l_x_3 & 0x7fffff) != 0)) or (((l_y_4 >> 23 & 0xff) == 0) and ((l_y_4 & 0x7fffff) != 0))))
-if m_ie_5:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_6:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_ie_5:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_6:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_ie_5 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_6 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_7 = b_f32_relation(l_x_3, l_y_4)
 r_8 = (4294967295 if ((a_rel_7 == 1) if (m_p_2 == 0) else ((a_rel_7 == 0) if (m_p_2 == 1) else ((a_rel_7 <= 1) if (m_p_2 == 2) else ((a_rel_7 == 3) if (m_p_2 == 3) else ((a_rel_7 != 1) if (m_p_2 == 4) else ((a_rel_7 != 0) if (m_p_2 == 5) else ((a_rel_7 >= 2) if (m_p_2 == 6) else (a_rel_7 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:855
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_8) & 0xffffffffffffffffffffffffffffffff  # sse.r1:859
 """
 
-# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:858
+# COMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:862
 _T59 = """\
-v_a = S.xmm[$a]  # sse.r1:861
-v_b = S.xmm[$b]  # sse.r1:861
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_a = S.xmm[$a]  # sse.r1:865
+v_b = S.xmm[$b]  # sse.r1:865
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:189
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:190
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:191
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = ((((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:869
+# COMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:873
 _T60 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:872
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_b = rd32($seg, ea)  # sse.r1:872
+v_a = S.xmm[$a]  # sse.r1:876
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_b = rd32($seg, ea)  # sse.r1:876
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:189
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:190
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:191
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = ((((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:880
+# UCOMISS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:884
 _T61 = """\
-v_a = S.xmm[$a]  # sse.r1:883
-v_b = S.xmm[$b]  # sse.r1:883
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_a = S.xmm[$a]  # sse.r1:887
+v_b = S.xmm[$b]  # sse.r1:887
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:189
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:190
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:191
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = (((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1))))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:891
+# UCOMISS_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:895
 _T62 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:894
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_b = rd32($seg, ea)  # sse.r1:894
+v_a = S.xmm[$a]  # sse.r1:898
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_b = rd32($seg, ea)  # sse.r1:898
 m_a_0 = (v_a & 0xffffffff)
 m_b_1 = (v_b & 0xffffffff)
-l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:185
-l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:186
-l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:187
+l_x_2 = ((m_a_0 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 23 & 0xff) == 0) and ((m_a_0 & 0x7fffff) != 0))) else m_a_0)  # sse.r1:189
+l_y_3 = ((m_b_1 & 2147483648) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 23 & 0xff) == 0) and ((m_b_1 & 0x7fffff) != 0))) else m_b_1)  # sse.r1:190
+l_nan_4 = ((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)))  # sse.r1:191
 m_rel_5 = b_f32_relation(l_x_2, l_y_3)
 m_invalid_6 = (((((l_x_2 >> 23 & 0xff) == 255) and ((l_x_2 & 0x7fffff) != 0)) and (not (l_x_2 >> 22 & 1))) or ((((l_y_3 >> 23 & 0xff) == 255) and ((l_y_3 & 0x7fffff) != 0)) and (not (l_y_3 >> 22 & 1))))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 23 & 0xff) == 0) and ((l_x_2 & 0x7fffff) != 0)) or (((l_y_3 >> 23 & 0xff) == 0) and ((l_y_3 & 0x7fffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:904
+# ANDPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:908
 _T63 = """\
-v_dst = S.xmm[$dst]  # sse.r1:907
-v_src = S.xmm[$src]  # sse.r1:907
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:916
+v_dst = S.xmm[$dst]  # sse.r1:911
+v_src = S.xmm[$src]  # sse.r1:911
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:920
 """
 
-# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:904
+# ANDPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:908
 _T64 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:907
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:907
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:916
+v_dst = S.xmm[$dst]  # sse.r1:911
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:911
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:920
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:919
+# ANDNPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:923
 _T65 = """\
-v_dst = S.xmm[$dst]  # sse.r1:922
-v_src = S.xmm[$src]  # sse.r1:922
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:931
+v_dst = S.xmm[$dst]  # sse.r1:926
+v_src = S.xmm[$src]  # sse.r1:926
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:935
 """
 
-# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:919
+# ANDNPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:923
 _T66 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:922
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:922
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:931
+v_dst = S.xmm[$dst]  # sse.r1:926
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:926
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:935
 """
 
-# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:934
+# ORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:938
 _T67 = """\
-v_dst = S.xmm[$dst]  # sse.r1:937
-v_src = S.xmm[$src]  # sse.r1:937
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:946
+v_dst = S.xmm[$dst]  # sse.r1:941
+v_src = S.xmm[$src]  # sse.r1:941
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:950
 """
 
-# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:934
+# ORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:938
 _T68 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:937
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:937
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:946
+v_dst = S.xmm[$dst]  # sse.r1:941
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:941
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:950
 """
 
-# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:949
+# XORPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:953
 _T69 = """\
-v_dst = S.xmm[$dst]  # sse.r1:952
-v_src = S.xmm[$src]  # sse.r1:952
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:961
+v_dst = S.xmm[$dst]  # sse.r1:956
+v_src = S.xmm[$src]  # sse.r1:956
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:965
 """
 
-# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:949
+# XORPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:953
 _T70 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:952
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:952
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:961
+v_dst = S.xmm[$dst]  # sse.r1:956
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:956
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:965
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:964
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:968
 _T71 = """\
-v_dst = S.xmm[$dst]  # sse.r1:967
-v_src = S.xmm[$src]  # sse.r1:967
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:976
+v_dst = S.xmm[$dst]  # sse.r1:971
+v_src = S.xmm[$src]  # sse.r1:971
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:980
 """
 
-# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:964
+# SHUFPS_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:968
 _T72 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:967
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:967
-S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:976
+v_dst = S.xmm[$dst]  # sse.r1:971
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:971
+S.xmm[$dst] = (((((v_dst >> (32 * ($imm & 0x3))) & 4294967295) | (((v_dst >> (32 * ($imm >> 2 & 0x3))) & 4294967295) << 32)) | (((v_src >> (32 * ($imm >> 4 & 0x3))) & 4294967295) << 64)) | (((v_src >> (32 * ($imm >> 6 & 0x3))) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:980
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:979
+# UNPCKLPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:983
 _T73 = """\
-v_dst = S.xmm[$dst]  # sse.r1:982
-v_src = S.xmm[$src]  # sse.r1:982
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:991
+v_dst = S.xmm[$dst]  # sse.r1:986
+v_src = S.xmm[$src]  # sse.r1:986
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:995
 """
 
-# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:979
+# UNPCKLPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:983
 _T74 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:982
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:982
-S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:991
+v_dst = S.xmm[$dst]  # sse.r1:986
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:986
+S.xmm[$dst] = ((((v_dst & 4294967295) | ((v_src & 4294967295) << 32)) | (((v_dst >> 32) & 4294967295) << 64)) | (((v_src >> 32) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:995
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:994
+# UNPCKHPS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:998
 _T75 = """\
-v_dst = S.xmm[$dst]  # sse.r1:997
-v_src = S.xmm[$src]  # sse.r1:997
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1006
+v_dst = S.xmm[$dst]  # sse.r1:1001
+v_src = S.xmm[$src]  # sse.r1:1001
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1010
 """
 
-# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:994
+# UNPCKHPS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:998
 _T76 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:997
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:997
-S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1006
+v_dst = S.xmm[$dst]  # sse.r1:1001
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1001
+S.xmm[$dst] = (((((v_dst >> 64) & 4294967295) | (((v_src >> 64) & 4294967295) << 32)) | (((v_dst >> 96) & 4294967295) << 64)) | (((v_src >> 96) & 4294967295) << 96)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1010
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1011
+# CVTPI2PS_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1015
 _T77 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1014
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1014
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1018
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1018
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:1023
+l_r = r_6  # sse.r1:1027
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1025
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1029
 """
 
-# CVTPI2PS_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1011
+# CVTPI2PS_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1015
 _T78 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1014
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1014
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_dst = S.xmm[$dst]  # sse.r1:1018
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1018
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:1023
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1025
+l_r = r_6  # sse.r1:1027
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1029
 """
 
-# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1028
+# CVTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1032
 _T79 = """\
-v_src = S.xmm[$src]  # sse.r1:1031
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:1035
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -1858,78 +1858,78 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1039
+l_r = r_7  # sse.r1:1043
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1041
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1045
 """
 
-# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1044
+# CVTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1048
 _T80 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1047
+v_src = b_load($seg, ea, 64)  # sse.r1:1051
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(4, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1055
+l_r = r_7  # sse.r1:1059
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1057
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1061
 """
 
-# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1060
+# CVTTPS2PI_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1064
 _T81 = """\
-v_src = S.xmm[$src]  # sse.r1:1063
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:1067
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -1937,400 +1937,400 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1071
+l_r = r_7  # sse.r1:1075
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1073
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1077
 """
 
-# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1076
+# CVTTPS2PI_MM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1080
 _T82 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1079
+v_src = b_load($seg, ea, 64)  # sse.r1:1083
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(6, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-l_r = r_7  # sse.r1:1087
+l_r = r_7  # sse.r1:1091
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1089
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1093
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1092
+# CVTSI2SS_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1096
 _T83 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1095
-v_src = R[$src]  # sse.r1:1095
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = 0  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_dst = S.xmm[$dst]  # sse.r1:1099
+v_src = R[$src]  # sse.r1:1099
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = 0  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1101
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1105
 """
 
-# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1092
+# CVTSI2SS_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1096
 _T84 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1095
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:1095
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = 0  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_dst = S.xmm[$dst]  # sse.r1:1099
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:1099
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = 0  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1101
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1105
 """
 
-# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1103
+# CVTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1107
 _T85 = """\
-v_src = S.xmm[$src]  # sse.r1:1106
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:1110
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1112
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1116
 """
 
-# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1114
+# CVTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1118
 _T86 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:1117
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:1121
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(4, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1123
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1127
 """
 
-# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1125
+# CVTTSS2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1129
 _T87 = """\
-v_src = S.xmm[$src]  # sse.r1:1128
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:1132
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1134
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1138
 """
 
-# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1136
+# CVTTSS2SI_R32_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1140
 _T88 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:1139
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:1143
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(6, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:1145
+R[$dst] = r_7 & 0xffffffff  # sse.r1:1149
 """
 
-# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1149
+# LDMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1153
 _T89 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:1152
-if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1160
-    raise Fault(13, 0)  # sse.r1:1160
-S.mxcsr = v_src & 0xffffffff  # sse.r1:1161
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:1156
+if ((v_src >> 16 & 0xffff) != 0):  # sse.r1:1164
+    raise Fault(13, 0)  # sse.r1:1164
+S.mxcsr = v_src & 0xffffffff  # sse.r1:1165
 """
 
-# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1164
+# STMXCSR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1168
 _T90 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-wr32($seg, ea, S.mxcsr)  # sse.r1:1173
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+wr32($seg, ea, S.mxcsr)  # sse.r1:1177
 """
 
-# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1175
+# FXSAVE_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1179
 _T91 = """\
 S.eip = $next
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
-    raise Fault(7, None)  # sse.r1:46
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
-    raise Fault(13, 0)  # sse.r1:47
-b_check_write($seg, ea, 4096)  # sse.r1:1186
-l_s = $seg  # sse.r1:1187
-l_off = ea  # sse.r1:1188
-wr16(l_s, l_off, S.fcw)  # sse.r1:1189
-wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:1190
-wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:1191
-wr16(l_s, (l_off + 6), S.fop)  # sse.r1:1192
-wr32(l_s, (l_off + 8), S.fip)  # sse.r1:1193
-wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:1194
-wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:1195
-wr32(l_s, (l_off + 20), S.fds)  # sse.r1:1196
-if (S.cr[4] >> 9 & 0x1):  # sse.r1:1197
-    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:1198
-    wr32(l_s, (l_off + 28), 65535)  # sse.r1:1199
-l_i = 0  # sse.r1:1201
-while (l_i < 8):  # sse.r1:1202
-    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:1203
-    l_i = (l_i + 1)  # sse.r1:1204
-if (S.cr[4] >> 9 & 0x1):  # sse.r1:1206
-    l_i = 0  # sse.r1:1207
-    while (l_i < 8):  # sse.r1:1208
-        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:1209
-        l_i = (l_i + 1)  # sse.r1:1210
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:50
+    raise Fault(7, None)  # sse.r1:50
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+b_check_write($seg, ea, 4096)  # sse.r1:1190
+l_s = $seg  # sse.r1:1191
+l_off = ea  # sse.r1:1192
+wr16(l_s, l_off, S.fcw)  # sse.r1:1193
+wr16(l_s, (l_off + 2), S.fsw)  # sse.r1:1194
+wr16(l_s, (l_off + 4), S.ftw)  # sse.r1:1195
+wr16(l_s, (l_off + 6), S.fop)  # sse.r1:1196
+wr32(l_s, (l_off + 8), S.fip)  # sse.r1:1197
+wr32(l_s, (l_off + 12), S.fcs)  # sse.r1:1198
+wr32(l_s, (l_off + 16), S.fdp)  # sse.r1:1199
+wr32(l_s, (l_off + 20), S.fds)  # sse.r1:1200
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:1201
+    wr32(l_s, (l_off + 24), S.mxcsr)  # sse.r1:1202
+    wr32(l_s, (l_off + 28), 65535)  # sse.r1:1203
+l_i = 0  # sse.r1:1205
+while (l_i < 8):  # sse.r1:1206
+    b_store(l_s, ((l_off + 32) + (16 * l_i)), 80, b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)))  # sse.r1:1207
+    l_i = (l_i + 1)  # sse.r1:1208
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:1210
+    l_i = 0  # sse.r1:1211
+    while (l_i < 8):  # sse.r1:1212
+        b_store(l_s, ((l_off + 160) + (16 * l_i)), 128, b_xmm(l_i))  # sse.r1:1213
+        l_i = (l_i + 1)  # sse.r1:1214
 """
 
-# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1215
+# FXRSTOR_M512 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1219
 _T92 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:46
-    raise Fault(7, None)  # sse.r1:46
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:47
-    raise Fault(13, 0)  # sse.r1:47
-v_src = b_load($seg, ea, 4096)  # sse.r1:1218
-l_s = $seg  # sse.r1:1226
-l_off = ea  # sse.r1:1227
-l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:1228
-if (l_new_mxcsr & (-65536)):  # sse.r1:1229
-    raise Fault(13, 0)  # sse.r1:1229
-S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:1230
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # sse.r1:50
+    raise Fault(7, None)  # sse.r1:50
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:51
+    raise Fault(13, 0)  # sse.r1:51
+v_src = b_load($seg, ea, 4096)  # sse.r1:1222
+l_s = $seg  # sse.r1:1230
+l_off = ea  # sse.r1:1231
+l_new_mxcsr = (rd32(l_s, (l_off + 24)) if (S.cr[4] >> 9 & 0x1) else S.mxcsr)  # sse.r1:1232
+if (l_new_mxcsr & (-65536)):  # sse.r1:1233
+    raise Fault(13, 0)  # sse.r1:1233
+S.fcw = rd16(l_s, l_off) & 0xffff  # sse.r1:1234
 a_sw_0 = rd16(l_s, (l_off + 2))
-S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:1231
-S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:1232
-S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:1233
-S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:1234
-S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:1235
-S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:1236
-S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:1237
-l_i = 0  # sse.r1:1238
-while (l_i < 8):  # sse.r1:1239
-    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:1240
-    l_i = (l_i + 1)  # sse.r1:1241
-if (S.cr[4] >> 9 & 0x1):  # sse.r1:1243
-    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:1244
-    l_i = 0  # sse.r1:1245
-    while (l_i < 8):  # sse.r1:1246
-        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:1247
-        l_i = (l_i + 1)  # sse.r1:1248
+S.fsw = ((a_sw_0 & 32767) | ((a_sw_0 >> 7 & 1) << 15)) & 0xffff  # sse.r1:1235
+S.ftw = rd8(l_s, (l_off + 4)) & 0xff  # sse.r1:1236
+S.fop = rd16(l_s, (l_off + 6)) & 0x7ff  # sse.r1:1237
+S.fip = rd32(l_s, (l_off + 8)) & 0xffffffff  # sse.r1:1238
+S.fcs = rd16(l_s, (l_off + 12)) & 0xffff  # sse.r1:1239
+S.fdp = rd32(l_s, (l_off + 16)) & 0xffffffff  # sse.r1:1240
+S.fds = rd16(l_s, (l_off + 20)) & 0xffff  # sse.r1:1241
+l_i = 0  # sse.r1:1242
+while (l_i < 8):  # sse.r1:1243
+    b_set_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7), b_load(l_s, ((l_off + 32) + (16 * l_i)), 80))  # sse.r1:1244
+    l_i = (l_i + 1)  # sse.r1:1245
+if (S.cr[4] >> 9 & 0x1):  # sse.r1:1247
+    S.mxcsr = l_new_mxcsr & 0xffffffff  # sse.r1:1248
+    l_i = 0  # sse.r1:1249
+    while (l_i < 8):  # sse.r1:1250
+        b_set_xmm(l_i, b_load(l_s, ((l_off + 160) + (16 * l_i)), 128))  # sse.r1:1251
+        l_i = (l_i + 1)  # sse.r1:1252
 """
 
-# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1255
+# PREFETCHNTA_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1259
 _T93 = """\
 ea = $ea
 """
 
-# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1266
+# PREFETCHT0_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1270
 _T94 = """\
 ea = $ea
 """
 
-# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1277
+# PREFETCHT1_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1281
 _T95 = """\
 ea = $ea
 """
 
-# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1288
+# PREFETCHT2_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1292
 _T96 = """\
 ea = $ea
 """
 
-# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1299
+# SFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:1303
 _T97 = """\
 """
 
-# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1310
+# MOVNTQ_M64_MM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1314
 _T98 = """\
 ea = $ea
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1313
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1317
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-b_store($seg, ea, 64, v_src)  # sse.r1:1319
+b_store($seg, ea, 64, v_src)  # sse.r1:1323
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1321
+# MOVNTPS_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1325
 _T99 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1324
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-b_store($seg, ea, 128, v_src)  # sse.r1:1330
+v_src = S.xmm[$src]  # sse.r1:1328
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+b_store($seg, ea, 128, v_src)  # sse.r1:1334
 """
 
-# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1332
+# MASKMOVQ_MM_MM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:1336
 _T100 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1335
-v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:1335
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1339
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:1339
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2346,10 +2346,10 @@ S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1332
+# MASKMOVQ_MM_MM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:1336
 _T101 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1335
-v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:1335
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1339
+v_mask = (S.fpr[$mask] & 0xffffffffffffffff)  # sse.r1:1339
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2365,10 +2365,10 @@ S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1345
+# PAVGB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1349
 _T102 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1348
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1348
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1352
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1352
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2382,22 +2382,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1354
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1358
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1345
+# PAVGB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1349
 _T103 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1348
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1352
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1348
+v_src = b_load($seg, ea, 64)  # sse.r1:1352
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2405,15 +2405,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1354
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1358
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1356
+# PAVGW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1360
 _T104 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1359
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1359
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1363
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1363
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2427,22 +2427,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1365
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1369
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1356
+# PAVGW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1360
 _T105 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1359
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1363
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1359
+v_src = b_load($seg, ea, 64)  # sse.r1:1363
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2450,15 +2450,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1365
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1369
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1367
+# PMAXSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1371
 _T106 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1370
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1370
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1374
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1374
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2472,22 +2472,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1376
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1380
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1367
+# PMAXSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1371
 _T107 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1370
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1374
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1370
+v_src = b_load($seg, ea, 64)  # sse.r1:1374
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2495,15 +2495,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1376
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1380
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1378
+# PMAXUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1382
 _T108 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1381
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1381
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1385
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1385
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2517,22 +2517,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1387
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1391
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1378
+# PMAXUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1382
 _T109 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1381
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1385
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1381
+v_src = b_load($seg, ea, 64)  # sse.r1:1385
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2540,15 +2540,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1387
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1391
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1389
+# PMINSW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1393
 _T110 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1392
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1392
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1396
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1396
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2562,22 +2562,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1398
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1402
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1389
+# PMINSW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1393
 _T111 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1392
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1396
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1392
+v_src = b_load($seg, ea, 64)  # sse.r1:1396
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2585,15 +2585,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1398
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1402
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1400
+# PMINUB_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1404
 _T112 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1403
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1403
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1407
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1407
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2607,22 +2607,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1409
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1413
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1400
+# PMINUB_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1404
 _T113 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1403
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1407
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1403
+v_src = b_load($seg, ea, 64)  # sse.r1:1407
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2630,15 +2630,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1409
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1413
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1411
+# PMULHUW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1415
 _T114 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1414
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1414
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1418
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1418
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2652,22 +2652,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1420
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1424
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1411
+# PMULHUW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1415
 _T115 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1414
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1418
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1414
+v_src = b_load($seg, ea, 64)  # sse.r1:1418
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -2675,15 +2675,15 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1420
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1424
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1422
+# PSADBW_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1426
 _T116 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1425
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1425
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1429
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1429
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2702,22 +2702,22 @@ while (l_i_1 < 64):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1431
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1435
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1422
+# PSADBW_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1426
 _T117 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1425
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1429
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1425
+v_src = b_load($seg, ea, 64)  # sse.r1:1429
 l_r_0 = 0  # mmx.r1:162
 l_i_1 = 0  # mmx.r1:163
 while (l_i_1 < 64):  # mmx.r1:164
@@ -2730,14 +2730,14 @@ while (l_i_1 < 64):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1431
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1435
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1433
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1437
 _T118 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1436
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1440
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2749,12 +2749,12 @@ l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1442
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1446
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1433
+# PSHUFW_MM_MMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1437
 _T119 = """\
 ea = $ea
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
@@ -2763,35 +2763,35 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:1436
+v_src = b_load($seg, ea, 64)  # sse.r1:1440
 l_r_0 = 0  # mmx.r1:150
 l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 16)) & 65535) << (l_i_1 * 16)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1442
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1446
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1444
+# PEXTRW_R32_MM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1448
 _T120 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1447
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1451
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1453
+R[$dst] = ((v_src >> (($imm & 3) * 16)) & 65535) & 0xffffffff  # sse.r1:1457
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1455
+# PINSRW_MM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1459
 _T121 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1458
-v_src = R[$src]  # sse.r1:1458
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1462
+v_src = R[$src]  # sse.r1:1462
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2799,31 +2799,31 @@ if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
 a_sel_0 = ($imm & 3)
-S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1464
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1468
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1466
+# PINSRW_MM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1470
 _T122 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1469
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:1473
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = rd16($seg, ea)  # sse.r1:1469
+v_src = rd16($seg, ea)  # sse.r1:1473
 a_sel_0 = ($imm & 3)
-S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1475
+S.fpr[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:1479
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1477
+# PMOVMSKB_R32_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1481
 _T123 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1480
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:1484
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -2835,2819 +2835,2819 @@ l_i_1 = 0  # mmx.r1:182
 while (l_i_1 < 8):  # mmx.r1:183
     l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
     l_i_1 = (l_i_1 + 1)  # mmx.r1:185
-R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1486
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:1490
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1490
+# MOVAPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1494
 _T124 = """\
-v_src = S.xmm[$src]  # sse.r1:1493
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1502
+v_src = S.xmm[$src]  # sse.r1:1497
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1506
 """
 
-# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1490
+# MOVAPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1494
 _T125 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1493
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1502
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1497
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1506
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1505
+# MOVAPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1509
 _T126 = """\
-v_src = S.xmm[$src]  # sse.r1:1508
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1517
+v_src = S.xmm[$src]  # sse.r1:1512
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1521
 """
 
-# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1505
+# MOVAPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1509
 _T127 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1508
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-b_store($seg, ea, 128, v_src)  # sse.r1:1517
+v_src = S.xmm[$src]  # sse.r1:1512
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+b_store($seg, ea, 128, v_src)  # sse.r1:1521
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1520
+# MOVUPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1524
 _T128 = """\
-v_src = S.xmm[$src]  # sse.r1:1523
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1529
+v_src = S.xmm[$src]  # sse.r1:1527
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1533
 """
 
-# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1520
+# MOVUPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1524
 _T129 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 128)  # sse.r1:1523
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1529
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 128)  # sse.r1:1527
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1533
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1531
+# MOVUPD_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1535
 _T130 = """\
-v_src = S.xmm[$src]  # sse.r1:1534
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1540
+v_src = S.xmm[$src]  # sse.r1:1538
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1544
 """
 
-# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1531
+# MOVUPD_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1535
 _T131 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1534
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 128, v_src)  # sse.r1:1540
+v_src = S.xmm[$src]  # sse.r1:1538
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 128, v_src)  # sse.r1:1544
 """
 
-# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1542
+# MOVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1546
 _T132 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1545
-v_src = S.xmm[$src]  # sse.r1:1545
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1551
+v_dst = S.xmm[$dst]  # sse.r1:1549
+v_src = S.xmm[$src]  # sse.r1:1549
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1555
 """
 
-# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1553
+# MOVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1557
 _T133 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1556
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1562
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1560
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:1566
 """
 
-# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1564
+# MOVSD_XMM_XMM_0F11 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1568
 _T134 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1567
-v_src = S.xmm[$src]  # sse.r1:1567
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1573
+v_dst = S.xmm[$dst]  # sse.r1:1571
+v_src = S.xmm[$src]  # sse.r1:1571
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1577
 """
 
-# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1575
+# MOVSD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1579
 _T135 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1578
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1584
+v_src = S.xmm[$src]  # sse.r1:1582
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1588
 """
 
-# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1586
+# MOVLPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1590
 _T136 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1589
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1589
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1595
+v_dst = S.xmm[$dst]  # sse.r1:1593
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1593
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1599
 """
 
-# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1597
+# MOVLPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1601
 _T137 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1600
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1606
+v_src = S.xmm[$src]  # sse.r1:1604
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:1610
 """
 
-# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1608
+# MOVHPD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1612
 _T138 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1611
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1611
-S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1617
+v_dst = S.xmm[$dst]  # sse.r1:1615
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1615
+S.xmm[$dst] = ((v_src << 64) | (v_dst & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1621
 """
 
-# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1619
+# MOVHPD_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1623
 _T139 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:1622
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1628
+v_src = S.xmm[$src]  # sse.r1:1626
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 64, (v_src >> 64 & 0xffffffffffffffff))  # sse.r1:1632
 """
 
-# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1630
+# MOVMSKPD_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1634
 _T140 = """\
-v_src = S.xmm[$src]  # sse.r1:1633
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1639
+v_src = S.xmm[$src]  # sse.r1:1637
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+R[$dst] = ((v_src >> 63 & 1) | ((v_src >> 127 & 1) << 1)) & 0xffffffff  # sse.r1:1643
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1643
+# ADDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1647
 _T141 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1646
-v_src = S.xmm[$src]  # sse.r1:1646
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1650
+v_src = S.xmm[$src]  # sse.r1:1650
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1655
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1659
 """
 
-# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1643
+# ADDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1647
 _T142 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1646
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1646
+v_dst = S.xmm[$dst]  # sse.r1:1650
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1650
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(0, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1655
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1659
 """
 
-# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1658
+# ADDSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1662
 _T143 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1661
-v_src = S.xmm[$src]  # sse.r1:1661
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1665
+v_src = S.xmm[$src]  # sse.r1:1665
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1667
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1671
 """
 
-# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1669
+# ADDSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1673
 _T144 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1672
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1672
+v_dst = S.xmm[$dst]  # sse.r1:1676
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1676
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(0, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1678
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1682
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1680
+# SUBPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1684
 _T145 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1683
-v_src = S.xmm[$src]  # sse.r1:1683
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1687
+v_src = S.xmm[$src]  # sse.r1:1687
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1692
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1696
 """
 
-# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1680
+# SUBPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1684
 _T146 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1683
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1683
+v_dst = S.xmm[$dst]  # sse.r1:1687
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1687
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(1, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1692
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1696
 """
 
-# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1695
+# SUBSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1699
 _T147 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1698
-v_src = S.xmm[$src]  # sse.r1:1698
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1702
+v_src = S.xmm[$src]  # sse.r1:1702
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1704
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1708
 """
 
-# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1706
+# SUBSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1710
 _T148 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1709
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1709
+v_dst = S.xmm[$dst]  # sse.r1:1713
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1713
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(1, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1715
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1719
 """
 
-# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1717
+# MULPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1721
 _T149 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1720
-v_src = S.xmm[$src]  # sse.r1:1720
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1724
+v_src = S.xmm[$src]  # sse.r1:1724
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1729
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1733
 """
 
-# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1717
+# MULPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1721
 _T150 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1720
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1720
+v_dst = S.xmm[$dst]  # sse.r1:1724
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1724
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(2, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1729
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1733
 """
 
-# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1732
+# MULSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1736
 _T151 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1735
-v_src = S.xmm[$src]  # sse.r1:1735
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1739
+v_src = S.xmm[$src]  # sse.r1:1739
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1741
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1745
 """
 
-# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1743
+# MULSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1747
 _T152 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1746
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1746
+v_dst = S.xmm[$dst]  # sse.r1:1750
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1750
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(2, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1752
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1756
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1754
+# DIVPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1758
 _T153 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1757
-v_src = S.xmm[$src]  # sse.r1:1757
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1761
+v_src = S.xmm[$src]  # sse.r1:1761
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1766
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1770
 """
 
-# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1754
+# DIVPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1758
 _T154 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1757
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1757
+v_dst = S.xmm[$dst]  # sse.r1:1761
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1761
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(3, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1766
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1770
 """
 
-# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1769
+# DIVSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1773
 _T155 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1772
-v_src = S.xmm[$src]  # sse.r1:1772
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1776
+v_src = S.xmm[$src]  # sse.r1:1776
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1778
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1782
 """
 
-# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1780
+# DIVSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1784
 _T156 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1783
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1783
+v_dst = S.xmm[$dst]  # sse.r1:1787
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1787
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(3, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1789
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1793
 """
 
-# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1791
+# MINPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1795
 _T157 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1794
-v_src = S.xmm[$src]  # sse.r1:1794
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1798
+v_src = S.xmm[$src]  # sse.r1:1798
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:266
 a_x_5 = ((v_dst >> 64) & 18446744073709551615)
 a_y_6 = ((v_src >> 64) & 18446744073709551615)
 a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:267
 m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:234
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1803
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1807
 """
 
-# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1791
+# MINPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1795
 _T158 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1794
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1794
+v_dst = S.xmm[$dst]  # sse.r1:1798
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1798
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:266
 a_x_5 = ((v_dst >> 64) & 18446744073709551615)
 a_y_6 = ((v_src >> 64) & 18446744073709551615)
 a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 0) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:267
 m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:234
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1803
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1807
 """
 
-# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1806
+# MINSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1810
 _T159 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1809
-v_src = S.xmm[$src]  # sse.r1:1809
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1813
+v_src = S.xmm[$src]  # sse.r1:1813
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:277
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1815
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1819
 """
 
-# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1817
+# MINSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1821
 _T160 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1820
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1820
+v_dst = S.xmm[$dst]  # sse.r1:1824
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1824
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 0) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:277
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1826
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1830
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1828
+# MAXPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1832
 _T161 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1831
-v_src = S.xmm[$src]  # sse.r1:1831
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1835
+v_src = S.xmm[$src]  # sse.r1:1835
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:266
 a_x_5 = ((v_dst >> 64) & 18446744073709551615)
 a_y_6 = ((v_src >> 64) & 18446744073709551615)
 a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:267
 m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:234
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1840
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1844
 """
 
-# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1828
+# MAXPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1832
 _T162 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1831
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1831
+v_dst = S.xmm[$dst]  # sse.r1:1835
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1835
 a_x_0 = (v_dst & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:262
+l_r0_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:266
 a_x_5 = ((v_dst >> 64) & 18446744073709551615)
 a_y_6 = ((v_src >> 64) & 18446744073709551615)
 a_x_7 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)
 a_y_8 = ((a_y_6 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_6 >> 52 & 0x7ff) == 0) and ((a_y_6 & 0xfffffffffffff) != 0))) else a_y_6)
-l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:263
+l_r1_9 = ((a_x_7 if (b_f64_relation(a_x_7, a_y_8) == 2) else a_y_8) | ((1 if ((((a_x_7 >> 52 & 0x7ff) == 2047) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 2047) and ((a_y_8 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0)) or (((a_y_8 >> 52 & 0x7ff) == 0) and ((a_y_8 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:267
 m_flags_10 = ((l_r0_4 | l_r1_9) >> 64)
-l_pre_11 = (m_flags_10 & 7)  # sse.r1:230
-if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_11 = (m_flags_10 & 7)  # sse.r1:234
+if (((l_pre_11 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_11) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_10 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_10 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_12 = ((l_r0_4 & 18446744073709551615) | ((l_r1_9 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1840
+S.xmm[$dst] = r_12 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1844
 """
 
-# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1843
+# MAXSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1847
 _T163 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1846
-v_src = S.xmm[$src]  # sse.r1:1846
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1850
+v_src = S.xmm[$src]  # sse.r1:1850
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:277
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1852
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1856
 """
 
-# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1854
+# MAXSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1858
 _T164 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1857
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1857
+v_dst = S.xmm[$dst]  # sse.r1:1861
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1861
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
 a_x_2 = ((a_x_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_0 >> 52 & 0x7ff) == 0) and ((a_x_0 & 0xfffffffffffff) != 0))) else a_x_0)
 a_y_3 = ((a_y_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_y_1 >> 52 & 0x7ff) == 0) and ((a_y_1 & 0xfffffffffffff) != 0))) else a_y_1)
-l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:273
+l_r_4 = ((a_x_2 if (b_f64_relation(a_x_2, a_y_3) == 2) else a_y_3) | ((1 if ((((a_x_2 >> 52 & 0x7ff) == 2047) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 2047) and ((a_y_3 & 0xfffffffffffff) != 0))) else (2 if ((((a_x_2 >> 52 & 0x7ff) == 0) and ((a_x_2 & 0xfffffffffffff) != 0)) or (((a_y_3 >> 52 & 0x7ff) == 0) and ((a_y_3 & 0xfffffffffffff) != 0))) else 0)) << 64))  # sse.r1:277
 m_flags_5 = (l_r_4 >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_4 & 0xffffffffffffffff))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1863
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1867
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1865
+# SQRTPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1869
 _T165 = """\
-v_src = S.xmm[$src]  # sse.r1:1868
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:1872
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_src & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_src >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1877
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1881
 """
 
-# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1865
+# SQRTPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1869
 _T166 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1868
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1872
 a_x_0 = (v_src & 18446744073709551615)
 a_y_1 = (v_src & 18446744073709551615)
-l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:262
+l_r0_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:266
 a_x_3 = ((v_src >> 64) & 18446744073709551615)
 a_y_4 = ((v_src >> 64) & 18446744073709551615)
-l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:263
+l_r1_5 = b_sse_arith(4, 64, a_x_3, a_y_4, S.mxcsr)  # sse.r1:267
 m_flags_6 = ((l_r0_2 | l_r1_5) >> 64)
-l_pre_7 = (m_flags_6 & 7)  # sse.r1:230
-if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_7 = (m_flags_6 & 7)  # sse.r1:234
+if (((l_pre_7 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_7) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_6 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_6 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_8 = ((l_r0_2 & 18446744073709551615) | ((l_r1_5 & 18446744073709551615) << 64))
-S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1877
+S.xmm[$dst] = r_8 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1881
 """
 
-# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1880
+# SQRTSD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1884
 _T167 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1883
-v_src = S.xmm[$src]  # sse.r1:1883
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1887
+v_src = S.xmm[$src]  # sse.r1:1887
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1889
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1893
 """
 
-# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1891
+# SQRTSD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1895
 _T168 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1894
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1894
+v_dst = S.xmm[$dst]  # sse.r1:1898
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1898
 a_x_0 = (v_dst & 0xffffffffffffffff)
 a_y_1 = (v_src & 0xffffffffffffffff)
-l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:273
+l_r_2 = b_sse_arith(4, 64, a_x_0, a_y_1, S.mxcsr)  # sse.r1:277
 m_flags_3 = (l_r_2 >> 64)
-l_pre_4 = (m_flags_3 & 7)  # sse.r1:230
-if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_4 = (m_flags_3 & 7)  # sse.r1:234
+if (((l_pre_4 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_4) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_3 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_3 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_5 = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | (l_r_2 & 0xffffffffffffffff))
-S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1900
+S.xmm[$dst] = r_5 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1904
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1904
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1908
 _T169 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1907
-v_src = S.xmm[$src]  # sse.r1:1907
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1911
+v_src = S.xmm[$src]  # sse.r1:1911
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 18446744073709551615)
-l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:162
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:166
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:163
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:167
 a_x_5 = (v_src & 18446744073709551615)
-l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:164
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:168
 a_x_7 = ((v_src >> 64) & 18446744073709551615)
-l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:165
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:169
 m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
-if m_ie_9:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_10:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_ie_9:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_10:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
 a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
 r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
-S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1917
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1921
 """
 
-# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1904
+# CMPPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1908
 _T170 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1907
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1907
+v_dst = S.xmm[$dst]  # sse.r1:1911
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:1911
 m_p_0 = ($imm & 7)
 a_x_1 = (v_dst & 18446744073709551615)
-l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:162
+l_x0_2 = ((a_x_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_1 >> 52 & 0x7ff) == 0) and ((a_x_1 & 0xfffffffffffff) != 0))) else a_x_1)  # sse.r1:166
 a_x_3 = ((v_dst >> 64) & 18446744073709551615)
-l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:163
+l_x1_4 = ((a_x_3 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_3 >> 52 & 0x7ff) == 0) and ((a_x_3 & 0xfffffffffffff) != 0))) else a_x_3)  # sse.r1:167
 a_x_5 = (v_src & 18446744073709551615)
-l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:164
+l_y0_6 = ((a_x_5 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_5 >> 52 & 0x7ff) == 0) and ((a_x_5 & 0xfffffffffffff) != 0))) else a_x_5)  # sse.r1:168
 a_x_7 = ((v_src >> 64) & 18446744073709551615)
-l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:165
+l_y1_8 = ((a_x_7 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((a_x_7 >> 52 & 0x7ff) == 0) and ((a_x_7 & 0xfffffffffffff) != 0))) else a_x_7)  # sse.r1:169
 m_ie_9 = (((((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) and (not (l_x0_2 >> 51 & 1))) or ((((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)) and (not (l_y0_6 >> 51 & 1)))) or (((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))) or ((((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) and (not (l_x1_4 >> 51 & 1))) or ((((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)) and (not (l_y1_8 >> 51 & 1)))) or (((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0))) and ((((m_p_0 == 1) or (m_p_0 == 2)) or (m_p_0 == 5)) or (m_p_0 == 6)))))
 m_de_10 = (((not ((((l_x0_2 >> 52 & 0x7ff) == 2047) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 2047) and ((l_y0_6 & 0xfffffffffffff) != 0)))) and ((((l_x0_2 >> 52 & 0x7ff) == 0) and ((l_x0_2 & 0xfffffffffffff) != 0)) or (((l_y0_6 >> 52 & 0x7ff) == 0) and ((l_y0_6 & 0xfffffffffffff) != 0)))) or ((not ((((l_x1_4 >> 52 & 0x7ff) == 2047) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 2047) and ((l_y1_8 & 0xfffffffffffff) != 0)))) and ((((l_x1_4 >> 52 & 0x7ff) == 0) and ((l_x1_4 & 0xfffffffffffff) != 0)) or (((l_y1_8 >> 52 & 0x7ff) == 0) and ((l_y1_8 & 0xfffffffffffff) != 0)))))
-if m_ie_9:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_10:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_ie_9:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_10:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_ie_9 and (not (S.mxcsr >> 7 & 0x1))) or (m_de_10 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_11 = b_f64_relation(l_x0_2, l_y0_6)
 a_rel_12 = b_f64_relation(l_x1_4, l_y1_8)
 r_13 = ((18446744073709551615 if ((a_rel_11 == 1) if (m_p_0 == 0) else ((a_rel_11 == 0) if (m_p_0 == 1) else ((a_rel_11 <= 1) if (m_p_0 == 2) else ((a_rel_11 == 3) if (m_p_0 == 3) else ((a_rel_11 != 1) if (m_p_0 == 4) else ((a_rel_11 != 0) if (m_p_0 == 5) else ((a_rel_11 >= 2) if (m_p_0 == 6) else (a_rel_11 != 3)))))))) else 0) | ((18446744073709551615 if ((a_rel_12 == 1) if (m_p_0 == 0) else ((a_rel_12 == 0) if (m_p_0 == 1) else ((a_rel_12 <= 1) if (m_p_0 == 2) else ((a_rel_12 == 3) if (m_p_0 == 3) else ((a_rel_12 != 1) if (m_p_0 == 4) else ((a_rel_12 != 0) if (m_p_0 == 5) else ((a_rel_12 >= 2) if (m_p_0 == 6) else (a_rel_12 != 3)))))))) else 0) << 64))
-S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1917
+S.xmm[$dst] = r_13 & 0xffffffffffffffffffffffffffffffff  # sse.r1:1921
 """
 
-# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1920
+# CMPSD_XMM_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1924
 _T171 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1923
-v_src = S.xmm[$src]  # sse.r1:1923
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:1927
+v_src = S.xmm[$src]  # sse.r1:1927
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:109
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:110
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:111
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:112
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:113
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_8:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if l_invalid_7:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_8:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1932
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1936
 """
 
-# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1935
+# CMPSD_XMM_M64_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1939
 _T172 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1938
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:1938
+v_dst = S.xmm[$dst]  # sse.r1:1942
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:1942
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 m_p_2 = ($imm & 7)
-l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:105
-l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:106
-l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:107
-l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:108
-l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:109
+l_x_3 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:109
+l_y_4 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:110
+l_nan_5 = ((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)))  # sse.r1:111
+l_signalling_6 = ((((m_p_2 == 1) or (m_p_2 == 2)) or (m_p_2 == 5)) or (m_p_2 == 6))  # sse.r1:112
+l_invalid_7 = ((((((l_x_3 >> 52 & 0x7ff) == 2047) and ((l_x_3 & 0xfffffffffffff) != 0)) and (not (l_x_3 >> 51 & 1))) or ((((l_y_4 >> 52 & 0x7ff) == 2047) and ((l_y_4 & 0xfffffffffffff) != 0)) and (not (l_y_4 >> 51 & 1)))) or ((l_nan_5 != 0) and (l_signalling_6 != 0)))  # sse.r1:113
 m_de_8 = ((not l_nan_5) and ((((l_x_3 >> 52 & 0x7ff) == 0) and ((l_x_3 & 0xfffffffffffff) != 0)) or (((l_y_4 >> 52 & 0x7ff) == 0) and ((l_y_4 & 0xfffffffffffff) != 0))))
-if l_invalid_7:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_de_8:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if l_invalid_7:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_de_8:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if (((l_invalid_7 != 0) and (not (S.mxcsr >> 7 & 0x1))) or (m_de_8 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
+        raise Fault(6, None)  # sse.r1:81
 a_rel_9 = b_f64_relation(l_x_3, l_y_4)
 r_10 = (18446744073709551615 if ((a_rel_9 == 1) if (m_p_2 == 0) else ((a_rel_9 == 0) if (m_p_2 == 1) else ((a_rel_9 <= 1) if (m_p_2 == 2) else ((a_rel_9 == 3) if (m_p_2 == 3) else ((a_rel_9 != 1) if (m_p_2 == 4) else ((a_rel_9 != 0) if (m_p_2 == 5) else ((a_rel_9 >= 2) if (m_p_2 == 6) else (a_rel_9 != 3)))))))) else 0)
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1947
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_10) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1951
 """
 
-# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1950
+# COMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1954
 _T173 = """\
-v_a = S.xmm[$a]  # sse.r1:1953
-v_b = S.xmm[$b]  # sse.r1:1953
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_a = S.xmm[$a]  # sse.r1:1957
+v_b = S.xmm[$b]  # sse.r1:1957
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:196
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:197
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:198
 m_rel_5 = b_f64_relation(l_x_2, l_y_3)
 m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1961
+# COMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1965
 _T174 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:1964
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_b = b_load($seg, ea, 64)  # sse.r1:1964
+v_a = S.xmm[$a]  # sse.r1:1968
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_b = b_load($seg, ea, 64)  # sse.r1:1968
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:196
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:197
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:198
 m_rel_5 = b_f64_relation(l_x_2, l_y_3)
 m_invalid_6 = ((((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1)))) or (l_nan_4 != 0))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1972
+# UCOMISD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1976
 _T175 = """\
-v_a = S.xmm[$a]  # sse.r1:1975
-v_b = S.xmm[$b]  # sse.r1:1975
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_a = S.xmm[$a]  # sse.r1:1979
+v_b = S.xmm[$b]  # sse.r1:1979
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:196
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:197
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:198
 m_rel_5 = b_f64_relation(l_x_2, l_y_3)
 m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1983
+# UCOMISD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1987
 _T176 = """\
 ea = $ea
-v_a = S.xmm[$a]  # sse.r1:1986
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_b = b_load($seg, ea, 64)  # sse.r1:1986
+v_a = S.xmm[$a]  # sse.r1:1990
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_b = b_load($seg, ea, 64)  # sse.r1:1990
 m_a_0 = (v_a & 0xffffffffffffffff)
 m_b_1 = (v_b & 0xffffffffffffffff)
-l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:192
-l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:193
-l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:194
+l_x_2 = ((m_a_0 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_a_0 >> 52 & 0x7ff) == 0) and ((m_a_0 & 0xfffffffffffff) != 0))) else m_a_0)  # sse.r1:196
+l_y_3 = ((m_b_1 & 9223372036854775808) if ((S.mxcsr >> 6 & 0x1) and (((m_b_1 >> 52 & 0x7ff) == 0) and ((m_b_1 & 0xfffffffffffff) != 0))) else m_b_1)  # sse.r1:197
+l_nan_4 = ((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)))  # sse.r1:198
 m_rel_5 = b_f64_relation(l_x_2, l_y_3)
 m_invalid_6 = (((((l_x_2 >> 52 & 0x7ff) == 2047) and ((l_x_2 & 0xfffffffffffff) != 0)) and (not (l_x_2 >> 51 & 1))) or ((((l_y_3 >> 52 & 0x7ff) == 2047) and ((l_y_3 & 0xfffffffffffff) != 0)) and (not (l_y_3 >> 51 & 1))))
 m_denormal_7 = ((not l_nan_4) and ((((l_x_2 >> 52 & 0x7ff) == 0) and ((l_x_2 & 0xfffffffffffff) != 0)) or (((l_y_3 >> 52 & 0x7ff) == 0) and ((l_y_3 & 0xfffffffffffff) != 0))))
-if m_invalid_6:  # sse.r1:74
-    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:74
-if m_denormal_7:  # sse.r1:75
-    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:75
-if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:76
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:77
-        raise Fault(19, None)  # sse.r1:77
+if m_invalid_6:  # sse.r1:78
+    S.mxcsr = S.mxcsr & 0xfffffffe | 0x1  # sse.r1:78
+if m_denormal_7:  # sse.r1:79
+    S.mxcsr = S.mxcsr & 0xfffffffd | 0x2  # sse.r1:79
+if ((m_invalid_6 and (not (S.mxcsr >> 7 & 0x1))) or (m_denormal_7 and (not (S.mxcsr >> 8 & 0x1)))):  # sse.r1:80
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:81
+        raise Fault(19, None)  # sse.r1:81
     else:
-        raise Fault(6, None)  # sse.r1:77
-S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:177
-S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:178
-S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:179
-S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:180
-S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:181
-S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:182
+        raise Fault(6, None)  # sse.r1:81
+S.eflags = flush_cc() & 0xffffffbf | (((m_rel_5 == 1) or (m_rel_5 == 3)) & 1) << 6  # sse.r1:181
+S.eflags = flush_cc() & 0xfffffffb | ((m_rel_5 == 3) & 1) << 2  # sse.r1:182
+S.eflags = flush_cc() & 0xfffffffe | (((m_rel_5 == 0) or (m_rel_5 == 3)) & 1)  # sse.r1:183
+S.eflags = flush_cc() & 0xfffff7ff | 0  # sse.r1:184
+S.eflags = flush_cc() & 0xffffff7f | 0  # sse.r1:185
+S.eflags = flush_cc() & 0xffffffef | 0  # sse.r1:186
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:1996
+# ANDPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2000
 _T177 = """\
-v_dst = S.xmm[$dst]  # sse.r1:1999
-v_src = S.xmm[$src]  # sse.r1:1999
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2008
+v_dst = S.xmm[$dst]  # sse.r1:2003
+v_src = S.xmm[$src]  # sse.r1:2003
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2012
 """
 
-# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:1996
+# ANDPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2000
 _T178 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:1999
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:1999
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2008
+v_dst = S.xmm[$dst]  # sse.r1:2003
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2003
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2012
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2011
+# ANDNPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2015
 _T179 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2014
-v_src = S.xmm[$src]  # sse.r1:2014
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
+v_dst = S.xmm[$dst]  # sse.r1:2018
+v_src = S.xmm[$src]  # sse.r1:2018
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2027
 """
 
-# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2011
+# ANDNPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2015
 _T180 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2014
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2014
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2023
+v_dst = S.xmm[$dst]  # sse.r1:2018
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2018
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2027
 """
 
-# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2026
+# ORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2030
 _T181 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2029
-v_src = S.xmm[$src]  # sse.r1:2029
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2038
+v_dst = S.xmm[$dst]  # sse.r1:2033
+v_src = S.xmm[$src]  # sse.r1:2033
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2042
 """
 
-# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2026
+# ORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2030
 _T182 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2029
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2029
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2038
+v_dst = S.xmm[$dst]  # sse.r1:2033
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2033
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2042
 """
 
-# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2041
+# XORPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2045
 _T183 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2044
-v_src = S.xmm[$src]  # sse.r1:2044
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
+v_dst = S.xmm[$dst]  # sse.r1:2048
+v_src = S.xmm[$src]  # sse.r1:2048
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2057
 """
 
-# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2041
+# XORPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2045
 _T184 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2044
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2044
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2053
+v_dst = S.xmm[$dst]  # sse.r1:2048
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2048
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2057
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2056
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2060
 _T185 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2059
-v_src = S.xmm[$src]  # sse.r1:2059
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2068
+v_dst = S.xmm[$dst]  # sse.r1:2063
+v_src = S.xmm[$src]  # sse.r1:2063
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2072
 """
 
-# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2056
+# SHUFPD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2060
 _T186 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2059
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2059
-S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2068
+v_dst = S.xmm[$dst]  # sse.r1:2063
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2063
+S.xmm[$dst] = (((v_dst >> (64 * ($imm >> 0 & 1))) & 18446744073709551615) | (((v_src >> (64 * ($imm >> 1 & 1))) & 18446744073709551615) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2072
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2071
+# UNPCKLPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2075
 _T187 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2074
-v_src = S.xmm[$src]  # sse.r1:2074
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
+v_dst = S.xmm[$dst]  # sse.r1:2078
+v_src = S.xmm[$src]  # sse.r1:2078
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2087
 """
 
-# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2071
+# UNPCKLPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2075
 _T188 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2074
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2074
-S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2083
+v_dst = S.xmm[$dst]  # sse.r1:2078
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2078
+S.xmm[$dst] = ((v_dst & 0xffffffffffffffff) | ((v_src & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2087
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2086
+# UNPCKHPD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2090
 _T189 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2089
-v_src = S.xmm[$src]  # sse.r1:2089
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2098
+v_dst = S.xmm[$dst]  # sse.r1:2093
+v_src = S.xmm[$src]  # sse.r1:2093
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2102
 """
 
-# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2086
+# UNPCKHPD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2090
 _T190 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2089
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2089
-S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2098
+v_dst = S.xmm[$dst]  # sse.r1:2093
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2093
+S.xmm[$dst] = ((v_dst >> 64 & 0xffffffffffffffff) | ((v_src >> 64 & 0xffffffffffffffff) << 64)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2102
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2103
+# CVTPI2PD_XMM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2107
 _T191 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2106
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2110
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-l_r = r_6  # sse.r1:2115
+l_r = r_6  # sse.r1:2119
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2117
+S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2121
 """
 
-# CVTPI2PD_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2103
+# CVTPI2PD_XMM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2107
 _T192 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2106
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2110
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(3, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-l_r = r_6  # sse.r1:2115
-S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2117
+l_r = r_6  # sse.r1:2119
+S.xmm[$dst] = l_r & 0xffffffffffffffffffffffffffffffff  # sse.r1:2121
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2120
+# CVTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2124
 _T193 = """\
-v_src = S.xmm[$src]  # sse.r1:2123
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2127
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2132
+l_r = r_6  # sse.r1:2136
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2134
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2138
 """
 
-# CVTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2120
+# CVTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2124
 _T194 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2123
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2127
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2132
+l_r = r_6  # sse.r1:2136
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2134
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2138
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2137
+# CVTTPD2PI_MM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2141
 _T195 = """\
-v_src = S.xmm[$src]  # sse.r1:2140
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2144
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2149
+l_r = r_6  # sse.r1:2153
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2151
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2155
 """
 
-# CVTTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2137
+# CVTTPD2PI_MM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2141
 _T196 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2140
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2144
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-l_r = r_6  # sse.r1:2149
+l_r = r_6  # sse.r1:2153
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
-S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2151
+S.fpr[$dst] = l_r & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2155
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2154
+# CVTSI2SD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2158
 _T197 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2157
-v_src = R[$src]  # sse.r1:2157
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = 0  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_dst = S.xmm[$dst]  # sse.r1:2161
+v_src = R[$src]  # sse.r1:2161
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = 0  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2167
 """
 
-# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2154
+# CVTSI2SD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2158
 _T198 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2157
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:2157
-l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = 0  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_dst = S.xmm[$dst]  # sse.r1:2161
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:2161
+l_r0_0 = b_sse_convert(3, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = 0  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 18446744073709551615) | ((l_r1_1 & 18446744073709551615) << 64)) | ((l_r2_2 & 18446744073709551615) << 128)) | ((l_r3_3 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2163
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_6) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2167
 """
 
-# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2165
+# CVTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2169
 _T199 = """\
-v_src = S.xmm[$src]  # sse.r1:2168
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2172
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2174
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2178
 """
 
-# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2176
+# CVTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2180
 _T200 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2179
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2183
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(5, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2185
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2189
 """
 
-# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2187
+# CVTTSD2SI_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2191
 _T201 = """\
-v_src = S.xmm[$src]  # sse.r1:2190
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2194
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2196
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2200
 """
 
-# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2198
+# CVTTSD2SI_R32_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2202
 _T202 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2201
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2205
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(7, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-R[$dst] = r_7 & 0xffffffff  # sse.r1:2207
+R[$dst] = r_7 & 0xffffffff  # sse.r1:2211
 """
 
-# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2209
+# CVTPS2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2213
 _T203 = """\
-v_src = S.xmm[$src]  # sse.r1:2212
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2216
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2218
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2222
 """
 
-# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2220
+# CVTPS2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2224
 _T204 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2223
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2227
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(0, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2229
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2233
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2231
+# CVTPD2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2235
 _T205 = """\
-v_src = S.xmm[$src]  # sse.r1:2234
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_src = S.xmm[$src]  # sse.r1:2238
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2243
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2247
 """
 
-# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2231
+# CVTPD2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2235
 _T206 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2234
-l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2238
+l_r0_0 = b_sse_convert(1, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(1, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2243
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2247
 """
 
-# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2246
+# CVTSS2SD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2250
 _T207 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2249
-v_src = S.xmm[$src]  # sse.r1:2249
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2253
+v_src = S.xmm[$src]  # sse.r1:2253
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2255
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2259
 """
 
-# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2257
+# CVTSS2SD_XMM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2261
 _T208 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2260
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:2260
+v_dst = S.xmm[$dst]  # sse.r1:2264
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:2264
 m_x_0 = (v_src & 0xffffffff)
-l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(0, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2266
+S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2270
 """
 
-# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2268
+# CVTSD2SS_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2272
 _T209 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2271
-v_src = S.xmm[$src]  # sse.r1:2271
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2275
+v_src = S.xmm[$src]  # sse.r1:2275
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2277
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2281
 """
 
-# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2279
+# CVTSD2SS_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2283
 _T210 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2282
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2282
+v_dst = S.xmm[$dst]  # sse.r1:2286
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2286
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_2 = 0  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(1, (m_x_0 & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_2 = 0  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 4294967295) | ((l_r1_2 & 4294967295) << 32)) | ((l_r2_3 & 4294967295) << 64)) | ((l_r3_4 & 4294967295) << 96))
-S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2288
+S.xmm[$dst] = (((v_dst >> 32 & 0xffffffffffffffffffffffff) << 32) | r_7) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2292
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2290
+# CVTDQ2PS_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2294
 _T211 = """\
-v_src = S.xmm[$src]  # sse.r1:2293
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
-l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+v_src = S.xmm[$src]  # sse.r1:2297
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:287
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2302
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2306
 """
 
-# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2290
+# CVTDQ2PS_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2294
 _T212 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2293
-l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
-l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2297
+l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = b_sse_convert(2, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:287
+l_r3_3 = b_sse_convert(2, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2302
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2306
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2305
+# CVTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2309
 _T213 = """\
-v_src = S.xmm[$src]  # sse.r1:2308
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
-l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+v_src = S.xmm[$src]  # sse.r1:2312
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:287
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2317
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2321
 """
 
-# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2305
+# CVTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2309
 _T214 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2308
-l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
-l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2312
+l_r0_0 = b_sse_convert(4, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(4, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = b_sse_convert(4, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:287
+l_r3_3 = b_sse_convert(4, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2317
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2321
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2320
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2324
 _T215 = """\
-v_src = S.xmm[$src]  # sse.r1:2323
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
-l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+v_src = S.xmm[$src]  # sse.r1:2327
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:287
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2332
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2336
 """
 
-# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2320
+# CVTTPS2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2324
 _T216 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2323
-l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:283
-l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2327
+l_r0_0 = b_sse_convert(6, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(6, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_2 = b_sse_convert(6, ((v_src >> 64) & 4294967295), S.mxcsr)  # sse.r1:287
+l_r3_3 = b_sse_convert(6, ((v_src >> 96) & 4294967295), S.mxcsr)  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2332
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2336
 """
 
-# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2335
+# CVTDQ2PD_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2339
 _T217 = """\
-v_src = S.xmm[$src]  # sse.r1:2338
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2342
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2344
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2348
 """
 
-# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2346
+# CVTDQ2PD_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2350
 _T218 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2349
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2353
 m_x_0 = (v_src & 0xffffffffffffffff)
-l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:281
-l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:282
-l_r2_3 = 0  # sse.r1:283
-l_r3_4 = 0  # sse.r1:284
+l_r0_1 = b_sse_convert(3, (m_x_0 & 4294967295), S.mxcsr)  # sse.r1:285
+l_r1_2 = b_sse_convert(3, ((m_x_0 >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
+l_r2_3 = 0  # sse.r1:287
+l_r3_4 = 0  # sse.r1:288
 m_flags_5 = ((((l_r0_1 | l_r1_2) | l_r2_3) | l_r3_4) >> 64)
-l_pre_6 = (m_flags_5 & 7)  # sse.r1:230
-if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_6 = (m_flags_5 & 7)  # sse.r1:234
+if (((l_pre_6 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_6) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_5 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_5 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_7 = ((((l_r0_1 & 18446744073709551615) | ((l_r1_2 & 18446744073709551615) << 64)) | ((l_r2_3 & 18446744073709551615) << 128)) | ((l_r3_4 & 18446744073709551615) << 192))
-S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2355
+S.xmm[$dst] = r_7 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2359
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2357
+# CVTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2361
 _T219 = """\
-v_src = S.xmm[$src]  # sse.r1:2360
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_src = S.xmm[$src]  # sse.r1:2364
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2369
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2373
 """
 
-# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2357
+# CVTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2361
 _T220 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2360
-l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2364
+l_r0_0 = b_sse_convert(5, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(5, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2369
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2373
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2372
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2376
 _T221 = """\
-v_src = S.xmm[$src]  # sse.r1:2375
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+v_src = S.xmm[$src]  # sse.r1:2379
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2384
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2388
 """
 
-# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2372
+# CVTTPD2DQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2376
 _T222 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2375
-l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:281
-l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:282
-l_r2_2 = 0  # sse.r1:283
-l_r3_3 = 0  # sse.r1:284
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2379
+l_r0_0 = b_sse_convert(7, (v_src & 18446744073709551615), S.mxcsr)  # sse.r1:285
+l_r1_1 = b_sse_convert(7, ((v_src >> 64) & 18446744073709551615), S.mxcsr)  # sse.r1:286
+l_r2_2 = 0  # sse.r1:287
+l_r3_3 = 0  # sse.r1:288
 m_flags_4 = ((((l_r0_0 | l_r1_1) | l_r2_2) | l_r3_3) >> 64)
-l_pre_5 = (m_flags_4 & 7)  # sse.r1:230
-if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:231
-    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:232
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+l_pre_5 = (m_flags_4 & 7)  # sse.r1:234
+if (((l_pre_5 & (~(S.mxcsr >> 7))) & 7) != 0):  # sse.r1:235
+    S.mxcsr = (S.mxcsr | l_pre_5) & 0xffffffff  # sse.r1:236
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
-S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:235
-if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:236
-    if (S.cr[4] >> 10 & 0x1):  # sse.r1:226
-        raise Fault(19, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
+S.mxcsr = (S.mxcsr | (m_flags_4 & 63)) & 0xffffffff  # sse.r1:239
+if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
+    if (S.cr[4] >> 10 & 0x1):  # sse.r1:230
+        raise Fault(19, None)  # sse.r1:230
     else:
-        raise Fault(6, None)  # sse.r1:226
+        raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
-S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2384
+S.xmm[$dst] = r_6 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2388
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2389
+# MOVDQA_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2393
 _T223 = """\
-v_src = S.xmm[$src]  # sse.r1:2392
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2398
+v_src = S.xmm[$src]  # sse.r1:2396
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2402
 """
 
-# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2389
+# MOVDQA_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2393
 _T224 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2392
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2398
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2396
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2402
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2400
+# MOVDQA_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2404
 _T225 = """\
-v_src = S.xmm[$src]  # sse.r1:2403
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2409
+v_src = S.xmm[$src]  # sse.r1:2407
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2413
 """
 
-# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2400
+# MOVDQA_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2404
 _T226 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2403
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-b_store($seg, ea, 128, v_src)  # sse.r1:2409
+v_src = S.xmm[$src]  # sse.r1:2407
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+b_store($seg, ea, 128, v_src)  # sse.r1:2413
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2411
+# MOVDQU_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2415
 _T227 = """\
-v_src = S.xmm[$src]  # sse.r1:2414
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2420
+v_src = S.xmm[$src]  # sse.r1:2418
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2424
 """
 
-# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2411
+# MOVDQU_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2415
 _T228 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 128)  # sse.r1:2414
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2420
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 128)  # sse.r1:2418
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2424
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2422
+# MOVDQU_XMMRM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2426
 _T229 = """\
-v_src = S.xmm[$src]  # sse.r1:2425
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2431
+v_src = S.xmm[$src]  # sse.r1:2429
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2435
 """
 
-# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2422
+# MOVDQU_XMMRM_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2426
 _T230 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2425
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 128, v_src)  # sse.r1:2431
+v_src = S.xmm[$src]  # sse.r1:2429
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 128, v_src)  # sse.r1:2435
 """
 
-# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2433
+# MOVD_XMM_RM32 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2437
 _T231 = """\
-v_src = R[$src]  # sse.r1:2436
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2442
+v_src = R[$src]  # sse.r1:2440
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2446
 """
 
-# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2433
+# MOVD_XMM_RM32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2437
 _T232 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd32($seg, ea)  # sse.r1:2436
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2442
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd32($seg, ea)  # sse.r1:2440
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2446
 """
 
-# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2444
+# MOVD_RM32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2448
 _T233 = """\
-v_src = S.xmm[$src]  # sse.r1:2447
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:2453
+v_src = S.xmm[$src]  # sse.r1:2451
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+R[$dst] = (v_src & 0xffffffff) & 0xffffffff  # sse.r1:2457
 """
 
-# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2444
+# MOVD_RM32_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2448
 _T234 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2447
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:2453
+v_src = S.xmm[$src]  # sse.r1:2451
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+wr32($seg, ea, (v_src & 0xffffffff))  # sse.r1:2457
 """
 
-# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2455
+# MOVQ_XMM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2459
 _T235 = """\
-v_src = S.xmm[$src]  # sse.r1:2458
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2464
+v_src = S.xmm[$src]  # sse.r1:2462
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2468
 """
 
-# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2466
+# MOVQ_XMM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2470
 _T236 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = b_load($seg, ea, 64)  # sse.r1:2469
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2475
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = b_load($seg, ea, 64)  # sse.r1:2473
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2479
 """
 
-# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2477
+# MOVQ_XMM_XMM_0FD6 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2481
 _T237 = """\
-v_src = S.xmm[$src]  # sse.r1:2480
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2486
+v_src = S.xmm[$src]  # sse.r1:2484
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2490
 """
 
-# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2488
+# MOVQ_M64_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2492
 _T238 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2491
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:2497
+v_src = S.xmm[$src]  # sse.r1:2495
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+b_store($seg, ea, 64, (v_src & 0xffffffffffffffff))  # sse.r1:2501
 """
 
-# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2499
+# MOVQ2DQ_XMM_MM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2503
 _T239 = """\
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2502
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2506
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2508
+S.xmm[$dst] = v_src & 0xffffffffffffffffffffffffffffffff  # sse.r1:2512
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2510
+# MOVDQ2Q_MM_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2514
 _T240 = """\
-v_src = S.xmm[$src]  # sse.r1:2513
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2517
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2519
+S.fpr[$dst] = (v_src & 0xffffffffffffffff) & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2523
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2523
+# MOVNTPD_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2527
 _T241 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2526
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-b_store($seg, ea, 128, v_src)  # sse.r1:2532
+v_src = S.xmm[$src]  # sse.r1:2530
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+b_store($seg, ea, 128, v_src)  # sse.r1:2536
 """
 
-# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2534
+# MOVNTDQ_M128_XMM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2538
 _T242 = """\
 ea = $ea
-v_src = S.xmm[$src]  # sse.r1:2537
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-b_store($seg, ea, 128, v_src)  # sse.r1:2543
+v_src = S.xmm[$src]  # sse.r1:2541
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+b_store($seg, ea, 128, v_src)  # sse.r1:2547
 """
 
-# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2545
+# MOVNTI_M32_R32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2549
 _T243 = """\
 ea = $ea
-v_src = R[$src]  # sse.r1:2548
-wr32($seg, ea, v_src)  # sse.r1:2554
+v_src = R[$src]  # sse.r1:2552
+wr32($seg, ea, v_src)  # sse.r1:2558
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:2556
+# MASKMOVDQU_XMM_XMM [o16 a16 reg, o32 a16 reg] from spec/sse.r1:2560
 _T244 = """\
-v_src = S.xmm[$src]  # sse.r1:2559
-v_mask = S.xmm[$mask]  # sse.r1:2559
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2563
+v_mask = S.xmm[$mask]  # sse.r1:2563
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_i_0 = 0  # mmx.r1:196
 while (l_i_0 < 16):  # mmx.r1:197
     if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
@@ -5655,14 +5655,14 @@ while (l_i_0 < 16):  # mmx.r1:197
     l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:2556
+# MASKMOVDQU_XMM_XMM [o16 a32 reg, o32 a32 reg] from spec/sse.r1:2560
 _T245 = """\
-v_src = S.xmm[$src]  # sse.r1:2559
-v_mask = S.xmm[$mask]  # sse.r1:2559
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2563
+v_mask = S.xmm[$mask]  # sse.r1:2563
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_i_0 = 0  # mmx.r1:196
 while (l_i_0 < 16):  # mmx.r1:197
     if (v_mask >> ((8 * l_i_0) + 7) & 1):  # mmx.r1:198
@@ -5670,28 +5670,28 @@ while (l_i_0 < 16):  # mmx.r1:197
     l_i_0 = (l_i_0 + 1)  # mmx.r1:199
 """
 
-# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2567
+# CLFLUSH_M8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2571
 _T246 = """\
 ea = $ea
-b_check_read($seg, ea, 8)  # sse.r1:2576
+b_check_read($seg, ea, 8)  # sse.r1:2580
 """
 
-# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2578
+# LFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2582
 _T247 = """\
 """
 
-# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2589
+# MFENCE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2593
 _T248 = """\
 """
 
-# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2600
+# PAUSE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/sse.r1:2604
 _T249 = """\
 """
 
-# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2612
+# PADDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2616
 _T250 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2615
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2615
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2619
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2619
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -5705,22 +5705,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2621
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2625
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2612
+# PADDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2616
 _T251 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2615
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2619
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:2615
+v_src = b_load($seg, ea, 64)  # sse.r1:2619
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -5728,19 +5728,19 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2621
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2625
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2623
+# PADDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2627
 _T252 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2626
-v_src = S.xmm[$src]  # sse.r1:2626
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2630
+v_src = S.xmm[$src]  # sse.r1:2630
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -5748,20 +5748,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2632
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2636
 """
 
-# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2623
+# PADDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2627
 _T253 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2626
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2626
+v_dst = S.xmm[$dst]  # sse.r1:2630
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2630
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -5769,13 +5769,13 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2632
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2636
 """
 
-# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2634
+# PSUBQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2638
 _T254 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2637
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2637
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2641
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2641
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -5789,22 +5789,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2643
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2647
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2634
+# PSUBQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2638
 _T255 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2637
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2641
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:2637
+v_src = b_load($seg, ea, 64)  # sse.r1:2641
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -5812,19 +5812,19 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2643
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2647
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2645
+# PSUBQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2649
 _T256 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2648
-v_src = S.xmm[$src]  # sse.r1:2648
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2652
+v_src = S.xmm[$src]  # sse.r1:2652
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -5832,20 +5832,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2654
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2658
 """
 
-# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2645
+# PSUBQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2649
 _T257 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2648
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2648
+v_dst = S.xmm[$dst]  # sse.r1:2652
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2652
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -5853,13 +5853,13 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2654
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2658
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2656
+# PMULUDQ_MM_MMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2660
 _T258 = """\
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2659
-v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2659
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2663
+v_src = (S.fpr[$src] & 0xffffffffffffffff)  # sse.r1:2663
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
@@ -5873,22 +5873,22 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2665
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2669
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2656
+# PMULUDQ_MM_MMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2660
 _T259 = """\
 ea = $ea
-v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2659
+v_dst = (S.fpr[$dst] & 0xffffffffffffffff)  # sse.r1:2663
 if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
     raise Fault(6, None)  # mmx.r1:29
 if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
     raise Fault(7, None)  # mmx.r1:30
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
     raise Fault(16, None)  # mmx.r1:31
-v_src = b_load($seg, ea, 64)  # sse.r1:2659
+v_src = b_load($seg, ea, 64)  # sse.r1:2663
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 64):  # mmx.r1:94
@@ -5896,19 +5896,19 @@ while (l_i_1 < 64):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2665
+S.fpr[$dst] = l_r_0 & 0xffffffffffffffff | 0xffff0000000000000000  # sse.r1:2669
 S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
 S.ftw = 255 & 0xff  # mmx.r1:39
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2667
+# PMULUDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2671
 _T260 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2670
-v_src = S.xmm[$src]  # sse.r1:2670
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2674
+v_src = S.xmm[$src]  # sse.r1:2674
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -5916,20 +5916,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2676
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2680
 """
 
-# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2667
+# PMULUDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2671
 _T261 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2670
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2670
+v_dst = S.xmm[$dst]  # sse.r1:2674
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2674
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -5937,140 +5937,140 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 18446744073709551615)
     l_r_0 = (l_r_0 | ((((a_x_2 & 0xffffffff) * (a_y_3 & 0xffffffff)) & 18446744073709551615) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 64)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2676
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2680
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2678
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2682
 _T262 = """\
-v_src = S.xmm[$src]  # sse.r1:2681
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2685
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:150
 l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2687
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2691
 """
 
-# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2678
+# PSHUFD_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2682
 _T263 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2681
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2685
 l_r_0 = 0  # mmx.r1:150
 l_i_1 = 0  # mmx.r1:151
 while (l_i_1 < 4):  # mmx.r1:152
     l_r_0 = (l_r_0 | (((v_src >> ((($imm >> (2 * l_i_1)) & 3) * 32)) & 4294967295) << (l_i_1 * 32)))  # mmx.r1:153
     l_i_1 = (l_i_1 + 1)  # mmx.r1:154
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2687
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2691
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2689
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2693
 _T264 = """\
-v_src = S.xmm[$src]  # sse.r1:2692
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2696
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2698
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2702
 """
 
-# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2689
+# PSHUFHW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2693
 _T265 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2692
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2696
 m_x_0 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2698
+S.xmm[$dst] = ((l_r_1 << 64) | (v_src & 0xffffffffffffffff)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2702
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2700
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2704
 _T266 = """\
-v_src = S.xmm[$src]  # sse.r1:2703
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:2707
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2713
 """
 
-# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2700
+# PSHUFLW_XMM_XMMRM_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2704
 _T267 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2703
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2707
 m_x_0 = (v_src & 0xffffffffffffffff)
 l_r_1 = 0  # mmx.r1:150
 l_i_2 = 0  # mmx.r1:151
 while (l_i_2 < 4):  # mmx.r1:152
     l_r_1 = (l_r_1 | (((m_x_0 >> ((($imm >> (2 * l_i_2)) & 3) * 16)) & 65535) << (l_i_2 * 16)))  # mmx.r1:153
     l_i_2 = (l_i_2 + 1)  # mmx.r1:154
-S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2709
+S.xmm[$dst] = (((v_src >> 64 & 0xffffffffffffffff) << 64) | l_r_1) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2713
 """
 
-# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2711
+# PSLLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2715
 _T268 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2714
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2720
+v_dst = S.xmm[$dst]  # sse.r1:2718
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (0 if ($imm > 15) else (v_dst << ($imm * 8))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2724
 """
 
-# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2722
+# PSRLDQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2726
 _T269 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2725
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2731
+v_dst = S.xmm[$dst]  # sse.r1:2729
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst >> ($imm * 8)) & 0xffffffffffffffffffffffffffffffff  # sse.r1:2735
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2733
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2737
 _T270 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2736
-v_src = S.xmm[$src]  # sse.r1:2736
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2740
+v_src = S.xmm[$src]  # sse.r1:2740
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6078,20 +6078,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2746
 """
 
-# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2733
+# PUNPCKLQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2737
 _T271 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2736
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2736
+v_dst = S.xmm[$dst]  # sse.r1:2740
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2740
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6099,17 +6099,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2742
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2746
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2744
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2748
 _T272 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2747
-v_src = S.xmm[$src]  # sse.r1:2747
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2751
+v_src = S.xmm[$src]  # sse.r1:2751
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6117,20 +6117,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2757
 """
 
-# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2744
+# PUNPCKHQDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2748
 _T273 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2747
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2747
+v_dst = S.xmm[$dst]  # sse.r1:2751
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2751
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6138,17 +6138,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 18446744073709551615) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 18446744073709551615) << ((2 * l_i_3) + 64))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 64)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2753
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2757
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2757
+# PUNPCKLBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2761
 _T274 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2760
-v_src = S.xmm[$src]  # sse.r1:2760
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2764
+v_src = S.xmm[$src]  # sse.r1:2764
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6156,20 +6156,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2766
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2770
 """
 
-# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2757
+# PUNPCKLBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2761
 _T275 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2760
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2760
+v_dst = S.xmm[$dst]  # sse.r1:2764
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2764
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6177,17 +6177,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2766
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2770
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2768
+# PUNPCKLWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2772
 _T276 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2771
-v_src = S.xmm[$src]  # sse.r1:2771
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2775
+v_src = S.xmm[$src]  # sse.r1:2775
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6195,20 +6195,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2777
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2781
 """
 
-# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2768
+# PUNPCKLWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2772
 _T277 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2771
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2771
+v_dst = S.xmm[$dst]  # sse.r1:2775
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2775
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6216,17 +6216,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2777
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2781
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2779
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2783
 _T278 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2782
-v_src = S.xmm[$src]  # sse.r1:2782
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2786
+v_src = S.xmm[$src]  # sse.r1:2786
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6234,20 +6234,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2788
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2792
 """
 
-# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2779
+# PUNPCKLDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2783
 _T279 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2782
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2782
+v_dst = S.xmm[$dst]  # sse.r1:2786
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2786
 m_a_0 = (v_dst & 0xffffffffffffffff)
 m_b_1 = (v_src & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6255,17 +6255,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2788
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2792
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2790
+# PUNPCKHBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2794
 _T280 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2793
-v_src = S.xmm[$src]  # sse.r1:2793
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2797
+v_src = S.xmm[$src]  # sse.r1:2797
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6273,20 +6273,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2799
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2803
 """
 
-# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2790
+# PUNPCKHBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2794
 _T281 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2793
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2793
+v_dst = S.xmm[$dst]  # sse.r1:2797
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2797
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6294,17 +6294,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 255) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 255) << ((2 * l_i_3) + 8))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 8)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2799
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2803
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2801
+# PUNPCKHWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2805
 _T282 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2804
-v_src = S.xmm[$src]  # sse.r1:2804
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2808
+v_src = S.xmm[$src]  # sse.r1:2808
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6312,20 +6312,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2810
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2814
 """
 
-# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2801
+# PUNPCKHWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2805
 _T283 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2804
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2804
+v_dst = S.xmm[$dst]  # sse.r1:2808
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2808
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6333,17 +6333,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 65535) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 65535) << ((2 * l_i_3) + 16))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 16)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2810
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2814
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2812
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2816
 _T284 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2815
-v_src = S.xmm[$src]  # sse.r1:2815
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2819
+v_src = S.xmm[$src]  # sse.r1:2819
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6351,20 +6351,20 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2821
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2825
 """
 
-# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2812
+# PUNPCKHDQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2816
 _T285 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2815
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2815
+v_dst = S.xmm[$dst]  # sse.r1:2819
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2819
 m_a_0 = (v_dst >> 64 & 0xffffffffffffffff)
 m_b_1 = (v_src >> 64 & 0xffffffffffffffff)
 l_r_2 = 0  # mmx.r1:121
@@ -6372,17 +6372,17 @@ l_i_3 = 0  # mmx.r1:122
 while (l_i_3 < 64):  # mmx.r1:123
     l_r_2 = (l_r_2 | ((((m_a_0 >> l_i_3) & 4294967295) << (2 * l_i_3)) | (((m_b_1 >> l_i_3) & 4294967295) << ((2 * l_i_3) + 32))))  # mmx.r1:124
     l_i_3 = (l_i_3 + 32)  # mmx.r1:125
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2821
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2825
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2823
+# PACKSSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2827
 _T286 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2826
-v_src = S.xmm[$src]  # sse.r1:2826
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2830
+v_src = S.xmm[$src]  # sse.r1:2830
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -6391,20 +6391,20 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2832
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2836
 """
 
-# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2823
+# PACKSSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2827
 _T287 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2826
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2826
+v_dst = S.xmm[$dst]  # sse.r1:2830
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2830
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -6413,17 +6413,17 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((128 if (l_x_2 < (-128)) else (127 if (l_x_2 > 127) else (l_x_2 & 255))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((128 if (l_y_3 < (-128)) else (127 if (l_y_3 > 127) else (l_y_3 & 255))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2832
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2836
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2834
+# PACKUSWB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2838
 _T288 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2837
-v_src = S.xmm[$src]  # sse.r1:2837
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2841
+v_src = S.xmm[$src]  # sse.r1:2841
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -6432,20 +6432,20 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2843
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2847
 """
 
-# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2834
+# PACKUSWB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2838
 _T289 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2837
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2837
+v_dst = S.xmm[$dst]  # sse.r1:2841
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2841
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -6454,17 +6454,17 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((0 if (l_x_2 < 0) else (255 if (l_x_2 > 255) else l_x_2)) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((0 if (l_y_3 < 0) else (255 if (l_y_3 > 255) else l_y_3)) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 16)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2843
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2847
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2845
+# PACKSSDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2849
 _T290 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2848
-v_src = S.xmm[$src]  # sse.r1:2848
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2852
+v_src = S.xmm[$src]  # sse.r1:2852
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -6473,20 +6473,20 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 32)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2854
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2858
 """
 
-# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2845
+# PACKSSDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2849
 _T291 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2848
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2848
+v_dst = S.xmm[$dst]  # sse.r1:2852
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2852
 l_r_0 = 0  # mmx.r1:135
 l_i_1 = 0  # mmx.r1:136
 while (l_i_1 < 128):  # mmx.r1:137
@@ -6495,17 +6495,17 @@ while (l_i_1 < 128):  # mmx.r1:137
     l_r_0 = (l_r_0 | ((32768 if (l_x_2 < (-32768)) else (32767 if (l_x_2 > 32767) else (l_x_2 & 65535))) << (l_i_1 // 2)))  # mmx.r1:140
     l_r_0 = (l_r_0 | ((32768 if (l_y_3 < (-32768)) else (32767 if (l_y_3 > 32767) else (l_y_3 & 65535))) << ((128 + l_i_1) // 2)))  # mmx.r1:141
     l_i_1 = (l_i_1 + 32)  # mmx.r1:142
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2854
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2858
 """
 
-# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2856
+# PADDB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2860
 _T292 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2859
-v_src = S.xmm[$src]  # sse.r1:2859
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2863
+v_src = S.xmm[$src]  # sse.r1:2863
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6513,20 +6513,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2865
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2869
 """
 
-# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2856
+# PADDB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2860
 _T293 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2859
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2859
+v_dst = S.xmm[$dst]  # sse.r1:2863
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2863
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6534,17 +6534,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2865
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2869
 """
 
-# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2867
+# PADDW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2871
 _T294 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2870
-v_src = S.xmm[$src]  # sse.r1:2870
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2874
+v_src = S.xmm[$src]  # sse.r1:2874
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6552,20 +6552,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2876
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2880
 """
 
-# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2867
+# PADDW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2871
 _T295 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2870
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2870
+v_dst = S.xmm[$dst]  # sse.r1:2874
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2874
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6573,17 +6573,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2876
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2880
 """
 
-# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2878
+# PADDD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2882
 _T296 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2881
-v_src = S.xmm[$src]  # sse.r1:2881
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2885
+v_src = S.xmm[$src]  # sse.r1:2885
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6591,20 +6591,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2887
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2891
 """
 
-# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2878
+# PADDD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2882
 _T297 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2881
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2881
+v_dst = S.xmm[$dst]  # sse.r1:2885
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2885
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6612,17 +6612,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 + a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2887
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2891
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2889
+# PADDSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2893
 _T298 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2892
-v_src = S.xmm[$src]  # sse.r1:2892
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2896
+v_src = S.xmm[$src]  # sse.r1:2896
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6631,20 +6631,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2898
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2902
 """
 
-# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2889
+# PADDSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2893
 _T299 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2892
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2892
+v_dst = S.xmm[$dst]  # sse.r1:2896
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2896
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6653,17 +6653,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) + ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2898
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2902
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2900
+# PADDSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2904
 _T300 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2903
-v_src = S.xmm[$src]  # sse.r1:2903
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2907
+v_src = S.xmm[$src]  # sse.r1:2907
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6672,20 +6672,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2909
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2913
 """
 
-# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2900
+# PADDSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2904
 _T301 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2903
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2903
+v_dst = S.xmm[$dst]  # sse.r1:2907
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2907
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6694,17 +6694,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) + ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2909
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2913
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2911
+# PADDUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2915
 _T302 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2914
-v_src = S.xmm[$src]  # sse.r1:2914
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2918
+v_src = S.xmm[$src]  # sse.r1:2918
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6713,20 +6713,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2920
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2924
 """
 
-# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2911
+# PADDUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2915
 _T303 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2914
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2914
+v_dst = S.xmm[$dst]  # sse.r1:2918
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2918
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6735,17 +6735,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2920
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2924
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2922
+# PADDUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2926
 _T304 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2925
-v_src = S.xmm[$src]  # sse.r1:2925
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2929
+v_src = S.xmm[$src]  # sse.r1:2929
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6754,20 +6754,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2931
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2935
 """
 
-# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2922
+# PADDUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2926
 _T305 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2925
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2925
+v_dst = S.xmm[$dst]  # sse.r1:2929
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2929
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6776,17 +6776,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 + a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2931
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2935
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2933
+# PSUBB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2937
 _T306 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2936
-v_src = S.xmm[$src]  # sse.r1:2936
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2940
+v_src = S.xmm[$src]  # sse.r1:2940
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6794,20 +6794,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2942
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2946
 """
 
-# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2933
+# PSUBB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2937
 _T307 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2936
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2936
+v_dst = S.xmm[$dst]  # sse.r1:2940
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2940
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6815,17 +6815,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2942
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2946
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2944
+# PSUBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2948
 _T308 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2947
-v_src = S.xmm[$src]  # sse.r1:2947
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2951
+v_src = S.xmm[$src]  # sse.r1:2951
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6833,20 +6833,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2953
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2957
 """
 
-# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2944
+# PSUBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2948
 _T309 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2947
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2947
+v_dst = S.xmm[$dst]  # sse.r1:2951
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2951
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6854,17 +6854,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2953
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2957
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2955
+# PSUBD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2959
 _T310 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2958
-v_src = S.xmm[$src]  # sse.r1:2958
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2962
+v_src = S.xmm[$src]  # sse.r1:2962
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6872,20 +6872,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2964
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2968
 """
 
-# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2955
+# PSUBD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2959
 _T311 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2958
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2958
+v_dst = S.xmm[$dst]  # sse.r1:2962
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2962
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6893,17 +6893,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((a_x_2 - a_y_3) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2964
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2968
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2966
+# PSUBSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2970
 _T312 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2969
-v_src = S.xmm[$src]  # sse.r1:2969
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2973
+v_src = S.xmm[$src]  # sse.r1:2973
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6912,20 +6912,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2975
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2979
 """
 
-# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2966
+# PSUBSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2970
 _T313 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2969
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2969
+v_dst = S.xmm[$dst]  # sse.r1:2973
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2973
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6934,17 +6934,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xff ^ 0x80) - 0x80) - ((a_y_3 & 0xff ^ 0x80) - 0x80))
     l_r_0 = (l_r_0 | (((128 if (a_v_4 < (-128)) else (127 if (a_v_4 > 127) else (a_v_4 & 255))) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2975
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2979
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2977
+# PSUBSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2981
 _T314 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2980
-v_src = S.xmm[$src]  # sse.r1:2980
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2984
+v_src = S.xmm[$src]  # sse.r1:2984
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6953,20 +6953,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2986
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2990
 """
 
-# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2977
+# PSUBSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2981
 _T315 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2980
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2980
+v_dst = S.xmm[$dst]  # sse.r1:2984
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2984
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6975,17 +6975,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) - ((a_y_3 & 0xffff ^ 0x8000) - 0x8000))
     l_r_0 = (l_r_0 | (((32768 if (a_v_4 < (-32768)) else (32767 if (a_v_4 > 32767) else (a_v_4 & 65535))) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2986
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2990
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2988
+# PSUBUSB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2992
 _T316 = """\
-v_dst = S.xmm[$dst]  # sse.r1:2991
-v_src = S.xmm[$src]  # sse.r1:2991
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:2995
+v_src = S.xmm[$src]  # sse.r1:2995
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -6994,20 +6994,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2997
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3001
 """
 
-# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2988
+# PSUBUSB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2992
 _T317 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:2991
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:2991
+v_dst = S.xmm[$dst]  # sse.r1:2995
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:2995
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7016,17 +7016,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (255 if (a_v_4 > 255) else a_v_4)) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:2997
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3001
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:2999
+# PSUBUSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3003
 _T318 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3002
-v_src = S.xmm[$src]  # sse.r1:3002
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3006
+v_src = S.xmm[$src]  # sse.r1:3006
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7035,20 +7035,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3008
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3012
 """
 
-# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:2999
+# PSUBUSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3003
 _T319 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3002
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3002
+v_dst = S.xmm[$dst]  # sse.r1:3006
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3006
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7057,17 +7057,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_v_4 = (a_x_2 - a_y_3)
     l_r_0 = (l_r_0 | (((0 if (a_v_4 < 0) else (65535 if (a_v_4 > 65535) else a_v_4)) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3008
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3012
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3010
+# PMULLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3014
 _T320 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3013
-v_src = S.xmm[$src]  # sse.r1:3013
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3017
+v_src = S.xmm[$src]  # sse.r1:3017
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7075,20 +7075,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3019
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3023
 """
 
-# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3010
+# PMULLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3014
 _T321 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3013
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3013
+v_dst = S.xmm[$dst]  # sse.r1:3017
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3017
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7096,17 +7096,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 * a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3019
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3023
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3021
+# PMULHW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3025
 _T322 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3024
-v_src = S.xmm[$src]  # sse.r1:3024
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3028
+v_src = S.xmm[$src]  # sse.r1:3028
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7114,20 +7114,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3030
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3034
 """
 
-# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3021
+# PMULHW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3025
 _T323 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3024
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3024
+v_dst = S.xmm[$dst]  # sse.r1:3028
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3028
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7135,17 +7135,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((((a_x_2 & 0xffff ^ 0x8000) - 0x8000) * ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3030
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3034
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3032
+# PMADDWD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3036
 _T324 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3035
-v_src = S.xmm[$src]  # sse.r1:3035
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3039
+v_src = S.xmm[$src]  # sse.r1:3039
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7153,20 +7153,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3041
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3045
 """
 
-# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3032
+# PMADDWD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3036
 _T325 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3035
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3035
+v_dst = S.xmm[$dst]  # sse.r1:3039
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3039
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7174,17 +7174,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((((((a_x_2 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 & 0xffff) & 0xffff ^ 0x8000) - 0x8000)) + ((((a_x_2 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000) * (((a_y_3 >> 16 & 0xffff) & 0xffff ^ 0x8000) - 0x8000))) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3041
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3045
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3043
+# PCMPEQB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3047
 _T326 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3046
-v_src = S.xmm[$src]  # sse.r1:3046
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3050
+v_src = S.xmm[$src]  # sse.r1:3050
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7192,20 +7192,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3052
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3056
 """
 
-# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3043
+# PCMPEQB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3047
 _T327 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3046
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3046
+v_dst = S.xmm[$dst]  # sse.r1:3050
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3050
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7213,17 +7213,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (a_x_2 == a_y_3) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3052
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3056
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3054
+# PCMPEQW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3058
 _T328 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3057
-v_src = S.xmm[$src]  # sse.r1:3057
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3061
+v_src = S.xmm[$src]  # sse.r1:3061
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7231,20 +7231,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3063
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3067
 """
 
-# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3054
+# PCMPEQW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3058
 _T329 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3057
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3057
+v_dst = S.xmm[$dst]  # sse.r1:3061
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3061
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7252,17 +7252,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (a_x_2 == a_y_3) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3063
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3067
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3065
+# PCMPEQD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3069
 _T330 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3068
-v_src = S.xmm[$src]  # sse.r1:3068
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3072
+v_src = S.xmm[$src]  # sse.r1:3072
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7270,20 +7270,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3074
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3078
 """
 
-# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3065
+# PCMPEQD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3069
 _T331 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3068
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3068
+v_dst = S.xmm[$dst]  # sse.r1:3072
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3072
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7291,17 +7291,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (a_x_2 == a_y_3) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3074
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3078
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3076
+# PCMPGTB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3080
 _T332 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3079
-v_src = S.xmm[$src]  # sse.r1:3079
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3083
+v_src = S.xmm[$src]  # sse.r1:3083
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7309,20 +7309,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3085
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3089
 """
 
-# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3076
+# PCMPGTB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3080
 _T333 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3079
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3079
+v_dst = S.xmm[$dst]  # sse.r1:3083
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3083
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7330,17 +7330,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((255 if (((a_x_2 & 0xff ^ 0x80) - 0x80) > ((a_y_3 & 0xff ^ 0x80) - 0x80)) else 0) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3085
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3089
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3087
+# PCMPGTW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3091
 _T334 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3090
-v_src = S.xmm[$src]  # sse.r1:3090
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3094
+v_src = S.xmm[$src]  # sse.r1:3094
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7348,20 +7348,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3096
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3100
 """
 
-# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3087
+# PCMPGTW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3091
 _T335 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3090
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3090
+v_dst = S.xmm[$dst]  # sse.r1:3094
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3094
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7369,17 +7369,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((65535 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else 0) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3096
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3100
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3098
+# PCMPGTD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3102
 _T336 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3101
-v_src = S.xmm[$src]  # sse.r1:3101
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3105
+v_src = S.xmm[$src]  # sse.r1:3105
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7387,20 +7387,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3107
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3111
 """
 
-# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3098
+# PCMPGTD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3102
 _T337 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3101
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3101
+v_dst = S.xmm[$dst]  # sse.r1:3105
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3105
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7408,117 +7408,117 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 4294967295)
     l_r_0 = (l_r_0 | (((4294967295 if (((a_x_2 & 0xffffffff ^ 0x80000000) - 0x80000000) > ((a_y_3 & 0xffffffff ^ 0x80000000) - 0x80000000)) else 0) & 4294967295) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 32)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3107
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3111
 """
 
-# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3109
+# PAND_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3113
 _T338 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3112
-v_src = S.xmm[$src]  # sse.r1:3112
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3118
+v_dst = S.xmm[$dst]  # sse.r1:3116
+v_src = S.xmm[$src]  # sse.r1:3116
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3122
 """
 
-# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3109
+# PAND_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3113
 _T339 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3112
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3112
-S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3118
+v_dst = S.xmm[$dst]  # sse.r1:3116
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3116
+S.xmm[$dst] = (v_dst & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3122
 """
 
-# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3120
+# PANDN_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3124
 _T340 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3123
-v_src = S.xmm[$src]  # sse.r1:3123
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3129
+v_dst = S.xmm[$dst]  # sse.r1:3127
+v_src = S.xmm[$src]  # sse.r1:3127
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3133
 """
 
-# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3120
+# PANDN_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3124
 _T341 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3123
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3123
-S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3129
+v_dst = S.xmm[$dst]  # sse.r1:3127
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3127
+S.xmm[$dst] = ((~v_dst) & v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3133
 """
 
-# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3131
+# POR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3135
 _T342 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3134
-v_src = S.xmm[$src]  # sse.r1:3134
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3140
+v_dst = S.xmm[$dst]  # sse.r1:3138
+v_src = S.xmm[$src]  # sse.r1:3138
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3144
 """
 
-# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3131
+# POR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3135
 _T343 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3134
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3134
-S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3140
+v_dst = S.xmm[$dst]  # sse.r1:3138
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3138
+S.xmm[$dst] = (v_dst | v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3144
 """
 
-# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3142
+# PXOR_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3146
 _T344 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3145
-v_src = S.xmm[$src]  # sse.r1:3145
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3151
+v_dst = S.xmm[$dst]  # sse.r1:3149
+v_src = S.xmm[$src]  # sse.r1:3149
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3155
 """
 
-# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3142
+# PXOR_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3146
 _T345 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3145
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3145
-S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3151
+v_dst = S.xmm[$dst]  # sse.r1:3149
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3149
+S.xmm[$dst] = (v_dst ^ v_src) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3155
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3153
+# PSLLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3157
 _T346 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3156
-v_src = S.xmm[$src]  # sse.r1:3156
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3160
+v_src = S.xmm[$src]  # sse.r1:3160
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7527,20 +7527,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3162
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3166
 """
 
-# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3153
+# PSLLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3157
 _T347 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3156
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3156
+v_dst = S.xmm[$dst]  # sse.r1:3160
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3160
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7549,17 +7549,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3162
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3166
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3164
+# PSLLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3168
 _T348 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3167
-v_src = S.xmm[$src]  # sse.r1:3167
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3171
+v_src = S.xmm[$src]  # sse.r1:3171
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7568,20 +7568,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3173
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3177
 """
 
-# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3164
+# PSLLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3168
 _T349 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3167
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3167
+v_dst = S.xmm[$dst]  # sse.r1:3171
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3171
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7590,17 +7590,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3173
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3177
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3175
+# PSLLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3179
 _T350 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3178
-v_src = S.xmm[$src]  # sse.r1:3178
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3182
+v_src = S.xmm[$src]  # sse.r1:3182
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7609,20 +7609,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3184
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3188
 """
 
-# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3175
+# PSLLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3179
 _T351 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3178
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3178
+v_dst = S.xmm[$dst]  # sse.r1:3182
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3182
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7631,17 +7631,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 << l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3184
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3188
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3186
+# PSRLW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3190
 _T352 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3189
-v_src = S.xmm[$src]  # sse.r1:3189
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3193
+v_src = S.xmm[$src]  # sse.r1:3193
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7650,20 +7650,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3195
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3199
 """
 
-# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3186
+# PSRLW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3190
 _T353 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3189
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3189
+v_dst = S.xmm[$dst]  # sse.r1:3193
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3193
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7672,17 +7672,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3195
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3199
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3197
+# PSRLD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3201
 _T354 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3200
-v_src = S.xmm[$src]  # sse.r1:3200
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3204
+v_src = S.xmm[$src]  # sse.r1:3204
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7691,20 +7691,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3206
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3210
 """
 
-# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3197
+# PSRLD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3201
 _T355 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3200
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3200
+v_dst = S.xmm[$dst]  # sse.r1:3204
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3204
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7713,17 +7713,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3206
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3210
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3208
+# PSRLQ_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3212
 _T356 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3211
-v_src = S.xmm[$src]  # sse.r1:3211
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3215
+v_src = S.xmm[$src]  # sse.r1:3215
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7732,20 +7732,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3217
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3221
 """
 
-# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3208
+# PSRLQ_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3212
 _T357 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3211
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3211
+v_dst = S.xmm[$dst]  # sse.r1:3215
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3215
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (64 if (m_count_0 > 63) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7754,17 +7754,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 18446744073709551615)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((l_x_4 >> l_c_1) & 18446744073709551615) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3217
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3221
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3219
+# PSRAW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3223
 _T358 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3222
-v_src = S.xmm[$src]  # sse.r1:3222
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3226
+v_src = S.xmm[$src]  # sse.r1:3226
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7773,20 +7773,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3228
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3232
 """
 
-# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3219
+# PSRAW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3223
 _T359 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3222
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3222
+v_dst = S.xmm[$dst]  # sse.r1:3226
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3226
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (16 if (m_count_0 > 15) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7795,17 +7795,17 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 65535)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffff ^ 0x8000) - 0x8000) >> l_c_1) & 65535) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3228
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3232
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3230
+# PSRAD_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3234
 _T360 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3233
-v_src = S.xmm[$src]  # sse.r1:3233
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3237
+v_src = S.xmm[$src]  # sse.r1:3237
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7814,20 +7814,20 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3239
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3243
 """
 
-# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3230
+# PSRAD_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3234
 _T361 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3233
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3233
+v_dst = S.xmm[$dst]  # sse.r1:3237
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3237
 m_count_0 = (v_src & 0xffffffffffffffff)
 l_c_1 = (32 if (m_count_0 > 31) else m_count_0)  # mmx.r1:107
 l_r_2 = 0  # mmx.r1:108
@@ -7836,16 +7836,16 @@ while (l_i_3 < 128):  # mmx.r1:110
     l_x_4 = ((v_dst >> l_i_3) & 4294967295)  # mmx.r1:111
     l_r_2 = (l_r_2 | (((((l_x_4 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_1) & 4294967295) << l_i_3))  # mmx.r1:112
     l_i_3 = (l_i_3 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3239
+S.xmm[$dst] = l_r_2 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3243
 """
 
-# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3241
+# PSLLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3245
 _T362 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3244
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3248
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7853,16 +7853,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 65535) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3250
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3254
 """
 
-# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3252
+# PSLLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3256
 _T363 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3255
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3259
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7870,16 +7870,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3261
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3265
 """
 
-# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3263
+# PSLLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3267
 _T364 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3266
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3270
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7887,16 +7887,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 << l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3272
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3276
 """
 
-# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3274
+# PSRLW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3278
 _T365 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3277
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3281
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7904,16 +7904,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3283
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3287
 """
 
-# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3285
+# PSRLD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3289
 _T366 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3288
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3292
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7921,16 +7921,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3294
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3298
 """
 
-# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3296
+# PSRLQ_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3300
 _T367 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3299
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3303
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (64 if ($imm > 63) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7938,16 +7938,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 18446744073709551615)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((l_x_3 >> l_c_0) & 18446744073709551615) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 64)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3305
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3309
 """
 
-# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3307
+# PSRAW_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3311
 _T368 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3310
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3314
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (16 if ($imm > 15) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7955,16 +7955,16 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 65535)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((((l_x_3 & 0xffff ^ 0x8000) - 0x8000) >> l_c_0) & 65535) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 16)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3316
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3320
 """
 
-# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3318
+# PSRAD_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3322
 _T369 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3321
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3325
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_c_0 = (32 if ($imm > 31) else $imm)  # mmx.r1:107
 l_r_1 = 0  # mmx.r1:108
 l_i_2 = 0  # mmx.r1:109
@@ -7972,17 +7972,17 @@ while (l_i_2 < 128):  # mmx.r1:110
     l_x_3 = ((v_dst >> l_i_2) & 4294967295)  # mmx.r1:111
     l_r_1 = (l_r_1 | (((((l_x_3 & 0xffffffff ^ 0x80000000) - 0x80000000) >> l_c_0) & 4294967295) << l_i_2))  # mmx.r1:112
     l_i_2 = (l_i_2 + 32)  # mmx.r1:113
-S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3327
+S.xmm[$dst] = l_r_1 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3331
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3331
+# PAVGB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3335
 _T370 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3334
-v_src = S.xmm[$src]  # sse.r1:3334
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3338
+v_src = S.xmm[$src]  # sse.r1:3338
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -7990,20 +7990,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3340
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3344
 """
 
-# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3331
+# PAVGB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3335
 _T371 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3334
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3334
+v_dst = S.xmm[$dst]  # sse.r1:3338
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3338
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8011,17 +8011,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3340
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3344
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3342
+# PAVGW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3346
 _T372 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3345
-v_src = S.xmm[$src]  # sse.r1:3345
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3349
+v_src = S.xmm[$src]  # sse.r1:3349
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8029,20 +8029,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3351
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3355
 """
 
-# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3342
+# PAVGW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3346
 _T373 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3345
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3345
+v_dst = S.xmm[$dst]  # sse.r1:3349
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3349
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8050,17 +8050,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((((a_x_2 + a_y_3) + 1) >> 1) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3351
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3355
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3353
+# PMAXSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3357
 _T374 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3356
-v_src = S.xmm[$src]  # sse.r1:3356
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3360
+v_src = S.xmm[$src]  # sse.r1:3360
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8068,20 +8068,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3362
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3366
 """
 
-# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3353
+# PMAXSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3357
 _T375 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3356
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3356
+v_dst = S.xmm[$dst]  # sse.r1:3360
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3360
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8089,17 +8089,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) > ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3362
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3366
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3364
+# PMAXUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3368
 _T376 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3367
-v_src = S.xmm[$src]  # sse.r1:3367
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3371
+v_src = S.xmm[$src]  # sse.r1:3371
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8107,20 +8107,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3373
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3377
 """
 
-# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3364
+# PMAXUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3368
 _T377 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3367
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3367
+v_dst = S.xmm[$dst]  # sse.r1:3371
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3371
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8128,17 +8128,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 > a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3373
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3377
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3375
+# PMINSW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3379
 _T378 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3378
-v_src = S.xmm[$src]  # sse.r1:3378
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3382
+v_src = S.xmm[$src]  # sse.r1:3382
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8146,20 +8146,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3384
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3388
 """
 
-# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3375
+# PMINSW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3379
 _T379 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3378
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3378
+v_dst = S.xmm[$dst]  # sse.r1:3382
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3382
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8167,17 +8167,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | (((a_x_2 if (((a_x_2 & 0xffff ^ 0x8000) - 0x8000) < ((a_y_3 & 0xffff ^ 0x8000) - 0x8000)) else a_y_3) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3384
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3388
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3386
+# PMINUB_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3390
 _T380 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3389
-v_src = S.xmm[$src]  # sse.r1:3389
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3393
+v_src = S.xmm[$src]  # sse.r1:3393
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8185,20 +8185,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3395
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3399
 """
 
-# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3386
+# PMINUB_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3390
 _T381 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3389
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3389
+v_dst = S.xmm[$dst]  # sse.r1:3393
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3393
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8206,17 +8206,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 255)
     l_r_0 = (l_r_0 | (((a_x_2 if (a_x_2 < a_y_3) else a_y_3) & 255) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 8)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3395
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3399
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3397
+# PMULHUW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3401
 _T382 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3400
-v_src = S.xmm[$src]  # sse.r1:3400
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3404
+v_src = S.xmm[$src]  # sse.r1:3404
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8224,20 +8224,20 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3406
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3410
 """
 
-# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3397
+# PMULHUW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3401
 _T383 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3400
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3400
+v_dst = S.xmm[$dst]  # sse.r1:3404
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3404
 l_r_0 = 0  # mmx.r1:92
 l_i_1 = 0  # mmx.r1:93
 while (l_i_1 < 128):  # mmx.r1:94
@@ -8245,17 +8245,17 @@ while (l_i_1 < 128):  # mmx.r1:94
     a_y_3 = ((v_src >> l_i_1) & 65535)
     l_r_0 = (l_r_0 | ((((a_x_2 * a_y_3) >> 16) & 65535) << l_i_1))  # mmx.r1:95
     l_i_1 = (l_i_1 + 16)  # mmx.r1:96
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3406
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3410
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3408
+# PSADBW_XMM_XMMRM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3412
 _T384 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3411
-v_src = S.xmm[$src]  # sse.r1:3411
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3415
+v_src = S.xmm[$src]  # sse.r1:3415
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:162
 l_i_1 = 0  # mmx.r1:163
 while (l_i_1 < 128):  # mmx.r1:164
@@ -8268,20 +8268,20 @@ while (l_i_1 < 128):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3417
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3421
 """
 
-# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3408
+# PSADBW_XMM_XMMRM [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3412
 _T385 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3411
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-if ((b_seg_base($seg) + ea) & 15):  # sse.r1:66
-    raise Fault(13, 0)  # sse.r1:66
-v_src = b_load($seg, ea, 128)  # sse.r1:3411
+v_dst = S.xmm[$dst]  # sse.r1:3415
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+if ((b_seg_base($seg) + ea) & 15):  # sse.r1:70
+    raise Fault(13, 0)  # sse.r1:70
+v_src = b_load($seg, ea, 128)  # sse.r1:3415
 l_r_0 = 0  # mmx.r1:162
 l_i_1 = 0  # mmx.r1:163
 while (l_i_1 < 128):  # mmx.r1:164
@@ -8294,61 +8294,61 @@ while (l_i_1 < 128):  # mmx.r1:164
         l_j_3 = (l_j_3 + 8)  # mmx.r1:171
     l_r_0 = (l_r_0 | (l_s_2 << l_i_1))  # mmx.r1:173
     l_i_1 = (l_i_1 + 64)  # mmx.r1:174
-S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3417
+S.xmm[$dst] = l_r_0 & 0xffffffffffffffffffffffffffffffff  # sse.r1:3421
 """
 
-# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3419
+# PEXTRW_R32_XMM_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3423
 _T386 = """\
-v_src = S.xmm[$src]  # sse.r1:3422
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:3428
+v_src = S.xmm[$src]  # sse.r1:3426
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+R[$dst] = ((v_src >> (($imm & 7) * 16)) & 65535) & 0xffffffff  # sse.r1:3432
 """
 
-# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3430
+# PINSRW_XMM_R32_IMM8 [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3434
 _T387 = """\
-v_dst = S.xmm[$dst]  # sse.r1:3433
-v_src = R[$src]  # sse.r1:3433
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_dst = S.xmm[$dst]  # sse.r1:3437
+v_src = R[$src]  # sse.r1:3437
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 a_sel_0 = ($imm & 7)
-S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3439
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3443
 """
 
-# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3441
+# PINSRW_XMM_M16_IMM8 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/sse.r1:3445
 _T388 = """\
 ea = $ea
-v_dst = S.xmm[$dst]  # sse.r1:3444
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
-v_src = rd16($seg, ea)  # sse.r1:3444
+v_dst = S.xmm[$dst]  # sse.r1:3448
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
+v_src = rd16($seg, ea)  # sse.r1:3448
 a_sel_0 = ($imm & 7)
-S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3450
+S.xmm[$dst] = ((v_dst & (~(65535 << (a_sel_0 * 16)))) | ((v_src & 65535) << (a_sel_0 * 16))) & 0xffffffffffffffffffffffffffffffff  # sse.r1:3454
 """
 
-# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3452
+# PMOVMSKB_R32_XMM [o16 a16 reg, o16 a32 reg, o32 a16 reg, o32 a32 reg] from spec/sse.r1:3456
 _T389 = """\
-v_src = S.xmm[$src]  # sse.r1:3455
-if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:58
-    raise Fault(6, None)  # sse.r1:58
-if (S.cr[0] >> 3 & 0x1):  # sse.r1:59
-    raise Fault(7, None)  # sse.r1:59
+v_src = S.xmm[$src]  # sse.r1:3459
+if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
+    raise Fault(6, None)  # sse.r1:62
+if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
+    raise Fault(7, None)  # sse.r1:63
 l_r_0 = 0  # mmx.r1:181
 l_i_1 = 0  # mmx.r1:182
 while (l_i_1 < 16):  # mmx.r1:183
     l_r_0 = (l_r_0 | ((v_src >> ((8 * l_i_1) + 7) & 1) << l_i_1))  # mmx.r1:184
     l_i_1 = (l_i_1 + 1)  # mmx.r1:185
-R[$dst] = l_r_0 & 0xffffffff  # sse.r1:3461
+R[$dst] = l_r_0 & 0xffffffff  # sse.r1:3465
 """
 
 TEMPLATES = {
-    # spec/sse.r1:302
+    # spec/sse.r1:306
     'MOVAPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T0,
         (16, 16, 'mem', None, None): _T1,
@@ -8359,7 +8359,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T0,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/sse.r1:317
+    # spec/sse.r1:321
     'MOVAPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T2,
         (16, 16, 'mem', None, None): _T3,
@@ -8370,7 +8370,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T2,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/sse.r1:332
+    # spec/sse.r1:336
     'MOVUPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T4,
         (16, 16, 'mem', None, None): _T5,
@@ -8381,7 +8381,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T4,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/sse.r1:343
+    # spec/sse.r1:347
     'MOVUPS_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T6,
         (16, 16, 'mem', None, None): _T7,
@@ -8392,84 +8392,84 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T6,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/sse.r1:354
+    # spec/sse.r1:358
     'MOVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T8,
         (16, 32, 'reg', None, None): _T8,
         (32, 16, 'reg', None, None): _T8,
         (32, 32, 'reg', None, None): _T8,
     },
-    # spec/sse.r1:365
+    # spec/sse.r1:369
     'MOVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/sse.r1:376
+    # spec/sse.r1:380
     'MOVSS_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T10,
         (16, 32, 'reg', None, None): _T10,
         (32, 16, 'reg', None, None): _T10,
         (32, 32, 'reg', None, None): _T10,
     },
-    # spec/sse.r1:387
+    # spec/sse.r1:391
     'MOVSS_M32_XMM': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/sse.r1:398
+    # spec/sse.r1:402
     'MOVLPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/sse.r1:409
+    # spec/sse.r1:413
     'MOVHLPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T13,
         (16, 32, 'reg', None, None): _T13,
         (32, 16, 'reg', None, None): _T13,
         (32, 32, 'reg', None, None): _T13,
     },
-    # spec/sse.r1:420
+    # spec/sse.r1:424
     'MOVLPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/sse.r1:431
+    # spec/sse.r1:435
     'MOVHPS_XMM_M64': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/sse.r1:442
+    # spec/sse.r1:446
     'MOVLHPS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T16,
         (16, 32, 'reg', None, None): _T16,
         (32, 16, 'reg', None, None): _T16,
         (32, 32, 'reg', None, None): _T16,
     },
-    # spec/sse.r1:453
+    # spec/sse.r1:457
     'MOVHPS_M64_XMM': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/sse.r1:464
+    # spec/sse.r1:468
     'MOVMSKPS_R32_XMM': {
         (16, 16, 'reg', None, None): _T18,
         (16, 32, 'reg', None, None): _T18,
         (32, 16, 'reg', None, None): _T18,
         (32, 32, 'reg', None, None): _T18,
     },
-    # spec/sse.r1:477
+    # spec/sse.r1:481
     'ADDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T19,
         (16, 16, 'mem', None, None): _T20,
@@ -8480,21 +8480,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T19,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/sse.r1:492
+    # spec/sse.r1:496
     'ADDSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T21,
         (16, 32, 'reg', None, None): _T21,
         (32, 16, 'reg', None, None): _T21,
         (32, 32, 'reg', None, None): _T21,
     },
-    # spec/sse.r1:503
+    # spec/sse.r1:507
     'ADDSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/sse.r1:514
+    # spec/sse.r1:518
     'SUBPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T23,
         (16, 16, 'mem', None, None): _T24,
@@ -8505,21 +8505,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T23,
         (32, 32, 'mem', None, None): _T24,
     },
-    # spec/sse.r1:529
+    # spec/sse.r1:533
     'SUBSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T25,
         (16, 32, 'reg', None, None): _T25,
         (32, 16, 'reg', None, None): _T25,
         (32, 32, 'reg', None, None): _T25,
     },
-    # spec/sse.r1:540
+    # spec/sse.r1:544
     'SUBSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T26,
         (16, 32, 'mem', None, None): _T26,
         (32, 16, 'mem', None, None): _T26,
         (32, 32, 'mem', None, None): _T26,
     },
-    # spec/sse.r1:551
+    # spec/sse.r1:555
     'MULPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T27,
         (16, 16, 'mem', None, None): _T28,
@@ -8530,21 +8530,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T27,
         (32, 32, 'mem', None, None): _T28,
     },
-    # spec/sse.r1:566
+    # spec/sse.r1:570
     'MULSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T29,
         (16, 32, 'reg', None, None): _T29,
         (32, 16, 'reg', None, None): _T29,
         (32, 32, 'reg', None, None): _T29,
     },
-    # spec/sse.r1:577
+    # spec/sse.r1:581
     'MULSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T30,
         (16, 32, 'mem', None, None): _T30,
         (32, 16, 'mem', None, None): _T30,
         (32, 32, 'mem', None, None): _T30,
     },
-    # spec/sse.r1:588
+    # spec/sse.r1:592
     'DIVPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T31,
         (16, 16, 'mem', None, None): _T32,
@@ -8555,21 +8555,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T31,
         (32, 32, 'mem', None, None): _T32,
     },
-    # spec/sse.r1:603
+    # spec/sse.r1:607
     'DIVSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T33,
         (16, 32, 'reg', None, None): _T33,
         (32, 16, 'reg', None, None): _T33,
         (32, 32, 'reg', None, None): _T33,
     },
-    # spec/sse.r1:614
+    # spec/sse.r1:618
     'DIVSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T34,
         (16, 32, 'mem', None, None): _T34,
         (32, 16, 'mem', None, None): _T34,
         (32, 32, 'mem', None, None): _T34,
     },
-    # spec/sse.r1:625
+    # spec/sse.r1:629
     'MINPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T35,
         (16, 16, 'mem', None, None): _T36,
@@ -8580,21 +8580,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T35,
         (32, 32, 'mem', None, None): _T36,
     },
-    # spec/sse.r1:640
+    # spec/sse.r1:644
     'MINSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T37,
         (16, 32, 'reg', None, None): _T37,
         (32, 16, 'reg', None, None): _T37,
         (32, 32, 'reg', None, None): _T37,
     },
-    # spec/sse.r1:651
+    # spec/sse.r1:655
     'MINSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T38,
         (16, 32, 'mem', None, None): _T38,
         (32, 16, 'mem', None, None): _T38,
         (32, 32, 'mem', None, None): _T38,
     },
-    # spec/sse.r1:662
+    # spec/sse.r1:666
     'MAXPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T39,
         (16, 16, 'mem', None, None): _T40,
@@ -8605,21 +8605,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T39,
         (32, 32, 'mem', None, None): _T40,
     },
-    # spec/sse.r1:677
+    # spec/sse.r1:681
     'MAXSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T41,
         (16, 32, 'reg', None, None): _T41,
         (32, 16, 'reg', None, None): _T41,
         (32, 32, 'reg', None, None): _T41,
     },
-    # spec/sse.r1:688
+    # spec/sse.r1:692
     'MAXSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/sse.r1:699
+    # spec/sse.r1:703
     'SQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T43,
         (16, 16, 'mem', None, None): _T44,
@@ -8630,21 +8630,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T43,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/sse.r1:714
+    # spec/sse.r1:718
     'SQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T45,
         (16, 32, 'reg', None, None): _T45,
         (32, 16, 'reg', None, None): _T45,
         (32, 32, 'reg', None, None): _T45,
     },
-    # spec/sse.r1:725
+    # spec/sse.r1:729
     'SQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/sse.r1:736
+    # spec/sse.r1:740
     'RCPPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T47,
         (16, 16, 'mem', None, None): _T48,
@@ -8655,21 +8655,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T47,
         (32, 32, 'mem', None, None): _T48,
     },
-    # spec/sse.r1:751
+    # spec/sse.r1:755
     'RCPSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T49,
         (16, 32, 'reg', None, None): _T49,
         (32, 16, 'reg', None, None): _T49,
         (32, 32, 'reg', None, None): _T49,
     },
-    # spec/sse.r1:762
+    # spec/sse.r1:766
     'RCPSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/sse.r1:773
+    # spec/sse.r1:777
     'RSQRTPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T51,
         (16, 16, 'mem', None, None): _T52,
@@ -8680,21 +8680,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T51,
         (32, 32, 'mem', None, None): _T52,
     },
-    # spec/sse.r1:788
+    # spec/sse.r1:792
     'RSQRTSS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T53,
         (16, 32, 'reg', None, None): _T53,
         (32, 16, 'reg', None, None): _T53,
         (32, 32, 'reg', None, None): _T53,
     },
-    # spec/sse.r1:799
+    # spec/sse.r1:803
     'RSQRTSS_XMM_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/sse.r1:812
+    # spec/sse.r1:816
     'CMPPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T55,
         (16, 16, 'mem', None, None): _T56,
@@ -8705,49 +8705,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T55,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/sse.r1:828
+    # spec/sse.r1:832
     'CMPSS_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T57,
         (16, 32, 'reg', None, None): _T57,
         (32, 16, 'reg', None, None): _T57,
         (32, 32, 'reg', None, None): _T57,
     },
-    # spec/sse.r1:843
+    # spec/sse.r1:847
     'CMPSS_XMM_M32_IMM8': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/sse.r1:858
+    # spec/sse.r1:862
     'COMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T59,
         (16, 32, 'reg', None, None): _T59,
         (32, 16, 'reg', None, None): _T59,
         (32, 32, 'reg', None, None): _T59,
     },
-    # spec/sse.r1:869
+    # spec/sse.r1:873
     'COMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/sse.r1:880
+    # spec/sse.r1:884
     'UCOMISS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T61,
         (16, 32, 'reg', None, None): _T61,
         (32, 16, 'reg', None, None): _T61,
         (32, 32, 'reg', None, None): _T61,
     },
-    # spec/sse.r1:891
+    # spec/sse.r1:895
     'UCOMISS_XMM_M32': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/sse.r1:904
+    # spec/sse.r1:908
     'ANDPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T63,
         (16, 16, 'mem', None, None): _T64,
@@ -8758,7 +8758,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T63,
         (32, 32, 'mem', None, None): _T64,
     },
-    # spec/sse.r1:919
+    # spec/sse.r1:923
     'ANDNPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T65,
         (16, 16, 'mem', None, None): _T66,
@@ -8769,7 +8769,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T65,
         (32, 32, 'mem', None, None): _T66,
     },
-    # spec/sse.r1:934
+    # spec/sse.r1:938
     'ORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T67,
         (16, 16, 'mem', None, None): _T68,
@@ -8780,7 +8780,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T67,
         (32, 32, 'mem', None, None): _T68,
     },
-    # spec/sse.r1:949
+    # spec/sse.r1:953
     'XORPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T69,
         (16, 16, 'mem', None, None): _T70,
@@ -8791,7 +8791,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T69,
         (32, 32, 'mem', None, None): _T70,
     },
-    # spec/sse.r1:964
+    # spec/sse.r1:968
     'SHUFPS_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T71,
         (16, 16, 'mem', None, None): _T72,
@@ -8802,7 +8802,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T71,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/sse.r1:979
+    # spec/sse.r1:983
     'UNPCKLPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T73,
         (16, 16, 'mem', None, None): _T74,
@@ -8813,7 +8813,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T73,
         (32, 32, 'mem', None, None): _T74,
     },
-    # spec/sse.r1:994
+    # spec/sse.r1:998
     'UNPCKHPS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T75,
         (16, 16, 'mem', None, None): _T76,
@@ -8824,7 +8824,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T75,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/sse.r1:1011
+    # spec/sse.r1:1015
     'CVTPI2PS_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T77,
         (16, 16, 'mem', None, None): _T78,
@@ -8835,35 +8835,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T77,
         (32, 32, 'mem', None, None): _T78,
     },
-    # spec/sse.r1:1028
+    # spec/sse.r1:1032
     'CVTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T79,
         (16, 32, 'reg', None, None): _T79,
         (32, 16, 'reg', None, None): _T79,
         (32, 32, 'reg', None, None): _T79,
     },
-    # spec/sse.r1:1044
+    # spec/sse.r1:1048
     'CVTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T80,
         (16, 32, 'mem', None, None): _T80,
         (32, 16, 'mem', None, None): _T80,
         (32, 32, 'mem', None, None): _T80,
     },
-    # spec/sse.r1:1060
+    # spec/sse.r1:1064
     'CVTTPS2PI_MM_XMM': {
         (16, 16, 'reg', None, None): _T81,
         (16, 32, 'reg', None, None): _T81,
         (32, 16, 'reg', None, None): _T81,
         (32, 32, 'reg', None, None): _T81,
     },
-    # spec/sse.r1:1076
+    # spec/sse.r1:1080
     'CVTTPS2PI_MM_M64': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/sse.r1:1092
+    # spec/sse.r1:1096
     'CVTSI2SS_XMM_RM32': {
         (16, 16, 'reg', None, None): _T83,
         (16, 16, 'mem', None, None): _T84,
@@ -8874,119 +8874,119 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T83,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/sse.r1:1103
+    # spec/sse.r1:1107
     'CVTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T85,
         (16, 32, 'reg', None, None): _T85,
         (32, 16, 'reg', None, None): _T85,
         (32, 32, 'reg', None, None): _T85,
     },
-    # spec/sse.r1:1114
+    # spec/sse.r1:1118
     'CVTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T86,
         (16, 32, 'mem', None, None): _T86,
         (32, 16, 'mem', None, None): _T86,
         (32, 32, 'mem', None, None): _T86,
     },
-    # spec/sse.r1:1125
+    # spec/sse.r1:1129
     'CVTTSS2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T87,
         (16, 32, 'reg', None, None): _T87,
         (32, 16, 'reg', None, None): _T87,
         (32, 32, 'reg', None, None): _T87,
     },
-    # spec/sse.r1:1136
+    # spec/sse.r1:1140
     'CVTTSS2SI_R32_M32': {
         (16, 16, 'mem', None, None): _T88,
         (16, 32, 'mem', None, None): _T88,
         (32, 16, 'mem', None, None): _T88,
         (32, 32, 'mem', None, None): _T88,
     },
-    # spec/sse.r1:1149
+    # spec/sse.r1:1153
     'LDMXCSR_M32': {
         (16, 16, 'mem', None, None): _T89,
         (16, 32, 'mem', None, None): _T89,
         (32, 16, 'mem', None, None): _T89,
         (32, 32, 'mem', None, None): _T89,
     },
-    # spec/sse.r1:1164
+    # spec/sse.r1:1168
     'STMXCSR_M32': {
         (16, 16, 'mem', None, None): _T90,
         (16, 32, 'mem', None, None): _T90,
         (32, 16, 'mem', None, None): _T90,
         (32, 32, 'mem', None, None): _T90,
     },
-    # spec/sse.r1:1175
+    # spec/sse.r1:1179
     'FXSAVE_M512': {
         (16, 16, 'mem', None, None): _T91,
         (16, 32, 'mem', None, None): _T91,
         (32, 16, 'mem', None, None): _T91,
         (32, 32, 'mem', None, None): _T91,
     },
-    # spec/sse.r1:1215
+    # spec/sse.r1:1219
     'FXRSTOR_M512': {
         (16, 16, 'mem', None, None): _T92,
         (16, 32, 'mem', None, None): _T92,
         (32, 16, 'mem', None, None): _T92,
         (32, 32, 'mem', None, None): _T92,
     },
-    # spec/sse.r1:1255
+    # spec/sse.r1:1259
     'PREFETCHNTA_M8': {
         (16, 16, 'mem', None, None): _T93,
         (16, 32, 'mem', None, None): _T93,
         (32, 16, 'mem', None, None): _T93,
         (32, 32, 'mem', None, None): _T93,
     },
-    # spec/sse.r1:1266
+    # spec/sse.r1:1270
     'PREFETCHT0_M8': {
         (16, 16, 'mem', None, None): _T94,
         (16, 32, 'mem', None, None): _T94,
         (32, 16, 'mem', None, None): _T94,
         (32, 32, 'mem', None, None): _T94,
     },
-    # spec/sse.r1:1277
+    # spec/sse.r1:1281
     'PREFETCHT1_M8': {
         (16, 16, 'mem', None, None): _T95,
         (16, 32, 'mem', None, None): _T95,
         (32, 16, 'mem', None, None): _T95,
         (32, 32, 'mem', None, None): _T95,
     },
-    # spec/sse.r1:1288
+    # spec/sse.r1:1292
     'PREFETCHT2_M8': {
         (16, 16, 'mem', None, None): _T96,
         (16, 32, 'mem', None, None): _T96,
         (32, 16, 'mem', None, None): _T96,
         (32, 32, 'mem', None, None): _T96,
     },
-    # spec/sse.r1:1299
+    # spec/sse.r1:1303
     'SFENCE': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/sse.r1:1310
+    # spec/sse.r1:1314
     'MOVNTQ_M64_MM': {
         (16, 16, 'mem', None, None): _T98,
         (16, 32, 'mem', None, None): _T98,
         (32, 16, 'mem', None, None): _T98,
         (32, 32, 'mem', None, None): _T98,
     },
-    # spec/sse.r1:1321
+    # spec/sse.r1:1325
     'MOVNTPS_M128_XMM': {
         (16, 16, 'mem', None, None): _T99,
         (16, 32, 'mem', None, None): _T99,
         (32, 16, 'mem', None, None): _T99,
         (32, 32, 'mem', None, None): _T99,
     },
-    # spec/sse.r1:1332
+    # spec/sse.r1:1336
     'MASKMOVQ_MM_MM': {
         (16, 16, 'reg', None, None): _T100,
         (16, 32, 'reg', None, None): _T101,
         (32, 16, 'reg', None, None): _T100,
         (32, 32, 'reg', None, None): _T101,
     },
-    # spec/sse.r1:1345
+    # spec/sse.r1:1349
     'PAVGB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T102,
         (16, 16, 'mem', None, None): _T103,
@@ -8997,7 +8997,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T102,
         (32, 32, 'mem', None, None): _T103,
     },
-    # spec/sse.r1:1356
+    # spec/sse.r1:1360
     'PAVGW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T104,
         (16, 16, 'mem', None, None): _T105,
@@ -9008,7 +9008,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T104,
         (32, 32, 'mem', None, None): _T105,
     },
-    # spec/sse.r1:1367
+    # spec/sse.r1:1371
     'PMAXSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T106,
         (16, 16, 'mem', None, None): _T107,
@@ -9019,7 +9019,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T106,
         (32, 32, 'mem', None, None): _T107,
     },
-    # spec/sse.r1:1378
+    # spec/sse.r1:1382
     'PMAXUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T108,
         (16, 16, 'mem', None, None): _T109,
@@ -9030,7 +9030,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T108,
         (32, 32, 'mem', None, None): _T109,
     },
-    # spec/sse.r1:1389
+    # spec/sse.r1:1393
     'PMINSW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T110,
         (16, 16, 'mem', None, None): _T111,
@@ -9041,7 +9041,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T110,
         (32, 32, 'mem', None, None): _T111,
     },
-    # spec/sse.r1:1400
+    # spec/sse.r1:1404
     'PMINUB_MM_MMRM': {
         (16, 16, 'reg', None, None): _T112,
         (16, 16, 'mem', None, None): _T113,
@@ -9052,7 +9052,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T112,
         (32, 32, 'mem', None, None): _T113,
     },
-    # spec/sse.r1:1411
+    # spec/sse.r1:1415
     'PMULHUW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T114,
         (16, 16, 'mem', None, None): _T115,
@@ -9063,7 +9063,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T114,
         (32, 32, 'mem', None, None): _T115,
     },
-    # spec/sse.r1:1422
+    # spec/sse.r1:1426
     'PSADBW_MM_MMRM': {
         (16, 16, 'reg', None, None): _T116,
         (16, 16, 'mem', None, None): _T117,
@@ -9074,7 +9074,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T116,
         (32, 32, 'mem', None, None): _T117,
     },
-    # spec/sse.r1:1433
+    # spec/sse.r1:1437
     'PSHUFW_MM_MMRM_IMM8': {
         (16, 16, 'reg', None, None): _T118,
         (16, 16, 'mem', None, None): _T119,
@@ -9085,35 +9085,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T118,
         (32, 32, 'mem', None, None): _T119,
     },
-    # spec/sse.r1:1444
+    # spec/sse.r1:1448
     'PEXTRW_R32_MM_IMM8': {
         (16, 16, 'reg', None, None): _T120,
         (16, 32, 'reg', None, None): _T120,
         (32, 16, 'reg', None, None): _T120,
         (32, 32, 'reg', None, None): _T120,
     },
-    # spec/sse.r1:1455
+    # spec/sse.r1:1459
     'PINSRW_MM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T121,
         (16, 32, 'reg', None, None): _T121,
         (32, 16, 'reg', None, None): _T121,
         (32, 32, 'reg', None, None): _T121,
     },
-    # spec/sse.r1:1466
+    # spec/sse.r1:1470
     'PINSRW_MM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/sse.r1:1477
+    # spec/sse.r1:1481
     'PMOVMSKB_R32_MM': {
         (16, 16, 'reg', None, None): _T123,
         (16, 32, 'reg', None, None): _T123,
         (32, 16, 'reg', None, None): _T123,
         (32, 32, 'reg', None, None): _T123,
     },
-    # spec/sse.r1:1490
+    # spec/sse.r1:1494
     'MOVAPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T124,
         (16, 16, 'mem', None, None): _T125,
@@ -9124,7 +9124,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T124,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/sse.r1:1505
+    # spec/sse.r1:1509
     'MOVAPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T126,
         (16, 16, 'mem', None, None): _T127,
@@ -9135,7 +9135,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T126,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/sse.r1:1520
+    # spec/sse.r1:1524
     'MOVUPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T128,
         (16, 16, 'mem', None, None): _T129,
@@ -9146,7 +9146,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T128,
         (32, 32, 'mem', None, None): _T129,
     },
-    # spec/sse.r1:1531
+    # spec/sse.r1:1535
     'MOVUPD_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T130,
         (16, 16, 'mem', None, None): _T131,
@@ -9157,70 +9157,70 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T130,
         (32, 32, 'mem', None, None): _T131,
     },
-    # spec/sse.r1:1542
+    # spec/sse.r1:1546
     'MOVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T132,
         (16, 32, 'reg', None, None): _T132,
         (32, 16, 'reg', None, None): _T132,
         (32, 32, 'reg', None, None): _T132,
     },
-    # spec/sse.r1:1553
+    # spec/sse.r1:1557
     'MOVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T133,
         (16, 32, 'mem', None, None): _T133,
         (32, 16, 'mem', None, None): _T133,
         (32, 32, 'mem', None, None): _T133,
     },
-    # spec/sse.r1:1564
+    # spec/sse.r1:1568
     'MOVSD_XMM_XMM_0F11': {
         (16, 16, 'reg', None, None): _T134,
         (16, 32, 'reg', None, None): _T134,
         (32, 16, 'reg', None, None): _T134,
         (32, 32, 'reg', None, None): _T134,
     },
-    # spec/sse.r1:1575
+    # spec/sse.r1:1579
     'MOVSD_M64_XMM': {
         (16, 16, 'mem', None, None): _T135,
         (16, 32, 'mem', None, None): _T135,
         (32, 16, 'mem', None, None): _T135,
         (32, 32, 'mem', None, None): _T135,
     },
-    # spec/sse.r1:1586
+    # spec/sse.r1:1590
     'MOVLPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T136,
         (16, 32, 'mem', None, None): _T136,
         (32, 16, 'mem', None, None): _T136,
         (32, 32, 'mem', None, None): _T136,
     },
-    # spec/sse.r1:1597
+    # spec/sse.r1:1601
     'MOVLPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T137,
         (16, 32, 'mem', None, None): _T137,
         (32, 16, 'mem', None, None): _T137,
         (32, 32, 'mem', None, None): _T137,
     },
-    # spec/sse.r1:1608
+    # spec/sse.r1:1612
     'MOVHPD_XMM_M64': {
         (16, 16, 'mem', None, None): _T138,
         (16, 32, 'mem', None, None): _T138,
         (32, 16, 'mem', None, None): _T138,
         (32, 32, 'mem', None, None): _T138,
     },
-    # spec/sse.r1:1619
+    # spec/sse.r1:1623
     'MOVHPD_M64_XMM': {
         (16, 16, 'mem', None, None): _T139,
         (16, 32, 'mem', None, None): _T139,
         (32, 16, 'mem', None, None): _T139,
         (32, 32, 'mem', None, None): _T139,
     },
-    # spec/sse.r1:1630
+    # spec/sse.r1:1634
     'MOVMSKPD_R32_XMM': {
         (16, 16, 'reg', None, None): _T140,
         (16, 32, 'reg', None, None): _T140,
         (32, 16, 'reg', None, None): _T140,
         (32, 32, 'reg', None, None): _T140,
     },
-    # spec/sse.r1:1643
+    # spec/sse.r1:1647
     'ADDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T141,
         (16, 16, 'mem', None, None): _T142,
@@ -9231,21 +9231,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T141,
         (32, 32, 'mem', None, None): _T142,
     },
-    # spec/sse.r1:1658
+    # spec/sse.r1:1662
     'ADDSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T143,
         (16, 32, 'reg', None, None): _T143,
         (32, 16, 'reg', None, None): _T143,
         (32, 32, 'reg', None, None): _T143,
     },
-    # spec/sse.r1:1669
+    # spec/sse.r1:1673
     'ADDSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T144,
         (16, 32, 'mem', None, None): _T144,
         (32, 16, 'mem', None, None): _T144,
         (32, 32, 'mem', None, None): _T144,
     },
-    # spec/sse.r1:1680
+    # spec/sse.r1:1684
     'SUBPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T145,
         (16, 16, 'mem', None, None): _T146,
@@ -9256,21 +9256,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T145,
         (32, 32, 'mem', None, None): _T146,
     },
-    # spec/sse.r1:1695
+    # spec/sse.r1:1699
     'SUBSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T147,
         (16, 32, 'reg', None, None): _T147,
         (32, 16, 'reg', None, None): _T147,
         (32, 32, 'reg', None, None): _T147,
     },
-    # spec/sse.r1:1706
+    # spec/sse.r1:1710
     'SUBSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T148,
         (16, 32, 'mem', None, None): _T148,
         (32, 16, 'mem', None, None): _T148,
         (32, 32, 'mem', None, None): _T148,
     },
-    # spec/sse.r1:1717
+    # spec/sse.r1:1721
     'MULPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T149,
         (16, 16, 'mem', None, None): _T150,
@@ -9281,21 +9281,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T149,
         (32, 32, 'mem', None, None): _T150,
     },
-    # spec/sse.r1:1732
+    # spec/sse.r1:1736
     'MULSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T151,
         (16, 32, 'reg', None, None): _T151,
         (32, 16, 'reg', None, None): _T151,
         (32, 32, 'reg', None, None): _T151,
     },
-    # spec/sse.r1:1743
+    # spec/sse.r1:1747
     'MULSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T152,
         (16, 32, 'mem', None, None): _T152,
         (32, 16, 'mem', None, None): _T152,
         (32, 32, 'mem', None, None): _T152,
     },
-    # spec/sse.r1:1754
+    # spec/sse.r1:1758
     'DIVPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T153,
         (16, 16, 'mem', None, None): _T154,
@@ -9306,21 +9306,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T153,
         (32, 32, 'mem', None, None): _T154,
     },
-    # spec/sse.r1:1769
+    # spec/sse.r1:1773
     'DIVSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T155,
         (16, 32, 'reg', None, None): _T155,
         (32, 16, 'reg', None, None): _T155,
         (32, 32, 'reg', None, None): _T155,
     },
-    # spec/sse.r1:1780
+    # spec/sse.r1:1784
     'DIVSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T156,
         (16, 32, 'mem', None, None): _T156,
         (32, 16, 'mem', None, None): _T156,
         (32, 32, 'mem', None, None): _T156,
     },
-    # spec/sse.r1:1791
+    # spec/sse.r1:1795
     'MINPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T157,
         (16, 16, 'mem', None, None): _T158,
@@ -9331,21 +9331,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T157,
         (32, 32, 'mem', None, None): _T158,
     },
-    # spec/sse.r1:1806
+    # spec/sse.r1:1810
     'MINSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T159,
         (16, 32, 'reg', None, None): _T159,
         (32, 16, 'reg', None, None): _T159,
         (32, 32, 'reg', None, None): _T159,
     },
-    # spec/sse.r1:1817
+    # spec/sse.r1:1821
     'MINSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T160,
         (16, 32, 'mem', None, None): _T160,
         (32, 16, 'mem', None, None): _T160,
         (32, 32, 'mem', None, None): _T160,
     },
-    # spec/sse.r1:1828
+    # spec/sse.r1:1832
     'MAXPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T161,
         (16, 16, 'mem', None, None): _T162,
@@ -9356,21 +9356,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T161,
         (32, 32, 'mem', None, None): _T162,
     },
-    # spec/sse.r1:1843
+    # spec/sse.r1:1847
     'MAXSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T163,
         (16, 32, 'reg', None, None): _T163,
         (32, 16, 'reg', None, None): _T163,
         (32, 32, 'reg', None, None): _T163,
     },
-    # spec/sse.r1:1854
+    # spec/sse.r1:1858
     'MAXSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T164,
         (16, 32, 'mem', None, None): _T164,
         (32, 16, 'mem', None, None): _T164,
         (32, 32, 'mem', None, None): _T164,
     },
-    # spec/sse.r1:1865
+    # spec/sse.r1:1869
     'SQRTPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T165,
         (16, 16, 'mem', None, None): _T166,
@@ -9381,21 +9381,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T165,
         (32, 32, 'mem', None, None): _T166,
     },
-    # spec/sse.r1:1880
+    # spec/sse.r1:1884
     'SQRTSD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T167,
         (16, 32, 'reg', None, None): _T167,
         (32, 16, 'reg', None, None): _T167,
         (32, 32, 'reg', None, None): _T167,
     },
-    # spec/sse.r1:1891
+    # spec/sse.r1:1895
     'SQRTSD_XMM_M64': {
         (16, 16, 'mem', None, None): _T168,
         (16, 32, 'mem', None, None): _T168,
         (32, 16, 'mem', None, None): _T168,
         (32, 32, 'mem', None, None): _T168,
     },
-    # spec/sse.r1:1904
+    # spec/sse.r1:1908
     'CMPPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T169,
         (16, 16, 'mem', None, None): _T170,
@@ -9406,49 +9406,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T169,
         (32, 32, 'mem', None, None): _T170,
     },
-    # spec/sse.r1:1920
+    # spec/sse.r1:1924
     'CMPSD_XMM_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T171,
         (16, 32, 'reg', None, None): _T171,
         (32, 16, 'reg', None, None): _T171,
         (32, 32, 'reg', None, None): _T171,
     },
-    # spec/sse.r1:1935
+    # spec/sse.r1:1939
     'CMPSD_XMM_M64_IMM8': {
         (16, 16, 'mem', None, None): _T172,
         (16, 32, 'mem', None, None): _T172,
         (32, 16, 'mem', None, None): _T172,
         (32, 32, 'mem', None, None): _T172,
     },
-    # spec/sse.r1:1950
+    # spec/sse.r1:1954
     'COMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T173,
         (16, 32, 'reg', None, None): _T173,
         (32, 16, 'reg', None, None): _T173,
         (32, 32, 'reg', None, None): _T173,
     },
-    # spec/sse.r1:1961
+    # spec/sse.r1:1965
     'COMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T174,
         (16, 32, 'mem', None, None): _T174,
         (32, 16, 'mem', None, None): _T174,
         (32, 32, 'mem', None, None): _T174,
     },
-    # spec/sse.r1:1972
+    # spec/sse.r1:1976
     'UCOMISD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T175,
         (16, 32, 'reg', None, None): _T175,
         (32, 16, 'reg', None, None): _T175,
         (32, 32, 'reg', None, None): _T175,
     },
-    # spec/sse.r1:1983
+    # spec/sse.r1:1987
     'UCOMISD_XMM_M64': {
         (16, 16, 'mem', None, None): _T176,
         (16, 32, 'mem', None, None): _T176,
         (32, 16, 'mem', None, None): _T176,
         (32, 32, 'mem', None, None): _T176,
     },
-    # spec/sse.r1:1996
+    # spec/sse.r1:2000
     'ANDPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T177,
         (16, 16, 'mem', None, None): _T178,
@@ -9459,7 +9459,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T177,
         (32, 32, 'mem', None, None): _T178,
     },
-    # spec/sse.r1:2011
+    # spec/sse.r1:2015
     'ANDNPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T179,
         (16, 16, 'mem', None, None): _T180,
@@ -9470,7 +9470,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T179,
         (32, 32, 'mem', None, None): _T180,
     },
-    # spec/sse.r1:2026
+    # spec/sse.r1:2030
     'ORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T181,
         (16, 16, 'mem', None, None): _T182,
@@ -9481,7 +9481,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T181,
         (32, 32, 'mem', None, None): _T182,
     },
-    # spec/sse.r1:2041
+    # spec/sse.r1:2045
     'XORPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T183,
         (16, 16, 'mem', None, None): _T184,
@@ -9492,7 +9492,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T183,
         (32, 32, 'mem', None, None): _T184,
     },
-    # spec/sse.r1:2056
+    # spec/sse.r1:2060
     'SHUFPD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T185,
         (16, 16, 'mem', None, None): _T186,
@@ -9503,7 +9503,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T185,
         (32, 32, 'mem', None, None): _T186,
     },
-    # spec/sse.r1:2071
+    # spec/sse.r1:2075
     'UNPCKLPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T187,
         (16, 16, 'mem', None, None): _T188,
@@ -9514,7 +9514,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T187,
         (32, 32, 'mem', None, None): _T188,
     },
-    # spec/sse.r1:2086
+    # spec/sse.r1:2090
     'UNPCKHPD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T189,
         (16, 16, 'mem', None, None): _T190,
@@ -9525,7 +9525,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T189,
         (32, 32, 'mem', None, None): _T190,
     },
-    # spec/sse.r1:2103
+    # spec/sse.r1:2107
     'CVTPI2PD_XMM_MMRM': {
         (16, 16, 'reg', None, None): _T191,
         (16, 16, 'mem', None, None): _T192,
@@ -9536,7 +9536,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T191,
         (32, 32, 'mem', None, None): _T192,
     },
-    # spec/sse.r1:2120
+    # spec/sse.r1:2124
     'CVTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T193,
         (16, 16, 'mem', None, None): _T194,
@@ -9547,7 +9547,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T193,
         (32, 32, 'mem', None, None): _T194,
     },
-    # spec/sse.r1:2137
+    # spec/sse.r1:2141
     'CVTTPD2PI_MM_XMMRM': {
         (16, 16, 'reg', None, None): _T195,
         (16, 16, 'mem', None, None): _T196,
@@ -9558,7 +9558,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T195,
         (32, 32, 'mem', None, None): _T196,
     },
-    # spec/sse.r1:2154
+    # spec/sse.r1:2158
     'CVTSI2SD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T197,
         (16, 16, 'mem', None, None): _T198,
@@ -9569,49 +9569,49 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T197,
         (32, 32, 'mem', None, None): _T198,
     },
-    # spec/sse.r1:2165
+    # spec/sse.r1:2169
     'CVTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T199,
         (16, 32, 'reg', None, None): _T199,
         (32, 16, 'reg', None, None): _T199,
         (32, 32, 'reg', None, None): _T199,
     },
-    # spec/sse.r1:2176
+    # spec/sse.r1:2180
     'CVTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T200,
         (16, 32, 'mem', None, None): _T200,
         (32, 16, 'mem', None, None): _T200,
         (32, 32, 'mem', None, None): _T200,
     },
-    # spec/sse.r1:2187
+    # spec/sse.r1:2191
     'CVTTSD2SI_R32_XMM': {
         (16, 16, 'reg', None, None): _T201,
         (16, 32, 'reg', None, None): _T201,
         (32, 16, 'reg', None, None): _T201,
         (32, 32, 'reg', None, None): _T201,
     },
-    # spec/sse.r1:2198
+    # spec/sse.r1:2202
     'CVTTSD2SI_R32_M64': {
         (16, 16, 'mem', None, None): _T202,
         (16, 32, 'mem', None, None): _T202,
         (32, 16, 'mem', None, None): _T202,
         (32, 32, 'mem', None, None): _T202,
     },
-    # spec/sse.r1:2209
+    # spec/sse.r1:2213
     'CVTPS2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T203,
         (16, 32, 'reg', None, None): _T203,
         (32, 16, 'reg', None, None): _T203,
         (32, 32, 'reg', None, None): _T203,
     },
-    # spec/sse.r1:2220
+    # spec/sse.r1:2224
     'CVTPS2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T204,
         (16, 32, 'mem', None, None): _T204,
         (32, 16, 'mem', None, None): _T204,
         (32, 32, 'mem', None, None): _T204,
     },
-    # spec/sse.r1:2231
+    # spec/sse.r1:2235
     'CVTPD2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T205,
         (16, 16, 'mem', None, None): _T206,
@@ -9622,35 +9622,35 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T205,
         (32, 32, 'mem', None, None): _T206,
     },
-    # spec/sse.r1:2246
+    # spec/sse.r1:2250
     'CVTSS2SD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T207,
         (16, 32, 'reg', None, None): _T207,
         (32, 16, 'reg', None, None): _T207,
         (32, 32, 'reg', None, None): _T207,
     },
-    # spec/sse.r1:2257
+    # spec/sse.r1:2261
     'CVTSS2SD_XMM_M32': {
         (16, 16, 'mem', None, None): _T208,
         (16, 32, 'mem', None, None): _T208,
         (32, 16, 'mem', None, None): _T208,
         (32, 32, 'mem', None, None): _T208,
     },
-    # spec/sse.r1:2268
+    # spec/sse.r1:2272
     'CVTSD2SS_XMM_XMM': {
         (16, 16, 'reg', None, None): _T209,
         (16, 32, 'reg', None, None): _T209,
         (32, 16, 'reg', None, None): _T209,
         (32, 32, 'reg', None, None): _T209,
     },
-    # spec/sse.r1:2279
+    # spec/sse.r1:2283
     'CVTSD2SS_XMM_M64': {
         (16, 16, 'mem', None, None): _T210,
         (16, 32, 'mem', None, None): _T210,
         (32, 16, 'mem', None, None): _T210,
         (32, 32, 'mem', None, None): _T210,
     },
-    # spec/sse.r1:2290
+    # spec/sse.r1:2294
     'CVTDQ2PS_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T211,
         (16, 16, 'mem', None, None): _T212,
@@ -9661,7 +9661,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T211,
         (32, 32, 'mem', None, None): _T212,
     },
-    # spec/sse.r1:2305
+    # spec/sse.r1:2309
     'CVTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T213,
         (16, 16, 'mem', None, None): _T214,
@@ -9672,7 +9672,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T213,
         (32, 32, 'mem', None, None): _T214,
     },
-    # spec/sse.r1:2320
+    # spec/sse.r1:2324
     'CVTTPS2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T215,
         (16, 16, 'mem', None, None): _T216,
@@ -9683,21 +9683,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T215,
         (32, 32, 'mem', None, None): _T216,
     },
-    # spec/sse.r1:2335
+    # spec/sse.r1:2339
     'CVTDQ2PD_XMM_XMM': {
         (16, 16, 'reg', None, None): _T217,
         (16, 32, 'reg', None, None): _T217,
         (32, 16, 'reg', None, None): _T217,
         (32, 32, 'reg', None, None): _T217,
     },
-    # spec/sse.r1:2346
+    # spec/sse.r1:2350
     'CVTDQ2PD_XMM_M64': {
         (16, 16, 'mem', None, None): _T218,
         (16, 32, 'mem', None, None): _T218,
         (32, 16, 'mem', None, None): _T218,
         (32, 32, 'mem', None, None): _T218,
     },
-    # spec/sse.r1:2357
+    # spec/sse.r1:2361
     'CVTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T219,
         (16, 16, 'mem', None, None): _T220,
@@ -9708,7 +9708,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T219,
         (32, 32, 'mem', None, None): _T220,
     },
-    # spec/sse.r1:2372
+    # spec/sse.r1:2376
     'CVTTPD2DQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T221,
         (16, 16, 'mem', None, None): _T222,
@@ -9719,7 +9719,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T221,
         (32, 32, 'mem', None, None): _T222,
     },
-    # spec/sse.r1:2389
+    # spec/sse.r1:2393
     'MOVDQA_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T223,
         (16, 16, 'mem', None, None): _T224,
@@ -9730,7 +9730,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T223,
         (32, 32, 'mem', None, None): _T224,
     },
-    # spec/sse.r1:2400
+    # spec/sse.r1:2404
     'MOVDQA_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T225,
         (16, 16, 'mem', None, None): _T226,
@@ -9741,7 +9741,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T225,
         (32, 32, 'mem', None, None): _T226,
     },
-    # spec/sse.r1:2411
+    # spec/sse.r1:2415
     'MOVDQU_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T227,
         (16, 16, 'mem', None, None): _T228,
@@ -9752,7 +9752,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T227,
         (32, 32, 'mem', None, None): _T228,
     },
-    # spec/sse.r1:2422
+    # spec/sse.r1:2426
     'MOVDQU_XMMRM_XMM': {
         (16, 16, 'reg', None, None): _T229,
         (16, 16, 'mem', None, None): _T230,
@@ -9763,7 +9763,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T229,
         (32, 32, 'mem', None, None): _T230,
     },
-    # spec/sse.r1:2433
+    # spec/sse.r1:2437
     'MOVD_XMM_RM32': {
         (16, 16, 'reg', None, None): _T231,
         (16, 16, 'mem', None, None): _T232,
@@ -9774,7 +9774,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T231,
         (32, 32, 'mem', None, None): _T232,
     },
-    # spec/sse.r1:2444
+    # spec/sse.r1:2448
     'MOVD_RM32_XMM': {
         (16, 16, 'reg', None, None): _T233,
         (16, 16, 'mem', None, None): _T234,
@@ -9785,105 +9785,105 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T233,
         (32, 32, 'mem', None, None): _T234,
     },
-    # spec/sse.r1:2455
+    # spec/sse.r1:2459
     'MOVQ_XMM_XMM': {
         (16, 16, 'reg', None, None): _T235,
         (16, 32, 'reg', None, None): _T235,
         (32, 16, 'reg', None, None): _T235,
         (32, 32, 'reg', None, None): _T235,
     },
-    # spec/sse.r1:2466
+    # spec/sse.r1:2470
     'MOVQ_XMM_M64': {
         (16, 16, 'mem', None, None): _T236,
         (16, 32, 'mem', None, None): _T236,
         (32, 16, 'mem', None, None): _T236,
         (32, 32, 'mem', None, None): _T236,
     },
-    # spec/sse.r1:2477
+    # spec/sse.r1:2481
     'MOVQ_XMM_XMM_0FD6': {
         (16, 16, 'reg', None, None): _T237,
         (16, 32, 'reg', None, None): _T237,
         (32, 16, 'reg', None, None): _T237,
         (32, 32, 'reg', None, None): _T237,
     },
-    # spec/sse.r1:2488
+    # spec/sse.r1:2492
     'MOVQ_M64_XMM': {
         (16, 16, 'mem', None, None): _T238,
         (16, 32, 'mem', None, None): _T238,
         (32, 16, 'mem', None, None): _T238,
         (32, 32, 'mem', None, None): _T238,
     },
-    # spec/sse.r1:2499
+    # spec/sse.r1:2503
     'MOVQ2DQ_XMM_MM': {
         (16, 16, 'reg', None, None): _T239,
         (16, 32, 'reg', None, None): _T239,
         (32, 16, 'reg', None, None): _T239,
         (32, 32, 'reg', None, None): _T239,
     },
-    # spec/sse.r1:2510
+    # spec/sse.r1:2514
     'MOVDQ2Q_MM_XMM': {
         (16, 16, 'reg', None, None): _T240,
         (16, 32, 'reg', None, None): _T240,
         (32, 16, 'reg', None, None): _T240,
         (32, 32, 'reg', None, None): _T240,
     },
-    # spec/sse.r1:2523
+    # spec/sse.r1:2527
     'MOVNTPD_M128_XMM': {
         (16, 16, 'mem', None, None): _T241,
         (16, 32, 'mem', None, None): _T241,
         (32, 16, 'mem', None, None): _T241,
         (32, 32, 'mem', None, None): _T241,
     },
-    # spec/sse.r1:2534
+    # spec/sse.r1:2538
     'MOVNTDQ_M128_XMM': {
         (16, 16, 'mem', None, None): _T242,
         (16, 32, 'mem', None, None): _T242,
         (32, 16, 'mem', None, None): _T242,
         (32, 32, 'mem', None, None): _T242,
     },
-    # spec/sse.r1:2545
+    # spec/sse.r1:2549
     'MOVNTI_M32_R32': {
         (16, 16, 'mem', None, None): _T243,
         (16, 32, 'mem', None, None): _T243,
         (32, 16, 'mem', None, None): _T243,
         (32, 32, 'mem', None, None): _T243,
     },
-    # spec/sse.r1:2556
+    # spec/sse.r1:2560
     'MASKMOVDQU_XMM_XMM': {
         (16, 16, 'reg', None, None): _T244,
         (16, 32, 'reg', None, None): _T245,
         (32, 16, 'reg', None, None): _T244,
         (32, 32, 'reg', None, None): _T245,
     },
-    # spec/sse.r1:2567
+    # spec/sse.r1:2571
     'CLFLUSH_M8': {
         (16, 16, 'mem', None, None): _T246,
         (16, 32, 'mem', None, None): _T246,
         (32, 16, 'mem', None, None): _T246,
         (32, 32, 'mem', None, None): _T246,
     },
-    # spec/sse.r1:2578
+    # spec/sse.r1:2582
     'LFENCE': {
         (16, 16, None, None, None): _T247,
         (16, 32, None, None, None): _T247,
         (32, 16, None, None, None): _T247,
         (32, 32, None, None, None): _T247,
     },
-    # spec/sse.r1:2589
+    # spec/sse.r1:2593
     'MFENCE': {
         (16, 16, None, None, None): _T248,
         (16, 32, None, None, None): _T248,
         (32, 16, None, None, None): _T248,
         (32, 32, None, None, None): _T248,
     },
-    # spec/sse.r1:2600
+    # spec/sse.r1:2604
     'PAUSE': {
         (16, 16, None, None, None): _T249,
         (16, 32, None, None, None): _T249,
         (32, 16, None, None, None): _T249,
         (32, 32, None, None, None): _T249,
     },
-    # spec/sse.r1:2612
+    # spec/sse.r1:2616
     'PADDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T250,
         (16, 16, 'mem', None, None): _T251,
@@ -9894,7 +9894,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T250,
         (32, 32, 'mem', None, None): _T251,
     },
-    # spec/sse.r1:2623
+    # spec/sse.r1:2627
     'PADDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T252,
         (16, 16, 'mem', None, None): _T253,
@@ -9905,7 +9905,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T252,
         (32, 32, 'mem', None, None): _T253,
     },
-    # spec/sse.r1:2634
+    # spec/sse.r1:2638
     'PSUBQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T254,
         (16, 16, 'mem', None, None): _T255,
@@ -9916,7 +9916,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T254,
         (32, 32, 'mem', None, None): _T255,
     },
-    # spec/sse.r1:2645
+    # spec/sse.r1:2649
     'PSUBQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T256,
         (16, 16, 'mem', None, None): _T257,
@@ -9927,7 +9927,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T256,
         (32, 32, 'mem', None, None): _T257,
     },
-    # spec/sse.r1:2656
+    # spec/sse.r1:2660
     'PMULUDQ_MM_MMRM': {
         (16, 16, 'reg', None, None): _T258,
         (16, 16, 'mem', None, None): _T259,
@@ -9938,7 +9938,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T258,
         (32, 32, 'mem', None, None): _T259,
     },
-    # spec/sse.r1:2667
+    # spec/sse.r1:2671
     'PMULUDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T260,
         (16, 16, 'mem', None, None): _T261,
@@ -9949,7 +9949,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T260,
         (32, 32, 'mem', None, None): _T261,
     },
-    # spec/sse.r1:2678
+    # spec/sse.r1:2682
     'PSHUFD_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T262,
         (16, 16, 'mem', None, None): _T263,
@@ -9960,7 +9960,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T262,
         (32, 32, 'mem', None, None): _T263,
     },
-    # spec/sse.r1:2689
+    # spec/sse.r1:2693
     'PSHUFHW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T264,
         (16, 16, 'mem', None, None): _T265,
@@ -9971,7 +9971,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T264,
         (32, 32, 'mem', None, None): _T265,
     },
-    # spec/sse.r1:2700
+    # spec/sse.r1:2704
     'PSHUFLW_XMM_XMMRM_IMM8': {
         (16, 16, 'reg', None, None): _T266,
         (16, 16, 'mem', None, None): _T267,
@@ -9982,21 +9982,21 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T266,
         (32, 32, 'mem', None, None): _T267,
     },
-    # spec/sse.r1:2711
+    # spec/sse.r1:2715
     'PSLLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T268,
         (16, 32, 'reg', None, None): _T268,
         (32, 16, 'reg', None, None): _T268,
         (32, 32, 'reg', None, None): _T268,
     },
-    # spec/sse.r1:2722
+    # spec/sse.r1:2726
     'PSRLDQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T269,
         (16, 32, 'reg', None, None): _T269,
         (32, 16, 'reg', None, None): _T269,
         (32, 32, 'reg', None, None): _T269,
     },
-    # spec/sse.r1:2733
+    # spec/sse.r1:2737
     'PUNPCKLQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T270,
         (16, 16, 'mem', None, None): _T271,
@@ -10007,7 +10007,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T270,
         (32, 32, 'mem', None, None): _T271,
     },
-    # spec/sse.r1:2744
+    # spec/sse.r1:2748
     'PUNPCKHQDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T272,
         (16, 16, 'mem', None, None): _T273,
@@ -10018,7 +10018,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T272,
         (32, 32, 'mem', None, None): _T273,
     },
-    # spec/sse.r1:2757
+    # spec/sse.r1:2761
     'PUNPCKLBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T274,
         (16, 16, 'mem', None, None): _T275,
@@ -10029,7 +10029,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T274,
         (32, 32, 'mem', None, None): _T275,
     },
-    # spec/sse.r1:2768
+    # spec/sse.r1:2772
     'PUNPCKLWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T276,
         (16, 16, 'mem', None, None): _T277,
@@ -10040,7 +10040,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T276,
         (32, 32, 'mem', None, None): _T277,
     },
-    # spec/sse.r1:2779
+    # spec/sse.r1:2783
     'PUNPCKLDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T278,
         (16, 16, 'mem', None, None): _T279,
@@ -10051,7 +10051,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T278,
         (32, 32, 'mem', None, None): _T279,
     },
-    # spec/sse.r1:2790
+    # spec/sse.r1:2794
     'PUNPCKHBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T280,
         (16, 16, 'mem', None, None): _T281,
@@ -10062,7 +10062,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T280,
         (32, 32, 'mem', None, None): _T281,
     },
-    # spec/sse.r1:2801
+    # spec/sse.r1:2805
     'PUNPCKHWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T282,
         (16, 16, 'mem', None, None): _T283,
@@ -10073,7 +10073,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T282,
         (32, 32, 'mem', None, None): _T283,
     },
-    # spec/sse.r1:2812
+    # spec/sse.r1:2816
     'PUNPCKHDQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T284,
         (16, 16, 'mem', None, None): _T285,
@@ -10084,7 +10084,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T284,
         (32, 32, 'mem', None, None): _T285,
     },
-    # spec/sse.r1:2823
+    # spec/sse.r1:2827
     'PACKSSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T286,
         (16, 16, 'mem', None, None): _T287,
@@ -10095,7 +10095,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T286,
         (32, 32, 'mem', None, None): _T287,
     },
-    # spec/sse.r1:2834
+    # spec/sse.r1:2838
     'PACKUSWB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T288,
         (16, 16, 'mem', None, None): _T289,
@@ -10106,7 +10106,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T288,
         (32, 32, 'mem', None, None): _T289,
     },
-    # spec/sse.r1:2845
+    # spec/sse.r1:2849
     'PACKSSDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T290,
         (16, 16, 'mem', None, None): _T291,
@@ -10117,7 +10117,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T290,
         (32, 32, 'mem', None, None): _T291,
     },
-    # spec/sse.r1:2856
+    # spec/sse.r1:2860
     'PADDB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T292,
         (16, 16, 'mem', None, None): _T293,
@@ -10128,7 +10128,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T292,
         (32, 32, 'mem', None, None): _T293,
     },
-    # spec/sse.r1:2867
+    # spec/sse.r1:2871
     'PADDW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T294,
         (16, 16, 'mem', None, None): _T295,
@@ -10139,7 +10139,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T294,
         (32, 32, 'mem', None, None): _T295,
     },
-    # spec/sse.r1:2878
+    # spec/sse.r1:2882
     'PADDD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T296,
         (16, 16, 'mem', None, None): _T297,
@@ -10150,7 +10150,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T296,
         (32, 32, 'mem', None, None): _T297,
     },
-    # spec/sse.r1:2889
+    # spec/sse.r1:2893
     'PADDSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T298,
         (16, 16, 'mem', None, None): _T299,
@@ -10161,7 +10161,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T298,
         (32, 32, 'mem', None, None): _T299,
     },
-    # spec/sse.r1:2900
+    # spec/sse.r1:2904
     'PADDSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T300,
         (16, 16, 'mem', None, None): _T301,
@@ -10172,7 +10172,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T300,
         (32, 32, 'mem', None, None): _T301,
     },
-    # spec/sse.r1:2911
+    # spec/sse.r1:2915
     'PADDUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T302,
         (16, 16, 'mem', None, None): _T303,
@@ -10183,7 +10183,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T302,
         (32, 32, 'mem', None, None): _T303,
     },
-    # spec/sse.r1:2922
+    # spec/sse.r1:2926
     'PADDUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T304,
         (16, 16, 'mem', None, None): _T305,
@@ -10194,7 +10194,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T304,
         (32, 32, 'mem', None, None): _T305,
     },
-    # spec/sse.r1:2933
+    # spec/sse.r1:2937
     'PSUBB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T306,
         (16, 16, 'mem', None, None): _T307,
@@ -10205,7 +10205,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T306,
         (32, 32, 'mem', None, None): _T307,
     },
-    # spec/sse.r1:2944
+    # spec/sse.r1:2948
     'PSUBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T308,
         (16, 16, 'mem', None, None): _T309,
@@ -10216,7 +10216,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T308,
         (32, 32, 'mem', None, None): _T309,
     },
-    # spec/sse.r1:2955
+    # spec/sse.r1:2959
     'PSUBD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T310,
         (16, 16, 'mem', None, None): _T311,
@@ -10227,7 +10227,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T310,
         (32, 32, 'mem', None, None): _T311,
     },
-    # spec/sse.r1:2966
+    # spec/sse.r1:2970
     'PSUBSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T312,
         (16, 16, 'mem', None, None): _T313,
@@ -10238,7 +10238,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T312,
         (32, 32, 'mem', None, None): _T313,
     },
-    # spec/sse.r1:2977
+    # spec/sse.r1:2981
     'PSUBSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T314,
         (16, 16, 'mem', None, None): _T315,
@@ -10249,7 +10249,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T314,
         (32, 32, 'mem', None, None): _T315,
     },
-    # spec/sse.r1:2988
+    # spec/sse.r1:2992
     'PSUBUSB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T316,
         (16, 16, 'mem', None, None): _T317,
@@ -10260,7 +10260,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T316,
         (32, 32, 'mem', None, None): _T317,
     },
-    # spec/sse.r1:2999
+    # spec/sse.r1:3003
     'PSUBUSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T318,
         (16, 16, 'mem', None, None): _T319,
@@ -10271,7 +10271,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T318,
         (32, 32, 'mem', None, None): _T319,
     },
-    # spec/sse.r1:3010
+    # spec/sse.r1:3014
     'PMULLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T320,
         (16, 16, 'mem', None, None): _T321,
@@ -10282,7 +10282,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T320,
         (32, 32, 'mem', None, None): _T321,
     },
-    # spec/sse.r1:3021
+    # spec/sse.r1:3025
     'PMULHW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T322,
         (16, 16, 'mem', None, None): _T323,
@@ -10293,7 +10293,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T322,
         (32, 32, 'mem', None, None): _T323,
     },
-    # spec/sse.r1:3032
+    # spec/sse.r1:3036
     'PMADDWD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T324,
         (16, 16, 'mem', None, None): _T325,
@@ -10304,7 +10304,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T324,
         (32, 32, 'mem', None, None): _T325,
     },
-    # spec/sse.r1:3043
+    # spec/sse.r1:3047
     'PCMPEQB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T326,
         (16, 16, 'mem', None, None): _T327,
@@ -10315,7 +10315,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T326,
         (32, 32, 'mem', None, None): _T327,
     },
-    # spec/sse.r1:3054
+    # spec/sse.r1:3058
     'PCMPEQW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T328,
         (16, 16, 'mem', None, None): _T329,
@@ -10326,7 +10326,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T328,
         (32, 32, 'mem', None, None): _T329,
     },
-    # spec/sse.r1:3065
+    # spec/sse.r1:3069
     'PCMPEQD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T330,
         (16, 16, 'mem', None, None): _T331,
@@ -10337,7 +10337,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T330,
         (32, 32, 'mem', None, None): _T331,
     },
-    # spec/sse.r1:3076
+    # spec/sse.r1:3080
     'PCMPGTB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T332,
         (16, 16, 'mem', None, None): _T333,
@@ -10348,7 +10348,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T332,
         (32, 32, 'mem', None, None): _T333,
     },
-    # spec/sse.r1:3087
+    # spec/sse.r1:3091
     'PCMPGTW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T334,
         (16, 16, 'mem', None, None): _T335,
@@ -10359,7 +10359,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T334,
         (32, 32, 'mem', None, None): _T335,
     },
-    # spec/sse.r1:3098
+    # spec/sse.r1:3102
     'PCMPGTD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T336,
         (16, 16, 'mem', None, None): _T337,
@@ -10370,7 +10370,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T336,
         (32, 32, 'mem', None, None): _T337,
     },
-    # spec/sse.r1:3109
+    # spec/sse.r1:3113
     'PAND_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T338,
         (16, 16, 'mem', None, None): _T339,
@@ -10381,7 +10381,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T338,
         (32, 32, 'mem', None, None): _T339,
     },
-    # spec/sse.r1:3120
+    # spec/sse.r1:3124
     'PANDN_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T340,
         (16, 16, 'mem', None, None): _T341,
@@ -10392,7 +10392,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T340,
         (32, 32, 'mem', None, None): _T341,
     },
-    # spec/sse.r1:3131
+    # spec/sse.r1:3135
     'POR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T342,
         (16, 16, 'mem', None, None): _T343,
@@ -10403,7 +10403,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T342,
         (32, 32, 'mem', None, None): _T343,
     },
-    # spec/sse.r1:3142
+    # spec/sse.r1:3146
     'PXOR_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T344,
         (16, 16, 'mem', None, None): _T345,
@@ -10414,7 +10414,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T344,
         (32, 32, 'mem', None, None): _T345,
     },
-    # spec/sse.r1:3153
+    # spec/sse.r1:3157
     'PSLLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T346,
         (16, 16, 'mem', None, None): _T347,
@@ -10425,7 +10425,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T346,
         (32, 32, 'mem', None, None): _T347,
     },
-    # spec/sse.r1:3164
+    # spec/sse.r1:3168
     'PSLLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T348,
         (16, 16, 'mem', None, None): _T349,
@@ -10436,7 +10436,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T348,
         (32, 32, 'mem', None, None): _T349,
     },
-    # spec/sse.r1:3175
+    # spec/sse.r1:3179
     'PSLLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T350,
         (16, 16, 'mem', None, None): _T351,
@@ -10447,7 +10447,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T350,
         (32, 32, 'mem', None, None): _T351,
     },
-    # spec/sse.r1:3186
+    # spec/sse.r1:3190
     'PSRLW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T352,
         (16, 16, 'mem', None, None): _T353,
@@ -10458,7 +10458,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T352,
         (32, 32, 'mem', None, None): _T353,
     },
-    # spec/sse.r1:3197
+    # spec/sse.r1:3201
     'PSRLD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T354,
         (16, 16, 'mem', None, None): _T355,
@@ -10469,7 +10469,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T354,
         (32, 32, 'mem', None, None): _T355,
     },
-    # spec/sse.r1:3208
+    # spec/sse.r1:3212
     'PSRLQ_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T356,
         (16, 16, 'mem', None, None): _T357,
@@ -10480,7 +10480,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T356,
         (32, 32, 'mem', None, None): _T357,
     },
-    # spec/sse.r1:3219
+    # spec/sse.r1:3223
     'PSRAW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T358,
         (16, 16, 'mem', None, None): _T359,
@@ -10491,7 +10491,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T358,
         (32, 32, 'mem', None, None): _T359,
     },
-    # spec/sse.r1:3230
+    # spec/sse.r1:3234
     'PSRAD_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T360,
         (16, 16, 'mem', None, None): _T361,
@@ -10502,63 +10502,63 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T360,
         (32, 32, 'mem', None, None): _T361,
     },
-    # spec/sse.r1:3241
+    # spec/sse.r1:3245
     'PSLLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T362,
         (16, 32, 'reg', None, None): _T362,
         (32, 16, 'reg', None, None): _T362,
         (32, 32, 'reg', None, None): _T362,
     },
-    # spec/sse.r1:3252
+    # spec/sse.r1:3256
     'PSLLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T363,
         (16, 32, 'reg', None, None): _T363,
         (32, 16, 'reg', None, None): _T363,
         (32, 32, 'reg', None, None): _T363,
     },
-    # spec/sse.r1:3263
+    # spec/sse.r1:3267
     'PSLLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T364,
         (16, 32, 'reg', None, None): _T364,
         (32, 16, 'reg', None, None): _T364,
         (32, 32, 'reg', None, None): _T364,
     },
-    # spec/sse.r1:3274
+    # spec/sse.r1:3278
     'PSRLW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T365,
         (16, 32, 'reg', None, None): _T365,
         (32, 16, 'reg', None, None): _T365,
         (32, 32, 'reg', None, None): _T365,
     },
-    # spec/sse.r1:3285
+    # spec/sse.r1:3289
     'PSRLD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T366,
         (16, 32, 'reg', None, None): _T366,
         (32, 16, 'reg', None, None): _T366,
         (32, 32, 'reg', None, None): _T366,
     },
-    # spec/sse.r1:3296
+    # spec/sse.r1:3300
     'PSRLQ_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T367,
         (16, 32, 'reg', None, None): _T367,
         (32, 16, 'reg', None, None): _T367,
         (32, 32, 'reg', None, None): _T367,
     },
-    # spec/sse.r1:3307
+    # spec/sse.r1:3311
     'PSRAW_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T368,
         (16, 32, 'reg', None, None): _T368,
         (32, 16, 'reg', None, None): _T368,
         (32, 32, 'reg', None, None): _T368,
     },
-    # spec/sse.r1:3318
+    # spec/sse.r1:3322
     'PSRAD_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T369,
         (16, 32, 'reg', None, None): _T369,
         (32, 16, 'reg', None, None): _T369,
         (32, 32, 'reg', None, None): _T369,
     },
-    # spec/sse.r1:3331
+    # spec/sse.r1:3335
     'PAVGB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T370,
         (16, 16, 'mem', None, None): _T371,
@@ -10569,7 +10569,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T370,
         (32, 32, 'mem', None, None): _T371,
     },
-    # spec/sse.r1:3342
+    # spec/sse.r1:3346
     'PAVGW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T372,
         (16, 16, 'mem', None, None): _T373,
@@ -10580,7 +10580,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T372,
         (32, 32, 'mem', None, None): _T373,
     },
-    # spec/sse.r1:3353
+    # spec/sse.r1:3357
     'PMAXSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T374,
         (16, 16, 'mem', None, None): _T375,
@@ -10591,7 +10591,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T374,
         (32, 32, 'mem', None, None): _T375,
     },
-    # spec/sse.r1:3364
+    # spec/sse.r1:3368
     'PMAXUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T376,
         (16, 16, 'mem', None, None): _T377,
@@ -10602,7 +10602,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T376,
         (32, 32, 'mem', None, None): _T377,
     },
-    # spec/sse.r1:3375
+    # spec/sse.r1:3379
     'PMINSW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T378,
         (16, 16, 'mem', None, None): _T379,
@@ -10613,7 +10613,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T378,
         (32, 32, 'mem', None, None): _T379,
     },
-    # spec/sse.r1:3386
+    # spec/sse.r1:3390
     'PMINUB_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T380,
         (16, 16, 'mem', None, None): _T381,
@@ -10624,7 +10624,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T380,
         (32, 32, 'mem', None, None): _T381,
     },
-    # spec/sse.r1:3397
+    # spec/sse.r1:3401
     'PMULHUW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T382,
         (16, 16, 'mem', None, None): _T383,
@@ -10635,7 +10635,7 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T382,
         (32, 32, 'mem', None, None): _T383,
     },
-    # spec/sse.r1:3408
+    # spec/sse.r1:3412
     'PSADBW_XMM_XMMRM': {
         (16, 16, 'reg', None, None): _T384,
         (16, 16, 'mem', None, None): _T385,
@@ -10646,28 +10646,28 @@ TEMPLATES = {
         (32, 32, 'reg', None, None): _T384,
         (32, 32, 'mem', None, None): _T385,
     },
-    # spec/sse.r1:3419
+    # spec/sse.r1:3423
     'PEXTRW_R32_XMM_IMM8': {
         (16, 16, 'reg', None, None): _T386,
         (16, 32, 'reg', None, None): _T386,
         (32, 16, 'reg', None, None): _T386,
         (32, 32, 'reg', None, None): _T386,
     },
-    # spec/sse.r1:3430
+    # spec/sse.r1:3434
     'PINSRW_XMM_R32_IMM8': {
         (16, 16, 'reg', None, None): _T387,
         (16, 32, 'reg', None, None): _T387,
         (32, 16, 'reg', None, None): _T387,
         (32, 32, 'reg', None, None): _T387,
     },
-    # spec/sse.r1:3441
+    # spec/sse.r1:3445
     'PINSRW_XMM_M16_IMM8': {
         (16, 16, 'mem', None, None): _T388,
         (16, 32, 'mem', None, None): _T388,
         (32, 16, 'mem', None, None): _T388,
         (32, 32, 'mem', None, None): _T388,
     },
-    # spec/sse.r1:3452
+    # spec/sse.r1:3456
     'PMOVMSKB_R32_XMM': {
         (16, 16, 'reg', None, None): _T389,
         (16, 32, 'reg', None, None): _T389,
