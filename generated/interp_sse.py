@@ -1820,6 +1820,12 @@ if ((S.cr[0] >> 2 & 0x1) or (not (S.cr[4] >> 9 & 0x1))):  # sse.r1:62
     raise Fault(6, None)  # sse.r1:62
 if (S.cr[0] >> 3 & 0x1):  # sse.r1:63
     raise Fault(7, None)  # sse.r1:63
+if (S.cr[0] >> 2 & 0x1):  # mmx.r1:29
+    raise Fault(6, None)  # mmx.r1:29
+if (S.cr[0] >> 3 & 0x1):  # mmx.r1:30
+    raise Fault(7, None)  # mmx.r1:30
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # mmx.r1:31
+    raise Fault(16, None)  # mmx.r1:31
 v_src = b_load($seg, ea, 64)  # sse.r1:1018
 l_r0_0 = b_sse_convert(2, (v_src & 4294967295), S.mxcsr)  # sse.r1:285
 l_r1_1 = b_sse_convert(2, ((v_src >> 32) & 4294967295), S.mxcsr)  # sse.r1:286
@@ -1841,6 +1847,8 @@ if (((m_flags_4 & (~(S.mxcsr >> 7))) & 63) != 0):  # sse.r1:240
         raise Fault(6, None)  # sse.r1:230
 r_6 = ((((l_r0_0 & 4294967295) | ((l_r1_1 & 4294967295) << 32)) | ((l_r2_2 & 4294967295) << 64)) | ((l_r3_3 & 4294967295) << 96))
 l_r = r_6  # sse.r1:1027
+S.fsw = S.fsw & 0xffffc7ff | 0x0  # mmx.r1:38
+S.ftw = 255 & 0xff  # mmx.r1:39
 S.xmm[$dst] = (((v_dst >> 64 & 0xffffffffffffffff) << 64) | l_r) & 0xffffffffffffffffffffffffffffffff  # sse.r1:1029
 """
 

@@ -3,8 +3,8 @@
 Unicorn (QEMU 5's TCG) never sets MXCSR's exception flags, never faults on an unmasked
 SIMD exception and ignores MXCSR.FZ (tests/diff/test_deviations_sse.py proves each), so
 where it differs from ring1 on those points, tests/diff/deviations.py asks the processor the
-tests run on: the same instruction, re-encoded on registers (xmm0 destination, xmm1 or ECX
-source, EAX for a general-register result), is executed by the host CPU with the case's
+tests run on: the same instruction, re-encoded on registers (xmm0 or mm0 destination, xmm1,
+mm1 or ECX source, EAX for a general-register result), is executed by the host CPU with the case's
 MXCSR control bits and every exception masked, and its destination, EAX, EFLAGS and MXCSR are
 read back. A deviation accepts ring1's outcome only when it is exactly the processor's.
 
@@ -24,10 +24,12 @@ from functools import lru_cache
 # host's floating point for some operations, so a rounding mode left behind would change
 # unicorn's results); ldmxcsr [rdi]; movups xmm0, [rsi]; movups xmm1, [rsi+16];
 # mov eax, [rsi+32]; mov ecx, eax
-_PROLOGUE = bytes.fromhex("0fae5f04 0fae17 0f1006 0f104e10 8b4620 89c1")
-# movups [rsi], xmm0; mov [rsi+32], eax; pushfq; pop rax; mov [rsi+36], eax; stmxcsr [rdi];
+# movq mm1, [rsi+16] (the source of CVTPI2PS and CVTPI2PD)
+_PROLOGUE = bytes.fromhex("0fae5f04 0fae17 0f1006 0f104e10 8b4620 89c1 0f6f4e10")
+# movups [rsi], xmm0; mov [rsi+32], eax; pushfq; pop rax; mov [rsi+36], eax; movq [rsi+40],
+# mm0 (CVTPS2PI's destination); emms (the x87 registers empty again); stmxcsr [rdi];
 # ldmxcsr [rdi+4]; ret
-_EPILOGUE = bytes.fromhex("0f1106 894620 9c 58 894624 0fae1f 0fae5704 c3")
+_EPILOGUE = bytes.fromhex("0f1106 894620 9c 58 894624 0f7f4628 0f77 0fae1f 0fae5704 c3")
 MASK_ALL = 0x1F80
 FLAGS = 0x3F
 
@@ -37,6 +39,7 @@ class HostResult:
     xmm0: int  # the destination register (xmm0)
     eax: int  # a general-register result (CVTSS2SI and friends)
     eflags: int  # ZF PF CF for COMISS and friends
+    mm0: int  # an MMX destination (CVTPS2PI and friends)
     mxcsr: int  # the exception flags the instruction raised, with the control bits it ran under
 
 
@@ -62,6 +65,7 @@ class _Runner:
             int.from_bytes(raw[0:16], "little"),
             int.from_bytes(raw[32:36], "little"),
             int.from_bytes(raw[36:40], "little"),
+            int.from_bytes(raw[40:48], "little"),
             control[0],
         )
 
@@ -72,8 +76,8 @@ def _runner() -> _Runner:
 
 
 def run_masked(opcode: bytes, imm: bytes, dst: int, src: int, gpr: int, mxcsr: int) -> HostResult:
-    """Run `opcode` (mandatory prefix, 0F, opcode byte) with ModRM C1 (xmm0 or EAX the
-    destination, xmm1 or ECX the source) and `imm` on the host, under `mxcsr`'s DAZ, RC and FZ
+    """Run `opcode` (mandatory prefix, 0F, opcode byte) with ModRM C1 (xmm0, mm0 or EAX the
+    destination, xmm1, mm1 or ECX the source) and `imm` on the host, under `mxcsr`'s DAZ, RC and FZ
     with every exception masked and no flag set before."""
     control = (mxcsr & ~FLAGS | MASK_ALL) & 0xFFFF
     return _runner().run(opcode + b"\xc1" + imm, dst, src, gpr, control)
