@@ -263,3 +263,30 @@ def test_fxrstor_with_a_reserved_mxcsr_bit_faults() -> None:
     image[24:28] = (0x1F80).to_bytes(4, "little")
     valid = replace(case.spec, memory={fresh_machine.DATA: bytes(image)})
     assert differences(run_both(replace(case, spec=valid))) == []
+
+
+def test_cvtpi2pd_from_memory_keeps_the_x87_state() -> None:
+    # CVTPI2PD xmm0, [eax]: no x87-to-MMX transition with a memory source (SDM CVTPI2PD).
+    # Unicorn sets TOP to 0 and every tag valid.
+    window = {fresh_machine.DATA: (3 | 5 << 32).to_bytes(8, "little") + bytes(56)}
+    case = _case("66 0f 2a 00", "CVTPI2PD_XMM_MMRM", {}, regs={"eax": 0}, memory=window, segs=_window(), fsw=0x2000)
+    o = run_both(case)
+    assert o.ours.regs["xmm0"] == o.theirs.regs["xmm0"] == 0x4014000000000000 << 64 | 0x4008000000000000
+    assert (o.ours.regs["ftw"], o.ours.regs["fsw"]) == (0, 0x2000)
+    assert (o.theirs.regs["ftw"], o.theirs.regs["fsw"]) == (0xFF, 0)
+    assert _explained(case, o) == "cvtpi2pd-m64-transition"
+
+
+def test_host_oracle_keeps_this_process_mxcsr() -> None:
+    # The host run loads the case's MXCSR (here: round up) and must put the process's own back:
+    # QEMU's softfloat computes some operations with the host's floating point.
+    from . import hostsse
+
+    if not hostsse.available():
+        return
+    before = hostsse.run_masked(bytes.fromhex("0f28"), b"", 0, 0, 0, 0x1F80).mxcsr  # MOVAPS: no flags
+    up = hostsse.run_masked(bytes.fromhex("f30f58"), b"", ONE32, 0x33800000, 0, 0x1F80 | 0x4000)
+    assert up.xmm0 & 0xFFFFFFFF == ONE32 + 1 and up.mxcsr & 0x3F == 0x20
+    one, tiny = float(len("1")), 2.0**-53  # 1.0 and 2^-53, added at run time
+    assert one + tiny == 1.0  # this process still rounds to nearest (round up would give more)
+    assert hostsse.run_masked(bytes.fromhex("0f28"), b"", 0, 0, 0, 0x1F80).mxcsr == before
