@@ -2494,148 +2494,148 @@ LAYOUT = {
     'LSL': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:536
     'VERR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:557
     'VERW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:577
-    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:33
-    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:43
-    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:53
-    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:63
-    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:73
-    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:83
-    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:93
-    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:103
-    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:113
-    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:123
-    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:133
-    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:143
-    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:153
-    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:163
-    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:173
-    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:183
-    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:193
-    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:203
-    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:213
-    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:223
-    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:233
-    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:243
-    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:253
-    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:263
-    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:275
-    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:285
-    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:295
-    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:305
-    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:315
-    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:325
-    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:335
-    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:345
-    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:355
-    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:365
-    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:375
-    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:385
-    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:395
-    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:405
-    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:415
-    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:425
-    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:435
-    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:445
-    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:457
-    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:467
-    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:477
-    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:487
-    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:497
-    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:507
-    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:517
-    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:527
-    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:537
-    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:547
-    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:557
-    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:567
-    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:577
-    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:587
-    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:597
-    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:607
-    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:617
-    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:627
-    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:637
-    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:647
-    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:657
-    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:667
-    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:679
-    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:689
-    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:699
-    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:709
-    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:719
-    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:729
-    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:739
-    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:749
-    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:761
-    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:771
-    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:781
-    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:791
-    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:801
-    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:811
-    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:821
-    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:830
-    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:840
-    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:850
-    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:859
-    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:869
-    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:879
-    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:889
-    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:899
-    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:909
-    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:921
-    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:931
-    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:941
-    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:951
-    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:963
-    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:973
-    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:983
-    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:993
-    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1003
-    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1013
-    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1023
-    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1035
-    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1045
-    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1055
-    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1065
-    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1074
-    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1084
-    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1093
-    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1103
-    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1112
-    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1121
-    'FPREM': (True, None, (), ()),  # spec/x87.r1:1130
-    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1139
-    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1148
-    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1158
-    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1168
-    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1178
-    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1187
-    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1197
-    'FNOP': (True, None, (), ()),  # spec/x87.r1:1209
-    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1218
-    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1228
-    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1237
-    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1246
-    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1256
-    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1266
-    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1276
-    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1285
-    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1295
-    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1305
-    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1315
-    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1325
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1336
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1346
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1356
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1367
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1378
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1389
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1400
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1411
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1422
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:1433
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1443
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1453
+    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:273
+    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:283
+    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:293
+    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:303
+    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:313
+    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:323
+    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:333
+    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:343
+    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:353
+    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:363
+    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:373
+    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:383
+    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:393
+    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:403
+    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:413
+    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:423
+    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:433
+    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:443
+    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:453
+    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:463
+    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:473
+    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:483
+    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:493
+    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:503
+    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:515
+    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:525
+    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:535
+    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:545
+    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:555
+    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:565
+    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:575
+    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:585
+    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:595
+    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:605
+    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:615
+    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:625
+    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:635
+    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:645
+    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:655
+    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:665
+    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:675
+    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:685
+    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:697
+    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:707
+    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:717
+    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:727
+    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:737
+    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:747
+    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:757
+    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:767
+    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:777
+    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:787
+    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:797
+    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:807
+    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:817
+    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:827
+    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:837
+    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:847
+    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:857
+    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:867
+    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:877
+    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:887
+    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:897
+    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:907
+    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:919
+    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:929
+    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:939
+    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:949
+    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:959
+    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:969
+    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:979
+    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:989
+    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1001
+    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1011
+    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1021
+    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1031
+    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1041
+    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1051
+    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:1061
+    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1070
+    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1080
+    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:1090
+    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1099
+    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1109
+    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1119
+    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1129
+    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1139
+    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1149
+    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1161
+    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1171
+    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1181
+    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1191
+    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1203
+    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1213
+    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1223
+    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1233
+    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1243
+    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1253
+    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1263
+    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1275
+    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1285
+    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1295
+    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1305
+    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1314
+    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1324
+    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1333
+    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1343
+    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1352
+    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1361
+    'FPREM': (True, None, (), ()),  # spec/x87.r1:1370
+    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1379
+    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1388
+    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1398
+    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1408
+    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1418
+    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1427
+    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1437
+    'FNOP': (True, None, (), ()),  # spec/x87.r1:1449
+    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1458
+    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1468
+    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1477
+    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1486
+    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1496
+    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1506
+    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1516
+    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1525
+    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1535
+    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1545
+    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1555
+    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1565
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1576
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1586
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1596
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1607
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1618
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1629
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1640
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1651
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1662
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:1673
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1683
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1693
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -3294,146 +3294,146 @@ ENCODINGS = {
     'LSL': ((15, 3), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:536
     'VERR': ((15, 0), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:557
     'VERW': ((15, 0), None, '5', None, None, None, (), None, None, None),  # spec/system.r1:577
-    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:33
-    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:43
-    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:53
-    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:63
-    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:73
-    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:83
-    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:93
-    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:103
-    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:113
-    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:123
-    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:133
-    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:143
-    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:153
-    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:163
-    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:173
-    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:183
-    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:193
-    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:203
-    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:213
-    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:223
-    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:233
-    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:243
-    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:253
-    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:263
-    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:275
-    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:285
-    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:295
-    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:305
-    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:315
-    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:325
-    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:335
-    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:345
-    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:355
-    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:365
-    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:375
-    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:385
-    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:395
-    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:405
-    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:415
-    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:425
-    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:435
-    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:445
-    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:457
-    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:467
-    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:477
-    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:487
-    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:497
-    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:507
-    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:517
-    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:527
-    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:537
-    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:547
-    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:557
-    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:567
-    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:577
-    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:587
-    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:597
-    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:607
-    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:617
-    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:627
-    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:637
-    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:647
-    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:657
-    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:667
-    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:679
-    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:689
-    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:699
-    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:709
-    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:719
-    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:729
-    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:739
-    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:749
-    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:761
-    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:771
-    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:781
-    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:791
-    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:801
-    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:811
-    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:821
-    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:830
-    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:840
-    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:850
-    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:859
-    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:869
-    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:879
-    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:889
-    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:899
-    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:909
-    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:921
-    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:931
-    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:941
-    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:951
-    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:963
-    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:973
-    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:983
-    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:993
-    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1003
-    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1013
-    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1023
-    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1035
-    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1045
-    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1055
-    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1065
-    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1074
-    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1084
-    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1093
-    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1103
-    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1112
-    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1121
-    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1130
-    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1139
-    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1148
-    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1158
-    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1168
-    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1178
-    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1187
-    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1197
-    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1209
-    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1218
-    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1228
-    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1237
-    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1246
-    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1256
-    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1266
-    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1276
-    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1285
-    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1295
-    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1305
-    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1315
-    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1325
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1336
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1346
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1356
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1367
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1378
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1389
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1400
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1411
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1422
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1433
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1443
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1453
+    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:273
+    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:283
+    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:293
+    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:303
+    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:313
+    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:323
+    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:333
+    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:343
+    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:353
+    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:363
+    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:373
+    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:383
+    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:393
+    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:403
+    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:413
+    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:423
+    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:433
+    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:443
+    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:453
+    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:463
+    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:473
+    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:483
+    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:493
+    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:503
+    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:515
+    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:525
+    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:535
+    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:545
+    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:555
+    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:565
+    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:575
+    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:585
+    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:595
+    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:605
+    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:615
+    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:625
+    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:635
+    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:645
+    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:655
+    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:665
+    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:675
+    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:685
+    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:697
+    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:707
+    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:717
+    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:727
+    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:737
+    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:747
+    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:757
+    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:767
+    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:777
+    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:787
+    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:797
+    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:807
+    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:817
+    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:827
+    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:837
+    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:847
+    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:857
+    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:867
+    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:877
+    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:887
+    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:897
+    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:907
+    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:919
+    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:929
+    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:939
+    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:949
+    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:959
+    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:969
+    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:979
+    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:989
+    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1001
+    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1011
+    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1021
+    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1031
+    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1041
+    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1051
+    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:1061
+    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1070
+    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1080
+    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1090
+    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1099
+    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1109
+    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1119
+    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1129
+    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1139
+    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:1149
+    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1161
+    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1171
+    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1181
+    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1191
+    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:1203
+    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1213
+    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:1223
+    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:1233
+    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1243
+    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1253
+    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1263
+    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1275
+    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1285
+    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1295
+    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1305
+    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1314
+    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1324
+    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1333
+    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1343
+    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1352
+    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1361
+    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1370
+    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1379
+    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1388
+    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1398
+    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1408
+    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1418
+    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1427
+    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1437
+    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1449
+    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1458
+    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1468
+    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1477
+    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1486
+    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1496
+    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1506
+    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1516
+    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1525
+    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1535
+    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1545
+    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1555
+    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1565
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1576
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1586
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1596
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1607
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1618
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1629
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1640
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1651
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1662
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1673
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1683
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1693
 }

@@ -8,1705 +8,5088 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:33
+# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:273
 _T0 = """\
-b_unimplemented('FADD_M32', 'spec/x87.r1:33')  # x87.r1:33
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:276
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:276
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:43
+# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:283
 _T1 = """\
-b_unimplemented('FADD_M64', 'spec/x87.r1:43')  # x87.r1:43
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:286
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:286
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:53
+# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:293
 _T2 = """\
-b_unimplemented('FIADD_M32', 'spec/x87.r1:53')  # x87.r1:53
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:296
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:296
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:63
+# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:303
 _T3 = """\
-b_unimplemented('FIADD_M16', 'spec/x87.r1:63')  # x87.r1:63
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:306
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:306
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:73
+# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:313
 _T4 = """\
-b_unimplemented('FMUL_M32', 'spec/x87.r1:73')  # x87.r1:73
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:316
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:316
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:83
+# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:323
 _T5 = """\
-b_unimplemented('FMUL_M64', 'spec/x87.r1:83')  # x87.r1:83
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:326
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:326
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:93
+# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:333
 _T6 = """\
-b_unimplemented('FIMUL_M32', 'spec/x87.r1:93')  # x87.r1:93
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:336
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:336
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:103
+# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:343
 _T7 = """\
-b_unimplemented('FIMUL_M16', 'spec/x87.r1:103')  # x87.r1:103
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:346
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:346
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:113
+# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:353
 _T8 = """\
-b_unimplemented('FSUB_M32', 'spec/x87.r1:113')  # x87.r1:113
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:356
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:356
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:123
+# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:363
 _T9 = """\
-b_unimplemented('FSUB_M64', 'spec/x87.r1:123')  # x87.r1:123
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:366
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:366
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:133
+# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:373
 _T10 = """\
-b_unimplemented('FISUB_M32', 'spec/x87.r1:133')  # x87.r1:133
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:376
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:376
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:143
+# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:383
 _T11 = """\
-b_unimplemented('FISUB_M16', 'spec/x87.r1:143')  # x87.r1:143
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:386
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:386
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:153
+# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:393
 _T12 = """\
-b_unimplemented('FSUBR_M32', 'spec/x87.r1:153')  # x87.r1:153
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:396
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:396
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:163
+# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:403
 _T13 = """\
-b_unimplemented('FSUBR_M64', 'spec/x87.r1:163')  # x87.r1:163
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:406
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:406
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:173
+# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:413
 _T14 = """\
-b_unimplemented('FISUBR_M32', 'spec/x87.r1:173')  # x87.r1:173
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:416
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:416
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:183
+# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:423
 _T15 = """\
-b_unimplemented('FISUBR_M16', 'spec/x87.r1:183')  # x87.r1:183
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:426
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:426
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:193
+# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:433
 _T16 = """\
-b_unimplemented('FDIV_M32', 'spec/x87.r1:193')  # x87.r1:193
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:436
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:436
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:203
+# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:443
 _T17 = """\
-b_unimplemented('FDIV_M64', 'spec/x87.r1:203')  # x87.r1:203
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:446
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:446
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:213
+# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:453
 _T18 = """\
-b_unimplemented('FIDIV_M32', 'spec/x87.r1:213')  # x87.r1:213
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:456
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:456
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:223
+# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:463
 _T19 = """\
-b_unimplemented('FIDIV_M16', 'spec/x87.r1:223')  # x87.r1:223
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:466
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:466
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:233
+# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:473
 _T20 = """\
-b_unimplemented('FDIVR_M32', 'spec/x87.r1:233')  # x87.r1:233
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:476
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:476
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:243
+# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:483
 _T21 = """\
-b_unimplemented('FDIVR_M64', 'spec/x87.r1:243')  # x87.r1:243
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:486
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:486
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:253
+# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:493
 _T22 = """\
-b_unimplemented('FIDIVR_M32', 'spec/x87.r1:253')  # x87.r1:253
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:496
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:496
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 32)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:263
+# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:503
 _T23 = """\
-b_unimplemented('FIDIVR_M16', 'spec/x87.r1:263')  # x87.r1:263
+ea = $ea
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:506
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:506
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+m_v_0 = b_f80_from_int(v_src, 16)
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:275
+# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:515
 _T24 = """\
-b_unimplemented('FADD_ST0_STi', 'spec/x87.r1:275')  # x87.r1:275
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:518
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:518
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:285
+# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:525
 _T25 = """\
-b_unimplemented('FMUL_ST0_STi', 'spec/x87.r1:285')  # x87.r1:285
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:528
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:528
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:295
+# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:535
 _T26 = """\
-b_unimplemented('FSUB_ST0_STi', 'spec/x87.r1:295')  # x87.r1:295
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:538
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:538
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:305
+# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:545
 _T27 = """\
-b_unimplemented('FSUBR_ST0_STi', 'spec/x87.r1:305')  # x87.r1:305
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:548
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:548
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:315
+# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:555
 _T28 = """\
-b_unimplemented('FDIV_ST0_STi', 'spec/x87.r1:315')  # x87.r1:315
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:558
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:558
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:325
+# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:565
 _T29 = """\
-b_unimplemented('FDIVR_ST0_STi', 'spec/x87.r1:325')  # x87.r1:325
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:568
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:568
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:335
+# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:575
 _T30 = """\
-b_unimplemented('FADD_STi_ST0', 'spec/x87.r1:335')  # x87.r1:335
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:578
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:578
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:345
+# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:585
 _T31 = """\
-b_unimplemented('FMUL_STi_ST0', 'spec/x87.r1:345')  # x87.r1:345
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:588
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:588
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:355
+# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:595
 _T32 = """\
-b_unimplemented('FSUBR_STi_ST0', 'spec/x87.r1:355')  # x87.r1:355
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:598
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:598
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:365
+# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:605
 _T33 = """\
-b_unimplemented('FSUB_STi_ST0', 'spec/x87.r1:365')  # x87.r1:365
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:608
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:608
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:375
+# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:615
 _T34 = """\
-b_unimplemented('FDIVR_STi_ST0', 'spec/x87.r1:375')  # x87.r1:375
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:618
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:618
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:385
+# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:625
 _T35 = """\
-b_unimplemented('FDIV_STi_ST0', 'spec/x87.r1:385')  # x87.r1:385
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:628
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:628
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:395
+# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:635
 _T36 = """\
-b_unimplemented('FADDP_STi_ST0', 'spec/x87.r1:395')  # x87.r1:395
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:638
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:638
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:405
+# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:645
 _T37 = """\
-b_unimplemented('FMULP_STi_ST0', 'spec/x87.r1:405')  # x87.r1:405
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:648
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:648
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:415
+# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:655
 _T38 = """\
-b_unimplemented('FSUBRP_STi_ST0', 'spec/x87.r1:415')  # x87.r1:415
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:658
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:658
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:425
+# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:665
 _T39 = """\
-b_unimplemented('FSUBP_STi_ST0', 'spec/x87.r1:425')  # x87.r1:425
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:668
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:668
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:435
+# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:675
 _T40 = """\
-b_unimplemented('FDIVRP_STi_ST0', 'spec/x87.r1:435')  # x87.r1:435
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:678
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:678
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:445
+# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:685
 _T41 = """\
-b_unimplemented('FDIVP_STi_ST0', 'spec/x87.r1:445')  # x87.r1:445
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:688
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:688
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:457
+# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:697
 _T42 = """\
-b_unimplemented('FLD_M32', 'spec/x87.r1:457')  # x87.r1:457
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:700
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_load(32, v_src)  # x87.r1:705
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:467
+# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:707
 _T43 = """\
-b_unimplemented('FLD_M64', 'spec/x87.r1:467')  # x87.r1:467
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:710
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_load(64, v_src)  # x87.r1:715
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:477
+# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:717
 _T44 = """\
-b_unimplemented('FLD_M80', 'spec/x87.r1:477')  # x87.r1:477
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 80)  # x87.r1:720
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_load(80, v_src)  # x87.r1:725
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:487
+# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:727
 _T45 = """\
-b_unimplemented('FLD_STi', 'spec/x87.r1:487')  # x87.r1:487
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:730
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $src  # x87.r1:735
+l_v = b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7))  # x87.r1:735
+m_src_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+elif m_src_empty_0:  # x87.r1:112
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:114
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_1 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:497
+# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:737
 _T46 = """\
-b_unimplemented('FST_M32', 'spec/x87.r1:497')  # x87.r1:497
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:740
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:745
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        wr32($seg, ea, 4290772992)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
 """
 
-# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:507
+# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:747
 _T47 = """\
-b_unimplemented('FST_M64', 'spec/x87.r1:507')  # x87.r1:507
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:750
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:755
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
 """
 
-# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:517
+# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:757
 _T48 = """\
-b_unimplemented('FST_STi', 'spec/x87.r1:517')  # x87.r1:517
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:760
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:527
+# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:767
 _T49 = """\
-b_unimplemented('FSTP_M32', 'spec/x87.r1:527')  # x87.r1:527
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:770
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:775
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        wr32($seg, ea, 4290772992)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:537
+# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:777
 _T50 = """\
-b_unimplemented('FSTP_M64', 'spec/x87.r1:537')  # x87.r1:537
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:780
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:785
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:547
+# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:787
 _T51 = """\
-b_unimplemented('FSTP_M80', 'spec/x87.r1:547')  # x87.r1:547
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:790
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:795
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_store($seg, ea, 80, (l_v & 1208925819614629174706175))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:557
+# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:797
 _T52 = """\
-b_unimplemented('FSTP_STi', 'spec/x87.r1:557')  # x87.r1:557
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:800
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:567
+# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:807
 _T53 = """\
-b_unimplemented('FILD_M16', 'spec/x87.r1:567')  # x87.r1:567
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd16($seg, ea)  # x87.r1:810
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_v = b_f80_from_int(v_src, 16)  # x87.r1:815
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:577
+# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:817
 _T54 = """\
-b_unimplemented('FILD_M32', 'spec/x87.r1:577')  # x87.r1:577
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = rd32($seg, ea)  # x87.r1:820
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_v = b_f80_from_int(v_src, 32)  # x87.r1:825
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:587
+# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:827
 _T55 = """\
-b_unimplemented('FILD_M64', 'spec/x87.r1:587')  # x87.r1:587
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 64)  # x87.r1:830
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_v = b_f80_from_int(v_src, 64)  # x87.r1:835
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:597
+# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:837
 _T56 = """\
-b_unimplemented('FIST_M16', 'spec/x87.r1:597')  # x87.r1:597
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:840
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:845
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        wr16($seg, ea, 32768)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
 """
 
-# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:607
+# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:847
 _T57 = """\
-b_unimplemented('FIST_M32', 'spec/x87.r1:607')  # x87.r1:607
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:850
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:855
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        wr32($seg, ea, 2147483648)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
 """
 
-# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:617
+# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:857
 _T58 = """\
-b_unimplemented('FISTP_M16', 'spec/x87.r1:617')  # x87.r1:617
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:860
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:865
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        wr16($seg, ea, 32768)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:627
+# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:867
 _T59 = """\
-b_unimplemented('FISTP_M32', 'spec/x87.r1:627')  # x87.r1:627
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:870
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:875
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        wr32($seg, ea, 2147483648)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:637
+# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:877
 _T60 = """\
-b_unimplemented('FISTP_M64', 'spec/x87.r1:637')  # x87.r1:637
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:880
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 64, S.fcw)  # x87.r1:885
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        b_store($seg, ea, 64, 9223372036854775808)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:647
+# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:887
 _T61 = """\
-b_unimplemented('FBLD_M80', 'spec/x87.r1:647')  # x87.r1:647
+ea = $ea
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_src = b_load($seg, ea, 80)  # x87.r1:890
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_v = b_f80_from_bcd(v_src)  # x87.r1:895
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:657
+# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:897
 _T62 = """\
-b_unimplemented('FBSTP_M80', 'spec/x87.r1:657')  # x87.r1:657
+ea = $ea
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:900
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_to_bcd(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:905
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
+    if (S.fcw & 0x1):  # x87.r1:171
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:171
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:173
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:175
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_store($seg, ea, 80, (l_r & 1208925819614629174706175))  # x87.r1:176
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:667
+# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:907
 _T63 = """\
-b_unimplemented('FXCH_STi', 'spec/x87.r1:667')  # x87.r1:667
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:910
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:910
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:236
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:237
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:238
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:240
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:241
+            l_x_0 = 1208921207928610747318272  # x87.r1:241
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:242
+            l_y_1 = 1208921207928610747318272  # x87.r1:242
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:679
+# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:919
 _T64 = """\
-b_unimplemented('FCMOVB_ST0_STi', 'spec/x87.r1:679')  # x87.r1:679
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:922
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:922
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = GET_CF[S.cc[0]](S.cc)
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:689
+# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:929
 _T65 = """\
-b_unimplemented('FCMOVE_ST0_STi', 'spec/x87.r1:689')  # x87.r1:689
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:932
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:932
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = GET_ZF[S.cc[0]](S.cc)
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:699
+# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:939
 _T66 = """\
-b_unimplemented('FCMOVBE_ST0_STi', 'spec/x87.r1:699')  # x87.r1:699
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:942
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:942
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:709
+# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:949
 _T67 = """\
-b_unimplemented('FCMOVU_ST0_STi', 'spec/x87.r1:709')  # x87.r1:709
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:952
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:952
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = GET_PF[S.cc[0]](S.cc)
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:719
+# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:959
 _T68 = """\
-b_unimplemented('FCMOVNB_ST0_STi', 'spec/x87.r1:719')  # x87.r1:719
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:962
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:962
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = (not GET_CF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:729
+# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:969
 _T69 = """\
-b_unimplemented('FCMOVNE_ST0_STi', 'spec/x87.r1:729')  # x87.r1:729
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:972
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:972
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = (not GET_ZF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:739
+# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:979
 _T70 = """\
-b_unimplemented('FCMOVNBE_ST0_STi', 'spec/x87.r1:739')  # x87.r1:739
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:982
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:982
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:749
+# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:989
 _T71 = """\
-b_unimplemented('FCMOVNU_ST0_STi', 'spec/x87.r1:749')  # x87.r1:749
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:992
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:992
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+m_c_0 = (not GET_PF[S.cc[0]](S.cc))
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
+    if m_c_0:  # x87.r1:260
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:761
+# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1001
 _T72 = """\
-b_unimplemented('FCOM_M32', 'spec/x87.r1:761')  # x87.r1:761
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1004
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = rd32($seg, ea)  # x87.r1:1004
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1009
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:771
+# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1011
 _T73 = """\
-b_unimplemented('FCOM_M64', 'spec/x87.r1:771')  # x87.r1:771
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1014
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = b_load($seg, ea, 64)  # x87.r1:1014
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1019
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:781
+# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1021
 _T74 = """\
-b_unimplemented('FCOM_STi', 'spec/x87.r1:781')  # x87.r1:781
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1024
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1024
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1029
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1029
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:791
+# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1031
 _T75 = """\
-b_unimplemented('FCOMP_M32', 'spec/x87.r1:791')  # x87.r1:791
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1034
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = rd32($seg, ea)  # x87.r1:1034
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1039
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:801
+# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1041
 _T76 = """\
-b_unimplemented('FCOMP_M64', 'spec/x87.r1:801')  # x87.r1:801
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1044
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = b_load($seg, ea, 64)  # x87.r1:1044
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1049
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:811
+# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1051
 _T77 = """\
-b_unimplemented('FCOMP_STi', 'spec/x87.r1:811')  # x87.r1:811
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1054
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1054
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1059
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1059
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:821
+# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1061
 _T78 = """\
-b_unimplemented('FCOMPP', 'spec/x87.r1:821')  # x87.r1:821
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 0)  # x87.r1:1068
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:830
+# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1070
 _T79 = """\
-b_unimplemented('FUCOM_STi', 'spec/x87.r1:830')  # x87.r1:830
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1073
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1073
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1078
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1078
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:840
+# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1080
 _T80 = """\
-b_unimplemented('FUCOMP_STi', 'spec/x87.r1:840')  # x87.r1:840
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1083
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1083
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1088
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1088
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:850
+# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1090
 _T81 = """\
-b_unimplemented('FUCOMPP', 'spec/x87.r1:850')  # x87.r1:850
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 1)  # x87.r1:1097
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:859
+# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1099
 _T82 = """\
-b_unimplemented('FICOM_M16', 'spec/x87.r1:859')  # x87.r1:859
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1102
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = rd16($seg, ea)  # x87.r1:1102
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1107
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:869
+# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1109
 _T83 = """\
-b_unimplemented('FICOM_M32', 'spec/x87.r1:869')  # x87.r1:869
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1112
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = rd32($seg, ea)  # x87.r1:1112
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1117
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:879
+# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1119
 _T84 = """\
-b_unimplemented('FICOMP_M16', 'spec/x87.r1:879')  # x87.r1:879
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1122
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = rd16($seg, ea)  # x87.r1:1122
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1127
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:889
+# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1129
 _T85 = """\
-b_unimplemented('FICOMP_M32', 'spec/x87.r1:889')  # x87.r1:889
+ea = $ea
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1132
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+v_b = rd32($seg, ea)  # x87.r1:1132
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fdp = ea & 0xffffffff  # x87.r1:83
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1137
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:899
+# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1139
 _T86 = """\
-b_unimplemented('FTST', 'spec/x87.r1:899')  # x87.r1:899
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1142
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, 80, 0)  # x87.r1:1147
+l_rel_0 = (l_r & 3)  # x87.r1:198
+l_flags_1 = (l_r >> 80)  # x87.r1:199
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
+    l_rel_0 = 3  # x87.r1:201
+    l_flags_1 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:909
+# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1149
 _T87 = """\
-b_unimplemented('FXAM', 'spec/x87.r1:909')  # x87.r1:909
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1152
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:1157
+S.fsw = S.fsw & 0xfffffdff | ((l_v >> 79 & 1) & 1) << 9  # x87.r1:1157
+l_k = (16640 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else b_f80_class(l_v))  # x87.r1:1157
+S.fsw = S.fsw & 0xfffffeff | ((l_k >> 8 & 1) & 1) << 8  # x87.r1:1157
+S.fsw = S.fsw & 0xfffffbff | ((l_k >> 10 & 1) & 1) << 10  # x87.r1:1157
+S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1157
 """
 
-# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:921
+# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1161
 _T88 = """\
-b_unimplemented('FCOMI_ST0_STi', 'spec/x87.r1:921')  # x87.r1:921
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1164
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1164
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1169
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1169
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:216
+l_flags_2 = (l_r >> 80)  # x87.r1:217
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
+    l_rel_1 = 3  # x87.r1:219
+    l_flags_2 = 65  # x87.r1:220
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
 """
 
-# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:931
+# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1171
 _T89 = """\
-b_unimplemented('FUCOMI_ST0_STi', 'spec/x87.r1:931')  # x87.r1:931
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1174
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1174
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1179
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1179
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:216
+l_flags_2 = (l_r >> 80)  # x87.r1:217
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
+    l_rel_1 = 3  # x87.r1:219
+    l_flags_2 = 65  # x87.r1:220
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
 """
 
-# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:941
+# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1181
 _T90 = """\
-b_unimplemented('FCOMIP_ST0_STi', 'spec/x87.r1:941')  # x87.r1:941
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1184
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1184
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1189
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1189
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:216
+l_flags_2 = (l_r >> 80)  # x87.r1:217
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
+    l_rel_1 = 3  # x87.r1:219
+    l_flags_2 = 65  # x87.r1:220
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:951
+# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1191
 _T91 = """\
-b_unimplemented('FUCOMIP_ST0_STi', 'spec/x87.r1:951')  # x87.r1:951
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1194
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1194
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1199
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1199
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:216
+l_flags_2 = (l_r >> 80)  # x87.r1:217
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
+    l_rel_1 = 3  # x87.r1:219
+    l_flags_2 = 65  # x87.r1:220
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:963
+# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1203
 _T92 = """\
-b_unimplemented('FLD1', 'spec/x87.r1:963')  # x87.r1:963
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = 302222231531620438900736  # x87.r1:1211
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:973
+# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1213
 _T93 = """\
-b_unimplemented('FLDL2T', 'spec/x87.r1:973')  # x87.r1:973
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (302246774593006706854654 + ((S.fcw >> 10 & 0x3) == 2))  # x87.r1:1221
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:983
+# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1223
 _T94 = """\
-b_unimplemented('FLDL2E', 'spec/x87.r1:983')  # x87.r1:983
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (302226314672681428447420 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1231
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:993
+# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1233
 _T95 = """\
-b_unimplemented('FLDPI', 'spec/x87.r1:993')  # x87.r1:993
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (302245942942573447922229 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1241
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1003
+# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1243
 _T96 = """\
-b_unimplemented('FLDLG2', 'spec/x87.r1:1003')  # x87.r1:1003
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (302187220718013211735961 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1251
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1013
+# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1253
 _T97 = """\
-b_unimplemented('FLDLN2', 'spec/x87.r1:1013')  # x87.r1:1013
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (302207347724155077228972 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1261
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1023
+# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1263
 _T98 = """\
-b_unimplemented('FLDZ', 'spec/x87.r1:1023')  # x87.r1:1023
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = 0  # x87.r1:1271
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:111
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:116
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1035
+# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1275
 _T99 = """\
-b_unimplemented('FCHS', 'spec/x87.r1:1035')  # x87.r1:1035
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1278
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) ^ 604462909807314587353088)  # x87.r1:1283
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1045
+# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1285
 _T100 = """\
-b_unimplemented('FABS', 'spec/x87.r1:1045')  # x87.r1:1045
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1288
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) & 604462909807314587353087)  # x87.r1:1293
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_v >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1055
+# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1295
 _T101 = """\
-b_unimplemented('F2XM1', 'spec/x87.r1:1055')  # x87.r1:1055
+b_unimplemented('F2XM1', 'spec/x87.r1:1295')  # x87.r1:1295
 """
 
-# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1065
+# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1305
 _T102 = """\
-b_unimplemented('FYL2X', 'spec/x87.r1:1065')  # x87.r1:1065
+b_unimplemented('FYL2X', 'spec/x87.r1:1305')  # x87.r1:1305
 """
 
-# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1074
+# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1314
 _T103 = """\
-b_unimplemented('FPTAN', 'spec/x87.r1:1074')  # x87.r1:1074
+b_unimplemented('FPTAN', 'spec/x87.r1:1314')  # x87.r1:1314
 """
 
-# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1084
+# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1324
 _T104 = """\
-b_unimplemented('FPATAN', 'spec/x87.r1:1084')  # x87.r1:1084
+b_unimplemented('FPATAN', 'spec/x87.r1:1324')  # x87.r1:1324
 """
 
-# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1093
+# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1333
 _T105 = """\
-b_unimplemented('FXTRACT', 'spec/x87.r1:1093')  # x87.r1:1093
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1336
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:1341
+    m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:1341
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r = b_f80_extract(b_fpr(((S.fsw >> 11 & 0x7) & 7)))  # x87.r1:1341
+    l_flags = (l_r >> 160)  # x87.r1:1341
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1341
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        m_v_1 = (l_r >> 80)
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1103
+# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1343
 _T106 = """\
-b_unimplemented('FPREM1', 'spec/x87.r1:1103')  # x87.r1:1103
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1350
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 1, S.fcw)  # x87.r1:1350
+    l_flags = (l_r >> 96)  # x87.r1:1350
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1350
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        l_cc = (l_r >> 80)  # x87.r1:1350
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1350
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1350
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1350
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1350
 """
 
-# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1112
+# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1352
 _T107 = """\
-b_unimplemented('FDECSTP', 'spec/x87.r1:1112')  # x87.r1:1112
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1359
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:1359
 """
 
-# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1121
+# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1361
 _T108 = """\
-b_unimplemented('FINCSTP', 'spec/x87.r1:1121')  # x87.r1:1121
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1368
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:1368
 """
 
-# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1130
+# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1370
 _T109 = """\
-b_unimplemented('FPREM', 'spec/x87.r1:1130')  # x87.r1:1130
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1377
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 0, S.fcw)  # x87.r1:1377
+    l_flags = (l_r >> 96)  # x87.r1:1377
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1377
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        l_cc = (l_r >> 80)  # x87.r1:1377
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1377
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1377
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1377
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1377
 """
 
-# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1139
+# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1379
 _T110 = """\
-b_unimplemented('FYL2XP1', 'spec/x87.r1:1139')  # x87.r1:1139
+b_unimplemented('FYL2XP1', 'spec/x87.r1:1379')  # x87.r1:1379
 """
 
-# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1148
+# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1388
 _T111 = """\
-b_unimplemented('FSQRT', 'spec/x87.r1:1148')  # x87.r1:1148
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1391
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_r = b_f80_sqrt(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1396
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1158
+# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1398
 _T112 = """\
-b_unimplemented('FSINCOS', 'spec/x87.r1:1158')  # x87.r1:1158
+b_unimplemented('FSINCOS', 'spec/x87.r1:1398')  # x87.r1:1398
 """
 
-# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1168
+# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1408
 _T113 = """\
-b_unimplemented('FRNDINT', 'spec/x87.r1:1168')  # x87.r1:1168
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1411
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_r = b_f80_round_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1416
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_flags_0 = (l_r >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1178
+# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1418
 _T114 = """\
-b_unimplemented('FSCALE', 'spec/x87.r1:1178')  # x87.r1:1178
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1425
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+else:
+    l_r = b_f80_scale(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:1425
+    l_flags_0 = (l_r >> 80)  # x87.r1:133
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1187
+# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1427
 _T115 = """\
-b_unimplemented('FSIN', 'spec/x87.r1:1187')  # x87.r1:1187
+b_unimplemented('FSIN', 'spec/x87.r1:1427')  # x87.r1:1427
 """
 
-# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1197
+# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1437
 _T116 = """\
-b_unimplemented('FCOS', 'spec/x87.r1:1197')  # x87.r1:1197
+b_unimplemented('FCOS', 'spec/x87.r1:1437')  # x87.r1:1437
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1209
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1449
 _T117 = """\
-b_unimplemented('FNOP', 'spec/x87.r1:1209')  # x87.r1:1209
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1218
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1458
 _T118 = """\
-b_unimplemented('FFREE_STi', 'spec/x87.r1:1218')  # x87.r1:1218
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1466
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1228
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1468
 _T119 = """\
-b_unimplemented('FNINIT', 'spec/x87.r1:1228')  # x87.r1:1228
+b_unimplemented('FNINIT', 'spec/x87.r1:1468')  # x87.r1:1468
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1237
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1477
 _T120 = """\
-b_unimplemented('FNCLEX', 'spec/x87.r1:1237')  # x87.r1:1237
+b_unimplemented('FNCLEX', 'spec/x87.r1:1477')  # x87.r1:1477
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1246
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1486
 _T121 = """\
-b_unimplemented('FLDCW_M16', 'spec/x87.r1:1246')  # x87.r1:1246
+b_unimplemented('FLDCW_M16', 'spec/x87.r1:1486')  # x87.r1:1486
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1256
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1496
 _T122 = """\
-b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1256')  # x87.r1:1256
+b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1496')  # x87.r1:1496
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1266
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1506
 _T123 = """\
-b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1266')  # x87.r1:1266
+b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1506')  # x87.r1:1506
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1276
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1516
 _T124 = """\
-b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1276')  # x87.r1:1276
+b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1516')  # x87.r1:1516
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1285
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1525
 _T125 = """\
-b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1285')  # x87.r1:1285
+b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1525')  # x87.r1:1525
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1295
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1535
 _T126 = """\
-b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1295')  # x87.r1:1295
+b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1535')  # x87.r1:1535
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1305
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1545
 _T127 = """\
-b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1305')  # x87.r1:1305
+b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1545')  # x87.r1:1545
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1315
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1555
 _T128 = """\
-b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1315')  # x87.r1:1315
+b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1555')  # x87.r1:1555
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1325
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1565
 _T129 = """\
-b_unimplemented('FWAIT', 'spec/x87.r1:1325')  # x87.r1:1325
+b_unimplemented('FWAIT', 'spec/x87.r1:1565')  # x87.r1:1565
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1336
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1576
 _T130 = """\
-b_unimplemented('FFREEP_STi', 'spec/x87.r1:1336')  # x87.r1:1336
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1584
+S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1346
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1586
 _T131 = """\
-b_unimplemented('FSTPNCE_STi', 'spec/x87.r1:1346')  # x87.r1:1346
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1589
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1356
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1596
 _T132 = """\
-b_unimplemented('FCOM_STi_DCD0', 'spec/x87.r1:1356')  # x87.r1:1356
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1599
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1599
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1605
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1605
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1607
 _T133 = """\
-b_unimplemented('FCOMP_STi_DCD8', 'spec/x87.r1:1367')  # x87.r1:1367
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1610
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1610
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1616
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1616
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1378
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1618
 _T134 = """\
-b_unimplemented('FCOMP_STi_DED0', 'spec/x87.r1:1378')  # x87.r1:1378
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1621
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1621
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_i = $b  # x87.r1:1627
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1627
+m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
+l_rel_1 = (l_r & 3)  # x87.r1:198
+l_flags_2 = (l_r >> 80)  # x87.r1:199
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
+    l_rel_1 = 3  # x87.r1:201
+    l_flags_2 = 65  # x87.r1:202
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1389
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1629
 _T135 = """\
-b_unimplemented('FXCH_STi_DDC8', 'spec/x87.r1:1389')  # x87.r1:1389
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1632
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1632
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:236
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:237
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:238
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:240
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:241
+            l_x_0 = 1208921207928610747318272  # x87.r1:241
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:242
+            l_y_1 = 1208921207928610747318272  # x87.r1:242
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1400
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1640
 _T136 = """\
-b_unimplemented('FXCH_STi_DFC8', 'spec/x87.r1:1400')  # x87.r1:1400
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1643
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1643
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:236
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:237
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:238
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:240
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:241
+            l_x_0 = 1208921207928610747318272  # x87.r1:241
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:242
+            l_y_1 = 1208921207928610747318272  # x87.r1:242
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+else:
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1411
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1651
 _T137 = """\
-b_unimplemented('FSTP_STi_DFD0', 'spec/x87.r1:1411')  # x87.r1:1411
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1654
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1422
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1662
 _T138 = """\
-b_unimplemented('FSTP_STi_DFD8', 'spec/x87.r1:1422')  # x87.r1:1422
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1665
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
+    raise Fault(7, None)  # x87.r1:70
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
+    raise Fault(16, None)  # x87.r1:71
+S.fip = $here & 0xffffffff  # x87.r1:77
+S.fcs = S.sel[1] & 0xffff  # x87.r1:78
+S.fop = $fop & 0x7ff  # x87.r1:79
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    if (1 & (~S.fcw)):  # x87.r1:91
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    if (S.fcw & 0x1):  # x87.r1:125
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+else:
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
+    S.fsw = S.fsw & 0xffff  # x87.r1:89
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1433
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1673
 _T139 = """\
-b_unimplemented('FNENI', 'spec/x87.r1:1433')  # x87.r1:1433
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1681
+    raise Fault(7, None)  # x87.r1:1681
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1443
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1683
 _T140 = """\
-b_unimplemented('FNDISI', 'spec/x87.r1:1443')  # x87.r1:1443
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1691
+    raise Fault(7, None)  # x87.r1:1691
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1453
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1693
 _T141 = """\
-b_unimplemented('FNSETPM', 'spec/x87.r1:1453')  # x87.r1:1453
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1700
+    raise Fault(7, None)  # x87.r1:1700
 """
 
 TEMPLATES = {
-    # spec/x87.r1:33
+    # spec/x87.r1:273
     'FADD_M32': {
         (16, 16, 'mem', None, None): _T0,
         (16, 32, 'mem', None, None): _T0,
         (32, 16, 'mem', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/x87.r1:43
+    # spec/x87.r1:283
     'FADD_M64': {
         (16, 16, 'mem', None, None): _T1,
         (16, 32, 'mem', None, None): _T1,
         (32, 16, 'mem', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/x87.r1:53
+    # spec/x87.r1:293
     'FIADD_M32': {
         (16, 16, 'mem', None, None): _T2,
         (16, 32, 'mem', None, None): _T2,
         (32, 16, 'mem', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/x87.r1:63
+    # spec/x87.r1:303
     'FIADD_M16': {
         (16, 16, 'mem', None, None): _T3,
         (16, 32, 'mem', None, None): _T3,
         (32, 16, 'mem', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/x87.r1:73
+    # spec/x87.r1:313
     'FMUL_M32': {
         (16, 16, 'mem', None, None): _T4,
         (16, 32, 'mem', None, None): _T4,
         (32, 16, 'mem', None, None): _T4,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/x87.r1:83
+    # spec/x87.r1:323
     'FMUL_M64': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/x87.r1:93
+    # spec/x87.r1:333
     'FIMUL_M32': {
         (16, 16, 'mem', None, None): _T6,
         (16, 32, 'mem', None, None): _T6,
         (32, 16, 'mem', None, None): _T6,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/x87.r1:103
+    # spec/x87.r1:343
     'FIMUL_M16': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/x87.r1:113
+    # spec/x87.r1:353
     'FSUB_M32': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/x87.r1:123
+    # spec/x87.r1:363
     'FSUB_M64': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/x87.r1:133
+    # spec/x87.r1:373
     'FISUB_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/x87.r1:143
+    # spec/x87.r1:383
     'FISUB_M16': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/x87.r1:153
+    # spec/x87.r1:393
     'FSUBR_M32': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/x87.r1:163
+    # spec/x87.r1:403
     'FSUBR_M64': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/x87.r1:173
+    # spec/x87.r1:413
     'FISUBR_M32': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/x87.r1:183
+    # spec/x87.r1:423
     'FISUBR_M16': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/x87.r1:193
+    # spec/x87.r1:433
     'FDIV_M32': {
         (16, 16, 'mem', None, None): _T16,
         (16, 32, 'mem', None, None): _T16,
         (32, 16, 'mem', None, None): _T16,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/x87.r1:203
+    # spec/x87.r1:443
     'FDIV_M64': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/x87.r1:213
+    # spec/x87.r1:453
     'FIDIV_M32': {
         (16, 16, 'mem', None, None): _T18,
         (16, 32, 'mem', None, None): _T18,
         (32, 16, 'mem', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/x87.r1:223
+    # spec/x87.r1:463
     'FIDIV_M16': {
         (16, 16, 'mem', None, None): _T19,
         (16, 32, 'mem', None, None): _T19,
         (32, 16, 'mem', None, None): _T19,
         (32, 32, 'mem', None, None): _T19,
     },
-    # spec/x87.r1:233
+    # spec/x87.r1:473
     'FDIVR_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/x87.r1:243
+    # spec/x87.r1:483
     'FDIVR_M64': {
         (16, 16, 'mem', None, None): _T21,
         (16, 32, 'mem', None, None): _T21,
         (32, 16, 'mem', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/x87.r1:253
+    # spec/x87.r1:493
     'FIDIVR_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/x87.r1:263
+    # spec/x87.r1:503
     'FIDIVR_M16': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/x87.r1:275
+    # spec/x87.r1:515
     'FADD_ST0_STi': {
         (16, 16, None, None, None): _T24,
         (16, 32, None, None, None): _T24,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/x87.r1:285
+    # spec/x87.r1:525
     'FMUL_ST0_STi': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T25,
         (32, 32, None, None, None): _T25,
     },
-    # spec/x87.r1:295
+    # spec/x87.r1:535
     'FSUB_ST0_STi': {
         (16, 16, None, None, None): _T26,
         (16, 32, None, None, None): _T26,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/x87.r1:305
+    # spec/x87.r1:545
     'FSUBR_ST0_STi': {
         (16, 16, None, None, None): _T27,
         (16, 32, None, None, None): _T27,
         (32, 16, None, None, None): _T27,
         (32, 32, None, None, None): _T27,
     },
-    # spec/x87.r1:315
+    # spec/x87.r1:555
     'FDIV_ST0_STi': {
         (16, 16, None, None, None): _T28,
         (16, 32, None, None, None): _T28,
         (32, 16, None, None, None): _T28,
         (32, 32, None, None, None): _T28,
     },
-    # spec/x87.r1:325
+    # spec/x87.r1:565
     'FDIVR_ST0_STi': {
         (16, 16, None, None, None): _T29,
         (16, 32, None, None, None): _T29,
         (32, 16, None, None, None): _T29,
         (32, 32, None, None, None): _T29,
     },
-    # spec/x87.r1:335
+    # spec/x87.r1:575
     'FADD_STi_ST0': {
         (16, 16, None, None, None): _T30,
         (16, 32, None, None, None): _T30,
         (32, 16, None, None, None): _T30,
         (32, 32, None, None, None): _T30,
     },
-    # spec/x87.r1:345
+    # spec/x87.r1:585
     'FMUL_STi_ST0': {
         (16, 16, None, None, None): _T31,
         (16, 32, None, None, None): _T31,
         (32, 16, None, None, None): _T31,
         (32, 32, None, None, None): _T31,
     },
-    # spec/x87.r1:355
+    # spec/x87.r1:595
     'FSUBR_STi_ST0': {
         (16, 16, None, None, None): _T32,
         (16, 32, None, None, None): _T32,
         (32, 16, None, None, None): _T32,
         (32, 32, None, None, None): _T32,
     },
-    # spec/x87.r1:365
+    # spec/x87.r1:605
     'FSUB_STi_ST0': {
         (16, 16, None, None, None): _T33,
         (16, 32, None, None, None): _T33,
         (32, 16, None, None, None): _T33,
         (32, 32, None, None, None): _T33,
     },
-    # spec/x87.r1:375
+    # spec/x87.r1:615
     'FDIVR_STi_ST0': {
         (16, 16, None, None, None): _T34,
         (16, 32, None, None, None): _T34,
         (32, 16, None, None, None): _T34,
         (32, 32, None, None, None): _T34,
     },
-    # spec/x87.r1:385
+    # spec/x87.r1:625
     'FDIV_STi_ST0': {
         (16, 16, None, None, None): _T35,
         (16, 32, None, None, None): _T35,
         (32, 16, None, None, None): _T35,
         (32, 32, None, None, None): _T35,
     },
-    # spec/x87.r1:395
+    # spec/x87.r1:635
     'FADDP_STi_ST0': {
         (16, 16, None, None, None): _T36,
         (16, 32, None, None, None): _T36,
         (32, 16, None, None, None): _T36,
         (32, 32, None, None, None): _T36,
     },
-    # spec/x87.r1:405
+    # spec/x87.r1:645
     'FMULP_STi_ST0': {
         (16, 16, None, None, None): _T37,
         (16, 32, None, None, None): _T37,
         (32, 16, None, None, None): _T37,
         (32, 32, None, None, None): _T37,
     },
-    # spec/x87.r1:415
+    # spec/x87.r1:655
     'FSUBRP_STi_ST0': {
         (16, 16, None, None, None): _T38,
         (16, 32, None, None, None): _T38,
         (32, 16, None, None, None): _T38,
         (32, 32, None, None, None): _T38,
     },
-    # spec/x87.r1:425
+    # spec/x87.r1:665
     'FSUBP_STi_ST0': {
         (16, 16, None, None, None): _T39,
         (16, 32, None, None, None): _T39,
         (32, 16, None, None, None): _T39,
         (32, 32, None, None, None): _T39,
     },
-    # spec/x87.r1:435
+    # spec/x87.r1:675
     'FDIVRP_STi_ST0': {
         (16, 16, None, None, None): _T40,
         (16, 32, None, None, None): _T40,
         (32, 16, None, None, None): _T40,
         (32, 32, None, None, None): _T40,
     },
-    # spec/x87.r1:445
+    # spec/x87.r1:685
     'FDIVP_STi_ST0': {
         (16, 16, None, None, None): _T41,
         (16, 32, None, None, None): _T41,
         (32, 16, None, None, None): _T41,
         (32, 32, None, None, None): _T41,
     },
-    # spec/x87.r1:457
+    # spec/x87.r1:697
     'FLD_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/x87.r1:467
+    # spec/x87.r1:707
     'FLD_M64': {
         (16, 16, 'mem', None, None): _T43,
         (16, 32, 'mem', None, None): _T43,
         (32, 16, 'mem', None, None): _T43,
         (32, 32, 'mem', None, None): _T43,
     },
-    # spec/x87.r1:477
+    # spec/x87.r1:717
     'FLD_M80': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/x87.r1:487
+    # spec/x87.r1:727
     'FLD_STi': {
         (16, 16, None, None, None): _T45,
         (16, 32, None, None, None): _T45,
         (32, 16, None, None, None): _T45,
         (32, 32, None, None, None): _T45,
     },
-    # spec/x87.r1:497
+    # spec/x87.r1:737
     'FST_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/x87.r1:507
+    # spec/x87.r1:747
     'FST_M64': {
         (16, 16, 'mem', None, None): _T47,
         (16, 32, 'mem', None, None): _T47,
         (32, 16, 'mem', None, None): _T47,
         (32, 32, 'mem', None, None): _T47,
     },
-    # spec/x87.r1:517
+    # spec/x87.r1:757
     'FST_STi': {
         (16, 16, None, None, None): _T48,
         (16, 32, None, None, None): _T48,
         (32, 16, None, None, None): _T48,
         (32, 32, None, None, None): _T48,
     },
-    # spec/x87.r1:527
+    # spec/x87.r1:767
     'FSTP_M32': {
         (16, 16, 'mem', None, None): _T49,
         (16, 32, 'mem', None, None): _T49,
         (32, 16, 'mem', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/x87.r1:537
+    # spec/x87.r1:777
     'FSTP_M64': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/x87.r1:547
+    # spec/x87.r1:787
     'FSTP_M80': {
         (16, 16, 'mem', None, None): _T51,
         (16, 32, 'mem', None, None): _T51,
         (32, 16, 'mem', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/x87.r1:557
+    # spec/x87.r1:797
     'FSTP_STi': {
         (16, 16, None, None, None): _T52,
         (16, 32, None, None, None): _T52,
         (32, 16, None, None, None): _T52,
         (32, 32, None, None, None): _T52,
     },
-    # spec/x87.r1:567
+    # spec/x87.r1:807
     'FILD_M16': {
         (16, 16, 'mem', None, None): _T53,
         (16, 32, 'mem', None, None): _T53,
         (32, 16, 'mem', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/x87.r1:577
+    # spec/x87.r1:817
     'FILD_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/x87.r1:587
+    # spec/x87.r1:827
     'FILD_M64': {
         (16, 16, 'mem', None, None): _T55,
         (16, 32, 'mem', None, None): _T55,
         (32, 16, 'mem', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/x87.r1:597
+    # spec/x87.r1:837
     'FIST_M16': {
         (16, 16, 'mem', None, None): _T56,
         (16, 32, 'mem', None, None): _T56,
         (32, 16, 'mem', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/x87.r1:607
+    # spec/x87.r1:847
     'FIST_M32': {
         (16, 16, 'mem', None, None): _T57,
         (16, 32, 'mem', None, None): _T57,
         (32, 16, 'mem', None, None): _T57,
         (32, 32, 'mem', None, None): _T57,
     },
-    # spec/x87.r1:617
+    # spec/x87.r1:857
     'FISTP_M16': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/x87.r1:627
+    # spec/x87.r1:867
     'FISTP_M32': {
         (16, 16, 'mem', None, None): _T59,
         (16, 32, 'mem', None, None): _T59,
         (32, 16, 'mem', None, None): _T59,
         (32, 32, 'mem', None, None): _T59,
     },
-    # spec/x87.r1:637
+    # spec/x87.r1:877
     'FISTP_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/x87.r1:647
+    # spec/x87.r1:887
     'FBLD_M80': {
         (16, 16, 'mem', None, None): _T61,
         (16, 32, 'mem', None, None): _T61,
         (32, 16, 'mem', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/x87.r1:657
+    # spec/x87.r1:897
     'FBSTP_M80': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/x87.r1:667
+    # spec/x87.r1:907
     'FXCH_STi': {
         (16, 16, None, None, None): _T63,
         (16, 32, None, None, None): _T63,
         (32, 16, None, None, None): _T63,
         (32, 32, None, None, None): _T63,
     },
-    # spec/x87.r1:679
+    # spec/x87.r1:919
     'FCMOVB_ST0_STi': {
         (16, 16, None, None, None): _T64,
         (16, 32, None, None, None): _T64,
         (32, 16, None, None, None): _T64,
         (32, 32, None, None, None): _T64,
     },
-    # spec/x87.r1:689
+    # spec/x87.r1:929
     'FCMOVE_ST0_STi': {
         (16, 16, None, None, None): _T65,
         (16, 32, None, None, None): _T65,
         (32, 16, None, None, None): _T65,
         (32, 32, None, None, None): _T65,
     },
-    # spec/x87.r1:699
+    # spec/x87.r1:939
     'FCMOVBE_ST0_STi': {
         (16, 16, None, None, None): _T66,
         (16, 32, None, None, None): _T66,
         (32, 16, None, None, None): _T66,
         (32, 32, None, None, None): _T66,
     },
-    # spec/x87.r1:709
+    # spec/x87.r1:949
     'FCMOVU_ST0_STi': {
         (16, 16, None, None, None): _T67,
         (16, 32, None, None, None): _T67,
         (32, 16, None, None, None): _T67,
         (32, 32, None, None, None): _T67,
     },
-    # spec/x87.r1:719
+    # spec/x87.r1:959
     'FCMOVNB_ST0_STi': {
         (16, 16, None, None, None): _T68,
         (16, 32, None, None, None): _T68,
         (32, 16, None, None, None): _T68,
         (32, 32, None, None, None): _T68,
     },
-    # spec/x87.r1:729
+    # spec/x87.r1:969
     'FCMOVNE_ST0_STi': {
         (16, 16, None, None, None): _T69,
         (16, 32, None, None, None): _T69,
         (32, 16, None, None, None): _T69,
         (32, 32, None, None, None): _T69,
     },
-    # spec/x87.r1:739
+    # spec/x87.r1:979
     'FCMOVNBE_ST0_STi': {
         (16, 16, None, None, None): _T70,
         (16, 32, None, None, None): _T70,
         (32, 16, None, None, None): _T70,
         (32, 32, None, None, None): _T70,
     },
-    # spec/x87.r1:749
+    # spec/x87.r1:989
     'FCMOVNU_ST0_STi': {
         (16, 16, None, None, None): _T71,
         (16, 32, None, None, None): _T71,
         (32, 16, None, None, None): _T71,
         (32, 32, None, None, None): _T71,
     },
-    # spec/x87.r1:761
+    # spec/x87.r1:1001
     'FCOM_M32': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/x87.r1:771
+    # spec/x87.r1:1011
     'FCOM_M64': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/x87.r1:781
+    # spec/x87.r1:1021
     'FCOM_STi': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/x87.r1:791
+    # spec/x87.r1:1031
     'FCOMP_M32': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/x87.r1:801
+    # spec/x87.r1:1041
     'FCOMP_M64': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/x87.r1:811
+    # spec/x87.r1:1051
     'FCOMP_STi': {
         (16, 16, None, None, None): _T77,
         (16, 32, None, None, None): _T77,
         (32, 16, None, None, None): _T77,
         (32, 32, None, None, None): _T77,
     },
-    # spec/x87.r1:821
+    # spec/x87.r1:1061
     'FCOMPP': {
         (16, 16, None, None, None): _T78,
         (16, 32, None, None, None): _T78,
         (32, 16, None, None, None): _T78,
         (32, 32, None, None, None): _T78,
     },
-    # spec/x87.r1:830
+    # spec/x87.r1:1070
     'FUCOM_STi': {
         (16, 16, None, None, None): _T79,
         (16, 32, None, None, None): _T79,
         (32, 16, None, None, None): _T79,
         (32, 32, None, None, None): _T79,
     },
-    # spec/x87.r1:840
+    # spec/x87.r1:1080
     'FUCOMP_STi': {
         (16, 16, None, None, None): _T80,
         (16, 32, None, None, None): _T80,
         (32, 16, None, None, None): _T80,
         (32, 32, None, None, None): _T80,
     },
-    # spec/x87.r1:850
+    # spec/x87.r1:1090
     'FUCOMPP': {
         (16, 16, None, None, None): _T81,
         (16, 32, None, None, None): _T81,
         (32, 16, None, None, None): _T81,
         (32, 32, None, None, None): _T81,
     },
-    # spec/x87.r1:859
+    # spec/x87.r1:1099
     'FICOM_M16': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/x87.r1:869
+    # spec/x87.r1:1109
     'FICOM_M32': {
         (16, 16, 'mem', None, None): _T83,
         (16, 32, 'mem', None, None): _T83,
         (32, 16, 'mem', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/x87.r1:879
+    # spec/x87.r1:1119
     'FICOMP_M16': {
         (16, 16, 'mem', None, None): _T84,
         (16, 32, 'mem', None, None): _T84,
         (32, 16, 'mem', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/x87.r1:889
+    # spec/x87.r1:1129
     'FICOMP_M32': {
         (16, 16, 'mem', None, None): _T85,
         (16, 32, 'mem', None, None): _T85,
         (32, 16, 'mem', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/x87.r1:899
+    # spec/x87.r1:1139
     'FTST': {
         (16, 16, None, None, None): _T86,
         (16, 32, None, None, None): _T86,
         (32, 16, None, None, None): _T86,
         (32, 32, None, None, None): _T86,
     },
-    # spec/x87.r1:909
+    # spec/x87.r1:1149
     'FXAM': {
         (16, 16, None, None, None): _T87,
         (16, 32, None, None, None): _T87,
         (32, 16, None, None, None): _T87,
         (32, 32, None, None, None): _T87,
     },
-    # spec/x87.r1:921
+    # spec/x87.r1:1161
     'FCOMI_ST0_STi': {
         (16, 16, None, None, None): _T88,
         (16, 32, None, None, None): _T88,
         (32, 16, None, None, None): _T88,
         (32, 32, None, None, None): _T88,
     },
-    # spec/x87.r1:931
+    # spec/x87.r1:1171
     'FUCOMI_ST0_STi': {
         (16, 16, None, None, None): _T89,
         (16, 32, None, None, None): _T89,
         (32, 16, None, None, None): _T89,
         (32, 32, None, None, None): _T89,
     },
-    # spec/x87.r1:941
+    # spec/x87.r1:1181
     'FCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T90,
         (16, 32, None, None, None): _T90,
         (32, 16, None, None, None): _T90,
         (32, 32, None, None, None): _T90,
     },
-    # spec/x87.r1:951
+    # spec/x87.r1:1191
     'FUCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T91,
         (16, 32, None, None, None): _T91,
         (32, 16, None, None, None): _T91,
         (32, 32, None, None, None): _T91,
     },
-    # spec/x87.r1:963
+    # spec/x87.r1:1203
     'FLD1': {
         (16, 16, None, None, None): _T92,
         (16, 32, None, None, None): _T92,
         (32, 16, None, None, None): _T92,
         (32, 32, None, None, None): _T92,
     },
-    # spec/x87.r1:973
+    # spec/x87.r1:1213
     'FLDL2T': {
         (16, 16, None, None, None): _T93,
         (16, 32, None, None, None): _T93,
         (32, 16, None, None, None): _T93,
         (32, 32, None, None, None): _T93,
     },
-    # spec/x87.r1:983
+    # spec/x87.r1:1223
     'FLDL2E': {
         (16, 16, None, None, None): _T94,
         (16, 32, None, None, None): _T94,
         (32, 16, None, None, None): _T94,
         (32, 32, None, None, None): _T94,
     },
-    # spec/x87.r1:993
+    # spec/x87.r1:1233
     'FLDPI': {
         (16, 16, None, None, None): _T95,
         (16, 32, None, None, None): _T95,
         (32, 16, None, None, None): _T95,
         (32, 32, None, None, None): _T95,
     },
-    # spec/x87.r1:1003
+    # spec/x87.r1:1243
     'FLDLG2': {
         (16, 16, None, None, None): _T96,
         (16, 32, None, None, None): _T96,
         (32, 16, None, None, None): _T96,
         (32, 32, None, None, None): _T96,
     },
-    # spec/x87.r1:1013
+    # spec/x87.r1:1253
     'FLDLN2': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/x87.r1:1023
+    # spec/x87.r1:1263
     'FLDZ': {
         (16, 16, None, None, None): _T98,
         (16, 32, None, None, None): _T98,
         (32, 16, None, None, None): _T98,
         (32, 32, None, None, None): _T98,
     },
-    # spec/x87.r1:1035
+    # spec/x87.r1:1275
     'FCHS': {
         (16, 16, None, None, None): _T99,
         (16, 32, None, None, None): _T99,
         (32, 16, None, None, None): _T99,
         (32, 32, None, None, None): _T99,
     },
-    # spec/x87.r1:1045
+    # spec/x87.r1:1285
     'FABS': {
         (16, 16, None, None, None): _T100,
         (16, 32, None, None, None): _T100,
         (32, 16, None, None, None): _T100,
         (32, 32, None, None, None): _T100,
     },
-    # spec/x87.r1:1055
+    # spec/x87.r1:1295
     'F2XM1': {
         (16, 16, None, None, None): _T101,
         (16, 32, None, None, None): _T101,
         (32, 16, None, None, None): _T101,
         (32, 32, None, None, None): _T101,
     },
-    # spec/x87.r1:1065
+    # spec/x87.r1:1305
     'FYL2X': {
         (16, 16, None, None, None): _T102,
         (16, 32, None, None, None): _T102,
         (32, 16, None, None, None): _T102,
         (32, 32, None, None, None): _T102,
     },
-    # spec/x87.r1:1074
+    # spec/x87.r1:1314
     'FPTAN': {
         (16, 16, None, None, None): _T103,
         (16, 32, None, None, None): _T103,
         (32, 16, None, None, None): _T103,
         (32, 32, None, None, None): _T103,
     },
-    # spec/x87.r1:1084
+    # spec/x87.r1:1324
     'FPATAN': {
         (16, 16, None, None, None): _T104,
         (16, 32, None, None, None): _T104,
         (32, 16, None, None, None): _T104,
         (32, 32, None, None, None): _T104,
     },
-    # spec/x87.r1:1093
+    # spec/x87.r1:1333
     'FXTRACT': {
         (16, 16, None, None, None): _T105,
         (16, 32, None, None, None): _T105,
         (32, 16, None, None, None): _T105,
         (32, 32, None, None, None): _T105,
     },
-    # spec/x87.r1:1103
+    # spec/x87.r1:1343
     'FPREM1': {
         (16, 16, None, None, None): _T106,
         (16, 32, None, None, None): _T106,
         (32, 16, None, None, None): _T106,
         (32, 32, None, None, None): _T106,
     },
-    # spec/x87.r1:1112
+    # spec/x87.r1:1352
     'FDECSTP': {
         (16, 16, None, None, None): _T107,
         (16, 32, None, None, None): _T107,
         (32, 16, None, None, None): _T107,
         (32, 32, None, None, None): _T107,
     },
-    # spec/x87.r1:1121
+    # spec/x87.r1:1361
     'FINCSTP': {
         (16, 16, None, None, None): _T108,
         (16, 32, None, None, None): _T108,
         (32, 16, None, None, None): _T108,
         (32, 32, None, None, None): _T108,
     },
-    # spec/x87.r1:1130
+    # spec/x87.r1:1370
     'FPREM': {
         (16, 16, None, None, None): _T109,
         (16, 32, None, None, None): _T109,
         (32, 16, None, None, None): _T109,
         (32, 32, None, None, None): _T109,
     },
-    # spec/x87.r1:1139
+    # spec/x87.r1:1379
     'FYL2XP1': {
         (16, 16, None, None, None): _T110,
         (16, 32, None, None, None): _T110,
         (32, 16, None, None, None): _T110,
         (32, 32, None, None, None): _T110,
     },
-    # spec/x87.r1:1148
+    # spec/x87.r1:1388
     'FSQRT': {
         (16, 16, None, None, None): _T111,
         (16, 32, None, None, None): _T111,
         (32, 16, None, None, None): _T111,
         (32, 32, None, None, None): _T111,
     },
-    # spec/x87.r1:1158
+    # spec/x87.r1:1398
     'FSINCOS': {
         (16, 16, None, None, None): _T112,
         (16, 32, None, None, None): _T112,
         (32, 16, None, None, None): _T112,
         (32, 32, None, None, None): _T112,
     },
-    # spec/x87.r1:1168
+    # spec/x87.r1:1408
     'FRNDINT': {
         (16, 16, None, None, None): _T113,
         (16, 32, None, None, None): _T113,
         (32, 16, None, None, None): _T113,
         (32, 32, None, None, None): _T113,
     },
-    # spec/x87.r1:1178
+    # spec/x87.r1:1418
     'FSCALE': {
         (16, 16, None, None, None): _T114,
         (16, 32, None, None, None): _T114,
         (32, 16, None, None, None): _T114,
         (32, 32, None, None, None): _T114,
     },
-    # spec/x87.r1:1187
+    # spec/x87.r1:1427
     'FSIN': {
         (16, 16, None, None, None): _T115,
         (16, 32, None, None, None): _T115,
         (32, 16, None, None, None): _T115,
         (32, 32, None, None, None): _T115,
     },
-    # spec/x87.r1:1197
+    # spec/x87.r1:1437
     'FCOS': {
         (16, 16, None, None, None): _T116,
         (16, 32, None, None, None): _T116,
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1209
+    # spec/x87.r1:1449
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1218
+    # spec/x87.r1:1458
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1228
+    # spec/x87.r1:1468
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1237
+    # spec/x87.r1:1477
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1246
+    # spec/x87.r1:1486
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1256
+    # spec/x87.r1:1496
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1266
+    # spec/x87.r1:1506
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1276
+    # spec/x87.r1:1516
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1285
+    # spec/x87.r1:1525
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/x87.r1:1295
+    # spec/x87.r1:1535
     'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T126,
         (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1305
+    # spec/x87.r1:1545
     'FRSTOR_MSTATE': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/x87.r1:1315
+    # spec/x87.r1:1555
     'FNSAVE_MSTATE': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1325
+    # spec/x87.r1:1565
     'FWAIT': {
         (16, 16, None, None, None): _T129,
         (16, 32, None, None, None): _T129,
         (32, 16, None, None, None): _T129,
         (32, 32, None, None, None): _T129,
     },
-    # spec/x87.r1:1336
+    # spec/x87.r1:1576
     'FFREEP_STi': {
         (16, 16, None, None, None): _T130,
         (16, 32, None, None, None): _T130,
         (32, 16, None, None, None): _T130,
         (32, 32, None, None, None): _T130,
     },
-    # spec/x87.r1:1346
+    # spec/x87.r1:1586
     'FSTPNCE_STi': {
         (16, 16, None, None, None): _T131,
         (16, 32, None, None, None): _T131,
         (32, 16, None, None, None): _T131,
         (32, 32, None, None, None): _T131,
     },
-    # spec/x87.r1:1356
+    # spec/x87.r1:1596
     'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T132,
         (16, 32, None, None, None): _T132,
         (32, 16, None, None, None): _T132,
         (32, 32, None, None, None): _T132,
     },
-    # spec/x87.r1:1367
+    # spec/x87.r1:1607
     'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1378
+    # spec/x87.r1:1618
     'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1389
+    # spec/x87.r1:1629
     'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1400
+    # spec/x87.r1:1640
     'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1411
+    # spec/x87.r1:1651
     'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1422
+    # spec/x87.r1:1662
     'FSTP_STi_DFD8': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1433
+    # spec/x87.r1:1673
     'FNENI': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1443
+    # spec/x87.r1:1683
     'FNDISI': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1453
+    # spec/x87.r1:1693
     'FNSETPM': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,
