@@ -15708,7 +15708,7 @@ FORMS = {
     'FADD_M32': FormInfo(
         name='FADD_M32',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:273',
+        source='spec/x87.r1:337',
         encoding='D8 /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15732,7 +15732,7 @@ FORMS = {
     'FADD_M64': FormInfo(
         name='FADD_M64',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:283',
+        source='spec/x87.r1:348',
         encoding='DC /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -15756,7 +15756,7 @@ FORMS = {
     'FIADD_M32': FormInfo(
         name='FIADD_M32',
         mnemonics={None: 'fiadd'},
-        source='spec/x87.r1:293',
+        source='spec/x87.r1:359',
         encoding='DA /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15780,7 +15780,7 @@ FORMS = {
     'FIADD_M16': FormInfo(
         name='FIADD_M16',
         mnemonics={None: 'fiadd'},
-        source='spec/x87.r1:303',
+        source='spec/x87.r1:370',
         encoding='DE /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -15804,7 +15804,7 @@ FORMS = {
     'FMUL_M32': FormInfo(
         name='FMUL_M32',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:313',
+        source='spec/x87.r1:381',
         encoding='D8 /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15828,7 +15828,7 @@ FORMS = {
     'FMUL_M64': FormInfo(
         name='FMUL_M64',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:323',
+        source='spec/x87.r1:392',
         encoding='DC /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -15852,7 +15852,7 @@ FORMS = {
     'FIMUL_M32': FormInfo(
         name='FIMUL_M32',
         mnemonics={None: 'fimul'},
-        source='spec/x87.r1:333',
+        source='spec/x87.r1:403',
         encoding='DA /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15876,7 +15876,7 @@ FORMS = {
     'FIMUL_M16': FormInfo(
         name='FIMUL_M16',
         mnemonics={None: 'fimul'},
-        source='spec/x87.r1:343',
+        source='spec/x87.r1:414',
         encoding='DE /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -15900,7 +15900,7 @@ FORMS = {
     'FSUB_M32': FormInfo(
         name='FSUB_M32',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:353',
+        source='spec/x87.r1:425',
         encoding='D8 /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15924,7 +15924,7 @@ FORMS = {
     'FSUB_M64': FormInfo(
         name='FSUB_M64',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:363',
+        source='spec/x87.r1:436',
         encoding='DC /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -15948,7 +15948,7 @@ FORMS = {
     'FISUB_M32': FormInfo(
         name='FISUB_M32',
         mnemonics={None: 'fisub'},
-        source='spec/x87.r1:373',
+        source='spec/x87.r1:447',
         encoding='DA /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15972,7 +15972,7 @@ FORMS = {
     'FISUB_M16': FormInfo(
         name='FISUB_M16',
         mnemonics={None: 'fisub'},
-        source='spec/x87.r1:383',
+        source='spec/x87.r1:458',
         encoding='DE /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -15996,7 +15996,7 @@ FORMS = {
     'FSUBR_M32': FormInfo(
         name='FSUBR_M32',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:393',
+        source='spec/x87.r1:469',
         encoding='D8 /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16020,7 +16020,7 @@ FORMS = {
     'FSUBR_M64': FormInfo(
         name='FSUBR_M64',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:403',
+        source='spec/x87.r1:480',
         encoding='DC /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -16044,7 +16044,7 @@ FORMS = {
     'FISUBR_M32': FormInfo(
         name='FISUBR_M32',
         mnemonics={None: 'fisubr'},
-        source='spec/x87.r1:413',
+        source='spec/x87.r1:491',
         encoding='DA /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16068,7 +16068,7 @@ FORMS = {
     'FISUBR_M16': FormInfo(
         name='FISUBR_M16',
         mnemonics={None: 'fisubr'},
-        source='spec/x87.r1:423',
+        source='spec/x87.r1:502',
         encoding='DE /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -16092,7 +16092,7 @@ FORMS = {
     'FDIV_M32': FormInfo(
         name='FDIV_M32',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:433',
+        source='spec/x87.r1:513',
         encoding='D8 /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16116,7 +16116,7 @@ FORMS = {
     'FDIV_M64': FormInfo(
         name='FDIV_M64',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:443',
+        source='spec/x87.r1:524',
         encoding='DC /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -16140,7 +16140,7 @@ FORMS = {
     'FIDIV_M32': FormInfo(
         name='FIDIV_M32',
         mnemonics={None: 'fidiv'},
-        source='spec/x87.r1:453',
+        source='spec/x87.r1:535',
         encoding='DA /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16164,7 +16164,7 @@ FORMS = {
     'FIDIV_M16': FormInfo(
         name='FIDIV_M16',
         mnemonics={None: 'fidiv'},
-        source='spec/x87.r1:463',
+        source='spec/x87.r1:546',
         encoding='DE /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -16188,7 +16188,7 @@ FORMS = {
     'FDIVR_M32': FormInfo(
         name='FDIVR_M32',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:473',
+        source='spec/x87.r1:557',
         encoding='D8 /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16212,7 +16212,7 @@ FORMS = {
     'FDIVR_M64': FormInfo(
         name='FDIVR_M64',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:483',
+        source='spec/x87.r1:568',
         encoding='DC /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -16236,7 +16236,7 @@ FORMS = {
     'FIDIVR_M32': FormInfo(
         name='FIDIVR_M32',
         mnemonics={None: 'fidivr'},
-        source='spec/x87.r1:493',
+        source='spec/x87.r1:579',
         encoding='DA /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16260,7 +16260,7 @@ FORMS = {
     'FIDIVR_M16': FormInfo(
         name='FIDIVR_M16',
         mnemonics={None: 'fidivr'},
-        source='spec/x87.r1:503',
+        source='spec/x87.r1:590',
         encoding='DE /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -16284,7 +16284,7 @@ FORMS = {
     'FADD_ST0_STi': FormInfo(
         name='FADD_ST0_STi',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:515',
+        source='spec/x87.r1:603',
         encoding='D8 /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16308,7 +16308,7 @@ FORMS = {
     'FMUL_ST0_STi': FormInfo(
         name='FMUL_ST0_STi',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:525',
+        source='spec/x87.r1:614',
         encoding='D8 /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16332,7 +16332,7 @@ FORMS = {
     'FSUB_ST0_STi': FormInfo(
         name='FSUB_ST0_STi',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:535',
+        source='spec/x87.r1:625',
         encoding='D8 /4 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16356,7 +16356,7 @@ FORMS = {
     'FSUBR_ST0_STi': FormInfo(
         name='FSUBR_ST0_STi',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:545',
+        source='spec/x87.r1:636',
         encoding='D8 /5 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16380,7 +16380,7 @@ FORMS = {
     'FDIV_ST0_STi': FormInfo(
         name='FDIV_ST0_STi',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:555',
+        source='spec/x87.r1:647',
         encoding='D8 /6 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16404,7 +16404,7 @@ FORMS = {
     'FDIVR_ST0_STi': FormInfo(
         name='FDIVR_ST0_STi',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:565',
+        source='spec/x87.r1:658',
         encoding='D8 /7 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16428,7 +16428,7 @@ FORMS = {
     'FADD_STi_ST0': FormInfo(
         name='FADD_STi_ST0',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:575',
+        source='spec/x87.r1:669',
         encoding='DC /0 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16452,7 +16452,7 @@ FORMS = {
     'FMUL_STi_ST0': FormInfo(
         name='FMUL_STi_ST0',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:585',
+        source='spec/x87.r1:680',
         encoding='DC /1 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16476,7 +16476,7 @@ FORMS = {
     'FSUBR_STi_ST0': FormInfo(
         name='FSUBR_STi_ST0',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:595',
+        source='spec/x87.r1:691',
         encoding='DC /4 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16500,7 +16500,7 @@ FORMS = {
     'FSUB_STi_ST0': FormInfo(
         name='FSUB_STi_ST0',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:605',
+        source='spec/x87.r1:702',
         encoding='DC /5 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16524,7 +16524,7 @@ FORMS = {
     'FDIVR_STi_ST0': FormInfo(
         name='FDIVR_STi_ST0',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:615',
+        source='spec/x87.r1:713',
         encoding='DC /6 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16548,7 +16548,7 @@ FORMS = {
     'FDIV_STi_ST0': FormInfo(
         name='FDIV_STi_ST0',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:625',
+        source='spec/x87.r1:724',
         encoding='DC /7 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16572,7 +16572,7 @@ FORMS = {
     'FADDP_STi_ST0': FormInfo(
         name='FADDP_STi_ST0',
         mnemonics={None: 'faddp'},
-        source='spec/x87.r1:635',
+        source='spec/x87.r1:735',
         encoding='DE /0 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16596,7 +16596,7 @@ FORMS = {
     'FMULP_STi_ST0': FormInfo(
         name='FMULP_STi_ST0',
         mnemonics={None: 'fmulp'},
-        source='spec/x87.r1:645',
+        source='spec/x87.r1:746',
         encoding='DE /1 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16620,7 +16620,7 @@ FORMS = {
     'FSUBRP_STi_ST0': FormInfo(
         name='FSUBRP_STi_ST0',
         mnemonics={None: 'fsubrp'},
-        source='spec/x87.r1:655',
+        source='spec/x87.r1:757',
         encoding='DE /4 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16644,7 +16644,7 @@ FORMS = {
     'FSUBP_STi_ST0': FormInfo(
         name='FSUBP_STi_ST0',
         mnemonics={None: 'fsubp'},
-        source='spec/x87.r1:665',
+        source='spec/x87.r1:768',
         encoding='DE /5 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16668,7 +16668,7 @@ FORMS = {
     'FDIVRP_STi_ST0': FormInfo(
         name='FDIVRP_STi_ST0',
         mnemonics={None: 'fdivrp'},
-        source='spec/x87.r1:675',
+        source='spec/x87.r1:779',
         encoding='DE /6 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16692,7 +16692,7 @@ FORMS = {
     'FDIVP_STi_ST0': FormInfo(
         name='FDIVP_STi_ST0',
         mnemonics={None: 'fdivp'},
-        source='spec/x87.r1:685',
+        source='spec/x87.r1:790',
         encoding='DE /7 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16716,7 +16716,7 @@ FORMS = {
     'FLD_M32': FormInfo(
         name='FLD_M32',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:697',
+        source='spec/x87.r1:803',
         encoding='D9 /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -16740,7 +16740,7 @@ FORMS = {
     'FLD_M64': FormInfo(
         name='FLD_M64',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:707',
+        source='spec/x87.r1:814',
         encoding='DD /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -16764,7 +16764,7 @@ FORMS = {
     'FLD_M80': FormInfo(
         name='FLD_M80',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:717',
+        source='spec/x87.r1:825',
         encoding='DB /5 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm80', 'r')),
         width='v',
@@ -16788,7 +16788,7 @@ FORMS = {
     'FLD_STi': FormInfo(
         name='FLD_STi',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:727',
+        source='spec/x87.r1:836',
         encoding='D9 /0 reg',
         operands=(('dst', 'st0', 'w'), ('src', 'sti', 'r')),
         width='v',
@@ -16812,7 +16812,7 @@ FORMS = {
     'FST_M32': FormInfo(
         name='FST_M32',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:737',
+        source='spec/x87.r1:847',
         encoding='D9 /2 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -16836,7 +16836,7 @@ FORMS = {
     'FST_M64': FormInfo(
         name='FST_M64',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:747',
+        source='spec/x87.r1:858',
         encoding='DD /2 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16860,7 +16860,7 @@ FORMS = {
     'FST_STi': FormInfo(
         name='FST_STi',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:757',
+        source='spec/x87.r1:869',
         encoding='DD /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16884,7 +16884,7 @@ FORMS = {
     'FSTP_M32': FormInfo(
         name='FSTP_M32',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:767',
+        source='spec/x87.r1:880',
         encoding='D9 /3 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -16908,7 +16908,7 @@ FORMS = {
     'FSTP_M64': FormInfo(
         name='FSTP_M64',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:777',
+        source='spec/x87.r1:891',
         encoding='DD /3 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16932,7 +16932,7 @@ FORMS = {
     'FSTP_M80': FormInfo(
         name='FSTP_M80',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:787',
+        source='spec/x87.r1:902',
         encoding='DB /7 mem',
         operands=(('dst', 'm80', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16956,7 +16956,7 @@ FORMS = {
     'FSTP_STi': FormInfo(
         name='FSTP_STi',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:797',
+        source='spec/x87.r1:913',
         encoding='DD /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16980,7 +16980,7 @@ FORMS = {
     'FILD_M16': FormInfo(
         name='FILD_M16',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:807',
+        source='spec/x87.r1:924',
         encoding='DF /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm16', 'r')),
         width=16,
@@ -17004,7 +17004,7 @@ FORMS = {
     'FILD_M32': FormInfo(
         name='FILD_M32',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:817',
+        source='spec/x87.r1:935',
         encoding='DB /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -17028,7 +17028,7 @@ FORMS = {
     'FILD_M64': FormInfo(
         name='FILD_M64',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:827',
+        source='spec/x87.r1:946',
         encoding='DF /5 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -17052,7 +17052,7 @@ FORMS = {
     'FIST_M16': FormInfo(
         name='FIST_M16',
         mnemonics={None: 'fist'},
-        source='spec/x87.r1:837',
+        source='spec/x87.r1:957',
         encoding='DF /2 mem',
         operands=(('dst', 'm16', 'w'), ('src', 'st0', 'r')),
         width=16,
@@ -17076,7 +17076,7 @@ FORMS = {
     'FIST_M32': FormInfo(
         name='FIST_M32',
         mnemonics={None: 'fist'},
-        source='spec/x87.r1:847',
+        source='spec/x87.r1:968',
         encoding='DB /2 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -17100,7 +17100,7 @@ FORMS = {
     'FISTP_M16': FormInfo(
         name='FISTP_M16',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:857',
+        source='spec/x87.r1:979',
         encoding='DF /3 mem',
         operands=(('dst', 'm16', 'w'), ('src', 'st0', 'r')),
         width=16,
@@ -17124,7 +17124,7 @@ FORMS = {
     'FISTP_M32': FormInfo(
         name='FISTP_M32',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:867',
+        source='spec/x87.r1:990',
         encoding='DB /3 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -17148,7 +17148,7 @@ FORMS = {
     'FISTP_M64': FormInfo(
         name='FISTP_M64',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:877',
+        source='spec/x87.r1:1001',
         encoding='DF /7 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -17172,7 +17172,7 @@ FORMS = {
     'FBLD_M80': FormInfo(
         name='FBLD_M80',
         mnemonics={None: 'fbld'},
-        source='spec/x87.r1:887',
+        source='spec/x87.r1:1012',
         encoding='DF /4 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm80', 'r')),
         width='v',
@@ -17196,7 +17196,7 @@ FORMS = {
     'FBSTP_M80': FormInfo(
         name='FBSTP_M80',
         mnemonics={None: 'fbstp'},
-        source='spec/x87.r1:897',
+        source='spec/x87.r1:1023',
         encoding='DF /6 mem',
         operands=(('dst', 'm80', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -17220,7 +17220,7 @@ FORMS = {
     'FXCH_STi': FormInfo(
         name='FXCH_STi',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:907',
+        source='spec/x87.r1:1034',
         encoding='D9 /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -17244,7 +17244,7 @@ FORMS = {
     'FCMOVB_ST0_STi': FormInfo(
         name='FCMOVB_ST0_STi',
         mnemonics={None: 'fcmovb'},
-        source='spec/x87.r1:919',
+        source='spec/x87.r1:1047',
         encoding='DA /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17268,7 +17268,7 @@ FORMS = {
     'FCMOVE_ST0_STi': FormInfo(
         name='FCMOVE_ST0_STi',
         mnemonics={None: 'fcmove'},
-        source='spec/x87.r1:929',
+        source='spec/x87.r1:1058',
         encoding='DA /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17292,7 +17292,7 @@ FORMS = {
     'FCMOVBE_ST0_STi': FormInfo(
         name='FCMOVBE_ST0_STi',
         mnemonics={None: 'fcmovbe'},
-        source='spec/x87.r1:939',
+        source='spec/x87.r1:1069',
         encoding='DA /2 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17316,7 +17316,7 @@ FORMS = {
     'FCMOVU_ST0_STi': FormInfo(
         name='FCMOVU_ST0_STi',
         mnemonics={None: 'fcmovu'},
-        source='spec/x87.r1:949',
+        source='spec/x87.r1:1080',
         encoding='DA /3 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17340,7 +17340,7 @@ FORMS = {
     'FCMOVNB_ST0_STi': FormInfo(
         name='FCMOVNB_ST0_STi',
         mnemonics={None: 'fcmovnb'},
-        source='spec/x87.r1:959',
+        source='spec/x87.r1:1091',
         encoding='DB /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17364,7 +17364,7 @@ FORMS = {
     'FCMOVNE_ST0_STi': FormInfo(
         name='FCMOVNE_ST0_STi',
         mnemonics={None: 'fcmovne'},
-        source='spec/x87.r1:969',
+        source='spec/x87.r1:1102',
         encoding='DB /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17388,7 +17388,7 @@ FORMS = {
     'FCMOVNBE_ST0_STi': FormInfo(
         name='FCMOVNBE_ST0_STi',
         mnemonics={None: 'fcmovnbe'},
-        source='spec/x87.r1:979',
+        source='spec/x87.r1:1113',
         encoding='DB /2 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17412,7 +17412,7 @@ FORMS = {
     'FCMOVNU_ST0_STi': FormInfo(
         name='FCMOVNU_ST0_STi',
         mnemonics={None: 'fcmovnu'},
-        source='spec/x87.r1:989',
+        source='spec/x87.r1:1124',
         encoding='DB /3 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17436,7 +17436,7 @@ FORMS = {
     'FCOM_M32': FormInfo(
         name='FCOM_M32',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1001',
+        source='spec/x87.r1:1137',
         encoding='D8 /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17460,7 +17460,7 @@ FORMS = {
     'FCOM_M64': FormInfo(
         name='FCOM_M64',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1011',
+        source='spec/x87.r1:1148',
         encoding='DC /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -17484,7 +17484,7 @@ FORMS = {
     'FCOM_STi': FormInfo(
         name='FCOM_STi',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1021',
+        source='spec/x87.r1:1159',
         encoding='D8 /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17508,7 +17508,7 @@ FORMS = {
     'FCOMP_M32': FormInfo(
         name='FCOMP_M32',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1031',
+        source='spec/x87.r1:1170',
         encoding='D8 /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17532,7 +17532,7 @@ FORMS = {
     'FCOMP_M64': FormInfo(
         name='FCOMP_M64',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1041',
+        source='spec/x87.r1:1181',
         encoding='DC /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -17556,7 +17556,7 @@ FORMS = {
     'FCOMP_STi': FormInfo(
         name='FCOMP_STi',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1051',
+        source='spec/x87.r1:1192',
         encoding='D8 /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17580,7 +17580,7 @@ FORMS = {
     'FCOMPP': FormInfo(
         name='FCOMPP',
         mnemonics={None: 'fcompp'},
-        source='spec/x87.r1:1061',
+        source='spec/x87.r1:1203',
         encoding='DE D9 reg',
         operands=(),
         width='v',
@@ -17604,7 +17604,7 @@ FORMS = {
     'FUCOM_STi': FormInfo(
         name='FUCOM_STi',
         mnemonics={None: 'fucom'},
-        source='spec/x87.r1:1070',
+        source='spec/x87.r1:1213',
         encoding='DD /4 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17628,7 +17628,7 @@ FORMS = {
     'FUCOMP_STi': FormInfo(
         name='FUCOMP_STi',
         mnemonics={None: 'fucomp'},
-        source='spec/x87.r1:1080',
+        source='spec/x87.r1:1224',
         encoding='DD /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17652,7 +17652,7 @@ FORMS = {
     'FUCOMPP': FormInfo(
         name='FUCOMPP',
         mnemonics={None: 'fucompp'},
-        source='spec/x87.r1:1090',
+        source='spec/x87.r1:1235',
         encoding='DA E9 reg',
         operands=(),
         width='v',
@@ -17676,7 +17676,7 @@ FORMS = {
     'FICOM_M16': FormInfo(
         name='FICOM_M16',
         mnemonics={None: 'ficom'},
-        source='spec/x87.r1:1099',
+        source='spec/x87.r1:1245',
         encoding='DE /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm16', 'r')),
         width=16,
@@ -17700,7 +17700,7 @@ FORMS = {
     'FICOM_M32': FormInfo(
         name='FICOM_M32',
         mnemonics={None: 'ficom'},
-        source='spec/x87.r1:1109',
+        source='spec/x87.r1:1256',
         encoding='DA /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17724,7 +17724,7 @@ FORMS = {
     'FICOMP_M16': FormInfo(
         name='FICOMP_M16',
         mnemonics={None: 'ficomp'},
-        source='spec/x87.r1:1119',
+        source='spec/x87.r1:1267',
         encoding='DE /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm16', 'r')),
         width=16,
@@ -17748,7 +17748,7 @@ FORMS = {
     'FICOMP_M32': FormInfo(
         name='FICOMP_M32',
         mnemonics={None: 'ficomp'},
-        source='spec/x87.r1:1129',
+        source='spec/x87.r1:1278',
         encoding='DA /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17772,7 +17772,7 @@ FORMS = {
     'FTST': FormInfo(
         name='FTST',
         mnemonics={None: 'ftst'},
-        source='spec/x87.r1:1139',
+        source='spec/x87.r1:1289',
         encoding='D9 E4 reg',
         operands=(('a', 'st0', 'r'),),
         width='v',
@@ -17796,7 +17796,7 @@ FORMS = {
     'FXAM': FormInfo(
         name='FXAM',
         mnemonics={None: 'fxam'},
-        source='spec/x87.r1:1149',
+        source='spec/x87.r1:1300',
         encoding='D9 E5 reg',
         operands=(('a', 'st0', 'r'),),
         width='v',
@@ -17820,7 +17820,7 @@ FORMS = {
     'FCOMI_ST0_STi': FormInfo(
         name='FCOMI_ST0_STi',
         mnemonics={None: 'fcomi'},
-        source='spec/x87.r1:1161',
+        source='spec/x87.r1:1313',
         encoding='DB /6 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17844,7 +17844,7 @@ FORMS = {
     'FUCOMI_ST0_STi': FormInfo(
         name='FUCOMI_ST0_STi',
         mnemonics={None: 'fucomi'},
-        source='spec/x87.r1:1171',
+        source='spec/x87.r1:1324',
         encoding='DB /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17868,7 +17868,7 @@ FORMS = {
     'FCOMIP_ST0_STi': FormInfo(
         name='FCOMIP_ST0_STi',
         mnemonics={None: 'fcompi'},
-        source='spec/x87.r1:1181',
+        source='spec/x87.r1:1335',
         encoding='DF /6 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17892,7 +17892,7 @@ FORMS = {
     'FUCOMIP_ST0_STi': FormInfo(
         name='FUCOMIP_ST0_STi',
         mnemonics={None: 'fucompi'},
-        source='spec/x87.r1:1191',
+        source='spec/x87.r1:1346',
         encoding='DF /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17916,7 +17916,7 @@ FORMS = {
     'FLD1': FormInfo(
         name='FLD1',
         mnemonics={None: 'fld1'},
-        source='spec/x87.r1:1203',
+        source='spec/x87.r1:1359',
         encoding='D9 E8 reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -17940,7 +17940,7 @@ FORMS = {
     'FLDL2T': FormInfo(
         name='FLDL2T',
         mnemonics={None: 'fldl2t'},
-        source='spec/x87.r1:1213',
+        source='spec/x87.r1:1370',
         encoding='D9 E9 reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -17964,7 +17964,7 @@ FORMS = {
     'FLDL2E': FormInfo(
         name='FLDL2E',
         mnemonics={None: 'fldl2e'},
-        source='spec/x87.r1:1223',
+        source='spec/x87.r1:1381',
         encoding='D9 EA reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -17988,7 +17988,7 @@ FORMS = {
     'FLDPI': FormInfo(
         name='FLDPI',
         mnemonics={None: 'fldpi'},
-        source='spec/x87.r1:1233',
+        source='spec/x87.r1:1392',
         encoding='D9 EB reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18012,7 +18012,7 @@ FORMS = {
     'FLDLG2': FormInfo(
         name='FLDLG2',
         mnemonics={None: 'fldlg2'},
-        source='spec/x87.r1:1243',
+        source='spec/x87.r1:1403',
         encoding='D9 EC reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18036,7 +18036,7 @@ FORMS = {
     'FLDLN2': FormInfo(
         name='FLDLN2',
         mnemonics={None: 'fldln2'},
-        source='spec/x87.r1:1253',
+        source='spec/x87.r1:1414',
         encoding='D9 ED reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18060,7 +18060,7 @@ FORMS = {
     'FLDZ': FormInfo(
         name='FLDZ',
         mnemonics={None: 'fldz'},
-        source='spec/x87.r1:1263',
+        source='spec/x87.r1:1425',
         encoding='D9 EE reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18084,7 +18084,7 @@ FORMS = {
     'FCHS': FormInfo(
         name='FCHS',
         mnemonics={None: 'fchs'},
-        source='spec/x87.r1:1275',
+        source='spec/x87.r1:1438',
         encoding='D9 E0 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18108,7 +18108,7 @@ FORMS = {
     'FABS': FormInfo(
         name='FABS',
         mnemonics={None: 'fabs'},
-        source='spec/x87.r1:1285',
+        source='spec/x87.r1:1449',
         encoding='D9 E1 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18132,7 +18132,7 @@ FORMS = {
     'F2XM1': FormInfo(
         name='F2XM1',
         mnemonics={None: 'f2xm1'},
-        source='spec/x87.r1:1295',
+        source='spec/x87.r1:1460',
         encoding='D9 F0 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18146,7 +18146,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -18156,7 +18156,7 @@ FORMS = {
     'FYL2X': FormInfo(
         name='FYL2X',
         mnemonics={None: 'fyl2x'},
-        source='spec/x87.r1:1305',
+        source='spec/x87.r1:1471',
         encoding='D9 F1 reg',
         operands=(),
         width='v',
@@ -18170,17 +18170,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FPTAN': FormInfo(
         name='FPTAN',
         mnemonics={None: 'fptan'},
-        source='spec/x87.r1:1314',
+        source='spec/x87.r1:1481',
         encoding='D9 F2 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18194,7 +18194,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -18204,7 +18204,7 @@ FORMS = {
     'FPATAN': FormInfo(
         name='FPATAN',
         mnemonics={None: 'fpatan'},
-        source='spec/x87.r1:1324',
+        source='spec/x87.r1:1492',
         encoding='D9 F3 reg',
         operands=(),
         width='v',
@@ -18218,17 +18218,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FXTRACT': FormInfo(
         name='FXTRACT',
         mnemonics={None: 'fxtract'},
-        source='spec/x87.r1:1333',
+        source='spec/x87.r1:1502',
         encoding='D9 F4 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18252,7 +18252,7 @@ FORMS = {
     'FPREM1': FormInfo(
         name='FPREM1',
         mnemonics={None: 'fprem1'},
-        source='spec/x87.r1:1343',
+        source='spec/x87.r1:1513',
         encoding='D9 F5 reg',
         operands=(),
         width='v',
@@ -18276,7 +18276,7 @@ FORMS = {
     'FDECSTP': FormInfo(
         name='FDECSTP',
         mnemonics={None: 'fdecstp'},
-        source='spec/x87.r1:1352',
+        source='spec/x87.r1:1523',
         encoding='D9 F6 reg',
         operands=(),
         width='v',
@@ -18300,7 +18300,7 @@ FORMS = {
     'FINCSTP': FormInfo(
         name='FINCSTP',
         mnemonics={None: 'fincstp'},
-        source='spec/x87.r1:1361',
+        source='spec/x87.r1:1533',
         encoding='D9 F7 reg',
         operands=(),
         width='v',
@@ -18324,7 +18324,7 @@ FORMS = {
     'FPREM': FormInfo(
         name='FPREM',
         mnemonics={None: 'fprem'},
-        source='spec/x87.r1:1370',
+        source='spec/x87.r1:1543',
         encoding='D9 F8 reg',
         operands=(),
         width='v',
@@ -18348,7 +18348,7 @@ FORMS = {
     'FYL2XP1': FormInfo(
         name='FYL2XP1',
         mnemonics={None: 'fyl2xp1'},
-        source='spec/x87.r1:1379',
+        source='spec/x87.r1:1553',
         encoding='D9 F9 reg',
         operands=(),
         width='v',
@@ -18362,17 +18362,17 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
-        simd_state=False,
+        simd_state=True,
         interrupt_shadow=False,
     ),
     'FSQRT': FormInfo(
         name='FSQRT',
         mnemonics={None: 'fsqrt'},
-        source='spec/x87.r1:1388',
+        source='spec/x87.r1:1563',
         encoding='D9 FA reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18396,7 +18396,7 @@ FORMS = {
     'FSINCOS': FormInfo(
         name='FSINCOS',
         mnemonics={None: 'fsincos'},
-        source='spec/x87.r1:1398',
+        source='spec/x87.r1:1574',
         encoding='D9 FB reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18410,7 +18410,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -18420,7 +18420,7 @@ FORMS = {
     'FRNDINT': FormInfo(
         name='FRNDINT',
         mnemonics={None: 'frndint'},
-        source='spec/x87.r1:1408',
+        source='spec/x87.r1:1585',
         encoding='D9 FC reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18444,7 +18444,7 @@ FORMS = {
     'FSCALE': FormInfo(
         name='FSCALE',
         mnemonics={None: 'fscale'},
-        source='spec/x87.r1:1418',
+        source='spec/x87.r1:1596',
         encoding='D9 FD reg',
         operands=(),
         width='v',
@@ -18468,7 +18468,7 @@ FORMS = {
     'FSIN': FormInfo(
         name='FSIN',
         mnemonics={None: 'fsin'},
-        source='spec/x87.r1:1427',
+        source='spec/x87.r1:1606',
         encoding='D9 FE reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18482,7 +18482,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -18492,7 +18492,7 @@ FORMS = {
     'FCOS': FormInfo(
         name='FCOS',
         mnemonics={None: 'fcos'},
-        source='spec/x87.r1:1437',
+        source='spec/x87.r1:1617',
         encoding='D9 FF reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18506,7 +18506,7 @@ FORMS = {
         writes=(),
         rule='ident',
         rule_arg=None,
-        semantics=False,
+        semantics=True,
         ends_block=False,
         xchecks=(),
         soft_interrupt=None,
@@ -18516,7 +18516,7 @@ FORMS = {
     'FNOP': FormInfo(
         name='FNOP',
         mnemonics={None: 'fnop'},
-        source='spec/x87.r1:1449',
+        source='spec/x87.r1:1630',
         encoding='D9 D0 reg',
         operands=(),
         width='v',
@@ -18540,7 +18540,7 @@ FORMS = {
     'FFREE_STi': FormInfo(
         name='FFREE_STi',
         mnemonics={None: 'ffree'},
-        source='spec/x87.r1:1458',
+        source='spec/x87.r1:1640',
         encoding='DD /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18564,7 +18564,7 @@ FORMS = {
     'FNINIT': FormInfo(
         name='FNINIT',
         mnemonics={None: 'fninit'},
-        source='spec/x87.r1:1468',
+        source='spec/x87.r1:1651',
         encoding='DB E3 reg',
         operands=(),
         width='v',
@@ -18588,7 +18588,7 @@ FORMS = {
     'FNCLEX': FormInfo(
         name='FNCLEX',
         mnemonics={None: 'fnclex'},
-        source='spec/x87.r1:1477',
+        source='spec/x87.r1:1660',
         encoding='DB E2 reg',
         operands=(),
         width='v',
@@ -18612,7 +18612,7 @@ FORMS = {
     'FLDCW_M16': FormInfo(
         name='FLDCW_M16',
         mnemonics={None: 'fldcw'},
-        source='spec/x87.r1:1486',
+        source='spec/x87.r1:1669',
         encoding='D9 /5 mem',
         operands=(('src', 'm16', 'r'),),
         width=16,
@@ -18636,7 +18636,7 @@ FORMS = {
     'FNSTCW_M16': FormInfo(
         name='FNSTCW_M16',
         mnemonics={None: 'fnstcw'},
-        source='spec/x87.r1:1496',
+        source='spec/x87.r1:1679',
         encoding='D9 /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -18660,7 +18660,7 @@ FORMS = {
     'FNSTSW_M16': FormInfo(
         name='FNSTSW_M16',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1506',
+        source='spec/x87.r1:1689',
         encoding='DD /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -18684,7 +18684,7 @@ FORMS = {
     'FNSTSW_AX': FormInfo(
         name='FNSTSW_AX',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1516',
+        source='spec/x87.r1:1699',
         encoding='DF E0 reg',
         operands=(),
         width='v',
@@ -18708,7 +18708,7 @@ FORMS = {
     'FLDENV_MENV': FormInfo(
         name='FLDENV_MENV',
         mnemonics={None: 'fldenv'},
-        source='spec/x87.r1:1525',
+        source='spec/x87.r1:1708',
         encoding='D9 /4 mem',
         operands=(('src', 'm224', 'r'),),
         width='v',
@@ -18732,7 +18732,7 @@ FORMS = {
     'FNSTENV_MENV': FormInfo(
         name='FNSTENV_MENV',
         mnemonics={None: 'fnstenv'},
-        source='spec/x87.r1:1535',
+        source='spec/x87.r1:1718',
         encoding='D9 /6 mem',
         operands=(('dst', 'm224', 'w'),),
         width='v',
@@ -18756,7 +18756,7 @@ FORMS = {
     'FRSTOR_MSTATE': FormInfo(
         name='FRSTOR_MSTATE',
         mnemonics={None: 'frstor'},
-        source='spec/x87.r1:1545',
+        source='spec/x87.r1:1728',
         encoding='DD /4 mem',
         operands=(('src', 'm864', 'r'),),
         width='v',
@@ -18780,7 +18780,7 @@ FORMS = {
     'FNSAVE_MSTATE': FormInfo(
         name='FNSAVE_MSTATE',
         mnemonics={None: 'fnsave'},
-        source='spec/x87.r1:1555',
+        source='spec/x87.r1:1738',
         encoding='DD /6 mem',
         operands=(('dst', 'm864', 'w'),),
         width='v',
@@ -18804,7 +18804,7 @@ FORMS = {
     'FWAIT': FormInfo(
         name='FWAIT',
         mnemonics={None: 'wait'},
-        source='spec/x87.r1:1565',
+        source='spec/x87.r1:1748',
         encoding='9B',
         operands=(),
         width='v',
@@ -18828,7 +18828,7 @@ FORMS = {
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
         mnemonics={None: 'ffreep'},
-        source='spec/x87.r1:1576',
+        source='spec/x87.r1:1759',
         encoding='DF /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18852,7 +18852,7 @@ FORMS = {
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
         mnemonics={None: 'fstpnce'},
-        source='spec/x87.r1:1586',
+        source='spec/x87.r1:1770',
         encoding='D9 /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -18876,7 +18876,7 @@ FORMS = {
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1596',
+        source='spec/x87.r1:1781',
         encoding='DC /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18900,7 +18900,7 @@ FORMS = {
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1607',
+        source='spec/x87.r1:1793',
         encoding='DC /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18924,7 +18924,7 @@ FORMS = {
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1618',
+        source='spec/x87.r1:1805',
         encoding='DE /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18948,7 +18948,7 @@ FORMS = {
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1629',
+        source='spec/x87.r1:1817',
         encoding='DD /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18972,7 +18972,7 @@ FORMS = {
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1640',
+        source='spec/x87.r1:1829',
         encoding='DF /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18996,7 +18996,7 @@ FORMS = {
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1651',
+        source='spec/x87.r1:1841',
         encoding='DF /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19020,7 +19020,7 @@ FORMS = {
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1662',
+        source='spec/x87.r1:1853',
         encoding='DF /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19044,7 +19044,7 @@ FORMS = {
     'FNENI': FormInfo(
         name='FNENI',
         mnemonics={None: 'feni'},
-        source='spec/x87.r1:1673',
+        source='spec/x87.r1:1865',
         encoding='DB E0 reg',
         operands=(),
         width='v',
@@ -19068,7 +19068,7 @@ FORMS = {
     'FNDISI': FormInfo(
         name='FNDISI',
         mnemonics={None: 'fdisi'},
-        source='spec/x87.r1:1683',
+        source='spec/x87.r1:1876',
         encoding='DB E1 reg',
         operands=(),
         width='v',
@@ -19092,7 +19092,7 @@ FORMS = {
     'FNSETPM': FormInfo(
         name='FNSETPM',
         mnemonics={None: 'fsetpm'},
-        source='spec/x87.r1:1693',
+        source='spec/x87.r1:1887',
         encoding='DB E4 reg',
         operands=(),
         width='v',

@@ -8,5088 +8,5338 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:273
+# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:337
 _T0 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:276
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:276
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:340
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:340
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:283
+# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:348
 _T1 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:286
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:286
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:351
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:351
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:293
+# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:359
 _T2 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:296
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:296
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:362
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:362
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:303
+# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:370
 _T3 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:306
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:306
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:373
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:373
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:313
+# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:381
 _T4 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:316
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:316
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:384
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:384
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:323
+# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:392
 _T5 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:326
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:326
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:395
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:395
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:333
+# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:403
 _T6 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:336
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:336
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:406
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:406
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:343
+# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:414
 _T7 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:346
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:346
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:417
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:417
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:353
+# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:425
 _T8 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:356
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:356
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:428
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:428
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:363
+# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:436
 _T9 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:366
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:366
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:439
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:439
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:373
+# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:447
 _T10 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:376
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:376
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:450
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:450
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:383
+# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:458
 _T11 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:386
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:386
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:461
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:461
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:393
+# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:469
 _T12 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:396
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:396
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:472
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:472
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:403
+# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:480
 _T13 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:406
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:406
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:483
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:483
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:413
+# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:491
 _T14 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:416
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:416
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:494
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:494
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:423
+# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:502
 _T15 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:426
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:426
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:505
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:505
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:433
+# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:513
 _T16 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:436
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:436
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:516
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:516
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:443
+# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:524
 _T17 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:446
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:446
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:527
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:527
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:453
+# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:535
 _T18 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:456
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:456
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:538
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:538
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:463
+# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:546
 _T19 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:466
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:466
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:549
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:549
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:473
+# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:557
 _T20 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:476
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:476
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:560
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:560
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:483
+# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:568
 _T21 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:486
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:486
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:571
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:571
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:156
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:493
+# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:579
 _T22 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:496
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:496
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:582
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:582
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:503
+# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:590
 _T23 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:506
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:506
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:593
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:593
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:153
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:156
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:515
+# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:603
 _T24 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:518
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:518
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:606
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:606
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:525
+# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:614
 _T25 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:528
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:528
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:617
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:617
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:535
+# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:625
 _T26 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:538
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:538
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:628
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:628
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:545
+# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:636
 _T27 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:548
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:548
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:639
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:639
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:555
+# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:647
 _T28 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:558
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:558
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:650
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:650
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:565
+# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:658
 _T29 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:568
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:568
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:661
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:661
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:575
+# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:669
 _T30 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:578
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:578
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:672
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:672
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:585
+# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:680
 _T31 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:588
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:588
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:683
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:683
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:595
+# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:691
 _T32 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:598
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:598
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:694
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:694
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:605
+# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:702
 _T33 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:608
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:608
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:705
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:705
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:615
+# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:713
 _T34 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:618
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:618
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:716
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:716
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:625
+# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:724
 _T35 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:628
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:628
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:727
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:727
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:635
+# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:735
 _T36 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:638
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:638
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:738
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:738
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:645
+# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:746
 _T37 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:648
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:648
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:749
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:749
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:655
+# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:757
 _T38 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:658
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:658
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:760
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:760
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:665
+# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:768
 _T39 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:668
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:668
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:771
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:771
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:675
+# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:779
 _T40 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:678
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:678
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:782
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:782
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:685
+# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:790
 _T41 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:688
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:688
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:143
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:793
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:793
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:146
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:697
+# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:803
 _T42 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:700
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_load(32, v_src)  # x87.r1:705
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:806
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_load(32, v_src)  # x87.r1:812
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_r >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:707
+# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:814
 _T43 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:710
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_load(64, v_src)  # x87.r1:715
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:817
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_load(64, v_src)  # x87.r1:823
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_r >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:717
+# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:825
 _T44 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 80)  # x87.r1:720
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_load(80, v_src)  # x87.r1:725
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 80)  # x87.r1:828
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_load(80, v_src)  # x87.r1:834
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_r >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:727
+# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:836
 _T45 = """\
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:730
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $src  # x87.r1:735
-l_v = b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7))  # x87.r1:735
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:839
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $src  # x87.r1:845
+l_v = b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7))  # x87.r1:845
 m_src_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-elif m_src_empty_0:  # x87.r1:112
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:114
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+elif m_src_empty_0:  # x87.r1:123
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:125
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_1 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_1 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:737
+# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:847
 _T46 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:740
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:745
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        wr32($seg, ea, 4290772992)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:850
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:856
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        wr32($seg, ea, 4290772992)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 """
 
-# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:747
+# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:858
 _T47 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:750
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:755
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:861
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:867
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 """
 
-# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:757
+# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:869
 _T48 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:760
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:872
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:767
+# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:880
 _T49 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:770
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:775
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        wr32($seg, ea, 4290772992)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:883
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:889
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        wr32($seg, ea, 4290772992)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:777
+# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:891
 _T50 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:780
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:785
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:894
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:900
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:787
+# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:902
 _T51 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:790
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:795
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:905
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:911
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_store($seg, ea, 80, (l_v & 1208925819614629174706175))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_v >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        b_store($seg, ea, 80, (l_v & 1208925819614629174706175))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:797
+# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:913
 _T52 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:800
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:916
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:807
+# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:924
 _T53 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd16($seg, ea)  # x87.r1:810
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_v = b_f80_from_int(v_src, 16)  # x87.r1:815
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd16($seg, ea)  # x87.r1:927
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_int(v_src, 16)  # x87.r1:933
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:817
+# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:935
 _T54 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = rd32($seg, ea)  # x87.r1:820
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_v = b_f80_from_int(v_src, 32)  # x87.r1:825
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = rd32($seg, ea)  # x87.r1:938
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_int(v_src, 32)  # x87.r1:944
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:827
+# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:946
 _T55 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 64)  # x87.r1:830
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_v = b_f80_from_int(v_src, 64)  # x87.r1:835
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 64)  # x87.r1:949
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_int(v_src, 64)  # x87.r1:955
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:837
+# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:957
 _T56 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:840
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:845
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        wr16($seg, ea, 32768)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:960
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:966
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        wr16($seg, ea, 32768)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        wr16($seg, ea, (l_r & 65535))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 """
 
-# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:847
+# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:968
 _T57 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:850
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:855
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        wr32($seg, ea, 2147483648)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:971
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:977
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        wr32($seg, ea, 2147483648)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
 """
 
-# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:857
+# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:979
 _T58 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:860
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:865
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        wr16($seg, ea, 32768)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:982
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:988
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        wr16($seg, ea, 32768)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        wr16($seg, ea, (l_r & 65535))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:867
+# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:990
 _T59 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:870
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:875
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        wr32($seg, ea, 2147483648)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:993
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:999
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        wr32($seg, ea, 2147483648)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:877
+# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1001
 _T60 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:880
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 64, S.fcw)  # x87.r1:885
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        b_store($seg, ea, 64, 9223372036854775808)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1004
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 64, S.fcw)  # x87.r1:1010
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        b_store($seg, ea, 64, 9223372036854775808)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:887
+# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1012
 _T61 = """\
 ea = $ea
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_src = b_load($seg, ea, 80)  # x87.r1:890
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_v = b_f80_from_bcd(v_src)  # x87.r1:895
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_src = b_load($seg, ea, 80)  # x87.r1:1015
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_v = b_f80_from_bcd(v_src)  # x87.r1:1021
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:897
+# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1023
 _T62 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:900
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_to_bcd(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:905
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:170
-    if (S.fcw & 0x1):  # x87.r1:171
-        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:171
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:173
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1026
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_to_bcd(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1032
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
+    if (S.fcw & 0x1):  # x87.r1:235
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:237
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:175
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_store($seg, ea, 80, (l_r & 1208925819614629174706175))  # x87.r1:176
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:178
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_flags_0 = (l_r >> 80)  # x87.r1:239
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
+        b_store($seg, ea, 80, (l_r & 1208925819614629174706175))  # x87.r1:240
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:907
+# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1034
 _T63 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:910
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:910
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:236
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:237
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:238
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:240
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:241
-            l_x_0 = 1208921207928610747318272  # x87.r1:241
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:242
-            l_y_1 = 1208921207928610747318272  # x87.r1:242
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1037
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1037
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:300
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:301
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:302
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:304
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:305
+            l_x_0 = 1208921207928610747318272  # x87.r1:305
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:306
+            l_y_1 = 1208921207928610747318272  # x87.r1:306
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
 else:
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:919
+# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1047
 _T64 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:922
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:922
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1050
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1050
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = GET_CF[S.cc[0]](S.cc)
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:929
+# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1058
 _T65 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:932
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:932
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1061
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1061
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = GET_ZF[S.cc[0]](S.cc)
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:939
+# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1069
 _T66 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:942
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:942
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1072
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1072
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:949
+# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1080
 _T67 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:952
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:952
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1083
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1083
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = GET_PF[S.cc[0]](S.cc)
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:959
+# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1091
 _T68 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:962
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:962
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1094
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1094
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not GET_CF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:969
+# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1102
 _T69 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:972
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:972
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1105
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1105
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not GET_ZF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:979
+# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1113
 _T70 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:982
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:982
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1116
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1116
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:989
+# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1124
 _T71 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:992
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:992
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1127
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1127
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not GET_PF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:255
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:258
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:259
-    if m_c_0:  # x87.r1:260
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
+    if m_c_0:  # x87.r1:324
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1001
+# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1137
 _T72 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1004
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = rd32($seg, ea)  # x87.r1:1004
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1009
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1140
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1140
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1146
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1011
+# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1148
 _T73 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1014
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = b_load($seg, ea, 64)  # x87.r1:1014
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1019
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1151
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = b_load($seg, ea, 64)  # x87.r1:1151
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1157
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1021
+# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1159
 _T74 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1024
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1024
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1029
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1029
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1162
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1162
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1168
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1168
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1031
+# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1170
 _T75 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1034
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = rd32($seg, ea)  # x87.r1:1034
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1039
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1173
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1173
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1179
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1041
+# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1181
 _T76 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1044
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = b_load($seg, ea, 64)  # x87.r1:1044
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1049
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1184
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = b_load($seg, ea, 64)  # x87.r1:1184
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1190
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1051
+# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1192
 _T77 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1054
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1054
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1059
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1059
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1195
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1195
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1201
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1201
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1061
+# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1203
 _T78 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 0)  # x87.r1:1068
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 0)  # x87.r1:1211
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1070
+# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1213
 _T79 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1073
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1073
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1078
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1078
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1216
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1216
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1222
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1222
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1080
+# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1224
 _T80 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1083
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1083
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1088
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1088
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1227
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1227
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1233
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1233
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1090
+# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1235
 _T81 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 1)  # x87.r1:1097
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 1)  # x87.r1:1243
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1099
+# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1245
 _T82 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1102
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = rd16($seg, ea)  # x87.r1:1102
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1107
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1248
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd16($seg, ea)  # x87.r1:1248
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1254
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1109
+# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1256
 _T83 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1112
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = rd32($seg, ea)  # x87.r1:1112
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1117
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1259
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1259
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1265
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1119
+# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1267
 _T84 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1122
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = rd16($seg, ea)  # x87.r1:1122
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1127
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1270
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd16($seg, ea)  # x87.r1:1270
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1276
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1129
+# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1278
 _T85 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1132
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-v_b = rd32($seg, ea)  # x87.r1:1132
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fdp = ea & 0xffffffff  # x87.r1:83
-S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:84
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1137
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1281
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+v_b = rd32($seg, ea)  # x87.r1:1281
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fdp = ea & 0xffffffff  # x87.r1:94
+S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1287
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1139
+# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1289
 _T86 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1142
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, 80, 0)  # x87.r1:1147
-l_rel_0 = (l_r & 3)  # x87.r1:198
-l_flags_1 = (l_r >> 80)  # x87.r1:199
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:200
-    l_rel_0 = 3  # x87.r1:201
-    l_flags_1 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:208
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1292
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, 80, 0)  # x87.r1:1298
+l_rel_0 = (l_r & 3)  # x87.r1:262
+l_flags_1 = (l_r >> 80)  # x87.r1:263
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
+    l_rel_0 = 3  # x87.r1:265
+    l_flags_1 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1149
+# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1300
 _T87 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1152
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:1157
-S.fsw = S.fsw & 0xfffffdff | ((l_v >> 79 & 1) & 1) << 9  # x87.r1:1157
-l_k = (16640 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else b_f80_class(l_v))  # x87.r1:1157
-S.fsw = S.fsw & 0xfffffeff | ((l_k >> 8 & 1) & 1) << 8  # x87.r1:1157
-S.fsw = S.fsw & 0xfffffbff | ((l_k >> 10 & 1) & 1) << 10  # x87.r1:1157
-S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1157
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1303
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:1309
+S.fsw = S.fsw & 0xfffffdff | ((l_v >> 79 & 1) & 1) << 9  # x87.r1:1309
+l_k = (16640 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else b_f80_class(l_v))  # x87.r1:1309
+S.fsw = S.fsw & 0xfffffeff | ((l_k >> 8 & 1) & 1) << 8  # x87.r1:1309
+S.fsw = S.fsw & 0xfffffbff | ((l_k >> 10 & 1) & 1) << 10  # x87.r1:1309
+S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1309
 """
 
-# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1161
+# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1313
 _T88 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1164
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1164
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1169
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1169
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1316
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1316
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1322
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1322
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:216
-l_flags_2 = (l_r >> 80)  # x87.r1:217
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
-    l_rel_1 = 3  # x87.r1:219
-    l_flags_2 = 65  # x87.r1:220
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
+l_rel_1 = (l_r & 3)  # x87.r1:280
+l_flags_2 = (l_r >> 80)  # x87.r1:281
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
+    l_rel_1 = 3  # x87.r1:283
+    l_flags_2 = 65  # x87.r1:284
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
 """
 
-# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1171
+# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1324
 _T89 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1174
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1174
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1179
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1179
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1327
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1327
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1333
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1333
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:216
-l_flags_2 = (l_r >> 80)  # x87.r1:217
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
-    l_rel_1 = 3  # x87.r1:219
-    l_flags_2 = 65  # x87.r1:220
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
+l_rel_1 = (l_r & 3)  # x87.r1:280
+l_flags_2 = (l_r >> 80)  # x87.r1:281
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
+    l_rel_1 = 3  # x87.r1:283
+    l_flags_2 = 65  # x87.r1:284
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
 """
 
-# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1181
+# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1335
 _T90 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1184
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1184
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1189
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1189
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1338
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1338
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1344
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1344
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:216
-l_flags_2 = (l_r >> 80)  # x87.r1:217
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
-    l_rel_1 = 3  # x87.r1:219
-    l_flags_2 = 65  # x87.r1:220
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:280
+l_flags_2 = (l_r >> 80)  # x87.r1:281
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
+    l_rel_1 = 3  # x87.r1:283
+    l_flags_2 = 65  # x87.r1:284
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1191
+# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1346
 _T91 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1194
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1194
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1199
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1199
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1349
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1349
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1355
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1355
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:216
-l_flags_2 = (l_r >> 80)  # x87.r1:217
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:218
-    l_rel_1 = 3  # x87.r1:219
-    l_flags_2 = 65  # x87.r1:220
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:223
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:224
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:225
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:226
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:227
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:228
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:229
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:280
+l_flags_2 = (l_r >> 80)  # x87.r1:281
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
+    l_rel_1 = 3  # x87.r1:283
+    l_flags_2 = 65  # x87.r1:284
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1203
+# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1359
 _T92 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = 302222231531620438900736  # x87.r1:1211
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = 302222231531620438900736  # x87.r1:1368
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1213
+# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1370
 _T93 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (302246774593006706854654 + ((S.fcw >> 10 & 0x3) == 2))  # x87.r1:1221
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302246774593006706854654 + ((S.fcw >> 10 & 0x3) == 2))  # x87.r1:1379
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1223
+# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1381
 _T94 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (302226314672681428447420 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1231
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302226314672681428447420 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1390
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1233
+# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1392
 _T95 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (302245942942573447922229 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1241
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302245942942573447922229 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1401
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1243
+# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1403
 _T96 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (302187220718013211735961 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1251
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302187220718013211735961 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1412
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1253
+# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1414
 _T97 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (302207347724155077228972 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1261
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (302207347724155077228972 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1423
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1263
+# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1425
 _T98 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = 0  # x87.r1:1271
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:109
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:111
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = 0  # x87.r1:1434
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:122
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:116
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:118
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:127
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1275
+# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1438
 _T99 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1278
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) ^ 604462909807314587353088)  # x87.r1:1283
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1441
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) ^ 604462909807314587353088)  # x87.r1:1447
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1285
+# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1449
 _T100 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1288
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) & 604462909807314587353087)  # x87.r1:1293
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1452
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) & 604462909807314587353087)  # x87.r1:1458
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_v >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1295
+# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1460
 _T101 = """\
-b_unimplemented('F2XM1', 'spec/x87.r1:1295')  # x87.r1:1295
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1463
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:1469
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+else:
+    l_r = b_f80_transcendental(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:1469
+    l_flags_0 = (l_r >> 160)  # x87.r1:174
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1305
+# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1471
 _T102 = """\
-b_unimplemented('FYL2X', 'spec/x87.r1:1305')  # x87.r1:1305
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:217
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+else:
+    l_r_0 = b_f80_transcendental(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:220
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1314
+# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1481
 _T103 = """\
-b_unimplemented('FPTAN', 'spec/x87.r1:1314')  # x87.r1:1314
-"""
-
-# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1324
-_T104 = """\
-b_unimplemented('FPATAN', 'spec/x87.r1:1324')  # x87.r1:1324
-"""
-
-# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1333
-_T105 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1336
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:1341
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1484
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:195
     m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
-    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:1341
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:197
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r = b_f80_extract(b_fpr(((S.fsw >> 11 & 0x7) & 7)))  # x87.r1:1341
-    l_flags = (l_r >> 160)  # x87.r1:1341
-    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1341
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        m_v_1 = (l_r >> 80)
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:103
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r_1 = b_f80_transcendental(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:202
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:203
+    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:204
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:205
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:207
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+            m_v_3 = (l_r_1 >> 80)
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1343
+# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1492
+_T104 = """\
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:217
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+else:
+    l_r_0 = b_f80_transcendental(3, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:220
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+"""
+
+# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1502
+_T105 = """\
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1505
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:195
+    m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:197
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+else:
+    l_r_1 = b_f80_extract(b_fpr(((S.fsw >> 11 & 0x7) & 7)))  # x87.r1:202
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:203
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:205
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:207
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+            m_v_3 = (l_r_1 >> 80)
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+"""
+
+# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1513
 _T106 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1350
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1521
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 1, S.fcw)  # x87.r1:1350
-    l_flags = (l_r >> 96)  # x87.r1:1350
-    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1350
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        l_cc = (l_r >> 80)  # x87.r1:1350
-        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1350
-        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1350
-        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1350
-        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1350
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 1, S.fcw)  # x87.r1:1521
+    l_flags = (l_r >> 96)  # x87.r1:1521
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1521
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        l_cc = (l_r >> 80)  # x87.r1:1521
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1521
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1521
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1521
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1521
 """
 
-# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1352
+# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1523
 _T107 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1359
-S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:1359
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1531
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:1531
 """
 
-# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1361
+# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1533
 _T108 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1368
-S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:1368
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1541
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:1541
 """
 
-# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1370
+# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1543
 _T109 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1377
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1551
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 0, S.fcw)  # x87.r1:1377
-    l_flags = (l_r >> 96)  # x87.r1:1377
-    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1377
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        l_cc = (l_r >> 80)  # x87.r1:1377
-        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1377
-        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1377
-        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1377
-        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1377
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 0, S.fcw)  # x87.r1:1551
+    l_flags = (l_r >> 96)  # x87.r1:1551
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1551
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        l_cc = (l_r >> 80)  # x87.r1:1551
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1551
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1551
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1551
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1551
 """
 
-# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1379
+# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1553
 _T110 = """\
-b_unimplemented('FYL2XP1', 'spec/x87.r1:1379')  # x87.r1:1379
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:217
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+else:
+    l_r_0 = b_f80_transcendental(2, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:220
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1388
+# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1563
 _T111 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1391
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_r = b_f80_sqrt(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1396
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1566
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_sqrt(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1572
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_r >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1398
+# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1574
 _T112 = """\
-b_unimplemented('FSINCOS', 'spec/x87.r1:1398')  # x87.r1:1398
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1577
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:195
+    m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:197
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+else:
+    l_r_1 = b_f80_transcendental(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:202
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:203
+    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:204
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:205
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:207
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+            m_v_3 = (l_r_1 >> 80)
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1408
+# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1585
 _T113 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1411
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_r = b_f80_round_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1416
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:163
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1588
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_r = b_f80_round_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1594
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_flags_0 = (l_r >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1418
+# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1596
 _T114 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1425
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1604
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 else:
-    l_r = b_f80_scale(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:1425
-    l_flags_0 = (l_r >> 80)  # x87.r1:133
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:90
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:135
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
+    l_r = b_f80_scale(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:1604
+    l_flags_0 = (l_r >> 80)  # x87.r1:144
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1427
+# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1606
 _T115 = """\
-b_unimplemented('FSIN', 'spec/x87.r1:1427')  # x87.r1:1427
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1609
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+else:
+    l_r_0 = b_f80_transcendental(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:187
+    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:188
+    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:189
+        l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
+        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1437
+# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1617
 _T116 = """\
-b_unimplemented('FCOS', 'spec/x87.r1:1437')  # x87.r1:1437
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1620
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+else:
+    l_r_0 = b_f80_transcendental(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:187
+    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:188
+    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:189
+        l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
+        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
+        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1449
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1630
 _T117 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1458
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1640
 _T118 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1466
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1649
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1468
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1651
 _T119 = """\
-b_unimplemented('FNINIT', 'spec/x87.r1:1468')  # x87.r1:1468
+b_unimplemented('FNINIT', 'spec/x87.r1:1651')  # x87.r1:1651
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1477
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1660
 _T120 = """\
-b_unimplemented('FNCLEX', 'spec/x87.r1:1477')  # x87.r1:1477
+b_unimplemented('FNCLEX', 'spec/x87.r1:1660')  # x87.r1:1660
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1486
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1669
 _T121 = """\
-b_unimplemented('FLDCW_M16', 'spec/x87.r1:1486')  # x87.r1:1486
+b_unimplemented('FLDCW_M16', 'spec/x87.r1:1669')  # x87.r1:1669
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1496
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1679
 _T122 = """\
-b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1496')  # x87.r1:1496
+b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1679')  # x87.r1:1679
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1506
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1689
 _T123 = """\
-b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1506')  # x87.r1:1506
+b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1689')  # x87.r1:1689
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1516
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1699
 _T124 = """\
-b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1516')  # x87.r1:1516
+b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1699')  # x87.r1:1699
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1525
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1708
 _T125 = """\
-b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1525')  # x87.r1:1525
+b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1708')  # x87.r1:1708
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1535
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1718
 _T126 = """\
-b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1535')  # x87.r1:1535
+b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1718')  # x87.r1:1718
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1545
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1728
 _T127 = """\
-b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1545')  # x87.r1:1545
+b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1728')  # x87.r1:1728
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1555
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1738
 _T128 = """\
-b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1555')  # x87.r1:1555
+b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1738')  # x87.r1:1738
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1565
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1748
 _T129 = """\
-b_unimplemented('FWAIT', 'spec/x87.r1:1565')  # x87.r1:1565
+b_unimplemented('FWAIT', 'spec/x87.r1:1748')  # x87.r1:1748
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1576
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1759
 _T130 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1584
-S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1768
+S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1586
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1770
 _T131 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1589
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1773
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1596
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1781
 _T132 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1599
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1599
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1605
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1605
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1784
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1784
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1791
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1791
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1607
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1793
 _T133 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1610
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1610
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1616
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1616
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1796
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1796
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1803
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1803
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1618
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1805
 _T134 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1621
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1621
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_i = $b  # x87.r1:1627
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1627
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1808
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1808
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_i = $b  # x87.r1:1815
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1815
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:198
-l_flags_2 = (l_r >> 80)  # x87.r1:199
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:200
-    l_rel_1 = 3  # x87.r1:201
-    l_flags_2 = 65  # x87.r1:202
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:89
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:90
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:91
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:205
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:206
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:207
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:208
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+l_rel_1 = (l_r & 3)  # x87.r1:262
+l_flags_2 = (l_r >> 80)  # x87.r1:263
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
+    l_rel_1 = 3  # x87.r1:265
+    l_flags_2 = 65  # x87.r1:266
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1629
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1817
 _T135 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1632
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1632
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:236
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:237
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:238
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:240
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:241
-            l_x_0 = 1208921207928610747318272  # x87.r1:241
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:242
-            l_y_1 = 1208921207928610747318272  # x87.r1:242
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1820
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1820
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:300
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:301
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:302
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:304
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:305
+            l_x_0 = 1208921207928610747318272  # x87.r1:305
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:306
+            l_y_1 = 1208921207928610747318272  # x87.r1:306
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
 else:
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1640
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1829
 _T136 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1643
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1643
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:236
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:237
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:238
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:240
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:241
-            l_x_0 = 1208921207928610747318272  # x87.r1:241
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:242
-            l_y_1 = 1208921207928610747318272  # x87.r1:242
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1832
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1832
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:300
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:301
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:302
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:304
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:305
+            l_x_0 = 1208921207928610747318272  # x87.r1:305
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:306
+            l_y_1 = 1208921207928610747318272  # x87.r1:306
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
 else:
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:96
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:96
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1651
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1841
 _T137 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1654
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1844
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1662
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1853
 _T138 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1665
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:70
-    raise Fault(7, None)  # x87.r1:70
-if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:71
-    raise Fault(16, None)  # x87.r1:71
-S.fip = $here & 0xffffffff  # x87.r1:77
-S.fcs = S.sel[1] & 0xffff  # x87.r1:78
-S.fop = $fop & 0x7ff  # x87.r1:79
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    if (1 & (~S.fcw)):  # x87.r1:91
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:91
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:91
-    if (S.fcw & 0x1):  # x87.r1:125
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:95
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1856
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
+    raise Fault(7, None)  # x87.r1:81
+if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
+    raise Fault(16, None)  # x87.r1:82
+S.fip = $here & 0xffffffff  # x87.r1:88
+S.fcs = S.sel[1] & 0xffff  # x87.r1:89
+S.fop = $fop & 0x7ff  # x87.r1:90
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    if (1 & (~S.fcw)):  # x87.r1:102
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    if (S.fcw & 0x1):  # x87.r1:136
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:187
-    S.fsw = S.fsw & 0xffff  # x87.r1:89
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:90
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:95
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:96
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:99
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:100
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
+    S.fsw = S.fsw & 0xffff  # x87.r1:100
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1673
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1865
 _T139 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1681
-    raise Fault(7, None)  # x87.r1:1681
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1874
+    raise Fault(7, None)  # x87.r1:1874
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1683
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1876
 _T140 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1691
-    raise Fault(7, None)  # x87.r1:1691
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1885
+    raise Fault(7, None)  # x87.r1:1885
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1693
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1887
 _T141 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1700
-    raise Fault(7, None)  # x87.r1:1700
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1895
+    raise Fault(7, None)  # x87.r1:1895
 """
 
 TEMPLATES = {
-    # spec/x87.r1:273
+    # spec/x87.r1:337
     'FADD_M32': {
         (16, 16, 'mem', None, None): _T0,
         (16, 32, 'mem', None, None): _T0,
         (32, 16, 'mem', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/x87.r1:283
+    # spec/x87.r1:348
     'FADD_M64': {
         (16, 16, 'mem', None, None): _T1,
         (16, 32, 'mem', None, None): _T1,
         (32, 16, 'mem', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/x87.r1:293
+    # spec/x87.r1:359
     'FIADD_M32': {
         (16, 16, 'mem', None, None): _T2,
         (16, 32, 'mem', None, None): _T2,
         (32, 16, 'mem', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/x87.r1:303
+    # spec/x87.r1:370
     'FIADD_M16': {
         (16, 16, 'mem', None, None): _T3,
         (16, 32, 'mem', None, None): _T3,
         (32, 16, 'mem', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/x87.r1:313
+    # spec/x87.r1:381
     'FMUL_M32': {
         (16, 16, 'mem', None, None): _T4,
         (16, 32, 'mem', None, None): _T4,
         (32, 16, 'mem', None, None): _T4,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/x87.r1:323
+    # spec/x87.r1:392
     'FMUL_M64': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/x87.r1:333
+    # spec/x87.r1:403
     'FIMUL_M32': {
         (16, 16, 'mem', None, None): _T6,
         (16, 32, 'mem', None, None): _T6,
         (32, 16, 'mem', None, None): _T6,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/x87.r1:343
+    # spec/x87.r1:414
     'FIMUL_M16': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/x87.r1:353
+    # spec/x87.r1:425
     'FSUB_M32': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/x87.r1:363
+    # spec/x87.r1:436
     'FSUB_M64': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/x87.r1:373
+    # spec/x87.r1:447
     'FISUB_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/x87.r1:383
+    # spec/x87.r1:458
     'FISUB_M16': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/x87.r1:393
+    # spec/x87.r1:469
     'FSUBR_M32': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/x87.r1:403
+    # spec/x87.r1:480
     'FSUBR_M64': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/x87.r1:413
+    # spec/x87.r1:491
     'FISUBR_M32': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/x87.r1:423
+    # spec/x87.r1:502
     'FISUBR_M16': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/x87.r1:433
+    # spec/x87.r1:513
     'FDIV_M32': {
         (16, 16, 'mem', None, None): _T16,
         (16, 32, 'mem', None, None): _T16,
         (32, 16, 'mem', None, None): _T16,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/x87.r1:443
+    # spec/x87.r1:524
     'FDIV_M64': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/x87.r1:453
+    # spec/x87.r1:535
     'FIDIV_M32': {
         (16, 16, 'mem', None, None): _T18,
         (16, 32, 'mem', None, None): _T18,
         (32, 16, 'mem', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/x87.r1:463
+    # spec/x87.r1:546
     'FIDIV_M16': {
         (16, 16, 'mem', None, None): _T19,
         (16, 32, 'mem', None, None): _T19,
         (32, 16, 'mem', None, None): _T19,
         (32, 32, 'mem', None, None): _T19,
     },
-    # spec/x87.r1:473
+    # spec/x87.r1:557
     'FDIVR_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/x87.r1:483
+    # spec/x87.r1:568
     'FDIVR_M64': {
         (16, 16, 'mem', None, None): _T21,
         (16, 32, 'mem', None, None): _T21,
         (32, 16, 'mem', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/x87.r1:493
+    # spec/x87.r1:579
     'FIDIVR_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/x87.r1:503
+    # spec/x87.r1:590
     'FIDIVR_M16': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/x87.r1:515
+    # spec/x87.r1:603
     'FADD_ST0_STi': {
         (16, 16, None, None, None): _T24,
         (16, 32, None, None, None): _T24,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/x87.r1:525
+    # spec/x87.r1:614
     'FMUL_ST0_STi': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T25,
         (32, 32, None, None, None): _T25,
     },
-    # spec/x87.r1:535
+    # spec/x87.r1:625
     'FSUB_ST0_STi': {
         (16, 16, None, None, None): _T26,
         (16, 32, None, None, None): _T26,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/x87.r1:545
+    # spec/x87.r1:636
     'FSUBR_ST0_STi': {
         (16, 16, None, None, None): _T27,
         (16, 32, None, None, None): _T27,
         (32, 16, None, None, None): _T27,
         (32, 32, None, None, None): _T27,
     },
-    # spec/x87.r1:555
+    # spec/x87.r1:647
     'FDIV_ST0_STi': {
         (16, 16, None, None, None): _T28,
         (16, 32, None, None, None): _T28,
         (32, 16, None, None, None): _T28,
         (32, 32, None, None, None): _T28,
     },
-    # spec/x87.r1:565
+    # spec/x87.r1:658
     'FDIVR_ST0_STi': {
         (16, 16, None, None, None): _T29,
         (16, 32, None, None, None): _T29,
         (32, 16, None, None, None): _T29,
         (32, 32, None, None, None): _T29,
     },
-    # spec/x87.r1:575
+    # spec/x87.r1:669
     'FADD_STi_ST0': {
         (16, 16, None, None, None): _T30,
         (16, 32, None, None, None): _T30,
         (32, 16, None, None, None): _T30,
         (32, 32, None, None, None): _T30,
     },
-    # spec/x87.r1:585
+    # spec/x87.r1:680
     'FMUL_STi_ST0': {
         (16, 16, None, None, None): _T31,
         (16, 32, None, None, None): _T31,
         (32, 16, None, None, None): _T31,
         (32, 32, None, None, None): _T31,
     },
-    # spec/x87.r1:595
+    # spec/x87.r1:691
     'FSUBR_STi_ST0': {
         (16, 16, None, None, None): _T32,
         (16, 32, None, None, None): _T32,
         (32, 16, None, None, None): _T32,
         (32, 32, None, None, None): _T32,
     },
-    # spec/x87.r1:605
+    # spec/x87.r1:702
     'FSUB_STi_ST0': {
         (16, 16, None, None, None): _T33,
         (16, 32, None, None, None): _T33,
         (32, 16, None, None, None): _T33,
         (32, 32, None, None, None): _T33,
     },
-    # spec/x87.r1:615
+    # spec/x87.r1:713
     'FDIVR_STi_ST0': {
         (16, 16, None, None, None): _T34,
         (16, 32, None, None, None): _T34,
         (32, 16, None, None, None): _T34,
         (32, 32, None, None, None): _T34,
     },
-    # spec/x87.r1:625
+    # spec/x87.r1:724
     'FDIV_STi_ST0': {
         (16, 16, None, None, None): _T35,
         (16, 32, None, None, None): _T35,
         (32, 16, None, None, None): _T35,
         (32, 32, None, None, None): _T35,
     },
-    # spec/x87.r1:635
+    # spec/x87.r1:735
     'FADDP_STi_ST0': {
         (16, 16, None, None, None): _T36,
         (16, 32, None, None, None): _T36,
         (32, 16, None, None, None): _T36,
         (32, 32, None, None, None): _T36,
     },
-    # spec/x87.r1:645
+    # spec/x87.r1:746
     'FMULP_STi_ST0': {
         (16, 16, None, None, None): _T37,
         (16, 32, None, None, None): _T37,
         (32, 16, None, None, None): _T37,
         (32, 32, None, None, None): _T37,
     },
-    # spec/x87.r1:655
+    # spec/x87.r1:757
     'FSUBRP_STi_ST0': {
         (16, 16, None, None, None): _T38,
         (16, 32, None, None, None): _T38,
         (32, 16, None, None, None): _T38,
         (32, 32, None, None, None): _T38,
     },
-    # spec/x87.r1:665
+    # spec/x87.r1:768
     'FSUBP_STi_ST0': {
         (16, 16, None, None, None): _T39,
         (16, 32, None, None, None): _T39,
         (32, 16, None, None, None): _T39,
         (32, 32, None, None, None): _T39,
     },
-    # spec/x87.r1:675
+    # spec/x87.r1:779
     'FDIVRP_STi_ST0': {
         (16, 16, None, None, None): _T40,
         (16, 32, None, None, None): _T40,
         (32, 16, None, None, None): _T40,
         (32, 32, None, None, None): _T40,
     },
-    # spec/x87.r1:685
+    # spec/x87.r1:790
     'FDIVP_STi_ST0': {
         (16, 16, None, None, None): _T41,
         (16, 32, None, None, None): _T41,
         (32, 16, None, None, None): _T41,
         (32, 32, None, None, None): _T41,
     },
-    # spec/x87.r1:697
+    # spec/x87.r1:803
     'FLD_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/x87.r1:707
+    # spec/x87.r1:814
     'FLD_M64': {
         (16, 16, 'mem', None, None): _T43,
         (16, 32, 'mem', None, None): _T43,
         (32, 16, 'mem', None, None): _T43,
         (32, 32, 'mem', None, None): _T43,
     },
-    # spec/x87.r1:717
+    # spec/x87.r1:825
     'FLD_M80': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/x87.r1:727
+    # spec/x87.r1:836
     'FLD_STi': {
         (16, 16, None, None, None): _T45,
         (16, 32, None, None, None): _T45,
         (32, 16, None, None, None): _T45,
         (32, 32, None, None, None): _T45,
     },
-    # spec/x87.r1:737
+    # spec/x87.r1:847
     'FST_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/x87.r1:747
+    # spec/x87.r1:858
     'FST_M64': {
         (16, 16, 'mem', None, None): _T47,
         (16, 32, 'mem', None, None): _T47,
         (32, 16, 'mem', None, None): _T47,
         (32, 32, 'mem', None, None): _T47,
     },
-    # spec/x87.r1:757
+    # spec/x87.r1:869
     'FST_STi': {
         (16, 16, None, None, None): _T48,
         (16, 32, None, None, None): _T48,
         (32, 16, None, None, None): _T48,
         (32, 32, None, None, None): _T48,
     },
-    # spec/x87.r1:767
+    # spec/x87.r1:880
     'FSTP_M32': {
         (16, 16, 'mem', None, None): _T49,
         (16, 32, 'mem', None, None): _T49,
         (32, 16, 'mem', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/x87.r1:777
+    # spec/x87.r1:891
     'FSTP_M64': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/x87.r1:787
+    # spec/x87.r1:902
     'FSTP_M80': {
         (16, 16, 'mem', None, None): _T51,
         (16, 32, 'mem', None, None): _T51,
         (32, 16, 'mem', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/x87.r1:797
+    # spec/x87.r1:913
     'FSTP_STi': {
         (16, 16, None, None, None): _T52,
         (16, 32, None, None, None): _T52,
         (32, 16, None, None, None): _T52,
         (32, 32, None, None, None): _T52,
     },
-    # spec/x87.r1:807
+    # spec/x87.r1:924
     'FILD_M16': {
         (16, 16, 'mem', None, None): _T53,
         (16, 32, 'mem', None, None): _T53,
         (32, 16, 'mem', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/x87.r1:817
+    # spec/x87.r1:935
     'FILD_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/x87.r1:827
+    # spec/x87.r1:946
     'FILD_M64': {
         (16, 16, 'mem', None, None): _T55,
         (16, 32, 'mem', None, None): _T55,
         (32, 16, 'mem', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/x87.r1:837
+    # spec/x87.r1:957
     'FIST_M16': {
         (16, 16, 'mem', None, None): _T56,
         (16, 32, 'mem', None, None): _T56,
         (32, 16, 'mem', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/x87.r1:847
+    # spec/x87.r1:968
     'FIST_M32': {
         (16, 16, 'mem', None, None): _T57,
         (16, 32, 'mem', None, None): _T57,
         (32, 16, 'mem', None, None): _T57,
         (32, 32, 'mem', None, None): _T57,
     },
-    # spec/x87.r1:857
+    # spec/x87.r1:979
     'FISTP_M16': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/x87.r1:867
+    # spec/x87.r1:990
     'FISTP_M32': {
         (16, 16, 'mem', None, None): _T59,
         (16, 32, 'mem', None, None): _T59,
         (32, 16, 'mem', None, None): _T59,
         (32, 32, 'mem', None, None): _T59,
     },
-    # spec/x87.r1:877
+    # spec/x87.r1:1001
     'FISTP_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/x87.r1:887
+    # spec/x87.r1:1012
     'FBLD_M80': {
         (16, 16, 'mem', None, None): _T61,
         (16, 32, 'mem', None, None): _T61,
         (32, 16, 'mem', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/x87.r1:897
+    # spec/x87.r1:1023
     'FBSTP_M80': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/x87.r1:907
+    # spec/x87.r1:1034
     'FXCH_STi': {
         (16, 16, None, None, None): _T63,
         (16, 32, None, None, None): _T63,
         (32, 16, None, None, None): _T63,
         (32, 32, None, None, None): _T63,
     },
-    # spec/x87.r1:919
+    # spec/x87.r1:1047
     'FCMOVB_ST0_STi': {
         (16, 16, None, None, None): _T64,
         (16, 32, None, None, None): _T64,
         (32, 16, None, None, None): _T64,
         (32, 32, None, None, None): _T64,
     },
-    # spec/x87.r1:929
+    # spec/x87.r1:1058
     'FCMOVE_ST0_STi': {
         (16, 16, None, None, None): _T65,
         (16, 32, None, None, None): _T65,
         (32, 16, None, None, None): _T65,
         (32, 32, None, None, None): _T65,
     },
-    # spec/x87.r1:939
+    # spec/x87.r1:1069
     'FCMOVBE_ST0_STi': {
         (16, 16, None, None, None): _T66,
         (16, 32, None, None, None): _T66,
         (32, 16, None, None, None): _T66,
         (32, 32, None, None, None): _T66,
     },
-    # spec/x87.r1:949
+    # spec/x87.r1:1080
     'FCMOVU_ST0_STi': {
         (16, 16, None, None, None): _T67,
         (16, 32, None, None, None): _T67,
         (32, 16, None, None, None): _T67,
         (32, 32, None, None, None): _T67,
     },
-    # spec/x87.r1:959
+    # spec/x87.r1:1091
     'FCMOVNB_ST0_STi': {
         (16, 16, None, None, None): _T68,
         (16, 32, None, None, None): _T68,
         (32, 16, None, None, None): _T68,
         (32, 32, None, None, None): _T68,
     },
-    # spec/x87.r1:969
+    # spec/x87.r1:1102
     'FCMOVNE_ST0_STi': {
         (16, 16, None, None, None): _T69,
         (16, 32, None, None, None): _T69,
         (32, 16, None, None, None): _T69,
         (32, 32, None, None, None): _T69,
     },
-    # spec/x87.r1:979
+    # spec/x87.r1:1113
     'FCMOVNBE_ST0_STi': {
         (16, 16, None, None, None): _T70,
         (16, 32, None, None, None): _T70,
         (32, 16, None, None, None): _T70,
         (32, 32, None, None, None): _T70,
     },
-    # spec/x87.r1:989
+    # spec/x87.r1:1124
     'FCMOVNU_ST0_STi': {
         (16, 16, None, None, None): _T71,
         (16, 32, None, None, None): _T71,
         (32, 16, None, None, None): _T71,
         (32, 32, None, None, None): _T71,
     },
-    # spec/x87.r1:1001
+    # spec/x87.r1:1137
     'FCOM_M32': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/x87.r1:1011
+    # spec/x87.r1:1148
     'FCOM_M64': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/x87.r1:1021
+    # spec/x87.r1:1159
     'FCOM_STi': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/x87.r1:1031
+    # spec/x87.r1:1170
     'FCOMP_M32': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/x87.r1:1041
+    # spec/x87.r1:1181
     'FCOMP_M64': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/x87.r1:1051
+    # spec/x87.r1:1192
     'FCOMP_STi': {
         (16, 16, None, None, None): _T77,
         (16, 32, None, None, None): _T77,
         (32, 16, None, None, None): _T77,
         (32, 32, None, None, None): _T77,
     },
-    # spec/x87.r1:1061
+    # spec/x87.r1:1203
     'FCOMPP': {
         (16, 16, None, None, None): _T78,
         (16, 32, None, None, None): _T78,
         (32, 16, None, None, None): _T78,
         (32, 32, None, None, None): _T78,
     },
-    # spec/x87.r1:1070
+    # spec/x87.r1:1213
     'FUCOM_STi': {
         (16, 16, None, None, None): _T79,
         (16, 32, None, None, None): _T79,
         (32, 16, None, None, None): _T79,
         (32, 32, None, None, None): _T79,
     },
-    # spec/x87.r1:1080
+    # spec/x87.r1:1224
     'FUCOMP_STi': {
         (16, 16, None, None, None): _T80,
         (16, 32, None, None, None): _T80,
         (32, 16, None, None, None): _T80,
         (32, 32, None, None, None): _T80,
     },
-    # spec/x87.r1:1090
+    # spec/x87.r1:1235
     'FUCOMPP': {
         (16, 16, None, None, None): _T81,
         (16, 32, None, None, None): _T81,
         (32, 16, None, None, None): _T81,
         (32, 32, None, None, None): _T81,
     },
-    # spec/x87.r1:1099
+    # spec/x87.r1:1245
     'FICOM_M16': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/x87.r1:1109
+    # spec/x87.r1:1256
     'FICOM_M32': {
         (16, 16, 'mem', None, None): _T83,
         (16, 32, 'mem', None, None): _T83,
         (32, 16, 'mem', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/x87.r1:1119
+    # spec/x87.r1:1267
     'FICOMP_M16': {
         (16, 16, 'mem', None, None): _T84,
         (16, 32, 'mem', None, None): _T84,
         (32, 16, 'mem', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/x87.r1:1129
+    # spec/x87.r1:1278
     'FICOMP_M32': {
         (16, 16, 'mem', None, None): _T85,
         (16, 32, 'mem', None, None): _T85,
         (32, 16, 'mem', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/x87.r1:1139
+    # spec/x87.r1:1289
     'FTST': {
         (16, 16, None, None, None): _T86,
         (16, 32, None, None, None): _T86,
         (32, 16, None, None, None): _T86,
         (32, 32, None, None, None): _T86,
     },
-    # spec/x87.r1:1149
+    # spec/x87.r1:1300
     'FXAM': {
         (16, 16, None, None, None): _T87,
         (16, 32, None, None, None): _T87,
         (32, 16, None, None, None): _T87,
         (32, 32, None, None, None): _T87,
     },
-    # spec/x87.r1:1161
+    # spec/x87.r1:1313
     'FCOMI_ST0_STi': {
         (16, 16, None, None, None): _T88,
         (16, 32, None, None, None): _T88,
         (32, 16, None, None, None): _T88,
         (32, 32, None, None, None): _T88,
     },
-    # spec/x87.r1:1171
+    # spec/x87.r1:1324
     'FUCOMI_ST0_STi': {
         (16, 16, None, None, None): _T89,
         (16, 32, None, None, None): _T89,
         (32, 16, None, None, None): _T89,
         (32, 32, None, None, None): _T89,
     },
-    # spec/x87.r1:1181
+    # spec/x87.r1:1335
     'FCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T90,
         (16, 32, None, None, None): _T90,
         (32, 16, None, None, None): _T90,
         (32, 32, None, None, None): _T90,
     },
-    # spec/x87.r1:1191
+    # spec/x87.r1:1346
     'FUCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T91,
         (16, 32, None, None, None): _T91,
         (32, 16, None, None, None): _T91,
         (32, 32, None, None, None): _T91,
     },
-    # spec/x87.r1:1203
+    # spec/x87.r1:1359
     'FLD1': {
         (16, 16, None, None, None): _T92,
         (16, 32, None, None, None): _T92,
         (32, 16, None, None, None): _T92,
         (32, 32, None, None, None): _T92,
     },
-    # spec/x87.r1:1213
+    # spec/x87.r1:1370
     'FLDL2T': {
         (16, 16, None, None, None): _T93,
         (16, 32, None, None, None): _T93,
         (32, 16, None, None, None): _T93,
         (32, 32, None, None, None): _T93,
     },
-    # spec/x87.r1:1223
+    # spec/x87.r1:1381
     'FLDL2E': {
         (16, 16, None, None, None): _T94,
         (16, 32, None, None, None): _T94,
         (32, 16, None, None, None): _T94,
         (32, 32, None, None, None): _T94,
     },
-    # spec/x87.r1:1233
+    # spec/x87.r1:1392
     'FLDPI': {
         (16, 16, None, None, None): _T95,
         (16, 32, None, None, None): _T95,
         (32, 16, None, None, None): _T95,
         (32, 32, None, None, None): _T95,
     },
-    # spec/x87.r1:1243
+    # spec/x87.r1:1403
     'FLDLG2': {
         (16, 16, None, None, None): _T96,
         (16, 32, None, None, None): _T96,
         (32, 16, None, None, None): _T96,
         (32, 32, None, None, None): _T96,
     },
-    # spec/x87.r1:1253
+    # spec/x87.r1:1414
     'FLDLN2': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/x87.r1:1263
+    # spec/x87.r1:1425
     'FLDZ': {
         (16, 16, None, None, None): _T98,
         (16, 32, None, None, None): _T98,
         (32, 16, None, None, None): _T98,
         (32, 32, None, None, None): _T98,
     },
-    # spec/x87.r1:1275
+    # spec/x87.r1:1438
     'FCHS': {
         (16, 16, None, None, None): _T99,
         (16, 32, None, None, None): _T99,
         (32, 16, None, None, None): _T99,
         (32, 32, None, None, None): _T99,
     },
-    # spec/x87.r1:1285
+    # spec/x87.r1:1449
     'FABS': {
         (16, 16, None, None, None): _T100,
         (16, 32, None, None, None): _T100,
         (32, 16, None, None, None): _T100,
         (32, 32, None, None, None): _T100,
     },
-    # spec/x87.r1:1295
+    # spec/x87.r1:1460
     'F2XM1': {
         (16, 16, None, None, None): _T101,
         (16, 32, None, None, None): _T101,
         (32, 16, None, None, None): _T101,
         (32, 32, None, None, None): _T101,
     },
-    # spec/x87.r1:1305
+    # spec/x87.r1:1471
     'FYL2X': {
         (16, 16, None, None, None): _T102,
         (16, 32, None, None, None): _T102,
         (32, 16, None, None, None): _T102,
         (32, 32, None, None, None): _T102,
     },
-    # spec/x87.r1:1314
+    # spec/x87.r1:1481
     'FPTAN': {
         (16, 16, None, None, None): _T103,
         (16, 32, None, None, None): _T103,
         (32, 16, None, None, None): _T103,
         (32, 32, None, None, None): _T103,
     },
-    # spec/x87.r1:1324
+    # spec/x87.r1:1492
     'FPATAN': {
         (16, 16, None, None, None): _T104,
         (16, 32, None, None, None): _T104,
         (32, 16, None, None, None): _T104,
         (32, 32, None, None, None): _T104,
     },
-    # spec/x87.r1:1333
+    # spec/x87.r1:1502
     'FXTRACT': {
         (16, 16, None, None, None): _T105,
         (16, 32, None, None, None): _T105,
         (32, 16, None, None, None): _T105,
         (32, 32, None, None, None): _T105,
     },
-    # spec/x87.r1:1343
+    # spec/x87.r1:1513
     'FPREM1': {
         (16, 16, None, None, None): _T106,
         (16, 32, None, None, None): _T106,
         (32, 16, None, None, None): _T106,
         (32, 32, None, None, None): _T106,
     },
-    # spec/x87.r1:1352
+    # spec/x87.r1:1523
     'FDECSTP': {
         (16, 16, None, None, None): _T107,
         (16, 32, None, None, None): _T107,
         (32, 16, None, None, None): _T107,
         (32, 32, None, None, None): _T107,
     },
-    # spec/x87.r1:1361
+    # spec/x87.r1:1533
     'FINCSTP': {
         (16, 16, None, None, None): _T108,
         (16, 32, None, None, None): _T108,
         (32, 16, None, None, None): _T108,
         (32, 32, None, None, None): _T108,
     },
-    # spec/x87.r1:1370
+    # spec/x87.r1:1543
     'FPREM': {
         (16, 16, None, None, None): _T109,
         (16, 32, None, None, None): _T109,
         (32, 16, None, None, None): _T109,
         (32, 32, None, None, None): _T109,
     },
-    # spec/x87.r1:1379
+    # spec/x87.r1:1553
     'FYL2XP1': {
         (16, 16, None, None, None): _T110,
         (16, 32, None, None, None): _T110,
         (32, 16, None, None, None): _T110,
         (32, 32, None, None, None): _T110,
     },
-    # spec/x87.r1:1388
+    # spec/x87.r1:1563
     'FSQRT': {
         (16, 16, None, None, None): _T111,
         (16, 32, None, None, None): _T111,
         (32, 16, None, None, None): _T111,
         (32, 32, None, None, None): _T111,
     },
-    # spec/x87.r1:1398
+    # spec/x87.r1:1574
     'FSINCOS': {
         (16, 16, None, None, None): _T112,
         (16, 32, None, None, None): _T112,
         (32, 16, None, None, None): _T112,
         (32, 32, None, None, None): _T112,
     },
-    # spec/x87.r1:1408
+    # spec/x87.r1:1585
     'FRNDINT': {
         (16, 16, None, None, None): _T113,
         (16, 32, None, None, None): _T113,
         (32, 16, None, None, None): _T113,
         (32, 32, None, None, None): _T113,
     },
-    # spec/x87.r1:1418
+    # spec/x87.r1:1596
     'FSCALE': {
         (16, 16, None, None, None): _T114,
         (16, 32, None, None, None): _T114,
         (32, 16, None, None, None): _T114,
         (32, 32, None, None, None): _T114,
     },
-    # spec/x87.r1:1427
+    # spec/x87.r1:1606
     'FSIN': {
         (16, 16, None, None, None): _T115,
         (16, 32, None, None, None): _T115,
         (32, 16, None, None, None): _T115,
         (32, 32, None, None, None): _T115,
     },
-    # spec/x87.r1:1437
+    # spec/x87.r1:1617
     'FCOS': {
         (16, 16, None, None, None): _T116,
         (16, 32, None, None, None): _T116,
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1449
+    # spec/x87.r1:1630
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1458
+    # spec/x87.r1:1640
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1468
+    # spec/x87.r1:1651
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1477
+    # spec/x87.r1:1660
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1486
+    # spec/x87.r1:1669
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1496
+    # spec/x87.r1:1679
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1506
+    # spec/x87.r1:1689
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1516
+    # spec/x87.r1:1699
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1525
+    # spec/x87.r1:1708
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/x87.r1:1535
+    # spec/x87.r1:1718
     'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T126,
         (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1545
+    # spec/x87.r1:1728
     'FRSTOR_MSTATE': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/x87.r1:1555
+    # spec/x87.r1:1738
     'FNSAVE_MSTATE': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1565
+    # spec/x87.r1:1748
     'FWAIT': {
         (16, 16, None, None, None): _T129,
         (16, 32, None, None, None): _T129,
         (32, 16, None, None, None): _T129,
         (32, 32, None, None, None): _T129,
     },
-    # spec/x87.r1:1576
+    # spec/x87.r1:1759
     'FFREEP_STi': {
         (16, 16, None, None, None): _T130,
         (16, 32, None, None, None): _T130,
         (32, 16, None, None, None): _T130,
         (32, 32, None, None, None): _T130,
     },
-    # spec/x87.r1:1586
+    # spec/x87.r1:1770
     'FSTPNCE_STi': {
         (16, 16, None, None, None): _T131,
         (16, 32, None, None, None): _T131,
         (32, 16, None, None, None): _T131,
         (32, 32, None, None, None): _T131,
     },
-    # spec/x87.r1:1596
+    # spec/x87.r1:1781
     'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T132,
         (16, 32, None, None, None): _T132,
         (32, 16, None, None, None): _T132,
         (32, 32, None, None, None): _T132,
     },
-    # spec/x87.r1:1607
+    # spec/x87.r1:1793
     'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1618
+    # spec/x87.r1:1805
     'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1629
+    # spec/x87.r1:1817
     'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1640
+    # spec/x87.r1:1829
     'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1651
+    # spec/x87.r1:1841
     'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1662
+    # spec/x87.r1:1853
     'FSTP_STi_DFD8': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1673
+    # spec/x87.r1:1865
     'FNENI': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1683
+    # spec/x87.r1:1876
     'FNDISI': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1693
+    # spec/x87.r1:1887
     'FNSETPM': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,

@@ -128,7 +128,7 @@ def test_directed_roundings_bracket_the_exact_value(fmt: sf.Format, op: str, dat
         top = abs(value).numerator.bit_length() - abs(value).denominator.bit_length()
         if Fraction(2) ** top > abs(value):
             top -= 1
-        quantum = max(top - p + 1, fmt.emin - fmt.fraction_bits)
+        quantum = max(top - p + 1, fmt.emin - p + 1)
         assert hi - lo == Fraction(2) ** quantum
     assert exact(fmt, zero) == (lo if value >= 0 else hi)
 

@@ -948,6 +948,9 @@ class Machine:
     def b_f80_prem(self, a: int, b: int, ieee: int, fcw: int) -> int:
         return x87.partial_remainder(a, b, ieee, fcw)
 
+    def b_f80_transcendental(self, op: int, a: int, b: int, fcw: int) -> int:
+        return x87.transcendental_op(op, a, b, fcw)
+
     # ------------------------------------------------------------ reports
 
     def describe_state(self) -> str:

@@ -10,7 +10,10 @@ and conversions round to their destination) and the underflow mask.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 from ring1.runtime.cpu import softfloat as sf
+from ring1.runtime.cpu import transcendental
 from ring1.runtime.cpu.softfloat import DE, F32, F64, F80, IE, PE, ZE, Env
 
 FLAGS = 80
@@ -275,3 +278,178 @@ def partial_remainder(a: int, b: int, ieee: int, fcw: int) -> int:
         r = ua.sign * SIGN80
     cc = (q >> 2 & 1) << 8 | (q >> 1 & 1) << 14 | (q & 1) << 9
     return (flags | f & sf.UE) << 96 | cc << 80 | r
+
+
+# ------------------------------------------------------------ transcendental instructions
+
+F2XM1, FYL2X, FYL2XP1, FPATAN, FSIN, FCOS, FPTAN, FSINCOS = range(8)
+OUT_OF_RANGE = 1 << 10  # FSW's C2: the argument of FSIN, FCOS, FSINCOS, FPTAN is 2**63 or more
+ONE80 = 0x3FFF_8000000000000000
+
+
+def _value(u: sf.Unpacked) -> Fraction:
+    v = Fraction(u.significand) * Fraction(2) ** u.exponent if u.kind == sf.FINITE else Fraction(0)
+    return -v if u.sign else v
+
+
+def _round_value(v: Fraction, e: Env, exact: bool = False) -> tuple[int, int]:
+    """An approximation v (WORKING_BITS good bits) of an irrational result, or an exact v, rounded to F80."""
+    if v == 0:
+        return 0, 0
+    sign = int(v < 0)
+    n, d = abs(v.numerator), v.denominator
+    shift = transcendental.WORKING_BITS + 8 - (n.bit_length() - d.bit_length())
+    q, rest = divmod(n << shift, d) if shift >= 0 else divmod(n, d << -shift)
+    sticky = 0 if exact and rest == 0 else 1
+    return sf.round_pack(F80, sign, q << 1 | sticky, -shift - 1, e)
+
+
+def _pack3(first: int, second: int, flags: int) -> int:
+    return flags << 160 | second << 80 | first
+
+
+def transcendental_op(op: int, a: int, b: int, fcw: int) -> int:
+    """The transcendental instruction `op` on ST(0) = a (and ST(1) = b): its result in bits
+    79:0 (the new ST(0), or ST(1) for the popping FYL2X, FYL2XP1, FPATAN), the value pushed
+    after it in bits 159:80 (FPTAN's 1.0, FSINCOS's cosine), flags from bit 160 (C2 =
+    OUT_OF_RANGE: nothing was computed)."""
+    e = env(fcw, precision_control=False)
+    ua = sf.unpack(F80, a)
+    two = op in (FYL2X, FYL2XP1, FPATAN)
+    ub = sf.unpack(F80, b) if two else None
+    if ua.kind == sf.UNSUPPORTED or (ub is not None and ub.kind == sf.UNSUPPORTED):
+        nan = F80.default_nan()
+        return _pack3(nan, nan, IE)
+    if ua.kind == sf.NAN or (ub is not None and ub.kind == sf.NAN):
+        r, f = sf.add(F80, a, b) if two else sf.add(F80, a, a)
+        return _pack3(r, r, f)
+    flags = DE if ua.denormal or (ub is not None and ub.denormal) else 0
+    if op in (FSIN, FCOS, FPTAN, FSINCOS):
+        return _trigonometric(op, ua, a, e, flags)
+    if op == F2XM1:
+        return _f2xm1(ua, a, e, flags)
+    assert ub is not None
+    if op == FPATAN:
+        return _fpatan(ub, ua, e, flags)
+    return _fyl2x(op, ua, ub, b, e, flags)
+
+
+def _trigonometric(op: int, u: sf.Unpacked, a: int, e: Env, flags: int) -> int:
+    if u.kind == sf.INF:
+        nan = F80.default_nan()
+        return _pack3(nan, nan, flags | IE)
+    if u.kind == sf.FINITE and u.significand.bit_length() + u.exponent > 63:
+        return _pack3(a, 0, OUT_OF_RANGE)
+    if u.kind == sf.ZERO:  # sin ±0 = ±0, tan ±0 = ±0, cos ±0 = 1: exact
+        if op == FCOS:
+            return _pack3(ONE80, 0, flags)
+        return _pack3(a, ONE80 if op == FPTAN else ONE80, flags)
+    x = _value(u)
+    s, c = transcendental.sin_cos(x)
+    if op == FSIN:
+        r, f = _round_value(s, e)
+        return _pack3(r, 0, flags | f)
+    if op == FCOS:
+        r, f = _round_value(c, e)
+        return _pack3(r, 0, flags | f)
+    if op == FPTAN:
+        r, f = _round_value(s / c, e)
+        return _pack3(r, ONE80, flags | f)
+    r, f = _round_value(s, e)
+    r2, f2 = _round_value(c, e)
+    # FSINCOS: C1 and PE from both results; the sine's flags and the cosine's rounding direction.
+    return _pack3(r, r2, flags | f | (f2 & ~C1))
+
+
+def _f2xm1(u: sf.Unpacked, a: int, e: Env, flags: int) -> int:
+    if u.kind == sf.ZERO:
+        return _pack3(a, 0, flags)
+    if u.kind == sf.INF:
+        return _pack3(F80.infinity(0) if not u.sign else 0xBFFF_8000000000000000, 0, flags)
+    x = _value(u)
+    if x in (1, -1):
+        exact = Fraction(1) if x == 1 else Fraction(-1, 2)
+        r, f = _round_value(exact, e, exact=True)
+        return _pack3(r, 0, flags | f)
+    if abs(x) <= 1:
+        r, f = _round_value(transcendental.exp2m1(x), e)
+        return _pack3(r, 0, flags | f)
+    # Outside [-1, 1] the SDM leaves the result undefined; this is 2**x - 1 all the same.
+    if x > 1 << 15:
+        r, f = sf.round_pack(F80, 0, 1, 1 << 15, e)
+        return _pack3(r, 0, flags | f)
+    if x < -100:
+        r, f = _round_value(Fraction(-1) + Fraction(1, 1 << 100), e)
+        return _pack3(r, 0, flags | f)
+    n = int(x // 1)
+    v = Fraction(2) ** n * (transcendental.exp2m1(x - n) + 1) - 1
+    r, f = _round_value(v, e)
+    return _pack3(r, 0, flags | f)
+
+
+def _fpatan(uy: sf.Unpacked, ux: sf.Unpacked, e: Env, flags: int) -> int:
+    """atan2(ST(1), ST(0)), zeros and infinities by the SDM's FPATAN table (C99's atan2)."""
+    pi = transcendental.pi()
+
+    def signed(v: Fraction) -> Fraction:
+        return -v if uy.sign else v
+
+    if uy.kind == sf.ZERO:
+        if ux.sign:  # x -0, negative, -inf: ±pi
+            r, f = _round_value(signed(pi), e)
+            return _pack3(r, 0, flags | f)
+        return _pack3(uy.sign * SIGN80, 0, flags)
+    if uy.kind == sf.INF:
+        if ux.kind == sf.INF:
+            v = pi / 4 if not ux.sign else 3 * pi / 4
+        else:
+            v = pi / 2
+        r, f = _round_value(signed(v), e)
+        return _pack3(r, 0, flags | f)
+    if ux.kind == sf.INF:
+        if not ux.sign:
+            return _pack3(uy.sign * SIGN80, 0, flags)
+        r, f = _round_value(signed(pi), e)
+        return _pack3(r, 0, flags | f)
+    if ux.kind == sf.ZERO:
+        r, f = _round_value(signed(pi / 2), e)
+        return _pack3(r, 0, flags | f)
+    r, f = _round_value(transcendental.atan2(_value(uy), _value(ux)), e)
+    return _pack3(r, 0, flags | f)
+
+
+def _fyl2x(op: int, ux: sf.Unpacked, uy: sf.Unpacked, y: int, e: Env, flags: int) -> int:
+    """FYL2X: y * log2(x); FYL2XP1: y * log2(x + 1). Special operands by the SDM's tables."""
+    nan = F80.default_nan()
+    x = _value(ux)
+    arg = x if op == FYL2X else x + 1  # the logarithm's argument (infinite x: infinite)
+    if ux.kind == sf.INF:
+        if ux.sign:
+            return _pack3(nan, 0, flags | IE)
+        if uy.kind == sf.ZERO:
+            return _pack3(nan, 0, flags | IE)
+        return _pack3(F80.infinity(uy.sign), 0, flags)
+    if arg < 0:
+        return _pack3(nan, 0, flags | IE)
+    if arg == 0:  # log2 0 = -inf
+        if uy.kind == sf.ZERO:
+            return _pack3(nan, 0, flags | IE)
+        return _pack3(F80.infinity(uy.sign ^ 1), 0, flags | (0 if uy.kind == sf.INF else ZE))
+    if arg == 1:  # log2 1 = 0 (FYL2XP1 of ±0: ±0)
+        if uy.kind == sf.INF:
+            return _pack3(nan, 0, flags | IE)
+        zero_sign = ux.sign if op == FYL2XP1 else 0
+        return _pack3((uy.sign ^ zero_sign) * SIGN80, 0, flags)
+    log_negative = arg < 1
+    if uy.kind == sf.INF:
+        return _pack3(F80.infinity(uy.sign ^ log_negative), 0, flags)
+    if uy.kind == sf.ZERO:
+        return _pack3((uy.sign ^ log_negative) * SIGN80, 0, flags)
+    n, d = arg.numerator, arg.denominator
+    if n & (n - 1) == 0 and d & (d - 1) == 0:  # a power of two: the logarithm is an integer
+        power, _ = sf.from_int(F80, n.bit_length() - d.bit_length())
+        r, f = sf.mul(F80, y, power, e)
+        return _pack3(r, 0, flags | f)
+    log = transcendental.log2(x) if op == FYL2X else transcendental.log2_1p(x)
+    r, f = _round_value(_value(uy) * log, e)
+    return _pack3(r, 0, flags | f)
