@@ -2494,148 +2494,148 @@ LAYOUT = {
     'LSL': (True, None, (), (('dst', 'reg', 'v'), ('src', 'rm', 16))),  # spec/system.r1:536
     'VERR': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:557
     'VERW': (True, None, (), (('src', 'rm', 16),)),  # spec/system.r1:577
-    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:337
-    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:348
-    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:359
-    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:370
-    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:381
-    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:392
-    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:403
-    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:414
-    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:425
-    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:436
-    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:447
-    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:458
-    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:469
-    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:480
-    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:491
-    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:502
-    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:513
-    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:524
-    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:535
-    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:546
-    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:557
-    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:568
-    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:579
-    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:590
-    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:603
-    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:614
-    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:625
-    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:636
-    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:647
-    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:658
-    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:669
-    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:680
-    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:691
-    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:702
-    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:713
-    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:724
-    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:735
-    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:746
-    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:757
-    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:768
-    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:779
-    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:790
-    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:803
-    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:814
-    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:825
-    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:836
-    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:847
-    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:858
-    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:869
-    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:880
-    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:891
-    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:902
-    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:913
-    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:924
-    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:935
-    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:946
-    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:957
-    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:968
-    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:979
-    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:990
-    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:1001
-    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:1012
-    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:1023
-    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1034
-    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1047
-    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1058
-    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1069
-    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1080
-    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1091
-    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1102
-    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1113
-    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1124
-    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1137
-    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1148
-    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1159
-    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1170
-    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1181
-    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1192
-    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:1203
-    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1213
-    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1224
-    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:1235
-    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1245
-    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1256
-    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1267
-    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1278
-    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1289
-    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1300
-    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1313
-    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1324
-    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1335
-    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1346
-    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1359
-    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1370
-    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1381
-    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1392
-    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1403
-    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1414
-    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1425
-    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1438
-    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1449
-    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1460
-    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1471
-    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1481
-    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1492
-    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1502
-    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1513
-    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1523
-    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1533
-    'FPREM': (True, None, (), ()),  # spec/x87.r1:1543
-    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1553
-    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1563
-    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1574
-    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1585
-    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1596
-    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1606
-    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1617
-    'FNOP': (True, None, (), ()),  # spec/x87.r1:1630
-    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1640
-    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1651
-    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1660
-    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1669
-    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1679
-    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1689
-    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1699
-    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1708
-    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1718
-    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1728
-    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1738
-    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1748
-    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1759
-    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1770
-    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1781
-    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1793
-    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1805
-    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1817
-    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1829
-    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1841
-    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1853
-    'FNENI': (True, None, (), ()),  # spec/x87.r1:1865
-    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1876
-    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1887
+    'FADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:345
+    'FADD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:356
+    'FIADD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:367
+    'FIADD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:378
+    'FMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:389
+    'FMUL_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:400
+    'FIMUL_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:411
+    'FIMUL_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:422
+    'FSUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:433
+    'FSUB_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:444
+    'FISUB_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:455
+    'FISUB_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:466
+    'FSUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:477
+    'FSUBR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:488
+    'FISUBR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:499
+    'FISUBR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:510
+    'FDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:521
+    'FDIV_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:532
+    'FIDIV_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:543
+    'FIDIV_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:554
+    'FDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:565
+    'FDIVR_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:576
+    'FIDIVR_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:587
+    'FIDIVR_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:598
+    'FADD_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:611
+    'FMUL_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:622
+    'FSUB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:633
+    'FSUBR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:644
+    'FDIV_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:655
+    'FDIVR_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:666
+    'FADD_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:677
+    'FMUL_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:688
+    'FSUBR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:699
+    'FSUB_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:710
+    'FDIVR_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:721
+    'FDIV_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:732
+    'FADDP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:743
+    'FMULP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:754
+    'FSUBRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:765
+    'FSUBP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:776
+    'FDIVRP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:787
+    'FDIVP_STi_ST0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:798
+    'FLD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:811
+    'FLD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:822
+    'FLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:833
+    'FLD_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:844
+    'FST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:855
+    'FST_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:866
+    'FST_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:877
+    'FSTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:888
+    'FSTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:899
+    'FSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:910
+    'FSTP_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:921
+    'FILD_M16': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 16))),  # spec/x87.r1:932
+    'FILD_M32': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 32))),  # spec/x87.r1:943
+    'FILD_M64': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 64))),  # spec/x87.r1:954
+    'FIST_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:965
+    'FIST_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:976
+    'FISTP_M16': (True, None, (), (('dst', 'mem', 16), ('src', 'x87', 80))),  # spec/x87.r1:987
+    'FISTP_M32': (True, None, (), (('dst', 'mem', 32), ('src', 'x87', 80))),  # spec/x87.r1:998
+    'FISTP_M64': (True, None, (), (('dst', 'mem', 64), ('src', 'x87', 80))),  # spec/x87.r1:1009
+    'FBLD_M80': (True, None, (), (('dst', 'x87', 80), ('src', 'mem', 80))),  # spec/x87.r1:1020
+    'FBSTP_M80': (True, None, (), (('dst', 'mem', 80), ('src', 'x87', 80))),  # spec/x87.r1:1031
+    'FXCH_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1042
+    'FCMOVB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1055
+    'FCMOVE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1066
+    'FCMOVBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1077
+    'FCMOVU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1088
+    'FCMOVNB_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1099
+    'FCMOVNE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1110
+    'FCMOVNBE_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1121
+    'FCMOVNU_ST0_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1132
+    'FCOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1145
+    'FCOM_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1156
+    'FCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1167
+    'FCOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1178
+    'FCOMP_M64': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 64))),  # spec/x87.r1:1189
+    'FCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1200
+    'FCOMPP': (True, None, (), ()),  # spec/x87.r1:1211
+    'FUCOM_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1221
+    'FUCOMP_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1232
+    'FUCOMPP': (True, None, (), ()),  # spec/x87.r1:1243
+    'FICOM_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1253
+    'FICOM_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1264
+    'FICOMP_M16': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 16))),  # spec/x87.r1:1275
+    'FICOMP_M32': (True, None, (), (('a', 'x87', 80), ('b', 'mem', 32))),  # spec/x87.r1:1286
+    'FTST': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1297
+    'FXAM': (True, None, (), (('a', 'x87', 80),)),  # spec/x87.r1:1308
+    'FCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1321
+    'FUCOMI_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1332
+    'FCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1343
+    'FUCOMIP_ST0_STi': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1354
+    'FLD1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1367
+    'FLDL2T': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1378
+    'FLDL2E': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1389
+    'FLDPI': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1400
+    'FLDLG2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1411
+    'FLDLN2': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1422
+    'FLDZ': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1433
+    'FCHS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1446
+    'FABS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1457
+    'F2XM1': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1468
+    'FYL2X': (True, None, (), ()),  # spec/x87.r1:1479
+    'FPTAN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1489
+    'FPATAN': (True, None, (), ()),  # spec/x87.r1:1500
+    'FXTRACT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1510
+    'FPREM1': (True, None, (), ()),  # spec/x87.r1:1521
+    'FDECSTP': (True, None, (), ()),  # spec/x87.r1:1531
+    'FINCSTP': (True, None, (), ()),  # spec/x87.r1:1541
+    'FPREM': (True, None, (), ()),  # spec/x87.r1:1551
+    'FYL2XP1': (True, None, (), ()),  # spec/x87.r1:1561
+    'FSQRT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1571
+    'FSINCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1582
+    'FRNDINT': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1593
+    'FSCALE': (True, None, (), ()),  # spec/x87.r1:1604
+    'FSIN': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1614
+    'FCOS': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1625
+    'FNOP': (True, None, (), ()),  # spec/x87.r1:1638
+    'FFREE_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1648
+    'FNINIT': (True, None, (), ()),  # spec/x87.r1:1659
+    'FNCLEX': (True, None, (), ()),  # spec/x87.r1:1668
+    'FLDCW_M16': (True, None, (), (('src', 'mem', 16),)),  # spec/x87.r1:1677
+    'FNSTCW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1687
+    'FNSTSW_M16': (True, None, (), (('dst', 'mem', 16),)),  # spec/x87.r1:1697
+    'FNSTSW_AX': (True, None, (), ()),  # spec/x87.r1:1707
+    'FLDENV_MENV': (True, None, (), (('src', 'mem', 224),)),  # spec/x87.r1:1716
+    'FNSTENV_MENV': (True, None, (), (('dst', 'mem', 224),)),  # spec/x87.r1:1726
+    'FRSTOR_MSTATE': (True, None, (), (('src', 'mem', 864),)),  # spec/x87.r1:1736
+    'FNSAVE_MSTATE': (True, None, (), (('dst', 'mem', 864),)),  # spec/x87.r1:1746
+    'FWAIT': (False, None, (), ()),  # spec/x87.r1:1756
+    'FFREEP_STi': (True, None, (), (('dst', 'x87', 80),)),  # spec/x87.r1:1767
+    'FSTPNCE_STi': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1778
+    'FCOM_STi_DCD0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1789
+    'FCOMP_STi_DCD8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1801
+    'FCOMP_STi_DED0': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1813
+    'FXCH_STi_DDC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1825
+    'FXCH_STi_DFC8': (True, None, (), (('a', 'x87', 80), ('b', 'x87', 80))),  # spec/x87.r1:1837
+    'FSTP_STi_DFD0': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1849
+    'FSTP_STi_DFD8': (True, None, (), (('dst', 'x87', 80), ('src', 'x87', 80))),  # spec/x87.r1:1861
+    'FNENI': (True, None, (), ()),  # spec/x87.r1:1873
+    'FNDISI': (True, None, (), ()),  # spec/x87.r1:1884
+    'FNSETPM': (True, None, (), ()),  # spec/x87.r1:1895
 }
 
 # form -> (opcode bytes, low field, ModRM "r"/"0".."7"/None, fixed ModRM byte, "mem"/"reg"/None,
@@ -3294,146 +3294,146 @@ ENCODINGS = {
     'LSL': ((15, 3), None, 'r', None, None, None, (), None, None, None),  # spec/system.r1:536
     'VERR': ((15, 0), None, '4', None, None, None, (), None, None, None),  # spec/system.r1:557
     'VERW': ((15, 0), None, '5', None, None, None, (), None, None, None),  # spec/system.r1:577
-    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:337
-    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:348
-    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:359
-    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:370
-    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:381
-    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:392
-    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:403
-    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:414
-    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:425
-    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:436
-    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:447
-    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:458
-    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:469
-    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:480
-    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:491
-    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:502
-    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:513
-    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:524
-    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:535
-    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:546
-    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:557
-    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:568
-    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:579
-    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:590
-    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:603
-    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:614
-    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:625
-    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:636
-    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:647
-    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:658
-    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:669
-    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:680
-    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:691
-    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:702
-    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:713
-    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:724
-    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:735
-    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:746
-    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:757
-    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:768
-    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:779
-    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:790
-    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:803
-    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:814
-    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:825
-    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:836
-    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:847
-    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:858
-    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:869
-    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:880
-    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:891
-    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:902
-    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:913
-    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:924
-    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:935
-    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:946
-    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:957
-    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:968
-    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:979
-    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:990
-    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1001
-    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1012
-    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1023
-    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1034
-    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1047
-    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1058
-    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1069
-    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1080
-    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1091
-    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1102
-    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1113
-    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1124
-    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1137
-    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1148
-    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1159
-    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1170
-    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1181
-    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1192
-    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:1203
-    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1213
-    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1224
-    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1235
-    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1245
-    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1256
-    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1267
-    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1278
-    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1289
-    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:1300
-    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1313
-    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1324
-    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1335
-    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1346
-    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:1359
-    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1370
-    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:1381
-    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:1392
-    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1403
-    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1414
-    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1425
-    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1438
-    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1449
-    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1460
-    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1471
-    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1481
-    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1492
-    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1502
-    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1513
-    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1523
-    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1533
-    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1543
-    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1553
-    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1563
-    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1574
-    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1585
-    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1596
-    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1606
-    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1617
-    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1630
-    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1640
-    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1651
-    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1660
-    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1669
-    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1679
-    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1689
-    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1699
-    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1708
-    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1718
-    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1728
-    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1738
-    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1748
-    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1759
-    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1770
-    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1781
-    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1793
-    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1805
-    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1817
-    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1829
-    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1841
-    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1853
-    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1865
-    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1876
-    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1887
+    'FADD_M32': ((216,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:345
+    'FADD_M64': ((220,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:356
+    'FIADD_M32': ((218,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:367
+    'FIADD_M16': ((222,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:378
+    'FMUL_M32': ((216,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:389
+    'FMUL_M64': ((220,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:400
+    'FIMUL_M32': ((218,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:411
+    'FIMUL_M16': ((222,), None, '1', None, 'mem', None, (), None, None, None),  # spec/x87.r1:422
+    'FSUB_M32': ((216,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:433
+    'FSUB_M64': ((220,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:444
+    'FISUB_M32': ((218,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:455
+    'FISUB_M16': ((222,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:466
+    'FSUBR_M32': ((216,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:477
+    'FSUBR_M64': ((220,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:488
+    'FISUBR_M32': ((218,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:499
+    'FISUBR_M16': ((222,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:510
+    'FDIV_M32': ((216,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:521
+    'FDIV_M64': ((220,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:532
+    'FIDIV_M32': ((218,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:543
+    'FIDIV_M16': ((222,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:554
+    'FDIVR_M32': ((216,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:565
+    'FDIVR_M64': ((220,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:576
+    'FIDIVR_M32': ((218,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:587
+    'FIDIVR_M16': ((222,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:598
+    'FADD_ST0_STi': ((216,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:611
+    'FMUL_ST0_STi': ((216,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:622
+    'FSUB_ST0_STi': ((216,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:633
+    'FSUBR_ST0_STi': ((216,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:644
+    'FDIV_ST0_STi': ((216,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:655
+    'FDIVR_ST0_STi': ((216,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:666
+    'FADD_STi_ST0': ((220,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:677
+    'FMUL_STi_ST0': ((220,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:688
+    'FSUBR_STi_ST0': ((220,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:699
+    'FSUB_STi_ST0': ((220,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:710
+    'FDIVR_STi_ST0': ((220,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:721
+    'FDIV_STi_ST0': ((220,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:732
+    'FADDP_STi_ST0': ((222,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:743
+    'FMULP_STi_ST0': ((222,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:754
+    'FSUBRP_STi_ST0': ((222,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:765
+    'FSUBP_STi_ST0': ((222,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:776
+    'FDIVRP_STi_ST0': ((222,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:787
+    'FDIVP_STi_ST0': ((222,), None, '7', None, 'reg', None, (), None, None, None),  # spec/x87.r1:798
+    'FLD_M32': ((217,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:811
+    'FLD_M64': ((221,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:822
+    'FLD_M80': ((219,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:833
+    'FLD_STi': ((217,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:844
+    'FST_M32': ((217,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:855
+    'FST_M64': ((221,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:866
+    'FST_STi': ((221,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:877
+    'FSTP_M32': ((217,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:888
+    'FSTP_M64': ((221,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:899
+    'FSTP_M80': ((219,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:910
+    'FSTP_STi': ((221,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:921
+    'FILD_M16': ((223,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:932
+    'FILD_M32': ((219,), None, '0', None, 'mem', None, (), None, None, None),  # spec/x87.r1:943
+    'FILD_M64': ((223,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:954
+    'FIST_M16': ((223,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:965
+    'FIST_M32': ((219,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:976
+    'FISTP_M16': ((223,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:987
+    'FISTP_M32': ((219,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:998
+    'FISTP_M64': ((223,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1009
+    'FBLD_M80': ((223,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1020
+    'FBSTP_M80': ((223,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1031
+    'FXCH_STi': ((217,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1042
+    'FCMOVB_ST0_STi': ((218,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1055
+    'FCMOVE_ST0_STi': ((218,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1066
+    'FCMOVBE_ST0_STi': ((218,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1077
+    'FCMOVU_ST0_STi': ((218,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1088
+    'FCMOVNB_ST0_STi': ((219,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1099
+    'FCMOVNE_ST0_STi': ((219,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1110
+    'FCMOVNBE_ST0_STi': ((219,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1121
+    'FCMOVNU_ST0_STi': ((219,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1132
+    'FCOM_M32': ((216,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1145
+    'FCOM_M64': ((220,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1156
+    'FCOM_STi': ((216,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1167
+    'FCOMP_M32': ((216,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1178
+    'FCOMP_M64': ((220,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1189
+    'FCOMP_STi': ((216,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1200
+    'FCOMPP': ((222,), None, '3', 217, 'reg', 1, (), None, None, None),  # spec/x87.r1:1211
+    'FUCOM_STi': ((221,), None, '4', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1221
+    'FUCOMP_STi': ((221,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1232
+    'FUCOMPP': ((218,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1243
+    'FICOM_M16': ((222,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1253
+    'FICOM_M32': ((218,), None, '2', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1264
+    'FICOMP_M16': ((222,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1275
+    'FICOMP_M32': ((218,), None, '3', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1286
+    'FTST': ((217,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1297
+    'FXAM': ((217,), None, '4', 229, 'reg', 5, (), None, None, None),  # spec/x87.r1:1308
+    'FCOMI_ST0_STi': ((219,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1321
+    'FUCOMI_ST0_STi': ((219,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1332
+    'FCOMIP_ST0_STi': ((223,), None, '6', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1343
+    'FUCOMIP_ST0_STi': ((223,), None, '5', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1354
+    'FLD1': ((217,), None, '5', 232, 'reg', 0, (), None, None, None),  # spec/x87.r1:1367
+    'FLDL2T': ((217,), None, '5', 233, 'reg', 1, (), None, None, None),  # spec/x87.r1:1378
+    'FLDL2E': ((217,), None, '5', 234, 'reg', 2, (), None, None, None),  # spec/x87.r1:1389
+    'FLDPI': ((217,), None, '5', 235, 'reg', 3, (), None, None, None),  # spec/x87.r1:1400
+    'FLDLG2': ((217,), None, '5', 236, 'reg', 4, (), None, None, None),  # spec/x87.r1:1411
+    'FLDLN2': ((217,), None, '5', 237, 'reg', 5, (), None, None, None),  # spec/x87.r1:1422
+    'FLDZ': ((217,), None, '5', 238, 'reg', 6, (), None, None, None),  # spec/x87.r1:1433
+    'FCHS': ((217,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1446
+    'FABS': ((217,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1457
+    'F2XM1': ((217,), None, '6', 240, 'reg', 0, (), None, None, None),  # spec/x87.r1:1468
+    'FYL2X': ((217,), None, '6', 241, 'reg', 1, (), None, None, None),  # spec/x87.r1:1479
+    'FPTAN': ((217,), None, '6', 242, 'reg', 2, (), None, None, None),  # spec/x87.r1:1489
+    'FPATAN': ((217,), None, '6', 243, 'reg', 3, (), None, None, None),  # spec/x87.r1:1500
+    'FXTRACT': ((217,), None, '6', 244, 'reg', 4, (), None, None, None),  # spec/x87.r1:1510
+    'FPREM1': ((217,), None, '6', 245, 'reg', 5, (), None, None, None),  # spec/x87.r1:1521
+    'FDECSTP': ((217,), None, '6', 246, 'reg', 6, (), None, None, None),  # spec/x87.r1:1531
+    'FINCSTP': ((217,), None, '6', 247, 'reg', 7, (), None, None, None),  # spec/x87.r1:1541
+    'FPREM': ((217,), None, '7', 248, 'reg', 0, (), None, None, None),  # spec/x87.r1:1551
+    'FYL2XP1': ((217,), None, '7', 249, 'reg', 1, (), None, None, None),  # spec/x87.r1:1561
+    'FSQRT': ((217,), None, '7', 250, 'reg', 2, (), None, None, None),  # spec/x87.r1:1571
+    'FSINCOS': ((217,), None, '7', 251, 'reg', 3, (), None, None, None),  # spec/x87.r1:1582
+    'FRNDINT': ((217,), None, '7', 252, 'reg', 4, (), None, None, None),  # spec/x87.r1:1593
+    'FSCALE': ((217,), None, '7', 253, 'reg', 5, (), None, None, None),  # spec/x87.r1:1604
+    'FSIN': ((217,), None, '7', 254, 'reg', 6, (), None, None, None),  # spec/x87.r1:1614
+    'FCOS': ((217,), None, '7', 255, 'reg', 7, (), None, None, None),  # spec/x87.r1:1625
+    'FNOP': ((217,), None, '2', 208, 'reg', 0, (), None, None, None),  # spec/x87.r1:1638
+    'FFREE_STi': ((221,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1648
+    'FNINIT': ((219,), None, '4', 227, 'reg', 3, (), None, None, None),  # spec/x87.r1:1659
+    'FNCLEX': ((219,), None, '4', 226, 'reg', 2, (), None, None, None),  # spec/x87.r1:1668
+    'FLDCW_M16': ((217,), None, '5', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1677
+    'FNSTCW_M16': ((217,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1687
+    'FNSTSW_M16': ((221,), None, '7', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1697
+    'FNSTSW_AX': ((223,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1707
+    'FLDENV_MENV': ((217,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1716
+    'FNSTENV_MENV': ((217,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1726
+    'FRSTOR_MSTATE': ((221,), None, '4', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1736
+    'FNSAVE_MSTATE': ((221,), None, '6', None, 'mem', None, (), None, None, None),  # spec/x87.r1:1746
+    'FWAIT': ((155,), None, None, None, None, None, (), None, None, None),  # spec/x87.r1:1756
+    'FFREEP_STi': ((223,), None, '0', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1767
+    'FSTPNCE_STi': ((217,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1778
+    'FCOM_STi_DCD0': ((220,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1789
+    'FCOMP_STi_DCD8': ((220,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1801
+    'FCOMP_STi_DED0': ((222,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1813
+    'FXCH_STi_DDC8': ((221,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1825
+    'FXCH_STi_DFC8': ((223,), None, '1', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1837
+    'FSTP_STi_DFD0': ((223,), None, '2', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1849
+    'FSTP_STi_DFD8': ((223,), None, '3', None, 'reg', None, (), None, None, None),  # spec/x87.r1:1861
+    'FNENI': ((219,), None, '4', 224, 'reg', 0, (), None, None, None),  # spec/x87.r1:1873
+    'FNDISI': ((219,), None, '4', 225, 'reg', 1, (), None, None, None),  # spec/x87.r1:1884
+    'FNSETPM': ((219,), None, '4', 228, 'reg', 4, (), None, None, None),  # spec/x87.r1:1895
 }

@@ -15708,7 +15708,7 @@ FORMS = {
     'FADD_M32': FormInfo(
         name='FADD_M32',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:337',
+        source='spec/x87.r1:345',
         encoding='D8 /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15732,7 +15732,7 @@ FORMS = {
     'FADD_M64': FormInfo(
         name='FADD_M64',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:348',
+        source='spec/x87.r1:356',
         encoding='DC /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -15756,7 +15756,7 @@ FORMS = {
     'FIADD_M32': FormInfo(
         name='FIADD_M32',
         mnemonics={None: 'fiadd'},
-        source='spec/x87.r1:359',
+        source='spec/x87.r1:367',
         encoding='DA /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15780,7 +15780,7 @@ FORMS = {
     'FIADD_M16': FormInfo(
         name='FIADD_M16',
         mnemonics={None: 'fiadd'},
-        source='spec/x87.r1:370',
+        source='spec/x87.r1:378',
         encoding='DE /0 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -15804,7 +15804,7 @@ FORMS = {
     'FMUL_M32': FormInfo(
         name='FMUL_M32',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:381',
+        source='spec/x87.r1:389',
         encoding='D8 /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15828,7 +15828,7 @@ FORMS = {
     'FMUL_M64': FormInfo(
         name='FMUL_M64',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:392',
+        source='spec/x87.r1:400',
         encoding='DC /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -15852,7 +15852,7 @@ FORMS = {
     'FIMUL_M32': FormInfo(
         name='FIMUL_M32',
         mnemonics={None: 'fimul'},
-        source='spec/x87.r1:403',
+        source='spec/x87.r1:411',
         encoding='DA /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15876,7 +15876,7 @@ FORMS = {
     'FIMUL_M16': FormInfo(
         name='FIMUL_M16',
         mnemonics={None: 'fimul'},
-        source='spec/x87.r1:414',
+        source='spec/x87.r1:422',
         encoding='DE /1 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -15900,7 +15900,7 @@ FORMS = {
     'FSUB_M32': FormInfo(
         name='FSUB_M32',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:425',
+        source='spec/x87.r1:433',
         encoding='D8 /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15924,7 +15924,7 @@ FORMS = {
     'FSUB_M64': FormInfo(
         name='FSUB_M64',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:436',
+        source='spec/x87.r1:444',
         encoding='DC /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -15948,7 +15948,7 @@ FORMS = {
     'FISUB_M32': FormInfo(
         name='FISUB_M32',
         mnemonics={None: 'fisub'},
-        source='spec/x87.r1:447',
+        source='spec/x87.r1:455',
         encoding='DA /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -15972,7 +15972,7 @@ FORMS = {
     'FISUB_M16': FormInfo(
         name='FISUB_M16',
         mnemonics={None: 'fisub'},
-        source='spec/x87.r1:458',
+        source='spec/x87.r1:466',
         encoding='DE /4 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -15996,7 +15996,7 @@ FORMS = {
     'FSUBR_M32': FormInfo(
         name='FSUBR_M32',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:469',
+        source='spec/x87.r1:477',
         encoding='D8 /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16020,7 +16020,7 @@ FORMS = {
     'FSUBR_M64': FormInfo(
         name='FSUBR_M64',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:480',
+        source='spec/x87.r1:488',
         encoding='DC /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -16044,7 +16044,7 @@ FORMS = {
     'FISUBR_M32': FormInfo(
         name='FISUBR_M32',
         mnemonics={None: 'fisubr'},
-        source='spec/x87.r1:491',
+        source='spec/x87.r1:499',
         encoding='DA /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16068,7 +16068,7 @@ FORMS = {
     'FISUBR_M16': FormInfo(
         name='FISUBR_M16',
         mnemonics={None: 'fisubr'},
-        source='spec/x87.r1:502',
+        source='spec/x87.r1:510',
         encoding='DE /5 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -16092,7 +16092,7 @@ FORMS = {
     'FDIV_M32': FormInfo(
         name='FDIV_M32',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:513',
+        source='spec/x87.r1:521',
         encoding='D8 /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16116,7 +16116,7 @@ FORMS = {
     'FDIV_M64': FormInfo(
         name='FDIV_M64',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:524',
+        source='spec/x87.r1:532',
         encoding='DC /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -16140,7 +16140,7 @@ FORMS = {
     'FIDIV_M32': FormInfo(
         name='FIDIV_M32',
         mnemonics={None: 'fidiv'},
-        source='spec/x87.r1:535',
+        source='spec/x87.r1:543',
         encoding='DA /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16164,7 +16164,7 @@ FORMS = {
     'FIDIV_M16': FormInfo(
         name='FIDIV_M16',
         mnemonics={None: 'fidiv'},
-        source='spec/x87.r1:546',
+        source='spec/x87.r1:554',
         encoding='DE /6 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -16188,7 +16188,7 @@ FORMS = {
     'FDIVR_M32': FormInfo(
         name='FDIVR_M32',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:557',
+        source='spec/x87.r1:565',
         encoding='D8 /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16212,7 +16212,7 @@ FORMS = {
     'FDIVR_M64': FormInfo(
         name='FDIVR_M64',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:568',
+        source='spec/x87.r1:576',
         encoding='DC /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm64', 'r')),
         width='v',
@@ -16236,7 +16236,7 @@ FORMS = {
     'FIDIVR_M32': FormInfo(
         name='FIDIVR_M32',
         mnemonics={None: 'fidivr'},
-        source='spec/x87.r1:579',
+        source='spec/x87.r1:587',
         encoding='DA /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm32', 'r')),
         width=32,
@@ -16260,7 +16260,7 @@ FORMS = {
     'FIDIVR_M16': FormInfo(
         name='FIDIVR_M16',
         mnemonics={None: 'fidivr'},
-        source='spec/x87.r1:590',
+        source='spec/x87.r1:598',
         encoding='DE /7 mem',
         operands=(('dst', 'st0', 'rw'), ('src', 'm16', 'r')),
         width=16,
@@ -16284,7 +16284,7 @@ FORMS = {
     'FADD_ST0_STi': FormInfo(
         name='FADD_ST0_STi',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:603',
+        source='spec/x87.r1:611',
         encoding='D8 /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16308,7 +16308,7 @@ FORMS = {
     'FMUL_ST0_STi': FormInfo(
         name='FMUL_ST0_STi',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:614',
+        source='spec/x87.r1:622',
         encoding='D8 /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16332,7 +16332,7 @@ FORMS = {
     'FSUB_ST0_STi': FormInfo(
         name='FSUB_ST0_STi',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:625',
+        source='spec/x87.r1:633',
         encoding='D8 /4 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16356,7 +16356,7 @@ FORMS = {
     'FSUBR_ST0_STi': FormInfo(
         name='FSUBR_ST0_STi',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:636',
+        source='spec/x87.r1:644',
         encoding='D8 /5 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16380,7 +16380,7 @@ FORMS = {
     'FDIV_ST0_STi': FormInfo(
         name='FDIV_ST0_STi',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:647',
+        source='spec/x87.r1:655',
         encoding='D8 /6 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16404,7 +16404,7 @@ FORMS = {
     'FDIVR_ST0_STi': FormInfo(
         name='FDIVR_ST0_STi',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:658',
+        source='spec/x87.r1:666',
         encoding='D8 /7 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -16428,7 +16428,7 @@ FORMS = {
     'FADD_STi_ST0': FormInfo(
         name='FADD_STi_ST0',
         mnemonics={None: 'fadd'},
-        source='spec/x87.r1:669',
+        source='spec/x87.r1:677',
         encoding='DC /0 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16452,7 +16452,7 @@ FORMS = {
     'FMUL_STi_ST0': FormInfo(
         name='FMUL_STi_ST0',
         mnemonics={None: 'fmul'},
-        source='spec/x87.r1:680',
+        source='spec/x87.r1:688',
         encoding='DC /1 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16476,7 +16476,7 @@ FORMS = {
     'FSUBR_STi_ST0': FormInfo(
         name='FSUBR_STi_ST0',
         mnemonics={None: 'fsubr'},
-        source='spec/x87.r1:691',
+        source='spec/x87.r1:699',
         encoding='DC /4 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16500,7 +16500,7 @@ FORMS = {
     'FSUB_STi_ST0': FormInfo(
         name='FSUB_STi_ST0',
         mnemonics={None: 'fsub'},
-        source='spec/x87.r1:702',
+        source='spec/x87.r1:710',
         encoding='DC /5 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16524,7 +16524,7 @@ FORMS = {
     'FDIVR_STi_ST0': FormInfo(
         name='FDIVR_STi_ST0',
         mnemonics={None: 'fdivr'},
-        source='spec/x87.r1:713',
+        source='spec/x87.r1:721',
         encoding='DC /6 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16548,7 +16548,7 @@ FORMS = {
     'FDIV_STi_ST0': FormInfo(
         name='FDIV_STi_ST0',
         mnemonics={None: 'fdiv'},
-        source='spec/x87.r1:724',
+        source='spec/x87.r1:732',
         encoding='DC /7 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16572,7 +16572,7 @@ FORMS = {
     'FADDP_STi_ST0': FormInfo(
         name='FADDP_STi_ST0',
         mnemonics={None: 'faddp'},
-        source='spec/x87.r1:735',
+        source='spec/x87.r1:743',
         encoding='DE /0 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16596,7 +16596,7 @@ FORMS = {
     'FMULP_STi_ST0': FormInfo(
         name='FMULP_STi_ST0',
         mnemonics={None: 'fmulp'},
-        source='spec/x87.r1:746',
+        source='spec/x87.r1:754',
         encoding='DE /1 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16620,7 +16620,7 @@ FORMS = {
     'FSUBRP_STi_ST0': FormInfo(
         name='FSUBRP_STi_ST0',
         mnemonics={None: 'fsubrp'},
-        source='spec/x87.r1:757',
+        source='spec/x87.r1:765',
         encoding='DE /4 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16644,7 +16644,7 @@ FORMS = {
     'FSUBP_STi_ST0': FormInfo(
         name='FSUBP_STi_ST0',
         mnemonics={None: 'fsubp'},
-        source='spec/x87.r1:768',
+        source='spec/x87.r1:776',
         encoding='DE /5 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16668,7 +16668,7 @@ FORMS = {
     'FDIVRP_STi_ST0': FormInfo(
         name='FDIVRP_STi_ST0',
         mnemonics={None: 'fdivrp'},
-        source='spec/x87.r1:779',
+        source='spec/x87.r1:787',
         encoding='DE /6 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16692,7 +16692,7 @@ FORMS = {
     'FDIVP_STi_ST0': FormInfo(
         name='FDIVP_STi_ST0',
         mnemonics={None: 'fdivp'},
-        source='spec/x87.r1:790',
+        source='spec/x87.r1:798',
         encoding='DE /7 reg',
         operands=(('dst', 'sti', 'rw'), ('src', 'st0', 'r')),
         width='v',
@@ -16716,7 +16716,7 @@ FORMS = {
     'FLD_M32': FormInfo(
         name='FLD_M32',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:803',
+        source='spec/x87.r1:811',
         encoding='D9 /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -16740,7 +16740,7 @@ FORMS = {
     'FLD_M64': FormInfo(
         name='FLD_M64',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:814',
+        source='spec/x87.r1:822',
         encoding='DD /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -16764,7 +16764,7 @@ FORMS = {
     'FLD_M80': FormInfo(
         name='FLD_M80',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:825',
+        source='spec/x87.r1:833',
         encoding='DB /5 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm80', 'r')),
         width='v',
@@ -16788,7 +16788,7 @@ FORMS = {
     'FLD_STi': FormInfo(
         name='FLD_STi',
         mnemonics={None: 'fld'},
-        source='spec/x87.r1:836',
+        source='spec/x87.r1:844',
         encoding='D9 /0 reg',
         operands=(('dst', 'st0', 'w'), ('src', 'sti', 'r')),
         width='v',
@@ -16812,7 +16812,7 @@ FORMS = {
     'FST_M32': FormInfo(
         name='FST_M32',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:847',
+        source='spec/x87.r1:855',
         encoding='D9 /2 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -16836,7 +16836,7 @@ FORMS = {
     'FST_M64': FormInfo(
         name='FST_M64',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:858',
+        source='spec/x87.r1:866',
         encoding='DD /2 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16860,7 +16860,7 @@ FORMS = {
     'FST_STi': FormInfo(
         name='FST_STi',
         mnemonics={None: 'fst'},
-        source='spec/x87.r1:869',
+        source='spec/x87.r1:877',
         encoding='DD /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16884,7 +16884,7 @@ FORMS = {
     'FSTP_M32': FormInfo(
         name='FSTP_M32',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:880',
+        source='spec/x87.r1:888',
         encoding='D9 /3 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -16908,7 +16908,7 @@ FORMS = {
     'FSTP_M64': FormInfo(
         name='FSTP_M64',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:891',
+        source='spec/x87.r1:899',
         encoding='DD /3 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16932,7 +16932,7 @@ FORMS = {
     'FSTP_M80': FormInfo(
         name='FSTP_M80',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:902',
+        source='spec/x87.r1:910',
         encoding='DB /7 mem',
         operands=(('dst', 'm80', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16956,7 +16956,7 @@ FORMS = {
     'FSTP_STi': FormInfo(
         name='FSTP_STi',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:913',
+        source='spec/x87.r1:921',
         encoding='DD /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -16980,7 +16980,7 @@ FORMS = {
     'FILD_M16': FormInfo(
         name='FILD_M16',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:924',
+        source='spec/x87.r1:932',
         encoding='DF /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm16', 'r')),
         width=16,
@@ -17004,7 +17004,7 @@ FORMS = {
     'FILD_M32': FormInfo(
         name='FILD_M32',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:935',
+        source='spec/x87.r1:943',
         encoding='DB /0 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm32', 'r')),
         width=32,
@@ -17028,7 +17028,7 @@ FORMS = {
     'FILD_M64': FormInfo(
         name='FILD_M64',
         mnemonics={None: 'fild'},
-        source='spec/x87.r1:946',
+        source='spec/x87.r1:954',
         encoding='DF /5 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm64', 'r')),
         width='v',
@@ -17052,7 +17052,7 @@ FORMS = {
     'FIST_M16': FormInfo(
         name='FIST_M16',
         mnemonics={None: 'fist'},
-        source='spec/x87.r1:957',
+        source='spec/x87.r1:965',
         encoding='DF /2 mem',
         operands=(('dst', 'm16', 'w'), ('src', 'st0', 'r')),
         width=16,
@@ -17076,7 +17076,7 @@ FORMS = {
     'FIST_M32': FormInfo(
         name='FIST_M32',
         mnemonics={None: 'fist'},
-        source='spec/x87.r1:968',
+        source='spec/x87.r1:976',
         encoding='DB /2 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -17100,7 +17100,7 @@ FORMS = {
     'FISTP_M16': FormInfo(
         name='FISTP_M16',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:979',
+        source='spec/x87.r1:987',
         encoding='DF /3 mem',
         operands=(('dst', 'm16', 'w'), ('src', 'st0', 'r')),
         width=16,
@@ -17124,7 +17124,7 @@ FORMS = {
     'FISTP_M32': FormInfo(
         name='FISTP_M32',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:990',
+        source='spec/x87.r1:998',
         encoding='DB /3 mem',
         operands=(('dst', 'm32', 'w'), ('src', 'st0', 'r')),
         width=32,
@@ -17148,7 +17148,7 @@ FORMS = {
     'FISTP_M64': FormInfo(
         name='FISTP_M64',
         mnemonics={None: 'fistp'},
-        source='spec/x87.r1:1001',
+        source='spec/x87.r1:1009',
         encoding='DF /7 mem',
         operands=(('dst', 'm64', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -17172,7 +17172,7 @@ FORMS = {
     'FBLD_M80': FormInfo(
         name='FBLD_M80',
         mnemonics={None: 'fbld'},
-        source='spec/x87.r1:1012',
+        source='spec/x87.r1:1020',
         encoding='DF /4 mem',
         operands=(('dst', 'st0', 'w'), ('src', 'm80', 'r')),
         width='v',
@@ -17196,7 +17196,7 @@ FORMS = {
     'FBSTP_M80': FormInfo(
         name='FBSTP_M80',
         mnemonics={None: 'fbstp'},
-        source='spec/x87.r1:1023',
+        source='spec/x87.r1:1031',
         encoding='DF /6 mem',
         operands=(('dst', 'm80', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -17220,7 +17220,7 @@ FORMS = {
     'FXCH_STi': FormInfo(
         name='FXCH_STi',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1034',
+        source='spec/x87.r1:1042',
         encoding='D9 /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -17244,7 +17244,7 @@ FORMS = {
     'FCMOVB_ST0_STi': FormInfo(
         name='FCMOVB_ST0_STi',
         mnemonics={None: 'fcmovb'},
-        source='spec/x87.r1:1047',
+        source='spec/x87.r1:1055',
         encoding='DA /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17268,7 +17268,7 @@ FORMS = {
     'FCMOVE_ST0_STi': FormInfo(
         name='FCMOVE_ST0_STi',
         mnemonics={None: 'fcmove'},
-        source='spec/x87.r1:1058',
+        source='spec/x87.r1:1066',
         encoding='DA /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17292,7 +17292,7 @@ FORMS = {
     'FCMOVBE_ST0_STi': FormInfo(
         name='FCMOVBE_ST0_STi',
         mnemonics={None: 'fcmovbe'},
-        source='spec/x87.r1:1069',
+        source='spec/x87.r1:1077',
         encoding='DA /2 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17316,7 +17316,7 @@ FORMS = {
     'FCMOVU_ST0_STi': FormInfo(
         name='FCMOVU_ST0_STi',
         mnemonics={None: 'fcmovu'},
-        source='spec/x87.r1:1080',
+        source='spec/x87.r1:1088',
         encoding='DA /3 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17340,7 +17340,7 @@ FORMS = {
     'FCMOVNB_ST0_STi': FormInfo(
         name='FCMOVNB_ST0_STi',
         mnemonics={None: 'fcmovnb'},
-        source='spec/x87.r1:1091',
+        source='spec/x87.r1:1099',
         encoding='DB /0 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17364,7 +17364,7 @@ FORMS = {
     'FCMOVNE_ST0_STi': FormInfo(
         name='FCMOVNE_ST0_STi',
         mnemonics={None: 'fcmovne'},
-        source='spec/x87.r1:1102',
+        source='spec/x87.r1:1110',
         encoding='DB /1 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17388,7 +17388,7 @@ FORMS = {
     'FCMOVNBE_ST0_STi': FormInfo(
         name='FCMOVNBE_ST0_STi',
         mnemonics={None: 'fcmovnbe'},
-        source='spec/x87.r1:1113',
+        source='spec/x87.r1:1121',
         encoding='DB /2 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17412,7 +17412,7 @@ FORMS = {
     'FCMOVNU_ST0_STi': FormInfo(
         name='FCMOVNU_ST0_STi',
         mnemonics={None: 'fcmovnu'},
-        source='spec/x87.r1:1124',
+        source='spec/x87.r1:1132',
         encoding='DB /3 reg',
         operands=(('dst', 'st0', 'rw'), ('src', 'sti', 'r')),
         width='v',
@@ -17436,7 +17436,7 @@ FORMS = {
     'FCOM_M32': FormInfo(
         name='FCOM_M32',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1137',
+        source='spec/x87.r1:1145',
         encoding='D8 /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17460,7 +17460,7 @@ FORMS = {
     'FCOM_M64': FormInfo(
         name='FCOM_M64',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1148',
+        source='spec/x87.r1:1156',
         encoding='DC /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -17484,7 +17484,7 @@ FORMS = {
     'FCOM_STi': FormInfo(
         name='FCOM_STi',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1159',
+        source='spec/x87.r1:1167',
         encoding='D8 /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17508,7 +17508,7 @@ FORMS = {
     'FCOMP_M32': FormInfo(
         name='FCOMP_M32',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1170',
+        source='spec/x87.r1:1178',
         encoding='D8 /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17532,7 +17532,7 @@ FORMS = {
     'FCOMP_M64': FormInfo(
         name='FCOMP_M64',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1181',
+        source='spec/x87.r1:1189',
         encoding='DC /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm64', 'r')),
         width='v',
@@ -17556,7 +17556,7 @@ FORMS = {
     'FCOMP_STi': FormInfo(
         name='FCOMP_STi',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1192',
+        source='spec/x87.r1:1200',
         encoding='D8 /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17580,7 +17580,7 @@ FORMS = {
     'FCOMPP': FormInfo(
         name='FCOMPP',
         mnemonics={None: 'fcompp'},
-        source='spec/x87.r1:1203',
+        source='spec/x87.r1:1211',
         encoding='DE D9 reg',
         operands=(),
         width='v',
@@ -17604,7 +17604,7 @@ FORMS = {
     'FUCOM_STi': FormInfo(
         name='FUCOM_STi',
         mnemonics={None: 'fucom'},
-        source='spec/x87.r1:1213',
+        source='spec/x87.r1:1221',
         encoding='DD /4 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17628,7 +17628,7 @@ FORMS = {
     'FUCOMP_STi': FormInfo(
         name='FUCOMP_STi',
         mnemonics={None: 'fucomp'},
-        source='spec/x87.r1:1224',
+        source='spec/x87.r1:1232',
         encoding='DD /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17652,7 +17652,7 @@ FORMS = {
     'FUCOMPP': FormInfo(
         name='FUCOMPP',
         mnemonics={None: 'fucompp'},
-        source='spec/x87.r1:1235',
+        source='spec/x87.r1:1243',
         encoding='DA E9 reg',
         operands=(),
         width='v',
@@ -17676,7 +17676,7 @@ FORMS = {
     'FICOM_M16': FormInfo(
         name='FICOM_M16',
         mnemonics={None: 'ficom'},
-        source='spec/x87.r1:1245',
+        source='spec/x87.r1:1253',
         encoding='DE /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm16', 'r')),
         width=16,
@@ -17700,7 +17700,7 @@ FORMS = {
     'FICOM_M32': FormInfo(
         name='FICOM_M32',
         mnemonics={None: 'ficom'},
-        source='spec/x87.r1:1256',
+        source='spec/x87.r1:1264',
         encoding='DA /2 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17724,7 +17724,7 @@ FORMS = {
     'FICOMP_M16': FormInfo(
         name='FICOMP_M16',
         mnemonics={None: 'ficomp'},
-        source='spec/x87.r1:1267',
+        source='spec/x87.r1:1275',
         encoding='DE /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm16', 'r')),
         width=16,
@@ -17748,7 +17748,7 @@ FORMS = {
     'FICOMP_M32': FormInfo(
         name='FICOMP_M32',
         mnemonics={None: 'ficomp'},
-        source='spec/x87.r1:1278',
+        source='spec/x87.r1:1286',
         encoding='DA /3 mem',
         operands=(('a', 'st0', 'r'), ('b', 'm32', 'r')),
         width=32,
@@ -17772,7 +17772,7 @@ FORMS = {
     'FTST': FormInfo(
         name='FTST',
         mnemonics={None: 'ftst'},
-        source='spec/x87.r1:1289',
+        source='spec/x87.r1:1297',
         encoding='D9 E4 reg',
         operands=(('a', 'st0', 'r'),),
         width='v',
@@ -17796,7 +17796,7 @@ FORMS = {
     'FXAM': FormInfo(
         name='FXAM',
         mnemonics={None: 'fxam'},
-        source='spec/x87.r1:1300',
+        source='spec/x87.r1:1308',
         encoding='D9 E5 reg',
         operands=(('a', 'st0', 'r'),),
         width='v',
@@ -17820,7 +17820,7 @@ FORMS = {
     'FCOMI_ST0_STi': FormInfo(
         name='FCOMI_ST0_STi',
         mnemonics={None: 'fcomi'},
-        source='spec/x87.r1:1313',
+        source='spec/x87.r1:1321',
         encoding='DB /6 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17844,7 +17844,7 @@ FORMS = {
     'FUCOMI_ST0_STi': FormInfo(
         name='FUCOMI_ST0_STi',
         mnemonics={None: 'fucomi'},
-        source='spec/x87.r1:1324',
+        source='spec/x87.r1:1332',
         encoding='DB /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17868,7 +17868,7 @@ FORMS = {
     'FCOMIP_ST0_STi': FormInfo(
         name='FCOMIP_ST0_STi',
         mnemonics={None: 'fcompi'},
-        source='spec/x87.r1:1335',
+        source='spec/x87.r1:1343',
         encoding='DF /6 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17892,7 +17892,7 @@ FORMS = {
     'FUCOMIP_ST0_STi': FormInfo(
         name='FUCOMIP_ST0_STi',
         mnemonics={None: 'fucompi'},
-        source='spec/x87.r1:1346',
+        source='spec/x87.r1:1354',
         encoding='DF /5 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -17916,7 +17916,7 @@ FORMS = {
     'FLD1': FormInfo(
         name='FLD1',
         mnemonics={None: 'fld1'},
-        source='spec/x87.r1:1359',
+        source='spec/x87.r1:1367',
         encoding='D9 E8 reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -17940,7 +17940,7 @@ FORMS = {
     'FLDL2T': FormInfo(
         name='FLDL2T',
         mnemonics={None: 'fldl2t'},
-        source='spec/x87.r1:1370',
+        source='spec/x87.r1:1378',
         encoding='D9 E9 reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -17964,7 +17964,7 @@ FORMS = {
     'FLDL2E': FormInfo(
         name='FLDL2E',
         mnemonics={None: 'fldl2e'},
-        source='spec/x87.r1:1381',
+        source='spec/x87.r1:1389',
         encoding='D9 EA reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -17988,7 +17988,7 @@ FORMS = {
     'FLDPI': FormInfo(
         name='FLDPI',
         mnemonics={None: 'fldpi'},
-        source='spec/x87.r1:1392',
+        source='spec/x87.r1:1400',
         encoding='D9 EB reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18012,7 +18012,7 @@ FORMS = {
     'FLDLG2': FormInfo(
         name='FLDLG2',
         mnemonics={None: 'fldlg2'},
-        source='spec/x87.r1:1403',
+        source='spec/x87.r1:1411',
         encoding='D9 EC reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18036,7 +18036,7 @@ FORMS = {
     'FLDLN2': FormInfo(
         name='FLDLN2',
         mnemonics={None: 'fldln2'},
-        source='spec/x87.r1:1414',
+        source='spec/x87.r1:1422',
         encoding='D9 ED reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18060,7 +18060,7 @@ FORMS = {
     'FLDZ': FormInfo(
         name='FLDZ',
         mnemonics={None: 'fldz'},
-        source='spec/x87.r1:1425',
+        source='spec/x87.r1:1433',
         encoding='D9 EE reg',
         operands=(('dst', 'st0', 'w'),),
         width='v',
@@ -18084,7 +18084,7 @@ FORMS = {
     'FCHS': FormInfo(
         name='FCHS',
         mnemonics={None: 'fchs'},
-        source='spec/x87.r1:1438',
+        source='spec/x87.r1:1446',
         encoding='D9 E0 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18108,7 +18108,7 @@ FORMS = {
     'FABS': FormInfo(
         name='FABS',
         mnemonics={None: 'fabs'},
-        source='spec/x87.r1:1449',
+        source='spec/x87.r1:1457',
         encoding='D9 E1 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18132,7 +18132,7 @@ FORMS = {
     'F2XM1': FormInfo(
         name='F2XM1',
         mnemonics={None: 'f2xm1'},
-        source='spec/x87.r1:1460',
+        source='spec/x87.r1:1468',
         encoding='D9 F0 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18156,7 +18156,7 @@ FORMS = {
     'FYL2X': FormInfo(
         name='FYL2X',
         mnemonics={None: 'fyl2x'},
-        source='spec/x87.r1:1471',
+        source='spec/x87.r1:1479',
         encoding='D9 F1 reg',
         operands=(),
         width='v',
@@ -18180,7 +18180,7 @@ FORMS = {
     'FPTAN': FormInfo(
         name='FPTAN',
         mnemonics={None: 'fptan'},
-        source='spec/x87.r1:1481',
+        source='spec/x87.r1:1489',
         encoding='D9 F2 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18204,7 +18204,7 @@ FORMS = {
     'FPATAN': FormInfo(
         name='FPATAN',
         mnemonics={None: 'fpatan'},
-        source='spec/x87.r1:1492',
+        source='spec/x87.r1:1500',
         encoding='D9 F3 reg',
         operands=(),
         width='v',
@@ -18228,7 +18228,7 @@ FORMS = {
     'FXTRACT': FormInfo(
         name='FXTRACT',
         mnemonics={None: 'fxtract'},
-        source='spec/x87.r1:1502',
+        source='spec/x87.r1:1510',
         encoding='D9 F4 reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18252,7 +18252,7 @@ FORMS = {
     'FPREM1': FormInfo(
         name='FPREM1',
         mnemonics={None: 'fprem1'},
-        source='spec/x87.r1:1513',
+        source='spec/x87.r1:1521',
         encoding='D9 F5 reg',
         operands=(),
         width='v',
@@ -18276,7 +18276,7 @@ FORMS = {
     'FDECSTP': FormInfo(
         name='FDECSTP',
         mnemonics={None: 'fdecstp'},
-        source='spec/x87.r1:1523',
+        source='spec/x87.r1:1531',
         encoding='D9 F6 reg',
         operands=(),
         width='v',
@@ -18300,7 +18300,7 @@ FORMS = {
     'FINCSTP': FormInfo(
         name='FINCSTP',
         mnemonics={None: 'fincstp'},
-        source='spec/x87.r1:1533',
+        source='spec/x87.r1:1541',
         encoding='D9 F7 reg',
         operands=(),
         width='v',
@@ -18324,7 +18324,7 @@ FORMS = {
     'FPREM': FormInfo(
         name='FPREM',
         mnemonics={None: 'fprem'},
-        source='spec/x87.r1:1543',
+        source='spec/x87.r1:1551',
         encoding='D9 F8 reg',
         operands=(),
         width='v',
@@ -18348,7 +18348,7 @@ FORMS = {
     'FYL2XP1': FormInfo(
         name='FYL2XP1',
         mnemonics={None: 'fyl2xp1'},
-        source='spec/x87.r1:1553',
+        source='spec/x87.r1:1561',
         encoding='D9 F9 reg',
         operands=(),
         width='v',
@@ -18372,7 +18372,7 @@ FORMS = {
     'FSQRT': FormInfo(
         name='FSQRT',
         mnemonics={None: 'fsqrt'},
-        source='spec/x87.r1:1563',
+        source='spec/x87.r1:1571',
         encoding='D9 FA reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18396,7 +18396,7 @@ FORMS = {
     'FSINCOS': FormInfo(
         name='FSINCOS',
         mnemonics={None: 'fsincos'},
-        source='spec/x87.r1:1574',
+        source='spec/x87.r1:1582',
         encoding='D9 FB reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18420,7 +18420,7 @@ FORMS = {
     'FRNDINT': FormInfo(
         name='FRNDINT',
         mnemonics={None: 'frndint'},
-        source='spec/x87.r1:1585',
+        source='spec/x87.r1:1593',
         encoding='D9 FC reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18444,7 +18444,7 @@ FORMS = {
     'FSCALE': FormInfo(
         name='FSCALE',
         mnemonics={None: 'fscale'},
-        source='spec/x87.r1:1596',
+        source='spec/x87.r1:1604',
         encoding='D9 FD reg',
         operands=(),
         width='v',
@@ -18468,7 +18468,7 @@ FORMS = {
     'FSIN': FormInfo(
         name='FSIN',
         mnemonics={None: 'fsin'},
-        source='spec/x87.r1:1606',
+        source='spec/x87.r1:1614',
         encoding='D9 FE reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18492,7 +18492,7 @@ FORMS = {
     'FCOS': FormInfo(
         name='FCOS',
         mnemonics={None: 'fcos'},
-        source='spec/x87.r1:1617',
+        source='spec/x87.r1:1625',
         encoding='D9 FF reg',
         operands=(('dst', 'st0', 'rw'),),
         width='v',
@@ -18516,7 +18516,7 @@ FORMS = {
     'FNOP': FormInfo(
         name='FNOP',
         mnemonics={None: 'fnop'},
-        source='spec/x87.r1:1630',
+        source='spec/x87.r1:1638',
         encoding='D9 D0 reg',
         operands=(),
         width='v',
@@ -18540,7 +18540,7 @@ FORMS = {
     'FFREE_STi': FormInfo(
         name='FFREE_STi',
         mnemonics={None: 'ffree'},
-        source='spec/x87.r1:1640',
+        source='spec/x87.r1:1648',
         encoding='DD /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18564,7 +18564,7 @@ FORMS = {
     'FNINIT': FormInfo(
         name='FNINIT',
         mnemonics={None: 'fninit'},
-        source='spec/x87.r1:1651',
+        source='spec/x87.r1:1659',
         encoding='DB E3 reg',
         operands=(),
         width='v',
@@ -18588,7 +18588,7 @@ FORMS = {
     'FNCLEX': FormInfo(
         name='FNCLEX',
         mnemonics={None: 'fnclex'},
-        source='spec/x87.r1:1660',
+        source='spec/x87.r1:1668',
         encoding='DB E2 reg',
         operands=(),
         width='v',
@@ -18612,7 +18612,7 @@ FORMS = {
     'FLDCW_M16': FormInfo(
         name='FLDCW_M16',
         mnemonics={None: 'fldcw'},
-        source='spec/x87.r1:1669',
+        source='spec/x87.r1:1677',
         encoding='D9 /5 mem',
         operands=(('src', 'm16', 'r'),),
         width=16,
@@ -18636,7 +18636,7 @@ FORMS = {
     'FNSTCW_M16': FormInfo(
         name='FNSTCW_M16',
         mnemonics={None: 'fnstcw'},
-        source='spec/x87.r1:1679',
+        source='spec/x87.r1:1687',
         encoding='D9 /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -18660,7 +18660,7 @@ FORMS = {
     'FNSTSW_M16': FormInfo(
         name='FNSTSW_M16',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1689',
+        source='spec/x87.r1:1697',
         encoding='DD /7 mem',
         operands=(('dst', 'm16', 'w'),),
         width=16,
@@ -18684,7 +18684,7 @@ FORMS = {
     'FNSTSW_AX': FormInfo(
         name='FNSTSW_AX',
         mnemonics={None: 'fnstsw'},
-        source='spec/x87.r1:1699',
+        source='spec/x87.r1:1707',
         encoding='DF E0 reg',
         operands=(),
         width='v',
@@ -18708,7 +18708,7 @@ FORMS = {
     'FLDENV_MENV': FormInfo(
         name='FLDENV_MENV',
         mnemonics={None: 'fldenv'},
-        source='spec/x87.r1:1708',
+        source='spec/x87.r1:1716',
         encoding='D9 /4 mem',
         operands=(('src', 'm224', 'r'),),
         width='v',
@@ -18732,7 +18732,7 @@ FORMS = {
     'FNSTENV_MENV': FormInfo(
         name='FNSTENV_MENV',
         mnemonics={None: 'fnstenv'},
-        source='spec/x87.r1:1718',
+        source='spec/x87.r1:1726',
         encoding='D9 /6 mem',
         operands=(('dst', 'm224', 'w'),),
         width='v',
@@ -18756,7 +18756,7 @@ FORMS = {
     'FRSTOR_MSTATE': FormInfo(
         name='FRSTOR_MSTATE',
         mnemonics={None: 'frstor'},
-        source='spec/x87.r1:1728',
+        source='spec/x87.r1:1736',
         encoding='DD /4 mem',
         operands=(('src', 'm864', 'r'),),
         width='v',
@@ -18780,7 +18780,7 @@ FORMS = {
     'FNSAVE_MSTATE': FormInfo(
         name='FNSAVE_MSTATE',
         mnemonics={None: 'fnsave'},
-        source='spec/x87.r1:1738',
+        source='spec/x87.r1:1746',
         encoding='DD /6 mem',
         operands=(('dst', 'm864', 'w'),),
         width='v',
@@ -18804,7 +18804,7 @@ FORMS = {
     'FWAIT': FormInfo(
         name='FWAIT',
         mnemonics={None: 'wait'},
-        source='spec/x87.r1:1748',
+        source='spec/x87.r1:1756',
         encoding='9B',
         operands=(),
         width='v',
@@ -18828,7 +18828,7 @@ FORMS = {
     'FFREEP_STi': FormInfo(
         name='FFREEP_STi',
         mnemonics={None: 'ffreep'},
-        source='spec/x87.r1:1759',
+        source='spec/x87.r1:1767',
         encoding='DF /0 reg',
         operands=(('dst', 'sti', 'w'),),
         width='v',
@@ -18852,7 +18852,7 @@ FORMS = {
     'FSTPNCE_STi': FormInfo(
         name='FSTPNCE_STi',
         mnemonics={None: 'fstpnce'},
-        source='spec/x87.r1:1770',
+        source='spec/x87.r1:1778',
         encoding='D9 /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -18876,7 +18876,7 @@ FORMS = {
     'FCOM_STi_DCD0': FormInfo(
         name='FCOM_STi_DCD0',
         mnemonics={None: 'fcom'},
-        source='spec/x87.r1:1781',
+        source='spec/x87.r1:1789',
         encoding='DC /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18900,7 +18900,7 @@ FORMS = {
     'FCOMP_STi_DCD8': FormInfo(
         name='FCOMP_STi_DCD8',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1793',
+        source='spec/x87.r1:1801',
         encoding='DC /3 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18924,7 +18924,7 @@ FORMS = {
     'FCOMP_STi_DED0': FormInfo(
         name='FCOMP_STi_DED0',
         mnemonics={None: 'fcomp'},
-        source='spec/x87.r1:1805',
+        source='spec/x87.r1:1813',
         encoding='DE /2 reg',
         operands=(('a', 'st0', 'r'), ('b', 'sti', 'r')),
         width='v',
@@ -18948,7 +18948,7 @@ FORMS = {
     'FXCH_STi_DDC8': FormInfo(
         name='FXCH_STi_DDC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1817',
+        source='spec/x87.r1:1825',
         encoding='DD /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18972,7 +18972,7 @@ FORMS = {
     'FXCH_STi_DFC8': FormInfo(
         name='FXCH_STi_DFC8',
         mnemonics={None: 'fxch'},
-        source='spec/x87.r1:1829',
+        source='spec/x87.r1:1837',
         encoding='DF /1 reg',
         operands=(('a', 'st0', 'rw'), ('b', 'sti', 'rw')),
         width='v',
@@ -18996,7 +18996,7 @@ FORMS = {
     'FSTP_STi_DFD0': FormInfo(
         name='FSTP_STi_DFD0',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1841',
+        source='spec/x87.r1:1849',
         encoding='DF /2 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19020,7 +19020,7 @@ FORMS = {
     'FSTP_STi_DFD8': FormInfo(
         name='FSTP_STi_DFD8',
         mnemonics={None: 'fstp'},
-        source='spec/x87.r1:1853',
+        source='spec/x87.r1:1861',
         encoding='DF /3 reg',
         operands=(('dst', 'sti', 'w'), ('src', 'st0', 'r')),
         width='v',
@@ -19044,7 +19044,7 @@ FORMS = {
     'FNENI': FormInfo(
         name='FNENI',
         mnemonics={None: 'feni'},
-        source='spec/x87.r1:1865',
+        source='spec/x87.r1:1873',
         encoding='DB E0 reg',
         operands=(),
         width='v',
@@ -19068,7 +19068,7 @@ FORMS = {
     'FNDISI': FormInfo(
         name='FNDISI',
         mnemonics={None: 'fdisi'},
-        source='spec/x87.r1:1876',
+        source='spec/x87.r1:1884',
         encoding='DB E1 reg',
         operands=(),
         width='v',
@@ -19092,7 +19092,7 @@ FORMS = {
     'FNSETPM': FormInfo(
         name='FNSETPM',
         mnemonics={None: 'fsetpm'},
-        source='spec/x87.r1:1887',
+        source='spec/x87.r1:1895',
         encoding='DB E4 reg',
         operands=(),
         width='v',

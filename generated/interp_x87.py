@@ -8,886 +8,886 @@ register-or-memory, condition, REP). `$name` placeholders are filled from the de
 instruction by ring1.runtime.cpu.blocks, which joins templates into one function per block.
 """
 
-# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:337
+# FADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:345
 _T0 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:340
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:348
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:340
+v_src = rd32($seg, ea)  # x87.r1:348
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:348
+# FADD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:356
 _T1 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:351
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:359
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:351
+v_src = b_load($seg, ea, 64)  # x87.r1:359
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:359
+# FIADD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:367
 _T2 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:362
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:370
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:362
+v_src = rd32($seg, ea)  # x87.r1:370
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:370
+# FIADD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:378
 _T3 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:373
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:381
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:373
+v_src = rd16($seg, ea)  # x87.r1:381
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:381
+# FMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:389
 _T4 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:384
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:392
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:384
+v_src = rd32($seg, ea)  # x87.r1:392
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:392
+# FMUL_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:400
 _T5 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:395
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:403
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:395
+v_src = b_load($seg, ea, 64)  # x87.r1:403
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:403
+# FIMUL_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:411
 _T6 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:406
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:414
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:406
+v_src = rd32($seg, ea)  # x87.r1:414
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:414
+# FIMUL_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:422
 _T7 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:417
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:425
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:417
+v_src = rd16($seg, ea)  # x87.r1:425
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:425
+# FSUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:433
 _T8 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:428
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:436
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:428
+v_src = rd32($seg, ea)  # x87.r1:436
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:436
+# FSUB_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:444
 _T9 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:439
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:447
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:439
+v_src = b_load($seg, ea, 64)  # x87.r1:447
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:447
+# FISUB_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:455
 _T10 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:450
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:458
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:450
+v_src = rd32($seg, ea)  # x87.r1:458
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:458
+# FISUB_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:466
 _T11 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:461
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:469
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:461
+v_src = rd16($seg, ea)  # x87.r1:469
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:469
+# FSUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:477
 _T12 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:472
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:480
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:472
+v_src = rd32($seg, ea)  # x87.r1:480
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:480
+# FSUBR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:488
 _T13 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:483
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:491
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:483
+v_src = b_load($seg, ea, 64)  # x87.r1:491
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:491
+# FISUBR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:499
 _T14 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:494
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:502
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:494
+v_src = rd32($seg, ea)  # x87.r1:502
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:502
+# FISUBR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:510
 _T15 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:505
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:513
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:505
+v_src = rd16($seg, ea)  # x87.r1:513
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:513
+# FDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:521
 _T16 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:516
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:524
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:516
+v_src = rd32($seg, ea)  # x87.r1:524
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:524
+# FDIV_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:532
 _T17 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:527
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:535
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:527
+v_src = b_load($seg, ea, 64)  # x87.r1:535
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:535
+# FIDIV_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:543
 _T18 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:538
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:546
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:538
+v_src = rd32($seg, ea)  # x87.r1:546
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:546
+# FIDIV_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:554
 _T19 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:549
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:557
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:549
+v_src = rd16($seg, ea)  # x87.r1:557
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:557
+# FDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:565
 _T20 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:560
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:568
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:560
+v_src = rd32($seg, ea)  # x87.r1:568
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 32, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:568
+# FDIVR_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:576
 _T21 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:571
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:579
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:571
+v_src = b_load($seg, ea, 64)  # x87.r1:579
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:167
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_src, 64, S.fcw)  # x87.r1:175
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:579
+# FIDIVR_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:587
 _T22 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:582
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:590
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:582
+v_src = rd32($seg, ea)  # x87.r1:590
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 32)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:590
+# FIDIVR_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:598
 _T23 = """\
 ea = $ea
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:593
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:601
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:593
+v_src = rd16($seg, ea)  # x87.r1:601
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
 m_v_0 = b_f80_from_int(v_src, 16)
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:164
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:172
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:167
-    l_flags_2 = (l_r_1 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), m_v_0, 80, S.fcw)  # x87.r1:175
+    l_flags_2 = (l_r_1 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:603
+# FADD_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:611
 _T24 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:606
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:606
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:614
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:614
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -895,32 +895,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:614
+# FMUL_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:622
 _T25 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:617
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:617
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:625
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:625
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -928,32 +928,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:625
+# FSUB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:633
 _T26 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:628
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:628
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:636
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:636
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -961,32 +961,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:636
+# FSUBR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:644
 _T27 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:639
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:639
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:647
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:647
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -994,32 +994,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:647
+# FDIV_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:655
 _T28 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:650
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:650
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:658
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:658
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1027,32 +1027,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:658
+# FDIVR_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:666
 _T29 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:661
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:661
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:669
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:669
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1060,32 +1060,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:669
+# FADD_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:677
 _T30 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:672
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:672
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:680
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:680
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1093,32 +1093,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:680
+# FMUL_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:688
 _T31 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:683
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:683
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:691
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:691
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1126,32 +1126,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:691
+# FSUBR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:699
 _T32 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:694
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:694
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:702
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:702
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1159,32 +1159,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:702
+# FSUB_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:710
 _T33 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:705
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:705
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:713
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:713
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1192,32 +1192,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:713
+# FDIVR_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:721
 _T34 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:716
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:716
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:724
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:724
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1225,32 +1225,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:724
+# FDIV_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:732
 _T35 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:727
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:727
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:735
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:735
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1258,32 +1258,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:735
+# FADDP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:743
 _T36 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:738
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:738
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:746
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:746
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1291,36 +1291,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_arith(0, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:746
+# FMULP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:754
 _T37 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:749
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:749
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:757
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:757
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1328,36 +1328,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_arith(1, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:757
+# FSUBRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:765
 _T38 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:760
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:760
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:768
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:768
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1365,36 +1365,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_arith(5, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:768
+# FSUBP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:776
 _T39 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:771
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:771
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:779
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:779
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1402,36 +1402,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_arith(4, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:779
+# FDIVRP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:787
 _T40 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:782
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:782
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:790
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:790
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1439,36 +1439,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_arith(7, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:790
+# FDIVP_STi_ST0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:798
 _T41 = """\
-v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:793
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:793
+v_dst = S.fpr[(S.fsw >> 11) + $dst & 7]  # x87.r1:801
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:801
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1476,146 +1476,146 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:154
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> (((S.fsw >> 11 & 0x7) + $dst) & 7) & 1)) or (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1))):  # x87.r1:162
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:157
-    l_flags_1 = (l_r_0 >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_arith(6, b_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7)), b_fpr(((S.fsw >> 11 & 0x7) & 7)), 80, S.fcw)  # x87.r1:165
+    l_flags_1 = (l_r_0 >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:803
+# FLD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:811
 _T42 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:806
+v_src = rd32($seg, ea)  # x87.r1:814
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_load(32, v_src)  # x87.r1:812
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_r = b_f80_load(32, v_src)  # x87.r1:820
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_r >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:814
+# FLD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:822
 _T43 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:817
+v_src = b_load($seg, ea, 64)  # x87.r1:825
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_load(64, v_src)  # x87.r1:823
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_r = b_f80_load(64, v_src)  # x87.r1:831
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_r >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:825
+# FLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:833
 _T44 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 80)  # x87.r1:828
+v_src = b_load($seg, ea, 80)  # x87.r1:836
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_load(80, v_src)  # x87.r1:834
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_r = b_f80_load(80, v_src)  # x87.r1:842
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_r >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:836
+# FLD_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:844
 _T45 = """\
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:839
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:847
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1623,46 +1623,46 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $src  # x87.r1:845
-l_v = b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7))  # x87.r1:845
+l_i = $src  # x87.r1:853
+l_v = b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7))  # x87.r1:853
 m_src_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-elif m_src_empty_0:  # x87.r1:123
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:125
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+elif m_src_empty_0:  # x87.r1:131
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:133
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_1 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_1 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:847
+# FST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:855
 _T46 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:850
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:858
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1672,30 +1672,30 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:856
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        wr32($seg, ea, 4290772992)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:864
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 4290772992)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:858
+# FST_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:866
 _T47 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:861
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:869
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1705,29 +1705,29 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:867
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:875
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:869
+# FST_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:877
 _T48 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:872
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:880
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1735,27 +1735,27 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:880
+# FSTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:888
 _T49 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:883
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:891
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1765,36 +1765,36 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:889
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        wr32($seg, ea, 4290772992)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_store(32, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:897
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 4290772992)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:891
+# FSTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:899
 _T50 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:894
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:902
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1804,36 +1804,36 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:900
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_store(64, b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:908
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 64, 18444492273895866368)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:902
+# FSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:910
 _T51 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:905
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:913
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1843,35 +1843,35 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:911
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:919
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        b_store($seg, ea, 80, (l_v & 1208925819614629174706175))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_v >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 80, (l_v & 1208925819614629174706175))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:913
+# FSTP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:921
 _T52 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:916
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:924
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -1879,142 +1879,142 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:924
+# FILD_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:932
 _T53 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd16($seg, ea)  # x87.r1:927
+v_src = rd16($seg, ea)  # x87.r1:935
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_v = b_f80_from_int(v_src, 16)  # x87.r1:933
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = b_f80_from_int(v_src, 16)  # x87.r1:941
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:935
+# FILD_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:943
 _T54 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = rd32($seg, ea)  # x87.r1:938
+v_src = rd32($seg, ea)  # x87.r1:946
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_v = b_f80_from_int(v_src, 32)  # x87.r1:944
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = b_f80_from_int(v_src, 32)  # x87.r1:952
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:946
+# FILD_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:954
 _T55 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 64)  # x87.r1:949
+v_src = b_load($seg, ea, 64)  # x87.r1:957
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_v = b_f80_from_int(v_src, 64)  # x87.r1:955
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = b_f80_from_int(v_src, 64)  # x87.r1:963
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:957
+# FIST_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:965
 _T56 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:960
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:968
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2024,30 +2024,30 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:966
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        wr16($seg, ea, 32768)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:974
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr16($seg, ea, 32768)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        wr16($seg, ea, (l_r & 65535))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:968
+# FIST_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:976
 _T57 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:971
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:979
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2057,30 +2057,30 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:977
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        wr32($seg, ea, 2147483648)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:985
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 2147483648)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
 """
 
-# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:979
+# FISTP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:987
 _T58 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:982
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:990
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2090,36 +2090,36 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:988
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        wr16($seg, ea, 32768)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 16, S.fcw)  # x87.r1:996
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr16($seg, ea, 32768)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        wr16($seg, ea, (l_r & 65535))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr16($seg, ea, (l_r & 65535))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:990
+# FISTP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:998
 _T59 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:993
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1001
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2129,36 +2129,36 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:999
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        wr32($seg, ea, 2147483648)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 32, S.fcw)  # x87.r1:1007
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        wr32($seg, ea, 2147483648)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        wr32($seg, ea, (l_r & 4294967295))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1001
+# FISTP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1009
 _T60 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1004
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1012
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2168,73 +2168,73 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 64, S.fcw)  # x87.r1:1010
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        b_store($seg, ea, 64, 9223372036854775808)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_to_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 64, S.fcw)  # x87.r1:1018
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 64, 9223372036854775808)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 64, (l_r & 18446744073709551615))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1012
+# FBLD_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1020
 _T61 = """\
 ea = $ea
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_src = b_load($seg, ea, 80)  # x87.r1:1015
+v_src = b_load($seg, ea, 80)  # x87.r1:1023
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_v = b_f80_from_bcd(v_src)  # x87.r1:1021
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = b_f80_from_bcd(v_src)  # x87.r1:1029
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1023
+# FBSTP_M80 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1031
 _T62 = """\
 ea = $ea
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1026
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1034
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2244,36 +2244,36 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_to_bcd(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1032
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:234
-    if (S.fcw & 0x1):  # x87.r1:235
-        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:235
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:237
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_to_bcd(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1040
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:242
+    if (S.fcw & 0x1):  # x87.r1:243
+        b_store($seg, ea, 80, 1208921207928610747318272)  # x87.r1:243
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:245
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:239
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:240
-        b_store($seg, ea, 80, (l_r & 1208925819614629174706175))  # x87.r1:240
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:242
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_flags_0 = (l_r >> 80)  # x87.r1:247
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:248
+        b_store($seg, ea, 80, (l_r & 1208925819614629174706175))  # x87.r1:248
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 25) & (~S.fcw)) != 0)):  # x87.r1:250
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1034
+# FXCH_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1042
 _T63 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1037
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1037
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1045
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1045
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2281,36 +2281,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:300
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:301
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:302
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:304
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:305
-            l_x_0 = 1208921207928610747318272  # x87.r1:305
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:306
-            l_y_1 = 1208921207928610747318272  # x87.r1:306
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 else:
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1047
+# FCMOVB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1055
 _T64 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1050
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1050
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1058
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1058
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2319,27 +2319,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = GET_CF[S.cc[0]](S.cc)
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1058
+# FCMOVE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1066
 _T65 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1061
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1061
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1069
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1069
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2348,27 +2348,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = GET_ZF[S.cc[0]](S.cc)
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1069
+# FCMOVBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1077
 _T66 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1072
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1072
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1080
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1080
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2377,27 +2377,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1080
+# FCMOVU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1088
 _T67 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1083
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1083
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1091
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1091
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2406,27 +2406,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = GET_PF[S.cc[0]](S.cc)
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1091
+# FCMOVNB_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1099
 _T68 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1094
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1094
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1102
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1102
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2435,27 +2435,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not GET_CF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1102
+# FCMOVNE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1110
 _T69 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1105
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1105
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1113
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1113
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2464,27 +2464,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not GET_ZF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1113
+# FCMOVNBE_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1121
 _T70 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1116
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1116
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1124
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1124
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2493,27 +2493,27 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not (GET_CF[S.cc[0]](S.cc) or GET_ZF[S.cc[0]](S.cc)))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1124
+# FCMOVNU_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1132
 _T71 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1127
-v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1127
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1135
+v_src = S.fpr[(S.fsw >> 11) + $src & 7]  # x87.r1:1135
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2522,89 +2522,89 @@ S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 m_c_0 = (not GET_PF[S.cc[0]](S.cc))
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:319
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $src) & 7) & 1))):  # x87.r1:327
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:322
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:323
-    if m_c_0:  # x87.r1:324
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_v_1 = b_fpr((((S.fsw >> 11 & 0x7) + $src) & 7))  # x87.r1:330
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:331
+    if m_c_0:  # x87.r1:332
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1137
+# FCOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1145
 _T72 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1140
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1148
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = rd32($seg, ea)  # x87.r1:1140
+v_b = rd32($seg, ea)  # x87.r1:1148
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1146
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1154
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1148
+# FCOM_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1156
 _T73 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1151
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1159
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = b_load($seg, ea, 64)  # x87.r1:1151
+v_b = b_load($seg, ea, 64)  # x87.r1:1159
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1157
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1165
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1159
+# FCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1167
 _T74 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1162
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1162
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1170
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1170
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2612,95 +2612,95 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1168
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1168
+l_i = $b  # x87.r1:1176
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1176
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1170
+# FCOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1178
 _T75 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1173
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1181
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = rd32($seg, ea)  # x87.r1:1173
+v_b = rd32($seg, ea)  # x87.r1:1181
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1179
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 32, 0)  # x87.r1:1187
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1181
+# FCOMP_M64 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1189
 _T76 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1184
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1192
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = b_load($seg, ea, 64)  # x87.r1:1184
+v_b = b_load($seg, ea, 64)  # x87.r1:1192
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1190
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), v_b, 64, 0)  # x87.r1:1198
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1192
+# FCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1200
 _T77 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1195
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1195
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1203
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1203
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2708,28 +2708,28 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1201
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1201
+l_i = $b  # x87.r1:1209
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1209
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1203
+# FCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1211
 _T78 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -2738,32 +2738,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 0)  # x87.r1:1211
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 0)  # x87.r1:1219
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1213
+# FUCOM_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1221
 _T79 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1216
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1216
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1224
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1224
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2771,29 +2771,29 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1222
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1222
+l_i = $b  # x87.r1:1230
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1230
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1224
+# FUCOMP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1232
 _T80 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1227
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1227
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1235
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1235
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2801,28 +2801,28 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1233
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1233
+l_i = $b  # x87.r1:1241
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1241
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1235
+# FUCOMPP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1243
 _T81 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -2831,159 +2831,159 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 1)  # x87.r1:1243
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 80, 1)  # x87.r1:1251
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1245
+# FICOM_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1253
 _T82 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1248
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1256
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = rd16($seg, ea)  # x87.r1:1248
+v_b = rd16($seg, ea)  # x87.r1:1256
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1254
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1262
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1256
+# FICOM_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1264
 _T83 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1259
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1267
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = rd32($seg, ea)  # x87.r1:1259
+v_b = rd32($seg, ea)  # x87.r1:1267
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1265
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1273
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1267
+# FICOMP_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1275
 _T84 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1270
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1278
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = rd16($seg, ea)  # x87.r1:1270
+v_b = rd16($seg, ea)  # x87.r1:1278
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1276
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 16), 80, 0)  # x87.r1:1284
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1278
+# FICOMP_M32 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1286
 _T85 = """\
 ea = $ea
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1281
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1289
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
     raise Fault(16, None)  # x87.r1:82
-v_b = rd32($seg, ea)  # x87.r1:1281
+v_b = rd32($seg, ea)  # x87.r1:1289
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 S.fdp = ea & 0xffffffff  # x87.r1:94
 S.fds = b_seg_selector($seg) & 0xffff  # x87.r1:95
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1287
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_f80_from_int(v_b, 32), 80, 0)  # x87.r1:1295
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1289
+# FTST [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1297
 _T86 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1292
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1300
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -2991,26 +2991,26 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, 80, 0)  # x87.r1:1298
-l_rel_0 = (l_r & 3)  # x87.r1:262
-l_flags_1 = (l_r >> 80)  # x87.r1:263
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:264
-    l_rel_0 = 3  # x87.r1:265
-    l_flags_1 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:272
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, 80, 0)  # x87.r1:1306
+l_rel_0 = (l_r & 3)  # x87.r1:270
+l_flags_1 = (l_r >> 80)  # x87.r1:271
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:272
+    l_rel_0 = 3  # x87.r1:273
+    l_flags_1 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_0 == 0) or (l_rel_0 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_0 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_0 == 1) or (l_rel_0 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1300
+# FXAM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1308
 _T87 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1303
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1311
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3018,18 +3018,18 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:1309
-S.fsw = S.fsw & 0xfffffdff | ((l_v >> 79 & 1) & 1) << 9  # x87.r1:1309
-l_k = (16640 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else b_f80_class(l_v))  # x87.r1:1309
-S.fsw = S.fsw & 0xfffffeff | ((l_k >> 8 & 1) & 1) << 8  # x87.r1:1309
-S.fsw = S.fsw & 0xfffffbff | ((l_k >> 10 & 1) & 1) << 10  # x87.r1:1309
-S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1309
+l_v = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:1317
+S.fsw = S.fsw & 0xfffffdff | ((l_v >> 79 & 1) & 1) << 9  # x87.r1:1317
+l_k = (16640 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else b_f80_class(l_v))  # x87.r1:1317
+S.fsw = S.fsw & 0xfffffeff | ((l_k >> 8 & 1) & 1) << 8  # x87.r1:1317
+S.fsw = S.fsw & 0xfffffbff | ((l_k >> 10 & 1) & 1) << 10  # x87.r1:1317
+S.fsw = S.fsw & 0xffffbfff | ((l_k >> 14 & 1) & 1) << 14  # x87.r1:1317
 """
 
-# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1313
+# FCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1321
 _T88 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1316
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1316
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1324
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1324
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3037,32 +3037,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1322
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1322
+l_i = $b  # x87.r1:1330
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1330
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:280
-l_flags_2 = (l_r >> 80)  # x87.r1:281
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
-    l_rel_1 = 3  # x87.r1:283
-    l_flags_2 = 65  # x87.r1:284
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
 """
 
-# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1324
+# FUCOMI_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1332
 _T89 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1327
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1327
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1335
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1335
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3070,32 +3070,32 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1333
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1333
+l_i = $b  # x87.r1:1341
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1341
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:280
-l_flags_2 = (l_r >> 80)  # x87.r1:281
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
-    l_rel_1 = 3  # x87.r1:283
-    l_flags_2 = 65  # x87.r1:284
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
 """
 
-# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1335
+# FCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1343
 _T90 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1338
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1338
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1346
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1346
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3103,34 +3103,34 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1344
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1344
+l_i = $b  # x87.r1:1352
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1352
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:280
-l_flags_2 = (l_r >> 80)  # x87.r1:281
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
-    l_rel_1 = 3  # x87.r1:283
-    l_flags_2 = 65  # x87.r1:284
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1346
+# FUCOMIP_ST0_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1354
 _T91 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1349
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1349
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1357
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1357
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3138,31 +3138,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1355
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1355
+l_i = $b  # x87.r1:1363
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 1)  # x87.r1:1363
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:280
-l_flags_2 = (l_r >> 80)  # x87.r1:281
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:282
-    l_rel_1 = 3  # x87.r1:283
-    l_flags_2 = 65  # x87.r1:284
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:287
-    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:288
-    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:289
-    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:290
-    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:291
-    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:292
-    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:293
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:288
+l_flags_2 = (l_r >> 80)  # x87.r1:289
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:290
+    l_rel_1 = 3  # x87.r1:291
+    l_flags_2 = 65  # x87.r1:292
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:295
+    S.eflags = flush_cc() & 0xffffffbf | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 6  # x87.r1:296
+    S.eflags = flush_cc() & 0xfffffffb | ((l_rel_1 == 3) & 1) << 2  # x87.r1:297
+    S.eflags = flush_cc() & 0xfffffffe | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1)  # x87.r1:298
+    S.eflags = flush_cc() & 0xfffff7ff | 0  # x87.r1:299
+    S.eflags = flush_cc() & 0xffffff7f | 0  # x87.r1:300
+    S.eflags = flush_cc() & 0xffffffef | 0  # x87.r1:301
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1359
+# FLD1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1367
 _T92 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3171,31 +3171,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = 302222231531620438900736  # x87.r1:1368
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = 302222231531620438900736  # x87.r1:1376
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1370
+# FLDL2T [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1378
 _T93 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3204,31 +3204,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (302246774593006706854654 + ((S.fcw >> 10 & 0x3) == 2))  # x87.r1:1379
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (302246774593006706854654 + ((S.fcw >> 10 & 0x3) == 2))  # x87.r1:1387
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1381
+# FLDL2E [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1389
 _T94 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3237,31 +3237,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (302226314672681428447420 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1390
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (302226314672681428447420 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1398
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1392
+# FLDPI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1400
 _T95 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3270,31 +3270,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (302245942942573447922229 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1401
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (302245942942573447922229 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1409
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1403
+# FLDLG2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1411
 _T96 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3303,31 +3303,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (302187220718013211735961 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1412
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (302187220718013211735961 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1420
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1414
+# FLDLN2 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1422
 _T97 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3336,31 +3336,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (302207347724155077228972 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1423
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (302207347724155077228972 - (((S.fcw >> 10 & 0x3) == 1) or ((S.fcw >> 10 & 0x3) == 3)))  # x87.r1:1431
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1425
+# FLDZ [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1433
 _T98 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3369,33 +3369,33 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = 0  # x87.r1:1434
-if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:120
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:122
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = 0  # x87.r1:1442
+if (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1))):  # x87.r1:128
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x200  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:130
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:127
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:129
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:135
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:137
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1438
+# FCHS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1446
 _T99 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1441
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1449
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3403,31 +3403,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) ^ 604462909807314587353088)  # x87.r1:1447
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) ^ 604462909807314587353088)  # x87.r1:1455
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1449
+# FABS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1457
 _T100 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1452
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1460
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3435,31 +3435,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) & 604462909807314587353087)  # x87.r1:1458
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_v = (b_fpr(((S.fsw >> 11 & 0x7) & 7)) & 604462909807314587353087)  # x87.r1:1466
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_v >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_v >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_v)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1460
+# F2XM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1468
 _T101 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1463
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1471
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3467,29 +3467,29 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:1469
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:1477
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r = b_f80_transcendental(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:1469
-    l_flags_0 = (l_r >> 160)  # x87.r1:174
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r = b_f80_transcendental(0, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:1477
+    l_flags_0 = (l_r >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1471
+# FYL2X [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1479
 _T102 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3498,35 +3498,35 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:217
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:225
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_transcendental(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:220
-    l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_transcendental(1, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:228
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1481
+# FPTAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1489
 _T103 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1484
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1492
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3534,39 +3534,39 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:195
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:203
     m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
-    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:197
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:205
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_transcendental(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:202
-    l_flags_2 = (l_r_1 >> 160)  # x87.r1:203
-    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:204
-    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:205
-        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:207
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_transcendental(6, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:210
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:211
+    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:212
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:213
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:215
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
             m_v_3 = (l_r_1 >> 80)
-            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1492
+# FPATAN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1500
 _T104 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3575,35 +3575,35 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:217
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:225
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_transcendental(3, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:220
-    l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_transcendental(3, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:228
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1502
+# FXTRACT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1510
 _T105 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1505
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1513
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3611,38 +3611,38 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:195
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:203
     m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
-    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:197
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:205
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_extract(b_fpr(((S.fsw >> 11 & 0x7) & 7)))  # x87.r1:202
-    l_flags_2 = (l_r_1 >> 160)  # x87.r1:203
-    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:205
-        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:207
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_extract(b_fpr(((S.fsw >> 11 & 0x7) & 7)))  # x87.r1:210
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:211
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:213
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:215
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
             m_v_3 = (l_r_1 >> 80)
-            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1513
+# FPREM1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1521
 _T106 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3651,34 +3651,34 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1521
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1529
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 1, S.fcw)  # x87.r1:1521
-    l_flags = (l_r >> 96)  # x87.r1:1521
-    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1521
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        l_cc = (l_r >> 80)  # x87.r1:1521
-        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1521
-        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1521
-        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1521
-        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1521
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 1, S.fcw)  # x87.r1:1529
+    l_flags = (l_r >> 96)  # x87.r1:1529
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1529
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        l_cc = (l_r >> 80)  # x87.r1:1529
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1529
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1529
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1529
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1529
 """
 
-# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1523
+# FDECSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1531
 _T107 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3687,11 +3687,14 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1531
-S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:1531
+S.fsw = S.fsw & 0xfffffeff | 0x0  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+S.fsw = S.fsw & 0xfffffbff | 0x0  # x87.r1:102
+S.fsw = S.fsw & 0xffffbfff | 0x0  # x87.r1:103
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:1539
 """
 
-# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1533
+# FINCSTP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1541
 _T108 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3700,11 +3703,14 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:1541
-S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:1541
+S.fsw = S.fsw & 0xfffffeff | 0x0  # x87.r1:100
+S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
+S.fsw = S.fsw & 0xfffffbff | 0x0  # x87.r1:102
+S.fsw = S.fsw & 0xffffbfff | 0x0  # x87.r1:103
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:1549
 """
 
-# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1543
+# FPREM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1551
 _T109 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3713,34 +3719,34 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1551
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1559
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 0, S.fcw)  # x87.r1:1551
-    l_flags = (l_r >> 96)  # x87.r1:1551
-    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1551
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        l_cc = (l_r >> 80)  # x87.r1:1551
-        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1551
-        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1551
-        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1551
-        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1551
+    l_r = b_f80_prem(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), 0, S.fcw)  # x87.r1:1559
+    l_flags = (l_r >> 96)  # x87.r1:1559
+    S.fsw = (S.fsw | (l_flags & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags & 7) & (~S.fcw)) != 0)):  # x87.r1:1559
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        l_cc = (l_r >> 80)  # x87.r1:1559
+        S.fsw = S.fsw & 0xfffffeff | ((l_cc >> 8 & 1) & 1) << 8  # x87.r1:1559
+        S.fsw = S.fsw & 0xfffffdff | ((l_cc >> 9 & 1) & 1) << 9  # x87.r1:1559
+        S.fsw = S.fsw & 0xfffffbff | ((l_cc >> 10 & 1) & 1) << 10  # x87.r1:1559
+        S.fsw = S.fsw & 0xffffbfff | ((l_cc >> 14 & 1) & 1) << 14  # x87.r1:1559
 """
 
-# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1553
+# FYL2XP1 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1561
 _T110 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3749,35 +3755,35 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:217
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:225
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_r_0 = b_f80_transcendental(2, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:220
-    l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
-    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
-        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_r_0 = b_f80_transcendental(2, b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:228
+    l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+    S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+        b_set_fpr((((S.fsw >> 11 & 0x7) + 1) & 7), l_r_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + 1) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1563
+# FSQRT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1571
 _T111 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1566
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1574
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3785,31 +3791,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_r = b_f80_sqrt(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1572
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_r = b_f80_sqrt(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1580
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_r >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1574
+# FSINCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1582
 _T112 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1577
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1585
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3817,41 +3823,41 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:195
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 7) & 7) & 1)))):  # x87.r1:203
     m_flags_0 = (65 | (0 if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) else 512))
-    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:197
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    S.fsw = (S.fsw | (m_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((m_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((m_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:205
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_1 = b_f80_transcendental(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:202
-    l_flags_2 = (l_r_1 >> 160)  # x87.r1:203
-    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:204
-    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:205
-        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:207
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_1 = b_f80_transcendental(7, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:210
+    l_flags_2 = (l_r_1 >> 160)  # x87.r1:211
+    S.fsw = S.fsw & 0xfffffbff | ((l_flags_2 >> 10 & 1) & 1) << 10  # x87.r1:212
+    if (not (l_flags_2 >> 10 & 1)):  # x87.r1:213
+        S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:215
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_1)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
             m_v_3 = (l_r_1 >> 80)
-            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:114
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+            S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 7) & 7) & 7) << 11  # x87.r1:122
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), m_v_3)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1585
+# FRNDINT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1593
 _T113 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1588
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1596
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3859,29 +3865,29 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_r = b_f80_round_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1594
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:227
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+l_r = b_f80_round_int(b_fpr(((S.fsw >> 11 & 0x7) & 7)), S.fcw)  # x87.r1:1602
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:235
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_flags_0 = (l_r >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_flags_0 = (l_r >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1596
+# FSCALE [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1604
 _T114 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3890,31 +3896,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1604
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + 1) & 7) & 1))):  # x87.r1:1612
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r = b_f80_scale(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:1604
-    l_flags_0 = (l_r >> 80)  # x87.r1:144
-    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:101
-    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:146
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r = b_f80_scale(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + 1) & 7)), S.fcw)  # x87.r1:1612
+    l_flags_0 = (l_r >> 80)  # x87.r1:152
+    S.fsw = (S.fsw | (l_flags_0 & 127)) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | ((l_flags_0 >> 9 & 1) & 1) << 9  # x87.r1:109
+    if ((l_flags_0 & 63) & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (not (((l_flags_0 & 7) & (~S.fcw)) != 0)):  # x87.r1:154
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1606
+# FSIN [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1614
 _T115 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1609
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1617
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3922,33 +3928,33 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:192
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_transcendental(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:187
-    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:188
-    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:189
-        l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
-        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_transcendental(4, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:195
+    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:196
+    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:197
+        l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1617
+# FCOS [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1625
 _T116 = """\
-v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1620
+v_dst = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1628
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -3956,31 +3962,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:184
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:192
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 else:
-    l_r_0 = b_f80_transcendental(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:187
-    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:188
-    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:189
-        l_flags_1 = (l_r_0 >> 160)  # x87.r1:174
-        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:100
-        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:101
-        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:102
-            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:176
-            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:106
-            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
+    l_r_0 = b_f80_transcendental(5, b_fpr(((S.fsw >> 11 & 0x7) & 7)), 0, S.fcw)  # x87.r1:195
+    S.fsw = S.fsw & 0xfffffbff | (((l_r_0 >> 160) >> 10 & 1) & 1) << 10  # x87.r1:196
+    if (not ((l_r_0 >> 160) >> 10 & 1)):  # x87.r1:197
+        l_flags_1 = (l_r_0 >> 160)  # x87.r1:182
+        S.fsw = (S.fsw | (l_flags_1 & 127)) & 0xffff  # x87.r1:108
+        S.fsw = S.fsw & 0xfffffdff | ((l_flags_1 >> 9 & 1) & 1) << 9  # x87.r1:109
+        if ((l_flags_1 & 63) & (~S.fcw)):  # x87.r1:110
+            S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+            S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+        if (not (((l_flags_1 & 7) & (~S.fcw)) != 0)):  # x87.r1:184
+            b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_r_0)  # x87.r1:114
+            S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
 """
 
-# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1630
+# FNOP [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1638
 _T117 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -3991,7 +3997,7 @@ S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
 """
 
-# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1640
+# FFREE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1648
 _T118 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -4000,65 +4006,65 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1649
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1657
 """
 
-# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1651
+# FNINIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1659
 _T119 = """\
-b_unimplemented('FNINIT', 'spec/x87.r1:1651')  # x87.r1:1651
+b_unimplemented('FNINIT', 'spec/x87.r1:1659')  # x87.r1:1659
 """
 
-# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1660
+# FNCLEX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1668
 _T120 = """\
-b_unimplemented('FNCLEX', 'spec/x87.r1:1660')  # x87.r1:1660
+b_unimplemented('FNCLEX', 'spec/x87.r1:1668')  # x87.r1:1668
 """
 
-# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1669
+# FLDCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1677
 _T121 = """\
-b_unimplemented('FLDCW_M16', 'spec/x87.r1:1669')  # x87.r1:1669
+b_unimplemented('FLDCW_M16', 'spec/x87.r1:1677')  # x87.r1:1677
 """
 
-# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1679
+# FNSTCW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1687
 _T122 = """\
-b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1679')  # x87.r1:1679
+b_unimplemented('FNSTCW_M16', 'spec/x87.r1:1687')  # x87.r1:1687
 """
 
-# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1689
+# FNSTSW_M16 [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1697
 _T123 = """\
-b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1689')  # x87.r1:1689
+b_unimplemented('FNSTSW_M16', 'spec/x87.r1:1697')  # x87.r1:1697
 """
 
-# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1699
+# FNSTSW_AX [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1707
 _T124 = """\
-b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1699')  # x87.r1:1699
+b_unimplemented('FNSTSW_AX', 'spec/x87.r1:1707')  # x87.r1:1707
 """
 
-# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1708
+# FLDENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1716
 _T125 = """\
-b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1708')  # x87.r1:1708
+b_unimplemented('FLDENV_MENV', 'spec/x87.r1:1716')  # x87.r1:1716
 """
 
-# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1718
+# FNSTENV_MENV [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1726
 _T126 = """\
-b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1718')  # x87.r1:1718
+b_unimplemented('FNSTENV_MENV', 'spec/x87.r1:1726')  # x87.r1:1726
 """
 
-# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1728
+# FRSTOR_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1736
 _T127 = """\
-b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1728')  # x87.r1:1728
+b_unimplemented('FRSTOR_MSTATE', 'spec/x87.r1:1736')  # x87.r1:1736
 """
 
-# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1738
+# FNSAVE_MSTATE [o16 a16 mem, o16 a32 mem, o32 a16 mem, o32 a32 mem] from spec/x87.r1:1746
 _T128 = """\
-b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1738')  # x87.r1:1738
+b_unimplemented('FNSAVE_MSTATE', 'spec/x87.r1:1746')  # x87.r1:1746
 """
 
-# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1748
+# FWAIT [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1756
 _T129 = """\
-b_unimplemented('FWAIT', 'spec/x87.r1:1748')  # x87.r1:1748
+b_unimplemented('FWAIT', 'spec/x87.r1:1756')  # x87.r1:1756
 """
 
-# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1759
+# FFREEP_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1767
 _T130 = """\
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
@@ -4067,14 +4073,14 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1768
-S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+S.ftw = (S.ftw & (~(1 << (((S.fsw >> 11 & 0x7) + $dst) & 7)))) & 0xff  # x87.r1:1776
+S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1770
+# FSTPNCE_STi [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1778
 _T131 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1773
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1781
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4082,31 +4088,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1781
+# FCOM_STi_DCD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1789
 _T132 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1784
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1784
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1792
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1792
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4114,29 +4120,29 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1791
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1791
+l_i = $b  # x87.r1:1799
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1799
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
 """
 
-# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1793
+# FCOMP_STi_DCD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1801
 _T133 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1796
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1796
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1804
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1804
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4144,31 +4150,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1803
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1803
+l_i = $b  # x87.r1:1811
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1811
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1805
+# FCOMP_STi_DED0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1813
 _T134 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1808
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1808
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1816
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1816
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4176,31 +4182,31 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_i = $b  # x87.r1:1815
-l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1815
+l_i = $b  # x87.r1:1823
+l_r = b_f80_compare(b_fpr(((S.fsw >> 11 & 0x7) & 7)), b_fpr((((S.fsw >> 11 & 0x7) + l_i) & 7)), 80, 0)  # x87.r1:1823
 m_b_empty_0 = (not (S.ftw >> (((S.fsw >> 11 & 0x7) + l_i) & 7) & 1))
-l_rel_1 = (l_r & 3)  # x87.r1:262
-l_flags_2 = (l_r >> 80)  # x87.r1:263
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:264
-    l_rel_1 = 3  # x87.r1:265
-    l_flags_2 = 65  # x87.r1:266
-S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:100
-S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:101
-if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:102
-    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:269
-    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:270
-    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:271
-    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:272
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+l_rel_1 = (l_r & 3)  # x87.r1:270
+l_flags_2 = (l_r >> 80)  # x87.r1:271
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or m_b_empty_0):  # x87.r1:272
+    l_rel_1 = 3  # x87.r1:273
+    l_flags_2 = 65  # x87.r1:274
+S.fsw = (S.fsw | (l_flags_2 & 127)) & 0xffff  # x87.r1:108
+S.fsw = S.fsw & 0xfffffdff | ((l_flags_2 >> 9 & 1) & 1) << 9  # x87.r1:109
+if ((l_flags_2 & 63) & (~S.fcw)):  # x87.r1:110
+    S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+    S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+if (not (((l_flags_2 & 7) & (~S.fcw)) != 0)):  # x87.r1:277
+    S.fsw = S.fsw & 0xfffffeff | (((l_rel_1 == 0) or (l_rel_1 == 3)) & 1) << 8  # x87.r1:278
+    S.fsw = S.fsw & 0xfffffbff | ((l_rel_1 == 3) & 1) << 10  # x87.r1:279
+    S.fsw = S.fsw & 0xffffbfff | (((l_rel_1 == 1) or (l_rel_1 == 3)) & 1) << 14  # x87.r1:280
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1817
+# FXCH_STi_DDC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1825
 _T135 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1820
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1820
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1828
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1828
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4208,36 +4214,36 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:300
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:301
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:302
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:304
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:305
-            l_x_0 = 1208921207928610747318272  # x87.r1:305
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:306
-            l_y_1 = 1208921207928610747318272  # x87.r1:306
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 else:
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1829
+# FXCH_STi_DFC8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1837
 _T136 = """\
-v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1832
-v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1832
+v_a = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1840
+v_b = S.fpr[(S.fsw >> 11) + $b & 7]  # x87.r1:1840
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4245,35 +4251,35 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:300
-l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:301
-if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:302
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:304
-        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:305
-            l_x_0 = 1208921207928610747318272  # x87.r1:305
-        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:306
-            l_y_1 = 1208921207928610747318272  # x87.r1:306
-        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
+l_x_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:308
+l_y_1 = b_fpr((((S.fsw >> 11 & 0x7) + $b) & 7))  # x87.r1:309
+if ((not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)) or (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1))):  # x87.r1:310
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:312
+        if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:313
+            l_x_0 = 1208921207928610747318272  # x87.r1:313
+        if (not (S.ftw >> (((S.fsw >> 11 & 0x7) + $b) & 7) & 1)):  # x87.r1:314
+            l_y_1 = 1208921207928610747318272  # x87.r1:314
+        b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 else:
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:107
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:107
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr(((S.fsw >> 11 & 0x7) & 7), l_y_1)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << ((S.fsw >> 11 & 0x7) & 7))) & 0xff  # x87.r1:115
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $b) & 7), l_x_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $b) & 7))) & 0xff  # x87.r1:115
 """
 
-# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1841
+# FSTP_STi_DFD0 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1849
 _T137 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1844
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1852
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4281,30 +4287,30 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1853
+# FSTP_STi_DFD8 [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1861
 _T138 = """\
-v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1856
+v_src = S.fpr[S.fsw >> 11 & 7]  # x87.r1:1864
 if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:81
     raise Fault(7, None)  # x87.r1:81
 if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
@@ -4312,1034 +4318,1034 @@ if ((S.fsw >> 7 & 0x1) and (S.cr[0] >> 5 & 0x1)):  # x87.r1:82
 S.fip = $here & 0xffffffff  # x87.r1:88
 S.fcs = S.sel[1] & 0xffff  # x87.r1:89
 S.fop = $fop & 0x7ff  # x87.r1:90
-if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:248
-    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    if (1 & (~S.fcw)):  # x87.r1:102
-        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:102
-        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:102
-    if (S.fcw & 0x1):  # x87.r1:136
-        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:106
-        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+if (not (S.ftw >> ((S.fsw >> 11 & 0x7) & 7) & 1)):  # x87.r1:256
+    S.fsw = (S.fsw | 65) & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    if (1 & (~S.fcw)):  # x87.r1:110
+        S.fsw = S.fsw & 0xffffff7f | 0x80  # x87.r1:110
+        S.fsw = S.fsw & 0xffff7fff | 0x8000  # x87.r1:110
+    if (S.fcw & 0x1):  # x87.r1:144
+        b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), 1208921207928610747318272)  # x87.r1:114
+        S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+        S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+        S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 else:
-    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:251
-    S.fsw = S.fsw & 0xffff  # x87.r1:100
-    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:101
-    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:106
-    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:107
-    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:110
-    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:111
+    l_v_0 = b_fpr(((S.fsw >> 11 & 0x7) & 7))  # x87.r1:259
+    S.fsw = S.fsw & 0xffff  # x87.r1:108
+    S.fsw = S.fsw & 0xfffffdff | 0x0  # x87.r1:109
+    b_set_fpr((((S.fsw >> 11 & 0x7) + $dst) & 7), l_v_0)  # x87.r1:114
+    S.ftw = (S.ftw | (1 << (((S.fsw >> 11 & 0x7) + $dst) & 7))) & 0xff  # x87.r1:115
+    S.ftw = (S.ftw & (~(1 << ((S.fsw >> 11 & 0x7) & 7)))) & 0xff  # x87.r1:118
+    S.fsw = S.fsw & 0xffffc7ff | ((((S.fsw >> 11 & 0x7) + 1) & 7) & 7) << 11  # x87.r1:119
 """
 
-# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1865
+# FNENI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1873
 _T139 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1874
-    raise Fault(7, None)  # x87.r1:1874
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1882
+    raise Fault(7, None)  # x87.r1:1882
 """
 
-# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1876
+# FNDISI [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1884
 _T140 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1885
-    raise Fault(7, None)  # x87.r1:1885
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1893
+    raise Fault(7, None)  # x87.r1:1893
 """
 
-# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1887
+# FNSETPM [o16 a16, o16 a32, o32 a16, o32 a32] from spec/x87.r1:1895
 _T141 = """\
-if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1895
-    raise Fault(7, None)  # x87.r1:1895
+if ((S.cr[0] >> 2 & 0x1) or (S.cr[0] >> 3 & 0x1)):  # x87.r1:1903
+    raise Fault(7, None)  # x87.r1:1903
 """
 
 TEMPLATES = {
-    # spec/x87.r1:337
+    # spec/x87.r1:345
     'FADD_M32': {
         (16, 16, 'mem', None, None): _T0,
         (16, 32, 'mem', None, None): _T0,
         (32, 16, 'mem', None, None): _T0,
         (32, 32, 'mem', None, None): _T0,
     },
-    # spec/x87.r1:348
+    # spec/x87.r1:356
     'FADD_M64': {
         (16, 16, 'mem', None, None): _T1,
         (16, 32, 'mem', None, None): _T1,
         (32, 16, 'mem', None, None): _T1,
         (32, 32, 'mem', None, None): _T1,
     },
-    # spec/x87.r1:359
+    # spec/x87.r1:367
     'FIADD_M32': {
         (16, 16, 'mem', None, None): _T2,
         (16, 32, 'mem', None, None): _T2,
         (32, 16, 'mem', None, None): _T2,
         (32, 32, 'mem', None, None): _T2,
     },
-    # spec/x87.r1:370
+    # spec/x87.r1:378
     'FIADD_M16': {
         (16, 16, 'mem', None, None): _T3,
         (16, 32, 'mem', None, None): _T3,
         (32, 16, 'mem', None, None): _T3,
         (32, 32, 'mem', None, None): _T3,
     },
-    # spec/x87.r1:381
+    # spec/x87.r1:389
     'FMUL_M32': {
         (16, 16, 'mem', None, None): _T4,
         (16, 32, 'mem', None, None): _T4,
         (32, 16, 'mem', None, None): _T4,
         (32, 32, 'mem', None, None): _T4,
     },
-    # spec/x87.r1:392
+    # spec/x87.r1:400
     'FMUL_M64': {
         (16, 16, 'mem', None, None): _T5,
         (16, 32, 'mem', None, None): _T5,
         (32, 16, 'mem', None, None): _T5,
         (32, 32, 'mem', None, None): _T5,
     },
-    # spec/x87.r1:403
+    # spec/x87.r1:411
     'FIMUL_M32': {
         (16, 16, 'mem', None, None): _T6,
         (16, 32, 'mem', None, None): _T6,
         (32, 16, 'mem', None, None): _T6,
         (32, 32, 'mem', None, None): _T6,
     },
-    # spec/x87.r1:414
+    # spec/x87.r1:422
     'FIMUL_M16': {
         (16, 16, 'mem', None, None): _T7,
         (16, 32, 'mem', None, None): _T7,
         (32, 16, 'mem', None, None): _T7,
         (32, 32, 'mem', None, None): _T7,
     },
-    # spec/x87.r1:425
+    # spec/x87.r1:433
     'FSUB_M32': {
         (16, 16, 'mem', None, None): _T8,
         (16, 32, 'mem', None, None): _T8,
         (32, 16, 'mem', None, None): _T8,
         (32, 32, 'mem', None, None): _T8,
     },
-    # spec/x87.r1:436
+    # spec/x87.r1:444
     'FSUB_M64': {
         (16, 16, 'mem', None, None): _T9,
         (16, 32, 'mem', None, None): _T9,
         (32, 16, 'mem', None, None): _T9,
         (32, 32, 'mem', None, None): _T9,
     },
-    # spec/x87.r1:447
+    # spec/x87.r1:455
     'FISUB_M32': {
         (16, 16, 'mem', None, None): _T10,
         (16, 32, 'mem', None, None): _T10,
         (32, 16, 'mem', None, None): _T10,
         (32, 32, 'mem', None, None): _T10,
     },
-    # spec/x87.r1:458
+    # spec/x87.r1:466
     'FISUB_M16': {
         (16, 16, 'mem', None, None): _T11,
         (16, 32, 'mem', None, None): _T11,
         (32, 16, 'mem', None, None): _T11,
         (32, 32, 'mem', None, None): _T11,
     },
-    # spec/x87.r1:469
+    # spec/x87.r1:477
     'FSUBR_M32': {
         (16, 16, 'mem', None, None): _T12,
         (16, 32, 'mem', None, None): _T12,
         (32, 16, 'mem', None, None): _T12,
         (32, 32, 'mem', None, None): _T12,
     },
-    # spec/x87.r1:480
+    # spec/x87.r1:488
     'FSUBR_M64': {
         (16, 16, 'mem', None, None): _T13,
         (16, 32, 'mem', None, None): _T13,
         (32, 16, 'mem', None, None): _T13,
         (32, 32, 'mem', None, None): _T13,
     },
-    # spec/x87.r1:491
+    # spec/x87.r1:499
     'FISUBR_M32': {
         (16, 16, 'mem', None, None): _T14,
         (16, 32, 'mem', None, None): _T14,
         (32, 16, 'mem', None, None): _T14,
         (32, 32, 'mem', None, None): _T14,
     },
-    # spec/x87.r1:502
+    # spec/x87.r1:510
     'FISUBR_M16': {
         (16, 16, 'mem', None, None): _T15,
         (16, 32, 'mem', None, None): _T15,
         (32, 16, 'mem', None, None): _T15,
         (32, 32, 'mem', None, None): _T15,
     },
-    # spec/x87.r1:513
+    # spec/x87.r1:521
     'FDIV_M32': {
         (16, 16, 'mem', None, None): _T16,
         (16, 32, 'mem', None, None): _T16,
         (32, 16, 'mem', None, None): _T16,
         (32, 32, 'mem', None, None): _T16,
     },
-    # spec/x87.r1:524
+    # spec/x87.r1:532
     'FDIV_M64': {
         (16, 16, 'mem', None, None): _T17,
         (16, 32, 'mem', None, None): _T17,
         (32, 16, 'mem', None, None): _T17,
         (32, 32, 'mem', None, None): _T17,
     },
-    # spec/x87.r1:535
+    # spec/x87.r1:543
     'FIDIV_M32': {
         (16, 16, 'mem', None, None): _T18,
         (16, 32, 'mem', None, None): _T18,
         (32, 16, 'mem', None, None): _T18,
         (32, 32, 'mem', None, None): _T18,
     },
-    # spec/x87.r1:546
+    # spec/x87.r1:554
     'FIDIV_M16': {
         (16, 16, 'mem', None, None): _T19,
         (16, 32, 'mem', None, None): _T19,
         (32, 16, 'mem', None, None): _T19,
         (32, 32, 'mem', None, None): _T19,
     },
-    # spec/x87.r1:557
+    # spec/x87.r1:565
     'FDIVR_M32': {
         (16, 16, 'mem', None, None): _T20,
         (16, 32, 'mem', None, None): _T20,
         (32, 16, 'mem', None, None): _T20,
         (32, 32, 'mem', None, None): _T20,
     },
-    # spec/x87.r1:568
+    # spec/x87.r1:576
     'FDIVR_M64': {
         (16, 16, 'mem', None, None): _T21,
         (16, 32, 'mem', None, None): _T21,
         (32, 16, 'mem', None, None): _T21,
         (32, 32, 'mem', None, None): _T21,
     },
-    # spec/x87.r1:579
+    # spec/x87.r1:587
     'FIDIVR_M32': {
         (16, 16, 'mem', None, None): _T22,
         (16, 32, 'mem', None, None): _T22,
         (32, 16, 'mem', None, None): _T22,
         (32, 32, 'mem', None, None): _T22,
     },
-    # spec/x87.r1:590
+    # spec/x87.r1:598
     'FIDIVR_M16': {
         (16, 16, 'mem', None, None): _T23,
         (16, 32, 'mem', None, None): _T23,
         (32, 16, 'mem', None, None): _T23,
         (32, 32, 'mem', None, None): _T23,
     },
-    # spec/x87.r1:603
+    # spec/x87.r1:611
     'FADD_ST0_STi': {
         (16, 16, None, None, None): _T24,
         (16, 32, None, None, None): _T24,
         (32, 16, None, None, None): _T24,
         (32, 32, None, None, None): _T24,
     },
-    # spec/x87.r1:614
+    # spec/x87.r1:622
     'FMUL_ST0_STi': {
         (16, 16, None, None, None): _T25,
         (16, 32, None, None, None): _T25,
         (32, 16, None, None, None): _T25,
         (32, 32, None, None, None): _T25,
     },
-    # spec/x87.r1:625
+    # spec/x87.r1:633
     'FSUB_ST0_STi': {
         (16, 16, None, None, None): _T26,
         (16, 32, None, None, None): _T26,
         (32, 16, None, None, None): _T26,
         (32, 32, None, None, None): _T26,
     },
-    # spec/x87.r1:636
+    # spec/x87.r1:644
     'FSUBR_ST0_STi': {
         (16, 16, None, None, None): _T27,
         (16, 32, None, None, None): _T27,
         (32, 16, None, None, None): _T27,
         (32, 32, None, None, None): _T27,
     },
-    # spec/x87.r1:647
+    # spec/x87.r1:655
     'FDIV_ST0_STi': {
         (16, 16, None, None, None): _T28,
         (16, 32, None, None, None): _T28,
         (32, 16, None, None, None): _T28,
         (32, 32, None, None, None): _T28,
     },
-    # spec/x87.r1:658
+    # spec/x87.r1:666
     'FDIVR_ST0_STi': {
         (16, 16, None, None, None): _T29,
         (16, 32, None, None, None): _T29,
         (32, 16, None, None, None): _T29,
         (32, 32, None, None, None): _T29,
     },
-    # spec/x87.r1:669
+    # spec/x87.r1:677
     'FADD_STi_ST0': {
         (16, 16, None, None, None): _T30,
         (16, 32, None, None, None): _T30,
         (32, 16, None, None, None): _T30,
         (32, 32, None, None, None): _T30,
     },
-    # spec/x87.r1:680
+    # spec/x87.r1:688
     'FMUL_STi_ST0': {
         (16, 16, None, None, None): _T31,
         (16, 32, None, None, None): _T31,
         (32, 16, None, None, None): _T31,
         (32, 32, None, None, None): _T31,
     },
-    # spec/x87.r1:691
+    # spec/x87.r1:699
     'FSUBR_STi_ST0': {
         (16, 16, None, None, None): _T32,
         (16, 32, None, None, None): _T32,
         (32, 16, None, None, None): _T32,
         (32, 32, None, None, None): _T32,
     },
-    # spec/x87.r1:702
+    # spec/x87.r1:710
     'FSUB_STi_ST0': {
         (16, 16, None, None, None): _T33,
         (16, 32, None, None, None): _T33,
         (32, 16, None, None, None): _T33,
         (32, 32, None, None, None): _T33,
     },
-    # spec/x87.r1:713
+    # spec/x87.r1:721
     'FDIVR_STi_ST0': {
         (16, 16, None, None, None): _T34,
         (16, 32, None, None, None): _T34,
         (32, 16, None, None, None): _T34,
         (32, 32, None, None, None): _T34,
     },
-    # spec/x87.r1:724
+    # spec/x87.r1:732
     'FDIV_STi_ST0': {
         (16, 16, None, None, None): _T35,
         (16, 32, None, None, None): _T35,
         (32, 16, None, None, None): _T35,
         (32, 32, None, None, None): _T35,
     },
-    # spec/x87.r1:735
+    # spec/x87.r1:743
     'FADDP_STi_ST0': {
         (16, 16, None, None, None): _T36,
         (16, 32, None, None, None): _T36,
         (32, 16, None, None, None): _T36,
         (32, 32, None, None, None): _T36,
     },
-    # spec/x87.r1:746
+    # spec/x87.r1:754
     'FMULP_STi_ST0': {
         (16, 16, None, None, None): _T37,
         (16, 32, None, None, None): _T37,
         (32, 16, None, None, None): _T37,
         (32, 32, None, None, None): _T37,
     },
-    # spec/x87.r1:757
+    # spec/x87.r1:765
     'FSUBRP_STi_ST0': {
         (16, 16, None, None, None): _T38,
         (16, 32, None, None, None): _T38,
         (32, 16, None, None, None): _T38,
         (32, 32, None, None, None): _T38,
     },
-    # spec/x87.r1:768
+    # spec/x87.r1:776
     'FSUBP_STi_ST0': {
         (16, 16, None, None, None): _T39,
         (16, 32, None, None, None): _T39,
         (32, 16, None, None, None): _T39,
         (32, 32, None, None, None): _T39,
     },
-    # spec/x87.r1:779
+    # spec/x87.r1:787
     'FDIVRP_STi_ST0': {
         (16, 16, None, None, None): _T40,
         (16, 32, None, None, None): _T40,
         (32, 16, None, None, None): _T40,
         (32, 32, None, None, None): _T40,
     },
-    # spec/x87.r1:790
+    # spec/x87.r1:798
     'FDIVP_STi_ST0': {
         (16, 16, None, None, None): _T41,
         (16, 32, None, None, None): _T41,
         (32, 16, None, None, None): _T41,
         (32, 32, None, None, None): _T41,
     },
-    # spec/x87.r1:803
+    # spec/x87.r1:811
     'FLD_M32': {
         (16, 16, 'mem', None, None): _T42,
         (16, 32, 'mem', None, None): _T42,
         (32, 16, 'mem', None, None): _T42,
         (32, 32, 'mem', None, None): _T42,
     },
-    # spec/x87.r1:814
+    # spec/x87.r1:822
     'FLD_M64': {
         (16, 16, 'mem', None, None): _T43,
         (16, 32, 'mem', None, None): _T43,
         (32, 16, 'mem', None, None): _T43,
         (32, 32, 'mem', None, None): _T43,
     },
-    # spec/x87.r1:825
+    # spec/x87.r1:833
     'FLD_M80': {
         (16, 16, 'mem', None, None): _T44,
         (16, 32, 'mem', None, None): _T44,
         (32, 16, 'mem', None, None): _T44,
         (32, 32, 'mem', None, None): _T44,
     },
-    # spec/x87.r1:836
+    # spec/x87.r1:844
     'FLD_STi': {
         (16, 16, None, None, None): _T45,
         (16, 32, None, None, None): _T45,
         (32, 16, None, None, None): _T45,
         (32, 32, None, None, None): _T45,
     },
-    # spec/x87.r1:847
+    # spec/x87.r1:855
     'FST_M32': {
         (16, 16, 'mem', None, None): _T46,
         (16, 32, 'mem', None, None): _T46,
         (32, 16, 'mem', None, None): _T46,
         (32, 32, 'mem', None, None): _T46,
     },
-    # spec/x87.r1:858
+    # spec/x87.r1:866
     'FST_M64': {
         (16, 16, 'mem', None, None): _T47,
         (16, 32, 'mem', None, None): _T47,
         (32, 16, 'mem', None, None): _T47,
         (32, 32, 'mem', None, None): _T47,
     },
-    # spec/x87.r1:869
+    # spec/x87.r1:877
     'FST_STi': {
         (16, 16, None, None, None): _T48,
         (16, 32, None, None, None): _T48,
         (32, 16, None, None, None): _T48,
         (32, 32, None, None, None): _T48,
     },
-    # spec/x87.r1:880
+    # spec/x87.r1:888
     'FSTP_M32': {
         (16, 16, 'mem', None, None): _T49,
         (16, 32, 'mem', None, None): _T49,
         (32, 16, 'mem', None, None): _T49,
         (32, 32, 'mem', None, None): _T49,
     },
-    # spec/x87.r1:891
+    # spec/x87.r1:899
     'FSTP_M64': {
         (16, 16, 'mem', None, None): _T50,
         (16, 32, 'mem', None, None): _T50,
         (32, 16, 'mem', None, None): _T50,
         (32, 32, 'mem', None, None): _T50,
     },
-    # spec/x87.r1:902
+    # spec/x87.r1:910
     'FSTP_M80': {
         (16, 16, 'mem', None, None): _T51,
         (16, 32, 'mem', None, None): _T51,
         (32, 16, 'mem', None, None): _T51,
         (32, 32, 'mem', None, None): _T51,
     },
-    # spec/x87.r1:913
+    # spec/x87.r1:921
     'FSTP_STi': {
         (16, 16, None, None, None): _T52,
         (16, 32, None, None, None): _T52,
         (32, 16, None, None, None): _T52,
         (32, 32, None, None, None): _T52,
     },
-    # spec/x87.r1:924
+    # spec/x87.r1:932
     'FILD_M16': {
         (16, 16, 'mem', None, None): _T53,
         (16, 32, 'mem', None, None): _T53,
         (32, 16, 'mem', None, None): _T53,
         (32, 32, 'mem', None, None): _T53,
     },
-    # spec/x87.r1:935
+    # spec/x87.r1:943
     'FILD_M32': {
         (16, 16, 'mem', None, None): _T54,
         (16, 32, 'mem', None, None): _T54,
         (32, 16, 'mem', None, None): _T54,
         (32, 32, 'mem', None, None): _T54,
     },
-    # spec/x87.r1:946
+    # spec/x87.r1:954
     'FILD_M64': {
         (16, 16, 'mem', None, None): _T55,
         (16, 32, 'mem', None, None): _T55,
         (32, 16, 'mem', None, None): _T55,
         (32, 32, 'mem', None, None): _T55,
     },
-    # spec/x87.r1:957
+    # spec/x87.r1:965
     'FIST_M16': {
         (16, 16, 'mem', None, None): _T56,
         (16, 32, 'mem', None, None): _T56,
         (32, 16, 'mem', None, None): _T56,
         (32, 32, 'mem', None, None): _T56,
     },
-    # spec/x87.r1:968
+    # spec/x87.r1:976
     'FIST_M32': {
         (16, 16, 'mem', None, None): _T57,
         (16, 32, 'mem', None, None): _T57,
         (32, 16, 'mem', None, None): _T57,
         (32, 32, 'mem', None, None): _T57,
     },
-    # spec/x87.r1:979
+    # spec/x87.r1:987
     'FISTP_M16': {
         (16, 16, 'mem', None, None): _T58,
         (16, 32, 'mem', None, None): _T58,
         (32, 16, 'mem', None, None): _T58,
         (32, 32, 'mem', None, None): _T58,
     },
-    # spec/x87.r1:990
+    # spec/x87.r1:998
     'FISTP_M32': {
         (16, 16, 'mem', None, None): _T59,
         (16, 32, 'mem', None, None): _T59,
         (32, 16, 'mem', None, None): _T59,
         (32, 32, 'mem', None, None): _T59,
     },
-    # spec/x87.r1:1001
+    # spec/x87.r1:1009
     'FISTP_M64': {
         (16, 16, 'mem', None, None): _T60,
         (16, 32, 'mem', None, None): _T60,
         (32, 16, 'mem', None, None): _T60,
         (32, 32, 'mem', None, None): _T60,
     },
-    # spec/x87.r1:1012
+    # spec/x87.r1:1020
     'FBLD_M80': {
         (16, 16, 'mem', None, None): _T61,
         (16, 32, 'mem', None, None): _T61,
         (32, 16, 'mem', None, None): _T61,
         (32, 32, 'mem', None, None): _T61,
     },
-    # spec/x87.r1:1023
+    # spec/x87.r1:1031
     'FBSTP_M80': {
         (16, 16, 'mem', None, None): _T62,
         (16, 32, 'mem', None, None): _T62,
         (32, 16, 'mem', None, None): _T62,
         (32, 32, 'mem', None, None): _T62,
     },
-    # spec/x87.r1:1034
+    # spec/x87.r1:1042
     'FXCH_STi': {
         (16, 16, None, None, None): _T63,
         (16, 32, None, None, None): _T63,
         (32, 16, None, None, None): _T63,
         (32, 32, None, None, None): _T63,
     },
-    # spec/x87.r1:1047
+    # spec/x87.r1:1055
     'FCMOVB_ST0_STi': {
         (16, 16, None, None, None): _T64,
         (16, 32, None, None, None): _T64,
         (32, 16, None, None, None): _T64,
         (32, 32, None, None, None): _T64,
     },
-    # spec/x87.r1:1058
+    # spec/x87.r1:1066
     'FCMOVE_ST0_STi': {
         (16, 16, None, None, None): _T65,
         (16, 32, None, None, None): _T65,
         (32, 16, None, None, None): _T65,
         (32, 32, None, None, None): _T65,
     },
-    # spec/x87.r1:1069
+    # spec/x87.r1:1077
     'FCMOVBE_ST0_STi': {
         (16, 16, None, None, None): _T66,
         (16, 32, None, None, None): _T66,
         (32, 16, None, None, None): _T66,
         (32, 32, None, None, None): _T66,
     },
-    # spec/x87.r1:1080
+    # spec/x87.r1:1088
     'FCMOVU_ST0_STi': {
         (16, 16, None, None, None): _T67,
         (16, 32, None, None, None): _T67,
         (32, 16, None, None, None): _T67,
         (32, 32, None, None, None): _T67,
     },
-    # spec/x87.r1:1091
+    # spec/x87.r1:1099
     'FCMOVNB_ST0_STi': {
         (16, 16, None, None, None): _T68,
         (16, 32, None, None, None): _T68,
         (32, 16, None, None, None): _T68,
         (32, 32, None, None, None): _T68,
     },
-    # spec/x87.r1:1102
+    # spec/x87.r1:1110
     'FCMOVNE_ST0_STi': {
         (16, 16, None, None, None): _T69,
         (16, 32, None, None, None): _T69,
         (32, 16, None, None, None): _T69,
         (32, 32, None, None, None): _T69,
     },
-    # spec/x87.r1:1113
+    # spec/x87.r1:1121
     'FCMOVNBE_ST0_STi': {
         (16, 16, None, None, None): _T70,
         (16, 32, None, None, None): _T70,
         (32, 16, None, None, None): _T70,
         (32, 32, None, None, None): _T70,
     },
-    # spec/x87.r1:1124
+    # spec/x87.r1:1132
     'FCMOVNU_ST0_STi': {
         (16, 16, None, None, None): _T71,
         (16, 32, None, None, None): _T71,
         (32, 16, None, None, None): _T71,
         (32, 32, None, None, None): _T71,
     },
-    # spec/x87.r1:1137
+    # spec/x87.r1:1145
     'FCOM_M32': {
         (16, 16, 'mem', None, None): _T72,
         (16, 32, 'mem', None, None): _T72,
         (32, 16, 'mem', None, None): _T72,
         (32, 32, 'mem', None, None): _T72,
     },
-    # spec/x87.r1:1148
+    # spec/x87.r1:1156
     'FCOM_M64': {
         (16, 16, 'mem', None, None): _T73,
         (16, 32, 'mem', None, None): _T73,
         (32, 16, 'mem', None, None): _T73,
         (32, 32, 'mem', None, None): _T73,
     },
-    # spec/x87.r1:1159
+    # spec/x87.r1:1167
     'FCOM_STi': {
         (16, 16, None, None, None): _T74,
         (16, 32, None, None, None): _T74,
         (32, 16, None, None, None): _T74,
         (32, 32, None, None, None): _T74,
     },
-    # spec/x87.r1:1170
+    # spec/x87.r1:1178
     'FCOMP_M32': {
         (16, 16, 'mem', None, None): _T75,
         (16, 32, 'mem', None, None): _T75,
         (32, 16, 'mem', None, None): _T75,
         (32, 32, 'mem', None, None): _T75,
     },
-    # spec/x87.r1:1181
+    # spec/x87.r1:1189
     'FCOMP_M64': {
         (16, 16, 'mem', None, None): _T76,
         (16, 32, 'mem', None, None): _T76,
         (32, 16, 'mem', None, None): _T76,
         (32, 32, 'mem', None, None): _T76,
     },
-    # spec/x87.r1:1192
+    # spec/x87.r1:1200
     'FCOMP_STi': {
         (16, 16, None, None, None): _T77,
         (16, 32, None, None, None): _T77,
         (32, 16, None, None, None): _T77,
         (32, 32, None, None, None): _T77,
     },
-    # spec/x87.r1:1203
+    # spec/x87.r1:1211
     'FCOMPP': {
         (16, 16, None, None, None): _T78,
         (16, 32, None, None, None): _T78,
         (32, 16, None, None, None): _T78,
         (32, 32, None, None, None): _T78,
     },
-    # spec/x87.r1:1213
+    # spec/x87.r1:1221
     'FUCOM_STi': {
         (16, 16, None, None, None): _T79,
         (16, 32, None, None, None): _T79,
         (32, 16, None, None, None): _T79,
         (32, 32, None, None, None): _T79,
     },
-    # spec/x87.r1:1224
+    # spec/x87.r1:1232
     'FUCOMP_STi': {
         (16, 16, None, None, None): _T80,
         (16, 32, None, None, None): _T80,
         (32, 16, None, None, None): _T80,
         (32, 32, None, None, None): _T80,
     },
-    # spec/x87.r1:1235
+    # spec/x87.r1:1243
     'FUCOMPP': {
         (16, 16, None, None, None): _T81,
         (16, 32, None, None, None): _T81,
         (32, 16, None, None, None): _T81,
         (32, 32, None, None, None): _T81,
     },
-    # spec/x87.r1:1245
+    # spec/x87.r1:1253
     'FICOM_M16': {
         (16, 16, 'mem', None, None): _T82,
         (16, 32, 'mem', None, None): _T82,
         (32, 16, 'mem', None, None): _T82,
         (32, 32, 'mem', None, None): _T82,
     },
-    # spec/x87.r1:1256
+    # spec/x87.r1:1264
     'FICOM_M32': {
         (16, 16, 'mem', None, None): _T83,
         (16, 32, 'mem', None, None): _T83,
         (32, 16, 'mem', None, None): _T83,
         (32, 32, 'mem', None, None): _T83,
     },
-    # spec/x87.r1:1267
+    # spec/x87.r1:1275
     'FICOMP_M16': {
         (16, 16, 'mem', None, None): _T84,
         (16, 32, 'mem', None, None): _T84,
         (32, 16, 'mem', None, None): _T84,
         (32, 32, 'mem', None, None): _T84,
     },
-    # spec/x87.r1:1278
+    # spec/x87.r1:1286
     'FICOMP_M32': {
         (16, 16, 'mem', None, None): _T85,
         (16, 32, 'mem', None, None): _T85,
         (32, 16, 'mem', None, None): _T85,
         (32, 32, 'mem', None, None): _T85,
     },
-    # spec/x87.r1:1289
+    # spec/x87.r1:1297
     'FTST': {
         (16, 16, None, None, None): _T86,
         (16, 32, None, None, None): _T86,
         (32, 16, None, None, None): _T86,
         (32, 32, None, None, None): _T86,
     },
-    # spec/x87.r1:1300
+    # spec/x87.r1:1308
     'FXAM': {
         (16, 16, None, None, None): _T87,
         (16, 32, None, None, None): _T87,
         (32, 16, None, None, None): _T87,
         (32, 32, None, None, None): _T87,
     },
-    # spec/x87.r1:1313
+    # spec/x87.r1:1321
     'FCOMI_ST0_STi': {
         (16, 16, None, None, None): _T88,
         (16, 32, None, None, None): _T88,
         (32, 16, None, None, None): _T88,
         (32, 32, None, None, None): _T88,
     },
-    # spec/x87.r1:1324
+    # spec/x87.r1:1332
     'FUCOMI_ST0_STi': {
         (16, 16, None, None, None): _T89,
         (16, 32, None, None, None): _T89,
         (32, 16, None, None, None): _T89,
         (32, 32, None, None, None): _T89,
     },
-    # spec/x87.r1:1335
+    # spec/x87.r1:1343
     'FCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T90,
         (16, 32, None, None, None): _T90,
         (32, 16, None, None, None): _T90,
         (32, 32, None, None, None): _T90,
     },
-    # spec/x87.r1:1346
+    # spec/x87.r1:1354
     'FUCOMIP_ST0_STi': {
         (16, 16, None, None, None): _T91,
         (16, 32, None, None, None): _T91,
         (32, 16, None, None, None): _T91,
         (32, 32, None, None, None): _T91,
     },
-    # spec/x87.r1:1359
+    # spec/x87.r1:1367
     'FLD1': {
         (16, 16, None, None, None): _T92,
         (16, 32, None, None, None): _T92,
         (32, 16, None, None, None): _T92,
         (32, 32, None, None, None): _T92,
     },
-    # spec/x87.r1:1370
+    # spec/x87.r1:1378
     'FLDL2T': {
         (16, 16, None, None, None): _T93,
         (16, 32, None, None, None): _T93,
         (32, 16, None, None, None): _T93,
         (32, 32, None, None, None): _T93,
     },
-    # spec/x87.r1:1381
+    # spec/x87.r1:1389
     'FLDL2E': {
         (16, 16, None, None, None): _T94,
         (16, 32, None, None, None): _T94,
         (32, 16, None, None, None): _T94,
         (32, 32, None, None, None): _T94,
     },
-    # spec/x87.r1:1392
+    # spec/x87.r1:1400
     'FLDPI': {
         (16, 16, None, None, None): _T95,
         (16, 32, None, None, None): _T95,
         (32, 16, None, None, None): _T95,
         (32, 32, None, None, None): _T95,
     },
-    # spec/x87.r1:1403
+    # spec/x87.r1:1411
     'FLDLG2': {
         (16, 16, None, None, None): _T96,
         (16, 32, None, None, None): _T96,
         (32, 16, None, None, None): _T96,
         (32, 32, None, None, None): _T96,
     },
-    # spec/x87.r1:1414
+    # spec/x87.r1:1422
     'FLDLN2': {
         (16, 16, None, None, None): _T97,
         (16, 32, None, None, None): _T97,
         (32, 16, None, None, None): _T97,
         (32, 32, None, None, None): _T97,
     },
-    # spec/x87.r1:1425
+    # spec/x87.r1:1433
     'FLDZ': {
         (16, 16, None, None, None): _T98,
         (16, 32, None, None, None): _T98,
         (32, 16, None, None, None): _T98,
         (32, 32, None, None, None): _T98,
     },
-    # spec/x87.r1:1438
+    # spec/x87.r1:1446
     'FCHS': {
         (16, 16, None, None, None): _T99,
         (16, 32, None, None, None): _T99,
         (32, 16, None, None, None): _T99,
         (32, 32, None, None, None): _T99,
     },
-    # spec/x87.r1:1449
+    # spec/x87.r1:1457
     'FABS': {
         (16, 16, None, None, None): _T100,
         (16, 32, None, None, None): _T100,
         (32, 16, None, None, None): _T100,
         (32, 32, None, None, None): _T100,
     },
-    # spec/x87.r1:1460
+    # spec/x87.r1:1468
     'F2XM1': {
         (16, 16, None, None, None): _T101,
         (16, 32, None, None, None): _T101,
         (32, 16, None, None, None): _T101,
         (32, 32, None, None, None): _T101,
     },
-    # spec/x87.r1:1471
+    # spec/x87.r1:1479
     'FYL2X': {
         (16, 16, None, None, None): _T102,
         (16, 32, None, None, None): _T102,
         (32, 16, None, None, None): _T102,
         (32, 32, None, None, None): _T102,
     },
-    # spec/x87.r1:1481
+    # spec/x87.r1:1489
     'FPTAN': {
         (16, 16, None, None, None): _T103,
         (16, 32, None, None, None): _T103,
         (32, 16, None, None, None): _T103,
         (32, 32, None, None, None): _T103,
     },
-    # spec/x87.r1:1492
+    # spec/x87.r1:1500
     'FPATAN': {
         (16, 16, None, None, None): _T104,
         (16, 32, None, None, None): _T104,
         (32, 16, None, None, None): _T104,
         (32, 32, None, None, None): _T104,
     },
-    # spec/x87.r1:1502
+    # spec/x87.r1:1510
     'FXTRACT': {
         (16, 16, None, None, None): _T105,
         (16, 32, None, None, None): _T105,
         (32, 16, None, None, None): _T105,
         (32, 32, None, None, None): _T105,
     },
-    # spec/x87.r1:1513
+    # spec/x87.r1:1521
     'FPREM1': {
         (16, 16, None, None, None): _T106,
         (16, 32, None, None, None): _T106,
         (32, 16, None, None, None): _T106,
         (32, 32, None, None, None): _T106,
     },
-    # spec/x87.r1:1523
+    # spec/x87.r1:1531
     'FDECSTP': {
         (16, 16, None, None, None): _T107,
         (16, 32, None, None, None): _T107,
         (32, 16, None, None, None): _T107,
         (32, 32, None, None, None): _T107,
     },
-    # spec/x87.r1:1533
+    # spec/x87.r1:1541
     'FINCSTP': {
         (16, 16, None, None, None): _T108,
         (16, 32, None, None, None): _T108,
         (32, 16, None, None, None): _T108,
         (32, 32, None, None, None): _T108,
     },
-    # spec/x87.r1:1543
+    # spec/x87.r1:1551
     'FPREM': {
         (16, 16, None, None, None): _T109,
         (16, 32, None, None, None): _T109,
         (32, 16, None, None, None): _T109,
         (32, 32, None, None, None): _T109,
     },
-    # spec/x87.r1:1553
+    # spec/x87.r1:1561
     'FYL2XP1': {
         (16, 16, None, None, None): _T110,
         (16, 32, None, None, None): _T110,
         (32, 16, None, None, None): _T110,
         (32, 32, None, None, None): _T110,
     },
-    # spec/x87.r1:1563
+    # spec/x87.r1:1571
     'FSQRT': {
         (16, 16, None, None, None): _T111,
         (16, 32, None, None, None): _T111,
         (32, 16, None, None, None): _T111,
         (32, 32, None, None, None): _T111,
     },
-    # spec/x87.r1:1574
+    # spec/x87.r1:1582
     'FSINCOS': {
         (16, 16, None, None, None): _T112,
         (16, 32, None, None, None): _T112,
         (32, 16, None, None, None): _T112,
         (32, 32, None, None, None): _T112,
     },
-    # spec/x87.r1:1585
+    # spec/x87.r1:1593
     'FRNDINT': {
         (16, 16, None, None, None): _T113,
         (16, 32, None, None, None): _T113,
         (32, 16, None, None, None): _T113,
         (32, 32, None, None, None): _T113,
     },
-    # spec/x87.r1:1596
+    # spec/x87.r1:1604
     'FSCALE': {
         (16, 16, None, None, None): _T114,
         (16, 32, None, None, None): _T114,
         (32, 16, None, None, None): _T114,
         (32, 32, None, None, None): _T114,
     },
-    # spec/x87.r1:1606
+    # spec/x87.r1:1614
     'FSIN': {
         (16, 16, None, None, None): _T115,
         (16, 32, None, None, None): _T115,
         (32, 16, None, None, None): _T115,
         (32, 32, None, None, None): _T115,
     },
-    # spec/x87.r1:1617
+    # spec/x87.r1:1625
     'FCOS': {
         (16, 16, None, None, None): _T116,
         (16, 32, None, None, None): _T116,
         (32, 16, None, None, None): _T116,
         (32, 32, None, None, None): _T116,
     },
-    # spec/x87.r1:1630
+    # spec/x87.r1:1638
     'FNOP': {
         (16, 16, None, None, None): _T117,
         (16, 32, None, None, None): _T117,
         (32, 16, None, None, None): _T117,
         (32, 32, None, None, None): _T117,
     },
-    # spec/x87.r1:1640
+    # spec/x87.r1:1648
     'FFREE_STi': {
         (16, 16, None, None, None): _T118,
         (16, 32, None, None, None): _T118,
         (32, 16, None, None, None): _T118,
         (32, 32, None, None, None): _T118,
     },
-    # spec/x87.r1:1651
+    # spec/x87.r1:1659
     'FNINIT': {
         (16, 16, None, None, None): _T119,
         (16, 32, None, None, None): _T119,
         (32, 16, None, None, None): _T119,
         (32, 32, None, None, None): _T119,
     },
-    # spec/x87.r1:1660
+    # spec/x87.r1:1668
     'FNCLEX': {
         (16, 16, None, None, None): _T120,
         (16, 32, None, None, None): _T120,
         (32, 16, None, None, None): _T120,
         (32, 32, None, None, None): _T120,
     },
-    # spec/x87.r1:1669
+    # spec/x87.r1:1677
     'FLDCW_M16': {
         (16, 16, 'mem', None, None): _T121,
         (16, 32, 'mem', None, None): _T121,
         (32, 16, 'mem', None, None): _T121,
         (32, 32, 'mem', None, None): _T121,
     },
-    # spec/x87.r1:1679
+    # spec/x87.r1:1687
     'FNSTCW_M16': {
         (16, 16, 'mem', None, None): _T122,
         (16, 32, 'mem', None, None): _T122,
         (32, 16, 'mem', None, None): _T122,
         (32, 32, 'mem', None, None): _T122,
     },
-    # spec/x87.r1:1689
+    # spec/x87.r1:1697
     'FNSTSW_M16': {
         (16, 16, 'mem', None, None): _T123,
         (16, 32, 'mem', None, None): _T123,
         (32, 16, 'mem', None, None): _T123,
         (32, 32, 'mem', None, None): _T123,
     },
-    # spec/x87.r1:1699
+    # spec/x87.r1:1707
     'FNSTSW_AX': {
         (16, 16, None, None, None): _T124,
         (16, 32, None, None, None): _T124,
         (32, 16, None, None, None): _T124,
         (32, 32, None, None, None): _T124,
     },
-    # spec/x87.r1:1708
+    # spec/x87.r1:1716
     'FLDENV_MENV': {
         (16, 16, 'mem', None, None): _T125,
         (16, 32, 'mem', None, None): _T125,
         (32, 16, 'mem', None, None): _T125,
         (32, 32, 'mem', None, None): _T125,
     },
-    # spec/x87.r1:1718
+    # spec/x87.r1:1726
     'FNSTENV_MENV': {
         (16, 16, 'mem', None, None): _T126,
         (16, 32, 'mem', None, None): _T126,
         (32, 16, 'mem', None, None): _T126,
         (32, 32, 'mem', None, None): _T126,
     },
-    # spec/x87.r1:1728
+    # spec/x87.r1:1736
     'FRSTOR_MSTATE': {
         (16, 16, 'mem', None, None): _T127,
         (16, 32, 'mem', None, None): _T127,
         (32, 16, 'mem', None, None): _T127,
         (32, 32, 'mem', None, None): _T127,
     },
-    # spec/x87.r1:1738
+    # spec/x87.r1:1746
     'FNSAVE_MSTATE': {
         (16, 16, 'mem', None, None): _T128,
         (16, 32, 'mem', None, None): _T128,
         (32, 16, 'mem', None, None): _T128,
         (32, 32, 'mem', None, None): _T128,
     },
-    # spec/x87.r1:1748
+    # spec/x87.r1:1756
     'FWAIT': {
         (16, 16, None, None, None): _T129,
         (16, 32, None, None, None): _T129,
         (32, 16, None, None, None): _T129,
         (32, 32, None, None, None): _T129,
     },
-    # spec/x87.r1:1759
+    # spec/x87.r1:1767
     'FFREEP_STi': {
         (16, 16, None, None, None): _T130,
         (16, 32, None, None, None): _T130,
         (32, 16, None, None, None): _T130,
         (32, 32, None, None, None): _T130,
     },
-    # spec/x87.r1:1770
+    # spec/x87.r1:1778
     'FSTPNCE_STi': {
         (16, 16, None, None, None): _T131,
         (16, 32, None, None, None): _T131,
         (32, 16, None, None, None): _T131,
         (32, 32, None, None, None): _T131,
     },
-    # spec/x87.r1:1781
+    # spec/x87.r1:1789
     'FCOM_STi_DCD0': {
         (16, 16, None, None, None): _T132,
         (16, 32, None, None, None): _T132,
         (32, 16, None, None, None): _T132,
         (32, 32, None, None, None): _T132,
     },
-    # spec/x87.r1:1793
+    # spec/x87.r1:1801
     'FCOMP_STi_DCD8': {
         (16, 16, None, None, None): _T133,
         (16, 32, None, None, None): _T133,
         (32, 16, None, None, None): _T133,
         (32, 32, None, None, None): _T133,
     },
-    # spec/x87.r1:1805
+    # spec/x87.r1:1813
     'FCOMP_STi_DED0': {
         (16, 16, None, None, None): _T134,
         (16, 32, None, None, None): _T134,
         (32, 16, None, None, None): _T134,
         (32, 32, None, None, None): _T134,
     },
-    # spec/x87.r1:1817
+    # spec/x87.r1:1825
     'FXCH_STi_DDC8': {
         (16, 16, None, None, None): _T135,
         (16, 32, None, None, None): _T135,
         (32, 16, None, None, None): _T135,
         (32, 32, None, None, None): _T135,
     },
-    # spec/x87.r1:1829
+    # spec/x87.r1:1837
     'FXCH_STi_DFC8': {
         (16, 16, None, None, None): _T136,
         (16, 32, None, None, None): _T136,
         (32, 16, None, None, None): _T136,
         (32, 32, None, None, None): _T136,
     },
-    # spec/x87.r1:1841
+    # spec/x87.r1:1849
     'FSTP_STi_DFD0': {
         (16, 16, None, None, None): _T137,
         (16, 32, None, None, None): _T137,
         (32, 16, None, None, None): _T137,
         (32, 32, None, None, None): _T137,
     },
-    # spec/x87.r1:1853
+    # spec/x87.r1:1861
     'FSTP_STi_DFD8': {
         (16, 16, None, None, None): _T138,
         (16, 32, None, None, None): _T138,
         (32, 16, None, None, None): _T138,
         (32, 32, None, None, None): _T138,
     },
-    # spec/x87.r1:1865
+    # spec/x87.r1:1873
     'FNENI': {
         (16, 16, None, None, None): _T139,
         (16, 32, None, None, None): _T139,
         (32, 16, None, None, None): _T139,
         (32, 32, None, None, None): _T139,
     },
-    # spec/x87.r1:1876
+    # spec/x87.r1:1884
     'FNDISI': {
         (16, 16, None, None, None): _T140,
         (16, 32, None, None, None): _T140,
         (32, 16, None, None, None): _T140,
         (32, 32, None, None, None): _T140,
     },
-    # spec/x87.r1:1887
+    # spec/x87.r1:1895
     'FNSETPM': {
         (16, 16, None, None, None): _T141,
         (16, 32, None, None, None): _T141,

@@ -242,8 +242,9 @@ def partial_remainder(a: int, b: int, ieee: int, fcw: int) -> int:
     """FPREM (ieee 0: the quotient truncated) and FPREM1 (1: rounded to nearest): the partial
     remainder of a by b in bits 79:0; above it the FSW bits the instruction sets (C2 when the
     reduction is incomplete, else C0 C3 C1 = the quotient's bits 2 1 0) at 80, and flags at 96.
-    An exponent difference of 64 or more reduces by 2**(difference - 63) multiples of b, as
-    the 387 and later do in one step (the SDM leaves the step implementation dependent)."""
+    An exponent difference d of 64 or more is reduced by a multiple of b * 2**(d - N) with
+    N = 32 + d mod 32 (the SDM leaves N between 32 and 63 to the implementation; AMD's manual
+    gives this one)."""
     ua, ub = sf.unpack(F80, a), sf.unpack(F80, b)
     if sf.UNSUPPORTED in (ua.kind, ub.kind):
         return IE << 96 | F80.default_nan()
@@ -261,7 +262,7 @@ def partial_remainder(a: int, b: int, ieee: int, fcw: int) -> int:
     va = ua.significand << (ua.exponent - low)
     vb = ub.significand << (ub.exponent - low)
     if ta - tb >= 64:
-        step = ta - tb - 63
+        step = ta - tb - (32 + (ta - tb) % 32)  # N = 32 + (difference mod 32), as AMD documents it
         q = va // (vb << step)  # truncated, whatever the instruction
         rem = va - q * (vb << step)
         r, _ = sf.round_pack(F80, ua.sign, rem, low)
