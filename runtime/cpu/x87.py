@@ -344,7 +344,7 @@ def _trigonometric(op: int, u: sf.Unpacked, a: int, e: Env, flags: int) -> int:
     if u.kind == sf.ZERO:  # sin ±0 = ±0, tan ±0 = ±0, cos ±0 = 1: exact
         if op == FCOS:
             return _pack3(ONE80, 0, flags)
-        return _pack3(a, ONE80 if op == FPTAN else ONE80, flags)
+        return _pack3(a, ONE80, flags)  # FPTAN pushes 1.0, FSINCOS cos 0 = 1.0
     x = _value(u)
     s, c = transcendental.sin_cos(x)
     if op == FSIN:
