@@ -179,3 +179,14 @@ def test_fop_not_recorded() -> None:
     m.stop_addresses = {fresh_machine.CODE + 2}
     m.run(10)
     assert m.state.fop == 0x0C1 and m.state.fip == fresh_machine.CODE
+
+
+def test_pseudo_denormal_operand() -> None:
+    # A pseudo-denormal (exponent 0, integer bit set) stands for its value with exponent 1
+    # (SDM vol. 1, 8.2.2): 0x0000_8000000000000000 is 2**-16382, twice that is 2**-16381.
+    # Unicorn's FADD gives 0.
+    pseudo = 0x0000_8000000000000000
+    case = _case("d8 c0", "FADD_ST0_STi", {7: pseudo}, ftw=0x80)
+    o = run_both(case)
+    assert o.ours.regs["fpr7"] == 0x0002_8000000000000000 and o.theirs.regs["fpr7"] != o.ours.regs["fpr7"]
+    assert _explained(case, o) == "x87-odd-encodings"
